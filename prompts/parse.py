@@ -1,0 +1,93 @@
+"""Parse prompt files into ``Prompt`` lists.
+
+Formats:
+- VBench's ``VBench_full_info.json``: a list of ``{"prompt_en": str, "dimension": [str, ...]}``.
+- A ``.txt`` file: one prompt per line; surrounding whitespace is stripped and blank lines are
+  skipped (indices count the kept prompts, 0-based).
+- A user ``.json`` file: a list of strings, or a list of objects with ``"prompt"`` or
+  ``"prompt_en"`` and an optional ``"dimension"`` (a string or a list of strings). VBench's own
+  file is a special case of this.
+
+Not supported: CSV/YAML, nested ``{"prompts": [...]}`` objects, per-prompt seeds or indices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .prompt import Prompt
+
+
+def read_text_prompts(path: Path) -> list[str]:
+    """Prompts of a one-per-line text file, stripped, blank lines skipped."""
+    text = path.read_text(encoding="utf-8-sig")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def prompts_from_lines(lines: Sequence[str]) -> list[Prompt]:
+    """``Prompt``s without dimension tags, indexed 0..len-1."""
+    return [Prompt(i, text) for i, text in enumerate(lines)]
+
+
+def prompts_from_json(data: Any, source: str) -> list[Prompt]:
+    """``Prompt``s from parsed JSON (see the module docstring for the accepted shapes).
+
+    Raises:
+        ValueError: the JSON has another shape; the message names ``source`` and the entry.
+    """
+    if not isinstance(data, list):
+        raise ValueError(f"{source}: expected a JSON list of prompts, got {type(data).__name__}")
+    prompts = []
+    for i, entry in enumerate(data):
+        if isinstance(entry, str):
+            text, dims = entry, ()
+        elif isinstance(entry, dict):
+            text = entry.get("prompt_en", entry.get("prompt"))
+            if not isinstance(text, str):
+                raise ValueError(f"{source}: entry {i} has no string 'prompt' or 'prompt_en'")
+            dims = _dimensions(entry.get("dimension", ()), source, i)
+        else:
+            raise ValueError(
+                f"{source}: entry {i} must be a string or an object, got {type(entry).__name__}"
+            )
+        text = text.strip()
+        if not text:
+            raise ValueError(f"{source}: entry {i} has an empty prompt")
+        prompts.append(Prompt(i, text, dims))
+    return prompts
+
+
+def _dimensions(value: Any, source: str, i: int) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"{source}: entry {i} 'dimension' must be a string or a list of strings")
+
+
+def read_json_prompts(path: Path) -> list[Prompt]:
+    """``Prompt``s of a ``.json`` file."""
+    with path.open(encoding="utf-8-sig") as f:
+        data = json.load(f)
+    return prompts_from_json(data, str(path))
+
+
+def pair_with_standard(
+    standard: Sequence[Prompt], lines: Sequence[str], source: str
+) -> list[Prompt]:
+    """Give augmented prompt line i the index and dimension tags of standard prompt i.
+
+    VBench's augmented lists are in the same order as ``VBench_full_info.json``.
+
+    Raises:
+        ValueError: the two lists differ in length.
+    """
+    if len(lines) != len(standard):
+        raise ValueError(
+            f"{source} has {len(lines)} prompts but the standard VBench list has "
+            f"{len(standard)}; they must pair line by line"
+        )
+    return [Prompt(p.index, text, p.dimensions) for p, text in zip(standard, lines, strict=True)]

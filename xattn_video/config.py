@@ -1,0 +1,178 @@
+"""``XAttentionConfig``: every knob of XAttention in a diffusers pipeline, plus model presets.
+
+The CLI flags map 1:1 onto the fields (``--warmup-steps`` <-> ``warmup_steps``); see
+:func:`xattn_video.config.config_fields` for the generated mapping.
+
+Not supported: per-layer thresholds (one threshold for all sparse layers; a per-head tensor can
+be passed to the op directly), causal models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .attention import BACKENDS, BLOCK_SIZES, STRIDES
+
+SELECTIONS = ("threshold", "ratio")
+TEXT_POLICIES = ("dense", "sparse")
+TOKEN_ORDERS = ("raster", "tile")
+
+
+@dataclass(frozen=True)
+class XAttentionConfig:
+    """Configuration of XAttention for a video DiT (frozen; build a new one with ``replace``)."""
+
+    threshold: float = 0.9
+    """Threshold mode: per query-block row keep the smallest set of key blocks whose estimated
+    attention mass reaches this fraction (0, 1]. Higher keeps more blocks (denser, closer to
+    dense attention). The paper uses 0.9 and 0.95."""
+
+    stride: int = 8
+    """Antidiagonal stride S of the estimate (4, 8 or 16; must divide ``block_size``). The
+    estimate costs about 1/(2S) of dense attention FLOPs; larger S is cheaper but coarser."""
+
+    block_size: int = 128
+    """Tokens per block, for both queries and keys (64 or 128 on GPU; 16/32 for tests)."""
+
+    selection: Literal["threshold", "ratio"] = "threshold"
+    """``threshold``: adaptive blocks per row reaching ``threshold`` of the mass (XAttention).
+    ``ratio``: keep the top ``ratio`` fraction of key blocks per row (pins the density, for
+    benchmarks)."""
+
+    ratio: float = 0.3
+    """Kept fraction of key blocks per row in ``ratio`` mode, in (0, 1]. Ignored otherwise."""
+
+    warmup_steps: int = 5
+    """Denoising steps run with dense attention before switching to XAttention (the paper: 5
+    of 50). Steps are counted from 0 within each pipeline call."""
+
+    dense_last_steps: int = 0
+    """Final denoising steps that run dense again (needs the pipeline's step count, read from
+    the scheduler)."""
+
+    dense_layers: tuple[int, ...] = ()
+    """Indices of attention layers that always run dense, in the model's processor order
+    (HunyuanVideo: 0-19 double-stream blocks, 20-59 single-stream blocks; Wan: block index)."""
+
+    text_policy: Literal["dense", "sparse"] = "dense"
+    """Joint text tokens (HunyuanVideo): ``dense`` keeps every block holding a valid text token
+    dense as a query row and a key column; ``sparse`` lets text blocks compete in the selection
+    like video blocks (the paper's behaviour). Padded text keys are never attended either way."""
+
+    token_order: Literal["raster", "tile"] = "raster"
+    """Order of video tokens inside the attention: ``raster`` as the model emits them (the
+    paper), ``tile`` permutes them into 3-D tiles of ``tile_size`` latent tokens so each block
+    is a compact space-time cube (and back afterwards)."""
+
+    tile_size: tuple[int, int, int] = (2, 8, 8)
+    """(frames, height, width) of a tile in latent tokens, for ``token_order='tile'``. Its
+    volume should equal ``block_size`` (2*8*8 = 128); edge tiles may be smaller."""
+
+    mask_refresh: int = 1
+    """Re-estimate the block mask every this many sparse steps per layer and reuse it in
+    between (1: estimate at every step, as the paper)."""
+
+    backend: Literal["auto", "triton", "torch"] = "auto"
+    """Kernel backend: ``triton`` (CUDA), ``torch`` (PyTorch reference, CPU), ``auto`` (Triton
+    on CUDA, torch otherwise)."""
+
+    collect_stats: bool = True
+    """Record the block density of every sparse call (one small device-to-host copy per call)."""
+
+    def __post_init__(self) -> None:
+        if not (0.0 < float(self.threshold) <= 1.0):
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {self.block_size}")
+        if self.stride not in STRIDES or self.block_size % self.stride:
+            raise ValueError(
+                f"stride must be one of {STRIDES} and divide block_size={self.block_size}, "
+                f"got {self.stride}"
+            )
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if not (0.0 < float(self.ratio) <= 1.0):
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        for name in ("warmup_steps", "dense_last_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mask_refresh < 1:
+            raise ValueError(f"mask_refresh must be >= 1, got {self.mask_refresh}")
+        if self.text_policy not in TEXT_POLICIES:
+            raise ValueError(
+                f"text_policy must be one of {TEXT_POLICIES}, got {self.text_policy!r}"
+            )
+        if self.token_order not in TOKEN_ORDERS:
+            raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {self.token_order!r}")
+        if len(self.tile_size) != 3 or min(self.tile_size) < 1:
+            raise ValueError(f"tile_size must be 3 positive ints, got {self.tile_size}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if any(int(i) < 0 for i in self.dense_layers):
+            raise ValueError(f"dense_layers must be non-negative, got {self.dense_layers}")
+        object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
+        object.__setattr__(self, "tile_size", tuple(int(i) for i in self.tile_size))
+
+    def replace(self, **changes: Any) -> XAttentionConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of all fields."""
+        d = dataclasses.asdict(self)
+        d["dense_layers"] = list(self.dense_layers)
+        d["tile_size"] = list(self.tile_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> XAttentionConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown XAttentionConfig fields: {sorted(unknown)}")
+        kw = dict(d)
+        for key in ("dense_layers", "tile_size"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> XAttentionConfig:
+        """Preset by model name (see ``PRESETS``), with optional field overrides."""
+        key = name.lower()
+        if key not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[key], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The XAttention paper's HunyuanVideo setting (run_vbench.py): tau 0.9, S=8, 5/50 dense.
+    "hunyuanvideo": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=5),
+    # Wan 2.1/2.2 video self-attention (no joint text): peers keep ~20% of the steps dense.
+    "wan": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=10),
+    # CPU-sized models (tests, demo): small blocks so short sequences still have many blocks.
+    "tiny": dict(threshold=0.9, stride=4, block_size=16, warmup_steps=1, backend="auto"),
+}
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The dataclass fields, in order (the CLI builds one flag per field)."""
+    return list(dataclasses.fields(XAttentionConfig))
+
+
+def field_docs() -> dict[str, str]:
+    """Field name -> its docstring (read from this module's source), for CLI help texts."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(XAttentionConfig))
+    body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

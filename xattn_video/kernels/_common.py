@@ -1,0 +1,48 @@
+"""Small helpers shared by the kernel modules: Triton availability and shape arithmetic.
+
+Not supported: anything but CUDA devices for compiled Triton kernels; on CPU, Triton kernels
+run only under the interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # Triton is a Linux-only dependency; the torch references work without it.
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only on platforms without Triton
+    HAS_TRITON = False
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_usable(t: torch.Tensor) -> bool:
+    """Whether a Triton kernel can run on the device of ``t`` (CUDA, or CPU under the interpreter)."""
+    if not HAS_TRITON:
+        return False
+    return t.is_cuda or (t.device.type == "cpu" and interpreter_enabled())
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division for non-negative ints."""
+    return -(-a // b)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision: exact IEEE for fp32 inputs (tests), tensor cores otherwise."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def kv_len_tensor(kv_len: torch.Tensor | None, batch: int, n_k: int, device) -> torch.Tensor:
+    """Valid key length per sample as an int32 tensor (B,) on ``device``; None means all keys."""
+    if kv_len is None:
+        return torch.full((batch,), n_k, dtype=torch.int32, device=device)
+    return kv_len.to(device=device, dtype=torch.int32)

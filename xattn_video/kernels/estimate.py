@@ -1,0 +1,214 @@
+"""Strided antidiagonal block scores (the XAttention estimate), Triton kernel and PyTorch reference.
+
+For query/key groups of ``S`` consecutive tokens, the reshaped score is
+
+    R[i, j] = sum_{s=0..S-1} q[i*S + (S-1-s)] . k[j*S + s]      (query reversed, keys forward)
+
+scaled by ``1 / (sqrt(D) * S)`` and soft-maxed per row over the *valid* key groups (a group is
+valid when its first token is a valid key; padded tokens inside a partial group contribute
+zeros). The probability mass is summed per (query block, key block) of ``block_size`` tokens:
+
+    A[b, h, qb, kb] = sum_{i in qb, j in kb} softmax_j(R[i, :])[j]
+
+so each row of ``A`` sums to the number of query groups in the block. Key blocks that hold no
+valid key get exactly zero.
+
+The Triton kernel never writes the ``(N/S) x (N/S)`` score matrix: one program owns
+``BLOCK_M`` query groups and sweeps all key groups once, keeping an online row max / sum and
+writing only the per-(query group, key block) log-sum-exp (``block_size/S`` times smaller) to a
+scratch buffer, which it re-reads to normalise and sum per query block.
+
+Not supported: causal masking, query padding (every query token is scored), different head
+counts for q and k (no GQA), head dims other than 16/32/64/128 in the Triton kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import HAS_TRITON, cdiv, dot_precision, kv_len_tensor
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+LOG2E = 1.4426950408889634  # 1/ln(2): logits are kept in base 2 so the kernel can use exp2
+
+
+def estimate_block_scores_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    stride: int,
+    block_size: int,
+    kv_len: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Block scores by materialising the strided score matrix (fp32, for tests and CPU).
+
+    q: (B, H, Nq, D), k: (B, H, Nk, D); kv_len: (B,) int, keys at positions >= kv_len[b] are
+    padding. Returns A: (B, H, ceil(Nq/block_size), ceil(Nk/block_size)) float32.
+    """
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    S = stride
+    G = block_size // S
+    ngq, ngk = cdiv(Nq, S), cdiv(Nk, S)
+    nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
+    lens = kv_len_tensor(kv_len, B, Nk, q.device).long()
+
+    tok_k = torch.arange(ngk * S, device=q.device)
+    kpad = torch.nn.functional.pad(k.float(), (0, 0, 0, ngk * S - Nk))
+    kpad = kpad * (tok_k[None, :] < lens[:, None]).to(kpad.dtype)[:, None, :, None]
+    qpad = torch.nn.functional.pad(q.float(), (0, 0, 0, ngq * S - Nq))
+    q_rev = qpad.view(B, H, ngq, S, D).flip(3).reshape(B, H, ngq, S * D)
+    k_fwd = kpad.view(B, H, ngk, S * D)
+    logits = q_rev @ k_fwd.transpose(-1, -2) / (math.sqrt(D) * S)
+    valid_group = torch.arange(ngk, device=q.device)[None, :] * S < lens[:, None]  # (B, ngk)
+    logits = logits.masked_fill(~valid_group[:, None, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    probs = torch.nn.functional.pad(probs, (0, nbk * G - ngk, 0, nbq * G - ngq))
+    return probs.view(B, H, nbq, G, nbk, G).sum(dim=(3, 5))
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _estimate_fwd_kernel(
+        Q, K, LSE_BUF, OUT, KV_LEN,
+        stride_qb, stride_qh, stride_qn, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_lbh, stride_lm,
+        stride_ob, stride_oh, stride_om,
+        H, N_Q, N_GQ, N_BQ, N_BK,
+        qk_scale,
+        S: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_TILE: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        kvl = tl.load(KV_LEN + b)
+        n_kg = tl.cdiv(kvl, S)  # key groups that hold at least one valid key
+        n_kb = tl.cdiv(kvl, S * G)  # key blocks that hold at least one valid key
+
+        q_base = Q + b * stride_qb + h * stride_qh
+        k_base = K + b * stride_kb + h * stride_kh
+        l_base = LSE_BUF + pid_bh * stride_lbh
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query groups
+        offs_d = tl.arange(0, D)
+        KB_PER_TILE: tl.constexpr = BLOCK_N // G
+
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+        # Pass 1: one sweep over the keys. Per (row, key block): log2-sum-exp2 of the block's
+        # logits, stored to scratch; per row: online max and sum over all blocks.
+        for start_n in range(0, n_kg, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)  # key groups
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in range(S):
+                q_tok = offs_m * S + (S - 1 - s)
+                k_tok = offs_n * S + s
+                qs = tl.load(
+                    q_base + q_tok[:, None] * stride_qn + offs_d[None, :] * stride_qd,
+                    mask=q_tok[:, None] < N_Q,
+                    other=0.0,
+                )
+                ks = tl.load(
+                    k_base + k_tok[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=k_tok[:, None] < kvl,
+                    other=0.0,
+                )
+                acc = tl.dot(qs, tl.trans(ks), acc, input_precision=PRECISION)
+            logits = acc * qk_scale
+            logits = tl.where(offs_n[None, :] < n_kg, logits, float("-inf"))
+            l3 = tl.reshape(logits, [BLOCK_M, KB_PER_TILE, G])
+            bmax = tl.max(l3, axis=2)
+            bmax_safe = tl.where(bmax == float("-inf"), 0.0, bmax)
+            bsum = tl.sum(tl.exp2(l3 - bmax_safe[:, :, None]), axis=2)
+            blse = bmax_safe + tl.log2(bsum)  # -inf for blocks with no valid key
+            offs_kb = start_n // G + tl.arange(0, KB_PER_TILE)
+            tl.store(
+                l_base + offs_m[:, None] * stride_lm + offs_kb[None, :],
+                blse,
+                mask=(offs_m[:, None] < N_GQ) & (offs_kb[None, :] < N_BK),
+            )
+            m_new = tl.maximum(m_i, tl.max(bmax, axis=1))
+            l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(blse - m_new[:, None]), axis=1)
+            m_i = m_new
+
+        row_lse = m_i + tl.log2(l_i)
+        row_ok = offs_m < N_GQ
+        tl.debug_barrier()  # scratch written above by other threads of this program
+
+        # Pass 2: normalise the stored block sums and add up the query groups of each q-block.
+        QB_PER_TILE: tl.constexpr = BLOCK_M // G
+        offs_qb = pid_m * QB_PER_TILE + tl.arange(0, QB_PER_TILE)
+        o_base = OUT + b * stride_ob + h * stride_oh
+        for kb0 in range(0, n_kb, KB_TILE):
+            offs_kb = kb0 + tl.arange(0, KB_TILE)
+            blse = tl.load(
+                l_base + offs_m[:, None] * stride_lm + offs_kb[None, :],
+                mask=row_ok[:, None] & (offs_kb[None, :] < n_kb),
+                other=float("-inf"),
+            )
+            p = tl.exp2(blse - row_lse[:, None])
+            p = tl.where(row_ok[:, None], p, 0.0)
+            a = tl.sum(tl.reshape(p, [QB_PER_TILE, G, KB_TILE]), axis=1)
+            tl.store(
+                o_base + offs_qb[:, None] * stride_om + offs_kb[None, :],
+                a,
+                mask=(offs_qb[:, None] < N_BQ) & (offs_kb[None, :] < n_kb),
+            )
+
+
+def _estimate_launch_config(G: int, D: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the estimate kernel."""
+    block_m = max(64, G)
+    block_n = max(64, G)
+    return block_m, block_n, 4, 2
+
+
+def estimate_block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    stride: int,
+    block_size: int,
+    kv_len: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Block scores with the fused Triton kernel. Same contract as :func:`estimate_block_scores_ref`.
+
+    q: (B, H, Nq, D), k: (B, H, Nk, D) in fp16/bf16/fp32 on CUDA (or CPU with
+    ``TRITON_INTERPRET=1``); kv_len: (B,) int. Returns (B, H, Nbq, Nbk) float32.
+    """
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    S = stride
+    G = block_size // S
+    ngq = cdiv(Nq, S)
+    nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
+    lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    block_m, block_n, num_warps, num_stages = _estimate_launch_config(G, D)
+
+    n_m_tiles = cdiv(ngq, block_m)
+    scratch = torch.empty((B * H, n_m_tiles * block_m, nbk), dtype=torch.float32, device=q.device)
+    out = torch.zeros((B, H, nbq, nbk), dtype=torch.float32, device=q.device)
+    grid = (n_m_tiles, B * H)
+    _estimate_fwd_kernel[grid](
+        q, k, scratch, out, lens,
+        *q.stride(), *k.stride(),
+        scratch.stride(0), scratch.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        H, Nq, ngq, nbq, nbk,
+        LOG2E / (math.sqrt(D) * S),
+        S=S, G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=32,
+        PRECISION=dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,150 @@
+"""Block selection from block scores, and the CSR-style index lists the sparse kernel reads.
+
+Threshold mode: per (b, h, query block) row, keep the smallest set of key blocks, taken in
+descending score order, whose mass reaches ``threshold * row_total``; the block that crosses the
+threshold is kept (a block is kept iff the mass of the blocks ranked before it is still below
+the target). ``threshold >= 1`` keeps every valid block. Ratio mode: keep the top
+``ceil(ratio * valid_blocks)`` key blocks of every row (at least one), to pin the density.
+
+Key blocks that hold no valid key (``block_start >= kv_len[b]``) are never selected. Rows and
+columns can be forced dense (used for text tokens). There is no implicit "key block 0 is always
+kept" (the official code's side effect).
+
+Everything is batched tensor code (sort, cumsum, scatter): no Python loop over heads, rows or
+chunks, so it runs as a handful of kernels on the GPU. :func:`select_blocks_ref` is a plain
+per-row loop kept as the reference for tests.
+
+Not supported: causal selection; per-row thresholds (a per-head tensor is supported).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import cdiv, kv_len_tensor
+
+
+def valid_key_blocks(kv_len: torch.Tensor, n_kb: int, block_size: int) -> torch.Tensor:
+    """(B, n_kb) bool: key block j holds at least one valid key of sample b. kv_len: (B,) int."""
+    starts = torch.arange(n_kb, device=kv_len.device) * block_size
+    return starts[None, :] < kv_len[:, None].to(starts.dtype)
+
+
+def _threshold_tensor(threshold: float | torch.Tensor, H: int, device) -> torch.Tensor:
+    thr = torch.as_tensor(threshold, dtype=torch.float64, device=device)
+    if thr.ndim == 0:
+        return thr.view(1, 1, 1, 1)
+    return thr.view(1, H, 1, 1)
+
+
+def select_blocks(
+    scores: torch.Tensor,
+    *,
+    block_size: int,
+    threshold: float | torch.Tensor | None = None,
+    ratio: float | None = None,
+    kv_len: torch.Tensor | None = None,
+    n_k: int | None = None,
+    force_rows: torch.Tensor | None = None,
+    force_cols: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Choose key blocks per query-block row.
+
+    scores: (B, H, Nbq, Nbk) non-negative block mass (from the estimate); exactly one of
+    ``threshold`` (float or (H,) tensor, in (0, 1]) and ``ratio`` (in (0, 1]) is given.
+    kv_len: (B,) int valid key length in tokens (default: ``n_k`` or ``Nbk * block_size``).
+    force_rows: (B, Nbq) bool, rows kept dense; force_cols: (B, Nbk) bool, columns always kept.
+    Returns mask: (B, H, Nbq, Nbk) bool, never selecting blocks without valid keys.
+    """
+    B, H, nbq, nbk = scores.shape
+    lens = kv_len_tensor(kv_len, B, n_k if n_k is not None else nbk * block_size, scores.device)
+    valid = valid_key_blocks(lens, nbk, block_size)[:, None, None, :]  # (B,1,1,Nbk)
+    scores = scores.masked_fill(~valid, 0.0)
+
+    if threshold is not None and ratio is None:
+        thr = _threshold_tensor(threshold, H, scores.device)
+        if bool((thr >= 1.0).all()):
+            mask = valid.expand(B, H, nbq, nbk).clone()
+        else:
+            sorted_scores, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+            csum = sorted_scores.double().cumsum(dim=-1)
+            before = csum - sorted_scores.double()  # mass ranked strictly before each block
+            keep_sorted = (before < thr * csum[..., -1:]) | (thr >= 1.0)
+            keep_sorted[..., 0] = True  # the top block, even in a degenerate all-zero row
+            mask = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    elif ratio is not None and threshold is None:
+        n_valid = valid.sum(dim=-1, keepdim=True)  # (B,1,1,1)
+        n_keep = torch.clamp(torch.ceil(ratio * n_valid.double()).long(), min=1)
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+        rank_ok = torch.arange(nbk, device=scores.device).view(1, 1, 1, nbk) < n_keep
+        mask = torch.zeros_like(rank_ok.expand(B, H, nbq, nbk)).scatter_(
+            -1, order, rank_ok.expand(B, H, nbq, nbk)
+        )
+    else:
+        raise ValueError("select_blocks: give exactly one of `threshold` and `ratio`")
+
+    if force_rows is not None:
+        mask = mask | force_rows[:, None, :, None]
+    if force_cols is not None:
+        mask = mask | force_cols[:, None, None, :]
+    return mask & valid
+
+
+def select_blocks_ref(
+    scores: torch.Tensor,
+    *,
+    block_size: int,
+    threshold: float | None = None,
+    ratio: float | None = None,
+    kv_len: torch.Tensor | None = None,
+    force_rows: torch.Tensor | None = None,
+    force_cols: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-row Python reference of :func:`select_blocks` (scalar threshold only; slow)."""
+    B, H, nbq, nbk = scores.shape
+    lens = kv_len_tensor(kv_len, B, nbk * block_size, torch.device("cpu")).tolist()
+    mask = torch.zeros(B, H, nbq, nbk, dtype=torch.bool)
+    for b in range(B):
+        valid = [j for j in range(nbk) if j * block_size < lens[b]]
+        for h in range(H):
+            for i in range(nbq):
+                row = {j: float(scores[b, h, i, j]) for j in valid}
+                ranked = sorted(valid, key=lambda j: (-row[j], j))
+                if threshold is not None:
+                    target = threshold * sum(row.values())
+                    taken = 0.0
+                    for rank, j in enumerate(ranked):
+                        if threshold >= 1.0 or rank == 0 or taken < target:
+                            mask[b, h, i, j] = True
+                        taken += row[j]
+                else:
+                    for j in ranked[: max(1, math.ceil(ratio * len(valid)))]:
+                        mask[b, h, i, j] = True
+                if force_rows is not None and bool(force_rows[b, i]):
+                    mask[b, h, i, valid] = True
+                for j in valid:
+                    if force_cols is not None and bool(force_cols[b, j]):
+                        mask[b, h, i, j] = True
+    return mask
+
+
+def mask_to_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR-style lists of a block mask, without a host sync.
+
+    mask: (B, H, Nbq, Nbk) bool. Returns counts: (B, H, Nbq) int32 and indices:
+    (B, H, Nbq, Nbk) int32 whose first ``counts[b, h, i]`` entries are the selected key-block
+    indices in ascending order (the rest is padding with the value Nbk).
+    """
+    nbk = mask.shape[-1]
+    cols = torch.arange(nbk, device=mask.device, dtype=torch.int32)
+    keyed = torch.where(mask, cols, torch.full_like(cols, nbk))
+    indices = torch.sort(keyed, dim=-1).values
+    counts = mask.sum(dim=-1, dtype=torch.int32)
+    return counts, indices.contiguous()
+
+
+def block_counts(n_tokens: int, block_size: int) -> int:
+    """Number of blocks covering ``n_tokens`` (the last one may be partial)."""
+    return cdiv(n_tokens, block_size)

@@ -1,0 +1,199 @@
+"""Block-sparse attention forward (FlashAttention-style, non-causal), Triton kernel and reference.
+
+Each program owns one query block of ``block_size`` tokens of one (batch, head) and walks the
+ascending list of its selected key blocks (``counts`` / ``indices`` from
+:func:`~xattn_video.kernels.select.mask_to_indices`), in sub-tiles of ``BLOCK_N`` keys, with
+an online softmax in base 2. Keys at positions ``>= kv_len[b]`` are masked inside the kernel,
+so the last, partial block and per-sample key padding are exact. Optionally returns the
+natural-log log-sum-exp per query row, needed to merge partial results (text columns, ring
+attention).
+
+Not supported: causal masks, dropout, backward (inference only), GQA (q/k/v must have the same
+head count), head dims other than 16, 32, 64 and 128 in the Triton kernel, different block
+sizes for queries and keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._common import HAS_TRITON, cdiv, dot_precision, kv_len_tensor
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+def block_sparse_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    block_size: int,
+    kv_len: torch.Tensor | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+    q_chunk_blocks: int = 8,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SDPA with the block mask expanded to tokens (and key padding). Computed in q's dtype.
+
+    q, k, v: (B, H, N, D); mask: (B, H, Nbq, Nbk) bool; kv_len: (B,) int. Rows with no
+    selected key give 0 output (and -inf LSE). Query blocks are processed ``q_chunk_blocks`` at
+    a time to bound the memory of the expanded token mask. Returns out (B, H, N, D) and, with
+    ``return_lse``, lse (B, H, N) float32 (natural log).
+    """
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    key_ok = torch.arange(Nk, device=q.device)[None, :] < lens[:, None].long()  # (B, Nk)
+    out = torch.zeros_like(q)
+    lse = torch.full((B, H, Nq), float("-inf"), dtype=torch.float32, device=q.device)
+    step = q_chunk_blocks * block_size
+    for q0 in range(0, Nq, step):
+        q1 = min(Nq, q0 + step)
+        rows = torch.arange(q0, q1, device=q.device) // block_size
+        tok = mask[:, :, rows].repeat_interleave(block_size, dim=-1)[..., :Nk]
+        tok = tok & key_ok[:, None, None, :]
+        any_key = tok.any(dim=-1, keepdim=True)
+        safe = tok | ~any_key  # avoid all-False rows (NaN); zeroed below
+        chunk = F.scaled_dot_product_attention(q[:, :, q0:q1], k, v, attn_mask=safe, scale=scale)
+        out[:, :, q0:q1] = torch.where(any_key, chunk, torch.zeros_like(chunk))
+        if return_lse:
+            logits = (q[:, :, q0:q1].float() @ k.float().transpose(-1, -2)) * scale
+            logits = logits.masked_fill(~tok, float("-inf"))
+            lse[:, :, q0:q1] = torch.logsumexp(logits, dim=-1)
+    return (out, lse) if return_lse else out
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _block_sparse_attn_fwd_kernel(
+        Q, K, V, O, LSE, COUNTS, INDICES, KV_LEN,
+        stride_qb, stride_qh, stride_qn, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_vb, stride_vh, stride_vn, stride_vd,
+        stride_ob, stride_oh, stride_on, stride_od,
+        stride_cbh, stride_ibh, stride_im,
+        H, N_Q, sm_scale_log2,
+        BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+        STORE_LSE: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)  # query tile (BLOCK_M tokens inside one query block)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        M_PER_BLOCK: tl.constexpr = BLOCK // BLOCK_M
+        SUB: tl.constexpr = BLOCK // BLOCK_N
+        qblock = pid_m // M_PER_BLOCK
+        kvl = tl.load(KV_LEN + b)
+        cnt = tl.load(COUNTS + pid_bh * stride_cbh + qblock)
+        idx_base = INDICES + pid_bh * stride_ibh + qblock * stride_im
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        offs_bn = tl.arange(0, BLOCK_N)
+        q = tl.load(
+            Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+            + offs_d[None, :] * stride_qd,
+            mask=offs_m[:, None] < N_Q,
+            other=0.0,
+        )  # fmt: skip
+        k_base = K + b * stride_kb + h * stride_kh
+        v_base = V + b * stride_vb + h * stride_vh
+
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        for t in range(0, cnt * SUB):
+            kb = tl.load(idx_base + t // SUB)
+            offs_n = kb * BLOCK + (t % SUB) * BLOCK_N + offs_bn
+            key_ok = offs_n < kvl
+            kt = tl.load(
+                k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=key_ok[:, None],
+                other=0.0,
+            )
+            vt = tl.load(
+                v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=key_ok[:, None],
+                other=0.0,
+            )
+            qk = tl.dot(q, tl.trans(kt), input_precision=PRECISION) * sm_scale_log2
+            qk = tl.where(key_ok[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(qk - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(vt.dtype), vt, acc, input_precision=PRECISION)
+            m_i = m_new
+
+        empty = l_i == 0.0
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        tl.store(
+            O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
+            + offs_d[None, :] * stride_od,
+            out.to(O.dtype.element_ty),
+            mask=offs_m[:, None] < N_Q,
+        )  # fmt: skip
+        if STORE_LSE:
+            lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_i)) * 0.6931471805599453)
+            tl.store(LSE + pid_bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
+
+
+def _attn_launch_config(block_size: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the sparse attention kernel."""
+    if dtype == torch.float32:  # interpreter tests and fp32 callers: small tiles
+        return min(64, block_size), min(32, block_size), 4, 1
+    block_m = min(128, block_size)
+    block_n = min(64 if D > 64 else 128, block_size)
+    return block_m, block_n, 8 if block_m * D >= 128 * 128 else 4, 3
+
+
+def block_sparse_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    counts: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    block_size: int,
+    kv_len: torch.Tensor | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Triton block-sparse attention over CSR lists.
+
+    q, k, v: (B, H, N, D) fp16/bf16 (fp32 under the interpreter); counts: (B, H, Nbq) int32;
+    indices: (B, H, Nbq, L) int32, ascending, only valid key blocks; kv_len: (B,) int.
+    Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N) float32.
+    """
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    out = torch.empty_like(q)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse else out
+    block_m, block_n, num_warps, num_stages = _attn_launch_config(block_size, D, q.dtype)
+    counts = counts.reshape(B * H, -1)
+    indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
+    grid = (cdiv(Nq, block_size) * (block_size // block_m), B * H)
+    _block_sparse_attn_fwd_kernel[grid](
+        q, k, v, out, lse, counts, indices, lens,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        counts.stride(0), indices.stride(0), indices.stride(1),
+        H, Nq, scale * LOG2E,
+        BLOCK=block_size, BLOCK_M=block_m, BLOCK_N=block_n, D=D,
+        STORE_LSE=return_lse, PRECISION=dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return (out, lse) if return_lse else out
