@@ -77,7 +77,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _block_sparse_attn_fwd_kernel(
-        Q, K, V, O, LSE, COUNTS, INDICES, KV_LEN,
+        Q, K, V, OUT, LSE, COUNTS, INDICES, KV_LEN,
         stride_qb, stride_qh, stride_qn, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
@@ -140,9 +140,9 @@ if HAS_TRITON:
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
         tl.store(
-            O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
+            OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
             + offs_d[None, :] * stride_od,
-            out.to(O.dtype.element_ty),
+            out.to(OUT.dtype.element_ty),
             mask=offs_m[:, None] < N_Q,
         )  # fmt: skip
         if STORE_LSE:
