@@ -170,12 +170,14 @@ def block_sparse_attention_fwd(
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
     return_lse: bool = False,
+    launch: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Triton block-sparse attention over CSR lists.
 
     q, k, v: (B, H, N, D) fp16/bf16 (fp32 under the interpreter); counts: (B, H, Nbq) int32;
     indices: (B, H, Nbq, L) int32, ascending, only valid key blocks; kv_len: (B,) int.
     Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N) float32.
+    ``launch`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages), for tuning.
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
@@ -183,7 +185,7 @@ def block_sparse_attention_fwd(
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse else out
-    block_m, block_n, num_warps, num_stages = _attn_launch_config(block_size, D, q.dtype)
+    block_m, block_n, num_warps, num_stages = launch or _attn_launch_config(block_size, D, q.dtype)
     counts = counts.reshape(B * H, -1)
     indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
     grid = (cdiv(Nq, block_size) * (block_size // block_m), B * H)

@@ -1,0 +1,68 @@
+"""Shared benchmark helpers: environment record, timing, table printing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+
+def environment() -> dict:
+    """GPU name, library versions and git SHA, stored with every benchmark result."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # pragma: no cover
+        triton_version = None
+    try:
+        import diffusers
+
+        diffusers_version = diffusers.__version__
+    except ImportError:  # pragma: no cover
+        diffusers_version = None
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        sha = None
+    return {
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "diffusers": diffusers_version,
+        "cuda": torch.version.cuda,
+        "git_sha": sha,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500) -> float:
+    """Median milliseconds of ``fn()`` timed with CUDA events (triton.testing.do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """rows: dicts; columns: (key, header, format) e.g. ("ms", "median ms", "{:.2f}")."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append(["" if r.get(k) is None else fmt.format(r[k]) for k, _, fmt in columns])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    for n, line in enumerate(cells):
+        print(" | ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+        if n == 0:
+            print("-|-".join("-" * w for w in widths))
+
+
+def save_json(path: str | Path, payload: dict) -> None:
+    """Write ``payload`` (with the environment record added) as indented JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"environment": environment(), **payload}, indent=2))

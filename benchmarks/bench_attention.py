@@ -1,0 +1,154 @@
+"""Attention-level speed: dense baselines vs our block-sparse kernel and estimate (one GPU).
+
+For each sequence length (HunyuanVideo 720p and 544p at 129 frames, 24 heads, head dim 128,
+bf16, B=1) it times, in one process:
+  - PyTorch SDPA with the cuDNN backend and with the flash (FA2) backend (dense baselines);
+  - FlexAttention (compiled) with the same block mask as ours, at each pinned density;
+  - our Triton block-sparse kernel at pinned densities (ratio mode over random scores), and
+    the mask-to-index-list conversion it needs;
+  - our fused estimate at S=8 and S=16, and the selection step.
+Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense
+FLOPs / time) and writes JSON with the GPU, versions and git SHA.
+
+Usage: python benchmarks/bench_attention.py [--seq 119056 67576] [--out results/attn.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bench_ms, environment, print_table, save_json  # noqa: E402
+
+from xattn_video.attention import attention_flops  # noqa: E402
+from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
+from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
+from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
+
+BLOCK = 128
+
+
+def _sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q, k, v):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return run
+
+
+def _flex_runner(counts, indices, n):
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    bm = BlockMask.from_kv_blocks(
+        counts, indices, BLOCK_SIZE=BLOCK, seq_lengths=(n, n)
+    )  # every listed block is computed; no mask_mod (fastest flex path)
+    flex = torch.compile(flex_attention, dynamic=False)
+    return lambda q, k, v: flex(q, k, v, block_mask=bm)
+
+
+def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[dict]:
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (
+        torch.randn(1, heads, n, dim, device=dev, dtype=torch.bfloat16, generator=g)
+        for _ in range(3)
+    )
+    flops = attention_flops(1, heads, n, n, dim)
+    rows: list[dict] = []
+
+    def add(name, ms, density=1.0, **extra):
+        tflops = None if density is None else density * flops / (ms * 1e-3) / 1e12
+        rows.append(dict(n=n, method=name, ms=ms, density=density, tflops=tflops, **extra))
+        print(f"  N={n} {name}: {ms:.2f} ms", flush=True)
+
+    from torch.nn.attention import SDPBackend
+
+    add("sdpa cuDNN dense", bench_ms(lambda: _sdpa(SDPBackend.CUDNN_ATTENTION)(q, k, v)))
+    add("sdpa FA2 dense", bench_ms(lambda: _sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v)))
+
+    nb = math.ceil(n / BLOCK)
+    scores = torch.rand(1, heads, nb, nb, device=dev, generator=g)
+    for d in densities:
+        mask = select_blocks(scores, block_size=BLOCK, ratio=d, n_k=n)
+        counts, indices = mask_to_indices(mask)
+        dens = float(mask.float().mean())
+        attn = partial(block_sparse_attention_fwd, q, k, v, counts, indices, block_size=BLOCK)
+        ms = bench_ms(attn)
+        add(f"ours sparse d={d}", ms, dens)
+        if d == densities[0]:
+            ms_idx = bench_ms(partial(mask_to_indices, mask))
+            add("ours mask->index lists", ms_idx, None)
+        if not args.no_flex:
+            try:
+                flex = _flex_runner(counts, indices, n)
+                ms_flex = bench_ms(partial(flex, q, k, v))
+                add(f"flex same mask d={d}", ms_flex, dens)
+            except Exception as exc:  # noqa: BLE001 - report, don't hide, a flex failure
+                print(f"  flex failed at d={d}: {type(exc).__name__}: {exc}", flush=True)
+        if args.sweep and d in (1.0, 0.3):
+            for cfg in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
+                        (128, 128, 8, 3), (128, 32, 4, 4)]:  # fmt: skip
+                try:
+                    ms_c = bench_ms(partial(attn, launch=cfg))
+                    add(f"  sweep attn d={d} {cfg}", ms_c, dens)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  sweep attn {cfg} failed: {exc}", flush=True)
+
+    for s in strides:
+        est = partial(estimate_block_scores, q, k, stride=s, block_size=BLOCK)
+        ms = bench_ms(est)
+        add(f"ours estimate S={s}", ms, 1.0 / s / 2)
+        if args.sweep:
+            for cfg in [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3),
+                        (128, 256, 8, 2), (64, 64, 4, 2)]:  # fmt: skip
+                try:
+                    ms_c = bench_ms(partial(est, launch=cfg))
+                    add(f"  sweep est S={s} {cfg}", ms_c, 1.0 / s / 2)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  sweep est {cfg} failed: {exc}", flush=True)
+    scores_est = estimate_block_scores(q, k, stride=8, block_size=BLOCK)
+    add("ours select tau=0.9", bench_ms(
+        lambda: select_blocks(scores_est, block_size=BLOCK, threshold=0.9, n_k=n)), None)  # fmt: skip
+
+    base = rows[0]["ms"]
+    for r in rows:
+        r["ratio_to_cudnn"] = r["ms"] / base
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seq", type=int, nargs="+", default=[119056, 67576])
+    p.add_argument("--heads", type=int, default=24)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--densities", type=float, nargs="+", default=[1.0, 0.5, 0.3, 0.1])
+    p.add_argument("--strides", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    p.add_argument("--sweep", action="store_true", help="also time alternative launch configs")
+    p.add_argument("--out", default="results/bench_attention.json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_attention needs a CUDA GPU")
+    print(environment(), flush=True)
+    rows = []
+    for n in args.seq:
+        rows += run_length(n, args.heads, args.dim, args.densities, args.strides, args)
+    print()
+    print_table(rows, [("n", "N", "{}"), ("method", "method", "{}"), ("ms", "median ms", "{:.2f}"),
+                       ("ratio_to_cudnn", "x cuDNN time", "{:.3f}"), ("density", "density", "{:.3f}"),
+                       ("tflops", "eff. TFLOP/s", "{:.0f}")])  # fmt: skip
+    save_json(args.out, {"config": vars(args), "rows": rows})
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

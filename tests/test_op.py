@@ -1,0 +1,212 @@
+"""The public op: input checks, both backends, planted patterns, padding, text rows/columns."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xattn_video as xv
+from xattn_video.attention import dense_blocks
+from xattn_video.kernels._common import cdiv
+from xattn_video.layout import inverse_permutation, tile_permutation
+
+from ._tolerance import assert_fa_close, naive_attention
+
+BACKENDS = ["torch", "triton"]  # "triton" runs in the interpreter on CPU
+
+
+def _qkv(B, H, N, D, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, N, D, generator=g).to(dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_blocks_equals_dense_sdpa(backend):
+    q, k, v = _qkv(2, 2, 150, 16)
+    out, mask = xv.xattention(
+        q, k, v, threshold=1.0, stride=4, block_size=32, backend=backend, return_mask=True
+    )
+    assert mask.all()
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert_fa_close(out, want, naive_attention(q, k, v))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_given_mask_equals_masked_sdpa(backend):
+    B, H, N, D, bs = 2, 2, 100, 32, 16
+    q, k, v = _qkv(B, H, N, D, seed=1)
+    nb = cdiv(N, bs)
+    mask = torch.rand(B, H, nb, nb, generator=torch.Generator().manual_seed(2)) < 0.35
+    mask[..., 3] = True
+    kv_len = torch.tensor([100, 60])
+    out = xv.block_sparse_attention(q, k, v, mask, block_size=bs, kv_len=kv_len, backend=backend)
+    tok = mask.repeat_interleave(bs, -2).repeat_interleave(bs, -1)[..., :N, :N]
+    tok = tok & (torch.arange(N)[None, :] < kv_len[:, None])[:, None, None, :]
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=tok)
+    assert_fa_close(out, want, naive_attention(q, k, v, tok))
+
+
+def test_backends_agree_on_mask_and_output():
+    q, k, v = _qkv(2, 3, 190, 16, seed=3)
+    kv_len = torch.tensor([190, 111])
+    kw = dict(threshold=0.8, stride=8, block_size=32, kv_len=kv_len, return_mask=True)
+    out_t, mask_t = xv.xattention(q, k, v, backend="torch", **kw)
+    out_k, mask_k = xv.xattention(q, k, v, backend="triton", **kw)
+    assert torch.equal(mask_t, mask_k)
+    assert_fa_close(out_k, out_t.double(), naive_attention(q, k, v, None))
+    assert 0.0 < xv.block_density(mask_k, block_size=32, kv_len=kv_len) < 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 0.99])
+def test_planted_pattern_is_always_selected(backend, threshold):
+    """Each query block made to attend one chosen key block: that block is always selected."""
+    B, H, N, D, bs, S = 1, 2, 128, 16, 16, 4
+    nb = N // bs
+    g = torch.Generator().manual_seed(4)
+    target = torch.randperm(nb, generator=g)
+    dirs = torch.linalg.qr(torch.randn(D, D, generator=g))[0][:, :nb].T  # orthonormal
+    q = 0.1 * torch.randn(B, H, N, D, generator=g)
+    k = 0.1 * torch.randn(B, H, N, D, generator=g)
+    for i in range(nb):
+        q[:, :, i * bs : (i + 1) * bs] += 6.0 * dirs[i]
+        k[:, :, target[i] * bs : (target[i] + 1) * bs] += 6.0 * dirs[i]
+    mask = xv.estimate_block_mask(
+        q, k, threshold=threshold, stride=S, block_size=bs, backend=backend
+    )
+    assert mask[:, :, torch.arange(nb), target].all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padded_keys_never_selected_nor_attended(backend):
+    B, H, N, D, bs = 2, 2, 120, 16, 16
+    q, k, v = _qkv(B, H, N, D, seed=5)
+    kv_len = torch.tensor([120, 50])
+    kw = dict(threshold=0.9, stride=4, block_size=bs, kv_len=kv_len, backend=backend)
+    out, mask = xv.xattention(q, k, v, return_mask=True, **kw)
+    assert not mask[1, :, :, cdiv(50, bs) :].any()
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, 50:] = 30.0
+    v2[1, :, 50:] = -1e4
+    out2, mask2 = xv.xattention(q, k2, v2, return_mask=True, **kw)
+    assert torch.equal(mask, mask2) and torch.equal(out, out2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_from_keeps_text_rows_and_columns(backend):
+    B, H, N, D, bs = 2, 1, 100, 16, 16
+    q, k, v = _qkv(B, H, N, D, seed=6)
+    n_video = 70
+    kv_len = torch.tensor([90, 75])  # text valid up to 90 / 75, padded after
+    mask = xv.estimate_block_mask(
+        q, k, threshold=0.2, stride=4, block_size=bs, kv_len=kv_len, dense_from=n_video,
+        backend=backend,
+    )  # fmt: skip
+    text_blocks = range(n_video // bs, cdiv(N, bs))
+    for b, L in enumerate(kv_len.tolist()):
+        valid_cols = cdiv(L, bs)
+        for j in text_blocks:
+            assert mask[b, :, j, :valid_cols].all()  # text query rows dense
+            if j < valid_cols:
+                assert mask[b, :, :, j].all()  # valid text key columns dense
+        assert not mask[b, :, :, valid_cols:].any()
+    assert not mask[:, :, : n_video // bs, : n_video // bs].all()  # video part is sparse
+
+
+def test_dense_blocks_helper():
+    got = dense_blocks(torch.tensor([33, 64]), 2, 80, 16, "cpu")
+    assert got.tolist() == [[False, False, True, True, True], [False, False, False, False, True]]
+    assert dense_blocks(None, 2, 80, 16, "cpu") is None
+
+
+def test_ratio_mode_pins_density():
+    q, k, _ = _qkv(1, 2, 256, 16, seed=7)
+    mask = xv.estimate_block_mask(q, k, threshold=None, ratio=0.25, stride=4, block_size=16)
+    assert (mask.sum(-1) == 4).all()
+    assert xv.block_density(mask, block_size=16) == pytest.approx(0.25)
+
+
+def test_mask_reuse_and_return_lse():
+    q, k, v = _qkv(1, 2, 96, 16, seed=8)
+    out1, mask = xv.xattention(q, k, v, stride=4, block_size=16, return_mask=True)
+    out2, lse = xv.xattention(q, k, v, block_size=16, mask=mask, return_lse=True)
+    assert torch.equal(out1, out2) and lse.shape == (1, 2, 96)
+
+
+def test_threshold_monotone_density_through_op():
+    q, k, _ = _qkv(1, 2, 160, 16, seed=9)
+    dens = [
+        xv.block_density(xv.estimate_block_mask(q, k, threshold=t, stride=4, block_size=16),
+                         block_size=16)
+        for t in (0.3, 0.6, 0.9, 0.97, 1.0)
+    ]  # fmt: skip
+    assert dens == sorted(dens) and dens[-1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(threshold=0.0), "threshold"),
+        (dict(threshold=1.5), "threshold"),
+        (dict(stride=3), "stride"),
+        (dict(stride=16, block_size=16), None),  # valid: stride == block
+        (dict(stride=32, block_size=16), "stride"),
+        (dict(block_size=48), "block_size"),
+        (dict(backend="cuda"), "backend"),
+        (dict(threshold=0.5, ratio=0.5), "exactly one"),
+        (dict(ratio=0.0), "ratio"),
+        (dict(kv_len=torch.tensor([0])), "kv_len"),
+        (dict(kv_len=torch.tensor([65])), "kv_len"),
+        (dict(kv_len=torch.tensor([3.0])), "kv_len"),
+        (dict(kv_len=torch.tensor([3, 4])), "kv_len"),
+    ],
+)
+def test_bad_input_raises_value_error(kwargs, match):
+    q, k, v = _qkv(1, 1, 64, 16)
+    kwargs = {"block_size": 16, "stride": 4, **kwargs}
+    if match is None:
+        xv.xattention(q, k, v, backend="torch", **kwargs)
+        return
+    with pytest.raises(ValueError, match=match):
+        xv.xattention(q, k, v, **{"backend": "torch", **kwargs})
+
+
+def test_bad_shapes_raise_value_error():
+    q, k, v = _qkv(1, 2, 64, 16)
+    with pytest.raises(ValueError, match="rank 4"):
+        xv.xattention(q[0], k[0], v[0])
+    with pytest.raises(ValueError, match="GQA"):
+        xv.xattention(q, k[:, :1], v[:, :1])
+    q80 = torch.randn(1, 1, 64, 80)
+    with pytest.raises(ValueError, match="head dim 80"):
+        xv.xattention(q80, q80, q80, block_size=16, stride=4, backend="triton")
+    with pytest.raises(ValueError, match="mask must be"):
+        xv.block_sparse_attention(q, k, v, torch.ones(1, 2, 3, 3, dtype=torch.bool), block_size=16)
+
+
+def test_triton_backend_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, k, v = _qkv(1, 1, 64, 16)
+    with pytest.raises(ValueError, match="CUDA"):
+        xv.xattention(q, k, v, block_size=16, stride=4, backend="triton")
+
+
+@pytest.mark.parametrize("grid, tile", [((3, 5, 7), (2, 2, 4)), ((4, 8, 8), (2, 4, 4))])
+def test_tile_permutation_is_a_tiling(grid, tile):
+    perm = tile_permutation(grid, tile)
+    T, H, W = grid
+    n = T * H * W
+    assert torch.equal(torch.sort(perm).values, torch.arange(n))
+    x = torch.arange(n)
+    assert torch.equal(x[perm][inverse_permutation(perm)], x)
+    # the first tile is the first tt*th*tw raster positions of the corner cube
+    t, h, w = perm[: tile[0] * tile[1] * tile[2]] // (H * W), (perm // W) % H, perm % W
+    assert (t < tile[0]).all()
+    n0 = tile[0] * tile[1] * tile[2]
+    assert (h[:n0] < tile[1]).all() and (w[:n0] < tile[2]).all()
+    if all(g % s == 0 for g, s in zip(grid, tile, strict=True)):
+        vol = math.prod(tile)
+        tiles = perm.view(-1, vol)
+        spans = [(tiles // (H * W)).amax(1) - (tiles // (H * W)).amin(1)]
+        assert (spans[0] < tile[0]).all()
