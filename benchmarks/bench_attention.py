@@ -84,6 +84,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
         attn = partial(block_sparse_attention_fwd, q, k, v, counts, indices, block_size=BLOCK)
         ms = bench_ms(attn)
         add(f"ours sparse d={d}", ms, dens)
+        add(f"ours sparse, no TMA d={d}", bench_ms(partial(attn, use_tma=False)), dens)
         if d == densities[0]:
             ms_idx = bench_ms(partial(mask_to_indices, mask))
             add("ours mask->index lists", ms_idx, None)
@@ -94,12 +95,12 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
                 add(f"flex same mask d={d}", ms_flex, dens)
             except Exception as exc:  # noqa: BLE001 - report, don't hide, a flex failure
                 print(f"  flex failed at d={d}: {type(exc).__name__}: {exc}", flush=True)
-        if args.sweep and d in (1.0, 0.3):
+        if args.sweep and d == 0.3:
             for cfg in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
-                        (128, 128, 8, 3), (128, 32, 4, 4)]:  # fmt: skip
+                        (128, 128, 8, 4), (128, 64, 8, 4), (64, 128, 4, 3)]:  # fmt: skip
                 try:
                     ms_c = bench_ms(partial(attn, launch=cfg))
-                    add(f"  sweep attn d={d} {cfg}", ms_c, dens)
+                    add(f"  sweep attn TMA d={d} {cfg}", ms_c, dens)
                 except Exception as exc:  # noqa: BLE001
                     print(f"  sweep attn {cfg} failed: {exc}", flush=True)
 
@@ -108,8 +109,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
         ms = bench_ms(est)
         add(f"ours estimate S={s}", ms, 1.0 / s / 2)
         if args.sweep:
-            for cfg in [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3),
-                        (128, 256, 8, 2), (64, 64, 4, 2)]:  # fmt: skip
+            for cfg in [(128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4)]:
                 try:
                     ms_c = bench_ms(partial(est, launch=cfg))
                     add(f"  sweep est S={s} {cfg}", ms_c, 1.0 / s / 2)

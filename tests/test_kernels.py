@@ -198,17 +198,22 @@ def _token_mask(mask, block, n, kv_len):
 
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
 @pytest.mark.parametrize("density", DENSITIES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_sparse_attention_triton_fa_rule(shape, density, dtype):
+@pytest.mark.parametrize(
+    "dtype, use_tma",
+    [(torch.float32, False), (torch.float16, False), (torch.float16, True)],
+)
+def test_sparse_attention_triton_fa_rule(shape, density, dtype, use_tma):
     B, H, N, D, bs, lens = shape
     q, k, v = _rand_qkv(B, H, N, D, dtype, seed=7)
     kv_len = torch.tensor(lens)
     nb = cdiv(N, bs)
     mask = _make_mask(B, H, nb, kv_len, bs, density, seed=8)
     counts, idx = mask_to_indices(mask)
+    launch = (min(32, bs), 16, 4, 1)  # small tiles keep the interpreter fast
     out, lse = block_sparse_attention_fwd(
-        q, k, v, counts, idx, block_size=bs, kv_len=kv_len, return_lse=True
-    )
+        q, k, v, counts, idx, block_size=bs, kv_len=kv_len, return_lse=True, use_tma=use_tma,
+        launch=launch,
+    )  # fmt: skip
     tok = _token_mask(mask, bs, N, kv_len)
     exact = naive_attention(q, k, v, tok, dtype=torch.float64)
     lowp = naive_attention(q, k, v, tok, dtype=dtype)

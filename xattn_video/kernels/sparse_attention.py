@@ -26,6 +26,13 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+try:  # host-side TMA descriptors (Triton >= 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    HAS_TENSOR_DESC = True
+except ImportError:  # pragma: no cover - old Triton or no Triton
+    HAS_TENSOR_DESC = False
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -170,6 +177,89 @@ if HAS_TRITON:
             lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_i)) * 0.6931471805599453)
             tl.store(LSE + pid_bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
 
+    @triton.jit
+    def _attn_tile_tma(
+        q, desc_k, desc_v, b, h, start, offs_bn, kvl, m_i, l_i, acc, sm_scale_log2,
+        BLOCK_N: tl.constexpr, D: tl.constexpr, MASKED: tl.constexpr,
+    ):  # fmt: skip
+        """One BLOCK_N-key step with TMA loads (rows past N come back as zeros)."""
+        kt = desc_k.load([b, h, start, 0]).reshape(BLOCK_N, D)
+        qk = tl.dot(q, kt.T)
+        if MASKED:
+            qk = tl.where((start + offs_bn)[None, :] < kvl, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1) * sm_scale_log2)
+        p = tl.exp2(qk * sm_scale_log2 - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None]
+        vt = desc_v.load([b, h, start, 0]).reshape(BLOCK_N, D)
+        acc = tl.dot(p.to(vt.dtype), vt, acc)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _block_sparse_attn_fwd_tma_kernel(
+        desc_q, desc_k, desc_v, desc_o, LSE, COUNTS, INDICES, KV_LEN,
+        stride_cbh, stride_ibh, stride_im,
+        H, N_Q, sm_scale_log2,
+        BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+        STORE_LSE: tl.constexpr,
+    ):  # fmt: skip
+        """Same contract as ``_block_sparse_attn_fwd_kernel``, with Hopper TMA descriptors."""
+        pid_m = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        M_PER_BLOCK: tl.constexpr = BLOCK // BLOCK_M
+        SUB: tl.constexpr = BLOCK // BLOCK_N
+        qblock = pid_m // M_PER_BLOCK
+        kvl = tl.load(KV_LEN + b)
+        cnt = tl.load(COUNTS + pid_bh * stride_cbh + qblock)
+        idx_base = INDICES + pid_bh * stride_ibh + qblock * stride_im
+        offs_bn = tl.arange(0, BLOCK_N)
+        q = desc_q.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, D)
+
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        n_full = tl.maximum(cnt - 1, 0) * SUB
+        for t in range(0, n_full):
+            kb = tl.load(idx_base + t // SUB)
+            start = kb * BLOCK + (t % SUB) * BLOCK_N
+            m_i, l_i, acc = _attn_tile_tma(
+                q, desc_k, desc_v, b, h, start, offs_bn, kvl, m_i, l_i, acc, sm_scale_log2,
+                BLOCK_N, D, False,
+            )  # fmt: skip
+        for t in range(n_full, cnt * SUB):
+            kb = tl.load(idx_base + t // SUB)
+            start = kb * BLOCK + (t % SUB) * BLOCK_N
+            m_i, l_i, acc = _attn_tile_tma(
+                q, desc_k, desc_v, b, h, start, offs_bn, kvl, m_i, l_i, acc, sm_scale_log2,
+                BLOCK_N, D, True,
+            )  # fmt: skip
+
+        empty = l_i == 0.0
+        out = acc / tl.where(empty, 1.0, l_i)[:, None]
+        desc_o.store([b, h, pid_m * BLOCK_M, 0], out.to(desc_o.dtype).reshape(1, 1, BLOCK_M, D))
+        if STORE_LSE:
+            offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+            lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_i)) * 0.6931471805599453)
+            tl.store(LSE + pid_bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
+
+
+def _tma_default(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors: Hopper or newer, fp16/bf16, 16-byte aligned strides and base."""
+    if not HAS_TENSOR_DESC or not all(t.is_cuda for t in tensors):
+        return False
+    if torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    return all(
+        t.dtype in (torch.float16, torch.bfloat16)
+        and t.stride(-1) == 1
+        and t.data_ptr() % 16 == 0
+        and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1])
+        for t in tensors
+    )
+
 
 def _attn_launch_config(block_size: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the sparse attention kernel."""
@@ -193,17 +283,21 @@ def block_sparse_attention_fwd(
     scale: float | None = None,
     return_lse: bool = False,
     launch: tuple[int, int, int, int] | None = None,
+    use_tma: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Triton block-sparse attention over CSR lists.
 
     q, k, v: (B, H, N, D) fp16/bf16 (fp32 under the interpreter); counts: (B, H, Nbq) int32;
     indices: (B, H, Nbq, L) int32, ascending, only valid key blocks; kv_len: (B,) int.
     Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N) float32.
-    ``launch`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages), for tuning.
+    ``launch`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages), for tuning. ``use_tma``:
+    load tiles with Hopper tensor descriptors (default: on sm90+ GPUs for fp16/bf16).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if use_tma is None:
+        use_tma = _tma_default(q, k, v)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse else out
@@ -211,6 +305,19 @@ def block_sparse_attention_fwd(
     counts = counts.reshape(B * H, -1)
     indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
     grid = (cdiv(Nq, block_size) * (block_size // block_m), B * H)
+    if use_tma:
+        descs = [
+            TensorDescriptor.from_tensor(t, [1, 1, rows, D])
+            for t, rows in ((q, block_m), (k, block_n), (v, block_n), (out, block_m))
+        ]
+        _block_sparse_attn_fwd_tma_kernel[grid](
+            *descs, lse, counts, indices, lens,
+            counts.stride(0), indices.stride(0), indices.stride(1),
+            H, Nq, scale * LOG2E,
+            BLOCK=block_size, BLOCK_M=block_m, BLOCK_N=block_n, D=D, STORE_LSE=return_lse,
+            num_warps=num_warps, num_stages=num_stages,
+        )  # fmt: skip
+        return (out, lse) if return_lse else out
     _block_sparse_attn_fwd_kernel[grid](
         q, k, v, out, lse, counts, indices, lens,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
