@@ -261,14 +261,17 @@ def _tma_default(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _attn_launch_config(block_size: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+def _attn_launch_config(
+    block_size: int, D: int, dtype: torch.dtype, use_tma: bool = False
+) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) for the sparse attention kernel."""
     if dtype == torch.float32:  # interpreter tests and fp32 callers: small tiles
         return min(64, block_size), min(32, block_size), 4, 1
-    # H100 sweep (bf16, D=128, N=119k, density 0.3): (128, 128, 8 warps, 3 stages) was fastest.
+    # H100 sweeps (bf16, D=128, N=119k, density 0.3, docs/results/bench_attention_h100.json):
+    # 128x128 tiles, 8 warps; 2 stages with TMA loads, 3 with pointer loads.
     block_m = min(128, block_size)
     block_n = min(128, block_size)
-    return block_m, block_n, 8 if block_m * D >= 128 * 128 else 4, 3
+    return block_m, block_n, 8 if block_m * D >= 128 * 128 else 4, 2 if use_tma else 3
 
 
 def block_sparse_attention_fwd(
@@ -296,12 +299,14 @@ def block_sparse_attention_fwd(
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    if use_tma is None:
-        use_tma = _tma_default(q, k, v)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse else out
-    block_m, block_n, num_warps, num_stages = launch or _attn_launch_config(block_size, D, q.dtype)
+    if use_tma is None:
+        use_tma = _tma_default(q, k, v)
+    block_m, block_n, num_warps, num_stages = launch or _attn_launch_config(
+        block_size, D, q.dtype, use_tma
+    )
     counts = counts.reshape(B * H, -1)
     indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
     grid = (cdiv(Nq, block_size) * (block_size // block_m), B * H)
