@@ -73,7 +73,7 @@ def locate_data_file(name: str, data_dir: str | os.PathLike[str] | None = None) 
     target = cache_dir() / name
     try:
         data = download(spec)
-    except Exception as exc:  # noqa: BLE001 - any failure becomes one actionable error
+    except Exception as exc:  # any failure becomes one actionable error
         where = ", ".join(str(d) for d in searched)
         raise PromptDataMissing(
             f"Prompt file {name!r} was not found (looked in: {where}) and downloading it failed: "
@@ -136,6 +136,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; cached files are plain readable data
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

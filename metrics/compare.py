@@ -1,0 +1,379 @@
+"""Compare a dense run with a sparse run: per-frame metrics, density, speed-up, reports.
+
+``compare_runs`` pairs the finished videos of two run directories (see ``run_dir``) by prompt
+index, computes PSNR/SSIM (and LPIPS when its weights are on disk) frame by frame on the lossless
+``frames.npy`` (else the decoded ``video.mp4``), and writes into ``out_dir``:
+
+- ``report.json``: per-frame values, per-video mean/min/std, aggregates, density and speed-up per
+  video (from ``meta.json``), unpaired and unfinished prompts, warnings;
+- ``report.md``: Markdown tables (aggregate + one row per video), GPU names;
+- ``report.html`` + PNG figures (quality vs density, per-prompt bars, speed-up bars, dense/sparse
+  frame strips of the worst and best prompt by PSNR).
+
+LPIPS semantics: with ``lpips_required=True`` (LPIPS explicitly asked for) a missing backbone
+checkpoint raises ``LPIPSWeightsMissing``; otherwise LPIPS is skipped with a warning and the report
+holds ``"lpips": null`` and ``"lpips_skipped": "<reason>"``.
+
+Aggregates weight every video equally: ``mean``/``std``/``min``/``max`` are over per-video means;
+``frame_mean``/``frame_min``/``frame_max`` pool all frames of all videos.
+Speed-up = dense seconds / sparse seconds, from ``timings.total_s`` and ``timings.denoise_s``.
+
+Not supported: more than two runs, runs whose paired videos differ in shape (raises), comparing
+against a non-dense reference by another name (a warning is recorded).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import plots
+from .lpips_metric import LPIPSMetric, LPIPSWeightsMissing
+from .psnr import MSE_FLOOR, psnr
+from .report_html import render_html
+from .report_md import render_markdown
+from .run_dir import Run, RunVideo, scan_run
+from .ssim import K1, K2, SIGMA, WIN_SIZE, ssim
+
+DEFAULT_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
+KNOWN_METRICS = frozenset(DEFAULT_METRICS)
+REPORT_SCHEMA = "xattn-video/compare-report/v1"
+
+
+class CompareWarning(UserWarning):
+    """Something about the compared runs deserves attention but does not stop the comparison."""
+
+
+def compare_runs(
+    dense_dir: str | os.PathLike[str],
+    sparse_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    lpips_required: bool = False,
+    lpips_weights: str | os.PathLike[str] | None = None,
+    lpips_net: str = "alex",
+    lpips_metric: LPIPSMetric | None = None,
+    device: str | torch.device | None = None,
+    strip_frames: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compare two runs and write ``report.json``, ``report.md`` and ``report.html``.
+
+    Args:
+        dense_dir: the reference run (dense attention).
+        sparse_dir: the run under test (sparse attention).
+        out_dir: created if needed; report files and PNG figures go here.
+        metrics: subset of ``("psnr", "ssim", "lpips")``.
+        lpips_required: LPIPS was explicitly requested: missing weights raise instead of skip.
+        lpips_weights: backbone checkpoint path/dir (else env var, else torch hub cache).
+        lpips_net: ``"alex"`` (default) or ``"vgg"``.
+        lpips_metric: a prebuilt metric (e.g. ``LPIPSMetric.random_for_tests`` in tests); wins
+            over ``lpips_weights``. A random backbone is flagged loudly in every report.
+        device: compute device (default CUDA if available, else CPU).
+        strip_frames: frames per row in the worst/best frame strips.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The report dict (as written to ``report.json``).
+
+    Raises:
+        ValueError: unknown metric, no prompt finished in both runs, or a paired video differs in
+            shape (prompt index named).
+        LPIPSWeightsMissing: ``lpips_required`` and no backbone checkpoint on disk.
+    """
+    metrics = tuple(dict.fromkeys(metrics))
+    unknown = sorted(set(metrics) - KNOWN_METRICS)
+    if unknown or not metrics:
+        raise ValueError(f"unknown metrics {unknown}; choose from {sorted(KNOWN_METRICS)}")
+    dense, sparse = scan_run(dense_dir), scan_run(sparse_dir)
+    notes: list[str] = [*dense.problems, *sparse.problems, *_run_notes(dense, sparse)]
+    paired = sorted(set(dense.videos) & set(sparse.videos))
+    dense_only = sorted(set(dense.videos) - set(sparse.videos))
+    sparse_only = sorted(set(sparse.videos) - set(dense.videos))
+    if dense_only or sparse_only:
+        notes.append(
+            f"unpaired prompts skipped: only in dense run {dense_only}, "
+            f"only in sparse run {sparse_only}"
+        )
+    if not paired:
+        raise ValueError(
+            f"no prompt index is finished in both {dense.path} and {sparse.path} "
+            f"(dense: {sorted(dense.videos)}, sparse: {sorted(sparse.videos)})"
+        )
+
+    lpips_model, lpips_skipped = None, None
+    if "lpips" in metrics:
+        lpips_model, lpips_skipped = _setup_lpips(
+            lpips_metric, lpips_weights, lpips_net, device, lpips_required
+        )
+        if lpips_skipped:
+            notes.append(f"LPIPS skipped: {lpips_skipped}")
+        elif lpips_model is not None and lpips_model.is_random:
+            notes.append("LPIPS uses a RANDOM backbone (testing only): its values are not LPIPS")
+
+    videos = []
+    for idx in tqdm(paired, desc="comparing videos", unit="video", disable=not progress):
+        entry, video_notes = _compare_video(
+            dense.videos[idx], sparse.videos[idx], metrics, lpips_model, device
+        )
+        videos.append(entry)
+        notes.extend(video_notes)
+
+    for note in notes:
+        warnings.warn(note, CompareWarning, stacklevel=2)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dense_dir": str(dense.path.resolve()),
+        "sparse_dir": str(sparse.path.resolve()),
+        "dense_run": dense.info,
+        "sparse_run": sparse.info,
+        "gpu": {"dense": dense.gpu, "sparse": sparse.gpu},
+        "metrics": list(metrics),
+        "settings": {
+            "psnr": {"data_range": 1.0, "mse_floor": MSE_FLOOR},
+            "ssim": {
+                "window": "gaussian",
+                "win_size": WIN_SIZE,
+                "sigma": SIGMA,
+                "K1": K1,
+                "K2": K2,
+                "border": "valid (cropped)",
+                "channels": "per channel, averaged",
+            },
+            "frames_compared": "frames.npy when present, else decoded video.mp4",
+        },
+        "lpips_backbone": lpips_model.describe() if lpips_model is not None else None,
+        "lpips_skipped": lpips_skipped,
+        "videos": videos,
+        "aggregate": _aggregate(videos, metrics),
+        "unpaired": {"dense_only": dense_only, "sparse_only": sparse_only},
+        "unfinished": {"dense": dense.unfinished, "sparse": sparse.unfinished},
+        "warnings": notes,
+    }
+    report["figures"] = _draw_figures(report, dense, sparse, out, strip_frames)
+    report = _json_clean(report)
+    _write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    _write_text(out / "report.md", render_markdown(report))
+    _write_text(out / "report.html", render_html(report))
+    return report
+
+
+def _setup_lpips(
+    given: LPIPSMetric | None,
+    weights: str | os.PathLike[str] | None,
+    net: str,
+    device: str | torch.device | None,
+    required: bool,
+) -> tuple[LPIPSMetric | None, str | None]:
+    if given is not None:
+        return given, None
+    try:
+        return LPIPSMetric.from_weights(weights, net=net, device=device), None
+    except LPIPSWeightsMissing as exc:
+        if required:
+            raise
+        return None, str(exc)
+
+
+def _run_notes(dense: Run, sparse: Run) -> list[str]:
+    notes = []
+    for run, want_dense in ((dense, True), (sparse, False)):
+        att = (run.info or {}).get("attention")
+        if att is not None and (att == "dense") != want_dense:
+            role = "reference (dense)" if want_dense else "sparse"
+            notes.append(f"{run.path}: run.json says attention={att!r} for the {role} run")
+    if dense.gpu and sparse.gpu and dense.gpu != sparse.gpu:
+        notes.append(
+            f"runs used different GPUs ({dense.gpu!r} vs {sparse.gpu!r}): speed-ups are not "
+            "comparable"
+        )
+    return notes
+
+
+def _stats(values: np.ndarray) -> dict[str, Any]:
+    return {
+        "mean": float(np.mean(values)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+        "std": float(np.std(values)),
+        "per_frame": [float(v) for v in values],
+    }
+
+
+def _seconds(meta: dict[str, Any], key: str) -> float | None:
+    value = (meta.get("timings") or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def _compare_video(
+    d: RunVideo,
+    s: RunVideo,
+    metrics: Sequence[str],
+    lpips_model: LPIPSMetric | None,
+    device: str | torch.device | None,
+) -> tuple[dict[str, Any], list[str]]:
+    notes = []
+    ref, test = d.load_frames(), s.load_frames()
+    if ref.shape != test.shape:
+        raise ValueError(
+            f"prompt {d.index:05d}: dense video {d.frames_file} has shape {ref.shape} but sparse "
+            f"video {s.frames_file} has {test.shape}; they must match (nothing is truncated)"
+        )
+    for key in ("seed", "prompt"):
+        if key in d.meta and key in s.meta and d.meta[key] != s.meta[key]:
+            notes.append(f"prompt {d.index:05d}: {key} differs between runs")
+    entry: dict[str, Any] = {
+        "prompt_index": d.index,
+        "prompt": d.meta.get("prompt", s.meta.get("prompt")),
+        "seed": d.meta.get("seed"),
+        "num_frames": int(ref.shape[0]),
+        "height": int(ref.shape[1]),
+        "width": int(ref.shape[2]),
+        "frames_source": {"dense": d.frames_file.name, "sparse": s.frames_file.name},
+    }
+    if "video.mp4" in entry["frames_source"].values():
+        notes.append(
+            f"prompt {d.index:05d}: compared decoded video.mp4 (lossy; codec noise bounds PSNR) "
+            "because frames.npy is missing"
+        )
+    if "psnr" in metrics:
+        entry["psnr"] = _stats(psnr(ref, test, device=device))
+    if "ssim" in metrics:
+        entry["ssim"] = _stats(ssim(ref, test, device=device))
+    if "lpips" in metrics:
+        entry["lpips"] = _stats(lpips_model(ref, test)) if lpips_model is not None else None
+    density = s.meta.get("density")
+    entry["density"] = density
+    entry["effective_density"] = (density or {}).get("effective_density")
+    entry["sparse_density"] = (density or {}).get("sparse_density")
+    timings = {}
+    for role, meta in (("dense", d.meta), ("sparse", s.meta)):
+        timings[role] = {k: _seconds(meta, k) for k in ("total_s", "denoise_s")}
+    entry["timings"] = timings
+    entry["speedup"] = {
+        "total": _ratio(timings["dense"]["total_s"], timings["sparse"]["total_s"]),
+        "denoise": _ratio(timings["dense"]["denoise_s"], timings["sparse"]["denoise_s"]),
+    }
+    entry["gpu"] = {"dense": d.meta.get("gpu"), "sparse": s.meta.get("gpu")}
+    return entry, notes
+
+
+def _summary(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "std": float(a.std()),
+    }
+
+
+def _aggregate(videos: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    agg: dict[str, Any] = {
+        "num_videos": len(videos),
+        "num_frames": int(sum(v["num_frames"] for v in videos)),
+    }
+    for m in metrics:
+        rows = [v[m] for v in videos if v.get(m) is not None]
+        if not rows:
+            agg[m] = None
+            continue
+        summary = _summary([r["mean"] for r in rows])
+        frames = np.concatenate([np.asarray(r["per_frame"]) for r in rows])
+        summary.update(
+            frame_mean=float(frames.mean()),
+            frame_min=float(frames.min()),
+            frame_max=float(frames.max()),
+        )
+        agg[m] = summary
+    for key in ("effective_density", "sparse_density"):
+        agg[key] = _summary([v[key] for v in videos if isinstance(v.get(key), (int, float))])
+    speed: dict[str, Any] = {}
+    for key, tkey in (("total", "total_s"), ("denoise", "denoise_s")):
+        summary = _summary([v["speedup"][key] for v in videos if v["speedup"][key] is not None])
+        if summary is not None:
+            both = [v for v in videos if v["speedup"][key] is not None]
+            dense_sum = sum(v["timings"]["dense"][tkey] for v in both)
+            sparse_sum = sum(v["timings"]["sparse"][tkey] for v in both)
+            summary["ratio_of_sums"] = dense_sum / sparse_sum
+        speed[key] = summary
+    agg["speedup"] = speed
+    return agg
+
+
+def _draw_figures(
+    report: dict[str, Any], dense: Run, sparse: Run, out: Path, strip_frames: int
+) -> dict[str, Any]:
+    videos = report["videos"]
+    figs: dict[str, Any] = {}
+    for key, fname, draw in (
+        ("quality_vs_density", "quality_vs_density.png", plots.quality_vs_density),
+        ("speedup", "speedup.png", plots.speedup_bars),
+    ):
+        figs[key] = fname if draw(videos, out / fname) else None
+    bars = "per_prompt_metrics.png"
+    figs["per_prompt"] = bars if plots.metric_bars(videos, report["metrics"], out / bars) else None
+    figs["strips"] = []
+    ranked = [v for v in videos if v.get("psnr") is not None]
+    if ranked:
+        ranked.sort(key=lambda v: v["psnr"]["mean"])
+        picks = [("worst", ranked[0])] + ([("best", ranked[-1])] if len(ranked) > 1 else [])
+        for label, v in picks:
+            idx = v["prompt_index"]
+            fname = f"strip_{label}_{idx:05d}.png"
+            title = f"{label} PSNR: prompt {idx:05d}, mean {v['psnr']['mean']:.2f} dB"
+            plots.frame_strip(
+                dense.videos[idx].load_frames(),
+                sparse.videos[idx].load_frames(),
+                title,
+                out / fname,
+                strip_frames,
+            )
+            figs["strips"].append(
+                {"label": label, "prompt_index": idx, "file": fname, "psnr_mean": v["psnr"]["mean"]}
+            )
+    return figs
+
+
+def _json_clean(obj: Any) -> Any:
+    """Plain JSON types; non-finite floats become ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,52 @@
+"""Render a compare report dict as Markdown (``report.md``).
+
+Not supported: embedded figures (see ``report.html``), per-frame tables (see ``report.json``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .report_tables import aggregate_table, lpips_line, run_summary, video_table
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The whole ``report.md`` text."""
+    agg = report["aggregate"]
+    out = ["# Dense vs sparse attention: video quality report", ""]
+    out.append(f"- Dense (reference) run: {run_summary(report, 'dense')}")
+    out.append(f"- Sparse run: {run_summary(report, 'sparse')}")
+    out.append(f"- Videos compared: {agg['num_videos']} ({agg['num_frames']} frames)")
+    lp = lpips_line(report)
+    if lp:
+        out.append(f"- {lp}")
+    unpaired = report["unpaired"]
+    if unpaired["dense_only"] or unpaired["sparse_only"]:
+        out.append(
+            f"- Unpaired (skipped): only dense {unpaired['dense_only']}, "
+            f"only sparse {unpaired['sparse_only']}"
+        )
+    unfinished = report["unfinished"]
+    if unfinished["dense"] or unfinished["sparse"]:
+        out.append(f"- Unfinished: dense {unfinished['dense']}, sparse {unfinished['sparse']}")
+    out.append(
+        "- Metrics are per frame on lossless frames, averaged per video; aggregates weight "
+        "videos equally. Speed-up = dense time / sparse time."
+    )
+    out += ["", "## Aggregate", "", markdown_table(*aggregate_table(report)), ""]
+    out += ["## Per video", "", markdown_table(*video_table(report)), ""]
+    if report["warnings"]:
+        out += ["## Warnings", ""] + [f"- {_cell(w)}" for w in report["warnings"]] + [""]
+    return "\n".join(out)

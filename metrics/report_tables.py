@@ -1,0 +1,113 @@
+"""Turn a compare report dict into plain table rows (strings), shared by the Markdown and HTML views.
+
+Not supported: localisation, custom column sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
+_DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4}
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, ``n/a`` for ``None``."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def short(text: str | None, limit: int = 70) -> str:
+    """One-line text cut to ``limit`` characters."""
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per metric, density and speed-up."""
+    header = ["quantity", "mean", "std", "min", "max", "all-frames mean", "worst frame"]
+    rows = []
+    agg = report["aggregate"]
+    for m in report["metrics"]:
+        s, d = agg.get(m), _DIGITS[m]
+        if s is None:
+            reason = "skipped" if m == "lpips" and report.get("lpips_skipped") else "n/a"
+            rows.append([METRIC_LABELS[m], reason, "", "", "", "", ""])
+            continue
+        worst = s["frame_max"] if m == "lpips" else s["frame_min"]
+        rows.append(
+            [METRIC_LABELS[m]]
+            + [fmt(s[k], d) for k in ("mean", "std", "min", "max", "frame_mean")]
+            + [fmt(worst, d)]
+        )
+    for key, label in (
+        ("effective_density", "effective density"),
+        ("sparse_density", "sparse-call density"),
+    ):
+        s = agg.get(key)
+        rows.append(
+            [label]
+            + ([fmt(s[k], 3) for k in ("mean", "std", "min", "max")] if s else ["n/a", "", "", ""])
+            + ["", ""]
+        )
+    for key, label in (("total", "speed-up, end to end"), ("denoise", "speed-up, denoising")):
+        s = agg["speedup"].get(key)
+        if s is None:
+            rows.append([label, "n/a", "", "", "", "", ""])
+        else:
+            rows.append(
+                [label]
+                + [fmt(s[k], 2) for k in ("mean", "std", "min", "max")]
+                + [f"{fmt(s['ratio_of_sums'], 2)} (total time ratio)", ""]
+            )
+    return header, rows
+
+
+def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per compared video."""
+    header = ["prompt", "text", "frames"]
+    for m in report["metrics"]:
+        worst = "max" if m == "lpips" else "min"
+        header += [f"{METRIC_LABELS[m]} mean", f"{METRIC_LABELS[m]} {worst}"]
+    header += ["eff. density", "sparse density", "speed-up total", "speed-up denoise"]
+    rows = []
+    for v in report["videos"]:
+        row = [f"{v['prompt_index']:05d}", short(v.get("prompt")), str(v["num_frames"])]
+        for m in report["metrics"]:
+            s, d = v.get(m), _DIGITS[m]
+            worst = "max" if m == "lpips" else "min"
+            row += [fmt(s["mean"], d), fmt(s[worst], d)] if s else ["n/a", "n/a"]
+        row += [
+            fmt(v.get("effective_density"), 3),
+            fmt(v.get("sparse_density"), 3),
+            fmt(v["speedup"]["total"], 2),
+            fmt(v["speedup"]["denoise"], 2),
+        ]
+        rows.append(row)
+    return header, rows
+
+
+def run_summary(report: dict[str, Any], role: str) -> str:
+    """One line about the dense or sparse run: path, model, attention, GPU."""
+    info = report.get(f"{role}_run") or {}
+    parts = [report[f"{role}_dir"]]
+    for key in ("model", "attention"):
+        if info.get(key):
+            parts.append(f"{key}={info[key]}")
+    parts.append(f"GPU={report['gpu'][role] or 'unknown'}")
+    return ", ".join(parts)
+
+
+def lpips_line(report: dict[str, Any]) -> str | None:
+    """How LPIPS was computed or why it was skipped; ``None`` when not requested."""
+    if "lpips" not in report["metrics"]:
+        return None
+    if report.get("lpips_skipped"):
+        return f"LPIPS skipped: {report['lpips_skipped']}"
+    b = report.get("lpips_backbone") or {}
+    return f"LPIPS {b.get('net')} v{b.get('version')}, backbone: {b.get('backbone')}, weights: {b.get('weights')}"

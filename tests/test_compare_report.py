@@ -1,0 +1,558 @@
+"""compare_runs on two synthetic run directories: report.json/md/html contents and rendering.
+
+LPIPS here uses ``LPIPSMetric.random_for_tests`` (PLUMBING: not real LPIPS values) or is skipped.
+The HTML report is opened in headless Chromium (Debian package ``chromium``) over the DevTools
+protocol on a pipe (``--remote-debugging-pipe``; stdlib only), checking for console errors and that
+every <img> loaded. That test skips when no chromium binary is installed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from xattn_video.metrics import (
+    CompareWarning,
+    LPIPSMetric,
+    LPIPSWeightsMissing,
+    compare_runs,
+    psnr,
+    read_video,
+    save_frames,
+    ssim,
+    write_video,
+)
+from xattn_video.metrics import lpips_metric as lm
+
+T, H, W = 5, 32, 48
+GPU = "NVIDIA H100 80GB HBM3"
+
+
+# ----------------------------------------------------------------- synthetic runs
+
+
+def base_frames(index: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    frames = [
+        np.stack([(xx * 5 + t * 7) % 256, (yy * 8) % 256, (xx + yy + index * 20) % 256], -1)
+        for t in range(T)
+    ]
+    return np.asarray(frames, dtype=np.uint8)
+
+
+def sparse_frames(index: int) -> np.ndarray:
+    rng = np.random.default_rng(100 + index)
+    noise = rng.normal(0, 4.0 * (1 + index % 3), (T, H, W, 3))
+    return np.clip(base_frames(index) + noise, 0, 255).astype(np.uint8)
+
+
+def write_run(
+    root: Path,
+    attention: str,
+    indices: list[int],
+    *,
+    frames_fn=base_frames,
+    npy: bool = True,
+    seed: int = 0,
+    unfinished: tuple[int, ...] = (),
+) -> Path:
+    root.mkdir(parents=True)
+    run = {"model": "fake-dit", "attention": attention, "config": {}, "gpu": GPU, "versions": {}}
+    (root / "run.json").write_text(json.dumps(run))
+    for i in indices:
+        d = root / f"{i:05d}"
+        frames = frames_fn(i)
+        if npy:
+            save_frames(d / "frames.npy", frames)
+        write_video(d / "video.mp4", frames, fps=8)
+        dense = attention == "dense"
+        meta = {
+            "prompt_index": i,
+            "prompt": f"a synthetic prompt number {i} | with a pipe",
+            "seed": seed,
+            "attention": attention,
+            "config": {},
+            "timings": {
+                "total_s": 20.0 if dense else 10.0 + i,
+                "denoise_s": 18.0 if dense else 8.0 + i,
+                "per_step_s": [0.5] * 4,
+            },
+            "density": None
+            if dense
+            else {"sparse_density": 0.2 + 0.05 * i, "effective_density": 0.35 + 0.05 * i},
+            "gpu": GPU,
+            "versions": {},
+        }
+        (d / "meta.json").write_text(json.dumps(meta))
+    for i in unfinished:
+        d = root / f"{i:05d}"
+        save_frames(d / "frames.npy", base_frames(i))  # no meta.json: still generating
+    return root
+
+
+@pytest.fixture(scope="module")
+def plumbing_lpips() -> LPIPSMetric:
+    return LPIPSMetric.random_for_tests(seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory, plumbing_lpips: LPIPSMetric):
+    root = tmp_path_factory.mktemp("compare")
+    dense = write_run(root / "dense", "dense", [0, 1, 2, 3])
+    sparse = write_run(
+        root / "sparse", "xattn", [0, 1, 2, 4], frames_fn=sparse_frames, unfinished=(7,)
+    )
+    out = root / "report"
+    with pytest.warns(CompareWarning) as record:
+        report = compare_runs(
+            dense, sparse, out, lpips_metric=plumbing_lpips, device="cpu", progress=False
+        )
+    return report, out, dense, sparse, [str(w.message) for w in record]
+
+
+# ----------------------------------------------------------------- report.json
+
+
+def test_report_files_exist(compared) -> None:
+    report, out, *_ = compared
+    for name in ("report.json", "report.md", "report.html"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    figs = report["figures"]
+    pngs = [figs["quality_vs_density"], figs["per_prompt"], figs["speedup"]]
+    pngs += [s["file"] for s in figs["strips"]]
+    assert None not in pngs and len(pngs) == 5
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text()) == report
+
+
+def test_report_values_match_direct_metric_calls(compared, plumbing_lpips) -> None:
+    report, _, dense, sparse, _ = compared
+    assert [v["prompt_index"] for v in report["videos"]] == [0, 1, 2]
+    for v in report["videos"]:
+        i = v["prompt_index"]
+        a = read_video(dense / f"{i:05d}" / "frames.npy")
+        b = read_video(sparse / f"{i:05d}" / "frames.npy")
+        np.testing.assert_array_equal(b, sparse_frames(i))
+        p, s = psnr(a, b, device="cpu"), ssim(a, b, device="cpu")
+        lp = plumbing_lpips(a, b)
+        assert v["psnr"]["per_frame"] == pytest.approx(list(p), abs=1e-12)
+        assert v["ssim"]["per_frame"] == pytest.approx(list(s), abs=1e-12)
+        assert v["lpips"]["per_frame"] == pytest.approx(list(lp), abs=1e-7)
+        for key, arr in (("psnr", p), ("ssim", s)):
+            assert v[key]["mean"] == pytest.approx(arr.mean())
+            assert v[key]["min"] == pytest.approx(arr.min())
+            assert v[key]["std"] == pytest.approx(arr.std())
+        assert (v["num_frames"], v["height"], v["width"]) == (T, H, W)
+        assert v["frames_source"] == {"dense": "frames.npy", "sparse": "frames.npy"}
+        assert v["effective_density"] == pytest.approx(0.35 + 0.05 * i)
+        assert v["sparse_density"] == pytest.approx(0.2 + 0.05 * i)
+        assert v["speedup"]["total"] == pytest.approx(20.0 / (10.0 + i))
+        assert v["speedup"]["denoise"] == pytest.approx(18.0 / (8.0 + i))
+    # noisier prompts score worse: the worst/best strips pick them
+    means = {v["prompt_index"]: v["psnr"]["mean"] for v in report["videos"]}
+    assert means[0] > means[1] > means[2]
+    strips = {s["label"]: s["prompt_index"] for s in report["figures"]["strips"]}
+    assert strips == {"worst": 2, "best": 0}
+
+
+def test_report_aggregates(compared) -> None:
+    report, *_ = compared
+    agg, videos = report["aggregate"], report["videos"]
+    assert agg["num_videos"] == 3 and agg["num_frames"] == 3 * T
+    for m in ("psnr", "ssim", "lpips"):
+        means = np.array([v[m]["mean"] for v in videos])
+        frames = np.concatenate([v[m]["per_frame"] for v in videos])
+        assert agg[m]["mean"] == pytest.approx(means.mean())
+        assert agg[m]["std"] == pytest.approx(means.std())
+        assert agg[m]["min"] == pytest.approx(means.min())
+        assert agg[m]["frame_min"] == pytest.approx(frames.min())
+        assert agg[m]["frame_mean"] == pytest.approx(frames.mean())
+    assert agg["effective_density"]["mean"] == pytest.approx(0.40)
+    sp = agg["speedup"]["total"]
+    assert sp["mean"] == pytest.approx(np.mean([20 / 10, 20 / 11, 20 / 12]))
+    assert sp["ratio_of_sums"] == pytest.approx(60 / 33)
+    assert report["gpu"] == {"dense": GPU, "sparse": GPU}
+    assert report["lpips_backbone"]["backbone"].startswith("RANDOM")
+    assert report["lpips_skipped"] is None
+
+
+def test_unpaired_and_unfinished_are_listed_and_warned(compared) -> None:
+    report, _, _, _, warned = compared
+    assert report["unpaired"] == {"dense_only": [3], "sparse_only": [4]}
+    assert report["unfinished"] == {"dense": [], "sparse": [7]}
+    assert any("unpaired" in w and "[3]" in w and "[4]" in w for w in warned)
+    assert any("RANDOM backbone" in w for w in warned)
+    assert report["warnings"] == warned
+
+
+def test_markdown_report(compared) -> None:
+    report, out, *_ = compared
+    md = (out / "report.md").read_text()
+    assert GPU in md
+    assert "only dense [3], only sparse [4]" in md
+    rows = [line for line in md.splitlines() if line.startswith("| 0000")]
+    assert len(rows) == 3
+    for v, row in zip(report["videos"], rows, strict=True):
+        cells = [c.strip() for c in row.strip("|").split(" | ")]
+        assert cells[0] == f"{v['prompt_index']:05d}"
+        assert f"{v['psnr']['mean']:.2f}" in cells and f"{v['ssim']['mean']:.4f}" in cells
+        assert "\\|" in row  # the pipe in the prompt is escaped, the table stays intact
+        assert len(cells) == len(rows[0].strip("|").split(" | "))
+    assert f"| PSNR (dB) | {report['aggregate']['psnr']['mean']:.2f} |" in md
+
+
+class _TagChecker(HTMLParser):
+    VOID = {"meta", "link", "img", "br", "hr", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.imgs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"] or "")
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> (open: {self.stack[-3:]})")
+        else:
+            self.stack.pop()
+
+
+def test_html_is_well_formed_and_references_existing_pngs(compared) -> None:
+    report, out, *_ = compared
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    checker = _TagChecker()
+    checker.feed(html)
+    assert checker.errors == [] and checker.stack == []
+    assert len(checker.imgs) == 5
+    for src in checker.imgs:
+        assert not src.startswith(("/", "http")) and (out / src).is_file()
+    assert "RANDOM backbone" in html and GPU in html
+    assert "a synthetic prompt number 1 | with a pipe" in html
+
+
+# ----------------------------------------------------------------- LPIPS semantics
+
+
+def _isolate_lpips_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(lm.ENV_LPIPS_WEIGHTS, str(tmp_path / "no-such-alexnet.pth"))
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("small")
+    return (
+        write_run(root / "dense", "dense", [5]),
+        write_run(root / "sparse", "xattn", [5], frames_fn=sparse_frames),
+    )
+
+
+def test_lpips_in_default_set_is_skipped_with_reason(
+    small_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _isolate_lpips_weights(monkeypatch, tmp_path)
+    dense, sparse = small_runs
+    with pytest.warns(CompareWarning, match="LPIPS skipped"):
+        report = compare_runs(dense, sparse, tmp_path / "out", device="cpu", progress=False)
+    assert "alexnet-owt-7be5be79.pth" in report["lpips_skipped"]
+    assert report["videos"][0]["lpips"] is None
+    assert report["aggregate"]["lpips"] is None
+    assert report["videos"][0]["psnr"]["mean"] > 0
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["videos"][0]["lpips"] is None and on_disk["lpips_skipped"]
+    assert "LPIPS skipped" in (tmp_path / "out" / "report.md").read_text()
+    assert "LPIPS skipped" in (tmp_path / "out" / "report.html").read_text()
+    # one prompt only: a single strip, labelled worst
+    assert [s["label"] for s in report["figures"]["strips"]] == ["worst"]
+
+
+def test_lpips_required_raises_when_weights_missing(
+    small_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _isolate_lpips_weights(monkeypatch, tmp_path)
+    dense, sparse = small_runs
+    with pytest.raises(LPIPSWeightsMissing, match="download.pytorch.org"):
+        compare_runs(
+            dense, sparse, tmp_path / "out", lpips_required=True, device="cpu", progress=False
+        )
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_metric_subset_and_unknown_metric(small_runs, tmp_path: Path) -> None:
+    dense, sparse = small_runs
+    report = compare_runs(
+        dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
+    )
+    v = report["videos"][0]
+    assert "psnr" in v and "ssim" not in v and "lpips" not in v
+    assert report["lpips_skipped"] is None and report["lpips_backbone"] is None
+    with pytest.raises(ValueError, match="unknown metrics"):
+        compare_runs(dense, sparse, tmp_path / "o2", metrics=("psnr", "fvd"), progress=False)
+
+
+# ----------------------------------------------------------------- edge cases
+
+
+def test_mp4_fallback_when_frames_npy_missing(tmp_path: Path) -> None:
+    dense = write_run(tmp_path / "d", "dense", [0], npy=False)
+    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames)
+    with pytest.warns(CompareWarning, match="video.mp4"):
+        report = compare_runs(
+            dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
+        )
+    v = report["videos"][0]
+    assert v["frames_source"] == {"dense": "video.mp4", "sparse": "frames.npy"}
+    decoded = read_video(dense / "00000" / "video.mp4")
+    expected = psnr(decoded, sparse_frames(0), device="cpu")
+    assert v["psnr"]["per_frame"] == pytest.approx(list(expected), abs=1e-12)
+
+
+def test_shape_mismatch_names_the_prompt(tmp_path: Path) -> None:
+    dense = write_run(tmp_path / "d", "dense", [3])
+    sparse = write_run(tmp_path / "s", "xattn", [3], frames_fn=lambda i: base_frames(i)[:4])
+    with pytest.raises(ValueError, match="prompt 00003"):
+        compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+
+
+def test_no_common_prompt_raises(tmp_path: Path) -> None:
+    dense = write_run(tmp_path / "d", "dense", [0])
+    sparse = write_run(tmp_path / "s", "xattn", [1])
+    with pytest.raises(ValueError, match="no prompt index is finished in both"):
+        compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+
+
+def test_seed_mismatch_and_missing_timings_are_reported(tmp_path: Path) -> None:
+    dense = write_run(tmp_path / "d", "dense", [0])
+    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames, seed=1)
+    meta_path = sparse / "00000" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["timings"] = None
+    meta["density"] = None
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(CompareWarning, match="seed differs"):
+        report = compare_runs(
+            dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
+        )
+    v = report["videos"][0]
+    assert v["speedup"] == {"total": None, "denoise": None}
+    assert v["effective_density"] is None
+    assert report["figures"]["speedup"] is None
+    assert report["figures"]["quality_vs_density"] is None
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "no density recorded" in html and "no timings recorded" in html
+
+
+# ----------------------------------------------------------------- headless Chromium
+
+
+def _chromium() -> str | None:
+    for name in (os.environ.get("CHROMIUM_BIN"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+_LAUNCH = (
+    "import os, sys\n"
+    "r, w = int(sys.argv[1]), int(sys.argv[2])\n"
+    "os.dup2(r, 3); os.dup2(w, 4); os.close(r); os.close(w)\n"
+    "os.execv(sys.argv[3], sys.argv[3:])\n"
+)
+
+_IMAGES_JS = """
+Promise.all(Array.from(document.images).map(i => i.complete ? null :
+    new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))
+  .then(() => JSON.stringify(Array.from(document.images).map(i => (
+    {src: i.getAttribute('src'), naturalWidth: i.naturalWidth, complete: i.complete}))))
+"""
+
+
+class HeadlessChromium:
+    """Chromium driven over the DevTools protocol on fds 3/4 (``--remote-debugging-pipe``)."""
+
+    def __init__(self, binary: str, user_data_dir: Path) -> None:
+        cmd_r, self._w = os.pipe()  # we write commands, chromium reads fd 3
+        self._r, res_w = os.pipe()  # chromium writes fd 4, we read
+        # move the child's ends above 9 so the launcher's dup2 onto 3/4 cannot clobber them
+        hi_r = fcntl.fcntl(cmd_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        hi_w = fcntl.fcntl(res_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(cmd_r)
+        os.close(res_w)
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={user_data_dir}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, str(hi_r), str(hi_w), *args],
+            pass_fds=(hi_r, hi_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(hi_r)
+        os.close(hi_w)
+        self._q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = os.read(self._r, 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                self._q.put(None)
+                return
+            buf += data
+            while b"\0" in buf:
+                msg, buf = buf.split(b"\0", 1)
+                self._q.put(json.loads(msg))
+
+    def _next(self, deadline: float) -> dict[str, Any]:
+        try:
+            msg = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError("chromium did not answer in time") from None
+        if msg is None:
+            raise RuntimeError("chromium closed the DevTools pipe")
+        if "method" in msg:
+            self.events.append(msg)
+        return msg
+
+    def call(self, method: str, params=None, session: str | None = None, timeout=30.0) -> dict:
+        self._id += 1
+        msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._next(deadline)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def wait_event(self, method: str, session: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(e["method"] == method and e.get("sessionId") == session for e in self.events):
+            self._next(deadline)
+
+    def drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                self._next(deadline)
+        except TimeoutError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=5)
+        except (TimeoutError, RuntimeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._w)
+
+
+def inspect_page(binary: str, html: Path, profile_dir: Path) -> tuple[list[str], list[dict]]:
+    """Load ``html``; return (console/log errors and uncaught exceptions, <img> load states)."""
+    browser = HeadlessChromium(binary, profile_dir)
+    try:
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        s = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        for domain in ("Runtime", "Log", "Page"):
+            browser.call(f"{domain}.enable", session=s)
+        browser.call("Page.navigate", {"url": html.resolve().as_uri()}, session=s)
+        browser.wait_event("Page.loadEventFired", s)
+        res = browser.call(
+            "Runtime.evaluate",
+            {"expression": _IMAGES_JS, "awaitPromise": True, "returnByValue": True},
+            session=s,
+        )
+        images = json.loads(res["result"]["value"])
+        browser.drain(0.3)  # late console messages
+    finally:
+        browser.close()
+    errors = []
+    for e in browser.events:
+        p = e.get("params", {})
+        if e["method"] == "Runtime.exceptionThrown":
+            d = p["exceptionDetails"]
+            errors.append(d.get("exception", {}).get("description") or d.get("text", ""))
+        elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+            errors.append(" ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+        elif e["method"] == "Log.entryAdded" and p["entry"]["level"] == "error":
+            errors.append(f"{p['entry']['text']} {p['entry'].get('url', '')}")
+    return errors, images
+
+
+needs_chromium = pytest.mark.skipif(
+    _chromium() is None, reason="chromium not installed (apt-get install -y chromium)"
+)
+
+
+@needs_chromium
+def test_browser_check_catches_broken_pages(tmp_path: Path) -> None:
+    """Control: the browser harness does report a missing image and a script error."""
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>bad</title>'
+        '<link rel="icon" href="data:,"></head><body><img src="missing.png">'
+        "<script>console.error('boom'); notDefined();</script></body></html>"
+    )
+    errors, images = inspect_page(_chromium(), bad, tmp_path / "profile")
+    assert images == [{"src": "missing.png", "naturalWidth": 0, "complete": True}]
+    joined = "\n".join(errors)
+    assert "boom" in joined and "notDefined" in joined and "ERR_FILE_NOT_FOUND" in joined
+
+
+@needs_chromium
+def test_html_report_renders_in_headless_chromium(compared, tmp_path: Path) -> None:
+    report, out, *_ = compared
+    errors, images = inspect_page(_chromium(), out / "report.html", tmp_path / "profile")
+    assert errors == []
+    assert len(images) == 5
+    for img in images:
+        assert img["complete"] and img["naturalWidth"] > 0, img
+    expected = {report["figures"]["quality_vs_density"], report["figures"]["per_prompt"]}
+    assert expected <= {img["src"] for img in images}

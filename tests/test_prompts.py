@@ -1,0 +1,267 @@
+"""Tests for xattn_video.prompts (suites, user files, offline lookup, fetching, selection)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from xattn_video.prompts import SUITES, Prompt, PromptDataMissing, all_dimensions, load_prompts
+from xattn_video.prompts import fetch as fetch_mod
+from xattn_video.prompts.suites import DATA_FILES, VBENCH_COMMIT
+
+
+def _find_vbench_data() -> Path | None:
+    candidates = [
+        Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vbench",
+        Path("/work/shared/data/vbench"),
+    ]
+    for c in candidates:
+        if (c / "VBench_full_info.json").is_file():
+            return c
+    return None
+
+
+VBENCH_DIR = _find_vbench_data()
+needs_vbench = pytest.mark.skipif(
+    VBENCH_DIR is None,
+    reason="VBench prompt files not found in <repo>/../shared/data/vbench or /work/shared/data/vbench",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user env dir, an empty private cache, and no network: downloads fail loudly."""
+    monkeypatch.delenv(fetch_mod.ENV_PROMPTS_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+    def _no_network(spec):
+        raise AssertionError(f"test tried to download {spec.name}")
+
+    monkeypatch.setattr(fetch_mod, "download", _no_network)
+
+
+@needs_vbench
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_suite_counts_and_indices(suite: str) -> None:
+    prompts = load_prompts(suite, data_dir=VBENCH_DIR)
+    assert len(prompts) == 946
+    assert [p.index for p in prompts] == list(range(946))
+    assert all(isinstance(p, Prompt) and p.text and p.dimensions for p in prompts)
+
+
+@needs_vbench
+def test_standard_matches_source_and_augmented_pairs_dimensions() -> None:
+    std = load_prompts("vbench", data_dir=VBENCH_DIR)
+    raw = json.loads((VBENCH_DIR / "VBench_full_info.json").read_text())
+    assert std[0].text == raw[0]["prompt_en"] == "In a still frame, a stop sign"
+    assert std[0].dimensions == ("temporal_flickering",)
+    assert [p.text for p in std] == [e["prompt_en"] for e in raw]
+    longer_lines = (VBENCH_DIR / "all_dimension_longer.txt").read_text().split("\n")
+    for suite in ("vbench-augmented", "vbench-hunyuan"):
+        aug = load_prompts(suite, data_dir=VBENCH_DIR)
+        assert [p.dimensions for p in aug] == [p.dimensions for p in std]
+        assert all(a.text != s.text for a, s in zip(aug, std, strict=True))
+    aug = load_prompts("vbench-augmented", data_dir=VBENCH_DIR)
+    # last line has no trailing newline and must not be lost or merged
+    assert aug[-1].text == longer_lines[-1].strip() and aug[0].text.startswith("In a still frame")
+
+
+@needs_vbench
+def test_env_dir_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fetch_mod.ENV_PROMPTS_DIR, str(VBENCH_DIR))
+    assert len(load_prompts("vbench-hunyuan")) == 946
+
+
+@needs_vbench
+def test_dimension_filter() -> None:
+    std = load_prompts("vbench", data_dir=VBENCH_DIR)
+    scene = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="scene")
+    assert len(scene) == 86
+    assert all("scene" in p.dimensions for p in scene)
+    assert scene == [p for p in std if "scene" in p.dimensions]
+    both = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, dimension=["scene", "color"])
+    expected = [p.index for p in std if {"scene", "color"} & set(p.dimensions)]
+    assert [p.index for p in both] == expected
+    assert len(all_dimensions(std)) == 16
+
+
+@needs_vbench
+def test_unknown_dimension_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="Unknown dimension") as exc:
+        load_prompts("vbench", data_dir=VBENCH_DIR, dimension="sceen")
+    assert "scene" in str(exc.value) and "human_action" in str(exc.value)
+
+
+@needs_vbench
+def test_sample_matches_paper_stride_and_keeps_indices() -> None:
+    std = load_prompts("vbench-augmented", data_dir=VBENCH_DIR)
+    s = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, sample=100)
+    assert s == std[:: 946 // 100][:100]
+    assert [p.index for p in s[:3]] == [0, 9, 18]
+    lim = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, sample=100, limit=5)
+    assert lim == s[:5]
+    # dimension filter first, then sample, then limit; indices stay the suite's
+    d = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="color", sample=10, limit=3)
+    color = [p for p in std if "color" in p.dimensions]
+    assert [p.index for p in d] == [p.index for p in color[:: len(color) // 10][:3]]
+    big = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="color", sample=1000)
+    assert len(big) == len(color)
+
+
+def test_unknown_suite_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="Unknown prompt suite") as exc:
+        load_prompts("vbench-longer")
+    for name in SUITES:
+        assert name in str(exc.value)
+
+
+def test_invalid_sample_and_limit(tmp_path: Path) -> None:
+    f = tmp_path / "p.txt"
+    f.write_text("a\nb\n")
+    with pytest.raises(ValueError, match="sample"):
+        load_prompts(f, sample=0)
+    with pytest.raises(ValueError, match="limit"):
+        load_prompts(f, limit=0)
+    with pytest.raises(FileNotFoundError):
+        load_prompts(tmp_path / "missing.txt")
+
+
+def test_user_txt_file(tmp_path: Path) -> None:
+    f = tmp_path / "mine.txt"
+    f.write_text("  a red fox running  \n\n\nsecond prompt\r\nthird, no newline")
+    prompts = load_prompts(str(f))
+    assert prompts == [
+        Prompt(0, "a red fox running"),
+        Prompt(1, "second prompt"),
+        Prompt(2, "third, no newline"),
+    ]
+    assert load_prompts(f, limit=2) == prompts[:2]
+    with pytest.raises(ValueError, match="no dimension tags"):
+        load_prompts(f, dimension="scene")
+
+
+def test_user_json_files(tmp_path: Path) -> None:
+    strings = tmp_path / "s.json"
+    strings.write_text(json.dumps(["one", "two"]))
+    assert load_prompts(strings) == [Prompt(0, "one"), Prompt(1, "two")]
+
+    objs = tmp_path / "o.json"
+    objs.write_text(
+        json.dumps(
+            [
+                {"prompt": "a cat", "dimension": "animal"},
+                {"prompt_en": "a dog", "dimension": ["animal", "scene"]},
+                {"prompt": "a car"},
+            ]
+        )
+    )
+    prompts = load_prompts(objs)
+    assert prompts[1] == Prompt(1, "a dog", ("animal", "scene"))
+    assert prompts[2].dimensions == ()
+    assert [p.index for p in load_prompts(objs, dimension="scene")] == [1]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"text": "x"}]))
+    with pytest.raises(ValueError, match="entry 0"):
+        load_prompts(bad)
+    notalist = tmp_path / "obj.json"
+    notalist.write_text(json.dumps({"prompts": ["x"]}))
+    with pytest.raises(ValueError, match="JSON list"):
+        load_prompts(notalist)
+
+
+@needs_vbench
+def test_vbench_format_as_user_json(tmp_path: Path) -> None:
+    f = tmp_path / "custom_info.json"
+    shutil.copy(VBENCH_DIR / "VBench_full_info.json", f)
+    assert load_prompts(f, dimension="scene") == load_prompts(
+        "vbench", data_dir=VBENCH_DIR, dimension="scene"
+    )
+
+
+def test_missing_offline_file_error_names_file_url_and_env(tmp_path: Path) -> None:
+    with pytest.raises(PromptDataMissing) as exc:
+        load_prompts("vbench-augmented", data_dir=tmp_path)
+    msg = str(exc.value)
+    # the standard list (from the wheel) is looked up first
+    assert "VBench_full_info.json" in msg and "vbench==0.1.5" in msg
+    assert "XATTN_VIDEO_PROMPTS_DIR" in msg and str(tmp_path) in msg
+    assert isinstance(exc.value, FileNotFoundError)
+
+
+@needs_vbench
+def test_missing_augmented_file_error_names_raw_url(tmp_path: Path) -> None:
+    shutil.copy(VBENCH_DIR / "VBench_full_info.json", tmp_path)
+    with pytest.raises(PromptDataMissing) as exc:
+        load_prompts("vbench-hunyuan", data_dir=tmp_path)
+    msg = str(exc.value)
+    assert "hunyuan_all_dimension.txt" in msg
+    assert f"raw.githubusercontent.com/Vchitect/VBench/{VBENCH_COMMIT}/prompts/" in msg
+    assert "XATTN_VIDEO_PROMPTS_DIR" in msg
+
+
+@needs_vbench
+def test_fetch_path_downloads_verifies_and_caches(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+
+    def fake_download(spec):
+        calls.append(spec.name)
+        return (VBENCH_DIR / spec.name).read_bytes()
+
+    monkeypatch.setattr(fetch_mod, "download", fake_download)
+    prompts = load_prompts("vbench-augmented")
+    assert len(prompts) == 946
+    assert sorted(calls) == ["VBench_full_info.json", "all_dimension_longer.txt"]
+    cache = tmp_path / "xdg-cache" / "xattn-video" / "prompts"
+    assert fetch_mod.cache_dir() == cache
+    for name in calls:
+        data = (cache / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == DATA_FILES[name].sha256
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    # second load is served from the cache: no more downloads
+    assert load_prompts("vbench-augmented") == prompts
+    assert len(calls) == 2
+
+
+@needs_vbench
+def test_explicit_dir_wins_over_env_and_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    (env_dir / "VBench_full_info.json").write_text("[]")  # would fail the 946 check
+    monkeypatch.setenv(fetch_mod.ENV_PROMPTS_DIR, str(env_dir))
+    assert len(load_prompts("vbench", data_dir=VBENCH_DIR)) == 946
+    with pytest.raises(ValueError, match="expected 946"):
+        load_prompts("vbench")
+
+
+def test_fetch_rejects_wrong_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch_mod, "download", lambda spec: b"[]")
+    with pytest.raises(PromptDataMissing, match="sha256"):
+        load_prompts("vbench")
+    assert not (fetch_mod.cache_dir() / "VBench_full_info.json").exists()
+
+
+def test_augmented_count_mismatch_is_an_error(tmp_path: Path) -> None:
+    info = [{"prompt_en": f"p{i}", "dimension": ["scene"]} for i in range(946)]
+    (tmp_path / "VBench_full_info.json").write_text(json.dumps(info))
+    (tmp_path / "all_dimension_longer.txt").write_text("\n".join(f"long {i}" for i in range(945)))
+    with pytest.raises(ValueError, match="945 prompts"):
+        load_prompts("vbench-augmented", data_dir=tmp_path)
+    (tmp_path / "all_dimension_longer.txt").write_text("\n".join(f"long {i}" for i in range(946)))
+    got = load_prompts("vbench-augmented", data_dir=tmp_path, limit=2)
+    assert got == [Prompt(0, "long 0", ("scene",)), Prompt(1, "long 1", ("scene",))]
+
+
+def test_prompt_is_frozen() -> None:
+    p = Prompt(3, "x", ("scene",))
+    with pytest.raises(AttributeError):
+        p.text = "y"  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        Prompt(-1, "x")
