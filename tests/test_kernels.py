@@ -261,3 +261,13 @@ def test_sparse_attention_padded_keys_never_attended():
     v2[1, :, 41:] = 1e4
     out2 = block_sparse_attention_fwd(q, k2, v2, counts, idx, block_size=bs, kv_len=kv_len)
     assert torch.equal(out, out2)
+
+
+def test_estimate_accepts_transposed_views():
+    """The (B, N, H, D) -> (B, H, N, D) views diffusers processors hand over are fine."""
+    g = torch.Generator().manual_seed(13)
+    q, k = (torch.randn(1, 64, 2, 16, generator=g).transpose(1, 2) for _ in range(2))
+    kw = dict(stride=4, block_size=16)
+    want = estimate_block_scores_ref(q.contiguous(), k.contiguous(), **kw)
+    torch.testing.assert_close(estimate_block_scores_ref(q, k, **kw), want)
+    torch.testing.assert_close(estimate_block_scores(q, k, **kw), want, rtol=1e-5, atol=1e-6)

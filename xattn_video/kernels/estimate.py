@@ -62,14 +62,14 @@ def estimate_block_scores_ref(
     kpad = torch.nn.functional.pad(k.float(), (0, 0, 0, ngk * S - Nk))
     kpad = kpad * (tok_k[None, :] < lens[:, None]).to(kpad.dtype)[:, None, :, None]
     qpad = torch.nn.functional.pad(q.float(), (0, 0, 0, ngq * S - Nq))
-    q_rev = qpad.view(B, H, ngq, S, D).flip(3).reshape(B, H, ngq, S * D)
-    k_fwd = kpad.view(B, H, ngk, S * D)
+    q_rev = qpad.reshape(B, H, ngq, S, D).flip(3).reshape(B, H, ngq, S * D)
+    k_fwd = kpad.reshape(B, H, ngk, S * D)
     logits = q_rev @ k_fwd.transpose(-1, -2) / (math.sqrt(D) * S)
     valid_group = torch.arange(ngk, device=q.device)[None, :] * S < lens[:, None]  # (B, ngk)
     logits = logits.masked_fill(~valid_group[:, None, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     probs = torch.nn.functional.pad(probs, (0, nbk * G - ngk, 0, nbq * G - ngq))
-    return probs.view(B, H, nbq, G, nbk, G).sum(dim=(3, 5))
+    return probs.reshape(B, H, nbq, G, nbk, G).sum(dim=(3, 5))
 
 
 if HAS_TRITON:
