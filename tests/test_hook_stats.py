@@ -1,0 +1,211 @@
+"""The step controller / transformer hook and the density statistics (CPU, no model needed for
+most tests)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers.hooks.hooks import CacheContext
+
+import xattn_video as xv
+from xattn_video.hook import XAttentionController, transformer_patch_size
+from xattn_video.stats import XAttentionStats, mask_density
+
+from ._tiny_models import hv_inputs, tiny_hv_pipeline, tiny_hv_transformer, tiny_wan_transformer
+
+TINY = dict(stride=4, block_size=16, backend="torch")
+
+
+def cfg_(**kw) -> xv.XAttentionConfig:
+    return xv.XAttentionConfig(**{**TINY, **kw})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: OpenMP barriers on a shared 2-core box would dominate the run time
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def steps_of(ctl: XAttentionController, calls: list[dict]) -> list[tuple[int, str, bool]]:
+    out = []
+    for kw in calls:
+        ctl.begin_forward(**kw)
+        out.append((ctl.step, ctl.branch, ctl.sparse))
+    return out
+
+
+# -- controller -----------------------------------------------------------------------------
+
+
+def test_timestep_matching_fallback():
+    ctl = XAttentionController(cfg_(warmup_steps=1))
+    ts = [torch.tensor([t, t]) for t in (1000.0, 1000.0, 750.0, 750.0, 500.0, 1000.0, 750.0)]
+    got = steps_of(ctl, [{"timestep": t} for t in ts])
+    assert got == [
+        (0, "pass0", False), (0, "pass1", False), (1, "pass0", True), (1, "pass1", True),
+        (2, "pass0", True), (0, "pass0", False), (1, "pass0", True),
+    ]  # fmt: skip
+    assert ctl.run == 1  # the larger timestep started a second run
+
+
+def test_timestep_matching_uses_the_max_of_per_token_timesteps():
+    ctl = XAttentionController(cfg_(warmup_steps=0))
+    t = torch.zeros(1, 10)
+    got = []
+    for v in (900.0, 800.0, 800.0):
+        t[:, 2:] = v  # first-frame tokens keep timestep 0 (Wan 2.2 TI2V)
+        ctl.begin_forward(timestep=t.clone())
+        got.append(ctl.step)
+    assert got == [0, 1, 1]
+
+
+def test_scheduler_step_index_is_authoritative():
+    ctl = XAttentionController(cfg_(warmup_steps=1, dense_last_steps=1))
+    sched = SimpleNamespace(step_index=None, timesteps=torch.arange(4))
+    got = []
+    for i, idx in enumerate((None, None, 1, 1, 2, 2, 3, 3)):
+        sched.step_index = idx
+        ctx = CacheContext("uncond" if i % 2 else "cond")
+        # timesteps deliberately constant: the scheduler wins over timestep matching
+        ctl.begin_forward(timestep=torch.tensor([5.0]), scheduler=sched, context=ctx)
+        got.append((ctl.step, ctl.branch, ctl.sparse, ctl.num_steps))
+    assert got == [
+        (0, "cond", False, 4), (0, "uncond", False, 4), (1, "cond", True, 4),
+        (1, "uncond", True, 4), (2, "cond", True, 4), (2, "uncond", True, 4),
+        (3, "cond", False, 4), (3, "uncond", False, 4),
+    ]  # fmt: skip
+    sched.step_index = None  # a new pipeline call without reset in between (e.g. interrupted)
+    ctl.masks[(0, "cond")] = object()
+    ctl.begin_forward(scheduler=sched)
+    assert (ctl.step, ctl.sparse, ctl.run, ctl.masks) == (0, False, 1, {})
+
+
+def test_cache_context_step_index_and_num_steps():
+    ctl = XAttentionController(cfg_(warmup_steps=0, dense_last_steps=1))
+    got = steps_of(
+        ctl,
+        [{"context": CacheContext("cond", step_index=i, num_inference_steps=3)} for i in range(3)],
+    )
+    assert got == [(0, "cond", True), (1, "cond", True), (2, "cond", False)]
+
+
+def test_dense_last_steps_without_step_count_is_ignored(caplog):
+    ctl = XAttentionController(cfg_(warmup_steps=0, dense_last_steps=2))
+    with caplog.at_level("WARNING"):
+        got = steps_of(ctl, [{"timestep": torch.tensor(t)} for t in (3.0, 2.0, 1.0)])
+    assert [s for _, _, s in got] == [True, True, True]
+    assert sum("dense_last_steps" in r.message for r in caplog.records) == 1
+
+
+def test_grid_from_hidden_states_and_patch_size():
+    assert transformer_patch_size(tiny_hv_transformer()) == (1, 1, 1)
+    assert transformer_patch_size(tiny_wan_transformer(num_layers=1)) == (1, 2, 2)
+    ctl = XAttentionController(cfg_())
+    ctl.begin_forward(hidden_states=torch.zeros(1, 16, 5, 12, 20), patch_size=(1, 2, 2))
+    assert ctl.grid == (5, 6, 10)
+    perm, inv = ctl.permutation(300, 310, torch.device("cpu"))
+    assert perm.shape == (310,) and torch.equal(perm[300:], torch.arange(300, 310))
+    assert torch.equal(perm[inv], torch.arange(310))
+    assert ctl.permutation(300, 310, torch.device("cpu"))[0] is perm  # cached
+    with pytest.raises(ValueError, match="token_order='tile'"):
+        ctl.permutation(299, 310, torch.device("cpu"))
+
+
+def test_mask_cache_ages_out_after_mask_refresh_steps():
+    ctl = XAttentionController(cfg_(mask_refresh=3))
+    attn = torch.nn.Identity()
+    m = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    kv = torch.tensor([30])
+    assert ctl.cached_mask(attn, m.shape, kv) is None
+    ctl.store_mask(attn, m, kv)
+    assert ctl.cached_mask(attn, m.shape, kv) is m
+    assert ctl.cached_mask(attn, (1, 1, 3, 3), kv) is None  # another shape
+    assert ctl.cached_mask(attn, m.shape, torch.tensor([20])) is None  # other padding
+    assert ctl.cached_mask(attn, m.shape, kv) is m
+    assert ctl.cached_mask(attn, m.shape, kv) is None  # third reuse: re-estimate
+    ctl.branch = "uncond"
+    assert ctl.cached_mask(attn, m.shape, kv) is None  # per branch
+    one = XAttentionController(cfg_(mask_refresh=1))
+    one.store_mask(attn, m, kv)
+    assert one.masks == {}  # nothing kept (no memory) when masks are never reused
+
+
+# -- stats ----------------------------------------------------------------------------------
+
+
+def test_mask_density_matches_block_density():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(2, 3, 5, 5, generator=g) > 0.5
+    kv = torch.tensor([80, 37])
+    valid = (torch.arange(5) * 16)[None, :] < kv[:, None]
+    mask &= valid[:, None, None, :]
+    d, heads = mask_density(mask, 16, kv, 80)
+    assert d == pytest.approx(xv.block_density(mask, block_size=16, kv_len=kv, n_k=80), abs=1e-12)
+    assert len(heads) == 3
+    for h in range(3):
+        ref = xv.block_density(mask[:, h : h + 1], block_size=16, kv_len=kv, n_k=80)
+        assert heads[h] == pytest.approx(ref, abs=1e-12)
+    dense = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    assert mask_density(dense, 16, None, 64)[0] == 1.0
+
+
+def test_stats_summary_and_serialisation():
+    s = XAttentionStats()
+    empty = s.summary()
+    assert empty["sparse_density"] is None and empty["effective_density"] is None
+    assert empty["num_sparse_calls"] == 0 and empty["per_step"] == []
+    for layer in range(2):
+        s.record(run=0, step=0, layer=layer, branch="cond")
+        s.record(run=0, step=1, layer=layer, branch="cond", density=0.2 + 0.2 * layer,
+                 sparse=True, heads=[0.1 + 0.2 * layer, 0.3 + 0.2 * layer])  # fmt: skip
+    out = s.summary()
+    assert out["sparse_density"] == pytest.approx(0.3)
+    assert out["effective_density"] == pytest.approx((1 + 1 + 0.2 + 0.4) / 4)
+    assert (out["num_sparse_calls"], out["num_dense_calls"], out["num_runs"]) == (2, 2, 1)
+    assert [(p["step"], p["density"]) for p in out["per_step"]] == [
+        (0, 1.0), (1, pytest.approx(0.3))
+    ]  # fmt: skip
+    assert [p["layer"] for p in out["per_layer"]] == [0, 1]
+    assert out["per_layer"][1]["sparse_density"] == pytest.approx(0.4)
+    assert out["per_head"] == pytest.approx([0.2, 0.4])
+    full = json.loads(json.dumps(s.to_dict()))
+    assert len(full["records"]) == 4 and full["records"][1]["heads"] == [0.1, 0.3]
+    assert s.density(1, 1) == pytest.approx(0.4) and s.density(5, 0) is None
+    s.reset()
+    assert len(s) == 0
+    off = XAttentionStats(enabled=False)
+    off.record(run=0, step=0, layer=0, branch="cond")
+    assert len(off) == 0
+
+
+def test_collect_stats_false_records_nothing():
+    pipe = tiny_hv_pipeline(num_single_layers=1)
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1, collect_stats=False)) as h:
+        out = pipe(**hv_inputs(steps=2)).frames
+        assert len(h.stats) == 0 and h.stats.summary()["sparse_density"] is None
+    assert torch.isfinite(out).all()
+
+
+def test_dense_last_steps_in_a_pipeline():
+    pipe = tiny_hv_pipeline(num_single_layers=1)
+    cfg = cfg_(threshold=0.5, warmup_steps=1, dense_last_steps=1)
+    with xv.apply_xattention(pipe, cfg) as h:
+        pipe(**hv_inputs(steps=4))
+        sparse_steps = {r.step for r in h.stats.records if r.sparse}
+        dense_steps = {r.step for r in h.stats.records if not r.sparse}
+    assert sparse_steps == {1, 2} and dense_steps == {0, 3}
+
+
+def test_reset_state_runs_at_the_end_of_each_pipeline_call():
+    pipe = tiny_hv_pipeline(num_single_layers=1)
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0)) as h:
+        pipe(**hv_inputs(steps=2))
+        ctl = h.controller
+        assert (ctl.step, ctl.sparse, ctl.masks) == (0, False, {})
+        assert ctl.forwards == 2

@@ -1,0 +1,359 @@
+"""XAttention processors on a tiny HunyuanVideo transformer / pipeline (CPU, offline, seeded).
+
+Block size 16 with stride 4, so the 192 video + 8 text tokens of the tiny model span 13 blocks.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+import xattn_video as xv
+from xattn_video import attention as attention_mod
+from xattn_video.hook import HOOK_NAME, attach_step_hook
+from xattn_video.processors import HunyuanVideoXAttnProcessor
+
+from ._tiny_models import (
+    framepack_inputs,
+    hv_inputs,
+    hv_text,
+    hv_transformer_inputs,
+    tiny_framepack_transformer,
+    tiny_hv_pipeline,
+    tiny_hv_transformer,
+)
+from ._tolerance import assert_fa_close
+
+TINY = dict(stride=4, block_size=16, backend="torch")
+
+
+def cfg_(**kw) -> xv.XAttentionConfig:
+    return xv.XAttentionConfig(**{**TINY, **kw})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The tensors are tiny: with several OpenMP threads on a shared 2-core CI box, thread
+    # barriers cost milliseconds per op and dominate the run time.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(pipe, **kw) -> torch.Tensor:
+    return pipe(**hv_inputs(**kw)).frames
+
+
+CFG_KW = dict(true_cfg=True, lengths=[5, 8], neg_lengths=[3, 6])  # batch 2, unequal lengths
+
+
+def test_warmup_covering_all_steps_is_bit_identical():
+    pipe = tiny_hv_pipeline()
+    ref = run(pipe, **CFG_KW)
+    with xv.apply_xattention(pipe, cfg_(threshold=0.3, warmup_steps=3)) as handle:
+        out = run(pipe, steps=3, **CFG_KW)
+        summary = handle.stats.summary()
+    assert torch.equal(out, ref)
+    assert summary["num_sparse_calls"] == 0 and summary["effective_density"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(threshold=1.0),
+        dict(selection="ratio", ratio=1.0),
+        dict(threshold=1.0, token_order="tile", tile_size=(1, 4, 4)),
+        dict(threshold=1.0, token_order="tile", tile_size=(2, 3, 5)),  # does not divide (3, 8, 8)
+        dict(threshold=1.0, text_policy="sparse"),
+    ],
+    ids=["threshold1", "ratio1", "tile-divides", "tile-ragged", "text-sparse"],
+)
+def test_all_blocks_matches_stock_within_tolerance(kw):
+    """Tolerance rule (DESIGN.md): err(ours fp32 vs fp64 stock) <= 2 * err(stock fp32 vs fp64
+    stock) + fp32 rounding floor. The fp64 reference is the stock pipeline on a double copy."""
+    pipe = tiny_hv_pipeline()
+    stock32 = run(pipe, **CFG_KW)
+    pipe.transformer.double()
+    ref64 = run(pipe, **CFG_KW)
+    pipe.transformer.float()
+    with xv.apply_xattention(pipe, cfg_(warmup_steps=0, **kw)) as handle:
+        ours = run(pipe, **CFG_KW)
+        assert handle.stats.summary()["sparse_density"] == 1.0
+        assert handle.stats.summary()["num_dense_calls"] == 0
+    assert_fa_close(ours, ref64, stock32, what="latents")
+
+
+def test_sparse_run_is_finite_and_records_density_per_step_and_layer():
+    pipe = tiny_hv_pipeline()
+    ref = run(pipe, steps=3)
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1)) as handle:
+        out = run(pipe, steps=3)
+        stats = handle.stats
+        summary = stats.summary()
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, ref)
+    for step in range(3):
+        for layer in range(3):  # 1 double-stream + 2 single-stream blocks
+            d = stats.density(step, layer)
+            assert d is not None
+            assert d == 1.0 if step == 0 else 0.0 < d < 1.0
+    assert 0.0 < summary["sparse_density"] < summary["effective_density"] < 1.0
+    assert summary["num_sparse_calls"] == 6 and summary["num_dense_calls"] == 3
+    assert [s["step"] for s in summary["per_step"]] == [0, 1, 2]
+    assert [s["layer"] for s in summary["per_layer"]] == [0, 1, 2]
+    assert len(summary["per_head"]) == 2
+    json.dumps(stats.to_dict())  # JSON-serialisable
+
+
+def test_true_cfg_counts_one_step_per_pair_of_forwards():
+    pipe = tiny_hv_pipeline()
+    seen: list[tuple[int, str, bool]] = []
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=2)) as handle:
+        ctl = handle.controller
+        orig = ctl.begin_forward
+
+        def spy(**kw):
+            orig(**kw)
+            seen.append((ctl.step, ctl.branch, ctl.sparse))
+
+        ctl.begin_forward = spy
+        run(pipe, steps=4, true_cfg=True)
+        recs = handle.stats.records
+    assert seen == [
+        (0, "cond", False), (0, "uncond", False), (1, "cond", False), (1, "uncond", False),
+        (2, "cond", True), (2, "uncond", True), (3, "cond", True), (3, "uncond", True),
+    ]  # fmt: skip
+    assert {(r.step, r.branch) for r in recs if r.sparse} == {
+        (s, b) for s in (2, 3) for b in ("cond", "uncond")
+    }
+
+
+def test_two_pipeline_calls_both_start_dense():
+    pipe = tiny_hv_pipeline()
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1, mask_refresh=3)) as h:
+        first = run(pipe, steps=3)
+        second = run(pipe, steps=3)
+        recs = h.stats.records
+        assert h.controller.masks == {}  # reset at the end of each pipeline call
+    assert torch.equal(first, second)
+    assert {r.run for r in recs} == {0, 1}
+    for run_idx in (0, 1):
+        mine = [r for r in recs if r.run == run_idx]
+        assert all(not r.sparse for r in mine if r.step == 0)
+        assert all(r.sparse for r in mine if r.step > 0)
+
+
+def test_remove_restores_stock_processors_and_behaviour():
+    pipe = tiny_hv_pipeline()
+    tr = pipe.transformer
+    originals = dict(tr.attn_processors)
+    ref = run(pipe, **CFG_KW)
+    handle = xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1))
+    procs = tr.attn_processors
+    assert sum(isinstance(p, HunyuanVideoXAttnProcessor) for p in procs.values()) == 3
+    refiner_key = "context_embedder.token_refiner.refiner_blocks.0.attn.processor"
+    assert procs[refiner_key] is originals[refiner_key]
+    assert not torch.equal(run(pipe, **CFG_KW), ref)
+    handle.remove()
+    handle.remove()  # idempotent
+    assert all(tr.attn_processors[k] is v for k, v in originals.items())
+    assert tr._diffusers_hook.get_hook(HOOK_NAME) is None
+    assert "forward" not in vars(tr)
+    assert torch.equal(run(pipe, **CFG_KW), ref)
+    assert "removed" in repr(handle)
+
+
+@pytest.mark.parametrize("text_policy", ["dense", "sparse"])
+def test_padded_text_keys_never_influence_the_output(text_policy):
+    pipe = tiny_hv_pipeline()
+    cfg = cfg_(threshold=0.5, warmup_steps=0, text_policy=text_policy)
+
+    def call(pad_value: float) -> torch.Tensor:
+        kw = hv_inputs(lengths=[3, 8], steps=2)
+        txt = hv_text([3, 8], seed=1, pad_value=pad_value)
+        kw["prompt_embeds"] = txt["embeds"]
+        return pipe(**kw).frames
+
+    with xv.apply_xattention(pipe, cfg) as handle:
+        a, b = call(0.0), call(7.5)
+        assert handle.stats.summary()["sparse_density"] < 1.0
+    assert torch.equal(a, b)
+
+
+def test_refiner_works_with_a_single_processor_instance():
+    tr = tiny_hv_transformer()
+    inputs = hv_transformer_inputs(lengths=[3, 8])
+    ref = tr(**inputs)[0]
+    proc = HunyuanVideoXAttnProcessor(cfg_(threshold=0.5, warmup_steps=0))
+    tr.set_attn_processor(proc)  # also lands on the token refiner
+    assert tr.context_embedder.token_refiner.refiner_blocks[0].attn.processor is proc
+    assert isinstance(proc._refiner_processor, AttnProcessor2_0)
+    # no step hook yet: dense everywhere, bit-identical to stock
+    assert torch.equal(tr(**inputs)[0], ref)
+    attach_step_hook(tr, proc.controller)
+    out = tr(**inputs)[0]
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
+    layers = sorted({r.layer for r in proc.stats.records if r.sparse})
+    assert layers == [0, 1, 2]  # found through the attention modules, not the instance
+
+
+def test_xattention_processors_native_route():
+    pipe = tiny_hv_pipeline()
+    tr = pipe.transformer
+    originals = dict(tr.attn_processors)
+    ref = run(pipe, steps=3)
+    procs = xv.xattention_processors(tr, cfg_(threshold=0.5, warmup_steps=1), pipe=pipe)
+    assert set(procs) == set(originals)
+    refiner_keys = [k for k in procs if k.startswith("context_embedder.")]
+    assert refiner_keys and all(procs[k] is originals[k] for k in refiner_keys)
+    tr.set_attn_processor(procs)  # consumes the dict; .stats / .handle stay usable
+    out = run(pipe, steps=3)
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
+    assert procs.stats.summary()["num_sparse_calls"] == 6
+    procs.handle.remove()
+    assert all(tr.attn_processors[k] is v for k, v in originals.items())
+    assert torch.equal(run(pipe, steps=3), ref)
+
+
+def test_dense_layers_are_honoured():
+    pipe = tiny_hv_pipeline()
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0, dense_layers=(1,))) as h:
+        run(pipe, steps=2)
+        recs = h.stats.records
+    assert all(not r.sparse and r.density == 1.0 for r in recs if r.layer == 1)
+    assert all(r.sparse for r in recs if r.layer in (0, 2))
+
+
+def test_mask_refresh_reuses_masks_per_layer_and_branch(monkeypatch):
+    calls = []
+    real = attention_mod.estimate_block_mask
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(attention_mod, "estimate_block_mask", spy)
+    pipe = tiny_hv_pipeline()
+    # 5 steps, 1 warm-up: 4 sparse steps x 3 layers x 2 CFG branches = 24 sparse calls
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1)) as h:
+        every = run(pipe, steps=5, true_cfg=True)
+        assert len(calls) == 24 and h.stats.summary()["num_sparse_calls"] == 24
+    calls.clear()
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1, mask_refresh=2)) as h:
+        reused = run(pipe, steps=5, true_cfg=True)
+        recs = [r for r in h.stats.records if r.sparse]
+    assert len(calls) == 12  # estimated at sparse steps 1 and 3, reused at 2 and 4
+    assert {r.step for r in recs if r.reused} == {2, 4}
+    assert {r.step for r in recs if not r.reused} == {1, 3}
+    assert torch.isfinite(reused).all() and not torch.equal(reused, every)
+
+
+def test_unknown_model_and_bad_input_errors():
+    with pytest.raises(ValueError, match=r"Linear.*HunyuanVideoTransformer3DModel"):
+        xv.apply_xattention(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no `transformer`"):
+        xv.apply_xattention(object())
+    pipe = tiny_hv_pipeline()
+    with pytest.raises(ValueError, match="does not match"):
+        xv.apply_xattention(pipe, cfg_(), model="wan")
+    with pytest.raises(ValueError, match="XAttentionConfig"):
+        xv.apply_xattention(pipe, {"threshold": 0.5})
+    handle = xv.apply_xattention(pipe, cfg_())
+    with pytest.raises(ValueError, match="already applied"):
+        xv.apply_xattention(pipe, cfg_())
+    handle.remove()
+
+
+def test_custom_processor_is_not_replaced_and_model_is_left_untouched():
+    pipe = tiny_hv_pipeline()
+    tr = pipe.transformer
+
+    class Custom(HunyuanVideoAttnProcessor2_0):
+        pass
+
+    tr.single_transformer_blocks[1].attn.set_processor(Custom())
+    before = dict(tr.attn_processors)
+    with pytest.raises(ValueError, match="Custom"):
+        xv.apply_xattention(pipe, cfg_())
+    assert all(tr.attn_processors[k] is v for k, v in before.items())
+    assert getattr(tr, "_diffusers_hook", None) is None or not tr._diffusers_hook.hooks
+
+
+def test_attention_backend_setting_is_carried_over():
+    pipe = tiny_hv_pipeline()
+    # what transformer.set_attention_backend() writes on each processor (without also
+    # switching diffusers' global backend, which would leak into other tests)
+    for p in pipe.transformer.attn_processors.values():
+        if hasattr(p, "_attention_backend"):
+            p._attention_backend = "_native_math"
+    with xv.apply_xattention(pipe, cfg_()):
+        procs = [
+            p for p in pipe.transformer.attn_processors.values()
+            if isinstance(p, HunyuanVideoXAttnProcessor)
+        ]  # fmt: skip
+        assert procs and all(p._attention_backend == "_native_math" for p in procs)
+
+
+@torch.no_grad()
+def test_framepack_raster_only():
+    tr = tiny_framepack_transformer()
+    inputs = framepack_inputs()
+    ref = tr(**inputs)[0]
+    as64 = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in inputs.items()}  # fmt: skip
+    ref64 = tr.double()(**as64)[0]
+    tr.float()
+    with xv.apply_xattention(tr, cfg_(threshold=1.0, warmup_steps=0)) as h:
+        full = tr(**inputs)[0]
+        assert h.stats.summary()["sparse_density"] == 1.0
+    assert_fa_close(full, ref64, ref, what="framepack")
+    with xv.apply_xattention(tr, cfg_(threshold=0.5, warmup_steps=0)) as h:
+        sparse = tr(**inputs)[0]
+        assert h.stats.summary()["sparse_density"] < 1.0
+    assert torch.isfinite(sparse).all()
+    with pytest.raises(ValueError, match="raster"):
+        xv.apply_xattention(tr, cfg_(token_order="tile"))
+
+
+def _to(inputs: dict, dtype: torch.dtype, device: str = "cuda") -> dict:
+    """Move tensors to ``device``; floating ones (except the timestep) to ``dtype``."""
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device)
+            if v.is_floating_point() and k != "timestep":
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_gpu_triton_bf16_matches_stock_and_runs_sparse():
+    """Triton backend in bf16 (head dim 64, block 64, 1024 video + 8 text tokens, batch 2 with
+    unequal text): all blocks within the tolerance rule against an fp64 stock forward, and
+    sparse raster / tile runs are finite with density < 1."""
+    inputs = hv_transformer_inputs(lengths=[5, 8], grid=(4, 16, 16))
+    tr = tiny_hv_transformer(head_dim=64).cuda().double()
+    ref64 = tr(**_to(inputs, torch.float64))[0]
+    tr.to(torch.bfloat16)
+    bf16 = _to(inputs, torch.bfloat16)
+    stock = tr(**bf16)[0]
+    cfg = xv.XAttentionConfig(threshold=1.0, stride=8, block_size=64, warmup_steps=0)
+    with xv.apply_xattention(tr, cfg) as h:  # backend "auto" -> triton on CUDA
+        ours = tr(**bf16)[0]
+        assert h.stats.summary()["sparse_density"] == 1.0
+    assert_fa_close(ours, ref64, stock, what="bf16 transformer output")
+    for kw in (
+        dict(threshold=0.9),
+        dict(selection="ratio", ratio=0.3, token_order="tile", tile_size=(1, 8, 8)),
+    ):
+        with xv.apply_xattention(tr, cfg.replace(**kw)) as h:
+            out = tr(**bf16)[0]
+            assert 0.0 < h.stats.summary()["sparse_density"] < 1.0
+        assert torch.isfinite(out).all()

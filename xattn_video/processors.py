@@ -1,0 +1,403 @@
+"""diffusers attention processors that run XAttention in the sparse phase and the stock code
+otherwise.
+
+- :class:`HunyuanVideoXAttnProcessor` subclasses ``HunyuanVideoAttnProcessor2_0`` (same
+  ``__call__`` signature, keeps ``_attention_backend`` / ``_parallel_config``) for the 20
+  double- and 40 single-stream blocks. The joint sequence is [video (t-major raster), text];
+  the key-padding mask ``attention_mask`` [B, 1, 1, N] (True = attend, a valid prefix) becomes
+  ``kv_len`` (B,), so padded text keys are never attended. ``text_policy="dense"`` passes
+  ``dense_from = N_video``: every block holding a text token stays dense as a query row and as
+  a key column; ``"sparse"`` lets text blocks compete (padded query rows are zeroed for the
+  estimate so padding cannot steer the selection). Called with ``encoder_hidden_states=None``
+  (the token refiner, when a single instance was given to ``set_attn_processor``) it runs the
+  refiner's stock ``AttnProcessor2_0``.
+- :class:`WanXAttnProcessor` subclasses ``WanAttnProcessor``; only video self-attention
+  (``attn1``: ``encoder_hidden_states is None``) goes sparse, cross-attention is the parent's.
+
+Dense phase (warm-up, ``dense_last_steps``, ``dense_layers``, no step hook attached): exactly
+``super().__call__`` -- bit-identical to the stock processor. Sparse phase: the parent's
+projections, QK norms and RoPE are reproduced, q/k/v [B, N, H, D] are transposed to
+(B, H, N, D) for :func:`xattn_video.attention.xattention`, optionally reordered into 3-D tiles
+(``token_order="tile"``, video part only, text stays at the end, undone afterwards), with the
+block mask reused across ``mask_refresh`` sparse steps per layer and CFG branch; then the
+parent's output projections. Each processor records its density in the controller's stats.
+
+Processors decide dense vs sparse from the bool ``controller.sparse`` (set by the step hook, see
+:mod:`xattn_video.hook`), never from the step number, so ``torch.compile`` sees two variants.
+The sparse branch reads a few small values on the host (the key-padding prefix check, the op's
+input checks, stats when ``collect_stats``), which are graph breaks under ``torch.compile``.
+
+Not supported: gradients / training (the op is forward-only); context parallelism in the
+sparse phase (``_parallel_config`` set: raises); attention masks other than HunyuanVideo's
+[B, 1, 1, N] bool key-padding prefix mask (raises); Wan I2V image keys of ``attn2`` and
+cross-attention in general stay dense; HunyuanVideo 1.5, SkyReels-V2, CogVideoX, Mochi, LTX.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
+
+from . import attention as _attention
+from .config import XAttentionConfig
+from .hook import XAttentionController
+from .stats import mask_density
+
+logger = logging.getLogger(__name__)
+
+# transformer class name -> model family; Framepack reuses HunyuanVideo's blocks (raster only:
+# its video part also holds multi-scale history tokens, which form no single grid).
+MODEL_FAMILIES: dict[str, str] = {
+    "HunyuanVideoTransformer3DModel": "hunyuanvideo",
+    "HunyuanVideoFramepackTransformer3DModel": "hunyuanvideo",
+    "WanTransformer3DModel": "wan",
+}
+
+
+def model_family(transformer: torch.nn.Module) -> str:
+    """``"hunyuanvideo"`` or ``"wan"`` from the transformer class (or a subclass of a supported
+    class); ``ValueError`` naming the class and the supported ones otherwise."""
+    for cls in type(transformer).__mro__:
+        if cls.__name__ in MODEL_FAMILIES:
+            return MODEL_FAMILIES[cls.__name__]
+    raise ValueError(
+        f"XAttention does not support {type(transformer).__name__}; supported transformers: "
+        f"{', '.join(MODEL_FAMILIES)}"
+    )
+
+
+def target_layers(
+    transformer: torch.nn.Module, family: str | None = None
+) -> list[tuple[str, torch.nn.Module, int]]:
+    """(module path, attention module, layer index) of every attention XAttention replaces.
+
+    HunyuanVideo: ``transformer_blocks.{i}.attn`` -> i, ``single_transformer_blocks.{j}.attn``
+    -> num_layers + j (the token refiner is not a target). Wan: ``blocks.{i}.attn1`` -> i.
+    """
+    family = family or model_family(transformer)
+    out: list[tuple[str, torch.nn.Module, int]] = []
+    if family == "hunyuanvideo":
+        double = list(transformer.transformer_blocks)
+        for i, blk in enumerate(double):
+            out.append((f"transformer_blocks.{i}.attn", blk.attn, i))
+        for j, blk in enumerate(transformer.single_transformer_blocks):
+            out.append((f"single_transformer_blocks.{j}.attn", blk.attn, len(double) + j))
+    elif family == "wan":
+        for i, blk in enumerate(transformer.blocks):
+            out.append((f"blocks.{i}.attn1", blk.attn1, i))
+    else:
+        known = sorted(set(MODEL_FAMILIES.values()))
+        raise ValueError(f"unknown model family {family!r}; known: {known}")
+    return out
+
+
+class _XAttnMixin:
+    """Shared sparse path: (B, N, H, D) q/k/v -> XAttention -> (B, N, H, D)."""
+
+    controller: XAttentionController
+    layer: int | None
+    _parallel_config: Any
+
+    def _init_xattn(
+        self,
+        cfg: XAttentionConfig | None,
+        controller: XAttentionController | None,
+        layer: int | None,
+        preset: str,
+    ) -> None:
+        if controller is None:
+            controller = XAttentionController(cfg or XAttentionConfig.from_preset(preset))
+        elif cfg is not None and cfg != controller.cfg:
+            raise ValueError("give either cfg or controller (their configs differ)")
+        self.controller = controller
+        self.layer = layer
+
+    @property
+    def cfg(self) -> XAttentionConfig:
+        return self.controller.cfg
+
+    @property
+    def stats(self):
+        return self.controller.stats
+
+    def _layer_index(self, attn: torch.nn.Module) -> int:
+        return self.layer if self.layer is not None else self.controller.layer_of(attn)
+
+    def _record_dense(self, layer: int) -> None:
+        ctl = self.controller
+        if ctl.stats.enabled:
+            ctl.stats.record(run=ctl.run, step=ctl.step, layer=layer, branch=ctl.branch)
+
+    def _sparse_attention(
+        self,
+        attn: torch.nn.Module,
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        n_video: int,
+        kv_len: torch.Tensor | None,
+        dense_from: int | None,
+    ) -> torch.Tensor:
+        """query/key/value: [B, N, H, D] (video first); kv_len: (B,) int; returns [B, N, H, D]."""
+        if self._parallel_config is not None:
+            raise ValueError(
+                "XAttention's sparse phase does not support diffusers context parallelism "
+                "(_parallel_config is set)"
+            )
+        ctl, cfg = self.controller, self.controller.cfg
+        q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, H, N, D) views
+        if _attention.resolve_backend(cfg.backend, q) == "torch":
+            # the PyTorch reference estimate reshapes with .view (needs contiguous inputs)
+            q, k, v = (x.contiguous() for x in (q, k, v))
+        B, H, N, _ = q.shape
+        inv = None
+        if cfg.token_order == "tile":
+            perm, inv = ctl.permutation(n_video, N, q.device)
+            q, k, v = (x.index_select(2, perm) for x in (q, k, v))
+        nb = -(-N // cfg.block_size)
+        mask = ctl.cached_mask(attn, (B, H, nb, nb), kv_len)
+        reused = mask is not None
+        sel = (
+            {"threshold": cfg.threshold, "ratio": None}
+            if cfg.selection == "threshold"
+            else {"threshold": None, "ratio": cfg.ratio}
+        )
+        out, mask = _attention.xattention(
+            q,
+            k,
+            v,
+            **sel,
+            stride=cfg.stride,
+            block_size=cfg.block_size,
+            kv_len=kv_len,
+            dense_from=dense_from,
+            mask=mask,
+            backend=cfg.backend,
+            return_mask=True,
+        )
+        if not reused:
+            ctl.store_mask(attn, mask, kv_len)
+        if ctl.stats.enabled:
+            density, heads = mask_density(mask, cfg.block_size, kv_len, N)
+            ctl.stats.record(
+                run=ctl.run, step=ctl.step, layer=layer, branch=ctl.branch, density=density,
+                sparse=True, reused=reused, heads=heads,
+            )  # fmt: skip
+        if inv is not None:
+            out = out.index_select(2, inv)
+        return out.transpose(1, 2)
+
+
+def _key_padding_lengths(attention_mask: torch.Tensor | None, batch: int, n: int):
+    """kv_len (B,) int32 from a [B, 1, 1, N] bool key-padding mask (a valid prefix), or None."""
+    if attention_mask is None:
+        return None
+    m = attention_mask
+    if (
+        m.dtype != torch.bool
+        or m.ndim != 4
+        or m.shape[1] != 1
+        or m.shape[2] != 1
+        or m.shape[-1] != n
+    ):
+        raise ValueError(
+            "XAttention expects HunyuanVideo's key-padding mask: bool [B, 1, 1, N] with "
+            f"N={n}, got {tuple(m.shape)} {m.dtype}"
+        )  # fmt: skip
+    m = m.reshape(m.shape[0], n).expand(batch, n)
+    kv_len = m.sum(dim=-1, dtype=torch.int32)
+    prefix = m.to(torch.int32).cumprod(dim=-1).sum(dim=-1, dtype=torch.int32)
+    if not torch.equal(kv_len, prefix):
+        raise ValueError("XAttention expects right-padded text: the key mask must be a prefix")
+    return kv_len
+
+
+class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
+    """XAttention for HunyuanVideo's double- and single-stream blocks.
+
+    cfg: the configuration (default: the ``hunyuanvideo`` preset) -- or controller: a shared
+    :class:`XAttentionController`; layer: this processor's layer index (None: looked up from
+    the attention module, see ``attach_step_hook``). Returns ``(video_out [B, N_v, C],
+    text_out [B, L, C])`` like the parent; for the token refiner (``encoder_hidden_states is
+    None``) the refiner's stock ``AttnProcessor2_0`` output [B, L, C].
+    """
+
+    def __init__(
+        self,
+        cfg: XAttentionConfig | None = None,
+        *,
+        controller: XAttentionController | None = None,
+        layer: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_xattn(cfg, controller, layer, "hunyuanvideo")
+        self._refiner_processor = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        if encoder_hidden_states is None:  # token refiner: plain self-attention over text
+            return self._refiner_processor(attn, hidden_states, None, attention_mask)
+        layer = self._layer_index(attn)
+        if not self.controller.is_sparse(layer):
+            self._record_dense(layer)
+            return super().__call__(
+                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
+
+        n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        single = attn.add_q_proj is None
+        if single:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        # 1-2. QKV projections, per-head QK norms (as the parent)
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        # 3. RoPE on the video tokens only
+        if image_rotary_emb is not None:
+            if single:
+                query = torch.cat(
+                    [apply_rotary_emb(query[:, :-n_text], image_rotary_emb, sequence_dim=1),
+                     query[:, -n_text:]], dim=1,
+                )  # fmt: skip
+                key = torch.cat(
+                    [apply_rotary_emb(key[:, :-n_text], image_rotary_emb, sequence_dim=1),
+                     key[:, -n_text:]], dim=1,
+                )  # fmt: skip
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        # 4. Text stream projections (double-stream blocks), appended after the video
+        if not single:
+            enc_q = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            enc_k = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            enc_v = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                enc_q = attn.norm_added_q(enc_q)
+            if attn.norm_added_k is not None:
+                enc_k = attn.norm_added_k(enc_k)
+            query = torch.cat([query, enc_q], dim=1)
+            key = torch.cat([key, enc_k], dim=1)
+            value = torch.cat([value, enc_v], dim=1)
+
+        # 5. XAttention over [video, text] with text padding as kv_len
+        B, N = query.shape[0], query.shape[1]
+        kv_len = _key_padding_lengths(attention_mask, B, N)
+        cfg = self.controller.cfg
+        dense_from = n_video if (cfg.text_policy == "dense" and n_text > 0) else None
+        if cfg.text_policy == "sparse" and kv_len is not None:
+            # padded query rows get zeros so their content cannot steer the block selection
+            valid = torch.arange(N, device=query.device)[None, :] < kv_len[:, None]
+            query = query * valid[:, :, None, None].to(query.dtype)
+        out = self._sparse_attention(
+            attn, layer, query, key, value, n_video=n_video, kv_len=kv_len, dense_from=dense_from
+        )
+        hidden_states = out.flatten(2, 3).to(query.dtype)
+
+        # 6. Output projections (as the parent)
+        hidden_states, encoder_hidden_states = (
+            hidden_states[:, :-n_text],
+            hidden_states[:, -n_text:],
+        )
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """WanAttnProcessor's RoPE (interleaved pairs), copied verbatim. x: [B, N, H, D]."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
+    """XAttention for Wan 2.1 / 2.2 video self-attention (``attn1``); cross-attention
+    (``encoder_hidden_states`` given) is delegated to ``WanAttnProcessor`` unchanged.
+
+    cfg / controller / layer: as :class:`HunyuanVideoXAttnProcessor` (default preset ``wan``).
+    hidden_states: [B, N, C] video tokens in (t, h, w) raster order; returns [B, N, C].
+    """
+
+    def __init__(
+        self,
+        cfg: XAttentionConfig | None = None,
+        *,
+        controller: XAttentionController | None = None,
+        layer: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_xattn(cfg, controller, layer, "wan")
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        args = (attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            return super().__call__(*args)  # cross-attention: stock
+        layer = self._layer_index(attn)
+        if not self.controller.is_sparse(layer):
+            self._record_dense(layer)
+            return super().__call__(*args)
+        if attention_mask is not None:
+            raise ValueError("XAttention for Wan self-attention takes no attention_mask")
+
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = _wan_rotary(query, *rotary_emb)
+            key = _wan_rotary(key, *rotary_emb)
+
+        out = self._sparse_attention(
+            attn, layer, query, key, value, n_video=query.shape[1], kv_len=None, dense_from=None
+        )
+        hidden_states = out.flatten(2, 3).type_as(query)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states
+
+
+PROCESSOR_CLASSES: dict[str, type] = {
+    "hunyuanvideo": HunyuanVideoXAttnProcessor,
+    "wan": WanXAttnProcessor,
+}
+STOCK_PROCESSOR_CLASSES: dict[str, type] = {
+    "hunyuanvideo": HunyuanVideoAttnProcessor2_0,
+    "wan": WanAttnProcessor,
+}
