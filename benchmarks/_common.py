@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ def environment() -> dict:
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        sha = None
+        sha = os.environ.get("XATTN_VIDEO_GIT_SHA")  # set by callers that copy the tree
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
