@@ -1,1 +1,32 @@
-"""Placeholder until the module lands."""
+"""Pipelines: building diffusers video pipelines and the ``xattn-video`` command line.
+
+Installed as ``xattn_video.pipelines`` (the folder sits at the repo root). Modules:
+
+- ``models``: ``load_pipeline`` (HunyuanVideo, Wan 2.1, tiny offline models), ``MODELS``
+  (per-model defaults and XAttention preset), ``build_tiny_hunyuan_pipeline``,
+  ``build_tiny_wan_pipeline``;
+- ``generate``: ``generate(GenerateOptions(...))``, one video per prompt into a resumable run
+  directory (split over processes under ``accelerate launch``);
+- ``runinfo``: the run-directory layout, atomic files, environment facts;
+- ``cli``: ``xattn-video generate | compare | demo`` and ``generate-video``.
+
+Not supported: image-to-video, Wan 2.2 two-expert checkpoints, CPU offload (see ``models``).
+"""
+
+from .models import (
+    MODELS,
+    ModelSpec,
+    build_tiny_hunyuan_pipeline,
+    build_tiny_wan_pipeline,
+    get_model_spec,
+    load_pipeline,
+)
+
+__all__ = [
+    "MODELS",
+    "ModelSpec",
+    "build_tiny_hunyuan_pipeline",
+    "build_tiny_wan_pipeline",
+    "get_model_spec",
+    "load_pipeline",
+]

@@ -1,0 +1,376 @@
+"""Tests for the ``xattn-video`` CLI (generate / compare / demo) on the tiny offline model.
+
+Every run passes ``--device cpu`` so the expectations (no GPU name, CPU noise) hold on a GPU
+machine too.
+
+Commands run in-process through ``main(argv)`` (one import of diffusers for the whole file);
+one test runs ``python -m xattn_video.pipelines.cli`` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from xattn_video.metrics import read_video, scan_run
+from xattn_video.pipelines import cli, runinfo
+from xattn_video.pipelines.cli import build_generate_parser, config_from_args, generate_main, main
+from xattn_video.prompts import ENV_PROMPTS_DIR, load_prompts
+from xattn_video.prompts import fetch as fetch_mod
+
+from xattn_video.config import XAttentionConfig, config_fields, field_docs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _find_vbench() -> Path | None:
+    for c in (REPO.parent / "shared" / "data" / "vbench", Path("/work/shared/data/vbench")):
+        if (c / "VBench_full_info.json").is_file():
+            return c
+    return None
+
+
+VBENCH_DIR = _find_vbench()
+needs_vbench = pytest.mark.skipif(
+    VBENCH_DIR is None, reason="VBench prompt files not in <repo>/../shared/data/vbench"
+)
+PROMPTS = ["a red car drives on a road", "a cat sleeping, 4K — naïve", "fireworks over a lake"]
+XATTN_FLAGS = ["--block-size", "16", "--stride", "4", "--warmup-steps", "1", "--backend", "torch"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """VBench files from the shared test data, a private cache, no downloads, no LPIPS weights."""
+    if VBENCH_DIR is not None:
+        monkeypatch.setenv(ENV_PROMPTS_DIR, str(VBENCH_DIR))
+    else:
+        monkeypatch.delenv(ENV_PROMPTS_DIR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("XATTN_VIDEO_LPIPS_WEIGHTS", raising=False)
+
+    def no_network(spec):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(fetch_mod, "download", no_network)
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    return path
+
+
+def _generate(out: Path, prompts: str | Path, attention: str, *extra: str) -> int:
+    argv = ["generate", "--model", "tiny", "--prompts", str(prompts), "--attention", attention]
+    return main([*argv, "--out", str(out), "--no-progress", "--device", "cpu", *extra])
+
+
+def _fail(argv: list[str], capsys: pytest.CaptureFixture[str], entry=main) -> str:
+    with pytest.raises(SystemExit) as exc:
+        entry(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def _prompt_dirs(run: Path) -> list[Path]:
+    return sorted(p for p in run.iterdir() if p.is_dir())
+
+
+def _partials(run: Path) -> list[Path]:
+    return [p for p in run.rglob("*") if runinfo.TMP_MARK in p.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# generate + compare end to end
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_vbench
+@pytest.mark.filterwarnings("ignore:LPIPS skipped")
+def test_generate_and_compare_end_to_end(tmp_path: Path, capsys):
+    dense, sparse, report = tmp_path / "dense", tmp_path / "xattn", tmp_path / "report"
+    assert _generate(dense, "vbench", "dense", "--limit", "2") == 0
+    assert _generate(sparse, "vbench", "xattn", "--limit", "2", *XATTN_FLAGS) == 0
+    expected = load_prompts("vbench", limit=2)
+
+    for run, attention in ((dense, "dense"), (sparse, "xattn")):
+        info = json.loads((run / "run.json").read_text())
+        assert info["model"] == "tiny" and info["attention"] == attention
+        assert (info["height"], info["width"], info["frames"], info["steps"]) == (32, 32, 9, 4)
+        assert info["seed"] == 0 and info["prompts"] == "vbench" and info["gpu"] is None
+        assert {"torch", "diffusers", "transformers", "accelerate"} <= set(info["versions"])
+        assert "git_sha" in info
+        if attention == "dense":
+            assert info["config"] is None
+        else:
+            cfg = XAttentionConfig.from_dict(info["config"])
+            assert cfg == XAttentionConfig.from_preset(
+                "tiny", block_size=16, stride=4, warmup_steps=1, backend="torch"
+            )
+        assert [d.name for d in _prompt_dirs(run)] == [f"{p.index:05d}" for p in expected]
+        for prompt, folder in zip(expected, _prompt_dirs(run), strict=True):
+            frames = np.load(folder / "frames.npy")
+            assert frames.dtype == np.uint8 and frames.shape == (9, 32, 32, 3)
+            assert read_video(folder / "video.mp4").shape == (9, 32, 32, 3)
+            meta = json.loads((folder / "meta.json").read_text())
+            assert meta["prompt_index"] == prompt.index and meta["prompt"] == prompt.text
+            assert meta["seed"] == 0 and meta["attention"] == attention
+            assert meta["config"] == info["config"]
+            timings = meta["timings"]
+            assert len(timings["per_step_s"]) == 4 and all(t > 0 for t in timings["per_step_s"])
+            assert timings["total_s"] >= timings["denoise_s"] > 0
+            assert meta["gpu"] is None and meta["versions"] == info["versions"]
+            if attention == "dense":
+                assert meta["density"] is None
+            else:
+                density = meta["density"]
+                assert 0 < density["sparse_density"] <= 1
+                assert 0 < density["effective_density"] <= 1
+                assert density["num_runs"] == 1  # stats are reset per video
+        assert not _partials(run)
+
+    capsys.readouterr()
+    assert main(["compare", str(dense), str(sparse), "--out", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "Report:" in out and str(report / "report.html") in out
+    for name in ("report.json", "report.md", "report.html"):
+        assert (report / name).is_file()
+    data = json.loads((report / "report.json").read_text())
+    assert data["aggregate"]["num_videos"] == 2 and data["lpips_skipped"]
+
+
+def test_same_seed_gives_same_noise_for_dense_and_xattn(tmp_path: Path, prompt_file: Path):
+    """All steps dense (warm-up = steps): the xattn run must reproduce the dense frames."""
+    dense, sparse = tmp_path / "dense", tmp_path / "xattn"
+    assert _generate(dense, prompt_file, "dense", "--limit", "1") == 0
+    flags = [*XATTN_FLAGS[:-4], "--backend", "torch", "--warmup-steps", "4"]
+    with pytest.warns(UserWarning, match="every step runs dense"):
+        assert _generate(sparse, prompt_file, "xattn", "--limit", "1", *flags) == 0
+    a = np.load(dense / "00000" / "frames.npy").astype(int)
+    b = np.load(sparse / "00000" / "frames.npy").astype(int)
+    assert np.abs(a - b).max() <= 1
+    meta = json.loads((sparse / "00000" / "meta.json").read_text())
+    assert meta["density"]["sparse_density"] is None  # no sparse call happened
+
+
+def test_generate_video_entry_point_and_text_prompts(tmp_path: Path, prompt_file: Path):
+    out = tmp_path / "run"
+    argv = ["--model", "tiny", "--prompts", str(prompt_file), "--attention", "dense"]
+    argv += ["--out", str(out), "--sample", "2", "--seed", "3", "--fps", "4", "--no-progress"]
+    argv += ["--device", "cpu"]
+    assert generate_main(argv) == 0
+    assert [d.name for d in _prompt_dirs(out)] == ["00000", "00001"]
+    meta = json.loads((out / "00001" / "meta.json").read_text())
+    assert meta["prompt"] == PROMPTS[1] and meta["seed"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# resume
+# ---------------------------------------------------------------------------------------------
+
+
+def test_interrupted_run_resumes_without_counting_half_written_prompts(
+    tmp_path: Path, prompt_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    import xattn_video.metrics as metrics_mod
+
+    out = tmp_path / "run"
+    real_save = metrics_mod.save_frames
+    calls = []
+
+    def save_then_ctrl_c(path, frames):
+        calls.append(path)
+        if len(calls) == 2:  # prompt 1: video.mp4 is already in place, frames half written
+            Path(path).write_bytes(b"half")
+            raise KeyboardInterrupt
+        real_save(path, frames)
+
+    monkeypatch.setattr(metrics_mod, "save_frames", save_then_ctrl_c)
+    assert _generate(out, prompt_file, "xattn", *XATTN_FLAGS) == cli.EXIT_INTERRUPTED
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert runinfo.is_finished(out / "00000")
+    assert not runinfo.is_finished(out / "00001") and not (out / "00002").exists()
+    assert not (out / "00001" / "frames.npy").exists() and not _partials(out)
+    scanned = scan_run(out)
+    assert sorted(scanned.videos) == [0] and 1 in scanned.unfinished
+
+    # a hard kill could leave a temporary file: the rerun removes it
+    (out / "00001" / f".video.1.dead{runinfo.TMP_MARK}.mp4").write_bytes(b"junk")
+    done_before = (out / "00000" / "meta.json").stat().st_mtime_ns
+    monkeypatch.setattr(metrics_mod, "save_frames", real_save)
+    assert _generate(out, prompt_file, "xattn", *XATTN_FLAGS) == 0
+    assert "generated 2, skipped 1 finished, of 3 prompts" in capsys.readouterr().out
+    assert (out / "00000" / "meta.json").stat().st_mtime_ns == done_before
+    assert all(runinfo.is_finished(d) for d in _prompt_dirs(out)) and len(_prompt_dirs(out)) == 3
+    assert not _partials(out)
+    assert np.load(out / "00001" / "frames.npy").shape == (9, 32, 32, 3)
+    # everything finished: a third run does nothing
+    assert _generate(out, prompt_file, "xattn", *XATTN_FLAGS) == 0
+    assert "generated 0, skipped 3 finished" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_directory_with_other_settings(tmp_path: Path, prompt_file, capsys):
+    out = tmp_path / "run"
+    assert _generate(out, prompt_file, "dense", "--limit", "1") == 0
+    err = _fail(
+        ["generate", "--model", "tiny", "--prompts", str(prompt_file), "--attention", "dense"]
+        + ["--out", str(out), "--seed", "1", "--no-progress", "--device", "cpu"],
+        capsys,
+    )
+    assert "other settings" in err and "seed: 0 -> 1" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# flags <-> XAttentionConfig
+# ---------------------------------------------------------------------------------------------
+
+# One non-default (for the tiny preset), valid value per field: (command-line words, value).
+FLAG_VALUES = {
+    "threshold": (["--threshold", "0.5"], 0.5),
+    "stride": (["--stride", "8"], 8),
+    "block_size": (["--block-size", "32"], 32),
+    "selection": (["--selection", "ratio"], "ratio"),
+    "ratio": (["--ratio", "0.25"], 0.25),
+    "warmup_steps": (["--warmup-steps", "2"], 2),
+    "dense_last_steps": (["--dense-last-steps", "1"], 1),
+    "dense_layers": (["--dense-layers", "0,3"], (0, 3)),
+    "text_policy": (["--text-policy", "sparse"], "sparse"),
+    "token_order": (["--token-order", "tile"], "tile"),
+    "tile_size": (["--tile-size", "2,4,4"], (2, 4, 4)),
+    "mask_refresh": (["--mask-refresh", "2"], 2),
+    "backend": (["--backend", "torch"], "torch"),
+    "collect_stats": (["--no-collect-stats"], False),
+}
+BASE = ["--model", "tiny", "--prompts", "vbench", "--out", "x", "--attention", "xattn"]
+
+
+def test_every_config_field_has_exactly_one_flag():
+    names = [f.name for f in config_fields()]
+    assert set(FLAG_VALUES) == set(names), "update FLAG_VALUES for the new/removed fields"
+    parser = build_generate_parser()
+    group = next(g for g in parser._action_groups if g.title.startswith("XAttention"))
+    dests = [a.dest for a in group._group_actions]
+    assert dests == [f"cfg_{n}" for n in names]  # 1:1, in field order, nothing extra
+    help_text = parser.format_help()
+    docs = field_docs()
+    for name in names:
+        assert cli.flag_name(name) in help_text
+        assert " ".join(docs[name].split()[:3]) in " ".join(help_text.split())
+
+
+@pytest.mark.parametrize("name", list(FLAG_VALUES))
+def test_each_flag_sets_its_field(name):
+    words, value = FLAG_VALUES[name]
+    preset = XAttentionConfig.from_preset("tiny")
+    assert getattr(preset, name) != value
+    extra = ["--stride", "8"] if name == "block_size" else []  # tiny stride 4 divides 32 too
+    args = build_generate_parser().parse_args([*BASE, *words, *extra])
+    cfg = config_from_args(args)
+    assert getattr(cfg, name) == value
+    changed = {n for n in FLAG_VALUES if getattr(cfg, n) != getattr(preset, n)}
+    assert changed == {name} | ({"stride"} if extra else set())
+
+
+def test_unset_flags_take_the_model_preset():
+    for model in ("tiny", "hunyuanvideo", "wan"):
+        argv = [*BASE[:1], model, *BASE[2:]]
+        cfg = config_from_args(build_generate_parser().parse_args(argv))
+        assert cfg == XAttentionConfig.from_preset(cli.get_model_spec(model).preset)
+    dense = build_generate_parser().parse_args([*BASE[:-1], "dense"])
+    assert config_from_args(dense) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "cogvideox"], "invalid choice: 'cogvideox'"),
+        (["--threshold", "1.5"], "threshold must be in (0, 1], got 1.5"),
+        (["--threshold", "0"], "threshold must be in (0, 1]"),
+        (["--stride", "3"], "stride must be one of"),
+        (["--block-size", "48"], "block_size must be one of"),
+        (["--dense-layers", "a,b"], "expected comma-separated integers"),
+        (["--backend", "cuda"], "invalid choice: 'cuda'"),
+        (
+            ["--attention", "dense", "--threshold", "0.5"],
+            "--threshold applies only to --attention xattn",
+        ),
+        (["--height", "30"], "height must be a positive multiple of 16, got 30"),
+        (["--frames", "10"], "frames must be 4k+1"),
+        (["--prompts", "nosuchsuite"], "Unknown prompt suite 'nosuchsuite'"),
+        (["--prompts", "missing.txt"], "missing.txt does not exist"),
+        (["--model-path", "p", "--model-id", "i"], "not allowed with argument"),
+        (["--model-path", "."], "is not a diffusers pipeline folder"),
+    ],
+)
+def test_bad_generate_input_exits_2_with_a_clear_message(
+    tmp_path, prompt_file, capsys, extra, message
+):
+    argv = ["generate", "--model", "tiny", "--prompts", str(prompt_file), "--attention", "xattn"]
+    argv += ["--out", str(tmp_path / "run"), "--limit", "1", "--no-progress"]
+    extra = [str(tmp_path / e) if e in ("missing.txt", ".") else e for e in extra]
+    err = _fail([*argv, *extra], capsys)
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_compare_bad_input(tmp_path: Path, prompt_file: Path, capsys):
+    err = _fail(["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "r")], capsys)
+    assert "is not a run directory" in err
+    run = tmp_path / "run"
+    assert _generate(run, prompt_file, "dense", "--limit", "1") == 0
+    err = _fail(["compare", str(run), str(run), "--out", "r", "--metrics", "psnr,fvd"], capsys)
+    assert "subset of psnr,ssim,lpips" in err
+    # LPIPS asked for explicitly and no backbone weights on disk: an error, not a silent skip
+    argv = ["compare", str(run), str(run), "--out", str(tmp_path / "r"), "--metrics", "lpips"]
+    err = _fail(argv, capsys)
+    assert "alexnet" in err.lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# demo and entry points
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_vbench
+@pytest.mark.filterwarnings("ignore:LPIPS skipped")
+def test_demo_runs_dense_xattn_and_report(tmp_path: Path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--num-prompts", "2", "--height", "32", "--width", "32"]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"Report: {out / 'report' / 'report.html'}" in stdout
+    assert len(_prompt_dirs(out / "dense")) == len(_prompt_dirs(out / "xattn")) == 2
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["aggregate"]["num_videos"] == 2
+
+
+def test_demo_without_prompt_data_says_how_to_fix_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(ENV_PROMPTS_DIR, str(tmp_path / "empty"))
+    err = _fail(["demo", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
+    assert ENV_PROMPTS_DIR in err and "VBench_full_info.json" in err
+    assert not (tmp_path / "demo" / "dense").exists()
+
+
+def test_python_dash_m_entry_point():
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run(
+        [sys.executable, "-m", "xattn_video.pipelines.cli", "generate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "--warmup-steps" in res.stdout and "--no-collect-stats" in res.stdout
