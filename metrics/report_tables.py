@@ -55,7 +55,10 @@ def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
             + ([fmt(s[k], 3) for k in ("mean", "std", "min", "max")] if s else ["n/a", "", "", ""])
             + ["", ""]
         )
+    skipped = agg["speedup"].get("excluded_first_in_process") or 0
+    note = f" ({skipped} first-in-process video(s) left out)" if skipped else ""
     for key, label in (("total", "speed-up, end to end"), ("denoise", "speed-up, denoising")):
+        label += note
         s = agg["speedup"].get(key)
         if s is None:
             rows.append([label, "n/a", "", "", "", "", ""])
