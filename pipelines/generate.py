@@ -308,6 +308,7 @@ def _generate_prompts(
     pipe: Any,
 ) -> None:
     from tqdm.auto import tqdm
+
     from xattn_video.metrics import save_frames, write_video
 
     show = opts.progress and state.is_main_process

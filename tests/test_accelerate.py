@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from xattn_video.pipelines.cli import main
 from xattn_video.prompts import ENV_PROMPTS_DIR
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from xattn_video.config import XAttentionConfig, config_fields, field_docs
 from xattn_video.metrics import read_video, scan_run
 from xattn_video.pipelines import cli, runinfo
 from xattn_video.pipelines.cli import build_generate_parser, config_from_args, generate_main, main
 from xattn_video.prompts import ENV_PROMPTS_DIR, load_prompts
 from xattn_video.prompts import fetch as fetch_mod
-
-from xattn_video.config import XAttentionConfig, config_fields, field_docs
 
 REPO = Path(__file__).resolve().parents[1]
 

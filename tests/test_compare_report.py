@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from xattn_video.metrics import (
     CompareWarning,
     LPIPSMetric,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+
 from xattn_video.metrics import LPIPSMetric, LPIPSWeightsMissing, lpips
 from xattn_video.metrics import lpips_metric as lm
 

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
 from xattn_video.metrics import psnr, read_video, save_frames, ssim, write_video
 
 SK_SSIM = dict(

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from xattn_video.config import XAttentionConfig
 from xattn_video.pipelines import models
 from xattn_video.pipelines.models import (
     MODELS,
@@ -19,8 +21,6 @@ from xattn_video.pipelines.models import (
     get_model_spec,
     load_pipeline,
 )
-
-from xattn_video.config import XAttentionConfig
 
 # A VBench prompt plus characters outside the tiny vocabularies (must map to <unk>, not fail).
 PROMPT = "A panda drinking coffee in a cafe in Paris, 4K, Ultra HD — café «naïve» 熊猫"

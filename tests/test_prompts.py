@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from xattn_video.prompts import SUITES, Prompt, PromptDataMissing, all_dimensions, load_prompts
 from xattn_video.prompts import fetch as fetch_mod
 from xattn_video.prompts.suites import DATA_FILES, VBENCH_COMMIT
