@@ -1,0 +1,561 @@
+"""How close does XAttention keep the trained tiny DiT's videos to dense attention? (one GPU)
+
+For K conditions / seeds at the training size (17 x 64 x 64 pixels = 17,408 video tokens) it
+generates the dense videos, then the XAttention videos for a set of settings, and reports per
+setting: PSNR / SSIM (and LPIPS when the AlexNet weights are on disk) against the dense video
+of the same seed, the density of the sparse calls and the effective density (dense warm-up
+calls count 1.0), and the time per video spent denoising and inside the attention modules
+(CUDA events around every double- / single-stream attention module: projections, norms, RoPE,
+attention and output projection). A repeated dense run gives the noise floor.
+
+Settings (``--grid oat``, the default): the base tau=0.9, warm-up 2 of 30 steps, stride 8,
+raster order, mask refresh 1; then one factor at a time (tau, warm-up, stride, token order,
+mask refresh) and a few combinations. ``--grid full`` runs the whole product. ``--quick``: 4
+videos and no combinations.
+
+Attention-level view: for a few layers and steps of one dense run, q/k/v are captured (the
+HunyuanVideo processor's ``dispatch_attention_fn`` is wrapped while that run lasts) and, for
+each (tau, stride, token order), the estimated block mask is compared with the true attention:
+the share of the true softmax mass inside the selected blocks, the same for the best possible
+mask with as many blocks per row ("oracle"), and the relative L2 error of the block-sparse
+output against dense attention.
+
+Recommendation: the setting with the lowest effective density whose mean PSNR vs dense is at
+least ``--psnr-target`` (30 dB); if none reaches it, the one with the highest PSNR (and it says
+so). Outputs: a printed table, ``sweep_quality.json`` and ``sweep_quality.png`` in ``--out``.
+
+Usage (GPU):  python benchmarks/sweep_quality.py --out runs/sweep [--weights DIR] [--quick]
+CPU smoke:    python benchmarks/sweep_quality.py --out /tmp/sw --random-weights --device cpu \
+                  --frames 5 --height 32 --width 32 --steps 4 --block-size 16 --num-videos 2 --quick
+
+Not supported: several GPUs, other models than the tiny DiT, CFG (guidance 1), comparing
+timings across machines (the dense baseline runs in the same process; compare only there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, save_json  # noqa: E402
+
+import xattn_video as xv  # noqa: E402
+from xattn_video.layout import inverse_permutation, tile_permutation  # noqa: E402
+from xattn_video.pipelines.synthetic import MOTIONS, Condition  # noqa: E402
+from xattn_video.pipelines.tiny_dit import (  # noqa: E402
+    TRAIN_FRAMES,
+    TRAIN_HEIGHT,
+    TRAIN_WIDTH,
+    load_tiny_pipeline,
+    random_tiny_pipeline,
+)
+
+BASE = {"threshold": 0.9, "warmup_steps": 2, "stride": 8, "token_order": "raster",
+        "mask_refresh": 1}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- settings
+def _label(s: dict) -> str:
+    return (f"tau={s['threshold']:g} w={s['warmup_steps']} S={s['stride']} "
+            f"{s['token_order']} r={s['mask_refresh']}")  # fmt: skip
+
+
+def build_settings(a: argparse.Namespace) -> list[dict]:
+    """The list of XAttention settings (dicts of XAttentionConfig fields) to sweep."""
+    base = dict(BASE, warmup_steps=min(BASE["warmup_steps"], a.steps - 1))
+    axes = {
+        "threshold": a.taus,
+        "warmup_steps": [w for w in a.warmups if w < a.steps],
+        "stride": [s for s in a.strides if a.block_size % s == 0],
+        "token_order": a.orders,
+        "mask_refresh": a.refresh,
+    }
+    if a.grid == "full":
+        out = [dict(zip(axes, vals, strict=True)) for vals in itertools.product(*axes.values())]
+    else:
+        out = [base]
+        for key, values in axes.items():
+            out += [dict(base, **{key: v}) for v in values if v != base[key]]
+        if not a.quick:
+            combos = [
+                {"threshold": 0.95, "token_order": "tile"},
+                {"threshold": 0.8, "warmup_steps": 5},
+                {"threshold": 0.9, "token_order": "tile", "mask_refresh": 3},
+                {"threshold": 0.95, "warmup_steps": 5, "token_order": "tile"},
+                {"threshold": 0.8, "token_order": "tile", "stride": 16},
+            ]
+            out += [dict(base, **c) for c in combos]
+    seen, uniq = set(), []
+    for s in out:
+        s = dict(s, warmup_steps=min(s["warmup_steps"], a.steps - 1))
+        key = _label(s)
+        if key not in seen:
+            seen.add(key)
+            uniq.append(s)
+    return uniq
+
+
+def conditions(k: int) -> list[Condition]:
+    """K fixed conditions cycling through the motion types and photos."""
+    out = []
+    for i in range(k):
+        motion = i % len(MOTIONS)
+        n_dir = 2 if MOTIONS[motion] in ("zoom", "rotate") else 8
+        out.append(Condition(motion, (3 * i + i // 4) % 8, (5 * i + 1) % n_dir))
+    return out
+
+
+# ---------------------------------------------------------------------------------- timing
+class AttentionTimer:
+    """Sums the time spent in the transformer's double/single-stream attention modules."""
+
+    def __init__(self, transformer: torch.nn.Module, cuda: bool) -> None:
+        self.cuda = cuda
+        self.pairs: list = []
+        self.handles = []
+        mods = [b.attn for b in (*transformer.transformer_blocks,
+                                 *transformer.single_transformer_blocks)]  # fmt: skip
+        for m in mods:
+            self.handles.append(m.register_forward_pre_hook(self._pre))
+            self.handles.append(m.register_forward_hook(self._post))
+
+    def _now(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def _pre(self, module, args):
+        self.pairs.append([self._now(), None])
+
+    def _post(self, module, args, output):
+        self.pairs[-1][1] = self._now()
+
+    def seconds(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(a.elapsed_time(b) for a, b in self.pairs) / 1000.0
+        return sum(b - a for a, b in self.pairs)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def generate(pipe, conds, a, device) -> tuple[np.ndarray, float, float]:
+    """(videos (K, T, H, W, 3) uint8, denoise seconds per video, attention seconds per video)."""
+    gens = [torch.Generator("cpu").manual_seed(a.seed + i) for i in range(len(conds))]
+    timer = AttentionTimer(pipe.transformer, device.type == "cuda")
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        video = pipe(condition=conds, height=a.height, width=a.width, num_frames=a.frames,
+                     num_inference_steps=a.steps, generator=gens,
+                     output_type="uint8").frames  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        attn = timer.seconds()
+    finally:
+        timer.remove()
+    return video, wall / len(conds), attn / len(conds)
+
+
+# ---------------------------------------------------------------------------------- metrics
+class Metrics:
+    def __init__(self, device: torch.device, use_lpips: bool) -> None:
+        from xattn_video.metrics import psnr, ssim
+
+        self.psnr, self.ssim, self.device = psnr, ssim, device
+        self.lpips = None
+        self.lpips_note = "disabled (--no-lpips)"
+        if use_lpips:
+            from xattn_video.metrics import LPIPSWeightsMissing, lpips
+
+            try:
+                z = np.zeros((1, 64, 64, 3), np.uint8)
+                lpips(z, z, device=str(device))
+                self.lpips = lpips
+                self.lpips_note = "AlexNet LPIPS v0.1"
+            except LPIPSWeightsMissing as exc:
+                self.lpips_note = f"skipped: {exc}"
+            except Exception as exc:  # noqa: BLE001 - any LPIPS set-up failure only skips it
+                self.lpips_note = f"skipped ({type(exc).__name__}: {exc})"
+
+    def __call__(self, ref: np.ndarray, test: np.ndarray) -> dict:
+        """Per-video means (K,) and pooled means of PSNR / SSIM / LPIPS."""
+        per = {"psnr": [], "ssim": [], "lpips": []}
+        for r, t in zip(ref, test, strict=True):
+            per["psnr"].append(float(np.mean(self.psnr(r, t, device=self.device))))
+            per["ssim"].append(float(np.mean(self.ssim(r, t, device=self.device))))
+            if self.lpips is not None:
+                per["lpips"].append(float(np.mean(self.lpips(r, t, device=str(self.device)))))
+        out = {
+            "psnr": float(np.mean(per["psnr"])),
+            "psnr_min": float(np.min(per["psnr"])),
+            "ssim": float(np.mean(per["ssim"])),
+            "lpips": float(np.mean(per["lpips"])) if per["lpips"] else None,
+            "per_video": per,
+        }
+        return out
+
+
+# ---------------------------------------------------------------------------------- attention view
+class QKVCapture:
+    """Wraps the HunyuanVideo processor's ``dispatch_attention_fn`` for one dense run and keeps
+    q/k/v (B, H, N, D) of the chosen (step, layer) pairs (layer index: double-stream blocks
+    first, then single-stream, as the toolkit counts them)."""
+
+    def __init__(self, pipe, layers: list[int], steps: list[int]) -> None:
+        import diffusers.models.transformers.transformer_hunyuan_video as hv
+
+        self.hv, self.pipe = hv, pipe
+        self.want = {(s, l) for s in steps for l in layers}  # noqa: E741
+        self.captures: dict[tuple[int, int], tuple] = {}
+        self.layer = None
+        tr = pipe.transformer
+        mods = [b.attn for b in (*tr.transformer_blocks, *tr.single_transformer_blocks)]
+        self.handles = [m.register_forward_pre_hook(self._make_pre(i)) for i, m in enumerate(mods)]
+        self.original = hv.dispatch_attention_fn
+
+    def _make_pre(self, i: int):
+        def pre(module, args):
+            self.layer = i
+
+        return pre
+
+    def _dispatch(self, query, key, value, *args, **kwargs):
+        step = int(self.pipe.scheduler.step_index or 0)
+        if (step, self.layer) in self.want:
+            mask = kwargs.get("attn_mask")
+            self.captures[(step, self.layer)] = (
+                query.transpose(1, 2).contiguous(),
+                key.transpose(1, 2).contiguous(),
+                value.transpose(1, 2).contiguous(),
+                None if mask is None else mask.reshape(mask.shape[0], -1).sum(-1).int(),
+            )
+        return self.original(query, key, value, *args, **kwargs)
+
+    def run(self, fn):
+        try:
+            with mock.patch.object(self.hv, "dispatch_attention_fn", self._dispatch):
+                return fn()
+        finally:
+            for h in self.handles:
+                h.remove()
+
+
+def _block_mass(q, k, kv_len, block: int, chunk_blocks: int = 8) -> torch.Tensor:
+    """(B, H, Nb, Nb) float64: true softmax mass of each (query block, key block), summed over
+    the rows of the query block (rows sum to 1), keys >= kv_len masked."""
+    B, H, N, D = q.shape
+    nb = -(-N // block)
+    scale = 1.0 / math.sqrt(D)
+    out = torch.zeros(B, H, nb, nb, dtype=torch.float64, device=q.device)
+    kf = k.float()
+    key_ok = torch.arange(N, device=q.device)[None, :] < kv_len[:, None]  # (B, N)
+    for r0 in range(0, N, block * chunk_blocks):
+        r1 = min(N, r0 + block * chunk_blocks)
+        logits = torch.einsum("bhnd,bhmd->bhnm", q[:, :, r0:r1].float(), kf) * scale
+        logits = logits.masked_fill(~key_ok[:, None, None, :], float("-inf"))
+        p = torch.softmax(logits, dim=-1)
+        p = F.pad(p, (0, nb * block - N))
+        p = p.view(B, H, r1 - r0, nb, block).sum(-1)  # (B, H, rows, nb)
+        rows = r1 - r0
+        pad_rows = -(-rows // block) * block - rows
+        p = F.pad(p, (0, 0, 0, pad_rows)).view(B, H, -1, block, nb).sum(3)
+        out[:, :, r0 // block : r0 // block + p.shape[2]] = p.double()
+    return out
+
+
+def attention_view(captures: dict, a, n_video: int, grid: tuple[int, int, int]) -> list[dict]:
+    """Per (step, layer, tau, stride, order): density, true-mass share, oracle share, rel L2."""
+    rows = []
+    for (step, layer), (q, k, v, kv_len) in sorted(captures.items()):
+        B, H, N, D = q.shape
+        kv_len = (
+            torch.full((B,), N, dtype=torch.int32, device=q.device) if kv_len is None else kv_len
+        )
+        ref = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(),
+            attn_mask=(torch.arange(N, device=q.device)[None, :] < kv_len[:, None])[:, None, None],
+        )  # fmt: skip
+        for order in a.orders:
+            if order == "tile":
+                perm = torch.cat([tile_permutation(grid, tuple(a.tile), device=q.device),
+                                  torch.arange(n_video, N, device=q.device)])  # fmt: skip
+                inv = inverse_permutation(perm)
+                qo, ko, vo = (x.index_select(2, perm) for x in (q, k, v))
+            else:
+                qo, ko, vo, inv = q, k, v, None
+            mass = _block_mass(qo, ko, kv_len, a.block_size)
+            total = mass.sum(dim=(-1, -2))  # rows per (B, H)
+            for tau, stride in itertools.product(a.taus, a.strides):
+                if a.block_size % stride:
+                    continue
+                mask = xv.estimate_block_mask(qo, ko, threshold=tau, stride=stride,
+                                              block_size=a.block_size, kv_len=kv_len,
+                                              dense_from=n_video)  # fmt: skip
+                out = xv.block_sparse_attention(qo, ko, vo, mask, block_size=a.block_size,
+                                                kv_len=kv_len)  # fmt: skip
+                if inv is not None:
+                    out = out.index_select(2, inv)
+                rel = float((out.float() - ref).norm() / ref.norm())
+                kept = (mass * mask).sum(dim=(-1, -2)) / total
+                n_sel = mask.sum(-1, keepdim=True)  # (B, H, Nb, 1)
+                ranked = mass.sort(dim=-1, descending=True).values
+                ranks = torch.arange(mass.shape[-1], device=q.device)
+                oracle = (ranked * (ranks < n_sel)).sum(dim=(-1, -2)) / total
+                rows.append({
+                    "step": step, "layer": layer, "order": order, "threshold": tau,
+                    "stride": stride,
+                    "density": xv.block_density(mask, block_size=a.block_size, kv_len=kv_len,
+                                                n_k=N),
+                    "mass_kept": float(kept.mean()), "oracle_mass": float(oracle.mean()),
+                    "rel_l2": rel,
+                })  # fmt: skip
+    return rows
+
+
+def _aggregate_attention(rows: list[dict]) -> list[dict]:
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["threshold"], r["stride"], r["order"]), []).append(r)
+    out = []
+    for (tau, stride, order), rs in sorted(groups.items()):
+        out.append({
+            "threshold": tau, "stride": stride, "order": order, "n": len(rs),
+            **{k: float(np.mean([r[k] for r in rs]))
+               for k in ("density", "mass_kept", "oracle_mass", "rel_l2")},
+        })  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------- plot
+def plot(rows: list[dict], attn_rows: list[dict], target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    ax = axes[0]
+    sparse = [r for r in rows if r["kind"] == "xattention"]
+    xs = [r["effective_density"] for r in sparse]
+    ys = [min(r["psnr"], 60.0) for r in sparse]
+    ax.scatter(xs, ys, c=[r["threshold"] for r in sparse], cmap="viridis", s=30)
+    for r, x, y in zip(sparse, xs, ys, strict=True):
+        ax.annotate(r["label"], (x, y), fontsize=5, alpha=0.8, xytext=(3, 2),
+                    textcoords="offset points")  # fmt: skip
+    ax.axhline(target, color="r", lw=0.8, ls="--", label=f"{target:g} dB")
+    ax.set_xlabel("effective density (dense warm-up calls count 1)")
+    ax.set_ylabel("PSNR vs dense (dB, mean over videos)")
+    ax.set_title("video quality vs density")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    if attn_rows:
+        for order, marker in (("raster", "o"), ("tile", "s")):
+            rs = [r for r in attn_rows if r["order"] == order]
+            if rs:
+                ax.scatter([r["density"] for r in rs], [r["mass_kept"] for r in rs],
+                           marker=marker, label=f"{order}: estimated mask", s=30)  # fmt: skip
+                ax.scatter([r["density"] for r in rs], [r["oracle_mass"] for r in rs],
+                           marker=marker, facecolors="none", edgecolors="k", s=30,
+                           label=f"{order}: oracle, same block count")  # fmt: skip
+                for r in rs:
+                    ax.annotate(f"tau={r['threshold']:g} S={r['stride']}",
+                                (r["density"], r["mass_kept"]), fontsize=5,
+                                xytext=(3, -6), textcoords="offset points")  # fmt: skip
+        ax.legend(fontsize=7)
+    ax.set_xlabel("block density of the sparse call")
+    ax.set_ylabel("share of true attention mass kept")
+    ax.set_title("attention level (mean over sampled layers / steps)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--weights", default=None, help="tiny DiT dir (default: the shipped assets)")
+    p.add_argument("--random-weights", action="store_true", help="random init (smoke tests)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--num-videos", type=int, default=8, help="K conditions / seeds")
+    p.add_argument("--seed", type=int, default=0, help="seed of video i is seed + i")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps")
+    p.add_argument("--frames", type=int, default=TRAIN_FRAMES)
+    p.add_argument("--height", type=int, default=TRAIN_HEIGHT)
+    p.add_argument("--width", type=int, default=TRAIN_WIDTH)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--tile", type=int, nargs=3, default=(2, 8, 8), help="tile (t, h, w) tokens")
+    p.add_argument("--taus", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+    p.add_argument("--warmups", type=int, nargs="+", default=[0, 2, 5])
+    p.add_argument("--strides", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--orders", nargs="+", default=["raster", "tile"])
+    p.add_argument("--refresh", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--grid", choices=["oat", "full"], default="oat",
+                   help="one-at-a-time around the base (+ combos), or the full product")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="4 videos, no combinations")
+    p.add_argument("--psnr-target", type=float, default=30.0)
+    p.add_argument("--attn-layers", type=int, nargs="+", default=[0, 2, 5])
+    p.add_argument("--attn-steps", type=int, nargs="+", default=[2, 10, 20, 29])
+    p.add_argument("--no-attention-view", action="store_true")
+    p.add_argument("--no-lpips", action="store_true")
+    a = p.parse_args(argv)
+    if a.quick and a.num_videos == 8:
+        a.num_videos = 4
+    if a.quick and a.grid == "full":
+        p.error("--quick and --grid full exclude each other")
+    a.attn_steps = [s for s in a.attn_steps if s < a.steps] or [a.steps - 1]
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    device = torch.device(a.device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    if a.random_weights:
+        pipe = random_tiny_pipeline(0, device=device, dtype=dtype)
+    else:
+        pipe = load_tiny_pipeline(a.weights, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    conds = conditions(a.num_videos)
+    settings = build_settings(a)
+    metrics = Metrics(device, not a.no_lpips)
+    p = int(pipe.transformer.config.patch_size)
+    grid = (a.frames, a.height // p, a.width // p)
+    n_video = grid[0] * grid[1] * grid[2]
+    print(f"[sweep] {len(settings)} settings x {len(conds)} videos, {a.steps} steps, "
+          f"{a.frames}x{a.height}x{a.width} px = {n_video} video tokens, {a.dtype} on "
+          f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; "
+          f"LPIPS: {metrics.lpips_note}", flush=True)  # fmt: skip
+
+    # warm-up: kernels / autotuning for each stride and order, outside the timed runs
+    warm_args = argparse.Namespace(**{**vars(a), "steps": 2})
+    generate(pipe, conds, warm_args, device)
+    for stride, order in itertools.product(sorted({s["stride"] for s in settings}),
+                                           sorted({s["token_order"] for s in settings})):  # fmt: skip
+        cfg = xv.XAttentionConfig(stride=stride, token_order=order, warmup_steps=0,
+                                  block_size=a.block_size, tile_size=tuple(a.tile))  # fmt: skip
+        with xv.apply_xattention(pipe, cfg):
+            generate(pipe, conds, warm_args, device)
+
+    # dense reference (+ q/k/v capture of video 0 is done in a separate B=1 run below)
+    dense, dense_s, dense_attn_s = generate(pipe, conds, a, device)
+    dense2, dense2_s, dense2_attn_s = generate(pipe, conds, a, device)
+    rows = [
+        {"kind": "dense", "label": "dense", "denoise_s": dense_s, "attn_s": dense_attn_s,
+         "effective_density": 1.0, "sparse_density": None},
+        {"kind": "dense repeat", "label": "dense repeat", "denoise_s": dense2_s,
+         "attn_s": dense2_attn_s, "effective_density": 1.0, "sparse_density": None,
+         **metrics(dense, dense2)},
+    ]  # fmt: skip
+    print(f"[sweep] dense: {dense_s:.3f} s/video denoising, {dense_attn_s:.3f} s/video in "
+          "attention", flush=True)  # fmt: skip
+    for i, s in enumerate(settings):
+        cfg = xv.XAttentionConfig(**s, block_size=a.block_size, tile_size=tuple(a.tile))
+        handle = xv.apply_xattention(pipe, cfg)
+        try:
+            handle.stats.reset()
+            video, sec, attn_sec = generate(pipe, conds, a, device)
+            summ = handle.stats.summary()
+        finally:
+            handle.remove()
+        row = {
+            "kind": "xattention", "label": _label(s), **s,
+            "sparse_density": summ["sparse_density"],
+            "effective_density": summ["effective_density"],
+            "num_sparse_calls": summ["num_sparse_calls"],
+            "num_dense_calls": summ["num_dense_calls"],
+            "denoise_s": sec, "attn_s": attn_sec,
+            "speedup_denoise": dense_s / sec, "speedup_attn": dense_attn_s / attn_sec,
+            **metrics(dense, video),
+        }  # fmt: skip
+        rows.append(row)
+        if i == 0:
+            t_first = time.perf_counter()
+        eta = ((time.perf_counter() - t_first) / i * (len(settings) - 1 - i)) if i else None
+        print(f"[sweep] {i + 1}/{len(settings)} {row['label']}: PSNR {row['psnr']:.2f} dB "
+              f"SSIM {row['ssim']:.4f} eff. density {row['effective_density']:.3f} "
+              f"({time.perf_counter() - t_all:.0f}s elapsed"
+              + (f", ~{eta:.0f}s to go)" if eta is not None else ")"), flush=True)  # fmt: skip
+
+    attn_rows, attn_agg = [], []
+    if not a.no_attention_view:
+        cap = QKVCapture(pipe, a.attn_layers, a.attn_steps)
+        one = argparse.Namespace(**vars(a))
+        cap.run(lambda: generate(pipe, conds[:1], one, device))
+        attn_rows = attention_view(cap.captures, a, n_video, grid)
+        attn_agg = _aggregate_attention(attn_rows)
+        cap.captures.clear()
+
+    # recommendation
+    sparse = [r for r in rows if r["kind"] == "xattention"]
+    ok = [r for r in sparse if r["psnr"] >= a.psnr_target]
+    if ok:
+        best = min(ok, key=lambda r: (r["effective_density"], -r["psnr"]))
+        why = f"lowest effective density with mean PSNR >= {a.psnr_target:g} dB vs dense"
+    else:
+        best = max(sparse, key=lambda r: r["psnr"])
+        why = f"no setting reached {a.psnr_target:g} dB; this one has the highest PSNR"
+    rec_cfg = xv.XAttentionConfig(**{k: best[k] for k in BASE}, block_size=a.block_size,
+                                  tile_size=tuple(a.tile))  # fmt: skip
+
+    cols = [("label", "setting", "{}"), ("psnr", "PSNR dB", "{:.2f}"),
+            ("psnr_min", "min", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
+            ("lpips", "LPIPS", "{:.4f}"), ("sparse_density", "sparse dens.", "{:.3f}"),
+            ("effective_density", "eff. dens.", "{:.3f}"), ("denoise_s", "s/video", "{:.3f}"),
+            ("attn_s", "attn s/video", "{:.3f}"), ("speedup_attn", "attn x", "{:.2f}")]  # fmt: skip
+    print()
+    print_table(rows, cols)
+    if attn_agg:
+        print("\nattention level (mean over layers", a.attn_layers, "and steps", a.attn_steps, ")")
+        print_table(attn_agg, [("threshold", "tau", "{:g}"), ("stride", "S", "{}"),
+                               ("order", "order", "{}"), ("density", "density", "{:.3f}"),
+                               ("mass_kept", "mass kept", "{:.4f}"),
+                               ("oracle_mass", "oracle", "{:.4f}"),
+                               ("rel_l2", "rel L2", "{:.4f}")])  # fmt: skip
+    print(f"\nrecommended: {best['label']} ({why}): PSNR {best['psnr']:.2f} dB, effective "
+          f"density {best['effective_density']:.3f}")  # fmt: skip
+
+    payload = {
+        "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()},
+        "conditions": [c.describe() for c in conds],
+        "video_tokens": n_video,
+        "lpips": metrics.lpips_note,
+        "rows": rows,
+        "attention_view": {"per_capture": attn_rows, "aggregate": attn_agg},
+        "recommended": {"label": best["label"], "reason": why, "config": rec_cfg.to_dict(),
+                        "psnr": best["psnr"], "ssim": best["ssim"],
+                        "effective_density": best["effective_density"]},
+        "seconds": round(time.perf_counter() - t_all, 1),
+    }  # fmt: skip
+    save_json(out_dir / "sweep_quality.json", payload)
+    plot(rows, attn_agg, a.psnr_target, out_dir / "sweep_quality.png")
+    print(f"[sweep] wrote {out_dir / 'sweep_quality.json'} and {out_dir / 'sweep_quality.png'} "
+          f"in {payload['seconds']} s", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

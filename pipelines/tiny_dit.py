@@ -1,0 +1,472 @@
+"""A small, trainable pixel-space video DiT (diffusers' ``HunyuanVideoTransformer3DModel``) and
+its sampling pipeline, so XAttention can be judged on a model whose attention has structure.
+
+- Model: ``HunyuanVideoTransformer3DModel`` with a small config (:func:`tiny_transformer_config`):
+  RGB pixels in and out (no VAE), patch 1x2x2, 4 heads x 64, 2 double-stream + 4 single-stream
+  blocks, 1 refiner block, no guidance embedding; 10.2 M parameters (20 MB in fp16). The
+  toolkit's HunyuanVideo processors apply to it unchanged. Trained at 17 frames x 64 x 64
+  pixels = 17 x 32 x 32 = 17,408 video tokens (+3 condition tokens); RoPE lets it run at other
+  sizes (the CPU tests use 5 x 32 x 32 pixels), with quality only at the training size.
+- Conditioning: :class:`ConditionEmbedder` turns the three integer tokens of a
+  :class:`~xattn_video.pipelines.synthetic.Condition` (motion, photo, direction) into
+  ``encoder_hidden_states`` (B, 3, 64), an all-valid ``encoder_attention_mask`` (B, 3) and
+  ``pooled_projections`` (B, 64). A text prompt is only keyword-matched / hashed to those
+  tokens (:func:`~xattn_video.pipelines.synthetic.condition_from_prompt`).
+- :class:`TinyVideoPipeline`: rectified flow sampling with ``FlowMatchEulerDiscreteScheduler``
+  (shift 3.0: the clip has ~209k pixel values, about as many as SD3's 1024^2 latents, where
+  shift 3 was chosen; it spends more of the steps at high noise, where the global layout and
+  motion are decided). One transformer forward per step (two with ``guidance_scale > 1``:
+  conditional, then unconditional), ``scheduler.set_timesteps`` + ``scheduler.step`` as in
+  diffusers, so ``scheduler.step_index`` counts the steps for the XAttention hook.
+- Weights: ``pipelines/assets/tiny_dit/`` (``load_tiny_pipeline``), written by
+  ``python -m xattn_video.pipelines.train_tiny``; :func:`random_tiny_pipeline` builds the same
+  architecture with random weights for tests.
+
+Not supported: text understanding (prompts are mapped to 3 tokens), image-to-video, a VAE /
+latent space, frame sizes that are not multiples of 2, LoRA, model CPU offload, videos longer
+than the model saw in training with any quality guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoTransformer3DModel,
+)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from .synthetic import IMAGES, MOTIONS, NUM_DIRECTIONS, Condition, condition_from_prompt
+
+__all__ = [
+    "ASSETS_DIR",
+    "DEFAULT_SHIFT",
+    "DEFAULT_STEPS",
+    "TRAIN_FRAMES",
+    "TRAIN_HEIGHT",
+    "TRAIN_WIDTH",
+    "ConditionEmbedder",
+    "TinyVideoPipeline",
+    "TinyVideoPipelineOutput",
+    "build_tiny_pipeline",
+    "dit_initialize_",
+    "load_tiny_pipeline",
+    "random_tiny_pipeline",
+    "tiny_transformer_config",
+]
+
+ASSETS_DIR = Path(__file__).parent / "assets" / "tiny_dit"
+"""Where the trained weights ship (``load_tiny_pipeline()`` with no path reads them)."""
+
+TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH = 17, 64, 64
+DEFAULT_STEPS = 30
+DEFAULT_SHIFT = 3.0
+PIPELINE_FILE = "tiny_dit.json"
+TRAIN_COMMAND = "python -m xattn_video.pipelines.train_tiny --out pipelines/assets/tiny_dit"
+
+
+def tiny_transformer_config(**overrides: Any) -> dict[str, Any]:
+    """Config of the tiny ``HunyuanVideoTransformer3DModel`` (overrides for tests)."""
+    cfg: dict[str, Any] = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "num_attention_heads": 4,
+        "attention_head_dim": 64,
+        "num_layers": 2,
+        "num_single_layers": 4,
+        "num_refiner_layers": 1,
+        "mlp_ratio": 4.0,
+        "patch_size": 2,
+        "patch_size_t": 1,
+        "qk_norm": "rms_norm",
+        "guidance_embeds": False,
+        "text_embed_dim": 64,
+        "pooled_projection_dim": 64,
+        "rope_theta": 256.0,
+        "rope_axes_dim": (16, 24, 24),
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+class ConditionEmbedder(ModelMixin, ConfigMixin):
+    """Integer condition tokens -> the transformer's text inputs.
+
+    tokens: (B, K) int64, column k in ``[0, vocab_sizes[k])``, or ``vocab_sizes[k]`` = the
+    "null" token (unconditional, for classifier-free guidance). Returns
+    ``(encoder_hidden_states (B, K, text_embed_dim), encoder_attention_mask (B, K) bool, all
+    True, pooled_projections (B, pooled_projection_dim))``.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_sizes: tuple[int, ...] = (len(MOTIONS), len(IMAGES), NUM_DIRECTIONS),
+        text_embed_dim: int = 64,
+        pooled_projection_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(int(n) + 1, text_embed_dim) for n in vocab_sizes)
+        self.slot = nn.Parameter(torch.zeros(len(vocab_sizes), text_embed_dim))
+        self.pooled = nn.Sequential(
+            nn.Linear(len(vocab_sizes) * text_embed_dim, pooled_projection_dim),
+            nn.SiLU(),
+            nn.Linear(pooled_projection_dim, pooled_projection_dim),
+        )
+        for t in self.tables:
+            nn.init.normal_(t.weight, std=1.0)
+        nn.init.normal_(self.slot, std=0.5)
+
+    def null_tokens(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """(batch, K) tokens of the unconditional "prompt"."""
+        nulls = torch.tensor(self.config.vocab_sizes, dtype=torch.long, device=device)
+        return nulls.expand(batch, -1).clone()
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if tokens.ndim != 2 or tokens.shape[1] != len(self.tables):
+            raise ValueError(f"tokens must be (B, {len(self.tables)}), got {tuple(tokens.shape)}")
+        emb = torch.stack([t(tokens[:, i]) for i, t in enumerate(self.tables)], dim=1)
+        emb = emb + self.slot[None]
+        pooled = self.pooled(emb.flatten(1))
+        mask = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+        return emb, mask, pooled
+
+
+@torch.no_grad()
+def dit_initialize_(transformer: HunyuanVideoTransformer3DModel) -> None:
+    """DiT-style init for training from scratch: xavier linears, zero adaLN modulations, zero
+    refiner gates and a zero output projection, so every block starts as the identity."""
+    for m in transformer.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    zero = []
+    for block in transformer.transformer_blocks:
+        zero += [block.norm1.linear, block.norm1_context.linear]
+    for block in transformer.single_transformer_blocks:
+        zero.append(block.norm.linear)
+    for block in transformer.context_embedder.token_refiner.refiner_blocks:
+        zero.append(block.norm_out.linear)
+    zero += [transformer.norm_out.linear, transformer.proj_out]
+    for lin in zero:
+        nn.init.zeros_(lin.weight)
+        if lin.bias is not None:
+            nn.init.zeros_(lin.bias)
+
+
+@dataclass
+class TinyVideoPipelineOutput(BaseOutput):
+    """``frames``: (B, T, H, W, 3) float in [0, 1] (``output_type="np"``), uint8 (``"uint8"``),
+    a torch tensor (``"pt"``), or the raw (B, 3, T, H, W) sample in [-1, 1] (``"latent"``)."""
+
+    frames: Any
+
+
+class TinyVideoPipeline(DiffusionPipeline):
+    """Sampling pipeline of the tiny video DiT (see the module docstring).
+
+    Components: ``transformer`` (``HunyuanVideoTransformer3DModel``), ``scheduler``
+    (``FlowMatchEulerDiscreteScheduler``), ``condition_embedder`` (:class:`ConditionEmbedder`).
+    """
+
+    model_cpu_offload_seq = "condition_embedder->transformer"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: HunyuanVideoTransformer3DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        condition_embedder: ConditionEmbedder,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, condition_embedder=condition_embedder
+        )
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _conditions(prompt, condition, num_videos_per_prompt: int) -> list[Condition]:
+        if condition is not None:
+            conds = [condition] if isinstance(condition, Condition) else list(condition)
+            if not all(isinstance(c, Condition) for c in conds):
+                raise ValueError("condition must be a Condition or a list of Conditions")
+        elif prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not all(isinstance(p, str) for p in prompts):
+                raise ValueError("prompt must be a str or a list of str")
+            conds = [condition_from_prompt(p) for p in prompts]
+        else:
+            raise ValueError("give a prompt or a condition")
+        if not conds:
+            raise ValueError("empty prompt / condition list")
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+        return [c for c in conds for _ in range(num_videos_per_prompt)]
+
+    def _check_size(self, height: int, width: int, num_frames: int) -> None:
+        p = int(self.transformer.config.patch_size)
+        pt = int(self.transformer.config.patch_size_t)
+        if height < p or width < p or height % p or width % p:
+            raise ValueError(f"height and width must be positive multiples of {p}, "
+                             f"got {height}x{width}")  # fmt: skip
+        if num_frames < 1 or num_frames % pt:
+            raise ValueError(f"num_frames must be a positive multiple of {pt}, got {num_frames}")
+
+    def encode_conditions(
+        self, conditions: list[Condition], device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(encoder_hidden_states, encoder_attention_mask, pooled_projections) for conditions."""
+        tokens = torch.tensor([c.tokens() for c in conditions], dtype=torch.long, device=device)
+        ehs, mask, pooled = self.condition_embedder(tokens)
+        return ehs.to(dtype), mask, pooled.to(dtype)
+
+    @property
+    def num_timesteps(self) -> int:
+        return getattr(self, "_num_timesteps", 0)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        height: int = TRAIN_HEIGHT,
+        width: int = TRAIN_WIDTH,
+        num_frames: int = TRAIN_FRAMES,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = 1.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] | list[str] = ("latents",),
+        condition: Condition | list[Condition] | None = None,
+    ) -> TinyVideoPipelineOutput | tuple:
+        """Generate videos.
+
+        prompt: text, mapped to condition tokens by ``condition_from_prompt`` (ignored when
+        ``condition`` is given). guidance_scale: > 1 runs classifier-free guidance (two
+        forwards per step); 1 (default) one forward. generator: a torch.Generator or one per
+        video; the initial noise is drawn on the generator's device (CPU generators give the
+        same video on any device up to kernel rounding). output_type: ``"np"`` (float32 in
+        [0, 1]), ``"uint8"``, ``"pt"`` (float tensor (B, T, H, W, 3)) or ``"latent"``.
+        callback_on_step_end(pipe, i, t, kwargs) -> dict, called after each scheduler step
+        with the tensors named in ``callback_on_step_end_tensor_inputs``; it may return a
+        replacement ``latents``.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        bad = [
+            k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs
+        ]
+        if bad:
+            raise ValueError(f"callback tensor inputs must be in {self._callback_tensor_inputs}, "
+                             f"got {bad}")  # fmt: skip
+        if output_type not in ("np", "uint8", "pt", "latent"):
+            raise ValueError(f"output_type must be np, uint8, pt or latent, got {output_type!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        self._check_size(height, width, num_frames)
+        conds = self._conditions(prompt, condition, num_videos_per_prompt)
+        batch = len(conds)
+        device = self._execution_device
+        dtype = self.transformer.dtype
+
+        ehs, mask, pooled = self.encode_conditions(conds, device, dtype)
+        do_cfg = guidance_scale > 1.0
+        if do_cfg:
+            null = self.condition_embedder.null_tokens(batch, device)
+            u_ehs, u_mask, u_pooled = self.condition_embedder(null)
+            u_ehs, u_pooled = u_ehs.to(dtype), u_pooled.to(dtype)
+
+        shape = (batch, 3, num_frames, height, width)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            latents = latents.to(device=device, dtype=torch.float32)
+
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        self.scheduler.set_timesteps(sigmas=sigmas, device=device)
+        self.scheduler.set_begin_index(0)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        with self.progress_bar(total=len(timesteps)) as bar:
+            for i, t in enumerate(timesteps):
+                x_in = latents.to(dtype)
+                timestep = t.expand(batch).to(torch.float32)
+                v = self.transformer(
+                    hidden_states=x_in,
+                    timestep=timestep,
+                    encoder_hidden_states=ehs,
+                    encoder_attention_mask=mask,
+                    pooled_projections=pooled,
+                    return_dict=False,
+                )[0].float()
+                if do_cfg:
+                    v_u = self.transformer(
+                        hidden_states=x_in,
+                        timestep=timestep,
+                        encoder_hidden_states=u_ehs,
+                        encoder_attention_mask=u_mask,
+                        pooled_projections=u_pooled,
+                        return_dict=False,
+                    )[0].float()
+                    v = v_u + guidance_scale * (v - v_u)
+                latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    local = {"latents": latents}
+                    kw = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                    out = callback_on_step_end(self, i, t, kw) or {}
+                    latents = out.pop("latents", latents)
+                bar.update()
+
+        self.maybe_free_model_hooks()
+        if output_type == "latent":
+            frames: Any = latents
+        else:
+            video = ((latents.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1)  # (B, T, H, W, 3)
+            if output_type == "pt":
+                frames = video
+            elif output_type == "uint8":
+                frames = (video * 255).round().to(torch.uint8).cpu().numpy()
+            else:
+                frames = video.cpu().numpy().astype(np.float32)
+        if not return_dict:
+            return (frames,)
+        return TinyVideoPipelineOutput(frames=frames)
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(  # type: ignore[override]
+        self,
+        save_directory: str | Path,
+        *,
+        dtype: torch.dtype | None = torch.float16,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Write ``tiny_dit.json``, ``transformer/``, ``condition_embedder/`` (safetensors, in
+        ``dtype``; None keeps the current one) and ``scheduler/``."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("transformer", "condition_embedder"):
+            module = getattr(self, name)
+            orig = module.dtype
+            # nn.Module.to: ModelMixin.to warns on every dtype cast in diffusers 0.42
+            if dtype is not None:
+                nn.Module.to(module, dtype)
+            try:
+                module.save_pretrained(out / name, safe_serialization=True)
+            finally:
+                nn.Module.to(module, orig)
+        self.scheduler.save_pretrained(out / "scheduler")
+        meta = {
+            "format": "xattn-video tiny_dit v1",
+            "train_size": {"frames": TRAIN_FRAMES, "height": TRAIN_HEIGHT, "width": TRAIN_WIDTH},
+            "default_steps": DEFAULT_STEPS,
+            "motions": list(MOTIONS),
+            "images": list(IMAGES),
+            "num_directions": NUM_DIRECTIONS,
+            **(extra or {}),
+        }
+        (out / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        path: str | Path,
+        *,
+        torch_dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> TinyVideoPipeline:
+        """Load what :meth:`save_pretrained` wrote (weights cast to ``torch_dtype``)."""
+        path = Path(path)
+        missing = [
+            str(path / p)
+            for p in (PIPELINE_FILE, "transformer/config.json", "condition_embedder/config.json",
+                      "scheduler/scheduler_config.json")
+            if not (path / p).is_file()
+        ]  # fmt: skip
+        if missing:
+            raise FileNotFoundError(
+                f"tiny DiT weights not found ({', '.join(missing)} missing). Train them with: "
+                f"{TRAIN_COMMAND} --minutes 8.5"
+            )
+        tr = HunyuanVideoTransformer3DModel.from_pretrained(path / "transformer",
+                                                            torch_dtype=torch_dtype)  # fmt: skip
+        emb = ConditionEmbedder.from_pretrained(
+            path / "condition_embedder", torch_dtype=torch_dtype
+        )
+        sched = FlowMatchEulerDiscreteScheduler.from_pretrained(path / "scheduler")
+        pipe = cls(transformer=tr.eval(), scheduler=sched, condition_embedder=emb.eval())
+        pipe.meta = json.loads((path / PIPELINE_FILE).read_text())
+        return pipe.to(device)
+
+
+def build_tiny_pipeline(
+    seed: int | None = 0,
+    *,
+    init: str = "default",
+    shift: float = DEFAULT_SHIFT,
+    **transformer_overrides: Any,
+) -> TinyVideoPipeline:
+    """Fresh (untrained) pipeline in fp32 on CPU. init: ``"default"`` (diffusers' init) or
+    ``"dit"`` (:func:`dit_initialize_`, identity blocks: the training start point)."""
+    if init not in ("default", "dit"):
+        raise ValueError(f"init must be 'default' or 'dit', got {init!r}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = tiny_transformer_config(**transformer_overrides)
+    tr = HunyuanVideoTransformer3DModel(**cfg)
+    if init == "dit":
+        dit_initialize_(tr)
+    emb = ConditionEmbedder(
+        text_embed_dim=cfg["text_embed_dim"], pooled_projection_dim=cfg["pooled_projection_dim"]
+    )
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    return TinyVideoPipeline(transformer=tr, scheduler=sched, condition_embedder=emb)
+
+
+def random_tiny_pipeline(
+    seed: int = 0,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **transformer_overrides: Any,
+) -> TinyVideoPipeline:
+    """The tiny architecture with random (diffusers default) weights, in eval mode."""
+    pipe = build_tiny_pipeline(seed, init="default", **transformer_overrides)
+    for module in (pipe.transformer, pipe.condition_embedder):
+        nn.Module.to(module.eval(), device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_tiny_pipeline(
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TinyVideoPipeline:
+    """The trained tiny pipeline (default: the shipped ``pipelines/assets/tiny_dit/``).
+
+    Raises ``FileNotFoundError`` with the training command when the weights are absent.
+    """
+    pipe = TinyVideoPipeline.from_pretrained(path or ASSETS_DIR, torch_dtype=dtype, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
