@@ -153,8 +153,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "hunyuanvideo": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=5),
     # Wan 2.1/2.2 video self-attention (no joint text): peers keep ~20% of the steps dense.
     "wan": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=10),
-    # CPU-sized models (tests, demo): small blocks so short sequences still have many blocks.
+    # CPU-sized random-weight models (tests): small blocks so short sequences have many blocks.
     "tiny": dict(threshold=0.9, stride=4, block_size=16, warmup_steps=1, backend="auto"),
+    # The trained tiny DiT (pipelines/assets/tiny_dit): the config the H100 quality sweep
+    # recommends (lowest effective density with PSNR >= 30 dB vs dense at 17,408 tokens;
+    # docs/results/sweep_quality_full_h100.json).
+    "tiny-dit": dict(
+        threshold=0.9,
+        stride=8,
+        block_size=128,
+        warmup_steps=0,
+        token_order="tile",
+        tile_size=(2, 8, 8),
+    ),
 }
 
 
