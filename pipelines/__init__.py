@@ -2,9 +2,11 @@
 
 Installed as ``xattn_video.pipelines`` (the folder sits at the repo root). Modules:
 
-- ``models``: ``load_pipeline`` (HunyuanVideo, Wan 2.1, tiny offline models), ``MODELS``
+- ``models``: ``load_pipeline`` (HunyuanVideo, Wan 2.1, the trained ``tiny`` DiT and the
+  random-weight ``tiny-hunyuan`` / ``tiny-wan``), ``MODELS``
   (per-model defaults and XAttention preset), ``build_tiny_hunyuan_pipeline``,
   ``build_tiny_wan_pipeline``;
+- ``tiny_dit``: the trained tiny video DiT (``TinyVideoPipeline``, ``load_tiny_pipeline``);
 - ``generate``: ``generate(GenerateOptions(...))``, one video per prompt into a resumable run
   directory (split over processes under ``accelerate launch``);
 - ``runinfo``: the run-directory layout, atomic files, environment facts;

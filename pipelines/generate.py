@@ -321,13 +321,14 @@ def _generate_prompts(
                 dtype=DTYPES[dtype_name],
                 device=device,
             )
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:
             raise SetupError(str(e)) from e
-    if spec.is_tiny:  # character-level tiny CLIP truncates nearly every prompt at 77 tokens
+    if spec.random_weights and spec.family == "hunyuanvideo":
+        # tiny-hunyuan's character-level CLIP truncates nearly every prompt at 77 tokens
         logging.getLogger("diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video").setLevel(
             logging.ERROR
         )
-    # the pipeline's own bar over the steps: only for real models (tiny steps take milliseconds)
+    # the pipeline's own bar over the steps: only for real models (tiny steps are short)
     pipe.set_progress_bar_config(disable=not show or spec.is_tiny, leave=False, position=1)
     handle = None
     if r["config"] is not None:

@@ -1,23 +1,31 @@
 """Building diffusers video pipelines: real weights (HunyuanVideo, Wan 2.1) and tiny offline ones.
 
-``load_pipeline(model, ...)`` returns a ready ``HunyuanVideoPipeline`` or ``WanPipeline`` on the
-requested device; ``MODELS`` holds each model's defaults (resolution, frames, steps, fps, the
-``XAttentionConfig`` preset name and the extra pipeline-call arguments). The tiny builders make
-fully offline pipelines with random weights and locally built tokenizers (nothing downloaded):
-small enough to generate 32x32x9 frames in 4 steps on a CPU in about a second, with head dim 16
-so the Triton kernels can run them too.
+``load_pipeline(model, ...)`` returns a ready pipeline on the requested device; ``MODELS`` holds
+each model's defaults (resolution, frames, steps, fps, the ``XAttentionConfig`` preset name and
+the extra pipeline-call arguments). Three tiny models need nothing downloaded:
 
-Tiny tokenizers are character level (lower-cased ASCII letters, digits and punctuation; any
-other character is ``<unk>``), so every prompt gives its own embedding and any text is accepted.
+* ``tiny``: the small trained video DiT shipped in ``pipelines/assets/tiny_dit/``
+  (``xattn_video.pipelines.tiny_dit.TinyVideoPipeline``: a 10 M parameter
+  ``HunyuanVideoTransformer3DModel`` in pixel space, trained on synthetic camera-motion clips
+  over scikit-image photos). Its videos have real structure, so dense vs. XAttention quality
+  numbers mean something for this model; the prompt text is only keyword / hash mapped to its
+  3 condition tokens (no language understanding).
+* ``tiny-hunyuan`` and ``tiny-wan``: ``HunyuanVideoPipeline`` / ``WanPipeline`` built with
+  random weights and locally built tokenizers, small enough to generate 32x32x9 frames in 4
+  steps on a CPU in about a second, with head dim 16 so the Triton kernels can run them too.
+  Their tokenizers are character level (lower-cased ASCII letters, digits and punctuation; any
+  other character is ``<unk>``), so every prompt gives its own embedding and any text is
+  accepted.
 
 Caution / not supported:
-    * The tiny models have random weights: their videos are noise-like patterns, useful only to
-      compare dense and sparse attention on the same computation, never to judge quality.
+    * ``tiny-hunyuan`` and ``tiny-wan`` have random weights: their videos are noise-like
+      patterns, useful only to compare dense and sparse attention on the same computation,
+      never to judge quality.
     * Image-to-video pipelines, Wan 2.2 (``transformer_2``), HunyuanVideo 1.5 and LoRA loading.
     * CPU offload and quantised weights (``load_pipeline`` moves the whole pipeline to one
       device; an 80 GB GPU holds HunyuanVideo in bf16/fp16).
     * ``model_id`` downloads go through the Hugging Face cache as usual; set
-      ``HF_HUB_OFFLINE=1`` to forbid them.
+      ``HF_HUB_OFFLINE=1`` to forbid them. The trained ``tiny`` loads local folders only.
 """
 
 from __future__ import annotations
@@ -66,13 +74,17 @@ class ModelSpec:
     preset: str
     """Name of the ``XAttentionConfig`` preset (``XAttentionConfig.from_preset``)."""
     default_id: str | None = None
-    """Hugging Face repo id loaded when neither a path nor an id is given (None: built)."""
+    """Hugging Face repo id loaded when neither a path nor an id is given (None: a tiny model,
+    built or shipped with the package)."""
     call_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments for every pipeline call (e.g. the tiny prompt template)."""
+    random_weights: bool = False
+    """True for the models built with random weights (their videos say nothing about quality)."""
 
     @property
     def is_tiny(self) -> bool:
-        """True for the offline random-weight models."""
+        """True for the small offline models (``tiny``, ``tiny-hunyuan``, ``tiny-wan``): built
+        or shipped with the package, nothing downloaded."""
         return self.default_id is None
 
 
@@ -105,10 +117,21 @@ MODELS: dict[str, ModelSpec] = {
         height=32,
         width=32,
         frames=9,
+        steps=12,
+        fps=8,
+        preset="tiny-dit",
+    ),
+    "tiny-hunyuan": ModelSpec(
+        name="tiny-hunyuan",
+        family="hunyuanvideo",
+        height=32,
+        width=32,
+        frames=9,
         steps=4,
         fps=8,
         preset="tiny",
         call_kwargs={"prompt_template": TINY_PROMPT_TEMPLATE, "max_sequence_length": 32},
+        random_weights=True,
     ),
     "tiny-wan": ModelSpec(
         name="tiny-wan",
@@ -120,10 +143,12 @@ MODELS: dict[str, ModelSpec] = {
         fps=8,
         preset="tiny",
         call_kwargs={"max_sequence_length": 32},
+        random_weights=True,
     ),
 }
-"""Known model names. ``tiny`` is a tiny HunyuanVideo (joint text attention), ``tiny-wan`` a tiny
-Wan 2.1 (video self-attention + text cross-attention)."""
+"""Known model names. ``tiny`` is the trained tiny DiT (HunyuanVideo's transformer, pixel space,
+3 condition tokens), ``tiny-hunyuan`` a random-weight tiny HunyuanVideo (joint text attention),
+``tiny-wan`` a random-weight tiny Wan 2.1 (video self-attention + text cross-attention)."""
 
 
 def get_model_spec(model: str) -> ModelSpec:
@@ -192,7 +217,7 @@ def build_tiny_hunyuan_pipeline(
     Transformer: 2 heads x head dim 16, 2 double-stream + 2 single-stream blocks, 1 refiner
     block, patch 1x1x1, 4 latent channels; VAE 8x spatial / 4x temporal compression; Llama and
     CLIP text encoders with 2 layers. 32x32x9 pixels give 3x4x4 = 48 video tokens. Call it with
-    ``MODELS["tiny"].call_kwargs`` (no chat template, 32 text tokens).
+    ``MODELS["tiny-hunyuan"].call_kwargs`` (no chat template, 32 text tokens).
 
     The weights depend only on ``seed`` (the global RNG state is left untouched).
     """
@@ -365,7 +390,10 @@ def _cast(module: torch.nn.Module, device: str | torch.device, dtype: torch.dtyp
             t.data = t.data.to(dtype)
 
 
-_TINY_BUILDERS = {"tiny": build_tiny_hunyuan_pipeline, "tiny-wan": build_tiny_wan_pipeline}
+_TINY_BUILDERS = {
+    "tiny-hunyuan": build_tiny_hunyuan_pipeline,
+    "tiny-wan": build_tiny_wan_pipeline,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,30 +436,40 @@ def load_pipeline(
     *,
     model_path: str | os.PathLike[str] | None = None,
     model_id: str | None = None,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     device: str | torch.device = "cuda",
     seed: int = 0,
 ) -> Any:
-    """Load (or, for tiny models, build) the pipeline of ``model`` and move it to ``device``.
+    """Load (or, for random-weight tiny models, build) the pipeline of ``model`` on ``device``.
 
     Args:
-        model: a name in ``MODELS`` (``hunyuanvideo``, ``wan``, ``tiny``, ``tiny-wan``).
-        model_path: a local diffusers pipeline folder (``save_pretrained`` layout). For tiny
-            models this loads a saved tiny pipeline instead of building one.
-        model_id: a Hugging Face repo id (default: the model's ``default_id``).
-        dtype: the transformer's dtype. HunyuanVideo keeps text encoders and VAE in fp16 when
-            ``dtype`` is a half type (else in ``dtype``); Wan keeps its VAE in fp32. Built tiny
-            pipelines are entirely in ``dtype``.
+        model: a name in ``MODELS`` (``hunyuanvideo``, ``wan``, ``tiny``, ``tiny-hunyuan``,
+            ``tiny-wan``).
+        model_path: a local pipeline folder. For ``tiny``, one written by
+            ``TinyVideoPipeline.save_pretrained`` (default: the shipped
+            ``pipelines/assets/tiny_dit/``); for the others a diffusers ``save_pretrained``
+            folder (``model_index.json``), which for ``tiny-hunyuan`` / ``tiny-wan`` loads a
+            saved tiny pipeline instead of building one.
+        model_id: a Hugging Face repo id (default: the model's ``default_id``); not for ``tiny``.
+        dtype: the transformer's dtype; None: bfloat16, except ``tiny`` on a CPU device
+            (float32). HunyuanVideo keeps text encoders and VAE in fp16 when ``dtype`` is a
+            half type (else in ``dtype``); Wan keeps its VAE in fp32. Tiny pipelines are
+            entirely in ``dtype`` (built ones keep their classes' fp32 modules).
         device: where the whole pipeline goes.
         seed: weight seed of built tiny pipelines (ignored otherwise).
 
     Raises:
-        ValueError: unknown model, both ``model_path`` and ``model_id`` given, or a
-            ``model_path`` that is not a diffusers pipeline folder.
+        ValueError: unknown model, both ``model_path`` and ``model_id`` given, ``model_id``
+            for ``tiny``, or a ``model_path`` that is not a pipeline folder of that kind.
+        FileNotFoundError: the shipped ``tiny`` weights are missing (the message says how to
+            train them).
     """
     spec = get_model_spec(model)
     if model_path is not None and model_id is not None:
         raise ValueError("pass either model_path or model_id, not both")
+    if spec.name == "tiny":
+        return _load_tiny(model_path, model_id, dtype, device)
+    dtype = torch.bfloat16 if dtype is None else dtype
     if model_path is not None:
         path = Path(model_path)
         if not (path / "model_index.json").is_file():
@@ -447,3 +485,28 @@ def load_pipeline(
     else:
         pipe = _LOADERS[spec.family](source, dtype).to(device)
     return pipe
+
+
+def _load_tiny(
+    model_path: str | os.PathLike[str] | None,
+    model_id: str | None,
+    dtype: torch.dtype | None,
+    device: str | torch.device,
+) -> Any:
+    """The trained ``TinyVideoPipeline`` (progress bar off; ``set_progress_bar_config`` turns it
+    back on)."""
+    from .tiny_dit import PIPELINE_FILE, load_tiny_pipeline
+
+    if model_id is not None:
+        raise ValueError(
+            "the trained tiny model loads local folders only: pass model_path (--model-path), "
+            "not model_id"
+        )
+    if model_path is not None and not (Path(model_path) / PIPELINE_FILE).is_file():
+        raise ValueError(
+            f"model_path {str(model_path)!r} is not a tiny DiT pipeline folder (no "
+            f"{PIPELINE_FILE}; create one with TinyVideoPipeline.save_pretrained(path))"
+        )
+    if dtype is None:
+        dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    return load_tiny_pipeline(model_path, device=device, dtype=dtype)

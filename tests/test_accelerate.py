@@ -49,8 +49,9 @@ def _accelerate() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "accelerate.commands.launch"]
 
 
-GENERATE = ["generate", "--model", "tiny", "--prompts", "vbench", "--limit", str(NUM_PROMPTS)]
-GENERATE += ["--attention", "xattn", "--block-size", "16", "--stride", "4", "--warmup-steps", "1"]
+GENERATE = ["generate", "--model", "tiny-hunyuan", "--prompts", "vbench"]
+GENERATE += ["--limit", str(NUM_PROMPTS), "--attention", "xattn", "--block-size", "16"]
+GENERATE += ["--stride", "4", "--warmup-steps", "1"]
 GENERATE += ["--backend", "torch", "--no-progress"]
 
 

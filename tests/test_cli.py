@@ -1,4 +1,7 @@
-"""Tests for the ``xattn-video`` CLI (generate / compare / demo) on the tiny offline model.
+"""Tests for the ``xattn-video`` CLI (generate / compare / demo) on the tiny offline models.
+
+Most tests use ``tiny-hunyuan`` (random weights, 4 steps: fastest); the trained ``tiny`` model
+(the default of ``demo``) gets its own end-to-end generate and demo tests, with fewer steps.
 
 Every run passes ``--device cpu`` so the expectations (no GPU name, CPU noise) hold on a GPU
 machine too.
@@ -68,7 +71,11 @@ def prompt_file(tmp_path: Path) -> Path:
 
 
 def _generate(out: Path, prompts: str | Path, attention: str, *extra: str) -> int:
-    argv = ["generate", "--model", "tiny", "--prompts", str(prompts), "--attention", attention]
+    return _generate_model("tiny-hunyuan", out, prompts, attention, *extra)
+
+
+def _generate_model(model: str, out: Path, prompts: str | Path, attention: str, *extra: str):
+    argv = ["generate", "--model", model, "--prompts", str(prompts), "--attention", attention]
     return main([*argv, "--out", str(out), "--no-progress", "--device", "cpu", *extra])
 
 
@@ -102,7 +109,7 @@ def test_generate_and_compare_end_to_end(tmp_path: Path, capsys):
 
     for run, attention in ((dense, "dense"), (sparse, "xattn")):
         info = json.loads((run / "run.json").read_text())
-        assert info["model"] == "tiny" and info["attention"] == attention
+        assert info["model"] == "tiny-hunyuan" and info["attention"] == attention
         assert (info["height"], info["width"], info["frames"], info["steps"]) == (32, 32, 9, 4)
         assert info["seed"] == 0 and info["prompts"] == "vbench" and info["gpu"] is None
         assert {"torch", "diffusers", "transformers", "accelerate"} <= set(info["versions"])
@@ -162,13 +169,52 @@ def test_same_seed_gives_same_noise_for_dense_and_xattn(tmp_path: Path, prompt_f
 
 def test_generate_video_entry_point_and_text_prompts(tmp_path: Path, prompt_file: Path):
     out = tmp_path / "run"
-    argv = ["--model", "tiny", "--prompts", str(prompt_file), "--attention", "dense"]
+    argv = ["--model", "tiny-hunyuan", "--prompts", str(prompt_file), "--attention", "dense"]
     argv += ["--out", str(out), "--sample", "2", "--seed", "3", "--fps", "4", "--no-progress"]
     argv += ["--device", "cpu"]
     assert generate_main(argv) == 0
     assert [d.name for d in _prompt_dirs(out)] == ["00000", "00001"]
     meta = json.loads((out / "00001" / "meta.json").read_text())
     assert meta["prompt"] == PROMPTS[1] and meta["seed"] == 3
+
+
+def test_generate_with_the_trained_tiny_model(tmp_path: Path, prompt_file: Path):
+    """The default ``tiny`` (trained weights shipped with the package), dense and with its
+    preset, 2 prompts x 3 steps (the model's 12 steps cost ~5 s / ~9 s per video on CPU)."""
+    runs = {a: tmp_path / a for a in ("dense", "xattn")}
+    for attention, run in runs.items():
+        argv = ["--limit", "2", "--steps", "3"]
+        assert _generate_model("tiny", run, prompt_file, attention, *argv) == 0
+        info = json.loads((run / "run.json").read_text())
+        assert info["model"] == "tiny" and info["model_source"] is None
+        assert info["dtype"] == "float32"  # CPU default
+        assert (info["height"], info["width"], info["frames"], info["steps"]) == (32, 32, 9, 3)
+        if attention == "dense":
+            assert info["config"] is None
+        else:
+            cfg = XAttentionConfig.from_dict(info["config"])
+            assert cfg == XAttentionConfig.from_preset("tiny-dit")
+        assert [d.name for d in _prompt_dirs(run)] == ["00000", "00001"]
+        for folder in _prompt_dirs(run):
+            frames = np.load(folder / "frames.npy")
+            assert frames.dtype == np.uint8 and frames.shape == (9, 32, 32, 3)
+            assert read_video(folder / "video.mp4").shape == (9, 32, 32, 3)
+            meta = json.loads((folder / "meta.json").read_text())
+            assert len(meta["timings"]["per_step_s"]) == 3
+            if attention == "xattn":
+                density = meta["density"]
+                assert 0 < density["sparse_density"] < 1 and density["num_runs"] == 1
+                assert density["num_sparse_calls"] == 3 * 6  # no warm-up: 6 blocks x 3 steps
+        assert not _partials(run)
+    dense = [np.load(d / "frames.npy").astype(float) / 255 for d in _prompt_dirs(runs["dense"])]
+    sparse = [np.load(d / "frames.npy").astype(float) / 255 for d in _prompt_dirs(runs["xattn"])]
+    assert np.abs(dense[0] - dense[1]).mean() > 0.02  # the prompt picks the video
+    for d, x in zip(dense, sparse, strict=True):
+        # trained weights: smooth images that move smoothly (random-weight noise gives ~0)
+        gray = d.mean(-1)
+        assert np.corrcoef(gray[:, :, :-1].ravel(), gray[:, :, 1:].ravel())[0, 1] > 0.6
+        assert np.corrcoef(gray[:-1].ravel(), gray[1:].ravel())[0, 1] > 0.6
+        assert 10 * np.log10(1 / np.mean((d - x) ** 2)) > 22  # measured 28 and 36 dB
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +266,18 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path: Path, prompt_f
     out = tmp_path / "run"
     assert _generate(out, prompt_file, "dense", "--limit", "1") == 0
     err = _fail(
-        ["generate", "--model", "tiny", "--prompts", str(prompt_file), "--attention", "dense"]
-        + ["--out", str(out), "--seed", "1", "--no-progress", "--device", "cpu"],
+        ["generate", "--model", "tiny-hunyuan", "--prompts", str(prompt_file)]
+        + [
+            "--attention",
+            "dense",
+            "--out",
+            str(out),
+            "--seed",
+            "1",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
         capsys,
     )
     assert "other settings" in err and "seed: 0 -> 1" in err
@@ -231,7 +287,7 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path: Path, prompt_f
 # flags <-> XAttentionConfig
 # ---------------------------------------------------------------------------------------------
 
-# One non-default (for the tiny preset), valid value per field: (command-line words, value).
+# One non-default (for the tiny preset of tiny-hunyuan), valid value per field: (command-line words, value).
 FLAG_VALUES = {
     "threshold": (["--threshold", "0.5"], 0.5),
     "stride": (["--stride", "8"], 8),
@@ -248,7 +304,7 @@ FLAG_VALUES = {
     "backend": (["--backend", "torch"], "torch"),
     "collect_stats": (["--no-collect-stats"], False),
 }
-BASE = ["--model", "tiny", "--prompts", "vbench", "--out", "x", "--attention", "xattn"]
+BASE = ["--model", "tiny-hunyuan", "--prompts", "vbench", "--out", "x", "--attention", "xattn"]
 
 
 def test_every_config_field_has_exactly_one_flag():
@@ -279,7 +335,7 @@ def test_each_flag_sets_its_field(name):
 
 
 def test_unset_flags_take_the_model_preset():
-    for model in ("tiny", "hunyuanvideo", "wan"):
+    for model in cli.MODELS:
         argv = [*BASE[:1], model, *BASE[2:]]
         cfg = config_from_args(build_generate_parser().parse_args(argv))
         assert cfg == XAttentionConfig.from_preset(cli.get_model_spec(model).preset)
@@ -312,12 +368,23 @@ def test_unset_flags_take_the_model_preset():
         (["--prompts", "missing.txt"], "missing.txt does not exist"),
         (["--model-path", "p", "--model-id", "i"], "not allowed with argument"),
         (["--model-path", "."], "is not a diffusers pipeline folder"),
+        # the trained tiny model (a later --model wins)
+        (["--model", "tiny", "--model-path", "."], "is not a tiny DiT pipeline folder"),
+        (["--model", "tiny", "--model-id", "x/y"], "loads local folders only"),
     ],
 )
 def test_bad_generate_input_exits_2_with_a_clear_message(
     tmp_path, prompt_file, capsys, extra, message
 ):
-    argv = ["generate", "--model", "tiny", "--prompts", str(prompt_file), "--attention", "xattn"]
+    argv = [
+        "generate",
+        "--model",
+        "tiny-hunyuan",
+        "--prompts",
+        str(prompt_file),
+        "--attention",
+        "xattn",
+    ]
     argv += ["--out", str(tmp_path / "run"), "--limit", "1", "--no-progress"]
     extra = [str(tmp_path / e) if e in ("missing.txt", ".") else e for e in extra]
     err = _fail([*argv, *extra], capsys)
@@ -345,15 +412,40 @@ def test_compare_bad_input(tmp_path: Path, prompt_file: Path, capsys):
 
 @needs_vbench
 @pytest.mark.filterwarnings("ignore:LPIPS skipped")
-def test_demo_runs_dense_xattn_and_report(tmp_path: Path, capsys):
+def test_demo_runs_the_trained_model_dense_xattn_and_report(tmp_path: Path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--out", str(out), "--num-prompts", "2", "--height", "32", "--width", "32"]
+    argv = ["demo", "--out", str(out), "--num-prompts", "2", "--steps", "4"]  # 4: keep it fast
     assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
     stdout = capsys.readouterr().out
     assert f"Report: {out / 'report' / 'report.html'}" in stdout
+    assert "small trained video DiT" in stdout and "PyTorch reference" in stdout
+    assert "random weights" not in stdout
     assert len(_prompt_dirs(out / "dense")) == len(_prompt_dirs(out / "xattn")) == 2
+    for attention in ("dense", "xattn"):
+        info = json.loads((out / attention / "run.json").read_text())
+        assert info["model"] == "tiny"  # the default: the trained model, at its default size
+        assert (info["height"], info["width"], info["frames"], info["steps"]) == (32, 32, 9, 4)
+    info = json.loads((out / "xattn" / "run.json").read_text())
+    assert XAttentionConfig.from_dict(info["config"]) == XAttentionConfig.from_preset("tiny-dit")
+    agg = json.loads((out / "report" / "report.json").read_text())["aggregate"]
+    assert agg["num_videos"] == 2
+    assert agg["psnr"]["mean"] > 22  # measured ~30 dB (27 and 34)
+    assert 0 < agg["sparse_density"]["mean"] < 0.9  # measured ~0.70
+
+
+@needs_vbench
+@pytest.mark.filterwarnings("ignore:LPIPS skipped")
+def test_demo_with_a_random_weight_model_says_so(tmp_path: Path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--model", "tiny-hunyuan", "--out", str(out), "--num-prompts", "1"]
+    assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    stdout = capsys.readouterr().out
+    assert "tiny-hunyuan has random weights" in stdout and "trained" not in stdout
+    info = json.loads((out / "xattn" / "run.json").read_text())
+    assert (info["height"], info["width"], info["frames"], info["steps"]) == (64, 64, 9, 4)
+    assert XAttentionConfig.from_dict(info["config"]) == XAttentionConfig.from_preset("tiny")
     report = json.loads((out / "report" / "report.json").read_text())
-    assert report["aggregate"]["num_videos"] == 2
+    assert report["aggregate"]["num_videos"] == 1
 
 
 def test_demo_without_prompt_data_says_how_to_fix_it(tmp_path, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 Real-weight loading is exercised with tiny pipelines saved by ``save_pretrained`` into a temp
 folder and loaded back through ``load_pipeline(..., model_path=...)``; nothing is downloaded.
+The trained ``tiny`` model loads from the weights shipped in ``pipelines/assets/tiny_dit/``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from xattn_video.pipelines.models import (
     get_model_spec,
     load_pipeline,
 )
+from xattn_video.pipelines.tiny_dit import ASSETS_DIR, TinyVideoPipeline, load_tiny_pipeline
 
 # A VBench prompt plus characters outside the tiny vocabularies (must map to <unk>, not fail).
 PROMPT = "A panda drinking coffee in a cafe in Paris, 4K, Ultra HD — café «naïve» 熊猫"
-BUILDERS = {"tiny": build_tiny_hunyuan_pipeline, "tiny-wan": build_tiny_wan_pipeline}
+BUILDERS = {"tiny-hunyuan": build_tiny_hunyuan_pipeline, "tiny-wan": build_tiny_wan_pipeline}
 
 
 def _run(pipe, name: str, prompt: str = PROMPT, seed: int = 0, steps: int = 2) -> np.ndarray:
@@ -90,7 +92,12 @@ def test_tiny_tokenizers_accept_any_text():
 
 @pytest.mark.parametrize(
     ("name", "load_as"),
-    [("tiny", "hunyuanvideo"), ("tiny", "tiny"), ("tiny-wan", "wan")],
+    [
+        ("tiny-hunyuan", "hunyuanvideo"),
+        ("tiny-hunyuan", "tiny-hunyuan"),
+        ("tiny-wan", "wan"),
+        ("tiny-wan", "tiny-wan"),
+    ],
 )
 def test_save_pretrained_load_pipeline_round_trip(tiny_pipes, tmp_path: Path, name, load_as):
     pipe = tiny_pipes[name]
@@ -101,7 +108,7 @@ def test_save_pretrained_load_pipeline_round_trip(tiny_pipes, tmp_path: Path, na
 
 
 def test_load_pipeline_dtypes_follow_diffusers_recipe(tiny_pipes, tmp_path: Path):
-    tiny_pipes["tiny"].save_pretrained(tmp_path / "hv")
+    tiny_pipes["tiny-hunyuan"].save_pretrained(tmp_path / "hv")
     hv = load_pipeline(
         "hunyuanvideo", model_path=tmp_path / "hv", dtype=torch.bfloat16, device="cpu"
     )
@@ -135,19 +142,29 @@ def test_load_pipeline_uses_default_repo_ids(monkeypatch):
 
 
 def test_load_pipeline_errors(tmp_path: Path):
-    with pytest.raises(ValueError, match=r"unknown model 'cogvideox'.*hunyuanvideo, wan, tiny"):
+    known = "hunyuanvideo, wan, tiny, tiny-hunyuan, tiny-wan"
+    with pytest.raises(ValueError, match=rf"unknown model 'cogvideox'.*{known}"):
         load_pipeline("cogvideox", device="cpu")
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
         load_pipeline("hunyuanvideo", model_path=tmp_path, device="cpu")
     with pytest.raises(ValueError, match="either model_path or model_id"):
         load_pipeline("wan", model_path=tmp_path, model_id="x/y", device="cpu")
+    with pytest.raises(ValueError, match="not a tiny DiT pipeline folder"):
+        load_pipeline("tiny", model_path=tmp_path, device="cpu")
+    with pytest.raises(ValueError, match="local folders only"):
+        load_pipeline("tiny", model_id="x/y", device="cpu")
 
 
 def test_model_defaults_table():
     hv, wan, tiny = MODELS["hunyuanvideo"], MODELS["wan"], MODELS["tiny"]
+    tiny_hv = MODELS["tiny-hunyuan"]
     assert (hv.height, hv.width, hv.frames, hv.steps) == (720, 1280, 129, 50)
     assert (wan.height, wan.width, wan.frames, wan.steps) == (480, 832, 81, 50)
-    assert (tiny.height, tiny.width, tiny.frames, tiny.steps) == (32, 32, 9, 4)
+    assert (tiny.height, tiny.width, tiny.frames, tiny.steps, tiny.fps) == (32, 32, 9, 12, 8)
+    assert (tiny.family, tiny.preset, tiny.call_kwargs) == ("hunyuanvideo", "tiny-dit", {})
+    assert (tiny_hv.height, tiny_hv.width, tiny_hv.frames, tiny_hv.steps) == (32, 32, 9, 4)
+    assert [n for n, s in MODELS.items() if s.is_tiny] == ["tiny", "tiny-hunyuan", "tiny-wan"]
+    assert [n for n, s in MODELS.items() if s.random_weights] == ["tiny-hunyuan", "tiny-wan"]
     for spec in MODELS.values():
         assert spec.height % 16 == 0 and spec.width % 16 == 0 and spec.frames % 4 == 1
         assert isinstance(XAttentionConfig.from_preset(spec.preset), XAttentionConfig)
@@ -172,3 +189,43 @@ def test_tiny_builder_dtype_keeps_fp32_modules_like_from_pretrained():
         **spec.call_kwargs,
     ).frames[0]
     assert frames.shape == (spec.frames, spec.height, spec.width, 3) and np.isfinite(frames).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the trained tiny model (shipped weights)
+# ---------------------------------------------------------------------------------------------
+
+needs_trained = pytest.mark.skipif(
+    not (ASSETS_DIR / "tiny_dit.json").is_file(), reason="no trained tiny DiT weights"
+)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return load_pipeline("tiny", device="cpu")
+
+
+@needs_trained
+def test_load_pipeline_tiny_is_the_shipped_trained_model(trained):
+    assert isinstance(trained, TinyVideoPipeline)
+    assert trained.transformer.dtype == torch.float32  # CPU default (shipped in fp16)
+    assert not trained.transformer.training
+    shipped = load_tiny_pipeline()
+    sa, sb = trained.transformer.state_dict(), shipped.transformer.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    frames = _run(trained, "tiny")
+    assert frames.shape == (9, 32, 32, 3) and frames.dtype == np.float32
+    assert np.isfinite(frames).all() and frames.min() >= 0.0 and frames.max() <= 1.0
+    np.testing.assert_array_equal(frames, _run(trained, "tiny"))
+    assert not np.array_equal(frames, _run(trained, "tiny", prompt="a rocket zooming in"))
+    # an explicit dtype is honoured
+    half = load_pipeline("tiny", device="cpu", dtype=torch.bfloat16)
+    assert half.transformer.dtype == half.condition_embedder.dtype == torch.bfloat16
+
+
+@needs_trained
+def test_trained_tiny_save_load_pipeline_round_trip(trained, tmp_path: Path):
+    trained.save_pretrained(tmp_path / "tiny")  # the shipped format: fp16 safetensors
+    loaded = load_pipeline("tiny", model_path=tmp_path / "tiny", device="cpu")
+    assert type(loaded) is TinyVideoPipeline and loaded.transformer.dtype == torch.float32
+    np.testing.assert_array_equal(_run(loaded, "tiny"), _run(trained, "tiny"))

@@ -14,7 +14,7 @@ import xattn_video as xv
 from xattn_video.pipelines.models import MODELS, build_tiny_hunyuan_pipeline
 
 CALL = dict(height=64, width=64, num_frames=9, num_inference_steps=3, output_type="np",
-            **MODELS["tiny"].call_kwargs)  # fmt: skip
+            **MODELS["tiny-hunyuan"].call_kwargs)  # fmt: skip
 CFG = xv.XAttentionConfig(threshold=0.5, stride=4, block_size=16, warmup_steps=1)
 
 
