@@ -13,6 +13,7 @@ Not provided: real weights, text encoders (use ``pipelines/models.py`` for those
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import (
     AutoencoderKLWan,
@@ -264,3 +265,24 @@ def wan_inputs(steps: int = 3, seed: int = 0, batch: int = 1, cfg: bool = True, 
     )
     out.update(kw)
     return out
+
+
+TINY = dict(stride=4, block_size=16, backend="torch")
+"""Small blocks and the torch backend: tiny sequences still have several blocks on CPU."""
+
+
+def tiny_cfg(**kw):
+    """An ``XAttentionConfig`` with the ``TINY`` defaults, overridden by ``kw``."""
+    import xattn_video as xv
+
+    return xv.XAttentionConfig(**{**TINY, **kw})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One OpenMP thread for modules that import this fixture: with tiny tensors on a shared
+    2-core CI box, thread barriers cost milliseconds per op and dominate the run time."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

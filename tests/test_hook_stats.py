@@ -14,22 +14,14 @@ import xattn_video as xv
 from xattn_video.hook import XAttentionController, transformer_patch_size
 from xattn_video.stats import XAttentionStats, mask_density
 
-from ._tiny_models import hv_inputs, tiny_hv_pipeline, tiny_hv_transformer, tiny_wan_transformer
-
-TINY = dict(stride=4, block_size=16, backend="torch")
-
-
-def cfg_(**kw) -> xv.XAttentionConfig:
-    return xv.XAttentionConfig(**{**TINY, **kw})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: OpenMP barriers on a shared 2-core box would dominate the run time
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from ._tiny_models import (  # noqa: F401
+    hv_inputs,
+    one_thread,
+    tiny_hv_pipeline,
+    tiny_hv_transformer,
+    tiny_wan_transformer,
+)
+from ._tiny_models import tiny_cfg as cfg_
 
 
 def steps_of(ctl: XAttentionController, calls: list[dict]) -> list[tuple[int, str, bool]]:

@@ -17,32 +17,18 @@ from xattn_video import attention as attention_mod
 from xattn_video.hook import HOOK_NAME, attach_step_hook
 from xattn_video.processors import HunyuanVideoXAttnProcessor
 
-from ._tiny_models import (
+from ._tiny_models import (  # noqa: F401
     framepack_inputs,
     hv_inputs,
     hv_text,
     hv_transformer_inputs,
+    one_thread,
     tiny_framepack_transformer,
     tiny_hv_pipeline,
     tiny_hv_transformer,
 )
+from ._tiny_models import tiny_cfg as cfg_
 from ._tolerance import assert_fa_close
-
-TINY = dict(stride=4, block_size=16, backend="torch")
-
-
-def cfg_(**kw) -> xv.XAttentionConfig:
-    return xv.XAttentionConfig(**{**TINY, **kw})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors are tiny: with several OpenMP threads on a shared 2-core CI box, thread
-    # barriers cost milliseconds per op and dominate the run time.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(pipe, **kw) -> torch.Tensor:

@@ -15,23 +15,9 @@ from xattn_video.hook import attach_step_hook
 from xattn_video.layout import tile_permutation
 from xattn_video.processors import WanXAttnProcessor
 
-from ._tiny_models import tiny_wan_pipeline, tiny_wan_transformer, wan_inputs
+from ._tiny_models import one_thread, tiny_wan_pipeline, tiny_wan_transformer, wan_inputs  # noqa: F401
+from ._tiny_models import tiny_cfg as cfg_
 from ._tolerance import assert_fa_close
-
-TINY = dict(stride=4, block_size=16, backend="torch")
-
-
-def cfg_(**kw) -> xv.XAttentionConfig:
-    return xv.XAttentionConfig(**{**TINY, **kw})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: OpenMP barriers on a shared 2-core box would dominate the run time
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(pipe, **kw) -> torch.Tensor:
