@@ -312,23 +312,20 @@ class TinyVideoPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 x_in = latents.to(dtype)
                 timestep = t.expand(batch).to(torch.float32)
-                v = self.transformer(
-                    hidden_states=x_in,
-                    timestep=timestep,
-                    encoder_hidden_states=ehs,
-                    encoder_attention_mask=mask,
-                    pooled_projections=pooled,
-                    return_dict=False,
-                )[0].float()
-                if do_cfg:
-                    v_u = self.transformer(
+
+                def velocity(cond_ehs, cond_mask, cond_pooled, x_in=x_in, timestep=timestep):
+                    return self.transformer(
                         hidden_states=x_in,
                         timestep=timestep,
-                        encoder_hidden_states=u_ehs,
-                        encoder_attention_mask=u_mask,
-                        pooled_projections=u_pooled,
+                        encoder_hidden_states=cond_ehs,
+                        encoder_attention_mask=cond_mask,
+                        pooled_projections=cond_pooled,
                         return_dict=False,
                     )[0].float()
+
+                v = velocity(ehs, mask, pooled)
+                if do_cfg:  # unconditional second forward of the same step
+                    v_u = velocity(u_ehs, u_mask, u_pooled)
                     v = v_u + guidance_scale * (v - v_u)
                 latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
