@@ -1,0 +1,13 @@
+# Source this on a bare GPU machine (torch + triton installed, no internet) from the repo root:
+#   . benchmarks/gpu_env.sh
+# Installs the wheels carried in .whl/ (diffusers, lpips, imageio-ffmpeg, ...) and this project
+# into /tmp, without touching the machine's own packages, and puts both on PYTHONPATH.
+set -e
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+    --target /tmp/proj .
+export PYTHONPATH=/tmp/proj:/tmp/site
+export PYTHONUNBUFFERED=1
+set +e
+python3 -c "import torch, triton, diffusers; print('torch', torch.__version__, 'triton', triton.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())"
