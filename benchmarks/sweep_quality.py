@@ -51,8 +51,8 @@ from _common import print_table, save_json  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 from xattn_video.layout import inverse_permutation, tile_permutation  # noqa: E402
-from xattn_video.pipelines.synthetic import MOTIONS, Condition  # noqa: E402
-from xattn_video.pipelines.tiny_dit import (  # noqa: E402
+from xattn_video.pipelines.tiny.synthetic import MOTIONS, Condition  # noqa: E402
+from xattn_video.pipelines.tiny.pipeline import (  # noqa: E402
     TRAIN_FRAMES,
     TRAIN_HEIGHT,
     TRAIN_WIDTH,

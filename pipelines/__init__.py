@@ -6,7 +6,7 @@ Installed as ``xattn_video.pipelines`` (the folder sits at the repo root). Modul
   random-weight ``tiny-hunyuan`` / ``tiny-wan``), ``MODELS``
   (per-model defaults and XAttention preset), ``build_tiny_hunyuan_pipeline``,
   ``build_tiny_wan_pipeline``;
-- ``tiny_dit``: the trained tiny video DiT (``TinyVideoPipeline``, ``load_tiny_pipeline``);
+- ``tiny``: the tiny-model yardstick (synthetic clips, the trained tiny DiT, its training);
 - ``generate``: ``generate(GenerateOptions(...))``, one video per prompt into a resumable run
   directory (split over processes under ``accelerate launch``);
 - ``runinfo``: the run-directory layout, atomic files, environment facts;

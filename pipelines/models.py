@@ -4,8 +4,8 @@
 each model's defaults (resolution, frames, steps, fps, the ``XAttentionConfig`` preset name and
 the extra pipeline-call arguments). Three tiny models need nothing downloaded:
 
-* ``tiny``: the small trained video DiT shipped in ``pipelines/assets/tiny_dit/``
-  (``xattn_video.pipelines.tiny_dit.TinyVideoPipeline``: a 10 M parameter
+* ``tiny``: the small trained video DiT shipped in ``pipelines/tiny/assets/tiny_dit/``
+  (``xattn_video.pipelines.tiny.pipeline.TinyVideoPipeline``: a 10 M parameter
   ``HunyuanVideoTransformer3DModel`` in pixel space, trained on synthetic camera-motion clips
   over scikit-image photos). Its videos have real structure, so dense vs. XAttention quality
   numbers mean something for this model; the prompt text is only keyword / hash mapped to its
@@ -447,7 +447,7 @@ def load_pipeline(
             ``tiny-wan``).
         model_path: a local pipeline folder. For ``tiny``, one written by
             ``TinyVideoPipeline.save_pretrained`` (default: the shipped
-            ``pipelines/assets/tiny_dit/``); for the others a diffusers ``save_pretrained``
+            ``pipelines/tiny/assets/tiny_dit/``); for the others a diffusers ``save_pretrained``
             folder (``model_index.json``), which for ``tiny-hunyuan`` / ``tiny-wan`` loads a
             saved tiny pipeline instead of building one.
         model_id: a Hugging Face repo id (default: the model's ``default_id``); not for ``tiny``.
@@ -495,7 +495,7 @@ def _load_tiny(
 ) -> Any:
     """The trained ``TinyVideoPipeline`` (progress bar off; ``set_progress_bar_config`` turns it
     back on)."""
-    from .tiny_dit import PIPELINE_FILE, load_tiny_pipeline
+    from .tiny.pipeline import PIPELINE_FILE, load_tiny_pipeline
 
     if model_id is not None:
         raise ValueError(

@@ -2,7 +2,7 @@
 
 Real-weight loading is exercised with tiny pipelines saved by ``save_pretrained`` into a temp
 folder and loaded back through ``load_pipeline(..., model_path=...)``; nothing is downloaded.
-The trained ``tiny`` model loads from the weights shipped in ``pipelines/assets/tiny_dit/``.
+The trained ``tiny`` model loads from the weights shipped in ``pipelines/tiny/assets/tiny_dit/``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from xattn_video.pipelines.models import (
     get_model_spec,
     load_pipeline,
 )
-from xattn_video.pipelines.tiny_dit import ASSETS_DIR, TinyVideoPipeline, load_tiny_pipeline
+from xattn_video.pipelines.tiny.pipeline import ASSETS_DIR, TinyVideoPipeline, load_tiny_pipeline
 
 # A VBench prompt plus characters outside the tiny vocabularies (must map to <unk>, not fail).
 PROMPT = "A panda drinking coffee in a cafe in Paris, 4K, Ultra HD — café «naïve» 熊猫"

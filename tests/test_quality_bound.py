@@ -1,7 +1,7 @@
 """Quality guard on the trained tiny DiT: the recommended config stays close to dense, a bad one
 does not.
 
-Setting: the shipped trained model (``pipelines/assets/tiny_dit``), 32x32 pixels x 9 frames
+Setting: the shipped trained model (``pipelines/tiny/assets/tiny_dit``), 32x32 pixels x 9 frames
 (9x16x16 = 2,304 video tokens, 18 blocks of 128), 12 steps, seed 0, three prompts, CPU with
 the torch backend. The recommended config is the one the H100 sweep over the training
 resolution chose (``docs/results/sweep_quality_full_h100.json``: tau 0.9, S=8, no warm-up,
@@ -22,7 +22,7 @@ import torch
 import xattn_video as xv
 from xattn_video.metrics import psnr, ssim
 
-tiny_dit = pytest.importorskip("xattn_video.pipelines.tiny_dit")
+tiny_dit = pytest.importorskip("xattn_video.pipelines.tiny.pipeline")
 
 PROMPTS = ["zoom in on cat", "pan left over coffee", "rotate clockwise on astronaut"]
 CALL = dict(height=32, width=32, num_frames=9, num_inference_steps=12, output_type="uint8")

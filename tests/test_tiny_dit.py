@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from xattn_video.pipelines import synthetic as syn
-from xattn_video.pipelines.tiny_dit import (
+from xattn_video.pipelines.tiny import synthetic as syn
+from xattn_video.pipelines.tiny.pipeline import (
     ASSETS_DIR,
     TRAIN_FRAMES,
     TRAIN_HEIGHT,
@@ -17,7 +17,7 @@ from xattn_video.pipelines.tiny_dit import (
     load_tiny_pipeline,
     random_tiny_pipeline,
 )
-from xattn_video.pipelines.train_tiny import flow_matching_loss, main, sample_sigmas
+from xattn_video.pipelines.tiny.train import flow_matching_loss, main, sample_sigmas
 
 SMALL = {"num_layers": 1, "num_single_layers": 1}  # fewer blocks: fast CPU training tests
 
@@ -156,7 +156,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_missing_weights_message(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train_tiny"):
+    with pytest.raises(FileNotFoundError, match="tiny.train"):
         load_tiny_pipeline(tmp_path / "nothing")
 
 

@@ -155,7 +155,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "wan": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=10),
     # CPU-sized random-weight models (tests): small blocks so short sequences have many blocks.
     "tiny": dict(threshold=0.9, stride=4, block_size=16, warmup_steps=1, backend="auto"),
-    # The trained tiny DiT (pipelines/assets/tiny_dit): the config the H100 quality sweep
+    # The trained tiny DiT (pipelines/tiny/assets/tiny_dit): the config the H100 quality sweep
     # recommends (lowest effective density with PSNR >= 30 dB vs dense at 17,408 tokens;
     # docs/results/sweep_quality_full_h100.json).
     "tiny-dit": dict(

@@ -8,18 +8,18 @@ its sampling pipeline, so XAttention can be judged on a model whose attention ha
   pixels = 17 x 32 x 32 = 17,408 video tokens (+3 condition tokens); RoPE lets it run at other
   sizes (the CPU tests use 5 x 32 x 32 pixels), with quality only at the training size.
 - Conditioning: :class:`ConditionEmbedder` turns the three integer tokens of a
-  :class:`~xattn_video.pipelines.synthetic.Condition` (motion, photo, direction) into
+  :class:`~xattn_video.pipelines.tiny.synthetic.Condition` (motion, photo, direction) into
   ``encoder_hidden_states`` (B, 3, 64), an all-valid ``encoder_attention_mask`` (B, 3) and
   ``pooled_projections`` (B, 64). A text prompt is only keyword-matched / hashed to those
-  tokens (:func:`~xattn_video.pipelines.synthetic.condition_from_prompt`).
+  tokens (:func:`~xattn_video.pipelines.tiny.synthetic.condition_from_prompt`).
 - :class:`TinyVideoPipeline`: rectified flow sampling with ``FlowMatchEulerDiscreteScheduler``
   (shift 3.0: the clip has ~209k pixel values, about as many as SD3's 1024^2 latents, where
   shift 3 was chosen; it spends more of the steps at high noise, where the global layout and
   motion are decided). One transformer forward per step (two with ``guidance_scale > 1``:
   conditional, then unconditional), ``scheduler.set_timesteps`` + ``scheduler.step`` as in
   diffusers, so ``scheduler.step_index`` counts the steps for the XAttention hook.
-- Weights: ``pipelines/assets/tiny_dit/`` (``load_tiny_pipeline``), written by
-  ``python -m xattn_video.pipelines.train_tiny``; :func:`random_tiny_pipeline` builds the same
+- Weights: ``pipelines/tiny/assets/tiny_dit/`` (``load_tiny_pipeline``), written by
+  ``python -m xattn_video.pipelines.tiny.train``; :func:`random_tiny_pipeline` builds the same
   architecture with random weights for tests.
 
 Not supported: text understanding (prompts are mapped to 3 tokens), image-to-video, a VAE /
@@ -74,7 +74,7 @@ TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH = 17, 64, 64
 DEFAULT_STEPS = 30
 DEFAULT_SHIFT = 3.0
 PIPELINE_FILE = "tiny_dit.json"
-TRAIN_COMMAND = "python -m xattn_video.pipelines.train_tiny --out pipelines/assets/tiny_dit"
+TRAIN_COMMAND = "python -m xattn_video.pipelines.tiny.train --out pipelines/tiny/assets/tiny_dit"
 
 
 def tiny_transformer_config(**overrides: Any) -> dict[str, Any]:
@@ -460,7 +460,7 @@ def load_tiny_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> TinyVideoPipeline:
-    """The trained tiny pipeline (default: the shipped ``pipelines/assets/tiny_dit/``).
+    """The trained tiny pipeline (default: the shipped ``pipelines/tiny/assets/tiny_dit/``).
 
     Raises ``FileNotFoundError`` with the training command when the weights are absent.
     """

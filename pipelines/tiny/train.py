@@ -1,6 +1,6 @@
 """Train the tiny video DiT on synthetic clips (rectified flow), within a wall-clock budget.
 
-    python -m xattn_video.pipelines.train_tiny --out pipelines/assets/tiny_dit --minutes 8.5
+    python -m xattn_video.pipelines.tiny.train --out pipelines/tiny/assets/tiny_dit --minutes 8.5
 
 (8.5 minutes of training keep the whole command, start-up and final samples included, under
 10 minutes on one H100: about 1,500 short-clip steps at 5.5 it/s, then ~950 full-clip steps at
@@ -11,7 +11,7 @@ x_t = (1 - s) x0 + s e, the model predicts v = e - x0 from (x_t, timestep = 1000
 scheduler's Euler step x_next = x + (s_next - s) v then integrates from s = 1 to 0. Training
 sigmas are logit-normal(0, 1) pushed through the same shift (3.0) the sampler uses, with 20 %
 drawn uniformly so the low-noise end is trained too. Clips are rendered on the training device
-by :mod:`xattn_video.pipelines.synthetic`, a fresh batch every step. AdamW, linear warm-up,
+by :mod:`xattn_video.pipelines.tiny.synthetic`, a fresh batch every step. AdamW, linear warm-up,
 constant, then cosine decay to 10 %, gradient clipping, bf16 autocast on CUDA, an EMA of the
 weights (the EMA is what is saved and sampled), 10 % of the conditions dropped to the null
 tokens (so classifier-free guidance is available).
@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from .synthetic import Condition, make_batch, sample_batch
-from .tiny_dit import (
+from .pipeline import (
     DEFAULT_SHIFT,
     TRAIN_FRAMES,
     TRAIN_HEIGHT,
