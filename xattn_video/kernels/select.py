@@ -81,8 +81,10 @@ def select_blocks(
     scores = scores.masked_fill(~valid, 0.0)
 
     if threshold is not None and ratio is None:
-        thr = _threshold_tensor(threshold, H, scores.device)
-        if bool((thr >= 1.0).all()):
+        # a Python threshold stays a Python number: no tensor, no host read (CUDA graphs)
+        scalar = isinstance(threshold, (int, float))
+        thr = threshold if scalar else _threshold_tensor(threshold, H, scores.device)
+        if scalar and threshold >= 1.0:
             mask = valid.expand(B, H, nbq, nbk).clone()
         else:
             sorted_scores, order = torch.sort(scores, dim=-1, descending=True, stable=True)

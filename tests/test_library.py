@@ -1,0 +1,95 @@
+"""The registered ops (xattn_video.library): opcheck (schema, fake tensors, dispatcher), equality
+with the direct kernels, and a fullgraph torch.compile of estimate -> select -> attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xattn_video import library
+from xattn_video.kernels._common import interpreter_enabled
+from xattn_video.kernels.estimate import estimate_block_scores_ref
+from xattn_video.kernels.select import mask_to_indices, select_blocks
+from xattn_video.kernels.sparse_attention import block_sparse_attention_ref
+
+from ._tolerance import assert_fa_close, naive_attention
+
+# opcheck's default tests minus the autograd ones (the ops are forward-only)
+OPCHECK_TESTS = ("test_schema", "test_faketensor", "test_aot_dispatch_static")
+
+
+def _qkv(B=2, H=2, N=70, D=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, N, D, generator=g) for _ in range(3)]
+
+
+def _sparse_inputs(bs=16, S=4):
+    q, k, v = _qkv()
+    kv_len = torch.tensor([70, 41], dtype=torch.int32)
+    scores = estimate_block_scores_ref(q, k, stride=S, block_size=bs, kv_len=kv_len)
+    mask = select_blocks(scores, block_size=bs, threshold=0.8, kv_len=kv_len)
+    counts, indices = mask_to_indices(mask)
+    return q, k, v, mask, counts, indices, kv_len
+
+
+def test_indices_to_mask_inverts_mask_to_indices():
+    *_, mask, counts, indices, _ = _sparse_inputs()
+    assert torch.equal(library.indices_to_mask(counts, indices, mask.shape[-1]), mask)
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_opcheck_estimate(use_triton):
+    if use_triton and not interpreter_enabled():
+        pytest.skip("the Triton path needs the interpreter on CPU")
+    q, k, _ = _qkv()
+    kv_len = torch.tensor([70, 41], dtype=torch.int32)
+    args = (q, k, kv_len, 4, 16, use_triton)
+    torch.library.opcheck(library.estimate_block_scores_op, args, test_utils=OPCHECK_TESTS)
+    got = library.estimate_block_scores_op(*args)
+    want = estimate_block_scores_ref(q, k, stride=4, block_size=16, kv_len=kv_len)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_opcheck_block_sparse_attention(use_triton, return_lse):
+    if use_triton and not interpreter_enabled():
+        pytest.skip("the Triton path needs the interpreter on CPU")
+    q, k, v, mask, counts, indices, kv_len = _sparse_inputs()
+    scale = 0.25
+    args = (q, k, v, counts, indices, kv_len, 16, scale, return_lse, use_triton)
+    torch.library.opcheck(library.block_sparse_attention_op, args, test_utils=OPCHECK_TESTS)
+    out, lse = library.block_sparse_attention_op(*args)
+    want = block_sparse_attention_ref(
+        q.double(), k.double(), v.double(), mask, block_size=16, kv_len=kv_len, scale=scale,
+        return_lse=True,
+    )  # fmt: skip
+    tok = mask.repeat_interleave(16, -2)[:, :, :70].repeat_interleave(16, -1)[..., :70]
+    tok = tok & (torch.arange(70)[None, :] < kv_len[:, None])[:, None, None, :]
+    lowp = naive_attention(q, k, v, tok, scale=scale)
+    assert_fa_close(out, want[0], lowp)
+    if return_lse:
+        torch.testing.assert_close(lse, want[1].float(), rtol=1e-5, atol=1e-5)
+    else:
+        assert lse.shape == (0,)
+
+
+def test_wrappers_compile_fullgraph_and_match_eager():
+    """estimate -> select -> indices -> attention traces as one graph (aot_eager) and equals eager."""
+    q, k, v = _qkv()
+    kv_len = torch.tensor([70, 41], dtype=torch.int32)
+
+    def fn(q, k, v, kv_len):
+        scores = library.estimate_scores(
+            q, k, kv_len=kv_len, stride=4, block_size=16, use_triton=False
+        )
+        mask = select_blocks(scores, block_size=16, threshold=0.8, kv_len=kv_len)
+        counts, indices = mask_to_indices(mask)
+        return library.sparse_attention(
+            q, k, v, counts, indices, kv_len=kv_len, block_size=16, scale=None,
+            return_lse=False, use_triton=False,
+        )  # fmt: skip
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, kv_len), fn(q, k, v, kv_len))
