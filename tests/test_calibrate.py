@@ -1,0 +1,170 @@
+"""Per-(layer, head) threshold calibration: the true block mass and the tau -> (mass kept,
+blocks kept) curves against first principles and the op's own selection, the choice of
+thresholds for a mass or a density target, and the thresholds file (validation, round trip)."""
+
+import json
+
+import pytest
+import torch
+
+from xattn_video.calibrate import mass_curves, true_block_mass
+from xattn_video.kernels.select import select_blocks
+from xattn_video.thresholds import (
+    FORMAT,
+    check_matches,
+    choose_thresholds,
+    expected_density,
+    load_thresholds,
+    retarget,
+    save_thresholds,
+    validate,
+)
+
+
+def _qk(B, H, N, D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, N, D, generator=g) * 1.5
+    k = torch.randn(B, H, N, D, generator=g) * 1.5
+    return q, k
+
+
+def test_true_block_mass_matches_the_softmax_summed_per_block():
+    B, H, N, D, bs = 2, 2, 45, 8, 16
+    q, k = _qk(B, H, N, D)
+    kv_len = torch.tensor([45, 30])
+    got = true_block_mass(q, k, block_size=bs, kv_len=kv_len, chunk_rows=16)
+    nb = 3
+    want = torch.zeros(B, H, nb, nb, dtype=torch.float64)
+    for b in range(B):
+        logits = (q[b].double() @ k[b].double().transpose(-1, -2)) * D**-0.5
+        logits[..., int(kv_len[b]) :] = float("-inf")
+        p = torch.softmax(logits, dim=-1)  # (H, N, N)
+        for i in range(nb):
+            for j in range(nb):
+                want[b, :, i, j] = p[:, i * bs : (i + 1) * bs, j * bs : (j + 1) * bs].sum((-1, -2))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert float(got[1, :, :, 2].sum()) == pytest.approx(0.0, abs=1e-12)  # padding: no mass
+
+
+@pytest.mark.parametrize("dense_from", [None, 40])
+def test_mass_curves_match_the_ops_selection_at_every_tau(dense_from):
+    B, H, nb, bs = 2, 3, 6, 8
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(B, H, nb, nb, generator=g) ** 3
+    true = torch.rand(B, H, nb, nb, generator=g, dtype=torch.float64) ** 2
+    kv_len = torch.tensor([48, 37])
+    taus = [0.3, 0.5, 0.77, 0.9, 0.99, 1.0]
+    cur = mass_curves(scores, true, taus, block_size=bs, kv_len=kv_len, dense_from=dense_from)
+    valid = (torch.arange(nb) * bs)[None, :] < kv_len[:, None]
+    forced = torch.zeros(B, nb, dtype=torch.bool)
+    if dense_from is not None:
+        forced = (torch.arange(nb) + 1) * bs > dense_from
+        forced = forced[None, :].expand(B, nb)
+    t = true.masked_fill(~valid[:, None, None, :], 0.0)
+    counted = ~forced[:, None, :].expand(B, H, nb)  # rows that are not forced
+    for g_i, tau in enumerate(taus):
+        mask = select_blocks(scores, block_size=bs, threshold=tau, kv_len=kv_len,
+                             force_rows=forced, force_cols=forced & valid)  # fmt: skip
+        share = (t * mask).sum(-1) / t.sum(-1)
+        kept = torch.where(counted, share, 0.0).sum(dim=(0, 2))
+        blocks = torch.where(counted, mask.sum(-1).double(), 0.0).sum(dim=(0, 2))
+        torch.testing.assert_close(cur["kept"][:, g_i], kept)
+        torch.testing.assert_close(cur["blocks"][:, g_i], blocks)
+    assert cur["rows"].tolist() == [float(counted[:, 0].sum())] * H
+    pairs = (counted[:, 0].double() * valid.sum(-1)[:, None]).sum()
+    assert cur["pairs"].tolist() == [float(pairs)] * H
+    # more tau never keeps less
+    assert bool((cur["kept"].diff(dim=-1) >= -1e-12).all())
+
+
+def _layers():
+    taus = [0.5, 0.8, 0.9, 1.0]
+    layers = [
+        {"layer": 0, "mass": [[0.80, 0.90, 0.95, 1.0], [0.50, 0.70, 0.85, 1.0]],
+         "density": [[0.10, 0.20, 0.30, 1.0], [0.30, 0.50, 0.70, 1.0]]},
+        {"layer": 3, "mass": [[0.96, 0.98, 0.99, 1.0], [0.60, 0.93, 0.97, 1.0]],
+         "density": [[0.05, 0.08, 0.12, 1.0], [0.20, 0.40, 0.55, 1.0]]},
+    ]  # fmt: skip
+    return taus, layers
+
+
+def test_target_mass_takes_per_head_the_smallest_tau_reaching_it():
+    taus, layers = _layers()
+    assert choose_thresholds(layers, taus, target_mass=0.9) == [[0.8, 1.0], [0.5, 0.8]]
+    assert choose_thresholds(layers, taus, target_mass=0.5) == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_target_density_meets_the_budget_and_keeps_more_mass_than_one_tau():
+    taus, layers = _layers()
+    thr = choose_thresholds(layers, taus, target_density=0.3)
+    flat = [(li, h, taus.index(t)) for li, ts in enumerate(thr) for h, t in enumerate(ts)]
+    dens = sum(layers[li]["density"][h][g] for li, h, g in flat) / 4
+    mass = sum(layers[li]["mass"][h][g] for li, h, g in flat) / 4
+    assert dens <= 0.3
+    for g in range(len(taus)):  # every uniform tau within the same budget keeps less mass
+        u_dens = sum(layers[li]["density"][h][g] for li in range(2) for h in range(2)) / 4
+        u_mass = sum(layers[li]["mass"][h][g] for li in range(2) for h in range(2)) / 4
+        if u_dens <= 0.3:
+            assert mass >= u_mass
+
+
+def _file(taus=None, layers=None):
+    t, ls = _layers()
+    taus, layers = taus or t, layers or ls
+    thr = choose_thresholds(layers, taus, target_mass=0.9)
+    for layer, th in zip(layers, thr, strict=True):
+        layer["thresholds"] = th
+    return {
+        "format": FORMAT,
+        "model": "tiny",
+        "config": {"stride": 8, "block_size": 128, "token_order": "tile",
+                   "tile_size": [2, 8, 8], "text_policy": "dense", "backend": "auto"},
+        "taus": taus,
+        "layers": layers,
+        "prompts": ["zoom in on cat"],
+        "seeds": [0],
+        "steps": 30,
+    }  # fmt: skip
+
+
+def test_thresholds_file_round_trips(tmp_path):
+    data = _file()
+    path = tmp_path / "thr.json"
+    save_thresholds(path, data)
+    assert load_thresholds(path) == json.loads(json.dumps(data))
+    again = retarget(load_thresholds(path), target_mass=0.95)
+    assert again["layers"][0]["thresholds"] == [0.9, 1.0]
+    assert again["expected_density"] == pytest.approx(expected_density(again))
+    assert again["layers"][0]["mass"] == data["layers"][0]["mass"]  # curves kept
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d.update(format="other"), "format"),
+        (lambda d: d.pop("taus"), "taus"),
+        (lambda d: d.update(taus=[0.9, 0.5, 0.8, 1.0]), "taus"),
+        (lambda d: d["layers"][1].update(layer=0), "layer index"),
+        (lambda d: d["layers"][0].update(thresholds=[0.0, 0.9]), "thresholds"),
+        (lambda d: d["layers"][0]["mass"].pop(), "curves|mass"),
+    ],
+)
+def test_invalid_thresholds_files_raise_naming_the_problem(edit, match):
+    data = _file()
+    edit(data)
+    with pytest.raises(ValueError, match=match):
+        validate(data)
+
+
+def test_missing_or_mismatched_file_raises(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_thresholds(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_thresholds(bad)
+    data = _file()
+    cfg = dict(data["config"], stride=16)
+    with pytest.raises(ValueError, match="stride"):
+        check_matches(data, cfg)
+    check_matches(data, dict(data["config"]))

@@ -1,0 +1,256 @@
+"""Per-(layer, head) XAttention thresholds: the versioned JSON ``xattn-video calibrate`` writes,
+and how thresholds are chosen from the calibration curves it stores.
+
+The file keeps, for every calibrated layer and head, two curves over a grid of thresholds
+``taus``: ``mass[h][g]``, the mean share of the *true* attention mass that the estimated block
+mask at ``taus[g]`` keeps (per query-block row, video rows only), and ``density[h][g]``, that
+mask's block density. From them :func:`choose_thresholds` picks the thresholds:
+
+- ``target_mass=m``: per head the smallest tau whose mask keeps at least m of the true mass
+  (1.0 when none does) -- every head is held to the same quality, whatever it costs;
+- ``target_density=d``: the thresholds that keep the most true mass in total at a mean
+  density of at most d over all layers and heads (Lagrangian allocation: each head takes the tau
+  maximising ``mass - lam * density``, with ``lam`` bisected to meet the budget, then what is
+  left of the budget spent greedily by mass gained per density added) -- blocks go to the
+  heads where they hold the most mass.
+
+Re-targeting needs no new calibration run (:func:`retarget`). The file also records what it was
+measured on (model, config, prompts, seeds, steps) and must match the config it is used with
+(stride, block size, token order, tile size, text policy: they change the estimate).
+
+Not supported: per-step or per-row thresholds; thresholds for layers the file does not list
+(those use the config's uniform ``threshold``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+FORMAT = "xattn-video thresholds v1"
+"""Value of the file's ``format`` key; files of another format raise ``ValueError``."""
+
+MATCH_FIELDS = ("stride", "block_size", "token_order", "tile_size", "text_policy")
+"""Config fields a thresholds file must agree with (they change the estimate it measured)."""
+
+
+def default_taus() -> list[float]:
+    """The threshold grid of a calibration: 0.30 to 0.99 in steps of 0.01, then 0.995 and 1."""
+    return [round(0.30 + 0.01 * i, 4) for i in range(70)] + [0.995, 1.0]
+
+
+def _check_curves(taus: list[float], curve: list[list[float]], what: str, layer: Any) -> None:
+    if not curve or any(len(c) != len(taus) for c in curve):
+        raise ValueError(f"thresholds file: layer {layer} {what} must be H lists of {len(taus)}")
+
+
+def choose_thresholds(
+    layers: list[dict[str, Any]],
+    taus: list[float],
+    *,
+    target_mass: float | None = None,
+    target_density: float | None = None,
+) -> list[list[float]]:
+    """Thresholds [layer][head] from the curves of ``layers`` (dicts with ``mass`` and
+    ``density``: H lists over ``taus``); exactly one target is given (see the module docstring).
+    """
+    if (target_mass is None) == (target_density is None):
+        raise ValueError("give exactly one of target_mass and target_density")
+    mass = [torch.tensor(layer["mass"], dtype=torch.float64) for layer in layers]  # (H, G) each
+    dens = [torch.tensor(layer["density"], dtype=torch.float64) for layer in layers]
+    tau = torch.tensor(taus, dtype=torch.float64)
+    if target_mass is not None:
+        if not (0.0 < target_mass <= 1.0):
+            raise ValueError(f"target_mass must be in (0, 1], got {target_mass}")
+        out = []
+        for m in mass:
+            ok = m >= target_mass - 1e-12
+            first = torch.where(ok.any(-1), ok.double().argmax(-1), torch.full_like(ok[:, 0], -1))
+            out.append([1.0 if int(i) < 0 else float(tau[int(i)]) for i in first])
+        return out
+    if not (0.0 < target_density <= 1.0):
+        raise ValueError(f"target_density must be in (0, 1], got {target_density}")
+    M, D = torch.cat(mass), torch.cat(dens)  # (sum H, G)
+
+    def pick(lam: float) -> torch.Tensor:
+        # highest mass - lam * density; ties to the smaller tau
+        return (M - lam * D).argmax(-1)
+
+    def mean_density(idx: torch.Tensor) -> float:
+        return float(D.gather(-1, idx[:, None]).mean())
+
+    lo, hi = 0.0, 1.0
+    while mean_density(pick(hi)) > target_density and hi < 1e6:
+        hi *= 2.0
+    if mean_density(pick(lo)) <= target_density:
+        idx = pick(lo)
+    else:
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if mean_density(pick(mid)) > target_density:
+                lo = mid
+            else:
+                hi = mid
+        idx = pick(hi)
+    idx = _fill_budget(M, D, idx, target_density * M.shape[0])
+    flat = [float(tau[int(i)]) for i in idx]
+    out, start = [], 0
+    for m in mass:
+        out.append(flat[start : start + m.shape[0]])
+        start += m.shape[0]
+    return out
+
+
+def _fill_budget(
+    M: torch.Tensor, D: torch.Tensor, idx: torch.Tensor, budget: float
+) -> torch.Tensor:
+    """Spend what the Lagrangian choice left of the budget: repeatedly move one head to the
+    higher tau with the best mass gain per density added that still fits (curves are not
+    concave, so the Lagrangian alone can stop short)."""
+    idx = idx.clone()
+    for _ in range(M.numel()):
+        cur_d = D.gather(-1, idx[:, None])
+        cur_m = M.gather(-1, idx[:, None])
+        dd, dm = D - cur_d, M - cur_m
+        ok = (dm > 1e-12) & (cur_d.sum() + dd <= budget + 1e-9)
+        if not bool(ok.any()):
+            break
+        gain = torch.where(dd > 0, dm / dd.clamp_min(1e-12), torch.full_like(dm, float("inf")))
+        best = int(torch.where(ok, gain, torch.full_like(gain, -1.0)).argmax())
+        idx[best // M.shape[1]] = best % M.shape[1]
+    return idx
+
+
+def retarget(
+    data: dict[str, Any], *, target_mass: float | None = None, target_density: float | None = None
+) -> dict[str, Any]:
+    """A copy of a thresholds file's dict with thresholds chosen for another target."""
+    validate(data)
+    out = json.loads(json.dumps(data))
+    thr = choose_thresholds(
+        out["layers"], out["taus"], target_mass=target_mass, target_density=target_density
+    )
+    for layer, t in zip(out["layers"], thr, strict=True):
+        layer["thresholds"] = t
+    out["target"] = {"mass": target_mass, "density": target_density}
+    out["expected_density"] = expected_density(out)
+    return out
+
+
+def expected_density(data: dict[str, Any]) -> float:
+    """Mean calibration density of the chosen thresholds over all layers and heads."""
+    taus = data["taus"]
+    vals = []
+    for layer in data["layers"]:
+        for h, t in enumerate(layer["thresholds"]):
+            g = min(range(len(taus)), key=lambda i: abs(taus[i] - t))
+            vals.append(layer["density"][h][g])
+    return float(sum(vals) / len(vals))
+
+
+def validate(data: dict[str, Any]) -> None:
+    """``ValueError`` naming what is wrong unless ``data`` is a thresholds file's dict."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"not a thresholds file: format must be {FORMAT!r}, got {got!r}")
+    for key in ("model", "config", "taus", "layers"):
+        if key not in data:
+            raise ValueError(f"thresholds file: missing key {key!r}")
+    taus = data["taus"]
+    if not taus or any(not (0.0 < float(t) <= 1.0) for t in taus) or sorted(taus) != taus:
+        raise ValueError("thresholds file: taus must be increasing values in (0, 1]")
+    seen = set()
+    for layer in data["layers"]:
+        idx = layer.get("layer")
+        if not isinstance(idx, int) or idx < 0 or idx in seen:
+            raise ValueError(f"thresholds file: bad or repeated layer index {idx!r}")
+        seen.add(idx)
+        thr = layer.get("thresholds")
+        if not thr or any(not (0.0 < float(t) <= 1.0) for t in thr):
+            raise ValueError(f"thresholds file: layer {idx} thresholds must be in (0, 1]")
+        _check_curves(taus, layer.get("mass", []), "mass", idx)
+        _check_curves(taus, layer.get("density", []), "density", idx)
+        if len(layer["mass"]) != len(thr) or len(layer["density"]) != len(thr):
+            raise ValueError(f"thresholds file: layer {idx} curves and thresholds differ in H")
+
+
+def check_matches(data: dict[str, Any], config: dict[str, Any]) -> None:
+    """``ValueError`` if the file was calibrated with other estimate settings than ``config``
+    (a dict of XAttentionConfig fields)."""
+    cal = data["config"]
+    for name in MATCH_FIELDS:
+        a, b = cal.get(name), config.get(name)
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            a, b = list(a or []), list(b or [])
+        if name == "tile_size" and "tile" not in (cal.get("token_order"), config["token_order"]):
+            continue  # the tile size only matters for the tile order
+        if a != b:
+            raise ValueError(
+                f"thresholds file was calibrated with {name}={a!r}, the config has {name}={b!r}; "
+                "calibrate again with these settings"
+            )
+
+
+def save_thresholds(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write a thresholds dict as JSON (validated first)."""
+    validate(data)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+
+
+def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a thresholds file (cached per path and modification time)."""
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise ValueError(f"thresholds file {p!r} does not exist")
+    return _load(p, os.stat(p).st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _load(path: str, mtime_ns: int) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"thresholds file {path!r} is not valid JSON: {exc}") from None
+    validate(data)
+    return data
+
+
+def layer_thresholds(data: dict[str, Any]) -> dict[int, tuple[float, ...]]:
+    """layer index -> per-head thresholds, from a validated thresholds dict."""
+    return {
+        int(layer["layer"]): tuple(float(t) for t in layer["thresholds"])
+        for layer in data["layers"]
+    }
+
+
+def summary(data: dict[str, Any]) -> str:
+    """One line: layers, heads, threshold range and mean, expected density."""
+    thr = [t for layer in data["layers"] for t in layer["thresholds"]]
+    return (
+        f"{len(data['layers'])} layers x {len(data['layers'][0]['thresholds'])} heads, tau "
+        f"{min(thr):.3f}..{max(thr):.3f} (mean {sum(thr) / len(thr):.3f}), expected density "
+        f"{expected_density(data):.3f}"
+    )
+
+
+__all__ = [
+    "FORMAT",
+    "MATCH_FIELDS",
+    "check_matches",
+    "choose_thresholds",
+    "default_taus",
+    "expected_density",
+    "layer_thresholds",
+    "load_thresholds",
+    "retarget",
+    "save_thresholds",
+    "summary",
+    "validate",
+]
