@@ -1,19 +1,35 @@
-"""Block-density statistics of XAttention in a diffusers pipeline, per (step, layer, branch).
+"""Block-density statistics of XAttention in a diffusers pipeline, per (step, layer, branch),
+accumulated on the device and read on the host only when asked.
 
-Every attention call made by an XAttention processor appends one record:
+Every attention call made by an XAttention processor adds one record:
 
 - a **sparse** call records its block density: selected (query block, key block) pairs over all
   pairs whose key block holds at least one valid (non-padding) key, summed over batch and heads
   -- the same number as :func:`xattn_video.attention.block_density` -- and the same ratio per
   head;
-- a **dense** call (warm-up steps, ``dense_last_steps``, ``dense_layers``) records density 1.0.
+- a **dense** call records density 1.0 and why it ran dense (``dense_reason``): ``"schedule"``
+  (warm-up steps, ``dense_last_steps``, ``dense_layers``) or ``"cost"`` (the cost model
+  predicted that the sparse path would be slower at this size, ``auto_dense``).
+
+No host synchronisation per call: a sparse call hands over its per-head densities as a device
+tensor (:func:`mask_density_tensor`); the numbers are copied to the host in one transfer when
+they are read (:meth:`XAttentionStats.summary`, :meth:`~XAttentionStats.to_dict`,
+:attr:`~XAttentionStats.records`). Processors may add calls without knowing the step
+(:meth:`XAttentionStats.add`, what compiled graphs do: no Python step number in the graph);
+the step hook stamps them with (run, step, branch) at the start of the next forward
+(:meth:`XAttentionStats.begin`).
+
+:class:`DensityFeedback` gives the cost model the latest measured density per layer without a
+sync: device values are copied to pinned memory asynchronously once per forward and become
+visible when that copy has finished (typically one step later).
 
 Each call has equal weight in the pooled numbers: within one sampling run every call of a model
 attends over the same token count, so this is also the FLOP-weighted mean (up to text padding).
 Records accumulate over pipeline calls (``run`` counts them) until :meth:`XAttentionStats.reset`.
 
 Not supported: weighting by FLOPs across runs of different resolutions; per-head numbers for
-dense calls (they are all 1.0).
+dense calls (they are all 1.0); calls replayed from a CUDA graph (Python does not run on
+replay, so only the captured call is recorded).
 """
 
 from __future__ import annotations
@@ -24,10 +40,13 @@ from typing import Any
 
 import torch
 
+DENSE_REASONS = ("schedule", "cost")
+
 
 @dataclass
 class DensityRecord:
-    """One attention call. ``heads`` is the per-head density (sparse calls, else None)."""
+    """One attention call. ``heads`` is the per-head density (sparse calls, else None);
+    ``dense_reason`` is None for sparse calls, else one of ``DENSE_REASONS``."""
 
     run: int
     step: int
@@ -37,44 +56,145 @@ class DensityRecord:
     sparse: bool
     reused: bool = False
     heads: list[float] | None = None
+    dense_reason: str | None = None
+
+
+def mask_density_tensor(
+    mask: torch.Tensor, block_size: int, kv_len: torch.Tensor | None, n_k: int
+) -> torch.Tensor:
+    """Per-head density (H,) float64 of a block mask, on the mask's device (no host read).
+
+    mask: (B, H, Nbq, Nbk) bool; kv_len: (B,) int valid key lengths or None (all ``n_k`` keys).
+    Pairs are counted against the key blocks holding a valid key: ceil(kv_len[b] / block_size).
+    """
+    B, H, nbq, nbk = mask.shape
+    sel = mask.sum(dim=(0, 2, 3), dtype=torch.float64)
+    if kv_len is None:
+        return sel / float(B * nbk * nbq)
+    valid_kb = (kv_len.to(mask.device).long() + block_size - 1) // block_size
+    return sel / (valid_kb.sum().double() * nbq)
 
 
 def mask_density(
     mask: torch.Tensor, block_size: int, kv_len: torch.Tensor | None, n_k: int
 ) -> tuple[float, list[float]]:
-    """(density, per-head densities) of a block mask, as ``attention.block_density`` counts it.
+    """(density, per-head densities) of a block mask on the host: :func:`mask_density_tensor`
+    plus one device-to-host copy (for tools; processors use the tensor form)."""
+    heads = mask_density_tensor(mask, block_size, kv_len, n_k).tolist()
+    return sum(heads) / len(heads), heads
 
-    mask: (B, H, Nbq, Nbk) bool; kv_len: (B,) int valid key lengths or None (all ``n_k`` keys).
-    Pairs are counted against the key blocks holding a valid key: ceil(kv_len[b] / block_size).
-    One small device-to-host copy.
+
+class DensityFeedback:
+    """Latest measured density per layer, for the cost model, without a host sync.
+
+    ``update(layer, heads)`` keeps the device tensor; ``publish()`` (once per forward) starts one
+    asynchronous copy of all updated layers' mean densities to pinned memory; ``get(layer)``
+    returns the newest value whose copy has completed (None before the first one).
     """
-    B, H, nbq, nbk = mask.shape
-    if kv_len is None:
-        valid_kb = torch.full((B,), nbk, dtype=torch.long, device=mask.device)
-    else:
-        valid_kb = (kv_len.to(mask.device).long() + block_size - 1) // block_size
-    per_head = mask.sum(dim=(0, 2, 3)).double() / (valid_kb.sum().double() * nbq)
-    heads = per_head.tolist()
-    return sum(heads) / H, heads
+
+    def __init__(self) -> None:
+        self._dev: dict[int, torch.Tensor] = {}
+        self._host: dict[int, float] = {}
+        self._inflight: tuple[list[int], torch.Tensor, Any] | None = None
+
+    def update(self, layer: int, heads: torch.Tensor) -> None:
+        self._dev[layer] = heads
+
+    def _poll(self) -> None:
+        if self._inflight is None:
+            return
+        layers, buf, event = self._inflight
+        if event is not None and not event.query():
+            return
+        self._host.update(zip(layers, buf.tolist(), strict=True))
+        self._inflight = None
+
+    def publish(self) -> None:
+        """Start copying the updated layers' densities to the host (no wait)."""
+        self._poll()
+        if not self._dev or self._inflight is not None:
+            return
+        layers = sorted(self._dev)
+        vals = torch.stack([self._dev[i].double().mean() for i in layers])
+        self._dev.clear()
+        if vals.is_cuda:
+            buf = torch.empty(vals.shape, dtype=vals.dtype, pin_memory=True)
+            buf.copy_(vals, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._inflight = (layers, buf, event)
+        else:
+            self._inflight = (layers, vals, None)
+        self._poll()
+
+    def get(self, layer: int) -> float | None:
+        """Newest density of ``layer`` already on the host, or None."""
+        self._poll()
+        return self._host.get(layer)
+
+    def clear(self) -> None:
+        self._dev.clear()
+        self._host.clear()
+        self._inflight = None
 
 
 class XAttentionStats:
     """Collects :class:`DensityRecord` s; ``summary()`` / ``to_dict()`` are JSON-serialisable.
 
     ``enabled=False`` (``XAttentionConfig.collect_stats=False``) turns recording into a no-op
-    (no device-to-host copies).
+    (the :class:`DensityFeedback` in ``feedback`` still works).
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.records: list[DensityRecord] = []
+        self.feedback = DensityFeedback()
+        self._records: list[DensityRecord] = []
+        self._lazy: list[tuple[list[DensityRecord], torch.Tensor]] = []  # heads not yet read
+        self._open: list[tuple[int, torch.Tensor | None, bool, str | None]] = []
+        self._stamp: tuple[int, int, str] = (0, 0, "pass0")
 
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def records(self) -> list[DensityRecord]:
+        """Every call so far, with its numbers copied to the host (one transfer if needed)."""
+        self._materialize()
+        return self._records
+
     def reset(self) -> None:
-        """Drop all records."""
-        self.records.clear()
+        """Drop all records (and the density feedback)."""
+        self._records.clear()
+        self._lazy.clear()
+        self._open.clear()
+        self.feedback.clear()
+
+    # -- recording -----------------------------------------------------------------------------
+    def begin(self, *, run: int, step: int, branch: str) -> None:
+        """Start a forward: stamp the calls added since the last ``begin`` with the previous
+        (run, step, branch), remember the new one, publish the density feedback."""
+        self._close()
+        self._stamp = (int(run), int(step), str(branch))
+        self.feedback.publish()
+
+    def add(
+        self,
+        layer: int,
+        *,
+        heads: torch.Tensor | None = None,
+        reused: bool = False,
+        dense_reason: str | None = None,
+    ) -> None:
+        """One call of the current forward, stamped later by :meth:`begin` (graph-friendly: no
+        step number). ``heads``: (H,) per-head density tensor of a sparse call; None for a dense
+        call, which names its ``dense_reason`` (default ``"schedule"``)."""
+        if heads is not None:
+            self.feedback.update(layer, heads)
+        if not self.enabled:
+            return
+        if heads is None and dense_reason is None:
+            dense_reason = "schedule"
+        self._open.append((layer, heads, reused, dense_reason))
 
     def record(
         self,
@@ -83,18 +203,72 @@ class XAttentionStats:
         step: int,
         layer: int,
         branch: str,
-        density: float = 1.0,
+        density: float | None = 1.0,
         sparse: bool = False,
         reused: bool = False,
-        heads: list[float] | None = None,
+        heads: list[float] | torch.Tensor | None = None,
+        dense_reason: str | None = None,
     ) -> None:
-        """Append one call (no-op when disabled)."""
+        """Append one call with an explicit stamp (no-op when disabled). ``heads`` may be a
+        device tensor (read later with the others) or a list; ``density`` defaults to their mean
+        for sparse calls."""
+        if isinstance(heads, torch.Tensor):
+            self.feedback.update(layer, heads)
         if not self.enabled:
             return
-        self.records.append(
-            DensityRecord(run, step, layer, branch, float(density), sparse, reused, heads)
-        )
+        if not sparse and dense_reason is None:
+            dense_reason = "schedule"
+        rec = DensityRecord(
+            run, step, layer, branch, 1.0 if density is None else float(density), sparse,
+            reused, None, None if sparse else dense_reason,
+        )  # fmt: skip
+        if isinstance(heads, torch.Tensor):
+            self._lazy.append(([rec], heads.detach().reshape(1, -1).double()))
+        elif heads is not None:
+            rec.heads = [float(h) for h in heads]
+            if density is None:
+                rec.density = sum(rec.heads) / len(rec.heads)
+        self._records.append(rec)
 
+    def _close(self) -> None:
+        """Turn the open calls into records stamped with the current (run, step, branch)."""
+        if not self._open:
+            return
+        run, step, branch = self._stamp
+        sparse_recs: list[DensityRecord] = []
+        sparse_heads: list[torch.Tensor] = []
+        for layer, heads, reused, reason in self._open:
+            rec = DensityRecord(run, step, layer, branch, 1.0, heads is not None, reused)
+            rec.dense_reason = None if heads is not None else reason
+            self._records.append(rec)
+            if heads is not None:
+                sparse_recs.append(rec)
+                sparse_heads.append(heads.detach().reshape(-1).double())
+        self._open.clear()
+        if sparse_heads:
+            if len({h.numel() for h in sparse_heads}) == 1:  # one stack: a copy out of any
+                self._lazy.append((sparse_recs, torch.stack(sparse_heads)))  # CUDA-graph pool
+            else:
+                self._lazy.extend(
+                    ([r], h.reshape(1, -1)) for r, h in zip(sparse_recs, sparse_heads, strict=True)
+                )
+
+    def _materialize(self) -> None:
+        """Copy every pending density to the host in one transfer."""
+        self._close()
+        if not self._lazy:
+            return
+        flat = torch.cat([h.reshape(-1).to(torch.float64) for _, h in self._lazy]).tolist()
+        pos = 0
+        for recs, h in self._lazy:
+            width = h.shape[-1]
+            for rec in recs:
+                rec.heads = flat[pos : pos + width]
+                rec.density = sum(rec.heads) / width
+                pos += width
+        self._lazy.clear()
+
+    # -- reading -------------------------------------------------------------------------------
     @staticmethod
     def _pool(records: list[DensityRecord]) -> dict[str, Any]:
         sparse = [r.density for r in records if r.sparse]
@@ -103,6 +277,7 @@ class XAttentionStats:
             "sparse_density": (sum(sparse) / len(sparse)) if sparse else None,
             "num_calls": len(records),
             "num_sparse_calls": len(sparse),
+            "num_cost_dense_calls": sum(r.dense_reason == "cost" for r in records),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -110,7 +285,8 @@ class XAttentionStats:
 
         ``sparse_density``: mean density of the sparse calls (None if none);
         ``effective_density``: mean over all calls, dense ones counting 1.0 (None if no call);
-        ``num_sparse_calls`` / ``num_dense_calls``; ``num_runs``;
+        ``num_sparse_calls`` / ``num_dense_calls``; ``num_cost_dense_calls``: dense calls the
+        cost model chose (``auto_dense``), included in ``num_dense_calls``; ``num_runs``;
         ``per_step``: [{step, density (effective), sparse_density, num_calls, ...}] sorted by step;
         ``per_layer``: the same keyed by layer; ``per_head``: mean density per head over the
         sparse calls (None if none).
@@ -131,6 +307,7 @@ class XAttentionStats:
             "effective_density": pooled["density"],
             "num_sparse_calls": pooled["num_sparse_calls"],
             "num_dense_calls": pooled["num_calls"] - pooled["num_sparse_calls"],
+            "num_cost_dense_calls": pooled["num_cost_dense_calls"],
             "num_runs": len({r.run for r in recs}),
             "per_step": [{"step": s, **self._pool(by_step[s])} for s in sorted(by_step)],
             "per_layer": [{"layer": i, **self._pool(by_layer[i])} for i in sorted(by_layer)],
