@@ -73,9 +73,32 @@ def test_scheduler_step_index_is_authoritative():
         (3, "cond", False, 4), (3, "uncond", False, 4),
     ]  # fmt: skip
     sched.step_index = None  # a new pipeline call without reset in between (e.g. interrupted)
-    ctl.masks[(0, "cond")] = object()
+    attn = torch.nn.Identity()
+    ctl.masks.put(attn, "cond", torch.ones(1, 1, 1, 1, dtype=torch.bool), None)
     ctl.begin_forward(scheduler=sched)
-    assert (ctl.step, ctl.sparse, ctl.run, ctl.masks) == (0, False, 1, {})
+    assert (ctl.step, ctl.sparse, ctl.run, len(ctl.masks)) == (0, False, 1, 0)
+
+
+def test_new_scheduler_timesteps_start_a_new_run():
+    """A call that raised at step 0 leaves step_index at 0; the next call's set_timesteps gives
+    a new timesteps tensor, which starts a new run (no masks reused from the failed call)."""
+    ctl = XAttentionController(cfg_(warmup_steps=0, mask_refresh=3))
+    attn = torch.nn.Identity()
+    sched = SimpleNamespace(step_index=None, timesteps=torch.arange(4))
+    ctl.begin_forward(scheduler=sched, context=CacheContext("cond"))
+    ctl.masks.put(attn, "cond", torch.ones(1, 1, 1, 1, dtype=torch.bool), None)
+    ctl.begin_forward(scheduler=sched, context=CacheContext("uncond"))  # same call, same step
+    assert (ctl.run, len(ctl.masks)) == (0, 1)
+    sched.timesteps = torch.arange(4)  # set_timesteps of the next call
+    ctl.begin_forward(scheduler=sched, context=CacheContext("cond"))
+    assert (ctl.step, ctl.run, len(ctl.masks)) == (0, 1, 0)
+
+
+def test_repeated_branch_at_the_same_context_step_starts_a_new_run():
+    ctl = XAttentionController(cfg_(warmup_steps=0))
+    for name in ("cond", "uncond", "cond"):
+        ctl.begin_forward(context=CacheContext(name, step_index=0))
+    assert (ctl.step, ctl.branch, ctl.run) == (0, "cond", 1)
 
 
 def test_cache_context_step_index_and_num_steps():
@@ -101,31 +124,6 @@ def test_grid_from_hidden_states_and_patch_size():
     ctl = XAttentionController(cfg_())
     ctl.begin_forward(hidden_states=torch.zeros(1, 16, 5, 12, 20), patch_size=(1, 2, 2))
     assert ctl.grid == (5, 6, 10)
-    perm, inv = ctl.permutation(300, 310, torch.device("cpu"))
-    assert perm.shape == (310,) and torch.equal(perm[300:], torch.arange(300, 310))
-    assert torch.equal(perm[inv], torch.arange(310))
-    assert ctl.permutation(300, 310, torch.device("cpu"))[0] is perm  # cached
-    with pytest.raises(ValueError, match="token_order='tile'"):
-        ctl.permutation(299, 310, torch.device("cpu"))
-
-
-def test_mask_cache_ages_out_after_mask_refresh_steps():
-    ctl = XAttentionController(cfg_(mask_refresh=3))
-    attn = torch.nn.Identity()
-    m = torch.ones(1, 1, 2, 2, dtype=torch.bool)
-    kv = torch.tensor([30])
-    assert ctl.cached_mask(attn, m.shape, kv) is None
-    ctl.store_mask(attn, m, kv)
-    assert ctl.cached_mask(attn, m.shape, kv) is m
-    assert ctl.cached_mask(attn, (1, 1, 3, 3), kv) is None  # another shape
-    assert ctl.cached_mask(attn, m.shape, torch.tensor([20])) is None  # other padding
-    assert ctl.cached_mask(attn, m.shape, kv) is m
-    assert ctl.cached_mask(attn, m.shape, kv) is None  # third reuse: re-estimate
-    ctl.branch = "uncond"
-    assert ctl.cached_mask(attn, m.shape, kv) is None  # per branch
-    one = XAttentionController(cfg_(mask_refresh=1))
-    one.store_mask(attn, m, kv)
-    assert one.masks == {}  # nothing kept (no memory) when masks are never reused
 
 
 # -- stats ----------------------------------------------------------------------------------
@@ -199,5 +197,5 @@ def test_reset_state_runs_at_the_end_of_each_pipeline_call():
     with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0)) as h:
         pipe(**hv_inputs(steps=2))
         ctl = h.controller
-        assert (ctl.step, ctl.sparse, ctl.masks) == (0, False, {})
+        assert (ctl.step, ctl.sparse, len(ctl.masks)) == (0, False, 0)
         assert ctl.forwards == 2

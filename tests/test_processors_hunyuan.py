@@ -125,7 +125,7 @@ def test_two_pipeline_calls_both_start_dense():
         first = run(pipe, steps=3)
         second = run(pipe, steps=3)
         recs = h.stats.records
-        assert h.controller.masks == {}  # reset at the end of each pipeline call
+        assert len(h.controller.masks) == 0  # reset at the end of each pipeline call
     assert torch.equal(first, second)
     assert {r.run for r in recs} == {0, 1}
     for run_idx in (0, 1):
@@ -201,7 +201,8 @@ def test_xattention_processors_native_route():
     out = run(pipe, steps=3)
     assert torch.isfinite(out).all() and not torch.equal(out, ref)
     assert procs.stats.summary()["num_sparse_calls"] == 6
-    procs.handle.remove()
+    procs.remove()  # the same as procs.handle.remove()
+    assert not procs.handle.active
     assert all(tr.attn_processors[k] is v for k, v in originals.items())
     assert torch.equal(run(pipe, steps=3), ref)
 
@@ -249,10 +250,76 @@ def test_unknown_model_and_bad_input_errors():
         xv.apply_xattention(pipe, cfg_(), model="wan")
     with pytest.raises(ValueError, match="XAttentionConfig"):
         xv.apply_xattention(pipe, {"threshold": 0.5})
-    handle = xv.apply_xattention(pipe, cfg_())
-    with pytest.raises(ValueError, match="already applied"):
-        xv.apply_xattention(pipe, cfg_())
-    handle.remove()
+    with pytest.raises(ValueError, match=r"dense_layers \[3, 7\].*3 attention layers"):
+        xv.apply_xattention(pipe, cfg_(dense_layers=(1, 3, 7)))
+    assert getattr(pipe.transformer, "_diffusers_hook", None) is None
+
+
+def test_reapplying_replaces_the_previous_application():
+    pipe = tiny_hv_pipeline()
+    tr = pipe.transformer
+    ref = run(pipe, steps=2)
+    first = xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0))
+    sparse = run(pipe, steps=2)
+    second = xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0))
+    assert not first.active and second.active and "removed" in repr(first)
+    xprocs = [p for p in tr.attn_processors.values() if isinstance(p, HunyuanVideoXAttnProcessor)]
+    assert len(xprocs) == 3 and all(p.controller is second.controller for p in xprocs)
+    assert torch.equal(run(pipe, steps=2), sparse)
+    assert len(first.stats) == 3 * 2 and len(second.stats) == 3 * 2
+    first.remove()  # a no-op: it no longer owns anything
+    assert torch.equal(run(pipe, steps=2), sparse)
+    second.remove()
+    assert torch.equal(run(pipe, steps=2), ref)
+    assert "forward" not in vars(tr)
+
+
+def test_a_discarded_processor_dict_never_blocks_apply_xattention():
+    """Issue 11 #4: building the dict attached the step hook, and a later apply raised."""
+    pipe = tiny_hv_pipeline()
+    tr = pipe.transformer
+    ref = run(pipe, steps=2)
+    procs = xv.xattention_processors(tr, cfg_(threshold=0.5, warmup_steps=0), pipe=pipe)
+    assert torch.equal(run(pipe, steps=2), ref)  # not installed: the model is unchanged
+    assert len(procs.stats) == 0
+    del procs
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0)) as handle:
+        out = run(pipe, steps=2)
+        assert handle.stats.summary()["num_sparse_calls"] == 6
+    assert not torch.equal(out, ref)
+    assert torch.equal(run(pipe, steps=2), ref)
+    assert (
+        getattr(tr, "_diffusers_hook", None) is None
+        or tr._diffusers_hook.get_hook(HOOK_NAME) is None
+    )
+
+
+def test_a_hand_attached_hook_is_not_replaced():
+    tr = tiny_hv_transformer()
+    proc = HunyuanVideoXAttnProcessor(cfg_())
+    attach_step_hook(tr, proc.controller)
+    with pytest.raises(ValueError, match="detach_step_hook"):
+        xv.apply_xattention(tr, cfg_())
+
+
+def test_exception_in_a_call_does_not_leak_into_the_next_call():
+    """Issue 11 #3: a call that raised at step 0 left its masks (mask_refresh > 1) and step in
+    the controller; the next call reused them and differed from a fresh run."""
+    pipe = tiny_hv_pipeline()
+    cfg = cfg_(threshold=0.5, warmup_steps=0, mask_refresh=3)
+    with xv.apply_xattention(pipe, cfg):
+        fresh = run(pipe, steps=5, seed=0)
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError
+
+    with xv.apply_xattention(pipe, cfg) as handle:
+        with pytest.raises(ZeroDivisionError):
+            pipe(**hv_inputs(steps=5, seed=7), callback_on_step_end=boom)
+        again = run(pipe, steps=5, seed=0)
+        runs = sorted({r.run for r in handle.stats.records})
+    assert torch.equal(again, fresh)
+    assert runs == [0, 1]
 
 
 def test_custom_processor_is_not_replaced_and_model_is_left_untouched():

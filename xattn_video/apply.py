@@ -1,34 +1,44 @@
 """Switching XAttention on for a diffusers pipeline or transformer, and off again.
 
-Two routes, both sharing one :class:`~xattn_video.hook.XAttentionController` (step, caches,
-stats) between the processors and the transformer step hook:
+Two routes, one install path (:func:`_apply`): both build one
+:class:`~xattn_video.hook.XAttentionController` (step, caches, stats) shared by the processors
+and the transformer step hook, and one :class:`XAttentionHandle` that owns the application.
 
 ``handle = apply_xattention(pipe_or_transformer, cfg)``
-    Installs one processor per target attention layer (HunyuanVideo: 20 double- + 40
-    single-stream blocks, the token refiner untouched; Wan: every ``attn1``, cross-attention
-    untouched) and the step hook. With a pipeline the step comes from ``pipe.scheduler``; Wan
-    2.2's ``transformer_2`` is patched too and shares the controller. ``handle.stats``,
-    ``handle.controller``; ``handle.remove()`` (or leaving ``with apply_xattention(...):``)
-    puts the original processor objects back and removes the hook.
+    Installs one processor per target attention layer (:mod:`xattn_video.targets`:
+    HunyuanVideo's 20 double- + 40 single-stream blocks, the token refiner untouched; Wan's
+    ``attn1``, cross-attention untouched) and the step hook. With a pipeline the step comes
+    from ``pipe.scheduler``; Wan 2.2's ``transformer_2`` is patched too and shares the
+    controller. ``handle.stats``, ``handle.controller``; ``handle.remove()`` (or leaving
+    ``with apply_xattention(...):``) puts the original processor objects back and removes the
+    hook.
 
 ``procs = xattention_processors(transformer, cfg, pipe=None)``
     The diffusers-native route: a dict for ``transformer.set_attn_processor(procs)`` holding
     XAttention processors for the target layers and the current processor objects for every
-    other key (the token refiner keeps its ``AttnProcessor2_0``). **It also registers the step
-    hook on the transformer** (without it the processors would never leave the dense phase);
-    pass ``pipe`` so the step is read from its scheduler, else it comes from the cache context
-    (Wan pipelines) or from timestep matching. The returned dict survives diffusers consuming
-    it and carries ``procs.stats``, ``procs.controller`` and ``procs.handle`` (whose
-    ``remove()`` restores the processors seen when it was built and removes the hook).
+    other key (the token refiner keeps its ``AttnProcessor2_0``). Building it registers the
+    step hook (a processor cannot see the transformer's forward; without the hook the
+    processors never leave the dense phase) but changes no processor: until the dict is
+    installed the model computes exactly as before. Pass ``pipe`` so the step is read from its
+    scheduler, else it comes from the cache context (Wan pipelines) or timestep matching. The
+    dict survives diffusers consuming it and carries ``procs.stats``, ``procs.controller``,
+    ``procs.handle`` and ``procs.remove()``.
+
+Re-applying replaces: every application (either route) first removes the previous application
+that owns the transformer's step hook (``handle.remove()`` of that application: its processors
+are put back, its hook removed; a logged warning says so). So a discarded processor dict never
+blocks a later ``apply_xattention`` / ``xattention_processors``, and the last application
+wins. All checks run before anything is removed or installed: a failing application leaves the
+model (and the previous application) untouched.
 
 Hand-built processors (e.g. one instance for ``set_attn_processor``) run dense until
-``xattn_video.hook.attach_step_hook(transformer, proc.controller, pipe=pipe)`` is called.
+``xattn_video.hook.attach_step_hook(transformer, proc.controller, pipe=pipe)`` is called; such
+an owner-less hook is not replaced (applying raises until ``detach_step_hook`` removes it).
 
-Not supported: transformers other than ``HunyuanVideoTransformer3DModel``,
-``HunyuanVideoFramepackTransformer3DModel`` (raster token order only; apply_xattention only, it
-has no ``set_attn_processor``) and ``WanTransformer3DModel`` (and subclasses); attention
-layers whose processor is not the stock one (a custom processor is never silently replaced);
-applying twice to one transformer without removing first.
+Not supported: transformers other than those of :mod:`xattn_video.targets`
+(``HunyuanVideoFramepackTransformer3DModel``: raster token order only, and apply_xattention
+only, it has no ``set_attn_processor``); attention layers whose processor is not the stock one
+(a custom processor is never silently replaced).
 """
 
 from __future__ import annotations
@@ -39,22 +49,16 @@ from typing import Any
 import torch
 
 from .config import XAttentionConfig
-from .hook import XAttentionController, attach_step_hook, detach_step_hook
-from .processors import (
-    PROCESSOR_CLASSES,
-    STOCK_PROCESSOR_CLASSES,
-    model_family,
-    target_layers,
-)
+from .hook import XAttentionController, attach_step_hook, current_owner, detach_step_hook, step_hook
+from .processors import PROCESSOR_CLASSES
 from .stats import XAttentionStats
+from .targets import Layer, model_family, supports_tile_order, target_layers, target_of
 
 logger = logging.getLogger(__name__)
 
-_FAMILY_ALIASES = {"hunyuanvideo": "hunyuanvideo", "hunyuan": "hunyuanvideo", "wan": "wan"}
-
 
 class XAttentionHandle:
-    """What :func:`apply_xattention` did, and how to undo it.
+    """What one application of XAttention did, and how to undo it.
 
     ``controller`` (shared state), ``stats`` (:class:`XAttentionStats`), ``cfg``, ``model``
     (``"hunyuanvideo"`` / ``"wan"``), ``transformers`` (the patched modules). ``remove()`` is
@@ -66,7 +70,6 @@ class XAttentionHandle:
         self.model = model
         self.transformers: list[torch.nn.Module] = []
         self._originals: list[tuple[torch.nn.Module, Any]] = []
-        self._hooked: list[torch.nn.Module] = []
         self.active = True
 
     @property
@@ -77,14 +80,21 @@ class XAttentionHandle:
     def cfg(self) -> XAttentionConfig:
         return self.controller.cfg
 
+    def original_processor(self, module: torch.nn.Module) -> Any:
+        """The processor ``module`` had before this application (None if not a target)."""
+        return next((orig for m, orig in self._originals if m is module), None)
+
     def remove(self) -> None:
-        """Restore the original processor objects and remove the step hook(s)."""
+        """Put the original processors back where this application's processors still sit, and
+        remove this application's step hook(s)."""
         if not self.active:
             return
         for module, original in self._originals:
-            module.set_processor(original)
-        for tr in self._hooked:
-            detach_step_hook(tr)
+            if getattr(module.processor, "controller", None) is self.controller:
+                module.set_processor(original)
+        for tr in self.transformers:
+            if current_owner(tr) is self:
+                detach_step_hook(tr)
         self.controller.reset()
         self.active = False
         logger.info("XAttention removed from %d transformer(s)", len(self.transformers))
@@ -103,8 +113,8 @@ class XAttentionHandle:
 
 class XAttentionProcessors(dict):
     """The dict :func:`xattention_processors` returns: path -> processor, plus ``controller``,
-    ``stats`` and ``handle`` attributes that stay usable after ``set_attn_processor`` consumed
-    (popped) the entries."""
+    ``stats``, ``handle`` and ``remove()``, which stay usable after ``set_attn_processor``
+    consumed (popped) the entries."""
 
     controller: XAttentionController
     handle: XAttentionHandle
@@ -113,67 +123,85 @@ class XAttentionProcessors(dict):
     def stats(self) -> XAttentionStats:
         return self.controller.stats
 
-
-def _resolve_family(transformer: torch.nn.Module, model: str | None) -> str:
-    detected = model_family(transformer)  # raises for unknown classes
-    if model is not None:
-        fam = _FAMILY_ALIASES.get(str(model).lower())
-        if fam is None:
-            raise ValueError(f"unknown model {model!r}; known: {sorted(_FAMILY_ALIASES)}")
-        if fam != detected:
-            raise ValueError(
-                f"model={model!r} does not match {type(transformer).__name__} ({detected})"
-            )
-    return detected
+    def remove(self) -> None:
+        """``handle.remove()``: original processors back (if installed), step hook removed."""
+        self.handle.remove()
 
 
-def _check_targets(transformer: torch.nn.Module, family: str, cfg: XAttentionConfig):
+def _transformers_of(pipe_or_transformer: Any) -> tuple[Any, list[torch.nn.Module]]:
+    """(pipe or None, [transformer, transformer_2 if set])."""
+    if isinstance(pipe_or_transformer, torch.nn.Module):
+        return None, [pipe_or_transformer]
+    pipe = pipe_or_transformer
+    transformers = [
+        t
+        for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
+        if t is not None
+    ]
+    if not transformers:
+        raise ValueError(
+            f"{type(pipe).__name__} has no `transformer`: pass a diffusers video pipeline "
+            "or a transformer"
+        )
+    return pipe, transformers
+
+
+def _config(cfg: XAttentionConfig | None, family: str) -> XAttentionConfig:
+    if cfg is None:
+        return XAttentionConfig.from_preset(family)
+    if not isinstance(cfg, XAttentionConfig):
+        raise ValueError(f"cfg must be an XAttentionConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def _check(
+    transformer: torch.nn.Module, family: str, cfg: XAttentionConfig, previous: list
+) -> list[Layer]:
+    """The target layers, after checking the config against the model and that every target
+    carries the stock processor (once the ``previous`` applications are removed)."""
+    name = type(transformer).__name__
+    hook = step_hook(transformer)
+    if hook is not None and hook.owner is None:
+        raise ValueError(
+            f"{name} has a step hook attached by hand; remove it first "
+            "(xattn_video.hook.detach_step_hook(transformer))"
+        )
     targets = target_layers(transformer, family)
-    stock, ours = STOCK_PROCESSOR_CLASSES[family], PROCESSOR_CLASSES[family]
+    bad = [i for i in cfg.dense_layers if i >= len(targets)]
+    if bad:
+        raise ValueError(
+            f"dense_layers {bad} out of range: {name} has {len(targets)} attention layers "
+            f"(0-{len(targets) - 1})"
+        )
+    if cfg.token_order == "tile" and not supports_tile_order(transformer):
+        raise ValueError(
+            f"token_order='tile' is not supported for {name} (its video tokens form no single "
+            "grid); use token_order='raster'"
+        )
+    stock = target_of(family).stock_processor
     for path, module, _ in targets:
         proc = module.processor
-        if isinstance(proc, ours):
+        for h in previous:
+            if getattr(proc, "controller", None) is h.controller:
+                proc = h.original_processor(module)
+        if isinstance(proc, PROCESSOR_CLASSES[family]):
             raise ValueError(
-                f"XAttention is already applied to {type(transformer).__name__} ({path}); "
-                "call remove() on its handle first"
+                f"{path} already has an XAttention processor not installed by an application "
+                "(set the stock processor back first)"
             )
         if type(proc) is not stock:
             raise ValueError(
                 f"{path} uses {type(proc).__name__}, not the stock {stock.__name__}; XAttention "
                 "replaces only the stock processor"
             )
-    if cfg.token_order == "tile" and "Framepack" in type(transformer).__name__:
-        raise ValueError(
-            "token_order='tile' is not supported for HunyuanVideoFramepackTransformer3DModel "
-            "(its history tokens form no single grid); use token_order='raster'"
-        )
     return targets
 
 
-def _build(
-    transformer: torch.nn.Module,
-    family: str,
-    controller: XAttentionController,
-) -> tuple[list[tuple[str, torch.nn.Module, int]], dict[str, Any]]:
-    """Processors for the targets, copying the stock processors' backend / parallel settings."""
-    targets = _check_targets(transformer, family, controller.cfg)
-    cls = PROCESSOR_CLASSES[family]
-    new: dict[str, Any] = {}
-    for path, module, layer in targets:
-        proc = cls(controller=controller, layer=layer)
-        for attr in ("_attention_backend", "_parallel_config"):
-            if attr in vars(module.processor):  # set per instance by set_attention_backend etc.
-                setattr(proc, attr, getattr(module.processor, attr))
-        new[f"{path}.processor"] = proc
-    return targets, new
-
-
-def _log_patched(transformer: torch.nn.Module, targets, cfg: XAttentionConfig) -> None:
-    layers = [layer for _, _, layer in targets]
-    dense = sorted(set(layers) & set(cfg.dense_layers))
+def _log_patched(transformer: torch.nn.Module, targets: list[Layer], cfg: XAttentionConfig):
+    dense = sorted({layer for _, _, layer in targets} & set(cfg.dense_layers))
     logger.info(
-        "XAttention on %s: %d attention layers patched (%s .. %s; always dense: %s), "
-        "warmup_steps=%d, threshold=%s, block_size=%d, stride=%d, token_order=%s",
+        "XAttention on %s: %d attention layers (%s .. %s; always dense: %s), warmup_steps=%d, "
+        "threshold=%s, block_size=%d, stride=%d, token_order=%s",
         type(transformer).__name__,
         len(targets),
         targets[0][0] if targets else "-",
@@ -185,6 +213,59 @@ def _log_patched(transformer: torch.nn.Module, targets, cfg: XAttentionConfig) -
         cfg.stride,
         cfg.token_order,
     )
+
+
+def _apply(
+    pipe: Any,
+    transformers: list[torch.nn.Module],
+    cfg: XAttentionConfig | None,
+    model: str | None,
+    *,
+    install: bool,
+) -> tuple[XAttentionHandle, dict[str, Any]]:
+    """The one install path: check, remove the previous application, build the processors,
+    install them (``install``) and attach the step hook(s), reading the step from ``pipe``'s
+    scheduler when given. Returns the handle and the new processors of the last transformer by
+    ``"<module path>.processor"``."""
+    families = {model_family(t, model) for t in transformers}
+    if len(families) != 1:
+        raise ValueError(f"the transformers belong to different model families: {families}")
+    family = families.pop()
+    cfg = _config(cfg, family)
+    previous = []
+    for tr in transformers:
+        owner = current_owner(tr)
+        if owner is not None and owner not in previous:
+            previous.append(owner)
+    planned = [(tr, _check(tr, family, cfg, previous)) for tr in transformers]
+
+    for owner in previous:
+        logger.warning("XAttention: replacing the previous application %r", owner)
+        owner.remove()
+    controller = XAttentionController(cfg)
+    handle = XAttentionHandle(controller, family)
+    cls = PROCESSOR_CLASSES[family]
+    new: dict[str, Any] = {}
+    try:
+        for tr, targets in planned:
+            new = {}
+            handle.transformers.append(tr)
+            for path, module, layer in targets:
+                proc = cls(controller=controller, layer=layer)
+                for attr in ("_attention_backend", "_parallel_config"):
+                    if attr in vars(module.processor):  # set per instance by set_attention_backend
+                        setattr(proc, attr, getattr(module.processor, attr))
+                new[f"{path}.processor"] = proc
+                handle._originals.append((module, module.processor))
+                if install:
+                    module.set_processor(proc)
+            layers = {m: i for _, m, i in targets}
+            attach_step_hook(tr, controller, pipe=pipe, layers=layers, owner=handle)
+            _log_patched(tr, targets, cfg)
+    except Exception:
+        handle.remove()
+        raise
+    return handle, new
 
 
 def _all_processors(transformer: torch.nn.Module) -> dict[str, Any]:
@@ -210,30 +291,17 @@ def xattention_processors(
     pipe: the pipeline whose scheduler gives the step (optional, see the module docstring);
     model: ``"hunyuanvideo"`` / ``"wan"`` to assert the detected family. Every key of
     ``transformer.attn_processors`` is present; non-target keys map to the current objects.
+    Replaces a previous application on ``transformer`` (see the module docstring).
     """
-    family = _resolve_family(transformer, model)
-    cfg = _config(cfg, family)
-    controller = XAttentionController(cfg)
-    current = _all_processors(transformer)
-    targets, new = _build(transformer, family, controller)
-    handle = XAttentionHandle(controller, family)
-    handle.transformers.append(transformer)
-    handle._originals = [(module, module.processor) for _, module, _ in targets]
-    attach_step_hook(transformer, controller, pipe=pipe, layers={m: i for _, m, i in targets})
-    handle._hooked.append(transformer)
-    _log_patched(transformer, targets, cfg)
-    out = XAttentionProcessors({**current, **new})
-    out.controller = controller
+    if not isinstance(transformer, torch.nn.Module):
+        raise ValueError(
+            f"transformer must be a diffusers transformer module, got {type(transformer).__name__}"
+        )
+    handle, new = _apply(pipe, [transformer], cfg, model, install=False)
+    out = XAttentionProcessors({**_all_processors(transformer), **new})
+    out.controller = handle.controller
     out.handle = handle
     return out
-
-
-def _config(cfg: XAttentionConfig | None, family: str) -> XAttentionConfig:
-    if cfg is None:
-        return XAttentionConfig.from_preset(family)
-    if not isinstance(cfg, XAttentionConfig):
-        raise ValueError(f"cfg must be an XAttentionConfig, got {type(cfg).__name__}")
-    return cfg
 
 
 def apply_xattention(
@@ -248,41 +316,8 @@ def apply_xattention(
     is set, as in Wan 2.2 A14B) or a bare transformer (the step then comes from the cache
     context or timestep matching, see :mod:`xattn_video.hook`). cfg: default the model's
     preset. model: ``"hunyuanvideo"`` / ``"wan"`` to assert the detected family. Unknown
-    transformers raise ``ValueError`` naming the class and the supported ones.
+    transformers raise ``ValueError`` naming the class and the supported ones. Replaces a
+    previous application on the same transformer(s) (see the module docstring).
     """
-    if isinstance(pipe_or_transformer, torch.nn.Module):
-        pipe, transformers = None, [pipe_or_transformer]
-    else:
-        pipe = pipe_or_transformer
-        transformers = [
-            t
-            for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
-            if t is not None
-        ]
-        if not transformers:
-            raise ValueError(
-                f"{type(pipe).__name__} has no `transformer`: pass a diffusers video pipeline "
-                "or a transformer"
-            )
-    families = {_resolve_family(t, model) for t in transformers}
-    if len(families) != 1:
-        raise ValueError(f"the transformers belong to different model families: {families}")
-    family = families.pop()
-    cfg = _config(cfg, family)
-    controller = XAttentionController(cfg)
-    # check and build everything first, so a failure leaves the model untouched
-    built = [(t, *_build(t, family, controller)) for t in transformers]
-    handle = XAttentionHandle(controller, family)
-    try:
-        for tr, targets, new in built:
-            handle.transformers.append(tr)
-            for path, module, _ in targets:
-                handle._originals.append((module, module.processor))
-                module.set_processor(new[f"{path}.processor"])
-            attach_step_hook(tr, controller, pipe=pipe, layers={m: i for _, m, i in targets})
-            handle._hooked.append(tr)
-            _log_patched(tr, targets, cfg)
-    except Exception:
-        handle.remove()
-        raise
-    return handle
+    pipe, transformers = _transformers_of(pipe_or_transformer)
+    return _apply(pipe, transformers, cfg, model, install=True)[0]

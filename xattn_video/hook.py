@@ -18,15 +18,28 @@ before every transformer forward:
 - ``grid``: the latent token grid (T/p_t, H/p_h, W/p_w) of the input ``hidden_states``
   [B, C, T, H, W], for the ``tile`` token order.
 
-The controller also holds the caches: block masks per (attention module, branch) for
-``mask_refresh > 1`` and token permutations per (grid, tile, length, device). ``reset()`` runs at
-the end of every pipeline call (diffusers calls each stateful hook's ``reset_state`` from
-``maybe_free_model_hooks``) and whenever a new sampling run is detected (the step goes back),
-so every pipeline call starts dense.
+The controller also holds the sparse path's caches (:mod:`xattn_video.sparse_path`): block
+masks per (attention module, branch) for ``mask_refresh > 1`` and tile permutations. A new
+sampling run -- hence a reset to step 0, dense, no cached masks -- starts when
+
+- the pipeline's scheduler has a new ``timesteps`` tensor (every diffusers pipeline call runs
+  ``scheduler.set_timesteps``), or its ``step_index`` goes back;
+- without a scheduler: the cache context's ``step_index`` goes back, or a branch name
+  (``"cond"``) comes again at the same step; with timestep matching, a larger timestep;
+- diffusers calls the hook's ``reset_state`` (``maybe_free_model_hooks`` at the end of a call).
+
+So a pipeline call that raised (e.g. in ``callback_on_step_end``) never leaks its masks or step
+into the next call.
+
+One application owns the hook: ``attach_step_hook(..., owner=handle)``;
+:func:`current_owner` returns it, so a later application can remove the previous one first
+(see :mod:`xattn_video.apply`).
 
 Not supported: ``dense_last_steps`` without a known step count (bare transformer without cache
 context: logged once and ignored); pipelines that call the transformer several times per step
-with different timesteps (they would count as several steps in the timestep fallback).
+with different timesteps (they would count as several steps in the timestep fallback); a new
+run of a bare transformer (no scheduler, no cache context) that starts at the timestep where
+the previous one stopped (it continues the previous run).
 """
 
 from __future__ import annotations
@@ -35,7 +48,6 @@ import logging
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,26 +55,22 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from .config import XAttentionConfig
-from .layout import inverse_permutation, tile_permutation
+from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
+from .targets import target_layers
 
 logger = logging.getLogger(__name__)
 
 HOOK_NAME = "xattention_step"
 
 
-@dataclass
-class _MaskEntry:
-    mask: torch.Tensor  # (B, H, Nbq, Nbk) bool
-    kv_len: torch.Tensor | None  # (B,) int
-    age: int  # sparse calls served since the estimate, counting the estimating call
-
-
 class XAttentionController:
     """State shared by the step hook(s) and all XAttention processors of one application.
 
     One controller may serve several transformers (Wan 2.2's ``transformer`` and
-    ``transformer_2``). Processors read ``sparse``, ``step``, ``branch``, ``run`` and ``grid``.
+    ``transformer_2``). Processors read ``sparse``, ``step``, ``branch``, ``run`` and ``grid``;
+    the sparse path uses ``masks`` (:class:`~xattn_video.sparse_path.MaskCache`) and ``orders``
+    (:class:`~xattn_video.sparse_path.TileOrders`).
     """
 
     def __init__(self, cfg: XAttentionConfig, stats: XAttentionStats | None = None) -> None:
@@ -74,7 +82,8 @@ class XAttentionController:
         self.layers: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
         self.run = -1
         self.forwards = 0
-        self._perms: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.masks = MaskCache(cfg.mask_refresh)
+        self.orders = TileOrders(cfg.tile_size)
         self._warned_no_num_steps = False
         self.reset()
 
@@ -86,9 +95,11 @@ class XAttentionController:
         self.branch = "pass0"
         self.num_steps: int | None = None
         self.grid: tuple[int, int, int] | None = None
-        self.masks: dict[tuple[int, str], _MaskEntry] = {}
+        self.masks.clear()
         self._last_step: int | None = None
         self._last_t: float | None = None
+        self._timesteps: Any = None  # the scheduler's timesteps tensor of the current run
+        self._branches_at_step: set[str] = set()
         self._calls_at_step = 0
         self._fresh = True
 
@@ -115,11 +126,17 @@ class XAttentionController:
             step = int(getattr(scheduler, "step_index", None) or 0)
             timesteps = getattr(scheduler, "timesteps", None)
             num_steps = len(timesteps) if timesteps is not None else None
-            if self._last_step is not None and step < self._last_step:
-                self._new_run()
+            if self._last_step is not None and (
+                step < self._last_step or timesteps is not self._timesteps
+            ):
+                self._new_run()  # set_timesteps ran: a new pipeline call
+            self._timesteps = timesteps  # held, so a new tensor can't reuse its identity
         elif context is not None and context.step_index is not None:
             step = int(context.step_index)
-            if self._last_step is not None and step < self._last_step:
+            if self._last_step is not None and (
+                step < self._last_step
+                or (step == self._last_step and context.name in self._branches_at_step)
+            ):
                 self._new_run()
         else:
             step = self._match_timestep(timestep)
@@ -129,10 +146,12 @@ class XAttentionController:
         if self._fresh:
             self.run += 1
             self._fresh = False
-        self._calls_at_step = (
-            self._calls_at_step + 1 if (self._last_step is not None and step == self._last_step)
-            else 0
-        )  # fmt: skip
+        same_step = self._last_step is not None and step == self._last_step
+        self._calls_at_step = self._calls_at_step + 1 if same_step else 0
+        if not same_step:
+            self._branches_at_step = set()
+        if context is not None:
+            self._branches_at_step.add(context.name)
         self._last_step = step
         self.step = step
         self.num_steps = num_steps
@@ -186,58 +205,6 @@ class XAttentionController:
         """Sparse now, for this layer (``sparse`` and the layer not in ``dense_layers``)."""
         return self.sparse and layer not in self.dense_layers
 
-    def cached_mask(
-        self, attn: torch.nn.Module, shape: tuple[int, ...], kv_len: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """The cached block mask of (attn, branch) if it may be reused now, else None.
-
-        With ``mask_refresh = r`` a mask estimated at one sparse step serves the next r-1 sparse
-        steps of the same module and branch, then it is re-estimated.
-        """
-        refresh = self.cfg.mask_refresh
-        if refresh <= 1:
-            return None
-        entry = self.masks.get((id(attn), self.branch))
-        if entry is None or entry.age >= refresh or tuple(entry.mask.shape) != tuple(shape):
-            return None
-        if (entry.kv_len is None) != (kv_len is None) or (
-            kv_len is not None and not torch.equal(entry.kv_len, kv_len)
-        ):
-            return None
-        entry.age += 1
-        return entry.mask
-
-    def store_mask(
-        self, attn: torch.nn.Module, mask: torch.Tensor, kv_len: torch.Tensor | None
-    ) -> None:
-        """Keep a freshly estimated mask for reuse (only when ``mask_refresh > 1``).
-
-        Memory: B * H * Nb^2 bytes per attention module and branch.
-        """
-        if self.cfg.mask_refresh > 1:
-            self.masks[(id(attn), self.branch)] = _MaskEntry(mask, kv_len, 1)
-
-    def permutation(
-        self, n_video: int, n_total: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(perm, inv), each (n_total,) int64: ``tile`` order for the video prefix, identity for
-        the ``n_total - n_video`` text tokens after it. Cached per (grid, tile, length, device)."""
-        grid = self.grid
-        if grid is None or math.prod(grid) != n_video:
-            raise ValueError(
-                f"token_order='tile' needs the latent grid of the {n_video} video tokens, but the "
-                f"step hook saw grid={grid}; attach the step hook (apply_xattention does) and use "
-                "a model whose video tokens form one (T, H, W) grid, or use token_order='raster'"
-            )
-        key = (grid, self.cfg.tile_size, n_total, str(device))
-        if key not in self._perms:
-            perm = tile_permutation(grid, self.cfg.tile_size, device=device)
-            if n_total > n_video:
-                tail = torch.arange(n_video, n_total, device=device, dtype=perm.dtype)
-                perm = torch.cat([perm, tail])
-            self._perms[key] = (perm, inverse_permutation(perm))
-        return self._perms[key]
-
 
 class _NoState(BaseState):
     def reset(self, *args, **kwargs) -> None:
@@ -248,7 +215,8 @@ class XAttentionStepHook(ModelHook):
     """Stateful transformer hook: calls ``controller.begin_forward`` before every forward.
 
     scheduler_getter: returns the pipeline's current scheduler (or None); patch_size:
-    (p_t, p_h, p_w) of the transformer, for the latent grid.
+    (p_t, p_h, p_w) of the transformer, for the latent grid; owner: the application that
+    attached it (an object with ``remove()``, e.g. ``XAttentionHandle``), or None.
     """
 
     _is_stateful = True
@@ -259,9 +227,11 @@ class XAttentionStepHook(ModelHook):
         *,
         scheduler_getter: Callable[[], Any] | None = None,
         patch_size: tuple[int, int, int] | None = None,
+        owner: Any = None,
     ) -> None:
         super().__init__()
         self.controller = controller
+        self.owner = owner
         self.scheduler_getter = scheduler_getter
         self.patch_size = patch_size
         # diffusers' cache_context() writes the context into every StateManager of a stateful hook
@@ -319,32 +289,46 @@ def attach_step_hook(
     *,
     pipe: Any = None,
     layers: dict[torch.nn.Module, int] | None = None,
+    owner: Any = None,
 ) -> XAttentionStepHook:
     """Register the step hook on ``transformer`` (name ``"xattention_step"``).
 
     pipe: the diffusers pipeline whose scheduler gives the step (None: cache context or
     timestep matching). layers: attention module -> layer index, for processors built without a
     ``layer`` (default: every attention module XAttention targets in this transformer).
+    owner: the application this hook belongs to (see :func:`current_owner`).
     Raises ``ValueError`` if the transformer already has the hook.
     """
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(HOOK_NAME) is not None:
         raise ValueError(
-            f"{type(transformer).__name__} already has an XAttention step hook; remove the "
-            "previous application first (handle.remove())"
+            f"{type(transformer).__name__} already has an XAttention step hook; remove it first "
+            "(handle.remove(), or xattn_video.hook.detach_step_hook(transformer))"
         )
     if layers is None:
-        from .processors import target_layers  # processors import this module
-
         layers = {module: layer for _, module, layer in target_layers(transformer)}
     controller.layers.update(layers)
     hook = XAttentionStepHook(
         controller,
         scheduler_getter=scheduler_getter_for(pipe),
         patch_size=transformer_patch_size(transformer),
+        owner=owner,
     )
     registry.register_hook(hook, HOOK_NAME)
     return hook
+
+
+def step_hook(transformer: torch.nn.Module) -> XAttentionStepHook | None:
+    """The XAttention step hook registered on ``transformer``, or None."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    return registry.get_hook(HOOK_NAME) if registry is not None else None
+
+
+def current_owner(transformer: torch.nn.Module) -> Any:
+    """The owner (application handle) of ``transformer``'s step hook; None without a hook or
+    for a hook attached by hand without an owner."""
+    hook = step_hook(transformer)
+    return hook.owner if hook is not None else None
 
 
 def detach_step_hook(transformer: torch.nn.Module) -> bool:

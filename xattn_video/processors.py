@@ -14,13 +14,12 @@ otherwise.
 - :class:`WanXAttnProcessor` subclasses ``WanAttnProcessor``; only video self-attention
   (``attn1``: ``encoder_hidden_states is None``) goes sparse, cross-attention is the parent's.
 
-Dense phase (warm-up, ``dense_last_steps``, ``dense_layers``, no step hook attached): exactly
-``super().__call__`` -- bit-identical to the stock processor. Sparse phase: the parent's
-projections, QK norms and RoPE are reproduced, q/k/v [B, N, H, D] are transposed to
-(B, H, N, D) for :func:`xattn_video.attention.xattention`, optionally reordered into 3-D tiles
-(``token_order="tile"``, video part only, text stays at the end, undone afterwards), with the
-block mask reused across ``mask_refresh`` sparse steps per layer and CFG branch; then the
-parent's output projections. Each processor records its density in the controller's stats.
+This module holds only the model-specific part. Dense phase (warm-up, ``dense_last_steps``,
+``dense_layers``, no step hook attached): exactly ``super().__call__`` -- bit-identical to the
+stock processor. Sparse phase: the parent's projections, QK norms and RoPE are reproduced to
+build q/k/v [B, N, H, D] (video first, then text), handed to the model-independent
+:func:`xattn_video.sparse_path.sparse_attention` (token order, mask reuse, the op, stats), then
+the parent's output projections. Which layers get these processors: :mod:`xattn_video.targets`.
 
 Processors decide dense vs sparse from the bool ``controller.sparse`` (set by the step hook, see
 :mod:`xattn_video.hook`), never from the step number, so ``torch.compile`` sees two variants.
@@ -44,57 +43,11 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
-from . import attention as _attention
 from .config import XAttentionConfig
 from .hook import XAttentionController
-from .stats import mask_density
+from .sparse_path import sparse_attention
 
 logger = logging.getLogger(__name__)
-
-# transformer class name -> model family; Framepack reuses HunyuanVideo's blocks (raster only:
-# its video part also holds multi-scale history tokens, which form no single grid).
-MODEL_FAMILIES: dict[str, str] = {
-    "HunyuanVideoTransformer3DModel": "hunyuanvideo",
-    "HunyuanVideoFramepackTransformer3DModel": "hunyuanvideo",
-    "WanTransformer3DModel": "wan",
-}
-
-
-def model_family(transformer: torch.nn.Module) -> str:
-    """``"hunyuanvideo"`` or ``"wan"`` from the transformer class (or a subclass of a supported
-    class); ``ValueError`` naming the class and the supported ones otherwise."""
-    for cls in type(transformer).__mro__:
-        if cls.__name__ in MODEL_FAMILIES:
-            return MODEL_FAMILIES[cls.__name__]
-    raise ValueError(
-        f"XAttention does not support {type(transformer).__name__}; supported transformers: "
-        f"{', '.join(MODEL_FAMILIES)}"
-    )
-
-
-def target_layers(
-    transformer: torch.nn.Module, family: str | None = None
-) -> list[tuple[str, torch.nn.Module, int]]:
-    """(module path, attention module, layer index) of every attention XAttention replaces.
-
-    HunyuanVideo: ``transformer_blocks.{i}.attn`` -> i, ``single_transformer_blocks.{j}.attn``
-    -> num_layers + j (the token refiner is not a target). Wan: ``blocks.{i}.attn1`` -> i.
-    """
-    family = family or model_family(transformer)
-    out: list[tuple[str, torch.nn.Module, int]] = []
-    if family == "hunyuanvideo":
-        double = list(transformer.transformer_blocks)
-        for i, blk in enumerate(double):
-            out.append((f"transformer_blocks.{i}.attn", blk.attn, i))
-        for j, blk in enumerate(transformer.single_transformer_blocks):
-            out.append((f"single_transformer_blocks.{j}.attn", blk.attn, len(double) + j))
-    elif family == "wan":
-        for i, blk in enumerate(transformer.blocks):
-            out.append((f"blocks.{i}.attn1", blk.attn1, i))
-    else:
-        known = sorted(set(MODEL_FAMILIES.values()))
-        raise ValueError(f"unknown model family {family!r}; known: {known}")
-    return out
 
 
 class _XAttnMixin:
@@ -152,48 +105,10 @@ class _XAttnMixin:
                 "XAttention's sparse phase does not support diffusers context parallelism "
                 "(_parallel_config is set)"
             )
-        ctl, cfg = self.controller, self.controller.cfg
-        q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, H, N, D) views
-        if _attention.resolve_backend(cfg.backend, q) == "torch":
-            # the PyTorch reference estimate reshapes with .view (needs contiguous inputs)
-            q, k, v = (x.contiguous() for x in (q, k, v))
-        B, H, N, _ = q.shape
-        inv = None
-        if cfg.token_order == "tile":
-            perm, inv = ctl.permutation(n_video, N, q.device)
-            q, k, v = (x.index_select(2, perm) for x in (q, k, v))
-        nb = -(-N // cfg.block_size)
-        mask = ctl.cached_mask(attn, (B, H, nb, nb), kv_len)
-        reused = mask is not None
-        sel = (
-            {"threshold": cfg.threshold, "ratio": None}
-            if cfg.selection == "threshold"
-            else {"threshold": None, "ratio": cfg.ratio}
-        )
-        out, mask = _attention.xattention(
-            q,
-            k,
-            v,
-            **sel,
-            stride=cfg.stride,
-            block_size=cfg.block_size,
-            kv_len=kv_len,
-            dense_from=dense_from,
-            mask=mask,
-            backend=cfg.backend,
-            return_mask=True,
-        )
-        if not reused:
-            ctl.store_mask(attn, mask, kv_len)
-        if ctl.stats.enabled:
-            density, heads = mask_density(mask, cfg.block_size, kv_len, N)
-            ctl.stats.record(
-                run=ctl.run, step=ctl.step, layer=layer, branch=ctl.branch, density=density,
-                sparse=True, reused=reused, heads=heads,
-            )  # fmt: skip
-        if inv is not None:
-            out = out.index_select(2, inv)
-        return out.transpose(1, 2)
+        return sparse_attention(
+            self.controller, attn, layer, query, key, value,
+            n_video=n_video, kv_len=kv_len, dense_from=dense_from,
+        )  # fmt: skip
 
 
 def _key_padding_lengths(attention_mask: torch.Tensor | None, batch: int, n: int):
@@ -397,7 +312,4 @@ PROCESSOR_CLASSES: dict[str, type] = {
     "hunyuanvideo": HunyuanVideoXAttnProcessor,
     "wan": WanXAttnProcessor,
 }
-STOCK_PROCESSOR_CLASSES: dict[str, type] = {
-    "hunyuanvideo": HunyuanVideoAttnProcessor2_0,
-    "wan": WanAttnProcessor,
-}
+"""Model family (:data:`xattn_video.targets.TARGETS`) -> its XAttention processor class."""

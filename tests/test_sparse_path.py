@@ -1,0 +1,42 @@
+"""The model-independent sparse path: mask cache and tile orders (CPU, no model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xattn_video.sparse_path import MaskCache, TileOrders
+
+
+def test_tile_orders_keep_text_at_the_end_and_cache():
+    orders = TileOrders((2, 8, 8))
+    perm, inv = orders.permutation((5, 6, 10), 300, 310, torch.device("cpu"))
+    assert perm.shape == (310,) and torch.equal(perm[300:], torch.arange(300, 310))
+    assert torch.equal(perm[inv], torch.arange(310))
+    assert orders.permutation((5, 6, 10), 300, 310, torch.device("cpu"))[0] is perm  # cached
+    with pytest.raises(ValueError, match="token_order='tile'"):
+        orders.permutation((5, 6, 10), 299, 310, torch.device("cpu"))
+    with pytest.raises(ValueError, match="grid=None"):
+        orders.permutation(None, 300, 310, torch.device("cpu"))
+
+
+def test_mask_cache_ages_out_after_mask_refresh_steps():
+    cache = MaskCache(refresh=3)
+    attn = torch.nn.Identity()
+    m = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    kv = torch.tensor([30])
+    assert cache.get(attn, "cond", m.shape, kv) is None
+    cache.put(attn, "cond", m, kv)
+    assert cache.get(attn, "cond", m.shape, kv) is m
+    assert cache.get(attn, "cond", (1, 1, 3, 3), kv) is None  # another shape
+    assert cache.get(attn, "cond", m.shape, torch.tensor([20])) is None  # other padding
+    assert cache.get(attn, "cond", m.shape, None) is None  # no padding
+    assert cache.get(attn, "cond", m.shape, kv) is m
+    assert cache.get(attn, "cond", m.shape, kv) is None  # third reuse: re-estimate
+    assert cache.get(attn, "uncond", m.shape, kv) is None  # per branch
+    assert len(cache) == 1
+    cache.clear()
+    assert len(cache) == 0
+    one = MaskCache(refresh=1)
+    one.put(attn, "cond", m, kv)
+    assert len(one) == 0  # nothing kept (no memory) when masks are never reused
