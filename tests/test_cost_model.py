@@ -1,0 +1,73 @@
+"""The cost model's arithmetic, its disk cache and where it applies (CPU; the measuring half runs
+in the GPU tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xattn_video import cost_model as cm
+
+# A made-up calibration (ms): dense grows 4x per doubling; the sparse path has a fixed 0.2 ms
+# overhead and its kernel is 1.1x dense at full density, 0.05x at one block per row.
+CAL = cm.Calibration(
+    n=[1024, 2048, 4096],
+    dense=[0.1, 0.4, 1.6],
+    overhead=[0.2, 0.2, 0.2],
+    attn_min=[0.005, 0.02, 0.08],
+    attn_full=[0.11, 0.44, 1.76],
+    gather=[0.01, 0.02, 0.04],
+)
+
+
+def test_predict_is_linear_in_density_between_min_and_full():
+    p0 = cm.predict(CAL, 4096, 1 / 32, block_size=128)
+    p1 = cm.predict(CAL, 4096, 1.0, block_size=128)
+    ph = cm.predict(CAL, 4096, (1 / 32 + 1.0) / 2, block_size=128)
+    assert p0.dense_ms == pytest.approx(1.6)
+    assert p0.sparse_ms == pytest.approx(0.2 + 0.08)
+    assert p1.sparse_ms == pytest.approx(0.2 + 1.76)
+    assert ph.sparse_ms == pytest.approx(0.2 + (0.08 + 1.76) / 2)
+    assert p0.sparse_wins and not p1.sparse_wins
+
+
+def test_small_inputs_run_dense_even_when_nearly_empty():
+    # at 1024 tokens the fixed overhead alone is twice the dense time
+    assert not cm.predict(CAL, 1024, 1 / 8, block_size=128).sparse_wins
+    # reusing the mask for 4 calls amortises it (0.05 + 0.005..) but the kernel must still win
+    assert cm.predict(CAL, 4096, 0.5, block_size=128, refresh=4).sparse_wins
+
+
+def test_interpolation_in_log_n_and_clamping():
+    mid = cm.predict(CAL, 2896, 1.0, block_size=128, dense_ms=1.0)  # ~ 2^11.5
+    lo = cm.predict(CAL, 2048, 1.0, block_size=128, dense_ms=1.0)
+    hi = cm.predict(CAL, 4096, 1.0, block_size=128, dense_ms=1.0)
+    assert lo.sparse_ms > mid.sparse_ms > hi.sparse_ms
+    far = cm.predict(CAL, 1 << 20, 1.0, block_size=128, dense_ms=1.0)
+    assert far.sparse_ms == pytest.approx(cm.predict(CAL, 4096, 1.0, block_size=128,
+                                                     dense_ms=1.0).sparse_ms, rel=1e-3)  # fmt: skip
+    # tile order: four gathers of the permuted tensors are charged
+    g = cm.predict(CAL, 4096, 0.5, block_size=128, gathers=4, dense_ms=1.6)
+    assert g.sparse_ms == pytest.approx(
+        cm.predict(CAL, 4096, 0.5, block_size=128, dense_ms=1.6).sparse_ms + 4 * 0.04
+    )
+
+
+def test_disk_cache_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("XATTN_VIDEO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cm, "_MEMO", {})
+    key = cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", 4, 64, 128, 8)
+    assert cm.lookup(key) is None
+    cm.store(key, CAL)
+    assert cm.cache_path().parent == tmp_path and cm.cache_path().exists()
+    monkeypatch.setattr(cm, "_MEMO", {})  # a new process
+    assert cm.lookup(key) == CAL
+    other = cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", 4, 128, 128, 8)
+    assert cm.lookup(other) is None
+
+
+def test_applies_only_to_triton_on_cuda():
+    assert not cm.applies("torch", torch.device("cpu"))
+    assert not cm.applies("triton", torch.device("cpu"))  # the interpreter
+    assert not cm.applies("torch", torch.device("cuda"))
+    assert cm.applies("triton", torch.device("cuda"))

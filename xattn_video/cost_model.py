@@ -1,0 +1,294 @@
+"""Should this attention call run sparse? A cost model from kernel times measured on this GPU.
+
+XAttention only pays off when the attention it skips costs more than the estimate, the block
+selection, the index building and the launches it adds. At small token counts (the tiny DiT,
+short or low-resolution videos) it does not, and running sparse there is slower than dense.
+
+:func:`calibrate` measures, on the current GPU, for the call's (heads, head dim, dtype, block
+size, stride) and a grid of token counts N (1k ... 64k, stopping once dense attention takes
+more than ``MAX_DENSE_MS``):
+
+- ``dense``: PyTorch SDPA, what the stock diffusers processors run;
+- ``overhead``: estimate + block selection (threshold mode) + CSR index building;
+- ``attn_min`` / ``attn_full``: the block-sparse kernel with one key block per query row and
+  with every block;
+- ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four).
+
+Times are taken with back-to-back launches, so they include the CPU launch cost where that
+dominates (eager mode); under CUDA graphs the sparse path is cheaper than measured, so the
+model errs towards dense. :func:`predict` interpolates the measured ratios to dense in log N
+(clamped at the ends of the grid: beyond 64k the largest measured ratios are used, which
+over-estimate the sparse cost since the fixed overheads shrink relative to N^2 attention) and
+models the sparse kernel as linear in the block density between ``attn_min`` and
+``attn_full``. The sparse path is chosen when it is predicted to take at most ``MARGIN`` of the
+dense time.
+
+Calibrations are cached in memory and on disk, one JSON file per machine under
+``$XDG_CACHE_HOME/xattn_video/`` (``~/.cache`` by default; ``XATTN_VIDEO_CACHE_DIR``
+overrides), keyed by GPU name, torch and Triton versions and the call's parameters, so a GPU
+is measured once (about a second per configuration) and every later process reuses it.
+Calibrating synchronises the GPU, so it runs at the first eager sparse call of a new
+configuration, never inside a captured CUDA graph; under ``torch.compile`` the calibration
+must already exist (an eager step, or :func:`calibrate`, made it).
+
+CPU and the ``torch`` reference backend: the model does not apply (:func:`applies` is False)
+and every call follows the dense/sparse schedule. The reference backend materialises the score
+matrix and runs masked SDPA; it exists to check correctness, is never faster than dense, and
+the CPU runs (tests, the CPU demo) are meant to show what the sparse path computes.
+
+Not supported: multi-GPU calibration sharing (each GPU name is measured on its own), dense
+baselines other than SDPA (e.g. FlashAttention-3 would move the break-even point), FP8.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .kernels._common import cdiv, kv_len_tensor
+from .kernels.select import mask_to_indices, select_blocks
+from .library import estimate_scores, sparse_attention
+
+logger = logging.getLogger(__name__)
+
+MARGIN = 0.95
+"""Sparse runs only if predicted at <= 95% of the dense time (model error, launch jitter)."""
+
+N_GRID = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+MAX_DENSE_MS = 30.0
+CACHE_VERSION = 1
+_MEMO: dict[str, Calibration] = {}
+
+
+@dataclass(frozen=True)
+class CostKey:
+    """What a calibration depends on. ``heads`` is batch x heads of the call."""
+
+    device: str
+    torch: str
+    triton: str
+    dtype: str
+    heads: int
+    head_dim: int
+    block_size: int
+    stride: int
+
+    def id(self) -> str:
+        return "|".join(str(v) for v in asdict(self).values())
+
+
+@dataclass
+class Calibration:
+    """Measured milliseconds per grid point (all lists have the length of ``n``)."""
+
+    n: list[int]
+    dense: list[float]
+    overhead: list[float]
+    attn_min: list[float]
+    attn_full: list[float]
+    gather: list[float]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted milliseconds of one call; ``sparse_wins``: ``sparse_ms <= MARGIN * dense_ms``."""
+
+    dense_ms: float
+    sparse_ms: float
+    sparse_wins: bool
+
+
+def applies(backend: str, device: torch.device) -> bool:
+    """Whether the cost model decides for this resolved backend and device (Triton on CUDA)."""
+    return backend == "triton" and torch.device(device).type == "cuda"
+
+
+def cost_key(
+    device: torch.device,
+    dtype: torch.dtype,
+    heads: int,
+    head_dim: int,
+    block_size: int,
+    stride: int,
+) -> CostKey:
+    """The calibration key of a call on ``device`` (a CUDA device)."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # pragma: no cover
+        triton_version = "none"
+    return CostKey(
+        torch.cuda.get_device_name(device), torch.__version__, triton_version,
+        str(dtype).removeprefix("torch."), int(heads), int(head_dim), int(block_size), int(stride),
+    )  # fmt: skip
+
+
+def cache_path() -> Path:
+    """The JSON file holding this machine's calibrations."""
+    root = os.environ.get("XATTN_VIDEO_CACHE_DIR")
+    if root is None:
+        root = os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xattn_video"
+        )
+    return Path(root) / f"cost_model_v{CACHE_VERSION}.json"
+
+
+def _load_all() -> dict[str, dict]:
+    path = cache_path()
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring unreadable cost-model cache %s (%s)", path, err)
+        return {}
+
+
+def store(key: CostKey, cal: Calibration) -> None:
+    """Keep ``cal`` in memory and in the disk cache (atomic replace of the JSON file)."""
+    _MEMO[key.id()] = cal
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _load_all()
+        data[key.id()] = asdict(cal)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as err:
+        logger.warning("could not write the cost-model cache %s (%s)", path, err)
+
+
+def lookup(key: CostKey) -> Calibration | None:
+    """A calibration from memory or the disk cache, or None."""
+    cal = _MEMO.get(key.id())
+    if cal is None:
+        raw = _load_all().get(key.id())
+        if raw is not None:
+            cal = _MEMO[key.id()] = Calibration(**raw)
+    return cal
+
+
+def _time_ms(fn, reps: int = 5) -> float:
+    """Mean milliseconds of ``fn()`` over ``reps`` back-to-back calls (after 2 warm-up calls)."""
+    for _ in range(2):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
+    """Measure the kernel times of ``key`` on ``device`` over ``N_GRID`` and cache them."""
+    dtype = getattr(torch, key.dtype)
+    bs, S, D, BH = key.block_size, key.stride, key.head_dim, key.heads
+    g = torch.Generator(device=device).manual_seed(0)
+    cal = Calibration([], [], [], [], [], [])
+    for n in N_GRID:
+        q, k, v = (
+            torch.randn(1, BH, n, D, device=device, dtype=dtype, generator=g) for _ in range(3)
+        )
+        lens = kv_len_tensor(None, 1, n, q.device)
+        nb = cdiv(n, bs)
+
+        def overhead(q=q, k=k, lens=lens):
+            s = estimate_scores(q, k, kv_len=lens, stride=S, block_size=bs, use_triton=True)
+            return mask_to_indices(select_blocks(s, block_size=bs, threshold=0.9, kv_len=lens))
+
+        diag = torch.eye(nb, dtype=torch.bool, device=q.device).expand(1, BH, nb, nb)
+        full = torch.ones(1, BH, nb, nb, dtype=torch.bool, device=q.device)
+        attn = {}
+        for name, m in (("min", diag), ("full", full)):
+            counts, idx = mask_to_indices(m)
+            attn[name] = lambda c=counts, i=idx, q=q, k=k, v=v, lens=lens: sparse_attention(
+                q, k, v, c, i, kv_len=lens, block_size=bs, scale=None, return_lse=False,
+                use_triton=True,
+            )  # fmt: skip
+        perm = torch.randperm(n, device=q.device)
+        dense_ms = _time_ms(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+        cal.n.append(n)
+        cal.dense.append(dense_ms)
+        cal.overhead.append(_time_ms(overhead))
+        cal.attn_min.append(_time_ms(attn["min"]))
+        cal.attn_full.append(_time_ms(attn["full"]))
+        cal.gather.append(_time_ms(lambda q=q, perm=perm: q.index_select(2, perm)))
+        del q, k, v, diag, full, attn
+        if dense_ms > MAX_DENSE_MS:
+            break
+    store(key, cal)
+    logger.info("cost model calibrated for %s: %s", key.id(), cal)
+    return cal
+
+
+def _interp(xs: list[float], ys: list[float], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    for i in range(1, len(xs)):
+        if x <= xs[i]:
+            w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return ys[i - 1] + w * (ys[i] - ys[i - 1])
+    return ys[-1]  # pragma: no cover
+
+
+def predict(
+    cal: Calibration,
+    n: int,
+    density: float,
+    *,
+    block_size: int,
+    refresh: int = 1,
+    gathers: int = 0,
+    dense_ms: float | None = None,
+) -> Prediction:
+    """Predicted (dense, sparse) milliseconds at ``n`` tokens and block ``density``.
+
+    refresh: the mask is estimated every ``refresh`` calls (``mask_refresh``), so the overhead
+    counts 1/refresh; gathers: token permutations per call (4 for the ``tile`` order).
+    dense_ms: the dense time at ``n`` if known, else extrapolated as N^2 from the grid.
+    """
+    xs = [math.log2(x) for x in cal.n]
+    x = math.log2(max(n, 1))
+    ratio = {
+        name: _interp(xs, [a / d for a, d in zip(getattr(cal, name), cal.dense, strict=True)], x)
+        for name in ("overhead", "attn_min", "attn_full", "gather")
+    }
+    if dense_ms is None:
+        i = min(range(len(cal.n)), key=lambda j: abs(xs[j] - x))
+        dense_ms = cal.dense[i] * (n / cal.n[i]) ** 2
+    d_min = 1.0 / cdiv(n, block_size)
+    frac = min(1.0, max(0.0, (density - d_min) / (1.0 - d_min))) if d_min < 1.0 else 1.0
+    attn = ratio["attn_min"] + frac * (ratio["attn_full"] - ratio["attn_min"])
+    sparse = ratio["overhead"] / max(1, refresh) + attn + gathers * ratio["gather"]
+    return Prediction(dense_ms, sparse * dense_ms, sparse <= MARGIN)
+
+
+def sparse_wins(
+    key: CostKey,
+    n: int,
+    density: float,
+    *,
+    refresh: int = 1,
+    gathers: int = 0,
+    device: torch.device | str = "cuda",
+) -> bool:
+    """Decide one call: calibrates ``key`` first if it was never measured (syncs the GPU)."""
+    cal = lookup(key) or calibrate(key, device)
+    return predict(
+        cal, n, density, block_size=key.block_size, refresh=refresh, gathers=gathers
+    ).sparse_wins
