@@ -1,35 +1,25 @@
-"""Read a run directory written by the ``generate`` CLI.
+"""Read a run directory written by the ``generate`` CLI (format: ``xattn_video.rundir``).
 
-Layout (the contract)::
-
-    RUN_DIR/
-      run.json          {"model", "attention": "dense"|"xattn", "config", "gpu", "versions", ...}
-      00012/            one folder per prompt, the 5-digit stable prompt index
-        video.mp4       for viewing
-        frames.npy      lossless uint8 (T, H, W, 3); preferred for metrics
-        meta.json       written last; its presence marks the video finished:
-                        {"prompt_index", "prompt", "seed", "attention", "config",
-                         "timings": {"total_s", "denoise_s", "per_step_s"},
-                         "density": {"sparse_density", "effective_density", ...} | null,
-                         "gpu", "versions"}
+``scan_run`` lists the finished videos of a run directory with their typed records
+(``RunRecord`` from run.json, ``VideoRecord`` from each meta.json). Schema-1 directories
+(xattn-video 0.1.0) read too. Every error names the file.
 
 Not supported: nested runs, several videos per prompt folder, runs without ``meta.json``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .video_io import read_video
+from xattn_video import rundir
+from xattn_video.rundir import RunDirError, RunRecord, VideoRecord
 
-_INDEX_DIR = re.compile(r"^\d{5,}$")
+from .video_io import read_video
 
 
 @dataclass(frozen=True)
@@ -39,31 +29,46 @@ class RunVideo:
     Attributes:
         index: prompt index (from the folder name).
         path: the prompt folder.
-        meta: parsed ``meta.json``.
+        record: parsed ``meta.json``.
     """
 
     index: int
     path: Path
-    meta: dict[str, Any]
+    record: VideoRecord
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``meta.json`` as a dict (the record's JSON form)."""
+        return self.record.to_json()
 
     @property
     def frames_file(self) -> Path:
         """``frames.npy`` when present, else ``video.mp4`` (which may not exist)."""
-        npy = self.path / "frames.npy"
-        return npy if npy.is_file() else self.path / "video.mp4"
+        npy = self.path / rundir.FRAMES_FILE
+        return npy if npy.is_file() else self.path / rundir.VIDEO_FILE
 
     def load_frames(self) -> np.ndarray:
         """(T, H, W, 3) uint8 frames, lossless when ``frames.npy`` exists.
 
         Raises:
             FileNotFoundError: neither ``frames.npy`` nor ``video.mp4`` exists.
+            RunDirError: the file can't be decoded (truncated, corrupt, wrong shape), or
+                frames.npy fails the size/checksum recorded in meta.json; the file is named.
         """
         f = self.frames_file
         if not f.is_file():
             raise FileNotFoundError(
-                f"{self.path} has meta.json but neither frames.npy nor video.mp4"
+                f"{self.path} has {rundir.META_FILE} but neither {rundir.FRAMES_FILE} nor "
+                f"{rundir.VIDEO_FILE}"
             )
-        return read_video(f)
+        if f.name == rundir.FRAMES_FILE:
+            problem = rundir.verify_video(self.path)
+            if problem is not None:
+                raise RunDirError(problem)
+        try:
+            return read_video(f)
+        except (ValueError, OSError, EOFError, RuntimeError) as e:
+            raise RunDirError(f"{f} can't be read: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -72,32 +77,32 @@ class Run:
 
     Attributes:
         path: the run directory.
-        info: parsed ``run.json`` or ``None`` when absent.
+        record: parsed ``run.json`` or ``None`` when absent.
         videos: finished videos by prompt index.
         unfinished: prompt indices whose folder has no ``meta.json`` yet.
         problems: human-readable inconsistencies found while scanning.
     """
 
     path: Path
-    info: dict[str, Any] | None
+    record: RunRecord | None
     videos: dict[int, RunVideo]
     unfinished: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
+    def info(self) -> dict[str, Any] | None:
+        """``run.json`` as a dict (None when absent)."""
+        return self.record.to_json() if self.record is not None else None
+
+    @property
     def gpu(self) -> str | None:
         """GPU name from ``run.json``, else from the first video's ``meta.json``."""
-        if self.info and self.info.get("gpu"):
-            return str(self.info["gpu"])
+        if self.record is not None and self.record.gpu:
+            return str(self.record.gpu)
         for v in self.videos.values():
-            if v.meta.get("gpu"):
-                return str(v.meta["gpu"])
+            if v.record.gpu:
+                return str(v.record.gpu)
         return None
-
-
-def _read_json(path: Path) -> Any:
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
 
 
 def scan_run(path: str | os.PathLike[str]) -> Run:
@@ -105,36 +110,30 @@ def scan_run(path: str | os.PathLike[str]) -> Run:
 
     Raises:
         FileNotFoundError: ``path`` is not a directory.
-        ValueError: a ``meta.json`` or ``run.json`` is not valid JSON (object).
+        RunDirError (a ``ValueError``): a ``meta.json`` or ``run.json`` is unreadable, not a
+            JSON object, or misses required fields; the file is named.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist")
     problems: list[str] = []
-    info = None
-    if (root / "run.json").is_file():
-        info = _read_json(root / "run.json")
-        if not isinstance(info, dict):
-            raise ValueError(f"{root / 'run.json'} must hold a JSON object")
+    record = None
+    if (root / rundir.RUN_FILE).is_file():
+        record = RunRecord.read(root)
     else:
-        problems.append(f"{root} has no run.json")
+        problems.append(f"{root} has no {rundir.RUN_FILE}")
     videos: dict[int, RunVideo] = {}
     unfinished: list[int] = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and _INDEX_DIR.match(p.name)):
+    for sub in sorted(p for p in root.iterdir() if rundir.is_prompt_dir(p)):
         index = int(sub.name)
-        meta_path = sub / "meta.json"
-        if not meta_path.is_file():
+        if not (sub / rundir.META_FILE).is_file():
             unfinished.append(index)
             continue
-        try:
-            meta = _read_json(meta_path)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{meta_path} is not valid JSON: {exc}") from exc
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path} must hold a JSON object")
-        if meta.get("prompt_index") not in (None, index):
+        meta = VideoRecord.read(sub)
+        if meta.prompt_index != index:
             problems.append(
-                f"{meta_path}: prompt_index {meta.get('prompt_index')} != folder index {index}"
+                f"{sub / rundir.META_FILE}: prompt_index {meta.prompt_index} != folder index "
+                f"{index}"
             )
         videos[index] = RunVideo(index, sub, meta)
-    return Run(root, info, videos, unfinished, problems)
+    return Run(root, record, videos, unfinished, problems)

@@ -4,7 +4,9 @@
   ffmpeg decodes (``.mp4`` etc.), decoded to RGB24.
 - ``write_video``: H.264 ``yuv420p`` (plays in browsers), CRF 18. yuv420p needs even sizes, so an
   odd height/width is padded by repeating the last row/column; frames are never rescaled.
-- ``save_frames``: ``.npy`` written atomically (temporary file + ``os.replace``).
+- ``save_frames``: ``.npy``.
+
+Both writers are atomic (``xattn_video.rundir.atomic_path``: temporary file + ``os.replace``).
 
 Metrics should read ``frames.npy``: H.264 is lossy and its noise alone caps PSNR.
 
@@ -14,11 +16,12 @@ Not supported: audio, variable frame rate, alpha, >8-bit video, reading only a f
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+
+from xattn_video.rundir import atomic_path
 
 PathLike = str | os.PathLike[str]
 
@@ -79,8 +82,7 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float, *, crf: int = 18
     t, h, w, _ = frames.shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         writer = imageio_ffmpeg.write_frames(
             str(tmp),
             (w, h),
@@ -95,10 +97,6 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float, *, crf: int = 18
         for i in range(t):
             writer.send(np.ascontiguousarray(frames[i]))
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_frames(path: PathLike, frames: np.ndarray) -> None:
@@ -111,16 +109,5 @@ def save_frames(path: PathLike, frames: np.ndarray) -> None:
     frames = _check_frames(frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with tmp.open("wb") as f:
-            np.save(f, np.ascontiguousarray(frames), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _temp_path(path: Path) -> Path:
-    """An unused file name next to ``path``, keeping its suffix (ffmpeg picks the muxer by it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.save(f, np.ascontiguousarray(frames), allow_pickle=False)

@@ -2,8 +2,8 @@
 
 ``generate(GenerateOptions(...))`` loads the prompts and the pipeline, optionally applies
 XAttention (``xattn_video.apply_xattention``), and writes per prompt ``video.mp4``,
-``frames.npy`` and, last and atomically, ``meta.json`` (see ``xattn_video.pipelines.runinfo``
-for the layout).
+``frames.npy`` and, last and atomically, ``meta.json`` (the layout and records are owned by
+``xattn_video.rundir``).
 
 Determinism: every prompt is generated with the same seed, ``seed``, through a
 ``torch.Generator`` on the pipeline's device, so a dense and a sparse run (and a one-process
@@ -21,10 +21,17 @@ Several processes (``accelerate launch``): the selected prompts are split by pos
 ``prompts[rank::world]``, before finished ones are skipped, so each prompt belongs to exactly
 one process and the split does not depend on timing. Only the main process writes run.json.
 
-Resume and interruption: prompts whose ``meta.json`` exists are skipped; every file is
-written to a temporary name and renamed, so an interrupted prompt is never marked finished and
-is generated again on the next run. ``KeyboardInterrupt`` stops after cleaning up the current
-prompt and returns ``interrupted=True``.
+Resume and interruption: a prompt is skipped when its ``meta.json`` exists, its
+``frames.npy`` is intact (length from its header, size and SHA-256 recorded in meta.json) and
+its prompt text equals this run's; otherwise it is generated again and the reason is logged
+(logger ``xattn_video.pipelines.generate``). Every file is written to a temporary name and
+renamed, so an interrupted prompt is never marked finished. ``KeyboardInterrupt`` stops after
+cleaning up the current prompt and returns ``interrupted=True``. A finished run is not
+written to at all (it resumes from a read-only directory).
+
+Concurrency: the (main) process holds ``RUN_DIR/.lock`` (``flock``) while the run writes the
+directory; a second ``generate`` on the same directory fails at once with ``SetupError``
+(exit 2) naming the holder's pid: wait for the first one, then rerun to resume.
 
 Not supported: batching several prompts into one pipeline call, several videos per prompt,
 negative prompts, changing the guidance scale (the pipelines' defaults are used), CPU offload.
@@ -35,7 +42,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,48 +49,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
 
 from . import runinfo
-from .models import ModelSpec, get_model_spec, load_pipeline
+from .models import ModelSpec, load_pipeline
+from .options import (
+    ATTENTIONS,
+    DTYPES,
+    GenerateOptions,
+    SetupError,
+    check_backend,
+    check_out,
+    resolve_device,
+    resolve_options,
+)
 
-ATTENTIONS = ("dense", "xattn")
+__all__ = [
+    "ATTENTIONS",
+    "DTYPES",
+    "GenerateOptions",
+    "GenerateResult",
+    "SetupError",
+    "generate",
+    "resolve_options",
+]
 
-
-class SetupError(ValueError):
-    """Bad input found before generation started (options, prompts, model, config, out dir)."""
-
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-@dataclass
-class GenerateOptions:
-    """Everything ``generate`` needs; ``None`` sizes mean the model's defaults (``MODELS``)."""
-
-    model: str
-    prompts: str
-    out: str | os.PathLike[str]
-    attention: str = "dense"
-    config: XAttentionConfig | None = None
-    """XAttention settings (``attention="xattn"`` only); None: the model's preset."""
-    model_path: str | os.PathLike[str] | None = None
-    model_id: str | None = None
-    prompts_dir: str | os.PathLike[str] | None = None
-    limit: int | None = None
-    sample: int | None = None
-    dimension: str | None = None
-    height: int | None = None
-    width: int | None = None
-    frames: int | None = None
-    steps: int | None = None
-    seed: int = 0
-    fps: int | None = None
-    device: str | None = None
-    """None: the accelerate process's device (CUDA if available, else CPU)."""
-    dtype: str | None = None
-    """``bfloat16`` / ``float16`` / ``float32``; None: bfloat16 on CUDA, float32 on CPU."""
-    progress: bool = True
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,59 +89,11 @@ class GenerateResult:
     """Prompts of this process."""
     generated: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    redone: dict[int, str] = field(default_factory=dict)
+    """Prompts that had a meta.json but were generated again, with the reason."""
     interrupted: bool = False
     process_index: int = 0
     num_processes: int = 1
-
-
-def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
-    """Validate ``opts`` and fill in the model defaults.
-
-    Returns the model spec and a dict with ``height``, ``width``, ``frames``, ``steps``, ``fps``
-    and ``config`` (an ``XAttentionConfig`` or None for dense).
-
-    Raises:
-        SetupError: unknown model or attention, sizes the pipelines can't do, a config given
-            for a dense run.
-    """
-    try:
-        spec = get_model_spec(opts.model)
-    except ValueError as e:
-        raise SetupError(str(e)) from None
-    if opts.attention not in ATTENTIONS:
-        raise SetupError(f"attention must be one of {ATTENTIONS}, got {opts.attention!r}")
-    if opts.model_path is not None and opts.model_id is not None:
-        raise SetupError("pass either --model-path or --model-id, not both")
-    if opts.dtype is not None and opts.dtype not in DTYPES:
-        raise SetupError(f"dtype must be one of {tuple(DTYPES)}, got {opts.dtype!r}")
-    sizes = {
-        "height": opts.height or spec.height,
-        "width": opts.width or spec.width,
-        "frames": opts.frames or spec.frames,
-        "steps": opts.steps or spec.steps,
-        "fps": opts.fps or spec.fps,
-    }
-    for name in ("height", "width"):
-        if sizes[name] < 16 or sizes[name] % 16:
-            raise SetupError(f"{name} must be a positive multiple of 16, got {sizes[name]}")
-    if sizes["frames"] < 1 or sizes["frames"] % 4 != 1:
-        raise SetupError(f"frames must be 4k+1 (1, 5, 9, ..., 129), got {sizes['frames']}")
-    for name in ("steps", "fps"):
-        if sizes[name] < 1:
-            raise SetupError(f"{name} must be >= 1, got {sizes[name]}")
-    if opts.attention == "dense":
-        if opts.config is not None:
-            raise SetupError("an XAttention config was given for a dense run (--attention dense)")
-        config = None
-    else:
-        config = opts.config or XAttentionConfig.from_preset(spec.preset)
-        if config.warmup_steps >= sizes["steps"]:
-            warnings.warn(
-                f"warmup_steps={config.warmup_steps} >= steps={sizes['steps']}: every step runs "
-                "dense attention",
-                stacklevel=2,
-            )
-    return spec, {**sizes, "config": config}
 
 
 def _sync(device: torch.device) -> None:
@@ -207,6 +150,47 @@ def _process_state() -> Any:
     return state
 
 
+def _lock(out: Path, state: Any) -> tuple[rundir.RunLock | None, bool]:
+    """Main process: create ``out`` and take its lock; every process learns whether the
+    directory is writable. Raises SetupError (all processes) when another run holds it."""
+    lock, status = None, "ok"
+    if state.is_main_process:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = rundir.RunLock(out)
+            status = "ok" if lock.acquire() else "read-only"
+        except rundir.RunDirLocked as e:
+            status = str(e)
+        except OSError as e:
+            status = f"can't create the run directory {out}: {e.strerror or e}"
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        status = broadcast_object_list([status])[0]
+    if status not in ("ok", "read-only"):
+        raise SetupError(status)
+    return lock, status == "ok"
+
+
+def _todo(out: Path, mine: list[Any], result: GenerateResult) -> list[Any]:
+    """The prompts of ``mine`` to generate: unfinished ones and finished ones that fail
+    :func:`rundir.verify_video` or whose prompt text changed (logged, in ``result.redone``)."""
+    todo = []
+    for p in mine:
+        folder = out / rundir.prompt_dir_name(p.index)
+        if not (folder / rundir.META_FILE).is_file():
+            todo.append(p)
+            continue
+        problem = rundir.verify_video(folder, prompt=p.text)
+        if problem is None:
+            result.skipped.append(p.index)
+            continue
+        todo.append(p)
+        result.redone[p.index] = problem
+        _log.warning("prompt %s is generated again: %s", folder.name, problem)
+    return todo
+
+
 def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     """Run ``opts`` (this process's share of the prompts); see the module docstring.
 
@@ -215,20 +199,18 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         pipe: an already loaded pipeline to use instead of ``load_pipeline`` (tests, notebooks).
 
     Raises:
-        SetupError: bad options, prompts, model or config, or ``out`` holds a run with other
-            settings (all found before the first video).
+        SetupError: bad options, prompts, model, device or config, ``out`` is a file, holds a
+            run with other settings, is locked by another process, or is read-only while
+            prompts remain (all found before the first video).
         xattn_video.prompts.PromptDataMissing: the prompt suite is not available.
     """
     from xattn_video.prompts import PromptDataMissing, load_prompts
 
     spec, r = resolve_options(opts)
     state = _process_state()
-    device = torch.device(state.device)
-    if opts.device:  # "cuda" under accelerate means this process's GPU
-        asked = torch.device(opts.device)
-        device = device if asked.type == device.type and asked.index is None else asked
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SetupError(f"--device {opts.device} asked for CUDA, but no CUDA GPU is available")
+    device = resolve_device(opts, state)
+    config: XAttentionConfig | None = r["config"]
+    check_backend(config, device)
     dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     try:
         prompts = load_prompts(
@@ -243,66 +225,81 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     except (ValueError, FileNotFoundError) as e:
         raise SetupError(str(e)) from e
     out = Path(opts.out)
-    config: XAttentionConfig | None = r["config"]
+    old = check_out(out)
     source = opts.model_id or (str(Path(opts.model_path).resolve()) if opts.model_path else None)
     env = {
         "gpu": runinfo.gpu_name(device),
         "versions": runinfo.versions(),
         "git_sha": runinfo.git_sha(),
     }
-    run = {
-        "model": spec.name,
-        "model_source": source or spec.default_id,
-        "attention": opts.attention,
-        "config": config.to_dict() if config is not None else None,
-        "height": r["height"],
-        "width": r["width"],
-        "frames": r["frames"],
-        "steps": r["steps"],
-        "seed": opts.seed,
-        "fps": r["fps"],
-        "dtype": dtype_name,
-        "prompts": os.fspath(opts.prompts),
-        "selection": {"dimension": opts.dimension, "sample": opts.sample, "limit": opts.limit},
-        "num_prompts": len(prompts),
-        "num_processes": state.num_processes,
-        **env,
-        "command": runinfo.command_line(),
-    }
-    try:
-        runinfo.check_compatible(out, run)
-    except ValueError as e:
-        raise SetupError(str(e)) from e
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        runinfo.write_json(out / runinfo.RUN_FILE, run)
-
-    mine = prompts[state.process_index :: state.num_processes]
-    result = GenerateResult(
-        out=out,
-        total=len(prompts),
-        assigned=len(mine),
-        process_index=state.process_index,
+    run = rundir.RunRecord(
+        model=spec.name,
+        model_source=source or spec.default_id,
+        attention=opts.attention,
+        config=config.to_dict() if config is not None else None,
+        height=r["height"],
+        width=r["width"],
+        frames=r["frames"],
+        steps=r["steps"],
+        seed=opts.seed,
+        fps=r["fps"],
+        dtype=dtype_name,
+        prompts=os.fspath(opts.prompts),
+        selection={"dimension": opts.dimension, "sample": opts.sample, "limit": opts.limit},
+        num_prompts=len(prompts),
         num_processes=state.num_processes,
+        command=runinfo.command_line(),
+        **env,
     )
-    todo = [p for p in mine if not runinfo.is_finished(out / runinfo.prompt_dir_name(p.index))]
-    result.skipped = [p.index for p in mine if p not in todo]
-    if todo:
-        _generate_prompts(opts, spec, r, run, env, todo, device, dtype_name, state, result, pipe)
-    if not result.interrupted and state.num_processes > 1:
-        state.wait_for_everyone()
-    return result
+    if old is not None:
+        diffs = old.resume_differences(run)
+        if diffs:
+            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
+            raise SetupError(
+                f"{out / rundir.RUN_FILE} belongs to a run with other settings ({detail}). "
+                "Resume with the same settings or choose another --out directory."
+            )
+    lock, writable = _lock(out, state)
+    try:
+        mine = prompts[state.process_index :: state.num_processes]
+        result = GenerateResult(
+            out=out,
+            total=len(prompts),
+            assigned=len(mine),
+            process_index=state.process_index,
+            num_processes=state.num_processes,
+        )
+        todo = _todo(out, mine, result)
+        if not writable:
+            if todo:
+                raise SetupError(
+                    f"{out} is not writable and {len(todo)} prompt(s) are not finished"
+                )
+            return result  # a finished run: nothing to write, not even run.json
+        pending = bool(todo) or any(
+            not (out / rundir.prompt_dir_name(p.index) / rundir.META_FILE).is_file()
+            for p in prompts
+        )
+        if state.is_main_process and (old is None or pending):
+            run.write(out)
+        if todo:
+            _generate_prompts(opts, spec, r, run, env, todo, device, state, result, pipe)
+        if not result.interrupted and state.num_processes > 1:
+            state.wait_for_everyone()
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _generate_prompts(
     opts: GenerateOptions,
     spec: ModelSpec,
     r: dict[str, Any],
-    run: dict[str, Any],
+    run: rundir.RunRecord,
     env: dict[str, Any],
     todo: list[Any],
     device: torch.device,
-    dtype_name: str,
     state: Any,
     result: GenerateResult,
     pipe: Any,
@@ -318,7 +315,7 @@ def _generate_prompts(
                 spec.name,
                 model_path=opts.model_path,
                 model_id=opts.model_id,
-                dtype=DTYPES[dtype_name],
+                dtype=DTYPES[run.dtype],
                 device=device,
             )
         except (ValueError, FileNotFoundError) as e:
@@ -340,15 +337,14 @@ def _generate_prompts(
             raise SetupError(f"XAttention can't be applied: {e}") from e
     timer = StepTimer(device)
     hook = pipe.transformer.register_forward_pre_hook(timer.pre_forward)
-    bar = tqdm(
-        total=len(todo), desc=f"{run['attention']} {spec.name}", unit="video", disable=not show
-    )
+    bar = tqdm(total=len(todo), desc=f"{run.attention} {spec.name}", unit="video", disable=not show)
     current: Path | None = None
     try:
         for n, prompt in enumerate(todo):
-            current = result.out / runinfo.prompt_dir_name(prompt.index)
+            current = result.out / rundir.prompt_dir_name(prompt.index)
             current.mkdir(parents=True, exist_ok=True)
-            runinfo.remove_partial_files(current)
+            (current / rundir.META_FILE).unlink(missing_ok=True)  # a redone prompt: unfinished
+            rundir.remove_partial_files(current)
             if handle is not None:
                 handle.stats.reset()
             timer.reset()
@@ -369,30 +365,30 @@ def _generate_prompts(
             _sync(device)
             total_s = time.perf_counter() - t0
             video = to_uint8(frames)
-            with runinfo.atomic_path(current / runinfo.VIDEO_FILE) as tmp:
-                write_video(tmp, video, r["fps"])
-            with runinfo.atomic_path(current / runinfo.FRAMES_FILE) as tmp:
-                save_frames(tmp, video)
+            write_video(current / rundir.VIDEO_FILE, video, r["fps"])
+            frames_file = current / rundir.FRAMES_FILE
+            save_frames(frames_file, video)
             per_step = timer.per_step()
-            meta = {
-                "prompt_index": prompt.index,
-                "prompt": prompt.text,
-                "dimensions": list(prompt.dimensions),
-                "seed": opts.seed,
-                "attention": run["attention"],
-                "config": run["config"],
-                "timings": {
+            rundir.VideoRecord(
+                prompt_index=prompt.index,
+                prompt=prompt.text,
+                dimensions=list(prompt.dimensions),
+                seed=opts.seed,
+                attention=run.attention,
+                config=run.config,
+                timings={
                     "total_s": total_s,
                     "denoise_s": sum(per_step),
                     "per_step_s": per_step,
                 },
-                "density": handle.stats.summary() if handle is not None else None,
-                "shape": list(video.shape),
-                "first_in_process": n == 0,
-                "process": {"index": state.process_index, "count": state.num_processes},
+                density=handle.stats.summary() if handle is not None else None,
+                shape=list(video.shape),
+                frames_bytes=frames_file.stat().st_size,
+                frames_sha256=rundir.file_sha256(frames_file),
+                first_in_process=n == 0,
+                process={"index": state.process_index, "count": state.num_processes},
                 **env,
-            }
-            runinfo.write_json(current / runinfo.META_FILE, meta)
+            ).write(current)
             result.generated.append(prompt.index)
             bar.set_postfix(last=f"{total_s:.1f}s")
             bar.update(1)
@@ -400,7 +396,7 @@ def _generate_prompts(
     except KeyboardInterrupt:
         result.interrupted = True
         if current is not None:
-            runinfo.remove_partial_files(current)
+            rundir.remove_partial_files(current)
     finally:
         bar.close()
         hook.remove()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ import pytest
 
 from xattn_video.config import XAttentionConfig, config_fields, field_docs
 from xattn_video.metrics import read_video, scan_run
-from xattn_video.pipelines import cli, runinfo
+from xattn_video import rundir
+from xattn_video.pipelines import cli
 from xattn_video.pipelines.cli import build_generate_parser, config_from_args, generate_main, main
 from xattn_video.prompts import ENV_PROMPTS_DIR, load_prompts
 from xattn_video.prompts import fetch as fetch_mod
@@ -91,7 +93,11 @@ def _prompt_dirs(run: Path) -> list[Path]:
 
 
 def _partials(run: Path) -> list[Path]:
-    return [p for p in run.rglob("*") if runinfo.TMP_MARK in p.name]
+    return [p for p in run.rglob("*") if rundir.TMP_MARK in p.name]
+
+
+def _finished(prompt_dir: Path) -> bool:
+    return (prompt_dir / rundir.META_FILE).is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,27 +240,28 @@ def test_interrupted_run_resumes_without_counting_half_written_prompts(
     def save_then_ctrl_c(path, frames):
         calls.append(path)
         if len(calls) == 2:  # prompt 1: video.mp4 is already in place, frames half written
-            Path(path).write_bytes(b"half")
-            raise KeyboardInterrupt
+            with rundir.atomic_path(path) as tmp:
+                tmp.write_bytes(b"half")
+                raise KeyboardInterrupt
         real_save(path, frames)
 
     monkeypatch.setattr(metrics_mod, "save_frames", save_then_ctrl_c)
     assert _generate(out, prompt_file, "xattn", *XATTN_FLAGS) == cli.EXIT_INTERRUPTED
     assert "rerun the same command to resume" in capsys.readouterr().err
-    assert runinfo.is_finished(out / "00000")
-    assert not runinfo.is_finished(out / "00001") and not (out / "00002").exists()
+    assert _finished(out / "00000")
+    assert not _finished(out / "00001") and not (out / "00002").exists()
     assert not (out / "00001" / "frames.npy").exists() and not _partials(out)
     scanned = scan_run(out)
     assert sorted(scanned.videos) == [0] and 1 in scanned.unfinished
 
     # a hard kill could leave a temporary file: the rerun removes it
-    (out / "00001" / f".video.1.dead{runinfo.TMP_MARK}.mp4").write_bytes(b"junk")
+    (out / "00001" / f".video.1.dead{rundir.TMP_MARK}.mp4").write_bytes(b"junk")
     done_before = (out / "00000" / "meta.json").stat().st_mtime_ns
     monkeypatch.setattr(metrics_mod, "save_frames", real_save)
     assert _generate(out, prompt_file, "xattn", *XATTN_FLAGS) == 0
     assert "generated 2, skipped 1 finished, of 3 prompts" in capsys.readouterr().out
     assert (out / "00000" / "meta.json").stat().st_mtime_ns == done_before
-    assert all(runinfo.is_finished(d) for d in _prompt_dirs(out)) and len(_prompt_dirs(out)) == 3
+    assert all(_finished(d) for d in _prompt_dirs(out)) and len(_prompt_dirs(out)) == 3
     assert not _partials(out)
     assert np.load(out / "00001" / "frames.npy").shape == (9, 32, 32, 3)
     # everything finished: a third run does nothing
@@ -400,7 +407,9 @@ def test_compare_bad_input(tmp_path: Path, prompt_file: Path, capsys):
     err = _fail(["compare", str(run), str(run), "--out", "r", "--metrics", "psnr,fvd"], capsys)
     assert "subset of psnr,ssim,lpips" in err
     # LPIPS asked for explicitly and no backbone weights on disk: an error, not a silent skip
-    argv = ["compare", str(run), str(run), "--out", str(tmp_path / "r"), "--metrics", "lpips"]
+    shutil.copytree(run, tmp_path / "copy")
+    argv = ["compare", str(run), str(tmp_path / "copy"), "--out", str(tmp_path / "r")]
+    argv += ["--metrics", "lpips"]
     err = _fail(argv, capsys)
     assert "alexnet" in err.lower()
 

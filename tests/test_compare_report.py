@@ -70,7 +70,18 @@ def write_run(
     unfinished: tuple[int, ...] = (),
 ) -> Path:
     root.mkdir(parents=True)
-    run = {"model": "fake-dit", "attention": attention, "config": {}, "gpu": GPU, "versions": {}}
+    run = {
+        "model": "fake-dit",
+        "attention": attention,
+        "config": {},
+        "height": H,
+        "width": W,
+        "frames": T,
+        "steps": 4,
+        "seed": seed,
+        "gpu": GPU,
+        "versions": {},
+    }
     (root / "run.json").write_text(json.dumps(run))
     for i in indices:
         d = root / f"{i:05d}"

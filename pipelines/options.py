@@ -1,0 +1,162 @@
+"""Options of a ``generate`` run and every check that can fail before any work is done.
+
+``resolve_options`` validates a :class:`GenerateOptions` and fills in the model's defaults;
+``resolve_device``, ``check_backend`` and ``check_out`` check the device, the kernel backend
+and the output directory. They all raise :class:`SetupError` (the CLI prints it on one line and
+exits 2) before a model is loaded or a file is written.
+
+Not supported: devices other than CUDA and CPU for generation; ``backend="triton"`` on the CPU
+unless ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xattn_video import rundir
+from xattn_video.config import XAttentionConfig
+
+from .models import ModelSpec, get_model_spec
+
+ATTENTIONS = ("dense", "xattn")
+
+
+class SetupError(ValueError):
+    """Bad input found before generation started (options, prompts, model, config, out dir)."""
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+SIZE_FIELDS = ("height", "width", "frames", "steps", "fps")
+
+
+@dataclass
+class GenerateOptions:
+    """Everything ``generate`` needs; ``None`` sizes mean the model's defaults (``MODELS``)."""
+
+    model: str
+    prompts: str
+    out: str | os.PathLike[str]
+    attention: str = "dense"
+    config: XAttentionConfig | None = None
+    """XAttention settings (``attention="xattn"`` only); None: the model's preset."""
+    model_path: str | os.PathLike[str] | None = None
+    model_id: str | None = None
+    prompts_dir: str | os.PathLike[str] | None = None
+    limit: int | None = None
+    sample: int | None = None
+    dimension: str | None = None
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    steps: int | None = None
+    seed: int = 0
+    fps: int | None = None
+    device: str | None = None
+    """None: the accelerate process's device (CUDA if available, else CPU)."""
+    dtype: str | None = None
+    """``bfloat16`` / ``float16`` / ``float32``; None: bfloat16 on CUDA, float32 on CPU."""
+    progress: bool = True
+
+
+def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
+    """Validate ``opts`` and fill in the model defaults.
+
+    Returns the model spec and a dict with ``height``, ``width``, ``frames``, ``steps``, ``fps``
+    and ``config`` (an ``XAttentionConfig`` or None for dense).
+
+    Raises:
+        SetupError: unknown model or attention, sizes the pipelines can't do (0 and negative
+            sizes included), a config given for a dense run, a ``device`` torch can't parse.
+    """
+    try:
+        spec = get_model_spec(opts.model)
+    except ValueError as e:
+        raise SetupError(str(e)) from None
+    if opts.attention not in ATTENTIONS:
+        raise SetupError(f"attention must be one of {ATTENTIONS}, got {opts.attention!r}")
+    if opts.model_path is not None and opts.model_id is not None:
+        raise SetupError("pass either --model-path or --model-id, not both")
+    if opts.dtype is not None and opts.dtype not in DTYPES:
+        raise SetupError(f"dtype must be one of {tuple(DTYPES)}, got {opts.dtype!r}")
+    if opts.device is not None:
+        try:
+            torch.device(opts.device)
+        except (RuntimeError, ValueError, TypeError):
+            raise SetupError(
+                f"device {opts.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+            ) from None
+    sizes = {}
+    for name in SIZE_FIELDS:
+        value = getattr(opts, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise SetupError(f"{name} must be a positive integer, got {value!r}")
+        sizes[name] = getattr(spec, name) if value is None else value
+    for name in ("height", "width"):
+        if sizes[name] < 16 or sizes[name] % 16:
+            raise SetupError(f"{name} must be a positive multiple of 16, got {sizes[name]}")
+    if sizes["frames"] < 1 or sizes["frames"] % 4 != 1:
+        raise SetupError(f"frames must be 4k+1 (1, 5, 9, ..., 129), got {sizes['frames']}")
+    if opts.attention == "dense":
+        if opts.config is not None:
+            raise SetupError("an XAttention config was given for a dense run (--attention dense)")
+        config = None
+    else:
+        config = opts.config or XAttentionConfig.from_preset(spec.preset)
+        if config.warmup_steps >= sizes["steps"]:
+            warnings.warn(
+                f"warmup_steps={config.warmup_steps} >= steps={sizes['steps']}: every step runs "
+                "dense attention",
+                stacklevel=2,
+            )
+    return spec, {**sizes, "config": config}
+
+
+def resolve_device(opts: GenerateOptions, state: Any) -> torch.device:
+    device = torch.device(state.device)
+    if opts.device:  # "cuda" under accelerate means this process's GPU
+        asked = torch.device(opts.device)
+        device = device if asked.type == device.type and asked.index is None else asked
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SetupError(f"device {opts.device} asked for CUDA, but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SetupError(
+                f"device {opts.device}: only {torch.cuda.device_count()} CUDA GPU(s) visible"
+            )
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise SetupError(f"device {opts.device!r}: generate runs on cuda or cpu")
+    return device
+
+
+def check_backend(config: XAttentionConfig | None, device: torch.device) -> None:
+    """Refuse ``backend="triton"`` on a device the kernels can't run on, before any loading."""
+    if config is None or config.backend != "triton":
+        return
+    from xattn_video.attention import resolve_backend
+
+    try:
+        resolve_backend("triton", torch.empty(0, device=device))
+    except ValueError:
+        raise SetupError(
+            f"backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); this run "
+            f"uses {device}: pass --backend torch or auto"
+        ) from None
+
+
+def check_out(out: Path) -> rundir.RunRecord | None:
+    """The run already in ``out`` (None when new). Raises SetupError for a file or a bad
+    run.json."""
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"--out {out} is an existing file, not a run directory")
+    if not (out / rundir.RUN_FILE).is_file():
+        return None
+    try:
+        return rundir.RunRecord.read(out)
+    except rundir.RunDirError as e:
+        raise SetupError(f"can't resume: {e}") from None

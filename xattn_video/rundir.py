@@ -1,0 +1,480 @@
+"""The run directory format: file names, typed records, atomic writes, lock, resume checks.
+
+The single owner of the layout that ``xattn-video generate`` writes and ``compare`` reads
+(``xattn_video.pipelines`` and ``xattn_video.metrics`` both import this module)::
+
+    RUN_DIR/
+      run.json        RunRecord: the run's settings + environment (main process)
+      .lock           held (flock) by the generate process(es) writing the directory
+      00012/          one folder per prompt, named after the 5-digit prompt index
+        video.mp4     for viewing (H.264, lossy)
+        frames.npy    lossless uint8 (T, H, W, 3); what metrics read
+        meta.json     VideoRecord, written last and atomically: the prompt is finished
+
+Schema versions: ``schema_version`` in run.json and meta.json. Version 1 is xattn-video 0.1.0
+(no ``schema_version`` key, no frames checksum); it still reads. Version 2 adds
+``frames_sha256`` / ``frames_bytes`` to meta.json so resume can verify finished videos.
+
+Every read error names the file. Every write goes through :func:`atomic_path` (temporary name
+holding :data:`TMP_MARK`, then ``os.replace``).
+
+Not supported: several runs (different settings) in one directory (:func:`resume_differences`
+names the fields that differ); locking on file systems without ``flock`` (Windows, some NFS);
+schema versions newer than this package's (refused with the version named).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 2
+"""Schema of run.json / meta.json written by this version (1: xattn-video 0.1.0, no key)."""
+
+RUN_FILE = "run.json"
+META_FILE = "meta.json"
+VIDEO_FILE = "video.mp4"
+FRAMES_FILE = "frames.npy"
+LOCK_FILE = ".lock"
+TMP_MARK = ".partial"
+"""Every temporary file in a run directory has this in its name (removed on resume)."""
+
+_INDEX_DIR = re.compile(r"^\d{5,}$")
+
+PathLike = str | os.PathLike[str]
+
+
+class RunDirError(ValueError):
+    """A file of a run directory is unreadable, corrupt or from an incompatible run; the
+    message names the file."""
+
+
+class RunDirLocked(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
+def prompt_dir_name(index: int) -> str:
+    """The folder name of prompt ``index`` (``12`` -> ``"00012"``)."""
+    return f"{index:05d}"
+
+
+def is_prompt_dir(path: Path) -> bool:
+    """True for a folder named like a prompt index (5+ digits)."""
+    return path.is_dir() and bool(_INDEX_DIR.match(path.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix: ffmpeg picks the muxer by it); on
+    success it replaces ``path``.
+
+    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and
+    ``path`` is left as it was, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    tmp = path.with_name(
+        f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}{path.suffix}"
+    )
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json_object(path: PathLike) -> dict[str, Any]:
+    """Parse a JSON file holding an object.
+
+    Raises:
+        RunDirError: unreadable, not valid JSON, or not an object (the file is named).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} can't be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def remove_partial_files(folder: PathLike) -> int:
+    """Delete temporary files left in ``folder`` by an interrupted run; returns how many."""
+    n = 0
+    for p in Path(folder).glob(f"*{TMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+
+
+def _schema(data: Mapping[str, Any], path: PathLike | None) -> int:
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RunDirError(
+            f"{path or 'record'}: schema_version must be an int >= 1, got {version!r}"
+        )
+    if version > SCHEMA_VERSION:
+        raise RunDirError(
+            f"{path or 'record'} has schema_version {version}, newer than this xattn-video "
+            f"reads ({SCHEMA_VERSION}); upgrade xattn-video"
+        )
+    return version
+
+
+def _from_json(cls: type, data: Mapping[str, Any], path: PathLike | None, required: tuple) -> Any:
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise RunDirError(f"{path or cls.__name__}: missing {', '.join(missing)}")
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "schema_version"}
+    known = {k: data[k] for k in names if k in data}
+    extra = {k: v for k, v in data.items() if k not in names and k != "schema_version"}
+    return cls(**known, schema_version=_schema(data, path), extra=extra)
+
+
+def _to_json(record: Any, order: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {"schema_version": record.schema_version}
+    out.update((name, getattr(record, name)) for name in order)
+    out.update(record.extra)
+    return out
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``run.json``: the settings that decide the videos, plus the environment that made them."""
+
+    model: str
+    attention: str
+    """``"dense"`` or ``"xattn"``."""
+    height: int
+    width: int
+    frames: int
+    steps: int
+    seed: int
+    model_source: str | None = None
+    config: dict[str, Any] | None = None
+    """``XAttentionConfig.to_dict()``; None for dense runs."""
+    fps: int | None = None
+    dtype: str | None = None
+    prompts: str | None = None
+    """The ``--prompts`` argument (suite name or file path)."""
+    selection: dict[str, Any] | None = None
+    num_prompts: int | None = None
+    num_processes: int | None = None
+    gpu: str | None = None
+    versions: dict[str, Any] | None = None
+    git_sha: str | None = None
+    command: list[str] | None = None
+    schema_version: int = SCHEMA_VERSION
+    """The schema of the file the record was read from (:data:`SCHEMA_VERSION` for new ones)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Keys this version does not know (kept on a round trip)."""
+
+    RESUME_FIELDS = (
+        "model",
+        "model_source",
+        "attention",
+        "config",
+        "height",
+        "width",
+        "frames",
+        "steps",
+        "seed",
+        "dtype",
+        "prompts",
+    )
+    """Fields that must match to resume a run directory (they change the videos)."""
+
+    _ORDER = (
+        "model",
+        "model_source",
+        "attention",
+        "config",
+        "height",
+        "width",
+        "frames",
+        "steps",
+        "seed",
+        "fps",
+        "dtype",
+        "prompts",
+        "selection",
+        "num_prompts",
+        "num_processes",
+        "gpu",
+        "versions",
+        "git_sha",
+        "command",
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The run.json object (keys in 0.1.0's order, ``schema_version`` first)."""
+        return _to_json(self, self._ORDER)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], path: PathLike | None = None) -> RunRecord:
+        """Parse a run.json object (schema 1 or 2); ``path`` is named in errors."""
+        return _from_json(
+            cls, data, path, ("model", "attention", "height", "width", "frames", "steps", "seed")
+        )
+
+    @classmethod
+    def read(cls, run_dir: PathLike) -> RunRecord:
+        """Read ``run_dir/run.json`` (:class:`RunDirError` naming the file if bad)."""
+        path = Path(run_dir) / RUN_FILE
+        return cls.from_json(read_json_object(path), path)
+
+    def write(self, run_dir: PathLike) -> None:
+        """Write ``run_dir/run.json`` atomically."""
+        write_json(Path(run_dir) / RUN_FILE, self.to_json())
+
+    def resume_differences(self, new: RunRecord) -> dict[str, tuple[Any, Any]]:
+        """``{field: (old, new)}`` for each of :attr:`RESUME_FIELDS` that differs."""
+        old_j, new_j = (json.loads(json.dumps(r.to_json())) for r in (self, new))
+        return {
+            k: (old_j.get(k), new_j.get(k))
+            for k in self.RESUME_FIELDS
+            if old_j.get(k) != new_j.get(k)
+        }
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """``meta.json`` of one finished prompt."""
+
+    prompt_index: int
+    prompt: str
+    seed: int | None = None
+    dimensions: list[str] | None = None
+    attention: str | None = None
+    config: dict[str, Any] | None = None
+    timings: dict[str, Any] | None = None
+    """``{"total_s", "denoise_s", "per_step_s"}`` (see ``pipelines.generate``)."""
+    density: dict[str, Any] | None = None
+    """``XAttentionStats.summary()``; None for dense runs."""
+    shape: list[int] | None = None
+    """(T, H, W, 3) of frames.npy."""
+    frames_bytes: int | None = None
+    """Size of frames.npy in bytes (schema 2)."""
+    frames_sha256: str | None = None
+    """SHA-256 of frames.npy (schema 2)."""
+    first_in_process: bool | None = None
+    process: dict[str, Any] | None = None
+    gpu: str | None = None
+    versions: dict[str, Any] | None = None
+    git_sha: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _ORDER = (
+        "prompt_index",
+        "prompt",
+        "dimensions",
+        "seed",
+        "attention",
+        "config",
+        "timings",
+        "density",
+        "shape",
+        "frames_bytes",
+        "frames_sha256",
+        "first_in_process",
+        "process",
+        "gpu",
+        "versions",
+        "git_sha",
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The meta.json object (``schema_version`` first, then 0.1.0's keys in order)."""
+        return _to_json(self, self._ORDER)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], path: PathLike | None = None) -> VideoRecord:
+        """Parse a meta.json object (schema 1 or 2); ``path`` is named in errors."""
+        rec = _from_json(cls, data, path, ("prompt_index", "prompt"))
+        if not isinstance(rec.prompt_index, int) or not isinstance(rec.prompt, str):
+            raise RunDirError(f"{path or 'meta.json'}: prompt_index must be an int, prompt a str")
+        return rec
+
+    @classmethod
+    def read(cls, prompt_dir: PathLike) -> VideoRecord:
+        """Read ``prompt_dir/meta.json`` (:class:`RunDirError` naming the file if bad)."""
+        path = Path(prompt_dir) / META_FILE
+        return cls.from_json(read_json_object(path), path)
+
+    def write(self, prompt_dir: PathLike) -> None:
+        """Write ``prompt_dir/meta.json`` atomically (last: it marks the prompt finished)."""
+        write_json(Path(prompt_dir) / META_FILE, self.to_json())
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished videos
+# ---------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def npy_shape(path: PathLike) -> tuple[tuple[int, ...], int]:
+    """(shape, expected file size in bytes) from a ``.npy`` header (the data is not read)."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        header = f.tell()
+    return tuple(shape), header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def verify_video(prompt_dir: PathLike, prompt: str | None = None) -> str | None:
+    """Why the finished prompt in ``prompt_dir`` can't be trusted, or None when it can.
+
+    Checks meta.json parses, its prompt text equals ``prompt`` (when given), frames.npy
+    exists, its header matches ``meta.shape`` and the file is as long as its header says
+    (catches truncation, also for schema-1 metas), and, when meta records them (schema 2), its
+    size and SHA-256.
+    """
+    folder = Path(prompt_dir)
+    try:
+        meta = VideoRecord.read(folder)
+    except RunDirError as e:
+        return str(e)
+    if prompt is not None and meta.prompt != prompt:
+        return f"the prompt changed since {folder / META_FILE}: {meta.prompt!r} -> {prompt!r}"
+    frames = folder / FRAMES_FILE
+    if not frames.is_file():
+        return f"{frames} is missing"
+    size = frames.stat().st_size
+    try:
+        shape, expected = npy_shape(frames)
+    except (ValueError, OSError, EOFError) as e:
+        return f"{frames} is not a valid .npy file: {e}"
+    if size != expected:
+        return f"{frames} is truncated or padded: {size} bytes, its header implies {expected}"
+    if meta.shape is not None and list(shape) != list(meta.shape):
+        return f"{frames} has shape {list(shape)} but {folder / META_FILE} says {meta.shape}"
+    if meta.frames_bytes is not None and size != meta.frames_bytes:
+        return f"{frames} has {size} bytes but {folder / META_FILE} says {meta.frames_bytes}"
+    if meta.frames_sha256 is not None and file_sha256(frames) != meta.frames_sha256:
+        return f"{frames} does not match the SHA-256 in {folder / META_FILE}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Lock
+# ---------------------------------------------------------------------------------------------
+
+
+def _open_lock_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.lock`` held while a process writes the directory.
+
+    ``acquire`` never waits: a second writer gets :class:`RunDirLocked` naming the holder's pid.
+    A read-only directory can't be locked (nor written): ``acquire`` returns False and the
+    caller may only read. The lock dies with its process (no stale locks after a crash).
+    """
+
+    def __init__(self, run_dir: PathLike) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when the directory is not writable.
+
+        Raises:
+            RunDirLocked: another process holds it.
+        """
+        import fcntl
+
+        try:
+            fd = _open_lock_file(self.path)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return False
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunDirLocked(
+                f"{self.path.parent} is being written by another generate process (pid "
+                f"{holder}); wait for it to finish, then rerun to resume, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Release the lock (the file stays; it is empty of meaning without a holder)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def writable_dir(path: PathLike) -> bool:
+    """Whether a new file can be created in the existing directory ``path`` (tried, not guessed
+    from permission bits, so it is right for root and read-only mounts)."""
+    probe = Path(path) / f".probe.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}"
+    try:
+        fd = _open_lock_file(probe)
+    except OSError:
+        return False
+    os.close(fd)
+    probe.unlink(missing_ok=True)
+    return True
