@@ -160,6 +160,16 @@ def test_threshold_monotone_density_through_op():
         (dict(kv_len=torch.tensor([65])), "kv_len"),
         (dict(kv_len=torch.tensor([3.0])), "kv_len"),
         (dict(kv_len=torch.tensor([3, 4])), "kv_len"),
+        (dict(kv_len=torch.tensor([True])), "kv_len"),
+        (dict(threshold=torch.tensor([0.5, 0.9])), r"threshold.*shape \(1,\)"),
+        (dict(threshold=torch.tensor([0.5])), None),  # valid: one per head
+        (dict(threshold=True), "threshold"),
+        (dict(dense_from=-5), "dense_from"),
+        (dict(dense_from=65), "dense_from"),
+        (dict(dense_from=64), None),  # valid: nothing dense
+        (dict(dense_from=3.5), "dense_from"),
+        (dict(dense_from=torch.tensor([1.0])), "dense_from"),
+        (dict(dense_from=torch.tensor([3, 4])), "dense_from"),
     ],
 )
 def test_bad_input_raises_value_error(kwargs, match):
@@ -183,6 +193,80 @@ def test_bad_shapes_raise_value_error():
         xv.xattention(q80, q80, q80, block_size=16, stride=4, backend="triton")
     with pytest.raises(ValueError, match="mask must be"):
         xv.block_sparse_attention(q, k, v, torch.ones(1, 2, 3, 3, dtype=torch.bool), block_size=16)
+    for shape in [(2, 2, 4, 4), (1, 3, 4, 4)]:  # wrong batch / heads (was a raw RuntimeError)
+        with pytest.raises(ValueError, match=r"mask must be.*\(1 or 1, 2 or 1, 4, 4\)"):
+            xv.block_sparse_attention(q, k, v, torch.ones(shape, dtype=torch.bool), block_size=16)
+    with pytest.raises(ValueError, match="mask must be"):
+        xv.xattention(q, k, v, block_size=16, mask=torch.ones(1, 3, 4, 4, dtype=torch.bool))
+
+
+def test_bf16_triton_under_the_interpreter_is_refused():
+    """Issue 11 #1: the interpreter's bf16 tl.dot gave garbage (max diff 8e8), silently."""
+    q, k, v = (x.bfloat16() for x in _qkv(2, 2, 200, 64))
+    m = torch.ones(1, 1, 7, 7, dtype=torch.bool)
+    with pytest.raises(ValueError, match="bf16.*interpreter.*float32 or float16"):
+        xv.block_sparse_attention(q, k, v, m, block_size=32, backend="triton")
+    with pytest.raises(ValueError, match="bf16.*interpreter"):
+        xv.estimate_block_mask(q, k, threshold=0.9, stride=8, block_size=32, backend="triton")
+    with pytest.raises(ValueError, match="bf16.*interpreter"):
+        xv.xattention(q, k, v, block_size=32, backend="triton")
+    out = xv.block_sparse_attention(q, k, v, m, block_size=32, backend="torch")  # the reference
+    want = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert_fa_close(out, want, naive_attention(q, k, v))
+
+
+def _plant(x: torch.Tensor, index: tuple, value: float) -> torch.Tensor:
+    x = x.clone()
+    x[index] = value
+    return x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "where, value",
+    [("k", float("nan")), ("k", float("inf")), ("v", float("nan")), ("v", float("-inf")),
+     ("q", float("nan"))],
+)  # fmt: skip
+def test_nonfinite_input_propagates_like_dense_attention(backend, where, value):
+    """Issue 11 #2: a NaN in a key made the estimate keep only block 0 and the Triton output
+    finite (torch leaked NaN). Policy, both backends: a non-finite valid key/value makes its
+    (batch, head) all NaN, a non-finite query row its row; everything else is unchanged."""
+    B, H, N, D, bs = 2, 2, 200, 16, 32
+    clean = _qkv(B, H, N, D, seed=10)
+    kv_len = torch.tensor([200, 170])
+    kw = dict(threshold=0.9, stride=4, block_size=bs, kv_len=kv_len, backend=backend)
+    ref = xv.xattention(*clean, **kw)
+    i = {"q": 0, "k": 1, "v": 2}[where]
+    qkv = list(clean)
+    qkv[i] = _plant(qkv[i], (0, 1, 150, 3), value)
+    out, lse = xv.xattention(*qkv, return_lse=True, **kw)
+    nan = torch.zeros(B, H, N, dtype=torch.bool)
+    if where == "q":
+        nan[0, 1, 128:160] = True  # the row's query block (its mask row came from the row)
+    else:
+        nan[0, 1] = True  # the whole head
+    assert torch.equal(out.isnan().all(-1), nan) and torch.equal(out.isnan().any(-1), nan)
+    assert torch.equal(lse.isnan(), nan)
+    assert torch.equal(out[~nan], ref[~nan])  # the other rows / heads / samples untouched
+    dense = F.scaled_dot_product_attention(*(x.double() for x in qkv)).isnan().any(-1)
+    dense[1] = False  # sample 1 is padded in ours; nothing planted there
+    assert (nan | ~dense).all()  # NaN wherever dense attention gives NaN
+    if where == "q":  # with a given mask, only the row (exact attention inside the mask)
+        _, mask = xv.xattention(*clean, return_mask=True, **kw)
+        out = xv.block_sparse_attention(*qkv, mask, block_size=bs, kv_len=kv_len, backend=backend)
+        assert torch.equal(out.isnan().any(-1), dense) and dense.sum() == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nonfinite_values_in_padding_are_ignored(backend):
+    q, k, v = _qkv(2, 2, 120, 16, seed=11)
+    kv_len = torch.tensor([120, 50])
+    kw = dict(threshold=0.9, stride=4, block_size=16, kv_len=kv_len, backend=backend)
+    out, mask = xv.xattention(q, k, v, return_mask=True, **kw)
+    k2 = _plant(k, (1, 0, 70, 2), float("nan"))
+    v2 = _plant(v, (1, 1, 90, 5), float("inf"))
+    out2, mask2 = xv.xattention(q, k2, v2, return_mask=True, **kw)
+    assert torch.equal(mask, mask2) and torch.equal(out, out2)
 
 
 def test_triton_backend_on_cpu_without_interpreter(monkeypatch):

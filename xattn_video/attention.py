@@ -7,9 +7,19 @@ that block mask. q/k/v are (B, H, N, D). Keys at positions ``>= kv_len[b]`` are 
 get no estimated mass, are never selected and never attended. Tokens from ``dense_from[b]`` on
 (text appended after the video) keep their query rows and key columns dense.
 
-Backends: ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (the PyTorch
-references; materialises the score matrix, for CPU and tests), ``"auto"`` (Triton on CUDA,
-torch otherwise).
+Backends: ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``, fp32/fp16 only: the
+interpreter's bf16 ``tl.dot`` is wrong, so bf16 there raises ``ValueError``), ``"torch"`` (the
+PyTorch references; materialises the score matrix, for CPU and tests), ``"auto"`` (Triton on
+CUDA, torch otherwise).
+
+Non-finite input (one policy, both backends): like dense attention, NaN / Inf propagate and are
+never hidden. A NaN or Inf in a valid key or value of a (batch, head) makes that head's whole
+output NaN (dense attention spreads it to every row through the softmax); one in a query row
+makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
+(the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
+are ignored like the rest of the padding. The block mask estimated for such a head or block is
+unspecified. The check costs one min/max reduction over q, k and v per call, on the device (no
+host sync).
 
 Not supported: causal attention, dropout, gradients, GQA / MQA (q, k, v must have the same
 head count), queries and keys of different lengths in the sparse kernel, head dims other than
@@ -22,7 +32,7 @@ import math
 
 import torch
 
-from .kernels._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable
+from .kernels._common import HAS_TRITON, cdiv, interpreter_enabled, kv_len_tensor, triton_usable
 from .kernels.estimate import estimate_block_scores, estimate_block_scores_ref
 from .kernels.select import mask_to_indices, select_blocks, valid_key_blocks
 from .kernels.sparse_attention import block_sparse_attention_fwd, block_sparse_attention_ref
@@ -76,17 +86,33 @@ def _check_block_stride(block_size: int, stride: int | None) -> None:
             raise ValueError(f"stride ({stride}) must divide block_size ({block_size})")
 
 
-def _check_selection(threshold, ratio) -> None:
+def _is_int_dtype(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_selection(threshold, ratio, heads: int) -> None:
     if (threshold is None) == (ratio is None):
         raise ValueError("give exactly one of `threshold` and `ratio`")
     if threshold is not None:
+        if isinstance(threshold, bool) or (
+            isinstance(threshold, torch.Tensor) and not threshold.is_floating_point()
+        ):
+            raise ValueError(f"threshold must be a float or a float (H,) tensor, got {threshold}")
         thr = torch.as_tensor(threshold, dtype=torch.float64)
-        if thr.ndim > 1 or not bool(((thr > 0) & (thr <= 1)).all()):
+        if thr.ndim > 1 or (thr.ndim == 1 and thr.shape[0] != heads):
+            raise ValueError(
+                f"threshold must be a float or a per-head tensor of shape ({heads},) for "
+                f"{heads} heads, got shape {tuple(thr.shape)}"
+            )
+        if not bool(((thr > 0) & (thr <= 1)).all()):
             raise ValueError(
                 f"threshold must be in (0, 1] (a float or a (H,) tensor), got {threshold}"
             )
-    if ratio is not None and not (0.0 < float(ratio) <= 1.0):
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
+        if not (0.0 < float(ratio) <= 1.0):
+            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
 
 
 def _check_kv_len(kv_len: torch.Tensor | None, batch: int, n_k: int) -> None:
@@ -94,11 +120,63 @@ def _check_kv_len(kv_len: torch.Tensor | None, batch: int, n_k: int) -> None:
         return
     if not isinstance(kv_len, torch.Tensor) or kv_len.shape != (batch,):
         raise ValueError(f"kv_len must be an int tensor of shape ({batch},)")
-    if kv_len.is_floating_point():
+    if not _is_int_dtype(kv_len):
         raise ValueError(f"kv_len must be an integer tensor, got {kv_len.dtype}")
     lo, hi = int(kv_len.min()), int(kv_len.max())
     if lo < 1 or hi > n_k:
         raise ValueError(f"kv_len values must be in [1, {n_k}], got [{lo}, {hi}]")
+
+
+def _check_dense_from(dense_from, batch: int, n_tokens: int) -> None:
+    """dense_from: None, an int or an int tensor of shape () / (B,), each in [0, n_tokens]."""
+    if dense_from is None:
+        return
+    if isinstance(dense_from, torch.Tensor):
+        if not _is_int_dtype(dense_from) or dense_from.shape not in ((), (1,), (batch,)):
+            raise ValueError(
+                f"dense_from must be an int or an int tensor of shape ({batch},), got "
+                f"{dense_from.dtype} {tuple(dense_from.shape)}"
+            )
+        lo, hi = int(dense_from.min()), int(dense_from.max())
+    elif isinstance(dense_from, int) and not isinstance(dense_from, bool):
+        lo = hi = dense_from
+    else:
+        raise ValueError(f"dense_from must be an int or an int tensor, got {dense_from!r}")
+    if lo < 0 or hi > n_tokens:
+        raise ValueError(f"dense_from must be in [0, {n_tokens}], got [{lo}, {hi}]")
+
+
+def _check_triton_dtype(backend: str, t: torch.Tensor) -> None:
+    if backend == "triton" and t.dtype == torch.bfloat16 and not t.is_cuda:
+        raise ValueError(
+            "bf16 with backend='triton' under the Triton interpreter (TRITON_INTERPRET=1) gives "
+            "wrong results (the interpreter's bf16 tl.dot is broken upstream): cast q, k, v to "
+            "float32 or float16, or use backend='torch'"
+            + ("" if interpreter_enabled() else " (the interpreter is not even enabled)")
+        )
+
+
+def _zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, D) with the positions >= lens[b] set to 0 (torch references: SDPA and the
+    reference estimate would otherwise let a NaN/Inf in padding through)."""
+    ok = torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None].long()
+    return x.masked_fill(~ok[:, None, :, None], 0)
+
+
+def _bad_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N) bool: rows of x (B, H, N, D) holding a NaN or an Inf."""
+    lo, hi = torch.aminmax(x, dim=-1)
+    return ~(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def nonfinite_rows(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor
+) -> torch.Tensor:
+    """(B, H, Nq) bool: output rows that are NaN under the non-finite policy (module docstring):
+    a non-finite query row, or any non-finite valid key / value in the (batch, head)."""
+    key_ok = torch.arange(k.shape[2], device=k.device)[None, :] < lens[:, None].long()
+    bad_kv = ((_bad_rows(k) | _bad_rows(v)) & key_ok[:, None, :]).any(dim=-1)  # (B, H)
+    return _bad_rows(q) | bad_kv[:, :, None]
 
 
 def _check_triton_head_dim(backend: str, head_dim: int) -> None:
@@ -154,13 +232,17 @@ def estimate_block_mask(
         threshold = DEFAULT_THRESHOLD
     _check_qk(q, k)
     _check_block_stride(block_size, stride)
-    _check_selection(threshold, ratio)
-    B, _, Nq, D = q.shape
+    B, H, Nq, D = q.shape
     Nk = k.shape[2]
+    _check_selection(threshold, ratio, H)
     _check_kv_len(kv_len, B, Nk)
+    _check_dense_from(dense_from, B, max(Nq, Nk))
     backend = resolve_backend(backend, q)
     _check_triton_head_dim(backend, D)
+    _check_triton_dtype(backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    if backend == "torch" and kv_len is not None:
+        k = _zero_padding(k, lens)
     estimate = estimate_block_scores if backend == "triton" else estimate_block_scores_ref
     scores = estimate(q, k, stride=stride, block_size=block_size, kv_len=lens)
     force_rows = dense_blocks(dense_from, B, Nq, block_size, q.device)
@@ -193,7 +275,7 @@ def block_sparse_attention(
     q, k, v: (B, H, N, D); mask: (B, H, Nbq, Nbk) bool (broadcastable over B and H);
     kv_len: (B,) int. Blocks without a valid key are ignored. Rows with no selected block give
     zeros. Returns out (B, H, N, D) and, with ``return_lse``, lse (B, H, N) float32 (natural
-    log; -inf for empty rows).
+    log; -inf for empty rows). NaN / Inf input: see the module docstring (propagated).
     """
     _check_qk(q, k)
     _check_qk(q, v, "v")
@@ -204,24 +286,37 @@ def block_sparse_attention(
     Nk = k.shape[2]
     _check_kv_len(kv_len, B, Nk)
     nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
-    if mask.dtype != torch.bool or mask.ndim != 4 or mask.shape[-2:] != (nbq, nbk):
+    if (
+        not isinstance(mask, torch.Tensor)
+        or mask.dtype != torch.bool
+        or mask.ndim != 4
+        or mask.shape[-2:] != (nbq, nbk)
+        or mask.shape[0] not in (1, B)
+        or mask.shape[1] not in (1, H)
+    ):
         raise ValueError(
-            f"mask must be a bool tensor (B, H, {nbq}, {nbk}) for block_size={block_size}, "
-            f"got {tuple(mask.shape)} {mask.dtype}"
+            f"mask must be a bool tensor ({B} or 1, {H} or 1, {nbq}, {nbk}) for q/k of shape "
+            f"{tuple(q.shape)}/{tuple(k.shape)} and block_size={block_size}, got "
+            f"{tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}"
         )
     mask = mask.to(q.device).expand(B, H, nbq, nbk)
     backend = resolve_backend(backend, q)
     _check_triton_head_dim(backend, D)
+    _check_triton_dtype(backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    bad = nonfinite_rows(q, k, v, lens)
     if backend == "torch":
-        return block_sparse_attention_ref(
+        if kv_len is not None:
+            k, v = _zero_padding(k, lens), _zero_padding(v, lens)
+        res = block_sparse_attention_ref(
             q, k, v, mask, block_size=block_size, kv_len=lens, scale=scale, return_lse=return_lse
         )
+        return _propagate_nonfinite(res, bad, return_lse)
     if q.dtype == torch.float32 and q.is_cuda:
         raise ValueError("the Triton kernel takes fp16/bf16 on CUDA; cast q, k, v first")
     mask = mask & valid_key_blocks(lens, nbk, block_size)[:, None, None, :]
     counts, indices = mask_to_indices(mask)
-    return block_sparse_attention_fwd(
+    res = block_sparse_attention_fwd(
         q.contiguous() if q.stride(-1) != 1 else q,
         k if k.stride(-1) == 1 else k.contiguous(),
         v if v.stride(-1) == 1 else v.contiguous(),
@@ -232,6 +327,25 @@ def block_sparse_attention(
         scale=scale,
         return_lse=return_lse,
     )
+    return _propagate_nonfinite(res, bad, return_lse)
+
+
+def _bad_query_blocks(q: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(B, H, Nq) bool: rows whose query block holds a non-finite query row."""
+    bad = _bad_rows(q)
+    n = bad.shape[-1]
+    pad = cdiv(n, block_size) * block_size - n
+    blocks = torch.nn.functional.pad(bad, (0, pad)).unflatten(-1, (-1, block_size)).any(-1)
+    return blocks.repeat_interleave(block_size, dim=-1)[..., :n]
+
+
+def _propagate_nonfinite(res, bad: torch.Tensor, return_lse: bool):
+    """Set the rows flagged by :func:`nonfinite_rows` (B, H, Nq) to NaN in out (and lse)."""
+    out, lse = res if return_lse else (res, None)
+    out = out.masked_fill(bad[..., None], float("nan"))
+    if lse is None:
+        return out
+    return out, lse.masked_fill(bad, float("nan"))
 
 
 def xattention(
@@ -258,7 +372,8 @@ def xattention(
     Returns ``out`` (B, H, N, D), or a tuple ``(out, mask)``, ``(out, lse)`` or
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
     """
-    if mask is None:
+    estimated = mask is None
+    if estimated:
         mask = estimate_block_mask(
             q,
             k,
@@ -274,6 +389,8 @@ def xattention(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale,
         return_lse=return_lse, backend=backend,
     )  # fmt: skip
+    if estimated:  # a block-mask row estimated from a non-finite query row is meaningless
+        res = _propagate_nonfinite(res, _bad_query_blocks(q, block_size), return_lse)
     out, lse = res if return_lse else (res, None)
     extras = ((mask,) if return_mask else ()) + ((lse,) if return_lse else ())
     return (out, *extras) if extras else out

@@ -79,7 +79,15 @@ class XAttentionConfig:
     on CUDA, torch otherwise)."""
 
     collect_stats: bool = True
-    """Record the block density of every sparse call (one small device-to-host copy per call)."""
+    """Record the block density of every call. The numbers stay on the GPU and are copied to
+    the host in one transfer when read (``stats.summary()``), so recording adds no sync."""
+
+    auto_dense: bool = True
+    """Run a sparse-phase attention call dense when the cost model (kernel times measured once
+    on this GPU, :mod:`xattn_video.cost_model`) predicts the sparse path to be slower at this
+    token count and the layer's measured density: XAttention is then never slower than dense.
+    Counted in the stats (``num_cost_dense_calls``). Applies to the Triton backend on CUDA only.
+    Turn off for research runs that must run the schedule exactly."""
 
     def __post_init__(self) -> None:
         if not (0.0 < float(self.threshold) <= 1.0):
@@ -108,6 +116,8 @@ class XAttentionConfig:
             raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {self.token_order!r}")
         if len(self.tile_size) != 3 or min(self.tile_size) < 1:
             raise ValueError(f"tile_size must be 3 positive ints, got {self.tile_size}")
+        if not isinstance(self.auto_dense, bool):
+            raise ValueError(f"auto_dense must be a bool, got {self.auto_dense!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if any(int(i) < 0 for i in self.dense_layers):

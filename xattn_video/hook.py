@@ -54,6 +54,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
+from .auto_dense import AutoDense
 from .config import XAttentionConfig
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
@@ -84,6 +85,7 @@ class XAttentionController:
         self.forwards = 0
         self.masks = MaskCache(cfg.mask_refresh)
         self.orders = TileOrders(cfg.tile_size)
+        self.auto_dense = AutoDense(cfg, self.stats)
         self._warned_no_num_steps = False
         self.reset()
 
@@ -157,6 +159,9 @@ class XAttentionController:
         self.num_steps = num_steps
         self.branch = context.name if context is not None else f"pass{self._calls_at_step}"
         self.forwards += 1
+        # stamp the previous forward's stats, publish its densities, re-decide auto_dense
+        self.stats.begin(run=self.run, step=self.step, branch=self.branch)
+        self.auto_dense.update()
 
         cfg = self.cfg
         end = math.inf
@@ -237,6 +242,10 @@ class XAttentionStepHook(ModelHook):
         # diffusers' cache_context() writes the context into every StateManager of a stateful hook
         self.state_manager = StateManager(_NoState)
 
+    # Host-side bookkeeping (step, scheduler, timestep matching): never traced. A plain
+    # torch.compile of the transformer breaks the graph here once per forward (instead of
+    # recompiling every step); compile_below_hook() compiles the forward under the hook.
+    @torch.compiler.disable
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
@@ -322,6 +331,25 @@ def step_hook(transformer: torch.nn.Module) -> XAttentionStepHook | None:
     """The XAttention step hook registered on ``transformer``, or None."""
     registry = getattr(transformer, "_diffusers_hook", None)
     return registry.get_hook(HOOK_NAME) if registry is not None else None
+
+
+def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> torch.nn.Module:
+    """``torch.compile`` the forward of a transformer that has the XAttention step hook, under
+    the hook: the hook keeps running eagerly before every forward (it reads the scheduler and
+    the timestep on the host), and the forward it calls -- the whole model with the XAttention
+    processors -- is one compiled graph (``fullgraph=True`` works). The graph branches only on
+    bools (``controller.sparse``, per-layer ``auto_dense`` decisions), so a sampling run compiles
+    a dense and a sparse variant, not one per step. ``compile_kwargs`` go to ``torch.compile``
+    (e.g. ``mode="reduce-overhead"`` for CUDA graphs). Returns ``transformer``.
+    """
+    hook = step_hook(transformer)
+    if hook is None:
+        raise ValueError(
+            f"{type(transformer).__name__} has no XAttention step hook: apply XAttention first, "
+            "or compile it with torch.compile directly"
+        )
+    hook.fn_ref.forward = torch.compile(hook.fn_ref.forward, **compile_kwargs)
+    return transformer
 
 
 def current_owner(transformer: torch.nn.Module) -> Any:

@@ -84,8 +84,8 @@ class _XAttnMixin:
 
     def _record_dense(self, layer: int) -> None:
         ctl = self.controller
-        if ctl.stats.enabled:
-            ctl.stats.record(run=ctl.run, step=ctl.step, layer=layer, branch=ctl.branch)
+        if ctl.stats.enabled:  # stamped with (run, step, branch) by the step hook: no guard
+            ctl.stats.add(layer)  # on the step number under torch.compile
 
     def _sparse_attention(
         self,
@@ -130,8 +130,11 @@ def _key_padding_lengths(attention_mask: torch.Tensor | None, batch: int, n: int
     m = m.reshape(m.shape[0], n).expand(batch, n)
     kv_len = m.sum(dim=-1, dtype=torch.int32)
     prefix = m.to(torch.int32).cumprod(dim=-1).sum(dim=-1, dtype=torch.int32)
-    if not torch.equal(kv_len, prefix):
-        raise ValueError("XAttention expects right-padded text: the key mask must be a prefix")
+    msg = "XAttention expects right-padded text: the key mask must be a prefix"
+    if m.is_cuda or torch.compiler.is_compiling():  # checked on the device: no host read
+        torch._assert_async((kv_len == prefix).all(), msg)
+    elif not torch.equal(kv_len, prefix):
+        raise ValueError(msg)
     return kv_len
 
 

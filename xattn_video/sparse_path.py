@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from . import attention as _attention
 from .config import XAttentionConfig
 from .layout import inverse_permutation, tile_permutation
-from .stats import XAttentionStats, mask_density
+from .stats import XAttentionStats, mask_density_tensor
 
 
 @dataclass
@@ -131,6 +132,18 @@ class SparseState(Protocol):
     grid: tuple[int, int, int] | None
     masks: MaskCache
     orders: TileOrders
+    auto_dense: Any  # xattn_video.auto_dense.AutoDense
+
+
+def _cost_dense(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None
+) -> torch.Tensor:
+    """Dense SDPA over the valid keys, what the stock processors compute. q/k/v: (B, H, N, D)."""
+    mask = None
+    if kv_len is not None:
+        keys = torch.arange(k.shape[2], device=k.device)
+        mask = (keys[None, :] < kv_len[:, None])[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def sparse_attention(
@@ -157,6 +170,10 @@ def sparse_attention(
         # the PyTorch reference estimate reshapes with .view (needs contiguous inputs)
         q, k, v = (x.contiguous() for x in (q, k, v))
     B, H, N, _ = q.shape
+    if state.auto_dense.run_dense(layer, q, _attention.resolve_backend(cfg.backend, q)):
+        # auto_dense: the cost model predicts the sparse path slower here (a bool per layer)
+        state.stats.add(layer, dense_reason="cost")
+        return _cost_dense(q, k, v, kv_len).transpose(1, 2)
     inv = None
     if cfg.token_order == "tile":
         perm, inv = state.orders.permutation(state.grid, n_video, N, q.device)
@@ -184,18 +201,11 @@ def sparse_attention(
     )
     if not reused:
         state.masks.put(attn, state.branch, mask, kv_len)
-    if state.stats.enabled:
-        density, heads = mask_density(mask, cfg.block_size, kv_len, N)
-        state.stats.record(
-            run=state.run,
-            step=state.step,
-            layer=layer,
-            branch=state.branch,
-            density=density,
-            sparse=True,
-            reused=reused,
-            heads=heads,
-        )
+    if state.stats.enabled or state.auto_dense.enabled:
+        # a device tensor, stamped with (run, step, branch) by the step hook: no host read,
+        # and no step number in a compiled graph
+        heads = mask_density_tensor(mask, cfg.block_size, kv_len, N)
+        state.stats.add(layer, heads=heads, reused=reused)
     if inv is not None:
         out = out.index_select(2, inv)
     return out.transpose(1, 2)
