@@ -33,9 +33,9 @@ import math
 import torch
 
 from .kernels._common import HAS_TRITON, cdiv, interpreter_enabled, kv_len_tensor, triton_usable
-from .kernels.estimate import estimate_block_scores, estimate_block_scores_ref
 from .kernels.select import mask_to_indices, select_blocks, valid_key_blocks
-from .kernels.sparse_attention import block_sparse_attention_fwd, block_sparse_attention_ref
+from .kernels.sparse_attention import block_sparse_attention_ref
+from .library import estimate_scores, sparse_attention
 
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
@@ -86,6 +86,16 @@ def _check_block_stride(block_size: int, stride: int | None) -> None:
             raise ValueError(f"stride ({stride}) must divide block_size ({block_size})")
 
 
+def _require(cond: torch.Tensor, msg: str) -> None:
+    """``ValueError(msg)`` unless the bool tensor ``cond`` holds. On CUDA and under
+    ``torch.compile`` the check runs on the device (``torch._assert_async``, failing the next
+    synchronising call) so that an attention call never waits on a host read."""
+    if cond.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(cond, msg)
+    elif not bool(cond):
+        raise ValueError(msg)
+
+
 def _is_int_dtype(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
@@ -98,16 +108,17 @@ def _check_selection(threshold, ratio, heads: int) -> None:
             isinstance(threshold, torch.Tensor) and not threshold.is_floating_point()
         ):
             raise ValueError(f"threshold must be a float or a float (H,) tensor, got {threshold}")
-        thr = torch.as_tensor(threshold, dtype=torch.float64)
+        if not isinstance(threshold, torch.Tensor):  # a Python number: no tensor, no read
+            if not (0.0 < float(threshold) <= 1.0):
+                raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+            return
+        thr = threshold
         if thr.ndim > 1 or (thr.ndim == 1 and thr.shape[0] != heads):
             raise ValueError(
                 f"threshold must be a float or a per-head tensor of shape ({heads},) for "
                 f"{heads} heads, got shape {tuple(thr.shape)}"
             )
-        if not bool(((thr > 0) & (thr <= 1)).all()):
-            raise ValueError(
-                f"threshold must be in (0, 1] (a float or a (H,) tensor), got {threshold}"
-            )
+        _require(((thr > 0) & (thr <= 1)).all(), "threshold must be in (0, 1] (an (H,) tensor)")
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
@@ -122,6 +133,9 @@ def _check_kv_len(kv_len: torch.Tensor | None, batch: int, n_k: int) -> None:
         raise ValueError(f"kv_len must be an int tensor of shape ({batch},)")
     if not _is_int_dtype(kv_len):
         raise ValueError(f"kv_len must be an integer tensor, got {kv_len.dtype}")
+    if kv_len.is_cuda or torch.compiler.is_compiling():
+        _require(((kv_len >= 1) & (kv_len <= n_k)).all(), f"kv_len values must be in [1, {n_k}]")
+        return
     lo, hi = int(kv_len.min()), int(kv_len.max())
     if lo < 1 or hi > n_k:
         raise ValueError(f"kv_len values must be in [1, {n_k}], got [{lo}, {hi}]")
@@ -243,8 +257,9 @@ def estimate_block_mask(
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch" and kv_len is not None:
         k = _zero_padding(k, lens)
-    estimate = estimate_block_scores if backend == "triton" else estimate_block_scores_ref
-    scores = estimate(q, k, stride=stride, block_size=block_size, kv_len=lens)
+    scores = estimate_scores(
+        q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton"
+    )
     force_rows = dense_blocks(dense_from, B, Nq, block_size, q.device)
     force_cols = dense_blocks(dense_from, B, Nk, block_size, q.device)
     return select_blocks(
@@ -316,16 +331,17 @@ def block_sparse_attention(
         raise ValueError("the Triton kernel takes fp16/bf16 on CUDA; cast q, k, v first")
     mask = mask & valid_key_blocks(lens, nbk, block_size)[:, None, None, :]
     counts, indices = mask_to_indices(mask)
-    res = block_sparse_attention_fwd(
+    res = sparse_attention(  # the registered op under torch.compile
         q.contiguous() if q.stride(-1) != 1 else q,
         k if k.stride(-1) == 1 else k.contiguous(),
         v if v.stride(-1) == 1 else v.contiguous(),
         counts,
         indices,
-        block_size=block_size,
         kv_len=lens,
+        block_size=block_size,
         scale=scale,
         return_lse=return_lse,
+        use_triton=True,
     )
     return _propagate_nonfinite(res, bad, return_lse)
 

@@ -1,0 +1,105 @@
+"""``auto_dense``: run an attention call dense when the sparse path cannot beat dense there.
+
+One :class:`AutoDense` per controller. The sparse path asks :meth:`AutoDense.run_dense` at the
+start of every sparse-phase call; the answer is a per-layer Python bool, so compiled graphs
+branch on it cheaply (a guard on a bool, not a retrace per step):
+
+- the first eager call of a layer decides at once from the cost model
+  (:mod:`xattn_video.cost_model`; calibrating the GPU first if this configuration was never
+  measured) at this token count and the expected density: the layer's measured density when
+  known (:class:`~xattn_video.stats.DensityFeedback`, no sync), else ``cfg.ratio`` in ratio
+  mode, else the most optimistic density (one block per row), so a layer only runs sparse
+  where it can win and is measured there;
+- the step hook calls :meth:`AutoDense.update` once per forward (eagerly): layers still
+  running sparse are re-decided with their newest measured density. A layer that went dense
+  stays dense (it is no longer measured) until :meth:`reset`;
+- under ``torch.compile`` a layer not yet decided runs sparse (the decision needs eager code)
+  and is decided by the next ``update``.
+
+Decisions persist across pipeline calls (the same shapes give the same decisions, so a compiled
+pipeline sees the same variants in every call).
+
+Not supported: decisions for the ``torch`` reference backend or CPU (never dense for cost: the
+cost model does not apply there, see :func:`xattn_video.cost_model.applies`); different
+decisions per CFG branch (one per layer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import cost_model
+from .config import XAttentionConfig
+from .kernels._common import cdiv
+from .stats import XAttentionStats
+
+
+class AutoDense:
+    """Per-layer dense-for-cost decisions. ``decisions``: layer -> True (dense) / False."""
+
+    def __init__(self, cfg: XAttentionConfig, stats: XAttentionStats) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.enabled = bool(getattr(cfg, "auto_dense", False))
+        self.decisions: dict[int, bool] = {}
+        self._shapes: dict[int, tuple] = {}
+
+    def reset(self) -> None:
+        """Forget every decision (a layer that went dense is measured again)."""
+        self.decisions.clear()
+        self._shapes.clear()
+
+    def run_dense(self, layer: int, q: torch.Tensor, backend: str) -> bool:
+        """Whether this sparse-phase call of ``layer`` runs dense for cost.
+
+        q: (B, H, N, D) queries of the call; backend: the resolved backend.
+        """
+        if not self.enabled or not cost_model.applies(backend, q.device):
+            return False
+        B, H, N, D = q.shape
+        self._shapes[layer] = (str(q.dtype).removeprefix("torch."), B * H, D, N, q.device.index)
+        decided = self.decisions.get(layer)
+        if decided is None:
+            if torch.compiler.is_compiling():
+                return False
+            decided = self._decide(layer)
+        return decided
+
+    def update(self) -> None:
+        """Re-decide the layers running sparse with their newest measured density (eager)."""
+        if not self.enabled:
+            return
+        for layer, dense in list(self.decisions.items()):
+            if not dense and self.stats.feedback.get(layer) is not None:
+                self._decide(layer)
+        for layer in self._shapes.keys() - self.decisions.keys():  # first seen under compile
+            self._decide(layer)
+
+    def expected_density(self, layer: int, n: int) -> float:
+        """The density the decision assumes for ``layer`` at ``n`` tokens."""
+        measured = self.stats.feedback.get(layer)
+        if measured is not None:
+            return measured
+        cfg = self.cfg
+        if cfg.selection == "ratio":
+            return float(cfg.ratio)
+        return 1.0 / cdiv(n, cfg.block_size)
+
+    def _decide(self, layer: int) -> bool:
+        dtype, heads, head_dim, n, index = self._shapes[layer]
+        cfg = self.cfg
+        device = torch.device("cuda", index)
+        key = cost_model.cost_key(
+            device, getattr(torch, dtype), heads, head_dim, cfg.block_size, cfg.stride
+        )
+        cal = cost_model.lookup(key) or cost_model.calibrate(key, device)
+        pred = cost_model.predict(
+            cal,
+            n,
+            self.expected_density(layer, n),
+            block_size=cfg.block_size,
+            refresh=cfg.mask_refresh,
+            gathers=0 if cfg.token_order == "raster" else 4,
+        )
+        self.decisions[layer] = not pred.sparse_wins
+        return self.decisions[layer]
