@@ -51,14 +51,10 @@ from _common import print_table, save_json  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 from xattn_video.layout import inverse_permutation, tile_permutation  # noqa: E402
+from xattn_video.pipelines.tiny.factory import random_tiny_pipeline  # noqa: E402
+from xattn_video.pipelines.tiny.model import TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH  # noqa: E402
+from xattn_video.pipelines.tiny.pipeline import load_tiny_pipeline  # noqa: E402
 from xattn_video.pipelines.tiny.synthetic import MOTIONS, Condition  # noqa: E402
-from xattn_video.pipelines.tiny.pipeline import (  # noqa: E402
-    TRAIN_FRAMES,
-    TRAIN_HEIGHT,
-    TRAIN_WIDTH,
-    load_tiny_pipeline,
-    random_tiny_pipeline,
-)
 
 BASE = {"threshold": 0.9, "warmup_steps": 2, "stride": 8, "token_order": "raster",
         "mask_refresh": 1}  # fmt: skip

@@ -1,8 +1,11 @@
-"""Building diffusers video pipelines: real weights (HunyuanVideo, Wan 2.1) and tiny offline ones.
+"""The model registry: which models the CLI knows, their defaults, and loading them by name.
 
 ``load_pipeline(model, ...)`` returns a ready pipeline on the requested device; ``MODELS`` holds
 each model's defaults (resolution, frames, steps, fps, the ``XAttentionConfig`` preset name and
-the extra pipeline-call arguments). Three tiny models need nothing downloaded:
+the extra pipeline-call arguments). Real weights (HunyuanVideo, Wan 2.1) load with diffusers'
+recipes here; the tiny models are built by :mod:`xattn_video.pipelines.tiny` (the one tiny-model
+factory, ``tiny.factory``, and the trained DiT, ``tiny.pipeline``). Three tiny models need
+nothing downloaded:
 
 * ``tiny``: the small trained video DiT shipped in ``pipelines/tiny/assets/tiny_dit/``
   (``xattn_video.pipelines.tiny.pipeline.TinyVideoPipeline``: a 10 M parameter
@@ -30,24 +33,16 @@ Caution / not supported:
 
 from __future__ import annotations
 
-import json
 import os
-import string
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = [
-    "MODELS",
-    "ModelSpec",
-    "build_tiny_hunyuan_pipeline",
-    "build_tiny_wan_pipeline",
-    "get_model_spec",
-    "load_pipeline",
-]
+from .tiny.factory import build_tiny_hunyuan_pipeline, build_tiny_wan_pipeline
+
+__all__ = ["MODELS", "ModelSpec", "get_model_spec", "load_pipeline"]
 
 TINY_PROMPT_TEMPLATE: dict[str, Any] = {"template": "{}", "crop_start": 0}
 """The tiny Llama encoder has no chat template: use the prompt as is."""
@@ -157,237 +152,6 @@ def get_model_spec(model: str) -> ModelSpec:
     if spec is None:
         raise ValueError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
     return spec
-
-
-# ---------------------------------------------------------------------------------------------
-# Tiny tokenizers (built locally, character level)
-# ---------------------------------------------------------------------------------------------
-
-_CHARS = string.ascii_lowercase + string.digits + " .,;:!?'\"-()/&"
-
-
-def _char_tokenizer(specials: list[str], **special_kw: str) -> Any:
-    """A ``PreTrainedTokenizerFast`` with one token per (lower-cased) character."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate([*specials, *_CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", **special_kw)
-
-
-def _tiny_llama_tokenizer() -> Any:
-    return _char_tokenizer(
-        ["<s>", "<pad>", "</s>", "<unk>"], bos_token="<s>", pad_token="<pad>", eos_token="</s>"
-    )
-
-
-def _tiny_t5_tokenizer() -> Any:
-    return _char_tokenizer(["<pad>", "</s>", "<unk>"], pad_token="<pad>", eos_token="</s>")
-
-
-def _tiny_clip_tokenizer() -> Any:
-    """``CLIPTokenizer`` from a temporary letters-only vocab and an empty merges file."""
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
-    for suffix in ("", "</w>"):
-        for c in string.ascii_lowercase:
-            vocab[c + suffix] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-        return CLIPTokenizer(
-            str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), pad_token="!"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Tiny pipelines
-# ---------------------------------------------------------------------------------------------
-
-
-def build_tiny_hunyuan_pipeline(
-    *, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> Any:
-    """A fully offline ``HunyuanVideoPipeline`` with random weights (about 0.2 M parameters).
-
-    Transformer: 2 heads x head dim 16, 2 double-stream + 2 single-stream blocks, 1 refiner
-    block, patch 1x1x1, 4 latent channels; VAE 8x spatial / 4x temporal compression; Llama and
-    CLIP text encoders with 2 layers. 32x32x9 pixels give 3x4x4 = 48 video tokens. Call it with
-    ``MODELS["tiny-hunyuan"].call_kwargs`` (no chat template, 32 text tokens).
-
-    The weights depend only on ``seed`` (the global RNG state is left untouched).
-    """
-    from diffusers import (
-        AutoencoderKLHunyuanVideo,
-        FlowMatchEulerDiscreteScheduler,
-        HunyuanVideoPipeline,
-        HunyuanVideoTransformer3DModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
-
-    tokenizer, tokenizer_2 = _tiny_llama_tokenizer(), _tiny_clip_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = HunyuanVideoTransformer3DModel(
-            in_channels=4,
-            out_channels=4,
-            num_attention_heads=2,
-            attention_head_dim=16,
-            num_layers=2,
-            num_single_layers=2,
-            num_refiner_layers=1,
-            patch_size=1,
-            patch_size_t=1,
-            guidance_embeds=True,
-            text_embed_dim=16,
-            pooled_projection_dim=8,
-            rope_axes_dim=(4, 6, 6),
-        )
-        vae = AutoencoderKLHunyuanVideo(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            down_block_types=("HunyuanVideoDownBlock3D",) * 4,
-            up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-            block_out_channels=(8, 8, 8, 8),
-            layers_per_block=1,
-            act_fn="silu",
-            norm_num_groups=4,
-            scaling_factor=0.476986,
-            spatial_compression_ratio=8,
-            temporal_compression_ratio=4,
-            mid_block_add_attention=True,
-        )
-        text_encoder = LlamaModel(
-            LlamaConfig(
-                bos_token_id=0,
-                pad_token_id=1,
-                eos_token_id=2,
-                hidden_size=16,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=len(tokenizer),
-                hidden_act="gelu",
-            )
-        )
-        text_encoder_2 = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=0,
-                eos_token_id=1,
-                pad_token_id=2,
-                hidden_size=8,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=len(tokenizer_2),
-                hidden_act="gelu",
-                projection_dim=32,
-            )
-        )
-    pipe = HunyuanVideoPipeline(
-        transformer=transformer,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-    )
-    return _finish(pipe, device, dtype)
-
-
-def build_tiny_wan_pipeline(
-    *, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> Any:
-    """A fully offline ``WanPipeline`` (Wan 2.1 text-to-video) with random weights.
-
-    Transformer: 2 heads x head dim 16, 2 blocks, patch 1x2x2, 16 latent channels; Wan VAE
-    with base dim 3; a 2-layer UMT5 encoder. 64x64x9 pixels give 3x4x4 = 48 video tokens. Call
-    it with ``MODELS["tiny-wan"].call_kwargs`` (32 text tokens). Classifier-free guidance is on
-    (the pipeline's default ``guidance_scale=5.0``): two transformer forwards per step.
-
-    The weights depend only on ``seed`` (the global RNG state is left untouched).
-    """
-    from diffusers import (
-        AutoencoderKLWan,
-        FlowMatchEulerDiscreteScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    tokenizer = _tiny_t5_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=len(tokenizer),
-                d_model=32,
-                d_kv=8,
-                d_ff=37,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
-        )
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=16,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],
-        )
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=16,
-            in_channels=16,
-            out_channels=16,
-            text_dim=32,
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        )
-    pipe = WanPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        transformer=transformer,
-    )
-    return _finish(pipe, device, dtype)
-
-
-def _finish(pipe: Any, device: str | torch.device, dtype: torch.dtype) -> Any:
-    """Inference mode (no dropout), on ``device``, floating point weights in ``dtype`` except the
-    modules each class keeps in fp32 (``_keep_in_fp32_modules``), as ``from_pretrained`` does."""
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-            _cast(component, device, dtype)
-    return pipe
-
-
-def _cast(module: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> None:
-    keep = getattr(module, "_keep_in_fp32_modules", None) or []
-    keep = [keep] if isinstance(keep, str) else list(keep)
-    torch.nn.Module.to(module, device=device)
-    if dtype == torch.float32:  # built in fp32
-        return
-    for name, t in [*module.named_parameters(), *module.named_buffers()]:
-        if t.is_floating_point() and not any(k in name.split(".") for k in keep):
-            t.data = t.data.to(dtype)
 
 
 _TINY_BUILDERS = {

@@ -1,14 +1,15 @@
-"""Tiny, seeded, fully offline HunyuanVideo and Wan transformers / pipelines for the CPU tests.
+"""Test helpers around the one tiny-model factory (``xattn_video.pipelines.tiny.factory``).
 
-Nothing is downloaded: the pipelines get no text encoders or tokenizers (``None``) and are
-called with precomputed prompt embeddings (see :func:`hv_inputs`, :func:`wan_inputs`). The VAE
-is optional (tests mostly use ``output_type="latent"``).
+The architectures come from the factory; this module keeps the test-side pieces: pipelines
+without text encoders or tokenizers (``None``), called with precomputed prompt embeddings (see
+:func:`hv_inputs`, :func:`wan_inputs`), and the XAttention config used on tiny sequences. The
+VAE is optional (tests mostly use ``output_type="latent"``).
 
 Sizes are chosen so that, with ``block_size=16``, a tiny video still has several blocks:
 HunyuanVideo at 64x64 pixels and 9 frames gives a latent grid (3, 8, 8) = 192 video tokens
 (+ up to 8 text tokens), Wan at 128x128 and 9 frames gives (3, 8, 8) = 192 tokens (patch 2).
 
-Not provided: real weights, text encoders (use ``pipelines/models.py`` for those).
+Not provided: real weights, text encoders (``load_pipeline`` builds those for the CLI models).
 """
 
 from __future__ import annotations
@@ -26,35 +27,22 @@ from diffusers import (
     WanTransformer3DModel,
 )
 
-HV_TEXT_DIM = 16
-HV_POOLED_DIM = 8
+from xattn_video.pipelines.tiny import factory
+
+HV_TEXT_DIM = factory.HUNYUAN_TEXT_DIM
+HV_POOLED_DIM = factory.HUNYUAN_POOLED_DIM
 HV_TEXT_LEN = 8
-WAN_TEXT_DIM = 32
+WAN_TEXT_DIM = factory.WAN_TEXT_DIM
 WAN_TEXT_LEN = 8
 
 
 def tiny_hv_transformer(
     seed: int = 0, num_layers: int = 1, num_single_layers: int = 2, head_dim: int = 16
 ) -> HunyuanVideoTransformer3DModel:
-    """HunyuanVideoTransformer3DModel: 2 heads x ``head_dim`` (16, or 64 for the GPU tests),
-    patch 1, 1 refiner block, fp32, eval."""
-    torch.manual_seed(seed)
-    rope = {16: (4, 6, 6), 64: (16, 24, 24)}[head_dim]
-    tr = HunyuanVideoTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=head_dim,
-        num_layers=num_layers,
-        num_single_layers=num_single_layers,
-        num_refiner_layers=1,
-        patch_size=1,
-        patch_size_t=1,
-        text_embed_dim=HV_TEXT_DIM,
-        pooled_projection_dim=HV_POOLED_DIM,
-        rope_axes_dim=rope,
+    """``factory.hunyuan_transformer`` with 1 double-stream block by default."""
+    return factory.hunyuan_transformer(
+        seed, num_layers=num_layers, num_single_layers=num_single_layers, head_dim=head_dim
     )
-    return tr.eval()
 
 
 def tiny_hv_pipeline(seed: int = 0, **transformer_kw) -> HunyuanVideoPipeline:
@@ -146,27 +134,8 @@ def hv_transformer_inputs(
 
 
 def tiny_framepack_transformer(seed: int = 0) -> HunyuanVideoFramepackTransformer3DModel:
-    """HunyuanVideoFramepackTransformer3DModel: 2 heads x 16, patch 2 (its history embedder
-    hard-codes 2x2 patches), image projection and clean-latent embedder, fp32, eval."""
-    torch.manual_seed(seed)
-    tr = HunyuanVideoFramepackTransformer3DModel(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        num_layers=1,
-        num_single_layers=1,
-        num_refiner_layers=1,
-        patch_size=2,
-        patch_size_t=1,
-        text_embed_dim=HV_TEXT_DIM,
-        pooled_projection_dim=HV_POOLED_DIM,
-        rope_axes_dim=(4, 6, 6),
-        has_image_proj=True,
-        image_proj_dim=12,
-        has_clean_x_embedder=True,
-    )
-    return tr.eval()
+    """``factory.framepack_transformer``."""
+    return factory.framepack_transformer(seed)
 
 
 def framepack_inputs(seed: int = 0, text_len: int = 5) -> dict:
@@ -197,35 +166,13 @@ def framepack_inputs(seed: int = 0, text_len: int = 5) -> dict:
 def tiny_wan_transformer(
     seed: int = 0, num_layers: int = 2, head_dim: int = 16
 ) -> WanTransformer3DModel:
-    """WanTransformer3DModel: 2 heads x ``head_dim``, patch (1, 2, 2), fp32, eval."""
-    torch.manual_seed(seed)
-    tr = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=head_dim,
-        in_channels=16,
-        out_channels=16,
-        text_dim=WAN_TEXT_DIM,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
-    return tr.eval()
+    """``factory.wan_transformer`` with a 32-wide timestep embedding."""
+    return factory.wan_transformer(seed, num_layers=num_layers, head_dim=head_dim, freq_dim=32)
 
 
 def tiny_wan_vae(seed: int = 0) -> AutoencoderKLWan:
-    """AutoencoderKLWan with 16 latent channels, 4x temporal / 8x spatial compression."""
-    torch.manual_seed(seed)
-    return AutoencoderKLWan(
-        base_dim=3,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    ).eval()
+    """``factory.wan_vae``."""
+    return factory.wan_vae(seed)
 
 
 def tiny_wan_pipeline(

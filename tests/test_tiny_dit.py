@@ -7,16 +7,9 @@ import pytest
 import torch
 
 from xattn_video.pipelines.tiny import synthetic as syn
-from xattn_video.pipelines.tiny.pipeline import (
-    ASSETS_DIR,
-    TRAIN_FRAMES,
-    TRAIN_HEIGHT,
-    TRAIN_WIDTH,
-    TinyVideoPipeline,
-    build_tiny_pipeline,
-    load_tiny_pipeline,
-    random_tiny_pipeline,
-)
+from xattn_video.pipelines.tiny.factory import build_tiny_pipeline, random_tiny_pipeline
+from xattn_video.pipelines.tiny.model import TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH
+from xattn_video.pipelines.tiny.pipeline import ASSETS_DIR, TinyVideoPipeline, load_tiny_pipeline
 from xattn_video.pipelines.tiny.train import flow_matching_loss, main, sample_sigmas
 
 SMALL = {"num_layers": 1, "num_single_layers": 1}  # fewer blocks: fast CPU training tests

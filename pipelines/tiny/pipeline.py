@@ -1,26 +1,17 @@
-"""A small, trainable pixel-space video DiT (diffusers' ``HunyuanVideoTransformer3DModel``) and
-its sampling pipeline, so XAttention can be judged on a model whose attention has structure.
+"""Sampling pipeline of the tiny video DiT, its save / load format and the shipped weights.
 
-- Model: ``HunyuanVideoTransformer3DModel`` with a small config (:func:`tiny_transformer_config`):
-  RGB pixels in and out (no VAE), patch 1x2x2, 4 heads x 64, 2 double-stream + 4 single-stream
-  blocks, 1 refiner block, no guidance embedding; 10.2 M parameters (20 MB in fp16). The
-  toolkit's HunyuanVideo processors apply to it unchanged. Trained at 17 frames x 64 x 64
-  pixels = 17 x 32 x 32 = 17,408 video tokens (+3 condition tokens); RoPE lets it run at other
-  sizes (the CPU tests use 5 x 32 x 32 pixels), with quality only at the training size.
-- Conditioning: :class:`ConditionEmbedder` turns the three integer tokens of a
-  :class:`~xattn_video.pipelines.tiny.synthetic.Condition` (motion, photo, direction) into
-  ``encoder_hidden_states`` (B, 3, 64), an all-valid ``encoder_attention_mask`` (B, 3) and
-  ``pooled_projections`` (B, 64). A text prompt is only keyword-matched / hashed to those
-  tokens (:func:`~xattn_video.pipelines.tiny.synthetic.condition_from_prompt`).
 - :class:`TinyVideoPipeline`: rectified flow sampling with ``FlowMatchEulerDiscreteScheduler``
   (shift 3.0: the clip has ~209k pixel values, about as many as SD3's 1024^2 latents, where
   shift 3 was chosen; it spends more of the steps at high noise, where the global layout and
   motion are decided). One transformer forward per step (two with ``guidance_scale > 1``:
   conditional, then unconditional), ``scheduler.set_timesteps`` + ``scheduler.step`` as in
-  diffusers, so ``scheduler.step_index`` counts the steps for the XAttention hook.
-- Weights: ``pipelines/tiny/assets/tiny_dit/`` (``load_tiny_pipeline``), written by
-  ``python -m xattn_video.pipelines.tiny.train``; :func:`random_tiny_pipeline` builds the same
-  architecture with random weights for tests.
+  diffusers, so ``scheduler.step_index`` counts the steps for the XAttention hook. A text
+  prompt is only keyword-matched / hashed to the 3 condition tokens
+  (:func:`~xattn_video.pipelines.tiny.synthetic.condition_from_prompt`).
+- Weights: ``pipelines/tiny/assets/tiny_dit/`` (:func:`load_tiny_pipeline`), written by
+  ``python -m xattn_video.pipelines.tiny.train``. The architecture is in
+  :mod:`~xattn_video.pipelines.tiny.model`; random-weight copies for tests come from
+  :func:`~xattn_video.pipelines.tiny.factory.random_tiny_pipeline`.
 
 Not supported: text understanding (prompts are mapped to 3 tokens), image-to-video, a VAE /
 latent space, frame sizes that are not multiples of 2, LoRA, model CPU offload, videos longer
@@ -42,129 +33,26 @@ from diffusers import (
     HunyuanVideoTransformer3DModel,
 )
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from .model import DEFAULT_STEPS, TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH, ConditionEmbedder
 from .synthetic import IMAGES, MOTIONS, NUM_DIRECTIONS, Condition, condition_from_prompt
 
 __all__ = [
     "ASSETS_DIR",
-    "DEFAULT_SHIFT",
-    "DEFAULT_STEPS",
-    "TRAIN_FRAMES",
-    "TRAIN_HEIGHT",
-    "TRAIN_WIDTH",
-    "ConditionEmbedder",
+    "PIPELINE_FILE",
     "TinyVideoPipeline",
     "TinyVideoPipelineOutput",
-    "build_tiny_pipeline",
-    "dit_initialize_",
     "load_tiny_pipeline",
-    "random_tiny_pipeline",
-    "tiny_transformer_config",
 ]
 
 ASSETS_DIR = Path(__file__).parent / "assets" / "tiny_dit"
 """Where the trained weights ship (``load_tiny_pipeline()`` with no path reads them)."""
 
-TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH = 17, 64, 64
-DEFAULT_STEPS = 30
-DEFAULT_SHIFT = 3.0
 PIPELINE_FILE = "tiny_dit.json"
 TRAIN_COMMAND = "python -m xattn_video.pipelines.tiny.train --out pipelines/tiny/assets/tiny_dit"
-
-
-def tiny_transformer_config(**overrides: Any) -> dict[str, Any]:
-    """Config of the tiny ``HunyuanVideoTransformer3DModel`` (overrides for tests)."""
-    cfg: dict[str, Any] = {
-        "in_channels": 3,
-        "out_channels": 3,
-        "num_attention_heads": 4,
-        "attention_head_dim": 64,
-        "num_layers": 2,
-        "num_single_layers": 4,
-        "num_refiner_layers": 1,
-        "mlp_ratio": 4.0,
-        "patch_size": 2,
-        "patch_size_t": 1,
-        "qk_norm": "rms_norm",
-        "guidance_embeds": False,
-        "text_embed_dim": 64,
-        "pooled_projection_dim": 64,
-        "rope_theta": 256.0,
-        "rope_axes_dim": (16, 24, 24),
-    }
-    cfg.update(overrides)
-    return cfg
-
-
-class ConditionEmbedder(ModelMixin, ConfigMixin):
-    """Integer condition tokens -> the transformer's text inputs.
-
-    tokens: (B, K) int64, column k in ``[0, vocab_sizes[k])``, or ``vocab_sizes[k]`` = the
-    "null" token (unconditional, for classifier-free guidance). Returns
-    ``(encoder_hidden_states (B, K, text_embed_dim), encoder_attention_mask (B, K) bool, all
-    True, pooled_projections (B, pooled_projection_dim))``.
-    """
-
-    @register_to_config
-    def __init__(
-        self,
-        vocab_sizes: tuple[int, ...] = (len(MOTIONS), len(IMAGES), NUM_DIRECTIONS),
-        text_embed_dim: int = 64,
-        pooled_projection_dim: int = 64,
-    ) -> None:
-        super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(int(n) + 1, text_embed_dim) for n in vocab_sizes)
-        self.slot = nn.Parameter(torch.zeros(len(vocab_sizes), text_embed_dim))
-        self.pooled = nn.Sequential(
-            nn.Linear(len(vocab_sizes) * text_embed_dim, pooled_projection_dim),
-            nn.SiLU(),
-            nn.Linear(pooled_projection_dim, pooled_projection_dim),
-        )
-        for t in self.tables:
-            nn.init.normal_(t.weight, std=1.0)
-        nn.init.normal_(self.slot, std=0.5)
-
-    def null_tokens(self, batch: int, device: torch.device | str) -> torch.Tensor:
-        """(batch, K) tokens of the unconditional "prompt"."""
-        nulls = torch.tensor(self.config.vocab_sizes, dtype=torch.long, device=device)
-        return nulls.expand(batch, -1).clone()
-
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if tokens.ndim != 2 or tokens.shape[1] != len(self.tables):
-            raise ValueError(f"tokens must be (B, {len(self.tables)}), got {tuple(tokens.shape)}")
-        emb = torch.stack([t(tokens[:, i]) for i, t in enumerate(self.tables)], dim=1)
-        emb = emb + self.slot[None]
-        pooled = self.pooled(emb.flatten(1))
-        mask = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
-        return emb, mask, pooled
-
-
-@torch.no_grad()
-def dit_initialize_(transformer: HunyuanVideoTransformer3DModel) -> None:
-    """DiT-style init for training from scratch: xavier linears, zero adaLN modulations, zero
-    refiner gates and a zero output projection, so every block starts as the identity."""
-    for m in transformer.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    zero = []
-    for block in transformer.transformer_blocks:
-        zero += [block.norm1.linear, block.norm1_context.linear]
-    for block in transformer.single_transformer_blocks:
-        zero.append(block.norm.linear)
-    for block in transformer.context_embedder.token_refiner.refiner_blocks:
-        zero.append(block.norm_out.linear)
-    zero += [transformer.norm_out.linear, transformer.proj_out]
-    for lin in zero:
-        nn.init.zeros_(lin.weight)
-        if lin.bias is not None:
-            nn.init.zeros_(lin.bias)
 
 
 @dataclass
@@ -414,45 +302,6 @@ class TinyVideoPipeline(DiffusionPipeline):
         pipe = cls(transformer=tr.eval(), scheduler=sched, condition_embedder=emb.eval())
         pipe.meta = json.loads((path / PIPELINE_FILE).read_text())
         return pipe.to(device)
-
-
-def build_tiny_pipeline(
-    seed: int | None = 0,
-    *,
-    init: str = "default",
-    shift: float = DEFAULT_SHIFT,
-    **transformer_overrides: Any,
-) -> TinyVideoPipeline:
-    """Fresh (untrained) pipeline in fp32 on CPU. init: ``"default"`` (diffusers' init) or
-    ``"dit"`` (:func:`dit_initialize_`, identity blocks: the training start point)."""
-    if init not in ("default", "dit"):
-        raise ValueError(f"init must be 'default' or 'dit', got {init!r}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    cfg = tiny_transformer_config(**transformer_overrides)
-    tr = HunyuanVideoTransformer3DModel(**cfg)
-    if init == "dit":
-        dit_initialize_(tr)
-    emb = ConditionEmbedder(
-        text_embed_dim=cfg["text_embed_dim"], pooled_projection_dim=cfg["pooled_projection_dim"]
-    )
-    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    return TinyVideoPipeline(transformer=tr, scheduler=sched, condition_embedder=emb)
-
-
-def random_tiny_pipeline(
-    seed: int = 0,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    **transformer_overrides: Any,
-) -> TinyVideoPipeline:
-    """The tiny architecture with random (diffusers default) weights, in eval mode."""
-    pipe = build_tiny_pipeline(seed, init="default", **transformer_overrides)
-    for module in (pipe.transformer, pipe.condition_embedder):
-        nn.Module.to(module.eval(), device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def load_tiny_pipeline(

@@ -59,15 +59,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-from .synthetic import Condition, make_batch, sample_batch
-from .pipeline import (
-    DEFAULT_SHIFT,
-    TRAIN_FRAMES,
-    TRAIN_HEIGHT,
-    TRAIN_WIDTH,
-    TinyVideoPipeline,
-    build_tiny_pipeline,
-)
+from .factory import build_tiny_pipeline
+from .model import DEFAULT_SHIFT, TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH
+from .pipeline import TinyVideoPipeline
+from .synthetic import sample_batch
+from .train_plots import frame_strip, loss_plot
 
 __all__ = ["TrainConfig", "flow_matching_loss", "main", "sample_sigmas", "train"]
 
@@ -75,13 +71,6 @@ CALIBRATION_STEPS = (10, 30)
 """Steps (after the short phase) between which the speed is timed to plan the step budget."""
 SHORT_PHASE_MAX = 0.6
 """The short-clip phase ends early if it would use more than this share of ``--minutes``."""
-
-SAMPLE_CONDITIONS = (
-    Condition(0, 1, 4),  # pan left over coffee
-    Condition(1, 2, 0),  # zoom in on cat
-    Condition(2, 0, 1),  # rotate clockwise on astronaut
-    Condition(3, 4, 2),  # sprite moving up over motorcycle
-)
 
 
 @dataclass
@@ -181,68 +170,6 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _frame_strip(pipe: TinyVideoPipeline, cfg: TrainConfig, device: torch.device, path: Path):
-    """Rows: (training clip, EMA sample) per condition; columns: frames spread over the clip."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    conds = list(SAMPLE_CONDITIONS)
-    gen = [torch.Generator("cpu").manual_seed(1000 + i) for i in range(len(conds))]
-    video = pipe(condition=conds, height=cfg.height, width=cfg.width, num_frames=cfg.frames,
-                 num_inference_steps=cfg.sample_steps, generator=gen,
-                 output_type="uint8").frames  # fmt: skip
-    data = make_batch(conds, [7 + i for i in range(len(conds))], frames=cfg.frames,
-                      height=cfg.height, width=cfg.width)  # fmt: skip
-    data = ((data + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 4, 1).numpy()
-    cols = sorted({int(round(x)) for x in np.linspace(0, cfg.frames - 1, min(6, cfg.frames))})
-    fig, axes = plt.subplots(2 * len(conds), len(cols), squeeze=False,
-                             figsize=(1.4 * len(cols), 1.5 * 2 * len(conds)))  # fmt: skip
-    for i, c in enumerate(conds):
-        for r, (clip, what) in enumerate(((data[i], "data"), (video[i], "sample"))):
-            for j, t in enumerate(cols):
-                ax = axes[2 * i + r, j]
-                ax.imshow(clip[t])
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if j == 0:
-                    ax.set_ylabel(what, fontsize=7)
-                if r == 0 and j == 0:
-                    ax.set_title(c.describe(), fontsize=7, loc="left")
-                if 2 * i + r == len(axes) - 1:
-                    ax.set_xlabel(f"frame {t}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return video
-
-
-def _loss_plot(curve: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(curve["step"], curve["loss"], lw=1)
-    frames = curve.get("frames") or []
-    if frames and len(set(frames)) > 1:
-        switch = curve.get("short_steps") or next(
-            st for st, f in zip(curve["step"], frames, strict=True) if f == frames[-1]
-        )
-        ax.axvline(switch, color="k", lw=0.8, ls="--")
-        ax.annotate(f" {frames[0]} -> {frames[-1]} frames", (switch, max(curve["loss"])),
-                    fontsize=7, va="top")  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"flow-matching loss (mean over {curve['every']} steps)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -422,13 +349,20 @@ def train(cfg: TrainConfig) -> dict:
     (out / "loss_curve.json").write_text(json.dumps(curve) + "\n")
     _log(f"[train] saved EMA weights (fp16) to {out} after {step} steps ({stop_reason})")
     try:
-        _loss_plot(curve, out / "loss_curve.png")
+        loss_plot(curve, out / "loss_curve.png")
         with (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if device.type == "cuda"
             else (contextlib.nullcontext())
         ):
-            _frame_strip(final, cfg, device, out / "samples.png")
+            frame_strip(
+                final,
+                out / "samples.png",
+                frames=cfg.frames,
+                height=cfg.height,
+                width=cfg.width,
+                steps=cfg.sample_steps,
+            )
         _log(f"[train] wrote {out / 'loss_curve.png'} and {out / 'samples.png'}")
     except Exception as exc:  # plots must never lose a finished training run
         _log(f"[train] WARNING: plotting failed: {type(exc).__name__}: {exc}")
