@@ -10,6 +10,9 @@ be passed to the op directly), causal models.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,6 +93,7 @@ class XAttentionConfig:
     Turn off for research runs that must run the schedule exactly."""
 
     def __post_init__(self) -> None:
+        _check_field_types(self)  # first: the range checks below rely on the types
         if not (0.0 < float(self.threshold) <= 1.0):
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.block_size not in BLOCK_SIZES:
@@ -156,6 +160,42 @@ class XAttentionConfig:
         if key not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
         return cls(**{**PRESETS[key], **overrides})
+
+
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    return typing.get_type_hints(XAttentionConfig)
+
+
+def _check_field_types(cfg: XAttentionConfig) -> None:
+    """ValueError naming the field for a value of the wrong type (``warmup_steps=1.5`` or
+    ``'3'``, ``collect_stats='no'``); numpy scalars are accepted and stored as Python
+    int / float, lists for tuple fields as tuples."""
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), _field_hints()[f.name]
+        origin = typing.get_origin(hint)
+        is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if hint is bool:
+            ok, want = isinstance(value, bool), "a bool"
+        elif hint is int:
+            ok, want = is_int, "an int"
+            value = int(value) if ok else value
+        elif hint is float:
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            want, value = "a number", float(value) if ok else value
+        elif hint is str or origin is Literal:
+            ok, want = isinstance(value, str), "a string"
+        elif origin is tuple:
+            ok = isinstance(value, (tuple, list)) and all(
+                isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value
+            )
+            want = "a tuple of ints"
+            value = tuple(int(x) for x in value) if ok else value
+        else:  # a field type this check does not know: fail loudly, like the CLI does
+            raise TypeError(f"no type check for XAttentionConfig.{f.name}: {hint!r}")
+        if not ok:
+            raise ValueError(f"{f.name} must be {want}, got {value!r} ({type(value).__name__})")
+        object.__setattr__(cfg, f.name, value)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

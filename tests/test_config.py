@@ -1,0 +1,110 @@
+"""``XAttentionConfig``: field validation (types and ranges), serialisation, presets, docs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from xattn_video.config import PRESETS, XAttentionConfig, config_fields, field_docs
+
+
+def test_defaults_and_every_preset_are_valid():
+    XAttentionConfig()
+    for name in PRESETS:
+        assert isinstance(XAttentionConfig.from_preset(name), XAttentionConfig)
+    assert XAttentionConfig.from_preset("HunyuanVideo", warmup_steps=2).warmup_steps == 2
+    with pytest.raises(ValueError, match="unknown model preset 'bogus'"):
+        XAttentionConfig.from_preset("bogus")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("warmup_steps", 1.5),
+        ("warmup_steps", "3"),
+        ("warmup_steps", True),
+        ("dense_last_steps", 2.0),
+        ("mask_refresh", "2"),
+        ("block_size", 128.0),
+        ("stride", None),
+        ("threshold", "0.9"),
+        ("threshold", True),
+        ("ratio", None),
+        ("collect_stats", "no"),
+        ("collect_stats", 1),
+        ("dense_layers", (1.5,)),
+        ("dense_layers", "1"),
+        ("dense_layers", (True,)),
+        ("tile_size", (2.0, 8, 8)),
+        ("backend", 1),
+        ("token_order", None),
+    ],
+)
+def test_wrong_types_raise_value_error_naming_the_field(field, value):
+    """Issue 11: warmup_steps=1.5 / '3' and collect_stats='no' were accepted."""
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        XAttentionConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(threshold=0.0), "threshold"),
+        (dict(threshold=1.5), "threshold"),
+        (dict(ratio=0.0), "ratio"),
+        (dict(block_size=48), "block_size"),
+        (dict(stride=3), "stride"),
+        (dict(stride=32, block_size=16), "stride"),
+        (dict(selection="top"), "selection"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(dense_last_steps=-2), "dense_last_steps"),
+        (dict(mask_refresh=0), "mask_refresh"),
+        (dict(text_policy="none"), "text_policy"),
+        (dict(token_order="zigzag"), "token_order"),
+        (dict(tile_size=(2, 8)), "tile_size"),
+        (dict(tile_size=(0, 8, 8)), "tile_size"),
+        (dict(backend="cuda"), "backend"),
+        (dict(dense_layers=(-1,)), "dense_layers"),
+    ],
+)
+def test_out_of_range_values_raise_value_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        XAttentionConfig(**kw)
+
+
+def test_numpy_scalars_and_lists_are_normalised():
+    cfg = XAttentionConfig(
+        warmup_steps=np.int64(3), threshold=np.float32(0.5), ratio=1, dense_layers=[2, 0],
+        tile_size=[1, 4, 4],
+    )  # fmt: skip
+    assert type(cfg.warmup_steps) is int and cfg.warmup_steps == 3
+    assert type(cfg.threshold) is float and cfg.threshold == 0.5
+    assert type(cfg.ratio) is float and cfg.ratio == 1.0
+    assert cfg.dense_layers == (2, 0) and cfg.tile_size == (1, 4, 4)
+    json.dumps(cfg.to_dict())  # plain Python types only
+
+
+def test_dict_round_trip_and_unknown_fields():
+    cfg = XAttentionConfig(threshold=0.8, dense_layers=(1, 3), token_order="tile")
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert XAttentionConfig.from_dict(d) == cfg
+    with pytest.raises(ValueError, match=r"unknown XAttentionConfig fields: \['bogus'\]"):
+        XAttentionConfig.from_dict({**d, "bogus": 1})
+
+
+def test_frozen_and_replace_validates_again():
+    cfg = XAttentionConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.threshold = 0.5
+    assert cfg.replace(threshold=0.5).threshold == 0.5 and cfg.threshold == 0.9
+    with pytest.raises(ValueError, match="warmup_steps"):
+        cfg.replace(warmup_steps=0.5)
+
+
+def test_every_field_has_a_docstring():
+    docs = field_docs()
+    missing = [f.name for f in config_fields() if not docs.get(f.name)]
+    assert missing == []
