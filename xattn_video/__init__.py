@@ -17,6 +17,7 @@ from .stats import XAttentionStats
 
 if TYPE_CHECKING:  # resolved lazily at run time, see __getattr__
     from .apply import XAttentionHandle, apply_xattention, xattention_processors
+    from .parallel import context_parallel_plan
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ _LAZY = {
     "apply_xattention": "apply",
     "xattention_processors": "apply",
     "XAttentionHandle": "apply",
+    "context_parallel_plan": "parallel",
 }
 
 
@@ -45,6 +47,7 @@ __all__ = [
     "apply_xattention",
     "block_density",
     "block_sparse_attention",
+    "context_parallel_plan",
     "estimate_block_mask",
     "xattention",
     "xattention_processors",

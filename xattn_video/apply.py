@@ -50,6 +50,7 @@ import torch
 
 from .config import XAttentionConfig
 from .hook import XAttentionController, attach_step_hook, current_owner, detach_step_hook, step_hook
+from .parallel import ulysses_group
 from .processors import PROCESSOR_CLASSES
 from .stats import XAttentionStats
 from .targets import Layer, model_family, supports_tile_order, target_layers, target_of
@@ -167,6 +168,8 @@ def _check(
             "(xattn_video.hook.detach_step_hook(transformer))"
         )
     targets = target_layers(transformer, family)
+    # context parallelism already enabled: ring / ulysses_anything raise here, not mid-run
+    ulysses_group(getattr(transformer, "_parallel_config", None))
     bad = [i for i in cfg.dense_layers if i >= len(targets)]
     if bad:
         raise ValueError(

@@ -26,8 +26,16 @@ Processors decide dense vs sparse from the bool ``controller.sparse`` (set by th
 The sparse branch reads a few small values on the host (the key-padding prefix check, the op's
 input checks, stats when ``collect_stats``), which are graph breaks under ``torch.compile``.
 
-Not supported: gradients / training (the op is forward-only); context parallelism in the
-sparse phase (``_parallel_config`` set: raises); attention masks other than HunyuanVideo's
+Context parallelism (diffusers' ``enable_parallelism`` with Ulysses degree P, before or after
+these processors are installed; plan: :func:`xattn_video.parallel.context_parallel_plan`): the
+sparse phase runs the all-to-alls of :mod:`xattn_video.parallel` around the sparse path (each
+rank: all tokens of H/P heads, in the one-GPU order). Wan's dense phase is the stock processor
+(diffusers' own Ulysses); HunyuanVideo's dense phase under context parallelism reproduces the
+parent's projections and runs ``dispatch_attention_fn`` between the same all-to-alls, because
+the stock processor would apply the whole-sequence key-padding mask to rank-interleaved keys.
+
+Not supported: gradients / training (the op is forward-only); ring attention and
+``ulysses_anything`` (``ValueError``); attention masks other than HunyuanVideo's
 [B, 1, 1, N] bool key-padding prefix mask (raises); Wan I2V image keys of ``attn2`` and
 cross-attention in general stay dense; HunyuanVideo 1.5, SkyReels-V2, CogVideoX, Mochi, LTX.
 """
@@ -43,6 +51,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
+from . import parallel
 from .config import XAttentionConfig
 from .hook import XAttentionController
 from .sparse_path import sparse_attention
@@ -98,13 +107,25 @@ class _XAttnMixin:
         n_video: int,
         kv_len: torch.Tensor | None,
         dense_from: int | None,
+        n_text: int = 0,
+        sparse: bool = True,
+        zero_padded_queries: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """query/key/value: [B, N, H, D] (video first); kv_len: (B,) int; returns [B, N, H, D]."""
-        if self._parallel_config is not None:
-            raise ValueError(
-                "XAttention's sparse phase does not support diffusers context parallelism "
-                "(_parallel_config is set)"
-            )
+        """query/key/value: [B, N, H, D] (video first); kv_len: (B,) int; returns [B, N, H, D].
+
+        Under context parallelism (Ulysses) q/k/v hold this rank's tokens ([video_r, text_r],
+        ``n_text`` of them text), kv_len / dense_from the whole sequence's values, and
+        ``sparse=False`` runs the dense attention between the same all-to-alls.
+        """
+        ulysses = parallel.ulysses_group(self._parallel_config)
+        if ulysses is not None:
+            return parallel.processor_attention(
+                self.controller, attn, layer, query, key, value, group=ulysses[0],
+                degree=ulysses[1], n_text=n_text, sparse=sparse, kv_len=kv_len,
+                dense_from=dense_from, zero_padded_queries=zero_padded_queries,
+                attention_mask=attention_mask, backend=self._attention_backend,
+            )  # fmt: skip
         return sparse_attention(
             self.controller, attn, layer, query, key, value,
             n_video=n_video, kv_len=kv_len, dense_from=dense_from,
@@ -170,11 +191,15 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
         if encoder_hidden_states is None:  # token refiner: plain self-attention over text
             return self._refiner_processor(attn, hidden_states, None, attention_mask)
         layer = self._layer_index(attn)
-        if not self.controller.is_sparse(layer):
+        sparse = self.controller.is_sparse(layer)
+        ulysses = parallel.ulysses_group(self._parallel_config)
+        degree = 1 if ulysses is None else ulysses[1]
+        if not sparse:
             self._record_dense(layer)
-            return super().__call__(
-                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
-            )
+            if degree == 1:
+                return super().__call__(
+                    attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+                )
 
         n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
         single = attn.add_q_proj is None
@@ -218,18 +243,22 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
             key = torch.cat([key, enc_k], dim=1)
             value = torch.cat([value, enc_v], dim=1)
 
-        # 5. XAttention over [video, text] with text padding as kv_len
-        B, N = query.shape[0], query.shape[1]
+        # 5. XAttention over [video, text] with text padding as kv_len (whole-sequence values
+        #    under Ulysses degree > 1: this rank holds 1/degree of the video and of the text)
+        B, N = query.shape[0], query.shape[1] * degree
         kv_len = _key_padding_lengths(attention_mask, B, N)
         cfg = self.controller.cfg
-        dense_from = n_video if (cfg.text_policy == "dense" and n_text > 0) else None
-        if cfg.text_policy == "sparse" and kv_len is not None:
+        zero_rows = cfg.text_policy == "sparse" and kv_len is not None
+        dense_from = n_video * degree if (cfg.text_policy == "dense" and n_text > 0) else None
+        if zero_rows and degree == 1:
             # padded query rows get zeros so their content cannot steer the block selection
             valid = torch.arange(N, device=query.device)[None, :] < kv_len[:, None]
             query = query * valid[:, :, None, None].to(query.dtype)
         out = self._sparse_attention(
-            attn, layer, query, key, value, n_video=n_video, kv_len=kv_len, dense_from=dense_from
-        )
+            attn, layer, query, key, value, n_video=n_video, kv_len=kv_len, dense_from=dense_from,
+            n_text=n_text, sparse=sparse, zero_padded_queries=zero_rows,
+            attention_mask=attention_mask,
+        )  # fmt: skip
         hidden_states = out.flatten(2, 3).to(query.dtype)
 
         # 6. Output projections (as the parent)

@@ -1,0 +1,229 @@
+"""Ulysses sequence parallelism (xattn_video.parallel) on CPU: 2 processes over gloo.
+
+Each test spawns one 2-rank run (tests/_dist.py) doing several checks, and compares with the
+single-process result computed here. Outputs follow the flash-attention tolerance rule
+(tests/_tolerance.py): the 2-rank result differs from the one-process one only by
+floating-point order, so its error against an fp64 reference may be at most twice the fp32
+reference's, plus the rounding floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xattn_video as xv
+from tests._dist import run_distributed
+from tests._tiny_models import (
+    hv_inputs,
+    one_thread,  # noqa: F401  (fixture)
+    tiny_cfg,
+    tiny_hv_pipeline,
+    tiny_wan_pipeline,
+    wan_inputs,
+)
+from tests._tolerance import assert_fa_close
+from xattn_video import parallel
+
+P = 2
+
+
+def _sdpa(q, k, v, kv_len):
+    """[B, N, H, D] attention with keys >= kv_len[b] masked, in the inputs' dtype."""
+    N = k.shape[1]
+    m = (torch.arange(N)[None, :] < kv_len[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), attn_mask=m)
+    return out.transpose(1, 2)
+
+
+def _local(x: torch.Tensor, n_video: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s [video_r, text_r] slice of a global [B, N, ...] [video, text] tensor."""
+    v, t = x[:, :n_video], x[:, n_video:]
+    return torch.cat([v.chunk(P, dim=1)[rank], t.chunk(P, dim=1)[rank]], dim=1)
+
+
+def _op_inputs():
+    g = torch.Generator().manual_seed(0)
+    B, NV, NT, H, D = 2, 96, 8, 4, 16
+    q, k, v = (torch.randn(B, NV + NT, H, D, generator=g) for _ in range(3))
+    kv_len = torch.tensor([NV + 5, NV + NT])
+    return q, k, v, kv_len, NV
+
+
+def _op_worker(rank: int, world: int):
+    import torch.distributed as dist
+
+    q, k, v, kv_len, nv = _op_inputs()
+    group = dist.group.WORLD
+    lq, lk, lv = (_local(x, nv, rank) for x in (q, k, v))
+    nt_local = (q.shape[1] - nv) // world
+    dense = parallel.ulysses_attention(
+        lambda a, b, c: _sdpa(a, b, c, kv_len), lq, lk, lv, group=group, degree=world,
+        n_text=nt_local,
+    )  # fmt: skip
+    masks = []
+
+    def sparse(a, b, c):
+        out, mask = xv.xattention(
+            *(x.transpose(1, 2).contiguous() for x in (a, b, c)), threshold=0.8, stride=4,
+            block_size=16, kv_len=kv_len, dense_from=nv, backend="torch", return_mask=True,
+        )  # fmt: skip
+        masks.append(mask)
+        return out.transpose(1, 2)
+
+    sp = parallel.ulysses_attention(sparse, lq, lk, lv, group=group, degree=world, n_text=nt_local)
+    stats = xv.XAttentionStats()
+    gs = parallel.GatheredStats(stats, group, torch.device("cpu"))
+    local_heads = xv.stats.mask_density(masks[0], 16, kv_len, q.shape[1])[1]
+    gs.record(run=0, step=1, layer=0, branch="pass0", density=0.0, sparse=True, heads=local_heads)
+    return {"dense": dense, "sparse": sp, "mask": masks[0], "record": stats.records[0]}
+
+
+def test_ulysses_attention_matches_one_process():
+    """All-to-alls + reorder around SDPA and XAttention: output, per-head masks and gathered
+    stats equal the one-process call (text tokens split over ranks, key padding)."""
+    q, k, v, kv_len, nv = _op_inputs()
+    res = run_distributed(_op_worker, P)
+    ref64 = _sdpa(q.double(), k.double(), v.double(), kv_len)
+    ref32 = _sdpa(q, k, v, kv_len)
+    out, mask = xv.xattention(
+        *(x.transpose(1, 2).contiguous() for x in (q, k, v)), threshold=0.8, stride=4,
+        block_size=16, kv_len=kv_len, dense_from=nv, backend="torch", return_mask=True,
+    )  # fmt: skip
+    out = out.transpose(1, 2)
+    density, heads = xv.stats.mask_density(mask, 16, kv_len, q.shape[1])
+    H = q.shape[2]
+    for r, got in enumerate(res):
+        assert_fa_close(got["dense"], _local(ref64, nv, r), _local(ref32, nv, r), "dense")
+        torch.testing.assert_close(got["sparse"], _local(out, nv, r), rtol=0, atol=1e-6)
+        assert torch.equal(got["mask"], mask[:, r * H // P : (r + 1) * H // P])
+        rec = got["record"]
+        assert rec.heads == heads and rec.density == density and rec.sparse
+
+
+def test_joint_order_roundtrip():
+    perm, inv = parallel.joint_order(3, 2, 2, torch.device("cpu"))
+    assert perm.tolist() == [0, 1, 2, 5, 6, 7, 3, 4, 8, 9]
+    x = torch.arange(10)
+    assert torch.equal(x[perm][inv], x)
+
+
+# -- whole pipelines ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _capture_masks(masks: list):
+    """Record every block mask the op returns (the sparse path calls attention.xattention)."""
+    import xattn_video.attention as A
+
+    orig = A.xattention
+
+    def wrapped(*a, **kw):
+        out = orig(*a, **kw)
+        masks.append(out[1])
+        return out
+
+    A.xattention = wrapped
+    try:
+        yield masks
+    finally:
+        A.xattention = orig
+
+
+def _run_pipeline(model: str, cfg, dtype=torch.float32, *, parallel_first: bool | None = None):
+    """(latents, density records, masks) of one tiny pipeline call; parallel_first None: one
+    process, True / False: enable_context_parallel before / after apply_xattention."""
+    pipe = tiny_hv_pipeline() if model == "hv" else tiny_wan_pipeline()
+    pipe.transformer.to(dtype)
+    kw = hv_inputs(lengths=[5], steps=4) if model == "hv" else wan_inputs(steps=4)
+    for k, v in kw.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            kw[k] = v.to(dtype)
+    if parallel_first:
+        parallel.enable_context_parallel(pipe.transformer, P)
+    handle = xv.apply_xattention(pipe, cfg)
+    if parallel_first is False:
+        parallel.enable_context_parallel(pipe.transformer, P)
+    with _capture_masks([]) as masks:
+        latents = pipe(**kw).frames
+    return latents, [vars(r) for r in handle.stats.records], masks
+
+
+CFG = dict(warmup_steps=1, threshold=0.8, mask_refresh=2)
+
+
+def _pipeline_worker(rank: int, world: int, model: str, parallel_first: bool):
+    torch.manual_seed(0)
+    return _run_pipeline(model, tiny_cfg(**CFG), parallel_first=parallel_first)
+
+
+@pytest.mark.parametrize(
+    ("model", "parallel_first"), [("hv", False), ("wan", True)], ids=["hunyuan", "wan"]
+)
+def test_pipeline_ulysses_equals_one_process(model, parallel_first):
+    """Tiny HunyuanVideo (text padded: 5 of 8 tokens) / Wan pipeline, 4 steps (1 dense, 3
+    sparse, masks reused every other sparse step), Ulysses degree 2 vs one process: latents
+    within the tolerance rule, block masks equal per head, density records equal. XAttention
+    is applied before enabling parallelism for HunyuanVideo, after it for Wan."""
+    ref, records, masks = _run_pipeline(model, tiny_cfg(**CFG))
+    ref64, _, masks64 = _run_pipeline(model, tiny_cfg(**CFG), torch.float64)
+    assert all(torch.equal(a, b) for a, b in zip(masks, masks64, strict=True))
+    assert any(r["sparse"] and r["reused"] for r in records)
+    res = run_distributed(_pipeline_worker, P, model, parallel_first)
+    for latents, recs, _ in res:
+        assert_fa_close(latents, ref64, ref, f"{model} latents")
+        assert recs == records
+    for i, m in enumerate(masks):
+        H = m.shape[1]
+        for r in range(P):
+            assert torch.equal(res[r][2][i], m[:, r * H // P : (r + 1) * H // P])
+
+
+def _errors_worker(rank: int, world: int):
+    """Messages of the ValueErrors for unsupported inputs and configurations."""
+    from diffusers import ContextParallelConfig
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from tests._tiny_models import hv_text, hv_transformer_inputs, tiny_wan_transformer
+
+    msgs = {}
+    pipe = tiny_hv_pipeline()
+    parallel.enable_context_parallel(pipe.transformer, P)
+    xv.apply_xattention(pipe, tiny_cfg(**CFG))
+    tr = pipe.transformer
+    cases = {
+        "odd_video": hv_transformer_inputs(grid=(3, 7, 7)),  # 147 video tokens
+        "odd_text": {**hv_transformer_inputs(), "encoder_hidden_states": hv_text([5], total=7)[
+            "embeds"], "encoder_attention_mask": hv_text([5], total=7)["mask"]},
+    }  # fmt: skip
+    for name, kw in cases.items():
+        with pytest.raises(ValueError) as exc:
+            tr(**kw)
+        msgs[name] = str(exc.value)
+    ring = tiny_wan_transformer()
+    mesh = init_device_mesh("cpu", (P, 1), mesh_dim_names=("ring", "ulysses"))
+    with parallel._cpu_device_count():
+        ring.enable_parallelism(config=ContextParallelConfig(ring_degree=P, mesh=mesh))
+    with pytest.raises(ValueError) as exc:
+        xv.apply_xattention(ring, tiny_cfg())
+    msgs["ring"] = str(exc.value)
+    return msgs
+
+
+def test_unsupported_inputs_raise_clear_errors():
+    """Token counts that do not divide by the Ulysses degree (147 video tokens; 7 text tokens)
+    and ring attention raise ValueError naming the problem, before any collective runs."""
+    for msgs in run_distributed(_errors_worker, P):
+        assert "video token count 147 (latent grid (3, 7, 7)) is not divisible" in msgs["odd_video"]
+        assert "text length 7" in msgs["odd_text"]
+        assert "ring_degree=2" in msgs["ring"]
+
+
+def test_plan_for_unsupported_model_raises():
+    from tests._tiny_models import tiny_framepack_transformer
+
+    with pytest.raises(ValueError, match="Framepack"):
+        xv.context_parallel_plan(tiny_framepack_transformer())
+    plan = xv.context_parallel_plan(tiny_hv_pipeline().transformer)
+    assert set(plan) == {"rope", "transformer_blocks.0", "proj_out"}
