@@ -15,6 +15,10 @@ Usage::
 are comma separated: ``--dense-layers 0,1,2``, ``--tile-size 2,8,8``); unset flags take the
 model's preset. Exit status: 0 done, 2 bad input, 130 interrupted (rerun to resume).
 
+Warnings and log messages print as one ``xattn-video: warning: ...`` line; every user error
+exits 2 with one ``xattn-video: error: ...`` line before any work. Argument parsing lives in
+``cli_args``.
+
 Not supported: XAttention flags with ``--attention dense`` (an error, not ignored), several
 models or attention modes in one ``generate`` call (run it twice, as ``demo`` does).
 """
@@ -22,229 +26,44 @@ models or attention modes in one ``generate`` call (run it twice, as ``demo`` do
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-import typing
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from xattn_video.config import XAttentionConfig, config_fields, field_docs
+from xattn_video import rundir
 
-from .models import MODELS, get_model_spec
+from .cli_args import (
+    DEMO_SIZES,
+    METRICS,
+    CLIError,
+    add_config_flags,
+    build_generate_parser,
+    build_parser,
+    config_from_args,
+    config_overrides,
+    flag_name,
+)
+from .models import get_model_spec
+
+__all__ = [
+    "CLIError",
+    "add_config_flags",
+    "build_generate_parser",
+    "build_parser",
+    "config_from_args",
+    "config_overrides",
+    "flag_name",
+    "generate_main",
+    "main",
+]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-METRICS = ("psnr", "ssim", "lpips")
-DEMO_PROMPTS = 4
-DEMO_SIZES = {"tiny-hunyuan": 64}
-"""Demo video height = width where it is not the model's default: tiny-hunyuan's 32x32 gives
-only 3 blocks of 16 video tokens, 64x64 gives 12."""
-
-
-class CLIError(Exception):
-    """Bad input found after parsing; printed as ``xattn-video: error: ...`` (exit 2)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# XAttentionConfig <-> flags (1:1, generated from the dataclass)
-# ---------------------------------------------------------------------------------------------
-
-
-def flag_name(field_name: str) -> str:
-    """``warmup_steps`` -> ``--warmup-steps``."""
-    return "--" + field_name.replace("_", "-")
-
-
-def _int_tuple(text: str) -> tuple[int, ...]:
-    text = text.strip()
-    if not text:
-        return ()
-    try:
-        return tuple(int(x) for x in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
-def _preset_defaults(name: str) -> str:
-    values = {}
-    for preset in sorted({spec.preset for spec in MODELS.values()}):
-        value = getattr(XAttentionConfig.from_preset(preset), name)
-        if isinstance(value, tuple):
-            value = ",".join(map(str, value)) or '""'
-        values[preset] = value
-    if len(set(map(str, values.values()))) == 1:
-        return f"default: {next(iter(values.values()))}"
-    return "default: " + ", ".join(f"{k} {v}" for k, v in values.items())
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``XAttentionConfig`` field; values land in ``args.cfg_<field>`` (None: unset).
-
-    Raises ``TypeError`` for a field type the CLI does not know how to parse, so a new field
-    can't silently miss its flag.
-    """
-    group = parser.add_argument_group(
-        "XAttention settings (--attention xattn only; unset flags take the model's preset)"
-    )
-    hints = typing.get_type_hints(XAttentionConfig)
-    docs = field_docs()
-    for f in config_fields():
-        hint = hints[f.name]
-        origin = typing.get_origin(hint)
-        doc = docs.get(f.name, "").replace("%", "%%")
-        kw: dict[str, Any] = {
-            "dest": f"cfg_{f.name}",
-            "default": None,
-            "help": f"{doc} ({_preset_defaults(f.name)})",
-        }
-        if hint is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif origin is typing.Literal:
-            kw["choices"] = typing.get_args(hint)
-        elif hint in (int, float):
-            kw["type"] = hint
-            kw["metavar"] = hint.__name__.upper()
-        elif origin is tuple and all(a in (int, Ellipsis) for a in typing.get_args(hint)):
-            kw["type"] = _int_tuple
-            kw["metavar"] = "I,J,..."
-        else:
-            raise TypeError(f"no CLI flag type for XAttentionConfig.{f.name}: {hint!r}")
-        group.add_argument(flag_name(f.name), **kw)
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The XAttention fields set on the command line."""
-    out = {}
-    for f in config_fields():
-        value = getattr(args, f"cfg_{f.name}", None)
-        if value is not None:
-            out[f.name] = value
-    return out
-
-
-def config_from_args(args: argparse.Namespace) -> XAttentionConfig | None:
-    """The run's ``XAttentionConfig`` (model preset + flags), None for dense runs.
-
-    Raises:
-        CLIError: XAttention flags with ``--attention dense``, unknown model, invalid values.
-    """
-    overrides = config_overrides(args)
-    if args.attention == "dense":
-        if overrides:
-            flags = ", ".join(flag_name(k) for k in overrides)
-            verb = "applies" if len(overrides) == 1 else "apply"
-            raise CLIError(f"{flags} {verb} only to --attention xattn, not to dense runs")
-        return None
-    try:
-        return XAttentionConfig.from_preset(get_model_spec(args.model).preset, **overrides)
-    except ValueError as e:
-        raise CLIError(f"invalid XAttention setting: {e}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsers
-# ---------------------------------------------------------------------------------------------
-
-
-def _add_generate_args(p: argparse.ArgumentParser) -> None:
-    models = ", ".join(
-        f"{s.name} {s.height}x{s.width}x{s.frames}, {s.steps} steps" for s in MODELS.values()
-    )
-    p.add_argument(
-        "--model", required=True, choices=list(MODELS), help=f"model (defaults: {models})"
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--model-path", help="local diffusers pipeline folder (save_pretrained)")
-    src.add_argument("--model-id", help="Hugging Face repo id (default: the model's)")
-    p.add_argument(
-        "--prompts",
-        required=True,
-        help="suite (vbench, vbench-augmented, vbench-hunyuan) or a .txt/.json file",
-    )
-    p.add_argument(
-        "--prompts-dir",
-        help="folder with the VBench files (else $XATTN_VIDEO_PROMPTS_DIR, cache, download)",
-    )
-    p.add_argument("--limit", type=int, help="keep the first N prompts (after --sample)")
-    p.add_argument("--sample", type=int, help="keep N prompts spread evenly over the suite")
-    p.add_argument("--dimension", help="keep prompts of this VBench dimension")
-    p.add_argument("--attention", required=True, choices=["dense", "xattn"])
-    add_config_flags(p)
-    g = p.add_argument_group("video")
-    g.add_argument("--height", type=int, help="pixels, multiple of 16 (default: model's)")
-    g.add_argument("--width", type=int, help="pixels, multiple of 16 (default: model's)")
-    g.add_argument("--frames", type=int, help="4k+1 frames (default: model's)")
-    g.add_argument("--steps", type=int, help="denoising steps (default: model's)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every prompt (default: 0)")
-    g.add_argument("--fps", type=int, help="frames per second of video.mp4 (default: model's)")
-    p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
-    p.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: accelerate's device)")
-    p.add_argument(
-        "--dtype",
-        choices=["bfloat16", "float16", "float32"],
-        help="transformer dtype (default: bfloat16 on CUDA, float32 on CPU)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _add_compare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dense_dir", help="run directory of the dense run (the reference)")
-    p.add_argument("sparse_dir", help="run directory of the run to evaluate")
-    p.add_argument("--out", required=True, help="report directory")
-    p.add_argument(
-        "--metrics",
-        help="comma-separated subset of psnr,ssim,lpips (default: all; LPIPS is skipped with "
-        "a note when its weights are missing, but required when listed here)",
-    )
-    p.add_argument("--lpips-weights", help="AlexNet backbone file for LPIPS (offline use)")
-    p.add_argument("--device", help="device for the metrics (default: CUDA if available)")
-
-
-def _add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
-    p.add_argument(
-        "--model",
-        default="tiny",
-        choices=[n for n, s in MODELS.items() if s.is_tiny],
-        help="tiny model (default: tiny, the trained one; the others have random weights)",
-    )
-    p.add_argument("--prompts", default="vbench", help="prompt suite or file (default: vbench)")
-    p.add_argument("--prompts-dir", help="folder with the VBench files")
-    p.add_argument("--num-prompts", type=int, default=DEMO_PROMPTS, help="prompts (default: 4)")
-    sizes = ", ".join(f"{size} for {name}" for name, size in DEMO_SIZES.items())
-    for name in ("height", "width"):
-        p.add_argument(f"--{name}", type=int, help=f"video {name} (default: the model's; {sizes})")
-    for name in ("frames", "steps"):
-        p.add_argument(f"--{name}", type=int, help=f"video {name} (default: the model's)")
-    p.add_argument("--device", help="default: CUDA if available, else CPU")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``xattn-video`` parser with its subcommands."""
-    parser = argparse.ArgumentParser(
-        prog="xattn-video",
-        description="XAttention for video DiTs: generate dense/sparse runs, compare, demo.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_generate_args(
-        sub.add_parser("generate", help="generate one video per prompt into a run directory")
-    )
-    _add_compare_args(sub.add_parser("compare", help="PSNR/SSIM/LPIPS of two run directories"))
-    _add_demo_args(sub.add_parser("demo", help="tiny model, dense vs XAttention, report"))
-    return parser
-
-
-def build_generate_parser() -> argparse.ArgumentParser:
-    """The ``generate-video`` parser (the ``generate`` subcommand on its own)."""
-    parser = argparse.ArgumentParser(
-        prog="generate-video", description="Generate one video per prompt (dense or XAttention)."
-    )
-    _add_generate_args(parser)
-    return parser
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,8 +103,9 @@ def _run_generate(opts: Any) -> int:
 
     res = generate(opts)
     who = f"process {res.process_index}/{res.num_processes}: " if res.num_processes > 1 else ""
+    redone = f" ({len(res.redone)} redone, see the warnings)" if res.redone else ""
     print(
-        f"{who}generated {len(res.generated)}, skipped {len(res.skipped)} finished, "
+        f"{who}generated {len(res.generated)}{redone}, skipped {len(res.skipped)} finished, "
         f"of {res.assigned} prompts -> {res.out}"
     )
     if res.interrupted:
@@ -326,8 +146,12 @@ def _compare(
     from xattn_video.metrics import compare_runs
 
     for d in (dense, sparse):
-        if not (Path(d) / "run.json").is_file():
+        if not (Path(d) / rundir.RUN_FILE).is_file():
             raise CLIError(f"{d} is not a run directory (no run.json); make one with generate")
+    if Path(dense).resolve() == Path(sparse).resolve():
+        raise CLIError(f"{dense} is given twice; compare a dense run with another run")
+    _check_out_dir(out)
+    _check_device(device)
     try:
         return compare_runs(
             dense,
@@ -341,6 +165,29 @@ def _compare(
         )
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(f"compare failed: {e}") from e
+
+
+def _check_out_dir(out: str | os.PathLike[str]) -> None:
+    """``--out`` must be a directory (or not exist yet) in a writable place."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is an existing file, not a directory")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not rundir.writable_dir(parent):
+        raise CLIError(f"--out {out}: {parent} is not writable")
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(
+            f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
 
 
 def _mean(agg: dict[str, Any], key: str) -> float | None:
@@ -394,6 +241,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .generate import GenerateOptions
 
     out = Path(args.out)
+    _check_out_dir(out)
+    _check_device(args.device)
     spec = get_model_spec(args.model)
     common = dict(
         model=args.model,
@@ -455,13 +304,34 @@ def _demo_on_cpu(device: str | None) -> bool:
 _COMMANDS = {"generate": cmd_generate, "compare": cmd_compare, "demo": cmd_demo}
 
 
+@contextlib.contextmanager
+def _one_line_warnings(prog: str) -> Iterator[None]:
+    """Python warnings and ``xattn_video`` log records as ``prog: warning: message`` lines on
+    stderr (no source lines, no logger names) while a command runs."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prog}: warning: {message}", file=file or sys.stderr)
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+    log = logging.getLogger("xattn_video")
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        log.addHandler(handler)
+        try:
+            yield
+        finally:
+            log.removeHandler(handler)
+
+
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from xattn_video.prompts import ENV_PROMPTS_DIR, PromptDataMissing
 
     from .generate import SetupError
 
     try:
-        return _COMMANDS[getattr(args, "command", "generate")](args)
+        with _one_line_warnings(parser.prog):
+            return _COMMANDS[getattr(args, "command", "generate")](args)
     except PromptDataMissing as e:
         parser.exit(
             EXIT_USAGE,

@@ -70,8 +70,11 @@ def _dimensions(value: Any, source: str, i: int) -> tuple[str, ...]:
 
 def read_json_prompts(path: Path) -> list[Prompt]:
     """``Prompt``s of a ``.json`` file."""
-    with path.open(encoding="utf-8-sig") as f:
-        data = json.load(f)
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a valid JSON prompt file: {e}") from None
     return prompts_from_json(data, str(path))
 
 

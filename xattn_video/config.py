@@ -33,7 +33,7 @@ class XAttentionConfig:
     dense attention). The paper uses 0.9 and 0.95."""
 
     stride: int = 8
-    """Antidiagonal stride S of the estimate (4, 8 or 16; must divide ``block_size``). The
+    """Antidiagonal stride S of the estimate (2, 4, 8 or 16; must divide ``block_size``). The
     estimate costs about 1/(2S) of dense attention FLOPs; larger S is cheaper but coarser."""
 
     block_size: int = 128

@@ -161,37 +161,41 @@ def _schema(data: Mapping[str, Any], path: PathLike | None) -> int:
 
 
 def _from_json(cls: type, data: Mapping[str, Any], path: PathLike | None, required: tuple) -> Any:
+    version = _schema(data, path)
     missing = [k for k in required if k not in data]
     if missing:
         raise RunDirError(f"{path or cls.__name__}: missing {', '.join(missing)}")
     names = {f.name for f in dataclasses.fields(cls)} - {"extra", "schema_version"}
     known = {k: data[k] for k in names if k in data}
     extra = {k: v for k, v in data.items() if k not in names and k != "schema_version"}
-    return cls(**known, schema_version=_schema(data, path), extra=extra)
+    return cls(**known, schema_version=version, extra=extra)
 
 
-def _to_json(record: Any, order: tuple[str, ...]) -> dict[str, Any]:
+def _to_json(record: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"schema_version": record.schema_version}
-    out.update((name, getattr(record, name)) for name in order)
+    for f in dataclasses.fields(record):
+        if f.name not in ("schema_version", "extra"):
+            out[f.name] = getattr(record, f.name)
     out.update(record.extra)
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRecord:
-    """``run.json``: the settings that decide the videos, plus the environment that made them."""
+    """``run.json``: the settings that decide the videos, plus the environment that made them.
+    Fields are in the file's key order (0.1.0's), after ``schema_version``."""
 
     model: str
+    model_source: str | None = None
     attention: str
     """``"dense"`` or ``"xattn"``."""
+    config: dict[str, Any] | None = None
+    """``XAttentionConfig.to_dict()``; None for dense runs."""
     height: int
     width: int
     frames: int
     steps: int
     seed: int
-    model_source: str | None = None
-    config: dict[str, Any] | None = None
-    """``XAttentionConfig.to_dict()``; None for dense runs."""
     fps: int | None = None
     dtype: str | None = None
     prompts: str | None = None
@@ -208,46 +212,13 @@ class RunRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know (kept on a round trip)."""
 
-    RESUME_FIELDS = (
-        "model",
-        "model_source",
-        "attention",
-        "config",
-        "height",
-        "width",
-        "frames",
-        "steps",
-        "seed",
-        "dtype",
-        "prompts",
-    )
+    RESUME_FIELDS = ("model", "model_source", "attention", "config", "height", "width")
+    RESUME_FIELDS += ("frames", "steps", "seed", "dtype", "prompts")
     """Fields that must match to resume a run directory (they change the videos)."""
-
-    _ORDER = (
-        "model",
-        "model_source",
-        "attention",
-        "config",
-        "height",
-        "width",
-        "frames",
-        "steps",
-        "seed",
-        "fps",
-        "dtype",
-        "prompts",
-        "selection",
-        "num_prompts",
-        "num_processes",
-        "gpu",
-        "versions",
-        "git_sha",
-        "command",
-    )
 
     def to_json(self) -> dict[str, Any]:
         """The run.json object (keys in 0.1.0's order, ``schema_version`` first)."""
-        return _to_json(self, self._ORDER)
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: PathLike | None = None) -> RunRecord:
@@ -276,14 +247,14 @@ class RunRecord:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VideoRecord:
-    """``meta.json`` of one finished prompt."""
+    """``meta.json`` of one finished prompt (fields in the file's key order)."""
 
     prompt_index: int
     prompt: str
-    seed: int | None = None
     dimensions: list[str] | None = None
+    seed: int | None = None
     attention: str | None = None
     config: dict[str, Any] | None = None
     timings: dict[str, Any] | None = None
@@ -304,28 +275,9 @@ class VideoRecord:
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _ORDER = (
-        "prompt_index",
-        "prompt",
-        "dimensions",
-        "seed",
-        "attention",
-        "config",
-        "timings",
-        "density",
-        "shape",
-        "frames_bytes",
-        "frames_sha256",
-        "first_in_process",
-        "process",
-        "gpu",
-        "versions",
-        "git_sha",
-    )
-
     def to_json(self) -> dict[str, Any]:
         """The meta.json object (``schema_version`` first, then 0.1.0's keys in order)."""
-        return _to_json(self, self._ORDER)
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: PathLike | None = None) -> VideoRecord:

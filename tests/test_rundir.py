@@ -1,0 +1,225 @@
+"""Tests for the run-directory format (``xattn_video.rundir``) and its reader (``scan_run``).
+
+The 0.1.0 fixture in ``tests/data/run_0.1.0`` was written by xattn-video 0.1.0 before the
+format had an owner (schema 1: no ``schema_version`` key, no frames checksum).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xattn_video import rundir
+from xattn_video.metrics import compare_runs, psnr, scan_run
+from xattn_video.rundir import RunDirError, RunRecord, VideoRecord
+
+OLD = Path(__file__).parent / "data" / "run_0.1.0"
+PROMPTS = ["a red car driving on a road", "a cat sitting on a sofa"]
+
+
+@pytest.fixture
+def old_copy(tmp_path: Path) -> Path:
+    shutil.copytree(OLD, tmp_path / "old")
+    return tmp_path / "old"
+
+
+# ---------------------------------------------------------------------------------------------
+# 0.1.0 directories still read
+# ---------------------------------------------------------------------------------------------
+
+
+def test_0_1_0_run_json_reads_as_schema_1():
+    for attention in ("dense", "xattn"):
+        rec = RunRecord.read(OLD / attention)
+        assert rec.schema_version == 1 and rec.extra == {}
+        assert (rec.model, rec.attention) == ("tiny-hunyuan", attention)
+        assert (rec.height, rec.width, rec.frames, rec.steps, rec.seed) == (32, 32, 5, 2, 0)
+        assert (rec.fps, rec.dtype, rec.prompts, rec.num_prompts) == (8, "float32", "p.txt", 2)
+        assert (rec.config is None) == (attention == "dense")
+        raw = json.loads((OLD / attention / "run.json").read_text())
+        assert rec.to_json() == {"schema_version": 1, **raw}  # nothing lost, same key order
+        assert list(rec.to_json())[1:] == list(raw)
+
+
+def test_0_1_0_meta_json_reads_and_verifies():
+    for attention in ("dense", "xattn"):
+        for index, text in enumerate(PROMPTS):
+            folder = OLD / attention / rundir.prompt_dir_name(index)
+            meta = VideoRecord.read(folder)
+            assert meta.schema_version == 1 and meta.extra == {}
+            assert (meta.prompt_index, meta.prompt, meta.seed) == (index, text, 0)
+            assert meta.shape == [5, 32, 32, 3]
+            assert meta.frames_sha256 is None and meta.frames_bytes is None
+            assert (meta.density is None) == (attention == "dense")
+            assert rundir.verify_video(folder, prompt=text) is None
+
+
+def test_0_1_0_runs_compare(tmp_path: Path):
+    report = compare_runs(
+        OLD / "dense", OLD / "xattn", tmp_path / "r", metrics=("psnr",), progress=False
+    )
+    assert [v["prompt_index"] for v in report["videos"]] == [0, 1]
+    for v in report["videos"]:
+        folder = rundir.prompt_dir_name(v["prompt_index"])
+        ref = np.load(OLD / "dense" / folder / "frames.npy")
+        test = np.load(OLD / "xattn" / folder / "frames.npy")
+        assert v["psnr"]["per_frame"] == pytest.approx(list(psnr(ref, test, device="cpu")))
+    assert report["dense_run"]["schema_version"] == 1
+    run = scan_run(OLD / "xattn")
+    assert run.record is not None and run.record.schema_version == 1 and run.gpu is None
+    assert sorted(run.videos) == [0, 1] and run.unfinished == [] and run.problems == []
+
+
+# ---------------------------------------------------------------------------------------------
+# records
+# ---------------------------------------------------------------------------------------------
+
+
+def _record(**kw) -> RunRecord:
+    base = dict(model="m", attention="dense", height=16, width=16, frames=5, steps=2, seed=0)
+    return RunRecord(**{**base, **kw})
+
+
+def test_new_records_round_trip_with_schema_and_unknown_keys(tmp_path: Path):
+    rec = _record(extra={"future_key": [1, 2]})
+    rec.write(tmp_path)
+    data = json.loads((tmp_path / rundir.RUN_FILE).read_text())
+    assert data["schema_version"] == rundir.SCHEMA_VERSION == 2 and data["future_key"] == [1, 2]
+    assert RunRecord.read(tmp_path) == rec
+    meta = VideoRecord(prompt_index=3, prompt="p", shape=[5, 16, 16, 3], frames_sha256="ab")
+    assert VideoRecord.from_json(json.loads(json.dumps(meta.to_json()))) == meta
+
+
+def test_resume_differences_name_the_fields():
+    old = _record(config=None, seed=0, gpu="A")
+    new = _record(seed=1, steps=3, gpu="B", command=["x"])  # gpu/command: not resume fields
+    assert old.resume_differences(new) == {"steps": (2, 3), "seed": (0, 1)}
+    assert old.resume_differences(_record(gpu="other")) == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"model": "m"}', "missing attention, height"),
+        ('{"schema_version": 99, "model": "m"}', "newer than this xattn-video reads"),
+        (b"\xff\xfe\x00", "can't be read"),
+    ],
+)
+def test_bad_run_json_errors_name_the_file(tmp_path: Path, content, message):
+    path = tmp_path / rundir.RUN_FILE
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(RunDirError, match=message) as exc:
+        RunRecord.read(tmp_path)
+    assert str(path) in str(exc.value)
+    with pytest.raises(ValueError, match=message):  # the reader too
+        scan_run(tmp_path)
+
+
+def test_bad_meta_json_in_scan_names_the_file(old_copy: Path):
+    meta = old_copy / "dense" / "00001" / rundir.META_FILE
+    meta.write_text('{"prompt_index": 1')
+    with pytest.raises(RunDirError, match="is not valid JSON") as exc:
+        scan_run(old_copy / "dense")
+    assert str(meta) in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# verification of finished videos
+# ---------------------------------------------------------------------------------------------
+
+
+def test_verify_video_catches_truncation_shape_checksum_and_prompt(old_copy: Path):
+    folder = old_copy / "dense" / "00000"
+    frames = folder / rundir.FRAMES_FILE
+    good = frames.read_bytes()
+    assert rundir.verify_video(folder) is None
+    frames.write_bytes(good[:1000])  # schema 1: caught from the .npy header
+    assert "truncated" in rundir.verify_video(folder) and str(frames) in rundir.verify_video(folder)
+    frames.write_bytes(good)
+    assert "the prompt changed" in rundir.verify_video(folder, prompt="another prompt")
+    # schema 2: size and checksum recorded
+    meta = VideoRecord.read(folder)
+    data = meta.to_json() | {"schema_version": 2, "frames_bytes": len(good)}
+    data["frames_sha256"] = rundir.file_sha256(frames)
+    rundir.write_json(folder / rundir.META_FILE, data)
+    assert rundir.verify_video(folder) is None
+    flipped = bytearray(good)
+    flipped[-1] ^= 1  # same length, one pixel changed
+    frames.write_bytes(bytes(flipped))
+    assert "SHA-256" in rundir.verify_video(folder)
+    np.save(frames, np.zeros((4, 32, 32, 3), np.uint8))
+    assert "has shape [4, 32, 32, 3]" in rundir.verify_video(folder)
+    frames.unlink()
+    assert "is missing" in rundir.verify_video(folder)
+    (folder / rundir.META_FILE).write_text("nope")
+    assert "is not valid JSON" in rundir.verify_video(folder)
+
+
+def test_truncated_frames_are_named_when_compared(old_copy: Path, tmp_path: Path):
+    frames = old_copy / "xattn" / "00001" / rundir.FRAMES_FILE
+    frames.write_bytes(frames.read_bytes()[:1000])
+    with pytest.raises(RunDirError) as exc:
+        compare_runs(old_copy / "dense", old_copy / "xattn", tmp_path / "r", metrics=("psnr",))
+    assert str(frames) in str(exc.value) and "truncated" in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes and the lock
+# ---------------------------------------------------------------------------------------------
+
+
+def test_atomic_path_leaves_the_old_file_on_error(tmp_path: Path):
+    path = tmp_path / "x.json"
+    rundir.write_json(path, {"a": 1})
+    with pytest.raises(KeyboardInterrupt), rundir.atomic_path(path) as tmp:
+        assert rundir.TMP_MARK in tmp.name and tmp.suffix == ".json"
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+_HOLD = """
+import sys, time
+from xattn_video.rundir import RunLock
+lock = RunLock(sys.argv[1]); assert lock.acquire(); print("held", flush=True); time.sleep(60)
+"""
+
+
+def test_lock_excludes_a_second_process_and_dies_with_it(tmp_path: Path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(rundir.RunDirLocked, match=f"pid {holder.pid}"):
+            rundir.RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with rundir.RunLock(tmp_path) as lock:  # the holder died: no stale lock
+        assert lock.acquire()
+        assert (tmp_path / rundir.LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_unwritable_directory_is_detected_not_guessed(tmp_path: Path, monkeypatch):
+    assert rundir.writable_dir(tmp_path) and not list(tmp_path.iterdir())
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rundir, "_open_lock_file", denied)
+    assert not rundir.writable_dir(tmp_path)
+    assert rundir.RunLock(tmp_path).acquire() is False
