@@ -226,10 +226,7 @@ def tiny_cfg(**kw):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One OpenMP thread for modules that import this fixture: with tiny tensors on a shared
-    2-core CI box, thread barriers cost milliseconds per op and dominate the run time."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_thread):  # noqa: F811 - the conftest fixture of the same name
+    """Kept for modules that import it (it is autouse there): conftest's ``one_thread``. New
+    modules write ``pytestmark = pytest.mark.usefixtures("one_thread")`` instead."""
     yield
-    torch.set_num_threads(n)

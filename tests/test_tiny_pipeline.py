@@ -1,0 +1,101 @@
+"""The tiny DiT's sampling pipeline (``pipelines/tiny/pipeline.py``) and model
+(``model.py``): outputs, one forward per step, save / load, size, and the shipped weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xattn_video.pipelines.tiny import synthetic as syn
+from xattn_video.pipelines.tiny.factory import build_tiny_pipeline, random_tiny_pipeline
+from xattn_video.pipelines.tiny.model import TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH
+from xattn_video.pipelines.tiny.pipeline import ASSETS_DIR, load_tiny_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {"num_layers": 1, "num_single_layers": 1}  # fewer blocks: fast CPU tests
+
+
+def test_pipeline_output_and_step_index():
+    pipe = random_tiny_pipeline(0)
+    seen = []
+
+    def cb(p, i, t, kw):
+        seen.append((i, p.scheduler.step_index))
+        return kw
+
+    out = pipe(
+        ["a cat", "a rocket"], height=16, width=16, num_frames=3, num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0), callback_on_step_end=cb,
+    )  # fmt: skip
+    frames = out.frames
+    assert frames.shape == (2, 3, 16, 16, 3) and frames.dtype == np.float32
+    assert frames.min() >= 0 and frames.max() <= 1
+    assert seen == [(i, i + 1) for i in range(4)]  # one scheduler step per denoising step
+    u8 = pipe(condition=syn.Condition(3, 2, 0), height=16, width=16, num_frames=3,
+              num_inference_steps=2, output_type="uint8").frames  # fmt: skip
+    assert u8.shape == (1, 3, 16, 16, 3) and u8.dtype == np.uint8
+    with pytest.raises(ValueError, match="multiples of 2"):
+        pipe("x", height=15, width=16, num_frames=3, num_inference_steps=1)
+
+
+def test_one_transformer_forward_per_step_and_cfg_two():
+    pipe = random_tiny_pipeline(0, **SMALL)
+    calls = []
+    h = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, k: calls.append(1), with_kwargs=True
+    )
+    pipe("x", height=8, width=8, num_frames=2, num_inference_steps=3)
+    assert len(calls) == 3
+    pipe("x", height=8, width=8, num_frames=2, num_inference_steps=3, guidance_scale=3.0)
+    assert len(calls) == 9
+    h.remove()
+
+
+def test_save_load_round_trip(tmp_path):
+    pipe = random_tiny_pipeline(1, **SMALL)
+    kw = dict(height=16, width=16, num_frames=3, num_inference_steps=3)
+    ref = pipe("a cat", generator=torch.Generator().manual_seed(2), **kw).frames
+    pipe.save_pretrained(tmp_path / "fp32", dtype=None)
+    back = load_tiny_pipeline(tmp_path / "fp32")
+    out = back("a cat", generator=torch.Generator().manual_seed(2), **kw).frames
+    np.testing.assert_array_equal(ref, out)
+    # the shipped format: fp16 safetensors, loaded back close to the fp32 model
+    pipe.save_pretrained(tmp_path / "fp16")
+    half = load_tiny_pipeline(tmp_path / "fp16")
+    assert half.transformer.dtype == torch.float32
+    out16 = half("a cat", generator=torch.Generator().manual_seed(2), **kw).frames
+    assert np.abs(out16 - ref).max() < 0.05
+
+
+def test_missing_weights_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tiny.train"):
+        load_tiny_pipeline(tmp_path / "nothing")
+
+
+def test_model_size_fits_budget():
+    pipe = build_tiny_pipeline(0)
+    n = sum(p.numel() for p in pipe.transformer.parameters())
+    n += sum(p.numel() for p in pipe.condition_embedder.parameters())
+    assert 5e6 < n and 2 * n < 30e6  # fp16 bytes
+    cfg = pipe.transformer.config
+    assert cfg.attention_head_dim == 64 and sum(cfg.rope_axes_dim) == 64
+    assert TRAIN_FRAMES * (TRAIN_HEIGHT // 2) * (TRAIN_WIDTH // 2) >= 16_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ASSETS_DIR / "tiny_dit.json").is_file(), reason="no trained weights")
+def test_trained_model_makes_structured_video():
+    """At 5 x 64 x 64 (the short training windows) so the CPU run takes ~10 s. Noise from a
+    random model has no spatial or temporal correlation (~0); a panned photo has both."""
+    pipe = load_tiny_pipeline()
+    cond = syn.Condition(0, 1, 4)  # pan left over coffee
+    video = pipe(condition=cond, height=64, width=64, num_frames=5, num_inference_steps=4,
+                 generator=torch.Generator().manual_seed(0)).frames[0]  # fmt: skip
+    x = video.mean(-1)
+    spatial = np.corrcoef(x[:, :, :-1].ravel(), x[:, :, 1:].ravel())[0, 1]
+    temporal = np.corrcoef(x[:-1].ravel(), x[1:].ravel())[0, 1]
+    assert spatial > 0.5, spatial
+    assert temporal > 0.3, temporal
+    assert video.std() > 0.03
