@@ -207,7 +207,10 @@ def dense_blocks(
     """(B, Nb) bool: blocks holding any token at position >= dense_from[b], or None."""
     if dense_from is None:
         return None
-    start = torch.as_tensor(dense_from, device=device).long().reshape(-1).expand(batch)
+    if isinstance(dense_from, torch.Tensor):
+        start = dense_from.to(device).long().reshape(-1).expand(batch)
+    else:  # a Python int: a fill on the device, no host-to-device copy (CUDA graphs)
+        start = torch.full((batch,), int(dense_from), dtype=torch.long, device=device)
     ends = (torch.arange(cdiv(n_tokens, block_size), device=device) + 1) * block_size
     return ends[None, :] > start[:, None]
 
