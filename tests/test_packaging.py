@@ -1,5 +1,5 @@
 """The wheel installs one top-level package, ``xattn_video`` (pipelines/prompts/metrics live
-under its namespace, never as generic top-level modules)."""
+under its namespace, never as generic top-level modules), with the trained tiny DiT's weights."""
 
 import subprocess
 import sys
@@ -27,8 +27,30 @@ def test_wheel_has_single_top_level_package(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"xattn_video"}
-    for sub in ("kernels", "pipelines", "prompts", "metrics"):
+    for sub in ("kernels", "pipelines", "pipelines/tiny", "prompts", "metrics"):
         assert f"xattn_video/{sub}/__init__.py" in names
+
+
+def test_wheel_ships_the_trained_tiny_dit(wheel, tmp_path):
+    """Every file ``load_tiny_pipeline`` reads is package data, and the unpacked copy loads
+    into the same weights as the repo's (the figures, *.png, stay in the repo)."""
+    import torch
+
+    from xattn_video.pipelines.tiny.pipeline import ASSETS_DIR, load_tiny_pipeline
+
+    prefix = "xattn_video/pipelines/tiny/assets/tiny_dit/"
+    zf = zipfile.ZipFile(wheel)
+    shipped = {n[len(prefix) :] for n in zf.namelist() if n.startswith(prefix)}
+    in_repo = {
+        p.relative_to(ASSETS_DIR).as_posix()
+        for p in ASSETS_DIR.rglob("*")
+        if p.is_file() and p.suffix != ".png"
+    }
+    assert shipped == in_repo
+    zf.extractall(tmp_path, [prefix + n for n in shipped])
+    got = load_tiny_pipeline(tmp_path / prefix).transformer.state_dict()
+    ref = load_tiny_pipeline().transformer.state_dict()
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
 
 
 def test_wheel_declares_console_scripts(wheel):
