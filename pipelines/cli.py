@@ -95,6 +95,7 @@ def _options_from_args(args: argparse.Namespace) -> Any:
         device=args.device,
         dtype=args.dtype,
         progress=not args.no_progress,
+        ulysses=args.ulysses,
     )
 
 

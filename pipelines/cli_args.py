@@ -201,6 +201,13 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
         choices=["bfloat16", "float16", "float32"],
         help="transformer dtype (default: bfloat16 on CUDA, float32 on CPU)",
     )
+    p.add_argument(
+        "--ulysses",
+        type=positive_int,
+        default=1,
+        help="sequence-parallel degree P: each prompt runs on P processes of a torchrun / "
+        "accelerate launch (world size = P x data-parallel groups; default: 1)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -20,6 +20,10 @@ comparisons.
 Several processes (``accelerate launch``): the selected prompts are split by position,
 ``prompts[rank::world]``, before finished ones are skipped, so each prompt belongs to exactly
 one process and the split does not depend on timing. Only the main process writes run.json.
+With ``ulysses=P`` (sequence parallelism, :func:`xattn_video.parallel.enable_context_parallel`)
+the processes form world/P data-parallel groups of P consecutive ranks: group g takes
+``prompts[g::world/P]``, all P processes of a group run each of its prompts together, and only
+the group's first process writes the prompt's files.
 
 Resume and interruption: a prompt is skipped when its ``meta.json`` exists, its
 ``frames.npy`` is intact (length from its header, size and SHA-256 recorded in meta.json) and
@@ -191,6 +195,18 @@ def _todo(out: Path, mine: list[Any], result: GenerateResult) -> list[Any]:
     return todo
 
 
+def _data_parallel(opts: GenerateOptions, state: Any) -> tuple[int, int, int]:
+    """(group, number of groups, rank in the group) for ``opts.ulysses`` = P consecutive
+    processes per prompt (the layout of ``xattn_video.parallel.make_mesh``)."""
+    P = opts.ulysses
+    if state.num_processes % P:
+        raise SetupError(
+            f"--ulysses {P} needs a process count that is a multiple of {P}, got "
+            f"{state.num_processes}"
+        )
+    return state.process_index // P, state.num_processes // P, state.process_index % P
+
+
 def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     """Run ``opts`` (this process's share of the prompts); see the module docstring.
 
@@ -261,7 +277,8 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             )
     lock, writable = _lock(out, state)
     try:
-        mine = prompts[state.process_index :: state.num_processes]
+        group, groups, _ = _data_parallel(opts, state)
+        mine = prompts[group::groups]
         result = GenerateResult(
             out=out,
             total=len(prompts),
@@ -327,6 +344,14 @@ def _generate_prompts(
         )
     # the pipeline's own bar over the steps: only for real models (tiny steps are short)
     pipe.set_progress_bar_config(disable=not show or spec.is_tiny, leave=False, position=1)
+    writer = _data_parallel(opts, state)[2] == 0  # sequence-parallel peers write nothing
+    if opts.ulysses > 1:
+        from xattn_video.parallel import enable_context_parallel
+
+        try:
+            enable_context_parallel(pipe.transformer, opts.ulysses)
+        except ValueError as e:
+            raise SetupError(f"--ulysses {opts.ulysses}: {e}") from e
     handle = None
     if r["config"] is not None:
         from xattn_video import apply_xattention
@@ -341,10 +366,11 @@ def _generate_prompts(
     current: Path | None = None
     try:
         for n, prompt in enumerate(todo):
-            current = result.out / rundir.prompt_dir_name(prompt.index)
-            current.mkdir(parents=True, exist_ok=True)
-            (current / rundir.META_FILE).unlink(missing_ok=True)  # a redone prompt: unfinished
-            rundir.remove_partial_files(current)
+            current = result.out / rundir.prompt_dir_name(prompt.index) if writer else None
+            if current is not None:
+                current.mkdir(parents=True, exist_ok=True)
+                (current / rundir.META_FILE).unlink(missing_ok=True)  # redone: unfinished
+                rundir.remove_partial_files(current)
             if handle is not None:
                 handle.stats.reset()
             timer.reset()
@@ -365,6 +391,10 @@ def _generate_prompts(
             _sync(device)
             total_s = time.perf_counter() - t0
             video = to_uint8(frames)
+            if current is None:  # a sequence-parallel peer: the group's first process writes
+                result.generated.append(prompt.index)
+                bar.update(1)
+                continue
             write_video(current / rundir.VIDEO_FILE, video, r["fps"])
             frames_file = current / rundir.FRAMES_FILE
             save_frames(frames_file, video)

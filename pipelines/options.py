@@ -62,6 +62,9 @@ class GenerateOptions:
     dtype: str | None = None
     """``bfloat16`` / ``float16`` / ``float32``; None: bfloat16 on CUDA, float32 on CPU."""
     progress: bool = True
+    ulysses: int = 1
+    """Ulysses sequence-parallel degree P: each prompt runs on P processes (its tokens split
+    over them, one video written by the first); the process count must be a multiple of P."""
 
 
 def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
@@ -82,6 +85,8 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         raise SetupError(f"attention must be one of {ATTENTIONS}, got {opts.attention!r}")
     if opts.model_path is not None and opts.model_id is not None:
         raise SetupError("pass either --model-path or --model-id, not both")
+    if not isinstance(opts.ulysses, int) or opts.ulysses < 1:
+        raise SetupError(f"ulysses must be a positive integer, got {opts.ulysses!r}")
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise SetupError(f"dtype must be one of {tuple(DTYPES)}, got {opts.dtype!r}")
     if opts.device is not None:

@@ -10,7 +10,9 @@ reference's, plus the rounding floor.
 from __future__ import annotations
 
 import contextlib
+import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -227,3 +229,61 @@ def test_plan_for_unsupported_model_raises():
         xv.context_parallel_plan(tiny_framepack_transformer())
     plan = xv.context_parallel_plan(tiny_hv_pipeline().transformer)
     assert set(plan) == {"rope", "transformer_blocks.0", "proj_out"}
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+CLI = ["generate", "--model", "tiny-hunyuan", "--attention", "xattn", "--block-size", "16"]
+CLI += ["--stride", "4", "--warmup-steps", "1", "--backend", "torch", "--no-progress"]
+CLI += ["--threshold", "0.5", "--height", "64", "--width", "64"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU launch recipe; GPUs use NCCL")
+def test_cli_ulysses_two_processes_write_each_prompt_once(tmp_path, monkeypatch):
+    """``torchrun --nproc_per_node 2 -m xattn_video.pipelines.cli generate --ulysses 2``: one
+    data-parallel group of 2 processes runs both prompts together; only its first process
+    writes; frames match a one-process run up to uint8 rounding of float-order differences
+    (the latents follow the tolerance rule, see the pipeline tests), densities are equal."""
+    import json
+    import subprocess
+    import sys
+
+    from xattn_video.pipelines.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox runs\na blue car drives\n")
+    args = [*CLI, "--prompts", str(prompts)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), "-m", "xattn_video.pipelines.cli", *args]
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    res = subprocess.run(
+        [*cmd, "--ulysses", "2", "--out", str(multi)], capture_output=True, text=True,
+        timeout=300, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"process {rank}/2: generated 2, skipped 0 finished, of 2 prompts" in res.stdout
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main([*args, "--out", str(single)]) == 0
+    dirs = sorted(p.name for p in multi.iterdir() if p.is_dir())
+    assert dirs == sorted(p.name for p in single.iterdir() if p.is_dir()) and len(dirs) == 2
+    for name in dirs:
+        meta = json.loads((multi / name / "meta.json").read_text())
+        ref = json.loads((single / name / "meta.json").read_text())
+        assert meta["process"] == {"index": 0, "count": 2}  # written by the group's first
+        assert meta["density"]["per_head"] == pytest.approx(ref["density"]["per_head"])
+        assert meta["density"]["sparse_density"] < 1
+        a, b = (np.load(d / name / "frames.npy").astype(int) for d in (multi, single))
+        assert np.abs(a - b).max() <= 1
+    assert not [p for p in multi.rglob("*") if ".partial" in p.name]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
