@@ -76,16 +76,16 @@ if HAS_TRITON:
 
     @triton.jit
     def _estimate_fwd_kernel(
-        Q, K, LSE_BUF, OUT, KV_LEN,
+        Q, K, LSE_BUF, OUT, KV_LEN, Q_SCALE, K_SCALE,
         stride_qb, stride_qh, stride_qn, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_lbh, stride_lm,
-        stride_ob, stride_oh, stride_om,
+        stride_ob, stride_oh, stride_om, stride_sq, stride_sk,
         H, N_Q, N_GQ, N_BQ, N_BK,
         qk_scale,
         S: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_TILE: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, FLATTEN: tl.constexpr, FP8: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -105,10 +105,17 @@ if HAS_TRITON:
 
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if FP8:  # per-row q-block scale (fp8 inputs; one scale per block of S*G tokens)
+            q_sc = tl.load(
+                Q_SCALE + pid_bh * stride_sq + offs_m // G, mask=offs_m < N_GQ, other=1.0
+            )
+            row_scale = q_sc * qk_scale
+        else:
+            row_scale = tl.full([BLOCK_M], 1.0, dtype=tl.float32) * qk_scale
 
         # Pass 1: one sweep over the keys. Per (row, key block): log2-sum-exp2 of the block's
         # logits, stored to scratch; per row: online max and sum over all blocks.
-        for start_n in range(0, n_kg, BLOCK_N):
+        for start_n in tl.range(0, n_kg, BLOCK_N, flatten=FLATTEN):
             offs_n = start_n + tl.arange(0, BLOCK_N)  # key groups
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for s in range(S):
@@ -125,7 +132,13 @@ if HAS_TRITON:
                     other=0.0,
                 )
                 acc = tl.dot(qs, tl.trans(ks), acc, input_precision=PRECISION)
-            logits = acc * qk_scale
+            if FP8:
+                k_sc = tl.load(
+                    K_SCALE + pid_bh * stride_sk + offs_n // G, mask=offs_n < n_kg, other=1.0
+                )
+                logits = acc * row_scale[:, None] * k_sc[None, :]
+            else:
+                logits = acc * row_scale[:, None]
             logits = tl.where(offs_n[None, :] < n_kg, logits, float("-inf"))
             l3 = tl.reshape(logits, [BLOCK_M, KB_PER_TILE, G])
             bmax = tl.max(l3, axis=2)
@@ -183,13 +196,20 @@ def estimate_block_scores(
     block_size: int,
     kv_len: torch.Tensor | None = None,
     launch: tuple[int, int, int, int] | None = None,
+    precision: str = "bf16",
+    flatten: bool = False,
 ) -> torch.Tensor:
     """Block scores with the fused Triton kernel. Same contract as :func:`estimate_block_scores_ref`.
 
     q: (B, H, Nq, D), k: (B, H, Nk, D) in fp16/bf16/fp32 on CUDA (or CPU with
     ``TRITON_INTERPRET=1``); kv_len: (B,) int. Returns (B, H, Nbq, Nbk) float32.
     ``launch`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages), for tuning.
+    ``precision="fp8"``: q and k in e4m3 with one scale per (b, h, block) (Hopper GPUs; the
+    masks selected from these scores may differ from bf16 ones at near-ties).
+    ``flatten``: ask Triton to flatten the key-tile / stride loop nest for pipelining.
     """
+    if precision not in ("bf16", "fp8"):
+        raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     S = stride
@@ -198,20 +218,29 @@ def estimate_block_scores(
     nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     block_m, block_n, num_warps, num_stages = launch or _estimate_launch_config(G, D, q.dtype)
+    fp8 = precision == "fp8"
+    if fp8:
+        from .sparse_attention_hopper import quantize_fp8_blocks
+
+        q, q_scale = quantize_fp8_blocks(q, block_size)
+        k, k_scale = quantize_fp8_blocks(k, block_size)
+        q_scale, k_scale = q_scale.reshape(B * H, nbq), k_scale.reshape(B * H, nbk)
+    else:
+        q_scale = k_scale = torch.ones(B * H, 1, dtype=torch.float32, device=q.device)
 
     n_m_tiles = cdiv(ngq, block_m)
     scratch = torch.empty((B * H, n_m_tiles * block_m, nbk), dtype=torch.float32, device=q.device)
     out = torch.zeros((B, H, nbq, nbk), dtype=torch.float32, device=q.device)
     grid = (n_m_tiles, B * H)
     _estimate_fwd_kernel[grid](
-        q, k, scratch, out, lens,
+        q, k, scratch, out, lens, q_scale, k_scale,
         *q.stride(), *k.stride(),
         scratch.stride(0), scratch.stride(1),
-        out.stride(0), out.stride(1), out.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), q_scale.stride(0), k_scale.stride(0),
         H, Nq, ngq, nbq, nbk,
         LOG2E / (math.sqrt(D) * S),
         S=S, G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=32,
-        PRECISION=dot_precision(q.dtype),
+        PRECISION=dot_precision(q.dtype), FLATTEN=flatten, FP8=fp8,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -287,15 +287,35 @@ def block_sparse_attention_fwd(
     return_lse: bool = False,
     launch: tuple[int, int, int, int] | None = None,
     use_tma: bool | None = None,
+    kernel: str = "auto",
+    precision: str = "bf16",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Triton block-sparse attention over CSR lists.
+    """Triton block-sparse attention over CSR lists; picks the Hopper kernel on sm90.
 
     q, k, v: (B, H, N, D) fp16/bf16 (fp32 under the interpreter); counts: (B, H, Nbq) int32;
     indices: (B, H, Nbq, L) int32, ascending, only valid key blocks; kv_len: (B,) int.
     Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N) float32.
     ``launch`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages), for tuning. ``use_tma``:
     load tiles with Hopper tensor descriptors (default: on sm90+ GPUs for fp16/bf16).
+    ``kernel``: "auto" (the Hopper kernel where :func:`~.tuning.attention_kernel_for` allows it,
+    unless ``launch`` or ``use_tma`` asks for the portable one), "hopper" or "portable".
+    ``precision``: "bf16" (the inputs' dtype) or "fp8" (Hopper kernel only).
     """
+    from .sparse_attention_hopper import PRECISIONS, block_sparse_attention_hopper
+    from .tuning import attention_kernel_for
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if kernel == "auto" and (launch is not None or use_tma is not None):
+        kernel = "portable"
+    choice = attention_kernel_for(q, k, v, block_size, kernel)
+    if precision == "fp8" and choice != "hopper":
+        raise ValueError("precision='fp8' needs the Hopper kernel (an sm90+ GPU, fp16/bf16 inputs)")
+    if choice == "hopper":
+        return block_sparse_attention_hopper(
+            q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
+            return_lse=return_lse, precision=precision,
+        )  # fmt: skip
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale

@@ -1,0 +1,120 @@
+"""GPU checks of the Hopper kernels at full size (``pytest -m gpu`` on an sm90 GPU).
+
+Every (precision, config) the tuning table can hand out (:func:`tuning.shipped_configs`) runs at
+119,056 and 67,576 tokens, B=2 with key padding, against fp64 on sampled query blocks: bf16
+with the flash-attention rule, fp8 against a documented error budget (and its errors printed).
+The estimate's fp8 / flattened variants are checked for mask agreement with the reference.
+"""
+
+import math
+
+import pytest
+import torch
+
+from xattn_video.kernels import tuning
+from xattn_video.kernels.estimate import estimate_block_scores, estimate_block_scores_ref
+from xattn_video.kernels.select import mask_to_indices, select_blocks
+from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd
+from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper
+
+from ._tolerance import assert_fa_close, naive_attention
+
+pytestmark = pytest.mark.gpu
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs an sm90+ GPU")
+# e4m3 keeps 3 mantissa bits: Q.K in fp8 -> ~4% relative L2 error of the output; fp8 P.V more.
+FP8_REL_L2 = {False: 0.06, True: 0.12}
+
+
+def _sampled_check(q, k, v, mask, kv_len, out, blocks, precision):
+    B, H, N, D = q.shape
+    key_ok = torch.arange(N, device="cuda")[None, :] < kv_len[:, None]
+    errs = []
+    for qb in blocks:
+        r0, r1 = qb * 128, min(N, (qb + 1) * 128)
+        tok = (mask[:, :, qb].repeat_interleave(128, -1)[..., :N] & key_ok[:, None, :])[:, :, None]
+        exact = naive_attention(q[:, :, r0:r1], k, v, tok, dtype=torch.float64)
+        if precision == "bf16":
+            lowp = naive_attention(q[:, :, r0:r1], k, v, tok, dtype=q.dtype)
+            assert_fa_close(out[:, :, r0:r1], exact, lowp, what=f"q-block {qb}")
+        errs.append((out[:, :, r0:r1].double() - exact, exact))
+    return errs
+
+
+@needs_hopper
+@pytest.mark.parametrize("n", [119056, 67576])
+@pytest.mark.parametrize("precision, cfg", tuning.shipped_configs(), ids=lambda x: str(x))
+def test_hopper_every_config_full_size(n, precision, cfg):
+    B, H, D = 2, 2, 128
+    g = torch.Generator(device="cuda").manual_seed(n)
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+    kv_len = torch.tensor([n, n - 3000], device="cuda")
+    nb = math.ceil(n / 128)
+    for density in (0.3, 1.0):
+        mask = select_blocks(torch.rand(B, H, nb, nb, device="cuda", generator=g), block_size=128,
+                             ratio=density, kv_len=kv_len)  # fmt: skip
+        counts, idx = mask_to_indices(mask)
+        out = block_sparse_attention_hopper(q, k, v, counts, idx, block_size=128, kv_len=kv_len,
+                                            precision=precision, config=cfg)  # fmt: skip
+        assert torch.isfinite(out).all()
+        errs = _sampled_check(q, k, v, mask, kv_len, out, [0, 1, nb // 2, nb - 2, nb - 1],
+                              precision)  # fmt: skip
+        if precision == "fp8":
+            diff = torch.cat([e.flatten() for e, _ in errs])
+            ref = torch.cat([r.flatten() for _, r in errs])
+            rel = (diff.norm() / ref.norm()).item()
+            print(f"fp8 n={n} d={density} {cfg}: max {diff.abs().max():.3e} "
+                  f"mean {diff.abs().mean():.3e} rel_l2 {rel:.3e}")  # fmt: skip
+            assert rel < FP8_REL_L2[bool(cfg.get("FP8_PV"))]
+
+
+@needs_hopper
+def test_auto_dispatch_uses_hopper_kernel_and_table():
+    q = torch.randn(1, 2, 1000, 128, device="cuda", dtype=torch.bfloat16)
+    assert tuning.attention_kernel_for(q, q, q, 128) == "hopper"
+    assert tuning.attention_kernel_for(q.float(), q.float(), q.float(), 128) == "portable"
+    cfg = tuning.hopper_attention_config(q, 128)
+    name = torch.cuda.get_device_name()
+    assert cfg == tuning.MEASURED.get((name, "bf16", 128, "small"), tuning.SAFE_HOPPER)
+
+
+@needs_hopper
+def test_hopper_and_portable_agree_with_lse():
+    B, H, N, D = 2, 3, 5000, 64
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g).half() for _ in range(3))
+    kv_len = torch.tensor([N, 3001], device="cuda")
+    nb = math.ceil(N / 64)
+    mask = select_blocks(torch.rand(B, H, nb, nb, device="cuda", generator=g), block_size=64,
+                         threshold=0.6, kv_len=kv_len)  # fmt: skip
+    counts, idx = mask_to_indices(mask)
+    kw = dict(block_size=64, kv_len=kv_len, return_lse=True)
+    o_h, l_h = block_sparse_attention_fwd(q, k, v, counts, idx, kernel="hopper", **kw)
+    o_p, l_p = block_sparse_attention_fwd(q, k, v, counts, idx, kernel="portable", **kw)
+    torch.testing.assert_close(l_h, l_p, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(o_h.float(), o_p.float(), rtol=2e-2, atol=4e-3)
+
+
+@pytest.mark.parametrize("n,stride", [(119056, 8), (119056, 16), (67576, 8), (67576, 16)])
+@pytest.mark.parametrize("precision, flatten", [("bf16", True), ("fp8", True)])
+def test_estimate_variants_mask_agreement(n, stride, precision, flatten):
+    if precision == "fp8" and not HOPPER:
+        pytest.skip("fp8 estimate needs an sm90+ GPU")
+    g = torch.Generator(device="cuda").manual_seed(2)
+    q, k = (torch.randn(1, 1, n, 128, device="cuda", generator=g).bfloat16() for _ in range(2))
+    kv_len = torch.tensor([n - 100], device="cuda")
+    kw = dict(stride=stride, block_size=128, kv_len=kv_len)
+    got = estimate_block_scores(q, k, precision=precision, flatten=flatten, **kw)
+    want = estimate_block_scores_ref(q, k, **kw)
+    m_got = select_blocks(got, block_size=128, threshold=0.9, kv_len=kv_len)
+    m_want = select_blocks(want, block_size=128, threshold=0.9, kv_len=kv_len)
+    disagree = (m_got != m_want).float().mean().item()
+    print(
+        f"estimate {precision} flatten={flatten} n={n} S={stride}: mask disagreement {disagree:.2e}"
+    )
+    if precision == "bf16":
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-5)
+        assert disagree < 1e-3
+    else:
+        assert disagree < 2e-2

@@ -1,0 +1,195 @@
+"""Hopper sparse-attention kernel in the CPU interpreter, fp8 helpers, and the kernel dispatch.
+
+The interpreter runs the same Triton source as the GPU (TMA descriptors, the warp-specialized
+loop, lazy rescaling, the fp8 paths); small shapes and tiles keep it fast.
+"""
+
+import math
+
+import pytest
+import torch
+
+from xattn_video.kernels import tuning
+from xattn_video.kernels._common import cdiv
+from xattn_video.kernels.select import mask_to_indices, valid_key_blocks
+from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd
+from xattn_video.kernels.sparse_attention_hopper import (
+    FP8_MAX,
+    block_sparse_attention_hopper,
+    quantize_fp8_blocks,
+    quantize_fp8_head_t,
+)
+
+from ._tolerance import assert_fa_close, naive_attention
+
+
+def _problem(B, H, N, D, bs, lens, density, seed, dtype=torch.float16):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, N, D, generator=g).to(dtype) for _ in range(3))
+    kv_len = torch.tensor(lens)
+    nb = cdiv(N, bs)
+    valid = valid_key_blocks(kv_len, nb, bs)[:, None, None, :]
+    mask = (torch.rand(B, H, nb, nb, generator=g) < density) & valid
+    mask[..., 0] = True
+    tok = mask.repeat_interleave(bs, -2).repeat_interleave(bs, -1)[..., :N, :N]
+    tok = tok & (torch.arange(N)[None, :] < kv_len[:, None])[:, None, None, :]
+    return q, k, v, kv_len, mask, tok
+
+
+def _cfg(**kw):
+    return dict(tuning.SAFE_HOPPER, BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.mark.parametrize("threshold", [0.0, 8.0])
+@pytest.mark.parametrize("warp_spec", [False, True])
+@pytest.mark.parametrize("shape", [(2, 2, 130, 32, 64, [130, 93]), (1, 1, 200, 16, 64, [200])])
+def test_hopper_kernel_fa_rule(threshold, warp_spec, shape):
+    B, H, N, D, bs, lens = shape
+    q, k, v, kv_len, mask, tok = _problem(B, H, N, D, bs, lens, 0.5, seed=1)
+    counts, idx = mask_to_indices(mask)
+    out, lse = block_sparse_attention_hopper(
+        q, k, v, counts, idx, block_size=bs, kv_len=kv_len, return_lse=True,
+        config=_cfg(WARP_SPEC=warp_spec, RESCALE_THRESHOLD=threshold),
+    )  # fmt: skip
+    assert_fa_close(
+        out, naive_attention(q, k, v, tok, dtype=torch.float64), naive_attention(q, k, v, tok)
+    )
+    logits = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(D)
+    lse_ref = torch.logsumexp(logits.masked_fill(~tok, float("-inf")), -1)
+    torch.testing.assert_close(lse.double(), lse_ref, rtol=1e-5, atol=1e-3)
+
+
+def test_hopper_kernel_lazy_rescale_with_growing_max():
+    """Later key blocks with much larger logits force the lazy path to rescale (exact result)."""
+    B, H, N, D, bs = 1, 1, 128, 16, 64
+    q, k, v, kv_len, mask, tok = _problem(B, H, N, D, bs, [N], 1.0, seed=2)
+    k[..., 64:, :] *= 6.0  # the second key block's logits are far larger than the first's
+    counts, idx = mask_to_indices(mask)
+    out = block_sparse_attention_hopper(q, k, v, counts, idx, block_size=bs,
+                                        config=_cfg(RESCALE_THRESHOLD=8.0))  # fmt: skip
+    assert_fa_close(
+        out, naive_attention(q, k, v, tok, dtype=torch.float64), naive_attention(q, k, v, tok)
+    )
+
+
+def test_hopper_kernel_padded_keys_and_empty_rows():
+    B, H, N, D, bs = 2, 1, 128, 16, 64
+    q, k, v, kv_len, mask, _ = _problem(B, H, N, D, bs, [128, 41], 1.0, seed=3)
+    mask[0, 0, 1] = False  # an empty query-block row
+    counts, idx = mask_to_indices(mask)
+    kw = dict(block_size=bs, kv_len=kv_len, config=_cfg(RESCALE_THRESHOLD=8.0))
+    out = block_sparse_attention_hopper(q, k, v, counts, idx, **kw)
+    k2, v2 = k.clone(), v.clone()
+    k2[1, :, 41:], v2[1, :, 41:] = 50.0, 1e4
+    assert torch.equal(out, block_sparse_attention_hopper(q, k2, v2, counts, idx, **kw))
+    assert (out[0, 0, 64:] == 0).all()
+
+
+@pytest.mark.parametrize("pv", [False, True])
+def test_hopper_kernel_fp8_error_bound(pv):
+    """fp8 Q.K (and optionally P.V): error vs fp64 within the e4m3 budget (3 mantissa bits)."""
+    B, H, N, D, bs = 1, 2, 192, 32, 64
+    q, k, v, kv_len, mask, tok = _problem(B, H, N, D, bs, [N], 0.6, seed=4)
+    counts, idx = mask_to_indices(mask)
+    out = block_sparse_attention_hopper(q, k, v, counts, idx, block_size=bs, precision="fp8",
+                                        config=_cfg(FP8_PV=pv))  # fmt: skip
+    ref = naive_attention(q, k, v, tok, dtype=torch.float64)
+    rel = ((out.double() - ref).norm() / ref.norm()).item()
+    assert rel < (0.12 if pv else 0.06), rel
+    assert torch.isfinite(out).all()
+
+
+def test_fp8_quantizers_roundtrip():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 200, 16, generator=g) * torch.linspace(0.1, 10, 200)[:, None]
+    x[0, 0, :64] = 0  # an all-zero block keeps scale 1
+    x8, s = quantize_fp8_blocks(x, 64)
+    assert x8.dtype == torch.float8_e4m3fn and s.shape == (2, 3, 4)
+    assert s[0, 0, 0] == 1.0
+    back = x8.float() * s.repeat_interleave(64, -1)[..., :200, None]
+    amax = x.abs().reshape(2, 3, -1).amax(-1)[..., None, None]
+    assert (back - x).abs().max() <= 2.0**-4 * amax.max()
+    assert x8.float().abs().max() <= FP8_MAX
+    vt8, sv = quantize_fp8_head_t(x)
+    assert vt8.shape == (2, 3, 16, 200) and vt8.stride(-2) % 16 == 0
+    torch.testing.assert_close(vt8.float().transpose(-1, -2) * sv[..., None, None], x,
+                               rtol=2.0**-3, atol=2.0**-9 * float(sv.max()))  # fmt: skip
+
+
+def test_fp8_pv_rejects_lazy_rescale():
+    q, k, v, _, mask, _ = _problem(1, 1, 64, 16, 64, [64], 1.0, seed=6)
+    counts, idx = mask_to_indices(mask)
+    with pytest.raises(ValueError, match="FP8_PV"):
+        block_sparse_attention_hopper(q, k, v, counts, idx, block_size=64, precision="fp8",
+                                      config=_cfg(FP8_PV=True, RESCALE_THRESHOLD=8.0))  # fmt: skip
+
+
+BASE = dict(is_cuda=True, capability=9, dtype=torch.bfloat16, head_dim=128, block_size=128,
+            aligned=True, interpreter=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, want",
+    [
+        ({}, "hopper"),
+        ({"dtype": torch.float16, "head_dim": 64, "block_size": 64}, "hopper"),
+        ({"capability": 10}, "hopper"),
+        ({"capability": 8}, "portable"),  # Ampere / Ada
+        ({"dtype": torch.float32}, "portable"),
+        ({"head_dim": 32}, "portable"),
+        ({"block_size": 32}, "portable"),
+        ({"aligned": False}, "portable"),
+        ({"is_cuda": False, "capability": 0, "interpreter": True}, "portable"),  # CPU tests
+        ({"kernel": "portable"}, "portable"),
+        ({"is_cuda": False, "capability": 0, "interpreter": True, "kernel": "hopper"}, "hopper"),
+    ],
+)
+def test_dispatch_choice(change, want):
+    assert tuning.choose_kernel(**{**BASE, **change}) == want
+
+
+@pytest.mark.parametrize("change", [{"capability": 8}, {"head_dim": 32}, {"is_cuda": False}])
+def test_dispatch_forced_hopper_rejects(change):
+    with pytest.raises(ValueError, match="kernel='hopper'"):
+        tuning.choose_kernel(**{**BASE, **change, "kernel": "hopper"})
+    with pytest.raises(ValueError, match="kernel must be"):
+        tuning.choose_kernel(**{**BASE, "kernel": "fast"})
+
+
+def test_config_table_lookup(monkeypatch):
+    tuned = dict(tuning.SAFE_HOPPER, BLOCK_N=64, RESCALE_THRESHOLD=8.0)
+    monkeypatch.setitem(tuning.MEASURED, ("NVIDIA H200", "bf16", 128, "large"), tuned)
+    assert tuning.lookup_config("NVIDIA H200", "bf16", 128, 119056, 128) == tuned
+    # Unknown GPU, other bucket or precision: the safe fallback, never a guess.
+    assert (
+        tuning.lookup_config("NVIDIA H100 80GB HBM3", "bf16", 128, 119056, 128)
+        == tuning.SAFE_HOPPER
+    )
+    assert tuning.lookup_config("NVIDIA H200", "bf16", 128, 4096, 128) == tuning.SAFE_HOPPER
+    assert tuning.lookup_config("NVIDIA H200", "fp8", 128, 119056, 128) == tuning.SAFE_HOPPER
+    assert tuning.SAFE_HOPPER["WARP_SPEC"] is False and tuning.SAFE_HOPPER["RESCALE_THRESHOLD"] == 0
+    small = tuning.lookup_config("NVIDIA H200", "bf16", 64, 119056, 64)
+    assert small["BLOCK_M"] == 64 and small["BLOCK_N"] == 64 and small["num_warps"] == 4
+    assert ("bf16", tuned) in tuning.shipped_configs()
+
+
+def test_portable_entry_point_dispatch_on_cpu():
+    """On CPU, ``kernel='auto'`` keeps the portable kernel; 'hopper' runs the Hopper one; fp8
+    without the Hopper kernel is an error naming the argument."""
+    q, k, v, kv_len, mask, tok = _problem(1, 1, 128, 16, 64, [128], 1.0, seed=7)
+    counts, idx = mask_to_indices(mask)
+    kw = dict(block_size=64, kv_len=kv_len)
+    a = block_sparse_attention_fwd(q, k, v, counts, idx, kernel="portable", **kw)
+    b = block_sparse_attention_fwd(q, k, v, counts, idx, kernel="hopper", **kw)
+    ref = naive_attention(q, k, v, tok, dtype=torch.float64)
+    assert_fa_close(a, ref, naive_attention(q, k, v, tok))
+    assert_fa_close(b, ref, naive_attention(q, k, v, tok))
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        block_sparse_attention_fwd(q, k, v, counts, idx, precision="fp8", **kw)
+    with pytest.raises(ValueError, match="precision must be"):
+        block_sparse_attention_fwd(q, k, v, counts, idx, precision="int8", **kw)

@@ -1,0 +1,132 @@
+"""Kernel choice and launch configurations per (GPU name, N bucket, head dim, precision).
+
+Which sparse-attention kernel runs (:func:`attention_kernel_for`): the Hopper kernel
+(:mod:`.sparse_attention_hopper`) on CUDA GPUs of compute capability 9.x for fp16/bf16 inputs
+with head dim 64 or 128 and block size >= 64 and TMA-compatible strides; the portable kernel
+(:mod:`.sparse_attention`) everywhere else (other GPUs, fp32, the CPU interpreter).
+
+Launch configurations come from :data:`MEASURED`, filled only from runs on the named GPU
+(``docs/results/bench_attention_h200*.json``). A GPU that is not in the table gets
+:data:`SAFE_HOPPER`, a configuration without warp specialization or lazy rescaling that the
+GPU tests check on every Hopper card they run on: correct first, tuned where measured.
+
+Not supported: autotuning at run time (the table is measured offline by
+``benchmarks/sweep_hopper.py``); per-GPU tables for non-Hopper cards (the portable kernel keeps
+its own defaults).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+HOPPER_KEYS = (
+    "BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "WARP_SPEC", "RESCALE_THRESHOLD", "FP8_PV",
+)  # fmt: skip
+KERNELS = ("auto", "hopper", "portable")
+
+SAFE_HOPPER: dict = dict(
+    BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, WARP_SPEC=False,
+    RESCALE_THRESHOLD=0.0, FP8_PV=False,
+)  # fmt: skip
+"""Fallback for Hopper GPUs without measurements (block_size 128, D 128; smaller blocks/dims
+are clamped in :func:`hopper_attention_config`)."""
+
+# (GPU name, precision, head dim, N bucket) -> config. Only from measurements on that GPU.
+MEASURED: dict[tuple[str, str, int, str], dict] = {}
+
+
+def n_bucket(n: int) -> str:
+    """Sequence-length bucket of the table: ``small`` (< 32k tokens) or ``large``."""
+    return "small" if n < 32768 else "large"
+
+
+@functools.lru_cache(maxsize=8)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def gpu_name(t: torch.Tensor) -> str | None:
+    """CUDA device name of ``t`` (None on CPU)."""
+    if not t.is_cuda:
+        return None
+    return _device_name(t.device.index if t.device.index is not None else 0)
+
+
+def _clamp(cfg: dict, block_size: int, head_dim: int) -> dict:
+    cfg = dict(cfg)
+    cfg["BLOCK_M"] = min(cfg["BLOCK_M"], block_size)
+    cfg["BLOCK_N"] = min(cfg["BLOCK_N"], block_size)
+    if cfg["BLOCK_M"] * head_dim < 128 * 128:
+        cfg["num_warps"] = min(cfg["num_warps"], 4)
+    return cfg
+
+
+def lookup_config(name: str | None, precision: str, head_dim: int, n: int, block_size: int) -> dict:
+    """Table entry for (GPU name, precision, head dim, N bucket), else :data:`SAFE_HOPPER`;
+    tiles clamped to ``block_size``. ``name`` None (CPU interpreter): small tiles."""
+    if name is None:
+        return dict(SAFE_HOPPER, BLOCK_M=min(32, block_size), BLOCK_N=min(16, block_size),
+                    num_warps=4, num_stages=1)  # fmt: skip
+    cfg = MEASURED.get((name, precision, head_dim, n_bucket(n)), SAFE_HOPPER)
+    return _clamp(cfg, block_size, head_dim)
+
+
+def shipped_configs() -> list[tuple[str, dict]]:
+    """Every (precision, config) the table can hand out: what the GPU tests must cover."""
+    out = [("bf16", SAFE_HOPPER), ("fp8", SAFE_HOPPER)]
+    for (_, prec, _, _), cfg in MEASURED.items():
+        if (prec, cfg) not in out:
+            out.append((prec, cfg))
+    return out
+
+
+def hopper_attention_config(q: torch.Tensor, block_size: int, precision: str = "bf16") -> dict:
+    """Launch config of the Hopper kernel for q: (B, H, N, D) on q's GPU (see :func:`lookup_config`)."""
+    return lookup_config(gpu_name(q), precision, q.shape[-1], q.shape[-2], block_size)
+
+
+def choose_kernel(
+    *, is_cuda: bool, capability: int, dtype: torch.dtype, head_dim: int, block_size: int,
+    aligned: bool, interpreter: bool, kernel: str = "auto",
+) -> str:  # fmt: skip
+    """Pure decision behind :func:`attention_kernel_for` (``capability``: major version)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    fits = (
+        is_cuda
+        and capability >= 9
+        and head_dim in (64, 128)
+        and block_size >= 64
+        and dtype in (torch.float16, torch.bfloat16)
+        and aligned
+    )
+    if kernel == "hopper":
+        if not (fits or (interpreter and not is_cuda and aligned)):
+            raise ValueError(
+                "kernel='hopper' needs an sm90+ GPU (or TRITON_INTERPRET=1 on CPU), fp16/bf16 "
+                "q/k/v with head dim 64 or 128, block_size >= 64 and 16-byte aligned strides"
+            )
+        return "hopper"
+    if kernel == "portable":
+        return "portable"
+    return "hopper" if fits else "portable"
+
+
+def attention_kernel_for(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, kernel: str = "auto"
+) -> str:
+    """``"hopper"`` or ``"portable"`` for q, k, v: (B, H, N, D); ``kernel`` forces one.
+
+    Raises ValueError when ``kernel='hopper'`` cannot run these inputs.
+    """
+    from ._common import interpreter_enabled
+    from .sparse_attention_hopper import tma_aligned
+
+    cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
+    return choose_kernel(
+        is_cuda=q.is_cuda, capability=cap, dtype=q.dtype, head_dim=q.shape[-1],
+        block_size=block_size, aligned=tma_aligned(q, k, v), interpreter=interpreter_enabled(),
+        kernel=kernel,
+    )  # fmt: skip
