@@ -313,8 +313,12 @@ def _one_line_warnings(prog: str) -> Iterator[None]:
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"{prog}: warning: {message}", file=file or sys.stderr)
 
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{prog}: {record.levelname.lower()}: {record.getMessage()}"
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
+    handler.setFormatter(OneLine())
     log = logging.getLogger("xattn_video")
     with warnings.catch_warnings():
         warnings.showwarning = show

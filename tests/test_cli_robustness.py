@@ -1,0 +1,361 @@
+"""The CLI on bad input, concurrent runs and damaged run directories (issue 11, section 3,
+items 5-9, and its weaker messages): one-line errors with exit 2 before any work, a lock per
+run directory, resume that verifies what it skips.
+
+Runs use ``tiny-hunyuan`` (random weights) at 32x32x9, 2 steps, on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xattn_video import rundir
+from xattn_video.attention import STRIDES
+from xattn_video.config import XAttentionConfig
+from xattn_video.pipelines import generate as generate_mod
+from xattn_video.pipelines.cli import main
+from xattn_video.pipelines.generate import GenerateOptions, SetupError, resolve_options
+from xattn_video.pipelines.models import MODELS
+
+PROMPTS = ["a red car drives on a road", "a cat sleeping on a sofa", "fireworks over a lake"]
+FAST = ["--steps", "2", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("XATTN_VIDEO_LPIPS_WEIGHTS", raising=False)
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    return path
+
+
+def _argv(out: Path, prompts: Path, attention: str = "dense", *extra: str) -> list[str]:
+    argv = ["generate", "--model", "tiny-hunyuan", "--prompts", str(prompts)]
+    return [*argv, "--attention", attention, "--out", str(out), *FAST, *extra]
+
+
+def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``argv``, expect exit 2 with a one-line error; return that line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("xattn-video"), err
+    assert ": error: " in lines[-1], err
+    assert "Traceback" not in err, err
+    return lines[-1]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors must come before the model is loaded."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(generate_mod, "load_pipeline", fail)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5: zero and negative sizes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flag", ["--steps", "--height", "--width", "--frames", "--fps", "--limit", "--sample"]
+)
+@pytest.mark.parametrize("value", ["0", "-16"])
+def test_zero_or_negative_sizes_exit_2(tmp_path, prompt_file, capsys, flag, value):
+    line = _fail([*_argv(tmp_path / "run", prompt_file), flag, value], capsys)
+    assert f"argument {flag}: must be a positive integer, got {int(value)}" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["steps", "height", "width", "frames", "fps"])
+def test_resolve_options_rejects_zero_instead_of_using_the_default(tmp_path, name):
+    opts = GenerateOptions(model="tiny-hunyuan", prompts="p.txt", out=tmp_path, **{name: 0})
+    with pytest.raises(SetupError, match=f"{name} must be a positive integer, got 0"):
+        resolve_options(opts)
+
+
+def test_demo_rejects_zero_prompts(tmp_path, capsys):
+    line = _fail(["demo", "--out", str(tmp_path / "d"), "--num-prompts", "0"], capsys)
+    assert "--num-prompts: must be a positive integer" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 6: one writer per run directory
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_locked_run_directory_exits_2_before_any_work(tmp_path, prompt_file, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    with rundir.RunLock(out) as lock:  # another generate process, as far as flock is concerned
+        assert lock.acquire()
+        line = _fail(_argv(out, prompt_file), capsys)
+    assert f"{out} is being written by another generate process (pid {os.getpid()})" in line
+    assert "wait for it to finish" in line
+    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK_FILE]  # nothing written
+    assert main(_argv(out, prompt_file, "dense", "--limit", "1")) == 0  # lock released
+
+
+def test_two_generate_processes_on_one_directory(tmp_path: Path):
+    """The issue's case: two identical ``generate`` commands at once. One generates, the other
+    exits 2 naming the lock (or, if it came late, finds everything finished); the directory
+    ends consistent either way."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"prompt number {i}" for i in range(12)) + "\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "xattn_video.pipelines.cli", *_argv(out, prompts)[0:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(rc for rc, _, _ in results)
+    assert codes in ([0, 0], [0, 2]), results
+    if codes == [0, 2]:
+        loser = next(err for rc, _, err in results if rc == 2)
+        assert "is being written by another generate process" in loser
+        assert "Traceback" not in loser
+    else:
+        assert any("generated 0, skipped 12 finished" in o for _, o, _ in results), results
+    folders = sorted(p for p in out.iterdir() if rundir.is_prompt_dir(p))
+    assert len(folders) == 12
+    for i, folder in enumerate(folders):
+        assert rundir.verify_video(folder, prompt=f"prompt number {i}") is None
+    assert not [p for p in out.rglob(f"*{rundir.TMP_MARK}*")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7, 8: resume verifies finished videos and their prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resume_redoes_truncated_frames_and_invalid_meta(tmp_path, prompt_file, capsys):
+    out = tmp_path / "run"
+    assert main(_argv(out, prompt_file)) == 0
+    capsys.readouterr()
+    good = {i: (out / f"0000{i}" / "frames.npy").read_bytes() for i in range(3)}
+    meta = json.loads((out / "00000" / "meta.json").read_text())
+    assert meta["schema_version"] == 2 and meta["frames_bytes"] == len(good[0])
+    truncated = out / "00001" / "frames.npy"
+    truncated.write_bytes(good[1][:1000])
+    broken_meta = out / "00002" / "meta.json"
+    broken_meta.write_text('{"prompt_index": 2, "prompt": ')
+    assert main(_argv(out, prompt_file)) == 0
+    std = capsys.readouterr()
+    assert "generated 2 (2 redone, see the warnings), skipped 1 finished, of 3" in std.out
+    assert f"xattn-video: warning: prompt 00001 is generated again: {truncated}" in std.err
+    assert f"xattn-video: warning: prompt 00002 is generated again: {broken_meta}" in std.err
+    for i in range(3):  # same seed, same computation: the same bytes again
+        assert (out / f"0000{i}" / "frames.npy").read_bytes() == good[i]
+        assert rundir.verify_video(out / f"0000{i}", prompt=PROMPTS[i]) is None
+
+
+def test_resume_regenerates_a_prompt_whose_text_changed(tmp_path, prompt_file, capsys):
+    out = tmp_path / "run"
+    assert main(_argv(out, prompt_file)) == 0
+    before = np.load(out / "00001" / "frames.npy")
+    prompt_file.write_text("\n".join([PROMPTS[0], "a dog on a beach", PROMPTS[2]]) + "\n")
+    capsys.readouterr()
+    assert main(_argv(out, prompt_file)) == 0
+    std = capsys.readouterr()
+    assert "generated 1 (1 redone, see the warnings), skipped 2 finished" in std.out
+    assert "prompt 00001 is generated again: the prompt changed" in std.err
+    assert f"{PROMPTS[1]!r} -> 'a dog on a beach'" in std.err
+    meta = json.loads((out / "00001" / "meta.json").read_text())
+    assert meta["prompt"] == "a dog on a beach"
+    assert not np.array_equal(np.load(out / "00001" / "frames.npy"), before)
+
+
+def test_resume_refuses_a_corrupt_run_json_naming_it(tmp_path, prompt_file, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{not json")
+    line = _fail(_argv(out, prompt_file), capsys)
+    assert f"can't resume: {out / 'run.json'} is not valid JSON" in line
+
+
+def test_bad_prompt_json_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "p.json"
+    bad.write_text("[1, 2,")
+    line = _fail(_argv(tmp_path / "run", bad), capsys)
+    assert f"{bad} is not a valid JSON prompt file" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 9: one-line errors before any work
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("finished")
+    prompts = root / "p.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    assert main(_argv(root / "run", prompts)) == 0
+    return root / "run", prompts
+
+
+def test_out_is_an_existing_file(tmp_path, prompt_file, finished_run, capsys, no_model_load):
+    file = tmp_path / "file.txt"
+    file.write_text("keep me")
+    line = _fail(_argv(file, prompt_file), capsys)
+    assert f"--out {file} is an existing file, not a run directory" in line
+    run, _ = finished_run
+    shutil.copytree(run, tmp_path / "copy")
+    line = _fail(["compare", str(run), str(tmp_path / "copy"), "--out", str(file)], capsys)
+    assert f"--out {file} is an existing file" in line
+    line = _fail(["demo", "--out", str(file), "--no-progress"], capsys)
+    assert f"--out {file} is an existing file" in line
+    assert file.read_text() == "keep me"
+
+
+def test_a_finished_run_is_not_rewritten(finished_run, capsys):
+    run, prompts = finished_run
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    assert main(_argv(run, prompts)) == 0
+    assert "generated 0, skipped 1 finished" in capsys.readouterr().out
+    after = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    del before[run / rundir.LOCK_FILE], after[run / rundir.LOCK_FILE]
+    assert after == before  # run.json included: not replaced
+
+
+def test_read_only_run_directory(finished_run, tmp_path, prompt_file, monkeypatch, capsys):
+    """Read-only is simulated (tests may run as root, where chmod does not stop writes)."""
+    run, prompts = finished_run
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rundir, "_open_lock_file", denied)
+    assert main(_argv(run, prompts)) == 0  # finished: nothing to write
+    assert "generated 0, skipped 1 finished" in capsys.readouterr().out
+    shutil.copytree(run, tmp_path / "copy")
+    prompts.write_text("\n".join(PROMPTS) + "\n")  # now 1 of 3 prompts is finished
+    line = _fail(_argv(run, prompts), capsys)
+    assert f"{run} is not writable and 2 prompt(s) are not finished" in line
+    line = _fail(["compare", str(run), str(tmp_path / "copy"), "--out", "r"], capsys)
+    assert "is not writable" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_run_directory_for_real(finished_run, tmp_path, prompt_file, capsys):
+    run, prompts = finished_run
+    ro = tmp_path / "ro"
+    shutil.copytree(run, ro)
+    ro.chmod(0o555)
+    try:
+        assert main(_argv(ro, prompts)) == 0
+        prompts.write_text("\n".join(PROMPTS) + "\n")
+        line = _fail(_argv(ro, prompts), capsys)
+        assert "is not writable" in line
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["generate", "compare", "demo"])
+def test_bogus_device(tmp_path, prompt_file, finished_run, capsys, no_model_load, command):
+    run, _ = finished_run
+    argv = {
+        "generate": _argv(tmp_path / "run", prompt_file)[:-2],  # drop --device cpu
+        "compare": ["compare", str(run), str(prompt_file.parent), "--out", str(tmp_path / "r")],
+        "demo": ["demo", "--out", str(tmp_path / "demo")],
+    }[command]
+    if command == "compare":
+        shutil.copy(run / "run.json", prompt_file.parent / "run.json")
+    line = _fail([*argv, "--device", "bogus"], capsys)
+    assert "'bogus' is not a torch device" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA case")
+def test_backend_triton_without_cuda_fails_before_loading(
+    tmp_path, prompt_file, capsys, monkeypatch, no_model_load
+):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    line = _fail(_argv(tmp_path / "run", prompt_file, "xattn", "--backend", "triton"), capsys)
+    assert "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1" in line
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# weaker messages
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compare_a_directory_with_itself(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    line = _fail(["compare", str(run), str(run) + "/", "--out", str(tmp_path / "r")], capsys)
+    assert "is given twice; compare a dense run with another run" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_compare_names_a_corrupt_run_json(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    (other / "run.json").write_text("[]")
+    line = _fail(["compare", str(run), str(other), "--out", str(tmp_path / "r")], capsys)
+    assert f"{other / 'run.json'} must hold a JSON object" in line
+
+
+def test_warnings_print_as_one_line(tmp_path, prompt_file, capsys):
+    argv = _argv(tmp_path / "run", prompt_file, "xattn", "--limit", "1", "--warmup-steps", "2")
+    assert main([*argv, "--backend", "torch"]) == 0
+    err = capsys.readouterr().err
+    assert "xattn-video: warning: warmup_steps=2 >= steps=2: every step runs dense" in err
+    assert "warnings.warn(" not in err and ".py:" not in err
+
+
+def _help(capsys) -> str:
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit):
+        mp.setenv("COLUMNS", "10000")  # no wrapping ("tiny-wan" would break at its hyphen)
+        main(["generate", "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_is_plain_text_and_matches_validation(capsys):
+    text = _help(capsys)
+    assert "``" not in text and ":func:" not in text and ":mod:" not in text
+    assert "dense: the model's own attention" in text  # --attention has help
+    stride_help = text.split("--stride INT")[-1].split("--block-size")[0]  # help, not usage
+    assert f"({', '.join(map(str, STRIDES[:-1]))} or {STRIDES[-1]};" in stride_help
+    for s in (3, 5):
+        with pytest.raises(ValueError, match="stride must be one of"):
+            XAttentionConfig(stride=s, block_size=16)
+
+
+@pytest.mark.parametrize("field", ["warmup_steps", "block_size", "stride"])
+def test_help_defaults_are_by_model_name(capsys, field):
+    """``--model tiny`` showed "tiny 4" (the value of *preset* tiny, used by tiny-hunyuan)."""
+    flag = "--" + field.replace("_", "-")
+    text = _help(capsys).split(f"{flag} INT")[-1]  # its help, not the usage line
+    default = text.split("(default: ")[1].split(")")[0]
+    groups = {}
+    for group in default.split("; "):
+        value, models = group.split(" for ")
+        groups.update({m: value for m in models.split(", ")})
+    assert set(groups) == set(MODELS)
+    for name, spec in MODELS.items():
+        assert groups[name] == str(getattr(XAttentionConfig.from_preset(spec.preset), field))
