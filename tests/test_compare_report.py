@@ -568,3 +568,30 @@ def test_html_report_renders_in_headless_chromium(compared, tmp_path: Path) -> N
         assert img["complete"] and img["naturalWidth"] > 0, img
     expected = {report["figures"]["quality_vs_density"], report["figures"]["per_prompt"]}
     assert expected <= {img["src"] for img in images}
+
+
+def test_pairs_with_another_prompt_text_are_left_out_of_the_aggregate(tmp_path: Path) -> None:
+    dense = write_run(tmp_path / "d", "dense", [0, 1, 2])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1, 2], frames_fn=sparse_frames)
+    meta_path = sparse / "00001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["prompt"] = "an edited prompt"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(CompareWarning, match="prompt 00001: prompt differs between runs; left out"):
+        report = compare_runs(
+            dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
+        )
+    same = [v["same_input"] for v in report["videos"]]
+    assert same == [True, False, True]
+    agg = report["aggregate"]
+    assert agg["num_videos"] == 2 and agg["excluded_different_input"] == 1
+    means = [report["videos"][i]["psnr"]["mean"] for i in (0, 2)]
+    assert agg["psnr"]["mean"] == pytest.approx(float(np.mean(means)), rel=1e-12)
+    assert agg["num_frames"] == 2 * T
+
+
+def test_compare_refuses_the_same_directory_twice(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "d", "dense", [0])
+    with pytest.raises(ValueError, match="are the same run directory"):
+        compare_runs(run, tmp_path / "d" / ".", tmp_path / "out", metrics=("psnr",))
+    assert not (tmp_path / "out").exists()
