@@ -7,7 +7,8 @@ Lookup order for a file name (e.g. ``all_dimension_longer.txt``):
 3. the cache ``$XDG_CACHE_HOME/xattn-video/prompts`` (default ``~/.cache/xattn-video/prompts``),
 4. a download: raw GitHub URLs for the augmented lists, ``pip download vbench==0.1.5 --no-deps``
    (run with this interpreter, never installed) for ``VBench_full_info.json``. The bytes are
-   checked against the pinned sha256 and written atomically into the cache.
+   checked against the pinned sha256 and written atomically into the cache. ``XATTN_VIDEO_OFFLINE=1``
+   forbids the download (a clear ``PromptDataMissing`` instead).
 
 Not supported: proxies or mirrors other than what ``pip`` and ``urllib`` pick up from the
 environment; refreshing a cached file (delete it to fetch again).
@@ -28,6 +29,9 @@ from .suites import DATA_FILES, VBENCH_WHEEL_VERSION, DataFile
 
 ENV_PROMPTS_DIR = "XATTN_VIDEO_PROMPTS_DIR"
 """Environment variable naming a local directory that holds the VBench prompt files."""
+
+ENV_OFFLINE = "XATTN_VIDEO_OFFLINE"
+"""Set to ``1`` to forbid downloads (same variable as the LPIPS weights fetch)."""
 
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -71,15 +75,22 @@ def locate_data_file(name: str, data_dir: str | os.PathLike[str] | None = None) 
         if p.is_file():
             return p
     target = cache_dir() / name
+    where = ", ".join(str(d) for d in searched)
+    fix = (
+        f"  source: {spec.source}\nOffline? Put the file in a directory and set "
+        f"{ENV_PROMPTS_DIR}=<dir> (or pass data_dir=), or place it in the cache at {target}."
+    )
+    if os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on"):
+        raise PromptDataMissing(
+            f"Prompt file {name!r} was not found (looked in: {where}) and ${ENV_OFFLINE} forbids "
+            f"downloading it.\n{fix}"
+        )
     try:
         data = download(spec)
     except Exception as exc:  # any failure becomes one actionable error
-        where = ", ".join(str(d) for d in searched)
         raise PromptDataMissing(
             f"Prompt file {name!r} was not found (looked in: {where}) and downloading it failed: "
-            f"{exc}\n  source: {spec.source}\n"
-            f"Offline? Put the file in a directory and set {ENV_PROMPTS_DIR}=<dir> "
-            f"(or pass data_dir=), or place it in the cache at {target}."
+            f"{exc}\n{fix}"
         ) from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:

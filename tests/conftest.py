@@ -30,6 +30,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test downloads by accident (LPIPS weights, prompt files): tests of a fetch path stub it
+    or opt in by deleting XATTN_VIDEO_OFFLINE (test_lpips's real-weights fixture fetches)."""
+    monkeypatch.setenv("XATTN_VIDEO_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """``tests/data/``: small data files committed with the tests."""

@@ -30,31 +30,20 @@ from xattn_video.pipelines.cli import build_generate_parser, config_from_args, g
 from xattn_video.prompts import ENV_PROMPTS_DIR, load_prompts
 from xattn_video.prompts import fetch as fetch_mod
 
+from ._vbench import use_vbench_subset
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _find_vbench() -> Path | None:
-    for c in (REPO.parent / "shared" / "data" / "vbench", Path("/work/shared/data/vbench")):
-        if (c / "VBench_full_info.json").is_file():
-            return c
-    return None
-
-
-VBENCH_DIR = _find_vbench()
-needs_vbench = pytest.mark.skipif(
-    VBENCH_DIR is None, reason="VBench prompt files not in <repo>/../shared/data/vbench"
-)
 PROMPTS = ["a red car drives on a road", "a cat sleeping, 4K — naïve", "fireworks over a lake"]
 XATTN_FLAGS = ["--block-size", "16", "--stride", "4", "--warmup-steps", "1", "--backend", "torch"]
 
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """VBench files from the shared test data, a private cache, no downloads, no LPIPS weights."""
-    if VBENCH_DIR is not None:
-        monkeypatch.setenv(ENV_PROMPTS_DIR, str(VBENCH_DIR))
-    else:
-        monkeypatch.delenv(ENV_PROMPTS_DIR, raising=False)
+    """The shipped VBench subset (tests/_vbench.py), a private cache, no downloads, no LPIPS
+    weights."""
+    use_vbench_subset(monkeypatch)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("XATTN_VIDEO_LPIPS_WEIGHTS", raising=False)
@@ -105,7 +94,6 @@ def _finished(prompt_dir: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-@needs_vbench
 @pytest.mark.filterwarnings("ignore:LPIPS skipped")
 def test_generate_and_compare_end_to_end(tmp_path: Path, capsys):
     dense, sparse, report = tmp_path / "dense", tmp_path / "xattn", tmp_path / "report"
@@ -419,7 +407,6 @@ def test_compare_bad_input(tmp_path: Path, prompt_file: Path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
-@needs_vbench
 @pytest.mark.filterwarnings("ignore:LPIPS skipped")
 def test_demo_runs_the_trained_model_dense_xattn_and_report(tmp_path: Path, capsys):
     out = tmp_path / "demo"
@@ -442,7 +429,6 @@ def test_demo_runs_the_trained_model_dense_xattn_and_report(tmp_path: Path, caps
     assert 0 < agg["sparse_density"]["mean"] < 0.9  # measured ~0.70
 
 
-@needs_vbench
 @pytest.mark.filterwarnings("ignore:LPIPS skipped")
 def test_demo_with_a_random_weight_model_says_so(tmp_path: Path, capsys):
     out = tmp_path / "demo"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -11,32 +12,25 @@ import pytest
 
 from xattn_video.prompts import SUITES, Prompt, PromptDataMissing, all_dimensions, load_prompts
 from xattn_video.prompts import fetch as fetch_mod
-from xattn_video.prompts.suites import DATA_FILES, VBENCH_COMMIT
+from xattn_video.prompts import loader as loader_mod
+from xattn_video.prompts.suites import DATA_FILES, VBENCH_COMMIT, VBENCH_NUM_PROMPTS
+
+from ._vbench import SUBSET_INDICES, VBENCH_SUBSET_DIR, use_vbench_subset
+
+VBENCH_DIR = VBENCH_SUBSET_DIR
 
 
-def _find_vbench_data() -> Path | None:
-    candidates = [
-        Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vbench",
-        Path("/work/shared/data/vbench"),
-    ]
-    for c in candidates:
-        if (c / "VBench_full_info.json").is_file():
-            return c
-    return None
-
-
-VBENCH_DIR = _find_vbench_data()
-needs_vbench = pytest.mark.skipif(
-    VBENCH_DIR is None,
-    reason="VBench prompt files not found in <repo>/../shared/data/vbench or /work/shared/data/vbench",
-)
+N = len(SUBSET_INDICES)  # 44 prompts of 946, all 16 dimensions (tests/data/vbench_subset)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No user env dir, an empty private cache, and no network: downloads fail loudly."""
+    """No user env dir, an empty private cache, downloads allowed but stubbed to fail loudly; the
+    suite loader accepts the shipped 44-prompt subset."""
     monkeypatch.delenv(fetch_mod.ENV_PROMPTS_DIR, raising=False)
+    monkeypatch.delenv(fetch_mod.ENV_OFFLINE, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    use_vbench_subset(monkeypatch, env=False)
 
     def _no_network(spec):
         raise AssertionError(f"test tried to download {spec.name}")
@@ -44,22 +38,40 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(fetch_mod, "download", _no_network)
 
 
-@needs_vbench
+def test_subset_is_an_excerpt_of_every_file() -> None:
+    """The shipped files hold the same 44 prompts, in VBench's formats."""
+    raw = json.loads((VBENCH_DIR / "VBench_full_info.json").read_text())
+    assert len(raw) == N and raw[0]["prompt_en"] == "In a still frame, a stop sign"
+    plain = (VBENCH_DIR / "all_dimension.txt").read_text().splitlines()
+    assert plain == [e["prompt_en"] for e in raw]
+    for name in ("all_dimension_longer.txt", "hunyuan_all_dimension.txt"):
+        text = (VBENCH_DIR / name).read_text()
+        assert len(text.split("\n")) == N and not text.endswith("\n")  # like the originals
+
+
 @pytest.mark.parametrize("suite", sorted(SUITES))
 def test_suite_counts_and_indices(suite: str) -> None:
     prompts = load_prompts(suite, data_dir=VBENCH_DIR)
-    assert len(prompts) == 946
-    assert [p.index for p in prompts] == list(range(946))
+    assert len(prompts) == N
+    assert [p.index for p in prompts] == list(range(N))
     assert all(isinstance(p, Prompt) and p.text and p.dimensions for p in prompts)
 
 
-@needs_vbench
+def test_suite_count_guard_is_946(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the test override the loader insists on VBench's 946 prompts."""
+    monkeypatch.setattr(loader_mod, "VBENCH_NUM_PROMPTS", VBENCH_NUM_PROMPTS)  # the real one
+    assert VBENCH_NUM_PROMPTS == 946
+    with pytest.raises(ValueError, match=f"has {N} prompts, expected 946"):
+        load_prompts("vbench", data_dir=VBENCH_DIR)
+
+
 def test_standard_matches_source_and_augmented_pairs_dimensions() -> None:
     std = load_prompts("vbench", data_dir=VBENCH_DIR)
     raw = json.loads((VBENCH_DIR / "VBench_full_info.json").read_text())
     assert std[0].text == raw[0]["prompt_en"] == "In a still frame, a stop sign"
     assert std[0].dimensions == ("temporal_flickering",)
     assert [p.text for p in std] == [e["prompt_en"] for e in raw]
+    assert [p.dimensions for p in std] == [tuple(e["dimension"]) for e in raw]
     longer_lines = (VBENCH_DIR / "all_dimension_longer.txt").read_text().split("\n")
     for suite in ("vbench-augmented", "vbench-hunyuan"):
         aug = load_prompts(suite, data_dir=VBENCH_DIR)
@@ -70,44 +82,42 @@ def test_standard_matches_source_and_augmented_pairs_dimensions() -> None:
     assert aug[-1].text == longer_lines[-1].strip() and aug[0].text.startswith("In a still frame")
 
 
-@needs_vbench
 def test_env_dir_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(fetch_mod.ENV_PROMPTS_DIR, str(VBENCH_DIR))
-    assert len(load_prompts("vbench-hunyuan")) == 946
+    assert len(load_prompts("vbench-hunyuan")) == N
 
 
-@needs_vbench
 def test_dimension_filter() -> None:
     std = load_prompts("vbench", data_dir=VBENCH_DIR)
     scene = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="scene")
-    assert len(scene) == 86
+    assert [p.index for p in scene] == [36, 37, 38, 39]  # VBench's 792, 814, 836, 858
     assert all("scene" in p.dimensions for p in scene)
     assert scene == [p for p in std if "scene" in p.dimensions]
     both = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, dimension=["scene", "color"])
     expected = [p.index for p in std if {"scene", "color"} & set(p.dimensions)]
-    assert [p.index for p in both] == expected
+    assert [p.index for p in both] == expected and len(expected) > len(scene)
     assert len(all_dimensions(std)) == 16
 
 
-@needs_vbench
 def test_unknown_dimension_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="Unknown dimension") as exc:
         load_prompts("vbench", data_dir=VBENCH_DIR, dimension="sceen")
     assert "scene" in str(exc.value) and "human_action" in str(exc.value)
 
 
-@needs_vbench
 def test_sample_matches_paper_stride_and_keeps_indices() -> None:
     std = load_prompts("vbench-augmented", data_dir=VBENCH_DIR)
-    s = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, sample=100)
-    assert s == std[:: 946 // 100][:100]
-    assert [p.index for p in s[:3]] == [0, 9, 18]
-    lim = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, sample=100, limit=5)
+    s = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, sample=10)
+    assert s == std[:: N // 10][:10]
+    assert [p.index for p in s[:3]] == [0, 4, 8]
+    lim = load_prompts("vbench-augmented", data_dir=VBENCH_DIR, sample=10, limit=5)
     assert lim == s[:5]
     # dimension filter first, then sample, then limit; indices stay the suite's
-    d = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="color", sample=10, limit=3)
+    d = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="color", sample=2, limit=1)
     color = [p for p in std if "color" in p.dimensions]
-    assert [p.index for p in d] == [p.index for p in color[:: len(color) // 10][:3]]
+    assert len(color) == 4 and [p.index for p in d] == [color[0].index]
+    d = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="color", sample=2)
+    assert [p.index for p in d] == [color[0].index, color[2].index]
     big = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="color", sample=1000)
     assert len(big) == len(color)
 
@@ -174,7 +184,6 @@ def test_user_json_files(tmp_path: Path) -> None:
         load_prompts(notalist)
 
 
-@needs_vbench
 def test_vbench_format_as_user_json(tmp_path: Path) -> None:
     f = tmp_path / "custom_info.json"
     shutil.copy(VBENCH_DIR / "VBench_full_info.json", f)
@@ -193,7 +202,6 @@ def test_missing_offline_file_error_names_file_url_and_env(tmp_path: Path) -> No
     assert isinstance(exc.value, FileNotFoundError)
 
 
-@needs_vbench
 def test_missing_augmented_file_error_names_raw_url(tmp_path: Path) -> None:
     shutil.copy(VBENCH_DIR / "VBench_full_info.json", tmp_path)
     with pytest.raises(PromptDataMissing) as exc:
@@ -204,41 +212,44 @@ def test_missing_augmented_file_error_names_raw_url(tmp_path: Path) -> None:
     assert "XATTN_VIDEO_PROMPTS_DIR" in msg
 
 
-@needs_vbench
 def test_fetch_path_downloads_verifies_and_caches(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The fetch path with the network stubbed: bytes are hash-checked, cached atomically, reused.
+    (The stub serves the subset, so the pinned sha256 of each file is replaced by the subset's.)"""
     calls: list[str] = []
 
     def fake_download(spec):
         calls.append(spec.name)
         return (VBENCH_DIR / spec.name).read_bytes()
 
+    for name, spec in list(DATA_FILES.items()):
+        digest = hashlib.sha256((VBENCH_DIR / name).read_bytes()).hexdigest()
+        monkeypatch.setitem(fetch_mod.DATA_FILES, name, dataclasses.replace(spec, sha256=digest))
     monkeypatch.setattr(fetch_mod, "download", fake_download)
     prompts = load_prompts("vbench-augmented")
-    assert len(prompts) == 946
+    assert len(prompts) == N
     assert sorted(calls) == ["VBench_full_info.json", "all_dimension_longer.txt"]
     cache = tmp_path / "xdg-cache" / "xattn-video" / "prompts"
     assert fetch_mod.cache_dir() == cache
     for name in calls:
         data = (cache / name).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == DATA_FILES[name].sha256
+        assert hashlib.sha256(data).hexdigest() == fetch_mod.DATA_FILES[name].sha256
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
     # second load is served from the cache: no more downloads
     assert load_prompts("vbench-augmented") == prompts
     assert len(calls) == 2
 
 
-@needs_vbench
 def test_explicit_dir_wins_over_env_and_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     env_dir = tmp_path / "env"
     env_dir.mkdir()
-    (env_dir / "VBench_full_info.json").write_text("[]")  # would fail the 946 check
+    (env_dir / "VBench_full_info.json").write_text("[]")  # would fail the count check
     monkeypatch.setenv(fetch_mod.ENV_PROMPTS_DIR, str(env_dir))
-    assert len(load_prompts("vbench", data_dir=VBENCH_DIR)) == 946
-    with pytest.raises(ValueError, match="expected 946"):
+    assert len(load_prompts("vbench", data_dir=VBENCH_DIR)) == N
+    with pytest.raises(ValueError, match=f"expected {N}"):
         load_prompts("vbench")
 
 
@@ -250,12 +261,12 @@ def test_fetch_rejects_wrong_hash(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_augmented_count_mismatch_is_an_error(tmp_path: Path) -> None:
-    info = [{"prompt_en": f"p{i}", "dimension": ["scene"]} for i in range(946)]
+    info = [{"prompt_en": f"p{i}", "dimension": ["scene"]} for i in range(N)]
     (tmp_path / "VBench_full_info.json").write_text(json.dumps(info))
-    (tmp_path / "all_dimension_longer.txt").write_text("\n".join(f"long {i}" for i in range(945)))
-    with pytest.raises(ValueError, match="945 prompts"):
+    (tmp_path / "all_dimension_longer.txt").write_text("\n".join(f"long {i}" for i in range(N - 1)))
+    with pytest.raises(ValueError, match=f"{N - 1} prompts"):
         load_prompts("vbench-augmented", data_dir=tmp_path)
-    (tmp_path / "all_dimension_longer.txt").write_text("\n".join(f"long {i}" for i in range(946)))
+    (tmp_path / "all_dimension_longer.txt").write_text("\n".join(f"long {i}" for i in range(N)))
     got = load_prompts("vbench-augmented", data_dir=tmp_path, limit=2)
     assert got == [Prompt(0, "long 0", ("scene",)), Prompt(1, "long 1", ("scene",))]
 
@@ -266,3 +277,10 @@ def test_prompt_is_frozen() -> None:
         p.text = "y"  # type: ignore[misc]
     with pytest.raises(ValueError):
         Prompt(-1, "x")
+
+
+def test_offline_env_forbids_the_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fetch_mod.ENV_OFFLINE, "1")  # the autouse stub would fail if it downloaded
+    with pytest.raises(PromptDataMissing, match="XATTN_VIDEO_OFFLINE forbids") as exc:
+        load_prompts("vbench")
+    assert "vbench==0.1.5" in str(exc.value) and "XATTN_VIDEO_PROMPTS_DIR" in str(exc.value)
