@@ -96,11 +96,15 @@ def test_ulysses_attention_matches_one_process():
         block_size=16, kv_len=kv_len, dense_from=nv, backend="torch", return_mask=True,
     )  # fmt: skip
     out = out.transpose(1, 2)
+    out64 = xv.block_sparse_attention(
+        *(x.double().transpose(1, 2).contiguous() for x in (q, k, v)), mask, block_size=16,
+        kv_len=kv_len, backend="torch",
+    ).transpose(1, 2)  # fmt: skip
     density, heads = xv.stats.mask_density(mask, 16, kv_len, q.shape[1])
     H = q.shape[2]
     for r, got in enumerate(res):
         assert_fa_close(got["dense"], _local(ref64, nv, r), _local(ref32, nv, r), "dense")
-        torch.testing.assert_close(got["sparse"], _local(out, nv, r), rtol=0, atol=1e-6)
+        assert_fa_close(got["sparse"], _local(out64, nv, r), _local(out, nv, r), "sparse")
         assert torch.equal(got["mask"], mask[:, r * H // P : (r + 1) * H // P])
         rec = got["record"]
         assert rec.heads == heads and rec.density == density and rec.sparse
@@ -135,7 +139,9 @@ def _capture_masks(masks: list):
 
 def _run_pipeline(model: str, cfg, dtype=torch.float32, *, parallel_first: bool | None = None):
     """(latents, density records, masks) of one tiny pipeline call; parallel_first None: one
-    process, True / False: enable_context_parallel before / after apply_xattention."""
+    process; True: enable_context_parallel, then the diffusers-native route
+    (``set_attn_processor(xattention_processors(...))``); False: apply_xattention, then
+    enable_context_parallel."""
     pipe = tiny_hv_pipeline() if model == "hv" else tiny_wan_pipeline()
     pipe.transformer.to(dtype)
     kw = hv_inputs(lengths=[5], steps=4) if model == "hv" else wan_inputs(steps=4)
@@ -144,7 +150,11 @@ def _run_pipeline(model: str, cfg, dtype=torch.float32, *, parallel_first: bool 
             kw[k] = v.to(dtype)
     if parallel_first:
         parallel.enable_context_parallel(pipe.transformer, P)
-    handle = xv.apply_xattention(pipe, cfg)
+        procs = xv.xattention_processors(pipe.transformer, cfg, pipe=pipe)
+        pipe.transformer.set_attn_processor(procs)
+        handle = procs
+    else:
+        handle = xv.apply_xattention(pipe, cfg)
     if parallel_first is False:
         parallel.enable_context_parallel(pipe.transformer, P)
     with _capture_masks([]) as masks:

@@ -231,13 +231,40 @@ class GatheredStats:
         self._stats.add(layer, heads=None if heads is None else self._gather(heads), **kw)
 
 
+class ConsistentAutoDense:
+    """The controller's ``auto_dense`` seen from one Ulysses rank: every rank must take the
+    same branch (the sparse path's stats gather is a collective), but each rank decides from
+    its own GPU's calibration. Where the cost model applies (Triton on CUDA), the decisions are
+    all-reduced over the group (dense if any rank says dense: one small all-reduce and host
+    read per sparse-phase call); elsewhere the plain decision (always sparse) is returned."""
+
+    def __init__(self, inner: Any, group: Any) -> None:
+        self._inner = inner
+        self._group = group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def run_dense(self, layer: int, q: torch.Tensor, backend: str) -> bool:
+        dense = self._inner.run_dense(layer, q, backend)
+        if not self._inner.enabled or q.device.type != "cuda" or backend != "triton":
+            return dense
+        flag = torch.tensor([int(dense)], device=q.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return bool(flag.item())
+
+
 class GatheredState:
-    """The controller seen through :class:`GatheredStats` (``stats`` replaced, the rest
-    forwarded), for the sparse path of one Ulysses call."""
+    """The controller seen through :class:`GatheredStats` and :class:`ConsistentAutoDense`
+    (``stats`` and ``auto_dense`` replaced, the rest forwarded), for the sparse path of one
+    Ulysses call."""
 
     def __init__(self, controller: Any, group: Any, device: torch.device) -> None:
         self._controller = controller
         self.stats = GatheredStats(controller.stats, group, device)
+        inner = getattr(controller, "auto_dense", None)
+        if inner is not None:
+            self.auto_dense = ConsistentAutoDense(inner, group)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._controller, name)
