@@ -10,8 +10,11 @@ Installed as ``xattn_video.pipelines`` (the folder sits at the repo root). Modul
   ``build_tiny_wan_pipeline``, bare transformers for tests);
 - ``generate``: ``generate(GenerateOptions(...))``, one video per prompt into a resumable run
   directory (split over processes under ``accelerate launch``);
-- ``runinfo``: the run-directory layout, atomic files, environment facts;
-- ``cli``: ``xattn-video generate | compare | demo`` and ``generate-video``.
+- ``options``: ``GenerateOptions`` and every check made before any work (``SetupError``);
+- ``runinfo``: environment facts for run.json (GPU, versions, git SHA, command); the run
+  directory format itself is ``xattn_video.rundir``;
+- ``cli``: ``xattn-video generate | compare | demo`` and ``generate-video`` (argument parsing
+  in ``cli_args``).
 
 Not supported: image-to-video, Wan 2.2 two-expert checkpoints, CPU offload (see ``models``).
 """
