@@ -4,9 +4,11 @@ For each sequence length (HunyuanVideo 720p and 544p at 129 frames, 24 heads, he
 bf16, B=1) it times, in one process:
   - PyTorch SDPA with the cuDNN backend and with the flash (FA2) backend (dense baselines);
   - FlexAttention (compiled) with the same block mask as ours, at each pinned density;
-  - our Triton block-sparse kernel at pinned densities (ratio mode over random scores), and
-    the mask-to-index-list conversion it needs;
-  - our fused estimate at S=8 and S=16, and the selection step.
+  - our Triton block-sparse kernel at pinned densities (ratio mode over random scores): the
+    kernel picked on this GPU (the Hopper one on sm90), the portable one, and fp8; and the
+    mask-to-index-list conversion it needs;
+  - our fused estimate at S=8 and S=16 (bf16 and fp8), and the selection step;
+  - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8.
 Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense
 FLOPs / time) and writes JSON with the GPU, versions and git SHA.
 
@@ -27,10 +29,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_ms, environment, print_table, save_json  # noqa: E402
 
-from xattn_video.attention import attention_flops  # noqa: E402
+from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
+from xattn_video.kernels.tuning import attention_kernel_for  # noqa: E402
 
 BLOCK = 128
 
@@ -55,6 +58,15 @@ def _flex_runner(counts, indices, n):
     return lambda q, k, v: flex(q, k, v, block_mask=bm)
 
 
+def _whole_op(q, k, v, precision, est_precision, ratio=0.3, stride=8):
+    scores = estimate_block_scores(q, k, stride=stride, block_size=BLOCK, precision=est_precision)
+    mask = select_blocks(scores, block_size=BLOCK, ratio=ratio, n_k=k.shape[2])
+    counts, indices = mask_to_indices(mask)
+    return block_sparse_attention_fwd(
+        q, k, v, counts, indices, block_size=BLOCK, precision=precision
+    )
+
+
 def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[dict]:
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
@@ -64,6 +76,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     )
     flops = attention_flops(1, heads, n, n, dim)
     rows: list[dict] = []
+    fp8_ok = attention_kernel_for(q, k, v, BLOCK) == "hopper"
 
     def add(name, ms, density=1.0, **extra):
         tflops = None if density is None else density * flops / (ms * 1e-3) / 1e12
@@ -84,7 +97,9 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
         attn = partial(block_sparse_attention_fwd, q, k, v, counts, indices, block_size=BLOCK)
         ms = bench_ms(attn)
         add(f"ours sparse d={d}", ms, dens)
-        add(f"ours sparse, no TMA d={d}", bench_ms(partial(attn, use_tma=False)), dens)
+        add(f"ours sparse portable d={d}", bench_ms(partial(attn, kernel="portable")), dens)
+        if fp8_ok:
+            add(f"ours sparse fp8 d={d}", bench_ms(partial(attn, precision="fp8")), dens)
         if d == densities[0]:
             ms_idx = bench_ms(partial(mask_to_indices, mask))
             add("ours mask->index lists", ms_idx, None)
@@ -95,7 +110,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
                 add(f"flex same mask d={d}", ms_flex, dens)
             except Exception as exc:  # noqa: BLE001 - report, don't hide, a flex failure
                 print(f"  flex failed at d={d}: {type(exc).__name__}: {exc}", flush=True)
-        if args.sweep and d == 0.3:
+        if args.sweep and d == 0.3 and n == args.seq[0]:
             for cfg in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
                         (128, 128, 8, 4), (128, 64, 8, 4), (64, 128, 4, 3)]:  # fmt: skip
                 try:
@@ -108,16 +123,31 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
         est = partial(estimate_block_scores, q, k, stride=s, block_size=BLOCK)
         ms = bench_ms(est)
         add(f"ours estimate S={s}", ms, 1.0 / s / 2)
-        if args.sweep:
-            for cfg in [(128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3), (64, 128, 4, 4)]:
-                try:
-                    ms_c = bench_ms(partial(est, launch=cfg))
-                    add(f"  sweep est S={s} {cfg}", ms_c, 1.0 / s / 2)
-                except Exception as exc:  # noqa: BLE001
-                    print(f"  sweep est {cfg} failed: {exc}", flush=True)
+        if fp8_ok:
+            add(f"ours estimate fp8 S={s}", bench_ms(partial(est, precision="fp8")), 1.0 / s / 2)
+        if args.sweep and n == args.seq[0]:
+            for cfg in [(256, 128, 16, 3), (128, 256, 16, 3), (256, 64, 8, 3), (64, 256, 8, 3),
+                        (64, 128, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4)]:  # fmt: skip
+                for prec in ("bf16", "fp8") if fp8_ok else ("bf16",):
+                    try:
+                        ms_c = bench_ms(partial(est, launch=cfg, flatten=True, precision=prec))
+                        add(f"  sweep est {prec} flat S={s} {cfg}", ms_c, 1.0 / s / 2)
+                    except Exception as exc:  # noqa: BLE001
+                        print(f"  sweep est {cfg} failed: {exc}", flush=True)
     scores_est = estimate_block_scores(q, k, stride=8, block_size=BLOCK)
     add("ours select tau=0.9", bench_ms(
         lambda: select_blocks(scores_est, block_size=BLOCK, threshold=0.9, n_k=n)), None)  # fmt: skip
+
+    # The whole op at ratio 0.3, S=8: through the public op (bf16), and composed from the
+    # kernels for bf16 and fp8 (fp8 sparse attention; the estimate stays bf16: same masks).
+    add("ours whole op xattention ratio=0.3 S=8", bench_ms(
+        lambda: xattention(q, k, v, ratio=0.3, stride=8, block_size=BLOCK)), 0.3)  # fmt: skip
+    for prec in ("bf16", "fp8") if fp8_ok else ("bf16",):
+        add(f"ours whole op composed {prec} ratio=0.3 S=8", bench_ms(
+            partial(_whole_op, q, k, v, prec, "bf16")), 0.3)  # fmt: skip
+    if fp8_ok:
+        add("ours whole op composed fp8 + fp8 estimate ratio=0.3 S=8", bench_ms(
+            partial(_whole_op, q, k, v, "fp8", "fp8")), 0.3)  # fmt: skip
 
     base = rows[0]["ms"]
     for r in rows:

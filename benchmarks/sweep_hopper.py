@@ -168,7 +168,7 @@ def main(argv=None) -> None:
     lists = {d: mask_to_indices(m) for d, m in masks.items()}
     dens = {d: float(m.float().mean()) for d, m in masks.items()}
     kv_full = torch.tensor([n], device=DEV)
-    from xattn_video.kernels.sparse_attention_hopper import quantize_fp8_blocks, quantize_fp8_head_t
+    from xattn_video.kernels.fp8 import quantize_fp8_blocks, quantize_fp8_head_t
 
     add("fp8 quantize q (per block)", bench_ms(partial(quantize_fp8_blocks, q, BLOCK)), None)
     add("fp8 quantize v (per head, transposed)", bench_ms(partial(quantize_fp8_head_t, v)), None)

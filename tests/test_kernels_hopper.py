@@ -13,12 +13,8 @@ from xattn_video.kernels import tuning
 from xattn_video.kernels._common import cdiv
 from xattn_video.kernels.select import mask_to_indices, valid_key_blocks
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd
-from xattn_video.kernels.sparse_attention_hopper import (
-    FP8_MAX,
-    block_sparse_attention_hopper,
-    quantize_fp8_blocks,
-    quantize_fp8_head_t,
-)
+from xattn_video.kernels.fp8 import FP8_MAX, quantize_fp8_blocks, quantize_fp8_head_t
+from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper
 
 from ._tolerance import assert_fa_close, naive_attention
 

@@ -197,7 +197,7 @@ def estimate_block_scores(
     kv_len: torch.Tensor | None = None,
     launch: tuple[int, int, int, int] | None = None,
     precision: str = "bf16",
-    flatten: bool = False,
+    flatten: bool | None = None,
 ) -> torch.Tensor:
     """Block scores with the fused Triton kernel. Same contract as :func:`estimate_block_scores_ref`.
 
@@ -207,6 +207,7 @@ def estimate_block_scores(
     ``precision="fp8"``: q and k in e4m3 with one scale per (b, h, block) (Hopper GPUs; the
     masks selected from these scores may differ from bf16 ones at near-ties).
     ``flatten``: ask Triton to flatten the key-tile / stride loop nest for pipelining.
+    On CUDA, ``launch`` / ``flatten`` left None come from :func:`.tuning.estimate_config`.
     """
     if precision not in ("bf16", "fp8"):
         raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
@@ -217,10 +218,17 @@ def estimate_block_scores(
     ngq = cdiv(Nq, S)
     nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    if q.is_cuda and q.dtype != torch.float32:
+        from .tuning import estimate_config, gpu_name
+
+        tuned, tuned_flatten = estimate_config(gpu_name(q), S, D)
+        launch = launch or (max(tuned[0], G), max(tuned[1], G), tuned[2], tuned[3])
+        flatten = tuned_flatten if flatten is None else flatten
     block_m, block_n, num_warps, num_stages = launch or _estimate_launch_config(G, D, q.dtype)
+    flatten = bool(flatten)
     fp8 = precision == "fp8"
     if fp8:
-        from .sparse_attention_hopper import quantize_fp8_blocks
+        from .fp8 import quantize_fp8_blocks
 
         q, q_scale = quantize_fp8_blocks(q, block_size)
         k, k_scale = quantize_fp8_blocks(k, block_size)

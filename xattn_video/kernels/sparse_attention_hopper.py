@@ -13,7 +13,7 @@ Same contract as :func:`~xattn_video.kernels.sparse_attention.block_sparse_atten
   maximum grew by more than ``RESCALE_THRESHOLD`` (log2 units); the stale maximum keeps every
   ``p <= 2**threshold``, so fp32 sums stay exact to rounding and the result is unchanged;
 - ``precision="fp8"``: Q and K in e4m3 with one scale per (b, h, 128-token block)
-  (:func:`quantize_fp8_blocks`), Q.K^T on the fp8 tensor cores, the scales folded into the
+  (:mod:`.fp8`), Q.K^T on the fp8 tensor cores, the scales folded into the
   softmax scale per tile; P.V in bf16 (``FP8_PV=False``) or e4m3 with one V scale per (b, h)
   and P shifted by 2**8 before the cast so small probabilities keep their mantissa.
 
@@ -32,6 +32,7 @@ import math
 import torch
 
 from ._common import HAS_TRITON, cdiv, kv_len_tensor
+from .fp8 import quantize_fp8_blocks, quantize_fp8_head_t
 
 if HAS_TRITON:
     import triton
@@ -45,39 +46,7 @@ except ImportError:  # pragma: no cover - old Triton or no Triton
     HAS_TENSOR_DESC = False
 
 LOG2E = 1.4426950408889634
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
 PRECISIONS = ("bf16", "fp8")
-
-
-def quantize_fp8_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(b, h, token block) symmetric e4m3 quantization.
-
-    x: (B, H, N, D) float. Returns x8: (B, H, N, D) float8_e4m3fn and scale: (B, H, ceil(N/block))
-    float32 with ``x ~= x8 * scale`` per block (scale 1 for an all-zero block).
-    """
-    B, H, N, D = x.shape
-    nb = cdiv(N, block)
-    pad = nb * block - N
-    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
-    amax = xp.reshape(B, H, nb, block * D).abs().amax(-1).float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    x8 = (xp.reshape(B, H, nb, block, D).float() / scale[..., None, None]).to(torch.float8_e4m3fn)
-    return x8.reshape(B, H, nb * block, D)[:, :, :N], scale
-
-
-def quantize_fp8_head_t(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """V for fp8 P.V: e4m3, one scale per (b, h), transposed to (B, H, D, N) (K-major for wgmma).
-
-    Returns vt8: a (B, H, D, N) view of a buffer whose token axis is padded to 16 (TMA strides)
-    and scale: (B, H) float32 with ``v ~= vt8.transpose(-1, -2) * scale``.
-    """
-    B, H, N, D = v.shape
-    amax = v.abs().amax(dim=(-1, -2)).float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    n_pad = cdiv(N, 16) * 16
-    buf = torch.zeros(B, H, D, n_pad, dtype=torch.float8_e4m3fn, device=v.device)
-    buf[..., :N] = (v.float() / scale[..., None, None]).transpose(-1, -2).to(torch.float8_e4m3fn)
-    return buf[..., :N], scale
 
 
 if HAS_TRITON:

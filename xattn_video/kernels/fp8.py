@@ -1,0 +1,124 @@
+"""FP8 (e4m3) quantization for the Hopper kernels: Triton kernels and PyTorch references.
+
+- :func:`quantize_fp8_blocks`: one symmetric scale per (b, h, token block) (Q and K), so a
+  kernel can fold ``scale_q * scale_k`` into the softmax scale per tile.
+- :func:`quantize_fp8_head_t`: one scale per (b, h), stored transposed (B, H, D, N) so the
+  tensor cores can read it as the K-major B operand of P.V.
+
+Each reads its input once and writes the fp8 copy once (memory-bound, one launch; the V path
+adds one ``amax`` pass). ``x ~= x8 * scale``; an all-zero block gets scale 1.
+
+On CPU the references run: the Triton interpreter's fp32 -> e4m3 conversion neither rounds
+half to even nor keeps subnormals, so it would not match the GPU's ``cvt.rn.satfinite``.
+
+Not supported: other fp8 formats (e5m2), per-channel scales, inputs that are not (B, H, N, D).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import HAS_TRITON, cdiv, triton_usable
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_fp8_blocks_ref(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: (B, H, N, D). Returns x8 (B, H, N, D) float8_e4m3fn, scale (B, H, ceil(N/block)) fp32."""
+    B, H, N, D = x.shape
+    nb = cdiv(N, block)
+    pad = nb * block - N
+    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
+    amax = xp.reshape(B, H, nb, block * D).abs().amax(-1).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    x8 = (xp.reshape(B, H, nb, block, D).float() / scale[..., None, None]).to(torch.float8_e4m3fn)
+    return x8.reshape(B, H, nb * block, D)[:, :, :N].contiguous(), scale
+
+
+def quantize_fp8_head_t_ref(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v: (B, H, N, D). Returns vt8: (B, H, D, N) e4m3 view of a buffer whose token axis is
+    padded to 16 (TMA strides), and scale (B, H) fp32 with ``v ~= vt8^T * scale``."""
+    B, H, N, D = v.shape
+    amax = v.abs().amax(dim=(-1, -2)).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    buf = torch.zeros(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
+    buf[..., :N] = (v.float() / scale[..., None, None]).transpose(-1, -2).to(torch.float8_e4m3fn)
+    return buf[..., :N], scale
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _quant_blocks_kernel(
+        X, Y, SCALE, sxb, sxh, sxn, syb, syh, syn, H, N, NB,
+        BLOCK: tl.constexpr, D: tl.constexpr,
+    ):  # fmt: skip
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        offs_n = blk * BLOCK + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, D)
+        ok = offs_n[:, None] < N
+        x = tl.load(X + b * sxb + h * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=ok,
+                    other=0.0).to(tl.float32)  # fmt: skip
+        amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+        scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
+        y = tl.math.div_rn(x, scale).to(Y.dtype.element_ty)
+        tl.store(Y + b * syb + h * syh + offs_n[:, None] * syn + offs_d[None, :], y, mask=ok)
+        tl.store(SCALE + bh * NB + blk, scale)
+
+    @triton.jit
+    def _quant_head_t_kernel(
+        X, Y, SCALE, sxb, sxh, sxn, syb, syh, syd, H, N,
+        BLOCK: tl.constexpr, D: tl.constexpr,
+    ):  # fmt: skip
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        offs_n = blk * BLOCK + tl.arange(0, BLOCK)
+        offs_d = tl.arange(0, D)
+        ok = offs_n[:, None] < N
+        x = tl.load(X + b * sxb + h * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=ok,
+                    other=0.0).to(tl.float32)  # fmt: skip
+        y = tl.math.div_rn(x, tl.load(SCALE + bh)).to(Y.dtype.element_ty)
+        tl.store(Y + b * syb + h * syh + offs_d[:, None] * syd + offs_n[None, :], tl.trans(y),
+                 mask=tl.trans(ok))  # fmt: skip
+
+
+def quantize_fp8_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(b, h, block) e4m3 quantization (Triton on CUDA, the reference elsewhere).
+    Same contract as :func:`quantize_fp8_blocks_ref`."""
+    if not (x.is_cuda and triton_usable(x)) or x.stride(-1) != 1:
+        return quantize_fp8_blocks_ref(x, block)
+    B, H, N, D = x.shape
+    nb = cdiv(N, block)
+    y = torch.empty(B, H, N, D, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(B, H, nb, dtype=torch.float32, device=x.device)
+    _quant_blocks_kernel[(nb, B * H)](
+        x, y, scale, x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
+        H, N, nb, BLOCK=block, D=D, num_warps=4,
+    )  # fmt: skip
+    return y, scale
+
+
+def quantize_fp8_head_t(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(b, h) e4m3 quantization, transposed (Triton on CUDA, the reference elsewhere).
+    Same contract as :func:`quantize_fp8_head_t_ref`."""
+    if not (v.is_cuda and triton_usable(v)) or v.stride(-1) != 1:
+        return quantize_fp8_head_t_ref(v)
+    B, H, N, D = v.shape
+    amax = v.abs().amax(dim=(-1, -2)).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).contiguous()
+    buf = torch.empty(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
+    block = 64
+    _quant_head_t_kernel[(cdiv(N, block), B * H)](
+        v, buf, scale, v.stride(0), v.stride(1), v.stride(2), buf.stride(0), buf.stride(1),
+        buf.stride(2), H, N, BLOCK=block, D=D, num_warps=4,
+    )  # fmt: skip
+    return buf[..., :N], scale
