@@ -207,8 +207,18 @@ class XAttentionController:
         return self.layers.get(attn, -1)
 
     def is_sparse(self, layer: int) -> bool:
-        """Sparse now, for this layer (``sparse`` and the layer not in ``dense_layers``)."""
-        return self.sparse and layer not in self.dense_layers
+        """Sparse now, for this layer: ``sparse``, the layer not in ``dense_layers``, and not
+        run dense by ``auto_dense`` (decided at the layer's first sparse-phase call)."""
+        return (
+            self.sparse
+            and layer not in self.dense_layers
+            and not self.auto_dense.decisions.get(layer, False)
+        )
+
+    def dense_reason(self, layer: int) -> str:
+        """Why ``layer`` runs dense now: ``"cost"`` (auto_dense) or ``"schedule"``."""
+        scheduled = self.sparse and layer not in self.dense_layers
+        return "cost" if scheduled and self.auto_dense.decisions.get(layer, False) else "schedule"
 
 
 class _NoState(BaseState):

@@ -94,7 +94,7 @@ class _XAttnMixin:
     def _record_dense(self, layer: int) -> None:
         ctl = self.controller
         if ctl.stats.enabled:  # stamped with (run, step, branch) by the step hook: no guard
-            ctl.stats.add(layer)  # on the step number under torch.compile
+            ctl.stats.add(layer, dense_reason=ctl.dense_reason(layer))  # on the step number
 
     def _sparse_attention(
         self,
