@@ -24,7 +24,13 @@ import pytest
 import torch
 import torchvision
 
-from xattn_video.metrics import LPIPSMetric, LPIPSWeightsMissing, lpips
+from xattn_video.metrics import (
+    CompareWarning,
+    LPIPSMetric,
+    LPIPSWeightsMissing,
+    compare_runs,
+    lpips,
+)
 from xattn_video.metrics import lpips_metric as lm
 from xattn_video.metrics import lpips_weights as lw
 
@@ -111,6 +117,40 @@ def test_official_values_via_torchvision_file_in_hub_cache(real_alexnet: Path) -
     metric = LPIPSMetric.from_weights(device="cpu", check_hash=False)  # our file, not the original
     assert metric.describe()["features_sha256"] == lw.ALEX_FEATURES_SHA256
     assert round(float(metric(image("ex_ref"), image("ex_p1"))[0]), 3) == 0.138
+
+
+def test_compare_reports_the_real_weights_and_says_lpips_once(
+    real_alexnet: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``compare_runs`` computes LPIPS by default when the weights resolve; the report names
+    them (source, hashes) and the Markdown states LPIPS in one line, not again under warnings."""
+    monkeypatch.setenv(lm.ENV_LPIPS_WEIGHTS, str(real_alexnet))
+    runs = data_dir / "run_0.1.0"
+    report = compare_runs(
+        runs / "dense", runs / "xattn", tmp_path / "r", device="cpu", progress=False
+    )
+    backbone = report["lpips_backbone"]
+    assert backbone["features_sha256"] == lw.ALEX_FEATURES_SHA256
+    assert backbone["source"] == "$XATTN_VIDEO_LPIPS_WEIGHTS" and backbone["file_sha256"]
+    assert report["lpips_skipped"] is None
+    assert [len(v["lpips"]["per_frame"]) for v in report["videos"]] == [5, 5]  # 32x32x5 videos
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.count("LPIPS alex v0.1") == 1 and lw.ALEX_FEATURES_SHA256[:16] in md
+
+
+def test_compare_skips_lpips_once_and_errors_on_an_explicit_missing_path(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    runs = data_dir / "run_0.1.0"
+    with pytest.warns(CompareWarning, match="LPIPS skipped") as record:
+        report = compare_runs(runs / "dense", runs / "xattn", tmp_path / "r", progress=False)
+    assert len([w for w in record if "LPIPS" in str(w.message)]) == 1
+    assert report["lpips_skipped"] and not any("LPIPS" in w for w in report["warnings"])
+    assert (tmp_path / "r" / "report.md").read_text().count("LPIPS skipped") == 1
+    with pytest.raises(LPIPSWeightsMissing, match=r"nope\.pth is no such file"):
+        compare_runs(
+            runs / "dense", runs / "xattn", tmp_path / "r2", lpips_weights=tmp_path / "nope.pth"
+        )
 
 
 # ------------------------------------------------------------ weight resolution
