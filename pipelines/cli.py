@@ -302,7 +302,18 @@ def _demo_on_cpu(device: str | None) -> bool:
     return torch.device(device).type == "cpu" if device else not torch.cuda.is_available()
 
 
-_COMMANDS = {"generate": cmd_generate, "compare": cmd_compare, "demo": cmd_demo}
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibrate_cli import cmd_calibrate as run
+
+    return run(args)
+
+
+_COMMANDS = {
+    "generate": cmd_generate,
+    "compare": cmd_compare,
+    "demo": cmd_demo,
+    "calibrate": cmd_calibrate,
+}
 
 
 @contextlib.contextmanager

@@ -111,6 +111,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif hint in (int, float):
             kw["type"] = hint
             kw["metavar"] = hint.__name__.upper()
+        elif hint is str:
+            kw["type"] = str
+            kw["metavar"] = "PATH"
         elif origin is tuple and all(a in (int, Ellipsis) for a in typing.get_args(hint)):
             kw["type"] = _int_tuple
             kw["metavar"] = "I,J,..."
@@ -260,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_compare_args(sub.add_parser("compare", help="PSNR/SSIM/LPIPS of two run directories"))
     _add_demo_args(sub.add_parser("demo", help="tiny model, dense vs XAttention, report"))
+    from .calibrate_cli import add_calibrate_args
+
+    add_calibrate_args(
+        sub.add_parser("calibrate", help="per-(layer, head) thresholds from a few prompts")
+    )
     return parser
 
 

@@ -282,6 +282,7 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path: Path, prompt_f
 # flags <-> XAttentionConfig
 # ---------------------------------------------------------------------------------------------
 
+THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds_tiny.json"  # tiny preset
 # One non-default (for the tiny preset of tiny-hunyuan), valid value per field: (command-line words, value).
 FLAG_VALUES = {
     "threshold": (["--threshold", "0.5"], 0.5),
@@ -295,6 +296,8 @@ FLAG_VALUES = {
     "text_policy": (["--text-policy", "sparse"], "sparse"),
     "token_order": (["--token-order", "tile"], "tile"),
     "tile_size": (["--tile-size", "2,4,4"], (2, 4, 4)),
+    "max_density": (["--max-density", "0.5"], 0.5),
+    "thresholds_file": (["--thresholds-file", str(THRESHOLDS)], str(THRESHOLDS)),
     "mask_refresh": (["--mask-refresh", "2"], 2),
     "backend": (["--backend", "torch"], "torch"),
     "collect_stats": (["--no-collect-stats"], False),

@@ -238,15 +238,20 @@ def estimate_block_mask(
     ratio: float | None = None,
     dense_from: int | torch.Tensor | None = None,
     backend: str = "auto",
+    max_density: float | None = None,
 ) -> torch.Tensor:
     """XAttention block mask. q: (B, H, Nq, D), k: (B, H, Nk, D) -> (B, H, Nbq, Nbk) bool.
 
     ``threshold`` (float or per-head (H,) tensor in (0, 1]; default 0.9 unless ``ratio`` is
     given) keeps per row the smallest set of key blocks whose estimated mass reaches it;
     ``ratio=r`` keeps the top ``ceil(r * valid_blocks)`` blocks of every row instead.
+    ``max_density`` (in (0, 1]) caps the kept share of block pairs per sample, see
+    :func:`xattn_video.kernels.select.select_blocks`.
     """
     if threshold is None and ratio is None:
         threshold = DEFAULT_THRESHOLD
+    if max_density is not None and not (0.0 < float(max_density) <= 1.0):
+        raise ValueError(f"max_density must be in (0, 1], got {max_density}")
     _check_qk(q, k)
     _check_block_stride(block_size, stride)
     B, H, Nq, D = q.shape
@@ -273,6 +278,37 @@ def estimate_block_mask(
         kv_len=lens,
         force_rows=force_rows,
         force_cols=force_cols,
+        max_density=max_density,
+    )
+
+
+def block_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    stride: int = 8,
+    block_size: int = 128,
+    kv_len: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The estimate alone, as the selection ranks it (used by the threshold calibration).
+
+    q: (B, H, Nq, D), k: (B, H, Nk, D) -> (B, H, Nbq, Nbk) float32 strided-antidiagonal block
+    mass; keys >= kv_len[b] get none.
+    """
+    _check_qk(q, k)
+    _check_block_stride(block_size, stride)
+    B, _, _, D = q.shape
+    Nk = k.shape[2]
+    _check_kv_len(kv_len, B, Nk)
+    backend = resolve_backend(backend, q)
+    _check_triton_head_dim(backend, D)
+    _check_triton_dtype(backend, q)
+    lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    if backend == "torch" and kv_len is not None:
+        k = _zero_padding(k, lens)
+    return estimate_scores(
+        q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton"
     )
 
 
@@ -383,11 +419,13 @@ def xattention(
     backend: str = "auto",
     return_mask: bool = False,
     return_lse: bool = False,
+    max_density: float | None = None,
 ):
     """XAttention: estimate the block mask, then attend exactly inside it.
 
     q, k, v: (B, H, N, D) (self-attention; q and k may have different lengths for the
     estimate). ``mask``: reuse a block mask from an earlier call instead of estimating.
+    ``max_density``: cap on the kept share of block pairs (see :func:`estimate_block_mask`).
     Returns ``out`` (B, H, N, D), or a tuple ``(out, mask)``, ``(out, lse)`` or
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
     """
@@ -403,6 +441,7 @@ def xattention(
             ratio=ratio,
             dense_from=dense_from,
             backend=backend,
+            max_density=max_density,
         )
     res = block_sparse_attention(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale,

@@ -3,8 +3,8 @@
 The CLI flags map 1:1 onto the fields (``--warmup-steps`` <-> ``warmup_steps``); see
 :func:`xattn_video.config.config_fields` for the generated mapping.
 
-Not supported: per-layer thresholds (one threshold for all sparse layers; a per-head tensor can
-be passed to the op directly), causal models.
+Per-layer, per-head thresholds come from a calibration file (``thresholds_file``, see
+:mod:`xattn_video.thresholds`). Not supported: causal models.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .attention import BACKENDS, BLOCK_SIZES, STRIDES
 
 SELECTIONS = ("threshold", "ratio")
 TEXT_POLICIES = ("dense", "sparse")
-TOKEN_ORDERS = ("raster", "tile")
+TOKEN_ORDERS = ("raster", "tile", "hilbert", "cluster")
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,29 @@ class XAttentionConfig:
     dense as a query row and a key column; ``sparse`` lets text blocks compete in the selection
     like video blocks (the paper's behaviour). Padded text keys are never attended either way."""
 
-    token_order: Literal["raster", "tile"] = "raster"
+    token_order: Literal["raster", "tile", "hilbert", "cluster"] = "raster"
     """Order of video tokens inside the attention: ``raster`` as the model emits them (the
     paper), ``tile`` permutes them into 3-D tiles of ``tile_size`` latent tokens so each block
-    is a compact space-time cube (and back afterwards)."""
+    is a compact space-time cube, ``hilbert`` along a 3-D Hilbert curve over the latent grid,
+    ``cluster`` per head by k-means on the keys (key order) and on the queries (query order),
+    started from the tile order -- computed in every call (reused with the mask under
+    ``mask_refresh``); all are undone afterwards."""
 
     tile_size: tuple[int, int, int] = (2, 8, 8)
     """(frames, height, width) of a tile in latent tokens, for ``token_order='tile'``. Its
     volume should equal ``block_size`` (2*8*8 = 128); edge tiles may be smaller."""
+
+    max_density: float = 1.0
+    """Density budget per attention call, in (0, 1]: at most this share of the (query block,
+    key block) pairs is kept even if ``threshold`` is not reached, the budget going to the
+    blocks holding the largest share of their row's estimated mass (text blocks and each row's
+    best block are always kept). 1.0: no budget."""
+
+    thresholds_file: str = ""
+    """Path of a per-(layer, head) thresholds JSON written by ``xattn-video calibrate``: the
+    layers it lists use their heads' thresholds instead of ``threshold``. It must have been
+    calibrated with this config's stride, block size, token order and text policy. Empty: one
+    ``threshold`` everywhere."""
 
     mask_refresh: int = 1
     """Re-estimate the block mask every this many sparse steps per layer and reuse it in
@@ -110,6 +125,15 @@ class XAttentionConfig:
         for name in ("warmup_steps", "dense_last_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (0.0 < float(self.max_density) <= 1.0):
+            raise ValueError(f"max_density must be in (0, 1], got {self.max_density}")
+        if not isinstance(self.thresholds_file, str):
+            raise ValueError(f"thresholds_file must be a path string, got {self.thresholds_file!r}")
+        if self.thresholds_file:
+            from . import thresholds as _thresholds
+
+            data = _thresholds.load_thresholds(self.thresholds_file)
+            _thresholds.check_matches(data, dataclasses.asdict(self))
         if self.mask_refresh < 1:
             raise ValueError(f"mask_refresh must be >= 1, got {self.mask_refresh}")
         if self.text_policy not in TEXT_POLICIES:

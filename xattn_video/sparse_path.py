@@ -4,18 +4,24 @@ One attention call in the sparse phase, after the processor has built q/k/v [B, 
 (video tokens first, then any joint text):
 
 1. token order: ``raster`` keeps the model's order; ``tile`` permutes the video prefix into
-   3-D tiles of ``cfg.tile_size`` latent tokens (text stays at the end), undone afterwards;
+   3-D tiles of ``cfg.tile_size`` latent tokens, ``hilbert`` along a 3-D Hilbert curve (both
+   cached per grid); ``cluster`` orders keys (and values) per head by k-means on the keys and
+   queries by k-means on the queries (:func:`cluster_orders`, computed in the call, kept with
+   the mask when it is reused). Text stays at the end; the order is undone afterwards;
 2. mask reuse: with ``cfg.mask_refresh = r`` a block mask estimated for (attention module,
    CFG branch) serves the next r-1 sparse calls of the same pair (:class:`MaskCache`);
-3. the op: :func:`xattn_video.attention.xattention` on (B, H, N, D) views;
+3. the op: :func:`xattn_video.attention.xattention` on (B, H, N, D) views, with the layer's
+   per-head thresholds when ``cfg.thresholds_file`` lists the layer, and ``cfg.max_density``
+   as the per-call budget; an ``observer`` on the state (the threshold calibration,
+   :class:`xattn_video.calibrate.Calibrator`) sees the call's reordered q / k first;
 4. stats: the call's block density in the controller's :class:`~xattn_video.stats.XAttentionStats`.
 
 The per-run state it reads (``cfg``, ``stats``, ``run``, ``step``, ``branch``, ``grid`` and
 the two caches) lives on the shared controller (:class:`xattn_video.hook.XAttentionController`,
 typed here by the :class:`SparseState` protocol, so this module does not import the hook).
 
-Not supported: gradients (the op is forward-only); token orders other than raster / tile;
-per-layer thresholds (one ``cfg.threshold`` for every layer).
+Not supported: gradients (the op is forward-only); a ``cluster`` order shared across layers or
+steps (it is recomputed in every call that estimates a mask).
 """
 
 from __future__ import annotations
@@ -28,8 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from . import attention as _attention
+from . import thresholds as _thresholds
 from .config import XAttentionConfig
-from .layout import inverse_permutation, tile_permutation
+from .layout import (
+    cluster_permutation,
+    extend_permutation,
+    grid_permutation,
+    inverse_permutation,
+    permute_tokens,
+)
 from .stats import XAttentionStats, mask_density_tensor
 
 
@@ -38,6 +51,7 @@ class _MaskEntry:
     mask: torch.Tensor  # (B, H, Nbq, Nbk) bool
     kv_len: torch.Tensor | None  # (B,) int
     age: int  # sparse calls served since the estimate, counting the estimating call
+    aux: tuple | None = None  # what the mask depends on besides the tokens (cluster orders)
 
 
 class MaskCache:
@@ -81,16 +95,26 @@ class MaskCache:
         entry.age += 1
         return entry.mask
 
+    def aux(self, attn: torch.nn.Module, branch: str) -> tuple | None:
+        """What was stored with (attn, branch)'s mask (the cluster orders), else None."""
+        entry = self._entries.get((id(attn), branch))
+        return None if entry is None else entry.aux
+
     def put(
-        self, attn: torch.nn.Module, branch: str, mask: torch.Tensor, kv_len: torch.Tensor | None
+        self,
+        attn: torch.nn.Module,
+        branch: str,
+        mask: torch.Tensor,
+        kv_len: torch.Tensor | None,
+        aux: tuple | None = None,
     ) -> None:
-        """Keep a freshly estimated mask (only when ``refresh > 1``)."""
+        """Keep a freshly estimated mask (only when ``refresh > 1``), with ``aux``."""
         if self.refresh > 1:
-            self._entries[(id(attn), branch)] = _MaskEntry(mask, kv_len, 1)
+            self._entries[(id(attn), branch)] = _MaskEntry(mask, kv_len, 1, aux)
 
 
 class TileOrders:
-    """Cached ``tile`` permutations per (grid, length, device)."""
+    """Cached grid-order (``tile``, ``hilbert``) permutations per (order, grid, length, device)."""
 
     def __init__(self, tile_size: tuple[int, int, int]) -> None:
         self.tile_size = tile_size
@@ -102,23 +126,75 @@ class TileOrders:
         n_video: int,
         n_total: int,
         device: torch.device,
+        order: str = "tile",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(perm, inv), each (n_total,) int64: tile order for the ``n_video`` video tokens of the
-        latent ``grid`` (T, H, W), identity for the ``n_total - n_video`` text tokens after them."""
+        """(perm, inv), each (n_total,) int64: ``order`` (tile / hilbert) for the ``n_video``
+        video tokens of the latent ``grid`` (T, H, W), identity for the ``n_total - n_video``
+        text tokens after them."""
         if grid is None or math.prod(grid) != n_video:
             raise ValueError(
-                f"token_order='tile' needs the latent grid of the {n_video} video tokens, but the "
+                f"token_order={order!r} needs the latent grid of the {n_video} video tokens, but the "
                 f"step hook saw grid={grid}; attach the step hook (apply_xattention does) and use "
                 "a model whose video tokens form one (T, H, W) grid, or use token_order='raster'"
             )
-        key = (grid, n_total, str(device))
+        key = (order, grid, n_total, str(device))
         if key not in self._perms:
-            perm = tile_permutation(grid, self.tile_size, device=device)
-            if n_total > n_video:
-                tail = torch.arange(n_video, n_total, device=device, dtype=perm.dtype)
-                perm = torch.cat([perm, tail])
+            perm = grid_permutation(order, grid, self.tile_size, device=device)
+            perm = extend_permutation(perm, n_total)
             self._perms[key] = (perm, inverse_permutation(perm))
         return self._perms[key]
+
+
+CLUSTER_ITERS = 2
+"""k-means iterations of the ``cluster`` order (SVG2 warm-starts 2 per step; ours start from
+the tile order every call)."""
+
+
+def cluster_orders(
+    state: SparseState, q: torch.Tensor, k: torch.Tensor, n_video: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm_q, perm_k), each (B, H, N) int64: the video prefix of q and of k ordered per head by
+    k-means clusters (one cluster per block of video tokens, centroids started from the tile
+    order when the grid is known, else the raster order), text tokens left at the end."""
+    cfg = state.cfg
+    N = q.shape[2]
+    base = None
+    if state.grid is not None and math.prod(state.grid) == n_video:
+        base = state.orders.permutation(state.grid, n_video, n_video, q.device, order="tile")[0]
+    n_clusters = max(1, -(-n_video // cfg.block_size))
+    perms = tuple(
+        extend_permutation(
+            cluster_permutation(x[:, :, :n_video], n_clusters, iters=CLUSTER_ITERS, base=base), N
+        )
+        for x in (q, k)
+    )
+    return perms[0], perms[1]
+
+
+_LAYER_THRESHOLDS: dict[tuple, torch.Tensor | None] = {}
+
+
+def layer_threshold(
+    cfg: XAttentionConfig, layer: int, heads: int, device: torch.device
+) -> float | torch.Tensor:
+    """The threshold of one layer: its per-head (H,) float64 tensor from ``cfg.thresholds_file``
+    when the file lists the layer, else ``cfg.threshold``. Cached per (file, layer, device)."""
+    if not cfg.thresholds_file:
+        return cfg.threshold
+    data = _thresholds.load_thresholds(cfg.thresholds_file)  # cached per path and mtime
+    key = (cfg.thresholds_file, id(data), layer, str(device))
+    if key not in _LAYER_THRESHOLDS:
+        per_layer = _thresholds.layer_thresholds(data).get(layer)
+        if per_layer is not None and len(per_layer) != heads:
+            raise ValueError(
+                f"thresholds file {cfg.thresholds_file!r} has {len(per_layer)} heads for layer "
+                f"{layer}, the model has {heads}; calibrate this model"
+            )
+        _LAYER_THRESHOLDS[key] = None
+        if per_layer is not None:
+            _LAYER_THRESHOLDS[key] = torch.tensor(per_layer, dtype=torch.float64, device=device)
+    thr = _LAYER_THRESHOLDS[key]
+    return cfg.threshold if thr is None else thr
 
 
 class SparseState(Protocol):
@@ -175,14 +251,27 @@ def sparse_attention(
         state.stats.add(layer, dense_reason="cost")
         return _cost_dense(q, k, v, kv_len).transpose(1, 2)
     inv = None
-    if cfg.token_order == "tile":
-        perm, inv = state.orders.permutation(state.grid, n_video, N, q.device)
+    if cfg.token_order in ("tile", "hilbert"):
+        perm, inv = state.orders.permutation(state.grid, n_video, N, q.device, cfg.token_order)
         q, k, v = (x.index_select(2, perm) for x in (q, k, v))
     nb = -(-N // cfg.block_size)
     mask = state.masks.get(attn, state.branch, (B, H, nb, nb), kv_len)
     reused = mask is not None
+    aux = None
+    if cfg.token_order == "cluster":
+        aux = state.masks.aux(attn, state.branch) if reused else None
+        if aux is None:
+            aux = cluster_orders(state, q, k, n_video)
+            if reused:  # a mask without its orders cannot be reused
+                mask, reused = None, False
+        perm_q, perm_k = aux
+        q, k, v = permute_tokens(q, perm_q), permute_tokens(k, perm_k), permute_tokens(v, perm_k)
+        inv = inverse_permutation(perm_q)
+    observer = getattr(state, "observer", None)
+    if observer is not None and observer.wants(state.step):
+        observer.observe(layer, state.step, q, k, kv_len, dense_from)
     sel = (
-        {"threshold": cfg.threshold, "ratio": None}
+        {"threshold": layer_threshold(cfg, layer, H, q.device), "ratio": None}
         if cfg.selection == "threshold"
         else {"threshold": None, "ratio": cfg.ratio}
     )
@@ -198,14 +287,15 @@ def sparse_attention(
         mask=mask,
         backend=cfg.backend,
         return_mask=True,
+        max_density=cfg.max_density if cfg.max_density < 1.0 else None,
     )
     if not reused:
-        state.masks.put(attn, state.branch, mask, kv_len)
+        state.masks.put(attn, state.branch, mask, kv_len, aux)
     if state.stats.enabled or state.auto_dense.enabled:
         # a device tensor, stamped with (run, step, branch) by the step hook: no host read,
         # and no step number in a compiled graph
         heads = mask_density_tensor(mask, cfg.block_size, kv_len, N)
         state.stats.add(layer, heads=heads, reused=reused)
     if inv is not None:
-        out = out.index_select(2, inv)
+        out = permute_tokens(out, inv)
     return out.transpose(1, 2)

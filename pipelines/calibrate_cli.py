@@ -1,0 +1,127 @@
+"""``xattn-video calibrate``: per-(layer, head) XAttention thresholds of a model from a few
+prompts, written as a thresholds file for ``--thresholds-file`` / ``XAttentionConfig``.
+
+    xattn-video calibrate --model tiny --out thresholds.json [--num-prompts 4] \\
+        [--target-mass 0.95 | --target-density 0.35] [--token-order tile ...]
+
+It runs the pipeline once per prompt with exact attention routed through XAttention's sparse
+path (the config's token order applied) and measures, for every ``--measure-every``-th sparse
+step, how much of the true attention mass each threshold keeps per layer and head (see
+:mod:`xattn_video.calibrate`). A progress bar counts the prompts. The curves are stored, so
+``--retarget FILE`` re-chooses thresholds for another target without running the model.
+
+Not supported: resuming an interrupted calibration (rerun it: a few videos), several
+processes, CFG-specific thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from xattn_video.config import XAttentionConfig
+
+from .cli_args import CLIError, add_config_flags, config_overrides
+from .models import MODELS, get_model_spec
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def add_calibrate_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``xattn-video calibrate`` (plus one flag per ``XAttentionConfig`` field)."""
+    p.add_argument("--model", choices=list(MODELS), help="model to calibrate")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model-path", help="local pipeline folder (save_pretrained)")
+    src.add_argument("--model-id", help="Hugging Face repo id (default: the model's)")
+    p.add_argument("--out", required=True, help="thresholds JSON to write")
+    p.add_argument("--prompts", default="vbench", help="suite or .txt/.json file (default: vbench)")
+    p.add_argument("--prompts-dir", help="folder with the VBench files")
+    p.add_argument("--num-prompts", type=int, default=4, help="prompts, spread over the suite")
+    p.add_argument("--seed", type=int, default=0, help="seed of every prompt (default: 0)")
+    tgt = p.add_mutually_exclusive_group()
+    tgt.add_argument("--target-mass", type=float, help="true attention mass every head keeps")
+    tgt.add_argument("--target-density", type=float, help="mean density to allocate (0, 1]")
+    p.add_argument("--measure-every", type=int, default=3, help="measure every N-th sparse step")
+    p.add_argument("--retarget", metavar="FILE", help="re-choose thresholds of FILE; no model run")
+    for name in ("height", "width", "frames", "steps"):
+        p.add_argument(f"--{name}", type=int, help=f"video {name} (default: the model's)")
+    p.add_argument("--device", help="default: CUDA if available, else CPU")
+    p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(p)
+
+
+def _targets(args: argparse.Namespace) -> dict[str, float | None]:
+    if args.target_mass is None and args.target_density is None:
+        return {"target_mass": 0.95, "target_density": None}
+    return {"target_mass": args.target_mass, "target_density": args.target_density}
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Run ``xattn-video calibrate``; raises ``CLIError`` for bad arguments."""
+    from xattn_video import thresholds as th
+
+    try:
+        if args.retarget:
+            data = th.retarget(th.load_thresholds(args.retarget), **_targets(args))
+            th.save_thresholds(args.out, data)
+            print(f"re-targeted {args.retarget} -> {args.out}: {th.summary(data)}")
+            return 0
+        if args.model is None:
+            raise CLIError("--model is required (unless --retarget)")
+        if args.measure_every < 1:
+            raise CLIError(f"--measure-every must be >= 1, got {args.measure_every}")
+        data = _calibrate(args)
+        th.save_thresholds(args.out, data)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {args.out}: {th.summary(data)} ({data['seconds']} s)")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    from xattn_video.calibrate import calibrate_pipeline
+    from xattn_video.prompts import load_prompts
+
+    from .models import load_pipeline
+
+    spec = get_model_spec(args.model)
+    cfg = XAttentionConfig.from_preset(spec.preset, **config_overrides(args))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    prompts = load_prompts(args.prompts, data_dir=args.prompts_dir, sample=args.num_prompts)
+    pipe = load_pipeline(args.model, model_path=args.model_path, model_id=args.model_id,
+                         dtype=dtype, device=device)  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    size = {
+        "height": args.height or spec.height,
+        "width": args.width or spec.width,
+        "num_frames": args.frames or spec.frames,
+        "num_inference_steps": args.steps or spec.steps,
+    }
+    calls = [
+        dict(prompt=p.text, generator=torch.Generator(device=device).manual_seed(args.seed),
+             output_type="np", **size, **spec.call_kwargs)
+        for p in prompts
+    ]  # fmt: skip
+    steps = list(range(cfg.warmup_steps, size["num_inference_steps"], args.measure_every))
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(calls), desc="calibrate", unit="prompt")
+    try:
+        data = calibrate_pipeline(
+            pipe, cfg, calls, model=args.model, steps=steps, progress=(
+                (lambda done, total: bar.update(1)) if bar is not None else None),
+            meta={"prompts": [p.text for p in prompts], "seeds": [args.seed],
+                  "size": size, "device": str(device),
+                  "dtype": str(next(pipe.transformer.parameters()).dtype)},
+            **_targets(args),
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    return data
