@@ -43,6 +43,7 @@ negative prompts, changing the guidance scale (the pipelines' defaults are used)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -207,6 +208,18 @@ def _data_parallel(opts: GenerateOptions, state: Any) -> tuple[int, int, int]:
     return state.process_index // P, state.num_processes // P, state.process_index % P
 
 
+def _with_full_config(old: rundir.RunRecord) -> rundir.RunRecord:
+    """``old`` with its config completed by the defaults of fields added since it was written
+    (they reproduce the old behaviour), so they don't block a resume."""
+    if not isinstance(old.config, dict):
+        return old
+    try:
+        full = XAttentionConfig.from_dict(old.config).to_dict()
+    except (ValueError, TypeError):
+        return old  # a config this version can't read: reported as a difference
+    return dataclasses.replace(old, config=full)
+
+
 def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     """Run ``opts`` (this process's share of the prompts); see the module docstring.
 
@@ -268,7 +281,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         **env,
     )
     if old is not None:
-        diffs = old.resume_differences(run)
+        diffs = _with_full_config(old).resume_differences(run)
         if diffs:
             detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
             raise SetupError(

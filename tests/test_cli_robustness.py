@@ -187,6 +187,23 @@ def test_resume_regenerates_a_prompt_whose_text_changed(tmp_path, prompt_file, c
     assert not np.array_equal(np.load(out / "00001" / "frames.npy"), before)
 
 
+def test_a_0_1_0_run_directory_resumes(tmp_path, monkeypatch, capsys):
+    """Written by 0.1.0 (schema 1, config without the fields added since): same command,
+    nothing to redo, nothing rewritten."""
+    old = Path(__file__).parent / "data" / "run_0.1.0" / "xattn"
+    shutil.copytree(old, tmp_path / "xattn")
+    (tmp_path / "p.txt").write_text("a red car driving on a road\na cat sitting on a sofa\n")
+    monkeypatch.chdir(tmp_path)  # run.json recorded --prompts p.txt
+    argv = ["generate", "--model", "tiny-hunyuan", "--prompts", "p.txt", "--no-progress"]
+    argv += ["--height", "32", "--width", "32", "--frames", "5", "--steps", "2"]
+    argv += ["--attention", "xattn", "--warmup-steps", "1", "--out", "xattn", "--device", "cpu"]
+    assert main(argv) == 0
+    assert "generated 0, skipped 2 finished, of 2 prompts" in capsys.readouterr().out
+    assert (tmp_path / "xattn" / "run.json").read_bytes() == (old / "run.json").read_bytes()
+    line = _fail([*argv, "--threshold", "0.5"], capsys)
+    assert "config.threshold: 0.9 -> 0.5" in line and "config.max_density" not in line
+
+
 def test_resume_refuses_a_corrupt_run_json_naming_it(tmp_path, prompt_file, capsys):
     out = tmp_path / "run"
     out.mkdir()

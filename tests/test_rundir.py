@@ -102,6 +102,10 @@ def test_resume_differences_name_the_fields():
     new = _record(seed=1, steps=3, gpu="B", command=["x"])  # gpu/command: not resume fields
     assert old.resume_differences(new) == {"steps": (2, 3), "seed": (0, 1)}
     assert old.resume_differences(_record(gpu="other")) == {}
+    cfg = {"threshold": 0.9, "stride": 8}
+    a, b = _record(config=cfg), _record(config={**cfg, "threshold": 0.5, "new": 1})
+    assert a.resume_differences(b) == {"config.threshold": (0.9, 0.5), "config.new": (None, 1)}
+    assert _record(config=None).resume_differences(b) == {"config": (None, b.config)}
 
 
 @pytest.mark.parametrize(

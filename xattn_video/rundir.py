@@ -238,13 +238,21 @@ class RunRecord:
         write_json(Path(run_dir) / RUN_FILE, self.to_json())
 
     def resume_differences(self, new: RunRecord) -> dict[str, tuple[Any, Any]]:
-        """``{field: (old, new)}`` for each of :attr:`RESUME_FIELDS` that differs."""
+        """``{field: (old, new)}`` for each of :attr:`RESUME_FIELDS` that differs; inside two
+        configs, per config field (``"config.threshold"``). Pass records whose configs carry
+        every field (``XAttentionConfig.to_dict()``), so a field added later with its default
+        is not a difference."""
         old_j, new_j = (json.loads(json.dumps(r.to_json())) for r in (self, new))
-        return {
-            k: (old_j.get(k), new_j.get(k))
-            for k in self.RESUME_FIELDS
-            if old_j.get(k) != new_j.get(k)
-        }
+        out = {}
+        for k in self.RESUME_FIELDS:
+            a, b = old_j.get(k), new_j.get(k)
+            if k == "config" and isinstance(a, dict) and isinstance(b, dict):
+                for name in dict.fromkeys([*a, *b]):
+                    if a.get(name) != b.get(name):
+                        out[f"config.{name}"] = (a.get(name), b.get(name))
+            elif a != b:
+                out[k] = (a, b)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
