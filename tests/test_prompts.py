@@ -6,6 +6,8 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from xattn_video.prompts.suites import DATA_FILES, VBENCH_COMMIT, VBENCH_NUM_PRO
 from ._vbench import SUBSET_INDICES, VBENCH_SUBSET_DIR, use_vbench_subset
 
 VBENCH_DIR = VBENCH_SUBSET_DIR
+_real_download = fetch_mod.download
 
 
 N = len(SUBSET_INDICES)  # 44 prompts of 946, all 16 dimensions (tests/data/vbench_subset)
@@ -284,3 +287,33 @@ def test_offline_env_forbids_the_download(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(PromptDataMissing, match="XATTN_VIDEO_OFFLINE forbids") as exc:
         load_prompts("vbench")
     assert "vbench==0.1.5" in str(exc.value) and "XATTN_VIDEO_PROMPTS_DIR" in str(exc.value)
+
+
+def test_wheel_member_fetch_runs_pip_download_without_installing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The standard list comes out of the pinned vbench wheel: pip (stubbed) downloads it, nothing
+    is installed, and the member is read from the zip."""
+    payload = (VBENCH_DIR / "VBench_full_info.json").read_bytes()
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        seen.append(cmd)
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "vbench-0.1.5-py3-none-any.whl", "w") as zf:
+            zf.writestr("vbench/VBench_full_info.json", payload)
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(fetch_mod.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetch_mod, "download", _real_download)
+    assert fetch_mod.download(DATA_FILES["VBench_full_info.json"]) == payload
+    (cmd,) = seen
+    assert cmd[1:4] == ["-m", "pip", "download"] and "vbench==0.1.5" in cmd
+    assert "--no-deps" in cmd and "install" not in cmd
+
+    def failing_run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: network down")
+
+    monkeypatch.setattr(fetch_mod.subprocess, "run", failing_run)
+    with pytest.raises(PromptDataMissing, match="network down"):
+        load_prompts("vbench")
