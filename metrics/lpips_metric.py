@@ -197,7 +197,8 @@ class LPIPSMetric:
         if min(h, w) < need:
             raise ValueError(
                 f"LPIPS ({self.net}) needs frames of at least {need}x{need} pixels (the backbone's "
-                f"receptive field), got {h}x{w}; upscale both videos or leave lpips out of the metrics"
+                f"receptive field), got {h}x{w}; upscale both videos or leave LPIPS out "
+                "(CLI: --metrics psnr,ssim)"
             )
         out = []
         for a, b in iter_chunks(ref, test, chunk, self.device, torch.float32):
