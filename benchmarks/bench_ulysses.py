@@ -8,7 +8,8 @@ Run with torchrun, one process per GPU (P = the world size, default 2)::
 What it does (every rank builds the same RANDOM-weight model from one seed):
 1. rank 0 alone: one forward of the full-size ``HunyuanVideoTransformer3DModel`` (bf16, 720p x
    129 frames = 118,800 video + 256 text tokens) dense (diffusers default processor) and with
-   XAttention (``selection="ratio"``, ratio 0.3, no warm-up), each after a warm-up forward;
+   XAttention (``selection="ratio"``, ratio 0.3, no warm-up, ``auto_dense`` off), each after a
+   warm-up forward;
 2. all ranks: ``xattn_video.parallel.enable_context_parallel(model, P)`` (our plan), then the
    same two forwards on P GPUs (XAttention applied *after* enabling parallelism);
 3. speed-ups (1-GPU time / P-GPU time) for dense and XAttention, and the XAttention-vs-dense
@@ -112,12 +113,16 @@ def forward(model, inputs, device, repeats: int) -> tuple[float, torch.Tensor]:
 
 
 def xattn_cfg(args) -> xv.XAttentionConfig:
+    """Ratio mode pins the density; auto_dense off so every layer runs the sparse path (the
+    cost model would otherwise calibrate first and may keep layers dense)."""
     if args.small:
         return xv.XAttentionConfig(warmup_steps=0, selection="ratio", ratio=args.ratio,
-                                   stride=4, block_size=16, backend="torch")  # fmt: skip
+                                   stride=4, block_size=16, backend="torch",
+                                   auto_dense=False)  # fmt: skip
     return xv.XAttentionConfig(
-        warmup_steps=0, selection="ratio", ratio=args.ratio, stride=8, block_size=128
-    )
+        warmup_steps=0, selection="ratio", ratio=args.ratio, stride=8, block_size=128,
+        auto_dense=False,
+    )  # fmt: skip
 
 
 def run_pair(model, inputs, args, device, one_gpu: bool) -> dict:

@@ -163,25 +163,32 @@ def _run_pipeline(model: str, cfg, dtype=torch.float32, *, parallel_first: bool 
 
 
 CFG = dict(warmup_steps=1, threshold=0.8, mask_refresh=2)
+# HunyuanVideo also with text blocks competing (padded query rows zeroed in the one-GPU order)
+# and 3-D tiles (the permutation of the whole video, after the all-to-all)
+MODEL_CFG = {"wan": CFG, "hv": {**CFG, "text_policy": "sparse", "token_order": "tile",
+                                 "tile_size": (1, 4, 4)}}  # fmt: skip
 
 
 def _pipeline_worker(rank: int, world: int, model: str, parallel_first: bool):
     torch.manual_seed(0)
-    return _run_pipeline(model, tiny_cfg(**CFG), parallel_first=parallel_first)
+    return _run_pipeline(model, tiny_cfg(**MODEL_CFG[model]), parallel_first=parallel_first)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "parallel_first"), [("hv", False), ("wan", True)], ids=["hunyuan", "wan"]
 )
 def test_pipeline_ulysses_equals_one_process(model, parallel_first):
     """Tiny HunyuanVideo (text padded: 5 of 8 tokens) / Wan pipeline, 4 steps (1 dense, 3
     sparse, masks reused every other sparse step), Ulysses degree 2 vs one process: latents
-    within the tolerance rule, block masks equal per head, density records equal. XAttention
-    is applied before enabling parallelism for HunyuanVideo, after it for Wan."""
-    ref, records, masks = _run_pipeline(model, tiny_cfg(**CFG))
-    ref64, _, masks64 = _run_pipeline(model, tiny_cfg(**CFG), torch.float64)
+    within the tolerance rule, block masks equal per head, density records equal (HunyuanVideo
+    with text_policy="sparse" and tile order). HunyuanVideo: apply_xattention, then parallelism;
+    Wan: parallelism, then set_attn_processor(xattention_processors(...))."""
+    ref, records, masks = _run_pipeline(model, tiny_cfg(**MODEL_CFG[model]))
+    ref64, _, masks64 = _run_pipeline(model, tiny_cfg(**MODEL_CFG[model]), torch.float64)
     assert all(torch.equal(a, b) for a, b in zip(masks, masks64, strict=True))
     assert any(r["sparse"] and r["reused"] for r in records)
+    assert any(r["sparse"] and r["density"] < 1 for r in records)
     res = run_distributed(_pipeline_worker, P, model, parallel_first)
     for latents, recs, _ in res:
         assert_fa_close(latents, ref64, ref, f"{model} latents")
@@ -297,3 +304,19 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_cli_data_parallel_groups():
+    """--ulysses P: groups of P consecutive processes (the layout of parallel.make_mesh)."""
+    from types import SimpleNamespace
+
+    from xattn_video.pipelines.generate import SetupError, _data_parallel
+    from xattn_video.pipelines.options import GenerateOptions
+
+    opts = GenerateOptions(model="tiny-hunyuan", prompts="p.txt", out="o", ulysses=2)
+    layout = [
+        _data_parallel(opts, SimpleNamespace(num_processes=4, process_index=i)) for i in range(4)
+    ]
+    assert layout == [(0, 2, 0), (0, 2, 1), (1, 2, 0), (1, 2, 1)]
+    with pytest.raises(SetupError, match="multiple of 2"):
+        _data_parallel(opts, SimpleNamespace(num_processes=3, process_index=0))

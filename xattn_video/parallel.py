@@ -19,6 +19,8 @@ attention processor gets ``_parallel_config``. This module adds what XAttention 
   inverse permutation and a second all-to-all go back.
 - :class:`GatheredStats`: density records gathered over the Ulysses ranks, so every rank
   records the one-GPU numbers (all H heads, the whole sequence) once per call.
+- :class:`ConsistentAutoDense`: ``auto_dense`` decisions all-reduced over the Ulysses group, so
+  no rank runs a layer dense while another runs it sparse (their collectives would not match).
 - :func:`enable_context_parallel`: ``enable_parallelism`` with our plan, optional
   data-parallel groups (mesh ``("dp", "ring", "ulysses")``), and the CPU workaround below.
 - :func:`check_parallel_inputs`: clear ``ValueError`` s for token or head counts that do not
