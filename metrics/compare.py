@@ -293,6 +293,10 @@ def _compare_video(
     entry["density"] = density
     entry["effective_density"] = (density or {}).get("effective_density")
     entry["sparse_density"] = (density or {}).get("sparse_density")
+    n_calls = (density or {}).get("num_sparse_calls", 0) + (density or {}).get("num_dense_calls", 0)
+    n_cost = (density or {}).get("num_cost_dense_calls")
+    # share of attention calls that auto_dense ran dense because sparse would have been slower
+    entry["cost_dense_share"] = n_cost / n_calls if (n_cost is not None and n_calls) else None
     timings = {}
     for role, meta in (("dense", d.meta), ("sparse", s.meta)):
         timings[role] = {k: _seconds(meta, k) for k in ("total_s", "denoise_s")}
@@ -343,7 +347,7 @@ def _aggregate(videos: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str
             frame_max=float(frames.max()),
         )
         agg[m] = summary
-    for key in ("effective_density", "sparse_density"):
+    for key in ("effective_density", "sparse_density", "cost_dense_share"):
         agg[key] = _summary([v[key] for v in videos if isinstance(v.get(key), (int, float))])
     speed: dict[str, Any] = {}
     warm = [v for v in videos if v.get("timing_warm", True)]

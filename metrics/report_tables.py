@@ -48,6 +48,7 @@ def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     for key, label in (
         ("effective_density", "effective density"),
         ("sparse_density", "sparse-call density"),
+        ("cost_dense_share", "calls run dense by auto_dense"),
     ):
         s = agg.get(key)
         rows.append(
