@@ -11,9 +11,9 @@ import torch
 
 from xattn_video.kernels import tuning
 from xattn_video.kernels._common import cdiv
+from xattn_video.kernels.fp8 import FP8_MAX, quantize_fp8_blocks, quantize_fp8_head_t
 from xattn_video.kernels.select import mask_to_indices, valid_key_blocks
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd
-from xattn_video.kernels.fp8 import FP8_MAX, quantize_fp8_blocks, quantize_fp8_head_t
 from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper
 
 from ._tolerance import assert_fa_close, naive_attention
@@ -159,7 +159,7 @@ def test_dispatch_forced_hopper_rejects(change):
 
 def test_config_table_lookup(monkeypatch):
     tuned = dict(tuning.SAFE_HOPPER, BLOCK_N=64, RESCALE_THRESHOLD=8.0)
-    monkeypatch.setitem(tuning.MEASURED, ("NVIDIA H200", "bf16", 128, "large"), tuned)
+    monkeypatch.setattr(tuning, "MEASURED", {("NVIDIA H200", "bf16", 128, "large"): tuned})
     assert tuning.lookup_config("NVIDIA H200", "bf16", 128, 119056, 128) == tuned
     # Unknown GPU, other bucket or precision: the safe fallback, never a guess.
     assert (
@@ -172,6 +172,13 @@ def test_config_table_lookup(monkeypatch):
     small = tuning.lookup_config("NVIDIA H200", "bf16", 64, 119056, 64)
     assert small["BLOCK_M"] == 64 and small["BLOCK_N"] == 64 and small["num_warps"] == 4
     assert ("bf16", tuned) in tuning.shipped_configs()
+
+
+def test_estimate_config_lookup():
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128) == ((128, 128, 8, 3), True)
+    assert tuning.estimate_config("NVIDIA H200", "fp8", 16, 128)[1] is True
+    assert tuning.estimate_config("Some Future GPU", "bf16", 8, 128) == tuning.SAFE_ESTIMATE
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 4, 128) == tuning.SAFE_ESTIMATE
 
 
 def test_portable_entry_point_dispatch_on_cpu():

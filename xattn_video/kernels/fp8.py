@@ -34,7 +34,7 @@ def quantize_fp8_blocks_ref(x: torch.Tensor, block: int) -> tuple[torch.Tensor, 
     pad = nb * block - N
     xp = torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
     amax = xp.reshape(B, H, nb, block * D).abs().amax(-1).float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
     x8 = (xp.reshape(B, H, nb, block, D).float() / scale[..., None, None]).to(torch.float8_e4m3fn)
     return x8.reshape(B, H, nb * block, D)[:, :, :N].contiguous(), scale
 
@@ -44,7 +44,7 @@ def quantize_fp8_head_t_ref(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     padded to 16 (TMA strides), and scale (B, H) fp32 with ``v ~= vt8^T * scale``."""
     B, H, N, D = v.shape
     amax = v.abs().amax(dim=(-1, -2)).float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
     buf = torch.zeros(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
     buf[..., :N] = (v.float() / scale[..., None, None]).transpose(-1, -2).to(torch.float8_e4m3fn)
     return buf[..., :N], scale
@@ -114,7 +114,8 @@ def quantize_fp8_head_t(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return quantize_fp8_head_t_ref(v)
     B, H, N, D = v.shape
     amax = v.abs().amax(dim=(-1, -2)).float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).contiguous()
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
+    scale = scale.contiguous()
     buf = torch.empty(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
     block = 64
     _quant_head_t_kernel[(cdiv(N, block), B * H)](

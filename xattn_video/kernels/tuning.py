@@ -46,21 +46,24 @@ MEASURED: dict[tuple[str, str, int, str], dict] = {
 SAFE_ESTIMATE: tuple[tuple[int, int, int, int], bool] = ((128, 128, 8, 3), False)
 """Estimate fallback: (BLOCK_M, BLOCK_N, num_warps, num_stages), flatten (the H100 default)."""
 
-# (GPU name, stride, head dim) -> ((BLOCK_M, BLOCK_N, num_warps, num_stages), flatten).
-# H200 (same sweep): flattening the key-tile x stride loop nest removes the register spills
-# of the unflattened loop (29.4 -> 24.9 ms at S=8); at S=16 64x128 tiles with 4 warps win.
-ESTIMATE_MEASURED: dict[tuple[str, int, int], tuple[tuple[int, int, int, int], bool]] = {
-    ("NVIDIA H200", 8, 128): ((128, 128, 8, 3), True),
-    ("NVIDIA H200", 16, 128): ((64, 128, 4, 4), True),
+# (GPU name, precision, stride, head dim) -> ((BLOCK_M, BLOCK_N, num_warps, num_stages), flatten).
+# H200 (docs/results/bench_attention_h200*.json, N=119,056): flattening the key-tile x stride
+# loop nest removes the spills of the nested loop (S=8 bf16: 29.4 -> 25.1 ms); at S=16 and for
+# fp8, 64x128 tiles with 4 warps win (fp8: S=8 17.1 ms, S=16 9.2-9.4 ms).
+ESTIMATE_MEASURED: dict[tuple[str, str, int, int], tuple[tuple[int, int, int, int], bool]] = {
+    ("NVIDIA H200", "bf16", 8, 128): ((128, 128, 8, 3), True),
+    ("NVIDIA H200", "bf16", 16, 128): ((64, 128, 4, 4), True),
+    ("NVIDIA H200", "fp8", 8, 128): ((64, 128, 4, 4), True),
+    ("NVIDIA H200", "fp8", 16, 128): ((64, 128, 4, 4), True),
 }
 
 
 def estimate_config(
-    name: str | None, stride: int, head_dim: int
+    name: str | None, precision: str, stride: int, head_dim: int
 ) -> tuple[tuple[int, int, int, int], bool]:
     """Estimate launch (tiles, warps, stages) and loop flattening for this GPU; the measured
     entry or :data:`SAFE_ESTIMATE`."""
-    return ESTIMATE_MEASURED.get((name, stride, head_dim), SAFE_ESTIMATE)
+    return ESTIMATE_MEASURED.get((name, precision, stride, head_dim), SAFE_ESTIMATE)
 
 
 def n_bucket(n: int) -> str:
