@@ -88,10 +88,14 @@ class MaskCache:
         entry = self._entries.get((id(attn), branch))
         if entry is None or entry.age >= self.refresh or tuple(entry.mask.shape) != tuple(shape):
             return None
-        if (entry.kv_len is None) != (kv_len is None) or (
-            kv_len is not None and not torch.equal(entry.kv_len, kv_len)
-        ):
+        if (entry.kv_len is None) != (kv_len is None):
             return None
+        # same key padding: compared on the host only for CPU tensors; on CUDA and under
+        # torch.compile it is not read back (no sync): within one run and CFG branch a
+        # diffusers pipeline keeps one prompt, hence one kv_len, and the run resets the cache
+        if kv_len is not None and not (kv_len.is_cuda or torch.compiler.is_compiling()):
+            if not torch.equal(entry.kv_len, kv_len):
+                return None
         entry.age += 1
         return entry.mask
 
