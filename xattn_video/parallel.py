@@ -439,14 +439,3 @@ def enable_context_parallel(
         transformer.enable_parallelism(config=config, cp_plan=plan)
     attach_parallel_check(transformer)
     return config
-
-
-def data_parallel_rank(ulysses_degree: int) -> tuple[int, int, int]:
-    """(data-parallel group index, number of groups, rank inside the group) of this process for
-    :func:`make_mesh`'s layout (1 group of rank 0 without torch.distributed)."""
-    if not dist.is_available() or not dist.is_initialized():
-        return 0, 1, 0
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if world % ulysses_degree:
-        raise ValueError(f"ulysses_degree ({ulysses_degree}) must divide the world size ({world})")
-    return rank // ulysses_degree, world // ulysses_degree, rank % ulysses_degree
