@@ -323,8 +323,9 @@ def block_sparse_attention(
     scale: float | None = None,
     return_lse: bool = False,
     backend: str = "auto",
+    precision: str = "bf16",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention restricted to a block mask.
+    """Exact attention restricted to a block mask (``precision``: "bf16", or "fp8" on sm90).
 
     q, k, v: (B, H, N, D); mask: (B, H, Nbq, Nbk) bool (broadcastable over B and H);
     kv_len: (B,) int. Blocks without a valid key are ignored. Rows with no selected block give
@@ -355,6 +356,10 @@ def block_sparse_attention(
         )
     mask = mask.to(q.device).expand(B, H, nbq, nbk)
     backend = resolve_backend(backend, q)
+    if precision not in ("bf16", "fp8"):
+        raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
+    if precision == "fp8" and backend != "triton":
+        raise ValueError("precision='fp8' needs backend='triton' on an sm90+ GPU")
     _check_triton_head_dim(backend, D)
     _check_triton_dtype(backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
@@ -381,6 +386,7 @@ def block_sparse_attention(
         scale=scale,
         return_lse=return_lse,
         use_triton=True,
+        precision=precision,
     )
     return _propagate_nonfinite(res, bad, return_lse)
 
@@ -420,8 +426,12 @@ def xattention(
     return_mask: bool = False,
     return_lse: bool = False,
     max_density: float | None = None,
+    precision: str = "bf16",
 ):
     """XAttention: estimate the block mask, then attend exactly inside it.
+
+    ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (Hopper kernel; the
+    estimate stays bf16, so the mask is the bf16 one).
 
     q, k, v: (B, H, N, D) (self-attention; q and k may have different lengths for the
     estimate). ``mask``: reuse a block mask from an earlier call instead of estimating.
@@ -445,7 +455,7 @@ def xattention(
         )
     res = block_sparse_attention(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale,
-        return_lse=return_lse, backend=backend,
+        return_lse=return_lse, backend=backend, precision=precision,
     )  # fmt: skip
     if estimated:  # a block-mask row estimated from a non-finite query row is meaningless
         res = _propagate_nonfinite(res, _bad_query_blocks(q, block_size), return_lse)

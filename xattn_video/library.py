@@ -75,11 +75,12 @@ def _attention_impl(
     scale: float,
     return_lse: bool,
     use_triton: bool,
+    precision: str = "bf16",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if use_triton:
         res = _attn_triton(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
-            return_lse=return_lse,
+            return_lse=return_lse, precision=precision,
         )  # fmt: skip
     else:
         mask = indices_to_mask(counts, indices, cdiv(k.shape[2], block_size))
@@ -125,16 +126,19 @@ def block_sparse_attention_op(
     scale: float,
     return_lse: bool,
     use_triton: bool,
+    precision: str = "bf16",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v: (B, H, N, D); counts (B, H, Nbq) int32; indices (B, H, Nbq, L) int32;
     kv_len (B,) int32 -> (out (B, H, Nq, D), lse (B, H, Nq) float32 or an empty (0,))."""
     return _attention_impl(
-        q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton
+        q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision
     )
 
 
 @block_sparse_attention_op.register_fake
-def _(q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton):
+def _(
+    q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision="bf16"
+):
     B, H, Nq, _ = q.shape
     lse_shape = (B, H, Nq) if return_lse else (0,)
     return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
@@ -168,16 +172,17 @@ def sparse_attention(
     scale: float | None,
     return_lse: bool,
     use_triton: bool,
+    precision: str = "bf16",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention inside CSR block lists (see :func:`block_sparse_attention_op`); returns out,
     or (out, lse) with ``return_lse``. ``scale`` None means 1/sqrt(D)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if torch.compiler.is_compiling():
         out, lse = block_sparse_attention_op(
-            q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton
+            q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision
         )
     else:
         out, lse = _attention_impl(
-            q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton
+            q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision
         )
     return (out, lse) if return_lse else out

@@ -291,6 +291,7 @@ def sparse_attention(
         mask=mask,
         backend=cfg.backend,
         return_mask=True,
+        precision=cfg.precision,
         max_density=cfg.max_density if cfg.max_density < 1.0 else None,
     )
     if not reused:
