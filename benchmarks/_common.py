@@ -25,13 +25,15 @@ def environment() -> dict:
         diffusers_version = diffusers.__version__
     except ImportError:  # pragma: no cover
         diffusers_version = None
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        sha = os.environ.get("XATTN_VIDEO_GIT_SHA")  # set by callers that copy the tree
+    sha = os.environ.get("XATTN_VIDEO_GIT_SHA")  # set by callers that copy the tree (the
+    if not sha:  # GPU machine's copy may carry a stale .git)
+        try:
+            sha = subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            sha = None
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
