@@ -21,16 +21,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CountingBackend:
-    """aot_eager, counting the graphs it is given (one per compile or recompile)."""
+    """aot_eager (or dynamo's graph run as is: ``aot=False``), counting the graphs it is given
+    (one per compile or recompile)."""
 
-    def __init__(self) -> None:
+    def __init__(self, aot: bool = True) -> None:
         self.graphs = 0
+        self.aot = aot
 
     def __call__(self, gm, example_inputs):
         from torch._dynamo.backends.debugging import aot_eager
 
         self.graphs += 1
-        return aot_eager(gm, example_inputs)
+        return aot_eager(gm, example_inputs) if self.aot else gm.forward
 
 
 def test_hunyuan_compiled_below_the_step_hook_equals_eager():
@@ -87,3 +89,25 @@ def test_wan_plain_torch_compile_fullgraph_dense_and_sparse():
         dense = tr(**inp)[0]
         ctl.sparse = True
         assert not torch.allclose(tr(**inp)[0], dense)
+
+
+def test_mask_reuse_compiles_a_bounded_number_of_variants():
+    """mask_refresh=2: estimate, reuse, estimate, ... -- each compiled variant is compiled once
+    and reused by the later steps (no retrace per step); outputs and reuse flags equal eager."""
+    cfg = tiny_cfg(warmup_steps=1, mask_refresh=2)
+    eager, compiled = tiny_hv_transformer(), tiny_hv_transformer()
+    h_eager, h_comp = xv.apply_xattention(eager, cfg), xv.apply_xattention(compiled, cfg)
+    torch._dynamo.reset()
+    backend = CountingBackend(aot=False)  # counting retraces needs dynamo only
+    compile_below_hook(compiled, backend=backend, fullgraph=True)
+    graphs = []
+    with torch.no_grad():
+        for t in (900.0, 800.0, 700.0, 600.0, 500.0, 400.0, 300.0):
+            inp = hv_transformer_inputs(lengths=[5, 3], timestep=t)
+            torch.testing.assert_close(compiled(**inp)[0], eager(**inp)[0], rtol=1e-5, atol=1e-5)
+            graphs.append(backend.graphs)
+    # dense, first estimate (empty cache), reuse, re-estimate: each compiled once, then reused
+    assert graphs == [1, 2, 3, 4, 4, 4, 4]
+    reused = [r.reused for r in h_comp.stats.records if r.sparse]
+    assert reused == [r.reused for r in h_eager.stats.records if r.sparse]
+    assert reused.count(True) == 3 * 3  # steps 2, 4 and 6 reuse, 3 layers each
