@@ -12,7 +12,8 @@ before every transformer forward:
   second CFG forward) does not, a larger one starts a new sampling run at step 0;
 - ``num_steps``: ``len(scheduler.timesteps)`` (or the context's ``num_inference_steps``);
 - ``sparse``: ``warmup_steps <= step < num_steps - dense_last_steps`` -- the processors branch
-  on this bool, never on the step number, so ``torch.compile`` sees only two variants;
+  on this bool, never on the step number, so ``torch.compile`` sees only two variants (the
+  hook itself runs eagerly: :func:`compile_below_hook` compiles the forward under it);
 - ``branch``: the cache-context name (``"cond"`` / ``"uncond"``) when the pipeline sets one,
   else ``"pass0"``, ``"pass1"``, ... counting the forwards seen at the same step;
 - ``grid``: the latent token grid (T/p_t, H/p_h, W/p_w) of the input ``hidden_states``

@@ -21,10 +21,13 @@ build q/k/v [B, N, H, D] (video first, then text), handed to the model-independe
 :func:`xattn_video.sparse_path.sparse_attention` (token order, mask reuse, the op, stats), then
 the parent's output projections. Which layers get these processors: :mod:`xattn_video.targets`.
 
-Processors decide dense vs sparse from the bool ``controller.sparse`` (set by the step hook, see
-:mod:`xattn_video.hook`), never from the step number, so ``torch.compile`` sees two variants.
-The sparse branch reads a few small values on the host (the key-padding prefix check, the op's
-input checks, stats when ``collect_stats``), which are graph breaks under ``torch.compile``.
+Processors decide dense vs sparse from bools (``controller.sparse`` set by the step hook, see
+:mod:`xattn_video.hook`, and the per-layer ``auto_dense`` decisions), never from the step
+number, so ``torch.compile`` sees a dense and a sparse variant, not one per step. Neither branch
+reads values back to the host: the key-padding prefix check runs on the device on CUDA and under
+compile (``torch._assert_async``), and stats are added as device tensors without a step number
+(the hook stamps them), so a sparse forward traces as one graph and can be captured in a CUDA
+graph (:func:`xattn_video.hook.compile_below_hook`).
 
 Context parallelism (diffusers' ``enable_parallelism`` with Ulysses degree P, before or after
 these processors are installed; plan: :func:`xattn_video.parallel.context_parallel_plan`): the
