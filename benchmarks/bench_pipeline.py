@@ -102,7 +102,9 @@ def run_resolution(model, name: str, args) -> list[dict]:
     settings = [(f"xattn ratio={r}", dict(selection="ratio", ratio=r)) for r in args.ratios]
     settings += [(f"xattn tau={t}", dict(selection="threshold", threshold=t)) for t in args.taus]
     for label, kw in settings:
-        cfg = xv.XAttentionConfig(warmup_steps=0, stride=args.stride, block_size=128, **kw)
+        cfg = xv.XAttentionConfig(
+            warmup_steps=0, stride=args.stride, block_size=128, auto_dense=False, **kw
+        )  # pinned settings: every call sparse
         handle = xv.apply_xattention(model, cfg)
         try:
             with torch.inference_mode():

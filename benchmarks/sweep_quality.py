@@ -452,7 +452,8 @@ def main(argv=None) -> int:
     for stride, order in itertools.product(sorted({s["stride"] for s in settings}),
                                            sorted({s["token_order"] for s in settings})):  # fmt: skip
         cfg = xv.XAttentionConfig(stride=stride, token_order=order, warmup_steps=0,
-                                  block_size=a.block_size, tile_size=tuple(a.tile))  # fmt: skip
+                                  block_size=a.block_size, tile_size=tuple(a.tile),
+                                  auto_dense=False)  # fmt: skip
         with xv.apply_xattention(pipe, cfg):
             generate(pipe, conds, warm_args, device)
 
@@ -469,7 +470,9 @@ def main(argv=None) -> int:
     print(f"[sweep] dense: {dense_s:.3f} s/video denoising, {dense_attn_s:.3f} s/video in "
           "attention", flush=True)  # fmt: skip
     for i, s in enumerate(settings):
-        cfg = xv.XAttentionConfig(**s, block_size=a.block_size, tile_size=tuple(a.tile))
+        # research run: every call of the schedule sparse (auto_dense would run them dense)
+        cfg = xv.XAttentionConfig(**s, block_size=a.block_size, tile_size=tuple(a.tile),
+                                  auto_dense=False)  # fmt: skip
         handle = xv.apply_xattention(pipe, cfg)
         try:
             handle.stats.reset()
