@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from xattn_video.calibrate import mass_curves, true_block_mass
+import xattn_video as xv
+from xattn_video.calibrate import calibration_config, mass_curves, true_block_mass
 from xattn_video.kernels.select import select_blocks
 from xattn_video.thresholds import (
     FORMAT,
@@ -168,3 +169,10 @@ def test_missing_or_mismatched_file_raises(tmp_path):
     with pytest.raises(ValueError, match="stride"):
         check_matches(data, cfg)
     check_matches(data, dict(data["config"]))
+
+
+def test_calibration_runs_every_call_through_the_sparse_path():
+    # the cost model must not turn calibration calls dense (they would not be measured)
+    cal = calibration_config(xv.XAttentionConfig(threshold=0.8, warmup_steps=3, max_density=0.3))
+    assert cal.auto_dense is False and cal.warmup_steps == 0 and cal.threshold == 1.0
+    assert cal.max_density == 1.0 and cal.thresholds_file == "" and cal.dense_layers == ()

@@ -257,10 +257,11 @@ class Calibrator:
 
 def calibration_config(cfg: XAttentionConfig) -> XAttentionConfig:
     """The config the calibration runs with: ``cfg``'s estimate settings, every step and layer
-    through the sparse path, all blocks kept (exact attention), no budget or thresholds file."""
+    through the sparse path (no cost-model dense calls: ``auto_dense`` off), all blocks kept
+    (exact attention), no budget or thresholds file."""
     return cfg.replace(threshold=1.0, selection="threshold", warmup_steps=0, dense_last_steps=0,
                        dense_layers=(), mask_refresh=1, max_density=1.0, thresholds_file="",
-                       collect_stats=False)  # fmt: skip
+                       collect_stats=False, auto_dense=False)  # fmt: skip
 
 
 def calibrate_pipeline(
