@@ -163,7 +163,8 @@ def _lock(out: Path, state: Any) -> tuple[rundir.RunLock | None, bool]:
         try:
             out.mkdir(parents=True, exist_ok=True)
             lock = rundir.RunLock(out)
-            status = "ok" if lock.acquire() else "read-only"
+            # an old .lock file may stay writable in a directory that is not (chmod a-w)
+            status = "ok" if lock.acquire() and rundir.writable_dir(out) else "read-only"
         except rundir.RunDirLocked as e:
             status = str(e)
         except OSError as e:
