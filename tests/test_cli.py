@@ -305,7 +305,9 @@ FLAG_VALUES = {
     "thresholds_file": (["--thresholds-file", str(THRESHOLDS)], str(THRESHOLDS)),
     "mask_refresh": (["--mask-refresh", "2"], 2),
     "backend": (["--backend", "torch"], "torch"),
+    "precision": (["--precision", "fp8"], "fp8"),
     "collect_stats": (["--no-collect-stats"], False),
+    "auto_dense": (["--no-auto-dense"], False),
 }
 BASE = ["--model", "tiny-hunyuan", "--prompts", "vbench", "--out", "x", "--attention", "xattn"]
 
