@@ -1,0 +1,188 @@
+"""Input checks of the XAttention op (:mod:`xattn_video.attention`) and its non-finite policy.
+
+Every check raises ``ValueError`` naming the argument. Value checks of tensors (``kv_len``,
+per-head thresholds, ``dense_from``) read the host on CPU; on CUDA and under ``torch.compile``
+they run on the device (``torch._assert_async``: no sync, the error surfaces at the next
+synchronising call). The non-finite policy (documented in :mod:`xattn_video.attention`):
+:func:`nonfinite_rows` / :func:`bad_query_blocks` say which output rows must be NaN,
+:func:`propagate_nonfinite` sets them, :func:`zero_padding` keeps padding out of the torch
+references.
+
+Not supported: checks that need the data on the host on CUDA (they are deferred, see above).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .kernels._common import cdiv, interpreter_enabled
+
+BLOCK_SIZES = (16, 32, 64, 128)
+STRIDES = (2, 4, 8, 16)
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
+
+
+def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
+    if q.ndim != 4:
+        raise ValueError(f"q must have rank 4 (B, H, N, D), got shape {tuple(q.shape)}")
+    if k.ndim != 4:
+        raise ValueError(f"{name_k} must have rank 4 (B, H, N, D), got shape {tuple(k.shape)}")
+    if k.shape[0] != q.shape[0] or k.shape[1] != q.shape[1] or k.shape[3] != q.shape[3]:
+        raise ValueError(
+            f"q {tuple(q.shape)} and {name_k} {tuple(k.shape)} must agree on B, H and D "
+            "(GQA/MQA is not supported: repeat the key/value heads first)"
+        )
+    if k.dtype != q.dtype or k.device != q.device:
+        raise ValueError(f"q and {name_k} must share dtype and device")
+    if not q.is_floating_point():
+        raise ValueError(f"q must be a floating-point tensor, got {q.dtype}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError("q and k need at least one token")
+
+
+def check_block_stride(block_size: int, stride: int | None) -> None:
+    if block_size not in BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {block_size}")
+    if stride is not None:
+        if stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES}, got {stride}")
+        if block_size % stride:
+            raise ValueError(f"stride ({stride}) must divide block_size ({block_size})")
+
+
+def _require(cond: torch.Tensor, msg: str) -> None:
+    """``ValueError(msg)`` unless the bool tensor ``cond`` holds. On CUDA and under
+    ``torch.compile`` the check runs on the device (``torch._assert_async``, failing the next
+    synchronising call) so that an attention call never waits on a host read."""
+    if cond.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(cond, msg)
+    elif not bool(cond):
+        raise ValueError(msg)
+
+
+def _is_int_dtype(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def check_selection(threshold, ratio, heads: int) -> None:
+    if (threshold is None) == (ratio is None):
+        raise ValueError("give exactly one of `threshold` and `ratio`")
+    if threshold is not None:
+        if isinstance(threshold, bool) or (
+            isinstance(threshold, torch.Tensor) and not threshold.is_floating_point()
+        ):
+            raise ValueError(f"threshold must be a float or a float (H,) tensor, got {threshold}")
+        if not isinstance(threshold, torch.Tensor):  # a Python number: no tensor, no read
+            if not (0.0 < float(threshold) <= 1.0):
+                raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+            return
+        thr = threshold
+        if thr.ndim > 1 or (thr.ndim == 1 and thr.shape[0] != heads):
+            raise ValueError(
+                f"threshold must be a float or a per-head tensor of shape ({heads},) for "
+                f"{heads} heads, got shape {tuple(thr.shape)}"
+            )
+        _require(((thr > 0) & (thr <= 1)).all(), "threshold must be in (0, 1] (an (H,) tensor)")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
+        if not (0.0 < float(ratio) <= 1.0):
+            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+
+
+def check_kv_len(kv_len: torch.Tensor | None, batch: int, n_k: int) -> None:
+    if kv_len is None:
+        return
+    if not isinstance(kv_len, torch.Tensor) or kv_len.shape != (batch,):
+        raise ValueError(f"kv_len must be an int tensor of shape ({batch},)")
+    if not _is_int_dtype(kv_len):
+        raise ValueError(f"kv_len must be an integer tensor, got {kv_len.dtype}")
+    if kv_len.is_cuda or torch.compiler.is_compiling():
+        _require(((kv_len >= 1) & (kv_len <= n_k)).all(), f"kv_len values must be in [1, {n_k}]")
+        return
+    lo, hi = int(kv_len.min()), int(kv_len.max())
+    if lo < 1 or hi > n_k:
+        raise ValueError(f"kv_len values must be in [1, {n_k}], got [{lo}, {hi}]")
+
+
+def check_dense_from(dense_from, batch: int, n_tokens: int) -> None:
+    """dense_from: None, an int or an int tensor of shape () / (B,), each in [0, n_tokens]."""
+    if dense_from is None:
+        return
+    if isinstance(dense_from, torch.Tensor):
+        if not _is_int_dtype(dense_from) or dense_from.shape not in ((), (1,), (batch,)):
+            raise ValueError(
+                f"dense_from must be an int or an int tensor of shape ({batch},), got "
+                f"{dense_from.dtype} {tuple(dense_from.shape)}"
+            )
+        if dense_from.is_cuda or torch.compiler.is_compiling():
+            ok = ((dense_from >= 0) & (dense_from <= n_tokens)).all()
+            _require(ok, f"dense_from must be in [0, {n_tokens}]")
+            return
+        lo, hi = int(dense_from.min()), int(dense_from.max())
+    elif isinstance(dense_from, int) and not isinstance(dense_from, bool):
+        lo = hi = dense_from
+    else:
+        raise ValueError(f"dense_from must be an int or an int tensor, got {dense_from!r}")
+    if lo < 0 or hi > n_tokens:
+        raise ValueError(f"dense_from must be in [0, {n_tokens}], got [{lo}, {hi}]")
+
+
+def check_triton_dtype(backend: str, t: torch.Tensor) -> None:
+    if backend == "triton" and t.dtype == torch.bfloat16 and not t.is_cuda:
+        raise ValueError(
+            "bf16 with backend='triton' under the Triton interpreter (TRITON_INTERPRET=1) gives "
+            "wrong results (the interpreter's bf16 tl.dot is broken upstream): cast q, k, v to "
+            "float32 or float16, or use backend='torch'"
+            + ("" if interpreter_enabled() else " (the interpreter is not even enabled)")
+        )
+
+
+def zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, D) with the positions >= lens[b] set to 0 (torch references: SDPA and the
+    reference estimate would otherwise let a NaN/Inf in padding through)."""
+    ok = torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None].long()
+    return x.masked_fill(~ok[:, None, :, None], 0)
+
+
+def _bad_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N) bool: rows of x (B, H, N, D) holding a NaN or an Inf."""
+    lo, hi = torch.aminmax(x, dim=-1)
+    return ~(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def nonfinite_rows(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor
+) -> torch.Tensor:
+    """(B, H, Nq) bool: output rows that are NaN under the non-finite policy (module docstring):
+    a non-finite query row, or any non-finite valid key / value in the (batch, head)."""
+    key_ok = torch.arange(k.shape[2], device=k.device)[None, :] < lens[:, None].long()
+    bad_kv = ((_bad_rows(k) | _bad_rows(v)) & key_ok[:, None, :]).any(dim=-1)  # (B, H)
+    return _bad_rows(q) | bad_kv[:, :, None]
+
+
+def check_triton_head_dim(backend: str, head_dim: int) -> None:
+    if backend == "triton" and head_dim not in TRITON_HEAD_DIMS:
+        raise ValueError(
+            f"head dim {head_dim} is not supported by the Triton kernels "
+            f"(supported: {TRITON_HEAD_DIMS}); use backend='torch'"
+        )
+
+
+def bad_query_blocks(q: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(B, H, Nq) bool: rows whose query block holds a non-finite query row."""
+    bad = _bad_rows(q)
+    n = bad.shape[-1]
+    pad = cdiv(n, block_size) * block_size - n
+    blocks = F.pad(bad, (0, pad)).unflatten(-1, (-1, block_size)).any(-1)
+    return blocks.repeat_interleave(block_size, dim=-1)[..., :n]
+
+
+def propagate_nonfinite(res, bad: torch.Tensor, return_lse: bool):
+    """Set the rows flagged by :func:`nonfinite_rows` (B, H, Nq) to NaN in out (and lse)."""
+    out, lse = res if return_lse else (res, None)
+    out = out.masked_fill(bad[..., None], float("nan"))
+    if lse is None:
+        return out
+    return out, lse.masked_fill(bad, float("nan"))
