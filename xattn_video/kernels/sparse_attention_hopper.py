@@ -20,6 +20,12 @@ Same contract as :func:`~xattn_video.kernels.sparse_attention.block_sparse_atten
 The launch configuration (tile sizes, warps, stages, warp specialization, lazy rescale) comes
 from :mod:`xattn_video.kernels.tuning` per (GPU name, N bucket, head dim).
 
+Measured on one H200 (triton 3.6, docs/results/bench_attention_h200*.json): bf16 runs at the
+portable TMA kernel's 450-490 TFLOP/s (0.8-0.86x cuDNN's dense rate). Triton 3.6 does not
+specialize the 8-warp loop (no partitions in the TTGIR) and its 4-warp specialization either
+fails in the data-partition pass or spills (211 TFLOP/s), so softmax is not overlapped with
+the wgmmas; lazy rescaling costs 4% (a tile-wide branch). fp8 (Q.K and P.V): 550-690 TFLOP/s.
+
 Not supported: anything but sm90+ CUDA GPUs for compiled runs (the interpreter runs it on CPU
 for tests), fp32 inputs on GPU, head dims other than 64 and 128, block sizes under 64,
 causal masks, backward.
