@@ -2,5 +2,8 @@
 
 - ``estimate``: strided antidiagonal block scores (fused; the score matrix is never written).
 - ``select``: threshold / ratio block selection and CSR index lists (batched tensor code).
-- ``sparse_attention``: FlashAttention-style forward over the index lists, with LSE.
+- ``sparse_attention``: FlashAttention-style forward over the index lists, with LSE (portable).
+- ``sparse_attention_hopper``: the same contract for sm90 (TMA, wgmma, fp8 option).
+- ``fp8``: e4m3 quantization with per-block / per-head scales.
+- ``tuning``: which attention kernel runs, and measured launch tables per GPU.
 """
