@@ -321,6 +321,22 @@ def test_a_discarded_processor_dict_never_blocks_apply_xattention():
     )
 
 
+def test_apply_replaces_an_installed_processor_dict():
+    pipe = tiny_hv_pipeline()
+    tr = pipe.transformer
+    originals = dict(tr.attn_processors)
+    procs = xv.xattention_processors(tr, cfg_(threshold=0.5, warmup_steps=0), pipe=pipe)
+    tr.set_attn_processor(procs)
+    with xv.apply_xattention(pipe, cfg_(threshold=0.3, warmup_steps=0)) as handle:
+        assert not procs.handle.active
+        ours = [p for p in tr.attn_processors.values() if isinstance(p, HunyuanVideoXAttnProcessor)]
+        assert len(ours) == 3 and all(p.controller is handle.controller for p in ours)
+        run(pipe, steps=2)
+        assert len(procs.stats) == 0 and handle.stats.summary()["num_sparse_calls"] == 6
+    procs.remove()  # a no-op now
+    assert all(tr.attn_processors[k] is v for k, v in originals.items())
+
+
 def test_a_hand_attached_hook_is_not_replaced():
     tr = tiny_hv_transformer()
     proc = HunyuanVideoXAttnProcessor(cfg_())
