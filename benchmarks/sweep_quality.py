@@ -20,6 +20,11 @@ the share of the true softmax mass inside the selected blocks, the same for the 
 mask with as many blocks per row ("oracle"), and the relative L2 error of the block-sparse
 output against dense attention.
 
+Token orders: ``--orders`` takes raster, tile, hilbert and cluster (the attention-level view
+skips cluster: its per-head orders depend on q / k). Density budgets, calibrated per-(layer,
+head) thresholds and a held-out evaluation with a Pareto plot per method are in
+``benchmarks/sweep_methods.py``.
+
 Recommendation: the setting with the lowest effective density whose mean PSNR vs dense is at
 least ``--psnr-target`` (30 dB); if none reaches it, the one with the highest PSNR (and it says
 so). Outputs: a printed table, ``sweep_quality.json`` and ``sweep_quality.png`` in ``--out``.
@@ -50,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save_json  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
-from xattn_video.layout import inverse_permutation, tile_permutation  # noqa: E402
+from xattn_video.layout import grid_permutation, inverse_permutation  # noqa: E402
 from xattn_video.pipelines.tiny.factory import random_tiny_pipeline  # noqa: E402
 from xattn_video.pipelines.tiny.model import TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH  # noqa: E402
 from xattn_video.pipelines.tiny.pipeline import load_tiny_pipeline  # noqa: E402
@@ -289,8 +294,10 @@ def attention_view(captures: dict, a, n_video: int, grid: tuple[int, int, int]) 
             attn_mask=(torch.arange(N, device=q.device)[None, :] < kv_len[:, None])[:, None, None],
         )  # fmt: skip
         for order in a.orders:
-            if order == "tile":
-                perm = torch.cat([tile_permutation(grid, tuple(a.tile), device=q.device),
+            if order == "cluster":
+                continue  # per-head orders computed from q / k: see sweep_methods.py
+            if order in ("tile", "hilbert"):
+                perm = torch.cat([grid_permutation(order, grid, tuple(a.tile), device=q.device),
                                   torch.arange(n_video, N, device=q.device)])  # fmt: skip
                 inv = inverse_permutation(perm)
                 qo, ko, vo = (x.index_select(2, perm) for x in (q, k, v))
