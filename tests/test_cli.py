@@ -308,6 +308,7 @@ FLAG_VALUES = {
     "precision": (["--precision", "fp8"], "fp8"),
     "collect_stats": (["--no-collect-stats"], False),
     "auto_dense": (["--no-auto-dense"], False),
+    "auto_dense": (["--no-auto-dense"], False),
 }
 BASE = ["--model", "tiny-hunyuan", "--prompts", "vbench", "--out", "x", "--attention", "xattn"]
 
