@@ -308,7 +308,6 @@ FLAG_VALUES = {
     "precision": (["--precision", "fp8"], "fp8"),
     "collect_stats": (["--no-collect-stats"], False),
     "auto_dense": (["--no-auto-dense"], False),
-    "auto_dense": (["--no-auto-dense"], False),
 }
 BASE = ["--model", "tiny-hunyuan", "--prompts", "vbench", "--out", "x", "--attention", "xattn"]
 
