@@ -176,3 +176,26 @@ def test_calibration_runs_every_call_through_the_sparse_path():
     cal = calibration_config(xv.XAttentionConfig(threshold=0.8, warmup_steps=3, max_density=0.3))
     assert cal.auto_dense is False and cal.warmup_steps == 0 and cal.threshold == 1.0
     assert cal.max_density == 1.0 and cal.thresholds_file == "" and cal.dense_layers == ()
+
+
+def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys):
+    from xattn_video.pipelines.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat on a mat\na dog running\n")
+    out = tmp_path / "thr.json"
+    argv = ["calibrate", "--model", "tiny-hunyuan", "--prompts", str(prompts), "--num-prompts",
+            "2", "--steps", "2", "--measure-every", "1", "--device", "cpu", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    data = load_thresholds(out)
+    assert data["prompts"] == ["a cat on a mat", "a dog running"]
+    # the tiny preset has 1 warm-up step: only the sparse step 1 is measured
+    assert data["steps_measured"] == [1] and data["target"] == {"mass": 0.95, "density": None}
+    cfg = xv.XAttentionConfig.from_preset("tiny", thresholds_file=str(out))  # loads, matches
+    assert cfg.thresholds_file == str(out)
+    again = tmp_path / "thr2.json"
+    assert main(["calibrate", "--retarget", str(out), "--target-density", "0.5",
+                 "--out", str(again)]) == 0  # fmt: skip
+    assert load_thresholds(again)["expected_density"] <= 0.5
+    assert "wrote" in capsys.readouterr().out
