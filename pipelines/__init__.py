@@ -8,13 +8,12 @@ Installed as ``xattn_video.pipelines`` (the folder sits at the repo root). Modul
 - ``tiny``: the tiny-model yardstick: synthetic clips, the trained tiny DiT, its training, and
   ``tiny.factory``, the one factory of random-weight tiny models (``build_tiny_hunyuan_pipeline``,
   ``build_tiny_wan_pipeline``, bare transformers for tests);
+- ``options``: ``GenerateOptions`` and every check that can fail before work starts;
 - ``generate``: ``generate(GenerateOptions(...))``, one video per prompt into a resumable run
-  directory (split over processes under ``accelerate launch``);
-- ``options``: ``GenerateOptions`` and every check made before any work (``SetupError``);
-- ``runinfo``: environment facts for run.json (GPU, versions, git SHA, command); the run
-  directory format itself is ``xattn_video.rundir``;
-- ``cli``: ``xattn-video generate | compare | demo`` and ``generate-video`` (argument parsing
-  in ``cli_args``).
+  directory (format: ``xattn_video.rundir``; split over processes under ``accelerate launch``);
+- ``runinfo``: environment facts recorded in a run directory (GPU, versions, git SHA);
+- ``cli``, ``cli_args``, ``calibrate_cli``: ``xattn-video generate | compare | demo |
+  calibrate`` and ``generate-video``, with flags generated from ``XAttentionConfig``.
 
 Not supported: image-to-video, Wan 2.2 two-expert checkpoints, CPU offload (see ``models``).
 """
