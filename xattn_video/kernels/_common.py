@@ -18,6 +18,13 @@ try:  # Triton is a Linux-only dependency; the torch references work without it.
 except ImportError:  # pragma: no cover - exercised only on platforms without Triton
     HAS_TRITON = False
 
+try:  # host-side TMA descriptors (Triton >= 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+
+    HAS_TENSOR_DESC = True
+except ImportError:  # pragma: no cover - old Triton or no Triton
+    HAS_TENSOR_DESC = False
+
 
 def interpreter_enabled() -> bool:
     """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
@@ -46,3 +53,17 @@ def kv_len_tensor(kv_len: torch.Tensor | None, batch: int, n_k: int, device) -> 
     if kv_len is None:
         return torch.full((batch,), n_k, dtype=torch.int32, device=device)
     return kv_len.to(device=device, dtype=torch.int32)
+
+
+def tma_aligned(*tensors: torch.Tensor) -> bool:
+    """TMA descriptor rules: unit last stride, 16-byte aligned base and other strides."""
+    return (
+        HAS_TRITON
+        and HAS_TENSOR_DESC
+        and all(
+            t.stride(-1) == 1
+            and t.data_ptr() % 16 == 0
+            and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1])
+            for t in tensors
+        )
+    )

@@ -37,19 +37,15 @@ import math
 
 import torch
 
-from ._common import HAS_TRITON, cdiv, kv_len_tensor
+from ._common import HAS_TENSOR_DESC, HAS_TRITON, cdiv, kv_len_tensor
 from .fp8 import quantize_fp8_blocks, quantize_fp8_head_t
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
-try:
+if HAS_TENSOR_DESC:
     from triton.tools.tensor_descriptor import TensorDescriptor
-
-    HAS_TENSOR_DESC = True
-except ImportError:  # pragma: no cover - old Triton or no Triton
-    HAS_TENSOR_DESC = False
 
 LOG2E = 1.4426950408889634
 PRECISIONS = ("bf16", "fp8")
@@ -156,20 +152,6 @@ if HAS_TRITON:
             m_fin = m_i - 8.0 if FP8_PV else m_i
             lse = tl.where(empty, float("-inf"), (m_fin + tl.log2(l_i)) * 0.6931471805599453)
             tl.store(LSE + pid_bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
-
-
-def tma_aligned(*tensors: torch.Tensor) -> bool:
-    """TMA descriptor rules: unit last stride, 16-byte aligned base and other strides."""
-    return (
-        HAS_TRITON
-        and HAS_TENSOR_DESC
-        and all(
-            t.stride(-1) == 1
-            and t.data_ptr() % 16 == 0
-            and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:-1])
-            for t in tensors
-        )
-    )
 
 
 def block_sparse_attention_hopper(

@@ -150,8 +150,7 @@ def attention_kernel_for(
 
     Raises ValueError when ``kernel='hopper'`` cannot run these inputs.
     """
-    from ._common import interpreter_enabled
-    from .sparse_attention_hopper import tma_aligned
+    from ._common import interpreter_enabled, tma_aligned
 
     cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
     return choose_kernel(
