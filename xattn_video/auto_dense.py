@@ -30,7 +30,6 @@ import torch
 
 from . import cost_model
 from .config import XAttentionConfig
-from .kernels._common import cdiv
 from .stats import XAttentionStats
 
 
@@ -83,7 +82,7 @@ class AutoDense:
         cfg = self.cfg
         if cfg.selection == "ratio":
             return float(cfg.ratio)
-        return 1.0 / cdiv(n, cfg.block_size)
+        return 1.0 / -(-n // cfg.block_size)  # one key block per row: 1 / ceil(n / block)
 
     def _decide(self, layer: int) -> bool:
         dtype, heads, head_dim, n, index = self._shapes[layer]
