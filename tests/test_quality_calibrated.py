@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EVAL = ["zoom in on cat", "pan left over coffee"]
 CALIB = "rotate clockwise on rocket"  # held out: another condition and seed
 CALL = dict(height=32, width=32, num_frames=9, num_inference_steps=8, output_type="uint8")
-MARGIN_DB = 0.4  # measured +1.40 dB (below), less 1 dB of room for CPU float differences
+MARGIN_DB = 0.4  # measured +1.40 dB (docstring), less 1 dB of room for CPU float differences
 BASE = dict(stride=8, block_size=128, warmup_steps=0, token_order="tile", tile_size=(2, 8, 8),
             backend="torch")  # fmt: skip
 
