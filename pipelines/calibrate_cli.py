@@ -17,20 +17,23 @@ processes, CFG-specific thresholds.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from xattn_video.config import XAttentionConfig
 
-from .cli_args import CLIError, add_config_flags, config_overrides
 from .models import MODELS, get_model_spec
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def add_calibrate_args(p: argparse.ArgumentParser) -> None:
-    """Flags of ``xattn-video calibrate`` (plus one flag per ``XAttentionConfig`` field)."""
+def add_calibrate_args(
+    p: argparse.ArgumentParser, add_config_flags: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Flags of ``xattn-video calibrate``, plus one flag per ``XAttentionConfig`` field added by
+    ``add_config_flags`` (the CLI's, passed in so this module does not import the parser's)."""
     p.add_argument("--model", choices=list(MODELS), help="model to calibrate")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model-path", help="local pipeline folder (save_pretrained)")
@@ -59,36 +62,34 @@ def _targets(args: argparse.Namespace) -> dict[str, float | None]:
     return {"target_mass": args.target_mass, "target_density": args.target_density}
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Run ``xattn-video calibrate``; raises ``CLIError`` for bad arguments."""
+def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """Run ``xattn-video calibrate`` with the config fields set on the command line
+    (``overrides``); raises ``ValueError`` for bad arguments (the CLI reports it)."""
     from xattn_video import thresholds as th
 
-    try:
-        if args.retarget:
-            data = th.retarget(th.load_thresholds(args.retarget), **_targets(args))
-            th.save_thresholds(args.out, data)
-            print(f"re-targeted {args.retarget} -> {args.out}: {th.summary(data)}")
-            return 0
-        if args.model is None:
-            raise CLIError("--model is required (unless --retarget)")
-        if args.measure_every < 1:
-            raise CLIError(f"--measure-every must be >= 1, got {args.measure_every}")
-        data = _calibrate(args)
+    if args.retarget:
+        data = th.retarget(th.load_thresholds(args.retarget), **_targets(args))
         th.save_thresholds(args.out, data)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+        print(f"re-targeted {args.retarget} -> {args.out}: {th.summary(data)}")
+        return 0
+    if args.model is None:
+        raise ValueError("--model is required (unless --retarget)")
+    if args.measure_every < 1:
+        raise ValueError(f"--measure-every must be >= 1, got {args.measure_every}")
+    data = _calibrate(args, overrides)
+    th.save_thresholds(args.out, data)
     print(f"wrote {args.out}: {th.summary(data)} ({data['seconds']} s)")
     return 0
 
 
-def _calibrate(args: argparse.Namespace) -> dict[str, Any]:
+def _calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
     from xattn_video.calibrate import calibrate_pipeline
     from xattn_video.prompts import load_prompts
 
     from .models import load_pipeline
 
     spec = get_model_spec(args.model)
-    cfg = XAttentionConfig.from_preset(spec.preset, **config_overrides(args))
+    cfg = XAttentionConfig.from_preset(spec.preset, **overrides)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype] if args.dtype else None
     prompts = load_prompts(args.prompts, data_dir=args.prompts_dir, sample=args.num_prompts)

@@ -305,7 +305,10 @@ def _demo_on_cpu(device: str | None) -> bool:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate_cli import cmd_calibrate as run
 
-    return run(args)
+    try:
+        return run(args, config_overrides(args))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 _COMMANDS = {

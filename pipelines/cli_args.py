@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .calibrate_cli import add_calibrate_args
 
     add_calibrate_args(
-        sub.add_parser("calibrate", help="per-(layer, head) thresholds from a few prompts")
+        sub.add_parser("calibrate", help="per-(layer, head) thresholds from a few prompts"),
+        add_config_flags,
     )
     return parser
 

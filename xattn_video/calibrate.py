@@ -38,8 +38,11 @@ from . import __version__
 from . import attention as _attention
 from .attention import dense_blocks
 from .config import XAttentionConfig
-from .kernels._common import cdiv
 from .thresholds import FORMAT, choose_thresholds, default_taus, expected_density, validate
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def true_block_mass(
@@ -58,7 +61,7 @@ def true_block_mass(
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
+    nbq, nbk = _cdiv(Nq, block_size), _cdiv(Nk, block_size)
     lens = torch.full((B,), Nk, device=q.device) if kv_len is None else kv_len.to(q.device)
     key_ok = torch.arange(Nk, device=q.device)[None, :] < lens[:, None]  # (B, Nk)
     kf = k.float()
@@ -72,7 +75,7 @@ def true_block_mass(
         p = torch.softmax(logits, dim=-1)
         p = F.pad(p, (0, nbk * block_size - Nk)).view(B, H, r1 - r0, nbk, block_size).sum(-1)
         rows = r1 - r0
-        p = F.pad(p, (0, 0, 0, cdiv(rows, block_size) * block_size - rows))
+        p = F.pad(p, (0, 0, 0, _cdiv(rows, block_size) * block_size - rows))
         p = p.view(B, H, -1, block_size, nbk).sum(3)
         out[:, :, r0 // block_size : r0 // block_size + p.shape[2]] = p.double()
     return out
