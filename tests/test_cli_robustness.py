@@ -156,7 +156,7 @@ def test_resume_redoes_truncated_frames_and_invalid_meta(tmp_path, prompt_file, 
     capsys.readouterr()
     good = {i: (out / f"0000{i}" / "frames.npy").read_bytes() for i in range(3)}
     meta = json.loads((out / "00000" / "meta.json").read_text())
-    assert meta["schema_version"] == 2 and meta["frames_bytes"] == len(good[0])
+    assert meta["schema_version"] == rundir.SCHEMA_VERSION and meta["frames_bytes"] == len(good[0])
     truncated = out / "00001" / "frames.npy"
     truncated.write_bytes(good[1][:1000])
     broken_meta = out / "00002" / "meta.json"

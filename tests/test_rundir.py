@@ -91,7 +91,7 @@ def test_new_records_round_trip_with_schema_and_unknown_keys(tmp_path: Path):
     rec = _record(extra={"future_key": [1, 2]})
     rec.write(tmp_path)
     data = json.loads((tmp_path / rundir.RUN_FILE).read_text())
-    assert data["schema_version"] == rundir.SCHEMA_VERSION == 2 and data["future_key"] == [1, 2]
+    assert data["schema_version"] == rundir.SCHEMA_VERSION == 3 and data["future_key"] == [1, 2]
     assert RunRecord.read(tmp_path) == rec
     meta = VideoRecord(prompt_index=3, prompt="p", shape=[5, 16, 16, 3], frames_sha256="ab")
     assert VideoRecord.from_json(json.loads(json.dumps(meta.to_json()))) == meta
@@ -106,6 +106,22 @@ def test_resume_differences_name_the_fields():
     a, b = _record(config=cfg), _record(config={**cfg, "threshold": 0.5, "new": 1})
     assert a.resume_differences(b) == {"config.threshold": (0.9, 0.5), "config.new": (None, 1)}
     assert _record(config=None).resume_differences(b) == {"config": (None, b.config)}
+
+
+def test_compile_mode_is_recorded_and_a_change_is_named(tmp_path: Path):
+    """Schema 3 records the mode; an older record (no key) means eager; a change of mode is a
+    resume difference named ``compile`` (the timings would measure something else)."""
+    rec = _record(compile="compiled:default")
+    rec.write(tmp_path)
+    data = json.loads((tmp_path / rundir.RUN_FILE).read_text())
+    assert data["compile"] == "compiled:default" and RunRecord.read(tmp_path) == rec
+    old = RunRecord.from_json({k: v for k, v in _record().to_json().items() if k != "compile"})
+    assert old.compile is None and old.compile_mode == "eager" and "compile" not in old.to_json()
+    assert old.resume_differences(_record(compile="eager")) == {}
+    assert old.resume_differences(rec) == {"compile": ("eager", "compiled:default")}
+    assert rec.resume_differences(_record(compile="compiled:max-autotune")) == {
+        "compile": ("compiled:default", "compiled:max-autotune")
+    }
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ The single owner of the layout that ``xattn-video generate`` writes and ``compar
 Schema versions: ``schema_version`` in run.json and meta.json. Version 1 is xattn-video 0.1.0
 (no ``schema_version`` key, no frames checksum); it still reads. Version 2 adds
 ``frames_sha256`` / ``frames_bytes`` to meta.json so resume can verify finished videos.
+Version 3 adds ``compile`` to run.json (``"eager"`` or ``"compiled:<mode>"``); older run.json
+files have no key and read as ``None``, which means eager (compiling did not exist).
 
 Every read error names the file. Every write goes through :func:`atomic_path` (temporary name
 holding :data:`TMP_MARK`, then ``os.replace``).
@@ -40,8 +42,10 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Schema of run.json / meta.json written by this version (1: xattn-video 0.1.0, no key)."""
+EAGER = "eager"
+"""``RunRecord.compile`` of an uncompiled run; what a missing ``compile`` (schema < 3) means."""
 
 RUN_FILE = "run.json"
 META_FILE = "meta.json"
@@ -173,9 +177,11 @@ def _from_json(cls: type, data: Mapping[str, Any], path: PathLike | None, requir
 
 def _to_json(record: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"schema_version": record.schema_version}
+    later = getattr(record, "LATER_FIELDS", ())
     for f in dataclasses.fields(record):
-        if f.name not in ("schema_version", "extra"):
-            out[f.name] = getattr(record, f.name)
+        value = getattr(record, f.name)
+        if f.name not in ("schema_version", "extra") and not (f.name in later and value is None):
+            out[f.name] = value
     out.update(record.extra)
     return out
 
@@ -207,14 +213,26 @@ class RunRecord:
     versions: dict[str, Any] | None = None
     git_sha: str | None = None
     command: list[str] | None = None
+    compile: str | None = None
+    """``"eager"`` or ``"compiled:<mode>"`` (``pipelines.compiling.compile_label``; schema 3);
+    None in older files, meaning eager (:attr:`compile_mode`)."""
     schema_version: int = SCHEMA_VERSION
     """The schema of the file the record was read from (:data:`SCHEMA_VERSION` for new ones)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know (kept on a round trip)."""
 
     RESUME_FIELDS = ("model", "model_source", "attention", "config", "height", "width")
-    RESUME_FIELDS += ("frames", "steps", "seed", "dtype", "prompts")
-    """Fields that must match to resume a run directory (they change the videos)."""
+    RESUME_FIELDS += ("frames", "steps", "seed", "dtype", "prompts", "compile")
+    """Fields that must match to resume a run directory (they change the videos or, for
+    ``compile``, what the timings measure)."""
+    LATER_FIELDS = ("compile",)
+    """Fields added after schema 1: left out of :meth:`to_json` when None (read from an older
+    file), so an old run.json round-trips unchanged."""
+
+    @property
+    def compile_mode(self) -> str:
+        """:attr:`compile`, with :data:`EAGER` for files written before it existed."""
+        return self.compile or EAGER
 
     def to_json(self) -> dict[str, Any]:
         """The run.json object (keys in 0.1.0's order, ``schema_version`` first)."""
@@ -222,7 +240,7 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: PathLike | None = None) -> RunRecord:
-        """Parse a run.json object (schema 1 or 2); ``path`` is named in errors."""
+        """Parse a run.json object (schema 1 to 3); ``path`` is named in errors."""
         return _from_json(
             cls, data, path, ("model", "attention", "height", "width", "frames", "steps", "seed")
         )
@@ -244,6 +262,7 @@ class RunRecord:
         is not a difference."""
         old_j, new_j = (json.loads(json.dumps(r.to_json())) for r in (self, new))
         out = {}
+        old_j["compile"], new_j["compile"] = self.compile_mode, new.compile_mode
         for k in self.RESUME_FIELDS:
             a, b = old_j.get(k), new_j.get(k)
             if k == "config" and isinstance(a, dict) and isinstance(b, dict):
@@ -289,7 +308,7 @@ class VideoRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: PathLike | None = None) -> VideoRecord:
-        """Parse a meta.json object (schema 1 or 2); ``path`` is named in errors."""
+        """Parse a meta.json object (schema 1 to 3); ``path`` is named in errors."""
         rec = _from_json(cls, data, path, ("prompt_index", "prompt"))
         if not isinstance(rec.prompt_index, int) or not isinstance(rec.prompt, str):
             raise RunDirError(f"{path or 'meta.json'}: prompt_index must be an int, prompt a str")
