@@ -19,6 +19,8 @@ explicitly asked for) or an explicit ``lpips_weights`` path, missing weights rai
 Aggregates weight every video equally: ``mean``/``std``/``min``/``max`` are over per-video means;
 ``frame_mean``/``frame_min``/``frame_max`` pool all frames of all videos.
 Speed-up = dense seconds / sparse seconds, from ``timings.total_s`` and ``timings.denoise_s``.
+``modes`` names each run's mode (``"eager"`` / ``"compiled:<mode>"``, run.json's ``compile``);
+a warning says when they differ.
 
 Not supported: more than two runs, runs whose paired videos differ in shape (raises), comparing
 against a non-dense reference by another name (a warning is recorded).
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xattn_video.rundir import writable_dir, write_text
+from xattn_video.rundir import EAGER, writable_dir, write_text
 
 from . import plots
 from .lpips_metric import LPIPSMetric, LPIPSWeightsMissing
@@ -149,6 +151,7 @@ def compare_runs(
         "dense_run": dense.info,
         "sparse_run": sparse.info,
         "gpu": {"dense": dense.gpu, "sparse": sparse.gpu},
+        "modes": {"dense": _mode(dense), "sparse": _mode(sparse)},
         "metrics": list(metrics),
         "settings": {
             "psnr": {"data_range": 1.0, "mse_floor": MSE_FLOOR},
@@ -210,6 +213,11 @@ def _setup_lpips(
         return None, str(exc)
 
 
+def _mode(run: Run) -> str:
+    """``"eager"`` / ``"compiled:<mode>"`` from run.json (eager when absent: older runs)."""
+    return run.record.compile_mode if run.record is not None else EAGER
+
+
 def _run_notes(dense: Run, sparse: Run) -> list[str]:
     notes = []
     for run, want_dense in ((dense, True), (sparse, False)):
@@ -221,6 +229,11 @@ def _run_notes(dense: Run, sparse: Run) -> list[str]:
         notes.append(
             f"runs used different GPUs ({dense.gpu!r} vs {sparse.gpu!r}): speed-ups are not "
             "comparable"
+        )
+    if _mode(dense) != _mode(sparse):
+        notes.append(
+            f"runs used different modes (dense {_mode(dense)}, sparse {_mode(sparse)}): the "
+            "speed-up compares different things; generate both with the same --compile"
         )
     return notes
 

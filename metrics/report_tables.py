@@ -57,7 +57,8 @@ def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
             + ["", ""]
         )
     skipped = agg["speedup"].get("excluded_first_in_process") or 0
-    note = f" ({skipped} first-in-process video(s) left out)" if skipped else ""
+    notes = [f"{skipped} first-in-process video(s) left out"] if skipped else []
+    note = " (" + "; ".join([modes_text(report), *notes]) + ")"
     for key, label in (("total", "speed-up, end to end"), ("denoise", "speed-up, denoising")):
         label += note
         s = agg["speedup"].get(key)
@@ -96,13 +97,24 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def modes_text(report: dict[str, Any]) -> str:
+    """``"both eager"`` / ``"both compiled:default"``, or ``"dense eager vs sparse
+    compiled:default: not comparable"`` (reports from before ``modes`` existed: eager)."""
+    modes = report.get("modes") or {}
+    dense, sparse = modes.get("dense", "eager"), modes.get("sparse", "eager")
+    if dense == sparse:
+        return f"both {dense}"
+    return f"dense {dense} vs sparse {sparse}: not comparable"
+
+
 def run_summary(report: dict[str, Any], role: str) -> str:
-    """One line about the dense or sparse run: path, model, attention, GPU."""
+    """One line about the dense or sparse run: path, model, attention, mode, GPU."""
     info = report.get(f"{role}_run") or {}
     parts = [report[f"{role}_dir"]]
     for key in ("model", "attention"):
         if info.get(key):
             parts.append(f"{key}={info[key]}")
+    parts.append(f"mode={(report.get('modes') or {}).get(role, 'eager')}")
     parts.append(f"GPU={report['gpu'][role] or 'unknown'}")
     return ", ".join(parts)
 

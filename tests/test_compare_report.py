@@ -68,6 +68,7 @@ def write_run(
     npy: bool = True,
     seed: int = 0,
     unfinished: tuple[int, ...] = (),
+    compile: str | None = None,
 ) -> Path:
     root.mkdir(parents=True)
     run = {
@@ -82,6 +83,8 @@ def write_run(
         "gpu": GPU,
         "versions": {},
     }
+    if compile is not None:  # run.json schema 3; older files have no key (eager)
+        run |= {"schema_version": 3, "compile": compile}
     (root / "run.json").write_text(json.dumps(run))
     for i in indices:
         d = root / f"{i:05d}"
@@ -595,3 +598,50 @@ def test_compare_refuses_the_same_directory_twice(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="are the same run directory"):
         compare_runs(run, tmp_path / "d" / ".", tmp_path / "out", metrics=("psnr",))
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------- eager / compiled modes
+
+
+def _compare_modes(tmp_path: Path, dense_mode: str | None, sparse_mode: str | None) -> dict:
+    dense = write_run(tmp_path / "d", "dense", [0, 1], compile=dense_mode)
+    sparse = write_run(
+        tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames, compile=sparse_mode
+    )
+    return compare_runs(
+        dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
+    )
+
+
+def test_report_names_the_mode_of_each_run(tmp_path: Path) -> None:
+    report = _compare_modes(tmp_path, "compiled:default", "compiled:default")
+    assert report["modes"] == {"dense": "compiled:default", "sparse": "compiled:default"}
+    assert not any("mode" in w for w in report["warnings"])
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "out" / name).read_text()
+        assert text.count("mode=compiled:default") == 2, name  # dense and sparse run lines
+        assert "speed-up, denoising (both compiled:default" in text, name
+        assert "not comparable" not in text, name
+
+
+def test_runs_without_a_recorded_mode_are_eager(tmp_path: Path) -> None:
+    """run.json before schema 3 has no ``compile``: compiling did not exist, the run was eager."""
+    report = _compare_modes(tmp_path, None, "eager")
+    assert report["modes"] == {"dense": "eager", "sparse": "eager"}
+    assert "speed-up, denoising (both eager" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_warns_when_the_modes_differ(tmp_path: Path) -> None:
+    with pytest.warns(CompareWarning, match="different modes"):
+        report = _compare_modes(tmp_path, None, "compiled:max-autotune")
+    assert report["modes"] == {"dense": "eager", "sparse": "compiled:max-autotune"}
+    want = (
+        "runs used different modes (dense eager, sparse compiled:max-autotune): the speed-up "
+        "compares different things; generate both with the same --compile"
+    )
+    assert want in report["warnings"]
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "mode=eager" in text and "mode=compiled:max-autotune" in text, name
+        assert "dense eager vs sparse compiled:max-autotune: not comparable" in text, name
+        assert "different modes" in text, name
