@@ -7,6 +7,7 @@ Usage::
     xattn-video generate --model hunyuanvideo --prompts vbench-augmented --sample 20 \\
         --attention xattn --threshold 0.9 --warmup-steps 5 --out runs/hv-xattn
     xattn-video compare runs/hv-dense runs/hv-xattn --out runs/hv-report
+    xattn-video generate ... --compile default   # torch.compile (dense runs too); see compiling
     xattn-video demo                     # trained tiny model on the CPU, 1-2 minutes
     accelerate launch -m xattn_video.pipelines.cli generate ...   # prompts split over GPUs
 
@@ -96,6 +97,7 @@ def _options_from_args(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         progress=not args.no_progress,
         ulysses=args.ulysses,
+        compile=args.compile,
     )
 
 
@@ -107,7 +109,7 @@ def _run_generate(opts: Any) -> int:
     redone = f" ({len(res.redone)} redone, see the warnings)" if res.redone else ""
     print(
         f"{who}generated {len(res.generated)}{redone}, skipped {len(res.skipped)} finished, "
-        f"of {res.assigned} prompts -> {res.out}"
+        f"of {res.assigned} prompts ({res.compile}) -> {res.out}"
     )
     if res.interrupted:
         print(
@@ -216,7 +218,10 @@ def _print_report(out: str | os.PathLike[str], report: Any) -> None:
             parts.append(f"{label} {value:.3f}")
     speed = agg.get("speedup", {}).get("denoise")
     if isinstance(speed, dict) and speed.get("ratio_of_sums"):
-        parts.append(f"denoise speedup {speed['ratio_of_sums']:.2f}x")
+        modes = report.get("modes") or {}
+        dense, sparse = modes.get("dense", rundir.EAGER), modes.get("sparse", rundir.EAGER)
+        both = dense if dense == sparse else f"{dense} vs {sparse}: not comparable"
+        parts.append(f"denoise speedup {speed['ratio_of_sums']:.2f}x ({both})")
     print("Compared " + ", ".join(parts))
     print(f"Report: {Path(out) / 'report.html'} (also report.md, report.json)")
 
@@ -256,6 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         steps=args.steps,
         device=args.device,
         progress=not args.no_progress,
+        compile=args.compile,
     )
     for attention in ("dense", "xattn"):
         print(f"[demo] {attention} run -> {out / attention}")

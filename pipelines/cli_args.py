@@ -17,6 +17,7 @@ from typing import Any
 
 from xattn_video.config import XAttentionConfig, config_fields, field_docs
 
+from .compiling import COMPILE_MODES
 from .models import MODELS, get_model_spec
 
 METRICS = ("psnr", "ssim", "lpips")
@@ -156,6 +157,20 @@ def config_from_args(args: argparse.Namespace) -> XAttentionConfig | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def add_compile_flag(p: argparse.ArgumentParser) -> None:
+    """``--compile {off,default,reduce-overhead,max-autotune}`` (``GenerateOptions.compile``)."""
+    p.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="torch.compile the transformer with this mode (inductor, fullgraph) after "
+        "XAttention is applied; dense runs are compiled the same way, so compare runs made "
+        "with the same value (the report warns otherwise). The first prompt pays the "
+        "compilation and is left out of speed-ups; on the CPU inductor needs a C++ compiler "
+        "and takes minutes; reduce-overhead (CUDA graphs) only helps on CUDA (default: off)",
+    )
+
+
 def _add_generate_args(p: argparse.ArgumentParser) -> None:
     models = ", ".join(
         f"{s.name} {s.height}x{s.width}x{s.frames}, {s.steps} steps" for s in MODELS.values()
@@ -211,6 +226,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
         help="sequence-parallel degree P: each prompt runs on P processes of a torchrun / "
         "accelerate launch (world size = P x data-parallel groups; default: 1)",
     )
+    add_compile_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -254,6 +270,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     for name in ("frames", "steps"):
         p.add_argument(f"--{name}", type=positive_int, help=f"video {name} (default: the model's)")
     p.add_argument("--device", help="default: CUDA if available, else CPU")
+    add_compile_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

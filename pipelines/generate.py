@@ -15,7 +15,8 @@ denoising, VAE decoding); ``per_step_s`` are the denoising steps, from the first
 forward to each ``callback_on_step_end``; ``denoise_s`` is their sum. The device is
 synchronised before every clock read. The first prompt of each process also pays for kernel
 compilation / autotuning (``meta.json["first_in_process"]`` is true): leave it out of speed
-comparisons.
+comparisons. ``compile`` (``--compile``) compiles the transformer after XAttention is applied
+(dense runs too); run.json records the mode (``pipelines.compiling``).
 
 Several processes (``accelerate launch``): the selected prompts are split by position,
 ``prompts[rank::world]``, before finished ones are skipped, so each prompt belongs to exactly
@@ -58,6 +59,7 @@ from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
 
 from . import runinfo
+from .compiling import compile_label, compile_transformer
 from .models import ModelSpec, load_pipeline
 from .options import (
     ATTENTIONS,
@@ -65,6 +67,7 @@ from .options import (
     GenerateOptions,
     SetupError,
     check_backend,
+    check_compile_options,
     check_out,
     resolve_device,
     resolve_options,
@@ -97,6 +100,8 @@ class GenerateResult:
     redone: dict[int, str] = field(default_factory=dict)
     """Prompts that had a meta.json but were generated again, with the reason."""
     interrupted: bool = False
+    compile: str = "eager"
+    """The mode that ran (``RunRecord.compile``)."""
     process_index: int = 0
     num_processes: int = 1
 
@@ -241,6 +246,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     device = resolve_device(opts, state)
     config: XAttentionConfig | None = r["config"]
     check_backend(config, device)
+    check_compile_options(opts, device)
     dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     try:
         prompts = load_prompts(
@@ -279,6 +285,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         num_prompts=len(prompts),
         num_processes=state.num_processes,
         command=runinfo.command_line(),
+        compile=compile_label(opts.compile, opts.compile_backend),
         **env,
     )
     if old is not None:
@@ -297,6 +304,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             out=out,
             total=len(prompts),
             assigned=len(mine),
+            compile=run.compile,
             process_index=state.process_index,
             num_processes=state.num_processes,
         )
@@ -374,6 +382,7 @@ def _generate_prompts(
             handle = apply_xattention(pipe, r["config"])
         except ValueError as e:
             raise SetupError(f"XAttention can't be applied: {e}") from e
+    uncompile = compile_transformer(pipe.transformer, opts.compile, opts.compile_backend)
     timer = StepTimer(device)
     hook = pipe.transformer.register_forward_pre_hook(timer.pre_forward)
     bar = tqdm(total=len(todo), desc=f"{run.attention} {spec.name}", unit="video", disable=not show)
@@ -444,5 +453,6 @@ def _generate_prompts(
     finally:
         bar.close()
         hook.remove()
+        uncompile()
         if handle is not None:
             handle.remove()

@@ -65,6 +65,11 @@ class GenerateOptions:
     ulysses: int = 1
     """Ulysses sequence-parallel degree P: each prompt runs on P processes (its tokens split
     over them, one video written by the first); the process count must be a multiple of P."""
+    compile: str = "off"
+    """``torch.compile`` mode of the transformer (``pipelines.compiling.COMPILE_MODES``),
+    applied after XAttention; ``off``: eager. Recorded in run.json."""
+    compile_backend: str = "inductor"
+    """``torch.compile`` backend (Python API only; e.g. ``aot_eager`` for quick CPU tests)."""
 
 
 def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
@@ -152,6 +157,15 @@ def check_backend(config: XAttentionConfig | None, device: torch.device) -> None
             f"backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); this run "
             f"uses {device}: pass --backend torch or auto"
         ) from None
+
+
+def check_compile_options(opts: GenerateOptions, device: torch.device) -> None:
+    """Refuse a compile mode that can't run here (see ``compiling.check_compile``)."""
+    from .compiling import check_compile
+
+    problem = check_compile(opts.compile, opts.compile_backend, device, opts.ulysses)
+    if problem is not None:
+        raise SetupError(problem)
 
 
 def check_out(out: Path) -> rundir.RunRecord | None:

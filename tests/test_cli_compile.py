@@ -1,0 +1,192 @@
+"""``generate --compile`` / ``demo --compile``: the flag reaches ``torch.compile``, run.json and
+the printed summary name the mode, a mode change on resume is refused with the field named,
+bad combinations exit 2 before loading, and a compiled run (aot_eager on the CPU) writes the
+same video as an eager one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xattn_video import rundir
+from xattn_video.hook import step_hook
+from xattn_video.pipelines import compiling
+from xattn_video.pipelines.cli import main
+from xattn_video.pipelines.generate import GenerateOptions, generate
+from xattn_video.pipelines.models import load_pipeline
+
+XATTN_FLAGS = ["--block-size", "16", "--stride", "4", "--warmup-steps", "1", "--backend", "torch"]
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red car drives on a road\nfireworks over a lake\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def compile_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, dict]]:
+    """``torch.compile`` replaced by a recorder that returns the function unchanged (eager)."""
+    calls: list[tuple[object, dict]] = []
+
+    def spy(fn, **kw):
+        calls.append((fn, kw))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    return calls
+
+
+def _argv(out: Path, prompts: Path, attention: str, *extra: str) -> list[str]:
+    return [
+        "generate",
+        "--model",
+        "tiny-hunyuan",
+        "--prompts",
+        str(prompts),
+        "--attention",
+        attention,
+        "--out",
+        str(out),
+        "--limit",
+        "1",
+        "--steps",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("attention", ["dense", "xattn"])
+def test_compile_flag_reaches_torch_compile_and_run_json(
+    tmp_path, prompt_file, compile_spy, capsys, attention
+):
+    flags = XATTN_FLAGS if attention == "xattn" else []
+    out = tmp_path / attention
+    argv = _argv(out, prompt_file, attention, *flags, "--compile", "max-autotune")
+    assert main(argv) == 0
+    assert len(compile_spy) == 1
+    fn, kw = compile_spy[0]
+    assert kw == {"backend": "inductor", "fullgraph": True, "mode": "max-autotune"}
+    # the transformer's own forward: below the XAttention step hook, or the plain one (dense)
+    assert getattr(fn, "__func__", None).__qualname__.endswith("Transformer3DModel.forward")
+    assert json.loads((out / rundir.RUN_FILE).read_text())["compile"] == "compiled:max-autotune"
+    assert "of 1 prompts (compiled:max-autotune) ->" in capsys.readouterr().out
+
+
+def test_eager_is_the_default_and_is_recorded(tmp_path, prompt_file, compile_spy, capsys):
+    out = tmp_path / "dense"
+    assert main(_argv(out, prompt_file, "dense")) == 0
+    assert compile_spy == []
+    assert json.loads((out / rundir.RUN_FILE).read_text())["compile"] == "eager"
+    assert "(eager) ->" in capsys.readouterr().out
+
+
+def test_resume_with_another_mode_is_refused_naming_it(tmp_path, prompt_file, compile_spy, capsys):
+    out = tmp_path / "dense"
+    assert main(_argv(out, prompt_file, "dense")) == 0
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(out, prompt_file, "dense", "--compile", "default"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "compile: 'eager' -> 'compiled:default'" in err
+    assert compile_spy == []  # refused before the model was loaded
+
+
+def test_no_cpp_compiler_for_inductor_on_the_cpu_exits_2(
+    tmp_path, prompt_file, monkeypatch, capsys
+):
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(tmp_path / "r", prompt_file, "dense", "--compile", "default"))
+    assert exc.value.code == 2
+    assert "needs a C++ compiler" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "backend", "ulysses", "message"),
+    [
+        ("fast", "inductor", 1, "compile must be one of"),
+        ("reduce-overhead", "aot_eager", 1, "needs the inductor backend"),
+        ("default", "aot_eager", 2, "not supported with --ulysses > 1"),
+    ],
+)
+def test_check_compile_refuses_what_cant_run(mode, backend, ulysses, message):
+    problem = compiling.check_compile(mode, backend, torch.device("cpu"), ulysses)
+    assert problem is not None and message in problem
+    assert compiling.check_compile("off", "anything", torch.device("cpu"), 2) is None
+
+
+def test_dense_compile_is_undone():
+    """Without the step hook the module's forward is compiled; the returned function restores
+    the class's forward (a pipeline passed to ``generate`` is left as it was)."""
+    module = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        want = module(x)
+        restore = compiling.compile_transformer(module, "default", "aot_eager")
+        assert "forward" in module.__dict__
+        torch.testing.assert_close(module(x), want, rtol=0, atol=0)
+    restore()
+    assert "forward" not in module.__dict__
+    with pytest.raises(ValueError, match="compile must be one of"):
+        compiling.compile_transformer(module, "fast")
+
+
+def test_labels():
+    assert compiling.compile_label("off") == "eager"
+    assert compiling.compile_label("reduce-overhead") == "compiled:reduce-overhead"
+    assert compiling.compile_label("default", "aot_eager") == "compiled:default:aot_eager"
+
+
+def test_demo_passes_compile_to_both_runs(tmp_path, compile_spy, monkeypatch, capsys):
+    from xattn_video.pipelines import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run_generate", lambda opts: seen.append(opts) or 1)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--compile", "default"]) == 1
+    assert [o.compile for o in seen] == ["default"]  # the dense run; rc 1 stops the demo
+    seen.clear()
+    monkeypatch.setattr(cli, "_run_generate", lambda opts: seen.append(opts) or 0)
+    monkeypatch.setattr(cli, "_compare", lambda *a, **k: {"aggregate": {}})
+    assert main(["demo", "--out", str(tmp_path / "d"), "--compile", "default"]) == 0
+    assert [(o.attention, o.compile) for o in seen] == [("dense", "default"), ("xattn", "default")]
+
+
+def test_compiled_run_writes_the_eager_video(tmp_path, prompt_file):
+    """A real compile (aot_eager, fullgraph) of tiny-hunyuan with XAttention, dense warm-up
+    step then a sparse step: same frames as the eager run; the pipeline is left uncompiled."""
+    from xattn_video.config import XAttentionConfig
+
+    cfg = XAttentionConfig(block_size=16, stride=4, warmup_steps=1, backend="torch")
+    pipe = load_pipeline("tiny-hunyuan", dtype=torch.float32, device=torch.device("cpu"))
+    frames = {}
+    for mode in ("off", "default"):
+        opts = GenerateOptions(
+            model="tiny-hunyuan",
+            prompts=str(prompt_file),
+            out=tmp_path / mode,
+            attention="xattn",
+            config=cfg,
+            limit=1,
+            steps=2,
+            device="cpu",
+            progress=False,
+            compile=mode,
+            compile_backend="aot_eager",
+        )
+        res = generate(opts, pipe=pipe)
+        want = compiling.compile_label(mode, "aot_eager")
+        assert res.compile == want and rundir.RunRecord.read(tmp_path / mode).compile == want
+        frames[mode] = np.load(tmp_path / mode / "00000" / rundir.FRAMES_FILE)
+        assert step_hook(pipe.transformer) is None  # XAttention (and its compile) undone
+    diff = np.abs(frames["off"].astype(int) - frames["default"].astype(int))
+    assert diff.max() <= 1  # uint8 frames: rounding of float-level differences at most
