@@ -190,3 +190,15 @@ def test_compiled_run_writes_the_eager_video(tmp_path, prompt_file):
         assert step_hook(pipe.transformer) is None  # XAttention (and its compile) undone
     diff = np.abs(frames["off"].astype(int) - frames["default"].astype(int))
     assert diff.max() <= 1  # uint8 frames: rounding of float-level differences at most
+
+
+def test_compare_summary_line_names_the_modes(tmp_path, capsys):
+    from xattn_video.pipelines.cli import _print_report
+
+    agg = {"num_videos": 2, "speedup": {"denoise": {"ratio_of_sums": 1.25}}}
+    _print_report(tmp_path, {"aggregate": agg, "modes": {"dense": "eager", "sparse": "eager"}})
+    assert "denoise speedup 1.25x (eager)" in capsys.readouterr().out
+    modes = {"dense": "eager", "sparse": "compiled:default"}
+    _print_report(tmp_path, {"aggregate": agg, "modes": modes})
+    out = capsys.readouterr().out
+    assert "denoise speedup 1.25x (eager vs compiled:default: not comparable)" in out
