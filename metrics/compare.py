@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from xattn_video.rundir import EAGER, writable_dir, write_text
 
 from . import plots
-from .lpips_metric import LPIPSMetric, LPIPSWeightsMissing
+from .lpips_metric import MIN_SIZE, LPIPSMetric, LPIPSWeightsMissing
 from .psnr import MSE_FLOOR, psnr
 from .report_html import render_html
 from .report_md import render_markdown
@@ -133,7 +133,7 @@ def compare_runs(
     videos = []
     for idx in tqdm(paired, desc="comparing videos", unit="video", disable=not progress):
         entry, video_notes = _compare_video(
-            dense.videos[idx], sparse.videos[idx], metrics, lpips_model, device
+            dense.videos[idx], sparse.videos[idx], metrics, lpips_model, device, lpips_required
         )
         videos.append(entry)
         notes.extend(video_notes)
@@ -265,6 +265,7 @@ def _compare_video(
     metrics: Sequence[str],
     lpips_model: LPIPSMetric | None,
     device: str | torch.device | None,
+    lpips_required: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
     notes = []
     ref, test = d.load_frames(), s.load_frames()
@@ -301,7 +302,17 @@ def _compare_video(
     if "ssim" in metrics:
         entry["ssim"] = _stats(ssim(ref, test, device=device))
     if "lpips" in metrics:
-        entry["lpips"] = _stats(lpips_model(ref, test)) if lpips_model is not None else None
+        need = MIN_SIZE[lpips_model.net] if lpips_model is not None else 0
+        if lpips_model is not None and min(ref.shape[1:3]) < need and not lpips_required:
+            # LPIPS only by default: frames below the backbone's receptive field skip it (noted)
+            # instead of failing the whole comparison; asked for explicitly, it raises.
+            entry["lpips"] = None
+            notes.append(
+                f"prompt {d.index:05d}: LPIPS skipped, frames {ref.shape[1]}x{ref.shape[2]} are "
+                f"smaller than the {lpips_model.net} backbone's {need}x{need} receptive field"
+            )
+        else:
+            entry["lpips"] = _stats(lpips_model(ref, test)) if lpips_model is not None else None
     density = s.meta.get("density")
     entry["density"] = density
     entry["effective_density"] = (density or {}).get("effective_density")

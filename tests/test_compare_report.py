@@ -645,3 +645,29 @@ def test_report_warns_when_the_modes_differ(tmp_path: Path) -> None:
         assert "mode=eager" in text and "mode=compiled:max-autotune" in text, name
         assert "dense eager vs sparse compiled:max-autotune: not comparable" in text, name
         assert "different modes" in text, name
+
+
+def test_lpips_by_default_skips_frames_below_receptive_field(
+    tmp_path: Path, plumbing_lpips: LPIPSMetric
+) -> None:
+    """LPIPS only in the default metric set: 16x16 frames skip it with a note (PSNR/SSIM still
+    computed); asked for explicitly, the same frames raise the metric's ValueError."""
+
+    def tiny(index: int) -> np.ndarray:
+        return base_frames(index)[:, :16, :16]
+
+    dense = write_run(tmp_path / "dense", "dense", [0], frames_fn=tiny)
+    sparse = write_run(tmp_path / "sparse", "xattn", [0], frames_fn=lambda i: tiny(i) // 2)
+    with pytest.warns(CompareWarning, match="LPIPS skipped, frames 16x16"):
+        report = compare_runs(
+            dense, sparse, tmp_path / "r", lpips_metric=plumbing_lpips, device="cpu",
+            progress=False,
+        )  # fmt: skip
+    video = report["videos"][0]
+    assert video["lpips"] is None and video["psnr"] is not None
+    assert any("LPIPS skipped, frames 16x16" in n for n in report["warnings"])
+    with pytest.raises(ValueError, match="receptive field"):
+        compare_runs(
+            dense, sparse, tmp_path / "r2", lpips_metric=plumbing_lpips, device="cpu",
+            progress=False, lpips_required=True,
+        )  # fmt: skip
