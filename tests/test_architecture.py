@@ -170,6 +170,25 @@ def test_outer_integration_does_not_reach_into_kernels(graph):
     assert not {m: d for m, d in bad.items() if d}
 
 
+OP_LAYER = (
+    "xattn_video.attention",  # the op
+    "xattn_video.library",  # its torch.library registration
+    "xattn_video.op_checks",  # its input checks
+    "xattn_video.cost_model",  # times the kernels to decide sparse vs dense
+)
+
+
+def test_only_the_op_layer_imports_kernels(graph):
+    """Inside ``xattn_video`` only the op layer imports the kernels; processors, hook, stats,
+    calibration, parallelism and the rest go through the op."""
+    bad = {
+        m: sorted(d for d in deps if d.startswith("xattn_video.kernels"))
+        for m, deps in graph.items()
+        if not m.startswith("xattn_video.kernels") and m not in OP_LAYER
+    }
+    assert not {m: d for m, d in bad.items() if d}
+
+
 def test_no_module_is_too_long():
     long = {}
     for name, path in _modules().items():
