@@ -220,6 +220,18 @@ def _errors_worker(rank: int, world: int):
         with pytest.raises(ValueError) as exc:
             tr(**kw)
         msgs[name] = str(exc.value)
+    # context parallelism enabled with diffusers' own call (not enable_context_parallel): the
+    # step hook raises the same ValueError instead of diffusers' AssertionError
+    direct = tiny_hv_pipeline().transformer
+    with parallel._cpu_device_count():
+        direct.enable_parallelism(
+            config=ContextParallelConfig(ulysses_degree=P, mesh=parallel.make_mesh(P)),
+            cp_plan=xv.context_parallel_plan(direct),
+        )
+    xv.apply_xattention(direct, tiny_cfg(**CFG))
+    with pytest.raises(ValueError) as exc:
+        direct(**cases["odd_video"])
+    msgs["direct_odd_video"] = str(exc.value)
     ring = tiny_wan_transformer()
     mesh = init_device_mesh("cpu", (P, 1), mesh_dim_names=("ring", "ulysses"))
     with parallel._cpu_device_count():
@@ -236,6 +248,7 @@ def test_unsupported_inputs_raise_clear_errors():
     for msgs in run_distributed(_errors_worker, P):
         assert "video token count 147 (latent grid (3, 7, 7)) is not divisible" in msgs["odd_video"]
         assert "text length 7" in msgs["odd_text"]
+        assert "video token count 147" in msgs["direct_odd_video"]
         assert "ring_degree=2" in msgs["ring"]
 
 

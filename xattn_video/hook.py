@@ -260,6 +260,15 @@ class XAttentionStepHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if getattr(module, "_parallel_config", None) is not None:
+            # context parallelism enabled directly (diffusers' enable_parallelism): the same clear
+            # ValueError for indivisible token counts as enable_context_parallel's check hook
+            from .parallel import check_parallel_inputs
+
+            ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+            if isinstance(hidden_states, torch.Tensor) and hidden_states.ndim == 5:
+                text = ehs if isinstance(ehs, torch.Tensor) and ehs.ndim == 3 else None
+                check_parallel_inputs(module, hidden_states, text)
         try:
             context = self.state_manager.context
         except ValueError:  # no cache_context around this call (bare transformer)
