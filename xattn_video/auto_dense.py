@@ -39,7 +39,7 @@ class AutoDense:
     def __init__(self, cfg: XAttentionConfig, stats: XAttentionStats) -> None:
         self.cfg = cfg
         self.stats = stats
-        self.enabled = bool(getattr(cfg, "auto_dense", False))
+        self.enabled = cfg.auto_dense
         self.decisions: dict[int, bool] = {}
         self._shapes: dict[int, tuple] = {}
 

@@ -51,7 +51,7 @@ def check_block_stride(block_size: int, stride: int | None) -> None:
             raise ValueError(f"stride ({stride}) must divide block_size ({block_size})")
 
 
-def _require(cond: torch.Tensor, msg: str) -> None:
+def require(cond: torch.Tensor, msg: str) -> None:
     """``ValueError(msg)`` unless the bool tensor ``cond`` holds. On CUDA and under
     ``torch.compile`` the check runs on the device (``torch._assert_async``, failing the next
     synchronising call) so that an attention call never waits on a host read."""
@@ -83,7 +83,7 @@ def check_selection(threshold, ratio, heads: int) -> None:
                 f"threshold must be a float or a per-head tensor of shape ({heads},) for "
                 f"{heads} heads, got shape {tuple(thr.shape)}"
             )
-        _require(((thr > 0) & (thr <= 1)).all(), "threshold must be in (0, 1] (an (H,) tensor)")
+        require(((thr > 0) & (thr <= 1)).all(), "threshold must be in (0, 1] (an (H,) tensor)")
     if ratio is not None:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
             raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
@@ -99,7 +99,7 @@ def check_kv_len(kv_len: torch.Tensor | None, batch: int, n_k: int) -> None:
     if not _is_int_dtype(kv_len):
         raise ValueError(f"kv_len must be an integer tensor, got {kv_len.dtype}")
     if kv_len.is_cuda or torch.compiler.is_compiling():
-        _require(((kv_len >= 1) & (kv_len <= n_k)).all(), f"kv_len values must be in [1, {n_k}]")
+        require(((kv_len >= 1) & (kv_len <= n_k)).all(), f"kv_len values must be in [1, {n_k}]")
         return
     lo, hi = int(kv_len.min()), int(kv_len.max())
     if lo < 1 or hi > n_k:
@@ -118,7 +118,7 @@ def check_dense_from(dense_from, batch: int, n_tokens: int) -> None:
             )
         if dense_from.is_cuda or torch.compiler.is_compiling():
             ok = ((dense_from >= 0) & (dense_from <= n_tokens)).all()
-            _require(ok, f"dense_from must be in [0, {n_tokens}]")
+            require(ok, f"dense_from must be in [0, {n_tokens}]")
             return
         lo, hi = int(dense_from.min()), int(dense_from.max())
     elif isinstance(dense_from, int) and not isinstance(dense_from, bool):

@@ -57,6 +57,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get
 from . import parallel
 from .config import XAttentionConfig
 from .hook import XAttentionController
+from .op_checks import require
 from .sparse_path import sparse_attention
 
 logger = logging.getLogger(__name__)
@@ -154,11 +155,11 @@ def _key_padding_lengths(attention_mask: torch.Tensor | None, batch: int, n: int
     m = m.reshape(m.shape[0], n).expand(batch, n)
     kv_len = m.sum(dim=-1, dtype=torch.int32)
     prefix = m.to(torch.int32).cumprod(dim=-1).sum(dim=-1, dtype=torch.int32)
-    msg = "XAttention expects right-padded text: the key mask must be a prefix"
-    if m.is_cuda or torch.compiler.is_compiling():  # checked on the device: no host read
-        torch._assert_async((kv_len == prefix).all(), msg)
-    elif not torch.equal(kv_len, prefix):
-        raise ValueError(msg)
+    # on the device on CUDA and under compile (no host read), a ValueError on the CPU
+    require(
+        (kv_len == prefix).all(),
+        "XAttention expects right-padded text: the key mask must be a prefix",
+    )
     return kv_len
 
 

@@ -246,11 +246,12 @@ def sparse_attention(
     """
     cfg = state.cfg
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, H, N, D) views
-    if _attention.resolve_backend(cfg.backend, q) == "torch":
+    backend = _attention.resolve_backend(cfg.backend, q)
+    if backend == "torch":
         # the PyTorch reference estimate reshapes with .view (needs contiguous inputs)
         q, k, v = (x.contiguous() for x in (q, k, v))
     B, H, N, _ = q.shape
-    if state.auto_dense.run_dense(layer, q, _attention.resolve_backend(cfg.backend, q)):
+    if state.auto_dense.run_dense(layer, q, backend):
         # auto_dense: the cost model predicts the sparse path slower here (a bool per layer)
         state.stats.add(layer, dense_reason="cost")
         return _cost_dense(q, k, v, kv_len).transpose(1, 2)

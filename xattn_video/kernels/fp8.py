@@ -39,12 +39,17 @@ def quantize_fp8_blocks_ref(x: torch.Tensor, block: int) -> tuple[torch.Tensor, 
     return x8.reshape(B, H, nb * block, D)[:, :, :N].contiguous(), scale
 
 
+def _head_scale(v: torch.Tensor) -> torch.Tensor:
+    """(B, H) fp32 e4m3 scale per head of v: (B, H, N, D): amax / FP8_MAX (1 for all-zero heads)."""
+    amax = v.abs().amax(dim=(-1, -2)).float()
+    return torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
+
+
 def quantize_fp8_head_t_ref(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """v: (B, H, N, D). Returns vt8: (B, H, D, N) e4m3 view of a buffer whose token axis is
     padded to 16 (TMA strides), and scale (B, H) fp32 with ``v ~= vt8^T * scale``."""
     B, H, N, D = v.shape
-    amax = v.abs().amax(dim=(-1, -2)).float()
-    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
+    scale = _head_scale(v)
     buf = torch.zeros(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
     buf[..., :N] = (v.float() / scale[..., None, None]).transpose(-1, -2).to(torch.float8_e4m3fn)
     return buf[..., :N], scale
@@ -113,9 +118,7 @@ def quantize_fp8_head_t(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not (v.is_cuda and triton_usable(v)) or v.stride(-1) != 1:
         return quantize_fp8_head_t_ref(v)
     B, H, N, D = v.shape
-    amax = v.abs().amax(dim=(-1, -2)).float()
-    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
-    scale = scale.contiguous()
+    scale = _head_scale(v).contiguous()
     buf = torch.empty(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
     block = 64
     _quant_head_t_kernel[(cdiv(N, block), B * H)](
