@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from xattn_video.atomic import atomic_path
+
 ENV_LPIPS_WEIGHTS = "XATTN_VIDEO_LPIPS_WEIGHTS"
 """Environment variable with the backbone weights path (file or directory)."""
 
@@ -368,17 +370,9 @@ def save_features(state: dict[str, torch.Tensor], path: Path) -> Path:
     if digest != ALEX_FEATURES_SHA256:
         raise ValueError(f"converted AlexNet digest {digest} != pinned {ALEX_FEATURES_SHA256}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        meta = {"source": f"{SDIST_REQUIREMENT} sdist, {CKPT_MEMBER}", "ckpt_sha256": CKPT_SHA256}
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    meta = {"source": f"{SDIST_REQUIREMENT} sdist, {CKPT_MEMBER}", "ckpt_sha256": CKPT_SHA256}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
     return path
 
 

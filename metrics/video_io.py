@@ -6,7 +6,7 @@
   odd height/width is padded by repeating the last row/column; frames are never rescaled.
 - ``save_frames``: ``.npy``.
 
-Both writers are atomic (``xattn_video.rundir.atomic_path``: temporary file + ``os.replace``).
+Both writers are atomic (``xattn_video.atomic.atomic_path``: temporary file + ``os.replace``).
 
 Metrics should read ``frames.npy``: H.264 is lossy and its noise alone caps PSNR.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
-from xattn_video.rundir import atomic_path
+from xattn_video.atomic import atomic_path
 
 PathLike = str | os.PathLike[str]
 

@@ -25,6 +25,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from xattn_video.atomic import write_bytes
+
 from .suites import DATA_FILES, VBENCH_WHEEL_VERSION, DataFile
 
 ENV_PROMPTS_DIR = "XATTN_VIDEO_PROMPTS_DIR"
@@ -143,13 +145,4 @@ def _read_from_vbench_wheel(member: str) -> bytes:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; cached files are plain readable data
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from xattn_video.atomic import TMP_MARK
 from xattn_video.prompts import SUITES, Prompt, PromptDataMissing, all_dimensions, load_prompts
 from xattn_video.prompts import fetch as fetch_mod
 from xattn_video.prompts import loader as loader_mod
@@ -238,7 +239,7 @@ def test_fetch_path_downloads_verifies_and_caches(
     for name in calls:
         data = (cache / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == fetch_mod.DATA_FILES[name].sha256
-    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in cache.iterdir() if TMP_MARK in p.name]  # no temporary left
     # second load is served from the cache: no more downloads
     assert load_prompts("vbench-augmented") == prompts
     assert len(calls) == 2

@@ -46,13 +46,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_text
 from .kernels._common import cdiv, kv_len_tensor
 from .kernels.select import mask_to_indices, select_blocks
 from .library import estimate_scores, sparse_attention
@@ -161,10 +161,7 @@ def store(key: CostKey, cal: Calibration) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _load_all()
         data[key.id()] = asdict(cal)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data, indent=1))
     except OSError as err:
         logger.warning("could not write the cost-model cache %s (%s)", path, err)
 

@@ -17,7 +17,7 @@ Schema versions: ``schema_version`` in run.json and meta.json. Version 1 is xatt
 Version 3 adds ``compile`` to run.json (``"eager"`` or ``"compiled:<mode>"``); older run.json
 files have no key and read as ``None``, which means eager (compiling did not exist).
 
-Every read error names the file. Every write goes through :func:`atomic_path` (temporary name
+Every read error names the file. Every write goes through :func:`xattn_video.atomic.atomic_path` (temporary name
 holding :data:`TMP_MARK`, then ``os.replace``).
 
 Not supported: several runs (different settings) in one directory (:func:`resume_differences`
@@ -27,7 +27,6 @@ schema versions newer than this package's (refused with the version named).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -35,12 +34,14 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import TMP_MARK, atomic_path, write_text  # noqa: F401 (atomic_path: re-exported)
 
 SCHEMA_VERSION = 3
 """Schema of run.json / meta.json written by this version (1: xattn-video 0.1.0, no key)."""
@@ -52,8 +53,6 @@ META_FILE = "meta.json"
 VIDEO_FILE = "video.mp4"
 FRAMES_FILE = "frames.npy"
 LOCK_FILE = ".lock"
-TMP_MARK = ".partial"
-"""Every temporary file in a run directory has this in its name (removed on resume)."""
 
 _INDEX_DIR = re.compile(r"^\d{5,}$")
 
@@ -77,37 +76,6 @@ def prompt_dir_name(index: int) -> str:
 def is_prompt_dir(path: Path) -> bool:
     """True for a folder named like a prompt index (5+ digits)."""
     return path.is_dir() and bool(_INDEX_DIR.match(path.name))
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix: ffmpeg picks the muxer by it); on
-    success it replaces ``path``.
-
-    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and
-    ``path`` is left as it was, so a reader never sees a half-written file.
-    """
-    path = Path(path)
-    tmp = path.with_name(
-        f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}{path.suffix}"
-    )
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: PathLike, data: Any) -> None:

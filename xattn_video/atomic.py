@@ -1,0 +1,52 @@
+"""Atomic file writes: write to a temporary name beside the target, then ``os.replace``.
+
+One helper for every file the toolkit writes where a half-written file would be trusted later:
+run directories (:mod:`xattn_video.rundir`), reports, the prompt and LPIPS-weight caches and the
+cost-model cache. Temporary names hold :data:`TMP_MARK`, so leftovers of a killed process can be
+found and removed.
+
+Not supported: atomicity across file systems (the temporary file is always beside the target).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_MARK = ".partial"
+"""In the name of every temporary file (``.<stem>.<pid>.<random>.partial<suffix>``)."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix: ffmpeg picks the muxer by it); on
+    success it replaces ``path``.
+
+    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and
+    ``path`` is left as it was, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    tmp = path.with_name(
+        f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}{path.suffix}"
+    )
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
