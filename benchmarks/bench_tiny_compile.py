@@ -9,7 +9,10 @@ synchronised wall time of the pipeline call with latent output = the denoising l
 - ``dense``: the plain pipeline (``compiled``: ``transformer.compile(fullgraph=True)``);
 - ``xattn``: ``apply_xattention(pipe, preset)`` with ``auto_dense`` on (the default)
   (``compiled``: :func:`xattn_video.hook.compile_below_hook`, ``fullgraph=True``);
-- ``xattn-raw``: the same with ``auto_dense=False`` (the sparse path in every call).
+- ``xattn-raw``: the same with ``auto_dense=False`` (the sparse path in every call);
+- ``-r<N>`` suffix (``xattn-r3``, ``xattn-raw-r3``): ``mask_refresh=N`` (a mask serves N steps).
+
+``--compile-mode reduce-overhead`` compiles with CUDA graphs (both dense and XAttention).
 
 Ratios are dense time / variant time in the same process and mode (> 1: XAttention faster).
 Prints a table and writes JSON with GPU, versions and git SHA.
@@ -53,23 +56,40 @@ def load_pipe():
     return load_tiny_pipeline(device="cuda", dtype=torch.bfloat16)
 
 
-def build(variant: str, mode: str):
+def variant_config(variant: str) -> xv.XAttentionConfig | None:
+    """``dense`` -> None; ``xattn[-raw][-r<N>]`` -> the preset, ``-raw``: ``auto_dense=False``,
+    ``-r<N>``: ``mask_refresh=N``."""
+    if variant == "dense":
+        return None
+    parts = variant.split("-")
+    if parts[0] != "xattn" or any(p != "raw" and not (p[:1] == "r" and p[1:].isdigit())
+                                  for p in parts[1:]):  # fmt: skip
+        raise SystemExit(f"unknown variant {variant!r}: dense or xattn[-raw][-r<N>]")
+    refresh = next((int(p[1:]) for p in parts[1:] if p != "raw"), 1)
+    return xv.XAttentionConfig.from_preset(
+        "tiny-dit", auto_dense="raw" not in parts, mask_refresh=refresh
+    )
+
+
+def build(variant: str, mode: str, compile_mode: str = "default"):
     pipe = load_pipe()
     handle = None
-    if variant != "dense":
-        cfg = xv.XAttentionConfig.from_preset("tiny-dit", auto_dense=variant == "xattn")
+    cfg = variant_config(variant)
+    if cfg is not None:
         handle = xv.apply_xattention(pipe, cfg)
     if mode == "compiled":
         if handle is None:
-            pipe.transformer.compile(fullgraph=True)
+            pipe.transformer.compile(fullgraph=True, mode=compile_mode)
         else:
-            compile_below_hook(pipe.transformer, fullgraph=True)
+            compile_below_hook(pipe.transformer, fullgraph=True, mode=compile_mode)
     return pipe, handle
 
 
-def run_variant(variant: str, mode: str, size: str, n_prompts: int) -> dict:
+def run_variant(
+    variant: str, mode: str, size: str, n_prompts: int, compile_mode: str = "default"
+) -> dict:
     frames, height, width, steps = SIZES[size]
-    pipe, handle = build(variant, mode)
+    pipe, handle = build(variant, mode, compile_mode)
 
     def video(i: int):
         g = torch.Generator("cpu").manual_seed(100 + i)
@@ -94,7 +114,7 @@ def run_variant(variant: str, mode: str, size: str, n_prompts: int) -> dict:
         "size": size,
         "tokens": frames * (height // 2) * (width // 2),
         "steps": steps,
-        "mode": mode,
+        "mode": mode if mode == "eager" else f"compiled ({compile_mode})",
         "variant": variant,
         "warmup_s": warm_s,
         "video_s": times,
@@ -120,7 +140,18 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["train", "demo"])
     ap.add_argument("--compiled-sizes", nargs="+", default=["train"],
                     help="sizes that also run compiled (compilation costs ~1 min per variant)")  # fmt: skip
-    ap.add_argument("--compiled-variants", nargs="+", default=["dense", "xattn"])
+    ap.add_argument(
+        "--compiled-variants",
+        nargs="+",
+        default=["dense", "xattn"],
+        help="dense or xattn[-raw][-r<N>] (-raw: auto_dense off; -rN: mask_refresh N)",
+    )
+    ap.add_argument("--eager-variants", nargs="+", default=["dense", "xattn", "xattn-raw"])
+    ap.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    )
     ap.add_argument("--out", default="docs/results/bench_tiny_compile.json")
     args = ap.parse_args()
 
@@ -130,12 +161,10 @@ def main() -> None:
             if mode == "compiled" and size not in args.compiled_sizes:
                 continue
             ref, ref_lat = None, None
-            variants = (
-                ("dense", "xattn", "xattn-raw") if mode == "eager" else args.compiled_variants
-            )
+            variants = args.eager_variants if mode == "eager" else args.compiled_variants
             for variant in variants:
                 try:
-                    row, lat = run_variant(variant, mode, size, args.prompts)
+                    row, lat = run_variant(variant, mode, size, args.prompts, args.compile_mode)
                 except Exception as err:  # recorded, the other variants still run
                     rows.append({"size": size, "mode": mode, "variant": variant,
                                  "error": f"{type(err).__name__}: {err}"[:2000]})  # fmt: skip

@@ -1,7 +1,9 @@
 """More quality per kept block? Token orders, budgets and calibrated per-head thresholds on the
 trained tiny DiT, evaluated on held-out videos (one GPU).
 
-Methods (each a curve: PSNR vs effective density), all without dense warm-up, stride 8:
+Methods (each a curve: PSNR vs effective density), by default without dense warm-up, stride 8
+and a fresh mask every step (``--points`` modifiers change that per setting; dense warm-up steps
+count as density 1 in the effective density):
 
 - ``uniform``: one threshold for every layer and head (the paper), 3-D tile order;
   (all methods run with ``auto_dense=False``, so every call runs the schedule: no cost-model
@@ -87,11 +89,8 @@ def _timed(pipe, conds, seeds, a, cuda):
 def settings(a) -> list[dict]:
     out = []
     table = QUICK if a.quick else {m: METHODS[m][2] for m in a.methods}
-    if a.points:  # "method:value" pairs, in the given order
-        table = {}
-        for pt in a.points:
-            m, v = pt.split(":")
-            table.setdefault(m, []).append(float(v))
+    if a.points:  # "METHOD:VALUE[:MOD...]" in the given order, see parse_point
+        return [parse_point(pt) for pt in a.points]
     for method, values in table.items():
         order, kind, _ = METHODS[method]
         for v in values:
@@ -99,9 +98,36 @@ def settings(a) -> list[dict]:
     return out
 
 
+MODIFIERS = {"w": "warmup_steps", "r": "mask_refresh", "s": "stride"}
+ORDERS = ("raster", "tile", "hilbert", "cluster")
+
+
+def parse_point(pt: str) -> dict:
+    """``METHOD:VALUE[:MOD...]`` -> a setting. MOD: ``w<N>`` dense warm-up steps, ``r<N>``
+    mask refresh, ``s<N>`` stride, or a token order name (overrides the method's). A point
+    with modifiers is its own curve (method name + modifiers), e.g. ``budget:0.35:w2:r3``."""
+    method, value, *mods = pt.split(":")
+    if method not in METHODS:
+        raise SystemExit(f"--points: unknown method {method!r} (one of {sorted(METHODS)})")
+    order, kind, _ = METHODS[method]
+    s = {"method": method, "order": order, "knob": kind, "value": float(value)}
+    for mod in mods:
+        if mod in ORDERS:
+            s["order"] = mod
+        elif mod[:1] in MODIFIERS and mod[1:].isdigit():
+            s[MODIFIERS[mod[0]]] = int(mod[1:])
+        else:
+            raise SystemExit(f"--points: bad modifier {mod!r} in {pt!r} (w<N>, r<N>, s<N>, "
+                             f"or an order: {ORDERS})")  # fmt: skip
+    if mods:
+        s["method"] = f"{method}[{':'.join(mods)}]"
+    return s
+
+
 def config_for(s: dict, a, thr_files: dict) -> xv.XAttentionConfig:
-    base = dict(stride=8, block_size=a.block_size, warmup_steps=0, token_order=s["order"],
-                tile_size=tuple(a.tile), auto_dense=False)  # fmt: skip
+    base = dict(stride=s.get("stride", 8), block_size=a.block_size,
+                warmup_steps=s.get("warmup_steps", 0), mask_refresh=s.get("mask_refresh", 1),
+                token_order=s["order"], tile_size=tuple(a.tile), auto_dense=False)  # fmt: skip
     if s["knob"] == "tau":
         return xv.XAttentionConfig(threshold=s["value"], **base)
     if s["knob"] == "budget":
@@ -158,7 +184,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-every", type=int, default=3, help="measure every N-th step")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--quick", action="store_true", help="one point per main method")
-    p.add_argument("--points", nargs="+", help="METHOD:VALUE settings instead of the grid")
+    p.add_argument("--points", nargs="+",
+                   help="METHOD:VALUE[:MOD...] settings instead of the grid; MOD: w<N> dense "
+                        "warm-up steps, r<N> mask refresh, s<N> stride, or a token order")  # fmt: skip
     p.add_argument("--time-limit", type=float, default=None, help="stop starting settings (s)")
     p.add_argument("--no-lpips", action="store_true")
     return p.parse_args(argv)
