@@ -179,6 +179,17 @@ def test_estimate_config_lookup():
     assert tuning.estimate_config("NVIDIA H200", "fp8", 16, 128)[1] is True
     assert tuning.estimate_config("Some Future GPU", "bf16", 8, 128) == tuning.SAFE_ESTIMATE
     assert tuning.estimate_config("NVIDIA H200", "bf16", 4, 128) == tuning.SAFE_ESTIMATE
+    # per N bucket: the head-dim-64 entry was measured below 32k tokens only
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 64, 17411) == ((64, 128, 4, 3), True)
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 64, 119056) == tuning.SAFE_ESTIMATE
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128, 17411) == ((128, 128, 8, 3), True)
+
+
+def test_small_head_dim_64_entry():
+    cfg = tuning.lookup_config("NVIDIA H200", "bf16", 64, 17411, 128)
+    assert (cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"]) == (64, 128, 4)
+    big = tuning.lookup_config("NVIDIA H200", "bf16", 64, 119056, 128)
+    assert big["BLOCK_M"] == 128  # not measured at large N: the safe config
 
 
 def test_portable_entry_point_dispatch_on_cpu():

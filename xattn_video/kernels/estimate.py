@@ -221,7 +221,7 @@ def estimate_block_scores(
     if q.is_cuda and q.dtype != torch.float32:
         from .tuning import estimate_config, gpu_name
 
-        tuned, tuned_flatten = estimate_config(gpu_name(q), precision, S, D)
+        tuned, tuned_flatten = estimate_config(gpu_name(q), precision, S, D, Nq)
         launch = launch or (max(tuned[0], G), max(tuned[1], G), tuned[2], tuned[3])
         flatten = tuned_flatten if flatten is None else flatten
     block_m, block_n, num_warps, num_stages = launch or _estimate_launch_config(G, D, q.dtype)

@@ -38,32 +38,46 @@ are clamped in :func:`hopper_attention_config`)."""
 # H200 bf16: 128x128 tiles, 8 warps, 2 stages, no warp specialization (Triton 3.6 leaves the
 # 8-warp loop unspecialized; 4-warp specialization spills: 211 TFLOP/s), no lazy rescale (-4%).
 # H200 fp8: Q.K and P.V both e4m3, 3 stages (595 vs 544 TFLOP/s for bf16 P.V).
+# H200 bf16 head dim 64 below 32k tokens (the tiny DiT: 4 heads, 17,411 tokens;
+# docs/results/profile_small_call_h200.json): 64-row query tiles double the programs of a
+# grid that is only ~4 waves deep: 0.338 vs 0.499 ms at density 0.33 (128-row tiles; 64x64
+# tiles 0.407, 3 stages 0.398, 8 warps 0.520).
 MEASURED: dict[tuple[str, str, int, str], dict] = {
     ("NVIDIA H200", "bf16", 128, "large"): dict(SAFE_HOPPER),
     ("NVIDIA H200", "fp8", 128, "large"): dict(SAFE_HOPPER, num_stages=3, FP8_PV=True),
+    ("NVIDIA H200", "bf16", 64, "small"): dict(SAFE_HOPPER, BLOCK_M=64, num_warps=4),
 }
 
 SAFE_ESTIMATE: tuple[tuple[int, int, int, int], bool] = ((128, 128, 8, 3), False)
 """Estimate fallback: (BLOCK_M, BLOCK_N, num_warps, num_stages), flatten (the H100 default)."""
 
-# (GPU name, precision, stride, head dim) -> ((BLOCK_M, BLOCK_N, num_warps, num_stages), flatten).
-# H200 (docs/results/bench_attention_h200*.json, N=119,056): flattening the key-tile x stride
-# loop nest removes the spills of the nested loop (S=8 bf16: 29.4 -> 25.1 ms); at S=16 and for
-# fp8, 64x128 tiles with 4 warps win (fp8: S=8 17.1 ms, S=16 9.2-9.4 ms).
-ESTIMATE_MEASURED: dict[tuple[str, str, int, int], tuple[tuple[int, int, int, int], bool]] = {
-    ("NVIDIA H200", "bf16", 8, 128): ((128, 128, 8, 3), True),
-    ("NVIDIA H200", "bf16", 16, 128): ((64, 128, 4, 4), True),
-    ("NVIDIA H200", "fp8", 8, 128): ((64, 128, 4, 4), True),
-    ("NVIDIA H200", "fp8", 16, 128): ((64, 128, 4, 4), True),
+# (GPU name, precision, stride, head dim, N bucket or "any") -> ((BLOCK_M, BLOCK_N, num_warps,
+# num_stages), flatten). H200 (docs/results/bench_attention_h200*.json, N=119,056): flattening
+# the key-tile x stride loop nest removes the spills of the nested loop (S=8 bf16: 29.4 -> 25.1
+# ms); at S=16 and for fp8, 64x128 tiles with 4 warps win (fp8: S=8 17.1 ms, S=16 9.2-9.4 ms).
+# Head dim 64 below 32k tokens (docs/results/profile_small_call_h200.json, 4 heads, 17,411
+# tokens, S=8): 64x128 tiles, 4 warps, 3 stages 0.112 ms vs 0.123 for 128x128 (32-row tiles
+# 0.17-0.20: too little work per program); same masks.
+ESTIMATE_MEASURED: dict[tuple[str, str, int, int, str], tuple[tuple[int, int, int, int], bool]] = {
+    ("NVIDIA H200", "bf16", 8, 128, "any"): ((128, 128, 8, 3), True),
+    ("NVIDIA H200", "bf16", 16, 128, "any"): ((64, 128, 4, 4), True),
+    ("NVIDIA H200", "fp8", 8, 128, "any"): ((64, 128, 4, 4), True),
+    ("NVIDIA H200", "fp8", 16, 128, "any"): ((64, 128, 4, 4), True),
+    ("NVIDIA H200", "bf16", 8, 64, "small"): ((64, 128, 4, 3), True),
 }
 
 
 def estimate_config(
-    name: str | None, precision: str, stride: int, head_dim: int
+    name: str | None, precision: str, stride: int, head_dim: int, n: int | None = None
 ) -> tuple[tuple[int, int, int, int], bool]:
-    """Estimate launch (tiles, warps, stages) and loop flattening for this GPU; the measured
-    entry or :data:`SAFE_ESTIMATE`."""
-    return ESTIMATE_MEASURED.get((name, precision, stride, head_dim), SAFE_ESTIMATE)
+    """Estimate launch (tiles, warps, stages) and loop flattening for this GPU at ``n`` query
+    tokens: the entry measured for this N bucket, else the one for any N, else
+    :data:`SAFE_ESTIMATE`."""
+    if n is not None:
+        hit = ESTIMATE_MEASURED.get((name, precision, stride, head_dim, n_bucket(n)))
+        if hit is not None:
+            return hit
+    return ESTIMATE_MEASURED.get((name, precision, stride, head_dim, "any"), SAFE_ESTIMATE)
 
 
 def n_bucket(n: int) -> str:
