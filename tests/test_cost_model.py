@@ -71,3 +71,44 @@ def test_applies_only_to_triton_on_cuda():
     assert not cm.applies("triton", torch.device("cpu"))  # the interpreter
     assert not cm.applies("torch", torch.device("cuda"))
     assert cm.applies("triton", torch.device("cuda"))
+
+
+# The same kernels replayed from CUDA graphs: the launch-bound overhead nearly vanishes.
+GRAPH = {
+    "dense": [0.1, 0.4, 1.6],
+    "overhead": [0.02, 0.03, 0.05],
+    "attn_min": [0.005, 0.02, 0.08],
+    "attn_full": [0.11, 0.44, 1.76],
+    "gather": [0.01, 0.02, 0.04],
+}
+CAL_G = cm.Calibration(**{**CAL.__dict__, "overhead": [2.0, 2.0, 2.0], "graph": GRAPH})
+
+
+def test_compiled_prediction_uses_the_graph_times():
+    eager = cm.predict(CAL_G, 4096, 0.3, block_size=128)
+    compiled = cm.predict(CAL_G, 4096, 0.3, block_size=128, compiled=True)
+    assert not eager.sparse_wins and compiled.sparse_wins
+    assert compiled.sparse_ms == pytest.approx(0.05 + 0.08 + (0.3 - 1 / 32) / (1 - 1 / 32) * 1.68)
+    # without graph times (capture failed), a compiled run falls back to the eager times
+    no_graph = cm.Calibration(**{**CAL_G.__dict__, "graph": None})
+    assert cm.predict(no_graph, 4096, 0.3, block_size=128, compiled=True) == eager
+
+
+def test_auto_dense_switches_to_compiled_times_once_traced(monkeypatch):
+    from xattn_video.auto_dense import AutoDense
+    from xattn_video.config import XAttentionConfig
+    from xattn_video.stats import XAttentionStats
+
+    monkeypatch.setattr(cm, "applies", lambda backend, device: True)
+    monkeypatch.setattr(cm, "cost_key", lambda *a: "key")
+    monkeypatch.setattr(cm, "lookup", lambda key: CAL_G)
+    cfg = XAttentionConfig(block_size=128, token_order="raster", selection="ratio", ratio=0.3)
+    ad = AutoDense(cfg, XAttentionStats())
+    q = torch.zeros(1, 4, 4096, 64)
+    assert ad.run_dense(0, q, "triton") is True  # eager: the launch-bound overhead loses
+    ad.update()
+    assert ad.decisions == {0: True} and not ad.compiled
+    ad._traced = True  # what run_dense records while torch.compile traces a sparse call
+    ad.update()
+    assert ad.compiled and ad.decisions == {0: False}  # re-decided on device times
+    assert ad.run_dense(0, q, "triton") is False
