@@ -179,6 +179,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tile", type=int, nargs=3, default=(2, 8, 8))
     p.add_argument("--eval-videos", type=int, default=16, help="held-out videos")
     p.add_argument("--eval-seed", type=int, default=100, help="seed of held-out video i: + i")
+    p.add_argument("--eval-start", type=int, default=8,
+                   help="first condition of the held-out videos (a confirmation run of a "
+                        "chosen setting uses other conditions and seeds than the sweep)")  # fmt: skip
     p.add_argument("--calib-videos", type=int, default=4, help="calibration videos")
     p.add_argument("--calib-seed", type=int, default=1000)
     p.add_argument("--calib-every", type=int, default=3, help="measure every N-th step")
@@ -209,12 +212,16 @@ def main(argv=None) -> int:
 
         pipe = load_tiny_pipeline(a.weights, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    # held-out videos: conditions 8.. with seeds eval_seed + i; calibration: other conditions
-    # (from index 8 + eval_videos on) with other seeds
-    all_conds = conditions(8 + a.eval_videos + a.calib_videos)
-    ev_conds = all_conds[8 : 8 + a.eval_videos]
+    # held-out videos: conditions eval_start.. with seeds eval_seed + i; calibration: other
+    # conditions (from index 8 + eval_videos on) with other seeds
+    all_conds = conditions(max(8 + a.eval_videos + a.calib_videos, a.eval_start + a.eval_videos))
+    ev_conds = all_conds[a.eval_start : a.eval_start + a.eval_videos]
     ev_seeds = [a.eval_seed + i for i in range(a.eval_videos)]
-    cal_conds = all_conds[8 + a.eval_videos :]
+    c0 = 8 + a.eval_videos
+    cal_conds = all_conds[c0 : c0 + a.calib_videos]
+    if a.eval_start < c0 + a.calib_videos and c0 < a.eval_start + a.eval_videos:
+        raise SystemExit(f"--eval-start {a.eval_start}: held-out conditions overlap the "
+                         f"calibration conditions {c0}..{c0 + a.calib_videos - 1}")  # fmt: skip
     cal_seeds = [a.calib_seed + i for i in range(a.calib_videos)]
     metrics = Metrics(device, not a.no_lpips)
     plan = settings(a)

@@ -203,7 +203,9 @@ def test_generate_with_the_trained_tiny_model(tmp_path: Path, prompt_file: Path)
             if attention == "xattn":
                 density = meta["density"]
                 assert 0 < density["sparse_density"] < 1 and density["num_runs"] == 1
-                assert density["num_sparse_calls"] == 3 * 6  # no warm-up: 6 blocks x 3 steps
+                # the preset's 2 dense warm-up steps, then 1 sparse step: 6 blocks each
+                assert density["num_sparse_calls"] == 1 * 6
+                assert density["num_dense_calls"] == 2 * 6
         assert not _partials(run)
     dense = [np.load(d / "frames.npy").astype(float) / 255 for d in _prompt_dirs(runs["dense"])]
     sparse = [np.load(d / "frames.npy").astype(float) / 255 for d in _prompt_dirs(runs["xattn"])]

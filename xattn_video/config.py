@@ -238,18 +238,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "wan": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=10),
     # CPU-sized random-weight models (tests): small blocks so short sequences have many blocks.
     "tiny": dict(threshold=0.9, stride=4, block_size=16, warmup_steps=1, backend="auto"),
-    # The trained tiny DiT (pipelines/tiny/assets/tiny_dit): tau 0.97 under a 0.4 density
-    # budget, the lowest effective density with mean PSNR >= 30 dB vs dense on 16 held-out
-    # videos at 17,408 tokens (H200: 30.86 dB, worst 23.43, density 0.397; uniform tau=0.9:
-    # 31.94 dB at 0.533; docs/results/sweep_methods_h200.json).
+    # The trained tiny DiT (pipelines/tiny/assets/tiny_dit): Hilbert order, 2 dense warm-up
+    # steps of 30, then tau 0.97 under a 0.357 density budget with the mask re-estimated every
+    # 3rd step: effective density <= 0.40 with >= 30 dB mean and >= 25 dB worst video vs dense
+    # on held-out videos at 17,408 tokens (H200, docs/results/sweep_methods_h200*.json; the
+    # earlier tile / no warm-up / budget 0.4 preset: 30.86 dB, worst 23.43).
     "tiny-dit": dict(
         threshold=0.97,
-        max_density=0.4,
+        max_density=0.357,
         stride=8,
         block_size=128,
-        warmup_steps=0,
-        token_order="tile",
-        tile_size=(2, 8, 8),
+        warmup_steps=2,
+        mask_refresh=3,
+        token_order="hilbert",
     ),
 }
 
