@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 
 from xattn_video.atomic import atomic_path
@@ -55,6 +54,8 @@ def read_video(path: PathLike) -> np.ndarray:
         raise FileNotFoundError(f"video file {path} does not exist")
     if path.suffix.lower() == ".npy":
         return _check_frames(np.load(path, allow_pickle=False))
+    import imageio_ffmpeg  # here, not at import: the metrics need no ffmpeg
+
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     meta = next(reader)
     w, h = meta["size"]
@@ -83,6 +84,8 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float, *, crf: int = 18
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
+        import imageio_ffmpeg
+
         writer = imageio_ffmpeg.write_frames(
             str(tmp),
             (w, h),
