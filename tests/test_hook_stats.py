@@ -199,3 +199,21 @@ def test_reset_state_runs_at_the_end_of_each_pipeline_call():
         ctl = h.controller
         assert (ctl.step, ctl.sparse, len(ctl.masks)) == (0, False, 0)
         assert ctl.forwards == 2
+
+
+def test_reuse_masks_flag_follows_the_refresh_period_from_the_first_sparse_step():
+    ctl = XAttentionController(cfg_(warmup_steps=2, mask_refresh=3))
+    sched = SimpleNamespace(step_index=None, timesteps=torch.arange(9))
+    flags = []
+    for step in range(9):
+        sched.step_index = step
+        ctl.begin_forward(scheduler=sched, context=CacheContext("cond"))
+        flags.append((ctl.sparse, ctl.reuse_masks))
+        ctl.begin_forward(scheduler=sched, context=CacheContext("uncond"))  # same step
+        assert (ctl.sparse, ctl.reuse_masks) == flags[-1]
+    # dense warm-up 0-1; estimate at 2, 5, 8; reuse at 3-4 and 6-7
+    assert [r for s, r in flags] == [False, False, False, True, True, False, True, True, False]
+    assert [s for s, r in flags] == [False, False] + [True] * 7
+    once = XAttentionController(cfg_(warmup_steps=0))
+    once.begin_forward(scheduler=SimpleNamespace(step_index=1, timesteps=torch.arange(3)))
+    assert once.sparse and not once.reuse_masks  # mask_refresh=1 never reuses

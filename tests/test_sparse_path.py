@@ -20,7 +20,7 @@ def test_tile_orders_keep_text_at_the_end_and_cache():
         orders.permutation(None, 300, 310, torch.device("cpu"))
 
 
-def test_mask_cache_ages_out_after_mask_refresh_steps():
+def test_mask_cache_serves_steps_that_reuse():
     cache = MaskCache(refresh=3)
     attn = torch.nn.Identity()
     m = torch.ones(1, 1, 2, 2, dtype=torch.bool)
@@ -28,11 +28,11 @@ def test_mask_cache_ages_out_after_mask_refresh_steps():
     assert cache.get(attn, "cond", m.shape, kv) is None
     cache.put(attn, "cond", m, kv)
     assert cache.get(attn, "cond", m.shape, kv) is m
+    assert cache.get(attn, "cond", m.shape, kv, reuse=False) is None  # an estimating step
     assert cache.get(attn, "cond", (1, 1, 3, 3), kv) is None  # another shape
     assert cache.get(attn, "cond", m.shape, torch.tensor([20])) is None  # other padding
     assert cache.get(attn, "cond", m.shape, None) is None  # no padding
-    assert cache.get(attn, "cond", m.shape, kv) is m
-    assert cache.get(attn, "cond", m.shape, kv) is None  # third reuse: re-estimate
+    assert cache.get(attn, "cond", m.shape, kv) is m  # as often as the controller says
     assert cache.get(attn, "uncond", m.shape, kv) is None  # per branch
     assert len(cache) == 1
     cache.clear()

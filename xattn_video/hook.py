@@ -14,6 +14,9 @@ before every transformer forward:
 - ``sparse``: ``warmup_steps <= step < num_steps - dense_last_steps`` -- the processors branch
   on this bool, never on the step number, so ``torch.compile`` sees only two variants (the
   hook itself runs eagerly: :func:`compile_below_hook` compiles the forward under it);
+- ``reuse_masks``: with ``mask_refresh = r > 1``, True at the sparse steps that reuse the
+  masks estimated at the run's first sparse step + k*r (another bool, so compiled graphs hold
+  one "estimate" and one "reuse" variant whatever r is; no counter is read inside a graph);
 - ``branch``: the cache-context name (``"cond"`` / ``"uncond"``) when the pipeline sets one,
   else ``"pass0"``, ``"pass1"``, ... counting the forwards seen at the same step;
 - ``grid``: the latent token grid (T/p_t, H/p_h, W/p_w) of the input ``hidden_states``
@@ -95,6 +98,8 @@ class XAttentionController:
         """Forget the current sampling run: step 0, dense, no cached masks."""
         self.step = 0
         self.sparse = False
+        self.reuse_masks = False
+        self._first_sparse_step: int | None = None
         self.branch = "pass0"
         self.num_steps: int | None = None
         self.grid: tuple[int, int, int] | None = None
@@ -178,11 +183,23 @@ class XAttentionController:
             else:
                 end = num_steps - cfg.dense_last_steps
         self.sparse = bool(cfg.warmup_steps <= step < end)
+        if self.sparse and self._first_sparse_step is None:
+            self._first_sparse_step = step
+        self.reuse_masks = bool(
+            self.sparse
+            and cfg.mask_refresh > 1
+            and (step - self._first_sparse_step) % cfg.mask_refresh != 0
+        )
+        if self.sparse:
+            self.masks.prepare(self.layers.keys(), self.branch)
 
         if hidden_states is not None and patch_size is not None and hidden_states.ndim == 5:
             T, H, W = hidden_states.shape[-3:]
             pt, ph, pw = patch_size
             self.grid = (T // pt, H // ph, W // pw)
+            order = {"cluster": "tile"}.get(cfg.token_order, cfg.token_order)
+            if self.sparse and order in ("tile", "hilbert"):  # eagerly, not in a graph
+                self.orders.prepare(self.grid, hidden_states.device, order)
 
     def _match_timestep(self, timestep: Any) -> int:
         """Step from the timestep sequence: new value -> next step, repeat -> same, larger -> 0."""

@@ -9,7 +9,8 @@ One attention call in the sparse phase, after the processor has built q/k/v [B, 
    queries by k-means on the queries (:func:`cluster_orders`, computed in the call, kept with
    the mask when it is reused). Text stays at the end; the order is undone afterwards;
 2. mask reuse: with ``cfg.mask_refresh = r`` a block mask estimated for (attention module,
-   CFG branch) serves the next r-1 sparse calls of the same pair (:class:`MaskCache`);
+   CFG branch) serves the same pair at the next r-1 sparse steps (:class:`MaskCache`; the
+   controller's ``reuse_masks`` bool says which steps reuse);
 3. the op: :func:`xattn_video.attention.xattention` on (B, H, N, D) views, with the layer's
    per-head thresholds when ``cfg.thresholds_file`` lists the layer, and ``cfg.max_density``
    as the per-call budget; an ``observer`` on the state (the threshold calibration,
@@ -48,15 +49,19 @@ from .stats import XAttentionStats, mask_density_tensor
 
 @dataclass
 class _MaskEntry:
-    mask: torch.Tensor  # (B, H, Nbq, Nbk) bool
-    kv_len: torch.Tensor | None  # (B,) int
-    age: int  # sparse calls served since the estimate, counting the estimating call
+    mask: torch.Tensor | None = None  # (B, H, Nbq, Nbk) bool; None: not estimated yet
+    kv_len: torch.Tensor | None = None  # (B,) int
     aux: tuple | None = None  # what the mask depends on besides the tokens (cluster orders)
 
 
 class MaskCache:
     """Block masks per (attention module, branch) for ``mask_refresh > 1``.
 
+    Which steps reuse is decided outside (the controller's ``reuse_masks``, from the step), so
+    nothing here counts calls: a compiled graph reads the cache only when it reuses. The
+    controller creates the (attention module, branch) entries eagerly (:meth:`prepare`), so a
+    compiled estimating call only fills an existing entry: the cache's key set, which a graph
+    would be guarded on, does not change between the first and later estimates.
     Memory: B * H * Nb^2 bytes per attention module and branch; nothing is kept when
     ``refresh == 1``. Cleared at every new sampling run.
     """
@@ -66,7 +71,14 @@ class MaskCache:
         self._entries: dict[tuple[int, str], _MaskEntry] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Masks held."""
+        return sum(e.mask is not None for e in self._entries.values())
+
+    def prepare(self, attns, branch: str) -> None:
+        """Create empty entries for ``attns`` (attention modules) in ``branch`` (eager code)."""
+        if self.refresh > 1:
+            for attn in attns:
+                self._entries.setdefault((id(attn), branch), _MaskEntry())
 
     def clear(self) -> None:
         self._entries.clear()
@@ -77,16 +89,18 @@ class MaskCache:
         branch: str,
         shape: tuple[int, ...],
         kv_len: torch.Tensor | None,
+        reuse: bool = True,
     ) -> torch.Tensor | None:
         """The cached mask of (attn, branch) if it may serve this call, else None.
 
-        A mask serves ``refresh - 1`` calls after the estimating one, and only calls with the
-        same mask shape and the same key padding ``kv_len``.
+        reuse: this step reuses masks (the controller's ``reuse_masks``); False returns None
+        without reading the cache. A mask serves only calls with the same mask shape and the
+        same key padding ``kv_len``.
         """
-        if self.refresh <= 1:
+        if self.refresh <= 1 or not reuse:
             return None
         entry = self._entries.get((id(attn), branch))
-        if entry is None or entry.age >= self.refresh or tuple(entry.mask.shape) != tuple(shape):
+        if entry is None or entry.mask is None or tuple(entry.mask.shape) != tuple(shape):
             return None
         if (entry.kv_len is None) != (kv_len is None):
             return None
@@ -96,7 +110,6 @@ class MaskCache:
         if kv_len is not None and not (kv_len.is_cuda or torch.compiler.is_compiling()):
             if not torch.equal(entry.kv_len, kv_len):
                 return None
-        entry.age += 1
         return entry.mask
 
     def aux(self, attn: torch.nn.Module, branch: str) -> tuple | None:
@@ -113,16 +126,36 @@ class MaskCache:
         aux: tuple | None = None,
     ) -> None:
         """Keep a freshly estimated mask (only when ``refresh > 1``), with ``aux``."""
-        if self.refresh > 1:
-            self._entries[(id(attn), branch)] = _MaskEntry(mask, kv_len, 1, aux)
+        if self.refresh <= 1:
+            return
+        entry = self._entries.get((id(attn), branch))
+        if entry is None:  # not prepared (a module the controller does not list)
+            self._entries[(id(attn), branch)] = _MaskEntry(mask, kv_len, aux)
+        else:
+            entry.mask, entry.kv_len, entry.aux = mask, kv_len, aux
 
 
 class TileOrders:
-    """Cached grid-order (``tile``, ``hilbert``) permutations per (order, grid, length, device)."""
+    """Cached grid-order (``tile``, ``hilbert``) permutations per (order, grid, device), and
+    per text length in eager code.
+
+    The controller computes the video permutation eagerly (:meth:`prepare`, at each sparse
+    forward); a compiled graph then only looks it up and appends the text tokens, so the first
+    sparse call does not trace the Hilbert / tile computation into a graph that a later call
+    (with the cache filled) would have to recompile.
+    """
 
     def __init__(self, tile_size: tuple[int, int, int]) -> None:
         self.tile_size = tile_size
+        self._video: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._perms: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self, grid: tuple[int, int, int], device: torch.device, order: str) -> None:
+        """Compute the video permutation of ``order`` on ``grid`` now (eager code)."""
+        key = (order, tuple(grid), str(device))
+        if key not in self._video:
+            perm = grid_permutation(order, grid, self.tile_size, device=device)
+            self._video[key] = (perm, inverse_permutation(perm))
 
     def permutation(
         self,
@@ -141,11 +174,13 @@ class TileOrders:
                 f"step hook saw grid={grid}; attach the step hook (apply_xattention does) and use "
                 "a model whose video tokens form one (T, H, W) grid, or use token_order='raster'"
             )
-        key = (order, grid, n_total, str(device))
+        self.prepare(grid, device, order)
+        perm, inv = self._video[(order, tuple(grid), str(device))]
+        if torch.compiler.is_compiling():  # two small ops in the graph, no cache mutation
+            return extend_permutation(perm, n_total), extend_permutation(inv, n_total)
+        key = (order, tuple(grid), n_total, str(device))
         if key not in self._perms:
-            perm = grid_permutation(order, grid, self.tile_size, device=device)
-            perm = extend_permutation(perm, n_total)
-            self._perms[key] = (perm, inverse_permutation(perm))
+            self._perms[key] = (extend_permutation(perm, n_total), extend_permutation(inv, n_total))
         return self._perms[key]
 
 
@@ -208,6 +243,7 @@ class SparseState(Protocol):
     stats: XAttentionStats
     run: int
     step: int
+    reuse_masks: bool
     branch: str
     grid: tuple[int, int, int] | None
     masks: MaskCache
@@ -260,7 +296,7 @@ def sparse_attention(
         perm, inv = state.orders.permutation(state.grid, n_video, N, q.device, cfg.token_order)
         q, k, v = (x.index_select(2, perm) for x in (q, k, v))
     nb = -(-N // cfg.block_size)
-    mask = state.masks.get(attn, state.branch, (B, H, nb, nb), kv_len)
+    mask = state.masks.get(attn, state.branch, (B, H, nb, nb), kv_len, state.reuse_masks)
     reused = mask is not None
     aux = None
     if cfg.token_order == "cluster":
