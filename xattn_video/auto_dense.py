@@ -14,10 +14,7 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
   running sparse are re-decided with their newest measured density. A layer that went dense
   stays dense (it is no longer measured) until :meth:`reset`;
 - under ``torch.compile`` a layer not yet decided runs sparse (the decision needs eager code)
-  and is decided by the next ``update``. Once a sparse call was traced by ``torch.compile``,
-  decisions use the cost model's device times (CUDA-graph replay, :mod:`.cost_model`): a
-  compiled forward fuses the selection and the checks and launches far fewer kernels, so the
-  eager launch cost would wrongly keep it dense. Eager decisions made before are re-made.
+  and is decided by the next ``update``.
 
 Decisions persist across pipeline calls (the same shapes give the same decisions, so a compiled
 pipeline sees the same variants in every call).
@@ -45,8 +42,6 @@ class AutoDense:
         self.enabled = cfg.auto_dense
         self.decisions: dict[int, bool] = {}
         self._shapes: dict[int, tuple] = {}
-        self.compiled = False  # decisions use compiled (device) times
-        self._traced = False  # set inside traced code; read eagerly by update()
 
     def reset(self) -> None:
         """Forget every decision (a layer that went dense is measured again)."""
@@ -62,8 +57,6 @@ class AutoDense:
             return False
         B, H, N, D = q.shape
         self._shapes[layer] = (str(q.dtype).removeprefix("torch."), B * H, D, N, q.device.index)
-        if torch.compiler.is_compiling():
-            self._traced = True
         decided = self.decisions.get(layer)
         if decided is None:
             if torch.compiler.is_compiling():
@@ -75,9 +68,6 @@ class AutoDense:
         """Re-decide the layers running sparse with their newest measured density (eager)."""
         if not self.enabled:
             return
-        if self._traced and not self.compiled:  # eager decisions do not hold when compiled
-            self.compiled = True
-            self.decisions.clear()
         for layer, dense in list(self.decisions.items()):
             if not dense and self.stats.feedback.get(layer) is not None:
                 self._decide(layer)
@@ -109,7 +99,6 @@ class AutoDense:
             block_size=cfg.block_size,
             refresh=cfg.mask_refresh,
             gathers=0 if cfg.token_order == "raster" else 4,
-            compiled=self.compiled,
         )
         self.decisions[layer] = not pred.sparse_wins
         return self.decisions[layer]

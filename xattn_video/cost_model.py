@@ -14,11 +14,9 @@ more than ``MAX_DENSE_MS``):
   with every block;
 - ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four).
 
-Each time is taken twice: with back-to-back launches (``eager``: includes the CPU launch cost
-where that dominates, as in an eager forward) and replayed from a CUDA graph (``graph``: device
-time only). A compiled forward (``torch.compile``: the selection and the checks fuse into a few
-kernels; with ``mode="reduce-overhead"`` no launch cost at all) is predicted from the device
-times; in inductor's default mode the few remaining launches are not charged. :func:`predict` interpolates the measured ratios to dense in log N
+Times are taken with back-to-back launches, so they include the CPU launch cost where that
+dominates (eager mode); under CUDA graphs the sparse path is cheaper than measured, so the
+model errs towards dense. :func:`predict` interpolates the measured ratios to dense in log N
 (clamped at the ends of the grid: beyond 64k the largest measured ratios are used, which
 over-estimate the sparse cost since the fixed overheads shrink relative to N^2 attention) and
 models the sparse kernel as linear in the block density between ``attn_min`` and
@@ -66,8 +64,7 @@ MARGIN = 0.95
 
 N_GRID = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 MAX_DENSE_MS = 30.0
-CACHE_VERSION = 2
-FIELDS = ("dense", "overhead", "attn_min", "attn_full", "gather")
+CACHE_VERSION = 1
 _MEMO: dict[str, Calibration] = {}
 
 
@@ -90,8 +87,7 @@ class CostKey:
 
 @dataclass
 class Calibration:
-    """Measured milliseconds per grid point (all lists have the length of ``n``): back-to-back
-    launches, and in ``graph`` the same fields replayed from CUDA graphs (None: not measured)."""
+    """Measured milliseconds per grid point (all lists have the length of ``n``)."""
 
     n: list[int]
     dense: list[float]
@@ -99,7 +95,6 @@ class Calibration:
     attn_min: list[float]
     attn_full: list[float]
     gather: list[float]
-    graph: dict[str, list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,30 +189,12 @@ def _time_ms(fn, reps: int = 5) -> float:
     return start.elapsed_time(end) / reps
 
 
-def _graph_ms(fn, reps: int = 5) -> float | None:
-    """Mean milliseconds of ``fn()`` replayed from a CUDA graph (None if it cannot be captured)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            fn()
-    except RuntimeError as err:
-        logger.info("cost model: no CUDA-graph time (%s)", err)
-        return None
-    return _time_ms(graph.replay, reps)
-
-
 def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
     """Measure the kernel times of ``key`` on ``device`` over ``N_GRID`` and cache them."""
     dtype = getattr(torch, key.dtype)
     bs, S, D, BH = key.block_size, key.stride, key.head_dim, key.heads
     g = torch.Generator(device=device).manual_seed(0)
-    cal = Calibration([], [], [], [], [], [], graph={f: [] for f in FIELDS})
+    cal = Calibration([], [], [], [], [], [])
     for n in N_GRID:
         q, k, v = (
             torch.randn(1, BH, n, D, device=device, dtype=dtype, generator=g) for _ in range(3)
@@ -239,23 +216,14 @@ def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
                 use_triton=True,
             )  # fmt: skip
         perm = torch.randperm(n, device=q.device)
-        fns = {
-            "dense": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v),
-            "overhead": overhead,
-            "attn_min": attn["min"],
-            "attn_full": attn["full"],
-            "gather": lambda q=q, perm=perm: q.index_select(2, perm),
-        }
+        dense_ms = _time_ms(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
         cal.n.append(n)
-        for name, fn in fns.items():
-            getattr(cal, name).append(_time_ms(fn))
-            ms = _graph_ms(fn) if cal.graph is not None else None
-            if ms is None:  # compiled runs are then predicted from the eager times
-                cal.graph = None
-            else:
-                cal.graph[name].append(ms)
-        dense_ms = cal.dense[-1]
-        del q, k, v, diag, full, attn, fns
+        cal.dense.append(dense_ms)
+        cal.overhead.append(_time_ms(overhead))
+        cal.attn_min.append(_time_ms(attn["min"]))
+        cal.attn_full.append(_time_ms(attn["full"]))
+        cal.gather.append(_time_ms(lambda q=q, perm=perm: q.index_select(2, perm)))
+        del q, k, v, diag, full, attn
         if dense_ms > MAX_DENSE_MS:
             break
     store(key, cal)
@@ -284,27 +252,22 @@ def predict(
     refresh: int = 1,
     gathers: int = 0,
     dense_ms: float | None = None,
-    compiled: bool = False,
 ) -> Prediction:
     """Predicted (dense, sparse) milliseconds at ``n`` tokens and block ``density``.
 
     refresh: the mask is estimated every ``refresh`` calls (``mask_refresh``), so the overhead
     counts 1/refresh; gathers: token permutations per call (4 for the ``tile`` order).
     dense_ms: the dense time at ``n`` if known, else extrapolated as N^2 from the grid.
-    compiled: predict a compiled forward from the CUDA-graph (device) times when measured.
     """
-    times = {f: getattr(cal, f) for f in FIELDS}
-    if compiled and cal.graph is not None:
-        times = cal.graph
     xs = [math.log2(x) for x in cal.n]
     x = math.log2(max(n, 1))
     ratio = {
-        name: _interp(xs, [a / d for a, d in zip(times[name], times["dense"], strict=True)], x)
+        name: _interp(xs, [a / d for a, d in zip(getattr(cal, name), cal.dense, strict=True)], x)
         for name in ("overhead", "attn_min", "attn_full", "gather")
     }
     if dense_ms is None:
         i = min(range(len(cal.n)), key=lambda j: abs(xs[j] - x))
-        dense_ms = times["dense"][i] * (n / cal.n[i]) ** 2
+        dense_ms = cal.dense[i] * (n / cal.n[i]) ** 2
     d_min = 1.0 / cdiv(n, block_size)
     frac = min(1.0, max(0.0, (density - d_min) / (1.0 - d_min))) if d_min < 1.0 else 1.0
     attn = ratio["attn_min"] + frac * (ratio["attn_full"] - ratio["attn_min"])
@@ -320,11 +283,9 @@ def sparse_wins(
     refresh: int = 1,
     gathers: int = 0,
     device: torch.device | str = "cuda",
-    compiled: bool = False,
 ) -> bool:
     """Decide one call: calibrates ``key`` first if it was never measured (syncs the GPU)."""
     cal = lookup(key) or calibrate(key, device)
     return predict(
-        cal, n, density, block_size=key.block_size, refresh=refresh, gathers=gathers,
-        compiled=compiled,
-    ).sparse_wins  # fmt: skip
+        cal, n, density, block_size=key.block_size, refresh=refresh, gathers=gathers
+    ).sparse_wins
