@@ -376,7 +376,8 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
     the timestep on the host), and the forward it calls -- the whole model with the XAttention
     processors -- is one compiled graph (``fullgraph=True`` works). The graph branches only on
     bools (``controller.sparse``, per-layer ``auto_dense`` decisions), so a sampling run compiles
-    a dense and a sparse variant, not one per step. ``compile_kwargs`` go to ``torch.compile``
+    a dense and a sparse variant (with ``mask_refresh > 1`` two sparse ones: estimate and
+    reuse), not one per step. ``compile_kwargs`` go to ``torch.compile``
     (e.g. ``mode="reduce-overhead"`` for CUDA graphs). Returns ``transformer``.
     """
     hook = step_hook(transformer)
