@@ -50,6 +50,7 @@ from sweep_quality import AttentionTimer, Metrics, conditions  # noqa: E402
 import xattn_video as xv  # noqa: E402
 from xattn_video import thresholds as th  # noqa: E402
 from xattn_video.calibrate import calibrate_pipeline  # noqa: E402
+from xattn_video.config import TOKEN_ORDERS  # noqa: E402
 
 # method -> (token order, kind, values); kind: "tau" | "budget" | "mass" | "density"
 METHODS: dict[str, tuple[str, str, list[float]]] = {
@@ -99,7 +100,6 @@ def settings(a) -> list[dict]:
 
 
 MODIFIERS = {"w": "warmup_steps", "r": "mask_refresh", "s": "stride"}
-ORDERS = ("raster", "tile", "hilbert", "cluster")
 
 
 def parse_point(pt: str) -> dict:
@@ -112,13 +112,13 @@ def parse_point(pt: str) -> dict:
     order, kind, _ = METHODS[method]
     s = {"method": method, "order": order, "knob": kind, "value": float(value)}
     for mod in mods:
-        if mod in ORDERS:
+        if mod in TOKEN_ORDERS:
             s["order"] = mod
         elif mod[:1] in MODIFIERS and mod[1:].isdigit():
             s[MODIFIERS[mod[0]]] = int(mod[1:])
         else:
             raise SystemExit(f"--points: bad modifier {mod!r} in {pt!r} (w<N>, r<N>, s<N>, "
-                             f"or an order: {ORDERS})")  # fmt: skip
+                             f"or an order: {TOKEN_ORDERS})")  # fmt: skip
     if mods:
         s["method"] = f"{method}[{':'.join(mods)}]"
     return s

@@ -150,12 +150,16 @@ class TileOrders:
         self._video: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._perms: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def prepare(self, grid: tuple[int, int, int], device: torch.device, order: str) -> None:
-        """Compute the video permutation of ``order`` on ``grid`` now (eager code)."""
+    def prepare(
+        self, grid: tuple[int, int, int], device: torch.device, order: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(perm, inv) of ``order`` over the video tokens of ``grid``, computed once (the
+        controller calls this eagerly at every sparse forward)."""
         key = (order, tuple(grid), str(device))
         if key not in self._video:
             perm = grid_permutation(order, grid, self.tile_size, device=device)
             self._video[key] = (perm, inverse_permutation(perm))
+        return self._video[key]
 
     def permutation(
         self,
@@ -174,8 +178,7 @@ class TileOrders:
                 f"step hook saw grid={grid}; attach the step hook (apply_xattention does) and use "
                 "a model whose video tokens form one (T, H, W) grid, or use token_order='raster'"
             )
-        self.prepare(grid, device, order)
-        perm, inv = self._video[(order, tuple(grid), str(device))]
+        perm, inv = self.prepare(grid, device, order)
         if torch.compiler.is_compiling():  # two small ops in the graph, no cache mutation
             return extend_permutation(perm, n_total), extend_permutation(inv, n_total)
         key = (order, tuple(grid), n_total, str(device))
