@@ -30,7 +30,9 @@ from _common import bench_ms, print_table, save_json  # noqa: E402
 
 from xattn_video import attention as A  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
+from xattn_video.kernels.nonfinite import nonfinite_flags, propagate_nan  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
+from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused  # noqa: E402
 from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper  # noqa: E402
 from xattn_video.kernels.tuning import hopper_attention_config  # noqa: E402
 from xattn_video.op_checks import bad_query_blocks, nonfinite_rows, propagate_nonfinite  # noqa: E402
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.97)
     ap.add_argument("--max-density", type=float, default=0.4)
     ap.add_argument("--stride", type=int, default=8)
+    ap.add_argument("--sweep", action="store_true", help="also time other launch configs")
     ap.add_argument("--out", default="results/profile_small_call.json")
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -112,7 +115,7 @@ def main() -> None:
                   force_cols=A.dense_blocks(a.video, 1, n, bs, q.device))  # fmt: skip
     ref_mask = select_blocks(ref_scores, **sel_kw)
     est_rows: list[dict] = []
-    for launch, flat in ESTIMATE_CONFIGS:
+    for launch, flat in ESTIMATE_CONFIGS if a.sweep else ():
         try:
             fn = lambda launch=launch, flat=flat: estimate_block_scores(  # noqa: E731
                 q, k, stride=S, block_size=bs, kv_len=lens, launch=launch, flatten=flat
@@ -124,11 +127,27 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001
             print(f"  estimate {launch}: {type(exc).__name__}: {str(exc)[:120]}")
             est_rows.append({"stage": f"estimate {launch}", "error": str(exc)[:200]})
-    timed("select (threshold + budget)", lambda: select_blocks(ref_scores, **sel_kw), rows)
-    timed("mask_to_indices", lambda: mask_to_indices(ref_mask), rows)
-    timed("non-finite checks", lambda: propagate_nonfinite(
+    timed("estimate (tuned launch)", lambda: estimate_block_scores(
+        q, k, stride=S, block_size=bs, kv_len=lens), rows)  # fmt: skip
+    timed("select torch (threshold + budget)", lambda: select_blocks(ref_scores, **sel_kw), rows)
+    fused_kw = dict(block_size=bs, threshold=a.threshold, kv_len=lens, dense_from=a.video,
+                    max_density=a.max_density)  # fmt: skip
+    same = bool(torch.equal(select_blocks_fused(ref_scores, **fused_kw), ref_mask))
+    timed("select fused (threshold + budget)", lambda: select_blocks_fused(ref_scores, **fused_kw),
+          rows, same_mask=same)  # fmt: skip
+    nb_kw = {k: v for k, v in fused_kw.items() if k != "max_density"}
+    timed("select fused (threshold only)", lambda: select_blocks_fused(ref_scores, **nb_kw), rows)
+    timed("mask_to_indices torch", lambda: mask_to_indices(ref_mask), rows)
+    csr = mask_to_csr(ref_mask, block_size=bs, kv_len=lens, n_k=n)
+    same = all(torch.equal(x, y) for x, y in zip(csr, mask_to_indices(ref_mask), strict=True))
+    timed("mask_to_csr fused", lambda: mask_to_csr(ref_mask, block_size=bs, kv_len=lens, n_k=n),
+          rows, same=same)  # fmt: skip
+    timed("non-finite checks torch", lambda: propagate_nonfinite(
         propagate_nonfinite(q, nonfinite_rows(q, k, v, lens), False),
         bad_query_blocks(q, bs), False), rows)  # fmt: skip
+    out_buf = torch.empty_like(q)
+    timed("non-finite flags + propagate fused", lambda: propagate_nan(
+        out_buf, None, *nonfinite_flags(q, k, v, lens), nan_block=bs), rows)  # fmt: skip
     perm = torch.randperm(n, device="cuda")
     timed("permute q, k, v + inverse out", lambda: [x.index_select(2, perm) for x in (q, k, v, q)],
           rows)  # fmt: skip
@@ -137,7 +156,7 @@ def main() -> None:
     default = hopper_attention_config(q, bs)
     ref_out = block_sparse_attention_hopper(q, k, v, counts, idx, block_size=bs, kv_len=lens)
     attn_rows: list[dict] = []
-    for over in ATTN_CONFIGS:
+    for over in ATTN_CONFIGS if a.sweep else ATTN_CONFIGS[:1]:
         cfg = {**default, **over}
         try:
             fn = lambda cfg=cfg: block_sparse_attention_hopper(  # noqa: E731

@@ -33,9 +33,9 @@ import math
 import torch
 
 from .kernels._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable
-from .kernels.select import mask_to_indices, select_blocks, valid_key_blocks
+from .kernels.select import select_blocks, valid_key_blocks
 from .kernels.sparse_attention import block_sparse_attention_ref
-from .library import estimate_scores, sparse_attention
+from .library import block_csr, estimate_scores, select_block_mask, sparse_attention
 from .op_checks import BLOCK_SIZES as BLOCK_SIZES
 from .op_checks import STRIDES as STRIDES
 from .op_checks import (
@@ -137,6 +137,11 @@ def estimate_block_mask(
     scores = estimate_scores(
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton"
     )
+    if backend == "triton" and ratio is None:  # one kernel (two and a sort with a budget)
+        return select_block_mask(
+            scores, kv_len=lens, threshold=threshold, dense_from=dense_from,
+            block_size=block_size, max_density=max_density,
+        )  # fmt: skip
     force_rows = dense_blocks(dense_from, B, Nq, block_size, q.device)
     force_cols = dense_blocks(dense_from, B, Nk, block_size, q.device)
     return select_blocks(
@@ -201,6 +206,16 @@ def block_sparse_attention(
     zeros. Returns out (B, H, N, D) and, with ``return_lse``, lse (B, H, N) float32 (natural
     log; -inf for empty rows). NaN / Inf input: see the module docstring (propagated).
     """
+    return _block_sparse(
+        q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale, return_lse=return_lse,
+        backend=backend, precision=precision, nan_block=0,
+    )  # fmt: skip
+
+
+def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backend, precision,
+                  nan_block):  # fmt: skip
+    """:func:`block_sparse_attention` with the non-finite policy per row (``nan_block`` 0) or
+    per query block (the block size: :func:`xattention` estimated the mask)."""
     check_qk(q, k)
     check_qk(q, v, "v")
     if k.shape[2] != v.shape[2]:
@@ -231,9 +246,21 @@ def block_sparse_attention(
         raise ValueError("precision='fp8' needs backend='triton' on an sm90+ GPU")
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q)
+    return _attend(
+        q, k, v, mask, block_size, kv_len, scale, return_lse, backend, precision, nan_block
+    )
+
+
+def _attend(q, k, v, mask, block_size, kv_len, scale, return_lse, backend, precision, nan_block):
+    """The checked body of :func:`block_sparse_attention`; ``nan_block``: the non-finite policy
+    per row (0) or per query block (the block size, for an estimated mask)."""
+    B, _, _, _ = q.shape
+    Nk = k.shape[2]
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
-    bad = nonfinite_rows(q, k, v, lens)
     if backend == "torch":
+        bad = nonfinite_rows(q, k, v, lens)
+        if nan_block:
+            bad = bad | bad_query_blocks(q, block_size)
         if kv_len is not None:
             k, v = zero_padding(k, lens), zero_padding(v, lens)
         res = block_sparse_attention_ref(
@@ -242,9 +269,8 @@ def block_sparse_attention(
         return propagate_nonfinite(res, bad, return_lse)
     if q.dtype == torch.float32 and q.is_cuda:
         raise ValueError("the Triton kernel takes fp16/bf16 on CUDA; cast q, k, v first")
-    mask = mask & valid_key_blocks(lens, nbk, block_size)[:, None, None, :]
-    counts, indices = mask_to_indices(mask)
-    res = sparse_attention(  # the registered op under torch.compile
+    counts, indices = block_csr(mask, kv_len=lens, block_size=block_size, n_k=Nk)
+    return sparse_attention(  # the registered op under torch.compile
         q.contiguous() if q.stride(-1) != 1 else q,
         k if k.stride(-1) == 1 else k.contiguous(),
         v if v.stride(-1) == 1 else v.contiguous(),
@@ -256,8 +282,8 @@ def block_sparse_attention(
         return_lse=return_lse,
         use_triton=True,
         precision=precision,
+        nan_block=nan_block,
     )
-    return propagate_nonfinite(res, bad, return_lse)
 
 
 def xattention(
@@ -304,12 +330,11 @@ def xattention(
             backend=backend,
             max_density=max_density,
         )
-    res = block_sparse_attention(
-        q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale,
-        return_lse=return_lse, backend=backend, precision=precision,
+    # a mask row estimated from a non-finite query row is meaningless: its whole block is NaN
+    res = _block_sparse(
+        q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale, return_lse=return_lse,
+        backend=backend, precision=precision, nan_block=block_size if estimated else 0,
     )  # fmt: skip
-    if estimated:  # a block-mask row estimated from a non-finite query row is meaningless
-        res = propagate_nonfinite(res, bad_query_blocks(q, block_size), return_lse)
     out, lse = res if return_lse else (res, None)
     extras = ((mask,) if return_mask else ()) + ((lse,) if return_lse else ())
     return (out, *extras) if extras else out

@@ -9,9 +9,11 @@ size, stride) and a grid of token counts N (1k ... 64k, stopping once dense atte
 more than ``MAX_DENSE_MS``):
 
 - ``dense``: PyTorch SDPA, what the stock diffusers processors run;
-- ``overhead``: estimate + block selection (threshold mode) + CSR index building;
+- ``overhead``: what an estimating call adds to the kernel, as the op runs it: the input
+  checks, the estimate, the block selection (threshold mode with a budget: the selection
+  kernel, the per-sample sort and the budget kernel) and the CSR index lists;
 - ``attn_min`` / ``attn_full``: the block-sparse kernel with one key block per query row and
-  with every block;
+  with every block (with the op's non-finite flag and NaN kernels around it);
 - ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four).
 
 Times are taken with back-to-back launches, so they include the CPU launch cost where that
@@ -53,9 +55,10 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import write_text
+from .attention import estimate_block_mask
 from .kernels._common import cdiv, kv_len_tensor
-from .kernels.select import mask_to_indices, select_blocks
-from .library import estimate_scores, sparse_attention
+from .kernels.select import mask_to_indices
+from .library import block_csr, sparse_attention
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ MARGIN = 0.95
 
 N_GRID = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 MAX_DENSE_MS = 30.0
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: overhead measured on the fused selection path with a budget
 _MEMO: dict[str, Calibration] = {}
 
 
@@ -202,9 +205,12 @@ def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
         lens = kv_len_tensor(None, 1, n, q.device)
         nb = cdiv(n, bs)
 
-        def overhead(q=q, k=k, lens=lens):
-            s = estimate_scores(q, k, kv_len=lens, stride=S, block_size=bs, use_triton=True)
-            return mask_to_indices(select_blocks(s, block_size=bs, threshold=0.9, kv_len=lens))
+        def overhead(q=q, k=k, lens=lens, n=n):
+            mask = estimate_block_mask(
+                q, k, threshold=0.9, stride=S, block_size=bs, kv_len=lens, max_density=0.5,
+                backend="triton",
+            )  # fmt: skip
+            return block_csr(mask, kv_len=lens, block_size=bs, n_k=n)
 
         diag = torch.eye(nb, dtype=torch.bool, device=q.device).expand(1, BH, nb, nb)
         full = torch.ones(1, BH, nb, nb, dtype=torch.bool, device=q.device)

@@ -36,6 +36,9 @@ import torch
 from .kernels._common import cdiv
 from .kernels.estimate import estimate_block_scores as _estimate_triton
 from .kernels.estimate import estimate_block_scores_ref as _estimate_ref
+from .kernels.nonfinite import nonfinite_flags, nonfinite_rows_ref, propagate_nan
+from .kernels.select_fused import mask_to_csr as _csr_triton
+from .kernels.select_fused import select_blocks_fused as _select_triton
 from .kernels.sparse_attention import block_sparse_attention_fwd as _attn_triton
 from .kernels.sparse_attention import block_sparse_attention_ref as _attn_ref
 
@@ -76,21 +79,98 @@ def _attention_impl(
     return_lse: bool,
     use_triton: bool,
     precision: str = "bf16",
+    nan_block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if use_triton:
+        flags = nonfinite_flags(q, k, v, kv_len)  # before the kernel: fp8 may requantize
         res = _attn_triton(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
             return_lse=return_lse, precision=precision,
         )  # fmt: skip
+        out, lse = res if return_lse else (res, None)
+        propagate_nan(out, lse, *flags, nan_block=nan_block)
     else:
         mask = indices_to_mask(counts, indices, cdiv(k.shape[2], block_size))
         res = _attn_ref(
             q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale,
             return_lse=return_lse,
         )  # fmt: skip
+        out, lse = res if return_lse else (res, None)
+        bad = nonfinite_rows_ref(q, k, v, kv_len, nan_block)
+        out = out.masked_fill(bad[..., None], float("nan"))
+        lse = lse.masked_fill(bad, float("nan")) if lse is not None else None
     if return_lse:
-        return res[0], res[1]
-    return res, q.new_empty((0,), dtype=torch.float32)
+        return out, lse
+    return out, q.new_empty((0,), dtype=torch.float32)
+
+
+def _select_impl(
+    scores: torch.Tensor,
+    kv_len: torch.Tensor,
+    thr_heads: torch.Tensor | None,
+    threshold: float,
+    dense_from: torch.Tensor | None,
+    dense_from_int: int,
+    block_size: int,
+    max_density: float,
+    min_blocks: int,
+) -> torch.Tensor:
+    return _select_triton(
+        scores,
+        block_size=block_size,
+        threshold=thr_heads if thr_heads is not None else threshold,
+        kv_len=kv_len,
+        dense_from=dense_from if dense_from is not None else (
+            None if dense_from_int < 0 else dense_from_int
+        ),
+        max_density=max_density if max_density > 0 else None,
+        min_blocks=min_blocks,
+    )  # fmt: skip
+
+
+@torch.library.custom_op(f"{NAMESPACE}::select_block_mask", mutates_args=())
+def select_block_mask_op(
+    scores: torch.Tensor,
+    kv_len: torch.Tensor,
+    thr_heads: torch.Tensor | None,
+    threshold: float,
+    dense_from: torch.Tensor | None,
+    dense_from_int: int,
+    block_size: int,
+    max_density: float,
+    min_blocks: int,
+) -> torch.Tensor:
+    """Threshold selection (Triton): scores (B, H, Nbq, Nbk) float32, kv_len (B,) int32,
+    per-head thresholds (H,) float64 or None (then ``threshold``), dense_from (B,) int or None
+    (then ``dense_from_int``, -1 for none), max_density <= 0 for no budget -> mask bool."""
+    return _select_impl(
+        scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_size,
+        max_density, min_blocks,
+    )  # fmt: skip
+
+
+@select_block_mask_op.register_fake
+def _(scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_size, max_density,
+      min_blocks):  # fmt: skip
+    return torch.empty_like(scores, dtype=torch.bool)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::block_csr", mutates_args=())
+def block_csr_op(
+    mask: torch.Tensor, kv_len: torch.Tensor, block_size: int, n_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask (B, H, Nbq, Nbk) bool (expanded strides allowed), kv_len (B,) int32 -> counts (B, H, Nbq) int32, indices
+    (B, H, Nbq, Nbk) int32 (Triton; see :func:`xattn_video.kernels.select_fused.mask_to_csr`)."""
+    return _csr_triton(mask, block_size=block_size, kv_len=kv_len, n_k=n_k)
+
+
+@block_csr_op.register_fake
+def _(mask, kv_len, block_size, n_k):
+    B, H, nbq, nbk = mask.shape
+    return (
+        mask.new_empty((B, H, nbq), dtype=torch.int32),
+        mask.new_empty((B, H, nbq, nbk), dtype=torch.int32),
+    )
 
 
 @torch.library.custom_op(f"{NAMESPACE}::estimate_block_scores", mutates_args=())
@@ -127,18 +207,23 @@ def block_sparse_attention_op(
     return_lse: bool,
     use_triton: bool,
     precision: str = "bf16",
+    nan_block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v: (B, H, N, D); counts (B, H, Nbq) int32; indices (B, H, Nbq, L) int32;
-    kv_len (B,) int32 -> (out (B, H, Nq, D), lse (B, H, Nq) float32 or an empty (0,))."""
+    kv_len (B,) int32 -> (out (B, H, Nq, D), lse (B, H, Nq) float32 or an empty (0,)).
+    Non-finite input: the op's policy (:mod:`xattn_video.attention`), per row, or per query
+    block of ``nan_block`` rows when it is not 0."""
     return _attention_impl(
-        q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision
-    )
+        q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision,
+        nan_block,
+    )  # fmt: skip
 
 
 @block_sparse_attention_op.register_fake
 def _(
-    q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision="bf16"
-):
+    q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision="bf16",
+    nan_block=0,
+):  # fmt: skip
     B, H, Nq, _ = q.shape
     lse_shape = (B, H, Nq) if return_lse else (0,)
     return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
@@ -173,16 +258,49 @@ def sparse_attention(
     return_lse: bool,
     use_triton: bool,
     precision: str = "bf16",
+    nan_block: int = 0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Attention inside CSR block lists (see :func:`block_sparse_attention_op`); returns out,
-    or (out, lse) with ``return_lse``. ``scale`` None means 1/sqrt(D)."""
+    """Attention inside CSR block lists (see :func:`block_sparse_attention_op`), with the
+    non-finite policy; returns out, or (out, lse) with ``return_lse``. ``scale`` None means
+    1/sqrt(D)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    args = (q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton)
     if torch.compiler.is_compiling():
-        out, lse = block_sparse_attention_op(
-            q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision
-        )
+        out, lse = block_sparse_attention_op(*args, precision, nan_block)
     else:
-        out, lse = _attention_impl(
-            q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision
-        )
+        out, lse = _attention_impl(*args, precision, nan_block)
     return (out, lse) if return_lse else out
+
+
+def select_block_mask(
+    scores: torch.Tensor,
+    *,
+    kv_len: torch.Tensor,
+    threshold: float | torch.Tensor,
+    dense_from: int | torch.Tensor | None,
+    block_size: int,
+    max_density: float | None,
+    min_blocks: int = 1,
+) -> torch.Tensor:
+    """Triton threshold selection (:func:`select_block_mask_op`; the implementation directly in
+    eager mode). scores (B, H, Nbq, Nbk) float32 -> mask (B, H, Nbq, Nbk) bool."""
+    per_head = isinstance(threshold, torch.Tensor)
+    df_tensor = isinstance(dense_from, torch.Tensor)
+    args = (
+        scores, kv_len, threshold if per_head else None, 0.0 if per_head else float(threshold),
+        dense_from if df_tensor else None,
+        -1 if dense_from is None or df_tensor else int(dense_from),
+        block_size, float(max_density) if max_density is not None else 0.0, int(min_blocks),
+    )  # fmt: skip
+    if torch.compiler.is_compiling():
+        return select_block_mask_op(*args)
+    return _select_impl(*args)
+
+
+def block_csr(
+    mask: torch.Tensor, *, kv_len: torch.Tensor, block_size: int, n_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton mask -> CSR lists (:func:`block_csr_op`; direct in eager mode); kv_len (B,)."""
+    if torch.compiler.is_compiling():
+        return block_csr_op(mask, kv_len, block_size, n_k)
+    return _csr_triton(mask, block_size=block_size, kv_len=kv_len, n_k=n_k)

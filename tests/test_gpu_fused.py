@@ -1,0 +1,78 @@
+"""CUDA checks of the one-launch selection / CSR / non-finite kernels at real sizes (``-m gpu``):
+the tiny DiT's 136 key blocks and HunyuanVideo 720p's 931 (1,024-lane sorts)."""
+
+import pytest
+import torch
+
+import xattn_video as xv
+from xattn_video.attention import dense_blocks
+from xattn_video.kernels.nonfinite import nonfinite_flags, nonfinite_rows_ref, propagate_nan
+from xattn_video.kernels.select import mask_to_indices, select_blocks, valid_key_blocks
+from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused
+from xattn_video.library import estimate_scores
+
+pytestmark = pytest.mark.gpu
+
+
+def _torch_select(scores, bs, lens, dense_from, **kw):
+    B, _, nbq, nbk = scores.shape
+    return select_blocks(
+        scores, block_size=bs, kv_len=lens,
+        force_rows=dense_blocks(dense_from, B, nbq * bs, bs, scores.device),
+        force_cols=dense_blocks(dense_from, B, nbk * bs, bs, scores.device), **kw,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 136, [17411, 16000], 17408), (1, 24, 931, [119056], 118800)]
+)
+@pytest.mark.parametrize("max_density", [None, 0.3])
+def test_fused_select_and_csr_equal_torch_at_size(shape, max_density):
+    B, H, nb, lens, text = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    scores = torch.rand(B, H, nb, nb, device="cuda", generator=g) ** 4
+    kv_len = torch.tensor(lens, device="cuda", dtype=torch.int32)
+    kw = dict(threshold=0.9, max_density=max_density)
+    got = select_blocks_fused(scores, block_size=128, kv_len=kv_len, dense_from=text, **kw)
+    want = _torch_select(scores, 128, kv_len, text, **kw)
+    assert torch.equal(got, want)
+    counts, idx = mask_to_csr(got, block_size=128, kv_len=kv_len, n_k=max(lens))
+    ref = mask_to_indices(got & valid_key_blocks(kv_len, nb, 128)[:, None, None, :])
+    assert torch.equal(counts, ref[0]) and torch.equal(idx, ref[1])
+
+
+def test_op_mask_equals_estimate_then_torch_select():
+    """The op's Triton path (fused selection) keeps exactly the blocks the torch selection keeps
+    from the same estimate, at the tiny DiT's shape with text and a budget."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    n, text = 17411, 17408
+    base = torch.randn(1, 4, n, 8, device="cuda", generator=g)
+    q, k, v = (
+        (base @ torch.randn(1, 4, 8, 64, device="cuda", generator=g)
+         + 0.5 * torch.randn(1, 4, n, 64, device="cuda", generator=g)).bfloat16()
+        for _ in range(3)
+    )  # fmt: skip
+    kw = dict(threshold=0.97, stride=8, block_size=128, dense_from=text, max_density=0.357)
+    _, mask = xv.xattention(q, k, v, return_mask=True, **kw)
+    lens = torch.full((1,), n, dtype=torch.int32, device="cuda")
+    scores = estimate_scores(q, k, kv_len=lens, stride=8, block_size=128, use_triton=True)
+    want = _torch_select(scores, 128, lens, text, threshold=0.97, max_density=0.357)
+    assert torch.equal(mask, want)
+
+
+@pytest.mark.parametrize("nan_block", [0, 128])
+def test_nonfinite_kernels_equal_the_policy_bf16(nan_block):
+    B, H, N, D = 2, 3, 5000, 128
+    g = torch.Generator(device="cuda").manual_seed(2)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+    kv_len = torch.tensor([5000, 3000], device="cuda", dtype=torch.int32)
+    q[0, 2, 4999, 7] = float("nan")
+    k[1, 1, 2999, 0] = float("inf")  # the last valid key
+    v[1, 0, 3000, 0] = float("nan")  # padding: ignored
+    out = torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16()
+    out0 = out.clone()
+    propagate_nan(out, None, *nonfinite_flags(q, k, v, kv_len), nan_block=nan_block)
+    want = nonfinite_rows_ref(q, k, v, kv_len, nan_block)
+    assert int(want.sum()) == (N - 39 * 128 if nan_block else 1) + N
+    assert torch.equal(out.isnan().all(-1), want) and torch.equal(out.isnan().any(-1), want)
+    assert torch.equal(out[~want], out0[~want])

@@ -1,0 +1,124 @@
+"""The one-launch selection, CSR and non-finite kernels (interpreter on CPU) against the batched
+torch code they replace in the op's Triton path: same masks, same lists, same NaN rows."""
+
+import pytest
+import torch
+
+from xattn_video.attention import dense_blocks
+from xattn_video.kernels.nonfinite import nonfinite_flags, nonfinite_rows_ref, propagate_nan
+from xattn_video.kernels.select import mask_to_indices, select_blocks, valid_key_blocks
+from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused
+
+
+def _scores(B, H, nbq, nbk, seed, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    if ties:  # integer masses: many exact ties and exact float64 sums
+        return torch.randint(0, 4, (B, H, nbq, nbk), generator=g).float()
+    return torch.rand(B, H, nbq, nbk, generator=g) ** 3
+
+
+def _torch_select(scores, bs, kv_len, dense_from, **kw):
+    B, _, nbq, nbk = scores.shape
+    return select_blocks(
+        scores, block_size=bs, kv_len=kv_len,
+        force_rows=dense_blocks(dense_from, B, nbq * bs, bs, scores.device),
+        force_cols=dense_blocks(dense_from, B, nbk * bs, bs, scores.device), **kw,
+    )  # fmt: skip
+
+
+CASES = [  # (B, H, nbq, nbk, kv_len, dense_from)
+    (1, 1, 5, 5, [80], None),
+    (2, 3, 7, 9, [9 * 16, 5 * 16 - 3], None),
+    (2, 2, 6, 6, [96, 70], 64),  # text from token 64 (blocks 4, 5 dense)
+    (2, 2, 6, 6, [96, 70], torch.tensor([64, 40])),  # per-sample text start
+    (1, 2, 3, 17, [17 * 16], 16 * 16 + 3),  # 17 key blocks: padded sort lanes
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("threshold", [0.05, 0.9, 0.97, 1.0])
+@pytest.mark.parametrize("ties", [False, True])
+def test_fused_threshold_equals_torch(case, threshold, ties):
+    B, H, nbq, nbk, lens, df = case
+    scores = _scores(B, H, nbq, nbk, seed=nbk + H, ties=ties)
+    kv_len = torch.tensor(lens)
+    got = select_blocks_fused(scores, block_size=16, threshold=threshold, kv_len=kv_len,
+                              dense_from=df)  # fmt: skip
+    want = _torch_select(scores, 16, kv_len, df, threshold=threshold)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("max_density", [0.05, 0.357, 0.8])
+@pytest.mark.parametrize("ties", [False, True])
+def test_fused_budget_equals_torch(case, max_density, ties):
+    B, H, nbq, nbk, lens, df = case
+    scores = _scores(B, H, nbq, nbk, seed=3 * nbk, ties=ties)
+    kv_len = torch.tensor(lens)
+    for min_blocks in (1, 2):
+        kw = dict(threshold=0.97, max_density=max_density, min_blocks=min_blocks)
+        got = select_blocks_fused(scores, block_size=16, kv_len=kv_len, dense_from=df, **kw)
+        assert torch.equal(got, _torch_select(scores, 16, kv_len, df, **kw))
+
+
+def test_fused_per_head_threshold_and_zero_rows():
+    scores = _scores(2, 3, 4, 6, seed=9)
+    scores[0, 1, 2] = 0.0  # an all-zero row keeps its first block only
+    thr = torch.tensor([0.5, 0.9, 1.0], dtype=torch.float64)
+    kv_len = torch.tensor([96, 50])
+    got = select_blocks_fused(scores, block_size=16, threshold=thr, kv_len=kv_len)
+    assert torch.equal(got, select_blocks(scores, block_size=16, threshold=thr, kv_len=kv_len))
+    assert got[0, 1, 2].tolist() == [True] + [False] * 5
+
+
+def test_fused_threshold_pinned_row():
+    """One row by hand: masses 4, 3, 2, 1 (share .4 .3 .2 .1); tau 0.65 keeps the first two ranks
+    (mass before rank 2 is .7 >= .65), in key-block order."""
+    scores = torch.tensor([[[[1.0, 4.0, 2.0, 3.0]]]])
+    got = select_blocks_fused(scores, block_size=16, threshold=0.65)
+    assert got.flatten().tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 4, 33)])
+def test_csr_equals_mask_to_indices(shape):
+    B, H, nbq, nbk = shape
+    g = torch.Generator().manual_seed(1)
+    mask = torch.rand(B, H, nbq, nbk, generator=g) < 0.4
+    kv_len = torch.tensor([nbk * 16 - 5, 3 * 16 + 1][:B])
+    counts, idx = mask_to_csr(mask, block_size=16, kv_len=kv_len, n_k=nbk * 16)
+    valid = mask & valid_key_blocks(kv_len, nbk, 16)[:, None, None, :]
+    want_c, want_i = mask_to_indices(valid)
+    assert torch.equal(counts, want_c) and torch.equal(idx, want_i)
+    # a mask broadcast over batch and heads
+    bc = mask[:1, :1].expand(B, H, nbq, nbk)
+    counts, idx = mask_to_csr(bc, block_size=16, kv_len=kv_len, n_k=nbk * 16)
+    want_c, want_i = mask_to_indices(bc & valid_key_blocks(kv_len, nbk, 16)[:, None, None, :])
+    assert torch.equal(counts, want_c) and torch.equal(idx, want_i)
+
+
+def _plant(x, where, value):
+    x = x.clone()
+    x[where] = value
+    return x
+
+
+@pytest.mark.parametrize("nan_block", [0, 16])
+def test_nonfinite_flags_and_propagation_equal_the_policy(nan_block):
+    B, H, N, D = 2, 2, 150, 16
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
+    kv_len = torch.tensor([150, 100], dtype=torch.int32)
+    q = _plant(q, (0, 1, 37, 3), float("nan"))  # one query row (its block with nan_block)
+    k = _plant(k, (1, 0, 70, 2), float("inf"))  # a valid key: head (1, 0) all NaN
+    v = _plant(v, (1, 1, 120, 5), float("nan"))  # padding (>= kv_len 100): ignored
+    q = _plant(q, (0, 0, 149, 0), float("-inf"))  # the last, partial query block
+    flags = nonfinite_flags(q, k, v, kv_len)
+    out = torch.randn(B, H, N, D, generator=g)
+    lse = torch.randn(B, H, N, generator=g)
+    out0, lse0 = out.clone(), lse.clone()
+    propagate_nan(out, lse, *flags, nan_block=nan_block)
+    want = nonfinite_rows_ref(q, k, v, kv_len, nan_block)
+    assert int(want.sum()) == (22 if nan_block else 2) + N  # rows, plus a whole head
+    assert torch.equal(out.isnan().all(-1), want) and torch.equal(out.isnan().any(-1), want)
+    assert torch.equal(lse.isnan(), want)
+    assert torch.equal(out[~want], out0[~want]) and torch.equal(lse[~want], lse0[~want])
