@@ -71,3 +71,42 @@ def test_applies_only_to_triton_on_cuda():
     assert not cm.applies("triton", torch.device("cpu"))  # the interpreter
     assert not cm.applies("torch", torch.device("cuda"))
     assert cm.applies("triton", torch.device("cuda"))
+
+
+def test_graph_times_decide_when_asked_and_measured():
+    """Under CUDA graphs the fixed overhead is device time only: the same call that loses on
+    eager times (launch-bound overhead) wins on graph times; without graph times the eager ones
+    are used."""
+    cal = cm.Calibration(
+        **{f: list(getattr(CAL, f)) for f in ("n", "dense", "overhead", "attn_min",
+                                              "attn_full", "gather")},
+        dense_graph=[0.1, 0.4, 1.6], overhead_graph=[0.02, 0.02, 0.02],
+        attn_min_graph=[0.005, 0.02, 0.08], attn_full_graph=[0.11, 0.44, 1.76],
+        gather_graph=[0.01, 0.02, 0.04],
+    )  # fmt: skip
+    eager = cm.predict(cal, 2048, 0.5, block_size=128)
+    graph = cm.predict(cal, 2048, 0.5, block_size=128, graph=True)
+    assert not eager.sparse_wins and graph.sparse_wins
+    assert graph.sparse_ms == pytest.approx(0.02 + 0.02 + (0.5 - 1 / 16) / (1 - 1 / 16) * 0.42)
+    assert cm.predict(CAL, 2048, 0.5, block_size=128, graph=True) == eager  # none measured
+
+
+@pytest.mark.parametrize(
+    "kwargs, graphs",
+    [({}, False), ({"mode": "default"}, False), ({"mode": "reduce-overhead"}, True),
+     ({"mode": "max-autotune"}, True), ({"options": {"triton.cudagraphs": True}}, True)],
+)  # fmt: skip
+def test_compile_below_hook_picks_the_timing(kwargs, graphs, monkeypatch):
+    import xattn_video as xv
+    from xattn_video.hook import compile_below_hook, step_hook
+
+    from ._tiny_models import tiny_wan_transformer
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # only the bookkeeping here
+    model = tiny_wan_transformer()
+    xv.apply_xattention(model, xv.XAttentionConfig())
+    auto = step_hook(model).controller.auto_dense
+    auto.decisions[0] = True
+    compile_below_hook(model, **kwargs)
+    assert auto.graph_timing is graphs
+    assert auto.decisions == ({} if graphs else {0: True})  # re-decided on the new timing

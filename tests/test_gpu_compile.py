@@ -105,3 +105,34 @@ def test_cuda_graph_replay_of_sparse_forward_equals_eager():
             graph.replay()
             want = tr(**new)[0]
             torch.testing.assert_close(static_out, want, rtol=0, atol=0)
+
+
+def test_reduce_overhead_with_mask_reuse_equals_eager():
+    """``mode="reduce-overhead"`` (CUDA graphs) with ``mask_refresh=2``: the estimating and the
+    reusing sparse forwards are each warmed up, captured and replayed; outputs follow eager,
+    reuse flags equal; auto_dense switched to graph timing."""
+    eager, compiled = _model(), _model()
+    cfg = dict(selection="ratio", ratio=0.5, mask_refresh=2, warmup_steps=1)
+    h_eager = xv.apply_xattention(eager, xv.XAttentionConfig(**{**CFG, **cfg}))
+    h_comp = xv.apply_xattention(compiled, xv.XAttentionConfig(**{**CFG, **cfg}))
+    compile_below_hook(compiled, fullgraph=True, mode="reduce-overhead")
+    assert h_comp.controller.auto_dense.graph_timing
+    with torch.no_grad():  # dense, then estimate / reuse alternating: each variant 3 times
+        for step, t in enumerate((900.0, 800.0, 700.0, 600.0, 500.0, 400.0, 300.0)):
+            inp = _inputs(seed=step, timestep=t)
+            want = eager(**inp)[0].clone()
+            got = compiled(**inp)[0].clone()  # cudagraph outputs are overwritten by a replay
+            torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    reuse = lambda h: [(r.step, r.reused) for r in h.stats.records if r.sparse]  # noqa: E731
+    assert reuse(h_comp) == reuse(h_eager) and any(r for _, r in reuse(h_eager))
+
+
+def test_cost_model_measures_eager_and_graph_times():
+    from xattn_video import cost_model as cm
+
+    key = cm.cost_key(torch.device("cuda"), torch.bfloat16, 2, 64, 128, 8)
+    cal = cm.calibrate(key)
+    assert cal.has_graph() and len(cal.n) >= 3
+    for name in ("dense", "overhead", "attn_min", "attn_full", "gather"):
+        eager, graph = getattr(cal, name), getattr(cal, f"{name}_graph")
+        assert len(eager) == len(graph) == len(cal.n) and min(eager + graph) > 0

@@ -18,8 +18,9 @@ output NaN (dense attention spreads it to every row through the softmax); one in
 makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
 are ignored like the rest of the padding. The block mask estimated for such a head or block is
-unspecified. The check costs one min/max reduction over q, k and v per call, on the device (no
-host sync).
+unspecified. The check costs one pass over q, k and v per call and one over the flags, on the
+device (two Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch
+backend), no host sync.
 
 Not supported: causal attention, dropout, gradients, GQA / MQA (q, k, v must have the same
 head count), queries and keys of different lengths in the sparse kernel, head dims other than

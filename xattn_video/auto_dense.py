@@ -14,7 +14,10 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
   running sparse are re-decided with their newest measured density. A layer that went dense
   stays dense (it is no longer measured) until :meth:`reset`;
 - under ``torch.compile`` a layer not yet decided runs sparse (the decision needs eager code)
-  and is decided by the next ``update``.
+  and is decided by the next ``update``;
+- ``graph_timing`` (set by :func:`xattn_video.hook.compile_below_hook` when the compile mode
+  captures CUDA graphs): decide from the cost model's CUDA-graph times (device time only)
+  instead of its eager times (which include launch overhead that CUDA graphs remove).
 
 Decisions persist across pipeline calls (the same shapes give the same decisions, so a compiled
 pipeline sees the same variants in every call).
@@ -40,6 +43,7 @@ class AutoDense:
         self.cfg = cfg
         self.stats = stats
         self.enabled = cfg.auto_dense
+        self.graph_timing = False
         self.decisions: dict[int, bool] = {}
         self._shapes: dict[int, tuple] = {}
 
@@ -47,6 +51,12 @@ class AutoDense:
         """Forget every decision (a layer that went dense is measured again)."""
         self.decisions.clear()
         self._shapes.clear()
+
+    def use_graph_timing(self, on: bool = True) -> None:
+        """Decide from CUDA-graph times (``on``) or eager times; forgets earlier decisions."""
+        if on != self.graph_timing:
+            self.graph_timing = on
+            self.reset()
 
     def run_dense(self, layer: int, q: torch.Tensor, backend: str) -> bool:
         """Whether this sparse-phase call of ``layer`` runs dense for cost.
@@ -99,6 +109,7 @@ class AutoDense:
             block_size=cfg.block_size,
             refresh=cfg.mask_refresh,
             gathers=0 if cfg.token_order == "raster" else 4,
+            graph=self.graph_timing,
         )
         self.decisions[layer] = not pred.sparse_wins
         return self.decisions[layer]

@@ -16,9 +16,12 @@ more than ``MAX_DENSE_MS``):
   with every block (with the op's non-finite flag and NaN kernels around it);
 - ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four).
 
-Times are taken with back-to-back launches, so they include the CPU launch cost where that
-dominates (eager mode); under CUDA graphs the sparse path is cheaper than measured, so the
-model errs towards dense. :func:`predict` interpolates the measured ratios to dense in log N
+Each is timed twice: with back-to-back launches (``eager``: includes the CPU launch cost where
+that dominates, what eager mode and a compiled graph without CUDA graphs pay) and replayed
+from a CUDA graph (``graph``: device time only, what ``torch.compile(mode="reduce-overhead")``
+pays). :class:`~xattn_video.auto_dense.AutoDense` uses the graph times when the transformer
+was compiled with CUDA graphs by :func:`xattn_video.hook.compile_below_hook`, else the eager
+ones (which err towards dense). :func:`predict` interpolates the measured ratios to dense in log N
 (clamped at the ends of the grid: beyond 64k the largest measured ratios are used, which
 over-estimate the sparse cost since the fixed overheads shrink relative to N^2 attention) and
 models the sparse kernel as linear in the block density between ``attn_min`` and
@@ -48,7 +51,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -67,7 +70,7 @@ MARGIN = 0.95
 
 N_GRID = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 MAX_DENSE_MS = 30.0
-CACHE_VERSION = 2  # 2: overhead measured on the fused selection path with a budget
+CACHE_VERSION = 3  # 2: overhead on the fused selection path with a budget; 3: graph times
 _MEMO: dict[str, Calibration] = {}
 
 
@@ -90,7 +93,8 @@ class CostKey:
 
 @dataclass
 class Calibration:
-    """Measured milliseconds per grid point (all lists have the length of ``n``)."""
+    """Measured milliseconds per grid point (all lists have the length of ``n``); the
+    ``*_graph`` lists are the same calls replayed from a CUDA graph (empty if capture failed)."""
 
     n: list[int]
     dense: list[float]
@@ -98,6 +102,15 @@ class Calibration:
     attn_min: list[float]
     attn_full: list[float]
     gather: list[float]
+    dense_graph: list[float] = field(default_factory=list)
+    overhead_graph: list[float] = field(default_factory=list)
+    attn_min_graph: list[float] = field(default_factory=list)
+    attn_full_graph: list[float] = field(default_factory=list)
+    gather_graph: list[float] = field(default_factory=list)
+
+    def has_graph(self) -> bool:
+        """Whether graph times were measured at every grid point."""
+        return len(self.dense_graph) == len(self.n) > 0
 
 
 @dataclass(frozen=True)
@@ -192,12 +205,33 @@ def _time_ms(fn, reps: int = 5) -> float:
     return start.elapsed_time(end) / reps
 
 
+def _graph_ms(fn, reps: int = 5) -> float | None:
+    """Mean milliseconds of ``fn()`` replayed from a CUDA graph (None if capture fails)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as err:  # noqa: BLE001 - any capture failure: fall back to eager times
+        logger.warning("cost model: CUDA-graph capture failed (%s); eager times only", err)
+        return None
+    ms = _time_ms(graph.replay, reps)
+    del graph
+    return ms
+
+
 def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
     """Measure the kernel times of ``key`` on ``device`` over ``N_GRID`` and cache them."""
     dtype = getattr(torch, key.dtype)
     bs, S, D, BH = key.block_size, key.stride, key.head_dim, key.heads
     g = torch.Generator(device=device).manual_seed(0)
     cal = Calibration([], [], [], [], [], [])
+    graph_ok = True  # once a capture fails, no graph times (the lists are all or nothing)
     for n in N_GRID:
         q, k, v = (
             torch.randn(1, BH, n, D, device=device, dtype=dtype, generator=g) for _ in range(3)
@@ -222,13 +256,24 @@ def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
                 use_triton=True,
             )  # fmt: skip
         perm = torch.randperm(n, device=q.device)
-        dense_ms = _time_ms(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+        fns = {
+            "dense": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v),
+            "overhead": overhead,
+            "attn_min": attn["min"],
+            "attn_full": attn["full"],
+            "gather": lambda q=q, perm=perm: q.index_select(2, perm),
+        }
         cal.n.append(n)
-        cal.dense.append(dense_ms)
-        cal.overhead.append(_time_ms(overhead))
-        cal.attn_min.append(_time_ms(attn["min"]))
-        cal.attn_full.append(_time_ms(attn["full"]))
-        cal.gather.append(_time_ms(lambda q=q, perm=perm: q.index_select(2, perm)))
+        for name, fn in fns.items():
+            getattr(cal, name).append(_time_ms(fn))
+            g_ms = _graph_ms(fn) if graph_ok else None
+            graph_ok = g_ms is not None
+            if graph_ok:
+                getattr(cal, f"{name}_graph").append(g_ms)
+        if not graph_ok:  # all or nothing: drop partial graph times
+            for name in fns:
+                getattr(cal, f"{name}_graph").clear()
+        dense_ms = cal.dense[-1]
         del q, k, v, diag, full, attn
         if dense_ms > MAX_DENSE_MS:
             break
@@ -258,22 +303,26 @@ def predict(
     refresh: int = 1,
     gathers: int = 0,
     dense_ms: float | None = None,
+    graph: bool = False,
 ) -> Prediction:
     """Predicted (dense, sparse) milliseconds at ``n`` tokens and block ``density``.
 
     refresh: the mask is estimated every ``refresh`` calls (``mask_refresh``), so the overhead
     counts 1/refresh; gathers: token permutations per call (4 for the ``tile`` order).
     dense_ms: the dense time at ``n`` if known, else extrapolated as N^2 from the grid.
+    graph: use the CUDA-graph times (when measured; else the eager ones).
     """
+    sfx = "_graph" if graph and cal.has_graph() else ""
+    dense = getattr(cal, "dense" + sfx)
     xs = [math.log2(x) for x in cal.n]
     x = math.log2(max(n, 1))
     ratio = {
-        name: _interp(xs, [a / d for a, d in zip(getattr(cal, name), cal.dense, strict=True)], x)
+        name: _interp(xs, [a / d for a, d in zip(getattr(cal, name + sfx), dense, strict=True)], x)
         for name in ("overhead", "attn_min", "attn_full", "gather")
     }
     if dense_ms is None:
         i = min(range(len(cal.n)), key=lambda j: abs(xs[j] - x))
-        dense_ms = cal.dense[i] * (n / cal.n[i]) ** 2
+        dense_ms = dense[i] * (n / cal.n[i]) ** 2
     d_min = 1.0 / cdiv(n, block_size)
     frac = min(1.0, max(0.0, (density - d_min) / (1.0 - d_min))) if d_min < 1.0 else 1.0
     attn = ratio["attn_min"] + frac * (ratio["attn_full"] - ratio["attn_min"])

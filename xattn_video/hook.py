@@ -378,7 +378,9 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
     bools (``controller.sparse``, per-layer ``auto_dense`` decisions), so a sampling run compiles
     a dense and a sparse variant (with ``mask_refresh > 1`` two sparse ones: estimate and
     reuse), not one per step. ``compile_kwargs`` go to ``torch.compile``
-    (e.g. ``mode="reduce-overhead"`` for CUDA graphs). Returns ``transformer``.
+    (e.g. ``mode="reduce-overhead"`` for CUDA graphs). With a mode that captures CUDA graphs
+    (``reduce-overhead``, ``max-autotune``), ``auto_dense`` decides from the cost model's
+    CUDA-graph (device) times. Returns ``transformer``.
     """
     hook = step_hook(transformer)
     if hook is None:
@@ -387,7 +389,14 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
             "or compile it with torch.compile directly"
         )
     hook.fn_ref.forward = torch.compile(hook.fn_ref.forward, **compile_kwargs)
+    options = compile_kwargs.get("options") or {}
+    graphs = options.get("triton.cudagraphs", compile_kwargs.get("mode") in CUDA_GRAPH_MODES)
+    hook.controller.auto_dense.use_graph_timing(bool(graphs))
     return transformer
+
+
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""``torch.compile`` modes that capture CUDA graphs (inductor's ``triton.cudagraphs``)."""
 
 
 def current_owner(transformer: torch.nn.Module) -> Any:

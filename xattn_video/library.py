@@ -1,20 +1,26 @@
 """The XAttention kernels as ``torch.library`` custom ops, so compiled graphs keep them whole.
 
-Two ops carry the Triton launchers (and, on CPU, the PyTorch references):
+Four ops carry the Triton launchers (and, on CPU, the PyTorch references where noted):
 
 - ``xattn_video::estimate_block_scores(q, k, kv_len, stride, block_size, use_triton)``
   -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal estimate);
+- ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
+  dense_from_int, block_size, max_density, min_blocks)`` -> mask (B, H, Nbq, Nbk) bool (the
+  threshold selection with the text policy and the budget; Triton only);
+- ``xattn_video::block_csr(mask, kv_len, block_size, n_k)`` -> (counts, indices) (Triton only);
 - ``xattn_video::block_sparse_attention(q, k, v, counts, indices, kv_len, block_size, scale,
-  return_lse, use_triton)`` -> (out (B, H, N, D) in q's dtype, lse (B, H, N) float32, or an
-  empty (0,) float32 tensor when ``return_lse`` is False).
+  return_lse, use_triton, precision, nan_block)`` -> (out (B, H, N, D) in q's dtype, lse
+  (B, H, N) float32, or an empty (0,) float32 tensor when ``return_lse`` is False), with the
+  op's non-finite policy applied inside (flag kernel before, NaN kernel after).
 
-Everything between them (block selection, the text policy, mask -> CSR indices) is plain
-tensor code (sort, cumsum, scatter) that dynamo and inductor trace directly, with no host
-read. Each op has a fake (meta) implementation, so ``torch.compile(..., fullgraph=True)``
-traces through the whole XAttention call without a graph break, and the ops launch only
-device work (no synchronisation), so a sparse forward can be captured in a CUDA graph.
+The ``torch`` backend's code between them (ratio selection, the batched torch selection) is
+plain tensor code that dynamo and inductor trace directly, with no host read. Each op has a
+fake (meta) implementation, so ``torch.compile(..., fullgraph=True)`` traces through the whole
+XAttention call without a graph break, and the ops launch only device work (no
+synchronisation), so a sparse forward can be captured in a CUDA graph.
 
-The wrappers :func:`estimate_scores` and :func:`sparse_attention` call the registered op while
+The wrappers (:func:`estimate_scores`, :func:`select_block_mask`, :func:`block_csr`,
+:func:`sparse_attention`) call the registered op while
 ``torch.compile`` traces, and the implementation directly in eager mode (the dispatcher round
 trip of a custom op costs tens of microseconds per call, which matters for small inputs).
 

@@ -1,7 +1,10 @@
 """Triton kernels and their PyTorch references (private layer: use ``xattn_video.attention``).
 
 - ``estimate``: strided antidiagonal block scores (fused; the score matrix is never written).
-- ``select``: threshold / ratio block selection and CSR index lists (batched tensor code).
+- ``select``: threshold / ratio block selection and CSR index lists (batched tensor code; the
+  reference of ``select_fused``).
+- ``select_fused``: the threshold selection (+ budget) and the CSR lists as Triton kernels.
+- ``nonfinite``: the op's NaN / Inf policy as two Triton kernels (flags, then NaN rows).
 - ``sparse_attention``: FlashAttention-style forward over the index lists, with LSE (portable).
 - ``sparse_attention_hopper``: the same contract for sm90 (TMA, wgmma, fp8 option).
 - ``fp8``: e4m3 quantization with per-block / per-head scales.
