@@ -78,6 +78,9 @@ def build(variant: str, mode: str, compile_mode: str = "default"):
     if cfg is not None:
         handle = xv.apply_xattention(pipe, cfg)
     if mode == "compiled":
+        # every variant compiles the same forward code: without a reset, the graphs of earlier
+        # variants count towards dynamo's recompile limit (fatal with fullgraph=True)
+        torch._dynamo.reset()
         if handle is None:
             pipe.transformer.compile(fullgraph=True, mode=compile_mode)
         else:

@@ -64,6 +64,7 @@ def test_sparse_forward_never_syncs(auto_dense):
 
 
 def test_inductor_compiled_sparse_forward_equals_eager():
+    torch._dynamo.reset()
     eager, compiled = _model(), _model()
     # ratio mode: a fixed number of blocks per row, so fused-op rounding cannot change densities
     sel = dict(selection="ratio", ratio=0.5)
@@ -111,6 +112,7 @@ def test_reduce_overhead_with_mask_reuse_equals_eager():
     """``mode="reduce-overhead"`` (CUDA graphs) with ``mask_refresh=2``: the estimating and the
     reusing sparse forwards are each warmed up, captured and replayed; outputs follow eager,
     reuse flags equal; auto_dense switched to graph timing."""
+    torch._dynamo.reset()  # the transformer's forward code is shared with the other tests
     eager, compiled = _model(), _model()
     cfg = dict(selection="ratio", ratio=0.5, mask_refresh=2, warmup_steps=1)
     h_eager = xv.apply_xattention(eager, xv.XAttentionConfig(**{**CFG, **cfg}))
