@@ -40,3 +40,25 @@ def test_mask_cache_serves_steps_that_reuse():
     one = MaskCache(refresh=1)
     one.put(attn, "cond", m, kv)
     assert len(one) == 0  # nothing kept (no memory) when masks are never reused
+
+
+def test_mask_cache_owns_masks_a_compiled_graph_stored(monkeypatch):
+    """Bug (H200, reduce-overhead + mask_refresh=2): the cache held the estimate graph's output,
+    which the next compiled call overwrote ("accessing tensor output of CUDAGraphs that has been
+    overwritten"). A mask put while compiling is copied into its own memory by ``own()`` (the
+    controller calls it eagerly before every forward); an eager mask is left as it is."""
+    cache = MaskCache(refresh=2)
+    attn, other = torch.nn.Identity(), torch.nn.Identity()
+    m, kv, order = torch.eye(3, dtype=torch.bool)[None, None], torch.tensor([40]), torch.arange(5)
+    cache.put(other, "cond", m, kv)  # eager
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    cache.put(attn, "cond", m, kv, aux=(order, order))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    cache.own()
+    got = cache.get(attn, "cond", m.shape, kv)
+    assert torch.equal(got, m) and got.data_ptr() != m.data_ptr()
+    assert all(a.data_ptr() != order.data_ptr() and torch.equal(a, order)
+               for a in cache.aux(attn, "cond"))  # fmt: skip
+    assert cache.get(other, "cond", m.shape, kv) is m
+    cache.own()  # once: owned masks are not copied again
+    assert cache.get(attn, "cond", m.shape, kv) is got

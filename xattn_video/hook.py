@@ -129,6 +129,7 @@ class XAttentionController:
         context: the diffusers cache context (may be None); scheduler: the pipeline's scheduler
         when known (its ``step_index`` is authoritative).
         """
+        self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
         if scheduler is not None:
             step = int(getattr(scheduler, "step_index", None) or 0)

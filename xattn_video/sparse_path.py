@@ -52,6 +52,7 @@ class _MaskEntry:
     mask: torch.Tensor | None = None  # (B, H, Nbq, Nbk) bool; None: not estimated yet
     kv_len: torch.Tensor | None = None  # (B,) int
     aux: tuple | None = None  # what the mask depends on besides the tokens (cluster orders)
+    traced: bool = False  # stored by a compiled graph: may live in a CUDA-graph memory pool
 
 
 class MaskCache:
@@ -64,6 +65,11 @@ class MaskCache:
     would be guarded on, does not change between the first and later estimates.
     Memory: B * H * Nb^2 bytes per attention module and branch; nothing is kept when
     ``refresh == 1``. Cleared at every new sampling run.
+
+    Under CUDA graphs (``torch.compile(mode="reduce-overhead")``) a graph's outputs are
+    overwritten by the next compiled call, so a mask stored by a compiled graph is copied out
+    of the graph's memory by :meth:`own`, which the controller calls eagerly before every
+    forward (one small device copy per layer after an estimating step).
     """
 
     def __init__(self, refresh: int) -> None:
@@ -128,11 +134,27 @@ class MaskCache:
         """Keep a freshly estimated mask (only when ``refresh > 1``), with ``aux``."""
         if self.refresh <= 1:
             return
+        traced = torch.compiler.is_compiling()
         entry = self._entries.get((id(attn), branch))
         if entry is None:  # not prepared (a module the controller does not list)
-            self._entries[(id(attn), branch)] = _MaskEntry(mask, kv_len, aux)
+            self._entries[(id(attn), branch)] = _MaskEntry(mask, kv_len, aux, traced)
         else:
-            entry.mask, entry.kv_len, entry.aux = mask, kv_len, aux
+            entry.mask, entry.kv_len, entry.aux, entry.traced = mask, kv_len, aux, traced
+
+    def own(self) -> None:
+        """Copy the masks (and their kv_len / cluster orders) that a compiled graph stored into
+        memory of their own (eager code, before the next compiled call: see the class
+        docstring)."""
+        for entry in self._entries.values():
+            if entry.traced and entry.mask is not None:
+                entry.mask = entry.mask.clone()
+                if isinstance(entry.kv_len, torch.Tensor):
+                    entry.kv_len = entry.kv_len.clone()
+                if entry.aux is not None:
+                    entry.aux = tuple(
+                        a.clone() if isinstance(a, torch.Tensor) else a for a in entry.aux
+                    )
+                entry.traced = False
 
 
 class TileOrders:
