@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_ms, print_table, save_json  # noqa: E402
 
 from xattn_video import attention as A  # noqa: E402
+from xattn_video.cost_model import capture_graph  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
 from xattn_video.kernels.nonfinite import nonfinite_flags, propagate_nan  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
@@ -51,20 +52,8 @@ ATTN_CONFIGS = [  # overrides of the table's config
 
 def graph_ms(fn) -> float | None:
     """Median ms of ``fn`` replayed from a CUDA graph (None when capture fails)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(g):
-            fn()
-    except Exception as exc:  # noqa: BLE001 - reported, not fatal
-        print(f"  capture failed: {type(exc).__name__}: {str(exc)[:120]}")
-        return None
-    return bench_ms(g.replay)
+    graph = capture_graph(fn)
+    return None if graph is None else bench_ms(graph.replay)
 
 
 def timed(name: str, fn, rows: list, **extra) -> None:

@@ -19,6 +19,7 @@ import torch
 import xattn_video as xv
 from xattn_video import attention as attention_mod
 from xattn_video import processors as processors_mod
+from xattn_video.kernels.select import select_blocks
 from xattn_video.layout import inverse_permutation, tile_permutation
 from xattn_video.targets import model_family, target_layers, target_of
 
@@ -155,3 +156,17 @@ def pinned(monkeypatch, target, cfg, call, grid=(3, 8, 8)) -> dict:
         module.set_processor(proc)
     assert_fa_close(ours, ref64, stock32, what="sparse vs stock with the same mask")
     return summary
+
+
+def torch_selection(scores, block_size, kv_len, dense_from, **kw) -> torch.Tensor:
+    """The batched torch selection (the fused kernels' reference) with the text policy of
+    ``dense_from`` as forced rows / columns: what the op's Triton path must equal."""
+    B, _, nbq, nbk = scores.shape
+    return select_blocks(
+        scores, block_size=block_size, kv_len=kv_len,
+        force_rows=attention_mod.dense_blocks(dense_from, B, nbq * block_size, block_size,
+                                              scores.device),
+        force_cols=attention_mod.dense_blocks(dense_from, B, nbk * block_size, block_size,
+                                              scores.device),
+        **kw,
+    )  # fmt: skip

@@ -5,22 +5,14 @@ import pytest
 import torch
 
 import xattn_video as xv
-from xattn_video.attention import dense_blocks
 from xattn_video.kernels.nonfinite import nonfinite_flags, nonfinite_rows_ref, propagate_nan
-from xattn_video.kernels.select import mask_to_indices, select_blocks, valid_key_blocks
+from xattn_video.kernels.select import mask_to_indices, valid_key_blocks
 from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused
 from xattn_video.library import estimate_scores
 
+from ._block_masks import torch_selection
+
 pytestmark = pytest.mark.gpu
-
-
-def _torch_select(scores, bs, lens, dense_from, **kw):
-    B, _, nbq, nbk = scores.shape
-    return select_blocks(
-        scores, block_size=bs, kv_len=lens,
-        force_rows=dense_blocks(dense_from, B, nbq * bs, bs, scores.device),
-        force_cols=dense_blocks(dense_from, B, nbk * bs, bs, scores.device), **kw,
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -34,14 +26,14 @@ def test_fused_select_and_csr_equal_torch_at_size(shape, max_density):
     kv_len = torch.tensor(lens, device="cuda", dtype=torch.int32)
     kw = dict(threshold=0.9, max_density=max_density)
     got = select_blocks_fused(scores, block_size=128, kv_len=kv_len, dense_from=text, **kw)
-    want = _torch_select(scores, 128, kv_len, text, **kw)
+    want = torch_selection(scores, 128, kv_len, text, **kw)
     assert torch.equal(got, want)
     counts, idx = mask_to_csr(got, block_size=128, kv_len=kv_len, n_k=max(lens))
     ref = mask_to_indices(got & valid_key_blocks(kv_len, nb, 128)[:, None, None, :])
     assert torch.equal(counts, ref[0]) and torch.equal(idx, ref[1])
 
 
-def test_op_mask_equals_estimate_then_torch_select():
+def test_op_mask_equals_estimate_thentorch_selection():
     """The op's Triton path (fused selection) keeps exactly the blocks the torch selection keeps
     from the same estimate, at the tiny DiT's shape with text and a budget."""
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -56,7 +48,7 @@ def test_op_mask_equals_estimate_then_torch_select():
     _, mask = xv.xattention(q, k, v, return_mask=True, **kw)
     lens = torch.full((1,), n, dtype=torch.int32, device="cuda")
     scores = estimate_scores(q, k, kv_len=lens, stride=8, block_size=128, use_triton=True)
-    want = _torch_select(scores, 128, lens, text, threshold=0.97, max_density=0.357)
+    want = torch_selection(scores, 128, lens, text, threshold=0.97, max_density=0.357)
     assert torch.equal(mask, want)
 
 

@@ -4,10 +4,11 @@ torch code they replace in the op's Triton path: same masks, same lists, same Na
 import pytest
 import torch
 
-from xattn_video.attention import dense_blocks
 from xattn_video.kernels.nonfinite import nonfinite_flags, nonfinite_rows_ref, propagate_nan
 from xattn_video.kernels.select import mask_to_indices, select_blocks, valid_key_blocks
 from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused
+
+from ._block_masks import torch_selection
 
 
 def _scores(B, H, nbq, nbk, seed, ties=False):
@@ -15,15 +16,6 @@ def _scores(B, H, nbq, nbk, seed, ties=False):
     if ties:  # integer masses: many exact ties and exact float64 sums
         return torch.randint(0, 4, (B, H, nbq, nbk), generator=g).float()
     return torch.rand(B, H, nbq, nbk, generator=g) ** 3
-
-
-def _torch_select(scores, bs, kv_len, dense_from, **kw):
-    B, _, nbq, nbk = scores.shape
-    return select_blocks(
-        scores, block_size=bs, kv_len=kv_len,
-        force_rows=dense_blocks(dense_from, B, nbq * bs, bs, scores.device),
-        force_cols=dense_blocks(dense_from, B, nbk * bs, bs, scores.device), **kw,
-    )  # fmt: skip
 
 
 CASES = [  # (B, H, nbq, nbk, kv_len, dense_from)
@@ -44,7 +36,7 @@ def test_fused_threshold_equals_torch(case, threshold, ties):
     kv_len = torch.tensor(lens)
     got = select_blocks_fused(scores, block_size=16, threshold=threshold, kv_len=kv_len,
                               dense_from=df)  # fmt: skip
-    want = _torch_select(scores, 16, kv_len, df, threshold=threshold)
+    want = torch_selection(scores, 16, kv_len, df, threshold=threshold)
     assert torch.equal(got, want)
 
 
@@ -58,7 +50,7 @@ def test_fused_budget_equals_torch(case, max_density, ties):
     for min_blocks in (1, 2):
         kw = dict(threshold=0.97, max_density=max_density, min_blocks=min_blocks)
         got = select_blocks_fused(scores, block_size=16, kv_len=kv_len, dense_from=df, **kw)
-        assert torch.equal(got, _torch_select(scores, 16, kv_len, df, **kw))
+        assert torch.equal(got, torch_selection(scores, 16, kv_len, df, **kw))
 
 
 def test_fused_per_head_threshold_and_zero_rows():

@@ -50,6 +50,35 @@ def test_opcheck_estimate(use_triton):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_head", [False, True])
+@pytest.mark.parametrize("budget", [0.0, 0.4])
+def test_opcheck_select_and_csr(per_head, budget):
+    if not interpreter_enabled():
+        pytest.skip("the Triton ops need the interpreter on CPU")
+    q, k, *_, kv_len = _sparse_inputs()
+    scores = estimate_block_scores_ref(q, k, stride=4, block_size=16, kv_len=kv_len)
+    thr = torch.tensor([0.8, 0.6], dtype=torch.float64) if per_head else None
+    df = torch.tensor([64, 40]) if per_head else None
+    args = (scores, kv_len, thr, 0.8, df, -1 if per_head else 48, 16, budget, 1)
+    torch.library.opcheck(library.select_block_mask_op, args, test_utils=OPCHECK_TESTS)
+    mask = library.select_block_mask_op(*args)
+    from xattn_video.attention import dense_blocks
+
+    start = df if per_head else 48
+    want = select_blocks(
+        scores, block_size=16, threshold=thr if per_head else 0.8, kv_len=kv_len,
+        force_rows=dense_blocks(start, 2, 70, 16, "cpu"),
+        force_cols=dense_blocks(start, 2, 70, 16, "cpu"),
+        max_density=budget or None,
+    )  # fmt: skip
+    assert torch.equal(mask, want)
+    csr_args = (mask, kv_len, 16, 70)
+    torch.library.opcheck(library.block_csr_op, csr_args, test_utils=OPCHECK_TESTS)
+    counts, indices = library.block_csr_op(*csr_args)
+    assert torch.equal(counts, mask_to_indices(mask)[0])
+    assert torch.equal(indices, mask_to_indices(mask)[1])
+
+
 @pytest.mark.parametrize("use_triton", [False, True])
 @pytest.mark.parametrize("return_lse", [False, True])
 def test_opcheck_block_sparse_attention(use_triton, return_lse):

@@ -205,8 +205,9 @@ def _time_ms(fn, reps: int = 5) -> float:
     return start.elapsed_time(end) / reps
 
 
-def _graph_ms(fn, reps: int = 5) -> float | None:
-    """Mean milliseconds of ``fn()`` replayed from a CUDA graph (None if capture fails)."""
+def capture_graph(fn) -> torch.cuda.CUDAGraph | None:
+    """``fn()`` captured in a CUDA graph after two warm-up calls on a side stream (the
+    recipe of ``torch.cuda.graphs``), or None when capture fails (logged)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -220,9 +221,13 @@ def _graph_ms(fn, reps: int = 5) -> float | None:
     except Exception as err:  # noqa: BLE001 - any capture failure: fall back to eager times
         logger.warning("cost model: CUDA-graph capture failed (%s); eager times only", err)
         return None
-    ms = _time_ms(graph.replay, reps)
-    del graph
-    return ms
+    return graph
+
+
+def _graph_ms(fn, reps: int = 5) -> float | None:
+    """Mean milliseconds of ``fn()`` replayed from a CUDA graph (None if capture fails)."""
+    graph = capture_graph(fn)
+    return None if graph is None else _time_ms(graph.replay, reps)
 
 
 def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:

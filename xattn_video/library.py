@@ -134,25 +134,13 @@ def _select_impl(
     )  # fmt: skip
 
 
-@torch.library.custom_op(f"{NAMESPACE}::select_block_mask", mutates_args=())
-def select_block_mask_op(
-    scores: torch.Tensor,
-    kv_len: torch.Tensor,
-    thr_heads: torch.Tensor | None,
-    threshold: float,
-    dense_from: torch.Tensor | None,
-    dense_from_int: int,
-    block_size: int,
-    max_density: float,
-    min_blocks: int,
-) -> torch.Tensor:
-    """Threshold selection (Triton): scores (B, H, Nbq, Nbk) float32, kv_len (B,) int32,
-    per-head thresholds (H,) float64 or None (then ``threshold``), dense_from (B,) int or None
-    (then ``dense_from_int``, -1 for none), max_density <= 0 for no budget -> mask bool."""
-    return _select_impl(
-        scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_size,
-        max_density, min_blocks,
-    )  # fmt: skip
+# the op is the implementation itself (same signature): threshold selection (Triton) of scores
+# (B, H, Nbq, Nbk) float32 with kv_len (B,) int32, per-head thresholds (H,) float64 or None (then
+# ``threshold``), dense_from (B,) int or None (then ``dense_from_int``, -1 for none), a budget
+# ``max_density`` (<= 0: none) -> mask (B, H, Nbq, Nbk) bool
+select_block_mask_op = torch.library.custom_op(
+    f"{NAMESPACE}::select_block_mask", _select_impl, mutates_args=()
+)
 
 
 @select_block_mask_op.register_fake
