@@ -114,3 +114,25 @@ def test_nonfinite_flags_and_propagation_equal_the_policy(nan_block):
     assert torch.equal(out.isnan().all(-1), want) and torch.equal(out.isnan().any(-1), want)
     assert torch.equal(lse.isnan(), want)
     assert torch.equal(out[~want], out0[~want]) and torch.equal(lse[~want], lse0[~want])
+
+
+def test_op_falls_back_to_torch_selection_beyond_the_fused_row_length(monkeypatch):
+    """Rows longer than the kernels take run the torch selection and lists: same mask, same
+    output."""
+    import xattn_video as xv
+    from xattn_video import attention
+
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 100, 16, generator=g) for _ in range(3))
+    kw = dict(threshold=0.9, stride=4, block_size=16, dense_from=90, max_density=0.5,
+              backend="triton", return_mask=True)  # fmt: skip
+    out, mask = xv.xattention(q, k, v, **kw)
+    monkeypatch.setattr(attention, "MAX_FUSED_BLOCKS", 4)  # 7 key blocks: torch code
+
+    def fused(*args, **kwargs):
+        raise AssertionError("the fused kernels ran")
+
+    monkeypatch.setattr(attention, "select_block_mask", fused)
+    monkeypatch.setattr(attention, "block_csr", fused)
+    out2, mask2 = xv.xattention(q, k, v, **kw)
+    assert torch.equal(mask, mask2) and torch.equal(out, out2)

@@ -34,7 +34,8 @@ import math
 import torch
 
 from .kernels._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable
-from .kernels.select import select_blocks, valid_key_blocks
+from .kernels.select import mask_to_indices, select_blocks, valid_key_blocks
+from .kernels.select_fused import MAX_BLOCKS as MAX_FUSED_BLOCKS
 from .kernels.sparse_attention import block_sparse_attention_ref
 from .library import block_csr, estimate_scores, select_block_mask, sparse_attention
 from .op_checks import BLOCK_SIZES as BLOCK_SIZES
@@ -138,7 +139,8 @@ def estimate_block_mask(
     scores = estimate_scores(
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton"
     )
-    if backend == "triton" and ratio is None:  # one kernel (two and a sort with a budget)
+    if backend == "triton" and ratio is None and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
+        # one kernel (two and a sort with a budget)
         return select_block_mask(
             scores, kv_len=lens, threshold=threshold, dense_from=dense_from,
             block_size=block_size, max_density=max_density,
@@ -270,7 +272,11 @@ def _attend(q, k, v, mask, block_size, kv_len, scale, return_lse, backend, preci
         return propagate_nonfinite(res, bad, return_lse)
     if q.dtype == torch.float32 and q.is_cuda:
         raise ValueError("the Triton kernel takes fp16/bf16 on CUDA; cast q, k, v first")
-    counts, indices = block_csr(mask, kv_len=lens, block_size=block_size, n_k=Nk)
+    if mask.shape[-1] <= MAX_FUSED_BLOCKS:
+        counts, indices = block_csr(mask, kv_len=lens, block_size=block_size, n_k=Nk)
+    else:
+        valid = valid_key_blocks(lens, mask.shape[-1], block_size)[:, None, None, :]
+        counts, indices = mask_to_indices(mask & valid)
     return sparse_attention(  # the registered op under torch.compile
         q.contiguous() if q.stride(-1) != 1 else q,
         k if k.stride(-1) == 1 else k.contiguous(),
