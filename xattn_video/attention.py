@@ -226,7 +226,8 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
     check_block_stride(block_size, None)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    check_kv_len(kv_len, B, Nk)
+    if not nan_block:  # an estimated mask (nan_block set): kv_len was checked by the estimate
+        check_kv_len(kv_len, B, Nk)
     nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
     if (
         not isinstance(mask, torch.Tensor)

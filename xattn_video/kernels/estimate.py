@@ -234,7 +234,7 @@ def estimate_block_scores(
         k, k_scale = quantize_fp8_blocks(k, block_size)
         q_scale, k_scale = q_scale.reshape(B * H, nbq), k_scale.reshape(B * H, nbk)
     else:
-        q_scale = k_scale = torch.ones(B * H, 1, dtype=torch.float32, device=q.device)
+        q_scale = k_scale = lens.view(B, 1)  # never read without FP8 (no allocation per call)
 
     n_m_tiles = cdiv(ngq, block_m)
     scratch = torch.empty((B * H, n_m_tiles * block_m, nbk), dtype=torch.float32, device=q.device)
