@@ -19,8 +19,10 @@ columns can be forced dense (used for text tokens). There is no implicit "key bl
 kept" (the official code's side effect).
 
 Everything is batched tensor code (sort, cumsum, scatter): no Python loop over heads, rows or
-chunks, so it runs as a handful of kernels on the GPU. :func:`select_blocks_ref` is a plain
-per-row loop kept as the reference for tests.
+chunks. The op's Triton path runs the same rule as one kernel per stage
+(:mod:`.select_fused`), for which this code is the reference; the ``torch`` backend and ratio
+mode run this code. :func:`select_blocks_ref` is a plain per-row loop kept as the reference for
+tests.
 
 Not supported: causal selection; per-row thresholds (a per-head tensor is supported); a budget
 shared across samples or calls (it is per sample of one call).
