@@ -250,16 +250,6 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
         raise ValueError("precision='fp8' needs backend='triton' on an sm90+ GPU")
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q)
-    return _attend(
-        q, k, v, mask, block_size, kv_len, scale, return_lse, backend, precision, nan_block
-    )
-
-
-def _attend(q, k, v, mask, block_size, kv_len, scale, return_lse, backend, precision, nan_block):
-    """The checked body of :func:`block_sparse_attention`; ``nan_block``: the non-finite policy
-    per row (0) or per query block (the block size, for an estimated mask)."""
-    B, _, _, _ = q.shape
-    Nk = k.shape[2]
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch":
         bad = nonfinite_rows(q, k, v, lens)
