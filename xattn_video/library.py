@@ -153,8 +153,9 @@ def _(scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_si
 def block_csr_op(
     mask: torch.Tensor, kv_len: torch.Tensor, block_size: int, n_k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """mask (B, H, Nbq, Nbk) bool (expanded strides allowed), kv_len (B,) int32 -> counts (B, H, Nbq) int32, indices
-    (B, H, Nbq, Nbk) int32 (Triton; see :func:`xattn_video.kernels.select_fused.mask_to_csr`)."""
+    """mask (B, H, Nbq, Nbk) bool (expanded strides allowed), kv_len (B,) int32 -> counts
+    (B, H, Nbq) int32, indices (B, H, Nbq, Nbk) int32 (Triton; see
+    :func:`xattn_video.kernels.select_fused.mask_to_csr`)."""
     return _csr_triton(mask, block_size=block_size, kv_len=kv_len, n_k=n_k)
 
 
