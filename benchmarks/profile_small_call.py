@@ -31,12 +31,16 @@ from _common import bench_ms, print_table, save_json  # noqa: E402
 from xattn_video import attention as A  # noqa: E402
 from xattn_video.cost_model import capture_graph  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
-from xattn_video.kernels.nonfinite import nonfinite_flags, propagate_nan  # noqa: E402
+from xattn_video.kernels.nonfinite import (  # noqa: E402
+    nonfinite_flags,
+    nonfinite_rows_ref,
+    propagate_nan,
+)
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused  # noqa: E402
 from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper  # noqa: E402
 from xattn_video.kernels.tuning import hopper_attention_config  # noqa: E402
-from xattn_video.op_checks import bad_query_blocks, nonfinite_rows, propagate_nonfinite  # noqa: E402
+from xattn_video.op_checks import propagate_nonfinite  # noqa: E402
 
 ESTIMATE_CONFIGS = [  # (BLOCK_M, BLOCK_N, warps, stages), flatten
     ((128, 128, 8, 3), True), ((128, 128, 8, 3), False), ((64, 128, 4, 4), True),
@@ -132,8 +136,7 @@ def main() -> None:
     timed("mask_to_csr fused", lambda: mask_to_csr(ref_mask, block_size=bs, kv_len=lens, n_k=n),
           rows, same=same)  # fmt: skip
     timed("non-finite checks torch", lambda: propagate_nonfinite(
-        propagate_nonfinite(q, nonfinite_rows(q, k, v, lens), False),
-        bad_query_blocks(q, bs), False), rows)  # fmt: skip
+        q, nonfinite_rows_ref(q, k, v, lens, bs), False), rows)  # fmt: skip
     out_buf = torch.empty_like(q)
     timed("non-finite flags + propagate fused", lambda: propagate_nan(
         out_buf, None, *nonfinite_flags(q, k, v, lens), nan_block=bs), rows)  # fmt: skip

@@ -34,6 +34,7 @@ import math
 import torch
 
 from .kernels._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable
+from .kernels.nonfinite import nonfinite_rows_ref
 from .kernels.select import mask_to_indices, select_blocks, valid_key_blocks
 from .kernels.select_fused import MAX_BLOCKS as MAX_FUSED_BLOCKS
 from .kernels.sparse_attention import block_sparse_attention_ref
@@ -41,7 +42,6 @@ from .library import block_csr, estimate_scores, select_block_mask, sparse_atten
 from .op_checks import BLOCK_SIZES as BLOCK_SIZES
 from .op_checks import STRIDES as STRIDES
 from .op_checks import (
-    bad_query_blocks,
     check_block_stride,
     check_dense_from,
     check_kv_len,
@@ -49,7 +49,6 @@ from .op_checks import (
     check_selection,
     check_triton_dtype,
     check_triton_head_dim,
-    nonfinite_rows,
     propagate_nonfinite,
     zero_padding,
 )
@@ -252,9 +251,7 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
     check_triton_dtype(backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch":
-        bad = nonfinite_rows(q, k, v, lens)
-        if nan_block:
-            bad = bad | bad_query_blocks(q, block_size)
+        bad = nonfinite_rows_ref(q, k, v, lens, nan_block)
         if kv_len is not None:
             k, v = zero_padding(k, lens), zero_padding(v, lens)
         res = block_sparse_attention_ref(

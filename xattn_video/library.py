@@ -47,6 +47,7 @@ from .kernels.select_fused import mask_to_csr as _csr_triton
 from .kernels.select_fused import select_blocks_fused as _select_triton
 from .kernels.sparse_attention import block_sparse_attention_fwd as _attn_triton
 from .kernels.sparse_attention import block_sparse_attention_ref as _attn_ref
+from .op_checks import propagate_nonfinite
 
 NAMESPACE = "xattn_video"
 
@@ -101,10 +102,8 @@ def _attention_impl(
             q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale,
             return_lse=return_lse,
         )  # fmt: skip
+        res = propagate_nonfinite(res, nonfinite_rows_ref(q, k, v, kv_len, nan_block), return_lse)
         out, lse = res if return_lse else (res, None)
-        bad = nonfinite_rows_ref(q, k, v, kv_len, nan_block)
-        out = out.masked_fill(bad[..., None], float("nan"))
-        lse = lse.masked_fill(bad, float("nan")) if lse is not None else None
     if return_lse:
         return out, lse
     return out, q.new_empty((0,), dtype=torch.float32)

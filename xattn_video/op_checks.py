@@ -4,9 +4,9 @@ Every check raises ``ValueError`` naming the argument. Value checks of tensors (
 per-head thresholds, ``dense_from``) read the host on CPU; on CUDA and under ``torch.compile``
 they run on the device (``torch._assert_async``: no sync, the error surfaces at the next
 synchronising call). The non-finite policy (documented in :mod:`xattn_video.attention`):
-:func:`nonfinite_rows` / :func:`bad_query_blocks` say which output rows must be NaN,
-:func:`propagate_nonfinite` sets them, :func:`zero_padding` keeps padding out of the torch
-references.
+:func:`xattn_video.kernels.nonfinite.nonfinite_rows_ref` says which output rows must be NaN
+(its Triton kernels run the policy on the Triton path), :func:`propagate_nonfinite` sets them,
+:func:`zero_padding` keeps padding out of the torch references.
 
 Not supported: checks that need the data on the host on CUDA (they are deferred, see above).
 """
@@ -14,9 +14,8 @@ Not supported: checks that need the data on the host on CUDA (they are deferred,
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .kernels._common import cdiv, interpreter_enabled
+from .kernels._common import interpreter_enabled
 
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
@@ -146,22 +145,6 @@ def zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~ok[:, None, :, None], 0)
 
 
-def _bad_rows(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, N) bool: rows of x (B, H, N, D) holding a NaN or an Inf."""
-    lo, hi = torch.aminmax(x, dim=-1)
-    return ~(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def nonfinite_rows(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor
-) -> torch.Tensor:
-    """(B, H, Nq) bool: output rows that are NaN under the non-finite policy (module docstring):
-    a non-finite query row, or any non-finite valid key / value in the (batch, head)."""
-    key_ok = torch.arange(k.shape[2], device=k.device)[None, :] < lens[:, None].long()
-    bad_kv = ((_bad_rows(k) | _bad_rows(v)) & key_ok[:, None, :]).any(dim=-1)  # (B, H)
-    return _bad_rows(q) | bad_kv[:, :, None]
-
-
 def check_triton_head_dim(backend: str, head_dim: int) -> None:
     if backend == "triton" and head_dim not in TRITON_HEAD_DIMS:
         raise ValueError(
@@ -170,17 +153,9 @@ def check_triton_head_dim(backend: str, head_dim: int) -> None:
         )
 
 
-def bad_query_blocks(q: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(B, H, Nq) bool: rows whose query block holds a non-finite query row."""
-    bad = _bad_rows(q)
-    n = bad.shape[-1]
-    pad = cdiv(n, block_size) * block_size - n
-    blocks = F.pad(bad, (0, pad)).unflatten(-1, (-1, block_size)).any(-1)
-    return blocks.repeat_interleave(block_size, dim=-1)[..., :n]
-
-
 def propagate_nonfinite(res, bad: torch.Tensor, return_lse: bool):
-    """Set the rows flagged by :func:`nonfinite_rows` (B, H, Nq) to NaN in out (and lse)."""
+    """Set the rows flagged in ``bad`` (B, H, Nq) bool -- those of
+    :func:`xattn_video.kernels.nonfinite.nonfinite_rows_ref` -- to NaN in out (and lse)."""
     out, lse = res if return_lse else (res, None)
     out = out.masked_fill(bad[..., None], float("nan"))
     if lse is None:
