@@ -371,6 +371,10 @@ def step_hook(transformer: torch.nn.Module) -> XAttentionStepHook | None:
     return registry.get_hook(HOOK_NAME) if registry is not None else None
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""``torch.compile`` modes that capture CUDA graphs (inductor's ``triton.cudagraphs``)."""
+
+
 def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> torch.nn.Module:
     """``torch.compile`` the forward of a transformer that has the XAttention step hook, under
     the hook: the hook keeps running eagerly before every forward (it reads the scheduler and
@@ -394,10 +398,6 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
     graphs = options.get("triton.cudagraphs", compile_kwargs.get("mode") in CUDA_GRAPH_MODES)
     hook.controller.auto_dense.use_graph_timing(bool(graphs))
     return transformer
-
-
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-"""``torch.compile`` modes that capture CUDA graphs (inductor's ``triton.cudagraphs``)."""
 
 
 def current_owner(transformer: torch.nn.Module) -> Any:

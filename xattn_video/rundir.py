@@ -17,8 +17,9 @@ Schema versions: ``schema_version`` in run.json and meta.json. Version 1 is xatt
 Version 3 adds ``compile`` to run.json (``"eager"`` or ``"compiled:<mode>"``); older run.json
 files have no key and read as ``None``, which means eager (compiling did not exist).
 
-Every read error names the file. Every write goes through :func:`xattn_video.atomic.atomic_path` (temporary name
-holding :data:`TMP_MARK`, then ``os.replace``).
+Every read error names the file. Every write goes through
+:func:`xattn_video.atomic.atomic_path` (temporary name holding :data:`TMP_MARK`, then
+``os.replace``).
 
 Not supported: several runs (different settings) in one directory (:func:`resume_differences`
 names the fields that differ); locking on file systems without ``flock`` (Windows, some NFS);

@@ -11,8 +11,8 @@ every row). In torch that is about twenty small kernels per call; here:
   writes NaN into the flagged rows of ``out`` (and ``lse``) in place; a clean call reads the
   flags only.
 
-Torch references: :func:`nonfinite_rows_ref` / :func:`bad_query_blocks_ref` (the flags the
-kernels imply, as a (B, H, Nq) bool).
+Torch reference: :func:`nonfinite_rows_ref` (the rows the kernels make NaN, as a (B, H, Nq)
+bool; the op's torch backend runs it).
 
 Not supported: q rows and k / v rows of different head counts (no GQA), outputs with a
 non-unit last stride.
@@ -31,8 +31,6 @@ if HAS_TRITON:
 
 FLAG_ROWS = 128
 """Rows per program of the flag kernel (one kv flag per chunk of this many keys)."""
-
-FP32_MAX = 3.4028234663852886e38
 
 
 def _bad_rows(x: torch.Tensor) -> torch.Tensor:

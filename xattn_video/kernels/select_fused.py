@@ -153,6 +153,14 @@ if HAS_TRITON:
         tl.store(COUNTS + row, tl.sum(sel.to(tl.int32), 0))
 
 
+def _row_lanes(nbk: int, what: str) -> tuple[int, int]:
+    """(lanes, num_warps) of a kernel that holds one row of ``nbk`` key blocks per program."""
+    if nbk > MAX_BLOCKS:
+        raise ValueError(f"{what} supports up to {MAX_BLOCKS} key blocks, got {nbk}")
+    lanes = max(16, triton.next_power_of_2(nbk))
+    return lanes, 4 if lanes <= 1024 else 8
+
+
 def _dense_from_args(dense_from, B: int, device) -> tuple[int, torch.Tensor | None, int]:
     """(mode, tensor, value): 0 none, 1 a Python int, 2 a (B,) / broadcast tensor."""
     if dense_from is None:
@@ -182,8 +190,7 @@ def select_blocks_fused(
     :func:`xattn_video.attention.dense_blocks` of ``dense_from`` (see the module docstring).
     """
     B, H, nbq, nbk = scores.shape
-    if nbk > MAX_BLOCKS:
-        raise ValueError(f"select_blocks_fused supports up to {MAX_BLOCKS} key blocks, got {nbk}")
+    np2, warps = _row_lanes(nbk, "select_blocks_fused")
     scores = scores if scores.stride(-1) == 1 else scores.contiguous()
     lens = kv_len_tensor(kv_len, B, nbk * block_size, scores.device)
     per_head = isinstance(threshold, torch.Tensor)
@@ -201,13 +208,12 @@ def select_blocks_fused(
         if budget
         else scores
     )
-    np2 = max(16, triton.next_power_of_2(nbk))
     _select_rows_kernel[(nbq, B * H)](
         scores, mask.view(torch.int8), prio, lens, thr, df,
         0 if per_head else _f64_bits(threshold), df_value,
         H, nbq, nbk, scores.stride(0), scores.stride(1), scores.stride(2),
         BLOCK=block_size, NP=np2, THR_PER_HEAD=per_head, DF_MODE=df_mode, BUDGET=budget,
-        MIN_BLOCKS=int(min_blocks), num_warps=4 if np2 <= 1024 else 8,
+        MIN_BLOCKS=int(min_blocks), num_warps=warps,
     )  # fmt: skip
     if not budget:
         return mask
@@ -231,15 +237,13 @@ def mask_to_csr(
     int32, ascending, padded with Nbk: :func:`.select.mask_to_indices` of ``mask & valid``.
     """
     B, H, nbq, nbk = mask.shape
-    if nbk > MAX_BLOCKS:
-        raise ValueError(f"mask_to_csr supports up to {MAX_BLOCKS} key blocks, got {nbk}")
+    np2, warps = _row_lanes(nbk, "mask_to_csr")
     lens = kv_len_tensor(kv_len, B, n_k, mask.device)
     m = mask.view(torch.uint8)
     counts = torch.empty((B, H, nbq), dtype=torch.int32, device=mask.device)
     indices = torch.empty((B, H, nbq, nbk), dtype=torch.int32, device=mask.device)
-    np2 = max(16, triton.next_power_of_2(nbk))
     _csr_kernel[(nbq, B * H)](
         m, counts, indices, lens, H, nbq, nbk, *m.stride(),
-        BLOCK=block_size, NP=np2, num_warps=4 if np2 <= 1024 else 8,
+        BLOCK=block_size, NP=np2, num_warps=warps,
     )  # fmt: skip
     return counts, indices
