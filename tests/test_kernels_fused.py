@@ -4,6 +4,7 @@ torch code they replace in the op's Triton path: same masks, same lists, same Na
 import pytest
 import torch
 
+from xattn_video.kernels import select_fused
 from xattn_video.kernels.nonfinite import nonfinite_flags, nonfinite_rows_ref, propagate_nan
 from xattn_video.kernels.select import mask_to_indices, select_blocks, valid_key_blocks
 from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused
@@ -128,11 +129,34 @@ def test_op_falls_back_to_torch_selection_beyond_the_fused_row_length(monkeypatc
               backend="triton", return_mask=True)  # fmt: skip
     out, mask = xv.xattention(q, k, v, **kw)
     monkeypatch.setattr(attention, "MAX_FUSED_BLOCKS", 4)  # 7 key blocks: torch code
+    monkeypatch.setattr(select_fused, "MAX_BLOCKS", 4)
 
     def fused(*args, **kwargs):
         raise AssertionError("the fused kernels ran")
 
     monkeypatch.setattr(attention, "select_block_mask", fused)
-    monkeypatch.setattr(attention, "block_csr", fused)
+    monkeypatch.setattr(select_fused, "_csr_kernel", _Unlaunchable())
     out2, mask2 = xv.xattention(q, k, v, **kw)
     assert torch.equal(mask, mask2) and torch.equal(out, out2)
+
+
+class _Unlaunchable:
+    def __getitem__(self, grid):
+        raise AssertionError("the CSR kernel was launched")
+
+
+def test_block_csr_runs_torch_lists_beyond_the_kernel_row_length(monkeypatch):
+    """Regression (H200): the cost model's calibration asked block_csr for 4,096 key blocks and
+    the Triton lists raised; rows over MAX_BLOCKS now get the torch lists, equal to the
+    kernel's."""
+    from xattn_video.library import block_csr
+
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(2, 3, 5, 7, generator=g) < 0.5
+    lens = torch.tensor([100, 70], dtype=torch.int32)  # 7 and 5 valid key blocks of 16
+    want = block_csr(mask, kv_len=lens, block_size=16, n_k=100)
+    monkeypatch.setattr(select_fused, "MAX_BLOCKS", 4)
+    monkeypatch.setattr(select_fused, "_csr_kernel", _Unlaunchable())
+    got = block_csr(mask, kv_len=lens, block_size=16, n_k=100)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(got[0][1], mask[1, :, :, :5].sum(-1, dtype=torch.int32))  # kv_len 70

@@ -35,7 +35,7 @@ import torch
 
 from .kernels._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable
 from .kernels.nonfinite import nonfinite_rows_ref
-from .kernels.select import mask_to_indices, select_blocks, valid_key_blocks
+from .kernels.select import select_blocks, valid_key_blocks
 from .kernels.select_fused import MAX_BLOCKS as MAX_FUSED_BLOCKS
 from .kernels.sparse_attention import block_sparse_attention_ref
 from .library import block_csr, estimate_scores, select_block_mask, sparse_attention
@@ -260,11 +260,7 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
         return propagate_nonfinite(res, bad, return_lse)
     if q.dtype == torch.float32 and q.is_cuda:
         raise ValueError("the Triton kernel takes fp16/bf16 on CUDA; cast q, k, v first")
-    if mask.shape[-1] <= MAX_FUSED_BLOCKS:
-        counts, indices = block_csr(mask, kv_len=lens, block_size=block_size, n_k=Nk)
-    else:
-        valid = valid_key_blocks(lens, mask.shape[-1], block_size)[:, None, None, :]
-        counts, indices = mask_to_indices(mask & valid)
+    counts, indices = block_csr(mask, kv_len=lens, block_size=block_size, n_k=Nk)
     return sparse_attention(  # the registered op under torch.compile
         q.contiguous() if q.stride(-1) != 1 else q,
         k if k.stride(-1) == 1 else k.contiguous(),

@@ -24,7 +24,8 @@ scores).
 Not supported: ratio mode (the torch code runs it); negative or NaN scores are read as 0 (the
 sort key is the float's bit pattern, which orders non-negative floats only; the estimate gives
 NaN only for non-finite input, whose mask the op leaves unspecified); rows of more than
-``MAX_BLOCKS`` key blocks (the op falls back to the torch code there).
+``MAX_BLOCKS`` key blocks (the op runs the torch selection there, and :func:`mask_to_csr`
+its torch lists).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import struct
 import torch
 
 from ._common import HAS_TRITON, cdiv, kv_len_tensor
+from .select import mask_to_indices, valid_key_blocks
 
 if HAS_TRITON:
     import triton
@@ -235,10 +237,13 @@ def mask_to_csr(
     mask: (B, H, Nbq, Nbk) bool, any strides (an expanded mask is read in place); kv_len: (B,)
     int (None: ``n_k`` keys). Returns counts (B, H, Nbq) int32 and indices (B, H, Nbq, Nbk)
     int32, ascending, padded with Nbk: :func:`.select.mask_to_indices` of ``mask & valid``.
+    Rows longer than ``MAX_BLOCKS`` run that torch code instead.
     """
     B, H, nbq, nbk = mask.shape
-    np2, warps = _row_lanes(nbk, "mask_to_csr")
     lens = kv_len_tensor(kv_len, B, n_k, mask.device)
+    if nbk > MAX_BLOCKS:
+        return mask_to_indices(mask & valid_key_blocks(lens, nbk, block_size)[:, None, None, :])
+    np2, warps = _row_lanes(nbk, "mask_to_csr")
     m = mask.view(torch.uint8)
     counts = torch.empty((B, H, nbq), dtype=torch.int32, device=mask.device)
     indices = torch.empty((B, H, nbq, nbk), dtype=torch.int32, device=mask.device)
