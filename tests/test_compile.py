@@ -116,3 +116,51 @@ def test_mask_reuse_compiles_a_bounded_number_of_variants(refresh):
     assert reused == [r.reused for r in h_eager.stats.records if r.sparse]
     # 6 sparse steps from step 1: r=2 reuses at 2, 4, 6; r=3 at 2, 3, 5, 6 (3 layers each)
     assert reused.count(True) == 3 * {2: 3, 3: 4}[refresh]
+
+
+def test_cost_dense_steps_and_later_warm_up_steps_replay_one_graph(monkeypatch):
+    """auto_dense decided every layer dense for cost: the next sampling run's warm-up steps
+    (dense by schedule) replay the graph of the cost-dense steps instead of a second graph (two
+    CUDA graphs alternating made a compiled demo video ~6% slower than dense on an H200), and
+    the stats still name each dense call's reason."""
+    from xattn_video import cost_model
+    from xattn_video.auto_dense import AutoDense
+
+    def decide_dense(self, layer):
+        self.decisions[layer] = True
+        return True
+
+    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
+    monkeypatch.setattr(AutoDense, "_decide", decide_dense)
+    tr = tiny_hv_transformer()
+    handle = xv.apply_xattention(tr, tiny_cfg(warmup_steps=1, auto_dense=True))
+    torch._dynamo.reset()
+    ran: list[int] = []
+
+    def backend(gm, example_inputs):
+        gid = len(graphs)
+        graphs.append(gid)
+
+        def run(*args):
+            ran.append(gid)
+            return gm.forward(*args)
+
+        return run
+
+    graphs: list[int] = []
+    compile_below_hook(tr, backend=backend, fullgraph=True)
+    per_run = []
+    with torch.no_grad():
+        for _ in range(2):
+            ran.clear()
+            for t in (900.0, 800.0, 700.0, 600.0):
+                tr(**hv_transformer_inputs(lengths=[5, 3], timestep=t))
+            per_run.append(list(ran))
+    # run 1: warm-up, sparse (not yet decided under compile), cost-dense x2; run 2: all one graph
+    assert per_run[0] == [0, 1, 2, 2]
+    assert per_run[1] == [2, 2, 2, 2] and len(graphs) == 3
+    reasons = [(r.run, r.step, r.dense_reason) for r in handle.stats.records if r.layer == 0]
+    assert reasons == [
+        (0, 0, "schedule"), (0, 1, None), (0, 2, "cost"), (0, 3, "cost"),
+        (1, 0, "schedule"), (1, 1, "cost"), (1, 2, "cost"), (1, 3, "cost"),
+    ]  # fmt: skip

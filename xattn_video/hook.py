@@ -90,12 +90,14 @@ class XAttentionController:
         self.masks = MaskCache(cfg.mask_refresh)
         self.orders = TileOrders(cfg.tile_size)
         self.auto_dense = AutoDense(cfg, self.stats)
+        self.stats.reason_of = self.dense_reason  # read when a forward's records are closed
         self._warned_no_num_steps = False
         self.reset()
 
     # -- per-run state ------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the current sampling run: step 0, dense, no cached masks."""
+        self.stats.close()  # the last forward's dense reasons, before its state goes
         self.step = 0
         self.sparse = False
         self.reuse_masks = False
@@ -227,11 +229,16 @@ class XAttentionController:
 
     def is_sparse(self, layer: int) -> bool:
         """Sparse now, for this layer: ``sparse``, the layer not in ``dense_layers``, and not
-        run dense by ``auto_dense`` (decided at the layer's first sparse-phase call)."""
+        run dense by ``auto_dense`` (decided at the layer's first sparse-phase call).
+
+        The ``auto_dense`` decision is read first: a compiled graph of a forward whose layers
+        all run dense for cost then guards on the decisions only, so the warm-up steps of the
+        next pipeline call (``sparse`` False) replay that same graph instead of a second one.
+        """
         return (
-            self.sparse
+            not self.auto_dense.decisions.get(layer, False)
+            and self.sparse
             and layer not in self.dense_layers
-            and not self.auto_dense.decisions.get(layer, False)
         )
 
     def dense_reason(self, layer: int) -> str:

@@ -97,8 +97,8 @@ class _XAttnMixin:
 
     def _record_dense(self, layer: int) -> None:
         ctl = self.controller
-        if ctl.stats.enabled:  # stamped with (run, step, branch) by the step hook: no guard
-            ctl.stats.add(layer, dense_reason=ctl.dense_reason(layer))  # on the step number
+        if ctl.stats.enabled:  # stamped with (run, step, branch) and its reason by the step
+            ctl.stats.add(layer)  # hook: no guard on the step number or on the reason
 
     def _sparse_attention(
         self,

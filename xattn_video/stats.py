@@ -35,6 +35,7 @@ replay, so only the captured call is recorded).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -152,6 +153,9 @@ class XAttentionStats:
         self._lazy: list[tuple[list[DensityRecord], torch.Tensor]] = []  # heads not yet read
         self._open: list[tuple[int, torch.Tensor | None, bool, str | None]] = []
         self._stamp: tuple[int, int, str] = (0, 0, "pass0")
+        # why a dense call added without a reason ran dense, asked when its forward is closed
+        # (the controller's ``dense_reason``): compiled graphs then hold no reason (no guard)
+        self.reason_of: Callable[[int], str] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -187,13 +191,12 @@ class XAttentionStats:
     ) -> None:
         """One call of the current forward, stamped later by :meth:`begin` (graph-friendly: no
         step number). ``heads``: (H,) per-head density tensor of a sparse call; None for a dense
-        call, which names its ``dense_reason`` (default ``"schedule"``)."""
+        call, which may name its ``dense_reason``; without one the reason is ``reason_of(layer)``
+        when the forward is closed (default ``"schedule"``)."""
         if heads is not None:
             self.feedback.update(layer, heads)
         if not self.enabled:
             return
-        if heads is None and dense_reason is None:
-            dense_reason = "schedule"
         self._open.append((layer, heads, reused, dense_reason))
 
     def record(
@@ -230,6 +233,11 @@ class XAttentionStats:
                 rec.density = sum(rec.heads) / len(rec.heads)
         self._records.append(rec)
 
+    def close(self) -> None:
+        """Turn the calls added since the last :meth:`begin` into records now (the step hook
+        calls it before the state that ``reason_of`` reads changes)."""
+        self._close()
+
     def _close(self) -> None:
         """Turn the open calls into records stamped with the current (run, step, branch)."""
         if not self._open:
@@ -239,6 +247,8 @@ class XAttentionStats:
         sparse_heads: list[torch.Tensor] = []
         for layer, heads, reused, reason in self._open:
             rec = DensityRecord(run, step, layer, branch, 1.0, heads is not None, reused)
+            if heads is None and reason is None:
+                reason = self.reason_of(layer) if self.reason_of is not None else "schedule"
             rec.dense_reason = None if heads is not None else reason
             self._records.append(rec)
             if heads is not None:
