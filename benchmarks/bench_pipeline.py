@@ -5,7 +5,8 @@ single-stream blocks) with RANDOM weights in bf16, and times one forward at 544p
 frames (67,320 / 118,800 video tokens + 256 text slots) for:
   - dense, diffusers default processor (``native`` SDPA with the key-padding mask);
   - dense, cuDNN SDPA backend (``set_attention_backend("_native_cudnn")``);
-  - XAttention at pinned densities (ratio mode 0.5 and 0.3) and in threshold mode (tau 0.9).
+  - XAttention at pinned densities (ratio mode 0.5 and 0.3) and in threshold mode (tau 0.9),
+    in bf16 and (``--precisions bf16 fp8``) FP8.
 Then projects a 50-step generation with 5 dense warm-up steps (5 x best dense + 45 x sparse).
 
 Random weights give near-uniform attention, so the threshold-mode density here is NOT what a
@@ -101,6 +102,11 @@ def run_resolution(model, name: str, args) -> list[dict]:
 
     settings = [(f"xattn ratio={r}", dict(selection="ratio", ratio=r)) for r in args.ratios]
     settings += [(f"xattn tau={t}", dict(selection="threshold", threshold=t)) for t in args.taus]
+    settings = [
+        (label if p == "bf16" else f"{label} {p}", {**kw, "precision": p})
+        for p in args.precisions
+        for label, kw in settings
+    ]
     for label, kw in settings:
         cfg = xv.XAttentionConfig(
             warmup_steps=0, stride=args.stride, block_size=128, auto_dense=False, **kw
@@ -145,6 +151,8 @@ def main(argv=None) -> None:
     p.add_argument("--ratios", type=float, nargs="*", default=[0.5, 0.3])
     p.add_argument("--taus", type=float, nargs="*", default=[0.9])
     p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
+                   help="XAttention precision of the sparse rows (fp8: sm90+)")  # fmt: skip
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup-steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)
