@@ -5,8 +5,11 @@
 - :func:`quantize_fp8_head_t`: one scale per (b, h), stored transposed (B, H, D, N) so the
   tensor cores can read it as the K-major B operand of P.V.
 
-Each reads its input once and writes the fp8 copy once (memory-bound, one launch; the V path
-adds one ``amax`` pass). ``x ~= x8 * scale``; an all-zero block gets scale 1.
+Both are memory-bound. The per-block kernel works in chunks of ``CHUNK`` rows: a first sweep
+takes the block's amax, a second re-reads the chunks (from L1/L2) and writes e4m3, so a program
+holds 32 rows instead of 128 (a whole 128 x 128 block in registers spilled with 4 warps and left
+an H200 at ~260 GB/s: 4.2 ms for one (24, 119,056, 128) tensor). The V path adds one ``amax``
+reduction without a temporary. ``x ~= x8 * scale``; an all-zero block gets scale 1.
 
 On CPU the references run: the Triton interpreter's fp32 -> e4m3 conversion neither rounds
 half to even nor keeps subnormals, so it would not match the GPU's ``cvt.rn.satfinite``.
@@ -41,7 +44,8 @@ def quantize_fp8_blocks_ref(x: torch.Tensor, block: int) -> tuple[torch.Tensor, 
 
 def _head_scale(v: torch.Tensor) -> torch.Tensor:
     """(B, H) fp32 e4m3 scale per head of v: (B, H, N, D): amax / FP8_MAX (1 for all-zero heads)."""
-    amax = v.abs().amax(dim=(-1, -2)).float()
+    # the max-norm is max |v| exactly, in one reduction (``v.abs().amax()`` writes |v| first)
+    amax = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-1, -2)).float()
     return torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
 
 
@@ -60,21 +64,29 @@ if HAS_TRITON:
     @triton.jit
     def _quant_blocks_kernel(
         X, Y, SCALE, sxb, sxh, sxn, syb, syh, syn, H, N, NB,
-        BLOCK: tl.constexpr, D: tl.constexpr,
+        BLOCK: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     ):  # fmt: skip
         blk = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
-        offs_n = blk * BLOCK + tl.arange(0, BLOCK)
         offs_d = tl.arange(0, D)
-        ok = offs_n[:, None] < N
-        x = tl.load(X + b * sxb + h * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=ok,
-                    other=0.0).to(tl.float32)  # fmt: skip
-        amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+        x_base = X + b * sxb + h * sxh
+        amax = 0.0
+        # two loops, not unrolled: unrolled, the compiler merges the two sweeps' loads and the
+        # whole block is live in registers again
+        for c in range(0, BLOCK, CHUNK):  # sweep 1: the block's amax
+            offs_n = blk * BLOCK + c + tl.arange(0, CHUNK)
+            ok = offs_n[:, None] < N
+            x = tl.load(x_base + offs_n[:, None] * sxn + offs_d[None, :], mask=ok, other=0.0)
+            amax = tl.maximum(amax, tl.max(tl.max(tl.abs(x.to(tl.float32)), axis=1), axis=0))
         scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
-        y = tl.math.div_rn(x, scale).to(Y.dtype.element_ty)
-        tl.store(Y + b * syb + h * syh + offs_n[:, None] * syn + offs_d[None, :], y, mask=ok)
+        for c in range(0, BLOCK, CHUNK):  # sweep 2: the same chunks, cached
+            offs_n = blk * BLOCK + c + tl.arange(0, CHUNK)
+            ok = offs_n[:, None] < N
+            x = tl.load(x_base + offs_n[:, None] * sxn + offs_d[None, :], mask=ok, other=0.0)
+            y = tl.math.div_rn(x.to(tl.float32), scale).to(Y.dtype.element_ty)
+            tl.store(Y + b * syb + h * syh + offs_n[:, None] * syn + offs_d[None, :], y, mask=ok)
         tl.store(SCALE + bh * NB + blk, scale)
 
     @triton.jit
@@ -96,18 +108,24 @@ if HAS_TRITON:
                  mask=tl.trans(ok))  # fmt: skip
 
 
-def quantize_fp8_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_blocks(
+    x: torch.Tensor, block: int, *, chunk: int = 32, num_warps: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(b, h, block) e4m3 quantization (Triton on CUDA, the reference elsewhere).
-    Same contract as :func:`quantize_fp8_blocks_ref`."""
+    Same contract as :func:`quantize_fp8_blocks_ref`; ``chunk`` rows per sweep step (a power of
+    two; clamped to ``block``) and ``num_warps`` are the launch knobs (same result)."""
     if not (x.is_cuda and triton_usable(x)) or x.stride(-1) != 1:
         return quantize_fp8_blocks_ref(x, block)
     B, H, N, D = x.shape
     nb = cdiv(N, block)
+    chunk = min(chunk, block)
+    if block % chunk:
+        raise ValueError(f"chunk {chunk} must divide the block size {block}")
     y = torch.empty(B, H, N, D, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(B, H, nb, dtype=torch.float32, device=x.device)
     _quant_blocks_kernel[(nb, B * H)](
         x, y, scale, x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        H, N, nb, BLOCK=block, D=D, num_warps=4,
+        H, N, nb, BLOCK=block, D=D, CHUNK=chunk, num_warps=num_warps,
     )  # fmt: skip
     return y, scale
 
