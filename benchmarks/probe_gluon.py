@@ -1,0 +1,79 @@
+"""Probe (GPU): the experimental Gluon kernel vs the Hopper Triton kernel and cuDNN dense.
+
+B=1, 24 heads, head dim 128, bf16, N=119,056, pinned densities on random block scores, median
+ms and effective TFLOP/s (density x dense FLOPs / time), max |diff| to the Triton kernel.
+Prints a table and writes JSON (GPU, versions, git SHA).
+
+Usage: python benchmarks/probe_gluon.py [--n 119056] [--out results/probe_gluon.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bench_ms, print_table, save_json  # noqa: E402
+
+from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
+from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
+from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon  # noqa: E402
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=119056)
+    p.add_argument("--heads", type=int, default=24)
+    p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0])
+    p.add_argument("--out", default="results/probe_gluon.json")
+    args = p.parse_args(argv)
+    n, H, D = args.n, args.heads, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, H, n, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+    flops = 4 * H * n * n * D
+    rows: list[dict] = []
+
+    def add(name, ms, density, **extra):
+        rows.append(dict(method=name, ms=ms, density=density,
+                         tflops=density * flops / (ms * 1e-3) / 1e12, **extra))  # fmt: skip
+        print(f"  {name}: {ms:.2f} ms", flush=True)
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        add("cuDNN dense", bench_ms(lambda: F.scaled_dot_product_attention(q, k, v)), 1.0)
+    nb = math.ceil(n / 128)
+    scores = torch.rand(1, H, nb, nb, device="cuda", generator=g)
+    for d in args.densities:
+        mask = select_blocks(scores, block_size=128, ratio=d, n_k=n)
+        counts, idx = mask_to_indices(mask)
+        dens = float(mask.float().mean())
+        ref = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128)
+        add(f"triton hopper d={d}", bench_ms(lambda c=counts, i=idx: block_sparse_attention_fwd(
+            q, k, v, c, i, block_size=128)), dens)  # fmt: skip
+        for stages in (2, 3):
+            try:
+                out = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128,
+                                                   stages=stages)  # fmt: skip
+                diff = float((out.float() - ref.float()).abs().max())
+                ms = bench_ms(lambda c=counts, i=idx, s=stages: block_sparse_attention_gluon(
+                    q, k, v, c, i, block_size=128, stages=s))  # fmt: skip
+                add(f"gluon stages={stages} d={d}", ms, dens, max_diff_vs_triton=diff)
+            except Exception as exc:  # noqa: BLE001 - a probe reports failures
+                print(f"  gluon stages={stages} d={d} failed: {type(exc).__name__}: {exc}")
+    base = rows[0]["tflops"]
+    for r in rows:
+        r["x_cudnn_rate"] = r["tflops"] / base
+    print_table(rows, [("method", "kernel", "{}"), ("ms", "ms", "{:.2f}"),
+                       ("tflops", "eff. TFLOP/s", "{:.0f}"), ("x_cudnn_rate", "x cuDNN", "{:.2f}"),
+                       ("max_diff_vs_triton", "max |diff|", "{:.1e}")])  # fmt: skip
+    save_json(args.out, {"benchmark": "probe_gluon", "config": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
