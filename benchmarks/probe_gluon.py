@@ -56,16 +56,18 @@ def main(argv=None) -> None:
         ref = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128)
         add(f"triton hopper d={d}", bench_ms(lambda c=counts, i=idx: block_sparse_attention_fwd(
             q, k, v, c, i, block_size=128)), dens)  # fmt: skip
-        for stages in (2, 3):
+        for stages, late in ((2, True), (3, True), (2, False)):
             try:
                 out = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128,
-                                                   stages=stages)  # fmt: skip
+                                                   stages=stages, late_wait=late)  # fmt: skip
                 diff = float((out.float() - ref.float()).abs().max())
-                ms = bench_ms(lambda c=counts, i=idx, s=stages: block_sparse_attention_gluon(
-                    q, k, v, c, i, block_size=128, stages=s))  # fmt: skip
-                add(f"gluon stages={stages} d={d}", ms, dens, max_diff_vs_triton=diff)
+                ms = bench_ms(lambda c=counts, i=idx, s=stages, lw=late: (
+                    block_sparse_attention_gluon(q, k, v, c, i, block_size=128, stages=s,
+                                                 late_wait=lw)))  # fmt: skip
+                add(f"gluon stages={stages} late={late} d={d}", ms, dens,
+                    max_diff_vs_triton=diff)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - a probe reports failures
-                print(f"  gluon stages={stages} d={d} failed: {type(exc).__name__}: {exc}")
+                print(f"  gluon stages={stages} late={late} d={d} failed: {exc}")
     base = rows[0]["tflops"]
     for r in rows:
         r["x_cudnn_rate"] = r["tflops"] / base

@@ -20,9 +20,9 @@ needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs an sm90+ GPU")
 
 @needs_hopper
 @pytest.mark.parametrize("n, d", [(1000, 128), (8192, 128), (3000, 64), (67576, 128)])
-@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("stages, late_wait", [(2, True), (3, True), (2, False)])
 @pytest.mark.parametrize("density", [0.3, 1.0])
-def test_gluon_kernel_matches_fp64(n, d, stages, density):
+def test_gluon_kernel_matches_fp64(n, d, stages, late_wait, density):
     from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
 
     B, H = 2, 2
@@ -35,7 +35,8 @@ def test_gluon_kernel_matches_fp64(n, d, stages, density):
     mask[0, 1, 1] = False  # an empty row: zeros and -inf LSE
     counts, idx = mask_to_indices(mask)
     out, lse = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, kv_len=kv_len,
-                                            return_lse=True, stages=stages)  # fmt: skip
+                                            return_lse=True, stages=stages,
+                                            late_wait=late_wait)  # fmt: skip
     ref, ref_lse = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128,
                                               kv_len=kv_len, return_lse=True, kernel="portable")  # fmt: skip
     assert torch.equal(out[0, 1, 128:256], torch.zeros_like(out[0, 1, 128:256]))

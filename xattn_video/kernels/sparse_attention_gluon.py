@@ -16,6 +16,10 @@ j+1 and the wgmma of P.V of tile j-1:
     wait (S_next, acc)          acc *= alpha_j
     acc += P_j V_j              (async; P_j from registers)
 
+``late_wait=True`` (default) is FA3's finer order: every wait leaves the newest wgmma group in
+flight (``wgmma.wait_group 1``), so the tensor cores always hold queued work; ``False`` waits
+for both groups mid-tile (the simpler schedule, kept for comparison).
+
 Only the last listed block can hold padded keys (ascending lists of valid blocks), so only its
 tile is masked against ``kv_len``.
 
@@ -60,6 +64,19 @@ if HAS_GLUON:
         tma.async_copy_global_to_shared(desc, [b, h, row, 0], bar, smem.index(slot), pred=pred)
 
     @gluon.jit
+    def _refill(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, j, cnt, b, h,
+                BN: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+        """After tile j's waits: K of tile j+STAGES into tile j's slot (Q.K^T(j) is done), V of
+        tile j-1+STAGES into tile j-1's slot (P.V(j-1) is done)."""
+        refill = j + STAGES
+        kb_r = gl.load(idx_base + refill, mask=refill < cnt, other=0)
+        _load_kv(k_desc, k_smem, k_bars, j % STAGES, b, h, kb_r * BN, refill < cnt)
+        prev = j - 1 + STAGES
+        ok = (j > 0) & (prev < cnt)
+        kb_p = gl.load(idx_base + prev, mask=ok, other=0)
+        _load_kv(v_desc, v_smem, v_bars, (j + STAGES - 1) % STAGES, b, h, kb_p * BN, ok)
+
+    @gluon.jit
     def _softmax_step(
         s, m_i, l_i, dtype: gl.constexpr, p_layout: gl.constexpr, row_o: gl.constexpr
     ):
@@ -77,7 +94,7 @@ if HAS_GLUON:
         q_desc, k_desc, v_desc, o_desc, LSE, COUNTS, INDICES, KV_LEN,
         stride_cbh, stride_ibh, stride_im, H, N_Q, qk_scale,
         BLOCK: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, STORE_LSE: gl.constexpr,
-        num_warps: gl.constexpr,
+        LATE_WAIT: gl.constexpr, num_warps: gl.constexpr,
     ):  # fmt: skip
         BM: gl.constexpr = BLOCK
         BN: gl.constexpr = BLOCK
@@ -139,35 +156,55 @@ if HAS_GLUON:
             s_cur = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
 
         # Every tile but the last: full (only the last listed block can hold padded keys).
-        for j in range(cnt - 1):
-            slot = j % STAGES
-            nslot = (j + 1) % STAGES
-            # 1. Q.K^T of the next tile, in flight during this tile's softmax
-            mbarrier.wait(k_bars.index(nslot), ((j + 1) // STAGES) & 1)
-            s_tok = warpgroup_mma(
-                q2, k_smem.index(nslot).reshape([BN, D]).permute((1, 0)), s_cur,
-                use_acc=False, is_async=True,
-            )  # fmt: skip
-            # 2. online softmax of tile j (base 2, the scale in one multiply)
-            p_op, alpha, m_i, l_i = _softmax_step(
-                s_cur * qk_scale, m_i, l_i, v_desc.dtype, p_layout, row_o
-            )
-            # 3. the previous P.V and the next Q.K^T done: K slot free, acc readable
-            s_next, acc_r = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, acc))
-            acc_r = acc_r * gl.expand_dims(alpha, 1)
-            # 4. P.V of tile j
-            mbarrier.wait(v_bars.index(slot), (j // STAGES) & 1)
-            acc = warpgroup_mma(p_op, v_smem.index(slot).reshape([BN, D]), acc_r, is_async=True)
-            # 5. refill: K of tile j+STAGES into this slot (its Q.K^T finished one tile ago),
-            #    V of tile j-1+STAGES into the previous slot (its P.V finished in step 3)
-            refill = j + STAGES
-            kb_r = gl.load(idx_base + refill, mask=refill < cnt, other=0)
-            _load_kv(k_desc, k_smem, k_bars, slot, b, h, kb_r * BN, refill < cnt)
-            prev = j - 1 + STAGES
-            ok = (j > 0) & (prev < cnt)
-            kb_p = gl.load(idx_base + prev, mask=ok, other=0)
-            _load_kv(v_desc, v_smem, v_bars, (j + STAGES - 1) % STAGES, b, h, kb_p * BN, ok)
-            s_cur = s_next
+        if LATE_WAIT:
+            # FA3's order: one wgmma group stays in flight across every wait. Issue order per
+            # tile: Q.K^T(j+1), P.V(j); waiting for "all but the newest" group finds Q.K^T(j)
+            # done at the top (P.V(j-1) may run on) and P.V(j-1) done mid-tile (Q.K^T(j+1)
+            # runs on).
+            s_tok = warpgroup_mma_init(s_cur)
+            for j in range(cnt - 1):
+                slot = j % STAGES
+                nslot = (j + 1) % STAGES
+                s_cur = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
+                mbarrier.wait(k_bars.index(nslot), ((j + 1) // STAGES) & 1)
+                s_tok = warpgroup_mma(
+                    q2, k_smem.index(nslot).reshape([BN, D]).permute((1, 0)), s_cur,
+                    use_acc=False, is_async=True,
+                )  # fmt: skip
+                p_op, alpha, m_i, l_i = _softmax_step(
+                    s_cur * qk_scale, m_i, l_i, v_desc.dtype, p_layout, row_o
+                )
+                acc_r = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                acc_r = acc_r * gl.expand_dims(alpha, 1)
+                mbarrier.wait(v_bars.index(slot), (j // STAGES) & 1)
+                acc = warpgroup_mma(p_op, v_smem.index(slot).reshape([BN, D]), acc_r, is_async=True)
+                _refill(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, j, cnt, b, h,
+                        BN, STAGES)  # fmt: skip
+            s_cur = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
+        else:
+            for j in range(cnt - 1):
+                slot = j % STAGES
+                nslot = (j + 1) % STAGES
+                # 1. Q.K^T of the next tile, in flight during this tile's softmax
+                mbarrier.wait(k_bars.index(nslot), ((j + 1) // STAGES) & 1)
+                s_tok = warpgroup_mma(
+                    q2, k_smem.index(nslot).reshape([BN, D]).permute((1, 0)), s_cur,
+                    use_acc=False, is_async=True,
+                )  # fmt: skip
+                # 2. online softmax of tile j (base 2, the scale in one multiply)
+                p_op, alpha, m_i, l_i = _softmax_step(
+                    s_cur * qk_scale, m_i, l_i, v_desc.dtype, p_layout, row_o
+                )
+                # 3. the previous P.V and the next Q.K^T done: K slot free, acc readable
+                s_next, acc_r = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, acc))
+                acc_r = acc_r * gl.expand_dims(alpha, 1)
+                # 4. P.V of tile j
+                mbarrier.wait(v_bars.index(slot), (j // STAGES) & 1)
+                acc = warpgroup_mma(p_op, v_smem.index(slot).reshape([BN, D]), acc_r, is_async=True)
+                # 5. refill the slots whose reads finished
+                _refill(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, idx_base, j, cnt, b, h,
+                        BN, STAGES)  # fmt: skip
+                s_cur = s_next
 
         acc_r = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         if cnt > 0:  # the last tile, masked against kv_len
@@ -211,13 +248,15 @@ def block_sparse_attention_gluon(
     scale: float | None = None,
     return_lse: bool = False,
     stages: int = 2,
+    late_wait: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gluon block-sparse attention (experimental, see the module docstring).
 
     q, k, v: (B, H, N, D) bf16/fp16 CUDA (sm90), 16-byte aligned strides, unit last stride;
     counts: (B, H, Nbq) int32; indices: (B, H, Nbq, L) int32 ascending valid blocks; kv_len:
     (B,) int. Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N)
-    float32 (natural log).
+    float32 (natural log). ``stages``: K/V ring depth (2 or 3); ``late_wait``: FA3's order
+    (one wgmma group always in flight) instead of waiting for both groups mid-tile.
     """
     if not HAS_GLUON:
         raise RuntimeError("this Triton has no Gluon Hopper module")
@@ -240,6 +279,7 @@ def block_sparse_attention_gluon(
     _bsa_gluon_kernel[grid](
         *descs, lse, counts, indices, lens,
         counts.stride(0), indices.stride(0), indices.stride(1), H, Nq, scale * LOG2E,
-        BLOCK=block_size, D=D, STAGES=stages, STORE_LSE=return_lse, num_warps=8,
+        BLOCK=block_size, D=D, STAGES=stages, STORE_LSE=return_lse, LATE_WAIT=late_wait,
+        num_warps=8,
     )  # fmt: skip
     return (out, lse) if return_lse else out
