@@ -1,7 +1,8 @@
 """Block-sparse attention forward for Hopper in Gluon (EXPERIMENTAL, not dispatched).
 
-Work in progress for issue 8, written without a GPU: compile-checked for sm90 with Triton 3.6
-(ptxas: registers, spills), never run. ``kernel="gluon"`` is not wired into the op; the GPU test
+Work in progress for issue 8, written without a GPU: compiled for sm90 with Triton 3.6 and 3.8
+(``tests/test_kernels_gluon.py`` does it on CPU: no spills, shared memory within 227 KB), never
+run. ``kernel="gluon"`` is not wired into the op; the GPU test
 ``tests/test_gpu_gluon.py`` and ``benchmarks/probe_gluon.py`` are what the next GPU session runs.
 
 Same contract as :func:`~xattn_video.kernels.sparse_attention.block_sparse_attention_fwd` for
