@@ -46,7 +46,7 @@ sig.update({name: "constexpr" for name in consts})
 k = triton.compile(GluonASTSource(sag._bsa_gluon_kernel, sig, consts),
                    target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
 open(out + ".ptx", "w").write(k.asm["ptx"])
-json.dump({"shared": k.metadata.shared}, open(out + ".json", "w"))
+json.dump({"smem_bytes": k.metadata.shared}, open(out + ".json", "w"))
 """
 
 
@@ -69,7 +69,7 @@ def test_compiles_for_sm90_without_spills(tmp_path, d, stages, late_wait):
     import triton
 
     ptx_text, meta = _compile_sm90(tmp_path, d, stages, late_wait)
-    assert meta["shared"] <= 232448  # Hopper's 227 KB of shared memory per block
+    assert meta["smem_bytes"] <= 232448  # Hopper's 227 KB of shared memory per block
     ptx = tmp_path / "k.ptx"
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
