@@ -136,6 +136,7 @@ def test_cost_dense_steps_and_later_warm_up_steps_replay_one_graph(monkeypatch):
     handle = xv.apply_xattention(tr, tiny_cfg(warmup_steps=1, auto_dense=True))
     torch._dynamo.reset()
     ran: list[int] = []
+    graphs: list[int] = []
 
     def backend(gm, example_inputs):
         gid = len(graphs)
@@ -147,7 +148,6 @@ def test_cost_dense_steps_and_later_warm_up_steps_replay_one_graph(monkeypatch):
 
         return run
 
-    graphs: list[int] = []
     compile_below_hook(tr, backend=backend, fullgraph=True)
     per_run = []
     with torch.no_grad():

@@ -177,7 +177,7 @@ class XAttentionStats:
     def begin(self, *, run: int, step: int, branch: str) -> None:
         """Start a forward: stamp the calls added since the last ``begin`` with the previous
         (run, step, branch), remember the new one, publish the density feedback."""
-        self._close()
+        self.close()
         self._stamp = (int(run), int(step), str(branch))
         self.feedback.publish()
 
@@ -234,12 +234,9 @@ class XAttentionStats:
         self._records.append(rec)
 
     def close(self) -> None:
-        """Turn the calls added since the last :meth:`begin` into records now (the step hook
-        calls it before the state that ``reason_of`` reads changes)."""
-        self._close()
-
-    def _close(self) -> None:
-        """Turn the open calls into records stamped with the current (run, step, branch)."""
+        """Turn the calls added since the last :meth:`begin` into records stamped with the
+        current (run, step, branch) (the controller calls it before the state that
+        ``reason_of`` reads changes)."""
         if not self._open:
             return
         run, step, branch = self._stamp
@@ -265,7 +262,7 @@ class XAttentionStats:
 
     def _materialize(self) -> None:
         """Copy every pending density to the host in one transfer."""
-        self._close()
+        self.close()
         if not self._lazy:
             return
         flat = torch.cat([h.reshape(-1).to(torch.float64) for _, h in self._lazy]).tolist()
