@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from _common import bench_ms, print_table, save_json  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
 from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon  # noqa: E402
+from xattn_video.kernels.sparse_attention_gluon_ws import block_sparse_attention_gluon_ws  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -56,18 +58,23 @@ def main(argv=None) -> None:
         ref = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128)
         add(f"triton hopper d={d}", bench_ms(lambda c=counts, i=idx: block_sparse_attention_fwd(
             q, k, v, c, i, block_size=128)), dens)  # fmt: skip
-        for stages, late in ((2, True), (3, True), (2, False)):
+        variants = {
+            f"gluon loop stages={s}": partial(
+                block_sparse_attention_gluon, stages=s, late_wait=False
+            )
+            for s in (2, 3)
+        }
+        variants.update({f"gluon ws{' pp' * pp} stages={s}": partial(
+            block_sparse_attention_gluon_ws, stages=s, pingpong=pp)
+            for s in (2, 3) for pp in (False, True)})  # fmt: skip
+        for name, fn in variants.items():
             try:
-                out = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128,
-                                                   stages=stages, late_wait=late)  # fmt: skip
+                out = fn(q, k, v, counts, idx, block_size=128)
                 diff = float((out.float() - ref.float()).abs().max())
-                ms = bench_ms(lambda c=counts, i=idx, s=stages, lw=late: (
-                    block_sparse_attention_gluon(q, k, v, c, i, block_size=128, stages=s,
-                                                 late_wait=lw)))  # fmt: skip
-                add(f"gluon stages={stages} late={late} d={d}", ms, dens,
-                    max_diff_vs_triton=diff)  # fmt: skip
+                ms = bench_ms(lambda c=counts, i=idx, f=fn: f(q, k, v, c, i, block_size=128))
+                add(f"{name} d={d}", ms, dens, max_diff_vs_triton=diff)
             except Exception as exc:  # noqa: BLE001 - a probe reports failures
-                print(f"  gluon stages={stages} late={late} d={d} failed: {exc}")
+                print(f"  {name} d={d} failed: {exc}")
     base = rows[0]["tflops"]
     for r in rows:
         r["x_cudnn_rate"] = r["tflops"] / base

@@ -18,13 +18,31 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs an sm90+ GPU")
 
 
-@needs_hopper
-@pytest.mark.parametrize("n, d", [(1000, 128), (8192, 128), (3000, 64), (67576, 128)])
-@pytest.mark.parametrize("stages, late_wait", [(2, True), (3, True), (2, False)])
-@pytest.mark.parametrize("density", [0.3, 1.0])
-def test_gluon_kernel_matches_fp64(n, d, stages, late_wait, density):
+def _gluon(stages, late_wait):
     from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
 
+    return lambda *a, **kw: block_sparse_attention_gluon(*a, stages=stages, late_wait=late_wait,
+                                                         **kw)  # fmt: skip
+
+
+def _gluon_ws(stages, pingpong=False):
+    from xattn_video.kernels.sparse_attention_gluon_ws import block_sparse_attention_gluon_ws
+
+    return lambda *a, **kw: block_sparse_attention_gluon_ws(*a, stages=stages,
+                                                            pingpong=pingpong, **kw)  # fmt: skip
+
+
+VARIANTS = {"loop-2": lambda: _gluon(2, False), "loop-3": lambda: _gluon(3, False),
+            "ws-2": lambda: _gluon_ws(2), "ws-3": lambda: _gluon_ws(3),
+            "pp-2": lambda: _gluon_ws(2, True), "pp-3": lambda: _gluon_ws(3, True)}  # fmt: skip
+
+
+@needs_hopper
+@pytest.mark.parametrize("n, d", [(1000, 128), (8192, 128), (3000, 64), (67576, 128)])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("density", [0.3, 1.0])
+def test_gluon_kernel_matches_fp64(n, d, variant, density):
+    kernel = VARIANTS[variant]()
     B, H = 2, 2
     g = torch.Generator(device="cuda").manual_seed(n + d)
     q, k, v = (torch.randn(B, H, n, d, device="cuda", generator=g).bfloat16() for _ in range(3))
@@ -34,9 +52,7 @@ def test_gluon_kernel_matches_fp64(n, d, stages, late_wait, density):
                          ratio=density, kv_len=kv_len)  # fmt: skip
     mask[0, 1, 1] = False  # an empty row: zeros and -inf LSE
     counts, idx = mask_to_indices(mask)
-    out, lse = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, kv_len=kv_len,
-                                            return_lse=True, stages=stages,
-                                            late_wait=late_wait)  # fmt: skip
+    out, lse = kernel(q, k, v, counts, idx, block_size=128, kv_len=kv_len, return_lse=True)
     ref, ref_lse = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128,
                                               kv_len=kv_len, return_lse=True, kernel="portable")  # fmt: skip
     assert torch.equal(out[0, 1, 128:256], torch.zeros_like(out[0, 1, 128:256]))

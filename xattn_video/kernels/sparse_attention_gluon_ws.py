@@ -1,0 +1,369 @@
+"""Block-sparse attention forward for Hopper in Gluon, warp-specialized (EXPERIMENTAL).
+
+One program per (query block of 128 rows, b, h) with three partitions:
+
+* a producer warp: Q's two 64-row halves once, then K and V of the listed key blocks by TMA
+  into a ``STAGES``-deep ring, in the order the consumers read them (K of tile j+1 before V of
+  tile j), waiting on per-slot "empty" mbarriers;
+* two consumer warpgroups, one per 64-row half of the query block, each with its own online
+  softmax and FA3's intra-warpgroup overlap (Q.K^T of tile j+1 and P.V of tile j-1 on the tensor
+  cores while tile j's softmax runs). They share the K/V ring and release a slot by arriving on
+  its "empty" mbarrier (count 2) once their wgmma that read it is done.
+
+Unlike the single-partition kernel, no CTA-wide barrier ties the two warpgroups together, so one
+warpgroup's softmax can run while the other's matmuls hold the tensor cores; registers are
+re-allocated (producer 24, consumers 240 each).
+
+The softmax takes the row maximum of the raw logits and folds the scale into one FMA per element
+(``exp2(s * scale - m)``).
+
+Not supported: block sizes other than 128, fp8, explicit ping-pong ordering of the two
+consumers, causal masks, backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._common import cdiv, kv_len_tensor
+
+try:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_init,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    HAS_GLUON = True
+except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
+    HAS_GLUON = False
+
+LOG2E = 1.4426950408889634
+HALF = 64  # query rows per consumer warpgroup
+MAXNREG = 168  # 12 warps x 32 x 168 <= 64K registers; re-allocated to 240 / 240 / 24
+
+
+if HAS_GLUON:
+
+    @gluon.jit
+    def _producer(args, WG: gl.constexpr):
+        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_full, v_full,
+         k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
+         STAGES) = args  # fmt: skip
+        BN: gl.constexpr = k_desc.block_type.shape[2]
+        HALF: gl.constexpr = q_desc.block_type.shape[2]
+        for i in gl.static_range(2):
+            mbarrier.expect(q_bars.index(i), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(
+                q_desc, [b, h, pid_m * (2 * HALF) + i * HALF, 0], q_bars.index(i), q_smem.index(i)
+            )
+        # K of tile 0, then per tile j: K of tile j+1, V of tile j (the consumers' order)
+        kb = gl.load(idx_base, mask=cnt > 0, other=0)
+        mbarrier.expect(k_full.index(0), k_desc.block_type.nbytes, pred=cnt > 0)
+        tma.async_copy_global_to_shared(k_desc, [b, h, kb * BN, 0], k_full.index(0),
+                                        k_smem.index(0), pred=cnt > 0)  # fmt: skip
+        for j in range(cnt):
+            nxt = j + 1
+            has_next = nxt < cnt
+            ns = nxt % STAGES
+            kb_n = gl.load(idx_base + nxt, mask=has_next, other=0)
+            mbarrier.wait(k_empty.index(ns), ((nxt // STAGES) & 1) ^ 1, pred=has_next)
+            mbarrier.expect(k_full.index(ns), k_desc.block_type.nbytes, pred=has_next)
+            tma.async_copy_global_to_shared(k_desc, [b, h, kb_n * BN, 0], k_full.index(ns),
+                                            k_smem.index(ns), pred=has_next)  # fmt: skip
+            s = j % STAGES
+            kb = gl.load(idx_base + j)
+            mbarrier.wait(v_empty.index(s), ((j // STAGES) & 1) ^ 1)
+            mbarrier.expect(v_full.index(s), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [b, h, kb * BN, 0], v_full.index(s),
+                                            v_smem.index(s))  # fmt: skip
+
+    @gluon.jit
+    def _softmax_step(s, m_i, l_i, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr,
+                      row_o: gl.constexpr):  # fmt: skip
+        """One online-softmax step on raw logits s (the scale folded into the exponent's FMA):
+        (P as the P.V operand, the accumulator's rescale factor in its row layout, new m, l)."""
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        alpha = gl.exp2(m_i - m_new)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+        l_new = l_i * alpha + gl.sum(p, axis=1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        return p_op, gl.convert_layout(alpha, row_o), m_new, l_new
+
+    @gluon.jit
+    def _epilogue(acc, m_i, l_i, o_smem, o_desc, LSE, b, h, pid_bh, row0, N_Q,
+                  row_s: gl.constexpr, row_o: gl.constexpr):  # fmt: skip
+        """O = acc / l into this half's (now free) Q buffer, then TMA to global; LSE if asked."""
+        HALF: gl.constexpr = o_desc.block_type.shape[2]
+        D: gl.constexpr = o_desc.block_type.shape[3]
+        empty = l_i == 0.0
+        denom = gl.convert_layout(gl.where(empty, 1.0, l_i), row_o)
+        out = acc / gl.expand_dims(denom, 1)
+        o_smem.reshape([HALF, D]).store(out.to(o_desc.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], o_smem)
+        if LSE.dtype.element_ty == gl.float32:
+            offs_m = row0 + gl.arange(0, HALF, layout=row_s)
+            lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_i)) * 0.6931471805599453)
+            gl.store(LSE + pid_bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
+        tma.store_wait(pendings=0)
+
+    @gluon.jit
+    def _consumer(args, WG: gl.constexpr):
+        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_full, v_full,
+         k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
+         STAGES) = args  # fmt: skip
+        BN: gl.constexpr = k_desc.block_type.shape[2]
+        D: gl.constexpr = k_desc.block_type.shape[3]
+        HALF: gl.constexpr = q_desc.block_type.shape[2]
+        dtype: gl.constexpr = v_desc.dtype
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16]
+        )
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
+        )
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+
+        q = q_smem.index(WG).reshape([HALF, D])
+        m_i = gl.full([HALF], -1.0e30, gl.float32, layout=row_s)
+        l_i = gl.full([HALF], 0.0, gl.float32, layout=row_s)
+        acc = warpgroup_mma_init(gl.zeros([HALF, D], gl.float32, layout=o_layout))
+        s_cur = gl.zeros([HALF, BN], gl.float32, layout=s_layout)
+        mbarrier.wait(q_bars.index(WG), 0)
+        if cnt > 0:
+            mbarrier.wait(k_full.index(0), 0)
+            s_cur = warpgroup_mma(q, k_smem.index(0).reshape([BN, D]).permute((1, 0)), s_cur,
+                                  use_acc=False)  # fmt: skip
+            mbarrier.arrive(k_empty.index(0), count=1)
+        # every tile but the last is full (only the last listed block can hold padded keys)
+        for j in range(cnt - 1):
+            slot = j % STAGES
+            nslot = (j + 1) % STAGES
+            mbarrier.wait(k_full.index(nslot), ((j + 1) // STAGES) & 1)
+            s_tok = warpgroup_mma(q, k_smem.index(nslot).reshape([BN, D]).permute((1, 0)),
+                                  s_cur, use_acc=False, is_async=True)  # fmt: skip
+            p_op, alpha, m_i, l_i = _softmax_step(s_cur, m_i, l_i, qk_scale, dtype, p_layout,
+                                                  row_o)  # fmt: skip
+            s_next, acc_r = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok, acc))
+            # Q.K^T(j+1) read K's slot, P.V(j-1) read V's: both done, release them
+            mbarrier.arrive(k_empty.index(nslot), count=1)
+            mbarrier.arrive(v_empty.index((j + STAGES - 1) % STAGES), count=1, pred=j > 0)
+            acc_r = acc_r * gl.expand_dims(alpha, 1)
+            mbarrier.wait(v_full.index(slot), (j // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(slot).reshape([BN, D]), acc_r, is_async=True)
+            s_cur = s_next
+        acc_r = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        if cnt > 0:  # the last tile, masked against kv_len
+            j = cnt - 1
+            kb = gl.load(idx_base + j)
+            valid = (kb * BN + gl.arange(0, BN, layout=col_s)) < kvl
+            s = gl.where(gl.expand_dims(valid, 0), s_cur, float("-inf"))
+            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, dtype, p_layout, row_o)
+            acc_r = acc_r * gl.expand_dims(alpha, 1)
+            slot = j % STAGES
+            mbarrier.wait(v_full.index(slot), (j // STAGES) & 1)
+            acc_r = warpgroup_mma(p_op, v_smem.index(slot).reshape([BN, D]), acc_r)
+
+        _epilogue(acc_r, m_i, l_i, q_smem.index(WG), o_desc, LSE, b, h, pid_bh,
+                  pid_m * (2 * HALF) + WG * HALF, N_Q, row_s, row_o)  # fmt: skip
+
+    @gluon.jit
+    def _mask_keys(s, idx_base, j, kvl, BN: gl.constexpr, col_s: gl.constexpr):
+        """Logits of listed tile j with keys at or past kv_len set to -inf."""
+        kb = gl.load(idx_base + j)
+        valid = (kb * BN + gl.arange(0, BN, layout=col_s)) < kvl
+        return gl.where(gl.expand_dims(valid, 0), s, float("-inf"))
+
+    @gluon.jit
+    def _consumer_pp(args, WG: gl.constexpr):
+        """FA3's order with ping-pong: per tile j, wait for this warpgroup's turn, issue
+        Q.K^T(j) and P.V(j-1), pass the turn to the other warpgroup, then tile j's softmax while
+        P.V(j-1) (and the other warpgroup's matmuls) run."""
+        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_full, v_full,
+         k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
+         STAGES) = args  # fmt: skip
+        BN: gl.constexpr = k_desc.block_type.shape[2]
+        D: gl.constexpr = k_desc.block_type.shape[3]
+        HALF: gl.constexpr = q_desc.block_type.shape[2]
+        dtype: gl.constexpr = v_desc.dtype
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16]
+        )
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
+        )
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+
+        q = q_smem.index(WG).reshape([HALF, D])
+        m_i = gl.full([HALF], -1.0e30, gl.float32, layout=row_s)
+        l_i = gl.full([HALF], 0.0, gl.float32, layout=row_s)
+        acc = gl.zeros([HALF, D], gl.float32, layout=o_layout)
+        s = gl.zeros([HALF, BN], gl.float32, layout=s_layout)
+        p_op = gl.zeros([HALF, BN], dtype, layout=p_layout)
+        alpha = gl.full([HALF], 1.0, gl.float32, layout=row_o)
+        mbarrier.wait(q_bars.index(WG), 0)
+        if cnt > 0:  # tile 0: Q.K^T only
+            mbarrier.wait(sched.index(WG), 1 - WG)
+            mbarrier.wait(k_full.index(0), 0)
+            s_tok = warpgroup_mma(q, k_smem.index(0).reshape([BN, D]).permute((1, 0)), s,
+                                  use_acc=False, is_async=True)  # fmt: skip
+            mbarrier.arrive(sched.index(1 - WG), count=1)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
+            mbarrier.arrive(k_empty.index(0), count=1)
+            if cnt == 1:
+                s = _mask_keys(s, idx_base, 0, kvl, BN, col_s)
+            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, dtype, p_layout, row_o)
+        for j in range(1, cnt):
+            slot = j % STAGES
+            pslot = (j - 1) % STAGES
+            # warpgroup 0 goes first: its turn j needs warpgroup 1's arrival j-1
+            mbarrier.wait(sched.index(WG), (j & 1) ^ (1 - WG))
+            mbarrier.wait(k_full.index(slot), (j // STAGES) & 1)
+            s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BN, D]).permute((1, 0)), s,
+                                  use_acc=False, is_async=True)  # fmt: skip
+            acc = acc * gl.expand_dims(alpha, 1)
+            mbarrier.wait(v_full.index(pslot), ((j - 1) // STAGES) & 1)
+            acc_tok = warpgroup_mma(p_op, v_smem.index(pslot).reshape([BN, D]), acc,
+                                    is_async=True)  # fmt: skip
+            mbarrier.arrive(sched.index(1 - WG), count=1)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            if j == cnt - 1:  # only the last listed block can hold padded keys
+                s = _mask_keys(s, idx_base, j, kvl, BN, col_s)
+            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, dtype, p_layout, row_o)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
+            mbarrier.arrive(v_empty.index(pslot), count=1)
+        if cnt > 0:
+            acc = acc * gl.expand_dims(alpha, 1)
+            slot = (cnt - 1) % STAGES
+            mbarrier.wait(v_full.index(slot), ((cnt - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(slot).reshape([BN, D]), acc)
+        _epilogue(acc, m_i, l_i, q_smem.index(WG), o_desc, LSE, b, h, pid_bh,
+                  pid_m * (2 * HALF) + WG * HALF, N_Q, row_s, row_o)  # fmt: skip
+
+    @gluon.jit
+    def _bsa_gluon_ws_kernel(
+        q_desc, k_desc, v_desc, o_desc, LSE, COUNTS, INDICES, KV_LEN,
+        stride_cbh, stride_ibh, stride_im, H, N_Q, qk_scale,
+        STAGES: gl.constexpr, PINGPONG: gl.constexpr, num_warps: gl.constexpr,
+    ):  # fmt: skip
+        pid_m = gl.program_id(0)
+        pid_bh = gl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        kvl = gl.load(KV_LEN + b)
+        cnt = gl.load(COUNTS + pid_bh * stride_cbh + pid_m)
+        idx_base = INDICES + pid_bh * stride_ibh + pid_m * stride_im
+
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape,
+                                           q_desc.layout)  # fmt: skip
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape,
+                                           k_desc.layout)  # fmt: skip
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape,
+                                           v_desc.layout)  # fmt: skip
+        q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        k_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        sched = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(2):
+            mbarrier.init(q_bars.index(i), count=1)
+            mbarrier.init(sched.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_full.index(i), count=1)
+            mbarrier.init(v_full.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
+            mbarrier.init(v_empty.index(i), count=2)
+
+        args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_full, v_full,
+                k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
+                STAGES)  # fmt: skip
+        if PINGPONG:
+            gl.warp_specialize(
+                [(_consumer_pp, (args, 0)), (_consumer_pp, (args, 1)), (_producer, (args, 0))],
+                [4, 1],
+                [240, 24],
+            )
+        else:
+            gl.warp_specialize(
+                [(_consumer, (args, 0)), (_consumer, (args, 1)), (_producer, (args, 0))],
+                [4, 1],
+                [240, 24],
+            )
+        for i in gl.static_range(2):
+            mbarrier.invalidate(q_bars.index(i))
+            mbarrier.invalidate(sched.index(i))
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(k_full.index(i))
+            mbarrier.invalidate(v_full.index(i))
+            mbarrier.invalidate(k_empty.index(i))
+            mbarrier.invalidate(v_empty.index(i))
+
+
+def block_sparse_attention_gluon_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    counts: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    block_size: int,
+    kv_len: torch.Tensor | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+    stages: int = 2,
+    pingpong: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Warp-specialized Gluon block-sparse attention (see the module docstring).
+
+    q, k, v: (B, H, N, D) bf16/fp16 CUDA (sm90), 16-byte aligned strides, unit last stride;
+    counts: (B, H, Nbq) int32; indices: (B, H, Nbq, L) int32 ascending valid blocks; kv_len:
+    (B,) int. Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N)
+    float32 (natural log). ``stages``: K/V ring depth (2 or 3).
+    """
+    if not HAS_GLUON:
+        raise RuntimeError("this Triton has no Gluon Hopper module")
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    if block_size != 128 or D not in (64, 128):
+        raise ValueError(f"the Gluon kernel takes block_size 128 and head dim 64/128, got "
+                         f"{block_size} / {D}")  # fmt: skip
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    out = torch.empty_like(q)
+    # without return_lse the kernel gets an int32 placeholder and skips the store
+    lse = (torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse
+           else lens)  # fmt: skip
+    dt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    q_block, kv_block = [1, 1, HALF, D], [1, 1, block_size, D]
+    q_layout = gl.NVMMASharedLayout.get_default_for(q_block, dt)
+    kv_layout = gl.NVMMASharedLayout.get_default_for(kv_block, dt)
+    descs = [TensorDescriptor.from_tensor(q, q_block, q_layout),
+             TensorDescriptor.from_tensor(k, kv_block, kv_layout),
+             TensorDescriptor.from_tensor(v, kv_block, kv_layout),
+             TensorDescriptor.from_tensor(out, q_block, q_layout)]  # fmt: skip
+    counts = counts.reshape(B * H, -1)
+    indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
+    grid = (cdiv(Nq, block_size), B * H)
+    _bsa_gluon_ws_kernel[grid](
+        *descs, lse, counts, indices, lens,
+        counts.stride(0), indices.stride(0), indices.stride(1), H, Nq, scale * LOG2E,
+        STAGES=stages, PINGPONG=pingpong, num_warps=4, maxnreg=MAXNREG,
+    )  # fmt: skip
+    return (out, lse) if return_lse else out
