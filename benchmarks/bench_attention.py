@@ -76,7 +76,8 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     )
     flops = attention_flops(1, heads, n, n, dim)
     rows: list[dict] = []
-    fp8_ok = attention_kernel_for(q, k, v, BLOCK) == "hopper"
+    kernel = attention_kernel_for(q, k, v, BLOCK)  # what "ours sparse" runs
+    fp8_ok = attention_kernel_for(q, k, v, BLOCK, precision="fp8") == "hopper"
 
     def add(name, ms, density=1.0, **extra):
         tflops = None if density is None else density * flops / (ms * 1e-3) / 1e12
@@ -96,7 +97,9 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
         dens = float(mask.float().mean())
         attn = partial(block_sparse_attention_fwd, q, k, v, counts, indices, block_size=BLOCK)
         ms = bench_ms(attn)
-        add(f"ours sparse d={d}", ms, dens)
+        add(f"ours sparse d={d}", ms, dens, kernel=kernel)
+        if kernel == "gluon":  # the Triton Hopper kernel it replaces, in the same run
+            add(f"ours sparse triton-hopper d={d}", bench_ms(partial(attn, kernel="hopper")), dens)
         add(f"ours sparse portable d={d}", bench_ms(partial(attn, kernel="portable")), dens)
         if fp8_ok:
             add(f"ours sparse fp8 d={d}", bench_ms(partial(attn, precision="fp8")), dens)

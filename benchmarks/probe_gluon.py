@@ -1,4 +1,4 @@
-"""Probe (GPU): the experimental Gluon kernel vs the Hopper Triton kernel and cuDNN dense.
+"""Probe (GPU): the Gluon kernel (both ring depths) vs the Triton Hopper kernel and cuDNN dense.
 
 B=1, 24 heads, head dim 128, bf16, N=119,056, pinned densities on random block scores, median
 ms and effective TFLOP/s (density x dense FLOPs / time), max |diff| to the Triton kernel.
@@ -24,7 +24,6 @@ from _common import bench_ms, print_table, save_json  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
 from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon  # noqa: E402
-from xattn_video.kernels.sparse_attention_gluon_ws import block_sparse_attention_gluon_ws  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -55,18 +54,11 @@ def main(argv=None) -> None:
         mask = select_blocks(scores, block_size=128, ratio=d, n_k=n)
         counts, idx = mask_to_indices(mask)
         dens = float(mask.float().mean())
-        ref = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128)
+        ref = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128, kernel="hopper")
         add(f"triton hopper d={d}", bench_ms(lambda c=counts, i=idx: block_sparse_attention_fwd(
-            q, k, v, c, i, block_size=128)), dens)  # fmt: skip
-        variants = {
-            f"gluon loop stages={s}": partial(
-                block_sparse_attention_gluon, stages=s, late_wait=False
-            )
-            for s in (2, 3)
-        }
-        variants.update({f"gluon ws{' pp' * pp} stages={s}": partial(
-            block_sparse_attention_gluon_ws, stages=s, pingpong=pp)
-            for s in (2, 3) for pp in (False, True)})  # fmt: skip
+            q, k, v, c, i, block_size=128, kernel="hopper")), dens)  # fmt: skip
+        variants = {f"gluon stages={s}": partial(block_sparse_attention_gluon, stages=s)
+                    for s in (2, 3)}  # fmt: skip
         for name, fn in variants.items():
             try:
                 out = fn(q, k, v, counts, idx, block_size=128)

@@ -1,8 +1,10 @@
-"""GPU checks of the experimental Gluon kernel (``pytest -m gpu`` on an sm90 GPU): outputs of
-sampled query blocks against fp64 with the flash-attention rule, LSE against the portable
-kernel's, empty rows, key padding, B=2, both pipeline depths, head dims 64 and 128."""
+"""GPU checks of the Gluon kernel (``pytest -m gpu`` on an sm90 GPU): outputs of sampled query
+blocks against fp64 with the flash-attention rule, LSE against the portable kernel's, empty
+rows, key padding, B=2, both ring depths, head dims 64 and 128, up to 119,056 tokens; and that
+the op's automatic choice runs it where the table says."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -18,31 +20,16 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs an sm90+ GPU")
 
 
-def _gluon(stages, late_wait):
+@needs_hopper
+@pytest.mark.parametrize(
+    "n, d", [(1000, 128), (8192, 128), (3000, 64), (67576, 128), (119056, 128)]
+)
+@pytest.mark.parametrize("stages", [2, 3])
+@pytest.mark.parametrize("density", [0.3, 1.0])
+def test_gluon_kernel_matches_fp64(n, d, stages, density):
     from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
 
-    return lambda *a, **kw: block_sparse_attention_gluon(*a, stages=stages, late_wait=late_wait,
-                                                         **kw)  # fmt: skip
-
-
-def _gluon_ws(stages, pingpong=False):
-    from xattn_video.kernels.sparse_attention_gluon_ws import block_sparse_attention_gluon_ws
-
-    return lambda *a, **kw: block_sparse_attention_gluon_ws(*a, stages=stages,
-                                                            pingpong=pingpong, **kw)  # fmt: skip
-
-
-VARIANTS = {"loop-2": lambda: _gluon(2, False), "loop-3": lambda: _gluon(3, False),
-            "ws-2": lambda: _gluon_ws(2), "ws-3": lambda: _gluon_ws(3),
-            "pp-2": lambda: _gluon_ws(2, True), "pp-3": lambda: _gluon_ws(3, True)}  # fmt: skip
-
-
-@needs_hopper
-@pytest.mark.parametrize("n, d", [(1000, 128), (8192, 128), (3000, 64), (67576, 128)])
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("density", [0.3, 1.0])
-def test_gluon_kernel_matches_fp64(n, d, variant, density):
-    kernel = VARIANTS[variant]()
+    kernel = partial(block_sparse_attention_gluon, stages=stages)
     B, H = 2, 2
     g = torch.Generator(device="cuda").manual_seed(n + d)
     q, k, v = (torch.randn(B, H, n, d, device="cuda", generator=g).bfloat16() for _ in range(3))
@@ -67,3 +54,25 @@ def test_gluon_kernel_matches_fp64(n, d, variant, density):
         lowp = naive_attention(q[:, :, r0:r1], k, v, tok, dtype=q.dtype)
         exact, lowp = exact.nan_to_num(0.0), lowp.nan_to_num(0.0)  # the empty row
         assert_fa_close(out[:, :, r0:r1], exact, lowp, what=f"q-block {qb}")
+
+
+@needs_hopper
+def test_auto_dispatch_runs_the_gluon_kernel_on_sm90_at_video_sizes():
+    from xattn_video.kernels import tuning
+    from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
+
+    n = 40000
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 128, device="cuda", generator=g).bfloat16() for _ in range(3))
+    nb = math.ceil(n / 128)
+    mask = select_blocks(torch.rand(1, 2, nb, nb, device="cuda", generator=g), block_size=128,
+                         ratio=0.2, n_k=n)  # fmt: skip
+    counts, idx = mask_to_indices(mask)
+    want = "gluon" if torch.cuda.get_device_capability()[0] == 9 else "hopper"
+    assert tuning.attention_kernel_for(q, k, v, 128) == want
+    assert tuning.attention_kernel_for(q, k, v, 128, precision="fp8") == "hopper"
+    if want == "gluon":
+        stages = tuning.gluon_stages(torch.cuda.get_device_name(), 128)
+        direct = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, stages=stages)
+        assert torch.equal(block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128),
+                           direct)  # fmt: skip

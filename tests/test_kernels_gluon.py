@@ -1,6 +1,7 @@
-"""The experimental Gluon kernel on CPU: argument checks, and that it compiles for sm90 (PTX
-assembled by the ptxas that ships with Triton) without register spills and within Hopper's
-shared memory. Its numbers are checked on the GPU (tests/test_gpu_gluon.py)."""
+"""The Gluon kernel on CPU: argument checks, and that it compiles for sm90 (PTX assembled by
+the ptxas that ships with Triton) with its three partitions, register re-allocation and
+ping-pong, without register spills and within Hopper's shared memory. Its numbers are checked
+on the GPU (tests/test_gpu_gluon.py)."""
 
 import json
 import os
@@ -16,7 +17,7 @@ needs_gluon = pytest.mark.skipif(not sag.HAS_GLUON, reason="Triton without Gluon
 
 
 @needs_gluon
-def test_rejects_block_sizes_and_head_dims_it_does_not_take():
+def test_rejects_inputs_it_does_not_take():
     q = torch.zeros(1, 1, 256, 128, dtype=torch.bfloat16)
     counts = torch.zeros(1, 1, 2, dtype=torch.int32)
     idx = torch.zeros(1, 1, 2, 2, dtype=torch.int32)
@@ -25,6 +26,10 @@ def test_rejects_block_sizes_and_head_dims_it_does_not_take():
     q32 = torch.zeros(1, 1, 256, 32, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="head dim"):
         sag.block_sparse_attention_gluon(q32, q32, q32, counts, idx, block_size=128)
+    with pytest.raises(ValueError, match="stages 2 or 3"):
+        sag.block_sparse_attention_gluon(q, q, q, counts, idx, block_size=128, stages=4)
+    with pytest.raises(ValueError, match="bf16/fp16"):
+        sag.block_sparse_attention_gluon(q.float(), q, q, counts, idx, block_size=128)
 
 
 _COMPILE = """
@@ -35,28 +40,29 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from xattn_video.kernels import sparse_attention_gluon as sag
 
-d, stages, late, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
-layout = gl.NVMMASharedLayout.get_default_for([1, 1, 128, d], gl.bfloat16)
-desc = f"tensordesc<bf16[1,1,128,{d}],{layout!r}>"
-sig = dict(q_desc=desc, k_desc=desc, v_desc=desc, o_desc=desc, LSE="*fp32", COUNTS="*i32",
-           INDICES="*i32", KV_LEN="*i32", stride_cbh="i32", stride_ibh="i32", stride_im="i32",
-           H="i32", N_Q="i32", qk_scale="fp32")
-consts = dict(BLOCK=128, D=d, STAGES=stages, STORE_LSE=True, LATE_WAIT=late, num_warps=8)
+d, stages, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def desc(rows):
+    layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows, d], gl.bfloat16)
+    return f"tensordesc<bf16[1,1,{rows},{d}],{layout!r}>"
+sig = dict(q_desc=desc(64), k_desc=desc(128), v_desc=desc(128), o_desc=desc(64), LSE="*fp32",
+           COUNTS="*i32", INDICES="*i32", KV_LEN="*i32", stride_cbh="i32", stride_ibh="i32",
+           stride_im="i32", H="i32", N_Q="i32", qk_scale="fp32")
+consts = dict(STAGES=stages, num_warps=4)
 sig.update({name: "constexpr" for name in consts})
 k = triton.compile(GluonASTSource(sag._bsa_gluon_kernel, sig, consts),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": sag.MAXNREG})
 open(out + ".ptx", "w").write(k.asm["ptx"])
-json.dump({"smem_bytes": k.metadata.shared}, open(out + ".json", "w"))
+json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open(out + ".json", "w"))
 """
 
 
-def _compile_sm90(tmp_path, d: int, stages: int, late_wait: bool) -> tuple[str, dict]:
+def _compile_sm90(tmp_path, d: int, stages: int) -> tuple[str, dict]:
     """(PTX, metadata) of the kernel compiled for sm90, in a process without the interpreter
     (this suite runs with TRITON_INTERPRET=1, under which Gluon functions cannot compile)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = str(tmp_path / "k")
-    subprocess.run([sys.executable, "-c", _COMPILE, str(d), str(stages), str(int(late_wait)),
-                    out], env=env, check=True, capture_output=True, text=True)  # fmt: skip
+    subprocess.run([sys.executable, "-c", _COMPILE, str(d), str(stages), out], env=env,
+                   check=True, capture_output=True, text=True)  # fmt: skip
     with open(out + ".json") as f:
         meta = json.load(f)
     with open(out + ".ptx") as f:
@@ -64,12 +70,18 @@ def _compile_sm90(tmp_path, d: int, stages: int, late_wait: bool) -> tuple[str, 
 
 
 @needs_gluon
-@pytest.mark.parametrize("d, stages, late_wait", [(128, 2, True), (128, 3, True), (64, 2, False)])
-def test_compiles_for_sm90_without_spills(tmp_path, d, stages, late_wait):
+@pytest.mark.parametrize("d, stages", [(128, 2), (128, 3), (64, 2)])
+def test_compiles_for_sm90_without_spills(tmp_path, d, stages):
     import triton
 
-    ptx_text, meta = _compile_sm90(tmp_path, d, stages, late_wait)
+    ptx_text, meta = _compile_sm90(tmp_path, d, stages)
     assert meta["smem_bytes"] <= 232448  # Hopper's 227 KB of shared memory per block
+    assert meta["warps"] == 12  # two consumer warpgroups + the producer warp, padded
+    # registers move from the producer (24) to the consumers (240)
+    assert "setmaxnreg.dec.sync.aligned.u32 \t24;" in ptx_text
+    assert "setmaxnreg.dec.sync.aligned.u32 \t240;" in ptx_text
+    # no CTA-wide barrier in the consumers: only partition-scoped (128-thread) ones
+    assert "bar.sync \t0;" not in ptx_text and "bar.sync \t0, 128;" in ptx_text
     ptx = tmp_path / "k.ptx"
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
@@ -77,5 +89,3 @@ def test_compiles_for_sm90_without_spills(tmp_path, d, stages, late_wait):
     res = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull],
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert "0 bytes spill stores" in res.stderr, res.stderr
-    # the loop keeps one wgmma group in flight (FA3's order) or waits for both
-    assert ("wgmma.wait_group.sync.aligned 1;" in ptx_text) == late_wait

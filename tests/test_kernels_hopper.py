@@ -126,7 +126,8 @@ def test_fp8_pv_rejects_lazy_rescale():
 
 
 BASE = dict(is_cuda=True, capability=9, dtype=torch.bfloat16, head_dim=128, block_size=128,
-            aligned=True, interpreter=False)  # fmt: skip
+            aligned=True, interpreter=False, n=4096, precision="bf16", has_gluon=True)  # fmt: skip
+LARGE = {"n": 119056}
 
 
 @pytest.mark.parametrize(
@@ -143,6 +144,19 @@ BASE = dict(is_cuda=True, capability=9, dtype=torch.bfloat16, head_dim=128, bloc
         ({"is_cuda": False, "capability": 0, "interpreter": True}, "portable"),  # CPU tests
         ({"kernel": "portable"}, "portable"),
         ({"is_cuda": False, "capability": 0, "interpreter": True, "kernel": "hopper"}, "hopper"),
+        # the Gluon kernel: sm90, bf16/fp16, block 128, from 32k query tokens (where measured)
+        (LARGE, "gluon"),
+        ({**LARGE, "dtype": torch.float16, "head_dim": 64}, "gluon"),
+        ({"n": 32767}, "hopper"),
+        ({"n": 32768}, "gluon"),
+        ({**LARGE, "precision": "fp8"}, "hopper"),
+        ({**LARGE, "block_size": 64}, "hopper"),
+        ({**LARGE, "capability": 10}, "hopper"),  # Blackwell has no wgmma
+        ({**LARGE, "has_gluon": False}, "hopper"),
+        ({**LARGE, "aligned": False}, "portable"),
+        ({**LARGE, "kernel": "hopper"}, "hopper"),
+        ({**LARGE, "kernel": "portable"}, "portable"),
+        ({"kernel": "gluon"}, "gluon"),  # forced below 32k tokens
     ],
 )
 def test_dispatch_choice(change, want):
@@ -155,6 +169,23 @@ def test_dispatch_forced_hopper_rejects(change):
         tuning.choose_kernel(**{**BASE, **change, "kernel": "hopper"})
     with pytest.raises(ValueError, match="kernel must be"):
         tuning.choose_kernel(**{**BASE, "kernel": "fast"})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"capability": 10}, {"block_size": 64}, {"precision": "fp8"}, {"has_gluon": False},
+     {"dtype": torch.float32}, {"is_cuda": False, "interpreter": True}],
+)  # fmt: skip
+def test_dispatch_forced_gluon_rejects(change):
+    with pytest.raises(ValueError, match="kernel='gluon'"):
+        tuning.choose_kernel(**{**BASE, **LARGE, **change, "kernel": "gluon"})
+
+
+def test_gluon_stages_table():
+    assert tuning.gluon_stages("NVIDIA H200", 128) == 3
+    assert tuning.gluon_stages("NVIDIA H200", 64) == 2  # not measured: the smaller ring
+    assert tuning.gluon_stages("NVIDIA H100 80GB HBM3", 128) == 2
+    assert tuning.gluon_stages(None, 128) == 2
 
 
 def test_config_table_lookup(monkeypatch):
@@ -207,3 +238,5 @@ def test_portable_entry_point_dispatch_on_cpu():
         block_sparse_attention_fwd(q, k, v, counts, idx, precision="fp8", **kw)
     with pytest.raises(ValueError, match="precision must be"):
         block_sparse_attention_fwd(q, k, v, counts, idx, precision="int8", **kw)
+    with pytest.raises(ValueError, match="kernel='gluon'"):  # Gluon has no interpreter path
+        block_sparse_attention_fwd(q, k, v, counts, idx, kernel="gluon", **kw)

@@ -297,20 +297,26 @@ def block_sparse_attention_fwd(
     Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N) float32.
     ``launch`` overrides (BLOCK_M, BLOCK_N, num_warps, num_stages), for tuning. ``use_tma``:
     load tiles with Hopper tensor descriptors (default: on sm90+ GPUs for fp16/bf16).
-    ``kernel``: "auto" (the Hopper kernel where :func:`~.tuning.attention_kernel_for` allows it,
-    unless ``launch`` or ``use_tma`` asks for the portable one), "hopper" or "portable".
-    ``precision``: "bf16" (the inputs' dtype) or "fp8" (Hopper kernel only).
+    ``kernel``: "auto" (the Gluon or Hopper kernel where :func:`~.tuning.attention_kernel_for`
+    allows it, unless ``launch`` or ``use_tma`` asks for the portable one), "gluon", "hopper"
+    or "portable". ``precision``: "bf16" (the inputs' dtype) or "fp8" (Hopper kernel only).
     """
+    from .sparse_attention_gluon import block_sparse_attention_gluon
     from .sparse_attention_hopper import PRECISIONS, block_sparse_attention_hopper
-    from .tuning import attention_kernel_for
+    from .tuning import attention_kernel_for, gluon_stages, gpu_name
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if kernel == "auto" and (launch is not None or use_tma is not None):
         kernel = "portable"
-    choice = attention_kernel_for(q, k, v, block_size, kernel)
+    choice = attention_kernel_for(q, k, v, block_size, kernel, precision)
     if precision == "fp8" and choice != "hopper":
         raise ValueError("precision='fp8' needs the Hopper kernel (an sm90+ GPU, fp16/bf16 inputs)")
+    if choice == "gluon":
+        return block_sparse_attention_gluon(
+            q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
+            return_lse=return_lse, stages=gluon_stages(gpu_name(q), q.shape[-1]),
+        )  # fmt: skip
     if choice == "hopper":
         return block_sparse_attention_hopper(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,

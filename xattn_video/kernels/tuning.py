@@ -1,8 +1,12 @@
 """Kernel choice and launch configurations per (GPU name, N bucket, head dim, precision).
 
-Which sparse-attention kernel runs (:func:`attention_kernel_for`): the Hopper kernel
-(:mod:`.sparse_attention_hopper`) on CUDA GPUs of compute capability 9.x for fp16/bf16 inputs
-with head dim 64 or 128 and block size >= 64 and TMA-compatible strides; the portable kernel
+Which sparse-attention kernel runs (:func:`attention_kernel_for`): the Gluon kernel
+(:mod:`.sparse_attention_gluon`, warp-specialized, ping-pong) on sm90 GPUs for bf16/fp16
+inputs with head dim 64 or 128, block size 128, TMA-compatible strides and at least 32k query
+tokens (the "large" bucket, where it was measured: 1.04-1.11x cuDNN's dense rate on the H200
+vs 0.78-0.84x for the Triton Hopper kernel); the Triton Hopper kernel
+(:mod:`.sparse_attention_hopper`) for the rest of what fits Hopper-class GPUs (compute
+capability >= 9: fp8, smaller inputs, block size 64, sm100); the portable kernel
 (:mod:`.sparse_attention`) everywhere else (other GPUs, fp32, the CPU interpreter).
 
 Launch configurations come from :data:`MEASURED`, filled only from runs on the named GPU
@@ -24,7 +28,13 @@ import torch
 HOPPER_KEYS = (
     "BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "WARP_SPEC", "RESCALE_THRESHOLD", "FP8_PV",
 )  # fmt: skip
-KERNELS = ("auto", "hopper", "portable")
+KERNELS = ("auto", "gluon", "hopper", "portable")
+
+GLUON_STAGES: dict[tuple[str, int], int] = {("NVIDIA H200", 128): 3}
+"""K/V ring depth of the Gluon kernel per (GPU name, head dim), from
+docs/results/probe_gluon_h200.json (119,056 tokens: 3 stages 631 vs 618 TFLOP/s at density
+1.0, equal at 0.1-0.5); anything else gets 2 (less shared memory, checked on every GPU test
+run)."""
 
 SAFE_HOPPER: dict = dict(
     BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, WARP_SPEC=False,
@@ -130,11 +140,18 @@ def hopper_attention_config(q: torch.Tensor, block_size: int, precision: str = "
     return lookup_config(gpu_name(q), precision, q.shape[-1], q.shape[-2], block_size)
 
 
+def gluon_stages(name: str | None, head_dim: int) -> int:
+    """K/V ring depth of the Gluon kernel on this GPU (:data:`GLUON_STAGES`, else 2)."""
+    return GLUON_STAGES.get((name, head_dim), 2)
+
+
 def choose_kernel(
     *, is_cuda: bool, capability: int, dtype: torch.dtype, head_dim: int, block_size: int,
-    aligned: bool, interpreter: bool, kernel: str = "auto",
+    aligned: bool, interpreter: bool, kernel: str = "auto", n: int = 0,
+    precision: str = "bf16", has_gluon: bool = False,
 ) -> str:  # fmt: skip
-    """Pure decision behind :func:`attention_kernel_for` (``capability``: major version)."""
+    """Pure decision behind :func:`attention_kernel_for` (``capability``: major version; ``n``:
+    query tokens; ``has_gluon``: this Triton has Gluon's Hopper module)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     fits = (
@@ -145,6 +162,15 @@ def choose_kernel(
         and dtype in (torch.float16, torch.bfloat16)
         and aligned
     )
+    gluon_fits = (fits and has_gluon and capability == 9 and block_size == 128
+                  and precision == "bf16")  # fmt: skip
+    if kernel == "gluon":
+        if not gluon_fits:
+            raise ValueError(
+                "kernel='gluon' needs an sm90 GPU, Triton with Gluon, bf16/fp16 q/k/v with head "
+                "dim 64 or 128, block_size 128, precision 'bf16' and 16-byte aligned strides"
+            )
+        return "gluon"
     if kernel == "hopper":
         if not (fits or (interpreter and not is_cuda and aligned)):
             raise ValueError(
@@ -154,21 +180,26 @@ def choose_kernel(
         return "hopper"
     if kernel == "portable":
         return "portable"
+    if gluon_fits and n_bucket(n) == "large":
+        return "gluon"
     return "hopper" if fits else "portable"
 
 
 def attention_kernel_for(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, kernel: str = "auto"
-) -> str:
-    """``"hopper"`` or ``"portable"`` for q, k, v: (B, H, N, D); ``kernel`` forces one.
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, kernel: str = "auto",
+    precision: str = "bf16",
+) -> str:  # fmt: skip
+    """``"gluon"``, ``"hopper"`` or ``"portable"`` for q, k, v: (B, H, N, D); ``kernel``
+    forces one.
 
-    Raises ValueError when ``kernel='hopper'`` cannot run these inputs.
+    Raises ValueError when a forced ``kernel`` cannot run these inputs.
     """
     from ._common import interpreter_enabled, tma_aligned
+    from .sparse_attention_gluon import HAS_GLUON
 
     cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
     return choose_kernel(
         is_cuda=q.is_cuda, capability=cap, dtype=q.dtype, head_dim=q.shape[-1],
         block_size=block_size, aligned=tma_aligned(q, k, v), interpreter=interpreter_enabled(),
-        kernel=kernel,
+        kernel=kernel, n=q.shape[-2], precision=precision, has_gluon=HAS_GLUON,
     )  # fmt: skip
