@@ -21,10 +21,13 @@ The launch configuration (tile sizes, warps, stages, warp specialization, lazy r
 from :mod:`xattn_video.kernels.tuning` per (GPU name, N bucket, head dim).
 
 Measured on one H200 (triton 3.6, docs/results/bench_attention_h200*.json): bf16 runs at the
-portable TMA kernel's 450-490 TFLOP/s (0.8-0.86x cuDNN's dense rate). Triton 3.6 does not
+portable TMA kernel's 440-490 TFLOP/s (0.77-0.86x cuDNN's dense rate). Triton 3.6 does not
 specialize the 8-warp loop (no partitions in the TTGIR) and its 4-warp specialization either
 fails in the data-partition pass or spills (211 TFLOP/s), so softmax is not overlapped with
-the wgmmas; lazy rescaling costs 4% (a tile-wide branch). fp8 (Q.K and P.V): 550-690 TFLOP/s.
+the wgmmas; lazy rescaling costs 4% (a tile-wide branch). That is why bf16 on sm90 at video
+sizes runs the Gluon kernel (:mod:`.sparse_attention_gluon`, 1.05-1.12x cuDNN at density >=
+0.3); this kernel keeps fp8 (Q.K and P.V: 570-690 TFLOP/s), inputs under 32k tokens, block
+size 64 and sm100.
 
 Not supported: anything but sm90+ CUDA GPUs for compiled runs (the interpreter runs it on CPU
 for tests), fp32 inputs on GPU, head dims other than 64 and 128, block sizes under 64,
