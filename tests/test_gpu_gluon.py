@@ -76,3 +76,27 @@ def test_auto_dispatch_runs_the_gluon_kernel_on_sm90_at_video_sizes():
         direct = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, stages=stages)
         assert torch.equal(block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128),
                            direct)  # fmt: skip
+
+
+@needs_hopper
+def test_gluon_kernel_replays_in_a_cuda_graph():
+    """reduce-overhead compiles capture the op in a CUDA graph: the Gluon launch (host TMA
+    descriptors, warp-specialized partitions) must replay on new values of the same buffers."""
+    n = 40000
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v = (torch.randn(1, 2, n, 128, device="cuda", generator=g).bfloat16() for _ in range(3))
+    nb = math.ceil(n / 128)
+    scores = torch.rand(1, 2, nb, nb, device="cuda", generator=g)
+    counts, idx = mask_to_indices(select_blocks(scores, block_size=128, ratio=0.3, n_k=n))
+    run = partial(block_sparse_attention_fwd, q, k, v, counts, idx, block_size=128)
+    run()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    q.copy_(torch.randn(q.shape, device="cuda", generator=g))
+    c2, i2 = mask_to_indices(select_blocks(scores.flip(-1), block_size=128, ratio=0.3, n_k=n))
+    counts.copy_(c2)
+    idx[..., : i2.shape[-1]].copy_(i2)
+    graph.replay()
+    assert torch.equal(out, block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128))
