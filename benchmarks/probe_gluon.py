@@ -1,7 +1,8 @@
-"""Probe (GPU): the Gluon kernel (both ring depths) vs the Triton Hopper kernel and cuDNN dense.
+"""Probe (GPU): the Gluon kernel (ring depths, bf16 / fp8) vs the Triton Hopper kernel and cuDNN.
 
 B=1, 24 heads, head dim 128, bf16, N=119,056, pinned densities on random block scores, median
-ms and effective TFLOP/s (density x dense FLOPs / time), max |diff| to the Triton kernel.
+ms and effective TFLOP/s (density x dense FLOPs / time), max |diff| to the Triton kernel in
+the same precision.
 Prints a table and writes JSON (GPU, versions, git SHA).
 
 Usage: python benchmarks/probe_gluon.py [--n 119056] [--out results/probe_gluon.json]
@@ -54,19 +55,20 @@ def main(argv=None) -> None:
         mask = select_blocks(scores, block_size=128, ratio=d, n_k=n)
         counts, idx = mask_to_indices(mask)
         dens = float(mask.float().mean())
-        ref = block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128, kernel="hopper")
-        add(f"triton hopper d={d}", bench_ms(lambda c=counts, i=idx: block_sparse_attention_fwd(
-            q, k, v, c, i, block_size=128, kernel="hopper")), dens)  # fmt: skip
-        variants = {f"gluon stages={s}": partial(block_sparse_attention_gluon, stages=s)
-                    for s in (2, 3)}  # fmt: skip
-        for name, fn in variants.items():
-            try:
-                out = fn(q, k, v, counts, idx, block_size=128)
-                diff = float((out.float() - ref.float()).abs().max())
-                ms = bench_ms(lambda c=counts, i=idx, f=fn: f(q, k, v, c, i, block_size=128))
-                add(f"{name} d={d}", ms, dens, max_diff_vs_triton=diff)
-            except Exception as exc:  # noqa: BLE001 - a probe reports failures
-                print(f"  {name} d={d} failed: {exc}")
+        for prec, stage_list in (("bf16", (2, 3)), ("fp8", (2, 3, 4))):
+            triton_run = partial(block_sparse_attention_fwd, q, k, v, counts, idx, block_size=128,
+                                 kernel="hopper", precision=prec)  # fmt: skip
+            ref = triton_run()
+            add(f"triton hopper {prec} d={d}", bench_ms(triton_run), dens)
+            for st in stage_list:
+                run = partial(block_sparse_attention_gluon, q, k, v, counts, idx, block_size=128,
+                              stages=st, precision=prec)  # fmt: skip
+                try:
+                    diff = float((run().float() - ref.float()).abs().max())
+                    add(f"gluon {prec} stages={st} d={d}", bench_ms(run), dens,
+                        max_diff_vs_triton=diff)  # fmt: skip
+                except Exception as exc:  # noqa: BLE001 - a probe reports failures
+                    print(f"  gluon {prec} stages={st} d={d} failed: {exc}")
     base = rows[0]["tflops"]
     for r in rows:
         r["x_cudnn_rate"] = r["tflops"] / base

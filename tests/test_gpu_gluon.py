@@ -100,3 +100,53 @@ def test_gluon_kernel_replays_in_a_cuda_graph():
     idx[..., : i2.shape[-1]].copy_(i2)
     graph.replay()
     assert torch.equal(out, block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128))
+
+
+# e4m3 keeps 3 mantissa bits: Q.K and P.V in fp8 -> ~5-8% relative L2 error of the output
+FP8_REL_L2 = 0.12
+
+
+@needs_hopper
+@pytest.mark.parametrize("n", [3000, 67576, 119056])
+@pytest.mark.parametrize("stages", [3, 4])
+def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stages):
+    """precision='fp8': against fp64 on sampled query blocks within the fp8 budget (errors
+    printed), and against the Triton Hopper kernel's fp8 path (same quantized operands, same
+    2**8 shift of P) far inside it; empty rows, key padding, B=2."""
+    from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
+    from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper
+    from xattn_video.kernels.tuning import SAFE_HOPPER
+
+    B, H, D = 2, 2, 128
+    g = torch.Generator(device="cuda").manual_seed(n + stages)
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+    kv_len = torch.tensor([n, n - 77], device="cuda")
+    nb = math.ceil(n / 128)
+    mask = select_blocks(torch.rand(B, H, nb, nb, device="cuda", generator=g), block_size=128,
+                         ratio=0.3, kv_len=kv_len)  # fmt: skip
+    mask[0, 1, 1] = False
+    counts, idx = mask_to_indices(mask)
+    kw = dict(block_size=128, kv_len=kv_len, return_lse=True, precision="fp8")
+    out, lse = block_sparse_attention_gluon(q, k, v, counts, idx, stages=stages, **kw)
+    cfg = dict(SAFE_HOPPER, FP8_PV=True)
+    t_out, t_lse = block_sparse_attention_hopper(q, k, v, counts, idx, config=cfg, **kw)
+    assert torch.equal(out[0, 1, 128:256], torch.zeros_like(out[0, 1, 128:256]))
+    assert torch.isinf(lse[0, 1, 128:256]).all()
+    ok = torch.isfinite(t_lse)
+    assert torch.equal(ok, torch.isfinite(lse))
+    torch.testing.assert_close(lse[ok], t_lse[ok], rtol=0, atol=1e-3)
+    agree = ((out.float() - t_out.float()).norm() / t_out.float().norm()).item()
+    assert agree < 1e-2, agree
+    key_ok = torch.arange(n, device="cuda")[None, :] < kv_len[:, None]
+    diffs, refs = [], []
+    for qb in sorted({0, 2, nb // 2, nb - 1}):
+        r0, r1 = qb * 128, min(n, (qb + 1) * 128)
+        tok = (mask[:, :, qb].repeat_interleave(128, -1)[..., :n] & key_ok[:, None, :])[:, :, None]
+        exact = naive_attention(q[:, :, r0:r1], k, v, tok, dtype=torch.float64).nan_to_num(0.0)
+        diffs.append((out[:, :, r0:r1].double() - exact).flatten())
+        refs.append(exact.flatten())
+    diff, ref = torch.cat(diffs), torch.cat(refs)
+    rel = (diff.norm() / ref.norm()).item()
+    print(f"gluon fp8 n={n} stages={stages}: max {diff.abs().max():.3e} "
+          f"mean {diff.abs().mean():.3e} rel_l2 {rel:.3e} vs triton fp8 {agree:.1e}")  # fmt: skip
+    assert rel < FP8_REL_L2

@@ -1,6 +1,6 @@
 """The Gluon kernel on CPU: argument checks, and that it compiles for sm90 (PTX assembled by
-the ptxas that ships with Triton) with its three partitions, register re-allocation and
-ping-pong, without register spills and within Hopper's shared memory. Its numbers are checked
+the ptxas that ships with Triton), bf16 and fp8, with its three partitions and register
+re-allocation, without register spills and within Hopper's shared memory. Its numbers are checked
 on the GPU (tests/test_gpu_gluon.py)."""
 
 import json
@@ -40,14 +40,18 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from xattn_video.kernels import sparse_attention_gluon as sag
 
-d, stages, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-def desc(rows):
-    layout = gl.NVMMASharedLayout.get_default_for([1, 1, rows, d], gl.bfloat16)
-    return f"tensordesc<bf16[1,1,{rows},{d}],{layout!r}>"
-sig = dict(q_desc=desc(64), k_desc=desc(128), v_desc=desc(128), o_desc=desc(64), LSE="*fp32",
-           COUNTS="*i32", INDICES="*i32", KV_LEN="*i32", stride_cbh="i32", stride_ibh="i32",
-           stride_im="i32", H="i32", N_Q="i32", qk_scale="fp32")
-consts = dict(STAGES=stages, num_warps=4)
+d, stages, fp8, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "fp8", sys.argv[4]
+dt, name = (gl.float8e4nv, "fp8e4nv") if fp8 else (gl.bfloat16, "bf16")
+def desc(shape, dt=dt, name=name):
+    layout = gl.NVMMASharedLayout.get_default_for(shape, dt)
+    return f"tensordesc<{name}[{','.join(map(str, shape))}],{layout!r}>"
+sig = dict(q_desc=desc([1, 1, 64, d]), k_desc=desc([1, 1, 128, d]),
+           v_desc=desc([1, 1, d, 128] if fp8 else [1, 1, 128, d]),
+           o_desc=desc([1, 1, 64, d], gl.bfloat16, "bf16"), LSE="*fp32", COUNTS="*i32",
+           INDICES="*i32", KV_LEN="*i32", Q_SCALE="*fp32", K_SCALE="*fp32", V_SCALE="*fp32",
+           stride_cbh="i32", stride_ibh="i32", stride_im="i32", stride_sq="i32", stride_sk="i32",
+           H="i32", N_Q="i32", qk_scale="fp32")
+consts = dict(STAGES=stages, FP8=fp8, num_warps=4)
 sig.update({name: "constexpr" for name in consts})
 k = triton.compile(GluonASTSource(sag._bsa_gluon_kernel, sig, consts),
                    target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": sag.MAXNREG})
@@ -56,13 +60,13 @@ json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open
 """
 
 
-def _compile_sm90(tmp_path, d: int, stages: int) -> tuple[str, dict]:
+def _compile_sm90(tmp_path, d: int, stages: int, precision: str) -> tuple[str, dict]:
     """(PTX, metadata) of the kernel compiled for sm90, in a process without the interpreter
     (this suite runs with TRITON_INTERPRET=1, under which Gluon functions cannot compile)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = str(tmp_path / "k")
-    subprocess.run([sys.executable, "-c", _COMPILE, str(d), str(stages), out], env=env,
-                   check=True, capture_output=True, text=True)  # fmt: skip
+    subprocess.run([sys.executable, "-c", _COMPILE, str(d), str(stages), precision, out],
+                   env=env, check=True, capture_output=True, text=True)  # fmt: skip
     with open(out + ".json") as f:
         meta = json.load(f)
     with open(out + ".ptx") as f:
@@ -70,11 +74,14 @@ def _compile_sm90(tmp_path, d: int, stages: int) -> tuple[str, dict]:
 
 
 @needs_gluon
-@pytest.mark.parametrize("d, stages", [(128, 2), (128, 3), (64, 2)])
-def test_compiles_for_sm90_without_spills(tmp_path, d, stages):
+@pytest.mark.parametrize(
+    "d, stages, precision",
+    [(128, 2, "bf16"), (128, 3, "bf16"), (64, 2, "bf16"), (128, 3, "fp8"), (128, 4, "fp8")],
+)
+def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision):
     import triton
 
-    ptx_text, meta = _compile_sm90(tmp_path, d, stages)
+    ptx_text, meta = _compile_sm90(tmp_path, d, stages, precision)
     assert meta["smem_bytes"] <= 232448  # Hopper's 227 KB of shared memory per block
     assert meta["warps"] == 12  # two consumer warpgroups + the producer warp, padded
     # registers move from the producer (24) to the consumers (240)
@@ -82,6 +89,10 @@ def test_compiles_for_sm90_without_spills(tmp_path, d, stages):
     assert "setmaxnreg.dec.sync.aligned.u32 \t240;" in ptx_text
     # no CTA-wide barrier in the consumers: only partition-scoped (128-thread) ones
     assert "bar.sync \t0;" not in ptx_text and "bar.sync \t0, 128;" in ptx_text
+    # fp8: both matmuls on the e4m3 tensor cores
+    assert ("wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in ptx_text) == (
+        precision == "fp8"
+    )
     ptx = tmp_path / "k.ptx"
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):

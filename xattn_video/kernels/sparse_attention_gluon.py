@@ -35,6 +35,7 @@ import math
 import torch
 
 from ._common import cdiv, kv_len_tensor
+from .fp8 import quantize_fp8_blocks, quantize_fp8_head_t
 
 try:
     from triton.experimental import gluon
@@ -60,10 +61,10 @@ MAXNREG = 168  # 12 warps x 32 x 168 <= 64K registers; re-allocated to 240 / 240
 if HAS_GLUON:
 
     @gluon.jit
-    def _producer(args, WG: gl.constexpr):
-        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_full, v_full,
+    def _producer(args, WG: gl.constexpr, FP8: gl.constexpr):
+        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
-         STAGES) = args  # fmt: skip
+         q_scale, k_scale, v_scale, STAGES) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
         for i in gl.static_range(2):
@@ -89,38 +90,61 @@ if HAS_GLUON:
             kb = gl.load(idx_base + j)
             mbarrier.wait(v_empty.index(s), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(v_full.index(s), v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(v_desc, [b, h, kb * BN, 0], v_full.index(s),
-                                            v_smem.index(s))  # fmt: skip
+            if FP8:  # V^T: (D, keys)
+                tma.async_copy_global_to_shared(v_desc, [b, h, 0, kb * BN], v_full.index(s),
+                                                v_smem.index(s))  # fmt: skip
+            else:
+                tma.async_copy_global_to_shared(v_desc, [b, h, kb * BN, 0], v_full.index(s),
+                                                v_smem.index(s))  # fmt: skip
 
     @gluon.jit
     def _softmax_step(s, m_i, l_i, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr,
-                      row_o: gl.constexpr):  # fmt: skip
+                      row_o: gl.constexpr, SHIFT: gl.constexpr):  # fmt: skip
         """One online-softmax step on raw logits s (the scale folded into the exponent's FMA):
-        (P as the P.V operand, the accumulator's rescale factor in its row layout, new m, l)."""
+        (P as the P.V operand, the accumulator's rescale factor in its row layout, new m, l).
+        P and l are scaled by 2**SHIFT (fp8 P keeps small probabilities out of subnormals)."""
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
         alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new - SHIFT, 1))
         l_new = l_i * alpha + gl.sum(p, axis=1)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
         return p_op, gl.convert_layout(alpha, row_o), m_new, l_new
 
     @gluon.jit
-    def _epilogue(acc, m_i, l_i, o_smem, o_desc, LSE, b, h, pid_bh, row0, N_Q,
-                  row_s: gl.constexpr, row_o: gl.constexpr):  # fmt: skip
-        """O = acc / l into this half's (now free) Q buffer, then TMA to global; LSE if asked."""
+    def _epilogue(acc, m_i, l_i, o_smem, o_desc, LSE, b, h, pid_bh, row0, N_Q, v_scale,
+                  row_s: gl.constexpr, row_o: gl.constexpr, SHIFT: gl.constexpr):  # fmt: skip
+        """O = acc * v_scale / l into this half's output buffer (bf16: its now free Q buffer),
+        then TMA to global; LSE if asked."""
         HALF: gl.constexpr = o_desc.block_type.shape[2]
         D: gl.constexpr = o_desc.block_type.shape[3]
         empty = l_i == 0.0
-        denom = gl.convert_layout(gl.where(empty, 1.0, l_i), row_o)
+        denom = gl.convert_layout(gl.where(empty, 1.0, l_i / v_scale), row_o)
         out = acc / gl.expand_dims(denom, 1)
         o_smem.reshape([HALF, D]).store(out.to(o_desc.dtype))
         fence_async_shared()
         tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], o_smem)
         if LSE.dtype.element_ty == gl.float32:
             offs_m = row0 + gl.arange(0, HALF, layout=row_s)
-            lse = gl.where(empty, float("-inf"), (m_i + gl.log2(l_i)) * 0.6931471805599453)
+            lse = gl.where(empty, float("-inf"),
+                           (m_i - SHIFT + gl.log2(l_i)) * 0.6931471805599453)  # fmt: skip
             gl.store(LSE + pid_bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
         tma.store_wait(pendings=0)
+
+    @gluon.jit
+    def _v_operand(v_smem, slot, BN: gl.constexpr, D: gl.constexpr, FP8: gl.constexpr):
+        """The (keys, D) B operand of P.V: V's tile, or for fp8 the K-major view of V^T's."""
+        if FP8:
+            return v_smem.index(slot).reshape([D, BN]).permute((1, 0))
+        else:
+            return v_smem.index(slot).reshape([BN, D])
+
+    @gluon.jit
+    def _tile_scale(qk_scale, q_scale, k_scale, idx_base, j, FP8: gl.constexpr):
+        """Softmax scale (base 2) of listed tile j: fp8 folds in Q's and that K block's scales."""
+        if FP8:
+            return qk_scale * q_scale * gl.load(k_scale + gl.load(idx_base + j))
+        else:
+            return qk_scale
 
     @gluon.jit
     def _mask_keys(s, idx_base, j, kvl, BN: gl.constexpr, col_s: gl.constexpr):
@@ -130,24 +154,28 @@ if HAS_GLUON:
         return gl.where(gl.expand_dims(valid, 0), s, float("-inf"))
 
     @gluon.jit
-    def _consumer(args, WG: gl.constexpr):
+    def _consumer(args, WG: gl.constexpr, FP8: gl.constexpr):
         """FA3's order with ping-pong: per tile j, wait for this warpgroup's turn, issue
         Q.K^T(j) and P.V(j-1), pass the turn to the other warpgroup, then tile j's softmax while
         P.V(j-1) (and the other warpgroup's matmuls) run."""
-        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_full, v_full,
+        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
-         STAGES) = args  # fmt: skip
+         q_scale, k_scale, v_scale, STAGES) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         D: gl.constexpr = k_desc.block_type.shape[3]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
         dtype: gl.constexpr = v_desc.dtype
+        SHIFT: gl.constexpr = 8.0 if FP8 else 0.0
+        KI: gl.constexpr = 32 if FP8 else 16  # wgmma's K per instruction: 32 bytes
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16]
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, KI]
         )
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16]
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, KI]
         )
-        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        p_layout: gl.constexpr = gl.DotOperandLayout(
+            operand_index=0, parent=o_layout, k_width=4 if FP8 else 2
+        )
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
@@ -170,10 +198,12 @@ if HAS_GLUON:
             mbarrier.arrive(k_empty.index(0), count=1)
             if cnt == 1:
                 s = _mask_keys(s, idx_base, 0, kvl, BN, col_s)
-            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, dtype, p_layout, row_o)
+            sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, 0, FP8)
+            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT)
         for j in range(1, cnt):
             slot = j % STAGES
             pslot = (j - 1) % STAGES
+            sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, j, FP8)  # loads in flight early
             # warpgroup 0 goes first: its turn j needs warpgroup 1's arrival j-1
             mbarrier.wait(sched.index(WG), (j & 1) ^ (1 - WG))
             mbarrier.wait(k_full.index(slot), (j // STAGES) & 1)
@@ -181,29 +211,29 @@ if HAS_GLUON:
                                   use_acc=False, is_async=True)  # fmt: skip
             acc = acc * gl.expand_dims(alpha, 1)
             mbarrier.wait(v_full.index(pslot), ((j - 1) // STAGES) & 1)
-            acc_tok = warpgroup_mma(p_op, v_smem.index(pslot).reshape([BN, D]), acc,
+            acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, pslot, BN, D, FP8), acc,
                                     is_async=True)  # fmt: skip
             mbarrier.arrive(sched.index(1 - WG), count=1)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
             mbarrier.arrive(k_empty.index(slot), count=1)
             if j == cnt - 1:  # only the last listed block can hold padded keys
                 s = _mask_keys(s, idx_base, j, kvl, BN, col_s)
-            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, dtype, p_layout, row_o)
+            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
             mbarrier.arrive(v_empty.index(pslot), count=1)
         if cnt > 0:
             acc = acc * gl.expand_dims(alpha, 1)
             slot = (cnt - 1) % STAGES
             mbarrier.wait(v_full.index(slot), ((cnt - 1) // STAGES) & 1)
-            acc = warpgroup_mma(p_op, v_smem.index(slot).reshape([BN, D]), acc)
-        _epilogue(acc, m_i, l_i, q_smem.index(WG), o_desc, LSE, b, h, pid_bh,
-                  pid_m * (2 * HALF) + WG * HALF, N_Q, row_s, row_o)  # fmt: skip
+            acc = warpgroup_mma(p_op, _v_operand(v_smem, slot, BN, D, FP8), acc)
+        _epilogue(acc, m_i, l_i, o_smem.index(WG), o_desc, LSE, b, h, pid_bh,
+                  pid_m * (2 * HALF) + WG * HALF, N_Q, v_scale, row_s, row_o, SHIFT)  # fmt: skip
 
     @gluon.jit
     def _bsa_gluon_kernel(
-        q_desc, k_desc, v_desc, o_desc, LSE, COUNTS, INDICES, KV_LEN,
-        stride_cbh, stride_ibh, stride_im, H, N_Q, qk_scale,
-        STAGES: gl.constexpr, num_warps: gl.constexpr,
+        q_desc, k_desc, v_desc, o_desc, LSE, COUNTS, INDICES, KV_LEN, Q_SCALE, K_SCALE, V_SCALE,
+        stride_cbh, stride_ibh, stride_im, stride_sq, stride_sk, H, N_Q, qk_scale,
+        STAGES: gl.constexpr, FP8: gl.constexpr, num_warps: gl.constexpr,
     ):  # fmt: skip
         pid_m = gl.program_id(0)
         pid_bh = gl.program_id(1)
@@ -212,6 +242,13 @@ if HAS_GLUON:
         kvl = gl.load(KV_LEN + b)
         cnt = gl.load(COUNTS + pid_bh * stride_cbh + pid_m)
         idx_base = INDICES + pid_bh * stride_ibh + pid_m * stride_im
+        if FP8:
+            q_scale = gl.load(Q_SCALE + pid_bh * stride_sq + pid_m)
+            v_scale = gl.load(V_SCALE + pid_bh)
+        else:
+            q_scale = 1.0
+            v_scale = 1.0
+        k_scale = K_SCALE + pid_bh * stride_sk
 
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape,
                                            q_desc.layout)  # fmt: skip
@@ -219,6 +256,11 @@ if HAS_GLUON:
                                            k_desc.layout)  # fmt: skip
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape,
                                            v_desc.layout)  # fmt: skip
+        if FP8:  # O (bf16) does not fit Q's e4m3 buffers
+            o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape,
+                                               o_desc.layout)  # fmt: skip
+        else:
+            o_smem = q_smem
         q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         k_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -234,11 +276,11 @@ if HAS_GLUON:
             mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
             mbarrier.init(v_empty.index(i), count=2)
 
-        args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, q_bars, k_full, v_full,
-                k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
-                STAGES)  # fmt: skip
+        args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full,
+                v_full, k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q,
+                qk_scale, q_scale, k_scale, v_scale, STAGES)  # fmt: skip
         gl.warp_specialize(
-            [(_consumer, (args, 0)), (_consumer, (args, 1)), (_producer, (args, 0))],
+            [(_consumer, (args, 0, FP8)), (_consumer, (args, 1, FP8)), (_producer, (args, 0, FP8))],
             [4, 1],
             [240, 24],
         )
@@ -264,24 +306,30 @@ def block_sparse_attention_gluon(
     scale: float | None = None,
     return_lse: bool = False,
     stages: int = 2,
+    precision: str = "bf16",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gluon block-sparse attention for sm90 (see the module docstring).
 
     q, k, v: (B, H, N, D) bf16/fp16 CUDA (sm90), 16-byte aligned strides, unit last stride;
     counts: (B, H, Nbq) int32; indices: (B, H, Nbq, L) int32 ascending valid blocks; kv_len:
     (B,) int. Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N)
-    float32 (natural log). ``stages``: K/V ring depth (2 or 3).
+    float32 (natural log). ``stages``: K/V ring depth (2 or 3; fp8 also 4). ``precision``:
+    "bf16" (the inputs' dtype) or "fp8": Q and K in e4m3 with one scale per (b, h, block), V
+    in e4m3 with one scale per (b, h) (:mod:`.fp8`), P in e4m3 scaled by 2**8.
     """
     if not HAS_GLUON:
         raise RuntimeError("this Triton has no Gluon Hopper module")
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
+    fp8 = precision == "fp8"
     if block_size != 128 or D not in (64, 128):
         raise ValueError(f"the Gluon kernel takes block_size 128 and head dim 64/128, got "
                          f"{block_size} / {D}")  # fmt: skip
-    if q.dtype not in (torch.bfloat16, torch.float16) or stages not in (2, 3):
-        raise ValueError(f"the Gluon kernel takes bf16/fp16 inputs and stages 2 or 3, got "
-                         f"{q.dtype} / {stages}")  # fmt: skip
+    if precision not in ("bf16", "fp8") or stages not in ((2, 3, 4) if fp8 else (2, 3)):
+        raise ValueError(f"precision must be 'bf16' or 'fp8' and stages 2 or 3 (fp8: up to 4), "
+                         f"got {precision!r} / {stages}")  # fmt: skip
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"the Gluon kernel takes bf16/fp16 inputs, got {q.dtype}")
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     out = torch.empty_like(q)
@@ -290,18 +338,32 @@ def block_sparse_attention_gluon(
            else lens)  # fmt: skip
     dt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     q_block, kv_block = [1, 1, HALF, D], [1, 1, block_size, D]
-    q_layout = gl.NVMMASharedLayout.get_default_for(q_block, dt)
-    kv_layout = gl.NVMMASharedLayout.get_default_for(kv_block, dt)
-    descs = [TensorDescriptor.from_tensor(q, q_block, q_layout),
-             TensorDescriptor.from_tensor(k, kv_block, kv_layout),
-             TensorDescriptor.from_tensor(v, kv_block, kv_layout),
-             TensorDescriptor.from_tensor(out, q_block, q_layout)]  # fmt: skip
+    o_desc = TensorDescriptor.from_tensor(
+        out, q_block, gl.NVMMASharedLayout.get_default_for(q_block, dt)
+    )
+    if fp8:
+        q, q_scale = quantize_fp8_blocks(q, block_size)
+        k, k_scale = quantize_fp8_blocks(k, block_size)
+        v, v_scale = quantize_fp8_head_t(v)  # (B, H, D, N)
+        q_scale, k_scale = q_scale.reshape(B * H, -1), k_scale.reshape(B * H, -1)
+        v_block, dt = [1, 1, D, block_size], gl.float8e4nv
+    else:
+        q_scale = k_scale = v_scale = lens.new_ones(B * H, 1, dtype=torch.float32)
+        v_block = kv_block
+
+    def desc(t, block):
+        return TensorDescriptor.from_tensor(
+            t, block, gl.NVMMASharedLayout.get_default_for(block, dt)
+        )
+
+    descs = [desc(q, q_block), desc(k, kv_block), desc(v, v_block), o_desc]
     counts = counts.reshape(B * H, -1)
     indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
     grid = (cdiv(Nq, block_size), B * H)
     _bsa_gluon_kernel[grid](
-        *descs, lse, counts, indices, lens,
-        counts.stride(0), indices.stride(0), indices.stride(1), H, Nq, scale * LOG2E,
-        STAGES=stages, num_warps=4, maxnreg=MAXNREG,
+        *descs, lse, counts, indices, lens, q_scale, k_scale, v_scale,
+        counts.stride(0), indices.stride(0), indices.stride(1), q_scale.stride(0),
+        k_scale.stride(0), H, Nq, scale * LOG2E,
+        STAGES=stages, FP8=fp8, num_warps=4, maxnreg=MAXNREG,
     )  # fmt: skip
     return (out, lse) if return_lse else out
