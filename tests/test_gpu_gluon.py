@@ -73,6 +73,13 @@ def test_auto_dispatch_runs_the_gluon_kernel_on_sm90_at_video_sizes():
     assert tuning.attention_kernel_for(q, k, v, 128, precision="fp8") == "hopper"
     if want == "gluon":
         stages = tuning.gluon_stages(torch.cuda.get_device_name(), 128)
+        fp8 = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, precision="fp8")
+        assert torch.equal(
+            block_sparse_attention_fwd(
+                q, k, v, counts, idx, block_size=128, precision="fp8", kernel="gluon"
+            ),
+            fp8,
+        )
         direct = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, stages=stages)
         assert torch.equal(block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128),
                            direct)  # fmt: skip

@@ -150,6 +150,7 @@ LARGE = {"n": 119056}
         ({"n": 32767}, "hopper"),
         ({"n": 32768}, "gluon"),
         ({**LARGE, "precision": "fp8"}, "hopper"),
+        ({**LARGE, "precision": "fp8", "kernel": "gluon"}, "gluon"),  # only when forced
         ({**LARGE, "block_size": 64}, "hopper"),
         ({**LARGE, "capability": 10}, "hopper"),  # Blackwell has no wgmma
         ({**LARGE, "has_gluon": False}, "hopper"),
@@ -173,8 +174,8 @@ def test_dispatch_forced_hopper_rejects(change):
 
 @pytest.mark.parametrize(
     "change",
-    [{"capability": 10}, {"block_size": 64}, {"precision": "fp8"}, {"has_gluon": False},
-     {"dtype": torch.float32}, {"is_cuda": False, "interpreter": True}],
+    [{"capability": 10}, {"block_size": 64}, {"has_gluon": False}, {"dtype": torch.float32},
+     {"is_cuda": False, "interpreter": True}, {"aligned": False}],
 )  # fmt: skip
 def test_dispatch_forced_gluon_rejects(change):
     with pytest.raises(ValueError, match="kernel='gluon'"):
@@ -183,6 +184,7 @@ def test_dispatch_forced_gluon_rejects(change):
 
 def test_gluon_stages_table():
     assert tuning.gluon_stages("NVIDIA H200", 128) == 3
+    assert tuning.gluon_stages("NVIDIA H200", 128, "fp8") == 2
     assert tuning.gluon_stages("NVIDIA H200", 64) == 2  # not measured: the smaller ring
     assert tuning.gluon_stages("NVIDIA H100 80GB HBM3", 128) == 2
     assert tuning.gluon_stages(None, 128) == 2

@@ -310,12 +310,13 @@ def block_sparse_attention_fwd(
     if kernel == "auto" and (launch is not None or use_tma is not None):
         kernel = "portable"
     choice = attention_kernel_for(q, k, v, block_size, kernel, precision)
-    if precision == "fp8" and choice != "hopper":
+    if precision == "fp8" and choice == "portable":
         raise ValueError("precision='fp8' needs the Hopper kernel (an sm90+ GPU, fp16/bf16 inputs)")
     if choice == "gluon":
         return block_sparse_attention_gluon(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
-            return_lse=return_lse, stages=gluon_stages(gpu_name(q), q.shape[-1]),
+            return_lse=return_lse, precision=precision,
+            stages=gluon_stages(gpu_name(q), q.shape[-1], precision),
         )  # fmt: skip
     if choice == "hopper":
         return block_sparse_attention_hopper(

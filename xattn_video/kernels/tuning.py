@@ -4,7 +4,8 @@ Which sparse-attention kernel runs (:func:`attention_kernel_for`): the Gluon ker
 (:mod:`.sparse_attention_gluon`, warp-specialized, ping-pong) on sm90 GPUs for bf16/fp16
 inputs with head dim 64 or 128, block size 128, TMA-compatible strides and at least 32k query
 tokens (the "large" bucket, where it was measured: 1.04-1.11x cuDNN's dense rate on the H200
-vs 0.78-0.84x for the Triton Hopper kernel); the Triton Hopper kernel
+vs 0.78-0.84x for the Triton Hopper kernel); its fp8 path only when forced
+(``kernel="gluon"``: as fast as the Triton one at densities <= 0.5); the Triton Hopper kernel
 (:mod:`.sparse_attention_hopper`) for the rest of what fits Hopper-class GPUs (compute
 capability >= 9: fp8, smaller inputs, block size 64, sm100); the portable kernel
 (:mod:`.sparse_attention`) everywhere else (other GPUs, fp32, the CPU interpreter).
@@ -30,10 +31,11 @@ HOPPER_KEYS = (
 )  # fmt: skip
 KERNELS = ("auto", "gluon", "hopper", "portable")
 
-GLUON_STAGES: dict[tuple[str, int], int] = {("NVIDIA H200", 128): 3}
-"""K/V ring depth of the Gluon kernel per (GPU name, head dim), from
-docs/results/probe_gluon_h200.json (119,056 tokens: 3 stages 631 vs 618 TFLOP/s at density
-1.0, equal at 0.1-0.5); anything else gets 2 (less shared memory, checked on every GPU test
+GLUON_STAGES: dict[tuple[str, str, int], int] = {("NVIDIA H200", "bf16", 128): 3}
+"""K/V ring depth of the Gluon kernel per (GPU name, precision, head dim), from
+docs/results/probe_gluon_h200.json (119,056 tokens, bf16: 3 stages 631 vs 618 TFLOP/s at
+density 1.0, equal at 0.1-0.5; a second run, probe_gluon_fp8_h200.json, has them equal, and
+fp8 best or equal with 2); anything else gets 2 (less shared memory, checked on every GPU test
 run)."""
 
 SAFE_HOPPER: dict = dict(
@@ -140,9 +142,9 @@ def hopper_attention_config(q: torch.Tensor, block_size: int, precision: str = "
     return lookup_config(gpu_name(q), precision, q.shape[-1], q.shape[-2], block_size)
 
 
-def gluon_stages(name: str | None, head_dim: int) -> int:
+def gluon_stages(name: str | None, head_dim: int, precision: str = "bf16") -> int:
     """K/V ring depth of the Gluon kernel on this GPU (:data:`GLUON_STAGES`, else 2)."""
-    return GLUON_STAGES.get((name, head_dim), 2)
+    return GLUON_STAGES.get((name, precision, head_dim), 2)
 
 
 def choose_kernel(
@@ -162,13 +164,12 @@ def choose_kernel(
         and dtype in (torch.float16, torch.bfloat16)
         and aligned
     )
-    gluon_fits = (fits and has_gluon and capability == 9 and block_size == 128
-                  and precision == "bf16")  # fmt: skip
+    gluon_fits = fits and has_gluon and capability == 9 and block_size == 128
     if kernel == "gluon":
         if not gluon_fits:
             raise ValueError(
                 "kernel='gluon' needs an sm90 GPU, Triton with Gluon, bf16/fp16 q/k/v with head "
-                "dim 64 or 128, block_size 128, precision 'bf16' and 16-byte aligned strides"
+                "dim 64 or 128, block_size 128 and 16-byte aligned strides"
             )
         return "gluon"
     if kernel == "hopper":
@@ -180,7 +181,9 @@ def choose_kernel(
         return "hopper"
     if kernel == "portable":
         return "portable"
-    if gluon_fits and n_bucket(n) == "large":
+    # fp8 stays on the Triton kernel: the Gluon one is no faster at densities <= 0.5
+    # (docs/results/probe_gluon_fp8_h200.json: 0.98-1.02x of it; 1.23x at density 1.0)
+    if gluon_fits and precision == "bf16" and n_bucket(n) == "large":
         return "gluon"
     return "hopper" if fits else "portable"
 
