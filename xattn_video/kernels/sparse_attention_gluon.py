@@ -19,13 +19,21 @@ The softmax takes the row maximum of the raw logits and folds the scale into one
 element (``exp2(s * scale - m)``); only the last listed block can hold padded keys, so only its
 tile is masked.
 
-Measured on one H200 (triton 3.6, 119,056 tokens, 24 heads, head dim 128, bf16; benchmarks/
-probe_gluon.py): 594-631 effective TFLOP/s at densities 0.1-1.0, 1.04-1.11x cuDNN's dense
-rate in the same run, vs 448-482 for the Triton Hopper kernel; without ping-pong the same
-partitions reach only 502-528.
+``precision="fp8"`` (bf16/fp16 inputs quantized here, :mod:`.fp8`): Q and K in e4m3 with one
+scale per (b, h, 128-token block), folded into each tile's softmax scale; P shifted by 2**8 and
+cast to e4m3 (small probabilities stay out of subnormals; l carries the same factor); V^T in
+e4m3 with one scale per (b, h). Both matmuls run on the fp8 tensor cores; O goes out through
+its own bf16 buffers.
+
+Measured on one H200 (triton 3.6, 119,056 tokens, 24 heads, head dim 128; benchmarks/
+probe_gluon.py, docs/results/probe_gluon*_h200.json): bf16 589-631 effective TFLOP/s at
+densities 0.1-1.0, 1.02-1.11x cuDNN's dense rate in the same run, vs 443-483 for the Triton
+Hopper kernel; without ping-pong the same partitions reach only 502-528. fp8: 653-708 TFLOP/s
+(1.13-1.23x cuDNN), within 2% of the Triton fp8 path at densities 0.1-0.5 and 1.23x it at 1.0;
+so the op's automatic choice keeps fp8 on the Triton kernel.
 
 Not supported: GPUs other than sm90 (wgmma: Blackwell has none), block sizes other than 128,
-fp32 and fp8 inputs (fp8 stays on :mod:`.sparse_attention_hopper`), causal masks, backward.
+fp32 inputs, causal masks, backward.
 """
 
 from __future__ import annotations
