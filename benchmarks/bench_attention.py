@@ -4,9 +4,9 @@ For each sequence length (HunyuanVideo 720p and 544p at 129 frames, 24 heads, he
 bf16, B=1) it times, in one process:
   - PyTorch SDPA with the cuDNN backend and with the flash (FA2) backend (dense baselines);
   - FlexAttention (compiled) with the same block mask as ours, at each pinned density;
-  - our Triton block-sparse kernel at pinned densities (ratio mode over random scores): the
-    kernel picked on this GPU (the Hopper one on sm90), the portable one, and fp8; and the
-    mask-to-index-list conversion it needs;
+  - our block-sparse kernel at pinned densities (ratio mode over random scores): the kernel
+    picked on this GPU (on sm90 at these sizes the Gluon one, then also the Triton Hopper kernel
+    it replaced), the portable one, and fp8; and the mask-to-index-list conversion it needs;
   - our fused estimate at S=8 and S=16 (bf16 and fp8), and the selection step;
   - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8.
 Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense

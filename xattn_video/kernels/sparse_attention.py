@@ -299,7 +299,8 @@ def block_sparse_attention_fwd(
     load tiles with Hopper tensor descriptors (default: on sm90+ GPUs for fp16/bf16).
     ``kernel``: "auto" (the Gluon or Hopper kernel where :func:`~.tuning.attention_kernel_for`
     allows it, unless ``launch`` or ``use_tma`` asks for the portable one), "gluon", "hopper"
-    or "portable". ``precision``: "bf16" (the inputs' dtype) or "fp8" (Hopper kernel only).
+    or "portable". ``precision``: "bf16" (the inputs' dtype) or "fp8" (the Triton Hopper kernel,
+    or the Gluon one when forced; not the portable kernel).
     """
     from .sparse_attention_gluon import block_sparse_attention_gluon
     from .sparse_attention_hopper import PRECISIONS, block_sparse_attention_hopper
