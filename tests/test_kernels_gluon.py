@@ -16,6 +16,16 @@ from xattn_video.kernels import sparse_attention_gluon as sag
 needs_gluon = pytest.mark.skipif(not sag.HAS_GLUON, reason="Triton without Gluon's Hopper module")
 
 
+@pytest.mark.parametrize(
+    "version, ok",
+    [("3.6.0", True), ("3.8.0+git1a2b3c", True), ("4.0.1", True), ("3.5.1", False),
+     ("3.4.0", False), ("2.3.1", False), ("dev", False)],
+)  # fmt: skip
+def test_only_triton_versions_it_was_checked_on(version, ok):
+    """Gluon's API moves between releases: older Triton falls back to the Triton kernels."""
+    assert sag.gluon_supported(version) is ok
+
+
 @needs_gluon
 def test_rejects_inputs_it_does_not_take():
     q = torch.zeros(1, 1, 256, 128, dtype=torch.bfloat16)

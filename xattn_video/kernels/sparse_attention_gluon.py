@@ -45,7 +45,22 @@ import torch
 from ._common import cdiv, kv_len_tensor
 from .fp8 import quantize_fp8_blocks, quantize_fp8_head_t
 
+MIN_TRITON = (3, 6)
+"""Oldest Triton the kernel is checked on (3.6 on the GPU, the latest on CPU): Gluon is
+experimental and its API (``warp_specialize``, layouts) changed between releases."""
+
+
+def gluon_supported(version: str) -> bool:
+    """Whether Triton ``version`` (e.g. "3.6.0", "3.8.0+git1a2b") is one this kernel supports."""
+    parts = version.split("+")[0].split(".")
+    try:
+        return (int(parts[0]), int(parts[1])) >= MIN_TRITON
+    except (IndexError, ValueError):
+        return False
+
+
 try:
+    import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -57,7 +72,7 @@ try:
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    HAS_GLUON = True
+    HAS_GLUON = gluon_supported(triton.__version__)
 except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
     HAS_GLUON = False
 
@@ -326,7 +341,8 @@ def block_sparse_attention_gluon(
     in e4m3 with one scale per (b, h) (:mod:`.fp8`), P in e4m3 scaled by 2**8.
     """
     if not HAS_GLUON:
-        raise RuntimeError("this Triton has no Gluon Hopper module")
+        raise RuntimeError(f"the Gluon kernel needs Triton >= {'.'.join(map(str, MIN_TRITON))} "
+                           "with Gluon's Hopper module")  # fmt: skip
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     fp8 = precision == "fp8"

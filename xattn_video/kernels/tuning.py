@@ -153,7 +153,8 @@ def choose_kernel(
     precision: str = "bf16", has_gluon: bool = False,
 ) -> str:  # fmt: skip
     """Pure decision behind :func:`attention_kernel_for` (``capability``: major version; ``n``:
-    query tokens; ``has_gluon``: this Triton has Gluon's Hopper module)."""
+    query tokens; ``has_gluon``: this Triton runs the Gluon kernel, see
+    :data:`.sparse_attention_gluon.MIN_TRITON`)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     fits = (
@@ -168,7 +169,7 @@ def choose_kernel(
     if kernel == "gluon":
         if not gluon_fits:
             raise ValueError(
-                "kernel='gluon' needs an sm90 GPU, Triton with Gluon, bf16/fp16 q/k/v with head "
+                "kernel='gluon' needs an sm90 GPU, Triton >= 3.6, bf16/fp16 q/k/v with head "
                 "dim 64 or 128, block_size 128 and 16-byte aligned strides"
             )
         return "gluon"
