@@ -11,6 +11,7 @@ import torch
 
 from xattn_video.kernels.select import mask_to_indices, select_blocks
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd
+from xattn_video.kernels.sparse_attention_gluon import HAS_GLUON
 
 from ._tolerance import assert_fa_close, naive_attention
 
@@ -18,9 +19,12 @@ pytestmark = pytest.mark.gpu
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs an sm90+ GPU")
+# the kernel itself: sm90 only (wgmma) and a Triton it supports
+SM90_GLUON = HAS_GLUON and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+needs_sm90_gluon = pytest.mark.skipif(not SM90_GLUON, reason="needs an sm90 GPU, Triton >= 3.6")
 
 
-@needs_hopper
+@needs_sm90_gluon
 @pytest.mark.parametrize(
     "n, d", [(1000, 128), (8192, 128), (3000, 64), (67576, 128), (119056, 128)]
 )
@@ -68,7 +72,7 @@ def test_auto_dispatch_runs_the_gluon_kernel_on_sm90_at_video_sizes():
     mask = select_blocks(torch.rand(1, 2, nb, nb, device="cuda", generator=g), block_size=128,
                          ratio=0.2, n_k=n)  # fmt: skip
     counts, idx = mask_to_indices(mask)
-    want = "gluon" if torch.cuda.get_device_capability()[0] == 9 else "hopper"
+    want = "gluon" if SM90_GLUON else "hopper"
     assert tuning.attention_kernel_for(q, k, v, 128) == want
     assert tuning.attention_kernel_for(q, k, v, 128, precision="fp8") == "hopper"
     if want == "gluon":
@@ -113,7 +117,7 @@ def test_gluon_kernel_replays_in_a_cuda_graph():
 FP8_REL_L2 = 0.12
 
 
-@needs_hopper
+@needs_sm90_gluon
 @pytest.mark.parametrize("n", [3000, 67576, 119056])
 @pytest.mark.parametrize("stages", [3, 4])
 def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stages):
