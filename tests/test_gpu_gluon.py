@@ -21,7 +21,9 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 
 needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs an sm90+ GPU")
 # the kernel itself: sm90 only (wgmma) and a Triton it supports
 SM90_GLUON = HAS_GLUON and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
-needs_sm90_gluon = pytest.mark.skipif(not SM90_GLUON, reason="needs an sm90 GPU, Triton >= 3.6")
+needs_sm90_gluon = pytest.mark.skipif(
+    not SM90_GLUON, reason="needs a CUDA GPU of sm90 (wgmma) and Triton >= 3.6"
+)
 
 
 @needs_sm90_gluon
