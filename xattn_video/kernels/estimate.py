@@ -198,8 +198,11 @@ def estimate_block_scores(
     launch: tuple[int, int, int, int] | None = None,
     precision: str = "bf16",
     flatten: bool | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
-    """Block scores with the fused Triton kernel. Same contract as :func:`estimate_block_scores_ref`.
+    """Block scores with the fused Triton kernel, or on sm90 GPUs the Gluon one
+    (:mod:`.estimate_gluon`) where :func:`.tuning.estimate_kernel_for` picks it. Same contract
+    as :func:`estimate_block_scores_ref`.
 
     q: (B, H, Nq, D), k: (B, H, Nk, D) in fp16/bf16/fp32 on CUDA (or CPU with
     ``TRITON_INTERPRET=1``); kv_len: (B,) int. Returns (B, H, Nbq, Nbk) float32.
@@ -208,9 +211,24 @@ def estimate_block_scores(
     masks selected from these scores may differ from bf16 ones at near-ties).
     ``flatten``: ask Triton to flatten the key-tile / stride loop nest for pipelining.
     On CUDA, ``launch`` / ``flatten`` left None come from :func:`.tuning.estimate_config`.
+    ``kernel``: "auto", or force "gluon" / "triton" (``launch`` / ``flatten`` tune the Triton
+    kernel, so giving either keeps "auto" on it).
     """
     if precision not in ("bf16", "fp8"):
         raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
+    if kernel == "gluon" or (kernel == "auto" and q.is_cuda and launch is None and flatten is None):
+        from .tuning import estimate_kernel_for
+
+        choice, (tile_n, stages) = estimate_kernel_for(q, k, stride, block_size, precision, kernel)
+        if choice == "gluon":
+            from .estimate_gluon import estimate_block_scores_gluon
+
+            return estimate_block_scores_gluon(
+                q, k, stride=stride, block_size=block_size, kv_len=kv_len, precision=precision,
+                block_n=tile_n, stages=stages,
+            )  # fmt: skip
+    elif kernel not in ("auto", "triton"):
+        raise ValueError(f"kernel must be 'auto', 'gluon' or 'triton', got {kernel!r}")
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     S = stride

@@ -10,6 +10,10 @@ vs 0.78-0.84x for the Triton Hopper kernel); its fp8 path only when forced
 capability >= 9: fp8, smaller inputs, block size 64, sm100); the portable kernel
 (:mod:`.sparse_attention`) everywhere else (other GPUs, fp32, the CPU interpreter).
 
+The estimate (:func:`estimate_kernel_for`): the Triton kernel, or the experimental Gluon one
+(:mod:`.estimate_gluon`) when forced or where :data:`GLUON_ESTIMATE` has a measured entry (none
+yet: its first version was no faster, see that module).
+
 Launch configurations come from :data:`MEASURED`, filled only from runs on the named GPU
 (``docs/results/bench_attention_h200*.json``). A GPU that is not in the table gets
 :data:`SAFE_HOPPER`, a configuration without warp specialization or lazy rescaling that the
@@ -90,6 +94,69 @@ def estimate_config(
         if hit is not None:
             return hit
     return ESTIMATE_MEASURED.get((name, precision, stride, head_dim, "any"), SAFE_ESTIMATE)
+
+
+ESTIMATE_KERNELS = ("auto", "gluon", "triton")
+
+GLUON_ESTIMATE: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+"""(GPU name, precision, stride, head dim) -> (key groups per tile, ring depth) of the Gluon
+estimate (:mod:`.estimate_gluon`), only where it was measured faster than the Triton estimate;
+``kernel="auto"`` picks it there (from 32k query tokens), the Triton estimate elsewhere."""
+
+GLUON_ESTIMATE_DEFAULT = {"bf16": (128, 3), "fp8": (128, 6)}
+"""Tiles / ring depth of the forced Gluon estimate on a GPU without measurements (both fit
+sm90's shared memory: 197 KB)."""
+
+
+def choose_estimate_kernel(
+    *, is_cuda: bool, capability: int, dtype: torch.dtype, head_dim: int, block_size: int,
+    stride: int, aligned: bool, n: int, has_gluon: bool, measured: bool, kernel: str = "auto",
+) -> str:  # fmt: skip
+    """``"gluon"`` or ``"triton"`` for the estimate (``capability``: major version; ``n``: query
+    tokens; ``measured``: this GPU / precision / stride / head dim is in :data:`GLUON_ESTIMATE`).
+
+    Raises ValueError for an unknown ``kernel`` or a forced ``"gluon"`` that cannot run."""
+    if kernel not in ESTIMATE_KERNELS:
+        raise ValueError(f"kernel must be one of {ESTIMATE_KERNELS}, got {kernel!r}")
+    fits = (
+        is_cuda
+        and capability == 9
+        and has_gluon
+        and dtype in (torch.float16, torch.bfloat16)
+        and head_dim in (64, 128)
+        and block_size == 128
+        and stride in (8, 16, 32)
+        and aligned
+    )
+    if kernel == "gluon":
+        if not fits:
+            raise ValueError(
+                "kernel='gluon' needs an sm90 GPU, Triton >= 3.6, bf16/fp16 q/k with head dim "
+                "64 or 128, block_size 128, stride 8/16/32 and 16-byte aligned strides"
+            )
+        return "gluon"
+    if kernel == "auto" and fits and measured and n_bucket(n) == "large":
+        return "gluon"
+    return "triton"
+
+
+def estimate_kernel_for(
+    q: torch.Tensor, k: torch.Tensor, stride: int, block_size: int, precision: str = "bf16",
+    kernel: str = "auto",
+) -> tuple[str, tuple[int, int]]:  # fmt: skip
+    """(``"gluon"`` or ``"triton"``, the Gluon estimate's (key groups per tile, ring depth)) for
+    q: (B, H, Nq, D), k: (B, H, Nk, D) on their GPU; ``kernel`` forces one."""
+    from ._common import tma_aligned
+    from .sparse_attention_gluon import HAS_GLUON
+
+    cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
+    hit = GLUON_ESTIMATE.get((gpu_name(q), precision, stride, q.shape[-1]))
+    choice = choose_estimate_kernel(
+        is_cuda=q.is_cuda, capability=cap, dtype=q.dtype, head_dim=q.shape[-1],
+        block_size=block_size, stride=stride, aligned=tma_aligned(q, k), n=q.shape[-2],
+        has_gluon=HAS_GLUON, measured=hit is not None, kernel=kernel,
+    )  # fmt: skip
+    return choice, hit or GLUON_ESTIMATE_DEFAULT[precision]
 
 
 def n_bucket(n: int) -> str:

@@ -1,0 +1,82 @@
+"""GPU checks of the Gluon estimate (``pytest -m gpu`` on an sm90 GPU): block scores against the
+fp32 reference (the tolerance of the Triton estimate's test) with key padding that splits a
+stride group, token counts the stride does not divide, B=2, head dims 64 / 128, strides 8 / 16,
+ring depths 2 / 3 with and without the epilogue overlap (``pre``), up to 119,056 tokens; key blocks past kv_len exactly zero; the threshold masks
+agreeing up to near-ties; and the fp8 path equal to the Triton fp8 estimate (same
+quantization) up to fp32 summation order."""
+
+import pytest
+import torch
+
+from xattn_video.kernels.estimate import estimate_block_scores, estimate_block_scores_ref
+from xattn_video.kernels.select import select_blocks, valid_key_blocks
+from xattn_video.kernels.sparse_attention_gluon import HAS_GLUON
+
+pytestmark = pytest.mark.gpu
+
+SM90_GLUON = HAS_GLUON and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+needs_sm90_gluon = pytest.mark.skipif(
+    not SM90_GLUON, reason="needs a CUDA GPU of sm90 (wgmma) and Triton >= 3.6"
+)
+
+CASES = [  # (B, n, head dim, kv_len per sample)
+    (2, 1000, 128, (999, 1)),
+    (2, 3000, 128, (3000, 2345)),
+    (2, 2056, 64, (2056, 1999)),
+    (1, 67576, 128, (67476,)),
+    (1, 119056, 128, (118957,)),
+]
+
+
+def _qk(B, n, d, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return (torch.randn(B, 2, n, d, device="cuda", generator=g).bfloat16() for _ in range(2))
+
+
+@needs_sm90_gluon
+@pytest.mark.parametrize("B, n, d, lens", CASES)
+@pytest.mark.parametrize("stride", [8, 16])
+@pytest.mark.parametrize("stages, pre", [(2, 1), (3, 2), (3, 0)])
+def test_gluon_estimate_matches_reference(B, n, d, lens, stride, stages, pre):
+    from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon
+
+    q, k = _qk(B, n, d, seed=n + stride)
+    kv_len = torch.tensor(lens, device="cuda")
+    kw = dict(stride=stride, block_size=128, kv_len=kv_len)
+    got = estimate_block_scores_gluon(q, k, stages=stages, pre=pre, **kw)
+    want = estimate_block_scores_ref(q, k, **kw)
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-5)
+    valid = valid_key_blocks(kv_len, got.shape[-1], 128)
+    assert (got.masked_select(~valid[:, None, None, :]) == 0).all()
+    m_got = select_blocks(got, block_size=128, threshold=0.9, kv_len=kv_len)
+    m_want = select_blocks(want, block_size=128, threshold=0.9, kv_len=kv_len)
+    assert (m_got != m_want).float().mean() < 1e-3
+
+
+@needs_sm90_gluon
+@pytest.mark.parametrize("B, n, d, lens", [CASES[1], CASES[2], CASES[4]])
+@pytest.mark.parametrize("stride", [8, 16])
+def test_gluon_fp8_estimate_equals_triton_fp8(B, n, d, lens, stride):
+    from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon
+
+    q, k = _qk(B, n, d, seed=n - stride)
+    kw = dict(stride=stride, block_size=128, kv_len=torch.tensor(lens, device="cuda"),
+              precision="fp8")  # fmt: skip
+    want = estimate_block_scores(q, k, kernel="triton", **kw)
+    for stages, pre in ((4, 3), (6, 5), (6, 0)):
+        got = estimate_block_scores_gluon(q, k, stages=stages, pre=pre, **kw)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=5e-5)
+
+
+@needs_sm90_gluon
+def test_forced_gluon_estimate_through_the_kernel_entry_point():
+    """estimate_block_scores(kernel="gluon") runs the Gluon kernel (bit-identical to calling it)
+    and kernel="triton" the Triton one, at a size where "auto" would consult the table."""
+    from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon
+
+    q, k = _qk(1, 40000, 128, seed=5)
+    kw = dict(stride=8, block_size=128)
+    forced = estimate_block_scores(q, k, kernel="gluon", **kw)
+    assert torch.equal(forced, estimate_block_scores_gluon(q, k, **kw))
+    triton_scores = estimate_block_scores(q, k, kernel="triton", **kw)
+    torch.testing.assert_close(forced, triton_scores, rtol=2e-3, atol=2e-5)

@@ -1,0 +1,165 @@
+"""The Gluon estimate on CPU: argument checks, and that it compiles for sm90 (PTX assembled by the
+ptxas that ships with Triton), bf16 and fp8, strides 8 and 16, head dims 64 and 128: three
+partitions with register re-allocation, the matmuls on the tensor cores in the input's precision,
+MUFU lg2 rather than libdevice's polynomial, no register spills, within Hopper's shared memory.
+Its numbers are checked on the GPU (tests/test_gpu_estimate_gluon.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from xattn_video.kernels import estimate_gluon as eg
+
+needs_gluon = pytest.mark.skipif(not eg.HAS_GLUON, reason="Triton without Gluon's Hopper module")
+
+
+@needs_gluon
+def test_rejects_inputs_it_does_not_take():
+    q = torch.zeros(1, 1, 256, 128, dtype=torch.bfloat16)
+    est = eg.estimate_block_scores_gluon
+    with pytest.raises(ValueError, match="block_size 128"):
+        est(q, q, stride=8, block_size=64)
+    with pytest.raises(ValueError, match="stride"):
+        est(q, q, stride=4, block_size=128)
+    q32 = torch.zeros(1, 1, 256, 32, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="head dim"):
+        est(q32, q32, stride=8, block_size=128)
+    with pytest.raises(ValueError, match="block_n 128 or 256"):
+        est(q, q, stride=8, block_size=128, block_n=64)
+    with pytest.raises(ValueError, match="stages"):
+        est(q, q, stride=8, block_size=128, stages=1)
+    with pytest.raises(ValueError, match="shared memory"):  # 4 x 64 KB bf16 slots
+        est(q, q, stride=8, block_size=128, stages=4)
+    with pytest.raises(ValueError, match="precision"):
+        est(q, q, stride=8, block_size=128, precision="fp16")
+    with pytest.raises(ValueError, match="bf16/fp16"):
+        est(q.float(), q.float(), stride=8, block_size=128)
+    # a tile's first `pre` chunks hold their slots across the epilogue: pre = stages deadlocks
+    with pytest.raises(ValueError, match="pre must be in 0..stages-1"):
+        est(q, q, stride=8, block_size=128, stages=3, pre=3)
+
+
+_COMPILE = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from xattn_video.kernels import estimate_gluon as eg
+
+S, d, stages, fp8, pre, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                               sys.argv[4] == "fp8", int(sys.argv[5]), sys.argv[6])
+dt, name = (gl.float8e4nv, "fp8e4nv") if fp8 else (gl.bfloat16, "bf16")
+def desc(shape):
+    layout = gl.NVMMASharedLayout.get_default_for(shape, dt)
+    return f"tensordesc<{name}[{','.join(map(str, shape))}],{layout!r}>"
+ptr = "*" + name
+sig = dict(q_desc=desc([1, 1, 64, 1, d]), k_desc=desc([1, 1, 128, 1, d]), SCR="*fp32", OUT="*fp32",
+           KV_LEN="*i32", Q_SCALE="*fp32", K_SCALE="*fp32", QP=ptr, KP=ptr)
+for n in ("stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_sbh stride_sr "
+          "stride_ob stride_oh stride_om stride_sq stride_sk H NGQ NBQ NBK").split():
+    sig[n] = "i32"
+sig["qk_scale"] = "fp32"
+consts = dict(S=S, G=128 // S, STAGES=stages, PRE=pre, FP8=fp8, num_warps=4)
+sig.update({k: "constexpr" for k in consts})
+k = triton.compile(GluonASTSource(eg._estimate_gluon_kernel, sig, consts),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": eg.MAXNREG})
+open(out + ".ptx", "w").write(k.asm["ptx"])
+json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open(out + ".json", "w"))
+"""
+
+
+def _compile_sm90(tmp_path, stride: int, d: int, stages: int, precision: str, pre: int
+                  ) -> tuple[str, dict]:  # fmt: skip
+    """(PTX, metadata) of the kernel compiled for sm90, in a process without the interpreter
+    (this suite runs with TRITON_INTERPRET=1, under which Gluon functions cannot compile)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = str(tmp_path / "k")
+    subprocess.run(
+        [sys.executable, "-c", _COMPILE, str(stride), str(d), str(stages), precision, str(pre),
+         out],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    with open(out + ".json") as f:
+        meta = json.load(f)
+    with open(out + ".ptx") as f:
+        return f.read(), meta
+
+
+@needs_gluon
+@pytest.mark.parametrize(
+    "stride, d, stages, precision, pre",
+    [(8, 128, 3, "bf16", 2), (8, 128, 3, "bf16", 0), (16, 128, 2, "bf16", 1),
+     (8, 64, 3, "bf16", 2), (8, 128, 6, "fp8", 5), (16, 128, 4, "fp8", 3)],
+)  # fmt: skip
+def test_compiles_for_sm90_without_spills(tmp_path, stride, d, stages, precision, pre):
+    import triton
+
+    ptx_text, meta = _compile_sm90(tmp_path, stride, d, stages, precision, pre)
+    assert meta["smem_bytes"] <= 232448  # Hopper's 227 KB of shared memory per block
+    assert meta["warps"] == 12  # two consumer warpgroups + the producer warp, padded
+    assert "setmaxnreg.dec.sync.aligned.u32 \t24;" in ptx_text
+    assert "setmaxnreg.dec.sync.aligned.u32 \t240;" in ptx_text
+    # no CTA-wide barrier in the consumers: only partition-scoped (128-thread) ones
+    assert "bar.sync \t0;" not in ptx_text and "bar.sync \t0, 128;" in ptx_text
+    mma = "m64n128k32.f32.e4m3.e4m3" if precision == "fp8" else "m64n128k16.f32.bf16.bf16"
+    assert f"wgmma.mma_async.sync.aligned.{mma}" in ptx_text
+    # the block log-sum-exps on the MUFU unit, not libdevice's branchy log2f
+    assert "lg2.approx.f32" in ptx_text and "__nv_log2f" not in ptx_text
+    # with pre > 0, a tile's first chunk matmuls are issued before the previous tile's epilogue
+    # (its exp2s), with nothing waiting on them in between
+    body = ptx_text[ptx_text.index("setmaxnreg.inc.sync.aligned.u32 \t240;") :]
+    first_exp = body.index("ex2.approx")
+    before = body[:first_exp]
+    tail = before[before.rindex("wgmma.mma_async") :]
+    assert ("wgmma.wait_group" not in tail) == (pre > 0)
+    ptx = tmp_path / "k.ptx"
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("this Triton ships no ptxas")
+    res = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert "0 bytes spill stores" in res.stderr, res.stderr
+
+
+ESTIMATE_BASE = dict(is_cuda=True, capability=9, dtype=torch.bfloat16, head_dim=128,
+                     block_size=128, stride=8, aligned=True, n=119056, has_gluon=True,
+                     measured=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, want",
+    [({}, "gluon"), ({"head_dim": 64}, "gluon"), ({"stride": 16}, "gluon"),
+     ({"dtype": torch.float16}, "gluon"), ({"n": 32768}, "gluon"),
+     ({"measured": False}, "triton"), ({"n": 32767}, "triton"), ({"capability": 10}, "triton"),
+     ({"capability": 8}, "triton"), ({"has_gluon": False}, "triton"), ({"is_cuda": False}, "triton"),
+     ({"dtype": torch.float32}, "triton"), ({"head_dim": 32}, "triton"),
+     ({"block_size": 64}, "triton"), ({"stride": 4}, "triton"), ({"aligned": False}, "triton"),
+     ({"kernel": "triton"}, "triton"), ({"kernel": "gluon", "measured": False, "n": 10}, "gluon")],
+)  # fmt: skip
+def test_estimate_kernel_choice(change, want):
+    from xattn_video.kernels import tuning
+
+    assert tuning.choose_estimate_kernel(**{**ESTIMATE_BASE, **change}) == want
+
+
+@pytest.mark.parametrize("change", [{"capability": 10}, {"stride": 4}, {"aligned": False}])
+def test_forced_gluon_estimate_that_cannot_run_is_an_error(change):
+    from xattn_video.kernels import tuning
+
+    with pytest.raises(ValueError, match="kernel='gluon' needs an sm90 GPU"):
+        tuning.choose_estimate_kernel(**{**ESTIMATE_BASE, **change, "kernel": "gluon"})
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        tuning.choose_estimate_kernel(**{**ESTIMATE_BASE, "kernel": "cuda"})
+
+
+def test_estimate_rejects_an_unknown_kernel_name():
+    from xattn_video.kernels.estimate import estimate_block_scores
+
+    q = torch.zeros(1, 1, 256, 64)
+    with pytest.raises(ValueError, match="kernel must be"):
+        estimate_block_scores(q, q, stride=8, block_size=128, kernel="cuda")
