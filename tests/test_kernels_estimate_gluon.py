@@ -4,15 +4,12 @@ partitions with register re-allocation, the matmuls on the tensor cores in the i
 MUFU lg2 rather than libdevice's polynomial, no register spills, within Hopper's shared memory.
 Its numbers are checked on the GPU (tests/test_gpu_estimate_gluon.py)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from xattn_video.kernels import estimate_gluon as eg
+
+from ._gluon_compile import assert_no_spills, assert_ws_partitions, compile_sm90
 
 needs_gluon = pytest.mark.skipif(not eg.HAS_GLUON, reason="Triton without Gluon's Hopper module")
 
@@ -73,23 +70,6 @@ json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open
 """
 
 
-def _compile_sm90(tmp_path, stride: int, d: int, stages: int, precision: str, pre: int
-                  ) -> tuple[str, dict]:  # fmt: skip
-    """(PTX, metadata) of the kernel compiled for sm90, in a process without the interpreter
-    (this suite runs with TRITON_INTERPRET=1, under which Gluon functions cannot compile)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = str(tmp_path / "k")
-    subprocess.run(
-        [sys.executable, "-c", _COMPILE, str(stride), str(d), str(stages), precision, str(pre),
-         out],
-        env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    with open(out + ".json") as f:
-        meta = json.load(f)
-    with open(out + ".ptx") as f:
-        return f.read(), meta
-
-
 @needs_gluon
 @pytest.mark.parametrize(
     "stride, d, stages, precision, pre",
@@ -97,15 +77,8 @@ def _compile_sm90(tmp_path, stride: int, d: int, stages: int, precision: str, pr
      (8, 64, 3, "bf16", 2), (8, 128, 6, "fp8", 5), (16, 128, 4, "fp8", 3)],
 )  # fmt: skip
 def test_compiles_for_sm90_without_spills(tmp_path, stride, d, stages, precision, pre):
-    import triton
-
-    ptx_text, meta = _compile_sm90(tmp_path, stride, d, stages, precision, pre)
-    assert meta["smem_bytes"] <= 232448  # Hopper's 227 KB of shared memory per block
-    assert meta["warps"] == 12  # two consumer warpgroups + the producer warp, padded
-    assert "setmaxnreg.dec.sync.aligned.u32 \t24;" in ptx_text
-    assert "setmaxnreg.dec.sync.aligned.u32 \t240;" in ptx_text
-    # no CTA-wide barrier in the consumers: only partition-scoped (128-thread) ones
-    assert "bar.sync \t0;" not in ptx_text and "bar.sync \t0, 128;" in ptx_text
+    ptx_text, meta = compile_sm90(tmp_path, _COMPILE, stride, d, stages, precision, pre)
+    assert_ws_partitions(ptx_text, meta)
     mma = "m64n128k32.f32.e4m3.e4m3" if precision == "fp8" else "m64n128k16.f32.bf16.bf16"
     assert f"wgmma.mma_async.sync.aligned.{mma}" in ptx_text
     # the block log-sum-exps on the MUFU unit, not libdevice's branchy log2f
@@ -117,13 +90,7 @@ def test_compiles_for_sm90_without_spills(tmp_path, stride, d, stages, precision
     before = body[:first_exp]
     tail = before[before.rindex("wgmma.mma_async") :]
     assert ("wgmma.wait_group" not in tail) == (pre > 0)
-    ptx = tmp_path / "k.ptx"
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        pytest.skip("this Triton ships no ptxas")
-    res = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    assert "0 bytes spill stores" in res.stderr, res.stderr
+    assert_no_spills(tmp_path)
 
 
 ESTIMATE_BASE = dict(is_cuda=True, capability=9, dtype=torch.bfloat16, head_dim=128,

@@ -3,15 +3,12 @@ the ptxas that ships with Triton), bf16 and fp8, with its three partitions and r
 re-allocation, without register spills and within Hopper's shared memory. Its numbers are checked
 on the GPU (tests/test_gpu_gluon.py)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from xattn_video.kernels import sparse_attention_gluon as sag
+
+from ._gluon_compile import assert_no_spills, assert_ws_partitions, compile_sm90
 
 needs_gluon = pytest.mark.skipif(not sag.HAS_GLUON, reason="Triton without Gluon's Hopper module")
 
@@ -70,43 +67,16 @@ json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open
 """
 
 
-def _compile_sm90(tmp_path, d: int, stages: int, precision: str) -> tuple[str, dict]:
-    """(PTX, metadata) of the kernel compiled for sm90, in a process without the interpreter
-    (this suite runs with TRITON_INTERPRET=1, under which Gluon functions cannot compile)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = str(tmp_path / "k")
-    subprocess.run([sys.executable, "-c", _COMPILE, str(d), str(stages), precision, out],
-                   env=env, check=True, capture_output=True, text=True)  # fmt: skip
-    with open(out + ".json") as f:
-        meta = json.load(f)
-    with open(out + ".ptx") as f:
-        return f.read(), meta
-
-
 @needs_gluon
 @pytest.mark.parametrize(
     "d, stages, precision",
     [(128, 2, "bf16"), (128, 3, "bf16"), (64, 2, "bf16"), (128, 3, "fp8"), (128, 4, "fp8")],
 )
 def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision):
-    import triton
-
-    ptx_text, meta = _compile_sm90(tmp_path, d, stages, precision)
-    assert meta["smem_bytes"] <= 232448  # Hopper's 227 KB of shared memory per block
-    assert meta["warps"] == 12  # two consumer warpgroups + the producer warp, padded
-    # registers move from the producer (24) to the consumers (240)
-    assert "setmaxnreg.dec.sync.aligned.u32 \t24;" in ptx_text
-    assert "setmaxnreg.dec.sync.aligned.u32 \t240;" in ptx_text
-    # no CTA-wide barrier in the consumers: only partition-scoped (128-thread) ones
-    assert "bar.sync \t0;" not in ptx_text and "bar.sync \t0, 128;" in ptx_text
+    ptx_text, meta = compile_sm90(tmp_path, _COMPILE, d, stages, precision)
+    assert_ws_partitions(ptx_text, meta)
     # fp8: both matmuls on the e4m3 tensor cores
     assert ("wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in ptx_text) == (
         precision == "fp8"
     )
-    ptx = tmp_path / "k.ptx"
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        pytest.skip("this Triton ships no ptxas")
-    res = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull],
-                         capture_output=True, text=True, check=True)  # fmt: skip
-    assert "0 bytes spill stores" in res.stderr, res.stderr
+    assert_no_spills(tmp_path)
