@@ -149,8 +149,10 @@ def estimate_kernel_for(
     from ._common import tma_aligned
     from .sparse_attention_gluon import HAS_GLUON
 
-    cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
     hit = GLUON_ESTIMATE.get((gpu_name(q), precision, stride, q.shape[-1]))
+    if kernel == "auto" and hit is None:  # the common case: one dict lookup per call
+        return "triton", GLUON_ESTIMATE_DEFAULT[precision]
+    cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
     choice = choose_estimate_kernel(
         is_cuda=q.is_cuda, capability=cap, dtype=q.dtype, head_dim=q.shape[-1],
         block_size=block_size, stride=stride, aligned=tma_aligned(q, k), n=q.shape[-2],
