@@ -7,7 +7,8 @@ bf16, B=1) it times, in one process:
   - our block-sparse kernel at pinned densities (ratio mode over random scores): the kernel
     picked on this GPU (on sm90 at these sizes the Gluon one, then also the Triton Hopper kernel
     it replaced), the portable one, and fp8; and the mask-to-index-list conversion it needs;
-  - our fused estimate at S=8 and S=16 (bf16 and fp8), and the selection step;
+  - our fused estimate at S=8 and S=16 (bf16 and fp8; on sm90 also the other of the Triton and
+    the experimental Gluon estimate), and the selection step;
   - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8.
 Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense
 FLOPs / time) and writes JSON with the GPU, versions and git SHA.
@@ -33,7 +34,7 @@ from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
-from xattn_video.kernels.tuning import attention_kernel_for  # noqa: E402
+from xattn_video.kernels.tuning import attention_kernel_for, estimate_kernel_for  # noqa: E402
 
 BLOCK = 128
 
@@ -125,9 +126,19 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     for s in strides:
         est = partial(estimate_block_scores, q, k, stride=s, block_size=BLOCK)
         ms = bench_ms(est)
-        add(f"ours estimate S={s}", ms, 1.0 / s / 2)
+        est_kernel = estimate_kernel_for(q, k, s, BLOCK)[0]
+        add(f"ours estimate S={s}", ms, 1.0 / s / 2, kernel=est_kernel)
         if fp8_ok:
-            add(f"ours estimate fp8 S={s}", bench_ms(partial(est, precision="fp8")), 1.0 / s / 2)
+            add(f"ours estimate fp8 S={s}", bench_ms(partial(est, precision="fp8")), 1.0 / s / 2,
+                kernel=estimate_kernel_for(q, k, s, BLOCK, "fp8")[0])  # fmt: skip
+        try:  # the other estimate kernel, where both run, in the same run
+            estimate_kernel_for(q, k, s, BLOCK, kernel="gluon")
+            other = "triton" if est_kernel == "gluon" else "gluon"
+        except ValueError:
+            other = None
+        for prec in ("bf16", "fp8") if other else ():
+            add(f"ours estimate {other} {prec} S={s}",
+                bench_ms(partial(est, precision=prec, kernel=other)), 1.0 / s / 2)  # fmt: skip
         if args.sweep and n == args.seq[0]:
             for cfg in [(256, 128, 16, 3), (128, 256, 16, 3), (256, 64, 8, 3), (64, 256, 8, 3),
                         (64, 128, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4)]:  # fmt: skip
