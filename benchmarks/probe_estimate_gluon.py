@@ -28,8 +28,8 @@ from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon  # no
 from xattn_video.kernels.select_fused import select_blocks_fused  # noqa: E402
 
 # (key groups per tile, ring depth, chunks issued before the previous tile's epilogue)
-CONFIGS = {"bf16": [(128, 3, 0), (128, 3, 2), (128, 2, 1)],
-           "fp8": [(128, 6, 0), (128, 6, 5), (128, 4, 3)]}  # fmt: skip
+CONFIGS = {"bf16": [(128, 3, 0), (128, 3, 2), (128, 2, 1), (64, 4, 3)],
+           "fp8": [(128, 6, 0), (128, 6, 5), (128, 4, 3), (64, 8, 7)]}  # fmt: skip
 
 
 def check_small(rows: list[dict]) -> None:

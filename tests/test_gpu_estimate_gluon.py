@@ -1,7 +1,7 @@
 """GPU checks of the Gluon estimate (``pytest -m gpu`` on an sm90 GPU): block scores against the
 fp32 reference (the tolerance of the Triton estimate's test) with key padding that splits a
 stride group, token counts the stride does not divide, B=2, head dims 64 / 128, strides 8 / 16,
-ring depths 2 / 3 with and without the epilogue overlap (``pre``), up to 119,056 tokens; key blocks past kv_len exactly zero; the threshold masks
+64 / 128-key tiles, ring depths 2-4 with and without the epilogue overlap (``pre``), up to 119,056 tokens; key blocks past kv_len exactly zero; the threshold masks
 agreeing up to near-ties; and the fp8 path equal to the Triton fp8 estimate (same
 quantization) up to fp32 summation order."""
 
@@ -36,14 +36,16 @@ def _qk(B, n, d, seed):
 @needs_sm90_gluon
 @pytest.mark.parametrize("B, n, d, lens", CASES)
 @pytest.mark.parametrize("stride", [8, 16])
-@pytest.mark.parametrize("stages, pre", [(2, 1), (3, 2), (3, 0)])
-def test_gluon_estimate_matches_reference(B, n, d, lens, stride, stages, pre):
+@pytest.mark.parametrize(
+    "block_n, stages, pre", [(128, 2, 1), (128, 3, 2), (128, 3, 0), (64, 4, 3)]
+)
+def test_gluon_estimate_matches_reference(B, n, d, lens, stride, block_n, stages, pre):
     from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon
 
     q, k = _qk(B, n, d, seed=n + stride)
     kv_len = torch.tensor(lens, device="cuda")
     kw = dict(stride=stride, block_size=128, kv_len=kv_len)
-    got = estimate_block_scores_gluon(q, k, stages=stages, pre=pre, **kw)
+    got = estimate_block_scores_gluon(q, k, block_n=block_n, stages=stages, pre=pre, **kw)
     want = estimate_block_scores_ref(q, k, **kw)
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-5)
     valid = valid_key_blocks(kv_len, got.shape[-1], 128)
@@ -63,8 +65,8 @@ def test_gluon_fp8_estimate_equals_triton_fp8(B, n, d, lens, stride):
     kw = dict(stride=stride, block_size=128, kv_len=torch.tensor(lens, device="cuda"),
               precision="fp8")  # fmt: skip
     want = estimate_block_scores(q, k, kernel="triton", **kw)
-    for stages, pre in ((4, 3), (6, 5), (6, 0)):
-        got = estimate_block_scores_gluon(q, k, stages=stages, pre=pre, **kw)
+    for block_n, stages, pre in ((128, 4, 3), (128, 6, 5), (128, 6, 0), (64, 8, 7)):
+        got = estimate_block_scores_gluon(q, k, block_n=block_n, stages=stages, pre=pre, **kw)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=5e-5)
 
 

@@ -25,8 +25,8 @@ def test_rejects_inputs_it_does_not_take():
     q32 = torch.zeros(1, 1, 256, 32, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="head dim"):
         est(q32, q32, stride=8, block_size=128)
-    with pytest.raises(ValueError, match="block_n 128 or 256"):
-        est(q, q, stride=8, block_size=128, block_n=64)
+    with pytest.raises(ValueError, match="block_n 64, 128 or 256"):
+        est(q, q, stride=8, block_size=128, block_n=32)
     with pytest.raises(ValueError, match="stages"):
         est(q, q, stride=8, block_size=128, stages=1)
     with pytest.raises(ValueError, match="shared memory"):  # 4 x 64 KB bf16 slots
@@ -48,14 +48,15 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 from xattn_video.kernels import estimate_gluon as eg
 
-S, d, stages, fp8, pre, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
-                               sys.argv[4] == "fp8", int(sys.argv[5]), sys.argv[6])
+S, d, stages, fp8, pre, bn, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+                                   sys.argv[4] == "fp8", int(sys.argv[5]), int(sys.argv[6]),
+                                   sys.argv[7])
 dt, name = (gl.float8e4nv, "fp8e4nv") if fp8 else (gl.bfloat16, "bf16")
 def desc(shape):
     layout = gl.NVMMASharedLayout.get_default_for(shape, dt)
     return f"tensordesc<{name}[{','.join(map(str, shape))}],{layout!r}>"
 ptr = "*" + name
-sig = dict(q_desc=desc([1, 1, 64, 1, d]), k_desc=desc([1, 1, 128, 1, d]), SCR="*fp32", OUT="*fp32",
+sig = dict(q_desc=desc([1, 1, 64, 1, d]), k_desc=desc([1, 1, bn, 1, d]), SCR="*fp32", OUT="*fp32",
            KV_LEN="*i32", Q_SCALE="*fp32", K_SCALE="*fp32", QP=ptr, KP=ptr)
 for n in ("stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_sbh stride_sr "
           "stride_ob stride_oh stride_om stride_sq stride_sk H NGQ NBQ NBK").split():
@@ -72,14 +73,15 @@ json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open
 
 @needs_gluon
 @pytest.mark.parametrize(
-    "stride, d, stages, precision, pre",
-    [(8, 128, 3, "bf16", 2), (8, 128, 3, "bf16", 0), (16, 128, 2, "bf16", 1),
-     (8, 64, 3, "bf16", 2), (8, 128, 6, "fp8", 5), (16, 128, 4, "fp8", 3)],
+    "stride, d, stages, precision, pre, bn",
+    [(8, 128, 3, "bf16", 2, 128), (8, 128, 3, "bf16", 0, 128), (16, 128, 2, "bf16", 1, 128),
+     (8, 64, 3, "bf16", 2, 128), (8, 128, 4, "bf16", 3, 64), (8, 128, 6, "fp8", 5, 128),
+     (16, 128, 4, "fp8", 3, 128)],
 )  # fmt: skip
-def test_compiles_for_sm90_without_spills(tmp_path, stride, d, stages, precision, pre):
-    ptx_text, meta = compile_sm90(tmp_path, _COMPILE, stride, d, stages, precision, pre)
+def test_compiles_for_sm90_without_spills(tmp_path, stride, d, stages, precision, pre, bn):
+    ptx_text, meta = compile_sm90(tmp_path, _COMPILE, stride, d, stages, precision, pre, bn)
     assert_ws_partitions(ptx_text, meta)
-    mma = "m64n128k32.f32.e4m3.e4m3" if precision == "fp8" else "m64n128k16.f32.bf16.bf16"
+    mma = f"m64n{bn}k32.f32.e4m3.e4m3" if precision == "fp8" else f"m64n{bn}k16.f32.bf16.bf16"
     assert f"wgmma.mma_async.sync.aligned.{mma}" in ptx_text
     # the block log-sum-exps on the MUFU unit, not libdevice's branchy log2f
     assert "lg2.approx.f32" in ptx_text and "__nv_log2f" not in ptx_text

@@ -6,7 +6,7 @@ PyTorch reference :func:`~xattn_video.kernels.estimate.estimate_block_scores_ref
 per (b, h), the strided score matrix ``R = Q_rev K^T`` of query/key groups of ``S`` tokens is
 soft-maxed per row over the valid key groups and summed per (query block, key block).
 
-One program owns 128 query groups and sweeps ``BN`` (128 or 256) key groups per tile, 12 warps
+One program owns 128 query groups and sweeps ``BN`` (64, 128 or 256) key groups per tile, 12 warps
 in three partitions:
 
 * a producer warp (24 registers) streams, per key tile and stride offset ``s``, the chunk
@@ -333,7 +333,7 @@ def estimate_block_scores_gluon(
 
     q: (B, H, Nq, D), k: (B, H, Nk, D) bf16/fp16 on an sm90 GPU, unit last stride; kv_len: (B,)
     int. Returns (B, H, ceil(Nq/block_size), ceil(Nk/block_size)) float32. ``block_n``: key
-    groups per tile (128 or 256); ``stages``: depth of the (query chunk, key chunk) ring;
+    groups per tile (64, 128 or 256); ``stages``: depth of the (query chunk, key chunk) ring;
     ``pre``: chunk matmuls of the next tile issued before a tile's epilogue (0 to
     ``stages - 1``; None: ``stages - 1``).
     """
@@ -346,9 +346,9 @@ def estimate_block_scores_gluon(
     if block_size != 128 or S not in STRIDES or D not in (64, 128):
         raise ValueError(f"the Gluon estimate takes block_size 128, stride {STRIDES} and head "
                          f"dim 64/128, got {block_size} / {S} / {D}")  # fmt: skip
-    if precision not in ("bf16", "fp8") or block_n not in (128, 256) or not 2 <= stages <= 6:
-        raise ValueError(f"precision must be 'bf16' or 'fp8', block_n 128 or 256 and stages "
-                         f"2-6, got {precision!r} / {block_n} / {stages}")  # fmt: skip
+    if precision not in ("bf16", "fp8") or block_n not in (64, 128, 256) or not 2 <= stages <= 8:
+        raise ValueError(f"precision must be 'bf16' or 'fp8', block_n 64, 128 or 256 and stages "
+                         f"2-8, got {precision!r} / {block_n} / {stages}")  # fmt: skip
     ring = stages * (2 * HALF + block_n) * D * (1 if precision == "fp8" else 2)
     if ring > SMEM_RING_MAX:
         raise ValueError(f"{stages} ring slots of {block_n} key groups take {ring} bytes of shared "
