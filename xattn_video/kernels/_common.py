@@ -26,6 +26,11 @@ except ImportError:  # pragma: no cover - old Triton or no Triton
     HAS_TENSOR_DESC = False
 
 
+LOG2E = 1.4426950408889634
+"""1/ln(2): the kernels keep logits in base 2 so they can use exp2; softmax scales are passed
+multiplied by it."""
+
+
 def interpreter_enabled() -> bool:
     """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

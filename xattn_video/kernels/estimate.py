@@ -28,13 +28,11 @@ import math
 
 import torch
 
-from ._common import HAS_TRITON, cdiv, dot_precision, kv_len_tensor
+from ._common import HAS_TRITON, LOG2E, cdiv, dot_precision, kv_len_tensor
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
-
-LOG2E = 1.4426950408889634  # 1/ln(2): logits are kept in base 2 so the kernel can use exp2
 
 
 def estimate_block_scores_ref(
@@ -246,11 +244,9 @@ def estimate_block_scores(
     flatten = bool(flatten)
     fp8 = precision == "fp8"
     if fp8:
-        from .fp8 import quantize_fp8_blocks
+        from .fp8 import quantize_fp8_qk
 
-        q, q_scale = quantize_fp8_blocks(q, block_size)
-        k, k_scale = quantize_fp8_blocks(k, block_size)
-        q_scale, k_scale = q_scale.reshape(B * H, nbq), k_scale.reshape(B * H, nbk)
+        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
     else:
         q_scale = k_scale = lens.view(B, 1)  # never read without FP8 (no allocation per call)
 

@@ -55,9 +55,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import cdiv, kv_len_tensor
-from .fp8 import quantize_fp8_blocks
-from .sparse_attention_gluon import HAS_GLUON, MIN_TRITON
+from ._common import LOG2E, cdiv, kv_len_tensor
+from .fp8 import quantize_fp8_qk
+from .sparse_attention_gluon import HAS_GLUON, MAXNREG, MIN_TRITON
 
 if HAS_GLUON:
     from triton.experimental import gluon
@@ -70,10 +70,8 @@ if HAS_GLUON:
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-LOG2E = 1.4426950408889634
 HALF = 64  # query groups per consumer warpgroup
 ROWS = 2 * HALF  # query groups per program
-MAXNREG = 168  # 12 warps x 32 x 168 <= 64K registers; re-allocated to 240 / 240 / 24
 STRIDES = (8, 16, 32)
 KB_TILE = 32  # key blocks per step of the final pass
 SMEM_RING_MAX = 232448 - 4096  # sm90's 227 KB per block, less the barriers and reduction scratch
@@ -166,6 +164,18 @@ if HAS_GLUON:
             mbarrier.arrive(empty.index((c0 + i) % STAGES), count=1)
 
     @gluon.jit
+    def _issue_chunk(q_smem, k_smem, full, acc, c, use_acc: gl.constexpr, WG: gl.constexpr,
+                     STAGES: gl.constexpr):  # fmt: skip
+        """Wait for chunk c's slot, then issue (async) this warpgroup's Q half x K^T of it."""
+        D: gl.constexpr = k_smem.shape[-1]
+        BN: gl.constexpr = k_smem.shape[3]  # (STAGES, 1, 1, BN, 1, D)
+        slot = c % STAGES
+        mbarrier.wait(full.index(slot), (c // STAGES) & 1)
+        return warpgroup_mma(q_smem.index(2 * slot + WG).reshape([_HALF, D]),
+                             k_smem.index(slot).reshape([BN, D]).permute((1, 0)), acc,
+                             use_acc=use_acc, is_async=True)  # fmt: skip
+
+    @gluon.jit
     def _est_consumer(args, WG: gl.constexpr, S: gl.constexpr, G: gl.constexpr,
                       STAGES: gl.constexpr, PRE: gl.constexpr, FP8: gl.constexpr):  # fmt: skip
         """Per key tile t: issue the first PRE chunk matmuls of tile t, run tile t-1's epilogue
@@ -197,20 +207,13 @@ if HAS_GLUON:
         x_prev = acc
         for t in range(n_ct):
             for s in gl.static_range(PRE):
-                c = t * S + s
-                mbarrier.wait(full.index(c % STAGES), (c // STAGES) & 1)
-                acc = warpgroup_mma(q_smem.index(2 * (c % STAGES) + WG).reshape([_HALF, D]),
-                                    k_smem.index(c % STAGES).reshape([BN, D]).permute((1, 0)),
-                                    acc, use_acc=s > 0, is_async=True)  # fmt: skip
+                acc = _issue_chunk(q_smem, k_smem, full, acc, t * S + s, s > 0, WG, STAGES)
             if t > 0:  # tile t-1's epilogue while this tile's first matmuls run
                 m_i, l_i = _tile_epilogue(x_prev, t - 1, m_i, l_i, scr, row_sc, qk_scale,
                                           K_SCALE, pid_bh, stride_sk, NBK, G, FP8)  # fmt: skip
             for s in gl.static_range(PRE, S):
                 c = t * S + s
-                mbarrier.wait(full.index(c % STAGES), (c // STAGES) & 1)
-                acc = warpgroup_mma(q_smem.index(2 * (c % STAGES) + WG).reshape([_HALF, D]),
-                                    k_smem.index(c % STAGES).reshape([BN, D]).permute((1, 0)),
-                                    acc, use_acc=s > 0, is_async=True)  # fmt: skip
+                acc = _issue_chunk(q_smem, k_smem, full, acc, c, s > 0, WG, STAGES)
                 acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
                 if s == PRE:  # the chunks before this one are done: release their slots
                     _release(empty, t * S, PRE, STAGES)
@@ -364,9 +367,7 @@ def estimate_block_scores_gluon(
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     fp8 = precision == "fp8"
     if fp8:
-        q, q_scale = quantize_fp8_blocks(q, block_size)
-        k, k_scale = quantize_fp8_blocks(k, block_size)
-        q_scale, k_scale = q_scale.reshape(B * H, nbq), k_scale.reshape(B * H, nbk)
+        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
         dt = gl.float8e4nv
     else:
         q_scale = k_scale = lens.new_ones(B * H, 1, dtype=torch.float32)

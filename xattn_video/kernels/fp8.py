@@ -2,6 +2,7 @@
 
 - :func:`quantize_fp8_blocks`: one symmetric scale per (b, h, token block) (Q and K), so a
   kernel can fold ``scale_q * scale_k`` into the softmax scale per tile.
+- :func:`quantize_fp8_qk`: both of Q and K that way, scales flattened per (b, h) row.
 - :func:`quantize_fp8_head_t`: one scale per (b, h), stored transposed (B, H, D, N) so the
   tensor cores can read it as the K-major B operand of P.V.
 
@@ -129,6 +130,17 @@ def quantize_fp8_blocks(
         H, N, nb, BLOCK=block, D=D, CHUNK=chunk, num_warps=num_warps,
     )  # fmt: skip
     return y, scale
+
+
+def quantize_fp8_qk(
+    q: torch.Tensor, k: torch.Tensor, block: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q and K as the fp8 kernels take them: q, k: (B, H, N, D) -> q8, k8 (e4m3, same shapes)
+    and their block scales flattened to (B*H, ceil(Nq/block)) / (B*H, ceil(Nk/block))."""
+    q8, q_scale = quantize_fp8_blocks(q, block)
+    k8, k_scale = quantize_fp8_blocks(k, block)
+    bh = q.shape[0] * q.shape[1]
+    return q8, k8, q_scale.reshape(bh, -1), k_scale.reshape(bh, -1)
 
 
 def quantize_fp8_head_t(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import HAS_TRITON, cdiv, dot_precision, kv_len_tensor
+from ._common import HAS_TRITON, LOG2E, cdiv, dot_precision, kv_len_tensor
 
 if HAS_TRITON:
     import triton
@@ -33,7 +33,6 @@ try:  # host-side TMA descriptors (Triton >= 3.3)
 except ImportError:  # pragma: no cover - old Triton or no Triton
     HAS_TENSOR_DESC = False
 
-LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 

@@ -42,8 +42,8 @@ import math
 
 import torch
 
-from ._common import cdiv, kv_len_tensor
-from .fp8 import quantize_fp8_blocks, quantize_fp8_head_t
+from ._common import LOG2E, cdiv, kv_len_tensor
+from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
 
 MIN_TRITON = (3, 6)
 """Oldest Triton the kernel is checked on (3.6 on the GPU, the latest on CPU): Gluon is
@@ -76,7 +76,6 @@ try:
 except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
     HAS_GLUON = False
 
-LOG2E = 1.4426950408889634
 HALF = 64  # query rows per consumer warpgroup
 MAXNREG = 168  # 12 warps x 32 x 168 <= 64K registers; re-allocated to 240 / 240 / 24
 
@@ -366,10 +365,8 @@ def block_sparse_attention_gluon(
         out, q_block, gl.NVMMASharedLayout.get_default_for(q_block, dt)
     )
     if fp8:
-        q, q_scale = quantize_fp8_blocks(q, block_size)
-        k, k_scale = quantize_fp8_blocks(k, block_size)
+        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
         v, v_scale = quantize_fp8_head_t(v)  # (B, H, D, N)
-        q_scale, k_scale = q_scale.reshape(B * H, -1), k_scale.reshape(B * H, -1)
         v_block, dt = [1, 1, D, block_size], gl.float8e4nv
     else:
         q_scale = k_scale = v_scale = lens.new_ones(B * H, 1, dtype=torch.float32)

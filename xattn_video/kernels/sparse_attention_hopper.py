@@ -40,8 +40,8 @@ import math
 
 import torch
 
-from ._common import HAS_TENSOR_DESC, HAS_TRITON, cdiv, kv_len_tensor
-from .fp8 import quantize_fp8_blocks, quantize_fp8_head_t
+from ._common import HAS_TENSOR_DESC, HAS_TRITON, LOG2E, cdiv, kv_len_tensor
+from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
 
 if HAS_TRITON:
     import triton
@@ -50,7 +50,6 @@ if HAS_TRITON:
 if HAS_TENSOR_DESC:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-LOG2E = 1.4426950408889634
 PRECISIONS = ("bf16", "fp8")
 
 
@@ -200,9 +199,7 @@ def block_sparse_attention_hopper(
     one = torch.ones(B * H, 1, dtype=torch.float32, device=q.device)
     q_scale = k_scale = v_scale = one
     if fp8:
-        q, q_scale = quantize_fp8_blocks(q, block_size)
-        k, k_scale = quantize_fp8_blocks(k, block_size)
-        q_scale, k_scale = q_scale.reshape(B * H, -1), k_scale.reshape(B * H, -1)
+        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
         if fp8_pv:
             v, v_scale = quantize_fp8_head_t(v)
             v_scale = v_scale.reshape(B * H)
