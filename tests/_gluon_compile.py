@@ -13,12 +13,41 @@ import sys
 import pytest
 
 SM90_SMEM = 232448  # Hopper's 227 KB of shared memory per block
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tensordesc(shape: list[int], dtype: str) -> str:
+    """The signature type of a TMA descriptor of ``shape`` in "bf16" or "fp8e4nv", with the
+    NVMMA shared layout the kernels' wrappers give it."""
+    from triton.experimental.gluon import language as gl
+
+    dt = gl.float8e4nv if dtype == "fp8e4nv" else gl.bfloat16
+    layout = gl.NVMMASharedLayout.get_default_for(shape, dt)
+    return f"tensordesc<{dtype}[{','.join(map(str, shape))}],{layout!r}>"
+
+
+def compile_kernel(fn, sig: dict, consts: dict, maxnreg: int, out: str) -> None:
+    """Compile the Gluon kernel ``fn`` for sm90 (4 warps per partition, ``maxnreg``) and write
+    ``out.ptx`` and ``out.json`` (shared memory bytes, warps). Run inside the subprocess."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = dict(sig, **{name: "constexpr" for name in consts})
+    k = triton.compile(GluonASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4, "maxnreg": maxnreg})  # fmt: skip
+    with open(out + ".ptx", "w") as f:
+        f.write(k.asm["ptx"])
+    with open(out + ".json", "w") as f:
+        json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, f)
 
 
 def compile_sm90(tmp_path, script: str, *args) -> tuple[str, dict]:
     """Run ``script`` (which writes ``<out>.ptx`` and ``<out>.json``, ``out`` its last argument)
     with ``args``; returns (PTX text, metadata)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # the script imports this module as tests._gluon_compile
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_REPO, env.get("PYTHONPATH")]))
     out = str(tmp_path / "k")
     subprocess.run([sys.executable, "-c", script, *map(str, args), out],
                    env=env, check=True, capture_output=True, text=True)  # fmt: skip

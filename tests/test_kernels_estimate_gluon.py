@@ -41,33 +41,23 @@ def test_rejects_inputs_it_does_not_take():
 
 
 _COMPILE = """
-import json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
+import sys
+from tests._gluon_compile import compile_kernel, tensordesc
 from xattn_video.kernels import estimate_gluon as eg
 
 S, d, stages, fp8, pre, bn, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                                    sys.argv[4] == "fp8", int(sys.argv[5]), int(sys.argv[6]),
                                    sys.argv[7])
-dt, name = (gl.float8e4nv, "fp8e4nv") if fp8 else (gl.bfloat16, "bf16")
-def desc(shape):
-    layout = gl.NVMMASharedLayout.get_default_for(shape, dt)
-    return f"tensordesc<{name}[{','.join(map(str, shape))}],{layout!r}>"
-ptr = "*" + name
-sig = dict(q_desc=desc([1, 1, 64, 1, d]), k_desc=desc([1, 1, bn, 1, d]), SCR="*fp32", OUT="*fp32",
-           KV_LEN="*i32", Q_SCALE="*fp32", K_SCALE="*fp32", QP=ptr, KP=ptr)
+name = "fp8e4nv" if fp8 else "bf16"
+sig = dict(q_desc=tensordesc([1, 1, 64, 1, d], name), k_desc=tensordesc([1, 1, bn, 1, d], name),
+           SCR="*fp32", OUT="*fp32", KV_LEN="*i32", Q_SCALE="*fp32", K_SCALE="*fp32",
+           QP="*" + name, KP="*" + name)
 for n in ("stride_qb stride_qh stride_qn stride_kb stride_kh stride_kn stride_sbh stride_sr "
           "stride_ob stride_oh stride_om stride_sq stride_sk H NGQ NBQ NBK").split():
     sig[n] = "i32"
 sig["qk_scale"] = "fp32"
 consts = dict(S=S, G=128 // S, STAGES=stages, PRE=pre, FP8=fp8, num_warps=4)
-sig.update({k: "constexpr" for k in consts})
-k = triton.compile(GluonASTSource(eg._estimate_gluon_kernel, sig, consts),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": eg.MAXNREG})
-open(out + ".ptx", "w").write(k.asm["ptx"])
-json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open(out + ".json", "w"))
+compile_kernel(eg._estimate_gluon_kernel, sig, consts, eg.MAXNREG, out)
 """
 
 

@@ -40,30 +40,20 @@ def test_rejects_inputs_it_does_not_take():
 
 
 _COMPILE = """
-import json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
+import sys
+from tests._gluon_compile import compile_kernel, tensordesc
 from xattn_video.kernels import sparse_attention_gluon as sag
 
 d, stages, fp8, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "fp8", sys.argv[4]
-dt, name = (gl.float8e4nv, "fp8e4nv") if fp8 else (gl.bfloat16, "bf16")
-def desc(shape, dt=dt, name=name):
-    layout = gl.NVMMASharedLayout.get_default_for(shape, dt)
-    return f"tensordesc<{name}[{','.join(map(str, shape))}],{layout!r}>"
-sig = dict(q_desc=desc([1, 1, 64, d]), k_desc=desc([1, 1, 128, d]),
-           v_desc=desc([1, 1, d, 128] if fp8 else [1, 1, 128, d]),
-           o_desc=desc([1, 1, 64, d], gl.bfloat16, "bf16"), LSE="*fp32", COUNTS="*i32",
+name = "fp8e4nv" if fp8 else "bf16"
+sig = dict(q_desc=tensordesc([1, 1, 64, d], name), k_desc=tensordesc([1, 1, 128, d], name),
+           v_desc=tensordesc([1, 1, d, 128] if fp8 else [1, 1, 128, d], name),
+           o_desc=tensordesc([1, 1, 64, d], "bf16"), LSE="*fp32", COUNTS="*i32",
            INDICES="*i32", KV_LEN="*i32", Q_SCALE="*fp32", K_SCALE="*fp32", V_SCALE="*fp32",
            stride_cbh="i32", stride_ibh="i32", stride_im="i32", stride_sq="i32", stride_sk="i32",
            H="i32", N_Q="i32", qk_scale="fp32")
-consts = dict(STAGES=stages, FP8=fp8, num_warps=4)
-sig.update({name: "constexpr" for name in consts})
-k = triton.compile(GluonASTSource(sag._bsa_gluon_kernel, sig, consts),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": sag.MAXNREG})
-open(out + ".ptx", "w").write(k.asm["ptx"])
-json.dump({"smem_bytes": k.metadata.shared, "warps": k.metadata.num_warps}, open(out + ".json", "w"))
+compile_kernel(sag._bsa_gluon_kernel, sig, dict(STAGES=stages, FP8=fp8, num_warps=4),
+               sag.MAXNREG, out)
 """
 
 
