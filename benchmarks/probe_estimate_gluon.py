@@ -27,9 +27,22 @@ from xattn_video.kernels.estimate import estimate_block_scores, estimate_block_s
 from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon  # noqa: E402
 from xattn_video.kernels.select_fused import select_blocks_fused  # noqa: E402
 
-# (key groups per tile, ring depth, chunks issued before the previous tile's epilogue)
+# (key groups per tile, ring depth, chunks issued before the previous tile's epilogue);
+# --configs replaces them
 CONFIGS = {"bf16": [(128, 3, 0), (128, 3, 2), (128, 2, 1), (64, 4, 3)],
            "fp8": [(128, 6, 0), (128, 6, 5), (128, 4, 3), (64, 8, 7)]}  # fmt: skip
+
+
+def parse_configs(specs: list[str]) -> dict[str, list[tuple[int, int, int]]]:
+    """``["bf16:128,3,0", "fp8:64,8,0"]`` -> {"bf16": [(128, 3, 0)], "fp8": [(64, 8, 0)]}."""
+    out: dict[str, list[tuple[int, int, int]]] = {"bf16": [], "fp8": []}
+    for spec in specs:
+        prec, _, nums = spec.partition(":")
+        vals = tuple(int(x) for x in nums.split(","))
+        if prec not in out or len(vals) != 3:
+            raise SystemExit(f"--configs takes PRECISION:BLOCK_N,STAGES,PRE, got {spec!r}")
+        out[prec].append(vals)
+    return out
 
 
 def check_small(rows: list[dict]) -> None:
@@ -109,6 +122,13 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, nargs="+", default=[119056, 67576])
     p.add_argument("--out", default="results/probe_estimate_gluon.json")
     p.add_argument(
+        "--configs",
+        nargs="+",
+        metavar="PREC:BN,STAGES,PRE",
+        help="variants to time instead of CONFIGS, e.g. bf16:128,3,0 fp8:128,6,0",
+    )
+    p.add_argument("--skip-small", action="store_true", help="skip the small correctness cases")
+    p.add_argument(
         "--profile-once",
         action="store_true",
         help="run the Triton and the Gluon bf16 S=8 estimate once each (for ncu)",
@@ -122,8 +142,11 @@ def main(argv=None) -> None:
         estimate_block_scores_gluon(q, k, stride=8, block_size=128)
         torch.cuda.synchronize()
         return
+    if args.configs:
+        CONFIGS.update(parse_configs(args.configs))
     rows: list[dict] = []
-    check_small(rows)
+    if not args.skip_small:
+        check_small(rows)
     for n in args.seq:
         run_length(n, rows)
     print_table([r for r in rows if "ms" in r],

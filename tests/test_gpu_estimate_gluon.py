@@ -82,3 +82,22 @@ def test_forced_gluon_estimate_through_the_kernel_entry_point():
     assert torch.equal(forced, estimate_block_scores_gluon(q, k, **kw))
     triton_scores = estimate_block_scores(q, k, kernel="triton", **kw)
     torch.testing.assert_close(forced, triton_scores, rtol=2e-3, atol=2e-5)
+
+
+@needs_sm90_gluon
+@pytest.mark.parametrize("precision, stride", [("bf16", 8), ("bf16", 16), ("fp8", 8), ("fp8", 16)])
+def test_auto_estimate_follows_the_measured_table(precision, stride):
+    """kernel="auto" at a large N runs the Gluon kernel with the table's tile / ring where this
+    GPU, precision and stride have an entry (bit-identical), the Triton kernel elsewhere."""
+    from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon
+    from xattn_video.kernels.tuning import GLUON_ESTIMATE, gpu_name
+
+    q, k = _qk(1, 40000, 128, seed=stride)
+    kw = dict(stride=stride, block_size=128, precision=precision)
+    auto = estimate_block_scores(q, k, **kw)
+    hit = GLUON_ESTIMATE.get((gpu_name(q), precision, stride, 128))
+    if hit is None:
+        want = estimate_block_scores(q, k, kernel="triton", **kw)
+    else:
+        want = estimate_block_scores_gluon(q, k, block_n=hit[0], stages=hit[1], **kw)
+    assert torch.equal(auto, want)

@@ -106,6 +106,24 @@ def test_estimate_kernel_choice(change, want):
     assert tuning.choose_estimate_kernel(**{**ESTIMATE_BASE, **change}) == want
 
 
+def test_measured_gluon_estimate_entries_are_launchable():
+    """Every entry of the measured table is a (tile, ring) the wrapper accepts: its ring fits
+    sm90's shared memory, and the choice picks the Gluon kernel there from 32k tokens only."""
+    from xattn_video.kernels import estimate_gluon as eg
+    from xattn_video.kernels import tuning
+
+    assert tuning.GLUON_ESTIMATE, "the H200 entries are measured (probe_estimate_gluon)"
+    for (_gpu, precision, stride, d), (block_n, stages) in tuning.GLUON_ESTIMATE.items():
+        assert precision in ("bf16", "fp8") and stride in eg.STRIDES and d in (64, 128)
+        assert block_n in (64, 128, 256) and 2 <= stages <= 8
+        assert eg.ring_bytes(block_n, stages, d, precision) <= eg.SMEM_RING_MAX
+        base = {**ESTIMATE_BASE, "stride": stride, "head_dim": d}
+        assert tuning.choose_estimate_kernel(**base) == "gluon"
+        assert tuning.choose_estimate_kernel(**{**base, "n": 17411}) == "triton"
+    assert eg.ring_bytes(128, 3, 128, "bf16") == 196608  # 3 x (32 KB q chunk + 32 KB k chunk)
+    assert eg.ring_bytes(128, 7, 128, "fp8") > eg.SMEM_RING_MAX
+
+
 @pytest.mark.parametrize("change", [{"capability": 10}, {"stride": 4}, {"aligned": False}])
 def test_forced_gluon_estimate_that_cannot_run_is_an_error(change):
     from xattn_video.kernels import tuning

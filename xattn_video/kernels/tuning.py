@@ -10,9 +10,10 @@ vs 0.78-0.84x for the Triton Hopper kernel); its fp8 path only when forced
 capability >= 9: fp8, smaller inputs, block size 64, sm100); the portable kernel
 (:mod:`.sparse_attention`) everywhere else (other GPUs, fp32, the CPU interpreter).
 
-The estimate (:func:`estimate_kernel_for`): the Triton kernel, or the experimental Gluon one
-(:mod:`.estimate_gluon`) when forced or where :data:`GLUON_ESTIMATE` has a measured entry (none
-yet: its first version was no faster, see that module).
+The estimate (:func:`estimate_kernel_for`): the Gluon kernel (:mod:`.estimate_gluon`) when
+forced or, from 32k query tokens, where :data:`GLUON_ESTIMATE` has an entry measured faster
+than the Triton kernel on that GPU (H200: bf16 at stride 8, fp8 at strides 8 and 16); the
+Triton kernel everywhere else.
 
 Launch configurations come from :data:`MEASURED`, filled only from runs on the named GPU
 (``docs/results/bench_attention_h200*.json``). A GPU that is not in the table gets
@@ -98,7 +99,15 @@ def estimate_config(
 
 ESTIMATE_KERNELS = ("auto", "gluon", "triton")
 
-GLUON_ESTIMATE: dict[tuple[str, str, int, int], tuple[int, int]] = {}
+# H200 (docs/results/probe_estimate_gluon_h200.json; 119,056 / 67,576 tokens, 24 heads, Gluon vs
+# Triton ms in one run): bf16 S=8 21.7 vs 25.1 / 6.84 vs 7.91; fp8 S=8 14.1 vs 16.9 / 4.48 vs
+# 5.89; fp8 S=16 7.66 vs 9.14 / 3.31 vs 3.29. Left out: bf16 S=16 (14.7 vs 15.0 / 5.40 vs 4.54:
+# the Triton kernel's 64-row tiles win once the query chunks re-read per key tile leave the L2).
+GLUON_ESTIMATE: dict[tuple[str, str, int, int], tuple[int, int]] = {
+    ("NVIDIA H200", "bf16", 8, 128): (128, 3),
+    ("NVIDIA H200", "fp8", 8, 128): (128, 6),
+    ("NVIDIA H200", "fp8", 16, 128): (128, 6),
+}
 """(GPU name, precision, stride, head dim) -> (key groups per tile, ring depth) of the Gluon
 estimate (:mod:`.estimate_gluon`), only where it was measured faster than the Triton estimate;
 ``kernel="auto"`` picks it there (from 32k query tokens), the Triton estimate elsewhere."""
