@@ -126,17 +126,18 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     for s in strides:
         est = partial(estimate_block_scores, q, k, stride=s, block_size=BLOCK)
         ms = bench_ms(est)
-        est_kernel = estimate_kernel_for(q, k, s, BLOCK)[0]
-        add(f"ours estimate S={s}", ms, 1.0 / s / 2, kernel=est_kernel)
+        chosen = {"bf16": estimate_kernel_for(q, k, s, BLOCK)[0]}
+        add(f"ours estimate S={s}", ms, 1.0 / s / 2, kernel=chosen["bf16"])
         if fp8_ok:
+            chosen["fp8"] = estimate_kernel_for(q, k, s, BLOCK, "fp8")[0]
             add(f"ours estimate fp8 S={s}", bench_ms(partial(est, precision="fp8")), 1.0 / s / 2,
-                kernel=estimate_kernel_for(q, k, s, BLOCK, "fp8")[0])  # fmt: skip
+                kernel=chosen["fp8"])  # fmt: skip
         try:  # the other estimate kernel, where both run, in the same run
             estimate_kernel_for(q, k, s, BLOCK, kernel="gluon")
-            other = "triton" if est_kernel == "gluon" else "gluon"
         except ValueError:
-            other = None
-        for prec in ("bf16", "fp8") if other else ():
+            chosen = {}
+        for prec, kern in chosen.items():
+            other = "triton" if kern == "gluon" else "gluon"
             add(f"ours estimate {other} {prec} S={s}",
                 bench_ms(partial(est, precision=prec, kernel=other)), 1.0 / s / 2)  # fmt: skip
         if args.sweep and n == args.seq[0]:
