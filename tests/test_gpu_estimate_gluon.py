@@ -1,7 +1,8 @@
 """GPU checks of the Gluon estimate (``pytest -m gpu`` on an sm90 GPU): block scores against the
 fp32 reference (the tolerance of the Triton estimate's test) with key padding that splits a
 stride group, token counts the stride does not divide, B=2, head dims 64 / 128, strides 8 / 16,
-64 / 128-key tiles, ring depths 2-4 with and without the epilogue overlap (``pre``), up to 119,056 tokens; key blocks past kv_len exactly zero; the threshold masks
+64 / 128-key tiles, ring depths 2-4 with and without the epilogue overlap (``pre``), up to
+119,056 tokens; key blocks past kv_len exactly zero; the threshold masks
 agreeing up to near-ties; and the fp8 path equal to the Triton fp8 estimate (same
 quantization) up to fp32 summation order."""
 
@@ -88,16 +89,21 @@ def test_forced_gluon_estimate_through_the_kernel_entry_point():
 @pytest.mark.parametrize("precision, stride", [("bf16", 8), ("bf16", 16), ("fp8", 8), ("fp8", 16)])
 def test_auto_estimate_follows_the_measured_table(precision, stride):
     """kernel="auto" at a large N runs the Gluon kernel with the table's tile / ring where this
-    GPU, precision and stride have an entry (bit-identical), the Triton kernel elsewhere."""
+    GPU, precision and stride have an entry and GLUON_ESTIMATE_AUTO is on (bit-identical), the
+    Triton kernel otherwise; kernel="gluon" runs the table's tile / ring."""
     from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon
-    from xattn_video.kernels.tuning import GLUON_ESTIMATE, gpu_name
+    from xattn_video.kernels.tuning import GLUON_ESTIMATE, GLUON_ESTIMATE_AUTO, gpu_name
 
     q, k = _qk(1, 40000, 128, seed=stride)
     kw = dict(stride=stride, block_size=128, precision=precision)
     auto = estimate_block_scores(q, k, **kw)
     hit = GLUON_ESTIMATE.get((gpu_name(q), precision, stride, 128))
-    if hit is None:
+    if hit is None or not GLUON_ESTIMATE_AUTO:
         want = estimate_block_scores(q, k, kernel="triton", **kw)
     else:
         want = estimate_block_scores_gluon(q, k, block_n=hit[0], stages=hit[1], **kw)
     assert torch.equal(auto, want)
+    if hit is not None:
+        forced = estimate_block_scores(q, k, kernel="gluon", **kw)
+        assert torch.equal(forced, estimate_block_scores_gluon(q, k, block_n=hit[0],
+                                                               stages=hit[1], **kw))  # fmt: skip

@@ -124,6 +124,20 @@ def test_measured_gluon_estimate_entries_are_launchable():
     assert eg.ring_bytes(128, 7, 128, "fp8") > eg.SMEM_RING_MAX
 
 
+def test_auto_estimate_stays_on_triton_while_the_gluon_stall_is_open(monkeypatch):
+    """GLUON_ESTIMATE_AUTO is off (a GPU test run stalled in the Gluon estimate): "auto" runs the
+    Triton estimate even on a GPU / precision / stride with a measured Gluon entry, and hands
+    back that entry's tile / ring for a forced call."""
+    from xattn_video.kernels import tuning
+
+    assert tuning.GLUON_ESTIMATE_AUTO is False
+    monkeypatch.setattr(tuning, "gpu_name", lambda t: "NVIDIA H200")
+    q = torch.zeros(1, 2, 40000, 128, dtype=torch.bfloat16)
+    assert tuning.estimate_kernel_for(q, q, 8, 128, "bf16") == ("triton", (128, 3))
+    assert tuning.estimate_kernel_for(q, q, 16, 128, "fp8") == ("triton", (128, 6))
+    assert tuning.estimate_kernel_for(q, q, 16, 128, "bf16") == ("triton", (128, 3))  # no entry
+
+
 @pytest.mark.parametrize("change", [{"capability": 10}, {"stride": 4}, {"aligned": False}])
 def test_forced_gluon_estimate_that_cannot_run_is_an_error(change):
     from xattn_video.kernels import tuning

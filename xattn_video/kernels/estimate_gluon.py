@@ -1,5 +1,5 @@
 """The XAttention estimate for Hopper (sm90) in Gluon: TMA-fed, warp-specialized. Experimental:
-``kernel="auto"`` does not pick it (see "Status").
+measured faster than the Triton estimate, but ``kernel="auto"`` does not pick it (see "Status").
 
 Same contract and math as :func:`~xattn_video.kernels.estimate.estimate_block_scores` (whose
 PyTorch reference :func:`~xattn_video.kernels.estimate.estimate_block_scores_ref` defines it):
@@ -32,16 +32,18 @@ padded by a copy in the wrapper (the TMA view needs whole groups).
 (:func:`.fp8.quantize_fp8_blocks`, as the Triton fp8 estimate), folded into each key block's
 softmax scale; the matmuls run on the fp8 tensor cores.
 
-Status (one H200, triton 3.6, 119,056 tokens, 24 heads, head dim 128;
-``benchmarks/probe_estimate_gluon.py``, docs/results/probe_estimate_gluon_lockstep_h200.json):
-the lockstep version (``pre=0``, libdevice ``log2``) matched the fp32 reference (3e-7) and the
-Triton fp8 estimate (9e-6) with key padding, B=2 and head dims 64 / 128, but was no faster than
-the Triton estimate: bf16 S=8 24.7 vs 24.9 ms, S=16 15.7 vs 14.9; fp8 S=8 17.1 vs 16.8, S=16
-9.2 vs 9.1; 256-key tiles were slower (2 ring slots). bf16 and fp8 times fit "matmul at ~716
-TFLOP/s + an epilogue of ~3.8 us per tile that nothing overlaps", which ``pre`` and the MUFU
-``lg2`` address; that version is compiled and checked on CPU (sm90 PTX, ptxas, the ring
-protocol) but has not yet run on a GPU, so the op keeps the Triton estimate until it is
-measured (:data:`.tuning.GLUON_ESTIMATE` is empty).
+Status (one H200, triton 3.6, 24 heads, head dim 128; ``benchmarks/probe_estimate_gluon.py``,
+docs/results/probe_estimate_gluon_h200.json and ..._pre0_h200.json): correct (2e-8 max |diff|
+to the Triton estimate at 119,056 tokens; masks differing in ~1e-6 of blocks at near-ties) and,
+without overlap (``pre=0``, the default) and with the MUFU ``lg2``, faster than the Triton
+estimate: at 119,056 / 67,576 tokens bf16 S=8 21.7 vs 25.1 / 6.84 vs 7.91 ms, fp8 S=8 14.0 vs
+16.9 / 4.48 vs 5.89, fp8 S=16 7.7 vs 9.1 / 3.31 vs 3.29; bf16 S=16 no faster (15.1 vs 15.0 /
+5.40 vs 4.54). ``pre > 0`` was slower everywhere (bf16 S=8 23.0 ms with ``pre=2``), and so were
+the 64-key tiles and the 256-key tiles (bf16 S=8 28.5 / 24.3 ms). The first, lockstep version
+(libdevice ``log2``) ran at 24.7 ms. :data:`.tuning.GLUON_ESTIMATE` holds the measured tile /
+ring per GPU, but ``kernel="auto"`` does not pick this kernel
+(:data:`.tuning.GLUON_ESTIMATE_AUTO` is off): one run of its GPU tests stalled inside the fp8
+test that cycles through four variants (``benchmarks/probe_estimate_stall.py`` finds which).
 
 Not supported: GPUs other than sm90, block sizes other than 128, strides other than 8 / 16 /
 32 (a query block must fit one warpgroup's 64 rows and the final pass's layout), head dims other
