@@ -10,7 +10,7 @@ launch index), and a new child goes on with the next variant. Prints a table and
 (GPU, versions, git SHA).
 
 Usage: python benchmarks/probe_estimate_stall.py [--launches 300] [--stall-s 30]
-       [--configs bf16:128,3,0 fp8:128,6,0 ...] [--out results/probe_estimate_stall.json]
+       [--configs bf16:128,3,0 fp8:128,6,0 ...] [--cases 0 2] [--out results/...json]
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from probe_estimate_gluon import CONFIGS, parse_configs  # noqa: E402
 CASES = [(1, 119056, 128, (118957,)), (1, 67576, 128, (67476,)), (2, 3000, 128, (3000, 2345))]
 
 
-def variants(configs: dict, strides: list[int]) -> list[tuple]:
-    """(precision, block_n, stages, pre, B, n, d, lens, stride) in a fixed order."""
+def variants(configs: dict, strides: list[int], cases: list[int] | None = None) -> list[tuple]:
+    """(precision, block_n, stages, pre, B, n, d, lens, stride) in a fixed order; ``cases``:
+    indices into CASES (all by default)."""
     out = []
-    for (prec, cfgs), case, s in itertools.product(configs.items(), CASES, strides):
+    picked = [CASES[i] for i in cases] if cases is not None else CASES
+    for (prec, cfgs), case, s in itertools.product(configs.items(), picked, strides):
         out += [(prec, *cfg, *case, s) for cfg in cfgs]
     return out
 
@@ -121,6 +123,13 @@ def main(argv=None) -> None:
     p.add_argument("--stall-s", type=float, default=30.0)
     p.add_argument("--strides", type=int, nargs="+", default=[8, 16])
     p.add_argument("--configs", nargs="+", metavar="PREC:BN,STAGES,PRE")
+    p.add_argument(
+        "--cases",
+        type=int,
+        nargs="+",
+        choices=range(len(CASES)),
+        help="indices into CASES (default: all)",
+    )
     p.add_argument("--out", default="results/probe_estimate_stall.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -129,7 +138,7 @@ def main(argv=None) -> None:
               args.launches)  # fmt: skip
         return
     configs = parse_configs(args.configs) if args.configs else CONFIGS
-    rows = watch(variants(configs, args.strides), args.launches, args.stall_s)
+    rows = watch(variants(configs, args.strides, args.cases), args.launches, args.stall_s)
     print_table(rows, [("variant", "variant", "{}"), ("status", "status", "{}"),
                        ("launches", "launches", "{}"), ("seconds", "s", "{:.1f}")])  # fmt: skip
     save_json(args.out, {"benchmark": "probe_estimate_stall", "config": vars(args), "rows": rows})

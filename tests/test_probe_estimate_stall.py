@@ -43,3 +43,16 @@ def test_watcher_records_stalls_and_crashes_and_goes_on(tmp_path, monkeypatch):
     assert len(rows) == 9
     assert sum(r["status"] == "ok" for r in rows) == 7
     assert all(r["launches"] == 300 for r in rows if r["status"] == "ok")
+
+
+def test_cases_pick_a_subset_in_order():
+    spec = importlib.util.spec_from_file_location("probe_estimate_stall", BENCH)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    todo = probe.variants({"bf16": [], "fp8": [(128, 6, 0), (64, 8, 7)]}, [8, 16], cases=[2])
+    assert todo == [
+        ("fp8", 128, 6, 0, 2, 3000, 128, (3000, 2345), 8),
+        ("fp8", 64, 8, 7, 2, 3000, 128, (3000, 2345), 8),
+        ("fp8", 128, 6, 0, 2, 3000, 128, (3000, 2345), 16),
+        ("fp8", 64, 8, 7, 2, 3000, 128, (3000, 2345), 16),
+    ]
