@@ -2,18 +2,15 @@
 
 B=1, 24 heads, head dim 128, bf16, N=119,056, pinned densities on random block scores, median
 ms and effective TFLOP/s (density x dense FLOPs / time), max |diff| to the Triton kernel in
-the same precision (to the first Gluon run with ``--no-triton``). ``--grids persistent items``
-times the persistent sweep (one program per SM) against one program per work item.
+the same precision.
 Prints a table and writes JSON (GPU, versions, git SHA).
 
-Usage: python benchmarks/probe_gluon.py [--n 119056] [--bf16-stages 2 3] [--fp8-stages 2 3 4]
-       [--grids persistent items] [--no-triton] [--out results/probe_gluon.json]
+Usage: python benchmarks/probe_gluon.py [--n 119056] [--out results/probe_gluon.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
 from functools import partial
@@ -35,10 +32,6 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0])
-    p.add_argument("--bf16-stages", type=int, nargs="*", default=[2, 3])
-    p.add_argument("--fp8-stages", type=int, nargs="*", default=[2, 3, 4])
-    p.add_argument("--grids", nargs="+", choices=["persistent", "items"], default=["persistent"])
-    p.add_argument("--no-triton", action="store_true", help="skip the Triton Hopper kernel")
     p.add_argument("--out", default="results/probe_gluon.json")
     args = p.parse_args(argv)
     n, H, D = args.n, args.heads, 128
@@ -62,24 +55,20 @@ def main(argv=None) -> None:
         mask = select_blocks(scores, block_size=128, ratio=d, n_k=n)
         counts, idx = mask_to_indices(mask)
         dens = float(mask.float().mean())
-        for prec, stage_list in (("bf16", args.bf16_stages), ("fp8", args.fp8_stages)):
-            ref = None
-            if not args.no_triton:
-                triton_run = partial(block_sparse_attention_fwd, q, k, v, counts, idx,
-                                     block_size=128, kernel="hopper", precision=prec)  # fmt: skip
-                ref = triton_run()
-                add(f"triton hopper {prec} d={d}", bench_ms(triton_run), dens)
-            for st, grid in itertools.product(stage_list, args.grids):
-                name = f"gluon {prec} stages={st} {grid} d={d}"
+        for prec, stage_list in (("bf16", (2, 3)), ("fp8", (2, 3, 4))):
+            triton_run = partial(block_sparse_attention_fwd, q, k, v, counts, idx, block_size=128,
+                                 kernel="hopper", precision=prec)  # fmt: skip
+            ref = triton_run()
+            add(f"triton hopper {prec} d={d}", bench_ms(triton_run), dens)
+            for st in stage_list:
                 run = partial(block_sparse_attention_gluon, q, k, v, counts, idx, block_size=128,
-                              stages=st, precision=prec, persistent=grid == "persistent")  # fmt: skip
+                              stages=st, precision=prec)  # fmt: skip
                 try:
-                    out = run()
-                    ref = out if ref is None else ref
-                    diff = float((out.float() - ref.float()).abs().max())
-                    add(name, bench_ms(run), dens, max_diff_vs_triton=diff)
+                    diff = float((run().float() - ref.float()).abs().max())
+                    add(f"gluon {prec} stages={st} d={d}", bench_ms(run), dens,
+                        max_diff_vs_triton=diff)  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - a probe reports failures
-                    print(f"  {name} failed: {exc}")
+                    print(f"  gluon {prec} stages={st} d={d} failed: {exc}")
     base = rows[0]["tflops"]
     for r in rows:
         r["x_cudnn_rate"] = r["tflops"] / base

@@ -2,12 +2,8 @@
 
 Same contract as :func:`~xattn_video.kernels.sparse_attention.block_sparse_attention_fwd`
 (CSR ``counts`` / ``indices``, keys ``>= kv_len[b]`` masked, optional natural-log LSE) for
-bf16/fp16 inputs, block size 128, head dim 64 or 128. A work item is (query block of 128 rows,
-b, h); by default the kernel is persistent: one program per SM takes items ``program_id``,
-``+ num_programs``, ... in launch order, so the next item's first K tile and Q load while this
-item's output is written, and the ping-pong and the K/V ring go on across items
-(``persistent=False``: one program per item). 12 warps in three partitions (FlashAttention-3's
-structure):
+bf16/fp16 inputs, block size 128, head dim 64 or 128. One program per (query block of 128 rows,
+b, h), 12 warps in three partitions (FlashAttention-3's structure):
 
 * a producer warp (24 registers): Q's two 64-row halves once, then K and V of the listed key
   blocks by TMA into a ``stages``-deep ring, in the order the consumers read them (K of tile j
@@ -81,92 +77,47 @@ except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
     HAS_GLUON = False
 
 HALF = 64  # query rows per consumer warpgroup
-
-
-def programs(n_items: int, sms: int, persistent: bool) -> int:
-    """Grid size: one program per SM (the kernel's shared memory and registers fit one per SM)
-    when persistent, else one per work item; never more programs than items."""
-    if n_items < 0 or sms < 1:
-        raise ValueError(f"need n_items >= 0 and sms >= 1, got {n_items} / {sms}")
-    return max(1, min(n_items, sms)) if persistent else max(1, n_items)
-
-
 MAXNREG = 168  # 12 warps x 32 x 168 <= 64K registers; re-allocated to 240 / 240 / 24
 
 
 if HAS_GLUON:
 
     @gluon.jit
-    def _item(it, args, FP8: gl.constexpr):
-        """Work item ``it`` (query block fastest, then b * h): where its rows and index list are,
-        its listed-block count, kv_len and (fp8) scales."""
-        (COUNTS, INDICES, KV_LEN, Q_SCALE, K_SCALE, V_SCALE, stride_cbh, stride_ibh, stride_im,
-         stride_sq, stride_sk, H, N_QB) = args  # fmt: skip
-        pid_bh = it // N_QB
-        pid_m = it % N_QB
-        b = pid_bh // H
-        h = pid_bh % H
-        kvl = gl.load(KV_LEN + b)
-        cnt = gl.load(COUNTS + pid_bh * stride_cbh + pid_m)
-        idx_base = INDICES + pid_bh * stride_ibh + pid_m * stride_im
-        if FP8:
-            q_scale = gl.load(Q_SCALE + pid_bh * stride_sq + pid_m)
-            v_scale = gl.load(V_SCALE + pid_bh)
-        else:
-            q_scale = 1.0
-            v_scale = 1.0
-        k_scale = K_SCALE + pid_bh * stride_sk
-        return pid_m, pid_bh, b, h, kvl, cnt, idx_base, q_scale, k_scale, v_scale
-
-    @gluon.jit
     def _producer(args, WG: gl.constexpr, FP8: gl.constexpr):
-        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, q_empty, k_full,
-         v_full, k_empty, v_empty, sched, LSE, item_args, N_ITEMS, N_Q, qk_scale,
-         STAGES) = args  # fmt: skip
+        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
+         k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
+         q_scale, k_scale, v_scale, STAGES) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
-        g = 0  # key tiles of the earlier items: the ring position and phases go on from there
-        n = 0  # earlier items of this program
-        for it in range(gl.program_id(0), N_ITEMS, gl.num_programs(0)):
-            pid_m, _, b, h, _, cnt, idx_base, _, _, _ = _item(it, item_args, FP8)
-            # K of tile 0 first: it streams in while the consumers finish the previous item
-            s0 = g % STAGES
-            kb = gl.load(idx_base, mask=cnt > 0, other=0)
-            mbarrier.wait(k_empty.index(s0), ((g // STAGES) & 1) ^ 1, pred=cnt > 0)
-            mbarrier.expect(k_full.index(s0), k_desc.block_type.nbytes, pred=cnt > 0)
-            tma.async_copy_global_to_shared(k_desc, [b, h, kb * BN, 0], k_full.index(s0),
-                                            k_smem.index(s0), pred=cnt > 0)  # fmt: skip
-            # a Q half's buffer is free once its consumer has stored the previous item's O
-            for i in gl.static_range(2):
-                mbarrier.wait(q_empty.index(i), (n & 1) ^ 1)
-                mbarrier.expect(q_bars.index(i), q_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(
-                    q_desc, [b, h, pid_m * (2 * HALF) + i * HALF, 0], q_bars.index(i),
-                    q_smem.index(i),
-                )  # fmt: skip
-            # per tile j: K of tile j+1, V of tile j (the consumers' order)
-            for j in range(cnt):
-                nxt = g + j + 1
-                has_next = j + 1 < cnt
-                ns = nxt % STAGES
-                kb_n = gl.load(idx_base + j + 1, mask=has_next, other=0)
-                mbarrier.wait(k_empty.index(ns), ((nxt // STAGES) & 1) ^ 1, pred=has_next)
-                mbarrier.expect(k_full.index(ns), k_desc.block_type.nbytes, pred=has_next)
-                tma.async_copy_global_to_shared(k_desc, [b, h, kb_n * BN, 0], k_full.index(ns),
-                                                k_smem.index(ns), pred=has_next)  # fmt: skip
-                t = g + j
-                s = t % STAGES
-                kb = gl.load(idx_base + j)
-                mbarrier.wait(v_empty.index(s), ((t // STAGES) & 1) ^ 1)
-                mbarrier.expect(v_full.index(s), v_desc.block_type.nbytes)
-                if FP8:  # V^T: (D, keys)
-                    tma.async_copy_global_to_shared(v_desc, [b, h, 0, kb * BN], v_full.index(s),
-                                                    v_smem.index(s))  # fmt: skip
-                else:
-                    tma.async_copy_global_to_shared(v_desc, [b, h, kb * BN, 0], v_full.index(s),
-                                                    v_smem.index(s))  # fmt: skip
-            g += cnt
-            n += 1
+        for i in gl.static_range(2):
+            mbarrier.expect(q_bars.index(i), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(
+                q_desc, [b, h, pid_m * (2 * HALF) + i * HALF, 0], q_bars.index(i), q_smem.index(i)
+            )
+        # K of tile 0, then per tile j: K of tile j+1, V of tile j (the consumers' order)
+        kb = gl.load(idx_base, mask=cnt > 0, other=0)
+        mbarrier.expect(k_full.index(0), k_desc.block_type.nbytes, pred=cnt > 0)
+        tma.async_copy_global_to_shared(k_desc, [b, h, kb * BN, 0], k_full.index(0),
+                                        k_smem.index(0), pred=cnt > 0)  # fmt: skip
+        for j in range(cnt):
+            nxt = j + 1
+            has_next = nxt < cnt
+            ns = nxt % STAGES
+            kb_n = gl.load(idx_base + nxt, mask=has_next, other=0)
+            mbarrier.wait(k_empty.index(ns), ((nxt // STAGES) & 1) ^ 1, pred=has_next)
+            mbarrier.expect(k_full.index(ns), k_desc.block_type.nbytes, pred=has_next)
+            tma.async_copy_global_to_shared(k_desc, [b, h, kb_n * BN, 0], k_full.index(ns),
+                                            k_smem.index(ns), pred=has_next)  # fmt: skip
+            s = j % STAGES
+            kb = gl.load(idx_base + j)
+            mbarrier.wait(v_empty.index(s), ((j // STAGES) & 1) ^ 1)
+            mbarrier.expect(v_full.index(s), v_desc.block_type.nbytes)
+            if FP8:  # V^T: (D, keys)
+                tma.async_copy_global_to_shared(v_desc, [b, h, 0, kb * BN], v_full.index(s),
+                                                v_smem.index(s))  # fmt: skip
+            else:
+                tma.async_copy_global_to_shared(v_desc, [b, h, kb * BN, 0], v_full.index(s),
+                                                v_smem.index(s))  # fmt: skip
 
     @gluon.jit
     def _softmax_step(s, m_i, l_i, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr,
@@ -228,11 +179,10 @@ if HAS_GLUON:
     def _consumer(args, WG: gl.constexpr, FP8: gl.constexpr):
         """FA3's order with ping-pong: per tile j, wait for this warpgroup's turn, issue
         Q.K^T(j) and P.V(j-1), pass the turn to the other warpgroup, then tile j's softmax while
-        P.V(j-1) (and the other warpgroup's matmuls) run. Turns, ring slots and phases count
-        tiles over all the program's items, so the ping-pong goes on across items."""
-        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, q_empty, k_full,
-         v_full, k_empty, v_empty, sched, LSE, item_args, N_ITEMS, N_Q, qk_scale,
-         STAGES) = args  # fmt: skip
+        P.V(j-1) (and the other warpgroup's matmuls) run."""
+        (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
+         k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
+         q_scale, k_scale, v_scale, STAGES) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         D: gl.constexpr = k_desc.block_type.shape[3]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
@@ -253,79 +203,75 @@ if HAS_GLUON:
         col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
 
         q = q_smem.index(WG).reshape([HALF, D])
-        g = 0  # key tiles of the earlier items
-        n = 0  # earlier items of this program
-        for it in range(gl.program_id(0), N_ITEMS, gl.num_programs(0)):
-            pid_m, pid_bh, b, h, kvl, cnt, idx_base, q_scale, k_scale, v_scale = _item(
-                it, item_args, FP8
-            )
-            m_i = gl.full([HALF], -1.0e30, gl.float32, layout=row_s)
-            l_i = gl.full([HALF], 0.0, gl.float32, layout=row_s)
-            acc = gl.zeros([HALF, D], gl.float32, layout=o_layout)
-            s = gl.zeros([HALF, BN], gl.float32, layout=s_layout)
-            p_op = gl.zeros([HALF, BN], dtype, layout=p_layout)
-            alpha = gl.full([HALF], 1.0, gl.float32, layout=row_o)
-            mbarrier.wait(q_bars.index(WG), n & 1)
-            if cnt > 0:  # tile 0: Q.K^T only
-                slot = g % STAGES
-                mbarrier.wait(sched.index(WG), (g & 1) ^ (1 - WG))
-                mbarrier.wait(k_full.index(slot), (g // STAGES) & 1)
-                s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BN, D]).permute((1, 0)), s,
-                                      use_acc=False, is_async=True)  # fmt: skip
-                mbarrier.arrive(sched.index(1 - WG), count=1)
-                s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
-                mbarrier.arrive(k_empty.index(slot), count=1)
-                if cnt == 1:
-                    s = _mask_keys(s, idx_base, 0, kvl, BN, col_s)
-                sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, 0, FP8)
-                p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o,
-                                                      SHIFT)  # fmt: skip
-            for j in range(1, cnt):
-                t = g + j
-                slot = t % STAGES
-                pslot = (t - 1) % STAGES
-                sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, j, FP8)  # loads early
-                # warpgroup 0 goes first: its turn t needs warpgroup 1's arrival t-1
-                mbarrier.wait(sched.index(WG), (t & 1) ^ (1 - WG))
-                mbarrier.wait(k_full.index(slot), (t // STAGES) & 1)
-                s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BN, D]).permute((1, 0)), s,
-                                      use_acc=False, is_async=True)  # fmt: skip
-                acc = acc * gl.expand_dims(alpha, 1)
-                mbarrier.wait(v_full.index(pslot), ((t - 1) // STAGES) & 1)
-                acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, pslot, BN, D, FP8), acc,
-                                        is_async=True)  # fmt: skip
-                mbarrier.arrive(sched.index(1 - WG), count=1)
-                s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
-                mbarrier.arrive(k_empty.index(slot), count=1)
-                if j == cnt - 1:  # only the last listed block can hold padded keys
-                    s = _mask_keys(s, idx_base, j, kvl, BN, col_s)
-                p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o,
-                                                      SHIFT)  # fmt: skip
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
-                mbarrier.arrive(v_empty.index(pslot), count=1)
-            if cnt > 0:
-                acc = acc * gl.expand_dims(alpha, 1)
-                t = g + cnt - 1
-                slot = t % STAGES
-                mbarrier.wait(v_full.index(slot), (t // STAGES) & 1)
-                acc = warpgroup_mma(p_op, _v_operand(v_smem, slot, BN, D, FP8), acc)
-                mbarrier.arrive(v_empty.index(slot), count=1)
-            _epilogue(acc, m_i, l_i, o_smem.index(WG), o_desc, LSE, b, h, pid_bh,
-                      pid_m * (2 * HALF) + WG * HALF, N_Q, v_scale, row_s, row_o,
-                      SHIFT)  # fmt: skip
-            mbarrier.arrive(q_empty.index(WG), count=1)  # O is out: Q's buffer is free
-            g += cnt
-            n += 1
+        m_i = gl.full([HALF], -1.0e30, gl.float32, layout=row_s)
+        l_i = gl.full([HALF], 0.0, gl.float32, layout=row_s)
+        acc = gl.zeros([HALF, D], gl.float32, layout=o_layout)
+        s = gl.zeros([HALF, BN], gl.float32, layout=s_layout)
+        p_op = gl.zeros([HALF, BN], dtype, layout=p_layout)
+        alpha = gl.full([HALF], 1.0, gl.float32, layout=row_o)
+        mbarrier.wait(q_bars.index(WG), 0)
+        if cnt > 0:  # tile 0: Q.K^T only
+            mbarrier.wait(sched.index(WG), 1 - WG)
+            mbarrier.wait(k_full.index(0), 0)
+            s_tok = warpgroup_mma(q, k_smem.index(0).reshape([BN, D]).permute((1, 0)), s,
+                                  use_acc=False, is_async=True)  # fmt: skip
+            mbarrier.arrive(sched.index(1 - WG), count=1)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
+            mbarrier.arrive(k_empty.index(0), count=1)
+            if cnt == 1:
+                s = _mask_keys(s, idx_base, 0, kvl, BN, col_s)
+            sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, 0, FP8)
+            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT)
+        for j in range(1, cnt):
+            slot = j % STAGES
+            pslot = (j - 1) % STAGES
+            sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, j, FP8)  # loads in flight early
+            # warpgroup 0 goes first: its turn j needs warpgroup 1's arrival j-1
+            mbarrier.wait(sched.index(WG), (j & 1) ^ (1 - WG))
+            mbarrier.wait(k_full.index(slot), (j // STAGES) & 1)
+            s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BN, D]).permute((1, 0)), s,
+                                  use_acc=False, is_async=True)  # fmt: skip
+            acc = acc * gl.expand_dims(alpha, 1)
+            mbarrier.wait(v_full.index(pslot), ((j - 1) // STAGES) & 1)
+            acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, pslot, BN, D, FP8), acc,
+                                    is_async=True)  # fmt: skip
+            mbarrier.arrive(sched.index(1 - WG), count=1)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            if j == cnt - 1:  # only the last listed block can hold padded keys
+                s = _mask_keys(s, idx_base, j, kvl, BN, col_s)
+            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
+            mbarrier.arrive(v_empty.index(pslot), count=1)
+        if cnt > 0:
+            acc = acc * gl.expand_dims(alpha, 1)
+            slot = (cnt - 1) % STAGES
+            mbarrier.wait(v_full.index(slot), ((cnt - 1) // STAGES) & 1)
+            acc = warpgroup_mma(p_op, _v_operand(v_smem, slot, BN, D, FP8), acc)
+        _epilogue(acc, m_i, l_i, o_smem.index(WG), o_desc, LSE, b, h, pid_bh,
+                  pid_m * (2 * HALF) + WG * HALF, N_Q, v_scale, row_s, row_o, SHIFT)  # fmt: skip
 
     @gluon.jit
     def _bsa_gluon_kernel(
         q_desc, k_desc, v_desc, o_desc, LSE, COUNTS, INDICES, KV_LEN, Q_SCALE, K_SCALE, V_SCALE,
-        stride_cbh, stride_ibh, stride_im, stride_sq, stride_sk, H, N_QB, N_ITEMS, N_Q,
-        qk_scale, STAGES: gl.constexpr, FP8: gl.constexpr, num_warps: gl.constexpr,
+        stride_cbh, stride_ibh, stride_im, stride_sq, stride_sk, H, N_Q, qk_scale,
+        STAGES: gl.constexpr, FP8: gl.constexpr, num_warps: gl.constexpr,
     ):  # fmt: skip
-        """Programs take the work items (query block, b * h) ``program_id, + num_programs, ...``:
-        one each when the grid has one program per item, a persistent sweep when it has one
-        per SM (the next item's K and Q load while this one's epilogue runs)."""
+        pid_m = gl.program_id(0)
+        pid_bh = gl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        kvl = gl.load(KV_LEN + b)
+        cnt = gl.load(COUNTS + pid_bh * stride_cbh + pid_m)
+        idx_base = INDICES + pid_bh * stride_ibh + pid_m * stride_im
+        if FP8:
+            q_scale = gl.load(Q_SCALE + pid_bh * stride_sq + pid_m)
+            v_scale = gl.load(V_SCALE + pid_bh)
+        else:
+            q_scale = 1.0
+            v_scale = 1.0
+        k_scale = K_SCALE + pid_bh * stride_sk
+
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape,
                                            q_desc.layout)  # fmt: skip
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape,
@@ -338,7 +284,6 @@ if HAS_GLUON:
         else:
             o_smem = q_smem
         q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         k_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -346,7 +291,6 @@ if HAS_GLUON:
         sched = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(2):
             mbarrier.init(q_bars.index(i), count=1)
-            mbarrier.init(q_empty.index(i), count=1)
             mbarrier.init(sched.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(k_full.index(i), count=1)
@@ -354,11 +298,9 @@ if HAS_GLUON:
             mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
             mbarrier.init(v_empty.index(i), count=2)
 
-        item_args = (COUNTS, INDICES, KV_LEN, Q_SCALE, K_SCALE, V_SCALE, stride_cbh, stride_ibh,
-                     stride_im, stride_sq, stride_sk, H, N_QB)  # fmt: skip
-        args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, q_empty,
-                k_full, v_full, k_empty, v_empty, sched, LSE, item_args, N_ITEMS, N_Q, qk_scale,
-                STAGES)  # fmt: skip
+        args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full,
+                v_full, k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q,
+                qk_scale, q_scale, k_scale, v_scale, STAGES)  # fmt: skip
         gl.warp_specialize(
             [(_consumer, (args, 0, FP8)), (_consumer, (args, 1, FP8)), (_producer, (args, 0, FP8))],
             [4, 1],
@@ -366,7 +308,6 @@ if HAS_GLUON:
         )
         for i in gl.static_range(2):
             mbarrier.invalidate(q_bars.index(i))
-            mbarrier.invalidate(q_empty.index(i))
             mbarrier.invalidate(sched.index(i))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(k_full.index(i))
@@ -388,7 +329,6 @@ def block_sparse_attention_gluon(
     return_lse: bool = False,
     stages: int = 2,
     precision: str = "bf16",
-    persistent: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gluon block-sparse attention for sm90 (see the module docstring).
 
@@ -398,8 +338,6 @@ def block_sparse_attention_gluon(
     float32 (natural log). ``stages``: K/V ring depth (2 or 3; fp8 also 4). ``precision``:
     "bf16" (the inputs' dtype) or "fp8": Q and K in e4m3 with one scale per (b, h, block), V
     in e4m3 with one scale per (b, h) (:mod:`.fp8`), P in e4m3 scaled by 2**8.
-    ``persistent``: one program per SM sweeping the (query block, b * h) items (else one
-    program per item, see :func:`programs`).
     """
     if not HAS_GLUON:
         raise RuntimeError(f"the Gluon kernel needs Triton >= {'.'.join(map(str, MIN_TRITON))} "
@@ -442,13 +380,11 @@ def block_sparse_attention_gluon(
     descs = [desc(q, q_block), desc(k, kv_block), desc(v, v_block), o_desc]
     counts = counts.reshape(B * H, -1)
     indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
-    n_qb = cdiv(Nq, block_size)
-    n_items = n_qb * B * H
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    _bsa_gluon_kernel[(programs(n_items, sms, persistent),)](
+    grid = (cdiv(Nq, block_size), B * H)
+    _bsa_gluon_kernel[grid](
         *descs, lse, counts, indices, lens, q_scale, k_scale, v_scale,
         counts.stride(0), indices.stride(0), indices.stride(1), q_scale.stride(0),
-        k_scale.stride(0), H, n_qb, n_items, Nq, scale * LOG2E,
+        k_scale.stride(0), H, Nq, scale * LOG2E,
         STAGES=stages, FP8=fp8, num_warps=4, maxnreg=MAXNREG,
     )  # fmt: skip
     return (out, lse) if return_lse else out
