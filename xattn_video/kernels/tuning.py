@@ -118,8 +118,10 @@ GLUON_ESTIMATE_AUTO = False
 """Whether ``kernel="auto"`` picks the Gluon estimate where :data:`GLUON_ESTIMATE` has an entry.
 Off: on the H200, one run of ``tests/test_gpu_estimate_gluon.py`` stalled (killed after ~200 s)
 in its fp8 test at 119,056 tokens (stride 16, key padding), which cycles through four tile /
-ring / overlap variants, and passed in another run of the same code; until the stalling
-variant is found, the op keeps the Triton estimate, which cannot stall (no barriers)."""
+ring / overlap variants, and passed in other runs of the same code. benchmarks/
+probe_estimate_stall.py then launched every variant 300 times on the tests' inputs without a
+stall (docs/results/probe_estimate_stall_h200.log): not reproduced, not explained, so the op
+keeps the Triton estimate, which cannot stall (no barriers)."""
 
 GLUON_ESTIMATE_DEFAULT = {"bf16": (128, 3), "fp8": (128, 6)}
 """Tiles / ring depth of the forced Gluon estimate on a GPU without measurements (both fit
