@@ -308,6 +308,7 @@ FLAG_VALUES = {
     "mask_refresh": (["--mask-refresh", "2"], 2),
     "backend": (["--backend", "torch"], "torch"),
     "precision": (["--precision", "fp8"], "fp8"),
+    "estimate_precision": (["--estimate-precision", "fp8"], "fp8"),
     "collect_stats": (["--no-collect-stats"], False),
     "auto_dense": (["--no-auto-dense"], False),
 }

@@ -149,3 +149,28 @@ def test_estimate_variants_mask_agreement(n, stride, precision, flatten):
         assert disagree < 1e-3
     else:
         assert disagree < 2e-2
+
+
+@needs_hopper
+@pytest.mark.parametrize("kernel", ["triton", "gluon"])
+@pytest.mark.parametrize("stride", [8, 16])
+def test_fp8_estimate_equals_its_pytorch_definition(kernel, stride):
+    """The fp8 estimate against :func:`estimate_block_scores_ref` with ``precision="fp8"`` (the
+    same e4m3-rounded Q and K, fp32 math): only the tensor cores' accumulation differs. Padded
+    keys are zeros, as the op's torch backend gives them to the reference."""
+    from xattn_video.kernels.sparse_attention_gluon import HAS_GLUON
+
+    if kernel == "gluon" and not (HAS_GLUON and torch.cuda.get_device_capability()[0] == 9):
+        pytest.skip("needs an sm90+ GPU with Triton's Gluon (sm90 exactly)")
+    n = 8192
+    g = torch.Generator(device="cuda").manual_seed(stride)
+    q, k = (torch.randn(2, 2, n, 128, device="cuda", generator=g).bfloat16() for _ in range(2))
+    kv_len = torch.tensor([n, n - 300], device="cuda")
+    k[1, :, n - 300 :] = 0
+    kw = dict(stride=stride, block_size=128, kv_len=kv_len)
+    got = estimate_block_scores(q, k, precision="fp8", kernel=kernel, **kw)
+    want = estimate_block_scores_ref(q, k, precision="fp8", **kw)
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-4)
+    m_got = select_blocks(got, block_size=128, threshold=0.9, kv_len=kv_len)
+    m_want = select_blocks(want, block_size=128, threshold=0.9, kv_len=kv_len)
+    assert (m_got != m_want).float().mean().item() < 1e-3

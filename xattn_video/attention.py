@@ -57,6 +57,19 @@ BACKENDS = ("auto", "triton", "torch")
 DEFAULT_THRESHOLD = 0.9
 
 
+def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> None:
+    """ValueError unless ``precision`` is "bf16", or "fp8" on the torch backend (emulated) or
+    on the Triton backend with q on an sm90+ GPU (the e4m3 tensor cores)."""
+    if precision not in ("bf16", "fp8"):
+        raise ValueError(f"estimate precision must be 'bf16' or 'fp8', got {precision!r}")
+    if precision == "fp8" and backend == "triton":
+        if not (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9):
+            raise ValueError(
+                "an fp8 estimate on the Triton backend needs an sm90+ GPU (the torch backend "
+                "emulates it)"
+            )
+
+
 def resolve_backend(backend: str, t: torch.Tensor) -> str:
     """Map ``"auto"`` to ``"triton"`` on CUDA and ``"torch"`` elsewhere; check explicit choices."""
     if backend not in BACKENDS:
@@ -109,6 +122,7 @@ def estimate_block_mask(
     dense_from: int | torch.Tensor | None = None,
     backend: str = "auto",
     max_density: float | None = None,
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """XAttention block mask. q: (B, H, Nq, D), k: (B, H, Nk, D) -> (B, H, Nbq, Nbk) bool.
 
@@ -117,6 +131,9 @@ def estimate_block_mask(
     ``ratio=r`` keeps the top ``ceil(r * valid_blocks)`` blocks of every row instead.
     ``max_density`` (in (0, 1]) caps the kept share of block pairs per sample, see
     :func:`xattn_video.kernels.select.select_blocks`.
+    ``precision="fp8"``: the estimate's Q.K^T in e4m3 with one scale per (b, h, block) (the
+    Triton kernels on sm90+ GPUs; the torch backend emulates it exactly in fp32). Its masks
+    can differ from bf16 ones where blocks' masses nearly tie.
     """
     if threshold is None and ratio is None:
         threshold = DEFAULT_THRESHOLD
@@ -132,12 +149,14 @@ def estimate_block_mask(
     backend = resolve_backend(backend, q)
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q)
+    check_estimate_precision(precision, backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch" and kv_len is not None:
         k = zero_padding(k, lens)
     scores = estimate_scores(
-        q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton"
-    )
+        q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton",
+        precision=precision,
+    )  # fmt: skip
     if backend == "triton" and ratio is None and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
         # one kernel (two and a sort with a budget)
         return select_block_mask(
@@ -295,11 +314,13 @@ def xattention(
     return_lse: bool = False,
     max_density: float | None = None,
     precision: str = "bf16",
+    estimate_precision: str = "bf16",
 ):
     """XAttention: estimate the block mask, then attend exactly inside it.
 
-    ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (Hopper kernel; the
-    estimate stays bf16, so the mask is the bf16 one).
+    ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (Hopper kernel).
+    ``estimate_precision="fp8"``: the estimate's Q.K^T in e4m3 (see
+    :func:`estimate_block_mask`); the two are independent, both "bf16" by default.
 
     q, k, v: (B, H, N, D) (self-attention; q and k may have different lengths for the
     estimate). ``mask``: reuse a block mask from an earlier call instead of estimating.
@@ -320,6 +341,7 @@ def xattention(
             dense_from=dense_from,
             backend=backend,
             max_density=max_density,
+            precision=estimate_precision,
         )
     # a mask row estimated from a non-finite query row is meaningless: its whole block is NaN
     res = _block_sparse(

@@ -2,8 +2,9 @@
 
 Four ops carry the Triton launchers (and, on CPU, the PyTorch references where noted):
 
-- ``xattn_video::estimate_block_scores(q, k, kv_len, stride, block_size, use_triton)``
-  -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal estimate);
+- ``xattn_video::estimate_block_scores(q, k, kv_len, stride, block_size, use_triton,
+  precision)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal estimate; "fp8":
+  Q and K in e4m3, emulated by the reference on the torch backend);
 - ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
   dense_from_int, block_size, max_density, min_blocks)`` -> mask (B, H, Nbq, Nbk) bool (the
   threshold selection with the text policy and the budget; Triton only);
@@ -69,9 +70,10 @@ def _estimate_impl(
     stride: int,
     block_size: int,
     use_triton: bool,
+    precision: str = "bf16",
 ) -> torch.Tensor:
     fn = _estimate_triton if use_triton else _estimate_ref
-    return fn(q, k, stride=stride, block_size=block_size, kv_len=kv_len)
+    return fn(q, k, stride=stride, block_size=block_size, kv_len=kv_len, precision=precision)
 
 
 def _attention_impl(
@@ -175,13 +177,14 @@ def estimate_block_scores_op(
     stride: int,
     block_size: int,
     use_triton: bool,
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """q: (B, H, Nq, D), k: (B, H, Nk, D), kv_len: (B,) int32 -> (B, H, Nbq, Nbk) float32."""
-    return _estimate_impl(q, k, kv_len, stride, block_size, use_triton)
+    return _estimate_impl(q, k, kv_len, stride, block_size, use_triton, precision)
 
 
 @estimate_block_scores_op.register_fake
-def _(q, k, kv_len, stride, block_size, use_triton):
+def _(q, k, kv_len, stride, block_size, use_triton, precision="bf16"):
     B, H, Nq, _ = q.shape
     return q.new_empty(
         (B, H, cdiv(Nq, block_size), cdiv(k.shape[2], block_size)), dtype=torch.float32
@@ -231,12 +234,13 @@ def estimate_scores(
     stride: int,
     block_size: int,
     use_triton: bool,
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """Block scores (B, H, Nbq, Nbk) float32: the registered op under ``torch.compile``, the
     implementation directly in eager mode. kv_len: (B,) int32 on q's device."""
     if torch.compiler.is_compiling():
-        return estimate_block_scores_op(q, k, kv_len, stride, block_size, use_triton)
-    return _estimate_impl(q, k, kv_len, stride, block_size, use_triton)
+        return estimate_block_scores_op(q, k, kv_len, stride, block_size, use_triton, precision)
+    return _estimate_impl(q, k, kv_len, stride, block_size, use_triton, precision)
 
 
 def sparse_attention(

@@ -354,6 +354,7 @@ def sparse_attention(
         backend=cfg.backend,
         return_mask=True,
         precision=cfg.precision,
+        estimate_precision=cfg.estimate_precision,
         max_density=cfg.max_density if cfg.max_density < 1.0 else None,
     )
     if not reused:

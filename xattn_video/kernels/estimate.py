@@ -29,6 +29,7 @@ import math
 import torch
 
 from ._common import HAS_TRITON, LOG2E, cdiv, dot_precision, kv_len_tensor
+from .fp8 import quantize_fp8_blocks_ref
 
 if HAS_TRITON:
     import triton
@@ -42,12 +43,21 @@ def estimate_block_scores_ref(
     stride: int,
     block_size: int,
     kv_len: torch.Tensor | None = None,
+    precision: str = "bf16",
 ) -> torch.Tensor:
     """Block scores by materialising the strided score matrix (fp32, for tests and CPU).
 
     q: (B, H, Nq, D), k: (B, H, Nk, D); kv_len: (B,) int, keys at positions >= kv_len[b] are
     padding. Returns A: (B, H, ceil(Nq/block_size), ceil(Nk/block_size)) float32.
+    ``precision="fp8"``: q and k first rounded as the fp8 kernels take them (e4m3 with one
+    scale per (b, h, block), :func:`.fp8.quantize_fp8_blocks_ref`), then the same fp32 math:
+    the kernels' fp8 estimate up to accumulation order (for padded keys given as zeros, as the
+    op's torch backend gives them; the kernels quantize them as they are), on any device.
     """
+    if precision not in ("bf16", "fp8"):
+        raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
+    if precision == "fp8":
+        q, k = _fp8_rounded(q, block_size), _fp8_rounded(k, block_size)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     S = stride
@@ -68,6 +78,12 @@ def estimate_block_scores_ref(
     probs = torch.softmax(logits, dim=-1)
     probs = torch.nn.functional.pad(probs, (0, nbk * G - ngk, 0, nbq * G - ngq))
     return probs.reshape(B, H, nbq, G, nbk, G).sum(dim=(3, 5))
+
+
+def _fp8_rounded(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """x: (B, H, N, D) -> fp32 values of its per-block e4m3 quantization (x8 * scale)."""
+    x8, scale = quantize_fp8_blocks_ref(x, block_size)
+    return x8.float() * scale.repeat_interleave(block_size, -1)[..., : x.shape[2], None]
 
 
 if HAS_TRITON:

@@ -1,0 +1,120 @@
+"""The fp8 estimate (``estimate_precision="fp8"``): its PyTorch definition (Q and K rounded to
+per-block e4m3, then the fp32 estimate), the op and the processors passing it through, and the
+inputs it refuses. CPU only: the Triton fp8 estimate runs on sm90 GPUs
+(``tests/test_gpu_hopper.py`` compares it with this reference there)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xattn_video as xv
+from xattn_video import library
+from xattn_video.kernels.estimate import estimate_block_scores_ref
+from xattn_video.kernels.fp8 import FP8_MAX, quantize_fp8_blocks_ref
+from xattn_video.kernels.select import select_blocks
+
+from ._tiny_models import hv_inputs, tiny_hv_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _dequant(x: torch.Tensor, block: int) -> torch.Tensor:
+    x8, scale = quantize_fp8_blocks_ref(x, block)
+    scale = scale.repeat_interleave(block, -1)[..., : x.shape[2], None]
+    return x8.float() * scale
+
+
+@pytest.mark.parametrize("n, kv", [(96, None), (100, 77)])
+def test_fp8_reference_is_the_estimate_of_the_e4m3_rounded_inputs(n, kv):
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, n, 16, generator=g) for _ in range(2))
+    kv_len = None if kv is None else torch.tensor([n, kv])
+    kw = dict(stride=4, block_size=16, kv_len=kv_len)
+    fp8 = estimate_block_scores_ref(q, k, precision="fp8", **kw)
+    want = estimate_block_scores_ref(_dequant(q, 16), _dequant(k, 16), **kw)
+    torch.testing.assert_close(fp8, want, rtol=0, atol=0)
+    bf16 = estimate_block_scores_ref(q, k, **kw)
+    assert not torch.equal(fp8, bf16)  # the rounding is applied ...
+    torch.testing.assert_close(fp8, bf16, rtol=0, atol=0.05)  # ... and small
+
+
+def test_inputs_on_the_e4m3_grid_give_the_bf16_estimate_exactly():
+    """Blocks whose largest magnitude is 448 get scale 1; values already e4m3 are kept."""
+    g = torch.Generator().manual_seed(1)
+    grid = torch.randn(1, 2, 64, 16, generator=g).to(torch.float8_e4m3fn).float()
+    grid[..., 0, 0] = FP8_MAX  # a 448 in every 16-token block
+    for b in range(1, 4):
+        grid[..., b * 16, 0] = -FP8_MAX
+    q, k = grid / 64, grid.flip(2) / 64  # powers of two keep the grid; scale 448/64
+    kw = dict(stride=4, block_size=16)
+    torch.testing.assert_close(
+        estimate_block_scores_ref(q, k, precision="fp8", **kw),
+        estimate_block_scores_ref(q, k, **kw),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_op_masks_come_from_the_fp8_estimate():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 128, 16, generator=g) for _ in range(3))
+    kv_len = torch.tensor([113])
+    _, mask = xv.xattention(q, k, v, threshold=0.6, stride=4, block_size=16, kv_len=kv_len,
+                            backend="torch", estimate_precision="fp8", return_mask=True)  # fmt: skip
+    kz = k.clone()
+    kz[:, :, 113:] = 0  # the torch backend zeroes padded keys before estimating
+    scores = estimate_block_scores_ref(q, kz, stride=4, block_size=16, kv_len=kv_len,
+                                       precision="fp8")  # fmt: skip
+    assert torch.equal(mask, select_blocks(scores, block_size=16, threshold=0.6, kv_len=kv_len))
+    bf16 = xv.estimate_block_mask(q, k, threshold=0.6, stride=4, block_size=16, kv_len=kv_len,
+                                  backend="torch")  # fmt: skip
+    assert not torch.equal(mask, bf16)  # random inputs: near-ties flip a few blocks
+
+
+def test_planted_pattern_survives_the_fp8_estimate():
+    B, H, N, D, bs, S = 1, 2, 128, 16, 16, 4
+    nb = N // bs
+    g = torch.Generator().manual_seed(4)
+    target = torch.randperm(nb, generator=g)
+    dirs = torch.linalg.qr(torch.randn(D, D, generator=g))[0][:, :nb].T
+    q = 0.1 * torch.randn(B, H, N, D, generator=g)
+    k = 0.1 * torch.randn(B, H, N, D, generator=g)
+    for i in range(nb):
+        q[:, :, i * bs : (i + 1) * bs] += 6.0 * dirs[i]
+        k[:, :, target[i] * bs : (target[i] + 1) * bs] += 6.0 * dirs[i]
+    kw = dict(threshold=0.9, stride=S, block_size=bs, backend="torch")
+    mask = xv.estimate_block_mask(q, k, precision="fp8", **kw)
+    assert torch.equal(mask, xv.estimate_block_mask(q, k, **kw))
+    assert mask[:, :, torch.arange(nb), target].all()
+
+
+def test_bad_estimate_precision_and_devices_are_refused():
+    q = torch.randn(1, 1, 64, 16)
+    with pytest.raises(ValueError, match="estimate precision must be"):
+        xv.estimate_block_mask(q, q, stride=4, block_size=16, backend="torch", precision="fp16")
+    with pytest.raises(ValueError, match="needs an sm90"):
+        xv.xattention(q, q, q, stride=4, block_size=16, backend="triton", estimate_precision="fp8")
+    with pytest.raises(ValueError, match="estimate_precision must be"):
+        xv.XAttentionConfig(estimate_precision="e5m2")
+    with pytest.raises(ValueError, match="estimate_precision must be a string"):
+        xv.XAttentionConfig(estimate_precision=8)
+
+
+def test_processors_run_the_config_estimate_precision(monkeypatch):
+    seen = []
+    ref = library._estimate_ref
+
+    def spy(*args, precision="bf16", **kw):
+        seen.append(precision)
+        return ref(*args, precision=precision, **kw)
+
+    monkeypatch.setattr(library, "_estimate_ref", spy)
+    pipe = tiny_hv_pipeline()
+    cfg = xv.XAttentionConfig.from_preset(
+        "tiny", threshold=0.5, warmup_steps=1, backend="torch", estimate_precision="fp8"
+    )
+    with xv.apply_xattention(pipe, cfg) as handle:
+        pipe(**hv_inputs(steps=3))
+        assert handle.stats.summary()["num_sparse_calls"] > 0
+    assert seen and set(seen) == {"fp8"}
