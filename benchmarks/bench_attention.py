@@ -9,7 +9,8 @@ bf16, B=1) it times, in one process:
     it replaced), the portable one, and fp8; and the mask-to-index-list conversion it needs;
   - our fused estimate at S=8 and S=16 (bf16 and fp8; on sm90 also the other of the Triton and
     the experimental Gluon estimate), and the selection step;
-  - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8.
+  - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8, composed
+    from the kernels and through ``xattention`` (also with ``estimate_precision="fp8"``).
 Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense
 FLOPs / time) and writes JSON with the GPU, versions and git SHA.
 
@@ -163,6 +164,11 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     if fp8_ok:
         add("ours whole op composed fp8 + fp8 estimate ratio=0.3 S=8", bench_ms(
             partial(_whole_op, q, k, v, "fp8", "fp8")), 0.3)  # fmt: skip
+        for prec in ("bf16", "fp8"):  # the public op with estimate_precision="fp8"
+            add(f"ours whole op xattention {prec} + fp8 estimate ratio=0.3 S=8", bench_ms(
+                lambda prec=prec: xattention(q, k, v, ratio=0.3, stride=8, block_size=BLOCK,
+                                             precision=prec, estimate_precision="fp8")),
+                0.3)  # fmt: skip
 
     base = rows[0]["ms"]
     for r in rows:

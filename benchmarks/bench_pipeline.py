@@ -6,7 +6,8 @@ frames (67,320 / 118,800 video tokens + 256 text slots) for:
   - dense, diffusers default processor (``native`` SDPA with the key-padding mask);
   - dense, cuDNN SDPA backend (``set_attention_backend("_native_cudnn")``);
   - XAttention at pinned densities (ratio mode 0.5 and 0.3) and in threshold mode (tau 0.9),
-    in bf16 and (``--precisions bf16 fp8``) FP8.
+    in bf16 and (``--precisions bf16 fp8``) FP8, each with the bf16 estimate and
+    (``--estimate-precisions bf16 fp8``) the fp8 one.
 Then projects a 50-step generation with 5 dense warm-up steps (5 x best dense + 45 x sparse).
 
 Random weights give near-uniform attention, so the threshold-mode density here is NOT what a
@@ -103,10 +104,12 @@ def run_resolution(model, name: str, args) -> list[dict]:
     settings = [(f"xattn ratio={r}", dict(selection="ratio", ratio=r)) for r in args.ratios]
     settings += [(f"xattn tau={t}", dict(selection="threshold", threshold=t)) for t in args.taus]
     settings = [
-        (label if p == "bf16" else f"{label} {p}", {**kw, "precision": p})
+        (label + ("" if p == "bf16" else f" {p}") + ("" if e == "bf16" else f" + {e} estimate"),
+         {**kw, "precision": p, "estimate_precision": e})
         for p in args.precisions
+        for e in args.estimate_precisions
         for label, kw in settings
-    ]
+    ]  # fmt: skip
     for label, kw in settings:
         cfg = xv.XAttentionConfig(
             warmup_steps=0, stride=args.stride, block_size=128, auto_dense=False, **kw
@@ -153,6 +156,8 @@ def main(argv=None) -> None:
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
                    help="XAttention precision of the sparse rows (fp8: sm90+)")  # fmt: skip
+    p.add_argument("--estimate-precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
+                   help="precision of the mask estimate in the sparse rows (fp8: sm90+)")  # fmt: skip
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup-steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)
