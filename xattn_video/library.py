@@ -51,6 +51,9 @@ from .kernels.sparse_attention import block_sparse_attention_ref as _attn_ref
 from .op_checks import propagate_nonfinite
 
 NAMESPACE = "xattn_video"
+FP8_ESTIMATE_GPU = (
+    "an fp8 estimate on the Triton backend needs an sm90+ GPU (the torch backend emulates it)"
+)
 
 
 def indices_to_mask(counts: torch.Tensor, indices: torch.Tensor, n_kb: int) -> torch.Tensor:
@@ -72,6 +75,8 @@ def _estimate_impl(
     use_triton: bool,
     precision: str = "bf16",
 ) -> torch.Tensor:
+    if use_triton and precision == "fp8" and torch.cuda.get_device_capability(q.device)[0] < 9:
+        raise ValueError(FP8_ESTIMATE_GPU)  # checked here: inside the op under torch.compile
     fn = _estimate_triton if use_triton else _estimate_ref
     return fn(q, k, stride=stride, block_size=block_size, kv_len=kv_len, precision=precision)
 
