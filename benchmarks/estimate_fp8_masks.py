@@ -9,7 +9,7 @@ run needs no GPU). Reports, pooled over calls: the share of block pairs the two 
 differently, the density of each, and the share of the true attention mass (softmax(QK^T)
 summed per block) each keeps. Prints a table and writes JSON (machine, versions, git SHA).
 
-Usage: python benchmarks/estimate_fp8_masks.py [--videos 2] [--frames 9] [--steps 10]
+Usage: python benchmarks/estimate_fp8_masks.py [--videos 2] [--start 0] [--frames 9] [--steps 8]
        [--device cpu] [--out results/estimate_fp8_masks.json]
 
 Not supported: other models than the tiny DiT, per-layer thresholds files.
@@ -74,8 +74,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny-dit", help="XAttentionConfig preset")
     p.add_argument("--videos", type=int, default=2)
+    p.add_argument("--start", type=int, default=0, help="index of the first video (its seed)")
     p.add_argument("--frames", type=int, default=9)
-    p.add_argument("--steps", type=int, default=10, help="denoising steps")
+    p.add_argument("--steps", type=int, default=8, help="denoising steps")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="results/estimate_fp8_masks.json")
     a = p.parse_args(argv)
@@ -86,12 +87,12 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     with xv.apply_xattention(pipe, calibration_config(cfg)) as handle:
         handle.controller.observer = obs
-        for i in range(a.videos):
+        for i in range(a.start, a.start + a.videos):
             cond = Condition(i % len(MOTIONS), (3 * i) % 8, (5 * i + 1) % 8)
             pipe(condition=[cond], height=TRAIN_HEIGHT, width=TRAIN_WIDTH, num_frames=a.frames,
                  num_inference_steps=a.steps, output_type="latent",
                  generator=torch.Generator("cpu").manual_seed(i))  # fmt: skip
-            print(f"video {i + 1}/{a.videos}: {len(obs.rows)} calls measured", flush=True)
+            print(f"video {i - a.start + 1}/{a.videos}: {len(obs.rows)} calls measured", flush=True)
     summary = pooled(obs.rows)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     print_table([summary], [("calls", "calls", "{}"), ("differ_share", "blocks differ", "{:.2e}"),
