@@ -38,18 +38,13 @@ from .kernels.nonfinite import nonfinite_rows_ref
 from .kernels.select import select_blocks, valid_key_blocks
 from .kernels.select_fused import MAX_BLOCKS as MAX_FUSED_BLOCKS
 from .kernels.sparse_attention import block_sparse_attention_ref
-from .library import (
-    FP8_ESTIMATE_GPU,
-    block_csr,
-    estimate_scores,
-    select_block_mask,
-    sparse_attention,
-)
+from .library import block_csr, estimate_scores, select_block_mask, sparse_attention
 from .op_checks import BLOCK_SIZES as BLOCK_SIZES
 from .op_checks import STRIDES as STRIDES
 from .op_checks import (
     check_block_stride,
     check_dense_from,
+    check_estimate_precision,
     check_kv_len,
     check_qk,
     check_selection,
@@ -61,15 +56,6 @@ from .op_checks import (
 
 BACKENDS = ("auto", "triton", "torch")
 DEFAULT_THRESHOLD = 0.9
-
-
-def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> None:
-    """ValueError unless ``precision`` is "bf16", or "fp8" on the torch backend (emulated) or
-    on the Triton backend with q on a GPU (the estimate op checks for sm90+ when it runs)."""
-    if precision not in ("bf16", "fp8"):
-        raise ValueError(f"estimate precision must be 'bf16' or 'fp8', got {precision!r}")
-    if precision == "fp8" and backend == "triton" and not q.is_cuda:
-        raise ValueError(FP8_ESTIMATE_GPU)
 
 
 def resolve_backend(backend: str, t: torch.Tensor) -> str:

@@ -48,12 +48,9 @@ from .kernels.select_fused import mask_to_csr as _csr_triton
 from .kernels.select_fused import select_blocks_fused as _select_triton
 from .kernels.sparse_attention import block_sparse_attention_fwd as _attn_triton
 from .kernels.sparse_attention import block_sparse_attention_ref as _attn_ref
-from .op_checks import propagate_nonfinite
+from .op_checks import FP8_ESTIMATE_GPU, propagate_nonfinite
 
 NAMESPACE = "xattn_video"
-FP8_ESTIMATE_GPU = (
-    "an fp8 estimate on the Triton backend needs an sm90+ GPU (the torch backend emulates it)"
-)
 
 
 def indices_to_mask(counts: torch.Tensor, indices: torch.Tensor, n_kb: int) -> torch.Tensor:

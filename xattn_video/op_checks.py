@@ -138,6 +138,20 @@ def check_triton_dtype(backend: str, t: torch.Tensor) -> None:
         )
 
 
+FP8_ESTIMATE_GPU = (
+    "an fp8 estimate on the Triton backend needs an sm90+ GPU (the torch backend emulates it)"
+)
+
+
+def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> None:
+    """ValueError unless ``precision`` is "bf16", or "fp8" on the torch backend (emulated) or
+    on the Triton backend with q on a GPU (the estimate op checks for sm90+ when it runs)."""
+    if precision not in ("bf16", "fp8"):
+        raise ValueError(f"estimate precision must be 'bf16' or 'fp8', got {precision!r}")
+    if precision == "fp8" and backend == "triton" and not q.is_cuda:
+        raise ValueError(FP8_ESTIMATE_GPU)
+
+
 def zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     """x (B, H, N, D) with the positions >= lens[b] set to 0 (torch references: SDPA and the
     reference estimate would otherwise let a NaN/Inf in padding through)."""
