@@ -79,7 +79,8 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     flops = attention_flops(1, heads, n, n, dim)
     rows: list[dict] = []
     kernel = attention_kernel_for(q, k, v, BLOCK)  # what "ours sparse" runs
-    fp8_ok = attention_kernel_for(q, k, v, BLOCK, precision="fp8") == "hopper"
+    fp8_kernel = attention_kernel_for(q, k, v, BLOCK, precision="fp8")  # "ours sparse fp8"
+    fp8_ok = fp8_kernel in ("gluon", "hopper")
 
     def add(name, ms, density=1.0, **extra):
         tflops = None if density is None else density * flops / (ms * 1e-3) / 1e12
@@ -104,7 +105,12 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
             add(f"ours sparse triton-hopper d={d}", bench_ms(partial(attn, kernel="hopper")), dens)
         add(f"ours sparse portable d={d}", bench_ms(partial(attn, kernel="portable")), dens)
         if fp8_ok:
-            add(f"ours sparse fp8 d={d}", bench_ms(partial(attn, precision="fp8")), dens)
+            add(f"ours sparse fp8 d={d}", bench_ms(partial(attn, precision="fp8")), dens,
+                kernel=fp8_kernel)  # fmt: skip
+            if kernel == "gluon":  # both fp8 kernels run here: the other one, same run
+                other = "hopper" if fp8_kernel == "gluon" else "gluon"
+                add(f"ours sparse fp8 {other} d={d}",
+                    bench_ms(partial(attn, precision="fp8", kernel=other)), dens)  # fmt: skip
         if d == densities[0]:
             ms_idx = bench_ms(partial(mask_to_indices, mask))
             add("ours mask->index lists", ms_idx, None)

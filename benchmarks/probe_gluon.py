@@ -5,7 +5,8 @@ ms and effective TFLOP/s (density x dense FLOPs / time), max |diff| to the Trito
 the same precision.
 Prints a table and writes JSON (GPU, versions, git SHA).
 
-Usage: python benchmarks/probe_gluon.py [--n 119056] [--out results/probe_gluon.json]
+Usage: python benchmarks/probe_gluon.py [--n 119056] [--precisions bf16 fp8]
+       [--out results/probe_gluon.json]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0])
+    p.add_argument("--precisions", nargs="+", choices=["bf16", "fp8"], default=["bf16", "fp8"])
     p.add_argument("--out", default="results/probe_gluon.json")
     args = p.parse_args(argv)
     n, H, D = args.n, args.heads, 128
@@ -56,6 +58,8 @@ def main(argv=None) -> None:
         counts, idx = mask_to_indices(mask)
         dens = float(mask.float().mean())
         for prec, stage_list in (("bf16", (2, 3)), ("fp8", (2, 3, 4))):
+            if prec not in args.precisions:
+                continue
             triton_run = partial(block_sparse_attention_fwd, q, k, v, counts, idx, block_size=128,
                                  kernel="hopper", precision=prec)  # fmt: skip
             ref = triton_run()

@@ -77,6 +77,7 @@ def test_fp8_quantizers_match_reference_on_gpu():
         quantize_fp8_blocks_ref,
         quantize_fp8_head_t,
         quantize_fp8_head_t_ref,
+        wgmma_fp8_key_order,
     )
 
     g = torch.Generator(device="cuda").manual_seed(3)
@@ -91,6 +92,12 @@ def test_fp8_quantizers_match_reference_on_gpu():
     torch.testing.assert_close(sv, sv_ref, rtol=2e-7, atol=0)
     assert vt.shape == vt_ref.shape == (2, 3, 128, 1000)
     _same_up_to_one_step(vt, vt_ref)
+    vt, _ = quantize_fp8_head_t(x, wgmma_key_order=True)
+    vt_ref, _ = quantize_fp8_head_t_ref(x, wgmma_key_order=True)
+    assert vt.shape == vt_ref.shape == (2, 3, 128, 1024)
+    _same_up_to_one_step(vt, vt_ref)
+    natural = vt[..., torch.argsort(wgmma_fp8_key_order(1024, "cuda"))].float()
+    assert torch.equal(natural[..., 1000:], torch.zeros_like(natural[..., 1000:]))
 
 
 def _same_up_to_one_step(a, b):

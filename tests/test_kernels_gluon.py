@@ -70,3 +70,13 @@ def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision):
         precision == "fp8"
     )
     assert_no_spills(tmp_path)
+
+
+@needs_gluon
+def test_fp8_p_reaches_the_pv_operand_without_moving_between_threads(tmp_path):
+    """fp8 P is reordered (keys within each 32) so that each thread already holds the values
+    of the e4m3 A operand: the fp8 kernel has no more warp shuffles than the bf16 one (their
+    row reductions); without the reorder the conversion added 64 shuffles."""
+    fp8_ptx, _ = compile_sm90(tmp_path, _COMPILE, 128, 3, "fp8")
+    bf16_ptx, _ = compile_sm90(tmp_path, _COMPILE, 128, 3, "bf16")
+    assert fp8_ptx.count("shfl.sync") == bf16_ptx.count("shfl.sync") > 0

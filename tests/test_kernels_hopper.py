@@ -11,7 +11,12 @@ import torch
 
 from xattn_video.kernels import tuning
 from xattn_video.kernels._common import cdiv
-from xattn_video.kernels.fp8 import FP8_MAX, quantize_fp8_blocks, quantize_fp8_head_t
+from xattn_video.kernels.fp8 import (
+    FP8_MAX,
+    quantize_fp8_blocks,
+    quantize_fp8_head_t,
+    wgmma_fp8_key_order,
+)
 from xattn_video.kernels.select import mask_to_indices, valid_key_blocks
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd
 from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper
@@ -115,6 +120,54 @@ def test_fp8_quantizers_roundtrip():
     assert vt8.shape == (2, 3, 16, 200) and vt8.stride(-2) % 16 == 0
     torch.testing.assert_close(vt8.float().transpose(-1, -2) * sv[..., None, None], x,
                                rtol=2.0**-3, atol=2.0**-9 * float(sv.max()))  # fmt: skip
+
+
+def test_wgmma_fp8_key_order_pinned():
+    """Within each 32 keys, column 32i+16h+4q+2c+e holds key 32i+16h+8c+2q+e: a thread's keys of
+    an accumulator row (2q, 2q+1, 8+2q, 9+2q) become 4 consecutive operand columns."""
+    order = wgmma_fp8_key_order(64)
+    first = [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15]
+    assert order[:16].tolist() == first
+    assert order[16:32].tolist() == [16 + k for k in first]
+    assert order[32:].tolist() == [32 + k for k in order[:32].tolist()]
+    assert sorted(order.tolist()) == list(range(64))
+    with pytest.raises(ValueError, match="32"):
+        wgmma_fp8_key_order(48)
+
+
+def test_fp8_head_t_in_wgmma_key_order_is_the_plain_one_gathered():
+    """Padded with zero keys to a multiple of 32, then the columns of the key order: the same
+    bytes as the plain transposed quantization (N=200: the last 32 is part padding)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 200, 16, generator=g)
+    plain, s = quantize_fp8_head_t(x)
+    ordered, s2 = quantize_fp8_head_t(x, wgmma_key_order=True)
+    assert torch.equal(s, s2) and ordered.shape == (2, 3, 16, 224) and ordered.is_contiguous()
+    padded = torch.zeros(2, 3, 16, 224)
+    padded[..., :200] = plain.float()
+    assert torch.equal(ordered.float(), padded[..., wgmma_fp8_key_order(224)])
+
+
+def test_fp8_head_t_kernel_writes_the_key_order():
+    """The Triton quantizer (interpreter on CPU, so both runs round alike) in the wgmma key
+    order: the plain run's columns, zero-padded to 224, gathered by the order; nothing left
+    unwritten (the buffer starts as NaN)."""
+    from xattn_video.kernels import fp8
+
+    v = torch.randn(1, 2, 200, 16, generator=torch.Generator().manual_seed(8))
+    scale = fp8._head_scale(v).contiguous()
+
+    def run(order: bool, width: int) -> torch.Tensor:
+        buf = torch.full((1, 2, 16, width), float("nan")).to(torch.float8_e4m3fn)
+        fp8._quant_head_t_kernel[(cdiv(200, 64), 2)](
+            v, buf, scale, *v.stride()[:3], *buf.stride()[:3], 2, 200, width,
+            BLOCK=64, D=16, WGMMA_ORDER=order,
+        )  # fmt: skip
+        return buf.float()
+
+    padded = torch.zeros(1, 2, 16, 224)
+    padded[..., :200] = run(False, 208)[..., :200]
+    assert torch.equal(run(True, 224), padded[..., wgmma_fp8_key_order(224)])
 
 
 def test_fp8_pv_rejects_lazy_rescale():

@@ -4,7 +4,9 @@
   kernel can fold ``scale_q * scale_k`` into the softmax scale per tile.
 - :func:`quantize_fp8_qk`: both of Q and K that way, scales flattened per (b, h) row.
 - :func:`quantize_fp8_head_t`: one scale per (b, h), stored transposed (B, H, D, N) so the
-  tensor cores can read it as the K-major B operand of P.V.
+  tensor cores can read it as the K-major B operand of P.V; optionally with the keys of each
+  32 in the order of the e4m3 wgmma A operand (:func:`wgmma_fp8_key_order`), so a kernel can
+  feed P from the Q.K^T accumulator without moving it between threads.
 
 Both are memory-bound. The per-block kernel works in chunks of ``CHUNK`` rows: a first sweep
 takes the block's amax, a second re-reads the chunks (from L1/L2) and writes e4m3, so a program
@@ -51,13 +53,34 @@ def _head_scale(v: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
 
 
-def quantize_fp8_head_t_ref(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def wgmma_fp8_key_order(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(n,) int64 with n a multiple of 32: the key stored at each column when keys are in the
+    e4m3 wgmma operand's order. Within each 32, column 32i+16h+4q+2c+e holds key 32i+16h+8c+2q+e
+    (q < 4; h, c, e < 2): the keys a thread holds of a Q.K^T accumulator row (2q, 2q+1, 8+2q,
+    9+2q, ...) land on the 4 consecutive keys per register that the A operand of an e4m3 wgmma
+    wants (:func:`.sparse_attention_gluon._wgmma_fp8_key_order` reorders P the same way)."""
+    if n % 32:
+        raise ValueError(f"the key order works on whole 32s of keys, got n={n}")
+    col = torch.arange(n, device=device)
+    i, h, q, c, e = col // 32, (col // 16) % 2, (col // 4) % 4, (col // 2) % 2, col % 2
+    return 32 * i + 16 * h + 8 * c + 2 * q + e
+
+
+def quantize_fp8_head_t_ref(
+    v: torch.Tensor, *, wgmma_key_order: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """v: (B, H, N, D). Returns vt8: (B, H, D, N) e4m3 view of a buffer whose token axis is
-    padded to 16 (TMA strides), and scale (B, H) fp32 with ``v ~= vt8^T * scale``."""
+    padded to 16 (TMA strides), and scale (B, H) fp32 with ``v ~= vt8^T * scale``.
+
+    ``wgmma_key_order``: the token axis padded with zero keys to a multiple of 32 and returned
+    whole, (B, H, D, ceil(N/32)*32), its columns in :func:`wgmma_fp8_key_order`."""
     B, H, N, D = v.shape
     scale = _head_scale(v)
-    buf = torch.zeros(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
+    width = cdiv(N, 32 if wgmma_key_order else 16) * (32 if wgmma_key_order else 16)
+    buf = torch.zeros(B, H, D, width, dtype=torch.float8_e4m3fn, device=v.device)
     buf[..., :N] = (v.float() / scale[..., None, None]).transpose(-1, -2).to(torch.float8_e4m3fn)
+    if wgmma_key_order:
+        return buf[..., wgmma_fp8_key_order(width, v.device)].contiguous(), scale
     return buf[..., :N], scale
 
 
@@ -93,8 +116,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _quant_head_t_kernel(
-        X, Y, SCALE, sxb, sxh, sxn, syb, syh, syd, H, N,
-        BLOCK: tl.constexpr, D: tl.constexpr,
+        X, Y, SCALE, sxb, sxh, sxn, syb, syh, syd, H, N, N_OUT,
+        BLOCK: tl.constexpr, D: tl.constexpr, WGMMA_ORDER: tl.constexpr,
     ):  # fmt: skip
         blk = tl.program_id(0)
         bh = tl.program_id(1)
@@ -105,9 +128,15 @@ if HAS_TRITON:
         ok = offs_n[:, None] < N
         x = tl.load(X + b * sxb + h * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=ok,
                     other=0.0).to(tl.float32)  # fmt: skip
-        y = tl.math.div_rn(x, tl.load(SCALE + bh)).to(Y.dtype.element_ty)
-        tl.store(Y + b * syb + h * syh + offs_d[:, None] * syd + offs_n[None, :], tl.trans(y),
-                 mask=tl.trans(ok))  # fmt: skip
+        yt = tl.trans(tl.math.div_rn(x, tl.load(SCALE + bh)).to(Y.dtype.element_ty))
+        if WGMMA_ORDER:  # key 32i+16h+8c+2q+e to column 32i+16h+4q+2c+e; zero keys up to N_OUT
+            yt = tl.reshape(yt, [D, BLOCK // 32, 2, 2, 4, 2])  # (d, i, h, c, q, e)
+            yt = tl.reshape(tl.permute(yt, [0, 1, 2, 4, 3, 5]), [D, BLOCK])
+            out_ok = offs_n[None, :] < N_OUT
+        else:
+            out_ok = tl.trans(ok)
+        tl.store(Y + b * syb + h * syh + offs_d[:, None] * syd + offs_n[None, :], yt,
+                 mask=out_ok)  # fmt: skip
 
 
 def quantize_fp8_blocks(
@@ -143,17 +172,20 @@ def quantize_fp8_qk(
     return q8, k8, q_scale.reshape(bh, -1), k_scale.reshape(bh, -1)
 
 
-def quantize_fp8_head_t(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_head_t(
+    v: torch.Tensor, *, wgmma_key_order: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(b, h) e4m3 quantization, transposed (Triton on CUDA, the reference elsewhere).
     Same contract as :func:`quantize_fp8_head_t_ref`."""
     if not (v.is_cuda and triton_usable(v)) or v.stride(-1) != 1:
-        return quantize_fp8_head_t_ref(v)
+        return quantize_fp8_head_t_ref(v, wgmma_key_order=wgmma_key_order)
     B, H, N, D = v.shape
     scale = _head_scale(v).contiguous()
-    buf = torch.empty(B, H, D, cdiv(N, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
-    block = 64
+    width = cdiv(N, 32) * 32 if wgmma_key_order else cdiv(N, 16) * 16
+    buf = torch.empty(B, H, D, width, dtype=torch.float8_e4m3fn, device=v.device)
+    block = 64  # a multiple of 32: the key order stays within a program
     _quant_head_t_kernel[(cdiv(N, block), B * H)](
         v, buf, scale, v.stride(0), v.stride(1), v.stride(2), buf.stride(0), buf.stride(1),
-        buf.stride(2), H, N, BLOCK=block, D=D, num_warps=4,
+        buf.stride(2), H, N, width, BLOCK=block, D=D, WGMMA_ORDER=wgmma_key_order, num_warps=4,
     )  # fmt: skip
-    return buf[..., :N], scale
+    return (buf, scale) if wgmma_key_order else (buf[..., :N], scale)

@@ -120,17 +120,46 @@ if HAS_GLUON:
                                                 v_smem.index(s))  # fmt: skip
 
     @gluon.jit
+    def _wgmma_fp8_key_order(p):
+        """fp8 P (rows, BN) in the Q.K^T accumulator's layout, its keys reordered within each 32
+        (key 32i+16h+8c+2q+e to column 32i+16h+4q+2c+e): each thread's values then sit where
+        the e4m3 A operand wants them (4 consecutive keys per register), so the conversion to
+        the operand layout moves no data between threads. V^T comes in the same key order
+        (:func:`.fp8.quantize_fp8_head_t` with ``wgmma_key_order``)."""
+        R: gl.constexpr = p.shape[0]
+        BN: gl.constexpr = p.shape[1]
+        p = gl.reshape(p, [R, BN // 32, 2, 2, 4, 2])  # (row, i, h, c, q, e)
+        return gl.reshape(gl.permute(p, [0, 1, 2, 4, 3, 5]), [R, BN])
+
+    @gluon.jit
     def _softmax_step(s, m_i, l_i, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr,
-                      row_o: gl.constexpr, SHIFT: gl.constexpr):  # fmt: skip
+                      row_o: gl.constexpr, SHIFT: gl.constexpr, FP8: gl.constexpr):  # fmt: skip
         """One online-softmax step on raw logits s (the scale folded into the exponent's FMA):
-        (P as the P.V operand, the accumulator's rescale factor in its row layout, new m, l).
-        P and l are scaled by 2**SHIFT (fp8 P keeps small probabilities out of subnormals)."""
+        (P, the accumulator's rescale factor in its row layout, new m, l). P and l are scaled by
+        2**SHIFT (fp8 P keeps small probabilities out of subnormals). bf16: P as the P.V
+        operand; fp8: P in fp32, made the operand by :func:`_p_operand` next to its matmul."""
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
         alpha = gl.exp2(m_i - m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(m_new - SHIFT, 1))
         l_new = l_i * alpha + gl.sum(p, axis=1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        return p_op, gl.convert_layout(alpha, row_o), m_new, l_new
+        if not FP8:
+            p = gl.convert_layout(p.to(dtype), p_layout)
+        return p, gl.convert_layout(alpha, row_o), m_new, l_new
+
+    @gluon.jit
+    def _p_operand(p, p_layout: gl.constexpr, FP8: gl.constexpr):
+        """P as the A operand of P.V. fp8: keys reordered (:func:`_wgmma_fp8_key_order`, no data
+        moves between threads), then 4 keys per register by two ``cvt.rn.satfinite.e4m3x2``.
+        Done here, next to the matmul, the packed registers go straight into the wgmma; carried
+        across the loop as e4m3 values, Triton kept one byte per register and re-packed them
+        (~40 PRMT per thread and tile)."""
+        if FP8:
+            p = gl.convert_layout(_wgmma_fp8_key_order(p), p_layout)
+            p = gl.inline_asm_elementwise(
+                "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; "
+                "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; mov.b32 $0, {lo, hi}; }",
+                "=r,r,r,r,r", [p], dtype=gl.float8e4nv, is_pure=True, pack=4)  # fmt: skip
+        return p
 
     @gluon.jit
     def _epilogue(acc, m_i, l_i, o_smem, o_desc, LSE, b, h, pid_bh, row0, N_Q, v_scale,
@@ -207,7 +236,10 @@ if HAS_GLUON:
         l_i = gl.full([HALF], 0.0, gl.float32, layout=row_s)
         acc = gl.zeros([HALF, D], gl.float32, layout=o_layout)
         s = gl.zeros([HALF, BN], gl.float32, layout=s_layout)
-        p_op = gl.zeros([HALF, BN], dtype, layout=p_layout)
+        if FP8:  # P in fp32 until _p_operand
+            p = gl.zeros([HALF, BN], gl.float32, layout=s_layout)
+        else:
+            p = gl.zeros([HALF, BN], dtype, layout=p_layout)
         alpha = gl.full([HALF], 1.0, gl.float32, layout=row_o)
         mbarrier.wait(q_bars.index(WG), 0)
         if cnt > 0:  # tile 0: Q.K^T only
@@ -221,7 +253,7 @@ if HAS_GLUON:
             if cnt == 1:
                 s = _mask_keys(s, idx_base, 0, kvl, BN, col_s)
             sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, 0, FP8)
-            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT, FP8)
         for j in range(1, cnt):
             slot = j % STAGES
             pslot = (j - 1) % STAGES
@@ -233,21 +265,24 @@ if HAS_GLUON:
                                   use_acc=False, is_async=True)  # fmt: skip
             acc = acc * gl.expand_dims(alpha, 1)
             mbarrier.wait(v_full.index(pslot), ((j - 1) // STAGES) & 1)
-            acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, pslot, BN, D, FP8), acc,
+            acc_tok = warpgroup_mma(_p_operand(p, p_layout, FP8),
+                                    _v_operand(v_smem, pslot, BN, D, FP8), acc,
                                     is_async=True)  # fmt: skip
             mbarrier.arrive(sched.index(1 - WG), count=1)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
             mbarrier.arrive(k_empty.index(slot), count=1)
             if j == cnt - 1:  # only the last listed block can hold padded keys
                 s = _mask_keys(s, idx_base, j, kvl, BN, col_s)
-            p_op, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT, FP8)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
             mbarrier.arrive(v_empty.index(pslot), count=1)
         if cnt > 0:
             acc = acc * gl.expand_dims(alpha, 1)
             slot = (cnt - 1) % STAGES
             mbarrier.wait(v_full.index(slot), ((cnt - 1) // STAGES) & 1)
-            acc = warpgroup_mma(p_op, _v_operand(v_smem, slot, BN, D, FP8), acc)
+            acc = warpgroup_mma(
+                _p_operand(p, p_layout, FP8), _v_operand(v_smem, slot, BN, D, FP8), acc
+            )
         _epilogue(acc, m_i, l_i, o_smem.index(WG), o_desc, LSE, b, h, pid_bh,
                   pid_m * (2 * HALF) + WG * HALF, N_Q, v_scale, row_s, row_o, SHIFT)  # fmt: skip
 
@@ -366,7 +401,7 @@ def block_sparse_attention_gluon(
     )
     if fp8:
         q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
-        v, v_scale = quantize_fp8_head_t(v)  # (B, H, D, N)
+        v, v_scale = quantize_fp8_head_t(v, wgmma_key_order=True)  # (B, H, D, N32)
         v_block, dt = [1, 1, D, block_size], gl.float8e4nv
     else:
         q_scale = k_scale = v_scale = lens.new_ones(B * H, 1, dtype=torch.float32)
