@@ -76,14 +76,14 @@ def test_auto_dispatch_runs_the_gluon_kernel_on_sm90_at_video_sizes():
     counts, idx = mask_to_indices(mask)
     want = "gluon" if SM90_GLUON else "hopper"
     assert tuning.attention_kernel_for(q, k, v, 128) == want
-    assert tuning.attention_kernel_for(q, k, v, 128, precision="fp8") == "hopper"
+    assert tuning.attention_kernel_for(q, k, v, 128, precision="fp8") == want
     if want == "gluon":
         stages = tuning.gluon_stages(torch.cuda.get_device_name(), 128)
-        fp8 = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, precision="fp8")
+        fp8_stages = tuning.gluon_stages(torch.cuda.get_device_name(), 128, "fp8")
+        fp8 = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128,
+                                           precision="fp8", stages=fp8_stages)  # fmt: skip
         assert torch.equal(
-            block_sparse_attention_fwd(
-                q, k, v, counts, idx, block_size=128, precision="fp8", kernel="gluon"
-            ),
+            block_sparse_attention_fwd(q, k, v, counts, idx, block_size=128, precision="fp8"),
             fp8,
         )
         direct = block_sparse_attention_gluon(q, k, v, counts, idx, block_size=128, stages=stages)

@@ -202,8 +202,9 @@ LARGE = {"n": 119056}
         ({**LARGE, "dtype": torch.float16, "head_dim": 64}, "gluon"),
         ({"n": 32767}, "hopper"),
         ({"n": 32768}, "gluon"),
-        ({**LARGE, "precision": "fp8"}, "hopper"),
-        ({**LARGE, "precision": "fp8", "kernel": "gluon"}, "gluon"),  # only when forced
+        ({**LARGE, "precision": "fp8"}, "gluon"),
+        ({"precision": "fp8"}, "hopper"),  # below 32k tokens
+        ({**LARGE, "precision": "fp8", "kernel": "hopper"}, "hopper"),
         ({**LARGE, "block_size": 64}, "hopper"),
         ({**LARGE, "capability": 10}, "hopper"),  # Blackwell has no wgmma
         ({**LARGE, "has_gluon": False}, "hopper"),

@@ -306,7 +306,7 @@ def xattention(
 ):
     """XAttention: estimate the block mask, then attend exactly inside it.
 
-    ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (Hopper kernel).
+    ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (sm90+ kernels).
     ``estimate_precision="fp8"``: the estimate's Q.K^T in e4m3 (see
     :func:`estimate_block_mask`); the two are independent, both "bf16" by default.
 

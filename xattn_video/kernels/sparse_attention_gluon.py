@@ -23,14 +23,17 @@ tile is masked.
 scale per (b, h, 128-token block), folded into each tile's softmax scale; P shifted by 2**8 and
 cast to e4m3 (small probabilities stay out of subnormals; l carries the same factor); V^T in
 e4m3 with one scale per (b, h). Both matmuls run on the fp8 tensor cores; O goes out through
-its own bf16 buffers.
+its own bf16 buffers. P goes to the e4m3 A operand without moving between threads: its keys
+are reordered within each 32 (:func:`_wgmma_fp8_key_order`; V^T is quantized in the same key
+order) and packed 4 per register next to the P.V matmul (:func:`_p_operand`).
 
-Measured on one H200 (triton 3.6, 119,056 tokens, 24 heads, head dim 128; benchmarks/
-probe_gluon.py, docs/results/probe_gluon*_h200.json): bf16 589-631 effective TFLOP/s at
-densities 0.1-1.0, 1.02-1.11x cuDNN's dense rate in the same run, vs 443-483 for the Triton
-Hopper kernel; without ping-pong the same partitions reach only 502-528. fp8: 653-708 TFLOP/s
-(1.13-1.23x cuDNN), within 2% of the Triton fp8 path at densities 0.1-0.5 and 1.23x it at 1.0;
-so the op's automatic choice keeps fp8 on the Triton kernel.
+Measured on one H200 (triton 3.6, 24 heads, head dim 128; benchmarks/probe_gluon.py,
+bench_attention.py, docs/results/probe_gluon*_h200.json, bench_attention_h200_6f8035e.json):
+bf16 557-631 effective TFLOP/s at densities 0.1-1.0, 0.97-1.11x cuDNN's dense rate in the same
+run, vs 443-489 for the Triton Hopper kernel; without ping-pong the same partitions reach only
+502-528. fp8: 697-814 TFLOP/s (1.22-1.42x cuDNN at 67k and 119k tokens), 1.12-1.36x the
+Triton fp8 kernel; before the key order (shuffles and byte re-packing of P, ~27% more
+instructions under ncu) 653-708.
 
 Not supported: GPUs other than sm90 (wgmma: Blackwell has none), block sizes other than 128,
 fp32 inputs, causal masks, backward.

@@ -271,9 +271,10 @@ def choose_kernel(
         return "hopper"
     if kernel == "portable":
         return "portable"
-    # fp8 stays on the Triton kernel: the Gluon one is no faster at densities <= 0.5
-    # (docs/results/probe_gluon_fp8_h200.json: 0.98-1.02x of it; 1.23x at density 1.0)
-    if gluon_fits and precision == "bf16" and n_bucket(n) == "large":
+    # bf16 and fp8 alike: since P goes to the fp8 P.V operand without shuffles, the Gluon fp8
+    # kernel is 1.12-1.36x the Triton fp8 kernel at densities 0.1-1.0, 67k / 119k tokens
+    # (docs/results/bench_attention_h200_6f8035e.json; it was 0.98-1.02x before)
+    if gluon_fits and n_bucket(n) == "large":
         return "gluon"
     return "hopper" if fits else "portable"
 
