@@ -204,6 +204,8 @@ LARGE = {"n": 119056}
         ({"n": 32768}, "gluon"),
         ({**LARGE, "precision": "fp8"}, "gluon"),
         ({"precision": "fp8"}, "hopper"),  # below 32k tokens
+        ({**LARGE, "precision": "fp8", "head_dim": 64}, "hopper"),  # Gluon fp8: d=128 only
+        ({**LARGE, "precision": "fp8", "head_dim": 64, "kernel": "gluon"}, "gluon"),
         ({**LARGE, "precision": "fp8", "kernel": "hopper"}, "hopper"),
         ({**LARGE, "block_size": 64}, "hopper"),
         ({**LARGE, "capability": 10}, "hopper"),  # Blackwell has no wgmma

@@ -271,10 +271,11 @@ def choose_kernel(
         return "hopper"
     if kernel == "portable":
         return "portable"
-    # bf16 and fp8 alike: since P goes to the fp8 P.V operand without shuffles, the Gluon fp8
-    # kernel is 1.12-1.36x the Triton fp8 kernel at densities 0.1-1.0, 67k / 119k tokens
-    # (docs/results/bench_attention_h200_6f8035e.json; it was 0.98-1.02x before)
-    if gluon_fits and n_bucket(n) == "large":
+    # fp8 too, at head dim 128: since P goes to the fp8 P.V operand without shuffles, the Gluon
+    # fp8 kernel is 1.12-1.36x the Triton fp8 kernel at densities 0.1-1.0, 67k / 119k tokens
+    # (docs/results/bench_attention_h200_6f8035e.json; it was 0.98-1.02x before). Its fp8 path
+    # is tested and measured at head dim 128 only, so fp8 at 64 stays on the Triton kernel.
+    if gluon_fits and n_bucket(n) == "large" and (precision == "bf16" or head_dim == 128):
         return "gluon"
     return "hopper" if fits else "portable"
 
