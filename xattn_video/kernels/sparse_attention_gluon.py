@@ -32,8 +32,8 @@ bench_attention.py, docs/results/probe_gluon*_h200.json, bench_attention_h200_6f
 bf16 557-631 effective TFLOP/s at densities 0.1-1.0, 0.97-1.11x cuDNN's dense rate in the same
 run, vs 443-489 for the Triton Hopper kernel; without ping-pong the same partitions reach only
 502-528. fp8: 697-814 TFLOP/s (1.22-1.42x cuDNN at 67k and 119k tokens), 1.12-1.36x the
-Triton fp8 kernel; before the key order (shuffles and byte re-packing of P, ~27% more
-instructions under ncu) 653-708.
+Triton fp8 kernel; before the key order (shuffles and byte re-packing of P: 47% more
+instructions under ncu, docs/results/ncu_gluon_fp8_*) 653-708.
 
 Not supported: GPUs other than sm90 (wgmma: Blackwell has none), block sizes other than 128,
 fp32 inputs, causal masks, backward.
@@ -155,7 +155,7 @@ if HAS_GLUON:
         moves between threads), then 4 keys per register by two ``cvt.rn.satfinite.e4m3x2``.
         Done here, next to the matmul, the packed registers go straight into the wgmma; carried
         across the loop as e4m3 values, Triton kept one byte per register and re-packed them
-        (~40 PRMT per thread and tile)."""
+        (~100 more PRMT per thread and tile in the SASS)."""
         if FP8:
             p = gl.convert_layout(_wgmma_fp8_key_order(p), p_layout)
             p = gl.inline_asm_elementwise(
