@@ -6,7 +6,8 @@ bf16, B=1) it times, in one process:
   - FlexAttention (compiled) with the same block mask as ours, at each pinned density;
   - our block-sparse kernel at pinned densities (ratio mode over random scores): the kernel
     picked on this GPU (on sm90 at these sizes the Gluon one, then also the Triton Hopper kernel
-    it replaced), the portable one, and fp8; and the mask-to-index-list conversion it needs;
+    it replaced), the portable one, and fp8 (on sm90 both the Gluon and the Triton fp8 kernel);
+    and the mask-to-index-list conversion it needs;
   - our fused estimate at S=8 and S=16 (bf16 and fp8; on sm90 also the other of the Triton and
     the experimental Gluon estimate), and the selection step;
   - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8, composed

@@ -22,7 +22,7 @@ output against dense attention.
 
 Preset and precision: ``--preset NAME`` sweeps only that preset's setting (e.g. ``tiny-dit``: tau
 0.97 under a 0.4 density budget, tile order), and ``--precision bf16,fp8`` runs every sparse
-setting once per precision (``XAttentionConfig.precision``; fp8 needs the Hopper kernel: on a
+setting once per precision (``XAttentionConfig.precision``; fp8 needs an sm90+ GPU: on a
 machine without it the fp8 runs are skipped with a message). With both, the JSON's
 ``fp8_vs_bf16`` gives, per setting, the PSNR of each against dense and their difference, per
 video and in the mean (issue 8: within 0.5 dB with >= 8 seeds).
