@@ -60,7 +60,14 @@ compile_kernel(sag._bsa_gluon_kernel, sig, dict(STAGES=stages, FP8=fp8, num_warp
 @needs_gluon
 @pytest.mark.parametrize(
     "d, stages, precision",
-    [(128, 2, "bf16"), (128, 3, "bf16"), (64, 2, "bf16"), (128, 3, "fp8"), (128, 4, "fp8")],
+    [
+        (128, 2, "bf16"),
+        (128, 3, "bf16"),
+        (64, 2, "bf16"),
+        (128, 2, "fp8"),
+        (128, 3, "fp8"),
+        (128, 4, "fp8"),
+    ],
 )
 def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision):
     ptx_text, meta = compile_sm90(tmp_path, _COMPILE, d, stages, precision)
