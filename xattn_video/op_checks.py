@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels._common import interpreter_enabled
+from .kernels._common import check_precision, interpreter_enabled
 
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
@@ -146,8 +146,7 @@ FP8_ESTIMATE_GPU = (
 def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> None:
     """ValueError unless ``precision`` is "bf16", or "fp8" on the torch backend (emulated) or
     on the Triton backend with q on a GPU (the estimate op checks for sm90+ when it runs)."""
-    if precision not in ("bf16", "fp8"):
-        raise ValueError(f"estimate precision must be 'bf16' or 'fp8', got {precision!r}")
+    check_precision(precision, "estimate precision")
     if precision == "fp8" and backend == "triton" and not q.is_cuda:
         raise ValueError(FP8_ESTIMATE_GPU)
 

@@ -31,6 +31,16 @@ LOG2E = 1.4426950408889634
 multiplied by it."""
 
 
+PRECISIONS = ("bf16", "fp8")
+"""Arithmetic of the kernels' Q.K^T (and P.V): the inputs' 16-bit dtype, or e4m3 with scales."""
+
+
+def check_precision(precision: str, name: str = "precision") -> None:
+    """ValueError unless ``precision`` is one of :data:`PRECISIONS` (``name`` in the message)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name} must be 'bf16' or 'fp8', got {precision!r}")
+
+
 def interpreter_enabled() -> bool:
     """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

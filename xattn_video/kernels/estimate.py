@@ -28,8 +28,8 @@ import math
 
 import torch
 
-from ._common import HAS_TRITON, LOG2E, cdiv, dot_precision, kv_len_tensor
-from .fp8 import quantize_fp8_blocks_ref
+from ._common import HAS_TRITON, LOG2E, cdiv, check_precision, dot_precision, kv_len_tensor
+from .fp8 import round_fp8_blocks_ref
 
 if HAS_TRITON:
     import triton
@@ -54,10 +54,9 @@ def estimate_block_scores_ref(
     the kernels' fp8 estimate up to accumulation order (for padded keys given as zeros, as the
     op's torch backend gives them; the kernels quantize them as they are), on any device.
     """
-    if precision not in ("bf16", "fp8"):
-        raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
+    check_precision(precision)
     if precision == "fp8":
-        q, k = _fp8_rounded(q, block_size), _fp8_rounded(k, block_size)
+        q, k = round_fp8_blocks_ref(q, block_size), round_fp8_blocks_ref(k, block_size)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     S = stride
@@ -78,12 +77,6 @@ def estimate_block_scores_ref(
     probs = torch.softmax(logits, dim=-1)
     probs = torch.nn.functional.pad(probs, (0, nbk * G - ngk, 0, nbq * G - ngq))
     return probs.reshape(B, H, nbq, G, nbk, G).sum(dim=(3, 5))
-
-
-def _fp8_rounded(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """x: (B, H, N, D) -> fp32 values of its per-block e4m3 quantization (x8 * scale)."""
-    x8, scale = quantize_fp8_blocks_ref(x, block_size)
-    return x8.float() * scale.repeat_interleave(block_size, -1)[..., : x.shape[2], None]
 
 
 if HAS_TRITON:
@@ -228,8 +221,7 @@ def estimate_block_scores(
     ``kernel``: "auto", or force "gluon" / "triton" (``launch`` / ``flatten`` tune the Triton
     kernel, so giving either keeps "auto" on it).
     """
-    if precision not in ("bf16", "fp8"):
-        raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
+    check_precision(precision)
     if kernel == "gluon" or (kernel == "auto" and q.is_cuda and launch is None and flatten is None):
         from .tuning import estimate_kernel_for
 

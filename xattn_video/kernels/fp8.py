@@ -46,6 +46,13 @@ def quantize_fp8_blocks_ref(x: torch.Tensor, block: int) -> tuple[torch.Tensor, 
     return x8.reshape(B, H, nb * block, D)[:, :, :N].contiguous(), scale
 
 
+def round_fp8_blocks_ref(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x: (B, H, N, D) -> fp32 values of its per-block e4m3 quantization (x8 * scale), what
+    the fp8 kernels compute with."""
+    x8, scale = quantize_fp8_blocks_ref(x, block)
+    return x8.float() * scale.repeat_interleave(block, -1)[..., : x.shape[2], None]
+
+
 def _head_scale(v: torch.Tensor) -> torch.Tensor:
     """(B, H) fp32 e4m3 scale per head of v: (B, H, N, D): amax / FP8_MAX (1 for all-zero heads)."""
     # the max-norm is max |v| exactly, in one reduction (``v.abs().amax()`` writes |v| first)
@@ -66,6 +73,12 @@ def wgmma_fp8_key_order(n: int, device: torch.device | str | None = None) -> tor
     return 32 * i + 16 * h + 8 * c + 2 * q + e
 
 
+def _head_t_width(n: int, wgmma_key_order: bool) -> int:
+    """Token-axis length of V^T's buffer: a multiple of 16 (TMA strides), of 32 in key order."""
+    multiple = 32 if wgmma_key_order else 16
+    return cdiv(n, multiple) * multiple
+
+
 def quantize_fp8_head_t_ref(
     v: torch.Tensor, *, wgmma_key_order: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +89,7 @@ def quantize_fp8_head_t_ref(
     whole, (B, H, D, ceil(N/32)*32), its columns in :func:`wgmma_fp8_key_order`."""
     B, H, N, D = v.shape
     scale = _head_scale(v)
-    width = cdiv(N, 32 if wgmma_key_order else 16) * (32 if wgmma_key_order else 16)
+    width = _head_t_width(N, wgmma_key_order)
     buf = torch.zeros(B, H, D, width, dtype=torch.float8_e4m3fn, device=v.device)
     buf[..., :N] = (v.float() / scale[..., None, None]).transpose(-1, -2).to(torch.float8_e4m3fn)
     if wgmma_key_order:
@@ -181,7 +194,7 @@ def quantize_fp8_head_t(
         return quantize_fp8_head_t_ref(v, wgmma_key_order=wgmma_key_order)
     B, H, N, D = v.shape
     scale = _head_scale(v).contiguous()
-    width = cdiv(N, 32) * 32 if wgmma_key_order else cdiv(N, 16) * 16
+    width = _head_t_width(N, wgmma_key_order)
     buf = torch.empty(B, H, D, width, dtype=torch.float8_e4m3fn, device=v.device)
     block = 64  # a multiple of 32: the key order stays within a program
     _quant_head_t_kernel[(cdiv(N, block), B * H)](

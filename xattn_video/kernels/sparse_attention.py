@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import HAS_TRITON, LOG2E, cdiv, dot_precision, kv_len_tensor
+from ._common import HAS_TRITON, LOG2E, cdiv, check_precision, dot_precision, kv_len_tensor
 
 if HAS_TRITON:
     import triton
@@ -298,15 +298,14 @@ def block_sparse_attention_fwd(
     load tiles with Hopper tensor descriptors (default: on sm90+ GPUs for fp16/bf16).
     ``kernel``: "auto" (the Gluon or Hopper kernel where :func:`~.tuning.attention_kernel_for`
     allows it, unless ``launch`` or ``use_tma`` asks for the portable one), "gluon", "hopper"
-    or "portable". ``precision``: "bf16" (the inputs' dtype) or "fp8" (the Triton Hopper kernel,
-    or the Gluon one when forced; not the portable kernel).
+    or "portable". ``precision``: "bf16" (the inputs' dtype) or "fp8" (the Gluon kernel where
+    "auto" picks it at head dim 128, else the Triton Hopper kernel; not the portable kernel).
     """
     from .sparse_attention_gluon import block_sparse_attention_gluon
-    from .sparse_attention_hopper import PRECISIONS, block_sparse_attention_hopper
+    from .sparse_attention_hopper import block_sparse_attention_hopper
     from .tuning import attention_kernel_for, gluon_stages, gpu_name
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if kernel == "auto" and (launch is not None or use_tma is not None):
         kernel = "portable"
     choice = attention_kernel_for(q, k, v, block_size, kernel, precision)

@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from ._common import HAS_TENSOR_DESC, HAS_TRITON, LOG2E, cdiv, kv_len_tensor
+from ._common import HAS_TENSOR_DESC, HAS_TRITON, LOG2E, cdiv, check_precision, kv_len_tensor
 from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
 
 if HAS_TRITON:
@@ -49,9 +49,6 @@ if HAS_TRITON:
 
 if HAS_TENSOR_DESC:
     from triton.tools.tensor_descriptor import TensorDescriptor
-
-PRECISIONS = ("bf16", "fp8")
-
 
 if HAS_TRITON:
 
@@ -180,8 +177,7 @@ def block_sparse_attention_hopper(
     """
     from .tuning import hopper_attention_config
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
