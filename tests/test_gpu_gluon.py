@@ -149,7 +149,6 @@ def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stag
     assert torch.equal(ok, torch.isfinite(lse))
     torch.testing.assert_close(lse[ok], t_lse[ok], rtol=0, atol=1e-3)
     agree = ((out.float() - t_out.float()).norm() / t_out.float().norm()).item()
-    assert agree < 1e-2, agree
     key_ok = torch.arange(n, device="cuda")[None, :] < kv_len[:, None]
     diffs, refs = [], []
     for qb in sorted({0, 2, nb // 2, nb - 1}):
@@ -163,3 +162,4 @@ def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stag
     print(f"gluon fp8 n={n} stages={stages}: max {diff.abs().max():.3e} "
           f"mean {diff.abs().mean():.3e} rel_l2 {rel:.3e} vs triton fp8 {agree:.1e}")  # fmt: skip
     assert rel < FP8_REL_L2
+    assert agree < 1e-2, agree

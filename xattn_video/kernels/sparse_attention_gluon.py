@@ -47,6 +47,7 @@ import torch
 
 from ._common import LOG2E, cdiv, kv_len_tensor
 from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
+from .gluon_ptx import PINGPONG_BARRIERS
 
 MIN_TRITON = (3, 6)
 """Oldest Triton the kernel is checked on (3.6 on the GPU, the latest on CPU): Gluon is
@@ -75,21 +76,33 @@ try:
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    from .gluon_ptx import named_barrier_arrive, named_barrier_sync, pack_e4m3, rescale_rows
+
     HAS_GLUON = gluon_supported(triton.__version__)
 except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
     HAS_GLUON = False
 
 HALF = 64  # query rows per consumer warpgroup
 MAXNREG = 168  # 12 warps x 32 x 168 <= 64K registers; re-allocated to 240 / 240 / 24
+TAU = {"bf16": 8.0, "fp8": 2.0}
+"""Lazy row maximum (base-2 log units): a row's reference maximum moves only when a tile's
+exceeds it by more than TAU, so most tiles leave alpha == 1 and :func:`.gluon_ptx.rescale_rows`
+skips the accumulator's rescale. P is then at most 2**(SHIFT + TAU): 256 in both precisions."""
+SHIFT = {"bf16": 0.0, "fp8": 6.0}
+"""P is scaled by 2**SHIFT (fp8: small probabilities stay out of e4m3's subnormals; with
+:data:`TAU` its largest value 2**8 stays under e4m3's 448)."""
 
 
 if HAS_GLUON:
+    _TAU_BF16, _TAU_FP8 = gl.constexpr(TAU["bf16"]), gl.constexpr(TAU["fp8"])
+    _SHIFT_BF16, _SHIFT_FP8 = gl.constexpr(SHIFT["bf16"]), gl.constexpr(SHIFT["fp8"])
+    _BAR0 = gl.constexpr(PINGPONG_BARRIERS[0])
 
     @gluon.jit
     def _producer(args, WG: gl.constexpr, FP8: gl.constexpr):
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
-         k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
-         q_scale, k_scale, v_scale, STAGES) = args  # fmt: skip
+         empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
+         v_scale, STAGES) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
         for i in gl.static_range(2):
@@ -107,13 +120,14 @@ if HAS_GLUON:
             has_next = nxt < cnt
             ns = nxt % STAGES
             kb_n = gl.load(idx_base + nxt, mask=has_next, other=0)
-            mbarrier.wait(k_empty.index(ns), ((nxt // STAGES) & 1) ^ 1, pred=has_next)
+            # K(j+1) and V(j) take the slots of K(j+1-S) and V(j-S), both freed by the
+            # consumers' release of tile j+1-S
+            mbarrier.wait(empty.index(ns), ((nxt // STAGES) & 1) ^ 1)
             mbarrier.expect(k_full.index(ns), k_desc.block_type.nbytes, pred=has_next)
             tma.async_copy_global_to_shared(k_desc, [b, h, kb_n * BN, 0], k_full.index(ns),
                                             k_smem.index(ns), pred=has_next)  # fmt: skip
             s = j % STAGES
             kb = gl.load(idx_base + j)
-            mbarrier.wait(v_empty.index(s), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(v_full.index(s), v_desc.block_type.nbytes)
             if FP8:  # V^T: (D, keys)
                 tma.async_copy_global_to_shared(v_desc, [b, h, 0, kb * BN], v_full.index(s),
@@ -136,13 +150,16 @@ if HAS_GLUON:
 
     @gluon.jit
     def _softmax_step(s, m_i, l_i, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr,
-                      row_o: gl.constexpr, SHIFT: gl.constexpr, FP8: gl.constexpr):  # fmt: skip
+                      row_o: gl.constexpr, SHIFT: gl.constexpr, TAU: gl.constexpr,
+                      FP8: gl.constexpr):  # fmt: skip
         """One online-softmax step on raw logits s (the scale folded into the exponent's FMA):
-        (P, the accumulator's rescale factor in its row layout, new m, l). P and l are scaled by
-        2**SHIFT (fp8 P keeps small probabilities out of subnormals). bf16: P as the P.V
-        operand; fp8: P in fp32, made the operand by :func:`_p_operand` next to its matmul."""
-        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-        alpha = gl.exp2(m_i - m_new)
+        (P, the accumulator's rescale factor in its row layout, new m, l). m is lazy: it moves
+        only when the tile's row maximum exceeds it by more than TAU (alpha is then exactly 1
+        elsewhere). P and l are scaled by 2**SHIFT. bf16: P as the P.V operand; fp8: P in fp32,
+        made the operand by :func:`_p_operand` next to its matmul."""
+        m_tile = gl.max(s, axis=1) * qk_scale
+        m_new = gl.where(m_tile > m_i + TAU, m_tile, m_i)
+        alpha = gl.where(m_new == m_i, 1.0, gl.exp2(m_i - m_new))
         p = gl.exp2(s * qk_scale - gl.expand_dims(m_new - SHIFT, 1))
         l_new = l_i * alpha + gl.sum(p, axis=1)
         if not FP8:
@@ -152,16 +169,12 @@ if HAS_GLUON:
     @gluon.jit
     def _p_operand(p, p_layout: gl.constexpr, FP8: gl.constexpr):
         """P as the A operand of P.V. fp8: keys reordered (:func:`_wgmma_fp8_key_order`, no data
-        moves between threads), then 4 keys per register by two ``cvt.rn.satfinite.e4m3x2``.
+        moves between threads), then 4 keys per register (:func:`.gluon_ptx.pack_e4m3`).
         Done here, next to the matmul, the packed registers go straight into the wgmma; carried
         across the loop as e4m3 values, Triton kept one byte per register and re-packed them
         (~100 more PRMT per thread and tile in the SASS)."""
         if FP8:
-            p = gl.convert_layout(_wgmma_fp8_key_order(p), p_layout)
-            p = gl.inline_asm_elementwise(
-                "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; "
-                "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; mov.b32 $0, {lo, hi}; }",
-                "=r,r,r,r,r", [p], dtype=gl.float8e4nv, is_pure=True, pack=4)  # fmt: skip
+            p = pack_e4m3(gl.convert_layout(_wgmma_fp8_key_order(p), p_layout))
         return p
 
     @gluon.jit
@@ -211,15 +224,20 @@ if HAS_GLUON:
     def _consumer(args, WG: gl.constexpr, FP8: gl.constexpr):
         """FA3's order with ping-pong: per tile j, wait for this warpgroup's turn, issue
         Q.K^T(j) and P.V(j-1), pass the turn to the other warpgroup, then tile j's softmax while
-        P.V(j-1) (and the other warpgroup's matmuls) run."""
+        P.V(j-1) (and the other warpgroup's matmuls) run; then release K(j) and V(j-1)'s slots
+        with one arrival. Turns are hardware named barriers (:data:`.gluon_ptx.PINGPONG_BARRIERS`,
+        warpgroup WG waits at BAR0 + WG): warpgroup 1 arrives at warpgroup 0's once up front and
+        skips its last arrival, so every barrier ends balanced."""
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
-         k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
-         q_scale, k_scale, v_scale, STAGES) = args  # fmt: skip
+         empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
+         v_scale, STAGES) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         D: gl.constexpr = k_desc.block_type.shape[3]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
         dtype: gl.constexpr = v_desc.dtype
-        SHIFT: gl.constexpr = 8.0 if FP8 else 0.0
+        SHIFT: gl.constexpr = _SHIFT_FP8 if FP8 else _SHIFT_BF16
+        TAU: gl.constexpr = _TAU_FP8 if FP8 else _TAU_BF16
+        BAR0: gl.constexpr = _BAR0
         KI: gl.constexpr = 32 if FP8 else 16  # wgmma's K per instruction: 32 bytes
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, KI]
@@ -246,41 +264,45 @@ if HAS_GLUON:
         alpha = gl.full([HALF], 1.0, gl.float32, layout=row_o)
         mbarrier.wait(q_bars.index(WG), 0)
         if cnt > 0:  # tile 0: Q.K^T only
-            mbarrier.wait(sched.index(WG), 1 - WG)
+            if WG == 1:
+                named_barrier_arrive(BAR0)  # warpgroup 0 goes first
+            named_barrier_sync(BAR0 + WG)
             mbarrier.wait(k_full.index(0), 0)
             s_tok = warpgroup_mma(q, k_smem.index(0).reshape([BN, D]).permute((1, 0)), s,
                                   use_acc=False, is_async=True)  # fmt: skip
-            mbarrier.arrive(sched.index(1 - WG), count=1)
+            if WG == 0 or cnt > 1:
+                named_barrier_arrive(BAR0 + 1 - WG)
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
-            mbarrier.arrive(k_empty.index(0), count=1)
+            mbarrier.arrive(empty.index(0), count=1)
             if cnt == 1:
                 s = _mask_keys(s, idx_base, 0, kvl, BN, col_s)
             sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, 0, FP8)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT, FP8)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT,
+                                               TAU, FP8)  # fmt: skip
         for j in range(1, cnt):
             slot = j % STAGES
             pslot = (j - 1) % STAGES
             sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, j, FP8)  # loads in flight early
-            # warpgroup 0 goes first: its turn j needs warpgroup 1's arrival j-1
-            mbarrier.wait(sched.index(WG), (j & 1) ^ (1 - WG))
+            named_barrier_sync(BAR0 + WG)
             mbarrier.wait(k_full.index(slot), (j // STAGES) & 1)
             s_tok = warpgroup_mma(q, k_smem.index(slot).reshape([BN, D]).permute((1, 0)), s,
                                   use_acc=False, is_async=True)  # fmt: skip
-            acc = acc * gl.expand_dims(alpha, 1)
+            acc = rescale_rows(acc, alpha)
             mbarrier.wait(v_full.index(pslot), ((j - 1) // STAGES) & 1)
             acc_tok = warpgroup_mma(_p_operand(p, p_layout, FP8),
                                     _v_operand(v_smem, pslot, BN, D, FP8), acc,
                                     is_async=True)  # fmt: skip
-            mbarrier.arrive(sched.index(1 - WG), count=1)
+            if WG == 0 or j < cnt - 1:
+                named_barrier_arrive(BAR0 + 1 - WG)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
-            mbarrier.arrive(k_empty.index(slot), count=1)
             if j == cnt - 1:  # only the last listed block can hold padded keys
                 s = _mask_keys(s, idx_base, j, kvl, BN, col_s)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT, FP8)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT,
+                                               TAU, FP8)  # fmt: skip
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
-            mbarrier.arrive(v_empty.index(pslot), count=1)
+            mbarrier.arrive(empty.index(slot), count=1)  # K(j) and V(j-1) read
         if cnt > 0:
-            acc = acc * gl.expand_dims(alpha, 1)
+            acc = rescale_rows(acc, alpha)
             slot = (cnt - 1) % STAGES
             mbarrier.wait(v_full.index(slot), ((cnt - 1) // STAGES) & 1)
             acc = warpgroup_mma(
@@ -324,21 +346,17 @@ if HAS_GLUON:
         q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         k_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        sched = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(2):
             mbarrier.init(q_bars.index(i), count=1)
-            mbarrier.init(sched.index(i), count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(k_full.index(i), count=1)
             mbarrier.init(v_full.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
-            mbarrier.init(v_empty.index(i), count=2)
+            mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
 
         args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full,
-                v_full, k_empty, v_empty, sched, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q,
-                qk_scale, q_scale, k_scale, v_scale, STAGES)  # fmt: skip
+                v_full, empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
+                q_scale, k_scale, v_scale, STAGES)  # fmt: skip
         gl.warp_specialize(
             [(_consumer, (args, 0, FP8)), (_consumer, (args, 1, FP8)), (_producer, (args, 0, FP8))],
             [4, 1],
@@ -346,12 +364,10 @@ if HAS_GLUON:
         )
         for i in gl.static_range(2):
             mbarrier.invalidate(q_bars.index(i))
-            mbarrier.invalidate(sched.index(i))
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(k_full.index(i))
             mbarrier.invalidate(v_full.index(i))
-            mbarrier.invalidate(k_empty.index(i))
-            mbarrier.invalidate(v_empty.index(i))
+            mbarrier.invalidate(empty.index(i))
 
 
 def block_sparse_attention_gluon(
