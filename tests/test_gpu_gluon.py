@@ -123,9 +123,12 @@ FP8_REL_L2 = 0.12
 @pytest.mark.parametrize("n", [3000, 67576, 119056])
 @pytest.mark.parametrize("stages", [2, 3, 4])
 def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stages):
-    """precision='fp8': against fp64 on sampled query blocks within the fp8 budget (errors
-    printed), and against the Triton Hopper kernel's fp8 path (same quantized operands, same
-    2**8 shift of P) far inside it; empty rows, key padding, B=2."""
+    """precision='fp8': against fp64 on sampled query blocks within the fp8 budget and no
+    worse than the Triton Hopper kernel's fp8 path on the same blocks (errors printed); LSE
+    equal to that kernel's, outputs close to it: both round P to e4m3, but at different scales
+    (the Gluon kernel's lazy row maximum and 2**6 shift against the running maximum and 2**8),
+    so their difference is two independent roundings (measured 2.8-3.2e-2 relative L2) where
+    it was 1.6e-5 with the same scale; empty rows, key padding, B=2."""
     from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
     from xattn_video.kernels.sparse_attention_hopper import block_sparse_attention_hopper
     from xattn_video.kernels.tuning import SAFE_HOPPER
@@ -150,16 +153,20 @@ def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stag
     torch.testing.assert_close(lse[ok], t_lse[ok], rtol=0, atol=1e-3)
     agree = ((out.float() - t_out.float()).norm() / t_out.float().norm()).item()
     key_ok = torch.arange(n, device="cuda")[None, :] < kv_len[:, None]
-    diffs, refs = [], []
+    diffs, t_diffs, refs = [], [], []
     for qb in sorted({0, 2, nb // 2, nb - 1}):
         r0, r1 = qb * 128, min(n, (qb + 1) * 128)
         tok = (mask[:, :, qb].repeat_interleave(128, -1)[..., :n] & key_ok[:, None, :])[:, :, None]
         exact = naive_attention(q[:, :, r0:r1], k, v, tok, dtype=torch.float64).nan_to_num(0.0)
         diffs.append((out[:, :, r0:r1].double() - exact).flatten())
+        t_diffs.append((t_out[:, :, r0:r1].double() - exact).flatten())
         refs.append(exact.flatten())
     diff, ref = torch.cat(diffs), torch.cat(refs)
     rel = (diff.norm() / ref.norm()).item()
+    t_rel = (torch.cat(t_diffs).norm() / ref.norm()).item()
     print(f"gluon fp8 n={n} stages={stages}: max {diff.abs().max():.3e} "
-          f"mean {diff.abs().mean():.3e} rel_l2 {rel:.3e} vs triton fp8 {agree:.1e}")  # fmt: skip
+          f"mean {diff.abs().mean():.3e} rel_l2 {rel:.3e} (triton fp8 {t_rel:.3e}) "
+          f"vs triton fp8 {agree:.1e}")  # fmt: skip
     assert rel < FP8_REL_L2
-    assert agree < 1e-2, agree
+    assert rel < 1.1 * t_rel, (rel, t_rel)
+    assert agree < 0.05, agree
