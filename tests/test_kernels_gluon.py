@@ -3,9 +3,12 @@ the ptxas that ships with Triton), bf16 and fp8, with its three partitions and r
 re-allocation, without register spills and within Hopper's shared memory. Its numbers are checked
 on the GPU (tests/test_gpu_gluon.py)."""
 
+import re
+
 import pytest
 import torch
 
+from xattn_video.kernels import gluon_ptx
 from xattn_video.kernels import sparse_attention_gluon as sag
 
 from ._gluon_compile import assert_no_spills, assert_ws_partitions, compile_sm90
@@ -77,6 +80,27 @@ def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision):
         precision == "fp8"
     )
     assert_no_spills(tmp_path)
+    assert_pingpong_and_rescale(ptx_text, stages)
+
+
+def assert_pingpong_and_rescale(ptx: str, stages: int) -> None:
+    """The consumers take turns on hardware named barriers of 256 threads whose ids no barrier
+    of Triton's own uses; the ring has one "empty" mbarrier per slot (K and V released
+    together: 2 + 3 x stages mbarriers, was 2 + 2 + 4 x stages with separate K / V releases and
+    the two mbarrier turns); the rescale sits behind a warp vote."""
+    fixed_ids = {int(i) for i in re.findall(r"\b(?:bar|barrier)\.(?:sync|arrive)\s+(\d+)", ptx)}
+    assert fixed_ids and not fixed_ids & set(gluon_ptx.PINGPONG_BARRIERS), fixed_ids
+    assert re.search(r"bar\.sync %r\d+, 256;", ptx) and re.search(r"bar\.arrive %r\d+, 256;", ptx)
+    assert ptx.count("mbarrier.init") == 2 + 3 * stages
+    assert "vote.sync.any.pred" in ptx and "@!q bra.uni SKIP;" in ptx
+
+
+def test_rescale_ptx_multiplies_every_value_by_its_own_alpha_behind_the_flag():
+    assert gluon_ptx.rescale_asm(2) == (
+        "{ .reg .pred q; setp.neu.f32 q, $6, 0f00000000; @!q bra.uni SKIP; "
+        "mul.f32 $0, $0, $4; mul.f32 $1, $1, $5; SKIP: }"
+    )
+    assert gluon_ptx.rescale_constraints(2) == "=r,=r,0,1,r,r,r,r"
 
 
 @needs_gluon

@@ -10,30 +10,36 @@ b, h), 12 warps in three partitions (FlashAttention-3's structure):
   before V of tile j-1), waiting on per-slot "empty" mbarriers;
 * two consumer warpgroups (240 registers each), one per 64-row half of the query block, each
   with its own online softmax. Per key tile j a consumer issues Q.K^T(j) and P.V(j-1) on the
-  tensor cores, then runs tile j's softmax while P.V(j-1) runs; a slot is released (an arrival
-  on its "empty" mbarrier, count 2) once the consumer's wgmma that read it is done;
-* ping-pong: the two consumers take turns issuing their matmuls (two "turn" mbarriers), so one
-  warpgroup's softmax runs while the other's matmuls hold the tensor cores.
+  tensor cores, then runs tile j's softmax while P.V(j-1) runs; K(j) and V(j-1) are released
+  together (one arrival on slot j's "empty" mbarrier, count 2) once both wgmmas are done;
+* ping-pong: the two consumers take turns issuing their matmuls on two hardware named
+  barriers (:mod:`.gluon_ptx`, FA3's way; Gluon's mbarrier arrive costs a warpgroup bar.sync),
+  so one warpgroup's softmax runs while the other's matmuls hold the tensor cores.
 
 The softmax takes the row maximum of the raw logits and folds the scale into one FMA per
-element (``exp2(s * scale - m)``); only the last listed block can hold padded keys, so only its
+element (``exp2(s * scale - m)``). The maximum is lazy (FA4): a row's reference moves only when
+a tile's maximum exceeds it by more than :data:`TAU`, so alpha is exactly 1 on most tiles and
+the accumulator's rescale is skipped by warps whose 16 rows all kept theirs
+(:func:`.gluon_ptx.rescale_rows`). Only the last listed block can hold padded keys, so only its
 tile is masked.
 
 ``precision="fp8"`` (bf16/fp16 inputs quantized here, :mod:`.fp8`): Q and K in e4m3 with one
-scale per (b, h, 128-token block), folded into each tile's softmax scale; P shifted by 2**8 and
-cast to e4m3 (small probabilities stay out of subnormals; l carries the same factor); V^T in
-e4m3 with one scale per (b, h). Both matmuls run on the fp8 tensor cores; O goes out through
-its own bf16 buffers. P goes to the e4m3 A operand without moving between threads: its keys
-are reordered within each 32 (:func:`_wgmma_fp8_key_order`; V^T is quantized in the same key
-order) and packed 4 per register next to the P.V matmul (:func:`_p_operand`).
+scale per (b, h, 128-token block), folded into each tile's softmax scale; P shifted by 2**6
+(:data:`SHIFT`: small probabilities stay out of subnormals, the largest P, 2**(6 + TAU) = 256,
+under e4m3's 448; l carries the same factor) and cast to e4m3; V^T in e4m3 with one scale per
+(b, h). Both matmuls run on the fp8 tensor cores; O goes out through its own bf16 buffers. P
+goes to the e4m3 A operand without moving between threads: its keys are reordered within each
+32 (:func:`_wgmma_fp8_key_order`; V^T is quantized in the same key order) and packed 4 per
+register next to the P.V matmul (:func:`_p_operand`).
 
-Measured on one H200 (triton 3.6, 24 heads, head dim 128; benchmarks/probe_gluon.py,
-bench_attention.py, docs/results/probe_gluon*_h200.json, bench_attention_h200_6f8035e.json):
-bf16 557-631 effective TFLOP/s at densities 0.1-1.0, 0.97-1.11x cuDNN's dense rate in the same
-run, vs 443-489 for the Triton Hopper kernel; without ping-pong the same partitions reach only
-502-528. fp8: 697-814 TFLOP/s (1.22-1.42x cuDNN at 67k and 119k tokens), 1.12-1.36x the
-Triton fp8 kernel; before the key order (shuffles and byte re-packing of P: 47% more
-instructions under ncu, docs/results/ncu_gluon_fp8_*) 653-708.
+Measured on one H200 (triton 3.6, 24 heads, head dim 128; benchmarks/bench_attention.py,
+docs/results/bench_attention_h200_cdbfe40.json, probe_gluon*_h200.json): bf16 577-657 effective
+TFLOP/s at densities 0.1-1.0, 1.00-1.16x cuDNN's dense rate in the same run, vs 435-492 for the
+Triton Hopper kernel. fp8: 735-852 TFLOP/s (1.30-1.50x cuDNN at 67k and 119k tokens), 1.19-1.46x
+the Triton fp8 kernel. Named barriers, the joint release and the lazy rescale together: fp8
+3.4-4.5% faster at densities 0.3-1.0, bf16 up to 2.4% (probe_gluon_sync_lazy_h200.json); before
+the key order (shuffles and byte re-packing of P: 47% more instructions under ncu,
+docs/results/ncu_gluon_fp8_*) fp8 ran at 653-708.
 
 Not supported: GPUs other than sm90 (wgmma: Blackwell has none), block sizes other than 128,
 fp32 inputs, causal masks, backward.
@@ -391,7 +397,7 @@ def block_sparse_attention_gluon(
     (B,) int. Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N)
     float32 (natural log). ``stages``: K/V ring depth (2 or 3; fp8 also 4). ``precision``:
     "bf16" (the inputs' dtype) or "fp8": Q and K in e4m3 with one scale per (b, h, block), V
-    in e4m3 with one scale per (b, h) (:mod:`.fp8`), P in e4m3 scaled by 2**8.
+    in e4m3 with one scale per (b, h) (:mod:`.fp8`), P in e4m3 scaled by 2**6 (:data:`SHIFT`).
     """
     if not HAS_GLUON:
         raise RuntimeError(f"the Gluon kernel needs Triton >= {'.'.join(map(str, MIN_TRITON))} "

@@ -1,0 +1,44 @@
+"""The Gluon A/B probe (benchmarks/probe_gluon_ab.py) on CPU: a variant of the kernel source
+loads as its own module inside the kernels package (its relative imports resolve, its
+constants are its own), and a variant that names no file is refused before any GPU work."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks" / "probe_gluon_ab.py"
+
+
+def _probe():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("probe_gluon_ab", BENCH)
+        probe = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(probe)
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return probe
+
+
+def test_variant_loads_with_its_own_constants(tmp_path):
+    import xattn_video.kernels.sparse_attention_gluon as installed
+
+    src = Path(installed.__file__).read_text()
+    old = 'TAU = {"bf16": 8.0, "fp8": 2.0}'
+    assert old in src
+    path = tmp_path / "sag_tau4.py"
+    path.write_text(src.replace(old, 'TAU = {"bf16": 4.0, "fp8": 2.0}'))
+    variant = _probe().load_variant("tau4", str(path))
+    assert variant.__name__ == "xattn_video.kernels._ab_tau4"
+    assert variant.TAU == {"bf16": 4.0, "fp8": 2.0}
+    assert installed.TAU == {"bf16": 8.0, "fp8": 2.0}
+    assert callable(variant.block_sparse_attention_gluon)
+
+
+def test_variant_without_a_file_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _probe().main([f"old={tmp_path / 'missing.py'}"])
+    assert "expected name=path to an existing file" in capsys.readouterr().err
