@@ -6,10 +6,10 @@
   warpgroup ``bar.sync``, and Triton 3.6 adds another ``bar.sync`` before the wait that follows
   it; a named barrier is one instruction per side. Ids :data:`PINGPONG_BARRIERS` are above those
   Triton's warp specialization uses (0-2: the default partition, the whole CTA, a worker
-  partition; ``tests/test_gluon_compile.py`` checks the compiled kernel).
+  partition; ``tests/test_kernels_gluon.py`` checks the compiled kernel).
 * :func:`rescale_rows`: the online softmax's ``acc * alpha`` behind a warp-uniform branch, so
   warps whose 16 rows all have ``alpha == 1`` (the lazy row maximum did not move) skip the
-  64 multiplies per thread.
+  accumulator's multiplies (64 per thread at head dim 128).
 * :func:`pack_e4m3`: fp32 to e4m3, 4 values per register (``cvt.rn.satfinite.e4m3x2``).
 
 Not supported: anything but sm90 PTX; more or fewer than two 4-warp consumer warpgroups
