@@ -110,3 +110,42 @@ def test_compile_below_hook_picks_the_timing(kwargs, graphs, monkeypatch):
     compile_below_hook(model, **kwargs)
     assert auto.graph_timing is graphs
     assert auto.decisions == ({} if graphs else {0: True})  # re-decided on the new timing
+
+
+def test_the_key_holds_the_precisions(monkeypatch):
+    """fp8 attention or an fp8 estimate is measured on its own: its times go under another key
+    (and another cache file version than the bf16-only keys had)."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    args = (torch.device("cuda", 0), torch.bfloat16, 48, 128, 128, 8)
+    bf16 = cm.cost_key(*args)
+    fp8 = cm.cost_key(*args, precision="fp8")
+    both = cm.cost_key(*args, precision="fp8", estimate_precision="fp8")
+    assert (bf16.precision, bf16.estimate_precision) == ("bf16", "bf16")
+    assert (both.precision, both.estimate_precision) == ("fp8", "fp8")
+    assert len({bf16.id(), fp8.id(), both.id()}) == 3
+    assert cm.cache_path().name == "cost_model_v4.json"
+    with pytest.raises(ValueError, match="estimate_precision must be 'bf16' or 'fp8'"):
+        cm.cost_key(*args, estimate_precision="fp16")
+
+
+@pytest.mark.parametrize("precision, estimate_precision", [("bf16", "bf16"), ("fp8", "fp8"),
+                                                           ("bf16", "fp8")])  # fmt: skip
+def test_auto_dense_asks_for_the_configs_precisions(precision, estimate_precision, monkeypatch):
+    """The decision for a config with fp8 attention / estimate uses that calibration, not the
+    bf16 one (which over-states the fp8 sparse path's cost)."""
+    from types import SimpleNamespace
+
+    import xattn_video as xv
+    from xattn_video.auto_dense import AutoDense
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    keys = []
+    monkeypatch.setattr(cm, "lookup", lambda key: keys.append(key) or CAL)
+    cfg = xv.XAttentionConfig(precision=precision, estimate_precision=estimate_precision)
+    auto = AutoDense(cfg, SimpleNamespace(feedback={}))
+    auto._shapes[3] = ("bfloat16", 24, 128, 4096, 0)
+    auto._decide(3)
+    assert [(k.precision, k.estimate_precision, k.heads, k.head_dim) for k in keys] == [
+        (precision, estimate_precision, 24, 128)
+    ]
+    assert 3 in auto.decisions

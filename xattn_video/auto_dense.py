@@ -99,8 +99,9 @@ class AutoDense:
         cfg = self.cfg
         device = torch.device("cuda", index)
         key = cost_model.cost_key(
-            device, getattr(torch, dtype), heads, head_dim, cfg.block_size, cfg.stride
-        )
+            device, getattr(torch, dtype), heads, head_dim, cfg.block_size, cfg.stride,
+            precision=cfg.precision, estimate_precision=cfg.estimate_precision,
+        )  # fmt: skip
         cal = cost_model.lookup(key) or cost_model.calibrate(key, device)
         pred = cost_model.predict(
             cal,

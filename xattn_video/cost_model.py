@@ -14,6 +14,9 @@ more than ``MAX_DENSE_MS``):
   kernel, the per-sample sort and the budget kernel) and the CSR index lists;
 - ``attn_min`` / ``attn_full``: the block-sparse kernel with one key block per query row and
   with every block (with the op's non-finite flag and NaN kernels around it);
+  the estimate and the sparse kernel in the call's precisions (``precision`` /
+  ``estimate_precision``: "bf16" or "fp8", part of the key; dense stays SDPA in the inputs'
+  dtype, what the stock processors run);
 - ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four).
 
 Each is timed twice: with back-to-back launches (``eager``: includes the CPU launch cost where
@@ -42,7 +45,8 @@ matrix and runs masked SDPA; it exists to check correctness, is never faster tha
 the CPU runs (tests, the CPU demo) are meant to show what the sparse path computes.
 
 Not supported: multi-GPU calibration sharing (each GPU name is measured on its own), dense
-baselines other than SDPA (e.g. FlashAttention-3 would move the break-even point), FP8.
+baselines other than SDPA (e.g. FlashAttention-3 would move the break-even point; so would an
+fp8 dense kernel for fp8 calls).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ import torch.nn.functional as F
 
 from .atomic import write_text
 from .attention import estimate_block_mask
-from .kernels._common import cdiv, kv_len_tensor
+from .kernels._common import cdiv, check_precision, kv_len_tensor
 from .kernels.select import mask_to_indices
 from .library import block_csr, sparse_attention
 
@@ -70,7 +74,8 @@ MARGIN = 0.95
 
 N_GRID = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 MAX_DENSE_MS = 30.0
-CACHE_VERSION = 3  # 2: overhead on the fused selection path with a budget; 3: graph times
+CACHE_VERSION = 4  # 2: overhead on the fused selection path with a budget; 3: graph times;
+# 4: the precisions in the key
 _MEMO: dict[str, Calibration] = {}
 
 
@@ -86,6 +91,8 @@ class CostKey:
     head_dim: int
     block_size: int
     stride: int
+    precision: str = "bf16"
+    estimate_precision: str = "bf16"
 
     def id(self) -> str:
         return "|".join(str(v) for v in asdict(self).values())
@@ -134,8 +141,14 @@ def cost_key(
     head_dim: int,
     block_size: int,
     stride: int,
+    *,
+    precision: str = "bf16",
+    estimate_precision: str = "bf16",
 ) -> CostKey:
-    """The calibration key of a call on ``device`` (a CUDA device)."""
+    """The calibration key of a call on ``device`` (a CUDA device); ``precision`` /
+    ``estimate_precision``: the sparse kernel's and the estimate's ("bf16" or "fp8")."""
+    for name, value in (("precision", precision), ("estimate_precision", estimate_precision)):
+        check_precision(value, name)
     try:
         import triton
 
@@ -145,6 +158,7 @@ def cost_key(
     return CostKey(
         torch.cuda.get_device_name(device), torch.__version__, triton_version,
         str(dtype).removeprefix("torch."), int(heads), int(head_dim), int(block_size), int(stride),
+        precision, estimate_precision,
     )  # fmt: skip
 
 
@@ -247,7 +261,7 @@ def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
         def overhead(q=q, k=k, lens=lens, n=n):
             mask = estimate_block_mask(
                 q, k, threshold=0.9, stride=S, block_size=bs, kv_len=lens, max_density=0.5,
-                backend="triton",
+                backend="triton", precision=key.estimate_precision,
             )  # fmt: skip
             return block_csr(mask, kv_len=lens, block_size=bs, n_k=n)
 
@@ -258,7 +272,7 @@ def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
             counts, idx = mask_to_indices(m)
             attn[name] = lambda c=counts, i=idx, q=q, k=k, v=v, lens=lens: sparse_attention(
                 q, k, v, c, i, kv_len=lens, block_size=bs, scale=None, return_lse=False,
-                use_triton=True,
+                use_triton=True, precision=key.precision,
             )  # fmt: skip
         perm = torch.randperm(n, device=q.device)
         fns = {
