@@ -14,10 +14,11 @@ more than ``MAX_DENSE_MS``):
   kernel, the per-sample sort and the budget kernel) and the CSR index lists;
 - ``attn_min`` / ``attn_full``: the block-sparse kernel with one key block per query row and
   with every block (with the op's non-finite flag and NaN kernels around it);
-  the estimate and the sparse kernel in the call's precisions (``precision`` /
-  ``estimate_precision``: "bf16" or "fp8", part of the key; dense stays SDPA in the inputs'
-  dtype, what the stock processors run);
 - ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four).
+
+The estimate and the sparse kernel run in the call's precisions (``precision`` /
+``estimate_precision``, "bf16" or "fp8", part of the key); dense stays SDPA in the inputs'
+dtype, what the stock processors run.
 
 Each is timed twice: with back-to-back launches (``eager``: includes the CPU launch cost where
 that dominates, what eager mode and a compiled graph without CUDA graphs pay) and replayed
