@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from .kernels._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable
+from .kernels._common import HAS_TRITON, cdiv, check_precision, kv_len_tensor, triton_usable
 from .kernels.nonfinite import nonfinite_rows_ref
 from .kernels.select import select_blocks, valid_key_blocks
 from .kernels.select_fused import MAX_BLOCKS as MAX_FUSED_BLOCKS
@@ -250,8 +250,7 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
         )
     mask = mask.to(q.device).expand(B, H, nbq, nbk)
     backend = resolve_backend(backend, q)
-    if precision not in ("bf16", "fp8"):
-        raise ValueError(f"precision must be 'bf16' or 'fp8', got {precision!r}")
+    check_precision(precision)
     if precision == "fp8" and backend != "triton":
         raise ValueError("precision='fp8' needs backend='triton' on an sm90+ GPU")
     check_triton_head_dim(backend, D)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .attention import BACKENDS, BLOCK_SIZES, STRIDES
+from .op_checks import check_precision
 
 SELECTIONS = ("threshold", "ratio")
 TEXT_POLICIES = ("dense", "sparse")
@@ -160,14 +161,10 @@ class XAttentionConfig:
             raise ValueError(f"auto_dense must be a bool, got {self.auto_dense!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.precision not in ("bf16", "fp8"):
-            raise ValueError(f"precision must be 'bf16' or 'fp8', got {self.precision!r}")
+        check_precision(self.precision)
         if self.precision == "fp8" and self.backend == "torch":
             raise ValueError("precision='fp8' needs backend 'triton' or 'auto' (Hopper GPUs)")
-        if self.estimate_precision not in ("bf16", "fp8"):
-            raise ValueError(
-                f"estimate_precision must be 'bf16' or 'fp8', got {self.estimate_precision!r}"
-            )
+        check_precision(self.estimate_precision, "estimate_precision")
         if any(int(i) < 0 for i in self.dense_layers):
             raise ValueError(f"dense_layers must be non-negative, got {self.dense_layers}")
         object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))

@@ -58,7 +58,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import LOG2E, cdiv, kv_len_tensor
+from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
 from .fp8 import quantize_fp8_qk
 from .sparse_attention_gluon import HAS_GLUON, MAXNREG, MIN_TRITON
 
@@ -357,9 +357,10 @@ def estimate_block_scores_gluon(
     if block_size != 128 or S not in STRIDES or D not in (64, 128):
         raise ValueError(f"the Gluon estimate takes block_size 128, stride {STRIDES} and head "
                          f"dim 64/128, got {block_size} / {S} / {D}")  # fmt: skip
-    if precision not in ("bf16", "fp8") or block_n not in (64, 128, 256) or not 2 <= stages <= 8:
-        raise ValueError(f"precision must be 'bf16' or 'fp8', block_n 64, 128 or 256 and stages "
-                         f"2-8, got {precision!r} / {block_n} / {stages}")  # fmt: skip
+    check_precision(precision)
+    if block_n not in (64, 128, 256) or not 2 <= stages <= 8:
+        raise ValueError(f"the Gluon estimate takes block_n 64, 128 or 256 and stages 2-8, "
+                         f"got {block_n} / {stages}")  # fmt: skip
     ring = ring_bytes(block_n, stages, D, precision)
     if ring > SMEM_RING_MAX:
         raise ValueError(f"{stages} ring slots of {block_n} key groups take {ring} bytes of shared "

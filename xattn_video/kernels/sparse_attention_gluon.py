@@ -51,7 +51,7 @@ import math
 
 import torch
 
-from ._common import LOG2E, cdiv, kv_len_tensor
+from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
 from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
 from .gluon_ptx import PINGPONG_BARRIERS
 
@@ -408,9 +408,9 @@ def block_sparse_attention_gluon(
     if block_size != 128 or D not in (64, 128):
         raise ValueError(f"the Gluon kernel takes block_size 128 and head dim 64/128, got "
                          f"{block_size} / {D}")  # fmt: skip
-    if precision not in ("bf16", "fp8") or stages not in ((2, 3, 4) if fp8 else (2, 3)):
-        raise ValueError(f"precision must be 'bf16' or 'fp8' and stages 2 or 3 (fp8: up to 4), "
-                         f"got {precision!r} / {stages}")  # fmt: skip
+    check_precision(precision)
+    if stages not in ((2, 3, 4) if fp8 else (2, 3)):
+        raise ValueError(f"the Gluon kernel takes stages 2 or 3 (fp8: up to 4), got {stages}")
     if q.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the Gluon kernel takes bf16/fp16 inputs, got {q.dtype}")
     scale = 1.0 / math.sqrt(D) if scale is None else scale

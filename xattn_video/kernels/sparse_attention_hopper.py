@@ -25,9 +25,10 @@ portable TMA kernel's 440-490 TFLOP/s (0.77-0.86x cuDNN's dense rate). Triton 3.
 specialize the 8-warp loop (no partitions in the TTGIR) and its 4-warp specialization either
 fails in the data-partition pass or spills (211 TFLOP/s), so softmax is not overlapped with
 the wgmmas; lazy rescaling costs 4% (a tile-wide branch). That is why bf16 on sm90 at video
-sizes runs the Gluon kernel (:mod:`.sparse_attention_gluon`, 1.05-1.12x cuDNN at density >=
-0.3; fp8 there too, 1.12-1.36x this kernel's fp8 at 570-700 TFLOP/s); this kernel keeps inputs
-under 32k tokens, block size 64 and sm100.
+sizes runs the Gluon kernel (:mod:`.sparse_attention_gluon`, 1.06-1.16x cuDNN at density >=
+0.3; fp8 there too at head dim 128, 1.19-1.46x this kernel's fp8 at 570-690 TFLOP/s,
+docs/results/bench_attention_h200_cdbfe40.json); this kernel keeps inputs under 32k tokens,
+block size 64, fp8 at head dim 64 and sm100.
 
 Not supported: anything but sm90+ CUDA GPUs for compiled runs (the interpreter runs it on CPU
 for tests), fp32 inputs on GPU, head dims other than 64 and 128, block sizes under 64,
