@@ -28,7 +28,15 @@ import math
 
 import torch
 
-from ._common import HAS_TRITON, LOG2E, cdiv, check_precision, dot_precision, kv_len_tensor
+from ._common import (
+    HAS_TRITON,
+    LOG2E,
+    cdiv,
+    check_precision,
+    dot_precision,
+    interpreter_enabled,
+    kv_len_tensor,
+)
 from .fp8 import round_fp8_blocks_ref
 
 if HAS_TRITON:
@@ -82,6 +90,16 @@ def estimate_block_scores_ref(
 if HAS_TRITON:
 
     @triton.jit
+    def _log2(x, FAST: tl.constexpr):
+        """log2 of fp32 x: ``lg2.approx`` on the MUFU unit on a GPU (libdevice's ``log2f`` is
+        a polynomial of ~30 instructions), ``tl.log2`` in the interpreter."""
+        if FAST:
+            return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x],
+                                             dtype=tl.float32, is_pure=True, pack=1)  # fmt: skip
+        else:
+            return tl.log2(x)
+
+    @triton.jit
     def _estimate_fwd_kernel(
         Q, K, LSE_BUF, OUT, KV_LEN, Q_SCALE, K_SCALE,
         stride_qb, stride_qh, stride_qn, stride_qd,
@@ -93,6 +111,7 @@ if HAS_TRITON:
         S: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_TILE: tl.constexpr,
         PRECISION: tl.constexpr, FLATTEN: tl.constexpr, FP8: tl.constexpr,
+        FAST_LOG2: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -139,20 +158,22 @@ if HAS_TRITON:
                     other=0.0,
                 )
                 acc = tl.dot(qs, tl.trans(ks), acc, input_precision=PRECISION)
-            if FP8:
-                k_sc = tl.load(
-                    K_SCALE + pid_bh * stride_sk + offs_n // G, mask=offs_n < n_kg, other=1.0
-                )
-                logits = acc * row_scale[:, None] * k_sc[None, :]
-            else:
-                logits = acc * row_scale[:, None]
-            logits = tl.where(offs_n[None, :] < n_kg, logits, float("-inf"))
-            l3 = tl.reshape(logits, [BLOCK_M, KB_PER_TILE, G])
-            bmax = tl.max(l3, axis=2)
-            bmax_safe = tl.where(bmax == float("-inf"), 0.0, bmax)
-            bsum = tl.sum(tl.exp2(l3 - bmax_safe[:, :, None]), axis=2)
-            blse = bmax_safe + tl.log2(bsum)  # -inf for blocks with no valid key
             offs_kb = start_n // G + tl.arange(0, KB_PER_TILE)
+            # the scale (per row, and per key block in fp8; > 0) is folded into the exponent's
+            # FMA: the block max is taken on the raw logits
+            if FP8:
+                k_sc = tl.load(K_SCALE + pid_bh * stride_sk + offs_kb, mask=offs_kb < N_BK,
+                               other=1.0)  # fmt: skip
+                sc = row_scale[:, None] * k_sc[None, :]
+            else:
+                sc = tl.broadcast_to(row_scale[:, None], [BLOCK_M, KB_PER_TILE])
+            raw = tl.where(offs_n[None, :] < n_kg, acc, float("-inf"))
+            l3 = tl.reshape(raw, [BLOCK_M, KB_PER_TILE, G])
+            bmax_raw = tl.max(l3, axis=2)
+            bmax_safe = tl.where(bmax_raw == float("-inf"), 0.0, bmax_raw) * sc
+            bsum = tl.sum(tl.exp2(l3 * sc[:, :, None] - bmax_safe[:, :, None]), axis=2)
+            blse = bmax_safe + _log2(bsum, FAST_LOG2)  # -inf for blocks with no valid key
+            bmax = bmax_raw * sc
             tl.store(
                 l_base + offs_m[:, None] * stride_lm + offs_kb[None, :],
                 blse,
@@ -271,6 +292,6 @@ def estimate_block_scores(
         LOG2E / (math.sqrt(D) * S),
         S=S, G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=32,
         PRECISION=dot_precision(q.dtype), FLATTEN=flatten, FP8=fp8,
-        num_warps=num_warps, num_stages=num_stages,
+        FAST_LOG2=not interpreter_enabled(), num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
