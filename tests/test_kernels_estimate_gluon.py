@@ -154,3 +154,16 @@ def test_estimate_rejects_an_unknown_kernel_name():
     q = torch.zeros(1, 1, 256, 64)
     with pytest.raises(ValueError, match="kernel must be"):
         estimate_block_scores(q, q, stride=8, block_size=128, kernel="cuda")
+
+
+def test_estimate_log2_follows_the_measured_table():
+    """lg2.approx everywhere except the configs measured faster with libdevice's log2f (the
+    H200's bf16 stride-16 tiles spill with it)."""
+    from xattn_video.kernels.tuning import ESTIMATE_LIBDEVICE_LOG2, estimate_fast_log2
+
+    assert ("NVIDIA H200", "bf16", 16, 128) in ESTIMATE_LIBDEVICE_LOG2
+    assert not estimate_fast_log2("NVIDIA H200", "bf16", 16, 128)
+    assert estimate_fast_log2("NVIDIA H200", "bf16", 8, 128)
+    assert estimate_fast_log2("NVIDIA H200", "fp8", 16, 128)
+    assert estimate_fast_log2("NVIDIA H100 80GB HBM3", "bf16", 16, 128)
+    assert estimate_fast_log2(None, "bf16", 16, 128)

@@ -42,3 +42,26 @@ def test_variant_without_a_file_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _probe().main([f"old={tmp_path / 'missing.py'}"])
     assert "expected name=path to an existing file" in capsys.readouterr().err
+
+
+def test_estimate_probe_loads_an_estimate_variant_and_refuses_a_missing_file(tmp_path):
+    """benchmarks/probe_estimate_ab.py loads a copy of estimate.py through the same loader and
+    refuses a variant that names no file before any GPU work."""
+    import xattn_video.kernels.estimate as installed
+
+    path = tmp_path / "estimate_old.py"
+    path.write_text(Path(installed.__file__).read_text())
+    variant = _probe().load_variant("est_old", str(path))
+    assert variant.__name__ == "xattn_video.kernels._ab_est_old"
+    assert variant.estimate_block_scores is not installed.estimate_block_scores
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "probe_estimate_ab", BENCH.parent / "probe_estimate_ab.py"
+        )
+        probe = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(probe)
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    with pytest.raises(SystemExit):
+        probe.main(["old=" + str(tmp_path / "missing.py")])

@@ -16,7 +16,10 @@ valid key get exactly zero.
 The Triton kernel never writes the ``(N/S) x (N/S)`` score matrix: one program owns
 ``BLOCK_M`` query groups and sweeps all key groups once, keeping an online row max / sum and
 writing only the per-(query group, key block) log-sum-exp (``block_size/S`` times smaller) to a
-scratch buffer, which it re-reads to normalise and sum per query block.
+scratch buffer, which it re-reads to normalise and sum per query block. The softmax scale is
+folded into exp2's FMA, and on a GPU the block log-sum-exp's log2 runs on the MUFU unit
+(``lg2.approx``; libdevice's ``log2f`` where :data:`.tuning.ESTIMATE_LIBDEVICE_LOG2` measured
+that faster).
 
 Not supported: causal masking, query padding (every query token is scored), different head
 counts for q and k (no GQA), head dims other than 16/32/64/128 in the Triton kernel.
@@ -263,9 +266,11 @@ def estimate_block_scores(
     ngq = cdiv(Nq, S)
     nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
+    fast_log2 = not interpreter_enabled()
     if q.is_cuda and q.dtype != torch.float32:
-        from .tuning import estimate_config, gpu_name
+        from .tuning import estimate_config, estimate_fast_log2, gpu_name
 
+        fast_log2 = estimate_fast_log2(gpu_name(q), precision, S, D)
         tuned, tuned_flatten = estimate_config(gpu_name(q), precision, S, D, Nq)
         launch = launch or (max(tuned[0], G), max(tuned[1], G), tuned[2], tuned[3])
         flatten = tuned_flatten if flatten is None else flatten
@@ -292,6 +297,6 @@ def estimate_block_scores(
         LOG2E / (math.sqrt(D) * S),
         S=S, G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=32,
         PRECISION=dot_precision(q.dtype), FLATTEN=flatten, FP8=fp8,
-        FAST_LOG2=not interpreter_enabled(), num_warps=num_warps, num_stages=num_stages,
+        FAST_LOG2=fast_log2, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -85,6 +85,21 @@ ESTIMATE_MEASURED: dict[tuple[str, str, int, int, str], tuple[tuple[int, int, in
 }
 
 
+ESTIMATE_LIBDEVICE_LOG2: frozenset[tuple[str, str, int, int]] = frozenset(
+    {("NVIDIA H200", "bf16", 16, 128)}
+)
+"""(GPU name, precision, stride, head dim) where the Triton estimate keeps libdevice's ``log2f``
+for its block log-sum-exp: with ``lg2.approx`` (the default on GPUs) that config's 64x128 tiles
+spill 76 bytes of registers instead of 16 and ran 9% slower on the H200, while bf16 S=8 ran 4%
+and fp8 S=8 / 16 7% / 2% faster (docs/results/probe_estimate_lg2_h200.json, 119,056 tokens)."""
+
+
+def estimate_fast_log2(name: str | None, precision: str, stride: int, head_dim: int) -> bool:
+    """Whether the Triton estimate takes its log2 on the MUFU unit (``lg2.approx``) for this
+    GPU / config: everywhere except :data:`ESTIMATE_LIBDEVICE_LOG2`."""
+    return (name, precision, stride, head_dim) not in ESTIMATE_LIBDEVICE_LOG2
+
+
 def estimate_config(
     name: str | None, precision: str, stride: int, head_dim: int, n: int | None = None
 ) -> tuple[tuple[int, int, int, int], bool]:
