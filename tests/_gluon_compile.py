@@ -7,7 +7,6 @@ Triton for its register / spill report.
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -79,16 +78,3 @@ def assert_no_spills(tmp_path) -> None:
     res = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(tmp_path / "k.ptx"), "-o", os.devnull],
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert "0 bytes spill stores" in res.stderr, res.stderr
-
-
-def ptx_chain_depth(ptx_text: str, op: str) -> int:
-    """Longest chain of ``op`` (e.g. "max.f32") instructions in ``ptx_text`` where each takes
-    the previous one's result: 31 + the lane levels for a row reduction done value after value,
-    5 + the lane levels for a tree."""
-    pat = re.compile(
-        r"^\s*" + re.escape(op) + r"\s+(%\w+),\s*(%\w+|[-\w.]+),\s*(%\w+|[-\w.]+);", re.M
-    )
-    depth: dict[str, int] = {}
-    for m in pat.finditer(ptx_text):
-        depth[m.group(1)] = 1 + max(depth.get(m.group(2), 0), depth.get(m.group(3), 0))
-    return max(depth.values(), default=0)

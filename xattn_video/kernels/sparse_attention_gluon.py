@@ -83,7 +83,6 @@ try:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .gluon_ptx import named_barrier_arrive, named_barrier_sync, pack_e4m3, rescale_rows
-    from .gluon_reduce import row_max, row_sum
 
     HAS_GLUON = gluon_supported(triton.__version__)
 except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
@@ -164,11 +163,11 @@ if HAS_GLUON:
         only when the tile's row maximum exceeds it by more than TAU (alpha is then exactly 1
         elsewhere). P and l are scaled by 2**SHIFT. bf16: P as the P.V operand; fp8: P in fp32,
         made the operand by :func:`_p_operand` next to its matmul."""
-        m_tile = row_max(s) * qk_scale
+        m_tile = gl.max(s, axis=1) * qk_scale
         m_new = gl.where(m_tile > m_i + TAU, m_tile, m_i)
         alpha = gl.where(m_new == m_i, 1.0, gl.exp2(m_i - m_new))
         p = gl.exp2(s * qk_scale - gl.expand_dims(m_new - SHIFT, 1))
-        l_new = l_i * alpha + row_sum(p)
+        l_new = l_i * alpha + gl.sum(p, axis=1)
         if not FP8:
             p = gl.convert_layout(p.to(dtype), p_layout)
         return p, gl.convert_layout(alpha, row_o), m_new, l_new
