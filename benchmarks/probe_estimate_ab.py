@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_ms, save_json  # noqa: E402
-from probe_gluon_ab import load_variant  # noqa: E402
+from probe_gluon_ab import load_variants  # noqa: E402
 
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
 from xattn_video.kernels.select import select_blocks  # noqa: E402
@@ -38,12 +38,9 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", default="results/probe_estimate_ab.json")
     args = p.parse_args(argv)
+    variants = load_variants(p, args.variants, prefix="est_")
     fns = {"installed": estimate_block_scores}
-    for v in args.variants:
-        name, _, path = v.partition("=")
-        if not path or not Path(path).is_file():
-            p.error(f"variant {v!r}: expected name=path to an existing file")
-        fns[name] = load_variant(f"est_{name}", path).estimate_block_scores
+    fns.update({m: mod.estimate_block_scores for m, mod in variants.items()})
     n = args.n
     g = torch.Generator(device="cuda").manual_seed(n)
     q, k = (torch.randn(1, 24, n, 128, device="cuda", generator=g).bfloat16() for _ in range(2))

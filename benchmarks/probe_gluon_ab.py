@@ -41,6 +41,18 @@ def load_variant(name: str, path: str):
     return mod
 
 
+def load_variants(p: argparse.ArgumentParser, specs: list[str], prefix: str = "") -> dict:
+    """``name=path`` specs -> {name: module loaded as ``_ab_<prefix><name>``}; a spec that names
+    no existing file is a usage error (``p.error``), raised before any GPU work."""
+    mods = {}
+    for v in specs:
+        name, _, path = v.partition("=")
+        if not path or not Path(path).is_file():
+            p.error(f"variant {v!r}: expected name=path to an existing file")
+        mods[name] = load_variant(prefix + name, path)
+    return mods
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("variants", nargs="*", help="name=path of a kernel source variant")
@@ -51,12 +63,7 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", default="results/probe_gluon_ab.json")
     args = p.parse_args(argv)
-    mods = {"installed": installed}
-    for v in args.variants:
-        name, _, path = v.partition("=")
-        if not path or not Path(path).is_file():
-            p.error(f"variant {v!r}: expected name=path to an existing file")
-        mods[name] = load_variant(name, path)
+    mods = {"installed": installed, **load_variants(p, args.variants)}
     n, H, D = args.n, 24, 128
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, H, n, D, device="cuda", generator=g).bfloat16() for _ in range(3))
