@@ -270,8 +270,9 @@ def estimate_block_scores(
     if q.is_cuda and q.dtype != torch.float32:
         from .tuning import estimate_config, estimate_fast_log2, gpu_name
 
-        fast_log2 = estimate_fast_log2(gpu_name(q), precision, S, D)
-        tuned, tuned_flatten = estimate_config(gpu_name(q), precision, S, D, Nq)
+        name = gpu_name(q)
+        fast_log2 = estimate_fast_log2(name, precision, S, D)
+        tuned, tuned_flatten = estimate_config(name, precision, S, D, Nq)
         launch = launch or (max(tuned[0], G), max(tuned[1], G), tuned[2], tuned[3])
         flatten = tuned_flatten if flatten is None else flatten
     block_m, block_n, num_warps, num_stages = launch or _estimate_launch_config(G, D, q.dtype)
