@@ -264,14 +264,22 @@ def test_config_table_lookup(monkeypatch):
 
 
 def test_estimate_config_lookup():
-    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128) == ((128, 128, 8, 3), True)
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128) == ((128, 128, 8, 3), True, True)
     assert tuning.estimate_config("NVIDIA H200", "fp8", 16, 128)[1] is True
     assert tuning.estimate_config("Some Future GPU", "bf16", 8, 128) == tuning.SAFE_ESTIMATE
     assert tuning.estimate_config("NVIDIA H200", "bf16", 4, 128) == tuning.SAFE_ESTIMATE
     # per N bucket: the head-dim-64 entry was measured below 32k tokens only
-    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 64, 17411) == ((64, 128, 4, 3), True)
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 64, 17411) == (
+        (64, 128, 4, 3),
+        True,
+        True,
+    )
     assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 64, 119056) == tuning.SAFE_ESTIMATE
-    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128, 17411) == ((128, 128, 8, 3), True)
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128, 17411) == (
+        (128, 128, 8, 3),
+        True,
+        True,
+    )
 
 
 def test_small_head_dim_64_entry():

@@ -18,7 +18,7 @@ The Triton kernel never writes the ``(N/S) x (N/S)`` score matrix: one program o
 writing only the per-(query group, key block) log-sum-exp (``block_size/S`` times smaller) to a
 scratch buffer, which it re-reads to normalise and sum per query block. The softmax scale is
 folded into exp2's FMA, and on a GPU the block log-sum-exp's log2 runs on the MUFU unit
-(``lg2.approx``; libdevice's ``log2f`` where :data:`.tuning.ESTIMATE_LIBDEVICE_LOG2` measured
+(``lg2.approx``; libdevice's ``log2f`` where :data:`.tuning.ESTIMATE_MEASURED` measured
 that faster).
 
 Not supported: causal masking, query padding (every query token is scored), different head
@@ -268,13 +268,13 @@ def estimate_block_scores(
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     fast_log2 = not interpreter_enabled()
     if q.is_cuda and q.dtype != torch.float32:
-        from .tuning import estimate_config, estimate_fast_log2, gpu_name
+        from .tuning import estimate_config, gpu_name
 
-        name = gpu_name(q)
-        fast_log2 = estimate_fast_log2(name, precision, S, D)
-        tuned, tuned_flatten = estimate_config(name, precision, S, D, Nq)
-        launch = launch or (max(tuned[0], G), max(tuned[1], G), tuned[2], tuned[3])
-        flatten = tuned_flatten if flatten is None else flatten
+        tuned = estimate_config(gpu_name(q), precision, S, D, Nq)
+        fast_log2 = tuned.fast_log2
+        bm, bn, warps, stages = tuned.tiles
+        launch = launch or (max(bm, G), max(bn, G), warps, stages)
+        flatten = tuned.flatten if flatten is None else flatten
     block_m, block_n, num_warps, num_stages = launch or _estimate_launch_config(G, D, q.dtype)
     flatten = bool(flatten)
     fp8 = precision == "fp8"

@@ -29,6 +29,7 @@ its own defaults).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -66,46 +67,46 @@ MEASURED: dict[tuple[str, str, int, str], dict] = {
     ("NVIDIA H200", "bf16", 64, "small"): dict(SAFE_HOPPER, BLOCK_M=64, num_warps=4),
 }
 
-SAFE_ESTIMATE: tuple[tuple[int, int, int, int], bool] = ((128, 128, 8, 3), False)
-"""Estimate fallback: (BLOCK_M, BLOCK_N, num_warps, num_stages), flatten (the H100 default)."""
 
-# (GPU name, precision, stride, head dim, N bucket or "any") -> ((BLOCK_M, BLOCK_N, num_warps,
-# num_stages), flatten). H200 (docs/results/bench_attention_h200*.json, N=119,056): flattening
-# the key-tile x stride loop nest removes the spills of the nested loop (S=8 bf16: 29.4 -> 25.1
-# ms); at S=16 and for fp8, 64x128 tiles with 4 warps win (fp8: S=8 17.1 ms, S=16 9.2-9.4 ms).
-# Head dim 64 below 32k tokens (docs/results/profile_small_call_h200.json, 4 heads, 17,411
-# tokens, S=8): 64x128 tiles, 4 warps, 3 stages 0.112 ms vs 0.123 for 128x128 (32-row tiles
-# 0.17-0.20: too little work per program); same masks.
-ESTIMATE_MEASURED: dict[tuple[str, str, int, int, str], tuple[tuple[int, int, int, int], bool]] = {
-    ("NVIDIA H200", "bf16", 8, 128, "any"): ((128, 128, 8, 3), True),
-    ("NVIDIA H200", "bf16", 16, 128, "any"): ((64, 128, 4, 4), True),
-    ("NVIDIA H200", "fp8", 8, 128, "any"): ((64, 128, 4, 4), True),
-    ("NVIDIA H200", "fp8", 16, 128, "any"): ((64, 128, 4, 4), True),
-    ("NVIDIA H200", "bf16", 8, 64, "small"): ((64, 128, 4, 3), True),
+class EstimateLaunch(NamedTuple):
+    """A measured launch of the Triton estimate (:mod:`.estimate`)."""
+
+    tiles: tuple[int, int, int, int]
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages)."""
+    flatten: bool
+    """Flatten the key-tile x stride loop nest into one loop."""
+    fast_log2: bool = True
+    """The block log-sum-exp's log2 on the MUFU unit (``lg2.approx``); False keeps libdevice's
+    ``log2f``, for tiles whose register budget ``lg2.approx`` pushes into spills."""
+
+
+SAFE_ESTIMATE = EstimateLaunch((128, 128, 8, 3), False)
+"""Estimate fallback (the H100 default)."""
+
+# (GPU name, precision, stride, head dim, N bucket or "any") -> launch. H200
+# (docs/results/bench_attention_h200*.json, N=119,056): flattening the key-tile x stride loop
+# nest removes the spills of the nested loop (S=8 bf16: 29.4 -> 25.1 ms); at S=16 and for fp8,
+# 64x128 tiles with 4 warps win (fp8: S=8 17.1 ms, S=16 9.2-9.4 ms). lg2.approx
+# (docs/results/probe_estimate_lg2_h200.json, 119,056 tokens): bf16 S=8 4% and fp8 S=8 / 16 7% /
+# 2% faster, but bf16 S=16's 64x128 tiles spill 76 bytes instead of 16 with it and ran 9% slower,
+# so that entry keeps log2f. Head dim 64 below 32k tokens
+# (docs/results/profile_small_call_h200.json, 4 heads, 17,411 tokens, S=8): 64x128 tiles, 4
+# warps, 3 stages 0.112 ms vs 0.123 for 128x128 (32-row tiles 0.17-0.20: too little work per
+# program); same masks.
+ESTIMATE_MEASURED: dict[tuple[str, str, int, int, str], EstimateLaunch] = {
+    ("NVIDIA H200", "bf16", 8, 128, "any"): EstimateLaunch((128, 128, 8, 3), True),
+    ("NVIDIA H200", "bf16", 16, 128, "any"): EstimateLaunch((64, 128, 4, 4), True, False),
+    ("NVIDIA H200", "fp8", 8, 128, "any"): EstimateLaunch((64, 128, 4, 4), True),
+    ("NVIDIA H200", "fp8", 16, 128, "any"): EstimateLaunch((64, 128, 4, 4), True),
+    ("NVIDIA H200", "bf16", 8, 64, "small"): EstimateLaunch((64, 128, 4, 3), True),
 }
-
-
-ESTIMATE_LIBDEVICE_LOG2: frozenset[tuple[str, str, int, int]] = frozenset(
-    {("NVIDIA H200", "bf16", 16, 128)}
-)
-"""(GPU name, precision, stride, head dim) where the Triton estimate keeps libdevice's ``log2f``
-for its block log-sum-exp: with ``lg2.approx`` (the default on GPUs) that config's 64x128 tiles
-spill 76 bytes of registers instead of 16 and ran 9% slower on the H200, while bf16 S=8 ran 4%
-and fp8 S=8 / 16 7% / 2% faster (docs/results/probe_estimate_lg2_h200.json, 119,056 tokens)."""
-
-
-def estimate_fast_log2(name: str | None, precision: str, stride: int, head_dim: int) -> bool:
-    """Whether the Triton estimate takes its log2 on the MUFU unit (``lg2.approx``) for this
-    GPU / config: everywhere except :data:`ESTIMATE_LIBDEVICE_LOG2`."""
-    return (name, precision, stride, head_dim) not in ESTIMATE_LIBDEVICE_LOG2
 
 
 def estimate_config(
     name: str | None, precision: str, stride: int, head_dim: int, n: int | None = None
-) -> tuple[tuple[int, int, int, int], bool]:
-    """Estimate launch (tiles, warps, stages) and loop flattening for this GPU at ``n`` query
-    tokens: the entry measured for this N bucket, else the one for any N, else
-    :data:`SAFE_ESTIMATE`."""
+) -> EstimateLaunch:
+    """Estimate launch for this GPU at ``n`` query tokens: the entry measured for this N bucket,
+    else the one for any N, else :data:`SAFE_ESTIMATE`."""
     if n is not None:
         hit = ESTIMATE_MEASURED.get((name, precision, stride, head_dim, n_bucket(n)))
         if hit is not None:
