@@ -10,7 +10,9 @@ head dim 128, random block scores at pinned densities, cuDNN dense timed in the 
 Usage: python benchmarks/probe_gluon_ab.py old=/tmp/sag_old.py noexp=/tmp/sag_noexp.py
        [--n 119056] [--densities 0.1 0.3 0.5 1.0] [--reps 2] [--out results/probe_gluon_ab.json]
 
-Not supported: variants whose wrapper signature differs from the installed kernel's.
+Not supported: variants whose wrapper signature differs from the installed kernel's; varying
+what the kernel imports (gluon_attention_parts: constants, epilogue; gluon_attention_pairs: the
+fp8 pair loop), which the variant takes from the installed package.
 """
 
 from __future__ import annotations

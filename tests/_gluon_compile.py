@@ -7,6 +7,7 @@ Triton for its register / spill report.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -68,8 +69,10 @@ def assert_ws_partitions(ptx_text: str, meta: dict) -> None:
     assert "bar.sync \t0;" not in ptx_text and "bar.sync \t0, 128;" in ptx_text
 
 
-def assert_no_spills(tmp_path) -> None:
-    """ptxas (sm_90a) assembles the compiled ``k.ptx`` without register spills."""
+def assert_no_spills(tmp_path, allow_bytes: int = 0) -> None:
+    """ptxas (sm_90a) assembles the compiled ``k.ptx`` with at most ``allow_bytes`` of register
+    spill stores, and without serializing its wgmmas (ptxas's C7512 / C7515: not enough
+    registers, or accumulators written by other instructions while a wgmma is in flight)."""
     import triton
 
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -77,4 +80,6 @@ def assert_no_spills(tmp_path) -> None:
         pytest.skip("this Triton ships no ptxas")
     res = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(tmp_path / "k.ptx"), "-o", os.devnull],
                          capture_output=True, text=True, check=True)  # fmt: skip
-    assert "0 bytes spill stores" in res.stderr, res.stderr
+    spilled = re.search(r"(\d+) bytes spill stores", res.stderr)
+    assert spilled and int(spilled.group(1)) <= allow_bytes, res.stderr
+    assert "serialized" not in res.stderr, res.stderr

@@ -121,8 +121,8 @@ FP8_REL_L2 = 0.12
 
 @needs_sm90_gluon
 @pytest.mark.parametrize("n", [3000, 67576, 119056])
-@pytest.mark.parametrize("stages", [2, 3, 4])
-def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stages):
+@pytest.mark.parametrize("stages, pairs", [(2, False), (3, False), (4, False), (2, True)])
+def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stages, pairs):
     """precision='fp8': against fp64 on sampled query blocks within the fp8 budget and no
     worse than the Triton Hopper kernel's fp8 path on the same blocks (errors printed); LSE
     equal to that kernel's, outputs close to it: both round P to e4m3, but at different scales
@@ -143,7 +143,7 @@ def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stag
     mask[0, 1, 1] = False
     counts, idx = mask_to_indices(mask)
     kw = dict(block_size=128, kv_len=kv_len, return_lse=True, precision="fp8")
-    out, lse = block_sparse_attention_gluon(q, k, v, counts, idx, stages=stages, **kw)
+    out, lse = block_sparse_attention_gluon(q, k, v, counts, idx, stages=stages, pairs=pairs, **kw)
     cfg = dict(SAFE_HOPPER, FP8_PV=True)
     t_out, t_lse = block_sparse_attention_hopper(q, k, v, counts, idx, config=cfg, **kw)
     assert torch.equal(out[0, 1, 128:256], torch.zeros_like(out[0, 1, 128:256]))
@@ -164,9 +164,44 @@ def test_gluon_fp8_error_budget_and_agreement_with_the_triton_fp8_kernel(n, stag
     diff, ref = torch.cat(diffs), torch.cat(refs)
     rel = (diff.norm() / ref.norm()).item()
     t_rel = (torch.cat(t_diffs).norm() / ref.norm()).item()
-    print(f"gluon fp8 n={n} stages={stages}: max {diff.abs().max():.3e} "
+    print(f"gluon fp8 n={n} stages={stages} pairs={pairs}: max {diff.abs().max():.3e} "
           f"mean {diff.abs().mean():.3e} rel_l2 {rel:.3e} (triton fp8 {t_rel:.3e}) "
           f"vs triton fp8 {agree:.1e}")  # fmt: skip
     assert rel < FP8_REL_L2
     assert rel < 1.1 * t_rel, (rel, t_rel)
     assert agree < 0.05, agree
+
+
+@needs_sm90_gluon
+def test_gluon_fp8_pairs_take_short_and_odd_lists():
+    """The pair loop (two key blocks per step) on lists of 0-5 blocks, odd ones ending in a
+    filler copy of the last block that must add nothing, the last block padded: equal LSE and
+    outputs as close to the single-block fp8 kernel's as two e4m3 roundings of P allow, and
+    within the fp8 budget against fp64."""
+    from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
+
+    B, H, n, D = 2, 3, 6 * 128 - 50, 128
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v = (torch.randn(B, H, n, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+    kv_len = torch.tensor([n, n - 77], device="cuda")
+    nb = 6
+    mask = torch.zeros(B, H, nb, nb, dtype=torch.bool, device="cuda")
+    for qb in range(nb):  # query block qb lists qb blocks (0-5), the last one padded
+        mask[:, :, qb, nb - qb :] = True
+    counts, idx = mask_to_indices(mask)
+    kw = dict(block_size=128, kv_len=kv_len, return_lse=True, precision="fp8", stages=2)
+    out, lse = block_sparse_attention_gluon(q, k, v, counts, idx, pairs=True, **kw)
+    one, one_lse = block_sparse_attention_gluon(q, k, v, counts, idx, **kw)
+    assert torch.equal(out[:, :, :128], torch.zeros_like(out[:, :, :128]))
+    assert torch.isinf(lse[:, :, :128]).all()
+    ok = torch.isfinite(one_lse)
+    assert torch.equal(ok, torch.isfinite(lse))
+    torch.testing.assert_close(lse[ok], one_lse[ok], rtol=0, atol=1e-3)
+    key_ok = torch.arange(n, device="cuda")[None, :] < kv_len[:, None]
+    for qb in range(1, nb):
+        r0, r1 = qb * 128, min(n, (qb + 1) * 128)
+        tok = (mask[:, :, qb].repeat_interleave(128, -1)[..., :n] & key_ok[:, None, :])[:, :, None]
+        exact = naive_attention(q[:, :, r0:r1], k, v, tok, dtype=torch.float64)
+        rel = ((out[:, :, r0:r1].double() - exact).norm() / exact.norm()).item()
+        one_rel = ((one[:, :, r0:r1].double() - exact).norm() / exact.norm()).item()
+        assert rel < FP8_REL_L2 and rel < 1.25 * one_rel + 1e-3, (qb, rel, one_rel)

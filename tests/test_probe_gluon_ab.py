@@ -1,6 +1,6 @@
 """The Gluon A/B probe (benchmarks/probe_gluon_ab.py) on CPU: a variant of the kernel source
 loads as its own module inside the kernels package (its relative imports resolve, its
-constants are its own), and a variant that names no file is refused before any GPU work."""
+functions are its own), and a variant that names no file is refused before any GPU work."""
 
 import importlib.util
 import sys
@@ -23,19 +23,24 @@ def _probe():
     return probe
 
 
-def test_variant_loads_with_its_own_constants(tmp_path):
+def test_variant_loads_as_its_own_module(tmp_path):
+    """A variant of sparse_attention_gluon.py (here: its fp8 default back to the one-block
+    loop) is its own module with its own kernel; the parts it imports are the installed ones."""
+    import inspect
+
     import xattn_video.kernels.sparse_attention_gluon as installed
 
     src = Path(installed.__file__).read_text()
-    old = 'TAU = {"bf16": 8.0, "fp8": 2.0}'
+    old = "        pairs = fp8 and stages == 2\n"
     assert old in src
-    path = tmp_path / "sag_tau4.py"
-    path.write_text(src.replace(old, 'TAU = {"bf16": 4.0, "fp8": 2.0}'))
-    variant = _probe().load_variant("tau4", str(path))
-    assert variant.__name__ == "xattn_video.kernels._ab_tau4"
-    assert variant.TAU == {"bf16": 4.0, "fp8": 2.0}
-    assert installed.TAU == {"bf16": 8.0, "fp8": 2.0}
-    assert callable(variant.block_sparse_attention_gluon)
+    path = tmp_path / "sag_one_block.py"
+    path.write_text(src.replace(old, "        pairs = False\n"))
+    variant = _probe().load_variant("one_block", str(path))
+    assert variant.__name__ == "xattn_video.kernels._ab_one_block"
+    assert "pairs = False" in inspect.getsource(variant.block_sparse_attention_gluon)
+    assert "pairs = False" not in inspect.getsource(installed.block_sparse_attention_gluon)
+    assert variant.block_sparse_attention_gluon is not installed.block_sparse_attention_gluon
+    assert variant.TAU is installed.TAU  # from gluon_attention_parts, not copied
 
 
 def test_variant_without_a_file_is_refused(tmp_path, capsys):

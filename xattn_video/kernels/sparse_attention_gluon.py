@@ -30,13 +30,16 @@ under e4m3's 448; l carries the same factor) and cast to e4m3; V^T in e4m3 with 
 (b, h). Both matmuls run on the fp8 tensor cores; O goes out through its own bf16 buffers. P
 goes to the e4m3 A operand without moving between threads: its keys are reordered within each
 32 (:func:`_wgmma_fp8_key_order`; V^T is quantized in the same key order) and packed 4 per
-register next to the P.V matmul (:func:`_p_operand`).
+register next to the P.V matmul (:func:`_p_operand`). At ring depth 2 (the default) fp8 runs
+the loop of :mod:`.gluon_attention_pairs` instead: two key blocks per step, P through shared
+memory; this module's one-block loop stays for ``pairs=False`` and ring depths 3-4.
 
 Measured on one H200 (triton 3.6, 24 heads, head dim 128; benchmarks/bench_attention.py,
 docs/results/bench_attention_h200_cdbfe40.json, probe_gluon*_h200.json): bf16 577-657 effective
 TFLOP/s at densities 0.1-1.0, 1.00-1.16x cuDNN's dense rate in the same run, vs 435-492 for the
 Triton Hopper kernel. fp8: 735-852 TFLOP/s (1.30-1.50x cuDNN at 67k and 119k tokens), 1.19-1.46x
-the Triton fp8 kernel. Named barriers, the joint release and the lazy rescale together: fp8
+the Triton fp8 kernel with the one-block loop; the pair loop 9-11% faster than that (1.38-1.66x
+cuDNN, probe_gluon_pairs_h200_*.json). Named barriers, the joint release and the lazy rescale together: fp8
 3.4-4.5% faster at densities 0.3-1.0, bf16 up to 2.4% (probe_gluon_sync_lazy_h200.json); before
 the key order (shuffles and byte re-packing of P: 47% more instructions under ncu,
 docs/results/ncu_gluon_fp8_*) fp8 ran at 653-708.
@@ -53,28 +56,15 @@ import torch
 
 from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
 from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
-from .gluon_ptx import PINGPONG_BARRIERS
+from .gluon_attention_parts import HALF, HAS_GLUON, MAXNREG, MIN_TRITON, SHIFT, TAU, gluon_supported
 
-MIN_TRITON = (3, 6)
-"""Oldest Triton the kernel is checked on (3.6 on the GPU, the latest on CPU): Gluon is
-experimental and its API (``warp_specialize``, layouts) changed between releases."""
+__all__ = ["HAS_GLUON", "HALF", "MAXNREG", "MIN_TRITON", "SHIFT", "TAU",
+           "block_sparse_attention_gluon", "gluon_supported"]  # fmt: skip
 
-
-def gluon_supported(version: str) -> bool:
-    """Whether Triton ``version`` (e.g. "3.6.0", "3.8.0+git1a2b") is one this kernel supports."""
-    parts = version.split("+")[0].split(".")
-    try:
-        return (int(parts[0]), int(parts[1])) >= MIN_TRITON
-    except (IndexError, ValueError):
-        return False
-
-
-try:
-    import triton
+if HAS_GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -82,33 +72,26 @@ try:
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    from .gluon_attention_pairs import _consumer_pairs, _producer_pairs
+    from .gluon_attention_parts import (
+        _BAR0,
+        _SHIFT_BF16,
+        _SHIFT_FP8,
+        _TAU_BF16,
+        _TAU_FP8,
+        _epilogue,
+        _mask_keys,
+        _tile_scale,
+        _v_operand,
+        _wgmma_fp8_key_order,
+    )
     from .gluon_ptx import named_barrier_arrive, named_barrier_sync, pack_e4m3, rescale_rows
-
-    HAS_GLUON = gluon_supported(triton.__version__)
-except ImportError:  # pragma: no cover - Triton without Gluon's Hopper module
-    HAS_GLUON = False
-
-HALF = 64  # query rows per consumer warpgroup
-MAXNREG = 168  # 12 warps x 32 x 168 <= 64K registers; re-allocated to 240 / 240 / 24
-TAU = {"bf16": 8.0, "fp8": 2.0}
-"""Lazy row maximum (base-2 log units): a row's reference maximum moves only when a tile's
-exceeds it by more than TAU, so most tiles leave alpha == 1 and :func:`.gluon_ptx.rescale_rows`
-skips the accumulator's rescale. P is then at most 2**(SHIFT + TAU): 256 in both precisions."""
-SHIFT = {"bf16": 0.0, "fp8": 6.0}
-"""P is scaled by 2**SHIFT (fp8: small probabilities stay out of e4m3's subnormals; with
-:data:`TAU` its largest value 2**8 stays under e4m3's 448)."""
-
-
-if HAS_GLUON:
-    _TAU_BF16, _TAU_FP8 = gl.constexpr(TAU["bf16"]), gl.constexpr(TAU["fp8"])
-    _SHIFT_BF16, _SHIFT_FP8 = gl.constexpr(SHIFT["bf16"]), gl.constexpr(SHIFT["fp8"])
-    _BAR0 = gl.constexpr(PINGPONG_BARRIERS[0])
 
     @gluon.jit
     def _producer(args, WG: gl.constexpr, FP8: gl.constexpr):
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
-         v_scale, STAGES) = args  # fmt: skip
+         v_scale, STAGES, p_smem) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
         for i in gl.static_range(2):
@@ -143,18 +126,6 @@ if HAS_GLUON:
                                                 v_smem.index(s))  # fmt: skip
 
     @gluon.jit
-    def _wgmma_fp8_key_order(p):
-        """fp8 P (rows, BN) in the Q.K^T accumulator's layout, its keys reordered within each 32
-        (key 32i+16h+8c+2q+e to column 32i+16h+4q+2c+e): each thread's values then sit where
-        the e4m3 A operand wants them (4 consecutive keys per register), so the conversion to
-        the operand layout moves no data between threads. V^T comes in the same key order
-        (:func:`.fp8.quantize_fp8_head_t` with ``wgmma_key_order``)."""
-        R: gl.constexpr = p.shape[0]
-        BN: gl.constexpr = p.shape[1]
-        p = gl.reshape(p, [R, BN // 32, 2, 2, 4, 2])  # (row, i, h, c, q, e)
-        return gl.reshape(gl.permute(p, [0, 1, 2, 4, 3, 5]), [R, BN])
-
-    @gluon.jit
     def _softmax_step(s, m_i, l_i, qk_scale, dtype: gl.constexpr, p_layout: gl.constexpr,
                       row_o: gl.constexpr, SHIFT: gl.constexpr, TAU: gl.constexpr,
                       FP8: gl.constexpr):  # fmt: skip
@@ -184,49 +155,6 @@ if HAS_GLUON:
         return p
 
     @gluon.jit
-    def _epilogue(acc, m_i, l_i, o_smem, o_desc, LSE, b, h, pid_bh, row0, N_Q, v_scale,
-                  row_s: gl.constexpr, row_o: gl.constexpr, SHIFT: gl.constexpr):  # fmt: skip
-        """O = acc * v_scale / l into this half's output buffer (bf16: its now free Q buffer),
-        then TMA to global; LSE if asked."""
-        HALF: gl.constexpr = o_desc.block_type.shape[2]
-        D: gl.constexpr = o_desc.block_type.shape[3]
-        empty = l_i == 0.0
-        denom = gl.convert_layout(gl.where(empty, 1.0, l_i / v_scale), row_o)
-        out = acc / gl.expand_dims(denom, 1)
-        o_smem.reshape([HALF, D]).store(out.to(o_desc.dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(o_desc, [b, h, row0, 0], o_smem)
-        if LSE.dtype.element_ty == gl.float32:
-            offs_m = row0 + gl.arange(0, HALF, layout=row_s)
-            lse = gl.where(empty, float("-inf"),
-                           (m_i - SHIFT + gl.log2(l_i)) * 0.6931471805599453)  # fmt: skip
-            gl.store(LSE + pid_bh * N_Q + offs_m, lse, mask=offs_m < N_Q)
-        tma.store_wait(pendings=0)
-
-    @gluon.jit
-    def _v_operand(v_smem, slot, BN: gl.constexpr, D: gl.constexpr, FP8: gl.constexpr):
-        """The (keys, D) B operand of P.V: V's tile, or for fp8 the K-major view of V^T's."""
-        if FP8:
-            return v_smem.index(slot).reshape([D, BN]).permute((1, 0))
-        else:
-            return v_smem.index(slot).reshape([BN, D])
-
-    @gluon.jit
-    def _tile_scale(qk_scale, q_scale, k_scale, idx_base, j, FP8: gl.constexpr):
-        """Softmax scale (base 2) of listed tile j: fp8 folds in Q's and that K block's scales."""
-        if FP8:
-            return qk_scale * q_scale * gl.load(k_scale + gl.load(idx_base + j))
-        else:
-            return qk_scale
-
-    @gluon.jit
-    def _mask_keys(s, idx_base, j, kvl, BN: gl.constexpr, col_s: gl.constexpr):
-        """Logits of listed tile j with keys at or past kv_len set to -inf."""
-        kb = gl.load(idx_base + j)
-        valid = (kb * BN + gl.arange(0, BN, layout=col_s)) < kvl
-        return gl.where(gl.expand_dims(valid, 0), s, float("-inf"))
-
-    @gluon.jit
     def _consumer(args, WG: gl.constexpr, FP8: gl.constexpr):
         """FA3's order with ping-pong: per tile j, wait for this warpgroup's turn, issue
         Q.K^T(j) and P.V(j-1), pass the turn to the other warpgroup, then tile j's softmax while
@@ -236,7 +164,7 @@ if HAS_GLUON:
         skips its last arrival, so every barrier ends balanced."""
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
-         v_scale, STAGES) = args  # fmt: skip
+         v_scale, STAGES, p_smem) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         D: gl.constexpr = k_desc.block_type.shape[3]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
@@ -281,7 +209,7 @@ if HAS_GLUON:
             s = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
             mbarrier.arrive(empty.index(0), count=1)
             if cnt == 1:
-                s = _mask_keys(s, idx_base, 0, kvl, BN, col_s)
+                s = _mask_keys(s, idx_base, 0, cnt, kvl, BN, col_s)
             sc = _tile_scale(qk_scale, q_scale, k_scale, idx_base, 0, FP8)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT,
                                                TAU, FP8)  # fmt: skip
@@ -302,7 +230,7 @@ if HAS_GLUON:
                 named_barrier_arrive(BAR0 + 1 - WG)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
             if j == cnt - 1:  # only the last listed block can hold padded keys
-                s = _mask_keys(s, idx_base, j, kvl, BN, col_s)
+                s = _mask_keys(s, idx_base, j, cnt, kvl, BN, col_s)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, sc, dtype, p_layout, row_o, SHIFT,
                                                TAU, FP8)  # fmt: skip
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc_tok,))
@@ -321,7 +249,7 @@ if HAS_GLUON:
     def _bsa_gluon_kernel(
         q_desc, k_desc, v_desc, o_desc, LSE, COUNTS, INDICES, KV_LEN, Q_SCALE, K_SCALE, V_SCALE,
         stride_cbh, stride_ibh, stride_im, stride_sq, stride_sk, H, N_Q, qk_scale,
-        STAGES: gl.constexpr, FP8: gl.constexpr, num_warps: gl.constexpr,
+        STAGES: gl.constexpr, FP8: gl.constexpr, PAIRS: gl.constexpr, num_warps: gl.constexpr,
     ):  # fmt: skip
         pid_m = gl.program_id(0)
         pid_bh = gl.program_id(1)
@@ -340,15 +268,24 @@ if HAS_GLUON:
 
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape,
                                            q_desc.layout)  # fmt: skip
-        k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape,
+        TILES: gl.constexpr = STAGES * 2 if PAIRS else STAGES
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [TILES] + k_desc.block_type.shape,
                                            k_desc.layout)  # fmt: skip
-        v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape,
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [TILES] + v_desc.block_type.shape,
                                            v_desc.layout)  # fmt: skip
         if FP8:  # O (bf16) does not fit Q's e4m3 buffers
             o_smem = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape,
                                                o_desc.layout)  # fmt: skip
         else:
             o_smem = q_smem
+        if PAIRS:  # each consumer's P, two key tiles, as the A operand of P.V
+            p_smem = gl.allocate_shared_memory(
+                gl.float8e4nv,
+                [4, q_desc.block_type.shape[2], k_desc.block_type.shape[2]],
+                gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=8),
+            )
+        else:
+            p_smem = q_smem
         q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         k_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -362,12 +299,21 @@ if HAS_GLUON:
 
         args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full,
                 v_full, empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
-                q_scale, k_scale, v_scale, STAGES)  # fmt: skip
-        gl.warp_specialize(
-            [(_consumer, (args, 0, FP8)), (_consumer, (args, 1, FP8)), (_producer, (args, 0, FP8))],
-            [4, 1],
-            [240, 24],
-        )
+                q_scale, k_scale, v_scale, STAGES, p_smem)  # fmt: skip
+        if PAIRS:
+            gl.warp_specialize(
+                [(_consumer_pairs, (args, 0, FP8)), (_consumer_pairs, (args, 1, FP8)),
+                 (_producer_pairs, (args, 0, FP8))],
+                [4, 1],
+                [240, 24],
+            )  # fmt: skip
+        else:
+            gl.warp_specialize(
+                [(_consumer, (args, 0, FP8)), (_consumer, (args, 1, FP8)),
+                 (_producer, (args, 0, FP8))],
+                [4, 1],
+                [240, 24],
+            )  # fmt: skip
         for i in gl.static_range(2):
             mbarrier.invalidate(q_bars.index(i))
         for i in gl.static_range(STAGES):
@@ -389,6 +335,7 @@ def block_sparse_attention_gluon(
     return_lse: bool = False,
     stages: int = 2,
     precision: str = "bf16",
+    pairs: bool | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gluon block-sparse attention for sm90 (see the module docstring).
 
@@ -398,6 +345,8 @@ def block_sparse_attention_gluon(
     float32 (natural log). ``stages``: K/V ring depth (2 or 3; fp8 also 4). ``precision``:
     "bf16" (the inputs' dtype) or "fp8": Q and K in e4m3 with one scale per (b, h, block), V
     in e4m3 with one scale per (b, h) (:mod:`.fp8`), P in e4m3 scaled by 2**6 (:data:`SHIFT`).
+    ``pairs``: fp8's loop over pairs of key blocks (:mod:`.gluon_attention_pairs`); None takes it
+    for fp8 at ``stages=2`` (its ring is 2 pairs), where it measured 9-11% faster.
     """
     if not HAS_GLUON:
         raise RuntimeError(f"the Gluon kernel needs Triton >= {'.'.join(map(str, MIN_TRITON))} "
@@ -411,6 +360,10 @@ def block_sparse_attention_gluon(
     check_precision(precision)
     if stages not in ((2, 3, 4) if fp8 else (2, 3)):
         raise ValueError(f"the Gluon kernel takes stages 2 or 3 (fp8: up to 4), got {stages}")
+    if pairs is None:
+        pairs = fp8 and stages == 2
+    if pairs and not (fp8 and stages == 2):
+        raise ValueError("pairs=True takes precision='fp8' and stages=2 (two key blocks a slot)")
     if q.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the Gluon kernel takes bf16/fp16 inputs, got {q.dtype}")
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -445,6 +398,6 @@ def block_sparse_attention_gluon(
         *descs, lse, counts, indices, lens, q_scale, k_scale, v_scale,
         counts.stride(0), indices.stride(0), indices.stride(1), q_scale.stride(0),
         k_scale.stride(0), H, Nq, scale * LOG2E,
-        STAGES=stages, FP8=fp8, num_warps=4, maxnreg=MAXNREG,
+        STAGES=stages, FP8=fp8, PAIRS=pairs, num_warps=4, maxnreg=MAXNREG,
     )  # fmt: skip
     return (out, lse) if return_lse else out
