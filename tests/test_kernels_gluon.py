@@ -81,7 +81,8 @@ compile_kernel(sag._bsa_gluon_kernel, sig, dict(STAGES=stages, FP8=fp8, PAIRS=pa
 )
 def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision, pairs):
     """The fp8 pair loop at Triton 3.6 (the GPU machine's) has no spills either; Triton 3.8
-    spills 12 bytes of it, three scalars stored before its main loop (SASS read on CPU)."""
+    spills 12 bytes of it: three scalars, stored before its main loop and reloaded after it and
+    in the last pair's mask branch (its SASS read on CPU), none in the per-pair path."""
     import triton
 
     ptx_text, meta = compile_sm90(tmp_path, _COMPILE, d, stages, precision, pairs)

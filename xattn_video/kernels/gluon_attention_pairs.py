@@ -83,8 +83,13 @@ if HAS_GLUON:
             mbarrier.expect(k_full.index(ns), 2 * k_desc.block_type.nbytes, pred=has_next)
             for i in gl.static_range(2):
                 kb_n = gl.load(idx_base + gl.minimum(2 * nxt + i, last), mask=has_next, other=0)
-                tma.async_copy_global_to_shared(k_desc, [b, h, kb_n * BN, 0], k_full.index(ns),
-                                                k_smem.index(2 * ns + i), pred=has_next)  # fmt: skip
+                tma.async_copy_global_to_shared(
+                    k_desc,
+                    [b, h, kb_n * BN, 0],
+                    k_full.index(ns),
+                    k_smem.index(2 * ns + i),
+                    pred=has_next,
+                )
             s = t % STAGES
             mbarrier.expect(v_full.index(s), 2 * v_desc.block_type.nbytes)
             for i in gl.static_range(2):
@@ -194,8 +199,22 @@ if HAS_GLUON:
                 named_barrier_arrive(BAR0 + 1 - WG)
             s0, s1 = warpgroup_mma_wait(num_outstanding=0, deps=(t0, t1))
             mbarrier.arrive(empty.index(0), count=1)
-            p0, p1, alpha, m_i, l_i = _pair_probs(s0, s1, m_i, l_i, 0, npairs, cnt, idx_base, kvl,
-                                                  qk_scale, q_scale, k_scale, row_o, col_s)  # fmt: skip
+            p0, p1, alpha, m_i, l_i = _pair_probs(
+                s0,
+                s1,
+                m_i,
+                l_i,
+                0,
+                npairs,
+                cnt,
+                idx_base,
+                kvl,
+                qk_scale,
+                q_scale,
+                k_scale,
+                row_o,
+                col_s,
+            )
             _store_p(a0, a1, p0, p1)
         for t in range(1, npairs):
             slot = t % STAGES
@@ -207,8 +226,22 @@ if HAS_GLUON:
             if WG == 0 or t < npairs - 1:
                 named_barrier_arrive(BAR0 + 1 - WG)
             s0, s1 = warpgroup_mma_wait(num_outstanding=2, deps=(t0, t1))
-            p0, p1, alpha, m_i, l_i = _pair_probs(s0, s1, m_i, l_i, t, npairs, cnt, idx_base, kvl,
-                                                  qk_scale, q_scale, k_scale, row_o, col_s)  # fmt: skip
+            p0, p1, alpha, m_i, l_i = _pair_probs(
+                s0,
+                s1,
+                m_i,
+                l_i,
+                t,
+                npairs,
+                cnt,
+                idx_base,
+                kvl,
+                qk_scale,
+                q_scale,
+                k_scale,
+                row_o,
+                col_s,
+            )
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(tok,))
             mbarrier.arrive(empty.index(slot), count=1)  # K(t) and V(t-1) read
             _store_p(a0, a1, p0, p1)  # P(t-1) read: its buffers take P(t)

@@ -39,8 +39,9 @@ docs/results/bench_attention_h200_cdbfe40.json, probe_gluon*_h200.json): bf16 57
 TFLOP/s at densities 0.1-1.0, 1.00-1.16x cuDNN's dense rate in the same run, vs 435-492 for the
 Triton Hopper kernel. fp8: 735-852 TFLOP/s (1.30-1.50x cuDNN at 67k and 119k tokens), 1.19-1.46x
 the Triton fp8 kernel with the one-block loop; the pair loop 9-11% faster than that (1.38-1.66x
-cuDNN, probe_gluon_pairs_h200_*.json). Named barriers, the joint release and the lazy rescale together: fp8
-3.4-4.5% faster at densities 0.3-1.0, bf16 up to 2.4% (probe_gluon_sync_lazy_h200.json); before
+cuDNN, probe_gluon_pairs_h200_*.json). Named barriers, the joint release and the lazy rescale
+together: fp8 3.4-4.5% faster at densities 0.3-1.0, bf16 up to 2.4%
+(probe_gluon_sync_lazy_h200.json); before
 the key order (shuffles and byte re-packing of P: 47% more instructions under ncu,
 docs/results/ncu_gluon_fp8_*) fp8 ran at 653-708.
 
