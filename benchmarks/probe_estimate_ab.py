@@ -1,7 +1,8 @@
 """Probe (GPU): the Triton estimate kernel against variants of its source, interleaved.
 
-Each variant is a copy of ``xattn_video/kernels/estimate.py`` (e.g. the file at an older commit),
-loaded next to the installed module as ``probe_gluon_ab.py`` loads attention variants. Per
+Each variant is a copy of ``xattn_video/kernels/estimate.py`` (e.g. the file at an older commit)
+or of the whole ``xattn_video/kernels`` directory, loaded next to the installed module as
+``probe_gluon_ab.py`` loads attention variants. Per
 (precision, stride), with ``kernel="triton"`` and the tuned launch: the largest |difference| of
 the block scores against the installed kernel, the share of blocks whose ratio-0.3 mask differs,
 and the fastest of ``--reps`` interleaved median timings. B=1, 24 heads, head dim 128, the last
@@ -31,14 +32,18 @@ from xattn_video.kernels.select import select_blocks  # noqa: E402
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("variants", nargs="+", help="name=path of an estimate.py variant")
+    p.add_argument(
+        "variants",
+        nargs="+",
+        help="name=path of an estimate.py variant (file or kernels directory)",
+    )
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--configs", nargs="+", default=["bf16:8", "bf16:16", "fp8:8", "fp8:16"],
                    help="precision:stride pairs")  # fmt: skip
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", default="results/probe_estimate_ab.json")
     args = p.parse_args(argv)
-    variants = load_variants(p, args.variants, prefix="est_")
+    variants = load_variants(p, args.variants, prefix="est_", module="estimate")
     fns = {"installed": estimate_block_scores}
     fns.update({m: mod.estimate_block_scores for m, mod in variants.items()})
     n = args.n

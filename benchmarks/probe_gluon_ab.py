@@ -2,7 +2,10 @@
 
 Each variant is a copy of ``xattn_video/kernels/sparse_attention_gluon.py`` (e.g. the file at
 an older commit, or with one feature removed to see what it costs), loaded as a module next to
-the installed one so its relative imports resolve. Per (precision, ring depth, density): the
+the installed one so its relative imports resolve, or a copy of the whole ``xattn_video/kernels``
+directory (``git archive <rev> xattn_video/kernels | tar -x -C /tmp/old``, then
+``old=/tmp/old/xattn_video/kernels``), loaded as its own package, for changes to the modules
+the kernel imports (``gluon_attention_parts``, ``gluon_attention_pairs``, ``gluon_ptx``). Per (precision, ring depth, density): the
 outputs' relative L2 against the installed kernel (0.0: bit-identical) and the fastest of
 ``--reps`` interleaved median timings, so clock drift hits every variant alike. B=1, 24 heads,
 head dim 128, random block scores at pinned densities, cuDNN dense timed in the same run.
@@ -10,9 +13,8 @@ head dim 128, random block scores at pinned densities, cuDNN dense timed in the 
 Usage: python benchmarks/probe_gluon_ab.py old=/tmp/sag_old.py noexp=/tmp/sag_noexp.py
        [--n 119056] [--densities 0.1 0.3 0.5 1.0] [--reps 2] [--out results/probe_gluon_ab.json]
 
-Not supported: variants whose wrapper signature differs from the installed kernel's; varying
-what the kernel imports (gluon_attention_parts: constants, epilogue; gluon_attention_pairs: the
-fp8 pair loop), which the variant takes from the installed package.
+Not supported: variants whose wrapper signature differs from the installed kernel's; a
+single-file variant takes what the kernel imports from the installed package (use a directory).
 """
 
 from __future__ import annotations
@@ -34,8 +36,21 @@ import xattn_video.kernels.sparse_attention_gluon as installed  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 
 
-def load_variant(name: str, path: str):
-    """The kernel source at ``path`` as module ``xattn_video.kernels._ab_<name>``."""
+def load_variant(name: str, path: str, module: str = "sparse_attention_gluon"):
+    """The kernel source at ``path`` as its own module. A file (a copy of one kernel module):
+    ``xattn_video.kernels._ab_<name>``, its relative imports resolving to the installed
+    package. A directory (a copy of the whole ``xattn_video/kernels``, e.g. from ``git archive``):
+    the package ``xattn_video._ab_<name>``, whose modules import each other's copies, so a
+    variant may change any of them (the Gluon kernel's parts and pair loop included); returns
+    its ``module``."""
+    if Path(path).is_dir():
+        pkg = f"xattn_video._ab_{name}"
+        spec = importlib.util.spec_from_file_location(
+            pkg, Path(path) / "__init__.py", submodule_search_locations=[str(path)]
+        )
+        sys.modules[pkg] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[pkg])
+        return importlib.import_module(f"{pkg}.{module}")
     spec = importlib.util.spec_from_file_location(f"xattn_video.kernels._ab_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
@@ -43,21 +58,27 @@ def load_variant(name: str, path: str):
     return mod
 
 
-def load_variants(p: argparse.ArgumentParser, specs: list[str], prefix: str = "") -> dict:
-    """``name=path`` specs -> {name: module loaded as ``_ab_<prefix><name>``}; a spec that names
-    no existing file is a usage error (``p.error``), raised before any GPU work."""
+def load_variants(
+    p: argparse.ArgumentParser, specs: list[str], prefix: str = "",
+    module: str = "sparse_attention_gluon",
+) -> dict:  # fmt: skip
+    """``name=path`` specs -> {name: the variant's ``module``} (:func:`load_variant`, loaded as
+    ``_ab_<prefix><name>``); a spec that names neither a file nor a kernels directory holding
+    ``<module>.py`` is a usage error (``p.error``), raised before any GPU work."""
     mods = {}
     for v in specs:
         name, _, path = v.partition("=")
-        if not path or not Path(path).is_file():
-            p.error(f"variant {v!r}: expected name=path to an existing file")
-        mods[name] = load_variant(prefix + name, path)
+        ok = path and (Path(path).is_file() or (Path(path) / f"{module}.py").is_file())
+        if not ok:
+            p.error(f"variant {v!r}: expected name=path to an existing file or kernels directory")
+        mods[name] = load_variant(prefix + name, path, module)
     return mods
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("variants", nargs="*", help="name=path of a kernel source variant")
+    p.add_argument("variants", nargs="*",
+                   help="name=path of a kernel source variant (file or kernels directory)")  # fmt: skip
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0])
     p.add_argument("--configs", nargs="+", default=["fp8:2", "bf16:3"],

@@ -43,10 +43,42 @@ def test_variant_loads_as_its_own_module(tmp_path):
     assert variant.TAU is installed.TAU  # from gluon_attention_parts, not copied
 
 
+def test_a_kernels_directory_loads_as_its_own_package(tmp_path):
+    """A copy of the whole kernels directory whose parts module differs (the lazy-max TAU) is
+    its own package: the kernel module's TAU is the copy's, the installed one keeps its own,
+    and the copies import each other, not the installed modules."""
+    import shutil
+
+    import xattn_video.kernels.gluon_attention_parts as installed_parts
+    import xattn_video.kernels.sparse_attention_gluon as installed
+
+    src_dir = Path(installed.__file__).parent
+    kernels = tmp_path / "kernels"
+    shutil.copytree(src_dir, kernels, ignore=shutil.ignore_patterns("__pycache__"))
+    parts = kernels / "gluon_attention_parts.py"
+    old = 'TAU = {"bf16": 8.0, "fp8": 2.0}'
+    assert old in parts.read_text()
+    parts.write_text(parts.read_text().replace(old, 'TAU = {"bf16": 4.0, "fp8": 2.0}'))
+    variant = _probe().load_variant("tau4_dir", str(kernels))
+    assert variant.__name__ == "xattn_video._ab_tau4_dir.sparse_attention_gluon"
+    assert variant.TAU == {"bf16": 4.0, "fp8": 2.0}
+    assert installed.TAU == installed_parts.TAU == {"bf16": 8.0, "fp8": 2.0}
+    assert sys.modules["xattn_video._ab_tau4_dir.gluon_attention_parts"].TAU is variant.TAU
+    est = _probe().load_variant("tau4_dir_est", str(kernels), module="estimate")
+    assert est.__name__ == "xattn_video._ab_tau4_dir_est.estimate"
+    assert callable(est.estimate_block_scores)
+
+
+def test_a_directory_without_the_kernel_module_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _probe().main([f"old={tmp_path}"])
+    assert "expected name=path to an existing file or kernels directory" in capsys.readouterr().err
+
+
 def test_variant_without_a_file_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _probe().main([f"old={tmp_path / 'missing.py'}"])
-    assert "expected name=path to an existing file" in capsys.readouterr().err
+    assert "expected name=path to an existing file or kernels directory" in capsys.readouterr().err
 
 
 def test_estimate_probe_loads_an_estimate_variant_and_refuses_a_missing_file(tmp_path):
