@@ -47,6 +47,7 @@ if HAS_GLUON:
         _SHIFT_FP8,
         _TAU_FP8,
         _epilogue,
+        _load_q,
         _mask_keys,
         _tile_scale,
         _v_operand,
@@ -62,12 +63,7 @@ if HAS_GLUON:
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
          v_scale, STAGES, p_smem) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
-        HALF: gl.constexpr = q_desc.block_type.shape[2]
-        for i in gl.static_range(2):
-            mbarrier.expect(q_bars.index(i), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(
-                q_desc, [b, h, pid_m * (2 * HALF) + i * HALF, 0], q_bars.index(i), q_smem.index(i)
-            )
+        _load_q(q_desc, q_bars, q_smem, b, h, pid_m)
         npairs = (cnt + 1) // 2
         last = cnt - 1
         mbarrier.expect(k_full.index(0), 2 * k_desc.block_type.nbytes, pred=cnt > 0)

@@ -1,7 +1,7 @@
 """Parts of the Gluon attention kernel shared by its two consumer loops (one key block per
 step, :mod:`.sparse_attention_gluon`; fp8 pairs of key blocks, :mod:`.gluon_attention_pairs`):
 the Triton versions it runs on, its register budget and softmax constants, and the Gluon
-functions both loops call (the fp8 key order of P, the logits' key mask, a tile's softmax
+functions both loops call (the query block's loads, the fp8 key order of P, the logits' key mask, a tile's softmax
 scale, the P.V operand's V view, the epilogue that writes O and the LSE).
 
 Not supported: anything but sm90 (wgmma), block size 128, head dims other than 64 / 128.
@@ -29,7 +29,7 @@ try:
     import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, tma
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
     # the wrapper's host-side descriptors: part of what "Gluon's Hopper module" means here
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401
@@ -53,6 +53,17 @@ if HAS_GLUON:
     _TAU_BF16, _TAU_FP8 = gl.constexpr(TAU["bf16"]), gl.constexpr(TAU["fp8"])
     _SHIFT_BF16, _SHIFT_FP8 = gl.constexpr(SHIFT["bf16"]), gl.constexpr(SHIFT["fp8"])
     _BAR0 = gl.constexpr(PINGPONG_BARRIERS[0])
+
+    @gluon.jit
+    def _load_q(q_desc, q_bars, q_smem, b, h, pid_m):
+        """The producer's first loads: the query block's two 64-row halves by TMA, one
+        mbarrier each (the consumer warpgroup of that half waits on it)."""
+        HALF: gl.constexpr = q_desc.block_type.shape[2]
+        for i in gl.static_range(2):
+            mbarrier.expect(q_bars.index(i), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(
+                q_desc, [b, h, pid_m * (2 * HALF) + i * HALF, 0], q_bars.index(i), q_smem.index(i)
+            )
 
     @gluon.jit
     def _wgmma_fp8_key_order(p):
