@@ -21,7 +21,9 @@ masked to -inf, so it adds nothing. Ring depth 2 pairs: 213 KB of shared memory.
 Measured on one H200 (triton 3.6, 24 heads, head dim 128, interleaved against the one-block
 loop; docs/results/probe_gluon_pairs_h200_{119k,67k}.json): 119,056 tokens 20.6 / 57.6 / 94.5 /
 185.6 ms at densities 0.1 / 0.3 / 0.5 / 1.0 against 22.5 / 63.3 / 104.9 / 206.6 (1.48-1.62x
-cuDNN's dense bf16 rate against 1.35-1.46x); 67,576 tokens 1.38-1.66x against 1.32-1.49x.
+cuDNN's dense bf16 rate against 1.35-1.46x); 67,576 tokens 1.38-1.66x against 1.32-1.49x. On
+an H100 (probe_gluon_pairs_h100_119k.json, 119,056 tokens) 9.6-10.1% less time at densities
+0.1 / 0.3 / 1.0 (1.45-1.58x that card's cuDNN).
 
 Not supported: bf16 (its P in registers already fills the budget with a 128-key tile and
 bf16's matmuls leave the softmax enough time), ring depths other than 2 (shared memory).
