@@ -153,11 +153,12 @@ if HAS_GLUON:
     @gluon.jit
     def _consumer_pairs(args, WG: gl.constexpr, FP8: gl.constexpr):
         """fp8 consumer over pairs of listed key blocks (256 keys per step, FA3's long fp8
-        tiles): twice the independent softmax work between the row maximum and the exps per
-        turn, half the barriers and waits per key. The loop is rotated so P never crosses its
-        back-edge (carried e4m3 values lose their 4-per-register packing): per pair t, tile
-        t's softmax while P.V(t-1) runs, then Q.K^T(t+1) and P.V(t) issued in this warpgroup's
-        turn; the accumulator crosses the back-edge in flight."""
+        tiles): one row maximum and rescale per pair, half the turns and waits per key of
+        :func:`.sparse_attention_gluon._consumer`, in its order: per pair t, in this warpgroup's
+        turn, issue Q.K^T(t) and P.V(t-1) (P(t-1) from this warpgroup's shared buffers), run
+        pair t's softmax while P.V(t-1) runs, wait for it, release K(t) and V(t-1), and store
+        P(t) into the buffers it freed. The accumulator is a finished tensor at the back-edge
+        (an accumulator in flight across it made ptxas serialize the wgmmas or spill)."""
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
          v_scale, STAGES, p_smem) = args  # fmt: skip
@@ -197,22 +198,9 @@ if HAS_GLUON:
                 named_barrier_arrive(BAR0 + 1 - WG)
             s0, s1 = warpgroup_mma_wait(num_outstanding=0, deps=(t0, t1))
             mbarrier.arrive(empty.index(0), count=1)
-            p0, p1, alpha, m_i, l_i = _pair_probs(
-                s0,
-                s1,
-                m_i,
-                l_i,
-                0,
-                npairs,
-                cnt,
-                idx_base,
-                kvl,
-                qk_scale,
-                q_scale,
-                k_scale,
-                row_o,
-                col_s,
-            )
+            p0, p1, alpha, m_i, l_i = _pair_probs(s0, s1, m_i, l_i, 0, npairs, cnt, idx_base,
+                                                  kvl, qk_scale, q_scale, k_scale, row_o,
+                                                  col_s)  # fmt: skip
             _store_p(a0, a1, p0, p1)
         for t in range(1, npairs):
             slot = t % STAGES
@@ -224,22 +212,9 @@ if HAS_GLUON:
             if WG == 0 or t < npairs - 1:
                 named_barrier_arrive(BAR0 + 1 - WG)
             s0, s1 = warpgroup_mma_wait(num_outstanding=2, deps=(t0, t1))
-            p0, p1, alpha, m_i, l_i = _pair_probs(
-                s0,
-                s1,
-                m_i,
-                l_i,
-                t,
-                npairs,
-                cnt,
-                idx_base,
-                kvl,
-                qk_scale,
-                q_scale,
-                k_scale,
-                row_o,
-                col_s,
-            )
+            p0, p1, alpha, m_i, l_i = _pair_probs(s0, s1, m_i, l_i, t, npairs, cnt, idx_base,
+                                                  kvl, qk_scale, q_scale, k_scale, row_o,
+                                                  col_s)  # fmt: skip
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(tok,))
             mbarrier.arrive(empty.index(slot), count=1)  # K(t) and V(t-1) read
             _store_p(a0, a1, p0, p1)  # P(t-1) read: its buffers take P(t)
