@@ -48,6 +48,7 @@ if HAS_GLUON:
         _BAR0,
         _SHIFT_FP8,
         _TAU_FP8,
+        _acc_layout,
         _epilogue,
         _load_q,
         _mask_keys,
@@ -167,12 +168,8 @@ if HAS_GLUON:
         HALF: gl.constexpr = q_desc.block_type.shape[2]
         SHIFT: gl.constexpr = _SHIFT_FP8
         BAR0: gl.constexpr = _BAR0
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 32]
-        )
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 32]
-        )
+        s_layout: gl.constexpr = _acc_layout(BN, 1)  # e4m3
+        o_layout: gl.constexpr = _acc_layout(D, 1)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         col_s: gl.constexpr = gl.SliceLayout(0, s_layout)

@@ -54,6 +54,16 @@ if HAS_GLUON:
     _SHIFT_BF16, _SHIFT_FP8 = gl.constexpr(SHIFT["bf16"]), gl.constexpr(SHIFT["fp8"])
     _BAR0 = gl.constexpr(PINGPONG_BARRIERS[0])
 
+    @gluon.constexpr_function
+    def _acc_layout(n, elem_bytes):
+        """Register layout of a 64-row wgmma accumulator with ``n`` columns, one consumer
+        warpgroup (4 warps stacked along the rows); wgmma's K per instruction is 32 bytes, so
+        16 bf16 or 32 e4m3 values (``elem_bytes`` 2 or 1). Both consumer loops take their
+        S and O layouts from here, so the epilogue and the masks see the same layouts."""
+        return gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 32 // elem_bytes]
+        )
+
     @gluon.jit
     def _load_q(q_desc, q_bars, q_smem, b, h, pid_m):
         """The producer's first loads: the query block's two 64-row halves by TMA, one

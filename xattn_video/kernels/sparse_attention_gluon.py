@@ -80,6 +80,7 @@ if HAS_GLUON:
         _SHIFT_FP8,
         _TAU_BF16,
         _TAU_FP8,
+        _acc_layout,
         _epilogue,
         _load_q,
         _mask_keys,
@@ -169,13 +170,8 @@ if HAS_GLUON:
         SHIFT: gl.constexpr = _SHIFT_FP8 if FP8 else _SHIFT_BF16
         TAU: gl.constexpr = _TAU_FP8 if FP8 else _TAU_BF16
         BAR0: gl.constexpr = _BAR0
-        KI: gl.constexpr = 32 if FP8 else 16  # wgmma's K per instruction: 32 bytes
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, KI]
-        )
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, KI]
-        )
+        s_layout: gl.constexpr = _acc_layout(BN, 1 if FP8 else 2)
+        o_layout: gl.constexpr = _acc_layout(D, 1 if FP8 else 2)
         p_layout: gl.constexpr = gl.DotOperandLayout(
             operand_index=0, parent=o_layout, k_width=4 if FP8 else 2
         )
