@@ -191,7 +191,8 @@ def test_gluon_fp8_pairs_take_short_and_odd_lists():
     counts, idx = mask_to_indices(mask)
     kw = dict(block_size=128, kv_len=kv_len, return_lse=True, precision="fp8", stages=2)
     out, lse = block_sparse_attention_gluon(q, k, v, counts, idx, pairs=True, **kw)
-    one, one_lse = block_sparse_attention_gluon(q, k, v, counts, idx, **kw)
+    # pairs=False: at stages=2 the default is the pair loop, which this compared with itself
+    one, one_lse = block_sparse_attention_gluon(q, k, v, counts, idx, pairs=False, **kw)
     assert torch.equal(out[:, :, :128], torch.zeros_like(out[:, :, :128]))
     assert torch.isinf(lse[:, :, :128]).all()
     ok = torch.isfinite(one_lse)

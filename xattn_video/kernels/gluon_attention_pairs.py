@@ -25,6 +25,14 @@ cuDNN's dense bf16 rate against 1.35-1.46x); 67,576 tokens 1.38-1.66x against 1.
 an H100 (probe_gluon_pairs_h100_119k.json, 119,056 tokens) 9.6-10.1% less time at densities
 0.1 / 0.3 / 1.0 (1.45-1.58x that card's cuDNN).
 
+A persistent version (a program per multiprocessor, query blocks from an atomic counter, the
+next block's Q loaded during the last P.V and the epilogue, O's store waited for only before
+its buffer is reused) gave bit-identical outputs but ran 1-6% slower at every density on the
+H200 with Triton 3.6 (docs/results/probe_gluon_persistent_h200_{119k,67k}.json): Triton 3.6
+spilled the shared-memory base inside one consumer's pair loop and the producer's, and ncu
+counted 7% more cycles at density 1.0; a static round-robin order was as slow and also lost
+L2 hits (89.8% -> 79.0% at density 0.1) as programs drifted apart across heads.
+
 Not supported: bf16 (its P in registers already fills the budget with a 128-key tile and
 bf16's matmuls leave the softmax enough time), ring depths other than 2 (shared memory).
 """
