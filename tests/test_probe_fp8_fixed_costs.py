@@ -1,0 +1,74 @@
+"""The fp8 fixed-cost probe (benchmarks/probe_fp8_fixed_costs.py) on CPU: the block lists it
+times are exactly the layouts it names, and what it runs."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_fp8_fixed_costs.py"
+
+
+def _probe():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("probe_fp8_fixed_costs", BENCH)
+        probe = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(probe)
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return probe
+
+
+@pytest.mark.parametrize("layout", ["random", "shared", "band"])
+def test_lists_hold_n_distinct_ascending_blocks_padded_with_nb(layout):
+    probe = _probe()
+    heads, nb, n_sel = 3, 10, 4
+    counts, idx = probe.block_lists(layout, heads, nb, n_sel, seed=5)
+    assert counts.dtype == idx.dtype == torch.int32
+    assert counts.shape == (1, heads, nb) and idx.shape == (1, heads, nb, nb)
+    assert torch.equal(counts, torch.full_like(counts, n_sel))
+    assert torch.equal(idx[..., n_sel:], torch.full_like(idx[..., n_sel:], nb))
+    sel = idx[..., :n_sel]
+    assert bool((sel[..., 1:] > sel[..., :-1]).all()) and bool((sel >= 0).all())
+    assert bool((sel < nb).all())
+    if layout == "shared":  # one set per head, the same for every query block
+        assert torch.equal(sel, sel[:, :, :1].expand_as(sel))
+        assert not torch.equal(sel[0, 0], sel[0, 1])  # heads differ (seeded)
+    elif layout == "band":  # query block qb lists qb, qb + 1, ... modulo nb
+        want = torch.tensor([sorted((qb + j) % nb for j in range(n_sel)) for qb in range(nb)])
+        assert torch.equal(sel[0, 0].long(), want) and torch.equal(sel[0, 2].long(), want)
+    else:  # each query block its own set
+        assert len({tuple(r.tolist()) for r in sel[0, 0]}) > 1
+
+
+def test_random_lists_repeat_with_the_seed_and_take_all_blocks_at_full_density():
+    probe = _probe()
+    a = probe.block_lists("random", 2, 8, 3, seed=1)[1]
+    assert torch.equal(a, probe.block_lists("random", 2, 8, 3, seed=1)[1])
+    assert not torch.equal(a, probe.block_lists("random", 2, 8, 3, seed=2)[1])
+    full = probe.block_lists("random", 2, 8, 8)[1]
+    assert torch.equal(full, torch.arange(8, dtype=torch.int32).expand(1, 2, 8, 8))
+    empty_counts, empty = probe.block_lists("band", 2, 8, 0)
+    assert int(empty_counts.sum()) == 0 and bool((empty == 8).all())
+
+
+def test_bad_layouts_and_lengths_are_refused():
+    probe = _probe()
+    with pytest.raises(ValueError, match="layout"):
+        probe.block_lists("diagonal", 1, 4, 2)
+    with pytest.raises(ValueError, match="n_sel"):
+        probe.block_lists("random", 1, 4, 5)
+
+
+def test_cases_cover_empty_short_and_density_lists_then_layouts_then_bf16():
+    probe = _probe()
+    nb = 931  # 119,056 tokens
+    assert probe.cases(nb) == [
+        ("fp8", "random", 0), ("fp8", "random", 2), ("fp8", "random", 8),
+        ("fp8", "random", 47), ("fp8", "random", 93), ("fp8", "random", 279),
+        ("fp8", "random", 931), ("fp8", "shared", 93), ("fp8", "band", 93),
+        ("bf16", "random", 0), ("bf16", "random", 93), ("bf16", "random", 931),
+    ]  # fmt: skip
