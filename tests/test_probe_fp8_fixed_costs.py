@@ -22,9 +22,10 @@ def _probe():
     return probe
 
 
-@pytest.mark.parametrize("layout", ["random", "shared", "band"])
-def test_lists_hold_n_distinct_ascending_blocks_padded_with_nb(layout):
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_lists_hold_n_distinct_ascending_blocks_padded_with_nb(which):
     probe = _probe()
+    layout = probe.LAYOUTS[which]  # random, one set per head, bands
     heads, nb, n_sel = 3, 10, 4
     counts, idx = probe.block_lists(layout, heads, nb, n_sel, seed=5)
     assert counts.dtype == idx.dtype == torch.int32
@@ -34,10 +35,10 @@ def test_lists_hold_n_distinct_ascending_blocks_padded_with_nb(layout):
     sel = idx[..., :n_sel]
     assert bool((sel[..., 1:] > sel[..., :-1]).all()) and bool((sel >= 0).all())
     assert bool((sel < nb).all())
-    if layout == "shared":  # one set per head, the same for every query block
+    if which == 1:  # one set per head, the same for every query block
         assert torch.equal(sel, sel[:, :, :1].expand_as(sel))
         assert not torch.equal(sel[0, 0], sel[0, 1])  # heads differ (seeded)
-    elif layout == "band":  # query block qb lists qb, qb + 1, ... modulo nb
+    elif which == 2:  # query block qb lists qb, qb + 1, ... modulo nb
         want = torch.tensor([sorted((qb + j) % nb for j in range(n_sel)) for qb in range(nb)])
         assert torch.equal(sel[0, 0].long(), want) and torch.equal(sel[0, 2].long(), want)
     else:  # each query block its own set
@@ -66,9 +67,11 @@ def test_bad_layouts_and_lengths_are_refused():
 def test_cases_cover_empty_short_and_density_lists_then_layouts_then_bf16():
     probe = _probe()
     nb = 931  # 119,056 tokens
+    rand, per_head, band = probe.LAYOUTS
     assert probe.cases(nb) == [
-        ("fp8", "random", 0), ("fp8", "random", 2), ("fp8", "random", 8),
-        ("fp8", "random", 47), ("fp8", "random", 93), ("fp8", "random", 279),
-        ("fp8", "random", 931), ("fp8", "shared", 93), ("fp8", "band", 93),
-        ("bf16", "random", 0), ("bf16", "random", 93), ("bf16", "random", 931),
+        ("fp8", rand, 0), ("fp8", rand, 2), ("fp8", rand, 8),
+        ("fp8", rand, 47), ("fp8", rand, 93), ("fp8", rand, 279),
+        ("fp8", rand, 931), ("fp8", per_head, 93), ("fp8", band, 93),
+        ("bf16", rand, 0), ("bf16", rand, 93), ("bf16", rand, 931),
     ]  # fmt: skip
+    assert rand == "random" and band == "band"
