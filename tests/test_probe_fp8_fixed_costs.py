@@ -1,25 +1,14 @@
 """The fp8 fixed-cost probe (benchmarks/probe_fp8_fixed_costs.py) on CPU: the block lists it
 times are exactly the layouts it names, and what it runs."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_fp8_fixed_costs.py"
+from ._benchmarks import load_benchmark
 
 
 def _probe():
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("probe_fp8_fixed_costs", BENCH)
-        probe = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(probe)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return probe
+    return load_benchmark("probe_fp8_fixed_costs")
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])

@@ -2,25 +2,16 @@
 loads as its own module inside the kernels package (its relative imports resolve, its
 functions are its own), and a variant that names no file is refused before any GPU work."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks" / "probe_gluon_ab.py"
+from ._benchmarks import load_benchmark
 
 
 def _probe():
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("probe_gluon_ab", BENCH)
-        probe = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(probe)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return probe
+    return load_benchmark("probe_gluon_ab")
 
 
 def test_variant_loads_as_its_own_module(tmp_path):
@@ -91,14 +82,6 @@ def test_estimate_probe_loads_an_estimate_variant_and_refuses_a_missing_file(tmp
     variant = _probe().load_variant("est_old", str(path))
     assert variant.__name__ == "xattn_video.kernels._ab_est_old"
     assert variant.estimate_block_scores is not installed.estimate_block_scores
-    sys.path.insert(0, str(BENCH.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "probe_estimate_ab", BENCH.parent / "probe_estimate_ab.py"
-        )
-        probe = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(probe)
-    finally:
-        sys.path.remove(str(BENCH.parent))
+    probe = load_benchmark("probe_estimate_ab")
     with pytest.raises(SystemExit):
         probe.main(["old=" + str(tmp_path / "missing.py")])
