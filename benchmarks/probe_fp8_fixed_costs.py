@@ -20,10 +20,11 @@ cuDNN's dense rate (``density * cudnn_ms / ms``).
 Measured on one H200 (triton 3.6; docs/results/probe_fp8_fixed_costs_h200.json): at 119,056
 tokens the 0-block fp8 call takes 1.87 ms, 1.30 of them quantization, against 20.9 ms at
 density 0.1 (1.47x cuDNN; 1.65x at density 1.0); at 67,576 tokens 1.17 ms, 0.75 quantization,
-against 6.9 ms (1.42x; 1.63x at 1.0). The layouts at density 0.1 differ by up to 8% between
-them at 67,576 tokens and by 3% at 119,056, and not in the order of their L2 reuse (random
-fastest at 67,576 tokens), as much as the same call between runs: another run of the same
-cases gave 1.34x for random lists at 67,576 tokens.
+against 6.9 ms (1.42x; 1.63x at 1.0). At density 0.1 and 119,056 tokens one set per head and
+the bands ran 2.6% faster than random lists (1.51x against 1.47x: L2 reuse), at 67,576 tokens
+random lists ran fastest (1.42x against 1.34x / 1.31x), so the layout moves the time no more
+than runs of the same call differ by (another run of these cases gave 1.34x for random lists at
+67,576 tokens).
 
 Usage: python benchmarks/probe_fp8_fixed_costs.py [--n 119056 67576] [--reps 10]
        [--out results/probe_fp8_fixed_costs.json]
