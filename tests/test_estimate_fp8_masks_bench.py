@@ -1,21 +1,15 @@
 """benchmarks/estimate_fp8_masks.py's observer and pooling on small random inputs (CPU)."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 import xattn_video as xv
 from xattn_video.calibrate import true_block_mass
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "estimate_fp8_masks.py"
+from ._benchmarks import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("estimate_fp8_masks", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("estimate_fp8_masks")
 
 
 def test_observer_measures_both_masks_and_pooling_weights_by_block_pairs():

@@ -2,12 +2,10 @@
 variant whose child stops printing is recorded as stalled (with its last launch) and the rest
 run in a new child; a child that exits mid-variant is recorded with its exit code."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "probe_estimate_stall.py"
+from ._benchmarks import load_benchmark
 
 FAKE_CHILD = """
 import json, sys, time
@@ -24,9 +22,7 @@ for i, v in json.loads(sys.argv[1]):
 
 
 def test_watcher_records_stalls_and_crashes_and_goes_on(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("probe_estimate_stall", BENCH)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark("probe_estimate_stall")
     fake = tmp_path / "child.py"
     fake.write_text(FAKE_CHILD)
     monkeypatch.setattr(
@@ -46,9 +42,7 @@ def test_watcher_records_stalls_and_crashes_and_goes_on(tmp_path, monkeypatch):
 
 
 def test_cases_pick_a_subset_in_order():
-    spec = importlib.util.spec_from_file_location("probe_estimate_stall", BENCH)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark("probe_estimate_stall")
     todo = probe.variants({"bf16": [], "fp8": [(128, 6, 0), (64, 8, 7)]}, [8, 16], cases=[2])
     assert todo == [
         ("fp8", 128, 6, 0, 2, 3000, 128, (3000, 2345), 8),
