@@ -19,8 +19,8 @@ from ._tiny_models import hv_inputs, tiny_hv_pipeline
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _dequant(x: torch.Tensor, block: int) -> torch.Tensor:
-    x8, scale = quantize_fp8_blocks_ref(x, block)
+def _dequant(x: torch.Tensor, block: int, kv_len: torch.Tensor | None = None) -> torch.Tensor:
+    x8, scale = quantize_fp8_blocks_ref(x, block, kv_len)
     scale = scale.repeat_interleave(block, -1)[..., : x.shape[2], None]
     return x8.float() * scale
 
@@ -32,11 +32,49 @@ def test_fp8_reference_is_the_estimate_of_the_e4m3_rounded_inputs(n, kv):
     kv_len = None if kv is None else torch.tensor([n, kv])
     kw = dict(stride=4, block_size=16, kv_len=kv_len)
     fp8 = estimate_block_scores_ref(q, k, precision="fp8", **kw)
-    want = estimate_block_scores_ref(_dequant(q, 16), _dequant(k, 16), **kw)
+    want = estimate_block_scores_ref(_dequant(q, 16), _dequant(k, 16, kv_len), **kw)
     torch.testing.assert_close(fp8, want, rtol=0, atol=0)
     bf16 = estimate_block_scores_ref(q, k, **kw)
     assert not torch.equal(fp8, bf16)  # the rounding is applied ...
     torch.testing.assert_close(fp8, bf16, rtol=0, atol=0.05)  # ... and small
+
+
+@pytest.mark.parametrize("value", [1e4, float("inf"), float("nan")])
+def test_padded_keys_take_no_part_in_the_fp8_scales(value):
+    """Keys past kv_len are quantized as zeros outside their block's scale: a large, infinite
+    or NaN padded key changes neither the quantized valid keys nor the fp8 estimate (before, a
+    large padded key coarsened its block's scale and an Inf made the block's scale infinite)."""
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, 3, 100, 16, generator=g) for _ in range(2))
+    kv_len = torch.tensor([100, 77])
+    k2 = k.clone()
+    k2[1, :, 78, 5] = value  # in the last valid key's block (keys 64-79), past kv_len
+    k8, scale = quantize_fp8_blocks_ref(k, 16, kv_len)
+    k8_2, scale_2 = quantize_fp8_blocks_ref(k2, 16, kv_len)
+    assert torch.equal(scale, scale_2)
+    assert torch.equal(k8.float(), k8_2.float())
+    assert (k8[1, :, 77:].float() == 0).all()
+    kw = dict(stride=4, block_size=16, kv_len=kv_len, precision="fp8")
+    assert torch.equal(
+        estimate_block_scores_ref(q, k, **kw), estimate_block_scores_ref(q, k2, **kw)
+    )
+
+
+def test_nonfinite_values_leave_the_rest_of_their_block_on_its_scale():
+    """Scales come from the finite values: an Inf in one row leaves its block's scale and the
+    other rows' e4m3 values as they were (the op's policy NaNs that row); before, the block's
+    scale became Inf and every other row of the block quantized to zero."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 2, 32, 16, generator=g)
+    x[0, 1, 3, 0] = 0.0
+    x2 = x.clone()
+    x2[0, 1, 3, 0] = float("inf")
+    x8, scale = quantize_fp8_blocks_ref(x, 16)
+    x8_2, scale_2 = quantize_fp8_blocks_ref(x2, 16)
+    assert torch.equal(scale, scale_2)
+    torch.testing.assert_close(scale[0, 1, 0], x[0, 1, :16].abs().amax() / FP8_MAX, rtol=0, atol=0)
+    rows = torch.arange(32) != 3
+    assert torch.equal(x8_2[0, 1, rows].float(), x8[0, 1, rows].float())
 
 
 def test_inputs_on_the_e4m3_grid_give_the_bf16_estimate_exactly():

@@ -54,3 +54,88 @@ def test_op_fp8_matches_bf16_within_budget():
     print(f"op fp8 rel_l2 {rel:.3e} (bf16 {rel16:.3e})")
     assert rel < 0.08 and rel16 < 1e-2
     assert math.isfinite(rel)
+
+
+needs_sm90 = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9),
+    reason="needs an sm90+ GPU",
+)
+
+
+def _bf16_qkv(B, H, N, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(B, H, N, 128, device="cuda", generator=g).bfloat16() for _ in range(3)]
+
+
+@pytest.mark.gpu
+@needs_sm90
+@pytest.mark.parametrize("estimate_precision", ["bf16", "fp8"])
+def test_op_fp8_ignores_padded_keys(estimate_precision):
+    """Keys past kv_len take no part in the fp8 scales and quantize to zero: planted NaN, Inf
+    and 1e4 there leave the mask and the output bit-identical. Before, V's head scale came from
+    every key (a padded NaN made the whole head NaN, a padded 1e4 coarsened it) and K's block
+    scale from the whole block."""
+    q, k, v = _bf16_qkv(2, 2, 3000, seed=1)
+    kv_len = torch.tensor([3000, 2900], device="cuda")
+    kw = dict(ratio=0.5, stride=8, block_size=128, kv_len=kv_len, precision="fp8",
+              estimate_precision=estimate_precision, return_mask=True)  # fmt: skip
+    out, mask = xv.xattention(q, k, v, **kw)
+    k2, v2 = k.clone(), v.clone()
+    k2[1, 0, 2950, 3] = float("inf")
+    k2[1, 1, 2990, 0] = 1e4
+    v2[1, 0, 2999, 1] = float("nan")
+    v2[1, 1, 2901, 2] = 1e4
+    out2, mask2 = xv.xattention(q, k2, v2, **kw)
+    assert torch.isfinite(out).all()
+    assert torch.equal(mask, mask2) and torch.equal(out, out2)
+
+
+@pytest.mark.gpu
+@needs_sm90
+def test_fp8_inf_in_one_query_row_leaves_its_block_alone():
+    """With a given mask the policy NaNs only the row; before, the Inf made its block's fp8
+    scale infinite and all 128 rows of the block NaN."""
+    q, k, v = _bf16_qkv(1, 2, 1000, seed=2)
+    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool, device="cuda")
+    out = xv.block_sparse_attention(q, k, v, mask, block_size=128, precision="fp8")
+    q2 = q.clone()
+    q2[0, 1, 200, 5] = float("inf")
+    out2 = xv.block_sparse_attention(q2, k, v, mask, block_size=128, precision="fp8")
+    bad = torch.zeros(1, 2, 1000, dtype=torch.bool, device="cuda")
+    bad[0, 1, 200] = True
+    assert torch.equal(out2.isnan().all(-1), bad) and torch.equal(out2.isnan().any(-1), bad)
+    assert torch.equal(out2[~bad], out[~bad])
+
+
+@pytest.mark.gpu
+@needs_sm90
+def test_fp8_op_quantizes_once_and_equals_the_composed_calls(monkeypatch):
+    """precision and estimate_precision both "fp8": q, k and v are quantized once (one
+    launch, flags included) for the estimate and the attention, with the result of the two
+    calls composed by hand (each quantizing for itself); eager equals torch.compile."""
+    from xattn_video import library
+
+    q, k, v = _bf16_qkv(1, 3, 5000, seed=3)
+    kv_len = torch.tensor([4900], device="cuda")
+    sel = dict(ratio=0.3, stride=8, block_size=128, kv_len=kv_len)
+    calls = []
+    real = library.quantize_fp8_inputs
+    monkeypatch.setattr(
+        library, "quantize_fp8_inputs", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+    out, mask = xv.xattention(q, k, v, precision="fp8", estimate_precision="fp8",
+                              return_mask=True, **sel)  # fmt: skip
+    assert len(calls) == 1
+    want_mask = xv.estimate_block_mask(q, k, precision="fp8", **sel)
+    want = xv.block_sparse_attention(q, k, v, want_mask, block_size=128, kv_len=kv_len,
+                                     precision="fp8")  # fmt: skip
+    assert torch.equal(mask, want_mask) and torch.equal(out, want)
+    args = (q, k, v, kv_len.int(), 128)
+    torch.library.opcheck(library.quantize_fp8_op, args,
+                          test_utils=("test_schema", "test_faketensor"))  # fmt: skip
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda q, k, v: xv.xattention(q, k, v, precision="fp8", estimate_precision="fp8", **sel),
+        fullgraph=True,
+    )
+    assert torch.equal(compiled(q, k, v), out)

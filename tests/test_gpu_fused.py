@@ -68,3 +68,31 @@ def test_nonfinite_kernels_equal_the_policy_bf16(nan_block):
     assert int(want.sum()) == (N - 39 * 128 if nan_block else 1) + N
     assert torch.equal(out.isnan().all(-1), want) and torch.equal(out.isnan().any(-1), want)
     assert torch.equal(out[~want], out0[~want])
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9),
+    reason="fp8 needs an sm90+ GPU",
+)
+def test_fp8_quantizer_flags_equal_the_flag_kernel():
+    """The fp8 quantizer's non-finite flags (taken from its own reads of q, k, v) equal
+    :func:`nonfinite_flags` bit for bit; its scales equal the references' (padding outside)."""
+    from xattn_video.kernels.fp8 import _head_scale, quantize_fp8_blocks_ref, quantize_fp8_inputs
+
+    B, H, N, D = 2, 3, 5000, 128
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+    kv_len = torch.tensor([5000, 3000], device="cuda", dtype=torch.int32)
+    q[0, 2, 4999, 7] = float("nan")
+    k[1, 1, 2999, 0] = float("inf")  # the last valid key
+    v[1, 0, 3000, 0] = float("nan")  # padding: ignored
+    k[1, 2, 3100, 1] = 1e4  # padding: outside the scale
+    res, flags = quantize_fp8_inputs(q, k, v, block=128, kv_len=kv_len, flags=True)
+    want = nonfinite_flags(q, k, v, kv_len)
+    assert torch.equal(flags[0], want[0]) and torch.equal(flags[1], want[1])
+    torch.testing.assert_close(res.q_scale, quantize_fp8_blocks_ref(q, 128)[1].reshape(B * H, -1),
+                               rtol=2e-7, atol=0)  # fmt: skip
+    k_ref = quantize_fp8_blocks_ref(k, 128, kv_len)[1].reshape(B * H, -1)
+    torch.testing.assert_close(res.k_scale, k_ref, rtol=2e-7, atol=0)
+    torch.testing.assert_close(res.v_scale, _head_scale(v, kv_len), rtol=2e-7, atol=0)
+    assert (res.k8[1, :, 3000:].float() == 0).all()

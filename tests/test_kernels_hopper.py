@@ -155,19 +155,49 @@ def test_fp8_head_t_kernel_writes_the_key_order():
     from xattn_video.kernels import fp8
 
     v = torch.randn(1, 2, 200, 16, generator=torch.Generator().manual_seed(8))
-    scale = fp8._head_scale(v).contiguous()
+    v[0, 1, 190:] = float("nan")  # padding (kv_len 190): written as zeros
+    lens = torch.tensor([190], dtype=torch.int32)
+    scale = fp8._head_scale(v, lens).contiguous()
 
     def run(order: bool, width: int) -> torch.Tensor:
         buf = torch.full((1, 2, 16, width), float("nan")).to(torch.float8_e4m3fn)
         fp8._quant_head_t_kernel[(cdiv(200, 64), 2)](
-            v, buf, scale, *v.stride()[:3], *buf.stride()[:3], 2, 200, width,
+            v, buf, scale, lens, *v.stride()[:3], *buf.stride()[:3], 2, 200, width,
             BLOCK=64, D=16, WGMMA_ORDER=order,
         )  # fmt: skip
         return buf.float()
 
+    plain = run(False, 208)
+    assert (plain[..., 190:200] == 0).all() and not plain[..., :200].isnan().any()
     padded = torch.zeros(1, 2, 16, 224)
-    padded[..., :200] = run(False, 208)[..., :200]
+    padded[..., :200] = plain[..., :200]
     assert torch.equal(run(True, 224), padded[..., wgmma_fp8_key_order(224)])
+
+
+def test_fp8_inputs_kernel_scales_zeros_and_flags():
+    """The one-launch quantizer (interpreter on CPU): Q's and K's block scales and V's head
+    scale equal the references' (padded keys and non-finite values outside them), padded keys
+    come out as zeros, and its non-finite flags equal :func:`nonfinite_flags` bit for bit (a
+    NaN query row, an Inf in a valid key; a NaN and a 1e4 in padding ignored)."""
+    from xattn_video.kernels import fp8
+    from xattn_video.kernels.nonfinite import nonfinite_flags
+
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(2, 3, 300, 16, generator=g) for _ in range(3))
+    lens = torch.tensor([300, 150], dtype=torch.int32)
+    q[0, 1, 37, 3] = float("nan")
+    k[1, 0, 140, 2] = float("inf")  # a valid key: its chunk flagged
+    v[1, 1, 170, 5] = float("nan")  # padding: neither flagged nor in the scale
+    k[1, 2, 160, 0] = 1e4  # padding: not in the scale
+    q8, k8, q_scale, k_scale, v_amax, q_bad, kv_bad = fp8._launch(q, k, v, lens, 128, True, 32, 4)
+    _, q_ref = fp8.quantize_fp8_blocks_ref(q, 128)
+    _, k_ref = fp8.quantize_fp8_blocks_ref(k, 128, lens)
+    assert torch.equal(q_scale, q_ref.reshape(6, -1)) and torch.equal(k_scale, k_ref.reshape(6, -1))
+    assert torch.equal(fp8._scale_of(v_amax.amax(-1)).reshape(2, 3), fp8._head_scale(v, lens))
+    assert (k8[1, :, 150:].float() == 0).all() and not k8[1, 1:, :150].float().isnan().any()
+    want_q, want_kv = nonfinite_flags(q, k, v, lens)
+    assert torch.equal(q_bad, want_q) and torch.equal(kv_bad, want_kv)
+    assert int(q_bad.sum()) == 1 and int(kv_bad.sum()) == 1
 
 
 def test_fp8_pv_rejects_lazy_rescale():

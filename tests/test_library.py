@@ -43,7 +43,7 @@ def test_opcheck_estimate(use_triton):
         pytest.skip("the Triton path needs the interpreter on CPU")
     q, k, _ = _qkv()
     kv_len = torch.tensor([70, 41], dtype=torch.int32)
-    args = (q, k, kv_len, 4, 16, use_triton)
+    args = (q, k, kv_len, [], 4, 16, use_triton)
     torch.library.opcheck(library.estimate_block_scores_op, args, test_utils=OPCHECK_TESTS)
     got = library.estimate_block_scores_op(*args)
     want = estimate_block_scores_ref(q, k, stride=4, block_size=16, kv_len=kv_len)
@@ -86,7 +86,7 @@ def test_opcheck_block_sparse_attention(use_triton, return_lse):
         pytest.skip("the Triton path needs the interpreter on CPU")
     q, k, v, mask, counts, indices, kv_len = _sparse_inputs()
     scale = 0.25
-    args = (q, k, v, counts, indices, kv_len, 16, scale, return_lse, use_triton)
+    args = (q, k, v, counts, indices, kv_len, [], 16, scale, return_lse, use_triton)
     torch.library.opcheck(library.block_sparse_attention_op, args, test_utils=OPCHECK_TESTS)
     out, lse = library.block_sparse_attention_op(*args)
     want = block_sparse_attention_ref(

@@ -245,13 +245,13 @@ def test_dense_layers_are_honoured():
 
 def test_mask_refresh_reuses_masks_per_layer_and_branch(monkeypatch):
     calls = []
-    real = attention_mod.estimate_block_mask
+    real = attention_mod._estimate_mask
 
     def spy(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(attention_mod, "estimate_block_mask", spy)
+    monkeypatch.setattr(attention_mod, "_estimate_mask", spy)
     pipe = tiny_hv_pipeline()
     # 5 steps, 1 warm-up: 4 sparse steps x 3 layers x 2 CFG branches = 24 sparse calls
     with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1)) as h:

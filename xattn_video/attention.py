@@ -18,7 +18,8 @@ output NaN (dense attention spreads it to every row through the softmax); one in
 makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
 are ignored like the rest of the padding. The block mask estimated for such a head or block is
-unspecified. The check costs one pass over q, k and v per call and one over the flags, on the
+unspecified. The check costs one pass over q, k and v per call (fp8 calls take the flags from
+their quantization's reads instead) and one over the flags, on the
 device (two Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch
 backend), no host sync.
 
@@ -38,7 +39,13 @@ from .kernels.nonfinite import nonfinite_rows_ref
 from .kernels.select import select_blocks, valid_key_blocks
 from .kernels.select_fused import MAX_BLOCKS as MAX_FUSED_BLOCKS
 from .kernels.sparse_attention import block_sparse_attention_ref
-from .library import block_csr, estimate_scores, select_block_mask, sparse_attention
+from .library import (
+    block_csr,
+    estimate_scores,
+    quantize_fp8,
+    select_block_mask,
+    sparse_attention,
+)
 from .op_checks import BLOCK_SIZES as BLOCK_SIZES
 from .op_checks import STRIDES as STRIDES
 from .op_checks import (
@@ -123,6 +130,18 @@ def estimate_block_mask(
     Triton kernels on sm90+ GPUs; the torch backend emulates it exactly in fp32). Its masks
     can differ from bf16 ones where blocks' masses nearly tie.
     """
+    return _estimate_mask(
+        q, k, None, threshold=threshold, stride=stride, block_size=block_size, kv_len=kv_len,
+        ratio=ratio, dense_from=dense_from, backend=backend, max_density=max_density,
+        precision=precision,
+    )[0]  # fmt: skip
+
+
+def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, dense_from, backend,
+                   max_density, precision):  # fmt: skip
+    """:func:`estimate_block_mask` -> (mask, fp8): with v given on the fp8 Triton path on an sm90
+    GPU, q, k and v are quantized once (:func:`.library.quantize_fp8`) and ``fp8`` is that list
+    for the fp8 attention to reuse; else ``fp8`` is None."""
     if threshold is None and ratio is None:
         threshold = DEFAULT_THRESHOLD
     if max_density is not None and not (0.0 < float(max_density) <= 1.0):
@@ -141,16 +160,22 @@ def estimate_block_mask(
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch" and kv_len is not None:
         k = zero_padding(k, lens)
+    fp8 = None
+    if v is not None and precision == "fp8" and backend == "triton" and q.is_cuda:
+        check_qk(q, v, "v")
+        if v.shape[2] != Nk:
+            raise ValueError("k and v must have the same number of tokens")
+        fp8 = quantize_fp8(q, k, v, kv_len=lens, block_size=block_size)
     scores = estimate_scores(
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton",
-        precision=precision,
+        precision=precision, fp8=fp8,
     )  # fmt: skip
     if backend == "triton" and ratio is None and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
         # one kernel (two and a sort with a budget)
         return select_block_mask(
             scores, kv_len=lens, threshold=threshold, dense_from=dense_from,
             block_size=block_size, max_density=max_density,
-        )  # fmt: skip
+        ), fp8  # fmt: skip
     force_rows = dense_blocks(dense_from, B, Nq, block_size, q.device)
     force_cols = dense_blocks(dense_from, B, Nk, block_size, q.device)
     return select_blocks(
@@ -162,7 +187,7 @@ def estimate_block_mask(
         force_rows=force_rows,
         force_cols=force_cols,
         max_density=max_density,
-    )
+    ), fp8
 
 
 def block_scores(
@@ -222,9 +247,10 @@ def block_sparse_attention(
 
 
 def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backend, precision,
-                  nan_block):  # fmt: skip
+                  nan_block, fp8=None):  # fmt: skip
     """:func:`block_sparse_attention` with the non-finite policy per row (``nan_block`` 0) or
-    per query block (the block size: :func:`xattention` estimated the mask)."""
+    per query block (the block size: :func:`xattention` estimated the mask); ``fp8``: q, k, v
+    already quantized with their flags (:func:`.library.quantize_fp8`) for an fp8 call."""
     check_qk(q, k)
     check_qk(q, v, "v")
     if k.shape[2] != v.shape[2]:
@@ -280,6 +306,7 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
         use_triton=True,
         precision=precision,
         nan_block=nan_block,
+        fp8=fp8 if precision == "fp8" else None,
     )
 
 
@@ -316,10 +343,13 @@ def xattention(
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
     """
     estimated = mask is None
+    fp8 = None
     if estimated:
-        mask = estimate_block_mask(
+        mask, fp8 = _estimate_mask(
             q,
             k,
+            # fp8 in both: quantize q, k and v once for the estimate and the attention
+            v if precision == estimate_precision == "fp8" else None,
             threshold=threshold,
             stride=stride,
             block_size=block_size,
@@ -333,7 +363,7 @@ def xattention(
     # a mask row estimated from a non-finite query row is meaningless: its whole block is NaN
     res = _block_sparse(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale, return_lse=return_lse,
-        backend=backend, precision=precision, nan_block=block_size if estimated else 0,
+        backend=backend, precision=precision, nan_block=block_size if estimated else 0, fp8=fp8,
     )  # fmt: skip
     out, lse = res if return_lse else (res, None)
     extras = ((mask,) if return_mask else ()) + ((lse,) if return_lse else ())

@@ -1,18 +1,23 @@
 """The XAttention kernels as ``torch.library`` custom ops, so compiled graphs keep them whole.
 
-Four ops carry the Triton launchers (and, on CPU, the PyTorch references where noted):
+Five ops carry the Triton launchers (and, on CPU, the PyTorch references where noted):
 
-- ``xattn_video::estimate_block_scores(q, k, kv_len, stride, block_size, use_triton,
+- ``xattn_video::quantize_fp8(q, k, v, kv_len, block_size)`` -> the fp8 kernels' inputs and the
+  non-finite flags as a list of 7 tensors (:data:`FP8_FIELDS`; sm90 GPUs), so an op that runs
+  both the fp8 estimate and the fp8 attention reads and quantizes q and k once;
+- ``xattn_video::estimate_block_scores(q, k, kv_len, fp8, stride, block_size, use_triton,
   precision)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal estimate; "fp8":
-  Q and K in e4m3, emulated by the reference on the torch backend);
+  Q and K in e4m3, emulated by the reference on the torch backend; ``fp8``: the list from
+  ``quantize_fp8`` or empty);
 - ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
   dense_from_int, block_size, max_density, min_blocks)`` -> mask (B, H, Nbq, Nbk) bool (the
   threshold selection with the text policy and the budget; Triton only);
 - ``xattn_video::block_csr(mask, kv_len, block_size, n_k)`` -> (counts, indices) (Triton only);
-- ``xattn_video::block_sparse_attention(q, k, v, counts, indices, kv_len, block_size, scale,
-  return_lse, use_triton, precision, nan_block)`` -> (out (B, H, N, D) in q's dtype, lse
+- ``xattn_video::block_sparse_attention(q, k, v, counts, indices, kv_len, fp8, block_size,
+  scale, return_lse, use_triton, precision, nan_block)`` -> (out (B, H, N, D) in q's dtype, lse
   (B, H, N) float32, or an empty (0,) float32 tensor when ``return_lse`` is False), with the
-  op's non-finite policy applied inside (flag kernel before, NaN kernel after).
+  op's non-finite policy applied inside (flags before the kernel -- for fp8 from the
+  quantization's own reads of q, k and v -- NaN kernel after).
 
 The ``torch`` backend's code between them (ratio selection, the batched torch selection) is
 plain tensor code that dynamo and inductor trace directly, with no host read. Each op has a
@@ -43,7 +48,8 @@ import torch
 from .kernels._common import cdiv
 from .kernels.estimate import estimate_block_scores as _estimate_triton
 from .kernels.estimate import estimate_block_scores_ref as _estimate_ref
-from .kernels.nonfinite import nonfinite_flags, nonfinite_rows_ref, propagate_nan
+from .kernels.fp8 import Fp8Inputs, quantize_fp8_inputs
+from .kernels.nonfinite import FLAG_ROWS, nonfinite_flags, nonfinite_rows_ref, propagate_nan
 from .kernels.select_fused import mask_to_csr as _csr_triton
 from .kernels.select_fused import select_blocks_fused as _select_triton
 from .kernels.sparse_attention import block_sparse_attention_fwd as _attn_triton
@@ -51,6 +57,39 @@ from .kernels.sparse_attention import block_sparse_attention_ref as _attn_ref
 from .op_checks import FP8_ESTIMATE_GPU, propagate_nonfinite
 
 NAMESPACE = "xattn_video"
+
+FP8_FIELDS = ("q8", "k8", "q_scale", "k_scale", "v_scale", "q_bad", "kv_bad")
+"""The tensors of ``quantize_fp8``'s list: :class:`~.kernels.fp8.Fp8Inputs`, then the flags."""
+
+
+def _fp8_inputs(fp8: list[torch.Tensor]) -> Fp8Inputs | None:
+    return Fp8Inputs(*fp8[:5]) if fp8 else None
+
+
+def _quantize_fp8_impl(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor, block_size: int
+) -> list[torch.Tensor]:
+    if torch.cuda.get_device_capability(q.device)[0] < 9:  # the op's callers ask for fp8 estimates
+        raise ValueError(FP8_ESTIMATE_GPU)
+    inputs, flags = quantize_fp8_inputs(q, k, v, block=block_size, kv_len=kv_len, flags=True)
+    return [*inputs, *flags]
+
+
+quantize_fp8_op = torch.library.custom_op(
+    f"{NAMESPACE}::quantize_fp8", _quantize_fp8_impl, mutates_args=()
+)
+
+
+@quantize_fp8_op.register_fake
+def _(q, k, v, kv_len, block_size):
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
+    chunks = cdiv(max(Nq, Nk), FLAG_ROWS)
+    f8, f32, i8 = torch.float8_e4m3fn, torch.float32, torch.int8
+    shapes = [((B, H, Nq, D), f8), ((B, H, Nk, D), f8), ((B * H, nbq), f32),
+              ((B * H, nbk), f32), ((B, H), f32), ((B * H, Nq), i8), ((B * H, chunks), i8)]  # fmt: skip
+    return [q.new_empty(shape, dtype=dtype) for shape, dtype in shapes]
 
 
 def indices_to_mask(counts: torch.Tensor, indices: torch.Tensor, n_kb: int) -> torch.Tensor:
@@ -67,6 +106,7 @@ def _estimate_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     kv_len: torch.Tensor,
+    fp8: list[torch.Tensor],
     stride: int,
     block_size: int,
     use_triton: bool,
@@ -74,8 +114,10 @@ def _estimate_impl(
 ) -> torch.Tensor:
     if use_triton and precision == "fp8" and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError(FP8_ESTIMATE_GPU)  # checked here: inside the op under torch.compile
-    fn = _estimate_triton if use_triton else _estimate_ref
-    return fn(q, k, stride=stride, block_size=block_size, kv_len=kv_len, precision=precision)
+    kw = dict(stride=stride, block_size=block_size, kv_len=kv_len, precision=precision)
+    if not use_triton:
+        return _estimate_ref(q, k, **kw)
+    return _estimate_triton(q, k, fp8_inputs=_fp8_inputs(fp8) if precision == "fp8" else None, **kw)
 
 
 def _attention_impl(
@@ -85,6 +127,7 @@ def _attention_impl(
     counts: torch.Tensor,
     indices: torch.Tensor,
     kv_len: torch.Tensor,
+    fp8: list[torch.Tensor],
     block_size: int,
     scale: float,
     return_lse: bool,
@@ -93,10 +136,13 @@ def _attention_impl(
     nan_block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if use_triton:
-        flags = nonfinite_flags(q, k, v, kv_len)  # before the kernel: fp8 may requantize
+        if precision == "fp8" and not fp8 and torch.cuda.get_device_capability(q.device)[0] >= 9:
+            fp8 = _quantize_fp8_impl(q, k, v, kv_len, block_size)  # flags from the same reads
+        flags = fp8[5:] if precision == "fp8" and fp8 else nonfinite_flags(q, k, v, kv_len)
         res = _attn_triton(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
             return_lse=return_lse, precision=precision,
+            fp8_inputs=_fp8_inputs(fp8) if precision == "fp8" else None,
         )  # fmt: skip
         out, lse = res if return_lse else (res, None)
         propagate_nan(out, lse, *flags, nan_block=nan_block)
@@ -176,17 +222,19 @@ def estimate_block_scores_op(
     q: torch.Tensor,
     k: torch.Tensor,
     kv_len: torch.Tensor,
+    fp8: list[torch.Tensor],
     stride: int,
     block_size: int,
     use_triton: bool,
     precision: str = "bf16",
 ) -> torch.Tensor:
-    """q: (B, H, Nq, D), k: (B, H, Nk, D), kv_len: (B,) int32 -> (B, H, Nbq, Nbk) float32."""
-    return _estimate_impl(q, k, kv_len, stride, block_size, use_triton, precision)
+    """q: (B, H, Nq, D), k: (B, H, Nk, D), kv_len: (B,) int32, fp8: ``quantize_fp8``'s list or
+    empty -> (B, H, Nbq, Nbk) float32."""
+    return _estimate_impl(q, k, kv_len, fp8, stride, block_size, use_triton, precision)
 
 
 @estimate_block_scores_op.register_fake
-def _(q, k, kv_len, stride, block_size, use_triton, precision="bf16"):
+def _(q, k, kv_len, fp8, stride, block_size, use_triton, precision="bf16"):
     B, H, Nq, _ = q.shape
     return q.new_empty(
         (B, H, cdiv(Nq, block_size), cdiv(k.shape[2], block_size)), dtype=torch.float32
@@ -201,6 +249,7 @@ def block_sparse_attention_op(
     counts: torch.Tensor,
     indices: torch.Tensor,
     kv_len: torch.Tensor,
+    fp8: list[torch.Tensor],
     block_size: int,
     scale: float,
     return_lse: bool,
@@ -209,19 +258,20 @@ def block_sparse_attention_op(
     nan_block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v: (B, H, N, D); counts (B, H, Nbq) int32; indices (B, H, Nbq, L) int32;
-    kv_len (B,) int32 -> (out (B, H, Nq, D), lse (B, H, Nq) float32 or an empty (0,)).
+    kv_len (B,) int32; fp8: ``quantize_fp8``'s list or empty (then an fp8 call quantizes here)
+    -> (out (B, H, Nq, D), lse (B, H, Nq) float32 or an empty (0,)).
     Non-finite input: the op's policy (:mod:`xattn_video.attention`), per row, or per query
     block of ``nan_block`` rows when it is not 0."""
     return _attention_impl(
-        q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision,
-        nan_block,
+        q, k, v, counts, indices, kv_len, fp8, block_size, scale, return_lse, use_triton,
+        precision, nan_block,
     )  # fmt: skip
 
 
 @block_sparse_attention_op.register_fake
 def _(
-    q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton, precision="bf16",
-    nan_block=0,
+    q, k, v, counts, indices, kv_len, fp8, block_size, scale, return_lse, use_triton,
+    precision="bf16", nan_block=0,
 ):  # fmt: skip
     B, H, Nq, _ = q.shape
     lse_shape = (B, H, Nq) if return_lse else (0,)
@@ -237,12 +287,26 @@ def estimate_scores(
     block_size: int,
     use_triton: bool,
     precision: str = "bf16",
+    fp8: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Block scores (B, H, Nbq, Nbk) float32: the registered op under ``torch.compile``, the
-    implementation directly in eager mode. kv_len: (B,) int32 on q's device."""
+    implementation directly in eager mode. kv_len: (B,) int32 on q's device. ``fp8``: what
+    :func:`quantize_fp8` returned for these q and k (an fp8 estimate then reuses it)."""
+    args = (q, k, kv_len, fp8 or [], stride, block_size, use_triton, precision)
     if torch.compiler.is_compiling():
-        return estimate_block_scores_op(q, k, kv_len, stride, block_size, use_triton, precision)
-    return _estimate_impl(q, k, kv_len, stride, block_size, use_triton, precision)
+        return estimate_block_scores_op(*args)
+    return _estimate_impl(*args)
+
+
+def quantize_fp8(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_len: torch.Tensor, block_size: int
+) -> list[torch.Tensor]:
+    """q, k, v quantized for the fp8 kernels with the non-finite flags (:data:`FP8_FIELDS`),
+    for :func:`estimate_scores` and :func:`sparse_attention` to share (sm90 GPUs; the registered
+    op under ``torch.compile``). kv_len: (B,) int32 on q's device."""
+    if torch.compiler.is_compiling():
+        return quantize_fp8_op(q, k, v, kv_len, block_size)
+    return _quantize_fp8_impl(q, k, v, kv_len, block_size)
 
 
 def sparse_attention(
@@ -259,12 +323,14 @@ def sparse_attention(
     use_triton: bool,
     precision: str = "bf16",
     nan_block: int = 0,
+    fp8: list[torch.Tensor] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention inside CSR block lists (see :func:`block_sparse_attention_op`), with the
     non-finite policy; returns out, or (out, lse) with ``return_lse``. ``scale`` None means
-    1/sqrt(D)."""
+    1/sqrt(D). ``fp8``: what :func:`quantize_fp8` returned for these q, k, v."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    args = (q, k, v, counts, indices, kv_len, block_size, scale, return_lse, use_triton)
+    args = (q, k, v, counts, indices, kv_len, fp8 or [], block_size, scale, return_lse,
+            use_triton)  # fmt: skip
     if torch.compiler.is_compiling():
         out, lse = block_sparse_attention_op(*args, precision, nan_block)
     else:

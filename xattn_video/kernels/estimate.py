@@ -40,7 +40,7 @@ from ._common import (
     interpreter_enabled,
     kv_len_tensor,
 )
-from .fp8 import round_fp8_blocks_ref
+from .fp8 import Fp8Inputs, quantize_fp8_qk, round_fp8_blocks_ref
 
 if HAS_TRITON:
     import triton
@@ -62,12 +62,13 @@ def estimate_block_scores_ref(
     padding. Returns A: (B, H, ceil(Nq/block_size), ceil(Nk/block_size)) float32.
     ``precision="fp8"``: q and k first rounded as the fp8 kernels take them (e4m3 with one
     scale per (b, h, block), :func:`.fp8.quantize_fp8_blocks_ref`), then the same fp32 math:
-    the kernels' fp8 estimate up to accumulation order (for padded keys given as zeros, as the
-    op's torch backend gives them; the kernels quantize them as they are), on any device.
+    the kernels' fp8 estimate up to accumulation order (padded keys quantized as zeros and
+    outside their block's scale, as the kernels take them), on any device.
     """
     check_precision(precision)
     if precision == "fp8":
-        q, k = round_fp8_blocks_ref(q, block_size), round_fp8_blocks_ref(k, block_size)
+        q = round_fp8_blocks_ref(q, block_size)
+        k = round_fp8_blocks_ref(k, block_size, kv_len)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     S = stride
@@ -230,6 +231,7 @@ def estimate_block_scores(
     precision: str = "bf16",
     flatten: bool | None = None,
     kernel: str = "auto",
+    fp8_inputs: Fp8Inputs | None = None,
 ) -> torch.Tensor:
     """Block scores with the fused Triton kernel, or on sm90 GPUs the Gluon one
     (:mod:`.estimate_gluon`) where :func:`.tuning.estimate_kernel_for` picks it. Same contract
@@ -243,7 +245,9 @@ def estimate_block_scores(
     ``flatten``: ask Triton to flatten the key-tile / stride loop nest for pipelining.
     On CUDA, ``launch`` / ``flatten`` left None come from :func:`.tuning.estimate_config`.
     ``kernel``: "auto", or force "gluon" / "triton" (``launch`` / ``flatten`` tune the Triton
-    kernel, so giving either keeps "auto" on it).
+    kernel, so giving either keeps "auto" on it). ``fp8_inputs``: q and k already quantized by
+    :func:`.fp8.quantize_fp8_inputs` with this ``block_size`` and ``kv_len`` (the op shares
+    them with the fp8 attention); q and k then give only the shapes.
     """
     check_precision(precision)
     if kernel == "gluon" or (kernel == "auto" and q.is_cuda and launch is None and flatten is None):
@@ -255,7 +259,7 @@ def estimate_block_scores(
 
             return estimate_block_scores_gluon(
                 q, k, stride=stride, block_size=block_size, kv_len=kv_len, precision=precision,
-                block_n=tile_n, stages=stages,
+                block_n=tile_n, stages=stages, fp8_inputs=fp8_inputs,
             )  # fmt: skip
     elif kernel not in ("auto", "triton"):
         raise ValueError(f"kernel must be 'auto', 'gluon' or 'triton', got {kernel!r}")
@@ -279,9 +283,8 @@ def estimate_block_scores(
     flatten = bool(flatten)
     fp8 = precision == "fp8"
     if fp8:
-        from .fp8 import quantize_fp8_qk
-
-        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
+        f8 = fp8_inputs or quantize_fp8_qk(q, k, block_size, lens)
+        q, k, q_scale, k_scale = f8.q8, f8.k8, f8.q_scale, f8.k_scale
     else:
         q_scale = k_scale = lens.view(B, 1)  # never read without FP8 (no allocation per call)
 

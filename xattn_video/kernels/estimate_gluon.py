@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
-from .fp8 import quantize_fp8_qk
+from .fp8 import Fp8Inputs, quantize_fp8_qk
 from .sparse_attention_gluon import HAS_GLUON, MAXNREG, MIN_TRITON
 
 if HAS_GLUON:
@@ -338,6 +338,7 @@ def estimate_block_scores_gluon(
     block_n: int = 128,
     stages: int = 3,
     pre: int = 0,
+    fp8_inputs: Fp8Inputs | None = None,
 ) -> torch.Tensor:
     """Block scores with the Gluon kernel (see the module docstring); same contract as
     :func:`.estimate.estimate_block_scores_ref`.
@@ -346,7 +347,8 @@ def estimate_block_scores_gluon(
     int. Returns (B, H, ceil(Nq/block_size), ceil(Nk/block_size)) float32. ``block_n``: key
     groups per tile (64, 128 or 256); ``stages``: depth of the (query chunk, key chunk) ring;
     ``pre``: chunk matmuls of the next tile issued before a tile's epilogue (0 to
-    ``stages - 1``; 0, the default, was the fastest measured).
+    ``stages - 1``; 0, the default, was the fastest measured). ``fp8_inputs``: q and k already
+    quantized for ``precision="fp8"`` (see :func:`.estimate.estimate_block_scores`).
     """
     if not HAS_GLUON:
         raise RuntimeError(f"the Gluon estimate needs Triton >= {'.'.join(map(str, MIN_TRITON))} "
@@ -375,7 +377,8 @@ def estimate_block_scores_gluon(
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     fp8 = precision == "fp8"
     if fp8:
-        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
+        f8 = fp8_inputs or quantize_fp8_qk(q, k, block_size, lens)
+        q, k, q_scale, k_scale = f8.q8, f8.k8, f8.q_scale, f8.k_scale
         dt = gl.float8e4nv
     else:
         q_scale = k_scale = lens.new_ones(B * H, 1, dtype=torch.float32)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import HAS_TRITON, LOG2E, cdiv, check_precision, dot_precision, kv_len_tensor
+from .fp8 import Fp8Inputs
 
 if HAS_TRITON:
     import triton
@@ -288,6 +289,7 @@ def block_sparse_attention_fwd(
     use_tma: bool | None = None,
     kernel: str = "auto",
     precision: str = "bf16",
+    fp8_inputs: Fp8Inputs | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Triton block-sparse attention over CSR lists; picks the Hopper kernel on sm90.
 
@@ -300,6 +302,8 @@ def block_sparse_attention_fwd(
     allows it, unless ``launch`` or ``use_tma`` asks for the portable one), "gluon", "hopper"
     or "portable". ``precision``: "bf16" (the inputs' dtype) or "fp8" (the Gluon kernel where
     "auto" picks it at head dim 128, else the Triton Hopper kernel; not the portable kernel).
+    ``fp8_inputs``: q, k and v's scale already quantized (:func:`.fp8.quantize_fp8_inputs`
+    with this block size and kv_len), for ``precision="fp8"``.
     """
     from .sparse_attention_gluon import block_sparse_attention_gluon
     from .sparse_attention_hopper import block_sparse_attention_hopper
@@ -315,12 +319,12 @@ def block_sparse_attention_fwd(
         return block_sparse_attention_gluon(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
             return_lse=return_lse, precision=precision,
-            stages=gluon_stages(gpu_name(q), q.shape[-1], precision),
+            stages=gluon_stages(gpu_name(q), q.shape[-1], precision), fp8_inputs=fp8_inputs,
         )  # fmt: skip
     if choice == "hopper":
         return block_sparse_attention_hopper(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
-            return_lse=return_lse, precision=precision,
+            return_lse=return_lse, precision=precision, fp8_inputs=fp8_inputs,
         )  # fmt: skip
     B, H, Nq, D = q.shape
     Nk = k.shape[2]

@@ -56,7 +56,7 @@ import math
 import torch
 
 from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
-from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
+from .fp8 import Fp8Inputs, quantize_fp8_head_t, quantize_fp8_inputs
 from .gluon_attention_parts import HALF, HAS_GLUON, MAXNREG, MIN_TRITON, SHIFT, TAU, gluon_supported
 
 __all__ = ["HAS_GLUON", "HALF", "MAXNREG", "MIN_TRITON", "SHIFT", "TAU",
@@ -329,6 +329,7 @@ def block_sparse_attention_gluon(
     stages: int = 2,
     precision: str = "bf16",
     pairs: bool | None = None,
+    fp8_inputs: Fp8Inputs | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Gluon block-sparse attention for sm90 (see the module docstring).
 
@@ -340,6 +341,9 @@ def block_sparse_attention_gluon(
     in e4m3 with one scale per (b, h) (:mod:`.fp8`), P in e4m3 scaled by 2**6 (:data:`SHIFT`).
     ``pairs``: fp8's loop over pairs of key blocks (:mod:`.gluon_attention_pairs`); None takes it
     for fp8 at ``stages=2`` (its ring is 2 pairs), where it measured 9-11% faster.
+    ``fp8_inputs``: q, k (and v's scale) already quantized by
+    :func:`.fp8.quantize_fp8_inputs` with this block size and kv_len; q and k then give only
+    the shapes.
     """
     if not HAS_GLUON:
         raise RuntimeError(f"the Gluon kernel needs Triton >= {'.'.join(map(str, MIN_TRITON))} "
@@ -371,8 +375,11 @@ def block_sparse_attention_gluon(
         out, q_block, gl.NVMMASharedLayout.get_default_for(q_block, dt)
     )
     if fp8:
-        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
-        v, v_scale = quantize_fp8_head_t(v, wgmma_key_order=True)  # (B, H, D, N32)
+        f8 = fp8_inputs or quantize_fp8_inputs(q, k, v, block=block_size, kv_len=lens)[0]
+        q, k, q_scale, k_scale = f8.q8, f8.k8, f8.q_scale, f8.k_scale
+        v, v_scale = quantize_fp8_head_t(
+            v, kv_len=lens, scale=f8.v_scale, wgmma_key_order=True
+        )  # (B, H, D, N32)
         v_block, dt = [1, 1, D, block_size], gl.float8e4nv
     else:
         q_scale = k_scale = v_scale = lens.new_ones(B * H, 1, dtype=torch.float32)

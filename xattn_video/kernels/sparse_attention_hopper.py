@@ -42,7 +42,7 @@ import math
 import torch
 
 from ._common import HAS_TENSOR_DESC, HAS_TRITON, LOG2E, cdiv, check_precision, kv_len_tensor
-from .fp8 import quantize_fp8_head_t, quantize_fp8_qk
+from .fp8 import Fp8Inputs, quantize_fp8_head_t, quantize_fp8_qk
 
 if HAS_TRITON:
     import triton
@@ -167,6 +167,7 @@ def block_sparse_attention_hopper(
     return_lse: bool = False,
     precision: str = "bf16",
     config: dict | None = None,
+    fp8_inputs: Fp8Inputs | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Hopper block-sparse attention over CSR lists (same contract as the portable kernel).
 
@@ -174,6 +175,7 @@ def block_sparse_attention_hopper(
     int32; indices: (B, H, Nbq, L) int32 ascending; kv_len: (B,) int. ``precision``: "bf16"
     (inputs' own dtype) or "fp8" (see the module docstring). ``config``: launch configuration
     dict (keys of :data:`xattn_video.kernels.tuning.HOPPER_KEYS`); default from the table.
+    ``fp8_inputs``: q, k (and v's scale) already quantized (:func:`.fp8.quantize_fp8_inputs`).
     Returns out (B, H, N, D) in q's dtype and, with ``return_lse``, lse (B, H, N) float32.
     """
     from .tuning import hopper_attention_config
@@ -196,9 +198,10 @@ def block_sparse_attention_hopper(
     one = torch.ones(B * H, 1, dtype=torch.float32, device=q.device)
     q_scale = k_scale = v_scale = one
     if fp8:
-        q, k, q_scale, k_scale = quantize_fp8_qk(q, k, block_size)
+        f8 = fp8_inputs or quantize_fp8_qk(q, k, block_size, lens)
+        q, k, q_scale, k_scale = f8.q8, f8.k8, f8.q_scale, f8.k_scale
         if fp8_pv:
-            v, v_scale = quantize_fp8_head_t(v)
+            v, v_scale = quantize_fp8_head_t(v, kv_len=lens, scale=f8.v_scale)
             v_scale = v_scale.reshape(B * H)
     counts = counts.reshape(B * H, -1)
     indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
