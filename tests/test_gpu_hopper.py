@@ -181,3 +181,27 @@ def test_fp8_estimate_equals_its_pytorch_definition(kernel, stride):
     m_got = select_blocks(got, block_size=128, threshold=0.9, kv_len=kv_len)
     m_want = select_blocks(want, block_size=128, threshold=0.9, kv_len=kv_len)
     assert (m_got != m_want).float().mean().item() < 1e-3
+
+
+@needs_hopper
+@pytest.mark.parametrize("kernel, use_tma", [("hopper", None), ("portable", True), ("gluon", None)])
+def test_tma_kernels_ignore_nan_in_padded_values(kernel, use_tma):
+    """The TMA tile of the last listed block holds padded value rows; their probabilities are 0,
+    but 0 * NaN is NaN, so the Triton kernels zero those rows in the masked tile and the Gluon
+    one loads that block from a zero-padded copy (before: every row attending the block came
+    out NaN -- all 1,000 of the head on the Gluon kernel, H200)."""
+    if kernel == "gluon" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernel is sm90 only")
+    g = torch.Generator(device="cuda").manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 1000, 128, device="cuda", generator=g).bfloat16()
+               for _ in range(3))  # fmt: skip
+    kv_len = torch.tensor([900], device="cuda")
+    mask = torch.ones(1, 2, 8, 8, dtype=torch.bool, device="cuda")  # block 7: keys 896-899 valid
+    counts, idx = mask_to_indices(mask)
+    kw = dict(block_size=128, kv_len=kv_len, kernel=kernel, use_tma=use_tma)
+    out = block_sparse_attention_fwd(q, k, v, counts, idx, **kw)
+    v2 = v.clone()
+    v2[0, 1, 950, 3] = float("nan")
+    v2[0, 0, 901, 0] = float("inf")
+    assert torch.isfinite(out).all()
+    assert torch.equal(block_sparse_attention_fwd(q, k, v2, counts, idx, **kw), out)

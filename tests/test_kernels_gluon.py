@@ -52,8 +52,8 @@ import sys
 from tests._gluon_compile import compile_kernel, tensordesc
 from xattn_video.kernels import sparse_attention_gluon as sag
 
-d, stages, fp8, pairs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "fp8", sys.argv[4] == "1"
-out = sys.argv[5]
+d, stages, fp8 = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "fp8"
+pairs, tail, out = sys.argv[4] == "1", sys.argv[5] == "1", sys.argv[6]
 name = "fp8e4nv" if fp8 else "bf16"
 sig = dict(q_desc=tensordesc([1, 1, 64, d], name), k_desc=tensordesc([1, 1, 128, d], name),
            v_desc=tensordesc([1, 1, d, 128] if fp8 else [1, 1, 128, d], name),
@@ -61,31 +61,34 @@ sig = dict(q_desc=tensordesc([1, 1, 64, d], name), k_desc=tensordesc([1, 1, 128,
            INDICES="*i32", KV_LEN="*i32", Q_SCALE="*fp32", K_SCALE="*fp32", V_SCALE="*fp32",
            stride_cbh="i32", stride_ibh="i32", stride_im="i32", stride_sq="i32", stride_sk="i32",
            H="i32", N_Q="i32", qk_scale="fp32")
-compile_kernel(sag._bsa_gluon_kernel, sig, dict(STAGES=stages, FP8=fp8, PAIRS=pairs, num_warps=4),
-               sag.MAXNREG, out)
+sig["vt_desc"] = sig["v_desc"]
+compile_kernel(sag._bsa_gluon_kernel, sig,
+               dict(STAGES=stages, FP8=fp8, PAIRS=pairs, TAIL=tail, num_warps=4), sag.MAXNREG, out)
 """
 
 
 @needs_gluon
 @pytest.mark.parametrize(
-    "d, stages, precision, pairs",
+    "d, stages, precision, pairs, tail",
     [
-        (128, 2, "bf16", 0),
-        (128, 3, "bf16", 0),
-        (64, 2, "bf16", 0),
-        (128, 2, "fp8", 0),
-        (128, 3, "fp8", 0),
-        (128, 4, "fp8", 0),
-        (128, 2, "fp8", 1),
+        (128, 2, "bf16", 0, 0),
+        (128, 2, "bf16", 0, 1),
+        (128, 3, "bf16", 0, 1),
+        (64, 2, "bf16", 0, 1),
+        (128, 2, "fp8", 0, 0),
+        (128, 3, "fp8", 0, 0),
+        (128, 4, "fp8", 0, 0),
+        (128, 2, "fp8", 1, 0),
     ],
 )
-def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision, pairs):
+def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision, pairs, tail):
     """The fp8 pair loop at Triton 3.6 (the GPU machine's) has no spills either; Triton 3.8
     spills 12 bytes of it: three scalars, stored before its main loop and reloaded after it and
-    in the last pair's mask branch (its SASS read on CPU), none in the per-pair path."""
+    in the last pair's mask branch (its SASS read on CPU), none in the per-pair path. ``tail``:
+    bf16 with key padding (the block holding kv_len loaded from its zero-padded copy)."""
     import triton
 
-    ptx_text, meta = compile_sm90(tmp_path, _COMPILE, d, stages, precision, pairs)
+    ptx_text, meta = compile_sm90(tmp_path, _COMPILE, d, stages, precision, pairs, tail)
     assert_ws_partitions(ptx_text, meta)
     # fp8: both matmuls on the e4m3 tensor cores
     assert ("wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3" in ptx_text) == (
@@ -126,6 +129,27 @@ def test_fp8_p_reaches_the_pv_operand_without_moving_between_threads(tmp_path):
     """fp8 P is reordered (keys within each 32) so that each thread already holds the values
     of the e4m3 A operand: the fp8 kernel has no more warp shuffles than the bf16 one (their
     row reductions); without the reorder the conversion added 64 shuffles."""
-    fp8_ptx, _ = compile_sm90(tmp_path, _COMPILE, 128, 3, "fp8", 0)
-    bf16_ptx, _ = compile_sm90(tmp_path, _COMPILE, 128, 3, "bf16", 0)
+    fp8_ptx, _ = compile_sm90(tmp_path, _COMPILE, 128, 3, "fp8", 0, 0)
+    bf16_ptx, _ = compile_sm90(tmp_path, _COMPILE, 128, 3, "bf16", 0, 0)
     assert fp8_ptx.count("shfl.sync") == bf16_ptx.count("shfl.sync") > 0
+
+
+@needs_gluon
+def test_padded_tail_block_is_the_kv_len_block_with_padding_zeroed():
+    """The bf16 kernel's copy of the V block holding kv_len (interpreter on CPU): that block's
+    valid rows as they are, its padded rows (NaN / Inf planted) as zeros; a kv_len on a block
+    boundary gives the next, all-padding block (never listed) as zeros too."""
+    from xattn_video.kernels.gluon_attention_parts import padded_tail_block
+
+    v = torch.randn(2, 3, 300, 16, generator=torch.Generator().manual_seed(12))
+    v[1, :, 150:] = float("nan")
+    v[0, 2, 299, 0] = float("inf")
+    lens = torch.tensor([300, 150], dtype=torch.int32)
+    got = padded_tail_block(v, lens, 64)
+    want = torch.zeros(2, 3, 64, 16)
+    want[0, :, :44] = v[0, :, 256:300]  # block 4 (256-319): 44 rows below N = kv_len = 300
+    want[1, :, :22] = v[1, :, 128:150]  # block 2 (128-191): 22 valid rows
+    want[0, 2, 43, 0] = float("inf")  # a valid row keeps its value
+    assert torch.equal(got, want)
+    assert torch.equal(padded_tail_block(v, torch.tensor([256, 128], dtype=torch.int32), 64),
+                       torch.zeros(2, 3, 64, 16))  # fmt: skip

@@ -17,7 +17,8 @@ never hidden. A NaN or Inf in a valid key or value of a (batch, head) makes that
 output NaN (dense attention spreads it to every row through the softmax); one in a query row
 makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
-are ignored like the rest of the padding. The block mask estimated for such a head or block is
+are ignored like the rest of the padding (the kernels zero them where a tile holds some:
+0 * NaN would be NaN). The block mask estimated for such a head or block is
 unspecified. The check costs one pass over q, k and v per call (fp8 calls take the flags from
 their quantization's reads instead) and one over the flags, on the
 device (two Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch

@@ -72,7 +72,7 @@ if HAS_GLUON:
         on one mbarrier, V likewise); an odd list's last pair repeats its last block."""
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
-         v_scale, STAGES, p_smem) = args  # fmt: skip
+         v_scale, STAGES, p_smem, vt_desc, TAIL) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         _load_q(q_desc, q_bars, q_smem, b, h, pid_m)
         npairs = (cnt + 1) // 2
@@ -170,7 +170,7 @@ if HAS_GLUON:
         (an accumulator in flight across it made ptxas serialize the wgmmas or spill)."""
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
-         v_scale, STAGES, p_smem) = args  # fmt: skip
+         v_scale, STAGES, p_smem, vt_desc, TAIL) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         D: gl.constexpr = k_desc.block_type.shape[3]
         HALF: gl.constexpr = q_desc.block_type.shape[2]

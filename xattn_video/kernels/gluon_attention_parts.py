@@ -1,13 +1,16 @@
 """Parts of the Gluon attention kernel shared by its two consumer loops (one key block per
 step, :mod:`.sparse_attention_gluon`; fp8 pairs of key blocks, :mod:`.gluon_attention_pairs`):
-the Triton versions it runs on, its register budget and softmax constants, and the Gluon
+the Triton versions it runs on, its register budget and softmax constants, the Gluon
 functions both loops call (the query block's loads, the fp8 key order of P, the logits' key mask, a tile's softmax
-scale, the P.V operand's V view, the epilogue that writes O and the LSE).
+scale, the P.V operand's V view, the epilogue that writes O and the LSE), and the bf16 path's
+copy of the V block that holds kv_len with its padded rows zeroed (:func:`padded_tail_block`).
 
 Not supported: anything but sm90 (wgmma), block size 128, head dims other than 64 / 128.
 """
 
 from __future__ import annotations
+
+import torch
 
 from .gluon_ptx import PINGPONG_BARRIERS
 
@@ -27,6 +30,7 @@ def gluon_supported(version: str) -> bool:
 
 try:
     import triton
+    import triton.language as tl
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
@@ -130,3 +134,33 @@ if HAS_GLUON:
         kb = gl.load(idx_base + gl.minimum(j, cnt - 1))
         valid = ((kb * BN + gl.arange(0, BN, layout=col_s)) < kvl) & (j < cnt)
         return gl.where(gl.expand_dims(valid, 0), s, float("-inf"))
+
+
+if HAS_GLUON:
+
+    @triton.jit
+    def _tail_kernel(V, T, LENS, svb, svh, svn, stb, sth, stn, H, N,
+                     BN: tl.constexpr, D: tl.constexpr):  # fmt: skip
+        bh = tl.program_id(0)
+        b = bh // H
+        h = bh % H
+        kvl = tl.minimum(tl.load(LENS + b), N)
+        rows = (kvl // BN) * BN + tl.arange(0, BN)
+        d = tl.arange(0, D)
+        x = tl.load(V + b * svb + h * svh + rows[:, None] * svn + d[None, :],
+                    mask=(rows < kvl)[:, None], other=0.0)  # fmt: skip
+        tl.store(T + b * stb + h * sth + tl.arange(0, BN)[:, None] * stn + d[None, :], x)
+
+
+def padded_tail_block(v: torch.Tensor, lens: torch.Tensor, block: int) -> torch.Tensor:
+    """v: (B, H, N, D) on CUDA, lens: (B,) int32 valid keys -> (B, H, block, D): the rows of the
+    block holding key ``lens[b]`` (from ``(lens[b] // block) * block``), those ``>= lens[b]``
+    zeroed. The bf16 kernel loads that block's V tile from here: its padded rows meet P = 0 in
+    P.V, and 0 * NaN is NaN (one Triton launch, B*H programs)."""
+    B, H, N, D = v.shape
+    t = torch.empty(B, H, block, D, dtype=v.dtype, device=v.device)
+    _tail_kernel[(B * H,)](
+        v, t, lens, v.stride(0), v.stride(1), v.stride(2), t.stride(0), t.stride(1), t.stride(2),
+        H, N, BN=block, D=D, num_warps=8,
+    )  # fmt: skip
+    return t

@@ -193,6 +193,8 @@ if HAS_TRITON:
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
         vt = desc_v.load([b, h, start, 0]).reshape(BLOCK_N, D)
+        if MASKED:  # padded values as 0: a NaN there would reach acc through P = 0
+            vt = tl.where(((start + offs_bn) < kvl)[:, None], vt, 0.0)
         acc = tl.dot(p.to(vt.dtype), vt, acc)
         return m_new, l_i, acc
 

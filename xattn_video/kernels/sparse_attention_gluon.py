@@ -57,7 +57,16 @@ import torch
 
 from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
 from .fp8 import Fp8Inputs, quantize_fp8_head_t, quantize_fp8_inputs
-from .gluon_attention_parts import HALF, HAS_GLUON, MAXNREG, MIN_TRITON, SHIFT, TAU, gluon_supported
+from .gluon_attention_parts import (
+    HALF,
+    HAS_GLUON,
+    MAXNREG,
+    MIN_TRITON,
+    SHIFT,
+    TAU,
+    gluon_supported,
+    padded_tail_block,
+)
 
 __all__ = ["HAS_GLUON", "HALF", "MAXNREG", "MIN_TRITON", "SHIFT", "TAU",
            "block_sparse_attention_gluon", "gluon_supported"]  # fmt: skip
@@ -94,7 +103,7 @@ if HAS_GLUON:
     def _producer(args, WG: gl.constexpr, FP8: gl.constexpr):
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
-         v_scale, STAGES, p_smem) = args  # fmt: skip
+         v_scale, STAGES, p_smem, vt_desc, TAIL) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         _load_q(q_desc, q_bars, q_smem, b, h, pid_m)
         # K of tile 0, then per tile j: K of tile j+1, V of tile j (the consumers' order)
@@ -119,6 +128,11 @@ if HAS_GLUON:
             if FP8:  # V^T: (D, keys)
                 tma.async_copy_global_to_shared(v_desc, [b, h, 0, kb * BN], v_full.index(s),
                                                 v_smem.index(s))  # fmt: skip
+            elif TAIL:  # the block holding kv_len: its padded rows zeroed (vt_desc)
+                tma.async_copy_global_to_shared(v_desc, [b, h, kb * BN, 0], v_full.index(s),
+                                                v_smem.index(s), pred=kb != kvl // BN)  # fmt: skip
+                tma.async_copy_global_to_shared(vt_desc, [b, h, 0, 0], v_full.index(s),
+                                                v_smem.index(s), pred=kb == kvl // BN)  # fmt: skip
             else:
                 tma.async_copy_global_to_shared(v_desc, [b, h, kb * BN, 0], v_full.index(s),
                                                 v_smem.index(s))  # fmt: skip
@@ -162,7 +176,7 @@ if HAS_GLUON:
         skips its last arrival, so every barrier ends balanced."""
         (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full, v_full,
          empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale, q_scale, k_scale,
-         v_scale, STAGES, p_smem) = args  # fmt: skip
+         v_scale, STAGES, p_smem, vt_desc, TAIL) = args  # fmt: skip
         BN: gl.constexpr = k_desc.block_type.shape[2]
         D: gl.constexpr = k_desc.block_type.shape[3]
         HALF: gl.constexpr = q_desc.block_type.shape[2]
@@ -241,8 +255,9 @@ if HAS_GLUON:
     @gluon.jit
     def _bsa_gluon_kernel(
         q_desc, k_desc, v_desc, o_desc, LSE, COUNTS, INDICES, KV_LEN, Q_SCALE, K_SCALE, V_SCALE,
-        stride_cbh, stride_ibh, stride_im, stride_sq, stride_sk, H, N_Q, qk_scale,
-        STAGES: gl.constexpr, FP8: gl.constexpr, PAIRS: gl.constexpr, num_warps: gl.constexpr,
+        stride_cbh, stride_ibh, stride_im, stride_sq, stride_sk, H, N_Q, qk_scale, vt_desc,
+        STAGES: gl.constexpr, FP8: gl.constexpr, PAIRS: gl.constexpr, TAIL: gl.constexpr,
+        num_warps: gl.constexpr,
     ):  # fmt: skip
         pid_m = gl.program_id(0)
         pid_bh = gl.program_id(1)
@@ -292,7 +307,7 @@ if HAS_GLUON:
 
         args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full,
                 v_full, empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
-                q_scale, k_scale, v_scale, STAGES, p_smem)  # fmt: skip
+                q_scale, k_scale, v_scale, STAGES, p_smem, vt_desc, TAIL)  # fmt: skip
         if PAIRS:
             gl.warp_specialize(
                 [(_consumer_pairs, (args, 0, FP8)), (_consumer_pairs, (args, 1, FP8)),
@@ -391,13 +406,17 @@ def block_sparse_attention_gluon(
         )
 
     descs = [desc(q, q_block), desc(k, kv_block), desc(v, v_block), o_desc]
+    # bf16 with key padding: the block holding kv_len comes from a copy with its padded rows
+    # zeroed (P.V would turn a NaN there into NaN output through P = 0); fp8 zeroes padding
+    tail = not fp8 and kv_len is not None
+    vt_desc = desc(padded_tail_block(v, lens, block_size), v_block) if tail else descs[2]
     counts = counts.reshape(B * H, -1)
     indices = indices.reshape(B * H, indices.shape[-2], indices.shape[-1])
     grid = (cdiv(Nq, block_size), B * H)
     _bsa_gluon_kernel[grid](
         *descs, lse, counts, indices, lens, q_scale, k_scale, v_scale,
         counts.stride(0), indices.stride(0), indices.stride(1), q_scale.stride(0),
-        k_scale.stride(0), H, Nq, scale * LOG2E,
-        STAGES=stages, FP8=fp8, PAIRS=pairs, num_warps=4, maxnreg=MAXNREG,
+        k_scale.stride(0), H, Nq, scale * LOG2E, vt_desc,
+        STAGES=stages, FP8=fp8, PAIRS=pairs, TAIL=tail, num_warps=4, maxnreg=MAXNREG,
     )  # fmt: skip
     return (out, lse) if return_lse else out

@@ -94,6 +94,8 @@ if HAS_TRITON:
             p = tl.math.exp2(qk * scale - m_use[:, None])
             l_i = l_i + tl.sum(p, axis=1)
             vt = desc_v.load([b, h, start, 0]).reshape(BLOCK_N, D)
+            if MASKED:  # padded values as 0: a NaN there would reach acc through P = 0
+                vt = tl.where(((start + offs_bn) < kvl)[:, None], vt, 0.0)
             acc = tl.dot(p.to(vt.dtype), vt, acc)
         return m_i, l_i, acc
 
