@@ -1,0 +1,72 @@
+"""Probe (GPU): the whole op ``xv.xattention`` timed against cuDNN dense, for A/B runs of two
+source trees in alternating processes (an older tree on PYTHONPATH ahead of the installed one).
+
+Per run: cuDNN SDPA dense (8 timings) and the op at ratio 0.3, S=8, B=1, 24 heads, head dim
+128, kv_len = N - 192 (HunyuanVideo-like text padding), median of 25 CUDA-event timings, for
+fp8 attention + fp8 estimate, fp8 attention + bf16 estimate, bf16 attention + fp8 estimate,
+bf16 attention + bf16 estimate.
+Prints one ``AB {json}`` line (N, tag, GPU, ms and the ratio to cuDNN).
+
+Usage: python benchmarks/probe_op_ab.py 119056 new
+       PYTHONPATH=/tmp/old:$PYTHONPATH python benchmarks/probe_op_ab.py 119056 old
+(run the script from outside the repository root, or the root's package shadows PYTHONPATH).
+
+Not supported: other shapes or selections (edit the constants), a statistic across runs (run
+it several times, alternating the trees).
+"""
+
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import xattn_video as xv
+
+n, tag = int(sys.argv[1]), sys.argv[2]
+H, D = 24, 128
+g = torch.Generator(device="cuda").manual_seed(0)
+q, k, v = (
+    torch.randn(1, H, n, D, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3)
+)
+kv_len = torch.tensor([n - 192], device="cuda")
+
+
+def med(fn, reps):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return sorted(ts)[len(ts) // 2]
+
+
+def dense():
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+kw = dict(ratio=0.3, stride=8, block_size=128, kv_len=kv_len)
+res = {"tag": tag, "n": n, "gpu": torch.cuda.get_device_name()}
+res["cudnn_ms"] = med(dense, 8)
+for name, prec, est in [
+    ("fp8+fp8est", "fp8", "fp8"),
+    ("fp8", "fp8", "bf16"),
+    ("bf16+fp8est", "bf16", "fp8"),
+    ("bf16", "bf16", "bf16"),
+]:
+    res[name + "_ms"] = med(
+        lambda prec=prec, est=est: xv.xattention(
+            q, k, v, precision=prec, estimate_precision=est, **kw
+        ),
+        25,
+    )
+    res[name + "_x"] = res["cudnn_ms"] / res[name + "_ms"]
+print("AB", json.dumps(res), flush=True)
