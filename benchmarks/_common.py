@@ -52,6 +52,25 @@ def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def median_ms(fn, reps: int, warmup: int = 1) -> float:
+    """Median of ``reps`` CUDA-event timings of ``fn`` after ``warmup`` calls (a fixed count,
+    where :func:`bench_ms` repeats for a fixed time)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """rows: dicts; columns: (key, header, format) e.g. ("ms", "median ms", "{:.2f}")."""
     cells = [[h for _, h, _ in columns]]

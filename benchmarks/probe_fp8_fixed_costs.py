@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save_json  # noqa: E402
+from _common import median_ms, save_json  # noqa: E402
 
 H, D, BLOCK = 24, 128, 128
 LAYOUTS = ("random", "shared", "band")
@@ -86,21 +86,6 @@ def cases(nb: int) -> list[tuple[str, str, int]]:
     fp8 += [("fp8", "shared", round(0.1 * nb)), ("fp8", "band", round(0.1 * nb))]
     bf16 = [("bf16", "random", n) for n in (0, round(0.1 * nb), nb)]
     return fp8 + bf16
-
-
-def median_ms(fn, reps: int) -> float:
-    """Median of ``reps`` CUDA-event timings of ``fn`` after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def _quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

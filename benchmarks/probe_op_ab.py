@@ -9,7 +9,8 @@ Prints one ``AB {json}`` line (N, tag, GPU, ms and the ratio to cuDNN).
 
 Usage: python benchmarks/probe_op_ab.py 119056 new
        PYTHONPATH=/tmp/old:$PYTHONPATH python benchmarks/probe_op_ab.py 119056 old
-(run the script from outside the repository root, or the root's package shadows PYTHONPATH).
+(the old tree e.g. from ``git archive <rev> xattn_video | tar -x -C /tmp/old``; the H200 runs
+used a copy of this script outside the repository, with the same timing).
 
 Not supported: other shapes or selections (edit the constants), a statistic across runs (run
 it several times, alternating the trees).
@@ -17,12 +18,16 @@ it several times, alternating the trees).
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import xattn_video as xv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_ms  # noqa: E402
 
 n, tag = int(sys.argv[1]), sys.argv[2]
 H, D = 24, 128
@@ -33,21 +38,6 @@ q, k, v = (
 kv_len = torch.tensor([n - 192], device="cuda")
 
 
-def med(fn, reps):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return sorted(ts)[len(ts) // 2]
-
-
 def dense():
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         return F.scaled_dot_product_attention(q, k, v)
@@ -55,18 +45,19 @@ def dense():
 
 kw = dict(ratio=0.3, stride=8, block_size=128, kv_len=kv_len)
 res = {"tag": tag, "n": n, "gpu": torch.cuda.get_device_name()}
-res["cudnn_ms"] = med(dense, 8)
+res["cudnn_ms"] = median_ms(dense, 8, warmup=3)
 for name, prec, est in [
     ("fp8+fp8est", "fp8", "fp8"),
     ("fp8", "fp8", "bf16"),
     ("bf16+fp8est", "bf16", "fp8"),
     ("bf16", "bf16", "bf16"),
 ]:
-    res[name + "_ms"] = med(
+    res[name + "_ms"] = median_ms(
         lambda prec=prec, est=est: xv.xattention(
             q, k, v, precision=prec, estimate_precision=est, **kw
         ),
         25,
+        warmup=3,
     )
     res[name + "_x"] = res["cudnn_ms"] / res[name + "_ms"]
 print("AB", json.dumps(res), flush=True)

@@ -52,15 +52,22 @@ def test_op_mask_equals_estimate_thentorch_selection():
     assert torch.equal(mask, want)
 
 
-@pytest.mark.parametrize("nan_block", [0, 128])
-def test_nonfinite_kernels_equal_the_policy_bf16(nan_block):
-    B, H, N, D = 2, 3, 5000, 128
-    g = torch.Generator(device="cuda").manual_seed(2)
+def _planted(seed: int, B=2, H=3, N=5000, D=128):
+    """q, k, v (B, H, N, D) bf16 with a NaN query row, an Inf in the last valid key of sample 1
+    and a NaN in its padding (kv_len 5000 / 3000); the generator for more draws."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16() for _ in range(3))
     kv_len = torch.tensor([5000, 3000], device="cuda", dtype=torch.int32)
     q[0, 2, 4999, 7] = float("nan")
     k[1, 1, 2999, 0] = float("inf")  # the last valid key
     v[1, 0, 3000, 0] = float("nan")  # padding: ignored
+    return q, k, v, kv_len, g
+
+
+@pytest.mark.parametrize("nan_block", [0, 128])
+def test_nonfinite_kernels_equal_the_policy_bf16(nan_block):
+    B, H, N, D = 2, 3, 5000, 128
+    q, k, v, kv_len, g = _planted(2)
     out = torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16()
     out0 = out.clone()
     propagate_nan(out, None, *nonfinite_flags(q, k, v, kv_len), nan_block=nan_block)
@@ -79,13 +86,8 @@ def test_fp8_quantizer_flags_equal_the_flag_kernel():
     :func:`nonfinite_flags` bit for bit; its scales equal the references' (padding outside)."""
     from xattn_video.kernels.fp8 import _head_scale, quantize_fp8_blocks_ref, quantize_fp8_inputs
 
-    B, H, N, D = 2, 3, 5000, 128
-    g = torch.Generator(device="cuda").manual_seed(5)
-    q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16() for _ in range(3))
-    kv_len = torch.tensor([5000, 3000], device="cuda", dtype=torch.int32)
-    q[0, 2, 4999, 7] = float("nan")
-    k[1, 1, 2999, 0] = float("inf")  # the last valid key
-    v[1, 0, 3000, 0] = float("nan")  # padding: ignored
+    B, H = 2, 3
+    q, k, v, kv_len, _ = _planted(5)
     k[1, 2, 3100, 1] = 1e4  # padding: outside the scale
     res, flags = quantize_fp8_inputs(q, k, v, block=128, kv_len=kv_len, flags=True)
     want = nonfinite_flags(q, k, v, kv_len)
