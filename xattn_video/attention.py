@@ -35,7 +35,14 @@ import math
 
 import torch
 
-from .kernels._common import HAS_TRITON, cdiv, check_precision, kv_len_tensor, triton_usable
+from .kernels._common import (
+    HAS_TRITON,
+    cdiv,
+    check_precision,
+    kv_len_tensor,
+    triton_usable,
+    zero_padding,
+)
 from .kernels.nonfinite import nonfinite_rows_ref
 from .kernels.select import select_blocks, valid_key_blocks
 from .kernels.select_fused import MAX_BLOCKS as MAX_FUSED_BLOCKS
@@ -59,7 +66,6 @@ from .op_checks import (
     check_triton_dtype,
     check_triton_head_dim,
     propagate_nonfinite,
-    zero_padding,
 )
 
 BACKENDS = ("auto", "triton", "torch")

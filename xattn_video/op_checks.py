@@ -6,7 +6,8 @@ they run on the device (``torch._assert_async``: no sync, the error surfaces at 
 synchronising call). The non-finite policy (documented in :mod:`xattn_video.attention`):
 :func:`xattn_video.kernels.nonfinite.nonfinite_rows_ref` says which output rows must be NaN
 (its Triton kernels run the policy on the Triton path), :func:`propagate_nonfinite` sets them,
-:func:`zero_padding` keeps padding out of the torch references.
+:func:`.kernels._common.zero_padding` (used by the op) keeps padding out of the torch
+references.
 
 Not supported: checks that need the data on the host on CUDA (they are deferred, see above).
 """
@@ -149,13 +150,6 @@ def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> N
     check_precision(precision, "estimate precision")
     if precision == "fp8" and backend == "triton" and not q.is_cuda:
         raise ValueError(FP8_ESTIMATE_GPU)
-
-
-def zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """x (B, H, N, D) with the positions >= lens[b] set to 0 (torch references: SDPA and the
-    reference estimate would otherwise let a NaN/Inf in padding through)."""
-    ok = torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None].long()
-    return x.masked_fill(~ok[:, None, :, None], 0)
 
 
 def check_triton_head_dim(backend: str, head_dim: int) -> None:

@@ -70,6 +70,14 @@ def kv_len_tensor(kv_len: torch.Tensor | None, batch: int, n_k: int, device) -> 
     return kv_len.to(device=device, dtype=torch.int32)
 
 
+def zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """x (B, H, N, D) with the positions >= lens[b] set to 0 (lens (B,) int): the torch
+    references (SDPA, the reference estimate, the fp8 quantizers') would otherwise let a NaN / Inf
+    or a large value in padding through."""
+    ok = torch.arange(x.shape[2], device=x.device)[None, :] < lens.to(x.device)[:, None].long()
+    return x.masked_fill(~ok[:, None, :, None], 0)
+
+
 def tma_aligned(*tensors: torch.Tensor) -> bool:
     """TMA descriptor rules: unit last stride, 16-byte aligned base and other strides."""
     return (

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable
+from ._common import HAS_TRITON, cdiv, kv_len_tensor, triton_usable, zero_padding
 from .nonfinite import FLAG_ROWS, nonfinite_flags
 
 if HAS_TRITON:
@@ -64,11 +64,8 @@ class Fp8Inputs(NamedTuple):
 
 
 def _valid_rows(x: torch.Tensor, kv_len: torch.Tensor | None) -> torch.Tensor:
-    """x (B, H, N, D) with rows >= kv_len[b] set to 0 (x itself when kv_len is None)."""
-    if kv_len is None:
-        return x
-    ok = torch.arange(x.shape[2], device=x.device)[None, :] < kv_len.to(x.device)[:, None].long()
-    return x.masked_fill(~ok[:, None, :, None], 0)
+    """x with rows >= kv_len[b] set to 0 (x itself when kv_len is None)."""
+    return x if kv_len is None else zero_padding(x, kv_len)
 
 
 def _finite_abs_ref(x: torch.Tensor) -> torch.Tensor:
