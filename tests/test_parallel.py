@@ -165,8 +165,10 @@ def _run_pipeline(model: str, cfg, dtype=torch.float32, *, parallel_first: bool 
 CFG = dict(warmup_steps=1, threshold=0.8, mask_refresh=2)
 # HunyuanVideo also with text blocks competing (padded query rows zeroed in the one-GPU order)
 # and 3-D tiles (the permutation of the whole video, after the all-to-all)
-MODEL_CFG = {"wan": CFG, "hv": {**CFG, "text_policy": "sparse", "token_order": "tile",
-                                 "tile_size": (1, 4, 4)}}  # fmt: skip
+# Wan's dense step through the dense kernel between the all-to-alls (dense_kernel="xattn")
+MODEL_CFG = {"wan": {**CFG, "dense_kernel": "xattn"},
+             "hv": {**CFG, "text_policy": "sparse", "token_order": "tile",
+                    "tile_size": (1, 4, 4)}}  # fmt: skip
 
 
 def _pipeline_worker(rank: int, world: int, model: str, parallel_first: bool):

@@ -75,6 +75,71 @@ def test_warmup_covering_all_steps_is_bit_identical():
     assert summary["num_sparse_calls"] == 0 and summary["effective_density"] == 1.0
 
 
+def _spy_dense_kernel(monkeypatch) -> list:
+    """Masks of every block_sparse_attention call; the stock processor and the estimating op
+    raise if called."""
+    masks = []
+    orig = attention_mod.block_sparse_attention
+
+    def spy(q, k, v, mask, **kw):
+        masks.append(mask)
+        return orig(q, k, v, mask, **kw)
+
+    def never(*a, **kw):
+        raise AssertionError("a dense_kernel='xattn' call reached the stock path or the estimate")
+
+    monkeypatch.setattr(attention_mod, "block_sparse_attention", spy)
+    monkeypatch.setattr(attention_mod, "xattention", never)
+    monkeypatch.setattr(HunyuanVideoAttnProcessor2_0, "__call__", never)
+    return masks
+
+
+@pytest.mark.parametrize("text_policy", ["dense", "sparse"])
+def test_dense_kernel_xattn_runs_dense_steps_through_the_kernel(monkeypatch, text_policy):
+    """dense_kernel="xattn", warm-up covering all steps (true CFG, unequal padded text): every
+    call runs the kernel with every block -- no stock processor, no estimate -- and the latents
+    meet the tolerance rule against an fp64 stock run."""
+    pipe = tiny_hv_pipeline()
+    stock32 = run(pipe, steps=3, **CFG_KW)
+    pipe.transformer.double()
+    ref64 = run(pipe, steps=3, **CFG_KW)
+    pipe.transformer.float()
+    masks = _spy_dense_kernel(monkeypatch)
+    cfg = cfg_(warmup_steps=3, dense_kernel="xattn", text_policy=text_policy)
+    with xv.apply_xattention(pipe, cfg) as handle:
+        ours = run(pipe, steps=3, **CFG_KW)
+        summary = handle.stats.summary()
+    assert summary["num_sparse_calls"] == 0 and summary["effective_density"] == 1.0
+    assert len(masks) == 3 * 3 * 2  # 3 steps x 3 layers x 2 branches
+    assert all(m.shape[-2:] == (13, 13) and bool(m.all()) for m in masks)
+    assert_fa_close(ours, ref64, stock32, what="latents")
+
+
+@torch.no_grad()
+def test_dense_kernel_xattn_keeps_padded_query_rows():
+    """The text output of one double-stream attention call, padded rows included, equals the
+    stock processor's within the tolerance rule: text_policy="sparse" zeroes padded query rows
+    for the estimate only, never in a dense call."""
+    tr = tiny_hv_transformer()
+    calls = []
+    attn = tr.transformer_blocks[0].attn
+    hook = attn.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)
+    tr(**hv_transformer_inputs(lengths=[3, 8]))
+    hook.remove()
+    kw = calls[0]
+    assert not kw["attention_mask"].all()  # the first sample's text is padded
+    stock32 = HunyuanVideoAttnProcessor2_0()(attn, **kw)
+    kw64 = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+            for k, v in kw.items()}  # fmt: skip
+    kw64["image_rotary_emb"] = tuple(x.double() for x in kw["image_rotary_emb"])
+    ref64 = HunyuanVideoAttnProcessor2_0()(attn.double(), **kw64)
+    attn.float()
+    proc = HunyuanVideoXAttnProcessor(cfg_(dense_kernel="xattn", text_policy="sparse"), layer=0)
+    ours = proc(attn, **kw)  # no step hook attached: a dense call
+    for i, what in enumerate(("video", "text")):
+        assert_fa_close(ours[i], ref64[i], stock32[i], what=what)
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -458,3 +523,24 @@ def test_gpu_triton_bf16_matches_stock_and_runs_sparse():
             out = tr(**bf16)[0]
             assert 0.0 < h.stats.summary()["sparse_density"] < 1.0
         assert torch.isfinite(out).all()
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_gpu_dense_kernel_xattn_matches_stock(monkeypatch):
+    """dense_kernel="xattn" on the Triton backend in bf16 (head dim 64, block 64, 1024 video + 8
+    text tokens, batch 2 with unequal text), every call dense: the kernel with every block runs
+    every layer, within the tolerance rule against an fp64 stock forward."""
+    inputs = hv_transformer_inputs(lengths=[5, 8], grid=(4, 16, 16))
+    tr = tiny_hv_transformer(head_dim=64).cuda().double()
+    ref64 = tr(**_to(inputs, torch.float64))[0]
+    tr.to(torch.bfloat16)
+    bf16 = _to(inputs, torch.bfloat16)
+    stock = tr(**bf16)[0]
+    masks = _spy_dense_kernel(monkeypatch)
+    cfg = xv.XAttentionConfig(block_size=64, dense_layers=(0, 1, 2), dense_kernel="xattn")
+    with xv.apply_xattention(tr, cfg) as h:
+        ours = tr(**bf16)[0]
+        assert h.stats.summary()["num_sparse_calls"] == 0
+    assert len(masks) == 3 and all(bool(m.all()) for m in masks)
+    assert_fa_close(ours, ref64, stock, what="bf16 transformer output")

@@ -34,6 +34,38 @@ def test_warmup_covering_all_steps_is_bit_identical():
     assert torch.equal(out, ref)
 
 
+def test_dense_kernel_xattn_runs_dense_self_attention_through_the_kernel(monkeypatch):
+    """dense_kernel="xattn", warm-up covering all steps: self-attention (attn1) runs the kernel
+    with every block, cross-attention (attn2) stays the stock processor; latents meet the
+    tolerance rule against an fp64 stock run."""
+    pipe = tiny_wan_pipeline()
+    stock32 = run(pipe, steps=3)
+    pipe.transformer.double()
+    ref64 = run(pipe, steps=3)
+    pipe.transformer.float()
+    masks, stock_self = [], []
+    orig_call, orig_attn = WanAttnProcessor.__call__, attention_mod.block_sparse_attention
+
+    def stock(self, attn, hidden_states, encoder_hidden_states=None, *a, **kw):
+        stock_self.append(encoder_hidden_states is None)
+        return orig_call(self, attn, hidden_states, encoder_hidden_states, *a, **kw)
+
+    def spy(q, k, v, mask, **kw):
+        masks.append(mask)
+        return orig_attn(q, k, v, mask, **kw)
+
+    monkeypatch.setattr(WanAttnProcessor, "__call__", stock)
+    monkeypatch.setattr(attention_mod, "block_sparse_attention", spy)
+    with xv.apply_xattention(pipe, cfg_(warmup_steps=3, dense_kernel="xattn")) as handle:
+        ours = run(pipe, steps=3)
+        assert handle.stats.summary()["num_sparse_calls"] == 0
+    n_layers = len(pipe.transformer.blocks)
+    assert len(masks) == 3 * n_layers * 2  # 3 steps x layers x CFG branches (batched or not)
+    assert all(bool(m.all()) for m in masks)
+    assert stock_self and not any(stock_self)  # the stock processor ran cross-attention only
+    assert_fa_close(ours, ref64, stock32, what="latents")
+
+
 @pytest.mark.parametrize(
     "kw",
     [

@@ -22,6 +22,7 @@ from .op_checks import check_precision
 SELECTIONS = ("threshold", "ratio")
 TEXT_POLICIES = ("dense", "sparse")
 TOKEN_ORDERS = ("raster", "tile", "hilbert", "cluster")
+DENSE_KERNELS = ("stock", "xattn")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,16 @@ class XAttentionConfig:
     the torch backend emulates it). Masks can differ from bf16 ones where blocks' estimated
     masses nearly tie."""
 
+    dense_kernel: Literal["stock", "xattn"] = "stock"
+    """Attention of the dense calls (warm-up and ``dense_last_steps`` steps, ``dense_layers``):
+    ``stock`` runs the model's own diffusers processor, bit-identical to a run without
+    XAttention; ``xattn`` runs the XAttention kernel with every block selected -- exact
+    attention over the valid keys, in the model's dtype, the key padding passed as lengths
+    instead of a mask (one H200, 119,056 tokens with HunyuanVideo's text padding: 287 ms a
+    call against 454 ms for SDPA with the padding mask and 314 ms for cuDNN on the valid keys
+    alone; ``benchmarks/probe_dense_padded.py``). Calls that ``auto_dense`` sends dense stay
+    SDPA."""
+
     collect_stats: bool = True
     """Record the block density of every call. The numbers stay on the GPU and are copied to
     the host in one transfer when read (``stats.summary()``), so recording adds no sync."""
@@ -165,6 +176,10 @@ class XAttentionConfig:
         if self.precision == "fp8" and self.backend == "torch":
             raise ValueError("precision='fp8' needs backend 'triton' or 'auto' (Hopper GPUs)")
         check_precision(self.estimate_precision, "estimate_precision")
+        if self.dense_kernel not in DENSE_KERNELS:
+            raise ValueError(
+                f"dense_kernel must be one of {DENSE_KERNELS}, got {self.dense_kernel!r}"
+            )
         if any(int(i) < 0 for i in self.dense_layers):
             raise ValueError(f"dense_layers must be non-negative, got {self.dense_layers}")
         object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))

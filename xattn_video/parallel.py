@@ -58,7 +58,7 @@ from diffusers.models._modeling_parallel import (
 )
 from diffusers.models.attention_dispatch import _all_to_all_dim_exchange, dispatch_attention_fn
 
-from .sparse_path import sparse_attention
+from .sparse_path import dense_attention, sparse_attention
 from .stats import XAttentionStats
 
 CHECK_HOOK_NAME = "xattention_cp_check"
@@ -295,13 +295,16 @@ def processor_attention(
     query/key/value: [B, n, H, D], this rank's ``n - n_text`` video then ``n_text`` text
     tokens. kv_len / dense_from: for the whole sequence (one-GPU values). ``sparse``: the
     sparse path (:func:`xattn_video.sparse_path.sparse_attention`, stats gathered over ranks,
-    masks cached per rank for its H/P heads); else dense ``dispatch_attention_fn`` with the
-    whole-sequence ``attention_mask`` and the processor's ``backend``, as on one GPU.
+    masks cached per rank for its H/P heads); else dense: ``dispatch_attention_fn`` with the
+    whole-sequence ``attention_mask`` and the processor's ``backend``, as on one GPU, or
+    :func:`xattn_video.sparse_path.dense_attention` with ``dense_kernel="xattn"``.
     zero_padded_queries: zero query rows at positions >= kv_len first (``text_policy="sparse"``).
     """
     n_video = (query.shape[1] - n_text) * degree
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not sparse and controller.cfg.dense_kernel == "xattn":
+            return dense_attention(controller.cfg, q, k, v, kv_len=kv_len)
         if not sparse:
             return dispatch_attention_fn(
                 q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,

@@ -15,11 +15,13 @@ otherwise.
   (``attn1``: ``encoder_hidden_states is None``) goes sparse, cross-attention is the parent's.
 
 This module holds only the model-specific part. Dense phase (warm-up, ``dense_last_steps``,
-``dense_layers``, no step hook attached): exactly ``super().__call__`` -- bit-identical to the
-stock processor. Sparse phase: the parent's projections, QK norms and RoPE are reproduced to
-build q/k/v [B, N, H, D] (video first, then text), handed to the model-independent
-:func:`xattn_video.sparse_path.sparse_attention` (token order, mask reuse, the op, stats), then
-the parent's output projections. Which layers get these processors: :mod:`xattn_video.targets`.
+``dense_layers``, no step hook attached): with ``dense_kernel="stock"`` (the default) exactly
+``super().__call__`` -- bit-identical to the stock processor. Sparse phase: the parent's
+projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then
+text), handed to the model-independent :func:`xattn_video.sparse_path.sparse_attention` (token
+order, mask reuse, the op, stats), then the parent's output projections. The dense phase with
+``dense_kernel="xattn"`` takes the same route to :func:`xattn_video.sparse_path.dense_attention`
+(the kernel with every block; padded queries are not zeroed there). Which layers get these processors: :mod:`xattn_video.targets`.
 
 Processors decide dense vs sparse from bools (``controller.sparse`` set by the step hook, see
 :mod:`xattn_video.hook`, and the per-layer ``auto_dense`` decisions), never from the step
@@ -32,10 +34,11 @@ graph (:func:`xattn_video.hook.compile_below_hook`).
 Context parallelism (diffusers' ``enable_parallelism`` with Ulysses degree P, before or after
 these processors are installed; plan: :func:`xattn_video.parallel.context_parallel_plan`): the
 sparse phase runs the all-to-alls of :mod:`xattn_video.parallel` around the sparse path (each
-rank: all tokens of H/P heads, in the one-GPU order). Wan's dense phase is the stock processor
-(diffusers' own Ulysses); HunyuanVideo's dense phase under context parallelism reproduces the
+rank: all tokens of H/P heads, in the one-GPU order). Wan's stock dense phase is the stock
+processor (diffusers' own Ulysses); HunyuanVideo's under context parallelism reproduces the
 parent's projections and runs ``dispatch_attention_fn`` between the same all-to-alls, because
 the stock processor would apply the whole-sequence key-padding mask to rank-interleaved keys.
+With ``dense_kernel="xattn"`` both run the dense kernel between the all-to-alls.
 
 Not supported: gradients / training (the op is forward-only); ring attention and
 ``ulysses_anything`` (``ValueError``); attention masks other than HunyuanVideo's
@@ -58,7 +61,7 @@ from . import parallel
 from .config import XAttentionConfig
 from .hook import XAttentionController
 from .op_checks import require
-from .sparse_path import sparse_attention
+from .sparse_path import dense_attention, sparse_attention
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +133,8 @@ class _XAttnMixin:
                 dense_from=dense_from, zero_padded_queries=zero_padded_queries,
                 attention_mask=attention_mask, backend=self._attention_backend,
             )  # fmt: skip
+        if not sparse:
+            return dense_attention(self.cfg, query, key, value, kv_len=kv_len)
         return sparse_attention(
             self.controller, attn, layer, query, key, value,
             n_video=n_video, kv_len=kv_len, dense_from=dense_from,
@@ -200,7 +205,7 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
         degree = 1 if ulysses is None else ulysses[1]
         if not sparse:
             self._record_dense(layer)
-            if degree == 1:
+            if degree == 1 and self.cfg.dense_kernel == "stock":
                 return super().__call__(
                     attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
                 )
@@ -254,7 +259,7 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
         cfg = self.controller.cfg
         zero_rows = cfg.text_policy == "sparse" and kv_len is not None
         dense_from = n_video * degree if (cfg.text_policy == "dense" and n_text > 0) else None
-        if zero_rows and degree == 1:
+        if zero_rows and degree == 1 and sparse:
             # padded query rows get zeros so their content cannot steer the block selection
             valid = torch.arange(N, device=query.device)[None, :] < kv_len[:, None]
             query = query * valid[:, :, None, None].to(query.dtype)
@@ -319,9 +324,11 @@ class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             return super().__call__(*args)  # cross-attention: stock
         layer = self._layer_index(attn)
-        if not self.controller.is_sparse(layer):
+        sparse = self.controller.is_sparse(layer)
+        if not sparse:
             self._record_dense(layer)
-            return super().__call__(*args)
+            if self.cfg.dense_kernel == "stock":
+                return super().__call__(*args)
         if attention_mask is not None:
             raise ValueError("XAttention for Wan self-attention takes no attention_mask")
 
@@ -336,8 +343,9 @@ class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
             key = _wan_rotary(key, *rotary_emb)
 
         out = self._sparse_attention(
-            attn, layer, query, key, value, n_video=query.shape[1], kv_len=None, dense_from=None
-        )
+            attn, layer, query, key, value, n_video=query.shape[1], kv_len=None, dense_from=None,
+            sparse=sparse,
+        )  # fmt: skip
         hidden_states = out.flatten(2, 3).type_as(query)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

@@ -17,6 +17,9 @@ One attention call in the sparse phase, after the processor has built q/k/v [B, 
    :class:`xattn_video.calibrate.Calibrator`) sees the call's reordered q / k first;
 4. stats: the call's block density in the controller's :class:`~xattn_video.stats.XAttentionStats`.
 
+:func:`dense_attention` is the dense-phase call with ``dense_kernel="xattn"``: the op's
+kernel with every block selected (no estimate, order, cache or stats).
+
 The per-run state it reads (``cfg``, ``stats``, ``run``, ``step``, ``branch``, ``grid`` and
 the two caches) lives on the shared controller (:class:`xattn_video.hook.XAttentionController`,
 typed here by the :class:`SparseState` protocol, so this module does not import the hook).
@@ -285,6 +288,29 @@ def _cost_dense(
         keys = torch.arange(k.shape[2], device=k.device)
         mask = (keys[None, :] < kv_len[:, None])[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def dense_attention(
+    cfg: XAttentionConfig,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    kv_len: torch.Tensor | None,
+) -> torch.Tensor:
+    """A dense-phase call with ``dense_kernel="xattn"``: exact attention over the valid keys
+    with the block-sparse kernel and every block selected, in the inputs' dtype (bf16 even for
+    an fp8 configuration), no mask tensor. query/key/value: [B, N, H, D]; kv_len: (B,) int or
+    None; returns [B, N, H, D]. No token order (dense attention does not depend on it)."""
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, H, N, D) views
+    if _attention.resolve_backend(cfg.backend, q) == "torch":
+        q, k, v = (x.contiguous() for x in (q, k, v))
+    nb = -(-q.shape[2] // cfg.block_size)
+    every = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=q.device).expand(1, 1, nb, nb)
+    out = _attention.block_sparse_attention(
+        q, k, v, every, block_size=cfg.block_size, kv_len=kv_len, backend=cfg.backend
+    )
+    return out.transpose(1, 2)
 
 
 def sparse_attention(
