@@ -139,3 +139,43 @@ def test_fp8_op_quantizes_once_and_equals_the_composed_calls(monkeypatch):
         fullgraph=True,
     )
     assert torch.equal(compiled(q, k, v), out)
+
+
+@pytest.mark.gpu
+@needs_sm90
+def test_bf16_op_with_fp8_estimate_takes_flags_from_the_quantization(monkeypatch):
+    """bf16 attention with the fp8 estimate: one quantization launch reads q, k and v for the
+    estimate and the non-finite flags (no separate flag pass); the output equals the composed
+    calls bit for bit, the policy holds (a NaN in a valid value NaNs its head, an Inf in a query
+    row its query block), and torch.compile equals eager."""
+    from xattn_video import library
+
+    q, k, v = _bf16_qkv(1, 3, 5000, seed=4)
+    kv_len = torch.tensor([4900], device="cuda")
+    sel = dict(ratio=0.3, stride=8, block_size=128, kv_len=kv_len)
+    quant, flag_passes = [], []
+    real_q, real_f = library.quantize_fp8_inputs, library.nonfinite_flags
+    monkeypatch.setattr(
+        library, "quantize_fp8_inputs", lambda *a, **kw: quant.append(1) or real_q(*a, **kw)
+    )
+    monkeypatch.setattr(
+        library, "nonfinite_flags", lambda *a, **kw: flag_passes.append(1) or real_f(*a, **kw)
+    )
+    out, mask = xv.xattention(q, k, v, estimate_precision="fp8", return_mask=True, **sel)
+    assert len(quant) == 1 and not flag_passes
+    want = xv.block_sparse_attention(q, k, v, mask, block_size=128, kv_len=kv_len)
+    assert len(flag_passes) == 1  # the composed call runs its own flag pass
+    assert torch.isfinite(out).all() and torch.equal(out, want)
+    q2, v2 = q.clone(), v.clone()
+    v2[0, 1, 4000, 7] = float("nan")
+    q2[0, 2, 300, 0] = float("inf")
+    out2 = xv.xattention(q2, k, v2, estimate_precision="fp8", **sel)
+    bad = torch.zeros(1, 3, 5000, dtype=torch.bool, device="cuda")
+    bad[0, 1] = True
+    bad[0, 2, 256:384] = True  # the query block of row 300
+    assert torch.equal(out2.isnan().all(-1), bad) and torch.equal(out2.isnan().any(-1), bad)
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda q, k, v: xv.xattention(q, k, v, estimate_precision="fp8", **sel), fullgraph=True
+    )
+    assert torch.equal(compiled(q, k, v), out)

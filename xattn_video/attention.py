@@ -19,8 +19,8 @@ makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
 are ignored like the rest of the padding (the kernels zero them where a tile holds some:
 0 * NaN would be NaN). The block mask estimated for such a head or block is
-unspecified. The check costs one pass over q, k and v per call (fp8 calls take the flags from
-their quantization's reads instead) and one over the flags, on the
+unspecified. The check costs one pass over q, k and v per call (calls with fp8 attention or an fp8
+estimate take the flags from their quantization's reads instead) and one over the flags, on the
 device (two Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch
 backend), no host sync.
 
@@ -148,7 +148,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
                    max_density, precision):  # fmt: skip
     """:func:`estimate_block_mask` -> (mask, fp8): with v given on the fp8 Triton path on an sm90
     GPU, q, k and v are quantized once (:func:`.library.quantize_fp8`) and ``fp8`` is that list
-    for the fp8 attention to reuse; else ``fp8`` is None."""
+    (with the non-finite flags) for the attention to reuse; else ``fp8`` is None."""
     if threshold is None and ratio is None:
         threshold = DEFAULT_THRESHOLD
     if max_density is not None and not (0.0 < float(max_density) <= 1.0):
@@ -257,7 +257,8 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
                   nan_block, fp8=None):  # fmt: skip
     """:func:`block_sparse_attention` with the non-finite policy per row (``nan_block`` 0) or
     per query block (the block size: :func:`xattention` estimated the mask); ``fp8``: q, k, v
-    already quantized with their flags (:func:`.library.quantize_fp8`) for an fp8 call."""
+    already quantized with their flags (:func:`.library.quantize_fp8`): an fp8 call uses all of
+    it, a bf16 call the flags."""
     check_qk(q, k)
     check_qk(q, v, "v")
     if k.shape[2] != v.shape[2]:
@@ -313,7 +314,7 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
         use_triton=True,
         precision=precision,
         nan_block=nan_block,
-        fp8=fp8 if precision == "fp8" else None,
+        fp8=fp8,
     )
 
 
@@ -355,8 +356,9 @@ def xattention(
         mask, fp8 = _estimate_mask(
             q,
             k,
-            # fp8 in both: quantize q, k and v once for the estimate and the attention
-            v if precision == estimate_precision == "fp8" else None,
+            # an fp8 estimate quantizes q, k (and reads v) once: the fp8 attention reuses the
+            # quantization, and any attention its non-finite flags
+            v if estimate_precision == "fp8" else None,
             threshold=threshold,
             stride=stride,
             block_size=block_size,

@@ -16,8 +16,8 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
 - ``xattn_video::block_sparse_attention(q, k, v, counts, indices, kv_len, fp8, block_size,
   scale, return_lse, use_triton, precision, nan_block)`` -> (out (B, H, N, D) in q's dtype, lse
   (B, H, N) float32, or an empty (0,) float32 tensor when ``return_lse`` is False), with the
-  op's non-finite policy applied inside (flags before the kernel -- for fp8 from the
-  quantization's own reads of q, k and v -- NaN kernel after).
+  op's non-finite policy applied inside (flags before the kernel -- taken from ``fp8`` when
+  given, the quantization's own reads of q, k and v, at either precision -- NaN kernel after).
 
 The ``torch`` backend's code between them (ratio selection, the batched torch selection) is
 plain tensor code that dynamo and inductor trace directly, with no host read. Each op has a
@@ -138,7 +138,7 @@ def _attention_impl(
     if use_triton:
         if precision == "fp8" and not fp8 and torch.cuda.get_device_capability(q.device)[0] >= 9:
             fp8 = _quantize_fp8_impl(q, k, v, kv_len, block_size)  # flags from the same reads
-        flags = fp8[5:] if precision == "fp8" and fp8 else nonfinite_flags(q, k, v, kv_len)
+        flags = fp8[5:] if fp8 else nonfinite_flags(q, k, v, kv_len)
         res = _attn_triton(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
             return_lse=return_lse, precision=precision,
@@ -258,8 +258,9 @@ def block_sparse_attention_op(
     nan_block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v: (B, H, N, D); counts (B, H, Nbq) int32; indices (B, H, Nbq, L) int32;
-    kv_len (B,) int32; fp8: ``quantize_fp8``'s list or empty (then an fp8 call quantizes here)
-    -> (out (B, H, Nq, D), lse (B, H, Nq) float32 or an empty (0,)).
+    kv_len (B,) int32; fp8: ``quantize_fp8``'s list (a bf16 call takes only its flags) or
+    empty (then an fp8 call quantizes here) -> (out (B, H, Nq, D), lse (B, H, Nq) float32 or an
+    empty (0,)).
     Non-finite input: the op's policy (:mod:`xattn_video.attention`), per row, or per query
     block of ``nan_block`` rows when it is not 0."""
     return _attention_impl(
@@ -327,7 +328,8 @@ def sparse_attention(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention inside CSR block lists (see :func:`block_sparse_attention_op`), with the
     non-finite policy; returns out, or (out, lse) with ``return_lse``. ``scale`` None means
-    1/sqrt(D). ``fp8``: what :func:`quantize_fp8` returned for these q, k, v."""
+    1/sqrt(D). ``fp8``: what :func:`quantize_fp8` returned for these q, k, v (a bf16 call
+    takes its non-finite flags)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     args = (q, k, v, counts, indices, kv_len, fp8 or [], block_size, scale, return_lse,
             use_triton)  # fmt: skip
