@@ -84,6 +84,34 @@ def test_inductor_compiled_sparse_forward_equals_eager():
     assert [r.heads for r in sc if r.sparse] == [r.heads for r in se if r.sparse]  # same masks
 
 
+def test_dense_kernel_forward_never_syncs_and_compiles_to_the_eager_output():
+    """dense_kernel="xattn": a dense forward through the kernel (every block, kv_len from the
+    padding mask) never synchronises, and an inductor-compiled (fullgraph) dense forward
+    matches it."""
+    torch._dynamo.reset()
+    eager, compiled = _model(), _model()
+    h_eager = _sparse_by_hand(eager, dense_kernel="xattn")
+    h_eager.controller.sparse = False
+    cfg = xv.XAttentionConfig(**{**CFG, "dense_kernel": "xattn", "warmup_steps": 1000})
+    h_comp = xv.apply_xattention(compiled, cfg)
+    compile_below_hook(compiled, fullgraph=True)
+    inp = _inputs()
+    h_eager.controller.stats.begin(run=0, step=0, branch="pass0")
+    with torch.no_grad():
+        eager(**inp)  # Triton compiles (syncs)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            want = eager(**inp)[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        got = compiled(**inp)[0]
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # fp16 fused elementwise ops
+    for h in (h_eager, h_comp):
+        s = h.stats.summary()
+        assert s["num_sparse_calls"] == 0 and s["num_dense_calls"] > 0
+
+
 def test_cuda_graph_replay_of_sparse_forward_equals_eager():
     tr = _model()
     _sparse_by_hand(tr, collect_stats=False)
