@@ -83,6 +83,16 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
             print("-|-".join("-" * w for w in widths))
 
 
+def report(rows: list[dict], columns: list[tuple[str, str, str]], out: str | Path,
+           config: dict) -> None:  # fmt: skip
+    """The end of a benchmark: print the table of ``rows``, write them with ``config`` (and the
+    environment) as JSON to ``out``, say where."""
+    print()
+    print_table(rows, columns)
+    save_json(out, {"config": config, "rows": rows})
+    print(f"\nwrote {out}")
+
+
 def save_json(path: str | Path, payload: dict) -> None:
     """Write ``payload`` (with the environment record added) as indented JSON."""
     path = Path(path)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, environment, print_table, save_json  # noqa: E402
+from _common import bench_ms, environment, report  # noqa: E402
 
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
@@ -200,12 +200,10 @@ def main(argv=None) -> None:
     rows = []
     for n in args.seq:
         rows += run_length(n, args.heads, args.dim, args.densities, args.strides, args)
-    print()
-    print_table(rows, [("n", "N", "{}"), ("method", "method", "{}"), ("ms", "median ms", "{:.2f}"),
-                       ("ratio_to_cudnn", "x cuDNN time", "{:.3f}"), ("density", "density", "{:.3f}"),
-                       ("tflops", "eff. TFLOP/s", "{:.0f}")])  # fmt: skip
-    save_json(args.out, {"config": vars(args), "rows": rows})
-    print(f"\nwrote {args.out}")
+    columns = [("n", "N", "{}"), ("method", "method", "{}"), ("ms", "median ms", "{:.2f}"),
+               ("ratio_to_cudnn", "x cuDNN time", "{:.3f}"), ("density", "density", "{:.3f}"),
+               ("tflops", "eff. TFLOP/s", "{:.0f}")]  # fmt: skip
+    report(rows, columns, args.out, vars(args))
 
 
 if __name__ == "__main__":

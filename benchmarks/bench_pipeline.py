@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, print_table, save_json  # noqa: E402
+from _common import environment, report  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 
@@ -195,8 +195,7 @@ def main(argv=None) -> None:
     rows = []
     for name in args.res:
         rows += run_resolution(model, name, args)
-    print()
-    print_table(rows, [
+    columns = [
         ("res", "res", "{}"), ("tokens", "tokens", "{}"), ("method", "method", "{}"),
         ("s", "s / forward", "{:.2f}"), ("effective_density", "density", "{:.3f}"),
         ("speedup_vs_default", "x vs default", "{:.2f}"),
@@ -206,9 +205,8 @@ def main(argv=None) -> None:
         ("projected_50_steps_kernel_dense_s", "50 steps (5 kernel dense) s", "{:.0f}"),
         ("projected_speedup_kernel_dense_vs_default", "50-step x vs default", "{:.2f}"),
         ("projected_speedup_kernel_dense_vs_best_dense", "50-step x vs best dense", "{:.2f}"),
-    ])  # fmt: skip
-    save_json(args.out, {"config": vars(args), "rows": rows})
-    print(f"\nwrote {args.out}")
+    ]  # fmt: skip
+    report(rows, columns, args.out, vars(args))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, median_ms, print_table, save_json  # noqa: E402
+from _common import environment, median_ms, report  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 
@@ -105,12 +105,10 @@ def main(argv=None) -> None:
                 row["x_vs_masked_default"] = base / row["ms"]
             print(row, flush=True)
             rows.append(row)
-    print()
-    print_table(rows, [("n", "tokens", "{}"), ("B", "B", "{}"), ("method", "method", "{}"),
-                       ("ms", "ms", "{:.1f}"), ("x_vs_masked_default", "x vs masked", "{:.2f}"),
-                       ("max_err", "max err vs fp32", "{:.2e}")])  # fmt: skip
-    save_json(args.out, {"config": vars(args), "rows": rows})
-    print(f"\nwrote {args.out}")
+    columns = [("n", "tokens", "{}"), ("B", "B", "{}"), ("method", "method", "{}"),
+               ("ms", "ms", "{:.1f}"), ("x_vs_masked_default", "x vs masked", "{:.2f}"),
+               ("max_err", "max err vs fp32", "{:.2e}")]  # fmt: skip
+    report(rows, columns, args.out, vars(args))
 
 
 if __name__ == "__main__":

@@ -494,18 +494,24 @@ def _to(inputs: dict, dtype: torch.dtype, device: str = "cuda") -> dict:
     return out
 
 
+def _gpu_bf16_model():
+    """(bf16 tiny transformer on CUDA (head dim 64), bf16 inputs (1024 video + 8 text tokens,
+    batch 2 with unequal text), fp64 stock output, bf16 stock output)."""
+    inputs = hv_transformer_inputs(lengths=[5, 8], grid=(4, 16, 16))
+    tr = tiny_hv_transformer(head_dim=64).cuda().double()
+    ref64 = tr(**_to(inputs, torch.float64))[0]
+    tr.to(torch.bfloat16)
+    bf16 = _to(inputs, torch.bfloat16)
+    return tr, bf16, ref64, tr(**bf16)[0]
+
+
 @pytest.mark.gpu
 @torch.no_grad()
 def test_gpu_triton_bf16_matches_stock_and_runs_sparse():
     """Triton backend in bf16 (head dim 64, block 64, 1024 video + 8 text tokens, batch 2 with
     unequal text): all blocks within the tolerance rule against an fp64 stock forward, and
     sparse raster / tile runs are finite with density < 1."""
-    inputs = hv_transformer_inputs(lengths=[5, 8], grid=(4, 16, 16))
-    tr = tiny_hv_transformer(head_dim=64).cuda().double()
-    ref64 = tr(**_to(inputs, torch.float64))[0]
-    tr.to(torch.bfloat16)
-    bf16 = _to(inputs, torch.bfloat16)
-    stock = tr(**bf16)[0]
+    tr, bf16, ref64, stock = _gpu_bf16_model()
     # auto_dense off: at this size the cost model would (rightly) run every call dense, and this
     # test is about the Triton sparse path.
     cfg = xv.XAttentionConfig(
@@ -531,12 +537,7 @@ def test_gpu_dense_kernel_xattn_matches_stock(monkeypatch):
     """dense_kernel="xattn" on the Triton backend in bf16 (head dim 64, block 64, 1024 video + 8
     text tokens, batch 2 with unequal text), every call dense: the kernel with every block runs
     every layer, within the tolerance rule against an fp64 stock forward."""
-    inputs = hv_transformer_inputs(lengths=[5, 8], grid=(4, 16, 16))
-    tr = tiny_hv_transformer(head_dim=64).cuda().double()
-    ref64 = tr(**_to(inputs, torch.float64))[0]
-    tr.to(torch.bfloat16)
-    bf16 = _to(inputs, torch.bfloat16)
-    stock = tr(**bf16)[0]
+    tr, bf16, ref64, stock = _gpu_bf16_model()
     masks = _spy_dense_kernel(monkeypatch)
     cfg = xv.XAttentionConfig(block_size=64, dense_layers=(0, 1, 2), dense_kernel="xattn")
     with xv.apply_xattention(tr, cfg) as h:
