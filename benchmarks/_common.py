@@ -27,13 +27,7 @@ def environment() -> dict:
         diffusers_version = None
     sha = os.environ.get("XATTN_VIDEO_GIT_SHA")  # set by callers that copy the tree (the
     if not sha:  # GPU machine's copy may carry a stale .git)
-        try:
-            sha = subprocess.run(
-                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                cwd=Path(__file__).resolve().parent,
-            ).stdout.strip()  # fmt: skip
-        except (OSError, subprocess.CalledProcessError):
-            sha = None
+        sha = git_sha(Path(__file__).resolve().parent)
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
@@ -43,6 +37,24 @@ def environment() -> dict:
         "git_sha": sha,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def git_sha(cwd: Path) -> str | None:
+    """HEAD's SHA, with ``-dirty`` appended when tracked files differ from it (uncommitted
+    edits, or a copied tree whose .git is older than its files: then the SHA alone would name
+    code that was not run); None outside a git checkout."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--").returncode == 1
+    except OSError:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500) -> float:
