@@ -39,8 +39,12 @@ import xattn_video as xv  # noqa: E402
 
 H, D = 24, 128
 SHAPES = [(119056, [119056 - 192]), (67576, [67576 - 192]), (67576, [67576 - 192, 67576 - 100])]
-BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}  # fmt: skip
+BACKENDS = {
+    "default": None,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+}
 
 
 def _sdpa(q, k, v, mask, backend):

@@ -21,7 +21,8 @@ projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video
 text), handed to the model-independent :func:`xattn_video.sparse_path.sparse_attention` (token
 order, mask reuse, the op, stats), then the parent's output projections. The dense phase with
 ``dense_kernel="xattn"`` takes the same route to :func:`xattn_video.sparse_path.dense_attention`
-(the kernel with every block; padded queries are not zeroed there). Which layers get these processors: :mod:`xattn_video.targets`.
+(the kernel with every block; padded queries are not zeroed there). Which layers get these
+processors: :mod:`xattn_video.targets`.
 
 Processors decide dense vs sparse from bools (``controller.sparse`` set by the step hook, see
 :mod:`xattn_video.hook`, and the per-layer ``auto_dense`` decisions), never from the step
@@ -121,9 +122,11 @@ class _XAttnMixin:
     ) -> torch.Tensor:
         """query/key/value: [B, N, H, D] (video first); kv_len: (B,) int; returns [B, N, H, D].
 
-        Under context parallelism (Ulysses) q/k/v hold this rank's tokens ([video_r, text_r],
-        ``n_text`` of them text), kv_len / dense_from the whole sequence's values, and
-        ``sparse=False`` runs the dense attention between the same all-to-alls.
+        ``sparse=False``: a dense call (:func:`xattn_video.sparse_path.dense_attention`, or
+        the stock dense attention under Ulysses with ``dense_kernel="stock"``). Under context
+        parallelism (Ulysses) q/k/v hold this rank's tokens ([video_r, text_r], ``n_text`` of
+        them text), kv_len / dense_from the whole sequence's values, and the call runs between
+        the all-to-alls.
         """
         ulysses = parallel.ulysses_group(self._parallel_config)
         if ulysses is not None:
