@@ -60,7 +60,7 @@ def test_dense_kernel_xattn_runs_dense_self_attention_through_the_kernel(monkeyp
         ours = run(pipe, steps=3)
         assert handle.stats.summary()["num_sparse_calls"] == 0
     n_layers = len(pipe.transformer.blocks)
-    assert len(masks) == 3 * n_layers * 2  # 3 steps x layers x CFG branches (batched or not)
+    assert len(masks) == 3 * n_layers * 2  # 3 steps x layers x 2 CFG forwards
     assert all(bool(m.all()) for m in masks)
     assert stock_self and not any(stock_self)  # the stock processor ran cross-attention only
     assert_fa_close(ours, ref64, stock32, what="latents")
