@@ -1,0 +1,47 @@
+"""Profile (GPU, under Nsight Compute): one call of the estimate, for ncu.
+
+B=1, 24 heads, head dim 128, the last 99 keys padded (``probe_estimate_ab.py``'s inputs). The
+estimate runs once to compile, then once between ``cudaProfilerStart`` / ``cudaProfilerStop``,
+so ``ncu --profile-from-start off`` sees exactly that call's kernels (the estimate, and with
+``--split`` > 1 the kernel that merges the parts; with ``--precision fp8`` the quantization).
+
+Usage: ncu --clock-control none --profile-from-start off --section SpeedOfLight ... \\
+           python benchmarks/profile_estimate_ncu.py --stride 8 --precision bf16 --split 2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from xattn_video.kernels.estimate import estimate_block_scores
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=119056)
+    p.add_argument("--heads", type=int, default=24)
+    p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--precision", choices=["bf16", "fp8"], default="bf16")
+    p.add_argument("--kernel", choices=["triton", "gluon"], default="triton")
+    p.add_argument("--split", type=int, default=None, help="key parts (Triton kernel)")
+    args = p.parse_args(argv)
+    n = args.n
+    g = torch.Generator(device="cuda").manual_seed(n)
+    q, k = (torch.randn(1, args.heads, n, 128, device="cuda", generator=g).bfloat16()
+            for _ in range(2))  # fmt: skip
+    kw = dict(stride=args.stride, block_size=128, precision=args.precision, kernel=args.kernel,
+              kv_len=torch.tensor([n - 99], device="cuda"))  # fmt: skip
+    if args.split is not None:
+        kw["split"] = args.split
+    estimate_block_scores(q, k, **kw)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    estimate_block_scores(q, k, **kw)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+if __name__ == "__main__":
+    main()
