@@ -8,12 +8,8 @@ the block scores against the installed kernel, the share of blocks whose ratio-0
 and the fastest of ``--reps`` interleaved median timings. B=1, 24 heads, head dim 128, the last
 99 keys padded.
 
-``--splits 2 4``: also the installed kernel with its key sweep cut into that many parts
-(``estimate_block_scores(split=...)``).
-
-Usage: python benchmarks/probe_estimate_ab.py [old=/tmp/estimate_old.py ...] [--splits 2 4]
-       [--n 119056] [--configs bf16:8 bf16:16 fp8:8 fp8:16] [--reps 2]
-       [--out results/probe_estimate_ab.json]
+Usage: python benchmarks/probe_estimate_ab.py old=/tmp/estimate_old.py [--n 119056]
+       [--configs bf16:8 bf16:16 fp8:8 fp8:16] [--reps 2] [--out results/probe_estimate_ab.json]
 
 Not supported: variants whose ``estimate_block_scores`` signature differs from the installed one.
 """
@@ -22,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,22 +34,18 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "variants",
-        nargs="*",
+        nargs="+",
         help="name=path of an estimate.py variant (file or kernels directory)",
     )
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--configs", nargs="+", default=["bf16:8", "bf16:16", "fp8:8", "fp8:16"],
                    help="precision:stride pairs")  # fmt: skip
-    p.add_argument("--splits", type=int, nargs="*", default=[])
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", default="results/probe_estimate_ab.json")
     args = p.parse_args(argv)
     variants = load_variants(p, args.variants, prefix="est_", module="estimate")
     fns = {"installed": estimate_block_scores}
     fns.update({m: mod.estimate_block_scores for m, mod in variants.items()})
-    fns.update({f"split={s}": partial(estimate_block_scores, split=s) for s in args.splits})
-    if len(fns) == 1:
-        p.error("give a variant or --splits")
     n = args.n
     g = torch.Generator(device="cuda").manual_seed(n)
     q, k = (torch.randn(1, 24, n, 128, device="cuda", generator=g).bfloat16() for _ in range(2))

@@ -3,10 +3,12 @@
 B=1, 24 heads, head dim 128, the last 99 keys padded (``probe_estimate_ab.py``'s inputs). The
 estimate runs once to compile, then once between ``cudaProfilerStart`` / ``cudaProfilerStop``,
 so ``ncu --profile-from-start off`` sees exactly that call's kernels (the estimate, and with
-``--split`` > 1 the kernel that merges the parts; with ``--precision fp8`` the quantization).
+``--precision fp8`` the quantization). docs/results/ncu_estimate_*_h200_206fc29.txt came from it
+at git ``206fc29``, whose Triton estimate could also split its key sweep (``--split``; removed
+since: no faster, see README).
 
 Usage: ncu --clock-control none --profile-from-start off --section SpeedOfLight ... \\
-           python benchmarks/profile_estimate_ncu.py --stride 8 --precision bf16 --split 2
+           python benchmarks/profile_estimate_ncu.py --stride 8 --precision bf16 --kernel gluon
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ def main(argv=None) -> None:
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--precision", choices=["bf16", "fp8"], default="bf16")
     p.add_argument("--kernel", choices=["triton", "gluon"], default="triton")
-    p.add_argument("--split", type=int, default=None, help="key parts (Triton kernel)")
     args = p.parse_args(argv)
     n = args.n
     g = torch.Generator(device="cuda").manual_seed(n)
@@ -33,8 +34,6 @@ def main(argv=None) -> None:
             for _ in range(2))  # fmt: skip
     kw = dict(stride=args.stride, block_size=128, precision=args.precision, kernel=args.kernel,
               kv_len=torch.tensor([n - 99], device="cuda"))  # fmt: skip
-    if args.split is not None:
-        kw["split"] = args.split
     estimate_block_scores(q, k, **kw)
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStart()

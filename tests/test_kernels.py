@@ -82,31 +82,6 @@ def test_estimate_triton_matches_reference(shape, dtype):
     assert (got.masked_select(~valid[:, None, None, :]) == 0).all()
 
 
-@pytest.mark.parametrize("shape", EST_SHAPES)
-@pytest.mark.parametrize("split", [2, 4, 8])
-def test_estimate_split_sweep_matches_reference(shape, split):
-    """Key sweeps cut into parts (one program each, row log-sum-exps merged after) give the
-    unsplit scores; 16-group tiles make several parts, and split 8 leaves some parts empty."""
-    B, H, N, D, S, bs, lens = shape
-    q, k, _ = _rand_qkv(B, H, N, D, seed=11)
-    kv_len = torch.tensor(lens)
-    kw = dict(stride=S, block_size=bs, kv_len=kv_len, launch=(max(16, bs // S), 16, 4, 1))
-    whole = estimate_block_scores(q, k, split=1, **kw)
-    got = estimate_block_scores(q, k, split=split, **kw)
-    want = estimate_block_scores_ref(q, k, stride=S, block_size=bs, kv_len=kv_len)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-6)
-    valid = valid_key_blocks(kv_len, got.shape[-1], bs)
-    assert (got.masked_select(~valid[:, None, None, :]) == 0).all()
-
-
-@pytest.mark.parametrize("split", [0, 3, 16])
-def test_estimate_refuses_a_bad_split(split):
-    q, k, _ = _rand_qkv(1, 1, 64, 16)
-    with pytest.raises(ValueError, match="split must be 1, 2, 4 or 8"):
-        estimate_block_scores(q, k, stride=4, block_size=16, split=split)
-
-
 def test_estimate_ignores_padded_keys():
     """Changing padded keys (>= kv_len) changes nothing in the estimate."""
     B, H, N, D, S, bs = 2, 2, 150, 16, 4, 16

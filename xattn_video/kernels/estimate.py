@@ -105,23 +105,19 @@ if HAS_TRITON:
 
     @triton.jit
     def _estimate_fwd_kernel(
-        Q, K, LSE_BUF, OUT, KV_LEN, Q_SCALE, K_SCALE, LSE_PART,
+        Q, K, LSE_BUF, OUT, KV_LEN, Q_SCALE, K_SCALE,
         stride_qb, stride_qh, stride_qn, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_lbh, stride_lm,
-        stride_ob, stride_oh, stride_om, stride_sq, stride_sk, stride_pp,
+        stride_ob, stride_oh, stride_om, stride_sq, stride_sk,
         H, N_Q, N_GQ, N_BQ, N_BK,
         qk_scale,
         S: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_TILE: tl.constexpr,
         PRECISION: tl.constexpr, FLATTEN: tl.constexpr, FP8: tl.constexpr,
-        FAST_LOG2: tl.constexpr, SPLIT: tl.constexpr,
+        FAST_LOG2: tl.constexpr,
     ):  # fmt: skip
-        # SPLIT > 1: the key groups are cut into SPLIT tile-aligned parts, one program each;
-        # the parts of one query tile are neighbours in the grid, so they run together and
-        # share its query rows in the L2
-        pid_m = tl.program_id(0) // SPLIT
-        part = tl.program_id(0) % SPLIT
+        pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
@@ -149,10 +145,7 @@ if HAS_TRITON:
 
         # Pass 1: one sweep over the keys. Per (row, key block): log2-sum-exp2 of the block's
         # logits, stored to scratch; per row: online max and sum over all blocks.
-        part_len = tl.cdiv(tl.cdiv(n_kg, SPLIT), BLOCK_N) * BLOCK_N
-        lo = part * part_len
-        hi = tl.minimum(lo + part_len, n_kg)
-        for start_n in tl.range(lo, hi, BLOCK_N, flatten=FLATTEN):
+        for start_n in tl.range(0, n_kg, BLOCK_N, flatten=FLATTEN):
             offs_n = start_n + tl.arange(0, BLOCK_N)  # key groups
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for s in range(S):
@@ -196,21 +189,12 @@ if HAS_TRITON:
 
         row_lse = m_i + tl.log2(l_i)
         row_ok = offs_m < N_GQ
-        if SPLIT == 1:
-            tl.debug_barrier()  # scratch written above by other threads of this program
-            _block_sums(l_base, OUT + b * stride_ob + h * stride_oh, offs_m, row_lse, row_ok,
-                        pid_m, n_kb, stride_lm, stride_om, N_BQ, G, BLOCK_M, KB_TILE)  # fmt: skip
-        else:  # this part's row log-sum-exp; _estimate_finish_kernel merges the parts
-            tl.store(LSE_PART + (pid_bh * SPLIT + part) * stride_pp + offs_m, row_lse,
-                     mask=row_ok)  # fmt: skip
+        tl.debug_barrier()  # scratch written above by other threads of this program
 
-    @triton.jit
-    def _block_sums(l_base, o_base, offs_m, row_lse, row_ok, pid_m, n_kb, stride_lm, stride_om,
-                    N_BQ, G: tl.constexpr, BLOCK_M: tl.constexpr, KB_TILE: tl.constexpr):  # fmt: skip
-        """Pass 2: normalise the stored block sums of rows ``offs_m`` by their log-sum-exp and
-        add up the query groups of each q-block."""
+        # Pass 2: normalise the stored block sums and add up the query groups of each q-block.
         QB_PER_TILE: tl.constexpr = BLOCK_M // G
         offs_qb = pid_m * QB_PER_TILE + tl.arange(0, QB_PER_TILE)
+        o_base = OUT + b * stride_ob + h * stride_oh
         for kb0 in range(0, n_kb, KB_TILE):
             offs_kb = kb0 + tl.arange(0, KB_TILE)
             blse = tl.load(
@@ -226,32 +210,6 @@ if HAS_TRITON:
                 a,
                 mask=(offs_qb[:, None] < N_BQ) & (offs_kb[None, :] < n_kb),
             )
-
-    @triton.jit
-    def _estimate_finish_kernel(
-        LSE_BUF, LSE_PART, OUT, KV_LEN, stride_lbh, stride_lm, stride_pp,
-        stride_ob, stride_oh, stride_om, H, N_GQ, N_BQ,
-        S: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, KB_TILE: tl.constexpr,
-        SPLIT: tl.constexpr,
-    ):  # fmt: skip
-        """Pass 2 of a split sweep: the rows' log-sum-exp from the SPLIT parts' partial ones
-        (LSE_PART: (B*H*SPLIT, rows)), then :func:`_block_sums`."""
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
-        kvl = tl.load(KV_LEN + b)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < N_GQ
-        parts = tl.arange(0, SPLIT)
-        lse = tl.load(LSE_PART + (pid_bh * SPLIT + parts[:, None]) * stride_pp + offs_m[None, :],
-                      mask=row_ok[None, :], other=float("-inf"))  # fmt: skip
-        m = tl.max(lse, axis=0)
-        m = tl.where(m == float("-inf"), 0.0, m)
-        row_lse = m + tl.log2(tl.sum(tl.exp2(lse - m[None, :]), axis=0))
-        _block_sums(LSE_BUF + pid_bh * stride_lbh, OUT + b * stride_ob + h * stride_oh, offs_m,
-                    row_lse, row_ok, pid_m, tl.cdiv(kvl, S * G), stride_lm, stride_om, N_BQ, G,
-                    BLOCK_M, KB_TILE)  # fmt: skip
 
 
 def _estimate_launch_config(G: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
@@ -274,7 +232,6 @@ def estimate_block_scores(
     flatten: bool | None = None,
     kernel: str = "auto",
     fp8_inputs: Fp8Inputs | None = None,
-    split: int | None = None,
 ) -> torch.Tensor:
     """Block scores with the fused Triton kernel, or on sm90 GPUs the Gluon one
     (:mod:`.estimate_gluon`) where :func:`.tuning.estimate_kernel_for` picks it. Same contract
@@ -290,17 +247,10 @@ def estimate_block_scores(
     ``kernel``: "auto", or force "gluon" / "triton" (``launch`` / ``flatten`` tune the Triton
     kernel, so giving either keeps "auto" on it). ``fp8_inputs``: q and k already quantized by
     :func:`.fp8.quantize_fp8_inputs` with this ``block_size`` and ``kv_len`` (the op shares
-    them with the fp8 attention); q and k then give only the shapes. ``split``: programs per
-    query tile of the Triton kernel, each sweeping one tile-aligned part of the keys (the parts'
-    row log-sum-exps merged by a second small kernel; 1, 2, 4 or 8), so the programs running
-    together re-read ``split`` times fewer distinct query rows from the L2; None takes
-    :func:`.tuning.estimate_config`'s (1 off CUDA).
+    them with the fp8 attention); q and k then give only the shapes.
     """
     check_precision(precision)
-    if split is not None and split not in (1, 2, 4, 8):
-        raise ValueError(f"split must be 1, 2, 4 or 8, got {split!r}")
-    tuned_kw = launch is None and flatten is None and split is None
-    if kernel == "gluon" or (kernel == "auto" and q.is_cuda and tuned_kw):
+    if kernel == "gluon" or (kernel == "auto" and q.is_cuda and launch is None and flatten is None):
         from .tuning import estimate_kernel_for
 
         choice, (tile_n, stages) = estimate_kernel_for(q, k, stride, block_size, precision, kernel)
@@ -329,7 +279,6 @@ def estimate_block_scores(
         bm, bn, warps, stages = tuned.tiles
         launch = launch or (max(bm, G), max(bn, G), warps, stages)
         flatten = tuned.flatten if flatten is None else flatten
-        split = tuned.split if split is None else split
     block_m, block_n, num_warps, num_stages = launch or _estimate_launch_config(G, D, q.dtype)
     flatten = bool(flatten)
     fp8 = precision == "fp8"
@@ -339,27 +288,19 @@ def estimate_block_scores(
     else:
         q_scale = k_scale = lens.view(B, 1)  # never read without FP8 (no allocation per call)
 
-    split = split or 1
     n_m_tiles = cdiv(ngq, block_m)
     scratch = torch.empty((B * H, n_m_tiles * block_m, nbk), dtype=torch.float32, device=q.device)
     out = torch.zeros((B, H, nbq, nbk), dtype=torch.float32, device=q.device)
-    # the parts' row log-sum-exps (never read with split 1)
-    lse_part = scratch.new_empty((B * H * split, n_m_tiles * block_m) if split > 1 else (1, 1))
-    _estimate_fwd_kernel[(n_m_tiles * split, B * H)](
-        q, k, scratch, out, lens, q_scale, k_scale, lse_part,
+    grid = (n_m_tiles, B * H)
+    _estimate_fwd_kernel[grid](
+        q, k, scratch, out, lens, q_scale, k_scale,
         *q.stride(), *k.stride(),
         scratch.stride(0), scratch.stride(1),
         out.stride(0), out.stride(1), out.stride(2), q_scale.stride(0), k_scale.stride(0),
-        lse_part.stride(0), H, Nq, ngq, nbq, nbk,
+        H, Nq, ngq, nbq, nbk,
         LOG2E / (math.sqrt(D) * S),
         S=S, G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=32,
         PRECISION=dot_precision(q.dtype), FLATTEN=flatten, FP8=fp8,
-        FAST_LOG2=fast_log2, SPLIT=split, num_warps=num_warps, num_stages=num_stages,
+        FAST_LOG2=fast_log2, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    if split > 1:
-        _estimate_finish_kernel[(n_m_tiles, B * H)](
-            scratch, lse_part, out, lens, scratch.stride(0), scratch.stride(1),
-            lse_part.stride(0), out.stride(0), out.stride(1), out.stride(2), H, ngq, nbq,
-            S=S, G=G, BLOCK_M=block_m, KB_TILE=32, SPLIT=split, num_warps=4,
-        )  # fmt: skip
     return out

@@ -78,9 +78,6 @@ class EstimateLaunch(NamedTuple):
     fast_log2: bool = True
     """The block log-sum-exp's log2 on the MUFU unit (``lg2.approx``); False keeps libdevice's
     ``log2f``, for tiles whose register budget ``lg2.approx`` pushes into spills."""
-    split: int = 1
-    """Programs per query tile, each sweeping one part of the keys (:func:`.estimate.
-    estimate_block_scores`'s ``split``)."""
 
 
 SAFE_ESTIMATE = EstimateLaunch((128, 128, 8, 3), False)
