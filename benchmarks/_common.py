@@ -64,6 +64,17 @@ def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def profile_one_call(fn) -> None:
+    """Call ``fn()`` once to compile, then once more between ``cudaProfilerStart`` /
+    ``cudaProfilerStop``, so ``ncu --profile-from-start off`` sees exactly that call."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
 def median_ms(fn, reps: int, warmup: int = 1) -> float:
     """Median of ``reps`` CUDA-event timings of ``fn`` after ``warmup`` calls (a fixed count,
     where :func:`bench_ms` repeats for a fixed time)."""

@@ -14,8 +14,13 @@ Usage: ncu --clock-control none --profile-from-start off --section SpeedOfLight 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import profile_one_call  # noqa: E402
 
 from xattn_video.kernels.estimate import estimate_block_scores
 
@@ -34,12 +39,7 @@ def main(argv=None) -> None:
             for _ in range(2))  # fmt: skip
     kw = dict(stride=args.stride, block_size=128, precision=args.precision, kernel=args.kernel,
               kv_len=torch.tensor([n - 99], device="cuda"))  # fmt: skip
-    estimate_block_scores(q, k, **kw)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    estimate_block_scores(q, k, **kw)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    profile_one_call(lambda: estimate_block_scores(q, k, **kw))
 
 
 if __name__ == "__main__":

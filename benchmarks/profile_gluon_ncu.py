@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import profile_one_call  # noqa: E402
 
 from xattn_video.kernels.select import mask_to_indices, select_blocks
 from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
@@ -36,12 +41,7 @@ def main(argv=None) -> None:
     counts, idx = mask_to_indices(select_blocks(scores, block_size=128, ratio=args.density, n_k=n))
     stages = args.stages or (2 if args.precision == "bf16" else 3)
     kw = dict(block_size=128, stages=stages, precision=args.precision)
-    block_sparse_attention_gluon(q, k, v, counts, idx, **kw)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    block_sparse_attention_gluon(q, k, v, counts, idx, **kw)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    profile_one_call(lambda: block_sparse_attention_gluon(q, k, v, counts, idx, **kw))
 
 
 if __name__ == "__main__":
