@@ -55,6 +55,15 @@ def summarize(times: dict[str, list[float]], base_key: str, cudnn_ms: float) -> 
     return rows
 
 
+def force_fast_log2(tuning, name: str | None, on: bool) -> None:
+    """Set ``fast_log2`` of every :data:`tuning.ESTIMATE_MEASURED` entry of GPU ``name`` (and of
+    the fallback, :data:`tuning.SAFE_ESTIMATE`) to ``on``, for this process."""
+    for key, launch in list(tuning.ESTIMATE_MEASURED.items()):
+        if key[0] == name:
+            tuning.ESTIMATE_MEASURED[key] = launch._replace(fast_log2=on)
+    tuning.SAFE_ESTIMATE = tuning.SAFE_ESTIMATE._replace(fast_log2=on)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=119056)
@@ -63,6 +72,13 @@ def main(argv=None) -> None:
     p.add_argument("--strides", type=int, nargs="+", default=[8, 16])
     p.add_argument("--configs", type=parse_config, nargs="+", default=None)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--fast-log2",
+        choices=["table", "on", "off"],
+        default="table",
+        help="the block log-sum-exp's log2 on the MUFU unit: as the table says, or "
+        "forced on / off for every config (the table entries are patched for the run)",
+    )
     p.add_argument("--out", default="results/probe_estimate_tiles.json")
     args = p.parse_args(argv)
     configs = args.configs or [parse_config(c) for c in CONFIGS]
@@ -71,6 +87,7 @@ def main(argv=None) -> None:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from xattn_video.kernels import tuning
     from xattn_video.kernels.estimate import estimate_block_scores
     from xattn_video.kernels.fp8 import quantize_fp8_qk
     from xattn_video.kernels.select import select_blocks
@@ -84,6 +101,8 @@ def main(argv=None) -> None:
         cudnn_ms = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v))
     print(f"cuDNN dense: {cudnn_ms:.2f} ms", flush=True)
     v = None  # free it for the estimate runs
+    if args.fast_log2 != "table":
+        force_fast_log2(tuning, gpu_name(q), args.fast_log2 == "on")
     rows: list[dict] = []
     for prec in args.precisions:
         f8 = quantize_fp8_qk(q, k, 128) if prec == "fp8" else None
@@ -115,7 +134,7 @@ def main(argv=None) -> None:
                 for key, launch in ok.items():
                     times[key].append(bench_ms(lambda la=launch: run(la)))
             for row in summarize(times, base_key, cudnn_ms):
-                row.update(precision=prec, stride=s, max_diff=checks[row["config"]][0],
+                row.update(precision=prec, stride=s, fast_log2=args.fast_log2, max_diff=checks[row["config"]][0],
                            mask_diff=checks[row["config"]][1])  # fmt: skip
                 rows.append(row)
                 print(f"  {prec} S={s} {row['config']}: {row['ms']:.2f} ms "

@@ -25,3 +25,21 @@ def test_summarize_gives_median_share_of_cudnn_and_ratio_to_the_table_launch():
         dict(config="table", ms=25.0, rounds=[20.0, 30.0, 25.0], pct_of_cudnn=5.0, vs_table=1.0),
         dict(config="x", ms=12.5, rounds=[10.0, 12.5, 40.0], pct_of_cudnn=2.5, vs_table=0.5),
     ]
+
+
+def test_force_fast_log2_patches_only_that_gpus_entries(monkeypatch):
+    from xattn_video.kernels import tuning
+
+    probe = load_benchmark("probe_estimate_tiles")
+    monkeypatch.setattr(tuning, "ESTIMATE_MEASURED", dict(tuning.ESTIMATE_MEASURED))
+    monkeypatch.setattr(tuning, "SAFE_ESTIMATE", tuning.SAFE_ESTIMATE)
+    other = ("Other GPU", "bf16", 8, 128, "any")
+    tuning.ESTIMATE_MEASURED[other] = tuning.EstimateLaunch((64, 64, 4, 2), True, True)
+    probe.force_fast_log2(tuning, "NVIDIA H200", False)
+    h200 = {k: v for k, v in tuning.ESTIMATE_MEASURED.items() if k[0] == "NVIDIA H200"}
+    assert h200 and not any(v.fast_log2 for v in h200.values())
+    assert tuning.ESTIMATE_MEASURED[other].fast_log2
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128).tiles == (128, 128, 8, 3)
+    assert not tuning.estimate_config("unknown", "bf16", 8, 128).fast_log2
+    probe.force_fast_log2(tuning, "NVIDIA H200", True)
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 16, 128).fast_log2
