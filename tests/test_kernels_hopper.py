@@ -296,6 +296,8 @@ def test_config_table_lookup(monkeypatch):
 def test_estimate_config_lookup():
     assert tuning.estimate_config("NVIDIA H200", "bf16", 8, 128) == ((128, 128, 8, 3), True, True)
     assert tuning.estimate_config("NVIDIA H200", "fp8", 16, 128)[1] is True
+    # 3-deep ring, libdevice log2 (probe_estimate_tiles_*_h200_32a259f.json)
+    assert tuning.estimate_config("NVIDIA H200", "bf16", 16, 128) == ((64, 128, 4, 3), True, False)
     assert tuning.estimate_config("Some Future GPU", "bf16", 8, 128) == tuning.SAFE_ESTIMATE
     assert tuning.estimate_config("NVIDIA H200", "bf16", 4, 128) == tuning.SAFE_ESTIMATE
     # per N bucket: the head-dim-64 entry was measured below 32k tokens only

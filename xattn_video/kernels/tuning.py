@@ -92,10 +92,14 @@ SAFE_ESTIMATE = EstimateLaunch((128, 128, 8, 3), False)
 # so that entry keeps log2f. Head dim 64 below 32k tokens
 # (docs/results/profile_small_call_h200.json, 4 heads, 17,411 tokens, S=8): 64x128 tiles, 4
 # warps, 3 stages 0.112 ms vs 0.123 for 128x128 (32-row tiles 0.17-0.20: too little work per
-# program); same masks.
+# program); same masks. Ring depths re-timed interleaved (benchmarks/probe_estimate_tiles.py,
+# docs/results/probe_estimate_tiles_*_h200_{010f4c2,32a259f}.json): bf16 S=16's 64x128 tiles
+# take 14.8-14.9 ms with 3 stages against 14.9-16.8 with 4 at 119,056 tokens (4.55-4.60 vs
+# 4.57-4.82 at 67,576; same scores bit for bit; lg2.approx still 14-15% slower there); every
+# other entry stays the fastest or within 1% (fp8 S=8 3 stages: 15.5 vs 15.6 ms).
 ESTIMATE_MEASURED: dict[tuple[str, str, int, int, str], EstimateLaunch] = {
     ("NVIDIA H200", "bf16", 8, 128, "any"): EstimateLaunch((128, 128, 8, 3), True),
-    ("NVIDIA H200", "bf16", 16, 128, "any"): EstimateLaunch((64, 128, 4, 4), True, False),
+    ("NVIDIA H200", "bf16", 16, 128, "any"): EstimateLaunch((64, 128, 4, 3), True, False),
     ("NVIDIA H200", "fp8", 8, 128, "any"): EstimateLaunch((64, 128, 4, 4), True),
     ("NVIDIA H200", "fp8", 16, 128, "any"): EstimateLaunch((64, 128, 4, 4), True),
     ("NVIDIA H200", "bf16", 8, 64, "small"): EstimateLaunch((64, 128, 4, 3), True),
