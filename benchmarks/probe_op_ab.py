@@ -5,9 +5,11 @@ Per run: cuDNN SDPA dense (8 timings) and the op at ratio 0.3, S=8, B=1, 24 head
 128, kv_len = N - 192 (HunyuanVideo-like text padding), median of 25 CUDA-event timings, for
 fp8 attention + fp8 estimate, fp8 attention + bf16 estimate, bf16 attention + fp8 estimate,
 bf16 attention + bf16 estimate.
-Prints one ``AB {json}`` line (N, tag, GPU, ms and the ratio to cuDNN).
+Prints one ``AB {json}`` line (N, tag, GPU, ms and the ratio to cuDNN). An optional third
+argument is the op's ``estimate_kernel`` for every call (e.g. ``prefer-gluon``; left out, the
+op's default, so trees without the argument run too).
 
-Usage: python benchmarks/probe_op_ab.py 119056 new
+Usage: python benchmarks/probe_op_ab.py 119056 new [prefer-gluon]
        PYTHONPATH=/tmp/old:$PYTHONPATH python benchmarks/probe_op_ab.py 119056 old
 (the old tree e.g. from ``git archive <rev> xattn_video | tar -x -C /tmp/old``; the H200 runs
 used a copy of this script outside the repository, with the same timing).
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median_ms  # noqa: E402
 
 n, tag = int(sys.argv[1]), sys.argv[2]
+extra = {"estimate_kernel": sys.argv[3]} if len(sys.argv) > 3 else {}
 H, D = 24, 128
 g = torch.Generator(device="cuda").manual_seed(0)
 q, k, v = (
@@ -44,7 +47,7 @@ def dense():
 
 
 kw = dict(ratio=0.3, stride=8, block_size=128, kv_len=kv_len)
-res = {"tag": tag, "n": n, "gpu": torch.cuda.get_device_name()}
+res = {"tag": tag, "n": n, "gpu": torch.cuda.get_device_name(), **extra}
 res["cudnn_ms"] = median_ms(dense, 8, warmup=3)
 for name, prec, est in [
     ("fp8+fp8est", "fp8", "fp8"),
@@ -54,7 +57,7 @@ for name, prec, est in [
 ]:
     res[name + "_ms"] = median_ms(
         lambda prec=prec, est=est: xv.xattention(
-            q, k, v, precision=prec, estimate_precision=est, **kw
+            q, k, v, precision=prec, estimate_precision=est, **kw, **extra
         ),
         25,
         warmup=3,

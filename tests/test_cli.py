@@ -309,6 +309,7 @@ FLAG_VALUES = {
     "backend": (["--backend", "torch"], "torch"),
     "precision": (["--precision", "fp8"], "fp8"),
     "estimate_precision": (["--estimate-precision", "fp8"], "fp8"),
+    "estimate_kernel": (["--estimate-kernel", "prefer-gluon"], "prefer-gluon"),
     "dense_kernel": (["--dense-kernel", "xattn"], "xattn"),
     "collect_stats": (["--no-collect-stats"], False),
     "auto_dense": (["--no-auto-dense"], False),

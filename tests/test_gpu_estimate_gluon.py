@@ -107,3 +107,37 @@ def test_auto_estimate_follows_the_measured_table(precision, stride):
         forced = estimate_block_scores(q, k, kernel="gluon", **kw)
         assert torch.equal(forced, estimate_block_scores_gluon(q, k, block_n=hit[0],
                                                                stages=hit[1], **kw))  # fmt: skip
+
+
+@needs_sm90_gluon
+@pytest.mark.parametrize("precision, stride", [("bf16", 8), ("bf16", 16), ("fp8", 8)])
+def test_prefer_gluon_through_the_op(monkeypatch, precision, stride):
+    """xattention(estimate_kernel="prefer-gluon") at 40k tokens: the Gluon estimate runs where
+    the measured table has this GPU / precision / stride (bf16 stride 16 has no entry on the
+    H200: the Triton one then), never with "auto"; the mask agrees with "auto"'s up to
+    near-ties, and the output is the attention inside the mask it returns."""
+    import xattn_video as xv
+    from xattn_video.kernels import estimate_gluon
+    from xattn_video.kernels.tuning import GLUON_ESTIMATE, gpu_name
+
+    calls = []
+    real = estimate_gluon.estimate_block_scores_gluon
+
+    def spy(*args, **kw):
+        calls.append(kw["precision"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(estimate_gluon, "estimate_block_scores_gluon", spy)
+    q, k = _qk(1, 40000, 128, seed=stride)
+    v = torch.randn_like(q)
+    kw = dict(threshold=0.9, stride=stride, block_size=128)
+    m_auto = xv.estimate_block_mask(q, k, precision=precision, **kw)
+    assert calls == []
+    m_pg = xv.estimate_block_mask(q, k, precision=precision, kernel="prefer-gluon", **kw)
+    hit = GLUON_ESTIMATE.get((gpu_name(q), precision, stride, 128))
+    assert calls == ([precision] if hit else [])
+    assert (m_auto != m_pg).float().mean() < 1e-3
+    out, mask = xv.xattention(q, k, v, estimate_kernel="prefer-gluon", estimate_precision=precision,
+                              return_mask=True, **kw)  # fmt: skip
+    assert torch.equal(mask, m_pg)
+    assert torch.equal(out, xv.xattention(q, k, v, mask=mask, block_size=128))

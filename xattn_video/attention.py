@@ -59,6 +59,7 @@ from .op_checks import STRIDES as STRIDES
 from .op_checks import (
     check_block_stride,
     check_dense_from,
+    check_estimate_kernel,
     check_estimate_precision,
     check_kv_len,
     check_qk,
@@ -125,6 +126,7 @@ def estimate_block_mask(
     backend: str = "auto",
     max_density: float | None = None,
     precision: str = "bf16",
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """XAttention block mask. q: (B, H, Nq, D), k: (B, H, Nk, D) -> (B, H, Nbq, Nbk) bool.
 
@@ -136,16 +138,19 @@ def estimate_block_mask(
     ``precision="fp8"``: the estimate's Q.K^T in e4m3 with one scale per (b, h, block) (the
     Triton kernels on sm90+ GPUs; the torch backend emulates it exactly in fp32). Its masks
     can differ from bf16 ones where blocks' masses nearly tie.
+    ``kernel``: "auto" (the Triton estimate) or "prefer-gluon" (the experimental Gluon estimate
+    where :data:`.kernels.tuning.GLUON_ESTIMATE` measured it faster on this GPU: sm90, from 32k
+    query tokens; same scores up to accumulation order; the torch backend ignores it).
     """
     return _estimate_mask(
         q, k, None, threshold=threshold, stride=stride, block_size=block_size, kv_len=kv_len,
         ratio=ratio, dense_from=dense_from, backend=backend, max_density=max_density,
-        precision=precision,
+        precision=precision, kernel=kernel,
     )[0]  # fmt: skip
 
 
 def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, dense_from, backend,
-                   max_density, precision):  # fmt: skip
+                   max_density, precision, kernel="auto"):  # fmt: skip
     """:func:`estimate_block_mask` -> (mask, fp8): with v given on the fp8 Triton path on an sm90
     GPU, q, k and v are quantized once (:func:`.library.quantize_fp8`) and ``fp8`` is that list
     (with the non-finite flags) for the attention to reuse; else ``fp8`` is None."""
@@ -164,6 +169,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q)
     check_estimate_precision(precision, backend, q)
+    check_estimate_kernel(kernel, "kernel")
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch" and kv_len is not None:
         k = zero_padding(k, lens)
@@ -175,7 +181,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
         fp8 = quantize_fp8(q, k, v, kv_len=lens, block_size=block_size)
     scores = estimate_scores(
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton",
-        precision=precision, fp8=fp8,
+        precision=precision, fp8=fp8, kernel=kernel,
     )  # fmt: skip
     if backend == "triton" and ratio is None and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
         # one kernel (two and a sort with a budget)
@@ -337,12 +343,15 @@ def xattention(
     max_density: float | None = None,
     precision: str = "bf16",
     estimate_precision: str = "bf16",
+    estimate_kernel: str = "auto",
 ):
     """XAttention: estimate the block mask, then attend exactly inside it.
 
     ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (sm90+ kernels).
     ``estimate_precision="fp8"``: the estimate's Q.K^T in e4m3 (see
     :func:`estimate_block_mask`); the two are independent, both "bf16" by default.
+    ``estimate_kernel="prefer-gluon"``: the experimental Gluon estimate where it was measured
+    faster (:func:`estimate_block_mask`'s ``kernel``).
 
     q, k, v: (B, H, N, D) (self-attention; q and k may have different lengths for the
     estimate). ``mask``: reuse a block mask from an earlier call instead of estimating.
@@ -350,6 +359,7 @@ def xattention(
     Returns ``out`` (B, H, N, D), or a tuple ``(out, mask)``, ``(out, lse)`` or
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
     """
+    check_estimate_kernel(estimate_kernel)
     estimated = mask is None
     fp8 = None
     if estimated:
@@ -368,6 +378,7 @@ def xattention(
             backend=backend,
             max_density=max_density,
             precision=estimate_precision,
+            kernel=estimate_kernel,
         )
     # a mask row estimated from a non-finite query row is meaningless: its whole block is NaN
     res = _block_sparse(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .attention import BACKENDS, BLOCK_SIZES, STRIDES
-from .op_checks import check_precision
+from .op_checks import check_estimate_kernel, check_precision
 
 SELECTIONS = ("threshold", "ratio")
 TEXT_POLICIES = ("dense", "sparse")
@@ -110,6 +110,14 @@ class XAttentionConfig:
     the torch backend emulates it). Masks can differ from bf16 ones where blocks' estimated
     masses nearly tie."""
 
+    estimate_kernel: Literal["auto", "prefer-gluon"] = "auto"
+    """Kernel of the mask estimate on the Triton backend: ``auto`` (the Triton estimate) or
+    ``prefer-gluon``, the experimental warp-specialized Gluon estimate wherever it was measured
+    faster on this GPU (``kernels.tuning.GLUON_ESTIMATE``; on the H200 from 32k query tokens:
+    bf16 stride 8, fp8 strides 8 / 16, 13-24% less estimate time), the Triton one elsewhere.
+    Same scores up to accumulation order. Not the default because one GPU test run stalled
+    inside it and the cause is unknown (README, Results); the torch backend ignores it."""
+
     dense_kernel: Literal["stock", "xattn"] = "stock"
     """Attention of the dense calls (warm-up and ``dense_last_steps`` steps, ``dense_layers``):
     ``stock`` runs the model's own diffusers processor, bit-identical to a run without
@@ -176,6 +184,7 @@ class XAttentionConfig:
         if self.precision == "fp8" and self.backend == "torch":
             raise ValueError("precision='fp8' needs backend 'triton' or 'auto' (Hopper GPUs)")
         check_precision(self.estimate_precision, "estimate_precision")
+        check_estimate_kernel(self.estimate_kernel)
         if self.dense_kernel not in DENSE_KERNELS:
             raise ValueError(
                 f"dense_kernel must be one of {DENSE_KERNELS}, got {self.dense_kernel!r}"

@@ -381,6 +381,7 @@ def sparse_attention(
         return_mask=True,
         precision=cfg.precision,
         estimate_precision=cfg.estimate_precision,
+        estimate_kernel=cfg.estimate_kernel,
         max_density=cfg.max_density if cfg.max_density < 1.0 else None,
     )
     if not reused:

@@ -244,13 +244,16 @@ def estimate_block_scores(
     masks selected from these scores may differ from bf16 ones at near-ties).
     ``flatten``: ask Triton to flatten the key-tile / stride loop nest for pipelining.
     On CUDA, ``launch`` / ``flatten`` left None come from :func:`.tuning.estimate_config`.
-    ``kernel``: "auto", or force "gluon" / "triton" (``launch`` / ``flatten`` tune the Triton
-    kernel, so giving either keeps "auto" on it). ``fp8_inputs``: q and k already quantized by
+    ``kernel``: "auto", "prefer-gluon" (the Gluon kernel wherever :data:`.tuning.GLUON_ESTIMATE`
+    measured it faster, even with :data:`.tuning.GLUON_ESTIMATE_AUTO` off), or force "gluon" /
+    "triton" (``launch`` / ``flatten`` tune the Triton kernel, so giving either keeps "auto" and
+    "prefer-gluon" on it). ``fp8_inputs``: q and k already quantized by
     :func:`.fp8.quantize_fp8_inputs` with this ``block_size`` and ``kv_len`` (the op shares
     them with the fp8 attention); q and k then give only the shapes.
     """
     check_precision(precision)
-    if kernel == "gluon" or (kernel == "auto" and q.is_cuda and launch is None and flatten is None):
+    automatic = kernel in ("auto", "prefer-gluon")
+    if kernel == "gluon" or (automatic and q.is_cuda and launch is None and flatten is None):
         from .tuning import estimate_kernel_for
 
         choice, (tile_n, stages) = estimate_kernel_for(q, k, stride, block_size, precision, kernel)
@@ -261,8 +264,10 @@ def estimate_block_scores(
                 q, k, stride=stride, block_size=block_size, kv_len=kv_len, precision=precision,
                 block_n=tile_n, stages=stages, fp8_inputs=fp8_inputs,
             )  # fmt: skip
-    elif kernel not in ("auto", "triton"):
-        raise ValueError(f"kernel must be 'auto', 'gluon' or 'triton', got {kernel!r}")
+    elif not automatic and kernel != "triton":
+        from .tuning import ESTIMATE_KERNELS
+
+        raise ValueError(f"kernel must be one of {ESTIMATE_KERNELS}, got {kernel!r}")
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     S = stride

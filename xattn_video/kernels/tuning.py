@@ -15,6 +15,8 @@ The estimate (:func:`estimate_kernel_for`): the Triton kernel, or the Gluon one
 GPU in :data:`GLUON_ESTIMATE`). ``kernel="auto"`` would pick it where the table has an entry,
 from 32k query tokens, but only with :data:`GLUON_ESTIMATE_AUTO`, which is off: the Gluon
 estimate took 13-24% less time on the H200, but one GPU test run stalled inside it (see there).
+``kernel="prefer-gluon"`` is that choice with the gate open, per call: the opt-in behind
+``XAttentionConfig.estimate_kernel``.
 
 Launch configurations come from :data:`MEASURED`, filled only from runs on the named GPU
 (``docs/results/bench_attention_h200*.json``). A GPU that is not in the table gets
@@ -118,7 +120,7 @@ def estimate_config(
     return ESTIMATE_MEASURED.get((name, precision, stride, head_dim, "any"), SAFE_ESTIMATE)
 
 
-ESTIMATE_KERNELS = ("auto", "gluon", "triton")
+ESTIMATE_KERNELS = ("auto", "gluon", "triton", "prefer-gluon")
 
 # H200 (docs/results/probe_estimate_gluon_h200.json; 119,056 / 67,576 tokens, 24 heads, Gluon vs
 # Triton ms in one run): bf16 S=8 21.7 vs 25.1 / 6.84 vs 7.91; fp8 S=8 14.1 vs 16.9 / 4.48 vs
@@ -154,6 +156,9 @@ def choose_estimate_kernel(
 ) -> str:  # fmt: skip
     """``"gluon"`` or ``"triton"`` for the estimate (``capability``: major version; ``n``: query
     tokens; ``measured``: this GPU / precision / stride / head dim is in :data:`GLUON_ESTIMATE`).
+    ``kernel``: "auto" / "prefer-gluon" pick the Gluon kernel where it fits, was measured and
+    ``n`` is in the "large" bucket (for "auto", :func:`estimate_kernel_for` first applies
+    :data:`GLUON_ESTIMATE_AUTO`); "gluon" / "triton" force one.
 
     Raises ValueError for an unknown ``kernel`` or a forced ``"gluon"`` that cannot run."""
     if kernel not in ESTIMATE_KERNELS:
@@ -175,7 +180,7 @@ def choose_estimate_kernel(
                 "64 or 128, block_size 128, stride 8/16/32 and 16-byte aligned strides"
             )
         return "gluon"
-    if kernel == "auto" and fits and measured and n_bucket(n) == "large":
+    if kernel in ("auto", "prefer-gluon") and fits and measured and n_bucket(n) == "large":
         return "gluon"
     return "triton"
 
@@ -185,12 +190,14 @@ def estimate_kernel_for(
     kernel: str = "auto",
 ) -> tuple[str, tuple[int, int]]:  # fmt: skip
     """(``"gluon"`` or ``"triton"``, the Gluon estimate's (key groups per tile, ring depth)) for
-    q: (B, H, Nq, D), k: (B, H, Nk, D) on their GPU; ``kernel`` forces one."""
+    q: (B, H, Nq, D), k: (B, H, Nk, D) on their GPU; ``kernel`` as in
+    :func:`choose_estimate_kernel`."""
     from ._common import tma_aligned
     from .sparse_attention_gluon import HAS_GLUON
 
     hit = GLUON_ESTIMATE.get((gpu_name(q), precision, stride, q.shape[-1]))
-    if kernel == "auto" and (hit is None or not GLUON_ESTIMATE_AUTO):  # one lookup per call
+    gate_closed = kernel == "auto" and not GLUON_ESTIMATE_AUTO
+    if kernel in ("auto", "prefer-gluon") and (hit is None or gate_closed):  # one lookup a call
         return "triton", hit or GLUON_ESTIMATE_DEFAULT[precision]
     cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
     choice = choose_estimate_kernel(
