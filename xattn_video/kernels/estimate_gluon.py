@@ -44,7 +44,8 @@ the 64-key tiles and the 256-key tiles (bf16 S=8 28.5 / 24.3 ms). The first, loc
 ring per GPU, but ``kernel="auto"`` does not pick this kernel
 (:data:`.tuning.GLUON_ESTIMATE_AUTO` is off): one run of its GPU tests stalled inside the fp8
 test that cycles through four variants; ``benchmarks/probe_estimate_stall.py`` then launched
-every variant 300 times on the tests' inputs without a stall, so the cause is unknown.
+every variant 300 times on the tests' inputs without a stall, so the cause is unknown. Callers
+opt in per call with ``kernel="prefer-gluon"`` (the op's and the config's ``estimate_kernel``).
 
 Not supported: GPUs other than sm90, block sizes other than 128, strides other than 8 / 16 /
 32 (a query block must fit one warpgroup's 64 rows and the final pass's layout), head dims other
