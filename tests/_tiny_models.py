@@ -225,6 +225,21 @@ def tiny_cfg(**kw):
     return xv.XAttentionConfig(**{**TINY, **kw})
 
 
+def run_sparse_steps(**cfg_overrides) -> None:
+    """Three steps of the tiny HunyuanVideo pipeline under the ``tiny`` preset (τ 0.5, one dense
+    warm-up step, torch backend) with ``cfg_overrides``; asserts that sparse calls ran (for
+    tests that spy on what the processors hand down)."""
+    import xattn_video as xv
+
+    pipe = tiny_hv_pipeline()
+    cfg = xv.XAttentionConfig.from_preset(
+        "tiny", threshold=0.5, warmup_steps=1, backend="torch", **cfg_overrides
+    )
+    with xv.apply_xattention(pipe, cfg) as handle:
+        pipe(**hv_inputs(steps=3))
+        assert handle.stats.summary()["num_sparse_calls"] > 0
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread(one_thread):  # noqa: F811 - the conftest fixture of the same name
     """Kept for modules that import it (it is autouse there): conftest's ``one_thread``. New

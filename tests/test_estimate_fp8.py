@@ -14,7 +14,8 @@ from xattn_video.kernels.estimate import estimate_block_scores_ref
 from xattn_video.kernels.fp8 import FP8_MAX, quantize_fp8_blocks_ref
 from xattn_video.kernels.select import select_blocks
 
-from ._tiny_models import hv_inputs, tiny_hv_pipeline
+from ._spy import record_kwarg
+from ._tiny_models import run_sparse_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,19 +141,6 @@ def test_bad_estimate_precision_and_devices_are_refused():
 
 
 def test_processors_run_the_config_estimate_precision(monkeypatch):
-    seen = []
-    ref = library._estimate_ref
-
-    def spy(*args, precision="bf16", **kw):
-        seen.append(precision)
-        return ref(*args, precision=precision, **kw)
-
-    monkeypatch.setattr(library, "_estimate_ref", spy)
-    pipe = tiny_hv_pipeline()
-    cfg = xv.XAttentionConfig.from_preset(
-        "tiny", threshold=0.5, warmup_steps=1, backend="torch", estimate_precision="fp8"
-    )
-    with xv.apply_xattention(pipe, cfg) as handle:
-        pipe(**hv_inputs(steps=3))
-        assert handle.stats.summary()["num_sparse_calls"] > 0
+    seen = record_kwarg(monkeypatch, library, "_estimate_ref", "precision", "bf16")
+    run_sparse_steps(estimate_precision="fp8")
     assert seen and set(seen) == {"fp8"}

@@ -12,7 +12,8 @@ import xattn_video as xv
 from xattn_video import attention, library
 from xattn_video.kernels import tuning
 
-from ._tiny_models import hv_inputs, tiny_hv_pipeline
+from ._spy import record_kwarg
+from ._tiny_models import run_sparse_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,23 +55,11 @@ def test_prefer_gluon_opens_the_gate_that_auto_keeps_closed(monkeypatch, auto_ga
     assert asked == (["prefer-gluon", "auto"] if auto_gate else ["prefer-gluon"])
 
 
-def _spy_triton_estimate(monkeypatch) -> list[str]:
-    seen: list[str] = []
-    real = library._estimate_triton
-
-    def spy(*args, kernel="auto", **kw):
-        seen.append(kernel)
-        return real(*args, kernel=kernel, **kw)
-
-    monkeypatch.setattr(library, "_estimate_triton", spy)
-    return seen
-
-
 @pytest.mark.parametrize("value", ["auto", "prefer-gluon"])
 def test_the_op_hands_estimate_kernel_to_the_estimate(monkeypatch, value):
     """Triton backend (the interpreter on CPU, where "prefer-gluon" runs the Triton kernel): the
     value reaches the estimate kernel's entry point, and the output is the same either way."""
-    seen = _spy_triton_estimate(monkeypatch)
+    seen = record_kwarg(monkeypatch, library, "_estimate_triton", "kernel", "auto")
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 96, 16, generator=g) for _ in range(3))
     kw = dict(threshold=0.9, stride=4, block_size=16, backend="triton")
@@ -105,19 +94,6 @@ def test_config_field_round_trips_and_old_dicts_load():
 
 
 def test_processors_run_the_config_estimate_kernel(monkeypatch):
-    seen = []
-    real = attention.xattention
-
-    def spy(*args, estimate_kernel="auto", **kw):
-        seen.append(estimate_kernel)
-        return real(*args, estimate_kernel=estimate_kernel, **kw)
-
-    monkeypatch.setattr(attention, "xattention", spy)
-    pipe = tiny_hv_pipeline()
-    cfg = xv.XAttentionConfig.from_preset(
-        "tiny", threshold=0.5, warmup_steps=1, backend="torch", estimate_kernel="prefer-gluon"
-    )
-    with xv.apply_xattention(pipe, cfg) as handle:
-        pipe(**hv_inputs(steps=3))
-        assert handle.stats.summary()["num_sparse_calls"] > 0
+    seen = record_kwarg(monkeypatch, attention, "xattention", "estimate_kernel", "auto")
+    run_sparse_steps(estimate_kernel="prefer-gluon")
     assert seen and set(seen) == {"prefer-gluon"}

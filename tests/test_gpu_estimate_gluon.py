@@ -13,6 +13,8 @@ from xattn_video.kernels.estimate import estimate_block_scores, estimate_block_s
 from xattn_video.kernels.select import select_blocks, valid_key_blocks
 from xattn_video.kernels.sparse_attention_gluon import HAS_GLUON
 
+from ._spy import record_kwarg
+
 pytestmark = pytest.mark.gpu
 
 SM90_GLUON = HAS_GLUON and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
@@ -120,14 +122,8 @@ def test_prefer_gluon_through_the_op(monkeypatch, precision, stride):
     from xattn_video.kernels import estimate_gluon
     from xattn_video.kernels.tuning import GLUON_ESTIMATE, gpu_name
 
-    calls = []
-    real = estimate_gluon.estimate_block_scores_gluon
-
-    def spy(*args, **kw):
-        calls.append(kw["precision"])
-        return real(*args, **kw)
-
-    monkeypatch.setattr(estimate_gluon, "estimate_block_scores_gluon", spy)
+    calls = record_kwarg(monkeypatch, estimate_gluon, "estimate_block_scores_gluon", "precision",
+                         None)  # fmt: skip
     q, k = _qk(1, 40000, 128, seed=stride)
     v = torch.randn_like(q)
     kw = dict(threshold=0.9, stride=stride, block_size=128)

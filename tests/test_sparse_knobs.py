@@ -16,6 +16,7 @@ from xattn_video import sparse_path
 from xattn_video import thresholds as th
 from xattn_video.calibrate import calibrate_pipeline
 
+from ._spy import record_kwarg
 from ._tiny_models import hv_inputs, tiny_hv_pipeline
 from ._tiny_models import tiny_cfg as cfg_
 from ._tolerance import assert_fa_close
@@ -128,14 +129,7 @@ def test_per_head_thresholds_reach_the_op(calibrated, monkeypatch, tmp_path):
     data["layers"][0]["thresholds"] = [0.55, 0.85]
     one = tmp_path / "one.json"
     th.save_thresholds(one, data)
-    seen = []
-    orig = attention_mod.xattention
-
-    def spy(*a, **kw):
-        seen.append(kw["threshold"])
-        return orig(*a, **kw)
-
-    monkeypatch.setattr(attention_mod, "xattention", spy)
+    seen = record_kwarg(monkeypatch, attention_mod, "xattention", "threshold", None)
     pipe = tiny_hv_pipeline()
     with xv.apply_xattention(pipe, cfg.replace(thresholds_file=str(one))):
         run(pipe, steps=1)
