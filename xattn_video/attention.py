@@ -142,6 +142,7 @@ def estimate_block_mask(
     where :data:`.kernels.tuning.GLUON_ESTIMATE` measured it faster on this GPU: sm90, from 32k
     query tokens; same scores up to accumulation order; the torch backend ignores it).
     """
+    check_estimate_kernel(kernel, "kernel")
     return _estimate_mask(
         q, k, None, threshold=threshold, stride=stride, block_size=block_size, kv_len=kv_len,
         ratio=ratio, dense_from=dense_from, backend=backend, max_density=max_density,
@@ -169,7 +170,6 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q)
     check_estimate_precision(precision, backend, q)
-    check_estimate_kernel(kernel, "kernel")
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch" and kv_len is not None:
         k = zero_padding(k, lens)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .kernels._common import check_precision, interpreter_enabled
+from .kernels.tuning import AUTOMATIC_ESTIMATE_KERNELS
 
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
@@ -152,7 +153,7 @@ def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> N
         raise ValueError(FP8_ESTIMATE_GPU)
 
 
-ESTIMATE_KERNELS = ("auto", "prefer-gluon")
+ESTIMATE_KERNELS = AUTOMATIC_ESTIMATE_KERNELS
 """The op's estimate kernel choices: "auto" (the Triton estimate; :mod:`.kernels.tuning` keeps
 the Gluon one out of it) or "prefer-gluon" (the experimental Gluon estimate wherever
 ``tuning.GLUON_ESTIMATE`` measured it faster on this GPU, the Triton one elsewhere)."""

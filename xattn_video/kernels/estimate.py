@@ -41,6 +41,7 @@ from ._common import (
     kv_len_tensor,
 )
 from .fp8 import Fp8Inputs, quantize_fp8_qk, round_fp8_blocks_ref
+from .tuning import AUTOMATIC_ESTIMATE_KERNELS, ESTIMATE_KERNELS
 
 if HAS_TRITON:
     import triton
@@ -252,7 +253,7 @@ def estimate_block_scores(
     them with the fp8 attention); q and k then give only the shapes.
     """
     check_precision(precision)
-    automatic = kernel in ("auto", "prefer-gluon")
+    automatic = kernel in AUTOMATIC_ESTIMATE_KERNELS
     if kernel == "gluon" or (automatic and q.is_cuda and launch is None and flatten is None):
         from .tuning import estimate_kernel_for
 
@@ -265,8 +266,6 @@ def estimate_block_scores(
                 block_n=tile_n, stages=stages, fp8_inputs=fp8_inputs,
             )  # fmt: skip
     elif not automatic and kernel != "triton":
-        from .tuning import ESTIMATE_KERNELS
-
         raise ValueError(f"kernel must be one of {ESTIMATE_KERNELS}, got {kernel!r}")
     B, H, Nq, D = q.shape
     Nk = k.shape[2]

@@ -120,7 +120,10 @@ def estimate_config(
     return ESTIMATE_MEASURED.get((name, precision, stride, head_dim, "any"), SAFE_ESTIMATE)
 
 
-ESTIMATE_KERNELS = ("auto", "gluon", "triton", "prefer-gluon")
+AUTOMATIC_ESTIMATE_KERNELS = ("auto", "prefer-gluon")
+"""The estimate choices that decide by the table (the others force a kernel); also the op's
+``estimate_kernel`` values."""
+ESTIMATE_KERNELS = (*AUTOMATIC_ESTIMATE_KERNELS, "gluon", "triton")
 
 # H200 (docs/results/probe_estimate_gluon_h200.json; 119,056 / 67,576 tokens, 24 heads, Gluon vs
 # Triton ms in one run): bf16 S=8 21.7 vs 25.1 / 6.84 vs 7.91; fp8 S=8 14.1 vs 16.9 / 4.48 vs
@@ -180,7 +183,7 @@ def choose_estimate_kernel(
                 "64 or 128, block_size 128, stride 8/16/32 and 16-byte aligned strides"
             )
         return "gluon"
-    if kernel in ("auto", "prefer-gluon") and fits and measured and n_bucket(n) == "large":
+    if kernel in AUTOMATIC_ESTIMATE_KERNELS and fits and measured and n_bucket(n) == "large":
         return "gluon"
     return "triton"
 
@@ -197,7 +200,7 @@ def estimate_kernel_for(
 
     hit = GLUON_ESTIMATE.get((gpu_name(q), precision, stride, q.shape[-1]))
     gate_closed = kernel == "auto" and not GLUON_ESTIMATE_AUTO
-    if kernel in ("auto", "prefer-gluon") and (hit is None or gate_closed):  # one lookup a call
+    if kernel in AUTOMATIC_ESTIMATE_KERNELS and (hit is None or gate_closed):  # one lookup a call
         return "triton", hit or GLUON_ESTIMATE_DEFAULT[precision]
     cap = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
     choice = choose_estimate_kernel(
