@@ -11,7 +11,8 @@ bf16, B=1) it times, in one process:
   - our fused estimate at S=8 and S=16 (bf16 and fp8; on sm90 also the other of the Triton and
     the experimental Gluon estimate), and the selection step;
   - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8, composed
-    from the kernels and through ``xattention`` (also with ``estimate_precision="fp8"``).
+    from the kernels and through ``xattention`` (also with ``estimate_precision="fp8"``, and on
+    sm90 with ``estimate_kernel="prefer-gluon"``).
 Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense
 FLOPs / time) and writes JSON with the GPU, versions and git SHA.
 
@@ -175,6 +176,18 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
             add(f"ours whole op xattention {prec} + fp8 estimate ratio=0.3 S=8", bench_ms(
                 lambda prec=prec: xattention(q, k, v, ratio=0.3, stride=8, block_size=BLOCK,
                                              precision=prec, estimate_precision="fp8")),
+                0.3)  # fmt: skip
+    try:  # the opt-in Gluon estimate through the public op, where this GPU has it
+        estimate_kernel_for(q, k, 8, BLOCK, kernel="gluon")
+        prefer_gluon = fp8_ok
+    except ValueError:
+        prefer_gluon = False
+    if prefer_gluon:
+        for prec, est_prec in (("bf16", "bf16"), ("bf16", "fp8"), ("fp8", "fp8")):
+            add(f"ours whole op xattention {prec} + {est_prec} estimate prefer-gluon ratio=0.3 S=8",
+                bench_ms(lambda prec=prec, est_prec=est_prec: xattention(
+                    q, k, v, ratio=0.3, stride=8, block_size=BLOCK, precision=prec,
+                    estimate_precision=est_prec, estimate_kernel="prefer-gluon")),
                 0.3)  # fmt: skip
 
     base = rows[0]["ms"]
