@@ -122,3 +122,22 @@ def test_wrappers_compile_fullgraph_and_match_eager():
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v, kv_len), fn(q, k, v, kv_len))
+
+
+@pytest.mark.parametrize("estimate_kernel", ["auto", "prefer-gluon"])
+def test_the_op_lowers_under_inductor(estimate_kernel):
+    """Inductor (not only aot_eager) compiles the public op, ops as fallback kernels: it passes
+    an op's arguments as keywords beside its own ``kernel`` parameter, so an op argument named
+    ``kernel`` (the estimate op's, 2861c39) failed to lower -- torch.compile of every
+    ``xattention`` call broke while aot_eager and opcheck passed."""
+    import xattn_video as xv
+
+    q, k, v = _qkv(B=1, N=96)
+    kw = dict(threshold=0.8, stride=4, block_size=16, estimate_kernel=estimate_kernel)
+
+    def fn(q, k, v):
+        return xv.xattention(q, k, v, **kw)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="inductor", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), fn(q, k, v), rtol=0, atol=0)

@@ -181,7 +181,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
         fp8 = quantize_fp8(q, k, v, kv_len=lens, block_size=block_size)
     scores = estimate_scores(
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton",
-        precision=precision, fp8=fp8, kernel=kernel,
+        precision=precision, fp8=fp8, estimate_kernel=kernel,
     )  # fmt: skip
     if backend == "triton" and ratio is None and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
         # one kernel (two and a sort with a budget)

@@ -6,9 +6,9 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
   non-finite flags as a list of 7 tensors (:data:`FP8_FIELDS`; sm90 GPUs), so an op that runs
   both the fp8 estimate and the fp8 attention reads and quantizes q and k once;
 - ``xattn_video::estimate_block_scores(q, k, kv_len, fp8, stride, block_size, use_triton,
-  precision, kernel)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal estimate;
-  "fp8": Q and K in e4m3, emulated by the reference on the torch backend; ``fp8``: the list
-  from ``quantize_fp8`` or empty; ``kernel``: "auto" or "prefer-gluon", see
+  precision, estimate_kernel)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal
+  estimate; "fp8": Q and K in e4m3, emulated by the reference on the torch backend; ``fp8``: the list
+  from ``quantize_fp8`` or empty; ``estimate_kernel``: "auto" or "prefer-gluon", see
   :func:`.kernels.estimate.estimate_block_scores`);
 - ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
   dense_from_int, block_size, max_density, min_blocks)`` -> mask (B, H, Nbq, Nbk) bool (the
@@ -112,7 +112,7 @@ def _estimate_impl(
     block_size: int,
     use_triton: bool,
     precision: str = "bf16",
-    kernel: str = "auto",
+    estimate_kernel: str = "auto",
 ) -> torch.Tensor:
     if use_triton and precision == "fp8" and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError(FP8_ESTIMATE_GPU)  # checked here: inside the op under torch.compile
@@ -120,7 +120,7 @@ def _estimate_impl(
     if not use_triton:
         return _estimate_ref(q, k, **kw)
     f8 = _fp8_inputs(fp8) if precision == "fp8" else None
-    return _estimate_triton(q, k, fp8_inputs=f8, kernel=kernel, **kw)
+    return _estimate_triton(q, k, fp8_inputs=f8, kernel=estimate_kernel, **kw)
 
 
 def _attention_impl(
@@ -230,15 +230,18 @@ def estimate_block_scores_op(
     block_size: int,
     use_triton: bool,
     precision: str = "bf16",
-    kernel: str = "auto",
+    estimate_kernel: str = "auto",
 ) -> torch.Tensor:
     """q: (B, H, Nq, D), k: (B, H, Nk, D), kv_len: (B,) int32, fp8: ``quantize_fp8``'s list or
-    empty -> (B, H, Nbq, Nbk) float32."""
-    return _estimate_impl(q, k, kv_len, fp8, stride, block_size, use_triton, precision, kernel)
+    empty -> (B, H, Nbq, Nbk) float32. (Not ``kernel``: Inductor's fallback for a custom op
+    takes its arguments as keywords beside its own ``kernel`` parameter.)"""
+    return _estimate_impl(
+        q, k, kv_len, fp8, stride, block_size, use_triton, precision, estimate_kernel
+    )
 
 
 @estimate_block_scores_op.register_fake
-def _(q, k, kv_len, fp8, stride, block_size, use_triton, precision="bf16", kernel="auto"):
+def _(q, k, kv_len, fp8, stride, block_size, use_triton, precision="bf16", estimate_kernel="auto"):
     B, H, Nq, _ = q.shape
     return q.new_empty(
         (B, H, cdiv(Nq, block_size), cdiv(k.shape[2], block_size)), dtype=torch.float32
@@ -293,13 +296,13 @@ def estimate_scores(
     use_triton: bool,
     precision: str = "bf16",
     fp8: list[torch.Tensor] | None = None,
-    kernel: str = "auto",
+    estimate_kernel: str = "auto",
 ) -> torch.Tensor:
     """Block scores (B, H, Nbq, Nbk) float32: the registered op under ``torch.compile``, the
     implementation directly in eager mode. kv_len: (B,) int32 on q's device. ``fp8``: what
     :func:`quantize_fp8` returned for these q and k (an fp8 estimate then reuses it).
-    ``kernel``: which Triton-backend estimate kernel ("auto" or "prefer-gluon")."""
-    args = (q, k, kv_len, fp8 or [], stride, block_size, use_triton, precision, kernel)
+    ``estimate_kernel``: which Triton-backend estimate kernel ("auto" or "prefer-gluon")."""
+    args = (q, k, kv_len, fp8 or [], stride, block_size, use_triton, precision, estimate_kernel)
     if torch.compiler.is_compiling():
         return estimate_block_scores_op(*args)
     return _estimate_impl(*args)
