@@ -141,3 +141,28 @@ def test_the_op_lowers_under_inductor(estimate_kernel):
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend="inductor", fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), fn(q, k, v), rtol=0, atol=0)
+
+
+def test_no_op_argument_shadows_inductors_fallback_parameters():
+    """Every registered op, the GPU-only ones included (select, CSR, fp8 quantization lower only
+    on CUDA), keeps its argument names clear of ``FallbackKernel.create``'s own parameters,
+    which Inductor passes beside an op's defaulted arguments given as keywords."""
+    import inspect
+
+    from torch._inductor.ir import FallbackKernel
+
+    reserved = {
+        name
+        for name, p in inspect.signature(FallbackKernel.create).parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    assert reserved  # {"kernel"} in torch 2.11-2.14
+    namespace = getattr(torch.ops, library.NAMESPACE)
+    names = {n for n in dir(namespace) if hasattr(getattr(namespace, n), "default")}
+    assert {
+        "quantize_fp8", "estimate_block_scores", "select_block_mask", "block_csr",
+        "block_sparse_attention",
+    } <= names  # fmt: skip
+    for name in sorted(names):
+        clash = {a.name for a in getattr(namespace, name).default._schema.arguments} & reserved
+        assert not clash, f"xattn_video::{name} has arguments named {clash}"
