@@ -179,16 +179,15 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
                 0.3)  # fmt: skip
     try:  # the opt-in Gluon estimate through the public op, where this GPU has it
         estimate_kernel_for(q, k, 8, BLOCK, kernel="gluon")
-        prefer_gluon = fp8_ok
+        combos = [("bf16", "bf16")] + ([("bf16", "fp8"), ("fp8", "fp8")] if fp8_ok else [])
     except ValueError:
-        prefer_gluon = False
-    if prefer_gluon:
-        for prec, est_prec in (("bf16", "bf16"), ("bf16", "fp8"), ("fp8", "fp8")):
-            add(f"ours whole op xattention {prec} + {est_prec} estimate prefer-gluon ratio=0.3 S=8",
-                bench_ms(lambda prec=prec, est_prec=est_prec: xattention(
-                    q, k, v, ratio=0.3, stride=8, block_size=BLOCK, precision=prec,
-                    estimate_precision=est_prec, estimate_kernel="prefer-gluon")),
-                0.3)  # fmt: skip
+        combos = []
+    for prec, est_prec in combos:
+        add(f"ours whole op xattention {prec} + {est_prec} estimate prefer-gluon ratio=0.3 S=8",
+            bench_ms(lambda prec=prec, est_prec=est_prec: xattention(
+                q, k, v, ratio=0.3, stride=8, block_size=BLOCK, precision=prec,
+                estimate_precision=est_prec, estimate_kernel="prefer-gluon")),
+            0.3)  # fmt: skip
 
     base = rows[0]["ms"]
     for r in rows:

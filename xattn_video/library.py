@@ -7,8 +7,8 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
   both the fp8 estimate and the fp8 attention reads and quantizes q and k once;
 - ``xattn_video::estimate_block_scores(q, k, kv_len, fp8, stride, block_size, use_triton,
   precision, estimate_kernel)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal
-  estimate; "fp8": Q and K in e4m3, emulated by the reference on the torch backend; ``fp8``: the list
-  from ``quantize_fp8`` or empty; ``estimate_kernel``: "auto" or "prefer-gluon", see
+  estimate; "fp8": Q and K in e4m3, emulated by the reference on the torch backend; ``fp8``:
+  the list from ``quantize_fp8`` or empty; ``estimate_kernel``: "auto" or "prefer-gluon", see
   :func:`.kernels.estimate.estimate_block_scores`);
 - ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
   dense_from_int, block_size, max_density, min_blocks)`` -> mask (B, H, Nbq, Nbk) bool (the
