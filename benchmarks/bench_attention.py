@@ -62,6 +62,15 @@ def _flex_runner(counts, indices, n):
     return lambda q, k, v: flex(q, k, v, block_mask=bm)
 
 
+def _gluon_estimate_runs(q, k, stride) -> bool:
+    """Whether the Gluon estimate can run on these inputs (sm90, supported shape)."""
+    try:
+        estimate_kernel_for(q, k, stride, BLOCK, kernel="gluon")
+    except ValueError:
+        return False
+    return True
+
+
 def _whole_op(q, k, v, precision, est_precision, ratio=0.3, stride=8):
     scores = estimate_block_scores(q, k, stride=stride, block_size=BLOCK, precision=est_precision)
     mask = select_blocks(scores, block_size=BLOCK, ratio=ratio, n_k=k.shape[2])
@@ -141,9 +150,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
             chosen["fp8"] = estimate_kernel_for(q, k, s, BLOCK, "fp8")[0]
             add(f"ours estimate fp8 S={s}", bench_ms(partial(est, precision="fp8")), 1.0 / s / 2,
                 kernel=chosen["fp8"])  # fmt: skip
-        try:  # the other estimate kernel, where both run, in the same run
-            estimate_kernel_for(q, k, s, BLOCK, kernel="gluon")
-        except ValueError:
+        if not _gluon_estimate_runs(q, k, s):  # else the other kernel too, in the same run
             chosen = {}
         for prec, kern in chosen.items():
             other = "triton" if kern == "gluon" else "gluon"
@@ -177,17 +184,14 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
                 lambda prec=prec: xattention(q, k, v, ratio=0.3, stride=8, block_size=BLOCK,
                                              precision=prec, estimate_precision="fp8")),
                 0.3)  # fmt: skip
-    try:  # the opt-in Gluon estimate through the public op, where this GPU has it
-        estimate_kernel_for(q, k, 8, BLOCK, kernel="gluon")
+    if _gluon_estimate_runs(q, k, 8):  # the opt-in Gluon estimate through the public op
         combos = [("bf16", "bf16")] + ([("bf16", "fp8"), ("fp8", "fp8")] if fp8_ok else [])
-    except ValueError:
-        combos = []
-    for prec, est_prec in combos:
-        add(f"ours whole op xattention {prec} + {est_prec} estimate prefer-gluon ratio=0.3 S=8",
-            bench_ms(lambda prec=prec, est_prec=est_prec: xattention(
-                q, k, v, ratio=0.3, stride=8, block_size=BLOCK, precision=prec,
-                estimate_precision=est_prec, estimate_kernel="prefer-gluon")),
-            0.3)  # fmt: skip
+        for prec, est_prec in combos:
+            add(f"ours whole op xattention {prec} + {est_prec} estimate prefer-gluon ratio=0.3 "
+                "S=8", bench_ms(lambda prec=prec, est_prec=est_prec: xattention(
+                    q, k, v, ratio=0.3, stride=8, block_size=BLOCK, precision=prec,
+                    estimate_precision=est_prec, estimate_kernel="prefer-gluon")),
+                0.3)  # fmt: skip
 
     base = rows[0]["ms"]
     for r in rows:

@@ -153,15 +153,13 @@ def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> N
         raise ValueError(FP8_ESTIMATE_GPU)
 
 
-ESTIMATE_KERNELS = AUTOMATIC_ESTIMATE_KERNELS
-"""The op's estimate kernel choices: "auto" (the Triton estimate; :mod:`.kernels.tuning` keeps
-the Gluon one out of it) or "prefer-gluon" (the experimental Gluon estimate wherever
-``tuning.GLUON_ESTIMATE`` measured it faster on this GPU, the Triton one elsewhere)."""
-
-
 def check_estimate_kernel(kernel: str, name: str = "estimate_kernel") -> None:
-    if kernel not in ESTIMATE_KERNELS:
-        raise ValueError(f"{name} must be one of {ESTIMATE_KERNELS}, got {kernel!r}")
+    """The op's estimate kernel choices, :data:`.kernels.tuning.AUTOMATIC_ESTIMATE_KERNELS`:
+    "auto" (the Triton estimate; the tuning module keeps the Gluon one out of it) or
+    "prefer-gluon" (the experimental Gluon estimate wherever ``tuning.GLUON_ESTIMATE`` measured
+    it faster on this GPU, the Triton one elsewhere)."""
+    if kernel not in AUTOMATIC_ESTIMATE_KERNELS:
+        raise ValueError(f"{name} must be one of {AUTOMATIC_ESTIMATE_KERNELS}, got {kernel!r}")
 
 
 def check_triton_head_dim(backend: str, head_dim: int) -> None:
