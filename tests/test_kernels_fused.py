@@ -54,6 +54,39 @@ def test_fused_budget_equals_torch(case, max_density, ties):
         assert torch.equal(got, torch_selection(scores, 16, kv_len, df, **kw))
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("ratio", [0.01, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("ties", [False, True])
+def test_fused_ratio_equals_torch(case, ratio, ties):
+    """Ratio mode ranks by counting (no sort) without a budget, by the sort with one: both
+    keep exactly the torch selection's blocks, ties at the cut-off by ascending index."""
+    B, H, nbq, nbk, lens, df = case
+    scores = _scores(B, H, nbq, nbk, seed=5 * nbk + H, ties=ties)
+    scores[0, 0, 0] = 0.0  # an all-zero row: its first blocks by index
+    kv_len = torch.tensor(lens)
+    for kw in (dict(ratio=ratio), dict(ratio=ratio, max_density=0.357, min_blocks=2)):
+        got = select_blocks_fused(scores, block_size=16, kv_len=kv_len, dense_from=df, **kw)
+        assert torch.equal(got, torch_selection(scores, 16, kv_len, df, **kw))
+
+
+def test_fused_ratio_pinned_rows():
+    """By hand: 2 of 5 valid blocks (ceil(0.3 * 5)); row 0 has a tie at the cut-off (3.0 at
+    blocks 1 and 3: the lower index wins), row 1 only zeros past its top block, row 2 is
+    all zero (blocks 0 and 1); block 5 holds no valid key (kv_len 80 = 5 blocks of 16)."""
+    scores = torch.tensor(
+        [[[[1.0, 3.0, 5.0, 3.0, 0.0, 9.0], [0.0, 0.0, 0.0, 2.0, 0.0, 0.0], [0.0] * 6]]]
+    )
+    got = select_blocks_fused(scores, block_size=16, ratio=0.3, kv_len=torch.tensor([80]))
+    assert got[0, 0].int().tolist() == [[0, 1, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0], [1, 1, 0, 0, 0, 0]]
+
+
+def test_fused_selection_takes_one_mode():
+    scores = torch.rand(1, 1, 2, 2)
+    for kw in (dict(), dict(threshold=0.9, ratio=0.3)):
+        with pytest.raises(ValueError, match="exactly one"):
+            select_blocks_fused(scores, block_size=16, **kw)
+
+
 def test_fused_per_head_threshold_and_zero_rows():
     scores = _scores(2, 3, 4, 6, seed=9)
     scores[0, 1, 2] = 0.0  # an all-zero row keeps its first block only

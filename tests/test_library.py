@@ -52,21 +52,23 @@ def test_opcheck_estimate(use_triton):
 
 @pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("budget", [0.0, 0.4])
-def test_opcheck_select_and_csr(per_head, budget):
+@pytest.mark.parametrize("ratio", [0.0, 0.35])
+def test_opcheck_select_and_csr(per_head, budget, ratio):
     if not interpreter_enabled():
         pytest.skip("the Triton ops need the interpreter on CPU")
     q, k, *_, kv_len = _sparse_inputs()
     scores = estimate_block_scores_ref(q, k, stride=4, block_size=16, kv_len=kv_len)
     thr = torch.tensor([0.8, 0.6], dtype=torch.float64) if per_head else None
     df = torch.tensor([64, 40]) if per_head else None
-    args = (scores, kv_len, thr, 0.8, df, -1 if per_head else 48, 16, budget, 1)
+    args = (scores, kv_len, thr, 0.8, df, -1 if per_head else 48, 16, budget, 1, ratio)
     torch.library.opcheck(library.select_block_mask_op, args, test_utils=OPCHECK_TESTS)
     mask = library.select_block_mask_op(*args)
     from xattn_video.attention import dense_blocks
 
     start = df if per_head else 48
     want = select_blocks(
-        scores, block_size=16, threshold=thr if per_head else 0.8, kv_len=kv_len,
+        scores, block_size=16, kv_len=kv_len,
+        **(dict(ratio=ratio) if ratio else dict(threshold=thr if per_head else 0.8)),
         force_rows=dense_blocks(start, 2, 70, 16, "cpu"),
         force_cols=dense_blocks(start, 2, 70, 16, "cpu"),
         max_density=budget or None,

@@ -183,11 +183,11 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton",
         precision=precision, fp8=fp8, estimate_kernel=kernel,
     )  # fmt: skip
-    if backend == "triton" and ratio is None and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
+    if backend == "triton" and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
         # one kernel (two and a sort with a budget)
         return select_block_mask(
             scores, kv_len=lens, threshold=threshold, dense_from=dense_from,
-            block_size=block_size, max_density=max_density,
+            block_size=block_size, max_density=max_density, ratio=ratio,
         ), fp8  # fmt: skip
     force_rows = dense_blocks(dense_from, B, Nq, block_size, q.device)
     force_cols = dense_blocks(dense_from, B, Nk, block_size, q.device)

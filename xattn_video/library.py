@@ -11,8 +11,8 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
   the list from ``quantize_fp8`` or empty; ``estimate_kernel``: "auto" or "prefer-gluon", see
   :func:`.kernels.estimate.estimate_block_scores`);
 - ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
-  dense_from_int, block_size, max_density, min_blocks)`` -> mask (B, H, Nbq, Nbk) bool (the
-  threshold selection with the text policy and the budget; Triton only);
+  dense_from_int, block_size, max_density, min_blocks, ratio)`` -> mask (B, H, Nbq, Nbk) bool
+  (the threshold or ratio selection with the text policy and the budget; Triton only);
 - ``xattn_video::block_csr(mask, kv_len, block_size, n_k)`` -> (counts, indices) (Triton only);
 - ``xattn_video::block_sparse_attention(q, k, v, counts, indices, kv_len, fp8, block_size,
   scale, return_lse, use_triton, precision, nan_block)`` -> (out (B, H, N, D) in q's dtype, lse
@@ -20,7 +20,7 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
   op's non-finite policy applied inside (flags before the kernel -- taken from ``fp8`` when
   given, the quantization's own reads of q, k and v, at either precision -- NaN kernel after).
 
-The ``torch`` backend's code between them (ratio selection, the batched torch selection) is
+The ``torch`` backend's code between them (the batched torch selection) is
 plain tensor code that dynamo and inductor trace directly, with no host read. Each op has a
 fake (meta) implementation, so ``torch.compile(..., fullgraph=True)`` traces through the whole
 XAttention call without a graph break, and the ops launch only device work (no
@@ -172,11 +172,13 @@ def _select_impl(
     block_size: int,
     max_density: float,
     min_blocks: int,
+    ratio: float,
 ) -> torch.Tensor:
     return _select_triton(
         scores,
         block_size=block_size,
-        threshold=thr_heads if thr_heads is not None else threshold,
+        threshold=None if ratio > 0 else (thr_heads if thr_heads is not None else threshold),
+        ratio=ratio if ratio > 0 else None,
         kv_len=kv_len,
         dense_from=dense_from if dense_from is not None else (
             None if dense_from_int < 0 else dense_from_int
@@ -189,7 +191,8 @@ def _select_impl(
 # the op is the implementation itself (same signature): threshold selection (Triton) of scores
 # (B, H, Nbq, Nbk) float32 with kv_len (B,) int32, per-head thresholds (H,) float64 or None (then
 # ``threshold``), dense_from (B,) int or None (then ``dense_from_int``, -1 for none), a budget
-# ``max_density`` (<= 0: none) -> mask (B, H, Nbq, Nbk) bool
+# ``max_density`` (<= 0: none), or ratio selection where ``ratio`` > 0 (thresholds then
+# unused) -> mask (B, H, Nbq, Nbk) bool
 select_block_mask_op = torch.library.custom_op(
     f"{NAMESPACE}::select_block_mask", _select_impl, mutates_args=()
 )
@@ -197,7 +200,7 @@ select_block_mask_op = torch.library.custom_op(
 
 @select_block_mask_op.register_fake
 def _(scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_size, max_density,
-      min_blocks):  # fmt: skip
+      min_blocks, ratio):  # fmt: skip
     return torch.empty_like(scores, dtype=torch.bool)
 
 
@@ -353,21 +356,27 @@ def select_block_mask(
     scores: torch.Tensor,
     *,
     kv_len: torch.Tensor,
-    threshold: float | torch.Tensor,
+    threshold: float | torch.Tensor | None,
     dense_from: int | torch.Tensor | None,
     block_size: int,
     max_density: float | None,
     min_blocks: int = 1,
+    ratio: float | None = None,
 ) -> torch.Tensor:
-    """Triton threshold selection (:func:`select_block_mask_op`; the implementation directly in
-    eager mode). scores (B, H, Nbq, Nbk) float32 -> mask (B, H, Nbq, Nbk) bool."""
+    """Triton threshold or ratio selection (:func:`select_block_mask_op`; the implementation
+    directly in eager mode); exactly one of ``threshold`` and ``ratio``. scores (B, H, Nbq, Nbk)
+    float32 -> mask (B, H, Nbq, Nbk) bool."""
+    if (threshold is None) == (ratio is None):
+        raise ValueError("select_block_mask: give exactly one of `threshold` and `ratio`")
     per_head = isinstance(threshold, torch.Tensor)
     df_tensor = isinstance(dense_from, torch.Tensor)
     args = (
-        scores, kv_len, threshold if per_head else None, 0.0 if per_head else float(threshold),
+        scores, kv_len, threshold if per_head else None,
+        0.0 if per_head or threshold is None else float(threshold),
         dense_from if df_tensor else None,
         -1 if dense_from is None or df_tensor else int(dense_from),
         block_size, float(max_density) if max_density is not None else 0.0, int(min_blocks),
+        float(ratio) if ratio is not None else 0.0,
     )  # fmt: skip
     if torch.compiler.is_compiling():
         return select_block_mask_op(*args)

@@ -1,29 +1,35 @@
 """Block selection and CSR index lists as Triton kernels: one launch per stage, no host read.
 
-The batched tensor code of :mod:`.select` (its reference here) runs the threshold selection as
+The batched tensor code of :mod:`.select` (its reference here) runs the selection as
 about twenty small kernels (sort, float64 cumsum, compare, scatter, the text policy, validity);
 at the tiny DiT's size (4 heads x 136 blocks) that costs more device time than the sparse
 attention itself, and several times that in launch overhead in eager mode. Here:
 
-- :func:`select_blocks_fused`: one program per (b, h, query-block row) loads the row's scores,
-  sorts them (descending, ties by ascending key-block index: the order of the stable torch
-  sort), takes the float64 running sum, applies the threshold, the text rows / columns
-  (``dense_from``) and the key validity (``kv_len``), and scatters the row's keep flags back
-  to key-block order. With a budget (``max_density``) it writes each block's priority instead
-  (forced 3, the row's top ``min_blocks`` 2 + share, chosen share, else -1), then one stable
-  torch sort per sample ranks them and a second kernel keeps the top ``budget[b]`` (and every
-  priority >= 2): the same rule as :func:`.select.select_blocks`.
+- :func:`select_blocks_fused`: one program per (b, h, query-block row) loads the row's scores
+  and finds the blocks the torch code keeps -- ranked descending, ties by ascending key-block
+  index (the stable torch sort's order) -- without sorting: in ratio mode the top
+  ``max(1, ceil(ratio * valid blocks))`` ranks by a bitwise search for the cut-off score (31
+  counts over the row); in threshold mode the ranks whose mass ranked before them is below
+  ``threshold * row_total`` by a bitwise search over float64 sums of the mass scored above a
+  candidate (31 sums; then the ties at the cut-off score, in index order), the top block
+  always; then the text rows / columns (``dense_from``) and the key validity (``kv_len``).
+  With a budget (``max_density``) it writes each block's priority instead (forced 3, the row's
+  top ``min_blocks`` 2 + share, chosen share, else -1), then one stable torch sort per sample
+  ranks them and a second kernel keeps the top ``budget[b]`` (and every priority >= 2): the
+  same rule as :func:`.select.select_blocks`.
 - :func:`mask_to_csr`: per row, the ascending list of selected *valid* key blocks (padding
-  ``Nbk``) and its length, from a bool mask that may be broadcast over B / H.
+  ``Nbk``) and its length, from a bool mask that may be broadcast over B / H (a prefix sum
+  gives each block its slot: no sort).
 
 Masks equal :func:`.select.select_blocks` (and :func:`.select.mask_to_indices`) bit for bit
-except at float64 near-ties of the running sum or of the row total (the sums are taken in a
-different order; tested equal on integer-valued scores with many exact ties and on random
-scores).
+except, in threshold mode, at float64 near-ties of the mass ranked before a block or of the row
+total (the sums are taken in a different order; tested equal on integer-valued scores with
+many exact ties and on random scores); ratio mode ranks without sums, so its masks are equal
+always.
 
-Not supported: ratio mode (the torch code runs it); negative or NaN scores are read as 0 (the
-sort key is the float's bit pattern, which orders non-negative floats only; the estimate gives
-NaN only for non-finite input, whose mask the op leaves unspecified); rows of more than
+Not supported: negative or NaN scores are read as 0 (the ranking compares the floats' bit
+patterns, which order non-negative floats only; the estimate gives NaN only for non-finite
+input, whose mask the op leaves unspecified); rows of more than
 ``MAX_BLOCKS`` key blocks (the op runs the torch selection there, and :func:`mask_to_csr`
 its torch lists).
 """
@@ -42,7 +48,7 @@ if HAS_TRITON:
     import triton.language as tl
 
 MAX_BLOCKS = 2048
-"""Longest key-block row the kernels take (a row is sorted in one program: 2,048 lanes = 262k
+"""Longest key-block row the kernels take (a row is held in one program: 2,048 lanes = 262k
 tokens at block 128; tested on the GPU at 931 blocks). The op runs the torch code beyond."""
 
 
@@ -54,6 +60,46 @@ def _f64_bits(x: float) -> int:
 if HAS_TRITON:
 
     @triton.jit
+    def _top_ranks(bits, n_keep):
+        """Keep flags of the ``n_keep`` largest of ``bits`` (the int32 patterns of non-negative
+        floats, which order as the floats do; -1 on lanes outside the row), ties by ascending
+        lane: the top ranks of the stable descending sort, found without sorting. A bitwise
+        search, high bit first, for the largest t with ``count(bits >= t) >= n_keep`` (31
+        counts), then the first ``n_keep - count(bits > t)`` lanes equal to t."""
+        t = tl.sum(bits * 0, 0)
+        for bit in range(30, -1, -1):
+            cand = t | (1 << bit)
+            t = tl.where(tl.sum((bits >= cand).to(tl.int32), 0) >= n_keep, cand, t)
+        above = bits > t
+        tie = bits == t
+        tie_rank = tl.cumsum(tie.to(tl.int32), 0)  # 1 for the first lane equal to t
+        return above | (tie & (tie_rank <= n_keep - tl.sum(above.to(tl.int32), 0)))
+
+    @triton.jit
+    def _first_max(bits):
+        """The top rank's flag: the first lane holding the largest of ``bits``."""
+        top = bits == tl.max(bits, 0)
+        return top & (tl.cumsum(top.to(tl.int32), 0) == 1)
+
+    @triton.jit
+    def _mass_ranks(bits, val, target):
+        """Keep flags of the blocks whose mass ranked strictly before them (descending, ties by
+        ascending lane) is below ``target``: a prefix of the ranking, found without sorting.
+        ``above(t)`` = the mass of the blocks scored above bit pattern t; a bitwise search finds
+        the largest u with ``above(u) >= target`` (31 float64 sums), so every block scored
+        above the lowest score c > u is kept, and of the blocks scored c (mass ``above(c)``
+        before the first of them) the first m while ``above(c) + m * score < target``."""
+        u = tl.sum(bits * 0, 0)
+        for bit in range(30, -1, -1):
+            cand = u | (1 << bit)
+            u = tl.where(tl.sum(tl.where(bits > cand, val, 0.0), 0) >= target, cand, u)
+        c = tl.min(tl.where(bits > u, bits, 0x7FFFFFFF), 0)
+        tie = bits == c
+        tie_rank = tl.cumsum(tie.to(tl.int32), 0) - 1  # 0 for the first block scored c
+        before = tl.sum(tl.where(bits > c, val, 0.0), 0) + tie_rank.to(tl.float64) * val
+        return (bits > c) | (tie & (before < target))
+
+    @triton.jit
     def _select_rows_kernel(
         SCORES, MASK, PRIO, KV_LEN, THR, DF,
         thr_bits, df_value,
@@ -61,6 +107,7 @@ if HAS_TRITON:
         stride_sb, stride_sh, stride_sq,
         BLOCK: tl.constexpr, NP: tl.constexpr, THR_PER_HEAD: tl.constexpr,
         DF_MODE: tl.constexpr, BUDGET: tl.constexpr, MIN_BLOCKS: tl.constexpr,
+        RATIO: tl.constexpr,
     ):  # fmt: skip
         i = tl.program_id(0)
         bh = tl.program_id(1)
@@ -73,45 +120,42 @@ if HAS_TRITON:
         s = tl.load(
             SCORES + b * stride_sb + h * stride_sh + i * stride_sq + j, mask=valid, other=0.0
         )
-        # NaN (from non-finite input: its mask is unspecified) or negative -> 0, so every key
-        # below is >= 0 and sorts before the padding lanes (-1): the scatter stays in the row
+        # NaN (from non-finite input: its mask is unspecified) or negative -> 0: every block's
+        # bit pattern is then >= 0 and orders as its score does; -1 marks lanes past the row
         s = tl.where(s >= 0.0, s, 0.0)
-        # descending by score, ties by ascending index (the stable torch sort's order)
-        key = (s.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (NP - 1 - j).to(tl.int64)
-        key = tl.where(in_row, key, -1)
-        srt = tl.sort(key, descending=True)
-        ok = j < NBK  # sorted lanes that hold a block (the padding sorted last)
-        idx = tl.where(ok, NP - 1 - (srt & 0xFFFFFFFF).to(tl.int32), 0)
-        val = tl.where(ok, (srt >> 32).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
-        val = val.to(tl.float64)
-        csum = tl.cumsum(val, 0)
-        total = tl.max(csum, 0)  # the last running sum (values are >= 0)
-        if THR_PER_HEAD:
-            thr = tl.load(THR + h)
+        bits = tl.where(in_row, s.to(tl.int32, bitcast=True), -1)
+        val = s.to(tl.float64)
+        total = tl.sum(val, 0)
+        if RATIO:  # the top max(1, ceil(ratio * valid blocks)) ranks, in float64 as in torch
+            ratio = thr_bits.to(tl.int64).to(tl.float64, bitcast=True)
+            n_valid = tl.minimum((kvl + BLOCK - 1) // BLOCK, NBK).to(tl.float64)
+            keep = _top_ranks(bits, tl.maximum(tl.ceil(ratio * n_valid), 1.0).to(tl.int32))
         else:
-            thr = thr_bits.to(tl.int64).to(tl.float64, bitcast=True)
-        thr = tl.zeros([NP], tl.float64) + thr  # a row vector (the interpreter's bool ops)
-        keep = ((csum - val) < thr * total) | (thr >= 1.0) | (j == 0)
-        valid_s = ok & (idx * BLOCK < kvl)
+            if THR_PER_HEAD:
+                thr = tl.load(THR + h)
+            else:
+                thr = thr_bits.to(tl.int64).to(tl.float64, bitcast=True)
+            keep = _mass_ranks(bits, val, thr * total) | _first_max(bits)
+            # tau >= 1 keeps every block (a row vector: the interpreter's bool ops)
+            keep = keep | ((tl.zeros([NP], tl.float64) + thr) >= 1.0)
         if DF_MODE == 0:
-            forced = valid_s & (j < 0)
+            forced = valid & (j < 0)
         else:
             if DF_MODE == 1:
                 df = df_value.to(tl.int64)
             else:
                 df = tl.load(DF + b).to(tl.int64)
-            forced = (((i + 1) * BLOCK > df) | ((idx + 1).to(tl.int64) * BLOCK > df)) & valid_s
+            forced = (((i + 1) * BLOCK > df) | ((j + 1).to(tl.int64) * BLOCK > df)) & valid
         row = bh * NBQ + i
         if BUDGET:
-            row_sum = tl.sum(val, 0)
-            share = tl.where(row_sum > 0, val / row_sum, 0.0)
-            prio = tl.where(keep & valid_s, share, -1.0)
-            prio = tl.where((j < MIN_BLOCKS) & valid_s, 2.0 + share, prio)
+            share = tl.where(total > 0, val / total, 0.0)
+            prio = tl.where(keep & valid, share, -1.0)
+            prio = tl.where(_top_ranks(bits, MIN_BLOCKS) & valid, 2.0 + share, prio)
             prio = tl.where(forced, 3.0, prio)
-            tl.store(PRIO + row * NBK + idx, prio, mask=ok)
+            tl.store(PRIO + row * NBK + j, prio, mask=in_row)
         else:
-            m = (keep | forced) & valid_s
-            tl.store(MASK + row * NBK + idx, m.to(tl.int8), mask=ok)
+            m = (keep | forced) & valid
+            tl.store(MASK + row * NBK + j, m.to(tl.int8), mask=in_row)
 
     @triton.jit
     def _budget_keep_kernel(
@@ -149,10 +193,14 @@ if HAS_TRITON:
             other=0,
         )
         sel = (m != 0) & (j < NBK) & (j * BLOCK < kvl)
-        keyed = tl.sort(tl.where(sel, j, NBK))
+        # a stable partition instead of a sort: selected blocks to the front in ascending
+        # order, the padding value after them (lane j's slot: a permutation of 0..NBK-1)
+        before = tl.cumsum(sel.to(tl.int32), 0)  # selected lanes up to and including j
+        count = tl.sum(sel.to(tl.int32), 0)
+        slot = tl.where(sel, before - 1, count + j - before)
         row = bh * NBQ + i
-        tl.store(INDICES + row * NBK + j, keyed, mask=j < NBK)
-        tl.store(COUNTS + row, tl.sum(sel.to(tl.int32), 0))
+        tl.store(INDICES + row * NBK + slot, tl.where(sel, j, NBK), mask=j < NBK)
+        tl.store(COUNTS + row, count)
 
 
 def _row_lanes(nbk: int, what: str) -> tuple[int, int]:
@@ -176,26 +224,31 @@ def select_blocks_fused(
     scores: torch.Tensor,
     *,
     block_size: int,
-    threshold: float | torch.Tensor,
+    threshold: float | torch.Tensor | None = None,
+    ratio: float | None = None,
     kv_len: torch.Tensor | None = None,
     dense_from: int | torch.Tensor | None = None,
     max_density: float | None = None,
     min_blocks: int = 1,
 ) -> torch.Tensor:
-    """Threshold selection in one kernel (plus a sort and a kernel with a budget).
+    """Threshold or ratio selection in one kernel (plus a sort and a kernel with a budget).
 
-    scores: (B, H, Nbq, Nbk) float32, non-negative; threshold: float or (H,) tensor in (0, 1];
-    kv_len: (B,) int valid keys; dense_from: int or (B,) int tensor, first token whose query
+    scores: (B, H, Nbq, Nbk) float32, non-negative; exactly one of threshold (float or (H,)
+    tensor in (0, 1]) and ratio (float in (0, 1]: the top ``max(1, ceil(ratio * valid
+    blocks))`` of every row); kv_len: (B,) int valid keys; dense_from: int or (B,) int tensor, first token whose query
     row / key column is forced dense (text), or None; max_density: per-sample budget in (0, 1]
     or None; min_blocks: blocks per row kept under the budget. Returns (B, H, Nbq, Nbk) bool,
     equal to :func:`.select.select_blocks` with ``force_rows`` / ``force_cols`` =
     :func:`xattn_video.attention.dense_blocks` of ``dense_from`` (see the module docstring).
     """
+    if (threshold is None) == (ratio is None):
+        raise ValueError("select_blocks_fused: give exactly one of `threshold` and `ratio`")
     B, H, nbq, nbk = scores.shape
     np2, warps = _row_lanes(nbk, "select_blocks_fused")
     scores = scores if scores.stride(-1) == 1 else scores.contiguous()
     lens = kv_len_tensor(kv_len, B, nbk * block_size, scores.device)
     per_head = isinstance(threshold, torch.Tensor)
+    scalar = ratio if ratio is not None else (0.0 if per_head else threshold)
     thr = (
         threshold.to(device=scores.device, dtype=torch.float64).reshape(-1).expand(H).contiguous()
         if per_head
@@ -212,10 +265,10 @@ def select_blocks_fused(
     )
     _select_rows_kernel[(nbq, B * H)](
         scores, mask.view(torch.int8), prio, lens, thr, df,
-        0 if per_head else _f64_bits(threshold), df_value,
+        _f64_bits(scalar), df_value,
         H, nbq, nbk, scores.stride(0), scores.stride(1), scores.stride(2),
         BLOCK=block_size, NP=np2, THR_PER_HEAD=per_head, DF_MODE=df_mode, BUDGET=budget,
-        MIN_BLOCKS=int(min_blocks), num_warps=warps,
+        MIN_BLOCKS=int(min_blocks), RATIO=ratio is not None, num_warps=warps,
     )  # fmt: skip
     if not budget:
         return mask
