@@ -7,11 +7,12 @@ bf16, B=1) it times, in one process:
   - our block-sparse kernel at pinned densities (ratio mode over random scores): the kernel
     picked on this GPU (on sm90 at these sizes the Gluon one, then also the Triton Hopper kernel
     it replaced), the portable one, and fp8 (on sm90 both the Gluon and the Triton fp8 kernel);
-    and the mask-to-index-list conversion it needs;
+    and the mask-to-index-list conversion it needs (torch code, and the op's CSR kernel);
   - our fused estimate at S=8 and S=16 (bf16 and fp8; on sm90 also the other of the Triton and
-    the experimental Gluon estimate), and the selection step;
+    the experimental Gluon estimate), and the selection step (torch code, and the op's fused
+    selection at tau 0.9 and ratio 0.3);
   - the whole op (estimate + select at ratio 0.3 + sparse attention), bf16 and fp8, composed
-    from the kernels and through ``xattention`` (also with ``estimate_precision="fp8"``, and on
+    from the op's kernels and through ``xattention`` (also with ``estimate_precision="fp8"``, and on
     sm90 with ``estimate_kernel="prefer-gluon"``).
 Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense
 FLOPs / time) and writes JSON with the GPU, versions and git SHA.
@@ -36,6 +37,7 @@ from _common import bench_ms, environment, report  # noqa: E402
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
+from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused  # noqa: E402
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
 from xattn_video.kernels.tuning import attention_kernel_for, estimate_kernel_for  # noqa: E402
 
@@ -72,9 +74,10 @@ def _gluon_estimate_runs(q, k, stride) -> bool:
 
 
 def _whole_op(q, k, v, precision, est_precision, ratio=0.3, stride=8):
+    """The op composed from its kernels: estimate, fused selection, CSR lists, attention."""
     scores = estimate_block_scores(q, k, stride=stride, block_size=BLOCK, precision=est_precision)
-    mask = select_blocks(scores, block_size=BLOCK, ratio=ratio, n_k=k.shape[2])
-    counts, indices = mask_to_indices(mask)
+    mask = select_blocks_fused(scores, block_size=BLOCK, ratio=ratio)
+    counts, indices = mask_to_csr(mask, block_size=BLOCK, n_k=k.shape[2])
     return block_sparse_attention_fwd(
         q, k, v, counts, indices, block_size=BLOCK, precision=precision
     )
@@ -168,6 +171,14 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     scores_est = estimate_block_scores(q, k, stride=8, block_size=BLOCK)
     add("ours select tau=0.9", bench_ms(
         lambda: select_blocks(scores_est, block_size=BLOCK, threshold=0.9, n_k=n)), None)  # fmt: skip
+    # what the op runs on the GPU: the fused selection (no sort) and the CSR kernel
+    for sel in (dict(threshold=0.9), dict(ratio=0.3)):
+        name = f"tau={sel['threshold']}" if "threshold" in sel else f"ratio={sel['ratio']}"
+        add(f"ours select fused {name}", bench_ms(
+            lambda sel=sel: select_blocks_fused(scores_est, block_size=BLOCK, **sel)), None)  # fmt: skip
+    mask_est = select_blocks_fused(scores_est, block_size=BLOCK, ratio=0.3)
+    add("ours mask->index lists fused", bench_ms(
+        lambda: mask_to_csr(mask_est, block_size=BLOCK, n_k=n)), None)  # fmt: skip
 
     # The whole op at ratio 0.3, S=8: through the public op (bf16), and composed from the
     # kernels for bf16 and fp8 (fp8 sparse attention; the estimate stays bf16: same masks).
