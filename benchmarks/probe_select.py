@@ -32,7 +32,11 @@ from _common import bench_ms, print_table, save_json  # noqa: E402
 from probe_gluon_ab import load_variants  # noqa: E402
 
 from xattn_video.kernels import select_fused  # noqa: E402
-from xattn_video.kernels.select import mask_to_indices, select_blocks, valid_key_blocks  # noqa: E402
+from xattn_video.kernels.select import (  # noqa: E402
+    mask_to_indices,
+    select_blocks,
+    valid_key_blocks,
+)
 
 MODES = {"ratio 0.3": dict(ratio=0.3), "threshold 0.9": dict(threshold=0.9)}
 
@@ -62,7 +66,8 @@ def _cases(mods: dict, scores: torch.Tensor, kv: torch.Tensor, n: int) -> dict:
     for name, mod in mods.items():
         fn = lambda mod=mod: mod.mask_to_csr(mask, block_size=128, kv_len=kv, n_k=n)  # noqa: E731
         counts, idx = fn()
-        cases[f"csr, fused {name}"] = (fn, bool(torch.equal(counts, ref[0]) and torch.equal(idx, ref[1])))  # fmt: skip
+        same = bool(torch.equal(counts, ref[0]) and torch.equal(idx, ref[1]))
+        cases[f"csr, fused {name}"] = (fn, same)
     return cases
 
 

@@ -235,11 +235,12 @@ def select_blocks_fused(
 
     scores: (B, H, Nbq, Nbk) float32, non-negative; exactly one of threshold (float or (H,)
     tensor in (0, 1]) and ratio (float in (0, 1]: the top ``max(1, ceil(ratio * valid
-    blocks))`` of every row); kv_len: (B,) int valid keys; dense_from: int or (B,) int tensor, first token whose query
-    row / key column is forced dense (text), or None; max_density: per-sample budget in (0, 1]
-    or None; min_blocks: blocks per row kept under the budget. Returns (B, H, Nbq, Nbk) bool,
-    equal to :func:`.select.select_blocks` with ``force_rows`` / ``force_cols`` =
-    :func:`xattn_video.attention.dense_blocks` of ``dense_from`` (see the module docstring).
+    blocks))`` of every row); kv_len: (B,) int valid keys; dense_from: int or (B,) int tensor,
+    first token whose query row / key column is forced dense (text), or None; max_density:
+    per-sample budget in (0, 1] or None; min_blocks: blocks per row kept under the budget.
+    Returns (B, H, Nbq, Nbk) bool, equal to :func:`.select.select_blocks` with ``force_rows`` /
+    ``force_cols`` = :func:`xattn_video.attention.dense_blocks` of ``dense_from`` (see the
+    module docstring).
     """
     if (threshold is None) == (ratio is None):
         raise ValueError("select_blocks_fused: give exactly one of `threshold` and `ratio`")
