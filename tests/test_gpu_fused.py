@@ -1,5 +1,5 @@
 """CUDA checks of the one-launch selection / CSR / non-finite kernels at real sizes (``-m gpu``):
-the tiny DiT's 136 key blocks and HunyuanVideo 720p's 931 (1,024-lane sorts)."""
+the tiny DiT's 136 key blocks, HunyuanVideo 720p's 931 (1,024 lanes) and 1,500 (2,048 lanes)."""
 
 import pytest
 import torch
@@ -16,7 +16,12 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize(
-    "shape", [(2, 4, 136, [17411, 16000], 17408), (1, 24, 931, [119056], 118800)]
+    "shape",  # 256, 1,024 and 2,048 lanes (the last: MAX_BLOCKS' 8-warp rows)
+    [
+        (2, 4, 136, [17411, 16000], 17408),
+        (1, 24, 931, [119056], 118800),
+        (1, 2, 1500, [191930], 191700),
+    ],
 )
 @pytest.mark.parametrize("max_density", [None, 0.3])
 @pytest.mark.parametrize("mode", [dict(threshold=0.9), dict(ratio=0.3)])
