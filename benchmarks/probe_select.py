@@ -2,9 +2,9 @@
 
 At HunyuanVideo sizes (B=1, 24 heads, blocks of 128, the last 99 keys padded; random block
 scores ``rand ** 4``), interleaved: the torch selection (:func:`.select.select_blocks`) and the
-fused one (:func:`.select_fused.select_blocks_fused`) in ratio mode (0.3) and threshold mode
-(0.9), and the CSR lists (torch :func:`.select.mask_to_indices` against
-:func:`.select_fused.mask_to_csr`), for the installed ``select_fused.py`` and each variant given
+fused one (:func:`.select_fused.select_blocks_fused`) in ratio mode (0.3), threshold mode (0.9)
+and threshold mode under a budget (``max_density`` 0.3), and the CSR lists (torch
+:func:`.select.mask_to_indices` against :func:`.select_fused.mask_to_csr`), for the installed ``select_fused.py`` and each variant given
 as ``name=path`` (e.g. the file at an older commit; a variant without ratio mode is skipped
 there). Each row: the fastest of ``--reps`` rounds' median times, and whether the result equals
 the torch code's. With ``--whole-op``, also the whole op (``xv.xattention``, ratio 0.3, S=8;
@@ -15,7 +15,7 @@ output compared bit for bit.
 Usage: python benchmarks/probe_select.py [old=/tmp/select_fused_old.py] [--n 119056 67576]
        [--reps 3] [--whole-op] [--out results/probe_select.json]
 
-Not supported: budgets (``max_density``), text columns.
+Not supported: text columns.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ from xattn_video.kernels.select import (  # noqa: E402
     valid_key_blocks,
 )
 
-MODES = {"ratio 0.3": dict(ratio=0.3), "threshold 0.9": dict(threshold=0.9)}
+MODES = {
+    "ratio 0.3": dict(ratio=0.3),
+    "threshold 0.9": dict(threshold=0.9),
+    "threshold 0.9 + budget 0.3": dict(threshold=0.9, max_density=0.3),
+}
 
 
 def _cases(mods: dict, scores: torch.Tensor, kv: torch.Tensor, n: int) -> dict:
