@@ -30,7 +30,7 @@ if HAS_TRITON:
 RADIX_BITS = 8
 """Bits of the cut found per pass (a histogram of 2^8 bins): 8 passes cover a double's 64."""
 
-TILE = 1024
+TILE = 4096
 """Priorities per program of the histogram, tie-count and keep kernels."""
 
 # the state per sample, 5 int64: the counts of priorities >= 2 and in [0, 2), the cut's bits so
@@ -56,8 +56,9 @@ if HAS_TRITON:
         _, inside, p, cand, bits = _candidates(PRIO, b, L, t, TILE)
         BINS: tl.constexpr = 1 << BITS
         if FIRST:  # the counts, with the first digit's histogram
-            tl.atomic_add(STATE + b * 5 + 0, tl.sum((inside & (p >= 2.0)).to(tl.int64), 0))
-            tl.atomic_add(STATE + b * 5 + 1, tl.sum(cand.to(tl.int64), 0))
+            n_hi = tl.sum((inside & (p >= 2.0)).to(tl.int64), 0)
+            tl.atomic_add(STATE + b * 5 + 0, n_hi, sem="relaxed")
+            tl.atomic_add(STATE + b * 5 + 1, tl.sum(cand.to(tl.int64), 0), sem="relaxed")
             match = cand
         else:
             prefix = tl.load(STATE + b * 5 + 2)
@@ -65,7 +66,8 @@ if HAS_TRITON:
         digit = ((bits >> SHIFT) & (BINS - 1)).to(tl.int32)
         h = tl.histogram(tl.where(match, digit, BINS), 2 * BINS)  # the upper half: no match
         bins = tl.arange(0, 2 * BINS)
-        tl.atomic_add(HIST + b * BINS + bins, h, mask=bins < BINS)
+        # relaxed: the pick reads the sums in the next launch (kernel order is the fence)
+        tl.atomic_add(HIST + b * BINS + bins, h, mask=bins < BINS, sem="relaxed")
 
     @triton.jit
     def _pick_kernel(HIST, STATE, KV_LEN, md_bits, H, NBQ, NBK, SHIFT: tl.constexpr,
