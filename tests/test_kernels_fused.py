@@ -87,37 +87,6 @@ def test_fused_selection_takes_one_mode():
             select_blocks_fused(scores, block_size=16, **kw)
 
 
-def _budget_ref(prio, budget):
-    """The torch rule on one sample's flat priorities: rank by (priority desc, index asc), keep
-    ranks < budget with priority >= 0, and every priority >= 2."""
-    order = sorted(range(len(prio)), key=lambda i: (-prio[i], i))
-    keep = [False] * len(prio)
-    for rank, i in enumerate(order):
-        keep[i] = (rank < budget and prio[i] >= 0) or prio[i] >= 2
-    return keep
-
-
-@pytest.mark.parametrize("max_density", [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
-def test_budget_radix_select_pinned(max_density):
-    """The radix select against the rule by hand on priorities with every kind of entry: forced
-    (3), a row's top (2 + share), shares with exact ties at several values (0.5 three times,
-    0.125 twice, 0 twice), unchosen (-1); budgets from none of the shares to all of them, and a
-    second sample whose kv_len leaves 3 of its 4 key blocks valid (a smaller budget)."""
-    from xattn_video.kernels.select_budget import budget_keep
-    from xattn_video.kernels.select_fused import _f64_bits
-
-    row = [3.0, 2.25, 0.5, -1.0, 0.125, 0.5, 0.0, 0.5, -1.0, 0.125, 0.0, 0.75, 2.5, 0.3, -1.0, 0.5]
-    prio = torch.tensor([row, row[::-1]], dtype=torch.float64).view(2, 1, 4, 4)
-    kv_len = torch.tensor([64, 40])  # blocks of 16: 4 and 3 valid key blocks
-    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
-    budget_keep(prio, mask, kv_len, max_density=max_density, block_size=16,
-                f64_bits=_f64_bits(max_density))  # fmt: skip
-    for b, n_valid in enumerate((4, 3)):
-        budget = int(n_valid * 4 * max_density + 1e-9)
-        want = _budget_ref(prio[b].flatten().tolist(), budget)
-        assert mask[b].flatten().tolist() == want
-
-
 def test_fused_per_head_threshold_and_zero_rows():
     scores = _scores(2, 3, 4, 6, seed=9)
     scores[0, 1, 2] = 0.0  # an all-zero row keeps its first block only

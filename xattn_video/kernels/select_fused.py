@@ -14,9 +14,9 @@ attention itself, and several times that in launch overhead in eager mode. Here:
   candidate (31 sums; then the ties at the cut-off score, in index order), the top block
   always; then the text rows / columns (``dense_from``) and the key validity (``kv_len``).
   With a budget (``max_density``) it writes each block's priority instead (forced 3, the row's
-  top ``min_blocks`` 2 + share, chosen share, else -1), and :func:`.select_budget.budget_keep`
-  keeps the top ``budget[b]`` of each sample (and every priority >= 2) by a radix select of
-  the cut-off priority, no sort: the same rule as :func:`.select.select_blocks`.
+  top ``min_blocks`` 2 + share, chosen share, else -1), then one stable torch sort per sample
+  ranks them and a second kernel keeps the top ``budget[b]`` (and every priority >= 2): the
+  same rule as :func:`.select.select_blocks`.
 - :func:`mask_to_csr`: per row, the ascending list of selected *valid* key blocks (padding
   ``Nbk``) and its length, from a bool mask that may be broadcast over B / H (a prefix sum
   gives each block its slot: no sort).
@@ -40,9 +40,8 @@ import struct
 
 import torch
 
-from ._common import HAS_TRITON, kv_len_tensor
+from ._common import HAS_TRITON, cdiv, kv_len_tensor
 from .select import mask_to_indices, valid_key_blocks
-from .select_budget import budget_keep
 
 if HAS_TRITON:
     import triton
@@ -159,6 +158,24 @@ if HAS_TRITON:
             tl.store(MASK + row * NBK + j, m.to(tl.int8), mask=in_row)
 
     @triton.jit
+    def _budget_keep_kernel(
+        RANKED, ORDER, MASK, KV_LEN, md_bits, H, NBQ, NBK, L,
+        BLOCK: tl.constexpr, TILE: tl.constexpr,
+    ):  # fmt: skip
+        t = tl.program_id(0)
+        b = tl.program_id(1)
+        kvl = tl.load(KV_LEN + b)
+        n_valid = tl.minimum((kvl + BLOCK - 1) // BLOCK, NBK).to(tl.float64)
+        md = md_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        budget = tl.floor(n_valid * H * NBQ * md + 1e-9).to(tl.int64)
+        r = t * TILE + tl.arange(0, TILE)
+        inside = r < L
+        ranked = tl.load(RANKED + b * L + r, mask=inside, other=-1.0)
+        where = tl.load(ORDER + b * L + r, mask=inside, other=0)
+        keep = ((r.to(tl.int64) < budget) & (ranked >= 0.0)) | (ranked >= 2.0)
+        tl.store(MASK + b * L + where, keep.to(tl.int8), mask=inside)
+
+    @triton.jit
     def _csr_kernel(
         MASK, COUNTS, INDICES, KV_LEN, H, NBQ, NBK,
         stride_mb, stride_mh, stride_mq, stride_mk,
@@ -214,7 +231,7 @@ def select_blocks_fused(
     max_density: float | None = None,
     min_blocks: int = 1,
 ) -> torch.Tensor:
-    """Threshold or ratio selection in one kernel (plus :mod:`.select_budget`'s with a budget).
+    """Threshold or ratio selection in one kernel (plus a sort and a kernel with a budget).
 
     scores: (B, H, Nbq, Nbk) float32, non-negative; exactly one of threshold (float or (H,)
     tensor in (0, 1]) and ratio (float in (0, 1]: the top ``max(1, ceil(ratio * valid
@@ -254,9 +271,15 @@ def select_blocks_fused(
         BLOCK=block_size, NP=np2, THR_PER_HEAD=per_head, DF_MODE=df_mode, BUDGET=budget,
         MIN_BLOCKS=int(min_blocks), RATIO=ratio is not None, num_warps=warps,
     )  # fmt: skip
-    if budget:
-        budget_keep(prio, mask, lens, max_density=max_density, block_size=block_size,
-                    f64_bits=_f64_bits(max_density))  # fmt: skip
+    if not budget:
+        return mask
+    n = H * nbq * nbk
+    ranked, order = torch.sort(prio.view(B, n), dim=-1, descending=True, stable=True)
+    tile = 1024
+    _budget_keep_kernel[(cdiv(n, tile), B)](
+        ranked, order, mask.view(torch.int8), lens, _f64_bits(max_density), H, nbq, nbk, n,
+        BLOCK=block_size, TILE=tile,
+    )  # fmt: skip
     return mask
 
 
