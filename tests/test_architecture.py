@@ -175,6 +175,7 @@ OP_LAYER = (
     "xattn_video.library",  # its torch.library registration
     "xattn_video.op_checks",  # its input checks
     "xattn_video.cost_model",  # times the kernels to decide sparse vs dense
+    "xattn_video.qk_prep",  # the processors' fused q / k norm + RoPE
 )
 
 

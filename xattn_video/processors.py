@@ -18,7 +18,9 @@ This module holds only the model-specific part. Dense phase (warm-up, ``dense_la
 ``dense_layers``, no step hook attached): with ``dense_kernel="stock"`` (the default) exactly
 ``super().__call__`` -- bit-identical to the stock processor. Sparse phase: the parent's
 projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then
-text), handed to the model-independent :func:`xattn_video.sparse_path.sparse_attention` (token
+text; on eager CUDA diffusers' per-head ``RMSNorm`` and RoPE run as one fused kernel per
+tensor, :mod:`xattn_video.qk_prep`, within one unit in the last place of the parent's values,
+written straight into the joint sequence), handed to the model-independent :func:`xattn_video.sparse_path.sparse_attention` (token
 order, mask reuse, the op, stats), then the parent's output projections. The dense phase with
 ``dense_kernel="xattn"`` takes the same route to :func:`xattn_video.sparse_path.dense_attention`
 (the kernel with every block; padded queries are not zeroed there). Which layers get these
@@ -55,10 +57,11 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.normalization import RMSNorm
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
-from . import parallel
+from . import parallel, qk_prep
 from .config import XAttentionConfig
 from .hook import XAttentionController
 from .op_checks import require
@@ -144,6 +147,52 @@ class _XAttnMixin:
         )  # fmt: skip
 
 
+def _norm_rope(
+    norm: torch.nn.Module | None,
+    x: torch.Tensor,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    n_rope: int,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The parent's QK norm of x: [B, N, H, D], then RoPE on tokens < n_rope; into ``out``
+    when given. One fused kernel (:mod:`xattn_video.qk_prep`) for diffusers' ``RMSNorm`` without
+    bias on eager CUDA with matching rotary tables; else the parent's own torch code."""
+    n_rope = n_rope if rotary is not None else 0
+    if _fusable(norm, x, rotary, n_rope):
+        return qk_prep.norm_rope(x, norm.weight, norm.eps, rotary, n_rope, out=out)
+    y = norm(x) if norm is not None else x
+    if n_rope:
+        head = apply_rotary_emb(y[:, :n_rope], rotary, sequence_dim=1)
+        y = head if n_rope == y.shape[1] else torch.cat([head, y[:, n_rope:]], dim=1)
+    return y if out is None else out.copy_(y)
+
+
+def _fusable(norm, x, rotary, n_rope: int) -> bool:
+    if type(norm) is not RMSNorm or norm.bias is not None or not qk_prep.fused_available(x):
+        return False
+    if norm.weight is not None and norm.weight.dtype != x.dtype:
+        return False  # diffusers then computes in fp32 and returns fp32
+    if n_rope == 0:
+        return True
+    shape = (n_rope, x.shape[-1])
+    return all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.float32 and tuple(t.shape) == shape
+        and t.device == x.device and t.stride(-1) == 1
+        for t in rotary
+    )  # fmt: skip
+
+
+def _joint_norm_rope(video, text, norm_video, norm_text, rotary) -> torch.Tensor:
+    """[video, text] q or k of a double-stream block: video [B, Nv, H, D] normed and rotated,
+    text [B, Nt, H, D] normed, written into one [B, Nv + Nt, H, D] buffer (no ``torch.cat``)."""
+    nv = video.shape[1]
+    out = video.new_empty((video.shape[0], nv + text.shape[1], *video.shape[2:]))
+    _norm_rope(norm_video, video, rotary, nv, out=out[:, :nv])
+    _norm_rope(norm_text, text, None, 0, out=out[:, nv:])
+    return out
+
+
 def _key_padding_lengths(attention_mask: torch.Tensor | None, batch: int, n: int):
     """kv_len (B,) int32 from a [B, 1, 1, N] bool key-padding mask (a valid prefix), or None."""
     if attention_mask is None:
@@ -218,41 +267,21 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
         if single:
             hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
 
-        # 1-2. QKV projections, per-head QK norms (as the parent)
+        # 1-4. QKV projections, per-head QK norms, RoPE on the video tokens, the text stream
+        #      (double-stream blocks) after the video: the parent's arithmetic, with the norm
+        #      and RoPE fused where they can be (_norm_rope)
         query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
         key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
         value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-
-        # 3. RoPE on the video tokens only
-        if image_rotary_emb is not None:
-            if single:
-                query = torch.cat(
-                    [apply_rotary_emb(query[:, :-n_text], image_rotary_emb, sequence_dim=1),
-                     query[:, -n_text:]], dim=1,
-                )  # fmt: skip
-                key = torch.cat(
-                    [apply_rotary_emb(key[:, :-n_text], image_rotary_emb, sequence_dim=1),
-                     key[:, -n_text:]], dim=1,
-                )  # fmt: skip
-            else:
-                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        # 4. Text stream projections (double-stream blocks), appended after the video
-        if not single:
+        if single:  # [video, text] projected together: RoPE on the video tokens
+            query = _norm_rope(attn.norm_q, query, image_rotary_emb, n_video)
+            key = _norm_rope(attn.norm_k, key, image_rotary_emb, n_video)
+        else:  # video and text projected apart: each written into one [video, text] buffer
             enc_q = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
             enc_k = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
             enc_v = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            if attn.norm_added_q is not None:
-                enc_q = attn.norm_added_q(enc_q)
-            if attn.norm_added_k is not None:
-                enc_k = attn.norm_added_k(enc_k)
-            query = torch.cat([query, enc_q], dim=1)
-            key = torch.cat([key, enc_k], dim=1)
+            query = _joint_norm_rope(query, enc_q, attn.norm_q, attn.norm_added_q, image_rotary_emb)
+            key = _joint_norm_rope(key, enc_k, attn.norm_k, attn.norm_added_k, image_rotary_emb)
             value = torch.cat([value, enc_v], dim=1)
 
         # 5. XAttention over [video, text] with text padding as kv_len (whole-sequence values

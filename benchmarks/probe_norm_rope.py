@@ -1,0 +1,126 @@
+"""What the processors spend preparing q and k, with and without the fused norm + RoPE kernel.
+
+Per HunyuanVideo block at 720p x 129 frames (118,800 video + 256 text tokens, 24 heads x 128,
+bf16), after the QKV projections: per-head ``RMSNorm`` of q and k, RoPE on the video tokens,
+and the [video, text] joint sequence -- for a double-stream block (video and text projected
+apart: norms, RoPE, then ``torch.cat`` of q, k and v) and a single-stream one (projected
+together: norms, RoPE on the video slice, ``torch.cat`` of the pieces). Timed through the
+processors' own helpers (``processors._norm_rope`` / ``_joint_norm_rope``), once with
+diffusers' torch code (what the processors ran before) and once fused, plus the kernel alone per
+launch config (GB/s: x read once, written once). Outputs are checked: fused vs torch, max
+difference in bf16 ulps of the torch values and the share of values that differ.
+
+Usage (GPU): python benchmarks/probe_norm_rope.py [--video 118800] [--out results/x.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import bench_ms, report  # noqa: E402
+
+from xattn_video import processors, qk_prep  # noqa: E402
+from xattn_video.kernels.norm_rope import rms_norm_rope  # noqa: E402
+
+CONFIGS = [(8, 4), (16, 4), (32, 4), (32, 8), (64, 8)]  # (tokens per program, num_warps)
+
+
+def _setup(video: int, text: int, heads: int, dim: int, device: str = "cuda"):
+    from diffusers.models.normalization import RMSNorm
+
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def t(*shape, scale=1.0, dtype=torch.bfloat16):
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
+
+    norms = []
+    for _ in range(4):
+        n = RMSNorm(dim, eps=1e-6).to(device, torch.bfloat16)
+        n.weight.data.copy_(t(dim, scale=0.3) + 1)
+        norms.append(n)
+    angle = torch.rand(video, dim // 2, generator=g, device=device) * 6.28
+    rotary = (angle.cos().repeat_interleave(2, -1), angle.sin().repeat_interleave(2, -1))
+    return dict(
+        norms=norms, rotary=rotary,
+        video=[t(1, video, heads, dim, scale=3.0) for _ in range(3)],
+        text=[t(1, text, heads, dim, scale=3.0) for _ in range(3)],
+        joint=[t(1, video + text, heads, dim, scale=3.0) for _ in range(3)],
+    )  # fmt: skip
+
+
+def double_block(s) -> tuple[torch.Tensor, ...]:
+    """q, k, v of a double-stream block as the processor builds them."""
+    (vq, vk, vv), (tq, tk, tv), (nq, nk, naq, nak) = s["video"], s["text"], s["norms"]
+    q = processors._joint_norm_rope(vq, tq, nq, naq, s["rotary"])
+    k = processors._joint_norm_rope(vk, tk, nk, nak, s["rotary"])
+    return q, k, torch.cat([vv, tv], dim=1)
+
+
+def single_block(s) -> tuple[torch.Tensor, ...]:
+    """q, k of a single-stream block ([video, text] projected together)."""
+    (q, k, _), (nq, nk, _, _), n_video = s["joint"], s["norms"], s["video"][0].shape[1]
+    rot = s["rotary"]
+    return processors._norm_rope(nq, q, rot, n_video), processors._norm_rope(nk, k, rot, n_video)
+
+
+def _compare(got, want) -> dict:
+    diff, ulps, frac = 0.0, 0.0, 0.0
+    for a, b in zip(got, want, strict=True):
+        d = (a.float() - b.float()).abs()
+        ulp = (b.float().abs() * 2.0**-7).clamp_min(1e-30)
+        diff = max(diff, d.max().item())
+        ulps = max(ulps, (d / ulp).max().item())
+        frac = max(frac, (d > 0).float().mean().item())
+    return dict(max_abs_diff=diff, max_ulps=ulps, frac_differ=frac)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--video", type=int, default=118_800)
+    p.add_argument("--text", type=int, default=256)
+    p.add_argument("--heads", type=int, default=24)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--out", default="results/probe_norm_rope.json")
+    args = p.parse_args(argv)
+    s = _setup(args.video, args.text, args.heads, args.dim)
+    rows: list[dict] = []
+    real = qk_prep.fused_available
+    for name, fn in (("double-stream block", double_block), ("single-stream block", single_block)):
+        times, outs = {}, {}
+        for fused in (False, True):
+            qk_prep.fused_available = real if fused else (lambda x: False)
+            try:
+                outs[fused] = fn(s)
+                times[fused] = bench_ms(lambda f=fn: f(s))
+            finally:
+                qk_prep.fused_available = real
+        row = dict(what=name, torch_ms=times[False], fused_ms=times[True],
+                   speedup=times[False] / times[True], **_compare(outs[True], outs[False]))  # fmt: skip
+        rows.append(row)
+        print(f"  {name}: torch {times[False]:.3f} ms, fused {times[True]:.3f} ms", flush=True)
+    x, norm = s["joint"][0], s["norms"][0]
+    moved = 2 * x.numel() * x.element_size()
+    want = rms_norm_rope(x, norm.weight, norm.eps, *s["rotary"], args.video)
+    for bn, warps in CONFIGS:
+        fn = lambda b=bn, w=warps: rms_norm_rope(  # noqa: E731
+            x, norm.weight, norm.eps, *s["rotary"], args.video, block_n=b, num_warps=w
+        )
+        same = bool(torch.equal(fn(), want))
+        ms = bench_ms(fn)
+        rows.append(dict(what=f"kernel block_n={bn} warps={warps}", fused_ms=ms,
+                         gbps=moved / (ms * 1e-3) / 1e9, same_as_default=same))  # fmt: skip
+        print(f"  kernel {bn}/{warps}: {ms:.3f} ms", flush=True)
+    cols = [("what", "what", "{}"), ("torch_ms", "torch code ms", "{:.3f}"),
+            ("fused_ms", "fused ms", "{:.3f}"), ("speedup", "x", "{:.1f}"),
+            ("max_ulps", "max ulps", "{:.2f}"), ("frac_differ", "share differing", "{:.1e}"),
+            ("gbps", "GB/s", "{:.0f}"), ("same_as_default", "same", "{}")]  # fmt: skip
+    report(rows, cols, args.out, vars(args))
+
+
+if __name__ == "__main__":
+    main()

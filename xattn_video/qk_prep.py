@@ -1,0 +1,51 @@
+"""q / k preparation for the attention processors: per-head RMSNorm and RoPE in one kernel.
+
+The op layer's entry to :mod:`xattn_video.kernels.norm_rope`: :func:`fused_available` says
+whether the fused kernel should run on a tensor (eager CUDA with Triton: under ``torch.compile``
+the processors keep diffusers' torch code, which Inductor fuses itself), :func:`norm_rope` runs
+it. Which norms and rotary tables qualify is the processors' call
+(:mod:`xattn_video.processors`); the numerics match diffusers' ``RMSNorm`` + ``apply_rotary_emb``
+up to one unit in the last place (the kernel module's docstring says where).
+
+Not supported: what :mod:`xattn_video.kernels.norm_rope` does not support (LayerNorm, norms
+across heads, fp32 activations, a norm bias).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kernels._common import triton_usable
+from .kernels.norm_rope import DTYPES, rms_norm_rope
+
+
+def fused_available(x: torch.Tensor) -> bool:
+    """Whether :func:`norm_rope` should run on ``x`` (B, N, H, D): CUDA with Triton, bf16 /
+    fp16, a power-of-two head dim, not while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling():  # first: the rest need not trace
+        return False
+    d = x.shape[-1]
+    return (
+        x.is_cuda
+        and triton_usable(x)
+        and x.dtype in DTYPES
+        and x.dim() == 4
+        and x.stride(-1) == 1
+        and d >= 2
+        and not d & (d - 1)
+    )
+
+
+def norm_rope(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    n_rope: int,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RMSNorm over the head dim of x: (B, N, H, D), then RoPE with rotary = (cos, sin), each
+    (n_rope, D) fp32, on tokens ``< n_rope``; into ``out`` (B, N, H, D) when given."""
+    cos, sin = rotary if (rotary is not None and n_rope) else (None, None)
+    return rms_norm_rope(x, weight, eps, cos, sin, n_rope if cos is not None else 0, out=out)
