@@ -32,7 +32,7 @@ def _inputs(B, N, H, D, n_rope, dtype, seed=0, device="cpu", weight=True):
 
 
 def _diffusers(x, w, cos, sin, n_rope, eps=1e-6):
-    norm = RMSNorm(x.shape[-1], eps=eps, elementwise_affine=w is not None).to(x.dtype)
+    norm = RMSNorm(x.shape[-1], eps=eps, elementwise_affine=w is not None).to(x.device, x.dtype)
     if w is not None:
         norm.weight.data.copy_(w)
     y = norm(x)
@@ -51,23 +51,23 @@ def test_reference_is_diffusers_bit_for_bit(dtype, n_rope, weight):
     assert torch.equal(rms_norm_rope_ref(x, w, 1e-6, cos, sin, n_rope), want)
 
 
-CASES = [  # (B, N, H, D, n_rope, block_n)
-    (1, 16, 1, 16, 16, 16),
-    (2, 50, 3, 64, 40, 16),  # partial last program, text rows after the video
-    (2, 37, 2, 128, 0, 8),  # no RoPE
-    (1, 33, 4, 32, 33, 32),  # RoPE on every row, one ragged program
+CASES = [  # (B, N, H, D, n_rope, block_n, block_h)
+    (1, 16, 1, 16, 16, 16, 8),
+    (2, 50, 3, 64, 40, 4, 2),  # partial last programs (tokens and heads), text after the video
+    (2, 37, 2, 128, 0, 8, 8),  # no RoPE
+    (1, 33, 5, 32, 33, 32, 4),  # RoPE on every row, ragged in tokens and heads
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("weight", [True, False])
 def test_kernel_equals_reference_in_the_interpreter(case, weight):
-    B, N, H, D, n_rope, bn = case
+    B, N, H, D, n_rope, bn, bh = case
     x, w, cos, sin = _inputs(B, N, H, D, n_rope, torch.float16, seed=N, weight=weight)
-    got = rms_norm_rope(x, w, 1e-6, cos, sin, n_rope, block_n=bn)
+    got = rms_norm_rope(x, w, 1e-6, cos, sin, n_rope, block_n=bn, block_h=bh)
     _assert_ulp(got, x, w, cos, sin, n_rope, max_frac=0.02)
     # by hand: the text rows are the norm alone, a video row's first pair rotated by its angle
-    normed = rms_norm_rope(x, w, 1e-6, block_n=bn)
+    normed = rms_norm_rope(x, w, 1e-6, block_n=bn, block_h=bh)
     assert torch.equal(got[:, n_rope:], normed[:, n_rope:])
     if n_rope:
         a, b = normed[:, 0, :, 0].float(), normed[:, 0, :, 1].float()
@@ -167,7 +167,7 @@ def test_gpu_full_size_bf16_within_one_ulp(n_rope):
     got = rms_norm_rope(x, w, 1e-6, cos, sin, n_rope)
     _assert_ulp(got, x, w, cos, sin, n_rope, max_frac=1e-3)
     joint = torch.empty(1, 119_056 + 256, 24, 128, dtype=torch.bfloat16, device="cuda")
-    rms_norm_rope(x, w, 1e-6, cos, sin, n_rope, out=joint[:, :119_056], block_n=32, num_warps=8)
+    rms_norm_rope(x, w, 1e-6, cos, sin, n_rope, out=joint[:, :119_056], block_n=8, block_h=4)
     assert torch.equal(joint[:, :119_056], got)  # launch knobs: same result
 
 
