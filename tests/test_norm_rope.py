@@ -172,18 +172,21 @@ def test_gpu_full_size_bf16_within_one_ulp(n_rope):
 
 
 def _assert_ulp(got, x, w, cos, sin, n_rope, max_frac, eps=1e-6) -> None:
-    """got within one rounding of diffusers' result on x: a normed value within one ulp (bf16 /
-    fp16) of the reference's, a rotated one within one ulp of each of its two products and of
-    itself (a one-ulp change of the normed pair moves it by up to that); at most ``max_frac`` of
-    the values different."""
+    """got within one rounding of diffusers' result on x, propagated: ``x * r`` rounded one ulp
+    the other way moves the weighted value by up to an ulp of ``x * r`` times the weight, plus
+    the weighted value's own rounding; a rotated value by those of its pair times cos / sin,
+    plus its own rounding. At most ``max_frac`` of the values different."""
     want = _diffusers(x, w, cos, sin, n_rope, eps)
-    scale = want.float().abs()
+    unweighted = rms_norm_rope_ref(x, None, eps).float()  # x * r, rounded
+    normed = rms_norm_rope_ref(x, w, eps).float()
+    w_abs = w.float().abs() if w is not None else 1.0
+    scale = normed.abs() + unweighted.abs() * w_abs  # per normed value, in ulps (2^-bits)
     if n_rope:
-        normed = rms_norm_rope_ref(x, w, eps)[:, :n_rope].float()
-        real, imag = normed.reshape(*normed.shape[:-1], -1, 2).unbind(-1)
-        rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+        head = scale[:, :n_rope]
+        a, b = head.reshape(*head.shape[:-1], -1, 2).unbind(-1)
+        pair = torch.stack([b, a], dim=-1).flatten(3)  # each value's partner's scale
         c, s = cos[None, :, None, :].abs(), sin[None, :, None, :].abs()
-        scale[:, :n_rope] += normed.abs() * c + rotated.abs() * s
+        scale[:, :n_rope] = want[:, :n_rope].float().abs() + head * c + pair * s
     bits = 7 if want.dtype == torch.bfloat16 else 10  # stored mantissa bits
     diff = (got.float() - want.float()).abs()
     assert bool((diff <= scale * 2.0**-bits).all()), f"max diff {diff.max().item():.3e}"

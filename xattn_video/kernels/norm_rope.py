@@ -134,7 +134,7 @@ def rms_norm_rope(
     n_rope: int = 0,
     *,
     out: torch.Tensor | None = None,
-    block_n: int = 4,
+    block_n: int = 1,
     block_h: int = 8,
     num_warps: int = 4,
 ) -> torch.Tensor:
