@@ -7,8 +7,9 @@ apart: norms, RoPE, then ``torch.cat`` of q, k and v) and a single-stream one (p
 together: norms, RoPE on the video slice, ``torch.cat`` of the pieces). Timed through the
 processors' own helpers (``processors._norm_rope`` / ``_joint_norm_rope``), once with
 diffusers' torch code (what the processors ran before) and once fused, plus the kernel alone per
-launch config (GB/s: x read once, written once). Outputs are checked: fused vs torch, max
-difference in bf16 ulps of the torch values and the share of values that differ.
+launch config (GB/s: x read once, written once; whether its output equals the default
+config's bit for bit: the tile's layout sets the order of the mean's sum). Outputs are checked:
+fused vs torch, max difference in bf16 ulps and the share of values that differ.
 
 Usage (GPU): python benchmarks/probe_norm_rope.py [--video 118800] [--out results/x.json]
 """

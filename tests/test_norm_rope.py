@@ -168,7 +168,8 @@ def test_gpu_full_size_bf16_within_one_ulp(n_rope):
     _assert_ulp(got, x, w, cos, sin, n_rope, max_frac=1e-3)
     joint = torch.empty(1, 119_056 + 256, 24, 128, dtype=torch.bfloat16, device="cuda")
     rms_norm_rope(x, w, 1e-6, cos, sin, n_rope, out=joint[:, :119_056], block_n=8, block_h=4)
-    assert torch.equal(joint[:, :119_056], got)  # launch knobs: same result
+    # another launch config (the mean summed in another order): the same bound
+    _assert_ulp(joint[:, :119_056], x, w, cos, sin, n_rope, max_frac=1e-3)
 
 
 def _assert_ulp(got, x, w, cos, sin, n_rope, max_frac, eps=1e-6) -> None:

@@ -145,8 +145,9 @@ def rms_norm_rope(
     is fine) to write into. Returns out, or a new (B, N, H, D) tensor. One Triton launch where
     Triton runs (CUDA, or the CPU interpreter), :func:`rms_norm_rope_ref` elsewhere.
     ``block_n`` tokens and ``block_h`` heads per program (powers of two) and ``num_warps`` are
-    launch knobs (same result; the defaults measured fastest on an H200 at 720p size,
-    ``benchmarks/probe_norm_rope.py``).
+    launch knobs: the tile's layout sets the order of the mean's sum, so another config can move
+    a value by one rounding (within the same bound against diffusers). The defaults measured
+    fastest of those tried on an H200 at 720p size (``benchmarks/probe_norm_rope.py``).
     """
     _check(x, weight, cos, sin, n_rope, out)
     if not triton_usable(x):
