@@ -87,6 +87,13 @@ def test_kernel_writes_into_a_view_and_reads_strided_input():
     assert bool((joint[:, 24:] == 7.0).all())
 
 
+def test_empty_input_returns_an_empty_output():
+    x = torch.zeros(2, 0, 3, 16, dtype=torch.float16)
+    out = torch.zeros(2, 0, 3, 16, dtype=torch.float16)
+    assert rms_norm_rope(x, None, 1e-6).shape == (2, 0, 3, 16)
+    assert rms_norm_rope(x, None, 1e-6, out=out) is out
+
+
 def test_bad_inputs_raise():
     x, w, cos, sin = _inputs(1, 8, 2, 16, 8, torch.float16)
     with pytest.raises(ValueError, match="bf16 / fp16"):

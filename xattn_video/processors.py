@@ -20,8 +20,9 @@ This module holds only the model-specific part. Dense phase (warm-up, ``dense_la
 projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then
 text; on eager CUDA diffusers' per-head ``RMSNorm`` and RoPE run as one fused kernel per
 tensor, :mod:`xattn_video.qk_prep`, within one unit in the last place of the parent's values,
-written straight into the joint sequence), handed to the model-independent :func:`xattn_video.sparse_path.sparse_attention` (token
-order, mask reuse, the op, stats), then the parent's output projections. The dense phase with
+written straight into the joint sequence), handed to the model-independent
+:func:`xattn_video.sparse_path.sparse_attention` (token order, mask reuse, the op, stats), then
+the parent's output projections. The dense phase with
 ``dense_kernel="xattn"`` takes the same route to :func:`xattn_video.sparse_path.dense_attention`
 (the kernel with every block; padded queries are not zeroed there). Which layers get these
 processors: :mod:`xattn_video.targets`.
