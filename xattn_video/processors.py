@@ -19,7 +19,7 @@ This module holds only the model-specific part. Dense phase (warm-up, ``dense_la
 ``super().__call__`` -- bit-identical to the stock processor. Sparse phase: the parent's
 projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then
 text; on eager CUDA diffusers' per-head ``RMSNorm`` and RoPE run as one fused kernel per
-tensor, :mod:`xattn_video.qk_prep`, within one unit in the last place of the parent's values,
+tensor, :mod:`xattn_video.qk_prep`, within one rounding of the parent's values,
 written straight into the joint sequence), handed to the model-independent
 :func:`xattn_video.sparse_path.sparse_attention` (token order, mask reuse, the op, stats), then
 the parent's output projections. The dense phase with

@@ -5,7 +5,7 @@ whether the fused kernel should run on a tensor (eager CUDA with Triton: under `
 the processors keep diffusers' torch code, which Inductor fuses itself), :func:`norm_rope` runs
 it. Which norms and rotary tables qualify is the processors' call
 (:mod:`xattn_video.processors`); the numerics match diffusers' ``RMSNorm`` + ``apply_rotary_emb``
-up to one unit in the last place (the kernel module's docstring says where).
+up to one rounding carried through (the kernel module's docstring says where).
 
 Not supported: what :mod:`xattn_video.kernels.norm_rope` does not support (LayerNorm, norms
 across heads, fp32 activations, a norm bias).
