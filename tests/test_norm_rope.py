@@ -1,8 +1,9 @@
 """The fused per-head RMSNorm + RoPE kernel (kernels/norm_rope.py) and the processors' use of it.
 
 The reference is pinned to diffusers' own ``RMSNorm`` + ``apply_rotary_emb`` bit for bit. The
-kernel may differ from it by one unit in the last place where the mean's summation order moves
-a value across a rounding boundary: every value within one ulp, almost all equal. CPU tests run
+kernel may differ from it by one rounding where the mean's summation order moves ``x * r``
+across a rounding boundary, carried through the weight and the rotation (:func:`_assert_ulp`);
+almost all values are equal. CPU tests run
 the kernel in the interpreter in fp16 (its fp32 -> bf16 conversion does not round to nearest
 even); bf16 is checked on the GPU at HunyuanVideo 720p size.
 """
