@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     for name, fn in (("double-stream block", double_block), ("single-stream block", single_block)):
         times, outs = {}, {}
         for fused in (False, True):
-            qk_prep.fused_available = real if fused else (lambda x: False)
+            qk_prep.fused_available = real if fused else (lambda *args: False)
             try:
                 outs[fused] = fn(s)
                 times[fused] = bench_ms(lambda f=fn: f(s))

@@ -113,7 +113,7 @@ def test_bad_inputs_raise():
 
 def test_not_fused_off_cuda():
     x = torch.zeros(1, 4, 2, 16, dtype=torch.bfloat16)
-    assert not qk_prep.fused_available(x)  # CPU: the processors keep diffusers' code
+    assert not qk_prep.fused_available(x, None, None, 0)  # CPU: the processors keep diffusers'.
 
 
 @torch.no_grad()
@@ -147,7 +147,7 @@ def test_processors_run_the_fused_kernel_on_every_q_and_k(monkeypatch):
     )
     outs = {}
     for fused in (False, True):
-        monkeypatch.setattr(qk_prep, "fused_available", lambda x, f=fused: f)
+        monkeypatch.setattr(qk_prep, "fused_available", lambda *args, f=fused: f)
         for name, cfg in (("dense", cfg_dense), ("sparse", cfg_sparse)):
             with xv.apply_xattention(tr, cfg) as handle:
                 outs[fused, name] = tr(**inputs)[0]

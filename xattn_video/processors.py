@@ -170,18 +170,12 @@ def _norm_rope(
 
 
 def _fusable(norm, x, rotary, n_rope: int) -> bool:
-    if type(norm) is not RMSNorm or norm.bias is not None or not qk_prep.fused_available(x):
-        return False
-    if norm.weight is not None and norm.weight.dtype != x.dtype:
-        return False  # diffusers then computes in fp32 and returns fp32
-    if n_rope == 0:
-        return True
-    shape = (n_rope, x.shape[-1])
-    return all(
-        isinstance(t, torch.Tensor) and t.dtype == torch.float32 and tuple(t.shape) == shape
-        and t.device == x.device and t.stride(-1) == 1
-        for t in rotary
-    )  # fmt: skip
+    # a weight of another dtype than x is left to diffusers too (it then returns fp32)
+    return (
+        type(norm) is RMSNorm
+        and norm.bias is None
+        and qk_prep.fused_available(x, norm.weight, rotary, n_rope)
+    )
 
 
 def _joint_norm_rope(video, text, norm_video, norm_text, rotary) -> torch.Tensor:

@@ -16,23 +16,28 @@ from __future__ import annotations
 import torch
 
 from .kernels._common import triton_usable
-from .kernels.norm_rope import DTYPES, rms_norm_rope
+from .kernels.norm_rope import rms_norm_rope, unsupported
 
 
-def fused_available(x: torch.Tensor) -> bool:
-    """Whether :func:`norm_rope` should run on ``x`` (B, N, H, D): CUDA with Triton, bf16 /
-    fp16, a power-of-two head dim, not while ``torch.compile`` traces."""
+def _cos_sin(rotary, n_rope: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return rotary if n_rope else (None, None)
+
+
+def fused_available(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    rotary: tuple[torch.Tensor, torch.Tensor] | None,
+    n_rope: int,
+) -> bool:
+    """Whether :func:`norm_rope` should run on these arguments: CUDA with Triton, not while
+    ``torch.compile`` traces, and arguments the kernel takes (``kernels.norm_rope.unsupported``:
+    bf16 / fp16, a power-of-two head dim, a weight of x's dtype, (n_rope, D) fp32 tables)."""
     if torch.compiler.is_compiling():  # first: the rest need not trace
         return False
-    d = x.shape[-1]
     return (
         x.is_cuda
         and triton_usable(x)
-        and x.dtype in DTYPES
-        and x.dim() == 4
-        and x.stride(-1) == 1
-        and d >= 2
-        and not d & (d - 1)
+        and unsupported(x, weight, *_cos_sin(rotary, n_rope), n_rope) is None
     )
 
 
@@ -46,6 +51,6 @@ def norm_rope(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """RMSNorm over the head dim of x: (B, N, H, D), then RoPE with rotary = (cos, sin), each
-    (n_rope, D) fp32, on tokens ``< n_rope``; into ``out`` (B, N, H, D) when given."""
-    cos, sin = rotary if (rotary is not None and n_rope) else (None, None)
-    return rms_norm_rope(x, weight, eps, cos, sin, n_rope if cos is not None else 0, out=out)
+    (n_rope, D) fp32, on tokens ``< n_rope`` (rotary may be None when n_rope is 0); into
+    ``out`` (B, N, H, D) when given."""
+    return rms_norm_rope(x, weight, eps, *_cos_sin(rotary, n_rope), n_rope, out=out)

@@ -100,29 +100,35 @@ if HAS_TRITON:
         tl.store(Y + b * syb + offs_n * syn + offs_h * syh + offs_d, y, mask=ok)
 
 
-def _check(x, weight, cos, sin, n_rope, out) -> None:
+def unsupported(x, weight, cos, sin, n_rope: int, out=None) -> str | None:
+    """Why :func:`rms_norm_rope` cannot take these arguments (its ``ValueError`` message), or
+    None when it can: callers with a fallback ask this instead of catching the error."""
     if x.dim() != 4 or x.dtype not in DTYPES or x.stride(-1) != 1:
-        raise ValueError(
+        return (
             f"x must be (B, N, H, D) bf16 / fp16 with a unit last stride, got "
             f"{tuple(x.shape)} {x.dtype} strides {x.stride()}"
         )
     D = x.shape[-1]
     if D % 2 or D & (D - 1):
-        raise ValueError(f"head dim must be an even power of two, got {D}")
+        return f"head dim must be an even power of two, got {D}"
     if weight is not None and (weight.shape != (D,) or weight.dtype != x.dtype):
-        raise ValueError(f"weight must be ({D},) {x.dtype}, got {tuple(weight.shape)} "
-                         f"{weight.dtype}")  # fmt: skip
+        return f"weight must be ({D},) {x.dtype}, got {tuple(weight.shape)} {weight.dtype}"
     if not 0 <= n_rope <= x.shape[1]:
-        raise ValueError(f"n_rope must be in [0, {x.shape[1]}], got {n_rope}")
+        return f"n_rope must be in [0, {x.shape[1]}], got {n_rope}"
     if n_rope:
         for name, t in (("cos", cos), ("sin", sin)):
-            if t is None or t.dtype != torch.float32 or t.shape != (n_rope, D):
-                got = None if t is None else (tuple(t.shape), t.dtype)
-                raise ValueError(f"{name} must be ({n_rope}, {D}) float32, got {got}")
+            if (
+                not isinstance(t, torch.Tensor)
+                or t.dtype != torch.float32
+                or t.shape != (n_rope, D)
+            ):
+                got = (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t
+                return f"{name} must be ({n_rope}, {D}) float32, got {got}"
             if t.device != x.device or t.stride(-1) != 1:
-                raise ValueError(f"{name} must be on {x.device} with a unit last stride")
+                return f"{name} must be on {x.device} with a unit last stride"
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1):
-        raise ValueError(f"out must be {tuple(x.shape)} {x.dtype} with a unit last stride")
+        return f"out must be {tuple(x.shape)} {x.dtype} with a unit last stride"
+    return None
 
 
 def rms_norm_rope(
@@ -149,7 +155,9 @@ def rms_norm_rope(
     a value by one rounding (within the same bound against diffusers). The defaults measured
     fastest of those tried on an H200 at 720p size (``benchmarks/probe_norm_rope.py``).
     """
-    _check(x, weight, cos, sin, n_rope, out)
+    why = unsupported(x, weight, cos, sin, n_rope, out)
+    if why is not None:
+        raise ValueError(why)
     if not triton_usable(x):
         y = rms_norm_rope_ref(x, weight, eps, cos, sin, n_rope)
         return y if out is None else out.copy_(y)
