@@ -11,7 +11,14 @@ launch config (GB/s: x read once, written once; whether its output equals the de
 config's bit for bit: the tile's layout sets the order of the mean's sum). Outputs are checked:
 fused vs torch, max difference in bf16 ulps and the share of values that differ.
 
-Usage (GPU): python benchmarks/probe_norm_rope.py [--video 118800] [--out results/x.json]
+``--model wan``: the same for Wan 2.1 14B at 720p x 81 frames (75,600 tokens, 40 heads x 128):
+the Wan processor's q (or k) preparation from the projection's output (``torch.nn.RMSNorm``
+across heads, its interleaved RoPE on every token; ``processors._wan_norm_rope``), torch code
+against fused, with the rotary tables in fp32, bf16 (a model cast with ``.to(dtype)``) and fp64
+(a ``rope`` module kept out of the cast; the processor hands fp32 to the kernel), then the
+kernel's launch configs.
+
+Usage (GPU): python benchmarks/probe_norm_rope.py [--model wan] [--video N] [--out results/x.json]
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from xattn_video.kernels.norm_rope import rms_norm_rope  # noqa: E402
 # (tokens per program, heads per program, num_warps); the first is the kernel's default
 CONFIGS = [(1, 8, 4), (1, 8, 2), (1, 16, 4), (1, 32, 4), (1, 4, 4), (1, 4, 2), (2, 8, 4),
            (4, 8, 4)]  # fmt: skip
+# Wan: (tokens per program, num_warps), every head in the tile; the first is the default
+WAN_CONFIGS = [(1, 8), (1, 4), (1, 16), (2, 8), (2, 16), (4, 16)]
 
 
 def _setup(video: int, text: int, heads: int, dim: int, device: str = "cuda"):
@@ -85,14 +94,75 @@ def _compare(got, want) -> dict:
     return dict(max_abs_diff=diff, max_row_ulps=ulps, frac_differ=frac)
 
 
+def wan_setup(tokens: int, heads: int, dim: int, device: str = "cuda") -> dict:
+    """A Wan q (or k) projection's output (1, tokens, heads * dim) bf16, its RMSNorm across heads
+    and the rotary tables (1, tokens, 1, dim) per table dtype, as ``WanRotaryPosEmbed`` makes
+    them (one angle per pair, repeated)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = (torch.randn(1, tokens, heads * dim, generator=g, device=device) * 3).to(torch.bfloat16)
+    norm = torch.nn.RMSNorm(heads * dim, eps=1e-6).to(device, torch.bfloat16)
+    norm.weight.data.normal_(1.0, 0.3, generator=g)
+    angle = torch.rand(tokens, dim // 2, generator=g, device=device, dtype=torch.float64) * 6.28
+    cos, sin = (f(angle).repeat_interleave(2, -1)[None, :, None] for f in (torch.cos, torch.sin))
+    tables = {str(dt).removeprefix("torch."): (cos.to(dt), sin.to(dt))
+              for dt in (torch.float32, torch.bfloat16, torch.float64)}  # fmt: skip
+    return dict(x=x, norm=norm, heads=heads, tables=tables)
+
+
+def wan_rows(s: dict) -> list[dict]:
+    """Torch code vs fused per table dtype, then the kernel's launch configs (fp32 tables)."""
+    rows, real = [], qk_prep.fused_available
+    x, norm, heads = s["x"], s["norm"], s["heads"]
+    for name, rotary in s["tables"].items():
+        times, outs = {}, {}
+        for fused in (False, True):
+            qk_prep.fused_available = real if fused else (lambda *args, **kw: False)
+            fn = lambda r=rotary: processors._wan_norm_rope(norm, x, heads, r)  # noqa: E731
+            try:
+                outs[fused] = fn()
+                times[fused] = bench_ms(fn)
+            finally:
+                qk_prep.fused_available = real
+        rows.append(dict(what=f"Wan q prep, {name} tables", torch_ms=times[False],
+                         fused_ms=times[True], speedup=times[False] / times[True],
+                         **_compare((outs[True],), (outs[False],))))  # fmt: skip
+        print(f"  {rows[-1]['what']}: torch {times[False]:.3f} ms, fused {times[True]:.3f} ms")
+    xh = x.unflatten(2, (heads, -1))
+    cos, sin = (t[0, :, 0] for t in s["tables"]["float32"])
+    moved = 2 * x.numel() * x.element_size()
+    args = (xh, norm.weight, norm.eps, cos, sin, x.shape[1])
+    want = rms_norm_rope(*args, style="wan")
+    for bn, warps in WAN_CONFIGS:
+        fn = lambda b=bn, w=warps: rms_norm_rope(*args, style="wan", block_n=b, num_warps=w)  # noqa: E731
+        same = bool(torch.equal(fn(), want))
+        ms = bench_ms(fn)
+        name = f"Wan kernel block_n={bn} warps={warps}"
+        rows.append(dict(what=name, fused_ms=ms, gbps=moved / (ms * 1e-3) / 1e9,
+                         same_as_default=same))  # fmt: skip
+        print(f"  {name}: {ms:.3f} ms", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--video", type=int, default=118_800)
+    p.add_argument("--model", choices=("hunyuanvideo", "wan"), default="hunyuanvideo")
+    p.add_argument("--video", type=int, default=None,
+                   help="video tokens (default 118,800; Wan: 75,600)")  # fmt: skip
     p.add_argument("--text", type=int, default=256)
-    p.add_argument("--heads", type=int, default=24)
+    p.add_argument("--heads", type=int, default=None, help="default 24 (Wan: 40)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--out", default="results/probe_norm_rope.json")
     args = p.parse_args(argv)
+    wan = args.model == "wan"
+    args.video = args.video or (75_600 if wan else 118_800)
+    args.heads = args.heads or (40 if wan else 24)
+    cols = [("what", "what", "{}"), ("torch_ms", "torch code ms", "{:.3f}"),
+            ("fused_ms", "fused ms", "{:.3f}"), ("speedup", "x", "{:.1f}"),
+            ("max_row_ulps", "max ulps (row)", "{:.2f}"), ("frac_differ", "share differing", "{:.1e}"),
+            ("gbps", "GB/s", "{:.0f}"), ("same_as_default", "same", "{}")]  # fmt: skip
+    if wan:
+        report(wan_rows(wan_setup(args.video, args.heads, args.dim)), cols, args.out, vars(args))
+        return
     s = _setup(args.video, args.text, args.heads, args.dim)
     rows: list[dict] = []
     real = qk_prep.fused_available
@@ -122,10 +192,6 @@ def main(argv=None) -> None:
         rows.append(dict(what=name, fused_ms=ms, gbps=moved / (ms * 1e-3) / 1e9,
                          same_as_default=same))  # fmt: skip
         print(f"  {name}: {ms:.3f} ms", flush=True)
-    cols = [("what", "what", "{}"), ("torch_ms", "torch code ms", "{:.3f}"),
-            ("fused_ms", "fused ms", "{:.3f}"), ("speedup", "x", "{:.1f}"),
-            ("max_row_ulps", "max ulps (row)", "{:.2f}"), ("frac_differ", "share differing", "{:.1e}"),
-            ("gbps", "GB/s", "{:.0f}"), ("same_as_default", "same", "{}")]  # fmt: skip
     report(rows, cols, args.out, vars(args))
 
 

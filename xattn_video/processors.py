@@ -18,9 +18,10 @@ This module holds only the model-specific part. Dense phase (warm-up, ``dense_la
 ``dense_layers``, no step hook attached): with ``dense_kernel="stock"`` (the default) exactly
 ``super().__call__`` -- bit-identical to the stock processor. Sparse phase: the parent's
 projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then
-text; on eager CUDA diffusers' per-head ``RMSNorm`` and RoPE run as one fused kernel per
-tensor, :mod:`xattn_video.qk_prep`, within one rounding of the parent's values,
-written straight into the joint sequence), handed to the model-independent
+text; on eager CUDA the QK norm and RoPE run as one fused kernel per tensor,
+:mod:`xattn_video.qk_prep`, within one rounding of the parent's values: HunyuanVideo's
+per-head ``RMSNorm``, written straight into the joint sequence, and Wan's ``torch.nn.RMSNorm``
+across heads), handed to the model-independent
 :func:`xattn_video.sparse_path.sparse_attention` (token order, mask reuse, the op, stats), then
 the parent's output projections. The dense phase with
 ``dense_kernel="xattn"`` takes the same route to :func:`xattn_video.sparse_path.dense_attention`
@@ -176,6 +177,32 @@ def _fusable(norm, x, rotary, n_rope: int) -> bool:
         and norm.bias is None
         and qk_prep.fused_available(x, norm.weight, rotary, n_rope)
     )
+
+
+def _wan_norm_rope(norm, x: torch.Tensor, heads: int, rotary) -> torch.Tensor:
+    """WanAttnProcessor's QK norm (across heads) of x: [B, N, H*D], then its RoPE with rotary =
+    (freqs_cos, freqs_sin), each [1, N, 1, D]; returns [B, N, H, D]. One fused kernel for
+    ``torch.nn.RMSNorm`` on eager CUDA with tables of one batch (fp64 ones cast to fp32, within
+    the kernel's bound); else the parent's own torch code."""
+    x = x.unflatten(2, (heads, -1))
+    tables, n = None, 0
+    if rotary is not None:
+        cos, sin = rotary
+        if cos.dim() == 4 and cos.shape[0] == 1 and cos.shape[2] == 1 and cos.shape == sin.shape:
+            tables, n = tuple(t[0, :, 0].to(_table_dtype(t)) for t in (cos, sin)), cos.shape[1]
+    if (
+        (rotary is None or tables is not None)
+        and type(norm) is torch.nn.RMSNorm
+        and norm.eps is not None
+        and qk_prep.fused_available(x, norm.weight, tables, n, style="wan")
+    ):
+        return qk_prep.norm_rope(x, norm.weight, norm.eps, tables, n, style="wan")
+    y = norm(x.flatten(2)).unflatten(2, (heads, -1))
+    return _wan_rotary(y, *rotary) if rotary is not None else y
+
+
+def _table_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype == torch.float64 else t.dtype
 
 
 def _joint_norm_rope(video, text, norm_video, norm_text, rotary) -> torch.Tensor:
@@ -360,14 +387,9 @@ class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
             raise ValueError("XAttention for Wan self-attention takes no attention_mask")
 
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
+        query = _wan_norm_rope(attn.norm_q, query, attn.heads, rotary_emb)
+        key = _wan_norm_rope(attn.norm_k, key, attn.heads, rotary_emb)
         value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = _wan_rotary(query, *rotary_emb)
-            key = _wan_rotary(key, *rotary_emb)
 
         out = self._sparse_attention(
             attn, layer, query, key, value, n_video=query.shape[1], kv_len=None, dense_from=None,

@@ -1,14 +1,15 @@
-"""q / k preparation for the attention processors: per-head RMSNorm and RoPE in one kernel.
+"""q / k preparation for the attention processors: RMSNorm and RoPE in one kernel.
 
 The op layer's entry to :mod:`xattn_video.kernels.norm_rope`: :func:`fused_available` says
 whether the fused kernel should run on a tensor (eager CUDA with Triton: under ``torch.compile``
 the processors keep diffusers' torch code, which Inductor fuses itself), :func:`norm_rope` runs
 it. Which norms and rotary tables qualify is the processors' call
-(:mod:`xattn_video.processors`); the numerics match diffusers' ``RMSNorm`` + ``apply_rotary_emb``
-up to one rounding carried through (the kernel module's docstring says where).
+(:mod:`xattn_video.processors`); the numerics match the processors' own norm + RoPE
+(HunyuanVideo's or Wan's) up to one rounding carried through (the kernel module's docstring
+says where).
 
-Not supported: what :mod:`xattn_video.kernels.norm_rope` does not support (LayerNorm, norms
-across heads, fp32 activations, a norm bias).
+Not supported: what :mod:`xattn_video.kernels.norm_rope` does not support (LayerNorm, fp32
+activations, a norm bias).
 """
 
 from __future__ import annotations
@@ -28,16 +29,17 @@ def fused_available(
     weight: torch.Tensor | None,
     rotary: tuple[torch.Tensor, torch.Tensor] | None,
     n_rope: int,
+    style: str = "hunyuan",
 ) -> bool:
     """Whether :func:`norm_rope` should run on these arguments: CUDA with Triton, not while
     ``torch.compile`` traces, and arguments the kernel takes (``kernels.norm_rope.unsupported``:
-    bf16 / fp16, a power-of-two head dim, a weight of x's dtype, (n_rope, D) fp32 tables)."""
+    bf16 / fp16, a power-of-two head dim, the style's weight and (n_rope, D) tables)."""
     if torch.compiler.is_compiling():  # first: the rest need not trace
         return False
     return (
         x.is_cuda
         and triton_usable(x)
-        and unsupported(x, weight, *_cos_sin(rotary, n_rope), n_rope) is None
+        and unsupported(x, weight, *_cos_sin(rotary, n_rope), n_rope, style=style) is None
     )
 
 
@@ -48,9 +50,11 @@ def norm_rope(
     rotary: tuple[torch.Tensor, torch.Tensor] | None,
     n_rope: int,
     *,
+    style: str = "hunyuan",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """RMSNorm over the head dim of x: (B, N, H, D), then RoPE with rotary = (cos, sin), each
-    (n_rope, D) fp32, on tokens ``< n_rope`` (rotary may be None when n_rope is 0); into
-    ``out`` (B, N, H, D) when given."""
-    return rms_norm_rope(x, weight, eps, *_cos_sin(rotary, n_rope), n_rope, out=out)
+    """The style's RMSNorm of x: (B, N, H, D) (``"hunyuan"``: over the head dim; ``"wan"``:
+    over all heads of a token), then its RoPE with rotary = (cos, sin), each (n_rope, D), on
+    tokens ``< n_rope`` (rotary may be None when n_rope is 0); into ``out`` (B, N, H, D) when
+    given."""
+    return rms_norm_rope(x, weight, eps, *_cos_sin(rotary, n_rope), n_rope, style=style, out=out)

@@ -1,0 +1,145 @@
+"""Whole-transformer speed for Wan: one Wan 2.1 14B forward, dense vs XAttention (one GPU).
+
+Builds a full-size ``WanTransformer3DModel`` with Wan 2.1 T2V 14B's shape (40 layers, 40 heads
+x 128, FFN 13,824) and RANDOM weights in bf16, and times one forward at 720p x 81 frames
+(21 x 45 x 80 = 75,600 video tokens, 512 text tokens) for:
+  - dense, diffusers default processor (``native`` SDPA);
+  - dense, cuDNN SDPA backend (``set_attention_backend("_native_cudnn")``);
+  - dense through XAttention's kernel with every block (``dense_kernel="xattn"``);
+  - XAttention at pinned densities (ratio mode, default 0.3) on every self-attention, with the
+    q / k preparation fused (the default on CUDA, :mod:`xattn_video.qk_prep`) and, for the
+    comparison, with the processor's torch code for it (the Wan processor before the fused
+    kernel).
+Then projects a 50-step generation with 5 dense warm-up steps, as ``bench_pipeline.py`` does
+(:func:`bench_pipeline.add_projections`). Cross-attention stays dense (stock) throughout.
+
+The rotary tables are what ``.to(torch.bfloat16)`` leaves them (bf16); a model loaded with
+``from_pretrained`` keeps its ``rope`` module out of the cast (fp64 tables, which the processor
+hands to the kernel as fp32; ``probe_norm_rope.py --model wan`` times all three). Random
+weights give near-uniform attention: only the pinned-density rows are meaningful speed numbers.
+Prints a table and writes JSON with GPU, versions and git SHA.
+
+Usage: python benchmarks/bench_pipeline_wan.py [--frames 81] [--out results/pipeline_wan.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment, report  # noqa: E402
+from bench_pipeline import KERNEL_DENSE, add_projections, time_forward, time_xattention  # noqa: E402
+
+import xattn_video as xv  # noqa: E402
+from xattn_video import qk_prep  # noqa: E402
+
+WAN_14B = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)  # fmt: skip
+"""``WanTransformer3DModel`` config of Wan 2.1 T2V 14B (Wan-AI/Wan2.1-T2V-14B-Diffusers)."""
+UNFUSED = " (q / k prep: torch code)"
+
+
+def build_transformer(config: dict, device: str = "cuda"):
+    from diffusers import WanTransformer3DModel
+
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # create the parameters directly in bf16
+    try:
+        with torch.device(device):
+            model = WanTransformer3DModel(**config)
+    finally:
+        torch.set_default_dtype(prev)
+    return model.to(torch.bfloat16).eval().requires_grad_(False)
+
+
+def make_inputs(height: int, width: int, frames: int, text_len: int = 512, device="cuda") -> dict:
+    g = torch.Generator(device=device).manual_seed(0)
+    t, h, w = (frames - 1) // 4 + 1, height // 8, width // 8
+    bf = torch.bfloat16
+    return dict(
+        hidden_states=torch.randn(1, 16, t, h, w, device=device, dtype=bf, generator=g),
+        timestep=torch.tensor([900], device=device),
+        encoder_hidden_states=torch.randn(1, text_len, 4096, device=device, dtype=bf, generator=g),
+        return_dict=False,
+    )
+
+
+def run(model, args) -> list[dict]:
+    inputs = make_inputs(args.height, args.width, args.frames)
+    tokens = inputs["hidden_states"][0, 0].numel() // 4  # patch 1x2x2
+    rows: list[dict] = []
+
+    def add(method, seconds, density=None):
+        rows.append(dict(tokens=tokens, method=method, s=seconds, effective_density=density))
+        print(f"  {method}: {seconds:.2f} s", flush=True)
+
+    with torch.inference_mode():
+        model(**inputs)  # warm-up: CUDA context, cuBLAS/cuDNN handles
+    add("dense, diffusers default", time_forward(model, inputs, args.repeats))
+    try:
+        model.set_attention_backend("_native_cudnn")
+        with torch.inference_mode():
+            model(**inputs)
+        add("dense, cuDNN SDPA", time_forward(model, inputs, args.repeats))
+    except Exception as exc:  # noqa: BLE001 - report the failure, keep benchmarking
+        print(f"  cuDNN backend failed: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        model.reset_attention_backend()
+    n = len(model.blocks)
+    cfg = xv.XAttentionConfig(dense_layers=tuple(range(n)), dense_kernel="xattn", auto_dense=False)
+    add(KERNEL_DENSE, time_xattention(model, inputs, cfg, args.repeats)[0])
+    real = qk_prep.fused_available
+    for ratio in args.ratios:
+        cfg = xv.XAttentionConfig.from_preset(
+            "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
+            block_size=128, auto_dense=False,
+        )  # fmt: skip
+        for fused in (False, True):
+            qk_prep.fused_available = real if fused else (lambda *a, **kw: False)
+            try:
+                sec, summ = time_xattention(model, inputs, cfg, args.repeats)
+            finally:
+                qk_prep.fused_available = real
+            add(f"xattn ratio={ratio}" + ("" if fused else UNFUSED), sec,
+                summ.get("effective_density"))  # fmt: skip
+    add_projections(rows, args.steps, args.warmup_steps)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.3])
+    p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--out", default="results/bench_pipeline_wan.json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_pipeline_wan needs a CUDA GPU")
+    print(environment(), flush=True)
+    rows = run(build_transformer(WAN_14B), args)
+    columns = [
+        ("tokens", "tokens", "{}"), ("method", "method", "{}"), ("s", "s / forward", "{:.2f}"),
+        ("effective_density", "density", "{:.3f}"),
+        ("speedup_vs_default", "x vs default", "{:.2f}"),
+        ("speedup_vs_best_dense", "x vs best dense", "{:.2f}"),
+        ("projected_speedup_vs_default", "50-step x vs default", "{:.2f}"),
+        ("projected_speedup_kernel_dense_vs_default", "50-step x (kernel dense) vs default",
+         "{:.2f}"),
+    ]  # fmt: skip
+    report(rows, columns, args.out, vars(args))
+
+
+if __name__ == "__main__":
+    main()
