@@ -38,8 +38,8 @@ from xattn_video.kernels.norm_rope import rms_norm_rope  # noqa: E402
 # (tokens per program, heads per program, num_warps); the first is the kernel's default
 CONFIGS = [(1, 8, 4), (1, 8, 2), (1, 16, 4), (1, 32, 4), (1, 4, 4), (1, 4, 2), (2, 8, 4),
            (4, 8, 4)]  # fmt: skip
-# Wan: (tokens per program, num_warps), every head in the tile; the first is the default
-WAN_CONFIGS = [(1, 8), (1, 4), (1, 16), (2, 8), (2, 16), (4, 16)]
+# Wan: (tokens per program, heads per step of its sweep, num_warps); the first is the default
+WAN_CONFIGS = [(1, 8, 4), (1, 8, 2), (1, 16, 4), (1, 4, 2), (2, 8, 4), (1, 32, 8), (4, 8, 4)]
 
 
 def _setup(video: int, text: int, heads: int, dim: int, device: str = "cuda"):
@@ -132,11 +132,13 @@ def wan_rows(s: dict) -> list[dict]:
     moved = 2 * x.numel() * x.element_size()
     args = (xh, norm.weight, norm.eps, cos, sin, x.shape[1])
     want = rms_norm_rope(*args, style="wan")
-    for bn, warps in WAN_CONFIGS:
-        fn = lambda b=bn, w=warps: rms_norm_rope(*args, style="wan", block_n=b, num_warps=w)  # noqa: E731
+    for bn, bh, warps in WAN_CONFIGS:
+        fn = lambda b=bn, h=bh, w=warps: rms_norm_rope(  # noqa: E731
+            *args, style="wan", block_n=b, block_h=h, num_warps=w
+        )
         same = bool(torch.equal(fn(), want))
         ms = bench_ms(fn)
-        name = f"Wan kernel block_n={bn} warps={warps}"
+        name = f"Wan kernel block_n={bn} block_h={bh} warps={warps}"
         rows.append(dict(what=name, fused_ms=ms, gbps=moved / (ms * 1e-3) / 1e9,
                          same_as_default=same))  # fmt: skip
         print(f"  {name}: {ms:.3f} ms", flush=True)

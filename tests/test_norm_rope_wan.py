@@ -63,11 +63,11 @@ def test_reference_is_the_wan_processor_bit_for_bit(dtype, tables, n_rope, weigh
     assert torch.equal(rms_norm_rope_ref(x, w, 1e-6, cos, sin, n_rope, style="wan"), want)
 
 
-CASES = [  # (B, N, H, D, n_rope, block_n)
-    (1, 16, 2, 16, 16, 1),
-    (2, 50, 5, 64, 40, 4),  # 5 heads in an 8-wide tile, a partial last program, unrotated tail
-    (2, 37, 3, 128, 0, 2),  # no RoPE
-    (1, 33, 12, 32, 33, 8),  # Wan 1.3B's 12 heads
+CASES = [  # (B, N, H, D, n_rope, block_n, block_h)
+    (1, 16, 2, 16, 16, 1, 8),
+    (2, 50, 5, 64, 40, 4, 2),  # 5 heads 2 at a time, a partial last program, unrotated tail
+    (2, 37, 3, 128, 0, 2, 4),  # no RoPE
+    (1, 33, 12, 32, 33, 8, 8),  # Wan 1.3B's 12 heads: one whole step, one half-masked
 ]
 
 
@@ -75,12 +75,12 @@ CASES = [  # (B, N, H, D, n_rope, block_n)
 @pytest.mark.parametrize("tables", [torch.float32, torch.float16])
 @pytest.mark.parametrize("weight", [True, False])
 def test_kernel_within_one_rounding_in_the_interpreter(case, tables, weight):
-    B, N, H, D, n_rope, bn = case
+    B, N, H, D, n_rope, bn, bh = case
     x, w, cos, sin = _inputs(B, N, H, D, n_rope, torch.float16, tables, seed=N, weight=weight)
-    got = rms_norm_rope(x, w, 1e-6, cos, sin, n_rope, style="wan", block_n=bn)
+    got = rms_norm_rope(x, w, 1e-6, cos, sin, n_rope, style="wan", block_n=bn, block_h=bh)
     _assert_wan_bound(got, x, w, cos, sin, n_rope, max_frac=0.02)
     # by hand: unrotated rows are the norm alone, a rotated row's first pair turned by its angle
-    normed = rms_norm_rope(x, w, 1e-6, style="wan", block_n=bn)
+    normed = rms_norm_rope(x, w, 1e-6, style="wan", block_n=bn, block_h=bh)
     assert torch.equal(got[:, n_rope:], normed[:, n_rope:])
     if n_rope:
         a, b = normed[:, 0, :, 0], normed[:, 0, :, 1]
@@ -192,7 +192,7 @@ def test_gpu_full_size_bf16_within_one_rounding(tables):
     _assert_wan_bound(got, x, w, cos, sin, 75_600, max_frac=1e-3)
     # torch's own CUDA RMSNorm (another summation order) keeps the same bound to the reference
     _assert_wan_bound(_wan_processor(x, w, cos, sin, 75_600), x, w, cos, sin, 75_600, 1e-3)
-    other = rms_norm_rope(x, w, 1e-6, cos, sin, 75_600, style="wan", block_n=2, num_warps=4)
+    other = rms_norm_rope(x, w, 1e-6, cos, sin, 75_600, style="wan", block_n=2, block_h=16)
     _assert_wan_bound(other, x, w, cos, sin, 75_600, max_frac=1e-3)
 
 

@@ -48,9 +48,9 @@ def test_probe_wan_setup_is_the_wan_processors_input(monkeypatch):
     assert torch.allclose(cos**2 + sin**2, torch.ones_like(cos))
     assert s["tables"]["bfloat16"][0].dtype == torch.bfloat16
     monkeypatch.setattr(probe, "bench_ms", lambda fn: (fn(), 1.0)[1])
-    monkeypatch.setattr(probe, "WAN_CONFIGS", [(1, 8)])
+    monkeypatch.setattr(probe, "WAN_CONFIGS", [(1, 8, 4), (2, 4, 2)])
     rows = probe.wan_rows(s)
     assert [r["what"] for r in rows[:3]] == [
         f"Wan q prep, {name} tables" for name in ("float32", "bfloat16", "float64")
     ]
-    assert rows[-1]["same_as_default"] is True
+    assert rows[3]["same_as_default"] is True  # the default config against itself

@@ -94,64 +94,104 @@ if HAS_TRITON:
 
     @triton.jit
     def _norm_rope_kernel(
-        X, W, COS, SIN, Y, sxb, sxn, sxh, syb, syn, syh, scn, N, H, N_ROPE, eps, inv_n,
+        X, W, COS, SIN, Y, sxb, sxn, sxh, syb, syn, syh, scn, N, H, N_ROPE, eps,
         D: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_W: tl.constexpr,
-        ROPE: tl.constexpr, WAN: tl.constexpr, LOWP_TABLES: tl.constexpr,
+        ROPE: tl.constexpr,
     ):  # fmt: skip
-        """One program per (BN tokens, BH heads, b): a (BN, BH, D) tile, cos / sin loaded once
-        for its BH heads. WAN: the tile holds all heads (one mean per token over H * D)."""
+        """ "hunyuan": one program per (BN tokens, BH heads, b), a (BN, BH, D) tile, cos / sin
+        loaded once for its BH heads."""
         offs_n = (tl.program_id(0) * BN + tl.arange(0, BN))[:, None, None]
         offs_h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]
         offs_d = tl.arange(0, D)[None, None, :]
         b = tl.program_id(2)
         partner = offs_d ^ 1  # the other element of each rotated pair
         ok = (offs_n < N) & (offs_h < H)
-        dt = Y.dtype.element_ty
         xb = X + b * sxb + offs_n * sxn + offs_h * sxh
         x = tl.load(xb + offs_d, mask=ok, other=0.0).to(tl.float32)
-        if WAN:  # torch.nn.RMSNorm(H * D): x * r * w in fp32, rounded once
-            ss = tl.sum(tl.sum(x * x, axis=2), axis=1)
-            r = tl.math.rsqrt(ss * inv_n + eps)[:, None, None]
-            w_offs = offs_h * D
-        else:  # diffusers' RMSNorm(D): x * r rounded, then the weight
-            r = tl.math.rsqrt(tl.sum(x * x, axis=2) * (1.0 / D) + eps)[:, :, None]
-            w_offs = 0
-        y = _scale_row(x, r, W, w_offs + offs_d, ok, Y, HAS_W, WAN)
+        # diffusers' RMSNorm(D): x * r rounded, then the weight
+        r = tl.math.rsqrt(tl.sum(x * x, axis=2) * (1.0 / D) + eps)[:, :, None]
+        y = _scale_head(x, r, W, offs_d, Y, HAS_W)
         if ROPE:
             # the partner's value, computed the same way from the same row scale
             x_p = tl.load(xb + partner, mask=ok, other=0.0).to(tl.float32)
-            y_p = _scale_row(x_p, r, W, w_offs + partner, ok, Y, HAS_W, WAN)
+            y_p = _scale_head(x_p, r, W, partner, Y, HAS_W)
             in_rope = offs_n < N_ROPE
-            cs_row = offs_n * scn
-            if WAN:  # WanAttnProcessor reads cos at the pair's even index, sin at its odd one
-                c_offs, s_offs = offs_d - offs_d % 2, offs_d - offs_d % 2 + 1
-            else:
-                c_offs, s_offs = offs_d, offs_d
-            cos = tl.load(COS + cs_row + c_offs, mask=in_rope, other=1.0).to(tl.float32)
-            sin = tl.load(SIN + cs_row + s_offs, mask=in_rope, other=0.0).to(tl.float32)
-            rot = tl.where(offs_d % 2 == 0, -y_p.to(tl.float32), y_p.to(tl.float32))
-            a = y.to(tl.float32) * cos
-            c = rot * sin
-            if LOWP_TABLES:  # tables in x's dtype: torch rounds each product to it
-                a = a.to(dt).to(tl.float32)
-                c = c.to(dt).to(tl.float32)
-            out = (a + c).to(dt)
-            y = tl.where(in_rope, out, y)
+            cos = tl.load(COS + offs_n * scn + offs_d, mask=in_rope, other=1.0)
+            sin = tl.load(SIN + offs_n * scn + offs_d, mask=in_rope, other=0.0)
+            y = tl.where(in_rope, _rotate(y, y_p, cos, sin, offs_d, Y, False), y)
         tl.store(Y + b * syb + offs_n * syn + offs_h * syh + offs_d, y, mask=ok)
 
     @triton.jit
-    def _scale_row(x, r, W, w_offs, ok, Y, HAS_W: tl.constexpr, WAN: tl.constexpr):
-        """The normed value in the output's dtype, rounded where the style's norm rounds."""
+    def _norm_rope_wan_kernel(
+        X, W, COS, SIN, Y, sxb, sxn, sxh, syb, syn, syh, scn, N, H, N_ROPE, eps, inv_n,
+        D: tl.constexpr, BN: tl.constexpr, BH: tl.constexpr, HAS_W: tl.constexpr,
+        ROPE: tl.constexpr, LOWP_TABLES: tl.constexpr,
+    ):  # fmt: skip
+        """ "wan": one program per (BN tokens, b), sweeping the heads BH at a time twice: the
+        sum of squares over all H * D values, then (re-reading x from cache) the outputs. A
+        whole (H, D) token in registers at once spilled and ran at ~440 GB/s on an H200."""
+        offs_n = (tl.program_id(0) * BN + tl.arange(0, BN))[:, None, None]
+        offs_hb = tl.arange(0, BH)[None, :, None]
+        offs_d = tl.arange(0, D)[None, None, :]
+        b = tl.program_id(1)
+        partner = offs_d ^ 1
+        in_n = offs_n < N
+        xb = X + b * sxb + offs_n * sxn
+        ss = tl.zeros((BN, BH), dtype=tl.float32)
+        for h0 in range(0, H, BH):
+            offs_h = h0 + offs_hb
+            x = tl.load(xb + offs_h * sxh + offs_d, mask=in_n & (offs_h < H), other=0.0)
+            ss += tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=2)
+        # torch.nn.RMSNorm(H * D): x * r * w in fp32, rounded once
+        r = tl.math.rsqrt(tl.sum(ss, axis=1) * inv_n + eps)[:, None, None]
+        if ROPE:  # WanAttnProcessor reads cos at a pair's even index, sin at its odd one
+            in_rope = offs_n < N_ROPE
+            even = offs_n * scn + offs_d - offs_d % 2
+            cos = tl.load(COS + even, mask=in_rope, other=1.0).to(tl.float32)
+            sin = tl.load(SIN + even + 1, mask=in_rope, other=0.0).to(tl.float32)
+        for h0 in range(0, H, BH):
+            offs_h = h0 + offs_hb
+            ok = in_n & (offs_h < H)
+            xh = xb + offs_h * sxh
+            y = _scale_token(tl.load(xh + offs_d, mask=ok, other=0.0), r, W, offs_h * D + offs_d,
+                             ok, Y, HAS_W)  # fmt: skip
+            if ROPE:
+                x_p = tl.load(xh + partner, mask=ok, other=0.0)
+                y_p = _scale_token(x_p, r, W, offs_h * D + partner, ok, Y, HAS_W)
+                y = tl.where(in_rope, _rotate(y, y_p, cos, sin, offs_d, Y, LOWP_TABLES), y)
+            tl.store(Y + b * syb + offs_n * syn + offs_h * syh + offs_d, y, mask=ok)
+
+    @triton.jit
+    def _scale_head(x, r, W, w_offs, Y, HAS_W: tl.constexpr):
+        """diffusers' RMSNorm: ``x * r`` rounded to the output's dtype, then times the weight
+        (D,) and rounded again."""
         dt = Y.dtype.element_ty
-        if WAN:
-            y = x * r
-            if HAS_W:
-                y = y * tl.load(W + w_offs, mask=ok, other=0.0).to(tl.float32)
-            return y.to(dt)
         y = (x * r).to(dt)
         if HAS_W:
             y = (y.to(tl.float32) * tl.load(W + w_offs).to(tl.float32)).to(dt)  # (1, 1, D)
         return y
+
+    @triton.jit
+    def _scale_token(x, r, W, w_offs, ok, Y, HAS_W: tl.constexpr):
+        """torch's RMSNorm: ``x * r * weight`` in fp32, rounded once to the output's dtype."""
+        y = x.to(tl.float32) * r
+        if HAS_W:
+            y = y * tl.load(W + w_offs, mask=ok, other=0.0).to(tl.float32)
+        return y.to(Y.dtype.element_ty)
+
+    @triton.jit
+    def _rotate(y, y_p, cos, sin, offs_d, Y, LOWP_TABLES: tl.constexpr):
+        """``y * cos + rot * sin`` with ``rot`` the pair rotation of y's partner ``y_p``
+        (``-y_p`` at even d, ``y_p`` at odd), products and sum in fp32, each product first
+        rounded to the output's dtype with tables in that dtype (as torch multiplies them)."""
+        dt = Y.dtype.element_ty
+        rot = tl.where(offs_d % 2 == 0, -y_p.to(tl.float32), y_p.to(tl.float32))
+        a = y.to(tl.float32) * cos
+        c = rot * sin
+        if LOWP_TABLES:
+            a = a.to(dt).to(tl.float32)
+            c = c.to(dt).to(tl.float32)
+        return (a + c).to(dt)
 
 
 def unsupported(x, weight, cos, sin, n_rope: int, out=None, style: str = "hunyuan") -> str | None:
@@ -206,7 +246,7 @@ def rms_norm_rope(
     out: torch.Tensor | None = None,
     block_n: int = 1,
     block_h: int = 8,
-    num_warps: int | None = None,
+    num_warps: int = 4,
 ) -> torch.Tensor:
     """RMSNorm, then RoPE on tokens ``< n_rope``, as the ``style``'s processor does (see the
     module docstring and :func:`rms_norm_rope_ref` for the arguments of each style).
@@ -214,11 +254,11 @@ def rms_norm_rope(
     x: (B, N, H, D) bf16 / fp16, any strides but a unit last one; out: optional (B, N, H, D)
     tensor (a view is fine) to write into. Returns out, or a new (B, N, H, D) tensor. One
     Triton launch where Triton runs (CUDA, or the CPU interpreter), :func:`rms_norm_rope_ref`
-    elsewhere. ``block_n`` tokens and ``block_h`` heads per program (powers of two; ``"wan"``
-    always takes all heads) and ``num_warps`` (default 4 for ``"hunyuan"``, 8 for ``"wan"``)
-    are launch knobs: the tile's layout sets the order of the mean's sum, so another config
-    can move a value by one rounding (within the same bound against the reference). The
-    defaults measured fastest of those tried on an H200 (``benchmarks/probe_norm_rope.py``).
+    elsewhere. ``block_n`` tokens and ``block_h`` heads per program or step (powers of two;
+    ``"wan"`` sweeps all heads of its tokens ``block_h`` at a time) and ``num_warps`` are launch
+    knobs: the tile's layout sets the order of the mean's sum, so another config can move a
+    value by one rounding (within the same bound against the reference). The defaults measured
+    fastest of those tried on an H200 (``benchmarks/probe_norm_rope.py``).
     """
     why = unsupported(x, weight, cos, sin, n_rope, out, style)
     if why is not None:
@@ -230,18 +270,21 @@ def rms_norm_rope(
     y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
     if x.numel() == 0:  # no tokens (an empty text stream): nothing to launch
         return y
-    wan = style == "wan"
     rope = n_rope > 0
     c, s = (cos, sin) if rope else (x, x)  # never read without ROPE
     w = weight if weight is not None else x
-    block_h = triton.next_power_of_2(H) if wan else min(block_h, triton.next_power_of_2(H))
-    if num_warps is None:
-        num_warps = 8 if wan else 4
-    _norm_rope_kernel[(cdiv(N, block_n), cdiv(H, block_h), B)](
-        x, w, c, s, y, x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1),
-        y.stride(2), c.stride(0) if rope else 0, N, H, n_rope, float(eps),
-        1.0 / (H * D), D=D, BN=block_n, BH=block_h, HAS_W=weight is not None,
-        ROPE=rope, WAN=wan, LOWP_TABLES=rope and c.dtype == x.dtype, num_warps=num_warps,
-        enable_fp_fusion=False,
-    )  # fmt: skip
+    block_h = min(block_h, triton.next_power_of_2(H))
+    args = (x, w, c, s, y, x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1),
+            y.stride(2), c.stride(0) if rope else 0, N, H, n_rope, float(eps))  # fmt: skip
+    if style == "wan":
+        _norm_rope_wan_kernel[(cdiv(N, block_n), B)](
+            *args, 1.0 / (H * D), D=D, BN=block_n, BH=block_h, HAS_W=weight is not None,
+            ROPE=rope, LOWP_TABLES=rope and c.dtype == x.dtype, num_warps=num_warps,
+            enable_fp_fusion=False,
+        )  # fmt: skip
+    else:
+        _norm_rope_kernel[(cdiv(N, block_n), cdiv(H, block_h), B)](
+            *args, D=D, BN=block_n, BH=block_h, HAS_W=weight is not None, ROPE=rope,
+            num_warps=num_warps, enable_fp_fusion=False,
+        )  # fmt: skip
     return y
