@@ -36,10 +36,19 @@ from xattn_video import processors, qk_prep  # noqa: E402
 from xattn_video.kernels.norm_rope import rms_norm_rope  # noqa: E402
 
 # (tokens per program, heads per program, num_warps); the first is the kernel's default
-CONFIGS = [(1, 8, 4), (1, 8, 2), (1, 16, 4), (1, 32, 4), (1, 4, 4), (1, 4, 2), (2, 8, 4),
-           (4, 8, 4)]  # fmt: skip
+CONFIGS = [(1, 4, 2), (1, 8, 4), (1, 8, 2), (1, 16, 4), (1, 32, 4), (1, 4, 4), (1, 2, 2),
+           (1, 4, 1), (2, 8, 4), (4, 8, 4)]  # fmt: skip
 # Wan: (tokens per program, heads per step of its sweep, num_warps); the first is the default
-WAN_CONFIGS = [(1, 8, 4), (1, 8, 2), (1, 16, 4), (1, 4, 2), (2, 8, 4), (1, 32, 8), (4, 8, 4)]
+WAN_CONFIGS = [
+    (1, 4, 2),
+    (1, 8, 4),
+    (1, 8, 2),
+    (1, 16, 4),
+    (1, 2, 2),
+    (1, 4, 1),
+    (2, 4, 2),
+    (2, 8, 4),
+]
 
 
 def _setup(video: int, text: int, heads: int, dim: int, device: str = "cuda"):
