@@ -95,6 +95,28 @@ def time_xattention(model, inputs, cfg, repeats: int) -> tuple[float, dict]:
         handle.remove()
 
 
+def time_dense(model, inputs, n_layers: int, repeats: int, add) -> None:
+    """``add(method, seconds)`` the dense rows: diffusers' default processor (after a warm-up
+    forward), the cuDNN SDPA backend (a note instead if it fails), and XAttention's kernel with
+    every block in all ``n_layers`` attention layers (:data:`KERNEL_DENSE`)."""
+    with torch.inference_mode():
+        model(**inputs)  # warm-up: CUDA context, cuBLAS/cuDNN handles
+    add("dense, diffusers default", time_forward(model, inputs, repeats))
+    try:
+        model.set_attention_backend("_native_cudnn")
+        with torch.inference_mode():
+            model(**inputs)
+        add("dense, cuDNN SDPA", time_forward(model, inputs, repeats))
+    except Exception as exc:  # noqa: BLE001 - report the failure, keep benchmarking
+        print(f"  cuDNN backend failed: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        model.reset_attention_backend()
+    cfg = xv.XAttentionConfig(
+        dense_layers=tuple(range(n_layers)), dense_kernel="xattn", auto_dense=False
+    )  # every call dense, through the kernel with every block
+    add(KERNEL_DENSE, time_xattention(model, inputs, cfg, repeats)[0])
+
+
 def run_resolution(model, name: str, args) -> list[dict]:
     height, width = RESOLUTIONS[name]
     inputs = make_inputs(height, width, args.frames, args.text_valid)
@@ -106,23 +128,8 @@ def run_resolution(model, name: str, args) -> list[dict]:
                          effective_density=density, sparse_density=sparse_density))  # fmt: skip
         print(f"  {name} {method}: {seconds:.2f} s", flush=True)
 
-    with torch.inference_mode():
-        model(**inputs)  # warm-up: CUDA context, cuBLAS/cuDNN handles
-    add("dense, diffusers default", time_forward(model, inputs, args.repeats))
-    try:
-        model.set_attention_backend("_native_cudnn")
-        with torch.inference_mode():
-            model(**inputs)
-        add("dense, cuDNN SDPA", time_forward(model, inputs, args.repeats))
-    except Exception as exc:  # noqa: BLE001 - report the failure, keep benchmarking
-        print(f"  cuDNN backend failed: {type(exc).__name__}: {exc}", flush=True)
-    finally:
-        model.reset_attention_backend()
     n_layers = len(model.transformer_blocks) + len(model.single_transformer_blocks)
-    cfg = xv.XAttentionConfig(
-        dense_layers=tuple(range(n_layers)), dense_kernel="xattn", auto_dense=False
-    )  # every call dense, through the kernel with every block
-    add(KERNEL_DENSE, time_xattention(model, inputs, cfg, args.repeats)[0])
+    time_dense(model, inputs, n_layers, args.repeats, add)
 
     settings = [(f"xattn ratio={r}", dict(selection="ratio", ratio=r)) for r in args.ratios]
     settings += [(f"xattn tau={t}", dict(selection="threshold", threshold=t)) for t in args.taus]

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, report  # noqa: E402
-from bench_pipeline import KERNEL_DENSE, add_projections, time_forward, time_xattention  # noqa: E402
+from bench_pipeline import add_projections, time_dense, time_xattention  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 from xattn_video import qk_prep  # noqa: E402
@@ -80,21 +80,7 @@ def run(model, args) -> list[dict]:
         rows.append(dict(tokens=tokens, method=method, s=seconds, effective_density=density))
         print(f"  {method}: {seconds:.2f} s", flush=True)
 
-    with torch.inference_mode():
-        model(**inputs)  # warm-up: CUDA context, cuBLAS/cuDNN handles
-    add("dense, diffusers default", time_forward(model, inputs, args.repeats))
-    try:
-        model.set_attention_backend("_native_cudnn")
-        with torch.inference_mode():
-            model(**inputs)
-        add("dense, cuDNN SDPA", time_forward(model, inputs, args.repeats))
-    except Exception as exc:  # noqa: BLE001 - report the failure, keep benchmarking
-        print(f"  cuDNN backend failed: {type(exc).__name__}: {exc}", flush=True)
-    finally:
-        model.reset_attention_backend()
-    n = len(model.blocks)
-    cfg = xv.XAttentionConfig(dense_layers=tuple(range(n)), dense_kernel="xattn", auto_dense=False)
-    add(KERNEL_DENSE, time_xattention(model, inputs, cfg, args.repeats)[0])
+    time_dense(model, inputs, len(model.blocks), args.repeats, add)
     real = qk_prep.fused_available
     for ratio in args.ratios:
         cfg = xv.XAttentionConfig.from_preset(

@@ -138,16 +138,23 @@ def wan_rows(s: dict) -> list[dict]:
         print(f"  {rows[-1]['what']}: torch {times[False]:.3f} ms, fused {times[True]:.3f} ms")
     xh = x.unflatten(2, (heads, -1))
     cos, sin = (t[0, :, 0] for t in s["tables"]["float32"])
-    moved = 2 * x.numel() * x.element_size()
     args = (xh, norm.weight, norm.eps, cos, sin, x.shape[1])
-    want = rms_norm_rope(*args, style="wan")
-    for bn, bh, warps in WAN_CONFIGS:
+    return rows + config_rows("Wan kernel", WAN_CONFIGS, args, style="wan")
+
+
+def config_rows(label: str, configs, args: tuple, **kw) -> list[dict]:
+    """The kernel alone on ``args`` per (block_n, block_h, num_warps): ms, GB/s (x read once,
+    written once) and whether its output equals the default config's bit for bit."""
+    rows, x = [], args[0]
+    moved = 2 * x.numel() * x.element_size()
+    want = rms_norm_rope(*args, **kw)
+    for bn, bh, warps in configs:
         fn = lambda b=bn, h=bh, w=warps: rms_norm_rope(  # noqa: E731
-            *args, style="wan", block_n=b, block_h=h, num_warps=w
+            *args, **kw, block_n=b, block_h=h, num_warps=w
         )
         same = bool(torch.equal(fn(), want))
         ms = bench_ms(fn)
-        name = f"Wan kernel block_n={bn} block_h={bh} warps={warps}"
+        name = f"{label} block_n={bn} block_h={bh} warps={warps}"
         rows.append(dict(what=name, fused_ms=ms, gbps=moved / (ms * 1e-3) / 1e9,
                          same_as_default=same))  # fmt: skip
         print(f"  {name}: {ms:.3f} ms", flush=True)
@@ -191,18 +198,7 @@ def main(argv=None) -> None:
         rows.append(row)
         print(f"  {name}: torch {times[False]:.3f} ms, fused {times[True]:.3f} ms", flush=True)
     x, norm = s["joint"][0], s["norms"][0]
-    moved = 2 * x.numel() * x.element_size()
-    want = rms_norm_rope(x, norm.weight, norm.eps, *s["rotary"], args.video)
-    for bn, bh, warps in CONFIGS:
-        fn = lambda b=bn, h=bh, w=warps: rms_norm_rope(  # noqa: E731
-            x, norm.weight, norm.eps, *s["rotary"], args.video, block_n=b, block_h=h, num_warps=w
-        )
-        same = bool(torch.equal(fn(), want))
-        ms = bench_ms(fn)
-        name = f"kernel block_n={bn} block_h={bh} warps={warps}"
-        rows.append(dict(what=name, fused_ms=ms, gbps=moved / (ms * 1e-3) / 1e9,
-                         same_as_default=same))  # fmt: skip
-        print(f"  {name}: {ms:.3f} ms", flush=True)
+    rows += config_rows("kernel", CONFIGS, (x, norm.weight, norm.eps, *s["rotary"], args.video))
     report(rows, cols, args.out, vars(args))
 
 
