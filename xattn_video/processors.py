@@ -185,24 +185,24 @@ def _wan_norm_rope(norm, x: torch.Tensor, heads: int, rotary) -> torch.Tensor:
     ``torch.nn.RMSNorm`` on eager CUDA with tables of one batch (fp64 ones cast to fp32, within
     the kernel's bound); else the parent's own torch code."""
     x = x.unflatten(2, (heads, -1))
-    tables, n = None, 0
-    if rotary is not None:
-        cos, sin = rotary
-        if cos.dim() == 4 and cos.shape[0] == 1 and cos.shape[2] == 1 and cos.shape == sin.shape:
-            tables, n = tuple(t[0, :, 0].to(_table_dtype(t)) for t in (cos, sin)), cos.shape[1]
-    if (
-        (rotary is None or tables is not None)
-        and type(norm) is torch.nn.RMSNorm
-        and norm.eps is not None
-        and qk_prep.fused_available(x, norm.weight, tables, n, style="wan")
-    ):
-        return qk_prep.norm_rope(x, norm.weight, norm.eps, tables, n, style="wan")
+    if type(norm) is torch.nn.RMSNorm and norm.eps is not None:
+        tables, n = _wan_tables(rotary)  # views, but a copy of fp64 tables
+        if n >= 0 and qk_prep.fused_available(x, norm.weight, tables, n, style="wan"):
+            return qk_prep.norm_rope(x, norm.weight, norm.eps, tables, n, style="wan")
     y = norm(x.flatten(2)).unflatten(2, (heads, -1))
     return _wan_rotary(y, *rotary) if rotary is not None else y
 
 
-def _table_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype == torch.float64 else t.dtype
+def _wan_tables(rotary) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, int]:
+    """Wan's [1, N, 1, D] rotary tables as the kernel's (N, D) views (fp64 cast to fp32) and N;
+    (None, 0) without RoPE, (None, -1) for a layout the kernel does not take."""
+    if rotary is None:
+        return None, 0
+    cos, sin = rotary
+    if not (cos.dim() == 4 and cos.shape[0] == 1 and cos.shape[2] == 1 and cos.shape == sin.shape):
+        return None, -1
+    dtype = torch.float32 if cos.dtype == torch.float64 else cos.dtype
+    return (cos[0, :, 0].to(dtype), sin[0, :, 0].to(dtype)), cos.shape[1]
 
 
 def _joint_norm_rope(video, text, norm_video, norm_text, rotary) -> torch.Tensor:
