@@ -6,10 +6,11 @@ x 128, FFN 13,824) and RANDOM weights in bf16, and times one forward at 720p x 8
   - dense, diffusers default processor (``native`` SDPA);
   - dense, cuDNN SDPA backend (``set_attention_backend("_native_cudnn")``);
   - dense through XAttention's kernel with every block (``dense_kernel="xattn"``);
-  - XAttention at pinned densities (ratio mode, default 0.3) on every self-attention, with the
-    q / k preparation fused (the default on CUDA, :mod:`xattn_video.qk_prep`) and, for the
-    comparison, with the processor's torch code for it (the Wan processor before the fused
-    kernel).
+  - XAttention at pinned densities (ratio mode, default 0.3) on every self-attention, in bf16
+    and (``--precisions bf16 fp8``) FP8, each with the bf16 estimate and
+    (``--estimate-precisions bf16 fp8``) the fp8 one; the all-bf16 rows also with the
+    processor's torch code for the q / k preparation (the Wan processor before the fused
+    kernel, :mod:`xattn_video.qk_prep`; ``--no-compare-unfused`` skips them).
 Then projects a 50-step generation with 5 dense warm-up steps, as ``bench_pipeline.py`` does
 (:func:`bench_pipeline.add_projections`). Cross-attention stays dense (stock) throughout.
 
@@ -83,18 +84,23 @@ def run(model, args) -> list[dict]:
     time_dense(model, inputs, len(model.blocks), args.repeats, add)
     real = qk_prep.fused_available
     for ratio in args.ratios:
-        cfg = xv.XAttentionConfig.from_preset(
-            "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
-            block_size=128, auto_dense=False,
-        )  # fmt: skip
-        for fused in (False, True):
-            qk_prep.fused_available = real if fused else (lambda *a, **kw: False)
-            try:
-                sec, summ = time_xattention(model, inputs, cfg, args.repeats)
-            finally:
-                qk_prep.fused_available = real
-            add(f"xattn ratio={ratio}" + ("" if fused else UNFUSED), sec,
-                summ.get("effective_density"))  # fmt: skip
+        for precision in args.precisions:
+            for est in args.estimate_precisions:
+                cfg = xv.XAttentionConfig.from_preset(
+                    "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
+                    block_size=128, auto_dense=False, precision=precision,
+                    estimate_precision=est,
+                )  # fmt: skip
+                label = f"xattn ratio={ratio}" + ("" if precision == "bf16" else f" {precision}")
+                label += "" if est == "bf16" else f" + {est} estimate"
+                bf16 = precision == est == "bf16"
+                for fused in (False, True) if bf16 and args.compare_unfused else (True,):
+                    qk_prep.fused_available = real if fused else (lambda *a, **kw: False)
+                    try:
+                        sec, summ = time_xattention(model, inputs, cfg, args.repeats)
+                    finally:
+                        qk_prep.fused_available = real
+                    add(label + ("" if fused else UNFUSED), sec, summ.get("effective_density"))
     add_projections(rows, args.steps, args.warmup_steps)
     return rows
 
@@ -106,6 +112,12 @@ def main(argv=None) -> None:
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3])
     p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
+                   help="XAttention precision of the sparse rows (fp8: sm90+)")  # fmt: skip
+    p.add_argument("--estimate-precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
+                   help="precision of the mask estimate in the sparse rows (fp8: sm90+)")  # fmt: skip
+    p.add_argument("--compare-unfused", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the all-bf16 rows with the torch q / k preparation")  # fmt: skip
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup-steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)

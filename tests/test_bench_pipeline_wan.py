@@ -33,3 +33,45 @@ def test_build_transformer_makes_a_bf16_eval_model():
     model = bench.build_transformer(tiny, device="cpu")
     assert not model.training and all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_rows_cover_every_precision_and_time_the_torch_q_k_prep_once(monkeypatch):
+    """The sparse rows: every (precision, estimate precision), the all-bf16 one also with the
+    processor's torch q / k preparation (the kernel switched off for exactly that row), each
+    timed with the config its label names; projections added."""
+    from types import SimpleNamespace
+
+    from xattn_video import qk_prep
+
+    real = qk_prep.fused_available
+    seen = []
+
+    def fake_dense(model, inputs, n_layers, repeats, add):
+        for method in ("dense, diffusers default", "dense, XAttention kernel"):
+            add(method, 10.0)
+
+    def fake_sparse(model, inputs, cfg, repeats):
+        seen.append((cfg.precision, cfg.estimate_precision, qk_prep.fused_available is real))
+        return 4.0, {"effective_density": cfg.ratio}
+
+    monkeypatch.setattr(bench, "time_dense", fake_dense)
+    monkeypatch.setattr(bench, "time_xattention", fake_sparse)
+    monkeypatch.setattr(
+        bench, "make_inputs", lambda *a: {"hidden_states": torch.zeros(1, 1, 2, 4, 4)}
+    )
+    args = SimpleNamespace(height=0, width=0, frames=0, repeats=1, ratios=[0.3], stride=8,
+                           precisions=["bf16", "fp8"], estimate_precisions=["bf16", "fp8"],
+                           compare_unfused=True, steps=50, warmup_steps=5)  # fmt: skip
+    rows = bench.run(SimpleNamespace(blocks=[None] * 3), args)
+    assert [r["method"] for r in rows[2:]] == [
+        "xattn ratio=0.3 (q / k prep: torch code)",
+        "xattn ratio=0.3",
+        "xattn ratio=0.3 + fp8 estimate",
+        "xattn ratio=0.3 fp8",
+        "xattn ratio=0.3 fp8 + fp8 estimate",
+    ]
+    assert seen == [("bf16", "bf16", False), ("bf16", "bf16", True), ("bf16", "fp8", True),
+                    ("fp8", "bf16", True), ("fp8", "fp8", True)]  # fmt: skip
+    assert qk_prep.fused_available is real
+    assert rows[3]["speedup_vs_default"] == 2.5 and rows[3]["effective_density"] == 0.3
+    assert rows[3]["tokens"] == 8  # 2 x 4 x 4 latents over the 1 x 2 x 2 patch
