@@ -130,9 +130,10 @@ def test_wan_processor_runs_the_fused_kernel_on_every_q_and_k(monkeypatch, table
     """A tiny Wan (2 layers, 2 heads x 16) in fp16 on the CPU with the fused norm + RoPE forced
     (interpreter), rotary tables in fp16 (as ``.to(dtype)`` leaves them) or fp64 (as the
     ``rope`` module kept out of the cast holds them; the processor hands fp32 to the kernel):
-    the kernel runs on every self-attention q and k, each result within one rounding of the
-    processor's torch code, and a forward with every call through the dense kernel keeps the
-    tolerance rule against the fp64 stock forward, as the torch code does."""
+    the kernel runs on every self-attention q and k (dense phase; with fp64 tables the sparse
+    one too), each result within one rounding of the processor's torch code, and a forward with
+    every call through the dense kernel keeps the tolerance rule against the fp64 stock
+    forward, as the torch code does."""
     tr = tiny_wan_transformer(head_dim=16)
     g = torch.Generator().manual_seed(0)
     inputs = dict(
@@ -168,15 +169,18 @@ def test_wan_processor_runs_the_fused_kernel_on_every_q_and_k(monkeypatch, table
         backend="torch",
     )  # fmt: skip
     outs = {}
+    # the sparse phase once (fp64 tables): the interpreter makes each fused forward ~5 s
+    phases = [("dense", cfg_dense)] + ([("sparse", cfg_sparse)] if tables == torch.float64 else [])
     for fused in (False, True):
         monkeypatch.setattr(qk_prep, "fused_available", lambda *args, f=fused, **kw: f)
-        for name, cfg in (("dense", cfg_dense), ("sparse", cfg_sparse)):
+        for name, cfg in phases:
             with xv.apply_xattention(tr, cfg) as handle:
                 outs[fused, name] = tr(**inputs)[0]
                 assert handle.stats.summary()["num_sparse_calls"] == (2 if name == "sparse" else 0)
-    assert checked == [((1, 192, 2, 16), 192)] * 8  # q and k of 2 layers, in 2 forwards
+    assert checked == [((1, 192, 2, 16), 192)] * 4 * len(phases)  # q and k of 2 layers a forward
     assert_fa_close(outs[True, "dense"], ref64, outs[False, "dense"], what="fused, dense")
-    assert torch.isfinite(outs[True, "sparse"]).all()
+    if len(phases) == 2:
+        assert torch.isfinite(outs[True, "sparse"]).all()
 
 
 def test_wan_processor_hands_the_kernel_only_what_it_takes(monkeypatch):
