@@ -3,8 +3,9 @@ use of it.
 
 Wan's attention normalises q and k with ``torch.nn.RMSNorm(heads * head_dim)`` (one mean per
 token across all heads, one rounding) and rotates interleaved pairs in the rotary tables'
-dtype. The reference is pinned to that torch code (the processor's verbatim copy of
-``WanAttnProcessor``'s RoPE) bit for bit; the kernel may differ from it by one rounding of a
+dtype. The reference is pinned to that torch code bit for bit (``wan_rotary``, the copy of
+``WanAttnProcessor``'s nested RoPE, is itself pinned to the q and k diffusers' processor hands
+to attention); the kernel may differ from it by one rounding of a
 normed value carried through the rotation (:func:`_assert_wan_bound`). CPU tests run the
 kernel in the interpreter in fp16 (its fp32 -> bf16 conversion does not round to nearest
 even); bf16 is checked on the GPU at Wan 2.1 14B 720p size.
@@ -17,8 +18,8 @@ import torch
 
 import xattn_video as xv
 from xattn_video import qk_prep
-from xattn_video.kernels.norm_rope import rms_norm_rope, rms_norm_rope_ref
-from xattn_video.processors import _wan_norm_rope, _wan_rotary
+from xattn_video.kernels.norm_rope import rms_norm_rope, rms_norm_rope_ref, wan_rotary
+from xattn_video.processors import _wan_norm_rope
 
 from ._tiny_models import tiny_wan_transformer
 from ._tolerance import assert_fa_close
@@ -48,7 +49,7 @@ def _wan_processor(x, w, cos, sin, n_rope, eps=1e-6):
     y = norm(x.flatten(2)).unflatten(2, (H, D))
     if n_rope == 0:
         return y
-    head = _wan_rotary(y[:, :n_rope], cos[None, :, None], sin[None, :, None])
+    head = wan_rotary(y[:, :n_rope], cos[None, :, None], sin[None, :, None])
     return torch.cat([head, y[:, n_rope:]], dim=1)
 
 
@@ -61,6 +62,32 @@ def test_reference_is_the_wan_processor_bit_for_bit(dtype, tables, n_rope, weigh
     x, w, cos, sin = _inputs(2, 20, 3, 32, n_rope, dtype, t_dtype, weight=weight)
     want = _wan_processor(x, w, cos, sin, n_rope)
     assert torch.equal(rms_norm_rope_ref(x, w, 1e-6, cos, sin, n_rope, style="wan"), want)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("tables", [torch.float32, torch.float16])
+def test_wan_rotary_is_what_diffusers_processor_computes(monkeypatch, tables):
+    """``wan_rotary`` after the norm gives exactly the q and k that diffusers' own
+    ``WanAttnProcessor`` passes to attention (captured at its ``dispatch_attention_fn``)."""
+    import diffusers.models.transformers.transformer_wan as tw
+
+    attn = tiny_wan_transformer(head_dim=16).blocks[0].attn1.half()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 24, attn.inner_dim, generator=g).half()
+    cos, sin = torch.randn(2, 1, 24, 1, 16, generator=g).to(tables).unbind(0)
+    seen = []
+
+    def capture(q, k, v, **kw):
+        seen.append((q, k))
+        return v
+
+    monkeypatch.setattr(tw, "dispatch_attention_fn", capture)
+    tw.WanAttnProcessor()(attn, x, rotary_emb=(cos, sin))
+    assert len(seen) == 1
+    qk = zip(seen[0], (attn.to_q, attn.to_k), (attn.norm_q, attn.norm_k), strict=True)
+    for got, proj, norm in qk:
+        want = wan_rotary(norm(proj(x)).unflatten(2, (attn.heads, -1)), cos, sin)
+        assert torch.equal(got, want)
 
 
 CASES = [  # (B, N, H, D, n_rope, block_n, block_h)
@@ -207,7 +234,7 @@ def test_wan_processor_hands_the_kernel_only_what_it_takes(monkeypatch):
     assert calls.pop()[:2] == (None, 0)
     per_batch = (cos.expand(2, 6, 1, 16).half(), sin.expand(2, 6, 1, 16).half())
     got = _wan_norm_rope(norm, x.expand(2, 6, 32), 2, per_batch)
-    want = _wan_rotary(norm(x.expand(2, 6, 32)).unflatten(2, (2, 16)), *per_batch)
+    want = wan_rotary(norm(x.expand(2, 6, 32)).unflatten(2, (2, 16)), *per_batch)
     assert torch.equal(got, want)
     layer_norm = torch.nn.LayerNorm(32).half()
     got = _wan_norm_rope(layer_norm, x, 2, None)

@@ -190,7 +190,7 @@ def _wan_norm_rope(norm, x: torch.Tensor, heads: int, rotary) -> torch.Tensor:
         if n >= 0 and qk_prep.fused_available(x, norm.weight, tables, n, style="wan"):
             return qk_prep.norm_rope(x, norm.weight, norm.eps, tables, n, style="wan")
     y = norm(x.flatten(2)).unflatten(2, (heads, -1))
-    return _wan_rotary(y, *rotary) if rotary is not None else y
+    return qk_prep.wan_rotary(y, *rotary) if rotary is not None else y
 
 
 def _wan_tables(rotary) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, int]:
@@ -335,17 +335,6 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
         if getattr(attn, "to_add_out", None) is not None:
             encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
         return hidden_states, encoder_hidden_states
-
-
-def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """WanAttnProcessor's RoPE (interleaved pairs), copied verbatim. x: [B, N, H, D]."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
 
 
 class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):

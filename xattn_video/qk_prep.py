@@ -3,7 +3,8 @@
 The op layer's entry to :mod:`xattn_video.kernels.norm_rope`: :func:`fused_available` says
 whether the fused kernel should run on a tensor (eager CUDA with Triton: under ``torch.compile``
 the processors keep diffusers' torch code, which Inductor fuses itself), :func:`norm_rope` runs
-it. Which norms and rotary tables qualify is the processors' call
+it, and :func:`wan_rotary` is Wan's RoPE in torch (the Wan processor's fallback and the
+kernel reference's). Which norms and rotary tables qualify is the processors' call
 (:mod:`xattn_video.processors`); the numerics match the processors' own norm + RoPE
 (HunyuanVideo's or Wan's) up to one rounding carried through (the kernel module's docstring
 says where).
@@ -17,7 +18,9 @@ from __future__ import annotations
 import torch
 
 from .kernels._common import triton_usable
-from .kernels.norm_rope import rms_norm_rope, unsupported
+from .kernels.norm_rope import rms_norm_rope, unsupported, wan_rotary
+
+__all__ = ["fused_available", "norm_rope", "wan_rotary"]
 
 
 def _cos_sin(rotary, n_rope: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:

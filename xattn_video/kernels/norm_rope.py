@@ -81,13 +81,20 @@ def _wan_ref(x, weight, eps, cos, sin, n_rope: int) -> torch.Tensor:
     y = (y * weight if weight is not None else y).to(x.dtype).unflatten(2, (H, D))
     if n_rope == 0:
         return y
-    head = y[:, :n_rope]
-    x1, x2 = head.unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[None, :, None, 0::2], sin[None, :, None, 1::2]
-    out = torch.empty_like(head)
-    out[..., 0::2] = x1 * c - x2 * s
-    out[..., 1::2] = x1 * s + x2 * c
+    out = wan_rotary(y[:, :n_rope], cos[None, :, None], sin[None, :, None])
     return torch.cat([out, y[:, n_rope:]], dim=1) if n_rope < N else out
+
+
+def wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """WanAttnProcessor's RoPE (interleaved pairs), copied verbatim (diffusers nests it inside
+    ``__call__``). x: [B, N, H, D]; freqs_cos / freqs_sin: [1, N, 1, D] (or broadcastable)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
 
 
 if HAS_TRITON:
