@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -55,6 +56,21 @@ def git_sha(cwd: Path) -> str | None:
     except OSError:
         return None
     return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+@contextlib.contextmanager
+def qk_prep_fused(fused: bool):
+    """With ``fused=False``, the processors prepare q and k with their torch code (what they ran
+    before the fused kernel, :mod:`xattn_video.qk_prep`) until the block exits; True: as is."""
+    from xattn_video import qk_prep
+
+    real = qk_prep.fused_available
+    if not fused:
+        qk_prep.fused_available = lambda *args, **kw: False
+    try:
+        yield
+    finally:
+        qk_prep.fused_available = real
 
 
 def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500) -> float:

@@ -32,11 +32,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, report  # noqa: E402
+from _common import environment, qk_prep_fused, report  # noqa: E402
 from bench_pipeline import add_projections, time_dense, time_xattention  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
-from xattn_video import qk_prep  # noqa: E402
 
 WAN_14B = dict(
     patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
@@ -82,7 +81,6 @@ def run(model, args) -> list[dict]:
         print(f"  {method}: {seconds:.2f} s", flush=True)
 
     time_dense(model, inputs, len(model.blocks), args.repeats, add)
-    real = qk_prep.fused_available
     for ratio in args.ratios:
         for precision in args.precisions:
             for est in args.estimate_precisions:
@@ -95,11 +93,8 @@ def run(model, args) -> list[dict]:
                 label += "" if est == "bf16" else f" + {est} estimate"
                 bf16 = precision == est == "bf16"
                 for fused in (False, True) if bf16 and args.compare_unfused else (True,):
-                    qk_prep.fused_available = real if fused else (lambda *a, **kw: False)
-                    try:
+                    with qk_prep_fused(fused):
                         sec, summ = time_xattention(model, inputs, cfg, args.repeats)
-                    finally:
-                        qk_prep.fused_available = real
                     add(label + ("" if fused else UNFUSED), sec, summ.get("effective_density"))
     add_projections(rows, args.steps, args.warmup_steps)
     return rows

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, report  # noqa: E402
+from _common import bench_ms, qk_prep_fused, report  # noqa: E402
 
-from xattn_video import processors, qk_prep  # noqa: E402
+from xattn_video import processors  # noqa: E402
 from xattn_video.kernels.norm_rope import rms_norm_rope  # noqa: E402
 
 # (tokens per program, heads per program, num_warps); the first is the kernel's default
@@ -103,6 +103,17 @@ def _compare(got, want) -> dict:
     return dict(max_abs_diff=diff, max_row_ulps=ulps, frac_differ=frac)
 
 
+def torch_vs_fused(fn) -> tuple[dict, dict]:
+    """({fused: ms}, {fused: output}) of ``fn()`` with the processors' torch q / k code (False)
+    and with the fused kernel (True)."""
+    times, outs = {}, {}
+    for fused in (False, True):
+        with qk_prep_fused(fused):
+            outs[fused] = fn()
+            times[fused] = bench_ms(fn)
+    return times, outs
+
+
 def wan_setup(tokens: int, heads: int, dim: int, device: str = "cuda") -> dict:
     """A Wan q (or k) projection's output (1, tokens, heads * dim) bf16, its RMSNorm across heads
     and the rotary tables (1, tokens, 1, dim) per table dtype, as ``WanRotaryPosEmbed`` makes
@@ -120,18 +131,10 @@ def wan_setup(tokens: int, heads: int, dim: int, device: str = "cuda") -> dict:
 
 def wan_rows(s: dict) -> list[dict]:
     """Torch code vs fused per table dtype, then the kernel's launch configs (fp32 tables)."""
-    rows, real = [], qk_prep.fused_available
+    rows = []
     x, norm, heads = s["x"], s["norm"], s["heads"]
     for name, rotary in s["tables"].items():
-        times, outs = {}, {}
-        for fused in (False, True):
-            qk_prep.fused_available = real if fused else (lambda *args, **kw: False)
-            fn = lambda r=rotary: processors._wan_norm_rope(norm, x, heads, r)  # noqa: E731
-            try:
-                outs[fused] = fn()
-                times[fused] = bench_ms(fn)
-            finally:
-                qk_prep.fused_available = real
+        times, outs = torch_vs_fused(lambda r=rotary: processors._wan_norm_rope(norm, x, heads, r))
         rows.append(dict(what=f"Wan q prep, {name} tables", torch_ms=times[False],
                          fused_ms=times[True], speedup=times[False] / times[True],
                          **_compare((outs[True],), (outs[False],))))  # fmt: skip
@@ -183,16 +186,8 @@ def main(argv=None) -> None:
         return
     s = _setup(args.video, args.text, args.heads, args.dim)
     rows: list[dict] = []
-    real = qk_prep.fused_available
     for name, fn in (("double-stream block", double_block), ("single-stream block", single_block)):
-        times, outs = {}, {}
-        for fused in (False, True):
-            qk_prep.fused_available = real if fused else (lambda *args: False)
-            try:
-                outs[fused] = fn(s)
-                times[fused] = bench_ms(lambda f=fn: f(s))
-            finally:
-                qk_prep.fused_available = real
+        times, outs = torch_vs_fused(lambda f=fn: f(s))
         row = dict(what=name, torch_ms=times[False], fused_ms=times[True],
                    speedup=times[False] / times[True], **_compare(outs[True], outs[False]))  # fmt: skip
         rows.append(row)
