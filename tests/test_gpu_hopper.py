@@ -100,6 +100,40 @@ def test_fp8_quantizers_match_reference_on_gpu():
     assert torch.equal(natural[..., 1000:], torch.zeros_like(natural[..., 1000:]))
 
 
+def test_fp8_quantizer_launch_knobs_give_the_same_bytes():
+    """V's transposed copy at every tokens-per-program / warps, and the one-launch Q / K / v
+    quantizer at every chunk / warps, write the default launch's bytes (B=2, key padding that
+    splits a 32 of the key order, N not a multiple of 128)."""
+    from xattn_video.kernels import fp8
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    q, k, v = (torch.randn(2, 3, 5000, 128, device="cuda", generator=g).bfloat16() * 3
+               for _ in range(3))  # fmt: skip
+    lens = torch.tensor([5000, 3001], device="cuda", dtype=torch.int32)
+    scale = fp8.fp8_head_scale(v, lens)
+
+    def head_t(block, warps):
+        vt, _ = fp8.quantize_fp8_head_t(v, kv_len=lens, scale=scale, wgmma_key_order=True,
+                                        block=block, num_warps=warps)  # fmt: skip
+        return vt.view(torch.uint8)
+
+    want = head_t(fp8.HEAD_T_BLOCK, fp8.HEAD_T_WARPS)
+    for block in fp8.HEAD_T_BLOCKS:
+        for warps in (4, 8):
+            assert torch.equal(head_t(block, warps), want), (block, warps)
+
+    def inputs(chunk, warps):
+        f8, flags = fp8.quantize_fp8_inputs(q, k, v, block=128, kv_len=lens, flags=True,
+                                            chunk=chunk, num_warps=warps)  # fmt: skip
+        return [t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+                for t in (*f8, *flags)]  # fmt: skip
+
+    want = inputs(fp8.INPUTS_CHUNK, fp8.INPUTS_WARPS)
+    for chunk, warps in ((16, 4), (32, 4), (64, 8), (128, 8), (128, 16)):
+        got = inputs(chunk, warps)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), (chunk, warps)
+
+
 def _same_up_to_one_step(a, b):
     a, b = a.float(), b.float()
     step = torch.maximum(b.abs(), a.abs()).clamp(min=2.0**-6) * 2.0**-3  # one e4m3 ulp

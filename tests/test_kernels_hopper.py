@@ -159,11 +159,11 @@ def test_fp8_head_t_kernel_writes_the_key_order():
     lens = torch.tensor([190], dtype=torch.int32)
     scale = fp8._head_scale(v, lens).contiguous()
 
-    def run(order: bool, width: int) -> torch.Tensor:
+    def run(order: bool, width: int, block: int = 64) -> torch.Tensor:
         buf = torch.full((1, 2, 16, width), float("nan")).to(torch.float8_e4m3fn)
-        fp8._quant_head_t_kernel[(cdiv(200, 64), 2)](
+        fp8._quant_head_t_kernel[(cdiv(200, block), 2)](
             v, buf, scale, lens, *v.stride()[:3], *buf.stride()[:3], 2, 200, width,
-            BLOCK=64, D=16, WGMMA_ORDER=order,
+            BLOCK=block, D=16, WGMMA_ORDER=order,
         )  # fmt: skip
         return buf.float()
 
@@ -171,7 +171,19 @@ def test_fp8_head_t_kernel_writes_the_key_order():
     assert (plain[..., 190:200] == 0).all() and not plain[..., :200].isnan().any()
     padded = torch.zeros(1, 2, 16, 224)
     padded[..., :200] = plain[..., :200]
-    assert torch.equal(run(True, 224), padded[..., wgmma_fp8_key_order(224)])
+    ordered = run(True, 224)
+    assert torch.equal(ordered, padded[..., wgmma_fp8_key_order(224)])
+    for block in (32, 128, 256):  # the launch knob: other tokens per program, same bytes
+        assert torch.equal(run(True, 224, block), ordered)
+        assert torch.equal(run(False, 208, block)[..., :200], plain[..., :200])
+
+
+def test_fp8_head_t_rejects_a_block_off_the_key_order():
+    """Tokens per program must be whole 32s of the key order (one of ``HEAD_T_BLOCKS``)."""
+    x = torch.randn(1, 1, 64, 16)
+    for block in (48, 16, 512):
+        with pytest.raises(ValueError, match="block must be one of"):
+            quantize_fp8_head_t(x, block=block)
 
 
 def test_fp8_inputs_kernel_scales_zeros_and_flags():

@@ -45,6 +45,11 @@ if HAS_TRITON:
     import triton.language as tl
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+HEAD_T_BLOCKS = (32, 64, 128, 256)  # tokens per program of V's transposed copy
+HEAD_T_BLOCK = 64
+HEAD_T_WARPS = 4
+INPUTS_CHUNK = 32  # rows per sweep step of the one-launch quantizer (:func:`quantize_fp8_inputs`)
+INPUTS_WARPS = 4
 
 
 class Fp8Inputs(NamedTuple):
@@ -305,8 +310,8 @@ def quantize_fp8_inputs(
     block: int,
     kv_len: torch.Tensor | None = None,
     flags: bool = False,
-    chunk: int = 32,
-    num_warps: int = 4,
+    chunk: int = INPUTS_CHUNK,
+    num_warps: int = INPUTS_WARPS,
 ) -> tuple[Fp8Inputs, tuple[torch.Tensor, torch.Tensor] | None]:
     """q: (B, H, Nq, D), k / v: (B, H, Nk, D) bf16/fp16; kv_len (B,) int or None (all keys).
     Returns (:class:`Fp8Inputs`, flags): Q and K per (b, h, block), v's per-head scale when v is
@@ -378,10 +383,16 @@ def quantize_fp8_head_t(
     kv_len: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
     wgmma_key_order: bool = False,
+    block: int = HEAD_T_BLOCK,
+    num_warps: int = HEAD_T_WARPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(b, h) e4m3 quantization, transposed (Triton on CUDA, the reference elsewhere).
     Same contract as :func:`quantize_fp8_head_t_ref`; ``scale`` (B, H): the head scale already
-    taken (:attr:`Fp8Inputs.v_scale`), so v is read once more instead of twice."""
+    taken (:attr:`Fp8Inputs.v_scale`), so v is read once more instead of twice. ``block``
+    tokens per program (one of :data:`HEAD_T_BLOCKS`: whole 32s, so the key order stays within
+    a program) and ``num_warps`` are launch knobs (same result)."""
+    if block not in HEAD_T_BLOCKS:
+        raise ValueError(f"block must be one of {HEAD_T_BLOCKS}, got {block}")
     if not _gpu_path(v):
         return quantize_fp8_head_t_ref(v, kv_len=kv_len, wgmma_key_order=wgmma_key_order)
     B, H, N, D = v.shape
@@ -389,9 +400,9 @@ def quantize_fp8_head_t(
     scale = (fp8_head_scale(v, lens) if scale is None else scale).contiguous()
     width = _head_t_width(N, wgmma_key_order)
     buf = torch.empty(B, H, D, width, dtype=torch.float8_e4m3fn, device=v.device)
-    block = 64  # a multiple of 32: the key order stays within a program
     _quant_head_t_kernel[(cdiv(N, block), B * H)](
         v, buf, scale, lens, v.stride(0), v.stride(1), v.stride(2), buf.stride(0), buf.stride(1),
-        buf.stride(2), H, N, width, BLOCK=block, D=D, WGMMA_ORDER=wgmma_key_order, num_warps=4,
+        buf.stride(2), H, N, width, BLOCK=block, D=D, WGMMA_ORDER=wgmma_key_order,
+        num_warps=num_warps,
     )  # fmt: skip
     return (buf, scale) if wgmma_key_order else (buf[..., :N], scale)
