@@ -10,7 +10,7 @@ default):
   rows, warps), plus the PyTorch reference;
 * ``Q, K + v amax + flags``: :func:`~xattn_video.kernels.fp8.quantize_fp8_inputs` as the fp8
   op calls it first (one launch reading q, k and v: Q and K in e4m3, v's amax, the non-finite
-  flags);
+  flags), and ``Q, K`` as a kernel's own fp8 path calls it (no v, no flags);
 * ``V^T``: :func:`~xattn_video.kernels.fp8.quantize_fp8_head_t` with the head scale given and
   the Gluon kernel's key order, as the fp8 attention calls it next (tokens per program, warps).
 
@@ -43,6 +43,7 @@ from xattn_video.kernels.fp8 import (  # noqa: E402
 # launch configs, the default first: (chunk rows, num_warps) and (tokens per program, num_warps)
 CONFIGS = [(32, 4), (16, 4), (64, 8), (128, 8), (128, 16)]
 HEAD_T_CONFIGS = [(64, 4), (32, 4), (64, 8), (128, 4), (128, 8), (256, 8)]
+BLOCKS_DEFAULT = (32, 4)  # quantize_fp8_blocks' own chunk / num_warps defaults
 
 
 def default_first(configs: list[tuple[int, int]], default: tuple[int, int]):
@@ -94,6 +95,9 @@ def main(argv=None) -> None:
                                         num_warps=warps)  # fmt: skip
         return (*f8, *flags)
 
+    def qk(chunk, warps):
+        return quantize_fp8_inputs(q, k, block=args.block, chunk=chunk, num_warps=warps)[0]
+
     scale = fp8_head_scale(v)
 
     def head_t(block, warps):  # then V's transposed copy, in the Gluon kernel's key order
@@ -101,13 +105,15 @@ def main(argv=None) -> None:
                                    num_warps=warps)  # fmt: skip
 
     inputs_default = (fp8.INPUTS_CHUNK, fp8.INPUTS_WARPS)
-    sweep(rows, "Q per block", blocks, default_first(CONFIGS, inputs_default), one)
+    sweep(rows, "Q per block", blocks, default_first(CONFIGS, BLOCKS_DEFAULT), one)
     ref_ms = bench_ms(lambda: quantize_fp8_blocks_ref(q, args.block))
     rows.append(dict(method="Q per block, torch reference", config="", ms=ref_ms,
                      gbps=one / (ref_ms * 1e-3) / 1e9, same=None))  # fmt: skip
     sweep(rows, "Q, K + v amax + flags (one launch)", inputs,
           default_first(CONFIGS, inputs_default),
           3 * q.numel() * 2 + 2 * q.numel())  # fmt: skip
+    sweep(rows, "Q, K (the fp8 estimate's own call)", qk, default_first(CONFIGS, inputs_default),
+          2 * one)  # fmt: skip
     sweep(
         rows,
         "V^T, scale given, key order",

@@ -1,5 +1,7 @@
 """CPU checks of ``benchmarks/bench_fp8_quant.py``'s helpers (the timing itself needs a GPU)."""
 
+import inspect
+
 import torch
 
 from xattn_video.kernels import fp8
@@ -12,7 +14,10 @@ bench = load_benchmark("bench_fp8_quant")
 def test_default_config_runs_first_and_once():
     assert bench.default_first([(1, 2), (3, 4), (5, 6)], (3, 4)) == [(3, 4), (1, 2), (5, 6)]
     assert bench.default_first([(1, 2)], (7, 8)) == [(7, 8), (1, 2)]
+    params = inspect.signature(fp8.quantize_fp8_blocks).parameters
+    assert bench.BLOCKS_DEFAULT == (params["chunk"].default, params["num_warps"].default)
     for configs, default in (
+        (bench.CONFIGS, bench.BLOCKS_DEFAULT),
         (bench.CONFIGS, (fp8.INPUTS_CHUNK, fp8.INPUTS_WARPS)),
         (bench.HEAD_T_CONFIGS, (fp8.HEAD_T_BLOCK, fp8.HEAD_T_WARPS)),
     ):
