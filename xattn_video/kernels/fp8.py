@@ -20,10 +20,11 @@ query row leaves its block's other rows intact; the op's policy NaNs that row).
 All are memory-bound. The per-block kernel works in chunks of ``CHUNK`` rows: a first sweep
 takes the block's amax, a second re-reads the chunks (from L1/L2) and writes e4m3, so a program
 holds 32 rows (4 warps) or 64 (8 warps, :data:`INPUTS_CHUNK`) instead of a whole 128 x 128
-block (which ptxas spilled at 4 warps: 255 registers). On one H200 (``benchmarks/bench_fp8_quant.py``, 24 heads x 119,056 tokens x 128,
-bf16): one tensor per block 0.37 ms (3.0 TB/s moved), the fp8 op's one launch over q, k and v
-0.95 ms (3.1 TB/s), V's transposed copy with the scale given 0.30 ms (3.7 TB/s); launch
-configs change the time, never the bytes. ``x ~= x8 * scale``; an all-zero block gets scale 1.
+block (which ptxas spilled at 4 warps: 255 registers). On one H200
+(``benchmarks/bench_fp8_quant.py``, 24 heads x 119,056 tokens x 128, bf16): one tensor per
+block 0.37 ms (3.0 TB/s moved), the fp8 op's one launch over q, k and v 0.95 ms (3.1 TB/s),
+V's transposed copy with the scale given 0.30 ms (3.7 TB/s); launch configs change the time,
+never the bytes. ``x ~= x8 * scale``; an all-zero block gets scale 1.
 
 On CPU the references run: the Triton interpreter's fp32 -> e4m3 conversion neither rounds
 half to even nor keeps subnormals, so it would not match the GPU's ``cvt.rn.satfinite``.
