@@ -178,13 +178,9 @@ def add_projections(rows: list[dict], steps: int, warm: int) -> None:
             r["projected_speedup_kernel_dense_vs_best_dense"] = steps * best / total
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--res", nargs="+", default=["544p", "720p"], choices=sorted(RESOLUTIONS))
-    p.add_argument("--frames", type=int, default=129)
-    p.add_argument("--text-valid", type=int, default=64, help="valid prompt tokens of 256")
-    p.add_argument("--ratios", type=float, nargs="*", default=[0.5, 0.3])
-    p.add_argument("--taus", type=float, nargs="*", default=[0.9])
+def add_row_args(p: argparse.ArgumentParser) -> None:
+    """The options of the sparse rows and the 50-step projection that this script and
+    ``bench_pipeline_wan.py`` share (stride, precisions, steps, warm-up steps, repeats)."""
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
                    help="XAttention precision of the sparse rows (fp8: sm90+)")  # fmt: skip
@@ -193,6 +189,16 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup-steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--res", nargs="+", default=["544p", "720p"], choices=sorted(RESOLUTIONS))
+    p.add_argument("--frames", type=int, default=129)
+    p.add_argument("--text-valid", type=int, default=64, help="valid prompt tokens of 256")
+    p.add_argument("--ratios", type=float, nargs="*", default=[0.5, 0.3])
+    p.add_argument("--taus", type=float, nargs="*", default=[0.9])
+    add_row_args(p)
     p.add_argument("--out", default="results/bench_pipeline.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

@@ -33,7 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, qk_prep_fused, report  # noqa: E402
-from bench_pipeline import add_projections, time_dense, time_xattention  # noqa: E402
+from bench_pipeline import (  # noqa: E402
+    add_projections,
+    add_row_args,
+    time_dense,
+    time_xattention,
+)
 
 import xattn_video as xv  # noqa: E402
 
@@ -106,16 +111,9 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3])
-    p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
-                   help="XAttention precision of the sparse rows (fp8: sm90+)")  # fmt: skip
-    p.add_argument("--estimate-precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
-                   help="precision of the mask estimate in the sparse rows (fp8: sm90+)")  # fmt: skip
+    add_row_args(p)
     p.add_argument("--compare-unfused", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the all-bf16 rows with the torch q / k preparation")  # fmt: skip
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--warmup-steps", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", default="results/bench_pipeline_wan.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

@@ -170,6 +170,18 @@ def tiny_wan_transformer(
     return factory.wan_transformer(seed, num_layers=num_layers, head_dim=head_dim, freq_dim=32)
 
 
+def wan_transformer_inputs(seed: int = 0) -> dict:
+    """Keyword arguments for a bare ``tiny_wan_transformer`` forward: a (1, 16, 3, 16, 16)
+    latent, timestep 500 and 8 text tokens, both drawn from one generator seeded ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(1, 16, 3, 16, 16, generator=g),
+        timestep=torch.tensor([500.0]),
+        encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+        return_dict=False,
+    )
+
+
 def tiny_wan_vae(seed: int = 0) -> AutoencoderKLWan:
     """``factory.wan_vae``."""
     return factory.wan_vae(seed)

@@ -15,6 +15,7 @@ from ._tiny_models import (
     tiny_cfg,
     tiny_hv_transformer,
     tiny_wan_transformer,
+    wan_transformer_inputs,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,13 +66,7 @@ def test_wan_plain_torch_compile_fullgraph_dense_and_sparse():
     handle = xv.apply_xattention(tr, cfg)
     detach_step_hook(tr)  # drive the phase by hand
     ctl = handle.controller
-    g = torch.Generator().manual_seed(0)
-    inp = dict(
-        hidden_states=torch.randn(1, 16, 3, 16, 16, generator=g),
-        timestep=torch.tensor([500.0]),
-        encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
-        return_dict=False,
-    )
+    inp = wan_transformer_inputs()
     torch._dynamo.reset()
     backend = CountingBackend()
     compiled = torch.compile(tr, backend=backend, fullgraph=True)

@@ -21,7 +21,7 @@ from xattn_video import qk_prep
 from xattn_video.kernels.norm_rope import rms_norm_rope, rms_norm_rope_ref, wan_rotary
 from xattn_video.processors import _wan_norm_rope
 
-from ._tiny_models import tiny_wan_transformer
+from ._tiny_models import tiny_wan_transformer, wan_transformer_inputs
 from ._tolerance import assert_fa_close
 
 
@@ -162,13 +162,7 @@ def test_wan_processor_runs_the_fused_kernel_on_every_q_and_k(monkeypatch, table
     every call through the dense kernel keeps the tolerance rule against the fp64 stock
     forward, as the torch code does."""
     tr = tiny_wan_transformer(head_dim=16)
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(1, 16, 3, 16, 16, generator=g),
-        timestep=torch.tensor([500.0]),
-        encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
-        return_dict=False,
-    )
+    inputs = wan_transformer_inputs()
     cast = {k: v.double() if k in ("hidden_states", "encoder_hidden_states") else v
             for k, v in inputs.items()}  # fmt: skip
     ref64 = tr.double()(**cast)[0]
