@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, save_json  # noqa: E402
-from sweep_quality import AttentionTimer, Metrics, conditions  # noqa: E402
+from _quality import Metrics, conditions, denoise, generate  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 from xattn_video import thresholds as th  # noqa: E402
@@ -63,28 +63,6 @@ METHODS: dict[str, tuple[str, str, list[float]]] = {
     "cal-density-cluster": ("cluster", "density", [0.35, 0.4]),
 }
 QUICK = {"uniform": [0.9], "cluster": [0.9], "budget": [0.35], "cal-density": [0.35]}
-
-
-def _call(pipe, conds, seeds, a, timer=None):
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    return pipe(condition=conds, height=a.height, width=a.width, num_frames=a.frames,
-                num_inference_steps=a.steps, generator=gens, output_type="uint8").frames  # fmt: skip
-
-
-def _timed(pipe, conds, seeds, a, cuda):
-    timer = AttentionTimer(pipe.transformer, cuda)
-    try:
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        video = _call(pipe, conds, seeds, a)
-        if cuda:
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-        attn = timer.seconds()
-    finally:
-        timer.remove()
-    return video, wall / len(conds), attn / len(conds)
 
 
 def settings(a) -> list[dict]:
@@ -232,15 +210,15 @@ def main(argv=None) -> int:
 
     # warm-up (Triton compile) per order, 2 steps, outside every timing
     warm = argparse.Namespace(**{**vars(a), "steps": 2})
-    _call(pipe, ev_conds, ev_seeds, warm)
+    denoise(pipe, ev_conds, ev_seeds, warm)
     for order in sorted({s["order"] for s in plan}):
         cfg = xv.XAttentionConfig(token_order=order, warmup_steps=0, block_size=a.block_size,
                                   tile_size=tuple(a.tile), max_density=0.5,
                                   auto_dense=False)  # fmt: skip
         with xv.apply_xattention(pipe, cfg):
-            _call(pipe, ev_conds, ev_seeds, warm)
+            denoise(pipe, ev_conds, ev_seeds, warm)
 
-    dense, dense_s, dense_attn = _timed(pipe, ev_conds, ev_seeds, a, cuda)
+    dense, dense_s, dense_attn = generate(pipe, ev_conds, a, device, ev_seeds)
     rows = [{"kind": "dense", "label": "dense", "effective_density": 1.0, "denoise_s": dense_s,
              "attn_s": dense_attn}]  # fmt: skip
     print(f"[methods] dense: {dense_s:.3f} s/video, attention {dense_attn:.3f} s/video "
@@ -293,7 +271,7 @@ def main(argv=None) -> int:
             cfg = config_for(s, a, thr_files)
             with xv.apply_xattention(pipe, cfg) as handle:
                 handle.stats.reset()
-                video, sec, attn = _timed(pipe, ev_conds, ev_seeds, a, cuda)
+                video, sec, attn = generate(pipe, ev_conds, a, device, ev_seeds)
                 summ = handle.stats.summary()
         except Exception as exc:  # noqa: BLE001 - one failing setting must not lose the others
             print(f"[methods] {s} failed: {type(exc).__name__}: {exc}", flush=True)

@@ -50,25 +50,21 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _attention_view import QKVCapture, aggregate_attention, attention_view  # noqa: E402
 from _common import print_table, save_json  # noqa: E402
+from _quality import Metrics, conditions, generate  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
-from xattn_video.layout import grid_permutation, inverse_permutation  # noqa: E402
 from xattn_video.pipelines.tiny.factory import random_tiny_pipeline  # noqa: E402
 from xattn_video.pipelines.tiny.model import TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH  # noqa: E402
 from xattn_video.pipelines.tiny.pipeline import load_tiny_pipeline  # noqa: E402
-from xattn_video.pipelines.tiny.synthetic import MOTIONS, Condition  # noqa: E402
 
 BASE = {"threshold": 0.9, "warmup_steps": 2, "stride": 8, "token_order": "raster",
         "mask_refresh": 1}  # fmt: skip
@@ -182,246 +178,6 @@ def build_settings(a: argparse.Namespace) -> list[dict]:
             seen.add(key)
             uniq.append(s)
     return uniq
-
-
-def conditions(k: int) -> list[Condition]:
-    """K fixed conditions cycling through the motion types and photos."""
-    out = []
-    for i in range(k):
-        motion = i % len(MOTIONS)
-        n_dir = 2 if MOTIONS[motion] in ("zoom", "rotate") else 8
-        out.append(Condition(motion, (3 * i + i // 4) % 8, (5 * i + 1) % n_dir))
-    return out
-
-
-# ---------------------------------------------------------------------------------- timing
-class AttentionTimer:
-    """Sums the time spent in the transformer's double/single-stream attention modules."""
-
-    def __init__(self, transformer: torch.nn.Module, cuda: bool) -> None:
-        self.cuda = cuda
-        self.pairs: list = []
-        self.handles = []
-        mods = [b.attn for b in (*transformer.transformer_blocks,
-                                 *transformer.single_transformer_blocks)]  # fmt: skip
-        for m in mods:
-            self.handles.append(m.register_forward_pre_hook(self._pre))
-            self.handles.append(m.register_forward_hook(self._post))
-
-    def _now(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            return e
-        return time.perf_counter()
-
-    def _pre(self, module, args):
-        self.pairs.append([self._now(), None])
-
-    def _post(self, module, args, output):
-        self.pairs[-1][1] = self._now()
-
-    def seconds(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return sum(a.elapsed_time(b) for a, b in self.pairs) / 1000.0
-        return sum(b - a for a, b in self.pairs)
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def generate(pipe, conds, a, device) -> tuple[np.ndarray, float, float]:
-    """(videos (K, T, H, W, 3) uint8, denoise seconds per video, attention seconds per video)."""
-    gens = [torch.Generator("cpu").manual_seed(a.seed + i) for i in range(len(conds))]
-    timer = AttentionTimer(pipe.transformer, device.type == "cuda")
-    try:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        video = pipe(condition=conds, height=a.height, width=a.width, num_frames=a.frames,
-                     num_inference_steps=a.steps, generator=gens,
-                     output_type="uint8").frames  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-        attn = timer.seconds()
-    finally:
-        timer.remove()
-    return video, wall / len(conds), attn / len(conds)
-
-
-# ---------------------------------------------------------------------------------- metrics
-class Metrics:
-    def __init__(self, device: torch.device, use_lpips: bool) -> None:
-        from xattn_video.metrics import psnr, ssim
-
-        self.psnr, self.ssim, self.device = psnr, ssim, device
-        self.lpips = None
-        self.lpips_note = "disabled (--no-lpips)"
-        if use_lpips:
-            from xattn_video.metrics import LPIPSWeightsMissing, lpips
-
-            try:
-                z = np.zeros((1, 64, 64, 3), np.uint8)
-                lpips(z, z, device=str(device))
-                self.lpips = lpips
-                self.lpips_note = "AlexNet LPIPS v0.1"
-            except LPIPSWeightsMissing as exc:
-                self.lpips_note = f"skipped: {exc}"
-            except Exception as exc:  # noqa: BLE001 - any LPIPS set-up failure only skips it
-                self.lpips_note = f"skipped ({type(exc).__name__}: {exc})"
-
-    def __call__(self, ref: np.ndarray, test: np.ndarray) -> dict:
-        """Per-video means (K,) and pooled means of PSNR / SSIM / LPIPS."""
-        per = {"psnr": [], "ssim": [], "lpips": []}
-        for r, t in zip(ref, test, strict=True):
-            per["psnr"].append(float(np.mean(self.psnr(r, t, device=self.device))))
-            per["ssim"].append(float(np.mean(self.ssim(r, t, device=self.device))))
-            if self.lpips is not None:
-                per["lpips"].append(float(np.mean(self.lpips(r, t, device=str(self.device)))))
-        out = {
-            "psnr": float(np.mean(per["psnr"])),
-            "psnr_min": float(np.min(per["psnr"])),
-            "ssim": float(np.mean(per["ssim"])),
-            "lpips": float(np.mean(per["lpips"])) if per["lpips"] else None,
-            "per_video": per,
-        }
-        return out
-
-
-# ---------------------------------------------------------------------------------- attention view
-class QKVCapture:
-    """Wraps the HunyuanVideo processor's ``dispatch_attention_fn`` for one dense run and keeps
-    q/k/v (B, H, N, D) of the chosen (step, layer) pairs (layer index: double-stream blocks
-    first, then single-stream, as the toolkit counts them)."""
-
-    def __init__(self, pipe, layers: list[int], steps: list[int]) -> None:
-        import diffusers.models.transformers.transformer_hunyuan_video as hv
-
-        self.hv, self.pipe = hv, pipe
-        self.want = {(s, l) for s in steps for l in layers}  # noqa: E741
-        self.captures: dict[tuple[int, int], tuple] = {}
-        self.layer = None
-        tr = pipe.transformer
-        mods = [b.attn for b in (*tr.transformer_blocks, *tr.single_transformer_blocks)]
-        self.handles = [m.register_forward_pre_hook(self._make_pre(i)) for i, m in enumerate(mods)]
-        self.original = hv.dispatch_attention_fn
-
-    def _make_pre(self, i: int):
-        def pre(module, args):
-            self.layer = i
-
-        return pre
-
-    def _dispatch(self, query, key, value, *args, **kwargs):
-        step = int(self.pipe.scheduler.step_index or 0)
-        if (step, self.layer) in self.want:
-            mask = kwargs.get("attn_mask")
-            self.captures[(step, self.layer)] = (
-                query.transpose(1, 2).contiguous(),
-                key.transpose(1, 2).contiguous(),
-                value.transpose(1, 2).contiguous(),
-                None if mask is None else mask.reshape(mask.shape[0], -1).sum(-1).int(),
-            )
-        return self.original(query, key, value, *args, **kwargs)
-
-    def run(self, fn):
-        try:
-            with mock.patch.object(self.hv, "dispatch_attention_fn", self._dispatch):
-                return fn()
-        finally:
-            for h in self.handles:
-                h.remove()
-
-
-def _block_mass(q, k, kv_len, block: int, chunk_blocks: int = 8) -> torch.Tensor:
-    """(B, H, Nb, Nb) float64: true softmax mass of each (query block, key block), summed over
-    the rows of the query block (rows sum to 1), keys >= kv_len masked."""
-    B, H, N, D = q.shape
-    nb = -(-N // block)
-    scale = 1.0 / math.sqrt(D)
-    out = torch.zeros(B, H, nb, nb, dtype=torch.float64, device=q.device)
-    kf = k.float()
-    key_ok = torch.arange(N, device=q.device)[None, :] < kv_len[:, None]  # (B, N)
-    for r0 in range(0, N, block * chunk_blocks):
-        r1 = min(N, r0 + block * chunk_blocks)
-        logits = torch.einsum("bhnd,bhmd->bhnm", q[:, :, r0:r1].float(), kf) * scale
-        logits = logits.masked_fill(~key_ok[:, None, None, :], float("-inf"))
-        p = torch.softmax(logits, dim=-1)
-        p = F.pad(p, (0, nb * block - N))
-        p = p.view(B, H, r1 - r0, nb, block).sum(-1)  # (B, H, rows, nb)
-        rows = r1 - r0
-        pad_rows = -(-rows // block) * block - rows
-        p = F.pad(p, (0, 0, 0, pad_rows)).view(B, H, -1, block, nb).sum(3)
-        out[:, :, r0 // block : r0 // block + p.shape[2]] = p.double()
-    return out
-
-
-def attention_view(captures: dict, a, n_video: int, grid: tuple[int, int, int]) -> list[dict]:
-    """Per (step, layer, tau, stride, order): density, true-mass share, oracle share, rel L2."""
-    rows = []
-    for (step, layer), (q, k, v, kv_len) in sorted(captures.items()):
-        B, H, N, D = q.shape
-        kv_len = (
-            torch.full((B,), N, dtype=torch.int32, device=q.device) if kv_len is None else kv_len
-        )
-        ref = F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(),
-            attn_mask=(torch.arange(N, device=q.device)[None, :] < kv_len[:, None])[:, None, None],
-        )  # fmt: skip
-        for order in a.orders:
-            if order == "cluster":
-                continue  # per-head orders computed from q / k: see sweep_methods.py
-            if order in ("tile", "hilbert"):
-                perm = torch.cat([grid_permutation(order, grid, tuple(a.tile), device=q.device),
-                                  torch.arange(n_video, N, device=q.device)])  # fmt: skip
-                inv = inverse_permutation(perm)
-                qo, ko, vo = (x.index_select(2, perm) for x in (q, k, v))
-            else:
-                qo, ko, vo, inv = q, k, v, None
-            mass = _block_mass(qo, ko, kv_len, a.block_size)
-            total = mass.sum(dim=(-1, -2))  # rows per (B, H)
-            for tau, stride in itertools.product(a.taus, a.strides):
-                if a.block_size % stride:
-                    continue
-                mask = xv.estimate_block_mask(qo, ko, threshold=tau, stride=stride,
-                                              block_size=a.block_size, kv_len=kv_len,
-                                              dense_from=n_video)  # fmt: skip
-                out = xv.block_sparse_attention(qo, ko, vo, mask, block_size=a.block_size,
-                                                kv_len=kv_len)  # fmt: skip
-                if inv is not None:
-                    out = out.index_select(2, inv)
-                rel = float((out.float() - ref).norm() / ref.norm())
-                kept = (mass * mask).sum(dim=(-1, -2)) / total
-                n_sel = mask.sum(-1, keepdim=True)  # (B, H, Nb, 1)
-                ranked = mass.sort(dim=-1, descending=True).values
-                ranks = torch.arange(mass.shape[-1], device=q.device)
-                oracle = (ranked * (ranks < n_sel)).sum(dim=(-1, -2)) / total
-                rows.append({
-                    "step": step, "layer": layer, "order": order, "threshold": tau,
-                    "stride": stride,
-                    "density": xv.block_density(mask, block_size=a.block_size, kv_len=kv_len,
-                                                n_k=N),
-                    "mass_kept": float(kept.mean()), "oracle_mass": float(oracle.mean()),
-                    "rel_l2": rel,
-                })  # fmt: skip
-    return rows
-
-
-def _aggregate_attention(rows: list[dict]) -> list[dict]:
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["threshold"], r["stride"], r["order"]), []).append(r)
-    out = []
-    for (tau, stride, order), rs in sorted(groups.items()):
-        out.append({
-            "threshold": tau, "stride": stride, "order": order, "n": len(rs),
-            **{k: float(np.mean([r[k] for r in rs]))
-               for k in ("density", "mass_kept", "oracle_mass", "rel_l2")},
-        })  # fmt: skip
-    return out
 
 
 # ---------------------------------------------------------------------------------- plot
@@ -614,7 +370,7 @@ def main(argv=None) -> int:
         one = argparse.Namespace(**vars(a))
         cap.run(lambda: generate(pipe, conds[:1], one, device))
         attn_rows = attention_view(cap.captures, a, n_video, grid)
-        attn_agg = _aggregate_attention(attn_rows)
+        attn_agg = aggregate_attention(attn_rows)
         cap.captures.clear()
 
     # recommendation

@@ -1,0 +1,174 @@
+"""``benchmarks/sweep_quality.py`` (the script behind the fp8-vs-bf16 quality claim) on the CPU:
+its settings grid, the fp8 / bf16 comparison, the attention-level view's invariants, and one
+whole run on a random-weight tiny DiT (fp8 asked for and skipped with its reason off sm90)."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from ._benchmarks import load_benchmark
+
+sq = load_benchmark("sweep_quality")
+view = load_benchmark("_attention_view")
+quality = load_benchmark("_quality")
+
+
+def _args(*extra: str) -> argparse.Namespace:
+    return sq.parse_args(["--out", "unused", *extra])
+
+
+def test_one_at_a_time_grid_is_the_base_then_each_factor_alone():
+    a = _args("--quick", "--steps", "4", "--block-size", "16")
+    labels = [sq._label(s) for s in sq.build_settings(a)]
+    assert labels == [
+        "tau=0.9 w=2 S=8 raster r=1",
+        "tau=0.8 w=2 S=8 raster r=1",
+        "tau=0.95 w=2 S=8 raster r=1",
+        "tau=0.9 w=0 S=8 raster r=1",
+        "tau=0.9 w=2 S=16 raster r=1",
+        "tau=0.9 w=2 S=8 tile r=1",
+        "tau=0.9 w=2 S=8 raster r=3",
+    ]
+    # warm-up steps past the schedule are dropped, strides that do not divide the block too
+    a = _args("--quick", "--steps", "3", "--block-size", "8", "--warmups", "0", "5")
+    settings = sq.build_settings(a)
+    assert {s["stride"] for s in settings} == {8}
+    assert {s["warmup_steps"] for s in settings} == {0, 2}
+    full = sq.build_settings(_args("--grid", "full", "--steps", "30"))
+    assert len(full) == 3 * 3 * 2 * 2 * 2
+
+
+def test_preset_setting_carries_the_preset_fields_but_not_the_command_lines():
+    s = sq.build_settings(_args("--preset", "tiny-dit", "--steps", "30"))
+    assert len(s) == 1
+    cfg = sq.make_config(s[0], _args("--block-size", "16"), "bf16")
+    ref = sq.xv.XAttentionConfig.from_preset("tiny-dit")
+    for key in ("threshold", "stride", "token_order", "max_density", "warmup_steps"):
+        assert getattr(cfg, key) == getattr(ref, key), key
+    assert cfg.block_size == 16 and cfg.auto_dense is False
+    with pytest.raises(SystemExit):
+        _args("--preset", "no-such-preset")
+    with pytest.raises(SystemExit):
+        _args("--precision", "bf16,bf16")
+
+
+def test_compare_precisions_pairs_each_setting_and_its_per_video_differences():
+    def row(setting, prec, psnr):
+        return {"kind": "xattention", "setting": setting, "precision": prec,
+                "psnr": sum(psnr) / len(psnr), "per_video": {"psnr": psnr}, "ssim": 0.9,
+                "effective_density": 0.3, "attn_s": 1.0}  # fmt: skip
+
+    rows = [
+        {"kind": "dense"},
+        row("a", "bf16", [30.0, 32.0]),
+        row("a", "fp8", [29.0, 32.5]),
+        row("b", "bf16", [40.0, 40.0]),  # no fp8 run: no comparison
+    ]
+    (c,) = sq.compare_precisions(rows)
+    assert c["setting"] == "a" and c["num_videos"] == 2
+    assert c["delta_psnr_per_video"] == [-1.0, 0.5]
+    assert c["delta_psnr"] == pytest.approx(-0.25)
+    assert c["max_abs_delta_per_video"] == 1.0
+    assert c["within_0p5_db"] is True
+    rows[2] = row("a", "fp8", [29.0, 31.0])
+    assert sq.compare_precisions(rows)[0]["within_0p5_db"] is False
+
+
+def test_conditions_are_fixed_and_cycle_through_the_motions():
+    conds = quality.conditions(12)
+    assert conds == quality.conditions(12)
+    assert {c.motion_name for c in conds} == set(quality.MOTIONS)
+    assert len({c.describe() for c in conds}) == 12  # 12 different videos
+
+
+def test_attention_view_scores_the_mask_against_the_true_attention():
+    torch.manual_seed(0)
+    B, H, N, D, bs = 1, 2, 96, 16, 16
+    q, k, v = (torch.randn(B, H, N, D) for _ in range(3))
+    kv_len = torch.tensor([80], dtype=torch.int32)
+    a = argparse.Namespace(orders=["raster", "tile", "cluster"], taus=[0.5, 1.0], strides=[4, 5],
+                           block_size=bs, tile=(1, 4, 4))  # fmt: skip
+    rows = view.attention_view({(1, 0): (q, k, v, kv_len)}, a, n_video=96, grid=(6, 4, 4))
+    # cluster skipped, stride 5 does not divide the block: 2 orders x 2 taus x stride 4
+    assert {(r["order"], r["threshold"], r["stride"]) for r in rows} == {
+        (o, t, 4) for o in ("raster", "tile") for t in (0.5, 1.0)
+    }
+    for r in rows:
+        # the oracle keeps the most mass any mask with as many blocks per row can
+        assert r["mass_kept"] <= r["oracle_mass"] + 1e-9
+        assert 0.0 < r["density"] <= 1.0
+    full = [r for r in rows if r["threshold"] == 1.0]
+    for r in full:  # tau 1: every block with a valid key, so all the mass and dense's output
+        assert r["mass_kept"] == pytest.approx(1.0, abs=1e-6)
+        assert r["rel_l2"] < 1e-5
+    agg = view.aggregate_attention(rows + rows)
+    assert len(agg) == len(rows) and all(g["n"] == 2 for g in agg)
+
+
+def test_a_whole_run_on_a_random_tiny_dit(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rc = sq.main(["--out", str(out), "--random-weights", "--device", "cpu", "--frames", "5",
+                  "--height", "32", "--width", "32", "--steps", "3", "--block-size", "16",
+                  "--num-videos", "1", "--preset", "tiny-dit", "--precision", "bf16,fp8",
+                  "--no-lpips", "--attn-layers", "0", "--attn-steps", "1", "--taus", "0.9",
+                  "--strides", "8"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert "skipping the fp8 runs" in printed
+    res = json.loads((out / "sweep_quality.json").read_text())
+    assert (out / "sweep_quality.png").stat().st_size > 0
+    kinds = [r["kind"] for r in res["rows"]]
+    n_fp8 = 0 if "skipping the fp8 runs" in printed else 1
+    assert kinds == ["dense", "dense repeat"] + ["xattention"] * (1 + n_fp8)
+    repeat = res["rows"][1]
+    assert repeat["psnr"] == 100.0 and repeat["ssim"] == pytest.approx(1.0)
+    sparse = res["rows"][2]
+    assert sparse["precision"] == "bf16" and sparse["num_sparse_calls"] > 0
+    assert 0.0 < sparse["sparse_density"] <= 1.0
+    assert sparse["effective_density"] >= sparse["sparse_density"]
+    assert res["recommended"]["label"] == sparse["label"]
+    assert {(r["order"], r["threshold"], r["stride"]) for r in res["attention_view"]["per_capture"]} == {
+        ("raster", 0.9, 8), ("tile", 0.9, 8)
+    }  # fmt: skip
+
+
+def test_sweep_methods_loads_with_the_shared_measurement_helpers():
+    methods = load_benchmark("sweep_methods")
+    # one owner: both sweeps measure with the same helpers
+    assert methods.Metrics is sq.Metrics and methods.conditions is sq.conditions
+
+
+def test_sweep_methods_points_parse_to_exact_settings():
+    """A point with modifiers is its own curve, named by the method and its modifiers."""
+    methods = load_benchmark("sweep_methods")
+    assert methods.parse_point("budget:0.35:w2:r3:hilbert") == {
+        "method": "budget[w2:r3:hilbert]", "order": "hilbert", "knob": "budget", "value": 0.35,
+        "warmup_steps": 2, "mask_refresh": 3,
+    }  # fmt: skip
+    assert methods.parse_point("uniform:0.9:s16") == {
+        "method": "uniform[s16]", "order": "tile", "knob": "tau", "value": 0.9, "stride": 16,
+    }  # fmt: skip
+    for bad in ("nope:0.9", "uniform:0.9:x3"):
+        with pytest.raises(SystemExit):
+            methods.parse_point(bad)
+
+
+def test_sweep_methods_whole_run_writes_every_setting(tmp_path):
+    methods = load_benchmark("sweep_methods")
+    out = tmp_path / "methods"
+    rc = methods.main(["--out", str(out), "--random-weights", "--device", "cpu", "--frames", "5",
+                       "--height", "32", "--width", "32", "--steps", "3", "--block-size", "16",
+                       "--eval-videos", "1", "--calib-videos", "1", "--no-lpips",
+                       "--points", "uniform:0.9", "cal-density:0.35"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((out / "sweep_methods.json").read_text())
+    assert (out / "sweep_methods.png").stat().st_size > 0
+    assert res["skipped"] == [] and "error" not in res["calibration"]["tile"]
+    rows = {r["label"]: r for r in res["rows"]}
+    assert set(rows) == {"dense", "uniform tau=0.9", "cal-density density=0.35"}
+    for label in ("uniform tau=0.9", "cal-density density=0.35"):
+        assert 0.0 < rows[label]["effective_density"] <= 1.0
+        assert rows[label]["psnr"] > 0.0
