@@ -5,7 +5,7 @@ estimate runs once to compile, then once between ``cudaProfilerStart`` / ``cudaP
 so ``ncu --profile-from-start off`` sees exactly that call's kernels (the estimate, and with
 ``--precision fp8`` the quantization). docs/results/ncu_estimate_*_h200_206fc29.txt came from it
 at git ``206fc29``, whose Triton estimate could also split its key sweep (``--split``; removed
-since: no faster, see README).
+since: no faster, see docs/attention-kernels.md).
 
 Usage: ncu --clock-control none --profile-from-start off --section SpeedOfLight ... \\
            python benchmarks/profile_estimate_ncu.py --stride 8 --precision bf16 --kernel gluon

@@ -116,8 +116,8 @@ class XAttentionConfig:
     faster on this GPU (``kernels.tuning.GLUON_ESTIMATE``; on the H200 from 32k query tokens:
     bf16 stride 8, fp8 strides 8 / 16, 13-24% less estimate time), the Triton one elsewhere.
     Same scores up to accumulation order. Not the default because one GPU test run stalled
-    inside it and the cause is unknown (README, Results); the torch backend ignores it, and
-    ``auto_dense``'s cost model still times the Triton estimate."""
+    inside it and the cause is unknown (docs/attention-kernels.md, "Estimate"); the torch
+    backend ignores it, and ``auto_dense``'s cost model still times the Triton estimate."""
 
     dense_kernel: Literal["stock", "xattn"] = "stock"
     """Attention of the dense calls (warm-up and ``dense_last_steps`` steps, ``dense_layers``):
