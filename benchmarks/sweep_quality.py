@@ -59,7 +59,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attention_view import QKVCapture, aggregate_attention, attention_view  # noqa: E402
 from _common import print_table, save_json  # noqa: E402
-from _quality import Metrics, conditions, generate  # noqa: E402
+from _quality import Metrics, conditions, denoise, generate  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 from xattn_video.pipelines.tiny.factory import random_tiny_pipeline  # noqa: E402
@@ -311,7 +311,8 @@ def main(argv=None) -> int:
 
     # warm-up: kernels / autotuning for each stride and order, outside the timed runs
     warm_args = argparse.Namespace(**{**vars(a), "steps": 2})
-    generate(pipe, conds, warm_args, device)
+    seeds = [a.seed + i for i in range(len(conds))]
+    denoise(pipe, conds, seeds, warm_args)
     for stride, order, prec in itertools.product(
         sorted({s["stride"] for s in settings}),
         sorted({s["token_order"] for s in settings}),
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
                                   block_size=a.block_size, tile_size=tuple(a.tile),
                                   auto_dense=False, precision=prec)  # fmt: skip
         with xv.apply_xattention(pipe, cfg):
-            generate(pipe, conds, warm_args, device)
+            denoise(pipe, conds, seeds, warm_args)
 
     # dense reference (+ q/k/v capture of video 0 is done in a separate B=1 run below)
     dense, dense_s, dense_attn_s = generate(pipe, conds, a, device)
@@ -367,8 +368,7 @@ def main(argv=None) -> int:
     attn_rows, attn_agg = [], []
     if not a.no_attention_view:
         cap = QKVCapture(pipe, a.attn_layers, a.attn_steps)
-        one = argparse.Namespace(**vars(a))
-        cap.run(lambda: generate(pipe, conds[:1], one, device))
+        cap.run(lambda: denoise(pipe, conds[:1], seeds[:1], a))
         attn_rows = attention_view(cap.captures, a, n_video, grid)
         attn_agg = aggregate_attention(attn_rows)
         cap.captures.clear()
