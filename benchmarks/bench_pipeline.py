@@ -8,8 +8,9 @@ frames (67,320 / 118,800 video tokens + 256 text slots) for:
   - dense through XAttention's kernel with every block (``dense_kernel="xattn"``, every layer in
     ``dense_layers``): what the toolkit's dense warm-up steps run with that setting;
   - XAttention at pinned densities (ratio mode 0.5 and 0.3) and in threshold mode (tau 0.9),
-    in bf16 and (``--precisions bf16 fp8``) FP8, each with the bf16 estimate and
-    (``--estimate-precisions bf16 fp8``) the fp8 one.
+    in bf16 and (``--precisions bf16 fp8``) FP8, each with the estimate in its own precision
+    (the config's default, ``--estimate-precisions auto``) or as ``--estimate-precisions bf16
+    fp8`` lists.
 Then projects a 50-step generation with 5 dense warm-up steps (:func:`add_projections`): with
 the stock processor's dense steps (5 x the faster of the two SDPA rows + 45 x sparse) and with
 ``dense_kernel="xattn"`` (5 x the kernel's dense row + 45 x sparse), each against 50 diffusers
@@ -134,12 +135,10 @@ def run_resolution(model, name: str, args) -> list[dict]:
     settings = [(f"xattn ratio={r}", dict(selection="ratio", ratio=r)) for r in args.ratios]
     settings += [(f"xattn tau={t}", dict(selection="threshold", threshold=t)) for t in args.taus]
     settings = [
-        (label + ("" if p == "bf16" else f" {p}") + ("" if e == "bf16" else f" + {e} estimate"),
-         {**kw, "precision": p, "estimate_precision": e})
-        for p in args.precisions
-        for e in args.estimate_precisions
+        (label + precision_label(p, e), {**kw, "precision": p, "estimate_precision": e})
+        for p, e in precision_pairs(args)
         for label, kw in settings
-    ]  # fmt: skip
+    ]
     for label, kw in settings:
         cfg = xv.XAttentionConfig(
             warmup_steps=0, stride=args.stride, block_size=128, auto_dense=False, **kw
@@ -178,14 +177,32 @@ def add_projections(rows: list[dict], steps: int, warm: int) -> None:
             r["projected_speedup_kernel_dense_vs_best_dense"] = steps * best / total
 
 
+def precision_pairs(args) -> list[tuple[str, str]]:
+    """The (attention, estimate) precisions of the sparse rows, in order and without repeats:
+    each of ``--precisions`` with each of ``--estimate-precisions`` ("auto": the attention's,
+    as the config's default)."""
+    pairs = [
+        (p, p if e == "auto" else e) for p in args.precisions for e in args.estimate_precisions
+    ]
+    return list(dict.fromkeys(pairs))
+
+
+def precision_label(precision: str, estimate_precision: str) -> str:
+    """The sparse row label's suffix: nothing for all-bf16, " fp8", " + fp8 estimate"."""
+    out = "" if precision == "bf16" else f" {precision}"
+    return out + ("" if estimate_precision == "bf16" else f" + {estimate_precision} estimate")
+
+
 def add_row_args(p: argparse.ArgumentParser) -> None:
     """The options of the sparse rows and the 50-step projection that this script and
     ``bench_pipeline_wan.py`` share (stride, precisions, steps, warm-up steps, repeats)."""
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
                    help="XAttention precision of the sparse rows (fp8: sm90+)")  # fmt: skip
-    p.add_argument("--estimate-precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
-                   help="precision of the mask estimate in the sparse rows (fp8: sm90+)")  # fmt: skip
+    p.add_argument("--estimate-precisions", nargs="+", default=["auto"],
+                   choices=["auto", "bf16", "fp8"],
+                   help="precision of the mask estimate in the sparse rows (auto: the "
+                        "attention's; fp8: sm90+)")  # fmt: skip
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup-steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=1)

@@ -7,9 +7,9 @@ x 128, FFN 13,824) and RANDOM weights in bf16, and times one forward at 720p x 8
   - dense, cuDNN SDPA backend (``set_attention_backend("_native_cudnn")``);
   - dense through XAttention's kernel with every block (``dense_kernel="xattn"``);
   - XAttention at pinned densities (ratio mode, default 0.3) on every self-attention, in bf16
-    and (``--precisions bf16 fp8``) FP8, each with the bf16 estimate and
-    (``--estimate-precisions bf16 fp8``) the fp8 one; the all-bf16 rows also with the
-    processor's torch code for the q / k preparation (the Wan processor before the fused
+    and (``--precisions bf16 fp8``) FP8, each with the estimate in its own precision (the
+    config's default) or as ``--estimate-precisions bf16 fp8`` lists; the all-bf16 rows also
+    with the processor's torch code for the q / k preparation (the Wan processor before the fused
     kernel, :mod:`xattn_video.qk_prep`; ``--no-compare-unfused`` skips them).
 Then projects a 50-step generation with 5 dense warm-up steps, as ``bench_pipeline.py`` does
 (:func:`bench_pipeline.add_projections`). Cross-attention stays dense (stock) throughout.
@@ -36,6 +36,8 @@ from _common import environment, qk_prep_fused, report  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
+    precision_label,
+    precision_pairs,
     time_dense,
     time_xattention,
 )
@@ -87,20 +89,17 @@ def run(model, args) -> list[dict]:
 
     time_dense(model, inputs, len(model.blocks), args.repeats, add)
     for ratio in args.ratios:
-        for precision in args.precisions:
-            for est in args.estimate_precisions:
-                cfg = xv.XAttentionConfig.from_preset(
-                    "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
-                    block_size=128, auto_dense=False, precision=precision,
-                    estimate_precision=est,
-                )  # fmt: skip
-                label = f"xattn ratio={ratio}" + ("" if precision == "bf16" else f" {precision}")
-                label += "" if est == "bf16" else f" + {est} estimate"
-                bf16 = precision == est == "bf16"
-                for fused in (False, True) if bf16 and args.compare_unfused else (True,):
-                    with qk_prep_fused(fused):
-                        sec, summ = time_xattention(model, inputs, cfg, args.repeats)
-                    add(label + ("" if fused else UNFUSED), sec, summ.get("effective_density"))
+        for precision, est in precision_pairs(args):
+            cfg = xv.XAttentionConfig.from_preset(
+                "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
+                block_size=128, auto_dense=False, precision=precision, estimate_precision=est,
+            )  # fmt: skip
+            label = f"xattn ratio={ratio}" + precision_label(precision, est)
+            bf16 = precision == est == "bf16"
+            for fused in (False, True) if bf16 and args.compare_unfused else (True,):
+                with qk_prep_fused(fused):
+                    sec, summ = time_xattention(model, inputs, cfg, args.repeats)
+                add(label + ("" if fused else UNFUSED), sec, summ.get("effective_density"))
     add_projections(rows, args.steps, args.warmup_steps)
     return rows
 

@@ -22,10 +22,13 @@ output against dense attention.
 
 Preset and precision: ``--preset NAME`` sweeps only that preset's setting (e.g. ``tiny-dit``: tau
 0.97 under a 0.4 density budget, tile order), and ``--precision bf16,fp8`` runs every sparse
-setting once per precision (``XAttentionConfig.precision``; fp8 needs an sm90+ GPU: on a
-machine without it the fp8 runs are skipped with a message). With both, the JSON's
-``fp8_vs_bf16`` gives, per setting, the PSNR of each against dense and their difference, per
-video and in the mean (issue 8: within 0.5 dB with >= 8 seeds).
+setting once per attention precision (``XAttentionConfig.precision``), each with every
+``--estimate-precision`` (``estimate_precision``; "auto", the default, is the attention's).
+fp8 attention needs an sm90+ GPU, the fp8 estimate too on a GPU (the CPU emulates it): runs
+that cannot run here are skipped with a message. The JSON's ``vs_bf16`` gives, per setting and
+(attention, estimate) precision other than all-bf16, the PSNR of each against dense and the
+difference to the all-bf16 run, per video and in the mean (issue 8: within 0.5 dB with >= 8
+seeds).
 
 Token orders: ``--orders`` takes raster, tile, hilbert and cluster (the attention-level view
 skips cluster: its per-head orders depend on q / k). Density budgets, calibrated per-(layer,
@@ -38,7 +41,7 @@ so). Outputs: a printed table, ``sweep_quality.json`` and ``sweep_quality.png`` 
 
 Usage (GPU):  python benchmarks/sweep_quality.py --out runs/sweep [--weights DIR] [--quick]
 FP8 vs bf16:  python benchmarks/sweep_quality.py --out runs/fp8 --preset tiny-dit \
-                  --precision bf16,fp8 --no-attention-view
+                  --precision bf16,fp8 [--estimate-precision bf16,fp8] --no-attention-view
 CPU smoke:    python benchmarks/sweep_quality.py --out /tmp/sw --random-weights --device cpu \
                   --frames 5 --height 32 --width 32 --steps 4 --block-size 16 --num-videos 2 --quick
 
@@ -59,6 +62,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attention_view import QKVCapture, aggregate_attention, attention_view  # noqa: E402
 from _common import print_table, save_json  # noqa: E402
+from _precisions import (  # noqa: E402
+    ESTIMATE_PRECISIONS,
+    PRECISIONS,
+    compare_precisions,
+    fp8_unavailable,
+    precision_pairs,
+)
 from _quality import Metrics, conditions, denoise, generate  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
@@ -71,9 +81,9 @@ BASE = {"threshold": 0.9, "warmup_steps": 2, "stride": 8, "token_order": "raster
 
 
 # ---------------------------------------------------------------------------------- settings
-PRECISIONS = ("bf16", "fp8")
 # fields a preset setting may not carry into the sweep (the command line sets them)
-_NOT_FROM_PRESET = ("block_size", "tile_size", "backend", "precision", "auto_dense")
+_NOT_FROM_PRESET = ("block_size", "tile_size", "backend", "precision", "estimate_precision",
+                    "auto_dense")  # fmt: skip
 
 
 def _label(s: dict) -> str:
@@ -84,15 +94,21 @@ def _label(s: dict) -> str:
     return out
 
 
-def _row_label(s: dict, precision: str) -> str:
-    return _label(s) + ("" if precision == "bf16" else f" {precision}")
+def _row_label(s: dict, precision: str, estimate_precision: str) -> str:
+    """``s``'s label, then " fp8" for fp8 attention and " est=P" for an estimate in another
+    precision than the attention's."""
+    out = _label(s) + ("" if precision == "bf16" else f" {precision}")
+    return out + ("" if estimate_precision == precision else f" est={estimate_precision}")
 
 
-def make_config(s: dict, a: argparse.Namespace, precision: str) -> xv.XAttentionConfig:
+def make_config(
+    s: dict, a: argparse.Namespace, precision: str, estimate_precision: str
+) -> xv.XAttentionConfig:
     """The research config of setting ``s``: every call of the schedule sparse (auto_dense off,
-    it would run calls dense), the command line's block and tile size, ``precision``."""
+    it would run calls dense), the command line's block and tile size, the precisions."""
     return xv.XAttentionConfig(**s, block_size=a.block_size, tile_size=tuple(a.tile),
-                               auto_dense=False, precision=precision)  # fmt: skip
+                               auto_dense=False, precision=precision,
+                               estimate_precision=estimate_precision)  # fmt: skip
 
 
 def preset_setting(name: str) -> dict:
@@ -102,44 +118,6 @@ def preset_setting(name: str) -> dict:
     cfg = xv.XAttentionConfig.from_preset(name)
     keys = [*BASE, *(k for k in xv.PRESETS[name] if k not in BASE)]
     return {k: getattr(cfg, k) for k in keys if k not in _NOT_FROM_PRESET}
-
-
-def fp8_available(pipe, a: argparse.Namespace, device: torch.device) -> str | None:
-    """None if the sparse attention runs in fp8 here (tried on one block of the model's head
-    dim), else the reason it does not."""
-    tr = pipe.transformer.config
-    d = int(tr.attention_head_dim)
-    q = torch.randn(1, 1, a.block_size, d, device=device, dtype=pipe.transformer.dtype)
-    mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)
-    try:
-        xv.block_sparse_attention(q, q, q, mask, block_size=a.block_size, precision="fp8")
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def compare_precisions(rows: list[dict]) -> list[dict]:
-    """Per setting run in bf16 and fp8: PSNR vs dense of each, mean and per-video differences."""
-    by = {(r["setting"], r["precision"]): r for r in rows if r["kind"] == "xattention"}
-    out = []
-    for (setting, prec), r16 in by.items():
-        r8 = by.get((setting, "fp8"))
-        if prec != "bf16" or r8 is None:
-            continue
-        per = [p8 - p16 for p16, p8 in zip(r16["per_video"]["psnr"], r8["per_video"]["psnr"],
-                                           strict=True)]  # fmt: skip
-        out.append({
-            "setting": setting, "num_videos": len(per),
-            "psnr_bf16": r16["psnr"], "psnr_fp8": r8["psnr"],
-            "delta_psnr": r8["psnr"] - r16["psnr"],
-            "delta_psnr_per_video": per, "max_abs_delta_per_video": max(abs(x) for x in per),
-            "ssim_bf16": r16["ssim"], "ssim_fp8": r8["ssim"],
-            "effective_density_bf16": r16["effective_density"],
-            "effective_density_fp8": r8["effective_density"],
-            "attn_s_bf16": r16["attn_s"], "attn_s_fp8": r8["attn_s"],
-            "within_0p5_db": abs(r8["psnr"] - r16["psnr"]) <= 0.5,
-        })  # fmt: skip
-    return out
 
 
 def build_settings(a: argparse.Namespace) -> list[dict]:
@@ -252,8 +230,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="4 videos, no combinations")
     p.add_argument("--preset", default=None,
                    help="sweep only this preset's setting (e.g. tiny-dit) instead of the grid")  # fmt: skip
-    p.add_argument("--precision", default="bf16",
-                   help="comma list of sparse precisions, from bf16,fp8 (fp8: Hopper only)")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        default="bf16",
+        help="comma list of sparse precisions, from bf16,fp8 (fp8: Hopper only)",
+    )
+    p.add_argument("--estimate-precision", default="auto",
+                   help="comma list of estimate precisions, from auto,bf16,fp8 (auto: the "
+                        "attention's)")  # fmt: skip
     p.add_argument("--psnr-target", type=float, default=30.0)
     p.add_argument("--attn-layers", type=int, nargs="+", default=[0, 2, 5])
     p.add_argument("--attn-steps", type=int, nargs="+", default=[2, 10, 20, 29])
@@ -264,11 +248,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.num_videos = 4
     if a.quick and a.grid == "full":
         p.error("--quick and --grid full exclude each other")
-    a.precision = [x.strip() for x in a.precision.split(",") if x.strip()]
-    bad = [x for x in a.precision if x not in PRECISIONS]
-    if bad or not a.precision or len(set(a.precision)) != len(a.precision):
-        p.error(f"--precision: a comma list of distinct values from {PRECISIONS}, "
-                f"got {','.join(a.precision) or 'nothing'}")  # fmt: skip
+    for name, allowed in (("precision", PRECISIONS), ("estimate_precision", ESTIMATE_PRECISIONS)):
+        vals = [x.strip() for x in getattr(a, name).split(",") if x.strip()]
+        if not vals or any(x not in allowed for x in vals) or len(set(vals)) != len(vals):
+            p.error(f"--{name.replace('_', '-')}: a comma list of distinct values from "
+                    f"{allowed}, got {','.join(vals) or 'nothing'}")  # fmt: skip
+        setattr(a, name, vals)
     if a.preset is not None and a.preset not in xv.PRESETS:
         p.error(f"--preset: unknown preset {a.preset!r}; known: {sorted(xv.PRESETS)}")
     a.attn_steps = [s for s in a.attn_steps if s < a.steps] or [a.steps - 1]
@@ -293,18 +278,20 @@ def main(argv=None) -> int:
     p = int(pipe.transformer.config.patch_size)
     grid = (a.frames, a.height // p, a.width // p)
     n_video = grid[0] * grid[1] * grid[2]
-    precisions = list(a.precision)
-    if "fp8" in precisions:
-        why_not = fp8_available(pipe, a, device)
-        if why_not is not None:
-            precisions.remove("fp8")
-            print(f"[sweep] skipping the fp8 runs: {why_not}", flush=True)
-            if not precisions:
-                print("[sweep] nothing left to run (only fp8 was asked for)", flush=True)
-                return 1
-    runs = [(s, prec) for s in settings for prec in precisions]
-    print(f"[sweep] {len(settings)} settings x {len(precisions)} precision(s) "
-          f"({','.join(precisions)}) x {len(conds)} videos, {a.steps} steps, "
+    pairs = precision_pairs(a)
+    if any("fp8" in pair for pair in pairs):
+        why = fp8_unavailable(pipe, a, device)
+        for use, reason in why.items():
+            print(f"[sweep] skipping the runs with fp8 {use}: {reason}", flush=True)
+        pairs = [(p, e) for p, e in pairs
+                 if not (p == "fp8" and "attention" in why or e == "fp8" and "estimate" in why)]  # fmt: skip
+        if not pairs:
+            print("[sweep] nothing left to run (every run asked for needs fp8)", flush=True)
+            return 1
+    runs = [(s, pair) for s in settings for pair in pairs]
+    names = ",".join(p if p == e else f"{p}+{e} estimate" for p, e in pairs)
+    print(f"[sweep] {len(settings)} settings x {len(pairs)} precision(s) "
+          f"({names}) x {len(conds)} videos, {a.steps} steps, "
           f"{a.frames}x{a.height}x{a.width} px = {n_video} video tokens, {a.dtype} on "
           f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}; "
           f"LPIPS: {metrics.lpips_note}", flush=True)  # fmt: skip
@@ -313,14 +300,15 @@ def main(argv=None) -> int:
     warm_args = argparse.Namespace(**{**vars(a), "steps": 2})
     seeds = [a.seed + i for i in range(len(conds))]
     denoise(pipe, conds, seeds, warm_args)
-    for stride, order, prec in itertools.product(
+    for stride, order, (prec, est) in itertools.product(
         sorted({s["stride"] for s in settings}),
         sorted({s["token_order"] for s in settings}),
-        precisions,
+        pairs,
     ):
         cfg = xv.XAttentionConfig(stride=stride, token_order=order, warmup_steps=0,
                                   block_size=a.block_size, tile_size=tuple(a.tile),
-                                  auto_dense=False, precision=prec)  # fmt: skip
+                                  auto_dense=False, precision=prec,
+                                  estimate_precision=est)  # fmt: skip
         with xv.apply_xattention(pipe, cfg):
             denoise(pipe, conds, seeds, warm_args)
 
@@ -336,8 +324,8 @@ def main(argv=None) -> int:
     ]  # fmt: skip
     print(f"[sweep] dense: {dense_s:.3f} s/video denoising, {dense_attn_s:.3f} s/video in "
           "attention", flush=True)  # fmt: skip
-    for i, (s, prec) in enumerate(runs):
-        cfg = make_config(s, a, prec)
+    for i, (s, (prec, est)) in enumerate(runs):
+        cfg = make_config(s, a, prec, est)
         handle = xv.apply_xattention(pipe, cfg)
         try:
             handle.stats.reset()
@@ -346,8 +334,8 @@ def main(argv=None) -> int:
         finally:
             handle.remove()
         row = {
-            "kind": "xattention", "label": _row_label(s, prec), "setting": _label(s),
-            "precision": prec, **s,
+            "kind": "xattention", "label": _row_label(s, prec, est), "setting": _label(s),
+            "precision": prec, "estimate_precision": est, **s,
             "sparse_density": summ["sparse_density"],
             "effective_density": summ["effective_density"],
             "num_sparse_calls": summ["num_sparse_calls"],
@@ -382,8 +370,9 @@ def main(argv=None) -> int:
     else:
         best = max(sparse, key=lambda r: r["psnr"])
         why = f"no setting reached {a.psnr_target:g} dB; this one has the highest PSNR"
-    rec_cfg = make_config({k: best[k] for k in settings[0]}, a, best["precision"])
-    fp8_cmp = compare_precisions(rows)
+    rec_cfg = make_config({k: best[k] for k in settings[0]}, a, best["precision"],
+                          best["estimate_precision"])  # fmt: skip
+    cmp = compare_precisions(rows)
 
     cols = [("label", "setting", "{}"), ("psnr", "PSNR dB", "{:.2f}"),
             ("psnr_min", "min", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"),
@@ -399,12 +388,14 @@ def main(argv=None) -> int:
                                ("mass_kept", "mass kept", "{:.4f}"),
                                ("oracle_mass", "oracle", "{:.4f}"),
                                ("rel_l2", "rel L2", "{:.4f}")])  # fmt: skip
-    for c in fp8_cmp:
-        print(f"\nfp8 vs bf16, {c['setting']} ({c['num_videos']} videos): PSNR vs dense "
-              f"{c['psnr_fp8']:.2f} vs {c['psnr_bf16']:.2f} dB (fp8 - bf16 {c['delta_psnr']:+.2f} "
-              f"dB, per video up to {c['max_abs_delta_per_video']:.2f} dB; within 0.5 dB: "
-              f"{'yes' if c['within_0p5_db'] else 'NO'}), attention "
-              f"{c['attn_s_fp8']:.3f} vs {c['attn_s_bf16']:.3f} s/video")  # fmt: skip
+    for c in cmp:
+        name = f"{c['precision']} attention + {c['estimate_precision']} estimate"
+        print(f"\n{name} vs all-bf16, {c['setting']} ({c['num_videos']} videos): PSNR vs dense "
+              f"{c['psnr']:.2f} vs {c['psnr_bf16']:.2f} dB ({c['delta_psnr']:+.2f} dB, per "
+              f"video up to {c['max_abs_delta_per_video']:.2f} dB; within 0.5 dB: "
+              f"{'yes' if c['within_0p5_db'] else 'NO'}), effective density "
+              f"{c['effective_density']:.3f} vs {c['effective_density_bf16']:.3f}, attention "
+              f"{c['attn_s']:.3f} vs {c['attn_s_bf16']:.3f} s/video")  # fmt: skip
     print(f"\nrecommended: {best['label']} ({why}): PSNR {best['psnr']:.2f} dB, effective "
           f"density {best['effective_density']:.3f}")  # fmt: skip
 
@@ -413,9 +404,9 @@ def main(argv=None) -> int:
         "conditions": [c.describe() for c in conds],
         "video_tokens": n_video,
         "lpips": metrics.lpips_note,
-        "precisions": precisions,
+        "precisions": [list(pair) for pair in pairs],
         "rows": rows,
-        "fp8_vs_bf16": fp8_cmp,
+        "vs_bf16": cmp,
         "attention_view": {"per_capture": attn_rows, "aggregate": attn_agg},
         "recommended": {"label": best["label"], "reason": why, "config": rec_cfg.to_dict(),
                         "psnr": best["psnr"], "ssim": best["ssim"],

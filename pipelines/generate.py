@@ -216,11 +216,13 @@ def _data_parallel(opts: GenerateOptions, state: Any) -> tuple[int, int, int]:
 
 def _with_full_config(old: rundir.RunRecord) -> rundir.RunRecord:
     """``old`` with its config completed by the defaults of fields added since it was written
-    (they reproduce the old behaviour), so they don't block a resume."""
+    (they reproduce the old behaviour: ``estimate_precision`` "bf16", its default before "auto"),
+    "auto" resolved as in new records, so they don't block a resume."""
     if not isinstance(old.config, dict):
         return old
     try:
-        full = XAttentionConfig.from_dict(old.config).to_dict()
+        cfg = {"estimate_precision": "bf16", **old.config}
+        full = XAttentionConfig.from_dict(cfg).resolved().to_dict()
     except (ValueError, TypeError):
         return old  # a config this version can't read: reported as a difference
     return dataclasses.replace(old, config=full)
@@ -272,7 +274,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         model=spec.name,
         model_source=source or spec.default_id,
         attention=opts.attention,
-        config=config.to_dict() if config is not None else None,
+        config=config.resolved().to_dict() if config is not None else None,
         height=r["height"],
         width=r["width"],
         frames=r["frames"],

@@ -73,5 +73,13 @@ def test_rows_cover_every_precision_and_time_the_torch_q_k_prep_once(monkeypatch
     assert seen == [("bf16", "bf16", False), ("bf16", "bf16", True), ("bf16", "fp8", True),
                     ("fp8", "bf16", True), ("fp8", "fp8", True)]  # fmt: skip
     assert qk_prep.fused_available is real
+    # the default "auto": each attention precision with its own estimate, no repeated rows
+    seen.clear()
+    args.estimate_precisions, args.compare_unfused = ["auto", "bf16"], False
+    rows = bench.run(SimpleNamespace(blocks=[None] * 3), args)
+    assert [r["method"] for r in rows[2:5]] == [
+        "xattn ratio=0.3", "xattn ratio=0.3 fp8 + fp8 estimate", "xattn ratio=0.3 fp8",
+    ]  # fmt: skip
+    assert seen == [("bf16", "bf16", True), ("fp8", "fp8", True), ("fp8", "bf16", True)]
     assert rows[3]["speedup_vs_default"] == 2.5 and rows[3]["effective_density"] == 0.3
     assert rows[3]["tokens"] == 8  # 2 x 4 x 4 latents over the 1 x 2 x 2 patch

@@ -114,9 +114,13 @@ def test_generate_and_compare_end_to_end(tmp_path: Path, capsys):
             assert info["config"] is None
         else:
             cfg = XAttentionConfig.from_dict(info["config"])
-            assert cfg == XAttentionConfig.from_preset(
-                "tiny", block_size=16, stride=4, warmup_steps=1, backend="torch"
-            )
+            assert (
+                cfg
+                == XAttentionConfig.from_preset(
+                    "tiny", block_size=16, stride=4, warmup_steps=1, backend="torch"
+                ).resolved()
+            )  # the estimate precision that ran, not "auto"
+            assert cfg.estimate_precision == "bf16"
         assert [d.name for d in _prompt_dirs(run)] == [f"{p.index:05d}" for p in expected]
         for prompt, folder in zip(expected, _prompt_dirs(run), strict=True):
             frames = np.load(folder / "frames.npy")
@@ -192,7 +196,7 @@ def test_generate_with_the_trained_tiny_model(tmp_path: Path, prompt_file: Path)
             assert info["config"] is None
         else:
             cfg = XAttentionConfig.from_dict(info["config"])
-            assert cfg == XAttentionConfig.from_preset("tiny-dit")
+            assert cfg == XAttentionConfig.from_preset("tiny-dit").resolved()
         assert [d.name for d in _prompt_dirs(run)] == ["00000", "00001"]
         for folder in _prompt_dirs(run):
             frames = np.load(folder / "frames.npy")
@@ -438,7 +442,8 @@ def test_demo_runs_the_trained_model_dense_xattn_and_report(tmp_path: Path, caps
         assert info["model"] == "tiny"  # the default: the trained model, at its default size
         assert (info["height"], info["width"], info["frames"], info["steps"]) == (32, 32, 9, 4)
     info = json.loads((out / "xattn" / "run.json").read_text())
-    assert XAttentionConfig.from_dict(info["config"]) == XAttentionConfig.from_preset("tiny-dit")
+    want = XAttentionConfig.from_preset("tiny-dit").resolved()
+    assert XAttentionConfig.from_dict(info["config"]) == want
     agg = json.loads((out / "report" / "report.json").read_text())["aggregate"]
     assert agg["num_videos"] == 2
     assert agg["psnr"]["mean"] > 22  # measured ~30 dB (27 and 34)
@@ -454,7 +459,10 @@ def test_demo_with_a_random_weight_model_says_so(tmp_path: Path, capsys):
     assert "tiny-hunyuan has random weights" in stdout and "trained" not in stdout
     info = json.loads((out / "xattn" / "run.json").read_text())
     assert (info["height"], info["width"], info["frames"], info["steps"]) == (64, 64, 9, 4)
-    assert XAttentionConfig.from_dict(info["config"]) == XAttentionConfig.from_preset("tiny")
+    assert (
+        XAttentionConfig.from_dict(info["config"])
+        == XAttentionConfig.from_preset("tiny").resolved()
+    )
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["aggregate"]["num_videos"] == 1
 

@@ -204,6 +204,25 @@ def test_a_0_1_0_run_directory_resumes(tmp_path, monkeypatch, capsys):
     assert "config.threshold: 0.9 -> 0.5" in line and "config.max_density" not in line
 
 
+def test_run_records_store_the_estimate_precision_that_ran():
+    """estimate_precision "auto" is stored resolved; a record written before the field existed
+    means the bf16 estimate (its default then), also for fp8 attention."""
+    import dataclasses
+
+    assert XAttentionConfig().resolved().estimate_precision == "bf16"
+    assert XAttentionConfig(precision="fp8").resolved().estimate_precision == "fp8"
+    explicit = XAttentionConfig(precision="fp8", estimate_precision="bf16")
+    assert explicit.resolved() == explicit
+    old = rundir.RunRecord.read(Path(__file__).parent / "data" / "run_0.1.0" / "xattn")
+    assert "estimate_precision" not in old.config
+    full = generate_mod._with_full_config(old)
+    assert full.config["estimate_precision"] == "bf16"
+    fp8 = dataclasses.replace(old, config={**old.config, "precision": "fp8"})
+    assert generate_mod._with_full_config(fp8).config["estimate_precision"] == "bf16"
+    auto = dataclasses.replace(old, config={**old.config, "estimate_precision": "auto"})
+    assert generate_mod._with_full_config(auto).config == full.config
+
+
 def test_resume_refuses_a_corrupt_run_json_naming_it(tmp_path, prompt_file, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -118,19 +118,29 @@ def test_the_key_holds_the_precisions(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     args = (torch.device("cuda", 0), torch.bfloat16, 48, 128, 128, 8)
     bf16 = cm.cost_key(*args)
-    fp8 = cm.cost_key(*args, precision="fp8")
+    fp8 = cm.cost_key(*args, precision="fp8", estimate_precision="bf16")
     both = cm.cost_key(*args, precision="fp8", estimate_precision="fp8")
+    mixed = cm.cost_key(*args, estimate_precision="fp8")
     assert (bf16.precision, bf16.estimate_precision) == ("bf16", "bf16")
+    assert (fp8.precision, fp8.estimate_precision) == ("fp8", "bf16")
     assert (both.precision, both.estimate_precision) == ("fp8", "fp8")
-    assert len({bf16.id(), fp8.id(), both.id()}) == 3
+    assert (mixed.precision, mixed.estimate_precision) == ("bf16", "fp8")
+    assert len({bf16.id(), fp8.id(), both.id(), mixed.id()}) == 4
+    # "auto" (the default) is the attention's precision, under the same key as when explicit
+    assert cm.cost_key(*args, precision="fp8") == both
+    assert cm.cost_key(*args, estimate_precision="auto") == bf16
     assert cm.cache_path().name == "cost_model_v4.json"
-    with pytest.raises(ValueError, match="estimate_precision must be 'bf16' or 'fp8'"):
+    with pytest.raises(ValueError, match="estimate_precision must be one of"):
         cm.cost_key(*args, estimate_precision="fp16")
 
 
-@pytest.mark.parametrize("precision, estimate_precision", [("bf16", "bf16"), ("fp8", "fp8"),
-                                                           ("bf16", "fp8")])  # fmt: skip
-def test_auto_dense_asks_for_the_configs_precisions(precision, estimate_precision, monkeypatch):
+@pytest.mark.parametrize("precision, estimate_precision, resolved", [
+    ("bf16", "bf16", "bf16"), ("fp8", "fp8", "fp8"), ("bf16", "fp8", "fp8"),
+    ("fp8", "bf16", "bf16"), ("bf16", "auto", "bf16"), ("fp8", "auto", "fp8"),
+])  # fmt: skip
+def test_auto_dense_asks_for_the_configs_precisions(
+    precision, estimate_precision, resolved, monkeypatch
+):
     """The decision for a config with fp8 attention / estimate uses that calibration, not the
     bf16 one (which over-states the fp8 sparse path's cost)."""
     from types import SimpleNamespace
@@ -146,6 +156,6 @@ def test_auto_dense_asks_for_the_configs_precisions(precision, estimate_precisio
     auto._shapes[3] = ("bfloat16", 24, 128, 4096, 0)
     auto._decide(3)
     assert [(k.precision, k.estimate_precision, k.heads, k.head_dim) for k in keys] == [
-        (precision, estimate_precision, 24, 128)
+        (precision, resolved, 24, 128)
     ]
     assert 3 in auto.decisions

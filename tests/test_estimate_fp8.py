@@ -140,7 +140,36 @@ def test_bad_estimate_precision_and_devices_are_refused():
         xv.XAttentionConfig(estimate_precision=8)
 
 
+def test_auto_estimate_precision_is_the_attentions(monkeypatch):
+    """estimate_precision="auto" (the op's and the config's default) estimates in the
+    attention's precision: bf16 for bf16, fp8 for fp8; explicit values win."""
+    from xattn_video.op_checks import resolve_estimate_precision
+
+    assert xv.XAttentionConfig().estimate_precision == "auto"
+    assert xv.XAttentionConfig(precision="fp8").estimate_precision == "auto"
+    for est, prec, want in [("auto", "bf16", "bf16"), ("auto", "fp8", "fp8"),
+                            ("bf16", "fp8", "bf16"), ("fp8", "bf16", "fp8")]:  # fmt: skip
+        assert resolve_estimate_precision(est, prec) == want
+    with pytest.raises(ValueError, match="precision must be 'bf16' or 'fp8'"):
+        resolve_estimate_precision("auto", "fp16")
+    seen = record_kwarg(monkeypatch, library, "_estimate_ref", "precision", "bf16")
+    q = torch.randn(1, 2, 64, 16)
+    kw = dict(stride=4, block_size=16, backend="torch", ratio=0.5)
+    xv.xattention(q, q, q, **kw)
+    xv.xattention(q, q, q, estimate_precision="fp8", **kw)
+    # the fp8 estimate runs (emulated on the torch backend), then the fp8 attention refuses
+    # the torch backend: the estimate took the attention's precision
+    with pytest.raises(ValueError, match="fp8"):
+        xv.xattention(q, q, q, precision="fp8", **kw)
+    assert seen == ["bf16", "fp8", "fp8"]
+    with pytest.raises(ValueError, match="estimate_precision must be one of"):
+        xv.xattention(q, q, q, estimate_precision="e4m3", **kw)
+
+
 def test_processors_run_the_config_estimate_precision(monkeypatch):
     seen = record_kwarg(monkeypatch, library, "_estimate_ref", "precision", "bf16")
     run_sparse_steps(estimate_precision="fp8")
     assert seen and set(seen) == {"fp8"}
+    seen.clear()
+    run_sparse_steps()  # the default "auto" with bf16 attention
+    assert seen and set(seen) == {"bf16"}

@@ -38,14 +38,14 @@ def test_op_rejects_fp8_off_the_triton_backend():
     reason="needs an sm90+ GPU",
 )
 def test_op_fp8_matches_bf16_within_budget():
-    """Same mask as bf16 (the estimate stays bf16); output within the fp8 error budget."""
+    """Same mask as bf16 (the estimate asked for in bf16); output within the fp8 error budget."""
     g = torch.Generator(device="cuda").manual_seed(0)
     B, H, N, D = 2, 4, 9000, 128
     q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16() for _ in range(3))
     kv_len = torch.tensor([N, N - 500], device="cuda")
     kw = dict(threshold=0.9, stride=8, block_size=128, kv_len=kv_len, return_mask=True)
     out16, m16 = xv.xattention(q, k, v, **kw)
-    out8, m8 = xv.xattention(q, k, v, precision="fp8", **kw)
+    out8, m8 = xv.xattention(q, k, v, precision="fp8", estimate_precision="bf16", **kw)
     assert torch.equal(m16, m8)
     exact = xv.block_sparse_attention(q.double(), k.double(), v.double(), m16, block_size=128,
                                       kv_len=kv_len, backend="torch")  # fmt: skip
@@ -126,6 +126,9 @@ def test_fp8_op_quantizes_once_and_equals_the_composed_calls(monkeypatch):
     out, mask = xv.xattention(q, k, v, precision="fp8", estimate_precision="fp8",
                               return_mask=True, **sel)  # fmt: skip
     assert len(calls) == 1
+    # the default estimate precision ("auto") is the attention's: the same call
+    out_auto, mask_auto = xv.xattention(q, k, v, precision="fp8", return_mask=True, **sel)
+    assert len(calls) == 2 and torch.equal(mask_auto, mask) and torch.equal(out_auto, out)
     want_mask = xv.estimate_block_mask(q, k, precision="fp8", **sel)
     want = xv.block_sparse_attention(q, k, v, want_mask, block_size=128, kv_len=kv_len,
                                      precision="fp8")  # fmt: skip

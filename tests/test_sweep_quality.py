@@ -43,36 +43,58 @@ def test_one_at_a_time_grid_is_the_base_then_each_factor_alone():
 def test_preset_setting_carries_the_preset_fields_but_not_the_command_lines():
     s = sq.build_settings(_args("--preset", "tiny-dit", "--steps", "30"))
     assert len(s) == 1
-    cfg = sq.make_config(s[0], _args("--block-size", "16"), "bf16")
+    cfg = sq.make_config(s[0], _args("--block-size", "16"), "bf16", "fp8")
     ref = sq.xv.XAttentionConfig.from_preset("tiny-dit")
     for key in ("threshold", "stride", "token_order", "max_density", "warmup_steps"):
         assert getattr(cfg, key) == getattr(ref, key), key
     assert cfg.block_size == 16 and cfg.auto_dense is False
+    assert (cfg.precision, cfg.estimate_precision) == ("bf16", "fp8")
     with pytest.raises(SystemExit):
         _args("--preset", "no-such-preset")
     with pytest.raises(SystemExit):
         _args("--precision", "bf16,bf16")
+    with pytest.raises(SystemExit):
+        _args("--estimate-precision", "e4m3")
+
+
+@pytest.mark.parametrize("prec, est, want", [
+    ("bf16", "auto", [("bf16", "bf16")]),
+    ("bf16,fp8", "auto", [("bf16", "bf16"), ("fp8", "fp8")]),
+    ("bf16,fp8", "bf16,fp8", [("bf16", "bf16"), ("bf16", "fp8"), ("fp8", "bf16"), ("fp8", "fp8")]),
+    ("fp8", "auto,fp8,bf16", [("fp8", "fp8"), ("fp8", "bf16")]),
+])  # fmt: skip
+def test_precision_pairs_resolve_auto_and_drop_repeats(prec, est, want):
+    a = _args("--precision", prec, "--estimate-precision", est)
+    assert sq.precision_pairs(a) == want
+    labels = {sq._row_label(sq.BASE, p, e).removeprefix(sq._label(sq.BASE)) for p, e in want}
+    assert labels <= {"", " est=fp8", " fp8", " fp8 est=bf16"}
 
 
 def test_compare_precisions_pairs_each_setting_and_its_per_video_differences():
-    def row(setting, prec, psnr):
+    def row(setting, prec, psnr, est=None):
         return {"kind": "xattention", "setting": setting, "precision": prec,
-                "psnr": sum(psnr) / len(psnr), "per_video": {"psnr": psnr}, "ssim": 0.9,
-                "effective_density": 0.3, "attn_s": 1.0}  # fmt: skip
+                "estimate_precision": est or prec, "psnr": sum(psnr) / len(psnr),
+                "per_video": {"psnr": psnr}, "ssim": 0.9, "effective_density": 0.3,
+                "attn_s": 1.0}  # fmt: skip
 
     rows = [
         {"kind": "dense"},
+        row("a", "fp8", [29.0, 32.5]),  # before its bf16 run: still compared with it
         row("a", "bf16", [30.0, 32.0]),
-        row("a", "fp8", [29.0, 32.5]),
-        row("b", "bf16", [40.0, 40.0]),  # no fp8 run: no comparison
+        row("a", "bf16", [30.5, 32.0], est="fp8"),
+        row("b", "bf16", [40.0, 40.0]),  # no other run: no comparison
+        row("c", "fp8", [20.0, 20.0]),  # no all-bf16 run: no comparison
     ]
-    (c,) = sq.compare_precisions(rows)
-    assert c["setting"] == "a" and c["num_videos"] == 2
+    c, c2 = sq.compare_precisions(rows)
+    assert (c["setting"], c["precision"], c["estimate_precision"]) == ("a", "fp8", "fp8")
+    assert c["num_videos"] == 2
     assert c["delta_psnr_per_video"] == [-1.0, 0.5]
     assert c["delta_psnr"] == pytest.approx(-0.25)
     assert c["max_abs_delta_per_video"] == 1.0
     assert c["within_0p5_db"] is True
-    rows[2] = row("a", "fp8", [29.0, 31.0])
+    assert (c2["precision"], c2["estimate_precision"]) == ("bf16", "fp8")
+    assert c2["delta_psnr_per_video"] == [0.5, 0.0]
+    rows[1] = row("a", "fp8", [29.0, 31.0])
     assert sq.compare_precisions(rows)[0]["within_0p5_db"] is False
 
 
@@ -112,24 +134,30 @@ def test_a_whole_run_on_a_random_tiny_dit(tmp_path, capsys):
     rc = sq.main(["--out", str(out), "--random-weights", "--device", "cpu", "--frames", "5",
                   "--height", "32", "--width", "32", "--steps", "3", "--block-size", "16",
                   "--num-videos", "1", "--preset", "tiny-dit", "--precision", "bf16,fp8",
-                  "--no-lpips", "--attn-layers", "0", "--attn-steps", "1", "--taus", "0.9",
+                  "--estimate-precision", "auto,fp8", "--no-lpips", "--attn-layers", "0", "--attn-steps", "1", "--taus", "0.9",
                   "--strides", "8"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
-    if not torch.cuda.is_available():
-        assert "skipping the fp8 runs" in printed
+    no_fp8 = "skipping the runs with fp8 attention" in printed
+    if not torch.cuda.is_available():  # the fp8 estimate is emulated, the fp8 attention is not
+        assert no_fp8 and "skipping the runs with fp8 estimate" not in printed
     res = json.loads((out / "sweep_quality.json").read_text())
     assert (out / "sweep_quality.png").stat().st_size > 0
-    kinds = [r["kind"] for r in res["rows"]]
-    n_fp8 = 0 if "skipping the fp8 runs" in printed else 1
-    assert kinds == ["dense", "dense repeat"] + ["xattention"] * (1 + n_fp8)
+    want = [("bf16", "bf16"), ("bf16", "fp8")] + ([] if no_fp8 else [("fp8", "fp8")])
+    assert res["precisions"] == [list(p) for p in want]
+    assert [r["kind"] for r in res["rows"]] == ["dense", "dense repeat"] + ["xattention"] * len(
+        want
+    )
+    assert [(r["precision"], r["estimate_precision"]) for r in res["rows"][2:]] == want
+    assert [(c["precision"], c["estimate_precision"]) for c in res["vs_bf16"]] == want[1:]
+    assert res["vs_bf16"][0]["psnr"] == res["rows"][3]["psnr"]
     repeat = res["rows"][1]
     assert repeat["psnr"] == 100.0 and repeat["ssim"] == pytest.approx(1.0)
     sparse = res["rows"][2]
     assert sparse["precision"] == "bf16" and sparse["num_sparse_calls"] > 0
     assert 0.0 < sparse["sparse_density"] <= 1.0
     assert sparse["effective_density"] >= sparse["sparse_density"]
-    assert res["recommended"]["label"] == sparse["label"]
+    assert res["recommended"]["label"] in {r["label"] for r in res["rows"][2:]}
     assert {(r["order"], r["threshold"], r["stride"]) for r in res["attention_view"]["per_capture"]} == {
         ("raster", 0.9, 8), ("tile", 0.9, 8)
     }  # fmt: skip

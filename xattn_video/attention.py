@@ -67,6 +67,7 @@ from .op_checks import (
     check_triton_dtype,
     check_triton_head_dim,
     propagate_nonfinite,
+    resolve_estimate_precision,
 )
 
 BACKENDS = ("auto", "triton", "torch")
@@ -342,14 +343,15 @@ def xattention(
     return_lse: bool = False,
     max_density: float | None = None,
     precision: str = "bf16",
-    estimate_precision: str = "bf16",
+    estimate_precision: str = "auto",
     estimate_kernel: str = "auto",
 ):
     """XAttention: estimate the block mask, then attend exactly inside it.
 
     ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (sm90+ kernels).
-    ``estimate_precision="fp8"``: the estimate's Q.K^T in e4m3 (see
-    :func:`estimate_block_mask`); the two are independent, both "bf16" by default.
+    ``estimate_precision``: the estimate's arithmetic, "bf16" or "fp8" (Q.K^T in e4m3, see
+    :func:`estimate_block_mask`); by default ("auto") the attention's ``precision``, so that
+    ``precision="fp8"`` quantizes Q and K once for both.
     ``estimate_kernel="prefer-gluon"``: the experimental Gluon estimate where it was measured
     faster (:func:`estimate_block_mask`'s ``kernel``).
 
@@ -360,6 +362,7 @@ def xattention(
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
     """
     check_estimate_kernel(estimate_kernel)
+    estimate_precision = resolve_estimate_precision(estimate_precision, precision)
     estimated = mask is None
     fp8 = None
     if estimated:

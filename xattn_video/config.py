@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .attention import BACKENDS, BLOCK_SIZES, STRIDES
-from .op_checks import check_estimate_kernel, check_precision
+from .op_checks import check_estimate_kernel, check_precision, resolve_estimate_precision
 
 SELECTIONS = ("threshold", "ratio")
 TEXT_POLICIES = ("dense", "sparse")
@@ -104,11 +104,11 @@ class XAttentionConfig:
     apart by ``estimate_precision``). fp8 is faster and less exact (about 5% relative L2 error
     on random inputs)."""
 
-    estimate_precision: Literal["bf16", "fp8"] = "bf16"
-    """Arithmetic of the mask estimate: ``bf16``, or ``fp8`` (Q.K^T in e4m3 with one scale per
-    block: 25-42% less estimate time on the H200; on the Triton backend sm90+ GPUs only,
-    the torch backend emulates it). Masks can differ from bf16 ones where blocks' estimated
-    masses nearly tie."""
+    estimate_precision: Literal["auto", "bf16", "fp8"] = "auto"
+    """Arithmetic of the mask estimate: ``auto`` (the default: the same as ``precision``),
+    ``bf16``, or ``fp8`` (Q.K^T in e4m3 with one scale per block: 25-42% less estimate time on
+    the H200; on the Triton backend sm90+ GPUs only, the torch backend emulates it). Masks can
+    differ from bf16 ones where blocks' estimated masses nearly tie."""
 
     estimate_kernel: Literal["auto", "prefer-gluon"] = "auto"
     """Kernel of the mask estimate on the Triton backend: ``auto`` (the Triton estimate) or
@@ -184,7 +184,7 @@ class XAttentionConfig:
         check_precision(self.precision)
         if self.precision == "fp8" and self.backend == "torch":
             raise ValueError("precision='fp8' needs backend 'triton' or 'auto' (Hopper GPUs)")
-        check_precision(self.estimate_precision, "estimate_precision")
+        resolve_estimate_precision(self.estimate_precision, self.precision)
         check_estimate_kernel(self.estimate_kernel)
         if self.dense_kernel not in DENSE_KERNELS:
             raise ValueError(
@@ -198,6 +198,13 @@ class XAttentionConfig:
     def replace(self, **changes: Any) -> XAttentionConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> XAttentionConfig:
+        """This config with what ``auto`` choices that do not depend on the GPU resolve to
+        (``estimate_precision``): what a run record stores, so it says what ran."""
+        return self.replace(
+            estimate_precision=resolve_estimate_precision(self.estimate_precision, self.precision)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of all fields."""

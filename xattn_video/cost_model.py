@@ -67,6 +67,7 @@ from .attention import estimate_block_mask
 from .kernels._common import cdiv, check_precision, kv_len_tensor
 from .kernels.select import mask_to_indices
 from .library import block_csr, sparse_attention
+from .op_checks import resolve_estimate_precision
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +145,13 @@ def cost_key(
     stride: int,
     *,
     precision: str = "bf16",
-    estimate_precision: str = "bf16",
+    estimate_precision: str = "auto",
 ) -> CostKey:
     """The calibration key of a call on ``device`` (a CUDA device); ``precision`` /
-    ``estimate_precision``: the sparse kernel's and the estimate's ("bf16" or "fp8")."""
-    for name, value in (("precision", precision), ("estimate_precision", estimate_precision)):
-        check_precision(value, name)
+    ``estimate_precision``: the sparse kernel's and the estimate's ("bf16" or "fp8"; the
+    estimate's "auto" is ``precision``, as in the op)."""
+    check_precision(precision)
+    estimate_precision = resolve_estimate_precision(estimate_precision, precision)
     try:
         import triton
 

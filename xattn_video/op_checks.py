@@ -22,6 +22,8 @@ from .kernels.tuning import AUTOMATIC_ESTIMATE_KERNELS
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
+ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")
+"""The op's and the config's ``estimate_precision``: "auto" is the attention's ``precision``."""
 
 
 def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
@@ -143,6 +145,20 @@ def check_triton_dtype(backend: str, t: torch.Tensor) -> None:
 FP8_ESTIMATE_GPU = (
     "an fp8 estimate on the Triton backend needs an sm90+ GPU (the torch backend emulates it)"
 )
+
+
+def resolve_estimate_precision(estimate_precision: str, precision: str) -> str:
+    """The estimate's arithmetic, "bf16" or "fp8": ``estimate_precision``, or the attention's
+    ``precision`` when it is "auto" (an fp8 attention gets the fp8 estimate, which quantizes Q
+    and K once for both). ValueError on anything else."""
+    if estimate_precision == "auto":
+        check_precision(precision)
+        return precision
+    if estimate_precision not in ESTIMATE_PRECISIONS:
+        raise ValueError(
+            f"estimate_precision must be one of {ESTIMATE_PRECISIONS}, got {estimate_precision!r}"
+        )
+    return estimate_precision
 
 
 def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> None:

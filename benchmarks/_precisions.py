@@ -1,0 +1,73 @@
+"""Which (attention, estimate) precisions the tiny-DiT quality sweep runs, whether fp8 runs on
+this machine, and how each run compares with the all-bf16 run of its setting (issue 8: the fp8
+run's PSNR against dense within 0.5 dB of the bf16 run's).
+
+Not supported: precisions other than bf16 and fp8 (the kernels have no others).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import xattn_video as xv
+
+PRECISIONS = ("bf16", "fp8")
+ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")
+
+
+def precision_pairs(a: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (attention, estimate) precisions to run, "auto" resolved, in order, no repeats."""
+    pairs = [(p, p if e == "auto" else e) for p in a.precision for e in a.estimate_precision]
+    return list(dict.fromkeys(pairs))
+
+
+def fp8_unavailable(pipe, a: argparse.Namespace, device: torch.device) -> dict[str, str]:
+    """Why fp8 does not run here, per use ("attention", "estimate"; absent where it runs):
+    each tried on one block of the model's head dim, on the backend the sweep runs."""
+    tr = pipe.transformer.config
+    d = int(tr.attention_head_dim)
+    q = torch.randn(1, 1, a.block_size, d, device=device, dtype=pipe.transformer.dtype)
+    mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)
+    tries = {
+        "attention": lambda: xv.block_sparse_attention(
+            q, q, q, mask, block_size=a.block_size, precision="fp8"
+        ),
+        "estimate": lambda: xv.estimate_block_mask(
+            q, q, stride=a.block_size // 2, block_size=a.block_size, precision="fp8"
+        ),
+    }
+    why = {}
+    for use, run in tries.items():
+        try:
+            run()
+        except ValueError as exc:
+            why[use] = str(exc)
+    return why
+
+
+def compare_precisions(rows: list[dict]) -> list[dict]:
+    """Per setting, each (attention, estimate) precision run against the all-bf16 run of that
+    setting: PSNR vs dense of each, mean and per-video differences."""
+    runs = [r for r in rows if r["kind"] == "xattention"]
+    base = {r["setting"]: r for r in runs if r["precision"] == r["estimate_precision"] == "bf16"}
+    out = []
+    for r in runs:
+        r16 = base.get(r["setting"])
+        if r16 is None or r is r16:
+            continue
+        per = [p - p16 for p16, p in zip(r16["per_video"]["psnr"], r["per_video"]["psnr"],
+                                         strict=True)]  # fmt: skip
+        out.append({
+            "setting": r["setting"], "precision": r["precision"],
+            "estimate_precision": r["estimate_precision"], "num_videos": len(per),
+            "psnr_bf16": r16["psnr"], "psnr": r["psnr"], "delta_psnr": r["psnr"] - r16["psnr"],
+            "delta_psnr_per_video": per, "max_abs_delta_per_video": max(abs(x) for x in per),
+            "ssim_bf16": r16["ssim"], "ssim": r["ssim"],
+            "effective_density_bf16": r16["effective_density"],
+            "effective_density": r["effective_density"],
+            "attn_s_bf16": r16["attn_s"], "attn_s": r["attn_s"],
+            "within_0p5_db": abs(r["psnr"] - r16["psnr"]) <= 0.5,
+        })  # fmt: skip
+    return out
