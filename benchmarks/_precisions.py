@@ -35,7 +35,7 @@ def fp8_unavailable(pipe, a: argparse.Namespace, device: torch.device) -> dict[s
             q, q, q, mask, block_size=a.block_size, precision="fp8"
         ),
         "estimate": lambda: xv.estimate_block_mask(
-            q, q, stride=a.block_size // 2, block_size=a.block_size, precision="fp8"
+            q, q, stride=min(8, a.block_size), block_size=a.block_size, precision="fp8"
         ),
     }
     why = {}
