@@ -70,6 +70,21 @@ def test_precision_pairs_resolve_auto_and_drop_repeats(prec, est, want):
     assert labels <= {"", " est=fp8", " fp8", " fp8 est=bf16"}
 
 
+@pytest.mark.parametrize("block", ["128", "16"])
+def test_fp8_probe_runs_the_estimate_at_every_block_size(block):
+    """The probe of the fp8 estimate must itself be a valid call (it once asked for stride 64 at
+    the default block of 128, so every fp8-estimate run was skipped on the H200). On CPU the fp8
+    estimate is emulated (it runs), the fp8 attention is not."""
+    from types import SimpleNamespace
+
+    tr = SimpleNamespace(config=SimpleNamespace(attention_head_dim=16), dtype=torch.float32)
+    why = sq.fp8_unavailable(SimpleNamespace(transformer=tr), _args("--block-size", block),
+                             torch.device("cpu"))  # fmt: skip
+    assert "estimate" not in why
+    if not torch.cuda.is_available():
+        assert "fp8" in why["attention"]
+
+
 def test_compare_precisions_pairs_each_setting_and_its_per_video_differences():
     def row(setting, prec, psnr, est=None):
         return {"kind": "xattention", "setting": setting, "precision": prec,
