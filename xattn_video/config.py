@@ -100,9 +100,9 @@ class XAttentionConfig:
 
     precision: Literal["bf16", "fp8"] = "bf16"
     """Arithmetic of the sparse attention: ``bf16`` (the model's dtype) or ``fp8`` (Q.K^T and
-    P.V in e4m3 with per-block scales on Hopper GPUs, Triton backend; the mask estimate is set
-    apart by ``estimate_precision``). fp8 is faster and less exact (about 5% relative L2 error
-    on random inputs)."""
+    P.V in e4m3 with per-block scales on Hopper GPUs, Triton backend; the mask estimate follows
+    it unless ``estimate_precision`` says otherwise). fp8 is faster and less exact (about 5%
+    relative L2 error on random inputs)."""
 
     estimate_precision: Literal["auto", "bf16", "fp8"] = "auto"
     """Arithmetic of the mask estimate: ``auto`` (the default: the same as ``precision``),
