@@ -1,4 +1,5 @@
-"""Which (attention, estimate) precisions the tiny-DiT quality sweep runs, whether fp8 runs on
+"""Which (attention, estimate) precisions the tiny-DiT quality sweep (and the pipeline
+benchmarks) run, whether fp8 runs on
 this machine, and how each run compares with the all-bf16 run of its setting (issue 8: the fp8
 run's PSNR against dense within 0.5 dB of the bf16 run's).
 
@@ -8,6 +9,7 @@ Not supported: precisions other than bf16 and fp8 (the kernels have no others).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 
@@ -17,9 +19,12 @@ PRECISIONS = ("bf16", "fp8")
 ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")
 
 
-def precision_pairs(a: argparse.Namespace) -> list[tuple[str, str]]:
-    """The (attention, estimate) precisions to run, "auto" resolved, in order, no repeats."""
-    pairs = [(p, p if e == "auto" else e) for p in a.precision for e in a.estimate_precision]
+def precision_pairs(
+    precisions: Sequence[str], estimate_precisions: Sequence[str]
+) -> list[tuple[str, str]]:
+    """The (attention, estimate) precisions to run: each attention precision with each estimate
+    precision ("auto": the attention's, as the config's default), in order, without repeats."""
+    pairs = [(p, p if e == "auto" else e) for p in precisions for e in estimate_precisions]
     return list(dict.fromkeys(pairs))
 
 

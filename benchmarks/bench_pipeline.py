@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, report  # noqa: E402
+from _precisions import precision_pairs  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 
@@ -136,7 +137,7 @@ def run_resolution(model, name: str, args) -> list[dict]:
     settings += [(f"xattn tau={t}", dict(selection="threshold", threshold=t)) for t in args.taus]
     settings = [
         (label + precision_label(p, e), {**kw, "precision": p, "estimate_precision": e})
-        for p, e in precision_pairs(args)
+        for p, e in precision_pairs(args.precisions, args.estimate_precisions)
         for label, kw in settings
     ]
     for label, kw in settings:
@@ -175,16 +176,6 @@ def add_projections(rows: list[dict], steps: int, warm: int) -> None:
             total = r["projected_50_steps_kernel_dense_s"]
             r["projected_speedup_kernel_dense_vs_default"] = steps * default / total
             r["projected_speedup_kernel_dense_vs_best_dense"] = steps * best / total
-
-
-def precision_pairs(args) -> list[tuple[str, str]]:
-    """The (attention, estimate) precisions of the sparse rows, in order and without repeats:
-    each of ``--precisions`` with each of ``--estimate-precisions`` ("auto": the attention's,
-    as the config's default)."""
-    pairs = [
-        (p, p if e == "auto" else e) for p in args.precisions for e in args.estimate_precisions
-    ]
-    return list(dict.fromkeys(pairs))
 
 
 def precision_label(precision: str, estimate_precision: str) -> str:

@@ -33,11 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, qk_prep_fused, report  # noqa: E402
+from _precisions import precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
     precision_label,
-    precision_pairs,
     time_dense,
     time_xattention,
 )
@@ -89,7 +89,7 @@ def run(model, args) -> list[dict]:
 
     time_dense(model, inputs, len(model.blocks), args.repeats, add)
     for ratio in args.ratios:
-        for precision, est in precision_pairs(args):
+        for precision, est in precision_pairs(args.precisions, args.estimate_precisions):
             cfg = xv.XAttentionConfig.from_preset(
                 "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
                 block_size=128, auto_dense=False, precision=precision, estimate_precision=est,

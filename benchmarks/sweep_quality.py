@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     p = int(pipe.transformer.config.patch_size)
     grid = (a.frames, a.height // p, a.width // p)
     n_video = grid[0] * grid[1] * grid[2]
-    pairs = precision_pairs(a)
+    pairs = precision_pairs(a.precision, a.estimate_precision)
     if any("fp8" in pair for pair in pairs):
         why = fp8_unavailable(pipe, a, device)
         for use, reason in why.items():

@@ -65,7 +65,7 @@ def test_preset_setting_carries_the_preset_fields_but_not_the_command_lines():
 ])  # fmt: skip
 def test_precision_pairs_resolve_auto_and_drop_repeats(prec, est, want):
     a = _args("--precision", prec, "--estimate-precision", est)
-    assert sq.precision_pairs(a) == want
+    assert sq.precision_pairs(a.precision, a.estimate_precision) == want
     labels = {sq._row_label(sq.BASE, p, e).removeprefix(sq._label(sq.BASE)) for p, e in want}
     assert labels <= {"", " est=fp8", " fp8", " fp8 est=bf16"}
 

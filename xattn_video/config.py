@@ -200,8 +200,9 @@ class XAttentionConfig:
         return dataclasses.replace(self, **changes)
 
     def resolved(self) -> XAttentionConfig:
-        """This config with what ``auto`` choices that do not depend on the GPU resolve to
-        (``estimate_precision``): what a run record stores, so it says what ran."""
+        """This config with ``estimate_precision`` "auto" replaced by what it stands for, the
+        attention's ``precision``: what a run record stores, so that it says what ran. (The
+        other "auto" fields depend on the GPU and stay.)"""
         return self.replace(
             estimate_precision=resolve_estimate_precision(self.estimate_precision, self.precision)
         )
