@@ -71,12 +71,9 @@ def denoise(pipe, conds, seeds: list[int], a) -> np.ndarray:
                 num_inference_steps=a.steps, generator=gens, output_type="uint8").frames  # fmt: skip
 
 
-def generate(
-    pipe, conds, a, device, seeds: list[int] | None = None
-) -> tuple[np.ndarray, float, float]:
-    """(videos (K, T, H, W, 3) uint8, denoise seconds per video, attention seconds per video);
-    seeds: per video, default ``a.seed + i``."""
-    seeds = [a.seed + i for i in range(len(conds))] if seeds is None else seeds
+def generate(pipe, conds, a, device, seeds: list[int]) -> tuple[np.ndarray, float, float]:
+    """(videos (K, T, H, W, 3) uint8, denoise seconds per video, attention seconds per video)
+    of :func:`denoise` with these ``seeds``, timed."""
     timer = AttentionTimer(pipe.transformer, device.type == "cuda")
     try:
         if device.type == "cuda":

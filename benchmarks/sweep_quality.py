@@ -313,8 +313,8 @@ def main(argv=None) -> int:
             denoise(pipe, conds, seeds, warm_args)
 
     # dense reference (+ q/k/v capture of video 0 is done in a separate B=1 run below)
-    dense, dense_s, dense_attn_s = generate(pipe, conds, a, device)
-    dense2, dense2_s, dense2_attn_s = generate(pipe, conds, a, device)
+    dense, dense_s, dense_attn_s = generate(pipe, conds, a, device, seeds)
+    dense2, dense2_s, dense2_attn_s = generate(pipe, conds, a, device, seeds)
     rows = [
         {"kind": "dense", "label": "dense", "denoise_s": dense_s, "attn_s": dense_attn_s,
          "effective_density": 1.0, "sparse_density": None},
@@ -329,7 +329,7 @@ def main(argv=None) -> int:
         handle = xv.apply_xattention(pipe, cfg)
         try:
             handle.stats.reset()
-            video, sec, attn_sec = generate(pipe, conds, a, device)
+            video, sec, attn_sec = generate(pipe, conds, a, device, seeds)
             summ = handle.stats.summary()
         finally:
             handle.remove()
