@@ -28,6 +28,16 @@ def precision_pairs(
     return list(dict.fromkeys(pairs))
 
 
+def precision_label(precision: str, estimate_precision: str) -> str:
+    """A row label's suffix for an (attention, estimate) precision pair: nothing for all-bf16,
+    else both named (" fp8 + fp8 estimate", " bf16 + fp8 estimate", " fp8 + bf16 estimate"),
+    so that a label does not depend on what a default resolves to. One scheme for the quality
+    sweep and the pipeline benchmarks."""
+    if precision == estimate_precision == "bf16":
+        return ""
+    return f" {precision} + {estimate_precision} estimate"
+
+
 def fp8_unavailable(pipe, a: argparse.Namespace, device: torch.device) -> dict[str, str]:
     """Why fp8 does not run here, per use ("attention", "estimate"; absent where it runs):
     each tried on one block of the model's head dim, on the backend the sweep runs."""

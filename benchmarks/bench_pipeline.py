@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, report  # noqa: E402
-from _precisions import precision_pairs  # noqa: E402
+from _precisions import precision_label, precision_pairs  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 
@@ -176,12 +176,6 @@ def add_projections(rows: list[dict], steps: int, warm: int) -> None:
             total = r["projected_50_steps_kernel_dense_s"]
             r["projected_speedup_kernel_dense_vs_default"] = steps * default / total
             r["projected_speedup_kernel_dense_vs_best_dense"] = steps * best / total
-
-
-def precision_label(precision: str, estimate_precision: str) -> str:
-    """The sparse row label's suffix: nothing for all-bf16, " fp8", " + fp8 estimate"."""
-    out = "" if precision == "bf16" else f" {precision}"
-    return out + ("" if estimate_precision == "bf16" else f" + {estimate_precision} estimate")
 
 
 def add_row_args(p: argparse.ArgumentParser) -> None:

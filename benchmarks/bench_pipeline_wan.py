@@ -33,11 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, qk_prep_fused, report  # noqa: E402
-from _precisions import precision_pairs  # noqa: E402
+from _precisions import precision_label, precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
-    precision_label,
     time_dense,
     time_xattention,
 )

@@ -67,6 +67,7 @@ from _precisions import (  # noqa: E402
     PRECISIONS,
     compare_precisions,
     fp8_unavailable,
+    precision_label,
     precision_pairs,
 )
 from _quality import Metrics, conditions, denoise, generate  # noqa: E402
@@ -95,10 +96,8 @@ def _label(s: dict) -> str:
 
 
 def _row_label(s: dict, precision: str, estimate_precision: str) -> str:
-    """``s``'s label, then " fp8" for fp8 attention and " est=P" for an estimate in another
-    precision than the attention's."""
-    out = _label(s) + ("" if precision == "bf16" else f" {precision}")
-    return out + ("" if estimate_precision == precision else f" est={estimate_precision}")
+    """``s``'s label, then the precisions unless all-bf16 (:func:`_precisions.precision_label`)."""
+    return _label(s) + precision_label(precision, estimate_precision)
 
 
 def make_config(

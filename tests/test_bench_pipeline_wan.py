@@ -66,8 +66,8 @@ def test_rows_cover_every_precision_and_time_the_torch_q_k_prep_once(monkeypatch
     assert [r["method"] for r in rows[2:]] == [
         "xattn ratio=0.3 (q / k prep: torch code)",
         "xattn ratio=0.3",
-        "xattn ratio=0.3 + fp8 estimate",
-        "xattn ratio=0.3 fp8",
+        "xattn ratio=0.3 bf16 + fp8 estimate",
+        "xattn ratio=0.3 fp8 + bf16 estimate",
         "xattn ratio=0.3 fp8 + fp8 estimate",
     ]
     assert seen == [("bf16", "bf16", False), ("bf16", "bf16", True), ("bf16", "fp8", True),
@@ -78,7 +78,7 @@ def test_rows_cover_every_precision_and_time_the_torch_q_k_prep_once(monkeypatch
     args.estimate_precisions, args.compare_unfused = ["auto", "bf16"], False
     rows = bench.run(SimpleNamespace(blocks=[None] * 3), args)
     assert [r["method"] for r in rows[2:5]] == [
-        "xattn ratio=0.3", "xattn ratio=0.3 fp8 + fp8 estimate", "xattn ratio=0.3 fp8",
+        "xattn ratio=0.3", "xattn ratio=0.3 fp8 + fp8 estimate", "xattn ratio=0.3 fp8 + bf16 estimate",
     ]  # fmt: skip
     assert seen == [("bf16", "bf16", True), ("fp8", "fp8", True), ("fp8", "bf16", True)]
     assert rows[3]["speedup_vs_default"] == 2.5 and rows[3]["effective_density"] == 0.3

@@ -67,7 +67,13 @@ def test_precision_pairs_resolve_auto_and_drop_repeats(prec, est, want):
     a = _args("--precision", prec, "--estimate-precision", est)
     assert sq.precision_pairs(a.precision, a.estimate_precision) == want
     labels = {sq._row_label(sq.BASE, p, e).removeprefix(sq._label(sq.BASE)) for p, e in want}
-    assert labels <= {"", " est=fp8", " fp8", " fp8 est=bf16"}
+    names = {
+        ("bf16", "bf16"): "",
+        ("bf16", "fp8"): " bf16 + fp8 estimate",
+        ("fp8", "fp8"): " fp8 + fp8 estimate",
+        ("fp8", "bf16"): " fp8 + bf16 estimate",
+    }
+    assert labels == {names[pair] for pair in want}
 
 
 @pytest.mark.parametrize("block", ["128", "16"])
