@@ -1,7 +1,7 @@
 """Which (attention, estimate) precisions the tiny-DiT quality sweep (and the pipeline
-benchmarks) run, whether fp8 runs on
-this machine, and how each run compares with the all-bf16 run of its setting (issue 8: the fp8
-run's PSNR against dense within 0.5 dB of the bf16 run's).
+benchmarks) run and how their rows are labelled, whether fp8 runs on this machine, and how each
+run compares with the all-bf16 run of its setting (issue 8: the fp8 run's PSNR against dense
+within 0.5 dB of the bf16 run's).
 
 Not supported: precisions other than bf16 and fp8 (the kernels have no others).
 """
