@@ -15,9 +15,6 @@ import torch
 
 import xattn_video as xv
 
-PRECISIONS = ("bf16", "fp8")
-ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")
-
 
 def precision_pairs(
     precisions: Sequence[str], estimate_precisions: Sequence[str]

@@ -37,6 +37,7 @@ from _common import environment, report  # noqa: E402
 from _precisions import precision_label, precision_pairs  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
+from xattn_video.op_checks import ESTIMATE_PRECISIONS, PRECISIONS  # noqa: E402
 
 RESOLUTIONS = {"544p": (544, 960), "720p": (720, 1280)}
 KERNEL_DENSE = 'dense, XAttention kernel (dense_kernel="xattn")'
@@ -182,10 +183,10 @@ def add_row_args(p: argparse.ArgumentParser) -> None:
     """The options of the sparse rows and the 50-step projection that this script and
     ``bench_pipeline_wan.py`` share (stride, precisions, steps, warm-up steps, repeats)."""
     p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--precisions", nargs="+", default=["bf16"], choices=["bf16", "fp8"],
+    p.add_argument("--precisions", nargs="+", default=["bf16"], choices=PRECISIONS,
                    help="XAttention precision of the sparse rows (fp8: sm90+)")  # fmt: skip
     p.add_argument("--estimate-precisions", nargs="+", default=["auto"],
-                   choices=["auto", "bf16", "fp8"],
+                   choices=ESTIMATE_PRECISIONS,
                    help="precision of the mask estimate in the sparse rows (auto: the "
                         "attention's; fp8: sm90+)")  # fmt: skip
     p.add_argument("--steps", type=int, default=50)

@@ -63,8 +63,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attention_view import QKVCapture, aggregate_attention, attention_view  # noqa: E402
 from _common import print_table, save_json  # noqa: E402
 from _precisions import (  # noqa: E402
-    ESTIMATE_PRECISIONS,
-    PRECISIONS,
     compare_precisions,
     fp8_unavailable,
     precision_label,
@@ -73,6 +71,7 @@ from _precisions import (  # noqa: E402
 from _quality import Metrics, conditions, denoise, generate  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
+from xattn_video.op_checks import ESTIMATE_PRECISIONS, PRECISIONS  # noqa: E402
 from xattn_video.pipelines.tiny.factory import random_tiny_pipeline  # noqa: E402
 from xattn_video.pipelines.tiny.model import TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH  # noqa: E402
 from xattn_video.pipelines.tiny.pipeline import load_tiny_pipeline  # noqa: E402

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .kernels._common import check_precision, interpreter_enabled
+from .kernels._common import PRECISIONS, check_precision, interpreter_enabled
 from .kernels.tuning import AUTOMATIC_ESTIMATE_KERNELS
 
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
-ESTIMATE_PRECISIONS = ("auto", "bf16", "fp8")
+ESTIMATE_PRECISIONS = ("auto", *PRECISIONS)
 """The op's and the config's ``estimate_precision``: "auto" is the attention's ``precision``."""
 
 
