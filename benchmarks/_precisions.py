@@ -25,14 +25,19 @@ def precision_pairs(
     return list(dict.fromkeys(pairs))
 
 
+def precision_name(precision: str, estimate_precision: str) -> str:
+    """An (attention, estimate) precision pair in words, both named ("fp8 + fp8 estimate",
+    "bf16 + bf16 estimate"), so that a name does not depend on what a default resolves to. One
+    scheme for the quality sweep and the pipeline benchmarks."""
+    return f"{precision} + {estimate_precision} estimate"
+
+
 def precision_label(precision: str, estimate_precision: str) -> str:
-    """A row label's suffix for an (attention, estimate) precision pair: nothing for all-bf16,
-    else both named (" fp8 + fp8 estimate", " bf16 + fp8 estimate", " fp8 + bf16 estimate"),
-    so that a label does not depend on what a default resolves to. One scheme for the quality
-    sweep and the pipeline benchmarks."""
+    """A row label's suffix: nothing for all-bf16 (the rows' baseline), else " " and
+    :func:`precision_name`."""
     if precision == estimate_precision == "bf16":
         return ""
-    return f" {precision} + {estimate_precision} estimate"
+    return " " + precision_name(precision, estimate_precision)
 
 
 def fp8_unavailable(pipe, a: argparse.Namespace, device: torch.device) -> dict[str, str]:

@@ -66,6 +66,7 @@ from _precisions import (  # noqa: E402
     compare_precisions,
     fp8_unavailable,
     precision_label,
+    precision_name,
     precision_pairs,
 )
 from _quality import Metrics, conditions, denoise, generate  # noqa: E402
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
             print("[sweep] nothing left to run (every run asked for needs fp8)", flush=True)
             return 1
     runs = [(s, pair) for s in settings for pair in pairs]
-    names = ",".join(p if p == e else f"{p}+{e} estimate" for p, e in pairs)
+    names = ", ".join(precision_name(p, e) for p, e in pairs)
     print(f"[sweep] {len(settings)} settings x {len(pairs)} precision(s) "
           f"({names}) x {len(conds)} videos, {a.steps} steps, "
           f"{a.frames}x{a.height}x{a.width} px = {n_video} video tokens, {a.dtype} on "
@@ -387,7 +388,7 @@ def main(argv=None) -> int:
                                ("oracle_mass", "oracle", "{:.4f}"),
                                ("rel_l2", "rel L2", "{:.4f}")])  # fmt: skip
     for c in cmp:
-        name = f"{c['precision']} attention + {c['estimate_precision']} estimate"
+        name = precision_name(c["precision"], c["estimate_precision"])
         print(f"\n{name} vs all-bf16, {c['setting']} ({c['num_videos']} videos): PSNR vs dense "
               f"{c['psnr']:.2f} vs {c['psnr_bf16']:.2f} dB ({c['delta_psnr']:+.2f} dB, per "
               f"video up to {c['max_abs_delta_per_video']:.2f} dB; within 0.5 dB: "
