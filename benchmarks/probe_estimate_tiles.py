@@ -26,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_ms, print_table, save_json  # noqa: E402
 
+from xattn_video.op_checks import PRECISIONS  # noqa: E402
+
 CONFIGS = ["128,128,8,3", "64,128,4,4", "64,128,4,3", "64,128,4,5", "64,128,4,6", "64,64,4,6",
            "128,64,4,4", "64,256,8,3", "128,128,8,4"]  # fmt: skip
 
@@ -68,7 +70,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--heads", type=int, default=24)
-    p.add_argument("--precisions", nargs="+", default=["bf16", "fp8"], choices=["bf16", "fp8"])
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     p.add_argument("--strides", type=int, nargs="+", default=[8, 16])
     p.add_argument("--configs", type=parse_config, nargs="+", default=None)
     p.add_argument("--rounds", type=int, default=3)

@@ -26,6 +26,7 @@ from _common import bench_ms, print_table, save_json  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
 from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon  # noqa: E402
+from xattn_video.op_checks import PRECISIONS  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -33,7 +34,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0])
-    p.add_argument("--precisions", nargs="+", choices=["bf16", "fp8"], default=["bf16", "fp8"])
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--out", default="results/probe_gluon.json")
     args = p.parse_args(argv)
     n, H, D = args.n, args.heads, 128

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import profile_one_call  # noqa: E402
 
 from xattn_video.kernels.estimate import estimate_block_scores
+from xattn_video.op_checks import PRECISIONS
 
 
 def main(argv=None) -> None:
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--precision", choices=["bf16", "fp8"], default="bf16")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--kernel", choices=["triton", "gluon"], default="triton")
     args = p.parse_args(argv)
     n = args.n

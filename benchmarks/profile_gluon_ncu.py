@@ -23,6 +23,7 @@ from _common import profile_one_call  # noqa: E402
 
 from xattn_video.kernels.select import mask_to_indices, select_blocks
 from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
+from xattn_video.op_checks import PRECISIONS
 
 
 def main(argv=None) -> None:
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=119056)
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--density", type=float, default=0.1)
-    p.add_argument("--precision", choices=["bf16", "fp8"], default="bf16")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--stages", type=int, default=None, help="ring depth (default 2 bf16, 3 fp8)")
     args = p.parse_args(argv)
     n, H = args.n, args.heads
