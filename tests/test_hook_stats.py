@@ -19,7 +19,10 @@ from ._tiny_models import (  # noqa: F401
     one_thread,
     tiny_hv_pipeline,
     tiny_hv_transformer,
+    tiny_wan_pipeline,
     tiny_wan_transformer,
+    tiny_wan_vae,
+    wan_inputs,
 )
 from ._tiny_models import tiny_cfg as cfg_
 
@@ -77,6 +80,65 @@ def test_scheduler_step_index_is_authoritative():
     ctl.masks.put(attn, "cond", torch.ones(1, 1, 1, 1, dtype=torch.bool), None)
     ctl.begin_forward(scheduler=sched)
     assert (ctl.step, ctl.sparse, ctl.run, len(ctl.masks)) == (0, False, 1, 0)
+
+
+def scheduler_steps(ctl, sched, indices, timestep=None):
+    """(step, sparse, num_steps) of a cond and an uncond forward at each scheduler index."""
+    got = []
+    for idx in indices:
+        sched.step_index = idx
+        for name in ("cond", "uncond"):
+            ctl.begin_forward(timestep=timestep, scheduler=sched, context=CacheContext(name))
+            got.append((ctl.step, ctl.sparse, ctl.num_steps))
+    return got[::2]
+
+
+def test_steps_count_from_where_a_video_to_video_call_starts():
+    """strength 0.5 of 10 steps runs timesteps[5:] with no begin index (WanVideoToVideo): the
+    first forward's timestep places it at index 5, so warm-up counts the steps actually run.
+    Before, that forward read step_index None as step 0 and the next ones as steps 6-9."""
+    ts = torch.linspace(999.0, 99.0, 10)
+    sched = SimpleNamespace(step_index=None, timesteps=ts)
+    ctl = XAttentionController(cfg_(warmup_steps=3, dense_last_steps=1))
+    got = scheduler_steps(ctl, sched, (None, 6, 7, 8, 9), timestep=ts[5:6])
+    assert got == [(0, False, 5), (1, False, 5), (2, False, 5), (3, True, 5), (4, False, 5)]
+    # the same call with a begin index instead of a timestep to match
+    ctl = XAttentionController(cfg_(warmup_steps=3, dense_last_steps=1))
+    sched = SimpleNamespace(step_index=None, timesteps=ts, begin_index=5)
+    assert scheduler_steps(ctl, sched, (None, 6, 7, 8, 9)) == got
+
+
+def test_steps_count_from_the_first_step_index_when_the_start_is_unknown():
+    """A timestep that is not in ``timesteps`` (a pipeline that rescales it) leaves the first
+    forward's position unknown: it is step 0, and the first step_index is one step past it."""
+    ts = torch.linspace(999.0, 99.0, 10)
+    sched = SimpleNamespace(step_index=None, timesteps=ts)
+    ctl = XAttentionController(cfg_(warmup_steps=2))
+    got = scheduler_steps(ctl, sched, (None, 6, 7, 8, 9), timestep=ts[5:6] / 1000)
+    assert got == [(0, False, 10), (1, False, 5), (2, True, 5), (3, True, 5), (4, True, 5)]
+    sched.step_index = None  # the next call (same timesteps object: no set_timesteps seen)
+    ctl.begin_forward(timestep=ts[:1], scheduler=sched)
+    assert (ctl.step, ctl.run, ctl.num_steps) == (0, 1, 10)
+
+
+def test_warmup_counts_the_steps_a_wan_video_to_video_call_runs():
+    import numpy as np
+    import PIL.Image
+    from diffusers import WanVideoToVideoPipeline
+
+    wan = tiny_wan_pipeline()
+    pipe = WanVideoToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=tiny_wan_vae(0), scheduler=wan.scheduler,
+        transformer=wan.transformer,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    video = [PIL.Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))] * 9
+    kw = {k: v for k, v in wan_inputs(steps=6).items() if k != "num_frames"}
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=2)) as h:
+        pipe(video=video, strength=0.5, **kw)  # runs 3 of the 6 steps
+        steps = sorted({(r.step, r.sparse) for r in h.stats.records})
+    assert steps == [(0, False), (1, False), (2, True)]
 
 
 def test_new_scheduler_timesteps_start_a_new_run():

@@ -5,12 +5,16 @@ diffusers' HunyuanVideo pipeline passes no step index down to the attention bloc
 processors read a shared :class:`XAttentionController` instead. Its ``pre_forward`` hook sets,
 before every transformer forward:
 
-- ``step``: ``pipe.scheduler.step_index or 0`` when the pipeline (hence its scheduler) is known
-  -- the same value for both forwards of a true-CFG step; else the ``step_index`` of the
-  diffusers cache context when the pipeline sets one (Wan does); else **timestep matching**
-  (bare transformer): a new ``float(timestep.max())`` advances the step, a repeated one (the
-  second CFG forward) does not, a larger one starts a new sampling run at step 0;
-- ``num_steps``: ``len(scheduler.timesteps)`` (or the context's ``num_inference_steps``);
+- ``step``: when the pipeline (hence its scheduler) is known, the scheduler's position in its
+  ``timesteps`` counted from where this call started (video-to-video / image-to-video pipelines
+  with ``strength < 1`` start part-way and set no begin index; before the first
+  ``scheduler.step`` the position is its ``begin_index``, else where the forward's timestep
+  sits in ``timesteps``) -- the same value for both forwards of a true-CFG step; else the
+  ``step_index`` of the diffusers cache context when the pipeline sets one (Wan does); else
+  **timestep matching** (bare transformer): a new ``float(timestep.max())`` advances the step,
+  a repeated one (the second CFG forward) does not, a larger one starts a new run at step 0;
+- ``num_steps``: ``len(scheduler.timesteps)`` less the steps the call skipped (or the
+  context's ``num_inference_steps``);
 - ``sparse``: ``warmup_steps <= step < num_steps - dense_last_steps`` -- the processors branch
   on this bool, never on the step number, so ``torch.compile`` sees only two variants (the
   hook itself runs eagerly: :func:`compile_below_hook` compiles the forward under it);
@@ -27,7 +31,7 @@ masks per (attention module, branch) for ``mask_refresh > 1`` and tile permutati
 sampling run -- hence a reset to step 0, dense, no cached masks -- starts when
 
 - the pipeline's scheduler has a new ``timesteps`` tensor (every diffusers pipeline call runs
-  ``scheduler.set_timesteps``), or its ``step_index`` goes back;
+  ``scheduler.set_timesteps``), or its position goes back (``step_index`` back to None too);
 - without a scheduler: the cache context's ``step_index`` goes back, or a branch name
   (``"cond"``) comes again at the same step; with timestep matching, a larger timestep;
 - diffusers calls the hook's ``reset_state`` (``maybe_free_model_hooks`` at the end of a call).
@@ -60,6 +64,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
+from .schedule import scheduler_getter_for, scheduler_index
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
 from .targets import target_layers
@@ -107,6 +112,8 @@ class XAttentionController:
         self.grid: tuple[int, int, int] | None = None
         self.masks.clear()
         self._last_step: int | None = None
+        self._last_index: int | None = None  # the scheduler's position at the last forward
+        self._start_index: int | None = None  # its position at this call's first step
         self._last_t: float | None = None
         self._timesteps: Any = None  # the scheduler's timesteps tensor of the current run
         self._branches_at_step: set[str] = set()
@@ -134,14 +141,23 @@ class XAttentionController:
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
         if scheduler is not None:
-            step = int(getattr(scheduler, "step_index", None) or 0)
+            index = scheduler_index(scheduler, timestep)
             timesteps = getattr(scheduler, "timesteps", None)
-            num_steps = len(timesteps) if timesteps is not None else None
+            last = self._last_index
             if self._last_step is not None and (
-                step < self._last_step or timesteps is not self._timesteps
+                timesteps is not self._timesteps
+                or (last is not None and (index is None or index < last))
             ):
                 self._new_run()  # set_timesteps ran: a new pipeline call
             self._timesteps = timesteps  # held, so a new tensor can't reuse its identity
+            if index is not None and self._start_index is None:
+                # where this call started: here at its first forward; a position first known
+                # after forwards at an unknown one is one scheduler.step past the start
+                self._start_index = index if self._last_step is None else index - 1
+            self._last_index = index
+            start = self._start_index or 0
+            step = index - start if index is not None else 0
+            num_steps = len(timesteps) - start if timesteps is not None else None
         elif context is not None and context.step_index is not None:
             step = int(context.step_index)
             if self._last_step is not None and (
@@ -322,19 +338,6 @@ def transformer_patch_size(transformer: torch.nn.Module) -> tuple[int, int, int]
     if isinstance(p, (tuple, list)):
         return tuple(int(x) for x in p) if len(p) == 3 else None
     return (int(getattr(config, "patch_size_t", 1) or 1), int(p), int(p))
-
-
-def scheduler_getter_for(pipe: Any) -> Callable[[], Any] | None:
-    """A callable returning ``pipe.scheduler`` at call time (weakly referenced; None if no pipe)."""
-    if pipe is None:
-        return None
-    ref = weakref.ref(pipe)
-
-    def get() -> Any:
-        p = ref()
-        return getattr(p, "scheduler", None) if p is not None else None
-
-    return get
 
 
 def attach_step_hook(

@@ -1,0 +1,55 @@
+"""Where a diffusers pipeline is in its denoising schedule, read from its scheduler.
+
+:func:`scheduler_getter_for` reads ``pipe.scheduler`` at call time (pipelines may swap their
+scheduler between calls); :func:`scheduler_index` is the scheduler's position in its
+``timesteps`` for the transformer forward about to run. The step hook
+(:mod:`xattn_video.hook`) counts a call's steps from them.
+
+Not supported: schedulers whose ``timesteps`` are not the values the pipeline passes to the
+transformer (before their first ``step``, without a ``begin_index``, the position is then
+unknown: None, and the hook counts from the first ``step_index`` instead).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def scheduler_getter_for(pipe: Any) -> Callable[[], Any] | None:
+    """A callable returning ``pipe.scheduler`` at call time (weakly referenced; None if no pipe)."""
+    if pipe is None:
+        return None
+    ref = weakref.ref(pipe)
+
+    def get() -> Any:
+        p = ref()
+        return getattr(p, "scheduler", None) if p is not None else None
+
+    return get
+
+
+def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
+    """The scheduler's position in its ``timesteps`` for the forward about to run, or None.
+
+    ``step_index`` once ``scheduler.step`` has run; before that its ``begin_index`` when the
+    pipeline set one, else the index of ``timestep`` (its max, as in timestep matching) in
+    ``timesteps`` when it is there (to 1e-3 relative): video-to-video pipelines run
+    ``timesteps[t_start:]`` with neither set, so their first forward is not at index 0.
+    """
+    index = getattr(scheduler, "step_index", None)
+    if index is not None:
+        return int(index)
+    begin = getattr(scheduler, "begin_index", None)
+    if begin is not None:
+        return int(begin)
+    timesteps = getattr(scheduler, "timesteps", None)
+    if timestep is None or not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
+        return None
+    t = float(torch.as_tensor(timestep).max())
+    gap = (timesteps.detach().float().cpu() - t).abs()
+    i = int(gap.argmin())
+    return i if float(gap[i]) <= 1e-3 * max(1.0, abs(t)) else None
