@@ -461,7 +461,7 @@ def test_attention_backend_setting_is_carried_over():
 
 
 @torch.no_grad()
-def test_framepack_raster_only(monkeypatch):
+def test_framepack_without_grid_orders(monkeypatch):
     tr = tiny_framepack_transformer()
     inputs = framepack_inputs()
     ref = tr(**inputs)[0]
@@ -478,8 +478,12 @@ def test_framepack_raster_only(monkeypatch):
         monkeypatch, tr, cfg_(threshold=0.5, warmup_steps=0), lambda d: tr(**inputs_of[d])[0]
     )
     assert summary["sparse_density"] < 1.0
-    with pytest.raises(ValueError, match="raster"):
-        xv.apply_xattention(tr, cfg_(token_order="tile"))
+    for order in ("tile", "hilbert"):  # both need one (T, H, W) grid; hilbert was accepted
+        with pytest.raises(ValueError, match=f"token_order='{order}' is not supported.*raster"):
+            xv.apply_xattention(tr, cfg_(token_order=order))  # and failed at the first sparse step
+    with xv.apply_xattention(tr, cfg_(token_order="cluster", threshold=0.5, warmup_steps=0)) as h:
+        tr(**inputs)  # cluster starts from the raster order without a grid
+        assert h.stats.summary()["num_sparse_calls"] > 0
 
 
 def _to(inputs: dict, dtype: torch.dtype, device: str = "cuda") -> dict:

@@ -36,7 +36,7 @@ Hand-built processors (e.g. one instance for ``set_attn_processor``) run dense u
 an owner-less hook is not replaced (applying raises until ``detach_step_hook`` removes it).
 
 Not supported: transformers other than those of :mod:`xattn_video.targets`
-(``HunyuanVideoFramepackTransformer3DModel``: raster token order only, and apply_xattention
+(``HunyuanVideoFramepackTransformer3DModel``: no tile / hilbert token order, and apply_xattention
 only, it has no ``set_attn_processor``); attention layers whose processor is not the stock one
 (a custom processor is never silently replaced).
 """
@@ -176,10 +176,10 @@ def _check(
             f"dense_layers {bad} out of range: {name} has {len(targets)} attention layers "
             f"(0-{len(targets) - 1})"
         )
-    if cfg.token_order == "tile" and not supports_tile_order(transformer):
+    if cfg.token_order in ("tile", "hilbert") and not supports_tile_order(transformer):
         raise ValueError(
-            f"token_order='tile' is not supported for {name} (its video tokens form no single "
-            "grid); use token_order='raster'"
+            f"token_order={cfg.token_order!r} is not supported for {name} (its video tokens "
+            "form no single grid); use token_order='raster' (or 'cluster')"
         )
     stock = target_of(family).stock_processor
     for path, module, _ in targets:
