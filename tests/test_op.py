@@ -114,10 +114,29 @@ def test_dense_from_keeps_text_rows_and_columns(backend):
     assert not mask[:, :, : n_video // bs, : n_video // bs].all()  # video part is sparse
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_from_at_the_end_forces_nothing(backend):
+    """dense_from = N (valid: no text) forced the last partial block's row and column dense:
+    its padded end (13 * 16 = 208) passes 200. N - 1 forces exactly that row and column."""
+    q, k, _ = _qkv(1, 2, 200, 16, seed=8)
+    kw = dict(threshold=0.3, stride=4, block_size=16, backend=backend)
+    plain = xv.estimate_block_mask(q, k, **kw)
+    assert not plain[..., 12, :].all() and not plain[..., 12].all()  # else the test shows nothing
+    for df in (200, torch.tensor([200]), torch.tensor(200, dtype=torch.int32)):
+        assert torch.equal(xv.estimate_block_mask(q, k, dense_from=df, **kw), plain)
+    last = xv.estimate_block_mask(q, k, dense_from=199, **kw)
+    expected = plain.clone()
+    expected[..., 12, :] = True
+    expected[..., 12] = True
+    assert torch.equal(last, expected)
+
+
 def test_dense_blocks_helper():
     got = dense_blocks(torch.tensor([33, 64]), 2, 80, 16, "cpu")
     assert got.tolist() == [[False, False, True, True, True], [False, False, False, False, True]]
     assert dense_blocks(None, 2, 80, 16, "cpu") is None
+    assert dense_blocks(75, 1, 75, 16, "cpu").tolist() == [[False] * 5]  # last block ends at 75
+    assert dense_blocks(74, 1, 75, 16, "cpu").tolist() == [[False] * 4 + [True]]
 
 
 def test_ratio_mode_pins_density():

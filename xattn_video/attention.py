@@ -91,7 +91,8 @@ def resolve_backend(backend: str, t: torch.Tensor) -> str:
 def dense_blocks(
     dense_from: int | torch.Tensor | None, batch: int, n_tokens: int, block_size: int, device
 ) -> torch.Tensor | None:
-    """(B, Nb) bool: blocks holding any token at position >= dense_from[b], or None."""
+    """(B, Nb) bool: blocks holding any of the ``n_tokens`` tokens at position >= dense_from[b]
+    (none for ``dense_from = n_tokens``, the last partial block included), or None."""
     if dense_from is None:
         return None
     if isinstance(dense_from, torch.Tensor):
@@ -99,7 +100,17 @@ def dense_blocks(
     else:  # a Python int: a fill on the device, no host-to-device copy (CUDA graphs)
         start = torch.full((batch,), int(dense_from), dtype=torch.long, device=device)
     ends = (torch.arange(cdiv(n_tokens, block_size), device=device) + 1) * block_size
-    return ends[None, :] > start[:, None]
+    return ends.clamp(max=n_tokens)[None, :] > start[:, None]
+
+
+def _no_dense_past_end(dense_from: int | torch.Tensor | None, n_tokens: int):
+    """``dense_from``, with ``n_tokens`` (no dense tokens) past every block's end: the fused
+    selection forces blocks whose padded end ``(i + 1) * block_size`` passes it, which the last
+    partial block's does. A device op for tensors (no host sync)."""
+    if isinstance(dense_from, torch.Tensor):
+        df = dense_from.long()
+        return df.masked_fill(df >= n_tokens, 1 << 62)
+    return None if dense_from is not None and dense_from >= n_tokens else dense_from
 
 
 def block_density(mask: torch.Tensor, *, block_size: int, kv_len: torch.Tensor | None = None,
@@ -167,6 +178,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
     check_selection(threshold, ratio, H)
     check_kv_len(kv_len, B, Nk)
     check_dense_from(dense_from, B, max(Nq, Nk))
+    dense_from = _no_dense_past_end(dense_from, max(Nq, Nk))
     backend = resolve_backend(backend, q)
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q)
