@@ -44,7 +44,6 @@ negative prompts, changing the guidance scale (the pipelines' defaults are used)
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -72,6 +71,7 @@ from .options import (
     resolve_device,
     resolve_options,
 )
+from .resume import check_resume, config_record, prompts_label, prompts_to_do, thresholds_digest
 
 __all__ = [
     "ATTENTIONS",
@@ -183,25 +183,6 @@ def _lock(out: Path, state: Any) -> tuple[rundir.RunLock | None, bool]:
     return lock, status == "ok"
 
 
-def _todo(out: Path, mine: list[Any], result: GenerateResult) -> list[Any]:
-    """The prompts of ``mine`` to generate: unfinished ones and finished ones that fail
-    :func:`rundir.verify_video` or whose prompt text changed (logged, in ``result.redone``)."""
-    todo = []
-    for p in mine:
-        folder = out / rundir.prompt_dir_name(p.index)
-        if not (folder / rundir.META_FILE).is_file():
-            todo.append(p)
-            continue
-        problem = rundir.verify_video(folder, prompt=p.text)
-        if problem is None:
-            result.skipped.append(p.index)
-            continue
-        todo.append(p)
-        result.redone[p.index] = problem
-        _log.warning("prompt %s is generated again: %s", folder.name, problem)
-    return todo
-
-
 def _data_parallel(opts: GenerateOptions, state: Any) -> tuple[int, int, int]:
     """(group, number of groups, rank in the group) for ``opts.ulysses`` = P consecutive
     processes per prompt (the layout of ``xattn_video.parallel.make_mesh``)."""
@@ -212,20 +193,6 @@ def _data_parallel(opts: GenerateOptions, state: Any) -> tuple[int, int, int]:
             f"{state.num_processes}"
         )
     return state.process_index // P, state.num_processes // P, state.process_index % P
-
-
-def _with_full_config(old: rundir.RunRecord) -> rundir.RunRecord:
-    """``old`` with its config completed by the defaults of fields added since it was written
-    (they reproduce the old behaviour: ``estimate_precision`` "bf16", its default before "auto"),
-    "auto" resolved as in new records, so they don't block a resume."""
-    if not isinstance(old.config, dict):
-        return old
-    try:
-        cfg = {"estimate_precision": "bf16", **old.config}
-        full = XAttentionConfig.from_dict(cfg).resolved().to_dict()
-    except (ValueError, TypeError):
-        return old  # a config this version can't read: reported as a difference
-    return dataclasses.replace(old, config=full)
 
 
 def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
@@ -274,7 +241,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         model=spec.name,
         model_source=source or spec.default_id,
         attention=opts.attention,
-        config=config.resolved().to_dict() if config is not None else None,
+        config=config_record(config),
         height=r["height"],
         width=r["width"],
         frames=r["frames"],
@@ -282,22 +249,16 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         seed=opts.seed,
         fps=r["fps"],
         dtype=dtype_name,
-        prompts=os.fspath(opts.prompts),
+        prompts=prompts_label(opts.prompts),
         selection={"dimension": opts.dimension, "sample": opts.sample, "limit": opts.limit},
         num_prompts=len(prompts),
         num_processes=state.num_processes,
         command=runinfo.command_line(),
         compile=compile_label(opts.compile, opts.compile_backend),
+        thresholds_sha256=thresholds_digest(config),
         **env,
     )
-    if old is not None:
-        diffs = _with_full_config(old).resume_differences(run)
-        if diffs:
-            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
-            raise SetupError(
-                f"{out / rundir.RUN_FILE} belongs to a run with other settings ({detail}). "
-                "Resume with the same settings or choose another --out directory."
-            )
+    check_resume(out, old, run)
     lock, writable = _lock(out, state)
     try:
         group, groups, _ = _data_parallel(opts, state)
@@ -310,7 +271,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             process_index=state.process_index,
             num_processes=state.num_processes,
         )
-        todo = _todo(out, mine, result)
+        todo = prompts_to_do(out, mine, result)
         if not writable:
             if todo:
                 raise SetupError(
@@ -321,10 +282,12 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             not (out / rundir.prompt_dir_name(p.index) / rundir.META_FILE).is_file()
             for p in prompts
         )
-        if state.is_main_process and (old is None or pending):
-            run.write(out)
+        # run.json once the pipeline is set up: a setup error leaves nothing that blocks the rerun
+        write_run = state.is_main_process and (old is None or pending)
         if todo:
-            _generate_prompts(opts, spec, r, run, env, todo, device, state, result, pipe)
+            _generate_prompts(opts, spec, r, run, env, todo, device, state, result, pipe, write_run)
+        elif write_run:
+            run.write(out)
         if not result.interrupted and state.num_processes > 1:
             state.wait_for_everyone()
         return result
@@ -344,6 +307,7 @@ def _generate_prompts(
     state: Any,
     result: GenerateResult,
     pipe: Any,
+    write_run: bool,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -385,6 +349,8 @@ def _generate_prompts(
         except ValueError as e:
             raise SetupError(f"XAttention can't be applied: {e}") from e
     uncompile = compile_transformer(pipe.transformer, opts.compile, opts.compile_backend)
+    if write_run:
+        run.write(result.out)
     timer = StepTimer(device)
     hook = pipe.transformer.register_forward_pre_hook(timer.pre_forward)
     bar = tqdm(total=len(todo), desc=f"{run.attention} {spec.name}", unit="video", disable=not show)

@@ -22,6 +22,7 @@ from xattn_video import rundir
 from xattn_video.attention import STRIDES
 from xattn_video.config import XAttentionConfig
 from xattn_video.pipelines import generate as generate_mod
+from xattn_video.pipelines import resume as resume_mod
 from xattn_video.pipelines.cli import main
 from xattn_video.pipelines.generate import GenerateOptions, SetupError, resolve_options
 from xattn_video.pipelines.models import MODELS
@@ -215,12 +216,12 @@ def test_run_records_store_the_estimate_precision_that_ran():
     assert explicit.resolved() == explicit
     old = rundir.RunRecord.read(Path(__file__).parent / "data" / "run_0.1.0" / "xattn")
     assert "estimate_precision" not in old.config
-    full = generate_mod._with_full_config(old)
+    full = resume_mod._with_full_config(old)
     assert full.config["estimate_precision"] == "bf16"
     fp8 = dataclasses.replace(old, config={**old.config, "precision": "fp8"})
-    assert generate_mod._with_full_config(fp8).config["estimate_precision"] == "bf16"
+    assert resume_mod._with_full_config(fp8).config["estimate_precision"] == "bf16"
     auto = dataclasses.replace(old, config={**old.config, "estimate_precision": "auto"})
-    assert generate_mod._with_full_config(auto).config == full.config
+    assert resume_mod._with_full_config(auto).config == full.config
 
 
 def test_resume_refuses_a_corrupt_run_json_naming_it(tmp_path, prompt_file, capsys):

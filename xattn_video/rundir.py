@@ -15,7 +15,8 @@ Schema versions: ``schema_version`` in run.json and meta.json. Version 1 is xatt
 (no ``schema_version`` key, no frames checksum); it still reads. Version 2 adds
 ``frames_sha256`` / ``frames_bytes`` to meta.json so resume can verify finished videos.
 Version 3 adds ``compile`` to run.json (``"eager"`` or ``"compiled:<mode>"``); older run.json
-files have no key and read as ``None``, which means eager (compiling did not exist).
+files have no key and read as ``None``, which means eager (compiling did not exist). Version 4
+adds ``thresholds_sha256`` (the calibration file's digest; absent without one).
 
 Every read error names the file. Every write goes through
 :func:`xattn_video.atomic.atomic_path` (temporary name holding :data:`TMP_MARK`, then
@@ -44,7 +45,7 @@ import numpy as np
 
 from .atomic import TMP_MARK, atomic_path, write_text  # noqa: F401 (atomic_path: re-exported)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Schema of run.json / meta.json written by this version (1: xattn-video 0.1.0, no key)."""
 EAGER = "eager"
 """``RunRecord.compile`` of an uncompiled run; what a missing ``compile`` (schema < 3) means."""
@@ -185,16 +186,20 @@ class RunRecord:
     compile: str | None = None
     """``"eager"`` or ``"compiled:<mode>"`` (``pipelines.compiling.compile_label``; schema 3);
     None in older files, meaning eager (:attr:`compile_mode`)."""
+    thresholds_sha256: str | None = None
+    """SHA-256 of the config's ``thresholds_file`` (schema 4); None without one, or unknown in
+    older files (then not compared on resume)."""
     schema_version: int = SCHEMA_VERSION
     """The schema of the file the record was read from (:data:`SCHEMA_VERSION` for new ones)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Keys this version does not know (kept on a round trip)."""
 
     RESUME_FIELDS = ("model", "model_source", "attention", "config", "height", "width")
-    RESUME_FIELDS += ("frames", "steps", "seed", "dtype", "prompts", "compile")
+    RESUME_FIELDS += ("frames", "steps", "seed", "fps", "dtype", "prompts", "compile")
+    RESUME_FIELDS += ("thresholds_sha256",)
     """Fields that must match to resume a run directory (they change the videos or, for
     ``compile``, what the timings measure)."""
-    LATER_FIELDS = ("compile",)
+    LATER_FIELDS = ("compile", "thresholds_sha256")
     """Fields added after schema 1: left out of :meth:`to_json` when None (read from an older
     file), so an old run.json round-trips unchanged."""
 
@@ -232,6 +237,8 @@ class RunRecord:
         old_j, new_j = (json.loads(json.dumps(r.to_json())) for r in (self, new))
         out = {}
         old_j["compile"], new_j["compile"] = self.compile_mode, new.compile_mode
+        if self.schema_version < 4:  # no digest recorded: unknown, not a difference
+            new_j["thresholds_sha256"] = old_j.get("thresholds_sha256")
         for k in self.RESUME_FIELDS:
             a, b = old_j.get(k), new_j.get(k)
             if k == "config" and isinstance(a, dict) and isinstance(b, dict):

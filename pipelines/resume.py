@@ -1,0 +1,110 @@
+"""Rerunning ``generate`` on a run directory: whether its settings match, what is left to do.
+
+A run directory resumes only with the settings that made it (``RunRecord.RESUME_FIELDS``).
+What the record holds is made comparable first:
+
+- paths are absolute: the ``--prompts`` file (suite names stay names) and the config's
+  ``thresholds_file``, so ``p.txt`` and ``/abs/p.txt`` are one setting; relative paths in an
+  older run.json are resolved against the current directory;
+- the thresholds file is identified by its SHA-256 too (``thresholds_sha256``), so recalibrating
+  into the same file between two runs of one directory is a difference, not a silent mix (an
+  older run.json has no digest: not compared);
+- configs written before a field existed get its old default (:func:`_with_full_config`).
+
+Finished prompts are skipped only if :func:`xattn_video.rundir.verify_video` passes and their
+prompt text is unchanged (:func:`prompts_to_do`).
+
+Not supported: noticing a prompt *file* edited between runs except through the texts of the
+selected prompts (the selection itself is by position).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from xattn_video import rundir
+from xattn_video.config import XAttentionConfig
+
+from .options import SetupError
+
+_log = logging.getLogger(__name__)
+
+
+def prompts_label(prompts: str | os.PathLike[str]) -> str:
+    """What run.json records for ``--prompts``: a suite name as given, a file's absolute path."""
+    from xattn_video.prompts import SUITES
+
+    key = os.fspath(prompts)
+    return key if key in SUITES else str(Path(key).resolve())
+
+
+def config_record(config: XAttentionConfig | None) -> dict[str, Any] | None:
+    """What run.json records for ``config``: ``resolved()``, ``thresholds_file`` absolute."""
+    if config is None:
+        return None
+    cfg = config.resolved()
+    if cfg.thresholds_file:
+        cfg = cfg.replace(thresholds_file=str(Path(cfg.thresholds_file).resolve()))
+    return cfg.to_dict()
+
+
+def thresholds_digest(config: XAttentionConfig | None) -> str | None:
+    """SHA-256 of ``config.thresholds_file`` (None without one)."""
+    if config is None or not config.thresholds_file:
+        return None
+    return rundir.file_sha256(Path(config.thresholds_file))
+
+
+def _with_full_config(old: rundir.RunRecord) -> rundir.RunRecord:
+    """``old`` with its config completed by the defaults of fields added since it was written
+    (they reproduce the old behaviour: ``estimate_precision`` "bf16", its default before "auto"),
+    "auto" resolved and paths made absolute as in new records, so they don't block a resume."""
+    if not isinstance(old.config, dict):
+        return old
+    try:
+        cfg = {"estimate_precision": "bf16", **old.config}
+        full = config_record(XAttentionConfig.from_dict(cfg))
+    except (ValueError, TypeError, OSError):
+        return old  # a config this version can't read: reported as a difference
+    return dataclasses.replace(old, config=full)
+
+
+def check_resume(out: Path, old: rundir.RunRecord | None, run: rundir.RunRecord) -> None:
+    """Raise :class:`SetupError` naming each setting in which ``run`` differs from ``old``, the
+    record already in ``out`` (None: a new directory)."""
+    if old is None:
+        return
+    old = _with_full_config(old)
+    if old.prompts is not None:
+        old = dataclasses.replace(old, prompts=prompts_label(old.prompts))
+    diffs = old.resume_differences(run)
+    if diffs:
+        detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
+        raise SetupError(
+            f"{out / rundir.RUN_FILE} belongs to a run with other settings ({detail}). "
+            "Resume with the same settings or choose another --out directory."
+        )
+
+
+def prompts_to_do(out: Path, mine: list[Any], result: Any) -> list[Any]:
+    """The prompts of ``mine`` to generate: unfinished ones and finished ones that fail
+    :func:`rundir.verify_video` or whose prompt text changed (logged, in ``result.redone``;
+    the others in ``result.skipped``)."""
+    todo = []
+    for p in mine:
+        folder = out / rundir.prompt_dir_name(p.index)
+        if not (folder / rundir.META_FILE).is_file():
+            todo.append(p)
+            continue
+        problem = rundir.verify_video(folder, prompt=p.text)
+        if problem is None:
+            result.skipped.append(p.index)
+            continue
+        todo.append(p)
+        result.redone[p.index] = problem
+        _log.warning("prompt %s is generated again: %s", folder.name, problem)
+    return todo

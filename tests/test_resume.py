@@ -1,0 +1,90 @@
+"""Rerunning ``generate`` on a run directory: which settings block a resume, which do not, and
+that a failed setup leaves nothing behind that blocks the corrected command (CPU, tiny model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from xattn_video import rundir
+from xattn_video.pipelines.cli import main
+
+from .test_cli_robustness import PROMPTS, _argv, _fail
+
+THRESHOLDS = Path(__file__).resolve().parent / "data" / "thresholds_tiny.json"
+MATCHING = ["--stride", "4", "--block-size", "16"]  # the settings thresholds_tiny.json has
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+@pytest.fixture
+def prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    return path
+
+
+def _finished(out: Path) -> list[str]:
+    return sorted(p.parent.name for p in out.glob(f"*/{rundir.META_FILE}"))
+
+
+def test_a_failed_setup_leaves_no_run_json(tmp_path, prompt_file, capsys):
+    """run.json was written before the pipeline was set up: a setting that only fails there
+    (a layer index past the model's) left a record that refused the corrected command."""
+    out = tmp_path / "run"
+    line = _fail(_argv(out, prompt_file, "xattn", "--dense-layers", "100", "--limit", "1"), capsys)
+    assert "dense_layers [100] out of range" in line
+    assert not (out / rundir.RUN_FILE).exists()
+    main(_argv(out, prompt_file, "xattn", "--dense-layers", "0", "--limit", "1"))
+    assert rundir.RunRecord.read(out).config["dense_layers"] == [0]
+    assert _finished(out) == ["00000"]
+
+
+def test_a_prompt_file_named_two_ways_is_one_setting(tmp_path, prompt_file, monkeypatch):
+    """``prompts.txt`` and its absolute path were two settings (resume refused); now run.json
+    records the absolute path, and an older record's relative one is resolved on reading."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    main(_argv(out, Path(prompt_file.name), "dense", "--limit", "1"))
+    assert rundir.RunRecord.read(out).prompts == str(prompt_file)
+    main(_argv(out, prompt_file, "dense", "--limit", "2"))
+    assert _finished(out) == ["00000", "00001"]
+    # a record written before paths were resolved holds what was typed
+    old = rundir.RunRecord.read(out)
+    (out / rundir.RUN_FILE).unlink()
+    dataclasses.replace(old, prompts=prompt_file.name).write(out)
+    main(_argv(out, prompt_file, "dense"))
+    assert _finished(out) == ["00000", "00001", "00002"]
+
+
+def test_thresholds_recalibrated_into_the_same_file_block_a_resume(tmp_path, prompt_file, capsys):
+    """The same thresholds path with other contents resumed silently, mixing two calibrations
+    in one run; the record now holds the file's SHA-256."""
+    th = tmp_path / "th.json"
+    shutil.copy(THRESHOLDS, th)
+    out = tmp_path / "run"
+    flags = [*MATCHING, "--thresholds-file", str(th)]
+    main(_argv(out, prompt_file, "xattn", *flags, "--limit", "1"))
+    digest = rundir.file_sha256(th)
+    assert rundir.RunRecord.read(out).thresholds_sha256 == digest
+    main(_argv(out, prompt_file, "xattn", *flags, "--limit", "2"))  # same file: resumes
+    assert _finished(out) == ["00000", "00001"]
+    th.write_text(th.read_text().replace('"taus"', '"taus" ', 1))  # other bytes, same meaning
+    line = _fail(_argv(out, prompt_file, "xattn", *flags), capsys)
+    assert f"thresholds_sha256: '{digest}' -> '{rundir.file_sha256(th)}'" in line
+    assert _finished(out) == ["00000", "00001"]
+
+
+def test_another_fps_blocks_a_resume(tmp_path, prompt_file, capsys):
+    """--fps was not compared: a resumed run mixed 8 and 24 fps videos under one run.json."""
+    out = tmp_path / "run"
+    main(_argv(out, prompt_file, "dense", "--limit", "1"))
+    line = _fail(_argv(out, prompt_file, "dense", "--fps", "24"), capsys)
+    assert "fps: 8 -> 24" in line
