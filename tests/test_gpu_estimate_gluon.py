@@ -74,6 +74,28 @@ def test_gluon_fp8_estimate_equals_triton_fp8(B, n, d, lens, stride):
 
 
 @needs_sm90_gluon
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_gluon_and_triton_estimates_take_the_attention_scale(precision):
+    """``scale`` 0.03 (not 1/sqrt(128)): both GPU estimates, Gluon and Triton, equal the
+    reference at that scale (bf16; fp8: the Triton fp8 estimate, as above)."""
+    from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon
+
+    q, k = _qk(2, 3000, 128, seed=11)
+    kw = dict(stride=8, block_size=128, kv_len=torch.tensor((3000, 2345), device="cuda"),
+              precision=precision, scale=0.03)  # fmt: skip
+    gluon = estimate_block_scores_gluon(q, k, **kw)
+    triton_scores = estimate_block_scores(q, k, kernel="triton", **kw)
+    if precision == "bf16":
+        want = estimate_block_scores_ref(q, k, **kw)
+        torch.testing.assert_close(triton_scores, want, rtol=2e-3, atol=2e-5)
+        torch.testing.assert_close(gluon, want, rtol=2e-3, atol=2e-5)
+    else:
+        torch.testing.assert_close(gluon, triton_scores, rtol=1e-4, atol=5e-5)
+    default = estimate_block_scores(q, k, kernel="triton", **{**kw, "scale": None})
+    assert (default - triton_scores).abs().max() > 0.05
+
+
+@needs_sm90_gluon
 def test_forced_gluon_estimate_through_the_kernel_entry_point():
     """estimate_block_scores(kernel="gluon") runs the Gluon kernel (bit-identical to calling it)
     and kernel="triton" the Triton one, at a size where "auto" would consult the table."""

@@ -94,6 +94,21 @@ def test_estimate_ignores_padded_keys():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("scale", [0.02, 0.5])
+def test_estimate_takes_the_attention_scale(scale):
+    """``scale`` s: the strided logits are s / S times the products, the default estimate of
+    q * s * sqrt(D). (The op estimated at 1/sqrt(D) whatever its ``scale``.)"""
+    B, H, N, D, S, bs, lens = EST_SHAPES[1]
+    q, k, _ = _rand_qkv(B, H, N, D, seed=3)
+    kw = dict(stride=S, block_size=bs, kv_len=torch.tensor(lens))
+    want = estimate_block_scores_ref(q, k, scale=scale, **kw)
+    same = estimate_block_scores_ref(q * (scale * math.sqrt(D)), k, **kw)
+    torch.testing.assert_close(want, same, rtol=1e-5, atol=1e-6)
+    assert (want - estimate_block_scores_ref(q, k, **kw)).abs().max() > 0.05
+    got = estimate_block_scores(q, k, scale=scale, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def _random_scores(B, H, nbq, nbk, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(B, H, nbq, nbk, generator=g) ** 3

@@ -115,6 +115,22 @@ def test_dense_from_keeps_text_rows_and_columns(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_the_mask_is_estimated_at_the_attention_scale(backend):
+    """xattention's ``scale`` reached only the attention: the mask was estimated at 1/sqrt(D),
+    so ``threshold`` measured another softmax's mass (0.02 here: the same 0.40 density, but
+    67% of the true mass kept instead of 90%)."""
+    q, k, v = _qkv(1, 2, 256, 16, seed=9)
+    kw = dict(threshold=0.9, stride=4, block_size=32, backend=backend)
+    for scale in (0.02, 0.5):
+        want = xv.estimate_block_mask(q, k, scale=scale, **kw)
+        assert not torch.equal(want, xv.estimate_block_mask(q, k, **kw))
+        out, mask = xv.xattention(q, k, v, scale=scale, return_mask=True, **kw)
+        assert torch.equal(mask, want)
+        ref = xv.xattention(q, k, v, scale=scale, mask=want, block_size=32, backend=backend)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_dense_from_at_the_end_forces_nothing(backend):
     """dense_from = N (valid: no text) forced the last partial block's row and column dense:
     its padded end (13 * 16 = 208) passes 200. N - 1 forces exactly that row and column."""

@@ -139,6 +139,7 @@ def estimate_block_mask(
     max_density: float | None = None,
     precision: str = "bf16",
     kernel: str = "auto",
+    scale: float | None = None,
 ) -> torch.Tensor:
     """XAttention block mask. q: (B, H, Nq, D), k: (B, H, Nk, D) -> (B, H, Nbq, Nbk) bool.
 
@@ -153,17 +154,20 @@ def estimate_block_mask(
     ``kernel``: "auto" (the Triton estimate) or "prefer-gluon" (the experimental Gluon estimate
     where :data:`.kernels.tuning.GLUON_ESTIMATE` measured it faster on this GPU: sm90, from 32k
     query tokens; same scores up to accumulation order; the torch backend ignores it).
+    ``scale``: the softmax scale of the attention the mask is for (default 1/sqrt(D)); the
+    estimate's strided logits take ``scale / stride``, so ``threshold`` is a share of that
+    attention's mass.
     """
     check_estimate_kernel(kernel, "kernel")
     return _estimate_mask(
         q, k, None, threshold=threshold, stride=stride, block_size=block_size, kv_len=kv_len,
         ratio=ratio, dense_from=dense_from, backend=backend, max_density=max_density,
-        precision=precision, kernel=kernel,
+        precision=precision, kernel=kernel, scale=scale,
     )[0]  # fmt: skip
 
 
 def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, dense_from, backend,
-                   max_density, precision, kernel="auto"):  # fmt: skip
+                   max_density, precision, kernel="auto", scale=None):  # fmt: skip
     """:func:`estimate_block_mask` -> (mask, fp8): with v given on the fp8 Triton path on an sm90
     GPU, q, k and v are quantized once (:func:`.library.quantize_fp8`) and ``fp8`` is that list
     (with the non-finite flags) for the attention to reuse; else ``fp8`` is None."""
@@ -194,7 +198,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
         fp8 = quantize_fp8(q, k, v, kv_len=lens, block_size=block_size)
     scores = estimate_scores(
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton",
-        precision=precision, fp8=fp8, estimate_kernel=kernel,
+        precision=precision, fp8=fp8, estimate_kernel=kernel, scale=scale,
     )  # fmt: skip
     if backend == "triton" and cdiv(Nk, block_size) <= MAX_FUSED_BLOCKS:
         # one kernel (two and a sort with a budget)
@@ -369,6 +373,7 @@ def xattention(
 
     q, k, v: (B, H, N, D) (self-attention; q and k may have different lengths for the
     estimate). ``mask``: reuse a block mask from an earlier call instead of estimating.
+    ``scale``: the softmax scale (default 1/sqrt(D)), for the estimate as for the attention.
     ``max_density``: cap on the kept share of block pairs (see :func:`estimate_block_mask`).
     Returns ``out`` (B, H, N, D), or a tuple ``(out, mask)``, ``(out, lse)`` or
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
@@ -394,6 +399,7 @@ def xattention(
             max_density=max_density,
             precision=estimate_precision,
             kernel=estimate_kernel,
+            scale=scale,
         )
     # a mask row estimated from a non-finite query row is meaningless: its whole block is NaN
     res = _block_sparse(

@@ -6,7 +6,7 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
   non-finite flags as a list of 7 tensors (:data:`FP8_FIELDS`; sm90 GPUs), so an op that runs
   both the fp8 estimate and the fp8 attention reads and quantizes q and k once;
 - ``xattn_video::estimate_block_scores(q, k, kv_len, fp8, stride, block_size, use_triton,
-  precision, estimate_kernel)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal
+  precision, estimate_kernel, scale)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal
   estimate; "fp8": Q and K in e4m3, emulated by the reference on the torch backend; ``fp8``:
   the list from ``quantize_fp8`` or empty; ``estimate_kernel``: "auto" or "prefer-gluon", see
   :func:`.kernels.estimate.estimate_block_scores`);
@@ -113,10 +113,12 @@ def _estimate_impl(
     use_triton: bool,
     precision: str = "bf16",
     estimate_kernel: str = "auto",
+    scale: float | None = None,
 ) -> torch.Tensor:
     if use_triton and precision == "fp8" and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError(FP8_ESTIMATE_GPU)  # checked here: inside the op under torch.compile
     kw = dict(stride=stride, block_size=block_size, kv_len=kv_len, precision=precision)
+    kw["scale"] = scale
     if not use_triton:
         return _estimate_ref(q, k, **kw)
     f8 = _fp8_inputs(fp8) if precision == "fp8" else None
@@ -234,17 +236,19 @@ def estimate_block_scores_op(
     use_triton: bool,
     precision: str = "bf16",
     estimate_kernel: str = "auto",
+    scale: float | None = None,
 ) -> torch.Tensor:
     """q: (B, H, Nq, D), k: (B, H, Nk, D), kv_len: (B,) int32, fp8: ``quantize_fp8``'s list or
-    empty -> (B, H, Nbq, Nbk) float32. (Not ``kernel``: Inductor's fallback for a custom op
+    empty, scale: softmax scale (None: 1/sqrt(D)) -> (B, H, Nbq, Nbk) float32. (Not ``kernel``: Inductor's fallback for a custom op
     takes its arguments as keywords beside its own ``kernel`` parameter.)"""
     return _estimate_impl(
-        q, k, kv_len, fp8, stride, block_size, use_triton, precision, estimate_kernel
+        q, k, kv_len, fp8, stride, block_size, use_triton, precision, estimate_kernel, scale
     )
 
 
 @estimate_block_scores_op.register_fake
-def _(q, k, kv_len, fp8, stride, block_size, use_triton, precision="bf16", estimate_kernel="auto"):
+def _(q, k, kv_len, fp8, stride, block_size, use_triton, precision="bf16", estimate_kernel="auto",
+      scale=None):  # fmt: skip
     B, H, Nq, _ = q.shape
     return q.new_empty(
         (B, H, cdiv(Nq, block_size), cdiv(k.shape[2], block_size)), dtype=torch.float32
@@ -300,12 +304,15 @@ def estimate_scores(
     precision: str = "bf16",
     fp8: list[torch.Tensor] | None = None,
     estimate_kernel: str = "auto",
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Block scores (B, H, Nbq, Nbk) float32: the registered op under ``torch.compile``, the
     implementation directly in eager mode. kv_len: (B,) int32 on q's device. ``fp8``: what
     :func:`quantize_fp8` returned for these q and k (an fp8 estimate then reuses it).
-    ``estimate_kernel``: which Triton-backend estimate kernel ("auto" or "prefer-gluon")."""
+    ``estimate_kernel``: which Triton-backend estimate kernel ("auto" or "prefer-gluon").
+    ``scale``: the attention's softmax scale (None: 1/sqrt(D))."""
     args = (q, k, kv_len, fp8 or [], stride, block_size, use_triton, precision, estimate_kernel)
+    args += (scale,)
     if torch.compiler.is_compiling():
         return estimate_block_scores_op(*args)
     return _estimate_impl(*args)

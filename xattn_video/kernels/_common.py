@@ -6,6 +6,7 @@ run only under the interpreter (``TRITON_INTERPRET=1``).
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -56,6 +57,11 @@ def triton_usable(t: torch.Tensor) -> bool:
 def cdiv(a: int, b: int) -> int:
     """Ceiling division for non-negative ints."""
     return -(-a // b)
+
+
+def softmax_scale(head_dim: int, scale: float | None) -> float:
+    """The softmax scale: ``scale``, or 1/sqrt(head_dim) when None."""
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

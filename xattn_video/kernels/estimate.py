@@ -4,7 +4,8 @@ For query/key groups of ``S`` consecutive tokens, the reshaped score is
 
     R[i, j] = sum_{s=0..S-1} q[i*S + (S-1-s)] . k[j*S + s]      (query reversed, keys forward)
 
-scaled by ``1 / (sqrt(D) * S)`` and soft-maxed per row over the *valid* key groups (a group is
+scaled by ``scale / S`` (``scale``: the attention's softmax scale, 1/sqrt(D) unless given) and
+soft-maxed per row over the *valid* key groups (a group is
 valid when its first token is a valid key; padded tokens inside a partial group contribute
 zeros). The probability mass is summed per (query block, key block) of ``block_size`` tokens:
 
@@ -27,8 +28,6 @@ counts for q and k (no GQA), head dims other than 16/32/64/128 in the Triton ker
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._common import (
@@ -39,6 +38,7 @@ from ._common import (
     dot_precision,
     interpreter_enabled,
     kv_len_tensor,
+    softmax_scale,
 )
 from .fp8 import Fp8Inputs, quantize_fp8_qk, round_fp8_blocks_ref
 from .tuning import AUTOMATIC_ESTIMATE_KERNELS, ESTIMATE_KERNELS
@@ -56,11 +56,14 @@ def estimate_block_scores_ref(
     block_size: int,
     kv_len: torch.Tensor | None = None,
     precision: str = "bf16",
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Block scores by materialising the strided score matrix (fp32, for tests and CPU).
 
     q: (B, H, Nq, D), k: (B, H, Nk, D); kv_len: (B,) int, keys at positions >= kv_len[b] are
     padding. Returns A: (B, H, ceil(Nq/block_size), ceil(Nk/block_size)) float32.
+    ``scale``: the attention's softmax scale (default 1/sqrt(D)); the strided logits take
+    ``scale / stride``.
     ``precision="fp8"``: q and k first rounded as the fp8 kernels take them (e4m3 with one
     scale per (b, h, block), :func:`.fp8.quantize_fp8_blocks_ref`), then the same fp32 math:
     the kernels' fp8 estimate up to accumulation order (padded keys quantized as zeros and
@@ -84,7 +87,7 @@ def estimate_block_scores_ref(
     qpad = torch.nn.functional.pad(q.float(), (0, 0, 0, ngq * S - Nq))
     q_rev = qpad.reshape(B, H, ngq, S, D).flip(3).reshape(B, H, ngq, S * D)
     k_fwd = kpad.reshape(B, H, ngk, S * D)
-    logits = q_rev @ k_fwd.transpose(-1, -2) / (math.sqrt(D) * S)
+    logits = q_rev @ k_fwd.transpose(-1, -2) * (softmax_scale(D, scale) / S)
     valid_group = torch.arange(ngk, device=q.device)[None, :] * S < lens[:, None]  # (B, ngk)
     logits = logits.masked_fill(~valid_group[:, None, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1)
@@ -233,6 +236,7 @@ def estimate_block_scores(
     flatten: bool | None = None,
     kernel: str = "auto",
     fp8_inputs: Fp8Inputs | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Block scores with the fused Triton kernel, or on sm90 GPUs the Gluon one
     (:mod:`.estimate_gluon`) where :func:`.tuning.estimate_kernel_for` picks it. Same contract
@@ -250,7 +254,8 @@ def estimate_block_scores(
     "triton" (``launch`` / ``flatten`` tune the Triton kernel, so giving either keeps "auto" and
     "prefer-gluon" on it). ``fp8_inputs``: q and k already quantized by
     :func:`.fp8.quantize_fp8_inputs` with this ``block_size`` and ``kv_len`` (the op shares
-    them with the fp8 attention); q and k then give only the shapes.
+    them with the fp8 attention); q and k then give only the shapes. ``scale``: the attention's
+    softmax scale (default 1/sqrt(D)).
     """
     check_precision(precision)
     automatic = kernel in AUTOMATIC_ESTIMATE_KERNELS
@@ -263,7 +268,7 @@ def estimate_block_scores(
 
             return estimate_block_scores_gluon(
                 q, k, stride=stride, block_size=block_size, kv_len=kv_len, precision=precision,
-                block_n=tile_n, stages=stages, fp8_inputs=fp8_inputs,
+                block_n=tile_n, stages=stages, fp8_inputs=fp8_inputs, scale=scale,
             )  # fmt: skip
     elif not automatic and kernel != "triton":
         raise ValueError(f"kernel must be one of {ESTIMATE_KERNELS}, got {kernel!r}")
@@ -302,7 +307,7 @@ def estimate_block_scores(
         scratch.stride(0), scratch.stride(1),
         out.stride(0), out.stride(1), out.stride(2), q_scale.stride(0), k_scale.stride(0),
         H, Nq, ngq, nbq, nbk,
-        LOG2E / (math.sqrt(D) * S),
+        LOG2E * softmax_scale(D, scale) / S,
         S=S, G=G, D=D, BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=32,
         PRECISION=dot_precision(q.dtype), FLATTEN=flatten, FP8=fp8,
         FAST_LOG2=fast_log2, num_warps=num_warps, num_stages=num_stages,

@@ -54,12 +54,10 @@ than 64 / 128, fp32 inputs, q / k of different head counts.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
+from ._common import LOG2E, cdiv, check_precision, kv_len_tensor, softmax_scale
 from .fp8 import Fp8Inputs, quantize_fp8_qk
 from .sparse_attention_gluon import HAS_GLUON, MAXNREG, MIN_TRITON
 
@@ -340,6 +338,7 @@ def estimate_block_scores_gluon(
     stages: int = 3,
     pre: int = 0,
     fp8_inputs: Fp8Inputs | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Block scores with the Gluon kernel (see the module docstring); same contract as
     :func:`.estimate.estimate_block_scores_ref`.
@@ -349,7 +348,8 @@ def estimate_block_scores_gluon(
     groups per tile (64, 128 or 256); ``stages``: depth of the (query chunk, key chunk) ring;
     ``pre``: chunk matmuls of the next tile issued before a tile's epilogue (0 to
     ``stages - 1``; 0, the default, was the fastest measured). ``fp8_inputs``: q and k already
-    quantized for ``precision="fp8"`` (see :func:`.estimate.estimate_block_scores`).
+    quantized for ``precision="fp8"`` (see :func:`.estimate.estimate_block_scores`). ``scale``:
+    the attention's softmax scale (default 1/sqrt(D)).
     """
     if not HAS_GLUON:
         raise RuntimeError(f"the Gluon estimate needs Triton >= {'.'.join(map(str, MIN_TRITON))} "
@@ -403,7 +403,7 @@ def estimate_block_scores_gluon(
         desc(q, HALF), desc(k, block_n), scratch, out, lens, q_scale, k_scale, q, k,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         scratch.stride(0), scratch.stride(1), out.stride(0), out.stride(1), out.stride(2),
-        q_scale.stride(0), k_scale.stride(0), H, ngq, nbq, nbk, LOG2E / (math.sqrt(D) * S),
+        q_scale.stride(0), k_scale.stride(0), H, ngq, nbq, nbk, LOG2E * softmax_scale(D, scale) / S,
         S=S, G=G, STAGES=stages, PRE=pre, FP8=fp8, num_warps=4, maxnreg=MAXNREG,
     )  # fmt: skip
     return out
