@@ -20,7 +20,10 @@ Aggregates weight every video equally: ``mean``/``std``/``min``/``max`` are over
 ``frame_mean``/``frame_min``/``frame_max`` pool all frames of all videos.
 Speed-up = dense seconds / sparse seconds, from ``timings.total_s`` and ``timings.denoise_s``.
 ``modes`` names each run's mode (``"eager"`` / ``"compiled:<mode>"``, run.json's ``compile``);
-a warning says when they differ.
+a warning says when they differ (or the GPUs or package versions do).
+
+Like with like: runs generated with other settings (model, size, steps, seed, dtype; see
+``run_match``) raise :class:`RunMismatch` before any work unless ``allow_mismatch=True``.
 
 Not supported: more than two runs, runs whose paired videos differ in shape (raises), comparing
 against a non-dense reference by another name (a warning is recorded).
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xattn_video.rundir import EAGER, writable_dir, write_text
+from xattn_video.rundir import writable_dir, write_text
 
 from . import plots
 from .lpips_metric import MIN_SIZE, LPIPSMetric, LPIPSWeightsMissing
@@ -48,6 +51,7 @@ from .psnr import MSE_FLOOR, psnr
 from .report_html import render_html
 from .report_md import render_markdown
 from .run_dir import Run, RunVideo, scan_run
+from .run_match import RunMismatch, mismatched_settings, run_mode, run_notes
 from .ssim import K1, K2, SIGMA, WIN_SIZE, ssim
 
 DEFAULT_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
@@ -72,6 +76,7 @@ def compare_runs(
     device: str | torch.device | None = None,
     strip_frames: int = 4,
     progress: bool = True,
+    allow_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Compare two runs and write ``report.json``, ``report.md`` and ``report.html``.
 
@@ -89,6 +94,8 @@ def compare_runs(
         device: compute device (default CUDA if available, else CPU).
         strip_frames: frames per row in the worst/best frame strips.
         progress: show a tqdm progress bar.
+        allow_mismatch: compare runs whose ``run_match.MATCH_FIELDS`` differ (with a warning) instead of
+            raising ``RunMismatch``.
 
     Returns:
         The report dict (as written to ``report.json``).
@@ -97,6 +104,8 @@ def compare_runs(
         ValueError: unknown metric, the same directory twice, ``out_dir`` a file or not
             writable, no prompt finished in both runs, a paired video differs in shape (prompt
             index named), a corrupt run file (``RunDirError``, file named).
+        RunMismatch: the runs' ``run_match.MATCH_FIELDS`` differ and not ``allow_mismatch`` (raised
+            before any metric is computed or file written).
         LPIPSWeightsMissing: ``lpips_required`` and no backbone checkpoint on disk.
     """
     metrics = tuple(dict.fromkeys(metrics))
@@ -105,7 +114,15 @@ def compare_runs(
         raise ValueError(f"unknown metrics {unknown}; choose from {sorted(KNOWN_METRICS)}")
     _check_dirs(dense_dir, sparse_dir, out_dir)
     dense, sparse = scan_run(dense_dir), scan_run(sparse_dir)
-    notes: list[str] = [*dense.problems, *sparse.problems, *_run_notes(dense, sparse)]
+    mismatch = mismatched_settings(dense, sparse)
+    if mismatch and not allow_mismatch:
+        raise RunMismatch(mismatch)
+    notes: list[str] = [*dense.problems, *sparse.problems, *run_notes(dense, sparse)]
+    if mismatch:
+        notes.append(
+            f"the runs were generated with different settings: {RunMismatch(mismatch).describe()}"
+            "; compared anyway (allow_mismatch): quality and speed-up are not like with like"
+        )
     paired = sorted(set(dense.videos) & set(sparse.videos))
     dense_only = sorted(set(dense.videos) - set(sparse.videos))
     sparse_only = sorted(set(sparse.videos) - set(dense.videos))
@@ -151,7 +168,8 @@ def compare_runs(
         "dense_run": dense.info,
         "sparse_run": sparse.info,
         "gpu": {"dense": dense.gpu, "sparse": sparse.gpu},
-        "modes": {"dense": _mode(dense), "sparse": _mode(sparse)},
+        "modes": {"dense": run_mode(dense), "sparse": run_mode(sparse)},
+        "mismatched_settings": {k: {"dense": d, "sparse": s} for k, (d, s) in mismatch.items()},
         "metrics": list(metrics),
         "settings": {
             "psnr": {"data_range": 1.0, "mse_floor": MSE_FLOOR},
@@ -211,31 +229,6 @@ def _setup_lpips(
         if required or weights is not None:  # an explicit weights path that is wrong: an error
             raise
         return None, str(exc)
-
-
-def _mode(run: Run) -> str:
-    """``"eager"`` / ``"compiled:<mode>"`` from run.json (eager when absent: older runs)."""
-    return run.record.compile_mode if run.record is not None else EAGER
-
-
-def _run_notes(dense: Run, sparse: Run) -> list[str]:
-    notes = []
-    for run, want_dense in ((dense, True), (sparse, False)):
-        att = (run.info or {}).get("attention")
-        if att is not None and (att == "dense") != want_dense:
-            role = "reference (dense)" if want_dense else "sparse"
-            notes.append(f"{run.path}: run.json says attention={att!r} for the {role} run")
-    if dense.gpu and sparse.gpu and dense.gpu != sparse.gpu:
-        notes.append(
-            f"runs used different GPUs ({dense.gpu!r} vs {sparse.gpu!r}): speed-ups are not "
-            "comparable"
-        )
-    if _mode(dense) != _mode(sparse):
-        notes.append(
-            f"runs used different modes (dense {_mode(dense)}, sparse {_mode(sparse)}): the "
-            "speed-up compares different things; generate both with the same --compile"
-        )
-    return notes
 
 
 def _stats(values: np.ndarray) -> dict[str, Any]:

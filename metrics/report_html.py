@@ -49,6 +49,15 @@ def _figure(src: str | None, alt: str, caption: str, missing: str) -> str:
     )
 
 
+def _no_density_plot(report: dict[str, Any]) -> str:
+    """Why the quality-vs-density plot (PSNR against effective density) is missing."""
+    if "psnr" not in report["metrics"]:
+        return "Quality vs density: not drawn, PSNR was not computed (not in the metrics)."
+    if not any(v.get("effective_density") is not None for v in report["videos"]):
+        return "Quality vs density: no density recorded in the sparse run's meta.json."
+    return "Quality vs density: no video has both a PSNR value and a density."
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The whole ``report.html`` text (HTML5, UTF-8)."""
     agg, figs = report["aggregate"], report["figures"]
@@ -103,7 +112,7 @@ def render_html(report: dict[str, Any]) -> str:
             figs.get("quality_vs_density"),
             "PSNR versus effective density",
             "Per-prompt mean PSNR against the effective attention density of the sparse run.",
-            "Quality vs density: no density recorded in the sparse run's meta.json.",
+            _no_density_plot(report),
         )
     )
     parts.append(

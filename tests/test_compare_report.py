@@ -28,6 +28,7 @@ from xattn_video.metrics import (
     CompareWarning,
     LPIPSMetric,
     LPIPSWeightsMissing,
+    RunMismatch,
     compare_runs,
     psnr,
     read_video,
@@ -69,6 +70,7 @@ def write_run(
     seed: int = 0,
     unfinished: tuple[int, ...] = (),
     compile: str | None = None,
+    run_fields: dict[str, Any] | None = None,
 ) -> Path:
     root.mkdir(parents=True)
     run = {
@@ -85,6 +87,7 @@ def write_run(
     }
     if compile is not None:  # run.json schema 3; older files have no key (eager)
         run |= {"schema_version": 3, "compile": compile}
+    run |= run_fields or {}
     (root / "run.json").write_text(json.dumps(run))
     for i in indices:
         d = root / f"{i:05d}"
@@ -363,10 +366,13 @@ def test_seed_mismatch_and_missing_timings_are_reported(tmp_path: Path) -> None:
     meta["timings"] = None
     meta["density"] = None
     meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RunMismatch, match="seed 0 .dense. vs 1 .sparse."):  # run.json's seed
+        compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
     with pytest.warns(CompareWarning, match="seed differs"):
         report = compare_runs(
-            dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
-        )
+            dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False,
+            allow_mismatch=True,
+        )  # fmt: skip
     v = report["videos"][0]
     assert v["speedup"] == {"total": None, "denoise": None}
     assert v["effective_density"] is None
@@ -671,3 +677,101 @@ def test_lpips_by_default_skips_frames_below_receptive_field(
             dense, sparse, tmp_path / "r2", lpips_metric=plumbing_lpips, device="cpu",
             progress=False, lpips_required=True,
         )  # fmt: skip
+
+
+# ----------------------------------------------------------------- runs made with other settings
+
+
+SAME = {"model_source": "org/fake-dit", "dtype": "bfloat16", "fps": 8, "prompts": "vbench"}
+
+
+@pytest.mark.parametrize(
+    "field, dense_value, sparse_value",
+    [
+        ("steps", 2, 4),
+        ("model", "fake-dit", "other-dit"),
+        ("model_source", "org/fake-dit", "/models/finetuned"),
+        ("dtype", "bfloat16", "float32"),
+        ("height", H, 2 * H),
+        ("width", W, 2 * W),
+        ("frames", T, 2 * T + 1),
+        ("seed", 0, 1),
+    ],
+)
+def test_runs_with_other_generation_settings_are_refused(
+    tmp_path: Path, field: str, dense_value: Any, sparse_value: Any
+) -> None:
+    dense = write_run(tmp_path / "d", "dense", [0], run_fields={**SAME, field: dense_value})
+    sparse = write_run(
+        tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
+        run_fields={**SAME, field: sparse_value},
+    )  # fmt: skip
+    with pytest.raises(RunMismatch) as exc:
+        compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    assert exc.value.differences == {field: (dense_value, sparse_value)}
+    message = str(exc.value)
+    assert f"{field} {dense_value!r} (dense) vs {sparse_value!r} (sparse)" in message
+    assert "allow_mismatch" in message
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_allow_mismatch_compares_with_a_warning_in_every_report(tmp_path: Path) -> None:
+    dense = write_run(tmp_path / "d", "dense", [0, 1], run_fields={**SAME, "steps": 2})
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames,
+                       run_fields={**SAME, "steps": 4, "dtype": "float32"})  # fmt: skip
+    with pytest.warns(CompareWarning, match="steps 2 .dense. vs 4 .sparse."):
+        report = compare_runs(
+            dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False,
+            allow_mismatch=True,
+        )  # fmt: skip
+    assert report["mismatched_settings"] == {
+        "steps": {"dense": 2, "sparse": 4},
+        "dtype": {"dense": "bfloat16", "sparse": "float32"},
+    }
+    mismatch = [w for w in report["warnings"] if "generated with different settings" in w]
+    assert len(mismatch) == 1 and "steps 2 (dense) vs 4 (sparse)" in mismatch[0]
+    assert "dtype 'bfloat16' (dense) vs 'float32' (sparse)" in mismatch[0]
+    assert report["aggregate"]["num_videos"] == 2
+    for name in ("report.md", "report.html", "report.json"):
+        assert "steps 2 (dense) vs 4 (sparse)" in (tmp_path / "out" / name).read_text(), name
+
+
+def test_settings_expected_to_differ_do_not_count_as_a_mismatch(tmp_path: Path) -> None:
+    """Attention mode, XAttention config, thresholds file, fps (the mp4 only), prompt selection
+    (pairs are checked per prompt), command and process count may differ."""
+    dense = write_run(tmp_path / "d", "dense", [0], run_fields={**SAME, "num_processes": 1})
+    other = {"config": {"threshold": 0.9}, "thresholds_sha256": "ab" * 32, "fps": 24,
+             "prompts": "vbench-augmented", "selection": {"sample": 20}, "num_processes": 8,
+             "command": ["xattn-video", "generate", "--attention", "xattn"]}  # fmt: skip
+    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
+                       run_fields={**SAME, **other})  # fmt: skip
+    report = compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    assert report["mismatched_settings"] == {}
+    assert report["warnings"] == []
+
+
+def test_runs_without_a_recorded_field_are_not_refused(tmp_path: Path) -> None:
+    """0.1.0 run.json files may lack dtype / model_source: unknown is not a mismatch."""
+    dense = write_run(tmp_path / "d", "dense", [0])
+    sparse = write_run(
+        tmp_path / "s", "xattn", [0], frames_fn=sparse_frames, run_fields={"dtype": "float32"}
+    )
+    report = compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    assert report["mismatched_settings"] == {}
+
+
+def test_html_says_psnr_is_missing_when_only_ssim_was_computed(small_runs, tmp_path) -> None:
+    dense, sparse = small_runs
+    compare_runs(dense, sparse, tmp_path / "out", metrics=("ssim",), progress=False)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "no density recorded" not in html  # the sparse run records it
+    assert "Quality vs density: not drawn, PSNR was not computed" in html
+
+
+def test_html_says_density_is_missing_when_it_is(tmp_path) -> None:
+    dense = write_run(tmp_path / "d", "dense", [0])
+    sparse = write_run(tmp_path / "s", "dense", [0], frames_fn=sparse_frames)
+    with pytest.warns(CompareWarning):
+        compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "no density recorded in the sparse run" in html

@@ -1,0 +1,103 @@
+"""Whether two run directories can be compared like with like (used by ``compare``).
+
+The run.json settings in :data:`MATCH_FIELDS` (the model and its source, the video size, the
+denoising steps, the seed, the transformer dtype) change every video, so a quality or speed
+comparison of runs that differ in one means nothing: ``compare_runs`` raises
+:class:`RunMismatch` before any work, unless ``allow_mismatch=True`` (``--allow-mismatch``), which
+turns each difference into a warning. Not compared: the attention mode, XAttention config and
+thresholds file (what is being compared); fps (it only changes the mp4 encoding, not the frames);
+the prompt suite and selection (pairs are matched by prompt index, and a pair whose prompt text or
+seed differs is left out of the aggregate); the guidance scale (not a ``generate`` setting: the
+pipelines' defaults, so the model fixes it); the environment (GPU, compile mode and package
+versions only warn: they change the speed-up, not what was generated). A field missing from an
+older run.json (or a missing run.json) is not compared.
+
+Not supported: tolerating "equivalent" values (e.g. a local snapshot of the default model repo
+named by path): pass ``allow_mismatch``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xattn_video.rundir import EAGER
+
+from .run_dir import Run
+
+MATCH_FIELDS = ("model", "model_source", "height", "width", "frames", "steps", "seed", "dtype")
+"""run.json settings two compared runs must share (see the module docstring)."""
+
+
+class RunMismatch(ValueError):
+    """The two runs were generated with different ``MATCH_FIELDS`` settings.
+
+    Attributes:
+        differences: field -> (dense value, sparse value).
+    """
+
+    def __init__(self, differences: dict[str, tuple[Any, Any]]) -> None:
+        self.differences = differences
+        super().__init__(
+            f"the runs were generated with different settings: {self.describe()}; their quality "
+            "and speed-up do not compare like with like (allow_mismatch=True compares anyway)"
+        )
+
+    def describe(self) -> str:
+        """``"steps 2 (dense) vs 4 (sparse), dtype ..."``."""
+        return ", ".join(
+            f"{k} {d!r} (dense) vs {s!r} (sparse)" for k, (d, s) in self.differences.items()
+        )
+
+
+def run_mode(run: Run) -> str:
+    """``"eager"`` / ``"compiled:<mode>"`` from run.json (eager when absent: older runs)."""
+    return run.record.compile_mode if run.record is not None else EAGER
+
+
+def mismatched_settings(dense: Run, sparse: Run) -> dict[str, tuple[Any, Any]]:
+    """The ``MATCH_FIELDS`` whose run.json values differ: field -> (dense, sparse). Fields
+    missing from either run.json (older files, no run.json) are not compared."""
+    if dense.record is None or sparse.record is None:
+        return {}
+    out = {}
+    for key in MATCH_FIELDS:
+        d, s = getattr(dense.record, key), getattr(sparse.record, key)
+        if d is not None and s is not None and d != s:
+            out[key] = (d, s)
+    return out
+
+
+_VERSION_KEYS = ("torch", "triton", "diffusers", "transformers", "cuda")
+
+
+def run_notes(dense: Run, sparse: Run) -> list[str]:
+    """Warnings that do not stop a comparison: a reference run that is not dense (or a sparse
+    one that is), other GPUs, compile modes or package versions."""
+    notes = []
+    for run, want_dense in ((dense, True), (sparse, False)):
+        att = (run.info or {}).get("attention")
+        if att is not None and (att == "dense") != want_dense:
+            role = "reference (dense)" if want_dense else "sparse"
+            notes.append(f"{run.path}: run.json says attention={att!r} for the {role} run")
+    if dense.gpu and sparse.gpu and dense.gpu != sparse.gpu:
+        notes.append(
+            f"runs used different GPUs ({dense.gpu!r} vs {sparse.gpu!r}): speed-ups are not "
+            "comparable"
+        )
+    if run_mode(dense) != run_mode(sparse):
+        notes.append(
+            f"runs used different modes (dense {run_mode(dense)}, sparse {run_mode(sparse)}): the "
+            "speed-up compares different things; generate both with the same --compile"
+        )
+    dv, sv = ((r.record.versions if r.record else None) or {} for r in (dense, sparse))
+    differ = [
+        f"{k} {dv[k]} vs {sv[k]}"
+        for k in _VERSION_KEYS
+        if dv.get(k) and sv.get(k) and dv[k] != sv[k]
+    ]
+    if differ:
+        notes.append(
+            f"runs used different package versions (dense vs sparse: {', '.join(differ)}): "
+            "speed-ups and numerics may differ for that reason alone"
+        )
+    return notes

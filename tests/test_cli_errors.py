@@ -1,0 +1,161 @@
+"""User errors of ``xattn-video compare`` and ``calibrate``: one ``xattn-video: error:`` line,
+exit 2, before any long work (no model loaded, no metric computed); and compare's
+``--allow-mismatch`` / ``--no-progress`` flags.
+
+The compare runs are synthetic (``test_compare_report.write_run``); no test here needs CUDA (its
+absence is simulated where it matters).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from xattn_video.metrics import compare as compare_mod
+from xattn_video.pipelines import models as models_mod
+from xattn_video.pipelines.cli import main
+
+from .test_compare_report import sparse_frames, write_run
+
+SAME = {"model_source": "org/fake-dit", "dtype": "bfloat16"}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("XATTN_VIDEO_OFFLINE", "1")
+    monkeypatch.delenv("XATTN_VIDEO_LPIPS_WEIGHTS", raising=False)
+
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors must come before the model is loaded or a video compared."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("long work started before the error")
+
+    monkeypatch.setattr(models_mod, "load_pipeline", fail)
+    monkeypatch.setattr(compare_mod, "_compare_video", fail)
+
+
+def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``argv``, expect exit 2 with a one-line error and no traceback; return that line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("xattn-video: error: "), err
+    assert "Traceback" not in err, err
+    return lines[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+
+
+def _runs(tmp_path: Path, dense_fields: dict, sparse_fields: dict) -> tuple[str, str]:
+    dense = write_run(tmp_path / "d", "dense", [0], run_fields={**SAME, **dense_fields})
+    sparse = write_run(
+        tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
+        run_fields={**SAME, **sparse_fields},
+    )  # fmt: skip
+    return str(dense), str(sparse)
+
+
+def test_compare_refuses_runs_with_other_steps_naming_both_values(tmp_path, capsys, no_work):
+    dense, sparse = _runs(tmp_path, {"steps": 2}, {"steps": 4})
+    line = _fail(["compare", dense, sparse, "--out", str(tmp_path / "r")], capsys)
+    assert "steps 2 (dense) vs 4 (sparse)" in line and "--allow-mismatch" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_compare_allow_mismatch_compares_and_warns(tmp_path, capsys):
+    dense, sparse = _runs(tmp_path, {"steps": 2}, {"steps": 4})
+    argv = ["compare", dense, sparse, "--out", str(tmp_path / "r"), "--metrics", "psnr"]
+    assert main([*argv, "--allow-mismatch", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "xattn-video: warning: " in err and "steps 2 (dense) vs 4 (sparse)" in err
+    assert "comparing videos" not in err  # --no-progress
+    assert "settings differ" in out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["mismatched_settings"] == {"steps": {"dense": 2, "sparse": 4}}
+
+
+def test_compare_flags_are_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "--allow-mismatch" in text and "--no-progress" in text
+
+
+def test_compare_on_cuda_without_cuda_exits_2(tmp_path, capsys, no_cuda, no_work):
+    dense, sparse = _runs(tmp_path, {}, {})
+    argv = ["compare", dense, sparse, "--out", str(tmp_path / "r"), "--device", "cuda"]
+    line = _fail(argv, capsys)
+    assert "asked for CUDA, but no CUDA GPU is available" in line
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrate
+# ---------------------------------------------------------------------------------------------
+
+
+def _calibrate(tmp_path: Path, *extra: str) -> list[str]:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat on a mat\na dog running\n")
+    argv = ["calibrate", "--model", "tiny-hunyuan", "--prompts", str(prompts), "--num-prompts",
+            "1", "--steps", "2", "--measure-every", "1", "--no-progress"]  # fmt: skip
+    return [*argv, *extra]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompts", "nosuch.txt"], "nosuch.txt does not exist"),
+        (["--device", "foo"], "is not a torch device"),
+        (["--device", "cuda"], "asked for CUDA, but no CUDA GPU is available"),
+        (["--steps", "0"], "steps must be a positive integer, got 0"),
+        (["--height", "0"], "height must be a positive integer, got 0"),
+        (["--width", "-16"], "width must be a positive integer, got -16"),
+        (["--frames", "0"], "frames must be a positive integer, got 0"),
+        (["--height", "20"], "height must be a positive multiple of 16"),
+        (["--frames", "4"], "frames must be 4k+1"),
+        (["--warmup-steps", "2"], "no denoising step to measure"),
+        (["--warmup-steps", "1", "--dense-last-steps", "1"], "dense_last_steps=1 cover all 2"),
+        (["--out", "EXISTING_DIR"], "is a directory"),
+        (["--out", "FILE/thr.json"], "is a file, not a directory"),
+    ],
+)
+def test_calibrate_bad_input_exits_2_before_the_model_loads(
+    tmp_path, capsys, no_cuda, no_work, extra, message
+):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    subst = {"nosuch.txt": str(tmp_path / "nosuch.txt"), "EXISTING_DIR": str(tmp_path / "dir"),
+             "FILE/thr.json": str(tmp_path / "file" / "thr.json")}  # fmt: skip
+    extra = [subst.get(e, e) for e in extra]
+    argv = _calibrate(tmp_path, "--device", "cpu", "--out", str(tmp_path / "thr.json"), *extra)
+    line = _fail(argv, capsys)
+    assert message in line
+
+
+def test_calibrate_out_in_a_new_folder_is_created(tmp_path, capsys):
+    out = tmp_path / "new" / "sub" / "thr.json"
+    assert main(_calibrate(tmp_path, "--device", "cpu", "--out", str(out))) == 0
+    assert json.loads(out.read_text())["prompts"] == ["a cat on a mat"]
+    again = tmp_path / "other" / "thr2.json"
+    assert main(["calibrate", "--retarget", str(out), "--out", str(again)]) == 0
+    assert again.is_file()
