@@ -8,7 +8,12 @@ import pytest
 import torch
 
 import xattn_video as xv
-from xattn_video.calibrate import calibration_config, mass_curves, true_block_mass
+from xattn_video.calibrate import (
+    calibrate_pipeline,
+    calibration_config,
+    mass_curves,
+    true_block_mass,
+)
 from xattn_video.kernels.select import select_blocks
 from xattn_video.thresholds import (
     FORMAT,
@@ -176,6 +181,20 @@ def test_calibration_runs_every_call_through_the_sparse_path():
     cal = calibration_config(xv.XAttentionConfig(threshold=0.8, warmup_steps=3, max_density=0.3))
     assert cal.auto_dense is False and cal.warmup_steps == 0 and cal.threshold == 1.0
     assert cal.max_density == 1.0 and cal.thresholds_file == "" and cal.dense_layers == ()
+
+
+def test_calibration_measures_only_the_steps_that_run_sparse():
+    """dense_last_steps' steps run dense at inference; they were measured too (steps 1-3 of 4
+    with warmup 1 and 2 dense last steps: only step 1 runs sparse)."""
+    from ._tiny_models import hv_inputs, tiny_cfg, tiny_hv_pipeline
+
+    pipe = tiny_hv_pipeline(num_single_layers=1)
+    cfg = tiny_cfg(warmup_steps=1, dense_last_steps=2)
+    data = calibrate_pipeline(pipe, cfg, [hv_inputs(steps=4)], model="tiny", target_mass=0.9)
+    assert data["steps_measured"] == [1]
+    with pytest.raises(ValueError, match="no step runs sparse: warmup_steps=2 and dense_last"):
+        calibrate_pipeline(pipe, tiny_cfg(warmup_steps=2, dense_last_steps=2),
+                           [hv_inputs(steps=4)], model="tiny", target_mass=0.9)  # fmt: skip
 
 
 def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys):

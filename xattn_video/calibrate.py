@@ -283,15 +283,20 @@ def calibrate_pipeline(
     """Calibrate per-(layer, head) thresholds of ``cfg`` on ``pipe``.
 
     calls: keyword arguments of each pipeline call (prompt / condition, size, steps, generator);
-    steps: denoising steps measured (None: every step from ``cfg.warmup_steps`` on, the ones
-    that run sparse); progress: called with (calls done, calls) after each call.
+    steps: denoising steps measured (None: the ones that run sparse, from ``cfg.warmup_steps``
+    to the last ``cfg.dense_last_steps`` left out); progress: called with (calls done, calls) after each call.
     Returns the thresholds file's dict (``save_thresholds`` writes it).
     """
     from .apply import apply_xattention
 
     if steps is None:
         n = max(int(c.get("num_inference_steps", 0)) for c in calls)
-        steps = range(cfg.warmup_steps, n) if n else None
+        steps = range(cfg.warmup_steps, n - cfg.dense_last_steps) if n else None
+        if steps is not None and not steps:
+            raise ValueError(
+                f"no step runs sparse: warmup_steps={cfg.warmup_steps} and dense_last_steps="
+                f"{cfg.dense_last_steps} cover all {n} steps"
+            )
     cal = Calibrator(cfg, taus=taus, steps=steps)
     t0 = time.perf_counter()
     with apply_xattention(pipe, calibration_config(cfg)) as handle:
