@@ -18,6 +18,7 @@ from xattn_video.metrics import compare as compare_mod
 from xattn_video.pipelines import models as models_mod
 from xattn_video.pipelines.cli import main
 
+from .test_cli_robustness import _fail
 from .test_compare_report import sparse_frames, write_run
 
 SAME = {"model_source": "org/fake-dit", "dtype": "bfloat16"}
@@ -46,18 +47,6 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(models_mod, "load_pipeline", fail)
     monkeypatch.setattr(compare_mod, "_compare_video", fail)
-
-
-def _fail(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run ``argv``, expect exit 2 with a one-line error and no traceback; return that line."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("xattn-video: error: "), err
-    assert "Traceback" not in err, err
-    return lines[-1]
 
 
 # ---------------------------------------------------------------------------------------------
