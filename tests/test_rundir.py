@@ -91,7 +91,7 @@ def test_new_records_round_trip_with_schema_and_unknown_keys(tmp_path: Path):
     rec = _record(extra={"future_key": [1, 2]})
     rec.write(tmp_path)
     data = json.loads((tmp_path / rundir.RUN_FILE).read_text())
-    assert data["schema_version"] == rundir.SCHEMA_VERSION == 3 and data["future_key"] == [1, 2]
+    assert data["schema_version"] == rundir.SCHEMA_VERSION == 4 and data["future_key"] == [1, 2]
     assert RunRecord.read(tmp_path) == rec
     meta = VideoRecord(prompt_index=3, prompt="p", shape=[5, 16, 16, 3], frames_sha256="ab")
     assert VideoRecord.from_json(json.loads(json.dumps(meta.to_json()))) == meta
@@ -106,6 +106,21 @@ def test_resume_differences_name_the_fields():
     a, b = _record(config=cfg), _record(config={**cfg, "threshold": 0.5, "new": 1})
     assert a.resume_differences(b) == {"config.threshold": (0.9, 0.5), "config.new": (None, 1)}
     assert _record(config=None).resume_differences(b) == {"config": (None, b.config)}
+
+
+def test_thresholds_digest_is_compared_only_when_both_records_have_it(tmp_path: Path):
+    """Schema 4 records the thresholds file's SHA-256; an older record has none (unknown, not
+    a difference), and a record without a file leaves the key out of run.json."""
+    rec = _record(thresholds_sha256="aa")
+    rec.write(tmp_path)
+    assert RunRecord.read(tmp_path) == rec
+    assert rec.resume_differences(_record(thresholds_sha256="bb")) == {
+        "thresholds_sha256": ("aa", "bb")
+    }
+    assert "thresholds_sha256" not in _record().to_json()
+    old = RunRecord.from_json({**_record().to_json(), "schema_version": 3})
+    assert old.resume_differences(rec) == {}
+    assert _record().resume_differences(rec) == {"thresholds_sha256": (None, "aa")}
 
 
 def test_compile_mode_is_recorded_and_a_change_is_named(tmp_path: Path):
