@@ -20,7 +20,8 @@ comparisons. ``compile`` (``--compile``) compiles the transformer after XAttenti
 
 Several processes (``accelerate launch``): the selected prompts are split by position,
 ``prompts[rank::world]``, before finished ones are skipped, so each prompt belongs to exactly
-one process and the split does not depend on timing. Only the main process writes run.json.
+one process and the split does not depend on timing. Only the main process writes run.json,
+once the pipeline is set up (a setup error leaves none behind).
 With ``ulysses=P`` (sequence parallelism, :func:`xattn_video.parallel.enable_context_parallel`)
 the processes form world/P data-parallel groups of P consecutive ranks: group g takes
 ``prompts[g::world/P]``, all P processes of a group run each of its prompts together, and only
@@ -29,7 +30,7 @@ the group's first process writes the prompt's files.
 Resume and interruption: a prompt is skipped when its ``meta.json`` exists, its
 ``frames.npy`` is intact (length from its header, size and SHA-256 recorded in meta.json) and
 its prompt text equals this run's; otherwise it is generated again and the reason is logged
-(logger ``xattn_video.pipelines.generate``). Every file is written to a temporary name and
+(logger ``xattn_video.pipelines.resume``, which owns these checks). Every file is written to a temporary name and
 renamed, so an interrupted prompt is never marked finished. ``KeyboardInterrupt`` stops after
 cleaning up the current prompt and returns ``interrupted=True``. A finished run is not
 written to at all (it resumes from a read-only directory).
