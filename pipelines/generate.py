@@ -272,7 +272,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             process_index=state.process_index,
             num_processes=state.num_processes,
         )
-        todo = prompts_to_do(out, mine, result)
+        todo = prompts_to_do(out, mine, result, progress=opts.progress and state.is_main_process)
         if not writable:
             if todo:
                 raise SetupError(

@@ -90,10 +90,18 @@ def check_resume(out: Path, old: rundir.RunRecord | None, run: rundir.RunRecord)
         )
 
 
-def prompts_to_do(out: Path, mine: list[Any], result: Any) -> list[Any]:
+def prompts_to_do(out: Path, mine: list[Any], result: Any, progress: bool = False) -> list[Any]:
     """The prompts of ``mine`` to generate: unfinished ones and finished ones that fail
     :func:`rundir.verify_video` or whose prompt text changed (logged, in ``result.redone``;
-    the others in ``result.skipped``)."""
+    the others in ``result.skipped``). ``progress``: a bar over the finished videos checked
+    (each frames.npy is hashed: ~0.4 GB per 720p video)."""
+    from tqdm.auto import tqdm
+
+    finished = sum(
+        (out / rundir.prompt_dir_name(p.index) / rundir.META_FILE).is_file() for p in mine
+    )
+    bar = tqdm(total=finished, desc="checking finished videos", unit="video", leave=False,
+               disable=not progress or finished == 0)  # fmt: skip
     todo = []
     for p in mine:
         folder = out / rundir.prompt_dir_name(p.index)
@@ -101,10 +109,12 @@ def prompts_to_do(out: Path, mine: list[Any], result: Any) -> list[Any]:
             todo.append(p)
             continue
         problem = rundir.verify_video(folder, prompt=p.text)
+        bar.update(1)
         if problem is None:
             result.skipped.append(p.index)
             continue
         todo.append(p)
         result.redone[p.index] = problem
         _log.warning("prompt %s is generated again: %s", folder.name, problem)
+    bar.close()
     return todo

@@ -88,3 +88,24 @@ def test_another_fps_blocks_a_resume(tmp_path, prompt_file, capsys):
     main(_argv(out, prompt_file, "dense", "--limit", "1"))
     line = _fail(_argv(out, prompt_file, "dense", "--fps", "24"), capsys)
     assert "fps: 8 -> 24" in line
+
+
+def test_checking_finished_videos_shows_a_bar(tmp_path, prompt_file, capsys):
+    """Each finished frames.npy is hashed on a rerun (minutes for hundreds of 720p videos),
+    silently before; the bar counts the finished videos, none when nothing is finished."""
+    from xattn_video.pipelines.generate import GenerateResult
+    from xattn_video.pipelines.resume import prompts_to_do
+    from xattn_video.prompts import load_prompts
+
+    out = tmp_path / "run"
+    main(_argv(out, prompt_file, "dense", "--limit", "2"))
+    capsys.readouterr()
+    prompts = load_prompts(prompt_file)
+    result = GenerateResult(out=out, total=3, assigned=3)
+    todo = prompts_to_do(out, prompts, result, progress=True)
+    assert [p.index for p in todo] == [2] and result.skipped == [0, 1]
+    err = capsys.readouterr().err
+    assert "checking finished videos" in err and " 0/2 " in err  # total: the 2 finished
+    prompts_to_do(tmp_path / "empty", prompts, GenerateResult(out=out, total=3, assigned=3),
+                  progress=True)  # fmt: skip
+    assert "checking" not in capsys.readouterr().err
