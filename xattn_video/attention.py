@@ -31,8 +31,6 @@ head count), queries and keys of different lengths in the sparse kernel, head di
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .kernels._common import (
@@ -414,8 +412,3 @@ def xattention(
 def attention_flops(batch: int, heads: int, n_q: int, n_k: int, head_dim: int) -> float:
     """Dense forward FLOPs of attention (two matmuls): 4 * B * H * Nq * Nk * D."""
     return 4.0 * batch * heads * n_q * n_k * head_dim
-
-
-def default_scale(head_dim: int) -> float:
-    """Softmax scale 1/sqrt(D)."""
-    return 1.0 / math.sqrt(head_dim)

@@ -42,11 +42,9 @@ dynamic shapes of the block count (the fake implementations use concrete block c
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .kernels._common import cdiv
+from .kernels._common import cdiv, softmax_scale
 from .kernels.estimate import estimate_block_scores as _estimate_triton
 from .kernels.estimate import estimate_block_scores_ref as _estimate_ref
 from .kernels.fp8 import Fp8Inputs, quantize_fp8_inputs
@@ -349,7 +347,7 @@ def sparse_attention(
     non-finite policy; returns out, or (out, lse) with ``return_lse``. ``scale`` None means
     1/sqrt(D). ``fp8``: what :func:`quantize_fp8` returned for these q, k, v (a bf16 call
     takes its non-finite flags)."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = softmax_scale(q.shape[-1], scale)
     args = (q, k, v, counts, indices, kv_len, fp8 or [], block_size, scale, return_lse,
             use_triton)  # fmt: skip
     if torch.compiler.is_compiling():

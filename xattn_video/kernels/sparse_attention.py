@@ -15,12 +15,18 @@ sizes for queries and keys.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ._common import HAS_TRITON, LOG2E, cdiv, check_precision, dot_precision, kv_len_tensor
+from ._common import (
+    HAS_TRITON,
+    LOG2E,
+    cdiv,
+    check_precision,
+    dot_precision,
+    kv_len_tensor,
+    softmax_scale,
+)
 from .fp8 import Fp8Inputs
 
 if HAS_TRITON:
@@ -58,7 +64,7 @@ def block_sparse_attention_ref(
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = softmax_scale(D, scale)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     key_ok = torch.arange(Nk, device=q.device)[None, :] < lens[:, None].long()  # (B, Nk)
     out = torch.zeros_like(q)
@@ -330,7 +336,7 @@ def block_sparse_attention_fwd(
         )  # fmt: skip
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = softmax_scale(D, scale)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse else out

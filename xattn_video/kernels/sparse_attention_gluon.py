@@ -51,11 +51,9 @@ fp32 inputs, causal masks, backward.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._common import LOG2E, cdiv, check_precision, kv_len_tensor
+from ._common import LOG2E, cdiv, check_precision, kv_len_tensor, softmax_scale
 from .fp8 import Fp8Inputs, quantize_fp8_head_t, quantize_fp8_inputs
 from .gluon_attention_parts import (
     HALF,
@@ -378,7 +376,7 @@ def block_sparse_attention_gluon(
         raise ValueError("pairs=True takes precision='fp8' and stages=2 (two key blocks a slot)")
     if q.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the Gluon kernel takes bf16/fp16 inputs, got {q.dtype}")
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = softmax_scale(D, scale)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     out = torch.empty_like(q)
     # without return_lse the kernel gets an int32 placeholder and skips the store

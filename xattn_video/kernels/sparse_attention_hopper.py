@@ -37,11 +37,17 @@ causal masks, backward.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from ._common import HAS_TENSOR_DESC, HAS_TRITON, LOG2E, cdiv, check_precision, kv_len_tensor
+from ._common import (
+    HAS_TENSOR_DESC,
+    HAS_TRITON,
+    LOG2E,
+    cdiv,
+    check_precision,
+    kv_len_tensor,
+    softmax_scale,
+)
 from .fp8 import Fp8Inputs, quantize_fp8_head_t, quantize_fp8_qk
 
 if HAS_TRITON:
@@ -185,7 +191,7 @@ def block_sparse_attention_hopper(
     check_precision(precision)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scale = softmax_scale(D, scale)
     cfg = config or hopper_attention_config(q, block_size, precision)
     block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
     if block_size % block_m or block_size % block_n:
