@@ -64,7 +64,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
-from .schedule import scheduler_getter_for, scheduler_index
+from .schedule import scheduler_getter_for, scheduler_index, timestep_value
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
 from .targets import target_layers
@@ -224,7 +224,7 @@ class XAttentionController:
         """Step from the timestep sequence: new value -> next step, repeat -> same, larger -> 0."""
         if timestep is None:
             return self._last_step if self._last_step is not None else 0
-        t = float(torch.as_tensor(timestep).max())
+        t = timestep_value(timestep)
         last = self._last_t
         if last is None or self._last_step is None:
             step = 0

@@ -2,7 +2,8 @@
 
 :func:`scheduler_getter_for` reads ``pipe.scheduler`` at call time (pipelines may swap their
 scheduler between calls); :func:`scheduler_index` is the scheduler's position in its
-``timesteps`` for the transformer forward about to run. The step hook
+``timesteps`` for the transformer forward about to run; :func:`timestep_value` the one number
+a forward's timestep stands for. The step hook
 (:mod:`xattn_video.hook`) counts a call's steps from them.
 
 Not supported: schedulers whose ``timesteps`` are not the values the pipeline passes to the
@@ -32,11 +33,17 @@ def scheduler_getter_for(pipe: Any) -> Callable[[], Any] | None:
     return get
 
 
+def timestep_value(timestep: Any) -> float:
+    """One number for a forward's timestep: its max (scalar, (B,) or Wan 2.2's per-token
+    (B, N), whose first-frame tokens keep 0)."""
+    return float(torch.as_tensor(timestep).max())
+
+
 def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
     """The scheduler's position in its ``timesteps`` for the forward about to run, or None.
 
     ``step_index`` once ``scheduler.step`` has run; before that its ``begin_index`` when the
-    pipeline set one, else the index of ``timestep`` (its max, as in timestep matching) in
+    pipeline set one, else the index of ``timestep`` (:func:`timestep_value`) in
     ``timesteps`` when it is there (to 1e-3 relative): video-to-video pipelines run
     ``timesteps[t_start:]`` with neither set, so their first forward is not at index 0.
     """
@@ -49,7 +56,7 @@ def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
     timesteps = getattr(scheduler, "timesteps", None)
     if timestep is None or not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0:
         return None
-    t = float(torch.as_tensor(timestep).max())
+    t = timestep_value(timestep)
     gap = (timesteps.detach().float().cpu() - t).abs()
     i = int(gap.argmin())
     return i if float(gap[i]) <= 1e-3 * max(1.0, abs(t)) else None
