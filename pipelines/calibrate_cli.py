@@ -30,7 +30,7 @@ from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
 
 from .models import MODELS, get_model_spec
-from .options import GenerateOptions, SetupError, resolve_options
+from .options import GenerateOptions, load_prompts_or_fail, resolve_options
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -107,8 +107,6 @@ def _check_out(path: str) -> Path:
 def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Any, ...]:
     """Everything that can fail before the model loads, with ``generate``'s checks: returns
     the config, video size, measured steps and prompts. Raises ``ValueError``."""
-    from xattn_video.prompts import PromptDataMissing, load_prompts
-
     opts = GenerateOptions(model=args.model, prompts=args.prompts, out=args.out,
                            model_path=args.model_path, model_id=args.model_id, height=args.height,
                            width=args.width, frames=args.frames, steps=args.steps,
@@ -123,12 +121,7 @@ def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
             f"dense_last_steps={cfg.dense_last_steps} cover all {r['steps']} steps (pass more "
             "--steps or fewer --warmup-steps / --dense-last-steps)"
         )
-    try:
-        prompts = load_prompts(args.prompts, data_dir=args.prompts_dir, sample=args.num_prompts)
-    except PromptDataMissing:
-        raise
-    except (ValueError, FileNotFoundError) as e:
-        raise SetupError(str(e)) from e
+    prompts = load_prompts_or_fail(args.prompts, data_dir=args.prompts_dir, sample=args.num_prompts)
     size = {"height": r["height"], "width": r["width"], "num_frames": r["frames"],
             "num_inference_steps": r["steps"]}  # fmt: skip
     return cfg, size, steps, prompts

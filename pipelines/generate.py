@@ -69,6 +69,7 @@ from .options import (
     check_backend,
     check_compile_options,
     check_out,
+    load_prompts_or_fail,
     resolve_device,
     resolve_options,
 )
@@ -209,8 +210,6 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             prompts remain (all found before the first video).
         xattn_video.prompts.PromptDataMissing: the prompt suite is not available.
     """
-    from xattn_video.prompts import PromptDataMissing, load_prompts
-
     spec, r = resolve_options(opts)
     state = _process_state()
     device = resolve_device(opts, state)
@@ -218,18 +217,13 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     check_backend(config, device)
     check_compile_options(opts, device)
     dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    try:
-        prompts = load_prompts(
-            opts.prompts,
-            data_dir=opts.prompts_dir,
-            dimension=opts.dimension,
-            limit=opts.limit,
-            sample=opts.sample,
-        )
-    except PromptDataMissing:
-        raise
-    except (ValueError, FileNotFoundError) as e:
-        raise SetupError(str(e)) from e
+    prompts = load_prompts_or_fail(
+        opts.prompts,
+        data_dir=opts.prompts_dir,
+        dimension=opts.dimension,
+        limit=opts.limit,
+        sample=opts.sample,
+    )
     out = Path(opts.out)
     old = check_out(out)
     source = opts.model_id or (str(Path(opts.model_path).resolve()) if opts.model_path else None)

@@ -127,6 +127,20 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
     return spec, {**sizes, "config": config}
 
 
+def load_prompts_or_fail(prompts: str | os.PathLike[str], **selection: Any) -> list[Any]:
+    """``xattn_video.prompts.load_prompts`` with a bad name, file or selection as
+    :class:`SetupError` (``PromptDataMissing``, a suite not available offline, passes through:
+    the CLI says how to get it)."""
+    from xattn_video.prompts import PromptDataMissing, load_prompts
+
+    try:
+        return load_prompts(prompts, **selection)
+    except PromptDataMissing:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise SetupError(str(e)) from e
+
+
 def resolve_device(opts: GenerateOptions, state: Any) -> torch.device:
     device = torch.device(state.device)
     if opts.device:  # "cuda" under accelerate means this process's GPU
