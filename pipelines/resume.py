@@ -97,15 +97,14 @@ def prompts_to_do(out: Path, mine: list[Any], result: Any, progress: bool = Fals
     (each frames.npy is hashed: ~0.4 GB per 720p video)."""
     from tqdm.auto import tqdm
 
-    finished = sum(
-        (out / rundir.prompt_dir_name(p.index) / rundir.META_FILE).is_file() for p in mine
-    )
-    bar = tqdm(total=finished, desc="checking finished videos", unit="video", leave=False,
-               disable=not progress or finished == 0)  # fmt: skip
+    folders = {p.index: out / rundir.prompt_dir_name(p.index) for p in mine}
+    finished = {i for i, folder in folders.items() if (folder / rundir.META_FILE).is_file()}
+    bar = tqdm(total=len(finished), desc="checking finished videos", unit="video", leave=False,
+               disable=not progress or not finished)  # fmt: skip
     todo = []
     for p in mine:
-        folder = out / rundir.prompt_dir_name(p.index)
-        if not (folder / rundir.META_FILE).is_file():
+        folder = folders[p.index]
+        if p.index not in finished:
             todo.append(p)
             continue
         problem = rundir.verify_video(folder, prompt=p.text)
