@@ -51,7 +51,13 @@ from .psnr import MSE_FLOOR, psnr
 from .report_html import render_html
 from .report_md import render_markdown
 from .run_dir import Run, RunVideo, scan_run
-from .run_match import RunMismatch, mismatched_settings, run_mode, run_notes
+from .run_match import (
+    RunMismatch,
+    describe_differences,
+    mismatched_settings,
+    run_mode,
+    run_notes,
+)
 from .ssim import K1, K2, SIGMA, WIN_SIZE, ssim
 
 DEFAULT_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
@@ -120,7 +126,7 @@ def compare_runs(
     notes: list[str] = [*dense.problems, *sparse.problems, *run_notes(dense, sparse)]
     if mismatch:
         notes.append(
-            f"the runs were generated with different settings: {RunMismatch(mismatch).describe()}"
+            f"the runs were generated with different settings: {describe_differences(mismatch)}"
             "; compared anyway (allow_mismatch): quality and speed-up are not like with like"
         )
     paired = sorted(set(dense.videos) & set(sparse.videos))

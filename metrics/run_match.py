@@ -43,10 +43,13 @@ class RunMismatch(ValueError):
         )
 
     def describe(self) -> str:
-        """``"steps 2 (dense) vs 4 (sparse), dtype ..."``."""
-        return ", ".join(
-            f"{k} {d!r} (dense) vs {s!r} (sparse)" for k, (d, s) in self.differences.items()
-        )
+        """:func:`describe_differences` of these differences."""
+        return describe_differences(self.differences)
+
+
+def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
+    """``"steps 2 (dense) vs 4 (sparse), dtype ..."``."""
+    return ", ".join(f"{k} {d!r} (dense) vs {s!r} (sparse)" for k, (d, s) in differences.items())
 
 
 def run_mode(run: Run) -> str:
