@@ -100,8 +100,8 @@ def compare_runs(
         device: compute device (default CUDA if available, else CPU).
         strip_frames: frames per row in the worst/best frame strips.
         progress: show a tqdm progress bar.
-        allow_mismatch: compare runs whose ``run_match.MATCH_FIELDS`` differ (with a warning) instead of
-            raising ``RunMismatch``.
+        allow_mismatch: compare runs whose ``run_match.MATCH_FIELDS`` differ (with a warning)
+            instead of raising ``RunMismatch``.
 
     Returns:
         The report dict (as written to ``report.json``).

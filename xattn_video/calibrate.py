@@ -284,7 +284,8 @@ def calibrate_pipeline(
 
     calls: keyword arguments of each pipeline call (prompt / condition, size, steps, generator);
     steps: denoising steps measured (None: the ones that run sparse, from ``cfg.warmup_steps``
-    to the last ``cfg.dense_last_steps`` left out); progress: called with (calls done, calls) after each call.
+    to the last ``cfg.dense_last_steps`` left out); progress: called with (calls done, calls)
+    after each call.
     Returns the thresholds file's dict (``save_thresholds`` writes it).
     """
     from .apply import apply_xattention

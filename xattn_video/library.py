@@ -6,10 +6,11 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
   non-finite flags as a list of 7 tensors (:data:`FP8_FIELDS`; sm90 GPUs), so an op that runs
   both the fp8 estimate and the fp8 attention reads and quantizes q and k once;
 - ``xattn_video::estimate_block_scores(q, k, kv_len, fp8, stride, block_size, use_triton,
-  precision, estimate_kernel, scale)`` -> scores (B, H, Nbq, Nbk) float32 (the strided antidiagonal
-  estimate; "fp8": Q and K in e4m3, emulated by the reference on the torch backend; ``fp8``:
-  the list from ``quantize_fp8`` or empty; ``estimate_kernel``: "auto" or "prefer-gluon", see
-  :func:`.kernels.estimate.estimate_block_scores`);
+  precision, estimate_kernel, scale)`` -> scores (B, H, Nbq, Nbk) float32 (the strided
+  antidiagonal estimate; "fp8": Q and K in e4m3, emulated by the reference on the torch
+  backend; ``fp8``: the list from ``quantize_fp8`` or empty; ``estimate_kernel``: "auto" or
+  "prefer-gluon", see :func:`.kernels.estimate.estimate_block_scores`; ``scale``: the softmax
+  scale, None for 1/sqrt(D));
 - ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
   dense_from_int, block_size, max_density, min_blocks, ratio)`` -> mask (B, H, Nbq, Nbk) bool
   (the threshold or ratio selection with the text policy and the budget; Triton only);
@@ -237,8 +238,9 @@ def estimate_block_scores_op(
     scale: float | None = None,
 ) -> torch.Tensor:
     """q: (B, H, Nq, D), k: (B, H, Nk, D), kv_len: (B,) int32, fp8: ``quantize_fp8``'s list or
-    empty, scale: softmax scale (None: 1/sqrt(D)) -> (B, H, Nbq, Nbk) float32. (Not ``kernel``: Inductor's fallback for a custom op
-    takes its arguments as keywords beside its own ``kernel`` parameter.)"""
+    empty, scale: softmax scale (None: 1/sqrt(D)) -> (B, H, Nbq, Nbk) float32. (Not
+    ``kernel``: Inductor's fallback for a custom op takes its arguments as keywords beside its
+    own ``kernel`` parameter.)"""
     return _estimate_impl(
         q, k, kv_len, fp8, stride, block_size, use_triton, precision, estimate_kernel, scale
     )
