@@ -6,7 +6,8 @@ For query/key groups of ``S`` consecutive tokens, the reshaped score is
 
 scaled by ``scale / S`` (``scale``: the attention's softmax scale, 1/sqrt(D) unless given) and
 soft-maxed per row over the *valid* key groups (a group is valid when its first token is a
-valid key; padded tokens inside a partial group contribute zeros). The probability mass is summed per (query block, key block) of ``block_size`` tokens:
+valid key; padded tokens inside a partial group contribute zeros). The probability mass is
+summed per (query block, key block) of ``block_size`` tokens:
 
     A[b, h, qb, kb] = sum_{i in qb, j in kb} softmax_j(R[i, :])[j]
 
