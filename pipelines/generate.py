@@ -31,8 +31,9 @@ Resume and interruption: a prompt is skipped when its ``meta.json`` exists, its
 ``frames.npy`` is intact (length from its header, size and SHA-256 recorded in meta.json) and
 its prompt text equals this run's; otherwise it is generated again and the reason is logged
 (logger ``xattn_video.pipelines.resume``, which owns these checks). Every file is written to a
-temporary name and renamed, so an interrupted prompt is never marked finished. ``KeyboardInterrupt`` stops after
-cleaning up the current prompt and returns ``interrupted=True``. A finished run is not
+temporary name and renamed, so an interrupted prompt is never marked finished.
+``KeyboardInterrupt`` stops after cleaning up the current prompt and returns
+``interrupted=True``. A finished run is not
 written to at all (it resumes from a read-only directory).
 
 Concurrency: the (main) process holds ``RUN_DIR/.lock`` (``flock``) while the run writes the
