@@ -16,14 +16,17 @@ explicitly asked for) or an explicit ``lpips_weights`` path, missing weights rai
 ``LPIPSWeightsMissing``; otherwise LPIPS is skipped with a warning and the report holds
 ``"lpips": null`` and ``"lpips_skipped": "<reason>"`` (stated once, not repeated in warnings).
 
-Aggregates weight every video equally: ``mean``/``std``/``min``/``max`` are over per-video means;
+Aggregates (see ``aggregate``), plots and the worst / best strips use only the pairs made from
+the same prompt text and seed; the others are listed and marked in the per-video table. Every
+video weighs the same: ``mean``/``std``/``min``/``max`` are over per-video means;
 ``frame_mean``/``frame_min``/``frame_max`` pool all frames of all videos.
 Speed-up = dense seconds / sparse seconds, from ``timings.total_s`` and ``timings.denoise_s``.
 ``modes`` names each run's mode (``"eager"`` / ``"compiled:<mode>"``, run.json's ``compile``);
 a warning says when they differ (or the GPUs or package versions do).
 
 Like with like: runs generated with other settings (model, size, steps, seed, dtype; see
-``run_match``) raise :class:`RunMismatch` before any work unless ``allow_mismatch=True``.
+``run_match``) raise :class:`RunMismatch` before any work unless ``allow_mismatch=True``, and
+runs of another video size or frame count raise it even then (their frames cannot be compared).
 
 Not supported: more than two runs, runs whose paired videos differ in shape (raises), comparing
 against a non-dense reference by another name (a warning is recorded).
@@ -46,6 +49,7 @@ from tqdm.auto import tqdm
 from xattn_video.rundir import writable_dir, write_text
 
 from . import plots
+from .aggregate import aggregate, comparable
 from .lpips_metric import MIN_SIZE, LPIPSMetric, LPIPSWeightsMissing
 from .psnr import MSE_FLOOR, psnr
 from .report_html import render_html
@@ -108,10 +112,12 @@ def compare_runs(
 
     Raises:
         ValueError: unknown metric, the same directory twice, ``out_dir`` a file or not
-            writable, no prompt finished in both runs, a paired video differs in shape (prompt
-            index named), a corrupt run file (``RunDirError``, file named).
-        RunMismatch: the runs' ``run_match.MATCH_FIELDS`` differ and not ``allow_mismatch`` (raised
-            before any metric is computed or file written).
+            writable, no prompt finished in both runs, no paired prompt with the same text and
+            seed in both runs, a paired video differs in shape (prompt index named), a corrupt
+            run file (``RunDirError``, file named).
+        RunMismatch: the runs' ``run_match.MATCH_FIELDS`` differ and not ``allow_mismatch``, or
+            their size or frame count differs (raised before any metric is computed or file
+            written).
         LPIPSWeightsMissing: ``lpips_required`` and no backbone checkpoint on disk.
     """
     metrics = tuple(dict.fromkeys(metrics))
@@ -121,7 +127,7 @@ def compare_runs(
     _check_dirs(dense_dir, sparse_dir, out_dir)
     dense, sparse = scan_run(dense_dir), scan_run(sparse_dir)
     mismatch = mismatched_settings(dense, sparse)
-    if mismatch and not allow_mismatch:
+    if mismatch and (not allow_mismatch or not RunMismatch(mismatch).allowable):
         raise RunMismatch(mismatch)
     notes: list[str] = [*dense.problems, *sparse.problems, *run_notes(dense, sparse)]
     if mismatch:
@@ -142,6 +148,13 @@ def compare_runs(
             f"no prompt index is finished in both {dense.path} and {sparse.path} "
             f"(dense: {sorted(dense.videos)}, sparse: {sorted(sparse.videos)})"
         )
+    differ = {i: _input_differences(dense.videos[i], sparse.videos[i]) for i in paired}
+    if all(differ.values()):
+        raise ValueError(
+            f"no paired prompt of {dense.path} and {sparse.path} was generated from the same "
+            f"prompt text and seed (prompt indices {paired}): nothing to compare like with like; "
+            "generate both runs from the same prompt suite and seed"
+        )
 
     lpips_model, lpips_skipped = None, None
     if "lpips" in metrics:
@@ -156,11 +169,24 @@ def compare_runs(
     videos = []
     for idx in tqdm(paired, desc="comparing videos", unit="video", disable=not progress):
         entry, video_notes = _compare_video(
-            dense.videos[idx], sparse.videos[idx], metrics, lpips_model, device, lpips_required
+            dense.videos[idx],
+            sparse.videos[idx],
+            differ[idx],
+            metrics,
+            lpips_model,
+            device,
+            lpips_required,
         )
         videos.append(entry)
         notes.extend(video_notes)
 
+    agg = aggregate(videos, metrics)
+    if agg["speedup"]["includes_first_in_process"]:
+        notes.append(
+            f"every compared pair ({agg['num_videos']}) was its process's first video: the "
+            "speed-ups include one-off costs (CUDA start-up, Triton compile and autotune); "
+            "generate more prompts per process for a steady-state speed-up"
+        )
     for note in notes:
         warnings.warn(note, CompareWarning, stacklevel=2)
 
@@ -193,7 +219,7 @@ def compare_runs(
         "lpips_backbone": lpips_model.describe() if lpips_model is not None else None,
         "lpips_skipped": lpips_skipped,
         "videos": videos,
-        "aggregate": _aggregate(videos, metrics),
+        "aggregate": agg,
         "unpaired": {"dense_only": dense_only, "sparse_only": sparse_only},
         "unfinished": {"dense": dense.unfinished, "sparse": sparse.unfinished},
         "warnings": notes,
@@ -258,9 +284,21 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den
 
 
+def _input_differences(d: RunVideo, s: RunVideo) -> list[str]:
+    """Which of ``seed`` / ``prompt`` the two runs' ``meta.json`` record differently (a value
+    missing from either is not compared)."""
+    return [
+        key
+        for key in ("seed", "prompt")
+        if None not in (getattr(d.record, key), getattr(s.record, key))
+        and getattr(d.record, key) != getattr(s.record, key)
+    ]
+
+
 def _compare_video(
     d: RunVideo,
     s: RunVideo,
+    differ: list[str],
     metrics: Sequence[str],
     lpips_model: LPIPSMetric | None,
     device: str | torch.device | None,
@@ -273,12 +311,6 @@ def _compare_video(
             f"prompt {d.index:05d}: dense video {d.frames_file} has shape {ref.shape} but sparse "
             f"video {s.frames_file} has {test.shape}; they must match (nothing is truncated)"
         )
-    differ = [
-        key
-        for key in ("seed", "prompt")
-        if None not in (getattr(d.record, key), getattr(s.record, key))
-        and getattr(d.record, key) != getattr(s.record, key)
-    ]
     for key in differ:
         notes.append(f"prompt {d.index:05d}: {key} differs between runs; left out of the aggregate")
     entry: dict[str, Any] = {
@@ -286,6 +318,7 @@ def _compare_video(
         "prompt": d.record.prompt,
         "seed": d.record.seed,
         "same_input": not differ,
+        "differs": differ,
         "num_frames": int(ref.shape[0]),
         "height": int(ref.shape[1]),
         "width": int(ref.shape[2]),
@@ -335,63 +368,10 @@ def _compare_video(
     return entry, notes
 
 
-def _summary(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(a.mean()),
-        "min": float(a.min()),
-        "max": float(a.max()),
-        "std": float(a.std()),
-    }
-
-
-def _aggregate(videos: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
-    """Over the pairs made from the same prompt and seed (``same_input``); the others are
-    counted in ``excluded_different_input``."""
-    same = [v for v in videos if v.get("same_input", True)]
-    agg: dict[str, Any] = {
-        "num_videos": len(same),
-        "num_frames": int(sum(v["num_frames"] for v in same)),
-        "excluded_different_input": len(videos) - len(same),
-    }
-    videos = same
-    for m in metrics:
-        rows = [v[m] for v in videos if v.get(m) is not None]
-        if not rows:
-            agg[m] = None
-            continue
-        summary = _summary([r["mean"] for r in rows])
-        frames = np.concatenate([np.asarray(r["per_frame"]) for r in rows])
-        summary.update(
-            frame_mean=float(frames.mean()),
-            frame_min=float(frames.min()),
-            frame_max=float(frames.max()),
-        )
-        agg[m] = summary
-    for key in ("effective_density", "sparse_density", "cost_dense_share"):
-        agg[key] = _summary([v[key] for v in videos if isinstance(v.get(key), (int, float))])
-    speed: dict[str, Any] = {}
-    warm = [v for v in videos if v.get("timing_warm", True)]
-    timed = warm or videos
-    speed["excluded_first_in_process"] = len(videos) - len(timed)
-    for key, tkey in (("total", "total_s"), ("denoise", "denoise_s")):
-        summary = _summary([v["speedup"][key] for v in timed if v["speedup"][key] is not None])
-        if summary is not None:
-            both = [v for v in timed if v["speedup"][key] is not None]
-            dense_sum = sum(v["timings"]["dense"][tkey] for v in both)
-            sparse_sum = sum(v["timings"]["sparse"][tkey] for v in both)
-            summary["ratio_of_sums"] = dense_sum / sparse_sum
-        speed[key] = summary
-    agg["speedup"] = speed
-    return agg
-
-
 def _draw_figures(
     report: dict[str, Any], dense: Run, sparse: Run, out: Path, strip_frames: int
 ) -> dict[str, Any]:
-    videos = report["videos"]
+    videos = comparable(report["videos"])  # the pairs the aggregate counts
     figs: dict[str, Any] = {}
     for key, fname, draw in (
         ("quality_vs_density", "quality_vs_density.png", plots.quality_vs_density),

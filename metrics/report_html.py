@@ -11,7 +11,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .report_tables import aggregate_table, lpips_line, run_summary, video_table
+from .aggregate import comparable
+from .report_tables import aggregate_table, lpips_line, method_text, run_summary, video_table
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -53,7 +54,7 @@ def _no_density_plot(report: dict[str, Any]) -> str:
     """Why the quality-vs-density plot (PSNR against effective density) is missing."""
     if "psnr" not in report["metrics"]:
         return "Quality vs density: not drawn, PSNR was not computed (not in the metrics)."
-    if not any(v.get("effective_density") is not None for v in report["videos"]):
+    if not any(v.get("effective_density") is not None for v in comparable(report["videos"])):
         return "Quality vs density: no density recorded in the sparse run's meta.json."
     return "Quality vs density: no video has both a PSNR value and a density."
 
@@ -93,10 +94,7 @@ def render_html(report: dict[str, Any]) -> str:
     if unf["dense"] or unf["sparse"]:
         items.append(f"Unfinished: dense {unf['dense']}, sparse {unf['sparse']}")
     parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>")
-    parts.append(
-        "<p>Metrics are computed per frame on lossless frames and averaged per video; "
-        "aggregates weight videos equally. Speed-up = dense time / sparse time.</p>"
-    )
+    parts.append(f"<p>{escape(method_text(report))}</p>")
     if report["warnings"]:
         parts.append(
             '<div class="warn"><strong>Warnings</strong><ul>'

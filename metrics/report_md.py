@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .report_tables import aggregate_table, lpips_line, run_summary, video_table
+from .report_tables import aggregate_table, lpips_line, method_text, run_summary, video_table
 
 
 def _cell(text: str) -> str:
@@ -41,10 +41,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     unfinished = report["unfinished"]
     if unfinished["dense"] or unfinished["sparse"]:
         out.append(f"- Unfinished: dense {unfinished['dense']}, sparse {unfinished['sparse']}")
-    out.append(
-        "- Metrics are per frame on lossless frames, averaged per video; aggregates weight "
-        "videos equally. Speed-up = dense time / sparse time."
-    )
+    out.append(f"- {method_text(report)}")
     out += ["", "## Aggregate", "", markdown_table(*aggregate_table(report)), ""]
     out += ["## Per video", "", markdown_table(*video_table(report)), ""]
     if report["warnings"]:

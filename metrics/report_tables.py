@@ -57,7 +57,13 @@ def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
             + ["", ""]
         )
     skipped = agg["speedup"].get("excluded_first_in_process") or 0
+    included = agg["speedup"].get("includes_first_in_process") or 0
     notes = [f"{skipped} first-in-process video(s) left out"] if skipped else []
+    if included:
+        notes.append(
+            f"all {included} video(s) first in their process: includes compile / autotune / "
+            "start-up"
+        )
     note = " (" + "; ".join([modes_text(report), *notes]) + ")"
     for key, label in (("total", "speed-up, end to end"), ("denoise", "speed-up, denoising")):
         label += note
@@ -80,6 +86,9 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         worst = "max" if m == "lpips" else "min"
         header += [f"{METRIC_LABELS[m]} mean", f"{METRIC_LABELS[m]} {worst}"]
     header += ["eff. density", "sparse density", "speed-up total", "speed-up denoise"]
+    marked = any(not v.get("same_input", True) for v in report["videos"])
+    if marked:
+        header.append("in aggregate")
     rows = []
     for v in report["videos"]:
         row = [f"{v['prompt_index']:05d}", short(v.get("prompt")), str(v["num_frames"])]
@@ -93,8 +102,34 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             fmt(v["speedup"]["total"], 2),
             fmt(v["speedup"]["denoise"], 2),
         ]
+        if marked:
+            differ = " and ".join(v.get("differs") or ["prompt or seed"])
+            row.append("yes" if v.get("same_input", True) else f"no: {differ} differs")
         rows.append(row)
     return header, rows
+
+
+def method_text(report: dict[str, Any]) -> str:
+    """How the metrics were computed: on which frames (lossless ``frames.npy`` or decoded mp4),
+    averaged how."""
+    lossy = [
+        v["prompt_index"]
+        for v in report["videos"]
+        if "video.mp4" in (v.get("frames_source") or {}).values()
+    ]
+    if not lossy:
+        frames = "on lossless frames (frames.npy)"
+    elif len(lossy) == len(report["videos"]):
+        frames = "on decoded video.mp4 (lossy: codec noise bounds PSNR)"
+    else:
+        frames = (
+            f"on lossless frames (frames.npy), except decoded video.mp4 (lossy) for prompts "
+            f"{', '.join(f'{i:05d}' for i in lossy)}"
+        )
+    return (
+        f"Metrics are computed per frame {frames} and averaged per video; aggregates weight "
+        "videos equally. Speed-up = dense time / sparse time."
+    )
 
 
 def modes_text(report: dict[str, Any]) -> str:

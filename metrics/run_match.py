@@ -4,7 +4,9 @@ The run.json settings in :data:`MATCH_FIELDS` (the model and its source, the vid
 denoising steps, the seed, the transformer dtype) change every video, so a quality or speed
 comparison of runs that differ in one means nothing: ``compare_runs`` raises
 :class:`RunMismatch` before any work, unless ``allow_mismatch=True`` (``--allow-mismatch``), which
-turns each difference into a warning. Not compared: the attention mode, XAttention config and
+turns each difference into a warning; a different video size or frame count
+(:data:`SHAPE_FIELDS`) is refused even then, since frames of two sizes cannot be compared. Not
+compared: the attention mode, XAttention config and
 thresholds file (what is being compared); fps (it only changes the mp4 encoding, not the frames);
 the prompt suite and selection (pairs are matched by prompt index, and a pair whose prompt text or
 seed differs is left out of the aggregate); the guidance scale (not a ``generate`` setting: the
@@ -27,19 +29,29 @@ from .run_dir import Run
 MATCH_FIELDS = ("model", "model_source", "height", "width", "frames", "steps", "seed", "dtype")
 """run.json settings two compared runs must share (see the module docstring)."""
 
+SHAPE_FIELDS = ("height", "width", "frames")
+"""The :data:`MATCH_FIELDS` no ``allow_mismatch`` can waive: the videos' shapes."""
+
 
 class RunMismatch(ValueError):
     """The two runs were generated with different ``MATCH_FIELDS`` settings.
 
     Attributes:
         differences: field -> (dense value, sparse value).
+        allowable: no :data:`SHAPE_FIELDS` differ, so ``allow_mismatch=True`` compares anyway.
     """
 
     def __init__(self, differences: dict[str, tuple[Any, Any]]) -> None:
         self.differences = differences
+        self.allowable = not set(differences) & set(SHAPE_FIELDS)
+        remedy = (
+            "allow_mismatch=True compares anyway"
+            if self.allowable
+            else "videos of another size or frame count cannot be compared at all"
+        )
         super().__init__(
             f"the runs were generated with different settings: {self.describe()}; their quality "
-            "and speed-up do not compare like with like (allow_mismatch=True compares anyway)"
+            f"and speed-up do not compare like with like ({remedy})"
         )
 
     def describe(self) -> str:

@@ -169,10 +169,16 @@ def _compare(
             allow_mismatch=allow_mismatch,
         )
     except RunMismatch as e:
+        remedy = (
+            ", or pass --allow-mismatch to compare anyway (with a warning)"
+            if e.allowable
+            else " (their videos differ in size or frame count, so not even --allow-mismatch "
+            "can compare them frame by frame)"
+        )
         raise CLIError(
             f"{dense} and {sparse} were generated with different settings: {e.describe()}; "
             "their quality and speed-up would not compare like with like. Generate them with "
-            "the same settings, or pass --allow-mismatch to compare anyway (with a warning)"
+            f"the same settings{remedy}"
         ) from None
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(f"compare failed: {e}") from e

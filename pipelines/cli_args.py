@@ -250,9 +250,9 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-mismatch",
         action="store_true",
-        help="compare runs generated with different model, model source, size, steps, seed or "
-        "dtype (refused by default: not like with like); each difference becomes a warning in "
-        "the report",
+        help="compare runs generated with different model, model source, steps, seed or dtype "
+        "(refused by default: not like with like); each difference becomes a warning in the "
+        "report. Runs of another video size or frame count are refused even so",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

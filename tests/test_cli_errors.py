@@ -70,6 +70,18 @@ def test_compare_refuses_runs_with_other_steps_naming_both_values(tmp_path, caps
     assert not (tmp_path / "r").exists()
 
 
+def test_compare_does_not_offer_allow_mismatch_for_another_frame_count(tmp_path, capsys):
+    """The message offered --allow-mismatch, which then failed on the frames' shapes."""
+    dense, sparse = _runs(tmp_path, {}, {"frames": 9})
+    argv = ["compare", dense, sparse, "--out", str(tmp_path / "r"), "--metrics", "psnr"]
+    line = _fail(argv, capsys)
+    assert "frames 5 (dense) vs 9 (sparse)" in line
+    assert "not even --allow-mismatch" in line and "pass --allow-mismatch" not in line
+    line = _fail([*argv, "--allow-mismatch"], capsys)
+    assert "frames 5 (dense) vs 9 (sparse)" in line and "not even --allow-mismatch" in line
+    assert not (tmp_path / "r").exists()
+
+
 def test_compare_allow_mismatch_compares_and_warns(tmp_path, capsys):
     dense, sparse = _runs(tmp_path, {"steps": 2}, {"steps": 4})
     argv = ["compare", dense, sparse, "--out", str(tmp_path / "r"), "--metrics", "psnr"]

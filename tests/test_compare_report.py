@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -358,28 +359,118 @@ def test_no_common_prompt_raises(tmp_path: Path) -> None:
         compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
 
 
+def _edit_meta(run: Path, index: int, **fields: Any) -> None:
+    meta_path = run / f"{index:05d}" / "meta.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | fields))
+
+
 def test_seed_mismatch_and_missing_timings_are_reported(tmp_path: Path) -> None:
-    dense = write_run(tmp_path / "d", "dense", [0])
-    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames, seed=1)
-    meta_path = sparse / "00000" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["timings"] = None
-    meta["density"] = None
-    meta_path.write_text(json.dumps(meta))
+    dense = write_run(tmp_path / "d", "dense", [0, 1])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames, seed=1)
+    _edit_meta(sparse, 1, seed=0, timings=None, density=None)  # prompt 1: same seed, no timings
     with pytest.raises(RunMismatch, match="seed 0 .dense. vs 1 .sparse."):  # run.json's seed
         compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
-    with pytest.warns(CompareWarning, match="seed differs"):
+    with pytest.warns(CompareWarning, match="prompt 00000: seed differs"):
         report = compare_runs(
             dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False,
             allow_mismatch=True,
         )  # fmt: skip
-    v = report["videos"][0]
+    assert [v["differs"] for v in report["videos"]] == [["seed"], []]
+    v = report["videos"][1]
     assert v["speedup"] == {"total": None, "denoise": None}
     assert v["effective_density"] is None
+    # the plots draw only the comparable pair (prompt 1), which has no timings nor density
     assert report["figures"]["speedup"] is None
     assert report["figures"]["quality_vs_density"] is None
     html = (tmp_path / "out" / "report.html").read_text()
     assert "no density recorded" in html and "no timings recorded" in html
+
+
+def test_left_out_pairs_are_not_plotted_and_are_marked_in_the_table(tmp_path: Path) -> None:
+    """A pair whose prompt text differs was left out of the aggregate but was still ranked
+    as the worst-PSNR strip and drawn in the plots, with no mark in the per-video table."""
+    dense = write_run(tmp_path / "d", "dense", [0, 1, 2])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1, 2], frames_fn=sparse_frames)
+    # prompt 2: another prompt text and very different frames (the worst PSNR by far)
+    (sparse / "00002" / "frames.npy").unlink()
+    save_frames(sparse / "00002" / "frames.npy", 255 - base_frames(2))
+    _edit_meta(sparse, 2, prompt="another prompt")
+    with pytest.warns(CompareWarning, match="prompt 00002: prompt differs"):
+        report = compare_runs(
+            dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
+        )
+    psnrs = {v["prompt_index"]: v["psnr"]["mean"] for v in report["videos"]}
+    assert psnrs[2] < min(psnrs[0], psnrs[1]) - 10
+    strips = {s["label"]: s["prompt_index"] for s in report["figures"]["strips"]}
+    worst = min((0, 1), key=psnrs.get)
+    assert strips == {"worst": worst, "best": 1 - worst}
+    assert report["aggregate"]["psnr"]["min"] == pytest.approx(psnrs[worst])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| in aggregate |" in md
+    assert md.count("| yes |") == 2 and md.count("| no: prompt differs |") == 1
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "no: prompt differs" in html
+
+
+def test_no_pair_with_the_same_prompt_and_seed_raises(tmp_path: Path) -> None:
+    """Every shared index with another prompt text (e.g. runs of two prompt suites) gave exit 0
+    and an empty report."""
+    dense = write_run(tmp_path / "d", "dense", [0, 1])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames)
+    for i in (0, 1):
+        _edit_meta(sparse, i, prompt=f"an augmented prompt {i}")
+    with pytest.raises(ValueError, match="same prompt text and seed .prompt indices .0, 1.."):
+        compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_speedup_says_when_every_pair_was_first_in_its_process(tmp_path: Path) -> None:
+    """Two prompts on two processes: both pairs pay compile / autotune. The speed-up used them
+    silently, while the README says first-in-process videos are left out."""
+    dense = write_run(tmp_path / "d", "dense", [0, 1])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames)
+    for run in (dense, sparse):
+        for i in (0, 1):
+            _edit_meta(run, i, first_in_process=True)
+    with pytest.warns(CompareWarning, match="every compared pair .2. was its process's first"):
+        report = compare_runs(
+            dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
+        )
+    speed = report["aggregate"]["speedup"]
+    assert speed["includes_first_in_process"] == 2 and speed["excluded_first_in_process"] == 0
+    assert speed["denoise"]["ratio_of_sums"] == pytest.approx(36.0 / 17.0)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "all 2 video(s) first in their process: includes compile" in md
+    # one warm pair: the other is left out, nothing is said to be included
+    _edit_meta(sparse, 1, first_in_process=False)
+    _edit_meta(dense, 1, first_in_process=False)
+    report = compare_runs(dense, sparse, tmp_path / "o2", metrics=("psnr",), progress=False)
+    speed = report["aggregate"]["speedup"]
+    assert speed["includes_first_in_process"] == 0 and speed["excluded_first_in_process"] == 1
+    assert speed["denoise"]["ratio_of_sums"] == pytest.approx(18.0 / 9.0)
+
+
+@pytest.mark.parametrize(
+    ("npy", "expected"),
+    [
+        ((True, True), "per frame on lossless frames (frames.npy) and"),
+        ((False, True), "per frame on decoded video.mp4 (lossy: codec noise bounds PSNR)"),
+        ((True, False), "except decoded video.mp4 (lossy) for prompts 00001"),
+    ],
+)
+def test_reports_name_the_frames_the_metrics_used(tmp_path: Path, npy, expected) -> None:
+    """report.md / .html said "lossless frames" also when they came from decoded mp4s."""
+    dense = write_run(tmp_path / "d", "dense", [0, 1], npy=npy[0])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames)
+    if not npy[1]:
+        (sparse / "00001" / "frames.npy").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompareWarning)
+        compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "out" / name).read_text()
+        assert expected in text, name
+        assert ("lossless" in text) == (npy != (False, True)), name
 
 
 # ----------------------------------------------------------------- headless Chromium
@@ -711,7 +802,13 @@ def test_runs_with_other_generation_settings_are_refused(
     assert exc.value.differences == {field: (dense_value, sparse_value)}
     message = str(exc.value)
     assert f"{field} {dense_value!r} (dense) vs {sparse_value!r} (sparse)" in message
-    assert "allow_mismatch" in message
+    shape = field in ("height", "width", "frames")
+    assert exc.value.allowable is not shape
+    assert ("allow_mismatch=True compares anyway" in message) is not shape
+    if shape:  # frames of two shapes cannot be compared: refused even with allow_mismatch
+        assert "another size or frame count cannot be compared" in message
+        with pytest.raises(RunMismatch):
+            compare_runs(dense, sparse, tmp_path / "out", progress=False, allow_mismatch=True)
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
