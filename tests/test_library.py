@@ -145,6 +145,32 @@ def test_the_op_lowers_under_inductor(estimate_kernel):
     torch.testing.assert_close(compiled(q, k, v), fn(q, k, v), rtol=0, atol=0)
 
 
+def test_inductor_lse_with_key_padding_equals_eager():
+    """Inductor (torch 2.14, CPU) compiled the NaN-block expansion of the non-finite policy
+    (``repeat_interleave`` then a slice) wrongly at B = H = 2: the LSE rows of the last,
+    partial query block came out 8.7 instead of 3.7; the output itself was right."""
+    import xattn_video as xv
+
+    q, k, v = _qkv(B=2, H=2, N=40)
+    lens = torch.tensor([40, 25])
+    kw = dict(threshold=0.7, stride=4, block_size=16, backend="torch", kv_len=lens)
+
+    def fn(q, k, v):
+        return xv.xattention(q, k, v, return_lse=True, **kw)
+
+    torch._dynamo.reset()
+    out, lse = torch.compile(fn, backend="inductor", fullgraph=True)(q, k, v)
+    want_out, want_lse = fn(q, k, v)
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(lse, want_lse)
+    # and both are the true log-sum-exp over the selected valid keys
+    _, mask = xv.xattention(q, k, v, return_mask=True, **kw)
+    rows = torch.arange(40) // 16
+    keep = mask[:, :, rows][..., rows] & (torch.arange(40) < lens[:, None])[:, None, None, :]
+    logits = (q @ k.transpose(-1, -2) / 4).masked_fill(~keep, float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1))
+
+
 def test_no_op_argument_shadows_inductors_fallback_parameters():
     """Every registered op, the GPU-only ones included (select, CSR, fp8 quantization lower only
     on CUDA), keeps its argument names clear of ``FallbackKernel.create``'s own parameters,

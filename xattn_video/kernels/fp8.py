@@ -109,7 +109,8 @@ def round_fp8_blocks_ref(
     """x: (B, H, N, D) -> fp32 values of its per-block e4m3 quantization (x8 * scale), what
     the fp8 kernels compute with (rows >= kv_len[b] as 0)."""
     x8, scale = quantize_fp8_blocks_ref(x, block, kv_len)
-    return x8.float() * scale.repeat_interleave(block, -1)[..., : x.shape[2], None]
+    rows = torch.arange(x.shape[2], device=x.device) // block  # a gather, see nonfinite_rows_ref
+    return x8.float() * scale[..., rows, None]
 
 
 def _head_scale(v: torch.Tensor, kv_len: torch.Tensor | None = None) -> torch.Tensor:

@@ -48,7 +48,9 @@ def nonfinite_rows_ref(q, k, v, lens: torch.Tensor, nan_block: int = 0) -> torch
         n = bad_q.shape[-1]
         pad = cdiv(n, nan_block) * nan_block - n
         blocks = F.pad(bad_q, (0, pad)).unflatten(-1, (-1, nan_block)).any(-1)
-        bad_q = blocks.repeat_interleave(nan_block, dim=-1)[..., :n]
+        # a gather, not ``repeat_interleave(...)[..., :n]``: inductor (torch 2.14, CPU) compiled
+        # that slice wrongly and scrambled the LSE rows it masks
+        bad_q = blocks[..., torch.arange(n, device=q.device) // nan_block]
     return bad_q | bad_kv[:, :, None]
 
 

@@ -70,10 +70,11 @@ def block_sparse_attention_ref(
     out = torch.zeros_like(q)
     lse = torch.full((B, H, Nq), float("-inf"), dtype=torch.float32, device=q.device)
     step = q_chunk_blocks * block_size
+    cols = torch.arange(Nk, device=q.device) // block_size  # gathers, see nonfinite_rows_ref
     for q0 in range(0, Nq, step):
         q1 = min(Nq, q0 + step)
         rows = torch.arange(q0, q1, device=q.device) // block_size
-        tok = mask[:, :, rows].repeat_interleave(block_size, dim=-1)[..., :Nk]
+        tok = mask[:, :, rows][..., cols]
         tok = tok & key_ok[:, None, None, :]
         any_key = tok.any(dim=-1, keepdim=True)
         safe = tok | ~any_key  # avoid all-False rows (NaN); zeroed below
