@@ -60,7 +60,7 @@ def test_opcheck_select_and_csr(per_head, budget, ratio):
     scores = estimate_block_scores_ref(q, k, stride=4, block_size=16, kv_len=kv_len)
     thr = torch.tensor([0.8, 0.6], dtype=torch.float64) if per_head else None
     df = torch.tensor([64, 40]) if per_head else None
-    args = (scores, kv_len, thr, 0.8, df, -1 if per_head else 48, 16, budget, 1, ratio)
+    args = (scores, kv_len, thr, 0.8, df, -1 if per_head else 48, 16, budget, 1, ratio, 70, 70)
     torch.library.opcheck(library.select_block_mask_op, args, test_utils=OPCHECK_TESTS)
     mask = library.select_block_mask_op(*args)
     from xattn_video.attention import dense_blocks

@@ -329,3 +329,79 @@ def test_tile_permutation_is_a_tiling(grid, tile):
         tiles = perm.view(-1, vol)
         spans = [(tiles // (H * W)).amax(1) - (tiles // (H * W)).amin(1)]
         assert (spans[0] < tile[0]).all()
+
+
+# ----------------------------------------------------------------- audit fixes (stop 40)
+
+
+def test_gradients_never_silently_vanish():
+    """Eager Triton calls returned outputs detached from q, k and v: a loss through them ran
+    backward with no error and no gradient for v. Now the backward raises, naming no_grad;
+    the torch backend (the reference) still differentiates with the mask held fixed."""
+    from xattn_video.library import NO_BACKWARD
+
+    q, k, v = (t.requires_grad_() for t in _qkv(1, 1, 32, 16, seed=3))
+    out = xv.xattention(q, k, v, threshold=0.9, block_size=16, stride=4, backend="triton")
+    assert out.requires_grad
+    with pytest.raises(RuntimeError, match="no backward") as exc:
+        (out.square().sum() + q.square().sum()).backward()
+    assert str(exc.value) == NO_BACKWARD and "torch.no_grad()" in NO_BACKWARD
+    with torch.no_grad():  # inference: the direct path, no graph
+        assert not xv.xattention(q, k, v, block_size=16, stride=4, backend="triton").requires_grad
+    ref_q, ref_k, ref_v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out, mask = xv.xattention(
+        ref_q, ref_k, ref_v, threshold=0.9, block_size=16, stride=4, backend="torch",
+        return_mask=True,
+    )  # fmt: skip
+    out.sum().backward()
+    tok = mask.repeat_interleave(16, -2).repeat_interleave(16, -1)
+    want = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*want, attn_mask=tok).sum().backward()
+    for got, w in zip((ref_q, ref_k, ref_v), want, strict=True):
+        torch.testing.assert_close(got.grad, w.grad)
+
+
+@pytest.mark.parametrize(("n_q", "n_k", "df"), [(40, 20, 20), (40, 20, 18), (20, 40, 20)])
+def test_dense_from_with_other_query_and_key_lengths_agrees_across_backends(n_q, n_k, df):
+    """The fused selection forced key block 1 of 20 keys for dense_from = 20 (its padded end,
+    32, passed 20) while the torch selection, clamping to the key length, did not."""
+    q, _, _ = _qkv(1, 2, n_q, 16, seed=11)
+    _, k, _ = _qkv(1, 2, n_k, 16, seed=12)
+    kw = dict(threshold=0.3, stride=4, block_size=16, dense_from=df)
+    got = xv.estimate_block_mask(q, k, backend="triton", **kw)
+    want = xv.estimate_block_mask(q, k, backend="torch", **kw)
+    assert torch.equal(got, want)
+    rows = dense_blocks(df, 1, n_q, 16, "cpu")[0]
+    cols = dense_blocks(df, 1, n_k, 16, "cpu")[0]
+    assert got[0][:, rows].all() and got[0][:, :, cols].all()
+    plain = xv.estimate_block_mask(q, k, backend="torch", **{**kw, "dense_from": None})
+    expected = plain | rows[None, :, None] | cols[None, None, :]
+    assert torch.equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("ratio", "n_blocks", "keep"), [(0.28, 25, 7), (0.07, 100, 7),
+                                                          (0.56, 25, 14), (0.3, 10, 3)])  # fmt: skip
+def test_ratio_keeps_the_exact_count_despite_float_rounding(backend, ratio, n_blocks, keep):
+    """0.28 * 25 = 7.000000000000001 in floats: ceil kept 8 blocks per row (density 0.32)."""
+    q, k, _ = _qkv(1, 1, 16 * n_blocks, 16, seed=13)
+    kw = dict(ratio=ratio, stride=4, block_size=16, backend=backend)
+    mask = xv.estimate_block_mask(q, k, **kw)
+    assert (mask.sum(-1) == keep).all()
+    assert xv.block_density(mask, block_size=16) == pytest.approx(keep / n_blocks)
+
+
+def test_block_density_counts_only_blocks_with_a_valid_key():
+    """An all-True mask over padded blocks gave 1.5 (dense over valid keys is 1.0)."""
+    mask = torch.ones(2, 1, 3, 3, dtype=torch.bool)
+    assert xv.block_density(mask, block_size=16, kv_len=torch.tensor([40, 10])) == 1.0
+    mask[1, :, :, 0] = False  # sample 1's only valid key block: 3 of 12 valid pairs dropped
+    assert xv.block_density(mask, block_size=16, kv_len=torch.tensor([40, 10])) == 0.75
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_is_refused_clearly(backend):
+    """B = 0 crashed the Triton backend in a reshape ("cannot reshape tensor of 0 elements")."""
+    q = torch.randn(0, 2, 40, 16)
+    with pytest.raises(ValueError, match="at least one sample, head and channel"):
+        xv.xattention(q, q, q, block_size=16, stride=4, backend=backend)

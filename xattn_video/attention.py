@@ -24,7 +24,11 @@ estimate take the flags from their quantization's reads instead) and one over th
 device (two Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch
 backend), no host sync.
 
-Not supported: causal attention, dropout, gradients, GQA / MQA (q, k, v must have the same
+Gradients: the Triton backend and compiled calls are forward only (a backward raises
+``library.NO_BACKWARD``; run inference under ``torch.no_grad()``); the torch backend in eager
+mode is differentiable with the block mask held fixed (the reference, for tests).
+
+Not supported: causal attention, dropout, training, GQA / MQA (q, k, v must have the same
 head count), queries and keys of different lengths in the sparse kernel, head dims other than
 16/32/64/128 with the Triton backend, block sizes other than 16/32/64/128.
 """
@@ -101,26 +105,17 @@ def dense_blocks(
     return ends.clamp(max=n_tokens)[None, :] > start[:, None]
 
 
-def _no_dense_past_end(dense_from: int | torch.Tensor | None, n_tokens: int):
-    """``dense_from``, with ``n_tokens`` (no dense tokens) past every block's end: the fused
-    selection forces blocks whose padded end ``(i + 1) * block_size`` passes it, which the last
-    partial block's does. A device op for tensors (no host sync)."""
-    if isinstance(dense_from, torch.Tensor):
-        df = dense_from.long()
-        return df.masked_fill(df >= n_tokens, 1 << 62)
-    return None if dense_from is not None and dense_from >= n_tokens else dense_from
-
-
 def block_density(mask: torch.Tensor, *, block_size: int, kv_len: torch.Tensor | None = None,
                   n_k: int | None = None) -> float:  # fmt: skip
     """Selected (query block, key block) pairs over all pairs with a valid key block.
 
-    mask: (B, H, Nbq, Nbk) bool. Dense attention over valid keys has density exactly 1.0.
+    mask: (B, H, Nbq, Nbk) bool. Dense attention over valid keys has density exactly 1.0:
+    selected blocks without a valid key (the attention skips them) are not counted.
     """
     B, H, nbq, nbk = mask.shape
     lens = kv_len_tensor(kv_len, B, n_k if n_k is not None else nbk * block_size, mask.device)
-    n_valid = valid_key_blocks(lens, nbk, block_size).sum()
-    return float(mask.sum()) / float(n_valid * H * nbq)
+    valid = valid_key_blocks(lens, nbk, block_size)
+    return float((mask & valid[:, None, None, :]).sum()) / float(valid.sum() * H * nbq)
 
 
 def estimate_block_mask(
@@ -180,7 +175,6 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
     check_selection(threshold, ratio, H)
     check_kv_len(kv_len, B, Nk)
     check_dense_from(dense_from, B, max(Nq, Nk))
-    dense_from = _no_dense_past_end(dense_from, max(Nq, Nk))
     backend = resolve_backend(backend, q)
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q)
@@ -202,7 +196,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
         # one kernel (two and a sort with a budget)
         return select_block_mask(
             scores, kv_len=lens, threshold=threshold, dense_from=dense_from,
-            block_size=block_size, max_density=max_density, ratio=ratio,
+            block_size=block_size, max_density=max_density, ratio=ratio, n_q=Nq, n_k=Nk,
         ), fp8  # fmt: skip
     force_rows = dense_blocks(dense_from, B, Nq, block_size, q.device)
     force_cols = dense_blocks(dense_from, B, Nk, block_size, q.device)

@@ -12,8 +12,9 @@ Five ops carry the Triton launchers (and, on CPU, the PyTorch references where n
   "prefer-gluon", see :func:`.kernels.estimate.estimate_block_scores`; ``scale``: the softmax
   scale, None for 1/sqrt(D));
 - ``xattn_video::select_block_mask(scores, kv_len, thr_heads, threshold, dense_from,
-  dense_from_int, block_size, max_density, min_blocks, ratio)`` -> mask (B, H, Nbq, Nbk) bool
-  (the threshold or ratio selection with the text policy and the budget; Triton only);
+  dense_from_int, block_size, max_density, min_blocks, ratio, n_q, n_k)`` -> mask (B, H, Nbq,
+  Nbk) bool (the threshold or ratio selection with the text policy and the budget; ``n_q`` /
+  ``n_k``: the token counts, where the last blocks end; Triton only);
 - ``xattn_video::block_csr(mask, kv_len, block_size, n_k)`` -> (counts, indices) (Triton only);
 - ``xattn_video::block_sparse_attention(q, k, v, counts, indices, kv_len, fp8, block_size,
   scale, return_lse, use_triton, precision, nan_block)`` -> (out (B, H, N, D) in q's dtype, lse
@@ -37,7 +38,8 @@ TMA tensor descriptors and picks launch configs per device, which ``triton_op`` 
 ``wrap_triton`` cannot trace on torch 2.11; as an opaque op inductor calls the launcher as an
 extern kernel (no fusion across it, which these kernels would not gain from anyway).
 
-Not supported: autograd (forward only: no backward is registered), ``torch.export`` with
+Not supported: autograd (forward only: the attention op's registered backward raises, and the
+eager wrapper routes q / k / v that require grad through the op so that it does), ``torch.export`` with
 dynamic shapes of the block count (the fake implementations use concrete block counts).
 """
 
@@ -174,6 +176,8 @@ def _select_impl(
     max_density: float,
     min_blocks: int,
     ratio: float,
+    n_q: int,
+    n_k: int,
 ) -> torch.Tensor:
     return _select_triton(
         scores,
@@ -185,7 +189,7 @@ def _select_impl(
             None if dense_from_int < 0 else dense_from_int
         ),
         max_density=max_density if max_density > 0 else None,
-        min_blocks=min_blocks,
+        min_blocks=min_blocks, n_q=n_q, n_k=n_k,
     )  # fmt: skip
 
 
@@ -193,7 +197,7 @@ def _select_impl(
 # (B, H, Nbq, Nbk) float32 with kv_len (B,) int32, per-head thresholds (H,) float64 or None (then
 # ``threshold``), dense_from (B,) int or None (then ``dense_from_int``, -1 for none), a budget
 # ``max_density`` (<= 0: none), or ratio selection where ``ratio`` > 0 (thresholds then
-# unused) -> mask (B, H, Nbq, Nbk) bool
+# unused); n_q / n_k tokens -> mask (B, H, Nbq, Nbk) bool
 select_block_mask_op = torch.library.custom_op(
     f"{NAMESPACE}::select_block_mask", _select_impl, mutates_args=()
 )
@@ -201,7 +205,7 @@ select_block_mask_op = torch.library.custom_op(
 
 @select_block_mask_op.register_fake
 def _(scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_size, max_density,
-      min_blocks, ratio):  # fmt: skip
+      min_blocks, ratio, n_q, n_k):  # fmt: skip
     return torch.empty_like(scores, dtype=torch.bool)
 
 
@@ -293,6 +297,23 @@ def _(
     return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
 
 
+NO_BACKWARD = (
+    "xattention has no backward through its Triton kernels or under torch.compile (forward "
+    "only). Run inference under torch.no_grad() or torch.inference_mode() (diffusers pipelines "
+    "do); for gradients use backend='torch' in eager mode (the PyTorch reference, "
+    "differentiable with the block mask held fixed)"
+)
+
+
+def _no_backward(ctx, grad_out: torch.Tensor, grad_lse: torch.Tensor):
+    raise RuntimeError(NO_BACKWARD)
+
+
+# a backward that raises, so q / k / v that require grad get an output whose backward says why
+# (without it the eager Triton path returned outputs detached from q, k and v: no error, no grad)
+block_sparse_attention_op.register_autograd(_no_backward)
+
+
 def estimate_scores(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -352,7 +373,8 @@ def sparse_attention(
     scale = softmax_scale(q.shape[-1], scale)
     args = (q, k, v, counts, indices, kv_len, fp8 or [], block_size, scale, return_lse,
             use_triton)  # fmt: skip
-    if torch.compiler.is_compiling():
+    wants_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if torch.compiler.is_compiling() or (use_triton and wants_grad):  # the op: no backward
         out, lse = block_sparse_attention_op(*args, precision, nan_block)
     else:
         out, lse = _attention_impl(*args, precision, nan_block)
@@ -369,6 +391,8 @@ def select_block_mask(
     max_density: float | None,
     min_blocks: int = 1,
     ratio: float | None = None,
+    n_q: int,
+    n_k: int,
 ) -> torch.Tensor:
     """Triton threshold or ratio selection (:func:`select_block_mask_op`; the implementation
     directly in eager mode); exactly one of ``threshold`` and ``ratio``. scores (B, H, Nbq, Nbk)
@@ -383,7 +407,7 @@ def select_block_mask(
         dense_from if df_tensor else None,
         -1 if dense_from is None or df_tensor else int(dense_from),
         block_size, float(max_density) if max_density is not None else 0.0, int(min_blocks),
-        float(ratio) if ratio is not None else 0.0,
+        float(ratio) if ratio is not None else 0.0, int(n_q), int(n_k),
     )  # fmt: skip
     if torch.compiler.is_compiling():
         return select_block_mask_op(*args)

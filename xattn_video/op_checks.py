@@ -42,6 +42,8 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
         raise ValueError(f"q must be a floating-point tensor, got {q.dtype}")
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise ValueError("q and k need at least one token")
+    if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[3] == 0:
+        raise ValueError(f"q needs at least one sample, head and channel, got {tuple(q.shape)}")
 
 
 def check_block_stride(block_size: int, stride: int | None) -> None:

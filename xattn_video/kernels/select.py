@@ -4,7 +4,8 @@ Threshold mode: per (b, h, query block) row, keep the smallest set of key blocks
 descending score order, whose mass reaches ``threshold * row_total``; the block that crosses the
 threshold is kept (a block is kept iff the mass of the blocks ranked before it is still below
 the target). ``threshold >= 1`` keeps every valid block. Ratio mode: keep the top
-``ceil(ratio * valid_blocks)`` key blocks of every row (at least one), to pin the density.
+``ceil(ratio * valid_blocks)`` key blocks of every row (at least one), to pin the density
+(the product less :data:`RATIO_SLACK`: 0.28 * 25 is 7.000000000000001 in floats, and keeps 7).
 
 Budget (``max_density``, with either mode): per sample, at most
 ``floor(max_density * H * Nbq * valid_key_blocks)`` (query block, key block) pairs are kept over
@@ -35,6 +36,10 @@ import math
 import torch
 
 from ._common import cdiv, kv_len_tensor
+
+RATIO_SLACK = 1e-9
+"""Subtracted from ``ratio * valid blocks`` before the ceil: a product that is an integer but
+for float rounding keeps that many blocks, not one more."""
 
 
 def valid_key_blocks(kv_len: torch.Tensor, n_kb: int, block_size: int) -> torch.Tensor:
@@ -97,7 +102,7 @@ def select_blocks(
             mask = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
     elif ratio is not None and threshold is None:
         n_valid = valid.sum(dim=-1, keepdim=True)  # (B,1,1,1)
-        n_keep = torch.clamp(torch.ceil(ratio * n_valid.double()).long(), min=1)
+        n_keep = torch.clamp(torch.ceil(ratio * n_valid.double() - RATIO_SLACK).long(), min=1)
         order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
         rank_ok = torch.arange(nbk, device=scores.device).view(1, 1, 1, nbk) < n_keep
         mask = torch.zeros_like(rank_ok.expand(B, H, nbq, nbk)).scatter_(
@@ -179,7 +184,7 @@ def select_blocks_ref(
                             mask[b, h, i, j] = True
                         taken += row[j]
                 else:
-                    for j in ranked[: max(1, math.ceil(ratio * len(valid)))]:
+                    for j in ranked[: max(1, math.ceil(ratio * len(valid) - RATIO_SLACK))]:
                         mask[b, h, i, j] = True
                 if force_rows is not None and bool(force_rows[b, i]):
                     mask[b, h, i, valid] = True

@@ -41,7 +41,7 @@ import struct
 import torch
 
 from ._common import HAS_TRITON, cdiv, kv_len_tensor
-from .select import mask_to_indices, valid_key_blocks
+from .select import RATIO_SLACK, mask_to_indices, valid_key_blocks
 
 if HAS_TRITON:
     import triton
@@ -58,6 +58,7 @@ def _f64_bits(x: float) -> int:
 
 
 if HAS_TRITON:
+    _RATIO_SLACK = tl.constexpr(RATIO_SLACK)
 
     @triton.jit
     def _top_ranks(bits, n_keep):
@@ -103,7 +104,7 @@ if HAS_TRITON:
     def _select_rows_kernel(
         SCORES, MASK, PRIO, KV_LEN, THR, DF,
         thr_bits, df_value,
-        H, NBQ, NBK,
+        H, NBQ, NBK, N_Q, N_K,
         stride_sb, stride_sh, stride_sq,
         BLOCK: tl.constexpr, NP: tl.constexpr, THR_PER_HEAD: tl.constexpr,
         DF_MODE: tl.constexpr, BUDGET: tl.constexpr, MIN_BLOCKS: tl.constexpr,
@@ -129,7 +130,8 @@ if HAS_TRITON:
         if RATIO:  # the top max(1, ceil(ratio * valid blocks)) ranks, in float64 as in torch
             ratio = thr_bits.to(tl.int64).to(tl.float64, bitcast=True)
             n_valid = tl.minimum((kvl + BLOCK - 1) // BLOCK, NBK).to(tl.float64)
-            keep = _top_ranks(bits, tl.maximum(tl.ceil(ratio * n_valid), 1.0).to(tl.int32))
+            n_keep = tl.ceil(ratio * n_valid - _RATIO_SLACK)  # not 8 of 25 blocks at 0.28
+            keep = _top_ranks(bits, tl.maximum(n_keep, 1.0).to(tl.int32))
         else:
             if THR_PER_HEAD:
                 thr = tl.load(THR + h)
@@ -145,7 +147,11 @@ if HAS_TRITON:
                 df = df_value.to(tl.int64)
             else:
                 df = tl.load(DF + b).to(tl.int64)
-            forced = (((i + 1) * BLOCK > df) | ((j + 1).to(tl.int64) * BLOCK > df)) & valid
+            # a block is forced when it holds a token >= df: its end, clamped to the query /
+            # key length (a partial last block ends there), passes df
+            row_end = tl.minimum((i + 1).to(tl.int64) * BLOCK, N_Q)
+            col_end = tl.minimum((j + 1).to(tl.int64) * BLOCK, N_K)
+            forced = ((row_end > df) | (col_end > df)) & valid
         row = bh * NBQ + i
         if BUDGET:
             share = tl.where(total > 0, val / total, 0.0)
@@ -230,6 +236,8 @@ def select_blocks_fused(
     dense_from: int | torch.Tensor | None = None,
     max_density: float | None = None,
     min_blocks: int = 1,
+    n_q: int | None = None,
+    n_k: int | None = None,
 ) -> torch.Tensor:
     """Threshold or ratio selection in one kernel (plus a sort and a kernel with a budget).
 
@@ -237,7 +245,9 @@ def select_blocks_fused(
     tensor in (0, 1]) and ratio (float in (0, 1]: the top ``max(1, ceil(ratio * valid
     blocks))`` of every row); kv_len: (B,) int valid keys; dense_from: int or (B,) int tensor,
     first token whose query row / key column is forced dense (text), or None; max_density:
-    per-sample budget in (0, 1] or None; min_blocks: blocks per row kept under the budget.
+    per-sample budget in (0, 1] or None; min_blocks: blocks per row kept under the budget;
+    n_q / n_k: the query / key token counts (default whole blocks), where the last blocks end
+    for ``dense_from``.
     Returns (B, H, Nbq, Nbk) bool, equal to :func:`.select.select_blocks` with ``force_rows`` /
     ``force_cols`` = :func:`xattn_video.attention.dense_blocks` of ``dense_from`` (see the
     module docstring).
@@ -267,7 +277,10 @@ def select_blocks_fused(
     _select_rows_kernel[(nbq, B * H)](
         scores, mask.view(torch.int8), prio, lens, thr, df,
         _f64_bits(scalar), df_value,
-        H, nbq, nbk, scores.stride(0), scores.stride(1), scores.stride(2),
+        H, nbq, nbk,
+        nbq * block_size if n_q is None else int(n_q),
+        nbk * block_size if n_k is None else int(n_k),
+        scores.stride(0), scores.stride(1), scores.stride(2),
         BLOCK=block_size, NP=np2, THR_PER_HEAD=per_head, DF_MODE=df_mode, BUDGET=budget,
         MIN_BLOCKS=int(min_blocks), RATIO=ratio is not None, num_warps=warps,
     )  # fmt: skip
