@@ -14,12 +14,15 @@ Input errors (prompts file, device, sizes, ``--out``) are found before the model
 ``generate``'s checks (``options.resolve_options``); ``--out``'s folder is created if needed.
 
 Not supported: resuming an interrupted calibration (rerun it: a few videos), several
-processes, CFG-specific thresholds.
+processes, CFG-specific thresholds, two-expert pipelines (Wan 2.2 A14B's ``transformer_2``: a
+thresholds file holds one transformer's layers; exit 2, before the model loads when
+``--model-path``'s ``model_index.json`` lists a ``transformer_2``, else once it is loaded).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +115,7 @@ def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
                            width=args.width, frames=args.frames, steps=args.steps,
                            seed=args.seed, device=args.device, dtype=args.dtype)  # fmt: skip
     spec, r = resolve_options(opts)
+    _check_one_transformer(args.model_path)
     cfg = XAttentionConfig.from_preset(spec.preset, **overrides)
     # the steps that run sparse: after the warm-up, before the last dense_last_steps
     steps = list(range(cfg.warmup_steps, r["steps"] - cfg.dense_last_steps, args.measure_every))
@@ -125,6 +129,25 @@ def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
     size = {"height": r["height"], "width": r["width"], "num_frames": r["frames"],
             "num_inference_steps": r["steps"]}  # fmt: skip
     return cfg, size, steps, prompts
+
+
+def _check_one_transformer(model_path: str | None) -> None:
+    """``ValueError`` if ``model_path``'s ``model_index.json`` lists a ``transformer_2`` (a
+    two-expert Wan 2.2 pipeline, which :func:`~xattn_video.calibrate.calibrate_pipeline`
+    refuses): said before the model loads."""
+    index = Path(model_path) / "model_index.json" if model_path else None
+    if index is None or not index.is_file():
+        return
+    try:
+        second = json.loads(index.read_text()).get("transformer_2")
+    except (OSError, ValueError, AttributeError):
+        return  # load_pipeline reports an unreadable folder
+    if isinstance(second, list) and any(x is not None for x in second):
+        raise ValueError(
+            f"--model-path {model_path} is a two-expert pipeline (transformer_2, Wan 2.2 A14B): "
+            "per-expert thresholds are not supported; generate with the uniform --threshold "
+            "instead (no --thresholds-file)"
+        )
 
 
 def _calibrate(

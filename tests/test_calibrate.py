@@ -218,3 +218,85 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
                  "--out", str(again)]) == 0  # fmt: skip
     assert load_thresholds(again)["expected_density"] <= 0.5
     assert "wrote" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# two-expert pipelines (Wan 2.2 A14B's transformer_2): refused, never merged
+# ---------------------------------------------------------------------------------------------
+
+
+def _wan_thresholds(tmp_path, cfg, heads):
+    """A thresholds file for the 2-layer tiny Wan transformer under ``cfg``."""
+    taus = [0.5, 0.9, 1.0]
+    conf = {k: cfg.to_dict()[k] for k in ("stride", "block_size", "token_order", "tile_size",
+                                          "text_policy", "backend")}  # fmt: skip
+    layers = [{"layer": i, "thresholds": [0.5] * heads, "mass": [[0.5, 0.9, 1.0]] * heads,
+               "density": [[0.3, 0.6, 1.0]] * heads} for i in range(2)]  # fmt: skip
+    path = tmp_path / "wan.json"
+    save_thresholds(path, {"format": FORMAT, "model": "tiny-wan", "config": conf,
+                           "taus": taus, "layers": layers})  # fmt: skip
+    return path
+
+
+def test_calibrating_two_experts_is_refused_instead_of_merging_their_heads():
+    """Both experts number their layers 0..N-1: the file listed layers [0, 1] of a 2 + 2 layer
+    model, each head the average of the two experts' heads."""
+    from ._tiny_models import tiny_cfg, tiny_wan_pipeline, wan_inputs
+
+    pipe = tiny_wan_pipeline(two_stage=True)
+    before = [dict(t.attn_processors) for t in (pipe.transformer, pipe.transformer_2)]
+    with pytest.raises(ValueError, match=r"pipe\.transformer_2.*per-expert thresholds are not"):
+        calibrate_pipeline(pipe, tiny_cfg(warmup_steps=0), [wan_inputs(steps=4)],
+                           model="wan2.2", target_mass=0.9)  # fmt: skip
+    after = [dict(t.attn_processors) for t in (pipe.transformer, pipe.transformer_2)]
+    assert after == before  # nothing applied
+    pipe.transformer_2 = None  # one expert: calibrates as before
+    pipe.register_to_config(boundary_ratio=None)
+    data = calibrate_pipeline(pipe, tiny_cfg(warmup_steps=0), [wan_inputs(steps=2)],
+                              model="tiny-wan", target_mass=0.9)  # fmt: skip
+    assert [layer["layer"] for layer in data["layers"]] == [0, 1]
+
+
+def test_a_thresholds_file_on_two_experts_is_refused_at_apply(tmp_path):
+    from ._tiny_models import tiny_cfg, tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline(two_stage=True)
+    cfg = tiny_cfg(warmup_steps=0)
+    path = _wan_thresholds(tmp_path, cfg, pipe.transformer.blocks[0].attn1.heads)
+    with pytest.raises(ValueError, match=r"second expert \(transformer_2\).*layers 0-1"):
+        xv.apply_xattention(pipe, cfg.replace(thresholds_file=str(path)))
+    assert not any(type(p).__name__.startswith("XAttention")
+                   for p in pipe.transformer_2.attn_processors.values())  # fmt: skip
+    xv.apply_xattention(pipe, cfg).remove()  # without the file: both experts as before
+    xv.apply_xattention(pipe.transformer, cfg.replace(thresholds_file=str(path))).remove()
+
+
+def test_calibrate_command_refuses_two_experts_with_exit_2(tmp_path, capsys, monkeypatch):
+    from xattn_video.pipelines import models as models_mod
+
+    from ._tiny_models import tiny_wan_pipeline
+    from .test_cli_robustness import _fail
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat on a mat\n")
+    argv = ["calibrate", "--model", "tiny-wan", "--prompts", str(prompts), "--num-prompts", "1",
+            "--steps", "2", "--measure-every", "1", "--device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "thr.json")]  # fmt: skip
+    monkeypatch.setattr(models_mod, "load_pipeline", lambda *a, **k: tiny_wan_pipeline(
+        two_stage=True))  # fmt: skip
+    line = _fail(argv, capsys)
+    assert "pipe.transformer_2" in line and "per-expert thresholds are not supported" in line
+    assert not (tmp_path / "thr.json").exists()
+    # a saved two-expert folder: refused before the model loads
+    folder = tmp_path / "wan22"
+    folder.mkdir()
+    index = {"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+             "transformer_2": ["diffusers", "WanTransformer3DModel"]}  # fmt: skip
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(models_mod, "load_pipeline", no_load)
+    line = _fail([*argv, "--model-path", str(folder)], capsys)
+    assert "two-expert pipeline (transformer_2" in line and "--thresholds-file" in line

@@ -38,7 +38,10 @@ an owner-less hook is not replaced (applying raises until ``detach_step_hook`` r
 Not supported: transformers other than those of :mod:`xattn_video.targets`
 (``HunyuanVideoFramepackTransformer3DModel``: no tile / hilbert token order, and apply_xattention
 only, it has no ``set_attn_processor``); attention layers whose processor is not the stock one
-(a custom processor is never silently replaced).
+(a custom processor is never silently replaced); a ``thresholds_file`` on a pipeline with a
+second expert (``transformer_2``): both experts use layer indices 0..N-1, so one file's layer
+``i`` would set both experts' thresholds (``ValueError``; :mod:`xattn_video.calibrate` refuses
+such pipelines too).
 """
 
 from __future__ import annotations
@@ -235,6 +238,13 @@ def _apply(
         raise ValueError(f"the transformers belong to different model families: {families}")
     family = families.pop()
     cfg = _config(cfg, family)
+    if cfg.thresholds_file and len(transformers) > 1:
+        raise ValueError(
+            f"thresholds_file with a second expert (transformer_2): both experts number their "
+            f"layers 0-{len(target_layers(transformers[1], family)) - 1}, so the file's "
+            "per-layer thresholds would apply to both; per-expert thresholds are not supported, "
+            "use the uniform threshold (thresholds_file='') for this pipeline"
+        )
     previous = []
     for tr in transformers:
         owner = current_owner(tr)

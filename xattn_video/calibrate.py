@@ -21,7 +21,11 @@ must keep, or a mean density to spend where it keeps the most mass). ``XAttentio
 ``thresholds_file`` loads it.
 
 Not supported: calibrating per denoising step or per row; models other than those the
-processors support; resuming an interrupted calibration (it is cheap: a few dense videos).
+processors support; resuming an interrupted calibration (it is cheap: a few dense videos);
+two-expert pipelines (Wan 2.2 A14B's ``transformer_2``): both experts number their layers
+0..N-1 at run time (one controller, shared ``dense_layers`` and stats), so a file's layer ``i``
+would apply to both; :func:`calibrate_pipeline` refuses them (``ValueError``) rather than average
+the two experts' heads into one set of thresholds.
 """
 
 from __future__ import annotations
@@ -286,10 +290,20 @@ def calibrate_pipeline(
     steps: denoising steps measured (None: the ones that run sparse, from ``cfg.warmup_steps``
     to the last ``cfg.dense_last_steps`` left out); progress: called with (calls done, calls)
     after each call.
-    Returns the thresholds file's dict (``save_thresholds`` writes it).
+    Returns the thresholds file's dict (``save_thresholds`` writes it). A pipeline with a
+    second expert (``pipe.transformer_2``, Wan 2.2 A14B) raises ``ValueError``: see the module
+    docstring.
     """
     from .apply import apply_xattention
 
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise ValueError(
+            f"{type(pipe).__name__} has a second expert (pipe.transformer_2, Wan 2.2 A14B): "
+            "per-expert thresholds are not supported (a thresholds file holds one "
+            "transformer's layers, and at run time both experts would read them); run this "
+            "pipeline with the config's uniform threshold (no thresholds_file), or calibrate "
+            "a single-transformer model"
+        )
     if steps is None:
         n = max(int(c.get("num_inference_steps", 0)) for c in calls)
         steps = range(cfg.warmup_steps, n - cfg.dense_last_steps) if n else None
