@@ -159,3 +159,27 @@ def test_cost_dense_steps_and_later_warm_up_steps_replay_one_graph(monkeypatch):
         (0, 0, "schedule"), (0, 1, None), (0, 2, "cost"), (0, 3, "cost"),
         (1, 0, "schedule"), (1, 1, "cost"), (1, 2, "cost"), (1, 3, "cost"),
     ]  # fmt: skip
+
+
+def test_remove_after_compile_below_hook_restores_the_stock_forward():
+    """handle.remove() after compile_below_hook: diffusers put the hook's (compiled) inner
+    forward back as the module's forward, so the transformer stayed compiled. Now the instance
+    has no forward of its own again and calls run the stock, uncompiled forward."""
+    tr = tiny_wan_transformer()
+    inp = wan_transformer_inputs()
+    with torch.no_grad():
+        want = tr(**inp)[0]
+    handle = xv.apply_xattention(tr, tiny_cfg(warmup_steps=1))
+    torch._dynamo.reset()
+    backend = CountingBackend(aot=False)
+    compile_below_hook(tr, backend=backend)
+    compile_below_hook(tr, backend=backend)  # twice: still the stock forward underneath
+    with torch.no_grad():
+        tr(**inp)
+    assert backend.graphs == 1
+    handle.remove()
+    assert "forward" not in tr.__dict__
+    with torch.no_grad():
+        got = tr(**inp)[0]
+    assert backend.graphs == 1  # nothing compiled after remove()
+    assert torch.equal(got, want)

@@ -291,6 +291,7 @@ class XAttentionStepHook(ModelHook):
         self.owner = owner
         self.scheduler_getter = scheduler_getter
         self.patch_size = patch_size
+        self.uncompiled_forward: Callable[..., Any] | None = None  # set by compile_below_hook
         # diffusers' cache_context() writes the context into every StateManager of a stateful hook
         self.state_manager = StateManager(_NoState)
 
@@ -395,7 +396,8 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
     reuse), not one per step. ``compile_kwargs`` go to ``torch.compile``
     (e.g. ``mode="reduce-overhead"`` for CUDA graphs). With a mode that captures CUDA graphs
     (``reduce-overhead``, ``max-autotune``), ``auto_dense`` decides from the cost model's
-    CUDA-graph (device) times. Returns ``transformer``.
+    CUDA-graph (device) times. Called again, it compiles the uncompiled forward anew; removing
+    the hook (``handle.remove()``) restores it. Returns ``transformer``.
     """
     hook = step_hook(transformer)
     if hook is None:
@@ -403,7 +405,9 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
             f"{type(transformer).__name__} has no XAttention step hook: apply XAttention first, "
             "or compile it with torch.compile directly"
         )
-    hook.fn_ref.forward = torch.compile(hook.fn_ref.forward, **compile_kwargs)
+    if hook.uncompiled_forward is None:  # put back by detach_step_hook
+        hook.uncompiled_forward = hook.fn_ref.forward
+    hook.fn_ref.forward = torch.compile(hook.uncompiled_forward, **compile_kwargs)
     options = compile_kwargs.get("options") or {}
     graphs = options.get("triton.cudagraphs", compile_kwargs.get("mode") in CUDA_GRAPH_MODES)
     hook.controller.auto_dense.use_graph_timing(bool(graphs))
@@ -420,12 +424,17 @@ def current_owner(transformer: torch.nn.Module) -> Any:
 def detach_step_hook(transformer: torch.nn.Module) -> bool:
     """Remove the step hook from ``transformer``; True if there was one.
 
-    If the hook registry is then empty, the plain ``forward`` is restored too (the registry's
-    instance attribute is dropped), leaving the module as it was before.
+    The forward under the hook is put back uncompiled first (diffusers would otherwise restore
+    :func:`compile_below_hook`'s compiled one as the module's forward). If the hook registry is
+    then empty, the plain ``forward`` is restored too (the registry's instance attribute is
+    dropped), leaving the module as it was before.
     """
     registry = getattr(transformer, "_diffusers_hook", None)
-    if registry is None or registry.get_hook(HOOK_NAME) is None:
+    hook = registry.get_hook(HOOK_NAME) if registry is not None else None
+    if hook is None:
         return False
+    if hook.uncompiled_forward is not None:
+        hook.fn_ref.forward = hook.uncompiled_forward
     registry.remove_hook(HOOK_NAME, recurse=False)
     if not registry.hooks:
         fwd = transformer.__dict__.get("forward")
