@@ -279,3 +279,31 @@ def test_reuse_masks_flag_follows_the_refresh_period_from_the_first_sparse_step(
     once = XAttentionController(cfg_(warmup_steps=0))
     once.begin_forward(scheduler=SimpleNamespace(step_index=1, timesteps=torch.arange(3)))
     assert once.sparse and not once.reuse_masks  # mask_refresh=1 never reuses
+
+
+@pytest.mark.parametrize("model", ["hunyuanvideo", "wan"])
+def test_hand_built_processors_record_only_registered_layers(model):
+    """A hand-built processor (no ``layer``) before the step hook registers its attention
+    module: layer -1, dense, and no record (they used to land under layer -1 and be summed in
+    with the hooked run's layers)."""
+    from xattn_video.hook import attach_step_hook
+    from xattn_video.processors import PROCESSOR_CLASSES
+
+    from ._tiny_models import hv_transformer_inputs, wan_transformer_inputs
+
+    tr = tiny_hv_transformer() if model == "hunyuanvideo" else tiny_wan_transformer()
+    inputs = hv_transformer_inputs if model == "hunyuanvideo" else wan_transformer_inputs
+    proc = PROCESSOR_CLASSES[model](cfg_(warmup_steps=1, threshold=0.5))
+    tr.set_attn_processor(proc)
+    with torch.no_grad():
+        tr(**inputs())
+    assert len(proc.stats) == 0
+    attach_step_hook(tr, proc.controller)
+    with torch.no_grad():
+        for t in (900.0, 800.0):
+            kw = inputs()
+            kw["timestep"] = torch.full_like(kw["timestep"], t)
+            tr(**kw)
+    got = sorted({(r.step, r.layer, r.sparse) for r in proc.stats.records})
+    n = tr.config.num_layers + getattr(tr.config, "num_single_layers", 0)
+    assert got == [(s, i, s == 1) for s in (0, 1) for i in range(n)]

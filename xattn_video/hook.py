@@ -244,8 +244,8 @@ class XAttentionController:
         return self.layers.get(attn, -1)
 
     def is_sparse(self, layer: int) -> bool:
-        """Sparse now, for this layer: ``sparse``, the layer not in ``dense_layers``, and not
-        run dense by ``auto_dense`` (decided at the layer's first sparse-phase call).
+        """Sparse now, for this layer: ``sparse``, a registered layer (not -1), not in
+        ``dense_layers``, and not run dense by ``auto_dense`` (decided at its first sparse call).
 
         The ``auto_dense`` decision is read first: a compiled graph of a forward whose layers
         all run dense for cost then guards on the decisions only, so the warm-up steps of the
@@ -254,6 +254,7 @@ class XAttentionController:
         return (
             not self.auto_dense.decisions.get(layer, False)
             and self.sparse
+            and layer >= 0
             and layer not in self.dense_layers
         )
 

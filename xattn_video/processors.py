@@ -15,8 +15,10 @@ otherwise.
   (``attn1``: ``encoder_hidden_states is None``) goes sparse, cross-attention is the parent's.
 
 This module holds only the model-specific part. Dense phase (warm-up, ``dense_last_steps``,
-``dense_layers``, no step hook attached): with ``dense_kernel="stock"`` (the default) exactly
-``super().__call__`` -- bit-identical to the stock processor. Sparse phase: the parent's
+``dense_layers``, no step hook attached; a processor built without ``layer`` whose attention
+module no step hook registered runs dense and records no stats): with
+``dense_kernel="stock"`` (the default) exactly ``super().__call__`` -- bit-identical to the
+stock processor. Sparse phase: the parent's
 projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then
 text; on eager CUDA the QK norm and RoPE run as one fused kernel per tensor,
 :mod:`xattn_video.qk_prep`, within one rounding of the parent's values: HunyuanVideo's
@@ -105,9 +107,10 @@ class _XAttnMixin:
         return self.layer if self.layer is not None else self.controller.layer_of(attn)
 
     def _record_dense(self, layer: int) -> None:
+        """Record a dense call; none for an unregistered module (layer -1: no step hook yet)."""
         ctl = self.controller
-        if ctl.stats.enabled:  # stamped with (run, step, branch) and its reason by the step
-            ctl.stats.add(layer)  # hook: no guard on the step number or on the reason
+        if ctl.stats.enabled and layer >= 0:  # stamped with (run, step, branch) and its reason
+            ctl.stats.add(layer)  # by the step hook: no guard on the step number or the reason
 
     def _sparse_attention(
         self,
