@@ -225,15 +225,15 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
 # ---------------------------------------------------------------------------------------------
 
 
-def _wan_thresholds(tmp_path, cfg, heads):
+def _wan_thresholds(tmp_path, cfg, heads, layers=range(2), model="tiny-wan"):
     """A thresholds file for the 2-layer tiny Wan transformer under ``cfg``."""
     taus = [0.5, 0.9, 1.0]
     conf = {k: cfg.to_dict()[k] for k in ("stride", "block_size", "token_order", "tile_size",
                                           "text_policy", "backend")}  # fmt: skip
     layers = [{"layer": i, "thresholds": [0.5] * heads, "mass": [[0.5, 0.9, 1.0]] * heads,
-               "density": [[0.3, 0.6, 1.0]] * heads} for i in range(2)]  # fmt: skip
-    path = tmp_path / "wan.json"
-    save_thresholds(path, {"format": FORMAT, "model": "tiny-wan", "config": conf,
+               "density": [[0.3, 0.6, 1.0]] * heads} for i in layers]  # fmt: skip
+    path = tmp_path / f"wan{len(list(layers))}x{heads}.json"
+    save_thresholds(path, {"format": FORMAT, "model": model, "config": conf,
                            "taus": taus, "layers": layers})  # fmt: skip
     return path
 
@@ -255,6 +255,7 @@ def test_calibrating_two_experts_is_refused_instead_of_merging_their_heads():
     data = calibrate_pipeline(pipe, tiny_cfg(warmup_steps=0), [wan_inputs(steps=2)],
                               model="tiny-wan", target_mass=0.9)  # fmt: skip
     assert [layer["layer"] for layer in data["layers"]] == [0, 1]
+    assert data["family"] == "wan"  # what apply_xattention compares the model with
 
 
 def test_a_thresholds_file_on_two_experts_is_refused_at_apply(tmp_path):
@@ -300,3 +301,61 @@ def test_calibrate_command_refuses_two_experts_with_exit_2(tmp_path, capsys, mon
     monkeypatch.setattr(models_mod, "load_pipeline", no_load)
     line = _fail([*argv, "--model-path", str(folder)], capsys)
     assert "two-expert pipeline (transformer_2" in line and "--thresholds-file" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# a thresholds file that does not fit the model: refused at apply, before any step
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layers, extra_heads, match",
+    [
+        (range(40), 0, r"lists 38 layer\(s\) that WanTransformer3DModel does not have "
+                       r"\(\[2, 3, 4, 5, 6, 7, 8, 9, \.\.\.\]; it has 2 attention layers: 0-1\)"),
+        ([1, 5], 0, r"lists 1 layer\(s\) .* \(\[5\]; it has 2 attention layers: 0-1\)"),
+        (range(2), 1, "has 3 heads for layer 0, WanTransformer3DModel has 2; calibrate this"),
+    ],
+)  # fmt: skip
+def test_a_thresholds_file_that_does_not_fit_fails_at_apply(tmp_path, layers, extra_heads, match):
+    """It was accepted: extra layers silently, other head counts only after the warm-up."""
+    from ._tiny_models import tiny_cfg, tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline()
+    heads = pipe.transformer.blocks[0].attn1.heads
+    assert heads == 2
+    cfg = tiny_cfg(warmup_steps=2)
+    path = _wan_thresholds(tmp_path, cfg, heads + extra_heads, layers)
+    before = dict(pipe.transformer.attn_processors)
+    with pytest.raises(ValueError, match=match):
+        xv.apply_xattention(pipe, cfg.replace(thresholds_file=str(path)))
+    assert dict(pipe.transformer.attn_processors) == before  # nothing installed
+    with pytest.raises(ValueError, match=match):
+        xv.xattention_processors(pipe.transformer, cfg.replace(thresholds_file=str(path)))
+    fits = _wan_thresholds(tmp_path, cfg, heads, [1])  # fewer layers: the rest use threshold
+    xv.apply_xattention(pipe, cfg.replace(thresholds_file=str(fits))).remove()
+
+
+@pytest.mark.parametrize(
+    "model, family, warns",
+    [("hunyuanvideo", None, True), ("tiny-hunyuan", None, True), ("tiny", "hunyuanvideo", True),
+     ("wan2.2", None, False), ("tiny", None, False), ("tiny-wan", "wan", False)],
+)  # fmt: skip
+def test_a_thresholds_file_of_another_model_family_warns(tmp_path, recwarn, model, family, warns):
+    from ._tiny_models import tiny_cfg, tiny_wan_pipeline
+
+    pipe = tiny_wan_pipeline()
+    cfg = tiny_cfg(warmup_steps=2)
+    path = _wan_thresholds(tmp_path, cfg, 2, model=model)
+    if family is not None:  # another path: files are cached per path and modification time
+        data = load_thresholds(path)
+        path = tmp_path / "with_family.json"
+        save_thresholds(path, {**data, "family": family})
+    xv.apply_xattention(pipe, cfg.replace(thresholds_file=str(path))).remove()
+    hits = [w for w in recwarn if "calibrated on" in str(w.message)]
+    if not warns:
+        assert hits == []
+        return
+    assert len(hits) == 1 and hits[0].filename == __file__  # points at the caller
+    assert (f"thresholds file {str(path)!r} was calibrated on {model!r} (hunyuanvideo), not on "
+            "WanTransformer3DModel (wan)") in str(hits[0].message)  # fmt: skip

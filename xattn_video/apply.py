@@ -29,7 +29,10 @@ that owns the transformer's step hook (``handle.remove()`` of that application: 
 are put back, its hook removed; a logged warning says so). So a discarded processor dict never
 blocks a later ``apply_xattention`` / ``xattention_processors``, and the last application
 wins. All checks run before anything is removed or installed: a failing application leaves the
-model (and the previous application) untouched.
+model (and the previous application) untouched. They include the config's ``thresholds_file``
+against the model (every layer it lists exists, with that head count: else ``ValueError``; a
+warning when it was calibrated on another model family), so a file that does not fit fails here,
+not after the dense warm-up.
 
 Hand-built processors (e.g. one instance for ``set_attn_processor``) run dense until
 ``xattn_video.hook.attach_step_hook(transformer, proc.controller, pipe=pipe)`` is called; such
@@ -47,6 +50,9 @@ such pipelines too).
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import warnings
 from typing import Any
 
 import torch
@@ -57,6 +63,7 @@ from .parallel import ulysses_group
 from .processors import PROCESSOR_CLASSES
 from .stats import XAttentionStats
 from .targets import Layer, model_family, supports_tile_order, target_layers, target_of
+from .thresholds import check_fits, file_family, load_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +191,8 @@ def _check(
             f"token_order={cfg.token_order!r} is not supported for {name} (its video tokens "
             "form no single grid); use token_order='raster' (or 'cluster')"
         )
+    if cfg.thresholds_file:
+        _check_thresholds(cfg.thresholds_file, name, family, targets)
     stock = target_of(family).stock_processor
     for path, module, _ in targets:
         proc = module.processor
@@ -201,6 +210,33 @@ def _check(
                 "replaces only the stock processor"
             )
     return targets
+
+
+def _check_thresholds(path: str, name: str, family: str, targets: list[Layer]) -> None:
+    """The thresholds file against the model, before any step runs: ``ValueError`` for layers
+    the model lacks or another head count; a warning when it was calibrated on another model
+    family (its layers may still fit, its thresholds do not mean anything here)."""
+    data = load_thresholds(path)
+    heads = {layer: getattr(module, "heads", None) for _, module, layer in targets}
+    check_fits(data, heads, name, path)
+    other = file_family(data)
+    if other is not None and other != family:
+        warnings.warn(
+            f"thresholds file {path!r} was calibrated on {data.get('model')!r} ({other}), not "
+            f"on {name} ({family}): its per-head thresholds are not this model's; calibrate "
+            "this model",
+            stacklevel=_caller_level(),
+        )
+
+
+def _caller_level() -> int:
+    """``warnings.warn``'s ``stacklevel`` for a warning raised by the caller of this function
+    that points at the first frame outside this package (the user's ``apply_xattention``)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _log_patched(transformer: torch.nn.Module, targets: list[Layer], cfg: XAttentionConfig):

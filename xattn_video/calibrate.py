@@ -323,5 +323,6 @@ def calibrate_pipeline(
     meta = dict(meta or {})
     meta.setdefault("steps_measured", sorted(cal.steps) if cal.steps is not None else "all")
     meta["seconds"] = round(time.perf_counter() - t0, 2)
+    meta.setdefault("family", handle.model)  # apply_xattention warns when applied to another
     return cal.result(model=model, target_mass=target_mass, target_density=target_density,
                       meta=meta)  # fmt: skip

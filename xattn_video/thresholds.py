@@ -15,8 +15,11 @@ mask's block density. From them :func:`choose_thresholds` picks the thresholds:
   heads where they hold the most mass.
 
 Re-targeting needs no new calibration run (:func:`retarget`). The file also records what it was
-measured on (model, config, prompts, seeds, steps) and must match the config it is used with
-(stride, block size, token order, tile size, text policy: they change the estimate).
+measured on (model, its family, config, prompts, seeds, steps) and must match the config it is
+used with (stride, block size, token order, tile size, text policy: they change the estimate)
+and the model it is applied to: ``apply_xattention`` checks before any step runs that every
+listed layer exists with that head count (:func:`check_fits`, ``ValueError``) and warns when
+the file was calibrated on another model family (:func:`file_family`).
 
 Not supported: per-step or per-row thresholds; thresholds for layers the file does not list
 (those use the config's uniform ``threshold``).
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -195,6 +199,44 @@ def check_matches(data: dict[str, Any], config: dict[str, Any]) -> None:
             )
 
 
+def file_family(data: dict[str, Any]) -> str | None:
+    """The model family (``"hunyuanvideo"`` / ``"wan"``) a thresholds dict was calibrated on:
+    its ``family`` key (written by the calibration), else read from its ``model`` name (a name
+    holding ``hunyuan`` or a word starting with ``wan``, as ``wan2.2`` or ``tiny-wan``); None
+    when neither says (e.g. ``tiny``)."""
+    family = data.get("family")
+    if isinstance(family, str) and family:
+        return family
+    name = str(data.get("model", "")).lower()
+    if "hunyuan" in name:
+        return "hunyuanvideo"
+    if re.search(r"(^|[^a-z])wan", name):
+        return "wan"
+    return None
+
+
+def check_fits(data: dict[str, Any], heads: dict[int, int | None], model: str, path: str) -> None:
+    """``ValueError`` unless every layer the thresholds dict lists is one of the model's target
+    layers (``heads``: layer index -> its head count, None when unknown) with that many heads.
+    model: the transformer's name and path: the file, for the messages. Layers the file does
+    not list are fine (they use the config's uniform threshold)."""
+    listed = layer_thresholds(data)
+    extra = sorted(set(listed) - set(heads))
+    if extra:
+        shown = ", ".join(map(str, extra[:8])) + (", ..." if len(extra) > 8 else "")
+        span = f"0-{len(heads) - 1}" if heads else "none"
+        raise ValueError(
+            f"thresholds file {path!r} lists {len(extra)} layer(s) that {model} does not have "
+            f"([{shown}]; it has {len(heads)} attention layers: {span}); calibrate this model"
+        )
+    for layer, thr in sorted(listed.items()):
+        if heads[layer] is not None and len(thr) != heads[layer]:
+            raise ValueError(
+                f"thresholds file {path!r} has {len(thr)} heads for layer {layer}, {model} has "
+                f"{heads[layer]}; calibrate this model"
+            )
+
+
 def save_thresholds(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write a thresholds dict as JSON (validated first)."""
     validate(data)
@@ -243,10 +285,12 @@ def summary(data: dict[str, Any]) -> str:
 __all__ = [
     "FORMAT",
     "MATCH_FIELDS",
+    "check_fits",
     "check_matches",
     "choose_thresholds",
     "default_taus",
     "expected_density",
+    "file_family",
     "layer_thresholds",
     "load_thresholds",
     "retarget",
