@@ -9,7 +9,8 @@ What it does (every rank builds the same RANDOM-weight model from one seed):
 1. rank 0 alone: one forward of the full-size ``HunyuanVideoTransformer3DModel`` (bf16, 720p x
    129 frames = 118,800 video + 256 text tokens) dense (diffusers default processor) and with
    XAttention (``selection="ratio"``, ratio 0.3, no warm-up, ``auto_dense`` off), each after a
-   warm-up forward;
+   warm-up forward; on P GPUs dense runs inside the XAttention processors (see ``dense_layout``:
+   diffusers' processor is inexact there with text padding);
 2. all ranks: ``xattn_video.parallel.enable_context_parallel(model, P)`` (our plan), then the
    same two forwards on P GPUs (XAttention applied *after* enabling parallelism);
 3. speed-ups (1-GPU time / P-GPU time) for dense and XAttention, and the XAttention-vs-dense
@@ -125,12 +126,28 @@ def xattn_cfg(args) -> xv.XAttentionConfig:
     )  # fmt: skip
 
 
+def dense_layout(model) -> xv.XAttentionHandle | None:
+    """On P GPUs, dense attention inside the XAttention processors (every forward dense): they
+    put the ranks' tokens in one-GPU order first. diffusers' own processor applies the
+    whole-sequence key-padding mask to the rank-interleaved keys, exact only when the padding
+    fits in the last rank's text share (not with --text-valid 64 of 256)."""
+    if getattr(model, "_parallel_config", None) is None:
+        return None
+    cfg = xv.XAttentionConfig(warmup_steps=10**9, collect_stats=False, auto_dense=False)
+    return xv.apply_xattention(model, cfg)
+
+
 def run_pair(model, inputs, args, device, one_gpu: bool) -> dict:
     """Dense and XAttention forwards; on rank 0 only when ``one_gpu``."""
     res: dict = {}
     if one_gpu and dist.get_rank() != 0:
         return res
-    res["dense_s"], res["dense_out"] = forward(model, inputs, device, args.repeats)
+    handle = dense_layout(model)
+    try:
+        res["dense_s"], res["dense_out"] = forward(model, inputs, device, args.repeats)
+    finally:
+        if handle is not None:
+            handle.remove()
     handle = xv.apply_xattention(model, xattn_cfg(args))
     try:
         res["xattn_s"], res["xattn_out"] = forward(model, inputs, device, args.repeats)
@@ -165,6 +182,7 @@ def tolerance_check(args, device, P) -> dict:
     dist.barrier()
     mp = build(args, device, torch.bfloat16, blocks)
     parallel.enable_context_parallel(mp, P)
+    dense_layout(mp)
     with torch.inference_mode():
         many = mp(**make_inputs(args, device, torch.bfloat16))[0]
     if dist.get_rank() == 0:

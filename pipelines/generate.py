@@ -25,7 +25,11 @@ once the pipeline is set up (a setup error leaves none behind).
 With ``ulysses=P`` (sequence parallelism, :func:`xattn_video.parallel.enable_context_parallel`)
 the processes form world/P data-parallel groups of P consecutive ranks: group g takes
 ``prompts[g::world/P]``, all P processes of a group run each of its prompts together, and only
-the group's first process writes the prompt's files.
+the group's first process writes the prompt's files. A group with nothing left to run still
+sets up when another group has prompts (the set-up is collective); sizes the degree does not
+divide are refused before the first video; dense HunyuanVideo runs use the XAttention
+processors with every step dense (see ``pipelines.multiprocess``). Every process waits for the
+others at the end on a barrier with a 7-day timeout.
 
 Resume and interruption: a prompt is skipped when its ``meta.json`` exists, its
 ``frames.npy`` is intact (length from its header, size and SHA-256 recorded in meta.json) and
@@ -62,6 +66,13 @@ from xattn_video.config import XAttentionConfig
 from . import runinfo
 from .compiling import compile_label, compile_transformer
 from .models import ModelSpec, load_pipeline
+from .multiprocess import (
+    anyone_has_work,
+    check_ulysses_sizes,
+    dense_layout_config,
+    finish_group,
+    wait_for_everyone,
+)
 from .options import (
     ATTENTIONS,
     DTYPES,
@@ -256,6 +267,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     )
     check_resume(out, old, run)
     lock, writable = _lock(out, state)
+    finish = finish_group(state.num_processes)
     try:
         group, groups, _ = _data_parallel(opts, state)
         mine = prompts[group::groups]
@@ -280,12 +292,16 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         )
         # run.json once the pipeline is set up: a setup error leaves nothing that blocks the rerun
         write_run = state.is_main_process and (old is None or pending)
-        if todo:
+        # --ulysses: setting up sequence parallelism is collective over every process, so a
+        # group with nothing left to run sets up too when another group has prompts (every
+        # process takes part in finding out: it is a collective too)
+        busy = anyone_has_work(len(todo), state.num_processes) if opts.ulysses > 1 else False
+        if todo or busy:
             _generate_prompts(opts, spec, r, run, env, todo, device, state, result, pipe, write_run)
         elif write_run:
             run.write(out)
-        if not result.interrupted and state.num_processes > 1:
-            state.wait_for_everyone()
+        if not result.interrupted:
+            wait_for_everyone(finish)  # the lock stays held until every process is done
         return result
     finally:
         if lock is not None:
@@ -334,14 +350,18 @@ def _generate_prompts(
 
         try:
             enable_context_parallel(pipe.transformer, opts.ulysses)
+            check_ulysses_sizes(pipe, height=r["height"], width=r["width"], frames=r["frames"])
         except ValueError as e:
             raise SetupError(f"--ulysses {opts.ulysses}: {e}") from e
     handle = None
-    if r["config"] is not None:
+    config = r["config"]
+    if config is None and opts.ulysses > 1 and spec.family == "hunyuanvideo":
+        config = dense_layout_config(r["steps"])  # diffusers' processor: exact without padding
+    if config is not None:
         from xattn_video import apply_xattention
 
         try:
-            handle = apply_xattention(pipe, r["config"])
+            handle = apply_xattention(pipe, config)
         except ValueError as e:
             raise SetupError(f"XAttention can't be applied: {e}") from e
     uncompile = compile_transformer(pipe.transformer, opts.compile, opts.compile_backend)
@@ -398,7 +418,7 @@ def _generate_prompts(
                     "denoise_s": sum(per_step),
                     "per_step_s": per_step,
                 },
-                density=handle.stats.summary() if handle is not None else None,
+                density=handle.stats.summary() if r["config"] is not None else None,
                 shape=list(video.shape),
                 frames_bytes=frames_file.stat().st_size,
                 frames_sha256=rundir.file_sha256(frames_file),

@@ -1,0 +1,79 @@
+"""What ``generate`` needs from ``torch.distributed`` beyond accelerate's process state.
+
+- :func:`finish_group` / :func:`wait_for_everyone`: the last barrier of a multi-process run
+  (the main process keeps the run directory's lock until every process is done) on its own
+  CPU (gloo) group with a long timeout. The default group's timeout (NCCL: 10 minutes) is
+  shorter than the time a process with one prompt fewer waits for the others: a whole video,
+  26 minutes for HunyuanVideo 720p on one H200, and the job would abort on that wait.
+- :func:`anyone_has_work`: with ``--ulysses``, setting up sequence parallelism (the device mesh,
+  diffusers' ``enable_parallelism``) is collective over all processes, so a data-parallel
+  group whose prompts are all finished (fewer prompts than groups, or a resume) still sets up
+  when any other group has prompts to run, instead of leaving the others waiting forever.
+- :func:`check_ulysses_sizes`: head and video-token counts that the Ulysses degree does not
+  divide, refused before the first video (``ValueError``; ``generate`` turns it into a setup
+  error); the transformer's own check hook still checks the text length at the first forward.
+- :func:`dense_layout_config`: the XAttention configuration that runs every step dense. Dense
+  HunyuanVideo runs under ``--ulysses`` install the XAttention processors with it: diffusers'
+  own processor applies the whole-sequence key-padding mask to the rank-interleaved keys,
+  which is exact only when the padding fits in the last rank's text share.
+
+Not supported: process groups other than the default one (accelerate's), elastic launches.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from xattn_video.config import XAttentionConfig
+
+FINISH_TIMEOUT = datetime.timedelta(days=7)
+"""How long the last barrier waits for the slowest process."""
+
+
+def finish_group(num_processes: int) -> Any:
+    """A gloo group over every process for :func:`wait_for_everyone` (collective: every
+    process calls it, at set-up); None for one process."""
+    if num_processes < 2:
+        return None
+    return dist.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
+
+
+def wait_for_everyone(group: Any) -> None:
+    """Barrier on :func:`finish_group`'s group (no-op for None)."""
+    if group is not None:
+        dist.barrier(group=group)
+
+
+def anyone_has_work(n_todo: int, num_processes: int) -> bool:
+    """Whether any process has prompts to run (collective over all processes; ``n_todo``:
+    this process's count)."""
+    if num_processes < 2:
+        return n_todo > 0
+    from accelerate.utils import gather_object
+
+    return any(count > 0 for count in gather_object([n_todo]))
+
+
+def check_ulysses_sizes(pipe: Any, *, height: int, width: int, frames: int) -> None:
+    """``ValueError`` when the transformer's Ulysses degree (after ``enable_context_parallel``)
+    does not divide its head count or the video token count of ``height`` x ``width`` x
+    ``frames`` (the VAE's scale factors and the transformer's patch size give the grid)."""
+    from xattn_video.parallel import check_parallel_inputs
+
+    tr = pipe.transformer
+    t_scale = int(getattr(pipe, "vae_scale_factor_temporal", 1))
+    s_scale = int(getattr(pipe, "vae_scale_factor_spatial", 8))
+    grid = ((frames - 1) // t_scale + 1, height // s_scale, width // s_scale)
+    latents = torch.empty((1, int(tr.config.in_channels), *grid), device="meta")
+    check_parallel_inputs(tr, latents)
+
+
+def dense_layout_config(steps: int) -> XAttentionConfig:
+    """Every one of ``steps`` steps dense (diffusers' attention inside the XAttention
+    processors, which put the Ulysses ranks' tokens in one-GPU order first), no statistics,
+    no cost model."""
+    return XAttentionConfig(warmup_steps=steps, collect_stats=False, auto_dense=False)
