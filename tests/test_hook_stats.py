@@ -307,3 +307,37 @@ def test_hand_built_processors_record_only_registered_layers(model):
     got = sorted({(r.step, r.layer, r.sparse) for r in proc.stats.records})
     n = tr.config.num_layers + getattr(tr.config, "num_single_layers", 0)
     assert got == [(s, i, s == 1) for s in (0, 1) for i in range(n)]
+
+
+def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
+    """A layer sent dense for cost at a small size used to stay dense in every later call,
+    whatever its size (``is_sparse`` read the stored decision, so the cost model was never asked
+    again). Decisions now hold for the input size they were made at: a larger call decides
+    afresh (sparse here), and the small size goes dense for cost again. Stand-in cost model
+    (the real one is GPU-only): sparse wins from 100 tokens on."""
+    from xattn_video import cost_model
+
+    from ._tiny_models import hv_transformer_inputs
+
+    sizes = []
+    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
+    monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
+    monkeypatch.setattr(cost_model, "lookup", lambda key: "cal")
+    monkeypatch.setattr(
+        cost_model,
+        "predict",
+        lambda cal, n, density, **k: sizes.append(n) or cost_model.Prediction(1.0, 1.0, n >= 100),
+    )
+    tr = tiny_hv_transformer()
+    handle = xv.apply_xattention(tr, cfg_(warmup_steps=1, auto_dense=True))
+    grids = [(1, 8, 8), (3, 8, 8), (3, 8, 8), (1, 8, 8)]  # 72 and 200 joint tokens
+    with torch.no_grad():
+        for grid in grids:
+            for t in (900.0, 800.0):  # a new run each time (timestep matching)
+                tr(**hv_transformer_inputs(grid=grid, timestep=t))
+    got = [(r.run, r.sparse, r.dense_reason) for r in handle.stats.records if r.step == 1]
+    assert got == [
+        *[(0, False, "cost")] * 3, *[(1, True, None)] * 3, *[(2, True, None)] * 3,
+        *[(3, False, "cost")] * 3,
+    ]  # fmt: skip
+    assert sorted(set(sizes)) == [72, 200]

@@ -12,15 +12,19 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
   where it can win and is measured there;
 - the step hook calls :meth:`AutoDense.update` once per forward (eagerly): layers still
   running sparse are re-decided with their newest measured density. A layer that went dense
-  stays dense (it is no longer measured) until :meth:`reset`;
+  stays dense (it is no longer measured) until :meth:`reset` or a new input size;
+- decisions hold for the input size they were made at (the shapes of the forward's
+  ``hidden_states`` and ``encoder_hidden_states``, given to ``update``): a forward of another
+  size forgets them and the density feedback, so every layer is decided afresh at its new
+  token count (a layer sent dense at a small size is not kept dense at a large one);
 - under ``torch.compile`` a layer not yet decided runs sparse (the decision needs eager code)
   and is decided by the next ``update``;
 - ``graph_timing`` (set by :func:`xattn_video.hook.compile_below_hook` when the compile mode
   captures CUDA graphs): decide from the cost model's CUDA-graph times (device time only)
   instead of its eager times (which include launch overhead that CUDA graphs remove).
 
-Decisions persist across pipeline calls (the same shapes give the same decisions, so a compiled
-pipeline sees the same variants in every call).
+Decisions persist across pipeline calls of the same size (the same shapes give the same
+decisions, so a compiled pipeline sees the same variants in every call).
 
 Not supported: decisions for the ``torch`` reference backend or CPU (never dense for cost: the
 cost model does not apply there, see :func:`xattn_video.cost_model.applies`); different
@@ -28,6 +32,8 @@ decisions per CFG branch (one per layer).
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable
 
 import torch
 
@@ -46,6 +52,7 @@ class AutoDense:
         self.graph_timing = False
         self.decisions: dict[int, bool] = {}
         self._shapes: dict[int, tuple] = {}
+        self._size: Hashable | None = None  # the input size the decisions were made at
 
     def reset(self) -> None:
         """Forget every decision (a layer that went dense is measured again)."""
@@ -74,10 +81,19 @@ class AutoDense:
             decided = self._decide(layer)
         return decided
 
-    def update(self) -> None:
-        """Re-decide the layers running sparse with their newest measured density (eager)."""
+    def update(self, size: Hashable | None = None) -> None:
+        """Re-decide the layers running sparse with their newest measured density (eager).
+
+        size: the forward's input size (None: unknown, taken as unchanged); at a size other than
+        the decisions' they are forgotten with the density feedback (measured at that size).
+        """
         if not self.enabled:
             return
+        if size is not None and size != self._size:
+            if self._size is not None:
+                self.reset()
+                self.stats.feedback.clear()
+            self._size = size
         for layer, dense in list(self.decisions.items()):
             if not dense and self.stats.feedback.get(layer) is not None:
                 self._decide(layer)

@@ -131,12 +131,14 @@ class XAttentionController:
         context: CacheContext | None = None,
         scheduler: Any = None,
         patch_size: tuple[int, int, int] | None = None,
+        input_size: tuple | None = None,
     ) -> None:
         """Update step / sparse / branch / grid for the transformer forward about to run.
 
         timestep: scalar, (B,) or (B, N) (Wan 2.2 per-token); hidden_states: [B, C, T, H, W];
         context: the diffusers cache context (may be None); scheduler: the pipeline's scheduler
-        when known (its ``step_index`` is authoritative).
+        when known (its ``step_index`` is authoritative); input_size: the shapes of the
+        forward's inputs (``auto_dense`` decides again when they change).
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
@@ -186,7 +188,7 @@ class XAttentionController:
         self.forwards += 1
         # stamp the previous forward's stats, publish its densities, re-decide auto_dense
         self.stats.begin(run=self.run, step=self.step, branch=self.branch)
-        self.auto_dense.update()
+        self.auto_dense.update(input_size)
 
         cfg = self.cfg
         end = math.inf
@@ -303,12 +305,12 @@ class XAttentionStepHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
         if getattr(module, "_parallel_config", None) is not None:
             # context parallelism enabled directly (diffusers' enable_parallelism): the same clear
             # ValueError for indivisible token counts as enable_context_parallel's check hook
             from .parallel import check_parallel_inputs
 
-            ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
             if isinstance(hidden_states, torch.Tensor) and hidden_states.ndim == 5:
                 text = ehs if isinstance(ehs, torch.Tensor) and ehs.ndim == 3 else None
                 check_parallel_inputs(module, hidden_states, text)
@@ -316,12 +318,14 @@ class XAttentionStepHook(ModelHook):
             context = self.state_manager.context
         except ValueError:  # no cache_context around this call (bare transformer)
             context = None
+        size = tuple(x.shape for x in (hidden_states, ehs) if isinstance(x, torch.Tensor))
         self.controller.begin_forward(
             timestep=timestep,
             hidden_states=hidden_states if isinstance(hidden_states, torch.Tensor) else None,
             context=context,
             scheduler=self.scheduler_getter() if self.scheduler_getter is not None else None,
             patch_size=self.patch_size,
+            input_size=size or None,
         )
         return args, kwargs
 
