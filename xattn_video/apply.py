@@ -32,7 +32,11 @@ wins. All checks run before anything is removed or installed: a failing applicat
 model (and the previous application) untouched. They include the config's ``thresholds_file``
 against the model (every layer it lists exists, with that head count: else ``ValueError``; a
 warning when it was calibrated on another model family), so a file that does not fit fails here,
-not after the dense warm-up.
+not after the dense warm-up; and fp8 arithmetic on a machine without an sm90+ CUDA GPU
+(``precision="fp8"``, or an fp8 estimate on ``backend="triton"``), which could never run. Only
+that is refused: the parameters' device at apply time is not checked (applying on the CPU and
+moving the pipeline to a GPU afterwards is fine), so fp8 on a CPU-resident pipeline of a machine
+with a Hopper GPU still fails at the first sparse step if it is never moved.
 
 Hand-built processors (e.g. one instance for ``set_attn_processor``) run dense until
 ``xattn_video.hook.attach_step_hook(transformer, proc.controller, pipe=pipe)`` is called; such
@@ -212,6 +216,34 @@ def _check(
     return targets
 
 
+def _cuda_capabilities() -> dict[int, tuple[int, int]]:
+    """Compute capability of every visible CUDA device (empty without CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {i: tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
+
+
+def _check_fp8(cfg: XAttentionConfig) -> None:
+    """``ValueError`` when the config's fp8 arithmetic can never run on this machine: fp8
+    attention (``precision="fp8"``, the Triton kernels only) or an fp8 estimate on the Triton
+    backend, and no sm90+ CUDA device at all. Where the transformer's parameters are now says
+    nothing (a pipeline may be applied on the CPU and moved to a GPU afterwards)."""
+    estimate = cfg.resolved().estimate_precision
+    if cfg.precision != "fp8" and not (estimate == "fp8" and cfg.backend == "triton"):
+        return
+    caps = _cuda_capabilities()
+    if any(cap >= (9, 0) for cap in caps.values()):
+        return
+    what = "precision='fp8'" if cfg.precision == "fp8" else "estimate_precision='fp8'"
+    has = ", ".join(f"cuda:{i} sm{a}{b}" for i, (a, b) in caps.items())
+    raise ValueError(
+        f"{what} with backend={cfg.backend!r} needs an sm90+ CUDA GPU (Hopper: H100 / H200) and "
+        f"this machine has {'only ' + has if caps else 'no CUDA device'}: every sparse step "
+        "would fail after the warm-up; use precision='bf16'"
+        + ("" if cfg.precision == "fp8" else " estimates, or backend='auto' (emulated on CPU)")
+    )
+
+
 def _check_thresholds(path: str, name: str, family: str, targets: list[Layer]) -> None:
     """The thresholds file against the model, before any step runs: ``ValueError`` for layers
     the model lacks or another head count; a warning when it was calibrated on another model
@@ -281,6 +313,7 @@ def _apply(
             "per-layer thresholds would apply to both; per-expert thresholds are not supported, "
             "use the uniform threshold (thresholds_file='') for this pipeline"
         )
+    _check_fp8(cfg)
     previous = []
     for tr in transformers:
         owner = current_owner(tr)

@@ -1,0 +1,73 @@
+"""fp8 arithmetic that can never run on this machine (no sm90+ CUDA GPU at all) is refused by
+``apply_xattention`` itself, not at the first sparse step after the dense warm-up. CUDA and the
+GPUs' compute capabilities are simulated, so these run on any machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import xattn_video as xv
+
+from ._tiny_models import tiny_wan_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _gpus(monkeypatch: pytest.MonkeyPatch, *caps: tuple[int, int]) -> None:
+    """Pretend the visible CUDA devices have these compute capabilities (none: no CUDA)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(caps))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(caps))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: caps[i or 0])
+
+
+CFG = dict(stride=4, block_size=16, warmup_steps=2)
+
+
+@pytest.mark.parametrize(
+    "caps, has",
+    [((), "no CUDA device"), (((8, 0),), "only cuda:0 sm80"),
+     (((8, 6), (7, 5)), "only cuda:0 sm86, cuda:1 sm75")],
+)  # fmt: skip
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_fp8_attention_without_a_hopper_gpu_fails_at_apply(monkeypatch, caps, has, backend):
+    """It applied fine and raised after the warm-up steps (the op's check at the first sparse
+    call)."""
+    _gpus(monkeypatch, *caps)
+    pipe = tiny_wan_pipeline()
+    before = dict(pipe.transformer.attn_processors)
+    cfg = xv.XAttentionConfig(precision="fp8", backend=backend, **CFG)
+    want = (f"precision='fp8' with backend='{backend}' needs an sm90+ CUDA GPU (Hopper: H100 / "
+            f"H200) and this machine has {has}: every sparse step would fail after the warm-up; "
+            "use precision='bf16'")  # fmt: skip
+    with pytest.raises(ValueError) as exc:
+        xv.apply_xattention(pipe, cfg)
+    assert str(exc.value) == want
+    with pytest.raises(ValueError, match="needs an sm90"):
+        xv.xattention_processors(pipe.transformer, cfg)
+    assert dict(pipe.transformer.attn_processors) == before  # nothing installed
+
+
+def test_fp8_estimate_on_the_triton_backend_without_a_hopper_gpu_fails_at_apply(monkeypatch):
+    _gpus(monkeypatch)
+    pipe = tiny_wan_pipeline()
+    cfg = xv.XAttentionConfig(estimate_precision="fp8", backend="triton", **CFG)
+    with pytest.raises(ValueError, match=r"estimate_precision='fp8' with backend='triton' needs"):
+        xv.apply_xattention(pipe, cfg)
+    # the torch backend (auto without CUDA) emulates the fp8 estimate: allowed
+    xv.apply_xattention(pipe, cfg.replace(backend="auto")).remove()
+
+
+@pytest.mark.parametrize("caps", [((9, 0),), ((8, 0), (9, 0)), ((10, 0),)])
+def test_fp8_is_applied_where_a_hopper_gpu_exists_even_from_the_cpu(monkeypatch, caps):
+    """The parameters' device is no signal: a pipeline applied on the CPU may be moved to the
+    GPU afterwards, so only a machine without any sm90+ GPU is refused."""
+    _gpus(monkeypatch, *caps)
+    pipe = tiny_wan_pipeline()  # on the CPU
+    assert next(pipe.transformer.parameters()).device.type == "cpu"
+    handle = xv.apply_xattention(pipe, xv.XAttentionConfig(precision="fp8", **CFG))
+    assert handle.active
+    handle.remove()
+    bf16 = xv.XAttentionConfig(**CFG)  # bf16 never looks at the GPUs
+    _gpus(monkeypatch)
+    xv.apply_xattention(pipe, bf16).remove()
