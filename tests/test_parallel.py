@@ -335,3 +335,57 @@ def test_cli_data_parallel_groups():
     assert layout == [(0, 2, 0), (0, 2, 1), (1, 2, 0), (1, 2, 1)]
     with pytest.raises(SetupError, match="multiple of 2"):
         _data_parallel(opts, SimpleNamespace(num_processes=3, process_index=0))
+
+
+def _auto_dense_worker(rank: int, world: int):
+    """Each rank's (step, layer, branch) of the processor calls and its final decisions, with
+    per-rank calibrations that disagree: rank 0's calls layer 0 dense at its first decision,
+    rank 1's calls layer 1 dense once it is measured (the step hook's ``update``)."""
+    import faulthandler
+
+    import xattn_video.processors as P_mod
+    from xattn_video import auto_dense, cost_model
+
+    faulthandler.dump_traceback_later(120, exit=True)  # a hang fails the run, not the suite
+    cost_model.applies = lambda backend, device: True  # as Triton on CUDA
+
+    def decide(self, layer):
+        measured = self.stats.feedback.get(layer) is not None
+        self.decisions[layer] = (rank, layer) == (0, 0) or ((rank, layer, measured) == (1, 1, True))
+        return self.decisions[layer]
+
+    auto_dense.AutoDense._decide = decide
+    log = []
+    orig = parallel.processor_attention
+
+    def spy(controller, attn, layer, *a, sparse, **kw):
+        log.append((controller.step, layer, sparse))
+        return orig(controller, attn, layer, *a, sparse=sparse, **kw)
+
+    P_mod.parallel.processor_attention = spy
+    torch.manual_seed(0)
+    pipe = tiny_hv_pipeline()
+    parallel.enable_context_parallel(pipe.transformer, world)
+    h = xv.apply_xattention(pipe, tiny_cfg(warmup_steps=1, threshold=0.8, auto_dense=True))
+    pipe(**hv_inputs(lengths=[5], steps=4))
+    faulthandler.cancel_dump_traceback_later()
+    reasons = sorted({(r.step, r.layer, r.dense_reason) for r in h.stats.records})
+    return log, dict(h.controller.auto_dense.decisions), reasons
+
+
+@pytest.mark.slow
+def test_auto_dense_decisions_agree_over_the_ulysses_group():
+    """The processors branch on ``controller.is_sparse``, which read each rank's own auto_dense
+    decisions; only the first call's return value was all-reduced, and update() re-decided per
+    rank, so ranks took different branches and hung in the sparse path's collectives. Every
+    decision is now all-reduced where it is made (dense if any rank says dense) and stored."""
+    res = run_distributed(_auto_dense_worker, P)
+    (log0, dec0, reasons0), (log1, dec1, reasons1) = res
+    assert log0 == log1 and dec0 == dec1 == {0: True, 1: True, 2: False}
+    assert reasons0 == reasons1
+    # step 0 warm-up; step 1: all sparse-phase calls (layer 0 goes dense for cost inside);
+    # step 2 on: layer 0 dense (agreed at step 1), layer 1 dense (agreed in update at step 2)
+    assert log0 == [
+        *[(0, i, False) for i in range(3)], *[(1, i, True) for i in range(3)],
+        *[(s, i, i == 2) for s in (2, 3) for i in range(3)],
+    ]  # fmt: skip

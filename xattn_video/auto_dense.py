@@ -19,6 +19,10 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
   token count (a layer sent dense at a small size is not kept dense at a large one);
 - under ``torch.compile`` a layer not yet decided runs sparse (the decision needs eager code)
   and is decided by the next ``update``;
+- under Ulysses (``group`` set by :class:`xattn_video.parallel.ConsistentAutoDense`): every
+  decision is all-reduced over the group where it is made (dense if any rank says dense; each
+  rank decides from its own GPU's calibration) and the agreed value is stored, so
+  ``controller.is_sparse`` -- what the processors branch on -- is the same on every rank;
 - ``graph_timing`` (set by :func:`xattn_video.hook.compile_below_hook` when the compile mode
   captures CUDA graphs): decide from the cost model's CUDA-graph times (device time only)
   instead of its eager times (which include launch overhead that CUDA graphs remove).
@@ -34,8 +38,10 @@ decisions per CFG branch (one per layer).
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from . import cost_model
 from .config import XAttentionConfig
@@ -53,6 +59,8 @@ class AutoDense:
         self.decisions: dict[int, bool] = {}
         self._shapes: dict[int, tuple] = {}
         self._size: Hashable | None = None  # the input size the decisions were made at
+        self.group: Any = None  # the process group the decisions must agree over (Ulysses)
+        self._device: torch.device | None = None  # of the last call's queries (collectives)
 
     def reset(self) -> None:
         """Forget every decision (a layer that went dense is measured again)."""
@@ -74,11 +82,14 @@ class AutoDense:
             return False
         B, H, N, D = q.shape
         self._shapes[layer] = (str(q.dtype).removeprefix("torch."), B * H, D, N, q.device.index)
+        self._device = q.device
         decided = self.decisions.get(layer)
         if decided is None:
             if torch.compiler.is_compiling():
                 return False
-            decided = self._decide(layer)
+            self._decide(layer)
+            self._agree([layer])
+            decided = self.decisions[layer]
         return decided
 
     def update(self, size: Hashable | None = None) -> None:
@@ -99,6 +110,16 @@ class AutoDense:
                 self._decide(layer)
         for layer in self._shapes.keys() - self.decisions.keys():  # first seen under compile
             self._decide(layer)
+        self._agree(sorted(self.decisions))  # the same layers on every rank
+
+    def _agree(self, layers: list[int]) -> None:
+        """Under a ``group``: all-reduce these layers' decisions (dense if any rank says dense)
+        and store the agreed ones. Every rank calls it with the same layers."""
+        if self.group is None or not layers:
+            return
+        flags = torch.tensor([int(self.decisions[i]) for i in layers], device=self._device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
+        self.decisions.update(zip(layers, (bool(f) for f in flags.tolist()), strict=True))
 
     def expected_density(self, layer: int, n: int) -> float:
         """The density the decision assumes for ``layer`` at ``n`` tokens."""

@@ -235,25 +235,25 @@ class GatheredStats:
 
 class ConsistentAutoDense:
     """The controller's ``auto_dense`` seen from one Ulysses rank: every rank must take the
-    same branch (the sparse path's stats gather is a collective), but each rank decides from
-    its own GPU's calibration. Where the cost model applies (Triton on CUDA), the decisions are
-    all-reduced over the group (dense if any rank says dense: one small all-reduce and host
-    read per sparse-phase call); elsewhere the plain decision (always sparse) is returned."""
+    same branch (the sparse path's stats gather is a collective, and the processors branch on
+    ``controller.is_sparse``, which reads the inner decisions), but each rank decides from its
+    own GPU's calibration. Built, it hands the group to the inner
+    :class:`~xattn_video.auto_dense.AutoDense`, which then all-reduces every decision where it
+    is made -- a layer's first sparse-phase call and the step hook's per-forward ``update`` --
+    (dense if any rank says dense; only where the cost model applies, Triton on CUDA) and
+    stores the agreed value; later calls read it without a collective."""
 
     def __init__(self, inner: Any, group: Any) -> None:
         self._inner = inner
         self._group = group
+        if getattr(inner, "group", None) is not group:
+            inner.group = group
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def run_dense(self, layer: int, q: torch.Tensor, backend: str) -> bool:
-        dense = self._inner.run_dense(layer, q, backend)
-        if not self._inner.enabled or q.device.type != "cuda" or backend != "triton":
-            return dense
-        flag = torch.tensor([int(dense)], device=q.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
+        return self._inner.run_dense(layer, q, backend)
 
 
 class GatheredState:
