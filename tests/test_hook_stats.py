@@ -341,3 +341,33 @@ def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
         *[(3, False, "cost")] * 3,
     ]  # fmt: skip
     assert sorted(set(sizes)) == [72, 200]
+
+
+class _Scheduler:
+    """A scheduler stand-in that can be weakly referenced (SimpleNamespace cannot)."""
+
+    def __init__(self, timesteps: torch.Tensor, begin_index: int | None = None) -> None:
+        self.timesteps = timesteps
+        self.step_index: int | None = None
+        self.begin_index = begin_index
+
+
+def test_a_controller_first_run_mid_call_counts_from_the_call_start():
+    """Two controllers, one scheduler (Wan 2.2's transformer and transformer_2, each with its own
+    processors): the second's first forward comes after ``scheduler.step`` ran. It counts from
+    where the call started -- noted by the first controller (here a video-to-video start at 2,
+    matched from the timestep), else ``begin_index``, else 0 -- not from its own first forward."""
+    ts = torch.linspace(999.0, 99.0, 6)
+    cfg = cfg_(warmup_steps=2, dense_last_steps=1)
+    for start, indices in ((0, (None, 1, 2)), (2, (None, 3))):
+        sched = _Scheduler(ts)
+        first, second = XAttentionController(cfg), XAttentionController(cfg)
+        got = scheduler_steps(first, sched, indices, timestep=ts[start : start + 1])
+        got += scheduler_steps(second, sched, range(indices[-1] + 1, 6), timestep=ts[3:4])
+        n = 6 - start
+        assert got == [(i, 2 <= i < n - 1, n) for i in range(n)]
+    # no first controller (or a scheduler that cannot be noted): its begin_index, else 0
+    for begin, steps in ((None, [3, 4, 5]), (1, [2, 3, 4])):
+        ctl = XAttentionController(cfg)
+        sched = _Scheduler(ts, begin_index=begin)
+        assert [s for s, _, _ in scheduler_steps(ctl, sched, (3, 4, 5))] == steps

@@ -288,3 +288,22 @@ def test_gpu_triton_bf16_matches_stock_and_runs_sparse():
             out = tr(xb, t, tb, return_dict=False)[0]
             assert 0.0 < h.stats.summary()["sparse_density"] < 1.0
         assert torch.isfinite(out).all()
+
+
+def test_wan22_processors_route_counts_transformer_2_from_the_call_start():
+    """Wan 2.2 through ``xattention_processors(tr, cfg, pipe=pipe)`` per transformer (one
+    controller each): transformer_2's controller first runs at the call's step 3 (after
+    ``scheduler.step``) and used to count its steps from there (steps 0-2: warm-up again, and
+    dense_last_steps missed). It now counts from the call's start, as apply_xattention's one
+    shared controller does: 6 steps, warm-up 2, dense last 1 -> steps 2-4 sparse."""
+    cfg = cfg_(warmup_steps=2, threshold=0.5, dense_last_steps=1)
+    pipe = tiny_wan_pipeline(two_stage=True)
+    procs = []
+    for tr in (pipe.transformer, pipe.transformer_2):
+        procs.append(xv.xattention_processors(tr, cfg, pipe=pipe))
+        tr.set_attn_processor(procs[-1])
+    run(pipe, steps=6)
+    got = [
+        sorted({(r.step, r.sparse) for r in p.stats.records if r.branch == "cond"}) for p in procs
+    ]
+    assert got == [[(0, False), (1, False), (2, True)], [(3, True), (4, True), (5, False)]]

@@ -9,10 +9,12 @@ before every transformer forward:
   ``timesteps`` counted from where this call started (video-to-video / image-to-video pipelines
   with ``strength < 1`` start part-way and set no begin index; before the first
   ``scheduler.step`` the position is its ``begin_index``, else where the forward's timestep
-  sits in ``timesteps``) -- the same value for both forwards of a true-CFG step; else the
-  ``step_index`` of the diffusers cache context when the pipeline sets one (Wan does); else
-  **timestep matching** (bare transformer): a new ``float(timestep.max())`` advances the step,
-  a repeated one (the second CFG forward) does not, a larger one starts a new run at step 0;
+  sits in ``timesteps``; a controller first run after a ``scheduler.step`` -- Wan 2.2's
+  ``transformer_2`` with its own -- reads the start from :mod:`xattn_video.schedule`) -- the
+  same value for both forwards of a true-CFG step; else the ``step_index`` of the diffusers
+  cache context when the pipeline sets one (Wan does); else **timestep matching** (bare
+  transformer): a new ``float(timestep.max())`` advances the step, a repeated one (the second
+  CFG forward) does not, a larger one starts a new run at step 0;
 - ``num_steps``: ``len(scheduler.timesteps)`` less the steps the call skipped (or the
   context's ``num_inference_steps``);
 - ``sparse``: ``warmup_steps <= step < num_steps - dense_last_steps`` -- the processors branch
@@ -64,7 +66,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
-from .schedule import scheduler_getter_for, scheduler_index, timestep_value
+from .schedule import call_start, scheduler_getter_for, scheduler_index, timestep_value
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
 from .targets import target_layers
@@ -120,9 +122,6 @@ class XAttentionController:
         self._calls_at_step = 0
         self._fresh = True
 
-    def _new_run(self) -> None:
-        self.reset()
-
     def begin_forward(
         self,
         *,
@@ -150,12 +149,10 @@ class XAttentionController:
                 timesteps is not self._timesteps
                 or (last is not None and (index is None or index < last))
             ):
-                self._new_run()  # set_timesteps ran: a new pipeline call
+                self.reset()  # set_timesteps ran: a new pipeline call
             self._timesteps = timesteps  # held, so a new tensor can't reuse its identity
-            if index is not None and self._start_index is None:
-                # where this call started: here at its first forward; a position first known
-                # after forwards at an unknown one is one scheduler.step past the start
-                self._start_index = index if self._last_step is None else index - 1
+            if index is not None and self._start_index is None:  # where this call started
+                self._start_index = call_start(scheduler, index, first=self._last_step is None)
             self._last_index = index
             start = self._start_index or 0
             step = index - start if index is not None else 0
@@ -166,7 +163,7 @@ class XAttentionController:
                 step < self._last_step
                 or (step == self._last_step and context.name in self._branches_at_step)
             ):
-                self._new_run()
+                self.reset()
         else:
             step = self._match_timestep(timestep)
         if num_steps is None and context is not None and context.num_inference_steps:
@@ -235,7 +232,7 @@ class XAttentionController:
         elif t < last:
             step = self._last_step + 1
         else:
-            self._new_run()
+            self.reset()
             step = 0
         self._last_t = t
         return step

@@ -3,8 +3,10 @@
 :func:`scheduler_getter_for` reads ``pipe.scheduler`` at call time (pipelines may swap their
 scheduler between calls); :func:`scheduler_index` is the scheduler's position in its
 ``timesteps`` for the transformer forward about to run; :func:`timestep_value` the one number
-a forward's timestep stands for. The step hook
-(:mod:`xattn_video.hook`) counts a call's steps from them.
+a forward's timestep stands for. The step hook (:mod:`xattn_video.hook`) counts a call's steps
+from them, from the call's start (:func:`call_start`), which is shared per scheduler: a
+controller whose first forward comes after ``scheduler.step`` ran (Wan 2.2's ``transformer_2``
+with processors of its own) counts from where the other controller saw the call start.
 
 Not supported: schedulers whose ``timesteps`` are not the values the pipeline passes to the
 transformer (before their first ``step``, without a ``begin_index``, the position is then
@@ -60,3 +62,43 @@ def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
     gap = (timesteps.detach().float().cpu() - t).abs()
     i = int(gap.argmin())
     return i if float(gap[i]) <= 1e-3 * max(1.0, abs(t)) else None
+
+
+_starts: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
+"""scheduler -> (its ``timesteps`` tensor of the call, the call's start index)."""
+
+
+def call_start(scheduler: Any, index: int, *, first: bool) -> int:
+    """Where the call ``scheduler`` runs started, from ``index``, the position of a controller's
+    first forward of the call whose position is known (``first``: its first forward at all), and
+    noted for the other controllers of the call (by ``scheduler`` and its ``timesteps`` tensor):
+
+    - not ``first`` (forwards at an unknown position came before): one ``step`` before ``index``;
+    - ``first``, ``step_index`` None (no ``scheduler.step`` yet): ``index``;
+    - ``first`` after a ``scheduler.step`` (another transformer's controller ran the call's first
+      steps: Wan 2.2's ``transformer_2`` with processors of its own): the start noted for the
+      same ``timesteps``, else ``begin_index``, else 0 (at most ``index``).
+
+    A scheduler that cannot be weakly referenced is not noted.
+    """
+    if not first:
+        start = index - 1
+    elif getattr(scheduler, "step_index", None) is None:
+        start = index
+    else:
+        timesteps, start = _noted(scheduler) or (None, None)
+        if start is None or timesteps is not getattr(scheduler, "timesteps", None):
+            start = getattr(scheduler, "begin_index", None) or 0
+        start = min(index, int(start))
+    try:
+        _starts[scheduler] = (getattr(scheduler, "timesteps", None), start)
+    except TypeError:
+        pass
+    return start
+
+
+def _noted(scheduler: Any) -> tuple[Any, int] | None:
+    try:
+        return _starts.get(scheduler)
+    except TypeError:  # not weakly referenceable
+        return None
