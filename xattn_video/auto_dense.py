@@ -19,7 +19,7 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
   token count (a layer sent dense at a small size is not kept dense at a large one);
 - under ``torch.compile`` a layer not yet decided runs sparse (the decision needs eager code)
   and is decided by the next ``update``;
-- under Ulysses (``group`` set by :class:`xattn_video.parallel.ConsistentAutoDense`): every
+- under Ulysses (``group`` set by :class:`xattn_video.parallel.GatheredState`): every
   decision is all-reduced over the group where it is made (dense if any rank says dense; each
   rank decides from its own GPU's calibration) and the agreed value is stored, so
   ``controller.is_sparse`` -- what the processors branch on -- is the same on every rank;

@@ -19,8 +19,9 @@ attention processor gets ``_parallel_config``. This module adds what XAttention 
   inverse permutation and a second all-to-all go back.
 - :class:`GatheredStats`: density records gathered over the Ulysses ranks, so every rank
   records the one-GPU numbers (all H heads, the whole sequence) once per call.
-- :class:`ConsistentAutoDense`: ``auto_dense`` decisions all-reduced over the Ulysses group, so
-  no rank runs a layer dense while another runs it sparse (their collectives would not match).
+- :class:`GatheredState`: the controller with those stats; it gives ``auto_dense`` the Ulysses
+  group, over which its decisions are all-reduced, so no rank runs a layer dense while another
+  runs it sparse (their collectives would not match).
 - :func:`enable_context_parallel`: ``enable_parallelism`` with our plan, optional
   data-parallel groups (mesh ``("dp", "ring", "ulysses")``), and the CPU workaround below.
 - :func:`check_parallel_inputs`: clear ``ValueError`` s for token or head counts that do not
@@ -233,40 +234,21 @@ class GatheredStats:
         self._stats.add(layer, heads=None if heads is None else self._gather(heads), **kw)
 
 
-class ConsistentAutoDense:
-    """The controller's ``auto_dense`` seen from one Ulysses rank: every rank must take the
-    same branch (the sparse path's stats gather is a collective, and the processors branch on
-    ``controller.is_sparse``, which reads the inner decisions), but each rank decides from its
-    own GPU's calibration. Built, it hands the group to the inner
-    :class:`~xattn_video.auto_dense.AutoDense`, which then all-reduces every decision where it
-    is made -- a layer's first sparse-phase call and the step hook's per-forward ``update`` --
-    (dense if any rank says dense; only where the cost model applies, Triton on CUDA) and
-    stores the agreed value; later calls read it without a collective."""
-
-    def __init__(self, inner: Any, group: Any) -> None:
-        self._inner = inner
-        self._group = group
-        if getattr(inner, "group", None) is not group:
-            inner.group = group
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def run_dense(self, layer: int, q: torch.Tensor, backend: str) -> bool:
-        return self._inner.run_dense(layer, q, backend)
-
-
 class GatheredState:
-    """The controller seen through :class:`GatheredStats` and :class:`ConsistentAutoDense`
-    (``stats`` and ``auto_dense`` replaced, the rest forwarded), for the sparse path of one
-    Ulysses call."""
+    """The controller seen through :class:`GatheredStats` (``stats`` replaced, the rest
+    forwarded), for the sparse path of one Ulysses call. It gives the controller's
+    ``auto_dense`` the group, so that its decisions agree over the ranks: every rank must take
+    the same branch (the sparse path's stats gather is a collective, and the processors branch
+    on ``controller.is_sparse``), but each decides from its own GPU's calibration;
+    :class:`~xattn_video.auto_dense.AutoDense` all-reduces each decision where it is made
+    (dense if any rank says dense) and stores the agreed value."""
 
     def __init__(self, controller: Any, group: Any, device: torch.device) -> None:
         self._controller = controller
         self.stats = GatheredStats(controller.stats, group, device)
-        inner = getattr(controller, "auto_dense", None)
-        if inner is not None:
-            self.auto_dense = ConsistentAutoDense(inner, group)
+        auto_dense = getattr(controller, "auto_dense", None)
+        if auto_dense is not None:
+            auto_dense.group = group
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._controller, name)
