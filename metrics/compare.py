@@ -57,6 +57,7 @@ from .report_md import render_markdown
 from .run_dir import Run, RunVideo, scan_run
 from .run_match import (
     RunMismatch,
+    allowable,
     describe_differences,
     mismatched_settings,
     run_mode,
@@ -127,7 +128,7 @@ def compare_runs(
     _check_dirs(dense_dir, sparse_dir, out_dir)
     dense, sparse = scan_run(dense_dir), scan_run(sparse_dir)
     mismatch = mismatched_settings(dense, sparse)
-    if mismatch and (not allow_mismatch or not RunMismatch(mismatch).allowable):
+    if mismatch and (not allow_mismatch or not allowable(mismatch)):
         raise RunMismatch(mismatch)
     notes: list[str] = [*dense.problems, *sparse.problems, *run_notes(dense, sparse)]
     if mismatch:

@@ -43,7 +43,7 @@ class RunMismatch(ValueError):
 
     def __init__(self, differences: dict[str, tuple[Any, Any]]) -> None:
         self.differences = differences
-        self.allowable = not set(differences) & set(SHAPE_FIELDS)
+        self.allowable = allowable(differences)
         remedy = (
             "allow_mismatch=True compares anyway"
             if self.allowable
@@ -57,6 +57,11 @@ class RunMismatch(ValueError):
     def describe(self) -> str:
         """:func:`describe_differences` of these differences."""
         return describe_differences(self.differences)
+
+
+def allowable(differences: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether ``allow_mismatch`` can waive these differences: none of :data:`SHAPE_FIELDS`."""
+    return not set(differences) & set(SHAPE_FIELDS)
 
 
 def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:
