@@ -133,8 +133,9 @@ def dense_layout(model) -> xv.XAttentionHandle | None:
     fits in the last rank's text share (not with --text-valid 64 of 256)."""
     if getattr(model, "_parallel_config", None) is None:
         return None
-    cfg = xv.XAttentionConfig(warmup_steps=10**9, collect_stats=False, auto_dense=False)
-    return xv.apply_xattention(model, cfg)
+    from xattn_video.pipelines.multiprocess import dense_layout_config
+
+    return xv.apply_xattention(model, dense_layout_config(steps=10**9))  # more steps than any run
 
 
 def run_pair(model, inputs, args, device, one_gpu: bool) -> dict:
