@@ -176,6 +176,20 @@ def test_missing_or_mismatched_file_raises(tmp_path):
     check_matches(data, dict(data["config"]))
 
 
+def test_tile_size_counts_for_the_orders_built_from_tiles():
+    """cluster's k-means starts from the tile order, so its thresholds depend on tile_size too
+    (a file calibrated with cluster at (2, 8, 8) was accepted at (1, 4, 4))."""
+    data = _file()
+    for order in ("tile", "cluster"):
+        data["config"] = dict(data["config"], token_order=order, tile_size=[2, 8, 8])
+        with pytest.raises(ValueError, match="tile_size"):
+            check_matches(data, dict(data["config"], tile_size=[1, 4, 4]))
+        check_matches(data, dict(data["config"], tile_size=(2, 8, 8)))
+    for order in ("raster", "hilbert"):  # orders that ignore the tile size
+        data["config"] = dict(data["config"], token_order=order, tile_size=[2, 8, 8])
+        check_matches(data, dict(data["config"], tile_size=[1, 4, 4]))
+
+
 def test_calibration_runs_every_call_through_the_sparse_path():
     # the cost model must not turn calibration calls dense (they would not be measured)
     cal = calibration_config(xv.XAttentionConfig(threshold=0.8, warmup_steps=3, max_density=0.3))

@@ -76,8 +76,9 @@ class XAttentionConfig:
     ``mask_refresh``); all are undone afterwards."""
 
     tile_size: tuple[int, int, int] = (2, 8, 8)
-    """(frames, height, width) of a tile in latent tokens, for ``token_order='tile'``. Its
-    volume should equal ``block_size`` (2*8*8 = 128); edge tiles may be smaller."""
+    """(frames, height, width) of a tile in latent tokens, for ``token_order='tile'`` and
+    ``'cluster'`` (whose k-means starts from the tile order). Its volume should equal
+    ``block_size`` (2*8*8 = 128); edge tiles may be smaller."""
 
     max_density: float = 1.0
     """Density budget per attention call, in (0, 1]: at most this share of the (query block,

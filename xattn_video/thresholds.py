@@ -182,6 +182,10 @@ def validate(data: dict[str, Any]) -> None:
             raise ValueError(f"thresholds file: layer {idx} curves and thresholds differ in H")
 
 
+TILED_ORDERS = frozenset({"tile", "cluster"})
+"""Token orders that depend on ``tile_size`` (``cluster``'s k-means starts from the tile order)."""
+
+
 def check_matches(data: dict[str, Any], config: dict[str, Any]) -> None:
     """``ValueError`` if the file was calibrated with other estimate settings than ``config``
     (a dict of XAttentionConfig fields)."""
@@ -190,8 +194,11 @@ def check_matches(data: dict[str, Any], config: dict[str, Any]) -> None:
         a, b = cal.get(name), config.get(name)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             a, b = list(a or []), list(b or [])
-        if name == "tile_size" and "tile" not in (cal.get("token_order"), config["token_order"]):
-            continue  # the tile size only matters for the tile order
+        if name == "tile_size" and not TILED_ORDERS & {
+            cal.get("token_order"),
+            config["token_order"],
+        }:
+            continue  # the tile size only matters for the orders built from tiles
         if a != b:
             raise ValueError(
                 f"thresholds file was calibrated with {name}={a!r}, the config has {name}={b!r}; "
