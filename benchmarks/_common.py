@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+
+from xattn_video.pipelines.runinfo import git_sha
 
 
 def environment() -> dict:
@@ -38,24 +39,6 @@ def environment() -> dict:
         "git_sha": sha,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def git_sha(cwd: Path) -> str | None:
-    """HEAD's SHA, with ``-dirty`` appended when tracked files differ from it (uncommitted
-    edits, or a copied tree whose .git is older than its files: then the SHA alone would name
-    code that was not run); None outside a git checkout."""
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=cwd)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode:
-            return None
-        dirty = git("diff", "--quiet", "HEAD", "--").returncode == 1
-    except OSError:
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 @contextlib.contextmanager

@@ -43,26 +43,24 @@ def gpu_name(device: str | torch.device | None = None) -> str | None:
 
 
 def git_sha(path: str | os.PathLike[str] | None = None) -> str | None:
-    """Commit SHA of the checkout holding ``path`` (default: this package), with ``-dirty`` when
-    tracked files are modified; None outside a git checkout or without git."""
+    """Commit SHA of the git checkout that tracks the folder ``path`` (default: this package),
+    with ``-dirty`` when tracked files differ from HEAD (uncommitted edits, or a copied tree whose
+    .git is older than its files: then the SHA alone would name code that was not run); None
+    without git, outside a checkout, or when the checkout around ``path`` does not track it (a
+    wheel installed into a git-ignored virtualenv inside some other project)."""
     where = Path(path) if path is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
-        )
-        if sha.returncode != 0:
+        head = git("rev-parse", "HEAD")
+        if head.returncode or git("ls-files", "--error-unmatch", "--", ".").returncode:
             return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
+        dirty = git("diff", "--quiet", "HEAD", "--").returncode == 1
     except (OSError, subprocess.SubprocessError):
         return None
-    suffix = "-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else ""
-    return sha.stdout.strip() + suffix
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def command_line() -> list[str]:
