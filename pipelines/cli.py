@@ -14,7 +14,8 @@ Usage::
 ``generate-video ...`` is ``xattn-video generate ...``. Every ``XAttentionConfig`` field is a
 ``generate`` flag (``warmup_steps`` -> ``--warmup-steps``; booleans get ``--no-...``; tuples
 are comma separated: ``--dense-layers 0,1,2``, ``--tile-size 2,8,8``); unset flags take the
-model's preset. Exit status: 0 done, 2 bad input, 130 interrupted (rerun to resume).
+model's preset. Exit status: 0 done, 1 some videos had NaN / inf values (not written; a rerun
+retries them), 2 bad input, 130 interrupted (rerun to resume).
 
 Warnings and log messages print as one ``xattn-video: warning: ...`` line; every user error
 exits 2 with one ``xattn-video: error: ...`` line before any work. Argument parsing lives in
@@ -63,6 +64,7 @@ __all__ = [
     "main",
 ]
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -118,6 +120,13 @@ def _run_generate(opts: Any) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if res.failed:
+        print(
+            f"{who}error: {len(res.failed)} videos had NaN / inf values and were not written "
+            f"(prompts {', '.join(f'{i:05d}' for i in sorted(res.failed))}); rerun to retry them.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
 
 

@@ -37,8 +37,10 @@ its prompt text equals this run's; otherwise it is generated again and the reaso
 (logger ``xattn_video.pipelines.resume``, which owns these checks). Every file is written to a
 temporary name and renamed, so an interrupted prompt is never marked finished.
 ``KeyboardInterrupt`` stops after cleaning up the current prompt and returns
-``interrupted=True``. A finished run is not
-written to at all (it resumes from a read-only directory).
+``interrupted=True``. A video with NaN / inf values (a broken kernel or an overflow) is not
+written: its prompt is listed in ``failed`` and left unfinished, so a rerun retries it; the
+other prompts go on. A finished run is not written to at all (it resumes from a read-only
+directory).
 
 Concurrency: the (main) process holds ``RUN_DIR/.lock`` (``flock``) while the run writes the
 directory; a second ``generate`` on the same directory fails at once with ``SetupError``
@@ -113,6 +115,8 @@ class GenerateResult:
     skipped: list[int] = field(default_factory=list)
     redone: dict[int, str] = field(default_factory=dict)
     """Prompts that had a meta.json but were generated again, with the reason."""
+    failed: dict[int, str] = field(default_factory=dict)
+    """Prompts whose video had NaN / inf values, with the count: nothing written for them."""
     interrupted: bool = False
     compile: str = "eager"
     """The mode that ran (``RunRecord.compile``)."""
@@ -397,6 +401,14 @@ def _generate_prompts(
             ).frames[0]
             _sync(device)
             total_s = time.perf_counter() - t0
+            bad = int(frames.size - np.isfinite(frames).sum())
+            if bad:  # to_uint8 would write NaN as black and mark the prompt finished
+                result.failed[prompt.index] = f"{bad} of {frames.size} values are NaN or inf"
+                _log.error(
+                    "prompt %05d: %s; nothing written", prompt.index, result.failed[prompt.index]
+                )
+                bar.update(1)
+                continue
             video = to_uint8(frames)
             if current is None:  # a sequence-parallel peer: the group's first process writes
                 result.generated.append(prompt.index)

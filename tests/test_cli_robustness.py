@@ -396,3 +396,37 @@ def test_help_defaults_are_by_model_name(capsys, field):
     assert set(groups) == set(MODELS)
     for name, spec in MODELS.items():
         assert groups[name] == str(getattr(XAttentionConfig.from_preset(spec.preset), field))
+
+
+def test_a_video_with_nan_is_not_written_and_a_rerun_retries_it(
+    tmp_path, prompt_file, monkeypatch, capsys
+):
+    """A NaN video was written as black frames and marked finished: resume skipped it and
+    compare scored it. Now nothing is written for it, the others go on, and exit 1."""
+    real_load = generate_mod.load_pipeline
+    forwards = []
+
+    def load_with_nan_in_prompt_1(*args, **kwargs):
+        pipe = real_load(*args, **kwargs)
+
+        def nan_output(module, inputs, output):  # 2 steps per prompt: forwards 3-4 = prompt 1
+            forwards.append(1)
+            return (output[0] * float("nan"),) if 3 <= len(forwards) <= 4 else output
+
+        pipe.transformer.register_forward_hook(nan_output)
+        return pipe
+
+    monkeypatch.setattr(generate_mod, "load_pipeline", load_with_nan_in_prompt_1)
+    out = tmp_path / "run"
+    assert main(_argv(out, prompt_file)) == 1
+    assert len(forwards) == 6
+    std = capsys.readouterr()
+    assert "generated 2, skipped 0 finished, of 3" in std.out
+    assert "prompt 00001: " in std.err and " values are NaN or inf; nothing written" in std.err
+    assert "error: 1 videos had NaN / inf values and were not written (prompts 00001)" in std.err
+    assert not (out / "00001" / rundir.META_FILE).exists()
+    assert not (out / "00001" / rundir.FRAMES_FILE).exists()
+    monkeypatch.setattr(generate_mod, "load_pipeline", real_load)
+    assert main(_argv(out, prompt_file)) == 0
+    assert "generated 1, skipped 2 finished, of 3" in capsys.readouterr().out
+    assert rundir.verify_video(out / "00001", prompt=PROMPTS[1]) is None
