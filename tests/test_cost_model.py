@@ -20,6 +20,33 @@ CAL = cm.Calibration(
 )
 
 
+def test_a_padded_call_is_predicted_against_masked_sdpa():
+    """A call with key padding sent dense runs SDPA with a mask (one H200, 119k tokens: 1.44x the
+    unmasked time); predicting it against unmasked SDPA sent calls dense that were faster sparse."""
+    padded = cm.Calibration(**{**CAL.__dict__, "dense_padded": [0.15, 0.6, 2.4]})
+    plain = cm.predict(padded, 4096, 0.75, block_size=128)
+    masked = cm.predict(padded, 4096, 0.75, block_size=128, padded=True)
+    assert plain.dense_ms == pytest.approx(1.6) and masked.dense_ms == pytest.approx(2.4)
+    assert plain.sparse_ms == pytest.approx(masked.sparse_ms)  # the sparse path: same cost
+    assert not plain.sparse_wins and masked.sparse_wins
+    with pytest.raises(ValueError, match="no dense_padded times; calibrate again"):
+        cm.predict(CAL, 4096, 0.75, block_size=128, padded=True)
+
+
+def test_dense_call_is_sdpa_over_the_valid_keys():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
+    kv_len = torch.tensor([40, 29])
+    got = cm.dense_call(q, k, v, kv_len)
+    for b, n in enumerate(kv_len.tolist()):
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[b : b + 1], k[b : b + 1, :, :n], v[b : b + 1, :, :n]
+        )
+        torch.testing.assert_close(got[b : b + 1], want)
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(cm.dense_call(q, k, v, None), plain, rtol=0, atol=0)
+
+
 def test_predict_is_linear_in_density_between_min_and_full():
     p0 = cm.predict(CAL, 4096, 1 / 32, block_size=128)
     p1 = cm.predict(CAL, 4096, 1.0, block_size=128)
@@ -129,7 +156,7 @@ def test_the_key_holds_the_precisions(monkeypatch):
     # "auto" (the default) is the attention's precision, under the same key as when explicit
     assert cm.cost_key(*args, precision="fp8") == both
     assert cm.cost_key(*args, estimate_precision="auto") == bf16
-    assert cm.cache_path().name == "cost_model_v4.json"
+    assert cm.cache_path().name == "cost_model_v5.json"
     with pytest.raises(ValueError, match="estimate_precision must be one of"):
         cm.cost_key(*args, estimate_precision="fp16")
 
@@ -153,7 +180,7 @@ def test_auto_dense_asks_for_the_configs_precisions(
     monkeypatch.setattr(cm, "lookup", lambda key: keys.append(key) or CAL)
     cfg = xv.XAttentionConfig(precision=precision, estimate_precision=estimate_precision)
     auto = AutoDense(cfg, SimpleNamespace(feedback={}))
-    auto._shapes[3] = ("bfloat16", 24, 128, 4096, 0)
+    auto._shapes[3] = ("bfloat16", 24, 128, 4096, 0, False)
     auto._decide(3)
     assert [(k.precision, k.estimate_precision, k.heads, k.head_dim) for k in keys] == [
         (precision, resolved, 24, 128)

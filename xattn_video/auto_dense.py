@@ -73,15 +73,17 @@ class AutoDense:
             self.graph_timing = on
             self.reset()
 
-    def run_dense(self, layer: int, q: torch.Tensor, backend: str) -> bool:
+    def run_dense(self, layer: int, q: torch.Tensor, backend: str, padded: bool = False) -> bool:
         """Whether this sparse-phase call of ``layer`` runs dense for cost.
 
-        q: (B, H, N, D) queries of the call; backend: the resolved backend.
+        q: (B, H, N, D) queries of the call; backend: the resolved backend; padded: the call
+        has key padding (``kv_len``), so its dense alternative is masked SDPA.
         """
         if not self.enabled or not cost_model.applies(backend, q.device):
             return False
         B, H, N, D = q.shape
-        self._shapes[layer] = (str(q.dtype).removeprefix("torch."), B * H, D, N, q.device.index)
+        dtype = str(q.dtype).removeprefix("torch.")
+        self._shapes[layer] = (dtype, B * H, D, N, q.device.index, bool(padded))
         self._device = q.device
         decided = self.decisions.get(layer)
         if decided is None:
@@ -132,7 +134,7 @@ class AutoDense:
         return 1.0 / -(-n // cfg.block_size)  # one key block per row: 1 / ceil(n / block)
 
     def _decide(self, layer: int) -> bool:
-        dtype, heads, head_dim, n, index = self._shapes[layer]
+        dtype, heads, head_dim, n, index, padded = self._shapes[layer]
         cfg = self.cfg
         device = torch.device("cuda", index)
         key = cost_model.cost_key(
@@ -148,6 +150,7 @@ class AutoDense:
             refresh=cfg.mask_refresh,
             gathers=0 if cfg.token_order == "raster" else 4,
             graph=self.graph_timing,
+            padded=padded,
         )
         self.decisions[layer] = not pred.sparse_wins
         return self.decisions[layer]

@@ -9,6 +9,9 @@ size, stride) and a grid of token counts N (1k ... 64k, stopping once dense atte
 more than ``MAX_DENSE_MS``):
 
 - ``dense``: PyTorch SDPA, what the stock diffusers processors run;
+- ``dense_padded``: SDPA with a key-padding mask, what they run for a call with padded keys
+  (HunyuanVideo's text padding: one H200 at 119,056 tokens, 454 ms against 316 ms unmasked),
+  and so what such a call costs when :func:`dense_call` runs it;
 - ``overhead``: what an estimating call adds to the kernel, as the op runs it: the input
   checks, the estimate, the block selection (threshold mode with a budget: the selection
   kernel, the per-sample sort and the budget kernel) and the CSR index lists;
@@ -18,7 +21,8 @@ more than ``MAX_DENSE_MS``):
 
 The estimate and the sparse kernel run in the call's precisions (``precision`` /
 ``estimate_precision``, "bf16" or "fp8", part of the key); dense stays SDPA in the inputs'
-dtype, what the stock processors run.
+dtype, what the stock processors run. A call with key padding is predicted against
+``dense_padded`` (``predict(padded=True)``), one without against ``dense``.
 
 Each is timed twice: with back-to-back launches (``eager``: includes the CPU launch cost where
 that dominates, what eager mode and a compiled graph without CUDA graphs pay) and replayed
@@ -76,8 +80,8 @@ MARGIN = 0.95
 
 N_GRID = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 MAX_DENSE_MS = 30.0
-CACHE_VERSION = 4  # 2: overhead on the fused selection path with a budget; 3: graph times;
-# 4: the precisions in the key
+CACHE_VERSION = 5  # 2: overhead on the fused selection path with a budget; 3: graph times;
+# 4: the precisions in the key; 5: dense_padded
 _MEMO: dict[str, Calibration] = {}
 
 
@@ -111,11 +115,13 @@ class Calibration:
     attn_min: list[float]
     attn_full: list[float]
     gather: list[float]
+    dense_padded: list[float] = field(default_factory=list)
     dense_graph: list[float] = field(default_factory=list)
     overhead_graph: list[float] = field(default_factory=list)
     attn_min_graph: list[float] = field(default_factory=list)
     attn_full_graph: list[float] = field(default_factory=list)
     gather_graph: list[float] = field(default_factory=list)
+    dense_padded_graph: list[float] = field(default_factory=list)
 
     def has_graph(self) -> bool:
         """Whether graph times were measured at every grid point."""
@@ -129,6 +135,19 @@ class Prediction:
     dense_ms: float
     sparse_ms: float
     sparse_wins: bool
+
+
+def dense_call(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None
+) -> torch.Tensor:
+    """What a call sent dense for cost runs (and ``dense`` / ``dense_padded`` time): SDPA over
+    the valid keys, as the stock processors compute it -- with a key-padding mask when
+    ``kv_len`` (B,) is given. q/k/v: (B, H, N, D); returns (B, H, N, D)."""
+    mask = None
+    if kv_len is not None:
+        keys = torch.arange(k.shape[2], device=k.device)
+        mask = (keys[None, :] < kv_len.to(k.device)[:, None])[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def applies(backend: str, device: torch.device) -> bool:
@@ -259,6 +278,7 @@ def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
             torch.randn(1, BH, n, D, device=device, dtype=dtype, generator=g) for _ in range(3)
         )
         lens = kv_len_tensor(None, 1, n, q.device)
+        padded = torch.full((1,), n - n // 16, dtype=torch.int32, device=q.device)
         nb = cdiv(n, bs)
 
         def overhead(q=q, k=k, lens=lens, n=n):
@@ -279,7 +299,8 @@ def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
             )  # fmt: skip
         perm = torch.randperm(n, device=q.device)
         fns = {
-            "dense": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v),
+            "dense": lambda q=q, k=k, v=v: dense_call(q, k, v, None),
+            "dense_padded": lambda q=q, k=k, v=v, lens=padded: dense_call(q, k, v, lens),
             "overhead": overhead,
             "attn_min": attn["min"],
             "attn_full": attn["full"],
@@ -326,6 +347,7 @@ def predict(
     gathers: int = 0,
     dense_ms: float | None = None,
     graph: bool = False,
+    padded: bool = False,
 ) -> Prediction:
     """Predicted (dense, sparse) milliseconds at ``n`` tokens and block ``density``.
 
@@ -333,9 +355,12 @@ def predict(
     counts 1/refresh; gathers: token permutations per call (4 for the ``tile`` order).
     dense_ms: the dense time at ``n`` if known, else extrapolated as N^2 from the grid.
     graph: use the CUDA-graph times (when measured; else the eager ones).
+    padded: the call has key padding, so dense means masked SDPA (``dense_padded``).
     """
     sfx = "_graph" if graph and cal.has_graph() else ""
-    dense = getattr(cal, "dense" + sfx)
+    dense = getattr(cal, ("dense_padded" if padded else "dense") + sfx)
+    if len(dense) != len(cal.n):
+        raise ValueError("the calibration has no dense_padded times; calibrate again")
     xs = [math.log2(x) for x in cal.n]
     x = math.log2(max(n, 1))
     ratio = {
@@ -359,10 +384,12 @@ def sparse_wins(
     *,
     refresh: int = 1,
     gathers: int = 0,
+    padded: bool = False,
     device: torch.device | str = "cuda",
 ) -> bool:
     """Decide one call: calibrates ``key`` first if it was never measured (syncs the GPU)."""
     cal = lookup(key) or calibrate(key, device)
-    return predict(
-        cal, n, density, block_size=key.block_size, refresh=refresh, gathers=gathers
-    ).sparse_wins
+    pred = predict(
+        cal, n, density, block_size=key.block_size, refresh=refresh, gathers=gathers, padded=padded
+    )
+    return pred.sparse_wins

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from . import attention as _attention
+from . import cost_model
 from . import thresholds as _thresholds
 from .config import XAttentionConfig
 from .layout import (
@@ -279,17 +279,6 @@ class SparseState(Protocol):
     auto_dense: Any  # xattn_video.auto_dense.AutoDense
 
 
-def _cost_dense(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None
-) -> torch.Tensor:
-    """Dense SDPA over the valid keys, what the stock processors compute. q/k/v: (B, H, N, D)."""
-    mask = None
-    if kv_len is not None:
-        keys = torch.arange(k.shape[2], device=k.device)
-        mask = (keys[None, :] < kv_len[:, None])[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
 def dense_attention(
     cfg: XAttentionConfig,
     query: torch.Tensor,
@@ -338,10 +327,10 @@ def sparse_attention(
         # the PyTorch reference estimate reshapes with .view (needs contiguous inputs)
         q, k, v = (x.contiguous() for x in (q, k, v))
     B, H, N, _ = q.shape
-    if state.auto_dense.run_dense(layer, q, backend):
+    if state.auto_dense.run_dense(layer, q, backend, padded=kv_len is not None):
         # auto_dense: the cost model predicts the sparse path slower here (a bool per layer)
         state.stats.add(layer, dense_reason="cost")
-        return _cost_dense(q, k, v, kv_len).transpose(1, 2)
+        return cost_model.dense_call(q, k, v, kv_len).transpose(1, 2)
     inv = None
     if cfg.token_order in ("tile", "hilbert"):
         perm, inv = state.orders.permutation(state.grid, n_video, N, q.device, cfg.token_order)
