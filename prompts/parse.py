@@ -2,8 +2,9 @@
 
 Formats:
 - VBench's ``VBench_full_info.json``: a list of ``{"prompt_en": str, "dimension": [str, ...]}``.
-- A ``.txt`` file: one prompt per line; surrounding whitespace is stripped and blank lines are
-  skipped (indices count the kept prompts, 0-based).
+- A ``.txt`` file: one prompt per line (lines end at ``\n``, ``\r\n`` or ``\r``; other
+  Unicode line breaks such as U+2028 stay inside the prompt); surrounding whitespace is stripped
+  and blank lines are skipped (indices count the kept prompts, 0-based).
 - A user ``.json`` file: a list of strings, or a list of objects with ``"prompt"`` or
   ``"prompt_en"`` and an optional ``"dimension"`` (a string or a list of strings). VBench's own
   file is a special case of this.
@@ -14,17 +15,22 @@ Not supported: CSV/YAML, nested ``{"prompts": [...]}`` objects, per-prompt seeds
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .prompt import Prompt
 
+_LINE_END = re.compile(r"\r\n|\r|\n")
+"""What ends a line of a prompt file (``str.splitlines`` also splits at U+2028, U+0085, form
+feeds, ..., which would make one prompt several and shift the indices after it)."""
+
 
 def read_text_prompts(path: Path) -> list[str]:
     """Prompts of a one-per-line text file, stripped, blank lines skipped."""
     text = path.read_text(encoding="utf-8-sig")
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in _LINE_END.split(text) if line.strip()]
 
 
 def prompts_from_lines(lines: Sequence[str]) -> list[Prompt]:
@@ -56,6 +62,13 @@ def prompts_from_json(data: Any, source: str) -> list[Prompt]:
         text = text.strip()
         if not text:
             raise ValueError(f"{source}: entry {i} has an empty prompt")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud83d"): tokenizers fail on it
+            raise ValueError(
+                f"{source}: entry {i} is not valid Unicode text (a lone surrogate, e.g. half of "
+                "an emoji)"
+            ) from None
         prompts.append(Prompt(i, text, dims))
     return prompts
 

@@ -158,6 +158,27 @@ def test_user_txt_file(tmp_path: Path) -> None:
         load_prompts(f, dimension="scene")
 
 
+def test_txt_lines_end_only_at_newlines(tmp_path: Path) -> None:
+    """str.splitlines also split at U+2028, U+0085 and form feeds: 4 lines loaded as 7 prompts,
+    shifting the indices (the run folders) of every prompt after them."""
+    f = tmp_path / "odd.txt"
+    lines = ["a cat\u2028on a mat", "a dog\x85running", "a page\x0cturning", "A bird flies"]
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert load_prompts(f) == [Prompt(i, text) for i, text in enumerate(lines)]
+    f.write_bytes(b"one\rtwo\r\nthree\n")  # classic Mac, Windows and Unix line ends
+    assert [p.text for p in load_prompts(f)] == ["one", "two", "three"]
+
+
+def test_json_prompt_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
+    """Half an emoji passed the loader and crashed the tokenizer after run.json was written."""
+    f = tmp_path / "s.json"
+    f.write_text('["fine", "a cat \\ud83d on the grass"]', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"s\.json: entry 1 is not valid Unicode text"):
+        load_prompts(f)
+    f.write_text('["a cat \\ud83d\\ude00 on the grass"]', encoding="utf-8")  # a whole emoji
+    assert load_prompts(f) == [Prompt(0, "a cat \U0001f600 on the grass")]
+
+
 def test_user_json_files(tmp_path: Path) -> None:
     strings = tmp_path / "s.json"
     strings.write_text(json.dumps(["one", "two"]))
