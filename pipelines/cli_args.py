@@ -85,6 +85,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a seed in [0, 2**64), what ``torch.Generator.manual_seed`` takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {value}")
+    return value
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ``XAttentionConfig`` field; values land in ``args.cfg_<field>`` (None: unset).
 
@@ -192,7 +203,10 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=positive_int, help="keep the first N prompts (after --sample)")
     p.add_argument(
-        "--sample", type=positive_int, help="keep N prompts spread evenly over the suite"
+        "--sample",
+        type=positive_int,
+        help="keep every (len//N)-th prompt, then the first N of those (the XAttention paper's "
+        "subsampling; spread over the suite for N <= len/2, the first N above)",
     )
     p.add_argument("--dimension", help="keep prompts of this VBench dimension")
     p.add_argument(
@@ -208,7 +222,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=positive_int, help="pixels, multiple of 16 (default: model's)")
     g.add_argument("--frames", type=positive_int, help="4k+1 frames (default: model's)")
     g.add_argument("--steps", type=positive_int, help="denoising steps (default: model's)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every prompt (default: 0)")
+    g.add_argument("--seed", type=seed_int, default=0, help="seed of every prompt (default: 0)")
     g.add_argument(
         "--fps", type=positive_int, help="frames per second of video.mp4 (default: model's)"
     )

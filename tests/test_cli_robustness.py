@@ -88,6 +88,23 @@ def test_zero_or_negative_sizes_exit_2(tmp_path, prompt_file, capsys, flag, valu
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("seed", [str(2**64), "-1"])
+def test_a_seed_torch_cannot_take_exits_2_before_any_work(
+    tmp_path, prompt_file, capsys, no_model_load, seed
+):
+    """2**64 failed in manual_seed after run.json was written, which then refused --seed 0;
+    -1 gave the noise of 2**64 - 1 under another recorded seed."""
+    line = _fail([*_argv(tmp_path / "run", prompt_file), "--seed", seed], capsys)
+    assert f"argument --seed: must be in [0, 2**64), got {seed}" in line
+    assert not (tmp_path / "run").exists()
+    opts = GenerateOptions(model="tiny", prompts=str(prompt_file), out=tmp_path, seed=int(seed))
+    with pytest.raises(SetupError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+        resolve_options(opts)
+    calibrate = ["calibrate", "--model", "tiny", "--prompts", str(prompt_file), "--seed", seed]
+    line = _fail([*calibrate, "--out", str(tmp_path / "t.json"), "--device", "cpu"], capsys)
+    assert f"seed must be an integer in [0, 2**64), got {seed}" in line
+
+
 @pytest.mark.parametrize("name", ["steps", "height", "width", "frames", "fps"])
 def test_resolve_options_rejects_zero_instead_of_using_the_default(tmp_path, name):
     opts = GenerateOptions(model="tiny-hunyuan", prompts="p.txt", out=tmp_path, **{name: 0})
@@ -376,6 +393,8 @@ def test_help_is_plain_text_and_matches_validation(capsys):
     text = _help(capsys)
     assert "``" not in text and ":func:" not in text and ":mod:" not in text
     assert "dense: the model's own attention" in text  # --attention has help
+    sample = " ".join(text.split("--sample SAMPLE")[-1].split("--dimension")[0].split())
+    assert "then the first N of those" in sample and "the first N above" in sample
     stride_help = text.split("--stride INT")[-1].split("--block-size")[0]  # help, not usage
     assert f"({', '.join(map(str, STRIDES[:-1]))} or {STRIDES[-1]};" in stride_help
     for s in (3, 5):
