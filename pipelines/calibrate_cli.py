@@ -50,7 +50,12 @@ def add_calibrate_args(
     p.add_argument("--out", required=True, help="thresholds JSON to write")
     p.add_argument("--prompts", default="vbench", help="suite or .txt/.json file (default: vbench)")
     p.add_argument("--prompts-dir", help="folder with the VBench files")
-    p.add_argument("--num-prompts", type=int, default=4, help="prompts, spread over the suite")
+    p.add_argument(
+        "--num-prompts",
+        type=int,
+        default=4,
+        help="prompts, chosen as generate's --sample N (every (len//N)-th, the first N of those)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of every prompt (default: 0)")
     tgt = p.add_mutually_exclusive_group()
     tgt.add_argument("--target-mass", type=float, help="true attention mass every head keeps")

@@ -45,8 +45,10 @@ def load_prompts(
         data_dir: directory holding the VBench files, searched before ``$XATTN_VIDEO_PROMPTS_DIR``,
             the cache and a download (see ``xattn_video.prompts.fetch``). Ignored for user files.
         dimension: keep prompts tagged with this dimension (or any of these dimensions).
-        sample: keep ``N`` prompts spread evenly, exactly like the XAttention paper's scripts:
-            ``prompts[:: len(prompts) // N][:N]`` (step at least 1). Applied after ``dimension``.
+        sample: keep ``N`` prompts, exactly like the XAttention paper's scripts:
+            ``prompts[:: len(prompts) // N][:N]`` (step at least 1), spread over the suite only
+            for ``N <= len / 2``: above, the step is 1 and these are the first ``N``. Applied
+            after ``dimension``.
         limit: keep the first ``N`` prompts; applied last.
 
     Returns:
