@@ -33,6 +33,7 @@ Caution / not supported:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +194,28 @@ def _load_wan(source: str, dtype: torch.dtype) -> Any:
 
 
 _LOADERS = {"hunyuanvideo": _load_hunyuan, "wan": _load_wan}
+_PIPELINE_CLASSES = {"hunyuanvideo": "HunyuanVideoPipeline", "wan": "WanPipeline"}
+"""The diffusers pipeline class (``model_index.json``'s ``_class_name``) each loader loads."""
+
+
+def _check_pipeline_folder(path: Path, spec: ModelSpec) -> None:
+    """``ValueError`` unless ``path`` is a diffusers folder of the pipeline ``spec`` loads."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ValueError(
+            f"model_path {str(path)!r} is not a diffusers pipeline folder "
+            "(no model_index.json; create one with pipe.save_pretrained(path))"
+        )
+    try:
+        found = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"model_path {str(path)!r}: unreadable model_index.json ({e})") from None
+    want = _PIPELINE_CLASSES[spec.family]
+    if found != want:
+        raise ValueError(
+            f"model_path {str(path)!r} holds a {found} (model_index.json), not the {want} that "
+            f"--model {spec.name} loads"
+        )
 
 
 def load_pipeline(
@@ -224,7 +247,9 @@ def load_pipeline(
 
     Raises:
         ValueError: unknown model, both ``model_path`` and ``model_id`` given, ``model_id``
-            for ``tiny``, or a ``model_path`` that is not a pipeline folder of that kind.
+            for ``tiny``, a ``model_path`` that is not a pipeline folder of that kind, or a
+            source diffusers / the Hugging Face hub cannot load (its ``OSError``: a repo id
+            that does not exist or is not cached offline, a folder missing a component).
         FileNotFoundError: the shipped ``tiny`` weights are missing (the message says how to
             train them).
     """
@@ -236,18 +261,18 @@ def load_pipeline(
     dtype = torch.bfloat16 if dtype is None else dtype
     if model_path is not None:
         path = Path(model_path)
-        if not (path / "model_index.json").is_file():
-            raise ValueError(
-                f"model_path {str(path)!r} is not a diffusers pipeline folder "
-                "(no model_index.json; create one with pipe.save_pretrained(path))"
-            )
+        _check_pipeline_folder(path, spec)
         source: str | None = str(path)
     else:
         source = model_id or spec.default_id
     if source is None:
         pipe = _TINY_BUILDERS[spec.name](seed=seed, device=device, dtype=dtype)
     else:
-        pipe = _LOADERS[spec.family](source, dtype).to(device)
+        try:
+            pipe = _LOADERS[spec.family](source, dtype)
+        except OSError as e:  # diffusers' and the hub's errors for a source they cannot load
+            raise ValueError(f"could not load a {spec.family} pipeline from {source!r}: {e}") from e
+        pipe = pipe.to(device)
     return pipe
 
 

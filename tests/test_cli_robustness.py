@@ -105,6 +105,16 @@ def test_a_seed_torch_cannot_take_exits_2_before_any_work(
     assert f"seed must be an integer in [0, 2**64), got {seed}" in line
 
 
+def test_a_model_path_that_cannot_load_exits_2(tmp_path, prompt_file, capsys):
+    """diffusers' OSError (a folder without its components) was a traceback, exit 1."""
+    folder = tmp_path / "incomplete"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "HunyuanVideoPipeline"}')
+    line = _fail([*_argv(tmp_path / "run", prompt_file), "--model-path", str(folder)], capsys)
+    assert f"could not load a hunyuanvideo pipeline from '{folder}'" in line
+    assert not (tmp_path / "run" / rundir.RUN_FILE).exists()
+
+
 @pytest.mark.parametrize("name", ["steps", "height", "width", "frames", "fps"])
 def test_resolve_options_rejects_zero_instead_of_using_the_default(tmp_path, name):
     opts = GenerateOptions(model="tiny-hunyuan", prompts="p.txt", out=tmp_path, **{name: 0})

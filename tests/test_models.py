@@ -180,6 +180,26 @@ def test_load_pipeline_errors(tmp_path: Path):
         load_pipeline("tiny", model_id="x/y", device="cpu")
 
 
+def test_a_model_path_of_another_kind_or_incomplete_is_a_value_error(tmp_path: Path):
+    """A Wan folder given to --model hunyuanvideo failed deep in from_pretrained with a
+    TypeError; a folder missing a component, or a repo id the hub cannot resolve, raised
+    diffusers' OSError: both were tracebacks instead of the documented ValueError."""
+    import json
+
+    index = tmp_path / "model_index.json"
+    index.write_text(json.dumps({"_class_name": "WanPipeline"}))
+    with pytest.raises(ValueError, match="holds a WanPipeline .*not the HunyuanVideoPipeline that "
+                       "--model hunyuanvideo loads"):  # fmt: skip
+        load_pipeline("hunyuanvideo", model_path=tmp_path, device="cpu")
+    index.write_text("{")
+    with pytest.raises(ValueError, match="unreadable model_index.json"):
+        load_pipeline("wan", model_path=tmp_path, device="cpu")
+    index.write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))  # no components
+    with pytest.raises(ValueError, match="could not load a hunyuanvideo pipeline from") as exc:
+        load_pipeline("tiny-hunyuan", model_path=tmp_path, device="cpu", dtype=torch.float32)
+    assert isinstance(exc.value.__cause__, OSError)
+
+
 def test_model_defaults_table():
     hv, wan, tiny = MODELS["hunyuanvideo"], MODELS["wan"], MODELS["tiny"]
     tiny_hv = MODELS["tiny-hunyuan"]
