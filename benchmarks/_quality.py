@@ -17,12 +17,19 @@ from xattn_video.pipelines.tiny.synthetic import MOTIONS, Condition
 
 
 def conditions(k: int) -> list[Condition]:
-    """K fixed conditions cycling through the motion types and photos."""
+    """K fixed conditions cycling through the motion types and photos.
+
+    Each run of 32 shows every (motion, photo) pair once; run ``c = i // 32`` turns the
+    directions by ``c``, so the first 64 conditions all differ (zoom and rotate have only
+    16 canonical conditions each: they repeat from 64 on, pan and sprite from 256 on). Before,
+    the directions did not turn and condition i + 32 was condition i again. The first 32 are
+    unchanged (the published sweeps used those), and within them zoom is always "in" and
+    rotate always one way."""
     out = []
     for i in range(k):
         motion = i % len(MOTIONS)
         n_dir = 2 if MOTIONS[motion] in ("zoom", "rotate") else 8
-        out.append(Condition(motion, (3 * i + i // 4) % 8, (5 * i + 1) % n_dir))
+        out.append(Condition(motion, (3 * i + i // 4) % 8, (5 * i + 1 + i // 32) % n_dir))
     return out
 
 

@@ -197,9 +197,11 @@ def main(argv=None) -> int:
     ev_seeds = [a.eval_seed + i for i in range(a.eval_videos)]
     c0 = 8 + a.eval_videos
     cal_conds = all_conds[c0 : c0 + a.calib_videos]
-    if a.eval_start < c0 + a.calib_videos and c0 < a.eval_start + a.eval_videos:
+    shared = {c.canonical() for c in ev_conds} & {c.canonical() for c in cal_conds}
+    if shared:  # by value: the same condition can sit at two indices
         raise SystemExit(f"--eval-start {a.eval_start}: held-out conditions overlap the "
-                         f"calibration conditions {c0}..{c0 + a.calib_videos - 1}")  # fmt: skip
+                         f"calibration conditions {c0}..{c0 + a.calib_videos - 1}: "
+                         f"{sorted(c.describe() for c in shared)}")  # fmt: skip
     cal_seeds = [a.calib_seed + i for i in range(a.calib_videos)]
     metrics = Metrics(device, not a.no_lpips)
     plan = settings(a)

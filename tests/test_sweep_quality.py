@@ -126,6 +126,28 @@ def test_conditions_are_fixed_and_cycle_through_the_motions():
     assert len({c.describe() for c in conds}) == 12  # 12 different videos
 
 
+def test_conditions_do_not_repeat_every_32():
+    """Condition i + 32 was condition i: the README's held-out run (conditions 40-55) had the
+    selection run's conditions (8-23). The first 32 stay as published."""
+    conds = quality.conditions(256)
+    first = [(i % 4, (3 * i + i // 4) % 8, (5 * i + 1) % (2 if i % 4 in (1, 2) else 8))
+             for i in range(32)]  # fmt: skip
+    assert [(c.motion, c.image, c.direction) for c in conds[:32]] == first
+    assert len({c.canonical() for c in conds[:64]}) == 64
+    assert len({c.canonical() for c in conds}) == 160  # every canonical condition
+    assert not {c.canonical() for c in conds[40:56]} & {c.canonical() for c in conds[8:24]}
+
+
+def test_sweep_methods_refuses_held_out_conditions_equal_to_calibration_ones(tmp_path):
+    """The overlap check compared indices; zoom / rotate conditions repeat at other indices."""
+    methods = load_benchmark("sweep_methods")
+    with pytest.raises(SystemExit, match=r"--eval-start 80: held-out conditions overlap the "
+                       r"calibration conditions 24..27: \['rotate clockwise on motorcycle', "
+                       r"'zoom in on coffee'\]"):  # fmt: skip
+        methods.main(["--out", str(tmp_path), "--random-weights", "--device", "cpu",
+                      "--eval-start", "80", "--no-lpips"])  # fmt: skip
+
+
 def test_attention_view_scores_the_mask_against_the_true_attention():
     torch.manual_seed(0)
     B, H, N, D, bs = 1, 2, 96, 16, 16
