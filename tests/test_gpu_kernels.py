@@ -109,3 +109,55 @@ def test_op_backends_agree_on_gpu():
     exact = xv.block_sparse_attention(q.double(), k.double(), v.double(), mask_k, block_size=64,
                                       kv_len=kv_len, backend="torch")  # fmt: skip
     assert_fa_close(out_k[rows], exact[rows], lowp[rows])
+
+
+def test_last_sample_of_a_batch_past_2_31_elements():
+    """The kernels' per-(b, h) base offsets are int64: here the last sample's q / k / v start
+    past 2**31 elements (in int32, ``b * stride`` wrapped there) and so do the estimate's
+    scratch rows of the last heads. The op's last sample, bf16 and fp8, equals the same sample
+    run alone; its sampled rows (the text rows, and the key block holding kv_len, dense) match
+    fp64, as do the portable (pointer) kernel's; a NaN in it NaNs its query block only. B=9, H=16,
+    N=139,264, D=128: 5.1 GB per bf16 tensor, ~11 GB of estimate scratch, under ~55 GB in all.
+    """
+    B, H, N, D, block = 9, 16, 139264, 128, 128
+    if torch.cuda.get_device_properties(0).total_memory < 70 * 2**30:
+        pytest.skip("needs a GPU of 80 GB")
+    assert (B - 1) * H * N * D >= 2**31  # the last sample's first element
+    g = torch.Generator(device="cuda").manual_seed(9)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g, dtype=torch.bfloat16)
+               for _ in range(3))  # fmt: skip
+    nan_head, nan_block = 3, 5
+    q[-1, nan_head, nan_block * block + 17, 5] = float("nan")
+    kv_len = torch.full((B,), N, device="cuda")
+    kv_len[-1] = N - 200  # the last sample's key block 1086 holds kv_len, 1087 is padding
+    nb = math.ceil(N / block)
+    kw = dict(stride=8, block_size=block, ratio=0.1, dense_from=N - 300, return_mask=True)
+    rows = [0, nb // 2, nb - 1]  # nb - 1: a dense text row
+
+    def check_nan_block(out):
+        bad = torch.zeros(H, N, dtype=torch.bool, device="cuda")
+        bad[nan_head, nan_block * block : (nan_block + 1) * block] = True
+        assert out[-1][bad].isnan().all()
+        assert out[-1][~bad].isfinite().all()
+
+    def check_alone(out, mask, **extra):
+        out1, mask1 = xv.xattention(q[-1:], k[-1:], v[-1:], kv_len=kv_len[-1:], **kw, **extra)
+        assert torch.equal(mask[-1:], mask1)
+        torch.testing.assert_close(out[-1:], out1, rtol=0, atol=0, equal_nan=True)
+
+    out, mask = xv.xattention(q, k, v, kv_len=kv_len, **kw)
+    check_alone(out, mask)
+    check_nan_block(out)
+    last = (q[-1:], k[-1:], v[-1:], mask[-1:], block, kv_len[-1:])
+    _sampled_reference_check(*last, out[-1:], rows)
+    del out
+    counts, idx = mask_to_indices(mask)
+    out = block_sparse_attention_fwd(
+        q, k, v, counts, idx, block_size=block, kv_len=kv_len, kernel="portable", use_tma=False
+    )  # the pointer kernel
+    _sampled_reference_check(*last, out[-1:], rows)
+    del out, counts, idx, mask
+    if torch.cuda.get_device_capability()[0] >= 9:  # fp8: both quantizers, the fp8 estimate
+        out, mask = xv.xattention(q, k, v, kv_len=kv_len, precision="fp8", **kw)
+        check_alone(out, mask, precision="fp8")
+        check_nan_block(out)

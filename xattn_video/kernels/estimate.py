@@ -129,9 +129,11 @@ if HAS_TRITON:
         n_kg = tl.cdiv(kvl, S)  # key groups that hold at least one valid key
         n_kb = tl.cdiv(kvl, S * G)  # key blocks that hold at least one valid key
 
-        q_base = Q + b * stride_qb + h * stride_qh
-        k_base = K + b * stride_kb + h * stride_kh
-        l_base = LSE_BUF + pid_bh * stride_lbh
+        # int64 per-(b, h) bases: b * stride_qb and the scratch pass 2**31 for large B*H*N
+        b64 = b.to(tl.int64)
+        q_base = Q + b64 * stride_qb + h * stride_qh
+        k_base = K + b64 * stride_kb + h * stride_kh
+        l_base = LSE_BUF + pid_bh.to(tl.int64) * stride_lbh
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # query groups
         offs_d = tl.arange(0, D)
@@ -198,7 +200,7 @@ if HAS_TRITON:
         # Pass 2: normalise the stored block sums and add up the query groups of each q-block.
         QB_PER_TILE: tl.constexpr = BLOCK_M // G
         offs_qb = pid_m * QB_PER_TILE + tl.arange(0, QB_PER_TILE)
-        o_base = OUT + b * stride_ob + h * stride_oh
+        o_base = OUT + b64 * stride_ob + h * stride_oh
         for kb0 in range(0, n_kb, KB_TILE):
             offs_kb = kb0 + tl.arange(0, KB_TILE)
             blse = tl.load(

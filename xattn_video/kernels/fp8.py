@@ -211,29 +211,30 @@ if HAS_TRITON:
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
+        b64 = b.to(tl.int64)  # b * sqb passes 2**31 for large B*H*N
         if HAS_Q:
             if blk < NBQ:
-                x_base = Q + b * sqb + h * sqh
+                x_base = Q + b64 * sqb + h * sqh
                 amax, _ = _block_amax(x_base, sqn, blk, NQ, Q_BAD + bh * NQ, FLAGS, NQ,
                                       BLOCK, D, CHUNK)  # fmt: skip
                 scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
-                _block_store(x_base, sqn, Q8 + b * syqb + h * syqh, syqn, blk, NQ, NQ, scale,
+                _block_store(x_base, sqn, Q8 + b64 * syqb + h * syqh, syqn, blk, NQ, NQ, scale,
                              BLOCK, D, CHUNK)  # fmt: skip
                 tl.store(Q_SCALE + bh * NBQ + blk, scale)
         kv_bad = 0
         if blk < NBK:
             kvl = tl.minimum(tl.load(KV_LEN + b), NK)
             if HAS_K:
-                x_base = K + b * skb + h * skh
+                x_base = K + b64 * skb + h * skh
                 amax, k_bad = _block_amax(x_base, skn, blk, kvl, Q_BAD, False, 0, BLOCK, D,
                                           CHUNK)  # fmt: skip
                 scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
-                _block_store(x_base, skn, K8 + b * sykb + h * sykh, sykn, blk, kvl, NK, scale,
+                _block_store(x_base, skn, K8 + b64 * sykb + h * sykh, sykn, blk, kvl, NK, scale,
                              BLOCK, D, CHUNK)  # fmt: skip
                 tl.store(K_SCALE + bh * NBK + blk, scale)
                 kv_bad = tl.maximum(kv_bad, k_bad)
             if HAS_V:
-                amax, v_bad = _block_amax(V + b * svb + h * svh, svn, blk, kvl, Q_BAD, False, 0,
+                amax, v_bad = _block_amax(V + b64 * svb + h * svh, svn, blk, kvl, Q_BAD, False, 0,
                                           BLOCK, D, CHUNK)  # fmt: skip
                 tl.store(V_AMAX + bh * NBK + blk, amax)
                 kv_bad = tl.maximum(kv_bad, v_bad)
@@ -250,10 +251,11 @@ if HAS_TRITON:
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
+        b64 = b.to(tl.int64)  # b * sxb passes 2**31 for large B*H*N
         offs_n = blk * BLOCK + tl.arange(0, BLOCK)
         offs_d = tl.arange(0, D)
         ok = offs_n[:, None] < tl.minimum(tl.load(KV_LEN + b), N)  # padded keys: 0
-        x = tl.load(X + b * sxb + h * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=ok,
+        x = tl.load(X + b64 * sxb + h * sxh + offs_n[:, None] * sxn + offs_d[None, :], mask=ok,
                     other=0.0).to(tl.float32)  # fmt: skip
         yt = tl.trans(tl.math.div_rn(x, tl.load(SCALE + bh)).to(Y.dtype.element_ty))
         if WGMMA_ORDER:  # key 32i+16h+8c+2q+e to column 32i+16h+4q+2c+e; zero keys up to N_OUT
@@ -262,7 +264,7 @@ if HAS_TRITON:
             out_ok = offs_n[None, :] < N_OUT
         else:
             out_ok = offs_n[None, :] < N
-        tl.store(Y + b * syb + h * syh + offs_d[:, None] * syd + offs_n[None, :], yt,
+        tl.store(Y + b64 * syb + h * syh + offs_d[:, None] * syd + offs_n[None, :], yt,
                  mask=out_ok)  # fmt: skip
 
 

@@ -147,7 +147,7 @@ if HAS_GLUON:
         kvl = tl.minimum(tl.load(LENS + b), N)
         rows = (kvl // BN) * BN + tl.arange(0, BN)
         d = tl.arange(0, D)
-        x = tl.load(V + b * svb + h * svh + rows[:, None] * svn + d[None, :],
+        x = tl.load(V + b.to(tl.int64) * svb + h * svh + rows[:, None] * svn + d[None, :],
                     mask=(rows < kvl)[:, None], other=0.0)  # fmt: skip
         tl.store(T + b * stb + h * sth + tl.arange(0, BN)[:, None] * stn + d[None, :], x)
 

@@ -75,11 +75,12 @@ if HAS_TRITON:
         b = bh // H
         h = bh % H
         rows = c * ROWS + tl.arange(0, ROWS)
-        qb = _row_bad(Q + b * sqb + h * sqh, rows, NQ, sqn, sqd, D)
+        b64 = b.to(tl.int64)  # b * sqb passes 2**31 for large B*H*N
+        qb = _row_bad(Q + b64 * sqb + h * sqh, rows, NQ, sqn, sqd, D)
         tl.store(QBAD + bh * NQ + rows, qb, mask=rows < NQ)
         kvl = tl.minimum(tl.load(KV_LEN + b), NK)
-        kb = _row_bad(K + b * skb + h * skh, rows, kvl, skn, skd, D)
-        vb = _row_bad(V + b * svb + h * svh, rows, kvl, svn, svd, D)
+        kb = _row_bad(K + b64 * skb + h * skh, rows, kvl, skn, skd, D)
+        vb = _row_bad(V + b64 * svb + h * svh, rows, kvl, svn, svd, D)
         tl.store(KVBAD + bh * NCHUNK + c, tl.max(kb | vb, axis=0))
 
     @triton.jit
@@ -102,7 +103,7 @@ if HAS_TRITON:
         bad = ((qb | kv_bad) != 0) & (rows < NQ)
         d = tl.arange(0, D)
         nan = tl.full([ROWS, D], float("nan"), dtype=tl.float32)
-        o_ptr = OUT + b * sob + h * soh + rows[:, None] * son + d[None, :] * sod
+        o_ptr = OUT + b.to(tl.int64) * sob + h * soh + rows[:, None] * son + d[None, :] * sod
         tl.store(o_ptr, nan.to(OUT.dtype.element_ty), mask=bad[:, None])
         if HAS_LSE:
             nan_row = tl.full([ROWS], float("nan"), dtype=tl.float32)

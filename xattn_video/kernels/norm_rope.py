@@ -110,7 +110,7 @@ if HAS_TRITON:
         offs_n = (tl.program_id(0) * BN + tl.arange(0, BN))[:, None, None]
         offs_h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]
         offs_d = tl.arange(0, D)[None, None, :]
-        b = tl.program_id(2)
+        b = tl.program_id(2).to(tl.int64)  # b * sxb passes 2**31 for large B*N*H*D
         partner = offs_d ^ 1  # the other element of each rotated pair
         ok = (offs_n < N) & (offs_h < H)
         xb = X + b * sxb + offs_n * sxn + offs_h * sxh
@@ -140,7 +140,7 @@ if HAS_TRITON:
         offs_n = (tl.program_id(0) * BN + tl.arange(0, BN))[:, None, None]
         offs_hb = tl.arange(0, BH)[None, :, None]
         offs_d = tl.arange(0, D)[None, None, :]
-        b = tl.program_id(1)
+        b = tl.program_id(1).to(tl.int64)  # b * sxb passes 2**31 for large B*N*H*D
         partner = offs_d ^ 1
         in_n = offs_n < N
         xb = X + b * sxb + offs_n * sxn

@@ -119,7 +119,9 @@ if HAS_TRITON:
         in_row = j < NBK
         valid = in_row & (j * BLOCK < kvl)
         s = tl.load(
-            SCORES + b * stride_sb + h * stride_sh + i * stride_sq + j, mask=valid, other=0.0
+            SCORES + b.to(tl.int64) * stride_sb + h * stride_sh + i * stride_sq + j,
+            mask=valid,
+            other=0.0,
         )
         # NaN (from non-finite input: its mask is unspecified) or negative -> 0: every block's
         # bit pattern is then >= 0 and orders as its score does; -1 marks lanes past the row
@@ -152,7 +154,7 @@ if HAS_TRITON:
             row_end = tl.minimum((i + 1).to(tl.int64) * BLOCK, N_Q)
             col_end = tl.minimum((j + 1).to(tl.int64) * BLOCK, N_K)
             forced = ((row_end > df) | (col_end > df)) & valid
-        row = bh * NBQ + i
+        row = (bh * NBQ + i).to(tl.int64)  # row * NBK passes 2**31 for large B*H*N at block 64
         if BUDGET:
             share = tl.where(total > 0, val / total, 0.0)
             prio = tl.where(keep & valid, share, -1.0)
@@ -171,15 +173,16 @@ if HAS_TRITON:
         t = tl.program_id(0)
         b = tl.program_id(1)
         kvl = tl.load(KV_LEN + b)
+        base = b.to(tl.int64) * L  # passes 2**31 for large B*H*N at block 64
         n_valid = tl.minimum((kvl + BLOCK - 1) // BLOCK, NBK).to(tl.float64)
         md = md_bits.to(tl.int64).to(tl.float64, bitcast=True)
         budget = tl.floor(n_valid * H * NBQ * md + 1e-9).to(tl.int64)
         r = t * TILE + tl.arange(0, TILE)
         inside = r < L
-        ranked = tl.load(RANKED + b * L + r, mask=inside, other=-1.0)
-        where = tl.load(ORDER + b * L + r, mask=inside, other=0)
+        ranked = tl.load(RANKED + base + r, mask=inside, other=-1.0)
+        where = tl.load(ORDER + base + r, mask=inside, other=0)
         keep = ((r.to(tl.int64) < budget) & (ranked >= 0.0)) | (ranked >= 2.0)
-        tl.store(MASK + b * L + where, keep.to(tl.int8), mask=inside)
+        tl.store(MASK + base + where, keep.to(tl.int8), mask=inside)
 
     @triton.jit
     def _csr_kernel(
@@ -194,7 +197,7 @@ if HAS_TRITON:
         kvl = tl.load(KV_LEN + b)
         j = tl.arange(0, NP)
         m = tl.load(
-            MASK + b * stride_mb + h * stride_mh + i * stride_mq + j * stride_mk,
+            MASK + b.to(tl.int64) * stride_mb + h * stride_mh + i * stride_mq + j * stride_mk,
             mask=j < NBK,
             other=0,
         )
@@ -204,7 +207,7 @@ if HAS_TRITON:
         before = tl.cumsum(sel.to(tl.int32), 0)  # selected lanes up to and including j
         count = tl.sum(sel.to(tl.int32), 0)
         slot = tl.where(sel, before - 1, count + j - before)
-        row = bh * NBQ + i
+        row = (bh * NBQ + i).to(tl.int64)
         tl.store(INDICES + row * NBK + slot, tl.where(sel, j, NBK), mask=j < NBK)
         tl.store(COUNTS + row, count)
 

@@ -137,19 +137,21 @@ if HAS_TRITON:
         qblock = pid_m // M_PER_BLOCK
         kvl = tl.load(KV_LEN + b)
         cnt = tl.load(COUNTS + pid_bh * stride_cbh + qblock)
-        idx_base = INDICES + pid_bh * stride_ibh + qblock * stride_im
+        # int64 per-(b, h) bases: b * stride_qb and the index lists pass 2**31 for large B*H*N
+        idx_base = INDICES + pid_bh.to(tl.int64) * stride_ibh + qblock * stride_im
+        b64 = b.to(tl.int64)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, D)
         offs_bn = tl.arange(0, BLOCK_N)
         q = tl.load(
-            Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
+            Q + b64 * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn
             + offs_d[None, :] * stride_qd,
             mask=offs_m[:, None] < N_Q,
             other=0.0,
         )  # fmt: skip
-        k_base = K + b * stride_kb + h * stride_kh
-        v_base = V + b * stride_vb + h * stride_vh
+        k_base = K + b64 * stride_kb + h * stride_kh
+        v_base = V + b64 * stride_vb + h * stride_vh
 
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -175,7 +177,7 @@ if HAS_TRITON:
         empty = l_i == 0.0
         out = acc / tl.where(empty, 1.0, l_i)[:, None]
         tl.store(
-            OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
+            OUT + b64 * stride_ob + h * stride_oh + offs_m[:, None] * stride_on
             + offs_d[None, :] * stride_od,
             out.to(OUT.dtype.element_ty),
             mask=offs_m[:, None] < N_Q,
@@ -223,7 +225,7 @@ if HAS_TRITON:
         qblock = pid_m // M_PER_BLOCK
         kvl = tl.load(KV_LEN + b)
         cnt = tl.load(COUNTS + pid_bh * stride_cbh + qblock)
-        idx_base = INDICES + pid_bh * stride_ibh + qblock * stride_im
+        idx_base = INDICES + pid_bh.to(tl.int64) * stride_ibh + qblock * stride_im
         offs_bn = tl.arange(0, BLOCK_N)
         q = desc_q.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, D)
 

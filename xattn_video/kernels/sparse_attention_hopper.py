@@ -123,7 +123,8 @@ if HAS_TRITON:
         qblock = pid_m // M_PER_BLOCK
         kvl = tl.load(KV_LEN + b)
         cnt = tl.load(COUNTS + pid_bh * stride_cbh + qblock)
-        idx_base = INDICES + pid_bh * stride_ibh + qblock * stride_im
+        # int64: the index lists pass 2**31 elements for large B*H*N at block 64
+        idx_base = INDICES + pid_bh.to(tl.int64) * stride_ibh + qblock * stride_im
         offs_bn = tl.arange(0, BLOCK_N)
         q = desc_q.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, D)
         if FP8:
