@@ -10,7 +10,8 @@ What it does (every rank builds the same RANDOM-weight model from one seed):
    129 frames = 118,800 video + 256 text tokens) dense (diffusers default processor) and with
    XAttention (``selection="ratio"``, ratio 0.3, no warm-up, ``auto_dense`` off), each after a
    warm-up forward; on P GPUs dense runs inside the XAttention processors (see ``dense_layout``:
-   diffusers' processor is inexact there with text padding);
+   diffusers' processor is inexact there with text padding) with their torch q / k norm and
+   RoPE, diffusers' computation, not the fused kernel (which would speed up one side only);
 2. all ranks: ``xattn_video.parallel.enable_context_parallel(model, P)`` (our plan), then the
    same two forwards on P GPUs (XAttention applied *after* enabling parallelism);
 3. speed-ups (1-GPU time / P-GPU time) for dense and XAttention, and the XAttention-vs-dense
@@ -45,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, print_table, save_json  # noqa: E402
+from _common import environment, print_table, qk_prep_fused, save_json  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
 from xattn_video import parallel  # noqa: E402
@@ -144,8 +145,10 @@ def run_pair(model, inputs, args, device, one_gpu: bool) -> dict:
     if one_gpu and dist.get_rank() != 0:
         return res
     handle = dense_layout(model)
-    try:
-        res["dense_s"], res["dense_out"] = forward(model, inputs, device, args.repeats)
+    try:  # P GPUs: the processors' torch q / k preparation, as diffusers' on one GPU (the
+        # fused one would make the dense speed-up part kernel, not parallelism)
+        with qk_prep_fused(handle is None):
+            res["dense_s"], res["dense_out"] = forward(model, inputs, device, args.repeats)
     finally:
         if handle is not None:
             handle.remove()

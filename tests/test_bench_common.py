@@ -57,3 +57,48 @@ def test_git_sha_ignores_a_checkout_that_does_not_track_the_folder(tmp_path):
 def test_environment_records_this_checkout():
     env = common.environment()
     assert env["git_sha"] == (os.environ.get("XATTN_VIDEO_GIT_SHA") or git_sha())
+
+
+@pytest.mark.parametrize("call_ms, runs", [(0.5, 1), (300.0, 2)])
+def test_bench_ms_takes_the_median_of_at_least_five_calls(monkeypatch, call_ms, runs):
+    """do_bench times ~rep / (one call) calls: a 300 ms call (119k-token cuDNN dense) got one
+    timed call behind its "median". Fake do_bench: that many calls of call_ms, rising by 1%."""
+    import triton.testing
+
+    reps = []
+
+    def do_bench(fn, warmup, rep, return_mode):
+        assert return_mode == "all"
+        reps.append(rep)
+        return [call_ms * (1 + 0.01 * i) for i in range(max(1, int(rep / call_ms)))]
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    got = common.bench_ms(lambda: None)
+    assert len(reps) == runs and reps[0] == 500
+    n = max(1, int(reps[-1] / call_ms))
+    assert n >= 5
+    assert got == pytest.approx(call_ms * (1 + 0.01 * (n - 1) / 2))
+
+
+def test_bench_ulysses_times_dense_on_p_gpus_with_the_torch_qk_preparation(monkeypatch):
+    """On one GPU dense is diffusers' processor (torch q / k norm + RoPE); on P GPUs it ran in
+    the XAttention processors with the fused kernel, so the dense speed-up was part kernel."""
+    from types import SimpleNamespace
+
+    from xattn_video import qk_prep
+
+    ulysses = load_benchmark("bench_ulysses")
+    real = qk_prep.fused_available
+    fused_seen = []
+
+    def forward(model, inputs, device, repeats):
+        fused_seen.append(qk_prep.fused_available is real)
+        raise RuntimeError("stop after the dense forward")
+
+    monkeypatch.setattr(ulysses, "forward", forward)
+    for handle, fused in ((SimpleNamespace(remove=lambda: None), False), (None, True)):
+        monkeypatch.setattr(ulysses, "dense_layout", lambda model, h=handle: h)
+        with pytest.raises(RuntimeError, match="stop"):
+            ulysses.run_pair(None, None, SimpleNamespace(repeats=1), None, one_gpu=False)
+        assert fused_seen.pop() is fused
+    assert qk_prep.fused_available is real
