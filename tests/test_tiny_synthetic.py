@@ -87,3 +87,20 @@ def test_condition_from_prompt():
         assert c == f(text)
         assert c.tokens() == c.canonical().tokens()
     assert len({f(f"prompt number {i}") for i in range(40)}) > 10
+
+
+def test_condition_from_prompt_round_trips_describe():
+    # describe() writes "counter-clockwise"; the hyphen must not read as "clockwise"
+    conds = {
+        syn.Condition(m, i, d).canonical()
+        for m in range(len(syn.MOTIONS))
+        for i in range(len(syn.IMAGES))
+        for d in range(syn.NUM_DIRECTIONS)
+    }
+    assert len(conds) == 160
+    for c in sorted(conds, key=lambda c: c.tokens()):
+        assert syn.condition_from_prompt(c.describe()) == c, c.describe()
+    f = syn.condition_from_prompt
+    for text in ("spins anti-clockwise", "spins counter clockwise", "spins counterclockwise"):
+        assert f(f"the cat {text}").direction == 0, text
+    assert f("the cat spins clockwise").direction == 1

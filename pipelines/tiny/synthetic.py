@@ -195,8 +195,9 @@ def condition_from_prompt(text: str) -> Condition:
     Motion: the first of zoom / rotate / pan / sprite whose keywords occur (in that order).
     Image: the first entry of ``IMAGES`` whose subject words occur. Direction: heading words
     for pan / sprite ("left", "up", "up ... left" -> up-left), "out" / "away" for zoom out,
-    "clockwise" for a clockwise screen rotation. Anything undecided comes from SHA-256 of the
-    stripped, lower-cased text. Only these tokens reach the model.
+    "clockwise" / "counter-clockwise" ("counterclockwise", "anti-clockwise" too) for the screen
+    rotation (so ``condition_from_prompt(c.describe()) == c.canonical()``). Anything undecided
+    comes from SHA-256 of the stripped, lower-cased text. Only these tokens reach the model.
     """
     norm = " ".join(str(text).lower().split())
     words = re.findall(r"[a-z]+", norm)
@@ -220,8 +221,8 @@ def condition_from_prompt(text: str) -> Condition:
         )
         n_dir = 2
     elif name == "rotate":
-        cw = wordset & {"clockwise"} and not wordset & {"counterclockwise", "anticlockwise"}
-        ccw = wordset & {"counterclockwise", "anticlockwise"} or "counter clockwise" in norm
+        ccw = re.search(r"\b(?:counter|anti)[\s-]?clockwise\b", norm) is not None
+        cw = "clockwise" in wordset
         # the clip's direction 1 turns the content clockwise on screen
         direction = 0 if ccw else (1 if cw else None)
         n_dir = 2
