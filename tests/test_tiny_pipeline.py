@@ -69,6 +69,39 @@ def test_save_load_round_trip(tmp_path):
     assert np.abs(out16 - ref).max() < 0.05
 
 
+def test_save_pretrained_leaves_live_weights_bit_identical(tmp_path):
+    pipe = random_tiny_pipeline(1, **SMALL)
+    mods = (pipe.transformer, pipe.condition_embedder)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in mods]
+    params = [p for m in mods for p in m.parameters()]
+    pipe.save_pretrained(tmp_path / "fp16")  # default: fp16 files
+    pipe.save_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    for m, ref in zip(mods, before, strict=True):
+        assert m.dtype == torch.float32
+        after = m.state_dict()
+        assert after.keys() == ref.keys()
+        assert all(torch.equal(after[k], ref[k]) for k in ref)
+    after = [p for m in mods for p in m.parameters()]
+    assert all(a is b for a, b in zip(params, after, strict=True))  # the same Parameters
+    half = load_tiny_pipeline(tmp_path / "fp16", dtype=torch.float16)  # the files are fp16
+    assert torch.equal(
+        half.transformer.state_dict()["x_embedder.proj.weight"],
+        before[0]["x_embedder.proj.weight"].half(),
+    )
+
+
+def test_generator_list_length_must_match_the_videos():
+    pipe = random_tiny_pipeline(0, **SMALL)
+    kw = dict(height=8, width=8, num_frames=2, num_inference_steps=1)
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    with pytest.raises(ValueError, match="length 2 for 4 videos"):  # 2 prompts x 2 videos
+        pipe(["a cat", "a rocket"], num_videos_per_prompt=2, generator=gens[:2], **kw)
+    with pytest.raises(ValueError, match="length 3 for 1 videos"):  # extras are not ignored
+        pipe("a cat", generator=gens, **kw)
+    out = pipe("a cat", num_videos_per_prompt=3, generator=gens, **kw).frames
+    assert out.shape[0] == 3
+
+
 def test_missing_weights_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="tiny.train"):
         load_tiny_pipeline(tmp_path / "nothing")

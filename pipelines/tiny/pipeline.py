@@ -20,6 +20,7 @@ than the model saw in training with any quality guarantee.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,11 @@ class TinyVideoPipeline(DiffusionPipeline):
         self._check_size(height, width, num_frames)
         conds = self._conditions(prompt, condition, num_videos_per_prompt)
         batch = len(conds)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(
+                f"generator list of length {len(generator)} for {batch} videos "
+                "(one generator per video, or a single generator)"
+            )
         device = self._execution_device
         dtype = self.transformer.dtype
 
@@ -252,14 +258,11 @@ class TinyVideoPipeline(DiffusionPipeline):
         out.mkdir(parents=True, exist_ok=True)
         for name in ("transformer", "condition_embedder"):
             module = getattr(self, name)
-            orig = module.dtype
-            # nn.Module.to: ModelMixin.to warns on every dtype cast in diffusers 0.42
-            if dtype is not None:
-                nn.Module.to(module, dtype)
-            try:
-                module.save_pretrained(out / name, safe_serialization=True)
-            finally:
-                nn.Module.to(module, orig)
+            if dtype is not None and dtype != module.dtype:
+                # cast a copy: casting the live module and back would round its weights.
+                # nn.Module.to: ModelMixin.to warns on every dtype cast in diffusers 0.42
+                module = nn.Module.to(copy.deepcopy(module), dtype)
+            module.save_pretrained(out / name, safe_serialization=True)
         self.scheduler.save_pretrained(out / "scheduler")
         meta = {
             "format": "xattn-video tiny_dit v1",
