@@ -82,9 +82,10 @@ def test_tiny_builder_is_seeded_and_leaves_global_rng_alone(name):
 def test_tiny_tokenizers_accept_any_text():
     pipe = build_tiny_hunyuan_pipeline()
     ids = pipe.tokenizer(PROMPT).input_ids
-    assert len(ids) == len(PROMPT)  # one token per character
+    assert ids[0] == pipe.tokenizer.bos_token_id  # <s> first, as Llama's tokenizer
+    assert len(ids) == 1 + len(PROMPT)  # then one token per character
     unk = pipe.tokenizer.unk_token_id
-    assert ids[0] != unk and ids.count(unk) == 7  # the 7 non-ASCII characters are <unk>
+    assert ids[1] != unk and ids.count(unk) == 7  # the 7 non-ASCII characters are <unk>
     assert max(ids) < pipe.text_encoder.config.vocab_size
     clip_ids = pipe.tokenizer_2(PROMPT, truncation=True, max_length=77).input_ids
     assert max(clip_ids) < pipe.text_encoder_2.config.vocab_size

@@ -3,10 +3,11 @@ the caller's RNG is untouched, the CLI pipelines and the tests build the same ar
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from xattn_video.pipelines.models import load_pipeline
+from xattn_video.pipelines.models import MODELS, load_pipeline
 from xattn_video.pipelines.tiny import factory
 
 from ._tiny_models import tiny_hv_transformer, tiny_wan_transformer
@@ -76,3 +77,33 @@ def test_bad_arguments_name_the_argument():
         factory.hunyuan_transformer(0, head_dim=32)
     with pytest.raises(ValueError, match="init"):
         factory.build_tiny_pipeline(0, init="xavier")
+
+
+def test_tiny_hunyuan_empty_prompt_has_a_valid_token_and_a_finite_video():
+    """The char-level Llama tokenizer starts every sequence with ``<s>`` like the real one: an
+    empty prompt (or ``negative_prompt=""``) keeps one valid text token, not an all-False mask
+    that HunyuanVideo's token refiner would average over (0 / 0 = NaN video)."""
+    pipe = factory.build_tiny_hunyuan_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    spec = MODELS["tiny-hunyuan"]
+    mask = pipe.encode_prompt(
+        "", prompt_template=spec.call_kwargs["prompt_template"], max_sequence_length=32
+    )[2]
+    assert tuple(mask.shape) == (1, 32)
+    assert int(mask.sum()) == 1  # <s>
+    kw = dict(
+        height=spec.height,
+        width=spec.width,
+        num_frames=spec.frames,
+        num_inference_steps=2,
+        output_type="np",
+        **spec.call_kwargs,
+    )
+    gen = torch.Generator().manual_seed(0)
+    assert np.isfinite(pipe("", generator=gen, **kw).frames).all()
+    gen = torch.Generator().manual_seed(0)
+    out = pipe("a cat", negative_prompt="", true_cfg_scale=2.0, generator=gen, **kw).frames
+    assert np.isfinite(out).all()
+    tok = pipe.tokenizer
+    assert tok("").input_ids == [tok.bos_token_id]
+    assert tok("ab").input_ids == [tok.bos_token_id, *tok("ab", add_special_tokens=False).input_ids]
