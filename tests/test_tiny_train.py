@@ -3,11 +3,17 @@ convention against the scheduler, and the training command end to end on CPU."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from xattn_video.pipelines.tiny import synthetic as syn
+from xattn_video.pipelines.tiny import train as train_mod
 from xattn_video.pipelines.tiny.factory import build_tiny_pipeline
 from xattn_video.pipelines.tiny.pipeline import TinyVideoPipeline, load_tiny_pipeline
 from xattn_video.pipelines.tiny.train import flow_matching_loss, main, sample_sigmas
@@ -63,3 +69,33 @@ def test_train_cli_smoke(tmp_path):
     pipe = load_tiny_pipeline(out)
     assert isinstance(pipe, TinyVideoPipeline)
     assert pipe.transformer.dtype == torch.float32
+
+
+def test_planned_run_repeats_bitwise_with_max_steps_and_counts_clips(tmp_path, monkeypatch):
+    """Without --max-steps the run plans its step count after timing a few full-length steps;
+    passing that ``planned_steps`` as --max-steps must retrace the same learning rates and give
+    the same weights bit for bit on the CPU. ``clips_seen`` counts the short phase's windows."""
+    monkeypatch.setattr(train_mod, "CALIBRATION_STEPS", (1, 3))  # plan after 3 full steps
+    common = (
+        "--device cpu --frames 2 --height 8 --width 8 --batch-size 1 --short-frames 1 "
+        "--short-batch-size 3 --warmup-steps 1 --log-every 1 --sample-steps 1"
+    ).split()
+
+    def run(name: str, *argv: str) -> tuple[dict, dict]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["--out", str(tmp_path / name), *common, *argv]) == 0
+        info = json.loads((tmp_path / name / "train_info.json").read_text())
+        curve = json.loads((tmp_path / name / "loss_curve.json").read_text())
+        weights = load_file(tmp_path / name / "transformer/diffusion_pytorch_model.safetensors")
+        return info, {"lr": curve["lr"], "weights": weights}
+
+    a, ra = run("planned", "--minutes", "0.04", "--short-steps", "2")
+    short, n = a["config"]["short_steps"], a["planned_steps"]
+    assert n is not None and a["steps"] == n and a["stop_reason"] == "max_steps"
+    assert n > short + 3  # the cosine part after the plan is exercised
+    b, rb = run("repeat", "--minutes", "10", "--max-steps", str(n), "--short-steps", str(short))
+    assert b["steps"] == n and b["planned_steps"] == n
+    assert ra["weights"].keys() == rb["weights"].keys()
+    assert all(torch.equal(ra["weights"][k], rb["weights"][k]) for k in ra["weights"])
+    assert ra["lr"] == rb["lr"]  # the logged learning rate of every step
+    assert a["clips_seen"] == b["clips_seen"] == short * 3 + (n - short) * 1

@@ -20,13 +20,18 @@ Curriculum: attention over 17,408 tokens dominates the cost, so the first ``--sh
 steps train on random windows of ``--short-frames`` (5) consecutive frames of the 17-frame
 clips (same per-frame motion; ~5x more clips per second on an H100): the photos and motion are
 learned there, at a constant learning rate; the rest of the run uses full 17-frame clips and
-carries the cosine decay. RoPE makes the model the same at both lengths.
+carries the cosine decay, which starts once the step budget is known (``CALIBRATION_STEPS[1]``
+= 30 steps into the full-length phase, or at the end of the warm-up if that is later).
+RoPE makes the model the same at both lengths.
 
 Step budget: with ``--max-steps N`` the cosine ends at step N; otherwise the run times 20 steps
 of the full-length phase and plans the rest of the budget at that speed (printed as
-``planned_steps``; pass it as ``--max-steps`` to repeat the run exactly). Training stops at the
-planned step count or when ``--minutes`` of training have passed, whichever is first; Ctrl-C
-also stops and saves.
+``planned_steps``). Until then the learning rate does not depend on the step count, in both
+modes, so passing ``planned_steps`` as ``--max-steps`` (with the ``short_steps`` that
+``train_info.json`` records, should the time guard below have ended the short phase early, and
+a ``--minutes`` budget that does not run out first) repeats the run exactly. Training stops at
+the planned step count or when ``--minutes`` of training have passed, whichever is first;
+Ctrl-C also stops and saves.
 
 Written to ``--out``: the weights in the layout ``load_tiny_pipeline(out)`` reads (fp16
 safetensors + configs), ``train_info.json``, ``loss_curve.json`` (step, loss, lr, seconds,
@@ -156,10 +161,13 @@ def flow_matching_loss(
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, constant through the short-clip phase, then cosine to min_lr_ratio."""
+    """Linear warm-up, constant through the short-clip phase and the calibration steps after it,
+    then cosine to min_lr_ratio at step ``total``. Before the cosine starts the value does not
+    depend on ``total``: a planned run (``total`` unknown until the calibration ends) and its
+    ``--max-steps`` repeat follow the same schedule."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    start = max(cfg.warmup_steps, cfg.short_steps)
+    start = max(cfg.warmup_steps, cfg.short_steps + CALIBRATION_STEPS[1])
     if step < start:
         return cfg.lr
     frac = min(1.0, (step - start) / max(1, total - start))
@@ -233,6 +241,7 @@ def train(cfg: TrainConfig) -> dict:
     loss_acc = torch.zeros((), device=device)
     n_acc = 0
     step = 0
+    clips_seen = 0  # the short phase draws short_batch_size windows per step
     t_train = time.perf_counter()
     t_cal = None
     t_log, step_log = t_train, 0
@@ -244,7 +253,7 @@ def train(cfg: TrainConfig) -> dict:
             if time.perf_counter() - t_train >= budget_s:
                 stop_reason = "time budget"
                 break
-            lr = _lr_at(step, planned or 10**9, cfg)
+            lr = _lr_at(step, planned or 10**9, cfg)  # total unused until the plan exists
             for g in opt.param_groups:
                 g["lr"] = lr
             if (
@@ -277,6 +286,7 @@ def train(cfg: TrainConfig) -> dict:
             loss_acc += loss.detach()
             n_acc += 1
             step += 1
+            clips_seen += bs
 
             if cfg.max_steps is None and planned is None:
                 if step == cal[0]:
@@ -290,7 +300,8 @@ def train(cfg: TrainConfig) -> dict:
                     left = budget_s - (time.perf_counter() - t_train)
                     planned = step + max(1, int(left * rate * 0.97))
                     _log(f"[train] speed {rate:.2f} it/s -> planned_steps={planned} "
-                         f"(repeat exactly with --max-steps {planned})")  # fmt: skip
+                         f"(repeat exactly with --max-steps {planned} "
+                         f"--short-steps {cfg.short_steps})")  # fmt: skip
             if step % cfg.log_every == 0 or (planned is not None and step >= planned):
                 mean_loss = float(loss_acc) / max(1, n_acc)
                 now = time.perf_counter()
@@ -336,7 +347,7 @@ def train(cfg: TrainConfig) -> dict:
         "stop_reason": stop_reason,
         "train_seconds": round(train_s, 1),
         "steps_per_second": round(step / max(train_s, 1e-9), 3),
-        "clips_seen": step * cfg.batch_size,
+        "clips_seen": clips_seen,
         "final_loss": curve["loss"][-1] if curve["loss"] else None,
         "transformer_params": n_params,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
