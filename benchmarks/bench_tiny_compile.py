@@ -136,12 +136,15 @@ def run_variant(
     return row, latents
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--modes", nargs="+", default=["eager", "compiled"])
-    ap.add_argument("--sizes", nargs="+", default=["train", "demo"])
-    ap.add_argument("--compiled-sizes", nargs="+", default=["train"],
+    # choices: any other word would run eager but be recorded as compiled
+    ap.add_argument(
+        "--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"]
+    )
+    ap.add_argument("--sizes", nargs="+", default=["train", "demo"], choices=list(SIZES))
+    ap.add_argument("--compiled-sizes", nargs="+", default=["train"], choices=list(SIZES),
                     help="sizes that also run compiled (compilation costs ~1 min per variant)")  # fmt: skip
     ap.add_argument(
         "--compiled-variants",
@@ -156,7 +159,11 @@ def main() -> None:
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
     )
     ap.add_argument("--out", default="docs/results/bench_tiny_compile.json")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     rows: list[dict] = []
     for size in args.sizes:

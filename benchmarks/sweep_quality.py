@@ -20,9 +20,12 @@ the share of the true softmax mass inside the selected blocks, the same for the 
 mask with as many blocks per row ("oracle"), and the relative L2 error of the block-sparse
 output against dense attention.
 
-Preset and precision: ``--preset NAME`` sweeps only that preset's setting (e.g. ``tiny-dit``: tau
-0.97 under a 0.4 density budget, tile order), and ``--precision bf16,fp8`` runs every sparse
-setting once per attention precision (``XAttentionConfig.precision``), each with every
+Preset and precision: ``--preset NAME`` sweeps only that preset's setting from
+``xattn_video.config.PRESETS`` (e.g. ``tiny-dit``: tau 0.97 under a 0.357 density budget,
+stride 8, Hilbert order, 2 dense warm-up steps, the mask re-estimated every 3rd step; the block
+and tile size still come from ``--block-size`` / ``--tile``, and ``auto_dense`` is off as in
+the grid), and ``--precision bf16,fp8`` runs every sparse setting once per
+attention precision (``XAttentionConfig.precision``), each with every
 ``--estimate-precision`` (``estimate_precision``; "auto", the default, is the attention's).
 fp8 attention needs an sm90+ GPU, the fp8 estimate too on a GPU (the CPU emulates it): runs
 that cannot run here are skipped with a message. The JSON's ``vs_bf16`` gives, per setting and
