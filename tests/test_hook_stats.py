@@ -309,6 +309,17 @@ def test_hand_built_processors_record_only_registered_layers(model):
     assert got == [(s, i, s == 1) for s in (0, 1) for i in range(n)]
 
 
+def _stand_in_cost_model(monkeypatch, predict) -> None:
+    """The cost model applies (as Triton on CUDA; the real one is GPU-only) and decides with
+    ``predict`` (cost_model.predict's signature)."""
+    from xattn_video import cost_model
+
+    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
+    monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
+    monkeypatch.setattr(cost_model, "lookup", lambda key: "cal")
+    monkeypatch.setattr(cost_model, "predict", predict)
+
+
 def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     """A layer sent dense for cost at a small size used to stay dense in every later call,
     whatever its size (``is_sparse`` read the stored decision, so the cost model was never asked
@@ -320,12 +331,8 @@ def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     from ._tiny_models import hv_transformer_inputs
 
     sizes = []
-    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
-    monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
-    monkeypatch.setattr(cost_model, "lookup", lambda key: "cal")
-    monkeypatch.setattr(
-        cost_model,
-        "predict",
+    _stand_in_cost_model(
+        monkeypatch,
         lambda cal, n, density, **k: sizes.append(n) or cost_model.Prediction(1.0, 1.0, n >= 100),
     )
     tr = tiny_hv_transformer()
@@ -353,12 +360,8 @@ def test_auto_dense_predicts_padded_calls_against_masked_sdpa(family, monkeypatc
     from ._tiny_models import hv_transformer_inputs, tiny_wan_transformer, wan_transformer_inputs
 
     padded = []
-    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
-    monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
-    monkeypatch.setattr(cost_model, "lookup", lambda key: "cal")
-    monkeypatch.setattr(
-        cost_model,
-        "predict",
+    _stand_in_cost_model(
+        monkeypatch,
         lambda cal, n, density, **k: (
             padded.append(k["padded"]) or cost_model.Prediction(1.0, 2.0, False)
         ),
