@@ -380,6 +380,33 @@ def test_auto_dense_predicts_padded_calls_against_masked_sdpa(family, monkeypatc
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_transformer_run_by_another_pipeline_counts_its_steps():
+    """Applied through pipe_a, run through pipe_b (pipe_a's components, its own scheduler):
+    the hook read pipe_a's finished scheduler, so every forward was step 5 -- no warm-up, no
+    mask reuse. Now pipe_b's steps count as if XAttention had been applied to pipe_b."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    from ._tiny_models import hv_inputs, tiny_cfg, tiny_hv_pipeline
+
+    cfg = tiny_cfg(threshold=0.5, warmup_steps=1, mask_refresh=2)
+    pipe_a = tiny_hv_pipeline()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    pipe_b = HunyuanVideoPipeline(**{**pipe_a.components, "scheduler": scheduler})
+    pipe_b.set_progress_bar_config(disable=True)
+    steps = lambda h: sorted({(r.step, r.sparse, r.reused) for r in h.stats.records})  # noqa: E731
+    with xv.apply_xattention(pipe_a, cfg) as handle, torch.no_grad():
+        pipe_a(**hv_inputs(steps=5))
+        handle.stats.reset()
+        got = pipe_b(**hv_inputs(steps=5)).frames
+        got_steps = steps(handle)
+    with xv.apply_xattention(pipe_b, cfg) as handle, torch.no_grad():
+        want = pipe_b(**hv_inputs(steps=5)).frames
+        assert got_steps == steps(handle) == [
+            (0, False, False), (1, True, False), (2, True, True), (3, True, False), (4, True, True)
+        ]  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 class _Scheduler:
     """A scheduler stand-in that can be weakly referenced (SimpleNamespace cannot)."""
 

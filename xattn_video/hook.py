@@ -11,7 +11,8 @@ before every transformer forward:
   ``scheduler.step`` the position is its ``begin_index``, else where the forward's timestep
   sits in ``timesteps``; a controller first run after a ``scheduler.step`` -- Wan 2.2's
   ``transformer_2`` with its own -- reads the start from :mod:`xattn_video.schedule`) -- the
-  same value for both forwards of a true-CFG step; else the ``step_index`` of the diffusers
+  same value for both forwards of a true-CFG step (a scheduler whose run is over is ignored:
+  another pipeline object runs the transformer); else the ``step_index`` of the diffusers
   cache context when the pipeline sets one (Wan does); else **timestep matching** (bare
   transformer): a new ``float(timestep.max())`` advances the step, a repeated one (the second
   CFG forward) does not, a larger one starts a new run at step 0;
@@ -66,7 +67,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
-from .schedule import call_start, scheduler_getter_for, scheduler_index, timestep_value
+from .schedule import call_start, finished, scheduler_getter_for, scheduler_index, timestep_value
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
 from .targets import target_layers
@@ -141,6 +142,8 @@ class XAttentionController:
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
+        if scheduler is not None and finished(scheduler):
+            scheduler = None  # another pipeline runs the transformer: context / timesteps
         if scheduler is not None:
             index = scheduler_index(scheduler, timestep)
             timesteps = getattr(scheduler, "timesteps", None)

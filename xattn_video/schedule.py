@@ -35,6 +35,15 @@ def scheduler_getter_for(pipe: Any) -> Callable[[], Any] | None:
     return get
 
 
+def finished(scheduler: Any) -> bool:
+    """Whether ``scheduler``'s ``step_index`` is past the end of its ``timesteps``: its run is
+    over, so it says nothing about a forward now (the transformer is being run by another
+    pipeline object with a scheduler of its own). Python ints only: no device read."""
+    index = getattr(scheduler, "step_index", None)
+    timesteps = getattr(scheduler, "timesteps", None)
+    return index is not None and timesteps is not None and int(index) >= len(timesteps)
+
+
 def timestep_value(timestep: Any) -> float:
     """One number for a forward's timestep: its max (scalar, (B,) or Wan 2.2's per-token
     (B, N), whose first-frame tokens keep 0)."""
