@@ -62,3 +62,33 @@ def test_mask_cache_owns_masks_a_compiled_graph_stored(monkeypatch):
     assert cache.get(other, "cond", m.shape, kv) is m
     cache.own()  # once: owned masks are not copied again
     assert cache.get(attn, "cond", m.shape, kv) is got
+
+
+def test_layer_thresholds_follow_a_rewritten_file(tmp_path, monkeypatch):
+    """The cache was keyed by id() of the loaded dict; once the file cache (16 versions) freed an
+    old version, a new one could get its id and the old thresholds came back (40 of 60
+    rewrites here). ``id`` always 0 below stands for that reuse."""
+    import dataclasses
+    import os
+
+    from xattn_video import sparse_path
+    from xattn_video import thresholds as th
+    from xattn_video.config import XAttentionConfig
+
+    monkeypatch.setattr(sparse_path, "id", lambda obj: 0, raising=False)
+    config = {k: v for k, v in dataclasses.asdict(XAttentionConfig()).items()
+              if k in th.MATCH_FIELDS}  # fmt: skip
+    path = tmp_path / "thr.json"
+    cfg = None
+    for i in range(40):
+        tau = round(0.30 + 0.01 * i, 2)
+        th.save_thresholds(path, {
+            "format": th.FORMAT, "model": "tiny", "config": config, "taus": [0.5, 1.0],
+            "layers": [{"layer": 0, "thresholds": [tau, tau], "mass": [[0.5, 1.0]] * 2,
+                        "density": [[0.5, 1.0]] * 2}],
+        })  # fmt: skip
+        os.utime(path, ns=(10**18 + i, 10**18 + i))  # a distinct modification time
+        cfg = cfg or XAttentionConfig(thresholds_file=str(path))
+        got = sparse_path.layer_threshold(cfg, 0, 2, torch.device("cpu"))
+        assert got.tolist() == [tau, tau]
+        assert sparse_path.layer_threshold(cfg, 1, 2, torch.device("cpu")) == cfg.threshold

@@ -238,30 +238,34 @@ def cluster_orders(
     return perms[0], perms[1]
 
 
-_LAYER_THRESHOLDS: dict[tuple, torch.Tensor | None] = {}
+_LAYER_THRESHOLDS: dict[tuple, tuple[dict, torch.Tensor | None]] = {}
+"""(file, layer, device) -> (the loaded file's dict it was read from, the layer's thresholds)."""
 
 
 def layer_threshold(
     cfg: XAttentionConfig, layer: int, heads: int, device: torch.device
 ) -> float | torch.Tensor:
     """The threshold of one layer: its per-head (H,) float64 tensor from ``cfg.thresholds_file``
-    when the file lists the layer, else ``cfg.threshold``. Cached per (file, layer, device)."""
+    when the file lists the layer, else ``cfg.threshold``. Cached per (file, layer, device) for
+    the file's current contents (the entry holds the loaded dict, compared by identity: an
+    ``id()`` in the key could be reused by a later version of a rewritten file)."""
     if not cfg.thresholds_file:
         return cfg.threshold
     data = _thresholds.load_thresholds(cfg.thresholds_file)  # cached per path and mtime
-    key = (cfg.thresholds_file, id(data), layer, str(device))
-    if key not in _LAYER_THRESHOLDS:
+    key = (cfg.thresholds_file, layer, str(device))
+    entry = _LAYER_THRESHOLDS.get(key)
+    if entry is None or entry[0] is not data:
         per_layer = _thresholds.layer_thresholds(data).get(layer)
         if per_layer is not None and len(per_layer) != heads:
             raise ValueError(
                 f"thresholds file {cfg.thresholds_file!r} has {len(per_layer)} heads for layer "
                 f"{layer}, the model has {heads}; calibrate this model"
             )
-        _LAYER_THRESHOLDS[key] = None
+        thr = None
         if per_layer is not None:
-            _LAYER_THRESHOLDS[key] = torch.tensor(per_layer, dtype=torch.float64, device=device)
-    thr = _LAYER_THRESHOLDS[key]
-    return cfg.threshold if thr is None else thr
+            thr = torch.tensor(per_layer, dtype=torch.float64, device=device)
+        entry = _LAYER_THRESHOLDS[key] = (data, thr)
+    return cfg.threshold if entry[1] is None else entry[1]
 
 
 class SparseState(Protocol):
