@@ -11,6 +11,7 @@ import torch
 from diffusers.hooks.hooks import CacheContext
 
 import xattn_video as xv
+from xattn_video import cost_model
 from xattn_video.hook import XAttentionController, transformer_patch_size
 from xattn_video.stats import XAttentionStats, mask_density
 
@@ -312,8 +313,6 @@ def test_hand_built_processors_record_only_registered_layers(model):
 def _stand_in_cost_model(monkeypatch, predict) -> None:
     """The cost model applies (as Triton on CUDA; the real one is GPU-only) and decides with
     ``predict`` (cost_model.predict's signature)."""
-    from xattn_video import cost_model
-
     monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
     monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
     monkeypatch.setattr(cost_model, "lookup", lambda key: "cal")
@@ -326,8 +325,6 @@ def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     again). Decisions now hold for the input size they were made at: a larger call decides
     afresh (sparse here), and the small size goes dense for cost again. Stand-in cost model
     (the real one is GPU-only): sparse wins from 100 tokens on."""
-    from xattn_video import cost_model
-
     from ._tiny_models import hv_transformer_inputs
 
     sizes = []
@@ -355,8 +352,6 @@ def test_auto_dense_predicts_padded_calls_against_masked_sdpa(family, monkeypatc
     """HunyuanVideo's text padding makes a dense-for-cost call masked SDPA; its decision was
     made against unmasked SDPA (1.44x faster at 119k tokens on an H200). Wan has no padding.
     The call sent dense computes SDPA over the valid keys: the stock processor's output."""
-    from xattn_video import cost_model
-
     from ._tiny_models import hv_transformer_inputs, tiny_wan_transformer, wan_transformer_inputs
 
     padded = []
@@ -405,6 +400,32 @@ def test_a_transformer_run_by_another_pipeline_counts_its_steps():
             (0, False, False), (1, True, False), (2, True, True), (3, True, False), (4, True, True)
         ]  # fmt: skip
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_auto_dense_decides_each_wan22_expert_on_its_own(monkeypatch):
+    """One controller for Wan 2.2's two experts (same layer numbers): expert 2 inherited expert
+    1's dense-for-cost decisions and densities, so it ran dense without being measured. Stand-in
+    cost model: sparse wins at density <= 0.4; expert 1 attends uniformly (density 0.5),
+    expert 2 is peaked (~0.15). Experts switch at step 4 of 8 (boundary 0.8)."""
+    from ._tiny_models import tiny_wan_pipeline, wan_inputs
+
+    _stand_in_cost_model(
+        monkeypatch,
+        lambda cal, n, density, **k: cost_model.Prediction(1.0, 1.0, density <= 0.4),
+    )
+    pipe = tiny_wan_pipeline(two_stage=True)
+    with torch.no_grad():
+        for blk in pipe.transformer.blocks:
+            blk.attn1.norm_q.weight.zero_()
+        for blk in pipe.transformer_2.blocks:
+            blk.attn1.norm_q.weight.mul_(30)
+            blk.attn1.norm_k.weight.mul_(30)
+    with xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0, auto_dense=True)) as h:
+        pipe(**wan_inputs(steps=8))
+        calls = [(r.step, r.sparse, r.dense_reason) for r in h.stats.records]
+    assert {c for c in calls if c[0] in (1, 2, 3)} == {(s, False, "cost") for s in (1, 2, 3)}
+    second = [c for c in calls if c[0] >= 4]
+    assert len(second) >= 8 and all(sparse for _, sparse, _ in second)
 
 
 class _Scheduler:

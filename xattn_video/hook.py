@@ -137,8 +137,8 @@ class XAttentionController:
 
         timestep: scalar, (B,) or (B, N) (Wan 2.2 per-token); hidden_states: [B, C, T, H, W];
         context: the diffusers cache context (may be None); scheduler: the pipeline's scheduler
-        when known (its ``step_index`` is authoritative); input_size: the shapes of the
-        forward's inputs (``auto_dense`` decides again when they change).
+        when known (its ``step_index`` is authoritative); input_size: the transformer and the
+        shapes of the forward's inputs (``auto_dense`` decides again when they change).
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
@@ -318,14 +318,16 @@ class XAttentionStepHook(ModelHook):
             context = self.state_manager.context
         except ValueError:  # no cache_context around this call (bare transformer)
             context = None
-        size = tuple(x.shape for x in (hidden_states, ehs) if isinstance(x, torch.Tensor))
+        # auto_dense decides per input size and transformer (Wan 2.2's experts share layer
+        # numbers, not their densities or costs)
+        size = (id(module), *(x.shape for x in (hidden_states, ehs) if isinstance(x, torch.Tensor)))
         self.controller.begin_forward(
             timestep=timestep,
             hidden_states=hidden_states if isinstance(hidden_states, torch.Tensor) else None,
             context=context,
             scheduler=self.scheduler_getter() if self.scheduler_getter is not None else None,
             patch_size=self.patch_size,
-            input_size=size or None,
+            input_size=size,
         )
         return args, kwargs
 
