@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from xattn_video.metrics import (
     CompareWarning,
@@ -273,7 +274,11 @@ def test_html_is_well_formed_and_references_existing_pngs(compared) -> None:
 
 
 def _isolate_lpips_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(lm.ENV_LPIPS_WEIGHTS, str(tmp_path / "no-such-alexnet.pth"))
+    """No LPIPS weights anywhere: no configured path, empty torch hub and xattn-video caches
+    (and no download: conftest sets XATTN_VIDEO_OFFLINE)."""
+    monkeypatch.delenv(lm.ENV_LPIPS_WEIGHTS, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +307,21 @@ def test_lpips_in_default_set_is_skipped_with_reason(
     assert "LPIPS skipped" in (tmp_path / "out" / "report.html").read_text()
     # one prompt only: a single strip, labelled worst
     assert [s["label"] for s in report["figures"]["strips"]] == ["worst"]
+
+
+def test_an_lpips_weights_environment_path_that_holds_nothing_is_an_error(
+    small_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: a $XATTN_VIDEO_LPIPS_WEIGHTS path that holds no weights is an error, as the flag
+    is; compare skipped LPIPS instead (with weights in the cache unused)."""
+    _isolate_lpips_weights(monkeypatch, tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("XATTN_VIDEO_LPIPS_WEIGHTS", str(empty))
+    dense, sparse = small_runs
+    with pytest.raises(LPIPSWeightsMissing, match=r"XATTN_VIDEO_LPIPS_WEIGHTS: .*a directory"):
+        compare_runs(dense, sparse, tmp_path / "out", device="cpu", progress=False)
+    assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_lpips_required_raises_when_weights_missing(
