@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,6 +78,8 @@ def test_planned_run_repeats_bitwise_with_max_steps_and_counts_clips(tmp_path, m
     passing that ``planned_steps`` as --max-steps must retrace the same learning rates and give
     the same weights bit for bit on the CPU. ``clips_seen`` counts the short phase's windows."""
     monkeypatch.setattr(train_mod, "CALIBRATION_STEPS", (1, 3))  # plan after 3 full steps
+    ticks = itertools.count()  # a clock of 10 ms per reading: the plan does not depend on load
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(perf_counter=lambda: next(ticks) / 100))
     common = (
         "--device cpu --frames 2 --height 8 --width 8 --batch-size 1 --short-frames 1 "
         "--short-batch-size 3 --warmup-steps 1 --log-every 1 --sample-steps 1"
@@ -89,7 +93,7 @@ def test_planned_run_repeats_bitwise_with_max_steps_and_counts_clips(tmp_path, m
         weights = load_file(tmp_path / name / "transformer/diffusion_pytorch_model.safetensors")
         return info, {"lr": curve["lr"], "weights": weights}
 
-    a, ra = run("planned", "--minutes", "0.04", "--short-steps", "2")
+    a, ra = run("planned", "--minutes", "0.008", "--short-steps", "2")
     short, n = a["config"]["short_steps"], a["planned_steps"]
     assert n is not None and a["steps"] == n and a["stop_reason"] == "max_steps"
     assert n > short + 3  # the cosine part after the plan is exercised
