@@ -4,7 +4,8 @@ and how thresholds are chosen from the calibration curves it stores.
 The file keeps, for every calibrated layer and head, two curves over a grid of thresholds
 ``taus``: ``mass[h][g]``, the mean share of the *true* attention mass that the estimated block
 mask at ``taus[g]`` keeps (per query-block row, video rows only), and ``density[h][g]``, that
-mask's block density. From them :func:`choose_thresholds` picks the thresholds:
+mask's block density (with the dense text rows, as the run measures it). From them
+:func:`choose_thresholds` picks the thresholds:
 
 - ``target_mass=m``: per head the smallest tau whose mask keeps at least m of the true mass
   (1.0 when none does) -- every head is held to the same quality, whatever it costs;
@@ -12,7 +13,8 @@ mask's block density. From them :func:`choose_thresholds` picks the thresholds:
   density of at most d over all layers and heads (Lagrangian allocation: each head takes the tau
   maximising ``mass - lam * density``, with ``lam`` bisected to meet the budget, then what is
   left of the budget spent greedily by mass gained per density added) -- blocks go to the
-  heads where they hold the most mass.
+  heads where they hold the most mass. A ``d`` below the density of every head at its smallest
+  tau warns and gets that density.
 
 Re-targeting needs no new calibration run (:func:`retarget`). The file also records what it was
 measured on (model, its family, config, prompts, seeds, steps) and must match the config it is
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -73,7 +76,8 @@ def choose_thresholds(
         out = []
         for m in mass:
             ok = m >= target_mass - 1e-12
-            first = torch.where(ok.any(-1), ok.double().argmax(-1), torch.full_like(ok[:, 0], -1))
+            none = torch.full((m.shape[0],), -1, dtype=torch.long)  # (a bool -1 was True: 1)
+            first = torch.where(ok.any(-1), ok.double().argmax(-1), none)
             out.append([1.0 if int(i) < 0 else float(tau[int(i)]) for i in first])
         return out
     if not (0.0 < target_density <= 1.0):
@@ -100,6 +104,13 @@ def choose_thresholds(
             else:
                 hi = mid
         idx = pick(hi)
+    if mean_density(idx) > target_density + 1e-9:
+        warnings.warn(
+            f"target_density {target_density} is below the lowest density the calibrated taus "
+            f"reach ({mean_density(idx):.3f}, every head at its sparsest); the thresholds reach "
+            "that instead (calibrate with lower taus for less)",
+            stacklevel=2,
+        )
     idx = _fill_budget(M, D, idx, target_density * M.shape[0])
     flat = [float(tau[int(i)]) for i in idx]
     out, start = [], 0
@@ -146,11 +157,16 @@ def retarget(
 
 
 def expected_density(data: dict[str, Any]) -> float:
-    """Mean calibration density of the chosen thresholds over all layers and heads."""
+    """Mean calibration density of the chosen thresholds over all layers and heads: the
+    calibrated density at each head's tau (the nearest grid tau for one off the grid); a tau of
+    1.0 the grid lacks (a ``target_mass`` no grid tau reached) keeps every block: 1.0."""
     taus = data["taus"]
     vals = []
     for layer in data["layers"]:
         for h, t in enumerate(layer["thresholds"]):
+            if t >= 1.0 and max(taus) < 1.0:
+                vals.append(1.0)
+                continue
             g = min(range(len(taus)), key=lambda i: abs(taus[i] - t))
             vals.append(layer["density"][h][g])
     return float(sum(vals) / len(vals))
