@@ -99,9 +99,11 @@ def mass_curves(
     scores: (B, H, Nbq, Nbk) estimated block mass; true_mass: the same shape, from
     :func:`true_block_mass`; taus: G thresholds in (0, 1]; kv_len: (B,) int valid keys;
     dense_from: first token whose rows / columns are forced dense (text), as in the op.
-    Returns float64 sums over samples and counted rows (query-block rows that are not forced
-    and hold true mass): ``kept`` (H, G) sum of per-row kept shares, ``blocks`` (H, G) kept
-    blocks, ``rows`` (H,) counted rows, ``pairs`` (H,) valid (row, key block) pairs in them.
+    Returns float64 sums over samples: ``kept`` (H, G) sum of per-row kept shares and ``rows``
+    (H,) over the counted rows (query-block rows that are not forced and hold true mass: the
+    mass a threshold keeps); ``blocks`` (H, G) kept blocks and ``pairs`` (H,) valid (row, key
+    block) pairs over the counted rows and the forced ones (which keep every valid block), so
+    ``blocks / pairs`` is the density the run measures and computes.
     """
     B, H, nbq, nbk = scores.shape
     dev = scores.device
@@ -138,9 +140,11 @@ def mass_curves(
     row_true = t.sum(-1, keepdim=True)
     counted = (~frows[:, None, :, None]) & (row_true > 0)  # (B, H, Nbq, 1)
     share = torch.where(counted, kept / row_true.clamp_min(1e-300), 0.0)
-    blocks = torch.where(counted, blocks, 0.0)
+    forced = frows[:, None, :, None] & (row_true > 0)  # dense rows: every valid block
+    blocks = torch.where(counted, blocks, torch.where(forced, n_valid.double(), 0.0))
     rows = counted.double().sum(dim=(0, 2, 3))  # (H,)
-    pairs = (counted.double() * valid.sum(-1).view(B, 1, 1, 1).double()).sum(dim=(0, 2, 3))
+    in_density = (counted | forced).double()
+    pairs = (in_density * valid.sum(-1).view(B, 1, 1, 1).double()).sum(dim=(0, 2, 3))
     return {
         "kept": share.sum(dim=(0, 2)),
         "blocks": blocks.sum(dim=(0, 2)),
