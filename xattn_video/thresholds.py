@@ -161,10 +161,11 @@ def expected_density(data: dict[str, Any]) -> float:
     calibrated density at each head's tau (the nearest grid tau for one off the grid); a tau of
     1.0 the grid lacks (a ``target_mass`` no grid tau reached) keeps every block: 1.0."""
     taus = data["taus"]
+    grid_keeps_all = max(taus) >= 1.0
     vals = []
     for layer in data["layers"]:
         for h, t in enumerate(layer["thresholds"]):
-            if t >= 1.0 and max(taus) < 1.0:
+            if t >= 1.0 and not grid_keeps_all:
                 vals.append(1.0)
                 continue
             g = min(range(len(taus)), key=lambda i: abs(taus[i] - t))
