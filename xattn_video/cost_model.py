@@ -375,21 +375,3 @@ def predict(
     attn = ratio["attn_min"] + frac * (ratio["attn_full"] - ratio["attn_min"])
     sparse = ratio["overhead"] / max(1, refresh) + attn + gathers * ratio["gather"]
     return Prediction(dense_ms, sparse * dense_ms, sparse <= MARGIN)
-
-
-def sparse_wins(
-    key: CostKey,
-    n: int,
-    density: float,
-    *,
-    refresh: int = 1,
-    gathers: int = 0,
-    padded: bool = False,
-    device: torch.device | str = "cuda",
-) -> bool:
-    """Decide one call: calibrates ``key`` first if it was never measured (syncs the GPU)."""
-    cal = lookup(key) or calibrate(key, device)
-    pred = predict(
-        cal, n, density, block_size=key.block_size, refresh=refresh, gathers=gathers, padded=padded
-    )
-    return pred.sparse_wins
