@@ -193,3 +193,43 @@ def test_block_csr_runs_torch_lists_beyond_the_kernel_row_length(monkeypatch):
     got = block_csr(mask, kv_len=lens, block_size=16, n_k=100)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert torch.equal(got[0][1], mask[1, :, :, :5].sum(-1, dtype=torch.int32))  # kv_len 70
+
+
+_COMPILE_ONES = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler.compiler import ASTSource
+from xattn_video.kernels import select_fused as sf
+
+out = sys.argv[1]
+i32 = {n: "i32" for n in "H NBQ NBK N_Q N_K stride_sb stride_sh stride_sq L".split()}
+rows = dict(SCORES="*fp32", MASK="*i8", PRIO="*fp64", KV_LEN="*i32", THR="*fp64", DF="*i32")
+rows.update({n: i32[n] for n in "H NBQ NBK N_Q N_K stride_sb stride_sh stride_sq".split()})
+ptx = []
+for ratio in (False, True):  # thr_bits and df_value of 1: what the launcher makes a constexpr
+    consts = dict(thr_bits=1, df_value=1, BLOCK=128, NP=16, THR_PER_HEAD=False, DF_MODE=1,
+                  BUDGET=True, MIN_BLOCKS=1, RATIO=ratio)
+    sig = dict(rows, **{n: "constexpr" for n in consts})
+    k = triton.compile(ASTSource(sf._select_rows_kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+    ptx.append(k.asm["ptx"])
+keep = dict(RANKED="*fp64", ORDER="*i64", MASK="*i8", KV_LEN="*i32", H="i32", NBQ="i32",
+            NBK="i32", L="i32")
+consts = dict(md_bits=1, BLOCK=128, TILE=1024)
+sig = dict(keep, **{n: "constexpr" for n in consts})
+k = triton.compile(ASTSource(sf._budget_keep_kernel, sig, consts), target=GPUTarget("cuda", 90, 32))
+ptx.append(k.asm["ptx"])
+open(out + ".ptx", "w").write("\\n".join(ptx))
+json.dump({}, open(out + ".json", "w"))
+"""
+
+
+def test_scalar_arguments_of_one_compile_for_a_gpu(tmp_path):
+    """Triton's launcher passes an int argument equal to 1 as a constexpr, so ``dense_from=1``
+    (or a threshold / max_density whose float64 bits are 1) must compile with it: calling
+    ``.to()`` on such an argument failed on the H200 (``'int' object has no attribute 'to'``),
+    and the interpreter never showed it. Compiled for sm90 here, without a GPU."""
+    from ._gluon_compile import compile_sm90
+
+    ptx, _ = compile_sm90(tmp_path, _COMPILE_ONES)
+    assert ptx.count(".entry _select_rows_kernel") == 2 and ".entry _budget_keep_kernel" in ptx

@@ -130,7 +130,7 @@ if HAS_TRITON:
         val = s.to(tl.float64)
         total = tl.sum(val, 0)
         if RATIO:  # the top max(1, ceil(ratio * valid blocks)) ranks, in float64 as in torch
-            ratio = thr_bits.to(tl.int64).to(tl.float64, bitcast=True)
+            ratio = tl.cast(tl.cast(thr_bits, tl.int64), tl.float64, bitcast=True)
             n_valid = tl.minimum((kvl + BLOCK - 1) // BLOCK, NBK).to(tl.float64)
             n_keep = tl.ceil(ratio * n_valid - _RATIO_SLACK)  # not 8 of 25 blocks at 0.28
             keep = _top_ranks(bits, tl.maximum(n_keep, 1.0).to(tl.int32))
@@ -138,7 +138,7 @@ if HAS_TRITON:
             if THR_PER_HEAD:
                 thr = tl.load(THR + h)
             else:
-                thr = thr_bits.to(tl.int64).to(tl.float64, bitcast=True)
+                thr = tl.cast(tl.cast(thr_bits, tl.int64), tl.float64, bitcast=True)
             keep = _mass_ranks(bits, val, thr * total) | _first_max(bits)
             # tau >= 1 keeps every block (a row vector: the interpreter's bool ops)
             keep = keep | ((tl.zeros([NP], tl.float64) + thr) >= 1.0)
@@ -146,7 +146,7 @@ if HAS_TRITON:
             forced = valid & (j < 0)
         else:
             if DF_MODE == 1:
-                df = df_value.to(tl.int64)
+                df = tl.cast(df_value, tl.int64)  # tl.cast: a 1 arrives as a constexpr
             else:
                 df = tl.load(DF + b).to(tl.int64)
             # a block is forced when it holds a token >= df: its end, clamped to the query /
@@ -175,7 +175,7 @@ if HAS_TRITON:
         kvl = tl.load(KV_LEN + b)
         base = b.to(tl.int64) * L  # passes 2**31 for large B*H*N at block 64
         n_valid = tl.minimum((kvl + BLOCK - 1) // BLOCK, NBK).to(tl.float64)
-        md = md_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        md = tl.cast(tl.cast(md_bits, tl.int64), tl.float64, bitcast=True)
         budget = tl.floor(n_valid * H * NBQ * md + 1e-9).to(tl.int64)
         r = t * TILE + tl.arange(0, TILE)
         inside = r < L
