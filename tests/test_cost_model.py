@@ -93,6 +93,43 @@ def test_disk_cache_round_trip(tmp_path, monkeypatch):
     assert cm.lookup(other) is None
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",  # valid JSON, not an object: lookup raised AttributeError, store TypeError
+        "null",
+        '{"KEY": {"n": [1024]}}',  # fields missing: Calibration(**raw) raised TypeError
+        '{"KEY": "not a dict"}',
+        '{"KEY": {**CAL, "newer_field": [1.0, 2.0, 3.0]}}',  # a newer schema, same version
+        '{"KEY": {**CAL, "dense": [0.1, 0.4]}}',  # a list shorter than n: IndexError later
+        '{"KEY": {**CAL, "n": [], "dense": [], "overhead": [], "attn_min": [], '
+        '"attn_full": [], "gather": []}}',  # empty: IndexError in predict
+        '{"KEY": {**CAL, "dense": [0.1, "0.4", 1.6]}}',
+        '{"KEY": {**CAL, "dense": [0.1, 0.0, 1.6]}}',  # a zero divides
+        '{"KEY": {**CAL, "dense_graph": [0.1]}}',  # graph lists: empty or one per point
+        '{"KEY": {**CAL, "n": [4096, 2048, 1024]}}',  # unsorted grid
+    ],
+)
+def test_a_malformed_cache_is_a_miss_not_a_crash(tmp_path, monkeypatch, caplog, text):
+    """A cache file that is valid JSON of the wrong shape escaped AutoDense's first decision."""
+    import json
+
+    monkeypatch.setenv("XATTN_VIDEO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cm, "_MEMO", {})
+    key = cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", 4, 64, 128, 8)
+    cal = json.dumps(CAL.__dict__)[1:-1]
+    text = text.replace("KEY", key.id()).replace("**CAL", cal)
+    # a later field overrides an earlier one of the same name, as in a dict display
+    cm.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    cm.cache_path().write_text(text)
+    with caplog.at_level("WARNING", logger=cm.logger.name):
+        assert cm.lookup(key) is None
+    assert "ignoring" in caplog.text
+    cm.store(key, CAL)  # the measurement replaces it
+    monkeypatch.setattr(cm, "_MEMO", {})
+    assert cm.lookup(key) == CAL
+
+
 def test_applies_only_to_triton_on_cuda():
     assert not cm.applies("torch", torch.device("cpu"))
     assert not cm.applies("triton", torch.device("cpu"))  # the interpreter

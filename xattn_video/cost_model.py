@@ -60,7 +60,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -126,6 +126,10 @@ class Calibration:
     def has_graph(self) -> bool:
         """Whether graph times were measured at every grid point."""
         return len(self.dense_graph) == len(self.n) > 0
+
+
+REQUIRED = frozenset(f.name for f in fields(Calibration) if f.default_factory is MISSING)
+"""The fields every calibration measures (the others may be empty lists)."""
 
 
 @dataclass(frozen=True)
@@ -197,12 +201,33 @@ def cache_path() -> Path:
 def _load_all() -> dict[str, dict]:
     path = cache_path()
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as err:
         logger.warning("ignoring unreadable cost-model cache %s (%s)", path, err)
         return {}
+    if not isinstance(data, dict):
+        logger.warning("ignoring cost-model cache %s: not a JSON object", path)
+        return {}
+    return data
+
+
+def _parse(raw) -> Calibration | None:
+    """``raw`` as a :class:`Calibration` if it is one: the known fields, the measured lists as
+    long as ``n`` (graph and padded lists possibly empty), positive finite numbers; else None."""
+    names = {f.name for f in fields(Calibration)}
+    if not isinstance(raw, dict) or not set(raw) <= names or not REQUIRED <= set(raw):
+        return None
+    n = raw["n"]
+    for name, vals in raw.items():
+        ok = isinstance(vals, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
+            for x in vals
+        )
+        if not ok or len(vals) != len(n) and (name in REQUIRED or vals):
+            return None
+    return Calibration(**raw) if n and n == sorted(n) else None
 
 
 def store(key: CostKey, cal: Calibration) -> None:
@@ -224,7 +249,11 @@ def lookup(key: CostKey) -> Calibration | None:
     if cal is None:
         raw = _load_all().get(key.id())
         if raw is not None:
-            cal = _MEMO[key.id()] = Calibration(**raw)
+            cal = _parse(raw)
+            if cal is None:
+                logger.warning("ignoring a malformed cost-model cache entry %s", key.id())
+                return None
+            _MEMO[key.id()] = cal
     return cal
 
 
