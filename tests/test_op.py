@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -205,6 +206,20 @@ def test_threshold_monotone_density_through_op():
         (dict(dense_from=3.5), "dense_from"),
         (dict(dense_from=torch.tensor([1.0])), "dense_from"),
         (dict(dense_from=torch.tensor([3, 4])), "dense_from"),
+        # strings and bools were taken by float() (the torch backend then failed in torch.tensor)
+        (dict(threshold="0.5"), "threshold"),
+        (dict(max_density="0.5"), "max_density"),
+        (dict(max_density=True), "max_density"),
+        (dict(max_density=np.float32(0.5)), None),
+        (dict(ratio=np.float32(0.5)), None),  # a NumPy scalar is a number
+        (dict(stride=None), "stride"),  # was a raw TypeError
+        # the kernels mask padded keys with -inf before scaling: 0 * -inf = NaN rows
+        (dict(scale=0.0), "scale"),
+        (dict(scale=-0.125), "scale"),
+        (dict(scale=float("nan")), "scale"),
+        (dict(scale=float("inf")), "scale"),
+        (dict(scale="0.125"), "scale"),
+        (dict(scale=0.125), None),
     ],
 )
 def test_bad_input_raises_value_error(kwargs, match):
@@ -233,6 +248,29 @@ def test_bad_shapes_raise_value_error():
             xv.block_sparse_attention(q, k, v, torch.ones(shape, dtype=torch.bool), block_size=16)
     with pytest.raises(ValueError, match="mask must be"):
         xv.xattention(q, k, v, block_size=16, mask=torch.ones(1, 3, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="scale"):
+        xv.block_sparse_attention(q, k, v, torch.ones(1, 2, 4, 4, dtype=torch.bool), block_size=16,
+                                  scale=0.0)  # fmt: skip
+
+
+def test_triton_dtypes_on_cuda_are_checked_before_any_kernel():
+    """fp64 on CUDA reached a raw Triton CompilationError (only fp32 was refused, and only after
+    the estimate ran); the estimate alone also takes fp32. A stand-in for a CUDA tensor."""
+    from types import SimpleNamespace
+
+    from xattn_video.op_checks import check_triton_dtype
+
+    for dtype in (torch.float16, torch.bfloat16):
+        check_triton_dtype("triton", SimpleNamespace(is_cuda=True, dtype=dtype))
+    check_triton_dtype(
+        "triton", SimpleNamespace(is_cuda=True, dtype=torch.float32), attention=False
+    )
+    for dtype, attention in [(torch.float64, False), (torch.float64, True), (torch.float32, True)]:
+        with pytest.raises(ValueError, match=f"{str(dtype)[6:]}: cast q, k, v first"):
+            check_triton_dtype(
+                "triton", SimpleNamespace(is_cuda=True, dtype=dtype), attention=attention
+            )
+    check_triton_dtype("torch", SimpleNamespace(is_cuda=True, dtype=torch.float64))
 
 
 def test_bf16_triton_under_the_interpreter_is_refused():

@@ -64,7 +64,9 @@ from .op_checks import (
     check_estimate_kernel,
     check_estimate_precision,
     check_kv_len,
+    check_max_density,
     check_qk,
+    check_scale,
     check_selection,
     check_triton_dtype,
     check_triton_head_dim,
@@ -166,10 +168,10 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
     (with the non-finite flags) for the attention to reuse; else ``fp8`` is None."""
     if threshold is None and ratio is None:
         threshold = DEFAULT_THRESHOLD
-    if max_density is not None and not (0.0 < float(max_density) <= 1.0):
-        raise ValueError(f"max_density must be in (0, 1], got {max_density}")
+    check_max_density(max_density)
+    check_scale(scale)
     check_qk(q, k)
-    check_block_stride(block_size, stride)
+    check_block_stride(block_size, stride, estimate=True)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     check_selection(threshold, ratio, H)
@@ -177,7 +179,7 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
     check_dense_from(dense_from, B, max(Nq, Nk))
     backend = resolve_backend(backend, q)
     check_triton_head_dim(backend, D)
-    check_triton_dtype(backend, q)
+    check_triton_dtype(backend, q, attention=False)
     check_estimate_precision(precision, backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch" and kv_len is not None:
@@ -227,13 +229,13 @@ def block_scores(
     mass; keys >= kv_len[b] get none.
     """
     check_qk(q, k)
-    check_block_stride(block_size, stride)
+    check_block_stride(block_size, stride, estimate=True)
     B, _, _, D = q.shape
     Nk = k.shape[2]
     check_kv_len(kv_len, B, Nk)
     backend = resolve_backend(backend, q)
     check_triton_head_dim(backend, D)
-    check_triton_dtype(backend, q)
+    check_triton_dtype(backend, q, attention=False)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch" and kv_len is not None:
         k = zero_padding(k, lens)
@@ -279,6 +281,7 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
     if k.shape[2] != v.shape[2]:
         raise ValueError("k and v must have the same number of tokens")
     check_block_stride(block_size, None)
+    check_scale(scale)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     if not nan_block:  # an estimated mask (nan_block set): kv_len was checked by the estimate
@@ -313,8 +316,6 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
             q, k, v, mask, block_size=block_size, kv_len=lens, scale=scale, return_lse=return_lse
         )
         return propagate_nonfinite(res, bad, return_lse)
-    if q.dtype == torch.float32 and q.is_cuda:
-        raise ValueError("the Triton kernel takes fp16/bf16 on CUDA; cast q, k, v first")
     counts, indices = block_csr(mask, kv_len=lens, block_size=block_size, n_k=Nk)
     return sparse_attention(  # the registered op under torch.compile
         q.contiguous() if q.stride(-1) != 1 else q,
@@ -374,7 +375,9 @@ def xattention(
     estimate_precision = resolve_estimate_precision(estimate_precision, precision)
     estimated = mask is None
     fp8 = None
-    if estimated:
+    if estimated:  # what the attention cannot run is refused before the estimate's work
+        check_qk(q, k)
+        check_triton_dtype(resolve_backend(backend, q), q)
         mask, fp8 = _estimate_mask(
             q,
             k,

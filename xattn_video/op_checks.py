@@ -14,6 +14,9 @@ Not supported: checks that need the data on the host on CUDA (they are deferred,
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from .kernels._common import PRECISIONS, check_precision, interpreter_enabled
@@ -46,10 +49,16 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
         raise ValueError(f"q needs at least one sample, head and channel, got {tuple(q.shape)}")
 
 
-def check_block_stride(block_size: int, stride: int | None) -> None:
+def _real(x) -> bool:
+    """A real number that is not a bool: a Python or NumPy scalar, not a tensor."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_block_stride(block_size: int, stride: int | None, *, estimate: bool = False) -> None:
+    """``stride``: None for the attention alone; the estimate (``estimate=True``) needs one."""
     if block_size not in BLOCK_SIZES:
         raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {block_size}")
-    if stride is not None:
+    if stride is not None or estimate:
         if stride not in STRIDES:
             raise ValueError(f"stride must be one of {STRIDES}, got {stride}")
         if block_size % stride:
@@ -78,6 +87,8 @@ def check_selection(threshold, ratio, heads: int) -> None:
             isinstance(threshold, torch.Tensor) and not threshold.is_floating_point()
         ):
             raise ValueError(f"threshold must be a float or a float (H,) tensor, got {threshold}")
+        if not isinstance(threshold, torch.Tensor) and not _real(threshold):
+            raise ValueError(f"threshold must be a float or a float (H,) tensor, got {threshold!r}")
         if not isinstance(threshold, torch.Tensor):  # a Python number: no tensor, no read
             if not (0.0 < float(threshold) <= 1.0):
                 raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -90,10 +101,22 @@ def check_selection(threshold, ratio, heads: int) -> None:
             )
         require(((thr > 0) & (thr <= 1)).all(), "threshold must be in (0, 1] (an (H,) tensor)")
     if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        if not _real(ratio):
             raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
         if not (0.0 < float(ratio) <= 1.0):
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+
+
+def check_max_density(max_density) -> None:
+    if max_density is not None and not (_real(max_density) and 0.0 < max_density <= 1.0):
+        raise ValueError(f"max_density must be a float in (0, 1], got {max_density!r}")
+
+
+def check_scale(scale) -> None:
+    """The softmax scale: None (1/sqrt(D)) or a finite number > 0. The kernels mask padded keys
+    with -inf before scaling, so 0 or a negative scale would give NaN rows there."""
+    if scale is not None and not (_real(scale) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0 (or None), got {scale!r}")
 
 
 def check_kv_len(kv_len: torch.Tensor | None, batch: int, n_k: int) -> None:
@@ -134,7 +157,17 @@ def check_dense_from(dense_from, batch: int, n_tokens: int) -> None:
         raise ValueError(f"dense_from must be in [0, {n_tokens}], got [{lo}, {hi}]")
 
 
-def check_triton_dtype(backend: str, t: torch.Tensor) -> None:
+def check_triton_dtype(backend: str, t: torch.Tensor, *, attention: bool = True) -> None:
+    """On CUDA the Triton kernels take fp16/bf16 (the estimate alone, ``attention=False``, also
+    fp32); under the interpreter not bf16."""
+    if backend == "triton" and t.is_cuda:
+        ok = (torch.float16, torch.bfloat16) + (() if attention else (torch.float32,))
+        if t.dtype not in ok:
+            what = "attention kernels take" if attention else "estimate takes"
+            raise ValueError(
+                f"on CUDA the Triton {what} {'/'.join(str(d)[6:] for d in ok)}, got "
+                f"{t.dtype}: cast q, k, v first or use backend='torch'"
+            )
     if backend == "triton" and t.dtype == torch.bfloat16 and not t.is_cuda:
         raise ValueError(
             "bf16 with backend='triton' under the Triton interpreter (TRITON_INTERPRET=1) gives "
