@@ -105,3 +105,28 @@ def test_fp8_quantizer_flags_equal_the_flag_kernel():
     torch.testing.assert_close(res.k_scale, k_ref, rtol=2e-7, atol=0)
     torch.testing.assert_close(res.v_scale, _head_scale(v, kv_len), rtol=2e-7, atol=0)
     assert (res.k8[1, :, 3000:].float() == 0).all()
+
+
+@pytest.mark.parametrize("dense_from", [1, 2])
+def test_scalar_arguments_of_one_run_on_the_gpu(dense_from):
+    """Triton passes an int argument of 1 as a constexpr: ``dense_from=1`` failed to compile
+    (``'int' object has no attribute 'to'``). The fused selection equals torch's for 1 and 2."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    scores = torch.rand(2, 3, 12, 12, device="cuda", generator=g) ** 4
+    kv_len = torch.tensor([12 * 128, 11 * 128 - 5], device="cuda", dtype=torch.int32)
+    for mode in (dict(threshold=0.9), dict(ratio=0.3, max_density=0.5)):
+        got = select_blocks_fused(
+            scores, block_size=128, kv_len=kv_len, dense_from=dense_from, **mode
+        )
+        assert torch.equal(got, torch_selection(scores, 128, kv_len, dense_from, **mode))
+
+
+def test_dtypes_the_kernels_cannot_take_are_refused_before_the_estimate():
+    """fp64 reached a Triton CompilationError; fp32 was refused only after the estimate ran."""
+    q = torch.randn(1, 2, 1024, 128, device="cuda", dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        x = q.to(dtype)
+        with pytest.raises(ValueError, match="cast q, k, v first"):
+            xv.xattention(x, x, x, backend="triton")
+    with pytest.raises(ValueError, match="cast q, k, v first"):
+        xv.estimate_block_mask(q, q, backend="triton")
