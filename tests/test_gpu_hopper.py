@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from xattn_video.attention import xattention
 from xattn_video.kernels import tuning
 from xattn_video.kernels.estimate import estimate_block_scores, estimate_block_scores_ref
 from xattn_video.kernels.select import mask_to_indices, select_blocks
@@ -239,3 +240,12 @@ def test_tma_kernels_ignore_nan_in_padded_values(kernel, use_tma):
     v2[0, 0, 901, 0] = float("inf")
     assert torch.isfinite(out).all()
     assert torch.equal(block_sparse_attention_fwd(q, k, v2, counts, idx, **kw), out)
+
+
+def test_fp8_that_no_hopper_kernel_takes_names_what_it_needs():
+    """fp8 at head dim 32 or block 32 on sm90 fell to the portable kernel, whose refusal said "an
+    sm90+ GPU, fp16/bf16 inputs" -- both true here -- and only after the estimate had run."""
+    q = torch.randn(1, 2, 4096, 32, device="cuda", dtype=torch.bfloat16)
+    for x, block in [(q, 128), (torch.cat([q, q], -1), 32)]:
+        with pytest.raises(ValueError, match="head dim 64 or 128, block_size >= 64"):
+            xattention(x, x, x, block_size=block, stride=8, precision="fp8")

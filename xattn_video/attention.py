@@ -63,6 +63,7 @@ from .op_checks import (
     check_dense_from,
     check_estimate_kernel,
     check_estimate_precision,
+    check_fp8_attention,
     check_kv_len,
     check_max_density,
     check_qk,
@@ -377,7 +378,12 @@ def xattention(
     fp8 = None
     if estimated:  # what the attention cannot run is refused before the estimate's work
         check_qk(q, k)
-        check_triton_dtype(resolve_backend(backend, q), q)
+        check_qk(q, v, "v")
+        resolved = resolve_backend(backend, q)
+        check_triton_dtype(resolved, q)
+        if precision == "fp8":
+            check_block_stride(block_size, None)
+            check_fp8_attention(resolved, q, k, v, block_size)
         mask, fp8 = _estimate_mask(
             q,
             k,

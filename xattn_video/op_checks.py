@@ -20,7 +20,8 @@ import numbers
 import torch
 
 from .kernels._common import PRECISIONS, check_precision, interpreter_enabled
-from .kernels.tuning import AUTOMATIC_ESTIMATE_KERNELS
+from .kernels.sparse_attention import FP8_NEEDS
+from .kernels.tuning import AUTOMATIC_ESTIMATE_KERNELS, attention_kernel_for
 
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
@@ -175,6 +176,15 @@ def check_triton_dtype(backend: str, t: torch.Tensor, *, attention: bool = True)
             "float32 or float16, or use backend='torch'"
             + ("" if interpreter_enabled() else " (the interpreter is not even enabled)")
         )
+
+
+def check_fp8_attention(backend: str, q, k, v, block_size: int) -> None:
+    """``precision="fp8"`` runs on the Hopper / Gluon kernels only: refuse what they cannot take
+    before the estimate runs. Inputs with a strided last dim are copied later, so the kernel
+    layer checks those."""
+    if backend == "triton" and q.is_cuda and all(t.stride(-1) == 1 for t in (q, k, v)):
+        if attention_kernel_for(q, k, v, block_size, "auto", "fp8") == "portable":
+            raise ValueError(FP8_NEEDS)
 
 
 FP8_ESTIMATE_GPU = (

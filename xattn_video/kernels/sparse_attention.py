@@ -43,6 +43,12 @@ except ImportError:  # pragma: no cover - old Triton or no Triton
 LN2 = 0.6931471805599453
 
 
+FP8_NEEDS = (
+    "precision='fp8' needs the Hopper kernels: an sm90+ GPU and fp16/bf16 q/k/v with head dim "
+    "64 or 128, block_size >= 64 and 16-byte aligned strides"
+)
+
+
 def block_sparse_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -325,7 +331,7 @@ def block_sparse_attention_fwd(
         kernel = "portable"
     choice = attention_kernel_for(q, k, v, block_size, kernel, precision)
     if precision == "fp8" and choice == "portable":
-        raise ValueError("precision='fp8' needs the Hopper kernel (an sm90+ GPU, fp16/bf16 inputs)")
+        raise ValueError(FP8_NEEDS)
     if choice == "gluon":
         return block_sparse_attention_gluon(
             q, k, v, counts, indices, block_size=block_size, kv_len=kv_len, scale=scale,
