@@ -10,9 +10,10 @@ P goes to the P.V matmul through shared memory (16 KB per consumer warpgroup), n
 with S (2 x 64 fp32 registers a thread), O (64) and P held for the register-A wgmma, ptxas
 needs more than the 240 registers a consumer has (388 bytes of spills and serialized wgmmas at
 Triton 3.6), and a loop rotated so that P never crosses the back-edge left an accumulator in
-flight across it, which ptxas serialized or spilled (2-4 KB). P(t) is written once P.V(t-1)
-has read P(t-1); its keys are in the e4m3 operand order V^T comes in
-(:func:`.gluon_attention_parts._wgmma_fp8_key_order`), so the stores are ``stmatrix``.
+flight across it, which ptxas serialized or spilled (2-4 KB; both counts from ptxas -v of those
+variants, not committed). P(t) is written once P.V(t-1) has read P(t-1); its keys are in the
+e4m3 operand order V^T comes in (:func:`.gluon_attention_parts._wgmma_fp8_key_order`), so the
+stores are ``stmatrix``.
 
 The producer loads a pair's two K tiles (and later its two V tiles) on one mbarrier per ring
 slot; a list of odd length ends in a filler tile (a copy of its last block) whose logits are
@@ -22,7 +23,7 @@ Measured on one H200 (triton 3.6, 24 heads, head dim 128, interleaved against th
 loop; docs/results/probe_gluon_pairs_h200_{119k,67k}.json): 119,056 tokens 20.6 / 57.6 / 94.5 /
 185.6 ms at densities 0.1 / 0.3 / 0.5 / 1.0 against 22.5 / 63.3 / 104.9 / 206.6 (1.48-1.62x
 cuDNN's dense bf16 rate against 1.35-1.46x); 67,576 tokens 1.38-1.66x against 1.32-1.49x. On
-an H100 (probe_gluon_pairs_h100_119k.json, 119,056 tokens) 9.6-10.1% less time at densities
+an H100 (probe_gluon_pairs_h100_119k.json, 119,056 tokens) 8.7-10.1% less time at densities
 0.1 / 0.3 / 1.0 (1.45-1.58x that card's cuDNN).
 
 A persistent version (a program per multiprocessor, query blocks from an atomic counter, the

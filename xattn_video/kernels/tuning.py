@@ -4,11 +4,13 @@ Which sparse-attention kernel runs (:func:`attention_kernel_for`): the Gluon ker
 (:mod:`.sparse_attention_gluon`, warp-specialized, ping-pong) on sm90 GPUs for bf16/fp16
 inputs with head dim 64 or 128, block size 128, TMA-compatible strides and at least 32k query
 tokens (the "large" bucket, where it was measured: 1.04-1.11x cuDNN's dense rate on the H200
-vs 0.78-0.84x for the Triton Hopper kernel); its fp8 path only when forced
-(``kernel="gluon"``: as fast as the Triton one at densities <= 0.5); the Triton Hopper kernel
-(:mod:`.sparse_attention_hopper`) for the rest of what fits Hopper-class GPUs (compute
-capability >= 9: fp8, smaller inputs, block size 64, sm100); the portable kernel
-(:mod:`.sparse_attention`) everywhere else (other GPUs, fp32, the CPU interpreter).
+vs 0.78-0.84x for the Triton Hopper kernel); under the same conditions also for
+``precision="fp8"`` at head dim 128 (1.13-1.36x the Triton fp8 kernel,
+docs/results/bench_attention_h200_6f8035e.json; see :func:`choose_kernel`); the Triton Hopper
+kernel (:mod:`.sparse_attention_hopper`) for the rest of what fits Hopper-class GPUs (compute
+capability >= 9: fp8 at head dim 64, fewer than 32k query tokens, block size 64, sm100); the
+portable kernel (:mod:`.sparse_attention`) everywhere else (other GPUs, fp32, the CPU
+interpreter).
 
 The estimate (:func:`estimate_kernel_for`): the Triton kernel, or the Gluon one
 (:mod:`.estimate_gluon`) when forced (``kernel="gluon"``, with the tile / ring measured for the
@@ -90,13 +92,13 @@ SAFE_ESTIMATE = EstimateLaunch((128, 128, 8, 3), False)
 # nest removes the spills of the nested loop (S=8 bf16: 29.4 -> 25.1 ms); at S=16 and for fp8,
 # 64x128 tiles with 4 warps win (fp8: S=8 17.1 ms, S=16 9.2-9.4 ms). lg2.approx
 # (docs/results/probe_estimate_lg2_h200.json, 119,056 tokens): bf16 S=8 4% and fp8 S=8 / 16 7% /
-# 2% faster, but bf16 S=16's 64x128 tiles spill 76 bytes instead of 16 with it and ran 9% slower,
-# so that entry keeps log2f. Head dim 64 below 32k tokens
+# 2% faster, but bf16 S=16's 64x128 tiles spill 76 bytes instead of 16 with it (ptxas -v, not
+# committed) and ran 9% slower, so that entry keeps log2f. Head dim 64 below 32k tokens
 # (docs/results/profile_small_call_h200.json, 4 heads, 17,411 tokens, S=8): 64x128 tiles, 4
 # warps, 3 stages 0.112 ms vs 0.123 for 128x128 (32-row tiles 0.17-0.20: too little work per
 # program); same masks. Ring depths re-timed interleaved (benchmarks/probe_estimate_tiles.py,
 # docs/results/probe_estimate_tiles_*_h200_{010f4c2,32a259f}.json): bf16 S=16's 64x128 tiles
-# take 14.8-14.9 ms with 3 stages against 14.9-16.8 with 4 at 119,056 tokens (4.55-4.60 vs
+# take 14.8-14.9 ms with 3 stages against 14.9-16.0 with 4 at 119,056 tokens (4.55-4.60 vs
 # 4.57-4.82 at 67,576; same scores bit for bit; lg2.approx still 14-15% slower there); every
 # other entry stays the fastest or within 1% (fp8 S=8 3 stages: 15.5 vs 15.6 ms).
 ESTIMATE_MEASURED: dict[tuple[str, str, int, int, str], EstimateLaunch] = {
@@ -302,7 +304,7 @@ def choose_kernel(
     if kernel == "portable":
         return "portable"
     # fp8 too, at head dim 128: since P goes to the fp8 P.V operand without shuffles, the Gluon
-    # fp8 kernel is 1.12-1.36x the Triton fp8 kernel at densities 0.1-1.0, 67k / 119k tokens
+    # fp8 kernel is 1.13-1.36x the Triton fp8 kernel at densities 0.1-1.0, 67k / 119k tokens
     # (docs/results/bench_attention_h200_6f8035e.json; it was 0.98-1.02x before). Its fp8 path
     # is tested and measured at head dim 128 only, so fp8 at 64 stays on the Triton kernel.
     if gluon_fits and n_bucket(n) == "large" and (precision == "bf16" or head_dim == 128):
