@@ -271,18 +271,35 @@ def block_sparse_attention(
     )  # fmt: skip
 
 
-def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backend, precision,
-                  nan_block, fp8=None):  # fmt: skip
-    """:func:`block_sparse_attention` with the non-finite policy per row (``nan_block`` 0) or
-    per query block (the block size: :func:`xattention` estimated the mask); ``fp8``: q, k, v
-    already quantized with their flags (:func:`.library.quantize_fp8`): an fp8 call uses all of
-    it, a bf16 call the flags."""
+def _attention_checks(q, k, v, *, block_size, scale, backend, precision) -> str:
+    """What the attention needs of q, k, v and its arguments, checked before any kernel runs
+    (:func:`xattention` calls it before the estimate too) -> the resolved backend."""
     check_qk(q, k)
     check_qk(q, v, "v")
     if k.shape[2] != v.shape[2]:
         raise ValueError("k and v must have the same number of tokens")
     check_block_stride(block_size, None)
     check_scale(scale)
+    check_precision(precision)
+    backend = resolve_backend(backend, q)
+    if precision == "fp8":
+        if backend != "triton":
+            raise ValueError("precision='fp8' needs backend='triton' on an sm90+ GPU")
+        check_fp8_attention(backend, q, k, v, block_size)
+    check_triton_head_dim(backend, q.shape[-1])
+    check_triton_dtype(backend, q)
+    return backend
+
+
+def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backend, precision,
+                  nan_block, fp8=None):  # fmt: skip
+    """:func:`block_sparse_attention` with the non-finite policy per row (``nan_block`` 0) or
+    per query block (the block size: :func:`xattention` estimated the mask); ``fp8``: q, k, v
+    already quantized with their flags (:func:`.library.quantize_fp8`): an fp8 call uses all of
+    it, a bf16 call the flags."""
+    backend = _attention_checks(
+        q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
+    )
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     if not nan_block:  # an estimated mask (nan_block set): kv_len was checked by the estimate
@@ -302,12 +319,6 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
             f"{tuple(getattr(mask, 'shape', ()))} {getattr(mask, 'dtype', type(mask).__name__)}"
         )
     mask = mask.to(q.device).expand(B, H, nbq, nbk)
-    backend = resolve_backend(backend, q)
-    check_precision(precision)
-    if precision == "fp8" and backend != "triton":
-        raise ValueError("precision='fp8' needs backend='triton' on an sm90+ GPU")
-    check_triton_head_dim(backend, D)
-    check_triton_dtype(backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
     if backend == "torch":
         bad = nonfinite_rows_ref(q, k, v, lens, nan_block)
@@ -377,13 +388,9 @@ def xattention(
     estimated = mask is None
     fp8 = None
     if estimated:  # what the attention cannot run is refused before the estimate's work
-        check_qk(q, k)
-        check_qk(q, v, "v")
-        resolved = resolve_backend(backend, q)
-        check_triton_dtype(resolved, q)
-        if precision == "fp8":
-            check_block_stride(block_size, None)
-            check_fp8_attention(resolved, q, k, v, block_size)
+        _attention_checks(
+            q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
+        )
         mask, fp8 = _estimate_mask(
             q,
             k,

@@ -181,7 +181,10 @@ def check_triton_dtype(backend: str, t: torch.Tensor, *, attention: bool = True)
 def check_fp8_attention(backend: str, q, k, v, block_size: int) -> None:
     """``precision="fp8"`` runs on the Hopper / Gluon kernels only: refuse what they cannot take
     before the estimate runs. Inputs with a strided last dim are copied later, so the kernel
-    layer checks those."""
+    layer checks those; so it does under torch.compile, where the pick (it reads data
+    pointers) cannot be traced and the registered op refuses at run time."""
+    if torch.compiler.is_compiling():
+        return
     if backend == "triton" and q.is_cuda and all(t.stride(-1) == 1 for t in (q, k, v)):
         if attention_kernel_for(q, k, v, block_size, "auto", "fp8") == "portable":
             raise ValueError(FP8_NEEDS)
