@@ -223,3 +223,27 @@ def test_auto_dense_asks_for_the_configs_precisions(
         (precision, resolved, 24, 128)
     ]
     assert 3 in auto.decisions
+
+
+def _store_keys(first: int, count: int) -> None:
+    for heads in range(first, first + count):
+        cm.store(cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", heads, 64, 128, 8), CAL)
+
+
+def test_processes_storing_at_once_lose_no_entry(tmp_path, monkeypatch):
+    """Each store reads the file, adds its entry and replaces the file: two processes doing that
+    at once kept only one of their entries (a lost update). Stores now hold a lock file."""
+    import multiprocessing
+
+    monkeypatch.setenv("XATTN_VIDEO_CACHE_DIR", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_store_keys, args=(100 * i, 25)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    monkeypatch.setattr(cm, "_MEMO", {})
+    want = {100 * i + j for i in range(4) for j in range(25)}
+    for heads in want:
+        assert cm.lookup(cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", heads, 64, 128, 8)) == CAL

@@ -5,7 +5,12 @@ run directories (:mod:`xattn_video.rundir`), reports, the prompt and LPIPS-weigh
 cost-model cache. Temporary names hold :data:`TMP_MARK`, so leftovers of a killed process can be
 found and removed.
 
-Not supported: atomicity across file systems (the temporary file is always beside the target).
+:func:`locked` serializes read-modify-write updates of one file by several processes (the
+cost-model cache, which ranks of one machine may extend at once).
+
+Not supported: atomicity across file systems (the temporary file is always beside the target);
+the lock where ``fcntl`` is missing (Windows: :func:`locked` then holds none) and on file systems
+without ``flock``.
 """
 
 from __future__ import annotations
@@ -50,3 +55,21 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``<path>.lock`` (created if missing) for a
+    read-modify-write of ``path``; other processes calling this for the same path wait."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path = Path(path)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

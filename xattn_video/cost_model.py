@@ -66,7 +66,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .atomic import write_text
+from .atomic import locked, write_text
 from .attention import estimate_block_mask
 from .kernels._common import cdiv, check_precision, kv_len_tensor
 from .kernels.select import mask_to_indices
@@ -231,14 +231,16 @@ def _parse(raw) -> Calibration | None:
 
 
 def store(key: CostKey, cal: Calibration) -> None:
-    """Keep ``cal`` in memory and in the disk cache (atomic replace of the JSON file)."""
+    """Keep ``cal`` in memory and in the disk cache (atomic replace of the JSON file, read and
+    written under a lock file so that processes storing at once keep each other's entries)."""
     _MEMO[key.id()] = cal
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = _load_all()
-        data[key.id()] = asdict(cal)
-        write_text(path, json.dumps(data, indent=1))
+        with locked(path):
+            data = _load_all()
+            data[key.id()] = asdict(cal)
+            write_text(path, json.dumps(data, indent=1))
     except OSError as err:
         logger.warning("could not write the cost-model cache %s (%s)", path, err)
 
