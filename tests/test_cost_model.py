@@ -247,3 +247,18 @@ def test_processes_storing_at_once_lose_no_entry(tmp_path, monkeypatch):
     want = {100 * i + j for i in range(4) for j in range(25)}
     for heads in want:
         assert cm.lookup(cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", heads, 64, 128, 8)) == CAL
+
+
+def test_a_file_system_without_locks_still_gets_the_entry(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setenv("XATTN_VIDEO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    key = cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", 4, 64, 128, 8)
+    cm.store(key, CAL)
+    monkeypatch.setattr(cm, "_MEMO", {})
+    assert cm.lookup(key) == CAL

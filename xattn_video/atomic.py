@@ -9,8 +9,8 @@ found and removed.
 cost-model cache, which ranks of one machine may extend at once).
 
 Not supported: atomicity across file systems (the temporary file is always beside the target);
-the lock where ``fcntl`` is missing (Windows: :func:`locked` then holds none) and on file systems
-without ``flock``.
+the lock where ``fcntl`` is missing (Windows) or the file system refuses ``flock``: :func:`locked`
+then holds none and the update goes on unlocked.
 """
 
 from __future__ import annotations
@@ -68,7 +68,11 @@ def locked(path: str | os.PathLike[str]) -> Iterator[None]:
         return
     path = Path(path)
     with open(path.with_name(path.name + ".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (ENOLCK): go on without the lock
+            yield
+            return
         try:
             yield
         finally:
