@@ -267,7 +267,9 @@ def rms_norm_rope(
     value by one rounding (within the same bound against the reference). The defaults (one
     token, 4 heads, 2 warps) measured fastest of those tried for both styles on an H200
     (``benchmarks/probe_norm_rope.py``: HunyuanVideo 720p 0.63 ms per tensor, 2.3 TB/s, in
-    two runs; Wan 14B 720p 0.66 ms).
+    two runs; Wan 14B 720p 0.66 ms); a later run (``probe_norm_rope_h200_78ab20d``) also tried
+    one warp, 0.58 against 0.65 ms with the same bits, kept as a measurement of one run
+    (~4 ms of a 10 s 720p forward).
     """
     why = unsupported(x, weight, cos, sin, n_rope, out, style)
     if why is not None:
