@@ -147,7 +147,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--weights", default=None, help="tiny DiT dir (default: the shipped assets)")
     p.add_argument("--random-weights", action="store_true", help="random init (smoke tests)")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda if available, else cpu")  # fmt: skip
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--frames", type=int, default=TRAIN_FRAMES)

@@ -212,7 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--weights", default=None, help="tiny DiT dir (default: the shipped assets)")
     p.add_argument("--random-weights", action="store_true", help="random init (smoke tests)")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda if available, else cpu")  # fmt: skip
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--num-videos", type=int, default=8, help="K conditions / seeds")
     p.add_argument("--seed", type=int, default=0, help="seed of video i is seed + i")

@@ -243,3 +243,10 @@ def test_sweep_methods_whole_run_writes_every_setting(tmp_path):
     for label in ("uniform tau=0.9", "cal-density density=0.35"):
         assert 0.0 < rows[label]["effective_density"] <= 1.0
         assert rows[label]["psnr"] > 0.0
+
+
+def test_the_sweeps_default_to_the_gpu_only_where_there_is_one():
+    methods = load_benchmark("sweep_methods")
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert _args().device == want
+    assert methods.parse_args(["--out", "unused"]).device == want

@@ -103,3 +103,13 @@ def test_planned_run_repeats_bitwise_with_max_steps_and_counts_clips(tmp_path, m
     assert all(torch.equal(ra["weights"][k], rb["weights"][k]) for k in ra["weights"])
     assert ra["lr"] == rb["lr"]  # the logged learning rate of every step
     assert a["clips_seen"] == b["clips_seen"] == short * 3 + (n - short) * 1
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_cuda_without_cuda_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_mod.main(["--out", str(tmp_path), "--device", "cuda"])
+    assert exc.value.code == 2
+    assert "CUDA is not available (use --device cpu)" in capsys.readouterr().err

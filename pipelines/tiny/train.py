@@ -384,7 +384,8 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m xattn_video.pipelines.tiny.train",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", required=True, help="output directory (weights, curves, samples)")
     defaults = TrainConfig(out="")
@@ -422,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**kw, unmasked_attention=not a.masked_attention)
     if cfg.height % 2 or cfg.width % 2:
         p.error("--height and --width must be multiples of 2")
+    if torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {cfg.device} but CUDA is not available (use --device cpu)")
     info = train(cfg)
     _log(json.dumps({k: info[k] for k in ("steps", "final_loss", "steps_per_second",
                                           "stop_reason")}))  # fmt: skip
