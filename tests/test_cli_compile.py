@@ -161,6 +161,20 @@ def test_demo_passes_compile_to_both_runs(tmp_path, compile_spy, monkeypatch, ca
     assert [(o.attention, o.compile) for o in seen] == [("dense", "default"), ("xattn", "default")]
 
 
+def test_demo_takes_the_lpips_weights_flag_its_warning_names(tmp_path, monkeypatch):
+    """LPIPS' missing-weights note tells the user to pass ``--lpips-weights PATH``; ``demo`` had
+    no such flag (argparse refused it) and compared with the default lookup."""
+    from xattn_video.pipelines import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run_generate", lambda opts: 0)
+    monkeypatch.setattr(cli, "_compare", lambda *a, **k: seen.append(a[5]) or {"aggregate": {}})
+    weights = str(tmp_path / "w.safetensors")
+    assert main(["demo", "--out", str(tmp_path / "d"), "--lpips-weights", weights]) == 0
+    assert main(["demo", "--out", str(tmp_path / "e")]) == 0
+    assert seen == [weights, None]
+
+
 def test_compiled_run_writes_the_eager_video(tmp_path, prompt_file):
     """A real compile (aot_eager, fullgraph) of tiny-hunyuan with XAttention, dense warm-up
     step then a sparse step: same frames as the eager run; the pipeline is left uncompiled."""
