@@ -265,6 +265,9 @@ def block_sparse_attention(
     zeros. Returns out (B, H, N, D) and, with ``return_lse``, lse (B, H, N) float32 (natural
     log; -inf for empty rows). NaN / Inf input: see the module docstring (propagated).
     """
+    backend = _attention_checks(
+        q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
+    )
     return _block_sparse(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale, return_lse=return_lse,
         backend=backend, precision=precision, nan_block=0,
@@ -272,8 +275,8 @@ def block_sparse_attention(
 
 
 def _attention_checks(q, k, v, *, block_size, scale, backend, precision) -> str:
-    """What the attention needs of q, k, v and its arguments, checked before any kernel runs
-    (:func:`xattention` calls it before the estimate too) -> the resolved backend."""
+    """What the attention needs of q, k, v and its arguments, checked once per public call
+    before any kernel runs (:func:`xattention`'s before its estimate) -> the resolved backend."""
     check_qk(q, k)
     check_qk(q, v, "v")
     if k.shape[2] != v.shape[2]:
@@ -296,10 +299,8 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
     """:func:`block_sparse_attention` with the non-finite policy per row (``nan_block`` 0) or
     per query block (the block size: :func:`xattention` estimated the mask); ``fp8``: q, k, v
     already quantized with their flags (:func:`.library.quantize_fp8`): an fp8 call uses all of
-    it, a bf16 call the flags."""
-    backend = _attention_checks(
-        q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
-    )
+    it, a bf16 call the flags. ``backend``: resolved, and q, k, v and the other arguments
+    passed by :func:`_attention_checks` (the caller's call)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     if not nan_block:  # an estimated mask (nan_block set): kv_len was checked by the estimate
@@ -387,10 +388,11 @@ def xattention(
     estimate_precision = resolve_estimate_precision(estimate_precision, precision)
     estimated = mask is None
     fp8 = None
-    if estimated:  # what the attention cannot run is refused before the estimate's work
-        _attention_checks(
-            q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
-        )
+    # what the attention cannot run is refused before the estimate's work
+    resolved = _attention_checks(
+        q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
+    )
+    if estimated:
         mask, fp8 = _estimate_mask(
             q,
             k,
@@ -412,7 +414,7 @@ def xattention(
     # a mask row estimated from a non-finite query row is meaningless: its whole block is NaN
     res = _block_sparse(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale, return_lse=return_lse,
-        backend=backend, precision=precision, nan_block=block_size if estimated else 0, fp8=fp8,
+        backend=resolved, precision=precision, nan_block=block_size if estimated else 0, fp8=fp8,
     )  # fmt: skip
     out, lse = res if return_lse else (res, None)
     extras = ((mask,) if return_mask else ()) + ((lse,) if return_lse else ())
