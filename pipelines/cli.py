@@ -395,7 +395,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.exit(
             EXIT_USAGE,
             f"{parser.prog}: error: {e}\nSet {ENV_PROMPTS_DIR} (or --prompts-dir) to a folder "
-            "holding the VBench prompt files, or allow the one-time download.\n",
+            "holding the VBench prompt files (or a clone of VBench), or allow the one-time "
+            "download.\n",
         )
     except (CLIError, SetupError) as e:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {e}\n")

@@ -4,6 +4,9 @@ Lookup order for a file name (e.g. ``all_dimension_longer.txt``):
 
 1. the explicit ``data_dir`` argument,
 2. the directory in ``$XATTN_VIDEO_PROMPTS_DIR``,
+
+   each holding the files flat or being a clone of the VBench repository (the file at its
+   place there, e.g. ``vbench/VBench_full_info.json``),
 3. the cache ``$XDG_CACHE_HOME/xattn-video/prompts`` (default ``~/.cache/xattn-video/prompts``),
 4. a download: raw GitHub URLs for the augmented lists, ``pip download vbench==0.1.5 --no-deps``
    (run with this interpreter, never installed) for ``VBench_full_info.json``. The bytes are
@@ -73,13 +76,14 @@ def locate_data_file(name: str, data_dir: str | os.PathLike[str] | None = None) 
     spec = DATA_FILES[name]
     searched = _candidate_dirs(data_dir)
     for d in searched:
-        p = d / name
-        if p.is_file():
-            return p
+        for rel in (name, spec.repo_path):  # flat, or a clone of the VBench repository
+            p = d / rel
+            if rel and p.is_file():
+                return p
     target = cache_dir() / name
     where = ", ".join(str(d) for d in searched)
     fix = (
-        f"  source: {spec.source}\nOffline? Put the file in a directory and set "
+        f"  source: {spec.source}\nOffline? Put the file in a directory (or clone VBench) and set "
         f"{ENV_PROMPTS_DIR}=<dir> (or pass data_dir=), or place it in the cache at {target}."
     )
     if os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on"):

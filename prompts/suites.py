@@ -33,12 +33,14 @@ class DataFile:
         sha256: expected hex digest of the file's bytes (checked on download).
         url: raw download URL, or ``None`` when the file comes out of a PyPI wheel.
         wheel_member: path inside the ``vbench`` wheel when ``url`` is ``None``.
+        repo_path: path inside a clone of the VBench repository (a data directory may be one).
     """
 
     name: str
     sha256: str
     url: str | None = None
     wheel_member: str | None = None
+    repo_path: str = ""
 
     @property
     def source(self) -> str:
@@ -55,21 +57,25 @@ STANDARD_FILE = DataFile(
     name="VBench_full_info.json",
     sha256="5dd2de80ee43cda750b2b72ea7023657c0b90d3702041c7e4608c65dbe50dccd",
     wheel_member="vbench/VBench_full_info.json",
+    repo_path="vbench/VBench_full_info.json",
 )
 LONGER_FILE = DataFile(
     name="all_dimension_longer.txt",
     sha256="58ed0665de52c1bdb4820af01327f5cc1138bedbeedcc63902751056f6bf5768",
     url=VBENCH_RAW_BASE + "prompts/augmented_prompts/gpt_enhanced_prompts/all_dimension_longer.txt",
+    repo_path="prompts/augmented_prompts/gpt_enhanced_prompts/all_dimension_longer.txt",
 )
 HUNYUAN_FILE = DataFile(
     name="hunyuan_all_dimension.txt",
     sha256="bb1f6c7c27390eb268ef1e25faa196169ee7dc8a30741290bdd9c30c5970d9fe",
     url=VBENCH_RAW_BASE + "prompts/augmented_prompts/hunyuan_all_dimension.txt",
+    repo_path="prompts/augmented_prompts/hunyuan_all_dimension.txt",
 )
 STANDARD_TXT_FILE = DataFile(
     name="all_dimension.txt",
     sha256="f9b50654f81ab732b9235d5bb91f0c3a4d152fac19249ce3a3a9185b2d80d8c3",
     url=VBENCH_RAW_BASE + "prompts/all_dimension.txt",
+    repo_path="prompts/all_dimension.txt",
 )
 """The standard list as plain text (same order as ``VBench_full_info.json``); not used by a suite."""
 

@@ -91,6 +91,22 @@ def test_env_dir_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(load_prompts("vbench-hunyuan")) == N
 
 
+def test_env_dir_may_be_a_clone_of_vbench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A VBench clone keeps the files in sub-folders; the lookup wanted them flat and tried to
+    download (a user pointing the variable at their clone got a download error)."""
+    clone = tmp_path / "VBench"
+    for spec in DATA_FILES.values():
+        (clone / spec.repo_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(VBENCH_DIR / spec.name, clone / spec.repo_path)
+    monkeypatch.setenv(fetch_mod.ENV_PROMPTS_DIR, str(clone))
+    for suite in SUITES:
+        assert load_prompts(suite) == load_prompts(suite, data_dir=VBENCH_DIR)
+    for spec in DATA_FILES.values():
+        assert fetch_mod.locate_data_file(spec.name) == clone / spec.repo_path
+    (clone / spec.name).write_text("flat")  # a flat file beside the clone's layout wins
+    assert fetch_mod.locate_data_file(spec.name) == clone / spec.name
+
+
 def test_dimension_filter() -> None:
     std = load_prompts("vbench", data_dir=VBENCH_DIR)
     scene = load_prompts("vbench", data_dir=VBENCH_DIR, dimension="scene")
