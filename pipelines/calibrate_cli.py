@@ -39,7 +39,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def add_calibrate_args(
-    p: argparse.ArgumentParser, add_config_flags: Callable[[argparse.ArgumentParser], None]
+    p: argparse.ArgumentParser, add_config_flags: Callable[[argparse.ArgumentParser, str], None]
 ) -> None:
     """Flags of ``xattn-video calibrate``, plus one flag per ``XAttentionConfig`` field added by
     ``add_config_flags`` (the CLI's, passed in so this module does not import the parser's)."""
@@ -67,7 +67,9 @@ def add_calibrate_args(
     p.add_argument("--device", help="default: CUDA if available, else CPU")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_config_flags(p)
+    add_config_flags(
+        p, "XAttention settings of the calibration run (unset flags take the model's preset)"
+    )
 
 
 def _targets(args: argparse.Namespace) -> dict[str, float | None]:

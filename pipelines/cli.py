@@ -406,10 +406,23 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0  # unreachable: parser.exit raises
 
 
+def _parse_command(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """``parser.parse_args``, except that a flag the chosen subcommand does not know is reported
+    with that subcommand's usage (argparse reports it with the top-level one, which lists no
+    flags)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``xattn-video``."""
     parser = build_parser()
-    return _dispatch(parser, parser.parse_args(argv))
+    return _dispatch(parser, _parse_command(parser, argv))
 
 
 def generate_main(argv: Sequence[str] | None = None) -> int:

@@ -97,15 +97,18 @@ def seed_int(text: str) -> int:
     return value
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+CONFIG_GROUP_TITLE = (
+    "XAttention settings (--attention xattn only; unset flags take the model's preset)"
+)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, title: str = CONFIG_GROUP_TITLE) -> None:
     """One flag per ``XAttentionConfig`` field; values land in ``args.cfg_<field>`` (None: unset).
 
     Raises ``TypeError`` for a field type the CLI does not know how to parse, so a new field
     can't silently miss its flag.
     """
-    group = parser.add_argument_group(
-        "XAttention settings (--attention xattn only; unset flags take the model's preset)"
-    )
+    group = parser.add_argument_group(title)
     hints = typing.get_type_hints(XAttentionConfig)
     docs = field_docs()
     for f in config_fields():

@@ -198,6 +198,25 @@ _PIPELINE_CLASSES = {"hunyuanvideo": "HunyuanVideoPipeline", "wan": "WanPipeline
 """The diffusers pipeline class (``model_index.json``'s ``_class_name``) each loader loads."""
 
 
+def _offline_reason(error: BaseException) -> str | None:
+    """Why the hub could not be asked, if ``error`` (diffusers' ``OSError``) comes from an
+    offline hub or a missing network rather than from a repo without the file: diffusers words
+    both as "does not appear to have a file named config.json"."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {type(e).__name__ for e in chain}
+    if "OfflineModeIsEnabled" in names:
+        return "the Hugging Face Hub is in offline mode (HF_HUB_OFFLINE is set)"
+    if names & {"LocalEntryNotFoundError", "ConnectError"} or any(
+        isinstance(e, ConnectionError) for e in chain
+    ):
+        return "the Hugging Face Hub could not be reached"
+    return None
+
+
 def _check_pipeline_folder(path: Path, spec: ModelSpec) -> None:
     """``ValueError`` unless ``path`` is a diffusers folder of the pipeline ``spec`` loads."""
     index = path / "model_index.json"
@@ -249,7 +268,8 @@ def load_pipeline(
         ValueError: unknown model, both ``model_path`` and ``model_id`` given, ``model_id``
             for ``tiny``, a ``model_path`` that is not a pipeline folder of that kind, or a
             source diffusers / the Hugging Face hub cannot load (its ``OSError``: a repo id
-            that does not exist or is not cached offline, a folder missing a component).
+            that does not exist, a folder missing a component; a repo id not in the local cache
+            while the hub is offline or unreachable says so and how to get it).
         FileNotFoundError: the shipped ``tiny`` weights are missing (the message says how to
             train them).
     """
@@ -271,6 +291,14 @@ def load_pipeline(
         try:
             pipe = _LOADERS[spec.family](source, dtype)
         except OSError as e:  # diffusers' and the hub's errors for a source they cannot load
+            why = _offline_reason(e) if model_path is None else None
+            if why is not None:
+                raise ValueError(
+                    f"could not load a {spec.family} pipeline from {source!r}: {why}, and the "
+                    "model is not in the local Hugging Face cache. Download it where there is "
+                    f"network (`hf download {source}`) and copy the cache over, or pass "
+                    "--model-path with a pipeline folder (pipe.save_pretrained(path))"
+                ) from e
             raise ValueError(f"could not load a {spec.family} pipeline from {source!r}: {e}") from e
         pipe = pipe.to(device)
     return pipe

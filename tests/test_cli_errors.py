@@ -160,3 +160,63 @@ def test_calibrate_out_in_a_new_folder_is_created(tmp_path, capsys):
     again = tmp_path / "other" / "thr2.json"
     assert main(["calibrate", "--retarget", str(out), "--out", str(again)]) == 0
     assert again.is_file()
+
+
+def test_calibrate_help_does_not_title_its_settings_for_generate(capsys):
+    """The settings group said "--attention xattn only", a flag calibrate does not have."""
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    text = capsys.readouterr().out
+    assert "XAttention settings of the calibration run" in text and "--attention" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# every command
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--model", "tiny", "--prompts", "p.txt", "--attention", "dense", "--out", "o"],
+        ["compare", "a", "b", "--out", "r"],
+        ["demo"],
+        ["calibrate", "--out", "t.json"],
+    ],
+)
+def test_an_unknown_flag_is_reported_with_the_commands_usage(capsys, no_work, argv):
+    """It was reported with the top-level usage (``xattn-video [-h] COMMAND ...``), which lists
+    none of the command's flags."""
+    line = _fail([*argv, "--no-such-flag", "1"], capsys)
+    assert line == f"xattn-video {argv[0]}: error: unrecognized arguments: --no-such-flag 1"
+    with pytest.raises(SystemExit):  # again, for the usage lines _fail read and dropped
+        main([*argv, "--no-such-flag"])
+    usage = capsys.readouterr().err
+    assert usage.startswith(f"usage: xattn-video {argv[0]} "), usage
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_hub_model_that_is_not_cached_offline_says_so(monkeypatch, tmp_path, offline):
+    """diffusers words an unreachable hub as "does not appear to have a file named
+    config.json", which sent users looking for a broken repo."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    if not offline:  # the hub unreachable instead: the loader's OSError caused by a socket error
+
+        def unreachable(source, dtype):
+            try:
+                raise ConnectionError("[Errno -2] Name or service not known")
+            except ConnectionError as e:
+                raise OSError(f"{source} does not appear to have a file named config.json") from e
+
+        monkeypatch.setitem(models_mod._LOADERS, "wan", unreachable)
+    repo = "xattn-video-tests/no-such-model"
+    with pytest.raises(ValueError) as exc:
+        models_mod.load_pipeline("wan", model_id=repo, device="cpu")
+    msg = str(exc.value)
+    why = "is in offline mode (HF_HUB_OFFLINE is set)" if offline else "could not be reached"
+    assert f"could not load a wan pipeline from '{repo}': the Hugging Face Hub {why}" in msg
+    assert f"`hf download {repo}`" in msg and "--model-path" in msg
+    assert "config.json" not in msg
