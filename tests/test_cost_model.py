@@ -106,6 +106,10 @@ def test_disk_cache_round_trip(tmp_path, monkeypatch):
         '"attn_full": [], "gather": []}}',  # empty: IndexError in predict
         '{"KEY": {**CAL, "dense": [0.1, "0.4", 1.6]}}',
         '{"KEY": {**CAL, "dense": [0.1, 0.0, 1.6]}}',  # a zero divides
+        '{"KEY": {**CAL, "dense": [0.1, -0.4, 1.6]}}',
+        '{"KEY": {**CAL, "dense": [0.1, NaN, 1.6]}}',  # Python's json reads NaN and Infinity
+        '{"KEY": {**CAL, "dense": [0.1, Infinity, 1.6]}}',
+        '{"KEY": {**CAL, "dense": [0.1, true, 1.6]}}',  # a bool is an int to isinstance
         '{"KEY": {**CAL, "dense_graph": [0.1]}}',  # graph lists: empty or one per point
         '{"KEY": {**CAL, "n": [4096, 2048, 1024]}}',  # unsorted grid
     ],
