@@ -269,7 +269,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         thresholds_sha256=thresholds_digest(config),
         **env,
     )
-    check_resume(out, old, run)
+    check_resume(out, old, run, [p.index for p in prompts])
     lock, writable = _lock(out, state)
     finish = finish_group(state.num_processes)
     try:

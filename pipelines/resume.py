@@ -14,6 +14,10 @@ What the record holds is made comparable first:
 Finished prompts are skipped only if :func:`xattn_video.rundir.verify_video` passes and their
 prompt text is unchanged (:func:`prompts_to_do`).
 
+The prompt selection (``--dimension`` / ``--sample`` / ``--limit``, the prompt file's length) may
+change only to one that still holds every prompt folder of the directory
+(:func:`_check_selection`), so that run.json, which records the last selection, describes them all.
+
 Not supported: noticing a prompt *file* edited between runs except through the texts of the
 selected prompts (the selection itself is by position).
 """
@@ -73,9 +77,12 @@ def _with_full_config(old: rundir.RunRecord) -> rundir.RunRecord:
     return dataclasses.replace(old, config=full)
 
 
-def check_resume(out: Path, old: rundir.RunRecord | None, run: rundir.RunRecord) -> None:
+def check_resume(
+    out: Path, old: rundir.RunRecord | None, run: rundir.RunRecord, indices: list[int]
+) -> None:
     """Raise :class:`SetupError` naming each setting in which ``run`` differs from ``old``, the
-    record already in ``out`` (None: a new directory)."""
+    record already in ``out`` (None: a new directory), or the prompt folders of ``out`` that
+    its selection (the prompt ``indices``) leaves out (:func:`_check_selection`)."""
     if old is None:
         return
     old = _with_full_config(old)
@@ -87,6 +94,35 @@ def check_resume(out: Path, old: rundir.RunRecord | None, run: rundir.RunRecord)
         raise SetupError(
             f"{out / rundir.RUN_FILE} belongs to a run with other settings ({detail}). "
             "Resume with the same settings or choose another --out directory."
+        )
+    _check_selection(out, old, run, indices)
+
+
+def _selection_label(selection: dict[str, Any] | None) -> str:
+    """``{"dimension": None, "sample": 3, "limit": None}`` -> ``"--sample 3"``."""
+    flags = [f"--{k} {v}" for k, v in (selection or {}).items() if v is not None]
+    return " ".join(flags) or "every prompt"
+
+
+def _check_selection(
+    out: Path, old: rundir.RunRecord, run: rundir.RunRecord, indices: list[int]
+) -> None:
+    """Raise :class:`SetupError` if ``out`` holds prompt folders that the selection of ``run``
+    (the prompt ``indices``) leaves out: run.json records one selection, which must cover every
+    video in the directory. A selection that grows (a longer ``--limit``, lines added to a
+    prompt file) resumes and is recorded."""
+    kept = set(indices)
+    left_out = sorted(
+        int(d.name) for d in out.iterdir() if rundir.is_prompt_dir(d) and int(d.name) not in kept
+    )
+    if left_out:
+        shown = ", ".join(rundir.prompt_dir_name(i) for i in left_out[:8])
+        more = f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
+        raise SetupError(
+            f"{out} holds prompt folder(s) {shown}{more} that this selection "
+            f"({_selection_label(run.selection)}, {len(indices)} prompt(s)) leaves out; its "
+            f"run.json records {_selection_label(old.selection)}. A run directory keeps one "
+            "selection: resume with one that includes them or choose another --out directory."
         )
 
 

@@ -109,3 +109,28 @@ def test_checking_finished_videos_shows_a_bar(tmp_path, prompt_file, capsys):
     prompts_to_do(tmp_path / "empty", prompts, GenerateResult(out=out, total=3, assigned=3),
                   progress=True)  # fmt: skip
     assert "checking" not in capsys.readouterr().err
+
+
+def test_a_selection_that_leaves_out_videos_of_the_directory_blocks_a_resume(
+    tmp_path, prompt_file, capsys
+):
+    """Another --sample / --limit / --dimension resumed and run.json then recorded only the last
+    selection, misdescribing the videos already there; a selection that grows still resumes."""
+    out = tmp_path / "run"
+    main(_argv(out, prompt_file, "dense", "--limit", "2"))
+    line = _fail(_argv(out, prompt_file, "dense", "--sample", "1"), capsys)
+    want = "holds prompt folder(s) 00001 that this selection (--sample 1, 1 prompt(s)) leaves out"
+    assert f"{out} {want}; its run.json records --limit 2." in line
+    assert _finished(out) == ["00000", "00001"]
+    record = rundir.RunRecord.read(out)
+    assert (record.selection["limit"], record.num_prompts) == (2, 2)
+    main(_argv(out, prompt_file, "dense"))  # every prompt: grows the run
+    assert _finished(out) == ["00000", "00001", "00002"]
+    record = rundir.RunRecord.read(out)
+    assert (record.selection, record.num_prompts) == (
+        {"dimension": None, "sample": None, "limit": None},
+        3,
+    )
+    line = _fail(_argv(out, prompt_file, "dense", "--limit", "1"), capsys)
+    want = "holds prompt folder(s) 00001, 00002 that this selection (--limit 1, 1 prompt(s))"
+    assert want in line and "its run.json records every prompt." in line
