@@ -5,7 +5,9 @@ denoising steps, the seed, the transformer dtype) change every video, so a quali
 comparison of runs that differ in one means nothing: ``compare_runs`` raises
 :class:`RunMismatch` before any work, unless ``allow_mismatch=True`` (``--allow-mismatch``), which
 turns each difference into a warning; a different video size or frame count
-(:data:`SHAPE_FIELDS`) is refused even then, since frames of two sizes cannot be compared. Not
+(:data:`SHAPE_FIELDS`) is refused even then, since frames of two sizes cannot be compared, and so
+is a different seed, since every video of a run has the run's seed and only videos of the same
+prompt and seed are paired (:data:`UNWAIVABLE_FIELDS`). Not
 compared: the attention mode, XAttention config and
 thresholds file (what is being compared); fps (it only changes the mp4 encoding, not the frames);
 the prompt suite and selection (pairs are matched by prompt index, and a pair whose prompt text or
@@ -30,7 +32,11 @@ MATCH_FIELDS = ("model", "model_source", "height", "width", "frames", "steps", "
 """run.json settings two compared runs must share (see the module docstring)."""
 
 SHAPE_FIELDS = ("height", "width", "frames")
-"""The :data:`MATCH_FIELDS` no ``allow_mismatch`` can waive: the videos' shapes."""
+"""The videos' shapes among :data:`MATCH_FIELDS`."""
+
+UNWAIVABLE_FIELDS = (*SHAPE_FIELDS, "seed")
+"""The :data:`MATCH_FIELDS` no ``allow_mismatch`` can waive: frames of two shapes cannot be
+compared, and runs of two seeds have no pair of the same input (``aggregate.same_input``)."""
 
 
 class RunMismatch(ValueError):
@@ -38,7 +44,8 @@ class RunMismatch(ValueError):
 
     Attributes:
         differences: field -> (dense value, sparse value).
-        allowable: no :data:`SHAPE_FIELDS` differ, so ``allow_mismatch=True`` compares anyway.
+        allowable: no :data:`UNWAIVABLE_FIELDS` differ, so ``allow_mismatch=True`` compares
+            anyway.
     """
 
     def __init__(self, differences: dict[str, tuple[Any, Any]]) -> None:
@@ -47,7 +54,7 @@ class RunMismatch(ValueError):
         remedy = (
             "allow_mismatch=True compares anyway"
             if self.allowable
-            else "videos of another size or frame count cannot be compared at all"
+            else "videos of another size, frame count or seed cannot be compared at all"
         )
         super().__init__(
             f"the runs were generated with different settings: {self.describe()}; their quality "
@@ -60,8 +67,9 @@ class RunMismatch(ValueError):
 
 
 def allowable(differences: dict[str, tuple[Any, Any]]) -> bool:
-    """Whether ``allow_mismatch`` can waive these differences: none of :data:`SHAPE_FIELDS`."""
-    return not set(differences) & set(SHAPE_FIELDS)
+    """Whether ``allow_mismatch`` can waive these differences: none of
+    :data:`UNWAIVABLE_FIELDS`."""
+    return not set(differences) & set(UNWAIVABLE_FIELDS)
 
 
 def describe_differences(differences: dict[str, tuple[Any, Any]]) -> str:

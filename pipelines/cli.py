@@ -181,8 +181,8 @@ def _compare(
         remedy = (
             ", or pass --allow-mismatch to compare anyway (with a warning)"
             if e.allowable
-            else " (their videos differ in size or frame count, so not even --allow-mismatch "
-            "can compare them frame by frame)"
+            else " (their videos differ in size, frame count or seed, so not even "
+            "--allow-mismatch can pair them frame by frame)"
         )
         raise CLIError(
             f"{dense} and {sparse} were generated with different settings: {e.describe()}; "

@@ -70,15 +70,25 @@ def test_compare_refuses_runs_with_other_steps_naming_both_values(tmp_path, caps
     assert not (tmp_path / "r").exists()
 
 
-def test_compare_does_not_offer_allow_mismatch_for_another_frame_count(tmp_path, capsys):
-    """The message offered --allow-mismatch, which then failed on the frames' shapes."""
-    dense, sparse = _runs(tmp_path, {}, {"frames": 9})
+@pytest.mark.parametrize(
+    "sparse_fields, difference",
+    [
+        ({"frames": 9}, "frames 5 (dense) vs 9 (sparse)"),
+        ({"seed": 3}, "seed 0 (dense) vs 3 (sparse)"),
+    ],
+)
+def test_compare_does_not_offer_allow_mismatch_for_another_frame_count_or_seed(
+    tmp_path, capsys, sparse_fields, difference
+):
+    """The message offered --allow-mismatch, which then failed on the frames' shapes, or (another
+    seed) with "no paired prompt ... from the same prompt text and seed"."""
+    dense, sparse = _runs(tmp_path, {}, sparse_fields)
     argv = ["compare", dense, sparse, "--out", str(tmp_path / "r"), "--metrics", "psnr"]
     line = _fail(argv, capsys)
-    assert "frames 5 (dense) vs 9 (sparse)" in line
+    assert difference in line
     assert "not even --allow-mismatch" in line and "pass --allow-mismatch" not in line
     line = _fail([*argv, "--allow-mismatch"], capsys)
-    assert "frames 5 (dense) vs 9 (sparse)" in line and "not even --allow-mismatch" in line
+    assert difference in line and "not even --allow-mismatch" in line
     assert not (tmp_path / "r").exists()
 
 
