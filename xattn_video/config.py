@@ -231,10 +231,17 @@ class XAttentionConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> XAttentionConfig:
-        """Preset by model name (see ``PRESETS``), with optional field overrides."""
-        key = name.lower()
+        """Preset by name (see ``PRESETS``), with optional field overrides.
+
+        ``hunyuanvideo`` and ``wan`` are the real models'; ``tiny`` is the random-weight test
+        models' (the CLI's ``tiny-hunyuan`` and ``tiny-wan``, also accepted as names here);
+        ``tiny-dit`` is the trained tiny DiT's, which the CLI calls ``--model tiny``."""
+        key = PRESET_ALIASES.get(name.lower(), name.lower())
         if key not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+            raise ValueError(
+                f"unknown model preset {name!r}; known: {sorted(PRESETS)} (the CLI's --model "
+                "tiny, the trained tiny DiT, uses 'tiny-dit')"
+            )
         return cls(**{**PRESETS[key], **overrides})
 
 
@@ -296,6 +303,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         token_order="hilbert",
     ),
 }
+
+
+PRESET_ALIASES = {"tiny-hunyuan": "tiny", "tiny-wan": "tiny"}
+"""The CLI's random-weight models, by their ``--model`` names, -> their preset."""
 
 
 def config_fields() -> list[dataclasses.Field]:
