@@ -113,8 +113,8 @@ def compare_runs(
         The report dict (as written to ``report.json``).
 
     Raises:
-        ValueError: unknown metric, the same directory twice, ``out_dir`` a file or not
-            writable, no prompt finished in both runs, no paired prompt with the same text and
+        ValueError: unknown metric, the same directory twice, ``out_dir`` a file, not
+            writable or inside either run, no prompt finished in both runs, no paired prompt with the same text and
             seed in both runs, a paired video differs in shape (prompt index named), a corrupt
             run file (``RunDirError``, file named).
         RunMismatch: the runs' ``run_match.MATCH_FIELDS`` differ and not ``allow_mismatch``, or
@@ -235,7 +235,8 @@ def compare_runs(
 
 
 def _check_dirs(dense: os.PathLike[str] | str, sparse: os.PathLike[str] | str, out: Any) -> None:
-    """Refuse, before any work, comparing a run with itself and an unusable ``out_dir``."""
+    """Refuse, before any work, comparing a run with itself and an unusable ``out_dir`` (a file,
+    not writable, or inside either run)."""
     if Path(dense).is_dir() and Path(dense).resolve() == Path(sparse).resolve():
         raise ValueError(
             f"{dense} and {sparse} are the same run directory; compare a dense run with another run"
@@ -243,6 +244,12 @@ def _check_dirs(dense: os.PathLike[str] | str, sparse: os.PathLike[str] | str, o
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out} is an existing file, not a directory")
+    for run in (dense, sparse):
+        if out.resolve().is_relative_to(Path(run).resolve()):
+            raise ValueError(
+                f"out_dir {out} is inside the run directory {run}: the report would mix with "
+                "its videos; choose a folder outside both runs"
+            )
     parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     if not writable_dir(parent):
         raise ValueError(f"out_dir {out}: {parent} is not writable")
@@ -374,6 +381,12 @@ def _draw_figures(
     report: dict[str, Any], dense: Run, sparse: Run, out: Path, strip_frames: int
 ) -> dict[str, Any]:
     videos = comparable(report["videos"])  # the pairs the aggregate counts
+    for old in [
+        *out.glob("strip_worst_*.png"),
+        *out.glob("strip_best_*.png"),
+        *(out / f for f in ("quality_vs_density.png", "speedup.png", "per_prompt_metrics.png")),
+    ]:  # an earlier report's figures in a reused out_dir: this report may not redraw them
+        old.unlink(missing_ok=True)
     figs: dict[str, Any] = {}
     for key, fname, draw in (
         ("quality_vs_density", "quality_vs_density.png", plots.quality_vs_density),

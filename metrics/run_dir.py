@@ -64,11 +64,14 @@ class RunVideo:
         if f.name == rundir.FRAMES_FILE:
             problem = rundir.verify_video(self.path)
             if problem is not None:
-                raise RunDirError(problem)
+                raise RunDirError(f"{problem}; {_REDO}")
         try:
             return read_video(f)
         except (ValueError, OSError, EOFError, RuntimeError) as e:
-            raise RunDirError(f"{f} can't be read: {e}") from e
+            raise RunDirError(f"{f} can't be read: {e}; {_REDO}") from e
+
+
+_REDO = "rerunning its generate command regenerates that video"
 
 
 @dataclass(frozen=True)

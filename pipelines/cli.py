@@ -159,6 +159,10 @@ def _compare(
     from xattn_video.metrics import RunMismatch, compare_runs
 
     for d in (dense, sparse):
+        if not Path(d).exists():
+            raise CLIError(f"{d} does not exist; make a run directory with generate")
+        if not Path(d).is_dir():
+            raise CLIError(f"{d} is a file, not a run directory; make one with generate")
         if not (Path(d) / rundir.RUN_FILE).is_file():
             raise CLIError(f"{d} is not a run directory (no run.json); make one with generate")
     if Path(dense).resolve() == Path(sparse).resolve():

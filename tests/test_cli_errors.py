@@ -145,6 +145,8 @@ def _calibrate(tmp_path: Path, *extra: str) -> list[str]:
         (["--height", "20"], "height must be a positive multiple of 16"),
         (["--frames", "4"], "frames must be 4k+1"),
         (["--warmup-steps", "2"], "no denoising step to measure"),
+        (["--num-prompts", "0"], "--num-prompts must be >= 1, got 0"),  # said "sample must be"
+        (["--measure-every", "0"], "--measure-every must be >= 1, got 0"),
         (["--warmup-steps", "1", "--dense-last-steps", "1"], "dense_last_steps=1 cover all 2"),
         (["--out", "EXISTING_DIR"], "is a directory"),
         (["--out", "FILE/thr.json"], "is a file, not a directory"),
@@ -230,3 +232,35 @@ def test_a_hub_model_that_is_not_cached_offline_says_so(monkeypatch, tmp_path, o
     assert f"could not load a wan pipeline from '{repo}': the Hugging Face Hub {why}" in msg
     assert f"`hf download {repo}`" in msg and "--model-path" in msg
     assert "config.json" not in msg
+
+
+@pytest.mark.parametrize("inside", ["d", "s/00000", "s/00007"])
+def test_compare_refuses_an_out_dir_inside_a_run(tmp_path, capsys, no_work, inside):
+    """The report was written into the run (or a prompt folder, or a new folder named like one)
+    and mixed with its videos."""
+    dense, sparse = _runs(tmp_path, {}, {})
+    out = tmp_path / inside
+    line = _fail(["compare", dense, sparse, "--out", str(out)], capsys)
+    run = dense if inside == "d" else sparse
+    assert f"out_dir {out} is inside the run directory {run}" in line
+    assert not (tmp_path / "s" / "00007").exists()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["00000", "run.json"]
+
+
+def test_compare_names_a_missing_path_and_a_file_as_such(tmp_path, capsys, no_work):
+    """Both said "is not a run directory (no run.json)"."""
+    dense, sparse = _runs(tmp_path, {}, {})
+    (tmp_path / "afile").write_text("x")
+    for path, what in ((tmp_path / "nope", "does not exist"), (tmp_path / "afile", "is a file")):
+        line = _fail(["compare", str(path), sparse, "--out", str(tmp_path / "r")], capsys)
+        assert f"{path} {what}" in line
+
+
+def test_a_damaged_video_names_the_way_to_regenerate_it(tmp_path, capsys):
+    dense, sparse = _runs(tmp_path, {}, {})
+    frames = Path(sparse) / "00000" / "frames.npy"
+    frames.write_bytes(frames.read_bytes()[:-10])
+    argv = ["compare", dense, sparse, "--out", str(tmp_path / "r"), "--metrics", "psnr"]
+    line = _fail([*argv, "--no-progress"], capsys)
+    assert f"{frames} is truncated or padded" in line
+    assert "rerunning its generate command regenerates that video" in line

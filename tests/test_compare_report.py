@@ -897,3 +897,25 @@ def test_html_says_density_is_missing_when_it_is(tmp_path) -> None:
         compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
     html = (tmp_path / "out" / "report.html").read_text()
     assert "no density recorded in the sparse run" in html
+
+
+def test_a_reused_report_folder_keeps_no_figure_of_the_earlier_report(tmp_path: Path) -> None:
+    """The earlier report's worst / best strips (other prompt indices) stayed beside the new
+    ones, as did plots this report does not draw."""
+    dense = write_run(tmp_path / "d", "dense", [0, 1, 2])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1, 2], frames_fn=sparse_frames)
+    out = tmp_path / "out"
+    first = compare_runs(dense, sparse, out, metrics=("psnr",), device="cpu", progress=False)
+    before = {s["file"] for s in first["figures"]["strips"]}
+    stale = {"strip_worst_00009.png", "strip_best_00008.png", "speedup.png"}
+    for name in stale:
+        (out / name).write_bytes(b"an earlier report's figure")
+    (out / "notes.txt").write_text("the user's own file")
+    for i in (0, 1, 2):  # no timings: this report draws no speed-up plot
+        _edit_meta(sparse, i, timings=None)
+    report = compare_runs(dense, sparse, out, metrics=("psnr",), device="cpu", progress=False)
+    assert report["figures"]["speedup"] is None
+    pngs = {p.name for p in out.glob("*.png")}
+    assert pngs.isdisjoint(stale) and before <= pngs
+    assert {s["file"] for s in report["figures"]["strips"]} == before
+    assert (out / "notes.txt").read_text() == "the user's own file"
