@@ -92,8 +92,9 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 0
     if args.model is None:
         raise ValueError("--model is required (unless --retarget)")
-    if args.measure_every < 1:
-        raise ValueError(f"--measure-every must be >= 1, got {args.measure_every}")
+    for flag in ("measure_every", "num_prompts"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     data = _calibrate(args, *_check_inputs(args, overrides))
     out.parent.mkdir(parents=True, exist_ok=True)
     th.save_thresholds(out, data)
