@@ -320,14 +320,19 @@ def _compare_video(
             f"prompt {d.index:05d}: dense video {d.frames_file} has shape {ref.shape} but sparse "
             f"video {s.frames_file} has {test.shape}; they must match (nothing is truncated)"
         )
+    theirs = {"prompt": s.record.prompt, "seed": s.record.seed}  # the sparse run's input
     for key in differ:
-        notes.append(f"prompt {d.index:05d}: {key} differs between runs; left out of the aggregate")
+        notes.append(
+            f"prompt {d.index:05d}: {key} differs between runs ({getattr(d.record, key)!r} dense, "
+            f"{theirs[key]!r} sparse); left out of the aggregate"
+        )
     entry: dict[str, Any] = {
         "prompt_index": d.index,
         "prompt": d.record.prompt,
         "seed": d.record.seed,
         "same_input": not differ,
         "differs": differ,
+        **({"sparse_input": {k: theirs[k] for k in differ}} if differ else {}),
         "num_frames": int(ref.shape[0]),
         "height": int(ref.shape[1]),
         "width": int(ref.shape[2]),

@@ -104,7 +104,12 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ]
         if marked:
             differ = " and ".join(v.get("differs") or ["prompt or seed"])
-            row.append("yes" if v.get("same_input", True) else f"no: {differ} differs")
+            theirs = ", ".join(
+                f"{k} {short(x, 40)!r}" if isinstance(x, str) else f"{k} {x}"
+                for k, x in (v.get("sparse_input") or {}).items()
+            )  # the row's prompt and seed are the dense run's
+            theirs = f" (sparse: {theirs})" if theirs else ""
+            row.append("yes" if v.get("same_input", True) else f"no: {differ} differs{theirs}")
         rows.append(row)
     return header, rows
 

@@ -393,11 +393,16 @@ def test_seed_mismatch_and_missing_timings_are_reported(tmp_path: Path) -> None:
         tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames, seed=1, run_fields={"seed": 0}
     )
     _edit_meta(sparse, 1, seed=0, timings=None, density=None)  # prompt 1: same seed, no timings
-    with pytest.warns(CompareWarning, match="prompt 00000: seed differs"):
+    with pytest.warns(
+        CompareWarning, match=r"prompt 00000: seed differs between runs \(0 dense, 1 sparse\)"
+    ):
         report = compare_runs(
             dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
         )
     assert [v["differs"] for v in report["videos"]] == [["seed"], []]
+    assert report["videos"][0]["sparse_input"] == {"seed": 1}  # it showed only the dense seed
+    assert "sparse_input" not in report["videos"][1]
+    assert "| no: seed differs (sparse: seed 1) |" in (tmp_path / "out" / "report.md").read_text()
     v = report["videos"][1]
     assert v["speedup"] == {"total": None, "denoise": None}
     assert v["effective_density"] is None
@@ -429,7 +434,8 @@ def test_left_out_pairs_are_not_plotted_and_are_marked_in_the_table(tmp_path: Pa
     assert report["aggregate"]["psnr"]["min"] == pytest.approx(psnrs[worst])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| in aggregate |" in md
-    assert md.count("| yes |") == 2 and md.count("| no: prompt differs |") == 1
+    assert md.count("| yes |") == 2
+    assert md.count("| no: prompt differs (sparse: prompt 'another prompt') |") == 1
     html = (tmp_path / "out" / "report.html").read_text()
     assert "no: prompt differs" in html
 
@@ -699,7 +705,10 @@ def test_pairs_with_another_prompt_text_are_left_out_of_the_aggregate(tmp_path: 
     meta = json.loads(meta_path.read_text())
     meta["prompt"] = "an edited prompt"
     meta_path.write_text(json.dumps(meta))
-    with pytest.warns(CompareWarning, match="prompt 00001: prompt differs between runs; left out"):
+    with pytest.warns(
+        CompareWarning,
+        match="prompt 00001: prompt differs between runs .* 'an edited prompt' sparse.; left out",
+    ):
         report = compare_runs(
             dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
         )
