@@ -363,13 +363,27 @@ _COMMANDS = {
 }
 
 
+def _installed_package(filename: str) -> str | None:
+    """The top-level package an installed file belongs to (the folder after site-packages),
+    or None for a file outside site-packages (this repository's own, in an editable install)."""
+    parts = Path(filename).parts
+    for i, part in enumerate(parts[:-1]):
+        if part in ("site-packages", "dist-packages"):
+            return parts[i + 1].removesuffix(".py")
+    return None
+
+
 @contextlib.contextmanager
 def _one_line_warnings(prog: str) -> Iterator[None]:
     """Python warnings and ``xattn_video`` log records as ``prog: warning: message`` lines on
-    stderr (no source lines, no logger names) while a command runs."""
+    stderr (no source lines, no logger names) while a command runs; a warning raised inside
+    another installed package says which (``prog: warning from huggingface_hub: ...``), so
+    that it is not read as ours."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"{prog}: warning: {message}", file=file or sys.stderr)
+        origin = _installed_package(str(filename))
+        source = f" from {origin}" if origin not in (None, "xattn_video") else ""
+        print(f"{prog}: warning{source}: {message}", file=file or sys.stderr)
 
     class OneLine(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:

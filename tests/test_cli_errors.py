@@ -264,3 +264,21 @@ def test_a_damaged_video_names_the_way_to_regenerate_it(tmp_path, capsys):
     line = _fail([*argv, "--no-progress"], capsys)
     assert f"{frames} is truncated or padded" in line
     assert "rerunning its generate command regenerates that video" in line
+
+
+def test_a_warning_from_another_package_says_which(capsys):
+    """huggingface_hub's deprecation notice printed as "xattn-video: warning: ...", as if ours."""
+    import warnings
+
+    from xattn_video.pipelines import cli
+
+    hub = "/venv/lib/python3.12/site-packages/huggingface_hub/utils/_validators.py"
+    ours_installed = "/venv/lib/python3.12/site-packages/xattn_video/hook.py"
+    with cli._one_line_warnings("xattn-video"):
+        for filename in (hub, ours_installed, cli.__file__):
+            warnings.warn_explicit("a notice", UserWarning, filename, 1)
+    assert capsys.readouterr().err.splitlines() == [
+        "xattn-video: warning from huggingface_hub: a notice",
+        "xattn-video: warning: a notice",
+        "xattn-video: warning: a notice",
+    ]
