@@ -12,8 +12,8 @@ interpreter's bf16 ``tl.dot`` is wrong, so bf16 there raises ``ValueError``), ``
 PyTorch references; materialises the score matrix, for CPU and tests), ``"auto"`` (Triton on
 CUDA, torch otherwise).
 
-Non-finite input (one policy, both backends): like dense attention, NaN / Inf propagate and are
-never hidden. A NaN or Inf in a valid key or value of a (batch, head) makes that head's whole
+Non-finite input (one policy, both backends): NaN / Inf propagate and are never hidden, more
+widely than in dense attention (an Inf value there can stay in its own column). A NaN or Inf in a valid key or value of a (batch, head) makes that head's whole
 output NaN (dense attention spreads it to every row through the softmax); one in a query row
 makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
@@ -24,13 +24,14 @@ estimate take the flags from their quantization's reads instead) and one over th
 device (two Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch
 backend), no host sync.
 
-Gradients: the Triton backend and compiled calls are forward only (a backward raises
-``library.NO_BACKWARD``; run inference under ``torch.no_grad()``); the torch backend in eager
-mode is differentiable with the block mask held fixed (the reference, for tests).
+Gradients: the Triton backend is forward only (a backward raises ``library.NO_BACKWARD``; run
+inference under ``torch.no_grad()``); the torch backend, eager or compiled, is differentiable
+with the block mask held fixed (the reference, for tests).
 
 Not supported: causal attention, dropout, training, GQA / MQA (q, k, v must have the same
-head count), queries and keys of different lengths in the sparse kernel, head dims other than
-16/32/64/128 with the Triton backend, block sizes other than 16/32/64/128.
+head count), head dims other than 16/32/64/128 with the Triton backend, block sizes other than
+16/32/64/128. Queries and keys of different lengths are tested on the torch backend and the
+portable Triton kernel only (not in the Hopper kernels' GPU tests).
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def block_density(mask: torch.Tensor, *, block_size: int, kv_len: torch.Tensor |
     B, H, nbq, nbk = mask.shape
     lens = kv_len_tensor(kv_len, B, n_k if n_k is not None else nbk * block_size, mask.device)
     valid = valid_key_blocks(lens, nbk, block_size)
-    return float((mask & valid[:, None, None, :]).sum()) / float(valid.sum() * H * nbq)
+    pairs = float(valid.sum() * H * nbq)
+    if not pairs:
+        raise ValueError(f"mask {tuple(mask.shape)} has no (query block, valid key block) pair")
+    return float((mask & valid[:, None, None, :]).sum()) / pairs
 
 
 def estimate_block_mask(
@@ -162,22 +166,35 @@ def estimate_block_mask(
     )[0]  # fmt: skip
 
 
-def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, dense_from, backend,
-                   max_density, precision, kernel="auto", scale=None):  # fmt: skip
-    """:func:`estimate_block_mask` -> (mask, fp8): with v given on the fp8 Triton path on an sm90
-    GPU, q, k and v are quantized once (:func:`.library.quantize_fp8`) and ``fp8`` is that list
-    (with the non-finite flags) for the attention to reuse; else ``fp8`` is None."""
+def _estimate_checks(q, k, *, threshold, stride, block_size, kv_len, ratio, dense_from,
+                     max_density, scale):  # fmt: skip
+    """The estimate's arguments, checked (also by :func:`xattention` given a ``mask``, which
+    then does not use them) -> ``threshold``, the default one when neither it nor ``ratio`` is
+    given."""
     if threshold is None and ratio is None:
         threshold = DEFAULT_THRESHOLD
     check_max_density(max_density)
     check_scale(scale)
     check_qk(q, k)
     check_block_stride(block_size, stride, estimate=True)
-    B, H, Nq, D = q.shape
+    B, H, Nq, _ = q.shape
     Nk = k.shape[2]
     check_selection(threshold, ratio, H)
     check_kv_len(kv_len, B, Nk)
     check_dense_from(dense_from, B, max(Nq, Nk))
+    return threshold
+
+
+def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, dense_from, backend,
+                   max_density, precision, kernel="auto", scale=None):  # fmt: skip
+    """:func:`estimate_block_mask` -> (mask, fp8): with v given on the fp8 Triton path on an sm90
+    GPU, q, k and v are quantized once (:func:`.library.quantize_fp8`) and ``fp8`` is that list
+    (with the non-finite flags) for the attention to reuse; else ``fp8`` is None."""
+    threshold = _estimate_checks(q, k, threshold=threshold, stride=stride, block_size=block_size,
+                                 kv_len=kv_len, ratio=ratio, dense_from=dense_from,
+                                 max_density=max_density, scale=scale)  # fmt: skip
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
     backend = resolve_backend(backend, q)
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q, attention=False)
@@ -378,7 +395,10 @@ def xattention(
     faster (:func:`estimate_block_mask`'s ``kernel``).
 
     q, k, v: (B, H, N, D) (self-attention; q and k may have different lengths for the
-    estimate). ``mask``: reuse a block mask from an earlier call instead of estimating.
+    estimate). ``mask``: reuse a block mask from an earlier call instead of estimating; it is
+    attended as given (``dense_from`` forces nothing then), and the estimate's arguments
+    (``threshold``, ``ratio``, ``stride``, ``max_density``, ``dense_from``) are checked but not
+    used. ``threshold``: 0.9 unless ``ratio`` is given.
     ``scale``: the softmax scale (default 1/sqrt(D)), for the estimate as for the attention.
     ``max_density``: cap on the kept share of block pairs (see :func:`estimate_block_mask`).
     Returns ``out`` (B, H, N, D), or a tuple ``(out, mask)``, ``(out, lse)`` or
@@ -411,12 +431,18 @@ def xattention(
             kernel=estimate_kernel,
             scale=scale,
         )
+    else:  # a given mask is attended as it is; the estimate's arguments must still be valid
+        _estimate_checks(q, k, threshold=threshold, stride=stride, block_size=block_size,
+                         kv_len=kv_len, ratio=ratio, dense_from=dense_from,
+                         max_density=max_density, scale=scale)  # fmt: skip
     # a mask row estimated from a non-finite query row is meaningless: its whole block is NaN
     res = _block_sparse(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale, return_lse=return_lse,
         backend=resolved, precision=precision, nan_block=block_size if estimated else 0, fp8=fp8,
     )  # fmt: skip
     out, lse = res if return_lse else (res, None)
+    if return_mask and not estimated:  # a broadcast (1, 1, ...) mask, as it was attended
+        mask = mask.to(q.device).expand(*q.shape[:2], *mask.shape[-2:])
     extras = ((mask,) if return_mask else ()) + ((lse,) if return_lse else ())
     return (out, *extras) if extras else out
 

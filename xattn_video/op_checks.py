@@ -1,9 +1,10 @@
 """Input checks of the XAttention op (:mod:`xattn_video.attention`) and its non-finite policy.
 
-Every check raises ``ValueError`` naming the argument. Value checks of tensors (``kv_len``,
-per-head thresholds, ``dense_from``) read the host on CPU; on CUDA and under ``torch.compile``
-they run on the device (``torch._assert_async``: no sync, the error surfaces at the next
-synchronising call). The non-finite policy (documented in :mod:`xattn_video.attention`):
+Every check raises ``ValueError`` naming the argument (``TypeError`` for a q, k or v that is
+not a tensor). Value checks of tensors (``kv_len``, per-head thresholds, ``dense_from``) read the
+host on CPU; on CUDA and under ``torch.compile`` they run on the device
+(``torch._assert_async``: no sync, the error surfaces at the next synchronising call, as
+torch's ``RuntimeError``, not ``ValueError``). The non-finite policy (documented in :mod:`xattn_video.attention`):
 :func:`xattn_video.kernels.nonfinite.nonfinite_rows_ref` says which output rows must be NaN
 (its Triton kernels run the policy on the Triton path), :func:`propagate_nonfinite` sets them,
 :func:`.kernels._common.zero_padding` (used by the op) keeps padding out of the torch
@@ -31,6 +32,9 @@ ESTIMATE_PRECISIONS = ("auto", *PRECISIONS)
 
 
 def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
+    for name, t in (("q", q), (name_k, k)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (B, H, N, D), got {type(t).__name__}")
     if q.ndim != 4:
         raise ValueError(f"q must have rank 4 (B, H, N, D), got shape {tuple(q.shape)}")
     if k.ndim != 4:
@@ -41,7 +45,10 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
             "(GQA/MQA is not supported: repeat the key/value heads first)"
         )
     if k.dtype != q.dtype or k.device != q.device:
-        raise ValueError(f"q and {name_k} must share dtype and device")
+        raise ValueError(
+            f"q and {name_k} must share dtype and device, got q {q.dtype} on {q.device} and "
+            f"{name_k} {k.dtype} on {k.device}"
+        )
     if not q.is_floating_point():
         raise ValueError(f"q must be a floating-point tensor, got {q.dtype}")
     if q.shape[2] == 0 or k.shape[2] == 0:
@@ -55,13 +62,18 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _integer(x) -> bool:
+    """An integer that is not a bool: a Python or NumPy integer (``64.0`` is not one)."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def check_block_stride(block_size: int, stride: int | None, *, estimate: bool = False) -> None:
     """``stride``: None for the attention alone; the estimate (``estimate=True``) needs one."""
-    if block_size not in BLOCK_SIZES:
-        raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {block_size}")
+    if not _integer(block_size) or block_size not in BLOCK_SIZES:
+        raise ValueError(f"block_size must be an int, one of {BLOCK_SIZES}, got {block_size!r}")
     if stride is not None or estimate:
-        if stride not in STRIDES:
-            raise ValueError(f"stride must be one of {STRIDES}, got {stride}")
+        if not _integer(stride) or stride not in STRIDES:
+            raise ValueError(f"stride must be an int, one of {STRIDES}, got {stride!r}")
         if block_size % stride:
             raise ValueError(f"stride ({stride}) must divide block_size ({block_size})")
 
@@ -150,8 +162,8 @@ def check_dense_from(dense_from, batch: int, n_tokens: int) -> None:
             require(ok, f"dense_from must be in [0, {n_tokens}]")
             return
         lo, hi = int(dense_from.min()), int(dense_from.max())
-    elif isinstance(dense_from, int) and not isinstance(dense_from, bool):
-        lo = hi = dense_from
+    elif _integer(dense_from):
+        lo = hi = int(dense_from)
     else:
         raise ValueError(f"dense_from must be an int or an int tensor, got {dense_from!r}")
     if lo < 0 or hi > n_tokens:

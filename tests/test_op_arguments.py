@@ -1,0 +1,87 @@
+"""The op's argument handling found by an API review (CPU, torch backend): values that got past
+the checks and failed deep inside torch, a given mask that skipped the estimate's checks, a
+broadcast mask returned unexpanded, numpy integers refused, a non-tensor q."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import xattn_video as xv
+
+
+def _qkv(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(2, 2, n, 64, generator=g) for _ in range(3))
+
+
+@pytest.mark.parametrize("arg", [{"block_size": 64.0}, {"stride": 8.0}, {"block_size": True}])
+def test_a_float_block_size_or_stride_is_refused_naming_it(arg):
+    """64.0 == 64 passed the membership test, then torch's pad / expand raised a TypeError."""
+    q, k, v = _qkv()
+    name = next(iter(arg))
+    with pytest.raises(ValueError, match=f"{name} must be an int, one of"):
+        xv.xattention(q, k, v, **{"block_size": 64, **arg})
+    if name == "block_size":
+        mask = torch.ones(2, 2, 5, 5, dtype=torch.bool)
+        with pytest.raises(ValueError, match="block_size must be an int, one of"):
+            xv.block_sparse_attention(q, k, v, mask, **arg)
+
+
+def test_numpy_integers_are_taken_like_python_ints():
+    q, k, v = _qkv()
+    want = xv.xattention(q, k, v, block_size=64, stride=8, dense_from=250, return_mask=True)
+    got = xv.xattention(q, k, v, block_size=np.int64(64), stride=np.int32(8),
+                        dense_from=np.int64(250), return_mask=True)  # fmt: skip
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ({"stride": 3}, "stride must be an int, one of"),
+        ({"threshold": 5.0}, r"threshold must be in \(0, 1\]"),
+        ({"ratio": -1.0}, r"ratio must be in \(0, 1\]"),
+        ({"threshold": 0.5, "ratio": 0.5}, "exactly one of `threshold` and `ratio`"),
+        ({"max_density": 9}, "max_density must be a float in"),
+        ({"dense_from": -7}, r"dense_from must be in \[0, 300\]"),
+    ],
+)
+def test_a_given_mask_does_not_skip_the_estimates_argument_checks(arg, message):
+    """With mask= every estimate argument was accepted unchecked (and unused)."""
+    q, k, v = _qkv()
+    mask = torch.ones(2, 2, 5, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=message):
+        xv.xattention(q, k, v, block_size=64, mask=mask, **arg)
+    with pytest.raises(ValueError, match=message):  # the same refusal as without a mask
+        xv.xattention(q, k, v, block_size=64, **arg)
+
+
+def test_a_given_mask_is_attended_as_given_and_returned_expanded():
+    """A (1, 1, Nbq, Nbk) mask came back as (1, 1, ...), not the documented (B, H, Nbq, Nbk);
+    and dense_from forces nothing on a given mask (documented)."""
+    q, k, v = _qkv()
+    mask = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    mask[..., 0] = True
+    out, got = xv.xattention(q, k, v, block_size=64, mask=mask, dense_from=100, return_mask=True)
+    assert got.shape == (2, 2, 5, 5) and torch.equal(got, mask.expand(2, 2, 5, 5))
+    want = xv.block_sparse_attention(q, k, v, mask.expand(2, 2, 5, 5), block_size=64)
+    assert torch.equal(out, want)
+
+
+def test_q_k_v_that_are_not_tensors_and_mismatched_dtypes_are_named():
+    q, k, v = _qkv()
+    with pytest.raises(TypeError, match="q must be a torch.Tensor .*, got list"):
+        xv.xattention(q.tolist(), k, v)
+    with pytest.raises(TypeError, match="k must be a torch.Tensor .*, got ndarray"):
+        xv.xattention(q, k.numpy(), v)
+    with pytest.raises(TypeError, match="v must be a torch.Tensor"):
+        xv.block_sparse_attention(q, k, None, torch.ones(2, 2, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="got q torch.float32 on cpu and k torch.float64 on cpu"):
+        xv.xattention(q, k.double(), v)
+
+
+def test_block_density_of_a_mask_without_pairs_is_an_error_not_a_zero_division():
+    with pytest.raises(ValueError, match=r"mask \(1, 1, 0, 0\) has no"):
+        xv.block_density(torch.zeros(1, 1, 0, 0, dtype=torch.bool), block_size=64)
