@@ -114,9 +114,9 @@ def compare_runs(
 
     Raises:
         ValueError: unknown metric, the same directory twice, ``out_dir`` a file, not
-            writable or inside either run, no prompt finished in both runs, no paired prompt with the same text and
-            seed in both runs, a paired video differs in shape (prompt index named), a corrupt
-            run file (``RunDirError``, file named).
+            writable or inside either run, no prompt finished in both runs, no paired prompt
+            with the same text and seed in both runs, a paired video differs in shape (prompt
+            index named), a corrupt run file (``RunDirError``, file named).
         RunMismatch: the runs' ``run_match.MATCH_FIELDS`` differ and not ``allow_mismatch``, or
             their size, frame count or seed differs (raised before any metric is computed or
             file written).

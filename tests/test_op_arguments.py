@@ -85,3 +85,19 @@ def test_q_k_v_that_are_not_tensors_and_mismatched_dtypes_are_named():
 def test_block_density_of_a_mask_without_pairs_is_an_error_not_a_zero_division():
     with pytest.raises(ValueError, match=r"mask \(1, 1, 0, 0\) has no"):
         xv.block_density(torch.zeros(1, 1, 0, 0, dtype=torch.bool), block_size=64)
+
+
+@pytest.mark.parametrize("lens", [[0, 300], [300, 301]])
+def test_kv_len_is_checked_once_on_every_public_path(lens):
+    """block_sparse_attention checks kv_len itself; xattention through the estimate's checks,
+    with or without a given mask (the attention no longer checks it a second time)."""
+    q, k, v = _qkv()
+    mask = torch.ones(2, 2, 5, 5, dtype=torch.bool)
+    kv_len = torch.tensor(lens)
+    for call in (
+        lambda: xv.block_sparse_attention(q, k, v, mask, block_size=64, kv_len=kv_len),
+        lambda: xv.xattention(q, k, v, block_size=64, mask=mask, kv_len=kv_len),
+        lambda: xv.xattention(q, k, v, block_size=64, kv_len=kv_len),
+    ):
+        with pytest.raises(ValueError, match=r"kv_len values must be in \[1, 300\]"):
+            call()

@@ -13,8 +13,9 @@ PyTorch references; materialises the score matrix, for CPU and tests), ``"auto"`
 CUDA, torch otherwise).
 
 Non-finite input (one policy, both backends): NaN / Inf propagate and are never hidden, more
-widely than in dense attention (an Inf value there can stay in its own column). A NaN or Inf in a valid key or value of a (batch, head) makes that head's whole
-output NaN (dense attention spreads it to every row through the softmax); one in a query row
+widely than in dense attention (an Inf value there can stay in its own column). A NaN or Inf
+in a valid key or value of a (batch, head) makes that head's whole output NaN (dense attention
+spreads a NaN to every row through the softmax); one in a query row
 makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
 are ignored like the rest of the padding (the kernels zero them where a tile holds some:
@@ -285,6 +286,7 @@ def block_sparse_attention(
     backend = _attention_checks(
         q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
     )
+    check_kv_len(kv_len, q.shape[0], k.shape[2])
     return _block_sparse(
         q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale, return_lse=return_lse,
         backend=backend, precision=precision, nan_block=0,
@@ -317,11 +319,10 @@ def _block_sparse(q, k, v, mask, *, block_size, kv_len, scale, return_lse, backe
     per query block (the block size: :func:`xattention` estimated the mask); ``fp8``: q, k, v
     already quantized with their flags (:func:`.library.quantize_fp8`): an fp8 call uses all of
     it, a bf16 call the flags. ``backend``: resolved, and q, k, v and the other arguments
-    passed by :func:`_attention_checks` (the caller's call)."""
+    passed by :func:`_attention_checks` (the caller's call), ``kv_len`` by the caller too
+    (:func:`xattention`'s through :func:`_estimate_checks`, with or without a given mask)."""
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
-    if not nan_block:  # an estimated mask (nan_block set): kv_len was checked by the estimate
-        check_kv_len(kv_len, B, Nk)
     nbq, nbk = cdiv(Nq, block_size), cdiv(Nk, block_size)
     if (
         not isinstance(mask, torch.Tensor)

@@ -4,11 +4,11 @@ Every check raises ``ValueError`` naming the argument (``TypeError`` for a q, k 
 not a tensor). Value checks of tensors (``kv_len``, per-head thresholds, ``dense_from``) read the
 host on CPU; on CUDA and under ``torch.compile`` they run on the device
 (``torch._assert_async``: no sync, the error surfaces at the next synchronising call, as
-torch's ``RuntimeError``, not ``ValueError``). The non-finite policy (documented in :mod:`xattn_video.attention`):
-:func:`xattn_video.kernels.nonfinite.nonfinite_rows_ref` says which output rows must be NaN
-(its Triton kernels run the policy on the Triton path), :func:`propagate_nonfinite` sets them,
-:func:`.kernels._common.zero_padding` (used by the op) keeps padding out of the torch
-references.
+torch's ``RuntimeError``, not ``ValueError``). The non-finite policy (documented in
+:mod:`xattn_video.attention`): :func:`xattn_video.kernels.nonfinite.nonfinite_rows_ref` says
+which output rows must be NaN (its Triton kernels run the policy on the Triton path),
+:func:`propagate_nonfinite` sets them, :func:`.kernels._common.zero_padding` (used by the op)
+keeps padding out of the torch references.
 
 Not supported: checks that need the data on the host on CUDA (they are deferred, see above).
 """
