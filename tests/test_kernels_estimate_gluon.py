@@ -170,3 +170,18 @@ def test_estimate_log2_follows_the_measured_table():
     assert estimate_config("NVIDIA H100 80GB HBM3", "bf16", 16, 128).fast_log2 is True
     assert estimate_config(None, "bf16", 16, 128) == SAFE_ESTIMATE
     assert SAFE_ESTIMATE.fast_log2 is True
+
+
+def test_the_h100_gets_its_measured_flattened_estimate_launches():
+    """H100 entries (docs/results/probe_estimate_{tiles,flatten}_h100_*.json): flattened, with
+    the tiles measured there; a GPU outside the table still gets the unflattened fallback."""
+    from xattn_video.kernels.tuning import SAFE_ESTIMATE, EstimateLaunch, estimate_config
+
+    h100 = "NVIDIA H100 80GB HBM3"
+    assert estimate_config(h100, "bf16", 8, 128, 119056) == EstimateLaunch((128, 128, 8, 3), True)
+    assert estimate_config(h100, "bf16", 16, 128, 67576) == EstimateLaunch((64, 128, 4, 3), True)
+    assert estimate_config(h100, "fp8", 8, 128) == EstimateLaunch((64, 128, 4, 3), True)
+    assert estimate_config(h100, "fp8", 16, 128) == EstimateLaunch((64, 128, 4, 4), True)
+    assert estimate_config(h100, "bf16", 8, 64, 17411) == SAFE_ESTIMATE  # not measured there
+    assert estimate_config("NVIDIA H100 NVL", "bf16", 8, 128) == SAFE_ESTIMATE
+    assert SAFE_ESTIMATE.flatten is False
