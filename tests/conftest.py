@@ -8,6 +8,7 @@
   module). The VBench prompt subset has its own helpers in ``tests/_vbench.py``.
 """
 
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,38 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def layout_problem() -> str | None:
+    """Why the tests cannot import the package as installed, or None.
+
+    ``pipelines/``, ``prompts/`` and ``metrics/`` sit at the repo root and install into
+    ``xattn_video``; with a non-editable install, ``python -m pytest`` from the repo root puts the
+    repo's own ``xattn_video/`` (which has none of them) first on ``sys.path``, and each test
+    module importing ``xattn_video.pipelines`` would fail to collect with a bare
+    ModuleNotFoundError."""
+    try:
+        importlib.import_module("xattn_video.pipelines")
+    except ModuleNotFoundError as e:
+        if e.name == "xattn_video":
+            return "xattn_video is not installed: pip install -e '.[dev]' (see the README)"
+        if e.name != "xattn_video.pipelines":
+            raise
+        import xattn_video
+
+        return (
+            f"cannot import xattn_video.pipelines: xattn_video comes from {xattn_video.__path__[0]}"
+            ", the repo's source folder, without the installed package's layout. Install it as "
+            "the README says (pip install -e '.[dev]'), or, against a non-editable install, run "
+            "python -P -m pytest --import-mode=append ... (Python 3.11+)"
+        )
+    return None
+
+
+def pytest_configure(config):
+    problem = layout_problem()
+    if problem is not None:
+        raise pytest.UsageError(problem)
 
 
 def pytest_collection_modifyitems(config, items):
