@@ -55,6 +55,30 @@ def test_prefer_gluon_opens_the_gate_that_auto_keeps_closed(monkeypatch, auto_ga
     assert asked == (["prefer-gluon", "auto"] if auto_gate else ["prefer-gluon"])
 
 
+def test_prefer_gluon_on_the_h100_only_for_the_fp8_stride_8_estimate(monkeypatch):
+    """The H100's one Gluon entry (bench_attention_h100_2680fd0*: fp8 S=8 faster at 119k and
+    67k; fp8 S=16 faster at 119k only, bf16 slower): "prefer-gluon" consults the choice there
+    with the entry's tile / ring, and runs Triton without asking everywhere else."""
+    asked = []
+
+    def choose(**kw):
+        asked.append((kw["stride"], kw["measured"]))
+        return "gluon"
+
+    monkeypatch.setattr(tuning, "gpu_name", lambda t: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(tuning, "choose_estimate_kernel", choose)
+    q = torch.zeros(1, 1, 256, 128)
+    got = tuning.estimate_kernel_for(q, q, 8, 128, "fp8", "prefer-gluon")
+    assert got == ("gluon", (128, 6))
+    for precision, stride in [("fp8", 16), ("bf16", 8), ("bf16", 16)]:
+        got = tuning.estimate_kernel_for(q, q, stride, 128, precision, "prefer-gluon")
+        assert got[0] == "triton"
+    assert tuning.estimate_kernel_for(q, q, 8, 128, "fp8", "auto")[0] == "triton"  # gate closed
+    assert asked == [(8, True)]
+    h100 = {key[1:] for key in tuning.GLUON_ESTIMATE if key[0] == "NVIDIA H100 80GB HBM3"}
+    assert h100 == {("fp8", 8, 128)}
+
+
 @pytest.mark.parametrize("value", ["auto", "prefer-gluon"])
 def test_the_op_hands_estimate_kernel_to_the_estimate(monkeypatch, value):
     """Triton backend (the interpreter on CPU, where "prefer-gluon" runs the Triton kernel): the

@@ -145,6 +145,12 @@ GLUON_ESTIMATE: dict[tuple[str, str, int, int], tuple[int, int]] = {
     ("NVIDIA H200", "bf16", 8, 128): (128, 3),
     ("NVIDIA H200", "fp8", 8, 128): (128, 6),
     ("NVIDIA H200", "fp8", 16, 128): (128, 6),
+    # H100 (docs/results/bench_attention_h100_2680fd0{,_run2}_{119056,67576}.json, two runs on
+    # two machines, the forced Gluon estimate on the default tile / ring vs the Triton one, each
+    # with its own quantization): fp8 S=8 15.2 vs 16.2-16.6 ms / 4.67-4.74 vs 5.57-5.65. Left
+    # out: fp8 S=16 (8.6-8.9 vs 10.0 ms at 119k but 3.6 vs 3.0 at 67k), bf16 (S=8 34.1-34.7 vs
+    # 26.1-26.3 ms at 119k; S=16 20.1 vs 15.8-16.0).
+    ("NVIDIA H100 80GB HBM3", "fp8", 8, 128): (128, 6),
 }
 """(GPU name, precision, stride, head dim) -> (key groups per tile, ring depth) of the Gluon
 estimate (:mod:`.estimate_gluon`), only where it was measured faster than the Triton estimate;
