@@ -3,6 +3,9 @@
 For each sequence length (HunyuanVideo 720p and 544p at 129 frames, 24 heads, head dim 128,
 bf16, B=1) it times, in one process:
   - PyTorch SDPA with the cuDNN backend and with the flash (FA2) backend (dense baselines);
+    cuDNN also call by call (8 calls, each synchronized: on one H100 the back-to-back timing
+    of every other row made cuDNN ~10% slower at 67k tokens than this, see
+    docs/attention-kernels.md; the ratios stay against the back-to-back row);
   - FlexAttention (compiled) with the same block mask as ours, at each pinned density;
   - our block-sparse kernel at pinned densities (ratio mode over random scores): the kernel
     picked on this GPU (on sm90 at these sizes the Gluon one, then also the Triton Hopper kernel
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, environment, report  # noqa: E402
+from _common import bench_ms, environment, median_ms, report  # noqa: E402
 
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
@@ -103,7 +106,9 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
 
     from torch.nn.attention import SDPBackend
 
-    add("sdpa cuDNN dense", bench_ms(lambda: _sdpa(SDPBackend.CUDNN_ATTENTION)(q, k, v)))
+    cudnn = partial(_sdpa(SDPBackend.CUDNN_ATTENTION), q, k, v)
+    add("sdpa cuDNN dense", bench_ms(cudnn))  # rows[0]: the ratios' baseline
+    add("sdpa cuDNN dense, call by call", median_ms(cudnn, 8, warmup=2))
     add("sdpa FA2 dense", bench_ms(lambda: _sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v)))
 
     nb = math.ceil(n / BLOCK)
