@@ -22,7 +22,8 @@ estimate took 13-24% less time on the H200, but one GPU test run stalled inside 
 
 Launch configurations come from :data:`MEASURED`, filled only from runs on the named GPU
 (``docs/results/bench_attention_h200*.json``; the estimate's also from the H100,
-``docs/results/probe_estimate_*_h100_*.json``). A GPU that is not in the table gets
+``docs/results/probe_estimate_*_h100_*.json``, its Gluon entry from
+``docs/results/bench_attention_h100_2680fd0*.json``). A GPU that is not in the table gets
 :data:`SAFE_HOPPER`, a configuration without warp specialization or lazy rescaling that the
 GPU tests check on every Hopper card they run on: correct first, tuned where measured.
 
