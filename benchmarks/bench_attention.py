@@ -18,7 +18,9 @@ bf16, B=1) it times, in one process:
     from the op's kernels and through ``xattention`` (also with ``estimate_precision="fp8"``, and on
     sm90 with ``estimate_kernel="prefer-gluon"``).
 Prints a table (median ms, ratio to cuDNN dense, density, effective TFLOP/s = density x dense
-FLOPs / time) and writes JSON with the GPU, versions and git SHA.
+FLOPs / time, and what the card ran at during the row: median SM clock, mean power, the share
+of samples the power cap held the clock down, from ``nvidia-smi``, see ``_gpu_monitor.py``) and
+writes JSON with the GPU, versions and git SHA.
 
 Usage: python benchmarks/bench_attention.py [--seq 119056 67576] [--out results/attn.json]
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_ms, environment, median_ms, report  # noqa: E402
+from _gpu_monitor import GpuMonitor  # noqa: E402
 
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
@@ -86,7 +90,7 @@ def _whole_op(q, k, v, precision, est_precision, ratio=0.3, stride=8):
     )
 
 
-def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[dict]:
+def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=None) -> list[dict]:
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     q, k, v = (
@@ -99,9 +103,13 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     fp8_kernel = attention_kernel_for(q, k, v, BLOCK, precision="fp8")  # "ours sparse fp8"
     fp8_ok = fp8_kernel in ("gluon", "hopper")
 
+    since = [time.time()]  # a row's window: from the previous row's end to its own
+
     def add(name, ms, density=1.0, **extra):
         tflops = None if density is None else density * flops / (ms * 1e-3) / 1e12
         rows.append(dict(n=n, method=name, ms=ms, density=density, tflops=tflops, **extra))
+        rows[-1]["window"] = (since[0], time.time())
+        since[0] = rows[-1]["window"][1]
         print(f"  N={n} {name}: {ms:.2f} ms", flush=True)
 
     from torch.nn.attention import SDPBackend
@@ -212,6 +220,10 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args) -> list[d
     base = rows[0]["ms"]
     for r in rows:
         r["ratio_to_cudnn"] = r["ms"] / base
+        gpu = monitor.window(*r.pop("window")) if monitor is not None else None
+        r["gpu_clocks"] = gpu  # median SM MHz, mean W, power-capped fraction (busy samples)
+        for key in ("sm_mhz_median", "power_w_mean", "power_capped"):
+            r[key] = None if gpu is None else gpu[key]
     return rows
 
 
@@ -230,11 +242,16 @@ def main(argv=None) -> None:
         sys.exit("bench_attention needs a CUDA GPU")
     print(environment(), flush=True)
     rows = []
-    for n in args.seq:
-        rows += run_length(n, args.heads, args.dim, args.densities, args.strides, args)
+    with GpuMonitor() as monitor:  # each row's SM clock and power, sampled by nvidia-smi
+        for n in args.seq:
+            rows += run_length(n, args.heads, args.dim, args.densities, args.strides, args, monitor)
+    if monitor.error:
+        print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [("n", "N", "{}"), ("method", "method", "{}"), ("ms", "median ms", "{:.2f}"),
                ("ratio_to_cudnn", "x cuDNN time", "{:.3f}"), ("density", "density", "{:.3f}"),
-               ("tflops", "eff. TFLOP/s", "{:.0f}")]  # fmt: skip
+               ("tflops", "eff. TFLOP/s", "{:.0f}"), ("sm_mhz_median", "SM MHz", "{}"),
+               ("power_w_mean", "W", "{:.0f}"),
+               ("power_capped", "power-capped", "{:.0%}")]  # fmt: skip
     report(rows, columns, args.out, vars(args))
 
 
