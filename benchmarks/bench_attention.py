@@ -3,9 +3,10 @@
 For each sequence length (HunyuanVideo 720p and 544p at 129 frames, 24 heads, head dim 128,
 bf16, B=1) it times, in one process:
   - PyTorch SDPA with the cuDNN backend and with the flash (FA2) backend (dense baselines);
-    cuDNN also call by call (8 calls, each synchronized: on one H100 the back-to-back timing
-    of every other row made cuDNN ~10% slower at 67k tokens than this, see
-    docs/attention-kernels.md; the ratios stay against the back-to-back row);
+    cuDNN also call by call (8 calls, each synchronized) and once more, back to back, after
+    every other row (on one H100 the first back-to-back row ran 5-10% slower at 67k tokens
+    than cuDNN timed call by call, see docs/attention-kernels.md; the ratios stay against
+    the first row);
   - FlexAttention (compiled) with the same block mask as ours, at each pinned density;
   - our block-sparse kernel at pinned densities (ratio mode over random scores): the kernel
     picked on this GPU (on sm90 at these sizes the Gluon one, then also the Triton Hopper kernel
@@ -115,6 +116,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=N
     from torch.nn.attention import SDPBackend
 
     cudnn = partial(_sdpa(SDPBackend.CUDNN_ATTENTION), q, k, v)
+    median_ms(cudnn, 1, warmup=3)  # its plan built and the card busy before the first row
     add("sdpa cuDNN dense", bench_ms(cudnn))  # rows[0]: the ratios' baseline
     add("sdpa cuDNN dense, call by call", median_ms(cudnn, 8, warmup=2))
     add("sdpa FA2 dense", bench_ms(lambda: _sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v)))
@@ -217,6 +219,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=N
                     estimate_precision=est_prec, estimate_kernel="prefer-gluon")),
                 0.3)  # fmt: skip
 
+    add("sdpa cuDNN dense, again at the end", bench_ms(cudnn))  # the baseline's drift in a run
     base = rows[0]["ms"]
     for r in rows:
         r["ratio_to_cudnn"] = r["ms"] / base
