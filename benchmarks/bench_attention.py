@@ -91,6 +91,16 @@ def _whole_op(q, k, v, precision, est_precision, ratio=0.3, stride=8):
     )
 
 
+def _cudnn_baseline(cudnn, add) -> None:
+    """The first rows: cuDNN back to back (``rows[0]``, the ratios' baseline), after 3 calls
+    that build its plan and load the card (on an H100 at 67k tokens a process's first
+    back-to-back timing of cuDNN without them ran 6% slower: 105.8 ms at ``2868e99`` against
+    99.7 at ``604572e``), then call by call (8 calls, each synchronized)."""
+    median_ms(cudnn, 1, warmup=3)
+    add("sdpa cuDNN dense", bench_ms(cudnn))
+    add("sdpa cuDNN dense, call by call", median_ms(cudnn, 8, warmup=2))
+
+
 def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=None) -> list[dict]:
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
@@ -116,9 +126,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=N
     from torch.nn.attention import SDPBackend
 
     cudnn = partial(_sdpa(SDPBackend.CUDNN_ATTENTION), q, k, v)
-    median_ms(cudnn, 1, warmup=3)  # its plan built and the card busy before the first row
-    add("sdpa cuDNN dense", bench_ms(cudnn))  # rows[0]: the ratios' baseline
-    add("sdpa cuDNN dense, call by call", median_ms(cudnn, 8, warmup=2))
+    _cudnn_baseline(cudnn, add)
     add("sdpa FA2 dense", bench_ms(lambda: _sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v)))
 
     nb = math.ceil(n / BLOCK)
