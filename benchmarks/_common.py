@@ -74,6 +74,14 @@ def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500, min_reps: int = 5) 
     return float(statistics.median(times))
 
 
+def baseline_ms(fn, warm_calls: int = 3) -> float:
+    """:func:`bench_ms` of a dense baseline after ``warm_calls`` synchronized calls: on an H100
+    a process's first back-to-back timing of cuDNN at 67k tokens ran 6% slower without them
+    (105.8 ms at ``2868e99`` against 99.7 at ``604572e``, docs/attention-kernels.md)."""
+    median_ms(fn, 1, warmup=warm_calls)
+    return bench_ms(fn)
+
+
 def profile_one_call(fn) -> None:
     """Call ``fn()`` once to compile, then once more between ``cudaProfilerStart`` /
     ``cudaProfilerStop``, so ``ncu --profile-from-start off`` sees exactly that call."""

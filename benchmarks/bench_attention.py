@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, environment, median_ms, report  # noqa: E402
+from _common import baseline_ms, bench_ms, environment, median_ms, report  # noqa: E402
 from _gpu_monitor import GpuMonitor  # noqa: E402
 
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
@@ -96,8 +96,7 @@ def _cudnn_baseline(cudnn, add) -> None:
     that build its plan and load the card (on an H100 at 67k tokens a process's first
     back-to-back timing of cuDNN without them ran 6% slower: 105.8 ms at ``2868e99`` against
     99.7 at ``604572e``), then call by call (8 calls, each synchronized)."""
-    median_ms(cudnn, 1, warmup=3)
-    add("sdpa cuDNN dense", bench_ms(cudnn))
+    add("sdpa cuDNN dense", baseline_ms(cudnn))
     add("sdpa cuDNN dense, call by call", median_ms(cudnn, 8, warmup=2))
 
 

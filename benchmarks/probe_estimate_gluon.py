@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, print_table, save_json  # noqa: E402
+from _common import baseline_ms, bench_ms, print_table, save_json  # noqa: E402
 
 from xattn_video.kernels.estimate import estimate_block_scores, estimate_block_scores_ref  # noqa: E402
 from xattn_video.kernels.estimate_gluon import estimate_block_scores_gluon  # noqa: E402
@@ -81,7 +81,7 @@ def run_length(n: int, rows: list[dict]) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        dense = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+        dense = baseline_ms(lambda: F.scaled_dot_product_attention(q, k, v))
     rows.append(dict(n=n, method="cuDNN dense", ms=dense, share=1.0))
     print(f"  n={n} cuDNN dense {dense:.2f} ms", flush=True)
 

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, print_table, save_json  # noqa: E402
+from _common import baseline_ms, bench_ms, print_table, save_json  # noqa: E402
 
 from xattn_video.op_checks import PRECISIONS  # noqa: E402
 
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
             for _ in range(2))  # fmt: skip
     v = torch.randn_like(q)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        cudnn_ms = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+        cudnn_ms = baseline_ms(lambda: F.scaled_dot_product_attention(q, k, v))
     print(f"cuDNN dense: {cudnn_ms:.2f} ms", flush=True)
     v = None  # free it for the estimate runs
     if args.fast_log2 != "table":

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, print_table, save_json  # noqa: E402
+from _common import baseline_ms, bench_ms, print_table, save_json  # noqa: E402
 
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.sparse_attention import block_sparse_attention_fwd  # noqa: E402
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        add("cuDNN dense", bench_ms(lambda: F.scaled_dot_product_attention(q, k, v)), 1.0)
+        add("cuDNN dense", baseline_ms(lambda: F.scaled_dot_product_attention(q, k, v)), 1.0)
     nb = math.ceil(n / 128)
     scores = torch.rand(1, H, nb, nb, device="cuda", generator=g)
     for d in args.densities:

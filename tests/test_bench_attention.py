@@ -35,20 +35,15 @@ def test_exits_without_a_gpu(monkeypatch):
 
 def test_cudnn_baseline_is_warmed_up_before_its_first_timing(monkeypatch):
     """A process's first back-to-back timing of cuDNN ran 6% slow on an H100 (67k tokens):
-    the baseline row now comes after 3 untimed calls, then the call-by-call row."""
+    the baseline row comes from ``baseline_ms`` (3 untimed calls first), then the call-by-call
+    row."""
     log = []
-
-    def fake_median_ms(fn, reps, warmup=1):
-        log.append(("median_ms", reps, warmup))
-        return 2.0
-
-    def fake_bench_ms(fn):
-        log.append(("bench_ms",))
-        return 1.0
-
-    monkeypatch.setattr(ba, "median_ms", fake_median_ms)
-    monkeypatch.setattr(ba, "bench_ms", fake_bench_ms)
+    monkeypatch.setattr(ba, "baseline_ms", lambda fn: log.append(("baseline_ms",)) or 1.0)
+    monkeypatch.setattr(
+        ba, "median_ms", lambda fn, reps, warmup=1: log.append(("median_ms", reps, warmup)) or 2.0
+    )
+    monkeypatch.setattr(ba, "bench_ms", lambda fn: log.append(("bench_ms",)) or 3.0)
     rows = []
     ba._cudnn_baseline(lambda: None, lambda name, ms: rows.append((name, ms)))
-    assert log == [("median_ms", 1, 3), ("bench_ms",), ("median_ms", 8, 2)]
+    assert log == [("baseline_ms",), ("median_ms", 8, 2)]
     assert rows == [("sdpa cuDNN dense", 1.0), ("sdpa cuDNN dense, call by call", 2.0)]

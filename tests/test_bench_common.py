@@ -80,6 +80,16 @@ def test_bench_ms_takes_the_median_of_at_least_five_calls(monkeypatch, call_ms, 
     assert got == pytest.approx(call_ms * (1 + 0.01 * (n - 1) / 2))
 
 
+def test_baseline_ms_warms_up_before_timing(monkeypatch):
+    log = []
+    monkeypatch.setattr(
+        common, "median_ms", lambda fn, reps, warmup=1: log.append(("median_ms", reps, warmup))
+    )
+    monkeypatch.setattr(common, "bench_ms", lambda fn: log.append(("bench_ms",)) or 4.5)
+    assert common.baseline_ms(lambda: None) == 4.5
+    assert log == [("median_ms", 1, 3), ("bench_ms",)]
+
+
 def test_bench_ulysses_times_dense_on_p_gpus_with_the_torch_qk_preparation(monkeypatch):
     """On one GPU dense is diffusers' processor (torch q / k norm + RoPE); on P GPUs it ran in
     the XAttention processors with the fused kernel, so the dense speed-up was part kernel."""
