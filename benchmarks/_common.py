@@ -93,14 +93,10 @@ def profile_one_call(fn) -> None:
     torch.cuda.cudart().cudaProfilerStop()
 
 
-def median_ms(fn, reps: int, warmup: int = 1) -> float:
-    """Median of ``reps`` CUDA-event timings of ``fn`` after ``warmup`` calls (a fixed count,
-    where :func:`bench_ms` repeats for a fixed time)."""
+def call_times_ms(fn, reps: int) -> list[float]:
+    """Each of ``reps`` calls of ``fn`` timed with CUDA events, synchronized after each."""
     import torch
 
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -109,6 +105,18 @@ def median_ms(fn, reps: int, warmup: int = 1) -> float:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
+    return times
+
+
+def median_ms(fn, reps: int, warmup: int = 1) -> float:
+    """Median of ``reps`` CUDA-event timings of ``fn`` after ``warmup`` calls (a fixed count,
+    where :func:`bench_ms` repeats for a fixed time)."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = call_times_ms(fn, reps)
     return sorted(times)[len(times) // 2]
 
 

@@ -31,23 +31,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_ms, median_ms, report  # noqa: E402
+from _common import bench_ms, call_times_ms, median_ms, report  # noqa: E402
 from _gpu_monitor import GpuMonitor  # noqa: E402
 
 from xattn_video.attention import xattention  # noqa: E402
-
-
-def per_call_ms(fn, calls: int) -> list[float]:
-    """Each of ``calls`` calls of ``fn`` timed with CUDA events, synchronized after each."""
-    out = []
-    for _ in range(calls):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        out.append(start.elapsed_time(end))
-    return out
 
 
 def run(n: int, idle_s: float, calls: int, monitor: GpuMonitor) -> list[dict]:
@@ -70,7 +57,7 @@ def run(n: int, idle_s: float, calls: int, monitor: GpuMonitor) -> list[dict]:
         torch.cuda.synchronize()
         time.sleep(idle_s)
         t0 = time.time()
-        cold = per_call_ms(fn, calls)
+        cold = call_times_ms(fn, calls)
         t1 = time.time()
         hot = bench_ms(fn)
         t2 = time.time()
