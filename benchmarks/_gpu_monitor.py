@@ -98,6 +98,8 @@ class GpuMonitor:
     period_ms: the sampling period handed to ``nvidia-smi --loop-ms``.
     """
 
+    stop_timeout_s = 10.0  # how long nvidia-smi gets to exit on SIGTERM before it is killed
+
     def __init__(self, device: int | None = None, period_ms: int = 100):
         self.device, self.period_ms = device, period_ms
         self.samples: list[tuple[float, int, int, float, int]] = []
@@ -139,7 +141,11 @@ class GpuMonitor:
     def __exit__(self, *exc) -> None:
         if self._proc is not None:
             self._proc.terminate()
-            self._proc.wait(timeout=10)
+            try:
+                self._proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:  # never let the monitor hide the run's result
+                self._proc.kill()
+                self._proc.wait()
             self._reader.join(timeout=10)
 
     def window(self, t0: float, t1: float) -> dict | None:

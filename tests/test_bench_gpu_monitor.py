@@ -106,3 +106,27 @@ def test_reads_samples_from_a_stand_in_nvidia_smi(tmp_path, monkeypatch):
     assert "clocks_throttle_reasons.active" in args and "--loop-ms=50" in args
     s = m.window(m.samples[0][0], m.samples[2][0])
     assert s["samples"] == 3 and s["power_capped"] == 1.0 and s["sm_mhz_median"] == 1401
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for nvidia-smi")
+def test_a_child_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
+    import torch
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *-loop-ms=*) ;; *) echo 0x0; exit 0;; esac\n'
+        "trap '' TERM\n"
+        "while true; do sleep 0.05; done\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(mon, "_device_args", lambda smi, device: [])
+    m = mon.GpuMonitor()
+    m.stop_timeout_s = 0.5
+    with m:
+        time.sleep(0.2)
+    assert m._proc.returncode == -9  # SIGKILL after the SIGTERM was ignored
+    assert m.samples == [] and m.window(0, 1e12) is None
