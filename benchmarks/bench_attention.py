@@ -3,10 +3,10 @@
 For each sequence length (HunyuanVideo 720p and 544p at 129 frames, 24 heads, head dim 128,
 bf16, B=1) it times, in one process:
   - PyTorch SDPA with the cuDNN backend and with the flash (FA2) backend (dense baselines);
-    cuDNN also call by call (8 calls, each synchronized) and once more, back to back, after
-    every other row (on one H100 the first back-to-back row ran 5-10% slower at 67k tokens
-    than cuDNN timed call by call, see docs/attention-kernels.md; the ratios stay against
-    the first row);
+    cuDNN first after 3 untimed calls (without them a process's first back-to-back timing of
+    cuDNN ran 6% slow at 67k tokens on one H100, see docs/attention-kernels.md), then call by
+    call (8 calls, each synchronized) and once more, back to back, after every other row (the
+    baseline's drift within the run); the ratios are against the first row;
   - FlexAttention (compiled) with the same block mask as ours, at each pinned density;
   - our block-sparse kernel at pinned densities (ratio mode over random scores): the kernel
     picked on this GPU (on sm90 at these sizes the Gluon one, then also the Triton Hopper kernel
