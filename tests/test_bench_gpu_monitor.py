@@ -14,6 +14,9 @@ import pytest
 from ._benchmarks import load_benchmark
 
 mon = load_benchmark("_gpu_monitor")
+_POSIX = pytest.mark.skipif(
+    sys.platform == "win32", reason="a shell script stands in for nvidia-smi"
+)
 
 
 def _t(stamp: str) -> float:
@@ -72,10 +75,9 @@ def test_no_gpu_or_no_nvidia_smi_records_nothing(monkeypatch):
     assert m.error == "nvidia-smi not found" and m.window(0, 1e12) is None
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for nvidia-smi")
-def test_reads_samples_from_a_stand_in_nvidia_smi(tmp_path, monkeypatch):
-    """The child process's lines reach ``samples``; the old name of the reasons field is used
-    where the new one is refused; the child is stopped on exit."""
+def _stand_in_nvidia_smi(tmp_path, monkeypatch, loop_body: str) -> None:
+    """A shell script named nvidia-smi first on PATH: one-shot queries answer and exit; the
+    ``--loop-ms`` call runs ``loop_body``. A CUDA device is faked for the monitor."""
     import torch
 
     fake = tmp_path / "nvidia-smi"
@@ -83,18 +85,28 @@ def test_reads_samples_from_a_stand_in_nvidia_smi(tmp_path, monkeypatch):
         "#!/bin/sh\n"
         'case "$*" in *clocks_event_reasons*) exit 2;; esac\n'
         'case "$*" in *--loop-ms=*) ;; *) echo 0x0; exit 0;; esac\n'
-        'echo "$*" > "$(dirname "$0")/args"\n'
-        "i=0\n"
-        "while true; do\n"
-        '  echo "$(date +"%Y/%m/%d %H:%M:%S").$((100 + i)), 100, $((1400 + i)), 700.5, 0x4"\n'
-        "  i=$((i + 1)); sleep 0.05\n"
-        "done\n"
+        'echo "$*" > "$(dirname "$0")/args"\n' + loop_body
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(mon, "_device_args", lambda smi, device: [])
+
+
+@_POSIX
+def test_reads_samples_from_a_stand_in_nvidia_smi(tmp_path, monkeypatch):
+    """The child process's lines reach ``samples``; the old name of the reasons field is used
+    where the new one is refused; the child is stopped on exit."""
+    _stand_in_nvidia_smi(
+        tmp_path,
+        monkeypatch,
+        "i=0\n"
+        "while true; do\n"
+        '  echo "$(date +"%Y/%m/%d %H:%M:%S").$((100 + i)), 100, $((1400 + i)), 700.5, 0x4"\n'
+        "  i=$((i + 1)); sleep 0.05\n"
+        "done\n",
+    )
     with mon.GpuMonitor(period_ms=50) as m:
         deadline = time.time() + 20
         while len(m.samples) < 3 and time.time() < deadline:
@@ -108,22 +120,9 @@ def test_reads_samples_from_a_stand_in_nvidia_smi(tmp_path, monkeypatch):
     assert s["samples"] == 3 and s["power_capped"] == 1.0 and s["sm_mhz_median"] == 1401
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for nvidia-smi")
+@_POSIX
 def test_a_child_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
-    import torch
-
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in *-loop-ms=*) ;; *) echo 0x0; exit 0;; esac\n'
-        "trap '' TERM\n"
-        "while true; do sleep 0.05; done\n"
-    )
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(mon, "_device_args", lambda smi, device: [])
+    _stand_in_nvidia_smi(tmp_path, monkeypatch, "trap '' TERM\nwhile true; do sleep 0.05; done\n")
     m = mon.GpuMonitor()
     m.stop_timeout_s = 0.5
     with m:
