@@ -63,6 +63,17 @@ def summarize(samples: list[tuple[float, int, int, float, int]], t0: float, t1: 
     }
 
 
+COLUMNS = [("sm_mhz_median", "SM MHz", "{}"), ("power_w_mean", "W", "{:.0f}"),
+           ("power_capped", "power-capped", "{:.0%}")]  # fmt: skip
+"""The table columns (key, header, format) that :func:`row_fields` adds to a row."""
+
+
+def row_fields(stats: dict | None) -> dict:
+    """A benchmark row's GPU fields from a :func:`summarize` dict (or ``None``): all of it as
+    ``gpu_clocks``, and the :data:`COLUMNS` keys on their own for the table."""
+    return {"gpu_clocks": stats, **{k: None if stats is None else stats[k] for k, _, _ in COLUMNS}}
+
+
 def _reasons_field(smi: str) -> str:
     """The name this driver knows for the active clock-event reasons (renamed in 2023)."""
     for name in ("clocks_event_reasons.active", "clocks_throttle_reasons.active"):

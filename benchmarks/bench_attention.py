@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import baseline_ms, bench_ms, environment, median_ms, report  # noqa: E402
-from _gpu_monitor import GpuMonitor  # noqa: E402
+from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
+from _gpu_monitor import GpuMonitor, row_fields  # noqa: E402
 
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
@@ -230,10 +231,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=N
     base = rows[0]["ms"]
     for r in rows:
         r["ratio_to_cudnn"] = r["ms"] / base
-        gpu = monitor.window(*r.pop("window")) if monitor is not None else None
-        r["gpu_clocks"] = gpu  # median SM MHz, mean W, power-capped fraction (busy samples)
-        for key in ("sm_mhz_median", "power_w_mean", "power_capped"):
-            r[key] = None if gpu is None else gpu[key]
+        r.update(row_fields(monitor.window(*r.pop("window")) if monitor is not None else None))
     return rows
 
 
@@ -259,9 +257,7 @@ def main(argv=None) -> None:
         print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [("n", "N", "{}"), ("method", "method", "{}"), ("ms", "median ms", "{:.2f}"),
                ("ratio_to_cudnn", "x cuDNN time", "{:.3f}"), ("density", "density", "{:.3f}"),
-               ("tflops", "eff. TFLOP/s", "{:.0f}"), ("sm_mhz_median", "SM MHz", "{}"),
-               ("power_w_mean", "W", "{:.0f}"),
-               ("power_capped", "power-capped", "{:.0%}")]  # fmt: skip
+               ("tflops", "eff. TFLOP/s", "{:.0f}"), *GPU_COLUMNS]  # fmt: skip
     report(rows, columns, args.out, vars(args))
 
 

@@ -32,7 +32,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_ms, call_times_ms, median_ms, report  # noqa: E402
-from _gpu_monitor import GpuMonitor  # noqa: E402
+from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
+from _gpu_monitor import GpuMonitor, row_fields  # noqa: E402
 
 from xattn_video.attention import xattention  # noqa: E402
 
@@ -68,13 +69,11 @@ def run(n: int, idle_s: float, calls: int, monitor: GpuMonitor) -> list[dict]:
             ("back-to-back", hot, (t1, t2), {}),
             ("warm call by call", warm, (t2, t3), {}),
         ):
-            gpu = monitor.window(*window)
-            rows.append(dict(n=n, what=name, phase=phase, ms=ms, gpu_clocks=gpu, **extra,
-                             first_calls_ms=cold[:4] if phase == "cold" else None,
-                             sm_mhz_median=gpu and gpu["sm_mhz_median"],
-                             power_w_mean=gpu and gpu["power_w_mean"],
-                             power_capped=gpu and gpu["power_capped"]))  # fmt: skip
-            print(f"  N={n} {name} {phase}: {ms:.2f} ms {gpu}", flush=True)
+            first = [round(x, 1) for x in cold[:4]] if phase == "cold" else None
+            gpu = row_fields(monitor.window(*window))
+            rows.append(dict(n=n, what=name, phase=phase, ms=ms, **extra, first_calls_ms=first,
+                             **gpu))  # fmt: skip
+            print(f"  N={n} {name} {phase}: {ms:.2f} ms {gpu['gpu_clocks']}", flush=True)
     return rows
 
 
@@ -94,12 +93,8 @@ def main(argv=None) -> None:
     if monitor.error:
         print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [("n", "N", "{}"), ("what", "what", "{}"), ("phase", "phase", "{}"),
-               ("ms", "median ms", "{:.2f}"), ("sm_mhz_median", "SM MHz", "{}"),
-               ("power_w_mean", "W", "{:.0f}"), ("power_capped", "power-capped", "{:.0%}"),
+               ("ms", "median ms", "{:.2f}"), *GPU_COLUMNS,
                ("first_calls_ms", "first calls after idle, ms", "{}")]  # fmt: skip
-    for r in rows:
-        if r["first_calls_ms"]:
-            r["first_calls_ms"] = [round(x, 1) for x in r["first_calls_ms"]]
     report(rows, columns, args.out, vars(args))
 
 

@@ -61,6 +61,18 @@ def test_summarize_counts_busy_samples_in_the_window_only():
     assert mon.summarize([], t, t + 1) is None
 
 
+def test_row_fields_gives_the_table_columns_and_the_whole_summary():
+    stats = {"sm_mhz_median": 1500, "sm_mhz_min": 1200, "power_w_mean": 675.0,
+             "power_capped": 0.75, "thermal_or_hw_slowdown": 0.0, "samples": 4}  # fmt: skip
+    assert mon.row_fields(stats) == {
+        "gpu_clocks": stats, "sm_mhz_median": 1500, "power_w_mean": 675.0, "power_capped": 0.75
+    }  # fmt: skip
+    assert mon.row_fields(None) == {
+        "gpu_clocks": None, "sm_mhz_median": None, "power_w_mean": None, "power_capped": None
+    }  # fmt: skip
+    assert [key for key, _, _ in mon.COLUMNS] == ["sm_mhz_median", "power_w_mean", "power_capped"]
+
+
 def test_no_gpu_or_no_nvidia_smi_records_nothing(monkeypatch):
     import torch
 
