@@ -4,8 +4,8 @@
 # into /tmp, without touching the machine's own packages, and puts both on PYTHONPATH.
 # GPU tests against that copy: python3 -P -m pytest --import-mode=append -m gpu tests
 # (-P and append mode keep the repo's own xattn_video/, which has no pipelines/ inside, behind
-# the installed one on sys.path; without them the tests that import xattn_video.pipelines fail
-# to collect).
+# the installed one on sys.path; without them pytest stops at start-up with a message that says
+# so).
 set -e
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl

@@ -1,4 +1,4 @@
-"""The ``xattn-video`` command line: ``generate``, ``compare`` and ``demo``.
+"""The ``xattn-video`` command line: ``generate``, ``compare``, ``demo`` and ``calibrate``.
 
 Usage::
 
