@@ -65,6 +65,7 @@ if HAS_GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -113,11 +114,14 @@ if HAS_GLUON:
         subtract q[i*S + S-1-c] . k[g*S + c] for the padded offsets c of that group g."""
         g = kvl // S
         first_pad = kvl - g * S
+        # no partial group (first_pad 0): nothing to subtract, and the offsets would read the
+        # S rows from kv_len on, past k's end when kv_len is its length
+        lo = S - (S - first_pad) % S  # first_pad, or S when it is 0
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
         rows = row0 + gl.arange(0, _HALF, layout=gl.SliceLayout(1, ld))
         offs_d = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
         fix = gl.zeros([_HALF], gl.float32, layout=gl.SliceLayout(1, ld))
-        for c in range(first_pad, S):
+        for c in range(lo, S):
             q_ptr = QP + q_off + gl.expand_dims(rows * S + (S - 1 - c), 1) * stride_qn
             qv = gl.load(q_ptr + gl.expand_dims(offs_d, 0),
                          mask=gl.expand_dims(rows < NGQ, 1), other=0.0)  # fmt: skip
@@ -297,6 +301,7 @@ if HAS_GLUON:
         for i in gl.static_range(STAGES):
             mbarrier.init(full.index(i), count=1)
             mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+        fence_async_shared()  # the initialized barriers visible to the TMA unit (async proxy)
 
         args = (q_desc, k_desc, q_smem, k_smem, full, empty, scr, OUT, QP, KP, Q_SCALE, K_SCALE,
                 b, h, pid_m, pid_bh, kvl, n_ct, NGQ, NBQ, NBK, stride_qn, q_off, stride_kn, k_off,

@@ -73,6 +73,7 @@ if HAS_GLUON:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -302,6 +303,7 @@ if HAS_GLUON:
             mbarrier.init(k_full.index(i), count=1)
             mbarrier.init(v_full.index(i), count=1)
             mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+        fence_async_shared()  # the initialized barriers visible to the TMA unit (async proxy)
 
         args = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bars, k_full,
                 v_full, empty, LSE, idx_base, cnt, kvl, b, h, pid_m, pid_bh, N_Q, qk_scale,
