@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from datetime import datetime
 
 # nvidia-smi's clock-event (throttle) reason bits that say the card held the clock down.
@@ -72,6 +73,32 @@ def row_fields(stats: dict | None) -> dict:
     """A benchmark row's GPU fields from a :func:`summarize` dict (or ``None``): all of it as
     ``gpu_clocks``, and the :data:`COLUMNS` keys on their own for the table."""
     return {"gpu_clocks": stats, **{k: None if stats is None else stats[k] for k, _, _ in COLUMNS}}
+
+
+class RowWindows:
+    """Host-time windows of a benchmark's rows, taken back to back: :meth:`next` closes the
+    current row's window (from the previous row's end, or from construction) and opens the
+    next one, so a row's window holds its compilation and warm-up as well as its timing.
+    ``clock``: host time in seconds, as :meth:`GpuMonitor.window` takes it."""
+
+    def __init__(self, clock=time.time) -> None:
+        self.clock = clock
+        self.since = clock()
+
+    def next(self) -> tuple[float, float]:
+        """(start, end) of the row that ends now."""
+        now = self.clock()
+        window, self.since = (self.since, now), now
+        return window
+
+
+def attach(rows: list[dict], monitor: GpuMonitor | None) -> None:
+    """Replace each row's ``"window"`` (from :class:`RowWindows`) by its :func:`row_fields`,
+    in place; rows without a window, or without a monitor, get empty fields."""
+    for r in rows:
+        window = r.pop("window", None)
+        stats = None if monitor is None or window is None else monitor.window(*window)
+        r.update(row_fields(stats))
 
 
 def _reasons_field(smi: str) -> str:

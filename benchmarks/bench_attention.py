@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import baseline_ms, bench_ms, environment, median_ms, report  # noqa: E402
 from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
-from _gpu_monitor import GpuMonitor, row_fields  # noqa: E402
+from _gpu_monitor import GpuMonitor, RowWindows, attach  # noqa: E402
 
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
@@ -114,13 +113,12 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=N
     fp8_kernel = attention_kernel_for(q, k, v, BLOCK, precision="fp8")  # "ours sparse fp8"
     fp8_ok = fp8_kernel in ("gluon", "hopper")
 
-    since = [time.time()]  # a row's window: from the previous row's end to its own
+    windows = RowWindows()  # a row's window: from the previous row's end to its own
 
     def add(name, ms, density=1.0, **extra):
         tflops = None if density is None else density * flops / (ms * 1e-3) / 1e12
         rows.append(dict(n=n, method=name, ms=ms, density=density, tflops=tflops, **extra))
-        rows[-1]["window"] = (since[0], time.time())
-        since[0] = rows[-1]["window"][1]
+        rows[-1]["window"] = windows.next()
         print(f"  N={n} {name}: {ms:.2f} ms", flush=True)
 
     from torch.nn.attention import SDPBackend
@@ -231,7 +229,7 @@ def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=N
     base = rows[0]["ms"]
     for r in rows:
         r["ratio_to_cudnn"] = r["ms"] / base
-        r.update(row_fields(monitor.window(*r.pop("window")) if monitor is not None else None))
+    attach(rows, monitor)
     return rows
 
 

@@ -18,7 +18,9 @@ default forwards and against 50 forwards of the best dense row.
 
 Random weights give near-uniform attention, so the threshold-mode density here is NOT what a
 trained model shows (trained models are far more concentrated); the pinned-density rows are
-the meaningful speed numbers. Prints a table and writes JSON with GPU, versions and git SHA.
+the meaningful speed numbers. Each row also records the GPU's SM clock, power draw and
+power-capped share over its warm-up and timing (``_gpu_monitor.py``; an H100 runs heavy work at
+its 700 W cap). Prints a table and writes JSON with GPU, versions and git SHA.
 
 Usage: python benchmarks/bench_pipeline.py [--res 544p 720p] [--out results/pipeline.json]
 """
@@ -34,6 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, report  # noqa: E402
+from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
+from _gpu_monitor import GpuMonitor, RowWindows, attach  # noqa: E402
 from _precisions import precision_label, precision_pairs  # noqa: E402
 
 import xattn_video as xv  # noqa: E402
@@ -120,15 +124,19 @@ def time_dense(model, inputs, n_layers: int, repeats: int, add) -> None:
     add(KERNEL_DENSE, time_xattention(model, inputs, cfg, repeats)[0])
 
 
-def run_resolution(model, name: str, args) -> list[dict]:
+def run_resolution(model, name: str, args, monitor: GpuMonitor | None = None) -> list[dict]:
+    """The rows of one resolution, each with the GPU's clock and power over its warm-up and
+    timing (``monitor``, see ``_gpu_monitor.py``)."""
     height, width = RESOLUTIONS[name]
     inputs = make_inputs(height, width, args.frames, args.text_valid)
     n_video = inputs["hidden_states"][0, 0].numel() // 4  # patch 1x2x2
     rows: list[dict] = []
+    windows = RowWindows()
 
     def add(method, seconds, density=None, sparse_density=None):
         rows.append(dict(res=name, tokens=n_video + 256, method=method, s=seconds,
-                         effective_density=density, sparse_density=sparse_density))  # fmt: skip
+                         effective_density=density, sparse_density=sparse_density,
+                         window=windows.next()))  # fmt: skip
         print(f"  {name} {method}: {seconds:.2f} s", flush=True)
 
     n_layers = len(model.transformer_blocks) + len(model.single_transformer_blocks)
@@ -149,6 +157,7 @@ def run_resolution(model, name: str, args) -> list[dict]:
         add(label, sec, summ.get("effective_density"), summ.get("sparse_density"))
 
     add_projections(rows, args.steps, args.warmup_steps)
+    attach(rows, monitor)
     return rows
 
 
@@ -209,8 +218,11 @@ def main(argv=None) -> None:
     print(environment(), flush=True)
     model = build_transformer()
     rows = []
-    for name in args.res:
-        rows += run_resolution(model, name, args)
+    with GpuMonitor() as monitor:  # each row's SM clock and power, sampled by nvidia-smi
+        for name in args.res:
+            rows += run_resolution(model, name, args, monitor)
+    if monitor.error:
+        print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [
         ("res", "res", "{}"), ("tokens", "tokens", "{}"), ("method", "method", "{}"),
         ("s", "s / forward", "{:.2f}"), ("effective_density", "density", "{:.3f}"),
@@ -221,6 +233,7 @@ def main(argv=None) -> None:
         ("projected_50_steps_kernel_dense_s", "50 steps (5 kernel dense) s", "{:.0f}"),
         ("projected_speedup_kernel_dense_vs_default", "50-step x vs default", "{:.2f}"),
         ("projected_speedup_kernel_dense_vs_best_dense", "50-step x vs best dense", "{:.2f}"),
+        *GPU_COLUMNS,
     ]  # fmt: skip
     report(rows, columns, args.out, vars(args))
 

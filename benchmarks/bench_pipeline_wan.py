@@ -33,6 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, qk_prep_fused, report  # noqa: E402
+from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
+from _gpu_monitor import GpuMonitor, RowWindows, attach  # noqa: E402
 from _precisions import precision_label, precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
@@ -77,13 +79,16 @@ def make_inputs(height: int, width: int, frames: int, text_len: int = 512, devic
     )
 
 
-def run(model, args) -> list[dict]:
+def run(model, args, monitor: GpuMonitor | None = None) -> list[dict]:
+    """The rows, each with the GPU's clock and power over its warm-up and timing."""
     inputs = make_inputs(args.height, args.width, args.frames)
     tokens = inputs["hidden_states"][0, 0].numel() // 4  # patch 1x2x2
     rows: list[dict] = []
+    windows = RowWindows()
 
     def add(method, seconds, density=None):
-        rows.append(dict(tokens=tokens, method=method, s=seconds, effective_density=density))
+        rows.append(dict(tokens=tokens, method=method, s=seconds, effective_density=density,
+                         window=windows.next()))  # fmt: skip
         print(f"  {method}: {seconds:.2f} s", flush=True)
 
     time_dense(model, inputs, len(model.blocks), args.repeats, add)
@@ -100,6 +105,7 @@ def run(model, args) -> list[dict]:
                     sec, summ = time_xattention(model, inputs, cfg, args.repeats)
                 add(label + ("" if fused else UNFUSED), sec, summ.get("effective_density"))
     add_projections(rows, args.steps, args.warmup_steps)
+    attach(rows, monitor)
     return rows
 
 
@@ -117,7 +123,11 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_pipeline_wan needs a CUDA GPU")
     print(environment(), flush=True)
-    rows = run(build_transformer(WAN_14B), args)
+    model = build_transformer(WAN_14B)
+    with GpuMonitor() as monitor:  # each row's SM clock and power, sampled by nvidia-smi
+        rows = run(model, args, monitor)
+    if monitor.error:
+        print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [
         ("tokens", "tokens", "{}"), ("method", "method", "{}"), ("s", "s / forward", "{:.2f}"),
         ("effective_density", "density", "{:.3f}"),
@@ -126,6 +136,7 @@ def main(argv=None) -> None:
         ("projected_speedup_vs_default", "50-step x vs default", "{:.2f}"),
         ("projected_speedup_kernel_dense_vs_default", "50-step x (kernel dense) vs default",
          "{:.2f}"),
+        *GPU_COLUMNS,
     ]  # fmt: skip
     report(rows, columns, args.out, vars(args))
 

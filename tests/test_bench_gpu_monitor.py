@@ -141,3 +141,33 @@ def test_a_child_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
         time.sleep(0.2)
     assert m._proc.returncode == -9  # SIGKILL after the SIGTERM was ignored
     assert m.samples == [] and m.window(0, 1e12) is None
+
+
+def test_row_windows_follow_each_other():
+    ticks = iter([100.0, 103.5, 110.0, 110.25])
+    windows = mon.RowWindows(clock=lambda: next(ticks))
+    assert windows.next() == (100.0, 103.5)  # the first row: from construction
+    assert windows.next() == (103.5, 110.0)
+    assert windows.next() == (110.0, 110.25)
+
+
+def test_attach_replaces_each_window_by_its_gpu_fields():
+    class Monitor:
+        def window(self, t0, t1):
+            return None if t1 < 10 else {"sm_mhz_median": 1500 + int(t0), "sm_mhz_min": 1400,
+                                         "power_w_mean": 690.0, "power_capped": 0.75,
+                                         "thermal_or_hw_slowdown": 0.0, "samples": 4}  # fmt: skip
+
+    rows = [{"method": "a", "window": (5.0, 20.0)}, {"method": "b", "window": (0.0, 1.0)},
+            {"method": "c"}]  # fmt: skip
+    mon.attach(rows, Monitor())
+    assert rows[0]["method"] == "a" and "window" not in rows[0]
+    assert rows[0]["gpu_clocks"]["samples"] == 4
+    assert (rows[0]["sm_mhz_median"], rows[0]["power_w_mean"], rows[0]["power_capped"]) == (
+        1505, 690.0, 0.75
+    )  # fmt: skip
+    assert rows[1] == {"method": "b", **mon.row_fields(None)}  # no busy samples in its window
+    assert rows[2] == {"method": "c", **mon.row_fields(None)}  # no window
+    no_monitor = [{"method": "d", "window": (5.0, 20.0)}]
+    mon.attach(no_monitor, None)
+    assert no_monitor == [{"method": "d", **mon.row_fields(None)}]
