@@ -165,7 +165,9 @@ in its fp8 test at 119,056 tokens (stride 16, key padding), which cycles through
 ring / overlap variants, and passed in other runs of the same code. benchmarks/
 probe_estimate_stall.py then launched every variant 300 times on the tests' inputs without a
 stall (docs/results/probe_estimate_stall_h200.log): not reproduced, not explained, so the op
-keeps the Triton estimate, which cannot stall (no barriers)."""
+keeps the Triton estimate, which cannot stall (no barriers). Since then the kernel fences its
+barriers' initialization for the TMA unit, a race that would fit (docs/attention-kernels.md);
+one clean pass since does not show the stall gone."""
 
 GLUON_ESTIMATE_DEFAULT = {"bf16": (128, 3), "fp8": (128, 6)}
 """Tiles / ring depth of the forced Gluon estimate on a GPU without measurements (both fit
