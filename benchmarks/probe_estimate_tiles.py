@@ -28,8 +28,12 @@ from _common import baseline_ms, bench_ms, print_table, save_json  # noqa: E402
 
 from xattn_video.op_checks import PRECISIONS  # noqa: E402
 
+# The wide tiles last (256 x 128 on 16 warps, 128 x 256 on 8; two stages fill sm90's shared
+# memory in bf16): a tile of BM x BN groups does BM*BN/(BM+BN) FLOPs per byte of query and key
+# chunks it loads, 64 for 128 x 128 and 85 for these, and at 119k tokens the bf16 S=8 estimate
+# with 128 x 128 tiles loads ~170 GB (6.9 TB/s from the L2 in 25 ms). Not yet timed on a GPU.
 CONFIGS = ["128,128,8,3", "64,128,4,4", "64,128,4,3", "64,128,4,5", "64,128,4,6", "64,64,4,6",
-           "128,64,4,4", "64,256,8,3", "128,128,8,4"]  # fmt: skip
+           "128,64,4,4", "64,256,8,3", "128,128,8,4", "256,128,16,2", "128,256,8,2"]  # fmt: skip
 
 
 def parse_config(spec: str) -> tuple[int, int, int, int]:

@@ -82,6 +82,19 @@ def test_estimate_triton_matches_reference(shape, dtype):
     assert (got.masked_select(~valid[:, None, None, :]) == 0).all()
 
 
+@pytest.mark.parametrize("launch", [(256, 128, 16, 2), (128, 256, 8, 2)])
+@pytest.mark.parametrize("S", [8, 16])
+def test_estimate_wide_tiles_match_reference(launch, S):
+    """The wide tiles ``benchmarks/probe_estimate_tiles.py`` tries by default (256 query groups
+    x 128 key groups, 128 x 256: fewer L2 bytes per FLOP) give the reference's block scores,
+    with key padding that splits a stride group."""
+    q, k, _ = _rand_qkv(2, 1, 1100, 32, seed=3)
+    kv_len = torch.tensor([1100, 777])
+    kw = dict(stride=S, block_size=128, kv_len=kv_len)
+    got = estimate_block_scores(q, k, launch=launch, flatten=True, kernel="triton", **kw)
+    torch.testing.assert_close(got, estimate_block_scores_ref(q, k, **kw), rtol=1e-4, atol=1e-5)
+
+
 def test_estimate_ignores_padded_keys():
     """Changing padded keys (>= kv_len) changes nothing in the estimate."""
     B, H, N, D, S, bs = 2, 2, 150, 16, 4, 16
