@@ -31,7 +31,9 @@ from xattn_video.op_checks import PRECISIONS  # noqa: E402
 # The wide tiles last (256 x 128 on 16 warps, 128 x 256 on 8; two stages fill sm90's shared
 # memory in bf16): a tile of BM x BN groups does BM*BN/(BM+BN) FLOPs per byte of query and key
 # chunks it loads, 64 for 128 x 128 and 85 for these, and at 119k tokens the bf16 S=8 estimate
-# with 128 x 128 tiles loads ~170 GB (6.9 TB/s from the L2 in 25 ms). Not yet timed on a GPU.
+# with 128 x 128 tiles loads ~170 GB (6.9 TB/s from the L2 in 25 ms). On an H100
+# (docs/results/probe_estimate_tiles_*_h100_3019f3a.json) they lost in bf16 (1.11-1.50x the
+# table's time) but 128 x 256 won for fp8 S=8 (0.94x at 119k, 0.82x at 67k): now its H100 entry.
 CONFIGS = ["128,128,8,3", "64,128,4,4", "64,128,4,3", "64,128,4,5", "64,128,4,6", "64,64,4,6",
            "128,64,4,4", "64,256,8,3", "128,128,8,4", "256,128,16,2", "128,256,8,2"]  # fmt: skip
 

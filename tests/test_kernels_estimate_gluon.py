@@ -180,7 +180,7 @@ def test_the_h100_gets_its_measured_flattened_estimate_launches():
     h100 = "NVIDIA H100 80GB HBM3"
     assert estimate_config(h100, "bf16", 8, 128, 119056) == EstimateLaunch((128, 128, 8, 3), True)
     assert estimate_config(h100, "bf16", 16, 128, 67576) == EstimateLaunch((64, 128, 4, 3), True)
-    assert estimate_config(h100, "fp8", 8, 128) == EstimateLaunch((64, 128, 4, 3), True)
+    assert estimate_config(h100, "fp8", 8, 128) == EstimateLaunch((128, 256, 8, 3), True)
     assert estimate_config(h100, "fp8", 16, 128) == EstimateLaunch((64, 128, 4, 4), True)
     assert estimate_config(h100, "bf16", 8, 64, 17411) == SAFE_ESTIMATE  # not measured there
     assert estimate_config("NVIDIA H100 NVL", "bf16", 8, 128) == SAFE_ESTIMATE

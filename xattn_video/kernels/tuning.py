@@ -116,7 +116,10 @@ ESTIMATE_MEASURED: dict[tuple[str, str, int, int, str], EstimateLaunch] = {
     # 0.79x, 0.77x, 0.88x; same scores, max |diff| <= 3.7e-9).
     ("NVIDIA H100 80GB HBM3", "bf16", 8, 128, "any"): EstimateLaunch((128, 128, 8, 3), True),
     ("NVIDIA H100 80GB HBM3", "bf16", 16, 128, "any"): EstimateLaunch((64, 128, 4, 3), True),
-    ("NVIDIA H100 80GB HBM3", "fp8", 8, 128, "any"): EstimateLaunch((64, 128, 4, 3), True),
+    # fp8 S=8: 128x256 tiles on 8 warps, 3 stages (docs/results/probe_estimate_tiles_*_h100_3019f3a
+    # .json, interleaved, 3 rounds): 14.87-14.90 vs 15.45-15.80 ms at 119,056 tokens, 4.20 vs 5.13
+    # at 67,576; block scores within 1.7e-8, selection differs in <= 7.7e-7 of blocks (near-ties).
+    ("NVIDIA H100 80GB HBM3", "fp8", 8, 128, "any"): EstimateLaunch((128, 256, 8, 3), True),
     ("NVIDIA H100 80GB HBM3", "fp8", 16, 128, "any"): EstimateLaunch((64, 128, 4, 4), True),
 }
 
