@@ -77,7 +77,8 @@ def bench_ms(fn, *, warmup_ms: int = 100, rep_ms: int = 500, min_reps: int = 5) 
 def baseline_ms(fn, warm_calls: int = 3) -> float:
     """:func:`bench_ms` of a dense baseline after ``warm_calls`` untimed calls, a synchronize and
     one more call timed and dropped (:func:`median_ms` with one rep): on an H100 a process's
-    first back-to-back timing of cuDNN at 67k tokens ran 6% slower without them (105.8 ms at ``2868e99`` against 99.7 at ``604572e``, docs/attention-kernels.md)."""
+    first back-to-back timing of cuDNN at 67k tokens ran 6% slower without them (105.8 ms at
+    ``2868e99`` against 99.7 at ``604572e``, docs/attention-kernels.md)."""
     median_ms(fn, 1, warmup=warm_calls)
     return bench_ms(fn)
 
