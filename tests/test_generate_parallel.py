@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -73,7 +74,10 @@ def test_heads_the_degree_does_not_divide_exit_2_before_run_json(tmp_path):
     res = _launch(4, [*args, "--ulysses", "4"], tmp_path)  # tiny-hunyuan has 2 heads
     assert res.returncode != 0
     message = "xattn-video: error: --ulysses 4: num_attention_heads (2) must be divisible by"
-    assert res.stderr.count(message) == 4, res.stderr[-3000:]
+    # torchrun stops the other processes (SIGTERM) once the first one exits, so 1 to 4 of them
+    # get to print it (a fresh-clone CI run saw 3); the first failure is our exit code 2
+    assert 1 <= res.stderr.count(message) <= 4, res.stderr[-3000:]
+    assert re.search(r"exitcode\s*:\s*2\b", res.stderr), res.stderr[-3000:]
     assert "generate.py" not in res.stderr  # no traceback of ours (torchrun prints its own)
     assert not (out / "run.json").exists() and not (out / "00000").exists()
 
