@@ -252,17 +252,29 @@ def test_sparse_attention_triton_fa_rule(shape, density, dtype, use_tma):
 
 
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
-def test_sparse_reference_matches_masked_sdpa(shape):
+@pytest.mark.parametrize("q_chunk_blocks", [1, 3])
+def test_sparse_reference_matches_masked_sdpa(shape, q_chunk_blocks):
     B, H, N, D, bs, lens = shape
     q, k, v = _rand_qkv(B, H, N, D, torch.float64, seed=9)
     kv_len = torch.tensor(lens)
-    mask = _make_mask(B, H, cdiv(N, bs), kv_len, bs, 0.4, seed=10)
+    nb = cdiv(N, bs)
+    mask = _make_mask(B, H, nb, kv_len, bs, 0.4, seed=10)
+    mask[0, 0, 1] = False  # a query block with no key block
+    last = B - 1  # a query block whose only key blocks are padding (none when nothing is padded)
+    mask[last, -1, 0] = valid_key_blocks(kv_len, nb, bs)[last].logical_not()
     out, lse = block_sparse_attention_ref(
-        q, k, v, mask, block_size=bs, kv_len=kv_len, return_lse=True, q_chunk_blocks=1
-    )
+        q, k, v, mask, block_size=bs, kv_len=kv_len, return_lse=True,
+        q_chunk_blocks=q_chunk_blocks,
+    )  # fmt: skip
     tok = _token_mask(mask, bs, N, kv_len)
-    torch.testing.assert_close(out, naive_attention(q, k, v, tok), rtol=1e-10, atol=1e-10)
-    assert torch.isfinite(lse).all()
+    empty = ~tok.any(-1)  # (B, H, N)
+    assert empty[0, 0, bs : 2 * bs].all() and empty[last, -1, :bs].all()
+    want = naive_attention(q, k, v, tok).masked_fill(empty[..., None], 0.0)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    logits = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+    lse_exact = torch.logsumexp(logits.masked_fill(~tok, float("-inf")), dim=-1)
+    torch.testing.assert_close(lse.double(), lse_exact, rtol=1e-6, atol=1e-6)
+    assert torch.isneginf(lse[empty]).all() and torch.isfinite(lse[~empty]).all()
 
 
 def test_sparse_attention_empty_rows_give_zero():
