@@ -65,12 +65,13 @@ def block_sparse_attention_ref(
 
     q, k, v: (B, H, N, D); mask: (B, H, Nbq, Nbk) bool; kv_len: (B,) int. Rows with no
     selected key give 0 output (and -inf LSE). Query blocks are processed ``q_chunk_blocks`` at
-    a time to bound the memory of the token mask. Returns out (B, H, N, D) and, with
+    a time to bound the memory of their key bias. Returns out (B, H, N, D) and, with
     ``return_lse``, lse (B, H, N) float32 (natural log).
 
-    The mask reaches SDPA as an additive bias in q's dtype, built per chunk from the block mask
-    (the key columns gathered on ``Nbq`` rows, then the rows): what SDPA makes of a bool mask,
-    without expanding a bool token mask first (2.6x faster on CPU at 2,304 tokens).
+    The mask reaches SDPA as an additive bias in q's dtype, one row per query block (its key
+    columns gathered from the block mask) that broadcasts over the block's query rows, one SDPA
+    call per query block: what SDPA makes of a bool mask without expanding a token mask (on
+    CPU at 2,304 tokens as fast as dense SDPA, ~5x faster than a bool token mask).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
@@ -89,17 +90,19 @@ def block_sparse_attention_ref(
     cols = torch.arange(Nk, device=q.device) // block_size  # gathers, see nonfinite_rows_ref
     for b0 in range(0, mask.shape[2], q_chunk_blocks):
         b1 = min(mask.shape[2], b0 + q_chunk_blocks)
-        q0, q1 = b0 * block_size, min(Nq, b1 * block_size)
-        rows = torch.arange(q1 - q0, device=q.device) // block_size
         ok = allowed[:, :, b0:b1].index_select(-1, cols) & (key_ok | ~has_key[:, :, b0:b1])
-        bias = torch.where(ok, zero, neg).index_select(2, rows)  # (B, H, q1 - q0, Nk)
-        row_has_key = has_key[:, :, b0:b1].index_select(2, rows)  # (B, H, q1 - q0, 1)
-        chunk = F.scaled_dot_product_attention(q[:, :, q0:q1], k, v, attn_mask=bias, scale=scale)
-        out[:, :, q0:q1] = torch.where(row_has_key, chunk, zero)
-        if lse is not None:
-            logits = (q[:, :, q0:q1].float() @ k.float().transpose(-1, -2)) * scale
-            logits = logits.masked_fill(~(ok.index_select(2, rows) & row_has_key), float("-inf"))
-            lse[:, :, q0:q1] = torch.logsumexp(logits, dim=-1)
+        bias = torch.where(ok, zero, neg)  # (B, H, b1 - b0, Nk)
+        for i in range(b0, b1):  # one query block a call: its bias row broadcasts over its rows
+            q0, q1 = i * block_size, min(Nq, (i + 1) * block_size)
+            row = slice(i - b0, i - b0 + 1)
+            chunk = F.scaled_dot_product_attention(
+                q[:, :, q0:q1], k, v, attn_mask=bias[:, :, row], scale=scale
+            )
+            out[:, :, q0:q1] = torch.where(has_key[:, :, i : i + 1], chunk, zero)
+            if lse is not None:
+                logits = (q[:, :, q0:q1].float() @ k.float().transpose(-1, -2)) * scale
+                keep = ok[:, :, row] & has_key[:, :, i : i + 1]
+                lse[:, :, q0:q1] = torch.logsumexp(logits.masked_fill(~keep, float("-inf")), -1)
     return (out, lse) if return_lse else out
 
 
