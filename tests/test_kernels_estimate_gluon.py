@@ -185,3 +185,15 @@ def test_the_h100_gets_its_measured_flattened_estimate_launches():
     assert estimate_config(h100, "bf16", 8, 64, 17411) == SAFE_ESTIMATE  # not measured there
     assert estimate_config("NVIDIA H100 NVL", "bf16", 8, 128) == SAFE_ESTIMATE
     assert SAFE_ESTIMATE.flatten is False
+
+
+def test_the_h200_fp8_s8_estimate_takes_the_measured_wide_tiles():
+    """H200 fp8 S=8 (docs/results/probe_estimate_tiles_fp8_s8_h200_1ce56b9*.json): 128x256 tiles
+    on 8 warps, 4 stages at both lengths; the other H200 entries keep their tiles."""
+    from xattn_video.kernels.tuning import EstimateLaunch, estimate_config
+
+    h200 = "NVIDIA H200"
+    for n in (67576, 119056):
+        assert estimate_config(h200, "fp8", 8, 128, n) == EstimateLaunch((128, 256, 8, 4), True)
+    assert estimate_config(h200, "fp8", 16, 128) == EstimateLaunch((64, 128, 4, 4), True)
+    assert estimate_config(h200, "bf16", 8, 128) == EstimateLaunch((128, 128, 8, 3), True)
