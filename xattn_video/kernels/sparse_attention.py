@@ -81,16 +81,16 @@ def block_sparse_attention_ref(
     block_ok = torch.arange(mask.shape[-1], device=q.device) * block_size < lens[:, None]
     picked = mask & block_ok[:, None, None, :]  # (B, H, Nbq, Nbk): blocks with a valid key
     has_key = picked.any(dim=-1, keepdim=True)  # (B, H, Nbq, 1)
-    # rows without a key may see every key (no all -inf row, so no NaN); zeroed below
-    allowed = picked | ~has_key
     zero = torch.zeros((), dtype=q.dtype, device=q.device)
     neg = torch.full((), float("-inf"), dtype=q.dtype, device=q.device)
     out = torch.empty_like(q)
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse else None
     cols = torch.arange(Nk, device=q.device) // block_size  # gathers, see nonfinite_rows_ref
+    k_t = k.float().transpose(-1, -2) if return_lse else None  # (B, H, D, Nk), for the LSE
     for b0 in range(0, mask.shape[2], q_chunk_blocks):
         b1 = min(mask.shape[2], b0 + q_chunk_blocks)
-        ok = allowed[:, :, b0:b1].index_select(-1, cols) & (key_ok | ~has_key[:, :, b0:b1])
+        # rows without a key may see every key (no all -inf row, so no NaN); zeroed below
+        ok = (picked[:, :, b0:b1].index_select(-1, cols) & key_ok) | ~has_key[:, :, b0:b1]
         bias = torch.where(ok, zero, neg)  # (B, H, b1 - b0, Nk)
         for i in range(b0, b1):  # one query block a call: its bias row broadcasts over its rows
             q0, q1 = i * block_size, min(Nq, (i + 1) * block_size)
@@ -100,7 +100,7 @@ def block_sparse_attention_ref(
             )
             out[:, :, q0:q1] = torch.where(has_key[:, :, i : i + 1], chunk, zero)
             if lse is not None:
-                logits = (q[:, :, q0:q1].float() @ k.float().transpose(-1, -2)) * scale
+                logits = (q[:, :, q0:q1].float() @ k_t) * scale
                 keep = ok[:, :, row] & has_key[:, :, i : i + 1]
                 lse[:, :, q0:q1] = torch.logsumexp(logits.masked_fill(~keep, float("-inf")), -1)
     return (out, lse) if return_lse else out
