@@ -375,10 +375,13 @@ def test_auto_dense_predicts_padded_calls_against_masked_sdpa(family, monkeypatc
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_transformer_run_by_another_pipeline_counts_its_steps():
+@pytest.mark.parametrize("pipe_a_ran", [True, False])
+def test_a_transformer_run_by_another_pipeline_counts_its_steps(pipe_a_ran):
     """Applied through pipe_a, run through pipe_b (pipe_a's components, its own scheduler):
     the hook read pipe_a's finished scheduler, so every forward was step 5 -- no warm-up, no
-    mask reuse. Now pipe_b's steps count as if XAttention had been applied to pipe_b."""
+    mask reuse; and a pipe_a that never ran had its scheduler's 1,000 training timesteps
+    matched, steps 0, 200, 400, ... (one dense step, no reuse). Now pipe_b's steps count as if
+    XAttention had been applied to pipe_b."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
 
     from ._tiny_models import hv_inputs, tiny_cfg, tiny_hv_pipeline
@@ -390,8 +393,9 @@ def test_a_transformer_run_by_another_pipeline_counts_its_steps():
     pipe_b.set_progress_bar_config(disable=True)
     steps = lambda h: sorted({(r.step, r.sparse, r.reused) for r in h.stats.records})  # noqa: E731
     with xv.apply_xattention(pipe_a, cfg) as handle, torch.no_grad():
-        pipe_a(**hv_inputs(steps=5))
-        handle.stats.reset()
+        if pipe_a_ran:
+            pipe_a(**hv_inputs(steps=5))
+            handle.stats.reset()
         got = pipe_b(**hv_inputs(steps=5)).frames
         got_steps = steps(handle)
     with xv.apply_xattention(pipe_b, cfg) as handle, torch.no_grad():

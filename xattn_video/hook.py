@@ -67,7 +67,14 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
-from .schedule import call_start, finished, scheduler_getter_for, scheduler_index, timestep_value
+from .schedule import (
+    call_start,
+    finished,
+    scheduler_getter_for,
+    scheduler_index,
+    timestep_value,
+    unstarted,
+)
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
 from .targets import target_layers
@@ -142,7 +149,7 @@ class XAttentionController:
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
-        if scheduler is not None and finished(scheduler):
+        if scheduler is not None and (finished(scheduler) or unstarted(scheduler)):
             scheduler = None  # another pipeline runs the transformer: context / timesteps
         if scheduler is not None:
             index = scheduler_index(scheduler, timestep)
@@ -197,7 +204,7 @@ class XAttentionController:
                 if not self._warned_no_num_steps:
                     logger.warning(
                         "dense_last_steps=%d ignored: the number of denoising steps is unknown "
-                        "(pass the pipeline to apply_xattention)",
+                        "(pass the pipeline that runs the transformer to apply_xattention)",
                         cfg.dense_last_steps,
                     )
                     self._warned_no_num_steps = True

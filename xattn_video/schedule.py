@@ -44,6 +44,23 @@ def finished(scheduler: Any) -> bool:
     return index is not None and timesteps is not None and int(index) >= len(timesteps)
 
 
+def unstarted(scheduler: Any) -> bool:
+    """Whether ``scheduler`` was never set up for a run: no ``num_inference_steps`` (diffusers'
+    schedulers set it in ``set_timesteps``), ``step_index`` or ``begin_index``, and its
+    ``timesteps`` are the ``config.num_train_timesteps`` defaults of its construction. A
+    forward's timestep can match one of those at a position that is not its step, so it says
+    nothing about a forward now: another pipeline object, with a scheduler of its own, runs the
+    transformer. A scheduler without that config is never taken as unstarted. Attributes only."""
+    if any(getattr(scheduler, n, None) is not None for n in _RUN_ATTRIBUTES):
+        return False
+    train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    timesteps = getattr(scheduler, "timesteps", None)
+    return train is not None and timesteps is not None and len(timesteps) == int(train)
+
+
+_RUN_ATTRIBUTES = ("num_inference_steps", "step_index", "begin_index")
+
+
 def timestep_value(timestep: Any) -> float:
     """One number for a forward's timestep: its max (scalar, (B,) or Wan 2.2's per-token
     (B, N), whose first-frame tokens keep 0)."""
