@@ -84,6 +84,7 @@ class Run:
         videos: finished videos by prompt index.
         unfinished: prompt indices whose folder has no ``meta.json`` yet.
         problems: human-readable inconsistencies found while scanning.
+        recorded: the keys ``run.json`` has (a ``null`` value counts; older files lack some).
     """
 
     path: Path
@@ -91,6 +92,7 @@ class Run:
     videos: dict[int, RunVideo]
     unfinished: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    recorded: frozenset[str] = frozenset()
 
     @property
     def info(self) -> dict[str, Any] | None:
@@ -121,8 +123,11 @@ def scan_run(path: str | os.PathLike[str]) -> Run:
         raise FileNotFoundError(f"run directory {root} does not exist")
     problems: list[str] = []
     record = None
+    recorded: frozenset[str] = frozenset()
     if (root / rundir.RUN_FILE).is_file():
-        record = RunRecord.read(root)
+        raw = rundir.read_json_object(root / rundir.RUN_FILE)
+        record = RunRecord.from_json(raw, root / rundir.RUN_FILE)
+        recorded = frozenset(raw)
     else:
         problems.append(f"{root} has no {rundir.RUN_FILE}")
     videos: dict[int, RunVideo] = {}
@@ -139,4 +144,4 @@ def scan_run(path: str | os.PathLike[str]) -> Run:
                 f"{index}"
             )
         videos[index] = RunVideo(index, sub, meta)
-    return Run(root, record, videos, unfinished, problems)
+    return Run(root, record, videos, unfinished, problems, recorded)

@@ -14,7 +14,9 @@ the prompt suite and selection (pairs are matched by prompt index, and a pair wh
 seed differs is left out of the aggregate); the guidance scale (not a ``generate`` setting: the
 pipelines' defaults, so the model fixes it); the environment (GPU, compile mode and package
 versions only warn: they change the speed-up, not what was generated). A field missing from an
-older run.json (or a missing run.json) is not compared.
+older run.json (or a missing run.json) is not compared, nor one recorded as ``null`` (unknown),
+except ``model_source`` (:data:`NULL_IS_A_VALUE`): ``null`` there is a built-in model's own
+weights, which a run from other weights does not share.
 
 Not supported: tolerating "equivalent" values (e.g. a local snapshot of the default model repo
 named by path): pass ``allow_mismatch``.
@@ -30,6 +32,11 @@ from .run_dir import Run
 
 MATCH_FIELDS = ("model", "model_source", "height", "width", "frames", "steps", "seed", "dtype")
 """run.json settings two compared runs must share (see the module docstring)."""
+
+NULL_IS_A_VALUE = ("model_source",)
+"""The :data:`MATCH_FIELDS` whose ``null`` is a value, not "unknown": ``generate`` records no
+source for a built-in model (``tiny``: no hub id), and a run of that model from other weights
+(``--model-path``) must not compare with it."""
 
 SHAPE_FIELDS = ("height", "width", "frames")
 """The videos' shapes among :data:`MATCH_FIELDS`."""
@@ -84,13 +91,18 @@ def run_mode(run: Run) -> str:
 
 def mismatched_settings(dense: Run, sparse: Run) -> dict[str, tuple[Any, Any]]:
     """The ``MATCH_FIELDS`` whose run.json values differ: field -> (dense, sparse). Fields
-    missing from either run.json (older files, no run.json) are not compared."""
+    missing from either run.json (older files, no run.json) are not compared, nor ``null`` ones
+    outside :data:`NULL_IS_A_VALUE`."""
     if dense.record is None or sparse.record is None:
         return {}
     out = {}
     for key in MATCH_FIELDS:
         d, s = getattr(dense.record, key), getattr(sparse.record, key)
-        if d is not None and s is not None and d != s:
+        if key in NULL_IS_A_VALUE:
+            known = key in dense.recorded and key in sparse.recorded
+        else:
+            known = d is not None and s is not None
+        if known and d != s:
             out[key] = (d, s)
     return out
 

@@ -813,6 +813,8 @@ SAME = {"model_source": "org/fake-dit", "dtype": "bfloat16", "fps": 8, "prompts"
         ("steps", 2, 4),
         ("model", "fake-dit", "other-dit"),
         ("model_source", "org/fake-dit", "/models/finetuned"),
+        # a built-in model records no source; one run from other weights was compared with it
+        ("model_source", None, "/models/finetuned"),
         ("dtype", "bfloat16", "float32"),
         ("height", H, 2 * H),
         ("width", W, 2 * W),
