@@ -33,9 +33,7 @@ from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
 
 from .models import MODELS, get_model_spec
-from .options import GenerateOptions, load_prompts_or_fail, resolve_options
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from .options import DTYPES, GenerateOptions, load_prompts_or_fail, resolve_options
 
 
 def add_calibrate_args(
@@ -167,7 +165,9 @@ def _calibrate(
 
     spec = get_model_spec(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype else None
+    # as generate: bf16 on CUDA, fp32 elsewhere (load_pipeline's own default is bf16, so CPU
+    # thresholds were measured in bf16 for the fp32 runs that use them)
+    dtype = DTYPES[args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")]
     pipe = load_pipeline(args.model, model_path=args.model_path, model_id=args.model_id,
                          dtype=dtype, device=device)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)

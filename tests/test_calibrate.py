@@ -263,6 +263,7 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
     assert data["prompts"] == ["a cat on a mat", "a dog running"]
     # the tiny preset has 1 warm-up step: only the sparse step 1 is measured
     assert data["steps_measured"] == [1] and data["target"] == {"mass": 0.95, "density": None}
+    assert data["dtype"] == "torch.float32"  # the CPU default, as generate's (it was bf16)
     cfg = xv.XAttentionConfig.from_preset("tiny", thresholds_file=str(out))  # loads, matches
     assert cfg.thresholds_file == str(out)
     again = tmp_path / "thr2.json"
@@ -293,6 +294,20 @@ def _wan_thresholds(tmp_path, cfg, heads, layers=range(2), model="tiny-wan"):
     save_thresholds(path, {"format": FORMAT, "model": model, "config": conf,
                            "taus": taus, "layers": layers})  # fmt: skip
     return path
+
+
+def test_a_failed_thresholds_write_leaves_the_old_file_intact(tmp_path):
+    """save_thresholds opened the file for writing before encoding it: a value JSON cannot
+    hold (or a full disk) left a truncated, unreadable file in place of a costly calibration."""
+    import numpy as np
+
+    path = _wan_thresholds(tmp_path, xv.XAttentionConfig(), heads=2)
+    before = path.read_text()
+    data = json.loads(before)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        save_thresholds(path, {**data, "prompts": ["a cat", np.float32(1.0)]})
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
 
 
 def test_calibrating_two_experts_is_refused_instead_of_merging_their_heads():

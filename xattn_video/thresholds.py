@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from . import atomic
+
 FORMAT = "xattn-video thresholds v1"
 """Value of the file's ``format`` key; files of another format raise ``ValueError``."""
 
@@ -262,11 +264,10 @@ def check_fits(data: dict[str, Any], heads: dict[int, int | None], model: str, p
 
 
 def save_thresholds(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write a thresholds dict as JSON (validated first)."""
+    """Write a thresholds dict as JSON (validated first), atomically: a write that fails (a full
+    disk, a value JSON cannot hold) leaves an existing file as it was, not truncated."""
     validate(data)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
+    atomic.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
