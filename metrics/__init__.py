@@ -9,7 +9,7 @@ Public API:
 - ``compare_runs``: compare a dense and a sparse run directory and write JSON/Markdown/HTML reports
   (``RunMismatch`` when the two runs were generated with other settings).
 
-Conventions follow shared/research/metrics.md: per-frame metrics on [0, 1] RGB with data range 1,
+Conventions (skimage's and the lpips package's): per-frame metrics on [0, 1] RGB with data range 1,
 PSNR with an mse floor of 1e-10, skimage-equivalent Gaussian SSIM (valid crop), LPIPS AlexNet v0.1.
 
 Not supported: FVD, VBench scores, CLIP scores, temporal metrics.

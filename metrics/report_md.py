@@ -5,13 +5,19 @@ Not supported: embedded figures (see ``report.html``), per-frame tables (see ``r
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 from .report_tables import aggregate_table, lpips_line, method_text, run_summary, video_table
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_|\[\]])")
+
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """``text`` as literal table-cell text: HTML-escaped (a prompt's ``<open>`` was a raw tag in
+    the rendered file) and Markdown's emphasis, code, link and cell characters backslashed."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False)).replace("\n", " ")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -218,6 +218,17 @@ def test_unpaired_and_unfinished_are_listed_and_warned(compared) -> None:
     assert report["warnings"] == warned
 
 
+def test_markdown_cells_show_prompts_as_literal_text() -> None:
+    """A prompt's ``<open>`` went into report.md as a raw HTML tag (the rendered file showed
+    nothing for it; report.html escaped it), and ``*`` / ``_`` / backticks formatted it."""
+    from xattn_video.metrics.report_md import markdown_table
+
+    prompt = "a <open> sign & a_b *x* `c` [l](u) a|b back\\slash\nnext"
+    assert markdown_table(["text"], [[prompt]]).splitlines()[2] == (
+        "| a &lt;open&gt; sign &amp; a\\_b \\*x\\* \\`c\\` \\[l\\](u) a\\|b back\\\\slash next |"
+    )
+
+
 def test_markdown_report(compared) -> None:
     report, out, *_ = compared
     md = (out / "report.md").read_text()
