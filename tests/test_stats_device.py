@@ -4,6 +4,7 @@ reaches the host without a sync (CPU here; the GPU test runs under sync-debug mo
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from xattn_video.stats import DensityFeedback, XAttentionStats, mask_density, mask_density_tensor
@@ -59,6 +60,22 @@ def test_record_with_tensor_heads_is_lazy():
     assert len(st._lazy) == 1
     (rec,) = st.records
     assert rec.heads == [0.2, 0.4] and abs(rec.density - 0.3) < 1e-12 and not st._lazy
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_record_density_is_the_heads_mean_unless_given(as_tensor):
+    """The default was 1.0, so a sparse call recorded with heads [0.2, 0.4] and no density
+    counted as density 1.0; and tensor heads overwrote a density that was given."""
+    st = XAttentionStats()
+
+    def heads():
+        return torch.tensor([0.2, 0.4], dtype=torch.float64) if as_tensor else [0.2, 0.4]
+
+    st.record(run=0, step=0, layer=0, branch="c", sparse=True, heads=heads())
+    st.record(run=0, step=0, layer=1, branch="c", sparse=True, density=0.5, heads=heads())
+    st.record(run=0, step=0, layer=2, branch="c")  # dense, nothing given: 1.0
+    assert [round(r.density, 12) for r in st.records] == [0.3, 0.5, 1.0]
+    assert [r.heads for r in st.records] == [[0.2, 0.4], [0.2, 0.4], None]
 
 
 def test_disabled_stats_record_nothing_but_feed_back():

@@ -150,7 +150,8 @@ class XAttentionStats:
         self.enabled = enabled
         self.feedback = DensityFeedback()
         self._records: list[DensityRecord] = []
-        self._lazy: list[tuple[list[DensityRecord], torch.Tensor]] = []  # heads not yet read
+        # heads not yet read: (records, their heads, whether their mean is the density)
+        self._lazy: list[tuple[list[DensityRecord], torch.Tensor, bool]] = []
         self._open: list[tuple[int, torch.Tensor | None, bool, str | None]] = []
         self._stamp: tuple[int, int, str] = (0, 0, "pass0")
         # why a dense call added without a reason ran dense, asked when its forward is closed
@@ -206,7 +207,7 @@ class XAttentionStats:
         step: int,
         layer: int,
         branch: str,
-        density: float | None = 1.0,
+        density: float | None = None,
         sparse: bool = False,
         reused: bool = False,
         heads: list[float] | torch.Tensor | None = None,
@@ -214,7 +215,7 @@ class XAttentionStats:
     ) -> None:
         """Append one call with an explicit stamp (no-op when disabled). ``heads`` may be a
         device tensor (read later with the others) or a list; ``density`` defaults to their mean
-        for sparse calls."""
+        when given (else 1.0), and a given ``density`` is kept."""
         if isinstance(heads, torch.Tensor):
             self.feedback.update(layer, heads)
         if not self.enabled:
@@ -226,7 +227,7 @@ class XAttentionStats:
             reused, None, None if sparse else dense_reason,
         )  # fmt: skip
         if isinstance(heads, torch.Tensor):
-            self._lazy.append(([rec], heads.detach().reshape(1, -1).double()))
+            self._lazy.append(([rec], heads.detach().reshape(1, -1).double(), density is None))
         elif heads is not None:
             rec.heads = [float(h) for h in heads]
             if density is None:
@@ -254,10 +255,11 @@ class XAttentionStats:
         self._open.clear()
         if sparse_heads:
             if len({h.numel() for h in sparse_heads}) == 1:  # one stack: a copy out of any
-                self._lazy.append((sparse_recs, torch.stack(sparse_heads)))  # CUDA-graph pool
+                self._lazy.append((sparse_recs, torch.stack(sparse_heads), True))  # graph pool
             else:
                 self._lazy.extend(
-                    ([r], h.reshape(1, -1)) for r, h in zip(sparse_recs, sparse_heads, strict=True)
+                    ([r], h.reshape(1, -1), True)
+                    for r, h in zip(sparse_recs, sparse_heads, strict=True)
                 )
 
     def _materialize(self) -> None:
@@ -265,13 +267,14 @@ class XAttentionStats:
         self.close()
         if not self._lazy:
             return
-        flat = torch.cat([h.reshape(-1).to(torch.float64) for _, h in self._lazy]).tolist()
+        flat = torch.cat([h.reshape(-1).to(torch.float64) for _, h, _ in self._lazy]).tolist()
         pos = 0
-        for recs, h in self._lazy:
+        for recs, h, mean_is_density in self._lazy:
             width = h.shape[-1]
             for rec in recs:
                 rec.heads = flat[pos : pos + width]
-                rec.density = sum(rec.heads) / width
+                if mean_is_density:
+                    rec.density = sum(rec.heads) / width
                 pos += width
         self._lazy.clear()
 
