@@ -17,6 +17,7 @@ CAL = cm.Calibration(
     attn_min=[0.005, 0.02, 0.08],
     attn_full=[0.11, 0.44, 1.76],
     gather=[0.01, 0.02, 0.04],
+    dense_padded=[0.14, 0.58, 2.3],
 )
 
 
@@ -30,7 +31,8 @@ def test_a_padded_call_is_predicted_against_masked_sdpa():
     assert plain.sparse_ms == pytest.approx(masked.sparse_ms)  # the sparse path: same cost
     assert not plain.sparse_wins and masked.sparse_wins
     with pytest.raises(ValueError, match="no dense_padded times; calibrate again"):
-        cm.predict(CAL, 4096, 0.75, block_size=128, padded=True)
+        cm.predict(cm.Calibration(**{**CAL.__dict__, "dense_padded": []}), 4096, 0.75,
+                   block_size=128, padded=True)  # fmt: skip
 
 
 def test_dense_call_is_sdpa_over_the_valid_keys():
@@ -111,6 +113,10 @@ def test_disk_cache_round_trip(tmp_path, monkeypatch):
         '{"KEY": {**CAL, "dense": [0.1, Infinity, 1.6]}}',
         '{"KEY": {**CAL, "dense": [0.1, true, 1.6]}}',  # a bool is an int to isinstance
         '{"KEY": {**CAL, "dense_graph": [0.1]}}',  # graph lists: empty or one per point
+        # graph times at every point for some calls only: zip(strict=True) failed in predict
+        '{"KEY": {**CAL, "dense_graph": [0.1, 0.4, 1.6]}}',
+        # dense_padded empty: every padded call raised "calibrate again", never recalibrated
+        '{"KEY": {**CAL, "dense_padded": []}}',
         '{"KEY": {**CAL, "n": [4096, 2048, 1024]}}',  # unsorted grid
     ],
 )

@@ -60,7 +60,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -128,8 +128,8 @@ class Calibration:
         return len(self.dense_graph) == len(self.n) > 0
 
 
-REQUIRED = frozenset(f.name for f in fields(Calibration) if f.default_factory is MISSING)
-"""The fields every calibration measures (the others may be empty lists)."""
+GRAPH_FIELDS = frozenset(f.name for f in fields(Calibration) if f.name.endswith("_graph"))
+"""The CUDA-graph times: all measured at every grid point, or all empty (capture failed)."""
 
 
 @dataclass(frozen=True)
@@ -214,19 +214,25 @@ def _load_all() -> dict[str, dict]:
 
 
 def _parse(raw) -> Calibration | None:
-    """``raw`` as a :class:`Calibration` if it is one: the known fields, the measured lists as
-    long as ``n`` (graph and padded lists possibly empty), positive finite numbers; else None."""
+    """``raw`` as a :class:`Calibration` if it is one: the known fields, every measured list as
+    long as ``n`` (the :data:`GRAPH_FIELDS` all so or all empty), positive finite numbers; else
+    None. An entry with ``dense_padded`` empty, or graph times at some grid points only, was
+    accepted and then failed every prediction that reads them, never recalibrated."""
     names = {f.name for f in fields(Calibration)}
-    if not isinstance(raw, dict) or not set(raw) <= names or not REQUIRED <= set(raw):
+    if not isinstance(raw, dict) or not set(raw) <= names or not names - GRAPH_FIELDS <= set(raw):
         return None
     n = raw["n"]
-    for name, vals in raw.items():
+    for vals in raw.values():
         ok = isinstance(vals, list) and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
             for x in vals
         )
-        if not ok or len(vals) != len(n) and (name in REQUIRED or vals):
+        if not ok:
             return None
+    lengths = {len(raw[k]) for k in names - GRAPH_FIELDS}
+    graph = {len(raw.get(k, [])) for k in GRAPH_FIELDS}
+    if lengths != {len(n)} or graph not in ({0}, {len(n)}):
+        return None
     return Calibration(**raw) if n and n == sorted(n) else None
 
 
