@@ -191,6 +191,9 @@ def test_thresholds_file_round_trips(tmp_path):
         (lambda d: d["layers"][1].update(layer=0), "layer index"),
         (lambda d: d["layers"][0].update(thresholds=[0.0, 0.9]), "thresholds"),
         (lambda d: d["layers"][0]["mass"].pop(), "curves|mass"),
+        # a NaN in a curve chose thresholds far above the target, without a word
+        (lambda d: d["layers"][0]["density"][1].__setitem__(0, float("nan")), "finite"),
+        (lambda d: d["layers"][1]["mass"][0].__setitem__(2, float("inf")), "finite"),
     ],
 )
 def test_invalid_thresholds_files_raise_naming_the_problem(edit, match):

@@ -9,11 +9,12 @@ mask's block density (with the dense text rows, as the run measures it). From th
 
 - ``target_mass=m``: per head the smallest tau whose mask keeps at least m of the true mass
   (1.0 when none does) -- every head is held to the same quality, whatever it costs;
-- ``target_density=d``: the thresholds that keep the most true mass in total at a mean
-  density of at most d over all layers and heads (Lagrangian allocation: each head takes the tau
-  maximising ``mass - lam * density``, with ``lam`` bisected to meet the budget, then what is
-  left of the budget spent greedily by mass gained per density added) -- blocks go to the
-  heads where they hold the most mass. A ``d`` below the density of every head at its smallest
+- ``target_density=d``: thresholds that keep as much true mass in total as this allocation
+  finds at a mean density of at most d over all layers and heads (Lagrangian allocation: each
+  head takes the tau maximising ``mass - lam * density``, with ``lam`` bisected to meet the
+  budget, then what is left of the budget spent greedily by mass gained per density added) --
+  blocks go to the heads where they hold the most mass. A heuristic: the best total only where
+  each head's mass is concave in its density (measured curves need not be). A ``d`` below the density of every head at its smallest
   tau warns and gets that density.
 
 Re-targeting needs no new calibration run (:func:`retarget`). The file also records what it was
@@ -30,6 +31,7 @@ Not supported: per-step or per-row thresholds; thresholds for layers the file do
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -55,6 +57,9 @@ def default_taus() -> list[float]:
 def _check_curves(taus: list[float], curve: list[list[float]], what: str, layer: Any) -> None:
     if not curve or any(len(c) != len(taus) for c in curve):
         raise ValueError(f"thresholds file: layer {layer} {what} must be H lists of {len(taus)}")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for c in curve for v in c):
+        # a NaN was taken as a head that never reaches its target: thresholds far above it
+        raise ValueError(f"thresholds file: layer {layer} {what} must hold finite numbers")
 
 
 def choose_thresholds(
