@@ -32,6 +32,21 @@ def test_op_rejects_fp8_off_the_triton_backend():
         xv.xattention(q, q, q, threshold=0.9, stride=4, block_size=16, precision="fp8")
 
 
+def test_op_rejects_fp8_on_the_triton_backend_off_a_gpu(monkeypatch):
+    """backend='triton' on CPU tensors (the interpreter) reached CUDA's capability query: a
+    RuntimeError about a missing NVIDIA driver, after a whole bf16 estimate had run."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.randn(1, 1, 64, 64)
+    mask = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+    kw = dict(block_size=64, backend="triton", precision="fp8")
+    with pytest.raises(ValueError, match="precision='fp8' needs the Hopper kernels"):
+        xv.block_sparse_attention(q, q, q, mask, **kw)
+    with pytest.raises(ValueError, match="precision='fp8' needs the Hopper kernels"):
+        xv.xattention(q, q, q, mask=mask, **kw)
+    with pytest.raises(ValueError, match="precision='fp8' needs the Hopper kernels"):
+        xv.xattention(q, q, q, estimate_precision="bf16", **kw)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9),

@@ -64,6 +64,11 @@ FP8_FIELDS = ("q8", "k8", "q_scale", "k_scale", "v_scale", "q_bad", "kv_bad")
 """The tensors of ``quantize_fp8``'s list: :class:`~.kernels.fp8.Fp8Inputs`, then the flags."""
 
 
+def _sm90(t: torch.Tensor) -> bool:
+    """Whether ``t`` is on an sm90+ GPU (False on CPU, where CUDA's capability query raises)."""
+    return t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9
+
+
 def _fp8_inputs(fp8: list[torch.Tensor]) -> Fp8Inputs | None:
     return Fp8Inputs(*fp8[:5]) if fp8 else None
 
@@ -71,7 +76,7 @@ def _fp8_inputs(fp8: list[torch.Tensor]) -> Fp8Inputs | None:
 def _quantize_fp8_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor, block_size: int
 ) -> list[torch.Tensor]:
-    if torch.cuda.get_device_capability(q.device)[0] < 9:  # the op's callers ask for fp8 estimates
+    if not _sm90(q):  # the op's callers ask for fp8 estimates
         raise ValueError(FP8_ESTIMATE_GPU)
     inputs, flags = quantize_fp8_inputs(q, k, v, block=block_size, kv_len=kv_len, flags=True)
     return [*inputs, *flags]
@@ -116,7 +121,7 @@ def _estimate_impl(
     estimate_kernel: str = "auto",
     scale: float | None = None,
 ) -> torch.Tensor:
-    if use_triton and precision == "fp8" and torch.cuda.get_device_capability(q.device)[0] < 9:
+    if use_triton and precision == "fp8" and not _sm90(q):
         raise ValueError(FP8_ESTIMATE_GPU)  # checked here: inside the op under torch.compile
     kw = dict(stride=stride, block_size=block_size, kv_len=kv_len, precision=precision)
     kw["scale"] = scale
@@ -142,7 +147,7 @@ def _attention_impl(
     nan_block: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if use_triton:
-        if precision == "fp8" and not fp8 and torch.cuda.get_device_capability(q.device)[0] >= 9:
+        if precision == "fp8" and not fp8 and _sm90(q):
             fp8 = _quantize_fp8_impl(q, k, v, kv_len, block_size)  # flags from the same reads
         flags = fp8[5:] if fp8 else nonfinite_flags(q, k, v, kv_len)
         res = _attn_triton(

@@ -197,6 +197,8 @@ def check_fp8_attention(backend: str, q, k, v, block_size: int) -> None:
     pointers) cannot be traced and the registered op refuses at run time."""
     if torch.compiler.is_compiling():
         return
+    if backend == "triton" and not q.is_cuda:  # the interpreter: CUDA's capability query raised
+        raise ValueError(FP8_NEEDS)
     if backend == "triton" and q.is_cuda and all(t.stride(-1) == 1 for t in (q, k, v)):
         if attention_kernel_for(q, k, v, block_size, "auto", "fp8") == "portable":
             raise ValueError(FP8_NEEDS)
