@@ -229,12 +229,30 @@ def _check_pipeline_folder(path: Path, spec: ModelSpec) -> None:
         found = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"model_path {str(path)!r}: unreadable model_index.json ({e})") from None
+    _check_class(found, f"model_path {str(path)!r}", spec)
+
+
+def _check_class(found: Any, where: str, spec: ModelSpec) -> None:
+    """``ValueError`` unless ``found`` (a model_index.json's ``_class_name``) is ``spec``'s."""
     want = _PIPELINE_CLASSES[spec.family]
     if found != want:
         raise ValueError(
-            f"model_path {str(path)!r} holds a {found} (model_index.json), not the {want} that "
-            f"--model {spec.name} loads"
+            f"{where} holds a {found} (model_index.json), not the {want} that --model "
+            f"{spec.name} loads"
         )
+
+
+def _check_repo(model_id: str, spec: ModelSpec) -> None:
+    """:func:`_check_class` for a repo id (or local folder) given as ``model_id``, from its
+    model_index.json; one diffusers cannot fetch is left to the loader's error (offline...).
+    A repo of another family crashed inside diffusers with a TypeError, exit 1."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        config = DiffusionPipeline.load_config(model_id)
+    except (OSError, ValueError):
+        return
+    _check_class(config.get("_class_name"), f"model_id {model_id!r}", spec)
 
 
 def load_pipeline(
@@ -285,6 +303,8 @@ def load_pipeline(
         source: str | None = str(path)
     else:
         source = model_id or spec.default_id
+        if model_id is not None:
+            _check_repo(model_id, spec)
     if source is None:
         pipe = _TINY_BUILDERS[spec.name](seed=seed, device=device, dtype=dtype)
     else:

@@ -192,6 +192,10 @@ def test_a_model_path_of_another_kind_or_incomplete_is_a_value_error(tmp_path: P
     with pytest.raises(ValueError, match="holds a WanPipeline .*not the HunyuanVideoPipeline that "
                        "--model hunyuanvideo loads"):  # fmt: skip
         load_pipeline("hunyuanvideo", model_path=tmp_path, device="cpu")
+    # the same folder (or a hub repo of another family) as --model-id: a TypeError, exit 1
+    with pytest.raises(ValueError, match="model_id .* holds a WanPipeline .*not the "
+                       "HunyuanVideoPipeline that --model tiny-hunyuan loads"):  # fmt: skip
+        load_pipeline("tiny-hunyuan", model_id=str(tmp_path), device="cpu")
     index.write_text("{")
     with pytest.raises(ValueError, match="unreadable model_index.json"):
         load_pipeline("wan", model_path=tmp_path, device="cpu")
