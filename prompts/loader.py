@@ -95,8 +95,15 @@ def _load_all(suite_or_path: PathLike, data_dir: PathLike | None) -> list[Prompt
 
 def _load_suite(suite: Suite, data_dir: PathLike | None) -> list[Prompt]:
     info_path = locate_data_file(STANDARD_FILE.name, data_dir)
-    with info_path.open(encoding="utf-8") as f:
-        standard = prompts_from_json(json.load(f), str(info_path))
+    try:
+        with info_path.open(encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a cut download said only "line 217"
+        raise ValueError(
+            f"{info_path} is not valid JSON ({e}): a cut or damaged copy? Delete it to fetch it "
+            "again (or replace it with VBench's VBench_full_info.json)"
+        ) from None
+    standard = prompts_from_json(data, str(info_path))
     if len(standard) != VBENCH_NUM_PROMPTS:
         raise ValueError(
             f"{info_path} has {len(standard)} prompts, expected {VBENCH_NUM_PROMPTS}; "

@@ -312,6 +312,15 @@ def test_augmented_count_mismatch_is_an_error(tmp_path: Path) -> None:
     assert got == [Prompt(0, "long 0", ("scene",)), Prompt(1, "long 1", ("scene",))]
 
 
+@pytest.mark.parametrize("text", ['[{"prompt_en": "a cat", "dimension"', ""])
+def test_a_cut_standard_file_is_named_with_the_fix(tmp_path: Path, text: str) -> None:
+    """A truncated or empty VBench_full_info.json (a cut download in the cache) said only
+    "Expecting ',' delimiter: line 1 column ..." without naming the file."""
+    (tmp_path / "VBench_full_info.json").write_text(text)
+    with pytest.raises(ValueError, match="VBench_full_info.json is not valid JSON .*Delete it"):
+        load_prompts("vbench", data_dir=tmp_path)
+
+
 def test_prompt_is_frozen() -> None:
     p = Prompt(3, "x", ("scene",))
     with pytest.raises(AttributeError):
