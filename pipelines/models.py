@@ -226,10 +226,25 @@ def _check_pipeline_folder(path: Path, spec: ModelSpec) -> None:
             "(no model_index.json; create one with pipe.save_pretrained(path))"
         )
     try:
-        found = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        listed = json.loads(index.read_text(encoding="utf-8"))
+        found = listed.get("_class_name")
     except (OSError, ValueError, AttributeError) as e:
         raise ValueError(f"model_path {str(path)!r}: unreadable model_index.json ({e})") from None
     _check_class(found, f"model_path {str(path)!r}", spec)
+    # diffusers' own error named no component ("no file named config.json found in directory")
+    missing = [
+        name
+        for name, entry in listed.items()
+        if not name.startswith("_")
+        and isinstance(entry, list)
+        and None not in entry
+        and not (path / name).is_dir()
+    ]
+    if missing:
+        raise ValueError(
+            f"model_path {str(path)!r} lists {', '.join(missing)} in model_index.json but has no "
+            "such folder: an incomplete copy? Save the whole pipeline with pipe.save_pretrained"
+        )
 
 
 def _check_class(found: Any, where: str, spec: ModelSpec) -> None:

@@ -199,6 +199,14 @@ def test_a_model_path_of_another_kind_or_incomplete_is_a_value_error(tmp_path: P
     index.write_text("{")
     with pytest.raises(ValueError, match="unreadable model_index.json"):
         load_pipeline("wan", model_path=tmp_path, device="cpu")
+    # a component listed but not copied: diffusers' error named no component
+    (tmp_path / "transformer").mkdir()
+    index.write_text(json.dumps({"_class_name": "HunyuanVideoPipeline", "_diffusers_version": "0",
+                                 "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
+                                 "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
+                                 "image_processor": [None, None]}))  # fmt: skip
+    with pytest.raises(ValueError, match="lists vae in model_index.json but has no such folder"):
+        load_pipeline("tiny-hunyuan", model_path=tmp_path, device="cpu", dtype=torch.float32)
     index.write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))  # no components
     with pytest.raises(ValueError, match="could not load a hunyuanvideo pipeline from") as exc:
         load_pipeline("tiny-hunyuan", model_path=tmp_path, device="cpu", dtype=torch.float32)
