@@ -169,7 +169,7 @@ def _calibrate(
     # thresholds were measured in bf16 for the fp32 runs that use them)
     dtype = DTYPES[args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")]
     pipe = load_pipeline(args.model, model_path=args.model_path, model_id=args.model_id,
-                         dtype=dtype, device=device)  # fmt: skip
+                         dtype=dtype, device=device, progress=not args.no_progress)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     calls = [
         dict(prompt=p.text, generator=torch.Generator(device=device).manual_seed(args.seed),

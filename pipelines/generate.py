@@ -338,6 +338,7 @@ def _generate_prompts(
                 model_id=opts.model_id,
                 dtype=DTYPES[run.dtype],
                 device=device,
+                progress=show,
             )
         except (ValueError, FileNotFoundError) as e:
             raise SetupError(str(e)) from e

@@ -278,6 +278,7 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cuda",
     seed: int = 0,
+    progress: bool = True,
 ) -> Any:
     """Load (or, for random-weight tiny models, build) the pipeline of ``model`` on ``device``.
 
@@ -296,6 +297,8 @@ def load_pipeline(
             entirely in ``dtype`` (built ones keep their classes' fp32 modules).
         device: where the whole pipeline goes.
         seed: weight seed of built tiny pipelines (ignored otherwise).
+        progress: show diffusers' and transformers' loading bars ("Loading pipeline
+            components", "Loading weights").
 
     Raises:
         ValueError: unknown model, both ``model_path`` and ``model_id`` given, ``model_id``
@@ -306,6 +309,23 @@ def load_pipeline(
         FileNotFoundError: the shipped ``tiny`` weights are missing (the message says how to
             train them).
     """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libs = [
+        lib for lib in (diffusers_logging, transformers_logging) if lib.is_progress_bar_enabled()
+    ]
+    for lib in libs if not progress else ():  # their bars showed under generate --no-progress
+        lib.disable_progress_bar()
+    try:
+        return _load(model, model_path, model_id, dtype, device, seed)
+    finally:
+        for lib in libs:
+            lib.enable_progress_bar()
+
+
+def _load(model, model_path, model_id, dtype, device, seed) -> Any:
+    """:func:`load_pipeline`'s work (same arguments)."""
     spec = get_model_spec(model)
     if model_path is not None and model_id is not None:
         raise ValueError("pass either model_path or model_id, not both")

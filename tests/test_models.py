@@ -100,7 +100,9 @@ def test_tiny_tokenizers_accept_any_text():
         ("tiny-wan", "tiny-wan"),
     ],
 )
-def test_save_pretrained_load_pipeline_round_trip(tiny_pipes, tmp_path: Path, name, load_as):
+def test_save_pretrained_load_pipeline_round_trip(
+    tiny_pipes, tmp_path: Path, name, load_as, capsys
+):
     """What a round trip must keep: every weight bit for bit, and the video.
 
     The video is pinned two ways. As loaded, it may differ in the last float32 bits: safetensors
@@ -113,9 +115,17 @@ def test_save_pretrained_load_pipeline_round_trip(tiny_pipes, tmp_path: Path, na
     allocated (aligned) memory, it must be bit-identical: nothing but the memory layout may differ
     (a changed config, scheduler or processor would show up here).
     """
+    from diffusers.utils import logging as diffusers_logging
+
     pipe = tiny_pipes[name]
     pipe.save_pretrained(tmp_path)
-    loaded = load_pipeline(load_as, model_path=tmp_path, dtype=torch.float32, device="cpu")
+    capsys.readouterr()
+    loaded = load_pipeline(
+        load_as, model_path=tmp_path, dtype=torch.float32, device="cpu", progress=False
+    )
+    # diffusers' loading bars showed under generate --no-progress; its global switch is restored
+    assert "Loading" not in capsys.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()
     assert type(loaded) is type(pipe)
     modules = [k for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)]
     assert "transformer" in modules and "vae" in modules
