@@ -259,12 +259,13 @@ def _check_class(found: Any, where: str, spec: ModelSpec) -> None:
 
 def _check_repo(model_id: str, spec: ModelSpec) -> None:
     """:func:`_check_class` for a repo id (or local folder) given as ``model_id``, from its
-    model_index.json; one diffusers cannot fetch is left to the loader's error (offline...).
-    A repo of another family crashed inside diffusers with a TypeError, exit 1."""
+    model_index.json when it is on this machine (never a download: an unreachable hub would
+    cost its timeouts twice); else nothing. A repo of another family crashed inside diffusers
+    with a TypeError, exit 1."""
     from diffusers import DiffusionPipeline
 
     try:
-        config = DiffusionPipeline.load_config(model_id)
+        config = DiffusionPipeline.load_config(model_id, local_files_only=True)
     except (OSError, ValueError):
         return
     _check_class(config.get("_class_name"), f"model_id {model_id!r}", spec)
@@ -355,6 +356,10 @@ def _load(model, model_path, model_id, dtype, device, seed) -> Any:
                     "--model-path with a pipeline folder (pipe.save_pretrained(path))"
                 ) from e
             raise ValueError(f"could not load a {spec.family} pipeline from {source!r}: {e}") from e
+        except Exception:
+            if model_id is not None:  # fetched just now: another family's model_index.json?
+                _check_repo(model_id, spec)
+            raise
         pipe = pipe.to(device)
     return pipe
 

@@ -177,6 +177,24 @@ def test_load_pipeline_uses_default_repo_ids(monkeypatch):
     ]
 
 
+def test_a_model_id_of_another_family_is_named_after_its_download(monkeypatch, tmp_path: Path):
+    """The family check of a --model-id reads only files on this machine (a download there cost
+    an unreachable hub's timeouts twice, ~20 s); a repo fetched by the loader that then fails
+    inside diffusers (a TypeError for another family) is checked again from what it fetched."""
+    import json
+
+    repo = tmp_path / "repo"  # stands in for a hub repo: nothing local until the "download"
+
+    def fetch_then_fail(source: str, dtype: torch.dtype):
+        repo.mkdir()
+        (repo / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+        raise TypeError("empty(): argument 'size' failed to unpack")
+
+    monkeypatch.setitem(models._LOADERS, "hunyuanvideo", fetch_then_fail)
+    with pytest.raises(ValueError, match="holds a WanPipeline .*not the HunyuanVideoPipeline"):
+        load_pipeline("hunyuanvideo", model_id=str(repo), device="cpu")
+
+
 def test_load_pipeline_errors(tmp_path: Path):
     known = "hunyuanvideo, wan, tiny, tiny-hunyuan, tiny-wan"
     with pytest.raises(ValueError, match=rf"unknown model 'cogvideox'.*{known}"):
