@@ -67,14 +67,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
-from .schedule import (
-    call_start,
-    finished,
-    scheduler_getter_for,
-    scheduler_index,
-    timestep_value,
-    unstarted,
-)
+from .schedule import call_start, idle, scheduler_getter_for, scheduler_index, timestep_value
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
 from .targets import target_layers
@@ -149,7 +142,7 @@ class XAttentionController:
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
-        if scheduler is not None and (finished(scheduler) or unstarted(scheduler)):
+        if scheduler is not None and idle(scheduler):
             scheduler = None  # another pipeline runs the transformer: context / timesteps
         if scheduler is not None:
             index = scheduler_index(scheduler, timestep)

@@ -61,6 +61,12 @@ def unstarted(scheduler: Any) -> bool:
 _RUN_ATTRIBUTES = ("num_inference_steps", "step_index", "begin_index")
 
 
+def idle(scheduler: Any) -> bool:
+    """Whether ``scheduler`` is outside a run (:func:`finished` or :func:`unstarted`): it says
+    nothing about a forward now."""
+    return finished(scheduler) or unstarted(scheduler)
+
+
 def timestep_value(timestep: Any) -> float:
     """One number for a forward's timestep: its max (scalar, (B,) or Wan 2.2's per-token
     (B, N), whose first-frame tokens keep 0)."""
