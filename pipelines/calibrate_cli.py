@@ -33,7 +33,7 @@ from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
 
 from .models import MODELS, get_model_spec
-from .options import DTYPES, GenerateOptions, load_prompts_or_fail, resolve_options
+from .options import DTYPES, GenerateOptions, dtype_name_for, load_prompts_or_fail, resolve_options
 
 
 def add_calibrate_args(
@@ -165,9 +165,9 @@ def _calibrate(
 
     spec = get_model_spec(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # as generate: bf16 on CUDA, fp32 elsewhere (load_pipeline's own default is bf16, so CPU
-    # thresholds were measured in bf16 for the fp32 runs that use them)
-    dtype = DTYPES[args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")]
+    # as generate (load_pipeline's own default is bf16: CPU thresholds were measured in bf16
+    # for the fp32 runs that use them)
+    dtype = DTYPES[dtype_name_for(args.dtype, device)]
     pipe = load_pipeline(args.model, model_path=args.model_path, model_id=args.model_id,
                          dtype=dtype, device=device, progress=not args.no_progress)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)

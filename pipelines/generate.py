@@ -83,6 +83,7 @@ from .options import (
     check_backend,
     check_compile_options,
     check_out,
+    dtype_name_for,
     load_prompts_or_fail,
     resolve_device,
     resolve_options,
@@ -232,7 +233,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     config: XAttentionConfig | None = r["config"]
     check_backend(config, device)
     check_compile_options(opts, device)
-    dtype_name = opts.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype_name = dtype_name_for(opts.dtype, device)
     prompts = load_prompts_or_fail(
         opts.prompts,
         data_dir=opts.prompts_dir,

@@ -37,6 +37,13 @@ class SetupError(ValueError):
 
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def dtype_name_for(dtype: str | None, device: str | torch.device) -> str:
+    """``dtype`` (a :data:`DTYPES` name), or the default on ``device``: bf16 on CUDA, else fp32."""
+    return dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+
+
 SIZE_FIELDS = ("height", "width", "frames", "steps", "fps")
 
 
