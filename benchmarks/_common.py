@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -117,8 +118,7 @@ def median_ms(fn, reps: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = call_times_ms(fn, reps)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(call_times_ms(fn, reps))
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:

@@ -11,7 +11,8 @@ frames (67,320 / 118,800 video tokens + 256 text slots) for:
     in bf16 and (``--precisions bf16 fp8``) FP8, each with the estimate in its own precision
     (the config's default, ``--estimate-precisions auto``) or as ``--estimate-precisions bf16
     fp8`` lists.
-Then projects a 50-step generation with 5 dense warm-up steps (:func:`add_projections`): with
+Then projects a 50-step generation with 5 dense warm-up steps (``--steps``, ``--warmup-steps``;
+:func:`add_projections`): with
 the stock processor's dense steps (5 x the faster of the two SDPA rows + 45 x sparse) and with
 ``dense_kernel="xattn"`` (5 x the kernel's dense row + 45 x sparse), each against 50 diffusers
 default forwards and against 50 forwards of the best dense row.
@@ -28,6 +29,7 @@ Usage: python benchmarks/bench_pipeline.py [--res 544p 720p] [--out results/pipe
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -87,7 +89,7 @@ def time_forward(model, inputs, repeats: int = 1) -> float:
             model(**inputs)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def time_xattention(model, inputs, cfg, repeats: int) -> tuple[float, dict]:
@@ -162,10 +164,12 @@ def run_resolution(model, name: str, args, monitor: GpuMonitor | None = None) ->
 
 
 def add_projections(rows: list[dict], steps: int, warm: int) -> None:
-    """Add speed-ups and 50-step projections to ``rows`` (in place). rows[0] is the diffusers
-    default; "dense" rows run every step dense, the others ``warm`` dense steps then sparse ones:
-    ``projected_50_steps_s`` with the stock processor's dense steps (the faster SDPA row),
-    ``projected_50_steps_kernel_dense_s`` with the :data:`KERNEL_DENSE` row's."""
+    """Add speed-ups and ``steps``-step projections to ``rows`` (in place). rows[0] is the
+    diffusers default; "dense" rows run every step dense, the others ``warm`` dense steps then
+    sparse ones: ``projected_steps_s`` with the stock processor's dense steps (the faster SDPA
+    row), ``projected_steps_kernel_dense_s`` with the :data:`KERNEL_DENSE` row's; each row also
+    records ``projected_steps`` and ``projected_warmup_steps``. (Results before these keys
+    named them ``projected_50_steps_s`` / ``projected_50_steps_kernel_dense_s``.)"""
     dense = {r["method"]: r["s"] for r in rows if r["method"].startswith("dense")}
     default = rows[0]["s"]
     best = min(dense.values())
@@ -175,17 +179,32 @@ def add_projections(rows: list[dict], steps: int, warm: int) -> None:
         r["speedup_vs_default"] = default / r["s"]
         r["speedup_vs_best_dense"] = best / r["s"]
         is_dense = r["method"] in dense
-        for key, warm_s in (("projected_50_steps_s", stock),
-                            ("projected_50_steps_kernel_dense_s", kernel)):  # fmt: skip
+        r["projected_steps"], r["projected_warmup_steps"] = steps, warm
+        for key, warm_s in (("projected_steps_s", stock),
+                            ("projected_steps_kernel_dense_s", kernel)):  # fmt: skip
             if warm_s is None:
                 continue
             r[key] = steps * r["s"] if is_dense else warm * warm_s + (steps - warm) * r["s"]
-        r["projected_speedup_vs_default"] = steps * default / r["projected_50_steps_s"]
-        r["projected_speedup_vs_best_dense"] = steps * best / r["projected_50_steps_s"]
+        r["projected_speedup_vs_default"] = steps * default / r["projected_steps_s"]
+        r["projected_speedup_vs_best_dense"] = steps * best / r["projected_steps_s"]
         if kernel is not None:
-            total = r["projected_50_steps_kernel_dense_s"]
+            total = r["projected_steps_kernel_dense_s"]
             r["projected_speedup_kernel_dense_vs_default"] = steps * default / total
             r["projected_speedup_kernel_dense_vs_best_dense"] = steps * best / total
+
+
+def projection_columns(steps: int, warm: int) -> list[tuple[str, str, str]]:
+    """Table columns (key, header, format) of :func:`add_projections`' fields, headed by the
+    projection's ``steps`` and ``warm`` dense steps."""
+    return [
+        ("projected_steps_s", f"{steps} steps ({warm} stock dense) s", "{:.0f}"),
+        ("projected_speedup_vs_default", f"{steps}-step x vs default", "{:.2f}"),
+        ("projected_steps_kernel_dense_s", f"{steps} steps ({warm} kernel dense) s", "{:.0f}"),
+        ("projected_speedup_kernel_dense_vs_default",
+         f"{steps}-step x ({warm} kernel dense) vs default", "{:.2f}"),
+        ("projected_speedup_kernel_dense_vs_best_dense",
+         f"{steps}-step x ({warm} kernel dense) vs best dense", "{:.2f}"),
+    ]  # fmt: skip
 
 
 def add_row_args(p: argparse.ArgumentParser) -> None:
@@ -198,8 +217,9 @@ def add_row_args(p: argparse.ArgumentParser) -> None:
                    choices=ESTIMATE_PRECISIONS,
                    help="precision of the mask estimate in the sparse rows (auto: the "
                         "attention's; fp8: sm90+)")  # fmt: skip
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=50, help="denoising steps of the projection")
+    p.add_argument("--warmup-steps", type=int, default=5,
+                   help="dense warm-up steps of the projection")  # fmt: skip
     p.add_argument("--repeats", type=int, default=1)
 
 
@@ -228,11 +248,7 @@ def main(argv=None) -> None:
         ("s", "s / forward", "{:.2f}"), ("effective_density", "density", "{:.3f}"),
         ("speedup_vs_default", "x vs default", "{:.2f}"),
         ("speedup_vs_best_dense", "x vs best dense", "{:.2f}"),
-        ("projected_50_steps_s", "50 steps (5 stock dense) s", "{:.0f}"),
-        ("projected_speedup_vs_default", "50-step x vs default", "{:.2f}"),
-        ("projected_50_steps_kernel_dense_s", "50 steps (5 kernel dense) s", "{:.0f}"),
-        ("projected_speedup_kernel_dense_vs_default", "50-step x vs default", "{:.2f}"),
-        ("projected_speedup_kernel_dense_vs_best_dense", "50-step x vs best dense", "{:.2f}"),
+        *projection_columns(args.steps, args.warmup_steps),
         *GPU_COLUMNS,
     ]  # fmt: skip
     report(rows, columns, args.out, vars(args))

@@ -11,7 +11,8 @@ x 128, FFN 13,824) and RANDOM weights in bf16, and times one forward at 720p x 8
     config's default) or as ``--estimate-precisions bf16 fp8`` lists; the all-bf16 rows also
     with the processor's torch code for the q / k preparation (the Wan processor before the fused
     kernel, :mod:`xattn_video.qk_prep`; ``--no-compare-unfused`` skips them).
-Then projects a 50-step generation with 5 dense warm-up steps, as ``bench_pipeline.py`` does
+Then projects a 50-step generation with 5 dense warm-up steps (``--steps``, ``--warmup-steps``),
+as ``bench_pipeline.py`` does
 (:func:`bench_pipeline.add_projections`). Cross-attention stays dense (stock) throughout.
 
 The rotary tables are what ``.to(torch.bfloat16)`` leaves them (bf16); a model loaded with
@@ -39,6 +40,7 @@ from _precisions import precision_label, precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
+    projection_columns,
     time_dense,
     time_xattention,
 )
@@ -133,9 +135,8 @@ def main(argv=None) -> None:
         ("effective_density", "density", "{:.3f}"),
         ("speedup_vs_default", "x vs default", "{:.2f}"),
         ("speedup_vs_best_dense", "x vs best dense", "{:.2f}"),
-        ("projected_speedup_vs_default", "50-step x vs default", "{:.2f}"),
-        ("projected_speedup_kernel_dense_vs_default", "50-step x (kernel dense) vs default",
-         "{:.2f}"),
+        *(c for c in projection_columns(args.steps, args.warmup_steps)
+          if c[0] in ("projected_speedup_vs_default", "projected_speedup_kernel_dense_vs_default")),
         *GPU_COLUMNS,
     ]  # fmt: skip
     report(rows, columns, args.out, vars(args))

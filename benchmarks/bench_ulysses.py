@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def forward(model, inputs, device, repeats: int) -> tuple[float, torch.Tensor]:
             out = model(**inputs)[0]
             _sync(device)
             times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], out.float()
+    return statistics.median(times), out.float()
 
 
 def xattn_cfg(args) -> xv.XAttentionConfig:

@@ -112,3 +112,33 @@ def test_bench_ulysses_times_dense_on_p_gpus_with_the_torch_qk_preparation(monke
             ulysses.run_pair(None, None, SimpleNamespace(repeats=1), None, one_gpu=False)
         assert fused_seen.pop() is fused
     assert qk_prep.fused_available is real
+
+
+def _ticks(*durations: float):
+    """A fake ``time.perf_counter`` whose successive (start, end) pairs span ``durations``."""
+    stamps, t = [], 0.0
+    for d in durations:
+        stamps += [t, t + d]
+        t += d + 1.0
+    it = iter(stamps)
+    return lambda: next(it, t)
+
+
+def test_timings_of_an_even_count_take_the_mean_of_the_middle_two(monkeypatch):
+    """The median of 8 synchronized cuDNN calls (bench_attention's call-by-call row) was the
+    5th sample of 8, above the median; bench_pipeline's and bench_ulysses' repeats likewise."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(common, "call_times_ms", lambda fn, reps: [4.0, 1.0, 3.0, 2.0][:reps])
+    assert common.median_ms(lambda: None, reps=4, warmup=0) == 2.5
+    assert common.median_ms(lambda: None, reps=3, warmup=0) == 3.0
+
+    pipeline = load_benchmark("bench_pipeline")
+    monkeypatch.setattr(pipeline.time, "perf_counter", _ticks(4.0, 1.0, 3.0, 2.0))
+    assert pipeline.time_forward(lambda: None, {}, repeats=4) == 2.5
+
+    ulysses = load_benchmark("bench_ulysses")
+    monkeypatch.setattr(ulysses.time, "perf_counter", _ticks(4.0, 1.0, 3.0, 2.0))
+    model = lambda: (torch.zeros(1),)  # noqa: E731
+    assert ulysses.forward(model, {}, torch.device("cpu"), repeats=4)[0] == 2.5
