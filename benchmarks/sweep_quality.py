@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attention_view import QKVCapture, aggregate_attention, attention_view  # noqa: E402
 from _common import print_table, save_json  # noqa: E402
 from _precisions import (  # noqa: E402
+    MIN_VIDEOS,
     compare_precisions,
     fp8_unavailable,
     precision_label,
@@ -395,8 +396,11 @@ def main(argv=None) -> int:
         name = precision_name(c["precision"], c["estimate_precision"])
         print(f"\n{name} vs all-bf16, {c['setting']} ({c['num_videos']} videos): PSNR vs dense "
               f"{c['psnr']:.2f} vs {c['psnr_bf16']:.2f} dB ({c['delta_psnr']:+.2f} dB, per "
-              f"video up to {c['max_abs_delta_per_video']:.2f} dB; within 0.5 dB: "
-              f"{'yes' if c['within_0p5_db'] else 'NO'}), effective density "
+              f"video up to {c['max_abs_delta_per_video']:.2f} dB; mean within 0.5 dB: "
+              f"{'yes' if c['within_0p5_db'] else 'NO'}, every video: "
+              f"{'yes' if c['every_video_within_0p5_db'] else 'NO'}"
+              f"{'' if c['enough_videos'] else f'; fewer than {MIN_VIDEOS} videos'}), "
+              f"effective density "
               f"{c['effective_density']:.3f} vs {c['effective_density_bf16']:.3f}, attention "
               f"{c['attn_s']:.3f} vs {c['attn_s_bf16']:.3f} s/video")  # fmt: skip
     print(f"\nrecommended: {best['label']} ({why}): PSNR {best['psnr']:.2f} dB, effective "
