@@ -28,8 +28,15 @@ feeds, ..., which would make one prompt several and shift the indices after it).
 
 
 def read_text_prompts(path: Path) -> list[str]:
-    """Prompts of a one-per-line text file, stripped, blank lines skipped."""
-    text = path.read_text(encoding="utf-8-sig")
+    """Prompts of a one-per-line UTF-8 text file, stripped, blank lines skipped.
+
+    Raises:
+        ValueError: the file is not UTF-8 (a Latin-1 or UTF-16 file); the message names it.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
     return [line.strip() for line in _LINE_END.split(text) if line.strip()]
 
 

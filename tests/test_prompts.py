@@ -185,6 +185,15 @@ def test_txt_lines_end_only_at_newlines(tmp_path: Path) -> None:
     assert [p.text for p in load_prompts(f)] == ["one", "two", "three"]
 
 
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_text_file_that_is_not_utf8_is_named(tmp_path: Path, encoding: str) -> None:
+    """A Latin-1 or UTF-16 (Notepad's "Unicode") file gave only the codec's message."""
+    f = tmp_path / "caf\u00e9.txt"
+    f.write_text("un caf\u00e9 au soleil\n", encoding=encoding)
+    with pytest.raises(ValueError, match=r"caf\u00e9\.txt is not UTF-8 text .*save it as UTF-8"):
+        load_prompts(f)
+
+
 def test_json_prompt_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
     """Half an emoji passed the loader and crashed the tokenizer after run.json was written."""
     f = tmp_path / "s.json"
