@@ -105,6 +105,28 @@ def test_opcheck_block_sparse_attention(use_triton, return_lse):
         assert lse.shape == (0,)
 
 
+def test_fakes_give_the_strides_of_the_real_outputs_for_transposed_inputs():
+    """The torch path's output was contiguous where the fake said q's strides (q a (B, N, H, D)
+    -> (B, H, N, D) view, as the processors pass it), and select's fake copied transposed
+    scores' strides where the op's mask is contiguous: opcheck and Inductor's stride asserts
+    failed."""
+    q, k, v, mask, counts, indices, kv_len = _sparse_inputs()
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    args = (q, k, v, counts, indices, kv_len, [], 16, 0.25, False, False)
+    torch.library.opcheck(library.block_sparse_attention_op, args, test_utils=OPCHECK_TESTS)
+    out = library.block_sparse_attention_op(*args)[0]
+    assert out.stride() == q.stride()
+    want = block_sparse_attention_ref(q, k, v, mask, block_size=16, kv_len=kv_len, scale=0.25)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    if not interpreter_enabled():
+        return  # the select op runs its Triton kernel, in the interpreter on CPU
+    scores = estimate_block_scores_ref(q, k, stride=4, block_size=16, kv_len=kv_len)
+    scores_t = scores.transpose(-1, -2).contiguous().transpose(-1, -2)
+    sel = (scores_t, kv_len, None, 0.8, None, 48, 16, 0.0, 1, 0.0, 70, 70)
+    torch.library.opcheck(library.select_block_mask_op, sel, test_utils=OPCHECK_TESTS)
+    assert library.select_block_mask_op(*sel).is_contiguous()
+
+
 def test_wrappers_compile_fullgraph_and_match_eager():
     """estimate -> select -> indices -> attention traces as one graph (aot_eager) and equals eager."""
     q, k, v = _qkv()

@@ -165,6 +165,7 @@ def _attention_impl(
         )  # fmt: skip
         res = propagate_nonfinite(res, nonfinite_rows_ref(q, k, v, kv_len, nan_block), return_lse)
         out, lse = res if return_lse else (res, None)
+        out = torch.empty_like(q).copy_(out)  # q's strides, as the kernels and the fake give
     if return_lse:
         return out, lse
     return out, q.new_empty((0,), dtype=torch.float32)
@@ -211,7 +212,7 @@ select_block_mask_op = torch.library.custom_op(
 @select_block_mask_op.register_fake
 def _(scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_size, max_density,
       min_blocks, ratio, n_q, n_k):  # fmt: skip
-    return torch.empty_like(scores, dtype=torch.bool)
+    return scores.new_empty(scores.shape, dtype=torch.bool)  # contiguous, as the kernel's
 
 
 @torch.library.custom_op(f"{NAMESPACE}::block_csr", mutates_args=())
