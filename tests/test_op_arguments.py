@@ -101,3 +101,23 @@ def test_kv_len_is_checked_once_on_every_public_path(lens):
     ):
         with pytest.raises(ValueError, match=r"kv_len values must be in \[1, 300\]"):
             call()
+
+
+@pytest.mark.parametrize("arg", ["kv_len", "threshold", "dense_from"])
+def test_tensor_arguments_without_values_give_shapes_not_a_host_read(arg):
+    """On the meta device (and as fake tensors) a kv_len, per-head threshold or dense_from
+    tensor crashed the value check ("Tensor.item() cannot be called on meta tensors"), though
+    q, k and v alone inferred the output's shape."""
+    value = {
+        "kv_len": torch.tensor([40, 21]),
+        "threshold": torch.full((2,), 0.9),
+        "dense_from": torch.tensor([30, 35]),
+    }[arg]
+    kw = dict(block_size=16, stride=4, backend="torch")
+    q, k, v = (torch.empty(2, 2, 40, 16, device="meta") for _ in range(3))
+    out = xv.xattention(q, k, v, **kw, **{arg: value.to("meta")})
+    assert out.shape == (2, 2, 40, 16) and out.is_meta
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fq, fk, fv = (mode.from_tensor(torch.randn(2, 2, 40, 16)) for _ in range(3))
+        out = xv.xattention(fq, fk, fv, **kw, **{arg: mode.from_tensor(value)})
+        assert out.shape == (2, 2, 40, 16)

@@ -19,6 +19,7 @@ import math
 import numbers
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from .kernels._common import PRECISIONS, check_precision, interpreter_enabled
 from .kernels.sparse_attention import FP8_NEEDS
@@ -78,11 +79,18 @@ def check_block_stride(block_size: int, stride: int | None, *, estimate: bool = 
             raise ValueError(f"stride ({stride}) must divide block_size ({block_size})")
 
 
+def on_device(t: torch.Tensor) -> bool:
+    """Whether a value check of ``t`` runs on its device rather than reading it on the host: on
+    CUDA (an attention call never waits on a host read), under ``torch.compile``, and for
+    tensors without values (meta, fake), whose shapes are all a call can infer."""
+    return t.is_cuda or t.is_meta or isinstance(t, FakeTensor) or torch.compiler.is_compiling()
+
+
 def require(cond: torch.Tensor, msg: str) -> None:
-    """``ValueError(msg)`` unless the bool tensor ``cond`` holds. On CUDA and under
-    ``torch.compile`` the check runs on the device (``torch._assert_async``, failing the next
-    synchronising call) so that an attention call never waits on a host read."""
-    if cond.is_cuda or torch.compiler.is_compiling():
+    """``ValueError(msg)`` unless the bool tensor ``cond`` holds. Where :func:`on_device`, the
+    check runs on the device (``torch._assert_async``, failing the next synchronising call;
+    a no-op without values)."""
+    if on_device(cond):
         torch._assert_async(cond, msg)
     elif not bool(cond):
         raise ValueError(msg)
@@ -139,7 +147,7 @@ def check_kv_len(kv_len: torch.Tensor | None, batch: int, n_k: int) -> None:
         raise ValueError(f"kv_len must be an int tensor of shape ({batch},)")
     if not _is_int_dtype(kv_len):
         raise ValueError(f"kv_len must be an integer tensor, got {kv_len.dtype}")
-    if kv_len.is_cuda or torch.compiler.is_compiling():
+    if on_device(kv_len):
         require(((kv_len >= 1) & (kv_len <= n_k)).all(), f"kv_len values must be in [1, {n_k}]")
         return
     lo, hi = int(kv_len.min()), int(kv_len.max())
@@ -157,7 +165,7 @@ def check_dense_from(dense_from, batch: int, n_tokens: int) -> None:
                 f"dense_from must be an int or an int tensor of shape ({batch},), got "
                 f"{dense_from.dtype} {tuple(dense_from.shape)}"
             )
-        if dense_from.is_cuda or torch.compiler.is_compiling():
+        if on_device(dense_from):
             ok = ((dense_from >= 0) & (dense_from <= n_tokens)).all()
             require(ok, f"dense_from must be in [0, {n_tokens}]")
             return
