@@ -109,8 +109,9 @@ def _run_generate(opts: Any) -> int:
     res = generate(opts)
     who = f"process {res.process_index}/{res.num_processes}: " if res.num_processes > 1 else ""
     redone = f" ({len(res.redone)} redone, see the warnings)" if res.redone else ""
+    video = f" ({len(res.reencoded)} video.mp4 not as written)" if res.reencoded else ""
     print(
-        f"{who}generated {len(res.generated)}{redone}, skipped {len(res.skipped)} finished, "
+        f"{who}generated {len(res.generated)}{redone}, skipped {len(res.skipped)} finished{video}, "
         f"of {res.assigned} prompts ({res.compile}) -> {res.out}"
     )
     if res.interrupted:

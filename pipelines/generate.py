@@ -88,7 +88,15 @@ from .options import (
     resolve_device,
     resolve_options,
 )
-from .resume import check_resume, config_record, prompts_label, prompts_to_do, thresholds_digest
+from .resume import (
+    check_resume,
+    config_record,
+    prompts_label,
+    prompts_to_do,
+    restore_videos,
+    thresholds_digest,
+)
+from .steptimer import StepTimer, sync
 
 __all__ = [
     "ATTENTIONS",
@@ -116,6 +124,9 @@ class GenerateResult:
     skipped: list[int] = field(default_factory=list)
     redone: dict[int, str] = field(default_factory=dict)
     """Prompts that had a meta.json but were generated again, with the reason."""
+    reencoded: dict[int, str] = field(default_factory=dict)
+    """Skipped prompts whose video.mp4 was missing or cut, with the reason: encoded again from
+    frames.npy where the directory is writable."""
     failed: dict[int, str] = field(default_factory=dict)
     """Prompts whose video had NaN / inf values, with the count: nothing written for them."""
     interrupted: bool = False
@@ -123,39 +134,6 @@ class GenerateResult:
     """The mode that ran (``RunRecord.compile``)."""
     process_index: int = 0
     num_processes: int = 1
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class StepTimer:
-    """Per-step wall times from a transformer pre-forward hook and ``callback_on_step_end``."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.start: float | None = None
-        self.ends: list[float] = []
-
-    def reset(self) -> None:
-        self.start, self.ends = None, []
-
-    def pre_forward(self, module: Any, args: Any) -> None:
-        if self.start is None:
-            _sync(self.device)
-            self.start = time.perf_counter()
-
-    def callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict:
-        _sync(self.device)
-        self.ends.append(time.perf_counter())
-        return kwargs
-
-    def per_step(self) -> list[float]:
-        if self.start is None:
-            return []
-        marks = [self.start, *self.ends]
-        return [b - a for a, b in zip(marks, marks[1:], strict=False)]
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -274,7 +252,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     lock, writable = _lock(out, state)
     finish = finish_group(state.num_processes)
     try:
-        group, groups, _ = _data_parallel(opts, state)
+        group, groups, peer = _data_parallel(opts, state)
         mine = prompts[group::groups]
         result = GenerateResult(
             out=out,
@@ -285,6 +263,8 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             num_processes=state.num_processes,
         )
         todo = prompts_to_do(out, mine, result, progress=opts.progress and state.is_main_process)
+        if peer == 0:  # sequence-parallel peers write nothing
+            restore_videos(out, result.reencoded, r["fps"], writable)
         if not writable:
             if todo:
                 raise SetupError(
@@ -388,7 +368,7 @@ def _generate_prompts(
                 handle.stats.reset()
             timer.reset()
             generator = torch.Generator(device=device).manual_seed(opts.seed)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             frames = pipe(
                 prompt.text,
@@ -401,7 +381,7 @@ def _generate_prompts(
                 callback_on_step_end=timer.callback,
                 **spec.call_kwargs,
             ).frames[0]
-            _sync(device)
+            sync(device)
             total_s = time.perf_counter() - t0
             bad = int(frames.size - np.isfinite(frames).sum())
             if bad:  # to_uint8 would write NaN as black and mark the prompt finished
@@ -436,6 +416,7 @@ def _generate_prompts(
                 shape=list(video.shape),
                 frames_bytes=frames_file.stat().st_size,
                 frames_sha256=rundir.file_sha256(frames_file),
+                video_bytes=(current / rundir.VIDEO_FILE).stat().st_size,
                 first_in_process=n == 0,
                 process={"index": state.process_index, "count": state.num_processes},
                 **env,

@@ -217,4 +217,7 @@ def check_out(out: Path) -> rundir.RunRecord | None:
     try:
         return rundir.RunRecord.read(out)
     except rundir.RunDirError as e:
-        raise SetupError(f"can't resume: {e}") from None
+        raise SetupError(
+            f"can't resume: {e}. Restore it from a copy or choose another --out directory "
+            "(without run.json the finished videos' settings can't be checked)"
+        ) from None

@@ -12,7 +12,12 @@ What the record holds is made comparable first:
 - configs written before a field existed get its old default (:func:`_with_full_config`).
 
 Finished prompts are skipped only if :func:`xattn_video.rundir.verify_video` passes and their
-prompt text is unchanged (:func:`prompts_to_do`).
+prompt text is unchanged (:func:`prompts_to_do`); a skipped prompt whose video.mp4 is missing or
+cut (:func:`xattn_video.rundir.video_problem`) gets it encoded again from its verified
+frames.npy (:func:`restore_videos`), not generated again.
+
+A directory that holds finished prompts but no run.json (deleted, say, after it was damaged)
+does not resume: the settings of its videos can't be checked (:func:`check_resume`).
 
 The prompt selection (``--dimension`` / ``--sample`` / ``--limit``, the prompt file's length) may
 change only to one that still holds every prompt folder of the directory
@@ -82,8 +87,20 @@ def check_resume(
 ) -> None:
     """Raise :class:`SetupError` naming each setting in which ``run`` differs from ``old``, the
     record already in ``out`` (None: a new directory), or the prompt folders of ``out`` that
-    its selection (the prompt ``indices``) leaves out (:func:`_check_selection`)."""
+    its selection (the prompt ``indices``) leaves out (:func:`_check_selection`), or finished
+    prompts in an ``out`` without a record, whose settings can't be checked."""
     if old is None:
+        finished = [] if not out.is_dir() else sorted(
+            d.name for d in out.iterdir()
+            if rundir.is_prompt_dir(d) and (d / rundir.META_FILE).is_file()
+        )  # fmt: skip
+        if finished:
+            raise SetupError(
+                f"{out} holds {len(finished)} finished prompt(s) ({', '.join(finished[:3])}"
+                f"{', ...' if len(finished) > 3 else ''}) but no {rundir.RUN_FILE}, so the "
+                "settings that made them can't be checked. Restore its run.json (a copy, or the "
+                "run's first command rerun elsewhere) or choose another --out directory."
+            )
         return
     old = _with_full_config(old)
     if old.prompts is not None:
@@ -130,7 +147,8 @@ def prompts_to_do(out: Path, mine: list[Any], result: Any, progress: bool = Fals
     """The prompts of ``mine`` to generate: unfinished ones and finished ones that fail
     :func:`rundir.verify_video` or whose prompt text changed (logged, in ``result.redone``;
     the others in ``result.skipped``). ``progress``: a bar over the finished videos checked
-    (each frames.npy is hashed: ~0.4 GB per 720p video)."""
+    (each frames.npy is hashed: ~0.4 GB per 720p video). Skipped prompts whose video.mp4 is
+    not as written go in ``result.reencoded`` with the reason (:func:`restore_videos`)."""
     from tqdm.auto import tqdm
 
     folders = {p.index: out / rundir.prompt_dir_name(p.index) for p in mine}
@@ -147,9 +165,35 @@ def prompts_to_do(out: Path, mine: list[Any], result: Any, progress: bool = Fals
         bar.update(1)
         if problem is None:
             result.skipped.append(p.index)
+            video = rundir.video_problem(folder)
+            if video is not None:
+                result.reencoded[p.index] = video
             continue
         todo.append(p)
         result.redone[p.index] = problem
         _log.warning("prompt %s is generated again: %s", folder.name, problem)
     bar.close()
     return todo
+
+
+def restore_videos(out: Path, problems: dict[int, str], fps: int, writable: bool) -> None:
+    """Encode video.mp4 again from the verified frames.npy of each finished prompt index in
+    ``problems`` (the reason, logged) and record its size where meta.json has the field
+    (schema 5). ``writable``: False for a read-only directory or a sequence-parallel peer
+    (nothing written; a read-only one is only logged)."""
+    import numpy as np
+
+    from xattn_video.metrics import write_video
+
+    for index, problem in problems.items():
+        folder = out / rundir.prompt_dir_name(index)
+        if not writable:
+            _log.warning("prompt %s: %s; not encoded again here", folder.name, problem)
+            continue
+        _log.warning("prompt %s: %s; encoding it again from %s", folder.name, problem,
+                     rundir.FRAMES_FILE)  # fmt: skip
+        video = folder / rundir.VIDEO_FILE
+        write_video(video, np.load(folder / rundir.FRAMES_FILE, allow_pickle=False), fps)
+        meta = rundir.VideoRecord.read(folder)
+        if meta.schema_version >= 5:
+            dataclasses.replace(meta, video_bytes=video.stat().st_size).write(folder)

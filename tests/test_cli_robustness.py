@@ -199,6 +199,50 @@ def test_resume_redoes_truncated_frames_and_invalid_meta(tmp_path, prompt_file, 
         assert rundir.verify_video(out / f"0000{i}", prompt=PROMPTS[i]) is None
 
 
+def test_resume_encodes_a_deleted_or_cut_video_mp4_again_from_its_frames(
+    tmp_path, prompt_file, capsys
+):
+    """Only meta.json and frames.npy were checked: a finished prompt whose viewing copy was
+    deleted or cut stayed without one on every rerun."""
+    out = tmp_path / "run"
+    assert main(_argv(out, prompt_file)) == 0
+    capsys.readouterr()
+    videos = [out / f"0000{i}" / "video.mp4" for i in range(3)]
+    sizes = [v.stat().st_size for v in videos]
+    assert [rundir.VideoRecord.read(v.parent).video_bytes for v in videos] == sizes
+    frames = [(v.parent / "frames.npy").read_bytes() for v in videos]
+    videos[0].unlink()
+    videos[1].write_bytes(videos[1].read_bytes()[: sizes[1] // 2])
+    assert rundir.video_problem(videos[2].parent) is None
+    assert main(_argv(out, prompt_file)) == 0
+    std = capsys.readouterr()
+    assert "generated 0, skipped 3 finished (2 video.mp4 not as written), of 3" in std.out
+    assert f"prompt 00000: {videos[0]} is missing; encoding it again from frames.npy" in std.err
+    assert f"prompt 00001: {videos[1]} has {sizes[1] // 2} bytes but" in std.err
+    for v, size, npy in zip(videos, sizes, frames, strict=True):
+        assert v.stat().st_size == size and rundir.video_problem(v.parent) is None
+        assert (v.parent / "frames.npy").read_bytes() == npy  # not generated again
+    from xattn_video.metrics import read_video
+
+    assert read_video(videos[0]).shape == read_video(videos[2]).shape
+
+
+def test_finished_prompts_without_run_json_do_not_resume(tmp_path, prompt_file, capsys):
+    """Without run.json (deleted after it was damaged, say) any settings resumed: the finished
+    videos were skipped and a run.json of the new settings described them."""
+    out = tmp_path / "run"
+    assert main(_argv(out, prompt_file)) == 0
+    (out / "run.json").unlink()
+    capsys.readouterr()
+    line = _fail(_argv(out, prompt_file, "xattn", "--threshold", "0.5"), capsys)
+    assert f"{out} holds 3 finished prompt(s) (00000, 00001, 00002) but no run.json" in line
+    assert not (out / "run.json").exists()
+    shutil.rmtree(out / "00001")
+    (out / "00002" / "meta.json").unlink()  # unfinished prompts alone: nothing to check
+    shutil.rmtree(out / "00000")
+    assert main(_argv(out, prompt_file, "xattn", "--threshold", "0.5")) == 0
+
+
 def test_resume_regenerates_a_prompt_whose_text_changed(tmp_path, prompt_file, capsys):
     out = tmp_path / "run"
     assert main(_argv(out, prompt_file)) == 0
@@ -257,6 +301,8 @@ def test_resume_refuses_a_corrupt_run_json_naming_it(tmp_path, prompt_file, caps
     (out / "run.json").write_text("{not json")
     line = _fail(_argv(out, prompt_file), capsys)
     assert f"can't resume: {out / 'run.json'} is not valid JSON" in line
+    assert line.endswith("Restore it from a copy or choose another --out directory (without "
+                         "run.json the finished videos' settings can't be checked)")  # fmt: skip
 
 
 def test_bad_prompt_json_names_the_file(tmp_path, capsys):

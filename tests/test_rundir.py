@@ -91,7 +91,7 @@ def test_new_records_round_trip_with_schema_and_unknown_keys(tmp_path: Path):
     rec = _record(extra={"future_key": [1, 2]})
     rec.write(tmp_path)
     data = json.loads((tmp_path / rundir.RUN_FILE).read_text())
-    assert data["schema_version"] == rundir.SCHEMA_VERSION == 4 and data["future_key"] == [1, 2]
+    assert data["schema_version"] == rundir.SCHEMA_VERSION == 5 and data["future_key"] == [1, 2]
     assert RunRecord.read(tmp_path) == rec
     meta = VideoRecord(prompt_index=3, prompt="p", shape=[5, 16, 16, 3], frames_sha256="ab")
     assert VideoRecord.from_json(json.loads(json.dumps(meta.to_json()))) == meta

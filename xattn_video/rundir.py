@@ -16,7 +16,9 @@ Schema versions: ``schema_version`` in run.json and meta.json. Version 1 is xatt
 ``frames_sha256`` / ``frames_bytes`` to meta.json so resume can verify finished videos.
 Version 3 adds ``compile`` to run.json (``"eager"`` or ``"compiled:<mode>"``); older run.json
 files have no key and read as ``None``, which means eager (compiling did not exist). Version 4
-adds ``thresholds_sha256`` (the calibration file's digest; absent without one).
+adds ``thresholds_sha256`` (the calibration file's digest; absent without one). Version 5 adds
+``video_bytes`` to meta.json (video.mp4's size, so resume can tell a deleted or cut viewing copy
+and encode it again from frames.npy: :func:`video_problem`).
 
 Every read error names the file. Every write goes through
 :func:`xattn_video.atomic.atomic_path` (temporary name holding :data:`TMP_MARK`, then
@@ -45,7 +47,7 @@ import numpy as np
 
 from .atomic import TMP_MARK, atomic_path, write_text  # noqa: F401 (atomic_path: re-exported)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Schema of run.json / meta.json written by this version (1: xattn-video 0.1.0, no key)."""
 EAGER = "eager"
 """``RunRecord.compile`` of an uncompiled run; what a missing ``compile`` (schema < 3) means."""
@@ -272,6 +274,8 @@ class VideoRecord:
     """Size of frames.npy in bytes (schema 2)."""
     frames_sha256: str | None = None
     """SHA-256 of frames.npy (schema 2)."""
+    video_bytes: int | None = None
+    """Size of video.mp4 in bytes (schema 5)."""
     first_in_process: bool | None = None
     process: dict[str, Any] | None = None
     gpu: str | None = None
@@ -359,6 +363,23 @@ def verify_video(prompt_dir: PathLike, prompt: str | None = None) -> str | None:
         return f"{frames} has {size} bytes but {folder / META_FILE} says {meta.frames_bytes}"
     if meta.frames_sha256 is not None and file_sha256(frames) != meta.frames_sha256:
         return f"{frames} does not match the SHA-256 in {folder / META_FILE}"
+    return None
+
+
+def video_problem(prompt_dir: PathLike) -> str | None:
+    """Why the viewing copy (video.mp4) of a finished prompt is not as written: missing, empty,
+    or (schema 5) not the size meta.json records; None when it is. Its frames are
+    :func:`verify_video`'s job: what metrics read is frames.npy."""
+    folder = Path(prompt_dir)
+    video = folder / VIDEO_FILE
+    if not video.is_file():
+        return f"{video} is missing"
+    size = video.stat().st_size
+    if size == 0:
+        return f"{video} is empty"
+    expected = VideoRecord.read(folder).video_bytes
+    if expected is not None and size != expected:
+        return f"{video} has {size} bytes but {folder / META_FILE} says {expected}"
     return None
 
 
