@@ -204,6 +204,8 @@ def _check_out_dir(out: str | os.PathLike[str]) -> None:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is an existing file, not a directory")
     parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise CLIError(f"--out {out}: {parent} is a file, not a directory")
     if not rundir.writable_dir(parent):
         raise CLIError(f"--out {out}: {parent} is not writable")
 

@@ -179,7 +179,15 @@ def check_device(device: torch.device, asked: str | None) -> None:
             raise SetupError(
                 f"device {asked}: only {torch.cuda.device_count()} CUDA GPU(s) visible"
             )
-    elif device.type not in ("cpu", "mps", "xpu"):
+    elif device.type in ("mps", "xpu"):  # untested best effort, where torch has the device
+        backend = getattr(torch.backends, "mps", None) if device.type == "mps" else None
+        module = backend if backend is not None else getattr(torch, device.type, None)
+        if module is None or not module.is_available():
+            raise SetupError(
+                f"device {asked!r}: no {device.type} device is available here; generate runs "
+                "on cuda or cpu"
+            )
+    elif device.type != "cpu":
         raise SetupError(f"device {asked!r}: generate runs on cuda or cpu")
 
 

@@ -337,6 +337,9 @@ def test_out_is_an_existing_file(tmp_path, prompt_file, finished_run, capsys, no
     assert f"--out {file} is an existing file" in line
     line = _fail(["demo", "--out", str(file), "--no-progress"], capsys)
     assert f"--out {file} is an existing file" in line
+    for argv in (["compare", str(run), str(tmp_path / "copy")], ["demo", "--no-progress"]):
+        line = _fail([*argv, "--out", str(file / "sub")], capsys)  # said "file.txt is not writable"
+        assert line.endswith(f"--out {file / 'sub'}: {file} is a file, not a directory")
     assert file.read_text() == "keep me"
 
 
@@ -395,6 +398,12 @@ def test_bogus_device(tmp_path, prompt_file, finished_run, capsys, no_model_load
         shutil.copy(run / "run.json", prompt_file.parent / "run.json")
     line = _fail([*argv, "--device", "bogus"], capsys)
     assert "'bogus' is not a torch device" in line
+    for device in ("mps", "xpu"):  # were torch's traceback and exit 1 where torch lacks them
+        module = torch.backends.mps if device == "mps" else getattr(torch, "xpu", None)
+        if module is not None and module.is_available():
+            continue
+        line = _fail([*argv, "--device", device], capsys)
+        assert f"device '{device}': no {device} device is available here" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
     assert not (tmp_path / "r").exists()
 
