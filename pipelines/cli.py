@@ -50,6 +50,7 @@ from .cli_args import (
     config_overrides,
     flag_name,
 )
+from .cli_checks import check_cli_device, check_lpips_weights, check_out_dir, parse_metrics
 from .models import get_model_spec
 
 __all__ = [
@@ -136,16 +137,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return _run_generate(_options_from_args(args))
 
 
-def _parse_metrics(text: str | None) -> tuple[tuple[str, ...], bool]:
-    if text is None:
-        return METRICS, False
-    names = tuple(m.strip().lower() for m in text.split(",") if m.strip())
-    bad = [m for m in names if m not in METRICS]
-    if bad or not names:
-        raise CLIError(f"--metrics takes a comma-separated subset of {','.join(METRICS)}")
-    return names, "lpips" in names
-
-
 def _compare(
     dense: str | os.PathLike[str],
     sparse: str | os.PathLike[str],
@@ -168,8 +159,8 @@ def _compare(
             raise CLIError(f"{d} is not a run directory (no run.json); make one with generate")
     if Path(dense).resolve() == Path(sparse).resolve():
         raise CLIError(f"{dense} is given twice; compare a dense run with another run")
-    _check_out_dir(out)
-    _check_device(device)
+    check_out_dir(out)
+    check_cli_device(device)
     try:
         return compare_runs(
             dense,
@@ -196,36 +187,6 @@ def _compare(
         ) from None
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(f"compare failed: {e}") from e
-
-
-def _check_out_dir(out: str | os.PathLike[str]) -> None:
-    """``--out`` must be a directory (or not exist yet) in a writable place."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is an existing file, not a directory")
-    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise CLIError(f"--out {out}: {parent} is a file, not a directory")
-    if not rundir.writable_dir(parent):
-        raise CLIError(f"--out {out}: {parent} is not writable")
-
-
-def _check_device(device: str | None) -> None:
-    """``--device`` parses and, for CUDA, names a GPU that is there (generate's check,
-    ``options.check_device``; raises CLIError / SetupError)."""
-    if device is None:
-        return
-    import torch
-
-    from .options import check_device
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CLIError(
-            f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
-        ) from None
-    check_device(parsed, device)
 
 
 def _mean(agg: dict[str, Any], key: str) -> float | None:
@@ -265,7 +226,7 @@ def _print_report(out: str | os.PathLike[str], report: Any) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``compare``: metrics of a sparse run against its dense reference."""
-    metrics, required = _parse_metrics(args.metrics)
+    metrics, required = parse_metrics(args.metrics)
     report = _compare(
         args.dense_dir,
         args.sparse_dir,
@@ -286,8 +247,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .generate import GenerateOptions
 
     out = Path(args.out)
-    _check_out_dir(out)
-    _check_device(args.device)
+    check_out_dir(out)
+    check_cli_device(args.device)
+    check_lpips_weights(args.lpips_weights)
     spec = get_model_spec(args.model)
     common = dict(
         model=args.model,
@@ -351,7 +313,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """``calibrate``: per-(layer, head) thresholds; input errors before the model loads."""
     from .calibrate_cli import cmd_calibrate as run
 
-    _check_device(args.device)
+    check_cli_device(args.device)
     try:
         return run(args, config_overrides(args))
     except ValueError as e:

@@ -169,10 +169,32 @@ def test_demo_takes_the_lpips_weights_flag_its_warning_names(tmp_path, monkeypat
     seen = []
     monkeypatch.setattr(cli, "_run_generate", lambda opts: 0)
     monkeypatch.setattr(cli, "_compare", lambda *a, **k: seen.append(a[5]) or {"aggregate": {}})
-    weights = str(tmp_path / "w.safetensors")
-    assert main(["demo", "--out", str(tmp_path / "d"), "--lpips-weights", weights]) == 0
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")  # there: its contents are the compare step's to judge
+    assert main(["demo", "--out", str(tmp_path / "d"), "--lpips-weights", str(weights)]) == 0
     assert main(["demo", "--out", str(tmp_path / "e")]) == 0
-    assert seen == [weights, None]
+    assert seen == [str(weights), None]
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_demo_refuses_lpips_weights_that_are_not_there_before_generating(
+    tmp_path, monkeypatch, capsys, where
+):
+    """A --lpips-weights folder without weights failed the compare step after both runs."""
+    from xattn_video.pipelines import cli
+
+    monkeypatch.setattr(cli, "_run_generate", lambda opts: pytest.fail("generated first"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["demo", "--out", str(tmp_path / "d")]
+    if where == "flag":
+        argv += ["--lpips-weights", str(empty)]
+    else:
+        monkeypatch.setenv("XATTN_VIDEO_LPIPS_WEIGHTS", str(empty))
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert f"{empty} is a directory without alexnet" in capsys.readouterr().err
 
 
 def test_compiled_run_writes_the_eager_video(tmp_path, prompt_file):
