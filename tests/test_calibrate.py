@@ -206,6 +206,8 @@ def test_invalid_thresholds_files_raise_naming_the_problem(edit, match):
 def test_missing_or_mismatched_file_raises(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_thresholds(tmp_path / "nope.json")
+    with pytest.raises(ValueError, match="is a directory, not a file"):  # said "does not exist"
+        load_thresholds(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):

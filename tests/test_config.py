@@ -78,8 +78,9 @@ def test_out_of_range_values_raise_value_error(kw, match):
 def test_numpy_scalars_and_lists_are_normalised():
     cfg = XAttentionConfig(
         warmup_steps=np.int64(3), threshold=np.float32(0.5), ratio=1, dense_layers=[2, 0],
-        tile_size=[1, 4, 4],
+        tile_size=[1, 4, 4], auto_dense=np.False_,
     )  # fmt: skip
+    assert type(cfg.auto_dense) is bool and cfg.auto_dense is False  # np.bool_ was refused
     assert type(cfg.warmup_steps) is int and cfg.warmup_steps == 3
     assert type(cfg.threshold) is float and cfg.threshold == 0.5
     assert type(cfg.ratio) is float and cfg.ratio == 1.0

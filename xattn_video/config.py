@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from .attention import BACKENDS, BLOCK_SIZES, STRIDES
 from .op_checks import check_estimate_kernel, check_precision, resolve_estimate_precision
 
@@ -253,13 +255,14 @@ def _field_hints() -> dict[str, Any]:
 def _check_field_types(cfg: XAttentionConfig) -> None:
     """ValueError naming the field for a value of the wrong type (``warmup_steps=1.5`` or
     ``'3'``, ``collect_stats='no'``); numpy scalars are accepted and stored as Python
-    int / float, lists for tuple fields as tuples."""
+    bool / int / float, lists for tuple fields as tuples."""
     for f in dataclasses.fields(cfg):
         value, hint = getattr(cfg, f.name), _field_hints()[f.name]
         origin = typing.get_origin(hint)
         is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         if hint is bool:
-            ok, want = isinstance(value, bool), "a bool"
+            ok, want = isinstance(value, (bool, np.bool_)), "a bool"
+            value = bool(value) if ok else value
         elif hint is int:
             ok, want = is_int, "an int"
             value = int(value) if ok else value

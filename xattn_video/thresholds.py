@@ -279,7 +279,8 @@ def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a thresholds file (cached per path and modification time)."""
     p = os.fspath(path)
     if not os.path.isfile(p):
-        raise ValueError(f"thresholds file {p!r} does not exist")
+        what = "is a directory, not a file" if os.path.isdir(p) else "does not exist"
+        raise ValueError(f"thresholds file {p!r} {what}")
     return _load(p, os.stat(p).st_mtime_ns)
 
 
