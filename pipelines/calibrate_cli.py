@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from xattn_video import rundir
+from xattn_video.calibrate import CALIBRATION_FIXED
 from xattn_video.config import XAttentionConfig
 
 from .models import MODELS, get_model_spec
@@ -52,13 +54,17 @@ def add_calibrate_args(
         "--num-prompts",
         type=int,
         default=4,
-        help="prompts, chosen as generate's --sample N (every (len//N)-th, the first N of those)",
+        help="prompts, chosen as generate's --sample N (every (len//N)-th, the first N of "
+        "those; default: 4)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every prompt (default: 0)")
     tgt = p.add_mutually_exclusive_group()
-    tgt.add_argument("--target-mass", type=float, help="true attention mass every head keeps")
+    tgt.add_argument("--target-mass", type=float,
+                     help="true attention mass every head keeps (default: 0.95 when neither "
+                          "target is given)")  # fmt: skip
     tgt.add_argument("--target-density", type=float, help="mean density to allocate (0, 1]")
-    p.add_argument("--measure-every", type=int, default=3, help="measure every N-th sparse step")
+    p.add_argument("--measure-every", type=int, default=3,
+                   help="measure every N-th sparse step (default: 3)")  # fmt: skip
     p.add_argument("--retarget", metavar="FILE", help="re-choose thresholds of FILE; no model run")
     for name in ("height", "width", "frames", "steps"):
         p.add_argument(f"--{name}", type=int, help=f"video {name} (default: the model's)")
@@ -66,7 +72,11 @@ def add_calibrate_args(
     p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_flags(
-        p, "XAttention settings of the calibration run (unset flags take the model's preset)"
+        p,
+        "XAttention settings of the calibration run (unset flags take the model's preset; "
+        "those a calibration fixes are ignored with a warning: "
+        + ", ".join("--" + f.replace("_", "-") for f in CALIBRATION_FIXED)
+        + ")",
     )
 
 
@@ -90,6 +100,14 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 0
     if args.model is None:
         raise ValueError("--model is required (unless --retarget)")
+    fixed = ["--" + f.replace("_", "-") for f in CALIBRATION_FIXED if f in overrides]
+    if fixed:
+        warnings.warn(
+            f"calibrate ignores {', '.join(fixed)}: a calibration keeps every block on every "
+            "layer and step and measures the bf16 estimate (xattn_video.calibrate."
+            "CALIBRATION_FIXED)",
+            stacklevel=2,
+        )
     for flag in ("measure_every", "num_prompts"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")

@@ -15,7 +15,7 @@ Usage::
 ``generate`` flag (``warmup_steps`` -> ``--warmup-steps``; booleans get ``--no-...``; tuples
 are comma separated: ``--dense-layers 0,1,2``, ``--tile-size 2,8,8``); unset flags take the
 model's preset. Exit status: 0 done, 1 some videos had NaN / inf values (not written; a rerun
-retries them), 2 bad input, 130 interrupted (rerun to resume).
+retries them), 2 bad input, 130 interrupted (rerun generate or demo to resume).
 
 Warnings and log messages print as one ``xattn-video: warning: ...`` line; every user error
 exits 2 with one ``xattn-video: error: ...`` line before any work. Argument parsing lives in
@@ -384,7 +384,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (CLIError, SetupError) as e:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {e}\n")
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume.", file=sys.stderr)
+        resumes = getattr(args, "command", "generate") in ("generate", "demo")
+        print("interrupted" + ("; rerun the same command to resume." if resumes else "."),
+              file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
     return 0  # unreachable: parser.exit raises
 

@@ -62,6 +62,8 @@ def _preset_defaults(name: str) -> str:
         value = getattr(XAttentionConfig.from_preset(spec.preset), name)
         if isinstance(value, tuple):
             value = ",".join(map(str, value)) or '""'
+        elif value == "":
+            value = "none"  # (it printed "default: ")
         by_value.setdefault(str(value), []).append(model)
     if len(by_value) == 1:
         return f"default: {next(iter(by_value))}"

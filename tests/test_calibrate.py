@@ -263,7 +263,10 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
     argv = ["calibrate", "--model", "tiny-hunyuan", "--prompts", str(prompts), "--num-prompts",
             "2", "--steps", "2", "--measure-every", "1", "--device", "cpu", "--no-progress",
             "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--ratio", "0.3", "--max-density", "0.5"]) == 0  # they were silent
+    std = capsys.readouterr()
+    assert ("xattn-video: warning: calibrate ignores --ratio, --max-density: a calibration keeps "
+            "every block on every layer and step") in std.err and "wrote" in std.out  # fmt: skip
     data = load_thresholds(out)
     assert data["prompts"] == ["a cat on a mat", "a dog running"]
     # the tiny preset has 1 warm-up step: only the sparse step 1 is measured
@@ -275,7 +278,7 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
     assert main(["calibrate", "--retarget", str(out), "--target-density", "0.8",
                  "--out", str(again)]) == 0  # fmt: skip
     assert load_thresholds(again)["expected_density"] <= 0.8
-    assert "wrote" in capsys.readouterr().out
+    assert "re-targeted" in capsys.readouterr().out
     # at this size the dense text row alone keeps the density above 0.5: said, not hidden
     assert main(["calibrate", "--retarget", str(out), "--target-density", "0.5",
                  "--out", str(again)]) == 0  # fmt: skip

@@ -482,6 +482,34 @@ def test_help_defaults_are_by_model_name(capsys, field):
         assert groups[name] == str(getattr(XAttentionConfig.from_preset(spec.preset), field))
 
 
+def test_an_empty_default_reads_none_in_the_help(capsys):
+    """``--thresholds-file``'s help ended in "(default: )"."""
+    text = _help(capsys).split("--thresholds-file PATH")[-1]
+    assert text.split("(default: ")[1].startswith("none)")
+
+
+@pytest.mark.parametrize("command", ["compare", "calibrate"])
+def test_an_interrupt_says_resume_only_where_the_command_resumes(
+    command, tmp_path, monkeypatch, capsys
+):
+    """compare and calibrate said "rerun the same command to resume"; neither resumes."""
+    from xattn_video.pipelines import cli
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli._COMMANDS, command, ctrl_c)
+    assert main(_minimal_argv(command, tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted."
+
+
+def _minimal_argv(command: str, tmp_path: Path) -> list[str]:
+    if command == "compare":
+        return ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r")]
+    return ["calibrate", "--retarget", str(tmp_path / "t.json"), "--out", str(tmp_path / "u.json")]
+
+
 def test_a_video_with_nan_is_not_written_and_a_rerun_retries_it(
     tmp_path, prompt_file, monkeypatch, capsys
 ):
