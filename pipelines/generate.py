@@ -210,6 +210,13 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     device = resolve_device(opts, state)
     config: XAttentionConfig | None = r["config"]
     check_backend(config, device)
+    if opts.ulysses > 1 and config is not None:
+        from xattn_video.parallel import check_parallel_config
+
+        try:
+            check_parallel_config(config)
+        except ValueError as e:
+            raise SetupError(f"--ulysses {opts.ulysses}: {e}") from None
     check_compile_options(opts, device)
     dtype_name = dtype_name_for(opts.dtype, device)
     prompts = load_prompts_or_fail(

@@ -201,6 +201,43 @@ def test_pipeline_ulysses_equals_one_process(model, parallel_first):
             assert torch.equal(res[r][2][i], m[:, r * H // P : (r + 1) * H // P])
 
 
+def _write_thresholds(path: str, cfg) -> None:
+    """A thresholds file for the tiny HunyuanVideo whose two heads differ in every layer."""
+    from xattn_video import thresholds as th
+
+    tr = tiny_hv_pipeline().transformer
+    n_layers = len(tr.transformer_blocks) + len(tr.single_transformer_blocks)
+    config = {k: v for k, v in cfg.to_dict().items() if k in th.MATCH_FIELDS}
+    th.save_thresholds(path, {
+        "format": th.FORMAT, "model": "tiny-hunyuan", "config": config, "taus": [0.5, 1.0],
+        "layers": [{"layer": i, "thresholds": [0.5, 0.95], "mass": [[0.5, 1.0]] * 2,
+                    "density": [[0.5, 1.0]] * 2} for i in range(n_layers)],
+    })  # fmt: skip
+
+
+def _thresholds_worker(rank: int, world: int, path: str):
+    torch.manual_seed(0)
+    return _run_pipeline("hv", tiny_cfg(**CFG, thresholds_file=path), parallel_first=False)
+
+
+@pytest.mark.slow
+def test_per_head_thresholds_under_ulysses_equal_one_process(tmp_path):
+    """A thresholds file raised "has 2 heads for layer 0, the model has 1" on every rank (each
+    holds H/P heads): a rank takes its heads' slice, and picks the one-GPU blocks."""
+    path = str(tmp_path / "thr.json")
+    _write_thresholds(path, tiny_cfg(**CFG))
+    torch.manual_seed(0)
+    _, records, masks = _run_pipeline("hv", tiny_cfg(**CFG, thresholds_file=path))
+    densities = [r["heads"] for r in records if r["sparse"] and not r["reused"]]
+    assert densities and all(h[0] < h[1] for h in densities)  # tau 0.5 vs 0.95: heads differ
+    res = run_distributed(_thresholds_worker, P, path)
+    for _, recs, _ in res:
+        assert recs == records
+    for i, m in enumerate(masks):
+        for r in range(P):
+            assert torch.equal(res[r][2][i], m[:, r : r + 1])
+
+
 def _errors_worker(rank: int, world: int):
     """Messages of the ValueErrors for unsupported inputs and configurations."""
     from diffusers import ContextParallelConfig
@@ -234,6 +271,12 @@ def _errors_worker(rank: int, world: int):
     with pytest.raises(ValueError) as exc:
         direct(**cases["odd_video"])
     msgs["direct_odd_video"] = str(exc.value)
+    budget = tiny_hv_pipeline()  # a max_density budget would be spent per rank's heads
+    parallel.enable_context_parallel(budget.transformer, P)
+    xv.apply_xattention(budget, tiny_cfg(**CFG, max_density=0.5))
+    with pytest.raises(ValueError) as exc:
+        budget(**hv_inputs(lengths=[5], steps=2))
+    msgs["budget"] = str(exc.value)
     ring = tiny_wan_transformer()
     mesh = init_device_mesh("cpu", (P, 1), mesh_dim_names=("ring", "ulysses"))
     with parallel._cpu_device_count():
@@ -252,6 +295,7 @@ def test_unsupported_inputs_raise_clear_errors():
         assert "text length 7" in msgs["odd_text"]
         assert "video token count 147" in msgs["direct_odd_video"]
         assert "ring_degree=2" in msgs["ring"]
+        assert "max_density=0.5 is not supported under Ulysses" in msgs["budget"]
 
 
 def test_plan_for_unsupported_model_raises():

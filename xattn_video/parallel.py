@@ -35,7 +35,7 @@ duration of that call and gives diffusers a CPU device mesh; when any accelerato
 count is non-zero and nothing is patched.
 
 Not supported (``ValueError``): ring attention (``ring_degree > 1``), ``ulysses_anything``
-(uneven splits), token counts (video T'*H'*W', text length) or head counts not divisible by the
+(uneven splits), a ``max_density`` budget (:func:`check_parallel_config`), token counts (video T'*H'*W', text length) or head counts not divisible by the
 Ulysses degree, HunyuanVideo-I2V's ``token_replace`` blocks, HunyuanVideo Framepack, context
 parallelism combined with tensor parallelism. The stock ``HunyuanVideoAttnProcessor2_0`` under
 our HunyuanVideo plan is exact only without text padding (it applies the global-order mask to
@@ -145,6 +145,18 @@ def ulysses_group(parallel_config: Any) -> tuple[Any, int] | None:
 _ORDERS: dict[tuple[int, int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+def check_parallel_config(cfg: Any) -> None:
+    """``ValueError`` for an ``XAttentionConfig`` that Ulysses can't run as one GPU does: a
+    ``max_density`` budget is spent over all of a sample's heads, which the ranks split (each
+    would budget its H/P heads alone: other blocks, other densities)."""
+    if cfg.max_density < 1.0:
+        raise ValueError(
+            f"max_density={cfg.max_density} is not supported under Ulysses sequence "
+            "parallelism: its budget is spent over all heads of a sample, which the ranks "
+            "split; use a threshold or ratio without a budget (max_density=1.0)"
+        )
+
+
 def joint_order(
     n_video: int, n_text: int, degree: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,9 +255,14 @@ class GatheredState:
     :class:`~xattn_video.auto_dense.AutoDense` all-reduces each decision where it is made
     (dense if any rank says dense) and stores the agreed value."""
 
-    def __init__(self, controller: Any, group: Any, device: torch.device) -> None:
+    def __init__(self, controller: Any, group: Any, device: torch.device, heads: int) -> None:
         self._controller = controller
         self.stats = GatheredStats(controller.stats, group, device)
+        # this rank's heads of the layer (rank r: r*H/P ..): its slice of per-head thresholds
+        self.heads = {
+            "first_head": dist.get_rank(group) * heads,
+            "total_heads": dist.get_world_size(group) * heads,
+        }
         auto_dense = getattr(controller, "auto_dense", None)
         if auto_dense is not None:
             auto_dense.group = group
@@ -283,6 +300,8 @@ def processor_attention(
     zero_padded_queries: zero query rows at positions >= kv_len first (``text_policy="sparse"``).
     """
     n_video = (query.shape[1] - n_text) * degree
+    if sparse:
+        check_parallel_config(controller.cfg)
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if not sparse and controller.cfg.dense_kernel == "xattn":
@@ -295,7 +314,7 @@ def processor_attention(
         if zero_padded_queries and kv_len is not None:
             valid = torch.arange(q.shape[1], device=q.device)[None, :] < kv_len[:, None]
             q = q * valid[:, :, None, None].to(q.dtype)
-        state = GatheredState(controller, group, q.device)
+        state = GatheredState(controller, group, q.device, heads=q.shape[2])
         return sparse_attention(
             state, attn, layer, q, k, v, n_video=n_video, kv_len=kv_len, dense_from=dense_from
         )

@@ -243,27 +243,37 @@ _LAYER_THRESHOLDS: dict[tuple, tuple[dict, torch.Tensor | None]] = {}
 
 
 def layer_threshold(
-    cfg: XAttentionConfig, layer: int, heads: int, device: torch.device
+    cfg: XAttentionConfig,
+    layer: int,
+    heads: int,
+    device: torch.device,
+    *,
+    first_head: int = 0,
+    total_heads: int | None = None,
 ) -> float | torch.Tensor:
-    """The threshold of one layer: its per-head (H,) float64 tensor from ``cfg.thresholds_file``
-    when the file lists the layer, else ``cfg.threshold``. Cached per (file, layer, device) for
-    the file's current contents (the entry holds the loaded dict, compared by identity: an
-    ``id()`` in the key could be reused by a later version of a rewritten file)."""
+    """The threshold of one layer: its per-head (heads,) float64 tensor from
+    ``cfg.thresholds_file`` when the file lists the layer, else ``cfg.threshold``. The call
+    holds ``heads`` of the layer's ``total_heads`` (default: all) from ``first_head`` on (a
+    Ulysses rank: its H/P). Cached per (file, layer, device, heads) for the file's current
+    contents (the entry holds the loaded dict, compared by identity: an ``id()`` in the key
+    could be reused by a later version of a rewritten file)."""
     if not cfg.thresholds_file:
         return cfg.threshold
+    total = heads if total_heads is None else total_heads
     data = _thresholds.load_thresholds(cfg.thresholds_file)  # cached per path and mtime
-    key = (cfg.thresholds_file, layer, str(device))
+    key = (cfg.thresholds_file, layer, str(device), first_head, heads)
     entry = _LAYER_THRESHOLDS.get(key)
     if entry is None or entry[0] is not data:
         per_layer = _thresholds.layer_thresholds(data).get(layer)
-        if per_layer is not None and len(per_layer) != heads:
+        if per_layer is not None and len(per_layer) != total:
             raise ValueError(
                 f"thresholds file {cfg.thresholds_file!r} has {len(per_layer)} heads for layer "
-                f"{layer}, the model has {heads}; calibrate this model"
+                f"{layer}, the model has {total}; calibrate this model"
             )
         thr = None
         if per_layer is not None:
-            thr = torch.tensor(per_layer, dtype=torch.float64, device=device)
+            part = per_layer[first_head : first_head + heads]
+            thr = torch.tensor(part, dtype=torch.float64, device=device)
         entry = _LAYER_THRESHOLDS[key] = (data, thr)
     return cfg.threshold if entry[1] is None else entry[1]
 
@@ -281,6 +291,8 @@ class SparseState(Protocol):
     masks: MaskCache
     orders: TileOrders
     auto_dense: Any  # xattn_video.auto_dense.AutoDense
+    # optional ``heads``: {"first_head", "total_heads"} where a call holds a share of the layer's
+    # heads (a Ulysses rank, xattn_video.parallel.GatheredState): layer_threshold's slice
 
 
 def dense_attention(
@@ -356,7 +368,10 @@ def sparse_attention(
     if observer is not None and observer.wants(state.step):
         observer.observe(layer, state.step, q, k, kv_len, dense_from)
     sel = (
-        {"threshold": layer_threshold(cfg, layer, H, q.device), "ratio": None}
+        {
+            "threshold": layer_threshold(cfg, layer, H, q.device, **getattr(state, "heads", {})),
+            "ratio": None,
+        }
         if cfg.selection == "threshold"
         else {"threshold": None, "ratio": cfg.ratio}
     )
