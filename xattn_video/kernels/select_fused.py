@@ -25,7 +25,8 @@ Masks equal :func:`.select.select_blocks` (and :func:`.select.mask_to_indices`) 
 except, in threshold mode, at float64 near-ties of the mass ranked before a block or of the row
 total (the sums are taken in a different order; tested equal on integer-valued scores with
 many exact ties and on random scores); ratio mode ranks without sums, so its masks are equal
-always.
+always without a ``max_density`` budget; with one, both modes rank blocks by their share of the
+row total, so they can differ at float64 near-ties of those shares too.
 
 Not supported: negative or NaN scores are read as 0 (the ranking compares the floats' bit
 patterns, which order non-negative floats only; the estimate gives NaN only for non-finite
