@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xattn_video.rundir import writable_dir, write_text
+from xattn_video.rundir import write_text
+from xattn_video.runlock import writable_dir
 
 from . import plots
 from .aggregate import aggregate, comparable

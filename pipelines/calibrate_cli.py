@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from xattn_video import rundir
+from xattn_video import runlock
 from xattn_video.calibrate import CALIBRATION_FIXED
 from xattn_video.config import XAttentionConfig
 
@@ -126,7 +126,7 @@ def _check_out(path: str) -> Path:
     parent = next(p for p in (*out.parents, Path(".")) if p.exists())
     if not parent.is_dir():
         raise ValueError(f"--out {out}: {parent} is a file, not a directory")
-    if not rundir.writable_dir(parent):
+    if not runlock.writable_dir(parent):
         raise ValueError(f"--out {out}: {parent} is not writable")
     return out
 

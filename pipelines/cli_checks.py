@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from xattn_video import rundir
+from xattn_video import runlock
 
 from .cli_args import METRICS, CLIError
 
@@ -36,7 +36,7 @@ def check_out_dir(out: str | os.PathLike[str]) -> None:
     parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
     if not parent.is_dir():
         raise CLIError(f"--out {out}: {parent} is a file, not a directory")
-    if not rundir.writable_dir(parent):
+    if not runlock.writable_dir(parent):
         raise CLIError(f"--out {out}: {parent} is not writable")
 
 

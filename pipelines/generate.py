@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xattn_video import rundir
+from xattn_video import rundir, runlock
 from xattn_video.config import XAttentionConfig
 
 from . import runinfo
@@ -157,16 +157,16 @@ def _process_state() -> Any:
     return state
 
 
-def _lock(out: Path, state: Any) -> tuple[rundir.RunLock | None, bool]:
+def _lock(out: Path, state: Any) -> tuple[runlock.RunLock | None, bool]:
     """Main process: create ``out`` and take its lock; every process learns whether the
     directory is writable. Raises SetupError (all processes) when another run holds it."""
     lock, status = None, "ok"
     if state.is_main_process:
         try:
             out.mkdir(parents=True, exist_ok=True)
-            lock = rundir.RunLock(out)
+            lock = runlock.RunLock(out)
             # an old .lock file may stay writable in a directory that is not (chmod a-w)
-            status = "ok" if lock.acquire() and rundir.writable_dir(out) else "read-only"
+            status = "ok" if lock.acquire() and runlock.writable_dir(out) else "read-only"
         except rundir.RunDirLocked as e:
             status = str(e)
         except OSError as e:
@@ -252,6 +252,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         num_processes=state.num_processes,
         command=runinfo.command_line(),
         compile=compile_label(opts.compile, opts.compile_backend),
+        ulysses=opts.ulysses,
         thresholds_sha256=thresholds_digest(config),
         **env,
     )
@@ -425,7 +426,11 @@ def _generate_prompts(
                 frames_sha256=rundir.file_sha256(frames_file),
                 video_bytes=(current / rundir.VIDEO_FILE).stat().st_size,
                 first_in_process=n == 0,
-                process={"index": state.process_index, "count": state.num_processes},
+                process={
+                    "index": state.process_index,
+                    "count": state.num_processes,
+                    "ulysses": opts.ulysses,
+                },  # fmt: skip
                 **env,
             ).write(current)
             result.generated.append(prompt.index)

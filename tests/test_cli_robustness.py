@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from xattn_video import rundir
+from xattn_video import rundir, runlock
 from xattn_video.attention import STRIDES
 from xattn_video.config import XAttentionConfig
 from xattn_video.pipelines import generate as generate_mod
@@ -135,7 +135,7 @@ def test_demo_rejects_zero_prompts(tmp_path, capsys):
 def test_a_locked_run_directory_exits_2_before_any_work(tmp_path, prompt_file, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    with rundir.RunLock(out) as lock:  # another generate process, as far as flock is concerned
+    with runlock.RunLock(out) as lock:  # another generate process, as far as flock is concerned
         assert lock.acquire()
         line = _fail(_argv(out, prompt_file), capsys)
     assert f"{out} is being written by another generate process (pid {os.getpid()})" in line
@@ -209,6 +209,8 @@ def test_resume_encodes_a_deleted_or_cut_video_mp4_again_from_its_frames(
     capsys.readouterr()
     videos = [out / f"0000{i}" / "video.mp4" for i in range(3)]
     sizes = [v.stat().st_size for v in videos]
+    assert rundir.RunRecord.read(out).ulysses == 1  # recorded (schema 5), and per video:
+    assert rundir.VideoRecord.read(out / "00000").process == {"index": 0, "count": 1, "ulysses": 1}
     assert [rundir.VideoRecord.read(v.parent).video_bytes for v in videos] == sizes
     frames = [(v.parent / "frames.npy").read_bytes() for v in videos]
     videos[0].unlink()
@@ -360,7 +362,7 @@ def test_read_only_run_directory(finished_run, tmp_path, prompt_file, monkeypatc
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(rundir, "_open_lock_file", denied)
+    monkeypatch.setattr(runlock, "_open_lock_file", denied)
     assert main(_argv(run, prompts)) == 0  # finished: nothing to write
     assert "generated 0, skipped 1 finished" in capsys.readouterr().out
     shutil.copytree(run, tmp_path / "copy")

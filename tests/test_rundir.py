@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xattn_video import rundir
+from xattn_video import rundir, runlock
 from xattn_video.metrics import compare_runs, psnr, scan_run
 from xattn_video.rundir import RunDirError, RunRecord, VideoRecord
 
@@ -121,6 +121,17 @@ def test_thresholds_digest_is_compared_only_when_both_records_have_it(tmp_path: 
     old = RunRecord.from_json({**_record().to_json(), "schema_version": 3})
     assert old.resume_differences(rec) == {}
     assert _record().resume_differences(rec) == {"thresholds_sha256": (None, "aa")}
+
+
+def test_the_ulysses_degree_is_recorded_and_a_change_is_named(tmp_path: Path):
+    """A run made with --ulysses 2 resumed with 1 process (or the reverse) mixed two launch
+    modes' timings under one run.json that recorded neither; an older record is unknown."""
+    rec = _record(ulysses=2)
+    rec.write(tmp_path)
+    assert RunRecord.read(tmp_path) == rec
+    assert rec.resume_differences(_record(ulysses=1)) == {"ulysses": (2, 1)}
+    assert rec.resume_differences(_record(ulysses=2)) == {}
+    assert _record().resume_differences(_record(ulysses=4)) == {}  # not recorded: unknown
 
 
 def test_compile_mode_is_recorded_and_a_change_is_named(tmp_path: Path):
@@ -228,7 +239,7 @@ def test_atomic_path_leaves_the_old_file_on_error(tmp_path: Path):
 
 _HOLD = """
 import sys, time
-from xattn_video.rundir import RunLock
+from xattn_video.runlock import RunLock
 lock = RunLock(sys.argv[1]); assert lock.acquire(); print("held", flush=True); time.sleep(60)
 """
 
@@ -240,21 +251,21 @@ def test_lock_excludes_a_second_process_and_dies_with_it(tmp_path: Path):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(rundir.RunDirLocked, match=f"pid {holder.pid}"):
-            rundir.RunLock(tmp_path).acquire()
+            runlock.RunLock(tmp_path).acquire()
     finally:
         holder.kill()
         holder.wait()
-    with rundir.RunLock(tmp_path) as lock:  # the holder died: no stale lock
+    with runlock.RunLock(tmp_path) as lock:  # the holder died: no stale lock
         assert lock.acquire()
         assert (tmp_path / rundir.LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
 def test_unwritable_directory_is_detected_not_guessed(tmp_path: Path, monkeypatch):
-    assert rundir.writable_dir(tmp_path) and not list(tmp_path.iterdir())
+    assert runlock.writable_dir(tmp_path) and not list(tmp_path.iterdir())
 
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(rundir, "_open_lock_file", denied)
-    assert not rundir.writable_dir(tmp_path)
-    assert rundir.RunLock(tmp_path).acquire() is False
+    monkeypatch.setattr(runlock, "_open_lock_file", denied)
+    assert not runlock.writable_dir(tmp_path)
+    assert runlock.RunLock(tmp_path).acquire() is False

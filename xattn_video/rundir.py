@@ -1,4 +1,5 @@
-"""The run directory format: file names, typed records, atomic writes, lock, resume checks.
+"""The run directory format: file names, typed records, atomic writes, resume checks (the lock:
+:mod:`xattn_video.runlock`).
 
 The single owner of the layout that ``xattn-video generate`` writes and ``compare`` reads
 (``xattn_video.pipelines`` and ``xattn_video.metrics`` both import this module)::
@@ -18,26 +19,25 @@ Version 3 adds ``compile`` to run.json (``"eager"`` or ``"compiled:<mode>"``); o
 files have no key and read as ``None``, which means eager (compiling did not exist). Version 4
 adds ``thresholds_sha256`` (the calibration file's digest; absent without one). Version 5 adds
 ``video_bytes`` to meta.json (video.mp4's size, so resume can tell a deleted or cut viewing copy
-and encode it again from frames.npy: :func:`video_problem`).
+and encode it again from frames.npy: :func:`video_problem`), and ``ulysses`` (the sequence
+parallel degree) to run.json and to meta.json's ``process``.
 
 Every read error names the file. Every write goes through
 :func:`xattn_video.atomic.atomic_path` (temporary name holding :data:`TMP_MARK`, then
 ``os.replace``).
 
 Not supported: several runs (different settings) in one directory (:func:`resume_differences`
-names the fields that differ); locking on file systems without ``flock`` (Windows, some NFS);
-schema versions newer than this package's (refused with the version named).
+names the fields that differ); schema versions newer than this package's (refused with the
+version named).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +191,9 @@ class RunRecord:
     thresholds_sha256: str | None = None
     """SHA-256 of the config's ``thresholds_file`` (schema 4); None without one, or unknown in
     older files (then not compared on resume)."""
+    ulysses: int | None = None
+    """``--ulysses``, the sequence-parallel degree P (1: none; schema 5); None in older files,
+    where it is unknown (then not compared on resume)."""
     schema_version: int = SCHEMA_VERSION
     """The schema of the file the record was read from (:data:`SCHEMA_VERSION` for new ones)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -198,12 +201,12 @@ class RunRecord:
 
     RESUME_FIELDS = ("model", "model_source", "attention", "config", "height", "width")
     RESUME_FIELDS += ("frames", "steps", "seed", "fps", "dtype", "prompts", "compile")
-    RESUME_FIELDS += ("thresholds_sha256",)
+    RESUME_FIELDS += ("thresholds_sha256", "ulysses")
     """Fields that must match to resume a run directory (they change the videos or, for
-    ``compile``, what the timings measure). The config is compared field by field, also fields
+    ``compile`` and ``ulysses``, what the timings measure). The config is compared field by field, also fields
     that this config or device ignores (``ratio`` in threshold mode, ``estimate_kernel`` on the
     CPU): run.json records one config, which must describe every video of the directory."""
-    LATER_FIELDS = ("compile", "thresholds_sha256")
+    LATER_FIELDS = ("compile", "thresholds_sha256", "ulysses")
     """Fields added after schema 1: left out of :meth:`to_json` when None (read from an older
     file), so an old run.json round-trips unchanged."""
 
@@ -243,6 +246,8 @@ class RunRecord:
         old_j["compile"], new_j["compile"] = self.compile_mode, new.compile_mode
         if self.schema_version < 4:  # no digest recorded: unknown, not a difference
             new_j["thresholds_sha256"] = old_j.get("thresholds_sha256")
+        if self.ulysses is None:  # not recorded (schema < 5): unknown, not a difference
+            new_j["ulysses"] = None
         for k in self.RESUME_FIELDS:
             a, b = old_j.get(k), new_j.get(k)
             if k == "config" and isinstance(a, dict) and isinstance(b, dict):
@@ -381,78 +386,3 @@ def video_problem(prompt_dir: PathLike) -> str | None:
     if expected is not None and size != expected:
         return f"{video} has {size} bytes but {folder / META_FILE} says {expected}"
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Lock
-# ---------------------------------------------------------------------------------------------
-
-
-def _open_lock_file(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``RUN_DIR/.lock`` held while a process writes the directory.
-
-    ``acquire`` never waits: a second writer gets :class:`RunDirLocked` naming the holder's pid.
-    A read-only directory can't be locked (nor written): ``acquire`` returns False and the
-    caller may only read. The lock dies with its process (no stale locks after a crash).
-    """
-
-    def __init__(self, run_dir: PathLike) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        """Take the lock; False when the directory is not writable.
-
-        Raises:
-            RunDirLocked: another process holds it.
-        """
-        import fcntl
-
-        try:
-            fd = _open_lock_file(self.path)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                return False
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunDirLocked(
-                f"{self.path.parent} is being written by another generate process (pid "
-                f"{holder}); wait for it to finish, then rerun to resume, or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        """Release the lock (the file stays; it is empty of meaning without a holder)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def writable_dir(path: PathLike) -> bool:
-    """Whether a new file can be created in the existing directory ``path`` (tried, not guessed
-    from permission bits, so it is right for root and read-only mounts)."""
-    probe = Path(path) / f".probe.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}"
-    try:
-        fd = _open_lock_file(probe)
-    except OSError:
-        return False
-    os.close(fd)
-    probe.unlink(missing_ok=True)
-    return True
