@@ -340,11 +340,14 @@ def _generate_prompts(
     pipe.set_progress_bar_config(disable=not show or spec.is_tiny, leave=False, position=1)
     writer = _data_parallel(opts, state)[2] == 0  # sequence-parallel peers write nothing
     if opts.ulysses > 1:
-        from xattn_video.parallel import enable_context_parallel
+        from xattn_video.parallel import enable_context_parallel, make_mesh
 
         try:
-            enable_context_parallel(pipe.transformer, opts.ulysses)
-            check_ulysses_sizes(pipe, height=r["height"], width=r["width"], frames=r["frames"])
+            mesh = make_mesh(opts.ulysses)  # Wan 2.2 A14B: both experts, one mesh
+            for tr in filter(None, (pipe.transformer, getattr(pipe, "transformer_2", None))):
+                enable_context_parallel(tr, opts.ulysses, mesh=mesh)
+            check_ulysses_sizes(pipe, height=r["height"], width=r["width"], frames=r["frames"],
+                                call_kwargs=spec.call_kwargs)  # fmt: skip
         except ValueError as e:
             raise SetupError(f"--ulysses {opts.ulysses}: {e}") from e
     handle = None

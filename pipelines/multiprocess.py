@@ -9,9 +9,10 @@
   diffusers' ``enable_parallelism``) is collective over all processes, so a data-parallel
   group whose prompts are all finished (fewer prompts than groups, or a resume) still sets up
   when any other group has prompts to run, instead of leaving the others waiting forever.
-- :func:`check_ulysses_sizes`: head and video-token counts that the Ulysses degree does not
-  divide, refused before the first video (``ValueError``; ``generate`` turns it into a setup
-  error); the transformer's own check hook still checks the text length at the first forward.
+- :func:`check_ulysses_sizes`: head, video-token and (HunyuanVideo-style transformers, whose
+  text tokens are split too) text-token counts that the Ulysses degree does not divide, refused
+  before the first video (``ValueError``; ``generate`` turns it into a setup error); the
+  transformer's own check hook checks every forward's inputs again.
 - :func:`dense_layout_config`: the XAttention configuration that runs every step dense. Dense
   HunyuanVideo runs under ``--ulysses`` install the XAttention processors with it: diffusers'
   own processor applies the whole-sequence key-padding mask to the rank-interleaved keys,
@@ -58,18 +59,39 @@ def anyone_has_work(n_todo: int, num_processes: int) -> bool:
     return any(count > 0 for count in gather_object([n_todo]))
 
 
-def check_ulysses_sizes(pipe: Any, *, height: int, width: int, frames: int) -> None:
+def text_length(pipe: Any, call_kwargs: dict[str, Any]) -> int | None:
+    """Text tokens per prompt that ``pipe`` gives its transformer: the tiny DiT's condition
+    tokens, else ``max_sequence_length`` (the call's, else the pipeline's default: HunyuanVideo
+    pads every prompt to it); None where the pipeline has neither."""
+    import inspect
+
+    embedder = getattr(pipe, "condition_embedder", None)  # the tiny DiT's: a token per table
+    if embedder is not None and hasattr(embedder, "tables"):
+        return len(embedder.tables)
+    param = inspect.signature(pipe.__call__).parameters.get("max_sequence_length")
+    length = call_kwargs.get("max_sequence_length", None if param is None else param.default)
+    return length if isinstance(length, int) else None
+
+
+def check_ulysses_sizes(
+    pipe: Any, *, height: int, width: int, frames: int, call_kwargs: dict[str, Any]
+) -> None:
     """``ValueError`` when the transformer's Ulysses degree (after ``enable_context_parallel``)
-    does not divide its head count or the video token count of ``height`` x ``width`` x
-    ``frames`` (the VAE's scale factors and the transformer's patch size give the grid)."""
+    does not divide its head count, the video token count of ``height`` x ``width`` x
+    ``frames`` (the VAE's scale factors, none without a VAE, and the transformer's patch size
+    give the grid) or, for a transformer that splits its text tokens too, :func:`text_length`
+    (``call_kwargs``: the pipeline call's own arguments)."""
     from xattn_video.parallel import check_parallel_inputs
 
     tr = pipe.transformer
-    t_scale = int(getattr(pipe, "vae_scale_factor_temporal", 1))
-    s_scale = int(getattr(pipe, "vae_scale_factor_spatial", 8))
+    vae = getattr(pipe, "vae", None) is not None  # the tiny DiT denoises pixels
+    t_scale = int(getattr(pipe, "vae_scale_factor_temporal", 4 if vae else 1))
+    s_scale = int(getattr(pipe, "vae_scale_factor_spatial", 8 if vae else 1))
     grid = ((frames - 1) // t_scale + 1, height // s_scale, width // s_scale)
     latents = torch.empty((1, int(tr.config.in_channels), *grid), device="meta")
-    check_parallel_inputs(tr, latents)
+    length = text_length(pipe, call_kwargs)
+    text = None if length is None else torch.empty((1, length, 1), device="meta")
+    check_parallel_inputs(tr, latents, text)
 
 
 def dense_layout_config(steps: int) -> XAttentionConfig:

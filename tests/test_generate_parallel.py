@@ -82,6 +82,47 @@ def test_heads_the_degree_does_not_divide_exit_2_before_run_json(tmp_path):
     assert not (out / "run.json").exists() and not (out / "00000").exists()
 
 
+_WAN22 = """
+import sys
+import torch.distributed as dist
+from xattn_video.pipelines.generate import GenerateOptions, generate
+from xattn_video.pipelines.tiny.factory import build_tiny_wan_pipeline, wan_transformer
+
+pipe = build_tiny_wan_pipeline()
+pipe.register_modules(transformer_2=wan_transformer(1))
+pipe.register_to_config(boundary_ratio=0.5)  # half the steps on each expert
+seen = {"transformer": set(), "transformer_2": set()}
+for name in seen:
+    getattr(pipe, name).blocks[0].attn1.register_forward_pre_hook(
+        lambda m, a, kw, name=name: seen[name].add(kw.get("hidden_states", a[0]).shape[1]),
+        with_kwargs=True)
+generate(GenerateOptions(model="tiny-wan", prompts=sys.argv[1], out=sys.argv[2],
+                         attention="dense", steps=4, progress=False, ulysses=2), pipe=pipe)
+print(f"rank {dist.get_rank()}:", sorted(seen["transformer"]), sorted(seen["transformer_2"]))
+"""
+
+
+@pytest.mark.slow
+def test_both_experts_of_a_two_expert_wan_run_sequence_parallel(tmp_path):
+    """Wan 2.2 A14B's second expert ran the whole sequence on every rank under --ulysses 2 (no
+    speed-up, no memory split for its steps): both experts see N/2 tokens per rank."""
+    script = tmp_path / "wan22.py"
+    script.write_text(_WAN22)
+    (tmp_path / "p.txt").write_text("a red fox runs\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), str(script), "p.txt", "run"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    lines = sorted(ln for ln in res.stdout.splitlines() if ln.startswith("rank "))
+    assert len(lines) == 2
+    for line in lines:
+        first, second = line.split(": ", 1)[1].split("] [")
+        assert first + "]" == "[" + second, line  # the same per-rank token count
+    assert (tmp_path / "run" / "00000" / "meta.json").is_file()
+
+
 def _barrier_worker(rank: int, init_file: str, default: bool, result_dir: str) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,

@@ -271,6 +271,23 @@ def _errors_worker(rank: int, world: int):
     with pytest.raises(ValueError) as exc:
         direct(**cases["odd_video"])
     msgs["direct_odd_video"] = str(exc.value)
+    # generate's check before the first video: the text length too (it failed at the first
+    # forward, after run.json); the tiny DiT's 3 condition tokens, its pixels without a VAE
+    from xattn_video.pipelines.models import load_pipeline
+    from xattn_video.pipelines.multiprocess import check_ulysses_sizes
+
+    size = dict(height=64, width=64, frames=9)
+    check_ulysses_sizes(pipe, **size, call_kwargs={"max_sequence_length": 32})
+    for name, (p, kw) in {
+        "text_pre": (pipe, {"max_sequence_length": 33}),
+        "tiny_dit": (load_pipeline("tiny", dtype=torch.float32, device="cpu", progress=False), {}),
+    }.items():
+        if name == "tiny_dit":
+            parallel.enable_context_parallel(p.transformer, P)
+        with pytest.raises(ValueError) as exc:
+            check_ulysses_sizes(p, **(size if name == "text_pre" else dict(height=32, width=32,
+                                frames=9)), call_kwargs=kw)  # fmt: skip
+        msgs[name] = str(exc.value)
     budget = tiny_hv_pipeline()  # a max_density budget would be spent per rank's heads
     parallel.enable_context_parallel(budget.transformer, P)
     xv.apply_xattention(budget, tiny_cfg(**CFG, max_density=0.5))
@@ -296,6 +313,8 @@ def test_unsupported_inputs_raise_clear_errors():
         assert "video token count 147" in msgs["direct_odd_video"]
         assert "ring_degree=2" in msgs["ring"]
         assert "max_density=0.5 is not supported under Ulysses" in msgs["budget"]
+        assert "the text length 33" in msgs["text_pre"]
+        assert "the text length 3 " in msgs["tiny_dit"], msgs["tiny_dit"]
 
 
 def test_plan_for_unsupported_model_raises():
