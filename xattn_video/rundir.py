@@ -203,9 +203,10 @@ class RunRecord:
     RESUME_FIELDS += ("frames", "steps", "seed", "fps", "dtype", "prompts", "compile")
     RESUME_FIELDS += ("thresholds_sha256", "ulysses")
     """Fields that must match to resume a run directory (they change the videos or, for
-    ``compile`` and ``ulysses``, what the timings measure). The config is compared field by field, also fields
-    that this config or device ignores (``ratio`` in threshold mode, ``estimate_kernel`` on the
-    CPU): run.json records one config, which must describe every video of the directory."""
+    ``compile`` and ``ulysses``, what the timings measure). The config is compared field by
+    field, also fields that this config or device ignores (``ratio`` in threshold mode,
+    ``estimate_kernel`` on the CPU): run.json records one config, which must describe every
+    video of the directory."""
     LATER_FIELDS = ("compile", "thresholds_sha256", "ulysses")
     """Fields added after schema 1: left out of :meth:`to_json` when None (read from an older
     file), so an old run.json round-trips unchanged."""
