@@ -36,8 +36,9 @@ count is non-zero and nothing is patched.
 
 Not supported (``ValueError``): ring attention (``ring_degree > 1``), ``ulysses_anything``
 (uneven splits), a ``max_density`` budget (:func:`check_parallel_config`), token counts (video
-T'*H'*W', text length) or head counts not divisible by the Ulysses degree, HunyuanVideo-I2V's ``token_replace`` blocks, HunyuanVideo Framepack, context
-parallelism combined with tensor parallelism. The stock ``HunyuanVideoAttnProcessor2_0`` under
+T'*H'*W', text length) or head counts not divisible by the Ulysses degree, HunyuanVideo-I2V's
+``token_replace`` blocks, HunyuanVideo Framepack, context parallelism combined with tensor
+parallelism. The stock ``HunyuanVideoAttnProcessor2_0`` under
 our HunyuanVideo plan is exact only without text padding (it applies the global-order mask to
 the rank-interleaved keys); the XAttention processors handle the layout in both phases.
 """
