@@ -368,7 +368,7 @@ def test_cli_ulysses_two_processes_write_each_prompt_once(tmp_path, monkeypatch)
     for name in dirs:
         meta = json.loads((multi / name / "meta.json").read_text())
         ref = json.loads((single / name / "meta.json").read_text())
-        assert meta["process"] == {"index": 0, "count": 2}  # written by the group's first
+        assert meta["process"] == {"index": 0, "count": 2, "ulysses": 2}  # the group's first
         assert meta["density"]["per_head"] == pytest.approx(ref["density"]["per_head"])
         assert meta["density"]["sparse_density"] < 1
         a, b = (np.load(d / name / "frames.npy").astype(int) for d in (multi, single))
