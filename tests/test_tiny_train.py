@@ -108,6 +108,24 @@ def test_planned_run_repeats_bitwise_with_max_steps_and_counts_clips(tmp_path, m
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
 )
+def test_a_short_max_steps_run_still_decays_its_learning_rate():
+    """With --max-steps at or below the short phase plus calibration (1,530 steps by default) the
+    cosine never started: --max-steps 1000 ended at the peak 4e-4, not 4e-5."""
+    cfg = train_mod.TrainConfig(out="unused")
+    lr_at = train_mod._lr_at
+    peak, low = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    assert lr_at(cfg.warmup_steps - 1, 1000, cfg) == peak
+    assert lr_at(cfg.warmup_steps, 1000, cfg) == peak  # the cosine starts after the warm-up
+    assert lr_at(600, 1000, cfg) == pytest.approx((peak + low) / 2)
+    assert lr_at(999, 1000, cfg) == pytest.approx(low, rel=1e-4)
+    # planned runs (total past the calibration) keep their schedule, whatever the total
+    start = cfg.short_steps + train_mod.CALIBRATION_STEPS[1]
+    for step in (0, 199, 200, 1000, start - 1):
+        assert lr_at(step, start + 1, cfg) == lr_at(step, 5000, cfg) == lr_at(step, 10**9, cfg)
+    assert lr_at(start - 1, 5000, cfg) == peak
+    assert lr_at(4999, 5000, cfg) == pytest.approx(low, rel=1e-4)
+
+
 def test_cuda_without_cuda_is_a_usage_error_not_a_traceback(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_mod.main(["--out", str(tmp_path), "--device", "cuda"])

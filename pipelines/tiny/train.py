@@ -164,10 +164,14 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up, constant through the short-clip phase and the calibration steps after it,
     then cosine to min_lr_ratio at step ``total``. Before the cosine starts the value does not
     depend on ``total``: a planned run (``total`` unknown until the calibration ends) and its
-    ``--max-steps`` repeat follow the same schedule."""
+    ``--max-steps`` repeat follow the same schedule. A ``--max-steps`` run that ends before the
+    calibration steps do starts its cosine after the warm-up, so it still decays (a run no longer
+    than its warm-up never reaches the peak)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     start = max(cfg.warmup_steps, cfg.short_steps + CALIBRATION_STEPS[1])
+    if total <= start:  # it stayed at the peak to the end (4e-4, not 4e-5, at --max-steps 1000)
+        start = cfg.warmup_steps
     if step < start:
         return cfg.lr
     frac = min(1.0, (step - start) / max(1, total - start))
