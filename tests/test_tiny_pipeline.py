@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from xattn_video.pipelines.tiny import synthetic as syn
 from xattn_video.pipelines.tiny.factory import build_tiny_pipeline, random_tiny_pipeline
 from xattn_video.pipelines.tiny.model import TRAIN_FRAMES, TRAIN_HEIGHT, TRAIN_WIDTH
-from xattn_video.pipelines.tiny.pipeline import ASSETS_DIR, load_tiny_pipeline
+from xattn_video.pipelines.tiny.pipeline import ASSETS_DIR, PIPELINE_FILE, load_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,6 +69,30 @@ def test_save_load_round_trip(tmp_path):
     assert half.transformer.dtype == torch.float32
     out16 = half("a cat", generator=torch.Generator().manual_seed(2), **kw).frames
     assert np.abs(out16 - ref).max() < 0.05
+
+
+def test_resaving_a_loaded_pipeline_keeps_its_training_record(tmp_path):
+    """save_pretrained after load wrote tiny_dit.json without the "training" entry."""
+    pipe = random_tiny_pipeline(1, **SMALL)
+    record = {"steps": 123, "final_loss": 0.25}
+    pipe.save_pretrained(tmp_path / "a", extra={"training": record})
+    loaded = load_tiny_pipeline(tmp_path / "a")
+    loaded.save_pretrained(tmp_path / "b")
+    first = json.loads((tmp_path / "a" / PIPELINE_FILE).read_text())
+    again = json.loads((tmp_path / "b" / PIPELINE_FILE).read_text())
+    assert again == first and again["training"] == record
+    loaded.save_pretrained(tmp_path / "c", extra={"training": {"steps": 7}})  # extra wins
+    assert json.loads((tmp_path / "c" / PIPELINE_FILE).read_text())["training"] == {"steps": 7}
+
+
+def test_missing_weights_name_the_folder_to_train_into(tmp_path):
+    """The error told users to train into pipelines/tiny/assets/tiny_dit, not the path given."""
+    where = tmp_path / "my_dit"
+    with pytest.raises(FileNotFoundError) as exc:
+        load_tiny_pipeline(where)
+    assert str(exc.value).endswith(
+        f"Train them with: python -m xattn_video.pipelines.tiny.train --out {where} --minutes 8.5"
+    )
 
 
 def test_save_pretrained_leaves_live_weights_bit_identical(tmp_path):

@@ -53,7 +53,7 @@ ASSETS_DIR = Path(__file__).parent / "assets" / "tiny_dit"
 """Where the trained weights ship (``load_tiny_pipeline()`` with no path reads them)."""
 
 PIPELINE_FILE = "tiny_dit.json"
-TRAIN_COMMAND = "python -m xattn_video.pipelines.tiny.train --out pipelines/tiny/assets/tiny_dit"
+TRAIN_COMMAND = "python -m xattn_video.pipelines.tiny.train"
 
 
 @dataclass
@@ -253,7 +253,8 @@ class TinyVideoPipeline(DiffusionPipeline):
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Write ``tiny_dit.json``, ``transformer/``, ``condition_embedder/`` (safetensors, in
-        ``dtype``; None keeps the current one) and ``scheduler/``."""
+        ``dtype``; None keeps the current one) and ``scheduler/``. ``tiny_dit.json`` keeps the
+        entries a loaded pipeline read (its ``training`` record), then ``extra``'s."""
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         for name in ("transformer", "condition_embedder"):
@@ -271,8 +272,10 @@ class TinyVideoPipeline(DiffusionPipeline):
             "motions": list(MOTIONS),
             "images": list(IMAGES),
             "num_directions": NUM_DIRECTIONS,
-            **(extra or {}),
         }
+        loaded = getattr(self, "meta", None) or {}  # set by from_pretrained
+        meta |= {k: v for k, v in loaded.items() if k not in meta}
+        meta |= extra or {}
         (out / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -294,7 +297,7 @@ class TinyVideoPipeline(DiffusionPipeline):
         if missing:
             raise FileNotFoundError(
                 f"tiny DiT weights not found ({', '.join(missing)} missing). Train them with: "
-                f"{TRAIN_COMMAND} --minutes 8.5"
+                f"{TRAIN_COMMAND} --out {path} --minutes 8.5"
             )
         tr = HunyuanVideoTransformer3DModel.from_pretrained(path / "transformer",
                                                             torch_dtype=torch_dtype)  # fmt: skip
