@@ -35,7 +35,14 @@ from xattn_video.calibrate import CALIBRATION_FIXED
 from xattn_video.config import XAttentionConfig
 
 from .models import MODELS, get_model_spec
-from .options import DTYPES, GenerateOptions, dtype_name_for, load_prompts_or_fail, resolve_options
+from .options import (
+    DTYPES,
+    GenerateOptions,
+    dtype_name_for,
+    flag_name,
+    load_prompts_or_fail,
+    resolve_options,
+)
 
 
 def add_calibrate_args(
@@ -75,7 +82,7 @@ def add_calibrate_args(
         p,
         "XAttention settings of the calibration run (unset flags take the model's preset; "
         "those a calibration fixes are ignored with a warning: "
-        + ", ".join("--" + f.replace("_", "-") for f in CALIBRATION_FIXED)
+        + ", ".join(map(flag_name, CALIBRATION_FIXED))
         + ")",
     )
 
@@ -100,7 +107,7 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         return 0
     if args.model is None:
         raise ValueError("--model is required (unless --retarget)")
-    fixed = ["--" + f.replace("_", "-") for f in CALIBRATION_FIXED if f in overrides]
+    fixed = [flag_name(f) for f in CALIBRATION_FIXED if f in overrides]
     if fixed:
         warnings.warn(
             f"calibrate ignores {', '.join(fixed)}: a calibration keeps every block on every "

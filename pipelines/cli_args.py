@@ -19,7 +19,7 @@ from xattn_video.config import XAttentionConfig, config_fields, field_docs
 
 from .compiling import COMPILE_MODES
 from .models import MODELS, get_model_spec
-from .options import SEED_END
+from .options import SEED_END, flag_name
 
 METRICS = ("psnr", "ssim", "lpips")
 DEMO_PROMPTS = 4
@@ -35,11 +35,6 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------
 # XAttentionConfig <-> flags (1:1, generated from the dataclass)
 # ---------------------------------------------------------------------------------------------
-
-
-def flag_name(field_name: str) -> str:
-    """``warmup_steps`` -> ``--warmup-steps``."""
-    return "--" + field_name.replace("_", "-")
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:

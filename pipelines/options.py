@@ -229,3 +229,8 @@ def check_out(out: Path) -> rundir.RunRecord | None:
             f"can't resume: {e}. Restore it from a copy or choose another --out directory "
             "(without run.json the finished videos' settings can't be checked)"
         ) from None
+
+
+def flag_name(field_name: str) -> str:
+    """The CLI flag of a config field: ``warmup_steps`` -> ``--warmup-steps``."""
+    return "--" + field_name.replace("_", "-")

@@ -80,6 +80,18 @@ def test_fused_ratio_pinned_rows():
     assert got[0, 0].int().tolist() == [[0, 1, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0], [1, 1, 0, 0, 0, 0]]
 
 
+def test_fused_negative_zero_scores_tie_with_zeros():
+    """-0.0 passed the ``s >= 0`` clamp and its int32 pattern (0x80000000) ranked it below every
+    other lane: ratio 0.6 kept blocks 1 and 4 of the zero ties, not 0 and 1 as torch does."""
+    scores = torch.tensor([[[[-0.0, 0.0, -0.0, 2.0, 0.0], [-0.0] * 5]]])
+    got = select_blocks_fused(scores, block_size=16, ratio=0.6)
+    assert got[0, 0].int().tolist() == [[1, 1, 0, 1, 0], [1, 1, 1, 0, 0]]
+    assert torch.equal(got, torch_selection(scores, 16, torch.tensor([80]), None, ratio=0.6))
+    for kw in (dict(threshold=0.9), dict(threshold=0.9, max_density=0.5, min_blocks=2)):
+        got = select_blocks_fused(scores, block_size=16, **kw)
+        assert torch.equal(got, torch_selection(scores, 16, torch.tensor([80]), None, **kw))
+
+
 def test_fused_selection_takes_one_mode():
     scores = torch.rand(1, 1, 2, 2)
     for kw in (dict(), dict(threshold=0.9, ratio=0.3)):

@@ -266,23 +266,35 @@ class Calibrator:
         return data
 
 
-CALIBRATION_FIXED = ("threshold", "selection", "ratio", "max_density", "mask_refresh",
-                     "dense_layers", "dense_kernel", "thresholds_file", "collect_stats",
-                     "auto_dense", "estimate_precision")  # fmt: skip
+_FIXED_VALUES: dict[str, Any] = {
+    "threshold": 1.0,
+    "selection": "threshold",
+    "ratio": None,  # None: has no effect in a calibration, left as set
+    "max_density": 1.0,
+    "mask_refresh": 1,
+    "dense_layers": (),
+    "dense_kernel": None,
+    "thresholds_file": "",
+    "collect_stats": False,
+    "auto_dense": False,
+    "estimate_precision": None,
+}
+"""What :func:`calibration_config` sets: every block kept, every layer sparse, no budget."""
+
+CALIBRATION_FIXED = tuple(_FIXED_VALUES)
 """Config fields a calibration does not take from its config: :func:`calibration_config` fixes
-them (every block kept, every step and layer sparse, so no dense kernel runs), and the estimate
-it measures is the bf16 one (:func:`.attention.block_scores`; a file serves both estimate
-precisions, whose masks agree up to near-ties). ``warmup_steps`` / ``dense_last_steps`` only
-choose the steps measured."""
+them (every block kept, every step and layer sparse, so no dense kernel runs and ``ratio`` has no
+effect), and the estimate it measures is the bf16 one (:func:`.attention.block_scores`; a file
+serves both estimate precisions, whose masks agree up to near-ties). ``warmup_steps`` /
+``dense_last_steps`` only choose the steps measured."""
 
 
 def calibration_config(cfg: XAttentionConfig) -> XAttentionConfig:
     """The config the calibration runs with: ``cfg``'s estimate settings, every step and layer
     through the sparse path (no cost-model dense calls: ``auto_dense`` off), all blocks kept
     (exact attention), no budget or thresholds file (:data:`CALIBRATION_FIXED`)."""
-    return cfg.replace(threshold=1.0, selection="threshold", warmup_steps=0, dense_last_steps=0,
-                       dense_layers=(), mask_refresh=1, max_density=1.0, thresholds_file="",
-                       collect_stats=False, auto_dense=False)  # fmt: skip
+    fixed = {k: v for k, v in _FIXED_VALUES.items() if v is not None}
+    return cfg.replace(warmup_steps=0, dense_last_steps=0, **fixed)
 
 
 def calibrate_pipeline(

@@ -124,9 +124,10 @@ if HAS_TRITON:
             mask=valid,
             other=0.0,
         )
-        # NaN (from non-finite input: its mask is unspecified) or negative -> 0: every block's
-        # bit pattern is then >= 0 and orders as its score does; -1 marks lanes past the row
-        s = tl.where(s >= 0.0, s, 0.0)
+        # NaN (from non-finite input: its mask is unspecified), negative or -0.0 -> +0.0: every
+        # block's bit pattern is then >= 0 and orders as its score does (-0.0's would be
+        # negative, below every other lane); -1 marks lanes past the row
+        s = tl.where(s > 0.0, s, 0.0)
         bits = tl.where(in_row, s.to(tl.int32, bitcast=True), -1)
         val = s.to(tl.float64)
         total = tl.sum(val, 0)
