@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import xattn_video as xv
 from xattn_video import library
 from xattn_video.kernels._common import interpreter_enabled
 from xattn_video.kernels.estimate import estimate_block_scores_ref
@@ -216,3 +217,17 @@ def test_no_op_argument_shadows_inductors_fallback_parameters():
     for name in sorted(names):
         clash = {a.name for a in getattr(namespace, name).default._schema.arguments} & reserved
         assert not clash, f"xattn_video::{name} has arguments named {clash}"
+
+
+@pytest.mark.parametrize(
+    ("value", "on"), [("1", True), ("TRUE", True), ("on", True), ("false", False), ("off", False)]
+)
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch, value, on):
+    """TRITON_INTERPRET=false meant "interpreter on" to us and "off" to Triton: CPU calls then
+    skipped the torch fallback / the clear error and crashed in Triton ("0 active drivers")."""
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpreter_enabled() is on
+    if not on:
+        q, mask = torch.zeros(1, 1, 16, 16), torch.ones(1, 1, 1, 1, dtype=torch.bool)
+        with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+            xv.block_sparse_attention(q, q, q, mask, block_size=16, backend="triton")

@@ -113,6 +113,13 @@ def test_bad_inputs_raise():
         rms_norm_rope(x, w, 1e-6, out=torch.empty(1, 8, 2, 16))
 
 
+def test_rotary_none_with_rope_tokens_is_the_kernels_value_error():
+    """qk_prep.norm_rope(rotary=None, n_rope=4) raised "Value after * must be an iterable"."""
+    x = torch.zeros(1, 4, 2, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"cos must be \(4, 16\) of torch.float32, got None"):
+        qk_prep.norm_rope(x, None, 1e-6, None, 4)
+
+
 def test_not_fused_off_cuda():
     x = torch.zeros(1, 4, 2, 16, dtype=torch.bfloat16)
     assert not qk_prep.fused_available(x, None, None, 0)  # CPU: the processors keep diffusers'.

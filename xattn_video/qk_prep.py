@@ -24,7 +24,8 @@ __all__ = ["fused_available", "norm_rope", "wan_rotary"]
 
 
 def _cos_sin(rotary, n_rope: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    return rotary if n_rope else (None, None)
+    # rotary None with n_rope > 0: (None, None), which the kernel entry refuses by name
+    return rotary if n_rope and rotary is not None else (None, None)
 
 
 def fused_available(

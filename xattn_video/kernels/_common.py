@@ -42,9 +42,15 @@ def check_precision(precision: str, name: str = "precision") -> None:
         raise ValueError(f"{name} must be 'bf16' or 'fp8', got {precision!r}")
 
 
+_TRUE_WORDS = ("1", "true", "yes", "on", "y")
+
+
 def interpreter_enabled() -> bool:
-    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton kernels run in the CPU interpreter: ``TRITON_INTERPRET`` read as Triton
+    reads it (``1`` / ``true`` / ``yes`` / ``on`` / ``y``, any case; ``false`` or ``2`` is off)."""
+    if HAS_TRITON and hasattr(triton, "knobs"):  # Triton >= 3.4: its own reading
+        return bool(triton.knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE_WORDS
 
 
 def triton_usable(t: torch.Tensor) -> bool:
