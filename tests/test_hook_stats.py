@@ -406,6 +406,76 @@ def test_a_transformer_run_by_another_pipeline_counts_its_steps(pipe_a_ran):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("model", ["wan", "hv"])
+@pytest.mark.parametrize("stop", ["raise", "raise-in-step", "interrupt"])
+def test_a_pipeline_stopped_part_way_does_not_count_another_pipelines_steps(stop, model):
+    """Applied through pipe_a; a call of pipe_a stopped at step 2 of 4 (a callback that raised,
+    or diffusers' ``pipe._interrupt``) left its scheduler mid-run, so every forward of pipe_b
+    (same transformer, own scheduler) was counted as pipe_a's step 2 or 3: no warm-up, one
+    branch repeated, masks reused from pipe_a's call. Now pipe_b counts as if run alone.
+    "raise-in-step": it raised inside the step's last transformer forward."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        UniPCMultistepScheduler,
+        WanPipeline,
+    )
+
+    from ._tiny_models import hv_inputs, tiny_hv_pipeline, tiny_wan_pipeline, wan_inputs
+
+    cfg = cfg_(threshold=0.5, warmup_steps=2, mask_refresh=4)
+    rows = lambda recs: [(r.step, r.branch, r.sparse, r.reused) for r in recs]  # noqa: E731
+    inputs = wan_inputs if model == "wan" else hv_inputs
+
+    def pipes():
+        if model == "wan":
+            pipe_a = tiny_wan_pipeline()
+            sched = UniPCMultistepScheduler.from_config(pipe_a.scheduler.config)
+            pipe_b = WanPipeline(**{**pipe_a.components, "scheduler": sched})
+        else:
+            pipe_a = tiny_hv_pipeline()
+            sched = FlowMatchEulerDiscreteScheduler(shift=7.0)
+            pipe_b = HunyuanVideoPipeline(**{**pipe_a.components, "scheduler": sched})
+        pipe_b.set_progress_bar_config(disable=True)
+        return pipe_a, pipe_b
+
+    def at_step_2(pipe, i, t, kwargs):
+        if i == 2 and stop == "raise":
+            raise KeyboardInterrupt
+        if i == 2 and stop == "interrupt":
+            pipe._interrupt = True
+        return {}
+
+    def raise_in_step_3(module, args, kwargs):
+        if pipe_a.scheduler.step_index == 3:
+            raise KeyboardInterrupt
+
+    pipe_a, pipe_b = pipes()
+    with xv.apply_xattention(pipe_a, cfg) as handle, torch.no_grad():
+        want = pipe_b(**inputs(steps=4)).frames
+        want_rows = rows(handle.stats.records)
+    pipe_a, pipe_b = pipes()
+    with xv.apply_xattention(pipe_a, cfg) as handle, torch.no_grad():
+        tr = pipe_a.transformer
+        blocks = tr.transformer_blocks if model == "hv" else tr.blocks
+        pre = blocks[-1].register_forward_pre_hook(raise_in_step_3, with_kwargs=True)
+        if stop != "raise-in-step":
+            pre.remove()
+        try:
+            pipe_a(**inputs(steps=4), callback_on_step_end=at_step_2)
+        except KeyboardInterrupt:
+            pass
+        pre.remove()
+        assert pipe_a.scheduler.step_index == 3
+        handle.stats.reset()
+        got = pipe_b(**inputs(steps=4)).frames
+        got_rows = rows(handle.stats.records)
+    assert got_rows == want_rows
+    branches = ("cond", "uncond") if model == "wan" else ("cond",)
+    assert {r[:3] for r in want_rows} == {(s, b, s >= 2) for s in range(4) for b in branches}
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_auto_dense_decides_each_wan22_expert_on_its_own(monkeypatch):
     """One controller for Wan 2.2's two experts (same layer numbers): expert 2 inherited expert
     1's dense-for-cost decisions and densities, so it ran dense without being measured. Stand-in

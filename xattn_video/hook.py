@@ -11,8 +11,9 @@ before every transformer forward:
   ``scheduler.step`` the position is its ``begin_index``, else where the forward's timestep
   sits in ``timesteps``; a controller first run after a ``scheduler.step`` -- Wan 2.2's
   ``transformer_2`` with its own -- reads the start from :mod:`xattn_video.schedule`) -- the
-  same value for both forwards of a true-CFG step (a scheduler whose run is over is ignored:
-  another pipeline object runs the transformer); else the ``step_index`` of the diffusers
+  same value for both forwards of a true-CFG step (a scheduler whose run is over, or whose
+  pipeline's call ended or raised part-way, is ignored: another pipeline object runs the
+  transformer); else the ``step_index`` of the diffusers
   cache context when the pipeline sets one (Wan does); else **timestep matching** (bare
   transformer): a new ``float(timestep.max())`` advances the step, a repeated one (the second
   CFG forward) does not, a larger one starts a new run at step 0;
@@ -65,12 +66,12 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
+from . import schedule
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
-from .schedule import call_start, idle, scheduler_getter_for, scheduler_index, timestep_value
 from .sparse_path import MaskCache, TileOrders
 from .stats import XAttentionStats
-from .targets import target_layers
+from .targets import target_layers, transformer_patch_size
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class XAttentionController:
         self.auto_dense = AutoDense(cfg, self.stats)
         self.stats.reason_of = self.dense_reason  # read when a forward's records are closed
         self._warned_no_num_steps = False
+        self._stopped = schedule.StoppedCalls()
         self.reset()
 
     # -- per-run state ------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class XAttentionController:
         hidden_states: torch.Tensor | None = None,
         context: CacheContext | None = None,
         scheduler: Any = None,
+        loop_t: Any = None,
         patch_size: tuple[int, int, int] | None = None,
         input_size: tuple | None = None,
     ) -> None:
@@ -137,15 +140,22 @@ class XAttentionController:
 
         timestep: scalar, (B,) or (B, N) (Wan 2.2 per-token); hidden_states: [B, C, T, H, W];
         context: the diffusers cache context (may be None); scheduler: the pipeline's scheduler
-        when known (its ``step_index`` is authoritative); input_size: the transformer and the
+        when known (its ``step_index`` is authoritative); loop_t: its ``_current_timestep``
+        (:class:`~xattn_video.schedule.StoppedCalls`); input_size: the transformer and the
         shapes of the forward's inputs (``auto_dense`` decides again when they change).
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
-        if scheduler is not None and idle(scheduler):
+        if scheduler is not None and schedule.idle(scheduler):
             scheduler = None  # another pipeline runs the transformer: context / timesteps
+        elif scheduler is not None and self._stopped.stopped(
+            loop_t, scheduler, context.name if context is not None else None
+        ):
+            scheduler = None  # the pipeline raised part-way; another one runs the transformer
+            if self._timesteps is not None:
+                self.reset()  # its call's steps and masks are not this one's
         if scheduler is not None:
-            index = scheduler_index(scheduler, timestep)
+            index = schedule.scheduler_index(scheduler, timestep)
             timesteps = getattr(scheduler, "timesteps", None)
             last = self._last_index
             if self._last_step is not None and (
@@ -155,7 +165,9 @@ class XAttentionController:
                 self.reset()  # set_timesteps ran: a new pipeline call
             self._timesteps = timesteps  # held, so a new tensor can't reuse its identity
             if index is not None and self._start_index is None:  # where this call started
-                self._start_index = call_start(scheduler, index, first=self._last_step is None)
+                self._start_index = schedule.call_start(
+                    scheduler, index, first=self._last_step is None
+                )
             self._last_index = index
             start = self._start_index or 0
             step = index - start if index is not None else 0
@@ -226,7 +238,7 @@ class XAttentionController:
         """Step from the timestep sequence: new value -> next step, repeat -> same, larger -> 0."""
         if timestep is None:
             return self._last_step if self._last_step is not None else 0
-        t = timestep_value(timestep)
+        t = schedule.timestep_value(timestep)
         last = self._last_t
         if last is None or self._last_step is None:
             step = 0
@@ -274,9 +286,9 @@ class _NoState(BaseState):
 class XAttentionStepHook(ModelHook):
     """Stateful transformer hook: calls ``controller.begin_forward`` before every forward.
 
-    scheduler_getter: returns the pipeline's current scheduler (or None); patch_size:
-    (p_t, p_h, p_w) of the transformer, for the latent grid; owner: the application that
-    attached it (an object with ``remove()``, e.g. ``XAttentionHandle``), or None.
+    scheduler_getter: the pipeline's (scheduler, loop ``t``) (``schedule.scheduler_getter_for``);
+    patch_size: (p_t, p_h, p_w) of the transformer, for the latent grid; owner: the application
+    that attached it (an object with ``remove()``, e.g. ``XAttentionHandle``), or None.
     """
 
     _is_stateful = True
@@ -285,7 +297,7 @@ class XAttentionStepHook(ModelHook):
         self,
         controller: XAttentionController,
         *,
-        scheduler_getter: Callable[[], Any] | None = None,
+        scheduler_getter: Callable[[], tuple[Any, Any]] | None = None,
         patch_size: tuple[int, int, int] | None = None,
         owner: Any = None,
     ) -> None:
@@ -321,11 +333,13 @@ class XAttentionStepHook(ModelHook):
         # auto_dense decides per input size and transformer (Wan 2.2's experts share layer
         # numbers, not their densities or costs)
         size = (id(module), *(x.shape for x in (hidden_states, ehs) if isinstance(x, torch.Tensor)))
+        scheduler, loop_t = self.scheduler_getter() if self.scheduler_getter else (None, None)
         self.controller.begin_forward(
             timestep=timestep,
             hidden_states=hidden_states if isinstance(hidden_states, torch.Tensor) else None,
             context=context,
-            scheduler=self.scheduler_getter() if self.scheduler_getter is not None else None,
+            scheduler=scheduler,
+            loop_t=loop_t,
             patch_size=self.patch_size,
             input_size=size,
         )
@@ -335,17 +349,6 @@ class XAttentionStepHook(ModelHook):
         self.state_manager.reset()
         self.controller.reset()
         return module
-
-
-def transformer_patch_size(transformer: torch.nn.Module) -> tuple[int, int, int] | None:
-    """(p_t, p_h, p_w) from a diffusers video transformer's config, or None if unknown."""
-    config = getattr(transformer, "config", None)
-    p = getattr(config, "patch_size", None)
-    if p is None:
-        return None
-    if isinstance(p, (tuple, list)):
-        return tuple(int(x) for x in p) if len(p) == 3 else None
-    return (int(getattr(config, "patch_size_t", 1) or 1), int(p), int(p))
 
 
 def attach_step_hook(
@@ -375,7 +378,7 @@ def attach_step_hook(
     controller.layers.update(layers)
     hook = XAttentionStepHook(
         controller,
-        scheduler_getter=scheduler_getter_for(pipe),
+        scheduler_getter=schedule.scheduler_getter_for(pipe),
         patch_size=transformer_patch_size(transformer),
         owner=owner,
     )

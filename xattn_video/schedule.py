@@ -1,7 +1,8 @@
 """Where a diffusers pipeline is in its denoising schedule, read from its scheduler.
 
 :func:`scheduler_getter_for` reads ``pipe.scheduler`` at call time (pipelines may swap their
-scheduler between calls); :func:`scheduler_index` is the scheduler's position in its
+scheduler between calls), and only while the pipeline runs its denoising loop (a call that raised
+part-way: :class:`StoppedCalls`); :func:`scheduler_index` is the scheduler's position in its
 ``timesteps`` for the transformer forward about to run; :func:`timestep_value` the one number
 a forward's timestep stands for. The step hook (:mod:`xattn_video.hook`) counts a call's steps
 from them, from the call's start (:func:`call_start`), which is shared per scheduler: a
@@ -22,17 +23,65 @@ from typing import Any
 import torch
 
 
-def scheduler_getter_for(pipe: Any) -> Callable[[], Any] | None:
-    """A callable returning ``pipe.scheduler`` at call time (weakly referenced; None if no pipe)."""
+def scheduler_getter_for(pipe: Any) -> Callable[[], tuple[Any, Any]] | None:
+    """A callable returning ``(pipe.scheduler, pipe._current_timestep)`` at call time (weakly
+    referenced; None if no pipe). diffusers pipelines set ``_current_timestep`` to the loop's
+    ``t`` before a step's forwards and to None when the call ends (also when a callback stopped
+    it with ``pipe._interrupt``): while it is None the pipeline runs no denoising loop, so the
+    scheduler is None too, whatever its position. A pipeline without the attribute gives
+    ``(scheduler, None)``."""
     if pipe is None:
         return None
     ref = weakref.ref(pipe)
 
-    def get() -> Any:
+    def get() -> tuple[Any, Any]:
         p = ref()
-        return getattr(p, "scheduler", None) if p is not None else None
+        if p is None:
+            return None, None
+        loop_t = getattr(p, "_current_timestep", _MISSING)
+        if loop_t is None:
+            return None, None
+        return getattr(p, "scheduler", None), None if loop_t is _MISSING else loop_t
 
     return get
+
+
+_MISSING = object()
+
+
+class StoppedCalls:
+    """Tells a pipeline call that raised part-way from a running one, without a device read.
+
+    A running denoising loop sets ``pipe._current_timestep`` to a new tensor object every step;
+    a call that raised keeps its last one, and its scheduler stays mid-run, so the forwards of
+    another pipeline object sharing the transformer would be counted as that step. The loop's
+    ``t`` is stopped when, at a forward, it is the object of the last forward but the
+    scheduler's ``step_index`` moved on (it raised after ``scheduler.step``) or the cache
+    context's branch (``"cond"``) already ran at it (it raised during the step). Not detected:
+    a call that raised during a step, for a pipeline that sets no cache context names.
+    """
+
+    def __init__(self) -> None:
+        self._t: Any = None  # the loop's t of the last forward, its step_index and branches
+        self._index: int | None = None
+        self._branches: set[str] = set()
+        self._stopped: Any = None
+
+    def stopped(self, loop_t: Any, scheduler: Any, branch: str | None) -> bool:
+        """Whether ``loop_t`` (``pipe._current_timestep``; None: unknown) is a stopped call's."""
+        if loop_t is None:
+            return False
+        if loop_t is self._stopped:
+            return True
+        index = getattr(scheduler, "step_index", None)
+        if loop_t is self._t and (index != self._index or branch in self._branches):
+            self._stopped = loop_t
+            return True
+        if loop_t is not self._t:
+            self._t, self._index, self._branches = loop_t, index, set()
+        if branch is not None:
+            self._branches.add(branch)
+        return False
 
 
 def finished(scheduler: Any) -> bool:

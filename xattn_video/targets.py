@@ -96,13 +96,21 @@ def model_family(transformer: torch.nn.Module, model: str | None = None) -> str:
     """The family of ``transformer`` (its class or a supported base class).
 
     model: an expected family (see ``FAMILY_ALIASES``), checked against the detected one.
-    Raises ``ValueError`` naming the class and the supported ones, or the mismatch.
+    Raises ``ValueError`` naming the class and the supported ones, or the mismatch, or saying
+    to apply before ``torch.compile`` for a compiled wrapper (``OptimizedModule``).
     """
     detected = None
     for cls in type(transformer).__mro__:
         if cls.__name__ in MODEL_FAMILIES:
             detected = MODEL_FAMILIES[cls.__name__]
             break
+    inner = getattr(transformer, "_orig_mod", None)  # torch.compile's OptimizedModule wrapper
+    if detected is None and isinstance(inner, torch.nn.Module):
+        raise ValueError(
+            f"{type(inner).__name__} is wrapped by torch.compile: apply XAttention to the "
+            "uncompiled transformer, then compile it in place (transformer.compile()) or under "
+            "the step hook (xattn_video.hook.compile_below_hook)"
+        )
     if detected is None:
         raise ValueError(
             f"XAttention does not support {type(transformer).__name__}; supported transformers: "
@@ -135,3 +143,14 @@ def supports_tile_order(transformer: torch.nn.Module) -> bool:
     """False for transformers whose video tokens form no single (T, H, W) grid."""
     names = {cls.__name__ for cls in type(transformer).__mro__}
     return not any(names & set(t.raster_only) for t in TARGETS.values())
+
+
+def transformer_patch_size(transformer: torch.nn.Module) -> tuple[int, int, int] | None:
+    """(p_t, p_h, p_w) from a diffusers video transformer's config, or None if unknown."""
+    config = getattr(transformer, "config", None)
+    p = getattr(config, "patch_size", None)
+    if p is None:
+        return None
+    if isinstance(p, (tuple, list)):
+        return tuple(int(x) for x in p) if len(p) == 3 else None
+    return (int(getattr(config, "patch_size_t", 1) or 1), int(p), int(p))
