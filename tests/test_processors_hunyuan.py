@@ -460,6 +460,33 @@ def test_attention_backend_setting_is_carried_over():
         assert procs and all(p._attention_backend == "_native_math" for p in procs)
 
 
+def test_an_attention_backend_set_while_applied_is_kept_after_remove():
+    """remove() put back the original processors with their old backend: only the layers
+    XAttention did not replace kept the backend the user set meanwhile."""
+    pipe = tiny_hv_pipeline()
+    handle = xv.apply_xattention(pipe, cfg_())
+    for p in pipe.transformer.attn_processors.values():  # what set_attention_backend writes
+        p._attention_backend = "_native_math"
+    handle.remove()
+    backends = [
+        getattr(p, "_attention_backend", None) for p in pipe.transformer.attn_processors.values()
+    ]
+    assert len(backends) > 1 and set(backends) == {"_native_math"}
+
+
+def test_a_torch_compile_wrapper_is_refused_with_how_to_compile():
+    """pipe.transformer = torch.compile(pipe.transformer) was refused as "XAttention does not
+    support OptimizedModule", as if the model were unsupported."""
+    pipe = tiny_hv_pipeline()
+    pipe.transformer = torch.compile(pipe.transformer)
+    for target in (pipe, pipe.transformer):
+        with pytest.raises(ValueError, match=(
+            r"^HunyuanVideoTransformer3DModel is wrapped by torch.compile: apply XAttention to the "
+            r"uncompiled transformer, then compile it in place \(transformer.compile\(\)\)"
+        )):  # fmt: skip
+            xv.apply_xattention(target, cfg_())
+
+
 @torch.no_grad()
 def test_framepack_without_grid_orders(monkeypatch):
     tr = tiny_framepack_transformer()

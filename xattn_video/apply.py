@@ -106,6 +106,7 @@ class XAttentionHandle:
             return
         for module, original in self._originals:
             if getattr(module.processor, "controller", None) is self.controller:
+                _carry_backend(module.processor, original)  # set while applied: kept
                 module.set_processor(original)
         for tr in self.transformers:
             if current_owner(tr) is self:
@@ -141,6 +142,14 @@ class XAttentionProcessors(dict):
     def remove(self) -> None:
         """``handle.remove()``: original processors back (if installed), step hook removed."""
         self.handle.remove()
+
+
+def _carry_backend(src: Any, dst: Any) -> None:
+    """Copy the attention backend / parallel config that diffusers' ``set_attention_backend`` /
+    ``enable_parallelism`` set on processor ``src`` (instance attributes) to ``dst``."""
+    for attr in ("_attention_backend", "_parallel_config"):
+        if attr in vars(src):
+            setattr(dst, attr, getattr(src, attr))
 
 
 def _transformers_of(pipe_or_transformer: Any) -> tuple[Any, list[torch.nn.Module]]:
@@ -334,9 +343,7 @@ def _apply(
             handle.transformers.append(tr)
             for path, module, layer in targets:
                 proc = cls(controller=controller, layer=layer)
-                for attr in ("_attention_backend", "_parallel_config"):
-                    if attr in vars(module.processor):  # set per instance by set_attention_backend
-                        setattr(proc, attr, getattr(module.processor, attr))
+                _carry_backend(module.processor, proc)
                 new[f"{path}.processor"] = proc
                 handle._originals.append((module, module.processor))
                 if install:
