@@ -23,6 +23,7 @@ from _common import profile_one_call  # noqa: E402
 
 from xattn_video.kernels.select import mask_to_indices, select_blocks
 from xattn_video.kernels.sparse_attention_gluon import block_sparse_attention_gluon
+from xattn_video.kernels.tuning import gluon_stages, gpu_name
 from xattn_video.op_checks import PRECISIONS
 
 
@@ -32,7 +33,12 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--density", type=float, default=0.1)
     p.add_argument("--precision", choices=PRECISIONS, default="bf16")
-    p.add_argument("--stages", type=int, default=None, help="ring depth (default 2 bf16, 3 fp8)")
+    p.add_argument(
+        "--stages",
+        type=int,
+        default=None,
+        help="ring depth (default: what the op runs on this GPU)",
+    )
     args = p.parse_args(argv)
     n, H = args.n, args.heads
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -40,7 +46,7 @@ def main(argv=None) -> None:
     nb = math.ceil(n / 128)
     scores = torch.rand(1, H, nb, nb, device="cuda", generator=g)
     counts, idx = mask_to_indices(select_blocks(scores, block_size=128, ratio=args.density, n_k=n))
-    stages = args.stages or (2 if args.precision == "bf16" else 3)
+    stages = args.stages or gluon_stages(gpu_name(q), 128, args.precision)  # as the op does
     kw = dict(block_size=128, stages=stages, precision=args.precision)
     profile_one_call(lambda: block_sparse_attention_gluon(q, k, v, counts, idx, **kw))
 
