@@ -476,6 +476,33 @@ def test_a_pipeline_stopped_part_way_does_not_count_another_pipelines_steps(stop
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("a_stopped", [False, True])
+def test_a_pipeline_sharing_the_scheduler_is_counted_by_it(a_stopped):
+    """pipe_b built from pipe_a's components, scheduler included: once pipe_a had run (its
+    _current_timestep None), pipe_b's forwards lost the scheduler, so dense_last_steps was
+    ignored and pipe_b's last step ran sparse. Also after pipe_a was stopped by _interrupt."""
+    from diffusers import HunyuanVideoPipeline
+
+    from ._tiny_models import hv_inputs, tiny_hv_pipeline
+
+    cfg = cfg_(threshold=0.5, warmup_steps=1, dense_last_steps=1)
+    pipe_a = tiny_hv_pipeline()
+    pipe_b = HunyuanVideoPipeline(**pipe_a.components)
+    pipe_b.set_progress_bar_config(disable=True)
+    rows = lambda h: sorted({(r.step, r.sparse) for r in h.stats.records})  # noqa: E731
+
+    def stop_at_1(pipe, i, t, kwargs):
+        if i == 1 and a_stopped:
+            pipe._interrupt = True
+        return {}
+
+    with xv.apply_xattention(pipe_a, cfg) as handle, torch.no_grad():
+        pipe_a(**hv_inputs(steps=4), callback_on_step_end=stop_at_1)
+        handle.stats.reset()
+        pipe_b(**hv_inputs(steps=4))
+        assert rows(handle) == [(0, False), (1, True), (2, True), (3, False)]
+
+
 def test_auto_dense_decides_each_wan22_expert_on_its_own(monkeypatch):
     """One controller for Wan 2.2's two experts (same layer numbers): expert 2 inherited expert
     1's dense-for-cost decisions and densities, so it ran dense without being measured. Stand-in

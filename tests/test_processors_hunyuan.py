@@ -485,6 +485,8 @@ def test_a_torch_compile_wrapper_is_refused_with_how_to_compile():
             r"uncompiled transformer, then compile it in place \(transformer.compile\(\)\)"
         )):  # fmt: skip
             xv.apply_xattention(target, cfg_())
+    with pytest.raises(ValueError, match="^XAttention does not support Linear; supported"):
+        xv.apply_xattention(torch.compile(torch.nn.Linear(2, 2)))
 
 
 @torch.no_grad()

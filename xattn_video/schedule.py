@@ -22,14 +22,17 @@ from typing import Any
 
 import torch
 
+_UNSET = object()
+ENDED = object()
+"""The loop ``t`` :func:`scheduler_getter_for` gives for a pipeline whose call is over."""
+
 
 def scheduler_getter_for(pipe: Any) -> Callable[[], tuple[Any, Any]] | None:
-    """A callable returning ``(pipe.scheduler, pipe._current_timestep)`` at call time (weakly
-    referenced; None if no pipe). diffusers pipelines set ``_current_timestep`` to the loop's
-    ``t`` before a step's forwards and to None when the call ends (also when a callback stopped
-    it with ``pipe._interrupt``): while it is None the pipeline runs no denoising loop, so the
-    scheduler is None too, whatever its position. A pipeline without the attribute gives
-    ``(scheduler, None)``."""
+    """A callable returning ``(pipe.scheduler, loop t)`` at call time (weakly referenced; None if
+    no pipe). The loop ``t`` is ``pipe._current_timestep``: diffusers pipelines set it to the
+    loop's ``t`` before a step's forwards and to None when the call ends (also when a callback
+    stopped it with ``pipe._interrupt``), given as :data:`ENDED`; None when the pipeline does
+    not set it (see :class:`StoppedCalls`)."""
     if pipe is None:
         return None
     ref = weakref.ref(pipe)
@@ -38,37 +41,48 @@ def scheduler_getter_for(pipe: Any) -> Callable[[], tuple[Any, Any]] | None:
         p = ref()
         if p is None:
             return None, None
-        loop_t = getattr(p, "_current_timestep", _MISSING)
+        loop_t = getattr(p, "_current_timestep", _UNSET)
         if loop_t is None:
-            return None, None
-        return getattr(p, "scheduler", None), None if loop_t is _MISSING else loop_t
+            loop_t = ENDED
+        elif loop_t is _UNSET:
+            loop_t = None
+        return getattr(p, "scheduler", None), loop_t
 
     return get
 
 
-_MISSING = object()
-
-
 class StoppedCalls:
-    """Tells a pipeline call that raised part-way from a running one, without a device read.
+    """Tells whether a pipeline's scheduler describes the forward about to run when the
+    pipeline's call was stopped part-way, without a device read.
 
-    A running denoising loop sets ``pipe._current_timestep`` to a new tensor object every step;
-    a call that raised keeps its last one, and its scheduler stays mid-run, so the forwards of
-    another pipeline object sharing the transformer would be counted as that step. The loop's
-    ``t`` is stopped when, at a forward, it is the object of the last forward but the
-    scheduler's ``step_index`` moved on (it raised after ``scheduler.step``) or the cache
-    context's branch (``"cond"``) already ran at it (it raised during the step). Not detected:
-    a call that raised during a step, for a pipeline that sets no cache context names.
+    A running denoising loop sets ``pipe._current_timestep`` to a new tensor object every step.
+    A call stopped with ``pipe._interrupt`` ends it (None, :data:`ENDED`) with its scheduler
+    mid-run; one that raised keeps its last ``t``. Either way the forwards of another pipeline
+    object sharing the transformer would be counted as that step. The scheduler is stale
+
+    - after the call ended, while its ``timesteps`` are still the ones of the last forward of a
+      running call (another pipeline sharing the scheduler set up a new run: not stale);
+    - when the loop's ``t`` is the object of the last forward but the scheduler's
+      ``step_index`` moved on (it raised after ``scheduler.step``) or the cache context's
+      branch (``"cond"``) already ran at it (it raised during the step).
+
+    Not detected: a call that raised during a step, for a pipeline that sets no cache context
+    names.
     """
 
     def __init__(self) -> None:
         self._t: Any = None  # the loop's t of the last forward, its step_index and branches
         self._index: int | None = None
         self._branches: set[str] = set()
+        self._timesteps: Any = None  # the scheduler's timesteps then
         self._stopped: Any = None
 
     def stopped(self, loop_t: Any, scheduler: Any, branch: str | None) -> bool:
-        """Whether ``loop_t`` (``pipe._current_timestep``; None: unknown) is a stopped call's."""
+        """Whether ``scheduler`` is a stopped call's; ``loop_t``: from
+        :func:`scheduler_getter_for` (None: unknown, never stopped)."""
+        timesteps = getattr(scheduler, "timesteps", None)
+        if loop_t is ENDED:
+            return timesteps is self._timesteps
         if loop_t is None:
             return False
         if loop_t is self._stopped:
@@ -81,6 +95,7 @@ class StoppedCalls:
             self._t, self._index, self._branches = loop_t, index, set()
         if branch is not None:
             self._branches.add(branch)
+        self._timesteps = timesteps
         return False
 
 

@@ -106,6 +106,7 @@ def model_family(transformer: torch.nn.Module, model: str | None = None) -> str:
             break
     inner = getattr(transformer, "_orig_mod", None)  # torch.compile's OptimizedModule wrapper
     if detected is None and isinstance(inner, torch.nn.Module):
+        model_family(inner)  # an unsupported model: say so, not how to compile it
         raise ValueError(
             f"{type(inner).__name__} is wrapped by torch.compile: apply XAttention to the "
             "uncompiled transformer, then compile it in place (transformer.compile()) or under "
