@@ -15,7 +15,10 @@ Installed as ``xattn_video.pipelines`` (the folder sits at the repo root). Modul
 - ``cli``, ``cli_args``, ``calibrate_cli``: ``xattn-video generate | compare | demo |
   calibrate`` and ``generate-video``, with flags generated from ``XAttentionConfig``.
 
-Not supported: image-to-video, Wan 2.2 two-expert checkpoints, CPU offload (see ``models``).
+Not supported: image-to-video, CPU offload (see ``models``). A two-expert Wan 2.2 text-to-video
+folder loads with ``--model wan --model-path DIR`` (both experts get XAttention, sequence
+parallelism and ``--compile``; per-head thresholds files are refused for it), without a preset
+or a default checkpoint of its own.
 """
 
 from .models import MODELS, ModelSpec, get_model_spec, load_pipeline

@@ -339,12 +339,13 @@ def _generate_prompts(
     # the pipeline's own bar over the steps: only for real models (tiny steps are short)
     pipe.set_progress_bar_config(disable=not show or spec.is_tiny, leave=False, position=1)
     writer = _data_parallel(opts, state)[2] == 0  # sequence-parallel peers write nothing
+    experts = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t]
     if opts.ulysses > 1:
         from xattn_video.parallel import enable_context_parallel, make_mesh
 
         try:
             mesh = make_mesh(opts.ulysses)  # Wan 2.2 A14B: both experts, one mesh
-            for tr in filter(None, (pipe.transformer, getattr(pipe, "transformer_2", None))):
+            for tr in experts:
                 enable_context_parallel(tr, opts.ulysses, mesh=mesh)
             check_ulysses_sizes(pipe, height=r["height"], width=r["width"], frames=r["frames"],
                                 call_kwargs=spec.call_kwargs)  # fmt: skip
@@ -361,7 +362,8 @@ def _generate_prompts(
             handle = apply_xattention(pipe, config)
         except ValueError as e:
             raise SetupError(f"XAttention can't be applied: {e}") from e
-    uncompile = compile_transformer(pipe.transformer, opts.compile, opts.compile_backend)
+    # Wan 2.2: both experts (transformer_2 ran eagerly in a run.json said to be compiled)
+    undo = [compile_transformer(tr, opts.compile, opts.compile_backend) for tr in experts]
     if write_run:
         run.write(result.out)
     timer = StepTimer(device)
@@ -447,6 +449,7 @@ def _generate_prompts(
     finally:
         bar.close()
         hook.remove()
-        uncompile()
+        for uncompile in undo:
+            uncompile()
         if handle is not None:
             handle.remove()

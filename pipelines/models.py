@@ -24,7 +24,9 @@ Caution / not supported:
     * ``tiny-hunyuan`` and ``tiny-wan`` have random weights: their videos are noise-like
       patterns, useful only to compare dense and sparse attention on the same computation,
       never to judge quality.
-    * Image-to-video pipelines, Wan 2.2 (``transformer_2``), HunyuanVideo 1.5 and LoRA loading.
+    * Image-to-video pipelines, HunyuanVideo 1.5 and LoRA loading. Wan 2.2's two-expert
+      text-to-video folders (``transformer_2``) load through ``model_path`` of ``wan`` (both
+      experts run XAttention), with the Wan 2.1 preset: there is no Wan 2.2 entry.
     * CPU offload and quantised weights (``load_pipeline`` moves the whole pipeline to one
       device; an 80 GB GPU holds HunyuanVideo in bf16/fp16).
     * ``model_id`` downloads go through the Hugging Face cache as usual; set

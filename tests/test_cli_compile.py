@@ -81,6 +81,30 @@ def test_compile_flag_reaches_torch_compile_and_run_json(
     assert "of 1 prompts (compiled:max-autotune) ->" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("attention", ["dense", "xattn"])
+def test_compile_reaches_both_experts_of_a_wan22_folder(
+    tmp_path, prompt_file, compile_spy, attention
+):
+    """A two-expert Wan 2.2 folder compiled only ``transformer``: ``transformer_2`` ran every
+    low-noise step eagerly in a run that run.json called compiled."""
+    from diffusers import WanPipeline
+
+    from xattn_video.pipelines.tiny.factory import build_tiny_wan_pipeline, wan_transformer
+
+    p = build_tiny_wan_pipeline()
+    two = WanPipeline(**{**p.components, "transformer_2": wan_transformer(7)}, boundary_ratio=0.8)
+    two.save_pretrained(tmp_path / "wan22")
+    flags = XATTN_FLAGS if attention == "xattn" else []
+    out = tmp_path / attention
+    argv = _argv(out, prompt_file, attention, *flags, "--compile", "default")
+    argv[argv.index("tiny-hunyuan")] = "tiny-wan"
+    assert main([*argv, "--model-path", str(tmp_path / "wan22")]) == 0
+    owners = [type(getattr(fn, "__self__", None)).__name__ for fn, _ in compile_spy]
+    assert owners == ["WanTransformer3DModel", "WanTransformer3DModel"]
+    assert compile_spy[0][0].__self__ is not compile_spy[1][0].__self__
+    assert json.loads((out / rundir.RUN_FILE).read_text())["compile"] == "compiled:default"
+
+
 def test_eager_is_the_default_and_is_recorded(tmp_path, prompt_file, compile_spy, capsys):
     out = tmp_path / "dense"
     assert main(_argv(out, prompt_file, "dense")) == 0

@@ -25,7 +25,8 @@ visible when that copy has finished (typically one step later).
 
 Each call has equal weight in the pooled numbers: within one sampling run every call of a model
 attends over the same token count, so this is also the FLOP-weighted mean (up to text padding).
-Records accumulate over pipeline calls (``run`` counts them) until :meth:`XAttentionStats.reset`.
+Records accumulate over pipeline calls until :meth:`XAttentionStats.reset`; ``run`` counts
+sampling runs, one per denoising schedule: a pipeline call, or each section of a Framepack call.
 
 Not supported: weighting by FLOPs across runs of different resolutions; per-head numbers for
 dense calls (they are all 1.0); calls replayed from a CUDA graph (Python does not run on
