@@ -197,7 +197,7 @@ def compare_runs(
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "dense_dir": str(dense.path.resolve()),
         "sparse_dir": str(sparse.path.resolve()),
         "dense_run": dense.info,

@@ -43,7 +43,7 @@ def layout_problem() -> str | None:
             f"cannot import xattn_video.pipelines: xattn_video comes from {xattn_video.__path__[0]}"
             ", the repo's source folder, without the installed package's layout. Install it as "
             "the README says (pip install -e '.[dev]'), or, against a non-editable install, run "
-            "python -P -m pytest --import-mode=append ... (Python 3.11+)"
+            "python -P -m pytest --import-mode=append ..."
         )
     return None
 

@@ -10,7 +10,7 @@ packages' ``__init__``; those implicit edges are not counted (Python handles the
 from __future__ import annotations
 
 import ast
-import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,13 +23,10 @@ LONG_MODULES: dict[str, str] = {}
 
 
 def _package_dirs() -> dict[str, Path]:
-    """``[tool.setuptools] package-dir`` of pyproject.toml (read with a regex: no tomllib on
-    Python 3.10)."""
-    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    line = re.search(r"^package-dir\s*=\s*\{(.*)\}\s*$", text, re.M)
-    assert line, "pyproject.toml has no package-dir line"
-    pairs = re.findall(r'"([\w.]+)"\s*=\s*"([\w./-]+)"', line.group(1))
-    return {pkg: ROOT / folder for pkg, folder in pairs}
+    """``[tool.setuptools] package-dir`` of pyproject.toml."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    dirs = data["tool"]["setuptools"]["package-dir"]
+    return {pkg: ROOT / folder for pkg, folder in dirs.items()}
 
 
 def _modules() -> dict[str, Path]:

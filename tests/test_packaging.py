@@ -58,3 +58,21 @@ def test_wheel_declares_console_scripts(wheel):
     (ep,) = [n for n in zf.namelist() if n.endswith("entry_points.txt")]
     text = zf.read(ep).decode()
     assert "xattn-video = xattn_video.pipelines.cli:main" in text
+
+
+def test_requires_python_is_no_lower_than_any_dependency_needs():
+    """pyproject said >=3.10, but diffusers 0.42 needs 3.11: pip on 3.10 failed with "No
+    matching distribution found for diffusers", which does not name the Python version."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    def lower_bound(spec: str) -> tuple[int, ...]:
+        found = re.search(r">=\s*([\d.]+)", spec or "")
+        return tuple(int(x) for x in found.group(1).split(".")[:2]) if found else (0,)
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    ours = lower_bound(project["requires-python"])
+    for dep in ("diffusers", "torch", "accelerate", "lpips", "imageio"):
+        theirs = lower_bound(importlib.metadata.metadata(dep)["Requires-Python"])
+        assert ours >= theirs, f"{dep} needs Python {theirs}, requires-python says {ours}"
