@@ -11,8 +11,8 @@ before every transformer forward:
   ``scheduler.step`` the position is its ``begin_index``, else where the forward's timestep
   sits in ``timesteps``; a controller first run after a ``scheduler.step`` -- Wan 2.2's
   ``transformer_2`` with its own -- reads the start from :mod:`xattn_video.schedule`) -- the
-  same value for both forwards of a true-CFG step (a scheduler whose run is over, or whose
-  pipeline's call ended or raised part-way, is ignored: another pipeline object runs the
+  same value for both forwards of a true-CFG step (a scheduler whose run is over, or left
+  mid-run by a call stopped part-way, is ignored: another pipeline object runs the
   transformer); else the ``step_index`` of the diffusers
   cache context when the pipeline sets one (Wan does); else **timestep matching** (bare
   transformer): a new ``float(timestep.max())`` advances the step, a repeated one (the second

@@ -1,8 +1,9 @@
 """Where a diffusers pipeline is in its denoising schedule, read from its scheduler.
 
 :func:`scheduler_getter_for` reads ``pipe.scheduler`` at call time (pipelines may swap their
-scheduler between calls), and only while the pipeline runs its denoising loop (a call that raised
-part-way: :class:`StoppedCalls`); :func:`scheduler_index` is the scheduler's position in its
+scheduler between calls) with the pipeline's loop ``t``, from which :class:`StoppedCalls` tells
+a call stopped part-way (its scheduler left mid-run) from a running one;
+:func:`scheduler_index` is the scheduler's position in its
 ``timesteps`` for the transformer forward about to run; :func:`timestep_value` the one number
 a forward's timestep stands for. The step hook (:mod:`xattn_video.hook`) counts a call's steps
 from them, from the call's start (:func:`call_start`), which is shared per scheduler: a
