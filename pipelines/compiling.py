@@ -12,7 +12,7 @@ Mode names recorded in run.json (``RunRecord.compile``) and shown by the report:
 ``"eager"``, ``"compiled:<mode>"`` (inductor), ``"compiled:<mode>:<backend>"`` (another
 ``torch.compile`` backend, Python API only, e.g. ``aot_eager`` in CPU tests).
 
-CPU: inductor compiles C++ (a C++ compiler must be on ``PATH``; checked before loading) and
+CPU: inductor compiles C++ (``$CXX``, else ``g++``, must be on ``PATH``; checked before loading) and
 takes minutes on the first prompt; ``reduce-overhead`` (CUDA graphs) only helps on CUDA.
 
 Not supported: ``--compile`` with ``--ulysses`` > 1 (untested with diffusers' context-parallel
@@ -45,7 +45,7 @@ def compile_label(mode: str, backend: str = "inductor") -> str:
 def check_compile(mode: str, backend: str, device: torch.device, ulysses: int) -> str | None:
     """Why ``mode`` / ``backend`` can't run here (None when they can): unknown mode, a mode
     other than ``default`` with a non-inductor backend, ``ulysses`` > 1, inductor on the CPU
-    without a C++ compiler."""
+    without the C++ compiler it runs (``$CXX``, else ``g++``)."""
     if mode not in COMPILE_MODES:
         return f"compile must be one of {COMPILE_MODES}, got {mode!r}"
     if mode == "off":
@@ -57,11 +57,12 @@ def check_compile(mode: str, backend: str, device: torch.device, ulysses: int) -
     if ulysses > 1:
         return "--compile is not supported with --ulysses > 1 (context parallelism)"
     if backend == "inductor" and device.type == "cpu":
-        names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-        if not any(n and shutil.which(n) for n in names):
+        cxx = os.environ.get("CXX", "g++")  # what inductor runs (its config.cpp.cxx)
+        if not shutil.which(cxx):
             return (
-                "--compile with inductor on the CPU needs a C++ compiler (g++, clang++ or $CXX) "
-                "on PATH; install one or pass --compile off"
+                f"--compile with inductor on the CPU needs a C++ compiler: inductor runs {cxx!r} "
+                "($CXX, else g++), which is not on PATH; install it, set CXX to one that is "
+                "(e.g. CXX=clang++), or pass --compile off"
             )
     return None
 

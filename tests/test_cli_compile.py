@@ -135,6 +135,28 @@ def test_no_cpp_compiler_for_inductor_on_the_cpu_exits_2(
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("cxx", [None, "/nonexistent/clang++"])
+def test_the_compiler_inductor_runs_is_checked_not_any_compiler(
+    tmp_path, prompt_file, monkeypatch, capsys, cxx
+):
+    """Any of $CXX, g++, c++, clang++ passed the check, but inductor runs $CXX, else g++: with
+    only clang++ (or CXX naming a missing one) the run failed at the first forward, exit 1."""
+    found = {"clang++": "/usr/bin/clang++", "g++": "/usr/bin/g++" if cxx else None}
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: found.get(name))
+    if cxx is None:
+        monkeypatch.delenv("CXX", raising=False)
+    else:
+        monkeypatch.setenv("CXX", cxx)
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(tmp_path / "r", prompt_file, "dense", "--compile", "default"))
+    assert exc.value.code == 2
+    want = repr(cxx or "g++")
+    assert f"inductor runs {want} ($CXX, else g++), which is not on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setenv("CXX", "clang++")  # the way out the message names
+    assert compiling.check_compile("default", "inductor", torch.device("cpu"), 1) is None
+
+
 @pytest.mark.parametrize(
     ("mode", "backend", "ulysses", "message"),
     [
