@@ -116,9 +116,17 @@ def check_resume(
 
 
 def _selection_label(selection: dict[str, Any] | None) -> str:
-    """``{"dimension": None, "sample": 3, "limit": None}`` -> ``"--sample 3"``."""
-    flags = [f"--{k} {v}" for k, v in (selection or {}).items() if v is not None]
-    return " ".join(flags) or "every prompt"
+    """``{"dimension": "color", "sample": 3, "limit": 2}`` -> ``"dimension 'color', a strided
+    sample of 3, the first 2"``: in words, not flags, since ``generate`` selects with
+    ``--sample`` and ``demo`` with ``--num-prompts``."""
+    sel = selection or {}
+    words = {
+        "dimension": lambda v: f"dimension {v!r}",
+        "sample": lambda v: f"a strided sample of {v}",
+        "limit": lambda v: f"the first {v}",
+    }
+    parts = [words.get(k, lambda v, k=k: f"{k} {v}")(v) for k, v in sel.items() if v is not None]
+    return ", ".join(parts) or "every prompt"
 
 
 def _check_selection(
@@ -137,7 +145,7 @@ def _check_selection(
         more = f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
         raise SetupError(
             f"{out} holds prompt folder(s) {shown}{more} that this selection "
-            f"({_selection_label(run.selection)}, {len(indices)} prompt(s)) leaves out; its "
+            f"({_selection_label(run.selection)}: {len(indices)} prompt(s)) leaves out; its "
             f"run.json records {_selection_label(old.selection)}. A run directory keeps one "
             "selection: resume with one that includes them or choose another --out directory."
         )

@@ -448,6 +448,10 @@ def test_demo_runs_the_trained_model_dense_xattn_and_report(tmp_path: Path, caps
     assert agg["num_videos"] == 2
     assert agg["psnr"]["mean"] > 22  # measured ~30 dB (27 and 34)
     assert 0 < agg["sparse_density"]["mean"] < 0.9  # measured ~0.70
+    # Fewer prompts on a rerun leave finished folders out: the error named generate's --sample.
+    err = _fail([*argv[:4], "1", *argv[5:], "--no-progress", "--device", "cpu"], capsys)
+    assert "leaves out" in err and "a strided sample of 1: 1 prompt(s)" in err
+    assert "--sample" not in err and "records a strided sample of 2" in err
 
 
 @pytest.mark.filterwarnings("ignore:LPIPS skipped")

@@ -119,8 +119,8 @@ def test_a_selection_that_leaves_out_videos_of_the_directory_blocks_a_resume(
     out = tmp_path / "run"
     main(_argv(out, prompt_file, "dense", "--limit", "2"))
     line = _fail(_argv(out, prompt_file, "dense", "--sample", "1"), capsys)
-    want = "holds prompt folder(s) 00001 that this selection (--sample 1, 1 prompt(s)) leaves out"
-    assert f"{out} {want}; its run.json records --limit 2." in line
+    want = "folder(s) 00001 that this selection (a strided sample of 1: 1 prompt(s)) leaves out"
+    assert f"{out} holds prompt {want}; its run.json records the first 2." in line
     assert _finished(out) == ["00000", "00001"]
     record = rundir.RunRecord.read(out)
     assert (record.selection["limit"], record.num_prompts) == (2, 2)
@@ -132,5 +132,5 @@ def test_a_selection_that_leaves_out_videos_of_the_directory_blocks_a_resume(
         3,
     )
     line = _fail(_argv(out, prompt_file, "dense", "--limit", "1"), capsys)
-    want = "holds prompt folder(s) 00001, 00002 that this selection (--limit 1, 1 prompt(s))"
+    want = "holds prompt folder(s) 00001, 00002 that this selection (the first 1: 1 prompt(s))"
     assert want in line and "its run.json records every prompt." in line
