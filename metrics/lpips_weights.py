@@ -43,6 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xattn_video.atomic import atomic_path
+from xattn_video.downloads import ENV_OFFLINE, cache_root, offline
 from xattn_video.runlock import writable_dir
 
 from .lpips_convert import (
@@ -88,9 +89,6 @@ __all__ = [  # the conversion's names are re-exported: this module is the one us
 
 ENV_LPIPS_WEIGHTS = "XATTN_VIDEO_LPIPS_WEIGHTS"
 """Environment variable with the backbone weights path (file or directory)."""
-
-ENV_OFFLINE = "XATTN_VIDEO_OFFLINE"
-"""Set to ``1`` to forbid every download (the LPIPS weights fetch, prompt files)."""
 
 CLI_FLAG = "--lpips-weights"
 
@@ -164,13 +162,7 @@ def hub_checkpoint_dir() -> Path:
 
 def cache_dir() -> Path:
     """Our weights cache (not created here): ``$XDG_CACHE_HOME/xattn-video/lpips``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "xattn-video" / "lpips"
-
-
-def offline() -> bool:
-    """True when ``$XATTN_VIDEO_OFFLINE`` forbids downloads."""
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+    return cache_root() / "lpips"
 
 
 def backbone(net: str) -> Backbone:

@@ -29,14 +29,13 @@ import zipfile
 from pathlib import Path
 
 from xattn_video.atomic import write_bytes
+from xattn_video.downloads import ENV_OFFLINE, cache_root, offline
 
 from .suites import DATA_FILES, VBENCH_WHEEL_VERSION, DataFile
 
 ENV_PROMPTS_DIR = "XATTN_VIDEO_PROMPTS_DIR"
 """Environment variable naming a local directory that holds the VBench prompt files."""
 
-ENV_OFFLINE = "XATTN_VIDEO_OFFLINE"
-"""Set to ``1`` to forbid downloads (same variable as the LPIPS weights fetch)."""
 
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -47,8 +46,7 @@ class PromptDataMissing(FileNotFoundError):
 
 def cache_dir() -> Path:
     """The prompt cache directory (not created here)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "xattn-video" / "prompts"
+    return cache_root() / "prompts"
 
 
 def _candidate_dirs(data_dir: str | os.PathLike[str] | None) -> list[Path]:
@@ -86,7 +84,7 @@ def locate_data_file(name: str, data_dir: str | os.PathLike[str] | None = None) 
         f"  source: {spec.source}\nOffline? Put the file in a directory (or clone VBench) and set "
         f"{ENV_PROMPTS_DIR}=<dir> (or pass data_dir=), or place it in the cache at {target}."
     )
-    if os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on"):
+    if offline():
         raise PromptDataMissing(
             f"Prompt file {name!r} was not found (looked in: {where}) and ${ENV_OFFLINE} forbids "
             f"downloading it.\n{fix}"

@@ -1,0 +1,29 @@
+"""What our two downloads share (the VBench prompt files, the LPIPS weights): the offline switch
+and the cache root.
+
+Not supported: per-download switches (one variable forbids both), a cache outside
+``$XDG_CACHE_HOME`` / ``~/.cache`` except through that variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_OFFLINE = "XATTN_VIDEO_OFFLINE"
+"""Set to ``1`` (or ``true`` / ``yes`` / ``on``) to forbid every download (the LPIPS weights
+fetch, prompt files)."""
+
+_ON = ("1", "true", "yes", "on")
+
+
+def offline() -> bool:
+    """True when ``$XATTN_VIDEO_OFFLINE`` forbids downloads (case and spaces ignored)."""
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in _ON
+
+
+def cache_root() -> Path:
+    """Our cache (not created here): ``$XDG_CACHE_HOME/xattn-video``, else
+    ``~/.cache/xattn-video``; each download has its own folder in it."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "xattn-video"
