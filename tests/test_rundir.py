@@ -6,6 +6,7 @@ format had an owner (schema 1: no ``schema_version`` key, no frames checksum).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -106,6 +107,25 @@ def test_resume_differences_name_the_fields():
     a, b = _record(config=cfg), _record(config={**cfg, "threshold": 0.5, "new": 1})
     assert a.resume_differences(b) == {"config.threshold": (0.9, 0.5), "config.new": (None, 1)}
     assert _record(config=None).resume_differences(b) == {"config": (None, b.config)}
+
+
+def test_each_setting_that_changes_the_videos_blocks_a_resume_alone():
+    """Every field but the environment's must match: dropping one (say ``dtype``) from
+    ``RESUME_FIELDS`` let a rerun mix bf16 and fp32 videos under one run.json, unnoticed."""
+    old = _record(model_source="hub:a", config={"threshold": 0.9}, fps=8, dtype="bfloat16",
+                  prompts="p.txt", compile="eager", thresholds_sha256="aa", ulysses=1)  # fmt: skip
+    changed = dict(model="m2", model_source="hub:b", attention="xattn", height=32, width=32,
+                   frames=9, steps=3, seed=1, fps=24, dtype="float32", prompts="q.txt",
+                   compile="compiled:default", thresholds_sha256="bb", ulysses=2)  # fmt: skip
+    for name, value in changed.items():
+        got = old.resume_differences(dataclasses.replace(old, **{name: value}))
+        assert got == {name: (getattr(old, name), value)}, name
+    got = old.resume_differences(dataclasses.replace(old, config={"threshold": 0.5}))
+    assert got == {"config.threshold": (0.9, 0.5)}
+    assert set(RunRecord.RESUME_FIELDS) == {*changed, "config"}
+    environment = dict(selection={"sample": 1}, num_prompts=7, num_processes=2, gpu="B",
+                       versions={"torch": "x"}, git_sha="abc", command=["x"])  # fmt: skip
+    assert old.resume_differences(dataclasses.replace(old, **environment)) == {}
 
 
 def test_thresholds_digest_is_compared_only_when_both_records_have_it(tmp_path: Path):
