@@ -160,11 +160,14 @@ if HAS_TRITON:
             offs_h = h0 + offs_hb
             ok = in_n & (offs_h < H)
             xh = xb + offs_h * sxh
+            # the weight's mask is the heads' alone, (1, BH, 1) like its pointers (1, BH, D):
+            # Triton < 3.5 broadcasts a load's mask to its pointers' shape, not both ways
+            w_ok = offs_h < H
             y = _scale_token(tl.load(xh + offs_d, mask=ok, other=0.0), r, W, offs_h * D + offs_d,
-                             ok, Y, HAS_W)  # fmt: skip
+                             w_ok, Y, HAS_W)  # fmt: skip
             if ROPE:
                 x_p = tl.load(xh + partner, mask=ok, other=0.0)
-                y_p = _scale_token(x_p, r, W, offs_h * D + partner, ok, Y, HAS_W)
+                y_p = _scale_token(x_p, r, W, offs_h * D + partner, w_ok, Y, HAS_W)
                 y = tl.where(in_rope, _rotate(y, y_p, cos, sin, offs_d, Y, LOWP_TABLES), y)
             tl.store(Y + b * syb + offs_n * syn + offs_h * syh + offs_d, y, mask=ok)
 
@@ -179,11 +182,12 @@ if HAS_TRITON:
         return y
 
     @triton.jit
-    def _scale_token(x, r, W, w_offs, ok, Y, HAS_W: tl.constexpr):
-        """torch's RMSNorm: ``x * r * weight`` in fp32, rounded once to the output's dtype."""
+    def _scale_token(x, r, W, w_offs, w_ok, Y, HAS_W: tl.constexpr):
+        """torch's RMSNorm: ``x * r * weight`` in fp32, rounded once to the output's dtype;
+        ``w_ok`` masks the weight's loads."""
         y = x.to(tl.float32) * r
         if HAS_W:
-            y = y * tl.load(W + w_offs, mask=ok, other=0.0).to(tl.float32)
+            y = y * tl.load(W + w_offs, mask=w_ok, other=0.0).to(tl.float32)
         return y.to(Y.dtype.element_ty)
 
     @triton.jit
