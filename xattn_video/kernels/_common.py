@@ -19,7 +19,7 @@ try:  # Triton is a Linux-only dependency; the torch references work without it.
 except ImportError:  # pragma: no cover - exercised only on platforms without Triton
     HAS_TRITON = False
 
-try:  # host-side TMA descriptors (Triton >= 3.3)
+try:  # host-side TMA descriptors (Triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
 
     HAS_TENSOR_DESC = True
