@@ -171,9 +171,10 @@ def test_report_values_match_direct_metric_calls(compared, plumbing_lpips) -> No
         assert v["psnr"]["per_frame"] == pytest.approx(list(p), abs=1e-12)
         assert v["ssim"]["per_frame"] == pytest.approx(list(s), abs=1e-12)
         assert v["lpips"]["per_frame"] == pytest.approx(list(lp), abs=1e-7)
-        for key, arr in (("psnr", p), ("ssim", s)):
+        for key, arr in (("psnr", p), ("ssim", s), ("lpips", lp)):
             assert v[key]["mean"] == pytest.approx(arr.mean())
             assert v[key]["min"] == pytest.approx(arr.min())
+            assert v[key]["max"] == pytest.approx(arr.max())
             assert v[key]["std"] == pytest.approx(arr.std())
         assert (v["num_frames"], v["height"], v["width"]) == (T, H, W)
         assert v["frames_source"] == {"dense": "frames.npy", "sparse": "frames.npy"}
@@ -199,6 +200,7 @@ def test_report_aggregates(compared) -> None:
         assert agg[m]["std"] == pytest.approx(means.std())
         assert agg[m]["min"] == pytest.approx(means.min())
         assert agg[m]["frame_min"] == pytest.approx(frames.min())
+        assert agg[m]["frame_max"] == pytest.approx(frames.max())
         assert agg[m]["frame_mean"] == pytest.approx(frames.mean())
     assert agg["effective_density"]["mean"] == pytest.approx(0.40)
     sp = agg["speedup"]["total"]
@@ -207,6 +209,28 @@ def test_report_aggregates(compared) -> None:
     assert report["gpu"] == {"dense": GPU, "sparse": GPU}
     assert report["lpips_backbone"]["backbone"].startswith("RANDOM")
     assert report["lpips_skipped"] is None
+
+
+def test_tables_show_each_metrics_worst_frame(compared) -> None:
+    """The worst frame is the lowest PSNR / SSIM and the highest LPIPS, in the aggregate table
+    and per video: swapping min and max in either table passed every test."""
+    from xattn_video.metrics.report_tables import aggregate_table, fmt, video_table
+
+    report, *_ = compared
+    agg, digits = report["aggregate"], {"psnr": 2, "ssim": 4, "lpips": 4}
+    header, rows = aggregate_table(report)
+    worst = {r[0]: r[header.index("worst frame")] for r in rows}
+    for m, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS")):
+        frames = np.concatenate([v[m]["per_frame"] for v in report["videos"]])
+        want = frames.max() if m == "lpips" else frames.min()
+        assert worst[label] == fmt(want, digits[m]) != fmt(np.median(frames), digits[m])
+    header, rows = video_table(report)
+    for v, row in zip(report["videos"], rows, strict=True):
+        for m, col in (("psnr", "PSNR (dB) min"), ("ssim", "SSIM min"), ("lpips", "LPIPS max")):
+            frames = np.asarray(v[m]["per_frame"])
+            want, other = (frames.max(), frames.min())[:: 1 if m == "lpips" else -1]
+            assert row[header.index(col)] == fmt(want, digits[m]) != fmt(other, digits[m])
+    assert agg["lpips"]["frame_max"] > agg["lpips"]["frame_min"]
 
 
 def test_unpaired_and_unfinished_are_listed_and_warned(compared) -> None:
