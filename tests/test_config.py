@@ -12,7 +12,16 @@ from xattn_video.config import PRESETS, XAttentionConfig, config_fields, field_d
 
 
 def test_defaults_and_every_preset_are_valid():
-    XAttentionConfig()
+    """The defaults users read in the README and the field docs (the paper's threshold 0.9,
+    S=8, 128 blocks and 5 of 50 warm-up steps): only ``threshold`` was pinned, and a bare
+    config without its dense warm-up passed every test."""
+    assert dataclasses.asdict(XAttentionConfig()) == dict(
+        threshold=0.9, stride=8, block_size=128, selection="threshold", ratio=0.3,
+        warmup_steps=5, dense_last_steps=0, dense_layers=(), text_policy="dense",
+        token_order="raster", tile_size=(2, 8, 8), max_density=1.0, thresholds_file="",
+        mask_refresh=1, backend="auto", precision="bf16", estimate_precision="auto",
+        estimate_kernel="auto", dense_kernel="stock", collect_stats=True, auto_dense=True,
+    )  # fmt: skip
     for name in PRESETS:
         assert isinstance(XAttentionConfig.from_preset(name), XAttentionConfig)
     assert XAttentionConfig.from_preset("HunyuanVideo", warmup_steps=2).warmup_steps == 2
