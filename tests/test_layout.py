@@ -62,6 +62,26 @@ def test_hilbert_blocks_are_more_compact_than_raster():
 def test_tile_order_matches_hand_example():
     # grid (1, 2, 4), tiles (1, 2, 2): two 2x2 tiles, each in raster order inside
     assert tile_permutation((1, 2, 4), (1, 2, 2)).tolist() == [0, 1, 4, 5, 2, 3, 6, 7]
+    # tiles that don't divide the grid: the edge tiles are smaller, never merged with others
+    # (tile counts rounded down mixed them, still a permutation, so nothing else failed)
+    assert tile_permutation((1, 3, 4), (1, 4, 3)).tolist() == [0, 1, 2, 4, 5, 6, 8, 9, 10, 3, 7, 11]
+    assert tile_permutation((1, 4, 3), (1, 2, 2)).tolist() == [0, 1, 3, 4, 2, 5, 6, 7, 9, 10, 8, 11]
+    assert tile_permutation((3, 1, 2), (2, 1, 1)).tolist() == [0, 2, 1, 3, 4, 5]
+
+
+@pytest.mark.parametrize("grid", [(3, 5, 6), (17, 9, 4), (2, 3, 5)])
+def test_hilbert_order_of_any_grid_is_the_enclosing_cubes_curve(grid):
+    """Cells in the order of the smallest power-of-two cube's curve that holds the grid; a cube
+    one bit too small wrapped coordinates onto others, still a permutation."""
+    side = 1 << max(1, (max(grid) - 1).bit_length())
+    cube = torch.cartesian_prod(*[torch.arange(side)] * 3)
+    rank = torch.empty(side**3, dtype=torch.long)
+    rank[torch.argsort(hilbert_index(cube, side.bit_length() - 1))] = torch.arange(side**3)
+    inside = (cube < torch.tensor(grid)).all(-1)
+    cells = cube[inside]  # raster order of the grid
+    want = torch.argsort(rank[inside])
+    assert torch.equal(hilbert_permutation(grid), want)
+    assert torch.equal(cells[want][0], torch.zeros(3, dtype=torch.long))  # the curve's start
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 7, 3), (2, 3, 50, 8), (1, 2, 33, 4)])
