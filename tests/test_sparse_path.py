@@ -14,6 +14,13 @@ def test_tile_orders_keep_text_at_the_end_and_cache():
     assert perm.shape == (310,) and torch.equal(perm[300:], torch.arange(300, 310))
     assert torch.equal(perm[inv], torch.arange(310))
     assert orders.permutation((5, 6, 10), 300, 310, torch.device("cpu"))[0] is perm  # cached
+    # another text length on the same grid: its own permutation (the cache key had no n_total
+    # once, and the second length then got the first's, 8 tokens short)
+    longer, inv2 = orders.permutation((5, 6, 10), 300, 318, torch.device("cpu"))
+    assert longer.shape == (318,) and torch.equal(longer[:300], perm[:300])
+    assert torch.equal(longer[300:], torch.arange(300, 318)) and torch.equal(
+        longer[inv2], torch.arange(318)
+    )
     with pytest.raises(ValueError, match="token_order='tile'"):
         orders.permutation((5, 6, 10), 299, 310, torch.device("cpu"))
     with pytest.raises(ValueError, match="grid=None"):
