@@ -9,6 +9,7 @@ import torch
 
 import xattn_video as xv
 from xattn_video.calibrate import (
+    Calibrator,
     calibrate_pipeline,
     calibration_config,
     mass_curves,
@@ -92,6 +93,24 @@ def _layers():
          "density": [[0.05, 0.08, 0.12, 1.0], [0.20, 0.40, 0.55, 1.0]]},
     ]  # fmt: skip
     return taus, layers
+
+
+def test_curves_average_every_observed_call():
+    """Two calls give the mean of their curves (equal row counts), not the last call's: the
+    sums were overwritten once and no test noticed."""
+    cfg = xv.XAttentionConfig(stride=4, block_size=16, backend="torch")
+    calls = [_qk(1, 2, 64, 16, seed=0), tuple(3.0 * t for t in _qk(1, 2, 64, 16, seed=1))]
+
+    def curve(observed):
+        cal = Calibrator(cfg, taus=[0.3, 0.6, 0.9])
+        for step, (q, k) in enumerate(observed):
+            cal.observe(0, step, q, k, None, None)
+        return torch.tensor(cal.curves()[0]["mass"]), torch.tensor(cal.curves()[0]["density"])
+
+    (ma, da), (mb, db), (both_m, both_d) = curve(calls[:1]), curve(calls[1:]), curve(calls)
+    assert not torch.allclose(ma, mb, atol=1e-3)
+    torch.testing.assert_close(both_m, (ma + mb) / 2, rtol=0, atol=2e-6)
+    torch.testing.assert_close(both_d, (da + db) / 2, rtol=0, atol=2e-6)
 
 
 def test_target_mass_takes_per_head_the_smallest_tau_reaching_it():
