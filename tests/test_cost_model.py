@@ -55,6 +55,9 @@ def test_predict_is_linear_in_density_between_min_and_full():
     ph = cm.predict(CAL, 4096, (1 / 32 + 1.0) / 2, block_size=128)
     assert p0.dense_ms == pytest.approx(1.6)
     assert p0.sparse_ms == pytest.approx(0.2 + 0.08)
+    # mask_refresh=4: the estimate's overhead is paid once in four calls (was not pinned)
+    p4 = cm.predict(CAL, 4096, 1 / 32, block_size=128, refresh=4)
+    assert p4.sparse_ms == pytest.approx(0.2 / 4 + 0.08)
     assert p1.sparse_ms == pytest.approx(0.2 + 1.76)
     assert ph.sparse_ms == pytest.approx(0.2 + (0.08 + 1.76) / 2)
     assert p0.sparse_wins and not p1.sparse_wins

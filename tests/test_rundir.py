@@ -206,6 +206,22 @@ def test_bad_meta_json_in_scan_names_the_file(old_copy: Path):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_the_frames_checksum_covers_the_whole_file(tmp_path: Path):
+    """A changed byte past the first MiB (real frames.npy files are hundreds of MiB) must fail
+    the check: a checksum of only the first chunk passed every test."""
+    frames = np.random.default_rng(0).integers(0, 256, (9, 240, 320, 3), dtype=np.uint8)
+    path = tmp_path / rundir.FRAMES_FILE
+    np.save(path, frames)  # ~2 MiB
+    rundir.VideoRecord(prompt_index=0, prompt="p", shape=list(frames.shape),
+                       frames_bytes=path.stat().st_size,
+                       frames_sha256=rundir.file_sha256(path)).write(tmp_path)  # fmt: skip
+    assert rundir.verify_video(tmp_path) is None
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # one value of the last frame
+    path.write_bytes(bytes(data))
+    assert "SHA-256" in rundir.verify_video(tmp_path)
+
+
 def test_verify_video_catches_truncation_shape_checksum_and_prompt(old_copy: Path):
     folder = old_copy / "dense" / "00000"
     frames = folder / rundir.FRAMES_FILE
