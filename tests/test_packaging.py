@@ -60,6 +60,17 @@ def test_wheel_declares_console_scripts(wheel):
     assert "xattn-video = xattn_video.pipelines.cli:main" in text
 
 
+def test_wheel_declares_its_license_as_spdx_and_ships_the_text(wheel):
+    """``project.license`` as a TOML table is deprecated by setuptools (builds stop working
+    after 2027-02-18); the SPDX string needs setuptools >= 77 and ships LICENSE."""
+    zf = zipfile.ZipFile(wheel)
+    (meta,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+    headers = zf.read(meta).decode().split("\n\n", 1)[0].splitlines()
+    assert "License-Expression: Apache-2.0" in headers and "License-File: LICENSE" in headers
+    (text,) = [n for n in zf.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+    assert zf.read(text) == (ROOT / "LICENSE").read_bytes()
+
+
 def test_requires_python_is_no_lower_than_any_dependency_needs():
     """pyproject said >=3.10, but diffusers 0.42 needs 3.11: pip on 3.10 failed with "No
     matching distribution found for diffusers", which does not name the Python version."""
