@@ -28,6 +28,7 @@ EST_SHAPES = [
     (2, 2, 130, 32, 8, 32, [130, 93]),  # batch 2, different valid lengths, partial group
     (1, 2, 64, 16, 16, 64, [64]),  # exactly one block
     (2, 1, 97, 16, 2, 16, [97, 1]),  # a single valid key
+    (2, 1, 128, 16, 4, 16, [128, 64]),  # kv_len a multiple of S and of the block, < N
 ]
 
 
@@ -301,6 +302,25 @@ def test_sparse_attention_padded_keys_never_attended():
     v2[1, :, 41:] = 1e4
     out2 = block_sparse_attention_fwd(q, k2, v2, counts, idx, block_size=bs, kv_len=kv_len)
     assert torch.equal(out, out2)
+
+
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_sparse_attention_ignores_nan_and_inf_in_padded_keys_and_values(use_tma):
+    """NaN / inf past kv_len (inside the last, partial key block and beyond) never reach the
+    output, on the pointer and the TMA loads: dropping the TMA path's zeroing of padded value
+    rows (0 * NaN is NaN) passed the CPU tests, which padded with finite values only."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 64, 16, generator=g).half() for _ in range(3))
+    kv_len = torch.tensor([40])  # key block 2 (keys 32..47) holds 8 padded keys
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool) & (torch.arange(4) < 3)
+    counts, idx = mask_to_indices(mask)
+    kw = dict(block_size=16, kv_len=kv_len, use_tma=use_tma, launch=(16, 16, 4, 1))
+    want = block_sparse_attention_fwd(q, k, v, counts, idx, **kw)
+    k2, v2 = k.clone(), v.clone()
+    v2[0, 0, 45, 3], v2[0, 0, 40, 0], k2[0, 0, 41, 1] = float("nan"), float("inf"), float("inf")
+    v2[0, 0, 50:] = float("nan")  # a whole padded block, not listed
+    got = block_sparse_attention_fwd(q, k2, v2, counts, idx, **kw)
+    assert not want.isnan().any() and torch.equal(got, want)
 
 
 def test_estimate_accepts_transposed_views():

@@ -149,6 +149,8 @@ def test_nonfinite_flags_and_propagation_equal_the_policy(nan_block):
     q = _plant(q, (0, 1, 37, 3), float("nan"))  # one query row (its block with nan_block)
     k = _plant(k, (1, 0, 70, 2), float("inf"))  # a valid key: head (1, 0) all NaN
     v = _plant(v, (1, 1, 120, 5), float("nan"))  # padding (>= kv_len 100): ignored
+    v = _plant(v, (1, 1, 100, 1), float("nan"))  # the first padded key, exactly at kv_len
+    k = _plant(k, (1, 1, 100, 4), float("inf"))  # (an off-by-one there flagged the whole head)
     q = _plant(q, (0, 0, 149, 0), float("-inf"))  # the last, partial query block
     flags = nonfinite_flags(q, k, v, kv_len)
     out = torch.randn(B, H, N, D, generator=g)

@@ -201,11 +201,17 @@ def test_fp8_inputs_kernel_scales_zeros_and_flags():
     k[1, 0, 140, 2] = float("inf")  # a valid key: its chunk flagged
     v[1, 1, 170, 5] = float("nan")  # padding: neither flagged nor in the scale
     k[1, 2, 160, 0] = 1e4  # padding: not in the scale
+    v[1, 2, 160, 0] = 1e4  # padding: not in V's head scale either
     q8, k8, q_scale, k_scale, v_amax, q_bad, kv_bad = fp8._launch(q, k, v, lens, 128, True, 32, 4)
     _, q_ref = fp8.quantize_fp8_blocks_ref(q, 128)
     _, k_ref = fp8.quantize_fp8_blocks_ref(k, 128, lens)
     assert torch.equal(q_scale, q_ref.reshape(6, -1)) and torch.equal(k_scale, k_ref.reshape(6, -1))
     assert torch.equal(fp8._scale_of(v_amax.amax(-1)).reshape(2, 3), fp8._head_scale(v, lens))
+    # V's head scale from its valid, finite values: by hand, and in the transposed quantizer
+    finite = torch.where(v.isfinite(), v, 0).abs()
+    want = torch.stack([finite[0].amax((-1, -2)), finite[1, :, :150].amax((-1, -2))]) / fp8.FP8_MAX
+    torch.testing.assert_close(fp8._head_scale(v, lens), want, rtol=1e-6, atol=0)
+    assert torch.equal(fp8.quantize_fp8_head_t_ref(v, kv_len=lens)[1], fp8._head_scale(v, lens))
     assert (k8[1, :, 150:].float() == 0).all() and not k8[1, 1:, :150].float().isnan().any()
     want_q, want_kv = nonfinite_flags(q, k, v, lens)
     assert torch.equal(q_bad, want_q) and torch.equal(kv_bad, want_kv)

@@ -54,6 +54,28 @@ def test_reference_is_diffusers_bit_for_bit(dtype, n_rope, weight):
     assert torch.equal(rms_norm_rope_ref(x, w, 1e-6, cos, sin, n_rope), want)
 
 
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_eps_counts_in_every_norm_an_all_zero_token_included(eps):
+    """eps inside the root, as torch's RMSNorm: an all-zero token normalises to 0, and a large
+    eps scales every token. With ``randn * 3`` inputs eps=1e-6 is invisible, so dropping it from
+    either kernel or the HunyuanVideo reference passed every test (and a zero token was NaN)."""
+    from torch.nn import RMSNorm as TorchRMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(1, 4, 2, 16, generator=g) * 0.1).half()
+    x[0, 1] = 0
+    want = _diffusers(x, None, None, None, 0, eps=eps)
+    assert torch.equal(want[0, 1], torch.zeros_like(want[0, 1]))
+    assert torch.equal(rms_norm_rope_ref(x, None, eps), want)
+    torch.testing.assert_close(rms_norm_rope(x, None, eps), want, rtol=0, atol=1e-3)
+    wan = (
+        TorchRMSNorm(32, eps=eps, elementwise_affine=False)
+        .half()(x.flatten(2))
+        .unflatten(2, (2, 16))
+    )
+    torch.testing.assert_close(rms_norm_rope(x, None, eps, style="wan"), wan, rtol=0, atol=1e-3)
+
+
 CASES = [  # (B, N, H, D, n_rope, block_n, block_h)
     (1, 16, 1, 16, 16, 16, 8),
     (2, 50, 3, 64, 40, 4, 2),  # partial last programs (tokens and heads), text after the video
