@@ -414,6 +414,7 @@ def test_calibrate_command_refuses_two_experts_with_exit_2(tmp_path, capsys, mon
                        r"\(\[2, 3, 4, 5, 6, 7, 8, 9, \.\.\.\]; it has 2 attention layers: 0-1\)"),
         ([1, 5], 0, r"lists 1 layer\(s\) .* \(\[5\]; it has 2 attention layers: 0-1\)"),
         (range(2), 1, "has 3 heads for layer 0, WanTransformer3DModel has 2; calibrate this"),
+        (range(2), -1, "has 1 heads for layer 0, WanTransformer3DModel has 2; calibrate this"),
     ],
 )  # fmt: skip
 def test_a_thresholds_file_that_does_not_fit_fails_at_apply(tmp_path, layers, extra_heads, match):

@@ -928,6 +928,42 @@ def test_runs_without_a_recorded_field_are_not_refused(tmp_path: Path) -> None:
     assert report["mismatched_settings"] == {}
 
 
+def test_a_model_source_recorded_by_one_run_only_is_not_a_mismatch(tmp_path: Path) -> None:
+    """A 0.1.0 run.json has no model_source (unknown): compared with a run that records one,
+    it is not refused (comparing when *either* run records it refused this pair)."""
+    dense = write_run(tmp_path / "d", "dense", [0])
+    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
+                       run_fields={"model_source": "org/fake-dit"})  # fmt: skip
+    report = compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    assert report["mismatched_settings"] == {}
+
+
+def test_other_gpus_versions_and_a_non_dense_reference_are_warned(tmp_path: Path) -> None:
+    """The notes that do not stop a comparison; the test runs all shared one GPU, empty
+    versions and a dense reference, so dropping any of these notes passed every test."""
+    dense = write_run(tmp_path / "d", "xattn", [0],
+                      run_fields={"gpu": "GPU A", "versions": {"torch": "2.7.0"}})  # fmt: skip
+    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
+                       run_fields={"gpu": "GPU B", "versions": {"torch": "2.9.0"}})  # fmt: skip
+    with pytest.warns(CompareWarning):
+        report = compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
+    notes = report["warnings"]
+    assert f"{dense}: run.json says attention='xattn' for the reference (dense) run" in notes
+    assert any("different GPUs ('GPU A' vs 'GPU B')" in n for n in notes)
+    assert any("different package versions (dense vs sparse: torch 2.7.0 vs 2.9.0)" in n
+               for n in notes)  # fmt: skip
+
+
+def test_html_escapes_prompts_in_tables(tmp_path: Path) -> None:
+    """A prompt is text, never markup, in report.html's tables (report.md has its own test)."""
+    from xattn_video.metrics.report_html import html_table
+
+    prompt = "a cat <script>alert(1)</script> & <b>dog</b>"
+    html = html_table(["text", "<th>"], [[prompt, "x"]])
+    assert "<script>" not in html and "<b>" not in html and "<th>&lt;th&gt;</th>" in html
+    assert "a cat &lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;dog&lt;/b&gt;" in html
+
+
 def test_html_says_psnr_is_missing_when_only_ssim_was_computed(small_runs, tmp_path) -> None:
     dense, sparse = small_runs
     compare_runs(dense, sparse, tmp_path / "out", metrics=("ssim",), progress=False)

@@ -182,9 +182,11 @@ def test_invalid_inputs_raise(fn) -> None:
         fn(a.astype(np.int32), a.astype(np.int32))
 
 
-def test_ssim_rejects_frames_smaller_than_window() -> None:
-    a = np.zeros((1, 10, 30, 3), np.uint8)
-    with pytest.raises(ValueError, match="at least 11x11"):
+@pytest.mark.parametrize("hw", [(10, 30), (30, 10)])
+def test_ssim_rejects_frames_smaller_than_window(hw) -> None:
+    """Too narrow as well as too low (a width check dropped returned NaN silently)."""
+    a = np.zeros((1, *hw, 3), np.uint8)
+    with pytest.raises(ValueError, match=f"at least 11x11, got {hw[0]}x{hw[1]}"):
         ssim(a, a)
 
 

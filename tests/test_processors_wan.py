@@ -34,6 +34,23 @@ def test_warmup_covering_all_steps_is_bit_identical():
     assert torch.equal(out, ref)
 
 
+def test_a_subclass_of_a_supported_transformer_is_supported():
+    """A user's subclass (a fine-tune wrapper, say) is its parent's family, as ModelTarget
+    says; matching only the exact class refused it and passed every test."""
+    from diffusers import WanTransformer3DModel
+
+    from xattn_video.targets import model_family
+
+    class MyWan(WanTransformer3DModel):
+        pass
+
+    tr = tiny_wan_transformer(num_layers=1)
+    tr.__class__ = MyWan
+    assert model_family(tr) == "wan"
+    with xv.apply_xattention(tr, cfg_(warmup_steps=0)):
+        assert isinstance(tr.attn_processors["blocks.0.attn1.processor"], WanXAttnProcessor)
+
+
 def test_dense_kernel_xattn_runs_dense_self_attention_through_the_kernel(monkeypatch):
     """dense_kernel="xattn", warm-up covering all steps: self-attention (attn1) runs the kernel
     with every block, cross-attention (attn2) stays the stock processor; latents meet the
