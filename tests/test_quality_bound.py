@@ -3,8 +3,8 @@ does not.
 
 Setting: the shipped trained model (``pipelines/tiny/assets/tiny_dit``), 32x32 pixels x 9 frames
 (9x16x16 = 2,304 video tokens, 18 blocks of 128), 8 steps, seed 0, three prompts (the bad
-config: the first one), CPU with the torch backend. The recommended config is the one the H100 sweep over the training
-resolution chose (``docs/results/sweep_quality_full_h100.json``: tau 0.9, S=8, no warm-up,
+config: the first one), CPU with the torch backend. The recommended config is the one the H100
+sweep over the training resolution chose (``docs/results/sweep_quality_full_h100.json``: tau 0.9, S=8, no warm-up,
 tile order; 31.4 dB at effective density 0.54 there).
 
 Measured here (CPU, torch 2.14, 2026-12-06), per prompt, PSNR / SSIM against dense:
