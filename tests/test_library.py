@@ -51,6 +51,28 @@ def test_opcheck_estimate(use_triton):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_opchecks_with_fewer_queries_than_keys(use_triton):
+    """Nq != Nk (cross-attention shapes): the fakes' scores and lse take their sizes from the
+    right tensors (every opcheck used Nq == Nk, so a fake sized from the other one passed)."""
+    if use_triton and not interpreter_enabled():
+        pytest.skip("the Triton path needs the interpreter on CPU")
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 2, 48, 16, generator=g)
+    k, v = (torch.randn(2, 2, 80, 16, generator=g) for _ in range(2))
+    kv_len = torch.tensor([80, 50], dtype=torch.int32)
+    est = (q, k, kv_len, [], 4, 16, use_triton)
+    torch.library.opcheck(library.estimate_block_scores_op, est, test_utils=OPCHECK_TESTS)
+    scores = library.estimate_block_scores_op(*est)
+    assert scores.shape == (2, 2, 3, 5)
+    mask = select_blocks(scores, block_size=16, threshold=0.8, kv_len=kv_len)
+    counts, indices = mask_to_indices(mask)
+    args = (q, k, v, counts, indices, kv_len, [], 16, 0.25, True, use_triton)
+    torch.library.opcheck(library.block_sparse_attention_op, args, test_utils=OPCHECK_TESTS)
+    out, lse = library.block_sparse_attention_op(*args)
+    assert out.shape == q.shape and lse.shape == (2, 2, 48)
+
+
 @pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("budget", [0.0, 0.4])
 @pytest.mark.parametrize("ratio", [0.0, 0.35])

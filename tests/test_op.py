@@ -443,3 +443,25 @@ def test_empty_batch_is_refused_clearly(backend):
     q = torch.randn(0, 2, 40, 16)
     with pytest.raises(ValueError, match="at least one sample, head and channel"):
         xv.xattention(q, q, q, block_size=16, stride=4, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_density_caps_the_ops_mask(backend):
+    """The op applies ``max_density`` itself (only a pipeline test noticed it dropped): the
+    capped mask is the selection of the same scores with that budget, and the output is
+    attention over it."""
+    from xattn_video.kernels.estimate import estimate_block_scores_ref
+    from xattn_video.kernels.select import select_blocks
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 512, 32, generator=g) for _ in range(3))
+    kw = dict(threshold=0.99, block_size=32, stride=8, backend=backend)
+    free = xv.estimate_block_mask(q, k, **kw)
+    capped = xv.estimate_block_mask(q, k, **kw, max_density=0.25)
+    assert xv.block_density(free, block_size=32) > 0.5
+    assert xv.block_density(capped, block_size=32) <= 0.25
+    scores = estimate_block_scores_ref(q, k, stride=8, block_size=32)
+    want = select_blocks(scores, block_size=32, threshold=0.99, max_density=0.25)
+    assert torch.equal(capped, want)
+    out, mask = xv.xattention(q, k, v, **kw, max_density=0.25, return_mask=True)
+    assert torch.equal(mask, capped)

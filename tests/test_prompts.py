@@ -194,6 +194,15 @@ def test_a_text_file_that_is_not_utf8_is_named(tmp_path: Path, encoding: str) ->
         load_prompts(f)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path: Path) -> None:
+    """Notepad saves UTF-8 with a BOM; read as plain UTF-8 the first prompt would start with an
+    invisible U+FEFF, sent to the model and written to meta.json."""
+    txt, js = tmp_path / "p.txt", tmp_path / "p.json"
+    txt.write_text("\ufeffa cat\nb\n", encoding="utf-8")
+    js.write_text('\ufeff["a cat", "b"]', encoding="utf-8")
+    assert load_prompts(txt) == load_prompts(js) == [Prompt(0, "a cat"), Prompt(1, "b")]
+
+
 def test_json_prompt_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
     """Half an emoji passed the loader and crashed the tokenizer after run.json was written."""
     f = tmp_path / "s.json"
@@ -220,6 +229,7 @@ def test_user_json_files(tmp_path: Path) -> None:
         )
     )
     prompts = load_prompts(objs)
+    assert prompts[0] == Prompt(0, "a cat", ("animal",))  # one dimension given as a string
     assert prompts[1] == Prompt(1, "a dog", ("animal", "scene"))
     assert prompts[2].dimensions == ()
     assert [p.index for p in load_prompts(objs, dimension="scene")] == [1]
