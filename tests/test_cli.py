@@ -132,7 +132,11 @@ def test_generate_and_compare_end_to_end(tmp_path: Path, capsys):
             assert meta["config"] == info["config"]
             timings = meta["timings"]
             assert len(timings["per_step_s"]) == 4 and all(t > 0 for t in timings["per_step_s"])
-            assert timings["total_s"] >= timings["denoise_s"] > 0
+            assert timings["total_s"] > timings["denoise_s"] > 0
+            # denoising is the steps' sum (not the call's total: encode and decode left out)
+            assert timings["denoise_s"] == pytest.approx(sum(timings["per_step_s"]), rel=1e-9)
+            # the process's first video (start-up, compile) is marked for compare to leave out
+            assert meta["first_in_process"] == (folder == _prompt_dirs(run)[0])
             assert meta["gpu"] is None and meta["versions"] == info["versions"]
             if attention == "dense":
                 assert meta["density"] is None
@@ -414,6 +418,8 @@ def test_compare_bad_input(tmp_path: Path, prompt_file: Path, capsys):
     assert _generate(run, prompt_file, "dense", "--limit", "1") == 0
     err = _fail(["compare", str(run), str(run), "--out", "r", "--metrics", "psnr,fvd"], capsys)
     assert "subset of psnr,ssim,lpips" in err
+    err = _fail(["compare", str(run), str(run), "--out", "r", "--metrics", ","], capsys)
+    assert "--metrics takes a comma-separated subset of psnr,ssim,lpips" in err  # none named
     # LPIPS asked for explicitly and no backbone weights on disk: an error, not a silent skip
     shutil.copytree(run, tmp_path / "copy")
     argv = ["compare", str(run), str(tmp_path / "copy"), "--out", str(tmp_path / "r")]

@@ -370,7 +370,7 @@ def test_read_only_run_directory(finished_run, tmp_path, prompt_file, monkeypatc
     line = _fail(_argv(run, prompts), capsys)
     assert f"{run} is not writable and 2 prompt(s) are not finished" in line
     line = _fail(["compare", str(run), str(tmp_path / "copy"), "--out", "r"], capsys)
-    assert "is not writable" in line
+    assert "--out r: . is not writable" in line  # checked before any work, naming the flag
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
