@@ -115,17 +115,22 @@ def check_resume(
     _check_selection(out, old, run, indices)
 
 
+_SELECTION_WORDS = {
+    "dimension": "dimension {!r}",
+    "sample": "a strided sample of {}",
+    "limit": "the first {}",
+}
+
+
 def _selection_label(selection: dict[str, Any] | None) -> str:
     """``{"dimension": "color", "sample": 3, "limit": 2}`` -> ``"dimension 'color', a strided
     sample of 3, the first 2"``: in words, not flags, since ``generate`` selects with
     ``--sample`` and ``demo`` with ``--num-prompts``."""
-    sel = selection or {}
-    words = {
-        "dimension": lambda v: f"dimension {v!r}",
-        "sample": lambda v: f"a strided sample of {v}",
-        "limit": lambda v: f"the first {v}",
-    }
-    parts = [words.get(k, lambda v, k=k: f"{k} {v}")(v) for k, v in sel.items() if v is not None]
+    parts = [
+        _SELECTION_WORDS.get(k, f"{k} {{}}").format(v)
+        for k, v in (selection or {}).items()
+        if v is not None
+    ]
     return ", ".join(parts) or "every prompt"
 
 
