@@ -158,11 +158,11 @@ if HAS_TRITON:
             sin = tl.load(SIN + even + 1, mask=in_rope, other=0.0).to(tl.float32)
         for h0 in range(0, H, BH):
             offs_h = h0 + offs_hb
-            ok = in_n & (offs_h < H)
-            xh = xb + offs_h * sxh
             # the weight's mask is the heads' alone, (1, BH, 1) like its pointers (1, BH, D):
             # Triton < 3.5 broadcasts a load's mask to its pointers' shape, not both ways
             w_ok = offs_h < H
+            ok = in_n & w_ok
+            xh = xb + offs_h * sxh
             y = _scale_token(tl.load(xh + offs_d, mask=ok, other=0.0), r, W, offs_h * D + offs_d,
                              w_ok, Y, HAS_W)  # fmt: skip
             if ROPE:
