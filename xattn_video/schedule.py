@@ -68,7 +68,10 @@ class StoppedCalls:
       branch (``"cond"``) already ran at it (it raised during the step).
 
     Not detected: a call that raised during a step, for a pipeline that sets no cache context
-    names.
+    names; a call of another pipeline object sharing this scheduler, stopped part-way, when a
+    third one with a scheduler of its own runs the transformer next: its forwards are counted
+    at the stopped call's next step (this pipeline's ``t`` is :data:`ENDED` throughout, and
+    only the forward's timestep values, a device read, would tell the two apart).
     """
 
     def __init__(self) -> None:
