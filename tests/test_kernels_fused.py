@@ -21,7 +21,7 @@ def _scores(B, H, nbq, nbk, seed, ties=False):
 
 CASES = [  # (B, H, nbq, nbk, kv_len, dense_from)
     (1, 1, 5, 5, [80], None),
-    (2, 3, 7, 9, [9 * 16, 5 * 16 - 3], None),
+    (2, 3, 3, 9, [9 * 16, 5 * 16 - 3], None),  # B != H: a swapped (b, h) split shows
     (2, 2, 6, 6, [96, 70], 64),  # text from token 64 (blocks 4, 5 dense)
     (2, 2, 6, 6, [96, 70], torch.tensor([64, 40])),  # per-sample text start
     (1, 2, 3, 17, [17 * 16], 16 * 16 + 3),  # 17 key blocks: padded sort lanes
