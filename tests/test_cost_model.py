@@ -275,3 +275,47 @@ def test_a_file_system_without_locks_still_gets_the_entry(tmp_path, monkeypatch)
     cm.store(key, CAL)
     monkeypatch.setattr(cm, "_MEMO", {})
     assert cm.lookup(key) == CAL
+
+
+# CAL with CUDA-graph times: the same kernels, a fixed overhead of 0.1 us instead of 0.2 ms
+GRAPH_CAL = cm.Calibration(
+    **{f: list(getattr(CAL, f)) for f in cm.Calibration.__dataclass_fields__ if "graph" not in f},
+    **{f: [1e-4] * 3 if f.startswith("overhead") else list(getattr(CAL, f.removesuffix("_graph")))
+       for f in cm.GRAPH_FIELDS},
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg_kw, shape, graph, want", [
+    # one key block per row without a measured density: 1 / ceil(n / block)
+    ({}, (2, 3, 1800, 8), False, ((1800, 1 / 15, 0, False), 6, False)),
+    ({}, (1, 2, 100, 8), False, ((100, 1.0, 0, False), 2, True)),
+    ({"selection": "ratio", "ratio": 0.9}, (1, 2, 2000, 8), False,
+     ((2000, 0.9, 0, False), 2, True)),
+    ({"token_order": "tile", "tile_size": (1, 4, 4)}, (1, 2, 1800, 8), False,
+     ((1800, 1 / 15, 4, False), 2, True)),  # a tile order gathers: 4 more passes over q, k, v
+    ({}, (1, 2, 1024, 8), False, ((1024, 0.125, 0, False), 2, True)),
+    ({}, (1, 2, 1024, 8), True, ((1024, 0.125, 0, True), 2, False)),  # graph times: sparse wins
+])  # fmt: skip
+def test_auto_dense_gives_the_cost_model_the_calls_inputs(cfg_kw, shape, graph, want, monkeypatch):
+    """What a decision asks the cost model: the calibration of B*H heads, the density it expects
+    (ratio mode: the ratio), the token order's gathers and the timing (eager or CUDA graph);
+    ``want``: (predict's n, density, gathers, graph), lookup's heads, the call runs dense."""
+    import xattn_video as xv
+    from xattn_video.auto_dense import AutoDense
+    from xattn_video.stats import XAttentionStats
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(cm, "applies", lambda backend, device: True)
+    heads, calls = [], []
+    monkeypatch.setattr(cm, "lookup", lambda key: heads.append(key.heads) or GRAPH_CAL)
+    real_predict = cm.predict
+
+    def predict(cal, n, density, **kw):
+        calls.append((n, pytest.approx(density), kw["gathers"], kw["graph"]))
+        return real_predict(cal, n, density, **kw)
+
+    monkeypatch.setattr(cm, "predict", predict)
+    auto = AutoDense(xv.XAttentionConfig(**cfg_kw), XAttentionStats())
+    auto.use_graph_timing(graph)
+    dense = auto.run_dense(0, torch.zeros(shape), "triton")
+    assert (calls, heads, dense) == ([want[0]], [want[1]], want[2])

@@ -37,6 +37,7 @@ def test_add_and_begin_stamp_calls_and_read_once():
     st.add(0, heads=h0)
     st.add(1, heads=h1, reused=True)
     assert st._lazy == [] and len(st._open) == 2  # nothing read yet
+    assert len(st) == 4  # the calls not stamped yet count too
     recs = st.records  # stamps the open calls with (0, 1, "cond") and reads them
     assert [(r.run, r.step, r.layer, r.branch, r.sparse, r.dense_reason) for r in recs] == [
         (0, 0, 0, "cond", False, "schedule"),
@@ -76,6 +77,30 @@ def test_record_density_is_the_heads_mean_unless_given(as_tensor):
     st.record(run=0, step=0, layer=2, branch="c")  # dense, nothing given: 1.0
     assert [round(r.density, 12) for r in st.records] == [0.3, 0.5, 1.0]
     assert [r.heads for r in st.records] == [[0.2, 0.4], [0.2, 0.4], None]
+    # a dense call recorded without a reason is the schedule's, not the cost model's
+    assert st.records[2].dense_reason == "schedule"
+    assert st.summary()["num_cost_dense_calls"] == 0
+
+
+def test_density_of_one_branch_and_of_all():
+    st = XAttentionStats()
+    st.record(run=0, step=0, layer=0, branch="cond", heads=[0.2, 0.2], sparse=True)
+    st.record(run=0, step=0, layer=0, branch="uncond", heads=[0.6, 0.6], sparse=True)
+    assert st.density(0, 0, "cond") == pytest.approx(0.2)
+    assert st.density(0, 0, "uncond") == pytest.approx(0.6)
+    assert st.density(0, 0) == pytest.approx(0.4)
+    assert st.density(1, 0) is None and st.density(0, 0, "pass0") is None
+
+
+def test_reset_drops_the_records_and_the_density_feedback():
+    """auto_dense decides from the feedback: after a reset it must not see the old densities."""
+    st = XAttentionStats()
+    st.begin(run=0, step=0, branch="cond")
+    st.add(0, heads=torch.tensor([0.25, 0.75]))
+    st.begin(run=0, step=1, branch="cond")  # publishes the feedback
+    assert st.feedback.get(0) == 0.5 and len(st) == 1
+    st.reset()
+    assert st.feedback.get(0) is None and len(st) == 0 and st.records == []
 
 
 def test_disabled_stats_record_nothing_but_feed_back():
