@@ -136,7 +136,17 @@ def test_select_threshold_matches_reference_exactly(threshold):
     assert torch.equal(select_blocks(scores, **kw), select_blocks_ref(scores, **kw))
 
 
-@pytest.mark.parametrize("ratio", [1e-3, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_select_threshold_one_keeps_every_valid_block(per_head):
+    """tau >= 1 keeps every valid block, zero-scored ones too, also as per-head thresholds."""
+    scores = torch.tensor([3.0, 1.0, 0.0, 0.0, 0.0]).view(1, 1, 1, 5).repeat(2, 2, 2, 1)
+    kv_len = torch.tensor([5 * 16, 4 * 16 - 3])
+    threshold = torch.tensor([1.0, 1.0]) if per_head else 1.0
+    mask = select_blocks(scores, block_size=16, threshold=threshold, kv_len=kv_len)
+    assert mask.sum(-1).tolist() == [[[5, 5]] * 2, [[4, 4]] * 2]
+
+
+@pytest.mark.parametrize("ratio", [1e-10, 1e-3, 0.3, 0.5, 1.0])
 def test_select_ratio_matches_reference_exactly(ratio):
     scores = _random_scores(2, 2, 5, 11, seed=4)
     kv_len = torch.tensor([11 * 16, 6 * 16])

@@ -136,6 +136,24 @@ def test_the_norm_spans_all_heads():
     assert torch.equal(rms_norm_rope(same, None, 1e-6, style="wan"), per_head)
 
 
+class _ReportsCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: what ``fused_available`` decides from there."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def test_the_fused_kernel_is_available_for_the_wan_style():
+    """A Wan weight spans all heads, (H*D,): checked as Wan's (the fused kernel runs), not as
+    HunyuanVideo's per-head (D,) weight (the processor would fall back to torch)."""
+    pytest.importorskip("triton")
+    x = torch.randn(1, 8, 4, 16, dtype=torch.bfloat16).as_subclass(_ReportsCuda)
+    weight = torch.ones(4 * 16, dtype=torch.bfloat16)
+    assert qk_prep.fused_available(x, weight, None, 0, style="wan")
+    assert not qk_prep.fused_available(x, weight, None, 0, style="hunyuan")
+
+
 def test_bad_inputs_raise():
     x, w, cos, sin = _inputs(1, 8, 2, 16, 8, torch.float16, torch.float32)
     with pytest.raises(ValueError, match="style"):

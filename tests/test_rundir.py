@@ -7,6 +7,7 @@ format had an owner (schema 1: no ``schema_version`` key, no frames checksum).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -296,12 +297,38 @@ def test_lock_excludes_a_second_process_and_dies_with_it(tmp_path: Path):
         assert (tmp_path / rundir.LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
-def test_unwritable_directory_is_detected_not_guessed(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM, errno.EROFS])
+def test_unwritable_directory_is_detected_not_guessed(tmp_path: Path, monkeypatch, code):
+    """Denied, not permitted or a read-only mount: the run is read, not locked."""
     assert runlock.writable_dir(tmp_path) and not list(tmp_path.iterdir())
 
     def denied(path):
-        raise PermissionError(13, "Permission denied", str(path))
+        raise OSError(code, os.strerror(code), str(path))
 
     monkeypatch.setattr(runlock, "_open_lock_file", denied)
     assert not runlock.writable_dir(tmp_path)
     assert runlock.RunLock(tmp_path).acquire() is False
+
+
+def test_a_missing_run_directory_is_an_error_not_read_only(tmp_path: Path):
+    with pytest.raises(FileNotFoundError):
+        runlock.RunLock(tmp_path / "missing").acquire()
+
+
+def test_the_lock_file_holds_exactly_this_pid_and_release_is_idempotent(tmp_path: Path):
+    """An earlier holder's longer pid must not leave its tail (the "being written by pid"
+    message reads it); a second release must not close the descriptor number again (another
+    file may have it by then)."""
+    (tmp_path / rundir.LOCK_FILE).write_text("123456789012\n")
+    lock = runlock.RunLock(tmp_path)
+    assert lock.acquire()
+    assert (tmp_path / rundir.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    lock.release()
+    other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT)  # may reuse the number
+    try:
+        lock.release()
+        with lock:
+            pass
+        os.fstat(other)  # still open
+    finally:
+        os.close(other)
