@@ -103,13 +103,9 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         raise SetupError(f"attention must be one of {ATTENTIONS}, got {opts.attention!r}")
     if opts.model_path is not None and opts.model_id is not None:
         raise SetupError("pass either --model-path or --model-id, not both")
-    if not isinstance(opts.ulysses, int) or opts.ulysses < 1:
+    if not _is_int(opts.ulysses) or opts.ulysses < 1:
         raise SetupError(f"ulysses must be a positive integer, got {opts.ulysses!r}")
-    if (
-        not isinstance(opts.seed, int)
-        or isinstance(opts.seed, bool)
-        or not 0 <= opts.seed < SEED_END
-    ):
+    if not _is_int(opts.seed) or not 0 <= opts.seed < SEED_END:
         raise SetupError(f"seed must be an integer in [0, 2**64), got {opts.seed!r}")
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise SetupError(f"dtype must be one of {tuple(DTYPES)}, got {opts.dtype!r}")
@@ -123,7 +119,7 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
     sizes = {}
     for name in SIZE_FIELDS:
         value = getattr(opts, name)
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and (not _is_int(value) or value < 1):
             raise SetupError(f"{name} must be a positive integer, got {value!r}")
         sizes[name] = getattr(spec, name) if value is None else value
     for name in ("height", "width"):
@@ -144,6 +140,11 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
                 stacklevel=2,
             )
     return spec, {**sizes, "config": config}
+
+
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (``True`` would pass as 1 frame, step or process)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_prompts_or_fail(prompts: str | os.PathLike[str], **selection: Any) -> list[Any]:
@@ -171,24 +172,23 @@ def resolve_device(opts: GenerateOptions, state: Any) -> torch.device:
 
 def check_device(device: torch.device, asked: str | None) -> None:
     """Refuse a CUDA device that is not there, or a device type the commands don't run on
-    (``asked``: the ``--device`` text, for the message)."""
+    (``asked``: the ``--device`` text, for the message; None: the launcher's device)."""
+    name = repr(asked) if asked is not None else f"{device} (the launcher's; no --device given)"
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SetupError(f"device {asked} asked for CUDA, but no CUDA GPU is available")
+            raise SetupError(f"device {name} asked for CUDA, but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SetupError(
-                f"device {asked}: only {torch.cuda.device_count()} CUDA GPU(s) visible"
-            )
+            raise SetupError(f"device {name}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
     elif device.type in ("mps", "xpu"):  # untested best effort, where torch has the device
         backend = getattr(torch.backends, "mps", None) if device.type == "mps" else None
         module = backend if backend is not None else getattr(torch, device.type, None)
         if module is None or not module.is_available():
             raise SetupError(
-                f"device {asked!r}: no {device.type} device is available here; generate runs "
+                f"device {name}: no {device.type} device is available here; generate runs "
                 "on cuda or cpu"
             )
     elif device.type != "cpu":
-        raise SetupError(f"device {asked!r}: generate runs on cuda or cpu")
+        raise SetupError(f"device {name}: generate runs on cuda or cpu")
 
 
 def check_backend(config: XAttentionConfig | None, device: torch.device) -> None:
