@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from xattn_video.pipelines.runinfo import git_sha
+from xattn_video.pipelines.runinfo import command_line, git_sha
 
 from ._benchmarks import load_benchmark
 
@@ -16,6 +16,11 @@ common = load_benchmark("_common")
 
 def _git(cwd, *args):
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_command_line_is_the_program_name_and_its_arguments(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/opt/venv/bin/xattn-video", "generate", "--model", "tiny"])
+    assert command_line() == ["xattn-video", "generate", "--model", "tiny"]
 
 
 def test_git_sha_marks_files_that_differ_from_head(tmp_path):
@@ -31,6 +36,9 @@ def test_git_sha_marks_files_that_differ_from_head(tmp_path):
     assert git_sha(tmp_path) == head
     (tmp_path / "a.py").write_text("x = 2\n")  # what a stale .git under newer files looks like
     assert git_sha(tmp_path) == head + "-dirty"
+    _git(tmp_path, "add", "a.py")  # staged but not committed: still not HEAD's files
+    assert git_sha(tmp_path) == head + "-dirty"
+    _git(tmp_path, "reset", "-q")
     (tmp_path / "b.py").write_text("")  # untracked files alone do not count
     (tmp_path / "a.py").write_text("x = 1\n")
     assert git_sha(tmp_path) == head

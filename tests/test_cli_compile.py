@@ -163,12 +163,22 @@ def test_the_compiler_inductor_runs_is_checked_not_any_compiler(
         ("fast", "inductor", 1, "compile must be one of"),
         ("reduce-overhead", "aot_eager", 1, "needs the inductor backend"),
         ("default", "aot_eager", 2, "not supported with --ulysses > 1"),
+        ("default", "", 1, "compile_backend must be a torch.compile backend name"),
+        ("default", None, 1, "compile_backend must be a torch.compile backend name"),
     ],
 )
 def test_check_compile_refuses_what_cant_run(mode, backend, ulysses, message):
     problem = compiling.check_compile(mode, backend, torch.device("cpu"), ulysses)
     assert problem is not None and message in problem
     assert compiling.check_compile("off", "anything", torch.device("cpu"), 2) is None
+
+
+def test_only_inductor_on_the_cpu_needs_a_cxx_compiler(monkeypatch):
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    cpu = torch.device("cpu")
+    assert "needs a C++ compiler" in compiling.check_compile("default", "inductor", cpu, 1)
+    assert compiling.check_compile("default", "aot_eager", cpu, 1) is None
+    assert compiling.check_compile("default", "eager", cpu, 1) is None
 
 
 def test_dense_compile_is_undone():
@@ -185,6 +195,11 @@ def test_dense_compile_is_undone():
     assert "forward" not in module.__dict__
     with pytest.raises(ValueError, match="compile must be one of"):
         compiling.compile_transformer(module, "fast")
+    # a forward the instance already had (a user's wrapper) is put back, not deleted
+    wrapper = module.forward
+    module.forward = wrapper
+    compiling.compile_transformer(module, "default", "aot_eager")()
+    assert module.__dict__["forward"] is wrapper
 
 
 def test_labels():

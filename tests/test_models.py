@@ -177,6 +177,50 @@ def test_load_pipeline_uses_default_repo_ids(monkeypatch):
     ]
 
 
+def test_a_loaded_pipeline_goes_to_the_device_and_the_users_bars_stay_off(monkeypatch):
+    """The pipeline is moved to ``device`` (CPU tests could not tell: .to("cpu") does nothing),
+    and loading turns back on only the libraries' bars it turned off itself."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    class Pipe:
+        device = None
+
+        def to(self, device):
+            self.device = device
+            return self
+
+    monkeypatch.setitem(models._LOADERS, "wan", lambda source, dtype: Pipe())
+    assert load_pipeline("wan", device="cuda:3").device == "cuda:3"
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.enable_progress_bar()
+    try:
+        load_pipeline("wan", device="cpu", progress=False)
+        assert not diffusers_logging.is_progress_bar_enabled()
+        assert transformers_logging.is_progress_bar_enabled()
+    finally:
+        diffusers_logging.enable_progress_bar()
+
+
+def test_a_model_path_that_fails_to_load_is_not_called_offline(monkeypatch, tmp_path: Path):
+    """A local folder is not fetched: its loading error is the folder's, even when the error
+    chains a network failure (what a repo id under an unreachable hub would be told)."""
+    import json
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+
+    def fail(source, dtype):
+        try:
+            raise ConnectionError("no network")
+        except ConnectionError as e:
+            raise OSError("no file named config.json found in directory") from e
+
+    monkeypatch.setitem(models._LOADERS, "wan", fail)
+    with pytest.raises(ValueError, match="config.json found in directory") as exc:
+        load_pipeline("wan", model_path=tmp_path, device="cpu")
+    assert "Hugging Face" not in str(exc.value) and "hf download" not in str(exc.value)
+
+
 def test_a_model_id_of_another_family_is_named_after_its_download(monkeypatch, tmp_path: Path):
     """The family check of a --model-id reads only files on this machine (a download there cost
     an unreachable hub's timeouts twice, ~20 s); a repo fetched by the loader that then fails
