@@ -115,13 +115,6 @@ def test_a_model_path_that_cannot_load_exits_2(tmp_path, prompt_file, capsys):
     assert not (tmp_path / "run" / rundir.RUN_FILE).exists()
 
 
-@pytest.mark.parametrize("name", ["steps", "height", "width", "frames", "fps"])
-def test_resolve_options_rejects_zero_instead_of_using_the_default(tmp_path, name):
-    opts = GenerateOptions(model="tiny-hunyuan", prompts="p.txt", out=tmp_path, **{name: 0})
-    with pytest.raises(SetupError, match=f"{name} must be a positive integer, got 0"):
-        resolve_options(opts)
-
-
 def test_demo_rejects_zero_prompts(tmp_path, capsys):
     line = _fail(["demo", "--out", str(tmp_path / "d"), "--num-prompts", "0"], capsys)
     assert "--num-prompts: must be a positive integer" in line

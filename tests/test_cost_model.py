@@ -19,6 +19,12 @@ CAL = cm.Calibration(
     gather=[0.01, 0.02, 0.04],
     dense_padded=[0.14, 0.58, 2.3],
 )
+# CAL with CUDA-graph times: the same kernels, a fixed overhead of 0.02 ms instead of 0.2
+GRAPH_CAL = cm.Calibration(
+    **{f: list(getattr(CAL, f)) for f in cm.Calibration.__dataclass_fields__ if "graph" not in f},
+    **{f: [0.02] * 3 if f.startswith("overhead") else list(getattr(CAL, f.removesuffix("_graph")))
+       for f in cm.GRAPH_FIELDS},
+)  # fmt: skip
 
 
 def test_a_padded_call_is_predicted_against_masked_sdpa():
@@ -154,15 +160,8 @@ def test_graph_times_decide_when_asked_and_measured():
     """Under CUDA graphs the fixed overhead is device time only: the same call that loses on
     eager times (launch-bound overhead) wins on graph times; without graph times the eager ones
     are used."""
-    cal = cm.Calibration(
-        **{f: list(getattr(CAL, f)) for f in ("n", "dense", "overhead", "attn_min",
-                                              "attn_full", "gather")},
-        dense_graph=[0.1, 0.4, 1.6], overhead_graph=[0.02, 0.02, 0.02],
-        attn_min_graph=[0.005, 0.02, 0.08], attn_full_graph=[0.11, 0.44, 1.76],
-        gather_graph=[0.01, 0.02, 0.04],
-    )  # fmt: skip
-    eager = cm.predict(cal, 2048, 0.5, block_size=128)
-    graph = cm.predict(cal, 2048, 0.5, block_size=128, graph=True)
+    eager = cm.predict(GRAPH_CAL, 2048, 0.5, block_size=128)
+    graph = cm.predict(GRAPH_CAL, 2048, 0.5, block_size=128, graph=True)
     assert not eager.sparse_wins and graph.sparse_wins
     assert graph.sparse_ms == pytest.approx(0.02 + 0.02 + (0.5 - 1 / 16) / (1 - 1 / 16) * 0.42)
     assert cm.predict(CAL, 2048, 0.5, block_size=128, graph=True) == eager  # none measured
@@ -275,14 +274,6 @@ def test_a_file_system_without_locks_still_gets_the_entry(tmp_path, monkeypatch)
     cm.store(key, CAL)
     monkeypatch.setattr(cm, "_MEMO", {})
     assert cm.lookup(key) == CAL
-
-
-# CAL with CUDA-graph times: the same kernels, a fixed overhead of 0.1 us instead of 0.2 ms
-GRAPH_CAL = cm.Calibration(
-    **{f: list(getattr(CAL, f)) for f in cm.Calibration.__dataclass_fields__ if "graph" not in f},
-    **{f: [1e-4] * 3 if f.startswith("overhead") else list(getattr(CAL, f.removesuffix("_graph")))
-       for f in cm.GRAPH_FIELDS},
-)  # fmt: skip
 
 
 @pytest.mark.parametrize("cfg_kw, shape, graph, want", [

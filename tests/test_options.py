@@ -38,6 +38,12 @@ def test_resolve_options_refuses(kw, message):
         resolve_options(_opts(**kw))
 
 
+@pytest.mark.parametrize("name", options.SIZE_FIELDS)
+def test_resolve_options_rejects_zero_instead_of_using_the_default(name):
+    with pytest.raises(SetupError, match=f"{name} must be a positive integer, got 0"):
+        resolve_options(_opts(**{name: 0}))
+
+
 def test_resolve_options_fills_in_the_models_sizes_and_preset():
     spec, resolved = resolve_options(_opts(attention="xattn", height=48))
     assert resolved["height"] == 48 and resolved["width"] == spec.width
