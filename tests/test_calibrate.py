@@ -21,6 +21,7 @@ from xattn_video.thresholds import (
     check_matches,
     choose_thresholds,
     expected_density,
+    file_family,
     load_thresholds,
     retarget,
     save_thresholds,
@@ -197,6 +198,8 @@ def test_thresholds_file_round_trips(tmp_path):
     assert load_thresholds(path) == json.loads(json.dumps(data))
     again = retarget(load_thresholds(path), target_mass=0.95)
     assert again["layers"][0]["thresholds"] == [0.9, 1.0]
+    assert again["target"] == {"mass": 0.95, "density": None}
+    assert retarget(again, target_density=0.3)["target"] == {"mass": None, "density": 0.3}
     assert again["expected_density"] == pytest.approx(expected_density(again))
     assert again["layers"][0]["mass"] == data["layers"][0]["mass"]  # curves kept
 
@@ -213,6 +216,20 @@ def test_thresholds_file_round_trips(tmp_path):
         # a NaN in a curve chose thresholds far above the target, without a word
         (lambda d: d["layers"][0]["density"][1].__setitem__(0, float("nan")), "finite"),
         (lambda d: d["layers"][1]["mass"][0].__setitem__(2, float("inf")), "finite"),
+        (lambda d: d.pop("config"), "missing key 'config'"),  # was a KeyError at apply
+        (lambda d: d.pop("model"), "missing key 'model'"),
+        (lambda d: d.pop("layers"), "missing key 'layers'"),
+        (lambda d: d.update(config=[8, 128]), "config must be an object"),
+        (lambda d: d["layers"][0].update(layer=-1), "layer index -1"),
+        (lambda d: d["layers"][0].update(layer=True), "layer index True"),
+        (lambda d: d["layers"][0]["density"].pop(), "differ in H"),
+        (lambda d: d["layers"][0].update(thresholds=["0.5", 0.9]), "thresholds must be"),
+        (lambda d: d["layers"][0].update(mass=[0.5, 0.9]), "mass must be H lists"),
+        # these raised AttributeError / TypeError, or (no layers) divided by zero later
+        (lambda d: d.update(layers=[1]), "layers must be a non-empty list"),
+        (lambda d: d.update(layers=[]), "layers must be a non-empty list"),
+        (lambda d: d.update(taus=["x"]), "taus"),
+        (lambda d: d.update(taus=None), "taus"),
     ],
 )
 def test_invalid_thresholds_files_raise_naming_the_problem(edit, match):
@@ -220,6 +237,47 @@ def test_invalid_thresholds_files_raise_naming_the_problem(edit, match):
     edit(data)
     with pytest.raises(ValueError, match=match):
         validate(data)
+
+
+def test_saving_an_invalid_file_raises_and_writes_nothing(tmp_path):
+    data = _file()
+    data["layers"][0]["thresholds"] = [0.0, 0.9]
+    with pytest.raises(ValueError, match="thresholds must be in"):
+        save_thresholds(tmp_path / "thr.json", data)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_loaded_dict_edited_by_its_caller_does_not_change_later_loads(tmp_path):
+    """Loads are cached per path and modification time, and the cache's own dict was returned:
+    an edit by one caller was what every later load of the unchanged file got."""
+    path = tmp_path / "thr.json"
+    save_thresholds(path, _file())
+    first = load_thresholds(path)
+    first["layers"][0]["thresholds"] = [0.99, 0.99]
+    first["model"] = "edited"
+    again = load_thresholds(path)
+    assert again == json.loads(json.dumps(_file()))
+
+
+@pytest.mark.parametrize("target", [0.0, -0.1, 1.5])
+def test_targets_outside_0_1_are_refused(target):
+    taus, layers = _layers()
+    with pytest.raises(ValueError, match=r"target_density must be in \(0, 1\]"):
+        choose_thresholds(layers, taus, target_density=target)
+    with pytest.raises(ValueError, match=r"target_mass must be in \(0, 1\]"):
+        choose_thresholds(layers, taus, target_mass=target)
+
+
+@pytest.mark.parametrize(
+    "data, family",
+    [({"model": "tiny-wan"}, "wan"), ({"model": "Wan2.2-T2V"}, "wan"),
+     ({"model": "wan"}, "wan"), ({"model": "swan-net"}, None), ({"model": "tiny"}, None),
+     ({"model": "HunyuanVideo"}, "hunyuanvideo"), ({}, None),
+     ({"model": "tiny-wan", "family": "hunyuanvideo"}, "hunyuanvideo"),
+     ({"model": "tiny-wan", "family": ""}, "wan")],
+)  # fmt: skip
+def test_file_family_reads_the_family_key_else_the_model_name(data, family):
+    assert file_family(data) == family
 
 
 def test_missing_or_mismatched_file_raises(tmp_path):

@@ -30,6 +30,7 @@ Not supported: per-step or per-row thresholds; thresholds for layers the file do
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -55,7 +56,11 @@ def default_taus() -> list[float]:
 
 
 def _check_curves(taus: list[float], curve: list[list[float]], what: str, layer: Any) -> None:
-    if not curve or any(len(c) != len(taus) for c in curve):
+    if (
+        not isinstance(curve, list)
+        or not curve
+        or any(not isinstance(c, list) or len(c) != len(taus) for c in curve)
+    ):
         raise ValueError(f"thresholds file: layer {layer} {what} must be H lists of {len(taus)}")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for c in curve for v in c):
         # a NaN was taken as a head that never reaches its target: thresholds far above it
@@ -180,6 +185,10 @@ def expected_density(data: dict[str, Any]) -> float:
     return float(sum(vals) / len(vals))
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def validate(data: dict[str, Any]) -> None:
     """``ValueError`` naming what is wrong unless ``data`` is a thresholds file's dict."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -188,17 +197,32 @@ def validate(data: dict[str, Any]) -> None:
     for key in ("model", "config", "taus", "layers"):
         if key not in data:
             raise ValueError(f"thresholds file: missing key {key!r}")
+    if not isinstance(data["config"], dict):
+        raise ValueError("thresholds file: config must be an object of XAttentionConfig fields")
     taus = data["taus"]
-    if not taus or any(not (0.0 < float(t) <= 1.0) for t in taus) or sorted(taus) != taus:
+    if (
+        not isinstance(taus, list)
+        or not taus
+        or not all(_is_number(t) and 0.0 < t <= 1.0 for t in taus)
+        or sorted(taus) != taus
+    ):
         raise ValueError("thresholds file: taus must be increasing values in (0, 1]")
+    layers = data["layers"]
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, dict) for x in layers):
+        # a layer 1 raised AttributeError; no layers at all divided by zero in the summary
+        raise ValueError("thresholds file: layers must be a non-empty list of objects")
     seen = set()
-    for layer in data["layers"]:
+    for layer in layers:
         idx = layer.get("layer")
-        if not isinstance(idx, int) or idx < 0 or idx in seen:
+        if not _is_number(idx) or not isinstance(idx, int) or idx < 0 or idx in seen:
             raise ValueError(f"thresholds file: bad or repeated layer index {idx!r}")
         seen.add(idx)
         thr = layer.get("thresholds")
-        if not thr or any(not (0.0 < float(t) <= 1.0) for t in thr):
+        if (
+            not isinstance(thr, list)
+            or not thr
+            or not all(_is_number(t) and 0.0 < t <= 1.0 for t in thr)
+        ):
             raise ValueError(f"thresholds file: layer {idx} thresholds must be in (0, 1]")
         _check_curves(taus, layer.get("mass", []), "mass", idx)
         _check_curves(taus, layer.get("density", []), "density", idx)
@@ -276,12 +300,13 @@ def save_thresholds(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
 
 
 def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a thresholds file (cached per path and modification time)."""
+    """Read and validate a thresholds file (parsed once per path and modification time; each
+    call returns its own copy, so a caller's edits do not reach later loads)."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         what = "is a directory, not a file" if os.path.isdir(p) else "does not exist"
         raise ValueError(f"thresholds file {p!r} {what}")
-    return _load(p, os.stat(p).st_mtime_ns)
+    return copy.deepcopy(_load(p, os.stat(p).st_mtime_ns))
 
 
 @lru_cache(maxsize=16)
