@@ -141,6 +141,10 @@ def test_thresholds_digest_is_compared_only_when_both_records_have_it(tmp_path: 
     assert "thresholds_sha256" not in _record().to_json()
     old = RunRecord.from_json({**_record().to_json(), "schema_version": 3})
     assert old.resume_differences(rec) == {}
+    four = RunRecord.from_json({**rec.to_json(), "schema_version": 4})  # the first that has it
+    assert four.resume_differences(_record(thresholds_sha256="bb")) == {
+        "thresholds_sha256": ("aa", "bb")
+    }
     assert _record().resume_differences(rec) == {"thresholds_sha256": (None, "aa")}
 
 
@@ -178,6 +182,9 @@ def test_compile_mode_is_recorded_and_a_change_is_named(tmp_path: Path):
         ("[1, 2]", "must hold a JSON object"),
         ('{"model": "m"}', "missing attention, height"),
         ('{"schema_version": 99, "model": "m"}', "newer than this xattn-video reads"),
+        ('{"schema_version": 0, "model": "m"}', "schema_version must be an int >= 1, got 0"),
+        ('{"schema_version": true, "model": "m"}', "must be an int >= 1, got True"),
+        ('{"schema_version": "2", "model": "m"}', "must be an int >= 1, got '2'"),
         (b"\xff\xfe\x00", "can't be read"),
     ],
 )
@@ -192,6 +199,25 @@ def test_bad_run_json_errors_name_the_file(tmp_path: Path, content, message):
     assert str(path) in str(exc.value)
     with pytest.raises(ValueError, match=message):  # the reader too
         scan_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data", [{"prompt_index": "3", "prompt": "p"}, {"prompt_index": 3, "prompt": 3}]
+)
+def test_a_meta_json_with_a_mistyped_index_or_prompt_is_refused(data):
+    with pytest.raises(RunDirError, match="prompt_index must be an int, prompt a str"):
+        VideoRecord.from_json(data)
+
+
+def test_only_five_or_more_digit_folders_are_prompt_folders(tmp_path: Path):
+    """Resume reads a prompt folder's name as its index: a backup such as 00012.bak or
+    00012_old taken for one would be read (int('00012.bak') fails) or redone."""
+    for name, want in [("00012", True), ("123456", True), ("00012_old", False),
+                       ("00012.bak", False), ("0012", False), ("x00012", False)]:  # fmt: skip
+        (tmp_path / name).mkdir()
+        assert rundir.is_prompt_dir(tmp_path / name) is want, name
+    (tmp_path / "99999").write_text("a file, not a folder")
+    assert not rundir.is_prompt_dir(tmp_path / "99999")
 
 
 def test_bad_meta_json_in_scan_names_the_file(old_copy: Path):
@@ -230,6 +256,10 @@ def test_verify_video_catches_truncation_shape_checksum_and_prompt(old_copy: Pat
     assert rundir.verify_video(folder) is None
     frames.write_bytes(good[:1000])  # schema 1: caught from the .npy header
     assert "truncated" in rundir.verify_video(folder) and str(frames) in rundir.verify_video(folder)
+    frames.write_bytes(good + b"\0" * 40)  # and bytes past what the header implies
+    assert f"truncated or padded: {len(good) + 40} bytes, its header implies {len(good)}" in (
+        rundir.verify_video(folder)
+    )
     frames.write_bytes(good)
     assert "the prompt changed" in rundir.verify_video(folder, prompt="another prompt")
     # schema 2: size and checksum recorded
@@ -248,6 +278,22 @@ def test_verify_video_catches_truncation_shape_checksum_and_prompt(old_copy: Pat
     assert "is missing" in rundir.verify_video(folder)
     (folder / rundir.META_FILE).write_text("nope")
     assert "is not valid JSON" in rundir.verify_video(folder)
+
+
+def test_video_problem_names_a_missing_empty_or_resized_viewing_copy(old_copy: Path):
+    folder = old_copy / "dense" / "00000"
+    video = folder / rundir.VIDEO_FILE
+    video.unlink(missing_ok=True)
+    assert rundir.video_problem(folder) == f"{video} is missing"
+    video.write_bytes(b"")  # schema 1 records no size: the empty file is still caught
+    assert rundir.video_problem(folder) == f"{video} is empty"
+    video.write_bytes(b"x" * 10)
+    assert rundir.video_problem(folder) is None
+    meta = VideoRecord.read(folder).to_json() | {"schema_version": 5, "video_bytes": 12}
+    rundir.write_json(folder / rundir.META_FILE, meta)
+    assert rundir.video_problem(folder) == (
+        f"{video} has 10 bytes but {folder / rundir.META_FILE} says 12"
+    )
 
 
 def test_truncated_frames_are_named_when_compared(old_copy: Path, tmp_path: Path):
