@@ -98,7 +98,9 @@ ESTIMATE_BASE = dict(is_cuda=True, capability=9, dtype=torch.bfloat16, head_dim=
      ({"capability": 8}, "triton"), ({"has_gluon": False}, "triton"), ({"is_cuda": False}, "triton"),
      ({"dtype": torch.float32}, "triton"), ({"head_dim": 32}, "triton"),
      ({"block_size": 64}, "triton"), ({"stride": 4}, "triton"), ({"aligned": False}, "triton"),
-     ({"kernel": "triton"}, "triton"), ({"kernel": "gluon", "measured": False, "n": 10}, "gluon")],
+     ({"kernel": "triton"}, "triton"), ({"kernel": "gluon", "measured": False, "n": 10}, "gluon"),
+     ({"stride": 32}, "gluon"), ({"stride": 32, "kernel": "gluon", "measured": False}, "gluon"),
+     ({"stride": 64}, "triton"), ({"block_size": 256}, "triton")],
 )  # fmt: skip
 def test_estimate_kernel_choice(change, want):
     from xattn_video.kernels import tuning

@@ -308,6 +308,10 @@ def test_config_table_lookup(monkeypatch):
     assert tuning.SAFE_HOPPER["WARP_SPEC"] is False and tuning.SAFE_HOPPER["RESCALE_THRESHOLD"] == 0
     small = tuning.lookup_config("NVIDIA H200", "bf16", 64, 119056, 64)
     assert small["BLOCK_M"] == 64 and small["BLOCK_N"] == 64 and small["num_warps"] == 4
+    # the CPU interpreter's small tiles, still clamped to a small block (32 x 16 raised there)
+    cpu = {bs: tuning.lookup_config(None, "bf16", 64, 64, bs) for bs in (16, 32, 128)}
+    assert [(c["BLOCK_M"], c["BLOCK_N"]) for c in cpu.values()] == [(16, 16), (32, 16), (32, 16)]
+    assert all(c["num_warps"] == 4 and c["num_stages"] == 1 for c in cpu.values())
     assert ("bf16", tuned) in tuning.shipped_configs()
 
 

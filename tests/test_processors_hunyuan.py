@@ -351,11 +351,17 @@ def test_unknown_model_and_bad_input_errors():
     pipe = tiny_hv_pipeline()
     with pytest.raises(ValueError, match="does not match"):
         xv.apply_xattention(pipe, cfg_(), model="wan")
+    with pytest.raises(ValueError, match="does not match"):  # names are case-blind
+        xv.apply_xattention(pipe, cfg_(), model="Wan")
+    with pytest.raises(ValueError, match="unknown model 'flux'"):
+        xv.apply_xattention(pipe, cfg_(), model="flux")
     with pytest.raises(ValueError, match="XAttentionConfig"):
         xv.apply_xattention(pipe, {"threshold": 0.5})
     with pytest.raises(ValueError, match=r"dense_layers \[3, 7\].*3 attention layers"):
         xv.apply_xattention(pipe, cfg_(dense_layers=(1, 3, 7)))
     assert getattr(pipe.transformer, "_diffusers_hook", None) is None
+    for name in ("HunyuanVideo", "hunyuan", "HUNYUANVIDEO"):
+        xv.apply_xattention(pipe, cfg_(), model=name).remove()
 
 
 def test_reapplying_replaces_the_previous_application():
