@@ -61,6 +61,31 @@ def test_timestep_matching_uses_the_max_of_per_token_timesteps():
     assert got == [0, 1, 1]
 
 
+def test_only_registered_layers_outside_dense_layers_run_sparse():
+    ctl = XAttentionController(cfg_(warmup_steps=0, dense_layers=(1,)))
+    ctl.begin_forward(timestep=torch.tensor([900.0]))
+    assert ctl.sparse
+    assert [ctl.is_sparse(i) for i in (-1, 0, 1, 2)] == [False, True, False, True]
+
+
+def test_a_scheduler_at_its_last_index_says_nothing_about_the_forward():
+    """A scheduler whose step_index equals len(timesteps) ran its last step: a forward now is
+    another caller's, counted by timestep matching from step 0 (dense warm-up), not as step 4."""
+    from xattn_video import schedule
+
+    ts = torch.tensor([999.0, 900.0, 750.0, 500.0])
+    assert [schedule.finished(SimpleNamespace(step_index=i, timesteps=ts)) for i in (3, 4, 5)] == [
+        False, True, True
+    ]  # fmt: skip
+    assert not schedule.finished(SimpleNamespace(step_index=None, timesteps=ts))
+    ctl = XAttentionController(cfg_(warmup_steps=1))
+    done = SimpleNamespace(step_index=4, timesteps=ts, begin_index=None)
+    got = steps_of(
+        ctl, [{"timestep": torch.tensor([t]), "scheduler": done} for t in (900.0, 800.0)]
+    )
+    assert got == [(0, "pass0", False), (1, "pass0", True)]
+
+
 def test_scheduler_step_index_is_authoritative():
     ctl = XAttentionController(cfg_(warmup_steps=1, dense_last_steps=1))
     sched = SimpleNamespace(step_index=None, timesteps=torch.arange(4))

@@ -228,6 +228,64 @@ def test_wan22_two_transformers_share_one_controller(monkeypatch):
     pinned(monkeypatch, pipe, cfg_(threshold=0.5, warmup_steps=1), lambda d: run(pipe, steps=4))
 
 
+def test_remove_keeps_a_processor_the_user_set_meanwhile_and_drops_the_cached_masks():
+    from ._tiny_models import wan_transformer_inputs
+
+    pipe = tiny_wan_pipeline()
+    tr = pipe.transformer
+    originals = dict(tr.attn_processors)
+    handle = xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=0, mask_refresh=2))
+    with torch.no_grad():
+        tr(**wan_transformer_inputs())  # a bare forward: sparse, its masks kept for reuse
+    assert len(handle.controller.masks) > 0 and handle.controller.sparse
+    key = next(k for k, v in tr.attn_processors.items() if isinstance(v, WanXAttnProcessor))
+    mine = WanAttnProcessor()
+    dict(tr.named_modules())[key.removesuffix(".processor")].set_processor(mine)
+    handle.remove()
+    assert tr.attn_processors[key] is mine  # the user's, not the saved original
+    assert all(tr.attn_processors[k] is v for k, v in originals.items() if k != key)
+    assert len(handle.controller.masks) == 0 and not handle.controller.sparse
+
+
+def test_an_apply_that_fails_part_way_leaves_the_model_as_it_was(monkeypatch):
+    from xattn_video import apply as apply_mod
+    from xattn_video.hook import step_hook
+
+    pipe = tiny_wan_pipeline(two_stage=True)
+    originals = [dict(pipe.transformer.attn_processors), dict(pipe.transformer_2.attn_processors)]
+    calls = []
+
+    def fail_second(tr, *args, **kw):
+        calls.append(tr)
+        if len(calls) == 2:
+            raise RuntimeError("hook failed")
+        return attach_step_hook(tr, *args, **kw)
+
+    monkeypatch.setattr(apply_mod, "attach_step_hook", fail_second)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        xv.apply_xattention(pipe, cfg_(threshold=0.5))
+    assert calls == [pipe.transformer, pipe.transformer_2]
+    for tr, orig in zip((pipe.transformer, pipe.transformer_2), originals, strict=True):
+        assert dict(tr.attn_processors) == orig and step_hook(tr) is None
+
+
+def test_one_module_set_as_both_experts_is_patched_once():
+    """It was refused part-way with 'already has an XAttention step hook; remove it first'."""
+
+    class Pipe:  # a pipeline object (it is weakly referenced)
+        pass
+
+    tr = tiny_wan_transformer()
+    pipe = Pipe()
+    pipe.transformer = pipe.transformer_2 = tr
+    handle = xv.apply_xattention(pipe, cfg_(threshold=0.5))
+    assert handle.transformers == [tr]
+    xprocs = [p for p in tr.attn_processors.values() if isinstance(p, WanXAttnProcessor)]
+    assert len(xprocs) == 2
+    handle.remove()
+    assert not any(isinstance(p, WanXAttnProcessor) for p in tr.attn_processors.values())
+
+
 def test_step_from_cache_context_without_a_scheduler():
     # xattention_processors without `pipe`: Wan pipelines pass step_index in cache_context
     pipe = tiny_wan_pipeline()

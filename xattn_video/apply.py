@@ -153,15 +153,16 @@ def _carry_backend(src: Any, dst: Any) -> None:
 
 
 def _transformers_of(pipe_or_transformer: Any) -> tuple[Any, list[torch.nn.Module]]:
-    """(pipe or None, [transformer, transformer_2 if set])."""
+    """(pipe or None, [transformer, transformer_2 if set and another module])."""
     if isinstance(pipe_or_transformer, torch.nn.Module):
         return None, [pipe_or_transformer]
     pipe = pipe_or_transformer
-    transformers = [
-        t
-        for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
-        if t is not None
-    ]
+    transformers = []
+    for t in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)):
+        # one module set as both experts is patched once (a second hook on it was refused
+        # part-way with "already has an XAttention step hook")
+        if t is not None and all(t is not u for u in transformers):
+            transformers.append(t)
     if not transformers:
         raise ValueError(
             f"{type(pipe).__name__} has no `transformer`: pass a diffusers video pipeline "
