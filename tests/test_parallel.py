@@ -47,18 +47,18 @@ def _local(x: torch.Tensor, n_video: int, rank: int) -> torch.Tensor:
     return torch.cat([v.chunk(P, dim=1)[rank], t.chunk(P, dim=1)[rank]], dim=1)
 
 
-def _op_inputs():
+def _op_inputs(NT: int = 8):
     g = torch.Generator().manual_seed(0)
-    B, NV, NT, H, D = 2, 96, 8, 4, 16
+    B, NV, H, D = 2, 96, 4, 16
     q, k, v = (torch.randn(B, NV + NT, H, D, generator=g) for _ in range(3))
-    kv_len = torch.tensor([NV + 5, NV + NT])
+    kv_len = torch.tensor([NV + min(5, NT - 1), NV + NT])
     return q, k, v, kv_len, NV
 
 
-def _op_worker(rank: int, world: int):
+def _op_worker(rank: int, world: int, nt: int):
     import torch.distributed as dist
 
-    q, k, v, kv_len, nv = _op_inputs()
+    q, k, v, kv_len, nv = _op_inputs(nt)
     group = dist.group.WORLD
     lq, lk, lv = (_local(x, nv, rank) for x in (q, k, v))
     nt_local = (q.shape[1] - nv) // world
@@ -84,11 +84,13 @@ def _op_worker(rank: int, world: int):
     return {"dense": dense, "sparse": sp, "mask": masks[0], "record": stats.records[0]}
 
 
-def test_ulysses_attention_matches_one_process():
+@pytest.mark.parametrize("nt", [8, 2])
+def test_ulysses_attention_matches_one_process(nt):
     """All-to-alls + reorder around SDPA and XAttention: output, per-head masks and gathered
-    stats equal the one-process call (text tokens split over ranks, key padding)."""
-    q, k, v, kv_len, nv = _op_inputs()
-    res = run_distributed(_op_worker, P)
+    stats equal the one-process call (text tokens split over ranks, key padding; one text
+    token per rank is reordered too)."""
+    q, k, v, kv_len, nv = _op_inputs(nt)
+    res = run_distributed(_op_worker, P, nt)
     ref64 = _sdpa(q.double(), k.double(), v.double(), kv_len)
     ref32 = _sdpa(q, k, v, kv_len)
     out, mask = xv.xattention(
@@ -317,11 +319,74 @@ def test_unsupported_inputs_raise_clear_errors():
         assert "the text length 3 " in msgs["tiny_dit"], msgs["tiny_dit"]
 
 
+def _ulysses_config(P: int = 2, **kw):
+    """A ContextParallelConfig of degree P whose Ulysses group is a stand-in (no processes)."""
+    from types import SimpleNamespace
+
+    from diffusers import ContextParallelConfig
+
+    cfg = ContextParallelConfig(ulysses_degree=P, **kw)
+    cfg._ulysses_mesh = SimpleNamespace(get_group=lambda: "group")
+    return cfg
+
+
+def test_the_input_check_splits_hunyuans_text_only_and_reads_positional_inputs():
+    """The check hook reads encoder_hidden_states also when passed positionally (the third
+    argument), and only HunyuanVideo splits its text over ranks: Wan's cross-attention keys
+    are not split, so any text length runs."""
+    from tests._tiny_models import hv_transformer_inputs, tiny_wan_transformer
+
+    hv, wan = tiny_hv_pipeline().transformer, tiny_wan_transformer()
+    hook = parallel._ParallelCheckHook()
+    kw = hv_transformer_inputs()
+    odd = torch.zeros(1, 7, kw["encoder_hidden_states"].shape[-1])
+    hv._parallel_config = wan._parallel_config = _ulysses_config()
+    with pytest.raises(ValueError, match="the text length 7"):
+        hook.pre_forward(hv, kw["hidden_states"], kw["timestep"], odd)
+    with pytest.raises(ValueError, match="the text length 7"):
+        hook.pre_forward(hv, hidden_states=kw["hidden_states"], encoder_hidden_states=odd)
+    even = torch.zeros(1, 8, odd.shape[-1])
+    hook.pre_forward(hv, kw["hidden_states"], kw["timestep"], even)
+    wan_hs = torch.zeros(1, 16, 3, 16, 16)
+    hook.pre_forward(wan, wan_hs, kw["timestep"], torch.zeros(1, 7, 32))
+
+
+def test_unsupported_ulysses_settings_are_refused_before_anything_runs(monkeypatch):
+    with pytest.raises(ValueError, match="does not support ulysses_anything"):
+        parallel.ulysses_group(_ulysses_config(ulysses_anything=True))
+    assert parallel.ulysses_group(_ulysses_config()) == ("group", 2)
+    assert parallel.ulysses_group(None) is None
+    monkeypatch.setattr(parallel.dist, "is_initialized", lambda: True)
+    with pytest.raises(ValueError, match="ulysses_degree must be >= 2, got 1"):
+        parallel.enable_context_parallel(tiny_hv_pipeline().transformer, 1)
+
+
+def test_a_ranks_first_head_is_its_place_in_the_ulysses_group(monkeypatch):
+    """With data parallelism (world 4, Ulysses groups {0, 1} and {2, 3}) global rank 3 is
+    place 1 of its group: its heads start at 1 * H/P, not 3 * H/P (past the last head)."""
+    ranks = {None: 3, "group": 1}
+    monkeypatch.setattr(parallel.dist, "get_rank", lambda group=None: ranks[group])
+    monkeypatch.setattr(parallel.dist, "get_world_size", lambda group=None: 2 if group else 4)
+    from types import SimpleNamespace
+
+    ctl = SimpleNamespace(stats=xv.XAttentionStats(), auto_dense=SimpleNamespace(group=None))
+    state = parallel.GatheredState(ctl, "group", torch.device("cpu"), heads=2)
+    assert state.heads == {"first_head": 2, "total_heads": 4}
+    assert ctl.auto_dense.group == "group"
+
+
 def test_plan_for_unsupported_model_raises():
+    from diffusers import HunyuanVideoTransformer3DModel
+
     from tests._tiny_models import tiny_framepack_transformer
 
     with pytest.raises(ValueError, match="Framepack"):
         xv.context_parallel_plan(tiny_framepack_transformer())
+    hv = tiny_hv_pipeline().transformer
+    kw = {k: v for k, v in hv.config.items() if not k.startswith("_")}
+    i2v = HunyuanVideoTransformer3DModel(**{**kw, "image_condition_type": "token_replace"})
+    with pytest.raises(ValueError, match="token_replace"):
+        xv.context_parallel_plan(i2v)
     plan = xv.context_parallel_plan(tiny_hv_pipeline().transformer)
     assert set(plan) == {"rope", "transformer_blocks.0", "proj_out"}
 
