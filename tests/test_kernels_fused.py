@@ -164,6 +164,22 @@ def test_nonfinite_flags_and_propagation_equal_the_policy(nan_block):
     assert torch.equal(out[~want], out0[~want]) and torch.equal(lse[~want], lse0[~want])
 
 
+def test_nonfinite_flags_cover_keys_past_the_query_length():
+    """Fewer queries than keys (64 vs 300): key chunks are counted over max(Nq, Nk); counted
+    over Nq, a NaN in valid key 250 was missed and the output stayed finite."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 64, 16, generator=g)
+    k, v = (torch.randn(1, 1, 300, 16, generator=g) for _ in range(2))
+    k = _plant(k, (0, 0, 250, 3), float("nan"))
+    lens = torch.tensor([300], dtype=torch.int32)
+    q_bad, kv_bad = nonfinite_flags(q, k, v, lens)
+    assert kv_bad.tolist() == [[0, 1, 0]] and not bool(q_bad.any())
+    out, lse = torch.zeros(1, 1, 64, 16), torch.zeros(1, 1, 64)
+    propagate_nan(out, lse, q_bad, kv_bad, nan_block=0)
+    want = nonfinite_rows_ref(q, k, v, lens)
+    assert bool(want.all()) and bool(out.isnan().all()) and bool(lse.isnan().all())
+
+
 def test_op_falls_back_to_torch_selection_beyond_the_fused_row_length(monkeypatch):
     """Rows longer than the kernels take run the torch selection and lists: same mask, same
     output."""

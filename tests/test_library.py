@@ -104,6 +104,61 @@ def test_opcheck_select_and_csr(per_head, budget, ratio):
     assert torch.equal(indices, mask_to_indices(mask)[1])
 
 
+def test_select_with_dense_from_0_keeps_every_valid_block():
+    """dense_from 0: every token is a forced (text) token, so every valid block is kept; a
+    0 read as 'no text' (as the -1 sentinel) kept only the threshold's blocks."""
+    if not interpreter_enabled():
+        pytest.skip("the Triton ops need the interpreter on CPU")
+    q, k, *_, kv_len = _sparse_inputs()
+    scores = estimate_block_scores_ref(q, k, stride=4, block_size=16, kv_len=kv_len)
+    args = (scores, kv_len, None, 0.5, None, 0, 16, 0.0, 1, 0.0, 70, 70)
+    mask = library.select_block_mask_op(*args)
+    valid = torch.arange(5) < torch.tensor([5, 3])[:, None]  # key blocks of 70 and 41 tokens
+    assert torch.equal(mask, valid[:, None, None, :].expand(2, 2, 5, 5))
+    sparse = library.select_block_mask_op(*args[:5], -1, *args[6:])
+    assert sparse.sum() < mask.sum()  # the same call without text keeps fewer
+
+
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_the_ops_nan_block_spreads_a_nan_query_over_its_block(use_triton):
+    """nan_block=16: a NaN query row makes its whole 16-row block NaN, on both paths (the torch
+    path ignored nan_block: only the row itself)."""
+    if use_triton and not interpreter_enabled():
+        pytest.skip("the Triton path needs the interpreter on CPU")
+    q, k, v, _, counts, indices, kv_len = _sparse_inputs()
+    q[0, 1, 21, 3] = float("nan")
+    out, _ = library.block_sparse_attention_op(
+        q, k, v, counts, indices, kv_len, [], 16, 0.25, False, use_triton, "bf16", 16
+    )
+    bad = out.isnan().any(-1)
+    want = torch.zeros_like(bad)
+    want[0, 1, 16:32] = True
+    assert torch.equal(bad, want) and bool(out[0, 1, 16:32].isnan().all())
+
+
+def test_the_fp8_quantize_fake_sizes_the_key_flags_from_the_longer_side():
+    """One key flag per FLAG_ROWS chunk of max(Nq, Nk) rows, as the real flags: a fake sized
+    from Nq alone gave (1, 1) for 64 queries and 300 keys where the real flags are (1, 3)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from xattn_video.kernels.nonfinite import nonfinite_flags
+
+    if not interpreter_enabled():
+        pytest.skip("the flag kernel needs the interpreter on CPU")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 64, 16, generator=g)
+    k, v = (torch.randn(1, 1, 300, 16, generator=g) for _ in range(2))
+    lens = torch.tensor([300], dtype=torch.int32)
+    q_bad, kv_bad = nonfinite_flags(q, k, v, lens)
+    with FakeTensorMode():
+        fake = library.quantize_fp8_op(
+            *(torch.empty(x.shape) for x in (q, k, v)), torch.empty(1, dtype=torch.int32), 16
+        )
+    assert [tuple(t.shape) for t in fake[:2]] == [(1, 1, 64, 16), (1, 1, 300, 16)]
+    assert tuple(fake[5].shape) == tuple(q_bad.shape) and tuple(fake[6].shape) == (1, 3)
+    assert tuple(kv_bad.shape) == (1, 3)
+
+
 @pytest.mark.parametrize("use_triton", [False, True])
 @pytest.mark.parametrize("return_lse", [False, True])
 def test_opcheck_block_sparse_attention(use_triton, return_lse):
