@@ -335,7 +335,7 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
     from xattn_video.pipelines.cli import main
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a cat on a mat\na dog running\n")
+    prompts.write_text("a cat on a mat\na dog running\na bird\na fish\n")
     out = tmp_path / "thr.json"
     argv = ["calibrate", "--model", "tiny-hunyuan", "--prompts", str(prompts), "--num-prompts",
             "2", "--steps", "2", "--measure-every", "1", "--device", "cpu", "--no-progress",
@@ -345,7 +345,7 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
     assert ("xattn-video: warning: calibrate ignores --ratio, --max-density: a calibration keeps "
             "every block on every layer and step") in std.err and "wrote" in std.out  # fmt: skip
     data = load_thresholds(out)
-    assert data["prompts"] == ["a cat on a mat", "a dog running"]
+    assert data["prompts"] == ["a cat on a mat", "a bird"]  # a strided sample, as generate's
     # the tiny preset has 1 warm-up step: only the sparse step 1 is measured
     assert data["steps_measured"] == [1] and data["target"] == {"mass": 0.95, "density": None}
     assert data["dtype"] == "torch.float32"  # the CPU default, as generate's (it was bf16)

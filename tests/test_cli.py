@@ -353,6 +353,27 @@ def test_each_flag_sets_its_field(name):
     assert changed == {name} | ({"stride"} if extra else set())
 
 
+def test_every_generate_flag_reaches_its_option():
+    """Each generate flag sets its GenerateOptions field (--dimension was read by nothing that a
+    test checked); tuple flags also take the 2x8x8 form."""
+    import dataclasses
+
+    want = dict(model="tiny-hunyuan", model_path="mp", model_id=None, prompts="p.txt",
+                prompts_dir="pd", limit=3, sample=5, dimension="scene", attention="xattn",
+                height=48, width=80, frames=9, steps=7, seed=11, fps=12, out="o", device="cpu",
+                dtype="float16", ulysses=2, compile="max-autotune", progress=False)  # fmt: skip
+    argv = [word for k, v in want.items() if v not in (None, False)
+            for word in (f"--{k.replace('_', '-')}", str(v))]  # fmt: skip
+    args = build_generate_parser().parse_args([*argv, "--no-progress", "--tile-size", "2x8x8"])
+    opts = cli._options_from_args(args)
+    assert {k: getattr(opts, k) for k in want} == want
+    assert opts.config.tile_size == (2, 8, 8)
+    fields = {f.name for f in dataclasses.fields(opts)}
+    assert fields - set(want) == {"config", "compile_backend"}  # the backend: Python API only
+    args = build_generate_parser().parse_args([*BASE, "--model-id", "org/repo"])
+    assert cli._options_from_args(args).model_id == "org/repo"
+
+
 def test_unset_flags_take_the_model_preset():
     for model, spec in MODELS.items():
         argv = [*BASE[:1], model, *BASE[2:]]

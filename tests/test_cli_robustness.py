@@ -366,6 +366,27 @@ def test_read_only_run_directory(finished_run, tmp_path, prompt_file, monkeypatc
     assert "--out r: . is not writable" in line  # checked before any work, naming the flag
 
 
+def test_a_writable_old_lock_file_in_a_read_only_directory(
+    finished_run, prompt_file, monkeypatch, capsys
+):
+    """chmod a-w on the run directory leaves its old .lock file writable: the lock is taken,
+    but no new file can be made there; that is read-only too (simulated: only new files are
+    refused)."""
+    run, prompts = finished_run
+    real = runlock._open_lock_file
+
+    def new_files_denied(path):
+        if not Path(path).exists():
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(runlock, "_open_lock_file", new_files_denied)
+    assert (run / rundir.LOCK_FILE).exists()
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    line = _fail(_argv(run, prompts), capsys)
+    assert f"{run} is not writable and 2 prompt(s) are not finished" in line
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_read_only_run_directory_for_real(finished_run, tmp_path, prompt_file, capsys):
     run, prompts = finished_run

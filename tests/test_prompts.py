@@ -225,6 +225,7 @@ def test_user_json_files(tmp_path: Path) -> None:
                 {"prompt": "a cat", "dimension": "animal"},
                 {"prompt_en": "a dog", "dimension": ["animal", "scene"]},
                 {"prompt": "a car"},
+                {"prompt": "short", "prompt_en": "the English one", "dimension": "a,b"},
             ]
         )
     )
@@ -232,7 +233,13 @@ def test_user_json_files(tmp_path: Path) -> None:
     assert prompts[0] == Prompt(0, "a cat", ("animal",))  # one dimension given as a string
     assert prompts[1] == Prompt(1, "a dog", ("animal", "scene"))
     assert prompts[2].dimensions == ()
+    assert prompts[3] == Prompt(3, "the English one", ("a,b",))  # prompt_en wins; one tag
     assert [p.index for p in load_prompts(objs, dimension="scene")] == [1]
+
+    for name, content in [("blank.txt", "\n  \n"), ("empty.json", "[]")]:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ValueError, match=f"{name} holds no prompts"):
+            load_prompts(tmp_path / name)
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"text": "x"}]))

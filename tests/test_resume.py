@@ -35,6 +35,23 @@ def _finished(out: Path) -> list[str]:
     return sorted(p.parent.name for p in out.glob(f"*/{rundir.META_FILE}"))
 
 
+def test_a_resumed_prompt_is_the_video_a_one_shot_run_makes(tmp_path, prompt_file):
+    """Every prompt's generator is seeded with --seed, wherever the run resumes: prompt 00001
+    made by a resume equals the one-shot run's, and it is the first video of its process
+    (compilation / warm-up), whatever its index."""
+    import numpy as np
+
+    once, resumed = tmp_path / "once", tmp_path / "resumed"
+    main(_argv(once, prompt_file, "dense", "--limit", "2", "--seed", "3"))
+    main(_argv(resumed, prompt_file, "dense", "--limit", "1", "--seed", "3"))
+    main(_argv(resumed, prompt_file, "dense", "--limit", "2", "--seed", "3"))
+    frames = [np.load(out / "00001" / rundir.FRAMES_FILE) for out in (once, resumed)]
+    assert np.array_equal(*frames)
+    meta = [rundir.VideoRecord.read(out / "00001") for out in (once, resumed)]
+    assert [m.first_in_process for m in meta] == [False, True]
+    assert rundir.VideoRecord.read(once / "00000").first_in_process is True
+
+
 def test_a_failed_setup_leaves_no_run_json(tmp_path, prompt_file, capsys):
     """run.json was written before the pipeline was set up: a setting that only fails there
     (a layer index past the model's) left a record that refused the corrected command."""
