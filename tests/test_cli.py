@@ -485,11 +485,12 @@ def test_demo_runs_the_trained_model_dense_xattn_and_report(tmp_path: Path, caps
 def test_demo_with_a_random_weight_model_says_so(tmp_path: Path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--model", "tiny-hunyuan", "--out", str(out), "--num-prompts", "1"]
-    assert main([*argv, "--no-progress", "--device", "cpu"]) == 0
+    assert main([*argv, "--width", "48", "--no-progress", "--device", "cpu"]) == 0
     stdout = capsys.readouterr().out
     assert "tiny-hunyuan has random weights" in stdout and "trained" not in stdout
     info = json.loads((out / "xattn" / "run.json").read_text())
-    assert (info["height"], info["width"], info["frames"], info["steps"]) == (64, 64, 9, 4)
+    # the demo's 64 where the user gave no size, the user's width where they did
+    assert (info["height"], info["width"], info["frames"], info["steps"]) == (64, 48, 9, 4)
     assert (
         XAttentionConfig.from_dict(info["config"])
         == XAttentionConfig.from_preset("tiny").resolved()
