@@ -100,8 +100,12 @@ def _cudnn_baseline(cudnn, add) -> None:
     add("sdpa cuDNN dense, call by call", median_ms(cudnn, 8, warmup=2))
 
 
-def run_length(n: int, heads: int, dim: int, densities, strides, args, monitor=None) -> list[dict]:
-    dev = "cuda"
+def run_length(
+    n: int, heads: int, dim: int, densities, strides, args, monitor=None, device: str = "cuda"
+) -> list[dict]:
+    """The rows of one sequence length; ``device`` other than CUDA only for the CPU test of
+    the rows' arithmetic (its timings faked)."""
+    dev = device
     g = torch.Generator(device=dev).manual_seed(0)
     q, k, v = (
         torch.randn(1, heads, n, dim, device=dev, dtype=torch.bfloat16, generator=g)

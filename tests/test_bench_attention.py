@@ -3,6 +3,8 @@ compose exactly what the op runs (bit for bit against ``xattention(backend="trit
 fp32 rounding of the torch backend), and it does not offer the Gluon estimate off sm90. Its
 timings need a CUDA GPU (the script exits without one)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -47,3 +49,50 @@ def test_cudnn_baseline_is_warmed_up_before_its_first_timing(monkeypatch):
     ba._cudnn_baseline(lambda: None, lambda name, ms: rows.append((name, ms)))
     assert log == [("baseline_ms",), ("median_ms", 8, 2)]
     assert rows == [("sdpa cuDNN dense", 1.0), ("sdpa cuDNN dense, call by call", 2.0)]
+
+
+def test_rows_give_ratios_to_the_first_cudnn_row_and_effective_tflops(monkeypatch):
+    """The table's arithmetic on CPU with faked timings (baseline 4 ms, every other row 2 ms):
+    each ratio is the row's time over the first cuDNN row's (the end-of-run cuDNN row too),
+    effective TFLOP/s are density x 4 B H N^2 D over the time, and an estimate row's density is
+    its share of dense attention's FLOPs, 1 / (2 S)."""
+    monkeypatch.setattr(ba, "baseline_ms", lambda fn: 4.0)
+    monkeypatch.setattr(ba, "median_ms", lambda fn, reps, warmup=1: 4.0)
+    monkeypatch.setattr(ba, "bench_ms", lambda fn: 2.0)
+    monkeypatch.setattr(ba, "xattention", lambda *a, **kw: None)  # the whole-op rows: timed only
+    monkeypatch.setattr(ba, "_whole_op", lambda *a, **kw: None)
+    args = SimpleNamespace(no_flex=True, sweep=False, seq=[512])
+    rows = ba.run_length(512, 2, 64, [0.5], [8, 16], args, device="cpu")
+    by = {r["method"]: r for r in rows}
+    assert rows[0]["method"] == "sdpa cuDNN dense" and rows[0]["ratio_to_cudnn"] == 1.0
+    assert by["sdpa cuDNN dense, call by call"]["ratio_to_cudnn"] == 1.0
+    assert by["sdpa cuDNN dense, again at the end"]["ratio_to_cudnn"] == 0.5
+    flops = 4 * 2 * 512 * 512 * 64
+    sparse = by["ours sparse d=0.5"]
+    assert sparse["ratio_to_cudnn"] == 0.5 and sparse["density"] == 0.5  # 8 of 16 blocks
+    assert sparse["tflops"] == pytest.approx(0.5 * flops / 2e-3 / 1e12)
+    assert rows[0]["tflops"] == pytest.approx(flops / 4e-3 / 1e12)
+    for s in (8, 16):
+        est = by[f"ours estimate S={s}"]
+        assert est["density"] == 1 / (2 * s)
+        assert est["tflops"] == pytest.approx(flops / (2 * s) / 2e-3 / 1e12)
+    assert by["ours select tau=0.9"]["tflops"] is None
+    assert by["ours whole op composed bf16 ratio=0.3 S=8"]["density"] == 0.3
+
+
+def test_whole_op_rows_run_the_estimate_at_the_precision_they_name(monkeypatch):
+    """ "composed fp8" is fp8 attention after a bf16 estimate; "fp8 + fp8 estimate" both."""
+    seen = []
+    monkeypatch.setattr(ba, "estimate_block_scores",
+                        lambda q, k, **kw: seen.append(("estimate", kw["precision"])))  # fmt: skip
+    monkeypatch.setattr(ba, "select_blocks_fused", lambda scores, **kw: None)
+    monkeypatch.setattr(ba, "mask_to_csr", lambda mask, **kw: (None, None))
+    monkeypatch.setattr(ba, "block_sparse_attention_fwd",
+                        lambda *a, **kw: seen.append(("attention", kw["precision"])))  # fmt: skip
+    q = torch.zeros(1, 1, 256, 64)
+    ba._whole_op(q, q, q, "fp8", "bf16")
+    ba._whole_op(q, q, q, "fp8", "fp8")
+    assert seen == [("estimate", "bf16"), ("attention", "fp8")] + [
+        ("estimate", "fp8"),
+        ("attention", "fp8"),
+    ]

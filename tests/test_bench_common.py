@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 
 import pytest
@@ -62,9 +62,35 @@ def test_git_sha_ignores_a_checkout_that_does_not_track_the_folder(tmp_path):
     assert git_sha(tmp_path).endswith("-dirty")  # the project itself still has its SHA
 
 
-def test_environment_records_this_checkout():
+def test_environment_records_this_checkout(monkeypatch):
+    import diffusers
+    import torch
+    import triton
+
+    monkeypatch.delenv("XATTN_VIDEO_GIT_SHA", raising=False)
     env = common.environment()
-    assert env["git_sha"] == (os.environ.get("XATTN_VIDEO_GIT_SHA") or git_sha())
+    assert env["git_sha"] == git_sha()
+    assert (env["torch"], env["triton"], env["diffusers"]) == (
+        torch.__version__,
+        triton.__version__,
+        diffusers.__version__,
+    )
+    # the GPU machine's copy of the tree: the SHA its caller passes
+    monkeypatch.setenv("XATTN_VIDEO_GIT_SHA", "abc1234")
+    assert common.environment()["git_sha"] == "abc1234"
+
+
+def test_report_writes_config_rows_and_environment(tmp_path, capsys):
+    rows = [{"method": "dense", "ms": 2.0, "drop": 0.0, "x": None}]
+    columns = [("method", "method", "{}"), ("drop", "drop", "{:.2f}"), ("x", "x", "{}")]
+    common.report(rows, columns, tmp_path / "r.json", {"seq": [256]})
+    out = capsys.readouterr().out
+    cells = [c.strip() for c in out.splitlines()[3].split("|")]
+    assert cells == ["dense", "0.00", ""]  # a 0 shown, None blank
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(data) == ["config", "environment", "rows"]
+    assert data["config"] == {"seq": [256]} and data["rows"] == rows
+    assert set(data["environment"]) >= {"gpu", "torch", "triton", "git_sha", "time"}
 
 
 @pytest.mark.parametrize("call_ms, runs", [(0.5, 1), (300.0, 2)])
@@ -83,6 +109,8 @@ def test_bench_ms_takes_the_median_of_at_least_five_calls(monkeypatch, call_ms, 
     monkeypatch.setattr(triton.testing, "do_bench", do_bench)
     got = common.bench_ms(lambda: None)
     assert len(reps) == runs and reps[0] == 500
+    if runs == 2:  # the second run covers 1.5 x min_reps calls of the first run's median
+        assert reps[1] == pytest.approx(1.5 * 5 * call_ms)
     n = max(1, int(reps[-1] / call_ms))
     assert n >= 5
     assert got == pytest.approx(call_ms * (1 + 0.01 * (n - 1) / 2))

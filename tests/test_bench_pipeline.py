@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from ._benchmarks import load_benchmark
 
@@ -57,3 +60,62 @@ def test_projection_headers_and_rows_name_the_steps_projected():
     )
     assert all(h.startswith("30") and "50" not in h for h in headers)
     assert {k for k, _, _ in columns} <= set(sparse)
+
+
+def test_stock_warmup_steps_take_the_faster_sdpa_row_and_best_dense_counts_the_kernel():
+    """cuDNN faster than diffusers' default: the stock dense steps are cuDNN's, and the
+    best-dense projection divides by the fastest dense row, the kernel's (20 s)."""
+    rows = [{"method": m, "s": s} for m, s in [("dense, diffusers default", 32.0),
+            ("dense, cuDNN SDPA", 30.0), (bench.KERNEL_DENSE, 20.0), ("xattn ratio=0.3", 10.0)]]  # fmt: skip
+    bench.add_projections(rows, steps=50, warm=5)
+    sparse = rows[-1]
+    assert sparse["projected_steps_s"] == 5 * 30.0 + 45 * 10.0
+    assert sparse["projected_speedup_vs_best_dense"] == pytest.approx(50 * 20.0 / 600.0)
+    assert sparse["projected_speedup_vs_default"] == pytest.approx(50 * 32.0 / 600.0)
+
+
+def test_make_inputs_marks_the_first_text_slots_valid():
+    inputs = bench.make_inputs(64, 48, 9, 3, device="cpu")
+    assert inputs["encoder_attention_mask"].tolist() == [[True] * 3 + [False] * 253]
+    assert inputs["hidden_states"].shape == (1, 16, 3, 8, 6)  # (frames - 1) / 4 + 1, pixels / 8
+
+
+def test_resolution_rows_record_tokens_densities_and_a_kernel_dense_run_of_every_layer(
+    monkeypatch,
+):
+    """run_resolution with its timings faked: tokens are the video's plus 256 text slots, each
+    density lands under its own key, and the kernel-dense row runs all layers dense."""
+    seen = {}
+
+    def fake_xattention(model, inputs, cfg, repeats):
+        if cfg.dense_kernel == "xattn" and cfg.dense_layers:
+            seen["dense_layers"] = cfg.dense_layers
+        return 1.0, {"effective_density": 0.35, "sparse_density": 0.3}
+
+    class Model:
+        transformer_blocks, single_transformer_blocks = [None] * 2, [None] * 3
+
+        def __call__(self, **inputs):
+            seen["mask"] = inputs["encoder_attention_mask"]
+
+        def set_attention_backend(self, name):
+            pass
+
+        def reset_attention_backend(self):
+            pass
+
+    real_inputs = bench.make_inputs
+    monkeypatch.setattr(bench, "make_inputs", lambda *a: real_inputs(*a, device="cpu"))
+    monkeypatch.setattr(bench, "time_xattention", fake_xattention)
+    monkeypatch.setattr(bench, "time_forward", lambda model, inputs, repeats: 2.0)
+    monkeypatch.setitem(bench.RESOLUTIONS, "test", (64, 64))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    args = SimpleNamespace(frames=5, text_valid=3, ratios=[0.3], taus=[], precisions=["bf16"],
+                           estimate_precisions=["auto"], stride=8, repeats=1, steps=50,
+                           warmup_steps=5)  # fmt: skip
+    rows = bench.run_resolution(Model(), "test", args)
+    assert {r["tokens"] for r in rows} == {2 * 8 * 8 // 4 + 256}  # 2 latent frames, patch 2x2
+    sparse = rows[-1]
+    assert (sparse["effective_density"], sparse["sparse_density"]) == (0.35, 0.3)
+    assert seen["dense_layers"] == (0, 1, 2, 3, 4)
+    assert seen["mask"][0, :3].all() and not seen["mask"][0, 3:].any()

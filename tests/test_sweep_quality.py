@@ -119,6 +119,16 @@ def test_compare_precisions_pairs_each_setting_and_its_per_video_differences():
     assert c2["every_video_within_0p5_db"] is True
     rows[1] = row("a", "fp8", [29.0, 31.0])
     assert sq.compare_precisions(rows)[0]["within_0p5_db"] is False
+    # exactly 0.5 dB over exactly MIN_VIDEOS videos meets both; each side keeps its own numbers
+    bf16 = dict(row("d", "bf16", [30.0] * 8), effective_density=0.30, attn_s=2.0)
+    fp8 = dict(row("d", "fp8", [29.5] * 8), effective_density=0.32, attn_s=1.5)
+    (c,) = sq.compare_precisions([bf16, fp8])
+    assert c["within_0p5_db"] is True and c["enough_videos"] is True and c["num_videos"] == 8
+    assert (c["effective_density_bf16"], c["effective_density"]) == (0.30, 0.32)
+    assert (c["attn_s_bf16"], c["attn_s"]) == (2.0, 1.5)
+    (c,) = sq.compare_precisions([dict(bf16, per_video={"psnr": [30.0] * 7}),
+                                  dict(fp8, per_video={"psnr": [29.5] * 7})])  # fmt: skip
+    assert c["enough_videos"] is False
 
 
 def test_conditions_are_fixed_and_cycle_through_the_motions():
