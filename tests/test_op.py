@@ -197,7 +197,10 @@ def test_threshold_monotone_density_through_op():
         (dict(kv_len=torch.tensor([3.0])), "kv_len"),
         (dict(kv_len=torch.tensor([3, 4])), "kv_len"),
         (dict(kv_len=torch.tensor([True])), "kv_len"),
+        (dict(kv_len=torch.tensor([[3]])), "kv_len"),  # B values, but not of shape (B,)
         (dict(threshold=torch.tensor([0.5, 0.9])), r"threshold.*shape \(1,\)"),
+        (dict(threshold=torch.full((1, 1), 0.5)), r"threshold.*shape \(1,\)"),
+        (dict(threshold=torch.tensor([0.0])), "threshold"),
         (dict(threshold=torch.tensor([0.5])), None),  # valid: one per head
         (dict(threshold=True), "threshold"),
         (dict(dense_from=-5), "dense_from"),
@@ -232,8 +235,26 @@ def test_bad_input_raises_value_error(kwargs, match):
         xv.xattention(q, k, v, **{"backend": "torch", **kwargs})
 
 
+def test_a_per_batch_dense_from_is_checked_in_every_batch():
+    q, k, v = _qkv(2, 1, 64, 16)
+    for bad in ([10, 65], [10, -5]):
+        with pytest.raises(ValueError, match=r"dense_from must be in \[0, 64\]"):
+            xv.xattention(q, k, v, block_size=16, stride=4, backend="torch",
+                          dense_from=torch.tensor(bad))  # fmt: skip
+
+
 def test_bad_shapes_raise_value_error():
     q, k, v = _qkv(1, 2, 64, 16)
+    k32, v32 = torch.randn(1, 2, 64, 32), torch.randn(1, 2, 64, 32)
+    with pytest.raises(ValueError, match="agree on B, H and D"):  # a raw RuntimeError before
+        xv.xattention(q, k32, v32, block_size=16, stride=4, backend="torch")
+    with pytest.raises(ValueError, match="agree on B, H and D"):
+        xv.block_sparse_attention(q, k32, v32, torch.ones(1, 2, 4, 4, dtype=torch.bool),
+                                  block_size=16, backend="torch")  # fmt: skip
+    with pytest.raises(ValueError, match="share dtype and device"):
+        xv.xattention(q, k.to("meta"), v.to("meta"), block_size=16, stride=4, backend="torch")
+    with pytest.raises(ValueError, match="at least one token"):
+        xv.xattention(q, k[:, :, :0], v[:, :, :0], block_size=16, stride=4, backend="torch")
     with pytest.raises(ValueError, match="rank 4"):
         xv.xattention(q[0], k[0], v[0])
     with pytest.raises(ValueError, match="GQA"):
