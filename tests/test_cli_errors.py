@@ -282,3 +282,12 @@ def test_a_warning_from_another_package_says_which(capsys):
         "xattn-video: warning: a notice",
         "xattn-video: warning: a notice",
     ]
+
+
+def test_metric_names_are_trimmed_and_case_blind():
+    from xattn_video.pipelines.cli_args import METRICS
+    from xattn_video.pipelines.cli_checks import parse_metrics
+
+    assert parse_metrics(None) == (METRICS, False)  # the default: LPIPS only where it can run
+    assert parse_metrics(" PSNR, SSIM ") == (("psnr", "ssim"), False)
+    assert parse_metrics("LPIPS") == (("lpips",), True)

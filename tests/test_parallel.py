@@ -361,6 +361,29 @@ def test_unsupported_ulysses_settings_are_refused_before_anything_runs(monkeypat
         parallel.enable_context_parallel(tiny_hv_pipeline().transformer, 1)
 
 
+def test_generates_size_check_takes_the_latent_frames_of_any_frame_count():
+    """(frames - 1) // 4 + 1 latent frames: 8 frames give 2 x 7 x 7 = 98 tokens at 56 x 56
+    (they split over 2 ranks), 9 frames 3 x 7 x 7 = 147 (they do not)."""
+    from xattn_video.pipelines.multiprocess import check_ulysses_sizes
+
+    pipe = tiny_hv_pipeline()
+    pipe.transformer._parallel_config = _ulysses_config()
+    text = {"max_sequence_length": 32}
+    check_ulysses_sizes(pipe, height=56, width=56, frames=8, call_kwargs=text)
+    with pytest.raises(ValueError, match=r"147 \(latent grid \(3, 7, 7\)\)"):
+        check_ulysses_sizes(pipe, height=56, width=56, frames=9, call_kwargs=text)
+
+
+def test_the_last_barrier_has_its_own_group_from_two_processes(monkeypatch):
+    from xattn_video.pipelines import multiprocess
+
+    made = []
+    monkeypatch.setattr(multiprocess.dist, "new_group", lambda **kw: made.append(kw) or "g")
+    assert multiprocess.finish_group(1) is None and made == []
+    assert multiprocess.finish_group(2) == "g"
+    assert made == [{"backend": "gloo", "timeout": multiprocess.FINISH_TIMEOUT}]
+
+
 def test_a_ranks_first_head_is_its_place_in_the_ulysses_group(monkeypatch):
     """With data parallelism (world 4, Ulysses groups {0, 1} and {2, 3}) global rank 3 is
     place 1 of its group: its heads start at 1 * H/P, not 3 * H/P (past the last head)."""
