@@ -72,6 +72,16 @@ def test_short_windows_are_crops_of_long_clips():
         assert torch.equal(v[b], full[b, :, start : start + 3])
 
 
+@pytest.mark.parametrize(
+    "args, name", [((4, 0, 0), "motion"), ((0, 8, 0), "image"), ((0, 0, 8), "direction"),
+                   ((-1, 0, 0), "motion"), ((0, 0, -1), "direction")],
+)  # fmt: skip
+def test_a_condition_out_of_range_is_refused(args, name):
+    """direction 8 was the null (unconditional) token, not a direction."""
+    with pytest.raises(ValueError, match=f"{name} must be in"):
+        syn.Condition(*args)
+
+
 def test_condition_from_prompt():
     f = syn.condition_from_prompt
     assert f("A cat zooming out") == f("a  cat zooming OUT")  # deterministic, normalised
@@ -85,7 +95,7 @@ def test_condition_from_prompt():
     for text in ["", "A beautiful coastal beach in spring, waves lapping on sand", "x" * 500]:
         c = f(text)
         assert c == f(text)
-        assert c.tokens() == c.canonical().tokens()
+        assert c == c.canonical()  # (tokens() canonicalises: comparing those could not fail)
     assert len({f(f"prompt number {i}") for i in range(40)}) > 10
 
 
