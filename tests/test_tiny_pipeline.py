@@ -149,6 +149,27 @@ def test_generator_list_length_must_match_the_videos():
     assert out.shape[0] == 3
 
 
+def test_videos_are_grouped_by_prompt_and_each_follows_its_generator():
+    """With num_videos_per_prompt=2 and one generator per video, video i is what a call with
+    its prompt and generator i alone makes (prompt 0's two videos first); two conditions with
+    the same canonical form (zoom direction 2 = 0) make the same video."""
+    pipe = random_tiny_pipeline(0, **SMALL)
+    kw = dict(height=8, width=8, num_frames=2, num_inference_steps=1)
+
+    def one(seed, **what):
+        return pipe(**what, generator=torch.Generator().manual_seed(seed), **kw).frames[0]
+
+    gens = [torch.Generator().manual_seed(s) for s in range(4)]
+    out = pipe(["a cat", "a rocket"], num_videos_per_prompt=2, generator=gens, **kw).frames
+    want = [one(0, prompt="a cat"), one(1, prompt="a cat"), one(2, prompt="a rocket"),
+            one(3, prompt="a rocket")]  # fmt: skip
+    for got, ref in zip(out, want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    assert not np.allclose(want[0], want[1])
+    assert np.array_equal(one(0, condition=syn.Condition(1, 0, 2)),
+                          one(0, condition=syn.Condition(1, 0, 0)))  # fmt: skip
+
+
 def test_missing_weights_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="tiny.train"):
         load_tiny_pipeline(tmp_path / "nothing")
