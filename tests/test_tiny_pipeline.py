@@ -114,6 +114,14 @@ def test_missing_weights_name_the_folder_to_train_into(tmp_path):
     assert str(exc.value).endswith(
         f"Train them with: python -m xattn_video.pipelines.tiny.train --out {where} --minutes 8.5"
     )
+    # a folder missing one of its parts (an interrupted copy) is named the same way
+    random_tiny_pipeline(1, **SMALL).save_pretrained(where)
+    for part in ("transformer/config.json", "scheduler/scheduler_config.json"):
+        (where / part).rename(where / f"{part}.bak")
+        with pytest.raises(FileNotFoundError, match=f"{where / part} missing"):
+            load_tiny_pipeline(where)
+        (where / f"{part}.bak").rename(where / part)
+    load_tiny_pipeline(where)
 
 
 def test_save_pretrained_leaves_live_weights_bit_identical(tmp_path):

@@ -51,6 +51,31 @@ def test_pan_direction_moves_content_opposite_to_camera():
     assert min(errs.values()) < min(errs_wrong.values())
 
 
+@pytest.mark.parametrize(
+    "motion, direction, key, axis, sign",
+    [("pan", 0, "centre", 0, 1), ("pan", 2, "centre", 1, -1),  # right: +x; up: -y (y down)
+     ("pan", 6, "centre", 1, 1), ("zoom", 0, "half", None, -1), ("zoom", 1, "half", None, 1),
+     ("rotate", 0, "angle", None, 1), ("rotate", 1, "angle", None, -1)],
+)  # fmt: skip
+def test_each_direction_moves_the_camera_its_own_way(motion, direction, key, axis, sign):
+    """Pan up moves the camera up the screen (content down), zoom in shrinks the view, rotate
+    direction 0 turns the angle up; a flipped sign in any of them passed the other tests."""
+    cond = syn.Condition(syn.MOTIONS.index(motion), 0, direction)
+    for seed in range(3):
+        values = syn._clip_params(cond, seed, 5)[key]
+        steps = np.diff(values[:, axis] if axis is not None else values)
+        assert (np.sign(steps) == sign).all(), (seed, values)
+
+
+def test_a_wide_clip_is_the_middle_rows_of_the_square_one():
+    """Square pixels: 32 x 64 shows the middle 32 rows of the 64 x 64 clip of the same seed."""
+    for motion in range(len(syn.MOTIONS)):
+        cond = syn.Condition(motion, 3, 0)
+        wide = syn.make_clip(cond, 2, 32, 64, seed=4)
+        square = syn.make_clip(cond, 2, 64, 64, seed=4)
+        assert np.array_equal(wide, square[:, 16:48])
+
+
 def test_sample_batch_seeded_and_in_range():
     v1, t1, c1 = syn.sample_batch(np.random.default_rng(7), 3, frames=3, height=16, width=16)
     v2, t2, c2 = syn.sample_batch(np.random.default_rng(7), 3, frames=3, height=16, width=16)
