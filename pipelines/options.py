@@ -21,6 +21,7 @@ import torch
 
 from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
+from xattn_video.scalars import is_json_int
 
 from .models import ModelSpec, get_model_spec
 
@@ -103,9 +104,9 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         raise SetupError(f"attention must be one of {ATTENTIONS}, got {opts.attention!r}")
     if opts.model_path is not None and opts.model_id is not None:
         raise SetupError("pass either --model-path or --model-id, not both")
-    if not _is_int(opts.ulysses) or opts.ulysses < 1:
+    if not is_json_int(opts.ulysses) or opts.ulysses < 1:
         raise SetupError(f"ulysses must be a positive integer, got {opts.ulysses!r}")
-    if not _is_int(opts.seed) or not 0 <= opts.seed < SEED_END:
+    if not is_json_int(opts.seed) or not 0 <= opts.seed < SEED_END:
         raise SetupError(f"seed must be an integer in [0, 2**64), got {opts.seed!r}")
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise SetupError(f"dtype must be one of {tuple(DTYPES)}, got {opts.dtype!r}")
@@ -119,7 +120,7 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
     sizes = {}
     for name in SIZE_FIELDS:
         value = getattr(opts, name)
-        if value is not None and (not _is_int(value) or value < 1):
+        if value is not None and (not is_json_int(value) or value < 1):
             raise SetupError(f"{name} must be a positive integer, got {value!r}")
         sizes[name] = getattr(spec, name) if value is None else value
     for name in ("height", "width"):
@@ -140,11 +141,6 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
                 stacklevel=2,
             )
     return spec, {**sizes, "config": config}
-
-
-def _is_int(value: Any) -> bool:
-    """An int that is not a bool (``True`` would pass as 1 frame, step or process)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_prompts_or_fail(prompts: str | os.PathLike[str], **selection: Any) -> list[Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +19,7 @@ import numpy as np
 
 from .attention import BACKENDS, BLOCK_SIZES, STRIDES
 from .op_checks import check_estimate_kernel, check_precision, resolve_estimate_precision
+from .scalars import is_integer, is_real
 
 SELECTIONS = ("threshold", "ratio")
 TEXT_POLICIES = ("dense", "sparse")
@@ -259,7 +259,7 @@ def _check_field_types(cfg: XAttentionConfig) -> None:
     for f in dataclasses.fields(cfg):
         value, hint = getattr(cfg, f.name), _field_hints()[f.name]
         origin = typing.get_origin(hint)
-        is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        is_int = is_integer(value)
         if hint is bool:
             ok, want = isinstance(value, (bool, np.bool_)), "a bool"
             value = bool(value) if ok else value
@@ -267,14 +267,12 @@ def _check_field_types(cfg: XAttentionConfig) -> None:
             ok, want = is_int, "an int"
             value = int(value) if ok else value
         elif hint is float:
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            ok = is_real(value)
             want, value = "a number", float(value) if ok else value
         elif hint is str or origin is Literal:
             ok, want = isinstance(value, str), "a string"
         elif origin is tuple:
-            ok = isinstance(value, (tuple, list)) and all(
-                isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in value
-            )
+            ok = isinstance(value, (tuple, list)) and all(is_integer(x) for x in value)
             want = "a tuple of ints"
             value = tuple(int(x) for x in value) if ok else value
         else:  # a field type this check does not know: fail loudly, like the CLI does

@@ -72,6 +72,7 @@ from .kernels._common import cdiv, check_precision, kv_len_tensor
 from .kernels.select import mask_to_indices
 from .library import block_csr, sparse_attention
 from .op_checks import resolve_estimate_precision
+from .scalars import is_json_number
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +224,7 @@ def _parse(raw) -> Calibration | None:
         return None
     n = raw["n"]
     for vals in raw.values():
-        ok = isinstance(vals, list) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
-            for x in vals
-        )
+        ok = isinstance(vals, list) and all(is_json_number(x) and 0 < x < math.inf for x in vals)
         if not ok:
             return None
     lengths = {len(raw[k]) for k in names - GRAPH_FIELDS}

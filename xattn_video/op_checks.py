@@ -16,7 +16,6 @@ Not supported: checks that need the data on the host on CUDA (they are deferred,
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -24,6 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from .kernels._common import PRECISIONS, check_precision, interpreter_enabled
 from .kernels.sparse_attention import FP8_NEEDS
 from .kernels.tuning import AUTOMATIC_ESTIMATE_KERNELS, attention_kernel_for
+from .scalars import is_integer, is_real
 
 BLOCK_SIZES = (16, 32, 64, 128)
 STRIDES = (2, 4, 8, 16)
@@ -58,22 +58,12 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
         raise ValueError(f"q needs at least one sample, head and channel, got {tuple(q.shape)}")
 
 
-def _real(x) -> bool:
-    """A real number that is not a bool: a Python or NumPy scalar, not a tensor."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _integer(x) -> bool:
-    """An integer that is not a bool: a Python or NumPy integer (``64.0`` is not one)."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def check_block_stride(block_size: int, stride: int | None, *, estimate: bool = False) -> None:
     """``stride``: None for the attention alone; the estimate (``estimate=True``) needs one."""
-    if not _integer(block_size) or block_size not in BLOCK_SIZES:
+    if not is_integer(block_size) or block_size not in BLOCK_SIZES:
         raise ValueError(f"block_size must be an int, one of {BLOCK_SIZES}, got {block_size!r}")
     if stride is not None or estimate:
-        if not _integer(stride) or stride not in STRIDES:
+        if not is_integer(stride) or stride not in STRIDES:
             raise ValueError(f"stride must be an int, one of {STRIDES}, got {stride!r}")
         if block_size % stride:
             raise ValueError(f"stride ({stride}) must divide block_size ({block_size})")
@@ -108,7 +98,7 @@ def check_selection(threshold, ratio, heads: int) -> None:
             isinstance(threshold, torch.Tensor) and not threshold.is_floating_point()
         ):
             raise ValueError(f"threshold must be a float or a float (H,) tensor, got {threshold}")
-        if not isinstance(threshold, torch.Tensor) and not _real(threshold):
+        if not isinstance(threshold, torch.Tensor) and not is_real(threshold):
             raise ValueError(f"threshold must be a float or a float (H,) tensor, got {threshold!r}")
         if not isinstance(threshold, torch.Tensor):  # a Python number: no tensor, no read
             if not (0.0 < float(threshold) <= 1.0):
@@ -122,21 +112,21 @@ def check_selection(threshold, ratio, heads: int) -> None:
             )
         require(((thr > 0) & (thr <= 1)).all(), "threshold must be in (0, 1] (an (H,) tensor)")
     if ratio is not None:
-        if not _real(ratio):
+        if not is_real(ratio):
             raise ValueError(f"ratio must be a float in (0, 1], got {ratio!r}")
         if not (0.0 < float(ratio) <= 1.0):
             raise ValueError(f"ratio must be in (0, 1], got {ratio}")
 
 
 def check_max_density(max_density) -> None:
-    if max_density is not None and not (_real(max_density) and 0.0 < max_density <= 1.0):
+    if max_density is not None and not (is_real(max_density) and 0.0 < max_density <= 1.0):
         raise ValueError(f"max_density must be a float in (0, 1], got {max_density!r}")
 
 
 def check_scale(scale) -> None:
     """The softmax scale: None (1/sqrt(D)) or a finite number > 0. The kernels mask padded keys
     with -inf before scaling, so 0 or a negative scale would give NaN rows there."""
-    if scale is not None and not (_real(scale) and math.isfinite(scale) and scale > 0):
+    if scale is not None and not (is_real(scale) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0 (or None), got {scale!r}")
 
 
@@ -170,7 +160,7 @@ def check_dense_from(dense_from, batch: int, n_tokens: int) -> None:
             require(ok, f"dense_from must be in [0, {n_tokens}]")
             return
         lo, hi = int(dense_from.min()), int(dense_from.max())
-    elif _integer(dense_from):
+    elif is_integer(dense_from):
         lo = hi = int(dense_from)
     else:
         raise ValueError(f"dense_from must be an int or an int tensor, got {dense_from!r}")

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import TMP_MARK, atomic_path, write_text  # noqa: F401 (atomic_path: re-exported)
+from .scalars import is_json_int
 
 SCHEMA_VERSION = 5
 """Schema of run.json / meta.json written by this version (1: xattn-video 0.1.0, no key)."""
@@ -124,7 +125,7 @@ def remove_partial_files(folder: PathLike) -> int:
 
 def _schema(data: Mapping[str, Any], path: PathLike | None) -> int:
     version = data.get("schema_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not is_json_int(version) or version < 1:
         raise RunDirError(
             f"{path or 'record'}: schema_version must be an int >= 1, got {version!r}"
         )

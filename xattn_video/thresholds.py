@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from . import atomic
+from .scalars import is_json_int, is_json_number
 
 FORMAT = "xattn-video thresholds v1"
 """Value of the file's ``format`` key; files of another format raise ``ValueError``."""
@@ -185,10 +186,6 @@ def expected_density(data: dict[str, Any]) -> float:
     return float(sum(vals) / len(vals))
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def validate(data: dict[str, Any]) -> None:
     """``ValueError`` naming what is wrong unless ``data`` is a thresholds file's dict."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -203,7 +200,7 @@ def validate(data: dict[str, Any]) -> None:
     if (
         not isinstance(taus, list)
         or not taus
-        or not all(_is_number(t) and 0.0 < t <= 1.0 for t in taus)
+        or not all(is_json_number(t) and 0.0 < t <= 1.0 for t in taus)
         or sorted(taus) != taus
     ):
         raise ValueError("thresholds file: taus must be increasing values in (0, 1]")
@@ -214,14 +211,14 @@ def validate(data: dict[str, Any]) -> None:
     seen = set()
     for layer in layers:
         idx = layer.get("layer")
-        if not _is_number(idx) or not isinstance(idx, int) or idx < 0 or idx in seen:
+        if not is_json_int(idx) or idx < 0 or idx in seen:
             raise ValueError(f"thresholds file: bad or repeated layer index {idx!r}")
         seen.add(idx)
         thr = layer.get("thresholds")
         if (
             not isinstance(thr, list)
             or not thr
-            or not all(_is_number(t) and 0.0 < t <= 1.0 for t in thr)
+            or not all(is_json_number(t) and 0.0 < t <= 1.0 for t in thr)
         ):
             raise ValueError(f"thresholds file: layer {idx} thresholds must be in (0, 1]")
         _check_curves(taus, layer.get("mass", []), "mass", idx)
