@@ -26,8 +26,8 @@ a warning says when they differ (or the GPUs or package versions do).
 
 Like with like: runs generated with other settings (model, size, steps, seed, dtype; see
 ``run_match``) raise :class:`RunMismatch` before any work unless ``allow_mismatch=True``, and
-runs of another video size, frame count or seed raise it even then (no frame of one pairs with
-a frame of the other).
+runs of another video size, frame count, seed or device type (CPU / CUDA) raise it even then
+(no frame of one pairs with a frame of the other).
 
 Not supported: more than two runs, runs whose paired videos differ in shape (raises), comparing
 against a non-dense reference by another name (a warning is recorded).
@@ -119,8 +119,8 @@ def compare_runs(
             with the same text and seed in both runs, a paired video differs in shape (prompt
             index named), a corrupt run file (``RunDirError``, file named).
         RunMismatch: the runs' ``run_match.MATCH_FIELDS`` differ and not ``allow_mismatch``, or
-            their size, frame count or seed differs (raised before any metric is computed or
-            file written).
+            their size, frame count, seed or device type differs (raised before any metric is
+            computed or file written).
         LPIPSWeightsMissing: ``lpips_required`` and no backbone checkpoint on disk.
     """
     metrics = tuple(dict.fromkeys(metrics))

@@ -7,7 +7,10 @@ comparison of runs that differ in one means nothing: ``compare_runs`` raises
 turns each difference into a warning; a different video size or frame count
 (:data:`SHAPE_FIELDS`) is refused even then, since frames of two sizes cannot be compared, and so
 is a different seed, since every video of a run has the run's seed and only videos of the same
-prompt and seed are paired (:data:`UNWAIVABLE_FIELDS`). Not
+prompt and seed are paired (:data:`UNWAIVABLE_FIELDS`), and a run on the CPU against one on a
+CUDA GPU (``device``, read from run.json's ``gpu``: ``null`` on the CPU): ``generate`` draws
+the noise with a generator on the run's device, and CPU and CUDA generators give different
+noise for the same seed, so no pair would share its input. Not
 compared: the attention mode, XAttention config and
 thresholds file (what is being compared); fps (it only changes the mp4 encoding, not the frames);
 the prompt suite and selection (pairs are matched by prompt index, and a pair whose prompt text or
@@ -16,10 +19,11 @@ pipelines' defaults, so the model fixes it); the environment (GPU, compile mode 
 versions only warn: they change the speed-up, not what was generated). A field missing from an
 older run.json (or a missing run.json) is not compared, nor one recorded as ``null`` (unknown),
 except ``model_source`` (:data:`NULL_IS_A_VALUE`): ``null`` there is a built-in model's own
-weights, which a run from other weights does not share.
+weights, which a run from other weights does not share, and ``gpu`` for the device type.
 
 Not supported: tolerating "equivalent" values (e.g. a local snapshot of the default model repo
-named by path): pass ``allow_mismatch``.
+named by path): pass ``allow_mismatch``. Non-CUDA accelerators: ``generate`` records no GPU
+name for them, so such a run counts as a CPU run here.
 """
 
 from __future__ import annotations
@@ -41,9 +45,14 @@ source for a built-in model (``tiny``: no hub id), and a run of that model from 
 SHAPE_FIELDS = ("height", "width", "frames")
 """The videos' shapes among :data:`MATCH_FIELDS`."""
 
-UNWAIVABLE_FIELDS = (*SHAPE_FIELDS, "seed")
-"""The :data:`MATCH_FIELDS` no ``allow_mismatch`` can waive: frames of two shapes cannot be
-compared, and runs of two seeds have no pair of the same input (``aggregate.same_input``)."""
+DEVICE_FIELD = "device"
+"""The device type, ``"cpu"`` or ``"cuda"``, derived from run.json's ``gpu`` (a name on CUDA,
+``null`` on the CPU; not compared where a run.json lacks the key)."""
+
+UNWAIVABLE_FIELDS = (*SHAPE_FIELDS, "seed", DEVICE_FIELD)
+"""The settings no ``allow_mismatch`` can waive: frames of two shapes cannot be compared, and
+runs of two seeds or device types have no pair of the same input noise
+(``aggregate.same_input``; CPU and CUDA generators differ for the same seed)."""
 
 
 class RunMismatch(ValueError):
@@ -61,7 +70,8 @@ class RunMismatch(ValueError):
         remedy = (
             "allow_mismatch=True compares anyway"
             if self.allowable
-            else "videos of another size, frame count or seed cannot be compared at all"
+            else "videos of another size, frame count, seed or device type cannot be compared "
+            "at all"
         )
         super().__init__(
             f"the runs were generated with different settings: {self.describe()}; their quality "
@@ -89,10 +99,18 @@ def run_mode(run: Run) -> str:
     return run.record.compile_mode if run.record is not None else EAGER
 
 
+def device_type(run: Run) -> str | None:
+    """``"cuda"`` or ``"cpu"`` from run.json's ``gpu`` (:data:`DEVICE_FIELD`); None when the run
+    has no run.json or it has no ``gpu`` key."""
+    if run.record is None or "gpu" not in run.recorded:
+        return None
+    return "cuda" if run.record.gpu else "cpu"
+
+
 def mismatched_settings(dense: Run, sparse: Run) -> dict[str, tuple[Any, Any]]:
-    """The ``MATCH_FIELDS`` whose run.json values differ: field -> (dense, sparse). Fields
-    missing from either run.json (older files, no run.json) are not compared, nor ``null`` ones
-    outside :data:`NULL_IS_A_VALUE`."""
+    """The ``MATCH_FIELDS`` whose run.json values differ, then :data:`DEVICE_FIELD`: field ->
+    (dense, sparse). Fields missing from either run.json (older files, no run.json) are not
+    compared, nor ``null`` ones outside :data:`NULL_IS_A_VALUE`."""
     if dense.record is None or sparse.record is None:
         return {}
     out = {}
@@ -104,6 +122,9 @@ def mismatched_settings(dense: Run, sparse: Run) -> dict[str, tuple[Any, Any]]:
             known = d is not None and s is not None
         if known and d != s:
             out[key] = (d, s)
+    d, s = device_type(dense), device_type(sparse)
+    if d is not None and s is not None and d != s:
+        out[DEVICE_FIELD] = (d, s)
     return out
 
 

@@ -177,7 +177,7 @@ def _compare(
         remedy = (
             ", or pass --allow-mismatch to compare anyway (with a warning)"
             if e.allowable
-            else " (their videos differ in size, frame count or seed, so not even "
+            else " (their videos differ in size, frame count, seed or device type, so not even "
             "--allow-mismatch can pair them frame by frame)"
         )
         raise CLIError(

@@ -261,7 +261,8 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compare runs generated with different model, model source, steps or dtype "
         "(refused by default: not like with like); each difference becomes a warning in the "
-        "report. Runs of another video size, frame count or seed are refused even so",
+        "report. Runs of another video size, frame count, seed or device type (CPU / CUDA) are "
+        "refused even so",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

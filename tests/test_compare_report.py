@@ -877,7 +877,7 @@ def test_runs_with_other_generation_settings_are_refused(
     assert exc.value.allowable is not refused
     assert ("allow_mismatch=True compares anyway" in message) is not refused
     if refused:
-        assert "another size, frame count or seed cannot be compared" in message
+        assert "another size, frame count, seed or device type cannot be compared" in message
         with pytest.raises(RunMismatch):
             compare_runs(dense, sparse, tmp_path / "out", progress=False, allow_mismatch=True)
     assert not (tmp_path / "out").exists()  # refused before any work
@@ -926,6 +926,46 @@ def test_runs_without_a_recorded_field_are_not_refused(tmp_path: Path) -> None:
     )
     report = compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
     assert report["mismatched_settings"] == {}
+
+
+@pytest.mark.parametrize("dense_gpu, sparse_gpu", [(None, GPU), (GPU, None)])
+def test_a_cpu_run_against_a_cuda_run_is_refused(tmp_path: Path, dense_gpu, sparse_gpu) -> None:
+    """run.json's ``gpu`` is null on the CPU; CPU and CUDA generators give different noise for
+    the same seed, so no pair shares its input: refused even with allow_mismatch (was compared
+    without a word: two GPUs warned, a GPU and ``null`` did not)."""
+    dense = write_run(tmp_path / "d", "dense", [0], run_fields={**SAME, "gpu": dense_gpu})
+    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
+                       run_fields={**SAME, "gpu": sparse_gpu})  # fmt: skip
+    want = {"device": tuple("cuda" if g else "cpu" for g in (dense_gpu, sparse_gpu))}
+    for allow in (False, True):
+        with pytest.raises(RunMismatch) as exc:
+            compare_runs(dense, sparse, tmp_path / "out", progress=False, allow_mismatch=allow)
+        assert exc.value.differences == want and not exc.value.allowable
+        assert "frame count, seed or device type cannot be compared" in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_type_is_not_compared_without_a_recorded_gpu(tmp_path: Path) -> None:
+    """Two CPU runs compare; a run.json without a ``gpu`` key (unknown) against a CUDA run is
+    not refused, nor a CUDA run against a CUDA run of another GPU (that only warns)."""
+    cpu = {**SAME, "gpu": None}
+    a = write_run(tmp_path / "a", "dense", [0], run_fields=cpu)
+    b = write_run(tmp_path / "b", "xattn", [0], frames_fn=sparse_frames, run_fields=cpu)
+    report = compare_runs(a, b, tmp_path / "o1", metrics=("psnr",), progress=False)
+    assert report["mismatched_settings"] == {}
+    unknown = write_run(tmp_path / "u", "dense", [0], run_fields=SAME)
+    info = json.loads((unknown / "run.json").read_text())
+    del info["gpu"]
+    (unknown / "run.json").write_text(json.dumps(info))
+    report = compare_runs(unknown, b, tmp_path / "o2", metrics=("psnr",), progress=False)
+    assert report["mismatched_settings"] == {}
+    c = write_run(tmp_path / "c", "xattn", [0], frames_fn=sparse_frames,
+                  run_fields={**SAME, "gpu": "NVIDIA H200"})  # fmt: skip
+    report = compare_runs(unknown, c, tmp_path / "o3", metrics=("psnr",), progress=False)
+    assert report["mismatched_settings"] == {}
+    d = write_run(tmp_path / "d", "dense", [0], run_fields={**SAME, "gpu": GPU})
+    report = compare_runs(d, c, tmp_path / "o4", metrics=("psnr",), progress=False)
+    assert report["mismatched_settings"] == {} and "different GPUs" in report["warnings"][0]
 
 
 def test_a_model_source_recorded_by_one_run_only_is_not_a_mismatch(tmp_path: Path) -> None:
