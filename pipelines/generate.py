@@ -378,7 +378,7 @@ def _generate_prompts(
                 (current / rundir.META_FILE).unlink(missing_ok=True)  # redone: unfinished
                 rundir.remove_partial_files(current)
             if handle is not None:
-                handle.stats.reset()
+                handle.forget_history()  # auto_dense decided from the prompt before: not ours
             timer.reset()
             generator = torch.Generator(device=device).manual_seed(opts.seed)
             sync(device)

@@ -52,6 +52,41 @@ def test_a_resumed_prompt_is_the_video_a_one_shot_run_makes(tmp_path, prompt_fil
     assert rundir.VideoRecord.read(once / "00000").first_in_process is True
 
 
+def test_auto_dense_decisions_do_not_carry_from_one_prompt_to_the_next(
+    tmp_path, prompt_file, monkeypatch
+):
+    """auto_dense's per-layer decisions persist across pipeline calls; generate forgets them
+    before every prompt, so a resumed prompt is the one-shot run's video (a layer sent dense by
+    prompt 0's densities stayed dense for prompt 1 of the one-shot run, not of the resume:
+    frames 1 level off). The cost model only applies on CUDA: here it is a stand-in that
+    prefers dense above density 0.6; the decisions themselves run the real code."""
+    import types
+
+    import numpy as np
+
+    from xattn_video import cost_model
+
+    seen = []
+
+    def predict(cal, n, density, **kw):
+        seen.append(density > 0.6)
+        return types.SimpleNamespace(sparse_wins=density <= 0.6)
+
+    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
+    monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
+    monkeypatch.setattr(cost_model, "lookup", lambda key: "calibration")
+    monkeypatch.setattr(cost_model, "predict", predict)
+    size = ["--steps", "4", "--height", "64", "--width", "64", "--auto-dense"]
+    once, resumed = tmp_path / "once", tmp_path / "resumed"
+    main(_argv(once, prompt_file, "xattn", *size))
+    assert True in seen and False in seen  # both decisions were made
+    main(_argv(resumed, prompt_file, "xattn", *size, "--limit", "1"))
+    main(_argv(resumed, prompt_file, "xattn", *size))
+    for index in ("00000", "00001", "00002"):
+        a, b = (np.load(out / index / rundir.FRAMES_FILE) for out in (once, resumed))
+        assert np.array_equal(a, b), index
+
+
 def test_a_failed_setup_leaves_no_run_json(tmp_path, prompt_file, capsys):
     """run.json was written before the pipeline was set up: a setting that only fails there
     (a layer index past the model's) left a record that refused the corrected command."""

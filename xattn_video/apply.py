@@ -95,6 +95,15 @@ class XAttentionHandle:
     def cfg(self) -> XAttentionConfig:
         return self.controller.cfg
 
+    def forget_history(self) -> None:
+        """Forget what earlier pipeline calls left: the stats records, the density feedback and
+        ``auto_dense``'s per-layer decisions, which otherwise persist across calls of one size
+        (:mod:`xattn_video.auto_dense`), so the next call's video does not depend on the calls
+        made before it. ``generate`` calls it before every prompt: a resumed prompt, or one on
+        another process, is the video a one-shot run makes."""
+        self.controller.stats.reset()
+        self.controller.auto_dense.reset()
+
     def original_processor(self, module: torch.nn.Module) -> Any:
         """The processor ``module`` had before this application (None if not a target)."""
         return next((orig for m, orig in self._originals if m is module), None)

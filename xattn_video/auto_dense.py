@@ -30,7 +30,10 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
   instead of its eager times (which include launch overhead that CUDA graphs remove).
 
 Decisions persist across pipeline calls of the same size (the same shapes give the same
-decisions, so a compiled pipeline sees the same variants in every call).
+decisions, so a compiled pipeline sees the same variants in every call); a call's video then
+depends on the calls before it (a layer sent dense by one prompt's densities stays dense for
+the next). :meth:`xattn_video.apply.XAttentionHandle.forget_history` forgets them; ``generate``
+does so before every prompt, so a video is the same wherever its run resumes.
 
 Not supported: decisions for the ``torch`` reference backend or CPU (never dense for cost: the
 cost model does not apply there, see :func:`xattn_video.cost_model.applies`); different
