@@ -69,13 +69,16 @@ def thresholds_digest(config: XAttentionConfig | None) -> str | None:
 
 
 def _with_full_config(old: rundir.RunRecord) -> rundir.RunRecord:
-    """``old`` with its config completed by the defaults of fields added since it was written
-    (they reproduce the old behaviour: ``estimate_precision`` "bf16", its default before "auto"),
-    "auto" resolved and paths made absolute as in new records, so they don't block a resume."""
+    """``old`` with its config completed by the defaults of fields added since it was written,
+    "auto" resolved and paths made absolute as in new records, so they don't block a resume.
+    The defaults are what ran before the field existed: ``estimate_precision`` "bf16" (its
+    default before "auto") and ``auto_dense`` off (a run from before it never went dense for
+    cost; today's default, on, was filled in, so the old command resumed with dense-for-cost
+    calls the finished videos never had, and ``--no-auto-dense`` was refused)."""
     if not isinstance(old.config, dict):
         return old
     try:
-        cfg = {"estimate_precision": "bf16", **old.config}
+        cfg = {"estimate_precision": "bf16", "auto_dense": False, **old.config}
         full = config_record(XAttentionConfig.from_dict(cfg))
     except (ValueError, TypeError, OSError):
         return old  # a config this version can't read: reported as a difference

@@ -255,8 +255,10 @@ def test_resume_regenerates_a_prompt_whose_text_changed(tmp_path, prompt_file, c
 
 
 def test_a_0_1_0_run_directory_resumes(tmp_path, monkeypatch, capsys):
-    """Written by 0.1.0 (schema 1, config without the fields added since): same command,
-    nothing to redo, nothing rewritten."""
+    """Written by 0.1.0 (schema 1, config without the fields added since): the same settings,
+    nothing to redo, nothing rewritten. auto_dense did not exist, so the run had it off: the
+    0.1.0 command, which today means auto_dense on, is refused naming it (it was accepted, and
+    ``--no-auto-dense``, the run's real setting, refused)."""
     old = Path(__file__).parent / "data" / "run_0.1.0" / "xattn"
     shutil.copytree(old, tmp_path / "xattn")
     (tmp_path / "p.txt").write_text("a red car driving on a road\na cat sitting on a sofa\n")
@@ -264,6 +266,9 @@ def test_a_0_1_0_run_directory_resumes(tmp_path, monkeypatch, capsys):
     argv = ["generate", "--model", "tiny-hunyuan", "--prompts", "p.txt", "--no-progress"]
     argv += ["--height", "32", "--width", "32", "--frames", "5", "--steps", "2"]
     argv += ["--attention", "xattn", "--warmup-steps", "1", "--out", "xattn", "--device", "cpu"]
+    line = _fail(argv, capsys)
+    assert "config.auto_dense: False -> True" in line
+    argv += ["--no-auto-dense"]
     assert main(argv) == 0
     assert "generated 0, skipped 2 finished, of 2 prompts" in capsys.readouterr().out
     assert (tmp_path / "xattn" / "run.json").read_bytes() == (old / "run.json").read_bytes()
