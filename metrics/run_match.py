@@ -104,7 +104,7 @@ def device_type(run: Run) -> str | None:
     has no run.json or it has no ``gpu`` key."""
     if run.record is None or "gpu" not in run.recorded:
         return None
-    return "cuda" if run.record.gpu else "cpu"
+    return run.record.device_type
 
 
 def mismatched_settings(dense: Run, sparse: Run) -> dict[str, tuple[Any, Any]]:

@@ -142,6 +142,24 @@ def test_another_fps_blocks_a_resume(tmp_path, prompt_file, capsys):
     assert "fps: 8 -> 24" in line
 
 
+def test_a_cuda_run_does_not_resume_on_the_cpu(tmp_path, prompt_file, capsys):
+    """CPU and CUDA generators draw different noise for one seed: a CUDA run resumed on the CPU
+    mixed two noise sources in one directory, and run.json's gpu was rewritten to null. The
+    CUDA start is stood in for by its run.json's gpu, its only trace of the device."""
+    import json
+
+    out = tmp_path / "run"
+    main(_argv(out, prompt_file, "dense", "--limit", "1", "--dtype", "float32"))
+    info = json.loads((out / rundir.RUN_FILE).read_text())
+    assert info["gpu"] is None
+    info["gpu"] = "NVIDIA H100 80GB HBM3"
+    (out / rundir.RUN_FILE).write_text(json.dumps(info))
+    line = _fail(_argv(out, prompt_file, "dense", "--dtype", "float32"), capsys)
+    assert "(device: 'cuda' -> 'cpu')" in line
+    assert json.loads((out / rundir.RUN_FILE).read_text())["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert _finished(out) == ["00000"]
+
+
 def test_checking_finished_videos_shows_a_bar(tmp_path, prompt_file, capsys):
     """Each finished frames.npy is hashed on a rerun (minutes for hundreds of 720p videos),
     silently before; the bar counts the finished videos, none when nothing is finished."""

@@ -110,11 +110,26 @@ def test_resume_differences_name_the_fields():
     assert _record(config=None).resume_differences(b) == {"config": (None, b.config)}
 
 
+def test_a_resume_on_another_device_type_is_a_difference():
+    """Another GPU model is not a difference (same CUDA noise); CPU against CUDA is (run.json's
+    gpu is null on the CPU), either way round, next to the other fields."""
+    cpu, cuda = _record(gpu=None), _record(gpu="NVIDIA H100 80GB HBM3")
+    assert (cpu.device_type, cuda.device_type) == ("cpu", "cuda")
+    assert cuda.resume_differences(cpu) == {"device": ("cuda", "cpu")}
+    assert cpu.resume_differences(cuda) == {"device": ("cpu", "cuda")}
+    assert cuda.resume_differences(_record(gpu="NVIDIA H200")) == {}
+    assert cpu.resume_differences(_record(steps=3)) == {"steps": (2, 3)}
+    both = _record(steps=3, gpu="NVIDIA H200")
+    assert cpu.resume_differences(both) == {"steps": (2, 3), "device": ("cpu", "cuda")}
+
+
 def test_each_setting_that_changes_the_videos_blocks_a_resume_alone():
     """Every field but the environment's must match: dropping one (say ``dtype``) from
-    ``RESUME_FIELDS`` let a rerun mix bf16 and fp32 videos under one run.json, unnoticed."""
+    ``RESUME_FIELDS`` let a rerun mix bf16 and fp32 videos under one run.json, unnoticed. (The
+    GPU model may change, not the device type: see the test above.)"""
     old = _record(model_source="hub:a", config={"threshold": 0.9}, fps=8, dtype="bfloat16",
-                  prompts="p.txt", compile="eager", thresholds_sha256="aa", ulysses=1)  # fmt: skip
+                  prompts="p.txt", compile="eager", thresholds_sha256="aa", ulysses=1,
+                  gpu="A")  # fmt: skip
     changed = dict(model="m2", model_source="hub:b", attention="xattn", height=32, width=32,
                    frames=9, steps=3, seed=1, fps=24, dtype="float32", prompts="q.txt",
                    compile="compiled:default", thresholds_sha256="bb", ulysses=2)  # fmt: skip

@@ -213,6 +213,13 @@ class RunRecord:
     file), so an old run.json round-trips unchanged."""
 
     @property
+    def device_type(self) -> str:
+        """``"cuda"`` when :attr:`gpu` names a GPU, else ``"cpu"`` (``generate`` records
+        ``null`` off CUDA). Runs of two device types share no video: CPU and CUDA generators
+        draw different noise for the same seed."""
+        return "cuda" if self.gpu else "cpu"
+
+    @property
     def compile_mode(self) -> str:
         """:attr:`compile`, with :data:`EAGER` for files written before it existed."""
         return self.compile or EAGER
@@ -240,9 +247,11 @@ class RunRecord:
 
     def resume_differences(self, new: RunRecord) -> dict[str, tuple[Any, Any]]:
         """``{field: (old, new)}`` for each of :attr:`RESUME_FIELDS` that differs; inside two
-        configs, per config field (``"config.threshold"``). Pass records whose configs carry
-        every field (``XAttentionConfig.to_dict()``), so a field added later with its default
-        is not a difference."""
+        configs, per config field (``"config.threshold"``); then ``"device"``, the
+        :attr:`device_type` (a CUDA run resumed on the CPU, or the reverse, mixed two noise
+        sources in one directory). Pass records whose configs carry every field
+        (``XAttentionConfig.to_dict()``), so a field added later with its default is not a
+        difference."""
         old_j, new_j = (json.loads(json.dumps(r.to_json())) for r in (self, new))
         out = {}
         old_j["compile"], new_j["compile"] = self.compile_mode, new.compile_mode
@@ -258,6 +267,8 @@ class RunRecord:
                         out[f"config.{name}"] = (a.get(name), b.get(name))
             elif a != b:
                 out[k] = (a, b)
+        if self.device_type != new.device_type:
+            out["device"] = (self.device_type, new.device_type)
         return out
 
 
