@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from xattn_video import rundir
+from xattn_video.atomic import WriteFailed
 
 from .cli_args import (
     DEMO_SIZES,
@@ -383,6 +384,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
     except (CLIError, SetupError) as e:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {e}\n")
+    except WriteFailed as e:  # a full disk: one line, not a traceback
+        resumes = getattr(args, "command", "generate") in ("generate", "demo")
+        then = "rerun the same command to resume (finished videos are kept)" if resumes else "rerun"
+        parser.exit(
+            EXIT_FAILED, f"{parser.prog}: error: {e.strerror or e}. Free space (or fix that) and {then}.\n"
+        )
     except KeyboardInterrupt:
         resumes = getattr(args, "command", "generate") in ("generate", "demo")
         print("interrupted" + ("; rerun the same command to resume." if resumes else "."),

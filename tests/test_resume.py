@@ -160,6 +160,40 @@ def test_a_cuda_run_does_not_resume_on_the_cpu(tmp_path, prompt_file, capsys):
     assert _finished(out) == ["00000"]
 
 
+def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path, prompt_file, capsys, monkeypatch):
+    """numpy's full-disk error ("N requested and M written", no file named) ended generate in a
+    traceback; it is now one line naming the file and saying how to go on (exit 1), and the
+    rerun finishes the run with the finished prompt kept."""
+    import numpy as np
+
+    from xattn_video.metrics import video_io
+
+    out = tmp_path / "run"
+    real_save, saved = np.save, []
+
+    def save(f, arr, **kw):
+        if saved:
+            raise OSError("27648 requested and 12160 written")
+        saved.append(1)
+        real_save(f, arr, **kw)
+
+    monkeypatch.setattr(video_io.np, "save", save)
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(out, prompt_file, "dense", "--limit", "2"))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    frames = out / "00001" / rundir.FRAMES_FILE
+    assert err == (
+        f"xattn-video: error: could not write {frames}: 27648 requested and 12160 written. Free "
+        "space (or fix that) and rerun the same command to resume (finished videos are kept)."
+    )
+    assert _finished(out) == ["00000"] and not frames.exists()
+    monkeypatch.setattr(video_io.np, "save", real_save)
+    main(_argv(out, prompt_file, "dense", "--limit", "2"))
+    assert "generated 1, skipped 1 finished, of 2 prompts" in capsys.readouterr().out
+    assert _finished(out) == ["00000", "00001"]
+
+
 def test_checking_finished_videos_shows_a_bar(tmp_path, prompt_file, capsys):
     """Each finished frames.npy is hashed on a rerun (minutes for hundreds of 720p videos),
     silently before; the bar counts the finished videos, none when nothing is finished."""

@@ -335,6 +335,30 @@ def test_atomic_path_leaves_the_old_file_on_error(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
+def test_a_failed_write_names_its_file_and_keeps_errno(tmp_path: Path):
+    """An OSError inside an atomic write comes out as WriteFailed (an OSError) naming the
+    file: numpy's full-disk error said only "27648 requested and 12160 written"."""
+    from xattn_video.atomic import WriteFailed
+
+    path = tmp_path / "frames.npy"
+    with pytest.raises(WriteFailed) as exc, rundir.atomic_path(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError("27648 requested and 12160 written")
+    assert str(exc.value) == f"could not write {path}: 27648 requested and 12160 written"
+    assert exc.value.errno is None and isinstance(exc.value.__cause__, OSError)
+    with pytest.raises(WriteFailed) as exc, rundir.atomic_path(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert exc.value.errno == errno.ENOSPC
+    assert exc.value.strerror == f"could not write {path}: No space left on device"
+    with pytest.raises(WriteFailed) as exc, rundir.atomic_path(tmp_path / "outer"):
+        with rundir.atomic_path(path):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    assert exc.value.strerror == f"could not write {path}: Disk quota exceeded"  # not wrapped twice
+    with pytest.raises(ValueError, match="^not an OSError$"), rundir.atomic_path(path):
+        raise ValueError("not an OSError")
+    assert list(tmp_path.iterdir()) == []
+
+
 _HOLD = """
 import sys, time
 from xattn_video.runlock import RunLock

@@ -25,13 +25,21 @@ TMP_MARK = ".partial"
 """In the name of every temporary file (``.<stem>.<pid>.<random>.partial<suffix>``)."""
 
 
+class WriteFailed(OSError):
+    """An atomic write failed (a full disk, a quota, a device error) and left its file as it was;
+    the message names the file. An ``OSError`` (``errno`` kept), so callers that catch those
+    still do: numpy's "27648 requested and 12160 written" on a full disk named no file and
+    reached the command line as a traceback."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix: ffmpeg picks the muxer by it); on
     success it replaces ``path``.
 
     On any exception (including ``KeyboardInterrupt``) the temporary file is removed and
-    ``path`` is left as it was, so a reader never sees a half-written file.
+    ``path`` is left as it was, so a reader never sees a half-written file; an ``OSError`` is
+    raised again as :class:`WriteFailed` naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(
@@ -40,8 +48,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
+            why = f"could not write {path}: {e.strerror or e}"
+            raise (WriteFailed(e.errno, why) if e.errno else WriteFailed(why)) from e
         raise
 
 
