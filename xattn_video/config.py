@@ -169,7 +169,7 @@ class XAttentionConfig:
         if self.thresholds_file:
             from . import thresholds as _thresholds
 
-            data = _thresholds.load_thresholds(self.thresholds_file)
+            data = _thresholds.shared_thresholds(self.thresholds_file)
             _thresholds.check_matches(data, dataclasses.asdict(self))
         if self.mask_refresh < 1:
             raise ValueError(f"mask_refresh must be >= 1, got {self.mask_refresh}")

@@ -260,7 +260,7 @@ def layer_threshold(
     if not cfg.thresholds_file:
         return cfg.threshold
     total = heads if total_heads is None else total_heads
-    data = _thresholds.load_thresholds(cfg.thresholds_file)  # cached per path and mtime
+    data = _thresholds.shared_thresholds(cfg.thresholds_file)  # one object per path and mtime
     key = (cfg.thresholds_file, layer, str(device), first_head, heads)
     entry = _LAYER_THRESHOLDS.get(key)
     if entry is None or entry[0] is not data:
