@@ -388,7 +388,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         resumes = getattr(args, "command", "generate") in ("generate", "demo")
         then = "rerun the same command to resume (finished videos are kept)" if resumes else "rerun"
         parser.exit(
-            EXIT_FAILED, f"{parser.prog}: error: {e.strerror or e}. Free space (or fix that) and {then}.\n"
+            EXIT_FAILED,
+            f"{parser.prog}: error: {e.strerror or e}. Free space (or fix that) and {then}.\n",
         )
     except KeyboardInterrupt:
         resumes = getattr(args, "command", "generate") in ("generate", "demo")
