@@ -88,8 +88,13 @@ def add_calibrate_args(
 
 
 def _targets(args: argparse.Namespace) -> dict[str, float | None]:
+    """The target flags (mass 0.95 when neither is given), checked: a bad one was refused only
+    after the whole calibration had run, and the calibration was lost."""
+    from xattn_video.thresholds import check_targets
+
     if args.target_mass is None and args.target_density is None:
         return {"target_mass": 0.95, "target_density": None}
+    check_targets(args.target_mass, args.target_density)
     return {"target_mass": args.target_mass, "target_density": args.target_density}
 
 
@@ -99,8 +104,9 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from xattn_video import thresholds as th
 
     out = _check_out(args.out)
+    targets = _targets(args)
     if args.retarget:
-        data = th.retarget(th.load_thresholds(args.retarget), **_targets(args))
+        data = th.retarget(th.load_thresholds(args.retarget), **targets)
         out.parent.mkdir(parents=True, exist_ok=True)
         th.save_thresholds(out, data)
         print(f"re-targeted {args.retarget} -> {args.out}: {th.summary(data)}")
@@ -147,7 +153,10 @@ def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
                            seed=args.seed, device=args.device, dtype=args.dtype)  # fmt: skip
     spec, r = resolve_options(opts)
     _check_one_transformer(args.model_path)
-    cfg = XAttentionConfig.from_preset(spec.preset, **overrides)
+    # the flags a calibration ignores (warned above) are left out, not checked: generate's
+    # --thresholds-file, an old calibration being redone, was loaded and refused the run
+    kept = {k: v for k, v in overrides.items() if k not in CALIBRATION_FIXED}
+    cfg = XAttentionConfig.from_preset(spec.preset, **kept)
     # the steps that run sparse: after the warm-up, before the last dense_last_steps
     steps = list(range(cfg.warmup_steps, r["steps"] - cfg.dense_last_steps, args.measure_every))
     if not steps:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from xattn_video.metrics import compare as compare_mod
+from xattn_video.pipelines import calibrate_cli
 from xattn_video.pipelines import models as models_mod
 from xattn_video.pipelines.cli import main
 
@@ -147,6 +148,10 @@ def _calibrate(tmp_path: Path, *extra: str) -> list[str]:
         (["--warmup-steps", "2"], "no denoising step to measure"),
         (["--num-prompts", "0"], "--num-prompts must be >= 1, got 0"),  # said "sample must be"
         (["--measure-every", "0"], "--measure-every must be >= 1, got 0"),
+        # checked only once the whole calibration had run, which was then lost
+        (["--target-density", "1.5"], "target_density must be in (0, 1], got 1.5"),
+        (["--target-mass", "0"], "target_mass must be in (0, 1], got 0.0"),
+        (["--target-mass", "95"], "target_mass must be in (0, 1], got 95.0"),
         (["--warmup-steps", "1", "--dense-last-steps", "1"], "dense_last_steps=1 cover all 2"),
         (["--out", "EXISTING_DIR"], "is a directory"),
         (["--out", "FILE/thr.json"], "is a file, not a directory"),
@@ -172,6 +177,26 @@ def test_calibrate_out_in_a_new_folder_is_created(tmp_path, capsys):
     again = tmp_path / "other" / "thr2.json"
     assert main(["calibrate", "--retarget", str(out), "--out", str(again)]) == 0
     assert again.is_file()
+
+
+def test_calibrate_ignores_a_thresholds_file_it_says_it_ignores(tmp_path, capsys, monkeypatch):
+    """generate's flags reused to recalibrate: the old file (calibrated at another stride, or
+    gone) was loaded and refused the run right after the warning that it is ignored."""
+    thr = Path(__file__).parent / "data" / "thresholds_tiny.json"  # stride 4, block 16
+    seen = []
+
+    def calibrate(args, cfg, *rest):
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(calibrate_cli, "_calibrate", calibrate)
+    for path in (str(thr), str(tmp_path / "gone.json")):
+        argv = _calibrate(tmp_path, "--stride", "8", "--thresholds-file", path)
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--out", str(tmp_path / "thr.json")])
+        assert exc.value.code == 0
+        assert "warning: calibrate ignores --thresholds-file" in capsys.readouterr().err
+    assert [(c.stride, c.thresholds_file) for c in seen] == [(8, "")] * 2
 
 
 def test_calibrate_help_does_not_title_its_settings_for_generate(capsys):

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from . import atomic
-from .scalars import is_json_int, is_json_number
+from .scalars import is_json_int, is_json_number, is_real
 
 FORMAT = "xattn-video thresholds v1"
 """Value of the file's ``format`` key; files of another format raise ``ValueError``."""
@@ -68,6 +68,18 @@ def _check_curves(taus: list[float], curve: list[list[float]], what: str, layer:
         raise ValueError(f"thresholds file: layer {layer} {what} must hold finite numbers")
 
 
+def check_targets(target_mass: float | None, target_density: float | None) -> None:
+    """``ValueError`` unless exactly one target is given, a number in (0, 1]; what
+    :func:`choose_thresholds` checks, for callers that must refuse a bad target before the
+    calibration it would be applied to (``xattn-video calibrate``)."""
+    if (target_mass is None) == (target_density is None):
+        raise ValueError("give exactly one of target_mass and target_density")
+    name, value = ("target_mass", target_mass) if target_mass is not None else (
+        "target_density", target_density)  # fmt: skip
+    if not (is_real(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
 def choose_thresholds(
     layers: list[dict[str, Any]],
     taus: list[float],
@@ -78,14 +90,11 @@ def choose_thresholds(
     """Thresholds [layer][head] from the curves of ``layers`` (dicts with ``mass`` and
     ``density``: H lists over ``taus``); exactly one target is given (see the module docstring).
     """
-    if (target_mass is None) == (target_density is None):
-        raise ValueError("give exactly one of target_mass and target_density")
+    check_targets(target_mass, target_density)
     mass = [torch.tensor(layer["mass"], dtype=torch.float64) for layer in layers]  # (H, G) each
     dens = [torch.tensor(layer["density"], dtype=torch.float64) for layer in layers]
     tau = torch.tensor(taus, dtype=torch.float64)
     if target_mass is not None:
-        if not (0.0 < target_mass <= 1.0):
-            raise ValueError(f"target_mass must be in (0, 1], got {target_mass}")
         out = []
         for m in mass:
             ok = m >= target_mass - 1e-12
@@ -93,8 +102,6 @@ def choose_thresholds(
             first = torch.where(ok.any(-1), ok.double().argmax(-1), none)
             out.append([1.0 if int(i) < 0 else float(tau[int(i)]) for i in first])
         return out
-    if not (0.0 < target_density <= 1.0):
-        raise ValueError(f"target_density must be in (0, 1], got {target_density}")
     M, D = torch.cat(mass), torch.cat(dens)  # (sum H, G)
 
     def pick(lam: float) -> torch.Tensor:
@@ -348,6 +355,7 @@ __all__ = [
     "MATCH_FIELDS",
     "check_fits",
     "check_matches",
+    "check_targets",
     "choose_thresholds",
     "default_taus",
     "expected_density",
