@@ -120,6 +120,9 @@ def test_calibration_file_round_trips_and_loads_into_the_config(calibrated):
         loaded.replace(stride=8)
     with pytest.raises(ValueError, match="token_order"):
         loaded.replace(token_order="raster")
+    # ratio mode uses no threshold: the file was loaded, recorded in run.json and never used
+    with pytest.raises(ValueError, match="selection='ratio' does not use"):
+        loaded.replace(selection="ratio")
 
 
 def test_per_head_thresholds_reach_the_op(calibrated, monkeypatch, tmp_path):

@@ -92,7 +92,7 @@ class XAttentionConfig:
     """Path of a per-(layer, head) thresholds JSON written by ``xattn-video calibrate``: the
     layers it lists use their heads' thresholds instead of ``threshold``. It must have been
     calibrated with this config's stride, block size, token order and text policy. Empty: one
-    ``threshold`` everywhere."""
+    ``threshold`` everywhere. Not with ``selection="ratio"``, which uses no threshold."""
 
     mask_refresh: int = 1
     """Re-estimate the block mask every this many sparse steps per layer and reuse it in
@@ -167,6 +167,11 @@ class XAttentionConfig:
         if not isinstance(self.thresholds_file, str):
             raise ValueError(f"thresholds_file must be a path string, got {self.thresholds_file!r}")
         if self.thresholds_file:
+            if self.selection == "ratio":  # was loaded, recorded in run.json and never used
+                raise ValueError(
+                    "thresholds_file gives per-head thresholds, which selection='ratio' does "
+                    "not use: pass selection='threshold' (the default) or no thresholds file"
+                )
             from . import thresholds as _thresholds
 
             data = _thresholds.shared_thresholds(self.thresholds_file)
