@@ -501,11 +501,13 @@ def test_a_pipeline_stopped_part_way_does_not_count_another_pipelines_steps(stop
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("a_stopped", [False, True])
+@pytest.mark.parametrize("a_stopped", [None, "interrupt", "raise"])
 def test_a_pipeline_sharing_the_scheduler_is_counted_by_it(a_stopped):
     """pipe_b built from pipe_a's components, scheduler included: once pipe_a had run (its
     _current_timestep None), pipe_b's forwards lost the scheduler, so dense_last_steps was
-    ignored and pipe_b's last step ran sparse. Also after pipe_a was stopped by _interrupt."""
+    ignored and pipe_b's last step ran sparse. Also after pipe_a was stopped by _interrupt, and
+    after it raised (Ctrl-C, a callback's error: its _current_timestep kept its last t, and
+    pipe_b's forwards were taken for that stopped call's)."""
     from diffusers import HunyuanVideoPipeline
 
     from ._tiny_models import hv_inputs, tiny_hv_pipeline
@@ -517,12 +519,17 @@ def test_a_pipeline_sharing_the_scheduler_is_counted_by_it(a_stopped):
     rows = lambda h: sorted({(r.step, r.sparse) for r in h.stats.records})  # noqa: E731
 
     def stop_at_1(pipe, i, t, kwargs):
-        if i == 1 and a_stopped:
+        if i == 1 and a_stopped == "interrupt":
             pipe._interrupt = True
+        if i == 1 and a_stopped == "raise":
+            raise KeyboardInterrupt
         return {}
 
     with xv.apply_xattention(pipe_a, cfg) as handle, torch.no_grad():
-        pipe_a(**hv_inputs(steps=4), callback_on_step_end=stop_at_1)
+        try:
+            pipe_a(**hv_inputs(steps=4), callback_on_step_end=stop_at_1)
+        except KeyboardInterrupt:
+            assert a_stopped == "raise"
         handle.stats.reset()
         pipe_b(**hv_inputs(steps=4))
         assert rows(handle) == [(0, False), (1, True), (2, True), (3, False)]

@@ -62,7 +62,9 @@ class StoppedCalls:
     object sharing the transformer would be counted as that step. The scheduler is stale
 
     - after the call ended, while its ``timesteps`` are still the ones of the last forward of a
-      running call (another pipeline sharing the scheduler set up a new run: not stale);
+      running call (another pipeline sharing the scheduler set up a new run: not stale; the
+      same for a call that raised, whose ``t`` stays behind: once the scheduler's
+      ``timesteps`` are new, that ``t`` no longer says anything);
     - when the loop's ``t`` is the object of the last forward but the scheduler's
       ``step_index`` moved on (it raised after ``scheduler.step``) or the cache context's
       branch (``"cond"``) already ran at it (it raised during the step).
@@ -80,6 +82,7 @@ class StoppedCalls:
         self._branches: set[str] = set()
         self._timesteps: Any = None  # the scheduler's timesteps then
         self._stopped: Any = None
+        self._dead: Any = None  # a stopped call's t while another call runs its scheduler
 
     def stopped(self, loop_t: Any, scheduler: Any, branch: str | None) -> bool:
         """Whether ``scheduler`` is a stopped call's; ``loop_t``: from
@@ -87,7 +90,12 @@ class StoppedCalls:
         timesteps = getattr(scheduler, "timesteps", None)
         if loop_t is ENDED:
             return timesteps is self._timesteps
-        if loop_t is None:
+        if loop_t is None or loop_t is self._dead:
+            return False
+        if (loop_t is self._stopped or loop_t is self._t) and timesteps is not self._timesteps:
+            # set_timesteps ran since that t's forward: a call of another pipeline sharing the
+            # scheduler runs now, and the scheduler is its (a raised call's t stays behind)
+            self._dead = loop_t
             return False
         if loop_t is self._stopped:
             return True
