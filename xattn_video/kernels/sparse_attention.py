@@ -59,19 +59,20 @@ def block_sparse_attention_ref(
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
     return_lse: bool = False,
-    q_chunk_blocks: int = 8,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """SDPA with the block mask expanded to tokens (and key padding). Computed in q's dtype.
 
     q, k, v: (B, H, N, D); mask: (B, H, Nbq, Nbk) bool; kv_len: (B,) int. Rows with no
-    selected key give 0 output (and -inf LSE). Query blocks are processed ``q_chunk_blocks`` at
-    a time to bound the memory of their key bias. Returns out (B, H, N, D) and, with
+    selected key give 0 output (and -inf LSE). Returns out (B, H, N, D) and, with
     ``return_lse``, lse (B, H, N) float32 (natural log).
 
     The mask reaches SDPA as an additive bias in q's dtype, one row per query block (its key
     columns gathered from the block mask) that broadcasts over the block's query rows, one SDPA
     call per query block: what SDPA makes of a bool mask without expanding a token mask (on
-    CPU at 2,304 tokens as fast as dense SDPA, ~5x faster than a bool token mask).
+    CPU at 2,304 tokens as fast as dense SDPA, ~5x faster than a bool token mask). Each block's
+    row is gathered on its own: rows sliced from one bias of several blocks gave wrong output
+    rows in the last, partial block under ``torch.compile(dynamic=True)`` (torch 2.14's
+    inductor; N = 130 and 140 at block 16, eager and a fixed shape were right).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
@@ -87,22 +88,18 @@ def block_sparse_attention_ref(
     lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device) if return_lse else None
     cols = torch.arange(Nk, device=q.device) // block_size  # gathers, see nonfinite_rows_ref
     k_t = k.float().transpose(-1, -2) if return_lse else None  # (B, H, D, Nk), for the LSE
-    for b0 in range(0, mask.shape[2], q_chunk_blocks):
-        b1 = min(mask.shape[2], b0 + q_chunk_blocks)
+    for i in range(mask.shape[2]):  # one query block a call: its bias row broadcasts over it
+        q0, q1 = i * block_size, min(Nq, (i + 1) * block_size)
+        row = slice(i, i + 1)
         # rows without a key may see every key (no all -inf row, so no NaN); zeroed below
-        ok = (picked[:, :, b0:b1].index_select(-1, cols) & key_ok) | ~has_key[:, :, b0:b1]
-        bias = torch.where(ok, zero, neg)  # (B, H, b1 - b0, Nk)
-        for i in range(b0, b1):  # one query block a call: its bias row broadcasts over its rows
-            q0, q1 = i * block_size, min(Nq, (i + 1) * block_size)
-            row = slice(i - b0, i - b0 + 1)
-            chunk = F.scaled_dot_product_attention(
-                q[:, :, q0:q1], k, v, attn_mask=bias[:, :, row], scale=scale
-            )
-            out[:, :, q0:q1] = torch.where(has_key[:, :, i : i + 1], chunk, zero)
-            if lse is not None:
-                logits = (q[:, :, q0:q1].float() @ k_t) * scale
-                keep = ok[:, :, row] & has_key[:, :, i : i + 1]
-                lse[:, :, q0:q1] = torch.logsumexp(logits.masked_fill(~keep, float("-inf")), -1)
+        ok = (picked[:, :, row].index_select(-1, cols) & key_ok) | ~has_key[:, :, row]
+        bias = torch.where(ok, zero, neg)  # (B, H, 1, Nk)
+        chunk = F.scaled_dot_product_attention(q[:, :, q0:q1], k, v, attn_mask=bias, scale=scale)
+        out[:, :, q0:q1] = torch.where(has_key[:, :, row], chunk, zero)
+        if lse is not None:
+            logits = (q[:, :, q0:q1].float() @ k_t) * scale
+            keep = ok & has_key[:, :, row]
+            lse[:, :, q0:q1] = torch.logsumexp(logits.masked_fill(~keep, float("-inf")), -1)
     return (out, lse) if return_lse else out
 
 
