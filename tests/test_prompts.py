@@ -156,8 +156,11 @@ def test_invalid_sample_and_limit(tmp_path: Path) -> None:
         load_prompts(f, sample=0)
     with pytest.raises(ValueError, match="limit"):
         load_prompts(f, limit=0)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.txt does not exist"):
         load_prompts(tmp_path / "missing.txt")
+    (tmp_path / "folder.txt").mkdir()  # was "does not exist" too
+    with pytest.raises(FileNotFoundError, match="folder.txt is a directory, not a file"):
+        load_prompts(tmp_path / "folder.txt")
 
 
 def test_user_txt_file(tmp_path: Path) -> None:
