@@ -15,8 +15,8 @@ compared: the attention mode, XAttention config and
 thresholds file (what is being compared); fps (it only changes the mp4 encoding, not the frames);
 the prompt suite and selection (pairs are matched by prompt index, and a pair whose prompt text or
 seed differs is left out of the aggregate); the guidance scale (not a ``generate`` setting: the
-pipelines' defaults, so the model fixes it); the environment (GPU, compile mode and package
-versions only warn: they change the speed-up, not what was generated). A field missing from an
+pipelines' defaults, so the model fixes it); the environment (GPU, ``--ulysses`` degree, compile
+mode and package versions only warn: they change the speed-up, not what was generated). A field missing from an
 older run.json (or a missing run.json) is not compared, nor one recorded as ``null`` (unknown),
 except ``model_source`` (:data:`NULL_IS_A_VALUE`): ``null`` there is a built-in model's own
 weights, which a run from other weights does not share, and ``gpu`` for the device type.
@@ -133,7 +133,7 @@ _VERSION_KEYS = ("torch", "triton", "diffusers", "transformers", "cuda")
 
 def run_notes(dense: Run, sparse: Run) -> list[str]:
     """Warnings that do not stop a comparison: a reference run that is not dense (or a sparse
-    one that is), other GPUs, compile modes or package versions."""
+    one that is), other GPUs, ``--ulysses`` degrees, compile modes or package versions."""
     notes = []
     for run, want_dense in ((dense, True), (sparse, False)):
         att = (run.info or {}).get("attention")
@@ -144,6 +144,12 @@ def run_notes(dense: Run, sparse: Run) -> list[str]:
         notes.append(
             f"runs used different GPUs ({dense.gpu!r} vs {sparse.gpu!r}): speed-ups are not "
             "comparable"
+        )
+    du, su = ((r.record.ulysses if r.record else None) for r in (dense, sparse))
+    if du is not None and su is not None and du != su:
+        notes.append(
+            f"runs used different --ulysses degrees ({du} vs {su}): each video's time is split "
+            "over another number of GPUs, so speed-ups are not comparable"
         )
     if run_mode(dense) != run_mode(sparse):
         notes.append(

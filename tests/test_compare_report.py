@@ -982,9 +982,9 @@ def test_other_gpus_versions_and_a_non_dense_reference_are_warned(tmp_path: Path
     """The notes that do not stop a comparison; the test runs all shared one GPU, empty
     versions and a dense reference, so dropping any of these notes passed every test."""
     dense = write_run(tmp_path / "d", "xattn", [0],
-                      run_fields={"gpu": "GPU A", "versions": {"torch": "2.7.0"}})  # fmt: skip
+                      run_fields={"gpu": "GPU A", "versions": {"torch": "2.7.0"}, "ulysses": 1})  # fmt: skip
     sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
-                       run_fields={"gpu": "GPU B", "versions": {"torch": "2.9.0"}})  # fmt: skip
+                       run_fields={"gpu": "GPU B", "versions": {"torch": "2.9.0"}, "ulysses": 2})  # fmt: skip
     with pytest.warns(CompareWarning):
         report = compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
     notes = report["warnings"]
@@ -992,6 +992,8 @@ def test_other_gpus_versions_and_a_non_dense_reference_are_warned(tmp_path: Path
     assert any("different GPUs ('GPU A' vs 'GPU B')" in n for n in notes)
     assert any("different package versions (dense vs sparse: torch 2.7.0 vs 2.9.0)" in n
                for n in notes)  # fmt: skip
+    # a dense run on 1 GPU per video against a sparse one on 2 (was not warned)
+    assert any("different --ulysses degrees (1 vs 2)" in n for n in notes)
 
 
 def test_html_escapes_prompts_in_tables(tmp_path: Path) -> None:
