@@ -185,7 +185,8 @@ def plot(rows: list[dict], attn_rows: list[dict], target: float, path: Path) -> 
     ax.legend(fontsize=7)
     ax = axes[1]
     if attn_rows:
-        for order, marker in (("raster", "o"), ("tile", "s")):
+        orders = dict.fromkeys(r["order"] for r in attn_rows)  # hilbert's rows were left out
+        for order, marker in zip(orders, "osD^v", strict=False):
             rs = [r for r in attn_rows if r["order"] == order]
             if rs:
                 ax.scatter([r["density"] for r in rs], [r["mass_kept"] for r in rs],
@@ -216,7 +217,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda if available, else cpu")  # fmt: skip
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--num-videos", type=int, default=8, help="K conditions / seeds")
+    p.add_argument("--num-videos", type=int, default=None,
+                   help="K conditions / seeds (default 8, 4 with --quick)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of video i is seed + i")
     p.add_argument("--steps", type=int, default=30, help="denoising steps")
     p.add_argument("--frames", type=int, default=TRAIN_FRAMES)
@@ -248,10 +250,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-attention-view", action="store_true")
     p.add_argument("--no-lpips", action="store_true")
     a = p.parse_args(argv)
-    if a.quick and a.num_videos == 8:
-        a.num_videos = 4
+    if a.num_videos is None:  # an explicit --num-videos 8 was taken for the default with --quick
+        a.num_videos = 4 if a.quick else 8
     if a.quick and a.grid == "full":
         p.error("--quick and --grid full exclude each other")
+    if a.grid == "full" and a.preset is None:  # an empty axis made an empty product, found
+        # only once the dense references had run (max() of no sparse row)
+        if not any(w < a.steps for w in a.warmups):
+            p.error(f"--warmups: no value below --steps {a.steps}, so --grid full has no setting")
+        if not any(a.block_size % s == 0 for s in a.strides):
+            p.error(f"--strides: none divides --block-size {a.block_size}, so --grid full has "
+                    "no setting")  # fmt: skip
     for name, allowed in (("precision", PRECISIONS), ("estimate_precision", ESTIMATE_PRECISIONS)):
         vals = [x.strip() for x in getattr(a, name).split(",") if x.strip()]
         if not vals or any(x not in allowed for x in vals) or len(set(vals)) != len(vals):

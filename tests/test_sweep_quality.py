@@ -40,6 +40,34 @@ def test_one_at_a_time_grid_is_the_base_then_each_factor_alone():
     assert len(full) == 3 * 3 * 2 * 2 * 2
 
 
+def test_num_videos_default_and_quick_and_an_empty_full_grid(capsys):
+    """--quick took an explicit --num-videos 8 for the default and ran 4 (fewer than the fp8
+    check's 8); --grid full with an axis left empty swept nothing and failed at the end."""
+    assert (_args().num_videos, _args("--quick").num_videos) == (8, 4)
+    assert _args("--quick", "--num-videos", "8").num_videos == 8
+    with pytest.raises(SystemExit):
+        _args("--grid", "full", "--steps", "2", "--warmups", "5")
+    assert "--warmups: no value below --steps 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _args("--grid", "full", "--block-size", "16", "--strides", "32")
+    assert "--strides: none divides --block-size 16" in capsys.readouterr().err
+
+
+def test_the_attention_panel_plots_every_order(tmp_path, monkeypatch):
+    """Only raster and tile were plotted: hilbert's rows, in the table and the JSON, were not."""
+    import matplotlib.pyplot as plt
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    row = dict(density=0.3, mass_kept=0.9, oracle_mass=0.95, threshold=0.9, stride=8)
+    attn = [dict(row, order=o) for o in ("raster", "hilbert")]
+    sq.plot([], attn, 30.0, tmp_path / "p.png")
+    labels = figs[0].axes[1].get_legend_handles_labels()[1]
+    assert labels == ["raster: estimated mask", "raster: oracle, same block count",
+                      "hilbert: estimated mask", "hilbert: oracle, same block count"]  # fmt: skip
+    assert (tmp_path / "p.png").is_file()
+
+
 def test_preset_setting_carries_the_preset_fields_but_not_the_command_lines():
     s = sq.build_settings(_args("--preset", "tiny-dit", "--steps", "30"))
     assert len(s) == 1
