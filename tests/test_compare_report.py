@@ -981,10 +981,10 @@ def test_a_model_source_recorded_by_one_run_only_is_not_a_mismatch(tmp_path: Pat
 def test_other_gpus_versions_and_a_non_dense_reference_are_warned(tmp_path: Path) -> None:
     """The notes that do not stop a comparison; the test runs all shared one GPU, empty
     versions and a dense reference, so dropping any of these notes passed every test."""
-    dense = write_run(tmp_path / "d", "xattn", [0],
-                      run_fields={"gpu": "GPU A", "versions": {"torch": "2.7.0"}, "ulysses": 1})  # fmt: skip
-    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames,
-                       run_fields={"gpu": "GPU B", "versions": {"torch": "2.9.0"}, "ulysses": 2})  # fmt: skip
+    dense = write_run(tmp_path / "d", "xattn", [0], run_fields={
+        "gpu": "GPU A", "versions": {"torch": "2.7.0"}, "ulysses": 1})  # fmt: skip
+    sparse = write_run(tmp_path / "s", "xattn", [0], frames_fn=sparse_frames, run_fields={
+        "gpu": "GPU B", "versions": {"torch": "2.9.0"}, "ulysses": 2})  # fmt: skip
     with pytest.warns(CompareWarning):
         report = compare_runs(dense, sparse, tmp_path / "out", metrics=("psnr",), progress=False)
     notes = report["warnings"]
