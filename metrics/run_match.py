@@ -18,8 +18,9 @@ seed differs is left out of the aggregate); the guidance scale (not a ``generate
 pipelines' defaults, so the model fixes it); the environment (GPU, ``--ulysses`` degree, compile
 mode and package versions only warn: they change the speed-up, not what was generated). A field
 missing from an older run.json (or a missing run.json) is not compared, nor one recorded as
-``null`` (unknown), except ``model_source`` (:data:`NULL_IS_A_VALUE`): ``null`` there is a built-in model's own
-weights, which a run from other weights does not share, and ``gpu`` for the device type.
+``null`` (unknown), except ``model_source`` (:data:`NULL_IS_A_VALUE`): ``null`` there is a
+built-in model's own weights, which a run from other weights does not share, and ``gpu`` for
+the device type.
 
 Not supported: tolerating "equivalent" values (e.g. a local snapshot of the default model repo
 named by path): pass ``allow_mismatch``. Non-CUDA accelerators: ``generate`` records no GPU
