@@ -82,7 +82,6 @@ class StoppedCalls:
         self._branches: set[str] = set()
         self._timesteps: Any = None  # the scheduler's timesteps then
         self._stopped: Any = None
-        self._dead: Any = None  # a stopped call's t while another call runs its scheduler
 
     def stopped(self, loop_t: Any, scheduler: Any, branch: str | None) -> bool:
         """Whether ``scheduler`` is a stopped call's; ``loop_t``: from
@@ -90,12 +89,11 @@ class StoppedCalls:
         timesteps = getattr(scheduler, "timesteps", None)
         if loop_t is ENDED:
             return timesteps is self._timesteps
-        if loop_t is None or loop_t is self._dead:
+        if loop_t is None:
             return False
         if (loop_t is self._stopped or loop_t is self._t) and timesteps is not self._timesteps:
             # set_timesteps ran since that t's forward: a call of another pipeline sharing the
             # scheduler runs now, and the scheduler is its (a raised call's t stays behind)
-            self._dead = loop_t
             return False
         if loop_t is self._stopped:
             return True
