@@ -124,7 +124,7 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     for flag in ("measure_every", "num_prompts"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    data = _calibrate(args, *_check_inputs(args, overrides))
+    data = _calibrate(args, targets, *_check_inputs(args, overrides))
     out.parent.mkdir(parents=True, exist_ok=True)
     th.save_thresholds(out, data)
     print(f"wrote {args.out}: {th.summary(data)} ({data['seconds']} s)")
@@ -191,7 +191,12 @@ def _check_one_transformer(model_path: str | None) -> None:
 
 
 def _calibrate(
-    args: argparse.Namespace, cfg: XAttentionConfig, size: dict, steps: list[int], prompts: list
+    args: argparse.Namespace,
+    targets: dict[str, float | None],
+    cfg: XAttentionConfig,
+    size: dict,
+    steps: list[int],
+    prompts: list,
 ) -> dict[str, Any]:
     from xattn_video.calibrate import calibrate_pipeline
 
@@ -222,7 +227,7 @@ def _calibrate(
             meta={"prompts": [p.text for p in prompts], "seeds": [args.seed],
                   "size": size, "device": str(device),
                   "dtype": str(next(pipe.transformer.parameters()).dtype)},
-            **_targets(args),
+            **targets,
         )  # fmt: skip
     finally:
         if bar is not None:

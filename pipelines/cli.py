@@ -372,9 +372,11 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from .generate import SetupError
 
+    command = getattr(args, "command", "generate")
+    resumes = command in ("generate", "demo")  # a rerun of the same command resumes
     try:
         with _one_line_warnings(parser.prog):
-            return _COMMANDS[getattr(args, "command", "generate")](args)
+            return _COMMANDS[command](args)
     except PromptDataMissing as e:
         parser.exit(
             EXIT_USAGE,
@@ -385,14 +387,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (CLIError, SetupError) as e:
         parser.exit(EXIT_USAGE, f"{parser.prog}: error: {e}\n")
     except WriteFailed as e:  # a full disk: one line, not a traceback
-        resumes = getattr(args, "command", "generate") in ("generate", "demo")
         then = "rerun the same command to resume (finished videos are kept)" if resumes else "rerun"
         parser.exit(
             EXIT_FAILED,
             f"{parser.prog}: error: {e.strerror or e}. Free space (or fix that) and {then}.\n",
         )
     except KeyboardInterrupt:
-        resumes = getattr(args, "command", "generate") in ("generate", "demo")
         print("interrupted" + ("; rerun the same command to resume." if resumes else "."),
               file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED

@@ -185,7 +185,7 @@ def test_calibrate_ignores_a_thresholds_file_it_says_it_ignores(tmp_path, capsys
     thr = Path(__file__).parent / "data" / "thresholds_tiny.json"  # stride 4, block 16
     seen = []
 
-    def calibrate(args, cfg, *rest):
+    def calibrate(args, targets, cfg, *rest):
         seen.append(cfg)
         raise SystemExit(0)
 
