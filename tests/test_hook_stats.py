@@ -15,6 +15,7 @@ from xattn_video import cost_model
 from xattn_video.hook import XAttentionController, transformer_patch_size
 from xattn_video.stats import XAttentionStats, mask_density
 
+from ._spy import stand_in_cost_model
 from ._tiny_models import (  # noqa: F401
     hv_inputs,
     one_thread,
@@ -335,15 +336,6 @@ def test_hand_built_processors_record_only_registered_layers(model):
     assert got == [(s, i, s == 1) for s in (0, 1) for i in range(n)]
 
 
-def _stand_in_cost_model(monkeypatch, predict) -> None:
-    """The cost model applies (as Triton on CUDA; the real one is GPU-only) and decides with
-    ``predict`` (cost_model.predict's signature)."""
-    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
-    monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
-    monkeypatch.setattr(cost_model, "lookup", lambda key: "cal")
-    monkeypatch.setattr(cost_model, "predict", predict)
-
-
 def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     """A layer sent dense for cost at a small size used to stay dense in every later call,
     whatever its size (``is_sparse`` read the stored decision, so the cost model was never asked
@@ -353,7 +345,7 @@ def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     from ._tiny_models import hv_transformer_inputs
 
     sizes = []
-    _stand_in_cost_model(
+    stand_in_cost_model(
         monkeypatch,
         lambda cal, n, density, **k: sizes.append(n) or cost_model.Prediction(1.0, 1.0, n >= 100),
     )
@@ -380,7 +372,7 @@ def test_auto_dense_predicts_padded_calls_against_masked_sdpa(family, monkeypatc
     from ._tiny_models import hv_transformer_inputs, tiny_wan_transformer, wan_transformer_inputs
 
     padded = []
-    _stand_in_cost_model(
+    stand_in_cost_model(
         monkeypatch,
         lambda cal, n, density, **k: (
             padded.append(k["padded"]) or cost_model.Prediction(1.0, 2.0, False)
@@ -542,7 +534,7 @@ def test_auto_dense_decides_each_wan22_expert_on_its_own(monkeypatch):
     expert 2 is peaked (~0.15). Experts switch at step 4 of 8 (boundary 0.8)."""
     from ._tiny_models import tiny_wan_pipeline, wan_inputs
 
-    _stand_in_cost_model(
+    stand_in_cost_model(
         monkeypatch,
         lambda cal, n, density, **k: cost_model.Prediction(1.0, 1.0, density <= 0.4),
     )

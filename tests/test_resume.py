@@ -60,22 +60,19 @@ def test_auto_dense_decisions_do_not_carry_from_one_prompt_to_the_next(
     prompt 0's densities stayed dense for prompt 1 of the one-shot run, not of the resume:
     frames 1 level off). The cost model only applies on CUDA: here it is a stand-in that
     prefers dense above density 0.6; the decisions themselves run the real code."""
-    import types
-
     import numpy as np
 
     from xattn_video import cost_model
+
+    from ._spy import stand_in_cost_model
 
     seen = []
 
     def predict(cal, n, density, **kw):
         seen.append(density > 0.6)
-        return types.SimpleNamespace(sparse_wins=density <= 0.6)
+        return cost_model.Prediction(1.0, 1.0, density <= 0.6)
 
-    monkeypatch.setattr(cost_model, "applies", lambda backend, device: True)
-    monkeypatch.setattr(cost_model, "cost_key", lambda *a, **k: "key")
-    monkeypatch.setattr(cost_model, "lookup", lambda key: "calibration")
-    monkeypatch.setattr(cost_model, "predict", predict)
+    stand_in_cost_model(monkeypatch, predict)
     size = ["--steps", "4", "--height", "64", "--width", "64", "--auto-dense"]
     once, resumed = tmp_path / "once", tmp_path / "resumed"
     main(_argv(once, prompt_file, "xattn", *size))
