@@ -112,8 +112,11 @@ def _run_generate(opts: Any) -> int:
     who = f"process {res.process_index}/{res.num_processes}: " if res.num_processes > 1 else ""
     redone = f" ({len(res.redone)} redone, see the warnings)" if res.redone else ""
     video = f" ({len(res.reencoded)} video.mp4 not as written)" if res.reencoded else ""
+    ran = f"generated {len(res.generated)}"
+    if res.writer is not None:  # a --ulysses peer: the group's first process wrote the files
+        ran = f"ran {len(res.generated)} for process {res.writer} to write"
     print(
-        f"{who}generated {len(res.generated)}{redone}, skipped {len(res.skipped)} finished{video}, "
+        f"{who}{ran}{redone}, skipped {len(res.skipped)} finished{video}, "
         f"of {res.assigned} prompts ({res.compile}) -> {res.out}"
     )
     if res.interrupted:

@@ -53,7 +53,6 @@ negative prompts, changing the guidance scale (the pipelines' defaults are used)
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +70,10 @@ from .models import ModelSpec, load_pipeline
 from .multiprocess import (
     anyone_has_work,
     check_ulysses_sizes,
+    data_parallel,
     dense_layout_config,
     finish_group,
+    process_state,
     wait_for_everyone,
 )
 from .options import (
@@ -134,27 +135,14 @@ class GenerateResult:
     """The mode that ran (``RunRecord.compile``)."""
     process_index: int = 0
     num_processes: int = 1
+    writer: int | None = None
+    """``--ulysses`` peers: the process that writes this group's files (``generated`` are
+    the prompts this one ran with it); None where this process writes its own."""
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) floats in [0, 1] -> uint8, rounded to nearest."""
     return np.clip(np.rint(np.asarray(frames, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-def _process_state() -> Any:
-    """accelerate's process state. Without CUDA, ``cpu=True`` makes a torchrun-style launch
-    (``accelerate launch --multi_gpu``, ``torchrun``) a gloo multi-CPU group instead of several
-    independent single processes that would all generate every prompt."""
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if state.num_processes != world:
-        raise SetupError(
-            f"launched as {world} processes (WORLD_SIZE) but accelerate sees "
-            f"{state.num_processes}; refusing to run, every process would generate every prompt"
-        )
-    return state
 
 
 def _lock(out: Path, state: Any) -> tuple[runlock.RunLock | None, bool]:
@@ -180,18 +168,6 @@ def _lock(out: Path, state: Any) -> tuple[runlock.RunLock | None, bool]:
     return lock, status == "ok"
 
 
-def _data_parallel(opts: GenerateOptions, state: Any) -> tuple[int, int, int]:
-    """(group, number of groups, rank in the group) for ``opts.ulysses`` = P consecutive
-    processes per prompt (the layout of ``xattn_video.parallel.make_mesh``)."""
-    P = opts.ulysses
-    if state.num_processes % P:
-        raise SetupError(
-            f"--ulysses {P} needs a process count that is a multiple of {P}, got "
-            f"{state.num_processes}"
-        )
-    return state.process_index // P, state.num_processes // P, state.process_index % P
-
-
 def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     """Run ``opts`` (this process's share of the prompts); see the module docstring.
 
@@ -206,7 +182,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         xattn_video.prompts.PromptDataMissing: the prompt suite is not available.
     """
     spec, r = resolve_options(opts)
-    state = _process_state()
+    state = process_state()
     device = resolve_device(opts, state)
     config: XAttentionConfig | None = r["config"]
     check_backend(config, device)
@@ -260,7 +236,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     lock, writable = _lock(out, state)
     finish = finish_group(state.num_processes)
     try:
-        group, groups, peer = _data_parallel(opts, state)
+        group, groups, peer = data_parallel(opts.ulysses, state)
         mine = prompts[group::groups]
         result = GenerateResult(
             out=out,
@@ -269,6 +245,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
             compile=run.compile,
             process_index=state.process_index,
             num_processes=state.num_processes,
+            writer=state.process_index - peer if peer else None,
         )
         todo = prompts_to_do(out, mine, result, progress=opts.progress and state.is_main_process)
         if peer == 0:  # sequence-parallel peers write nothing
@@ -338,7 +315,7 @@ def _generate_prompts(
         )
     # the pipeline's own bar over the steps: only for real models (tiny steps are short)
     pipe.set_progress_bar_config(disable=not show or spec.is_tiny, leave=False, position=1)
-    writer = _data_parallel(opts, state)[2] == 0  # sequence-parallel peers write nothing
+    writer = data_parallel(opts.ulysses, state)[2] == 0  # sequence-parallel peers write nothing
     experts = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t]
     if opts.ulysses > 1:
         from xattn_video.parallel import enable_context_parallel, make_mesh

@@ -1,5 +1,7 @@
 """What ``generate`` needs from ``torch.distributed`` beyond accelerate's process state.
 
+- :func:`process_state`: accelerate's process state, refused when it disagrees with the
+  launch's ``WORLD_SIZE``; :func:`data_parallel`: this process's ``--ulysses`` group.
 - :func:`finish_group` / :func:`wait_for_everyone`: the last barrier of a multi-process run
   (the main process keeps the run directory's lock until every process is done) on its own
   CPU (gloo) group with a long timeout. The default group's timeout (NCCL: 10 minutes) is
@@ -24,12 +26,15 @@ Not supported: process groups other than the default one (accelerate's), elastic
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from xattn_video.config import XAttentionConfig
+
+from .options import SetupError
 
 FINISH_TIMEOUT = datetime.timedelta(days=7)
 """How long the last barrier waits for the slowest process."""
@@ -99,3 +104,31 @@ def dense_layout_config(steps: int) -> XAttentionConfig:
     processors, which put the Ulysses ranks' tokens in one-GPU order first), no statistics,
     no cost model."""
     return XAttentionConfig(warmup_steps=steps, collect_stats=False, auto_dense=False)
+
+
+def process_state() -> Any:
+    """accelerate's process state. Without CUDA, ``cpu=True`` makes a torchrun-style launch
+    (``accelerate launch --multi_gpu``, ``torchrun``) a gloo multi-CPU group instead of several
+    independent single processes that would all generate every prompt."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != world:
+        raise SetupError(
+            f"launched as {world} processes (WORLD_SIZE) but accelerate sees "
+            f"{state.num_processes}; refusing to run, every process would generate every prompt"
+        )
+    return state
+
+
+def data_parallel(ulysses: int, state: Any) -> tuple[int, int, int]:
+    """(group, number of groups, rank in the group) for ``--ulysses`` = P consecutive
+    processes per prompt (the layout of ``xattn_video.parallel.make_mesh``)."""
+    P = ulysses
+    if state.num_processes % P:
+        raise SetupError(
+            f"--ulysses {P} needs a process count that is a multiple of {P}, got "
+            f"{state.num_processes}"
+        )
+    return state.process_index // P, state.num_processes // P, state.process_index % P
