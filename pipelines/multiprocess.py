@@ -86,7 +86,7 @@ def check_ulysses_sizes(
     ``frames`` (the VAE's scale factors, none without a VAE, and the transformer's patch size
     give the grid) or, for a transformer that splits its text tokens too, :func:`text_length`
     (``call_kwargs``: the pipeline call's own arguments)."""
-    from xattn_video.parallel import check_parallel_inputs
+    from xattn_video.parallel import check_parallel_inputs, ulysses_group
 
     tr = pipe.transformer
     vae = getattr(pipe, "vae", None) is not None  # the tiny DiT denoises pixels
@@ -96,7 +96,20 @@ def check_ulysses_sizes(
     latents = torch.empty((1, int(tr.config.in_channels), *grid), device="meta")
     length = text_length(pipe, call_kwargs)
     text = None if length is None else torch.empty((1, length, 1), device="meta")
-    check_parallel_inputs(tr, latents, text)
+    try:
+        check_parallel_inputs(tr, latents, text)
+    except ValueError as e:
+        tables = getattr(getattr(pipe, "condition_embedder", None), "tables", None)
+        group = ulysses_group(getattr(tr, "_parallel_config", None))
+        if tables is None or group is None or len(tables) % group[1] == 0:
+            raise
+        # the tiny DiT: its text is a fixed count of condition tokens, no max_sequence_length
+        heads = int(tr.config.num_attention_heads)
+        raise ValueError(
+            f"this model's text is {len(tables)} condition tokens, a fixed count that the Ulysses "
+            f"degree {group[1]} does not divide (the degree must divide it and the "
+            f"{heads} heads): run it without --ulysses, or use --model tiny-hunyuan"
+        ) from e
 
 
 def dense_layout_config(steps: int) -> XAttentionConfig:

@@ -316,7 +316,9 @@ def test_unsupported_inputs_raise_clear_errors():
         assert "ring_degree=2" in msgs["ring"]
         assert "max_density=0.5 is not supported under Ulysses" in msgs["budget"]
         assert "the text length 33" in msgs["text_pre"]
-        assert "the text length 3 " in msgs["tiny_dit"], msgs["tiny_dit"]
+        # it advised padding to max_sequence_length, which the tiny DiT does not have
+        tiny = "this model's text is 3 condition tokens, a fixed count that the Ulysses degree 2"
+        assert tiny in msgs["tiny_dit"] and "--model tiny-hunyuan" in msgs["tiny_dit"]
 
 
 def _ulysses_config(P: int = 2, **kw):
