@@ -150,6 +150,23 @@ def test_bench_ulysses_times_dense_on_p_gpus_with_the_torch_qk_preparation(monke
     assert qk_prep.fused_available is real
 
 
+def test_bench_ulysses_records_its_tokens_and_the_fp32_rounding_floor():
+    """The JSON's token count added 256 text tokens to --small's 8, and the tolerance check's
+    floor was the fp64 reference's own rounding (~1e-16), not fp32's as the rule says."""
+    from types import SimpleNamespace
+
+    import torch
+
+    ulysses = load_benchmark("bench_ulysses")
+    args = SimpleNamespace(small=True, text_valid=64)
+    inputs = ulysses.make_inputs(args, torch.device("cpu"), torch.float32)
+    assert ulysses.token_count(inputs, small=True) == 3 * 8 * 8 + 8
+    ref = torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    r32 = ref.float()
+    expected = 2 * (r32 + 0.3 - 0.3 - r32).abs().max().item()
+    assert ulysses.rounding_floor(ref) == expected > 1e-7  # fp64's own: ~1e-16
+
+
 def _ticks(*durations: float):
     """A fake ``time.perf_counter`` whose successive (start, end) pairs span ``durations``."""
     stamps, t = [], 0.0
