@@ -17,6 +17,7 @@ locks clocks.
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -53,7 +54,7 @@ def summarize(samples: list[tuple[float, int, int, float, int]], t0: float, t1: 
         return None
     clocks = sorted(s[2] for s in busy)
     return {
-        "sm_mhz_median": clocks[len(clocks) // 2],
+        "sm_mhz_median": statistics.median(clocks),  # an even count: the middle two's mean
         "sm_mhz_min": clocks[0],
         "power_w_mean": round(sum(s[3] for s in busy) / len(busy), 1),
         "power_capped": round(sum(bool(s[4] & SW_POWER_CAP) for s in busy) / len(busy), 3),
@@ -64,7 +65,7 @@ def summarize(samples: list[tuple[float, int, int, float, int]], t0: float, t1: 
     }
 
 
-COLUMNS = [("sm_mhz_median", "SM MHz", "{}"), ("power_w_mean", "W", "{:.0f}"),
+COLUMNS = [("sm_mhz_median", "SM MHz", "{:.0f}"), ("power_w_mean", "W", "{:.0f}"),
            ("power_capped", "power-capped", "{:.0%}")]  # fmt: skip
 """The table columns (key, header, format) that :func:`row_fields` adds to a row."""
 
