@@ -13,6 +13,10 @@ import torch
 
 from xattn_video.pipelines.runinfo import git_sha
 
+_SHA_AT_START = git_sha(Path(__file__).resolve().parent)
+"""The checkout's SHA when the benchmark started (imported this module): a commit or edit
+made in the checkout during a long run is not recorded as the code that ran."""
+
 
 def environment() -> dict:
     """GPU name, library versions and git SHA, stored with every benchmark result."""
@@ -28,9 +32,8 @@ def environment() -> dict:
         diffusers_version = diffusers.__version__
     except ImportError:  # pragma: no cover
         diffusers_version = None
-    sha = os.environ.get("XATTN_VIDEO_GIT_SHA")  # set by callers that copy the tree (the
-    if not sha:  # GPU machine's copy may carry a stale .git)
-        sha = git_sha(Path(__file__).resolve().parent)
+    # XATTN_VIDEO_GIT_SHA: set by callers that copy the tree (the copy may carry a stale .git)
+    sha = os.environ.get("XATTN_VIDEO_GIT_SHA") or _SHA_AT_START
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
@@ -136,11 +139,33 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
 def report(rows: list[dict], columns: list[tuple[str, str, str]], out: str | Path,
            config: dict) -> None:  # fmt: skip
     """The end of a benchmark: print the table of ``rows``, write them with ``config`` (and the
-    environment) as JSON to ``out``, say where."""
+    environment) as JSON to ``out`` (``"complete": true``), say where."""
     print()
     print_table(rows, columns)
-    save_json(out, {"config": config, "rows": rows})
+    save_json(out, {"config": config, "rows": rows, "complete": True})
     print(f"\nwrote {out}")
+
+
+@contextlib.contextmanager
+def keeping_rows(out: str | Path, config: dict):
+    """``with keeping_rows(out, config) as (rows, save):`` the rows list a benchmark fills.
+    ``save()`` after each finished group of rows (a length, a resolution) writes them to
+    ``out`` with ``"complete": false``, so a crash or a kill keeps them; an exception or
+    Ctrl-C inside writes the rows measured so far with its ``"error"``, then goes on. The
+    complete file is :func:`report`'s."""
+    rows: list[dict] = []
+
+    def save(error: str | None = None) -> None:
+        extra = {} if error is None else {"error": error}
+        save_json(out, {"config": config, "rows": rows, "complete": False, **extra})
+
+    try:
+        yield rows, save
+    except BaseException as e:
+        if rows:
+            save(f"{type(e).__name__}: {e}")
+            print(f"\nwrote the {len(rows)} rows measured before the error to {out}", flush=True)
+        raise
 
 
 def save_json(path: str | Path, payload: dict) -> None:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import baseline_ms, bench_ms, environment, median_ms, report  # noqa: E402
+from _common import baseline_ms, bench_ms, environment, keeping_rows, median_ms, report  # noqa: E402
 from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
 from _gpu_monitor import GpuMonitor, RowWindows, attach  # noqa: E402
 
@@ -251,10 +251,11 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")
     print(environment(), flush=True)
-    rows = []
-    with GpuMonitor() as monitor:  # each row's SM clock and power, sampled by nvidia-smi
+    # each row's SM clock and power, sampled by nvidia-smi; each length's rows kept on disk
+    with GpuMonitor() as monitor, keeping_rows(args.out, vars(args)) as (rows, save):
         for n in args.seq:
             rows += run_length(n, args.heads, args.dim, args.densities, args.strides, args, monitor)
+            save()
     if monitor.error:
         print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [("n", "N", "{}"), ("method", "method", "{}"), ("ms", "median ms", "{:.2f}"),

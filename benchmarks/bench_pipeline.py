@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, report  # noqa: E402
+from _common import environment, keeping_rows, report  # noqa: E402
 from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
 from _gpu_monitor import GpuMonitor, RowWindows, attach  # noqa: E402
 from _precisions import precision_label, precision_pairs  # noqa: E402
@@ -237,10 +237,11 @@ def main(argv=None) -> None:
         sys.exit("bench_pipeline needs a CUDA GPU")
     print(environment(), flush=True)
     model = build_transformer()
-    rows = []
-    with GpuMonitor() as monitor:  # each row's SM clock and power, sampled by nvidia-smi
+    # each row's SM clock and power, sampled by nvidia-smi; each resolution's rows kept on disk
+    with GpuMonitor() as monitor, keeping_rows(args.out, vars(args)) as (rows, save):
         for name in args.res:
             rows += run_resolution(model, name, args, monitor)
+            save()
     if monitor.error:
         print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [

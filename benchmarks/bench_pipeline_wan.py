@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, qk_prep_fused, report  # noqa: E402
+from _common import environment, keeping_rows, qk_prep_fused, report  # noqa: E402
 from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
 from _gpu_monitor import GpuMonitor, RowWindows, attach  # noqa: E402
 from _precisions import precision_label, precision_pairs  # noqa: E402
@@ -81,11 +81,12 @@ def make_inputs(height: int, width: int, frames: int, text_len: int = 512, devic
     )
 
 
-def run(model, args, monitor: GpuMonitor | None = None) -> list[dict]:
-    """The rows, each with the GPU's clock and power over its warm-up and timing."""
+def run(model, args, monitor: GpuMonitor | None = None, rows: list | None = None) -> list[dict]:
+    """The rows (appended to ``rows`` as they are measured), each with the GPU's clock and
+    power over its warm-up and timing."""
     inputs = make_inputs(args.height, args.width, args.frames)
     tokens = inputs["hidden_states"][0, 0].numel() // 4  # patch 1x2x2
-    rows: list[dict] = []
+    rows = [] if rows is None else rows
     windows = RowWindows()
 
     def add(method, seconds, density=None):
@@ -126,8 +127,9 @@ def main(argv=None) -> None:
         sys.exit("bench_pipeline_wan needs a CUDA GPU")
     print(environment(), flush=True)
     model = build_transformer(WAN_14B)
-    with GpuMonitor() as monitor:  # each row's SM clock and power, sampled by nvidia-smi
-        rows = run(model, args, monitor)
+    # each row's SM clock and power, sampled by nvidia-smi; the rows kept on an error
+    with GpuMonitor() as monitor, keeping_rows(args.out, vars(args)) as (rows, _):
+        run(model, args, monitor, rows)
     if monitor.error:
         print(f"GPU clocks not recorded: {monitor.error}", flush=True)
     columns = [

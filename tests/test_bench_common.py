@@ -80,6 +80,65 @@ def test_environment_records_this_checkout(monkeypatch):
     assert common.environment()["git_sha"] == "abc1234"
 
 
+def test_environment_records_the_sha_the_run_started_with(monkeypatch):
+    """The SHA was read when the JSON was written: a commit made in the checkout during a long
+    run was recorded as the code that ran."""
+    monkeypatch.delenv("XATTN_VIDEO_GIT_SHA", raising=False)
+    monkeypatch.setattr(common, "git_sha", lambda *a: "committed-during-the-run")
+    assert common.environment()["git_sha"] == git_sha()
+
+
+@pytest.mark.parametrize(
+    "name, argv, runner",
+    [
+        ("bench_attention", ["--seq", "67576", "119056"], "run_length"),
+        ("bench_pipeline", ["--res", "544p", "720p"], "run_resolution"),
+        ("bench_pipeline_wan", [], "run"),
+    ],
+)
+def test_an_error_part_way_keeps_the_rows_measured(tmp_path, monkeypatch, name, argv, runner):
+    """The JSON was written only after the last length / resolution: an OOM or a Ctrl-C in
+    the second threw away the minutes of GPU time the first had cost."""
+    import sys
+
+    import torch
+
+    bench = load_benchmark(name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sys.modules["_common"], "environment", lambda: {"gpu": "stand-in"})
+    monkeypatch.setattr(bench, "environment", lambda: {"gpu": "stand-in"})
+    monkeypatch.setattr(bench, "build_transformer", lambda *a: None, raising=False)
+
+    class NoMonitor:
+        error = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(bench, "GpuMonitor", NoMonitor)
+    calls = []
+
+    def measure(*args, **kwargs):
+        calls.append(args)
+        if name == "bench_pipeline_wan":  # one length: its rows land in the list it is given
+            args[3].append({"method": "dense, diffusers default", "s": 1.0})
+        elif len(calls) == 1:
+            return [{"method": "dense", "s": 1.0, "ms": 1.0}]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, runner, measure)
+    out = tmp_path / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*argv, "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and data["error"] == "KeyboardInterrupt: "
+    first = "dense, diffusers default" if name == "bench_pipeline_wan" else "dense"
+    assert [r["method"] for r in data["rows"]] == [first]
+
+
 def test_report_writes_config_rows_and_environment(tmp_path, capsys):
     rows = [{"method": "dense", "ms": 2.0, "drop": 0.0, "x": None}]
     columns = [("method", "method", "{}"), ("drop", "drop", "{:.2f}"), ("x", "x", "{}")]
@@ -88,8 +147,8 @@ def test_report_writes_config_rows_and_environment(tmp_path, capsys):
     cells = [c.strip() for c in out.splitlines()[3].split("|")]
     assert cells == ["dense", "0.00", ""]  # a 0 shown, None blank
     data = json.loads((tmp_path / "r.json").read_text())
-    assert sorted(data) == ["config", "environment", "rows"]
-    assert data["config"] == {"seq": [256]} and data["rows"] == rows
+    assert sorted(data) == ["complete", "config", "environment", "rows"]
+    assert data["config"] == {"seq": [256]} and data["rows"] == rows and data["complete"] is True
     assert set(data["environment"]) >= {"gpu", "torch", "triton", "git_sha", "time"}
 
 
