@@ -223,6 +223,15 @@ def add_row_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1)
 
 
+def check_row_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage error (exit 2) for a projection :func:`add_projections` can't make: more warm-up
+    steps than steps (a negative count of sparse steps), no steps, or no repeat."""
+    if args.steps < 1 or args.repeats < 1:
+        p.error("--steps and --repeats must be at least 1")
+    if not 0 <= args.warmup_steps <= args.steps:
+        p.error(f"--warmup-steps must be between 0 and --steps ({args.steps})")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--res", nargs="+", default=["544p", "720p"], choices=sorted(RESOLUTIONS))
@@ -233,6 +242,7 @@ def main(argv=None) -> None:
     add_row_args(p)
     p.add_argument("--out", default="results/bench_pipeline.json")
     args = p.parse_args(argv)
+    check_row_args(p, args)
     if not torch.cuda.is_available():
         sys.exit("bench_pipeline needs a CUDA GPU")
     print(environment(), flush=True)

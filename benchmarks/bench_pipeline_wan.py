@@ -40,6 +40,7 @@ from _precisions import precision_label, precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
+    check_row_args,
     projection_columns,
     time_dense,
     time_xattention,
@@ -123,6 +124,7 @@ def main(argv=None) -> None:
                    help="also time the all-bf16 rows with the torch q / k preparation")  # fmt: skip
     p.add_argument("--out", default="results/bench_pipeline_wan.json")
     args = p.parse_args(argv)
+    check_row_args(p, args)
     if not torch.cuda.is_available():
         sys.exit("bench_pipeline_wan needs a CUDA GPU")
     print(environment(), flush=True)

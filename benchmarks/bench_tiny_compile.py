@@ -164,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_tiny_compile needs a CUDA GPU")
 
     rows: list[dict] = []
     for size in args.sizes:
@@ -208,9 +210,12 @@ def main(argv: list[str] | None = None) -> None:
             ("warmup_s", "warm-up s", "{:.1f}"),
         ],
     )
+    failed = [r for r in rows if "error" in r]
     save_json(args.out, {"benchmark": "bench_tiny_compile", "args": vars(args), "rows": rows,
-                         "complete": True})  # fmt: skip
+                         "complete": not failed})  # fmt: skip
     print(f"wrote {args.out}")
+    if failed:  # a scripted run must see it (every variant failing printed an empty table)
+        sys.exit(f"bench_tiny_compile: {len(failed)} of {len(rows)} variants failed, see above")
 
 
 if __name__ == "__main__":

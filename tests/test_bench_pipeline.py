@@ -119,3 +119,21 @@ def test_resolution_rows_record_tokens_densities_and_a_kernel_dense_run_of_every
     assert (sparse["effective_density"], sparse["sparse_density"]) == (0.35, 0.3)
     assert seen["dense_layers"] == (0, 1, 2, 3, 4)
     assert seen["mask"][0, :3].all() and not seen["mask"][0, 3:].any()
+
+
+@pytest.mark.parametrize("name", ["bench_pipeline", "bench_pipeline_wan"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "4"], "--warmup-steps must be between 0 and --steps (4)"),
+        (["--warmup-steps", "-1"], "--warmup-steps must be between 0 and --steps (50)"),
+        (["--steps", "0", "--warmup-steps", "0"], "--steps and --repeats must be at least 1"),
+    ],
+)
+def test_a_projection_with_more_warmup_than_steps_is_a_usage_error(name, argv, message, capsys):
+    """--steps 4 with the default 5 warm-up steps projected a sparse row slower than dense
+    (a negative count of sparse steps), after the whole GPU run."""
+    script = bench if name == "bench_pipeline" else load_benchmark(name)
+    with pytest.raises(SystemExit) as e:
+        script.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
