@@ -18,6 +18,7 @@ Not supported: other shapes or selections (edit the constants), a statistic acro
 it several times, alternating the trees).
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,8 +32,13 @@ import xattn_video as xv
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median_ms  # noqa: E402
 
-n, tag = int(sys.argv[1]), sys.argv[2]
-extra = {"estimate_kernel": sys.argv[3]} if len(sys.argv) > 3 else {}
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+ap.add_argument("n", type=int, help="sequence length")
+ap.add_argument("tag", help="the tree's name in the AB line (old / new)")
+ap.add_argument("estimate_kernel", nargs="?", help="the op's estimate_kernel (default: the op's)")
+cli = ap.parse_args()
+n, tag = cli.n, cli.tag
+extra = {} if cli.estimate_kernel is None else {"estimate_kernel": cli.estimate_kernel}
 H, D = 24, 128
 g = torch.Generator(device="cuda").manual_seed(0)
 q, k, v = (
