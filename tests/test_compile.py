@@ -4,6 +4,8 @@ dense/sparse switch compiles two variants, not one per step."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +21,8 @@ from ._tiny_models import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+DATA = Path(__file__).parent / "data"
 
 
 class CountingBackend:
@@ -36,9 +40,14 @@ class CountingBackend:
         return aot_eager(gm, example_inputs) if self.aot else gm.forward
 
 
-def test_hunyuan_compiled_below_the_step_hook_equals_eager():
-    """Steps 0 (dense, warm-up), 1-3 (sparse): one compiled graph per phase, outputs as eager."""
+@pytest.mark.parametrize("thresholds_file", [None, DATA / "thresholds_tiny.json"])
+def test_hunyuan_compiled_below_the_step_hook_equals_eager(thresholds_file):
+    """Steps 0 (dense, warm-up), 1-3 (sparse): one compiled graph per phase, outputs as eager.
+    With per-head thresholds from a file: its sparse step died in dynamo (an ``os.stat`` of the
+    file in every traced call); the controller now reads it eagerly."""
     cfg = tiny_cfg(warmup_steps=1)
+    if thresholds_file is not None:
+        cfg = tiny_cfg(warmup_steps=1, thresholds_file=str(thresholds_file))
     eager, compiled = tiny_hv_transformer(), tiny_hv_transformer()
     h_eager, h_comp = xv.apply_xattention(eager, cfg), xv.apply_xattention(compiled, cfg)
     torch._dynamo.reset()

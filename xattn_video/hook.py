@@ -69,7 +69,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 from . import schedule
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
-from .sparse_path import MaskCache, TileOrders
+from .sparse_path import MaskCache, TileOrders, file_thresholds
 from .stats import XAttentionStats
 from .targets import target_layers, transformer_patch_size
 
@@ -115,6 +115,7 @@ class XAttentionController:
         self.branch = "pass0"
         self.num_steps: int | None = None
         self.grid: tuple[int, int, int] | None = None
+        self.thresholds: dict[int, tuple[float, ...]] | None = None  # sparse_path.file_thresholds
         self.masks.clear()
         self._last_step: int | None = None
         self._last_index: int | None = None  # the scheduler's position at the last forward
@@ -225,6 +226,7 @@ class XAttentionController:
         )
         if self.sparse:
             self.masks.prepare(self.layers.keys(), self.branch)
+            self.thresholds = file_thresholds(cfg)  # eagerly: a traced call reads no file
 
         if hidden_states is not None and patch_size is not None and hidden_states.ndim == 5:
             T, H, W = hidden_states.shape[-3:]

@@ -239,7 +239,14 @@ def cluster_orders(
 
 
 _LAYER_THRESHOLDS: dict[tuple, tuple[dict, torch.Tensor | None]] = {}
-"""(file, layer, device) -> (the loaded file's dict it was read from, the layer's thresholds)."""
+"""(file, layer, device, heads) -> (the file's layer dict it was read from, the thresholds)."""
+
+
+def file_thresholds(cfg: XAttentionConfig) -> dict[int, tuple[float, ...]] | None:
+    """Layer -> per-head thresholds of ``cfg.thresholds_file`` as it is now (None without a
+    file): what the controller reads eagerly at each sparse forward for :func:`layer_threshold`
+    (a call traced by ``torch.compile`` must not touch the file system)."""
+    return _thresholds.shared_layer_thresholds(cfg.thresholds_file) if cfg.thresholds_file else None
 
 
 def layer_threshold(
@@ -250,21 +257,28 @@ def layer_threshold(
     *,
     first_head: int = 0,
     total_heads: int | None = None,
+    listed: dict[int, tuple[float, ...]] | None = None,
 ) -> float | torch.Tensor:
     """The threshold of one layer: its per-head (heads,) float64 tensor from
     ``cfg.thresholds_file`` when the file lists the layer, else ``cfg.threshold``. The call
     holds ``heads`` of the layer's ``total_heads`` (default: all) from ``first_head`` on (a
-    Ulysses rank: its H/P). Cached per (file, layer, device, heads) for the file's current
-    contents (the entry holds the loaded dict, compared by identity: an ``id()`` in the key
-    could be reused by a later version of a rewritten file)."""
+    Ulysses rank: its H/P). ``listed``: the file's :func:`file_thresholds`, read by the caller
+    (the controller, eagerly); without it the file is read here, which a traced call can't.
+    Cached per (file, layer, device, heads) for the file's current contents (the entry holds
+    ``listed``, compared by identity: an ``id()`` in the key could be reused by a later version
+    of a rewritten file); a traced call builds its tensor in the graph, uncached."""
     if not cfg.thresholds_file:
         return cfg.threshold
+    traced = torch.compiler.is_compiling()
+    if listed is None:
+        if traced:
+            raise RuntimeError("a traced sparse call needs the thresholds read eagerly (listed)")
+        listed = file_thresholds(cfg)
     total = heads if total_heads is None else total_heads
-    data = _thresholds.shared_thresholds(cfg.thresholds_file)  # one object per path and mtime
     key = (cfg.thresholds_file, layer, str(device), first_head, heads)
-    entry = _LAYER_THRESHOLDS.get(key)
-    if entry is None or entry[0] is not data:
-        per_layer = _thresholds.layer_thresholds(data).get(layer)
+    entry = None if traced else _LAYER_THRESHOLDS.get(key)
+    if entry is None or entry[0] is not listed:
+        per_layer = listed.get(layer)
         if per_layer is not None and len(per_layer) != total:
             raise ValueError(
                 f"thresholds file {cfg.thresholds_file!r} has {len(per_layer)} heads for layer "
@@ -274,7 +288,9 @@ def layer_threshold(
         if per_layer is not None:
             part = per_layer[first_head : first_head + heads]
             thr = torch.tensor(part, dtype=torch.float64, device=device)
-        entry = _LAYER_THRESHOLDS[key] = (data, thr)
+        entry = (listed, thr)
+        if not traced:
+            _LAYER_THRESHOLDS[key] = entry
     return cfg.threshold if entry[1] is None else entry[1]
 
 
@@ -292,7 +308,8 @@ class SparseState(Protocol):
     orders: TileOrders
     auto_dense: Any  # xattn_video.auto_dense.AutoDense
     # optional ``heads``: {"first_head", "total_heads"} where a call holds a share of the layer's
-    # heads (a Ulysses rank, xattn_video.parallel.GatheredState): layer_threshold's slice
+    # heads (a Ulysses rank, xattn_video.parallel.GatheredState): layer_threshold's slice;
+    # optional ``thresholds``: the forward's file_thresholds, read eagerly
 
 
 def dense_attention(
@@ -367,14 +384,12 @@ def sparse_attention(
     observer = getattr(state, "observer", None)
     if observer is not None and observer.wants(state.step):
         observer.observe(layer, state.step, q, k, kv_len, dense_from)
-    sel = (
-        {
-            "threshold": layer_threshold(cfg, layer, H, q.device, **getattr(state, "heads", {})),
-            "ratio": None,
-        }
-        if cfg.selection == "threshold"
-        else {"threshold": None, "ratio": cfg.ratio}
-    )
+    sel = {"threshold": None, "ratio": cfg.ratio}
+    if cfg.selection == "threshold":
+        listed = getattr(state, "thresholds", None)  # the controller's, read eagerly
+        heads = getattr(state, "heads", {})
+        thr = layer_threshold(cfg, layer, H, q.device, listed=listed, **heads)
+        sel = {"threshold": thr, "ratio": None}
     out, mask = _attention.xattention(
         q,
         k,

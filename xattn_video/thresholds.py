@@ -314,11 +314,27 @@ def shared_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
     contents, the same object on every call until the file changes. Read-only: for the hot
     path (the sparse path's per-layer cache compares it by identity, and a deep copy per
     attention call cost ~57 ms on the CPU for a HunyuanVideo-sized file)."""
+    return _load(*_version(path))
+
+
+def shared_layer_thresholds(path: str | os.PathLike[str]) -> dict[int, tuple[float, ...]]:
+    """:func:`layer_thresholds` of :func:`shared_thresholds`: one dict per version of the file
+    (the same object until the file changes). Read-only, for the sparse path."""
+    return _layers(*_version(path))
+
+
+def _version(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """(path, modification time) of a thresholds file; ValueError when it is not a file."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         what = "is a directory, not a file" if os.path.isdir(p) else "does not exist"
         raise ValueError(f"thresholds file {p!r} {what}")
-    return _load(p, os.stat(p).st_mtime_ns)
+    return p, os.stat(p).st_mtime_ns
+
+
+@lru_cache(maxsize=16)
+def _layers(path: str, mtime_ns: int) -> dict[int, tuple[float, ...]]:
+    return layer_thresholds(_load(path, mtime_ns))
 
 
 @lru_cache(maxsize=16)
