@@ -226,6 +226,20 @@ def test_wrappers_compile_fullgraph_and_match_eager():
     torch.testing.assert_close(compiled(q, k, v, kv_len), fn(q, k, v, kv_len))
 
 
+@pytest.mark.skipif(not interpreter_enabled(), reason="the CPU interpreter's own case")
+def test_the_triton_backend_compiles_fullgraph_in_the_interpreter():
+    """xattention(backend="triton") on the CPU: the op's checks read TRITON_INTERPRET through
+    triton.knobs, which dynamo can't trace, so every fullgraph compile failed there."""
+    q, k, v = _qkv()
+
+    def fn(q, k, v):
+        return xv.xattention(q, k, v, backend="triton", threshold=0.8, block_size=16, stride=4)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(q, k, v), fn(q, k, v))
+
+
 @pytest.mark.parametrize("estimate_kernel", ["auto", "prefer-gluon"])
 def test_the_op_lowers_under_inductor(estimate_kernel):
     """Inductor (not only aot_eager) compiles the public op, ops as fallback kernels: it passes

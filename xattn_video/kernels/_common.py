@@ -45,6 +45,7 @@ def check_precision(precision: str, name: str = "precision") -> None:
 _TRUE_WORDS = ("1", "true", "yes", "on", "y")
 
 
+@torch.compiler.assume_constant_result  # a traced call: read while tracing (dynamo can't)
 def interpreter_enabled() -> bool:
     """True when Triton kernels run in the CPU interpreter: ``TRITON_INTERPRET`` read as Triton
     reads it (``1`` / ``true`` / ``yes`` / ``on`` / ``y``, any case; ``false`` or ``2`` is off)."""
