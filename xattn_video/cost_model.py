@@ -302,7 +302,13 @@ def _graph_ms(fn, reps: int = 5) -> float | None:
 
 
 def calibrate(key: CostKey, device: torch.device | str = "cuda") -> Calibration:
-    """Measure the kernel times of ``key`` on ``device`` over ``N_GRID`` and cache them."""
+    """Measure the kernel times of ``key`` on ``device`` over ``N_GRID`` and cache them (with
+    ``device`` current: the timing events and the graph capture use the current device)."""
+    with torch.cuda.device(device):
+        return _calibrate(key, device)
+
+
+def _calibrate(key: CostKey, device: torch.device | str) -> Calibration:
     dtype = getattr(torch, key.dtype)
     bs, S, D, BH = key.block_size, key.stride, key.head_dim, key.heads
     g = torch.Generator(device=device).manual_seed(0)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels._common import cdiv, softmax_scale
+from .kernels._common import cdiv, on_tensor_device, softmax_scale
 from .kernels.estimate import estimate_block_scores as _estimate_triton
 from .kernels.estimate import estimate_block_scores_ref as _estimate_ref
 from .kernels.fp8 import Fp8Inputs, quantize_fp8_inputs
@@ -73,6 +73,7 @@ def _fp8_inputs(fp8: list[torch.Tensor]) -> Fp8Inputs | None:
     return Fp8Inputs(*fp8[:5]) if fp8 else None
 
 
+@on_tensor_device
 def _quantize_fp8_impl(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor, block_size: int
 ) -> list[torch.Tensor]:
@@ -109,6 +110,7 @@ def indices_to_mask(counts: torch.Tensor, indices: torch.Tensor, n_kb: int) -> t
     return mask[..., :n_kb]
 
 
+@on_tensor_device
 def _estimate_impl(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -131,6 +133,7 @@ def _estimate_impl(
     return _estimate_triton(q, k, fp8_inputs=f8, kernel=estimate_kernel, **kw)
 
 
+@on_tensor_device
 def _attention_impl(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -171,6 +174,7 @@ def _attention_impl(
     return out, q.new_empty((0,), dtype=torch.float32)
 
 
+@on_tensor_device
 def _select_impl(
     scores: torch.Tensor,
     kv_len: torch.Tensor,
@@ -215,6 +219,13 @@ def _(scores, kv_len, thr_heads, threshold, dense_from, dense_from_int, block_si
     return scores.new_empty(scores.shape, dtype=torch.bool)  # contiguous, as the kernel's
 
 
+@on_tensor_device
+def _csr_impl(
+    mask: torch.Tensor, kv_len: torch.Tensor, block_size: int, n_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _csr_triton(mask, block_size=block_size, kv_len=kv_len, n_k=n_k)
+
+
 @torch.library.custom_op(f"{NAMESPACE}::block_csr", mutates_args=())
 def block_csr_op(
     mask: torch.Tensor, kv_len: torch.Tensor, block_size: int, n_k: int
@@ -222,7 +233,7 @@ def block_csr_op(
     """mask (B, H, Nbq, Nbk) bool (expanded strides allowed), kv_len (B,) int32 -> counts
     (B, H, Nbq) int32, indices (B, H, Nbq, Nbk) int32 (Triton; see
     :func:`xattn_video.kernels.select_fused.mask_to_csr`)."""
-    return _csr_triton(mask, block_size=block_size, kv_len=kv_len, n_k=n_k)
+    return _csr_impl(mask, kv_len, block_size, n_k)
 
 
 @block_csr_op.register_fake
@@ -426,4 +437,4 @@ def block_csr(
     """Triton mask -> CSR lists (:func:`block_csr_op`; direct in eager mode); kv_len (B,)."""
     if torch.compiler.is_compiling():
         return block_csr_op(mask, kv_len, block_size, n_k)
-    return _csr_triton(mask, block_size=block_size, kv_len=kv_len, n_k=n_k)
+    return _csr_impl(mask, kv_len, block_size, n_k)

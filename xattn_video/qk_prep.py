@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels._common import triton_usable
+from .kernels._common import on_tensor_device, triton_usable
 from .kernels.norm_rope import rms_norm_rope, unsupported, wan_rotary
 
 __all__ = ["fused_available", "norm_rope", "wan_rotary"]
@@ -47,6 +47,7 @@ def fused_available(
     )
 
 
+@on_tensor_device
 def norm_rope(
     x: torch.Tensor,
     weight: torch.Tensor | None,

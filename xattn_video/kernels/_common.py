@@ -6,6 +6,7 @@ run only under the interpreter (``TRITON_INTERPRET=1``).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -52,6 +53,22 @@ def interpreter_enabled() -> bool:
     if HAS_TRITON and hasattr(triton, "knobs"):  # Triton >= 3.4: its own reading
         return bool(triton.knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE_WORDS
+
+
+def on_tensor_device(fn):
+    """``fn(t, ...)`` run with ``t``'s CUDA device current. Triton launches its kernels on the
+    current device whatever their tensors' (a model on ``cuda:1`` ran them on device 0 with
+    pointers into device 1), and a custom op sets no device guard; torch ops follow their
+    tensors. A no-op for CPU tensors and for a device that is already current."""
+
+    @functools.wraps(fn)
+    def on_device(t, *args, **kwargs):
+        if t.is_cuda and t.get_device() != torch.cuda.current_device():
+            with torch.cuda.device(t.device):
+                return fn(t, *args, **kwargs)
+        return fn(t, *args, **kwargs)
+
+    return on_device
 
 
 def triton_usable(t: torch.Tensor) -> bool:
