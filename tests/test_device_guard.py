@@ -46,11 +46,14 @@ def guards(monkeypatch):
 
 def test_the_guard_makes_the_tensors_device_current_only_when_it_is_not(guards):
     @on_tensor_device
-    def f(t, x, *, y):
+    def f(q, x, *, y):
         guards.append(("ran", x, y))
         return x + y
 
     assert f(_OnCuda1(), 1, y=2) == 3
+    assert guards == [torch.device("cuda", 1), ("ran", 1, 2), "exit"]
+    guards.clear()
+    assert f(q=_OnCuda1(), x=1, y=2) == 3  # the tensor by name (norm_rope(x=...) raised)
     assert guards == [torch.device("cuda", 1), ("ran", 1, 2), "exit"]
     guards.clear()
     assert f(torch.zeros(1), 1, y=2) == 3  # a CPU tensor: no guard

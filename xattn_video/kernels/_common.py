@@ -7,6 +7,7 @@ run only under the interpreter (``TRITON_INTERPRET=1``).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 
@@ -61,12 +62,15 @@ def on_tensor_device(fn):
     pointers into device 1), and a custom op sets no device guard; torch ops follow their
     tensors. A no-op for CPU tensors and for a device that is already current."""
 
+    first = next(iter(inspect.signature(fn).parameters))  # the tensor, by position or name
+
     @functools.wraps(fn)
-    def on_device(t, *args, **kwargs):
+    def on_device(*args, **kwargs):
+        t = args[0] if args else kwargs[first]
         if t.is_cuda and t.get_device() != torch.cuda.current_device():
             with torch.cuda.device(t.device):
-                return fn(t, *args, **kwargs)
-        return fn(t, *args, **kwargs)
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
 
     return on_device
 
