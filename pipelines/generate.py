@@ -73,6 +73,7 @@ from .multiprocess import (
     data_parallel,
     dense_layout_config,
     finish_group,
+    fixed_text_refusal,
     process_state,
     wait_for_everyone,
 )
@@ -186,6 +187,9 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     device = resolve_device(opts, state)
     config: XAttentionConfig | None = r["config"]
     check_backend(config, device)
+    P, fixed = opts.ulysses, spec.text_tokens
+    if P > 1 and fixed and fixed % P:  # first: the preset's refusals would not make it run
+        raise SetupError(f"--ulysses {P}: {fixed_text_refusal(fixed, P)}")
     if opts.ulysses > 1 and config is not None:
         from xattn_video.parallel import check_parallel_config
 

@@ -78,6 +78,9 @@ class ModelSpec:
     """Extra keyword arguments for every pipeline call (e.g. the tiny prompt template)."""
     random_weights: bool = False
     """True for the models built with random weights (their videos say nothing about quality)."""
+    text_tokens: int | None = None
+    """A fixed count of text tokens per prompt (the tiny DiT's condition tokens), which
+    ``--ulysses`` must divide; None where prompts are padded to ``max_sequence_length``."""
 
     @property
     def is_tiny(self) -> bool:
@@ -118,6 +121,7 @@ MODELS: dict[str, ModelSpec] = {
         steps=12,
         fps=8,
         preset="tiny-dit",
+        text_tokens=3,  # motion, photo, direction
     ),
     "tiny-hunyuan": ModelSpec(
         name="tiny-hunyuan",

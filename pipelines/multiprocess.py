@@ -104,12 +104,15 @@ def check_ulysses_sizes(
         if tables is None or group is None or len(tables) % group[1] == 0:
             raise
         # the tiny DiT: its text is a fixed count of condition tokens, no max_sequence_length
-        heads = int(tr.config.num_attention_heads)
-        raise ValueError(
-            f"this model's text is {len(tables)} condition tokens, a fixed count that the Ulysses "
-            f"degree {group[1]} does not divide (the degree must divide it and the "
-            f"{heads} heads): run it without --ulysses, or use --model tiny-hunyuan"
-        ) from e
+        raise ValueError(fixed_text_refusal(len(tables), group[1])) from e
+
+
+def fixed_text_refusal(tokens: int, degree: int) -> str:
+    """Why a model whose text is ``tokens`` fixed tokens can't run at Ulysses ``degree``."""
+    return (
+        f"this model's text is {tokens} condition tokens, a fixed count that the Ulysses degree "
+        f"{degree} does not divide: run it without --ulysses, or use --model tiny-hunyuan"
+    )
 
 
 def dense_layout_config(steps: int) -> XAttentionConfig:

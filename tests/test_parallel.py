@@ -363,6 +363,29 @@ def test_unsupported_ulysses_settings_are_refused_before_anything_runs(monkeypat
         parallel.enable_context_parallel(tiny_hv_pipeline().transformer, 1)
 
 
+@pytest.mark.parametrize("attention", ["dense", "xattn"])
+def test_the_tiny_dit_under_ulysses_is_refused_first_with_advice_that_works(
+    tmp_path, capsys, attention
+):
+    """--model tiny --attention xattn --ulysses 2 was first refused for the tiny-dit preset's
+    max_density, then, once the user passed --max-density 1.0 as told, for its 3 condition
+    tokens: the first advice could not make it run. The token count comes before the preset."""
+    from xattn_video.pipelines.cli import main
+    from xattn_video.pipelines.models import MODELS, load_pipeline
+
+    tables = load_pipeline("tiny", dtype=torch.float32, device="cpu", progress=False)
+    assert MODELS["tiny"].text_tokens == len(tables.condition_embedder.tables) == 3
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\n")
+    args = ["generate", "--model", "tiny", "--attention", attention, "--ulysses", "2"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--prompts", str(prompts), "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--ulysses 2: this model's text is 3 condition tokens" in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_generates_size_check_takes_the_latent_frames_of_any_frame_count():
     """(frames - 1) // 4 + 1 latent frames: 8 frames give 2 x 7 x 7 = 98 tokens at 56 x 56
     (they split over 2 ranks), 9 frames 3 x 7 x 7 = 147 (they do not)."""
