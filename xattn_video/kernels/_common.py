@@ -50,7 +50,9 @@ _TRUE_WORDS = ("1", "true", "yes", "on", "y")
 @torch.compiler.assume_constant_result  # a traced call: read while tracing (dynamo can't)
 def interpreter_enabled() -> bool:
     """True when Triton kernels run in the CPU interpreter: ``TRITON_INTERPRET`` read as Triton
-    reads it (``1`` / ``true`` / ``yes`` / ``on`` / ``y``, any case; ``false`` or ``2`` is off)."""
+    reads it (``1`` / ``true`` / ``yes`` / ``on`` / ``y``, any case; ``false`` or ``2`` is off).
+    A ``torch.compile`` graph keeps the value read while it was traced (as Triton keeps the
+    mode its kernels were built in)."""
     if HAS_TRITON and hasattr(triton, "knobs"):  # Triton >= 3.4: its own reading
         return bool(triton.knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE_WORDS
