@@ -50,14 +50,24 @@ def cache_dir() -> Path:
 
 
 def _candidate_dirs(data_dir: str | os.PathLike[str] | None) -> list[Path]:
+    """``data_dir``, then ``$XATTN_VIDEO_PROMPTS_DIR``, then the cache. ValueError when one of
+    the first two is not a directory (a typo fell through to the cache or a download)."""
     dirs = []
     if data_dir is not None:
-        dirs.append(Path(data_dir))
+        dirs.append(_existing_dir(Path(data_dir), "the prompts folder (--prompts-dir)"))
     env = os.environ.get(ENV_PROMPTS_DIR)
     if env:
-        dirs.append(Path(env))
+        dirs.append(_existing_dir(Path(env), f"${ENV_PROMPTS_DIR}"))
     dirs.append(cache_dir())
     return dirs
+
+
+def _existing_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        kind = "a file" if path.is_file() else "not found"
+        fix = "give the folder that holds the VBench files, or a clone of VBench"
+        raise ValueError(f"{what} {path} is not a directory ({kind}): {fix}")
+    return path
 
 
 def locate_data_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -97,7 +97,7 @@ def _load_all(suite_or_path: PathLike, data_dir: PathLike | None) -> list[Prompt
 def _load_suite(suite: Suite, data_dir: PathLike | None) -> list[Prompt]:
     info_path = locate_data_file(STANDARD_FILE.name, data_dir)
     try:
-        with info_path.open(encoding="utf-8") as f:
+        with info_path.open(encoding="utf-8-sig") as f:  # a copy saved with a BOM
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a cut download said only "line 217"
         raise ValueError(

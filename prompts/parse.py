@@ -38,7 +38,9 @@ def read_text_prompts(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
-    return [line.strip() for line in _LINE_END.split(text) if line.strip()]
+    # a BOM inside the text (files joined with cat) is no more a prompt's than the first one
+    lines = (line.strip().strip("\ufeff").strip() for line in _LINE_END.split(text))
+    return [line for line in lines if line]
 
 
 def prompts_from_lines(lines: Sequence[str]) -> list[Prompt]:
@@ -59,7 +61,9 @@ def prompts_from_json(data: Any, source: str) -> list[Prompt]:
         if isinstance(entry, str):
             text, dims = entry, ()
         elif isinstance(entry, dict):
-            text = entry.get("prompt_en", entry.get("prompt"))
+            text = entry.get("prompt_en")
+            if text is None:  # null or missing: a spreadsheet export's empty column
+                text = entry.get("prompt")
             if not isinstance(text, str):
                 raise ValueError(f"{source}: entry {i} has no string 'prompt' or 'prompt_en'")
             dims = _dimensions(entry.get("dimension", ()), source, i)

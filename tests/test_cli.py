@@ -500,6 +500,7 @@ def test_demo_with_a_random_weight_model_says_so(tmp_path: Path, capsys):
 
 
 def test_demo_without_prompt_data_says_how_to_fix_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()  # a folder without the files (a missing one is refused)
     monkeypatch.setenv(ENV_PROMPTS_DIR, str(tmp_path / "empty"))
     err = _fail(["demo", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
     assert ENV_PROMPTS_DIR in err and "VBench_full_info.json" in err

@@ -206,6 +206,49 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path: Path) -> No
     assert load_prompts(txt) == load_prompts(js) == [Prompt(0, "a cat"), Prompt(1, "b")]
 
 
+def test_a_byte_order_mark_inside_a_text_file_is_not_a_prompt(tmp_path: Path) -> None:
+    """Two files joined with cat: the second's BOM stayed in its first prompt, and a line of
+    only a BOM became an invisible prompt taking an index."""
+    f = tmp_path / "p.txt"
+    f.write_text("a red car\n\ufeffa blue boat\n\ufeff\nc\n", encoding="utf-8")
+    assert load_prompts(f) == [Prompt(0, "a red car"), Prompt(1, "a blue boat"), Prompt(2, "c")]
+
+
+def test_a_null_prompt_en_falls_back_to_prompt(tmp_path: Path) -> None:
+    """A spreadsheet export writes null for an empty column: it hid "prompt" and the error
+    said the entry had no string 'prompt'."""
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps([{"prompt_en": None, "prompt": "a cat"}, {"prompt_en": "b"}]))
+    assert load_prompts(f) == [Prompt(0, "a cat"), Prompt(1, "b")]
+
+
+def test_the_suite_file_may_carry_a_byte_order_mark(tmp_path: Path) -> None:
+    """Every prompt file was read as utf-8-sig but the standard one: a VBench_full_info.json
+    re-saved with a BOM was called a cut or damaged copy."""
+    for spec in DATA_FILES.values():
+        shutil.copy(VBENCH_DIR / spec.name, tmp_path / spec.name)
+    info = tmp_path / "VBench_full_info.json"
+    info.write_text("\ufeff" + info.read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_prompts("vbench", data_dir=tmp_path) == load_prompts("vbench", data_dir=VBENCH_DIR)
+
+
+@pytest.mark.parametrize("where", ["data_dir", "env"])
+@pytest.mark.parametrize("bad", ["missing", "file"])
+def test_a_prompts_folder_that_is_not_one_is_refused(monkeypatch, tmp_path, where, bad) -> None:
+    """A typo in --prompts-dir / $XATTN_VIDEO_PROMPTS_DIR, or the JSON file's own path, was
+    skipped without a word: the suite came from the cache or a download instead."""
+    path = tmp_path / "no_such_dir"
+    if bad == "file":
+        path = tmp_path / "VBench_full_info.json"
+        shutil.copy(VBENCH_DIR / path.name, path)
+    kw = {"data_dir": path} if where == "data_dir" else {}
+    if where == "env":
+        monkeypatch.setenv(fetch_mod.ENV_PROMPTS_DIR, str(path))
+    kind = "a file" if bad == "file" else "not found"
+    with pytest.raises(ValueError, match=rf"{path.name} is not a directory \({kind}\)"):
+        load_prompts("vbench", **kw)
+
+
 def test_json_prompt_with_a_lone_surrogate_is_refused(tmp_path: Path) -> None:
     """Half an emoji passed the loader and crashed the tokenizer after run.json was written."""
     f = tmp_path / "s.json"
