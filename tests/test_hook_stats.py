@@ -392,6 +392,42 @@ def test_auto_dense_predicts_padded_calls_against_masked_sdpa(family, monkeypatc
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["hunyuanvideo", "wan"])
+def test_calls_sent_dense_for_cost_stay_sdpa_with_the_xattn_dense_kernel(family, monkeypatch):
+    """dense_kernel="xattn": auto_dense decides against SDPA (cost_model.dense_call), which a
+    layer's first dense-for-cost call ran; from its second forward on the call ran the
+    XAttention kernel instead. Warm-up ("schedule") calls still take the kernel."""
+    from xattn_video import processors
+
+    from ._tiny_models import hv_transformer_inputs, tiny_wan_transformer, wan_transformer_inputs
+
+    kernel = []
+    real = processors.dense_attention
+    monkeypatch.setattr(
+        processors, "dense_attention", lambda *a, **k: kernel.append(1) or real(*a, **k)
+    )
+    stand_in_cost_model(
+        monkeypatch, lambda cal, n, density, **k: cost_model.Prediction(1.0, 2.0, False)
+    )
+    if family == "wan":
+        tr, kw = tiny_wan_transformer(), wan_transformer_inputs()
+    else:
+        tr, kw = tiny_hv_transformer(), hv_transformer_inputs(lengths=[5, 3])
+    handle = xv.apply_xattention(tr, cfg_(warmup_steps=1, auto_dense=True, dense_kernel="xattn"))
+    per_step = []
+    with torch.no_grad():
+        for t in (900.0, 800.0, 700.0):
+            tr(**{**kw, "timestep": torch.tensor([t])})
+            per_step.append(len(kernel))
+    layers = sum(r.step == 0 for r in handle.stats.records)
+    assert layers >= 2 and per_step == [layers] * 3  # the warm-up step's calls only
+    assert {(r.step, r.dense_reason) for r in handle.stats.records} == {
+        (0, "schedule"),
+        (1, "cost"),
+        (2, "cost"),
+    }
+
+
 @pytest.mark.parametrize("pipe_a_ran", [True, False])
 def test_a_transformer_run_by_another_pipeline_counts_its_steps(pipe_a_ran):
     """Applied through pipe_a, run through pipe_b (pipe_a's components, its own scheduler):

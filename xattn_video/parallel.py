@@ -60,7 +60,7 @@ from diffusers.models._modeling_parallel import (
 )
 from diffusers.models.attention_dispatch import _all_to_all_dim_exchange, dispatch_attention_fn
 
-from .sparse_path import dense_attention, sparse_attention
+from .sparse_path import dense_attention, sparse_attention, xattn_dense
 from .stats import XAttentionStats
 
 CHECK_HOOK_NAME = "xattention_cp_check"
@@ -297,7 +297,8 @@ def processor_attention(
     sparse path (:func:`xattn_video.sparse_path.sparse_attention`, stats gathered over ranks,
     masks cached per rank for its H/P heads); else dense: ``dispatch_attention_fn`` with the
     whole-sequence ``attention_mask`` and the processor's ``backend``, as on one GPU, or
-    :func:`xattn_video.sparse_path.dense_attention` with ``dense_kernel="xattn"``.
+    :func:`xattn_video.sparse_path.dense_attention` with ``dense_kernel="xattn"``
+    (:func:`~xattn_video.sparse_path.xattn_dense`).
     zero_padded_queries: zero query rows at positions >= kv_len first (``text_policy="sparse"``).
     """
     n_video = (query.shape[1] - n_text) * degree
@@ -305,7 +306,7 @@ def processor_attention(
         check_parallel_config(controller.cfg)
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if not sparse and controller.cfg.dense_kernel == "xattn":
+        if not sparse and xattn_dense(controller, layer):
             return dense_attention(controller.cfg, q, k, v, kv_len=kv_len)
         if not sparse:
             return dispatch_attention_fn(

@@ -69,7 +69,7 @@ from . import parallel, qk_prep
 from .config import XAttentionConfig
 from .hook import XAttentionController
 from .op_checks import require
-from .sparse_path import dense_attention, sparse_attention
+from .sparse_path import dense_attention, sparse_attention, xattn_dense
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
         degree = 1 if ulysses is None else ulysses[1]
         if not sparse:
             self._record_dense(layer)
-            if degree == 1 and self.cfg.dense_kernel == "stock":
+            if degree == 1 and not xattn_dense(self.controller, layer):
                 return super().__call__(
                     attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
                 )
@@ -373,7 +373,7 @@ class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
         sparse = self.controller.is_sparse(layer)
         if not sparse:
             self._record_dense(layer)
-            if self.cfg.dense_kernel == "stock":
+            if not xattn_dense(self.controller, layer):
                 return super().__call__(*args)
         if attention_mask is not None:
             raise ValueError("XAttention for Wan self-attention takes no attention_mask")

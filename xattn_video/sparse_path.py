@@ -312,6 +312,14 @@ class SparseState(Protocol):
     # optional ``thresholds``: the forward's file_thresholds, read eagerly
 
 
+def xattn_dense(controller: Any, layer: int) -> bool:
+    """Whether a dense call of ``layer`` runs :func:`dense_attention` (``dense_kernel="xattn"``):
+    not one ``auto_dense`` sent dense, which stays what the cost model compared the sparse
+    path with (SDPA, :func:`~xattn_video.cost_model.dense_call`); from its second forward such
+    a call ran the XAttention kernel instead."""
+    return controller.cfg.dense_kernel == "xattn" and controller.dense_reason(layer) != "cost"
+
+
 def dense_attention(
     cfg: XAttentionConfig,
     query: torch.Tensor,
