@@ -67,7 +67,7 @@ from .parallel import ulysses_group
 from .processors import PROCESSOR_CLASSES
 from .stats import XAttentionStats
 from .targets import Layer, model_family, supports_tile_order, target_layers, target_of
-from .thresholds import check_fits, file_family, load_thresholds
+from .thresholds import check_fits, file_family, shared_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def _check_thresholds(path: str, name: str, family: str, targets: list[Layer]) -
     """The thresholds file against the model, before any step runs: ``ValueError`` for layers
     the model lacks or another head count; a warning when it was calibrated on another model
     family (its layers may still fit, its thresholds do not mean anything here)."""
-    data = load_thresholds(path)
+    data = shared_thresholds(path)  # read only: no copy of the whole file per application
     heads = {layer: getattr(module, "heads", None) for _, module, layer in targets}
     check_fits(data, heads, name, path)
     other = file_family(data)
