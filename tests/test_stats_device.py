@@ -121,3 +121,29 @@ def test_feedback_publishes_the_latest_value_per_layer():
     assert fb.get(0) == 0.375 and fb.get(1) is None
     fb.clear()
     assert fb.get(0) is None
+
+
+def test_a_cuda_copy_lands_at_the_next_publish_however_late_the_gpu_is(monkeypatch):
+    """The feedback asked the copy's CUDA event whether it was done: a GPU running behind gave
+    no value at one forward and a value at the next, so auto_dense decided at different steps
+    in different runs of the same inputs. A copy now lands at the next publish, waited for.
+    (A CPU stand-in for the CUDA copy: its event is never done when asked.)"""
+    waited = []
+
+    class LateEvent:
+        def query(self):
+            return False
+
+        def synchronize(self):
+            waited.append(True)
+
+    fb = DensityFeedback()
+    monkeypatch.setattr(fb, "_start_copy", lambda vals: (vals.clone(), LateEvent()))
+    fb.update(0, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    fb.publish()
+    assert fb.get(0) is None and waited == []  # in flight: not waited for within the forward
+    fb.update(0, torch.tensor([0.1, 0.1], dtype=torch.float64))
+    fb.publish()  # the next forward: the first copy lands, the second starts
+    assert fb.get(0) == 0.5 and waited == [True]
+    fb.publish()
+    assert fb.get(0) == pytest.approx(0.1) and waited == [True, True]

@@ -91,7 +91,11 @@ class DensityFeedback:
 
     ``update(layer, heads)`` keeps the device tensor; ``publish()`` (once per forward) starts one
     asynchronous copy of all updated layers' mean densities to pinned memory; ``get(layer)``
-    returns the newest value whose copy has completed (None before the first one).
+    returns the newest value on the host (None before the first one). A CUDA copy lands at the
+    next ``publish()``, which waits for it (started a forward before, it is almost always done):
+    when a value arrives does not depend on timing, so the decisions made from it are the same
+    in every run of the same inputs (asking the event whether it was done made them depend on
+    how far the GPU lagged). On the CPU the values are on the host at their ``publish()``.
     """
 
     def __init__(self) -> None:
@@ -102,36 +106,40 @@ class DensityFeedback:
     def update(self, layer: int, heads: torch.Tensor) -> None:
         self._dev[layer] = heads
 
-    def _poll(self) -> None:
+    def _land(self) -> None:
+        """The copy in flight onto the host, waiting for it."""
         if self._inflight is None:
             return
         layers, buf, event = self._inflight
-        if event is not None and not event.query():
-            return
+        if event is not None:
+            event.synchronize()
         self._host.update(zip(layers, buf.tolist(), strict=True))
         self._inflight = None
 
+    def _start_copy(self, vals: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(host buffer, its CUDA event or None) of an asynchronous copy of ``vals``."""
+        if not vals.is_cuda:
+            return vals, None
+        buf = torch.empty(vals.shape, dtype=vals.dtype, pin_memory=True)
+        buf.copy_(vals, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return buf, event
+
     def publish(self) -> None:
-        """Start copying the updated layers' densities to the host (no wait)."""
-        self._poll()
-        if not self._dev or self._inflight is not None:
+        """Land the previous copy, start copying the updated layers' densities to the host."""
+        self._land()
+        if not self._dev:
             return
         layers = sorted(self._dev)
         vals = torch.stack([self._dev[i].double().mean() for i in layers])
         self._dev.clear()
-        if vals.is_cuda:
-            buf = torch.empty(vals.shape, dtype=vals.dtype, pin_memory=True)
-            buf.copy_(vals, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self._inflight = (layers, buf, event)
-        else:
-            self._inflight = (layers, vals, None)
-        self._poll()
+        self._inflight = (layers, *self._start_copy(vals))
+        if self._inflight[2] is None:  # on the host already
+            self._land()
 
     def get(self, layer: int) -> float | None:
-        """Newest density of ``layer`` already on the host, or None."""
-        self._poll()
+        """Newest density of ``layer`` on the host, or None."""
         return self._host.get(layer)
 
     def clear(self) -> None:
