@@ -66,10 +66,16 @@ QUICK = {"uniform": [0.9], "cluster": [0.9], "budget": [0.35], "cal-density": [0
 
 
 def settings(a) -> list[dict]:
+    """The settings to run: ``--points``, else the grid of ``--methods`` (``--quick``: one
+    value each, the main methods' by default)."""
     out = []
-    table = QUICK if a.quick else {m: METHODS[m][2] for m in a.methods}
     if a.points:  # "METHOD:VALUE[:MOD...]" in the given order, see parse_point
         return [parse_point(pt) for pt in a.points]
+    if a.quick:  # the middle value where QUICK has none (--methods was ignored with --quick)
+        middle = {m: [v[len(v) // 2]] for m, (_, _, v) in METHODS.items()}
+        table = {m: QUICK.get(m, middle[m]) for m in (a.methods or QUICK)}
+    else:
+        table = {m: METHODS[m][2] for m in (a.methods or METHODS)}
     for method, values in table.items():
         order, kind, _ = METHODS[method]
         for v in values:
@@ -84,11 +90,16 @@ def parse_point(pt: str) -> dict:
     """``METHOD:VALUE[:MOD...]`` -> a setting. MOD: ``w<N>`` dense warm-up steps, ``r<N>``
     mask refresh, ``s<N>`` stride, or a token order name (overrides the method's). A point
     with modifiers is its own curve (method name + modifiers), e.g. ``budget:0.35:w2:r3``."""
-    method, value, *mods = pt.split(":")
+    method, *rest = pt.split(":")
     if method not in METHODS:
         raise SystemExit(f"--points: unknown method {method!r} (one of {sorted(METHODS)})")
+    try:
+        value, *mods = rest
+        value = float(value)
+    except ValueError:  # "budget" or "budget:abc": a traceback after the model loaded
+        raise SystemExit(f"--points: {pt!r} is not METHOD:VALUE[:MOD...] with a number") from None
     order, kind, _ = METHODS[method]
-    s = {"method": method, "order": order, "knob": kind, "value": float(value)}
+    s = {"method": method, "order": order, "knob": kind, "value": value}
     for mod in mods:
         if mod in TOKEN_ORDERS:
             s["order"] = mod
@@ -110,11 +121,13 @@ def config_for(s: dict, a, thr_files: dict) -> xv.XAttentionConfig:
         return xv.XAttentionConfig(threshold=s["value"], **base)
     if s["knob"] == "budget":
         return xv.XAttentionConfig(threshold=0.97, max_density=s["value"], **base)
-    return xv.XAttentionConfig(thresholds_file=str(thr_files[(s["order"], s["knob"], s["value"])]),
-                               **base)  # fmt: skip
+    path = thr_files[(s["order"], s.get("stride", 8), s["knob"], s["value"])]
+    return xv.XAttentionConfig(thresholds_file=str(path), **base)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, videos: str) -> None:
+    """The Pareto plot; ``videos`` names the evaluation set in the panel titles. Each curve has
+    its own colour and marker (the colour cycle alone repeats after 10 curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,17 +135,19 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
     methods = sorted({r["method"] for r in rows if r["kind"] == "xattention"})
+    colours, markers = plt.get_cmap("tab10").colors, "osD^vP*X"
     for ax, key, title in ((axes[0], "psnr", "mean PSNR"), (axes[1], "psnr_min", "worst video")):
-        for m in methods:
+        for i, m in enumerate(methods):
             rs = sorted((r for r in rows if r.get("method") == m),
                         key=lambda r: r["effective_density"])  # fmt: skip
+            style = {"color": colours[i % 10], "marker": markers[i // 10 % len(markers)]}
             ax.plot([r["effective_density"] for r in rs], [min(r[key], 60) for r in rs],
-                    marker="o", ms=4, label=m)  # fmt: skip
+                    ms=4, label=m, **style)  # fmt: skip
         ax.axhline(30 if key == "psnr" else 25, color="r", lw=0.8, ls="--")
         ax.axvline(0.40, color="gray", lw=0.8, ls=":")
         ax.set_xlabel("effective density")
         ax.set_ylabel(f"{title} vs dense (dB)")
-        ax.set_title(f"{title}, held-out videos")
+        ax.set_title(f"{title}, {videos}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -164,8 +179,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calib-videos", type=int, default=4, help="calibration videos")
     p.add_argument("--calib-seed", type=int, default=1000)
     p.add_argument("--calib-every", type=int, default=3, help="measure every N-th step")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--quick", action="store_true", help="one point per main method")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
+    p.add_argument("--quick", action="store_true",
+                   help="one point per method (default: the main ones)")  # fmt: skip
     p.add_argument("--points", nargs="+",
                    help="METHOD:VALUE[:MOD...] settings instead of the grid; MOD: w<N> dense "
                         "warm-up steps, r<N> mask refresh, s<N> stride, or a token order")  # fmt: skip
@@ -176,6 +192,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    plan = settings(a)  # a bad --points entry: before the model loads
+    calibrated = [s for s in plan if s["knob"] in ("mass", "density")]
     t_all = time.perf_counter()
     device = torch.device(a.device)
     cuda = device.type == "cuda"
@@ -199,13 +217,12 @@ def main(argv=None) -> int:
     c0 = 8 + a.eval_videos
     cal_conds = all_conds[c0 : c0 + a.calib_videos]
     shared = {c.canonical() for c in ev_conds} & {c.canonical() for c in cal_conds}
-    if shared:  # by value: the same condition can sit at two indices
+    if shared and calibrated:  # by value: the same condition can sit at two indices
         raise SystemExit(f"--eval-start {a.eval_start}: held-out conditions overlap the "
                          f"calibration conditions {c0}..{c0 + a.calib_videos - 1}: "
                          f"{sorted(c.describe() for c in shared)}")  # fmt: skip
     cal_seeds = [a.calib_seed + i for i in range(a.calib_videos)]
     metrics = Metrics(device, not a.no_lpips)
-    plan = settings(a)
     n_tok = a.frames * (a.height // 2) * (a.width // 2)
     gpu = torch.cuda.get_device_name() if cuda else "cpu"
     print(f"[methods] {len(plan)} settings, {a.eval_videos} held-out videos, {a.steps} steps, "
@@ -227,13 +244,15 @@ def main(argv=None) -> int:
     print(f"[methods] dense: {dense_s:.3f} s/video, attention {dense_attn:.3f} s/video "
           f"({time.perf_counter() - t_all:.0f}s)", flush=True)  # fmt: skip
 
-    # calibration, once per order, on the calibration videos; thresholds per target
+    # calibration, once per order and stride, on the calibration videos; thresholds per target
+    # (a point's s<N> was calibrated at stride 8, and the file's stride check refused it)
     thr_files, calib = {}, {}
     tmp = Path(tempfile.mkdtemp())  # re-targeted files (rebuild them from the saved curves)
-    for order in sorted({s["order"] for s in plan if s["knob"] in ("mass", "density")}):
+    for order, stride in sorted({(s["order"], s.get("stride", 8)) for s in calibrated}):
+        name = order if stride == 8 else f"{order}_s{stride}"
         try:
             cfg = xv.XAttentionConfig(warmup_steps=0, block_size=a.block_size, token_order=order,
-                                      tile_size=tuple(a.tile))  # fmt: skip
+                                      tile_size=tuple(a.tile), stride=stride)  # fmt: skip
             kw = dict(condition=cal_conds, height=a.height, width=a.width, num_frames=a.frames,
                       num_inference_steps=a.steps, output_type="uint8",
                       generator=[torch.Generator("cpu").manual_seed(s) for s in cal_seeds])  # fmt: skip
@@ -247,19 +266,19 @@ def main(argv=None) -> int:
             if cuda:
                 torch.cuda.synchronize()
             sec = time.perf_counter() - t0
-            th.save_thresholds(out / f"thresholds_{order}.json", data)
-            calib[order] = {"seconds": round(sec, 2), "calls_measured": data["calls_measured"],
-                            "measure_seconds": data["measure_seconds"]}  # fmt: skip
-            print(f"[methods] calibrated {order} in {sec:.1f}s: {th.summary(data)}", flush=True)
-            for s in plan:
-                if s["order"] == order and s["knob"] in ("mass", "density"):
+            th.save_thresholds(out / f"thresholds_{name}.json", data)
+            calib[name] = {"seconds": round(sec, 2), "calls_measured": data["calls_measured"],
+                           "measure_seconds": data["measure_seconds"]}  # fmt: skip
+            print(f"[methods] calibrated {name} in {sec:.1f}s: {th.summary(data)}", flush=True)
+            for s in calibrated:
+                if (s["order"], s.get("stride", 8)) == (order, stride):
                     tgt = {f"target_{s['knob']}": s["value"]}
-                    path = tmp / f"thresholds_{order}_{s['knob']}{s['value']:g}.json"
+                    path = tmp / f"thresholds_{name}_{s['knob']}{s['value']:g}.json"
                     th.save_thresholds(path, th.retarget(data, **tgt))
-                    thr_files[(order, s["knob"], s["value"])] = path
+                    thr_files[(order, stride, s["knob"], s["value"])] = path
         except Exception as exc:  # noqa: BLE001 - the uncalibrated methods still run
-            print(f"[methods] calibration of {order} failed: {type(exc).__name__}: {exc}")
-            calib[order] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"[methods] calibration of {name} failed: {type(exc).__name__}: {exc}")
+            calib[name] = {"error": f"{type(exc).__name__}: {exc}"}
 
     payload = {"args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()},
                "video_tokens": n_tok, "lpips": metrics.lpips_note, "calibration": calib,
@@ -300,7 +319,8 @@ def main(argv=None) -> int:
     payload["goal_met_by"] = best["label"] if best else None
     payload["seconds"] = round(time.perf_counter() - t_all, 1)
     save_json(out / "sweep_methods.json", payload)
-    plot(rows, out / "sweep_methods.png")
+    last = a.eval_start + a.eval_videos - 1
+    plot(rows, out / "sweep_methods.png", f"videos of conditions {a.eval_start}..{last}")
     cols = [("label", "setting", "{}"), ("psnr", "PSNR", "{:.2f}"), ("psnr_min", "min", "{:.2f}"),
             ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"),
             ("effective_density", "eff. dens.", "{:.3f}"), ("attn_s", "attn s/video", "{:.4f}"),
