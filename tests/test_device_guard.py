@@ -92,3 +92,17 @@ def test_the_op_on_the_second_gpu_equals_it_on_the_first(precision):
         got, mask = xv.xattention(*(t.to("cuda:1") for t in (q, k, v)), **kw)
     assert got.device == torch.device("cuda", 1)
     assert torch.equal(mask.cpu(), want_mask.cpu()) and torch.equal(got.cpu(), want.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_stats_of_layers_on_two_gpus_are_read_together():
+    """Wan 2.2's two experts on two GPUs: the summary joined their densities with one
+    torch.cat, which refuses tensors of two devices."""
+    from xattn_video.stats import XAttentionStats
+
+    st = XAttentionStats()
+    for step, device in enumerate(("cuda:0", "cuda:1")):
+        st.begin(run=0, step=step, branch="pass0")
+        st.add(0, heads=torch.tensor([0.25, 0.75], device=device))
+    assert st.summary()["sparse_density"] == 0.5

@@ -276,7 +276,10 @@ class XAttentionStats:
         self.close()
         if not self._lazy:
             return
-        flat = torch.cat([h.reshape(-1).to(torch.float64) for _, h, _ in self._lazy]).tolist()
+        # one device: one transfer; several (Wan 2.2's experts on two GPUs): each to the host
+        devices = {h.device for _, h, _ in self._lazy}
+        to = devices.pop() if len(devices) == 1 else torch.device("cpu")
+        flat = torch.cat([h.reshape(-1).to(to, torch.float64) for _, h, _ in self._lazy]).tolist()
         pos = 0
         for recs, h, mean_is_density in self._lazy:
             width = h.shape[-1]
