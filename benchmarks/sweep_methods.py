@@ -84,6 +84,12 @@ def settings(a) -> list[dict]:
 
 
 MODIFIERS = {"w": "warmup_steps", "r": "mask_refresh", "s": "stride"}
+STRIDE = xv.XAttentionConfig().stride
+"""A setting's stride without an ``s<N>`` modifier."""
+
+
+def stride_of(s: dict) -> int:
+    return s.get("stride", STRIDE)
 
 
 def parse_point(pt: str) -> dict:
@@ -114,14 +120,14 @@ def parse_point(pt: str) -> dict:
 
 
 def config_for(s: dict, a, thr_files: dict) -> xv.XAttentionConfig:
-    base = dict(stride=s.get("stride", 8), block_size=a.block_size,
+    base = dict(stride=stride_of(s), block_size=a.block_size,
                 warmup_steps=s.get("warmup_steps", 0), mask_refresh=s.get("mask_refresh", 1),
                 token_order=s["order"], tile_size=tuple(a.tile), auto_dense=False)  # fmt: skip
     if s["knob"] == "tau":
         return xv.XAttentionConfig(threshold=s["value"], **base)
     if s["knob"] == "budget":
         return xv.XAttentionConfig(threshold=0.97, max_density=s["value"], **base)
-    path = thr_files[(s["order"], s.get("stride", 8), s["knob"], s["value"])]
+    path = thr_files[(s["order"], stride_of(s), s["knob"], s["value"])]
     return xv.XAttentionConfig(thresholds_file=str(path), **base)
 
 
@@ -248,8 +254,8 @@ def main(argv=None) -> int:
     # (a point's s<N> was calibrated at stride 8, and the file's stride check refused it)
     thr_files, calib = {}, {}
     tmp = Path(tempfile.mkdtemp())  # re-targeted files (rebuild them from the saved curves)
-    for order, stride in sorted({(s["order"], s.get("stride", 8)) for s in calibrated}):
-        name = order if stride == 8 else f"{order}_s{stride}"
+    for order, stride in sorted({(s["order"], stride_of(s)) for s in calibrated}):
+        name = order if stride == STRIDE else f"{order}_s{stride}"
         try:
             cfg = xv.XAttentionConfig(warmup_steps=0, block_size=a.block_size, token_order=order,
                                       tile_size=tuple(a.tile), stride=stride)  # fmt: skip
@@ -271,7 +277,7 @@ def main(argv=None) -> int:
                            "measure_seconds": data["measure_seconds"]}  # fmt: skip
             print(f"[methods] calibrated {name} in {sec:.1f}s: {th.summary(data)}", flush=True)
             for s in calibrated:
-                if (s["order"], s.get("stride", 8)) == (order, stride):
+                if (s["order"], stride_of(s)) == (order, stride):
                     tgt = {f"target_{s['knob']}": s["value"]}
                     path = tmp / f"thresholds_{name}_{s['knob']}{s['value']:g}.json"
                     th.save_thresholds(path, th.retarget(data, **tgt))
