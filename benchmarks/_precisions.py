@@ -14,14 +14,23 @@ from collections.abc import Sequence
 import torch
 
 import xattn_video as xv
+from xattn_video.op_checks import resolve_estimate_precision
 
 
 def precision_pairs(
-    precisions: Sequence[str], estimate_precisions: Sequence[str]
+    precisions: Sequence[str],
+    estimate_precisions: Sequence[str],
+    device: torch.device | str | None = None,
 ) -> list[tuple[str, str]]:
-    """The (attention, estimate) precisions to run: each attention precision with each estimate
-    precision ("auto": the attention's, as the config's default), in order, without repeats."""
-    pairs = [(p, p if e == "auto" else e) for p in precisions for e in estimate_precisions]
+    """The (attention, estimate) precisions to run on ``device`` (None: no GPU), backend "auto":
+    each attention precision with each estimate precision, "auto" resolved as the config's
+    default resolves it there (:func:`xattn_video.op_checks.resolve_estimate_precision`: fp8
+    for fp8 attention, and on Hopper GPUs for bf16 too), in order, without repeats."""
+    pairs = [
+        (p, resolve_estimate_precision(e, p, backend="auto", device=device))
+        for p in precisions
+        for e in estimate_precisions
+    ]
     return list(dict.fromkeys(pairs))
 
 

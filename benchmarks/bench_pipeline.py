@@ -8,9 +8,9 @@ frames (67,320 / 118,800 video tokens + 256 text slots) for:
   - dense through XAttention's kernel with every block (``dense_kernel="xattn"``, every layer in
     ``dense_layers``): what the toolkit's dense warm-up steps run with that setting;
   - XAttention at pinned densities (ratio mode 0.5 and 0.3) and in threshold mode (tau 0.9),
-    in bf16 and (``--precisions bf16 fp8``) FP8, each with the estimate in its own precision
-    (the config's default, ``--estimate-precisions auto``) or as ``--estimate-precisions bf16
-    fp8`` lists.
+    in bf16 and (``--precisions bf16 fp8``) FP8, each with the estimate in the config's default
+    precision on this GPU (``--estimate-precisions auto``: fp8 for fp8 attention, and on Hopper
+    for bf16 attention too) or as ``--estimate-precisions bf16 fp8`` lists.
 Then projects a 50-step generation with 5 dense warm-up steps (``--steps``, ``--warmup-steps``;
 :func:`add_projections`): with
 the stock processor's dense steps (5 x the faster of the two SDPA rows + 45 x sparse) and with
@@ -148,7 +148,9 @@ def run_resolution(model, name: str, args, monitor: GpuMonitor | None = None) ->
     settings += [(f"xattn tau={t}", dict(selection="threshold", threshold=t)) for t in args.taus]
     settings = [
         (label + precision_label(p, e), {**kw, "precision": p, "estimate_precision": e})
-        for p, e in precision_pairs(args.precisions, args.estimate_precisions)
+        for p, e in precision_pairs(
+            args.precisions, args.estimate_precisions, inputs["hidden_states"].device
+        )
         for label, kw in settings
     ]
     for label, kw in settings:
@@ -216,7 +218,7 @@ def add_row_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimate-precisions", nargs="+", default=["auto"],
                    choices=ESTIMATE_PRECISIONS,
                    help="precision of the mask estimate in the sparse rows (auto: the "
-                        "attention's; fp8: sm90+)")  # fmt: skip
+                        "config's default on this GPU; fp8: sm90+)")  # fmt: skip
     p.add_argument("--steps", type=int, default=50, help="denoising steps of the projection")
     p.add_argument("--warmup-steps", type=int, default=5,
                    help="dense warm-up steps of the projection")  # fmt: skip

@@ -7,8 +7,9 @@ x 128, FFN 13,824) and RANDOM weights in bf16, and times one forward at 720p x 8
   - dense, cuDNN SDPA backend (``set_attention_backend("_native_cudnn")``);
   - dense through XAttention's kernel with every block (``dense_kernel="xattn"``);
   - XAttention at pinned densities (ratio mode, default 0.3) on every self-attention, in bf16
-    and (``--precisions bf16 fp8``) FP8, each with the estimate in its own precision (the
-    config's default) or as ``--estimate-precisions bf16 fp8`` lists; the all-bf16 rows also
+    and (``--precisions bf16 fp8``) FP8, each with the estimate in the config's default
+    precision on this GPU (fp8 for fp8 attention, and on Hopper for bf16 too) or as
+    ``--estimate-precisions bf16 fp8`` lists; the bf16 rows with the default estimate also
     with the processor's torch code for the q / k preparation (the Wan processor before the fused
     kernel, :mod:`xattn_video.qk_prep`; ``--no-compare-unfused`` skips them).
 Then projects a 50-step generation with 5 dense warm-up steps (``--steps``, ``--warmup-steps``),
@@ -96,14 +97,16 @@ def run(model, args, monitor: GpuMonitor | None = None, rows: list | None = None
         print(f"  {method}: {seconds:.2f} s", flush=True)
 
     time_dense(model, inputs, len(model.blocks), args.repeats, add)
+    device = inputs["hidden_states"].device
+    default_est = precision_pairs(["bf16"], ["auto"], device)[0][1]  # bf16's on this device
     for ratio in args.ratios:
-        for precision, est in precision_pairs(args.precisions, args.estimate_precisions):
+        for precision, est in precision_pairs(args.precisions, args.estimate_precisions, device):
             cfg = xv.XAttentionConfig.from_preset(
                 "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
                 block_size=128, auto_dense=False, precision=precision, estimate_precision=est,
             )  # fmt: skip
             label = f"xattn ratio={ratio}" + precision_label(precision, est)
-            bf16 = precision == est == "bf16"
+            bf16 = precision == "bf16" and est == default_est
             for fused in (False, True) if bf16 and args.compare_unfused else (True,):
                 with qk_prep_fused(fused):
                     sec, summ = time_xattention(model, inputs, cfg, args.repeats)
@@ -121,7 +124,8 @@ def main(argv=None) -> None:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.3])
     add_row_args(p)
     p.add_argument("--compare-unfused", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time the all-bf16 rows with the torch q / k preparation")  # fmt: skip
+                   help="also time the bf16 rows with the default estimate with the torch q / k "
+                        "preparation")  # fmt: skip
     p.add_argument("--out", default="results/bench_pipeline_wan.json")
     args = p.parse_args(argv)
     check_row_args(p, args)

@@ -26,7 +26,8 @@ stride 8, Hilbert order, 2 dense warm-up steps, the mask re-estimated every 3rd 
 and tile size still come from ``--block-size`` / ``--tile``, and ``auto_dense`` is off as in
 the grid), and ``--precision bf16,fp8`` runs every sparse setting once per
 attention precision (``XAttentionConfig.precision``), each with every
-``--estimate-precision`` (``estimate_precision``; "auto", the default, is the attention's).
+``--estimate-precision`` (``estimate_precision``; "auto", the default, is what the config's
+default resolves to on this GPU: fp8 for fp8 attention, and on Hopper for bf16 too).
 fp8 attention needs an sm90+ GPU, the fp8 estimate too on a GPU (the CPU emulates it): runs
 that cannot run here are skipped with a message. The JSON's ``vs_bf16`` gives, per setting and
 (attention, estimate) precision other than all-bf16, the PSNR of each against dense and the
@@ -243,7 +244,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--estimate-precision", default="auto",
                    help="comma list of estimate precisions, from auto,bf16,fp8 (auto: the "
-                        "attention's)")  # fmt: skip
+                        "config's default on this GPU)")  # fmt: skip
     p.add_argument("--psnr-target", type=float, default=30.0)
     p.add_argument("--attn-layers", type=int, nargs="+", default=[0, 2, 5])
     p.add_argument("--attn-steps", type=int, nargs="+", default=[2, 10, 20, 29])
@@ -291,7 +292,7 @@ def main(argv=None) -> int:
     p = int(pipe.transformer.config.patch_size)
     grid = (a.frames, a.height // p, a.width // p)
     n_video = grid[0] * grid[1] * grid[2]
-    pairs = precision_pairs(a.precision, a.estimate_precision)
+    pairs = precision_pairs(a.precision, a.estimate_precision, device)
     if any("fp8" in pair for pair in pairs):
         why = fp8_unavailable(pipe, a, device)
         for use, reason in why.items():

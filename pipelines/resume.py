@@ -35,6 +35,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from xattn_video import rundir
 from xattn_video.config import XAttentionConfig
 
@@ -51,11 +53,14 @@ def prompts_label(prompts: str | os.PathLike[str]) -> str:
     return key if key in SUITES else str(Path(key).resolve())
 
 
-def config_record(config: XAttentionConfig | None) -> dict[str, Any] | None:
-    """What run.json records for ``config``: ``resolved()``, ``thresholds_file`` absolute."""
+def config_record(
+    config: XAttentionConfig | None, device: torch.device | str | None = None
+) -> dict[str, Any] | None:
+    """What run.json records for ``config`` run on ``device`` (None: no GPU):
+    ``resolved(device)``, ``thresholds_file`` absolute."""
     if config is None:
         return None
-    cfg = config.resolved()
+    cfg = config.resolved(device)
     if cfg.thresholds_file:
         cfg = cfg.replace(thresholds_file=str(Path(cfg.thresholds_file).resolve()))
     return cfg.to_dict()

@@ -3,6 +3,8 @@ in the GPU tests)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -192,6 +194,9 @@ def test_the_key_holds_the_precisions(monkeypatch):
     """fp8 attention or an fp8 estimate is measured on its own: its times go under another key
     (and another cache file version than the bf16-only keys had)."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    major = [8]
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=major[0]))  # fmt: skip
     args = (torch.device("cuda", 0), torch.bfloat16, 48, 128, 128, 8)
     bf16 = cm.cost_key(*args)
     fp8 = cm.cost_key(*args, precision="fp8", estimate_precision="bf16")
@@ -202,29 +207,35 @@ def test_the_key_holds_the_precisions(monkeypatch):
     assert (both.precision, both.estimate_precision) == ("fp8", "fp8")
     assert (mixed.precision, mixed.estimate_precision) == ("bf16", "fp8")
     assert len({bf16.id(), fp8.id(), both.id(), mixed.id()}) == 4
-    # "auto" (the default) is the attention's precision, under the same key as when explicit
+    # "auto" (the default) is the attention's precision off Hopper, under the same key as when
+    # explicit, and on Hopper the fp8 estimate for bf16 attention too
     assert cm.cost_key(*args, precision="fp8") == both
     assert cm.cost_key(*args, estimate_precision="auto") == bf16
+    major[0] = 9
+    assert cm.cost_key(*args) == mixed
+    assert cm.cost_key(*args, precision="fp8") == both
     assert cm.cache_path().name == "cost_model_v5.json"
     with pytest.raises(ValueError, match="estimate_precision must be one of"):
         cm.cost_key(*args, estimate_precision="fp16")
 
 
-@pytest.mark.parametrize("precision, estimate_precision, resolved", [
-    ("bf16", "bf16", "bf16"), ("fp8", "fp8", "fp8"), ("bf16", "fp8", "fp8"),
-    ("fp8", "bf16", "bf16"), ("bf16", "auto", "bf16"), ("fp8", "auto", "fp8"),
+@pytest.mark.parametrize("precision, estimate_precision, resolved, major", [
+    ("bf16", "bf16", "bf16", 9), ("fp8", "fp8", "fp8", 9), ("bf16", "fp8", "fp8", 9),
+    ("fp8", "bf16", "bf16", 9), ("bf16", "auto", "bf16", 8), ("bf16", "auto", "fp8", 9),
+    ("fp8", "auto", "fp8", 9),
 ])  # fmt: skip
 def test_auto_dense_asks_for_the_configs_precisions(
-    precision, estimate_precision, resolved, monkeypatch
+    precision, estimate_precision, resolved, major, monkeypatch
 ):
     """The decision for a config with fp8 attention / estimate uses that calibration, not the
-    bf16 one (which over-states the fp8 sparse path's cost)."""
-    from types import SimpleNamespace
-
+    bf16 one (which over-states the fp8 sparse path's cost); "auto" as the op resolves it on
+    the GPU (sm``major``)."""
     import xattn_video as xv
     from xattn_video.auto_dense import AutoDense
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=major))  # fmt: skip
     keys = []
     monkeypatch.setattr(cm, "lookup", lambda key: keys.append(key) or CAL)
     cfg = xv.XAttentionConfig(precision=precision, estimate_precision=estimate_precision)
@@ -297,6 +308,8 @@ def test_auto_dense_gives_the_cost_model_the_calls_inputs(cfg_kw, shape, graph, 
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     monkeypatch.setattr(cm, "applies", lambda backend, device: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=8))  # fmt: skip
     heads, calls = [], []
     monkeypatch.setattr(cm, "lookup", lambda key: heads.append(key.heads) or GRAPH_CAL)
     real_predict = cm.predict

@@ -52,7 +52,7 @@ def test_op_mask_equals_estimate_thentorch_selection():
         for _ in range(3)
     )  # fmt: skip
     kw = dict(threshold=0.97, stride=8, block_size=128, dense_from=text, max_density=0.357)
-    _, mask = xv.xattention(q, k, v, return_mask=True, **kw)
+    _, mask = xv.xattention(q, k, v, return_mask=True, estimate_precision="bf16", **kw)
     lens = torch.full((1,), n, dtype=torch.int32, device="cuda")
     scores = estimate_scores(q, k, kv_len=lens, stride=8, block_size=128, use_triton=True)
     want = torch_selection(scores, 128, lens, text, threshold=0.97, max_density=0.357)

@@ -390,8 +390,9 @@ def xattention(
 
     ``precision="fp8"``: the sparse attention runs Q.K^T and P.V in e4m3 (sm90+ kernels).
     ``estimate_precision``: the estimate's arithmetic, "bf16" or "fp8" (Q.K^T in e4m3, see
-    :func:`estimate_block_mask`); by default ("auto") the attention's ``precision``, so that
-    ``precision="fp8"`` quantizes Q and K once for both.
+    :func:`estimate_block_mask`); by default ("auto") fp8 with fp8 attention (Q and K are then
+    quantized once for both) and on the Triton backend on Hopper GPUs, bf16 elsewhere
+    (:func:`.op_checks.resolve_estimate_precision`).
     ``estimate_kernel="prefer-gluon"``: the experimental Gluon estimate where it was measured
     faster (:func:`estimate_block_mask`'s ``kernel``).
 
@@ -406,12 +407,14 @@ def xattention(
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
     """
     check_estimate_kernel(estimate_kernel)
-    estimate_precision = resolve_estimate_precision(estimate_precision, precision)
     estimated = mask is None
     fp8 = None
     # what the attention cannot run is refused before the estimate's work
     resolved = _attention_checks(
         q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
+    )
+    estimate_precision = resolve_estimate_precision(
+        estimate_precision, precision, backend=resolved, device=q.device
     )
     if estimated:
         mask, fp8 = _estimate_mask(

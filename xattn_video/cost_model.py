@@ -173,9 +173,11 @@ def cost_key(
 ) -> CostKey:
     """The calibration key of a call on ``device`` (a CUDA device); ``precision`` /
     ``estimate_precision``: the sparse kernel's and the estimate's ("bf16" or "fp8"; the
-    estimate's "auto" is ``precision``, as in the op)."""
+    estimate's "auto" resolved on ``device`` as in the op)."""
     check_precision(precision)
-    estimate_precision = resolve_estimate_precision(estimate_precision, precision)
+    estimate_precision = resolve_estimate_precision(
+        estimate_precision, precision, backend="triton", device=device
+    )
     try:
         import triton
 
