@@ -15,7 +15,11 @@ Not supported: audio, variable frame rate, alpha, >8-bit video, reading only a f
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import tempfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -84,22 +88,43 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float, *, crf: int = 18
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        import imageio_ffmpeg
+        _encode(tmp, frames, fps, crf)
 
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp),
-            (w, h),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_out="yuv420p",
-            quality=None,
-            macro_block_size=1,
-            output_params=["-crf", str(crf), "-movflags", "+faststart"],
-        )
-        writer.send(None)
-        for i in range(t):
-            writer.send(np.ascontiguousarray(frames[i]))
-        writer.close()
+
+def _encode(out: Path, frames: np.ndarray, fps: float, crf: int) -> None:
+    """Encode (T, H, W, 3) uint8 ``frames`` (even sizes) to ``out`` with imageio-ffmpeg's
+    ffmpeg, checking its exit status: ``imageio_ffmpeg.write_frames`` does not, so a failed
+    encode (a full disk) left a cut mp4 that was renamed into place and trusted by resumes.
+    OSError (ENOSPC when ffmpeg says so) with ffmpeg's last error line; ffmpeg's messages go to
+    a temporary file, not the terminal."""
+    import imageio_ffmpeg
+
+    t, h, w, _ = frames.shape
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo",
+        "-vcodec", "rawvideo", "-s", f"{w}x{h}", "-pix_fmt", "rgb24",
+        "-r", str(Fraction(fps).limit_denominator()), "-i", "-", "-an", "-vcodec", "libx264",
+        "-pix_fmt", "yuv420p", "-crf", str(crf), "-movflags", "+faststart", str(out),
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            for i in range(t):
+                proc.stdin.write(np.ascontiguousarray(frames[i]).data)
+            proc.stdin.close()
+        except BrokenPipeError:  # ffmpeg stopped early: its exit status says why
+            pass
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        status = proc.wait()
+        if status != 0:
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+            last = lines[-1].strip() if lines else f"exit status {status}"
+            full = any("No space left" in line for line in lines)
+            raise OSError(errno.ENOSPC if full else errno.EIO, f"ffmpeg failed: {last}")
 
 
 def save_frames(path: PathLike, frames: np.ndarray) -> None:

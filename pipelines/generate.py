@@ -355,9 +355,7 @@ def _generate_prompts(
         for n, prompt in enumerate(todo):
             current = result.out / rundir.prompt_dir_name(prompt.index) if writer else None
             if current is not None:
-                current.mkdir(parents=True, exist_ok=True)
-                (current / rundir.META_FILE).unlink(missing_ok=True)  # redone: unfinished
-                rundir.remove_partial_files(current)
+                rundir.start_prompt_dir(current)  # redone: meta.json (finished) removed
             if handle is not None:
                 handle.forget_history()  # auto_dense decided from the prompt before: not ours
             timer.reset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,32 @@ def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
         write_video(tmp_path / "v.mp4", np.zeros((2, 8, 8, 3), np.float32), fps=8)
     with pytest.raises(ValueError, match="fps"):
         write_video(tmp_path / "v.mp4", np.zeros((2, 8, 8, 3), np.uint8), fps=0)
+
+
+def test_a_failed_encode_raises_and_leaves_no_video(tmp_path: Path, monkeypatch) -> None:
+    """ffmpeg failing (here a stand-in that writes a cut file and says the disk is full, as a
+    real ffmpeg does on a full disk) is a WriteFailed naming the video with ffmpeg's error,
+    and nothing is left at the path. Before, imageio-ffmpeg's writer ignored ffmpeg's exit
+    status: the cut file was renamed into place and a resume trusted it."""
+    import imageio_ffmpeg
+
+    from xattn_video.atomic import WriteFailed
+
+    fake = tmp_path / "ffmpeg"
+    fake.write_text(
+        '#!/bin/sh\ncat > /dev/null\nfor last; do :; done\nprintf half > "$last"\n'
+        "echo '[out#0/mp4] Error writing trailer: No space left on device' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(fake))
+    monkeypatch.setattr(imageio_ffmpeg._io, "get_ffmpeg_exe", lambda: str(fake))
+    out = tmp_path / "run"
+    path = out / "video.mp4"
+    with pytest.raises(WriteFailed) as exc:
+        write_video(path, np.zeros((3, 16, 16, 3), np.uint8), fps=8)
+    assert exc.value.errno == errno.ENOSPC
+    assert exc.value.strerror == (
+        f"could not write {path}: ffmpeg failed: [out#0/mp4] Error writing trailer: "
+        "No space left on device"
+    )
+    assert list(out.iterdir()) == []

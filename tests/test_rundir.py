@@ -417,3 +417,26 @@ def test_the_lock_file_holds_exactly_this_pid_and_release_is_idempotent(tmp_path
         os.fstat(other)  # still open
     finally:
         os.close(other)
+
+
+def test_a_prompt_folder_that_cannot_be_made_is_a_write_failure(tmp_path: Path, monkeypatch):
+    """No free inodes / a full disk while creating a prompt's folder: WriteFailed naming the
+    folder (the CLI's one-line exit 1), not a bare OSError that reached the user as a
+    traceback."""
+    from xattn_video.atomic import WriteFailed
+
+    folder = tmp_path / "00001"
+    rundir.start_prompt_dir(folder)  # creates it
+    (folder / rundir.META_FILE).write_text("{}")
+    (folder / f".video.1.ab{rundir.TMP_MARK}.mp4").write_bytes(b"x")
+    rundir.start_prompt_dir(folder)  # redone: unfinished, leftovers gone
+    assert list(folder.iterdir()) == []
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", no_space)
+    with pytest.raises(WriteFailed) as exc:
+        rundir.start_prompt_dir(tmp_path / "00002")
+    assert exc.value.errno == errno.ENOSPC
+    assert exc.value.strerror == f"could not prepare {tmp_path / '00002'}: No space left on device"

@@ -45,7 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import TMP_MARK, atomic_path, write_text  # noqa: F401 (atomic_path: re-exported)
+from .atomic import (  # noqa: F401 (atomic_path: re-exported)
+    TMP_MARK,
+    WriteFailed,
+    atomic_path,
+    write_text,
+)
 from .scalars import is_json_int
 
 SCHEMA_VERSION = 5
@@ -106,6 +111,23 @@ def read_json_object(path: PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RunDirError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def start_prompt_dir(folder: PathLike) -> None:
+    """Make ``folder`` ready for a prompt's files: created, its ``meta.json`` removed (the
+    prompt is redone, so unfinished) and temporary files of an interrupted run deleted. An
+    ``OSError`` (a full disk or no free inodes) is raised as :class:`.atomic.WriteFailed`
+    naming the folder, like a failed file write (before, a traceback)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / META_FILE).unlink(missing_ok=True)
+        remove_partial_files(folder)
+    except WriteFailed:
+        raise
+    except OSError as e:
+        why = f"could not prepare {folder}: {e.strerror or e}"
+        raise (WriteFailed(e.errno, why) if e.errno else WriteFailed(why)) from e
 
 
 def remove_partial_files(folder: PathLike) -> int:
