@@ -77,6 +77,10 @@ def test_wrong_types_raise_value_error_naming_the_field(field, value):
         (dict(tile_size=(0, 8, 8)), "tile_size"),
         (dict(backend="cuda"), "backend"),
         (dict(dense_layers=(-1,)), "dense_layers"),
+        # ints too large for a float: the field's ValueError (an OverflowError before)
+        (dict(threshold=10**400), r"threshold must be in \(0, 1\], got inf"),
+        (dict(ratio=-(10**400)), "ratio"),
+        (dict(max_density=10**400), "max_density"),
     ],
 )
 def test_out_of_range_values_raise_value_error(kw, match):

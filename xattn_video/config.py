@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -267,6 +268,15 @@ def _field_hints() -> dict[str, Any]:
     return typing.get_type_hints(XAttentionConfig)
 
 
+def _as_float(value: Any) -> float:
+    """float(value), an int too large for a float as +-inf (the range checks then refuse it
+    with the field's ValueError, not an OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_field_types(cfg: XAttentionConfig) -> None:
     """ValueError naming the field for a value of the wrong type (``warmup_steps=1.5`` or
     ``'3'``, ``collect_stats='no'``); numpy scalars are accepted and stored as Python
@@ -283,7 +293,7 @@ def _check_field_types(cfg: XAttentionConfig) -> None:
             value = int(value) if ok else value
         elif hint is float:
             ok = is_real(value)
-            want, value = "a number", float(value) if ok else value
+            want, value = "a number", _as_float(value) if ok else value
         elif hint is str or origin is Literal:
             ok, want = isinstance(value, str), "a string"
         elif origin is tuple:
