@@ -106,6 +106,13 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     out = _check_out(args.out)
     targets = _targets(args)
     if args.retarget:
+        extra = _retarget_extras(args, overrides)
+        if extra:  # before, ignored without a word: a "tile-order" file came out raster
+            raise ValueError(
+                f"--retarget re-chooses the thresholds of {args.retarget} from its stored curves "
+                "without running the model: it keeps that file's settings and takes only --out "
+                f"and --target-mass / --target-density, not {', '.join(extra)}"
+            )
         data = th.retarget(th.load_thresholds(args.retarget), **targets)
         out.parent.mkdir(parents=True, exist_ok=True)
         th.save_thresholds(out, data)
@@ -129,6 +136,21 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     th.save_thresholds(out, data)
     print(f"wrote {args.out}: {th.summary(data)} ({data['seconds']} s)")
     return 0
+
+
+_RUN_FLAG_DEFAULTS = {
+    "model": None, "model_path": None, "model_id": None, "prompts": "vbench",
+    "prompts_dir": None, "num_prompts": 4, "seed": 0, "measure_every": 3, "height": None,
+    "width": None, "frames": None, "steps": None, "device": None, "dtype": None,
+}  # fmt: skip
+"""The flags of a calibration run (not of ``--retarget``) and their defaults."""
+
+
+def _retarget_extras(args: argparse.Namespace, overrides: dict[str, Any]) -> list[str]:
+    """The flags given with ``--retarget`` that it does not use: run flags away from their
+    defaults and every XAttention setting (``overrides``)."""
+    run = [k for k, default in _RUN_FLAG_DEFAULTS.items() if getattr(args, k) != default]
+    return [f"--{k.replace('_', '-')}" for k in run] + [flag_name(f) for f in overrides]
 
 
 def _check_out(path: str) -> Path:

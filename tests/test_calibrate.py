@@ -3,6 +3,7 @@ blocks kept) curves against first principles and the op's own selection, the cho
 thresholds for a mass or a density target, and the thresholds file (validation, round trip)."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -320,11 +321,31 @@ def test_missing_or_mismatched_file_raises(tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_thresholds(bad)
+    video = tmp_path / "video.mp4"  # a binary file given by mistake: named, as bad JSON is
+    video.write_bytes(b"\x00\x00\x00 ftypisom\xf0\x28\x8c\x28")
+    with pytest.raises(ValueError, match=f"thresholds file '{video}' is not a JSON text file"):
+        load_thresholds(video)
     data = _file()
     cfg = dict(data["config"], stride=16)
     with pytest.raises(ValueError, match="stride"):
         check_matches(data, cfg)
     check_matches(data, dict(data["config"]))
+
+
+def test_a_file_replaced_within_one_clock_tick_is_read_again(tmp_path):
+    """The loaded file is cached by its version: a rewrite that kept the modification time (a
+    coarse file-system clock; here os.utime) was served from the cache, old thresholds and
+    all. Atomic writes give the new file a new inode, part of the version now."""
+    path = tmp_path / "thr.json"
+    data = _file()
+    save_thresholds(path, data)
+    stamp = path.stat().st_mtime_ns
+    first = load_thresholds(path)
+    data["layers"][0]["thresholds"] = [0.5 for _ in data["layers"][0]["thresholds"]]
+    save_thresholds(path, data)
+    os.utime(path, ns=(stamp, stamp))
+    assert load_thresholds(path)["layers"][0]["thresholds"] != first["layers"][0]["thresholds"]
+    assert load_thresholds(path)["layers"][0]["thresholds"][0] == 0.5
 
 
 def test_tile_size_counts_for_the_orders_built_from_tiles():
@@ -392,6 +413,19 @@ def test_calibrate_command_writes_a_loadable_file_and_retargets(tmp_path, capsys
                  "--out", str(again)]) == 0  # fmt: skip
     assert "target_density 0.5 is below the lowest density" in capsys.readouterr().err
     assert load_thresholds(again)["expected_density"] > 0.5
+    # --retarget runs no model: flags it cannot honour are refused, not silently ignored (a
+    # "--token-order tile" file came out in the source file's raster order, exit 0)
+    before = again.read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--retarget", str(out), "--out", str(again), "--token-order", "tile",
+              "--measure-every", "0", "--model", "tiny"])  # fmt: skip
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (f"--retarget re-chooses the thresholds of {out} from its stored curves without "
+            "running the model: it keeps that file's settings and takes only --out and "
+            "--target-mass / --target-density, not --model, --measure-every, --token-order"
+            ) in err  # fmt: skip
+    assert again.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------------------------

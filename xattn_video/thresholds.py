@@ -304,8 +304,9 @@ def save_thresholds(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
 
 
 def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a thresholds file (parsed once per path and modification time; each
-    call returns its own copy, so a caller's edits do not reach later loads)."""
+    """Read and validate a thresholds file (parsed once per path and version: modification
+    time, inode and size; each call returns its own copy, so a caller's edits do not reach
+    later loads)."""
     return copy.deepcopy(shared_thresholds(path))
 
 
@@ -323,27 +324,35 @@ def shared_layer_thresholds(path: str | os.PathLike[str]) -> dict[int, tuple[flo
     return _layers(*_version(path))
 
 
-def _version(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """(path, modification time) of a thresholds file; ValueError when it is not a file."""
+def _version(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int, int]]:
+    """(path, version) of a thresholds file, the version its modification time, inode and size
+    (a file replaced within one timestamp tick -- coarse clocks, FAT, some NFS -- is still a
+    new version: atomic writes give it a new inode); ValueError when it is not a file."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         what = "is a directory, not a file" if os.path.isdir(p) else "does not exist"
         raise ValueError(f"thresholds file {p!r} {what}")
-    return p, os.stat(p).st_mtime_ns
+    st = os.stat(p)
+    return p, (st.st_mtime_ns, st.st_ino, st.st_size)
 
 
 @lru_cache(maxsize=16)
-def _layers(path: str, mtime_ns: int) -> dict[int, tuple[float, ...]]:
-    return layer_thresholds(_load(path, mtime_ns))
+def _layers(path: str, version: tuple[int, int, int]) -> dict[int, tuple[float, ...]]:
+    return layer_thresholds(_load(path, version))
 
 
 @lru_cache(maxsize=16)
-def _load(path: str, mtime_ns: int) -> dict[str, Any]:
+def _load(path: str, version: tuple[int, int, int]) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as exc:
         raise ValueError(f"thresholds file {path!r} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"thresholds file {path!r} is not a JSON text file (a thresholds file is what "
+            f"`xattn-video calibrate` writes): {exc}"
+        ) from None
     validate(data)
     return data
 
