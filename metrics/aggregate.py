@@ -63,6 +63,14 @@ def aggregate(videos: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str,
     return agg
 
 
+def left_out_of_speedup(videos: list[dict[str, Any]]) -> set[int]:
+    """Prompt indices of the pairs the aggregate speed-up leaves out: those timed first in
+    their process (``timing_warm`` false: compile, autotune) while warm pairs exist (when none
+    is warm, every pair counts and the aggregate says so)."""
+    cold = {v["prompt_index"] for v in videos if not v.get("timing_warm", True)}
+    return cold if len(cold) < len(videos) else set()
+
+
 def _speedup(videos: list[dict[str, Any]]) -> dict[str, Any]:
     warm = [v for v in videos if v.get("timing_warm", True)]
     timed = warm or videos

@@ -51,7 +51,7 @@ from xattn_video.rundir import write_text
 from xattn_video.runlock import writable_dir
 
 from . import plots
-from .aggregate import aggregate, comparable
+from .aggregate import aggregate, comparable, left_out_of_speedup
 from .lpips_metric import MIN_SIZE, LPIPSMetric, LPIPSWeightsMissing
 from .psnr import MSE_FLOOR, psnr
 from .report_html import render_html
@@ -394,11 +394,14 @@ def _draw_figures(
     ]:  # an earlier report's figures in a reused out_dir: this report may not redraw them
         old.unlink(missing_ok=True)
     figs: dict[str, Any] = {}
-    for key, fname, draw in (
-        ("quality_vs_density", "quality_vs_density.png", plots.quality_vs_density),
-        ("speedup", "speedup.png", plots.speedup_bars),
-    ):
-        figs[key] = fname if draw(videos, out / fname) else None
+    density = "quality_vs_density.png"
+    figs["quality_vs_density"] = (
+        density if plots.quality_vs_density(videos, out / density) else None
+    )
+    cold = left_out_of_speedup(videos)
+    figs["speedup"] = (
+        "speedup.png" if plots.speedup_bars(videos, out / "speedup.png", cold) else None
+    )
     bars = "per_prompt_metrics.png"
     figs["per_prompt"] = bars if plots.metric_bars(videos, report["metrics"], out / bars) else None
     figs["strips"] = []

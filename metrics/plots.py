@@ -9,7 +9,7 @@ Not supported: interactive plots, SVG/PDF output, plots across more than two run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,12 @@ def metric_bars(videos: Sequence[dict[str, Any]], metrics: Sequence[str], path: 
     return True
 
 
-def speedup_bars(videos: Sequence[dict[str, Any]], path: Path) -> bool:
-    """Grouped bars of end-to-end and denoising speed-up (dense time / sparse time) per prompt."""
+def speedup_bars(
+    videos: Sequence[dict[str, Any]], path: Path, left_out: Collection[int] = ()
+) -> bool:
+    """Grouped bars of end-to-end and denoising speed-up (dense time / sparse time) per prompt;
+    the prompts in ``left_out`` (first in their process, not in the aggregate speed-up) pale
+    and hatched, and the title says so."""
     rows = [v for v in videos if any(v["speedup"].get(k) is not None for k in ("total", "denoise"))]
     if not rows:
         return False
@@ -90,7 +94,15 @@ def speedup_bars(videos: Sequence[dict[str, Any]], path: Path) -> bool:
     pos = np.arange(n)
     for off, key, color in ((-0.2, "total", "tab:blue"), (0.2, "denoise", "tab:orange")):
         vals = [v["speedup"].get(key) for v in rows]
-        ax.bar(pos + off, [np.nan if s is None else s for s in vals], 0.4, label=key, color=color)
+        bars = ax.bar(pos + off, [np.nan if s is None else s for s in vals], 0.4, label=key,
+                      color=color)  # fmt: skip
+        for bar, v in zip(bars, rows, strict=True):
+            if v["prompt_index"] in left_out:
+                bar.set_alpha(0.35)
+                bar.set_hatch("//")
+    if any(v["prompt_index"] in left_out for v in rows):
+        ax.set_title("hatched: first in its process (compile, autotune), not in the speed-up",
+                     fontsize=9)  # fmt: skip
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(pos)
     ax.set_xticklabels([str(v["prompt_index"]) if n <= 80 else "" for v in rows], rotation=90)

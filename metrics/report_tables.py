@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .aggregate import comparable, left_out_of_speedup
+
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
 _DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4}
 
@@ -89,6 +91,9 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     marked = any(not v.get("same_input", True) for v in report["videos"])
     if marked:
         header.append("in aggregate")
+    cold = left_out_of_speedup(comparable(report["videos"]))
+    if cold:
+        header.append("in speed-up")
     rows = []
     for v in report["videos"]:
         row = [f"{v['prompt_index']:05d}", short(v.get("prompt")), str(v["num_frames"])]
@@ -110,6 +115,8 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             )  # the row's prompt and seed are the dense run's
             theirs = f" (sparse: {theirs})" if theirs else ""
             row.append("yes" if v.get("same_input", True) else f"no: {differ} differs{theirs}")
+        if cold:
+            row.append("no: first in its process" if v["prompt_index"] in cold else "yes")
         rows.append(row)
     return header, rows
 

@@ -32,6 +32,7 @@ from xattn_video.metrics import (
     LPIPSWeightsMissing,
     RunMismatch,
     compare_runs,
+    plots,
     psnr,
     read_video,
     save_frames,
@@ -511,6 +512,22 @@ def test_speedup_says_when_every_pair_was_first_in_its_process(tmp_path: Path) -
     speed = report["aggregate"]["speedup"]
     assert speed["includes_first_in_process"] == 0 and speed["excluded_first_in_process"] == 1
     assert speed["denoise"]["ratio_of_sums"] == pytest.approx(18.0 / 9.0)
+    # the per-video table says which pair the speed-up left out (it showed its 0.1x-style
+    # speed-up like any other's), and so does speedup.png (pale, hatched, titled)
+    md = (tmp_path / "o2" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| prompt |"))
+    assert header.rstrip(" |").endswith("| in speed-up")
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if "| 0000" in line}
+    assert rows["00000"].rstrip(" |").endswith("| no: first in its process")
+    assert rows["00001"].rstrip(" |").endswith("| yes")
+    assert "in speed-up" in (tmp_path / "o2" / "report.html").read_text()
+    figs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_save", lambda fig, path: figs.setdefault(Path(path).name, fig))
+        compare_runs(dense, sparse, tmp_path / "o3", metrics=("psnr",), progress=False)
+    ax = figs["speedup.png"].axes[0]
+    assert [p.get_hatch() for p in ax.patches] == ["//", None] * 2  # total, then denoise bars
+    assert ax.get_title().startswith("hatched: first in its process")
 
 
 @pytest.mark.parametrize(
