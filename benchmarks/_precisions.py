@@ -21,13 +21,15 @@ def precision_pairs(
     precisions: Sequence[str],
     estimate_precisions: Sequence[str],
     device: torch.device | str | None = None,
+    head_dim: int | None = None,
 ) -> list[tuple[str, str]]:
-    """The (attention, estimate) precisions to run on ``device`` (None: no GPU), backend "auto":
-    each attention precision with each estimate precision, "auto" resolved as the config's
-    default resolves it there (:func:`xattn_video.op_checks.resolve_estimate_precision`: fp8
-    for fp8 attention, and on Hopper GPUs for bf16 too), in order, without repeats."""
+    """The (attention, estimate) precisions to run on ``device`` (None: no GPU), backend "auto",
+    for a model of attention ``head_dim``: each attention precision with each estimate
+    precision, "auto" resolved as the config's default resolves it there
+    (:func:`xattn_video.op_checks.resolve_estimate_precision`: fp8 for fp8 attention, and on
+    Hopper GPUs at head dim 64 / 128 for bf16 too), in order, without repeats."""
     pairs = [
-        (p, resolve_estimate_precision(e, p, backend="auto", device=device))
+        (p, resolve_estimate_precision(e, p, backend="auto", device=device, head_dim=head_dim))
         for p in precisions
         for e in estimate_precisions
     ]

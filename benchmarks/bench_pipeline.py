@@ -47,6 +47,7 @@ from xattn_video.op_checks import ESTIMATE_PRECISIONS, PRECISIONS  # noqa: E402
 
 RESOLUTIONS = {"544p": (544, 960), "720p": (720, 1280)}
 KERNEL_DENSE = 'dense, XAttention kernel (dense_kernel="xattn")'
+HEAD_DIM = 128  # HunyuanVideoTransformer3DModel()'s default attention_head_dim
 
 
 def build_transformer(device: str = "cuda"):
@@ -149,7 +150,7 @@ def run_resolution(model, name: str, args, monitor: GpuMonitor | None = None) ->
     settings = [
         (label + precision_label(p, e), {**kw, "precision": p, "estimate_precision": e})
         for p, e in precision_pairs(
-            args.precisions, args.estimate_precisions, inputs["hidden_states"].device
+            args.precisions, args.estimate_precisions, inputs["hidden_states"].device, HEAD_DIM
         )
         for label, kw in settings
     ]

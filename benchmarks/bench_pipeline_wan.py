@@ -55,6 +55,7 @@ WAN_14B = dict(
     cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )  # fmt: skip
 """``WanTransformer3DModel`` config of Wan 2.1 T2V 14B (Wan-AI/Wan2.1-T2V-14B-Diffusers)."""
+HEAD_DIM = WAN_14B["attention_head_dim"]
 UNFUSED = " (q / k prep: torch code)"
 
 
@@ -98,9 +99,11 @@ def run(model, args, monitor: GpuMonitor | None = None, rows: list | None = None
 
     time_dense(model, inputs, len(model.blocks), args.repeats, add)
     device = inputs["hidden_states"].device
-    default_est = precision_pairs(["bf16"], ["auto"], device)[0][1]  # bf16's on this device
+    default_est = precision_pairs(["bf16"], ["auto"], device, HEAD_DIM)[0][1]  # bf16's here
     for ratio in args.ratios:
-        for precision, est in precision_pairs(args.precisions, args.estimate_precisions, device):
+        for precision, est in precision_pairs(
+            args.precisions, args.estimate_precisions, device, HEAD_DIM
+        ):
             cfg = xv.XAttentionConfig.from_preset(
                 "wan", warmup_steps=0, selection="ratio", ratio=ratio, stride=args.stride,
                 block_size=128, auto_dense=False, precision=precision, estimate_precision=est,

@@ -292,7 +292,8 @@ def main(argv=None) -> int:
     p = int(pipe.transformer.config.patch_size)
     grid = (a.frames, a.height // p, a.width // p)
     n_video = grid[0] * grid[1] * grid[2]
-    pairs = precision_pairs(a.precision, a.estimate_precision, device)
+    head_dim = int(pipe.transformer.config.attention_head_dim)
+    pairs = precision_pairs(a.precision, a.estimate_precision, device, head_dim)
     if any("fp8" in pair for pair in pairs):
         why = fp8_unavailable(pipe, a, device)
         for use, reason in why.items():

@@ -78,6 +78,9 @@ class ModelSpec:
     """Extra keyword arguments for every pipeline call (e.g. the tiny prompt template)."""
     random_weights: bool = False
     """True for the models built with random weights (their videos say nothing about quality)."""
+    head_dim: int = 128
+    """Attention head dim of its transformer (what ``estimate_precision="auto"`` resolves at
+    in the run record, :func:`xattn_video.op_checks.fp8_estimate_by_default`)."""
     text_tokens: int | None = None
     """A fixed count of text tokens per prompt (the tiny DiT's condition tokens), which
     ``--ulysses`` must divide; None where prompts are padded to ``max_sequence_length``."""
@@ -121,6 +124,7 @@ MODELS: dict[str, ModelSpec] = {
         steps=12,
         fps=8,
         preset="tiny-dit",
+        head_dim=64,
         text_tokens=3,  # motion, photo, direction
     ),
     "tiny-hunyuan": ModelSpec(
@@ -132,6 +136,7 @@ MODELS: dict[str, ModelSpec] = {
         steps=4,
         fps=8,
         preset="tiny",
+        head_dim=16,
         call_kwargs={"prompt_template": TINY_PROMPT_TEMPLATE, "max_sequence_length": 32},
         random_weights=True,
     ),
@@ -144,6 +149,7 @@ MODELS: dict[str, ModelSpec] = {
         steps=4,
         fps=8,
         preset="tiny",
+        head_dim=16,
         call_kwargs={"max_sequence_length": 32},
         random_weights=True,
     ),

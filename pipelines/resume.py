@@ -54,13 +54,15 @@ def prompts_label(prompts: str | os.PathLike[str]) -> str:
 
 
 def config_record(
-    config: XAttentionConfig | None, device: torch.device | str | None = None
+    config: XAttentionConfig | None,
+    device: torch.device | str | None = None,
+    head_dim: int | None = None,
 ) -> dict[str, Any] | None:
-    """What run.json records for ``config`` run on ``device`` (None: no GPU):
-    ``resolved(device)``, ``thresholds_file`` absolute."""
+    """What run.json records for ``config`` run on ``device`` (None: no GPU) with a model of
+    attention ``head_dim``: ``resolved(device, head_dim)``, ``thresholds_file`` absolute."""
     if config is None:
         return None
-    cfg = config.resolved(device)
+    cfg = config.resolved(device, head_dim)
     if cfg.thresholds_file:
         cfg = cfg.replace(thresholds_file=str(Path(cfg.thresholds_file).resolve()))
     return cfg.to_dict()

@@ -15,6 +15,7 @@ from xattn_video import library
 from xattn_video.kernels.estimate import estimate_block_scores_ref
 from xattn_video.kernels.fp8 import FP8_MAX, quantize_fp8_blocks_ref
 from xattn_video.kernels.select import select_blocks
+from xattn_video.op_checks import check_estimate_precision
 
 from ._spy import record_kwarg
 from ._tiny_models import run_sparse_steps
@@ -157,10 +158,15 @@ def test_auto_estimate_precision_is_the_attentions_off_hopper(monkeypatch):
     assert xv.XAttentionConfig(precision="fp8").estimate_precision == "auto"
     for est, prec, want in [("auto", "bf16", "bf16"), ("auto", "fp8", "fp8"),
                             ("bf16", "fp8", "bf16"), ("fp8", "bf16", "fp8")]:  # fmt: skip
-        assert resolve_estimate_precision(est, prec, backend="auto", device=None) == want
-        assert resolve_estimate_precision(est, prec, backend="triton", device="cpu") == want
+        assert (
+            resolve_estimate_precision(est, prec, backend="auto", device=None, head_dim=128) == want
+        )
+        assert (
+            resolve_estimate_precision(est, prec, backend="triton", device="cpu", head_dim=128)
+            == want
+        )
     with pytest.raises(ValueError, match="precision must be 'bf16' or 'fp8'"):
-        resolve_estimate_precision("auto", "fp16", backend="auto", device=None)
+        resolve_estimate_precision("auto", "fp16", backend="auto", device=None, head_dim=128)
     seen = record_kwarg(monkeypatch, library, "_estimate_ref", "precision", "bf16")
     q = torch.randn(1, 2, 64, 16)
     kw = dict(stride=4, block_size=16, backend="torch", ratio=0.5)
@@ -176,32 +182,64 @@ def test_auto_estimate_precision_is_the_attentions_off_hopper(monkeypatch):
     # other GPUs than Hopper: not measured, the attention's precision
     for major in (8, 10, 12):
         _gpu_major(monkeypatch, major)
-        assert resolve_estimate_precision("auto", "bf16", backend="triton", device="cuda") == "bf16"
+        got = resolve_estimate_precision(
+            "auto", "bf16", backend="triton", device="cuda", head_dim=128
+        )
+        assert got == "bf16"
 
 
 def test_auto_estimate_precision_is_fp8_on_hopper(monkeypatch):
     """On a Hopper GPU (sm90) with the Triton backend, "auto" estimates in fp8 under bf16
     attention too (measured to keep the masks and the quality, 25-42% less estimate time);
     the torch backend, explicit values and CPU devices are unchanged."""
-    from pipelines.resume import config_record
     from xattn_video.op_checks import resolve_estimate_precision
+    from xattn_video.pipelines.resume import config_record
 
     _gpu_major(monkeypatch, 9)
-    for backend, device, want in [("triton", "cuda", "fp8"), ("auto", "cuda:1", "fp8"),
-                                  ("torch", "cuda", "bf16"), ("auto", "cpu", "bf16"),
-                                  ("auto", None, "bf16")]:  # fmt: skip
-        got = resolve_estimate_precision("auto", "bf16", backend=backend, device=device)
-        assert got == want, (backend, device)
-    assert resolve_estimate_precision("bf16", "bf16", backend="triton", device="cuda") == "bf16"
-    assert resolve_estimate_precision("auto", "fp8", backend="triton", device="cuda") == "fp8"
+    for backend, device, head_dim, want in [
+        ("triton", "cuda", 128, "fp8"), ("auto", "cuda:1", 64, "fp8"), ("torch", "cuda", 128, "bf16"),
+        ("auto", "cpu", 128, "bf16"), ("auto", None, 128, "bf16"),
+        # e4m3 dots need head dim >= 32 (16 cannot compile); 32 is not GPU-tested
+        ("triton", "cuda", 16, "bf16"), ("triton", "cuda", 32, "bf16"), ("auto", "cuda", None, "bf16"),
+    ]:  # fmt: skip
+        kw = dict(backend=backend, device=device, head_dim=head_dim)
+        assert resolve_estimate_precision("auto", "bf16", **kw) == want, kw
+    kw = dict(backend="triton", device="cuda", head_dim=128)
+    assert resolve_estimate_precision("bf16", "bf16", **kw) == "bf16"
+    assert resolve_estimate_precision("auto", "fp8", **kw) == "fp8"
     cfg = xv.XAttentionConfig()
-    assert cfg.resolved(torch.device("cuda")).estimate_precision == "fp8"
+    assert cfg.resolved(torch.device("cuda"), 128).estimate_precision == "fp8"
+    assert cfg.resolved(torch.device("cuda"), 16).estimate_precision == "bf16"
     assert cfg.resolved().estimate_precision == "bf16"  # no GPU
-    assert cfg.replace(backend="torch").resolved("cuda").estimate_precision == "bf16"
-    assert cfg.replace(estimate_precision="bf16").resolved("cuda").estimate_precision == "bf16"
-    # what run.json records is what ran on the run's device
-    assert config_record(cfg, torch.device("cuda"))["estimate_precision"] == "fp8"
-    assert config_record(cfg, torch.device("cpu"))["estimate_precision"] == "bf16"
+    assert cfg.replace(backend="torch").resolved("cuda", 128).estimate_precision == "bf16"
+    assert cfg.replace(estimate_precision="bf16").resolved("cuda", 128).estimate_precision == "bf16"
+    # what run.json records is what runs on the run's device for the model's head dim
+    assert config_record(cfg, torch.device("cuda"), 128)["estimate_precision"] == "fp8"
+    assert config_record(cfg, torch.device("cuda"), 16)["estimate_precision"] == "bf16"
+    assert config_record(cfg, torch.device("cpu"), 128)["estimate_precision"] == "bf16"
+
+
+def test_model_specs_know_their_head_dims():
+    """``ModelSpec.head_dim`` (what run.json's "auto" estimate precision resolves at) is the
+    head dim the models are built with."""
+    from xattn_video.pipelines.models import MODELS
+    from xattn_video.pipelines.tiny import factory
+    from xattn_video.pipelines.tiny.model import tiny_transformer_config
+
+    assert MODELS["tiny"].head_dim == tiny_transformer_config()["attention_head_dim"]
+    assert (
+        MODELS["tiny-hunyuan"].head_dim == factory.hunyuan_transformer().config.attention_head_dim
+    )
+    assert MODELS["tiny-wan"].head_dim == factory.wan_transformer().config.attention_head_dim
+    assert MODELS["hunyuanvideo"].head_dim == MODELS["wan"].head_dim == 128
+
+
+def test_an_fp8_estimate_below_head_dim_32_is_refused_by_name():
+    """e4m3 tensor-core dots need a head dim of at least 32: an explicit fp8 estimate at 16 on
+    the Triton backend is a ValueError naming the way out, not Triton's compile error."""
+    q = torch.randn(1, 1, 64, 16, dtype=torch.float16)
+    with pytest.raises(ValueError, match="head dim of at least 32 .* got 16: use estimate_prec"):
+        check_estimate_precision("fp8", "triton", SimpleNamespace(is_cuda=True, shape=q.shape))
 
 
 def test_processors_run_the_config_estimate_precision(monkeypatch):

@@ -281,3 +281,22 @@ def test_default_estimate_on_hopper_is_fp8_and_keeps_the_mass():
           f"fp8 {short['fp8']:.2e} bf16 {short['bf16']:.2e}")  # fmt: skip
     assert disagree < 2e-2
     assert short["fp8"] < 0.02 and short["bf16"] < 0.02
+
+
+@needs_hopper
+@pytest.mark.parametrize("head_dim", [16, 32])
+def test_default_estimate_below_head_dim_64_is_bf16(head_dim):
+    """Below the GPU-tested head dims the default estimate stays bf16 on Hopper: at 16 e4m3
+    dots cannot even compile (the default crashed there, e.g. ``--model tiny-hunyuan`` on an
+    H100), and an explicit fp8 estimate at 16 is refused by name."""
+    from xattn_video.attention import estimate_block_mask
+
+    g = torch.Generator(device="cuda").manual_seed(head_dim)
+    q, k, v = (torch.randn(2, 2, 1000, head_dim, device="cuda", generator=g).bfloat16()
+               for _ in range(3))  # fmt: skip
+    sel = dict(threshold=0.9, stride=8, block_size=64)
+    _, mask = xattention(q, k, v, return_mask=True, **sel)
+    assert torch.equal(mask, estimate_block_mask(q, k, precision="bf16", **sel))
+    if head_dim < 32:
+        with pytest.raises(ValueError, match="head dim of at least 32"):
+            xattention(q, k, v, estimate_precision="fp8", **sel)

@@ -414,7 +414,7 @@ def xattention(
         q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
     )
     estimate_precision = resolve_estimate_precision(
-        estimate_precision, precision, backend=resolved, device=q.device
+        estimate_precision, precision, backend=resolved, device=q.device, head_dim=q.shape[-1]
     )
     if estimated:
         mask, fp8 = _estimate_mask(

@@ -113,9 +113,10 @@ class XAttentionConfig:
     estimate_precision: Literal["auto", "bf16", "fp8"] = "auto"
     """Arithmetic of the mask estimate: ``bf16``, ``fp8`` (Q.K^T in e4m3 with one scale per
     block: 25-42% less estimate time on the H200; on the Triton backend sm90+ GPUs only, the
-    torch backend emulates it) or ``auto`` (the default): fp8 with fp8 attention, and with bf16
-    attention on the Triton backend on Hopper GPUs (sm90: H100 / H200), where it was measured to
-    keep the masks and the quality; bf16 elsewhere. Masks can differ from bf16 ones where
+    torch backend emulates it; head dim >= 32) or ``auto`` (the default): fp8 with fp8
+    attention, and with bf16 attention on the Triton backend on Hopper GPUs (sm90: H100 / H200)
+    at head dim 64 or 128, where it was measured to keep the masks and the quality; bf16
+    elsewhere. Masks can differ from bf16 ones where
     blocks' estimated masses nearly tie (0.13% of block pairs on the trained tiny DiT)."""
 
     estimate_kernel: Literal["auto", "prefer-gluon"] = "auto"
@@ -198,7 +199,11 @@ class XAttentionConfig:
         if self.precision == "fp8" and self.backend == "torch":
             raise ValueError("precision='fp8' needs backend 'triton' or 'auto' (Hopper GPUs)")
         resolve_estimate_precision(
-            self.estimate_precision, self.precision, backend=self.backend, device=None
+            self.estimate_precision,
+            self.precision,
+            backend=self.backend,
+            device=None,
+            head_dim=None,
         )
         check_estimate_kernel(self.estimate_kernel)
         if self.dense_kernel not in DENSE_KERNELS:
@@ -214,16 +219,23 @@ class XAttentionConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def resolved(self, device: torch.device | str | None = None) -> XAttentionConfig:
+    def resolved(
+        self, device: torch.device | str | None = None, head_dim: int | None = None
+    ) -> XAttentionConfig:
         """This config with ``estimate_precision`` "auto" replaced by what it stands for on
-        ``device``, where the model runs (None: no GPU): fp8 with fp8 attention, and with bf16
-        attention on the Triton backend on Hopper GPUs
+        ``device``, where the model runs (None: no GPU), at the model's attention ``head_dim``
+        (None: not known): fp8 with fp8 attention, and with bf16 attention on the Triton
+        backend on Hopper GPUs at head dim 64 or 128
         (:func:`.op_checks.resolve_estimate_precision`), bf16 elsewhere. What a run record
         stores, so that it says what ran. (The other "auto" fields depend on the GPU and on the
         call, and stay.)"""
         return self.replace(
             estimate_precision=resolve_estimate_precision(
-                self.estimate_precision, self.precision, backend=self.backend, device=device
+                self.estimate_precision,
+                self.precision,
+                backend=self.backend,
+                device=device,
+                head_dim=head_dim,
             )
         )
 

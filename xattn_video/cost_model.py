@@ -176,7 +176,7 @@ def cost_key(
     estimate's "auto" resolved on ``device`` as in the op)."""
     check_precision(precision)
     estimate_precision = resolve_estimate_precision(
-        estimate_precision, precision, backend="triton", device=device
+        estimate_precision, precision, backend="triton", device=device, head_dim=head_dim
     )
     try:
         import triton

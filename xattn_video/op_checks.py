@@ -207,6 +207,10 @@ FP8_ESTIMATE_GPU = (
 )
 
 
+FP8_ESTIMATE_AUTO_HEAD_DIMS = (64, 128)
+"""Head dims at which "auto" picks the fp8 estimate on Hopper: those its GPU tests run (e4m3
+tensor-core dots need a head dim of at least 32; 16 cannot compile)."""
+FP8_ESTIMATE_MIN_HEAD_DIM = 32
 FP8_ESTIMATE_AUTO_MAJOR = 9
 """Compute capability major of the GPUs where ``estimate_precision="auto"`` estimates in fp8
 under bf16 attention too: Hopper (H100 / H200), where the fp8 estimate was measured to keep the
@@ -215,11 +219,14 @@ mass kept), the videos' quality (+0.02 dB PSNR against dense) and 25-42% of the 
 (docs/attention-kernels.md). Other GPUs are not measured and keep the attention's precision."""
 
 
-def fp8_estimate_by_default(backend: str, device: torch.device | str | None) -> bool:
+def fp8_estimate_by_default(
+    backend: str, device: torch.device | str | None, head_dim: int | None
+) -> bool:
     """Whether "auto" picks the fp8 estimate for bf16 attention: the Triton backend
     (``backend`` resolved, or "auto") on a CUDA ``device`` of compute capability
-    :data:`FP8_ESTIMATE_AUTO_MAJOR`.x. ``device`` None: no GPU (False)."""
-    if device is None or backend == "torch":
+    :data:`FP8_ESTIMATE_AUTO_MAJOR`.x, at a head dim of :data:`FP8_ESTIMATE_AUTO_HEAD_DIMS`.
+    ``device`` None: no GPU (False); ``head_dim`` None: not known (False)."""
+    if device is None or backend == "torch" or head_dim not in FP8_ESTIMATE_AUTO_HEAD_DIMS:
         return False
     device = torch.device(device)
     if device.type != "cuda":
@@ -234,14 +241,16 @@ def resolve_estimate_precision(
     *,
     backend: str,
     device: torch.device | str | None,
+    head_dim: int | None,
 ) -> str:
     """The estimate's arithmetic, "bf16" or "fp8": ``estimate_precision``, or for "auto" fp8
     with fp8 attention (which then quantizes Q and K once for both) and with bf16 attention
     where :func:`fp8_estimate_by_default` (``backend`` on ``device``, the GPU the call runs
-    on: Hopper), bf16 elsewhere. ValueError on anything else."""
+    on, at ``head_dim``: Hopper, head dim 64 or 128), bf16 elsewhere. ValueError on anything
+    else."""
     if estimate_precision == "auto":
         check_precision(precision)
-        if precision == "fp8" or fp8_estimate_by_default(backend, device):
+        if precision == "fp8" or fp8_estimate_by_default(backend, device, head_dim):
             return "fp8"
         return "bf16"
     if estimate_precision not in ESTIMATE_PRECISIONS:
@@ -257,6 +266,11 @@ def check_estimate_precision(precision: str, backend: str, q: torch.Tensor) -> N
     check_precision(precision, "estimate precision")
     if precision == "fp8" and backend == "triton" and not q.is_cuda:
         raise ValueError(FP8_ESTIMATE_GPU)
+    if precision == "fp8" and backend == "triton" and q.shape[-1] < FP8_ESTIMATE_MIN_HEAD_DIM:
+        raise ValueError(
+            f"the fp8 estimate needs a head dim of at least {FP8_ESTIMATE_MIN_HEAD_DIM} (e4m3 "
+            f"tensor-core dots), got {q.shape[-1]}: use estimate_precision='bf16'"
+        )
 
 
 def check_estimate_kernel(kernel: str, name: str = "estimate_kernel") -> None:
