@@ -72,6 +72,7 @@ from .multiprocess import (
     check_ulysses_sizes,
     data_parallel,
     dense_layout_config,
+    experts_to_parallelize,
     finish_group,
     fixed_text_refusal,
     process_state,
@@ -174,7 +175,8 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
 
     Args:
         opts: the run settings.
-        pipe: an already loaded pipeline to use instead of ``load_pipeline`` (tests, notebooks).
+        pipe: an already loaded pipeline to use instead of ``load_pipeline`` (tests, notebooks);
+            ``--ulysses P`` leaves it context-parallel: pass it again only with the same P.
 
     Raises:
         SetupError: bad options, prompts, model, device or config, ``out`` is a file, holds a
@@ -321,12 +323,13 @@ def _generate_prompts(
     pipe.set_progress_bar_config(disable=not show or spec.is_tiny, leave=False, position=1)
     writer = data_parallel(opts.ulysses, state)[2] == 0  # sequence-parallel peers write nothing
     experts = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t]
+    todo_cp = experts_to_parallelize(experts, opts.ulysses)  # a pipe passed in may already be
     if opts.ulysses > 1:
         from xattn_video.parallel import enable_context_parallel, make_mesh
 
         try:
-            mesh = make_mesh(opts.ulysses)  # Wan 2.2 A14B: both experts, one mesh
-            for tr in experts:
+            mesh = make_mesh(opts.ulysses) if todo_cp else None  # Wan 2.2 A14B: one mesh
+            for tr in todo_cp:
                 enable_context_parallel(tr, opts.ulysses, mesh=mesh)
             check_ulysses_sizes(pipe, height=r["height"], width=r["width"], frames=r["frames"],
                                 call_kwargs=spec.call_kwargs)  # fmt: skip

@@ -107,6 +107,31 @@ def check_ulysses_sizes(
         raise ValueError(fixed_text_refusal(len(tables), group[1])) from e
 
 
+def parallel_degree(transformer: Any) -> int:
+    """The Ulysses degree a transformer's context parallelism already runs with (1: none)."""
+    config = getattr(transformer, "_parallel_config", None)
+    cp = getattr(config, "context_parallel_config", None)
+    return int(getattr(cp, "ulysses_degree", None) or 1) if cp is not None else 1
+
+
+def experts_to_parallelize(experts: list[Any], ulysses: int) -> list[Any]:
+    """Of a pipeline's transformers, those ``--ulysses`` still has to make context-parallel:
+    none when they already run with that degree (a pipeline passed to ``generate`` again, whose
+    second ``enable_parallelism`` raised diffusers' "cannot be called twice"). SetupError when
+    one runs with another degree, or with any under ``--ulysses 1`` (whose data-parallel split
+    would exchange tokens between processes running different prompts: wrong frames)."""
+    degrees = {parallel_degree(tr) for tr in experts}
+    if degrees == {ulysses}:
+        return []
+    if degrees != {1}:
+        raise SetupError(
+            f"the pipeline's transformer already runs Ulysses sequence parallelism of degree "
+            f"{'/'.join(map(str, sorted(degrees)))}, and this run asks for --ulysses {ulysses}: "
+            "load the pipeline again (diffusers cannot undo enable_parallelism)"
+        )
+    return experts
+
+
 def fixed_text_refusal(tokens: int, degree: int) -> str:
     """Why a model whose text is ``tokens`` fixed tokens can't run at Ulysses ``degree``."""
     return (

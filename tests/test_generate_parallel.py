@@ -155,3 +155,44 @@ def test_the_last_barrier_outlasts_the_default_timeout(tmp_path, default):
     outcome = (tmp_path / "0").read_text()
     assert (outcome != "ok") if default else (outcome == "ok"), outcome
     assert multiprocess.FINISH_TIMEOUT >= datetime.timedelta(days=1)
+
+
+def test_a_pipeline_already_context_parallel_is_reused_or_refused():
+    """A pipeline passed to ``generate`` again after a ``--ulysses 2`` run is already context
+    parallel: the same degree reuses it (a second ``enable_parallelism`` raised diffusers'
+    "cannot be called twice"), another degree or ``--ulysses 1`` is refused (the data-parallel
+    split then exchanged tokens between processes running different prompts: wrong frames)."""
+    from types import SimpleNamespace
+
+    from xattn_video.pipelines.options import SetupError
+
+    def tr(degree):
+        cp = SimpleNamespace(ulysses_degree=degree) if degree else None
+        return SimpleNamespace(_parallel_config=SimpleNamespace(context_parallel_config=cp))
+
+    plain, fresh = SimpleNamespace(), tr(None)
+    assert multiprocess.experts_to_parallelize([plain, fresh], 2) == [plain, fresh]
+    assert multiprocess.experts_to_parallelize([plain], 1) == []
+    assert multiprocess.experts_to_parallelize([tr(2), tr(2)], 2) == []
+    for experts, ulysses in (([tr(2)], 1), ([tr(2)], 4), ([tr(2), plain], 2)):
+        with pytest.raises(SetupError, match="already runs Ulysses sequence parallelism"):
+            multiprocess.experts_to_parallelize(experts, ulysses)
+
+
+def test_generate_refuses_a_context_parallel_pipe_without_ulysses(tmp_path):
+    from types import SimpleNamespace
+
+    from xattn_video.pipelines.generate import GenerateOptions, generate
+    from xattn_video.pipelines.options import SetupError
+    from xattn_video.pipelines.tiny.factory import build_tiny_hunyuan_pipeline
+
+    pipe = build_tiny_hunyuan_pipeline()
+    cp = SimpleNamespace(ulysses_degree=2)
+    pipe.transformer._parallel_config = SimpleNamespace(context_parallel_config=cp)
+    (tmp_path / "p.txt").write_text("a red fox\n")
+    opts = GenerateOptions(model="tiny-hunyuan", prompts=str(tmp_path / "p.txt"),
+                           out=tmp_path / "run", attention="dense", steps=1, device="cpu",
+                           progress=False)  # fmt: skip
+    with pytest.raises(SetupError, match="asks for --ulysses 1: load the pipeline again"):
+        generate(opts, pipe=pipe)
+    assert not (tmp_path / "run" / "00000" / "meta.json").exists()
