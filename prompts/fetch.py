@@ -29,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 from xattn_video.atomic import write_bytes
-from xattn_video.downloads import ENV_OFFLINE, cache_root, offline
+from xattn_video.downloads import ENV_OFFLINE, cache_problem, cache_root, offline
 
 from .suites import DATA_FILES, VBENCH_WHEEL_VERSION, DataFile
 
@@ -49,16 +49,18 @@ def cache_dir() -> Path:
     return cache_root() / "prompts"
 
 
-def _candidate_dirs(data_dir: str | os.PathLike[str] | None) -> list[Path]:
-    """``data_dir``, then ``$XATTN_VIDEO_PROMPTS_DIR``, then the cache. ValueError when one of
-    the first two is not a directory (a typo fell through to the cache or a download)."""
-    dirs = []
+def _candidate_dirs(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, str | None]]:
+    """(folder, what names it) in search order: ``data_dir``, ``$XATTN_VIDEO_PROMPTS_DIR``, the
+    cache (named None). The first two are checked to be folders when the search reaches them
+    (:func:`_existing_dir`; a stale variable no longer fails a run whose --prompts-dir holds
+    the file)."""
+    dirs: list[tuple[Path, str | None]] = []
     if data_dir is not None:
-        dirs.append(_existing_dir(Path(data_dir), "the prompts folder (--prompts-dir)"))
+        dirs.append((Path(data_dir), "the prompts folder (--prompts-dir)"))
     env = os.environ.get(ENV_PROMPTS_DIR)
     if env:
-        dirs.append(_existing_dir(Path(env), f"${ENV_PROMPTS_DIR}"))
-    dirs.append(cache_dir())
+        dirs.append((Path(env), f"${ENV_PROMPTS_DIR}"))
+    dirs.append((cache_dir(), None))
     return dirs
 
 
@@ -83,21 +85,31 @@ def locate_data_file(name: str, data_dir: str | os.PathLike[str] | None = None) 
     """
     spec = DATA_FILES[name]
     searched = _candidate_dirs(data_dir)
-    for d in searched:
+    for d, what in searched:
+        if what is not None:  # a typo must not fall through to the cache or a download
+            _existing_dir(d, what)
         for rel in (name, spec.repo_path):  # flat, or a clone of the VBench repository
             p = d / rel
             if rel and p.is_file():
                 return p
     target = cache_dir() / name
-    where = ", ".join(str(d) for d in searched)
+    where = ", ".join(str(d) for d, _ in searched)
     fix = (
-        f"  source: {spec.source}\nOffline? Put the file in a directory (or clone VBench) and set "
-        f"{ENV_PROMPTS_DIR}=<dir> (or pass data_dir=), or place it in the cache at {target}."
+        f"  source: {spec.source}\nOffline? Put the file in a directory (or clone VBench) and pass "
+        f"it as --prompts-dir (data_dir= in Python) or set {ENV_PROMPTS_DIR}=<dir>, or place it "
+        f"in the cache at {target}."
     )
     if offline():
         raise PromptDataMissing(
             f"Prompt file {name!r} was not found (looked in: {where}) and ${ENV_OFFLINE} forbids "
             f"downloading it.\n{fix}"
+        )
+    problem = cache_problem(target.parent)
+    if problem:  # before the download, which would otherwise repeat on every run
+        raise PromptDataMissing(
+            f"Prompt file {name!r} was not found (looked in: {where}) and the prompt cache "
+            f"{target.parent} cannot take it ({problem}): set XDG_CACHE_HOME to a writable "
+            f"folder.\n{fix}"
         )
     try:
         data = download(spec)

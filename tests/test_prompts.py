@@ -366,6 +366,36 @@ def test_explicit_dir_wins_over_env_and_cache(
         load_prompts("vbench")
 
 
+def test_a_stale_env_dir_does_not_fail_a_run_whose_prompts_dir_has_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--prompts-dir is searched first: a $XATTN_VIDEO_PROMPTS_DIR that no longer exists is
+    only an error when the search reaches it (it failed the run before --prompts-dir was
+    even searched)."""
+    monkeypatch.setenv(fetch_mod.ENV_PROMPTS_DIR, str(tmp_path / "gone"))
+    assert len(load_prompts("vbench", data_dir=VBENCH_DIR)) == N
+    with pytest.raises(ValueError, match="XATTN_VIDEO_PROMPTS_DIR .*gone is not a directory"):
+        load_prompts("vbench", data_dir=tmp_path)  # searched, no file there: the variable next
+
+
+def test_an_unwritable_prompt_cache_is_named_before_any_download(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cache that cannot take the file (XDG_CACHE_HOME a file, or read-only): one error
+    naming it and the fix, before the download. It was a traceback after the download, and
+    every run downloaded again."""
+    calls: list[str] = []
+    monkeypatch.setattr(fetch_mod, "download", lambda spec: calls.append(spec.name) or b"")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(fetch_mod.PromptDataMissing) as exc:
+        load_prompts("vbench")
+    assert "the prompt cache" in str(exc.value) and "cannot take it" in str(exc.value)
+    assert "set XDG_CACHE_HOME to a writable folder" in str(exc.value)
+    assert "--prompts-dir" in str(exc.value) and calls == []
+
+
 def test_fetch_rejects_wrong_hash(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fetch_mod, "download", lambda spec: b"[]")
     with pytest.raises(PromptDataMissing, match="sha256"):

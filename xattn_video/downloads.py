@@ -1,5 +1,5 @@
-"""What our two downloads share (the VBench prompt files, the LPIPS weights): the offline switch
-and the cache root.
+"""What our two downloads share (the VBench prompt files, the LPIPS weights): the offline switch,
+the cache root and the check that a cache folder can take a file (before a download).
 
 Not supported: per-download switches (one variable forbids both), a cache outside
 ``$XDG_CACHE_HOME`` / ``~/.cache`` except through that variable.
@@ -27,3 +27,14 @@ def cache_root() -> Path:
     ``~/.cache/xattn-video``; each download has its own folder in it."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(base) / "xattn-video"
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why no file can be saved into ``directory`` (created if missing), or None if one can."""
+    from .runlock import writable_dir
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if writable_dir(directory) else f"cannot create a file in {directory}"
