@@ -102,6 +102,17 @@ def test_disk_cache_round_trip(tmp_path, monkeypatch):
     assert cm.cache_path().parent == tmp_path and cm.cache_path().exists()
     monkeypatch.setattr(cm, "_MEMO", {})  # a new process
     assert cm.lookup(key) == CAL
+
+
+def test_an_empty_cache_dir_variable_counts_as_unset(tmp_path, monkeypatch):
+    """XATTN_VIDEO_CACHE_DIR="" put the cache in the working directory (a relative path: one
+    cache, and one GPU calibration, per directory); "~" was not expanded."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XATTN_VIDEO_CACHE_DIR", "")
+    assert cm.cache_path().parent == tmp_path / "xdg" / "xattn_video"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XATTN_VIDEO_CACHE_DIR", "~/costs")
+    assert cm.cache_path().parent == tmp_path / "home" / "costs"
     other = cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", 4, 128, 128, 8)
     assert cm.lookup(other) is None
 

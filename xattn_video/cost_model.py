@@ -192,8 +192,11 @@ def cost_key(
 
 
 def cache_path() -> Path:
-    """The JSON file holding this machine's calibrations."""
-    root = os.environ.get("XATTN_VIDEO_CACHE_DIR")
+    """The JSON file holding this machine's calibrations: in ``$XATTN_VIDEO_CACHE_DIR`` (``~``
+    expanded; empty counts as unset, as for ``XDG_CACHE_HOME``: it put the cache in the
+    working directory, re-measured per directory), else ``$XDG_CACHE_HOME/xattn_video`` or
+    ``~/.cache/xattn_video``."""
+    root = os.path.expanduser(os.environ.get("XATTN_VIDEO_CACHE_DIR") or "") or None
     if root is None:
         root = os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xattn_video"
