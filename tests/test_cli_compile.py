@@ -225,13 +225,15 @@ def test_demo_passes_compile_to_both_runs(tmp_path, compile_spy, monkeypatch, ca
 def test_demo_takes_the_lpips_weights_flag_its_warning_names(tmp_path, monkeypatch):
     """LPIPS' missing-weights note tells the user to pass ``--lpips-weights PATH``; ``demo`` had
     no such flag (argparse refused it) and compared with the default lookup."""
+    from xattn_video.metrics import lpips_weights as lw
     from xattn_video.pipelines import cli
 
     seen = []
     monkeypatch.setattr(cli, "_run_generate", lambda opts: 0)
     monkeypatch.setattr(cli, "_compare", lambda *a, **k: seen.append(a[5]) or {"aggregate": {}})
+    monkeypatch.setattr(lw, "load_weights", lambda found, net: None)  # taken as AlexNet's
     weights = tmp_path / "w.safetensors"
-    weights.write_bytes(b"")  # there: its contents are the compare step's to judge
+    weights.write_bytes(b"")
     assert main(["demo", "--out", str(tmp_path / "d"), "--lpips-weights", str(weights)]) == 0
     assert main(["demo", "--out", str(tmp_path / "e")]) == 0
     assert seen == [str(weights), None]
@@ -256,6 +258,26 @@ def test_demo_refuses_lpips_weights_that_are_not_there_before_generating(
         main(argv)
     assert exc.value.code == 2
     assert f"{empty} is a directory without alexnet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint"])
+def test_demo_refuses_an_lpips_weights_file_that_is_not_alexnet_before_generating(
+    tmp_path, monkeypatch, capsys, content
+):
+    """A configured file that is not AlexNet's weights (a damaged .safetensors, another
+    checkpoint) passed the check, since only its existence was looked at: both runs were
+    generated and the compare step then exited 2."""
+    from xattn_video.pipelines import cli
+
+    monkeypatch.setattr(cli, "_run_generate", lambda opts: pytest.fail("generated first"))
+    name = "w.safetensors" if content == b"" else "alexnet-owt-7be5be79.pth"
+    weights = tmp_path / name
+    weights.write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path / "d"), "--lpips-weights", str(weights)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"LPIPS weights from --lpips-weights: {weights}" in err
 
 
 def test_compiled_run_writes_the_eager_video(tmp_path, prompt_file):
