@@ -118,9 +118,15 @@ def check_resume(
     diffs = old.resume_differences(run)
     if diffs:
         detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
+        hint = ""
+        if diffs.get("config.estimate_precision") == ("bf16", "fp8"):
+            hint = (
+                " Since 6208e35 the default estimate of bf16 attention on Hopper GPUs is the fp8"
+                " one: add --estimate-precision bf16 to resume a run made before it."
+            )
         raise SetupError(
             f"{out / rundir.RUN_FILE} belongs to a run with other settings ({detail}). "
-            "Resume with the same settings or choose another --out directory."
+            f"Resume with the same settings or choose another --out directory.{hint}"
         )
     _check_selection(out, old, run, indices)
 

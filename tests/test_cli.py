@@ -293,6 +293,30 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path: Path, prompt_f
     assert "other settings" in err and "seed: 0 -> 1" in err
 
 
+def test_a_run_made_before_the_fp8_default_is_told_how_to_resume(tmp_path: Path, prompt_file):
+    """On Hopper, "auto" now records the fp8 estimate where a run made before 6208e35 recorded
+    bf16: the refusal is right (other masks) but said only "resume with the same settings",
+    which the user had done. It now names --estimate-precision bf16."""
+    import dataclasses
+
+    from xattn_video.pipelines.options import SetupError
+    from xattn_video.pipelines.resume import check_resume
+
+    out = tmp_path / "run"
+    assert _generate(out, prompt_file, "xattn", *XATTN_FLAGS, "--limit", "1") == 0
+    old = rundir.RunRecord.read(out)
+    assert old.config["estimate_precision"] == "bf16"
+    new = dataclasses.replace(old, config={**old.config, "estimate_precision": "fp8"})
+    with pytest.raises(SetupError) as exc:
+        check_resume(out, old, new, [0])
+    assert "config.estimate_precision: 'bf16' -> 'fp8'" in str(exc.value)
+    assert "add --estimate-precision bf16 to resume a run made before it" in str(exc.value)
+    seed = dataclasses.replace(old, seed=1)  # other differences: no such hint
+    with pytest.raises(SetupError) as exc:
+        check_resume(out, old, seed, [0])
+    assert "--estimate-precision" not in str(exc.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # flags <-> XAttentionConfig
 # ---------------------------------------------------------------------------------------------
