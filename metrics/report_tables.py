@@ -116,7 +116,10 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             theirs = f" (sparse: {theirs})" if theirs else ""
             row.append("yes" if v.get("same_input", True) else f"no: {differ} differs{theirs}")
         if cold:
-            row.append("no: first in its process" if v["prompt_index"] in cold else "yes")
+            if not v.get("same_input", True):
+                row.append("no: not in the aggregate")
+            else:
+                row.append("no: first in its process" if v["prompt_index"] in cold else "yes")
         rows.append(row)
     return header, rows
 

@@ -1060,3 +1060,20 @@ def test_a_reused_report_folder_keeps_no_figure_of_the_earlier_report(tmp_path: 
     assert pngs.isdisjoint(stale) and before <= pngs
     assert {s["file"] for s in report["figures"]["strips"]} == before
     assert (out / "notes.txt").read_text() == "the user's own file"
+
+
+def test_a_pair_outside_the_aggregate_is_not_said_to_be_in_the_speed_up() -> None:
+    """The 'in speed-up' column said "yes" for a pair whose seed differs, which the aggregate
+    (and so its speed-up) never counts, next to "in aggregate: no"."""
+    from xattn_video.metrics.report_tables import video_table
+
+    def video(i, same=True, warm=True):
+        return {"prompt_index": i, "prompt": f"p{i}", "num_frames": 5, "same_input": same,
+                "timing_warm": warm, "differs": None if same else ["seed"],
+                "speedup": {"total": 1.5, "denoise": 1.8}, "effective_density": 0.3,
+                "sparse_density": 0.3}  # fmt: skip
+
+    report = {"metrics": [], "videos": [video(0, warm=False), video(1), video(2, same=False)]}
+    header, rows = video_table(report)
+    assert header[-2:] == ["in aggregate", "in speed-up"]
+    assert [r[-1] for r in rows] == ["no: first in its process", "yes", "no: not in the aggregate"]
