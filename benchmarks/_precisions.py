@@ -36,6 +36,15 @@ def precision_pairs(
     return list(dict.fromkeys(pairs))
 
 
+def with_baseline(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``pairs`` with the all-bf16 run first when a run with fp8 has none to be compared with
+    (:func:`compare_precisions`): on Hopper "auto" is the fp8 estimate for bf16 attention too,
+    so ``--precision bf16,fp8`` alone had no baseline and ``vs_bf16`` came out empty."""
+    if any("fp8" in pair for pair in pairs) and ("bf16", "bf16") not in pairs:
+        return [("bf16", "bf16"), *pairs]
+    return pairs
+
+
 def precision_name(precision: str, estimate_precision: str) -> str:
     """An (attention, estimate) precision pair in words, both named ("fp8 + fp8 estimate",
     "bf16 + bf16 estimate"), so that a name does not depend on what a default resolves to. One

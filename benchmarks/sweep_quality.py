@@ -73,6 +73,7 @@ from _precisions import (  # noqa: E402
     precision_label,
     precision_name,
     precision_pairs,
+    with_baseline,
 )
 from _quality import Metrics, conditions, denoise, generate  # noqa: E402
 
@@ -294,6 +295,9 @@ def main(argv=None) -> int:
     n_video = grid[0] * grid[1] * grid[2]
     head_dim = int(pipe.transformer.config.attention_head_dim)
     pairs = precision_pairs(a.precision, a.estimate_precision, device, head_dim)
+    if pairs != (pairs := with_baseline(pairs)):
+        print("[sweep] adding the all-bf16 run (bf16 + bf16 estimate): the baseline of vs_bf16",
+              flush=True)  # fmt: skip
     if any("fp8" in pair for pair in pairs):
         why = fp8_unavailable(pipe, a, device)
         for use, reason in why.items():

@@ -104,6 +104,23 @@ def test_precision_pairs_resolve_auto_and_drop_repeats(prec, est, want):
     assert labels == {names[pair] for pair in want}
 
 
+def test_an_fp8_sweep_on_hopper_gets_its_all_bf16_baseline(monkeypatch):
+    """On Hopper "auto" is the fp8 estimate for bf16 attention too: the documented
+    ``--precision bf16,fp8`` ran (bf16, fp8 estimate) and (fp8, fp8) only, and vs_bf16 came out
+    empty without a word. The all-bf16 run is added first."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=9))  # fmt: skip
+    a = _args("--precision", "bf16,fp8")
+    pairs = sq.precision_pairs(a.precision, a.estimate_precision, "cuda", 64)
+    assert pairs == [("bf16", "fp8"), ("fp8", "fp8")]
+    assert sq.with_baseline(pairs) == [("bf16", "bf16"), ("bf16", "fp8"), ("fp8", "fp8")]
+    assert sq.with_baseline([("bf16", "bf16")]) == [("bf16", "bf16")]  # nothing to compare
+    both = [("bf16", "bf16"), ("fp8", "fp8")]
+    assert sq.with_baseline(both) == both
+
+
 @pytest.mark.parametrize("block", ["128", "16"])
 def test_fp8_probe_runs_the_estimate_at_every_block_size(block):
     """The probe of the fp8 estimate must itself be a valid call (it once asked for stride 64 at
