@@ -109,6 +109,19 @@ def test_resaving_a_loaded_pipeline_keeps_its_training_record(tmp_path):
     assert json.loads((tmp_path / "c" / PIPELINE_FILE).read_text())["training"] == {"steps": 7}
 
 
+def test_saved_weights_record_the_size_they_were_trained_at(tmp_path):
+    """tiny_dit.json's train_size was always the default 17 x 64 x 64, whatever --frames /
+    --height / --width the training ran with (only its "training" record had the real size);
+    a re-save of the loaded pipeline keeps it."""
+    pipe = random_tiny_pipeline(1, **SMALL)
+    record = {"steps": 3, "config": {"frames": 3, "height": 8, "width": 16, "batch_size": 2}}
+    pipe.save_pretrained(tmp_path / "a", extra={"training": record})
+    want = {"frames": 3, "height": 8, "width": 16}
+    assert json.loads((tmp_path / "a" / PIPELINE_FILE).read_text())["train_size"] == want
+    load_tiny_pipeline(tmp_path / "a").save_pretrained(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / PIPELINE_FILE).read_text())["train_size"] == want
+
+
 def test_missing_weights_name_the_folder_to_train_into(tmp_path):
     """The error told users to train into pipelines/tiny/assets/tiny_dit, not the path given."""
     where = tmp_path / "my_dit"

@@ -276,6 +276,9 @@ class TinyVideoPipeline(DiffusionPipeline):
         loaded = getattr(self, "meta", None) or {}  # set by from_pretrained
         meta |= {k: v for k, v in loaded.items() if k not in meta}
         meta |= extra or {}
+        trained = (meta.get("training") or {}).get("config") or {}  # the run that made them
+        if all(k in trained for k in ("frames", "height", "width")):  # not the default size
+            meta["train_size"] = {k: trained[k] for k in ("frames", "height", "width")}
         (out / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
