@@ -95,7 +95,8 @@ def attention_view(captures: dict, a, n_video: int, grid: tuple[int, int, int]) 
                     continue
                 mask = xv.estimate_block_mask(qo, ko, threshold=tau, stride=stride,
                                               block_size=a.block_size, kv_len=kv_len,
-                                              dense_from=n_video)  # fmt: skip
+                                              dense_from=n_video,
+                                              max_density=getattr(a, "view_max_density", None))  # fmt: skip
                 out = xv.block_sparse_attention(qo, ko, vo, mask, block_size=a.block_size,
                                                 kv_len=kv_len)  # fmt: skip
                 if inv is not None:

@@ -125,6 +125,17 @@ def preset_setting(name: str) -> dict:
     return {k: getattr(cfg, k) for k in keys if k not in _NOT_FROM_PRESET}
 
 
+def view_args(a: argparse.Namespace) -> argparse.Namespace:
+    """The attention view's grid: the swept ``--taus`` / ``--strides`` / ``--orders``, or with
+    ``--preset`` the preset's own threshold, stride, order and density budget (the view scored
+    the default grid, none of which is the preset's setting)."""
+    if not a.preset:
+        return a
+    s = build_settings(a)[0]
+    grid = {"taus": [s["threshold"]], "strides": [s["stride"]], "orders": [s["token_order"]]}
+    return argparse.Namespace(**{**vars(a), **grid, "view_max_density": s.get("max_density")})
+
+
 def build_settings(a: argparse.Namespace) -> list[dict]:
     """The list of XAttention settings (dicts of XAttentionConfig fields) to sweep."""
     if a.preset:
@@ -376,7 +387,7 @@ def main(argv=None) -> int:
     if not a.no_attention_view:
         cap = QKVCapture(pipe, a.attn_layers, a.attn_steps)
         cap.run(lambda: denoise(pipe, conds[:1], seeds[:1], a))
-        attn_rows = attention_view(cap.captures, a, n_video, grid)
+        attn_rows = attention_view(cap.captures, view_args(a), n_video, grid)
         attn_agg = aggregate_attention(attn_rows)
         cap.captures.clear()
 
