@@ -18,6 +18,21 @@ _SHA_AT_START = git_sha(Path(__file__).resolve().parent)
 made in the checkout during a long run is not recorded as the code that ran."""
 
 
+def auto_estimate_of_bf16() -> dict[str, str]:
+    """What ``estimate_precision="auto"`` runs for bf16 attention on this machine's GPU (the
+    CPU without one), per head dim: since ``6208e35`` the fp8 estimate on Hopper at 64 / 128.
+    Recorded with every result, so a row that names no estimate precision can be read."""
+    from xattn_video.op_checks import resolve_estimate_precision
+
+    device = "cuda" if torch.cuda.is_available() else None
+    return {
+        str(d): resolve_estimate_precision(
+            "auto", "bf16", backend="auto", device=device, head_dim=d
+        )  # fmt: skip
+        for d in (16, 32, 64, 128)
+    }
+
+
 def environment() -> dict:
     """GPU name, library versions and git SHA, stored with every benchmark result."""
     try:
@@ -36,6 +51,7 @@ def environment() -> dict:
     sha = os.environ.get("XATTN_VIDEO_GIT_SHA") or _SHA_AT_START
     return {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "auto_estimate_of_bf16": auto_estimate_of_bf16(),
         "torch": torch.__version__,
         "triton": triton_version,
         "diffusers": diffusers_version,

@@ -80,6 +80,24 @@ def test_environment_records_this_checkout(monkeypatch):
     assert common.environment()["git_sha"] == "abc1234"
 
 
+def test_environment_records_what_the_default_estimate_of_bf16_is(monkeypatch):
+    """Since 6208e35 a bf16 run's default estimate is fp8 on Hopper (head dim 64 / 128): the
+    benchmarks that apply configs with the default (bench_tiny_compile, bench_ulysses,
+    sweep_methods, profile_pipeline) recorded nothing a reader could tell it from."""
+    from types import SimpleNamespace
+
+    import torch
+
+    cpu = {"16": "bf16", "32": "bf16", "64": "bf16", "128": "bf16"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert common.environment()["auto_estimate_of_bf16"] == cpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=9))  # fmt: skip
+    assert common.environment()["auto_estimate_of_bf16"] == {**cpu, "64": "fp8", "128": "fp8"}
+
+
 def test_environment_records_the_sha_the_run_started_with(monkeypatch):
     """The SHA was read when the JSON was written: a commit made in the checkout during a long
     run was recorded as the code that ran."""
