@@ -68,7 +68,8 @@ class RunVideo:
         try:
             return read_video(f)
         except (ValueError, OSError, EOFError, RuntimeError) as e:
-            raise RunDirError(f"{f} can't be read: {e}; {_REDO}") from e
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # not ffmpeg's banner
+            raise RunDirError(f"{f} can't be read: {first}; {_REDO}") from e
 
 
 _REDO = "rerunning its generate command regenerates that video"

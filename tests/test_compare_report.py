@@ -1077,3 +1077,22 @@ def test_a_pair_outside_the_aggregate_is_not_said_to_be_in_the_speed_up() -> Non
     header, rows = video_table(report)
     assert header[-2:] == ["in aggregate", "in speed-up"]
     assert [r[-1] for r in rows] == ["no: first in its process", "yes", "no: not in the aggregate"]
+
+
+def test_an_unreadable_mp4_fallback_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    """Without frames.npy, an mp4 that ffmpeg can't read was reported with imageio's whole
+    stderr appended (ffmpeg's 22-line build banner after the error line)."""
+    from xattn_video.metrics import run_dir as run_dir_mod
+
+    run = write_run(tmp_path / "d", "dense", [0])
+    (run / "00000" / "frames.npy").unlink()
+
+    def banner(path):
+        raise OSError("Could not load meta information\n=== stderr ===\nffmpeg version 7\n...")
+
+    monkeypatch.setattr(run_dir_mod, "read_video", banner)
+    video = run_dir_mod.scan_run(run).videos[0]
+    with pytest.raises(run_dir_mod.RunDirError) as exc:
+        video.load_frames()
+    assert "\n" not in str(exc.value)
+    assert "video.mp4 can't be read: Could not load meta information; rerunning" in str(exc.value)

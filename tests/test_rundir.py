@@ -220,15 +220,57 @@ def test_bad_run_json_errors_name_the_file(tmp_path: Path, content, message):
     "data", [{"prompt_index": "3", "prompt": "p"}, {"prompt_index": 3, "prompt": 3}]
 )
 def test_a_meta_json_with_a_mistyped_index_or_prompt_is_refused(data):
-    with pytest.raises(RunDirError, match="prompt_index must be an int, prompt a str"):
+    with pytest.raises(RunDirError, match="(prompt_index must be int|prompt must be str), got"):
         VideoRecord.from_json(data)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("shape", 5), ("timings", [1]), ("density", "x"), ("frames_bytes", "12"),
+    ("frames_sha256", 7), ("first_in_process", 1), ("dimensions", ["a", 2]),
+])  # fmt: skip
+def test_a_meta_json_field_of_the_wrong_type_is_a_run_dir_error(field, value):
+    """Only prompt_index and prompt were type-checked: "shape": 5 crashed resume and compare
+    with a TypeError traceback, and "timings": [1] or "density": "x" passed resume's check
+    (the prompt was skipped as finished) and then crashed compare."""
+    data = {"prompt_index": 3, "prompt": "p", field: value}
+    with pytest.raises(RunDirError, match=f"^meta.json: {field} must be .*, got"):
+        VideoRecord.from_json(data, "meta.json")
+
+
+@pytest.mark.parametrize("field, value", [("prompts", 5), ("versions", [1]), ("command", "x")])
+def test_a_run_json_field_of_the_wrong_type_is_a_run_dir_error(field, value):
+    """run.json's fields were not type-checked: "prompts": 5 crashed the resume, "versions":
+    [1] crashed compare, both with tracebacks."""
+    data = {"model": "tiny", "attention": "dense", "height": 32, "width": 32, "frames": 5,
+            "steps": 1, "seed": 0, field: value}  # fmt: skip
+    with pytest.raises(RunDirError, match=f"^run.json: {field} must be .*, got"):
+        rundir.RunRecord.from_json(data, "run.json")
+    rundir.RunRecord.from_json({**data, field: None}, "run.json")  # null: unknown, as before
+
+
+def test_a_frames_npy_with_a_mangled_header_is_not_valid(tmp_path: Path):
+    """numpy's header parser raises tokenize.TokenError for some damage: a traceback in resume
+    and compare, where other damage reads "not a valid .npy file"."""
+    folder = tmp_path / "00000"
+    folder.mkdir()
+    np.save(folder / rundir.FRAMES_FILE, np.zeros((1, 2, 2, 3), np.uint8))
+    VideoRecord(prompt_index=0, prompt="p").write(folder)
+    raw = bytearray((folder / rundir.FRAMES_FILE).read_bytes())
+    start = raw.index(b"{") + 1
+    raw[start : start + 5] = b"((((("
+    (folder / rundir.FRAMES_FILE).write_bytes(bytes(raw))
+    assert "is not a valid .npy file" in rundir.verify_video(folder)
 
 
 def test_only_five_or_more_digit_folders_are_prompt_folders(tmp_path: Path):
     """Resume reads a prompt folder's name as its index: a backup such as 00012.bak or
     00012_old taken for one would be read (int('00012.bak') fails) or redone."""
     for name, want in [("00012", True), ("123456", True), ("00012_old", False),
-                       ("00012.bak", False), ("0012", False), ("x00012", False)]:  # fmt: skip
+                       ("00012.bak", False), ("0012", False), ("x00012", False),
+                       # prompt_dir_name's names only: 000000 was prompt 0 too, and compare
+                       # took it over 00000; non-ASCII digits matched \d
+                       ("000000", False), ("012345", False), ("0001\u0663", False),
+                       ("00012\n", False)]:  # fmt: skip
         (tmp_path / name).mkdir()
         assert rundir.is_prompt_dir(tmp_path / name) is want, name
     (tmp_path / "99999").write_text("a file, not a folder")

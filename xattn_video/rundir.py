@@ -38,6 +38,8 @@ import hashlib
 import json
 import os
 import re
+import tokenize
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,7 @@ from .atomic import (  # noqa: F401 (atomic_path: re-exported)
     atomic_path,
     write_text,
 )
-from .scalars import is_json_int
+from .scalars import is_json_int, json_matches
 
 SCHEMA_VERSION = 5
 """Schema of run.json / meta.json written by this version (1: xattn-video 0.1.0, no key)."""
@@ -64,7 +66,9 @@ VIDEO_FILE = "video.mp4"
 FRAMES_FILE = "frames.npy"
 LOCK_FILE = ".lock"
 
-_INDEX_DIR = re.compile(r"^\d{5,}$")
+_INDEX_DIR = re.compile(r"[1-9][0-9]{4,}|0[0-9]{4}")
+"""A prompt folder's name, :func:`prompt_dir_name`'s: ``00000`` or, past 99999, no zero padding
+(``000000`` was read as prompt 0 too, and ``compare`` took it over the real ``00000``)."""
 
 PathLike = str | os.PathLike[str]
 
@@ -85,7 +89,7 @@ def prompt_dir_name(index: int) -> str:
 
 def is_prompt_dir(path: Path) -> bool:
     """True for a folder named like a prompt index (5+ digits)."""
-    return path.is_dir() and bool(_INDEX_DIR.match(path.name))
+    return path.is_dir() and bool(_INDEX_DIR.fullmatch(path.name))
 
 
 def write_json(path: PathLike, data: Any) -> None:
@@ -166,8 +170,21 @@ def _from_json(cls: type, data: Mapping[str, Any], path: PathLike | None, requir
         raise RunDirError(f"{path or cls.__name__}: missing {', '.join(missing)}")
     names = {f.name for f in dataclasses.fields(cls)} - {"extra", "schema_version"}
     known = {k: data[k] for k in names if k in data}
+    hints = typing.get_type_hints(cls)
+    bad = [k for k, v in known.items() if not json_matches(v, hints[k])]
+    if bad:  # a wrong type crashed resume and compare later with a traceback
+        k = sorted(bad)[0]
+        raise RunDirError(
+            f"{path or cls.__name__}: {k} must be {_hint_name(hints[k])}, got "
+            f"{type(known[k]).__name__} {known[k]!r:.40}"
+        )
     extra = {k: v for k, v in data.items() if k not in names and k != "schema_version"}
     return cls(**known, schema_version=version, extra=extra)
+
+
+def _hint_name(hint: Any) -> str:
+    name = hint.__name__ if isinstance(hint, type) else str(hint)
+    return name.replace("typing.", "").replace("NoneType", "null")
 
 
 def _to_json(record: Any) -> dict[str, Any]:
@@ -331,10 +348,7 @@ class VideoRecord:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], path: PathLike | None = None) -> VideoRecord:
         """Parse a meta.json object (schema 1 to 3); ``path`` is named in errors."""
-        rec = _from_json(cls, data, path, ("prompt_index", "prompt"))
-        if not isinstance(rec.prompt_index, int) or not isinstance(rec.prompt, str):
-            raise RunDirError(f"{path or 'meta.json'}: prompt_index must be an int, prompt a str")
-        return rec
+        return _from_json(cls, data, path, ("prompt_index", "prompt"))
 
     @classmethod
     def read(cls, prompt_dir: PathLike) -> VideoRecord:
@@ -393,8 +407,8 @@ def verify_video(prompt_dir: PathLike, prompt: str | None = None) -> str | None:
     size = frames.stat().st_size
     try:
         shape, expected = npy_shape(frames)
-    except (ValueError, OSError, EOFError) as e:
-        return f"{frames} is not a valid .npy file: {e}"
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:
+        return f"{frames} is not a valid .npy file: {e}"  # numpy's header parser: TokenError
     if size != expected:
         return f"{frames} is truncated or padded: {size} bytes, its header implies {expected}"
     if meta.shape is not None and list(shape) != list(meta.shape):

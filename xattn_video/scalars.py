@@ -19,6 +19,8 @@ Not supported: tensors (0-d tensors are not scalars here; the op checks them on 
 from __future__ import annotations
 
 import numbers
+import types
+import typing
 from typing import Any
 
 
@@ -40,3 +42,23 @@ def is_json_number(x: Any) -> bool:
 def is_json_int(x: Any) -> bool:
     """A Python ``int`` that is not a bool (``1.0`` and ``np.int64(1)`` are not one)."""
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def json_matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a record field's annotation: ``str``, ``int`` / ``float`` /
+    ``bool`` (as :func:`is_json_int` / :func:`is_json_number`; a bool is no number),
+    ``list[X]`` (each item), ``dict[...]``, ``X | None``; other annotations are not checked."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(json_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float, bool, str):
+        checks = {int: is_json_int, float: is_json_number, bool: lambda v: isinstance(v, bool)}
+        return checks.get(hint, lambda v: isinstance(v, str))(value)
+    if origin is list or hint is list:
+        args = typing.get_args(hint)
+        return isinstance(value, list) and all(json_matches(v, args[0]) for v in value if args)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
