@@ -88,7 +88,7 @@ def prompt_dir_name(index: int) -> str:
 
 
 def is_prompt_dir(path: Path) -> bool:
-    """True for a folder named like a prompt index (5+ digits)."""
+    """True for a prompt folder: a directory named by :func:`prompt_dir_name` (5+ digits)."""
     return path.is_dir() and bool(_INDEX_DIR.fullmatch(path.name))
 
 
