@@ -32,6 +32,13 @@ class WriteFailed(OSError):
     reached the command line as a traceback."""
 
 
+def write_failed(e: OSError, what: str) -> WriteFailed:
+    """``e`` as a :class:`WriteFailed` whose message is ``what`` (naming the file or folder)
+    and the OS's reason; ``errno`` kept."""
+    why = f"{what}: {e.strerror or e}"
+    return WriteFailed(e.errno, why) if e.errno else WriteFailed(why)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix: ffmpeg picks the muxer by it); on
@@ -51,8 +58,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, WriteFailed):
-            why = f"could not write {path}: {e.strerror or e}"
-            raise (WriteFailed(e.errno, why) if e.errno else WriteFailed(why)) from e
+            raise write_failed(e, f"could not write {path}") from e
         raise
 
 

@@ -51,6 +51,7 @@ from .atomic import (  # noqa: F401 (atomic_path: re-exported)
     TMP_MARK,
     WriteFailed,
     atomic_path,
+    write_failed,
     write_text,
 )
 from .scalars import is_json_int, json_matches
@@ -130,8 +131,7 @@ def start_prompt_dir(folder: PathLike) -> None:
     except WriteFailed:
         raise
     except OSError as e:
-        why = f"could not prepare {folder}: {e.strerror or e}"
-        raise (WriteFailed(e.errno, why) if e.errno else WriteFailed(why)) from e
+        raise write_failed(e, f"could not prepare {folder}") from e
 
 
 def remove_partial_files(folder: PathLike) -> int:
