@@ -34,6 +34,7 @@ version named).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -170,7 +171,7 @@ def _from_json(cls: type, data: Mapping[str, Any], path: PathLike | None, requir
         raise RunDirError(f"{path or cls.__name__}: missing {', '.join(missing)}")
     names = {f.name for f in dataclasses.fields(cls)} - {"extra", "schema_version"}
     known = {k: data[k] for k in names if k in data}
-    hints = typing.get_type_hints(cls)
+    hints = _field_hints(cls)
     bad = [k for k, v in known.items() if not json_matches(v, hints[k])]
     if bad:  # a wrong type crashed resume and compare later with a traceback
         k = sorted(bad)[0]
@@ -180,6 +181,12 @@ def _from_json(cls: type, data: Mapping[str, Any], path: PathLike | None, requir
         )
     extra = {k: v for k, v in data.items() if k not in names and k != "schema_version"}
     return cls(**known, schema_version=version, extra=extra)
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """A record class's field annotations, evaluated once (not per file read)."""
+    return typing.get_type_hints(cls)
 
 
 def _hint_name(hint: Any) -> str:

@@ -53,9 +53,12 @@ def json_matches(value: Any, hint: Any) -> bool:
         return any(json_matches(value, h) for h in typing.get_args(hint))
     if hint is type(None):
         return value is None
-    if hint in (int, float, bool, str):
-        checks = {int: is_json_int, float: is_json_number, bool: lambda v: isinstance(v, bool)}
-        return checks.get(hint, lambda v: isinstance(v, str))(value)
+    if hint is int:
+        return is_json_int(value)
+    if hint is float:
+        return is_json_number(value)
+    if hint in (bool, str):
+        return isinstance(value, hint)
     if origin is list or hint is list:
         args = typing.get_args(hint)
         return isinstance(value, list) and all(json_matches(v, args[0]) for v in value if args)
