@@ -44,6 +44,15 @@ from .options import (
     resolve_options,
 )
 
+_RUN_FLAG_DEFAULTS = {
+    "model": None, "model_path": None, "model_id": None, "prompts": "vbench",
+    "prompts_dir": None, "num_prompts": 4, "seed": 0, "measure_every": 3, "height": None,
+    "width": None, "frames": None, "steps": None, "device": None, "dtype": None,
+}  # fmt: skip
+"""The flags of a calibration run (not of ``--retarget``) and their defaults: the parser's
+(:func:`add_calibrate_args`), and what ``--retarget`` compares with to find flags it would
+ignore."""
+
 
 def add_calibrate_args(
     p: argparse.ArgumentParser, add_config_flags: Callable[[argparse.ArgumentParser, str], None]
@@ -55,22 +64,31 @@ def add_calibrate_args(
     src.add_argument("--model-path", help="local pipeline folder (save_pretrained)")
     src.add_argument("--model-id", help="Hugging Face repo id (default: the model's)")
     p.add_argument("--out", required=True, help="thresholds JSON to write")
-    p.add_argument("--prompts", default="vbench", help="suite or .txt/.json file (default: vbench)")
+    p.add_argument(
+        "--prompts",
+        default=_RUN_FLAG_DEFAULTS["prompts"],
+        help="suite or .txt/.json file (default: vbench)",
+    )
     p.add_argument("--prompts-dir", help="folder with the VBench files")
     p.add_argument(
         "--num-prompts",
         type=int,
-        default=4,
+        default=_RUN_FLAG_DEFAULTS["num_prompts"],
         help="prompts, chosen as generate's --sample N (every (len//N)-th, the first N of "
         "those; default: 4)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of every prompt (default: 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=_RUN_FLAG_DEFAULTS["seed"],
+        help="seed of every prompt (default: 0)",
+    )
     tgt = p.add_mutually_exclusive_group()
     tgt.add_argument("--target-mass", type=float,
                      help="true attention mass every head keeps (default: 0.95 when neither "
                           "target is given)")  # fmt: skip
     tgt.add_argument("--target-density", type=float, help="mean density to allocate (0, 1]")
-    p.add_argument("--measure-every", type=int, default=3,
+    p.add_argument("--measure-every", type=int, default=_RUN_FLAG_DEFAULTS["measure_every"],
                    help="measure every N-th sparse step (default: 3)")  # fmt: skip
     p.add_argument("--retarget", metavar="FILE", help="re-choose thresholds of FILE; no model run")
     for name in ("height", "width", "frames", "steps"):
@@ -136,14 +154,6 @@ def cmd_calibrate(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     th.save_thresholds(out, data)
     print(f"wrote {args.out}: {th.summary(data)} ({data['seconds']} s)")
     return 0
-
-
-_RUN_FLAG_DEFAULTS = {
-    "model": None, "model_path": None, "model_id": None, "prompts": "vbench",
-    "prompts_dir": None, "num_prompts": 4, "seed": 0, "measure_every": 3, "height": None,
-    "width": None, "frames": None, "steps": None, "device": None, "dtype": None,
-}  # fmt: skip
-"""The flags of a calibration run (not of ``--retarget``) and their defaults."""
 
 
 def _retarget_extras(args: argparse.Namespace, overrides: dict[str, Any]) -> list[str]:
