@@ -271,6 +271,39 @@ def test_collect_stats_false_records_nothing():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", ["FlowMatchHeunDiscreteScheduler", "KDPM2DiscreteScheduler"])
+def test_a_second_order_scheduler_counts_denoising_steps_not_forwards(name):
+    """Heun / KDPM2 (``order`` 2) run 2N-1 forwards for N steps and move ``step_index`` at
+    each: the steps were counted in forwards, so warmup_steps=2 kept only step 0 dense and
+    num_steps read 7 for 4 steps."""
+    import diffusers
+
+    sched = getattr(diffusers, name)()
+    sched.set_timesteps(4)
+    ctl = XAttentionController(cfg_(warmup_steps=2, dense_last_steps=1))
+    got = []
+    for i, t in enumerate(sched.timesteps):
+        sched._step_index = None if i == 0 else i
+        ctl.begin_forward(timestep=t[None], scheduler=sched)
+        got.append((ctl.step, ctl.sparse, ctl.num_steps))
+    assert got == [
+        (0, False, 4), (0, False, 4), (1, False, 4), (1, False, 4), (2, True, 4), (2, True, 4),
+        (3, False, 4),
+    ]  # fmt: skip
+
+
+def test_warmup_counts_heun_steps_in_a_wan_pipeline():
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe = tiny_wan_pipeline()
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler(shift=3.0)
+    cfg = cfg_(threshold=0.5, warmup_steps=2, dense_last_steps=1)
+    with xv.apply_xattention(pipe, cfg) as h:
+        pipe(**wan_inputs(steps=4, cfg=False))
+        steps = sorted({(r.step, r.sparse) for r in h.stats.records})
+    assert steps == [(0, False), (1, False), (2, True), (3, False)]
+
+
 def test_dense_last_steps_in_a_pipeline():
     pipe = tiny_hv_pipeline(num_single_layers=1)
     cfg = cfg_(threshold=0.5, warmup_steps=1, dense_last_steps=1)

@@ -56,7 +56,8 @@ class XAttentionConfig:
     warmup_steps: int = 5
     """Denoising steps run with dense attention before switching to XAttention (the paper: 5
     of 50). Steps are counted from 0 within each pipeline call, from the first step it runs
-    (a video-to-video call with ``strength`` 0.5 of 50 steps runs steps 0-24)."""
+    (a video-to-video call with ``strength`` 0.5 of 50 steps runs steps 0-24); a Heun-type
+    scheduler's two forwards a step count as one step."""
 
     dense_last_steps: int = 0
     """Final denoising steps that run dense again (needs the pipeline's step count, read from

@@ -13,12 +13,14 @@ before every transformer forward:
   ``transformer_2`` with its own -- reads the start from :mod:`xattn_video.schedule`) -- the
   same value for both forwards of a true-CFG step (a scheduler whose run is over, or left
   mid-run by a call stopped part-way, is ignored: another pipeline object runs the
-  transformer); else the ``step_index`` of the diffusers
+  transformer; a second-order scheduler -- Heun, KDPM2, ``order`` 2 -- moves its position
+  at each of a step's two forwards, so the position is divided by its ``order``); else the
+  ``step_index`` of the diffusers
   cache context when the pipeline sets one (Wan does); else **timestep matching** (bare
   transformer): a new ``float(timestep.max())`` advances the step, a repeated one (the second
   CFG forward) does not, a larger one starts a new run at step 0;
-- ``num_steps``: ``len(scheduler.timesteps)`` less the steps the call skipped (or the
-  context's ``num_inference_steps``);
+- ``num_steps``: ``len(scheduler.timesteps)`` less the steps the call skipped, over the
+  scheduler's ``order`` (or the context's ``num_inference_steps``);
 - ``sparse``: ``warmup_steps <= step < num_steps - dense_last_steps`` -- the processors branch
   on this bool, never on the step number, so ``torch.compile`` sees only two variants (the
   hook itself runs eagerly: :func:`compile_below_hook` compiles the forward under it);
@@ -171,8 +173,9 @@ class XAttentionController:
                 )
             self._last_index = index
             start = self._start_index or 0
-            step = index - start if index is not None else 0
-            num_steps = len(timesteps) - start if timesteps is not None else None
+            per = schedule.evaluations_per_step(scheduler)  # Heun: 2 forwards a step
+            step = (index - start) // per if index is not None else 0
+            num_steps = -(-(len(timesteps) - start) // per) if timesteps is not None else None
         elif context is not None and context.step_index is not None:
             step = int(context.step_index)
             if self._last_step is not None and (

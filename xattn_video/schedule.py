@@ -170,6 +170,15 @@ def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
     return i if float(gap[i]) <= 1e-3 * max(1.0, abs(t)) else None
 
 
+def evaluations_per_step(scheduler: Any) -> int:
+    """Transformer forwards per denoising step: the scheduler's ``order`` as diffusers'
+    pipelines read it (2 for Heun and KDPM2, whose ``timesteps`` hold each step's two
+    evaluations and whose ``step_index`` moves at each; 1 for Euler and the multistep solvers,
+    whatever their solver order), 1 when it is not a positive int."""
+    order = getattr(scheduler, "order", 1)
+    return order if isinstance(order, int) and not isinstance(order, bool) and order > 0 else 1
+
+
 _starts: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
 """scheduler -> (its ``timesteps`` tensor of the call, the call's start index)."""
 
@@ -179,7 +188,8 @@ def call_start(scheduler: Any, index: int, *, first: bool) -> int:
     first forward of the call whose position is known (``first``: its first forward at all), and
     noted for the other controllers of the call (by ``scheduler`` and its ``timesteps`` tensor):
 
-    - not ``first`` (forwards at an unknown position came before): one ``step`` before ``index``;
+    - not ``first`` (forwards at an unknown position came before): one denoising step
+      (:func:`evaluations_per_step` forwards) before ``index``;
     - ``first``, ``step_index`` None (no ``scheduler.step`` yet): ``index``;
     - ``first`` after a ``scheduler.step`` (another transformer's controller ran the call's first
       steps: Wan 2.2's ``transformer_2`` with processors of its own): the start noted for the
@@ -188,7 +198,7 @@ def call_start(scheduler: Any, index: int, *, first: bool) -> int:
     A scheduler that cannot be weakly referenced is not noted.
     """
     if not first:
-        start = index - 1
+        start = index - evaluations_per_step(scheduler)
     elif getattr(scheduler, "step_index", None) is None:
         start = index
     else:
