@@ -56,6 +56,24 @@ def test_fp8_estimate_on_the_triton_backend_without_a_hopper_gpu_fails_at_apply(
         xv.apply_xattention(pipe, cfg)
     # the torch backend (auto without CUDA) emulates the fp8 estimate: allowed
     xv.apply_xattention(pipe, cfg.replace(backend="auto")).remove()
+    xv.apply_xattention(pipe, cfg.replace(backend="torch")).remove()
+
+
+def test_fp8_estimate_on_auto_with_a_pre_hopper_gpu_fails_at_apply(monkeypatch):
+    """backend="auto" runs the Triton backend on CUDA tensors: with only an sm80 GPU the fp8
+    estimate was applied and failed at the first sparse step."""
+    _gpus(monkeypatch, (8, 0))
+    pipe = tiny_wan_pipeline()
+    cfg = xv.XAttentionConfig(estimate_precision="fp8", backend="auto", **CFG)
+    with pytest.raises(ValueError) as exc:
+        xv.apply_xattention(pipe, cfg)
+    assert str(exc.value) == (
+        "estimate_precision='fp8' with backend='auto' needs an sm90+ CUDA GPU (Hopper: H100 / "
+        "H200) and this machine has only cuda:0 sm80: every sparse step would fail after the "
+        "warm-up; use precision='bf16' estimates, or backend='torch' (emulated)"
+    )
+    xv.apply_xattention(pipe, cfg.replace(backend="torch")).remove()
+    xv.apply_xattention(pipe, cfg.replace(estimate_precision="auto")).remove()  # bf16 there
 
 
 @pytest.mark.parametrize("caps", [((9, 0),), ((8, 0), (9, 0)), ((10, 0),)])

@@ -245,12 +245,14 @@ def _cuda_capabilities() -> dict[int, tuple[int, int]]:
 def _check_fp8(cfg: XAttentionConfig) -> None:
     """``ValueError`` when the config's fp8 arithmetic can never run on this machine: fp8
     attention (``precision="fp8"``, the Triton kernels only) or an fp8 estimate on the Triton
-    backend, and no sm90+ CUDA device at all. Where the transformer's parameters are now says
+    backend (``backend="auto"`` too where a CUDA device exists: it runs Triton on CUDA
+    tensors), and no sm90+ CUDA device at all. Where the transformer's parameters are now says
     nothing (a pipeline may be applied on the CPU and moved to a GPU afterwards)."""
     estimate = cfg.resolved().estimate_precision
-    if cfg.precision != "fp8" and not (estimate == "fp8" and cfg.backend == "triton"):
-        return
     caps = _cuda_capabilities()
+    triton_estimate = cfg.backend == "triton" or (cfg.backend == "auto" and bool(caps))
+    if cfg.precision != "fp8" and not (estimate == "fp8" and triton_estimate):
+        return
     if any(cap >= (9, 0) for cap in caps.values()):
         return
     what = "precision='fp8'" if cfg.precision == "fp8" else "estimate_precision='fp8'"
@@ -259,7 +261,7 @@ def _check_fp8(cfg: XAttentionConfig) -> None:
         f"{what} with backend={cfg.backend!r} needs an sm90+ CUDA GPU (Hopper: H100 / H200) and "
         f"this machine has {'only ' + has if caps else 'no CUDA device'}: every sparse step "
         "would fail after the warm-up; use precision='bf16'"
-        + ("" if cfg.precision == "fp8" else " estimates, or backend='auto' (emulated on CPU)")
+        + ("" if cfg.precision == "fp8" else " estimates, or backend='torch' (emulated)")
     )
 
 
