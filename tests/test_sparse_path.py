@@ -71,6 +71,36 @@ def test_mask_cache_owns_masks_a_compiled_graph_stored(monkeypatch):
     assert cache.get(attn, "cond", m.shape, kv) is got
 
 
+def test_a_file_calibrated_again_with_other_settings_during_a_run_is_refused(tmp_path):
+    """The file is read again when it changes, but only the config's construction checked it:
+    a file calibrated again in place with stride 8 was used silently by a stride-4 config."""
+    import dataclasses
+
+    from xattn_video import sparse_path
+    from xattn_video import thresholds as th
+    from xattn_video.config import XAttentionConfig
+
+    config = {k: v for k, v in dataclasses.asdict(XAttentionConfig()).items()
+              if k in th.MATCH_FIELDS}  # fmt: skip
+    path = tmp_path / "thr.json"
+
+    def write(stride: int, tau: float) -> None:
+        th.save_thresholds(path, {
+            "format": th.FORMAT, "model": "tiny", "config": {**config, "stride": stride},
+            "taus": [0.5, 1.0], "layers": [{"layer": 0, "thresholds": [tau, tau],
+            "mass": [[0.5, 1.0]] * 2, "density": [[0.5, 1.0]] * 2}],
+        })  # fmt: skip
+
+    write(config["stride"], 0.5)
+    cfg = XAttentionConfig(thresholds_file=str(path))
+    assert sparse_path.file_thresholds(cfg) == {0: (0.5, 0.5)}
+    write(config["stride"], 0.25)  # same settings: taken
+    assert sparse_path.file_thresholds(cfg) == {0: (0.25, 0.25)}
+    write(2 * config["stride"], 0.125)
+    with pytest.raises(ValueError, match=r"calibrated with stride=16, the config has stride=8"):
+        sparse_path.file_thresholds(cfg)
+
+
 def test_layer_thresholds_follow_a_rewritten_file(tmp_path, monkeypatch):
     """The cache was keyed by id() of the loaded dict; once the file cache (16 versions) freed an
     old version, a new one could get its id and the old thresholds came back (40 of 60

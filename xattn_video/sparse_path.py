@@ -245,8 +245,12 @@ _LAYER_THRESHOLDS: dict[tuple, tuple[dict, torch.Tensor | None]] = {}
 def file_thresholds(cfg: XAttentionConfig) -> dict[int, tuple[float, ...]] | None:
     """Layer -> per-head thresholds of ``cfg.thresholds_file`` as it is now (None without a
     file): what the controller reads eagerly at each sparse forward for :func:`layer_threshold`
-    (a call traced by ``torch.compile`` must not touch the file system)."""
-    return _thresholds.shared_layer_thresholds(cfg.thresholds_file) if cfg.thresholds_file else None
+    (a call traced by ``torch.compile`` must not touch the file system); a new version of the
+    file is checked against ``cfg`` first (``ValueError`` when it was calibrated with other
+    estimate settings)."""
+    if not cfg.thresholds_file:
+        return None
+    return _thresholds.shared_layer_thresholds(cfg.thresholds_file, cfg)
 
 
 def layer_threshold(

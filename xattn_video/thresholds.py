@@ -31,6 +31,7 @@ Not supported: per-step or per-row thresholds; thresholds for layers the file do
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -318,10 +319,23 @@ def shared_thresholds(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _load(*_version(path))
 
 
-def shared_layer_thresholds(path: str | os.PathLike[str]) -> dict[int, tuple[float, ...]]:
+def shared_layer_thresholds(
+    path: str | os.PathLike[str], config: Any = None
+) -> dict[int, tuple[float, ...]]:
     """:func:`layer_thresholds` of :func:`shared_thresholds`: one dict per version of the file
-    (the same object until the file changes). Read-only, for the sparse path."""
-    return _layers(*_version(path))
+    (the same object until the file changes). Read-only, for the sparse path. ``config``: the
+    (hashable) XAttentionConfig the file must match (:func:`check_matches`), checked once per
+    version: a file calibrated again in place with other settings during a run is refused, as
+    a new config would refuse it, not used with the old settings."""
+    p, version = _version(path)
+    if config is not None:
+        _check_version(p, version, config)
+    return _layers(p, version)
+
+
+@lru_cache(maxsize=16)
+def _check_version(path: str, version: tuple[int, int, int], config: Any) -> None:
+    check_matches(_load(path, version), dataclasses.asdict(config))
 
 
 def _version(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int, int]]:
