@@ -178,9 +178,8 @@ def keeping_rows(out: str | Path, config: dict):
     try:
         yield rows, save
     except BaseException as e:
-        if rows:
-            save(f"{type(e).__name__}: {e}")
-            print(f"\nwrote the {len(rows)} rows measured before the error to {out}", flush=True)
+        save(f"{type(e).__name__}: {e}")  # no rows yet: the error is still the run's record
+        print(f"\nwrote the {len(rows)} rows measured before the error to {out}", flush=True)
         raise
 
 

@@ -101,10 +101,19 @@ def _cudnn_baseline(cudnn, add) -> None:
 
 
 def run_length(
-    n: int, heads: int, dim: int, densities, strides, args, monitor=None, device: str = "cuda"
+    n: int,
+    heads: int,
+    dim: int,
+    densities,
+    strides,
+    args,
+    monitor=None,
+    device: str = "cuda",
+    sink: list[dict] | None = None,
 ) -> list[dict]:
     """The rows of one sequence length; ``device`` other than CUDA only for the CPU test of
-    the rows' arithmetic (its timings faked)."""
+    the rows' arithmetic (its timings faked). ``sink``: a list each row also goes into as it
+    is measured (the run's, which :func:`_common.keeping_rows` writes on an error)."""
     dev = device
     g = torch.Generator(device=dev).manual_seed(0)
     q, k, v = (
@@ -123,6 +132,8 @@ def run_length(
         tflops = None if density is None else density * flops / (ms * 1e-3) / 1e12
         rows.append(dict(n=n, method=name, ms=ms, density=density, tflops=tflops, **extra))
         rows[-1]["window"] = windows.next()
+        if sink is not None:
+            sink.append(rows[-1])
         print(f"  N={n} {name}: {ms:.2f} ms", flush=True)
 
     from torch.nn.attention import SDPBackend
@@ -256,7 +267,8 @@ def main(argv=None) -> None:
     # each row's SM clock and power, sampled by nvidia-smi; each length's rows kept on disk
     with GpuMonitor() as monitor, keeping_rows(args.out, vars(args)) as (rows, save):
         for n in args.seq:
-            rows += run_length(n, args.heads, args.dim, args.densities, args.strides, args, monitor)
+            run_length(n, args.heads, args.dim, args.densities, args.strides, args, monitor,
+                       sink=rows)  # fmt: skip
             save()
     if monitor.error:
         print(f"GPU clocks not recorded: {monitor.error}", flush=True)

@@ -127,9 +127,12 @@ def time_dense(model, inputs, n_layers: int, repeats: int, add) -> None:
     add(KERNEL_DENSE, time_xattention(model, inputs, cfg, repeats)[0])
 
 
-def run_resolution(model, name: str, args, monitor: GpuMonitor | None = None) -> list[dict]:
+def run_resolution(
+    model, name: str, args, monitor: GpuMonitor | None = None, sink: list[dict] | None = None
+) -> list[dict]:
     """The rows of one resolution, each with the GPU's clock and power over its warm-up and
-    timing (``monitor``, see ``_gpu_monitor.py``)."""
+    timing (``monitor``, see ``_gpu_monitor.py``). ``sink``: a list each row also goes into as
+    it is measured (the run's, which :func:`_common.keeping_rows` writes on an error)."""
     height, width = RESOLUTIONS[name]
     inputs = make_inputs(height, width, args.frames, args.text_valid)
     n_video = inputs["hidden_states"][0, 0].numel() // 4  # patch 1x2x2
@@ -140,6 +143,8 @@ def run_resolution(model, name: str, args, monitor: GpuMonitor | None = None) ->
         rows.append(dict(res=name, tokens=n_video + 256, method=method, s=seconds,
                          effective_density=density, sparse_density=sparse_density,
                          window=windows.next()))  # fmt: skip
+        if sink is not None:
+            sink.append(rows[-1])
         print(f"  {name} {method}: {seconds:.2f} s", flush=True)
 
     n_layers = len(model.transformer_blocks) + len(model.single_transformer_blocks)
@@ -227,12 +232,33 @@ def add_row_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_row_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Usage error (exit 2) for a projection :func:`add_projections` can't make: more warm-up
-    steps than steps (a negative count of sparse steps), no steps, or no repeat."""
+    """Usage error (exit 2) for a projection :func:`add_projections` can't make (more warm-up
+    steps than steps: a negative count of sparse steps; no steps, or no repeat) and for a
+    sparse row's setting that ``XAttentionConfig`` refuses (``--stride 3``, ``--ratios 1.5``),
+    before the model is built and the dense rows are timed, not at the first sparse row."""
     if args.steps < 1 or args.repeats < 1:
         p.error("--steps and --repeats must be at least 1")
     if not 0 <= args.warmup_steps <= args.steps:
         p.error(f"--warmup-steps must be between 0 and --steps ({args.steps})")
+    selections = [dict(selection="ratio", ratio=r) for r in args.ratios]
+    selections += [dict(selection="threshold", threshold=t) for t in getattr(args, "taus", [])]
+    for kw in selections:
+        for prec in args.precisions:
+            for est in args.estimate_precisions:
+                try:
+                    xv.XAttentionConfig(stride=args.stride, block_size=128, precision=prec,
+                                        estimate_precision=est, **kw)  # fmt: skip
+                except ValueError as err:
+                    p.error(str(err))
+
+
+def check_fp8_runs(args: argparse.Namespace) -> None:
+    """Exit with a message when a sparse row asks for fp8 (attention or estimate) and this
+    GPU is not sm90+ (the rows would fail after the model is built and the dense rows run)."""
+    pairs = precision_pairs(args.precisions, args.estimate_precisions, "cuda", HEAD_DIM)
+    if any("fp8" in pair for pair in pairs) and torch.cuda.get_device_capability() < (9, 0):
+        sys.exit(f"fp8 rows need an sm90+ GPU (Hopper); this is {torch.cuda.get_device_name()}: "
+                 "run with --precisions bf16 --estimate-precisions bf16")  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -248,12 +274,13 @@ def main(argv=None) -> None:
     check_row_args(p, args)
     if not torch.cuda.is_available():
         sys.exit("bench_pipeline needs a CUDA GPU")
+    check_fp8_runs(args)
     print(environment(), flush=True)
     model = build_transformer()
     # each row's SM clock and power, sampled by nvidia-smi; each resolution's rows kept on disk
     with GpuMonitor() as monitor, keeping_rows(args.out, vars(args)) as (rows, save):
         for name in args.res:
-            rows += run_resolution(model, name, args, monitor)
+            run_resolution(model, name, args, monitor, sink=rows)
             save()
     if monitor.error:
         print(f"GPU clocks not recorded: {monitor.error}", flush=True)

@@ -41,6 +41,7 @@ from _precisions import precision_label, precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
+    check_fp8_runs,
     check_row_args,
     projection_columns,
     time_dense,
@@ -134,6 +135,7 @@ def main(argv=None) -> None:
     check_row_args(p, args)
     if not torch.cuda.is_available():
         sys.exit("bench_pipeline_wan needs a CUDA GPU")
+    check_fp8_runs(args)
     print(environment(), flush=True)
     model = build_transformer(WAN_14B)
     # each row's SM clock and power, sampled by nvidia-smi; the rows kept on an error

@@ -96,3 +96,27 @@ def test_whole_op_rows_run_the_estimate_at_the_precision_they_name(monkeypatch):
         ("estimate", "fp8"),
         ("attention", "fp8"),
     ]
+
+
+def test_rows_reach_the_runs_list_as_they_are_measured(monkeypatch):
+    """main kept a length's rows in run_length's own list until it returned, so an error part
+    way through a length (the first one: no JSON at all) lost every row it had measured."""
+    monkeypatch.setattr(ba, "baseline_ms", lambda fn: 4.0)
+    monkeypatch.setattr(ba, "median_ms", lambda fn, reps, warmup=1: 4.0)
+    calls = []
+
+    def bench_ms(fn):
+        calls.append(fn)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return 2.0
+
+    monkeypatch.setattr(ba, "bench_ms", bench_ms)
+    sink = []
+    args = SimpleNamespace(no_flex=True, sweep=False, seq=[512])
+    with pytest.raises(KeyboardInterrupt):
+        ba.run_length(512, 2, 64, [0.5], [8], args, device="cpu", sink=sink)
+    assert [r["method"] for r in sink] == [
+        "sdpa cuDNN dense", "sdpa cuDNN dense, call by call", "sdpa FA2 dense",
+        "ours sparse d=0.5",
+    ]  # fmt: skip

@@ -139,13 +139,13 @@ def test_an_error_part_way_keeps_the_rows_measured(tmp_path, monkeypatch, name, 
     monkeypatch.setattr(bench, "GpuMonitor", NoMonitor)
     calls = []
 
-    def measure(*args, **kwargs):
+    def measure(*args, sink=None):
+        """Each length's rows land in the run's list as they are measured (Wan: the list it
+        is given); the interrupt comes after the second length's first row."""
         calls.append(args)
-        if name == "bench_pipeline_wan":  # one length: its rows land in the list it is given
-            args[3].append({"method": "dense, diffusers default", "s": 1.0})
-        elif len(calls) == 1:
-            return [{"method": "dense", "s": 1.0, "ms": 1.0}]
-        raise KeyboardInterrupt
+        (args[3] if sink is None else sink).append({"method": f"row {len(calls)}", "s": 1.0})
+        if len(calls) == 2 or name == "bench_pipeline_wan":
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(bench, runner, measure)
     out = tmp_path / "r.json"
@@ -153,8 +153,19 @@ def test_an_error_part_way_keeps_the_rows_measured(tmp_path, monkeypatch, name, 
         bench.main([*argv, "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["complete"] is False and data["error"] == "KeyboardInterrupt: "
-    first = "dense, diffusers default" if name == "bench_pipeline_wan" else "dense"
-    assert [r["method"] for r in data["rows"]] == [first]
+    want = ["row 1"] if name == "bench_pipeline_wan" else ["row 1", "row 2"]
+    assert [r["method"] for r in data["rows"]] == want  # the unfinished length's rows too
+
+
+def test_an_error_before_any_row_is_still_recorded(tmp_path):
+    """Nothing was written when the first row failed (e.g. an out-of-memory at the first
+    length): no file said the run had happened and how it ended."""
+    out = tmp_path / "r.json"
+    with pytest.raises(RuntimeError), common.keeping_rows(out, {"seq": [1]}):
+        raise RuntimeError("CUDA out of memory")
+    data = json.loads(out.read_text())
+    assert data["rows"] == [] and data["complete"] is False
+    assert data["error"] == "RuntimeError: CUDA out of memory"
 
 
 def test_report_writes_config_rows_and_environment(tmp_path, capsys):

@@ -113,7 +113,9 @@ def test_resolution_rows_record_tokens_densities_and_a_kernel_dense_run_of_every
     args = SimpleNamespace(frames=5, text_valid=3, ratios=[0.3], taus=[], precisions=["bf16"],
                            estimate_precisions=["auto"], stride=8, repeats=1, steps=50,
                            warmup_steps=5)  # fmt: skip
-    rows = bench.run_resolution(Model(), "test", args)
+    sink = [{"method": "an earlier resolution's row"}]
+    rows = bench.run_resolution(Model(), "test", args, sink=sink)
+    assert sink[1:] == rows  # each row reached the run's list too (kept on an error)
     assert {r["tokens"] for r in rows} == {2 * 8 * 8 // 4 + 256}  # 2 latent frames, patch 2x2
     sparse = rows[-1]
     assert (sparse["effective_density"], sparse["sparse_density"]) == (0.35, 0.3)
@@ -137,3 +139,32 @@ def test_a_projection_with_more_warmup_than_steps_is_a_usage_error(name, argv, m
     with pytest.raises(SystemExit) as e:
         script.main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["bench_pipeline", "bench_pipeline_wan"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stride", "3"], "stride must be one of (2, 4, 8, 16) and divide block_size=128"),
+        (["--ratios", "1.5"], "ratio must be in (0, 1], got 1.5"),
+        (["--ratios", "0"], "ratio must be in (0, 1], got 0.0"),
+    ],
+)
+def test_a_sparse_setting_the_config_refuses_is_a_usage_error(name, argv, message, capsys):
+    """They passed the argument checks and failed at the first sparse row, after the 12.8 B
+    model was built and its dense rows timed (and, before the rows reached the run's list, with
+    no JSON written)."""
+    script = bench if name == "bench_pipeline" else load_benchmark(name)
+    with pytest.raises(SystemExit) as e:
+        script.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precisions", [["fp8"], ["bf16", "--estimate-precisions", "fp8"]])
+def test_fp8_rows_on_a_gpu_before_hopper_stop_before_the_model_is_built(monkeypatch, precisions):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A100")
+    monkeypatch.setattr(bench, "build_transformer", lambda *a: pytest.fail("model built"))
+    with pytest.raises(SystemExit, match="fp8 rows need an sm90\\+ GPU .* NVIDIA A100"):
+        bench.main(["--precisions", *precisions])
