@@ -36,12 +36,32 @@ def precision_pairs(
     return list(dict.fromkeys(pairs))
 
 
-def with_baseline(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """``pairs`` with the all-bf16 run first when a run with fp8 has none to be compared with
+def with_baseline(pairs: list[tuple[str, str]], asked: Sequence[str]) -> list[tuple[str, str]]:
+    """``pairs`` with the all-bf16 run first when fp8 was ``asked`` for (the precisions the
+    command line listed) and a run with fp8 has none to be compared with
     (:func:`compare_precisions`): on Hopper "auto" is the fp8 estimate for bf16 attention too,
-    so ``--precision bf16,fp8`` alone had no baseline and ``vs_bf16`` came out empty."""
-    if any("fp8" in pair for pair in pairs) and ("bf16", "bf16") not in pairs:
+    so ``--precision bf16,fp8`` alone had no baseline and ``vs_bf16`` came out empty. The
+    default sweep (bf16, "auto") is not doubled: its fp8 estimate there is just the default."""
+    if "fp8" in asked and any("fp8" in pair for pair in pairs) and ("bf16", "bf16") not in pairs:
         return [("bf16", "bf16"), *pairs]
+    return pairs
+
+
+def runnable_pairs(pipe, a: argparse.Namespace, device: torch.device, say=print):
+    """The sweep's (attention, estimate) precisions: :func:`precision_pairs` of ``a.precision``
+    x ``a.estimate_precision`` for the model's head dim, less those that need fp8 where it
+    does not run (:func:`fp8_unavailable`, each reason said), then :func:`with_baseline`.
+    Empty when nothing is left (every run asked for needs fp8)."""
+    head_dim = int(pipe.transformer.config.attention_head_dim)
+    pairs = precision_pairs(a.precision, a.estimate_precision, device, head_dim)
+    if any("fp8" in pair for pair in pairs):
+        why = fp8_unavailable(pipe, a, device)
+        for use, reason in why.items():
+            say(f"[sweep] skipping the runs with fp8 {use}: {reason}")
+        pairs = [(p, e) for p, e in pairs
+                 if not (p == "fp8" and "attention" in why or e == "fp8" and "estimate" in why)]  # fmt: skip
+    if pairs and pairs != (pairs := with_baseline(pairs, [*a.precision, *a.estimate_precision])):
+        say("[sweep] adding the all-bf16 run (bf16 + bf16 estimate): the baseline of vs_bf16")
     return pairs
 
 

@@ -69,11 +69,9 @@ from _common import print_table, save_json  # noqa: E402
 from _precisions import (  # noqa: E402
     MIN_VIDEOS,
     compare_precisions,
-    fp8_unavailable,
     precision_label,
     precision_name,
-    precision_pairs,
-    with_baseline,
+    runnable_pairs,
 )
 from _quality import Metrics, conditions, denoise, generate  # noqa: E402
 
@@ -304,20 +302,10 @@ def main(argv=None) -> int:
     p = int(pipe.transformer.config.patch_size)
     grid = (a.frames, a.height // p, a.width // p)
     n_video = grid[0] * grid[1] * grid[2]
-    head_dim = int(pipe.transformer.config.attention_head_dim)
-    pairs = precision_pairs(a.precision, a.estimate_precision, device, head_dim)
-    if pairs != (pairs := with_baseline(pairs)):
-        print("[sweep] adding the all-bf16 run (bf16 + bf16 estimate): the baseline of vs_bf16",
-              flush=True)  # fmt: skip
-    if any("fp8" in pair for pair in pairs):
-        why = fp8_unavailable(pipe, a, device)
-        for use, reason in why.items():
-            print(f"[sweep] skipping the runs with fp8 {use}: {reason}", flush=True)
-        pairs = [(p, e) for p, e in pairs
-                 if not (p == "fp8" and "attention" in why or e == "fp8" and "estimate" in why)]  # fmt: skip
-        if not pairs:
-            print("[sweep] nothing left to run (every run asked for needs fp8)", flush=True)
-            return 1
+    pairs = runnable_pairs(pipe, a, device, say=lambda m: print(m, flush=True))
+    if not pairs:
+        print("[sweep] nothing left to run (every run asked for needs fp8)", flush=True)
+        return 1
     runs = [(s, pair) for s in settings for pair in pairs]
     names = ", ".join(precision_name(p, e) for p, e in pairs)
     print(f"[sweep] {len(settings)} settings x {len(pairs)} precision(s) "

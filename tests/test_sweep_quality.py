@@ -13,6 +13,7 @@ from ._benchmarks import load_benchmark
 sq = load_benchmark("sweep_quality")
 view = load_benchmark("_attention_view")
 quality = load_benchmark("_quality")
+precisions = load_benchmark("_precisions")
 
 
 def _args(*extra: str) -> argparse.Namespace:
@@ -93,7 +94,7 @@ def test_preset_setting_carries_the_preset_fields_but_not_the_command_lines():
 ])  # fmt: skip
 def test_precision_pairs_resolve_auto_and_drop_repeats(prec, est, want):
     a = _args("--precision", prec, "--estimate-precision", est)
-    assert sq.precision_pairs(a.precision, a.estimate_precision) == want
+    assert precisions.precision_pairs(a.precision, a.estimate_precision) == want
     labels = {sq._row_label(sq.BASE, p, e).removeprefix(sq._label(sq.BASE)) for p, e in want}
     names = {
         ("bf16", "bf16"): "",
@@ -113,12 +114,54 @@ def test_an_fp8_sweep_on_hopper_gets_its_all_bf16_baseline(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device=None: SimpleNamespace(major=9))  # fmt: skip
     a = _args("--precision", "bf16,fp8")
-    pairs = sq.precision_pairs(a.precision, a.estimate_precision, "cuda", 64)
+    pairs = precisions.precision_pairs(a.precision, a.estimate_precision, "cuda", 64)
     assert pairs == [("bf16", "fp8"), ("fp8", "fp8")]
-    assert sq.with_baseline(pairs) == [("bf16", "bf16"), ("bf16", "fp8"), ("fp8", "fp8")]
-    assert sq.with_baseline([("bf16", "bf16")]) == [("bf16", "bf16")]  # nothing to compare
+    asked = [*a.precision, *a.estimate_precision]
+    assert precisions.with_baseline(pairs, asked) == [
+        ("bf16", "bf16"),
+        ("bf16", "fp8"),
+        ("fp8", "fp8"),
+    ]
+    assert precisions.with_baseline([("bf16", "bf16")], asked) == [
+        ("bf16", "bf16")
+    ]  # nothing to compare
     both = [("bf16", "bf16"), ("fp8", "fp8")]
-    assert sq.with_baseline(both) == both
+    assert precisions.with_baseline(both, asked) == both
+
+
+def _hopper_pipe(monkeypatch, why: dict[str, str]):
+    """A pipe stand-in of head dim 64 on a simulated Hopper GPU where ``why`` says what of fp8
+    does not run."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=9))  # fmt: skip
+    monkeypatch.setattr(precisions, "fp8_unavailable", lambda pipe, a, device: why)
+    return SimpleNamespace(transformer=SimpleNamespace(config=SimpleNamespace(
+        attention_head_dim=64)))  # fmt: skip
+
+
+def test_the_default_sweep_on_hopper_runs_each_setting_once(monkeypatch):
+    """The default --precision bf16 (estimate "auto": fp8 on Hopper) got the all-bf16 run
+    added as well: every setting ran twice, and the recommendation could pick the non-default
+    all-bf16 row."""
+    pipe = _hopper_pipe(monkeypatch, {})
+    said = []
+    assert precisions.runnable_pairs(pipe, _args(), "cuda", said.append) == [("bf16", "fp8")]
+    assert said == []
+    got = precisions.runnable_pairs(pipe, _args("--estimate-precision", "fp8"), "cuda", said.append)
+    assert got == [("bf16", "bf16"), ("bf16", "fp8")]  # fp8 asked for: its baseline added
+
+
+def test_an_fp8_only_sweep_where_fp8_attention_cannot_run_leaves_nothing(monkeypatch):
+    """The baseline was added before the fp8 runs that cannot run were dropped: an fp8-only
+    sweep ran the all-bf16 run it never asked for and exited 0 with an empty vs_bf16."""
+    pipe = _hopper_pipe(monkeypatch, {"attention": "no fp8 attention here"})
+    said = []
+    assert precisions.runnable_pairs(pipe, _args("--precision", "fp8"), "cuda", said.append) == []
+    assert said == ["[sweep] skipping the runs with fp8 attention: no fp8 attention here"]
+    got = precisions.runnable_pairs(pipe, _args("--precision", "bf16,fp8"), "cuda", said.append)
+    assert got == [("bf16", "bf16"), ("bf16", "fp8")]
 
 
 @pytest.mark.parametrize("block", ["128", "16"])
@@ -129,7 +172,7 @@ def test_fp8_probe_runs_the_estimate_at_every_block_size(block):
     from types import SimpleNamespace
 
     tr = SimpleNamespace(config=SimpleNamespace(attention_head_dim=16), dtype=torch.float32)
-    why = sq.fp8_unavailable(SimpleNamespace(transformer=tr), _args("--block-size", block),
+    why = precisions.fp8_unavailable(SimpleNamespace(transformer=tr), _args("--block-size", block),
                              torch.device("cpu"))  # fmt: skip
     assert "estimate" not in why
     if not torch.cuda.is_available():
