@@ -229,9 +229,15 @@ def compare_runs(
     }
     report["figures"] = _draw_figures(report, dense, sparse, out, strip_frames)
     report = _json_clean(report)
-    write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    write_text(out / "report.md", render_markdown(report))
-    write_text(out / "report.html", render_html(report))
+    texts = {  # all rendered before any is written: a failure leaves no mix of two reports
+        "report.json": json.dumps(report, indent=2, allow_nan=False) + "\n",
+        "report.md": render_markdown(report),
+        "report.html": render_html(report),
+    }
+    for name, text in texts.items():
+        # a run path that is not UTF-8 (undecodable bytes are lone surrogates) is written as
+        # its escapes, as json.dumps writes it, not a UnicodeEncodeError after report.json
+        write_text(out / name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
     return report
 
 

@@ -118,6 +118,8 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if cold:
             if not v.get("same_input", True):
                 row.append("no: not in the aggregate")
+            elif all(v["speedup"][k] is None for k in ("total", "denoise")):
+                row.append("no: no timings")
             else:
                 row.append("no: first in its process" if v["prompt_index"] in cold else "yes")
         rows.append(row)

@@ -258,7 +258,7 @@ def test_markdown_report(compared) -> None:
     report, out, *_ = compared
     md = (out / "report.md").read_text()
     assert GPU in md
-    assert "only dense [3], only sparse [4]" in md
+    assert "only dense \\[3\\], only sparse \\[4\\]" in md  # brackets literal, not a link
     rows = [line for line in md.splitlines() if line.startswith("| 0000")]
     assert len(rows) == 3
     for v, row in zip(report["videos"], rows, strict=True):
@@ -528,6 +528,10 @@ def test_speedup_says_when_every_pair_was_first_in_its_process(tmp_path: Path) -
     ax = figs["speedup.png"].axes[0]
     assert [p.get_hatch() for p in ax.patches] == ["//", None] * 2  # total, then denoise bars
     assert ax.get_title().startswith("hatched: first in its process")
+    # the key shows each timing's plain colour (it took the first bars' hatch when the first
+    # prompt was the one left out)
+    key = ax.get_legend().get_patches()
+    assert [(p.get_hatch(), p.get_alpha()) for p in key] == [(None, None), (None, None)]
 
 
 @pytest.mark.parametrize(
