@@ -482,3 +482,52 @@ def test_a_prompt_folder_that_cannot_be_made_is_a_write_failure(tmp_path: Path, 
         rundir.start_prompt_dir(tmp_path / "00002")
     assert exc.value.errno == errno.ENOSPC
     assert exc.value.strerror == f"could not prepare {tmp_path / '00002'}: No space left on device"
+
+
+def test_the_lock_file_takes_the_umasks_permissions(tmp_path: Path):
+    """It was created 0o644 whatever the umask: in a group-shared folder (umask 002) every
+    file was group-writable but .lock, and a second user of the group was told the folder
+    "is not writable"."""
+    old = os.umask(0o002)
+    try:
+        with runlock.RunLock(tmp_path) as lock:
+            assert lock.acquire()
+    finally:
+        os.umask(old)
+    assert (tmp_path / rundir.LOCK_FILE).stat().st_mode & 0o777 == 0o664
+
+
+def test_another_users_read_only_lock_file_is_still_locked(tmp_path: Path, monkeypatch):
+    """A .lock another user made read-only (before the fix above) in a folder this user may
+    write: the lock is taken through a read-only descriptor (simulated: tests may run as
+    root), so the run resumes and a second writer is still kept out."""
+    (tmp_path / rundir.LOCK_FILE).write_text("4242\n")
+    real = runlock._open_lock_file
+
+    def lock_file_denied(path):
+        if Path(path).name == rundir.LOCK_FILE:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(runlock, "_open_lock_file", lock_file_denied)
+    with runlock.RunLock(tmp_path) as lock:
+        assert lock.acquire() and runlock.writable_dir(tmp_path)
+        with pytest.raises(rundir.RunDirLocked, match=r"pid 4242"):
+            runlock.RunLock(tmp_path).acquire()
+
+
+def test_a_file_system_without_flock_goes_on_unlocked_with_a_warning(tmp_path, monkeypatch,
+                                                                     caplog):  # fmt: skip
+    """ENOLCK (NFS mounted nolock) was reported as "being written by another generate process
+    (pid N)", N a long-dead earlier holder, on every run."""
+    import fcntl
+
+    (tmp_path / rundir.LOCK_FILE).write_text("4242\n")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="xattn_video.runlock"):
+        assert runlock.RunLock(tmp_path).acquire() is True
+    assert "cannot lock files" in caplog.text and "second generate process" in caplog.text

@@ -2,14 +2,18 @@
 at a time, and a read-only directory is found by trying, not guessed.
 
 ``RUN_DIR/.lock`` (:data:`.rundir.LOCK_FILE`) holds the holder's pid under an exclusive
-``flock``; the lock dies with its process, so a crash leaves no stale lock.
+``flock``; the lock dies with its process, so a crash leaves no stale lock. It is created with
+the umask's permissions (a group-shared folder's other users can take it too); one that another
+user created read-only is locked through a read-only descriptor (its pid then not rewritten).
 
-Not supported: file systems without ``flock`` (Windows, some NFS).
+Not supported: locking on file systems without ``flock`` (Windows, NFS mounted ``nolock``):
+``generate`` warns and goes on unlocked there, so nothing stops a second writer.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -17,9 +21,13 @@ from pathlib import Path
 from .atomic import TMP_MARK
 from .rundir import LOCK_FILE, PathLike, RunDirLocked
 
+logger = logging.getLogger(__name__)
+
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
 
 def _open_lock_file(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides (shared folders)
 
 
 class RunLock:
@@ -35,30 +43,45 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        """Take the lock; False when the directory is not writable.
+        """Take the lock; False when the directory is not writable (a True does not say it
+        is: a read-only lock file can be locked; :func:`writable_dir` tries a write).
 
         Raises:
             RunDirLocked: another process holds it.
         """
         import fcntl
 
+        writable = True
         try:
             fd = _open_lock_file(self.path)
         except OSError as e:
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if e.errno not in _DENIED:
+                raise
+            try:  # another user's read-only lock file in a folder we may still write to
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
                 return False
-            raise
+            writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # no flock here (ENOLCK)
+                os.close(fd)
+                logger.warning(
+                    "%s: this file system cannot lock files (%s); going on without the run "
+                    "lock, so nothing stops a second generate process from writing here",
+                    self.path.parent, os.strerror(e.errno or 0),
+                )  # fmt: skip
+                return True
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RunDirLocked(
                 f"{self.path.parent} is being written by another generate process (pid "
                 f"{holder}); wait for it to finish, then rerun to resume, or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return True
 
