@@ -108,6 +108,10 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         raise SetupError(f"ulysses must be a positive integer, got {opts.ulysses!r}")
     if not is_json_int(opts.seed) or not 0 <= opts.seed < SEED_END:
         raise SetupError(f"seed must be an integer in [0, 2**64), got {opts.seed!r}")
+    for name in ("limit", "sample"):  # run.json records them: plain ints, as the sizes
+        value = getattr(opts, name)
+        if value is not None and (not is_json_int(value) or value < 1):
+            raise SetupError(f"{name} must be a positive integer, got {value!r}")
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise SetupError(f"dtype must be one of {tuple(DTYPES)}, got {opts.dtype!r}")
     if opts.device is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,12 @@ def _opts(**kw) -> GenerateOptions:
     ({"attention": "dense", "config": xv.XAttentionConfig()}, "config was given for a dense run"),
     ({"model_path": "a", "model_id": "b"}, "either --model-path or --model-id"),
     ({"device": "nonsense:x"}, "is not a torch device"),
+    # numpy ints passed every check and crashed writing run.json after the pipeline loaded;
+    # 2.0 failed slicing the prompts; True was 1
+    ({"limit": np.int64(2)}, r"limit must be a positive integer, got np.int64\(2\)"),
+    ({"limit": 2.0}, "limit must be a positive integer, got 2.0"),
+    ({"limit": 0}, "limit must be a positive integer, got 0"),
+    ({"sample": True}, "sample must be a positive integer, got True"),
 ])  # fmt: skip
 def test_resolve_options_refuses(kw, message):
     with pytest.raises(SetupError, match=message):
