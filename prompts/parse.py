@@ -62,11 +62,12 @@ def prompts_from_json(data: Any, source: str) -> list[Prompt]:
             text, dims = entry, ()
         elif isinstance(entry, dict):
             text = entry.get("prompt_en")
-            if text is None:  # null or missing: a spreadsheet export's empty column
-                text = entry.get("prompt")
+            if text is None or (isinstance(text, str) and not text.strip()):
+                text = entry.get("prompt")  # null, missing or blank: an export's empty column
             if not isinstance(text, str):
                 raise ValueError(f"{source}: entry {i} has no string 'prompt' or 'prompt_en'")
-            dims = _dimensions(entry.get("dimension", ()), source, i)
+            dim = entry.get("dimension")
+            dims = () if dim is None else _dimensions(dim, source, i)  # null: no tags
         else:
             raise ValueError(
                 f"{source}: entry {i} must be a string or an object, got {type(entry).__name__}"

@@ -222,6 +222,18 @@ def test_a_null_prompt_en_falls_back_to_prompt(tmp_path: Path) -> None:
     assert load_prompts(f) == [Prompt(0, "a cat"), Prompt(1, "b")]
 
 
+def test_a_blank_prompt_en_and_a_null_dimension_are_empty_columns_too(tmp_path: Path) -> None:
+    """Only a null prompt_en fell back to "prompt": a blank one failed the file as "an empty
+    prompt", and a null "dimension" failed it as not a string or a list."""
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps([{"prompt_en": " ", "prompt": "a cat", "dimension": None},
+                             {"prompt_en": "b", "dimension": "scene"}]))  # fmt: skip
+    assert load_prompts(f) == [Prompt(0, "a cat"), Prompt(1, "b", ("scene",))]
+    f.write_text(json.dumps([{"prompt": "a", "dimension": 0}]))
+    with pytest.raises(ValueError, match="'dimension' must be a string or a list of strings"):
+        load_prompts(f)
+
+
 def test_the_suite_file_may_carry_a_byte_order_mark(tmp_path: Path) -> None:
     """Every prompt file was read as utf-8-sig but the standard one: a VBench_full_info.json
     re-saved with a BOM was called a cut or damaged copy."""
