@@ -6,9 +6,9 @@ Formats:
   Unicode line breaks such as U+2028 stay inside the prompt); surrounding whitespace is stripped
   and blank lines are skipped (indices count the kept prompts, 0-based).
 - A user ``.json`` file: a list of strings, or a list of objects with ``"prompt"`` or
-  ``"prompt_en"`` (``"prompt_en"`` wins where both are given) and an optional ``"dimension"``
-  (a string, kept whole as one tag, or a list of strings). VBench's own file is a special case
-  of this.
+  ``"prompt_en"`` (a non-blank ``"prompt_en"`` wins where both are given) and an optional
+  ``"dimension"`` (a string, kept whole as one tag, or a list of strings; null: none). VBench's
+  own file is a special case of this.
 
 Not supported: CSV/YAML, nested ``{"prompts": [...]}`` objects, per-prompt seeds or indices.
 """
