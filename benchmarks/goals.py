@@ -4,8 +4,9 @@ numbers come from the files and not from hand copying.
     python benchmarks/goals.py docs/results/bench_attention_h200_<sha>_{119056,67576}.json \\
         [--pipeline docs/results/bench_pipeline_h200_<sha>.json] [--json out.json]
 
-Prints one Markdown table: a row per goal, a column per file (its token count), each cell the
-measured value and whether it meets the goal. Every ratio is to the first "sdpa cuDNN dense"
+Prints one Markdown table: a row per goal, a column per length (``bench_attention``) or
+resolution (``bench_pipeline``) of each file, each cell the measured value and whether it meets
+the goal. Every ratio is to the first "sdpa cuDNN dense"
 row of its own file (what ``bench_attention.py`` measures first, in the same process):
 
 - sparse kernels: effective throughput / cuDNN's = density x cuDNN ms / ms, the least over
@@ -16,8 +17,8 @@ row of its own file (what ``bench_attention.py`` measures first, in the same pro
   dim 128; files from before that field say nothing, and both estimates are shown);
 - whole op at ratio 0.3, S=8: cuDNN ms / ms, the default (bf16 attention with that estimate)
   and fp8 attention + fp8 estimate;
-- pipeline (``bench_pipeline.py``): the 50-step projection with its warm-up dense steps
-  against diffusers' default, for the default estimate and all-bf16.
+- pipeline (``bench_pipeline.py``, its ratio-0.3 rows): the 50-step projection with its
+  warm-up dense steps against diffusers' default, for the default estimate and all-bf16.
 
 Not supported: files from other benchmarks, or rows the file does not have (they show "-").
 """
@@ -41,6 +42,15 @@ def _rows(data: dict) -> dict[str, dict]:
     for row in data.get("rows", []):
         out.setdefault(row["method"], row)
     return out
+
+
+def split(data: dict, key: str) -> list[tuple[object, dict]]:
+    """A file's rows per ``key`` value (``"n"``: a ``bench_attention`` length, ``"res"``: a
+    ``bench_pipeline`` resolution), in the file's order, each as a file of its own."""
+    groups: dict[object, list[dict]] = {}
+    for row in data.get("rows", []):
+        groups.setdefault(row.get(key), []).append(row)
+    return [(k, {**data, "rows": rows}) for k, rows in groups.items()]
 
 
 def default_estimate(data: dict, head_dim: int = 128) -> str | None:
@@ -100,8 +110,7 @@ def pipeline_goals(data: dict) -> dict[str, float | None]:
         row = rows.get(method)
         return None if row is None else row.get("projected_speedup_vs_default")
 
-    ratio = next((r for r in data.get("config", {}).get("ratios", [])), 0.3)
-    base = f"xattn ratio={ratio}"
+    base = "xattn ratio=0.3"  # the goal's density
     fp8est = proj(f"{base} bf16 + fp8 estimate")
     return {
         "pipeline_default": (fp8est if est == "fp8" else proj(base)) if est else None,
@@ -175,12 +184,8 @@ def _load(path: str) -> dict:
     return data
 
 
-def _title(data: dict, path: str) -> str:
+def _title(data: dict, what: object) -> str:
     env = data.get("environment", {})
-    seq = (
-        data.get("config", {}).get("seq") or data.get("config", {}).get("res") or [Path(path).stem]
-    )
-    what = ", ".join(map(str, seq))
     done = "" if data.get("complete", True) else ", incomplete"
     return f"{what} ({env.get('gpu', '?')}, git {env.get('git_sha') or '?'}{done})"
 
@@ -196,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give at least one bench_attention.py or --pipeline file")
     columns = []
     for path in args.attention:
-        data = _load(path)
-        try:
-            columns.append((_title(data, path), attention_goals(data)))
-        except ValueError as err:
-            raise SystemExit(f"goals.py: {path}: {err}") from err
+        for n, part in split(_load(path), "n"):
+            try:
+                columns.append((_title(part, n), attention_goals(part)))
+            except ValueError as err:
+                raise SystemExit(f"goals.py: {path}: {err}") from err
     for path in args.pipeline:
-        data = _load(path)
-        columns.append((_title(data, path), pipeline_goals(data)))
+        for res, part in split(_load(path), "res"):
+            columns.append((_title(part, res), pipeline_goals(part)))
     print(table(columns))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(columns), indent=1) + "\n", encoding="utf-8")

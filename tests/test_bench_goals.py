@@ -13,7 +13,7 @@ from ._benchmarks import load_benchmark
 goals = load_benchmark("goals")
 
 
-def _attention(auto: str | None = "fp8") -> dict:
+def _attention(auto: str | None = "fp8", n: int = 67576) -> dict:
     rows = [
         ("sdpa cuDNN dense", 100.0, 1.0),
         ("ours sparse d=1.0", 90.0, 1.0),
@@ -37,7 +37,7 @@ def _attention(auto: str | None = "fp8") -> dict:
     return {
         "environment": env,
         "config": {"seq": [67576]},
-        "rows": [{"method": m, "ms": ms, "density": d} for m, ms, d in rows],
+        "rows": [{"n": n, "method": m, "ms": ms, "density": d} for m, ms, d in rows],
         "complete": True,
     }
 
@@ -110,6 +110,37 @@ def test_main_prints_one_column_per_file(tmp_path, capsys):
     assert "pipeline" not in text  # no pipeline file: its goals' rows are left out
     saved = json.loads(out_json.read_text())
     assert saved["67576 (NVIDIA H200, git abc1234)"]["whole_op_fp8"] == pytest.approx(4.0)
+
+
+def test_each_length_and_resolution_of_a_file_is_its_own_column(tmp_path, capsys):
+    """A default run holds two lengths (two resolutions, two ratios): only the first length's
+    rows were read, under a title naming both, and the pipeline goal at 544p ratio 0.5."""
+    a, b = _attention(n=119056), _attention(n=67576)
+    for row in b["rows"]:
+        row["ms"] = row["ms"] / 2 if row["method"] == "ours sparse fp8 d=0.1" else row["ms"]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({**a, "rows": a["rows"] + b["rows"]}))
+    pipe = {
+        "environment": {"auto_estimate_of_bf16": {"128": "fp8"}},
+        "rows": [
+            {"res": res, "method": f"xattn ratio={r} bf16 + fp8 estimate",
+             "projected_speedup_vs_default": v}
+            for res, r, v in (("544p", 0.5, 1.5), ("544p", 0.3, 2.2), ("720p", 0.5, 2.0),
+                              ("720p", 0.3, 2.6))
+        ],
+    }  # fmt: skip
+    pipe_path = tmp_path / "p.json"
+    pipe_path.write_text(json.dumps(pipe))
+    out = tmp_path / "v.json"
+    assert goals.main([str(path), "--pipeline", str(pipe_path), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert list(saved) == [
+        "119056 (NVIDIA H200, git abc1234)", "67576 (NVIDIA H200, git abc1234)",
+        "544p (?, git ?)", "720p (?, git ?)",
+    ]  # fmt: skip
+    fp8 = [v["fp8_sparse_0.1"] for v in saved.values() if "fp8_sparse_0.1" in v]
+    assert fp8 == pytest.approx([1.25, 2.5])
+    assert [v["pipeline_default"] for k, v in saved.items() if "p (" in k] == [2.2, 2.6]
 
 
 def test_main_refuses_files_it_cannot_read(tmp_path):
