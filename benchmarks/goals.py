@@ -184,6 +184,36 @@ def _load(path: str) -> dict:
     return data
 
 
+def rows_table(data: dict) -> str:
+    """Markdown: every row of a ``bench_attention.py`` file (each length's rows in the file's
+    order) with its median ms, time and effective throughput relative to that length's first
+    cuDNN row; whole-op rows' last column is their speed-up (cuDNN ms / ms)."""
+    lines = [
+        "| N tokens | method | median ms | x cuDNN dense time | density | eff. TFLOP/s "
+        "| eff. throughput / cuDNN dense |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for n, part in split(data, "n"):
+        cudnn = _rows(part).get(CUDNN, {}).get("ms")
+        for row in part["rows"]:
+            ms, density, tflops = row["ms"], row.get("density"), row.get("tflops")
+            time_ratio = f"{ms / cudnn:.3f}" if cudnn else ""
+            if not cudnn or density is None or row["method"].startswith("ours estimate"):
+                last = ""
+            elif "whole op" in row["method"]:
+                last = f"**{cudnn / ms:.2f}x faster**"
+            else:
+                last = f"{density * cudnn / ms:.2f}"
+            lines.append(
+                f"| {n:,} | {row['method']} | {ms:.{2 if ms < 100 else 1}f} | {time_ratio} | "
+                + ("" if density is None else f"{density:.2f}")
+                + " | "
+                + ("" if tflops is None else f"{tflops:.0f}")
+                + f" | {last} |"
+            )
+    return "\n".join(lines)
+
+
 def _title(data: dict, what: object) -> str:
     env = data.get("environment", {})
     done = "" if data.get("complete", True) else ", incomplete"
@@ -196,9 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipeline", action="append", default=[],
                     help="a bench_pipeline.py JSON file (repeatable)")  # fmt: skip
     ap.add_argument("--json", help="also write the values to this file")
+    ap.add_argument("--rows", action="store_true",
+                    help="print every row of the bench_attention.py files instead")  # fmt: skip
     args = ap.parse_args(argv)
     if not args.attention and not args.pipeline:
         ap.error("give at least one bench_attention.py or --pipeline file")
+    if args.rows:
+        if args.pipeline or not args.attention:
+            ap.error("--rows takes bench_attention.py files only")
+        print("\n\n".join(rows_table(_load(path)) for path in args.attention))
+        return 0
     columns = []
     for path in args.attention:
         for n, part in split(_load(path), "n"):

@@ -151,3 +151,22 @@ def test_main_refuses_files_it_cannot_read(tmp_path):
     bad.write_text("[]")
     with pytest.raises(SystemExit, match="not a benchmark JSON"):
         goals.main([str(bad)])
+
+
+def test_rows_table_shows_each_row_against_its_lengths_cudnn(tmp_path, capsys):
+    data = _attention()
+    data["rows"][1]["tflops"] = 123.4
+    lines = goals.rows_table(data).splitlines()
+    assert lines[2] == "| 67,576 | sdpa cuDNN dense | 100.0 | 1.000 | 1.00 |  | 1.00 |"
+    assert lines[3] == "| 67,576 | ours sparse d=1.0 | 90.00 | 0.900 | 1.00 | 123 | 1.11 |"
+    assert "| 67,576 | ours estimate S=8 | 8.00 | 0.080 | 0.06 |  |  |" in lines
+    assert (
+        "| 67,576 | ours whole op xattention fp8 + fp8 estimate ratio=0.3 S=8 | 25.00 | 0.250 "
+        "| 0.30 |  | **4.00x faster** |"
+    ) in lines
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    assert goals.main(["--rows", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[3] == lines[3]
+    with pytest.raises(SystemExit):
+        goals.main(["--rows", "--pipeline", str(path)])
