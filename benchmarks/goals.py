@@ -215,6 +215,8 @@ def rows_table(data: dict) -> str:
 
 
 def _title(data: dict, what: object) -> str:
+    """A column's title: the length (as "119,056 tokens") or resolution, GPU and git SHA."""
+    what = f"{what:,} tokens" if isinstance(what, int) else what
     env = data.get("environment", {})
     done = "" if data.get("complete", True) else ", incomplete"
     return f"{what} ({env.get('gpu', '?')}, git {env.get('git_sha') or '?'}{done})"

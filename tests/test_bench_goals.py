@@ -105,11 +105,11 @@ def test_main_prints_one_column_per_file(tmp_path, capsys):
     out_json = tmp_path / "v.json"
     assert goals.main([str(path), "--json", str(out_json)]) == 0
     text = capsys.readouterr().out
-    assert "| 67576 (NVIDIA H200, git abc1234) |" in text
+    assert "| 67,576 tokens (NVIDIA H200, git abc1234) |" in text
     assert "| fp8 sparse, same, density 0.1 | ≥ 1.50x | 1.25x **missed** by 16.7% |" in text
     assert "pipeline" not in text  # no pipeline file: its goals' rows are left out
     saved = json.loads(out_json.read_text())
-    assert saved["67576 (NVIDIA H200, git abc1234)"]["whole_op_fp8"] == pytest.approx(4.0)
+    assert saved["67,576 tokens (NVIDIA H200, git abc1234)"]["whole_op_fp8"] == pytest.approx(4.0)
 
 
 def test_each_length_and_resolution_of_a_file_is_its_own_column(tmp_path, capsys):
@@ -135,7 +135,7 @@ def test_each_length_and_resolution_of_a_file_is_its_own_column(tmp_path, capsys
     assert goals.main([str(path), "--pipeline", str(pipe_path), "--json", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert list(saved) == [
-        "119056 (NVIDIA H200, git abc1234)", "67576 (NVIDIA H200, git abc1234)",
+        "119,056 tokens (NVIDIA H200, git abc1234)", "67,576 tokens (NVIDIA H200, git abc1234)",
         "544p (?, git ?)", "720p (?, git ?)",
     ]  # fmt: skip
     fp8 = [v["fp8_sparse_0.1"] for v in saved.values() if "fp8_sparse_0.1" in v]
