@@ -9,8 +9,8 @@ get no estimated mass, are never selected and never attended. Tokens from ``dens
 
 Backends: ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``, fp32/fp16 only: the
 interpreter's bf16 ``tl.dot`` is wrong, so bf16 there raises ``ValueError``), ``"torch"`` (the
-PyTorch references; materialises the score matrix, for CPU and tests), ``"auto"`` (Triton on
-CUDA, torch otherwise).
+PyTorch references; materialises the score matrix, for CPU and tests), ``"auto"`` (Triton on CUDA,
+torch otherwise).
 
 Non-finite input (one policy, both backends): NaN / Inf propagate and are never hidden, more
 widely than in dense attention (an Inf value there can stay in its own column). A NaN or Inf
@@ -19,11 +19,10 @@ spreads a NaN to every row through the softmax); one in a query row
 makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
 are ignored like the rest of the padding (the kernels zero them where a tile holds some:
-0 * NaN would be NaN). The block mask estimated for such a head or block is
-unspecified. The check costs one pass over q, k and v per call (calls with fp8 attention or an fp8
-estimate take the flags from their quantization's reads instead) and one over the flags, on the
-device (two Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch
-backend), no host sync.
+0 * NaN would be NaN). The block mask estimated for such a head or block is unspecified. The
+check costs one pass over q, k and v per call (calls with fp8 attention or an fp8 estimate take
+the flags from their quantization's reads instead) and one over the flags, on the device (two
+Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch backend), no sync.
 
 Gradients: the Triton backend is forward only (a backward raises ``library.NO_BACKWARD``; run
 inference under ``torch.no_grad()``); the torch backend, eager or compiled, is differentiable
@@ -61,6 +60,7 @@ from .library import (
 from .op_checks import BLOCK_SIZES as BLOCK_SIZES
 from .op_checks import STRIDES as STRIDES
 from .op_checks import (
+    as_ints,
     check_block_stride,
     check_dense_from,
     check_estimate_kernel,
@@ -89,8 +89,8 @@ def resolve_backend(backend: str, t: torch.Tensor) -> str:
         return "triton" if (t.is_cuda and HAS_TRITON) else "torch"
     if backend == "triton" and not triton_usable(t):
         raise ValueError(
-            "backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); "
-            f"got a tensor on {t.device}"
+            "backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1, set "
+            f"before xattn_video is imported); got a tensor on {t.device}"
         )
     return backend
 
@@ -159,6 +159,7 @@ def estimate_block_mask(
     estimate's strided logits take ``scale / stride``, so ``threshold`` is a share of that
     attention's mass.
     """
+    block_size, stride = as_ints(block_size, stride)
     check_estimate_kernel(kernel, "kernel")
     return _estimate_mask(
         q, k, None, threshold=threshold, stride=stride, block_size=block_size, kv_len=kv_len,
@@ -247,6 +248,7 @@ def block_scores(
     q: (B, H, Nq, D), k: (B, H, Nk, D) -> (B, H, Nbq, Nbk) float32 strided-antidiagonal block
     mass; keys >= kv_len[b] get none.
     """
+    block_size, stride = as_ints(block_size, stride)
     check_qk(q, k)
     check_block_stride(block_size, stride, estimate=True)
     B, _, _, D = q.shape
@@ -283,6 +285,7 @@ def block_sparse_attention(
     zeros. Returns out (B, H, N, D) and, with ``return_lse``, lse (B, H, N) float32 (natural
     log; -inf for empty rows). NaN / Inf input: see the module docstring (propagated).
     """
+    (block_size,) = as_ints(block_size)
     backend = _attention_checks(
         q, k, v, block_size=block_size, scale=scale, backend=backend, precision=precision
     )
@@ -406,6 +409,7 @@ def xattention(
     Returns ``out`` (B, H, N, D), or a tuple ``(out, mask)``, ``(out, lse)`` or
     ``(out, mask, lse)`` as requested; mask is (B, H, Nbq, Nbk) bool, lse (B, H, N) float32.
     """
+    block_size, stride = as_ints(block_size, stride)
     check_estimate_kernel(estimate_kernel)
     estimated = mask is None
     fp8 = None

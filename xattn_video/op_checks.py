@@ -16,6 +16,7 @@ Not supported: checks that need the data on the host on CUDA (they are deferred,
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -56,6 +57,12 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
         raise ValueError("q and k need at least one token")
     if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[3] == 0:
         raise ValueError(f"q needs at least one sample, head and channel, got {tuple(q.shape)}")
+
+
+def as_ints(*xs: Any) -> tuple[Any, ...]:
+    """Each integer scalar as a Python int (a NumPy int from a sweep grid passed the checks and
+    then failed inside a Triton launch), anything else as given, for the checks to refuse."""
+    return tuple(int(x) if is_integer(x) else x for x in xs)
 
 
 def check_block_stride(block_size: int, stride: int | None, *, estimate: bool = False) -> None:

@@ -21,6 +21,17 @@ try:  # Triton is a Linux-only dependency; the torch references work without it.
 except ImportError:  # pragma: no cover - exercised only on platforms without Triton
     HAS_TRITON = False
 
+try:  # how this process's kernels were built: @triton.jit reads TRITON_INTERPRET once, then
+    from triton.runtime.interpreter import InterpretedFunction
+
+    @triton.jit
+    def _probe():  # pragma: no cover - never launched
+        pass
+
+    BUILT_INTERPRETED = isinstance(_probe, InterpretedFunction)
+except ImportError:  # pragma: no cover - no Triton, or one without this module
+    BUILT_INTERPRETED = None
+
 try:  # host-side TMA descriptors (Triton >= 3.4)
     from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
 
@@ -52,10 +63,14 @@ def interpreter_enabled() -> bool:
     """True when Triton kernels run in the CPU interpreter: ``TRITON_INTERPRET`` read as Triton
     reads it (``1`` / ``true`` / ``yes`` / ``on`` / ``y``, any case; ``false`` or ``2`` is off).
     A ``torch.compile`` graph keeps the value read while it was traced (as Triton keeps the
-    mode its kernels were built in)."""
+    mode its kernels were built in). False when the variable was set only after the kernels
+    were built in compiled mode (at import): they would fail on CPU tensors deep in a launch
+    ("0 active drivers"), where the op now says the variable is needed."""
     if HAS_TRITON and hasattr(triton, "knobs"):  # Triton >= 3.4: its own reading
-        return bool(triton.knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE_WORDS
+        enabled = bool(triton.knobs.runtime.interpret)
+    else:
+        enabled = os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE_WORDS
+    return enabled and BUILT_INTERPRETED is not False
 
 
 def on_tensor_device(fn):
@@ -100,10 +115,12 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def kv_len_tensor(kv_len: torch.Tensor | None, batch: int, n_k: int, device) -> torch.Tensor:
-    """Valid key length per sample as an int32 tensor (B,) on ``device``; None means all keys."""
+    """Valid key length per sample as a contiguous int32 tensor (B,) on ``device`` (the kernels
+    read ``KV_LEN + b``: a strided or expanded view read other samples' lengths, or past its
+    storage); None means all keys."""
     if kv_len is None:
         return torch.full((batch,), n_k, dtype=torch.int32, device=device)
-    return kv_len.to(device=device, dtype=torch.int32)
+    return kv_len.to(device=device, dtype=torch.int32).contiguous()
 
 
 def zero_padding(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
