@@ -124,6 +124,33 @@ def test_mask_reuse_compiles_a_bounded_number_of_variants(refresh):
     assert reused.count(True) == 3 * {2: 3, 3: 4}[refresh]
 
 
+def test_mask_reuse_under_guidance_compiles_the_same_three_variants():
+    """The mask cache was keyed by CFG branch inside the graph, so guidance compiled estimate
+    and reuse once per branch: 5 graphs here, 9 with Wan 2.2's two experts (past dynamo's
+    recompile limit of 8: `generate --compile` failed mid-run with FailOnRecompileLimitHit).
+    Steps alternate cond / uncond forwards, as a guided pipeline runs them."""
+
+    cfg = tiny_cfg(warmup_steps=1, mask_refresh=2)
+    eager, compiled = tiny_wan_transformer(), tiny_wan_transformer()
+    h_eager, h_comp = xv.apply_xattention(eager, cfg), xv.apply_xattention(compiled, cfg)
+    torch._dynamo.reset()
+    backend = CountingBackend(aot=False)
+    compile_below_hook(compiled, backend=backend, fullgraph=True)
+    with torch.no_grad():
+        for t in (900.0, 800.0, 700.0, 600.0, 500.0):
+            for branch, seed in (("cond", 0), ("uncond", 1)):
+                inp = {**wan_transformer_inputs(seed=seed), "timestep": torch.tensor([t])}
+                outs = []
+                for tr in (eager, compiled):
+                    with tr.cache_context(branch):
+                        outs.append(tr(**inp)[0])
+                torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    assert backend.graphs == 3  # dense, estimate, reuse: for both branches
+    reused = [(r.branch, r.reused) for r in h_comp.stats.records if r.sparse]
+    assert reused == [(r.branch, r.reused) for r in h_eager.stats.records if r.sparse]
+    assert {b for b, used in reused if used} == {"cond", "uncond"}
+
+
 def test_cost_dense_steps_and_later_warm_up_steps_replay_one_graph(monkeypatch):
     """auto_dense decided every layer dense for cost: the next sampling run's warm-up steps
     (dense by schedule) replay the graph of the cost-dense steps instead of a second graph (two

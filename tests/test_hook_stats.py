@@ -104,7 +104,7 @@ def test_scheduler_step_index_is_authoritative():
     ]  # fmt: skip
     sched.step_index = None  # a new pipeline call without reset in between (e.g. interrupted)
     attn = torch.nn.Identity()
-    ctl.masks.put(attn, "cond", torch.ones(1, 1, 1, 1, dtype=torch.bool), None)
+    ctl.masks.put(attn, torch.ones(1, 1, 1, 1, dtype=torch.bool), None)
     ctl.begin_forward(scheduler=sched)
     assert (ctl.step, ctl.sparse, ctl.run, len(ctl.masks)) == (0, False, 1, 0)
 
@@ -175,7 +175,7 @@ def test_new_scheduler_timesteps_start_a_new_run():
     attn = torch.nn.Identity()
     sched = SimpleNamespace(step_index=None, timesteps=torch.arange(4))
     ctl.begin_forward(scheduler=sched, context=CacheContext("cond"))
-    ctl.masks.put(attn, "cond", torch.ones(1, 1, 1, 1, dtype=torch.bool), None)
+    ctl.masks.put(attn, torch.ones(1, 1, 1, 1, dtype=torch.bool), None)
     ctl.begin_forward(scheduler=sched, context=CacheContext("uncond"))  # same call, same step
     assert (ctl.run, len(ctl.masks)) == (0, 1)
     sched.timesteps = torch.arange(4)  # set_timesteps of the next call

@@ -32,21 +32,37 @@ def test_mask_cache_serves_steps_that_reuse():
     attn = torch.nn.Identity()
     m = torch.ones(1, 1, 2, 2, dtype=torch.bool)
     kv = torch.tensor([30])
-    assert cache.get(attn, "cond", m.shape, kv) is None
-    cache.put(attn, "cond", m, kv)
-    assert cache.get(attn, "cond", m.shape, kv) is m
-    assert cache.get(attn, "cond", m.shape, kv, reuse=False) is None  # an estimating step
-    assert cache.get(attn, "cond", (1, 1, 3, 3), kv) is None  # another shape
-    assert cache.get(attn, "cond", m.shape, torch.tensor([20])) is None  # other padding
-    assert cache.get(attn, "cond", m.shape, None) is None  # no padding
-    assert cache.get(attn, "cond", m.shape, kv) is m  # as often as the controller says
-    assert cache.get(attn, "uncond", m.shape, kv) is None  # per branch
+    cache.prepare([attn], "cond")
+    assert cache.get(attn, m.shape, kv) is None
+    cache.put(attn, m, kv)
+    assert cache.get(attn, m.shape, kv) is m
+    assert cache.get(attn, m.shape, kv, reuse=False) is None  # an estimating step
+    assert cache.get(attn, (1, 1, 3, 3), kv) is None  # another shape
+    assert cache.get(attn, m.shape, torch.tensor([20])) is None  # other padding
+    assert cache.get(attn, m.shape, None) is None  # no padding
+    assert cache.get(attn, m.shape, kv) is m  # as often as the controller says
+    cache.prepare([attn], "uncond")
+    assert cache.get(attn, m.shape, kv) is None  # per branch
+    cache.prepare([attn], "cond")
+    assert cache.get(attn, m.shape, kv) is m
     assert len(cache) == 1
     cache.clear()
     assert len(cache) == 0
     one = MaskCache(refresh=1)
-    one.put(attn, "cond", m, kv)
+    one.prepare([attn], "cond")
+    one.put(attn, m, kv)
     assert len(one) == 0  # nothing kept (no memory) when masks are never reused
+
+
+def test_the_branch_is_chosen_outside_a_compiled_graph():
+    """get / put took the branch name and keyed entries by (module id, branch): a compiled
+    forward was guarded on the name, so guidance compiled the estimate and reuse variants once
+    per branch (5 graphs, and 9 for Wan 2.2's two experts, past dynamo's recompile limit of 8:
+    a fullgraph compile failed mid-run). The lookups now take no branch."""
+    import inspect
+
+    for method in (MaskCache.get, MaskCache.put, MaskCache.aux):
+        assert "branch" not in inspect.signature(method).parameters
 
 
 def test_mask_cache_owns_masks_a_compiled_graph_stored(monkeypatch):
@@ -57,18 +73,19 @@ def test_mask_cache_owns_masks_a_compiled_graph_stored(monkeypatch):
     cache = MaskCache(refresh=2)
     attn, other = torch.nn.Identity(), torch.nn.Identity()
     m, kv, order = torch.eye(3, dtype=torch.bool)[None, None], torch.tensor([40]), torch.arange(5)
-    cache.put(other, "cond", m, kv)  # eager
+    cache.prepare([attn, other], "cond")
+    cache.put(other, m, kv)  # eager
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    cache.put(attn, "cond", m, kv, aux=(order, order))
+    cache.put(attn, m, kv, aux=(order, order))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     cache.own()
-    got = cache.get(attn, "cond", m.shape, kv)
+    got = cache.get(attn, m.shape, kv)
     assert torch.equal(got, m) and got.data_ptr() != m.data_ptr()
     assert all(a.data_ptr() != order.data_ptr() and torch.equal(a, order)
-               for a in cache.aux(attn, "cond"))  # fmt: skip
-    assert cache.get(other, "cond", m.shape, kv) is m
+               for a in cache.aux(attn))  # fmt: skip
+    assert cache.get(other, m.shape, kv) is m
     cache.own()  # once: owned masks are not copied again
-    assert cache.get(attn, "cond", m.shape, kv) is got
+    assert cache.get(attn, m.shape, kv) is got
 
 
 def test_a_file_calibrated_again_with_other_settings_during_a_run_is_refused(tmp_path):

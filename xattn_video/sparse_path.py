@@ -63,9 +63,11 @@ class MaskCache:
 
     Which steps reuse is decided outside (the controller's ``reuse_masks``, from the step), so
     nothing here counts calls: a compiled graph reads the cache only when it reuses. The
-    controller creates the (attention module, branch) entries eagerly (:meth:`prepare`), so a
-    compiled estimating call only fills an existing entry: the cache's key set, which a graph
-    would be guarded on, does not change between the first and later estimates.
+    controller creates the forward's branch's entries eagerly and makes them the current ones
+    (:meth:`prepare`), so a compiled call neither reads the branch name nor changes the key set
+    it looks up: a graph guarded on either was compiled once per CFG branch (5 graphs for
+    dense + estimate + reuse under guidance, 9 with Wan 2.2's two experts: past dynamo's
+    recompile limit, a fullgraph compile failed mid-run).
     Memory: B * H * Nb^2 bytes per attention module and branch; nothing is kept when
     ``refresh == 1``. Cleared at every new sampling run.
 
@@ -77,30 +79,37 @@ class MaskCache:
 
     def __init__(self, refresh: int) -> None:
         self.refresh = refresh
-        self._entries: dict[tuple[int, str], _MaskEntry] = {}
+        self._branches: dict[str, dict[int, _MaskEntry]] = {}
+        self._current: dict[int, _MaskEntry] = {}  # id(attention module) -> entry, this branch
+
+    def _entries(self):
+        return (e for entries in self._branches.values() for e in entries.values())
 
     def __len__(self) -> int:
         """Masks held."""
-        return sum(e.mask is not None for e in self._entries.values())
+        return sum(e.mask is not None for e in self._entries())
 
     def prepare(self, attns, branch: str) -> None:
-        """Create empty entries for ``attns`` (attention modules) in ``branch`` (eager code)."""
+        """Create empty entries for ``attns`` (attention modules) in ``branch`` and make them the
+        current ones, which :meth:`get` / :meth:`put` use (eager code, before the forward)."""
         if self.refresh > 1:
+            self._current = self._branches.setdefault(branch, {})
             for attn in attns:
-                self._entries.setdefault((id(attn), branch), _MaskEntry())
+                self._current.setdefault(id(attn), _MaskEntry())
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._branches.clear()
+        self._current = {}
 
     def get(
         self,
         attn: torch.nn.Module,
-        branch: str,
         shape: tuple[int, ...],
         kv_len: torch.Tensor | None,
         reuse: bool = True,
     ) -> torch.Tensor | None:
-        """The cached mask of (attn, branch) if it may serve this call, else None.
+        """The cached mask of ``attn`` in the current branch if it may serve this call, else
+        None.
 
         reuse: this step reuses masks (the controller's ``reuse_masks``); False returns None
         without reading the cache. A mask serves only calls with the same mask shape and the
@@ -108,7 +117,7 @@ class MaskCache:
         """
         if self.refresh <= 1 or not reuse:
             return None
-        entry = self._entries.get((id(attn), branch))
+        entry = self._current.get(id(attn))
         if entry is None or entry.mask is None or tuple(entry.mask.shape) != tuple(shape):
             return None
         if (entry.kv_len is None) != (kv_len is None):
@@ -121,15 +130,15 @@ class MaskCache:
                 return None
         return entry.mask
 
-    def aux(self, attn: torch.nn.Module, branch: str) -> tuple | None:
-        """What was stored with (attn, branch)'s mask (the cluster orders), else None."""
-        entry = self._entries.get((id(attn), branch))
+    def aux(self, attn: torch.nn.Module) -> tuple | None:
+        """What was stored with ``attn``'s mask in the current branch (the cluster orders), else
+        None."""
+        entry = self._current.get(id(attn))
         return None if entry is None else entry.aux
 
     def put(
         self,
         attn: torch.nn.Module,
-        branch: str,
         mask: torch.Tensor,
         kv_len: torch.Tensor | None,
         aux: tuple | None = None,
@@ -138,9 +147,9 @@ class MaskCache:
         if self.refresh <= 1:
             return
         traced = torch.compiler.is_compiling()
-        entry = self._entries.get((id(attn), branch))
+        entry = self._current.get(id(attn))
         if entry is None:  # not prepared (a module the controller does not list)
-            self._entries[(id(attn), branch)] = _MaskEntry(mask, kv_len, aux, traced)
+            self._current[id(attn)] = _MaskEntry(mask, kv_len, aux, traced)
         else:
             entry.mask, entry.kv_len, entry.aux, entry.traced = mask, kv_len, aux, traced
 
@@ -148,7 +157,7 @@ class MaskCache:
         """Copy the masks (and their kv_len / cluster orders) that a compiled graph stored into
         memory of their own (eager code, before the next compiled call: see the class
         docstring)."""
-        for entry in self._entries.values():
+        for entry in self._entries():
             if entry.traced and entry.mask is not None:
                 entry.mask = entry.mask.clone()
                 if isinstance(entry.kv_len, torch.Tensor):
@@ -381,11 +390,11 @@ def sparse_attention(
         perm, inv = state.orders.permutation(state.grid, n_video, N, q.device, cfg.token_order)
         q, k, v = (x.index_select(2, perm) for x in (q, k, v))
     nb = -(-N // cfg.block_size)
-    mask = state.masks.get(attn, state.branch, (B, H, nb, nb), kv_len, state.reuse_masks)
+    mask = state.masks.get(attn, (B, H, nb, nb), kv_len, state.reuse_masks)
     reused = mask is not None
     aux = None
     if cfg.token_order == "cluster":
-        aux = state.masks.aux(attn, state.branch) if reused else None
+        aux = state.masks.aux(attn) if reused else None
         if aux is None:
             aux = cluster_orders(state, q, k, n_video)
             if reused:  # a mask without its orders cannot be reused
@@ -420,7 +429,7 @@ def sparse_attention(
         max_density=cfg.max_density if cfg.max_density < 1.0 else None,
     )
     if not reused:
-        state.masks.put(attn, state.branch, mask, kv_len, aux)
+        state.masks.put(attn, mask, kv_len, aux)
     if state.stats.enabled or state.auto_dense.enabled:
         # a device tensor, stamped with (run, step, branch) by the step hook: no host read,
         # and no step number in a compiled graph
