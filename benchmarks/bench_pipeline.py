@@ -255,8 +255,8 @@ def check_row_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
 def check_fp8_runs(args: argparse.Namespace) -> None:
     """Exit with a message when a sparse row asks for fp8 (attention or estimate) and this
     GPU is not sm90+ (the rows would fail after the model is built and the dense rows run)."""
-    pairs = precision_pairs(args.precisions, args.estimate_precisions, "cuda", HEAD_DIM)
-    if any("fp8" in pair for pair in pairs) and torch.cuda.get_device_capability() < (9, 0):
+    asked = "fp8" in (*args.precisions, *args.estimate_precisions)  # "auto" is fp8 on sm90 only
+    if asked and torch.cuda.get_device_capability() < (9, 0):
         sys.exit(f"fp8 rows need an sm90+ GPU (Hopper); this is {torch.cuda.get_device_name()}: "
                  "run with --precisions bf16 --estimate-precisions bf16")  # fmt: skip
 

@@ -292,6 +292,45 @@ def test_a_second_order_scheduler_counts_denoising_steps_not_forwards(name):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "label, t_start, rescale, begin",
+    [("text-to-video", 0, False, 0), ("no begin index", 0, False, None),
+     ("video-to-video from step 2", 2, False, None), ("timestep not in timesteps", 0, True, None)],
+)  # fmt: skip
+def test_heun_steps_count_from_where_the_call_starts(label, t_start, rescale, begin):
+    """A real Heun scheduler stepped after each forward, as a pipeline loop does. A start that
+    is not known at the first forward (a rescaled timestep) was put a whole denoising step (2
+    positions) before the first known step_index instead of one position, and a repeated
+    timestep matched its first copy where diffusers starts at the second."""
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    s = FlowMatchHeunDiscreteScheduler()
+    s.set_timesteps(5)  # 9 forwards
+    ts = s.timesteps[t_start * s.order :]  # WanVideoToVideo's get_timesteps
+    if begin is not None:
+        s.set_begin_index(begin)
+    ctl = XAttentionController(cfg_(warmup_steps=2))
+    x, got = torch.zeros(1, 4), []
+    for t in ts:
+        ctl.begin_forward(timestep=(t * 1.5 + 7 if rescale else t)[None], scheduler=s)
+        got.append(ctl.step)
+        x = s.step(torch.zeros_like(x), t, x).prev_sample
+    assert got == [i // 2 for i in range(len(ts))] and ctl.num_steps == -(-len(ts) // 2)
+
+
+def test_a_repeated_timestep_is_matched_where_diffusers_starts():
+    """HeunDiscreteScheduler in a video-to-video call (add_noise, no begin index): the first
+    forward's timestep, held twice in timesteps, was placed at its first copy, one position
+    early, so each step's second forward counted as the next step."""
+    from xattn_video import schedule
+
+    ts = torch.tensor([999.0, 666.0, 666.0, 333.0, 333.0, 0.0, 0.0])
+    sched = SimpleNamespace(step_index=None, timesteps=ts)
+    assert schedule.scheduler_index(sched, torch.tensor([333.0])) == 4
+    assert schedule.scheduler_index(sched, torch.tensor([999.0])) == 0
+    assert schedule.scheduler_index(sched, torch.tensor([500.0])) is None
+
+
 def test_warmup_counts_heun_steps_in_a_wan_pipeline():
     from diffusers import FlowMatchHeunDiscreteScheduler
 

@@ -229,6 +229,9 @@ def test_a_blank_prompt_en_and_a_null_dimension_are_empty_columns_too(tmp_path: 
     f.write_text(json.dumps([{"prompt_en": " ", "prompt": "a cat", "dimension": None},
                              {"prompt_en": "b", "dimension": "scene"}]))  # fmt: skip
     assert load_prompts(f) == [Prompt(0, "a cat"), Prompt(1, "b", ("scene",))]
+    f.write_text(json.dumps([{"prompt_en": "  "}]))  # blank and nothing else: said as such
+    with pytest.raises(ValueError, match="entry 0 has an empty prompt"):
+        load_prompts(f)
     f.write_text(json.dumps([{"prompt": "a", "dimension": 0}]))
     with pytest.raises(ValueError, match="'dimension' must be a string or a list of strings"):
         load_prompts(f)

@@ -50,7 +50,8 @@ One application owns the hook: ``attach_step_hook(..., owner=handle)``;
 (see :mod:`xattn_video.apply`).
 
 Not supported: ``dense_last_steps`` without a known step count (bare transformer without cache
-context: logged once and ignored); pipelines that call the transformer several times per step
+context: logged once and ignored); a scheduler that sets ``step_index`` before the first forward
+(FlowMatchHeun's ``scale_noise`` in video-to-video calls: counted from the schedule's start); pipelines that call the transformer several times per step
 with different timesteps (they would count as several steps in the timestep fallback); a new
 run of a bare transformer (no scheduler, no cache context) that starts at the timestep where
 the previous one stopped (it continues the previous run).

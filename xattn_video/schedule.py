@@ -153,7 +153,8 @@ def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
     ``step_index`` once ``scheduler.step`` has run; before that its ``begin_index`` when the
     pipeline set one, else the index of ``timestep`` (:func:`timestep_value`) in
     ``timesteps`` when it is there (to 1e-3 relative): video-to-video pipelines run
-    ``timesteps[t_start:]`` with neither set, so their first forward is not at index 0.
+    ``timesteps[t_start:]`` with neither set, so their first forward is not at index 0 (a
+    timestep held twice -- Heun's -- at the second, as diffusers starts there).
     """
     index = getattr(scheduler, "step_index", None)
     if index is not None:
@@ -166,8 +167,10 @@ def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
         return None
     t = timestep_value(timestep)
     gap = (timesteps.detach().float().cpu() - t).abs()
-    i = int(gap.argmin())
-    return i if float(gap[i]) <= 1e-3 * max(1.0, abs(t)) else None
+    match = (gap <= 1e-3 * max(1.0, abs(t))).nonzero().flatten().tolist()
+    # a repeated timestep (Heun's two evaluations): the second, as diffusers'
+    # index_for_timestep starts a call part-way through the schedule
+    return match[1] if len(match) > 1 else (match[0] if match else None)
 
 
 def evaluations_per_step(scheduler: Any) -> int:
@@ -188,8 +191,8 @@ def call_start(scheduler: Any, index: int, *, first: bool) -> int:
     first forward of the call whose position is known (``first``: its first forward at all), and
     noted for the other controllers of the call (by ``scheduler`` and its ``timesteps`` tensor):
 
-    - not ``first`` (forwards at an unknown position came before): one denoising step
-      (:func:`evaluations_per_step` forwards) before ``index``;
+    - not ``first`` (forwards at an unknown position came before): one position before
+      ``index`` (the first known ``step_index`` follows one ``scheduler.step``);
     - ``first``, ``step_index`` None (no ``scheduler.step`` yet): ``index``;
     - ``first`` after a ``scheduler.step`` (another transformer's controller ran the call's first
       steps: Wan 2.2's ``transformer_2`` with processors of its own): the start noted for the
@@ -198,7 +201,7 @@ def call_start(scheduler: Any, index: int, *, first: bool) -> int:
     A scheduler that cannot be weakly referenced is not noted.
     """
     if not first:
-        start = index - evaluations_per_step(scheduler)
+        start = index - 1  # one scheduler.step since: one position (Heun: half a step)
     elif getattr(scheduler, "step_index", None) is None:
         start = index
     else:
