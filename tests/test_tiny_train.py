@@ -95,10 +95,11 @@ def test_planned_run_repeats_bitwise_with_max_steps_and_counts_clips(tmp_path, m
 
     a, ra = run("planned", "--minutes", "0.008", "--short-steps", "2")
     short, n = a["config"]["short_steps"], a["planned_steps"]
-    assert n is not None and a["steps"] == n and a["stop_reason"] == "max_steps"
+    # the run stopped at the steps it planned (it said "max_steps", which was never passed)
+    assert n is not None and a["steps"] == n and a["stop_reason"] == "planned steps"
     assert n > short + 3  # the cosine part after the plan is exercised
     b, rb = run("repeat", "--minutes", "10", "--max-steps", str(n), "--short-steps", str(short))
-    assert b["steps"] == n and b["planned_steps"] == n
+    assert b["steps"] == n and b["planned_steps"] == n and b["stop_reason"] == "max_steps"
     assert ra["weights"].keys() == rb["weights"].keys()
     assert all(torch.equal(ra["weights"][k], rb["weights"][k]) for k in ra["weights"])
     assert ra["lr"] == rb["lr"]  # the logged learning rate of every step
@@ -131,3 +132,20 @@ def test_cuda_without_cuda_is_a_usage_error_not_a_traceback(tmp_path, capsys):
         train_mod.main(["--out", str(tmp_path), "--device", "cuda"])
     assert exc.value.code == 2
     assert "CUDA is not available (use --device cpu)" in capsys.readouterr().err
+
+
+def test_the_start_line_says_what_the_run_will_do(tmp_path, capsys):
+    """With no short phase it announced "first 0 steps: 32 windows of 5 frames"; on the CPU it
+    said nothing of memory, and the default batch sizes (~32 GB) were killed by the OOM killer
+    with no message."""
+    argv = ["--out", str(tmp_path / "o"), "--device", "cpu", "--frames", "2", "--height", "8",
+            "--width", "8", "--batch-size", "1", "--short-steps", "0", "--max-steps", "1",
+            "--sample-steps", "1"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    start = next(line for line in out.splitlines() if line.startswith("[train] device="))
+    assert start.endswith("; no short phase") and "windows" not in start
+    assert "[train] note: on the CPU a step holds ~2 GB" in out  # 8x8 clips: the baseline
+    assert "--short-batch-size 4 --batch-size 1" in out
+    cfg = train_mod.TrainConfig(out="", device="cpu")  # the defaults: ~32 GB
+    assert 28 < train_mod._cpu_gb(cfg) < 36
