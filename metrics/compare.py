@@ -186,9 +186,10 @@ def compare_runs(
     agg = aggregate(videos, metrics)
     if agg["speedup"]["includes_first_in_process"]:
         notes.append(
-            f"every compared pair ({agg['num_videos']}) was its process's first video: the "
-            "speed-ups include one-off costs (CUDA start-up, Triton compile and autotune); "
-            "generate more prompts per process for a steady-state speed-up"
+            f"every compared pair ({agg['num_videos']}) holds a first-in-process video (dense "
+            "or sparse): the speed-ups include one-off costs (start-up; on a GPU also CUDA "
+            "context, Triton compile and autotune); generate more prompts per process for a "
+            "steady-state speed-up"
         )
     for note in notes:
         warnings.warn(note, CompareWarning, stacklevel=2)

@@ -63,8 +63,8 @@ def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     notes = [f"{skipped} first-in-process video(s) left out"] if skipped else []
     if included:
         notes.append(
-            f"all {included} video(s) first in their process: includes compile / autotune / "
-            "start-up"
+            f"all {included} pair(s) hold a first-in-process video: includes compile / "
+            "autotune / start-up"
         )
     note = " (" + "; ".join([modes_text(report), *notes]) + ")"
     for key, label in (("total", "speed-up, end to end"), ("denoise", "speed-up, denoising")):

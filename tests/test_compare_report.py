@@ -493,10 +493,10 @@ def test_speedup_says_when_every_pair_was_first_in_its_process(tmp_path: Path) -
     silently, while the README says first-in-process videos are left out."""
     dense = write_run(tmp_path / "d", "dense", [0, 1])
     sparse = write_run(tmp_path / "s", "xattn", [0, 1], frames_fn=sparse_frames)
-    for run in (dense, sparse):
-        for i in (0, 1):
-            _edit_meta(run, i, first_in_process=True)
-    with pytest.warns(CompareWarning, match="every compared pair .2. was its process's first"):
+    for run, first in ((dense, (True, False)), (sparse, (False, True))):
+        for i in (0, 1):  # a resumed run: each pair has one first-in-process video, not two
+            _edit_meta(run, i, first_in_process=first[i])
+    with pytest.warns(CompareWarning, match=r"every compared pair \(2\) holds a first-in-process"):
         report = compare_runs(
             dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False
         )
@@ -504,7 +504,8 @@ def test_speedup_says_when_every_pair_was_first_in_its_process(tmp_path: Path) -
     assert speed["includes_first_in_process"] == 2 and speed["excluded_first_in_process"] == 0
     assert speed["denoise"]["ratio_of_sums"] == pytest.approx(36.0 / 17.0)
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "all 2 video(s) first in their process: includes compile" in md
+    # it said every pair "was its process's first video" and blamed CUDA on a CPU run
+    assert "all 2 pair(s) hold a first-in-process video: includes compile" in md
     # one warm pair: the other is left out, nothing is said to be included
     _edit_meta(sparse, 1, first_in_process=False)
     _edit_meta(dense, 1, first_in_process=False)
