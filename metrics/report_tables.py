@@ -167,7 +167,8 @@ def run_summary(report: dict[str, Any], role: str) -> str:
         if info.get(key):
             parts.append(f"{key}={info[key]}")
     parts.append(f"mode={(report.get('modes') or {}).get(role, 'eager')}")
-    parts.append(f"GPU={report['gpu'][role] or 'unknown'}")
+    gpu = report["gpu"][role]  # null: run off CUDA (generate's convention, RunRecord.device_type)
+    parts.append(f"GPU={gpu}" if gpu else "device=CPU")
     return ", ".join(parts)
 
 

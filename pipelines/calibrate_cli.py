@@ -41,6 +41,7 @@ from .options import (
     dtype_name_for,
     flag_name,
     load_prompts_or_fail,
+    out_path,
     resolve_options,
 )
 
@@ -63,7 +64,7 @@ def add_calibrate_args(
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model-path", help="local pipeline folder (save_pretrained)")
     src.add_argument("--model-id", help="Hugging Face repo id (default: the model's)")
-    p.add_argument("--out", required=True, help="thresholds JSON to write")
+    p.add_argument("--out", required=True, type=out_path, help="thresholds JSON to write")
     p.add_argument(
         "--prompts",
         default=_RUN_FLAG_DEFAULTS["prompts"],

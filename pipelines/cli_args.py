@@ -19,7 +19,7 @@ from xattn_video.config import XAttentionConfig, config_fields, field_docs
 
 from .compiling import COMPILE_MODES
 from .models import MODELS, get_model_spec
-from .options import SEED_END, flag_name
+from .options import SEED_END, flag_name, out_path
 
 METRICS = ("psnr", "ssim", "lpips")
 DEMO_PROMPTS = 4
@@ -227,7 +227,8 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fps", type=positive_int, help="frames per second of video.mp4 (default: model's)"
     )
-    p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+    p.add_argument("--out", required=True, type=out_path,
+                   help="run directory (resumed if it exists)")  # fmt: skip
     p.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: accelerate's device)")
     p.add_argument(
         "--dtype",
@@ -248,7 +249,7 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
 def _add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dense_dir", help="run directory of the dense run (the reference)")
     p.add_argument("sparse_dir", help="run directory of the run to evaluate")
-    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--out", required=True, type=out_path, help="report directory")
     p.add_argument(
         "--metrics",
         help="comma-separated subset of psnr,ssim,lpips (default: all; LPIPS is skipped with "
@@ -279,7 +280,8 @@ def add_lpips_weights_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
+    p.add_argument("--out", default="runs/demo", type=out_path,
+                   help="demo folder (default: runs/demo)")  # fmt: skip
     p.add_argument(
         "--model",
         default="tiny",

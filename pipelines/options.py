@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from argparse import ArgumentTypeError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         raise SetupError(str(e)) from None
     if opts.attention not in ATTENTIONS:
         raise SetupError(f"attention must be one of {ATTENTIONS}, got {opts.attention!r}")
+    if isinstance(opts.out, str) and not opts.out.strip():  # Path("") is the working directory
+        raise SetupError("out is empty")
     if opts.model_path is not None and opts.model_id is not None:
         raise SetupError("pass either --model-path or --model-id, not both")
     if not is_json_int(opts.ulysses) or opts.ulysses < 1:
@@ -213,6 +216,14 @@ def check_compile_options(opts: GenerateOptions, device: torch.device) -> None:
     problem = check_compile(opts.compile, opts.compile_backend, device, opts.ulysses)
     if problem is not None:
         raise SetupError(problem)
+
+
+def out_path(text: str) -> str:
+    """argparse type: an ``--out`` that names something (``--out "$OUT"`` with ``OUT`` unset
+    was ``Path("")``, the working directory, where the run or report was written)."""
+    if not text.strip():
+        raise ArgumentTypeError("is empty (an unset shell variable?)")
+    return text
 
 
 def check_out(out: Path) -> rundir.RunRecord | None:

@@ -64,5 +64,10 @@ def git_sha(path: str | os.PathLike[str] | None = None) -> str | None:
 
 
 def command_line() -> list[str]:
-    """The command line of this process (for run.json)."""
-    return [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    """The command line of this process (for run.json): ``python -m xattn_video.pipelines.cli``
+    (and ``accelerate launch -m`` of it) as ``xattn-video``, the command that reruns it (its
+    program name was ``cli.py``)."""
+    prog = os.path.basename(sys.argv[0])
+    if Path(sys.argv[0]).parts[-2:] == ("pipelines", "cli.py"):
+        prog = "xattn-video"
+    return [prog, *sys.argv[1:]]

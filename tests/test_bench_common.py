@@ -21,6 +21,9 @@ def _git(cwd, *args):
 def test_command_line_is_the_program_name_and_its_arguments(monkeypatch):
     monkeypatch.setattr("sys.argv", ["/opt/venv/bin/xattn-video", "generate", "--model", "tiny"])
     assert command_line() == ["xattn-video", "generate", "--model", "tiny"]
+    # python -m / accelerate launch -m: it recorded "cli.py", which reruns nothing
+    monkeypatch.setattr("sys.argv", ["/x/site-packages/xattn_video/pipelines/cli.py", "demo"])
+    assert command_line() == ["xattn-video", "demo"]
 
 
 def test_git_sha_marks_files_that_differ_from_head(tmp_path):

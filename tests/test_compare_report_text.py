@@ -62,3 +62,14 @@ def test_a_run_folder_whose_name_is_not_utf8_still_writes_every_report(tmp_path)
     assert json.loads((out / "report.json").read_text())["dense_dir"] == report["dense_dir"]
     assert "dense\\_caf\\udce9" in (out / "report.md").read_text(encoding="utf-8")
     assert "dense_caf\\udce9" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_cpu_run_is_named_as_such(report) -> None:
+    """generate records gpu null for a run off CUDA (RunRecord.device_type reads it as "cpu"),
+    but the report said "GPU=unknown", so no page said which device a run used."""
+    from xattn_video.metrics.report_tables import run_summary
+
+    r = copy.deepcopy(report)
+    r["gpu"] = {"dense": None, "sparse": "NVIDIA H200"}
+    assert run_summary(r, "dense").endswith(", device=CPU")
+    assert run_summary(r, "sparse").endswith(", GPU=NVIDIA H200")

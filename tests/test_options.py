@@ -45,6 +45,22 @@ def test_resolve_options_refuses(kw, message):
         resolve_options(_opts(**kw))
 
 
+@pytest.mark.parametrize("cmd", [["generate", "--model", "tiny", "--prompts", "p.txt"],
+                                 ["compare", "a", "b"], ["demo"], ["calibrate", "--model", "tiny"]])  # fmt: skip
+def test_an_empty_out_is_a_usage_error(cmd, capsys, tmp_path, monkeypatch):
+    """--out "$OUT" with OUT unset was Path(""), the working directory: generate wrote .lock,
+    run.json and 00000/ there (exit 0), compare its report."""
+    from xattn_video.pipelines.cli import main
+
+    monkeypatch.chdir(tmp_path)  # what a regression would write, it writes here
+
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--out", " "])
+    assert e.value.code == 2 and "argument --out: is empty" in capsys.readouterr().err
+    with pytest.raises(SetupError, match="out is empty"):
+        resolve_options(GenerateOptions(model="tiny", prompts="p.txt", out=""))
+
+
 @pytest.mark.parametrize("name", options.SIZE_FIELDS)
 def test_resolve_options_rejects_zero_instead_of_using_the_default(name):
     with pytest.raises(SetupError, match=f"{name} must be a positive integer, got 0"):
