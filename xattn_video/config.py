@@ -180,8 +180,7 @@ class XAttentionConfig:
                 )
             from . import thresholds as _thresholds
 
-            data = _thresholds.shared_thresholds(self.thresholds_file)
-            _thresholds.check_matches(data, dataclasses.asdict(self))
+            _thresholds.check_file_matches(self.thresholds_file, self)
         if self.mask_refresh < 1:
             raise ValueError(f"mask_refresh must be >= 1, got {self.mask_refresh}")
         if self.text_policy not in TEXT_POLICIES:

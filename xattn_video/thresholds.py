@@ -333,6 +333,13 @@ def shared_layer_thresholds(
     return _layers(p, version)
 
 
+def check_file_matches(path: str | os.PathLike[str], config: Any) -> None:
+    """``ValueError`` unless the file as it is now was calibrated with the estimate settings of
+    ``config`` (a hashable XAttentionConfig; :func:`check_matches`), checked once per version
+    of the file: what a new config and the sparse path's re-reads both check."""
+    _check_version(*_version(path), config)
+
+
 @lru_cache(maxsize=16)
 def _check_version(path: str, version: tuple[int, int, int], config: Any) -> None:
     check_matches(_load(path, version), dataclasses.asdict(config))
@@ -392,6 +399,7 @@ def summary(data: dict[str, Any]) -> str:
 __all__ = [
     "FORMAT",
     "MATCH_FIELDS",
+    "check_file_matches",
     "check_fits",
     "check_matches",
     "check_targets",
