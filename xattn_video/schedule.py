@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .scalars import is_json_int
+
 _UNSET = object()
 ENDED = object()
 """The loop ``t`` :func:`scheduler_getter_for` gives for a pipeline whose call is over."""
@@ -179,7 +181,7 @@ def evaluations_per_step(scheduler: Any) -> int:
     evaluations and whose ``step_index`` moves at each; 1 for Euler and the multistep solvers,
     whatever their solver order), 1 when it is not a positive int."""
     order = getattr(scheduler, "order", 1)
-    return order if isinstance(order, int) and not isinstance(order, bool) and order > 0 else 1
+    return order if is_json_int(order) and order > 0 else 1
 
 
 _starts: weakref.WeakKeyDictionary[Any, tuple[Any, int]] = weakref.WeakKeyDictionary()
