@@ -249,10 +249,11 @@ def _check_fp8(cfg: XAttentionConfig) -> None:
     tensors), and no sm90+ CUDA device at all. Where the transformer's parameters are now says
     nothing (a pipeline may be applied on the CPU and moved to a GPU afterwards)."""
     estimate = cfg.resolved().estimate_precision
+    if cfg.precision != "fp8" and not (estimate == "fp8" and cfg.backend != "torch"):
+        return  # no fp8 here: the GPUs are not looked at
     caps = _cuda_capabilities()
-    triton_estimate = cfg.backend == "triton" or (cfg.backend == "auto" and bool(caps))
-    if cfg.precision != "fp8" and not (estimate == "fp8" and triton_estimate):
-        return
+    if cfg.precision != "fp8" and cfg.backend == "auto" and not caps:
+        return  # "auto" without CUDA is the torch backend, which emulates the fp8 estimate
     if any(cap >= (9, 0) for cap in caps.values()):
         return
     what = "precision='fp8'" if cfg.precision == "fp8" else "estimate_precision='fp8'"
