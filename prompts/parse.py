@@ -65,7 +65,7 @@ def prompts_from_json(data: Any, source: str) -> list[Prompt]:
             if text is None or (isinstance(text, str) and not text.strip()):
                 # null, missing or blank: an export's empty column (a blank one with no
                 # "prompt" beside it stays, for the "empty prompt" error)
-                text = entry.get("prompt", text) if text is not None else entry.get("prompt")
+                text = entry.get("prompt", text)
             if not isinstance(text, str):
                 raise ValueError(f"{source}: entry {i} has no string 'prompt' or 'prompt_en'")
             dim = entry.get("dimension")
