@@ -186,8 +186,8 @@ def _log(msg: str) -> None:
 
 def _cpu_gb(cfg: TrainConfig) -> float:
     """Rough CPU memory of a training step (GB): ~0.94 GB per 64x64 5-frame window of the short
-    phase (measured on 2 cores: 3.5 GB at 2 windows, 5.4 at 4), the full phase scaled by its
-    frames; the larger of the two phases."""
+    phase (measured on 2 cores: 3.5 GB at 2 windows, 5.4 at 4, so ~1.5 GB besides), the full
+    phase scaled by its frames; the larger of the two phases."""
     per_frame = 0.94 / 5 * (cfg.height * cfg.width) / (64 * 64)
     short = cfg.short_batch_size * cfg.short_frames * per_frame if cfg.short_steps else 0.0
     return max(short, cfg.batch_size * cfg.frames * per_frame) + 1.5
