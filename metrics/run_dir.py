@@ -53,7 +53,8 @@ class RunVideo:
         Raises:
             FileNotFoundError: neither ``frames.npy`` nor ``video.mp4`` exists.
             RunDirError: the file can't be decoded (truncated, corrupt, wrong shape), or
-                frames.npy fails the size/checksum recorded in meta.json; the file is named.
+                fails the size (frames.npy: also the checksum) or shape recorded in meta.json;
+                the file is named.
         """
         f = self.frames_file
         if not f.is_file():
@@ -63,13 +64,26 @@ class RunVideo:
             )
         if f.name == rundir.FRAMES_FILE:
             problem = rundir.verify_video(self.path)
-            if problem is not None:
-                raise RunDirError(f"{problem}; {_REDO}")
+        else:  # a cut mp4 decodes to fewer frames without an error: check its recorded size
+            problem = rundir.video_problem(self.path)
+        if problem is not None:
+            raise RunDirError(f"{problem}; {_REDO}")
         try:
-            return read_video(f)
+            frames = read_video(f)
         except (ValueError, OSError, EOFError, RuntimeError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]  # not ffmpeg's banner
             raise RunDirError(f"{f} can't be read: {first}; {_REDO}") from e
+        shape = self.record.shape
+        if shape is None or f.name == rundir.FRAMES_FILE:
+            return frames
+        t, h, w = (int(x) for x in shape[:3])
+        encoded = [t, h + h % 2, w + w % 2, 3]  # write_video pads odd sizes by one row/column
+        if list(frames.shape) != encoded:
+            raise RunDirError(
+                f"{f} decodes to shape {list(frames.shape)} but {self.path / rundir.META_FILE} "
+                f"says {list(shape)}; {_REDO}"
+            )
+        return frames[:, :h, :w]
 
 
 _REDO = "rerunning its generate command regenerates that video"
