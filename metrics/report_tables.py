@@ -5,9 +5,11 @@ Not supported: localisation, custom column sets.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .aggregate import comparable, left_out_of_speedup
+from .psnr import MSE_FLOOR
 
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
 _DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4}
@@ -143,10 +145,29 @@ def method_text(report: dict[str, Any]) -> str:
             f"on lossless frames (frames.npy), except decoded video.mp4 (lossy) for prompts "
             f"{', '.join(f'{i:05d}' for i in lossy)}"
         )
-    return (
+    text = (
         f"Metrics are computed per frame {frames} and averaged per video; aggregates weight "
         "videos equally. Speed-up = dense time / sparse time."
     )
+    capped, total, cap = psnr_capped_frames(report)
+    if capped:
+        text += (
+            f" PSNR of identical frames is capped at {cap:g} dB, not measured: {capped} of "
+            f"{total} frames here."
+        )
+    return text
+
+
+def psnr_capped_frames(report: dict[str, Any]) -> tuple[int, int, float]:
+    """(frames whose PSNR is the cap, frames with a PSNR, the cap in dB) over the report's
+    videos: identical frames get ``10 * log10(1 / mse_floor)`` (100 dB), which the means
+    average like a measurement."""
+    floor = ((report.get("settings") or {}).get("psnr") or {}).get("mse_floor", MSE_FLOOR)
+    cap = 10 * math.log10(1 / floor)
+    per_frame = [
+        x for v in report.get("videos") or [] if v.get("psnr") for x in v["psnr"]["per_frame"]
+    ]
+    return sum(x >= cap - 1e-9 for x in per_frame), len(per_frame), cap
 
 
 def modes_text(report: dict[str, Any]) -> str:
@@ -180,6 +201,9 @@ def lpips_line(report: dict[str, Any]) -> str | None:
         return f"LPIPS skipped: {report['lpips_skipped']}"
     b = report.get("lpips_backbone") or {}
     line = f"LPIPS {b.get('net')} v{b.get('version')}, backbone: {b.get('backbone')}, weights: {b.get('weights')}"
-    if b.get("features_sha256"):
-        line += f" ({b.get('source')}; weights sha256 {b['features_sha256'][:16]})"
+    if b.get("features_sha256"):  # the tensors' digest: the same weights in any file format
+        line += f" ({b.get('source')}; tensors sha256 {b['features_sha256'][:16]}"
+        if b.get("file_sha256"):
+            line += f", file sha256 {b['file_sha256'][:16]}"
+        line += ")"
     return line

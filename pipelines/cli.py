@@ -199,7 +199,10 @@ def _mean(agg: dict[str, Any], key: str) -> float | None:
 
 
 def _print_report(out: str | os.PathLike[str], report: Any) -> None:
-    """One summary line (means over videos) and where the report files are."""
+    """One summary line (means over videos; the speed-up: total dense time / total sparse
+    time) and where the report files are."""
+    from xattn_video.metrics.report_tables import psnr_capped_frames  # needs torch: not at import
+
     agg = report.get("aggregate", {}) if isinstance(report, dict) else {}
     parts = [f"{agg.get('num_videos', '?')} videos"]
     for key, fmt in (
@@ -210,6 +213,9 @@ def _print_report(out: str | os.PathLike[str], report: Any) -> None:
         value = _mean(agg, key)
         if value is not None:
             parts.append(fmt.format(value))
+            capped, total, cap = psnr_capped_frames(report) if key == "psnr" else (0, 0, 0)
+            if capped:
+                parts[-1] += f" ({capped} of {total} frames identical: capped at {cap:g} dB)"
     if report.get("lpips_skipped"):
         parts.append("LPIPS skipped (see the report)")
     for key, label in (("sparse_density", "sparse density"), ("effective_density", "effective")):
@@ -221,7 +227,8 @@ def _print_report(out: str | os.PathLike[str], report: Any) -> None:
         modes = report.get("modes") or {}
         dense, sparse = modes.get("dense", rundir.EAGER), modes.get("sparse", rundir.EAGER)
         both = dense if dense == sparse else f"{dense} vs {sparse}: not comparable"
-        parts.append(f"denoise speedup {speed['ratio_of_sums']:.2f}x ({both})")
+        ratio = speed["ratio_of_sums"]
+        parts.append(f"denoise speedup {ratio:.2f}x (ratio of total times, {both})")
     if report.get("mismatched_settings"):
         parts.append("settings differ: " + ", ".join(report["mismatched_settings"]))
     print("Compared " + ", ".join(parts))

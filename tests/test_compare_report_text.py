@@ -14,7 +14,7 @@ from xattn_video.metrics import compare_runs
 from xattn_video.metrics.report_md import markdown_table, render_markdown
 from xattn_video.metrics.report_tables import video_table
 
-from .test_compare_report import sparse_frames, write_run
+from .test_compare_report import base_frames, sparse_frames, write_run
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,41 @@ def test_a_cpu_run_is_named_as_such(report) -> None:
     r["gpu"] = {"dense": None, "sparse": "NVIDIA H200"}
     assert run_summary(r, "dense").endswith(", device=CPU")
     assert run_summary(r, "sparse").endswith(", GPU=NVIDIA H200")
+
+
+def test_capped_psnr_frames_are_said_to_be_capped(tmp_path, capsys) -> None:
+    """Identical frames get PSNR 100 dB, which the means average like a measurement; neither
+    the report nor the CLI line said so (only report.json's settings held the floor)."""
+    from xattn_video.metrics.report_tables import method_text
+    from xattn_video.pipelines.cli import _print_report
+
+    dense = write_run(tmp_path / "dense", "dense", [0, 1])
+    same_first = lambda i: base_frames(i) if i == 0 else sparse_frames(i)  # noqa: E731
+    sparse = write_run(tmp_path / "sparse", "xattn", [0, 1], frames_fn=same_first)
+    report = compare_runs(dense, sparse, tmp_path / "r", metrics=("psnr",), progress=False)
+    frames = report["videos"][0]["num_frames"]
+    assert report["videos"][0]["psnr"]["per_frame"] == [100.0] * frames  # prompt 0: identical
+    want = f"PSNR of identical frames is capped at 100 dB, not measured: {frames} of {2 * frames}"
+    assert want in method_text(report)
+    assert want in (tmp_path / "r" / "report.md").read_text()
+    _print_report(tmp_path / "r", report)
+    assert (
+        f"({frames} of {2 * frames} frames identical: capped at 100 dB)" in capsys.readouterr().out
+    )
+
+
+def test_no_cap_sentence_without_capped_frames(report) -> None:
+    from xattn_video.metrics.report_tables import method_text
+
+    assert "capped" not in method_text(report)
+
+
+def test_the_lpips_line_names_both_digests() -> None:
+    """It printed the tensors' digest as "weights sha256", which sha256sum of the weights file
+    named there does not give."""
+    from xattn_video.metrics.report_tables import lpips_line
+
+    backbone = {"net": "alex", "version": "0.1", "backbone": "tv", "weights": "w.safetensors"}
+    backbone |= {"source": "cache", "features_sha256": "a" * 64, "file_sha256": "b" * 64}
+    line = lpips_line({"metrics": ["lpips"], "lpips_backbone": backbone})
+    assert line.endswith(f"(cache; tensors sha256 {'a' * 16}, file sha256 {'b' * 16})")
