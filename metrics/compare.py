@@ -35,6 +35,7 @@ against a non-dense reference by another name (a warning is recorded).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xattn_video.rundir import write_text
+from xattn_video.atomic import atomic_path
 from xattn_video.runlock import writable_dir
 
 from . import plots
@@ -230,15 +231,18 @@ def compare_runs(
     }
     report["figures"] = _draw_figures(report, dense, sparse, out, strip_frames)
     report = _json_clean(report)
-    texts = {  # all rendered before any is written: a failure leaves no mix of two reports
+    texts = {  # all rendered, then all written to temporary files, then all put in place:
+        # a failure (a render error, a full disk) leaves no mix of two reports' texts
         "report.json": json.dumps(report, indent=2, allow_nan=False) + "\n",
         "report.md": render_markdown(report),
         "report.html": render_html(report),
     }
-    for name, text in texts.items():
-        # a run path that is not UTF-8 (undecodable bytes are lone surrogates) is written as
-        # its escapes, as json.dumps writes it, not a UnicodeEncodeError after report.json
-        write_text(out / name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    with contextlib.ExitStack() as stack:
+        for name, text in texts.items():
+            tmp = stack.enter_context(atomic_path(out / name))
+            # a run path that is not UTF-8 (undecodable bytes are lone surrogates) is written
+            # as its escapes, as json.dumps writes it, not a UnicodeEncodeError
+            tmp.write_bytes(text.encode("utf-8", "backslashreplace"))
     return report
 
 

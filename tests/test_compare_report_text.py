@@ -111,3 +111,33 @@ def test_the_lpips_line_names_both_digests() -> None:
     backbone |= {"source": "cache", "features_sha256": "a" * 64, "file_sha256": "b" * 64}
     line = lpips_line({"metrics": ["lpips"], "lpips_backbone": backbone})
     assert line.endswith(f"(cache; tensors sha256 {'a' * 16}, file sha256 {'b' * 16})")
+
+
+def test_a_full_disk_leaves_the_last_reports_texts_together(tmp_path, monkeypatch) -> None:
+    """The three texts were written one after another, so a failure after report.json left the
+    new report.json beside the last run's report.md / report.html."""
+    import errno
+    from pathlib import Path
+
+    dense = write_run(tmp_path / "dense", "dense", [0, 1])
+    sparse = write_run(tmp_path / "sparse", "xattn", [0, 1], frames_fn=sparse_frames)
+    out = tmp_path / "report"
+    compare_runs(dense, sparse, out, metrics=("psnr",), progress=False)
+    before = {n: (out / n).read_text() for n in ("report.json", "report.md", "report.html")}
+    writes = {"write_bytes": Path.write_bytes, "write_text": Path.write_text}
+
+    def full_disk(name):
+        def write(self, data, *args, **kwargs):
+            if self.name.startswith(".report.") and self.suffix == ".md":  # report.md's temp
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return writes[name](self, data, *args, **kwargs)
+
+        return write
+
+    other = write_run(tmp_path / "other", "xattn", [0, 1])  # the dense frames: PSNR 100
+    for name in writes:
+        monkeypatch.setattr(Path, name, full_disk(name))
+    with pytest.raises(OSError, match="No space left on device"):
+        compare_runs(dense, other, out, metrics=("psnr",), progress=False)
+    assert {n: (out / n).read_text() for n in before} == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
