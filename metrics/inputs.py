@@ -40,7 +40,9 @@ def check_video(video: Video, name: str = "video") -> None:
     if not _is_float(video):
         raise ValueError(f"{name} must be uint8 or floating point, got dtype {video.dtype}")
     lo, hi = float(video.min()), float(video.max())
-    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{name} is floating point with NaN or infinite values")
+    if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
         raise ValueError(
             f"{name} is floating point with values in [{lo:g}, {hi:g}]; expected [0, 1] "
             "(pass uint8 frames for 0..255 data)"

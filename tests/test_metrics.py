@@ -285,3 +285,17 @@ def test_a_failed_encode_raises_and_leaves_no_video(tmp_path: Path, monkeypatch)
         "No space left on device"
     )
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_a_non_finite_float_video_is_named_as_such(bad, kind):
+    """It said "values in [nan, nan]; expected [0, 1]", as if the range were the problem."""
+    video = np.full((2, 8, 8, 3), 0.5, dtype=np.float32)
+    video[1, 2, 3, 0] = bad
+    ref = video if kind == "numpy" else torch.from_numpy(video)
+    with pytest.raises(ValueError, match=r"^ref is floating point with NaN or infinite values$"):
+        psnr(ref, np.zeros_like(video))
+    good = np.zeros_like(video)
+    with pytest.raises(ValueError, match=r"values in \[0, 2\]; expected \[0, 1\]"):
+        psnr(good + np.float32(2) * (np.arange(2)[:, None, None, None] == 1), good)
