@@ -334,3 +334,15 @@ def test_auto_dense_gives_the_cost_model_the_calls_inputs(cfg_kw, shape, graph, 
     auto.use_graph_timing(graph)
     dense = auto.run_dense(0, torch.zeros(shape), "triton")
     assert (calls, heads, dense) == ([want[0]], [want[1]], want[2])
+
+
+def test_ratio_selection_assumes_the_max_density_budget():
+    """With selection="ratio" the decision assumed ``ratio`` even when ``max_density`` caps
+    every call far lower, so a layer that wins sparse went dense for the rest of the run."""
+    import xattn_video as xv
+    from xattn_video.auto_dense import AutoDense
+
+    cfg = xv.XAttentionConfig(selection="ratio", ratio=0.9, max_density=0.1)
+    assert AutoDense(cfg, SimpleNamespace(feedback={})).expected_density(0, 4096) == 0.1
+    cfg = xv.XAttentionConfig(selection="ratio", ratio=0.3)
+    assert AutoDense(cfg, SimpleNamespace(feedback={})).expected_density(0, 4096) == 0.3

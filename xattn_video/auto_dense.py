@@ -134,8 +134,8 @@ class AutoDense:
         if measured is not None:
             return measured
         cfg = self.cfg
-        if cfg.selection == "ratio":
-            return float(cfg.ratio)
+        if cfg.selection == "ratio":  # the op keeps at most max_density of the pairs
+            return min(float(cfg.ratio), float(cfg.max_density))
         return 1.0 / -(-n // cfg.block_size)  # one key block per row: 1 / ceil(n / block)
 
     def _decide(self, layer: int) -> bool:
