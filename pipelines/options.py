@@ -141,10 +141,13 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         config = None
     else:
         config = opts.config or XAttentionConfig.from_preset(spec.preset)
-        if config.warmup_steps >= sizes["steps"]:
+        dense_steps = config.warmup_steps + config.dense_last_steps
+        if dense_steps >= sizes["steps"]:
+            fields = f"warmup_steps={config.warmup_steps}"
+            if config.dense_last_steps:
+                fields += f" + dense_last_steps={config.dense_last_steps}"
             warnings.warn(
-                f"warmup_steps={config.warmup_steps} >= steps={sizes['steps']}: every step runs "
-                "dense attention",
+                f"{fields} >= steps={sizes['steps']}: every step runs dense attention",
                 stacklevel=2,
             )
     return spec, {**sizes, "config": config}

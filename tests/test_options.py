@@ -4,6 +4,7 @@ CUDA device a process gets (CUDA mocked: two visible GPUs)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -109,3 +110,21 @@ def test_a_gpu_index_past_the_visible_ones_is_refused(two_gpus):
     # no --device: the launcher's device is named, not "None"
     with pytest.raises(SetupError, match=r"device cuda:2 \(the launcher's; no --device given\)"):
         options.check_device(torch.device("cuda:2"), None)
+
+
+@pytest.mark.parametrize("fields, want", [
+    ({"warmup_steps": 4}, "warmup_steps=4 >= steps=4"),
+    ({"warmup_steps": 2, "dense_last_steps": 2}, "warmup_steps=2 + dense_last_steps=2 >= steps=4"),
+    ({"warmup_steps": 0, "dense_last_steps": 9}, "warmup_steps=0 + dense_last_steps=9 >= steps=4"),
+])  # fmt: skip
+def test_a_config_dense_at_every_step_is_warned_about(fields, want):
+    """dense_last_steps was left out: an xattn run dense at every step ran without a word."""
+    with pytest.warns(UserWarning, match=re.escape(want + ": every step runs dense attention")):
+        resolve_options(_opts(attention="xattn", steps=4, config=xv.XAttentionConfig(**fields)))
+
+
+def test_a_config_sparse_at_one_step_is_not_warned_about():
+    cfg = xv.XAttentionConfig(warmup_steps=2, dense_last_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_options(_opts(attention="xattn", steps=4, config=cfg))
