@@ -312,7 +312,7 @@ def test_file_family_reads_the_family_key_else_the_model_name(data, family):
     assert file_family(data) == family
 
 
-def test_missing_or_mismatched_file_raises(tmp_path):
+def test_missing_or_mismatched_file_raises(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="does not exist"):
         load_thresholds(tmp_path / "nope.json")
     with pytest.raises(ValueError, match="is a directory, not a file"):  # said "does not exist"
@@ -325,6 +325,22 @@ def test_missing_or_mismatched_file_raises(tmp_path):
     video.write_bytes(b"\x00\x00\x00 ftypisom\xf0\x28\x8c\x28")
     with pytest.raises(ValueError, match=f"thresholds file '{video}' is not a JSON text file"):
         load_thresholds(video)
+    unreadable = tmp_path / "unreadable.json"  # a PermissionError traceback, not the CLI's line
+    unreadable.write_text("{}")
+    unreadable.chmod(0)
+    if os.access(unreadable, os.R_OK):  # root reads it anyway: make open() fail as it would
+        import builtins
+
+        real_open = builtins.open
+
+        def denied(file, *args, **kwargs):
+            if str(file) == str(unreadable):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(ValueError, match=f"'{unreadable}' can't be read: Permission denied"):
+        load_thresholds(unreadable)
     data = _file()
     cfg = dict(data["config"], stride=16)
     with pytest.raises(ValueError, match="stride"):

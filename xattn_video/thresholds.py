@@ -374,6 +374,8 @@ def _load(path: str, version: tuple[int, int, int]) -> dict[str, Any]:
             f"thresholds file {path!r} is not a JSON text file (a thresholds file is what "
             f"`xattn-video calibrate` writes): {exc}"
         ) from None
+    except OSError as exc:  # unreadable (permissions, a folder): one error line, not a traceback
+        raise ValueError(f"thresholds file {path!r} can't be read: {exc.strerror or exc}") from None
     validate(data)
     return data
 
