@@ -122,3 +122,19 @@ def test_every_field_has_a_docstring():
     docs = field_docs()
     missing = [f.name for f in config_fields() if not docs.get(f.name)]
     assert missing == []
+
+
+@pytest.mark.parametrize("field, value, want", [
+    ("token_order", "tiles", r"token_order must be one of .* got 'tiles'"),
+    ("text_policy", "sparsest", r"text_policy must be one of .* got 'sparsest'"),
+    ("tile_size", (2, 8), r"tile_size must be 3 positive ints"),
+])  # fmt: skip
+def test_a_bad_field_is_named_before_the_thresholds_file_is_compared(field, value, want):
+    """A misspelt token_order with a thresholds file was reported as the file having been
+    "calibrated with token_order='raster'"; the file's check now comes after the fields'."""
+    from pathlib import Path
+
+    thr = str(Path(__file__).resolve().parent / "data" / "thresholds_tiny.json")
+    XAttentionConfig(stride=4, block_size=16, thresholds_file=thr)  # matches the file
+    with pytest.raises(ValueError, match=want):
+        XAttentionConfig(stride=4, block_size=16, thresholds_file=thr, **{field: value})

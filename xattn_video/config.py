@@ -94,8 +94,9 @@ class XAttentionConfig:
     thresholds_file: str = ""
     """Path of a per-(layer, head) thresholds JSON written by ``xattn-video calibrate``: the
     layers it lists use their heads' thresholds instead of ``threshold``. It must have been
-    calibrated with this config's stride, block size, token order and text policy. Empty: one
-    ``threshold`` everywhere. Not with ``selection="ratio"``, which uses no threshold."""
+    calibrated with this config's stride, block size, token order, text policy and (for the
+    tile and cluster orders) tile size. Empty: one ``threshold`` everywhere. Not with
+    ``selection="ratio"``, which uses no threshold."""
 
     mask_refresh: int = 1
     """Re-estimate the block mask every this many sparse steps per layer and reuse it in
@@ -172,15 +173,6 @@ class XAttentionConfig:
             raise ValueError(f"max_density must be in (0, 1], got {self.max_density}")
         if not isinstance(self.thresholds_file, str):
             raise ValueError(f"thresholds_file must be a path string, got {self.thresholds_file!r}")
-        if self.thresholds_file:
-            if self.selection == "ratio":  # was loaded, recorded in run.json and never used
-                raise ValueError(
-                    "thresholds_file gives per-head thresholds, which selection='ratio' does "
-                    "not use: pass selection='threshold' (the default) or no thresholds file"
-                )
-            from . import thresholds as _thresholds
-
-            _thresholds.check_file_matches(self.thresholds_file, self)
         if self.mask_refresh < 1:
             raise ValueError(f"mask_refresh must be >= 1, got {self.mask_refresh}")
         if self.text_policy not in TEXT_POLICIES:
@@ -214,6 +206,15 @@ class XAttentionConfig:
             raise ValueError(f"dense_layers must be non-negative, got {self.dense_layers}")
         object.__setattr__(self, "dense_layers", tuple(int(i) for i in self.dense_layers))
         object.__setattr__(self, "tile_size", tuple(int(i) for i in self.tile_size))
+        if self.thresholds_file:  # last: it compares fields checked above with the file's
+            if self.selection == "ratio":  # was loaded, recorded in run.json and never used
+                raise ValueError(
+                    "thresholds_file gives per-head thresholds, which selection='ratio' does "
+                    "not use: pass selection='threshold' (the default) or no thresholds file"
+                )
+            from . import thresholds as _thresholds
+
+            _thresholds.check_file_matches(self.thresholds_file, self)
 
     def replace(self, **changes: Any) -> XAttentionConfig:
         """A copy with some fields changed (validated again)."""
