@@ -31,13 +31,14 @@ from typing import Any
 import torch
 
 from xattn_video import runlock
-from xattn_video.calibrate import CALIBRATION_FIXED
+from xattn_video.calibrate import CALIBRATION_FIXED, calibration_config
 from xattn_video.config import XAttentionConfig
 
 from .models import MODELS, get_model_spec
 from .options import (
     DTYPES,
     GenerateOptions,
+    check_backend,
     dtype_name_for,
     flag_name,
     load_prompts_or_fail,
@@ -190,6 +191,8 @@ def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
     # --thresholds-file, an old calibration being redone, was loaded and refused the run
     kept = {k: v for k, v in overrides.items() if k not in CALIBRATION_FIXED}
     cfg = XAttentionConfig.from_preset(spec.preset, **kept)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")  # as _calibrate
+    check_backend(calibration_config(cfg), torch.device(device))
     # the steps that run sparse: after the warm-up, before the last dense_last_steps
     steps = list(range(cfg.warmup_steps, r["steps"] - cfg.dense_last_steps, args.measure_every))
     if not steps:

@@ -198,8 +198,17 @@ def check_device(device: torch.device, asked: str | None) -> None:
 
 
 def check_backend(config: XAttentionConfig | None, device: torch.device) -> None:
-    """Refuse ``backend="triton"`` on a device the kernels can't run on, before any loading."""
-    if config is None or config.backend != "triton":
+    """Refuse ``backend="triton"`` on a device the kernels can't run on, and fp8 arithmetic
+    without a Hopper GPU (:func:`xattn_video.apply.check_fp8`), before any loading."""
+    if config is None:
+        return
+    from xattn_video.apply import check_fp8
+
+    try:
+        check_fp8(config)
+    except ValueError as e:
+        raise SetupError(str(e)) from None
+    if config.backend != "triton":
         return
     from xattn_video.attention import resolve_backend
 

@@ -598,3 +598,39 @@ def test_a_thresholds_file_of_another_model_family_warns(tmp_path, recwarn, mode
     assert len(hits) == 1 and hits[0].filename == __file__  # points at the caller
     assert (f"thresholds file {str(path)!r} was calibrated on {model!r} (hunyuanvideo), not on "
             "WanTransformer3DModel (wan)") in str(hits[0].message)  # fmt: skip
+
+
+class _NoCallPipe:
+    """A pipeline that must not be called: the checks come first."""
+
+    def __call__(self, prompt=None, num_inference_steps=7):
+        raise AssertionError("the pipeline ran before the error")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "give exactly one of target_mass and target_density"),
+    ({"target_mass": 1.5}, r"target_mass must be in \(0, 1\], got 1.5"),
+    ({"target_mass": 0.9, "taus": [0.9, 0.5]}, r"taus must be increasing values in \(0, 1\]"),
+    ({"target_mass": 0.9, "calls": []}, "calls is empty"),
+])  # fmt: skip
+def test_calibrate_pipeline_checks_its_arguments_before_any_call(kwargs, message):
+    """They were checked only after every pipeline call had run (minutes on a real model)."""
+    calls = kwargs.pop("calls", [{"prompt": "a", "num_inference_steps": 10}])
+    with pytest.raises(ValueError, match=message):
+        calibrate_pipeline(_NoCallPipe(), xv.XAttentionConfig(), calls, model="m", **kwargs)
+
+
+def test_calibrate_pipeline_takes_the_pipelines_default_step_count():
+    """Without num_inference_steps in the calls, steps=None measured every step, warm-up ones
+    included, though the docstring says the sparse ones; the pipeline's default (here 7) now
+    counts: warm-up 5 + 2 dense last steps leave none."""
+    cfg = xv.XAttentionConfig(warmup_steps=5, dense_last_steps=2)
+    with pytest.raises(ValueError, match="no step runs sparse: .* cover all 7 steps"):
+        calibrate_pipeline(_NoCallPipe(), cfg, [{"prompt": "a"}], model="m", target_mass=0.9)
+
+    class NoDefault:
+        def __call__(self, prompt=None, **kwargs):
+            raise AssertionError("the pipeline ran before the error")
+
+    with pytest.raises(ValueError, match="NoDefault has no default num_inference_steps"):
+        calibrate_pipeline(NoDefault(), cfg, [{"prompt": "a"}], model="m", target_mass=0.9)

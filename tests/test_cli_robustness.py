@@ -439,6 +439,46 @@ def test_backend_triton_without_cuda_fails_before_loading(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA case")
+def test_fp8_without_a_hopper_gpu_fails_before_loading(
+    tmp_path, prompt_file, capsys, no_model_load
+):
+    """apply_xattention refused it, after the model had loaded (minutes on a real one)."""
+    line = _fail(_argv(tmp_path / "run", prompt_file, "xattn", "--precision", "fp8"), capsys)
+    assert "precision='fp8' with backend='auto' needs an sm90+ CUDA GPU" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-CUDA case")
+def test_calibrate_backend_triton_without_cuda_fails_before_loading(
+    tmp_path, prompt_file, capsys, monkeypatch
+):
+    """calibrate did not run generate's backend check: the model loaded, then the first
+    forward failed."""
+    from xattn_video.pipelines import models as models_mod
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(models_mod, "load_pipeline", fail)
+    argv = ["calibrate", "--model", "tiny-hunyuan", "--prompts", str(prompt_file), "--steps",
+            "2", "--device", "cpu", "--backend", "triton", "--out", str(tmp_path / "t.json")]  # fmt: skip
+    line = _fail(argv, capsys)
+    assert "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1" in line
+
+
+def test_calibrate_runs_exact_bf16_attention_whatever_the_precision():
+    """A calibration keeps every block as exact attention; --precision fp8 ran fp8 attention,
+    which changes what the later layers and steps see."""
+    from xattn_video.calibrate import CALIBRATION_FIXED, calibration_config
+
+    assert "precision" in CALIBRATION_FIXED
+    cal = calibration_config(XAttentionConfig(precision="fp8"))
+    assert cal.precision == "bf16" and cal.threshold == 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # weaker messages
 # ---------------------------------------------------------------------------------------------

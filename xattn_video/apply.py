@@ -242,12 +242,13 @@ def _cuda_capabilities() -> dict[int, tuple[int, int]]:
     return {i: tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
 
 
-def _check_fp8(cfg: XAttentionConfig) -> None:
+def check_fp8(cfg: XAttentionConfig) -> None:
     """``ValueError`` when the config's fp8 arithmetic can never run on this machine: fp8
     attention (``precision="fp8"``, the Triton kernels only) or an fp8 estimate on the Triton
     backend (``backend="auto"`` too where a CUDA device exists: it runs Triton on CUDA
     tensors), and no sm90+ CUDA device at all. Where the transformer's parameters are now says
-    nothing (a pipeline may be applied on the CPU and moved to a GPU afterwards)."""
+    nothing (a pipeline may be applied on the CPU and moved to a GPU afterwards). Called by
+    :func:`apply_xattention`, and by the CLI's commands before they load a model."""
     estimate = cfg.resolved().estimate_precision
     if cfg.precision != "fp8" and not (estimate == "fp8" and cfg.backend != "torch"):
         return  # no fp8 here: the GPUs are not looked at
@@ -335,7 +336,7 @@ def _apply(
             "per-layer thresholds would apply to both; per-expert thresholds are not supported, "
             "use the uniform threshold (thresholds_file='') for this pipeline"
         )
-    _check_fp8(cfg)
+    check_fp8(cfg)
     previous = []
     for tr in transformers:
         owner = current_owner(tr)

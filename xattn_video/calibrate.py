@@ -31,6 +31,7 @@ the two experts' heads into one set of thresholds.
 from __future__ import annotations
 
 import datetime
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,7 +43,15 @@ from . import __version__
 from . import attention as _attention
 from .attention import dense_blocks
 from .config import XAttentionConfig
-from .thresholds import FORMAT, choose_thresholds, default_taus, expected_density, validate
+from .thresholds import (
+    FORMAT,
+    check_targets,
+    check_taus,
+    choose_thresholds,
+    default_taus,
+    expected_density,
+    validate,
+)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -170,6 +179,7 @@ class Calibrator:
     ) -> None:
         self.cfg = cfg
         self.taus = list(taus) if taus is not None else default_taus()
+        check_taus(self.taus)  # here, not after the calibration's calls
         self.steps = None if steps is None else frozenset(int(s) for s in steps)
         self.sums: dict[int, dict[str, torch.Tensor]] = {}
         self.calls = 0
@@ -278,13 +288,14 @@ _FIXED_VALUES: dict[str, Any] = {
     "collect_stats": False,
     "auto_dense": False,
     "estimate_precision": None,
+    "precision": "bf16",  # exact attention: fp8 would change what the next layers see
 }
 """What :func:`calibration_config` sets: every block kept, every layer sparse, no budget."""
 
 CALIBRATION_FIXED = tuple(_FIXED_VALUES)
 """Config fields a calibration does not take from its config: :func:`calibration_config` fixes
-them (every block kept, every step and layer sparse, so no dense kernel runs and ``ratio`` has no
-effect), and the estimate it measures is the bf16 one (:func:`.attention.block_scores`; a file
+them (every block kept in bf16 attention, every step and layer sparse, so no dense kernel runs
+and ``ratio`` has no effect), and the estimate it measures is the bf16 one (:func:`.attention.block_scores`; a file
 serves both estimate precisions, whose masks agree up to near-ties). ``warmup_steps`` /
 ``dense_last_steps`` only choose the steps measured."""
 
@@ -295,6 +306,18 @@ def calibration_config(cfg: XAttentionConfig) -> XAttentionConfig:
     (exact attention), no budget or thresholds file (:data:`CALIBRATION_FIXED`)."""
     fixed = {k: v for k, v in _FIXED_VALUES.items() if v is not None}
     return cfg.replace(warmup_steps=0, dense_last_steps=0, **fixed)
+
+
+def _default_steps(pipe: Any) -> int:
+    """``num_inference_steps``'s default in ``pipe``'s call (50 in diffusers' video pipelines);
+    ``ValueError`` when it has none."""
+    param = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+    if param is None or not isinstance(param.default, int) or param.default < 1:
+        raise ValueError(
+            f"{type(pipe).__name__} has no default num_inference_steps: give it in the calls, "
+            "or the steps to measure"
+        )
+    return param.default
 
 
 def calibrate_pipeline(
@@ -314,8 +337,10 @@ def calibrate_pipeline(
 
     calls: keyword arguments of each pipeline call (prompt / condition, size, steps, generator);
     steps: denoising steps measured (None: the ones that run sparse, from ``cfg.warmup_steps``
-    to the last ``cfg.dense_last_steps`` left out); progress: called with (calls done, calls)
-    after each call.
+    to the last ``cfg.dense_last_steps`` left out, of the calls' ``num_inference_steps`` or the
+    pipeline's default); progress: called with (calls done, calls) after each call.
+    Exactly one of ``target_mass`` / ``target_density``, and ``taus``, are checked before any
+    call runs.
     Returns the thresholds file's dict (``save_thresholds`` writes it). A pipeline with a
     second expert (``pipe.transformer_2``, Wan 2.2 A14B) raises ``ValueError``: see the module
     docstring.
@@ -330,10 +355,13 @@ def calibrate_pipeline(
             "pipeline with the config's uniform threshold (no thresholds_file), or calibrate "
             "a single-transformer model"
         )
+    check_targets(target_mass, target_density)  # before the calls, not after them
+    if not calls:
+        raise ValueError("calls is empty: give the keyword arguments of at least one call")
     if steps is None:
-        n = max(int(c.get("num_inference_steps", 0)) for c in calls)
-        steps = range(cfg.warmup_steps, n - cfg.dense_last_steps) if n else None
-        if steps is not None and not steps:
+        n = max(int(c.get("num_inference_steps", 0) or _default_steps(pipe)) for c in calls)
+        steps = range(cfg.warmup_steps, n - cfg.dense_last_steps)
+        if not steps:
             raise ValueError(
                 f"no step runs sparse: warmup_steps={cfg.warmup_steps} and dense_last_steps="
                 f"{cfg.dense_last_steps} cover all {n} steps"

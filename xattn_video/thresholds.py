@@ -81,6 +81,17 @@ def check_targets(target_mass: float | None, target_density: float | None) -> No
         raise ValueError(f"{name} must be in (0, 1], got {value}")
 
 
+def check_taus(taus: Any, what: str = "taus") -> None:
+    """``ValueError`` unless ``taus`` is a non-empty increasing list of numbers in (0, 1]."""
+    if (
+        not isinstance(taus, list)
+        or not taus
+        or not all(is_json_number(t) and 0.0 < t <= 1.0 for t in taus)
+        or sorted(taus) != taus
+    ):
+        raise ValueError(f"{what} must be increasing values in (0, 1], got {taus!r}")
+
+
 def choose_thresholds(
     layers: list[dict[str, Any]],
     taus: list[float],
@@ -205,13 +216,7 @@ def validate(data: dict[str, Any]) -> None:
     if not isinstance(data["config"], dict):
         raise ValueError("thresholds file: config must be an object of XAttentionConfig fields")
     taus = data["taus"]
-    if (
-        not isinstance(taus, list)
-        or not taus
-        or not all(is_json_number(t) and 0.0 < t <= 1.0 for t in taus)
-        or sorted(taus) != taus
-    ):
-        raise ValueError("thresholds file: taus must be increasing values in (0, 1]")
+    check_taus(taus, "thresholds file: taus")
     layers = data["layers"]
     if not isinstance(layers, list) or not layers or not all(isinstance(x, dict) for x in layers):
         # a layer 1 raised AttributeError; no layers at all divided by zero in the summary
