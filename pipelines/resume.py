@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +99,14 @@ def check_resume(
     """Raise :class:`SetupError` naming each setting in which ``run`` differs from ``old``, the
     record already in ``out`` (None: a new directory), or the prompt folders of ``out`` that
     its selection (the prompt ``indices``) leaves out (:func:`_check_selection`), or finished
-    prompts in an ``out`` without a record, whose settings can't be checked."""
+    prompts in an ``out`` without a record, whose settings can't be checked. A record whose run
+    finished no prompt (its first video failed: a compile error, out of memory) protects
+    nothing: other settings replace it, with a warning."""
+    finished = [] if not out.is_dir() else sorted(
+        d.name for d in out.iterdir()
+        if rundir.is_prompt_dir(d) and (d / rundir.META_FILE).is_file()
+    )  # fmt: skip
     if old is None:
-        finished = [] if not out.is_dir() else sorted(
-            d.name for d in out.iterdir()
-            if rundir.is_prompt_dir(d) and (d / rundir.META_FILE).is_file()
-        )  # fmt: skip
         if finished:
             raise SetupError(
                 f"{out} holds {len(finished)} finished prompt(s) ({', '.join(finished[:3])}"
@@ -118,6 +121,14 @@ def check_resume(
     diffs = old.resume_differences(run)
     if diffs:
         detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
+        if not finished:  # its first video failed (a compile error, out of memory): nothing to keep
+            warnings.warn(
+                f"{out / rundir.RUN_FILE} records a run with other settings ({detail}) that "
+                "finished no prompt: replaced by this run's settings",
+                stacklevel=2,
+            )
+            _check_selection(out, old, run, indices)
+            return
         hint = ""
         if diffs.get("config.estimate_precision") == ("bf16", "fp8"):
             hint = (

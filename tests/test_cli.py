@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from xattn_video import rundir
 from xattn_video.config import XAttentionConfig, config_fields, field_docs
@@ -291,6 +292,39 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path: Path, prompt_f
         capsys,
     )
     assert "other settings" in err and "seed: 0 -> 1" in err
+
+
+def test_a_run_that_finished_no_prompt_takes_the_corrected_settings(
+    tmp_path: Path, prompt_file, capsys, monkeypatch
+):
+    """run.json is written before the first video; when that video failed (a compile error or
+    out of memory show up only in the first forward) the corrected command was refused as "a
+    run with other settings", though nothing was there to protect."""
+    from xattn_video.pipelines import generate as generate_mod
+
+    out = tmp_path / "run"
+    real = generate_mod.StepTimer
+
+    class Oom(real):
+        def pre_forward(self, *args):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(generate_mod, "StepTimer", Oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        _generate(out, prompt_file, "dense", "--limit", "1", "--seed", "1")
+    assert json.loads((out / rundir.RUN_FILE).read_text())["seed"] == 1
+    monkeypatch.setattr(generate_mod, "StepTimer", real)
+    capsys.readouterr()
+    assert _generate(out, prompt_file, "dense", "--limit", "1") == 0
+    err = capsys.readouterr().err
+    assert "records a run with other settings (seed: 1 -> 0) that finished no prompt" in err
+    assert json.loads((out / rundir.RUN_FILE).read_text())["seed"] == 0
+    assert (out / "00000" / rundir.META_FILE).is_file()
+    # once a prompt is finished, other settings are refused again
+    assert "seed: 0 -> 1" in _fail(
+        ["generate", "--model", "tiny-hunyuan", "--prompts", str(prompt_file), "--attention",
+         "dense", "--out", str(out), "--seed", "1", "--limit", "1", "--no-progress", "--device",
+         "cpu"], capsys)  # fmt: skip
 
 
 def test_a_run_made_before_the_fp8_default_is_told_how_to_resume(tmp_path: Path, prompt_file):
