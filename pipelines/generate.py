@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from xattn_video import rundir, runlock
+from xattn_video.atomic import WriteFailed
 from xattn_video.config import XAttentionConfig
 
 from . import runinfo
@@ -150,7 +151,7 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 def _lock(out: Path, state: Any) -> tuple[runlock.RunLock | None, bool]:
     """Main process: create ``out`` and take its lock; every process learns whether the
     directory is writable. Raises SetupError (all processes) when another run holds it."""
-    lock, status = None, "ok"
+    lock, status, failed = None, "ok", False
     if state.is_main_process:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -159,12 +160,16 @@ def _lock(out: Path, state: Any) -> tuple[runlock.RunLock | None, bool]:
             status = "ok" if lock.acquire() and runlock.writable_dir(out) else "read-only"
         except rundir.RunDirLocked as e:
             status = str(e)
+        except WriteFailed as e:  # the folder is there, its .lock could not be written
+            status, failed = e.strerror or str(e), True
         except OSError as e:
             status = f"can't create the run directory {out}: {e.strerror or e}"
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
-        status = broadcast_object_list([status])[0]
+        status, failed = broadcast_object_list([status, failed])
+    if failed:
+        raise WriteFailed(status)
     if status not in ("ok", "read-only"):
         raise SetupError(status)
     return lock, status == "ok"

@@ -137,6 +137,33 @@ def test_a_locked_run_directory_exits_2_before_any_work(tmp_path, prompt_file, c
     assert main(_argv(out, prompt_file, "dense", "--limit", "1")) == 0  # lock released
 
 
+def test_a_full_disk_writing_the_lock_exits_1_and_holds_no_lock(
+    tmp_path, prompt_file, capsys, monkeypatch
+):
+    """ftruncate / pwrite of the pid failing (a full disk) after flock succeeded left the
+    descriptor open and unheld: the error said "can't create the run directory" (exit 2) and a
+    retry in the same process was refused as "another generate process (pid ?)"."""
+    import errno
+
+    out = tmp_path / "run"
+    real = runlock.os.pwrite
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runlock.os, "pwrite", full)
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(out, prompt_file, "dense", "--limit", "1"))
+    assert exc.value.code == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"xattn-video: error: could not write {out / rundir.LOCK_FILE}: No ")
+    assert line.endswith(
+        "Free space (or fix that) and rerun the same command to resume (finished videos are kept)."
+    )  # noqa: E501
+    monkeypatch.setattr(runlock.os, "pwrite", real)
+    assert main(_argv(out, prompt_file, "dense", "--limit", "1")) == 0  # the lock was not held
+
+
 def test_two_generate_processes_on_one_directory(tmp_path: Path):
     """The issue's case: two identical ``generate`` commands at once. One generates, the other
     exits 2 naming the lock (or, if it came late, finds everything finished); the directory

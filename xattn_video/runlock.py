@@ -18,7 +18,7 @@ import os
 import uuid
 from pathlib import Path
 
-from .atomic import TMP_MARK
+from .atomic import TMP_MARK, write_failed
 from .rundir import LOCK_FILE, PathLike, RunDirLocked
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,12 @@ class RunLock:
                 f"{holder}); wait for it to finish, then rerun to resume, or choose another --out"
             ) from None
         if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as e:  # a full disk: not held (a retry in this process would be
+                os.close(fd)  # refused as "another generate process"), and the file named
+                raise write_failed(e, f"could not write {self.path}") from e
         self._fd = fd
         return True
 
