@@ -175,10 +175,17 @@ def _check_selection(
     if left_out:
         shown = ", ".join(rundir.prompt_dir_name(i) for i in left_out[:8])
         more = f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
+        now, then = _selection_label(run.selection), _selection_label(old.selection)
+        moved = " move a strided sample" if (run.selection or {}).get("sample") else ""
+        why = (
+            f"run.json records the same selection, so the prompt file changed since (lines "
+            f"added or removed{moved})"
+            if now == then
+            else f"its run.json records {then}"
+        )
         raise SetupError(
-            f"{out} holds prompt folder(s) {shown}{more} that this selection "
-            f"({_selection_label(run.selection)}: {len(indices)} prompt(s)) leaves out; its "
-            f"run.json records {_selection_label(old.selection)}. A run directory keeps one "
+            f"{out} holds prompt folder(s) {shown}{more} that this selection ({now}: "
+            f"{len(indices)} prompt(s)) leaves out; {why}. A run directory keeps one "
             "selection: resume with one that includes them or choose another --out directory."
         )
 

@@ -235,3 +235,18 @@ def test_a_selection_that_leaves_out_videos_of_the_directory_blocks_a_resume(
     line = _fail(_argv(out, prompt_file, "dense", "--limit", "1"), capsys)
     want = "holds prompt folder(s) 00001, 00002 that this selection (the first 1: 1 prompt(s))"
     assert want in line and "its run.json records every prompt." in line
+
+
+def test_the_same_sample_of_a_grown_prompt_file_names_the_file_as_the_cause(
+    tmp_path, prompt_file, capsys
+):
+    """Lines added to the prompt file move a strided sample; the refusal named the same
+    selection on both sides ("this selection (a strided sample of 2 ...) leaves out; its
+    run.json records a strided sample of 2") and not the file."""
+    out = tmp_path / "run"
+    main(_argv(out, prompt_file, "dense", "--sample", "2"))
+    before = prompt_file.read_text()
+    prompt_file.write_text(before + "one more prompt\nand another\n")
+    line = _fail(_argv(out, prompt_file, "dense", "--sample", "2"), capsys)
+    assert "run.json records the same selection, so the prompt file changed since (lines " in line
+    assert "added or removed move a strided sample)." in line
