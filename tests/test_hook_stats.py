@@ -436,6 +436,32 @@ def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     assert sorted(set(sizes)) == [72, 200]
 
 
+def test_auto_dense_decides_again_after_the_model_changes_dtype(monkeypatch):
+    """Decisions were keyed by the input shapes only: a model moved to another dtype or device
+    (another GPU, the CPU) with the same shapes kept the first one's dense-for-cost layers.
+    Stand-in cost model: dense wins in fp32, sparse in fp64."""
+    from ._tiny_models import hv_transformer_inputs
+
+    stand_in_cost_model(
+        monkeypatch, lambda cal, n, density, **k: cost_model.Prediction(1.0, 1.0, cal != "fp32")
+    )
+    monkeypatch.setattr(cost_model, "cost_key", lambda device, dtype, *a, **k: dtype)
+    monkeypatch.setattr(cost_model, "lookup", lambda key: str(key).replace("torch.float", "fp"))
+    tr = tiny_hv_transformer()
+    handle = xv.apply_xattention(tr, cfg_(warmup_steps=1, auto_dense=True))
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            tr.to(dtype)
+            for t in (900.0, 800.0):  # a new run each time (timestep matching)
+                kw = hv_transformer_inputs(timestep=t)
+                floats = {
+                    k: v.to(dtype) for k, v in kw.items() if getattr(v, "is_floating_point", bool)()
+                }
+                tr(**{**kw, **floats})
+    got = [(r.run, r.sparse, r.dense_reason) for r in handle.stats.records if r.step == 1]
+    assert got == [*[(0, False, "cost")] * 3, *[(1, True, None)] * 3]
+
+
 @pytest.mark.parametrize("family", ["hunyuanvideo", "wan"])
 def test_auto_dense_predicts_padded_calls_against_masked_sdpa(family, monkeypatch):
     """HunyuanVideo's text padding makes a dense-for-cost call masked SDPA; its decision was

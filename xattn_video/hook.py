@@ -146,7 +146,7 @@ class XAttentionController:
         context: the diffusers cache context (may be None); scheduler: the pipeline's scheduler
         when known (its ``step_index`` is authoritative); loop_t: its ``_current_timestep``
         (:class:`~xattn_video.schedule.StoppedCalls`); input_size: the transformer and the
-        shapes of the forward's inputs (``auto_dense`` decides again when they change).
+        inputs' shapes, devices and dtypes (``auto_dense`` decides again when they change).
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None
@@ -336,9 +336,10 @@ class XAttentionStepHook(ModelHook):
             context = self.state_manager.context
         except ValueError:  # no cache_context around this call (bare transformer)
             context = None
-        # auto_dense decides per input size and transformer (Wan 2.2's experts share layer
-        # numbers, not their densities or costs)
-        size = (id(module), *(x.shape for x in (hidden_states, ehs) if isinstance(x, torch.Tensor)))
+        # auto_dense decides per transformer (Wan 2.2's experts share layer numbers, not costs)
+        # and per inputs' size, device and dtype (a model moved keeps its shapes)
+        tensors = [x for x in (hidden_states, ehs) if isinstance(x, torch.Tensor)]
+        size = (id(module), *((x.device, x.dtype, x.shape) for x in tensors))
         scheduler, loop_t = self.scheduler_getter() if self.scheduler_getter else (None, None)
         self.controller.begin_forward(
             timestep=timestep,
