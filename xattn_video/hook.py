@@ -15,8 +15,8 @@ before every transformer forward:
   mid-run by a call stopped part-way, is ignored: another pipeline object runs the
   transformer; a second-order scheduler -- Heun, KDPM2, ``order`` 2 -- moves its position
   at each of a step's two forwards, so the position is divided by its ``order``); else the
-  ``step_index`` of the diffusers
-  cache context when the pipeline sets one (Wan does); else **timestep matching** (bare
+  ``step_index`` of the diffusers cache context when the pipeline sets one (Wan does, counting
+  forwards: no ``order`` there); else **timestep matching** (bare
   transformer): a new ``float(timestep.max())`` advances the step, a repeated one (the second
   CFG forward) does not, a larger one starts a new run at step 0;
 - ``num_steps``: ``len(scheduler.timesteps)`` less the steps the call skipped, over the
@@ -42,19 +42,19 @@ sampling run -- hence a reset to step 0, dense, no cached masks -- starts when
   (``"cond"``) comes again at the same step; with timestep matching, a larger timestep;
 - diffusers calls the hook's ``reset_state`` (``maybe_free_model_hooks`` at the end of a call).
 
-So a pipeline call that raised (e.g. in ``callback_on_step_end``) never leaks its masks or step
-into the next call.
+So a call that raised (e.g. in ``callback_on_step_end``) never leaks masks or step into the next.
 
-One application owns the hook: ``attach_step_hook(..., owner=handle)``;
-:func:`current_owner` returns it, so a later application can remove the previous one first
-(see :mod:`xattn_video.apply`).
+One application owns the hook (``attach_step_hook(..., owner=handle)``, :func:`current_owner`),
+so a later application can remove the previous one first (see :mod:`xattn_video.apply`).
 
 Not supported: ``dense_last_steps`` without a known step count (bare transformer without cache
 context: logged once and ignored); a scheduler that sets ``step_index`` before the first forward
-(FlowMatchHeun's ``scale_noise`` in video-to-video calls: counted from the schedule's start); pipelines that call the transformer several times per step
-with different timesteps (they would count as several steps in the timestep fallback); a new
-run of a bare transformer (no scheduler, no cache context) that starts at the timestep where
-the previous one stopped (it continues the previous run).
+(FlowMatchHeun's ``scale_noise`` in video-to-video calls: counted from the schedule's start);
+second-order schedulers without the pipeline (``apply_xattention`` on Wan's bare transformer:
+the cache context counts forwards, so pass ``pipe``); pipelines that call the transformer several
+times per step with different timesteps (they would count as several steps in the timestep
+fallback); a new run of a bare transformer (no scheduler, no cache context) that starts at the
+timestep where the previous one stopped (it continues the previous run).
 """
 
 from __future__ import annotations
