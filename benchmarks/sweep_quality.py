@@ -65,7 +65,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _attention_view import QKVCapture, aggregate_attention, attention_view  # noqa: E402
-from _common import print_table, save_json  # noqa: E402
+from _common import keeping_rows, print_table, save_json  # noqa: E402
 from _precisions import (  # noqa: E402
     MIN_VIDEOS,
     compare_precisions,
@@ -281,7 +281,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.preset is not None and a.preset not in xv.PRESETS:
         p.error(f"--preset: unknown preset {a.preset!r}; known: {sorted(xv.PRESETS)}")
     a.attn_steps = [s for s in a.attn_steps if s < a.steps] or [a.steps - 1]
+    for s, prec in itertools.product(build_settings(a), a.precision):  # not after the dense
+        try:  # references ran
+            make_config(s, a, prec, a.estimate_precision[0])
+        except ValueError as e:
+            p.error(f"setting {_label(s)}: {e}")
     return a
+
+
+def _sweep(a, pipe, conds, seeds, runs, metrics, device, rows, save, t_all) -> None:
+    """The dense reference, its repeat and every (setting, precisions) run, each row appended
+    to ``rows`` and saved as it is measured (a crash or Ctrl-C keeps them)."""
+    dense, dense_s, dense_attn_s = generate(pipe, conds, a, device, seeds)
+    dense2, dense2_s, dense2_attn_s = generate(pipe, conds, a, device, seeds)
+    rows += [
+        {"kind": "dense", "label": "dense", "denoise_s": dense_s, "attn_s": dense_attn_s,
+         "effective_density": 1.0, "sparse_density": None},
+        {"kind": "dense repeat", "label": "dense repeat", "denoise_s": dense2_s,
+         "attn_s": dense2_attn_s, "effective_density": 1.0, "sparse_density": None,
+         **metrics(dense, dense2)},
+    ]  # fmt: skip
+    save()
+    print(f"[sweep] dense: {dense_s:.3f} s/video denoising, {dense_attn_s:.3f} s/video in "
+          "attention", flush=True)  # fmt: skip
+    for i, (s, (prec, est)) in enumerate(runs):
+        cfg = make_config(s, a, prec, est)
+        handle = xv.apply_xattention(pipe, cfg)
+        try:
+            handle.stats.reset()
+            video, sec, attn_sec = generate(pipe, conds, a, device, seeds)
+            summ = handle.stats.summary()
+        finally:
+            handle.remove()
+        row = {
+            "kind": "xattention", "label": _row_label(s, prec, est), "setting": _label(s),
+            "precision": prec, "estimate_precision": est, **s,
+            "sparse_density": summ["sparse_density"],
+            "effective_density": summ["effective_density"],
+            "num_sparse_calls": summ["num_sparse_calls"],
+            "num_dense_calls": summ["num_dense_calls"],
+            "denoise_s": sec, "attn_s": attn_sec,
+            "speedup_denoise": dense_s / sec, "speedup_attn": dense_attn_s / attn_sec,
+            **metrics(dense, video),
+        }  # fmt: skip
+        rows.append(row)
+        save()
+        if i == 0:
+            t_first = time.perf_counter()
+        eta = ((time.perf_counter() - t_first) / i * (len(runs) - 1 - i)) if i else None
+        print(f"[sweep] {i + 1}/{len(runs)} {row['label']}: PSNR {row['psnr']:.2f} dB "
+              f"SSIM {row['ssim']:.4f} eff. density {row['effective_density']:.3f} "
+              f"({time.perf_counter() - t_all:.0f}s elapsed"
+              + (f", ~{eta:.0f}s to go)" if eta is not None else ")"), flush=True)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -331,45 +382,9 @@ def main(argv=None) -> int:
             denoise(pipe, conds, seeds, warm_args)
 
     # dense reference (+ q/k/v capture of video 0 is done in a separate B=1 run below)
-    dense, dense_s, dense_attn_s = generate(pipe, conds, a, device, seeds)
-    dense2, dense2_s, dense2_attn_s = generate(pipe, conds, a, device, seeds)
-    rows = [
-        {"kind": "dense", "label": "dense", "denoise_s": dense_s, "attn_s": dense_attn_s,
-         "effective_density": 1.0, "sparse_density": None},
-        {"kind": "dense repeat", "label": "dense repeat", "denoise_s": dense2_s,
-         "attn_s": dense2_attn_s, "effective_density": 1.0, "sparse_density": None,
-         **metrics(dense, dense2)},
-    ]  # fmt: skip
-    print(f"[sweep] dense: {dense_s:.3f} s/video denoising, {dense_attn_s:.3f} s/video in "
-          "attention", flush=True)  # fmt: skip
-    for i, (s, (prec, est)) in enumerate(runs):
-        cfg = make_config(s, a, prec, est)
-        handle = xv.apply_xattention(pipe, cfg)
-        try:
-            handle.stats.reset()
-            video, sec, attn_sec = generate(pipe, conds, a, device, seeds)
-            summ = handle.stats.summary()
-        finally:
-            handle.remove()
-        row = {
-            "kind": "xattention", "label": _row_label(s, prec, est), "setting": _label(s),
-            "precision": prec, "estimate_precision": est, **s,
-            "sparse_density": summ["sparse_density"],
-            "effective_density": summ["effective_density"],
-            "num_sparse_calls": summ["num_sparse_calls"],
-            "num_dense_calls": summ["num_dense_calls"],
-            "denoise_s": sec, "attn_s": attn_sec,
-            "speedup_denoise": dense_s / sec, "speedup_attn": dense_attn_s / attn_sec,
-            **metrics(dense, video),
-        }  # fmt: skip
-        rows.append(row)
-        if i == 0:
-            t_first = time.perf_counter()
-        eta = ((time.perf_counter() - t_first) / i * (len(runs) - 1 - i)) if i else None
-        print(f"[sweep] {i + 1}/{len(runs)} {row['label']}: PSNR {row['psnr']:.2f} dB "
-              f"SSIM {row['ssim']:.4f} eff. density {row['effective_density']:.3f} "
-              f"({time.perf_counter() - t_all:.0f}s elapsed"
-              + (f", ~{eta:.0f}s to go)" if eta is not None else ")"), flush=True)  # fmt: skip
+    args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(a).items()}
+    with keeping_rows(out_dir / "sweep_quality.json", args) as (rows, save):
+        _sweep(a, pipe, conds, seeds, runs, metrics, device, rows, save, t_all)
 
     attn_rows, attn_agg = [], []
     if not a.no_attention_view:

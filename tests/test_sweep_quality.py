@@ -33,7 +33,8 @@ def test_one_at_a_time_grid_is_the_base_then_each_factor_alone():
         "tau=0.9 w=2 S=8 raster r=3",
     ]
     # warm-up steps past the schedule are dropped, strides that do not divide the block too
-    a = _args("--quick", "--steps", "3", "--block-size", "8", "--warmups", "0", "5")
+    a = _args("--quick", "--steps", "3", "--block-size", "16", "--warmups", "0", "5",
+              "--strides", "8", "32")  # fmt: skip
     settings = sq.build_settings(a)
     assert {s["stride"] for s in settings} == {8}
     assert {s["warmup_steps"] for s in settings} == {0, 2}
@@ -405,3 +406,43 @@ def test_the_sweeps_default_to_the_gpu_only_where_there_is_one():
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert _args().device == want
     assert methods.parse_args(["--out", "unused"]).device == want
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--taus", "0.8", "1.5"], "threshold must be in (0, 1], got 1.5"),
+    (["--refresh", "0"], "mask_refresh must be >= 1, got 0"),
+    (["--orders", "zigzag"], "token_order must be one of"),
+    (["--warmups", "-1"], "warmup_steps must be >= 0, got -1"),
+])  # fmt: skip
+def test_a_grid_value_no_config_takes_is_a_usage_error(extra, message, capsys):
+    """They parsed and failed in make_config after the model load, the warm-up and both dense
+    references (and every setting before the bad one), which the JSON then did not keep."""
+    with pytest.raises(SystemExit) as exc:
+        _args(*extra)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_error_mid_sweep_keeps_the_rows_measured(tmp_path, monkeypatch):
+    """The JSON was written only at the very end: a crash or Ctrl-C part way through a long
+    sweep (the full grid is 72 settings) left nothing on disk."""
+    calls = []
+    real = sq.generate
+
+    def generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # dense, dense repeat, then the first setting
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sq, "generate", generate)
+    out = tmp_path / "sweep"
+    with pytest.raises(KeyboardInterrupt):
+        sq.main(["--out", str(out), "--random-weights", "--device", "cpu", "--frames", "5",
+                 "--height", "32", "--width", "32", "--steps", "2", "--block-size", "16",
+                 "--num-videos", "1", "--preset", "tiny-dit", "--no-lpips",
+                 "--no-attention-view"])  # fmt: skip
+    res = json.loads((out / "sweep_quality.json").read_text())
+    assert [r["kind"] for r in res["rows"]] == ["dense", "dense repeat"]
+    assert res["complete"] is False and res["error"] == "KeyboardInterrupt: "
+    assert res["config"]["preset"] == "tiny-dit"
