@@ -43,6 +43,7 @@ from _gpu_monitor import COLUMNS as GPU_COLUMNS  # noqa: E402
 from _gpu_monitor import GpuMonitor, RowWindows, attach  # noqa: E402
 
 from xattn_video.attention import attention_flops, xattention  # noqa: E402
+from xattn_video.config import XAttentionConfig  # noqa: E402
 from xattn_video.kernels.estimate import estimate_block_scores  # noqa: E402
 from xattn_video.kernels.select import mask_to_indices, select_blocks  # noqa: E402
 from xattn_video.kernels.select_fused import mask_to_csr, select_blocks_fused  # noqa: E402
@@ -250,6 +251,22 @@ def run_length(
     return rows
 
 
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage error (exit 2) before any timing: a density outside (0, 1] (the selection clamps
+    it, so a row named ``d=1.5`` ran at 1.0), a stride the estimate refuses (found after every
+    dense and sparse row of the first length), sizes below 1."""
+    if min(args.seq) < 1 or args.heads < 1 or args.dim < 1:
+        p.error("--seq, --heads and --dim must be at least 1")
+    bad = [d for d in args.densities if not 0.0 < d <= 1.0]
+    if bad:
+        p.error(f"--densities must be in (0, 1], got {bad}")
+    for stride in args.strides:
+        try:
+            XAttentionConfig(stride=stride, block_size=128)
+        except ValueError as err:
+            p.error(f"--strides: {err}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seq", type=int, nargs="+", default=[119056, 67576])
@@ -261,6 +278,7 @@ def main(argv=None) -> None:
     p.add_argument("--sweep", action="store_true", help="also time alternative launch configs")
     p.add_argument("--out", default="results/bench_attention.json")
     args = p.parse_args(argv)
+    check_args(p, args)
     if not torch.cuda.is_available():
         sys.exit("bench_attention needs a CUDA GPU")
     print(environment(), flush=True)

@@ -272,6 +272,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="results/bench_pipeline.json")
     args = p.parse_args(argv)
     check_row_args(p, args)
+    if not 1 <= args.text_valid <= 256:  # a negative one sliced from the end
+        p.error(f"--text-valid must be in 1..256, got {args.text_valid}")
+    if args.frames < 1 or args.frames % 4 != 1:  # found inside the 12.8 B model
+        p.error(f"--frames must be 4k+1 (1, 5, ..., 129), got {args.frames}")
     if not torch.cuda.is_available():
         sys.exit("bench_pipeline needs a CUDA GPU")
     check_fp8_runs(args)

@@ -133,6 +133,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="results/bench_pipeline_wan.json")
     args = p.parse_args(argv)
     check_row_args(p, args)
+    if args.frames < 1 or args.frames % 4 != 1 or args.height % 16 or args.width % 16:
+        p.error("--frames must be 4k+1 and --height / --width multiples of 16")
     if not torch.cuda.is_available():
         sys.exit("bench_pipeline_wan needs a CUDA GPU")
     check_fp8_runs(args)

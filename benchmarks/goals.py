@@ -53,10 +53,12 @@ def split(data: dict, key: str) -> list[tuple[object, dict]]:
     return [(k, {**data, "rows": rows}) for k, rows in groups.items()]
 
 
-def default_estimate(data: dict, head_dim: int = 128) -> str | None:
+def default_estimate(data: dict) -> str | None:
     """What ``estimate_precision="auto"`` ran for bf16 attention when the file was written
-    ("bf16" / "fp8"), or None when the file does not record it."""
+    ("bf16" / "fp8") at the file's head dim (``config.dim``, 128 for the pipelines), or None
+    when the file does not record it."""
     auto = data.get("environment", {}).get("auto_estimate_of_bf16")
+    head_dim = (data.get("config") or {}).get("dim", 128)
     return auto.get(str(head_dim)) if isinstance(auto, dict) else None
 
 
@@ -100,10 +102,15 @@ def attention_goals(data: dict) -> dict[str, float | None]:
     return out
 
 
+PIPELINE_DEFAULT = "dense, diffusers default"
+
+
 def pipeline_goals(data: dict) -> dict[str, float | None]:
     """The 50-step projection against diffusers' default in one ``bench_pipeline.py`` file:
     the default op (bf16 attention, its default estimate), all-bf16 and fp8 + fp8 estimate."""
     rows = _rows(data)
+    if PIPELINE_DEFAULT not in rows:
+        raise ValueError(f"no {PIPELINE_DEFAULT!r} row: not a bench_pipeline.py file")
     est = default_estimate(data)
 
     def proj(method: str) -> float | None:
@@ -193,6 +200,8 @@ def rows_table(data: dict) -> str:
         "| eff. throughput / cuDNN dense |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    if not all("ms" in row for row in data["rows"]):
+        raise ValueError("rows without 'ms': not a bench_attention.py file")
     for n, part in split(data, "n"):
         cudnn = _rows(part).get(CUDNN, {}).get("ms")
         for row in part["rows"]:
@@ -236,21 +245,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows:
         if args.pipeline or not args.attention:
             ap.error("--rows takes bench_attention.py files only")
-        print("\n\n".join(rows_table(_load(path)) for path in args.attention))
+        try:
+            print("\n\n".join(rows_table(_load(path)) for path in args.attention))
+        except ValueError as err:
+            raise SystemExit(f"goals.py: {err}") from err
         return 0
-    columns = []
+    columns, sources = [], []
     for path in args.attention:
         for n, part in split(_load(path), "n"):
             try:
                 columns.append((_title(part, n), attention_goals(part)))
+                sources.append(path)
             except ValueError as err:
                 raise SystemExit(f"goals.py: {path}: {err}") from err
     for path in args.pipeline:
         for res, part in split(_load(path), "res"):
-            columns.append((_title(part, res), pipeline_goals(part)))
+            try:
+                columns.append((_title(part, res), pipeline_goals(part)))
+                sources.append(path)
+            except ValueError as err:
+                raise SystemExit(f"goals.py: {path}: {err}") from err
     print(table(columns))
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(columns), indent=1) + "\n", encoding="utf-8")
+    if args.json:  # a list: two runs of one commit on one GPU have the same title
+        out = [
+            {"file": f, "title": t, "values": v} for f, (t, v) in zip(sources, columns, strict=True)
+        ]
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

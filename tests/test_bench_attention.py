@@ -120,3 +120,17 @@ def test_rows_reach_the_runs_list_as_they_are_measured(monkeypatch):
         "sdpa cuDNN dense", "sdpa cuDNN dense, call by call", "sdpa FA2 dense",
         "ours sparse d=0.5",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--densities", "0"], "--densities must be in (0, 1], got [0.0]"),
+    (["--densities", "0.3", "1.5"], "--densities must be in (0, 1], got [1.5]"),
+    (["--strides", "3"], "--strides: stride must be one of"),
+    (["--seq", "0"], "--seq, --heads and --dim must be at least 1"),
+])  # fmt: skip
+def test_arguments_that_would_mislabel_or_fail_late_are_usage_errors(argv, message, capsys):
+    """--densities 1.5 made rows named d=1.5 that ran at 1.0 (the selection clamps); --strides 3
+    failed after every dense and sparse row of the first length."""
+    with pytest.raises(SystemExit) as e:
+        ba.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -108,8 +108,12 @@ def test_main_prints_one_column_per_file(tmp_path, capsys):
     assert "| 67,576 tokens (NVIDIA H200, git abc1234) |" in text
     assert "| fp8 sparse, same, density 0.1 | ≥ 1.50x | 1.25x **missed** by 16.7% |" in text
     assert "pipeline" not in text  # no pipeline file: its goals' rows are left out
-    saved = json.loads(out_json.read_text())
-    assert saved["67,576 tokens (NVIDIA H200, git abc1234)"]["whole_op_fp8"] == pytest.approx(4.0)
+    (saved,) = json.loads(out_json.read_text())
+    assert (saved["file"], saved["title"]) == (
+        str(path),
+        "67,576 tokens (NVIDIA H200, git abc1234)",
+    )
+    assert saved["values"]["whole_op_fp8"] == pytest.approx(4.0)
 
 
 def test_each_length_and_resolution_of_a_file_is_its_own_column(tmp_path, capsys):
@@ -127,13 +131,13 @@ def test_each_length_and_resolution_of_a_file_is_its_own_column(tmp_path, capsys
              "projected_speedup_vs_default": v}
             for res, r, v in (("544p", 0.5, 1.5), ("544p", 0.3, 2.2), ("720p", 0.5, 2.0),
                               ("720p", 0.3, 2.6))
-        ],
+        ] + [{"res": res, "method": "dense, diffusers default"} for res in ("544p", "720p")],
     }  # fmt: skip
     pipe_path = tmp_path / "p.json"
     pipe_path.write_text(json.dumps(pipe))
     out = tmp_path / "v.json"
     assert goals.main([str(path), "--pipeline", str(pipe_path), "--json", str(out)]) == 0
-    saved = json.loads(out.read_text())
+    saved = {c["title"]: c["values"] for c in json.loads(out.read_text())}
     assert list(saved) == [
         "119,056 tokens (NVIDIA H200, git abc1234)", "67,576 tokens (NVIDIA H200, git abc1234)",
         "544p (?, git ?)", "720p (?, git ?)",
@@ -170,3 +174,48 @@ def test_rows_table_shows_each_row_against_its_lengths_cudnn(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[3] == lines[3]
     with pytest.raises(SystemExit):
         goals.main(["--rows", "--pipeline", str(path)])
+
+
+def test_two_runs_of_one_commit_keep_their_own_values_in_the_json(tmp_path):
+    """--json was a dict keyed by the column title (length, GPU, SHA): a second run of the same
+    commit on the same GPU overwrote the first."""
+    a, b = _attention(), _attention()
+    b["rows"][0]["ms"] = 200.0  # cuDNN twice as slow: every ratio doubles
+    paths = [tmp_path / "a.json", tmp_path / "a_run2.json"]
+    for path, data in zip(paths, (a, b), strict=True):
+        path.write_text(json.dumps(data))
+    out = tmp_path / "v.json"
+    assert goals.main([*map(str, paths), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert [c["file"] for c in saved] == list(map(str, paths))
+    assert saved[0]["title"] == saved[1]["title"]
+    first, second = (c["values"]["whole_op_fp8"] for c in saved)
+    assert second == pytest.approx(2 * first)
+
+
+def test_the_default_estimate_is_read_at_the_files_head_dim():
+    """A --dim 32 run on Hopper records {"32": "bf16", "128": "fp8"}; the default was read at
+    128 whatever the file's dim, so its fp8 estimate rows were called the default."""
+    data = _attention()
+    data["environment"]["auto_estimate_of_bf16"] = {"32": "bf16", "128": "fp8"}
+    data["config"] = {"dim": 32}
+    values = goals.attention_goals(data)
+    assert values["estimate_S8"] == values["estimate_S8_bf16"]
+    assert values["whole_op_bf16"] == values["whole_op_all_bf16"]
+    data["config"] = {"dim": 128}
+    assert (
+        goals.attention_goals(data)["estimate_S8"] == goals.attention_goals(data)["estimate_S8_fp8"]
+    )
+
+
+def test_a_file_given_in_the_wrong_role_is_refused(tmp_path):
+    """An attention file given as --pipeline printed an empty column titled "None (...)"; a
+    pipeline file given to --rows died with KeyError: 'ms'."""
+    attention = tmp_path / "a.json"
+    attention.write_text(json.dumps(_attention()))
+    pipeline = tmp_path / "p.json"
+    pipeline.write_text(json.dumps({"rows": [{"res": "720p", "method": "xattn ratio=0.3"}]}))
+    with pytest.raises(SystemExit, match="not a bench_pipeline.py file"):
+        goals.main(["--pipeline", str(attention)])
+    with pytest.raises(SystemExit, match="not a bench_attention.py file"):
+        goals.main(["--rows", str(pipeline)])

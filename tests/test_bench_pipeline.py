@@ -168,3 +168,19 @@ def test_fp8_rows_on_a_gpu_before_hopper_stop_before_the_model_is_built(monkeypa
     monkeypatch.setattr(bench, "build_transformer", lambda *a: pytest.fail("model built"))
     with pytest.raises(SystemExit, match="fp8 rows need an sm90\\+ GPU .* NVIDIA A100"):
         bench.main(["--precisions", *precisions])
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("bench_pipeline", ["--text-valid", "-5"], "--text-valid must be in 1..256, got -5"),
+    ("bench_pipeline", ["--text-valid", "300"], "--text-valid must be in 1..256, got 300"),
+    ("bench_pipeline", ["--frames", "0"], "--frames must be 4k+1 (1, 5, ..., 129), got 0"),
+    ("bench_pipeline_wan", ["--frames", "80"], "--frames must be 4k+1 and --height / --width"),
+    ("bench_pipeline_wan", ["--height", "721"], "--frames must be 4k+1 and --height / --width"),
+])  # fmt: skip
+def test_input_sizes_the_model_cannot_take_are_usage_errors(name, argv, message, capsys):
+    """--text-valid -5 marked 251 of 256 text slots valid (a slice from the end) and was
+    recorded as given; --frames 0 failed inside the 12.8 B model after it was built."""
+    script = bench if name == "bench_pipeline" else load_benchmark(name)
+    with pytest.raises(SystemExit) as e:
+        script.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
