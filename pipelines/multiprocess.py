@@ -140,6 +140,26 @@ def fixed_text_refusal(tokens: int, degree: int) -> str:
     )
 
 
+HUNYUAN_TEXT_TOKENS = 256
+"""``HunyuanVideoPipeline``'s default ``max_sequence_length``: every prompt is padded to it."""
+
+
+def padded_text_refusal(spec: Any, degree: int) -> str | None:
+    """Why ``spec``'s model can't run at Ulysses ``degree`` because of its padded text length
+    (HunyuanVideo splits its text tokens over the ranks; Wan does not), None when it can: said
+    before the model loads, with a degree the command line can give."""
+    if spec.family != "hunyuanvideo" or spec.text_tokens:
+        return None
+    length = spec.call_kwargs.get("max_sequence_length", HUNYUAN_TEXT_TOKENS)
+    if length % degree == 0:
+        return None
+    ok = [p for p in (2, 4, 8) if length % p == 0]
+    return (
+        f"{spec.name} pads every prompt to {length} text tokens, which Ulysses splits over the "
+        f"ranks and {degree} does not divide: use --ulysses {', '.join(map(str, ok))}"
+    )
+
+
 def dense_layout_config(steps: int) -> XAttentionConfig:
     """Every one of ``steps`` steps dense (diffusers' attention inside the XAttention
     processors, which put the Ulysses ranks' tokens in one-GPU order first), no statistics,

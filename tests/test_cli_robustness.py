@@ -630,3 +630,31 @@ def test_a_video_with_nan_is_not_written_and_a_rerun_retries_it(
     assert main(_argv(out, prompt_file)) == 0
     assert "generated 1, skipped 2 finished, of 3" in capsys.readouterr().out
     assert rundir.verify_video(out / "00001", prompt=PROMPTS[1]) is None
+
+
+@pytest.mark.parametrize("degree", ["3", "6"])
+def test_a_ulysses_degree_hunyuanvideos_text_does_not_split_into_is_refused_before_loading(
+    tmp_path, prompt_file, capsys, no_model_load, degree
+):
+    """README listed P = 3 and 6 for HunyuanVideo (they divide its 24 heads), but its prompts
+    are padded to 256 text tokens, which the ranks split: refused after the 13 B model had
+    loaded, advising max_sequence_length, which generate has no flag for."""
+    argv = ["generate", "--model", "hunyuanvideo", "--prompts", str(prompt_file), "--attention",
+            "dense", "--out", str(tmp_path / "run"), "--ulysses", degree, "--no-progress",
+            "--device", "cpu"]  # fmt: skip
+    line = _fail(argv, capsys)
+    assert (
+        f"--ulysses {degree}: hunyuanvideo pads every prompt to 256 text tokens, which Ulysses "
+        f"splits over the ranks and {degree} does not divide: use --ulysses 2, 4, 8"
+    ) in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_ulysses_degree_the_tiny_hunyuan_text_takes_is_not_refused_for_its_text():
+    from xattn_video.pipelines.models import get_model_spec
+    from xattn_video.pipelines.multiprocess import padded_text_refusal
+
+    assert padded_text_refusal(get_model_spec("tiny-hunyuan"), 4) is None  # 32 tokens
+    assert "32 text tokens" in padded_text_refusal(get_model_spec("tiny-hunyuan"), 3)
+    assert padded_text_refusal(get_model_spec("wan"), 3) is None  # Wan's text is not split
+    assert padded_text_refusal(get_model_spec("tiny"), 3) is None  # fixed: its own refusal

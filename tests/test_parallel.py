@@ -290,12 +290,23 @@ def _errors_worker(rank: int, world: int):
             check_ulysses_sizes(p, **(size if name == "text_pre" else dict(height=32, width=32,
                                 frames=9)), call_kwargs=kw)  # fmt: skip
         msgs[name] = str(exc.value)
-    budget = tiny_hv_pipeline()  # a max_density budget would be spent per rank's heads
-    parallel.enable_context_parallel(budget.transformer, P)
-    xv.apply_xattention(budget, tiny_cfg(**CFG, max_density=0.5))
-    with pytest.raises(ValueError) as exc:
-        budget(**hv_inputs(lengths=[5], steps=2))
+    budget = tiny_hv_pipeline()  # a max_density budget would be spent per rank's heads: refused
+    parallel.enable_context_parallel(budget.transformer, P)  # at apply (it was refused only at
+    with pytest.raises(ValueError) as exc:  # the first sparse step, after the warm-up)
+        xv.apply_xattention(budget, tiny_cfg(**CFG, max_density=0.5))
     msgs["budget"] = str(exc.value)
+    first = tiny_hv_pipeline()  # XAttention first, then context parallelism: refused there
+    xv.apply_xattention(first, tiny_cfg(**CFG, max_density=0.5))
+    with pytest.raises(ValueError) as exc:
+        parallel.enable_context_parallel(first.transformer, P)
+    msgs["budget_first"] = str(exc.value)
+    # a calibration under Ulysses saw its rank's heads only: each rank wrote a file of H/P heads
+    from xattn_video.calibrate import calibrate_pipeline
+
+    with pytest.raises(ValueError) as exc:
+        calibrate_pipeline(budget, tiny_cfg(), [hv_inputs(lengths=[5], steps=2)], model="m",
+                           target_mass=0.9)  # fmt: skip
+    msgs["calibrate"] = str(exc.value)
     ring = tiny_wan_transformer()
     mesh = init_device_mesh("cpu", (P, 1), mesh_dim_names=("ring", "ulysses"))
     with parallel._cpu_device_count():
@@ -315,6 +326,8 @@ def test_unsupported_inputs_raise_clear_errors():
         assert "video token count 147" in msgs["direct_odd_video"]
         assert "ring_degree=2" in msgs["ring"]
         assert "max_density=0.5 is not supported under Ulysses" in msgs["budget"]
+        assert "max_density=0.5 is not supported under Ulysses" in msgs["budget_first"]
+        assert "context-parallel" in msgs["calibrate"] and "one process" in msgs["calibrate"]
         assert "the text length 33" in msgs["text_pre"]
         # it advised padding to max_sequence_length, which the tiny DiT does not have
         tiny = "this model's text is 3 condition tokens, a fixed count that the Ulysses degree 2"

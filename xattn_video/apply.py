@@ -63,7 +63,7 @@ import torch
 
 from .config import XAttentionConfig
 from .hook import XAttentionController, attach_step_hook, current_owner, detach_step_hook, step_hook
-from .parallel import ulysses_group
+from .parallel import check_parallel_config, ulysses_group
 from .processors import PROCESSOR_CLASSES
 from .stats import XAttentionStats
 from .targets import Layer, model_family, supports_tile_order, target_layers, target_of
@@ -201,8 +201,10 @@ def _check(
             "(xattn_video.hook.detach_step_hook(transformer))"
         )
     targets = target_layers(transformer, family)
-    # context parallelism already enabled: ring / ulysses_anything raise here, not mid-run
-    ulysses_group(getattr(transformer, "_parallel_config", None))
+    # context parallelism already enabled: ring / ulysses_anything and a budget raise here,
+    # not after the warm-up steps
+    if ulysses_group(getattr(transformer, "_parallel_config", None)) is not None:
+        check_parallel_config(cfg)
     bad = [i for i in cfg.dense_layers if i >= len(targets)]
     if bad:
         raise ValueError(

@@ -22,6 +22,7 @@ must keep, or a mean density to spend where it keeps the most mass). ``XAttentio
 
 Not supported: calibrating per denoising step or per row; models other than those the
 processors support; resuming an interrupted calibration (it is cheap: a few dense videos);
+context-parallel (Ulysses) transformers, refused (each rank sees its share of the heads);
 two-expert pipelines (Wan 2.2 A14B's ``transformer_2``): both experts number their layers
 0..N-1 at run time (one controller, shared ``dense_layers`` and stats), so a file's layer ``i``
 would apply to both; :func:`calibrate_pipeline` refuses them (``ValueError``) rather than average
@@ -43,6 +44,7 @@ from . import __version__
 from . import attention as _attention
 from .attention import dense_blocks
 from .config import XAttentionConfig
+from .parallel import ulysses_group
 from .thresholds import (
     FORMAT,
     check_targets,
@@ -355,6 +357,13 @@ def calibrate_pipeline(
             "pipeline with the config's uniform threshold (no thresholds_file), or calibrate "
             "a single-transformer model"
         )
+    for tr in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)):
+        if ulysses_group(getattr(tr, "_parallel_config", None)) is not None:
+            raise ValueError(
+                "calibrate_pipeline on a context-parallel (Ulysses) transformer: each rank sees "
+                "its share of the heads only, so each would write a file of H/P heads; "
+                "calibrate in one process (a calibration runs a few short videos)"
+            )
     check_targets(target_mass, target_density)  # before the calls, not after them
     if not calls:
         raise ValueError("calls is empty: give the keyword arguments of at least one call")

@@ -438,6 +438,11 @@ def enable_context_parallel(
         raise ValueError("enable_context_parallel needs torch.distributed initialised (torchrun)")
     if ulysses_degree < 2:
         raise ValueError(f"ulysses_degree must be >= 2, got {ulysses_degree}")
+    for module in transformer.modules():  # XAttention applied first: its config, before a split
+        controller = getattr(getattr(module, "processor", None), "controller", None)
+        if controller is not None:
+            check_parallel_config(controller.cfg)
+            break
     plan = context_parallel_plan(transformer)
     mesh = mesh if mesh is not None else make_mesh(ulysses_degree)
     config = ContextParallelConfig(ulysses_degree=ulysses_degree, mesh=mesh)
