@@ -89,3 +89,17 @@ def test_fp8_is_applied_where_a_hopper_gpu_exists_even_from_the_cpu(monkeypatch,
     bf16 = xv.XAttentionConfig(**CFG)  # bf16 never looks at the GPUs
     _gpus(monkeypatch)
     xv.apply_xattention(pipe, bf16).remove()
+
+
+def test_fp8_attention_with_a_triton_without_tma_descriptors_fails_at_apply(monkeypatch):
+    """Triton 3.3 (what torch 2.7 pins) has no tensor descriptors, so no Hopper kernel runs:
+    fp8 attention was applied on an H100 and every sparse step then failed with a message
+    naming the GPU, dtype and head dim, all of which were right."""
+    from xattn_video import op_checks
+
+    _gpus(monkeypatch, (9, 0))
+    monkeypatch.setattr(op_checks, "HAS_TENSOR_DESC", False)
+    pipe = tiny_wan_pipeline()
+    with pytest.raises(ValueError, match=r"precision='fp8' needs Triton >= 3.4 \(TMA descriptors"):
+        xv.apply_xattention(pipe, xv.XAttentionConfig(precision="fp8", **CFG))
+    xv.apply_xattention(pipe, xv.XAttentionConfig(**CFG)).remove()  # bf16 attention: fine

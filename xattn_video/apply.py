@@ -63,6 +63,7 @@ import torch
 
 from .config import XAttentionConfig
 from .hook import XAttentionController, attach_step_hook, current_owner, detach_step_hook, step_hook
+from .op_checks import fp8_kernels_missing
 from .parallel import check_parallel_config, ulysses_group
 from .processors import PROCESSOR_CLASSES
 from .stats import XAttentionStats
@@ -258,6 +259,12 @@ def check_fp8(cfg: XAttentionConfig) -> None:
     if cfg.precision != "fp8" and cfg.backend == "auto" and not caps:
         return  # "auto" without CUDA is the torch backend, which emulates the fp8 estimate
     if any(cap >= (9, 0) for cap in caps.values()):
+        missing = fp8_kernels_missing() if cfg.precision == "fp8" else None
+        if missing:
+            raise ValueError(
+                f"{missing}: every sparse step would fail after the warm-up; upgrade Triton "
+                "or use precision='bf16'"
+            )
         return
     what = "precision='fp8'" if cfg.precision == "fp8" else "estimate_precision='fp8'"
     has = ", ".join(f"cuda:{i} sm{a}{b}" for i, (a, b) in caps.items())

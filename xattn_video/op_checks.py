@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-from .kernels._common import PRECISIONS, check_precision, interpreter_enabled
+from .kernels._common import HAS_TENSOR_DESC, PRECISIONS, check_precision, interpreter_enabled
 from .kernels.sparse_attention import FP8_NEEDS
 from .kernels.tuning import AUTOMATIC_ESTIMATE_KERNELS, attention_kernel_for
 from .scalars import is_integer, is_real
@@ -240,6 +240,16 @@ def fp8_estimate_by_default(
         return False
     # get_device_properties, not get_device_capability: torch.compile folds the former
     return torch.cuda.get_device_properties(device).major == FP8_ESTIMATE_AUTO_MAJOR
+
+
+def fp8_kernels_missing() -> str | None:
+    """Why this Triton has no fp8 attention kernel on any GPU (the Hopper kernels need TMA
+    tensor descriptors, Triton >= 3.4), None when it has one."""
+    if HAS_TENSOR_DESC:
+        return None
+    import triton
+
+    return f"precision='fp8' needs Triton >= 3.4 (TMA descriptors), this is {triton.__version__}"
 
 
 def resolve_estimate_precision(

@@ -44,8 +44,8 @@ LN2 = 0.6931471805599453
 
 
 FP8_NEEDS = (
-    "precision='fp8' needs the Hopper kernels: an sm90+ GPU and fp16/bf16 q/k/v with head dim "
-    "64 or 128, block_size >= 64 and 16-byte aligned strides"
+    "precision='fp8' needs the Hopper kernels: an sm90+ GPU, Triton >= 3.4 (TMA descriptors) "
+    "and fp16/bf16 q/k/v with head dim 64 or 128, block_size >= 64 and 16-byte aligned strides"
 )
 
 

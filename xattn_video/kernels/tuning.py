@@ -322,8 +322,9 @@ def choose_kernel(
     if kernel == "hopper":
         if not (fits or (interpreter and not is_cuda and aligned)):
             raise ValueError(
-                "kernel='hopper' needs an sm90+ GPU (or TRITON_INTERPRET=1 on CPU), fp16/bf16 "
-                "q/k/v with head dim 64 or 128, block_size >= 64 and 16-byte aligned strides"
+                "kernel='hopper' needs an sm90+ GPU (or TRITON_INTERPRET=1 on CPU), Triton >= 3.4 "
+                "(TMA descriptors), fp16/bf16 q/k/v with head dim 64 or 128, block_size >= 64 "
+                "and 16-byte aligned strides"
             )
         return "hopper"
     if kernel == "portable":
