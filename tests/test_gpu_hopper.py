@@ -300,3 +300,38 @@ def test_default_estimate_below_head_dim_64_is_bf16(head_dim):
     if head_dim < 32:
         with pytest.raises(ValueError, match="head dim of at least 32"):
             xattention(q, k, v, estimate_precision="fp8", **sel)
+
+
+@needs_hopper
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_hopper_clamped_configs_at_block_64(precision):
+    """The table's configs run at block 128; at block_size=64 they are clamped (the H200's fp8
+    entry becomes 64 x 64 tiles with fp8 P.V on the Triton Hopper kernel, as the Gluon kernel
+    takes block 128 only), a launch shipped_configs() does not list. Against fp64 on sampled
+    query blocks, from 32k tokens (the table's large bucket), B=2 with key padding."""
+    B, H, N, D, block = 2, 2, 40000, 128, 64
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", generator=g).bfloat16() for _ in range(3))
+    kv_len = torch.tensor([N, N - 1000], device="cuda")
+    nb = math.ceil(N / block)
+    mask = select_blocks(torch.rand(B, H, nb, nb, device="cuda", generator=g), block_size=block,
+                         ratio=0.3, kv_len=kv_len)  # fmt: skip
+    cfg = tuning.lookup_config(torch.cuda.get_device_name(), precision, D, N, block)
+    assert (cfg["BLOCK_M"], cfg["BLOCK_N"]) == (64, 64)
+    counts, idx = mask_to_indices(mask)
+    out = block_sparse_attention_hopper(q, k, v, counts, idx, block_size=block, kv_len=kv_len,
+                                        precision=precision, config=cfg)  # fmt: skip
+    key_ok = torch.arange(N, device="cuda")[None, :] < kv_len[:, None]
+    diffs, refs = [], []
+    for qb in (0, 1, nb // 2, nb - 1):
+        r0, r1 = qb * block, min(N, (qb + 1) * block)
+        tok = mask[:, :, qb].repeat_interleave(block, -1)[..., :N] & key_ok[:, None, :]
+        exact = naive_attention(q[:, :, r0:r1], k, v, tok[:, :, None], dtype=torch.float64)
+        if precision == "bf16":
+            lowp = naive_attention(q[:, :, r0:r1], k, v, tok[:, :, None], dtype=q.dtype)
+            assert_fa_close(out[:, :, r0:r1], exact, lowp, what=f"q-block {qb}")
+        diffs.append((out[:, :, r0:r1].double() - exact).flatten())
+        refs.append(exact.flatten())
+    rel = (torch.cat(diffs).norm() / torch.cat(refs).norm()).item()
+    print(f"{precision} block 64 {cfg}: rel_l2 {rel:.3e}")
+    assert rel < FP8_REL_L2[bool(cfg.get("FP8_PV"))]
