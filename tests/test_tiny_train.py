@@ -149,3 +149,33 @@ def test_the_start_line_says_what_the_run_will_do(tmp_path, capsys):
     assert "--short-batch-size 4 --batch-size 1" in out
     cfg = train_mod.TrainConfig(out="", device="cpu")  # the defaults: ~32 GB
     assert 28 < train_mod._cpu_gb(cfg) < 36
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--log-every", "0"), ("--batch-size", "0"), ("--short-frames", "0"), ("--max-steps", "-1"),
+    ("--minutes", "0"), ("--sample-steps", "0"), ("--frames", "0"),
+])  # fmt: skip
+def test_non_positive_sizes_are_usage_errors(tmp_path, capsys, flag, value):
+    """--log-every 0 divided by zero after the model was built, --batch-size 0 failed in the
+    data, and --max-steps -1 / --minutes 0 trained nothing and saved the untrained model."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path), "--device", "cpu", flag, value])
+    assert exc.value.code == 2
+    assert f"{flag} must be positive" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_trains_no_step_leaves_the_out_folder_as_it_was(tmp_path, monkeypatch):
+    """An untrained model replaced the weights already in --out (the shipped assets, in the
+    module docstring's own command) when the time budget ran out before the first step."""
+    import dataclasses
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tiny_dit.json").write_text("{}")
+    cfg = train_mod.TrainConfig(out=str(out), device="cpu", max_steps=1, frames=2, height=16,
+                                width=16, batch_size=1, sample_steps=1)  # fmt: skip
+    cfg = dataclasses.replace(cfg, minutes=1e-9, max_steps=None)  # the budget is gone at once
+    with pytest.raises(RuntimeError, match="no training step ran"):
+        train_mod.train(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_dit.json"]

@@ -374,6 +374,8 @@ def train(cfg: TrainConfig) -> dict:
         ),
         "torch": torch.__version__,
     }
+    if step == 0:  # an untrained model must not replace the weights already in ``out``
+        raise RuntimeError(f"no training step ran ({stop_reason}); {out} is left as it was")
     final.save_pretrained(out, dtype=torch.float16, extra={"training": info})
     (out / "loss_curve.json").write_text(json.dumps(curve) + "\n")
     _log(f"[train] saved EMA weights (fp16) to {out} after {step} steps ({stop_reason})")
@@ -439,8 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     kw = {k: v for k, v in vars(a).items() if k != "masked_attention"}
     cfg = TrainConfig(**kw, unmasked_attention=not a.masked_attention)
-    if cfg.height % 2 or cfg.width % 2:
-        p.error("--height and --width must be multiples of 2")
+    names = ("minutes", "batch_size", "short_batch_size", "short_frames", "log_every",
+             "sample_steps", "frames", "height", "width", "max_steps")  # fmt: skip
+    values = {"--" + n.replace("_", "-"): getattr(cfg, n) for n in names}
+    if bad := [flag for flag, v in values.items() if v is not None and v <= 0]:
+        p.error(f"{', '.join(bad)} must be positive")
+    if cfg.short_steps < 0 or cfg.height % 2 or cfg.width % 2:
+        p.error("--short-steps must be >= 0 and --height / --width multiples of 2")
     if torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {cfg.device} but CUDA is not available (use --device cpu)")
     info = train(cfg)
