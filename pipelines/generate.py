@@ -247,10 +247,11 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         thresholds_sha256=thresholds_digest(config),
         **env,
     )
-    check_resume(out, old, run, [p.index for p in prompts])
     lock, writable = _lock(out, state)
     finish = finish_group(state.num_processes)
-    try:
+    try:  # under the lock: another run can't change what is checked, nor be told it was replaced
+        old = check_out(out)
+        check_resume(out, old, run, [p.index for p in prompts], warn=state.is_main_process)
         group, groups, peer = data_parallel(opts.ulysses, state)
         mine = prompts[group::groups]
         result = GenerateResult(

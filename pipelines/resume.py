@@ -17,7 +17,9 @@ cut (:func:`xattn_video.rundir.video_problem`) gets it encoded again from its ve
 frames.npy (:func:`restore_videos`), not generated again.
 
 A directory that holds finished prompts but no run.json (deleted, say, after it was damaged)
-does not resume: the settings of its videos can't be checked (:func:`check_resume`).
+does not resume: the settings of its videos can't be checked (:func:`check_resume`). One whose
+run finished no prompt (its first video failed) takes any settings and selection, with a
+warning: there is nothing its record protects.
 
 The prompt selection (``--dimension`` / ``--sample`` / ``--limit``, the prompt file's length) may
 change only to one that still holds every prompt folder of the directory
@@ -94,14 +96,20 @@ def _with_full_config(old: rundir.RunRecord) -> rundir.RunRecord:
 
 
 def check_resume(
-    out: Path, old: rundir.RunRecord | None, run: rundir.RunRecord, indices: list[int]
+    out: Path,
+    old: rundir.RunRecord | None,
+    run: rundir.RunRecord,
+    indices: list[int],
+    *,
+    warn: bool = True,
 ) -> None:
     """Raise :class:`SetupError` naming each setting in which ``run`` differs from ``old``, the
     record already in ``out`` (None: a new directory), or the prompt folders of ``out`` that
     its selection (the prompt ``indices``) leaves out (:func:`_check_selection`), or finished
     prompts in an ``out`` without a record, whose settings can't be checked. A record whose run
     finished no prompt (its first video failed: a compile error, out of memory) protects
-    nothing: other settings replace it, with a warning."""
+    nothing: other settings and another selection replace it, with a warning (``warn``: this
+    process prints it; the main one of several)."""
     finished = [] if not out.is_dir() else sorted(
         d.name for d in out.iterdir()
         if rundir.is_prompt_dir(d) and (d / rundir.META_FILE).is_file()
@@ -119,16 +127,16 @@ def check_resume(
     if old.prompts is not None:
         old = dataclasses.replace(old, prompts=prompts_label(old.prompts))
     diffs = old.resume_differences(run)
-    if diffs:
-        detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
-        if not finished:  # its first video failed (a compile error, out of memory): nothing to keep
+    detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
+    if not finished:  # its first video failed (a compile error, out of memory): nothing to keep,
+        if diffs and warn:  # its unfinished folders are generated again or left
             warnings.warn(
                 f"{out / rundir.RUN_FILE} records a run with other settings ({detail}) that "
                 "finished no prompt: replaced by this run's settings",
                 stacklevel=2,
             )
-            _check_selection(out, old, run, indices)
-            return
+        return
+    if diffs:
         hint = ""
         if diffs.get("config.estimate_precision") == ("bf16", "fp8"):
             hint = (

@@ -327,6 +327,53 @@ def test_a_run_that_finished_no_prompt_takes_the_corrected_settings(
          "cpu"], capsys)  # fmt: skip
 
 
+def test_a_run_that_finished_no_prompt_takes_another_selection_too(
+    tmp_path: Path, capsys, monkeypatch
+):
+    """The failed first video leaves its empty prompt folder; a corrected command with another
+    selection was told its settings replaced the old ones, then refused for that folder."""
+    from xattn_video.pipelines import generate as generate_mod
+
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps([{"prompt_en": "a cat", "dimension": ["animal"]},
+                                   {"prompt_en": "a red car", "dimension": ["color"]}]))  # fmt: skip
+    out = tmp_path / "run"
+    real = generate_mod.StepTimer
+
+    class Oom(real):
+        def pre_forward(self, *args):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(generate_mod, "StepTimer", Oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        _generate(out, prompts, "dense", "--dimension", "color", "--seed", "1")
+    assert [p.name for p in _prompt_dirs(out)] == ["00001"]
+    monkeypatch.setattr(generate_mod, "StepTimer", real)
+    capsys.readouterr()
+    assert _generate(out, prompts, "dense", "--dimension", "animal") == 0
+    assert "replaced by this run's settings" in capsys.readouterr().err
+    assert (out / "00000" / rundir.META_FILE).is_file()
+
+
+def test_a_locked_run_is_not_told_its_settings_replace_the_record(tmp_path, prompt_file, capsys):
+    """The resume check ran before the lock: a second command next to a run still on its first
+    video was told "replaced by this run's settings", then refused by the lock."""
+    from xattn_video import runlock
+
+    out = tmp_path / "run"
+    assert _generate(out, prompt_file, "dense", "--limit", "1", "--seed", "1") == 0
+    (out / "00000" / rundir.META_FILE).unlink()  # the other run: on its first video
+    capsys.readouterr()
+    with runlock.RunLock(out) as lock:
+        assert lock.acquire()
+        err = _fail(["generate", "--model", "tiny-hunyuan", "--prompts", str(prompt_file),
+                     "--attention", "dense", "--out", str(out), "--limit", "1", "--no-progress",
+                     "--device", "cpu"], capsys)  # fmt: skip
+    assert "is being written by another generate process" in err
+    assert "replaced" not in err
+    assert json.loads((out / rundir.RUN_FILE).read_text())["seed"] == 1
+
+
 def test_a_run_made_before_the_fp8_default_is_told_how_to_resume(tmp_path: Path, prompt_file):
     """On Hopper, "auto" now records the fp8 estimate where a run made before 6208e35 recorded
     bf16: the refusal is right (other masks) but said only "resume with the same settings",
