@@ -13,8 +13,9 @@ row of its own file (what ``bench_attention.py`` measures first, in the same pro
   the densities measured (bf16: the auto kernel's "ours sparse d=X" rows; fp8: "ours sparse
   fp8 d=X"), and fp8 at density 0.1 on its own (the one the kernels missed);
 - estimate: its time as a share of cuDNN's dense time, S=8 and S=16, for the estimate that
-  bf16 attention runs by default (the file's ``environment.auto_estimate_of_bf16`` at head
-  dim 128; files from before that field say nothing, and both estimates are shown);
+  bf16 attention runs by default (the file's ``environment.auto_estimate_of_bf16`` at its
+  ``config.dim``, 128 when absent; files from before that field say nothing, and both
+  estimates are shown);
 - whole op at ratio 0.3, S=8: cuDNN ms / ms, the default (bf16 attention with that estimate)
   and fp8 attention + fp8 estimate;
 - pipeline (``bench_pipeline.py``, its ratio-0.3 rows): the 50-step projection with its
@@ -245,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows:
         if args.pipeline or not args.attention:
             ap.error("--rows takes bench_attention.py files only")
-        try:
-            print("\n\n".join(rows_table(_load(path)) for path in args.attention))
-        except ValueError as err:
-            raise SystemExit(f"goals.py: {err}") from err
+        tables = []
+        for path in args.attention:
+            try:
+                tables.append(rows_table(_load(path)))
+            except ValueError as err:
+                raise SystemExit(f"goals.py: {path}: {err}") from err
+        print("\n\n".join(tables))
         return 0
     columns, sources = [], []
     for path in args.attention:

@@ -152,16 +152,17 @@ def method_text(report: dict[str, Any]) -> str:
     capped, total, cap = psnr_capped_frames(report)
     if capped:
         text += (
-            f" PSNR of identical frames is capped at {cap:g} dB, not measured: {capped} of "
-            f"{total} frames here."
+            f" PSNR is capped at {cap:g} dB where a frame's MSE is below the floor (identical "
+            f"frames, or nearly): {capped} of {total} frames here."
         )
     return text
 
 
 def psnr_capped_frames(report: dict[str, Any]) -> tuple[int, int, float]:
     """(frames whose PSNR is the cap, frames with a PSNR, the cap in dB) over the report's
-    videos: identical frames get ``10 * log10(1 / mse_floor)`` (100 dB), which the means
-    average like a measurement."""
+    videos: a frame whose MSE is below ``mse_floor`` (identical, or a few values one level off
+    at video sizes) gets ``10 * log10(1 / mse_floor)`` (100 dB), which the means average like
+    a measurement."""
     floor = ((report.get("settings") or {}).get("psnr") or {}).get("mse_floor", MSE_FLOOR)
     cap = 10 * math.log10(1 / floor)
     per_frame = [

@@ -215,7 +215,7 @@ def _print_report(out: str | os.PathLike[str], report: Any) -> None:
             parts.append(fmt.format(value))
             capped, total, cap = psnr_capped_frames(report) if key == "psnr" else (0, 0, 0)
             if capped:
-                parts[-1] += f" ({capped} of {total} frames identical: capped at {cap:g} dB)"
+                parts[-1] += f" ({capped} of {total} frames at the {cap:g} dB cap)"
     if report.get("lpips_skipped"):
         parts.append("LPIPS skipped (see the report)")
     for key, label in (("sparse_density", "sparse density"), ("effective_density", "effective")):

@@ -153,10 +153,10 @@ def padded_text_refusal(spec: Any, degree: int) -> str | None:
     length = spec.call_kwargs.get("max_sequence_length", HUNYUAN_TEXT_TOKENS)
     if length % degree == 0:
         return None
-    ok = [p for p in (2, 4, 8) if length % p == 0]
     return (
         f"{spec.name} pads every prompt to {length} text tokens, which Ulysses splits over the "
-        f"ranks and {degree} does not divide: use --ulysses {', '.join(map(str, ok))}"
+        f"ranks and {degree} does not divide: use a degree that divides both {length} and the "
+        "head count (HunyuanVideo's 24 heads: 2, 4 or 8)"
     )
 
 

@@ -100,6 +100,24 @@ def test_fp8_attention_with_a_triton_without_tma_descriptors_fails_at_apply(monk
     _gpus(monkeypatch, (9, 0))
     monkeypatch.setattr(op_checks, "HAS_TENSOR_DESC", False)
     pipe = tiny_wan_pipeline()
-    with pytest.raises(ValueError, match=r"precision='fp8' needs Triton >= 3.4 \(TMA descriptors"):
+    with pytest.raises(ValueError, match=r"needs Triton >= 3.4 \(TMA descriptors\); this is "):
         xv.apply_xattention(pipe, xv.XAttentionConfig(precision="fp8", **CFG))
     xv.apply_xattention(pipe, xv.XAttentionConfig(**CFG)).remove()  # bf16 attention: fine
+
+
+def test_the_missing_fp8_kernels_message_without_triton(monkeypatch):
+    """It imported triton for its version: an ImportError where Triton is not installed."""
+    import importlib.metadata
+
+    from xattn_video import op_checks
+
+    monkeypatch.setattr(op_checks, "HAS_TENSOR_DESC", False)
+
+    def absent(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", absent)
+    monkeypatch.setitem(__import__("sys").modules, "triton", None)
+    assert op_checks.fp8_kernels_missing() == (
+        "precision='fp8' needs Triton >= 3.4 (TMA descriptors); Triton is not installed"
+    )

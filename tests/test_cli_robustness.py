@@ -645,7 +645,8 @@ def test_a_ulysses_degree_hunyuanvideos_text_does_not_split_into_is_refused_befo
     line = _fail(argv, capsys)
     assert (
         f"--ulysses {degree}: hunyuanvideo pads every prompt to 256 text tokens, which Ulysses "
-        f"splits over the ranks and {degree} does not divide: use --ulysses 2, 4, 8"
+        f"splits over the ranks and {degree} does not divide: use a degree that divides both "
+        "256 and the head count (HunyuanVideo's 24 heads: 2, 4 or 8)"
     ) in line
     assert not (tmp_path / "run").exists()
 

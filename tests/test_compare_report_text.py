@@ -87,13 +87,11 @@ def test_capped_psnr_frames_are_said_to_be_capped(tmp_path, capsys) -> None:
     report = compare_runs(dense, sparse, tmp_path / "r", metrics=("psnr",), progress=False)
     frames = report["videos"][0]["num_frames"]
     assert report["videos"][0]["psnr"]["per_frame"] == [100.0] * frames  # prompt 0: identical
-    want = f"PSNR of identical frames is capped at 100 dB, not measured: {frames} of {2 * frames}"
+    want = f"below the floor (identical frames, or nearly): {frames} of {2 * frames} frames here"
     assert want in method_text(report)
     assert want in (tmp_path / "r" / "report.md").read_text()
     _print_report(tmp_path / "r", report)
-    assert (
-        f"({frames} of {2 * frames} frames identical: capped at 100 dB)" in capsys.readouterr().out
-    )
+    assert f"({frames} of {2 * frames} frames at the 100 dB cap)" in capsys.readouterr().out
 
 
 def test_no_cap_sentence_without_capped_frames(report) -> None:

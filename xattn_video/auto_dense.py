@@ -13,8 +13,9 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
 - the step hook calls :meth:`AutoDense.update` once per forward (eagerly): layers still
   running sparse are re-decided with their newest measured density. A layer that went dense
   stays dense (it is no longer measured) until :meth:`reset` or a new input size;
-- decisions hold for the input size they were made at (the transformer and the shapes of the
-  forward's ``hidden_states`` and ``encoder_hidden_states``, given to ``update``): a forward of
+- decisions hold for the input size they were made at (the transformer and the shapes,
+  devices and dtypes of the forward's ``hidden_states`` and ``encoder_hidden_states``, given
+  to ``update``): a forward of
   another size forgets them and the density feedback, so every layer is decided afresh at its
   new token count (a layer sent dense at a small size is not kept dense at a large one), and
   so does a forward of another transformer under the same controller (Wan 2.2's two experts

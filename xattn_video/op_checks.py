@@ -247,9 +247,13 @@ def fp8_kernels_missing() -> str | None:
     tensor descriptors, Triton >= 3.4), None when it has one."""
     if HAS_TENSOR_DESC:
         return None
-    import triton
+    from importlib.metadata import PackageNotFoundError, version
 
-    return f"precision='fp8' needs Triton >= 3.4 (TMA descriptors), this is {triton.__version__}"
+    try:
+        this = f"this is Triton {version('triton')}"
+    except PackageNotFoundError:
+        this = "Triton is not installed"
+    return f"precision='fp8' needs Triton >= 3.4 (TMA descriptors); {this}"
 
 
 def resolve_estimate_precision(
