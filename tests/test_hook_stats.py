@@ -408,6 +408,31 @@ def test_hand_built_processors_record_only_registered_layers(model):
     assert got == [(s, i, s == 1) for s in (0, 1) for i in range(n)]
 
 
+def test_hand_built_processors_with_a_layer_record_nothing_before_the_hook():
+    """Processors given ``layer`` recorded their calls before any step hook existed, and those
+    were stamped into the first hooked run's step 0 (15 calls for 6)."""
+    from xattn_video.hook import XAttentionController, attach_step_hook
+    from xattn_video.processors import PROCESSOR_CLASSES
+    from xattn_video.targets import target_layers
+
+    from ._tiny_models import hv_transformer_inputs
+
+    tr = tiny_hv_transformer()
+    ctl = XAttentionController(cfg_(warmup_steps=1, threshold=0.5))
+    for _, module, layer in target_layers(tr, "hunyuanvideo"):
+        module.set_processor(PROCESSOR_CLASSES["hunyuanvideo"](controller=ctl, layer=layer))
+    with torch.no_grad():
+        for _ in range(3):
+            tr(**hv_transformer_inputs())
+    attach_step_hook(tr, ctl)
+    with torch.no_grad():
+        for t in (900.0, 800.0):
+            tr(**hv_transformer_inputs(timestep=t))
+    n = tr.config.num_layers + tr.config.num_single_layers
+    got = sorted((r.step, r.layer, r.sparse) for r in ctl.stats.records)
+    assert got == [(s, i, s == 1) for s in (0, 1) for i in range(n)]
+
+
 def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     """A layer sent dense for cost at a small size used to stay dense in every later call,
     whatever its size (``is_sparse`` read the stored decision, so the cost model was never asked

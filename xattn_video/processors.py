@@ -16,7 +16,8 @@ otherwise.
 
 This module holds only the model-specific part. Dense phase (warm-up, ``dense_last_steps``,
 ``dense_layers``, no step hook attached; a processor built without ``layer`` whose attention
-module no step hook registered runs dense and records no stats): with
+module no step hook registered runs dense and records no stats, nor does one given ``layer``
+before a step hook began a forward): with
 ``dense_kernel="stock"`` (the default) exactly ``super().__call__`` -- bit-identical to the
 stock processor. Sparse phase: the parent's
 projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then

@@ -162,7 +162,7 @@ class XAttentionStats:
         # heads not yet read: (records, their heads, whether their mean is the density)
         self._lazy: list[tuple[list[DensityRecord], torch.Tensor, bool]] = []
         self._open: list[tuple[int, torch.Tensor | None, bool, str | None]] = []
-        self._stamp: tuple[int, int, str] = (0, 0, "pass0")
+        self._stamp: tuple[int, int, str] | None = None  # None: no forward begun (no step hook)
         # why a dense call added without a reason ran dense, asked when its forward is closed
         # (the controller's ``dense_reason``): compiled graphs then hold no reason (no guard)
         self.reason_of: Callable[[int], str] | None = None
@@ -248,6 +248,9 @@ class XAttentionStats:
         current (run, step, branch) (the controller calls it before the state that
         ``reason_of`` reads changes)."""
         if not self._open:
+            return
+        if self._stamp is None:  # calls before any step hook began a forward: no step to stamp
+            self._open.clear()  # them with (hand-built processors given a ``layer``)
             return
         run, step, branch = self._stamp
         sparse_recs: list[DensityRecord] = []
