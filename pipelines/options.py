@@ -199,26 +199,25 @@ def check_device(device: torch.device, asked: str | None) -> None:
 
 def check_backend(config: XAttentionConfig | None, device: torch.device) -> None:
     """Refuse ``backend="triton"`` on a device the kernels can't run on, and fp8 arithmetic
-    without a Hopper GPU (:func:`xattn_video.apply.check_fp8`), before any loading."""
+    without a Hopper GPU (:func:`xattn_video.apply.check_kernels_run`), before any loading."""
     if config is None:
         return
-    from xattn_video.apply import check_fp8
+    if config.backend == "triton":
+        from xattn_video.attention import resolve_backend
+
+        try:
+            resolve_backend("triton", torch.empty(0, device=device))
+        except ValueError:
+            raise SetupError(
+                f"backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
+                f"this run uses {device}: pass --backend torch or auto"
+            ) from None
+    from xattn_video.apply import check_kernels_run
 
     try:
-        check_fp8(config)
+        check_kernels_run(config)
     except ValueError as e:
         raise SetupError(str(e)) from None
-    if config.backend != "triton":
-        return
-    from xattn_video.attention import resolve_backend
-
-    try:
-        resolve_backend("triton", torch.empty(0, device=device))
-    except ValueError:
-        raise SetupError(
-            f"backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); this run "
-            f"uses {device}: pass --backend torch or auto"
-        ) from None
 
 
 def check_compile_options(opts: GenerateOptions, device: torch.device) -> None:

@@ -121,3 +121,15 @@ def test_the_missing_fp8_kernels_message_without_triton(monkeypatch):
     assert op_checks.fp8_kernels_missing() == (
         "precision='fp8' needs Triton >= 3.4 (TMA descriptors); Triton is not installed"
     )
+
+
+def test_the_triton_backend_without_cuda_or_the_interpreter_fails_at_apply(monkeypatch):
+    """The CLI refused it, but apply_xattention accepted it and the first sparse step failed,
+    after the warm-up."""
+    _gpus(monkeypatch)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    pipe = tiny_wan_pipeline()
+    with pytest.raises(ValueError, match=r"backend='triton' needs a CUDA GPU \(or TRITON_INTERP"):
+        xv.apply_xattention(pipe, xv.XAttentionConfig(backend="triton", **CFG))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs it on the CPU
+    xv.apply_xattention(pipe, xv.XAttentionConfig(backend="triton", **CFG)).remove()

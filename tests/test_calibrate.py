@@ -136,9 +136,17 @@ def test_a_target_density_below_the_reachable_one_warns():
     """It was silently exceeded: every head at its sparsest tau is still denser."""
     taus, layers = _layers()
     with pytest.warns(UserWarning, match=r"target_density 0.05 is below the lowest density .*"
-                      r"\(0.16\d, every head at its sparsest\)"):  # fmt: skip
+                      r"\(0.16\d+, every head at its sparsest\)"):  # fmt: skip
         thr = choose_thresholds(layers, taus, target_density=0.05)
     assert thr == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_the_reachable_density_is_printed_finely_enough_to_show_the_gap():
+    """A target of 0.2 against a lowest reachable 0.20026 said "0.2 is below ... (0.200)"."""
+    taus = [0.5, 0.9]
+    layers = [{"layer": 0, "mass": [[0.9, 0.99]], "density": [[0.20026, 0.5]]}]
+    with pytest.warns(UserWarning, match=r"target_density 0.2 is below .* \(0.2003, every"):
+        choose_thresholds(layers, taus, target_density=0.2)
 
 
 def test_calibrated_target_density_is_the_density_the_run_measures(tmp_path):

@@ -139,3 +139,16 @@ def test_a_full_disk_leaves_the_last_reports_texts_together(tmp_path, monkeypatc
         compare_runs(dense, other, out, metrics=("psnr",), progress=False)
     assert {n: (out / n).read_text() for n in before} == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_capped_frames_count_only_the_aggregates_pairs(report) -> None:
+    """A pair left out of the aggregate (another prompt or seed) still counted: "9 of 18 frames
+    at the cap" when the aggregate held 9 frames, all capped."""
+    from xattn_video.metrics.report_tables import psnr_capped_frames
+
+    r = copy.deepcopy(report)
+    frames = [len(v["psnr"]["per_frame"]) for v in r["videos"]]
+    r["videos"][0]["psnr"]["per_frame"] = [100.0] * frames[0]
+    assert psnr_capped_frames(r)[:2] == (frames[0], sum(frames))
+    r["videos"][1]["same_input"] = r["videos"][2]["same_input"] = False
+    assert psnr_capped_frames(r)[:2] == (frames[0], frames[0])

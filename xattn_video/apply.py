@@ -63,7 +63,7 @@ import torch
 
 from .config import XAttentionConfig
 from .hook import XAttentionController, attach_step_hook, current_owner, detach_step_hook, step_hook
-from .op_checks import fp8_kernels_missing
+from .op_checks import fp8_kernels_missing, interpreter_enabled
 from .parallel import check_parallel_config, ulysses_group
 from .processors import PROCESSOR_CLASSES
 from .stats import XAttentionStats
@@ -245,13 +245,21 @@ def _cuda_capabilities() -> dict[int, tuple[int, int]]:
     return {i: tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())}
 
 
-def check_fp8(cfg: XAttentionConfig) -> None:
-    """``ValueError`` when the config's fp8 arithmetic can never run on this machine: fp8
-    attention (``precision="fp8"``, the Triton kernels only) or an fp8 estimate on the Triton
-    backend (``backend="auto"`` too where a CUDA device exists: it runs Triton on CUDA
-    tensors), and no sm90+ CUDA device at all. Where the transformer's parameters are now says
-    nothing (a pipeline may be applied on the CPU and moved to a GPU afterwards). Called by
-    :func:`apply_xattention`, and by the CLI's commands before they load a model."""
+def check_kernels_run(cfg: XAttentionConfig) -> None:
+    """``ValueError`` when the config's kernels can never run on this machine: the Triton
+    backend with no CUDA device and no interpreter; fp8 attention (``precision="fp8"``, the
+    Triton kernels only) or an fp8 estimate on the Triton backend (``backend="auto"`` too
+    where a CUDA device exists: it runs Triton on CUDA tensors) with no sm90+ CUDA device at
+    all, or fp8 attention with a Triton too old for the Hopper kernels. Where the
+    transformer's parameters are now says nothing (a pipeline may be applied on the CPU and
+    moved to a GPU afterwards). Called by :func:`apply_xattention`, and by the CLI's commands
+    before they load a model."""
+    if cfg.backend == "triton" and not torch.cuda.is_available() and not interpreter_enabled():
+        raise ValueError(
+            "backend='triton' needs a CUDA GPU (or TRITON_INTERPRET=1 on the CPU) and this "
+            "machine has no CUDA device: every sparse step would fail after the warm-up; use "
+            "backend='auto' or 'torch'"
+        )
     estimate = cfg.resolved().estimate_precision
     if cfg.precision != "fp8" and not (estimate == "fp8" and cfg.backend != "torch"):
         return  # no fp8 here: the GPUs are not looked at
@@ -345,7 +353,7 @@ def _apply(
             "per-layer thresholds would apply to both; per-expert thresholds are not supported, "
             "use the uniform threshold (thresholds_file='') for this pipeline"
         )
-    check_fp8(cfg)
+    check_kernels_run(cfg)
     previous = []
     for tr in transformers:
         owner = current_owner(tr)

@@ -139,7 +139,7 @@ def choose_thresholds(
     if mean_density(idx) > target_density + 1e-9:
         warnings.warn(
             f"target_density {target_density} is below the lowest density the calibrated taus "
-            f"reach ({mean_density(idx):.3f}, every head at its sparsest); the thresholds reach "
+            f"reach ({mean_density(idx):.4g}, every head at its sparsest); the thresholds reach "
             "that instead (calibrate with lower taus for less)",
             stacklevel=2,
         )
