@@ -294,15 +294,10 @@ def test_resume_refuses_a_directory_with_other_settings(tmp_path: Path, prompt_f
     assert "other settings" in err and "seed: 0 -> 1" in err
 
 
-def test_a_run_that_finished_no_prompt_takes_the_corrected_settings(
-    tmp_path: Path, prompt_file, capsys, monkeypatch
-):
-    """run.json is written before the first video; when that video failed (a compile error or
-    out of memory show up only in the first forward) the corrected command was refused as "a
-    run with other settings", though nothing was there to protect."""
+def _fail_the_first_video(monkeypatch, out: Path, prompts: Path, *flags: str) -> None:
+    """A dense ``generate`` into ``out`` whose first forward runs out of memory (simulated)."""
     from xattn_video.pipelines import generate as generate_mod
 
-    out = tmp_path / "run"
     real = generate_mod.StepTimer
 
     class Oom(real):
@@ -311,9 +306,19 @@ def test_a_run_that_finished_no_prompt_takes_the_corrected_settings(
 
     monkeypatch.setattr(generate_mod, "StepTimer", Oom)
     with pytest.raises(torch.OutOfMemoryError):
-        _generate(out, prompt_file, "dense", "--limit", "1", "--seed", "1")
-    assert json.loads((out / rundir.RUN_FILE).read_text())["seed"] == 1
+        _generate(out, prompts, "dense", *flags)
     monkeypatch.setattr(generate_mod, "StepTimer", real)
+
+
+def test_a_run_that_finished_no_prompt_takes_the_corrected_settings(
+    tmp_path: Path, prompt_file, capsys, monkeypatch
+):
+    """run.json is written before the first video; when that video failed (a compile error or
+    out of memory show up only in the first forward) the corrected command was refused as "a
+    run with other settings", though nothing was there to protect."""
+    out = tmp_path / "run"
+    _fail_the_first_video(monkeypatch, out, prompt_file, "--limit", "1", "--seed", "1")
+    assert json.loads((out / rundir.RUN_FILE).read_text())["seed"] == 1
     capsys.readouterr()
     assert _generate(out, prompt_file, "dense", "--limit", "1") == 0
     err = capsys.readouterr().err
@@ -332,23 +337,12 @@ def test_a_run_that_finished_no_prompt_takes_another_selection_too(
 ):
     """The failed first video leaves its empty prompt folder; a corrected command with another
     selection was told its settings replaced the old ones, then refused for that folder."""
-    from xattn_video.pipelines import generate as generate_mod
-
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps([{"prompt_en": "a cat", "dimension": ["animal"]},
                                    {"prompt_en": "a red car", "dimension": ["color"]}]))  # fmt: skip
     out = tmp_path / "run"
-    real = generate_mod.StepTimer
-
-    class Oom(real):
-        def pre_forward(self, *args):
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    monkeypatch.setattr(generate_mod, "StepTimer", Oom)
-    with pytest.raises(torch.OutOfMemoryError):
-        _generate(out, prompts, "dense", "--dimension", "color", "--seed", "1")
+    _fail_the_first_video(monkeypatch, out, prompts, "--dimension", "color", "--seed", "1")
     assert [p.name for p in _prompt_dirs(out)] == ["00001"]
-    monkeypatch.setattr(generate_mod, "StepTimer", real)
     capsys.readouterr()
     assert _generate(out, prompts, "dense", "--dimension", "animal") == 0
     assert "replaced by this run's settings" in capsys.readouterr().err
