@@ -160,9 +160,9 @@ def method_text(report: dict[str, Any]) -> str:
 
 def psnr_capped_frames(report: dict[str, Any]) -> tuple[int, int, float]:
     """(frames whose PSNR is the cap, frames with a PSNR, the cap in dB) over the report's
-    videos in the aggregate (a pair left out for another prompt or seed is not): a frame whose MSE is below ``mse_floor`` (identical, or a few values one level off
-    at video sizes) gets ``10 * log10(1 / mse_floor)`` (100 dB), which the means average like
-    a measurement."""
+    videos in the aggregate (a pair left out for another prompt or seed is not): a frame whose
+    MSE is below ``mse_floor`` (identical, or a few values one level off at video sizes) gets
+    ``10 * log10(1 / mse_floor)`` (100 dB), which the means average like a measurement."""
     floor = ((report.get("settings") or {}).get("psnr") or {}).get("mse_floor", MSE_FLOOR)
     cap = 10 * math.log10(1 / floor)
     videos = comparable(report.get("videos") or [])

@@ -338,8 +338,9 @@ def test_a_run_that_finished_no_prompt_takes_another_selection_too(
     """The failed first video leaves its empty prompt folder; a corrected command with another
     selection was told its settings replaced the old ones, then refused for that folder."""
     prompts = tmp_path / "p.json"
-    prompts.write_text(json.dumps([{"prompt_en": "a cat", "dimension": ["animal"]},
-                                   {"prompt_en": "a red car", "dimension": ["color"]}]))  # fmt: skip
+    entries = [{"prompt_en": "a cat", "dimension": ["animal"]},
+               {"prompt_en": "a red car", "dimension": ["color"]}]  # fmt: skip
+    prompts.write_text(json.dumps(entries))
     out = tmp_path / "run"
     _fail_the_first_video(monkeypatch, out, prompts, "--dimension", "color", "--seed", "1")
     assert [p.name for p in _prompt_dirs(out)] == ["00001"]

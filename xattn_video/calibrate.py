@@ -299,8 +299,7 @@ CALIBRATION_FIXED = tuple(_FIXED_VALUES)
 them (every block kept in bf16 attention, every step and layer sparse, so no dense kernel runs
 and ``ratio`` has no effect), and the estimate it measures is the bf16 one
 (:func:`.attention.block_scores`; a file serves both estimate precisions, whose masks agree up
-to near-ties). ``warmup_steps`` /
-``dense_last_steps`` only choose the steps measured."""
+to near-ties). ``warmup_steps`` / ``dense_last_steps`` only choose the steps measured."""
 
 
 def calibration_config(cfg: XAttentionConfig) -> XAttentionConfig:
