@@ -254,26 +254,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"goals.py: {path}: {err}") from err
         print("\n\n".join(tables))
         return 0
-    columns, sources = [], []
-    for path in args.attention:
-        for n, part in split(_load(path), "n"):
-            try:
-                columns.append((_title(part, n), attention_goals(part)))
-                sources.append(path)
-            except ValueError as err:
-                raise SystemExit(f"goals.py: {path}: {err}") from err
-    for path in args.pipeline:
-        for res, part in split(_load(path), "res"):
-            try:
-                columns.append((_title(part, res), pipeline_goals(part)))
-                sources.append(path)
-            except ValueError as err:
-                raise SystemExit(f"goals.py: {path}: {err}") from err
-    print(table(columns))
+    columns = []  # (file, title, values)
+    kinds = ((args.attention, "n", attention_goals), (args.pipeline, "res", pipeline_goals))
+    for paths, key, goals_of in kinds:
+        for path in paths:
+            for what, part in split(_load(path), key):
+                try:
+                    columns.append((path, _title(part, what), goals_of(part)))
+                except ValueError as err:
+                    raise SystemExit(f"goals.py: {path}: {err}") from err
+    print(table([(title, values) for _, title, values in columns]))
     if args.json:  # a list: two runs of one commit on one GPU have the same title
-        out = [
-            {"file": f, "title": t, "values": v} for f, (t, v) in zip(sources, columns, strict=True)
-        ]
+        out = [{"file": f, "title": t, "values": v} for f, t, v in columns]
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     return 0
 
