@@ -135,6 +135,69 @@ def test_bad_inputs_raise():
         rms_norm_rope(x, w, 1e-6, out=torch.empty(1, 8, 2, 16))
 
 
+def test_weight_and_out_on_another_device_are_refused_by_name():
+    """A weight on ``meta`` (accelerate's cpu_offload outside the norm's forward) or on another
+    device (leaf-level group offloading) was accepted, and the launch read it."""
+    x, w, _, _ = _inputs(1, 8, 2, 16, 0, torch.float16)
+    msg = r"weight must be on x's device cpu, got meta"
+    with pytest.raises(ValueError, match=msg):
+        rms_norm_rope(x, w.to("meta"), 1e-6)
+    with pytest.raises(ValueError, match=msg):
+        rms_norm_rope(x, torch.ones(32, dtype=torch.float16, device="meta"), 1e-6, style="wan")
+    with pytest.raises(ValueError, match=r"out must be \(1, 8, 2, 16\) torch.float16 on cpu"):
+        rms_norm_rope(x, w, 1e-6, out=torch.empty_like(x, device="meta"))
+    with pytest.raises(ValueError, match=r"got non-contiguous \(16,\)"):
+        rms_norm_rope(x, torch.ones(32, dtype=torch.float16)[::2], 1e-6)
+
+
+class _ReportsCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: what ``fused_available`` decides from there."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+@torch.no_grad()
+def test_an_offloaded_norm_runs_its_own_forward():
+    """With accelerate's ``cpu_offload`` a norm's weight is on ``meta`` until its forward hook
+    loads it: the processor calls the norm (the stock processor's way) instead of launching the
+    fused kernel on the meta weight (NotImplementedError: Cannot copy out of meta tensor)."""
+    accelerate = pytest.importorskip("accelerate")
+    pytest.importorskip("triton")
+    from xattn_video.processors import _norm_rope
+
+    x, w, _, _ = _inputs(1, 8, 2, 16, 0, torch.float16)
+    norm = RMSNorm(16, eps=1e-6).to(torch.float16)
+    norm.weight.data.copy_(w)
+    want = norm(x)
+    accelerate.cpu_offload(norm, execution_device=torch.device("cpu"))
+    assert norm.weight.device.type == "meta"
+    got = _norm_rope(norm, x.as_subclass(_ReportsCuda), None, 0)
+    assert torch.equal(got.as_subclass(torch.Tensor), want)
+
+
+def test_token_offsets_past_2_31_elements():
+    """Token offsets were int32 products: in a strided view whose token stride times N passes
+    2**31 elements (Wan 14B's fused QKV chunks from ~140k tokens on), token 2 here read the
+    memory 2**32 elements below it. 3 tokens, token stride 2**30 (8 GiB of address space, a
+    few pages touched; a wrapped read stays inside the storage, marked with 100s)."""
+    pytest.importorskip("triton")
+    stride, start = 2**30, 2**31
+    try:
+        base = torch.empty(start + 2 * stride + 64, dtype=torch.float16)
+    except RuntimeError as e:  # no 8 GiB of address space for the view
+        pytest.skip(f"cannot reserve the strided storage: {e}")
+    base[:64] = 100.0
+    g = torch.Generator().manual_seed(0)
+    for n in range(3):
+        base[start + n * stride : start + n * stride + 64] = torch.randn(64, generator=g).half()
+    x = base.as_strided((1, 3, 2, 32), (3 * stride, stride, 32, 1), storage_offset=start)
+    for style in ("hunyuan", "wan"):
+        want = rms_norm_rope_ref(x, None, 1e-6, style=style)
+        assert torch.equal(rms_norm_rope(x, None, 1e-6, style=style), want), style
+
+
 def test_rotary_none_with_rope_tokens_is_the_kernels_value_error():
     """qk_prep.norm_rope(rotary=None, n_rope=4) raised "Value after * must be an iterable"."""
     x = torch.zeros(1, 4, 2, 16, dtype=torch.bfloat16)

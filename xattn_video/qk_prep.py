@@ -37,7 +37,8 @@ def fused_available(
 ) -> bool:
     """Whether :func:`norm_rope` should run on these arguments: CUDA with Triton, not while
     ``torch.compile`` traces, and arguments the kernel takes (``kernels.norm_rope.unsupported``:
-    bf16 / fp16, a power-of-two head dim, the style's weight and (n_rope, D) tables)."""
+    bf16 / fp16, a power-of-two head dim, the style's weight on x's device (an offloaded
+    norm's weight is on ``meta`` or the CPU until its forward hook runs) and (n_rope, D) tables)."""
     if torch.compiler.is_compiling():  # first: the rest need not trace
         return False
     return (

@@ -107,7 +107,8 @@ if HAS_TRITON:
     ):  # fmt: skip
         """ "hunyuan": one program per (BN tokens, BH heads, b), a (BN, BH, D) tile, cos / sin
         loaded once for its BH heads."""
-        offs_n = (tl.program_id(0) * BN + tl.arange(0, BN))[:, None, None]
+        # int64: offs_n * sxn passes 2**31 for long sequences of strided views (fused QKV)
+        offs_n = (tl.program_id(0) * BN + tl.arange(0, BN)).to(tl.int64)[:, None, None]
         offs_h = (tl.program_id(1) * BH + tl.arange(0, BH))[None, :, None]
         offs_d = tl.arange(0, D)[None, None, :]
         b = tl.program_id(2).to(tl.int64)  # b * sxb passes 2**31 for large B*N*H*D
@@ -137,7 +138,7 @@ if HAS_TRITON:
         """ "wan": one program per (BN tokens, b), sweeping the heads BH at a time twice: the
         sum of squares over all H * D values, then (re-reading x from cache) the outputs. A
         whole (H, D) token in registers at once ran at ~440 GB/s on an H200, this at ~2.4 TB/s."""
-        offs_n = (tl.program_id(0) * BN + tl.arange(0, BN))[:, None, None]
+        offs_n = (tl.program_id(0) * BN + tl.arange(0, BN)).to(tl.int64)[:, None, None]
         offs_hb = tl.arange(0, BH)[None, :, None]
         offs_d = tl.arange(0, D)[None, None, :]
         b = tl.program_id(1).to(tl.int64)  # b * sxb passes 2**31 for large B*N*H*D
@@ -223,10 +224,15 @@ def unsupported(x, weight, cos, sin, n_rope: int, out=None, style: str = "hunyua
     if weight is not None and (
         weight.shape != w_shape or weight.dtype not in w_dtypes or not weight.is_contiguous()
     ):
+        layout = "" if weight.is_contiguous() else " non-contiguous"
         return (
-            f"weight must be contiguous {w_shape} of {' / '.join(map(str, w_dtypes))}, got "
-            f"{tuple(weight.shape)} {weight.dtype}"
+            f"weight must be contiguous {w_shape} of {' / '.join(map(str, w_dtypes))}, got"
+            f"{layout} {tuple(weight.shape)} {weight.dtype}"
         )
+    if weight is not None and weight.device != x.device:
+        # an offloaded norm (accelerate's cpu_offload: meta; leaf-level group offloading: CPU)
+        # loads its weight in its own forward hook, which only calling the module runs
+        return f"weight must be on x's device {x.device}, got {weight.device}"
     if not 0 <= n_rope <= x.shape[1]:
         return f"n_rope must be in [0, {x.shape[1]}], got {n_rope}"
     if n_rope:
@@ -240,8 +246,13 @@ def unsupported(x, weight, cos, sin, n_rope: int, out=None, style: str = "hunyua
                 return f"{name} must be on {x.device} with a unit last stride (as cos's rows)"
         if cos.dtype != sin.dtype:
             return f"cos and sin must share a dtype, got {cos.dtype} and {sin.dtype}"
-    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1):
-        return f"out must be {tuple(x.shape)} {x.dtype} with a unit last stride"
+    if out is not None and (
+        out.shape != x.shape
+        or out.dtype != x.dtype
+        or out.stride(-1) != 1
+        or out.device != x.device
+    ):
+        return f"out must be {tuple(x.shape)} {x.dtype} on {x.device} with a unit last stride"
     return None
 
 
