@@ -331,6 +331,24 @@ def test_a_repeated_timestep_is_matched_where_diffusers_starts():
     assert schedule.scheduler_index(sched, torch.tensor([500.0])) is None
 
 
+def test_close_timesteps_are_matched_to_the_nearest():
+    """A shifted flow schedule of many steps holds its first timesteps within 1e-3 of each other
+    (shift 7, 150 steps: 1000.0, 999.04, 998.07): the first forward of a call without a begin
+    index (I2V / V2V pipelines) was placed at index 1, as if it were a repeated timestep, so
+    the warm-up ran one step longer and every step number was one off."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from xattn_video import schedule
+
+    sched = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    sched.set_timesteps(150)
+    assert float(sched.timesteps[0] - sched.timesteps[1]) < 1.0  # within the tolerance
+    for i in (0, 1, 2, 75):
+        assert schedule.scheduler_index(sched, sched.timesteps[i : i + 1]) == i
+    # not exact (a bf16 cast of the timestep, say): still the nearest
+    assert schedule.scheduler_index(sched, sched.timesteps[1:2] + 0.3) == 1
+
+
 def test_warmup_counts_heun_steps_in_a_wan_pipeline():
     from diffusers import FlowMatchHeunDiscreteScheduler
 

@@ -154,7 +154,7 @@ def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
 
     ``step_index`` once ``scheduler.step`` has run; before that its ``begin_index`` when the
     pipeline set one, else the index of ``timestep`` (:func:`timestep_value`) in
-    ``timesteps`` when it is there (to 1e-3 relative): video-to-video pipelines run
+    ``timesteps`` when it is there (the nearest, to 1e-3 relative): video-to-video pipelines run
     ``timesteps[t_start:]`` with neither set, so their first forward is not at index 0 (a
     timestep held twice -- Heun's -- at the second, as diffusers starts there).
     """
@@ -169,7 +169,9 @@ def scheduler_index(scheduler: Any, timestep: Any = None) -> int | None:
         return None
     t = timestep_value(timestep)
     gap = (timesteps.detach().float().cpu() - t).abs()
-    match = (gap <= 1e-3 * max(1.0, abs(t))).nonzero().flatten().tolist()
+    # the nearest within the tolerance: a shifted flow schedule of many steps holds its first
+    # timesteps closer than 1e-3 (1000.0, 999.04, ... at shift 7 and 150 steps)
+    match = ((gap <= 1e-3 * max(1.0, abs(t))) & (gap == gap.min())).nonzero().flatten().tolist()
     # a repeated timestep (Heun's two evaluations): the second, as diffusers'
     # index_for_timestep starts a call part-way through the schedule
     return match[1] if len(match) > 1 else (match[0] if match else None)
