@@ -104,6 +104,60 @@ def test_disk_cache_round_trip(tmp_path, monkeypatch):
     assert cm.lookup(key) == CAL
 
 
+def test_a_calibration_of_other_kernel_code_is_not_reused(tmp_path, monkeypatch):
+    """The key held GPU, versions and call parameters only: a calibration made before a kernel
+    change (estimates 12-23% faster since) was reused for good, deciding from the old times."""
+    monkeypatch.setenv("XATTN_VIDEO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cm, "_MEMO", {})
+    key = cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", 4, 64, 128, 8)
+    assert key.code == cm.code_fingerprint() and len(key.code) == 12
+    cm.store(key, CAL)
+    # the sources hashed: the kernels, the op and the timing method; edit one byte of a copy
+    pkg = tmp_path / "pkg"
+    for rel in ("kernels/fp8.py", "kernels/tuning.py", "attention.py", "library.py"):
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_bytes((cm.Path(cm.__file__).parent / rel).read_bytes())
+    (pkg / "cost_model.py").write_bytes(cm.Path(cm.__file__).read_bytes())
+    (pkg / "stats.py").write_text("not timed\n")
+    monkeypatch.setattr(cm, "__file__", str(pkg / "cost_model.py"))
+
+    def fingerprint() -> str:
+        cm.code_fingerprint.cache_clear()
+        return cm.code_fingerprint()
+
+    here = fingerprint()
+    (pkg / "stats.py").write_text("changed, still not timed\n")
+    assert fingerprint() == here
+    (pkg / "kernels/tuning.py").write_bytes((pkg / "kernels/tuning.py").read_bytes() + b"#")
+    changed = fingerprint()
+    assert changed != here
+    monkeypatch.setattr(cm, "_MEMO", {})  # a new process after the upgrade
+    upgraded = cm.CostKey("Some GPU", "2.x", "3.x", "bfloat16", 4, 64, 128, 8)
+    assert upgraded.code == changed and cm.lookup(upgraded) is None
+    cm.code_fingerprint.cache_clear()
+
+
+def test_calibrating_leaves_the_global_rng_alone(monkeypatch):
+    """The calibration's token permutation drew from the device's global generator, mid
+    denoising loop: a stochastic scheduler seeded with ``torch.manual_seed`` then made another
+    video in the process that calibrated than in one that found the cache. Timing and the
+    kernels are stubbed so the measuring loop runs on the CPU."""
+    monkeypatch.setattr(cm, "store", lambda key, cal: None)
+    monkeypatch.setattr(cm, "_time_ms", lambda fn, reps=5: (fn(), 1.0)[1])
+    monkeypatch.setattr(cm, "_graph_ms", lambda fn, reps=5: None)
+    for name in ("estimate_block_mask", "block_csr", "sparse_attention", "dense_call"):
+        monkeypatch.setattr(cm, name, lambda *a, **k: None)
+    monkeypatch.setattr(cm, "mask_to_indices", lambda m: (None, None))
+    monkeypatch.setattr(cm, "N_GRID", (1024, 2048))
+    monkeypatch.setattr(cm, "_MEMO", {})
+    key = cm.CostKey("Fake", "t", "tr", "float32", 2, 16, 128, 8)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    cal = cm._calibrate(key, "cpu")
+    assert cal.n == [1024, 2048]
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_an_empty_cache_dir_variable_counts_as_unset(tmp_path, monkeypatch):
     """XATTN_VIDEO_CACHE_DIR="" put the cache in the working directory (a relative path: one
     cache, and one GPU calibration, per directory); "~" was not expanded."""

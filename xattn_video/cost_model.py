@@ -38,8 +38,10 @@ dense time.
 
 Calibrations are cached in memory and on disk, one JSON file per machine under
 ``$XDG_CACHE_HOME/xattn_video/`` (``~/.cache`` by default; ``XATTN_VIDEO_CACHE_DIR``
-overrides), keyed by GPU name, torch and Triton versions and the call's parameters, so a GPU
-is measured once (about a second per configuration) and every later process reuses it.
+overrides), keyed by GPU name, torch and Triton versions, the call's parameters and a
+fingerprint of this package's kernel and op code (:func:`code_fingerprint`: an upgrade that
+changes what the kernels cost measures again), so a GPU is measured once (about a second per
+configuration) and every later process reuses it. Deleting the file forces a new measurement.
 Calibrating synchronises the GPU, so it runs at the first eager sparse call of a new
 configuration, never inside a captured CUDA graph; under ``torch.compile`` the calibration
 must already exist (an eager step, or :func:`calibrate`, made it).
@@ -56,6 +58,8 @@ fp8 dense kernel for fp8 calls).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -86,9 +90,25 @@ CACHE_VERSION = 5  # 2: overhead on the fused selection path with a budget; 3: g
 _MEMO: dict[str, Calibration] = {}
 
 
+_TIMED_CODE = ("kernels/*.py", "attention.py", "library.py", "cost_model.py")
+"""This package's sources whose changes change what a calibration measures."""
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """12 hex digits of the sha256 of the sources in :data:`_TIMED_CODE` (the kernels, their
+    launch tables, the op and this module's timing method)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in _TIMED_CODE for p in root.glob(pattern)):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class CostKey:
-    """What a calibration depends on. ``heads`` is batch x heads of the call."""
+    """What a calibration depends on. ``heads`` is batch x heads of the call; ``code``: the
+    package's :func:`code_fingerprint` (a calibration of other kernel code is not reused)."""
 
     device: str
     torch: str
@@ -100,6 +120,7 @@ class CostKey:
     stride: int
     precision: str = "bf16"
     estimate_precision: str = "bf16"
+    code: str = field(default_factory=code_fingerprint)
 
     def id(self) -> str:
         return "|".join(str(v) for v in asdict(self).values())
@@ -343,7 +364,7 @@ def _calibrate(key: CostKey, device: torch.device | str) -> Calibration:
                 q, k, v, c, i, kv_len=lens, block_size=bs, scale=None, return_lse=False,
                 use_triton=True, precision=key.precision,
             )  # fmt: skip
-        perm = torch.randperm(n, device=q.device)
+        perm = torch.randperm(n, device=q.device, generator=g)  # not the global RNG's
         fns = {
             "dense": lambda q=q, k=k, v=v: dense_call(q, k, v, None),
             "dense_padded": lambda q=q, k=k, v=v, lens=padded: dense_call(q, k, v, lens),
