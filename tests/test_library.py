@@ -136,6 +136,40 @@ def test_the_ops_nan_block_spreads_a_nan_query_over_its_block(use_triton):
     assert torch.equal(bad, want) and bool(out[0, 1, 16:32].isnan().all())
 
 
+def test_the_torch_paths_ignore_non_finite_padding():
+    """NaN / Inf at keys >= kv_len: the ops' torch path passed them to SDPA (0 * NaN: every row
+    NaN) and to the reference estimate (Inf in the last, partial stride group: NaN scores), where
+    the Triton path zeroes padding as the op's policy says."""
+    q, k, v, _, counts, indices, kv_len = _sparse_inputs()  # kv_len [70, 41]
+    want, _ = library.block_sparse_attention_op(
+        q, k, v, counts, indices, kv_len, [], 16, 0.25, False, False
+    )
+    want_scores = library.estimate_block_scores_op(q, k, kv_len, [], 4, 16, False)
+    k[1, :, 42], v[1, :, 50] = float("inf"), float("nan")  # padding of sample 1 only
+    out, _ = library.block_sparse_attention_op(
+        q, k, v, counts, indices, kv_len, [], 16, 0.25, False, False
+    )
+    assert torch.equal(out, want)
+    scores = library.estimate_block_scores_op(q, k, kv_len, [], 4, 16, False)
+    assert torch.equal(scores, want_scores)
+
+
+def test_a_second_scale_compiles_fullgraph():
+    """math.isfinite(scale) in the op's checks: the second scale, a SymFloat under dynamo,
+    failed a fullgraph compile ("torch.* op returned non-Tensor")."""
+    q, k, v = _qkv(1, 2, 64, 16)
+
+    def fn(q, k, v, scale):
+        return xv.xattention(
+            q, k, v, scale=scale, threshold=0.8, block_size=16, stride=4, backend="torch"
+        )
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    for scale in (0.25, 0.3, 0.35):
+        torch.testing.assert_close(compiled(q, k, v, scale), fn(q, k, v, scale))
+
+
 def test_the_fp8_quantize_fake_sizes_the_key_flags_from_the_longer_side():
     """One key flag per FLAG_ROWS chunk of max(Nq, Nk) rows, as the real flags: a fake sized
     from Nq alone gave (1, 1) for 64 queries and 300 keys where the real flags are (1, 3)."""

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import xattn_video as xv
-from xattn_video.attention import dense_blocks
+from xattn_video.attention import block_scores, dense_blocks
 from xattn_video.kernels._common import cdiv
+from xattn_video.kernels.select import select_blocks
 from xattn_video.layout import inverse_permutation, tile_permutation
 
 from ._tolerance import assert_fa_close, naive_attention
@@ -233,6 +234,22 @@ def test_bad_input_raises_value_error(kwargs, match):
         return
     with pytest.raises(ValueError, match=match):
         xv.xattention(q, k, v, **{"backend": "torch", **kwargs})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_numpy_float64_threshold_is_the_float(backend):
+    """np.float64 (what np.linspace sweeps give) is a float subclass whose comparisons return
+    np.bool_: the selection's ``bool tensor | np.bool_`` raised NotImplementedError."""
+    q, k, v = _qkv(1, 2, 64, 16)
+    kw = dict(block_size=16, stride=4, backend=backend, return_mask=True)
+    want_out, want_mask = xv.xattention(q, k, v, threshold=0.8, **kw)
+    out, mask = xv.xattention(q, k, v, threshold=np.float64(0.8), **kw)
+    assert torch.equal(mask, want_mask) and torch.equal(out, want_out)
+    scores = block_scores(q, k, stride=4, block_size=16, backend="torch")
+    assert torch.equal(
+        select_blocks(scores, block_size=16, threshold=np.float64(0.8)),
+        select_blocks(scores, block_size=16, threshold=0.8),
+    )
 
 
 def test_a_per_batch_dense_from_is_checked_in_every_batch():

@@ -202,8 +202,6 @@ def _estimate_mask(q, k, v, *, threshold, stride, block_size, kv_len, ratio, den
     check_triton_dtype(backend, q, attention=False)
     check_estimate_precision(precision, backend, q)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
-    if backend == "torch" and kv_len is not None:
-        k = zero_padding(k, lens)
     fp8 = None
     if v is not None and precision == "fp8" and backend == "triton" and q.is_cuda:
         check_qk(q, v, "v")
@@ -258,8 +256,6 @@ def block_scores(
     check_triton_head_dim(backend, D)
     check_triton_dtype(backend, q, attention=False)
     lens = kv_len_tensor(kv_len, B, Nk, q.device)
-    if backend == "torch" and kv_len is not None:
-        k = zero_padding(k, lens)
     return estimate_scores(
         q, k, kv_len=lens, stride=stride, block_size=block_size, use_triton=backend == "triton"
     )

@@ -39,15 +39,19 @@ TMA tensor descriptors and picks launch configs per device, which ``triton_op`` 
 extern kernel (no fusion across it, which these kernels would not gain from anyway).
 
 Not supported: autograd (forward only: the attention op's registered backward raises, and the
-eager wrapper routes q / k / v that require grad through the op so that it does), ``torch.export`` with
-dynamic shapes of the block count (the fake implementations use concrete block counts).
+eager wrapper routes q / k / v that require grad through the op so that it does),
+``torch.export`` with dynamic shapes of the block count (the fake implementations use concrete
+block counts); a sweep of
+Python-float ``threshold`` / ``ratio`` / ``max_density`` / ``scale`` values through one compiled
+function on the Triton backend (the ops' float arguments specialise: one graph per value, and
+``fullgraph=True`` fails at dynamo's recompile limit, 8; a per-head threshold tensor is one graph).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .kernels._common import cdiv, on_tensor_device, softmax_scale
+from .kernels._common import cdiv, on_tensor_device, softmax_scale, zero_padding
 from .kernels.estimate import estimate_block_scores as _estimate_triton
 from .kernels.estimate import estimate_block_scores_ref as _estimate_ref
 from .kernels.fp8 import Fp8Inputs, quantize_fp8_inputs
@@ -127,8 +131,8 @@ def _estimate_impl(
         raise ValueError(FP8_ESTIMATE_GPU)  # checked here: inside the op under torch.compile
     kw = dict(stride=stride, block_size=block_size, kv_len=kv_len, precision=precision)
     kw["scale"] = scale
-    if not use_triton:
-        return _estimate_ref(q, k, **kw)
+    if not use_triton:  # padded keys as 0, as the kernels read them (an Inf would give NaN)
+        return _estimate_ref(q, zero_padding(k, kv_len), **kw)
     f8 = _fp8_inputs(fp8) if precision == "fp8" else None
     return _estimate_triton(q, k, fp8_inputs=f8, kernel=estimate_kernel, **kw)
 
@@ -162,6 +166,7 @@ def _attention_impl(
         propagate_nan(out, lse, *flags, nan_block=nan_block)
     else:
         mask = indices_to_mask(counts, indices, cdiv(k.shape[2], block_size))
+        k, v = zero_padding(k, kv_len), zero_padding(v, kv_len)  # a NaN there: 0 * NaN in SDPA
         res = _attn_ref(
             q, k, v, mask, block_size=block_size, kv_len=kv_len, scale=scale,
             return_lse=return_lse,

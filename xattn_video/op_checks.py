@@ -133,7 +133,8 @@ def check_max_density(max_density) -> None:
 def check_scale(scale) -> None:
     """The softmax scale: None (1/sqrt(D)) or a finite number > 0. The kernels mask padded keys
     with -inf before scaling, so 0 or a negative scale would give NaN rows there."""
-    if scale is not None and not (is_real(scale) and math.isfinite(scale) and scale > 0):
+    # comparisons, not math.isfinite: a SymFloat (the second scale torch.compile sees) traces
+    if scale is not None and not (is_real(scale) and 0 < scale < math.inf):
         raise ValueError(f"scale must be a finite number > 0 (or None), got {scale!r}")
 
 

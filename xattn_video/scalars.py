@@ -13,7 +13,9 @@ refuses it. Two families, because the values go different places:
   nothing else, and ``json.dumps`` cannot write ``np.float32``, so accepting it would move the
   error from the check to the write.
 
-Not supported: tensors (0-d tensors are not scalars here; the op checks them on their own).
+Not supported: tensors (0-d tensors are not scalars here; the op checks them on their own);
+NumPy scalars inside ``torch.compile`` (dynamo traces them as 0-d arrays, which these checks
+refuse: pass ``float()`` / ``int()`` of them to a compiled function).
 """
 
 from __future__ import annotations

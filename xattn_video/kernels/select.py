@@ -90,7 +90,9 @@ def select_blocks(
     if threshold is not None and ratio is None:
         # a Python threshold stays a Python number: no tensor, no host read (CUDA graphs)
         scalar = isinstance(threshold, (int, float))
-        thr = threshold if scalar else _threshold_tensor(threshold, H, scores.device)
+        # float(): NumPy's float64 is a float whose comparisons give np.bool_, which a bool
+        # tensor's | refuses
+        thr = float(threshold) if scalar else _threshold_tensor(threshold, H, scores.device)
         if scalar and threshold >= 1.0:
             mask = valid.expand(B, H, nbq, nbk).clone()
         else:
