@@ -76,6 +76,7 @@ from .multiprocess import (
     experts_to_parallelize,
     finish_group,
     fixed_text_refusal,
+    heads_refusal,
     padded_text_refusal,
     process_state,
     wait_for_everyone,
@@ -198,9 +199,11 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     P, fixed = opts.ulysses, spec.text_tokens
     if P > 1 and fixed and fixed % P:  # first: the preset's refusals would not make it run
         raise SetupError(f"--ulysses {P}: {fixed_text_refusal(fixed, P)}")
-    padded = padded_text_refusal(spec, P) if P > 1 else None
-    if padded:
-        raise SetupError(f"--ulysses {P}: {padded}")
+    custom = opts.model_path is not None or opts.model_id is not None
+    refusal = heads_refusal(spec, P, custom_weights=custom) if P > 1 else None
+    refusal = refusal or (padded_text_refusal(spec, P) if P > 1 else None)
+    if refusal:
+        raise SetupError(f"--ulysses {P}: {refusal}")
     if opts.ulysses > 1 and config is not None:
         from xattn_video.parallel import check_parallel_config
 

@@ -81,6 +81,9 @@ class ModelSpec:
     head_dim: int = 128
     """Attention head dim of its transformer (what ``estimate_precision="auto"`` resolves at
     in the run record, :func:`xattn_video.op_checks.fp8_estimate_by_default`)."""
+    heads: int | None = None
+    """Attention heads of the default weights' transformer (the ``--ulysses`` degrees checked
+    before the model loads, :func:`~xattn_video.pipelines.multiprocess.heads_refusal`)."""
     text_tokens: int | None = None
     """A fixed count of text tokens per prompt (the tiny DiT's condition tokens), which
     ``--ulysses`` must divide; None where prompts are padded to ``max_sequence_length``."""
@@ -103,6 +106,7 @@ MODELS: dict[str, ModelSpec] = {
         fps=24,
         preset="hunyuanvideo",
         default_id="hunyuanvideo-community/HunyuanVideo",
+        heads=24,
     ),
     "wan": ModelSpec(
         name="wan",
@@ -114,6 +118,7 @@ MODELS: dict[str, ModelSpec] = {
         fps=16,
         preset="wan",
         default_id="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        heads=40,
     ),
     "tiny": ModelSpec(
         name="tiny",
@@ -126,6 +131,7 @@ MODELS: dict[str, ModelSpec] = {
         preset="tiny-dit",
         head_dim=64,
         text_tokens=3,  # motion, photo, direction
+        heads=4,
     ),
     "tiny-hunyuan": ModelSpec(
         name="tiny-hunyuan",
@@ -138,6 +144,7 @@ MODELS: dict[str, ModelSpec] = {
         preset="tiny",
         head_dim=16,
         call_kwargs={"prompt_template": TINY_PROMPT_TEMPLATE, "max_sequence_length": 32},
+        heads=2,
         random_weights=True,
     ),
     "tiny-wan": ModelSpec(
@@ -151,6 +158,7 @@ MODELS: dict[str, ModelSpec] = {
         preset="tiny",
         head_dim=16,
         call_kwargs={"max_sequence_length": 32},
+        heads=2,
         random_weights=True,
     ),
 }

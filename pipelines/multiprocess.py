@@ -14,7 +14,9 @@
 - :func:`check_ulysses_sizes`: head, video-token and (HunyuanVideo-style transformers, whose
   text tokens are split too) text-token counts that the Ulysses degree does not divide, refused
   before the first video (``ValueError``; ``generate`` turns it into a setup error); the
-  transformer's own check hook checks every forward's inputs again.
+  transformer's own check hook checks every forward's inputs again. Before the model loads,
+  :func:`heads_refusal` (the default weights' head count) and :func:`padded_text_refusal`
+  (HunyuanVideo's padded text) refuse what that check would, from the model's spec.
 - :func:`dense_layout_config`: the XAttention configuration that runs every step dense. Dense
   HunyuanVideo runs under ``--ulysses`` install the XAttention processors with it: diffusers'
   own processor applies the whole-sequence key-padding mask to the rank-interleaved keys,
@@ -26,6 +28,7 @@ Not supported: process groups other than the default one (accelerate's), elastic
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from typing import Any
 
@@ -153,11 +156,34 @@ def padded_text_refusal(spec: Any, degree: int) -> str | None:
     length = spec.call_kwargs.get("max_sequence_length", HUNYUAN_TEXT_TOKENS)
     if length % degree == 0:
         return None
+    heads = ""
+    if spec.heads:
+        common = math.gcd(length, spec.heads)
+        ok = [str(d) for d in range(2, common + 1) if common % d == 0] or ["none"]
+        heads = f" ({spec.name}'s {spec.heads} heads: {_or(ok)})"
     return (
         f"{spec.name} pads every prompt to {length} text tokens, which Ulysses splits over the "
         f"ranks and {degree} does not divide: use a degree that divides both {length} and the "
-        "head count (HunyuanVideo's 24 heads: 2, 4 or 8)"
+        f"head count{heads}"
     )
+
+
+def heads_refusal(spec: Any, degree: int, *, custom_weights: bool) -> str | None:
+    """Why ``spec``'s default weights can't run at Ulysses ``degree`` (each rank takes
+    heads / degree heads), None when they can or the weights are the user's own
+    (``custom_weights``: ``--model-path`` / ``--model-id``, other head counts): said before the
+    model loads."""
+    if custom_weights or not spec.heads or spec.heads % degree == 0:
+        return None
+    ok = [str(d) for d in range(2, spec.heads + 1) if spec.heads % d == 0]
+    return (
+        f"{spec.name}'s transformer has {spec.heads} attention heads, which Ulysses splits over "
+        f"the ranks and {degree} does not divide: use {_or(ok)}"
+    )
+
+
+def _or(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def dense_layout_config(steps: int) -> XAttentionConfig:

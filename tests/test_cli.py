@@ -532,6 +532,22 @@ def test_bad_generate_input_exits_2_with_a_clear_message(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "name, what", [("typo", "does not exist"), ("p.txt", "is not a directory")]
+)
+def test_a_model_path_that_is_no_folder_is_said_before_the_run_dir(
+    tmp_path, prompt_file, capsys, name, what
+):
+    """A mistyped --model-path read "is not a diffusers pipeline folder (no model_index.json;
+    create one with pipe.save_pretrained(path))", after the run directory was set up."""
+    (tmp_path / "p.txt").write_text("a file\n")
+    path, out = tmp_path / name, tmp_path / "run"
+    argv = ["generate", "--model", "tiny-hunyuan", "--prompts", str(prompt_file), "--attention",
+            "dense", "--out", str(out), "--model-path", str(path), "--no-progress"]  # fmt: skip
+    assert f"--model-path {path} {what}" in _fail(argv, capsys)
+    assert not out.exists()
+
+
 def test_compare_bad_input(tmp_path: Path, prompt_file: Path, capsys):
     err = _fail(["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "r")], capsys)
     assert "is not a run directory" in err

@@ -646,8 +646,33 @@ def test_a_ulysses_degree_hunyuanvideos_text_does_not_split_into_is_refused_befo
     assert (
         f"--ulysses {degree}: hunyuanvideo pads every prompt to 256 text tokens, which Ulysses "
         f"splits over the ranks and {degree} does not divide: use a degree that divides both "
-        "256 and the head count (HunyuanVideo's 24 heads: 2, 4 or 8)"
+        "256 and the head count (hunyuanvideo's 24 heads: 2, 4 or 8)"
     ) in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_ulysses_advice_and_head_counts_are_the_models_own(tmp_path, prompt_file, capsys):
+    """The refusal named HunyuanVideo's 24 heads (2, 4 or 8) for tiny-hunyuan too, whose 2 heads
+    then refused --ulysses 4 only after every process had loaded the model; Wan 14B's 40 heads
+    were checked only after loading as well."""
+    from xattn_video.pipelines.models import get_model_spec
+    from xattn_video.pipelines.multiprocess import heads_refusal, padded_text_refusal
+
+    tiny = get_model_spec("tiny-hunyuan")
+    assert padded_text_refusal(tiny, 3).endswith("head count (tiny-hunyuan's 2 heads: 2)")
+    assert heads_refusal(tiny, 4, custom_weights=False) == (
+        "tiny-hunyuan's transformer has 2 attention heads, which Ulysses splits over the ranks "
+        "and 4 does not divide: use 2"
+    )
+    assert heads_refusal(tiny, 2, custom_weights=False) is None
+    assert heads_refusal(tiny, 4, custom_weights=True) is None  # --model-path: its own heads
+    wan = get_model_spec("wan")
+    assert heads_refusal(wan, 3, custom_weights=False).endswith("use 2, 4, 5, 8, 10, 20 or 40")
+    assert heads_refusal(wan, 8, custom_weights=False) is None
+    argv = ["generate", "--model", "tiny-hunyuan", "--prompts", str(prompt_file), "--attention",
+            "dense", "--out", str(tmp_path / "run"), "--ulysses", "4", "--no-progress",
+            "--device", "cpu"]  # fmt: skip
+    assert "--ulysses 4: tiny-hunyuan's transformer has 2 attention heads" in _fail(argv, capsys)
     assert not (tmp_path / "run").exists()
 
 
