@@ -5,7 +5,9 @@ with the same flag is compiled the same way, so a dense/sparse speed-up compares
 like. With the XAttention step hook the forward below the hook is compiled
 (:func:`xattn_video.hook.compile_below_hook`: the hook stays eager, the model is one graph);
 without it (dense runs) the transformer's ``forward``. Both use ``fullgraph=True``: a graph
-break is an error, not a silent partial compile. The first prompt of a process pays the
+break is an error, not a silent partial compile. With CUDA graphs (``reduce-overhead``,
+``max-autotune``) each forward's outputs are cloned (:mod:`xattn_video.graph_outputs`): Wan's
+classifier-free guidance reads the first forward's output after the second. The first prompt of a process pays the
 compilation (it is ``first_in_process`` in meta.json and left out of the report's speed-ups).
 
 Mode names recorded in run.json (``RunRecord.compile``) and shown by the report:
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from xattn_video.graph_outputs import compile_forward
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 """``--compile`` values: ``off`` runs eagerly; the others are ``torch.compile`` modes."""
@@ -90,7 +94,7 @@ def compile_transformer(
         return lambda: None
     had = "forward" in transformer.__dict__
     before = transformer.__dict__.get("forward")
-    transformer.forward = torch.compile(transformer.forward, **kw)
+    transformer.forward = compile_forward(transformer.forward, **kw)  # graph outputs cloned
 
     def restore() -> None:
         if had:

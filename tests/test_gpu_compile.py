@@ -158,6 +158,31 @@ def test_reduce_overhead_with_mask_reuse_equals_eager():
     assert reuse(h_comp) == reuse(h_eager) and any(r for _, r in reuse(h_eager))
 
 
+@pytest.mark.parametrize("hooked", [False, True])
+def test_graph_outputs_survive_a_second_forward_in_the_step(hooked):
+    """Classifier-free guidance (Wan's pipeline) calls the transformer twice per step and reads
+    the first output after the second. With CUDA graphs each call of a compiled function starts
+    a new iteration whose replay writes the previous outputs' memory ("accessing tensor output
+    of CUDAGraphs that has been overwritten"): compile_below_hook (XAttention) and generate's
+    dense compile now clone them."""
+    from xattn_video.pipelines.compiling import compile_transformer
+
+    torch._dynamo.reset()
+    eager, compiled = _model(), _model()
+    if hooked:
+        cfg = xv.XAttentionConfig(**{**CFG, "selection": "ratio", "ratio": 0.5})
+        xv.apply_xattention(eager, cfg)
+        xv.apply_xattention(compiled, cfg)
+    compile_transformer(compiled, "reduce-overhead")  # below the hook when there is one
+    with torch.no_grad():
+        for step, t in enumerate((900.0, 800.0, 700.0, 600.0)):
+            pair = [_inputs(seed=2 * step + i, timestep=t) for i in (0, 1)]
+            want = [eager(**inp)[0] for inp in pair]
+            got = [compiled(**inp)[0] for inp in pair]  # both read after the second call
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=2e-2, atol=2e-2)
+
+
 def test_cost_model_measures_eager_and_graph_times():
     from xattn_video import cost_model as cm
 

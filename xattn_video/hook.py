@@ -72,6 +72,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 from . import schedule
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
+from .graph_outputs import captures_cuda_graphs, compile_forward
 from .sparse_path import MaskCache, TileOrders, file_thresholds
 from .stats import XAttentionStats
 from .targets import target_layers, transformer_patch_size
@@ -399,10 +400,6 @@ def step_hook(transformer: torch.nn.Module) -> XAttentionStepHook | None:
     return registry.get_hook(HOOK_NAME) if registry is not None else None
 
 
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-"""``torch.compile`` modes that capture CUDA graphs (inductor's ``triton.cudagraphs``)."""
-
-
 def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> torch.nn.Module:
     """``torch.compile`` the forward of a transformer that has the XAttention step hook, under
     the hook: the hook keeps running eagerly before every forward (it reads the scheduler and
@@ -413,7 +410,9 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
     reuse), not one per step. ``compile_kwargs`` go to ``torch.compile``
     (e.g. ``mode="reduce-overhead"`` for CUDA graphs). With a mode that captures CUDA graphs
     (``reduce-overhead``, ``max-autotune``), ``auto_dense`` decides from the cost model's
-    CUDA-graph (device) times. Called again, it compiles the uncompiled forward anew; removing
+    CUDA-graph (device) times, and each forward returns clones of the graph's outputs (a second
+    forward in the same step, classifier-free guidance, would overwrite them:
+    :mod:`xattn_video.graph_outputs`). Called again, it compiles the uncompiled forward anew; removing
     the hook (``handle.remove()``) restores it. Returns ``transformer``.
     """
     hook = step_hook(transformer)
@@ -424,10 +423,8 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
         )
     if hook.uncompiled_forward is None:  # put back by detach_step_hook
         hook.uncompiled_forward = hook.fn_ref.forward
-    hook.fn_ref.forward = torch.compile(hook.uncompiled_forward, **compile_kwargs)
-    options = compile_kwargs.get("options") or {}
-    graphs = options.get("triton.cudagraphs", compile_kwargs.get("mode") in CUDA_GRAPH_MODES)
-    hook.controller.auto_dense.use_graph_timing(bool(graphs))
+    hook.fn_ref.forward = compile_forward(hook.uncompiled_forward, **compile_kwargs)
+    hook.controller.auto_dense.use_graph_timing(captures_cuda_graphs(compile_kwargs))
     return transformer
 
 
