@@ -20,6 +20,7 @@ CAL = cm.Calibration(
     attn_full=[0.11, 0.44, 1.76],
     gather=[0.01, 0.02, 0.04],
     dense_padded=[0.14, 0.58, 2.3],
+    cluster=[0.1, 0.4, 1.6],  # the cluster order's k-means: as long as dense attention
 )
 # CAL with CUDA-graph times: the same kernels, a fixed overhead of 0.02 ms instead of 0.2
 GRAPH_CAL = cm.Calibration(
@@ -69,6 +70,22 @@ def test_predict_is_linear_in_density_between_min_and_full():
     assert p1.sparse_ms == pytest.approx(0.2 + 1.76)
     assert ph.sparse_ms == pytest.approx(0.2 + (0.08 + 1.76) / 2)
     assert p0.sparse_wins and not p1.sparse_wins
+
+
+def test_the_cluster_orders_kmeans_counts_once_per_estimate():
+    """The cluster order's k-means (``cal.cluster``, relative to dense) runs with each estimate,
+    so it counts 1/refresh like the estimate's overhead; eager times in graph mode too."""
+    base = cm.predict(CAL, 4096, 1 / 32, block_size=128, gathers=4)
+    for refresh in (1, 2):
+        for graph in (False, True):
+            cal = GRAPH_CAL if graph else CAL
+            plain = cm.predict(cal, 4096, 1 / 32, block_size=128, gathers=4, refresh=refresh,
+                               graph=graph)  # fmt: skip
+            kmeans = cm.predict(cal, 4096, 1 / 32, block_size=128, gathers=4, refresh=refresh,
+                                graph=graph, clusters=True)  # fmt: skip
+            assert kmeans.sparse_ms == pytest.approx(plain.sparse_ms + 1.6 / refresh)
+    assert base.sparse_wins and not cm.predict(CAL, 4096, 1 / 32, block_size=128, gathers=4,
+                                               clusters=True).sparse_wins  # fmt: skip
 
 
 def test_small_inputs_run_dense_even_when_nearly_empty():
@@ -354,19 +371,23 @@ def test_a_file_system_without_locks_still_gets_the_entry(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("cfg_kw, shape, graph, want", [
     # one key block per row without a measured density: 1 / ceil(n / block)
-    ({}, (2, 3, 1800, 8), False, ((1800, 1 / 15, 0, False), 6, False)),
-    ({}, (1, 2, 100, 8), False, ((100, 1.0, 0, False), 2, True)),
+    ({}, (2, 3, 1800, 8), False, ((1800, 1 / 15, 0, False, False), 6, False)),
+    ({}, (1, 2, 100, 8), False, ((100, 1.0, 0, False, False), 2, True)),
     ({"selection": "ratio", "ratio": 0.9}, (1, 2, 2000, 8), False,
-     ((2000, 0.9, 0, False), 2, True)),
+     ((2000, 0.9, 0, False, False), 2, True)),
     ({"token_order": "tile", "tile_size": (1, 4, 4)}, (1, 2, 1800, 8), False,
-     ((1800, 1 / 15, 4, False), 2, True)),  # a tile order gathers: 4 more passes over q, k, v
-    ({}, (1, 2, 1024, 8), False, ((1024, 0.125, 0, False), 2, True)),
-    ({}, (1, 2, 1024, 8), True, ((1024, 0.125, 0, True), 2, False)),  # graph times: sparse wins
+     ((1800, 1 / 15, 4, False, False), 2, True)),  # a tile order gathers: 4 more passes over q, k, v
+    ({}, (1, 2, 1024, 8), False, ((1024, 0.125, 0, False, False), 2, True)),
+    ({}, (1, 2, 1024, 8), True, ((1024, 0.125, 0, True, False), 2, False)),  # graph times: sparse wins
+    ({"token_order": "tile"}, (1, 2, 4096, 8), False, ((4096, 1 / 32, 4, False, False), 2, False)),
+    # the cluster order's k-means was not charged: priced as tile, it ran sparse and slower
+    ({"token_order": "cluster"}, (1, 2, 4096, 8), False, ((4096, 1 / 32, 4, False, True), 2, True)),
 ])  # fmt: skip
 def test_auto_dense_gives_the_cost_model_the_calls_inputs(cfg_kw, shape, graph, want, monkeypatch):
     """What a decision asks the cost model: the calibration of B*H heads, the density it expects
-    (ratio mode: the ratio), the token order's gathers and the timing (eager or CUDA graph);
-    ``want``: (predict's n, density, gathers, graph), lookup's heads, the call runs dense."""
+    (ratio mode: the ratio), the token order's gathers and k-means, the timing (eager or CUDA
+    graph); ``want``: (predict's n, density, gathers, graph, clusters), lookup's heads, the call
+    runs dense."""
     import xattn_video as xv
     from xattn_video.auto_dense import AutoDense
     from xattn_video.stats import XAttentionStats
@@ -380,7 +401,7 @@ def test_auto_dense_gives_the_cost_model_the_calls_inputs(cfg_kw, shape, graph, 
     real_predict = cm.predict
 
     def predict(cal, n, density, **kw):
-        calls.append((n, pytest.approx(density), kw["gathers"], kw["graph"]))
+        calls.append((n, pytest.approx(density), kw["gathers"], kw["graph"], kw["clusters"]))
         return real_predict(cal, n, density, **kw)
 
     monkeypatch.setattr(cm, "predict", predict)

@@ -189,6 +189,7 @@ def test_cost_model_measures_eager_and_graph_times():
     key = cm.cost_key(torch.device("cuda"), torch.bfloat16, 2, 64, 128, 8)
     cal = cm.calibrate(key)
     assert cal.has_graph() and len(cal.n) >= 3
+    assert len(cal.cluster) == len(cal.n) and min(cal.cluster) > 0  # eager only
     for name in ("dense", "dense_padded", "overhead", "attn_min", "attn_full", "gather"):
         eager, graph = getattr(cal, name), getattr(cal, f"{name}_graph")
         assert len(eager) == len(graph) == len(cal.n) and min(eager + graph) > 0

@@ -157,6 +157,7 @@ class AutoDense:
             gathers=0 if cfg.token_order == "raster" else 4,
             graph=self.graph_timing,
             padded=padded,
+            clusters=cfg.token_order == "cluster",
         )
         self.decisions[layer] = not pred.sparse_wins
         return self.decisions[layer]

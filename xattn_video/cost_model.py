@@ -17,7 +17,9 @@ more than ``MAX_DENSE_MS``):
   kernel, the per-sample sort and the budget kernel) and the CSR index lists;
 - ``attn_min`` / ``attn_full``: the block-sparse kernel with one key block per query row and
   with every block (with the op's non-finite flag and NaN kernels around it);
-- ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four).
+- ``gather``: one token permutation of a (heads, N, D) tensor (the ``tile`` order does four);
+- ``cluster``: the ``cluster`` order's k-means of q and of k (:func:`.layout.cluster_permutation`,
+  one cluster per block; eager only, its large kernels leave no launch cost for a graph to save).
 
 The estimate and the sparse kernel run in the call's precisions (``precision`` /
 ``estimate_precision``, "bf16" or "fp8", part of the key); dense stays SDPA in the inputs'
@@ -74,6 +76,7 @@ from .atomic import locked, write_text
 from .attention import estimate_block_mask
 from .kernels._common import cdiv, check_precision, kv_len_tensor
 from .kernels.select import mask_to_indices
+from .layout import CLUSTER_ITERS, cluster_permutation
 from .library import block_csr, sparse_attention
 from .op_checks import resolve_estimate_precision
 from .scalars import is_json_number
@@ -138,6 +141,7 @@ class Calibration:
     attn_full: list[float]
     gather: list[float]
     dense_padded: list[float] = field(default_factory=list)
+    cluster: list[float] = field(default_factory=list)
     dense_graph: list[float] = field(default_factory=list)
     overhead_graph: list[float] = field(default_factory=list)
     attn_min_graph: list[float] = field(default_factory=list)
@@ -373,6 +377,7 @@ def _calibrate(key: CostKey, device: torch.device | str) -> Calibration:
             "attn_full": attn["full"],
             "gather": lambda q=q, perm=perm: q.index_select(2, perm),
         }
+        cal.cluster.append(_time_ms(functools.partial(_kmeans, (q, k), nb)))
         cal.n.append(n)
         for name, fn in fns.items():
             getattr(cal, name).append(_time_ms(fn))
@@ -390,6 +395,10 @@ def _calibrate(key: CostKey, device: torch.device | str) -> Calibration:
     store(key, cal)
     logger.info("cost model calibrated for %s: %s", key.id(), cal)
     return cal
+
+
+def _kmeans(xs: tuple[torch.Tensor, ...], n_clusters: int) -> list[torch.Tensor]:
+    return [cluster_permutation(x, n_clusters, iters=CLUSTER_ITERS) for x in xs]
 
 
 def _interp(xs: list[float], ys: list[float], x: float) -> float:
@@ -415,6 +424,7 @@ def predict(
     dense_ms: float | None = None,
     graph: bool = False,
     padded: bool = False,
+    clusters: bool = False,
 ) -> Prediction:
     """Predicted (dense, sparse) milliseconds at ``n`` tokens and block ``density``.
 
@@ -423,6 +433,7 @@ def predict(
     dense_ms: the dense time at ``n`` if known, else extrapolated as N^2 from the grid.
     graph: use the CUDA-graph times (when measured; else the eager ones).
     padded: the call has key padding, so dense means masked SDPA (``dense_padded``).
+    clusters: the ``cluster`` order, whose k-means runs with each estimate (1/refresh).
     """
     sfx = "_graph" if graph and cal.has_graph() else ""
     dense = getattr(cal, ("dense_padded" if padded else "dense") + sfx)
@@ -440,5 +451,8 @@ def predict(
     d_min = 1.0 / cdiv(n, block_size)
     frac = min(1.0, max(0.0, (density - d_min) / (1.0 - d_min))) if d_min < 1.0 else 1.0
     attn = ratio["attn_min"] + frac * (ratio["attn_full"] - ratio["attn_min"])
-    sparse = ratio["overhead"] / max(1, refresh) + attn + gathers * ratio["gather"]
+    per_mask = ratio["overhead"]
+    if clusters:  # eager times in graph mode too (none measured from a graph)
+        per_mask += _interp(xs, [a / d for a, d in zip(cal.cluster, dense, strict=True)], x)
+    sparse = per_mask / max(1, refresh) + attn + gathers * ratio["gather"]
     return Prediction(dense_ms, sparse * dense_ms, sparse <= MARGIN)

@@ -131,6 +131,11 @@ def grid_permutation(
     raise ValueError(f"order must be one of 'raster', 'tile', 'hilbert', got {order!r}")
 
 
+CLUSTER_ITERS = 2
+"""k-means iterations of the ``cluster`` order (SVG2 warm-starts 2 per step; the processors start
+from the tile order every call)."""
+
+
 def cluster_permutation(
     x: torch.Tensor,
     n_clusters: int,

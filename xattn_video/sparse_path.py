@@ -41,6 +41,7 @@ from . import cost_model
 from . import thresholds as _thresholds
 from .config import XAttentionConfig
 from .layout import (
+    CLUSTER_ITERS,
     cluster_permutation,
     extend_permutation,
     grid_permutation,
@@ -219,11 +220,6 @@ class TileOrders:
         if key not in self._perms:
             self._perms[key] = (extend_permutation(perm, n_total), extend_permutation(inv, n_total))
         return self._perms[key]
-
-
-CLUSTER_ITERS = 2
-"""k-means iterations of the ``cluster`` order (SVG2 warm-starts 2 per step; ours start from
-the tile order every call)."""
 
 
 def cluster_orders(
