@@ -7,8 +7,9 @@ like. With the XAttention step hook the forward below the hook is compiled
 without it (dense runs) the transformer's ``forward``. Both use ``fullgraph=True``: a graph
 break is an error, not a silent partial compile. With CUDA graphs (``reduce-overhead``,
 ``max-autotune``) each forward's outputs are cloned (:mod:`xattn_video.graph_outputs`): Wan's
-classifier-free guidance reads the first forward's output after the second. The first prompt of a process pays the
-compilation (it is ``first_in_process`` in meta.json and left out of the report's speed-ups).
+classifier-free guidance reads the first forward's output after the second. The first prompt
+of a process pays the compilation (it is ``first_in_process`` in meta.json and left out of the
+report's speed-ups).
 
 Mode names recorded in run.json (``RunRecord.compile``) and shown by the report:
 ``"eager"``, ``"compiled:<mode>"`` (inductor), ``"compiled:<mode>:<backend>"`` (another

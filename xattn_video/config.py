@@ -149,8 +149,8 @@ class XAttentionConfig:
     on this GPU, :mod:`xattn_video.cost_model`) predicts the sparse path to be slower at this
     token count and the layer's measured density (the estimate, the token order's gathers and
     the ``cluster`` order's k-means included), so XAttention is not slower than dense beyond the
-    model's error. Counted in the stats (``num_cost_dense_calls``). Applies to the Triton backend on CUDA only.
-    Turn off for research runs that must run the schedule exactly."""
+    model's error. Counted in the stats (``num_cost_dense_calls``). Applies to the Triton
+    backend on CUDA only. Turn off for research runs that must run the schedule exactly."""
 
     def __post_init__(self) -> None:
         _check_field_types(self)  # first: the range checks below rely on the types
