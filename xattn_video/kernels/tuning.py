@@ -16,7 +16,8 @@ The estimate (:func:`estimate_kernel_for`): the Triton kernel, or the Gluon one
 (:mod:`.estimate_gluon`) when forced (``kernel="gluon"``, with the tile / ring measured for the
 GPU in :data:`GLUON_ESTIMATE`). ``kernel="auto"`` would pick it where the table has an entry,
 from 32k query tokens, but only with :data:`GLUON_ESTIMATE_AUTO`, which is off: the Gluon
-estimate took 13-24% less time on the H200, but one GPU test run stalled inside it (see there).
+estimate took 2-16% less time on the H200 (``280e08d``; 18-19% more at S=16 and 67k tokens),
+but one GPU test run stalled inside it (see there).
 ``kernel="prefer-gluon"`` is that choice with the gate open, per call: the opt-in behind
 ``XAttentionConfig.estimate_kernel``.
 
