@@ -376,9 +376,10 @@ def test_a_file_system_without_locks_still_gets_the_entry(tmp_path, monkeypatch)
     ({"selection": "ratio", "ratio": 0.9}, (1, 2, 2000, 8), False,
      ((2000, 0.9, 0, False, False), 2, True)),
     ({"token_order": "tile", "tile_size": (1, 4, 4)}, (1, 2, 1800, 8), False,
-     ((1800, 1 / 15, 4, False, False), 2, True)),  # a tile order gathers: 4 more passes over q, k, v
+     ((1800, 1 / 15, 4, False, False), 2, True)),  # a tile order: 4 more passes over q, k, v
     ({}, (1, 2, 1024, 8), False, ((1024, 0.125, 0, False, False), 2, True)),
-    ({}, (1, 2, 1024, 8), True, ((1024, 0.125, 0, True, False), 2, False)),  # graph times: sparse wins
+    # graph times: sparse wins
+    ({}, (1, 2, 1024, 8), True, ((1024, 0.125, 0, True, False), 2, False)),
     ({"token_order": "tile"}, (1, 2, 4096, 8), False, ((4096, 1 / 32, 4, False, False), 2, False)),
     # the cluster order's k-means was not charged: priced as tile, it ran sparse and slower
     ({"token_order": "cluster"}, (1, 2, 4096, 8), False, ((4096, 1 / 32, 4, False, True), 2, True)),

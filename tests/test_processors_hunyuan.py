@@ -243,6 +243,64 @@ def test_remove_restores_stock_processors_and_behaviour():
     assert "removed" in repr(handle)
 
 
+@pytest.mark.parametrize("then", ["remove", "reapply"])
+def test_model_offload_enabled_after_apply_survives_remove_and_reapply(then, monkeypatch):
+    """apply -> ``enable_model_cpu_offload`` (accelerate wraps the step hook's forward) ->
+    remove or a second apply: the registry put its inner forward over accelerate's wrapper, so
+    the offload hook stopped running on the transformer (on a GPU: weights left on the CPU),
+    and diffusers' re-installed hooks ran the removed handle's step hook again."""
+    import accelerate.hooks
+
+    loads, real = [], accelerate.hooks.CpuOffload.pre_forward
+
+    def counting(self, module, *args, **kwargs):
+        loads.append(type(module).__name__)
+        return real(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.hooks.CpuOffload, "pre_forward", counting)
+    pipe, name = tiny_hv_pipeline(), "HunyuanVideoTransformer3DModel"
+    ref = run(pipe, **CFG_KW)
+    cfg = cfg_(threshold=0.5, warmup_steps=1)
+    handle = xv.apply_xattention(pipe, cfg)
+    pipe.enable_model_cpu_offload(device="cpu")
+    sparse = run(pipe, **CFG_KW)
+    per_call = loads.count(name)  # one per transformer forward
+    assert per_call >= 2
+    new = handle.remove() if then == "remove" else xv.apply_xattention(pipe, cfg)
+    for _ in range(2):  # the second call: after diffusers re-installed the offload hooks
+        loads.clear()
+        forwards = handle.controller.forwards
+        out = run(pipe, **CFG_KW)
+        assert loads.count(name) == per_call
+        assert handle.controller.forwards == forwards  # the removed step hook stays out
+        if then == "remove":
+            assert torch.equal(out, ref)
+        else:
+            assert torch.equal(out, sparse) and new.controller.forwards > 0
+
+
+def test_apply_after_model_offload_holds_for_every_call_and_removes():
+    """``enable_model_cpu_offload`` then ``apply_xattention``: the pipeline removes and adds the
+    offload hooks at the end of every call, and accelerate's removal restored the forward it
+    had wrapped, dropping the step hook: from the second call on the processors ran on the
+    first call's last step state (no warm-up, no new run; other videos for the same seed)."""
+    cfg = cfg_(threshold=0.5, warmup_steps=1)
+    plain = tiny_hv_pipeline()
+    ref = run(plain, **CFG_KW)
+    xv.apply_xattention(plain, cfg)
+    want = run(plain, **CFG_KW)
+    pipe = tiny_hv_pipeline()
+    pipe.enable_model_cpu_offload(device="cpu")
+    handle = xv.apply_xattention(pipe, cfg)
+    for call in range(3):
+        assert torch.equal(run(pipe, **CFG_KW), want)
+        steps = sorted({(r.step, r.sparse) for r in handle.stats.records if r.run == call})
+        assert steps == [(0, False), (1, True), (2, True)]
+    handle.remove()
+    assert torch.equal(run(pipe, **CFG_KW), ref) and torch.equal(run(pipe, **CFG_KW), ref)
+    assert pipe.transformer._diffusers_hook.get_hook(HOOK_NAME) is None
+
+
 @pytest.mark.parametrize("text_policy", ["dense", "sparse"])
 def test_padded_text_keys_never_influence_the_output(text_policy):
     pipe = tiny_hv_pipeline()

@@ -69,7 +69,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
-from . import schedule
+from . import offload_hooks, schedule
 from .auto_dense import AutoDense
 from .config import XAttentionConfig
 from .graph_outputs import captures_cuda_graphs, compile_forward
@@ -314,6 +314,7 @@ class XAttentionStepHook(ModelHook):
         self.scheduler_getter = scheduler_getter
         self.patch_size = patch_size
         self.uncompiled_forward: Callable[..., Any] | None = None  # set by compile_below_hook
+        self.installed_forward: Any = None  # the registry's forward (offload_hooks.register)
         # diffusers' cache_context() writes the context into every StateManager of a stateful hook
         self.state_manager = StateManager(_NoState)
 
@@ -390,7 +391,7 @@ def attach_step_hook(
         patch_size=transformer_patch_size(transformer),
         owner=owner,
     )
-    registry.register_hook(hook, HOOK_NAME)
+    hook.installed_forward = offload_hooks.register(transformer, registry, hook, HOOK_NAME)
     return hook
 
 
@@ -408,13 +409,11 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
     bools (``controller.sparse``, per-layer ``auto_dense`` decisions), so a sampling run compiles
     a dense and a sparse variant (with ``mask_refresh > 1`` two sparse ones: estimate and
     reuse), not one per step. ``compile_kwargs`` go to ``torch.compile``
-    (e.g. ``mode="reduce-overhead"`` for CUDA graphs). With a mode that captures CUDA graphs
-    (``reduce-overhead``, ``max-autotune``), ``auto_dense`` decides from the cost model's
-    CUDA-graph (device) times, and each forward returns clones of the graph's outputs (a second
-    forward in the same step, classifier-free guidance, would overwrite them:
-    :mod:`xattn_video.graph_outputs`). Called again, it compiles the uncompiled forward anew; removing
-    the hook (``handle.remove()``) restores it. Returns ``transformer``.
-    """
+    (e.g. ``mode="reduce-overhead"``). With a mode that captures CUDA graphs, ``auto_dense``
+    decides from the cost model's CUDA-graph times, and each forward returns clones of the
+    graph's outputs (:mod:`xattn_video.graph_outputs`: a second forward in the step, CFG, would
+    overwrite them). Called again, it compiles the uncompiled forward anew; removing the hook
+    (``handle.remove()``) restores it. Returns ``transformer``."""
     hook = step_hook(transformer)
     if hook is None:
         raise ValueError(
@@ -439,17 +438,17 @@ def detach_step_hook(transformer: torch.nn.Module) -> bool:
     """Remove the step hook from ``transformer``; True if there was one.
 
     The forward under the hook is put back uncompiled first (diffusers would otherwise restore
-    :func:`compile_below_hook`'s compiled one as the module's forward). If the hook registry is
-    then empty, the plain ``forward`` is restored too (the registry's instance attribute is
-    dropped), leaving the module as it was before.
-    """
+    :func:`compile_below_hook`'s compiled one as the module's forward); accelerate's offload
+    hook stays outermost (:mod:`xattn_video.offload_hooks`). If the hook registry is then
+    empty, the plain ``forward`` is restored too (the registry's instance attribute is
+    dropped), leaving the module as it was before."""
     registry = getattr(transformer, "_diffusers_hook", None)
     hook = registry.get_hook(HOOK_NAME) if registry is not None else None
     if hook is None:
         return False
     if hook.uncompiled_forward is not None:
         hook.fn_ref.forward = hook.uncompiled_forward
-    registry.remove_hook(HOOK_NAME, recurse=False)
+    offload_hooks.remove(transformer, registry, HOOK_NAME, hook.installed_forward)
     if not registry.hooks:
         fwd = transformer.__dict__.get("forward")
         if getattr(fwd, "__func__", None) is type(transformer).forward:
