@@ -65,3 +65,12 @@ def test_set_attn_processor_route(checkpoint):
     pipe.transformer.set_attn_processor(procs)
     assert np.array_equal(_run(pipe), applied)  # the same video as the pinned apply route
     assert procs.stats.summary()["num_sparse_calls"] > 0
+
+
+def test_every_public_name_is_listed_by_dir():
+    """The names imported lazily (apply_xattention, xattention_processors, XAttentionHandle,
+    context_parallel_plan) were missing from dir(xattn_video), so from tab completion."""
+    import xattn_video as xv
+
+    assert set(xv.__all__) <= set(dir(xv))
+    assert all(getattr(xv, name) is not None for name in xv.__all__)

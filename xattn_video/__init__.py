@@ -39,6 +39,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:  # the lazy names too (tab completion, dir())
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "PRESETS",
     "XAttentionConfig",

@@ -28,6 +28,10 @@ attends over the same token count, so this is also the FLOP-weighted mean (up to
 Records accumulate over pipeline calls until :meth:`XAttentionStats.reset`; ``run`` counts
 sampling runs, one per denoising schedule: a pipeline call, or each section of a Framepack call.
 
+Layers are numbered per transformer: Wan 2.2 A14B's two experts (``transformer_2``, one
+handle) both have layers 0..L-1, so ``per_layer`` and ``density(step, layer)`` pool layer i of
+both (``per_step`` keeps them apart: the experts run disjoint steps).
+
 Not supported: weighting by FLOPs across runs of different resolutions; per-head numbers for
 dense calls (they are all 1.0); calls replayed from a CUDA graph (Python does not run on
 replay, so only the captured call is recorded).
