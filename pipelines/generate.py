@@ -100,6 +100,7 @@ from .resume import (
     prompts_label,
     prompts_to_do,
     restore_videos,
+    thresholds_changed,
     thresholds_digest,
 )
 from .steptimer import StepTimer, sync
@@ -391,6 +392,9 @@ def _generate_prompts(
             ).frames[0]
             sync(device)
             total_s = time.perf_counter() - t0
+            changed = thresholds_changed(config, run.thresholds_sha256)
+            if changed:  # the processors re-read the file at every sparse step: a mix
+                raise SetupError(f"{changed}; prompt {prompt.index:05d} not written")
             bad = int(frames.size - np.isfinite(frames).sum())
             if bad:  # to_uint8 would write NaN as black and mark the prompt finished
                 result.failed[prompt.index] = f"{bad} of {frames.size} values are NaN or inf"

@@ -8,7 +8,8 @@ What the record holds is made comparable first:
   older run.json are resolved against the current directory;
 - the thresholds file is identified by its SHA-256 too (``thresholds_sha256``), so recalibrating
   into the same file between two runs of one directory is a difference, not a silent mix (an
-  older run.json has no digest: not compared);
+  older run.json has no digest: not compared); within a run, a change is caught after each
+  video (:func:`thresholds_changed`: that video is not written);
 - configs written before a field existed get its old default (:func:`_with_full_config`).
 
 Finished prompts are skipped only if :func:`xattn_video.rundir.verify_video` passes and their
@@ -69,6 +70,23 @@ def config_record(
     if cfg.thresholds_file:
         cfg = cfg.replace(thresholds_file=str(Path(cfg.thresholds_file).resolve()))
     return cfg.to_dict()
+
+
+def thresholds_changed(config: XAttentionConfig | None, recorded: str | None) -> str | None:
+    """Why ``config``'s thresholds file is not the one a run recorded (``recorded``: its
+    SHA-256) any more, None when it is: checked after each video, as the processors re-read a
+    file that changes (a recalibration into the same file) at their next sparse step."""
+    try:
+        digest = thresholds_digest(config)
+    except OSError as e:  # removed or unreadable
+        digest = f"unreadable ({e.strerror})"
+    if digest == recorded:
+        return None
+    return (
+        f"thresholds file {config.thresholds_file} changed during the run (sha256 {recorded} -> "
+        f"{digest}), whose run.json names the one it started with; a new calibration goes to "
+        "another --out"
+    )
 
 
 def thresholds_digest(config: XAttentionConfig | None) -> str | None:

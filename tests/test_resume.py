@@ -131,6 +131,32 @@ def test_thresholds_recalibrated_into_the_same_file_block_a_resume(tmp_path, pro
     assert _finished(out) == ["00000", "00001"]
 
 
+def test_thresholds_recalibrated_during_a_run_stop_it(tmp_path, prompt_file, capsys, monkeypatch):
+    """The processors re-read a thresholds file that changes at their next sparse step, so a
+    recalibration into the file mid-run made the next videos with the new one under a run.json
+    naming the old (and a rerun was then refused for the file the videos were made with)."""
+    th = tmp_path / "th.json"
+    shutil.copy(THRESHOLDS, th)
+    out = tmp_path / "run"
+    digest = rundir.file_sha256(th)
+    write = rundir.VideoRecord.write
+
+    def recalibrate_after_the_first(self, path):
+        write(self, path)
+        if self.prompt_index == 0:
+            th.write_text(th.read_text().replace('"taus"', '"taus" ', 1))
+
+    monkeypatch.setattr(rundir.VideoRecord, "write", recalibrate_after_the_first)
+    argv = _argv(out, prompt_file, "xattn", *MATCHING, "--thresholds-file", str(th))
+    line = _fail(argv, capsys)
+    assert (
+        f"thresholds file {th} changed during the run (sha256 {digest} -> {rundir.file_sha256(th)})"
+        in line
+        and "prompt 00001 not written" in line
+    )
+    assert _finished(out) == ["00000"] and rundir.RunRecord.read(out).thresholds_sha256 == digest
+
+
 def test_another_fps_blocks_a_resume(tmp_path, prompt_file, capsys):
     """--fps was not compared: a resumed run mixed 8 and 24 fps videos under one run.json."""
     out = tmp_path / "run"
