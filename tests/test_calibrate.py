@@ -55,6 +55,24 @@ def test_true_block_mass_matches_the_softmax_summed_per_block():
     assert float(got[1, :, :, 2].sum()) == pytest.approx(0.0, abs=1e-12)  # padding: no mass
 
 
+def test_the_mass_chunks_fit_a_memory_budget(monkeypatch):
+    """2048 query rows per chunk whatever the size: at HunyuanVideo 720p (24 heads x 119,056
+    keys) 22 GiB of fp32 logits each, ~67 GiB with the softmax and its padding, past an H100
+    with the model loaded. The default now holds the logits at 4 GiB, in whole blocks."""
+    from xattn_video import calibrate
+
+    assert calibrate.mass_chunk_rows(24, 119056, 128) == 256  # 2.7 GiB of logits
+    assert 24 * 119056 * 256 * 4 <= calibrate.MASS_CHUNK_BYTES
+    assert calibrate.mass_chunk_rows(2, 64, 16) == 8388608  # small calls: one chunk
+    assert calibrate.mass_chunk_rows(10**9, 10**9, 16) == 16  # at least one block
+    q, k = _qk(2, 2, 45, 8)
+    kv_len = torch.tensor([45, 30])
+    want = true_block_mass(q, k, block_size=16, kv_len=kv_len, chunk_rows=10_000)
+    monkeypatch.setattr(calibrate, "MASS_CHUNK_BYTES", 4 * 4 * 45 * 16)  # 16 rows a chunk
+    assert calibrate.mass_chunk_rows(4, 45, 16) == 16
+    torch.testing.assert_close(true_block_mass(q, k, block_size=16, kv_len=kv_len), want)
+
+
 @pytest.mark.parametrize("dense_from", [None, 40])
 def test_mass_curves_match_the_ops_selection_at_every_tau(dense_from):
     B, H, nb, bs = 2, 3, 6, 8
@@ -136,7 +154,8 @@ def test_a_target_density_below_the_reachable_one_warns():
     """It was silently exceeded: every head at its sparsest tau is still denser."""
     taus, layers = _layers()
     with pytest.warns(UserWarning, match=r"target_density 0.05 is below the lowest density .*"
-                      r"\(0.16\d+, every head at its sparsest\)"):  # fmt: skip
+                      r"\(0.16\d+, every head at its sparsest\).*calibrate_pipeline\(taus=.*"
+                      r"the command line's grid is default_taus\(\)"):  # fmt: skip
         thr = choose_thresholds(layers, taus, target_density=0.05)
     assert thr == [[0.5, 0.5], [0.5, 0.5]]
 
@@ -384,6 +403,17 @@ def test_tile_size_counts_for_the_orders_built_from_tiles():
     for order in ("raster", "hilbert"):  # orders that ignore the tile size
         data["config"] = dict(data["config"], token_order=order, tile_size=[2, 8, 8])
         check_matches(data, dict(data["config"], tile_size=[1, 4, 4]))
+
+
+def test_text_policy_counts_only_where_there_are_text_tokens():
+    """A Wan file (no text tokens in its self-attention) was refused for another text_policy,
+    "calibrate again", though a new calibration gives the same curves."""
+    data = dict(_file(), family="wan")
+    data["config"] = dict(data["config"], text_policy="dense")
+    check_matches(data, dict(data["config"], text_policy="sparse"))
+    data["family"] = "hunyuanvideo"
+    with pytest.raises(ValueError, match="text_policy='dense', the config has text_policy="):
+        check_matches(data, dict(data["config"], text_policy="sparse"))
 
 
 def test_calibration_runs_every_call_through_the_sparse_path():

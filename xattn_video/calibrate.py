@@ -60,19 +60,32 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+MASS_CHUNK_BYTES = 2**32
+"""fp32 logits of one row chunk of :func:`true_block_mass` (4 GiB; two such tensors live at once:
+2048 rows at HunyuanVideo 720p were 22 GiB each, ~67 GiB with the softmax and its padding)."""
+
+
+def mass_chunk_rows(batch_heads: int, n_keys: int, block_size: int) -> int:
+    """Query rows per chunk of :func:`true_block_mass` by default: whole blocks whose fp32
+    logits (``batch_heads`` x rows x ``n_keys``) fit :data:`MASS_CHUNK_BYTES`, at least one."""
+    rows = MASS_CHUNK_BYTES // (4 * max(1, batch_heads * n_keys))
+    return max(block_size, rows // block_size * block_size)
+
+
 def true_block_mass(
     q: torch.Tensor,
     k: torch.Tensor,
     *,
     block_size: int,
     kv_len: torch.Tensor | None = None,
-    chunk_rows: int = 2048,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Exact softmax mass per (query block, key block), summed over the block's query rows.
 
     q: (B, H, Nq, D), k: (B, H, Nk, D); kv_len: (B,) int, keys >= kv_len[b] get no mass.
     Returns (B, H, Nbq, Nbk) float64; every valid query row contributes 1 in total, so a full
-    query block's row of blocks sums to ``block_size``. Computed in fp32 in row chunks.
+    query block's row of blocks sums to ``block_size``. Computed in fp32 in row chunks
+    (``chunk_rows``, rounded to whole blocks; None: :func:`mass_chunk_rows`).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
@@ -81,14 +94,18 @@ def true_block_mass(
     key_ok = torch.arange(Nk, device=q.device)[None, :] < lens[:, None]  # (B, Nk)
     kf = k.float()
     scale = D**-0.5
-    chunk = max(block_size, (chunk_rows // block_size) * block_size)
+    rows = mass_chunk_rows(B * H, Nk, block_size) if chunk_rows is None else chunk_rows
+    chunk = max(block_size, (rows // block_size) * block_size)
     out = torch.zeros(B, H, nbq, nbk, dtype=torch.float64, device=q.device)
     for r0 in range(0, Nq, chunk):
         r1 = min(Nq, r0 + chunk)
-        logits = torch.einsum("bhnd,bhmd->bhnm", q[:, :, r0:r1].float(), kf) * scale
-        logits = logits.masked_fill(~key_ok[:, None, None, :], float("-inf"))
+        logits = torch.einsum("bhnd,bhmd->bhnm", q[:, :, r0:r1].float(), kf).mul_(scale)
+        logits.masked_fill_(~key_ok[:, None, None, :], float("-inf"))
         p = torch.softmax(logits, dim=-1)
-        p = F.pad(p, (0, nbk * block_size - Nk)).view(B, H, r1 - r0, nbk, block_size).sum(-1)
+        del logits  # one chunk-sized tensor at a time from here
+        if Nk % block_size:
+            p = F.pad(p, (0, nbk * block_size - Nk))
+        p = p.view(B, H, r1 - r0, nbk, block_size).sum(-1)
         rows = r1 - r0
         p = F.pad(p, (0, 0, 0, _cdiv(rows, block_size) * block_size - rows))
         p = p.view(B, H, -1, block_size, nbk).sum(3)
