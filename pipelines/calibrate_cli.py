@@ -39,6 +39,7 @@ from .options import (
     DTYPES,
     GenerateOptions,
     check_backend,
+    check_model_path,
     dtype_name_for,
     flag_name,
     load_prompts_or_fail,
@@ -186,6 +187,7 @@ def _check_inputs(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[
                            width=args.width, frames=args.frames, steps=args.steps,
                            seed=args.seed, device=args.device, dtype=args.dtype)  # fmt: skip
     spec, r = resolve_options(opts)
+    check_model_path(args.model_path)
     _check_one_transformer(args.model_path)
     # the flags a calibration ignores (warned above) are left out, not checked: generate's
     # --thresholds-file, an old calibration being redone, was loaded and refused the run

@@ -88,6 +88,7 @@ from .options import (
     SetupError,
     check_backend,
     check_compile_options,
+    check_model_path,
     check_out,
     dtype_name_for,
     load_prompts_or_fail,
@@ -193,6 +194,8 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
         xattn_video.prompts.PromptDataMissing: the prompt suite is not available.
     """
     spec, r = resolve_options(opts)
+    if pipe is None:  # else model_path is only recorded
+        check_model_path(opts.model_path)
     state = process_state()
     device = resolve_device(opts, state)
     config: XAttentionConfig | None = r["config"]
@@ -200,7 +203,7 @@ def generate(opts: GenerateOptions, *, pipe: Any = None) -> GenerateResult:
     P, fixed = opts.ulysses, spec.text_tokens
     if P > 1 and fixed and fixed % P:  # first: the preset's refusals would not make it run
         raise SetupError(f"--ulysses {P}: {fixed_text_refusal(fixed, P)}")
-    custom = opts.model_path is not None or opts.model_id is not None
+    custom = pipe is not None or opts.model_path is not None or opts.model_id is not None
     refusal = heads_refusal(spec, P, custom_weights=custom) if P > 1 else None
     refusal = refusal or (padded_text_refusal(spec, P) if P > 1 else None)
     if refusal:

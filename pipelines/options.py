@@ -87,6 +87,14 @@ class GenerateOptions:
     """``torch.compile`` backend (Python API only; e.g. ``aot_eager`` for quick CPU tests)."""
 
 
+def check_model_path(model_path: str | os.PathLike[str] | None) -> None:
+    """``SetupError`` when ``model_path`` (to be loaded) is not a folder: a typo read as "not a
+    diffusers pipeline folder (... save_pretrained)", after the run directory was set up."""
+    if model_path is not None and not Path(model_path).is_dir():
+        what = "is not a directory" if Path(model_path).exists() else "does not exist"
+        raise SetupError(f"--model-path {model_path} {what}")
+
+
 def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
     """Validate ``opts`` and fill in the model defaults.
 
@@ -107,10 +115,6 @@ def resolve_options(opts: GenerateOptions) -> tuple[ModelSpec, dict[str, Any]]:
         raise SetupError("out is empty")
     if opts.model_path is not None and opts.model_id is not None:
         raise SetupError("pass either --model-path or --model-id, not both")
-    if opts.model_path is not None and not Path(opts.model_path).is_dir():
-        # a typo read as "not a diffusers pipeline folder (create one with save_pretrained)"
-        what = "is not a directory" if Path(opts.model_path).exists() else "does not exist"
-        raise SetupError(f"--model-path {opts.model_path} {what}")
     if not is_json_int(opts.ulysses) or opts.ulysses < 1:
         raise SetupError(f"ulysses must be a positive integer, got {opts.ulysses!r}")
     if not is_json_int(opts.seed) or not 0 <= opts.seed < SEED_END:

@@ -546,6 +546,13 @@ def test_a_model_path_that_is_no_folder_is_said_before_the_run_dir(
             "dense", "--out", str(out), "--model-path", str(path), "--no-progress"]  # fmt: skip
     assert f"--model-path {path} {what}" in _fail(argv, capsys)
     assert not out.exists()
+    # a pipeline handed to generate: model_path is only recorded, not loaded
+    from xattn_video.pipelines.generate import GenerateOptions, generate
+    from xattn_video.pipelines.tiny.factory import build_tiny_hunyuan_pipeline
+
+    opts = GenerateOptions(model="tiny-hunyuan", prompts=str(prompt_file), out=out, limit=1,
+                           attention="dense", model_path=path, device="cpu", steps=1)  # fmt: skip
+    assert generate(opts, pipe=build_tiny_hunyuan_pipeline()).generated == [0]
 
 
 def test_compare_bad_input(tmp_path: Path, prompt_file: Path, capsys):

@@ -674,6 +674,15 @@ def test_ulysses_advice_and_head_counts_are_the_models_own(tmp_path, prompt_file
             "--device", "cpu"]  # fmt: skip
     assert "--ulysses 4: tiny-hunyuan's transformer has 2 attention heads" in _fail(argv, capsys)
     assert not (tmp_path / "run").exists()
+    # a pipeline handed to generate has its own heads (checked once loaded): not refused here
+    from xattn_video.pipelines.generate import GenerateOptions, generate
+    from xattn_video.pipelines.options import SetupError
+    from xattn_video.pipelines.tiny.factory import build_tiny_hunyuan_pipeline
+
+    opts = GenerateOptions(model="tiny-hunyuan", prompts=str(prompt_file), out=tmp_path / "r",
+                           attention="dense", ulysses=4, device="cpu")  # fmt: skip
+    with pytest.raises(SetupError, match="--ulysses 4 needs a process count that is a multiple"):
+        generate(opts, pipe=build_tiny_hunyuan_pipeline())
 
 
 def test_a_ulysses_degree_the_tiny_hunyuan_text_takes_is_not_refused_for_its_text():

@@ -86,6 +86,9 @@ def test_the_cluster_orders_kmeans_counts_once_per_estimate():
             assert kmeans.sparse_ms == pytest.approx(plain.sparse_ms + 1.6 / refresh)
     assert base.sparse_wins and not cm.predict(CAL, 4096, 1 / 32, block_size=128, gathers=4,
                                                clusters=True).sparse_wins  # fmt: skip
+    no_kmeans = cm.Calibration(**{**CAL.__dict__, "cluster": []})
+    with pytest.raises(ValueError, match="no cluster times; calibrate again"):
+        cm.predict(no_kmeans, 4096, 0.5, block_size=128, clusters=True)
 
 
 def test_small_inputs_run_dense_even_when_nearly_empty():
@@ -131,7 +134,7 @@ def test_a_calibration_of_other_kernel_code_is_not_reused(tmp_path, monkeypatch)
     cm.store(key, CAL)
     # the sources hashed: the kernels, the op and the timing method; edit one byte of a copy
     pkg = tmp_path / "pkg"
-    for rel in ("kernels/fp8.py", "kernels/tuning.py", "attention.py", "library.py"):
+    for rel in ("kernels/fp8.py", "kernels/tuning.py", "attention.py", "library.py", "layout.py"):
         (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
         (pkg / rel).write_bytes((cm.Path(cm.__file__).parent / rel).read_bytes())
     (pkg / "cost_model.py").write_bytes(cm.Path(cm.__file__).read_bytes())
@@ -145,6 +148,8 @@ def test_a_calibration_of_other_kernel_code_is_not_reused(tmp_path, monkeypatch)
     here = fingerprint()
     (pkg / "stats.py").write_text("changed, still not timed\n")
     assert fingerprint() == here
+    (pkg / "layout.py").write_bytes((pkg / "layout.py").read_bytes() + b"#")  # the k-means
+    assert fingerprint() != here
     (pkg / "kernels/tuning.py").write_bytes((pkg / "kernels/tuning.py").read_bytes() + b"#")
     changed = fingerprint()
     assert changed != here

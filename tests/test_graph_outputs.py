@@ -22,6 +22,8 @@ from xattn_video.graph_outputs import captures_cuda_graphs, compile_forward
         ({"mode": "max-autotune-no-cudagraphs"}, False),
         ({"mode": "reduce-overhead", "options": {"triton.cudagraphs": False}}, False),
         ({"options": {"triton.cudagraphs": True}}, True),
+        ({"backend": "cudagraphs"}, True),  # dynamo's backend: the same CUDA graph trees
+        ({"backend": "aot_eager", "mode": None}, False),
     ],
 )
 def test_which_compiles_capture_cuda_graphs(kwargs, want):

@@ -301,6 +301,44 @@ def test_apply_after_model_offload_holds_for_every_call_and_removes():
     assert pipe.transformer._diffusers_hook.get_hook(HOOK_NAME) is None
 
 
+@pytest.mark.parametrize("call_between", [False, True])
+@pytest.mark.parametrize("offload_first", [False, True])
+def test_remove_under_offload_with_a_hook_registered_after_ours(
+    offload_first, call_between, monkeypatch
+):
+    """Another diffusers hook registered on the transformer after XAttention (a cache hook),
+    with model offload: the registry relinks that hook's forward on removal, not
+    ``module.forward``, and the first offload fix then made accelerate's wrapper call itself
+    (RecursionError) or left it out of the chain (no offload)."""
+    import accelerate.hooks
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    loads, real = [], accelerate.hooks.CpuOffload.pre_forward
+
+    def counting(self, module, *args, **kwargs):
+        loads.append(type(module).__name__)
+        return real(self, module, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.hooks.CpuOffload, "pre_forward", counting)
+    pipe, name = tiny_hv_pipeline(), "HunyuanVideoTransformer3DModel"
+    ref = run(pipe, **CFG_KW)
+    if offload_first:
+        pipe.enable_model_cpu_offload(device="cpu")
+    handle = xv.apply_xattention(pipe, cfg_(threshold=0.5, warmup_steps=1))
+    if not offload_first:
+        pipe.enable_model_cpu_offload(device="cpu")
+    HookRegistry.check_if_exists_or_initialize(pipe.transformer).register_hook(ModelHook(), "x")
+    loads.clear()
+    if call_between:
+        run(pipe, **CFG_KW)
+    per_call = loads.count(name) if call_between else 6  # 3 steps x (cond, uncond)
+    handle.remove()
+    for _ in range(2):
+        loads.clear()
+        assert torch.equal(run(pipe, **CFG_KW), ref)
+        assert loads.count(name) == per_call
+
+
 @pytest.mark.parametrize("text_policy", ["dense", "sparse"])
 def test_padded_text_keys_never_influence_the_output(text_policy):
     pipe = tiny_hv_pipeline()

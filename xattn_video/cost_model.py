@@ -93,14 +93,14 @@ CACHE_VERSION = 5  # 2: overhead on the fused selection path with a budget; 3: g
 _MEMO: dict[str, Calibration] = {}
 
 
-_TIMED_CODE = ("kernels/*.py", "attention.py", "library.py", "cost_model.py")
+_TIMED_CODE = ("kernels/*.py", "attention.py", "library.py", "layout.py", "cost_model.py")
 """This package's sources whose changes change what a calibration measures."""
 
 
 @functools.cache
 def code_fingerprint() -> str:
     """12 hex digits of the sha256 of the sources in :data:`_TIMED_CODE` (the kernels, their
-    launch tables, the op and this module's timing method)."""
+    launch tables, the op, the ``cluster`` order's k-means and this module's timing method)."""
     root = Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(p for pattern in _TIMED_CODE for p in root.glob(pattern)):
@@ -453,6 +453,8 @@ def predict(
     attn = ratio["attn_min"] + frac * (ratio["attn_full"] - ratio["attn_min"])
     per_mask = ratio["overhead"]
     if clusters:  # eager times in graph mode too (none measured from a graph)
+        if len(cal.cluster) != len(cal.n):
+            raise ValueError("the calibration has no cluster times; calibrate again")
         per_mask += _interp(xs, [a / d for a, d in zip(cal.cluster, dense, strict=True)], x)
     sparse = per_mask / max(1, refresh) + attn + gathers * ratio["gather"]
     return Prediction(dense_ms, sparse * dense_ms, sparse <= MARGIN)

@@ -10,7 +10,8 @@ second call: "accessing tensor output of CUDAGraphs that has been overwritten by
 run". :func:`compile_forward` clones the tensors of each output in those modes (one copy of
 the latent-sized prediction per forward, against a whole transformer).
 
-Not supported: outputs that are not pytrees of tensors (diffusers' ``BaseOutput`` and tuples
+Not supported: inductor's global ``torch._inductor.config.triton.cudagraphs`` switched on by
+hand (not seen in the compile arguments); outputs that are not pytrees of tensors (diffusers' ``BaseOutput`` and tuples
 are); gradients through the clone are the compiled function's own (the clone is
 differentiable).
 """
@@ -29,8 +30,11 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def captures_cuda_graphs(compile_kwargs: dict[str, Any]) -> bool:
-    """Whether ``torch.compile(**compile_kwargs)`` captures CUDA graphs: its mode, or inductor's
+    """Whether ``torch.compile(**compile_kwargs)`` captures CUDA graphs: dynamo's
+    ``"cudagraphs"`` backend (the same CUDA graph trees), its mode, or inductor's
     ``triton.cudagraphs`` option, which wins when given."""
+    if compile_kwargs.get("backend") == "cudagraphs":
+        return True
     options = compile_kwargs.get("options") or {}
     return bool(options.get("triton.cudagraphs", compile_kwargs.get("mode") in CUDA_GRAPH_MODES))
 

@@ -30,11 +30,14 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 
 def _accelerate_wrapper(module: torch.nn.Module) -> Any:
-    """accelerate's forward wrapper on ``module`` (an ``_hf_hook`` with the ``_old_forward`` it
-    calls), or None."""
+    """accelerate's forward wrapper on ``module`` (a partial of ``accelerate.hooks``' forward,
+    with the ``_hf_hook`` and the ``_old_forward`` it calls), or None."""
     state = vars(module)
-    if "_hf_hook" in state and "_old_forward" in state and "forward" in state:
-        return state["forward"]
+    forward = state.get("forward")
+    func = getattr(forward, "func", None)
+    if "_hf_hook" in state and "_old_forward" in state and func is not None:
+        if getattr(func, "__module__", "").startswith("accelerate"):
+            return forward
     return None
 
 
@@ -52,11 +55,22 @@ def register(module: torch.nn.Module, registry: HookRegistry, hook: ModelHook, n
 
 
 def remove(module: torch.nn.Module, registry: HookRegistry, name: str, installed: Any) -> None:
-    """``registry.remove_hook(name)``; where accelerate's wrapper calls ``installed`` (the
-    registry's forward from :func:`register`, or one accelerate wrapped later), accelerate's
-    wrapper stays outermost and calls what the registry restores instead."""
-    outer = _accelerate_wrapper(module)
-    under = outer is not None and vars(module)["_old_forward"] is installed
+    """``registry.remove_hook(name)``. Where accelerate calls ``installed`` (the registry's
+    forward from :func:`register`, or one accelerate wrapped later), the registry's idea of who
+    calls the hook -- ``module.forward`` for its last hook, else the next hook's -- is wrong:
+    what it would set there is put back, and accelerate calls what the hook wrapped instead."""
+    hook = registry.get_hook(name)
+    if "_hf_hook" not in vars(module) or vars(module).get("_old_forward") is not installed:
+        registry.remove_hook(name, recurse=False)
+        return
+    ref = hook.fn_ref
+    inner = ref.original_forward if ref.original_forward is not None else ref.forward
+    index = registry._hook_order.index(name)
+    nxt = registry._fn_refs[index + 1] if index + 1 < len(registry._fn_refs) else None
+    caller = vars(module)["forward"] if nxt is None else nxt.forward
     registry.remove_hook(name, recurse=False)
-    if under:
-        module._old_forward, module.forward = vars(module)["forward"], outer
+    if nxt is None:
+        module.forward = caller
+    else:
+        nxt.forward = caller
+    module._old_forward = inner
