@@ -398,7 +398,8 @@ def _draw_figures(
     report: dict[str, Any], dense: Run, sparse: Run, out: Path, strip_frames: int
 ) -> dict[str, Any]:
     videos = comparable(report["videos"])  # the pairs the aggregate counts
-    for old in [
+    for old in [  # the texts first: a compare stopped from here on leaves no report, not one
+        *(out / f"report.{ext}" for ext in ("json", "md", "html")),  # naming missing figures
         *out.glob("strip_worst_*.png"),
         *out.glob("strip_best_*.png"),
         *(out / f for f in ("quality_vs_density.png", "speedup.png", "per_prompt_metrics.png")),

@@ -17,12 +17,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from xattn_video.atomic import atomic_path
+
 DPI = 100
 _LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, format="png")
+    with atomic_path(path) as tmp:  # a stopped compare leaves no cut PNG
+        fig.savefig(tmp, dpi=DPI, format="png")
 
 
 def _mean(video: dict[str, Any], metric: str) -> float | None:

@@ -1067,6 +1067,38 @@ def test_a_reused_report_folder_keeps_no_figure_of_the_earlier_report(tmp_path: 
     assert (out / "notes.txt").read_text() == "the user's own file"
 
 
+def test_a_compare_stopped_while_drawing_leaves_no_report_naming_missing_figures(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A compare stopped (Ctrl-C, a kill) while drawing into a reused out_dir had already
+    deleted the earlier report's figures, and wrote PNGs in place, but left the earlier
+    report.{json,md,html} beside missing or cut figures. The texts now go first, and a PNG is
+    put in place whole or not at all."""
+    from xattn_video.metrics import plots
+
+    dense = write_run(tmp_path / "d", "dense", [0, 1, 2])
+    sparse = write_run(tmp_path / "s", "xattn", [0, 1, 2], frames_fn=sparse_frames)
+    out = tmp_path / "out"
+    compare_runs(dense, sparse, out, metrics=("psnr",), device="cpu", progress=False)
+    assert (out / "report.json").exists()
+    real, drawn = plots.Figure.savefig, []
+
+    def stopped_in_the_second(fig, path, **kwargs):
+        if len(drawn) == 1:
+            Path(path).write_bytes(b"\x89PNG cut")  # what a kill mid-write leaves
+            raise KeyboardInterrupt
+        drawn.append(path)
+        return real(fig, path, **kwargs)
+
+    monkeypatch.setattr(plots.Figure, "savefig", stopped_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        compare_runs(dense, sparse, out, metrics=("psnr",), device="cpu", progress=False)
+    assert not any((out / f"report.{ext}").exists() for ext in ("json", "md", "html"))
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.iterdir() if p.suffix != ".png"]  # no temporary file left
+
+
 def test_a_pair_outside_the_aggregate_is_not_said_to_be_in_the_speed_up() -> None:
     """The 'in speed-up' column said "yes" for a pair whose seed differs, which the aggregate
     (and so its speed-up) never counts, next to "in aggregate: no"."""
