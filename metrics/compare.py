@@ -232,7 +232,7 @@ def compare_runs(
     report["figures"] = _draw_figures(report, dense, sparse, out, strip_frames)
     report = _json_clean(report)
     texts = {  # all rendered, then all written to temporary files, then all put in place:
-        # a failure (a render error, a full disk) leaves no mix of two reports' texts
+        # a failure (a render error, a full disk) leaves no report, never parts of two
         "report.json": json.dumps(report, indent=2, allow_nan=False) + "\n",
         "report.md": render_markdown(report),
         "report.html": render_html(report),

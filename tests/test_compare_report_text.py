@@ -113,7 +113,9 @@ def test_the_lpips_line_names_both_digests() -> None:
 
 def test_a_full_disk_leaves_the_last_reports_texts_together(tmp_path, monkeypatch) -> None:
     """The three texts were written one after another, so a failure after report.json left the
-    new report.json beside the last run's report.md / report.html."""
+    new report.json beside the last run's report.md / report.html. The last run's texts go
+    before this run draws its figures (they would name figures no longer there), so a failure
+    leaves no report at all, never parts of two."""
     import errno
     from pathlib import Path
 
@@ -137,7 +139,7 @@ def test_a_full_disk_leaves_the_last_reports_texts_together(tmp_path, monkeypatc
         monkeypatch.setattr(Path, name, full_disk(name))
     with pytest.raises(OSError, match="No space left on device"):
         compare_runs(dense, other, out, metrics=("psnr",), progress=False)
-    assert {n: (out / n).read_text() for n in before} == before
+    assert not any((out / n).exists() for n in before)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
