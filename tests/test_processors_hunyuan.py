@@ -243,12 +243,8 @@ def test_remove_restores_stock_processors_and_behaviour():
     assert "removed" in repr(handle)
 
 
-@pytest.mark.parametrize("then", ["remove", "reapply"])
-def test_model_offload_enabled_after_apply_survives_remove_and_reapply(then, monkeypatch):
-    """apply -> ``enable_model_cpu_offload`` (accelerate wraps the step hook's forward) ->
-    remove or a second apply: the registry put its inner forward over accelerate's wrapper, so
-    the offload hook stopped running on the transformer (on a GPU: weights left on the CPU),
-    and diffusers' re-installed hooks ran the removed handle's step hook again."""
+def _count_offload_loads(monkeypatch) -> list[str]:
+    """The class names of the modules accelerate's model-offload hook loads, call by call."""
     import accelerate.hooks
 
     loads, real = [], accelerate.hooks.CpuOffload.pre_forward
@@ -258,6 +254,16 @@ def test_model_offload_enabled_after_apply_survives_remove_and_reapply(then, mon
         return real(self, module, *args, **kwargs)
 
     monkeypatch.setattr(accelerate.hooks.CpuOffload, "pre_forward", counting)
+    return loads
+
+
+@pytest.mark.parametrize("then", ["remove", "reapply"])
+def test_model_offload_enabled_after_apply_survives_remove_and_reapply(then, monkeypatch):
+    """apply -> ``enable_model_cpu_offload`` (accelerate wraps the step hook's forward) ->
+    remove or a second apply: the registry put its inner forward over accelerate's wrapper, so
+    the offload hook stopped running on the transformer (on a GPU: weights left on the CPU),
+    and diffusers' re-installed hooks ran the removed handle's step hook again."""
+    loads = _count_offload_loads(monkeypatch)
     pipe, name = tiny_hv_pipeline(), "HunyuanVideoTransformer3DModel"
     ref = run(pipe, **CFG_KW)
     cfg = cfg_(threshold=0.5, warmup_steps=1)
@@ -310,16 +316,9 @@ def test_remove_under_offload_with_a_hook_registered_after_ours(
     with model offload: the registry relinks that hook's forward on removal, not
     ``module.forward``, and the first offload fix then made accelerate's wrapper call itself
     (RecursionError) or left it out of the chain (no offload)."""
-    import accelerate.hooks
     from diffusers.hooks import HookRegistry, ModelHook
 
-    loads, real = [], accelerate.hooks.CpuOffload.pre_forward
-
-    def counting(self, module, *args, **kwargs):
-        loads.append(type(module).__name__)
-        return real(self, module, *args, **kwargs)
-
-    monkeypatch.setattr(accelerate.hooks.CpuOffload, "pre_forward", counting)
+    loads = _count_offload_loads(monkeypatch)
     pipe, name = tiny_hv_pipeline(), "HunyuanVideoTransformer3DModel"
     ref = run(pipe, **CFG_KW)
     if offload_first:
