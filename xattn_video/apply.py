@@ -20,7 +20,10 @@ and the transformer step hook, and one :class:`XAttentionHandle` that owns the a
     step hook (a processor cannot see the transformer's forward; without the hook the
     processors never leave the dense phase) but changes no processor: until the dict is
     installed the model computes exactly as before. Pass ``pipe`` so the step is read from its
-    scheduler, else it comes from the cache context (Wan pipelines) or timestep matching. The
+    scheduler, else it comes from the cache context (Wan's text-to-video pipelines) or timestep
+    matching, whose steps count from the transformer's first forward: Wan 2.2's image-to-video
+    pipeline sets no step in its cache context, so without ``pipe`` its second expert would
+    count from 0 again (warm-up repeated). The
     dict survives diffusers consuming it and carries ``procs.stats``, ``procs.controller``,
     ``procs.handle`` and ``procs.remove()``.
 
