@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+LOCAL = ("LDL", "STL")  # local-memory (spill) loads and stores in SASS
 SM90_SMEM = 232448  # Hopper's 227 KB of shared memory per block
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,3 +84,36 @@ def assert_no_spills(tmp_path, allow_bytes: int = 0) -> None:
     spilled = re.search(r"(\d+) bytes spill stores", res.stderr)
     assert spilled and int(spilled.group(1)) <= allow_bytes, res.stderr
     assert "serialized" not in res.stderr, res.stderr
+
+
+def _sass_lines(tmp_path) -> list[tuple[int, str]]:
+    """(address, instruction) of ``k.ptx`` assembled for sm_90a and disassembled."""
+    import triton
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    ptxas, cuobjdump = (os.path.join(bin_dir, name) for name in ("ptxas", "cuobjdump"))
+    if not (os.path.exists(ptxas) and os.path.exists(cuobjdump)):
+        pytest.skip("this Triton ships no ptxas / cuobjdump")
+    cubin = str(tmp_path / "k.cubin")
+    subprocess.run([ptxas, "-arch=sm_90a", str(tmp_path / "k.ptx"), "-o", cubin], check=True,
+                   capture_output=True)  # fmt: skip
+    # cuobjdump prints branch targets as addresses (nvdisasm as labels)
+    sass = subprocess.run([cuobjdump, "-sass", cubin], check=True, capture_output=True, text=True)
+    found = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass.stdout)
+    return [(int(addr, 16), text.strip()) for addr, text in found]
+
+
+def loops_and_local_accesses(tmp_path) -> tuple[list[tuple[int, int]], list[int]]:
+    """The kernel's loops -- conditional backward branches over more than 64 instructions
+    before its last EXIT (after it sit the mbarrier retry stubs, which branch back into the
+    code) -- as (first, last address), and the addresses of its local-memory (spill) loads and
+    stores as (address, "LDL" / "STL")."""
+    ins = _sass_lines(tmp_path)
+    last_exit = max(addr for addr, text in ins if text.endswith("EXIT"))
+    loops = []
+    for addr, text in ins:
+        m = re.match(r"@!?U?P\d+\s+BRA\s+(0x[0-9a-f]+)", text)
+        if m and addr < last_exit and addr - int(m.group(1), 16) > 0x400:
+            loops.append((int(m.group(1), 16), addr))
+    ops = [(addr, text.split()[1 if text.startswith("@") else 0][:3]) for addr, text in ins]
+    return loops, [(addr, op) for addr, op in ops if op in LOCAL]

@@ -11,7 +11,12 @@ import torch
 from xattn_video.kernels import gluon_ptx
 from xattn_video.kernels import sparse_attention_gluon as sag
 
-from ._gluon_compile import assert_no_spills, assert_ws_partitions, compile_sm90
+from ._gluon_compile import (
+    assert_no_spills,
+    assert_ws_partitions,
+    compile_sm90,
+    loops_and_local_accesses,
+)
 
 needs_gluon = pytest.mark.skipif(not sag.HAS_GLUON, reason="Triton without Gluon's Hopper module")
 
@@ -84,8 +89,10 @@ compile_kernel(sag._bsa_gluon_kernel, sig,
 def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision, pairs, tail):
     """The fp8 pair loop at Triton 3.6 (the GPU machine's) has no spills either; Triton 3.8
     spills 12 bytes of it: three scalars, stored before its main loop and reloaded after it and
-    in the last pair's mask branch (its SASS read on CPU), none in the per-pair path. ``tail``:
-    bf16 with key padding (the block holding kv_len loaded from its zero-padded copy)."""
+    in the last pair's mask branch (inside the loop, taken once); no other local-memory access
+    is inside any loop (checked in its SASS, disassembled on CPU).
+    ``tail``: bf16 with key padding (the block holding kv_len loaded from its zero-padded
+    copy)."""
     import triton
 
     ptx_text, meta = compile_sm90(tmp_path, _COMPILE, d, stages, precision, pairs, tail)
@@ -95,6 +102,12 @@ def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision, pairs,
         precision == "fp8"
     )
     assert_no_spills(tmp_path, 16 if pairs and not triton.__version__.startswith("3.6") else 0)
+    loops, local = loops_and_local_accesses(tmp_path)
+    assert len(loops) >= 2, loops  # both consumers' main loops (and the producer's, if long)
+    in_loops = [(a, op) for a, op in local if any(lo <= a <= hi for lo, hi in loops)]
+    if pairs and not triton.__version__.startswith("3.6"):  # the last pair's branch reloads
+        in_loops = [(a, op) for a, op in in_loops if op != "LDL"]
+    assert not in_loops, (loops, local)
     assert_pingpong_and_rescale(ptx_text, stages)
     if precision == "fp8":  # P.V's A operand: registers (one-block loop) or shared memory
         wgmmas = re.findall(r"wgmma\.mma_async[^;]*;", ptx_text)
