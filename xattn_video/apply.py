@@ -23,9 +23,8 @@ and the transformer step hook, and one :class:`XAttentionHandle` that owns the a
     scheduler, else it comes from the cache context (Wan's text-to-video pipelines) or timestep
     matching, whose steps count from the transformer's first forward: Wan 2.2's image-to-video
     pipeline sets no step in its cache context, so without ``pipe`` its second expert would
-    count from 0 again (warm-up repeated). The
-    dict survives diffusers consuming it and carries ``procs.stats``, ``procs.controller``,
-    ``procs.handle`` and ``procs.remove()``.
+    count from 0 again (warm-up repeated). The dict survives diffusers consuming it and carries
+    ``procs.stats``, ``procs.controller``, ``procs.handle`` and ``procs.remove()``.
 
 Re-applying replaces: every application (either route) first removes the previous application
 that owns the transformer's step hook (``handle.remove()`` of that application: its processors
