@@ -6,6 +6,7 @@ Not supported: localisation, custom column sets.
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 from .aggregate import comparable, left_out_of_speedup
@@ -25,10 +26,13 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def short(text: str | None, limit: int = 70) -> str:
-    """One-line text cut to ``limit`` characters."""
+    """One-line text cut to ``limit`` characters; control characters (ESC, BEL, NUL, ... of a
+    prompt) shown as ``\\xNN``, so a report neither runs terminal sequences nor reads as
+    binary."""
     if not text:
         return ""
     text = " ".join(text.split())
+    text = "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -79,7 +79,8 @@ def _load_all(suite_or_path: PathLike, data_dir: PathLike | None) -> list[Prompt
     path = Path(key)
     if path.suffix.lower() in (".txt", ".json"):
         if not path.is_file():
-            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            what = ("is a directory, not a file" if path.is_dir()
+                    else "is not a regular file" if path.exists() else "does not exist")  # fmt: skip
             raise FileNotFoundError(f"Prompt file {path} {what}")
         if path.suffix.lower() == ".txt":
             prompts = prompts_from_lines(read_text_prompts(path))

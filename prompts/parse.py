@@ -32,12 +32,15 @@ def read_text_prompts(path: Path) -> list[str]:
     """Prompts of a one-per-line UTF-8 text file, stripped, blank lines skipped.
 
     Raises:
-        ValueError: the file is not UTF-8 (a Latin-1 or UTF-16 file); the message names it.
+        ValueError: the file is not UTF-8 (a Latin-1 or UTF-16 file) or cannot be read (no
+            permission, an I/O error); the message names it.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
+    except OSError as e:
+        raise ValueError(f"Prompt file {path} cannot be read: {e.strerror or e}") from None
     # a BOM inside the text (files joined with cat) is no more a prompt's than the first one
     lines = (line.strip().strip("\ufeff").strip() for line in _LINE_END.split(text))
     return [line for line in lines if line]
@@ -103,6 +106,8 @@ def read_json_prompts(path: Path) -> list[Prompt]:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a valid JSON prompt file: {e}") from None
+    except OSError as e:
+        raise ValueError(f"Prompt file {path} cannot be read: {e.strerror or e}") from None
     return prompts_from_json(data, str(path))
 
 

@@ -764,7 +764,8 @@ def test_pairs_with_another_prompt_text_are_left_out_of_the_aggregate(tmp_path: 
     meta_path.write_text(json.dumps(meta))
     with pytest.warns(
         CompareWarning,
-        match="prompt 00001: prompt differs between runs .* 'an edited prompt' sparse.; left out",
+        match="prompt 00001: prompt differs between runs .* 'an edited prompt' sparse, first "
+        r"difference at character 1: U\+0020 U\+0073 -> U\+006E U\+0020\); left out",
     ):
         report = compare_runs(
             dense, sparse, tmp_path / "out", metrics=("psnr",), device="cpu", progress=False

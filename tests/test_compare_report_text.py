@@ -154,3 +154,12 @@ def test_capped_frames_count_only_the_aggregates_pairs(report) -> None:
     assert psnr_capped_frames(r)[:2] == (frames[0], sum(frames))
     r["videos"][1]["same_input"] = r["videos"][2]["same_input"] = False
     assert psnr_capped_frames(r)[:2] == (frames[0], frames[0])
+
+
+def test_control_characters_of_a_prompt_are_shown_not_written_into_reports():
+    """ESC / BEL / NUL in a prompt reached report.md and report.html raw: ``cat`` ran the
+    terminal sequences, grep called the file binary. ``short`` shows them as ``\\xNN``."""
+    from xattn_video.metrics.report_tables import short
+
+    assert short("a \x1b[2J\x1b]0;t\x07cat\x00 walks") == "a \\x1b[2J\\x1b]0;t\\x07cat\\x00 walks"
+    assert short("caf\u00e9 \u732b\tcat") == "caf\u00e9 \u732b cat"  # printable text kept

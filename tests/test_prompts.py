@@ -483,3 +483,29 @@ def test_wheel_member_fetch_runs_pip_download_without_installing(
         load_prompts("vbench")
     # the command as one types it (it read "`-m pip download ...`")
     assert "`pip download vbench==0.1.5 --no-deps" in str(exc.value)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".json"])
+def test_an_unreadable_prompt_file_is_a_value_error_naming_it(tmp_path, monkeypatch, suffix):
+    """No permission (or an I/O error) reading a prompt file: the CLI's one-line error, not a
+    PermissionError traceback (root ignores chmod here, so the read is made to fail)."""
+    path = tmp_path / f"p{suffix}"
+    path.write_text("a cat\n" if suffix == ".txt" else '["a cat"]', encoding="utf-8")
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", denied)
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(ValueError, match=rf"Prompt file .*p\{suffix} cannot be read: Permission"):
+        load_prompts(str(path))
+
+
+def test_a_prompt_path_that_exists_but_is_no_file_is_not_called_missing(tmp_path):
+    """A named pipe (or socket) that exists was reported as "does not exist"."""
+    import os
+
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(FileNotFoundError, match="fifo.txt is not a regular file"):
+        load_prompts(str(fifo))

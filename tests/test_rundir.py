@@ -531,3 +531,18 @@ def test_a_file_system_without_flock_goes_on_unlocked_with_a_warning(tmp_path, m
     with caplog.at_level("WARNING", logger="xattn_video.runlock"):
         assert runlock.RunLock(tmp_path).acquire() is True
     assert "cannot lock files" in caplog.text and "second generate process" in caplog.text
+
+
+def test_a_prompt_change_that_prints_alike_names_its_code_points():
+    """NFC against NFD accents, a Cyrillic letter for a Latin one: the two reprs print the same
+    in a terminal, so the resume warning and compare's note name the first differing code
+    points."""
+    from xattn_video.rundir import first_difference
+
+    assert first_difference("caf\u00e9", "cafe\u0301") == (
+        "first difference at character 3: U+00E9 -> U+0065 U+0301"
+    )
+    assert first_difference("a cat", "\u0430 cat") == (
+        "first difference at character 0: U+0061 U+0020 -> U+0430 U+0020"
+    )
+    assert first_difference("a cat", "a cat.") == "first difference at character 5: end -> U+002E"

@@ -407,7 +407,8 @@ def verify_video(prompt_dir: PathLike, prompt: str | None = None) -> str | None:
     except RunDirError as e:
         return str(e)
     if prompt is not None and meta.prompt != prompt:
-        return f"the prompt changed since {folder / META_FILE}: {meta.prompt!r} -> {prompt!r}"
+        return (f"the prompt changed since {folder / META_FILE}: {meta.prompt!r} -> {prompt!r} "
+                f"({first_difference(meta.prompt, prompt)})")  # fmt: skip
     frames = folder / FRAMES_FILE
     if not frames.is_file():
         return f"{frames} is missing"
@@ -442,3 +443,12 @@ def video_problem(prompt_dir: PathLike) -> str | None:
     if expected is not None and size != expected:
         return f"{video} has {size} bytes but {folder / META_FILE} says {expected}"
     return None
+
+
+def first_difference(old: str, new: str) -> str:
+    """Where two texts first differ, by code point, so texts that print alike (NFC against NFD
+    accents, a Cyrillic letter for a Latin one) are told apart in a message."""
+    i = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+             min(len(old), len(new)))  # fmt: skip
+    points = [" ".join(f"U+{ord(c):04X}" for c in t[i : i + 2]) or "end" for t in (old, new)]
+    return f"first difference at character {i}: {points[0]} -> {points[1]}"
