@@ -121,3 +121,18 @@ def test_tensor_arguments_without_values_give_shapes_not_a_host_read(arg):
         fq, fk, fv = (mode.from_tensor(torch.randn(2, 2, 40, 16)) for _ in range(3))
         out = xv.xattention(fq, fk, fv, **kw, **{arg: mode.from_tensor(value)})
         assert out.shape == (2, 2, 40, 16)
+
+
+def test_block_density_checks_kv_len_as_the_op_does():
+    """A (1,) or (B, 1) kv_len broadcast against the mask: density 2.0 or 0.8 where 0.4 is
+    right; a list failed with AttributeError."""
+    import xattn_video as xv
+
+    mask = torch.zeros(2, 1, 1, 4, dtype=torch.bool)
+    mask[0, 0, 0, :2] = True
+    mask[1, 0, 0, 0] = True
+    good = torch.tensor([64, 16])
+    assert xv.block_density(mask, block_size=16, kv_len=good) == 0.6  # (2 + 1) of (4 + 1)
+    for bad in (torch.tensor([16]), torch.tensor([[64], [16]]), [64, 16]):
+        with pytest.raises(ValueError, match=r"kv_len must be an int tensor of shape \(2,\)"):
+            xv.block_density(mask, block_size=16, kv_len=bad)

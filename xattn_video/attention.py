@@ -118,7 +118,9 @@ def block_density(mask: torch.Tensor, *, block_size: int, kv_len: torch.Tensor |
     selected blocks without a valid key (the attention skips them) are not counted.
     """
     B, H, nbq, nbk = mask.shape
-    lens = kv_len_tensor(kv_len, B, n_k if n_k is not None else nbk * block_size, mask.device)
+    n_k = n_k if n_k is not None else nbk * block_size
+    check_kv_len(kv_len, B, n_k)  # a (1,) or (B, 1) kv_len broadcast: densities past 1.0
+    lens = kv_len_tensor(kv_len, B, n_k, mask.device)
     valid = valid_key_blocks(lens, nbk, block_size)
     pairs = float(valid.sum() * H * nbq)
     if not pairs:
