@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xattn_video.atomic import atomic_path
-from xattn_video.rundir import first_difference
+from xattn_video.rundir import clipped, first_difference
 from xattn_video.runlock import writable_dir
 
 from . import plots
@@ -335,12 +335,11 @@ def _compare_video(
         )
     theirs = {"prompt": s.record.prompt, "seed": s.record.seed}  # the sparse run's input
     for key in differ:
-        ours = getattr(d.record, key)
-        where = f", {first_difference(ours, theirs[key])}" if key == "prompt" else ""
-        notes.append(
-            f"prompt {d.index:05d}: {key} differs between runs ({ours!r} dense, "
-            f"{theirs[key]!r} sparse{where}); left out of the aggregate"
-        )
+        a, b = getattr(d.record, key), theirs[key]
+        shown = (f"{clipped(a)!r} dense, {clipped(b)!r} sparse, {first_difference(a, b)}"
+                 if key == "prompt" else f"{a!r} dense, {b!r} sparse")  # fmt: skip
+        notes.append(f"prompt {d.index:05d}: {key} differs between runs ({shown}); left out of "
+                     "the aggregate")  # fmt: skip
     entry: dict[str, Any] = {
         "prompt_index": d.index,
         "prompt": d.record.prompt,

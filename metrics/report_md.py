@@ -11,7 +11,7 @@ from typing import Any
 
 from .report_tables import aggregate_table, lpips_line, method_text, run_summary, video_table
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_|~\[\]])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_|~\[\]$])")  # $: GitHub renders $...$ as maths
 
 
 def _cell(text: str) -> str:

@@ -77,7 +77,7 @@ def prompts_from_json(data: Any, source: str) -> list[Prompt]:
             raise ValueError(
                 f"{source}: entry {i} must be a string or an object, got {type(entry).__name__}"
             )
-        text = text.strip()
+        text = text.strip().strip("\ufeff").strip()  # as a .txt line: the same prompt text
         if not text:
             raise ValueError(f"{source}: entry {i} has an empty prompt")
         try:

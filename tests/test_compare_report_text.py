@@ -163,3 +163,13 @@ def test_control_characters_of_a_prompt_are_shown_not_written_into_reports():
 
     assert short("a \x1b[2J\x1b]0;t\x07cat\x00 walks") == "a \\x1b[2J\\x1b]0;t\\x07cat\\x00 walks"
     assert short("caf\u00e9 \u732b\tcat") == "caf\u00e9 \u732b cat"  # printable text kept
+
+
+def test_bidi_controls_and_dollar_signs_of_a_prompt_stay_literal_in_report_md():
+    """A right-to-left override reversed the rest of a report.md row in a text viewer (a PSNR
+    of 38.56 read 65.83); ``$x^2$`` rendered as maths on GitHub."""
+    from xattn_video.metrics.report_tables import short
+
+    assert short("a cat \u202eon a mat \u2066x\u2069") == "a cat \\u202eon a mat \\u2066x\\u2069"
+    row = markdown_table(["text"], [["a sign reading $x^2$"]]).splitlines()[2]
+    assert row == "| a sign reading \\$x^2\\$ |"

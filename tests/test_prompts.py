@@ -509,3 +509,13 @@ def test_a_prompt_path_that_exists_but_is_no_file_is_not_called_missing(tmp_path
     os.mkfifo(fifo)
     with pytest.raises(FileNotFoundError, match="fifo.txt is not a regular file"):
         load_prompts(str(fifo))
+
+
+def test_a_json_prompt_keeps_no_byte_order_mark_a_txt_line_would_lose(tmp_path):
+    """The same prompts from a .txt and a .json file are the same texts (compare pairs them by
+    text): a BOM inside a JSON string was kept."""
+    txt, js = tmp_path / "p.txt", tmp_path / "p.json"
+    txt.write_text("\ufeffa dog\n", encoding="utf-8")
+    js.write_text('["\\ufeffa dog"]', encoding="utf-8")
+    assert [p.text for p in load_prompts(str(js))] == [p.text for p in load_prompts(str(txt))]
+    assert load_prompts(str(js))[0].text == "a dog"

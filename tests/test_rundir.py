@@ -546,3 +546,14 @@ def test_a_prompt_change_that_prints_alike_names_its_code_points():
         "first difference at character 0: U+0061 U+0020 -> U+0430 U+0020"
     )
     assert first_difference("a cat", "a cat.") == "first difference at character 5: end -> U+002E"
+
+
+def test_a_changed_long_prompt_is_clipped_in_the_message():
+    """A 10 KB prompt changed by one character made a 20 KB warning line."""
+    from xattn_video.rundir import clipped, first_difference
+
+    old = "x" * 10_000
+    assert clipped(old) == "x" * 79 + "\u2026" and clipped("short") == "short"
+    assert first_difference(old, old[:-1] + "y") == (
+        "first difference at character 9999: U+0078 -> U+0079"
+    )

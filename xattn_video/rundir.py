@@ -407,8 +407,8 @@ def verify_video(prompt_dir: PathLike, prompt: str | None = None) -> str | None:
     except RunDirError as e:
         return str(e)
     if prompt is not None and meta.prompt != prompt:
-        return (f"the prompt changed since {folder / META_FILE}: {meta.prompt!r} -> {prompt!r} "
-                f"({first_difference(meta.prompt, prompt)})")  # fmt: skip
+        return (f"the prompt changed since {folder / META_FILE}: {clipped(meta.prompt)!r} -> "
+                f"{clipped(prompt)!r} ({first_difference(meta.prompt, prompt)})")  # fmt: skip
     frames = folder / FRAMES_FILE
     if not frames.is_file():
         return f"{frames} is missing"
@@ -452,3 +452,9 @@ def first_difference(old: str, new: str) -> str:
              min(len(old), len(new)))  # fmt: skip
     points = [" ".join(f"U+{ord(c):04X}" for c in t[i : i + 2]) or "end" for t in (old, new)]
     return f"first difference at character {i}: {points[0]} -> {points[1]}"
+
+
+def clipped(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters for a message (a 10 KB prompt made one warning line
+    of 20 KB); the files keep it whole."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
