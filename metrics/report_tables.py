@@ -42,8 +42,8 @@ def short(text: str | None, limit: int = 70) -> str:
     if not text:
         return ""
     text = " ".join(text.split())
-    text = "".join(_visible(c) for c in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    cut = text if len(text) <= limit else text[: limit - 1] + "…"  # then escaped: none cut
+    return "".join(_visible(c) for c in cut)
 
 
 def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -126,7 +126,7 @@ def video_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if marked:
             differ = " and ".join(v.get("differs") or ["prompt or seed"])
             theirs = ", ".join(
-                f"{k} {short(x, 40)!r}" if isinstance(x, str) else f"{k} {x}"
+                f"{k} '{short(x, 40)}'" if isinstance(x, str) else f"{k} {x}"  # escaped once
                 for k, x in (v.get("sparse_input") or {}).items()
             )  # the row's prompt and seed are the dense run's
             theirs = f" (sparse: {theirs})" if theirs else ""

@@ -105,6 +105,8 @@ def _load_suite(suite: Suite, data_dir: PathLike | None) -> list[Prompt]:
             f"{info_path} is not valid JSON ({e}): a cut or damaged copy? Delete it to fetch it "
             "again (or replace it with VBench's VBench_full_info.json)"
         ) from None
+    except OSError as e:  # no permission, an I/O error: the CLI's one-line error
+        raise ValueError(f"{info_path} cannot be read: {e.strerror or e}") from None
     standard = prompts_from_json(data, str(info_path))
     if len(standard) != VBENCH_NUM_PROMPTS:
         raise ValueError(

@@ -103,7 +103,7 @@ def _sass_lines(tmp_path) -> list[tuple[int, str]]:
     return [(int(addr, 16), text.strip()) for addr, text in found]
 
 
-def loops_and_local_accesses(tmp_path) -> tuple[list[tuple[int, int]], list[int]]:
+def loops_and_local_accesses(tmp_path) -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:
     """The kernel's loops -- conditional backward branches over more than 64 instructions
     before its last EXIT (after it sit the mbarrier retry stubs, which branch back into the
     code) -- as (first, last address), and the addresses of its local-memory (spill) loads and

@@ -173,3 +173,18 @@ def test_bidi_controls_and_dollar_signs_of_a_prompt_stay_literal_in_report_md():
     assert short("a cat \u202eon a mat \u2066x\u2069") == "a cat \\u202eon a mat \\u2066x\\u2069"
     row = markdown_table(["text"], [["a sign reading $x^2$"]]).splitlines()[2]
     assert row == "| a sign reading \\$x^2\\$ |"
+
+
+def test_the_sparse_prompt_in_the_aggregate_column_is_escaped_once(report) -> None:
+    """short() escapes control and bidi characters; the column then repr()-ed the result and
+    showed ``\\\\x1b`` beside the text column's ``\\x1b``. And a cut never splits an escape."""
+    from xattn_video.metrics.report_tables import short
+
+    r = copy.deepcopy(report)
+    r["videos"][1]["same_input"] = False
+    r["videos"][1]["differs"] = ["prompt"]
+    r["videos"][1]["sparse_input"] = {"prompt": "a \x1b[31m dog \u202e", "seed": 0}
+    header, rows = video_table(r)
+    cell = rows[1][header.index("in aggregate")]
+    assert "(sparse: prompt 'a \\x1b[31m dog \\u202e', seed 0)" in cell, cell
+    assert short("a" * 68 + "\x1b" * 3, 70) == "a" * 68 + "\\x1b\u2026"

@@ -106,6 +106,7 @@ def test_compiles_for_sm90_without_spills(tmp_path, d, stages, precision, pairs,
     assert len(loops) >= 2, loops  # both consumers' main loops (and the producer's, if long)
     in_loops = [(a, op) for a, op in local if any(lo <= a <= hi for lo, hi in loops)]
     if pairs and not triton.__version__.startswith("3.6"):  # the last pair's branch reloads
+        assert [op for _, op in in_loops].count("LDL") <= 1, (loops, local)  # one scalar
         in_loops = [(a, op) for a, op in in_loops if op != "LDL"]
     assert not in_loops, (loops, local)
     assert_pingpong_and_rescale(ptx_text, stages)

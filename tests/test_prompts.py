@@ -519,3 +519,18 @@ def test_a_json_prompt_keeps_no_byte_order_mark_a_txt_line_would_lose(tmp_path):
     js.write_text('["\\ufeffa dog"]', encoding="utf-8")
     assert [p.text for p in load_prompts(str(js))] == [p.text for p in load_prompts(str(txt))]
     assert load_prompts(str(js))[0].text == "a dog"
+
+
+def test_an_unreadable_vbench_info_file_is_a_value_error_naming_it(monkeypatch):
+    """The suite's VBench_full_info.json unreadable (no permission): a PermissionError
+    traceback before; now the CLI's one-line error naming the file."""
+    real_open = Path.open
+
+    def open_(self, *a, **k):
+        if self.name == "VBench_full_info.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *a, **k)
+
+    monkeypatch.setattr(Path, "open", open_)
+    with pytest.raises(ValueError, match=r"VBench_full_info\.json cannot be read: Permission"):
+        load_prompts("vbench", data_dir=VBENCH_SUBSET_DIR)

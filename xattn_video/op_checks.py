@@ -42,11 +42,11 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
     if k.ndim != 4:
         raise ValueError(f"{name_k} must have rank 4 (B, H, N, D), got shape {tuple(k.shape)}")
     if k.shape[0] != q.shape[0] or k.shape[1] != q.shape[1] or k.shape[3] != q.shape[3]:
-        hint = ("GQA/MQA is not supported: repeat the key/value heads first"
-                if k.shape[1] != q.shape[1] else "one head dim for q, k and v")  # fmt: skip
-        raise ValueError(
-            f"q {tuple(q.shape)} and {name_k} {tuple(k.shape)} must agree on B, H and D ({hint})"
-        )
+        gqa = "GQA/MQA is not supported: repeat the key/value heads first"
+        hints = [h for i, h in ((0, "one batch"), (1, gqa), (3, "one head dim"))
+                 if k.shape[i] != q.shape[i]]  # fmt: skip
+        raise ValueError(f"q {tuple(q.shape)} and {name_k} {tuple(k.shape)} must agree on B, H "
+                         f"and D ({'; '.join(hints)})")  # fmt: skip
     if k.dtype != q.dtype or k.device != q.device:
         raise ValueError(
             f"q and {name_k} must share dtype and device, got q {q.dtype} on {q.device} and "
