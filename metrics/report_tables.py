@@ -9,6 +9,8 @@ import math
 import unicodedata
 from typing import Any
 
+from xattn_video.rundir import clipped
+
 from .aggregate import comparable, left_out_of_speedup
 from .psnr import MSE_FLOOR
 
@@ -42,8 +44,7 @@ def short(text: str | None, limit: int = 70) -> str:
     if not text:
         return ""
     text = " ".join(text.split())
-    cut = text if len(text) <= limit else text[: limit - 1] + "…"  # then escaped: none cut
-    return "".join(_visible(c) for c in cut)
+    return "".join(_visible(c) for c in clipped(text, limit))  # cut, then escaped: none cut
 
 
 def aggregate_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
