@@ -479,6 +479,57 @@ def test_auto_dense_decides_again_at_another_input_size(monkeypatch):
     assert sorted(set(sizes)) == [72, 200]
 
 
+@pytest.mark.parametrize("neg_len", [8, 6])
+def test_auto_dense_keeps_each_cfg_branch_s_densities_at_other_text_lengths(neg_len, monkeypatch):
+    """True CFG whose negative prompt has another text length than the prompt alternates the
+    forward's input size: every forward used to forget the decisions and the measured
+    densities, so each layer was decided from the most optimistic density again and kept
+    running sparse where its measured density (~0.95) loses. Each size's own come back now,
+    as with one text length. Stand-in cost model: sparse wins at density <= 0.3."""
+    from ._tiny_models import hv_inputs, hv_text
+
+    asked = []
+    stand_in_cost_model(
+        monkeypatch,
+        lambda cal, n, density, **k: (
+            asked.append(density) or cost_model.Prediction(1.0, 1.0, density <= 0.3)
+        ),
+    )
+    pipe = tiny_hv_pipeline(num_single_layers=1)
+    kw = hv_inputs(steps=5, true_cfg=True)
+    neg = hv_text([3], seed=7, total=neg_len)
+    kw.update(negative_prompt_embeds=neg["embeds"], negative_prompt_attention_mask=neg["mask"])
+    with xv.apply_xattention(pipe, cfg_(threshold=0.9, warmup_steps=1, auto_dense=True)) as h:
+        pipe(**kw)
+        calls = [(r.step, r.sparse, r.dense_reason) for r in h.stats.records if r.layer == 0]
+    # step 1's first branch runs sparse (one block per row expected) and is measured; the
+    # other branch of another size too (its first call at its size), then dense for cost
+    first_uncond = (1, True, None) if neg_len != 8 else (1, False, "cost")
+    assert calls[2:4] == [(1, True, None), first_uncond]
+    assert calls[4:] == [(s, False, "cost") for s in (2, 3, 4) for _ in "cu"]
+    assert max(asked) > 0.5  # a measured density reached the cost model
+
+
+def test_auto_dense_keeps_the_last_sizes_decisions_and_densities():
+    """Each input size's decisions and measured densities come back when that size does, for
+    the last SIZES_KEPT sizes; an older one is decided afresh."""
+    from xattn_video.auto_dense import SIZES_KEPT, AutoDense
+
+    auto = AutoDense(cfg_(auto_dense=True), XAttentionStats())
+    feedback = auto.stats.feedback
+    for size in range(SIZES_KEPT + 1):
+        auto.update(size)
+        assert auto.decisions == {} and feedback.get(0) is None  # a size not seen
+        auto.decisions[0] = True  # dense: update() does not re-decide it
+        feedback.update(0, torch.tensor([float(size)]))
+        feedback.publish()
+    for size in range(SIZES_KEPT, 0, -1):  # the current size, then the kept ones
+        auto.update(size)
+        assert (auto.decisions, feedback.get(0)) == ({0: True}, float(size))
+    auto.update(0)  # the least recently used, dropped
+    assert (auto.decisions, feedback.get(0)) == ({}, None)
+
+
 def test_auto_dense_decides_again_after_the_model_changes_dtype(monkeypatch):
     """Decisions were keyed by the input shapes only: a model moved to another dtype or device
     (another GPU, the CPU) with the same shapes kept the first one's dense-for-cost layers.

@@ -15,10 +15,12 @@ branch on it cheaply (a guard on a bool, not a retrace per step):
   stays dense (it is no longer measured) until :meth:`reset` or a new input size;
 - decisions hold for the input size they were made at (the transformer and the shapes,
   devices and dtypes of the forward's ``hidden_states`` and ``encoder_hidden_states``, given
-  to ``update``): a forward of
-  another size forgets them and the density feedback, so every layer is decided afresh at its
-  new token count (a layer sent dense at a small size is not kept dense at a large one), and
-  so does a forward of another transformer under the same controller (Wan 2.2's two experts
+  to ``update``): at a forward of another size they and the density feedback are put aside
+  and that size's own come back (:data:`SIZES_KEPT` sizes are kept), or, at a size not seen,
+  every layer is decided afresh at its token count (a layer sent dense at a small size is not
+  kept dense at a large one). So true CFG whose negative prompt has another text length than
+  the prompt (sizes alternating every forward) keeps each branch's measured densities, and
+  another transformer under the same controller decides on its own (Wan 2.2's two experts
   share layer numbers, not densities: each expert's layers decide at its own first steps);
 - under ``torch.compile`` a layer not yet decided runs sparse (the decision needs eager code)
   and is decided by the next ``update``;
@@ -53,6 +55,10 @@ from . import cost_model
 from .config import XAttentionConfig
 from .stats import XAttentionStats
 
+SIZES_KEPT = 4
+"""Input sizes whose decisions and density feedback :class:`AutoDense` keeps (least recently
+used dropped): a CFG pair of text lengths and Wan 2.2's two experts fit."""
+
 
 class AutoDense:
     """Per-layer dense-for-cost decisions. ``decisions``: layer -> True (dense) / False."""
@@ -65,13 +71,17 @@ class AutoDense:
         self.decisions: dict[int, bool] = {}
         self._shapes: dict[int, tuple] = {}
         self._size: Hashable | None = None  # the input size the decisions were made at
+        # other sizes' (decisions, shapes, density feedback), least recently used first
+        self._kept: dict[Hashable, tuple[dict, dict, dict]] = {}
         self.group: Any = None  # the process group the decisions must agree over (Ulysses)
         self._device: torch.device | None = None  # of the last call's queries (collectives)
 
     def reset(self) -> None:
-        """Forget every decision (a layer that went dense is measured again)."""
+        """Forget every decision, at every input size (a layer that went dense is measured
+        again)."""
         self.decisions.clear()
         self._shapes.clear()
+        self._kept.clear()
 
     def use_graph_timing(self, on: bool = True) -> None:
         """Decide from CUDA-graph times (``on``) or eager times; forgets earlier decisions."""
@@ -104,14 +114,14 @@ class AutoDense:
         """Re-decide the layers running sparse with their newest measured density (eager).
 
         size: the forward's input size (None: unknown, taken as unchanged); at a size other than
-        the decisions' they are forgotten with the density feedback (measured at that size).
+        the decisions' they are put aside with the density feedback (measured at that size) and
+        the new size's own, if kept, come back.
         """
         if not self.enabled:
             return
         if size is not None and size != self._size:
             if self._size is not None:
-                self.reset()
-                self.stats.feedback.clear()
+                self._switch(size)
             self._size = size
         for layer, dense in list(self.decisions.items()):
             if not dense and self.stats.feedback.get(layer) is not None:
@@ -119,6 +129,16 @@ class AutoDense:
         for layer in self._shapes.keys() - self.decisions.keys():  # first seen under compile
             self._decide(layer)
         self._agree(sorted(self.decisions))  # the same layers on every rank
+
+    def _switch(self, size: Hashable) -> None:
+        """Put the current size's decisions, shapes and density feedback aside; take ``size``'s
+        (empty if not kept)."""
+        decisions, shapes, host = self._kept.pop(size, ({}, {}, {}))
+        old = self.stats.feedback.swap(host)
+        self._kept[self._size] = (self.decisions, self._shapes, old)
+        self.decisions, self._shapes = decisions, shapes
+        while len(self._kept) > SIZES_KEPT - 1:  # with the current one, SIZES_KEPT sizes
+            del self._kept[next(iter(self._kept))]
 
     def _agree(self, layers: list[int]) -> None:
         """Under a ``group``: all-reduce these layers' decisions (dense if any rank says dense)

@@ -151,6 +151,15 @@ class DensityFeedback:
         self._host.clear()
         self._inflight = None
 
+    def swap(self, host: dict[int, float]) -> dict[int, float]:
+        """Land the copy in flight and replace the host values with ``host`` (layer -> density);
+        returns the values they replace (what :class:`~xattn_video.auto_dense.AutoDense` keeps
+        per input size)."""
+        self._land()
+        old, self._host = self._host, dict(host)
+        self._dev.clear()
+        return old
+
 
 class XAttentionStats:
     """Collects :class:`DensityRecord` s; ``summary()`` / ``to_dict()`` are JSON-serialisable.
