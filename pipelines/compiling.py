@@ -15,7 +15,8 @@ Mode names recorded in run.json (``RunRecord.compile``) and shown by the report:
 ``"eager"``, ``"compiled:<mode>"`` (inductor), ``"compiled:<mode>:<backend>"`` (another
 ``torch.compile`` backend, Python API only, e.g. ``aot_eager`` in CPU tests).
 
-CPU: inductor compiles C++ (``$CXX``, else ``g++``, must be on ``PATH``; checked before loading) and
+CPU: inductor compiles C++ (``$CXX``, else ``g++``, must be on ``PATH`` and answer ``--version``, as
+inductor checks; checked before loading) and
 takes minutes on the first prompt; ``reduce-overhead`` (CUDA graphs) only helps on CUDA.
 
 Not supported: ``--compile`` with ``--ulysses`` > 1 (untested with diffusers' context-parallel
@@ -25,7 +26,9 @@ hooks; refused); modes other than ``default`` with a backend other than inductor
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -63,12 +66,29 @@ def check_compile(mode: str, backend: str, device: torch.device, ulysses: int) -
         return "--compile is not supported with --ulysses > 1 (context parallelism)"
     if backend == "inductor" and device.type == "cpu":
         cxx = os.environ.get("CXX", "g++")  # what inductor runs (its config.cpp.cxx)
-        if not shutil.which(cxx):
+        problem = cxx_problem(cxx)
+        if problem:
             return (
                 f"--compile with inductor on the CPU needs a C++ compiler: inductor runs {cxx!r} "
-                "($CXX, else g++), which is not on PATH; install it, set CXX to one that is "
+                f"($CXX, else g++), which {problem}; install it, set CXX to one that works "
                 "(e.g. CXX=clang++), or pass --compile off"
             )
+    return None
+
+
+def cxx_problem(cxx: str) -> str | None:
+    """Why inductor could not use the compiler command ``cxx`` (None when it can): as inductor,
+    split into words (``CXX="ccache g++"`` works), the first on PATH, ``cxx --version`` runs."""
+    try:
+        words = shlex.split(cxx)
+    except ValueError:
+        words = []
+    if not words or not shutil.which(words[0]):
+        return "is not on PATH"
+    try:
+        subprocess.run([*words, "--version"], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return f"does not run ({cxx} --version failed)"
     return None
 
 

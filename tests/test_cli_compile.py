@@ -154,7 +154,36 @@ def test_the_compiler_inductor_runs_is_checked_not_any_compiler(
     assert f"inductor runs {want} ($CXX, else g++), which is not on PATH" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
     monkeypatch.setenv("CXX", "clang++")  # the way out the message names
+    monkeypatch.setattr(compiling.subprocess, "run", lambda *a, **k: None)  # "runs"
     assert compiling.check_compile("default", "inductor", torch.device("cpu"), 1) is None
+
+
+def _fake_compiler(folder, name: str, rc: int) -> str:
+    """An executable ``folder/name`` whose ``--version`` exits ``rc``; returns its path."""
+    path = folder / name
+    path.write_text(f"#!/bin/sh\nexit {rc}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_compiler_command_is_checked_as_inductor_runs_it(tmp_path, monkeypatch):
+    """The check looked $CXX up on PATH as one file name, so CXX="ccache g++" (which inductor
+    splits into words and runs) was refused; and a program on PATH that is no working compiler
+    (CXX=false) passed, so the run failed at the first forward with inductor's traceback
+    (exit 1). Now: the first word on PATH and ``$CXX --version`` runs, as inductor checks."""
+    works = _fake_compiler(tmp_path, "cc-ok", 0)
+    broken = _fake_compiler(tmp_path, "cc-broken", 1)
+    cpu = torch.device("cpu")
+    for cxx, problem in [
+        (f"{works} -O2", None),
+        (f"{works} 'a b'", None),
+        (broken, f"which does not run ({broken} --version failed)"),
+        ("", "which is not on PATH"),
+        ("'unclosed", "which is not on PATH"),
+    ]:
+        monkeypatch.setenv("CXX", cxx)
+        got = compiling.check_compile("default", "inductor", cpu, 1)
+        assert (got is None) if problem is None else (problem in got), (cxx, got)
 
 
 @pytest.mark.parametrize(
