@@ -162,6 +162,8 @@ def _lock(out: Path, state: Any) -> tuple[runlock.RunLock | None, bool]:
             lock = runlock.RunLock(out)
             # an old .lock file may stay writable in a directory that is not (chmod a-w)
             status = "ok" if lock.acquire() and runlock.writable_dir(out) else "read-only"
+            if status == "ok":  # no live writer under the lock: leftovers of a killed run
+                rundir.remove_partial_files(out)
         except rundir.RunDirLocked as e:
             status = str(e)
         except WriteFailed as e:  # the folder is there, its .lock could not be written

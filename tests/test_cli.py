@@ -258,8 +258,11 @@ def test_interrupted_run_resumes_without_counting_half_written_prompts(
     scanned = scan_run(out)
     assert sorted(scanned.videos) == [0] and 1 in scanned.unfinished
 
-    # a hard kill could leave a temporary file: the rerun removes it
+    # a hard kill could leave a temporary file: the rerun removes it, also those of run.json
+    # and of a finished prompt's re-encoded video (they were left for good)
     (out / "00001" / f".video.1.dead{rundir.TMP_MARK}.mp4").write_bytes(b"junk")
+    (out / "00000" / f".video.1.dead{rundir.TMP_MARK}.mp4").write_bytes(b"junk")
+    (out / f".run.1.dead{rundir.TMP_MARK}.json").write_bytes(b"junk")
     done_before = (out / "00000" / "meta.json").stat().st_mtime_ns
     monkeypatch.setattr(metrics_mod, "save_frames", real_save)
     assert _generate(out, prompt_file, "xattn", *XATTN_FLAGS) == 0

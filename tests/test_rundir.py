@@ -484,6 +484,19 @@ def test_a_prompt_folder_that_cannot_be_made_is_a_write_failure(tmp_path: Path, 
     assert exc.value.strerror == f"could not prepare {tmp_path / '00002'}: No space left on device"
 
 
+def test_remove_partial_files_takes_leftovers_of_the_folder_and_its_folders(tmp_path: Path):
+    """Temporary names of :func:`atomic_path` in the run folder and its prompt folders go; a
+    user's file with ".partial" in its name (not a temporary name) stays."""
+    (tmp_path / "00003").mkdir()
+    gone = [tmp_path / f".run.9.ab{rundir.TMP_MARK}.json",
+            tmp_path / "00003" / f".video.9.cd{rundir.TMP_MARK}.mp4"]  # fmt: skip
+    kept = [tmp_path / "notes.partial.txt", tmp_path / "00003" / "meta.json"]
+    for p in gone + kept:
+        p.write_bytes(b"x")
+    assert rundir.remove_partial_files(tmp_path) == 2
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
+
+
 def test_the_lock_file_takes_the_umasks_permissions(tmp_path: Path):
     """It was created 0o644 whatever the umask: in a group-shared folder (umask 002) every
     file was group-writable but .lock, and a second user of the group was told the folder

@@ -136,9 +136,10 @@ def start_prompt_dir(folder: PathLike) -> None:
 
 
 def remove_partial_files(folder: PathLike) -> int:
-    """Delete temporary files left in ``folder`` by an interrupted run; returns how many."""
+    """Delete temporary files (:func:`.atomic.atomic_path`'s ``.<stem>...partial<suffix>``) an
+    interrupted run left in ``folder`` and the folders in it; returns how many."""
     n = 0
-    for p in Path(folder).glob(f"*{TMP_MARK}*"):
+    for p in [*Path(folder).glob(f".*{TMP_MARK}*"), *Path(folder).glob(f"*/.*{TMP_MARK}*")]:
         if p.is_file():
             p.unlink(missing_ok=True)
             n += 1
