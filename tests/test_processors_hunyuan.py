@@ -602,6 +602,18 @@ def test_a_torch_compile_wrapper_is_refused_with_how_to_compile():
 
 
 @torch.no_grad()
+def test_processor_dict_for_framepack_is_refused_before_the_step_hook():
+    """Framepack has no set_attn_processor: xattention_processors returned a dict that cannot
+    be installed, and had already attached its step hook. It refuses, naming apply_xattention,
+    and leaves the transformer as it was."""
+    from xattn_video.hook import step_hook
+
+    tr = tiny_framepack_transformer()
+    with pytest.raises(ValueError, match="no set_attn_processor.*use apply_xattention"):
+        xv.xattention_processors(tr)
+    assert step_hook(tr) is None
+
+
 def test_framepack_without_grid_orders(monkeypatch):
     tr = tiny_framepack_transformer()
     inputs = framepack_inputs()

@@ -419,6 +419,12 @@ def xattention_processors(
         raise ValueError(
             f"transformer must be a diffusers transformer module, got {type(transformer).__name__}"
         )
+    if not hasattr(transformer, "set_attn_processor"):  # Framepack: the dict can't be set
+        model_family(transformer, model)  # an unsupported class says so first
+        raise ValueError(
+            f"{type(transformer).__name__} has no set_attn_processor, so a processor dict "
+            "cannot be installed on it; use apply_xattention"
+        )
     handle, new = _apply(pipe, [transformer], cfg, model, install=False)
     out = XAttentionProcessors({**_all_processors(transformer), **new})
     out.controller = handle.controller
