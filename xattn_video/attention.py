@@ -19,7 +19,8 @@ spreads a NaN to every row through the softmax); one in a query row
 makes that row NaN -- and, when :func:`xattention` estimates the mask, its whole query block
 (the block's mask row was estimated from it). Values at padded key positions (``>= kv_len``)
 are ignored like the rest of the padding (the kernels zero them where a tile holds some:
-0 * NaN would be NaN). The block mask estimated for such a head or block is unspecified. The
+0 * NaN would be NaN). The block mask estimated for such a head or block is unspecified (with
+``max_density``, one budget per sample, also the sample's other masks). The
 check costs one pass over q, k and v per call (calls with fp8 attention or an fp8 estimate take
 the flags from their quantization's reads instead) and one over the flags, on the device (two
 Triton kernels, :mod:`xattn_video.kernels.nonfinite`; torch ops on the torch backend), no sync.
@@ -31,7 +32,8 @@ with the block mask held fixed (the reference, for tests).
 Not supported: causal attention, dropout, training, GQA / MQA (q, k, v must have the same
 head count), head dims other than 16/32/64/128 with the Triton backend, block sizes other than
 16/32/64/128. Queries and keys of different lengths are tested on the torch backend and the
-portable Triton kernel only (not in the Hopper kernels' GPU tests).
+portable Triton kernel only (not in the Hopper kernels' GPU tests). Logits (``scale*q.k``) all
+below -1e30 in a row (a scale ~1e29): the Triton kernels return it as a row with no keys.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ With ``dense_kernel="xattn"`` both run the dense kernel between the all-to-alls.
 Not supported: gradients / training (the op is forward-only); ring attention and
 ``ulysses_anything`` (``ValueError``); attention masks other than HunyuanVideo's
 [B, 1, 1, N] bool key-padding prefix mask (raises); Wan I2V image keys of ``attn2`` and
-cross-attention in general stay dense; HunyuanVideo 1.5, SkyReels-V2, CogVideoX, Mochi, LTX.
+cross-attention in general stay dense; HunyuanVideo 1.5, SkyReels-V2, Wan VACE and Animate
+(classes of their own, refused by name), CogVideoX, Mochi, LTX.
 """
 
 from __future__ import annotations

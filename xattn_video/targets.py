@@ -14,7 +14,8 @@ processors), :mod:`xattn_video.processors` (nothing model-wide) and :mod:`xattn_
   self-attention) -> layer i; stock processor ``WanAttnProcessor``. Cross-attention
   (``attn2``) is not a target.
 
-Not supported: other model families (adding one = one :class:`ModelTarget` entry here plus a
+Not supported: other model families and classes, e.g. HunyuanVideo 1.5, SkyReels-V2, Wan VACE
+and Wan Animate (adding one = one :class:`ModelTarget` entry here plus a
 processor class in :mod:`xattn_video.processors`); the ``tile`` token order for Framepack (its
 video part also holds multi-scale history tokens, which form no single grid).
 """
