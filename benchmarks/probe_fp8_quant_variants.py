@@ -16,12 +16,14 @@ compared with the current kernel's output bit for bit (mismatch counts per outpu
 and, for the ceiling, torch's copy of one bf16 tensor and its cast to e4m3.
 
 Result on one H100 (docs/results/probe_fp8_quant_variants_h100.json): the current kernel
-moved 2.89 TB/s at 119,056 and 67,576 tokens, torch's plain copy 3.01: no variant was faster
-(the best, split with reciprocal, 3-4% slower; the bit-identical ones 17-36% slower; the
-reciprocal alone made the joint-load variant 19-20% faster, so its division costs time). The
-fp8 call's quantization is at the memory roofline on that card; on the H200 (1.4x the memory
-bandwidth for the same arithmetic; the quantizer moved 3.1 TB/s there) the division may
-matter, not measured (the ``split=None`` rows were added after that run).
+moved 2.90 TB/s at 119,056 and 2.87 at 67,576 tokens (1.010 / 0.578 ms), torch's plain copy
+3.02 / 2.99. The current structure with the reciprocal store (``split=None``) was
+the only faster one: 0.958 / 0.553 ms at 64 rows and 8 warps (the defaults), 0.944 / 0.544 at
+128 rows and 16 warps, 5-7% -- now the kernel's (:func:`xattn_video.kernels.fp8._block_store`).
+The rest were slower: split with the reciprocal 3-4%, the bit-identical variants 17-36% (the
+joint loads hold more registers). A few percent of ~1 ms: the fp8 gap at density 0.1 (issue
+8) does not come from the quantizer on that card. The H200 (1.4x the memory bandwidth for the
+same arithmetic; the quantizer moved 3.1 TB/s there) is not measured.
 
 Usage (GPU): python benchmarks/probe_fp8_quant_variants.py [--seq 119056 67576] [--out F.json]
 """
