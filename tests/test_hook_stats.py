@@ -530,6 +530,37 @@ def test_auto_dense_keeps_the_last_sizes_decisions_and_densities():
     assert (auto.decisions, feedback.get(0)) == ({}, None)
 
 
+def test_a_size_change_leaves_the_copy_just_started_in_flight(monkeypatch):
+    """At a size change (true CFG with two text lengths: every forward) the densities copy that
+    publish() had just started -- a whole forward of GPU work away -- was waited for at once.
+    It now stays in flight with its size's values and lands when that size comes back, a
+    forward later; each size reads only its own densities. A stand-in event logs the waits."""
+    from xattn_video.auto_dense import AutoDense
+
+    waited, forward = [], [0]
+
+    class Event:
+        def __init__(self, tag: float) -> None:
+            self.tag = tag
+
+        def synchronize(self) -> None:
+            waited.append((forward[0], self.tag))
+
+    stats = XAttentionStats()
+    feedback = stats.feedback
+    monkeypatch.setattr(feedback, "_start_copy", lambda vals: (vals, Event(float(vals[0]))))
+    auto = AutoDense(cfg_(auto_dense=True), stats)
+    seen = []
+    for t, size in enumerate("ABABAB"):
+        forward[0] = t
+        feedback.publish()  # as stats.begin does, then the step hook's update
+        auto.update(size)
+        seen.append((size, feedback.get(0)))
+        feedback.update(0, torch.tensor([10.0 * t + (1 if size == "A" else 2)]))
+    assert seen == [("A", None), ("B", None), ("A", 1.0), ("B", 12.0), ("A", 21.0), ("B", 32.0)]
+    assert waited == [(2, 1.0), (3, 12.0), (4, 21.0), (5, 32.0)]  # each a forward after its start
+
+
 def test_auto_dense_decides_again_after_the_model_changes_dtype(monkeypatch):
     """Decisions were keyed by the input shapes only: a model moved to another dtype or device
     (another GPU, the CPU) with the same shapes kept the first one's dense-for-cost layers.

@@ -72,7 +72,7 @@ class AutoDense:
         self._shapes: dict[int, tuple] = {}
         self._size: Hashable | None = None  # the input size the decisions were made at
         # other sizes' (decisions, shapes, density feedback), least recently used first
-        self._kept: dict[Hashable, tuple[dict, dict, dict]] = {}
+        self._kept: dict[Hashable, tuple[dict, dict, tuple]] = {}
         self.group: Any = None  # the process group the decisions must agree over (Ulysses)
         self._device: torch.device | None = None  # of the last call's queries (collectives)
 
@@ -133,8 +133,8 @@ class AutoDense:
     def _switch(self, size: Hashable) -> None:
         """Put the current size's decisions, shapes and density feedback aside; take ``size``'s
         (empty if not kept)."""
-        decisions, shapes, host = self._kept.pop(size, ({}, {}, {}))
-        old = self.stats.feedback.swap(host)
+        decisions, shapes, feedback = self._kept.pop(size, ({}, {}, None))
+        old = self.stats.feedback.swap(feedback)
         self._kept[self._size] = (self.decisions, self._shapes, old)
         self.decisions, self._shapes = decisions, shapes
         while len(self._kept) > SIZES_KEPT - 1:  # with the current one, SIZES_KEPT sizes

@@ -147,7 +147,7 @@ class XAttentionController:
         context: the diffusers cache context (may be None); scheduler: the pipeline's scheduler
         when known (its ``step_index`` is authoritative); loop_t: its ``_current_timestep``
         (:class:`~xattn_video.schedule.StoppedCalls`); input_size: the transformer and the
-        inputs' shapes, devices and dtypes (``auto_dense`` decides again when they change).
+        inputs' shapes, devices and dtypes (``auto_dense`` keeps decisions per size).
         """
         self.masks.own()  # masks a compiled graph stored: out of its CUDA-graph pool
         num_steps = None

@@ -151,13 +151,15 @@ class DensityFeedback:
         self._host.clear()
         self._inflight = None
 
-    def swap(self, host: dict[int, float]) -> dict[int, float]:
-        """Land the copy in flight and replace the host values with ``host`` (layer -> density);
-        returns the values they replace (what :class:`~xattn_video.auto_dense.AutoDense` keeps
-        per input size)."""
+    def swap(self, state: tuple | None) -> tuple:
+        """Put this feedback's values and copy in flight aside, take ``state`` (what an earlier
+        ``swap`` returned; None: empty) and land its copy, started at least a forward ago as
+        ``publish`` would: what :class:`~xattn_video.auto_dense.AutoDense` keeps per input
+        size. The copy just started stays in flight with the values it belongs to (landing it
+        here would wait for the whole previous forward at every size change)."""
+        old = (self._host, self._inflight)
+        self._host, self._inflight = state if state is not None else ({}, None)
         self._land()
-        old, self._host = self._host, dict(host)
-        self._dev.clear()
         return old
 
 
