@@ -601,7 +601,6 @@ def test_a_torch_compile_wrapper_is_refused_with_how_to_compile():
         xv.apply_xattention(torch.compile(torch.nn.Linear(2, 2)))
 
 
-@torch.no_grad()
 def test_processor_dict_for_framepack_is_refused_before_the_step_hook():
     """Framepack has no set_attn_processor: xattention_processors returned a dict that cannot
     be installed, and had already attached its step hook. It refuses, naming apply_xattention,
@@ -614,6 +613,7 @@ def test_processor_dict_for_framepack_is_refused_before_the_step_hook():
     assert step_hook(tr) is None
 
 
+@torch.no_grad()
 def test_framepack_without_grid_orders(monkeypatch):
     tr = tiny_framepack_transformer()
     inputs = framepack_inputs()
