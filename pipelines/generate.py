@@ -162,14 +162,14 @@ def _lock(out: Path, state: Any) -> tuple[runlock.RunLock | None, bool]:
             lock = runlock.RunLock(out)
             # an old .lock file may stay writable in a directory that is not (chmod a-w)
             status = "ok" if lock.acquire() and runlock.writable_dir(out) else "read-only"
-            if status == "ok":  # no live writer under the lock: leftovers of a killed run
-                rundir.remove_partial_files(out)
         except rundir.RunDirLocked as e:
             status = str(e)
         except WriteFailed as e:  # the folder is there, its .lock could not be written
             status, failed = e.strerror or str(e), True
         except OSError as e:
             status = f"can't create the run directory {out}: {e.strerror or e}"
+        if status == "ok":  # no live writer under the lock: leftovers of a killed run
+            rundir.remove_leftovers(out)
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 

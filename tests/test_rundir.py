@@ -484,17 +484,35 @@ def test_a_prompt_folder_that_cannot_be_made_is_a_write_failure(tmp_path: Path, 
     assert exc.value.strerror == f"could not prepare {tmp_path / '00002'}: No space left on device"
 
 
-def test_remove_partial_files_takes_leftovers_of_the_folder_and_its_folders(tmp_path: Path):
-    """Temporary names of :func:`atomic_path` in the run folder and its prompt folders go; a
-    user's file with ".partial" in its name (not a temporary name) stays."""
-    (tmp_path / "00003").mkdir()
+def test_remove_leftovers_takes_temporary_files_of_the_run_and_its_prompt_folders(
+    tmp_path: Path, monkeypatch
+):
+    """Temporary names of :func:`atomic_path` in the run folder and its prompt folders go (they
+    were left for good outside a prompt being redone). Kept: a user's file with ".partial" in
+    its name, temporary names in a folder that is no prompt folder (another tool's, a report),
+    and a file that can't be removed (a folder of another user: resuming failed there with
+    "can't create the run directory")."""
+    for d in ("00003", "00004", "report"):
+        (tmp_path / d).mkdir()
     gone = [tmp_path / f".run.9.ab{rundir.TMP_MARK}.json",
             tmp_path / "00003" / f".video.9.cd{rundir.TMP_MARK}.mp4"]  # fmt: skip
-    kept = [tmp_path / "notes.partial.txt", tmp_path / "00003" / "meta.json"]
+    stuck = tmp_path / "00004" / f".video.9.ef{rundir.TMP_MARK}.mp4"
+    kept = [tmp_path / "notes.partial.txt", tmp_path / "00003" / "meta.json", stuck,
+            tmp_path / "report" / f".report.9.ab{rundir.TMP_MARK}.html"]  # fmt: skip
     for p in gone + kept:
         p.write_bytes(b"x")
-    assert rundir.remove_partial_files(tmp_path) == 2
+    unlink = Path.unlink
+
+    def denied(self, *args, **kwargs):
+        if self == stuck:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", denied)
+    rundir.remove_leftovers(tmp_path)
     assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
+    with pytest.raises(PermissionError):  # the strict form, for the prompt being redone
+        rundir.remove_partial_files(stuck.parent)
 
 
 def test_the_lock_file_takes_the_umasks_permissions(tmp_path: Path):

@@ -62,6 +62,22 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def remove_partial_files(folder: str | os.PathLike[str], *, strict: bool = True) -> int:
+    """Delete the temporary files (:func:`atomic_path`'s ``.<stem>...partial<suffix>`` names) a
+    killed process left in ``folder``; returns how many. ``strict=False``: a file that can't be
+    removed stays (best effort), else its ``OSError`` is raised."""
+    n = 0
+    for p in Path(folder).glob(f".*{TMP_MARK}*"):
+        try:
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
+        except OSError:
+            if strict:
+                raise
+    return n
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) atomically."""
     with atomic_path(path) as tmp:

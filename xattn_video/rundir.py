@@ -33,6 +33,7 @@ version named).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -48,10 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import (  # noqa: F401 (atomic_path: re-exported)
+from .atomic import (  # noqa: F401 (atomic_path, remove_partial_files: re-exported)
     TMP_MARK,
     WriteFailed,
     atomic_path,
+    remove_partial_files,
     write_failed,
     write_text,
 )
@@ -135,15 +137,12 @@ def start_prompt_dir(folder: PathLike) -> None:
         raise write_failed(e, f"could not prepare {folder}") from e
 
 
-def remove_partial_files(folder: PathLike) -> int:
-    """Delete temporary files (:func:`.atomic.atomic_path`'s ``.<stem>...partial<suffix>``) an
-    interrupted run left in ``folder`` and the folders in it; returns how many."""
-    n = 0
-    for p in [*Path(folder).glob(f".*{TMP_MARK}*"), *Path(folder).glob(f"*/.*{TMP_MARK}*")]:
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
+def remove_leftovers(run: PathLike) -> None:
+    """Best effort (what can't be read or removed stays), under the run's lock: temporary files
+    a killed run left in ``run`` and its prompt folders (run.json's, a re-encoded video's)."""
+    with contextlib.suppress(OSError):  # an unreadable folder
+        for folder in [Path(run), *(p for p in Path(run).iterdir() if is_prompt_dir(p))]:
+            remove_partial_files(folder, strict=False)
 
 
 # ---------------------------------------------------------------------------------------------
