@@ -65,15 +65,30 @@ def check_compile(mode: str, backend: str, device: torch.device, ulysses: int) -
     if ulysses > 1:
         return "--compile is not supported with --ulysses > 1 (context parallelism)"
     if backend == "inductor" and device.type == "cpu":
-        cxx = os.environ.get("CXX", "g++")  # what inductor runs (its config.cpp.cxx)
-        problem = cxx_problem(cxx)
-        if problem:
-            return (
-                f"--compile with inductor on the CPU needs a C++ compiler: inductor runs {cxx!r} "
-                f"($CXX, else g++), which {problem}; install it, set CXX to one that works "
-                "(e.g. CXX=clang++), or pass --compile off"
-            )
+        cxx, problem = "", "is not set (torch._inductor.config.cpp.cxx)"
+        for cxx in inductor_cxx():  # inductor takes the first that works
+            problem = cxx_problem(cxx)
+            if problem is None:
+                return None
+        return (
+            f"--compile with inductor on the CPU needs a C++ compiler: inductor runs {cxx!r} "
+            f"($CXX, else g++), which {problem}; install it, set CXX to one that works "
+            "(e.g. CXX=clang++), or pass --compile off"
+        )
     return None
+
+
+def inductor_cxx() -> list[str]:
+    """The compiler commands inductor tries, in order: its ``config.cpp.cxx``, which took
+    ``$CXX`` (else g++) when torch._inductor was imported (a later change of the environment
+    does not reach it), without its ``None`` (a conda g++ it installs only when asked to)."""
+    try:
+        from torch._inductor import config
+
+        cxx = config.cpp.cxx
+    except (ImportError, AttributeError):  # pragma: no cover (another torch layout)
+        return [os.environ.get("CXX", "g++")]
+    return [c for c in (cxx if isinstance(cxx, (list, tuple)) else (cxx,)) if c]
 
 
 def cxx_problem(cxx: str) -> str | None:

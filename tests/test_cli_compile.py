@@ -143,19 +143,41 @@ def test_the_compiler_inductor_runs_is_checked_not_any_compiler(
     only clang++ (or CXX naming a missing one) the run failed at the first forward, exit 1."""
     found = {"clang++": "/usr/bin/clang++", "g++": "/usr/bin/g++" if cxx else None}
     monkeypatch.setattr(compiling.shutil, "which", lambda name: found.get(name))
-    if cxx is None:
-        monkeypatch.delenv("CXX", raising=False)
-    else:
-        monkeypatch.setenv("CXX", cxx)
+    _inductor_cxx(monkeypatch, cxx or "g++")  # what inductor took from $CXX, else g++
     with pytest.raises(SystemExit) as exc:
         main(_argv(tmp_path / "r", prompt_file, "dense", "--compile", "default"))
     assert exc.value.code == 2
     want = repr(cxx or "g++")
     assert f"inductor runs {want} ($CXX, else g++), which is not on PATH" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    monkeypatch.setenv("CXX", "clang++")  # the way out the message names
+    _inductor_cxx(monkeypatch, "clang++")  # the way out the message names
     monkeypatch.setattr(compiling.subprocess, "run", lambda *a, **k: None)  # "runs"
     assert compiling.check_compile("default", "inductor", torch.device("cpu"), 1) is None
+
+
+def _inductor_cxx(monkeypatch, cxx: str) -> None:
+    """inductor's compiler as if $CXX had been ``cxx`` when torch._inductor was imported."""
+    monkeypatch.setattr(compiling, "inductor_cxx", lambda: [cxx])
+
+
+def test_the_check_follows_inductor_s_compiler_not_a_later_environment(tmp_path, monkeypatch):
+    """inductor reads $CXX once, at import: the check read the environment at call time, so a
+    notebook that set os.environ["CXX"] afterwards passed while inductor kept its compiler (and
+    failed at the first forward), and the reverse was refused."""
+    works = _fake_compiler(tmp_path, "cc-ok", 0)
+    broken = _fake_compiler(tmp_path, "cc-broken", 1)
+    cpu = torch.device("cpu")
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": (None, broken)}):
+        monkeypatch.setenv("CXX", works)
+        assert compiling.inductor_cxx() == [broken]
+        assert "which does not run" in compiling.check_compile("default", "inductor", cpu, 1)
+    with config.patch({"cpp.cxx": (None, works)}):
+        monkeypatch.setenv("CXX", broken)
+        assert compiling.check_compile("default", "inductor", cpu, 1) is None
+    monkeypatch.setattr(compiling, "inductor_cxx", lambda: [])  # nothing configured
+    assert "is not set" in compiling.check_compile("default", "inductor", cpu, 1)
 
 
 def _fake_compiler(folder, name: str, rc: int) -> str:
@@ -181,7 +203,7 @@ def test_the_compiler_command_is_checked_as_inductor_runs_it(tmp_path, monkeypat
         ("", "which is not on PATH"),
         ("'unclosed", "which is not on PATH"),
     ]:
-        monkeypatch.setenv("CXX", cxx)
+        _inductor_cxx(monkeypatch, cxx)
         got = compiling.check_compile("default", "inductor", cpu, 1)
         assert (got is None) if problem is None else (problem in got), (cxx, got)
 
