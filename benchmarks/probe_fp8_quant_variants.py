@@ -2,7 +2,9 @@
 
 Each variant computes what ``quantize_fp8_inputs(q, k, v, flags=True)`` computes (Q8, K8 per
 128-token block and their scales, v's per-block amax, q's row flags, k / v's block flags) and is
-compared with the current kernel's output bit for bit (mismatch counts per output):
+compared with the module's kernel ("current") bit for bit (mismatch counts per output). At the
+run below "current" divided per element; since then it is the ``split=None`` variant, so a
+rerun compares the other way round (``recip=False`` rows then differ, the rest match):
 
 * ``split=False``: one program per (block, b*h) as now, but q's, k's and v's chunk loads issued
   together, the amax and non-finite test on the bf16 / fp16 bits (integer max of
