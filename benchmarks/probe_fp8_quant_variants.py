@@ -182,27 +182,13 @@ def _qi_split_kernel(
 
 
 @triton.jit
-def _store_recip(x_base, sxn, y_base, syn, blk, n_valid, n_rows, scale,
-                 BLOCK: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr):  # fmt: skip
-    """fp8._block_store with ``x * (1 / scale)`` for the correctly rounded ``x / scale``."""
-    offs_d = tl.arange(0, D)
-    inv = tl.math.div_rn(1.0, scale)
-    for c in range(0, BLOCK, CHUNK):
-        offs_n = blk * BLOCK + c + tl.arange(0, CHUNK)
-        x = tl.load(x_base + offs_n[:, None] * sxn + offs_d[None, :],
-                    mask=offs_n[:, None] < n_valid, other=0.0)  # fmt: skip
-        y = (x.to(tl.float32) * inv).to(y_base.dtype.element_ty)
-        tl.store(y_base + offs_n[:, None] * syn + offs_d[None, :], y,
-                 mask=offs_n[:, None] < n_rows)  # fmt: skip
-
-
-@triton.jit
 def _qi_seq_kernel(
     Q, K, V, Q8, K8, Q_SCALE, K_SCALE, V_AMAX, Q_BAD, KV_BAD, KV_LEN,
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, syqb, syqh, syqn, sykb, sykh, sykn,
     H, NQ, NK, NBQ, NBK, NCHUNK, BLOCK: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
-    """The current kernel (q, then k, then v; fp32 stats) with :func:`_store_recip`."""
+    """The module's kernel (q, then k, then v; fp32 stats) as it was before 307378d with the
+    reciprocal store (:func:`xattn_video.kernels.fp8._block_store` since then)."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -213,8 +199,8 @@ def _qi_seq_kernel(
         amax, _ = fp8._block_amax(x_base, sqn, blk, NQ, Q_BAD + bh * NQ, True, NQ,
                                   BLOCK, D, CHUNK)  # fmt: skip
         scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
-        _store_recip(x_base, sqn, Q8 + b64 * syqb + h * syqh, syqn, blk, NQ, NQ, scale,
-                     BLOCK, D, CHUNK)  # fmt: skip
+        fp8._block_store(x_base, sqn, Q8 + b64 * syqb + h * syqh, syqn, blk, NQ, NQ, scale,
+                         BLOCK, D, CHUNK)  # fmt: skip
         tl.store(Q_SCALE + bh * NBQ + blk, scale)
     kv_bad = 0
     if blk < NBK:
@@ -222,7 +208,7 @@ def _qi_seq_kernel(
         x_base = K + b64 * skb + h * skh
         amax, k_bad = fp8._block_amax(x_base, skn, blk, kvl, Q_BAD, False, 0, BLOCK, D, CHUNK)
         scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
-        _store_recip(x_base, skn, K8 + b64 * sykb + h * sykh, sykn, blk, kvl, NK, scale,
+        fp8._block_store(x_base, skn, K8 + b64 * sykb + h * sykh, sykn, blk, kvl, NK, scale,
                      BLOCK, D, CHUNK)  # fmt: skip
         tl.store(K_SCALE + bh * NBK + blk, scale)
         amax, v_bad = fp8._block_amax(V + b64 * svb + h * svh, svn, blk, kvl, Q_BAD, False, 0,
