@@ -11,7 +11,8 @@ rerun compares the other way round (``recip=False`` rows then differ, the rest m
   ``bits & 0x7FFF``, no fp32 conversion in the first sweep), ``rows`` rows per sweep step;
 * ``split=True``: one program per (block, b*h, tensor), the whole 128-row block in registers,
   one sweep;
-* ``split=None``: the current kernel (q, then k, then v, fp32 stats) with the reciprocal store;
+* ``split=None``: the module's kernel (q, then k, then v, fp32 stats) at ``rows`` / ``warps``;
+  at the recorded run it was that kernel with the reciprocal store, the module's since 307378d;
 * ``recip``: ``x * (1 / scale)`` instead of the correctly rounded ``x / scale`` (fewer
   instructions; not bit-identical: ~0.04% of the e4m3 values differ by one step);
 
@@ -120,11 +121,10 @@ def _qi_kernel(
         offs_n = blk * BLOCK + c + tl.arange(0, ROWS)
         qm = (offs_n[:, None] < NQ) & do_q
         kvm = (offs_n[:, None] < kvl) & do_kv
-        if True:
-            xq = tl.load(Q + b64 * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :],
-                         mask=qm, other=0.0)  # fmt: skip
-            xk = tl.load(K + b64 * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
-                         mask=kvm, other=0.0)  # fmt: skip
+        xq = tl.load(Q + b64 * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :],
+                     mask=qm, other=0.0)  # fmt: skip
+        xk = tl.load(K + b64 * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
+                     mask=kvm, other=0.0)  # fmt: skip
         s = _quant(xq, q_amax, Q8 + b64 * syqb + h * syqh + offs_n[:, None] * syqn
                    + offs_d[None, :], qm, RECIP)  # fmt: skip
         tl.store(Q_SCALE + bh * NBQ + blk, s, mask=do_q & (c == 0))
@@ -181,45 +181,9 @@ def _qi_split_kernel(
                      tl.max(tl.max(bad.to(tl.int8), axis=1), axis=0))  # fmt: skip
 
 
-@triton.jit
-def _qi_seq_kernel(
-    Q, K, V, Q8, K8, Q_SCALE, K_SCALE, V_AMAX, Q_BAD, KV_BAD, KV_LEN,
-    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, syqb, syqh, syqn, sykb, sykh, sykn,
-    H, NQ, NK, NBQ, NBK, NCHUNK, BLOCK: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-):  # fmt: skip
-    """The module's kernel (q, then k, then v; fp32 stats) as it was before 307378d with the
-    reciprocal store (:func:`xattn_video.kernels.fp8._block_store` since then)."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    b64 = b.to(tl.int64)
-    if blk < NBQ:
-        x_base = Q + b64 * sqb + h * sqh
-        amax, _ = fp8._block_amax(x_base, sqn, blk, NQ, Q_BAD + bh * NQ, True, NQ,
-                                  BLOCK, D, CHUNK)  # fmt: skip
-        scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
-        fp8._block_store(x_base, sqn, Q8 + b64 * syqb + h * syqh, syqn, blk, NQ, NQ, scale,
-                         BLOCK, D, CHUNK)  # fmt: skip
-        tl.store(Q_SCALE + bh * NBQ + blk, scale)
-    kv_bad = 0
-    if blk < NBK:
-        kvl = tl.minimum(tl.load(KV_LEN + b), NK)
-        x_base = K + b64 * skb + h * skh
-        amax, k_bad = fp8._block_amax(x_base, skn, blk, kvl, Q_BAD, False, 0, BLOCK, D, CHUNK)
-        scale = tl.where(amax > 0, tl.math.div_rn(amax, 448.0), 1.0)
-        fp8._block_store(x_base, skn, K8 + b64 * sykb + h * sykh, sykn, blk, kvl, NK, scale,
-                     BLOCK, D, CHUNK)  # fmt: skip
-        tl.store(K_SCALE + bh * NBK + blk, scale)
-        amax, v_bad = fp8._block_amax(V + b64 * svb + h * svh, svn, blk, kvl, Q_BAD, False, 0,
-                                      BLOCK, D, CHUNK)  # fmt: skip
-        tl.store(V_AMAX + bh * NBK + blk, amax)
-        kv_bad = tl.maximum(k_bad, v_bad)
-    if blk < NCHUNK:
-        tl.store(KV_BAD + bh * NCHUNK + blk, kv_bad.to(tl.int8))
-
-
 def variant(q, k, v, *, rows, split, recip, warps, block=128):
+    if split is None:  # the module's kernel (q, k, v in turn) at these launch knobs
+        return current(q, k, v, block, chunk=rows, warps=warps)
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     nbq, nbk = triton.cdiv(Nq, block), triton.cdiv(Nk, block)
@@ -233,16 +197,6 @@ def variant(q, k, v, *, rows, split, recip, warps, block=128):
     v_amax = torch.empty((B * H, nbk), dtype=torch.float32, device=dev)
     q_bad = torch.empty((B * H, Nq), dtype=torch.int8, device=dev)
     kv_bad3 = torch.zeros((2 if split else 1, B * H, n_chunks), dtype=torch.int8, device=dev)
-    if split is None:  # the current kernel's structure, reciprocal store
-        kv_bad = torch.empty((B * H, n_chunks), dtype=torch.int8, device=dev)
-        _qi_seq_kernel[(n_chunks, B * H)](
-            q, k, v, q8, k8, q_scale, k_scale, v_amax, q_bad, kv_bad, lens,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), q8.stride(0), q8.stride(1), q8.stride(2),
-            k8.stride(0), k8.stride(1), k8.stride(2), H, Nq, Nk, nbq, nbk, n_chunks,
-            BLOCK=block, D=D, CHUNK=rows, num_warps=warps,
-        )  # fmt: skip
-        return q8, k8, q_scale, k_scale, v_amax, q_bad, kv_bad
     kern = _qi_split_kernel if split else _qi_kernel
     extra = dict(ROWS=rows) if not split else {}
     kern[(n_chunks, B * H, 3 if split else 1)](
@@ -257,9 +211,10 @@ def variant(q, k, v, *, rows, split, recip, warps, block=128):
     return q8, k8, q_scale, k_scale, v_amax, q_bad, kv_bad
 
 
-def current(q, k, v, block=128):
+def current(q, k, v, block=128, chunk=fp8.INPUTS_CHUNK, warps=fp8.INPUTS_WARPS):
+    """The fp8 module's one launch (:func:`xattn_video.kernels.fp8._launch`), flags fused."""
     lens = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32, device=q.device)
-    return fp8._launch(q, k, v, lens, block, True, fp8.INPUTS_CHUNK, fp8.INPUTS_WARPS)
+    return fp8._launch(q, k, v, lens, block, True, chunk, warps)
 
 
 def mismatches(a, b):
