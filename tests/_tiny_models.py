@@ -25,6 +25,8 @@ from diffusers import (
     UniPCMultistepScheduler,
     WanPipeline,
     WanTransformer3DModel,
+    WanVACEPipeline,
+    WanVACETransformer3DModel,
 )
 
 from xattn_video.pipelines.tiny import factory
@@ -203,6 +205,42 @@ def tiny_wan_pipeline(
         transformer=tiny_wan_transformer(seed, num_layers),
         transformer_2=tiny_wan_transformer(seed + 100, num_layers) if two_stage else None,
         boundary_ratio=0.8 if two_stage else None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_wan_vace_pipeline(seed: int = 0, num_layers: int = 2) -> WanVACEPipeline:
+    """WanVACEPipeline without text encoder: ``tiny_wan_transformer``'s architecture as
+    ``WanVACETransformer3DModel`` with a VACE block at every layer (``vace_layers``
+    0..num_layers-1; control input 96 channels = the tiny VAE's 2 x 16 latent + 8 x 8 mask), and
+    the tiny VAE (VACE encodes its control video). Called with :func:`wan_inputs`; no ``video``
+    given, the pipeline's control video is blank and its mask all ones."""
+    with factory.seeded(seed):
+        tr = WanVACETransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=16,
+            out_channels=16,
+            text_dim=WAN_TEXT_DIM,
+            freq_dim=32,
+            ffn_dim=32,
+            num_layers=num_layers,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+            vace_layers=list(range(num_layers)),
+            vace_in_channels=96,
+        ).eval()
+    pipe = WanVACEPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=tiny_wan_vae(seed),
+        scheduler=UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        ),
+        transformer=tr,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -65,7 +65,8 @@ class XAttentionConfig:
 
     dense_layers: tuple[int, ...] = ()
     """Indices of attention layers that always run dense, in the model's processor order
-    (HunyuanVideo: 0-19 double-stream blocks, 20-59 single-stream blocks; Wan: block index)."""
+    (HunyuanVideo: 0-19 double-stream blocks, 20-59 single-stream blocks; Wan: block index,
+    then Wan VACE's control blocks: ``len(blocks) + j``)."""
 
     text_policy: Literal["dense", "sparse"] = "dense"
     """Joint text tokens (HunyuanVideo): ``dense`` keeps every block holding a valid text token

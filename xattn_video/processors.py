@@ -51,8 +51,9 @@ With ``dense_kernel="xattn"`` both run the dense kernel between the all-to-alls.
 Not supported: gradients / training (the op is forward-only); ring attention and
 ``ulysses_anything`` (``ValueError``); attention masks other than HunyuanVideo's
 [B, 1, 1, N] bool key-padding prefix mask (raises); Wan I2V image keys of ``attn2`` and
-cross-attention in general stay dense; HunyuanVideo 1.5, SkyReels-V2, Wan VACE and Animate
-(classes of their own, refused by name), CogVideoX, Mochi, LTX.
+cross-attention in general stay dense; HunyuanVideo 1.5, SkyReels-V2 and Wan Animate (classes
+of their own, refused by name), CogVideoX, Mochi, LTX; context parallelism for Wan VACE (no
+plan).
 """
 
 from __future__ import annotations
@@ -343,7 +344,7 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
 
 
 class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
-    """XAttention for Wan 2.1 / 2.2 video self-attention (``attn1``); cross-attention
+    """XAttention for Wan 2.1 / 2.2 (and Wan VACE) self-attention (``attn1``); cross-attention
     (``encoder_hidden_states`` given) is delegated to ``WanAttnProcessor`` unchanged.
 
     cfg / controller / layer: as :class:`HunyuanVideoXAttnProcessor` (default preset ``wan``).

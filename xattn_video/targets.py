@@ -10,12 +10,14 @@ processors), :mod:`xattn_video.processors` (nothing model-wide) and :mod:`xattn_
   ``transformer_blocks.{i}.attn`` -> layer i, then the single-stream
   ``single_transformer_blocks.{j}.attn`` -> layer ``num_layers + j``; stock processor
   ``HunyuanVideoAttnProcessor2_0``. The token refiner is not a target.
-- ``wan``: ``WanTransformer3DModel`` (Wan 2.1 / 2.2). Targets: ``blocks.{i}.attn1`` (video
-  self-attention) -> layer i; stock processor ``WanAttnProcessor``. Cross-attention
-  (``attn2``) is not a target.
+- ``wan``: ``WanTransformer3DModel`` (Wan 2.1 / 2.2) and ``WanVACETransformer3DModel`` (Wan
+  VACE). Targets: ``blocks.{i}.attn1`` (video self-attention) -> layer i, then VACE's
+  ``vace_blocks.{j}.attn1`` (self-attention of the control tokens, the same (T, H, W) grid as
+  the video's; they run first in a forward) -> layer ``len(blocks) + j``; stock processor
+  ``WanAttnProcessor``. Cross-attention (``attn2``) is not a target.
 
-Not supported: other model families and classes, e.g. HunyuanVideo 1.5, SkyReels-V2, Wan VACE
-and Wan Animate (adding one = one :class:`ModelTarget` entry here plus a
+Not supported: other model families and classes, e.g. HunyuanVideo 1.5, SkyReels-V2 and Wan
+Animate (adding one = one :class:`ModelTarget` entry here plus a
 processor class in :mod:`xattn_video.processors`); the ``tile`` token order for Framepack (its
 video part also holds multi-scale history tokens, which form no single grid).
 """
@@ -42,7 +44,10 @@ def _hunyuan_layers(transformer: torch.nn.Module) -> list[Layer]:
 
 
 def _wan_layers(transformer: torch.nn.Module) -> list[Layer]:
-    return [(f"blocks.{i}.attn1", blk.attn1, i) for i, blk in enumerate(transformer.blocks)]
+    out = [(f"blocks.{i}.attn1", blk.attn1, i) for i, blk in enumerate(transformer.blocks)]
+    for j, blk in enumerate(getattr(transformer, "vace_blocks", ())):  # Wan VACE
+        out.append((f"vace_blocks.{j}.attn1", blk.attn1, len(transformer.blocks) + j))
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ TARGETS: dict[str, ModelTarget] = {
         ),
         ModelTarget(
             family="wan",
-            transformer_classes=("WanTransformer3DModel",),
+            transformer_classes=("WanTransformer3DModel", "WanVACETransformer3DModel"),
             stock_processor=WanAttnProcessor,
             layers=_wan_layers,
         ),
