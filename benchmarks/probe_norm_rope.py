@@ -5,7 +5,7 @@ bf16), after the QKV projections: per-head ``RMSNorm`` of q and k, RoPE on the v
 and the [video, text] joint sequence -- for a double-stream block (video and text projected
 apart: norms, RoPE, then ``torch.cat`` of q, k and v) and a single-stream one (projected
 together: norms, RoPE on the video slice, ``torch.cat`` of the pieces). Timed through the
-processors' own helpers (``processors._norm_rope`` / ``_joint_norm_rope``), once with
+processors' own helpers (``processor_qk.norm_rope`` / ``joint_norm_rope``), once with
 diffusers' torch code (what the processors ran before) and once fused, plus the kernel alone per
 launch config (GB/s: x read once, written once; whether its output equals the default
 config's bit for bit: the tile's layout sets the order of the mean's sum). Outputs are checked:
@@ -13,7 +13,7 @@ fused vs torch, max difference in bf16 ulps and the share of values that differ.
 
 ``--model wan``: the same for Wan 2.1 14B at 720p x 81 frames (75,600 tokens, 40 heads x 128):
 the Wan processor's q (or k) preparation from the projection's output (``torch.nn.RMSNorm``
-across heads, its interleaved RoPE on every token; ``processors._wan_norm_rope``), torch code
+across heads, its interleaved RoPE on every token; ``processor_qk.wan_norm_rope``), torch code
 against fused, with the rotary tables in fp32, bf16 (a model cast with ``.to(dtype)``) and fp64
 (a ``rope`` module kept out of the cast; the processor hands fp32 to the kernel), then the
 kernel's launch configs.
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_ms, qk_prep_fused, report  # noqa: E402
 
-from xattn_video import processors  # noqa: E402
+from xattn_video import processor_qk  # noqa: E402
 from xattn_video.kernels.norm_rope import rms_norm_rope  # noqa: E402
 
 # (tokens per program, heads per program, num_warps); the first is the kernel's default
@@ -77,8 +77,8 @@ def _setup(video: int, text: int, heads: int, dim: int, device: str = "cuda"):
 def double_block(s) -> tuple[torch.Tensor, ...]:
     """q, k, v of a double-stream block as the processor builds them."""
     (vq, vk, vv), (tq, tk, tv), (nq, nk, naq, nak) = s["video"], s["text"], s["norms"]
-    q = processors._joint_norm_rope(vq, tq, nq, naq, s["rotary"])
-    k = processors._joint_norm_rope(vk, tk, nk, nak, s["rotary"])
+    q = processor_qk.joint_norm_rope(vq, tq, nq, naq, s["rotary"])
+    k = processor_qk.joint_norm_rope(vk, tk, nk, nak, s["rotary"])
     return q, k, torch.cat([vv, tv], dim=1)
 
 
@@ -86,7 +86,7 @@ def single_block(s) -> tuple[torch.Tensor, ...]:
     """q, k of a single-stream block ([video, text] projected together)."""
     (q, k, _), (nq, nk, _, _), n_video = s["joint"], s["norms"], s["video"][0].shape[1]
     rot = s["rotary"]
-    return processors._norm_rope(nq, q, rot, n_video), processors._norm_rope(nk, k, rot, n_video)
+    return processor_qk.norm_rope(nq, q, rot, n_video), processor_qk.norm_rope(nk, k, rot, n_video)
 
 
 def _compare(got, want) -> dict:
@@ -134,7 +134,7 @@ def wan_rows(s: dict) -> list[dict]:
     rows = []
     x, norm, heads = s["x"], s["norm"], s["heads"]
     for name, rotary in s["tables"].items():
-        times, outs = torch_vs_fused(lambda r=rotary: processors._wan_norm_rope(norm, x, heads, r))
+        times, outs = torch_vs_fused(lambda r=rotary: processor_qk.wan_norm_rope(norm, x, heads, r))
         rows.append(dict(what=f"Wan q prep, {name} tables", torch_ms=times[False],
                          fused_ms=times[True], speedup=times[False] / times[True],
                          **_compare((outs[True],), (outs[False],))))  # fmt: skip

@@ -4,7 +4,8 @@
 processor call attended with -- None for dense calls, else the op's block mask expanded to
 tokens, with key padding, and mapped back to the model's token order (``tile`` order undone).
 :func:`install_replay` then puts stock processors on the target layers that pass those masks to
-diffusers' SDPA as ``attention_mask``: the stock computation restricted to the same mask, the
+diffusers' SDPA as ``attention_mask`` (HunyuanVideo 1.5's, which builds its mask from a text
+mask, gets them ANDed into that one): the stock computation restricted to the same mask, the
 reference the sparse processors must match (tolerance rule).
 
 Not supported: token orders other than raster / tile.
@@ -12,9 +13,14 @@ Not supported: token orders other than raster / tile.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
+import diffusers.models.transformers.transformer_hunyuan_video15 as hv15_module
 import torch
+from diffusers.models.transformers.transformer_hunyuan_video15 import (
+    HunyuanVideo15AttnProcessor2_0,
+)
 
 import xattn_video as xv
 from xattn_video import attention as attention_mod
@@ -93,6 +99,22 @@ class MaskLog:
         return sum(m is not None for calls in self.masks.values() for m in calls)
 
 
+@contextlib.contextmanager
+def _and_mask(mask: torch.Tensor):
+    """HunyuanVideo 1.5's stock processor with ``mask`` (B, H, N, N) ANDed into the mask it
+    hands to ``dispatch_attention_fn`` (its own: text padding masked as queries and keys)."""
+    real = hv15_module.dispatch_attention_fn
+
+    def patched(query, key, value, attn_mask=None, **kw):
+        return real(query, key, value, attn_mask=attn_mask & mask, **kw)
+
+    hv15_module.dispatch_attention_fn = patched
+    try:
+        yield
+    finally:
+        hv15_module.dispatch_attention_fn = real
+
+
 def install_replay(transformers: list[torch.nn.Module], log: MaskLog) -> dict[int, list]:
     """Stock processors on every target layer of ``transformers`` replaying ``log``'s masks (one
     queue per layer index, shared by the transformers, consumed in call order). Returns the
@@ -102,6 +124,8 @@ def install_replay(transformers: list[torch.nn.Module], log: MaskLog) -> dict[in
         stock = target_of(model_family(tr)).stock_processor
 
         class Replay(stock):
+            own_mask = stock is HunyuanVideo15AttnProcessor2_0
+
             def __init__(self, layer: int) -> None:
                 super().__init__()
                 self.layer = layer
@@ -113,9 +137,15 @@ def install_replay(transformers: list[torch.nn.Module], log: MaskLog) -> dict[in
                 queue = queues[self.layer]
                 assert queue, f"layer {self.layer}: more calls than recorded"
                 mask = queue.pop(0)
+                rope = image_rotary_emb if image_rotary_emb is not None else rotary_emb
+                if mask is not None and self.own_mask:
+                    # the stock processor builds its mask from a [B, L] text mask: AND ours in
+                    with _and_mask(mask):
+                        return super().__call__(
+                            attn, hidden_states, encoder_hidden_states, attention_mask, rope
+                        )
                 if mask is not None:
                     attention_mask = mask
-                rope = image_rotary_emb if image_rotary_emb is not None else rotary_emb
                 return super().__call__(
                     attn, hidden_states, encoder_hidden_states, attention_mask, rope
                 )

@@ -17,8 +17,11 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import (
+    AutoencoderKLHunyuanVideo15,
     AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanVideo15Pipeline,
+    HunyuanVideo15Transformer3DModel,
     HunyuanVideoFramepackTransformer3DModel,
     HunyuanVideoPipeline,
     HunyuanVideoTransformer3DModel,
@@ -163,6 +166,88 @@ def framepack_inputs(seed: int = 0, text_len: int = 5) -> dict:
         indices_latents_history_4x=torch.tensor([6, 7, 8, 9]),
         return_dict=False,
     )
+
+
+def tiny_hv15_transformer(
+    seed: int = 0, num_layers: int = 2, head_dim: int = 16
+) -> HunyuanVideo15Transformer3DModel:
+    """``HunyuanVideo15Transformer3DModel``: ``num_layers`` blocks, 2 heads x ``head_dim`` (RoPE
+    axes 1/4, 3/8, 3/8 of it), patch 1, 4 latent channels (9 in: latent, condition, mask),
+    prompt embeddings (B, L, 32), ByT5 ones (B, L2, 24), image embeddings (B, L3, 12)."""
+    with factory.seeded(seed):
+        tr = HunyuanVideo15Transformer3DModel(
+            in_channels=9,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=head_dim,
+            num_layers=num_layers,
+            num_refiner_layers=1,
+            mlp_ratio=2.0,
+            patch_size=1,
+            patch_size_t=1,
+            text_embed_dim=32,
+            text_embed_2_dim=24,
+            image_embed_dim=12,
+            rope_axes_dim=(head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8),
+            target_size=64,
+        )
+    return tr.eval()
+
+
+def tiny_hv15_pipeline(seed: int = 0, num_layers: int = 2) -> HunyuanVideo15Pipeline:
+    """HunyuanVideo15Pipeline without text encoders: :func:`tiny_hv15_transformer`, a tiny VAE
+    (16x spatial: 128 pixels -> an 8 x 8 grid) and CFG through the pipeline's guider; 4 image
+    tokens instead of 729 (the pipeline's text-to-video image tokens, all padding). Called with
+    :func:`hv15_inputs`."""
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    tr = tiny_hv15_transformer(seed, num_layers)
+    with factory.seeded(seed):
+        vae = AutoencoderKLHunyuanVideo15(
+            latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1
+        ).eval()
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=None,
+        tokenizer=None,
+        transformer=tr,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        text_encoder_2=None,
+        tokenizer_2=None,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+    pipe.vision_num_semantic_tokens = 4
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hv15_inputs(steps: int = 3, seed: int = 0, batch: int = 1, **kw) -> dict:
+    """Keyword arguments for ``HunyuanVideo15Pipeline.__call__`` (offline, latent output): 8
+    prompt tokens of which 5 valid (negative: 3) and 6 ByT5 tokens of which 4 (negative: 2),
+    so the two CFG forwards have different text lengths; 128 x 128 pixels, 9 frames."""
+    g = torch.Generator().manual_seed(seed + 1)
+
+    def mask(n: int, valid: int) -> torch.Tensor:
+        return (torch.arange(n) < valid).long().expand(batch, n)
+
+    out = dict(
+        prompt_embeds=torch.randn(batch, 8, 32, generator=g),
+        prompt_embeds_mask=mask(8, 5),
+        negative_prompt_embeds=torch.randn(batch, 8, 32, generator=g),
+        negative_prompt_embeds_mask=mask(8, 3),
+        prompt_embeds_2=torch.randn(batch, 6, 24, generator=g),
+        prompt_embeds_mask_2=mask(6, 4),
+        negative_prompt_embeds_2=torch.randn(batch, 6, 24, generator=g),
+        negative_prompt_embeds_mask_2=mask(6, 2),
+        height=128,
+        width=128,
+        num_frames=9,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    )
+    out.update(kw)
+    return out
 
 
 def tiny_wan_transformer(

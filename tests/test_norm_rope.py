@@ -165,7 +165,7 @@ def test_an_offloaded_norm_runs_its_own_forward():
     fused kernel on the meta weight (NotImplementedError: Cannot copy out of meta tensor)."""
     accelerate = pytest.importorskip("accelerate")
     pytest.importorskip("triton")
-    from xattn_video.processors import _norm_rope
+    from xattn_video.processor_qk import norm_rope
 
     x, w, _, _ = _inputs(1, 8, 2, 16, 0, torch.float16)
     norm = RMSNorm(16, eps=1e-6).to(torch.float16)
@@ -173,7 +173,7 @@ def test_an_offloaded_norm_runs_its_own_forward():
     want = norm(x)
     accelerate.cpu_offload(norm, execution_device=torch.device("cpu"))
     assert norm.weight.device.type == "meta"
-    got = _norm_rope(norm, x.as_subclass(_ReportsCuda), None, 0)
+    got = norm_rope(norm, x.as_subclass(_ReportsCuda), None, 0)
     assert torch.equal(got.as_subclass(torch.Tensor), want)
 
 

@@ -21,7 +21,7 @@ import torch
 import xattn_video as xv
 from xattn_video import qk_prep
 from xattn_video.kernels.norm_rope import rms_norm_rope, rms_norm_rope_ref, wan_rotary
-from xattn_video.processors import _wan_norm_rope
+from xattn_video.processor_qk import wan_norm_rope
 
 from ._tiny_models import tiny_wan_transformer, wan_transformer_inputs
 from ._tolerance import assert_fa_close
@@ -239,22 +239,22 @@ def test_wan_processor_hands_the_kernel_only_what_it_takes(monkeypatch):
     x = torch.randn(1, 6, 32, generator=g).half()
     norm = torch.nn.RMSNorm(32, eps=1e-6).half()
     cos, sin = torch.randn(2, 1, 6, 1, 16, generator=g, dtype=torch.float64).unbind(0)
-    _wan_norm_rope(norm, x, 2, (cos, sin))
+    wan_norm_rope(norm, x, 2, (cos, sin))
     (c, s), n, kw = calls.pop()
     assert n == 6 and kw == {"style": "wan"} and c.dtype == torch.float32
     assert torch.equal(c, cos[0, :, 0].float()) and torch.equal(s, sin[0, :, 0].float())
     ch, sh = cos.half(), sin.half()
-    _wan_norm_rope(norm, x, 2, (ch, sh))
+    wan_norm_rope(norm, x, 2, (ch, sh))
     (c, _), _, _ = calls.pop()
     assert c.data_ptr() == ch.data_ptr() and c.shape == (6, 16)  # a view of the table, no copy
-    _wan_norm_rope(norm, x, 2, None)
+    wan_norm_rope(norm, x, 2, None)
     assert calls.pop()[:2] == (None, 0)
     per_batch = (cos.expand(2, 6, 1, 16).half(), sin.expand(2, 6, 1, 16).half())
-    got = _wan_norm_rope(norm, x.expand(2, 6, 32), 2, per_batch)
+    got = wan_norm_rope(norm, x.expand(2, 6, 32), 2, per_batch)
     want = wan_rotary(norm(x.expand(2, 6, 32)).unflatten(2, (2, 16)), *per_batch)
     assert torch.equal(got, want)
     layer_norm = torch.nn.LayerNorm(32).half()
-    got = _wan_norm_rope(layer_norm, x, 2, None)
+    got = wan_norm_rope(layer_norm, x, 2, None)
     assert torch.equal(got, layer_norm(x).unflatten(2, (2, 16)))
     assert calls == []
 

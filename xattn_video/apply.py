@@ -79,8 +79,8 @@ class XAttentionHandle:
     """What one application of XAttention did, and how to undo it.
 
     ``controller`` (shared state), ``stats`` (:class:`XAttentionStats`), ``cfg``, ``model``
-    (``"hunyuanvideo"`` / ``"wan"``), ``transformers`` (the patched modules). ``remove()`` is
-    idempotent; the handle is a context manager that removes on exit.
+    (``"hunyuanvideo"`` / ``"hunyuanvideo15"`` / ``"wan"``), ``transformers`` (the patched
+    modules). ``remove()`` is idempotent; the handle is a context manager that removes on exit.
     """
 
     def __init__(self, controller: XAttentionController, model: str) -> None:
@@ -411,8 +411,9 @@ def xattention_processors(
 
     transformer: a supported diffusers video transformer; cfg: default the model's preset;
     pipe: the pipeline whose scheduler gives the step (optional, see the module docstring);
-    model: ``"hunyuanvideo"`` / ``"wan"`` to assert the detected family. Every key of
-    ``transformer.attn_processors`` is present; non-target keys map to the current objects.
+    model: a family name or alias (``targets.FAMILY_ALIASES``) to assert the detected family.
+    Every key of ``transformer.attn_processors`` is present; non-target keys map to the current
+    objects.
     Replaces a previous application on ``transformer`` (see the module docstring).
     """
     if not isinstance(transformer, torch.nn.Module):
@@ -443,8 +444,8 @@ def apply_xattention(
     pipe_or_transformer: a diffusers pipeline (``.transformer``, and ``.transformer_2`` when it
     is set, as in Wan 2.2 A14B) or a bare transformer (the step then comes from the cache
     context or timestep matching, see :mod:`xattn_video.hook`). cfg: default the model's
-    preset. model: ``"hunyuanvideo"`` / ``"wan"`` to assert the detected family. Unknown
-    transformers raise ``ValueError`` naming the class and the supported ones. Replaces a
+    preset. model: a family name or alias (``targets.FAMILY_ALIASES``) to assert the detected
+    family. Unknown transformers raise ``ValueError`` naming the class and the supported ones. Replaces a
     previous application on the same transformer(s) (see the module docstring).
     """
     pipe, transformers = _transformers_of(pipe_or_transformer)

@@ -325,6 +325,8 @@ def _check_field_types(cfg: XAttentionConfig) -> None:
 PRESETS: dict[str, dict[str, Any]] = {
     # The XAttention paper's HunyuanVideo setting (run_vbench.py): tau 0.9, S=8, 5/50 dense.
     "hunyuanvideo": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=5),
+    # HunyuanVideo 1.5 (the same joint [video, text] attention, 50 steps by default): the same.
+    "hunyuanvideo15": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=5),
     # Wan 2.1/2.2 video self-attention (no joint text): peers keep ~20% of the steps dense.
     "wan": dict(threshold=0.9, stride=8, block_size=128, warmup_steps=10),
     # CPU-sized random-weight models (tests): small blocks so short sequences have many blocks.

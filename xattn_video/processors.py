@@ -11,6 +11,9 @@ otherwise.
   estimate so padding cannot steer the selection). Called with ``encoder_hidden_states=None``
   (the token refiner, when a single instance was given to ``set_attn_processor``) it runs the
   refiner's stock ``AttnProcessor2_0``.
+- :class:`HunyuanVideo15XAttnProcessor` subclasses ``HunyuanVideo15AttnProcessor2_0`` the same
+  way (HunyuanVideo 1.5's double-stream blocks): its [B, L] text mask becomes ``kv_len``, and
+  padded text query rows come out as zeros, as the parent's query-and-key mask makes them.
 - :class:`WanXAttnProcessor` subclasses ``WanAttnProcessor``; only video self-attention
   (``attn1``: ``encoder_hidden_states is None``) goes sparse, cross-attention is the parent's.
 
@@ -22,7 +25,7 @@ before a step hook began a forward): with
 stock processor. Sparse phase: the parent's
 projections, QK norms and RoPE are reproduced to build q/k/v [B, N, H, D] (video first, then
 text; on eager CUDA the QK norm and RoPE run as one fused kernel per tensor,
-:mod:`xattn_video.qk_prep`, within one rounding of the parent's values: HunyuanVideo's
+:mod:`xattn_video.processor_qk`, within one rounding of the parent's values: HunyuanVideo's
 per-head ``RMSNorm``, written straight into the joint sequence, and Wan's ``torch.nn.RMSNorm``
 across heads), handed to the model-independent
 :func:`xattn_video.sparse_path.sparse_attention` (token order, mask reuse, the op, stats), then
@@ -51,9 +54,9 @@ With ``dense_kernel="xattn"`` both run the dense kernel between the all-to-alls.
 Not supported: gradients / training (the op is forward-only); ring attention and
 ``ulysses_anything`` (``ValueError``); attention masks other than HunyuanVideo's
 [B, 1, 1, N] bool key-padding prefix mask (raises); Wan I2V image keys of ``attn2`` and
-cross-attention in general stay dense; HunyuanVideo 1.5, SkyReels-V2 and Wan Animate (classes
-of their own, refused by name), CogVideoX, Mochi, LTX; context parallelism for Wan VACE (no
-plan).
+cross-attention in general stay dense; SkyReels-V2 and Wan Animate (classes of their own,
+refused by name), CogVideoX, Mochi, LTX; context parallelism for HunyuanVideo 1.5 and Wan VACE
+(no plan).
 """
 
 from __future__ import annotations
@@ -63,15 +66,17 @@ from typing import Any
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.normalization import RMSNorm
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_hunyuan_video15 import (
+    HunyuanVideo15AttnProcessor2_0,
+)
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
-from . import parallel, qk_prep
+from . import parallel
 from .config import XAttentionConfig
 from .hook import XAttentionController
 from .op_checks import require
+from .processor_qk import joint_norm_rope, norm_rope, wan_norm_rope
 from .sparse_path import dense_attention, sparse_attention, xattn_dense
 
 logger = logging.getLogger(__name__)
@@ -155,72 +160,6 @@ class _XAttnMixin:
         )  # fmt: skip
 
 
-def _norm_rope(
-    norm: torch.nn.Module | None,
-    x: torch.Tensor,
-    rotary: tuple[torch.Tensor, torch.Tensor] | None,
-    n_rope: int,
-    *,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The parent's QK norm of x: [B, N, H, D], then RoPE on tokens < n_rope; into ``out``
-    when given. One fused kernel (:mod:`xattn_video.qk_prep`) for diffusers' ``RMSNorm`` without
-    bias on eager CUDA with matching rotary tables; else the parent's own torch code."""
-    n_rope = n_rope if rotary is not None else 0
-    if _fusable(norm, x, rotary, n_rope):
-        return qk_prep.norm_rope(x, norm.weight, norm.eps, rotary, n_rope, out=out)
-    y = norm(x) if norm is not None else x
-    if n_rope:
-        head = apply_rotary_emb(y[:, :n_rope], rotary, sequence_dim=1)
-        y = head if n_rope == y.shape[1] else torch.cat([head, y[:, n_rope:]], dim=1)
-    return y if out is None else out.copy_(y)
-
-
-def _fusable(norm, x, rotary, n_rope: int) -> bool:
-    # a weight of another dtype than x is left to diffusers too (it then returns fp32)
-    return (
-        type(norm) is RMSNorm
-        and norm.bias is None
-        and qk_prep.fused_available(x, norm.weight, rotary, n_rope)
-    )
-
-
-def _wan_norm_rope(norm, x: torch.Tensor, heads: int, rotary) -> torch.Tensor:
-    """WanAttnProcessor's QK norm (across heads) of x: [B, N, H*D], then its RoPE with rotary =
-    (freqs_cos, freqs_sin), each [1, N, 1, D]; returns [B, N, H, D]. One fused kernel for
-    ``torch.nn.RMSNorm`` on eager CUDA with tables of one batch (fp64 ones cast to fp32, within
-    the kernel's bound); else the parent's own torch code."""
-    x = x.unflatten(2, (heads, -1))
-    if type(norm) is torch.nn.RMSNorm and norm.eps is not None:
-        tables, n = _wan_tables(rotary)  # views, but a copy of fp64 tables
-        if n >= 0 and qk_prep.fused_available(x, norm.weight, tables, n, style="wan"):
-            return qk_prep.norm_rope(x, norm.weight, norm.eps, tables, n, style="wan")
-    y = norm(x.flatten(2)).unflatten(2, (heads, -1))
-    return qk_prep.wan_rotary(y, *rotary) if rotary is not None else y
-
-
-def _wan_tables(rotary) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, int]:
-    """Wan's [1, N, 1, D] rotary tables as the kernel's (N, D) views (fp64 cast to fp32) and N;
-    (None, 0) without RoPE, (None, -1) for a layout the kernel does not take."""
-    if rotary is None:
-        return None, 0
-    cos, sin = rotary
-    if not (cos.dim() == 4 and cos.shape[0] == 1 and cos.shape[2] == 1 and cos.shape == sin.shape):
-        return None, -1
-    dtype = torch.float32 if cos.dtype == torch.float64 else cos.dtype
-    return (cos[0, :, 0].to(dtype), sin[0, :, 0].to(dtype)), cos.shape[1]
-
-
-def _joint_norm_rope(video, text, norm_video, norm_text, rotary) -> torch.Tensor:
-    """[video, text] q or k of a double-stream block: video [B, Nv, H, D] normed and rotated,
-    text [B, Nt, H, D] normed, written into one [B, Nv + Nt, H, D] buffer (no ``torch.cat``)."""
-    nv = video.shape[1]
-    out = video.new_empty((video.shape[0], nv + text.shape[1], *video.shape[2:]))
-    _norm_rope(norm_video, video, rotary, nv, out=out[:, :nv])
-    _norm_rope(norm_text, text, None, 0, out=out[:, nv:])
-    return out
-
-
 def _key_padding_lengths(attention_mask: torch.Tensor | None, batch: int, n: int):
     """kv_len (B,) int32 from a [B, 1, 1, N] bool key-padding mask (a valid prefix), or None."""
     if attention_mask is None:
@@ -248,7 +187,88 @@ def _key_padding_lengths(attention_mask: torch.Tensor | None, batch: int, n: int
     return kv_len
 
 
-class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
+class _JointXAttnMixin(_XAttnMixin):
+    """The sparse / ``dense_kernel="xattn"`` path of HunyuanVideo-style joint attention over
+    [video, text] (double-stream blocks: text projected apart; single-stream: projected
+    together), shared by :class:`HunyuanVideoXAttnProcessor` and
+    :class:`HunyuanVideo15XAttnProcessor`."""
+
+    def _joint_attention(
+        self,
+        attn: torch.nn.Module,
+        layer: int,
+        sparse: bool,
+        degree: int,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+        zero_padded_rows: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden_states: [B, N_v, C], encoder_hidden_states: [B, L, C] (this rank's under
+        Ulysses degree > 1); attention_mask: [B, 1, 1, N_v + L] bool key padding (a valid
+        prefix) or None. Returns (video_out [B, N_v, C], text_out [B, L, C]) as the parents.
+        zero_padded_rows: padded text query rows come out as zeros (HunyuanVideo 1.5's stock
+        mask also masks them as queries, and SDPA gives a row without keys zeros)."""
+        n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        single = attn.add_q_proj is None
+        if single:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        # 1-4. QKV projections, per-head QK norms, RoPE on the video tokens, the text stream
+        #      (double-stream blocks) after the video: the parent's arithmetic, with the norm
+        #      and RoPE fused where they can be (:func:`~xattn_video.processor_qk.norm_rope`)
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if single:  # [video, text] projected together: RoPE on the video tokens
+            query = norm_rope(attn.norm_q, query, image_rotary_emb, n_video)
+            key = norm_rope(attn.norm_k, key, image_rotary_emb, n_video)
+        else:  # video and text projected apart: each written into one [video, text] buffer
+            enc_q = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            enc_k = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            enc_v = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            query = joint_norm_rope(query, enc_q, attn.norm_q, attn.norm_added_q, image_rotary_emb)
+            key = joint_norm_rope(key, enc_k, attn.norm_k, attn.norm_added_k, image_rotary_emb)
+            value = torch.cat([value, enc_v], dim=1)
+
+        # 5. XAttention over [video, text] with text padding as kv_len (whole-sequence values
+        #    under Ulysses degree > 1: this rank holds 1/degree of the video and of the text)
+        B, N = query.shape[0], query.shape[1] * degree
+        kv_len = _key_padding_lengths(attention_mask, B, N)
+        cfg = self.controller.cfg
+        zero_rows = cfg.text_policy == "sparse" and kv_len is not None
+        dense_from = n_video * degree if (cfg.text_policy == "dense" and n_text > 0) else None
+        if zero_rows and degree == 1 and sparse:
+            # padded query rows get zeros so their content cannot steer the block selection
+            valid = torch.arange(N, device=query.device)[None, :] < kv_len[:, None]
+            query = query * valid[:, :, None, None].to(query.dtype)
+        out = self._sparse_attention(
+            attn, layer, query, key, value, n_video=n_video, kv_len=kv_len, dense_from=dense_from,
+            n_text=n_text, sparse=sparse, zero_padded_queries=zero_rows,
+            attention_mask=attention_mask,
+        )  # fmt: skip
+        hidden_states = out.flatten(2, 3).to(query.dtype)
+
+        # 6. Output projections (as the parent)
+        hidden_states, encoder_hidden_states = (
+            hidden_states[:, :-n_text],
+            hidden_states[:, -n_text:],
+        )
+        if zero_padded_rows and kv_len is not None:
+            text_valid = (
+                torch.arange(n_text, device=query.device)[None, :] < (kv_len - n_video)[:, None]
+            )
+            encoder_hidden_states = encoder_hidden_states * text_valid[:, :, None].to(query.dtype)
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+class HunyuanVideoXAttnProcessor(_JointXAttnMixin, HunyuanVideoAttnProcessor2_0):
     """XAttention for HunyuanVideo's double- and single-stream blocks.
 
     cfg: the configuration (default: the ``hunyuanvideo`` preset) -- or controller: a shared
@@ -290,57 +310,67 @@ class HunyuanVideoXAttnProcessor(_XAttnMixin, HunyuanVideoAttnProcessor2_0):
                     attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
                 )
 
-        n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
-        single = attn.add_q_proj is None
-        if single:
-            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-
-        # 1-4. QKV projections, per-head QK norms, RoPE on the video tokens, the text stream
-        #      (double-stream blocks) after the video: the parent's arithmetic, with the norm
-        #      and RoPE fused where they can be (_norm_rope)
-        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-        if single:  # [video, text] projected together: RoPE on the video tokens
-            query = _norm_rope(attn.norm_q, query, image_rotary_emb, n_video)
-            key = _norm_rope(attn.norm_k, key, image_rotary_emb, n_video)
-        else:  # video and text projected apart: each written into one [video, text] buffer
-            enc_q = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            enc_k = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            enc_v = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            query = _joint_norm_rope(query, enc_q, attn.norm_q, attn.norm_added_q, image_rotary_emb)
-            key = _joint_norm_rope(key, enc_k, attn.norm_k, attn.norm_added_k, image_rotary_emb)
-            value = torch.cat([value, enc_v], dim=1)
-
-        # 5. XAttention over [video, text] with text padding as kv_len (whole-sequence values
-        #    under Ulysses degree > 1: this rank holds 1/degree of the video and of the text)
-        B, N = query.shape[0], query.shape[1] * degree
-        kv_len = _key_padding_lengths(attention_mask, B, N)
-        cfg = self.controller.cfg
-        zero_rows = cfg.text_policy == "sparse" and kv_len is not None
-        dense_from = n_video * degree if (cfg.text_policy == "dense" and n_text > 0) else None
-        if zero_rows and degree == 1 and sparse:
-            # padded query rows get zeros so their content cannot steer the block selection
-            valid = torch.arange(N, device=query.device)[None, :] < kv_len[:, None]
-            query = query * valid[:, :, None, None].to(query.dtype)
-        out = self._sparse_attention(
-            attn, layer, query, key, value, n_video=n_video, kv_len=kv_len, dense_from=dense_from,
-            n_text=n_text, sparse=sparse, zero_padded_queries=zero_rows,
-            attention_mask=attention_mask,
+        return self._joint_attention(
+            attn, layer, sparse, degree, hidden_states, encoder_hidden_states, attention_mask,
+            image_rotary_emb,
         )  # fmt: skip
-        hidden_states = out.flatten(2, 3).to(query.dtype)
 
-        # 6. Output projections (as the parent)
-        hidden_states, encoder_hidden_states = (
-            hidden_states[:, :-n_text],
-            hidden_states[:, -n_text:],
-        )
-        if getattr(attn, "to_out", None) is not None:
-            hidden_states = attn.to_out[0](hidden_states)
-            hidden_states = attn.to_out[1](hidden_states)
-        if getattr(attn, "to_add_out", None) is not None:
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+
+class HunyuanVideo15XAttnProcessor(_JointXAttnMixin, HunyuanVideo15AttnProcessor2_0):
+    """XAttention for HunyuanVideo 1.5's (double-stream) blocks.
+
+    cfg / controller / layer: as :class:`HunyuanVideoXAttnProcessor` (default preset
+    ``hunyuanvideo15``). attention_mask: [B, L] over the text tokens (the transformer sorts the
+    valid ones first, so a valid prefix); the stock processor masks padded text both as keys
+    and as queries, so here they are kv_len and their output rows are zeros, as SDPA gives the
+    parent. Returns ``(video_out [B, N_v, C], text_out [B, L, C])`` like the parent.
+    Context parallelism (diffusers ships no plan for this model) raises ``ValueError``.
+    """
+
+    def __init__(
+        self,
+        cfg: XAttentionConfig | None = None,
+        *,
+        controller: XAttentionController | None = None,
+        layer: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_xattn(cfg, controller, layer, "hunyuanvideo15")
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self._layer_index(attn)
+        sparse = self.controller.is_sparse(layer)
+        if not sparse:
+            self._record_dense(layer)
+            if not xattn_dense(self.controller, layer):
+                return super().__call__(
+                    attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+                )
+        if parallel.ulysses_group(self._parallel_config) is not None:
+            raise ValueError("XAttention does not support context parallelism for HunyuanVideo 1.5")
+        if encoder_hidden_states is None or attention_mask is None:
+            raise ValueError(
+                "XAttention for HunyuanVideo 1.5 expects its blocks' joint call: text states "
+                "and their [B, L] attention mask"
+            )
+        n_video, n_text = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        if attention_mask.ndim != 2 or attention_mask.shape[1] != n_text:
+            raise ValueError(
+                f"XAttention expects HunyuanVideo 1.5's text mask [B, {n_text}], got "
+                f"{tuple(attention_mask.shape)}"
+            )
+        key_mask = torch.nn.functional.pad(attention_mask.bool(), (n_video, 0), value=True)
+        return self._joint_attention(
+            attn, layer, sparse, 1, hidden_states, encoder_hidden_states,
+            key_mask[:, None, None, :], image_rotary_emb, zero_padded_rows=True,
+        )  # fmt: skip
 
 
 class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
@@ -382,8 +412,8 @@ class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
             raise ValueError("XAttention for Wan self-attention takes no attention_mask")
 
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = _wan_norm_rope(attn.norm_q, query, attn.heads, rotary_emb)
-        key = _wan_norm_rope(attn.norm_k, key, attn.heads, rotary_emb)
+        query = wan_norm_rope(attn.norm_q, query, attn.heads, rotary_emb)
+        key = wan_norm_rope(attn.norm_k, key, attn.heads, rotary_emb)
         value = value.unflatten(2, (attn.heads, -1))
 
         out = self._sparse_attention(
@@ -398,6 +428,7 @@ class WanXAttnProcessor(_XAttnMixin, WanAttnProcessor):
 
 PROCESSOR_CLASSES: dict[str, type] = {
     "hunyuanvideo": HunyuanVideoXAttnProcessor,
+    "hunyuanvideo15": HunyuanVideo15XAttnProcessor,
     "wan": WanXAttnProcessor,
 }
 """Model family (:data:`xattn_video.targets.TARGETS`) -> its XAttention processor class."""

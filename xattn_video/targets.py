@@ -10,15 +10,18 @@ processors), :mod:`xattn_video.processors` (nothing model-wide) and :mod:`xattn_
   ``transformer_blocks.{i}.attn`` -> layer i, then the single-stream
   ``single_transformer_blocks.{j}.attn`` -> layer ``num_layers + j``; stock processor
   ``HunyuanVideoAttnProcessor2_0``. The token refiner is not a target.
+- ``hunyuanvideo15``: ``HunyuanVideo15Transformer3DModel`` (HunyuanVideo 1.5: double-stream
+  blocks only). Targets: ``transformer_blocks.{i}.attn`` -> layer i; stock processor
+  ``HunyuanVideo15AttnProcessor2_0``. The token refiner is not a target.
 - ``wan``: ``WanTransformer3DModel`` (Wan 2.1 / 2.2) and ``WanVACETransformer3DModel`` (Wan
   VACE). Targets: ``blocks.{i}.attn1`` (video self-attention) -> layer i, then VACE's
   ``vace_blocks.{j}.attn1`` (self-attention of the control tokens, the same (T, H, W) grid as
   the video's; they run first in a forward) -> layer ``len(blocks) + j``; stock processor
   ``WanAttnProcessor``. Cross-attention (``attn2``) is not a target.
 
-Not supported: other model families and classes, e.g. HunyuanVideo 1.5, SkyReels-V2 and Wan
-Animate (adding one = one :class:`ModelTarget` entry here plus a
-processor class in :mod:`xattn_video.processors`); the ``tile`` token order for Framepack (its
+Not supported: other model families and classes, e.g. SkyReels-V2 and Wan Animate (adding one
+= one :class:`ModelTarget` entry here plus a processor class in :mod:`xattn_video.processors`);
+the ``tile`` token order for Framepack (its
 video part also holds multi-scale history tokens, which form no single grid).
 """
 
@@ -29,6 +32,9 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from diffusers.models.transformers.transformer_hunyuan_video15 import (
+    HunyuanVideo15AttnProcessor2_0,
+)
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 Layer = tuple[str, torch.nn.Module, int]
@@ -41,6 +47,13 @@ def _hunyuan_layers(transformer: torch.nn.Module) -> list[Layer]:
     for j, blk in enumerate(transformer.single_transformer_blocks):
         out.append((f"single_transformer_blocks.{j}.attn", blk.attn, len(double) + j))
     return out
+
+
+def _hunyuan15_layers(transformer: torch.nn.Module) -> list[Layer]:
+    return [
+        (f"transformer_blocks.{i}.attn", b.attn, i)
+        for i, b in enumerate(transformer.transformer_blocks)
+    ]
 
 
 def _wan_layers(transformer: torch.nn.Module) -> list[Layer]:
@@ -80,6 +93,12 @@ TARGETS: dict[str, ModelTarget] = {
             raster_only=("HunyuanVideoFramepackTransformer3DModel",),
         ),
         ModelTarget(
+            family="hunyuanvideo15",
+            transformer_classes=("HunyuanVideo15Transformer3DModel",),
+            stock_processor=HunyuanVideo15AttnProcessor2_0,
+            layers=_hunyuan15_layers,
+        ),
+        ModelTarget(
             family="wan",
             transformer_classes=("WanTransformer3DModel", "WanVACETransformer3DModel"),
             stock_processor=WanAttnProcessor,
@@ -94,7 +113,8 @@ MODEL_FAMILIES: dict[str, str] = {
 """Transformer class name -> model family."""
 
 FAMILY_ALIASES: dict[str, str] = {"hunyuanvideo": "hunyuanvideo", "hunyuan": "hunyuanvideo",
-                                  "wan": "wan"}  # fmt: skip
+                                  "hunyuanvideo15": "hunyuanvideo15",
+                                  "hunyuanvideo1.5": "hunyuanvideo15", "wan": "wan"}  # fmt: skip
 """Accepted spellings of ``model=`` in ``apply_xattention`` / ``xattention_processors``."""
 
 

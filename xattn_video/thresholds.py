@@ -268,14 +268,17 @@ def check_matches(data: dict[str, Any], config: dict[str, Any]) -> None:
 
 
 def file_family(data: dict[str, Any]) -> str | None:
-    """The model family (``"hunyuanvideo"`` / ``"wan"``) a thresholds dict was calibrated on:
-    its ``family`` key (written by the calibration), else read from its ``model`` name (a name
-    holding ``hunyuan`` or a word starting with ``wan``, as ``wan2.2`` or ``tiny-wan``); None
-    when neither says (e.g. ``tiny``)."""
+    """The model family (``"hunyuanvideo"`` / ``"hunyuanvideo15"`` / ``"wan"``) a thresholds
+    dict was calibrated on: its ``family`` key (written by the calibration), else read from its
+    ``model`` name (``HunyuanVideo-1.5`` / ``hunyuanvideo15``, else a name holding ``hunyuan``,
+    or a word starting with ``wan``, as ``wan2.2`` or ``tiny-wan``); None when none says (e.g.
+    ``tiny``)."""
     family = data.get("family")
     if isinstance(family, str) and family:
         return family
     name = str(data.get("model", "")).lower()
+    if re.search(r"hunyuan[-_ ]?video[-_ ]?1\.?5", name):
+        return "hunyuanvideo15"
     if "hunyuan" in name:
         return "hunyuanvideo"
     if re.search(r"(^|[^a-z])wan", name):
