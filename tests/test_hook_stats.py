@@ -682,14 +682,17 @@ def test_a_transformer_run_by_another_pipeline_counts_its_steps(pipe_a_ran):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("reapply", [False, True], ids=["same", "reapplied"])
 @pytest.mark.parametrize("model", ["wan", "hv"])
 @pytest.mark.parametrize("stop", ["raise", "raise-in-step", "interrupt"])
-def test_a_pipeline_stopped_part_way_does_not_count_another_pipelines_steps(stop, model):
+def test_a_pipeline_stopped_part_way_does_not_count_another_pipelines_steps(stop, model, reapply):
     """Applied through pipe_a; a call of pipe_a stopped at step 2 of 4 (a callback that raised,
     or diffusers' ``pipe._interrupt``) left its scheduler mid-run, so every forward of pipe_b
     (same transformer, own scheduler) was counted as pipe_a's step 2 or 3: no warm-up, one
     branch repeated, masks reused from pipe_a's call. Now pipe_b counts as if run alone.
-    "raise-in-step": it raised inside the step's last transformer forward."""
+    "raise-in-step": it raised inside the step's last transformer forward. "reapplied":
+    XAttention applied again between the calls; the new controller had not seen the stopped
+    call, so it took pipe_a's scheduler as running (the stop state was per controller)."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         HunyuanVideoPipeline,
@@ -744,8 +747,11 @@ def test_a_pipeline_stopped_part_way_does_not_count_another_pipelines_steps(stop
         pre.remove()
         assert pipe_a.scheduler.step_index == 3
         handle.stats.reset()
+        if reapply:
+            handle = xv.apply_xattention(pipe_a, cfg)
         got = pipe_b(**inputs(steps=4)).frames
         got_rows = rows(handle.stats.records)
+        handle.remove()
     assert got_rows == want_rows
     branches = ("cond", "uncond") if model == "wan" else ("cond",)
     assert {r[:3] for r in want_rows} == {(s, b, s >= 2) for s in range(4) for b in branches}

@@ -153,8 +153,8 @@ class XAttentionController:
         num_steps = None
         if scheduler is not None and schedule.idle(scheduler):
             scheduler = None  # another pipeline runs the transformer: context / timesteps
-        elif scheduler is not None and self._stopped.stopped(
-            loop_t, scheduler, context.name if context is not None else None
+        elif scheduler is not None and schedule.stopped_call(
+            loop_t, scheduler, context.name if context is not None else None, self._stopped
         ):
             scheduler = None  # the pipeline raised part-way; another one runs the transformer
             if self._timesteps is not None:

@@ -2,7 +2,8 @@
 
 :func:`scheduler_getter_for` reads ``pipe.scheduler`` at call time (pipelines may swap their
 scheduler between calls) with the pipeline's loop ``t``, from which :class:`StoppedCalls` tells
-a call stopped part-way (its scheduler left mid-run) from a running one;
+a call stopped part-way (its scheduler left mid-run) from a running one (its state kept per
+scheduler, :func:`stopped_call`);
 :func:`scheduler_index` is the scheduler's position in its
 ``timesteps`` for the transformer forward about to run; :func:`timestep_value` the one number
 a forward's timestep stands for. The step hook (:mod:`xattn_video.hook`) counts a call's steps
@@ -109,6 +110,24 @@ class StoppedCalls:
             self._branches.add(branch)
         self._timesteps = timesteps
         return False
+
+
+_stopped_calls: weakref.WeakKeyDictionary[Any, StoppedCalls] = weakref.WeakKeyDictionary()
+"""scheduler -> the :class:`StoppedCalls` of its forwards, whichever controller saw them."""
+
+
+def stopped_call(loop_t: Any, scheduler: Any, branch: str | None, own: StoppedCalls) -> bool:
+    """:meth:`StoppedCalls.stopped` on the state kept for ``scheduler``, shared by every
+    controller (a controller applied after the call stopped, or one per Wan 2.2 expert, has not
+    seen the stopped call's last forward itself); ``own``: the caller's, for a scheduler that
+    cannot be weakly referenced."""
+    try:
+        calls = _stopped_calls.get(scheduler)
+        if calls is None:
+            calls = _stopped_calls[scheduler] = StoppedCalls()
+    except TypeError:  # not weakly referenceable
+        calls = own
+    return calls.stopped(loop_t, scheduler, branch)
 
 
 def finished(scheduler: Any) -> bool:
