@@ -79,6 +79,75 @@ def test_one_transformer_forward_per_step_and_cfg_two():
     h.remove()
 
 
+def test_interrupt_skips_the_remaining_steps():
+    """``pipe._interrupt`` set by a callback (diffusers' way) stops the loop; the tiny
+    pipeline ran every step anyway."""
+    pipe = random_tiny_pipeline(0, **SMALL)
+    calls = []
+    h = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, k: calls.append(1), with_kwargs=True
+    )
+
+    def stop_after_1(p, i, t, kw):
+        p._interrupt = i == 1
+        return kw
+
+    pipe("x", height=8, width=8, num_frames=2, num_inference_steps=4,
+         callback_on_step_end=stop_after_1)  # fmt: skip
+    h.remove()
+    assert len(calls) == 2 and pipe._current_timestep is None
+
+
+@pytest.mark.parametrize("stop", ["raise", "interrupt"])
+def test_a_stopped_call_does_not_count_another_pipelines_steps(stop):
+    """pipe_a's call stopped at step 1 left its scheduler mid-run; the tiny pipeline never set
+    ``_current_timestep``, so the step hook could not tell, and every forward of pipe_b (same
+    transformer, its own scheduler) was counted as pipe_a's step 2: no warm-up, masks reused
+    from the stopped call. Now pipe_b counts as if it ran alone."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    import xattn_video as xv
+    from xattn_video.pipelines.tiny.pipeline import TinyVideoPipeline
+
+    cfg = xv.XAttentionConfig.from_preset(
+        "tiny", threshold=0.5, warmup_steps=2, mask_refresh=4, backend="torch"
+    )
+    kw = dict(prompt="pan left", height=16, width=16, num_frames=5, num_inference_steps=4,
+              guidance_scale=3.0, output_type="latent")  # fmt: skip
+
+    def rows(handle):
+        return [(r.step, r.branch, r.sparse, r.reused) for r in handle.stats.records]
+
+    def pipes():
+        a = random_tiny_pipeline(0, **SMALL)
+        sched = FlowMatchEulerDiscreteScheduler.from_config(a.scheduler.config)
+        b = TinyVideoPipeline(a.transformer, sched, a.condition_embedder)
+        b.set_progress_bar_config(disable=True)
+        return a, b
+
+    def at_step_1(p, i, t, state):
+        if i == 1 and stop == "raise":
+            raise KeyboardInterrupt
+        p._interrupt = i == 1
+        return state
+
+    pipe_a, pipe_b = pipes()
+    with xv.apply_xattention(pipe_a, cfg) as handle:
+        want = pipe_b(**kw, generator=torch.Generator().manual_seed(0)).frames
+        want_rows = rows(handle)
+    pipe_a, pipe_b = pipes()
+    with xv.apply_xattention(pipe_a, cfg) as handle:
+        try:
+            pipe_a(**kw, callback_on_step_end=at_step_1)
+        except KeyboardInterrupt:
+            pass
+        handle.stats.reset()
+        got = pipe_b(**kw, generator=torch.Generator().manual_seed(0)).frames
+        assert rows(handle) == want_rows
+    assert {r[:3] for r in want_rows} == {(s, f"pass{b}", s >= 2) for s in range(4) for b in (0, 1)}
+    assert torch.equal(got, want)
+
+
 def test_save_load_round_trip(tmp_path):
     pipe = random_tiny_pipeline(1, **SMALL)
     kw = dict(height=16, width=16, num_frames=3, num_inference_steps=3)

@@ -156,7 +156,8 @@ class TinyVideoPipeline(DiffusionPipeline):
         [0, 1]), ``"uint8"``, ``"pt"`` (float tensor (B, T, H, W, 3)) or ``"latent"``.
         callback_on_step_end(pipe, i, t, kwargs) -> dict, called after each scheduler step
         with the tensors named in ``callback_on_step_end_tensor_inputs``; it may return a
-        replacement ``latents``.
+        replacement ``latents``, or set ``pipe._interrupt = True`` to skip the remaining steps
+        (diffusers' way; the latents so far are returned).
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -196,6 +197,11 @@ class TinyVideoPipeline(DiffusionPipeline):
                 raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
             latents = latents.to(device=device, dtype=torch.float32)
 
+        # diffusers' loop state: the step hook tells a call stopped part-way (a raising callback,
+        # ``pipe._interrupt``) by them, so another pipeline sharing the transformer is not
+        # counted at this call's step
+        self._current_timestep = None
+        self._interrupt = False
         sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
         self.scheduler.set_timesteps(sigmas=sigmas, device=device)
         self.scheduler.set_begin_index(0)
@@ -204,6 +210,9 @@ class TinyVideoPipeline(DiffusionPipeline):
 
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
+                if self._interrupt:
+                    continue
+                self._current_timestep = t
                 x_in = latents.to(dtype)
                 timestep = t.expand(batch).to(torch.float32)
 
@@ -229,6 +238,7 @@ class TinyVideoPipeline(DiffusionPipeline):
                     latents = out.pop("latents", latents)
                 bar.update()
 
+        self._current_timestep = None
         self.maybe_free_model_hooks()
         if output_type == "latent":
             frames: Any = latents
