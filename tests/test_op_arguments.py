@@ -82,6 +82,23 @@ def test_q_k_v_that_are_not_tensors_and_mismatched_dtypes_are_named():
         xv.xattention(q, k.double(), v)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.int32])
+def test_fp8_or_integer_q_k_v_are_refused_on_every_public_path(dtype):
+    """float8 tensors count as floating point, so they passed the check and failed inside torch
+    ("masked_fill" not implemented for 'Float8_e4m3fn'); fp8 arithmetic is precision="fp8"."""
+    q, k, v = (x.to(dtype) for x in _qkv(64))
+    hint = "precision='fp8'" if dtype.is_floating_point else ""
+    mask = torch.ones(2, 2, 1, 1, dtype=torch.bool)
+    calls = (
+        lambda: xv.xattention(q, k, v, block_size=64, stride=8),
+        lambda: xv.estimate_block_mask(q, k, block_size=64, stride=8),
+        lambda: xv.block_sparse_attention(q, k, v, mask, block_size=64),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match=f"q must be float16, bfloat16, .*{dtype}.*{hint}"):
+            call()
+
+
 def test_block_density_of_a_mask_without_pairs_is_an_error_not_a_zero_division():
     with pytest.raises(ValueError, match=r"mask \(1, 1, 0, 0\) has no"):
         xv.block_density(torch.zeros(1, 1, 0, 0, dtype=torch.bool), block_size=64)

@@ -33,6 +33,11 @@ ESTIMATE_PRECISIONS = ("auto", *PRECISIONS)
 """The op's and the config's ``estimate_precision`` (:func:`resolve_estimate_precision`)."""
 
 
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""The dtypes q / k / v may have (the Triton kernels take the first two, see
+:func:`check_triton_dtype`)."""
+
+
 def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
     for name, t in (("q", q), (name_k, k)):
         if not isinstance(t, torch.Tensor):
@@ -52,8 +57,10 @@ def check_qk(q: torch.Tensor, k: torch.Tensor, name_k: str = "k") -> None:
             f"q and {name_k} must share dtype and device, got q {q.dtype} on {q.device} and "
             f"{name_k} {k.dtype} on {k.device}"
         )
-    if not q.is_floating_point():
-        raise ValueError(f"q must be a floating-point tensor, got {q.dtype}")
+    if q.dtype not in INPUT_DTYPES:
+        hint = (" (pass bf16 / fp16 tensors with precision='fp8' for fp8 arithmetic)"
+                if q.is_floating_point() and q.element_size() == 1 else "")  # fmt: skip
+        raise ValueError(f"q must be float16, bfloat16, float32 or float64, got {q.dtype}{hint}")
     if q.shape[2] == 0 or k.shape[2] == 0:
         raise ValueError("q and k need at least one token")
     if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[3] == 0:
