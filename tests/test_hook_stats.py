@@ -51,6 +51,20 @@ def test_timestep_matching_fallback():
     assert ctl.run == 1  # the larger timestep started a second run
 
 
+def test_timestep_matching_starts_a_new_run_when_a_branch_repeats_at_a_step():
+    """A cache context without step_index (HunyuanVideo's) falls back to timestep matching; a
+    call stopped at its first step, then a new call at the same timestep, merged into one run
+    (two "cond" records at step 0, num_runs one short). A branch seen again at the same step
+    starts a new run, as it does with a context step_index."""
+    ctl = XAttentionController(cfg_(warmup_steps=1))
+    t = torch.tensor([1000.0])
+    calls = [(1000.0, "cond"), (1000.0, "cond"), (750.0, "cond"), (750.0, "uncond")]
+    got = steps_of(ctl, [{"timestep": t * v / 1000, "context": CacheContext(name)}
+                         for v, name in calls])  # fmt: skip
+    assert got == [(0, "cond", False), (0, "cond", False), (1, "cond", True), (1, "uncond", True)]
+    assert ctl.run == 1
+
+
 def test_timestep_matching_uses_the_max_of_per_token_timesteps():
     ctl = XAttentionController(cfg_(warmup_steps=0))
     t = torch.zeros(1, 10)

@@ -39,7 +39,8 @@ sampling run -- hence a reset to step 0, dense, no cached masks -- starts when
 - the pipeline's scheduler has a new ``timesteps`` tensor (every diffusers pipeline call runs
   ``scheduler.set_timesteps``), or its position goes back (``step_index`` back to None too);
 - without a scheduler: the cache context's ``step_index`` goes back, or a branch name
-  (``"cond"``) comes again at the same step; with timestep matching, a larger timestep;
+  (``"cond"``) comes again at the same step (also with timestep matching, for a context
+  without ``step_index``: HunyuanVideo's); with timestep matching, a larger timestep;
 - diffusers calls the hook's ``reset_state`` (``maybe_free_model_hooks`` at the end of a call).
 
 So a call that raised (e.g. in ``callback_on_step_end``) never leaks masks or step into the next.
@@ -187,6 +188,14 @@ class XAttentionController:
                 self.reset()
         else:
             step = self._match_timestep(timestep)
+            if (
+                context is not None
+                and step == self._last_step
+                and context.name in self._branches_at_step
+            ):  # the same branch at the same timestep again: a new run (a call stopped there)
+                last_t = self._last_t
+                self.reset()
+                self._last_t, step = last_t, 0
         if num_steps is None and context is not None and context.num_inference_steps:
             num_steps = int(context.num_inference_steps)
 
