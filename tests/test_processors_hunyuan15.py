@@ -146,24 +146,48 @@ def test_thresholds_file_family_tells_hunyuanvideo_15_apart(model, family):
     assert file_family({"model": model}) == family
 
 
-def _transformer_inputs(dtype: torch.dtype, grid=(3, 16, 16)) -> dict:
-    """A bare forward's inputs on CUDA: batch 2 with unequal text (prompt 5 / 8 valid of 8,
-    ByT5 4 / 2 of 6, 4 image tokens, all padding: text-to-video)."""
+def _transformer_inputs(dtype: torch.dtype, grid=(3, 16, 16), device: str = "cuda") -> dict:
+    """A bare forward's inputs: batch 2 with unequal text (prompt 5 / 8 valid of 8, ByT5 4 / 2
+    of 6, 4 image tokens, all padding: text-to-video)."""
     g = torch.Generator().manual_seed(0)
 
     def mask(n, valid):
-        return (torch.arange(n)[None, :] < torch.tensor(valid)[:, None]).long().cuda()
+        return (torch.arange(n)[None, :] < torch.tensor(valid)[:, None]).long().to(device)
 
     return dict(
-        hidden_states=torch.randn(2, 9, *grid, generator=g).cuda().to(dtype),
-        timestep=torch.tensor([900.0, 900.0]).cuda().to(dtype),
-        encoder_hidden_states=torch.randn(2, 8, 32, generator=g).cuda().to(dtype),
+        hidden_states=torch.randn(2, 9, *grid, generator=g).to(device, dtype),
+        timestep=torch.tensor([900.0, 900.0]).to(device, dtype),
+        encoder_hidden_states=torch.randn(2, 8, 32, generator=g).to(device, dtype),
         encoder_attention_mask=mask(8, [5, 8]),
-        encoder_hidden_states_2=torch.randn(2, 6, 24, generator=g).cuda().to(dtype),
+        encoder_hidden_states_2=torch.randn(2, 6, 24, generator=g).to(device, dtype),
         encoder_attention_mask_2=mask(6, [4, 2]),
-        image_embeds=torch.zeros(2, 4, 12, dtype=dtype).cuda(),
+        image_embeds=torch.zeros(2, 4, 12, dtype=dtype).to(device),
         return_dict=False,
     )
+
+
+def test_hv15_token_refiner_works_with_a_single_processor_instance():
+    """set_attn_processor(one instance) also puts it on the token refiner, whose attention has
+    no text stream and no QK norm: the first forward failed in the parent's code ('NoneType'
+    object is not callable). The refiner runs its stock AttnProcessor2_0, as HunyuanVideo's."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from xattn_video.hook import attach_step_hook
+
+    tr = tiny_hv15_transformer()
+    inputs = _transformer_inputs(torch.float32, grid=(3, 8, 8), device="cpu")
+    ref = tr(**inputs)[0]
+    proc = HunyuanVideo15XAttnProcessor(cfg_(threshold=0.5, warmup_steps=0))
+    tr.set_attn_processor(proc)
+    refiner = tr.context_embedder.token_refiner.refiner_blocks[0].attn
+    assert refiner.processor is proc and isinstance(proc._refiner_processor, AttnProcessor2_0)
+    assert torch.equal(tr(**inputs)[0], ref)  # no step hook yet: dense, bit-identical to stock
+    attach_step_hook(tr, proc.controller)
+    out = tr(**inputs)[0]
+    other = tiny_hv15_transformer()  # the same weights
+    with xv.apply_xattention(other, proc.cfg):
+        assert torch.equal(out, other(**inputs)[0])  # the same as the apply route
+    assert sorted({r.layer for r in proc.stats.records if r.sparse}) == [0, 1]
 
 
 @pytest.mark.gpu

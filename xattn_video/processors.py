@@ -53,7 +53,7 @@ With ``dense_kernel="xattn"`` both run the dense kernel between the all-to-alls.
 
 Not supported: gradients / training (the op is forward-only); ring attention and
 ``ulysses_anything`` (``ValueError``); attention masks other than HunyuanVideo's
-[B, 1, 1, N] bool key-padding prefix mask (raises); Wan I2V image keys of ``attn2`` and
+[B, 1, 1, N] bool key-padding prefix mask and HunyuanVideo 1.5's [B, L] text mask (raise); Wan I2V image keys of ``attn2`` and
 cross-attention in general stay dense; SkyReels-V2 and Wan Animate (classes of their own,
 refused by name), CogVideoX, Mochi, LTX; context parallelism for HunyuanVideo 1.5 and Wan VACE
 (no plan).
@@ -323,7 +323,9 @@ class HunyuanVideo15XAttnProcessor(_JointXAttnMixin, HunyuanVideo15AttnProcessor
     ``hunyuanvideo15``). attention_mask: [B, L] over the text tokens (the transformer sorts the
     valid ones first, so a valid prefix); the stock processor masks padded text both as keys
     and as queries, so here they are kv_len and their output rows are zeros, as SDPA gives the
-    parent. Returns ``(video_out [B, N_v, C], text_out [B, L, C])`` like the parent.
+    parent. Returns ``(video_out [B, N_v, C], text_out [B, L, C])`` like the parent; for the
+    token refiner (``encoder_hidden_states is None``, when a single instance was given to
+    ``set_attn_processor``) the refiner's stock ``AttnProcessor2_0`` output [B, L, C].
     Context parallelism (diffusers ships no plan for this model) raises ``ValueError``.
     """
 
@@ -336,6 +338,7 @@ class HunyuanVideo15XAttnProcessor(_JointXAttnMixin, HunyuanVideo15AttnProcessor
     ) -> None:
         super().__init__()
         self._init_xattn(cfg, controller, layer, "hunyuanvideo15")
+        self._refiner_processor = AttnProcessor2_0()
 
     def __call__(
         self,
@@ -344,7 +347,9 @@ class HunyuanVideo15XAttnProcessor(_JointXAttnMixin, HunyuanVideo15AttnProcessor
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        if encoder_hidden_states is None:  # token refiner: plain self-attention over text
+            return self._refiner_processor(attn, hidden_states, None, attention_mask)
         layer = self._layer_index(attn)
         sparse = self.controller.is_sparse(layer)
         if not sparse:
@@ -355,7 +360,7 @@ class HunyuanVideo15XAttnProcessor(_JointXAttnMixin, HunyuanVideo15AttnProcessor
                 )
         if parallel.ulysses_group(self._parallel_config) is not None:
             raise ValueError("XAttention does not support context parallelism for HunyuanVideo 1.5")
-        if encoder_hidden_states is None or attention_mask is None:
+        if attention_mask is None:
             raise ValueError(
                 "XAttention for HunyuanVideo 1.5 expects its blocks' joint call: text states "
                 "and their [B, L] attention mask"

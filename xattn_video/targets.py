@@ -15,8 +15,9 @@ processors), :mod:`xattn_video.processors` (nothing model-wide) and :mod:`xattn_
   ``HunyuanVideo15AttnProcessor2_0``. The token refiner is not a target.
 - ``wan``: ``WanTransformer3DModel`` (Wan 2.1 / 2.2) and ``WanVACETransformer3DModel`` (Wan
   VACE). Targets: ``blocks.{i}.attn1`` (video self-attention) -> layer i, then VACE's
-  ``vace_blocks.{j}.attn1`` (self-attention of the control tokens, the same (T, H, W) grid as
-  the video's; they run first in a forward) -> layer ``len(blocks) + j``; stock processor
+  ``vace_blocks.{j}.attn1`` (self-attention of the control tokens: the control video on the
+  video's (T, H, W) grid, zero-padded at the end when it is shorter; they run first in a
+  forward) -> layer ``len(blocks) + j``; stock processor
   ``WanAttnProcessor``. Cross-attention (``attn2``) is not a target.
 
 Not supported: other model families and classes, e.g. SkyReels-V2 and Wan Animate (adding one
