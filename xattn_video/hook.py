@@ -39,8 +39,10 @@ sampling run -- hence a reset to step 0, dense, no cached masks -- starts when
 - the pipeline's scheduler has a new ``timesteps`` tensor (every diffusers pipeline call runs
   ``scheduler.set_timesteps``), or its position goes back (``step_index`` back to None too);
 - without a scheduler: the cache context's ``step_index`` goes back, or a branch name
-  (``"cond"``) comes again at the same step (also with timestep matching, for a context
-  without ``step_index``: HunyuanVideo's); with timestep matching, a larger timestep;
+  (``"cond"``) comes again at the same step; with timestep matching, a larger timestep (a
+  branch name that comes again at the same matched timestep -- a context without
+  ``step_index``, HunyuanVideo's -- is the next step: pipelines that cast the timestep to
+  bf16 give consecutive steps one value);
 - diffusers calls the hook's ``reset_state`` (``maybe_free_model_hooks`` at the end of a call).
 
 So a call that raised (e.g. in ``callback_on_step_end``) never leaks masks or step into the next.
@@ -55,7 +57,9 @@ second-order schedulers without the pipeline (``apply_xattention`` on Wan's bare
 the cache context counts forwards, so pass ``pipe``); pipelines that call the transformer several
 times per step with different timesteps (they would count as several steps in the timestep
 fallback); a new run of a bare transformer (no scheduler, no cache context) that starts at the
-timestep where the previous one stopped (it continues the previous run).
+timestep where the previous one stopped (it continues the previous run), nor one with cache
+context names but no ``step_index`` whose previous call stopped at its first step (the new
+call counts on from step 1).
 """
 
 from __future__ import annotations
@@ -192,10 +196,8 @@ class XAttentionController:
                 context is not None
                 and step == self._last_step
                 and context.name in self._branches_at_step
-            ):  # the same branch at the same timestep again: a new run (a call stopped there)
-                last_t = self._last_t
-                self.reset()
-                self._last_t, step = last_t, 0
+            ):  # the same branch at the same timestep again: the next step (bf16 timesteps of
+                step += 1  # consecutive steps round to one value, 4 apart between 512 and 1024)
         if num_steps is None and context is not None and context.num_inference_steps:
             num_steps = int(context.num_inference_steps)
 
