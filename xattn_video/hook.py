@@ -40,9 +40,7 @@ sampling run -- hence a reset to step 0, dense, no cached masks -- starts when
   ``scheduler.set_timesteps``), or its position goes back (``step_index`` back to None too);
 - without a scheduler: the cache context's ``step_index`` goes back, or a branch name
   (``"cond"``) comes again at the same step; with timestep matching, a larger timestep (a
-  branch name that comes again at the same matched timestep -- a context without
-  ``step_index``, HunyuanVideo's -- is the next step: pipelines that cast the timestep to
-  bf16 give consecutive steps one value);
+  branch name seen again at the same timestep is the next step: bf16 timesteps repeat);
 - diffusers calls the hook's ``reset_state`` (``maybe_free_model_hooks`` at the end of a call).
 
 So a call that raised (e.g. in ``callback_on_step_end``) never leaks masks or step into the next.
@@ -57,9 +55,8 @@ second-order schedulers without the pipeline (``apply_xattention`` on Wan's bare
 the cache context counts forwards, so pass ``pipe``); pipelines that call the transformer several
 times per step with different timesteps (they would count as several steps in the timestep
 fallback); a new run of a bare transformer (no scheduler, no cache context) that starts at the
-timestep where the previous one stopped (it continues the previous run), nor one with cache
-context names but no ``step_index`` whose previous call stopped at its first step (the new
-call counts on from step 1).
+timestep where the previous one stopped (it continues the previous run; with context names
+and no ``step_index``, after a call stopped at its first step, from step 1).
 """
 
 from __future__ import annotations
@@ -191,13 +188,7 @@ class XAttentionController:
             ):
                 self.reset()
         else:
-            step = self._match_timestep(timestep)
-            if (
-                context is not None
-                and step == self._last_step
-                and context.name in self._branches_at_step
-            ):  # the same branch at the same timestep again: the next step (bf16 timesteps of
-                step += 1  # consecutive steps round to one value, 4 apart between 512 and 1024)
+            step = self._match_timestep(timestep, context.name if context is not None else None)
         if num_steps is None and context is not None and context.num_inference_steps:
             num_steps = int(context.num_inference_steps)
 
@@ -252,8 +243,9 @@ class XAttentionController:
             if self.sparse and order in ("tile", "hilbert"):  # eagerly, not in a graph
                 self.orders.prepare(self.grid, hidden_states.device, order)
 
-    def _match_timestep(self, timestep: Any) -> int:
-        """Step from the timestep sequence: new value -> next step, repeat -> same, larger -> 0."""
+    def _match_timestep(self, timestep: Any, branch: str | None = None) -> int:
+        """Step from the timestep sequence: new value -> next step, repeat -> same (next when
+        ``branch`` ran at it: bf16 timesteps of consecutive steps can be one value), larger -> 0."""
         if timestep is None:
             return self._last_step if self._last_step is not None else 0
         t = schedule.timestep_value(timestep)
@@ -261,7 +253,7 @@ class XAttentionController:
         if last is None or self._last_step is None:
             step = 0
         elif t == last:
-            step = self._last_step
+            step = self._last_step + (branch in self._branches_at_step)
         elif t < last:
             step = self._last_step + 1
         else:
