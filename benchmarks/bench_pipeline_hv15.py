@@ -7,7 +7,8 @@ shape) with RANDOM weights in bf16, and times one text-to-video forward at 720p 
 makes: 1,000 prompt slots (``--text-valid`` valid), 256 ByT5 slots (``--byt5-valid`` valid) and
 729 image slots (all padding in text-to-video), for:
   - dense, diffusers default processor (``native`` SDPA; its stock processor builds a
-    [B, 1, N, N] bool mask from the text mask, 12.9 GB at this size);
+    [B, 1, N, N] bool mask from the text mask, 12.9 GB at this size, and keeps two: with SDPA's
+    float copy of it this row may not fit an 80 GB H100, run it on an H200);
   - dense, cuDNN SDPA backend (``set_attention_backend("_native_cudnn")``, a note if it fails);
   - dense through XAttention's kernel with every block (``dense_kernel="xattn"``: the text
     padding as key lengths, no N x N mask);

@@ -16,7 +16,9 @@ from ._tiny_models import (
     hv_transformer_inputs,
     tiny_cfg,
     tiny_hv_transformer,
+    tiny_wan_pipeline,
     tiny_wan_transformer,
+    wan_inputs,
     wan_transformer_inputs,
 )
 
@@ -240,3 +242,22 @@ def test_the_torch_backend_compiled_with_dynamic_shapes_equals_eager():
     want = op(q, k, v, mask)
     got = torch.compile(op, dynamic=True)(q, k, v, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_removing_a_cache_enabled_first_then_xattention_leaves_no_stale_hook():
+    """A diffusers cache enabled before XAttention, then compile_below_hook: disable_cache()
+    puts the plain forward under the step hook (diffusers' remove_hook), and remove() then put
+    back the forward saved at compile time -- the disabled cache's root wrapper, which kept
+    running (in fail-open mode). remove() now leaves the module as it was."""
+    from diffusers.hooks import SeaCacheConfig
+
+    pipe = tiny_wan_pipeline()
+    tr = pipe.transformer
+    plain = pipe(**wan_inputs(steps=3)).frames
+    tr.enable_cache(SeaCacheConfig(threshold=5.0, retention_steps=1, cache_end_steps=1))
+    handle = xv.apply_xattention(pipe, tiny_cfg(threshold=0.5, warmup_steps=100))
+    compile_below_hook(tr, backend="eager")
+    tr.disable_cache()
+    handle.remove()
+    assert "forward" not in vars(tr)  # no hook registry wrapper left on the module
+    assert torch.equal(pipe(**wan_inputs(steps=3)).frames, plain)

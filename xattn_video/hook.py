@@ -317,6 +317,7 @@ class XAttentionStepHook(ModelHook):
         self.scheduler_getter = scheduler_getter
         self.patch_size = patch_size
         self.uncompiled_forward: Callable[..., Any] | None = None  # set by compile_below_hook
+        self.compiled_forward: Callable[..., Any] | None = None  # and what it compiled
         self.installed_forward: Any = None  # the registry's forward (offload_hooks.register)
         # diffusers' cache_context() writes the context into every StateManager of a stateful hook
         self.state_manager = StateManager(_NoState)
@@ -408,15 +409,15 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
     """``torch.compile`` the forward of a transformer that has the XAttention step hook, under
     the hook: the hook keeps running eagerly before every forward (it reads the scheduler and
     the timestep on the host), and the forward it calls -- the whole model with the XAttention
-    processors -- is one compiled graph (``fullgraph=True`` works). The graph branches only on
-    bools (``controller.sparse``, per-layer ``auto_dense`` decisions), so a sampling run compiles
-    a dense and a sparse variant (with ``mask_refresh > 1`` two sparse ones: estimate and
-    reuse), not one per step. ``compile_kwargs`` go to ``torch.compile``
-    (e.g. ``mode="reduce-overhead"``). With a mode that captures CUDA graphs, ``auto_dense``
-    decides from the cost model's CUDA-graph times, and each forward returns clones of the
-    graph's outputs (:mod:`xattn_video.graph_outputs`: a second forward in the step, CFG, would
-    overwrite them). Called again, it compiles the uncompiled forward anew; removing the hook
-    (``handle.remove()``) restores it. Returns ``transformer``."""
+    processors -- is one compiled graph (``fullgraph=True`` works). It branches only on bools
+    (``controller.sparse``, ``auto_dense``), so a run compiles a dense and a sparse variant (two
+    sparse with ``mask_refresh > 1``), not one per step. ``compile_kwargs`` go to
+    ``torch.compile`` (e.g. ``mode="reduce-overhead"``: then ``auto_dense`` decides from CUDA-graph
+    times, and each forward returns clones of the graph's outputs, :mod:`.graph_outputs`: a
+    second forward in the step, CFG, would overwrite them). Called again, it compiles the
+    uncompiled forward anew; ``handle.remove()`` restores it. Removing a hook registered before
+    XAttention's (e.g. ``disable_cache()``) puts the plain forward back: compile again. Not for
+    regional compilation (``compile_repeated_blocks``: a graph per layer). Returns the model."""
     hook = step_hook(transformer)
     if hook is None:
         raise ValueError(
@@ -425,7 +426,8 @@ def compile_below_hook(transformer: torch.nn.Module, **compile_kwargs: Any) -> t
         )
     if hook.uncompiled_forward is None:  # put back by detach_step_hook
         hook.uncompiled_forward = hook.fn_ref.forward
-    hook.fn_ref.forward = compile_forward(hook.uncompiled_forward, **compile_kwargs)
+    hook.compiled_forward = compile_forward(hook.uncompiled_forward, **compile_kwargs)
+    hook.fn_ref.forward = hook.compiled_forward
     hook.controller.auto_dense.use_graph_timing(captures_cuda_graphs(compile_kwargs))
     return transformer
 
@@ -442,15 +444,14 @@ def detach_step_hook(transformer: torch.nn.Module) -> bool:
 
     The forward under the hook is put back uncompiled first (diffusers would otherwise restore
     :func:`compile_below_hook`'s compiled one as the module's forward); accelerate's offload
-    hook stays outermost (:mod:`xattn_video.offload_hooks`). If the hook registry is then
-    empty, the plain ``forward`` is restored too (the registry's instance attribute is
-    dropped), leaving the module as it was before."""
+    hook stays outermost (:mod:`xattn_video.offload_hooks`). An empty hook registry then gives
+    back the plain ``forward`` too, leaving the module as it was before."""
     registry = getattr(transformer, "_diffusers_hook", None)
     hook = registry.get_hook(HOOK_NAME) if registry is not None else None
     if hook is None:
         return False
-    if hook.uncompiled_forward is not None:
-        hook.fn_ref.forward = hook.uncompiled_forward
+    if hook.compiled_forward is not None and hook.fn_ref.forward is hook.compiled_forward:
+        hook.fn_ref.forward = hook.uncompiled_forward  # (a hook removed below replaced both)
     offload_hooks.remove(transformer, registry, HOOK_NAME, hook.installed_forward)
     if not registry.hooks:
         fwd = transformer.__dict__.get("forward")
