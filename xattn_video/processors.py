@@ -191,7 +191,26 @@ class _JointXAttnMixin(_XAttnMixin):
     """The sparse / ``dense_kernel="xattn"`` path of HunyuanVideo-style joint attention over
     [video, text] (double-stream blocks: text projected apart; single-stream: projected
     together), shared by :class:`HunyuanVideoXAttnProcessor` and
-    :class:`HunyuanVideo15XAttnProcessor`."""
+    :class:`HunyuanVideo15XAttnProcessor` (each names its default preset, ``PRESET``), with
+    their constructor and the token refiner's stock attention."""
+
+    PRESET = ""
+
+    def __init__(
+        self,
+        cfg: XAttentionConfig | None = None,
+        *,
+        controller: XAttentionController | None = None,
+        layer: int | None = None,
+    ) -> None:
+        super().__init__()
+        self._init_xattn(cfg, controller, layer, self.PRESET)
+        self._refiner_processor = AttnProcessor2_0()
+
+    def _refiner(self, attn, hidden_states, attention_mask) -> torch.Tensor:
+        """The token refiner's call (``encoder_hidden_states is None``, when a single instance
+        was given to ``set_attn_processor``): plain self-attention over text, stock."""
+        return self._refiner_processor(attn, hidden_states, None, attention_mask)
 
     def _joint_attention(
         self,
@@ -278,16 +297,7 @@ class HunyuanVideoXAttnProcessor(_JointXAttnMixin, HunyuanVideoAttnProcessor2_0)
     None``) the refiner's stock ``AttnProcessor2_0`` output [B, L, C].
     """
 
-    def __init__(
-        self,
-        cfg: XAttentionConfig | None = None,
-        *,
-        controller: XAttentionController | None = None,
-        layer: int | None = None,
-    ) -> None:
-        super().__init__()
-        self._init_xattn(cfg, controller, layer, "hunyuanvideo")
-        self._refiner_processor = AttnProcessor2_0()
+    PRESET = "hunyuanvideo"
 
     def __call__(
         self,
@@ -297,8 +307,8 @@ class HunyuanVideoXAttnProcessor(_JointXAttnMixin, HunyuanVideoAttnProcessor2_0)
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-        if encoder_hidden_states is None:  # token refiner: plain self-attention over text
-            return self._refiner_processor(attn, hidden_states, None, attention_mask)
+        if encoder_hidden_states is None:
+            return self._refiner(attn, hidden_states, attention_mask)
         layer = self._layer_index(attn)
         sparse = self.controller.is_sparse(layer)
         ulysses = parallel.ulysses_group(self._parallel_config)
@@ -329,16 +339,7 @@ class HunyuanVideo15XAttnProcessor(_JointXAttnMixin, HunyuanVideo15AttnProcessor
     Context parallelism (diffusers ships no plan for this model) raises ``ValueError``.
     """
 
-    def __init__(
-        self,
-        cfg: XAttentionConfig | None = None,
-        *,
-        controller: XAttentionController | None = None,
-        layer: int | None = None,
-    ) -> None:
-        super().__init__()
-        self._init_xattn(cfg, controller, layer, "hunyuanvideo15")
-        self._refiner_processor = AttnProcessor2_0()
+    PRESET = "hunyuanvideo15"
 
     def __call__(
         self,
@@ -348,8 +349,8 @@ class HunyuanVideo15XAttnProcessor(_JointXAttnMixin, HunyuanVideo15AttnProcessor
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-        if encoder_hidden_states is None:  # token refiner: plain self-attention over text
-            return self._refiner_processor(attn, hidden_states, None, attention_mask)
+        if encoder_hidden_states is None:
+            return self._refiner(attn, hidden_states, attention_mask)
         layer = self._layer_index(attn)
         sparse = self.controller.is_sparse(layer)
         if not sparse:
