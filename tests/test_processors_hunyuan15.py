@@ -16,7 +16,12 @@ from xattn_video.targets import model_family, target_layers
 from xattn_video.thresholds import file_family
 
 from ._block_masks import pinned
-from ._tiny_models import hv15_inputs, one_thread, tiny_hv15_pipeline, tiny_hv15_transformer  # noqa: F401
+from ._tiny_models import (  # noqa: F401
+    hv15_inputs,
+    one_thread,
+    tiny_hv15_pipeline,
+    tiny_hv15_transformer,
+)
 from ._tiny_models import tiny_cfg as cfg_
 from ._tolerance import assert_fa_close
 

@@ -445,8 +445,8 @@ def apply_xattention(
     is set, as in Wan 2.2 A14B) or a bare transformer (the step then comes from the cache
     context or timestep matching, see :mod:`xattn_video.hook`). cfg: default the model's
     preset. model: a family name or alias (``targets.FAMILY_ALIASES``) to assert the detected
-    family. Unknown transformers raise ``ValueError`` naming the class and the supported ones. Replaces a
-    previous application on the same transformer(s) (see the module docstring).
+    family. Unknown transformers raise ``ValueError`` naming the class and the supported ones.
+    Replaces a previous application on the same transformer(s) (see the module docstring).
     """
     pipe, transformers = _transformers_of(pipe_or_transformer)
     return _apply(pipe, transformers, cfg, model, install=True)[0]

@@ -53,10 +53,10 @@ With ``dense_kernel="xattn"`` both run the dense kernel between the all-to-alls.
 
 Not supported: gradients / training (the op is forward-only); ring attention and
 ``ulysses_anything`` (``ValueError``); attention masks other than HunyuanVideo's
-[B, 1, 1, N] bool key-padding prefix mask and HunyuanVideo 1.5's [B, L] text mask (raise); Wan I2V image keys of ``attn2`` and
-cross-attention in general stay dense; SkyReels-V2 and Wan Animate (classes of their own,
-refused by name), CogVideoX, Mochi, LTX; context parallelism for HunyuanVideo 1.5 and Wan VACE
-(no plan).
+[B, 1, 1, N] bool key-padding prefix mask and HunyuanVideo 1.5's [B, L] text mask (raise);
+Wan I2V image keys of ``attn2`` and cross-attention in general stay dense; SkyReels-V2 and
+Wan Animate (classes of their own, refused by name), CogVideoX, Mochi, LTX; context
+parallelism for HunyuanVideo 1.5 and Wan VACE (no plan).
 """
 
 from __future__ import annotations

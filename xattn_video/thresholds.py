@@ -14,8 +14,8 @@ mask's block density (with the dense text rows, as the run measures it). From th
   head takes the tau maximising ``mass - lam * density``, with ``lam`` bisected to meet the
   budget, then what is left of the budget spent greedily by mass gained per density added) --
   blocks go to the heads where they hold the most mass. A heuristic: the best total only where
-  each head's mass is concave in its density (measured curves need not be). A ``d`` below the density of every head at its smallest
-  tau warns and gets that density.
+  each head's mass is concave in its density (measured curves need not be). A ``d`` below the
+  density of every head at its smallest tau warns and gets that density.
 
 Re-targeting needs no new calibration run (:func:`retarget`). The file also records what it was
 measured on (model, its family, config, prompts, seeds, steps) and must match the config it is
