@@ -50,17 +50,23 @@ KERNEL_DENSE = 'dense, XAttention kernel (dense_kernel="xattn")'
 HEAD_DIM = 128  # HunyuanVideoTransformer3DModel()'s default attention_head_dim
 
 
-def build_transformer(device: str = "cuda"):
-    from diffusers import HunyuanVideoTransformer3DModel
-
+def build_bf16(cls, config: dict | None = None, device: str = "cuda"):
+    """``cls(**config)`` with its parameters created directly in bf16 on ``device`` (no fp32
+    copy of billions of parameters first), eval mode, without gradients."""
     prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # create the 12.8 B parameters directly in bf16
+    torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            model = HunyuanVideoTransformer3DModel()
+            model = cls(**(config or {}))
     finally:
         torch.set_default_dtype(prev)
     return model.eval().requires_grad_(False)
+
+
+def build_transformer(device: str = "cuda"):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    return build_bf16(HunyuanVideoTransformer3DModel, device=device)  # 12.8 B parameters
 
 
 def make_inputs(height: int, width: int, frames: int, text_valid: int, device: str = "cuda"):

@@ -39,6 +39,7 @@ from _precisions import precision_label, precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
+    build_bf16,
     check_fp8_runs,
     check_row_args,
     projection_columns,
@@ -59,14 +60,7 @@ def build_transformer(config: dict | None = None, device: str = "cuda"):
     published model's shape) in bf16, eval mode, without gradients."""
     from diffusers import HunyuanVideo15Transformer3DModel
 
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # create the parameters directly in bf16
-    try:
-        with torch.device(device):
-            model = HunyuanVideo15Transformer3DModel(**(config or {}))
-    finally:
-        torch.set_default_dtype(prev)
-    return model.to(torch.bfloat16).eval().requires_grad_(False)
+    return build_bf16(HunyuanVideo15Transformer3DModel, config, device).to(torch.bfloat16)
 
 
 def make_inputs(

@@ -41,6 +41,7 @@ from _precisions import precision_label, precision_pairs  # noqa: E402
 from bench_pipeline import (  # noqa: E402
     add_projections,
     add_row_args,
+    build_bf16,
     check_fp8_runs,
     check_row_args,
     projection_columns,
@@ -63,14 +64,7 @@ UNFUSED = " (q / k prep: torch code)"
 def build_transformer(config: dict, device: str = "cuda"):
     from diffusers import WanTransformer3DModel
 
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # create the parameters directly in bf16
-    try:
-        with torch.device(device):
-            model = WanTransformer3DModel(**config)
-    finally:
-        torch.set_default_dtype(prev)
-    return model.to(torch.bfloat16).eval().requires_grad_(False)
+    return build_bf16(WanTransformer3DModel, config, device).to(torch.bfloat16)
 
 
 def make_inputs(height: int, width: int, frames: int, text_len: int = 512, device="cuda") -> dict:
